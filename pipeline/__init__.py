@@ -1,0 +1,1 @@
+"""voip-pipeline core: frames, formats, nodes, graphs, runtime, plugins and CLI."""

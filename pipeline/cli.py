@@ -1,0 +1,294 @@
+"""The `pipeline` command line: launch, validate, inspect, draw, devices, serve, call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import PipelineError
+from .graph import Graph
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+class CliError(PipelineError):
+    """A command-line mistake (bad option value, missing tool)."""
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    from .loader import parse_override
+
+    return dict(parse_override(p) for p in pairs)
+
+
+def build_graph(args: argparse.Namespace) -> Graph:
+    from .loader import load_graph, parse_launch
+
+    if getattr(args, "expr", None):
+        if args.params:
+            raise CliError("-p does not apply to -e launch lines",
+                           hint="write the values into the line")
+        return parse_launch(args.expr)
+    if not args.file:
+        raise CliError("no graph given", hint="pipeline launch FILE.yaml or -e \"LINE\"")
+    return load_graph(args.file, _overrides(args.params))
+
+
+def _progress(now: float, total: float | None) -> None:
+    if total:
+        pct = min(100.0, 100.0 * now / total)
+        sys.stderr.write(f"\r{now:8.1f}s / {total:.1f}s  {pct:5.1f}%")
+        sys.stderr.flush()
+
+
+def format_stats(stats: dict[str, dict[str, Any]]) -> str:
+    rows = [("node", "kind", "in", "out", "drops", "cpu ms", "other")]
+    for name, s in stats.items():
+        other = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in s.items()
+                          if k not in ("kind", "frames_in", "frames_out", "drops", "cpu_ms"))
+        rows.append((name, s["kind"], str(s["frames_in"]), str(s["frames_out"]),
+                     str(s["drops"]), f"{s['cpu_ms']:.2f}", other))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True))
+                     + "  " + r[6] for r in rows)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
+
+    graph = build_graph(args)
+    duration = None
+    if args.duration is not None:
+        from .params import Duration
+
+        try:
+            duration = Duration.parse(args.duration)
+        except ValueError as e:
+            raise CliError(f"--duration: {e.args[0]}", hint=e.args[1]) from None
+    realtime = args.realtime if args.realtime is not None else any(
+        getattr(n, "realtime", False) for n in graph.nodes.values())
+    show_progress = not realtime and sys.stderr.isatty() and not args.quiet
+    runtime = Runtime(graph, realtime=realtime, duration=duration, stats=args.stats,
+                      progress=_progress if show_progress else None)
+    for msg_name in ("error",):
+        graph.listeners.append(lambda m, n=msg_name: m.name == n and print(
+            f"pipeline: {m.node}: {m.data.get('message', m.data)}", file=sys.stderr))
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, runtime.request_stop)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover
+                pass
+        return await runtime.run()
+
+    result = asyncio.run(main())
+    if show_progress:
+        sys.stderr.write("\n")
+    if not args.quiet:
+        speed = result.media_time / result.wall_time if result.wall_time > 0 else 0.0
+        print(f"pipeline: '{graph.name}' ran {result.media_time:.2f}s of media in "
+              f"{result.wall_time:.2f}s ({speed:.0f}x real time), ended by {result.stopped_by}",
+              file=sys.stderr)
+    if args.stats:
+        print(format_stats(result.stats))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    graph = build_graph(args)
+    graph.prepare()
+    conv = f", {len(graph.converters)} converter(s) inserted" if graph.converters else ""
+    print(f"{args.file or 'launch line'}: graph '{graph.name}' is valid: "
+          f"{len(graph.nodes)} nodes, {len(graph.links)} links{conv}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .introspect import format_inspect, json_schema_text, markdown_reference
+    from .registry import get_registry
+
+    reg = get_registry()
+    if args.markdown:
+        print(markdown_reference(reg.node_types))
+        return 0
+    if args.schema:
+        print(json_schema_text(reg.node_types))
+        return 0
+    if args.kind:
+        try:
+            cls = reg.node_type(args.kind)
+        except PipelineError:
+            raise
+        print(format_inspect(cls))
+        return 0
+    rows = []
+    for kind in sorted(reg.node_types):
+        cls = reg.node_types[kind]
+        ins = ",".join(p.name for p in cls.inputs) or "-"
+        outs = ",".join(p.name for p in cls.outputs) or "-"
+        rows.append((kind, cls.plugin, f"{ins} -> {outs}", cls.doc()))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3]}")
+    print(f"\n{len(rows)} node types from {len({r[1] for r in rows})} plugins")
+    return 0
+
+
+def to_dot(graph: Graph) -> str:
+    lines = [f'digraph "{graph.name}" {{', "  rankdir=LR;",
+             '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb",'
+             ' fontname="Helvetica"];',
+             '  edge [fontname="Helvetica", fontsize=9];']
+    for name, node in graph.nodes.items():
+        color = ', fillcolor="#fdf1dc"' if name in graph.converters else ""
+        lines.append(f'  "{name}" [label="{name}\\n({node.kind})"{color}];')
+    for ln in graph.links:
+        fmt = graph.nodes[ln.src].out_formats.get(ln.src_port)
+        label = f"{ln.src_port} → {ln.dst_port}" + (f"\\n{fmt}" if fmt else "")
+        style = ", style=dashed" if ln.feedback else ""
+        lines.append(f'  "{ln.src}" -> "{ln.dst}" [label="{label}"{style}];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    graph = build_graph(args)
+    graph.prepare()
+    dot = to_dot(graph)
+    out = Path(args.output)
+    ext = out.suffix.lower().lstrip(".")
+    if ext in ("dot", "gv"):
+        out.write_text(dot)
+    elif ext in ("svg", "png", "pdf"):
+        exe = shutil.which("dot")
+        if exe is None:
+            raise CliError("Graphviz 'dot' is not installed",
+                           hint="apt-get install graphviz, or draw to a .dot file")
+        r = subprocess.run([exe, f"-T{ext}", "-o", str(out)], input=dot.encode(),
+                           capture_output=True, timeout=60)
+        if r.returncode != 0:
+            raise CliError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
+    else:
+        raise CliError(f"cannot draw to '{out}': unknown extension",
+                       hint="use .svg, .png, .pdf or .dot")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .devices import list_devices
+
+    print(list_devices())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .sip_cli import serve
+
+    return serve(args)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from .sip_cli import call
+
+    return call(args)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pipeline", description="voip-pipeline: media graphs "
+                                "for VoIP, described in YAML")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the graph does")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def graph_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("file", nargs="?", help="graph YAML file")
+        sp.add_argument("-e", dest="expr", metavar="LINE",
+                        help='a one-line graph: "tone ! resample rate=8000 ! wav_recorder '
+                             'path=a.wav"')
+        sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a graph parameter (repeatable)")
+
+    sp = sub.add_parser("launch", help="run a graph")
+    graph_args(sp)
+    sp.add_argument("--duration", help="stop after this much media time (e.g. 10s)")
+    mode = sp.add_mutually_exclusive_group()
+    mode.add_argument("--realtime", dest="realtime", action="store_true", default=None,
+                      help="pace by the wall clock (default for live graphs)")
+    mode.add_argument("--offline", dest="realtime", action="store_false",
+                      help="run as fast as the CPU allows (default for file graphs)")
+    sp.add_argument("--stats", action="store_true", help="print per-node statistics at the end")
+    sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    sp.set_defaults(func=cmd_launch)
+
+    sp = sub.add_parser("validate", help="load, check and negotiate a graph without running it")
+    graph_args(sp)
+    sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("inspect", help="list node types, or describe one")
+    sp.add_argument("kind", nargs="?", help="node type to describe")
+    sp.add_argument("--markdown", action="store_true", help="print the YAML reference")
+    sp.add_argument("--schema", action="store_true", help="print the JSON schema of graphs")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = sub.add_parser("draw", help="draw a graph (.svg/.png/.pdf with Graphviz, or .dot)")
+    graph_args(sp)
+    sp.add_argument("-o", "--output", required=True, help="output file")
+    sp.set_defaults(func=cmd_draw)
+
+    sp = sub.add_parser("devices", help="list sound devices")
+    sp.set_defaults(func=cmd_devices)
+
+    sp = sub.add_parser("serve", help="run a graph with a SIP endpoint, answering calls")
+    graph_args(sp)
+    sp.add_argument("--duration", help="stop after this long")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("call", help="call a SIP URI and run a graph for the call")
+    sp.add_argument("uri", help="sip:user@host:port")
+    sp.add_argument("--graph", required=True, help="call graph YAML file")
+    sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--duration", help="hang up after this long (e.g. 10s)")
+    sp.set_defaults(func=cmd_call)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="pipeline: %(name)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except PipelineError as e:
+        if args.debug:
+            raise
+        print(f"pipeline: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one line, never a traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"pipeline: internal error: {type(e).__name__}: {e} (run with --debug for the "
+              "traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Frames and in-band events that travel along links.
+
+Frames are immutable by convention: a node never changes a frame after emitting it, so a tee
+fans one frame out to many consumers by reference (as aiortc's MediaRelay does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Frame flags (bit set).
+FLAG_DISCONT = 1  # first frame after a gap, seek or format change
+FLAG_CONCEALED = 2  # synthesised by loss concealment, not decoded from media
+FLAG_SILENCE = 4  # known to be silence (comfort noise, muted, absent participant)
+
+
+@dataclass(slots=True, eq=False)
+class AudioFrame:
+    """PCM audio: `data` shaped (samples, channels), int16 or float32; `pts` counts samples."""
+
+    data: np.ndarray
+    rate: int
+    pts: int = 0
+    flags: int = 0
+
+    @property
+    def samples(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def duration(self) -> float:
+        """Duration in seconds."""
+        return self.data.shape[0] / self.rate
+
+    @property
+    def encoding(self) -> str:
+        return "pcm_s16" if self.data.dtype == np.int16 else "pcm_f32"
+
+
+@dataclass(slots=True, eq=False)
+class EncodedFrame:
+    """A compressed payload (one codec frame, or one RTP payload) with its timing.
+
+    `pts` and `duration` are in units of `rate` (the codec's RTP clock rate).
+    """
+
+    payload: bytes
+    codec: str
+    pts: int = 0
+    duration: int = 0
+    rate: int = 8000
+    marker: bool = False
+    flags: int = 0
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class VideoFrame:
+    """A raw video picture: `planes` are numpy views (over `av_frame` where there is one)."""
+
+    planes: tuple[np.ndarray, ...]
+    width: int
+    height: int
+    pix_fmt: str = "yuv420p"
+    pts: int = 0  # 90 kHz
+    flags: int = 0
+    av_frame: Any = None
+
+
+# ---- in-band events ---------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """Base of in-band events; they travel in order with the frames."""
+
+
+@dataclass(slots=True, frozen=True)
+class EndOfStream(Event):
+    """No more frames will arrive on this link."""
+
+
+@dataclass(slots=True, frozen=True)
+class DtmfEvent(Event):
+    """A DTMF digit (0-9, *, #, A-D) detected or to be sent; `pts` in samples of `rate`."""
+
+    digit: str
+    duration_ms: int = 100
+    volume_dbm0: int = 10
+    pts: int = 0
+    rate: int = 8000
+    end: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class FormatChange(Event):
+    """The format on this link changes from the next frame on."""
+
+    format: Any
+
+
+@dataclass(slots=True, frozen=True)
+class LevelEvent(Event):
+    """Signal level measured by a `level` node, in dBFS."""
+
+    rms_dbfs: float
+    peak_dbfs: float
+    pts: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class CustomEvent(Event):
+    """An application-defined event (e.g. `rtp-timeout`, `error`) with free-form data."""
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+EOS = EndOfStream()

@@ -1,0 +1,318 @@
+"""A graph of nodes and links: structure checks, format negotiation, converter insertion.
+
+The structure lives in a networkx MultiDiGraph so cycle checks, topological order and drawing
+come from one place. Errors carry the YAML location of what caused them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .errors import GraphError, NegotiationError
+from .formats import AUDIO, Caps, Format, caps_str, intersect_caps
+from .node import Node
+from .params import ParamValueError
+
+log = logging.getLogger("pipeline.graph")
+
+Where = tuple[str | None, int | None, int | None]
+NOWHERE: Where = (None, None, None)
+
+
+@dataclass(slots=True)
+class Link:
+    """One link from an output port to an input port."""
+
+    src: str
+    src_port: str
+    dst: str
+    dst_port: str
+    feedback: bool = False  # declared feedback edge: delivered one period later
+    where: Where = NOWHERE
+    frames: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.src}.{self.src_port} -> {self.dst}.{self.dst_port}"
+
+
+@dataclass(slots=True)
+class BusMessage:
+    """A message a node posted to the application (error, level, call state...)."""
+
+    node: str
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Graph:
+    """Nodes and links; `prepare()` checks and negotiates, the runtime runs it."""
+
+    def __init__(self, name: str = "graph", *, description: str = "", auto_convert: bool = True,
+                 period: float = 0.02, registry: Any = None) -> None:
+        self.name = name
+        self.description = description
+        self.auto_convert = auto_convert
+        self.period = period
+        self.registry = registry
+        self.nodes: dict[str, Node] = {}
+        self.links: list[Link] = []
+        self.where: dict[str, Where] = {}
+        self.param_where: dict[tuple[str, str], Where] = {}
+        self.converters: list[str] = []
+        self.messages: list[BusMessage] = []
+        self.listeners: list[Callable[[BusMessage], None]] = []
+        self.on_finished: Callable[[Node], None] | None = None
+        self.prepared = False
+        self._anon = 0
+
+    # ---- building ---------------------------------------------------------------------
+    def anonymous_name(self, kind: str) -> str:
+        self._anon += 1
+        name = f"{kind}{self._anon}"
+        while name in self.nodes:
+            self._anon += 1
+            name = f"{kind}{self._anon}"
+        return name
+
+    def add(self, node: Node, where: Where = NOWHERE) -> Node:
+        if node.name in self.nodes:
+            raise GraphError(f"node '{node.name}' is defined twice", **_loc(where),
+                             hint="give each node a unique name")
+        self.nodes[node.name] = node
+        self.where[node.name] = where
+        node.graph = self
+        return node
+
+    def create(self, kind: str, name: str | None = None, params: dict | None = None,
+               where: Where = NOWHERE, param_where: dict[str, Where] | None = None) -> Node:
+        """Instantiate a registered node type, turning parameter errors into GraphErrors."""
+        from .registry import get_registry
+
+        registry = self.registry or get_registry()
+        try:
+            cls = registry.node_type(kind)
+        except Exception as e:
+            raise GraphError(e.message, **_loc(where), hint=e.hint) from None
+        name = name or self.anonymous_name(kind)
+        param_where = param_where or {}
+        try:
+            node = cls(name, **(params or {}))
+        except ParamValueError as e:
+            pw = param_where.get(e.param, where)
+            hint = e.hint
+            if hint is None and e.param not in cls.param_specs():
+                hint = _param_hint(cls, e.param)
+            raise GraphError(f"node '{name}' ({kind}): {e.message}", **_loc(pw),
+                             hint=hint) from None
+        for p, w in param_where.items():
+            self.param_where[(name, p)] = w
+        return self.add(node, where)
+
+    def link(self, src: str, src_port: str | None, dst: str, dst_port: str | None, *,
+             feedback: bool = False, where: Where = NOWHERE) -> Link:
+        """Link two ports; None picks the node's next free (or requested) port."""
+        a = self._node(src, where)
+        b = self._node(dst, where)
+        sp = self._pick_port(a, "out", src_port, where)
+        dp = self._pick_port(b, "in", dst_port, where)
+        for ln in self.links:
+            if ln.src == src and ln.src_port == sp:
+                raise GraphError(
+                    f"output port '{src}.{sp}' is linked twice (to '{ln.dst}.{ln.dst_port}' "
+                    f"and '{dst}.{dp}')", **_loc(where),
+                    hint="an output feeds one input; use a tee to fan out")
+            if ln.dst == dst and ln.dst_port == dp:
+                raise GraphError(
+                    f"input port '{dst}.{dp}' is linked twice (from '{ln.src}.{ln.src_port}' "
+                    f"and '{src}.{sp}')", **_loc(where),
+                    hint="an input takes one link; use a mixer to combine streams")
+        a.linked_outputs.append(sp)
+        b.linked_inputs.append(dp)
+        ln = Link(src, sp, dst, dp, feedback, where)
+        self.links.append(ln)
+        return ln
+
+    def _node(self, name: str, where: Where) -> Node:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.nodes, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "declare it under nodes:"
+            raise GraphError(f"link names unknown node '{name}'", **_loc(where),
+                             hint=hint) from None
+
+    def _pick_port(self, node: Node, direction: str, port: str | None, where: Where) -> str:
+        declared = node.outputs if direction == "out" else node.inputs
+        linked = node.linked_outputs if direction == "out" else node.linked_inputs
+        word = "output" if direction == "out" else "input"
+        if port is not None:
+            if node.find_port(direction, port) is None:
+                names = ", ".join(p.name for p in declared) or "none"
+                raise GraphError(f"node '{node.name}' ({node.kind}) has no {word} port '{port}'",
+                                 **_loc(where), hint=f"its {word} ports are: {names}")
+            return port
+        for p in declared:
+            if p.is_request:
+                return next(node.request_port_names(direction))
+            if p.name not in linked:
+                return p.name
+        if not declared:
+            raise GraphError(f"node '{node.name}' ({node.kind}) has no {word} ports",
+                             **_loc(where), hint=f"it cannot be linked as {word}")
+        raise GraphError(f"every {word} port of node '{node.name}' is already linked",
+                         **_loc(where), hint="name the port explicitly (node.port)")
+
+    # ---- checking ---------------------------------------------------------------------
+    def to_networkx(self) -> nx.MultiDiGraph:
+        g = nx.MultiDiGraph()
+        for name, node in self.nodes.items():
+            g.add_node(name, kind=node.kind)
+        for ln in self.links:
+            g.add_edge(ln.src, ln.dst, src_port=ln.src_port, dst_port=ln.dst_port,
+                       feedback=ln.feedback)
+        return g
+
+    def topological_order(self) -> list[str]:
+        g = nx.DiGraph()
+        g.add_nodes_from(self.nodes)
+        g.add_edges_from((ln.src, ln.dst) for ln in self.links if not ln.feedback)
+        # Stable order: among ready nodes, keep declaration order.
+        order = {n: i for i, n in enumerate(self.nodes)}
+        return list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
+
+    def check(self) -> None:
+        """Structure checks: unlinked ports, cycles without a declared feedback edge."""
+        for name, node in self.nodes.items():
+            for p in node.inputs:
+                if not p.is_request and not p.optional and p.name not in node.linked_inputs:
+                    raise GraphError(f"input port '{name}.{p.name}' is not linked",
+                                     **_loc(self.where[name]),
+                                     hint=f"link something to {name}.{p.name} under links:")
+            for p in node.outputs:
+                if not p.is_request and not p.optional and p.name not in node.linked_outputs:
+                    raise GraphError(f"output port '{name}.{p.name}' is not linked",
+                                     **_loc(self.where[name]),
+                                     hint=f"link {name}.{p.name} to a sink (null_sink discards)")
+        g = nx.DiGraph()
+        g.add_edges_from((ln.src, ln.dst) for ln in self.links if not ln.feedback)
+        try:
+            cycle = nx.find_cycle(g)
+        except nx.NetworkXNoCycle:
+            return
+        names = " -> ".join([e[0] for e in cycle] + [cycle[-1][1]])
+        first = next(ln for ln in self.links if (ln.src, ln.dst) == cycle[-1][:2])
+        raise GraphError(f"cycle without a feedback edge: {names}", **_loc(first.where),
+                         hint="declare one link of the loop as {link: 'a -> b', feedback: true}")
+
+    def validate_nodes(self) -> None:
+        for name, node in self.nodes.items():
+            try:
+                node.validate()
+            except ParamValueError as e:
+                w = self.param_where.get((name, e.param), self.where.get(name, NOWHERE))
+                raise GraphError(f"node '{name}' ({node.kind}): {e.message}", **_loc(w),
+                                 hint=e.hint) from None
+
+    # ---- negotiation ------------------------------------------------------------------
+    def negotiate(self) -> None:
+        """Fix every link's format in topological order, inserting converters where needed."""
+        for name in self.topological_order():
+            node = self.nodes[name]
+            inputs: dict[str, Format] = {}
+            for ln in [ln for ln in self.links if ln.dst == name]:
+                src = self.nodes[ln.src]
+                offered = src.out_formats.get(ln.src_port)
+                if offered is None:  # feedback edge from a node not negotiated yet
+                    continue
+                accepted = node.input_caps(ln.dst_port, offered)
+                if intersect_caps((offered,), accepted):
+                    inputs[ln.dst_port] = offered
+                    continue
+                inputs[ln.dst_port] = self._convert(ln, offered, accepted)
+            downstream = {}
+            for ln in self.links:
+                if ln.src == name:
+                    downstream[ln.src_port] = self.nodes[ln.dst].input_caps(ln.dst_port, None)
+            try:
+                outs = node.negotiate(inputs, downstream)
+            except NegotiationError:
+                raise
+            except (ValueError, NotImplementedError) as e:
+                raise GraphError(f"node '{name}' ({node.kind}) cannot negotiate: {e}",
+                                 **_loc(self.where[name])) from None
+            node.in_formats = inputs
+            node.out_formats = dict(outs)
+
+    def _convert(self, ln: Link, offered: Format, accepted: Caps) -> Format:
+        convertible = [f for f in accepted if f.media == AUDIO and offered.media == AUDIO]
+        if not (self.auto_convert and convertible and offered.is_pcm):
+            raise NegotiationError(
+                f"cannot link {ln.src}.{ln.src_port} ({offered}) to {ln.dst}.{ln.dst_port} "
+                f"({caps_str(accepted)})"
+                + ("" if self.auto_convert else ": auto_convert is off"),
+                hint=("insert a resample node between them, or set auto_convert: true"
+                      if offered.media == AUDIO else "insert a matching encoder or decoder"),
+                **_loc(ln.where),
+            )
+        target = convertible[0].fixate(prefer=offered)
+        # Rewire src -> converter -> dst in place of the original link.
+        conv_name = self.anonymous_name("convert")
+        conv = self.create("resample", conv_name, {
+            "rate": target.value("rate"), "channels": target.value("channels"),
+            "sample_format": target.value("encoding"),
+        })
+        self.links.remove(ln)
+        conv.linked_inputs.append("in")
+        conv.linked_outputs.append("out")
+        self.links.append(Link(ln.src, ln.src_port, conv_name, "in", where=ln.where))
+        self.links.append(Link(conv_name, "out", ln.dst, ln.dst_port, where=ln.where))
+        conv.in_formats = {"in": offered}
+        conv.out_formats = {"out": target}
+        self.converters.append(conv_name)
+        log.info("inserted converter %s between %s.%s (%s) and %s.%s (%s)", conv_name, ln.src,
+                 ln.src_port, offered, ln.dst, ln.dst_port, target)
+        self.post(conv, "converter-inserted", {"from": str(offered), "to": str(target),
+                                               "link": str(ln)})
+        return target
+
+    def prepare(self) -> None:
+        """Check, validate and negotiate: after this the graph can run."""
+        if self.prepared:
+            return
+        self.check()
+        self.validate_nodes()
+        self.negotiate()
+        self.prepared = True
+
+    # ---- bus --------------------------------------------------------------------------
+    def post(self, node: Node, name: str, data: dict) -> None:
+        msg = BusMessage(node.name, name, data)
+        self.messages.append(msg)
+        for fn in self.listeners:
+            fn(msg)
+
+    def node_finished(self, node: Node) -> None:
+        if self.on_finished is not None:
+            self.on_finished(node)
+
+
+def _loc(where: Where | None) -> dict:
+    file, line, column = where or NOWHERE
+    return {"file": file, "line": line, "column": column}
+
+
+def _param_hint(cls: type[Node], param: str) -> str:
+    import difflib
+
+    names = list(cls.param_specs())
+    close = difflib.get_close_matches(param, names, n=1)
+    if close:
+        return f"did you mean '{close[0]}'? (pipeline inspect {cls.kind})"
+    return f"'{cls.kind}' takes: {', '.join(names) or 'no parameters'}"

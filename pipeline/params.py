@@ -1,0 +1,212 @@
+"""Typed, documented node parameters, with units where they are natural (5s, 20ms, 16kHz, -6dB).
+
+A `Param` is declared on a node class and maps 1:1 to a YAML key; `pipeline inspect`, the YAML
+reference and the JSON schema all read these declarations, so there is one source of truth.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_UNIT_RE = re.compile(rf"^\s*({_NUMBER})\s*([a-zA-Z]*)\s*$")
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "us": 1e-6, "min": 60.0,
+                   "m": 60.0, "h": 3600.0}
+_FREQ_UNITS = {"": 1.0, "hz": 1.0, "khz": 1e3, "mhz": 1e6}
+_DB_UNITS = {"": 1.0, "db": 1.0, "dbfs": 1.0}
+
+
+class ParamValueError(ValueError):
+    """A parameter value is wrong; carries the parameter name and a hint."""
+
+    def __init__(self, param: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+        self.hint = hint
+
+
+def _with_unit(text: str, units: dict[str, float], what: str, example: str) -> float:
+    m = _UNIT_RE.match(text)
+    if not m or m.group(2).lower() not in units:
+        raise ValueError(f"'{text}' is not a {what}", f"write it like {example}")
+    return float(m.group(1)) * units[m.group(2).lower()]
+
+
+class Duration(float):
+    """Seconds; accepts 5, 5s, 20ms, 1.5min."""
+
+    example = "5s or 20ms"
+
+    @classmethod
+    def parse(cls, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"'{value}' is not a duration", f"write it like {cls.example}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        return _with_unit(str(value), _DURATION_UNITS, "duration", cls.example)
+
+
+class Frequency(float):
+    """Hertz; accepts 440, 440Hz, 16kHz."""
+
+    example = "440Hz or 16kHz"
+
+    @classmethod
+    def parse(cls, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"'{value}' is not a frequency", f"write it like {cls.example}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        return _with_unit(str(value), _FREQ_UNITS, "frequency", cls.example)
+
+
+class Decibels(float):
+    """Decibels; accepts -6, -6dB, 0dBFS."""
+
+    example = "-6dB"
+
+    @classmethod
+    def parse(cls, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"'{value}' is not a level in dB", f"write it like {cls.example}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        return _with_unit(str(value), _DB_UNITS, "level in dB", cls.example)
+
+
+class Path(str):
+    """A file path (relative paths are relative to the graph file's folder)."""
+
+
+_TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "bool", list: "list",
+               dict: "map", Duration: "duration", Frequency: "frequency", Decibels: "dB",
+               Path: "path"}
+
+
+def _coerce(ptype: type, value: Any) -> Any:
+    if hasattr(ptype, "parse"):
+        return ptype.parse(value)
+    if ptype is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"'{value}' is not a boolean", "write true or false")
+    if ptype is int:
+        if isinstance(value, bool):
+            raise ValueError(f"'{value}' is not an integer", "write a whole number")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            # Allow a frequency written with a unit for integer rates ("16kHz").
+            try:
+                return int(value, 0)
+            except ValueError:
+                f = _with_unit(value, _FREQ_UNITS, "whole number", "8000 or 16kHz")
+                if f.is_integer():
+                    return int(f)
+        raise ValueError(f"'{value}' is not an integer", "write a whole number")
+    if ptype is float:
+        if isinstance(value, bool):
+            raise ValueError(f"'{value}' is not a number", "write a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"'{value}' is not a number", "write a number") from None
+    if ptype is str or ptype is Path:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"'{value}' is not a string", "write a plain value")
+        return ptype(value)
+    if ptype is list:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        raise ValueError(f"'{value}' is not a list", "write [a, b] or a,b")
+    if ptype is dict:
+        if isinstance(value, dict):
+            return value
+        raise ValueError(f"'{value}' is not a map", "write {key: value}")
+    return value
+
+
+@dataclass(slots=True)
+class Param:
+    """A node parameter: type, default, one-line doc and limits.
+
+    Declared as a class attribute; the node reads it as a plain instance attribute (the
+    instance value shadows this non-data descriptor, so reads cost nothing on the hot path).
+    """
+
+    type: type
+    default: Any = None
+    doc: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+    required: bool = False
+    name: str = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return self.default
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES.get(self.type, getattr(self.type, "__name__", str(self.type)))
+
+    def convert(self, value: Any) -> Any:
+        """The value as this parameter's type, checked against its limits."""
+        if value is None:
+            if self.required:
+                raise ParamValueError(self.name, f"parameter '{self.name}' is required")
+            return None
+        try:
+            v = _coerce(self.type, value)
+        except ValueError as e:
+            msg, hint = (e.args + (None,))[:2]
+            raise ParamValueError(self.name, f"parameter '{self.name}': {msg}", hint) from None
+        if self.choices is not None and v not in self.choices:
+            raise ParamValueError(
+                self.name,
+                f"parameter '{self.name}': '{value}' is not one of "
+                + ", ".join(map(str, self.choices)),
+                "pick one of the listed values",
+            )
+        if self.min is not None and v < self.min or self.max is not None and v > self.max:
+            raise ParamValueError(
+                self.name,
+                f"parameter '{self.name}': {value} is out of range [{self._limits()}]",
+                f"use a value in [{self._limits()}]",
+            )
+        return v
+
+    def _limits(self) -> str:
+        lo = "" if self.min is None else f"{self.min:g}"
+        hi = "" if self.max is None else f"{self.max:g}"
+        return f"{lo}, {hi}"
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "type": self.type_name, "doc": self.doc}
+        d["default"] = self.default
+        if self.required:
+            d["required"] = True
+        if self.min is not None or self.max is not None:
+            d["limits"] = [self.min, self.max]
+        if self.choices is not None:
+            d["choices"] = list(self.choices)
+        return d

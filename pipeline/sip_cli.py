@@ -1,0 +1,25 @@
+"""`pipeline serve` and `pipeline call`, provided by the SIP plugin once it is installed."""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import PipelineError
+
+
+def _sip() -> object:
+    try:
+        from plugins.sip import cli as sip_cli  # type: ignore[attr-defined]
+    except ImportError:
+        raise PipelineError("SIP support is not available in this build",
+                            hint="the sip plugin family (plugins/sip) provides serve and call") \
+            from None
+    return sip_cli
+
+
+def serve(args: argparse.Namespace) -> int:
+    return _sip().serve(args)  # type: ignore[attr-defined]
+
+
+def call(args: argparse.Namespace) -> int:
+    return _sip().call(args)  # type: ignore[attr-defined]

@@ -1,0 +1,166 @@
+"""Pass-through and utility nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.formats import Format
+from pipeline.frames import AudioFrame, LevelEvent
+from pipeline.node import Node, Port
+from pipeline.params import Decibels, Duration, Param
+
+PCM = (Format.audio(),)
+
+
+class Gain(Node):
+    """Scales PCM audio by a gain in dB (0 dB passes frames through untouched)."""
+
+    kind = "gain"
+    inputs = (Port("in", PCM, "PCM audio"),)
+    outputs = (Port("out", PCM, "PCM audio, same format"),)
+    gain = Param(Decibels, 0.0, "gain in dB", min=-120.0, max=60.0)
+
+    def start(self) -> None:
+        self._factor = float(10.0 ** (self.gain / 20.0))
+        if self.gain == 0.0:
+            # Unity gain: forward by reference, the cheapest possible hop.
+            self.process = self.emit_passthrough  # type: ignore[method-assign]
+
+    def emit_passthrough(self, port: str, frame: Any) -> None:
+        self.emit("out", frame)
+
+    def process(self, port: str, frame: AudioFrame) -> None:
+        x = frame.data * self._factor
+        if frame.data.dtype == np.int16:
+            np.rint(x, out=x)
+            np.clip(x, -32768, 32767, out=x)
+            data = x.astype(np.int16)
+        else:
+            data = x.astype(np.float32, copy=False)
+        self.emit("out", AudioFrame(data, frame.rate, frame.pts, frame.flags))
+
+
+class Tee(Node):
+    """Fans each frame out to every output by reference (no copies)."""
+
+    kind = "tee"
+    inputs = (Port("in", (Format.any(),), "any frames"),)
+    outputs = (Port("out_%u", (Format.any(),), "the same frames, by reference"),)
+
+    def process(self, port: str, frame: Any) -> None:
+        emit = self.emit
+        for out in self.linked_outputs:
+            emit(out, frame)
+
+
+class NullSink(Node):
+    """Discards what it receives (counts frames)."""
+
+    kind = "null_sink"
+    inputs = (Port("in", (Format.any(),), "any frames"),)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        return {}
+
+    def process(self, port: str, frame: Any) -> None:
+        pass
+
+
+class FrameSink(Node):
+    """Hands frames to Python code: keeps them in `frames` (up to max_frames) and calls
+    `on_frame(frame)` if the application set it. For tests and for analysis."""
+
+    kind = "frame_sink"
+    inputs = (Port("in", (Format.any(),), "any frames"),)
+    max_frames = Param(int, 100000, "frames kept in memory (oldest dropped)", min=0)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        return {}
+
+    def start(self) -> None:
+        from collections import deque
+
+        self.frames: deque = deque(maxlen=self.max_frames or None)
+        self.events: list = []
+        self.on_frame = getattr(self, "on_frame", None)
+
+    def process(self, port: str, frame: Any) -> None:
+        self.frames.append(frame)
+        if self.on_frame is not None:
+            self.on_frame(frame)
+
+    def event(self, port, event) -> None:
+        self.events.append(event)
+        super().event(port, event)
+
+    def audio(self) -> np.ndarray:
+        """All audio received, concatenated, shaped (samples, channels)."""
+        if not self.frames:
+            return np.zeros((0, 1), np.int16)
+        return np.concatenate([f.data for f in self.frames])
+
+
+def dbfs(value: float) -> float:
+    return float(20.0 * np.log10(max(value, 1e-10)))
+
+
+class Level(Node):
+    """Measures RMS and peak level in dBFS; posts a `level` message every interval."""
+
+    kind = "level"
+    inputs = (Port("in", PCM, "PCM audio"),)
+    outputs = (Port("out", PCM, "the same audio", optional=True),)
+    interval = Param(Duration, 1.0, "how often to report, e.g. 100ms", min=0.01)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        return {p: inputs["in"] for p in self.linked_outputs}
+
+    def start(self) -> None:
+        self._sum2 = 0.0
+        self._peak = 0.0
+        self._n = 0
+        self._next = None
+        self.reports: list[LevelEvent] = []
+
+    def process(self, port: str, frame: AudioFrame) -> None:
+        x = frame.data
+        scale = 32768.0 if x.dtype == np.int16 else 1.0
+        xf = x.astype(np.float32) / scale
+        self._sum2 += float(np.dot(xf.ravel(), xf.ravel()))
+        self._peak = max(self._peak, float(np.abs(xf).max()) if xf.size else 0.0)
+        self._n += xf.size
+        if self._next is None:
+            self._next = frame.pts + int(self.interval * frame.rate)
+        if frame.pts + frame.samples >= self._next:
+            self._report(frame.pts + frame.samples)
+            self._next += int(self.interval * frame.rate)
+        if self.linked_outputs:
+            self.emit("out", frame)
+
+    def _report(self, pts: int) -> None:
+        if not self._n:
+            return
+        ev = LevelEvent(dbfs(np.sqrt(self._sum2 / self._n)), dbfs(self._peak), pts)
+        self.reports.append(ev)
+        self.post("level", rms_dbfs=ev.rms_dbfs, peak_dbfs=ev.peak_dbfs, pts=pts)
+        if self.linked_outputs:
+            self.emit_event("out", ev)
+        self._sum2, self._peak, self._n = 0.0, 0.0, 0
+
+    def event(self, port, event) -> None:
+        from pipeline.frames import EndOfStream
+
+        if isinstance(event, EndOfStream):
+            self._report(-1)
+            super().event(port, event)
+            if not self.linked_outputs:
+                self.send_eos()
+            return
+        super().event(port, event)
+
+    def stats(self) -> dict[str, Any]:
+        last = self.reports[-1] if getattr(self, "reports", None) else None
+        return {**super().stats(), "rms_dbfs": last.rms_dbfs if last else None,
+                "peak_dbfs": last.peak_dbfs if last else None}

@@ -1,0 +1,106 @@
+"""Generator nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.params import Decibels, Frequency, Param
+
+from .source import PcmSource, db_to_amplitude
+
+# ITU-T Q.23 DTMF frequencies: row (low group) and column (high group) in Hz.
+DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
+DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
+DTMF_KEYS = ("123A", "456B", "789C", "*0#D")
+DTMF_FREQS = {key: (DTMF_LOW[r], DTMF_HIGH[c])
+              for r, row in enumerate(DTMF_KEYS) for c, key in enumerate(row)}
+
+
+class Tone(PcmSource):
+    """A sine tone, phase-continuous across frames."""
+
+    kind = "tone"
+    freq = Param(Frequency, 440.0, "frequency, e.g. 440Hz or 1kHz", min=0.0, max=96000.0)
+    level = Param(Decibels, -6.0, "level in dBFS (peak)", min=-120.0, max=0.0)
+
+    def start(self) -> None:
+        super().start()
+        self._amp = db_to_amplitude(self.level) * 32767.0
+        self._w = 2.0 * np.pi * self.freq / self.rate
+        self._idx = np.arange(self.period_samples, dtype=np.float64)
+
+    def render(self, pts: int, n: int) -> np.ndarray:
+        # The phase from the absolute sample index keeps every frame continuous.
+        phase = (pts * self._w) % (2.0 * np.pi)
+        x = np.sin(self._idx[:n] * self._w + phase) * self._amp
+        out = np.empty((n, self.channels), np.int16)
+        out[:] = np.rint(x)[:, None]
+        return out
+
+
+class Silence(PcmSource):
+    """Digital silence."""
+
+    kind = "silence"
+
+    def render(self, pts: int, n: int) -> np.ndarray:
+        return np.zeros((n, self.channels), np.int16)
+
+
+class Noise(PcmSource):
+    """White Gaussian noise from a seeded generator (reproducible)."""
+
+    kind = "noise"
+    level = Param(Decibels, -30.0, "RMS level in dBFS", min=-120.0, max=0.0)
+    seed = Param(int, 0, "random seed")
+
+    def start(self) -> None:
+        super().start()
+        self._rng = np.random.default_rng(self.seed)
+        self._amp = db_to_amplitude(self.level) * 32767.0
+
+    def render(self, pts: int, n: int) -> np.ndarray:
+        x = self._rng.standard_normal((n, self.channels)) * self._amp
+        return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+
+
+class DtmfTone(PcmSource):
+    """In-band DTMF digits (ITU-T Q.23 frequency pairs), then end of stream."""
+
+    kind = "dtmf_tone"
+    digits = Param(str, "1234567890*#", "digits to play (0-9, *, #, A-D)", required=False)
+    tone_ms = Param(int, 100, "length of each digit in ms", min=40, max=10000)
+    gap_ms = Param(int, 100, "pause between digits in ms", min=0, max=10000)
+    level = Param(Decibels, -10.0, "level of each of the two tones in dBFS", min=-60.0, max=-6.0)
+
+    def validate(self) -> None:
+        from pipeline.params import ParamValueError
+
+        bad = [d for d in self.digits.upper() if d not in DTMF_FREQS]
+        if bad:
+            raise ParamValueError("digits", f"parameter 'digits': '{bad[0]}' is not a DTMF digit",
+                                  "use 0-9, *, #, A-D")
+
+    def expected_duration(self) -> float:
+        return len(self.digits) * (self.tone_ms + self.gap_ms) / 1000.0
+
+    def start(self) -> None:
+        self.duration = self.expected_duration()
+        super().start()
+        on = int(self.rate * self.tone_ms / 1000)
+        off = int(self.rate * self.gap_ms / 1000)
+        t = np.arange(on) / self.rate
+        amp = db_to_amplitude(self.level) * 32767.0
+        parts = []
+        for d in self.digits.upper():
+            lo, hi = DTMF_FREQS[d]
+            parts.append(amp * (np.sin(2 * np.pi * lo * t) + np.sin(2 * np.pi * hi * t)))
+            parts.append(np.zeros(off))
+        sig = np.concatenate(parts) if parts else np.zeros(0)
+        self._signal = np.rint(sig).astype(np.int16)
+        self.total = len(self._signal)
+
+    def render(self, pts: int, n: int) -> np.ndarray:
+        out = np.empty((n, self.channels), np.int16)
+        out[:] = self._signal[pts:pts + n, None]
+        return out

@@ -1,0 +1,10 @@
+"""The audio mixer."""
+
+from pipeline.hookspecs import hookimpl
+
+
+@hookimpl
+def register_node_types():
+    from .nodes import Mixer
+
+    return [Mixer]
