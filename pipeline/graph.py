@@ -89,8 +89,14 @@ class Graph:
         return node
 
     def create(self, kind: str, name: str | None = None, params: dict | None = None,
-               where: Where = NOWHERE, param_where: dict[str, Where] | None = None) -> Node:
-        """Instantiate a registered node type, turning parameter errors into GraphErrors."""
+               where: Where = NOWHERE, param_where: dict[str, Where] | None = None,
+               key_where: dict[str, Where] | None = None, node_where: Where | None = None,
+               ) -> Node:
+        """Instantiate a registered node type, turning parameter errors into GraphErrors.
+
+        Errors point at: the type value (unknown kind), the parameter's key (unknown
+        parameter) or its value (bad value); the node itself is remembered at `node_where`.
+        """
         from .registry import get_registry
 
         registry = self.registry or get_registry()
@@ -103,15 +109,16 @@ class Graph:
         try:
             node = cls(name, **(params or {}))
         except ParamValueError as e:
-            pw = param_where.get(e.param, where)
+            unknown = e.param not in cls.param_specs()
+            pw = ((key_where or {}) if unknown else param_where).get(e.param, where)
             hint = e.hint
-            if hint is None and e.param not in cls.param_specs():
+            if hint is None and unknown:
                 hint = _param_hint(cls, e.param)
             raise GraphError(f"node '{name}' ({kind}): {e.message}", **_loc(pw),
                              hint=hint) from None
         for p, w in param_where.items():
             self.param_where[(name, p)] = w
-        return self.add(node, where)
+        return self.add(node, node_where or where)
 
     def link(self, src: str, src_port: str | None, dst: str, dst_port: str | None, *,
              feedback: bool = False, where: Where = NOWHERE) -> Link:

@@ -215,7 +215,8 @@ class Builder:
             self.add_bin(name, base_dir / kind, params, where, marks)
             return
         self.graph.create(str(kind), name, params, vmarks.get("type", where),
-                          {k: marks.get(k, where) for k in params})
+                          {k: vmarks.get(k, where) for k in params},
+                          {k: marks.get(k, where) for k in params}, node_where=where)
 
     def add_bin(self, name: str, path: Path, params: dict, where: Where, marks: dict) -> None:
         """Flatten a YAML graph used as a node: its nodes become `name/inner`."""
@@ -435,6 +436,7 @@ def _launch_tokens(line: str) -> list[str]:
     try:
         lexer = shlex.shlex(line, posix=True, punctuation_chars="!")
         lexer.whitespace_split = True
+        lexer.commenters = ""
         lexer.wordchars += "=.:/${}-+%,~"
         return list(lexer)
     except ValueError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,15 @@ def check_writable(param: str, path: str) -> None:
     ancestor = parent
     while not ancestor.exists():
         ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK) or (
-            p.exists() and not os.access(p, os.W_OK)):
+    denied = not ancestor.is_dir() or (p.exists() and not os.access(p, os.W_OK))
+    if not denied:
+        # Try for real: permission bits do not tell the whole story (root, /proc, RO mounts).
+        try:
+            with tempfile.TemporaryFile(dir=ancestor):
+                pass
+        except OSError:
+            denied = True
+    if denied:
         raise ParamValueError(param, f"cannot write '{path}': permission denied in "
                               f"'{ancestor}'", "choose a folder you can write to")
 
@@ -179,13 +187,16 @@ class WavRecorder(Node):
     def start(self) -> None:
         fmt = self.in_formats["in"]
         self.rate, self.channels = fmt.value("rate"), fmt.value("channels")
-        self.writer = WavWriter(self.path, self.rate, self.channels, fmt.value("encoding"))
+        self.failed = False
+        try:
+            self.writer = WavWriter(self.path, self.rate, self.channels, fmt.value("encoding"))
+        except OSError as e:
+            self.writer = None
+            self._give_up(e)
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.limit_bytes = self.rate * self.channels * 2  # at most ~1 s of audio buffered
         self.last_flush = time.monotonic()
-        self.failed = False
-        self.frames_written = 0
 
     def process(self, port: str, frame: AudioFrame) -> None:
         if self.failed:
@@ -207,13 +218,16 @@ class WavRecorder(Node):
         try:
             self.writer.write(data)
         except OSError as e:
-            # Disk full or gone: stop this recorder, keep the graph (and the call) going.
-            self.failed = True
-            self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
-                      f"'{self.path}': {e.strerror}", path=self.path)
+            self._give_up(e)
+
+    def _give_up(self, e: OSError) -> None:
+        # Disk full or gone: stop this recorder, keep the graph (and the call) going.
+        self.failed = True
+        self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
+                  f"'{self.path}': {e.strerror}", path=self.path)
 
     def stop(self) -> None:
-        if hasattr(self, "writer"):
+        if getattr(self, "writer", None) is not None:
             self.flush()
             self.writer.close()
 

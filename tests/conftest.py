@@ -1,0 +1,36 @@
+"""Shared fixtures: the repo root, the shared conformance folder, tool checks for peers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str, package: str) -> str:
+    """Path of an external tool; in CI a missing tool fails the test, elsewhere skips it."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"'{name}' not found: apt-get install {package}"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run the test with the temp folder as the current folder."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

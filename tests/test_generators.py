@@ -1,0 +1,74 @@
+"""Generators checked on their audio: FFT peaks, Q.23 pairs, levels."""
+
+import numpy as np
+import pytest
+
+from pipeline.testing import dominant_frequency, run_graph
+from plugins.generators.nodes import DTMF_FREQS
+
+
+@pytest.mark.parametrize("rate,freq", [(8000, 1000.0), (16000, 440.0), (44100, 3000.0),
+                                       (48000, 697.0)])
+def test_tone_frequency_and_length(rate, freq):
+    r = run_graph(f"tone freq={freq} rate={rate} duration=1s ! frame_sink name=out", launch=True)
+    audio = r.graph.nodes["out"].audio()
+    assert audio.shape == (rate, 1)
+    assert dominant_frequency(audio, rate) == pytest.approx(freq, abs=0.5)
+
+
+def test_tone_is_phase_continuous_across_frames():
+    r = run_graph("tone freq=1234 rate=16000 duration=200ms level=-6dB ! frame_sink name=out",
+                  launch=True)
+    x = r.graph.nodes["out"].audio()[:, 0].astype(np.float64)
+    t = np.arange(len(x)) / 16000
+    ideal = np.rint(np.sin(2 * np.pi * 1234 * t) * 10 ** (-6 / 20) * 32767)
+    assert np.max(np.abs(x - ideal)) <= 1.0
+
+
+def test_tone_level_in_dbfs():
+    r = run_graph("tone freq=1000 level=-20dB rate=8000 duration=1s ! frame_sink name=out",
+                  launch=True)
+    x = r.graph.nodes["out"].audio()[:, 0]
+    assert 20 * np.log10(np.abs(x).max() / 32767) == pytest.approx(-20, abs=0.05)
+
+
+def test_dtmf_digits_have_q23_frequency_pairs():
+    rate = 8000
+    r = run_graph(f"dtmf_tone digits=159#D tone_ms=100 gap_ms=100 rate={rate} ! frame_sink "
+                  "name=out", launch=True)
+    x = r.graph.nodes["out"].audio()[:, 0].astype(np.float64)
+    assert len(x) == 5 * 1600
+    for i, digit in enumerate("159#D"):
+        seg = x[i * 1600:i * 1600 + 800]
+        spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
+        freqs = np.fft.rfftfreq(len(seg), 1 / rate)
+        low_band, high_band = freqs < 1100, freqs >= 1100
+        low = freqs[low_band][np.argmax(spec[low_band])]
+        high = freqs[high_band][np.argmax(spec[high_band])]
+        want_low, want_high = DTMF_FREQS[digit]
+        assert abs(low - want_low) <= 10 and abs(high - want_high) <= 10, digit
+        assert np.all(x[i * 1600 + 800:(i + 1) * 1600] == 0)  # the gap is silent
+
+
+def test_dtmf_rejects_bad_digit():
+    from pipeline.errors import GraphError
+    from pipeline.loader import parse_launch
+
+    with pytest.raises(GraphError, match="'X' is not a DTMF digit"):
+        parse_launch("dtmf_tone digits=12X ! null_sink")
+
+
+def test_noise_level_and_seed():
+    a = run_graph("noise level=-20dB seed=3 rate=8000 duration=1s ! frame_sink name=o",
+                  launch=True).graph.nodes["o"].audio()
+    b = run_graph("noise level=-20dB seed=3 rate=8000 duration=1s ! frame_sink name=o",
+                  launch=True).graph.nodes["o"].audio()
+    assert np.array_equal(a, b)
+    rms = np.sqrt(np.mean(a.astype(np.float64) ** 2)) / 32767
+    assert 20 * np.log10(rms) == pytest.approx(-20, abs=0.3)
+
+
+def test_silence_is_zero():
+    a = run_graph("silence rate=8000 duration=100ms ! frame_sink name=o",
+                  launch=True).graph.nodes["o"].audio()
+    assert a.shape == (800, 1) and not a.any()

@@ -1,0 +1,70 @@
+"""Resampling keeps frequency, length and level; channel and sample-format conversion."""
+
+import numpy as np
+import pytest
+
+from pipeline.testing import dominant_frequency, run_graph
+
+
+@pytest.mark.parametrize("src,dst", [(48000, 8000), (8000, 48000), (44100, 16000),
+                                     (16000, 44100), (22050, 48000)])
+def test_rate_and_length(src, dst):
+    r = run_graph(f"tone freq=700 rate={src} duration=1s ! resample rate={dst} ! "
+                  "frame_sink name=out", launch=True)
+    out = r.graph.nodes["out"].audio()
+    assert len(out) == dst  # exactly one second
+    assert dominant_frequency(out[dst // 10:], dst) == pytest.approx(700, abs=1.0)
+    assert all(f.rate == dst for f in r.graph.nodes["out"].frames)
+    # steady-state level preserved (-6 dBFS peak)
+    peak = np.abs(out[dst // 4:3 * dst // 4]).max() / 32767
+    assert 20 * np.log10(peak) == pytest.approx(-6, abs=0.3)
+
+
+def test_frames_are_exact_durations():
+    r = run_graph("tone rate=44100 duration=1s ! resample rate=48000 ! frame_sink name=out",
+                  launch=True)
+    sizes = [f.samples for f in r.graph.nodes["out"].frames]
+    assert set(sizes) == {960}
+    pts = [f.pts for f in r.graph.nodes["out"].frames]
+    assert pts == [960 * i for i in range(len(pts))]
+
+
+def test_channel_upmix_and_downmix():
+    r = run_graph("tone freq=500 rate=8000 duration=200ms ! resample channels=2 ! "
+                  "frame_sink name=out", launch=True)
+    st = r.graph.nodes["out"].audio()
+    assert st.shape == (1600, 2) and np.array_equal(st[:, 0], st[:, 1])
+    r = run_graph("tone freq=500 rate=8000 channels=2 duration=200ms ! resample channels=1 ! "
+                  "frame_sink name=out", launch=True)
+    mono = r.graph.nodes["out"].audio()
+    assert mono.shape == (1600, 1) and np.array_equal(mono[:, 0], st[:, 0])
+
+
+def test_sample_format_round_trip_is_exact():
+    r = run_graph("noise seed=1 level=-10dB rate=8000 duration=200ms ! resample "
+                  "sample_format=pcm_f32 ! resample sample_format=pcm_s16 ! frame_sink name=out",
+                  launch=True)
+    ref = run_graph("noise seed=1 level=-10dB rate=8000 duration=200ms ! frame_sink name=out",
+                    launch=True)
+    assert r.graph.nodes["out"].frames[0].data.dtype == np.int16
+    assert np.array_equal(r.graph.nodes["out"].audio(), ref.graph.nodes["out"].audio())
+
+
+def test_converter_is_inserted_and_logged():
+    from pipeline.loader import load_graph_text
+
+    g = load_graph_text("""
+nodes:
+  a: {type: tone, rate: 8000, duration: 100ms}
+  b: {type: tone, rate: 16000, duration: 100ms, freq: 1000}
+  mix: {type: mixer}
+  out: {type: frame_sink}
+links: [a -> mix, b -> mix, mix -> out]
+""")
+    g.prepare()
+    assert len(g.converters) == 1
+    conv = g.nodes[g.converters[0]]
+    assert conv.in_formats["in"].value("rate") == 16000
+    assert conv.out_formats["out"].value("rate") == 8000
+    msgs = [m for m in g.messages if m.name == "converter-inserted"]
+    assert msgs and "16000 Hz" in msgs[0].data["from"] and "8000 Hz" in msgs[0].data["to"]
