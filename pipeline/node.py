@@ -149,6 +149,12 @@ class Node:
         for out in self.linked_outputs:
             self.emit_event(out, event)
 
+    def provide_clock(self) -> Any:
+        """A clock (an object with `async wait_until(t)` and `now`) that should drive the
+        graph's ticks in real time, e.g. a sound device's; None by default. Called after
+        `start()`."""
+        return None
+
     async def run_io(self) -> None:
         """Nodes that do network or device I/O override this; it runs as an asyncio task
         from start to stop and pushes what arrives with `emit`."""

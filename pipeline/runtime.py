@@ -55,6 +55,8 @@ class Runtime:
                  stats: bool = False, progress: Callable[[float, float | None], None] | None = None,
                  clock: Any = None) -> None:
         self.graph = graph
+        self.realtime = realtime
+        self._clock_given = clock is not None
         self.clock = clock or (RealtimeClock() if realtime else VirtualClock())
         self.duration = duration
         self.profile = stats
@@ -205,6 +207,14 @@ class Runtime:
                 except Exception as e:
                     raise NodeError(f"failed to start: {e}", node=node.name) from e
                 started.append(node)
+            if self.realtime and not self._clock_given:
+                # A sound device's clock drives the ticks when the graph has one (the
+                # first node offering a clock wins), so the graph never drifts against it.
+                for node in order:
+                    device_clock = node.provide_clock()
+                    if device_clock is not None:
+                        self.clock = device_clock
+                        break
             for node in order:
                 if type(node).run_io is not Node.run_io:
                     self._io_tasks.append(asyncio.create_task(self._guard(node)))

@@ -1,0 +1,693 @@
+"""RFC 3264 offer/answer for one audio stream, sans-IO.
+
+The SIP endpoint calls `build_offer` (outgoing call), `answer` (incoming INVITE),
+`negotiated` (the offerer reading the 200 OK) and `reoffer` / `hold` / `resume` (re-INVITE).
+Each returns `SessionDescription` objects and/or a `NegotiatedMedia` that holds everything a
+call graph needs (remote RTP/RTCP address, codec, payload types, ptime, DTMF, direction).
+
+Policy, where RFC 3264 leaves a choice:
+- the answer picks the first offered codec that we support (section 6.1 lets the answerer
+  choose; following the offerer's order is what pjsip and baresip do) and lists only that codec
+  plus telephone-event, because a call graph runs one codec at a time;
+- the answer keeps the offerer's payload type numbers (section 6.1, "SHOULD");
+- one audio stream is accepted; every other stream is rejected with port 0 (section 6);
+- SRTP profiles are rejected (this project has no SRTP).
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
+from plugins.sip.sdp import (
+    DIRECTIONS,
+    Attribute,
+    Connection,
+    MediaDescription,
+    Origin,
+    RtcpAttribute,
+    RtpMap,
+    SessionDescription,
+    format_events,
+    format_fmtp,
+    parse_events,
+)
+
+__all__ = [
+    "Codec",
+    "NegotiatedMedia",
+    "NegotiationFailed",
+    "answer",
+    "build_offer",
+    "hold",
+    "negotiated",
+    "reoffer",
+    "resume",
+    "sdp_unchanged",
+]
+
+DTMF = "telephone-event"
+# RTP profiles we can answer: plain RTP; AVPF only adds feedback, which we may ignore.
+_PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+_FIRST_DYNAMIC_PT = 96  # RFC 3551 section 6: 96-127 are dynamic
+# RFC 4733 section 7.1.1: without an fmtp the receiver supports events 0-15.
+_DEFAULT_EVENTS = frozenset(range(16))
+
+# name: (canonical spelling, SDP clock rate, SDP channels, static PT, sample rate, fmtp)
+_KNOWN: dict[str, tuple[str, int, int, int | None, int, dict[str, str]]] = {
+    # RFC 7587 section 7: always opus/48000/2 whatever is actually sent.
+    "opus": ("opus", 48000, 2, None, 48000, {}),
+    "pcmu": ("PCMU", 8000, 1, 0, 8000, {}),
+    "pcma": ("PCMA", 8000, 1, 8, 8000, {}),
+    # RFC 3551 section 4.5.2: G722 is signalled as 8000 Hz but samples at 16 kHz.
+    "g722": ("G722", 8000, 1, 9, 16000, {}),
+    "telephone-event": (DTMF, 8000, 1, None, 8000, {"0-16": ""}),
+}
+
+
+class NegotiationFailed(ProtocolError, ValueError):
+    """No media in common: the UAS answers 488 Not Acceptable Here (RFC 3261 section 13.3.1.3).
+
+    `warning_code` is the SIP Warning code that says why (RFC 3261 section 20.43).
+    """
+
+    status_code = 488
+    reason = "Not Acceptable Here"
+
+    def __init__(self, message: str, *, warning_code: int = 305, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.warning_code = warning_code
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """An RTP audio payload format as SDP names it: encoding name, clock rate and channels.
+
+    `payload_type` is the RFC 3551 static number where one exists (PCMU 0, PCMA 8, G722 9) or
+    a wanted dynamic number; None lets `build_offer` pick one from 96 up. `fmtp` holds the
+    parameters we want to receive with (RFC 7587 section 6.1 for opus).
+    """
+
+    name: str
+    clock_rate: int
+    channels: int = 1
+    payload_type: int | None = None
+    fmtp: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A read-only copy keeps the codec immutable and hashable (usable in sets and dicts).
+        object.__setattr__(
+            self, "fmtp", MappingProxyType({k: str(v) for k, v in self.fmtp.items()})
+        )
+        if self.name.lower() == "opus" and (self.clock_rate, self.channels) != (48000, 2):
+            raise LocalProtocolError(
+                "Codec opus must be opus/48000/2 in SDP (RFC 7587 section 7), "
+                f"not opus/{self.clock_rate}/{self.channels}"
+            )
+
+    @classmethod
+    def named(
+        cls,
+        name: str,
+        *,
+        clock_rate: int | None = None,
+        payload_type: int | None = None,
+        fmtp: Mapping[str, str | int] | None = None,
+    ) -> Codec:
+        """A well-known codec by name (opus, PCMU, PCMA, G722, telephone-event), any case."""
+        try:
+            canonical, clock, channels, static_pt, _, default_fmtp = _KNOWN[name.lower()]
+        except KeyError:
+            known = ", ".join(v[0] for v in _KNOWN.values())
+            raise LocalProtocolError(f"Codec {name!r} is unknown; known: {known}") from None
+        params = dict(default_fmtp) if fmtp is None else {k: str(v) for k, v in fmtp.items()}
+        return cls(
+            canonical,
+            clock_rate or clock,
+            channels,
+            static_pt if payload_type is None else payload_type,
+            params,
+        )
+
+    def __hash__(self) -> int:
+        params = frozenset(self.fmtp.items())
+        return hash((self.name, self.clock_rate, self.channels, self.payload_type, params))
+
+    @property
+    def is_dtmf(self) -> bool:
+        return self.name.lower() == DTMF
+
+    @property
+    def sample_rate_hz(self) -> int:
+        """The audio sample rate, which differs from the SDP clock rate for G722."""
+        known = _KNOWN.get(self.name.lower())
+        return known[4] if known and known[1] == self.clock_rate else self.clock_rate
+
+    def matches(self, rtpmap: RtpMap) -> bool:
+        """Same payload format: names compare case-insensitively (RFC 4855 section 3)."""
+        if rtpmap.encoding.lower() != self.name.lower() or rtpmap.clock_rate != self.clock_rate:
+            return False
+        # Some peers write "opus/48000" without channels; opus is always 2 (RFC 7587 7).
+        return self.name.lower() == "opus" or (rtpmap.channels or 1) == self.channels
+
+    def __str__(self) -> str:
+        text = f"{self.name}/{self.clock_rate}"
+        return text if self.channels == 1 and self.name.lower() != "opus" else f"{text}/2"
+
+
+@dataclass(frozen=True, slots=True)
+class NegotiatedMedia:
+    """What a call graph needs once offer and answer agree (one audio stream).
+
+    `payload_type`, `dtmf_payload_type` and `fmtp` are the remote side's: the numbers we send
+    with and the parameters the remote wants to receive (so they configure our encoder,
+    RFC 7587 section 6.1). `local_*` are what we receive. `direction` is ours after both sides'
+    attributes are combined (RFC 3264 section 6.1).
+    """
+
+    remote_address: str
+    remote_rtp_port: int
+    remote_rtcp_port: int
+    remote_rtcp_address: str
+    codec: str
+    payload_type: int
+    clock_rate: int
+    channels: int
+    ptime_ms: int
+    direction: str
+    dtmf_payload_type: int | None
+    dtmf_clock_rate: int | None
+    fmtp: Mapping[str, str]
+    local_fmtp: Mapping[str, str]
+    local_rtp_port: int
+    local_payload_type: int
+    local_dtmf_payload_type: int | None
+    rtcp_mux: bool = False
+    media_index: int = 0
+
+    @property
+    def encoding(self) -> str:
+        """The codec as a pipeline format encoding name: opus, pcmu, pcma, g722, ..."""
+        return self.codec.lower()
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return Codec(self.codec, self.clock_rate, self.channels).sample_rate_hz
+
+    @property
+    def sending(self) -> bool:
+        return self.direction in ("sendrecv", "sendonly")
+
+    @property
+    def receiving(self) -> bool:
+        return self.direction in ("sendrecv", "recvonly")
+
+    @property
+    def send_channels(self) -> int:
+        """Channels to encode: opus is 2 in SDP but mono unless the remote asks stereo=1."""
+        if self.codec.lower() == "opus":
+            return 2 if self.fmtp.get("stereo") == "1" else 1
+        return self.channels
+
+    def call_params(self) -> dict[str, str | int]:
+        """Flat values for a call graph's `${call.*}` templates."""
+        return {
+            "remote_address": self.remote_address,
+            "remote_rtp_port": self.remote_rtp_port,
+            "remote_rtcp_port": self.remote_rtcp_port,
+            "local_rtp_port": self.local_rtp_port,
+            "codec": self.encoding,
+            "payload_type": self.payload_type,
+            "local_payload_type": self.local_payload_type,
+            "clock_rate": self.clock_rate,
+            "rate": self.sample_rate_hz,
+            "channels": self.send_channels,
+            "ptime_ms": self.ptime_ms,
+            "dtmf_payload_type": -1 if self.dtmf_payload_type is None else self.dtmf_payload_type,
+            "direction": self.direction,
+        }
+
+
+def build_offer(
+    codecs: Sequence[Codec],
+    local_ip: str,
+    rtp_port: int,
+    *,
+    ptime_ms: int = 20,
+    direction: str = "sendrecv",
+    session_id: int | None = None,
+    session_version: int | None = None,
+    username: str = "-",
+    session_name: str = "-",
+    rtcp_port: int | None = None,
+) -> SessionDescription:
+    """An initial offer with one audio stream listing `codecs` in preference order.
+
+    Static codecs keep their RFC 3551 numbers; others get 96, 97, ... (RFC 3551 section 6).
+    """
+    _check_direction(direction)
+    sid = secrets.randbelow(2**62) if session_id is None else session_id
+    sdp = SessionDescription(
+        origin=Origin(
+            username,
+            sid,
+            sid if session_version is None else session_version,
+            "IN",
+            _addrtype(local_ip),
+            local_ip,
+        ),
+        name=session_name,
+        connection=Connection(local_ip, _addrtype(local_ip)),
+    )
+    sdp.media.append(_audio_section(codecs, rtp_port, ptime_ms, direction, rtcp_port, {}))
+    return sdp
+
+
+def answer(
+    offer: SessionDescription | str | bytes,
+    our_codecs: Sequence[Codec],
+    local_ip: str,
+    rtp_port: int,
+    *,
+    ptime_ms: int | None = None,
+    direction: str = "sendrecv",
+    session_id: int | None = None,
+    previous: SessionDescription | None = None,
+    username: str = "-",
+    session_name: str = "-",
+    rtcp_port: int | None = None,
+) -> tuple[SessionDescription, NegotiatedMedia]:
+    """Answer `offer` (RFC 3264 section 6) and say what was agreed.
+
+    `direction` is what we are willing to do; the answer's direction is that intersected with
+    the mirror of the offer's (sendonly -> recvonly, ...). `previous` is our last SDP in this
+    dialog: a re-INVITE answer keeps its o= line and bumps the version only if something
+    changed (section 8). Raises `NegotiationFailed` (488) when no audio codec is in common and
+    `ParseError` on malformed SDP.
+    """
+    _check_direction(direction)
+    if not isinstance(offer, SessionDescription):
+        offer = SessionDescription.parse(offer)
+    audio_ours = [c for c in our_codecs if not c.is_dtmf]
+    dtmf_ours = [c for c in our_codecs if c.is_dtmf]
+    sections: list[MediaDescription] = []
+    accepted: int | None = None
+    reasons: list[str] = []
+    for index, offered in enumerate(offer.media):
+        section = None
+        if accepted is None and offered.kind == "audio" and offered.port != 0:
+            if offered.proto not in _PLAIN_RTP:
+                reasons.append(f"audio profile {offered.proto} is not supported")
+            else:
+                section = _answer_audio(
+                    offer,
+                    offered,
+                    audio_ours,
+                    dtmf_ours,
+                    rtp_port,
+                    ptime_ms,
+                    direction,
+                    rtcp_port,
+                    reasons,
+                )
+        if section is None:
+            # Section 6: a rejected stream keeps its m= line with port 0.
+            section = MediaDescription(offered.kind, 0, offered.proto, offered.formats or ["0"])
+        else:
+            accepted = index
+        sections.append(section)
+    if accepted is None:
+        if not reasons:
+            kinds = ", ".join(f"{m.kind} {m.proto}" for m in offer.media) or "none"
+            reasons.append(f"no audio stream offered (media: {kinds})")
+        raise NegotiationFailed(
+            "SDP offer has no acceptable audio: " + "; ".join(reasons),
+            warning_code=305 if any("codec" in r for r in reasons) else 304,
+        )
+    origin = Origin(username, 0, 0, "IN", _addrtype(local_ip), local_ip)
+    if previous is not None:
+        origin = copy.copy(previous.origin)
+        origin.address, origin.addrtype = local_ip, _addrtype(local_ip)
+    else:
+        origin.session_id = secrets.randbelow(2**62) if session_id is None else session_id
+        origin.session_version = origin.session_id
+    sdp = SessionDescription(
+        origin=origin,
+        name=previous.name if previous is not None else session_name,
+        connection=Connection(local_ip, _addrtype(local_ip)),
+        media=sections,
+    )
+    if previous is not None:
+        _bump_version(previous, sdp)
+    return sdp, _negotiate(sdp, offer, accepted)
+
+
+def negotiated(
+    offer: SessionDescription | str | bytes, answer_sdp: SessionDescription | str | bytes
+) -> NegotiatedMedia:
+    """The offerer's view once the answer arrives: codec to send, where, and our direction."""
+    if not isinstance(offer, SessionDescription):
+        offer = SessionDescription.parse(offer)
+    if not isinstance(answer_sdp, SessionDescription):
+        answer_sdp = SessionDescription.parse(answer_sdp)
+    if len(answer_sdp.media) != len(offer.media):
+        raise ParseError(
+            f"SDP answer has {len(answer_sdp.media)} m= lines but the offer has "
+            f"{len(offer.media)} (RFC 3264 section 6)"
+        )
+    for index, (ours, theirs) in enumerate(zip(offer.media, answer_sdp.media, strict=True)):
+        if ours.kind == "audio" and ours.port != 0 and theirs.port != 0:
+            return _negotiate(offer, answer_sdp, index)
+    raise NegotiationFailed("SDP answer rejected every audio stream")
+
+
+def reoffer(
+    previous: SessionDescription,
+    *,
+    codecs: Sequence[Codec] | None = None,
+    direction: str | None = None,
+    ptime_ms: int | None = None,
+    local_ip: str | None = None,
+    rtp_port: int | None = None,
+) -> SessionDescription:
+    """A new offer in the same session (RFC 3264 section 8): same o= id, version + 1.
+
+    Unchanged arguments keep what `previous` (our last SDP) said. A codec change keeps the
+    payload type numbers of codecs offered before (section 8.3.2); the m= lines keep their
+    count and order.
+    """
+    if direction is not None:
+        _check_direction(direction)
+    sdp = copy.deepcopy(previous)
+    index = _audio_index(sdp)
+    media = sdp.media[index]
+    if local_ip is not None:
+        sdp.origin.address, sdp.origin.addrtype = local_ip, _addrtype(local_ip)
+        sdp.connection = Connection(local_ip, _addrtype(local_ip))
+        media.connections = []
+    if codecs is not None:
+        keep = {(r.encoding.lower(), r.clock_rate): pt for pt, r in media.rtpmaps().items()}
+        rtcp = media.rtcp
+        media = _audio_section(
+            codecs,
+            media.port,
+            ptime_ms or media.ptime or 20,
+            direction or sdp.media_direction(media),
+            None if rtcp is None else rtcp.port,
+            keep,
+        )
+        sdp.media[index] = media
+    else:
+        if ptime_ms is not None:
+            media.set_attribute("ptime", str(ptime_ms))
+        if direction is not None:
+            media.direction = direction
+    if rtp_port is not None:
+        media.port = rtp_port
+    _bump_version(previous, sdp)
+    return sdp
+
+
+def hold(previous: SessionDescription) -> SessionDescription:
+    """Re-offer that puts the call on hold (RFC 3264 section 8.4).
+
+    sendrecv becomes sendonly and recvonly becomes inactive.
+    """
+    current = previous.media_direction(previous.media[_audio_index(previous)])
+    return reoffer(previous, direction=_direction(_sends(current), False))
+
+
+def resume(previous: SessionDescription) -> SessionDescription:
+    """Re-offer that takes the call off hold: sendonly -> sendrecv, inactive -> recvonly."""
+    current = previous.media_direction(previous.media[_audio_index(previous)])
+    return reoffer(previous, direction=_direction(_sends(current), True))
+
+
+def sdp_unchanged(previous: SessionDescription, new: SessionDescription) -> bool:
+    """True when `new` has the same o= session and version as `previous`.
+
+    RFC 3264 section 8: an unchanged version means an identical SDP (e.g. a session refresh
+    re-INVITE), so the media graph need not change.
+    """
+    a, b = previous.origin, new.origin
+    return (a.username, a.session_id, a.session_version, a.address) == (
+        b.username,
+        b.session_id,
+        b.session_version,
+        b.address,
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise LocalProtocolError(
+            f"SDP direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}"
+        )
+
+
+def _addrtype(address: str) -> str:
+    try:
+        return "IP6" if ipaddress.ip_address(address).version == 6 else "IP4"
+    except ValueError:
+        return "IP4"  # a host name (RFC 8866 section 5.7 allows an FQDN)
+
+
+def _sends(direction: str) -> bool:
+    return direction in ("sendrecv", "sendonly")
+
+
+def _receives(direction: str) -> bool:
+    return direction in ("sendrecv", "recvonly")
+
+
+def _direction(send: bool, recv: bool) -> str:
+    return {
+        (True, True): "sendrecv",
+        (True, False): "sendonly",
+        (False, True): "recvonly",
+        (False, False): "inactive",
+    }[(send, recv)]
+
+
+def _remote_direction(sdp: SessionDescription, media: MediaDescription) -> str:
+    """A peer's direction, reading c=0.0.0.0 as "does not receive" (RFC 3264 section 8.4)."""
+    direction = sdp.media_direction(media)
+    conn = sdp.connection_for(media)
+    if conn is not None and conn.is_null:
+        return _direction(_sends(direction), False)
+    return direction
+
+
+def _audio_index(sdp: SessionDescription) -> int:
+    for index, media in enumerate(sdp.media):
+        if media.kind == "audio" and media.port != 0:
+            return index
+    raise LocalProtocolError("SDP has no active audio stream to re-offer")
+
+
+def _audio_section(
+    codecs: Sequence[Codec],
+    rtp_port: int,
+    ptime_ms: int,
+    direction: str,
+    rtcp_port: int | None,
+    keep: Mapping[tuple[str, int], int],
+) -> MediaDescription:
+    if not any(not c.is_dtmf for c in codecs):
+        raise LocalProtocolError("SDP offer needs at least one audio codec")
+    numbers = _assign_payload_types(codecs, keep)
+    media = MediaDescription("audio", rtp_port, "RTP/AVP")
+    for codec, pt in zip(codecs, numbers, strict=True):
+        channels = (
+            2 if codec.name.lower() == "opus" else (codec.channels if codec.channels > 1 else None)
+        )
+        media.add_format(pt, codec.name, codec.clock_rate, channels, codec.fmtp)
+    if rtcp_port is not None:
+        media.attributes.append(Attribute("rtcp", str(RtcpAttribute(rtcp_port))))
+    media.attributes.append(Attribute("ptime", str(ptime_ms)))
+    media.direction = direction
+    return media
+
+
+def _assign_payload_types(
+    codecs: Sequence[Codec], keep: Mapping[tuple[str, int], int]
+) -> list[int]:
+    chosen: list[int | None] = []
+    for codec in codecs:
+        key = (codec.name.lower(), codec.clock_rate)
+        chosen.append(codec.payload_type if codec.payload_type is not None else keep.get(key))
+    used = [pt for pt in chosen if pt is not None]
+    if len(used) != len(set(used)):
+        raise LocalProtocolError(f"Codec payload types collide: {sorted(used)}")
+    taken = set(used)
+    free = (pt for pt in range(_FIRST_DYNAMIC_PT, 128) if pt not in taken)
+    out = []
+    for pt in chosen:
+        if pt is None:
+            pt = next(free, None)
+            if pt is None:
+                raise LocalProtocolError("Codec list needs more than 32 dynamic payload types")
+        out.append(pt)
+    return out
+
+
+def _offered_formats(media: MediaDescription) -> list[RtpMap]:
+    """The offered payload formats in order; dynamic ones without an rtpmap are skipped."""
+    out = []
+    for pt in media.payload_types:
+        rtpmap = media.rtpmap(pt)
+        if rtpmap is not None:
+            out.append(rtpmap)
+    return out
+
+
+def _pick_dtmf(
+    formats: Iterable[RtpMap], ours: Sequence[Codec], audio_clock: int
+) -> tuple[RtpMap, Codec] | None:
+    """A telephone-event format we support, preferring the audio clock rate (RFC 4733 2.1)."""
+    found = [(r, c) for r in formats for c in ours if c.matches(r)]
+    for rtpmap, codec in found:
+        if rtpmap.clock_rate == audio_clock:
+            return rtpmap, codec
+    return found[0] if found else None
+
+
+def _answer_audio(
+    offer: SessionDescription,
+    offered: MediaDescription,
+    audio_ours: Sequence[Codec],
+    dtmf_ours: Sequence[Codec],
+    rtp_port: int,
+    ptime_ms: int | None,
+    direction: str,
+    rtcp_port: int | None,
+    reasons: list[str],
+) -> MediaDescription | None:
+    formats = _offered_formats(offered)
+    audio = [r for r in formats if r.encoding.lower() not in (DTMF, "cn")]
+    pick = next(((r, c) for r in audio for c in audio_ours if c.matches(r)), None)
+    if pick is None:
+        offered_names = ", ".join(f"{r.encoding}/{r.clock_rate}" for r in audio) or "none"
+        ours = ", ".join(str(c) for c in audio_ours) or "none"
+        reasons.append(f"no audio codec in common (offered {offered_names}; we support {ours})")
+        return None
+    rtpmap, codec = pick
+    media = MediaDescription("audio", rtp_port, offered.proto)
+    channels = 2 if codec.name.lower() == "opus" else rtpmap.channels
+    media.add_format(rtpmap.payload_type, codec.name, codec.clock_rate, channels, codec.fmtp)
+    dtmf = _pick_dtmf(
+        [r for r in formats if r.encoding.lower() == DTMF], dtmf_ours, codec.clock_rate
+    )
+    if dtmf is not None:
+        te_map, te_codec = dtmf
+        offered_text = offered.fmtp_text(te_map.payload_type)
+        theirs = _DEFAULT_EVENTS if offered_text is None else parse_events(offered_text)
+        ours_text = format_fmtp(te_codec.fmtp) or "0-15"
+        # We can only receive the events both sides know (RFC 4733 section 7.1.1).
+        events = format_events(parse_events(ours_text) & theirs)
+        media.add_format(
+            te_map.payload_type,
+            te_codec.name,
+            te_map.clock_rate,
+            None,
+            {events: ""} if events else None,
+        )
+    if rtcp_port is not None:
+        media.attributes.append(Attribute("rtcp", str(RtcpAttribute(rtcp_port))))
+    media.attributes.append(Attribute("ptime", str(ptime_ms or offered.ptime or 20)))
+    remote = _remote_direction(offer, offered)
+    # Section 6.1: we may send only if they receive, and receive only if they send.
+    media.direction = _direction(
+        _sends(direction) and _receives(remote), _receives(direction) and _sends(remote)
+    )
+    return media
+
+
+def _negotiate(
+    local: SessionDescription, remote: SessionDescription, index: int
+) -> NegotiatedMedia:
+    """Combine our SDP and the peer's for the audio stream at `index`, from our side."""
+    lm, rm = local.media[index], remote.media[index]
+    local_maps = _offered_formats(lm)
+    remote_maps = _offered_formats(rm)
+    pick = None
+    # We send with the first of the receiver's formats that we also listed (section 6.1).
+    for r in remote_maps:
+        if r.encoding.lower() in (DTMF, "cn"):
+            continue
+        mine = next((m for m in local_maps if _same_format(m, r)), None)
+        if mine is not None:
+            pick = (r, mine)
+            break
+    if pick is None:
+        raise NegotiationFailed("SDP answer has no audio codec in common with the offer")
+    theirs, mine = pick
+    name = _KNOWN.get(theirs.encoding.lower(), (theirs.encoding,))[0]
+    dtmf_pairs = [
+        (r, m)
+        for r in remote_maps
+        if r.encoding.lower() == DTMF
+        for m in local_maps
+        if _same_format(m, r)
+    ]
+    dtmf = next((p for p in dtmf_pairs if p[0].clock_rate == theirs.clock_rate), None)
+    dtmf = dtmf or (dtmf_pairs[0] if dtmf_pairs else None)
+    conn = remote.connection_for(rm)
+    if conn is None:
+        raise ParseError(f"SDP has no c= line for the {rm.kind} stream")
+    rtcp = rm.rtcp
+    mux = lm.rtcp_mux and rm.rtcp_mux
+    # RFC 3550 section 11: RTCP on the next port unless a=rtcp (RFC 3605) or rtcp-mux says.
+    rtcp_port = rtcp.port if rtcp is not None else (rm.port if mux else rm.port + 1)
+    ptime = rm.ptime or lm.ptime or 20
+    if rm.maxptime:
+        ptime = min(ptime, rm.maxptime)
+    ours_dir = local.media_direction(lm)
+    remote_dir = _remote_direction(remote, rm)
+    direction = _direction(
+        _sends(ours_dir) and _receives(remote_dir), _receives(ours_dir) and _sends(remote_dir)
+    )
+    return NegotiatedMedia(
+        remote_address=conn.address,
+        remote_rtp_port=rm.port,
+        remote_rtcp_port=rtcp_port,
+        remote_rtcp_address=(rtcp.address if rtcp and rtcp.address else conn.address),
+        codec=name,
+        payload_type=theirs.payload_type,
+        clock_rate=theirs.clock_rate,
+        channels=2 if name == "opus" else (theirs.channels or 1),
+        ptime_ms=ptime,
+        direction=direction,
+        dtmf_payload_type=dtmf[0].payload_type if dtmf else None,
+        dtmf_clock_rate=dtmf[0].clock_rate if dtmf else None,
+        fmtp=rm.fmtp(theirs.payload_type),
+        local_fmtp=lm.fmtp(mine.payload_type),
+        local_rtp_port=lm.port,
+        local_payload_type=mine.payload_type,
+        local_dtmf_payload_type=dtmf[1].payload_type if dtmf else None,
+        rtcp_mux=mux,
+        media_index=index,
+    )
+
+
+def _same_format(a: RtpMap, b: RtpMap) -> bool:
+    if a.encoding.lower() != b.encoding.lower() or a.clock_rate != b.clock_rate:
+        return False
+    return a.encoding.lower() == "opus" or (a.channels or 1) == (b.channels or 1)
+
+
+def _bump_version(previous: SessionDescription, new: SessionDescription) -> None:
+    """RFC 3264 section 8: same o= line; version + 1 exactly when the SDP changed."""
+    new.origin.session_id = previous.origin.session_id
+    new.origin.username = previous.origin.username
+    new.origin.session_version = previous.origin.session_version
+    if str(new) != str(previous):
+        new.origin.session_version += 1

@@ -1,0 +1,540 @@
+"""RFC 3264 offer/answer: codec choice, payload types, directions, hold, 488, re-offers."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
+from plugins.sip.offer_answer import (
+    Codec,
+    NegotiatedMedia,
+    NegotiationFailed,
+    answer,
+    build_offer,
+    hold,
+    negotiated,
+    reoffer,
+    resume,
+    sdp_unchanged,
+)
+from plugins.sip.sdp import RtcpAttribute, RtpMap, SessionDescription, parse_events
+
+
+def crlf(text: str) -> str:
+    return "".join(line + "\r\n" for line in text.strip("\n").split("\n"))
+
+
+# Captured here from baresip 1.0.0 (modules g711, g722, opus).
+BARESIP_OFFER = (
+    "v=0\r\no=- 2844518567 454583342 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    "t=0 0\r\na=tool:baresip 1.0.0\r\nm=audio 30070 RTP/AVP 0 8 9 96 101\r\n"
+    "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\n"
+    "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 stereo=1;sprop-stereo=1\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\na=label:1\r\n"
+    "a=rtcp-rsize\r\na=ssrc:4120341245 cname:sip:alice@127.0.0.1\r\na=minptime:20\r\n"
+    "a=ptime:20\r\n"
+)
+
+# Written in the shape pjsua 2.x offers (media-level c=, a=rtcp, two telephone-events).
+PJSUA_OFFER = crlf("""
+v=0
+o=- 3905406830 3905406830 IN IP4 192.0.2.10
+s=pjmedia
+b=AS:117
+t=0 0
+a=X-nat:0
+m=audio 4000 RTP/AVP 96 9 8 0 101 102
+c=IN IP4 192.0.2.10
+b=TIAS:96000
+a=rtcp:4001 IN IP4 192.0.2.10
+a=sendrecv
+a=rtpmap:96 opus/48000/2
+a=fmtp:96 useinbandfec=1
+a=rtpmap:9 G722/8000
+a=rtpmap:8 PCMA/8000
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/48000
+a=fmtp:101 0-16
+a=rtpmap:102 telephone-event/8000
+a=fmtp:102 0-16
+""")
+
+# Written in the shape of a plain-RTP GStreamer description (upper-case OPUS, PT 111 and 126).
+GST_OFFER = crlf("""
+v=0
+o=- 1188340656180883 1 IN IP4 127.0.0.1
+s=Session streamed with GStreamer
+t=0 0
+a=tool:GStreamer
+m=audio 5004 RTP/AVP 111 126
+c=IN IP4 127.0.0.1
+a=rtpmap:111 OPUS/48000/2
+a=fmtp:111 useinbandfec=1;usedtx=1;maxaveragebitrate=32000;stereo=1;maxplaybackrate=24000
+a=rtpmap:126 telephone-event/48000
+a=ptime:40
+a=maxptime:60
+""")
+
+
+def offer_with(formats: str, rtpmaps: str = "", extra: str = "") -> str:
+    return crlf(
+        f"""
+v=0
+o=alice 10 10 IN IP4 192.0.2.1
+s=-
+c=IN IP4 192.0.2.1
+t=0 0
+m=audio 49170 RTP/AVP {formats}
+{rtpmaps}{extra}""".replace("\n\n", "\n")
+    )
+
+
+OPUS, PCMU, PCMA, G722 = (Codec.named(n) for n in ("opus", "PCMU", "PCMA", "G722"))
+DTMF = Codec.named("telephone-event")
+DTMF48 = Codec.named("telephone-event", clock_rate=48000)
+
+
+def audio_formats(sdp: SessionDescription) -> list[tuple[int, str, int]]:
+    media = sdp.media[0]
+    return [
+        (pt, r.encoding, r.clock_rate)
+        for pt in media.payload_types
+        if (r := media.rtpmap(pt)) is not None
+    ]
+
+
+# --- codec choice ------------------------------------------------------------------------------
+
+
+def test_answer_to_baresip_picks_first_offered_codec_we_support() -> None:
+    # baresip offers 0 8 9 96 101: PCMU comes first when we support it at all.
+    sdp, media = answer(
+        BARESIP_OFFER, [OPUS, G722, PCMA, PCMU, DTMF], "127.0.0.1", 40000, session_id=7
+    )
+    assert media.codec == "PCMU" and media.payload_type == 0
+    assert audio_formats(sdp) == [(0, "PCMU", 8000), (101, "telephone-event", 8000)]
+    # Without PCMU, the offerer's next choice (PCMA) wins over our own preference (opus).
+    sdp, media = answer(BARESIP_OFFER, [OPUS, G722, PCMA, DTMF], "127.0.0.1", 40000, session_id=7)
+    assert media.codec == "PCMA" and media.payload_type == 8
+    assert str(sdp) == crlf("""
+v=0
+o=- 7 7 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio 40000 RTP/AVP 8 101
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=ptime:20
+a=sendrecv
+""")
+    assert media == NegotiatedMedia(
+        remote_address="127.0.0.1",
+        remote_rtp_port=30070,
+        remote_rtcp_port=30071,  # RFC 3550 section 11: RTP port + 1 without a=rtcp
+        remote_rtcp_address="127.0.0.1",
+        codec="PCMA",
+        payload_type=8,
+        clock_rate=8000,
+        channels=1,
+        ptime_ms=20,
+        direction="sendrecv",
+        dtmf_payload_type=101,
+        dtmf_clock_rate=8000,
+        fmtp={},
+        local_fmtp={},
+        local_rtp_port=40000,
+        local_payload_type=8,
+        local_dtmf_payload_type=101,
+    )
+
+
+def test_answer_to_pjsua_uses_a_rtcp_and_g722_at_8000() -> None:
+    sdp, media = answer(PJSUA_OFFER, [PCMU, G722, DTMF], "192.0.2.20", 7078, session_id=1)
+    assert (media.codec, media.payload_type, media.clock_rate) == ("G722", 9, 8000)
+    # RFC 3551 section 4.5.2: G722 is 8000 in SDP, sampled at 16 kHz.
+    assert media.sample_rate_hz == 16000 and media.call_params()["rate"] == 16000
+    assert sdp.media[0].rtpmap(9) == RtpMap(9, "G722", 8000)
+    # RFC 3605: the offer's a=rtcp gives the RTCP port.
+    assert (media.remote_rtcp_port, media.remote_rtcp_address) == (4001, "192.0.2.10")
+    assert media.remote_address == "192.0.2.10"  # media-level c=
+
+
+def test_answer_keeps_offerer_payload_type_numbers_and_matches_case_insensitively() -> None:
+    sdp, media = answer(GST_OFFER, [PCMU, OPUS, DTMF48], "127.0.0.1", 6000, session_id=3)
+    assert audio_formats(sdp) == [(111, "opus", 48000), (126, "telephone-event", 48000)]
+    assert sdp.media[0].rtpmap(111) == RtpMap(111, "opus", 48000, 2)  # RFC 7587 section 7
+    assert (media.payload_type, media.local_payload_type) == (111, 111)
+    assert (media.dtmf_payload_type, media.dtmf_clock_rate) == (126, 48000)
+    # No fmtp in the offer: RFC 4733 section 7.1.1 default 0-15, intersected with our 0-16.
+    assert sdp.media[0].fmtp_text(126) == "0-15"
+
+
+def test_opus_fmtp_remote_parameters_configure_our_encoder() -> None:
+    ours = Codec.named("opus", fmtp={"useinbandfec": 1, "maxplaybackrate": 16000})
+    sdp, media = answer(GST_OFFER, [ours], "127.0.0.1", 6000, session_id=3)
+    # RFC 7587 section 6.1: the offer's parameters say how the offerer wants to receive.
+    assert media.fmtp == {
+        "useinbandfec": "1",
+        "usedtx": "1",
+        "maxaveragebitrate": "32000",
+        "stereo": "1",
+        "maxplaybackrate": "24000",
+    }
+    assert media.send_channels == 2 and media.channels == 2
+    # Our answer carries our receive preferences, not an echo of theirs.
+    assert sdp.media[0].fmtp(111) == {"useinbandfec": "1", "maxplaybackrate": "16000"}
+    assert media.local_fmtp == {"useinbandfec": "1", "maxplaybackrate": "16000"}
+    assert media.dtmf_payload_type is None  # we offered no telephone-event support
+    assert "126" not in sdp.media[0].formats
+
+
+def test_opus_without_channels_and_mono_preference() -> None:
+    text = offer_with("96", "a=rtpmap:96 opus/48000\n")
+    sdp, media = answer(text, [OPUS], "192.0.2.2", 5000, session_id=1)
+    assert media.codec == "opus" and media.channels == 2
+    assert media.send_channels == 1  # no stereo=1 from the remote
+    assert media.sample_rate_hz == 48000
+
+
+def test_opus_must_be_48000_2() -> None:
+    with pytest.raises(LocalProtocolError, match=r"Codec opus must be opus/48000/2 .*RFC 7587"):
+        Codec("opus", 48000, 1)
+    with pytest.raises(LocalProtocolError, match="Codec 'speex' is unknown"):
+        Codec.named("speex")
+
+
+# --- telephone-event ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "expected_codec", "expected_dtmf"),
+    [
+        ([OPUS, DTMF, DTMF48], "opus", (101, 48000)),  # same clock as the audio wins
+        ([PCMU, DTMF, DTMF48], "PCMU", (102, 8000)),
+        ([OPUS, DTMF], "opus", (102, 8000)),  # else any common one
+        ([PCMU], "PCMU", None),
+    ],
+)
+def test_telephone_event_choice(ours, expected_codec, expected_dtmf) -> None:
+    sdp, media = answer(PJSUA_OFFER, ours, "192.0.2.20", 7078, session_id=1)
+    assert media.codec == expected_codec
+    if expected_dtmf is None:
+        assert media.dtmf_payload_type is None
+        assert [f for f in audio_formats(sdp) if f[1] == "telephone-event"] == []
+    else:
+        assert (media.dtmf_payload_type, media.dtmf_clock_rate) == expected_dtmf
+        assert media.local_dtmf_payload_type == expected_dtmf[0]
+        assert parse_events(sdp.media[0].fmtp_text(expected_dtmf[0]) or "") == frozenset(range(17))
+
+
+def test_telephone_event_range_is_intersected() -> None:
+    text = offer_with("0 101", "a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-11,16\n")
+    sdp, _ = answer(text, [PCMU, DTMF], "192.0.2.2", 5000, session_id=1)
+    assert sdp.media[0].fmtp_text(101) == "0-11,16"
+
+
+# --- ptime -------------------------------------------------------------------------------------
+
+
+def test_ptime_follows_offer_unless_given_and_maxptime_caps() -> None:
+    sdp, media = answer(GST_OFFER, [OPUS], "127.0.0.1", 6000, session_id=3)
+    assert sdp.media[0].ptime == 40 and media.ptime_ms == 40
+    sdp, media = answer(GST_OFFER, [OPUS], "127.0.0.1", 6000, session_id=3, ptime_ms=20)
+    # We ask for 20 ms; we send what the remote asked for (RFC 8866 section 6.4).
+    assert sdp.media[0].ptime == 20 and media.ptime_ms == 40
+    text = offer_with("0", extra="a=maxptime:10\n")
+    sdp, media = answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
+    assert sdp.media[0].ptime == 20 and media.ptime_ms == 10
+
+
+# --- directions --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offered", "ours", "expected"),
+    [
+        # RFC 3264 section 6.1
+        ("sendrecv", "sendrecv", "sendrecv"),
+        ("sendonly", "sendrecv", "recvonly"),
+        ("recvonly", "sendrecv", "sendonly"),
+        ("inactive", "sendrecv", "inactive"),
+        ("sendrecv", "sendonly", "sendonly"),
+        ("sendrecv", "recvonly", "recvonly"),
+        ("sendonly", "sendonly", "inactive"),
+        ("recvonly", "recvonly", "inactive"),
+        ("sendrecv", "inactive", "inactive"),
+    ],
+)
+def test_answer_direction(offered: str, ours: str, expected: str) -> None:
+    text = offer_with("0", extra=f"a={offered}\n")
+    sdp, media = answer(text, [PCMU], "192.0.2.2", 5000, session_id=1, direction=ours)
+    assert sdp.media[0].direction == expected
+    assert media.direction == expected
+    assert media.sending == (expected in ("sendrecv", "sendonly"))
+    assert media.receiving == (expected in ("sendrecv", "recvonly"))
+
+
+def test_session_level_direction_and_media_override() -> None:
+    text = offer_with("0").replace("t=0 0\r\n", "t=0 0\r\na=recvonly\r\n")
+    sdp, _ = answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
+    assert sdp.media[0].direction == "sendonly"
+    text = text + "a=inactive\r\n"
+    sdp, _ = answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
+    assert sdp.media[0].direction == "inactive"
+
+
+def test_rfc2543_hold_with_null_address() -> None:
+    # RFC 3264 section 8.4: c=0.0.0.0 from an old UA means "do not send to me".
+    text = offer_with("0").replace("c=IN IP4 192.0.2.1", "c=IN IP4 0.0.0.0")
+    sdp, media = answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
+    assert sdp.media[0].direction == "recvonly"
+    assert media.remote_address == "0.0.0.0"
+    assert not media.sending and media.receiving
+
+
+# --- rejection and 488 -------------------------------------------------------------------------
+
+
+def test_no_common_codec_is_488() -> None:
+    text = offer_with("18 96", "a=rtpmap:18 G729/8000\na=rtpmap:96 opus/48000/2\n")
+    with pytest.raises(NegotiationFailed) as info:
+        answer(text, [PCMU, PCMA, DTMF], "192.0.2.2", 5000)
+    assert str(info.value) == (
+        "SDP offer has no acceptable audio: no audio codec in common "
+        "(offered G729/8000, opus/48000; we support PCMU/8000, PCMA/8000)"
+    )
+    assert info.value.status_code == 488 and info.value.warning_code == 305
+    assert isinstance(info.value, ProtocolError)
+
+
+def test_telephone_event_alone_is_not_a_codec_in_common() -> None:
+    text = offer_with("18 101", "a=rtpmap:101 telephone-event/8000\n")
+    with pytest.raises(NegotiationFailed, match="no audio codec in common"):
+        answer(text, [PCMU, DTMF], "192.0.2.2", 5000)
+
+
+def test_srtp_and_video_only_offers_are_488() -> None:
+    with pytest.raises(NegotiationFailed) as info:
+        answer(offer_with("0").replace("RTP/AVP", "RTP/SAVP"), [PCMU], "192.0.2.2", 5000)
+    assert str(info.value) == (
+        "SDP offer has no acceptable audio: audio profile RTP/SAVP is not supported"
+    )
+    video = offer_with("31").replace("m=audio", "m=video")
+    with pytest.raises(NegotiationFailed) as info:
+        answer(video, [PCMU], "192.0.2.2", 5000)
+    assert str(info.value) == (
+        "SDP offer has no acceptable audio: no audio stream offered (media: video RTP/AVP)"
+    )
+    assert info.value.warning_code == 304
+
+
+def test_other_streams_are_rejected_with_port_zero() -> None:
+    text = (
+        offer_with("0").replace("m=audio 49170", "m=audio 0")
+        + "m=audio 49172 RTP/AVP 8\r\nm=video 51372 RTP/AVP 31\r\nm=audio 49174 RTP/AVP 0\r\n"
+    )
+    sdp, media = answer(text, [PCMU, PCMA], "192.0.2.2", 5000, session_id=1)
+    # RFC 3264 section 6: one m= line per offered one, same order, rejected ones port 0.
+    assert [(m.kind, m.port, m.formats) for m in sdp.media] == [
+        ("audio", 0, ["0"]),
+        ("audio", 5000, ["8"]),
+        ("video", 0, ["31"]),
+        ("audio", 0, ["0"]),
+    ]
+    assert media.media_index == 1 and media.codec == "PCMA"
+    assert media.remote_rtp_port == 49172
+    offer = SessionDescription.parse(text)
+    again = negotiated(offer, sdp)
+    assert (again.media_index, again.codec, again.remote_rtp_port) == (1, "PCMA", 5000)
+
+
+def test_gstreamer_webrtc_offer_is_rejected() -> None:
+    text = offer_with("96", "a=rtpmap:96 OPUS/48000/2\na=rtcp-mux\n").replace(
+        "RTP/AVP", "UDP/TLS/RTP/SAVPF"
+    )
+    with pytest.raises(NegotiationFailed, match="UDP/TLS/RTP/SAVPF is not supported"):
+        answer(text, [OPUS], "192.0.2.2", 5000)
+
+
+def test_malformed_offer_is_parse_error() -> None:
+    with pytest.raises(ParseError, match="SDP m= line has non-numeric port 'x'"):
+        answer(offer_with("0").replace("49170", "x"), [PCMU], "192.0.2.2", 5000)
+    no_address = offer_with("0").replace("c=IN IP4 192.0.2.1\r\n", "")
+    with pytest.raises(ParseError, match="SDP has no c= line for the audio stream"):
+        answer(no_address, [PCMU], "192.0.2.2", 5000)
+
+
+# --- offerer side ------------------------------------------------------------------------------
+
+
+def test_build_offer_payload_types_and_content() -> None:
+    offer = build_offer([OPUS, G722, PCMU, DTMF], "192.0.2.1", 5004, session_id=42)
+    assert str(offer) == crlf("""
+v=0
+o=- 42 42 IN IP4 192.0.2.1
+s=-
+c=IN IP4 192.0.2.1
+t=0 0
+m=audio 5004 RTP/AVP 96 9 0 97
+a=rtpmap:96 opus/48000/2
+a=rtpmap:9 G722/8000
+a=rtpmap:0 PCMU/8000
+a=rtpmap:97 telephone-event/8000
+a=fmtp:97 0-16
+a=ptime:20
+a=sendrecv
+""")
+    v6 = build_offer(
+        [PCMA], "2001:db8::5", 5004, session_id=1, ptime_ms=30, rtcp_port=5010, direction="recvonly"
+    )
+    assert v6.origin.addrtype == "IP6" and v6.connection.addrtype == "IP6"  # type: ignore
+    assert v6.media[0].rtcp == RtcpAttribute(5010)
+    assert (v6.media[0].ptime, v6.media[0].direction) == (30, "recvonly")
+
+
+def test_build_offer_errors() -> None:
+    with pytest.raises(LocalProtocolError, match="SDP offer needs at least one audio codec"):
+        build_offer([DTMF], "192.0.2.1", 5004)
+    with pytest.raises(LocalProtocolError, match="SDP direction must be one of"):
+        build_offer([PCMU], "192.0.2.1", 5004, direction="both")
+    with pytest.raises(LocalProtocolError, match=r"Codec payload types collide: \[0, 0\]"):
+        build_offer([PCMU, Codec("X", 8000, payload_type=0)], "192.0.2.1", 5004)
+
+
+def test_offerer_and_answerer_agree_through_the_wire() -> None:
+    offer = build_offer([OPUS, PCMA, DTMF48, DTMF], "192.0.2.1", 5004, session_id=1)
+    ours = [Codec.named("opus", fmtp={"useinbandfec": 1}), PCMU, DTMF]
+    answer_sdp, theirs = answer(bytes(offer), ours, "192.0.2.2", 6000, session_id=2)
+    mine = negotiated(bytes(offer), bytes(answer_sdp))
+    assert (mine.codec, mine.payload_type, mine.clock_rate) == ("opus", 96, 48000)
+    assert (theirs.codec, theirs.payload_type) == ("opus", 96)
+    assert (mine.remote_address, mine.remote_rtp_port) == ("192.0.2.2", 6000)
+    assert (theirs.remote_address, theirs.remote_rtp_port) == ("192.0.2.1", 5004)
+    assert mine.local_rtp_port == theirs.remote_rtp_port
+    assert mine.dtmf_payload_type == theirs.dtmf_payload_type == 98  # telephone-event/8000
+    assert mine.fmtp == {"useinbandfec": "1"} and theirs.fmtp == {}
+
+
+def test_negotiated_uses_answerer_numbers_for_sending() -> None:
+    # RFC 3264 section 5.1: numbers in an SDP say what its sender wants to receive.
+    offer = build_offer([OPUS, PCMU], "192.0.2.1", 5004, session_id=1)
+    answer_text = offer_with("111", "a=rtpmap:111 opus/48000/2\na=sendonly\n")
+    media = negotiated(offer, answer_text)
+    assert (media.payload_type, media.local_payload_type) == (111, 96)
+    assert media.direction == "recvonly"
+
+
+def test_negotiated_errors() -> None:
+    offer = build_offer([PCMU], "192.0.2.1", 5004, session_id=1)
+    two = offer_with("0") + "m=video 0 RTP/AVP 31\r\n"
+    with pytest.raises(ParseError, match="SDP answer has 2 m= lines but the offer has 1"):
+        negotiated(offer, two)
+    with pytest.raises(NegotiationFailed, match="SDP answer rejected every audio stream"):
+        negotiated(offer, offer_with("0").replace("49170", "0"))
+    with pytest.raises(NegotiationFailed, match="SDP answer has no audio codec in common"):
+        negotiated(offer, offer_with("8"))
+
+
+def test_rtcp_mux_only_when_both_sides_say_so() -> None:
+    offer = build_offer([PCMU], "192.0.2.1", 5004, session_id=1)
+    answer_text = offer_with("0", extra="a=rtcp-mux\n")
+    assert negotiated(offer, answer_text).remote_rtcp_port == 49171
+    offer.media[0].set_attribute("rtcp-mux")
+    media = negotiated(offer, answer_text)
+    assert media.rtcp_mux and media.remote_rtcp_port == 49170  # RFC 5761 section 5.1.1
+
+
+# --- re-offers ---------------------------------------------------------------------------------
+
+
+def test_hold_and_resume_reoffers_rfc3264_section_8_4() -> None:
+    offer = build_offer([PCMU, DTMF], "192.0.2.1", 5004, session_id=77, session_version=5)
+    held = hold(offer)
+    assert held.media[0].direction == "sendonly"
+    assert (held.origin.session_id, held.origin.session_version) == (77, 6)
+    assert str(held) == str(offer).replace("a=sendrecv", "a=sendonly").replace("77 5 IN", "77 6 IN")
+    resumed = resume(held)
+    assert resumed.media[0].direction == "sendrecv"
+    assert resumed.origin.session_version == 7
+    # A stream that was recvonly goes inactive on hold and back to recvonly on resume.
+    recv = reoffer(offer, direction="recvonly")
+    assert hold(recv).media[0].direction == "inactive"
+    assert resume(hold(recv)).media[0].direction == "recvonly"
+
+
+def test_unchanged_reoffer_keeps_version() -> None:
+    offer = build_offer([PCMU], "192.0.2.1", 5004, session_id=9, session_version=9)
+    same = reoffer(offer)
+    assert str(same) == str(offer) and sdp_unchanged(offer, same)
+    moved = reoffer(offer, rtp_port=5008, local_ip="192.0.2.3")
+    assert moved.origin.session_version == 10 and not sdp_unchanged(offer, moved)
+    assert (moved.media[0].port, moved.connection.address) == (5008, "192.0.2.3")  # type: ignore
+
+
+def test_codec_change_reoffer_keeps_payload_numbers() -> None:
+    offer = build_offer([OPUS, PCMU, DTMF], "192.0.2.1", 5004, session_id=1, ptime_ms=30)
+    changed = reoffer(offer, codecs=[PCMA, DTMF, OPUS])
+    # RFC 3264 section 8.3.2: a format keeps its payload type within the session.
+    assert audio_formats(changed) == [
+        (8, "PCMA", 8000),
+        (97, "telephone-event", 8000),
+        (96, "opus", 48000),
+    ]
+    assert changed.media[0].ptime == 30 and changed.origin.session_version == 2
+    answer_sdp, media = answer(changed, [PCMA, DTMF], "192.0.2.2", 6000, session_id=5)
+    assert (media.codec, media.payload_type, media.dtmf_payload_type) == ("PCMA", 8, 97)
+
+
+def test_answer_to_hold_reinvite_keeps_session_and_bumps_version() -> None:
+    offer = build_offer([PCMU], "192.0.2.1", 5004, session_id=1)
+    first, media = answer(offer, [PCMU], "192.0.2.2", 6000, session_id=50)
+    assert media.direction == "sendrecv"
+    second, media = answer(hold(offer), [PCMU], "192.0.2.2", 6000, previous=first)
+    assert media.direction == "recvonly" and second.media[0].direction == "recvonly"
+    assert (second.origin.session_id, second.origin.session_version) == (50, 51)
+    # Answering the same SDP again (a session refresh) leaves the version alone.
+    third, _ = answer(hold(offer), [PCMU], "192.0.2.2", 6000, previous=second)
+    assert third.origin.session_version == 51 and str(third) == str(second)
+    assert negotiated(hold(offer), second).direction == "sendonly"
+
+
+def test_reoffer_without_active_audio_is_local_error() -> None:
+    offer = build_offer([PCMU], "192.0.2.1", 5004, session_id=1)
+    offer.media[0].port = 0
+    with pytest.raises(LocalProtocolError, match="SDP has no active audio stream to re-offer"):
+        hold(offer)
+
+
+# --- property: the answer follows the offerer's order ------------------------------------------
+
+KNOWN = [OPUS, PCMU, PCMA, G722]
+
+
+@given(
+    st.permutations(KNOWN).flatmap(lambda p: st.integers(1, 4).map(lambda n: p[:n])),
+    st.lists(st.sampled_from(KNOWN), unique=True, max_size=4),
+    st.booleans(),
+    st.booleans(),
+)
+def test_answer_choice_property(offered, supported, offer_dtmf, answer_dtmf) -> None:
+    offer = build_offer(
+        [*offered, *([DTMF] if offer_dtmf else [])], "192.0.2.1", 5004, session_id=1
+    )
+    common = [c for c in offered if c in supported]
+    ours = [*supported, *([DTMF] if answer_dtmf else [])]
+    if not common:
+        with pytest.raises(NegotiationFailed):
+            answer(offer, ours, "192.0.2.2", 6000, session_id=2)
+        return
+    answer_sdp, theirs = answer(offer, ours, "192.0.2.2", 6000, session_id=2)
+    mine = negotiated(SessionDescription.parse(bytes(offer)), bytes(answer_sdp))
+    assert theirs.codec == mine.codec == common[0].name
+    assert theirs.payload_type == mine.payload_type == mine.local_payload_type
+    assert offer.media[0].rtpmap(mine.payload_type).encoding == common[0].name  # type: ignore
+    has_dtmf = offer_dtmf and answer_dtmf
+    assert (mine.dtmf_payload_type is not None) == has_dtmf
+    assert (theirs.dtmf_payload_type is not None) == has_dtmf
