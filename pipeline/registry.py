@@ -24,6 +24,9 @@ BUILTIN_PLUGINS = (
     "plugins.mixer",
     "plugins.resample",
     "plugins.files",
+    "plugins.codecs",
+    "plugins.devices",
+    "plugins.video",
 )
 # Families that need optional libraries; they register only what imports.
 OPTIONAL_BUILTIN_PLUGINS: tuple[str, ...] = ()

@@ -1,0 +1,1 @@
+"""Sound devices: capture, playback and a null device, through sounddevice (PortAudio)."""

@@ -1,0 +1,13 @@
+"""The `rtp` plugin family: sans-IO RTP, RTCP, RFC 4733 DTMF and a pcap writer.
+
+Modules, one per concept (none of them opens a socket, sleeps or reads the clock):
+
+- `packet`: `RtpPacket` (RFC 3550 5.1), RFC 8285 header extensions, sequence and timestamp
+  arithmetic with wrap-around.
+- `rtcp`: SR, RR, SDES, BYE, APP (RFC 3550 6.4-6.7), RTPFB/PSFB feedback with generic NACK
+  and PLI (RFC 4585 6.1-6.3), compound packets.
+- `stats`: receiver statistics (RFC 3550 A.1, A.3, A.8), sender counts, round-trip time from
+  report blocks (6.4.1) and the RTCP report interval (A.7).
+- `dtmf`: RFC 4733 telephone-event payload, a sender and a receiver state machine.
+- `pcap`: a libpcap writer (and reader) of IPv4/UDP datagrams for Wireshark and tshark.
+"""
