@@ -245,7 +245,8 @@ class Builder:
     prefix = ""
 
     # ---- links ----------------------------------------------------------------------
-    def parse_element(self, text: str, where: Where) -> Element:
+    def parse_element(self, text: str, where: Where, *, launch: bool = False) -> Element:
+        """A link element; in launch lines a bare word is always a node type."""
         try:
             tokens = shlex.split(text)
         except ValueError as e:
@@ -263,7 +264,7 @@ class Builder:
                            "inline nodes are written like: resample rate=8000")
             k, _, v = tok.partition("=")
             params[k] = substitute(yaml.safe_load(v) if v else "", self.ctx, where)
-        if head in self.registry.node_types or rest:
+        if launch or head in self.registry.node_types or rest:
             return Element(kind=head, params=params)
         raise _err(f"link names unknown node '{name}'", where,
                    "declare it under nodes:, or write an inline node type "
@@ -300,8 +301,6 @@ class Builder:
         for a, b in zip(elements, elements[1:], strict=False):
             src, sp = self.resolve(a, where, "out")
             dst, dp = self.resolve(b, where, "in")
-            if a.port and b is not elements[0]:
-                pass
             self.graph.link(src, sp, dst, dp, feedback=feedback, where=where)
             # In the middle of a chain, a node's port applied to where it came in.
             b.port = None if b.name not in self.bins else b.port
@@ -491,7 +490,7 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
                 n, p = _split_ref(head)
                 elements.append(Element(name=n, port=p))
             else:
-                el = builder.parse_element(text, where)
+                el = builder.parse_element(text, where, launch=True)
                 if el.kind is not None:
                     builder.resolve(el, where, "in")
                 elements.append(el)

@@ -237,12 +237,14 @@ class Runtime:
                     pending, self._pending_feedback = self._pending_feedback, []
                     for fn, port, item, _ in pending:
                         fn(port, item)
+                node = None
                 try:
                     for node in clocked:
                         if not node.finished:
                             node.tick(now)
                 except Exception as e:
-                    self.fail(e)
+                    # The innermost node in the traceback, else the one being ticked.
+                    self.fail(e, failing_node(e) or node)
                     continue
                 n += 1
                 if self.progress is not None and n % 50 == 0:

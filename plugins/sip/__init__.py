@@ -1,0 +1,9 @@
+"""SIP signalling: sans-IO message parser, transactions, dialogs, SDP offer/answer.
+
+`uri` (SIP/tel URIs, name-addr), `message` (parse/serialise, stream framing,
+`make_response`), `validate` (what a UAS answers to a received message, RFC 4475),
+`auth` (digest, RFC 7616/8760), `transaction` (RFC 3261 section 17 with RFC 6026, and the
+RFC 3581 rport rules), `dialog` (RFC 3261 section 12), `sdp` and `offer_answer`
+(RFC 8866, RFC 3264). None of them opens a socket or reads the clock: they take bytes and
+`now` and return messages, bytes to send and the next timer deadline.
+"""

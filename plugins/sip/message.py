@@ -1,0 +1,604 @@
+"""SIP messages (RFC 3261 section 7): parse from bytes, serialise with ``bytes()``.
+
+Sans-IO: `SipMessage.parse(data)` takes one datagram (or one frame cut by `StreamFramer`)
+and returns a `SipRequest` or `SipResponse`; anything malformed raises `ParseError` whose
+text starts with "SIP ...". Header values are kept as text (folding undone) in a
+multi-dict that preserves order; typed views (`Via`, `CSeq`, `NameAddress`) are parsed on
+access, so an odd unknown header never stops a message from being routed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pipeline.errors import LocalProtocolError, ParseError
+
+from .uri import (
+    NameAddress,
+    Params,
+    SipUri,
+    format_host,
+    format_params,
+    is_token,
+    parse_params,
+    split_hostport,
+    split_top_level,
+)
+
+MAX_MESSAGE_SIZE = 65536
+MAX_HEADERS = 256
+SIP_VERSION = "SIP/2.0"
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 8.1.1.7
+
+# RFC 3261 7.3.3 and the registry of later RFCs (RFC 3265/6665, 3515, 3892, 4028, 3841, 8224).
+COMPACT_FORMS = {
+    "a": "Accept-Contact", "b": "Referred-By", "c": "Content-Type", "d": "Request-Disposition",
+    "e": "Content-Encoding", "f": "From", "i": "Call-ID", "j": "Reject-Contact",
+    "k": "Supported", "l": "Content-Length", "m": "Contact", "n": "Identity-Info",
+    "o": "Event", "r": "Refer-To", "s": "Subject", "t": "To", "u": "Allow-Events",
+    "v": "Via", "x": "Session-Expires", "y": "Identity",
+}  # fmt: skip
+_KNOWN_NAMES = list(COMPACT_FORMS.values()) + [
+    "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
+    "Authentication-Info", "Authorization", "Call-Info", "Content-Disposition",
+    "Content-Language", "CSeq", "Date", "Error-Info", "Expires", "In-Reply-To",
+    "Max-Forwards", "Min-Expires", "Min-SE", "MIME-Version", "Organization", "Path",
+    "P-Asserted-Identity", "Priority", "Privacy", "Proxy-Authenticate", "Proxy-Authorization",
+    "Proxy-Require", "RAck", "Reason", "Record-Route", "Replaces", "Reply-To", "Require",
+    "Retry-After", "Route", "RSeq", "Server", "Service-Route", "Subscription-State",
+    "Timestamp", "Unsupported", "User-Agent", "Warning", "WWW-Authenticate",
+]  # fmt: skip
+_CANONICAL = {name.lower(): name for name in _KNOWN_NAMES}
+# Headers whose grammar is a comma-separated list (RFC 3261 7.3.1): only these are split.
+LIST_HEADERS = frozenset(
+    n.lower()
+    for n in (
+        "Via", "Contact", "Route", "Record-Route", "Path", "Service-Route", "Accept",
+        "Accept-Encoding", "Accept-Language", "Allow", "Allow-Events", "Supported",
+        "Require", "Proxy-Require", "Unsupported", "Content-Encoding", "Content-Language",
+        "In-Reply-To", "Call-Info", "Alert-Info", "Error-Info", "Warning", "Reason",
+        "P-Asserted-Identity",
+    )
+)  # fmt: skip
+
+REASON_PHRASES = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
+    301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy",
+    380: "Alternative Service", 400: "Bad Request", 401: "Unauthorized",
+    402: "Payment Required", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    406: "Not Acceptable", 407: "Proxy Authentication Required", 408: "Request Timeout",
+    410: "Gone", 413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    421: "Extension Required", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 491: "Request Pending", 493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
+    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}  # fmt: skip
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_LINE_SPLIT = re.compile(r"\r?\n")
+_FOLD = re.compile(r"[ \t]*\r?\n[ \t]+")  # RFC 3261 7.3.1: folding is equivalent to one SP
+_HEADER_LINE = re.compile(r"([^:\s]*)[ \t]*:[ \t]*(.*)", re.S)
+_VERSION_RE = re.compile(r"SIP/\d{1,3}\.\d{1,3}", re.I)
+_STATUS_LINE = re.compile(r"(SIP/\d{1,3}\.\d{1,3}) (\d+)(?: (.*))?", re.I | re.S)
+_STREAM_CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+_VIA_RE = re.compile(r"\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/;]+)\s+([^;]*?)\s*(;.*)?", re.S)
+
+
+def canonical_name(name: str) -> str:
+    """Expand compact forms and fix the case of known header names (``v`` -> ``Via``)."""
+    low = name.lower()
+    if len(low) == 1:
+        return COMPACT_FORMS.get(low, name)
+    return _CANONICAL.get(low, name)
+
+
+class Headers:
+    """Ordered multi-dict of header fields; lookups ignore case and compact forms."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str, str]] = []  # (lookup key, canonical name, value)
+        for name, value in items:
+            self.add(name, value)
+
+    @staticmethod
+    def _entry(name: str, value: str) -> tuple[str, str, str]:
+        if "\r" in value or "\n" in value:
+            raise LocalProtocolError(f"SIP header {name} value contains a line break")
+        canon = canonical_name(name)
+        return canon.lower(), canon, value
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header line."""
+        self._items.append(self._entry(name, value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert before the first line of that name (a new top Via), or at the top."""
+        entry = self._entry(name, value)
+        for i, item in enumerate(self._items):
+            if item[0] == entry[0]:
+                self._items.insert(i, entry)
+                return
+        self._items.insert(0, entry)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """Value of the first line called `name`."""
+        key = canonical_name(name).lower()
+        for k, _, v in self._items:
+            if k == key:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Values of every line called `name`, in order."""
+        key = canonical_name(name).lower()
+        return [v for k, _, v in self._items if k == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every value, comma-lists split (quotes and <> respected) for list headers."""
+        lines = self.get_all(name)
+        if canonical_name(name).lower() not in LIST_HEADERS:
+            return lines
+        return [piece for line in lines for piece in split_top_level(line)]
+
+    def set(self, name: str, value: str) -> None:
+        """Replace the first line called `name` in place and drop the others."""
+        entry = self._entry(name, value)
+        out: list[tuple[str, str, str]] = []
+        placed = False
+        for item in self._items:
+            if item[0] == entry[0]:
+                if not placed:
+                    out.append(entry)
+                    placed = True
+            else:
+                out.append(item)
+        if not placed:
+            out.append(entry)
+        self._items = out
+
+    def replace_first(self, name: str, value: str) -> None:
+        """Replace the value of the first line called `name`, keeping the others."""
+        entry = self._entry(name, value)
+        for i, item in enumerate(self._items):
+            if item[0] == entry[0]:
+                self._items[i] = entry
+                return
+        raise KeyError(name)
+
+    def remove(self, name: str) -> int:
+        """Remove every line called `name`; return how many there were."""
+        key = canonical_name(name).lower()
+        before = len(self._items)
+        self._items = [item for item in self._items if item[0] != key]
+        return before - len(self._items)
+
+    def count(self, name: str) -> int:
+        """Number of lines called `name`."""
+        key = canonical_name(name).lower()
+        return sum(1 for k, _, _ in self._items if k == key)
+
+    def copy(self) -> Headers:
+        new = Headers()
+        new._items = list(self._items)
+        return new
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.count(name) > 0
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((n, v) for _, n, v in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+
+@dataclass(slots=True)
+class Via:
+    """One via-parm (RFC 3261 20.42): ``SIP/2.0/UDP host:port;branch=...;rport``."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Params = field(default_factory=dict)
+    protocol: str = SIP_VERSION
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        """Parse one via-parm; LWS is allowed around '/', ':', ';' and '='."""
+        m = _VIA_RE.fullmatch(text)
+        if m is None:
+            raise ParseError(f"SIP Via is malformed: {text[:60]!r}")
+        name, version, transport, sent_by, ptext = m.groups()
+        if not (is_token(name) and is_token(version) and is_token(transport)):
+            raise ParseError(f"SIP Via has a bad sent-protocol: {text[:60]!r}")
+        host, port = split_hostport(re.sub(r"\s*:\s*", ":", sent_by), "SIP Via")
+        params = parse_params(ptext or "", "SIP Via")
+        if "branch" in params and not params["branch"]:
+            raise ParseError("SIP Via has an empty branch")
+        rport = params.get("rport")
+        if rport is not None and not (rport.isdigit() and len(rport) <= 5):
+            raise ParseError(f"SIP Via has a bad rport: {rport[:20]!r}")
+        return cls(transport.upper(), host, port, params, f"{name.upper()}/{version}")
+
+    @classmethod
+    def parse_list(cls, value: str) -> list[Via]:
+        """Parse a comma-separated Via header value."""
+        out = []
+        for piece in split_top_level(value):
+            if not piece:
+                raise ParseError("SIP Via has an empty value in its list")
+            out.append(cls.parse(piece))
+        return out
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.protocol}/{self.transport} {format_host(self.host)}{port}" + format_params(
+            self.params
+        )
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """The rport value filled in by a server (RFC 3581), or None."""
+        value = self.params.get("rport")
+        return int(value) if value else None
+
+    @property
+    def has_magic_cookie(self) -> bool:
+        """True for an RFC 3261 branch: the magic cookie plus a unique part (17.2.3)."""
+        branch = self.branch or ""
+        return branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE)
+
+
+@dataclass(slots=True, frozen=True)
+class CSeq:
+    """The CSeq header (RFC 3261 20.16): sequence number below 2**31 and method."""
+
+    seq: int
+    method: str
+
+    @classmethod
+    def parse(cls, text: str) -> CSeq:
+        m = re.fullmatch(r"\s*([0-9]+)\s+(\S+)\s*", text)
+        if m is None:
+            raise ParseError(f"SIP CSeq is malformed: {text[:40]!r}")
+        digits, method = m.groups()
+        # RFC 3261 8.1.1.5: the number MUST be less than 2**31 (length checked first so a
+        # hostile 10,000-digit value never reaches int()).
+        if len(digits.lstrip("0")) > 10 or int(digits) >= 2**31:
+            raise ParseError(f"SIP CSeq number {digits[:30]} is not below 2**31")
+        if not is_token(method):
+            raise ParseError(f"SIP CSeq method is not a token: {method[:40]!r}")
+        return cls(int(digits), method)
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+def parse_uint(text: str, what: str, limit: int) -> int:
+    """Parse a decimal header value no greater than `limit` (Max-Forwards, Expires...)."""
+    text = text.strip()
+    if not (text.isdigit() and text.isascii()):
+        raise ParseError(f"{what} is not a non-negative integer: {text[:30]!r}")
+    if len(text.lstrip("0")) > len(str(limit)) or int(text) > limit:
+        raise ParseError(f"{what} {text[:30]} exceeds {limit}")
+    return int(text)
+
+
+class SipMessage:
+    """Common part of requests and responses: `headers` and a `body` of bytes."""
+
+    __slots__ = ("headers", "body")
+
+    def __init__(self, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b""):
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = body
+
+    # -- typed views (parsed on access; ParseError if missing or malformed) --------------
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise ParseError(f"SIP message has no {name} header")
+        return value
+
+    @property
+    def call_id(self) -> str:
+        return self._required("Call-ID").strip()
+
+    @property
+    def cseq(self) -> CSeq:
+        return CSeq.parse(self._required("CSeq"))
+
+    @property
+    def from_(self) -> NameAddress:
+        return NameAddress.parse(self._required("From"))
+
+    @property
+    def to(self) -> NameAddress:
+        return NameAddress.parse(self._required("To"))
+
+    @property
+    def vias(self) -> list[Via]:
+        return [v for line in self.headers.get_all("Via") for v in Via.parse_list(line)]
+
+    @property
+    def top_via(self) -> Via:
+        first = split_top_level(self._required("Via"))[0]
+        if not first:
+            raise ParseError("SIP Via has an empty value in its list")
+        return Via.parse(first)
+
+    @property
+    def contacts(self) -> list[NameAddress]:
+        """Contact values (a REGISTER's ``*`` is left out)."""
+        return [NameAddress.parse(v) for v in self.headers.values("Contact") if v != "*"]
+
+    @property
+    def content_type(self) -> str | None:
+        """Media type, lower-cased, without parameters (``application/sdp``)."""
+        value = self.headers.get("Content-Type")
+        return value.split(";", 1)[0].strip().lower() if value is not None else None
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        return None if value is None else parse_uint(value, "SIP Max-Forwards", 255)
+
+    # -- wire ------------------------------------------------------------------------------
+    @property
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def __bytes__(self) -> bytes:
+        # Content-Length is always written from the body, so framing cannot lie.
+        lines = [self.start_line]
+        has_length = False
+        for key, name, value in self.headers._items:
+            if key == "content-length":
+                if has_length:
+                    continue
+                value = str(len(self.body))
+                has_length = True
+            lines.append(f"{name}: {value}")
+        if not has_length:
+            lines.append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape") + self.body
+
+    def _framed_out(self) -> list[tuple[str, str, str]]:
+        return [item for item in self.headers._items if item[0] != "content-length"]
+
+    def __eq__(self, other: object) -> bool:
+        # Content-Length is framing, always rewritten from the body by bytes(): not compared
+        return (
+            isinstance(other, SipMessage)
+            and type(self) is type(other)
+            and self.start_line == other.start_line
+            and self._framed_out() == other._framed_out()
+            and self.body == other.body
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.start_line!r}>"
+
+    @staticmethod
+    def parse(
+        data: bytes, *, max_size: int = MAX_MESSAGE_SIZE, max_headers: int = MAX_HEADERS
+    ) -> SipRequest | SipResponse:
+        """Parse one message from a datagram or a framed stream chunk.
+
+        Octets past Content-Length are ignored (RFC 3261 18.3); without Content-Length
+        the body runs to the end of the datagram.
+        """
+        if len(data) > max_size:
+            raise ParseError(f"SIP message of {len(data)} bytes exceeds the {max_size}-byte limit")
+        start = 0
+        while data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+            start += 2 if data[start] == 13 else 1  # RFC 3261 7.5: ignore leading CRLFs
+        m = _HEADER_END.search(data, start)
+        if m is None:
+            raise ParseError("SIP message has no empty line after its headers")
+        head = _FOLD.sub(" ", data[start : m.start()].decode("utf-8", "surrogateescape"))
+        lines = _LINE_SPLIT.split(head)
+        if "\r" in head.replace("\r\n", ""):
+            raise ParseError("SIP message has a bare CR in its start line or headers")
+        if len(lines) - 1 > max_headers:
+            raise ParseError(f"SIP message has more than {max_headers} header lines")
+        headers = Headers()
+        items = headers._items
+        for line in lines[1:]:
+            hm = _HEADER_LINE.fullmatch(line)
+            if hm is None or not hm.group(1):
+                raise ParseError(f"SIP header line has no name and colon: {line[:40]!r}")
+            name = hm.group(1)
+            if not is_token(name):
+                raise ParseError(f"SIP header name is not a token: {name[:40]!r}")
+            canon = canonical_name(name)
+            items.append((canon.lower(), canon, hm.group(2).rstrip(" \t")))
+        lengths = headers.get_all("Content-Length")
+        if len(lengths) > 1:
+            raise ParseError(f"SIP message has {len(lengths)} Content-Length headers")
+        body_start = m.end()
+        if lengths:
+            length = parse_uint(lengths[0], "SIP Content-Length", max_size)
+            if len(data) - body_start < length:
+                raise ParseError(
+                    f"SIP body is shorter than its Content-Length "
+                    f"({len(data) - body_start} < {length})"
+                )
+            body = data[body_start : body_start + length]
+        else:
+            body = data[body_start:]
+        return _parse_start_line(lines[0], headers, body)
+
+
+class SipRequest(SipMessage):
+    """A SIP request: `method`, Request-URI `uri`, `version`."""
+
+    __slots__ = ("method", "uri", "version")
+
+    def __init__(
+        self,
+        method: str,
+        uri: SipUri | str,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        version: str = SIP_VERSION,
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
+        self.version = version
+
+    @property
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def copy(self) -> SipRequest:
+        return SipRequest(self.method, self.uri, self.headers.copy(), self.body, self.version)
+
+
+class SipResponse(SipMessage):
+    """A SIP response: `status_code`, `reason`, `version`."""
+
+    __slots__ = ("status_code", "reason", "version")
+
+    def __init__(
+        self,
+        status_code: int,
+        reason: str | None = None,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        version: str = SIP_VERSION,
+    ) -> None:
+        super().__init__(headers, body)
+        self.status_code = status_code
+        self.reason = REASON_PHRASES.get(status_code, "") if reason is None else reason
+        self.version = version
+
+    @property
+    def start_line(self) -> str:
+        return f"{self.version} {self.status_code} {self.reason}"
+
+    def copy(self) -> SipResponse:
+        return SipResponse(
+            self.status_code, self.reason, self.headers.copy(), self.body, self.version
+        )
+
+
+def _parse_start_line(line: str, headers: Headers, body: bytes) -> SipRequest | SipResponse:
+    if line[:4].upper() == "SIP/":
+        m = _STATUS_LINE.fullmatch(line)
+        if m is None:
+            raise ParseError(f"SIP Status-Line is malformed: {line[:60]!r}")
+        version, code, reason = m.groups()
+        if len(code) != 3 or not 100 <= int(code) <= 699:
+            raise ParseError(f"SIP status code {code[:20]} is not three digits from 100 to 699")
+        return SipResponse(int(code), reason or "", headers, body, version.upper())
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise ParseError(
+            f"SIP Request-Line is not Method SP Request-URI SP SIP-Version: {line[:60]!r}"
+        )
+    method, uri_text, version = parts
+    if not is_token(method):
+        raise ParseError(f"SIP method is not a token: {method[:40]!r}")
+    if not _VERSION_RE.fullmatch(version):
+        raise ParseError(f"SIP Request-Line has a bad version: {version[:20]!r}")
+    return SipRequest(method, SipUri.parse(uri_text), headers, body, version.upper())
+
+
+class StreamFramer:
+    """Cuts SIP messages out of a stream transport (TCP, TLS; RFC 3261 18.3).
+
+    `feed` bytes as they arrive and get back the complete messages. Content-Length is
+    mandatory on streams; a message without one, or bigger than `max_size`, raises
+    ParseError and the connection should be closed (the stream cannot be resynchronised).
+    """
+
+    def __init__(self, *, max_size: int = MAX_MESSAGE_SIZE, max_headers: int = MAX_HEADERS):
+        self.max_size = max_size
+        self.max_headers = max_headers
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[SipRequest | SipResponse]:
+        self._buf += data
+        out: list[SipRequest | SipResponse] = []
+        buf = self._buf
+        while True:
+            # CRLF keep-alives (RFC 5626 3.5.1) between messages are dropped.
+            skip = 0
+            while buf[skip : skip + 1] in (b"\r", b"\n"):
+                skip += 1
+            if skip:
+                del buf[:skip]
+            m = _HEADER_END.search(buf)
+            if m is None:
+                if len(buf) > self.max_size:
+                    raise ParseError(f"SIP message headers exceed the {self.max_size}-byte limit")
+                return out
+            lengths = _STREAM_CL.findall(buf, 0, m.start())
+            if not lengths:
+                raise ParseError("SIP message on a stream transport has no Content-Length")
+            if len(lengths) > 1:
+                raise ParseError(f"SIP message has {len(lengths)} Content-Length headers")
+            length = parse_uint(lengths[0].decode("latin-1"), "SIP Content-Length", self.max_size)
+            total = m.end() + length
+            if total > self.max_size:
+                raise ParseError(f"SIP message of {total} bytes exceeds the {self.max_size}-byte "
+                                 "limit")
+            if len(buf) < total:
+                return out
+            frame = bytes(buf[:total])
+            del buf[:total]
+            out.append(SipMessage.parse(frame, max_size=self.max_size,
+                                        max_headers=self.max_headers))
+
+
+def make_response(
+    request: SipRequest, code: int, reason: str | None = None, to_tag: str | None = None
+) -> SipResponse:
+    """Build a response by RFC 3261 8.2.6: copy Via (all, in order), From, To, Call-ID and
+    CSeq; add `to_tag` when To has none; 100 Trying copies Timestamp (8.2.6.1)."""
+    response = SipResponse(code, reason)
+    headers = response.headers
+    for value in request.headers.get_all("Via"):
+        headers.add("Via", value)
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = request.headers.get(name)
+        if value is None:
+            raise LocalProtocolError(f"SIP request has no {name}: cannot build a response")
+        if name == "To" and to_tag and NameAddress.parse(value).tag is None:
+            value = f"{value};tag={to_tag}"  # header params always come last, in both forms
+        headers.add(name, value)
+    if code == 100 and "Timestamp" in request.headers:
+        headers.add("Timestamp", request.headers.get("Timestamp") or "")
+    return response

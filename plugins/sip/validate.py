@@ -1,0 +1,274 @@
+"""What a UAS does with a received message: process it, or answer it with an error.
+
+`check_message(data)` parses a datagram, checks the grammar of every header a UAS relies
+on, then applies the request checks of RFC 3261 8.2 in their order (405, 416, 420, 415,
+and 406 for an Accept that excludes SDP). It returns a `Verdict` in the vocabulary of
+RFC 4475: "valid", "valid-response", "invalid", "invalid-response" or "parseable" (well
+formed, but semantically odd: section 3.3 of RFC 4475). `reject(verdict)` builds the
+error response.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from pipeline.errors import ParseError
+
+from .message import (
+    MAX_MESSAGE_SIZE,
+    SIP_VERSION,
+    NameAddress,
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    Via,
+    make_response,
+    parse_uint,
+)
+from .uri import is_token, parse_params
+
+SUPPORTED_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER INFO MESSAGE UPDATE PRACK NOTIFY SUBSCRIBE "
+    "REFER".split()
+)
+SUPPORTED_SCHEMES = frozenset({"sip", "sips", "tel"})
+SUPPORTED_CONTENT_TYPES = frozenset(
+    {
+        "application/sdp",
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "message/sipfrag",
+        "application/dtmf-relay",
+    }
+)
+REQUIRED_HEADERS = ("To", "From", "Call-ID", "CSeq", "Via")  # RFC 3261 8.1.1
+# Headers that may appear at most once (RFC 3261 20, the "single value" ones).
+SINGLE_HEADERS = (
+    "Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type", "Content-Length",
+    "Expires", "Date", "Min-Expires", "Retry-After", "Timestamp",
+)  # fmt: skip
+
+_MEDIA_TYPE = re.compile(r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*(;.*)?")
+# RFC 3261 20.17: rfc1123-date, and the zone MUST be "GMT".
+_DATE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"\d{4} \d{2}:\d{2}:\d{2} GMT"
+)
+_WARNING = re.compile(r"\d{3} \S+ \".*\"", re.S)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What a UAS makes of one received message.
+
+    `status` is the response to send instead of processing (None: process the request,
+    or, for a response, hand it on / discard it); `reason` says why, subject first;
+    `notes` lists the semantic oddities that make a message "parseable" rather than
+    "valid"; `headers` must go into the error response (Allow, Unsupported, Accept).
+    """
+
+    kind: str
+    status: int | None = None
+    reason: str = ""
+    message: SipRequest | SipResponse | None = None
+    notes: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_message(
+    data: bytes,
+    *,
+    max_size: int = MAX_MESSAGE_SIZE,
+    methods: Collection[str] = SUPPORTED_METHODS,
+    schemes: Collection[str] = SUPPORTED_SCHEMES,
+    content_types: Collection[str] = SUPPORTED_CONTENT_TYPES,
+    extensions: Collection[str] = (),
+) -> Verdict:
+    """Classify one datagram and say how a UAS answers it (see the module docstring)."""
+    is_response = data.lstrip(b"\r\n")[:4].upper() == b"SIP/"
+    bad = "invalid-response" if is_response else "invalid"
+    if len(data) > max_size:
+        # RFC 3261 21.5.14: 513 Message Too Large
+        return Verdict(bad, None if is_response else 513, f"SIP message exceeds {max_size} bytes")
+    try:
+        msg = SipMessage.parse(data, max_size=max_size)
+    except ParseError as exc:
+        return Verdict(bad, None if is_response else 400, str(exc))
+    if isinstance(msg, SipResponse):
+        try:
+            check_syntax(msg)
+        except ParseError as exc:
+            return Verdict("invalid-response", None, str(exc), msg)
+        return Verdict("valid-response", None, "", msg)
+    if msg.version != SIP_VERSION:
+        return Verdict("invalid", 505, f"SIP version {msg.version} is not supported", msg)
+    try:
+        check_syntax(msg)
+    except ParseError as exc:
+        return Verdict("invalid", 400, str(exc), msg)
+    return _check_semantics(msg, methods, schemes, content_types, extensions)
+
+
+def check_syntax(msg: SipRequest | SipResponse) -> None:
+    """Parse every header a UAS relies on; raise ParseError at the first bad one."""
+    headers = msg.headers
+    for name in SINGLE_HEADERS:
+        if headers.count(name) > 1:
+            raise ParseError(f"SIP message has {headers.count(name)} {name} headers")
+    call_id = headers.get("Call-ID")
+    if call_id is not None and not re.fullmatch(r"\S+", call_id):
+        raise ParseError(f"SIP Call-ID is empty or contains whitespace: {call_id[:40]!r}")
+    if "CSeq" in headers:
+        cseq = msg.cseq
+        if isinstance(msg, SipRequest) and cseq.method != msg.method:
+            raise ParseError(
+                f"SIP CSeq method {cseq.method} does not match the request method {msg.method}"
+            )
+    for name in ("From", "To"):
+        if name in headers:
+            NameAddress.parse(headers.get(name) or "")
+    for line in headers.get_all("Via"):
+        Via.parse_list(line)
+    contacts = headers.values("Contact")
+    if "*" in contacts and len(contacts) > 1:
+        raise ParseError("SIP Contact * must be the only Contact value")
+    for name in ("Contact", "Route", "Record-Route"):
+        for value in headers.values(name):
+            if value != "*" or name != "Contact":
+                NameAddress.parse(value)
+    msg.max_forwards  # noqa: B018 - parsing is the check
+    for name in ("Expires", "Min-Expires"):
+        value = headers.get(name)
+        if value is not None and not (value.isdigit() and value.isascii()):
+            raise ParseError(f"SIP {name} is not a number of seconds: {value[:30]!r}")
+    content_type = headers.get("Content-Type")
+    if content_type is not None:
+        _check_media_type(content_type, "SIP Content-Type")
+    for value in headers.values("Accept"):
+        if value:
+            _check_media_type(value, "SIP Accept")
+    for name in ("Require", "Proxy-Require", "Supported", "Unsupported", "Allow"):
+        for value in headers.values(name):
+            if value and not is_token(value):
+                raise ParseError(f"SIP {name} has a bad option tag: {value[:40]!r}")
+    date = headers.get("Date")
+    if date is not None and not _DATE.fullmatch(date):
+        raise ParseError(f"SIP Date is not an RFC 1123 date in GMT: {date[:40]!r}")
+    retry = headers.get("Retry-After")
+    if retry is not None:
+        seconds, _, params = retry.partition(";")
+        seconds = seconds.split("(", 1)[0]  # an optional comment may follow
+        parse_uint(seconds, "SIP Retry-After", 2**32 - 1)
+        parse_params(";" + params if params else "", "SIP Retry-After")
+    for value in headers.values("Warning"):
+        if not _WARNING.fullmatch(value):
+            raise ParseError(f"SIP Warning is not code agent \"text\": {value[:40]!r}")
+    if isinstance(msg, SipRequest) and msg.uri.headers:
+        # RFC 3261 19.1.1 (table 1): headers are not allowed in a Request-URI
+        raise ParseError(f"SIP Request-URI must not carry headers: {str(msg.uri)[:60]!r}")
+
+
+def _check_media_type(value: str, what: str) -> None:
+    m = _MEDIA_TYPE.fullmatch(value)
+    if m is None:
+        raise ParseError(f"{what} is not type/subtype: {value[:40]!r}")
+    parse_params(m.group(3) or "", what)
+
+
+def _accepts(accept: list[str], media_type: str) -> bool:
+    main = media_type.split("/", 1)[0]
+    for item in accept:
+        kind = item.split(";", 1)[0].strip().lower().replace(" ", "")
+        if kind in (media_type, f"{main}/*", "*/*"):
+            return True
+    return False
+
+
+def _check_semantics(
+    msg: SipRequest,
+    methods: Collection[str],
+    schemes: Collection[str],
+    content_types: Collection[str],
+    extensions: Collection[str],
+) -> Verdict:
+    verdict = Verdict("valid", message=msg)
+    headers = msg.headers
+
+    def fail(status: int, reason: str, *extra: tuple[str, str], note: bool = True) -> None:
+        if note:
+            verdict.notes.append(reason)
+        if verdict.status is None:
+            verdict.status, verdict.reason = status, reason
+            verdict.headers.extend(extra)
+
+    missing = [name for name in REQUIRED_HEADERS if name not in headers]
+    if missing:
+        fail(400, f"SIP request lacks {', '.join(missing)}")
+    if msg.method not in methods:  # RFC 3261 8.2.1; an unknown method is not an anomaly
+        fail(405, f"SIP method {msg.method} is not allowed", ("Allow", ", ".join(sorted(methods))),
+             note=False)
+    if msg.uri.scheme not in schemes:  # 8.2.2.1
+        fail(416, f"SIP Request-URI scheme {msg.uri.scheme} is not supported")
+    for name in ("To", "From"):
+        if name in headers and not getattr(msg, "to" if name == "To" else "from_").uri.is_sip:
+            verdict.notes.append(f"SIP {name} has a non-SIP URI")
+    if any(not c.uri.is_sip for c in msg.contacts):
+        verdict.notes.append("SIP Contact has a non-SIP URI")
+    if msg.method not in ("ACK", "CANCEL"):  # 8.2.2.3: never rejected by Require
+        unknown = [t for t in headers.values("Require") if t and t not in extensions]
+        if unknown:
+            fail(420, f"SIP Require has unsupported option tags {', '.join(unknown)}",
+                 ("Unsupported", ", ".join(unknown)))
+    if msg.body and msg.content_type not in content_types:  # 8.2.3
+        fail(415, f"SIP Content-Type {msg.content_type} is not supported",
+             ("Accept", ", ".join(sorted(content_types))))
+    accept = headers.values("Accept")
+    if msg.method == "INVITE" and "Accept" in headers and not _accepts(accept, "application/sdp"):
+        fail(406, "SIP Accept excludes application/sdp, the only body we can answer with")
+    for value in headers.get_all("Authorization") + headers.get_all("Proxy-Authorization"):
+        scheme = value.strip().split(None, 1)[0] if value.strip() else ""
+        if scheme.lower() != "digest":
+            verdict.notes.append(f"SIP Authorization scheme {scheme[:20]} is unknown")
+    if msg.max_forwards == 0:
+        # RFC 3261 16.3: only a proxy answers 483; the target UAS processes the request
+        verdict.notes.append("SIP Max-Forwards is zero")
+    if verdict.notes:
+        verdict.kind = "parseable"
+    return verdict
+
+
+def reject(verdict: Verdict, to_tag: str | None = None) -> SipResponse | None:
+    """The error response for a request verdict with a status, or None (process it, or
+    the message could not be parsed well enough to answer)."""
+    msg = verdict.message
+    if verdict.status is None or not isinstance(msg, SipRequest) or msg.method == "ACK":
+        return None
+    if any(name not in msg.headers for name in REQUIRED_HEADERS):
+        # RFC 3261 8.2.6 copies these; without them a response cannot be routed back
+        if "Via" not in msg.headers:
+            return None
+        missing = [n for n in ("From", "To", "Call-ID", "CSeq") if n not in msg.headers]
+        patched = msg.copy()
+        for name in missing:
+            patched.headers.add(name, _placeholder(name, msg))
+        msg = patched
+    try:
+        response = make_response(msg, verdict.status, to_tag=to_tag)
+    except ParseError:
+        response = make_response(msg, verdict.status)  # the To is what is broken: echo it
+    for name, value in verdict.headers:
+        response.headers.add(name, value)
+    return response
+
+
+def _placeholder(name: str, msg: SipRequest) -> str:
+    # Values for a 400 to a request that lacks them; the Via alone routes the response.
+    if name == "CSeq":
+        return f"0 {msg.method}"
+    if name == "Call-ID":
+        return "unknown"
+    return f"<{msg.uri}>" if msg.uri.is_sip else "<sip:invalid@invalid>"
+

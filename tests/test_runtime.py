@@ -1,0 +1,65 @@
+"""The runtime: same output under both clocks, stats, faults name their node."""
+
+import numpy as np
+import pytest
+
+from pipeline.errors import NodeError
+from pipeline.loader import load_graph_text
+from pipeline.testing import run_graph
+
+GRAPH = """
+nodes:
+  a: {type: tone, freq: 500, rate: 16000, duration: 300ms}
+  b: {type: noise, seed: 2, rate: 8000, duration: 300ms, level: -30dB}
+  m: {type: mixer}
+  o: {type: frame_sink}
+links: [a -> m, b -> m, m -> o]
+"""
+
+
+def test_realtime_and_virtual_clocks_give_identical_output():
+    virtual = run_graph(GRAPH).graph.nodes["o"].audio()
+    real = run_graph(GRAPH, realtime=True).graph.nodes["o"].audio()
+    assert len(virtual) == 4800
+    assert np.array_equal(virtual, real)
+
+
+def test_duration_stops_an_endless_graph():
+    r = run_graph("tone rate=8000 ! frame_sink name=o", launch=True, duration=0.5)
+    assert r.stopped_by == "duration"
+    assert len(r.graph.nodes["o"].audio()) == 4000
+
+
+def test_stats_count_frames_and_time():
+    r = run_graph(GRAPH)
+    s = r.stats
+    assert s["a"]["frames_out"] == 15 and s["m"]["frames_in"] == 30 and s["o"]["frames_in"] == 15
+    assert s["m"]["cpu_ms"] > 0
+
+
+def test_fault_in_tick_names_the_node():
+    g = load_graph_text(GRAPH)
+    g.prepare()
+
+    def boom(now):
+        raise ValueError("bad tick")
+
+    g.nodes["b"].tick = boom
+    with pytest.raises(NodeError) as e:
+        run_graph(g, stats=False)
+    assert str(e.value) == "node 'b': ValueError: bad tick"
+
+
+def test_fault_in_start_stops_the_others():
+    g = load_graph_text(GRAPH)
+    g.prepare()
+    stopped = []
+    g.nodes["o"].stop = lambda: stopped.append("o")
+
+    def bad_start():
+        raise OSError("device busy")
+
+    g.nodes["a"].start = bad_start
+    with pytest.raises(NodeError, match="node 'a': failed to start: device busy"):
+        run_graph(g, stats=False)
+    assert stopped == ["o"]
