@@ -149,6 +149,13 @@ class Node:
         for out in self.linked_outputs:
             self.emit_event(out, event)
 
+    def port_linked(self, direction: str, port: str) -> None:
+        """A port was linked while the graph runs (a caller joining a conference): allocate
+        its state here. Static links are known before `start()` and do not call this."""
+
+    def port_unlinked(self, direction: str, port: str) -> None:
+        """A port was unlinked while the graph runs (a caller leaving): free its state."""
+
     def provide_clock(self) -> Any:
         """A clock (an object with `async wait_until(t)` and `now`) that should drive the
         graph's ticks in real time, e.g. a sound device's; None by default. Called after

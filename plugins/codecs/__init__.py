@@ -5,3 +5,19 @@ interface from `plugins.codecs.base`: `encode(pcm) -> bytes` takes int16 PCM sha
 (samples, channels), `decode(payload) -> np.ndarray` returns the same shape. Graph nodes wrap
 these classes; the classes themselves never touch sockets, clocks or frames.
 """
+
+from pipeline.hookspecs import hookimpl
+
+
+@hookimpl
+def register_node_types():
+    from .nodes import DECODERS, ENCODERS
+
+    return [*ENCODERS, *DECODERS]
+
+
+@hookimpl
+def register_codecs():
+    from .nodes import CODECS
+
+    return list(CODECS)

@@ -63,6 +63,27 @@ class Codec:
         return f"{text}/{channels}" if channels != 1 else text
 
 
+@dataclass(frozen=True, slots=True)
+class CodecInfo:
+    """A codec as the registry lists it (the `register_codecs` hook): what SDP offers and
+    which node kinds encode and decode it.
+
+    `sample_rate` is the PCM rate the nodes use by default, `clock_rate` the RTP clock;
+    `payload_type` is the RFC 3551 static number or None (dynamic); `sdp_channels` is the
+    count written in `a=rtpmap` when it differs from `channels` (Opus: 2).
+    """
+
+    name: str
+    encoding_name: str
+    clock_rate: int
+    channels: int
+    sample_rate: int
+    payload_type: int | None
+    encoder_kind: str
+    decoder_kind: str
+    sdp_channels: int | None = None
+
+
 class Encoder(ABC):
     """Turns int16 PCM shaped (samples, channels) into one codec payload per call."""
 

@@ -10,4 +10,14 @@ Modules, one per concept (none of them opens a socket, sleeps or reads the clock
   report blocks (6.4.1) and the RTCP report interval (A.7).
 - `dtmf`: RFC 4733 telephone-event payload, a sender and a receiver state machine.
 - `pcap`: a libpcap writer (and reader) of IPv4/UDP datagrams for Wireshark and tshark.
+- `nodes`: the `rtp_session` node, which owns the UDP sockets and the asyncio glue.
 """
+
+from pipeline.hookspecs import hookimpl
+
+
+@hookimpl
+def register_node_types():
+    from .nodes import RtpSession
+
+    return [RtpSession]
