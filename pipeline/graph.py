@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import GraphError, NegotiationError
-from .formats import AUDIO, Caps, Format, caps_str, intersect_caps
+from .formats import AUDIO, VIDEO, Caps, Format, caps_str, intersect_caps
 from .node import Node
 from .params import ParamValueError
 
@@ -68,6 +68,8 @@ class Graph:
         self.listeners: list[Callable[[BusMessage], None]] = []
         self.on_finished: Callable[[Node], None] | None = None
         self.prepared = False
+        self.part_prefix = ""  # set while a part (a call graph) is added to a running graph
+        self.runtime: Any = None  # the Runtime running this graph, if any
         self._anon = 0
 
     # ---- building ---------------------------------------------------------------------
@@ -194,9 +196,14 @@ class Graph:
         order = {n: i for i, n in enumerate(self.nodes)}
         return list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
 
-    def check(self) -> None:
-        """Structure checks: unlinked ports, cycles without a declared feedback edge."""
+    def check(self, names: set[str] | None = None) -> None:
+        """Structure checks: unlinked ports, cycles without a declared feedback edge.
+
+        With `names`, the port checks cover only those nodes (a part being added).
+        """
         for name, node in self.nodes.items():
+            if names is not None and name not in names:
+                continue
             for p in node.inputs:
                 if not p.is_request and not p.optional and p.name not in node.linked_inputs:
                     raise GraphError(f"input port '{name}.{p.name}' is not linked",
@@ -218,8 +225,10 @@ class Graph:
         raise GraphError(f"cycle without a feedback edge: {names}", **_loc(first.where),
                          hint="declare one link of the loop as {link: 'a -> b', feedback: true}")
 
-    def validate_nodes(self) -> None:
+    def validate_nodes(self, names: set[str] | None = None) -> None:
         for name, node in self.nodes.items():
+            if names is not None and name not in names:
+                continue
             try:
                 node.validate()
             except ParamValueError as e:
@@ -228,36 +237,63 @@ class Graph:
                                  hint=e.hint) from None
 
     # ---- negotiation ------------------------------------------------------------------
-    def negotiate(self) -> None:
-        """Fix every link's format in topological order, inserting converters where needed."""
+    def negotiate(self, names: set[str] | None = None) -> None:
+        """Fix every link's format in topological order, inserting converters where needed.
+
+        With `names`, only those nodes (a part added while running) are negotiated; links
+        into already running nodes are checked (and converted) too.
+        """
         for name in self.topological_order():
-            node = self.nodes[name]
-            inputs: dict[str, Format] = {}
-            for ln in [ln for ln in self.links if ln.dst == name]:
-                src = self.nodes[ln.src]
-                offered = src.out_formats.get(ln.src_port)
-                if offered is None:  # feedback edge from a node not negotiated yet
-                    continue
-                accepted = node.input_caps(ln.dst_port, offered)
+            if names is not None and name not in names:
+                continue
+            self._negotiate_node(name)
+        if names is not None:
+            for ln in [ln for ln in self.links if ln.src in names and ln.dst not in names]:
+                dst = self.nodes[ln.dst]
+                offered = self.nodes[ln.src].out_formats[ln.src_port]
+                accepted = dst.input_caps(ln.dst_port, offered)
                 if intersect_caps((offered,), accepted):
-                    inputs[ln.dst_port] = offered
-                    continue
-                inputs[ln.dst_port] = self._convert(ln, offered, accepted)
-            downstream = {}
-            for ln in self.links:
-                if ln.src == name:
-                    downstream[ln.src_port] = self.nodes[ln.dst].input_caps(ln.dst_port, None)
-            try:
-                outs = node.negotiate(inputs, downstream)
-            except NegotiationError:
-                raise
-            except (ValueError, NotImplementedError) as e:
-                raise GraphError(f"node '{name}' ({node.kind}) cannot negotiate: {e}",
-                                 **_loc(self.where[name])) from None
-            node.in_formats = inputs
-            node.out_formats = dict(outs)
+                    dst.in_formats[ln.dst_port] = offered
+                else:
+                    target = self._convert(ln, offered, accepted)
+                    dst.in_formats[ln.dst_port] = target
+
+    def _negotiate_node(self, name: str) -> None:
+        node = self.nodes[name]
+        inputs: dict[str, Format] = {}
+        for ln in [ln for ln in self.links if ln.dst == name]:
+            src = self.nodes[ln.src]
+            offered = src.out_formats.get(ln.src_port)
+            if offered is None and src.prepared_formats:
+                # A request port linked while running: same format as its siblings.
+                offered = next(iter(src.out_formats.values()), None)
+                if offered is not None:
+                    src.out_formats[ln.src_port] = offered
+            if offered is None:  # feedback edge from a node not negotiated yet
+                continue
+            accepted = node.input_caps(ln.dst_port, offered)
+            if intersect_caps((offered,), accepted):
+                inputs[ln.dst_port] = offered
+                continue
+            inputs[ln.dst_port] = self._convert(ln, offered, accepted)
+        downstream = {}
+        for ln in self.links:
+            if ln.src == name:
+                downstream[ln.src_port] = self.nodes[ln.dst].input_caps(ln.dst_port, None)
+        try:
+            outs = node.negotiate(inputs, downstream)
+        except NegotiationError:
+            raise
+        except (ValueError, NotImplementedError) as e:
+            raise GraphError(f"node '{name}' ({node.kind}) cannot negotiate: {e}",
+                             **_loc(self.where[name])) from None
+        node.in_formats = inputs
+        node.out_formats = dict(outs)
+        node.prepared_formats = True
 
     def _convert(self, ln: Link, offered: Format, accepted: Caps) -> Format:
+        if offered.media == VIDEO:
+            return self._convert_video(ln, offered, accepted)
         convertible = [f for f in accepted if f.media == AUDIO and offered.media == AUDIO]
         if not (self.auto_convert and convertible and offered.is_pcm):
             raise NegotiationError(
@@ -270,11 +306,46 @@ class Graph:
             )
         target = convertible[0].fixate(prefer=offered)
         # Rewire src -> converter -> dst in place of the original link.
-        conv_name = self.anonymous_name("convert")
+        conv_name = self.anonymous_name(self.part_prefix + "convert")
         conv = self.create("resample", conv_name, {
             "rate": target.value("rate"), "channels": target.value("channels"),
             "sample_format": target.value("encoding"),
         })
+        self._splice(ln, conv, offered, target)
+        return target
+
+    def _convert_video(self, ln: Link, offered: Format, accepted: Caps) -> Format:
+        """Insert `scale` (size, and pixel format in the same swscale pass) or `convert`
+        (pixel format only) where a raw video link's formats differ."""
+        convertible = [f for f in accepted if f.media == VIDEO]
+        same_rate = [f for f in convertible if f.fps is None or offered.fps is None
+                     or offered.value("fps") in f.fps]
+        if not (self.auto_convert and same_rate and offered.is_fixed):
+            hint = "insert a matching encoder or decoder"
+            if convertible and not same_rate:
+                hint = "set the source's fps to one the destination accepts"
+            elif convertible:
+                hint = "insert a scale or convert node between them, or set auto_convert: true"
+            raise NegotiationError(
+                f"cannot link {ln.src}.{ln.src_port} ({offered}) to {ln.dst}.{ln.dst_port} "
+                f"({caps_str(accepted)})" + ("" if self.auto_convert else ": auto_convert is off"),
+                hint=hint, **_loc(ln.where))
+        target = same_rate[0].fixate(prefer=offered)
+        target = Format.video(target.value("encoding"), target.value("width"),
+                              target.value("height"), offered.fps)
+        resize = (target.value("width"), target.value("height")) != (
+            offered.value("width"), offered.value("height"))
+        kind = "scale" if resize else "convert"
+        params: dict[str, Any] = {"pix_fmt": target.value("encoding")}
+        if resize:
+            params.update(width=target.value("width"), height=target.value("height"))
+        conv = self.create(kind, self.anonymous_name(self.part_prefix + kind), params)
+        self._splice(ln, conv, offered, target)
+        return target
+
+    def _splice(self, ln: Link, conv: Node, offered: Format, target: Format) -> None:
+        """Rewire src -> converter -> dst in place of the link `ln`, and say so."""
+        conv_name = conv.name
         self.links.remove(ln)
         conv.linked_inputs.append("in")
         conv.linked_outputs.append("out")
@@ -287,7 +358,6 @@ class Graph:
                  ln.src_port, offered, ln.dst, ln.dst_port, target)
         self.post(conv, "converter-inserted", {"from": str(offered), "to": str(target),
                                                "link": str(ln)})
-        return target
 
     def prepare(self) -> None:
         """Check, validate and negotiate: after this the graph can run."""

@@ -255,7 +255,8 @@ class Builder:
             raise _err("empty element in link", where, "write a -> b")
         head, rest = tokens[0], tokens[1:]
         name, port = _split_ref(head)
-        if not rest and (self.prefix + name in self.graph.nodes or name in self.bins):
+        if not rest and (self.prefix + name in self.graph.nodes or name in self.bins
+                         or (name == "parent" and self.prefix)):
             return Element(name=name, port=port)
         params: dict[str, Any] = {}
         for tok in rest:
@@ -275,12 +276,23 @@ class Builder:
         if el.kind is not None:
             if el.name is None:
                 name = el.params.pop("name", None)
-                node = self.graph.create(el.kind, name and self.prefix + str(name), el.params,
-                                         where, {k: where for k in el.params})
+                full = (self.prefix + str(name) if name else
+                        self.graph.anonymous_name(self.prefix + el.kind))
+                node = self.graph.create(el.kind, full, el.params, where,
+                                         {k: where for k in el.params})
                 el.name = node.name
                 el.kind = None
                 return node.name, None
         assert el.name is not None
+        if el.name == "parent" and self.prefix:
+            # `parent.room` / `parent.room.in_2`: a node of the graph this one is added to.
+            if not el.port:
+                raise _err("'parent' needs a node: write parent.NODE or parent.NODE.PORT", where)
+            pname, pport = _split_ref(el.port)
+            if pname not in self.graph.nodes or "/" in pname:
+                raise _err(f"parent graph has no node '{pname}'", where,
+                           "call graphs link to nodes of the graph that has the sip_endpoint")
+            return pname, pport
         if el.name in self.bins:
             exposed = self.bins[el.name]
             if el.port is not None:
@@ -500,3 +512,51 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
     graph.check()
     graph.validate_nodes()
     return graph
+
+
+def add_part(graph: Graph, path: str | Path, prefix: str, *,
+             overrides: dict[str, Any] | None = None, call: dict[str, Any] | None = None,
+             registry: Any = None) -> list[str]:
+    """Load a graph file into `graph` as a part named `prefix` (e.g. a call graph).
+
+    Its nodes become `prefix + name`; links may reach the host graph's nodes as
+    `parent.NODE[.PORT]`. Returns the names of the added nodes (not yet negotiated or
+    started: `Runtime.attach` does that while the graph runs).
+    """
+    from .registry import get_registry
+
+    registry = registry or get_registry()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise GraphError(f"graph file '{path}' cannot be read: {e.strerror}",
+                         hint="check the call_graph path") from None
+    data = parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise GraphError("graph file must be a YAML map with nodes: and links:", file=str(path),
+                         line=1, column=1)
+    params = dict(data.get("params") or {})
+    params.update(overrides or {})
+    before = set(graph.nodes)
+    builder = Builder(graph, Context(params, call, str(path.parent)), registry)
+    builder.prefix = prefix
+    try:
+        builder.build_body(data, path)
+    except Exception:
+        _remove_nodes(graph, set(graph.nodes) - before)
+        raise
+    return [n for n in graph.nodes if n not in before]
+
+
+def _remove_nodes(graph: Graph, names: set[str]) -> None:
+    """Undo a partly built part: its nodes and every link touching them."""
+    for ln in [ln for ln in graph.links if ln.src in names or ln.dst in names]:
+        graph.links.remove(ln)
+        if ln.src not in names:
+            graph.nodes[ln.src].linked_outputs.remove(ln.src_port)
+        if ln.dst not in names:
+            graph.nodes[ln.dst].linked_inputs.remove(ln.dst_port)
+    for n in names:
+        graph.nodes.pop(n, None)
+        graph.where.pop(n, None)

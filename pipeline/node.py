@@ -74,6 +74,8 @@ class Node:
         self.in_formats: dict[str, Format] = {}
         self.out_formats: dict[str, Format] = {}
         self.eos_inputs: set[str] = set()
+        self.feedback_inputs: set[str] = set()  # inputs on declared feedback edges
+        self.prepared_formats = False  # negotiated (formats fixed)
         self.finished = False  # set when EOS has gone out of every output (or a sink got it)
         self.graph: Any = None  # the running graph, set by the runtime
         spec = self.param_specs()
@@ -143,7 +145,7 @@ class Node:
         """Handle an in-band event; by default EOS is forwarded once every input has it."""
         if isinstance(event, EndOfStream):
             self.eos_inputs.add(port)
-            if self.eos_inputs.issuperset(self.linked_inputs):
+            if self.all_inputs_ended():
                 self.send_eos()
             return
         for out in self.linked_outputs:
@@ -181,6 +183,11 @@ class Node:
 
     def emit_event(self, port: str, event: Event) -> None:
         """Push an event out of `port` (replaced per node by the runtime)."""
+
+    def all_inputs_ended(self) -> bool:
+        """Every input has had EOS (a feedback input is never waited for: it would wait
+        for this node's own EOS)."""
+        return self.eos_inputs.issuperset(set(self.linked_inputs) - self.feedback_inputs)
 
     def send_eos(self) -> None:
         """Send end-of-stream out of every output and mark this node finished."""

@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "plugins.codecs",
     "plugins.devices",
     "plugins.video",
+    "plugins.conference",
 )
 # Families that need optional libraries; they register only what imports.
 OPTIONAL_BUILTIN_PLUGINS: tuple[str, ...] = ()

@@ -3,7 +3,8 @@
 Clocked nodes (sources, mixers) are ticked in topological order every period and push
 frames synchronously downstream; I/O nodes run an asyncio task (`Node.run_io`) that pushes
 what arrives. A fault in any node stops the graph cleanly: every node's `stop()` runs
-(recorders flush, sockets close) and the error names the node.
+(recorders flush, sockets close) and the error names the node. Parts (call graphs) can be
+attached and detached while the graph runs; a fault inside a part ends only that part.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def failing_node(exc: BaseException) -> Node | None:
     return found
 
 
+@dataclass
+class Part:
+    """A group of nodes attached while running (one call's graph)."""
+
+    prefix: str
+    names: set[str]
+    on_fault: Callable[[str, BaseException], None] | None = None
+
+
 class Runtime:
     """One graph on one event loop; see the module docstring."""
 
@@ -68,23 +78,33 @@ class Runtime:
         self._pending_feedback: list[tuple[Callable, str, Any, bool]] = []
         self._terminals: set[str] = set()
         self._finished: set[str] = set()
-        self._io_tasks: list[asyncio.Task] = []
+        self._io_tasks: dict[str, asyncio.Task] = {}
         self._child_ns = [0]
+        self._order: list[Node] = []
+        self._clocked: list[Node] = []
+        self._started: set[str] = set()
+        self.parts: dict[str, Part] = {}
+        self._failed_parts: list[tuple[Part, BaseException]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        graph.runtime = self
 
     # ---- wiring -------------------------------------------------------------------------
-    def _wire(self) -> None:
+    def _wire(self, names: set[str]) -> None:
         g = self.graph
-        for node in g.nodes.values():
-            node.graph = g
-            if self.profile:
-                self._instrument(node)
-        for node in g.nodes.values():
-            out = [ln for ln in g.links if ln.src == node.name]
+        for name in names:
+            node = g.nodes[name]
+            node.feedback_inputs = {ln.dst_port for ln in g.links
+                                    if ln.dst == name and ln.feedback}
+            out = [ln for ln in g.links if ln.src == name]
             node.emit = self._make_emit(out)
             node.emit_event = self._make_emit_event(out)
+
+    def _refresh(self) -> None:
+        g = self.graph
+        self._order = [g.nodes[n] for n in g.topological_order()]
+        self._clocked = [n for n in self._order if n.clocked]
         self._terminals = {n.name for n in g.nodes.values() if not n.linked_outputs}
-        g.on_finished = self._node_finished
+        self._finished &= set(g.nodes)
 
     def _make_emit(self, links: list[Link]) -> Callable[[str, Any], None]:
         nodes = self.graph.nodes
@@ -157,6 +177,117 @@ class Runtime:
         for name in ("process", "tick", "event"):
             setattr(node, name, timed(getattr(node, name)))
 
+    def _start(self, nodes: list[Node]) -> None:
+        """Start nodes sinks first, so files are open before data flows; undo on failure."""
+        started: list[Node] = []
+        for node in reversed(nodes):
+            node.graph = self.graph
+            if self.profile:
+                self._instrument(node)
+            try:
+                node.start()
+            except Exception as e:
+                for done in started:
+                    self._stop_node(done)
+                if isinstance(e, PipelineError) and not isinstance(e, NodeError):
+                    raise NodeError(e.message, node=node.name, hint=e.hint) from e
+                if isinstance(e, NodeError):
+                    raise
+                raise NodeError(f"failed to start: {e}", node=node.name) from e
+            started.append(node)
+            self._started.add(node.name)
+
+    def _stop_node(self, node: Node) -> None:
+        if node.name not in self._started:
+            return
+        self._started.discard(node.name)
+        try:
+            node.stop()
+        except Exception as e:  # keep stopping the others; report the first
+            log.warning("node '%s' failed to stop: %s", node.name, e)
+            if self.error is None:
+                self.error, self.error_node = e, node
+
+    def _start_io(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            if type(node).run_io is not Node.run_io:
+                self._io_tasks[node.name] = asyncio.create_task(self._guard(node))
+
+    # ---- parts (call graphs) while running ------------------------------------------------
+    def attach(self, prefix: str, names: list[str],
+               on_fault: Callable[[str, BaseException], None] | None = None) -> Part:
+        """Negotiate, start and wire nodes just added to the running graph (see
+        `pipeline.loader.add_part`); running nodes they link to get `port_linked`."""
+        g = self.graph
+        new = set(names)
+        g.part_prefix = prefix
+        try:
+            g.check(new)
+            g.validate_nodes(new)
+            g.negotiate(new)
+        except Exception:
+            g.part_prefix = ""
+            self._remove(new)
+            raise
+        g.part_prefix = ""
+        new |= {n for n in g.nodes if n.startswith(prefix)}  # converters it needed
+        order = [g.nodes[n] for n in g.topological_order() if n in new]
+        try:
+            self._start(order)
+        except Exception:
+            self._remove(new)
+            raise
+        touching = [ln for ln in g.links if ln.src in new or ln.dst in new]
+        self._wire({ln.src for ln in touching} | new)
+        for ln in touching:
+            if ln.src in new and ln.dst not in new:
+                g.nodes[ln.dst].port_linked("in", ln.dst_port)
+            if ln.dst in new and ln.src not in new:
+                g.nodes[ln.src].port_linked("out", ln.src_port)
+        self._refresh()
+        self._start_io(order)
+        part = Part(prefix, new, on_fault)
+        self.parts[prefix] = part
+        return part
+
+    def detach(self, prefix: str) -> None:
+        """Stop and remove a part; running nodes it was linked to get `port_unlinked`."""
+        g = self.graph
+        part = self.parts.pop(prefix, None)
+        names = part.names if part else {n for n in g.nodes if n.startswith(prefix)}
+        names = {n for n in names if n in g.nodes}
+        for name in names:
+            g.nodes[name].finished = True  # not ticked again, even later in this tick
+            task = self._io_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+        for name in [n for n in g.topological_order() if n in names]:
+            self._stop_node(g.nodes[name])
+        self._remove(names)
+
+    def _remove(self, names: set[str]) -> None:
+        g = self.graph
+        touched: set[str] = set()
+        for ln in [ln for ln in g.links if ln.src in names or ln.dst in names]:
+            g.links.remove(ln)
+            if ln.src not in names:
+                g.nodes[ln.src].linked_outputs.remove(ln.src_port)
+                g.nodes[ln.src].out_formats.pop(ln.src_port, None)
+                touched.add(ln.src)
+                if ln.src in self._started:
+                    g.nodes[ln.src].port_unlinked("out", ln.src_port)
+            if ln.dst not in names:
+                g.nodes[ln.dst].linked_inputs.remove(ln.dst_port)
+                g.nodes[ln.dst].eos_inputs.discard(ln.dst_port)
+                if ln.dst in self._started:
+                    g.nodes[ln.dst].port_unlinked("in", ln.dst_port)
+        for n in names:
+            g.nodes.pop(n, None)
+            g.where.pop(n, None)
+        self._wire(touched & set(g.nodes))
+        if self._order:
+            self._refresh()
+
     # ---- running ------------------------------------------------------------------------
     def _node_finished(self, node: Node) -> None:
         self._finished.add(node.name)
@@ -170,11 +301,34 @@ class Runtime:
             self._wake.set()
 
     def fail(self, exc: BaseException, node: Node | None = None) -> None:
-        """Record a fault (first one wins) and stop the graph."""
+        """Record a fault and stop the graph, or only the part (call) the node belongs to."""
+        node = node or failing_node(exc)
+        if node is not None:
+            for prefix, part in list(self.parts.items()):
+                if node.name in part.names:
+                    log.warning("part '%s' failed in node '%s': %s", prefix, node.name, exc)
+                    self.graph.post(node, "error", {"message": f"node '{node.name}': {exc}",
+                                                    "part": prefix})
+                    node.finished = True
+                    # Detached between ticks, not in the middle of a push.
+                    self._failed_parts.append((part, exc))
+                    if self.loop is not None:
+                        self.loop.call_soon(self._detach_failed)
+                    return
         if self.error is None:
             self.error = exc
-            self.error_node = node or failing_node(exc)
+            self.error_node = node
         self.request_stop()
+
+    def _detach_failed(self) -> None:
+        pending, self._failed_parts = self._failed_parts, []
+        for part, exc in pending:
+            if part.prefix not in self.parts:
+                continue
+            if part.on_fault is not None:
+                part.on_fault(part.prefix, exc)
+            if part.prefix in self.parts:
+                self.detach(part.prefix)
 
     def expected_duration(self) -> float | None:
         lengths = [n.expected_duration() for n in self.graph.nodes.values()
@@ -188,36 +342,26 @@ class Runtime:
     async def run(self) -> RunResult:
         g = self.graph
         g.prepare()
-        self._wire()
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        order = [g.nodes[n] for n in g.topological_order()]
-        clocked = [n for n in order if n.clocked]
-        started: list[Node] = []
+        g.on_finished = self._node_finished
+        self._refresh()
+        self._wire(set(g.nodes))
         wall0 = time.perf_counter()
         stopped_by = "eos"
         n = 0
         expected = self.expected_duration()
         try:
-            for node in reversed(order):  # sinks first, so files are open before data flows
-                try:
-                    node.start()
-                except PipelineError:
-                    raise
-                except Exception as e:
-                    raise NodeError(f"failed to start: {e}", node=node.name) from e
-                started.append(node)
+            self._start(self._order)
             if self.realtime and not self._clock_given:
                 # A sound device's clock drives the ticks when the graph has one (the
                 # first node offering a clock wins), so the graph never drifts against it.
-                for node in order:
+                for node in self._order:
                     device_clock = node.provide_clock()
                     if device_clock is not None:
                         self.clock = device_clock
                         break
-            for node in order:
-                if type(node).run_io is not Node.run_io:
-                    self._io_tasks.append(asyncio.create_task(self._guard(node)))
+            self._start_io(self._order)
             period = g.period
             while True:
                 if self._stop_requested:
@@ -229,7 +373,8 @@ class Runtime:
                 if self.duration is not None and now >= self.duration - 1e-9:
                     stopped_by = "duration"
                     break
-                if not clocked:
+                if not self._clocked:
+                    self._wake.clear()
                     await self._wake.wait()  # an I/O-only graph: wait for EOS or stop
                     continue
                 await self.clock.wait_until(now)
@@ -237,36 +382,33 @@ class Runtime:
                     pending, self._pending_feedback = self._pending_feedback, []
                     for fn, port, item, _ in pending:
                         fn(port, item)
-                node = None
-                try:
-                    for node in clocked:
-                        if not node.finished:
-                            node.tick(now)
-                except Exception as e:
-                    # The innermost node in the traceback, else the one being ticked.
-                    self.fail(e, failing_node(e) or node)
-                    continue
+                for node in self._clocked:
+                    if node.finished:
+                        continue
+                    try:
+                        node.tick(now)
+                    except Exception as e:
+                        # The innermost node in the traceback, else the one being ticked.
+                        self.fail(e, failing_node(e) or node)
+                if self._failed_parts:
+                    self._detach_failed()
                 n += 1
                 if self.progress is not None and n % 50 == 0:
                     self.progress(n * period, expected)
         except Exception as e:
             self.fail(e)
         finally:
-            for task in self._io_tasks:
+            tasks = list(self._io_tasks.values())
+            self._io_tasks.clear()
+            for task in tasks:
                 task.cancel()
-            for task in self._io_tasks:
+            for task in tasks:
                 try:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-            for node in order:
-                if node in started:
-                    try:
-                        node.stop()
-                    except Exception as e:  # keep stopping the others; report the first
-                        log.warning("node '%s' failed to stop: %s", node.name, e)
-                        if self.error is None:
-                            self.error, self.error_node = e, node
+            for node in self._order:
+                self._stop_node(node)
         wall = time.perf_counter() - wall0
         if self.error is not None:
             raise self._as_node_error(self.error)

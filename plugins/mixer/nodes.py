@@ -58,6 +58,15 @@ class Mixer(Node):
         self.pts = 0
         self.underruns = 0
 
+    def port_linked(self, direction: str, port: str) -> None:
+        if direction == "in":
+            self.fifos[port] = SampleFifo(self.channels, self._dtype, 8 * self.n)
+
+    def port_unlinked(self, direction: str, port: str) -> None:
+        if direction == "in":
+            self.fifos.pop(port, None)
+            self.ended.discard(port)
+
     def process(self, port: str, frame: AudioFrame) -> None:
         self.fifos[port].push(frame.data)
 
@@ -72,12 +81,13 @@ class Mixer(Node):
         acc.fill(0)
         live = False
         for port, fifo in self.fifos.items():
-            if port in self.ended and not len(fifo):
+            if (port in self.ended or port in self.feedback_inputs) and not len(fifo):
                 continue
             live = True
             if fifo.pop_into(acc) < self.n and port not in self.ended:
                 self.underruns += 1
-        if not live:
+        if not live or self.ended.issuperset(set(self.fifos) - self.feedback_inputs) and all(
+                not len(self.fifos[p]) for p in self.fifos if p not in self.feedback_inputs):
             self.send_eos()
             return
         if self._float:

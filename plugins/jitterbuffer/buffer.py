@@ -1,0 +1,486 @@
+"""The adaptive jitter buffer, sans-IO: packets in with their arrival time, one playout
+decision out per frame period.
+
+The receiver calls `push()` for every RTP packet as it arrives and `pop(now)` once per frame
+period on its own clock (which may drift against the sender's). `pop` returns a `Playout`:
+PLAY a packet, CONCEAL a missing frame (handing over the following packet when it is buffered,
+for Opus in-band FEC), or NOTHING (before the stream starts, or once it has stopped: the buffer
+conceals at most `idle_ms`, then goes quiet instead of concealing forever).
+
+How the delay adapts (see docs/jitterbuffer.md):
+
+- `DelayEstimator` turns arrival times into a target delay: the delay that best balances
+  waiting against late packets over a forgetting histogram of recent relative delays (quick to
+  rise on a burst, fading over seconds).
+- The playout delay D is how far the frame being played lies behind the fastest recent path.
+  D is kept in the band [target - slack, target + frame + slack): below it, a missing frame is
+  waited for (concealed without advancing) and a present one is stretched by one concealed
+  frame; above it, the buffer shrinks by one frame period: for free when that frame is missing
+  anyway, else by handing two frames over for time compression (PLAY with `extra`), at once
+  when the frame is quiet or the next starts a talk spurt, otherwise at most once per
+  `patience_ms`, so the delay comes down gradually and nothing is dropped.
+- A late packet whose frame period was concealed is still played when every period since the
+  last played frame was concealed too (the buffer "rewinds"): a step to a slower path then
+  costs only its own gap, not the frames after it.
+- Because D is measured against the moving floor, sender/receiver clock drift shows up as D
+  drifting out of the band and is corrected by the same compress/stretch steps: no creep.
+- Before the first packet and after a quiet spell (a talk-spurt gap, an outage, a resync) the
+  first frame is scheduled afresh at the target delay: re-anchoring is free in silence.
+- A new SSRC, or a packet whose timestamp does not fit its arrival time (a sender restart that
+  kept its SSRC), resynchronises: the old frames are dropped, the learnt delay is kept, and
+  playout resumes at the target delay (aiortc #543, GStreamer MR !550: waiting forever for the
+  old sequence, or buffering the jump, are the bugs to avoid). A single stray packet does not
+  resync: the jump must be confirmed by a following packet.
+
+Sequence numbers wrap at 2^16 and timestamps at 2^32; both are unwrapped against the newest
+packet (RFC 3550 A.1). Frames are keyed by extended timestamp.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.errors import LocalProtocolError
+
+from .delay import DelayEstimator
+
+__all__ = ["Action", "BufferedPacket", "JitterBuffer", "JitterStats", "Playout"]
+
+_TS_MOD = 1 << 32
+_TS_HALF = 1 << 31
+_SEQ_MOD = 1 << 16
+
+
+class Action(enum.Enum):
+    """What to do with one frame period."""
+
+    PLAY = "play"
+    CONCEAL = "conceal"
+    NOTHING = "nothing"
+
+
+@dataclass(slots=True)
+class BufferedPacket:
+    """One RTP packet as the buffer holds it; `ext_ts` is the unwrapped timestamp."""
+
+    seq: int
+    timestamp: int
+    ssrc: int
+    marker: bool
+    payload: bytes
+    arrival: float
+    ext_ts: int
+
+
+@dataclass(slots=True)
+class Playout:
+    """The decision for one frame period.
+
+    PLAY: `packet` is the frame to decode; when `extra` holds a second packet, the buffer is
+    shrinking its delay: decode both and time-compress them into one frame period (WSOLA /
+    NetEq "accelerate"; `plugins.jitterbuffer.timescale.compress` does it for PCM; dropping
+    the extra frame is the crude fallback). CONCEAL: synthesise the frame; `fec` is the next
+    packet if it is buffered (Opus can rebuild the missing frame from its in-band FEC data),
+    `stretch` is set when nothing was lost and the frame only grows the delay. NOTHING: play
+    silence, no stream. `discont` marks the first frame after a gap, quiet spell or resync
+    (reset or cross-fade the decoder). `timestamp` is the RTP timestamp of the frame period.
+    """
+
+    action: Action
+    packet: BufferedPacket | None = None
+    fec: BufferedPacket | None = None
+    timestamp: int = 0
+    discont: bool = False
+    stretch: bool = False
+    extra: BufferedPacket | None = None
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """Counters and delays of a `JitterBuffer` (delays in milliseconds)."""
+
+    received: int = 0  # packets accepted into the buffer
+    played: int = 0  # frames played, time-compressed ones included
+    duplicates: int = 0
+    late: int = 0  # arrived after their frame period had passed
+    missing: int = 0  # frames not there when their turn came (concealed or skipped)
+    concealed: int = 0  # CONCEAL decisions (missing + stretched)
+    stretched: int = 0  # CONCEAL decisions that only grew the delay
+    compressed: int = 0  # frames handed over as `extra`, time-compressed to shrink the delay
+    skipped: int = 0  # frame periods skipped (missing ones while shrinking, or re-anchoring)
+    rewound: int = 0  # late packets still played: the frames since had all been concealed
+    discarded: int = 0  # packets dropped unplayed: skipped, flushed at resync, stray
+    resyncs: int = 0
+    current_delay_ms: float = 0.0  # playout delay behind the fastest recent packet
+    target_delay_ms: float = 0.0
+    mean_delay_ms: float = 0.0  # mean playout delay of played frames
+
+    @property
+    def lost(self) -> int:
+        """Frames whose turn came without them and that never arrived (not even late)."""
+        return self.missing - self.late_of_missing - self.rewound
+
+    late_of_missing: int = 0  # late packets whose frame had been concealed as missing
+
+
+class JitterBuffer:
+    """Adaptive, sans-IO jitter buffer for one RTP audio stream with a fixed packet time.
+
+    `clock_rate` is the RTP clock (8000 for G.711, 48000 for Opus) and `ptime_ms` the frame
+    period both of the sender's packets and of `pop()` calls. The target delay stays within
+    [`min_delay_ms`, `max_delay_ms`]; for the first `warmup_ms` of packets it is at least
+    `start_delay_ms`. `late_cost_ms` is the delay that losing every packet would be worth
+    (the default 2000: 1% late frames weigh as much as 20 ms of delay); `half_life_s` is how
+    fast the delay statistics forget (`long_half_life_s` adds a slower second histogram that
+    can only raise the target). `margin_ms` is added to the target. The stream counts as
+    stopped after `idle_ms` without packets; shrinking waits `patience_ms` between steps unless
+    the frame is missing, quiet or before a talk spurt. `quiet(payload)` may tell whether a
+    frame is silent or low-energy (a good one to compress); `resync_ms` is how far a packet's
+    timestamp may disagree with its arrival before it starts a new timeline (default: twice
+    `max_delay_ms`, at least 1 s).
+    """
+
+    def __init__(
+        self,
+        clock_rate: int,
+        ptime_ms: int = 20,
+        *,
+        min_delay_ms: float = 0.0,
+        max_delay_ms: float = 500.0,
+        start_delay_ms: float = 40.0,
+        late_cost_ms: float = 2000.0,
+        half_life_s: float = 1.5,
+        long_half_life_s: float | None = None,
+        margin_ms: float = 0.0,
+        idle_ms: float = 100.0,
+        patience_ms: float = 200.0,
+        resync_ms: float | None = None,
+        warmup_ms: float = 1000.0,
+        slack_ms: float = 1.0,
+        quiet: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        if clock_rate <= 0 or ptime_ms <= 0:
+            raise LocalProtocolError("jitter buffer needs a positive clock rate and ptime")
+        if clock_rate * ptime_ms % 1000:
+            raise LocalProtocolError(
+                f"jitter buffer ptime {ptime_ms} ms is not a whole number of samples "
+                f"at {clock_rate} Hz"
+            )
+        if not 0.0 <= min_delay_ms <= max_delay_ms:
+            raise LocalProtocolError(
+                f"jitter buffer min delay {min_delay_ms} ms is not within 0..max delay "
+                f"{max_delay_ms} ms"
+            )
+        self.clock_rate = clock_rate
+        self.frame = clock_rate * ptime_ms // 1000  # samples per frame period
+        self._frame_s = ptime_ms / 1000.0
+        self._min_s = min_delay_ms / 1000.0
+        self._max_s = max_delay_ms / 1000.0
+        self._start_s = min(max(start_delay_ms / 1000.0, self._min_s), self._max_s)
+        self._margin_s = margin_ms / 1000.0
+        self._idle_s = idle_ms / 1000.0
+        self._slack_s = slack_ms / 1000.0
+        self._patience = max(1, round(patience_ms / ptime_ms))
+        # A timestamp that disagrees with its arrival by more than this is a new timeline.
+        self._resync_s = (resync_ms / 1000.0) if resync_ms is not None else max(
+            1.0, 2 * self._max_s
+        )
+        self._quiet = quiet
+        self._warmup = max(1, round(warmup_ms / ptime_ms))
+        packets_per_s = 1000.0 / ptime_ms
+        self.estimator = DelayEstimator(
+            late_cost=late_cost_ms / 1000.0,
+            half_life=max(1, round(half_life_s * packets_per_s)),
+            long_half_life=(
+                max(1, round(long_half_life_s * packets_per_s)) if long_half_life_s else None
+            ),
+            floor_window=max(8, round(2.0 * packets_per_s)),
+            max_delay=2 * self._max_s + 0.1,
+        )
+        self.stats = JitterStats()
+        self._delay_sum = 0.0
+        self._packets: dict[int, BufferedPacket] = {}
+        self._ssrc: int | None = None
+        self._old_ssrcs: deque[int] = deque(maxlen=4)
+        self._ext_ts = 0  # newest extended timestamp (unwrap reference)
+        self._playing = False
+        self._next_ts = 0  # extended timestamp of the next frame period
+        self._played_upto = 0  # frames below this timestamp are past (late if they come)
+        self._discont = True
+        self._over = 0  # consecutive pops with the delay above the band
+        self._trailing = 0  # frames concealed as missing since the last one played
+        self._last_seq: int | None = None  # sequence number of the last frame played
+        self._last_arrival = -1e300
+        self._played: deque[int] = deque(maxlen=64)  # recently played timestamps (dups)
+        self._last_played = -1
+        self._missed: deque[int] = deque(maxlen=64)  # recently concealed-missing timestamps
+        self._candidate: BufferedPacket | None = None  # an unconfirmed timeline jump
+        self._candidate_seq = 0
+
+    # ---- input -----------------------------------------------------------------------
+
+    def push(
+        self,
+        seq: int,
+        timestamp: int,
+        ssrc: int,
+        marker: bool,
+        payload: bytes,
+        arrival: float,
+    ) -> bool:
+        """Offer one received RTP packet; True if buffered, False if dropped (counted)."""
+        if self._ssrc is None:
+            self._start_stream(ssrc, timestamp)
+        elif ssrc != self._ssrc:
+            if ssrc in self._old_ssrcs:  # a straggler of a stream we left
+                self.stats.discarded += 1
+                return False
+            self._old_ssrcs.append(self._ssrc)
+            self._last_arrival = max(self._last_arrival, arrival)
+            self._candidate = None
+            return self._store(self._resync(seq, timestamp, ssrc, marker, payload, arrival))
+        self._last_arrival = max(self._last_arrival, arrival)
+        ext_ts = self._unwrap(timestamp)
+        transit = arrival - ext_ts / self.clock_rate
+        if self.estimator.count and abs(self.estimator.relative(transit)) > self._resync_s:
+            return self._timeline_jump(seq, timestamp, ssrc, marker, payload, arrival)
+        self._candidate = None
+        self.estimator.update(transit)
+        return self._store(BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts))
+
+    def _store(self, pkt: BufferedPacket) -> bool:
+        ext_ts = pkt.ext_ts
+        if ext_ts > self._ext_ts:
+            self._ext_ts = ext_ts
+        if ext_ts in self._packets or ext_ts in self._played:
+            self.stats.duplicates += 1
+            return False
+        if self._playing and self._last_played < ext_ts < self._next_ts:
+            # Late, but every frame period since the last played frame was concealed: play
+            # it now rather than drop it (the delay grows by the wait; this is how a route
+            # change to a slower path costs only its own gap).
+            delay = pkt.arrival - ext_ts / self.clock_rate - self.estimator.floor
+            if delay <= self._max_s and ext_ts in self._missed:
+                self._next_ts = ext_ts
+                self._packets[ext_ts] = pkt
+                self.stats.received += 1
+                self.stats.rewound += 1
+                return True
+        if ext_ts < self._played_upto or (self._playing and ext_ts < self._next_ts):
+            self.stats.late += 1
+            if ext_ts in self._missed:
+                self.stats.late_of_missing += 1
+            return False
+        self._packets[ext_ts] = pkt
+        self.stats.received += 1
+        return True
+
+    def _timeline_jump(
+        self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float
+    ) -> bool:
+        cand = self._candidate
+        # A jump counts once a second packet follows the first in both sequence and time.
+        if cand is not None and seq == (self._candidate_seq + 1) % _SEQ_MOD:
+            delta = (timestamp - cand.timestamp) % _TS_MOD
+            elapsed = (arrival - cand.arrival) * self.clock_rate
+            if abs(delta - elapsed) <= self._resync_s * self.clock_rate:
+                self._candidate = None
+                self.stats.discarded -= 1
+                first = self._resync(
+                    cand.seq, cand.timestamp, ssrc, cand.marker, cand.payload, cand.arrival
+                )
+                self._store(first)
+                ext_ts = self._unwrap(timestamp)
+                self.estimator.update(arrival - ext_ts / self.clock_rate)
+                return self._store(
+                    BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts)
+                )
+        self.stats.discarded += 1  # until a follower confirms it
+        self._candidate = BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, 0)
+        self._candidate_seq = seq
+        return False
+
+    def _start_stream(self, ssrc: int, timestamp: int) -> None:
+        self._ssrc = ssrc
+        # Extended timestamps start at 2^32 so that a packet from just before the first one
+        # (reordered) unwraps to a positive value.
+        self._ext_ts = _TS_MOD + timestamp
+        self._playing = False
+        self._played_upto = 0
+        self._played.clear()
+        self._missed.clear()
+        self._last_played = -1
+        self._last_seq = None
+        self._discont = True
+
+    def _resync(
+        self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float
+    ) -> BufferedPacket:
+        """Start over on a new timeline with this packet (returned, ready to store)."""
+        self.stats.resyncs += 1
+        self.stats.discarded += len(self._packets)
+        self._packets.clear()
+        self._start_stream(ssrc, timestamp)
+        ext_ts = self._unwrap(timestamp)
+        # Keep what was learnt about the network, against the new stream's first packet.
+        self.estimator.rebase(arrival - ext_ts / self.clock_rate)
+        return BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts)
+
+    def _unwrap(self, timestamp: int) -> int:
+        ref = self._ext_ts
+        delta = (timestamp - ref) % _TS_MOD
+        if delta >= _TS_HALF:
+            delta -= _TS_MOD
+        return ref + delta
+
+    # ---- output ----------------------------------------------------------------------
+
+    @property
+    def target_delay(self) -> float:
+        """Target playout delay in seconds (clamped to min/max)."""
+        if self.estimator.count == 0:
+            return self._start_s
+        value = self.estimator.target() + self._margin_s
+        if self.estimator.count < self._warmup:
+            # Too few packets to know the network: keep the start delay as a floor.
+            value = max(value, self._start_s)
+        return min(max(value, self._min_s), self._max_s)
+
+    def delay(self, now: float) -> float:
+        """Current playout delay in seconds: how far the next frame period lies behind the
+        fastest recent path (0 when not playing)."""
+        if not self._playing:
+            return 0.0
+        return now - self._next_ts / self.clock_rate - self.estimator.floor
+
+    def pop(self, now: float) -> Playout:
+        """Decide the next frame period; call once per ptime on the receiver's clock."""
+        stats = self.stats
+        frame = self.frame
+        frame_s = self._frame_s
+        target = self.target_delay
+        stats.target_delay_ms = target * 1000.0
+        packets = self._packets
+        if not self._playing:
+            if not packets:
+                return Playout(Action.NOTHING)
+            first = min(packets)
+            if packets[first].marker:
+                # A talk spurt starts (RFC 3551 4.1): time it from its own arrival, never drop
+                # its first syllable because the path changed during the silence.
+                lag = now - packets[first].arrival
+            else:
+                lag = now - first / self.clock_rate - self.estimator.floor
+            if lag < target - self._slack_s:
+                return Playout(Action.NOTHING)
+            # (Re)anchor: start with the frame that puts the delay nearest above the target;
+            # frames already too old for that are dropped.
+            skip = int((lag - target + self._slack_s) // frame_s)
+            if self._last_seq is not None:
+                # Packets that never came during the quiet spell were lost (silence
+                # suppression keeps the sequence numbers contiguous, RFC 3551 4.1).
+                gap = (packets[first].seq - self._last_seq - 1) % _SEQ_MOD
+                if gap < _SEQ_MOD // 2:
+                    stats.missing += gap
+            self._next_ts = first + skip * frame
+            self._drop_below(self._next_ts)
+            self._playing = True
+            self._discont = True
+            self._over = 0
+            self._trailing = 0
+        delay = now - self._next_ts / self.clock_rate - self.estimator.floor
+        ts = self._next_ts
+
+        # Too much delay: shrink by one frame period, the cheapest way available.
+        extra: BufferedPacket | None = None
+        advance = frame
+        if delay - frame_s >= target + self._slack_s:
+            self._over += 1
+            pkt = packets.get(ts)
+            if pkt is None:
+                # The frame is missing anyway: skipping its period costs nothing.
+                stats.skipped += 1
+                stats.missing += 1
+                self._missed.append(ts)  # if it comes later, it is late
+                ts += frame
+                self._next_ts = ts
+                delay -= frame_s
+                self._over = 0
+            elif (
+                self._over >= self._patience
+                or (self._quiet is not None and self._quiet(pkt.payload))
+                or (ts + frame in packets and packets[ts + frame].marker)
+            ):
+                self._over = 0
+                advance = 2 * frame
+                extra = packets.pop(ts + frame, None)
+                if extra is None:  # the next one is missing: skip its period instead
+                    stats.skipped += 1
+                    stats.missing += 1
+                    self._missed.append(ts + frame)
+                else:
+                    stats.compressed += 1
+                    stats.played += 1
+                    self._played.append(ts + frame)
+        else:
+            self._over = 0
+
+        pkt = packets.pop(ts, None)
+        if pkt is not None:
+            if delay < target - self._slack_s:
+                # Too little delay: stretch by one concealed frame, play this one next time.
+                packets[ts] = pkt
+                stats.concealed += 1
+                stats.stretched += 1
+                return Playout(Action.CONCEAL, timestamp=ts % _TS_MOD, stretch=True)
+            self._next_ts = ts + advance
+            self._trailing = 0
+            self._last_seq = pkt.seq if extra is None else extra.seq
+            stats.played += 1
+            self._played.append(ts)
+            self._last_played = self._next_ts - frame
+            self._delay_sum += delay
+            stats.current_delay_ms = delay * 1000.0
+            stats.mean_delay_ms = self._delay_sum / stats.played * 1000.0
+            discont, self._discont = self._discont, False
+            return Playout(
+                Action.PLAY, packet=pkt, timestamp=pkt.timestamp, discont=discont, extra=extra
+            )
+
+        if not packets and now - self._last_arrival > self._idle_s:
+            # The stream has stopped (silence suppression, hold, outage): go quiet, and
+            # re-anchor at the target delay when it comes back.
+            self._playing = False
+            self._played_upto = ts
+            self._discont = True
+            # The frames concealed since the last one played were the stream's end, not
+            # losses inside it (RFC 3550 A.3 likewise counts only gaps before the highest).
+            stats.missing -= self._trailing
+            self._trailing = 0
+            return Playout(Action.NOTHING, timestamp=ts % _TS_MOD)
+
+        stats.concealed += 1
+        if not packets and delay < target - self._slack_s:
+            # Nothing has arrived beyond this frame and we are below target: wait for it.
+            stats.stretched += 1
+            return Playout(Action.CONCEAL, timestamp=ts % _TS_MOD, stretch=True)
+        stats.missing += 1
+        self._trailing += 1
+        self._missed.append(ts)
+        self._next_ts = ts + frame
+        self._discont = True
+        return Playout(Action.CONCEAL, fec=packets.get(ts + frame), timestamp=ts % _TS_MOD)
+
+    def _drop_below(self, ts: int) -> None:
+        old = [k for k in self._packets if k < ts]
+        for k in old:
+            del self._packets[k]
+            self._missed.append(k)
+        self.stats.discarded += len(old)
+        self.stats.skipped += len(old)
+
+    def __len__(self) -> int:
+        return len(self._packets)

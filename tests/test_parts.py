@@ -1,0 +1,115 @@
+"""Parts (call graphs) attached to and detached from a running graph."""
+
+import asyncio
+
+import numpy as np
+
+from pipeline.loader import add_part, load_graph_text
+from pipeline.node import Node
+from pipeline.runtime import Runtime
+
+ROOT = """
+nodes:
+  base: {type: tone, freq: 300, rate: 8000, duration: 600ms}
+  room: {type: mixer}
+  out:  {type: frame_sink}
+links: [base -> room, room -> out]
+"""
+
+
+class Cue(Node):
+    """Calls `actions[tick]` on its tick (test helper: drives attach/detach in media time)."""
+
+    kind = "cue"
+    clocked = True
+
+    def start(self) -> None:
+        self.n = 0
+
+    def negotiate(self, inputs, downstream):
+        return {}
+
+    def tick(self, now):
+        action = self.actions.pop(self.n, None)
+        if action:
+            action()
+        if not self.actions:
+            self.send_eos()  # nothing left to do: do not keep the graph alive
+        self.n += 1
+
+
+def _band_energy(x, rate, freq):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    f = np.fft.rfftfreq(len(x), 1 / rate)
+    return spec[(f > freq - 30) & (f < freq + 30)].max()
+
+
+def _run(tmp_path, part_text, actions_factory):
+    (tmp_path / "part.yaml").write_text(part_text)
+    g = load_graph_text(ROOT)
+    cue = Cue("cue")
+    g.add(cue)
+    rt = Runtime(g)
+    cue.actions = actions_factory(g, rt, tmp_path / "part.yaml")
+    result = asyncio.run(rt.run())
+    return g, result
+
+
+def test_attach_then_detach_changes_the_mix(tmp_path):
+    def actions(g, rt, path):
+        def join():
+            names = add_part(g, path, "call-1/", call={"freq": 900})
+            rt.attach("call-1/", names)
+
+        return {10: join, 20: lambda: rt.detach("call-1/")}
+
+    part = """
+nodes:
+  t: {type: tone, freq: "${call.freq}", rate: 16000}
+links: [t -> parent.room]
+"""
+    g, r = _run(tmp_path, part, actions)
+    x = g.nodes["out"].audio()[:, 0].astype(np.float64)
+    before, during, after = x[:1600], x[1700:3100], x[3300:4800]
+    assert _band_energy(during, 8000, 900) > 100 * _band_energy(before, 8000, 900)
+    assert _band_energy(after, 8000, 900) < _band_energy(during, 8000, 900) / 100
+    assert all(_band_energy(s, 8000, 300) > 1e5 for s in (before, during, after))
+    # the part's converter (16 kHz -> 8 kHz) was named after the part and is gone with it
+    assert not [n for n in g.nodes if n.startswith("call-1/")]
+    assert g.nodes["room"].linked_inputs == ["in_0"]
+    assert len(x) == 4800
+
+
+def test_fault_in_a_part_ends_only_that_part(tmp_path):
+    def actions(g, rt, path):
+        def join():
+            names = add_part(g, path, "call-7/")
+            rt.attach("call-7/", names, on_fault=lambda p, e: faults.append((p, str(e))))
+            g.nodes["call-7/t"].tick = boom
+
+        def boom(now):
+            raise RuntimeError("codec exploded")
+
+        return {5: join}
+
+    faults = []
+    g, r = _run(tmp_path, "nodes: {t: {type: tone, rate: 8000}}\nlinks: [t -> parent.room]\n",
+                actions)
+    assert r.stopped_by == "eos"
+    assert len(g.nodes["out"].audio()) == 4800  # the room kept going to its end
+    assert faults == [("call-7/", "codec exploded")]
+    errors = [m for m in r.messages if m.name == "error"]
+    assert errors[0].data == {"message": "node 'call-7/t': codec exploded", "part": "call-7/"}
+    assert "call-7/t" not in g.nodes
+
+
+def test_bad_part_leaves_the_graph_untouched(tmp_path):
+    import pytest
+
+    from pipeline.errors import GraphError
+
+    (tmp_path / "bad.yaml").write_text("nodes: {t: {type: tone}}\nlinks: [t -> parent.nope]\n")
+    g = load_graph_text(ROOT)
+    with pytest.raises(GraphError, match="parent graph has no node 'nope'"):
+        add_part(g, tmp_path / "bad.yaml", "call-2/")
+    assert set(g.nodes) == {"base", "room", "out"}
