@@ -1,0 +1,379 @@
+"""capture, playback (PortAudio through sounddevice) and null_device.
+
+The device callbacks run on PortAudio's thread and only copy between the device buffer and a
+preallocated `SampleRing`, and bump a counter; everything else (framing, drift control,
+error handling) happens on the graph's event loop. In real time the capture device's clock
+(or the playback device's, when the graph has no capture) paces the graph's ticks, so the
+graph never drifts against its own device. Where a stream runs on another clock (a network
+peer, a second device), the ring level is held within bounds by dropping or concealing the
+difference: delay never grows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline import devices
+from pipeline.clock import RealtimeClock
+from pipeline.errors import NodeError
+from pipeline.formats import PCM_ENCODINGS, Caps, Format
+from pipeline.frames import FLAG_CONCEALED, FLAG_SILENCE, AudioFrame
+from pipeline.node import Node, Port
+from pipeline.params import Duration, Param, ParamValueError
+
+from .clock import DeviceClock
+from .ring import SampleRing
+
+_DTYPES = {"pcm_s16": "int16", "pcm_f32": "float32"}
+
+
+def _caps_values(caps: Caps, name: str) -> list:
+    """Every concrete value of field `name` that the caps list, in order of preference."""
+    out: list = []
+    for f in caps:
+        for v in getattr(f, name, None) or ():
+            if v not in out:
+                out.append(v)
+    return out
+
+
+class SoundDevice(Node):
+    """Base of `capture` and `playback`: device lookup, rate/channel checks, stream life."""
+
+    realtime: ClassVar[bool] = True  # the CLI runs graphs with a device in real time
+    direction: ClassVar[str] = "input"
+
+    device = Param(str, None, "device index or name substring (pipeline devices lists them; "
+                   "default: the system default)")
+    rate = Param(int, None, "sample rate in Hz (default: the peer's if the device supports it, "
+                 "else the device's default)", min=8000, max=192000)
+    channels = Param(int, None, "number of channels (default: 1 for capture, the input's for "
+                     "playback)", min=1, max=64)
+    latency = Param(Duration, None, "suggested device latency, e.g. 20ms (default: the "
+                    "device's low latency)", min=0.0, max=1.0)
+
+    def validate(self) -> None:
+        self.info = devices.find_device(self.device, self.direction)
+        maxch = self.info.max_channels(self.direction)
+        if self.channels is not None and self.channels > maxch:
+            raise ParamValueError("channels", f"sound device '{self.info.name}' has only "
+                                  f"{maxch} {self.direction} channels",
+                                  f"use channels: {maxch} or fewer")
+        if self.rate is not None:
+            why = devices.check_settings(self.info, self.direction, self.rate,
+                                         self.channels or 1, "int16")
+            if why is not None:
+                raise ParamValueError("rate", f"sound device '{self.info.name}' does not "
+                                      f"support {self.rate} Hz ({why})",
+                                      "leave rate unset: the graph converts to the device's "
+                                      f"rate ({self.info.default_rate} Hz)")
+
+    def _pick_rate(self, preferred: list[int], channels: int) -> int:
+        """The first of the preferred rates the device accepts, else its default rate."""
+        if self.rate is not None:
+            return self.rate
+        for r in preferred:
+            if isinstance(r, int) and devices.check_settings(
+                    self.info, self.direction, r, channels, "int16") is None:
+                return r
+        return self.info.default_rate
+
+    def _open_stream(self, fmt: Format, callback: Any) -> Any:
+        """Open and start a callback stream for `fmt`; the ring must exist already."""
+        sd = devices.import_sounddevice()
+        cls = sd.InputStream if self.direction == "input" else sd.OutputStream
+        self._gone = False
+        self._finished = False
+        try:
+            stream = cls(device=self.info.index, samplerate=fmt.value("rate"),
+                         channels=fmt.value("channels"), dtype=_DTYPES[fmt.value("encoding")],
+                         latency=self.latency if self.latency is not None else "low",
+                         callback=callback, finished_callback=self._on_finished)
+            stream.start()
+        except Exception as e:  # PortAudioError: the device is busy, vanished, refused
+            raise self.fail(f"sound device '{self.info.name}' cannot be opened: {e}",
+                            hint="check it with pipeline devices") from None
+        self.device_latency = float(stream.latency)
+        self.post("device-opened", device=self.info.name, hostapi=self.info.hostapi,
+                  rate=fmt.value("rate"), channels=fmt.value("channels"),
+                  latency_ms=round(self.device_latency * 1000, 2))
+        return stream
+
+    def _on_finished(self) -> None:
+        # PortAudio's thread: only a flag. Fires on an error, and on our own stop.
+        self._finished = True
+
+    def _alive(self) -> bool:
+        """Still running? (One cheap PortAudio call; only asked when audio stalls.)"""
+        stream = getattr(self, "_stream", None)
+        return stream is not None and not self._finished and bool(stream.active)
+
+    def _device_failed(self, reason: str) -> NodeError:
+        """Post the `error` bus message and build the error that stops the graph."""
+        self._gone = True
+        message = f"sound device '{self.info.name}' {reason}"
+        self.post("error", message=message)
+        return self.fail(message, hint="check the device (pipeline devices lists them)")
+
+    def stop(self) -> None:
+        stream, self._stream = getattr(self, "_stream", None), None
+        if stream is None:
+            return
+        if getattr(self, "_gone", False):
+            devices.abandon_stream(stream)  # stopping a vanished device can hang PortAudio
+        else:
+            devices.release_stream(stream)
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            out.update(underruns=self.underruns, overrun_samples=ring.dropped,
+                       drift_drops=self.drift_drops, device_xruns=self.xruns,
+                       device_latency_ms=round(self.device_latency * 1000, 2),
+                       buffered_ms=round(ring.available / self._rate * 1000, 2))
+            clock = getattr(self, "_clock", None)
+            if clock is not None:
+                out["clock_wakeups"] = clock.wakeups
+        return out
+
+
+class Capture(SoundDevice):
+    """Records from a sound device (PortAudio); in real time its clock paces the graph."""
+
+    kind = "capture"
+    direction = "input"
+    clocked = True
+    outputs = (Port("out", (Format.audio(),), "captured audio at the device's rate"),)
+    buffer = Param(Duration, 0.5, "ring buffer between the device and the graph",
+                   min=0.05, max=10.0)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        caps = tuple(f for c in downstream.values() for f in c)
+        channels = self.channels or 1
+        rate = self._pick_rate(_caps_values(caps, "rate"), channels)
+        encodings = [e for e in _caps_values(caps, "encoding") if e in PCM_ENCODINGS]
+        encoding = encodings[0] if encodings else "pcm_s16"
+        return {"out": Format.audio(encoding, rate, channels)}
+
+    def start(self) -> None:
+        fmt = self.out_formats["out"]
+        self._rate = fmt.value("rate")
+        self._channels = fmt.value("channels")
+        self._dtype = np.dtype(_DTYPES[fmt.value("encoding")])
+        self._n = int(round(self._rate * self.graph.period))
+        self._ring = SampleRing(max(int(self._rate * self.buffer), 4 * self._n),
+                                self._channels, self._dtype)
+        # Beyond this level a foreign clock runs slower than the device: drop, don't lag.
+        self._high_water = 4 * self._n
+        self._primed = False
+        self._silence = np.zeros((self._n, self._channels), self._dtype)
+        self._silence.flags.writeable = False  # shared by every concealed frame
+        self._clock: DeviceClock | None = None
+        self.pts = 0
+        self.underruns = self.drift_drops = self.xruns = 0
+        self._stream = self._open_stream(fmt, self._callback)
+
+    def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
+        # PortAudio's thread: one copy into the ring, nothing else.
+        self._ring.write(indata)
+        if status:
+            self.xruns += 1
+
+    def provide_clock(self) -> DeviceClock:
+        ring = self._ring
+        ring.discard(ring.available)  # media time starts now: no stale start-up audio
+        self._clock = DeviceClock(lambda: ring.written + ring.dropped, self._rate,
+                                  lead=self._n, alive=self._alive)
+        return self._clock
+
+    def tick(self, now: float) -> None:
+        ring, n = self._ring, self._n
+        avail = ring.available
+        clock = self._clock
+        if clock is None or not clock.driving:
+            # Ticked by another clock (a network peer's, another device's, or virtual time):
+            # keep about one period in reserve against phase jitter and drop the surplus
+            # when the device runs faster, so the delay stays bounded.
+            if not self._primed:
+                if avail < 2 * n:
+                    return self._conceal(count=False)
+                self._primed = True
+                self.drift_drops += ring.discard(avail - 2 * n)
+            elif avail > self._high_water:
+                self.drift_drops += ring.discard(avail - 2 * n)
+            avail = ring.available
+        if avail < n:
+            self._primed = False  # (foreign clock) build the reserve up again
+            return self._conceal(count=True)
+        data = np.empty((n, self._channels), self._dtype)
+        ring.read_into(data)
+        self.emit("out", AudioFrame(data, self._rate, self.pts))
+        self.pts += n
+
+    def _conceal(self, count: bool) -> None:
+        """No audio for this tick: fail if the device is gone, else send silence."""
+        clock = self._clock
+        if clock is not None and clock.failure is not None:
+            raise self._device_failed(clock.failure)
+        if not self._alive():
+            raise self._device_failed("stopped delivering audio (device unplugged or "
+                                      "its sound server stopped)")
+        if count:
+            self.underruns += 1
+        self.emit("out", AudioFrame(self._silence, self._rate, self.pts,
+                                    FLAG_CONCEALED | FLAG_SILENCE))
+        self.pts += self._n
+
+
+class Playback(SoundDevice):
+    """Plays audio on a sound device (PortAudio); paces the graph when it has no capture."""
+
+    kind = "playback"
+    direction = "output"
+    inputs = (Port("in", (Format.audio(),), "audio to play (converted to a rate and channel "
+                                            "count the device supports)"),)
+    buffer = Param(Duration, 0.06, "audio queued ahead of the device; more than this plus "
+                   "one period is dropped", min=0.02, max=2.0)
+
+    def input_caps(self, port: str, offered: Format | None) -> Caps:
+        info = getattr(self, "info", None)
+        if info is None:  # not validated yet: anything PCM
+            return (Format.audio(),)
+        maxch = info.max_output_channels
+        if self.channels is not None:
+            channels: tuple = (self.channels,)
+        elif offered is not None and offered.value("channels") is not None:
+            ch = offered.value("channels")
+            channels = (ch,) if ch <= maxch else (min(2, maxch),)
+        else:
+            channels = tuple(range(1, min(maxch, 8) + 1))
+        prefer = [offered.value("rate")] if offered is not None and offered.value("rate") else []
+        rate = self._pick_rate(prefer, channels[0])
+        return (Format.audio(PCM_ENCODINGS, rate, channels),)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        return {}
+
+    def start(self) -> None:
+        fmt = self.in_formats["in"]
+        self._rate = fmt.value("rate")
+        self._channels = fmt.value("channels")
+        self._n = int(round(self._rate * self.graph.period))
+        self._target = max(int(round(self._rate * self.buffer)), self._n)
+        self._max_fill = self._target + 2 * self._n
+        self._ring = SampleRing(self._max_fill + self._n, self._channels,
+                                np.dtype(_DTYPES[fmt.value("encoding")]))
+        self._clock: DeviceClock | None = None
+        self.played = 0  # samples the device consumed, silence included: the device clock
+        self._primed = False
+        self.underruns = self.drift_drops = self.xruns = 0
+        self._stream = self._open_stream(fmt, self._callback)
+
+    def _callback(self, outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
+        # PortAudio's thread: one copy out of the ring; silence where it ran dry. Playing
+        # starts (and restarts after an underrun) only once `buffer` is queued, so jitter
+        # between the graph's ticks and the device's periods does not become clicks.
+        ring = self._ring
+        self.played += frames
+        if status:
+            self.xruns += 1
+        if not self._primed:
+            if ring.written - ring.read < self._target:
+                outdata.fill(0)
+                return
+            self._primed = True
+        got = ring.read_into(outdata)
+        if got < frames:
+            outdata[got:] = 0
+            self.underruns += 1
+            self._primed = False
+
+    def provide_clock(self) -> DeviceClock | None:
+        # A capture device (or any other clocked source with a clock) paces better: its
+        # ticks follow the audio coming in; this queue then absorbs the jitter.
+        for node in self.graph.nodes.values():
+            if (node is not self and node.clocked and node.linked_outputs
+                    and type(node).provide_clock is not Node.provide_clock):
+                return None
+        # A tick may write one period once the queue has drained to `target` - period.
+        self._clock = DeviceClock(lambda: self.played, self._rate, lead=self._n - self._target,
+                                  alive=self._alive)
+        return self._clock
+
+    def process(self, port: str, frame: AudioFrame) -> None:
+        if self._gone:
+            return
+        clock = self._clock
+        if clock is not None and clock.failure is not None:
+            raise self._device_failed(clock.failure)
+        ring = self._ring
+        data = frame.data
+        excess = ring.available + data.shape[0] - self._max_fill
+        if excess > 0:
+            if not self._alive():
+                raise self._device_failed("stopped playing (device unplugged or its sound "
+                                          "server stopped)")
+            # The graph runs faster than the device (another clock): drop, don't queue.
+            self.drift_drops += min(excess, data.shape[0])
+            data = data[excess:]
+        ring.write(data)
+
+
+class NullDevice(Node):
+    """A sound device stand-in on a real-time clock: out gives silence, in discards."""
+
+    kind = "null_device"
+    realtime: ClassVar[bool] = True
+    clocked = True
+    inputs = (Port("in", (Format.audio(),), "audio to discard (the playback side)",
+                   optional=True),)
+    outputs = (Port("out", (Format.audio("pcm_s16"),), "digital silence (the capture side)",
+                    optional=True),)
+    rate = Param(int, None, "capture sample rate in Hz (default: the peer's, else 48 kHz)",
+                 min=8000, max=192000)
+    channels = Param(int, 1, "capture channels", min=1, max=64)
+
+    def validate(self) -> None:
+        if not self.linked_inputs and not self.linked_outputs:
+            raise ParamValueError("rate", "null_device is linked neither as a source nor as "
+                                  "a sink", "link its out port, its in port, or both")
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        if "out" not in self.linked_outputs:
+            return {}
+        want = Format.audio("pcm_s16", self.rate, self.channels)
+        for f in downstream.get("out", ()):
+            got = want.intersect(f)
+            if got is not None:
+                want = got
+                break
+        return {"out": want.fixate(defaults={"rate": 48000})}
+
+    def start(self) -> None:
+        self.pts = 0
+        self.discarded = 0
+        fmt = self.out_formats.get("out")
+        if fmt is not None:
+            self._rate = fmt.value("rate")
+            n = int(round(self._rate * self.graph.period))
+            # Frames are immutable by convention, so one silent buffer serves every tick.
+            self._silence = np.zeros((n, fmt.value("channels")), np.int16)
+            self._silence.flags.writeable = False
+
+    def provide_clock(self) -> RealtimeClock:
+        return RealtimeClock()  # paced from an absolute start, like a device's crystal
+
+    def tick(self, now: float) -> None:
+        if "out" in self.linked_outputs:
+            self.emit("out", AudioFrame(self._silence, self._rate, self.pts, FLAG_SILENCE))
+            self.pts += self._silence.shape[0]
+
+    def process(self, port: str, frame: AudioFrame) -> None:
+        self.discarded += frame.samples
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "samples_out": getattr(self, "pts", 0),
+                "samples_discarded": getattr(self, "discarded", 0)}

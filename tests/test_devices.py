@@ -1,0 +1,498 @@
+"""Sound devices: the SPSC ring, the device clock, null_device, device lookup, and the real
+PortAudio code path through JACK's clocked dummy backend (no hardware needed; see
+../shared/PEERS.md, "A clocked sound device without hardware")."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+from conftest import IN_CI, ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jack import JackServer, jack_missing, portaudio_on
+
+from pipeline import devices
+from pipeline.clock import RealtimeClock
+from pipeline.errors import GraphError, MissingDependencyError, NodeError
+from pipeline.formats import Format
+from pipeline.frames import FLAG_CONCEALED, FLAG_SILENCE, AudioFrame
+from pipeline.loader import load_graph_text, parse_launch
+from pipeline.testing import align, dominant_frequency, read_wav, run_graph, sine, snr_db
+from plugins.devices.clock import DeviceClock
+from plugins.devices.ring import SampleRing
+
+RATE = 48000
+
+
+# ---- the ring ------------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(1, 64), channels=st.integers(1, 3),
+       ops=st.lists(st.tuples(st.booleans(), st.integers(0, 80)), max_size=60))
+def test_ring_is_a_bit_exact_fifo_that_drops_and_counts_what_does_not_fit(capacity, channels,
+                                                                          ops):
+    ring = SampleRing(capacity, channels, np.int16)
+    model: deque = deque()
+    counter = 0
+    dropped = 0
+    for is_write, k in ops:
+        if is_write:
+            data = (np.arange(counter, counter + k, dtype=np.int64)[:, None] * [1, -1, 7][
+                :channels]).astype(np.int16)
+            counter += k
+            fits = min(k, capacity - len(model))
+            model.extend(map(tuple, data[:fits]))
+            dropped += k - fits
+            assert ring.write(data) == fits
+        else:
+            out = np.full((k, channels), 12345, np.int16)
+            got = ring.read_into(out)
+            want = [model.popleft() for _ in range(min(k, len(model)))]
+            assert got == len(want)
+            assert [tuple(r) for r in out[:got]] == want
+            assert (out[got:] == 12345).all()  # the rest is left untouched
+        assert ring.available == len(model)
+        assert ring.free == capacity - len(model)
+        assert ring.dropped == dropped
+
+
+def test_ring_discard_skips_oldest_and_wraps():
+    ring = SampleRing(8, 1, np.float32)
+    ring.write(np.arange(6, dtype=np.float32)[:, None])
+    assert ring.discard(4) == 4
+    ring.write(np.arange(6, 12, dtype=np.float32)[:, None])  # wraps around the end
+    out = np.zeros((8, 1), np.float32)
+    assert ring.read_into(out) == 8
+    assert out[:, 0].tolist() == [4, 5, 6, 7, 8, 9, 10, 11]
+    assert ring.discard(3) == 0
+
+
+# ---- the device clock ----------------------------------------------------------------------
+def test_device_clock_waits_for_the_device_counter():
+    state = {"n": 0}
+    seen = []
+
+    async def device():  # a "callback" delivering 480-sample blocks
+        for _ in range(40):
+            await asyncio.sleep(0.0005)
+            state["n"] += 480
+
+    async def main():
+        clock = DeviceClock(lambda: state["n"], 48000, lead=480, min_poll=0.0002)
+        task = asyncio.create_task(device())
+        for k in range(20):
+            await clock.wait_until(k * 0.01)
+            seen.append(state["n"])
+        await task
+        return clock
+
+    clock = asyncio.run(main())
+    # Tick k needs the samples up to (k + 1) periods of 480: never returns before they exist.
+    assert all(n >= 480 * (k + 1) for k, n in enumerate(seen))
+    assert clock.failure is None and clock.now == pytest.approx(0.19)
+
+
+def test_device_clock_reports_a_device_that_stops():
+    async def main(alive: bool) -> DeviceClock:
+        clock = DeviceClock(lambda: 960, 48000, lead=960, alive=lambda: alive,
+                            stall_timeout=0.02, min_poll=0.001)
+        await clock.wait_until(0.0)  # 960 samples there: returns at once
+        await clock.wait_until(0.02)  # the counter never moves again
+        return clock
+
+    gone = asyncio.run(main(alive=False))
+    assert gone.failure.startswith("stopped delivering audio")
+    stalled = asyncio.run(main(alive=True))
+    assert stalled.failure == "delivered no audio for 0.02 s"
+
+
+# ---- null_device ---------------------------------------------------------------------------
+def test_null_device_captures_silence_in_real_time():
+    r = run_graph("null_device name=dev rate=16000 ! frame_sink name=out", launch=True,
+                  realtime=True,
+                  duration=0.2)
+    frames = list(r.graph.nodes["out"].frames)
+    assert len(frames) == 10
+    assert [f.pts for f in frames] == [320 * k for k in range(10)]
+    assert all(f.rate == 16000 and f.flags & FLAG_SILENCE for f in frames)
+    assert not np.any(r.graph.nodes["out"].audio())
+    assert type(r.graph.nodes["dev"]).realtime is True
+
+
+def test_null_device_plays_into_nothing_and_ends_with_the_stream():
+    r = run_graph("tone duration=300ms rate=8000 ! null_device name=dev", launch=True)
+    assert r.stopped_by == "eos"
+    assert r.stats["dev"]["samples_discarded"] == 2400
+    assert isinstance(r.graph.nodes["dev"].provide_clock(), RealtimeClock)
+
+
+def test_null_device_must_be_linked():
+    with pytest.raises(GraphError, match="null_device is linked neither as a source nor as a "
+                                         "sink"):
+        run_graph("graph: g\nnodes:\n  dev: {type: null_device}\n")
+
+
+# ---- without PortAudio ---------------------------------------------------------------------
+@pytest.fixture
+def no_portaudio(monkeypatch):
+    def missing():
+        raise MissingDependencyError("PortAudio library not found", hint=devices.PORTAUDIO_HINT)
+
+    monkeypatch.setattr(devices, "import_sounddevice", missing)
+
+
+def test_without_portaudio_a_device_graph_fails_with_one_line(no_portaudio):
+    with pytest.raises(GraphError) as e:
+        run_graph("capture name=mic ! null_sink", launch=True)
+    text = str(e.value)
+    assert "\n" not in text
+    assert text.startswith("node 'mic' (capture): PortAudio library not found (hint: install "
+                           "PortAudio: apt-get install libportaudio2")
+
+
+def test_without_portaudio_other_graphs_still_run(no_portaudio, capsys):
+    r = run_graph("tone duration=100ms ! frame_sink name=out", launch=True)
+    assert len(r.graph.nodes["out"].audio()) == 4800
+    from pipeline.cli import main
+
+    assert main(["launch", "-e", "tone ! playback", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PortAudio library not found" in err[0]
+    assert "apt-get install libportaudio2" in err[0]
+
+
+# ---- device lookup against a fake PortAudio --------------------------------------------------
+class FakeStream:
+    """A callback stream whose callbacks the test calls by hand (no thread, no time)."""
+
+    def __init__(self, *, callback, finished_callback, channels, dtype, **kw) -> None:
+        self.callback, self.finished_callback = callback, finished_callback
+        self.channels, self.dtype = channels, dtype
+        self.latency = 0.01
+        self.active = self.stopped = False
+        self.closed = False
+
+    def start(self) -> None:
+        self.active, self.stopped = True, False
+
+    def abort(self) -> None:
+        self.active, self.stopped = False, True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSoundDevice:
+    """Just enough of sounddevice for device lookup, negotiation and callback streams."""
+
+    InputStream = OutputStream = FakeStream
+
+    class default:  # noqa: N801 - mirrors sounddevice.default
+        device = [-1, -1]
+
+    def __init__(self, rates: tuple = (44100, 48000)) -> None:
+        self.rates = rates
+
+    def query_hostapis(self):
+        return ({"name": "ALSA", "devices": [0, 1], "default_input_device": 1,
+                 "default_output_device": 0},)
+
+    def query_devices(self):
+        common = {"hostapi": 0, "default_samplerate": 44100.0, "default_low_input_latency": 0.01,
+                  "default_low_output_latency": 0.01}
+        return [{"name": "HDA Intel PCH: ALC3246 Analog (hw:0,0)", "max_input_channels": 0,
+                 "max_output_channels": 2, **common},
+                {"name": "USB Headset: Audio (hw:1,0)", "max_input_channels": 1,
+                 "max_output_channels": 2, **common}]
+
+    def _check(self, device, channels, dtype, samplerate):
+        if samplerate not in self.rates:
+            raise ValueError("Invalid sample rate")
+
+    check_input_settings = check_output_settings = _check
+
+
+@pytest.fixture
+def fake_sd(monkeypatch):
+    fake = FakeSoundDevice()
+    monkeypatch.setattr(devices, "import_sounddevice", lambda: fake)
+    return fake
+
+
+def test_find_device_by_name_substring_index_and_default(fake_sd):
+    assert devices.find_device("headset", "input").index == 1
+    assert devices.find_device("headset", "output").index == 1
+    assert devices.find_device("analog", "output").index == 0
+    assert devices.find_device("1", "input").name == "USB Headset: Audio (hw:1,0)"
+    assert devices.find_device(None, "input").index == 1  # the host API's default
+    assert devices.find_device(None, "output").index == 0
+
+
+def test_device_lookup_errors_name_the_device(fake_sd):
+    with pytest.raises(GraphError, match=r"node 'mic' \(capture\): no sound device matches "
+                                         r"'xyz' \(pipeline devices lists them\)"):
+        parse_launch("capture name=mic device=xyz ! null_sink").prepare()
+    with pytest.raises(GraphError, match="no sound device matches 'analog'"):
+        parse_launch("capture device=analog ! null_sink").prepare()  # output-only device
+    with pytest.raises(GraphError, match="sound device 'USB Headset: Audio \\(hw:1,0\\)' has "
+                                         "only 1 input channels"):
+        parse_launch("capture device=usb channels=2 ! null_sink").prepare()
+    with pytest.raises(GraphError, match="does not support 16000 Hz \\(Invalid sample rate\\)"):
+        parse_launch("capture device=usb rate=16000 ! null_sink").prepare()
+
+
+def test_negotiation_uses_a_rate_the_device_supports(fake_sd):
+    g = parse_launch("capture device=usb name=mic ! null_sink")
+    g.prepare()
+    assert g.nodes["mic"].out_formats["out"] == Format.audio("pcm_s16", 44100, 1)
+    # 16 kHz is not supported by the device: the graph converts to the device's rate.
+    g = parse_launch("tone rate=16000 ! playback device=usb name=spk")
+    g.prepare()
+    assert g.converters
+    assert g.nodes["spk"].in_formats["in"].value("rate") == 44100
+    # 48 kHz is: no converter.
+    g = parse_launch("tone rate=48000 ! playback device=usb name=spk")
+    g.prepare()
+    assert not g.converters and g.nodes["spk"].in_formats["in"].value("rate") == 48000
+
+
+def started(line: str, name: str):
+    g = parse_launch(line)
+    g.prepare()
+    node = g.nodes[name]
+    node.graph = g
+    node.emit = lambda port, frame: sent.append(frame)
+    sent: list = []
+    node.start()
+    return node, sent
+
+
+def test_playback_callback_plays_the_input_bit_exact(fake_sd):
+    spk, _ = started("tone rate=48000 ! playback device=usb name=spk buffer=40ms", "spk")
+    stream = spk._stream
+    ramp = (np.arange(48000) % 65536 - 32768).astype(np.int16)[:, None]
+    out = []
+    for k in range(50):  # one 960-sample frame per tick, one 960-sample callback per tick
+        spk.process("in", AudioFrame(ramp[960 * k:960 * (k + 1)], 48000, 960 * k))
+        buf = np.full((960, 1), 7, np.int16)
+        stream.callback(buf, 960, None, None)
+        out.append(buf)
+    played = np.concatenate(out)
+    # Silence while the 40 ms queue fills, then the input sample for sample.
+    assert not played[:960].any()
+    start = int(np.flatnonzero(played[:, 0] == ramp[0, 0])[0])
+    assert start == 960
+    assert np.array_equal(played[start:], ramp[:len(played) - start])
+    assert spk.underruns == 0 and spk.played == 50 * 960
+    spk.stop()
+    assert stream.closed
+
+
+@pytest.mark.parametrize("ppm", [+20000, -20000])
+def test_playback_on_a_foreign_clock_keeps_delay_bounded(fake_sd, ppm):
+    # The graph (a network stream, another device) runs 2% fast or slow against the device.
+    spk, _ = started("tone rate=48000 ! playback device=usb name=spk", "spk")
+    per_callback = int(960 * (1 - ppm / 1e6))
+    buf = np.zeros((per_callback, 1), np.int16)
+    levels = []
+    for k in range(3000):  # one minute
+        spk.process("in", AudioFrame(np.ones((960, 1), np.int16), 48000, 960 * k))
+        spk._stream.callback(buf, per_callback, None, None)
+        levels.append(spk._ring.available)
+    assert max(levels[-500:]) <= spk._max_fill  # the delay did not grow
+    if ppm > 0:  # device slower: the surplus was dropped, about 2% of the input
+        assert spk.drift_drops == pytest.approx(3000 * (960 - per_callback), rel=0.05)
+    else:  # device faster: it ran dry now and then, and each time refilled the queue
+        assert spk.underruns > 0 and spk.drift_drops == 0
+
+
+@pytest.mark.parametrize("ppm", [+20000, -20000])
+def test_capture_on_a_foreign_clock_keeps_delay_bounded(fake_sd, ppm):
+    mic, sent = started("capture device=usb name=mic ! null_sink", "mic")
+    per_callback = int(882 * (1 + ppm / 1e6))  # 44.1 kHz device, 882-sample ticks
+    block = np.ones((per_callback, 1), np.int16)
+    levels = []
+    for k in range(3000):
+        mic._stream.callback(block, per_callback, None, None)
+        mic.tick(k * 0.02)
+        levels.append(mic._ring.available)
+    assert max(levels[-500:]) <= mic._high_water
+    assert [f.pts for f in sent] == [882 * k for k in range(3000)]  # one frame every tick
+    concealed = sum(1 for f in sent if f.flags & FLAG_CONCEALED)
+    if ppm > 0:
+        assert mic.drift_drops > 0 and mic.underruns == 0
+    else:  # device slower than the ticks: silence fills in, flagged as concealed
+        assert mic.underruns > 0 and concealed >= mic.underruns
+
+
+def test_a_device_that_stops_ends_the_node_with_an_error_message(fake_sd):
+    mic, sent = started("capture device=usb name=mic ! null_sink", "mic")
+    messages = []
+    mic.graph.listeners.append(messages.append)
+    for k in range(5):
+        mic._stream.callback(np.ones((882, 1), np.int16), 882, None, None)
+        mic.tick(k * 0.02)
+    mic._stream.active = False  # what PortAudio reports once JACK or the USB device is gone
+    with pytest.raises(NodeError, match="node 'mic': sound device 'USB Headset: Audio "
+                                        r"\(hw:1,0\)' stopped delivering audio"):
+        for k in range(5, 10):
+            mic.tick(k * 0.02)
+    assert [m.name for m in messages][-1] == "error"
+    stream = mic._stream
+    mic.stop()  # a vanished device is abandoned, never stopped (PortAudio could hang)
+    assert not stream.closed and stream in devices._abandoned
+
+
+def test_list_devices_shows_channels_rates_and_defaults(fake_sd):
+    text = devices.list_devices()
+    assert "host API 0: ALSA" in text
+    assert "[1] USB Headset: Audio (hw:1,0): in 1 ch, out 2 ch, default 44100 Hz  < default" \
+        in text
+
+
+# ---- through PortAudio and JACK ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jack():
+    why = jack_missing()
+    if why:
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    with JackServer(rate=RATE, period=960) as server, portaudio_on(server):
+        yield server
+
+
+LOOPBACK = """
+graph: loopback
+nodes:
+  tone: {type: tone, freq: 1kHz, level: -6dB}
+  spk:  {type: playback, device: system}
+  mic:  {type: capture, device: system}
+  out:  {type: frame_sink}
+links:
+  - tone -> spk
+  - mic -> out
+"""
+
+
+def test_pipeline_devices_lists_the_jack_device(jack):
+    r = subprocess.run([sys.executable, "-m", "pipeline", "devices"], env=jack.env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "JACK Audio Connection Kit" in r.stdout
+    assert "system: in 2 ch, out 2 ch, default 48000 Hz" in r.stdout
+
+
+def test_tone_played_into_jack_comes_back_through_capture(jack):
+    g = load_graph_text(LOOPBACK)
+    opened = []
+
+    def on_message(msg):
+        # Both streams are open (their JACK ports exist): wire our output to our input.
+        if msg.name == "device-opened":
+            opened.append(msg)
+            if len(opened) == 2:
+                jack.connect("PortAudio:out_0", "PortAudio:in_0")
+
+    g.listeners.append(on_message)
+    r = run_graph(g, realtime=True, duration=2.0)
+    assert {m.data["device"] for m in opened} == {"system"}
+    frames = list(g.nodes["out"].frames)
+    assert [f.pts for f in frames] == [960 * k for k in range(100)]
+    x = g.nodes["out"].audio()[-RATE:, 0]  # the last second: well after the connection
+    assert dominant_frequency(x, RATE) == pytest.approx(1000.0, abs=0.5)
+    ref = sine(1000, RATE, 1.5, amplitude=10 ** (-6 / 20))[:, 0]
+    lag, corr = align(ref[:RATE // 2], x)
+    assert corr > 0.999
+    # int16 -> JACK's float32 -> int16 is near-transparent; 1 kHz at 48 kHz repeats every
+    # 48 samples, so the reference lined up at `lag` is the same sine.
+    assert snr_db(ref[:RATE - lag], x[lag:]) > 60
+    assert r.stats["mic"]["underruns"] == 0  # the capture clock drove: no concealment
+    assert r.stats["mic"]["clock_wakeups"] > 0
+    assert r.stats["spk"]["device_latency_ms"] >= 0
+
+
+def test_capture_delivers_frames_at_the_device_rate(jack):
+    g = parse_launch("capture device=system ! frame_sink name=out")
+    marks: list[tuple[float, int]] = []
+    g.nodes["out"].on_frame = lambda f: marks.append((time.monotonic(), f.pts + f.samples))
+    run_graph(g, realtime=True, duration=3.0)
+    t = np.array([m[0] for m in marks])
+    n = np.array([m[1] for m in marks], dtype=np.float64)
+    steady = t >= t[0] + 0.5  # past stream start-up
+    rate = np.polyfit(t[steady] - t[0], n[steady], 1)[0]
+    assert rate == pytest.approx(RATE, rel=0.05)
+    assert (n[-1] - n[steady][0]) / (t[-1] - t[steady][0]) == pytest.approx(RATE, rel=0.05)
+
+
+def test_playback_paces_the_graph_when_it_has_no_capture(jack):
+    r = run_graph("tone duration=1s ! playback device=system name=spk", launch=True,
+                  realtime=True)
+    assert r.stopped_by == "eos"
+    # The playback queue's clock drove the ticks (it woke up to wait for the device).
+    assert r.stats["spk"]["clock_wakeups"] > 0
+    assert r.stats["spk"]["drift_drops"] == 0
+
+
+def test_jack_device_lookup_errors(jack):
+    with pytest.raises(GraphError, match="no sound device matches 'xyz' "):
+        parse_launch("capture device=xyz ! null_sink").prepare()
+    with pytest.raises(GraphError, match="sound device 'system' does not support 16000 Hz"):
+        parse_launch("capture device=system rate=16000 ! null_sink").prepare()
+
+
+def test_stopping_jack_mid_run_ends_the_graph_cleanly_and_the_recording_stays_valid(tmp_path):
+    why = jack_missing()
+    if why:
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    wav = tmp_path / "rec.wav"
+    with JackServer(rate=RATE) as server:
+        # A separate process: PortAudio cannot be reused in a process whose JACK server died.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "launch", "-e",
+             f"capture name=mic device=system ! wav_recorder path={wav}", "--duration", "60"],
+            env=server.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not (wav.exists() and wav.stat().st_size > 44 + RATE):  # > 0.5 s recorded
+                assert time.monotonic() < deadline, "no audio recorded"
+                try:
+                    proc.wait(timeout=0.05)
+                    pytest.fail(f"pipeline exited early: {proc.stderr.read()}")
+                except subprocess.TimeoutExpired:
+                    pass
+            server.stop()  # the device goes away mid-call
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode != 0
+    assert ("node 'mic': sound device 'system' stopped delivering audio (device unplugged or "
+            "its sound server stopped)") in err
+    data, rate = read_wav(wav)
+    size = wav.stat().st_size
+    assert rate == RATE and data.shape[1] == 1
+    assert size == 44 + 2 * len(data)  # the header covers exactly what is on disk
+    assert len(data) >= RATE // 2
+
+
+def test_every_device_node_is_documented():
+    from pipeline.registry import get_registry
+
+    reg = get_registry()
+    for kind in ("capture", "playback", "null_device"):
+        cls = reg.node_type(kind)
+        assert cls.doc() and getattr(cls, "realtime", False)
+        for p in cls.param_specs().values():
+            assert p.doc and "\n" not in p.doc
+        for port in cls.inputs + cls.outputs:
+            assert port.doc
+
