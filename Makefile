@@ -28,7 +28,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check pipeline plugins tests benchmarks
 
 docs: $(VENV)/.installed
-	$(BIN)/pipeline inspect --markdown > docs/yaml.md
+	$(BIN)/pipeline inspect --builtin --markdown > docs/yaml.md
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/overhead.py

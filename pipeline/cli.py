@@ -117,9 +117,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .introspect import format_inspect, json_schema_text, markdown_reference
-    from .registry import get_registry
+    from .registry import Registry, get_registry
 
-    reg = get_registry()
+    reg = Registry(entry_points=False) if args.builtin else get_registry()
     if args.markdown:
         print(markdown_reference(reg.node_types))
         return 0
@@ -241,6 +241,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("kind", nargs="?", help="node type to describe")
     sp.add_argument("--markdown", action="store_true", help="print the YAML reference")
     sp.add_argument("--schema", action="store_true", help="print the JSON schema of graphs")
+    sp.add_argument("--builtin", action="store_true",
+                    help="only the built-in plugins (not installed third-party ones)")
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("draw", help="draw a graph (.svg/.png/.pdf with Graphviz, or .dot)")

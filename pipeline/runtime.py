@@ -346,13 +346,15 @@ class Runtime:
         self._wake = asyncio.Event()
         g.on_finished = self._node_finished
         self._refresh()
-        self._wire(set(g.nodes))
         wall0 = time.perf_counter()
         stopped_by = "eos"
         n = 0
         expected = self.expected_duration()
         try:
             self._start(self._order)
+            # Wired after start: a node may pick its process method there (gain at 0 dB
+            # forwards by reference), and emit calls whatever is bound now, directly.
+            self._wire(set(g.nodes))
             if self.realtime and not self._clock_given:
                 # A sound device's clock drives the ticks when the graph has one (the
                 # first node offering a clock wins), so the graph never drifts against it.

@@ -126,11 +126,12 @@ class Level(Node):
 
     def process(self, port: str, frame: AudioFrame) -> None:
         x = frame.data
-        scale = 32768.0 if x.dtype == np.int16 else 1.0
-        xf = x.astype(np.float32) / scale
-        self._sum2 += float(np.dot(xf.ravel(), xf.ravel()))
-        self._peak = max(self._peak, float(np.abs(xf).max()) if xf.size else 0.0)
-        self._n += xf.size
+        if x.size:
+            xf = x.astype(np.float32).ravel()
+            scale = 32768.0 if x.dtype == np.int16 else 1.0
+            self._sum2 += float(np.dot(xf, xf)) / (scale * scale)
+            self._peak = max(self._peak, max(float(xf.max()), -float(xf.min())) / scale)
+            self._n += x.size
         if self._next is None:
             self._next = frame.pts + int(self.interval * frame.rate)
         if frame.pts + frame.samples >= self._next:
