@@ -268,6 +268,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE") and argv is None:
+        # `pipeline inspect | head`: end quietly when the reader goes away, as Unix tools do.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = make_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING

@@ -3,6 +3,7 @@ reference (docs/yaml.md) and the JSON schema. One source, so they never drift.""
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -15,7 +16,7 @@ def describe(cls: type[Node]) -> dict[str, Any]:
         "kind": cls.kind,
         "plugin": cls.plugin,
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "doc": (cls.__doc__ or "").strip(),
+        "doc": inspect.cleandoc(cls.__doc__ or ""),
         "clocked": cls.clocked,
         "inputs": [{"name": p.name, "formats": caps_str(p.caps), "doc": p.doc,
                     "request": p.is_request} for p in cls.inputs],
