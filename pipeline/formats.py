@@ -118,7 +118,8 @@ class Format:
 
     def fixate(self, prefer: Format | None = None, defaults: dict | None = None) -> Format:
         """One concrete format: prefer's values where allowed, else the first choice."""
-        base = {"rate": 48000, "channels": 1}
+        # Audio defaults only: a video format has no rate or channels.
+        base = {"rate": 48000, "channels": 1} if self.media != VIDEO else {}
         base.update(defaults or {})
         out = []
         for name in _FIELDS:

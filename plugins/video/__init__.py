@@ -1,6 +1,28 @@
-"""Video building blocks: RTP payload formats (VP8, H.264), PyAV codec wrappers, frame helpers
-and a test pattern with a burned-in frame counter.
+"""Video: frames over PyAV, RTP payload formats (VP8, H.264), codecs, and the graph nodes.
 
-Everything here is sans-IO: the modules take bytes and frames and return bytes and frames; the
-graph nodes that own sockets and timers wrap them.
+The building blocks are sans-IO (they take bytes and frames and return bytes and frames):
+`frames` (numpy views over `av.VideoFrame`, swscale), `pattern` (a test picture with a
+burned-in frame counter), `codec` (real-time H.264/VP8 over PyAV), `rtp_vp8` and `rtp_h264`
+(RFC 7741 / RFC 6184 packetizers and frame assemblers). `nodes` and `rtp_nodes` wrap them as
+graph nodes; `rtp_nodes` owns the UDP sockets.
 """
+
+from pipeline.hookspecs import hookimpl
+
+
+@hookimpl
+def register_node_types():
+    from .nodes import (
+        Convert,
+        Scale,
+        VideoDecoderNode,
+        VideoEncoderNode,
+        VideoFileSource,
+        VideoRecorder,
+        VideoTee,
+        VideoTestSource,
+    )
+    from .rtp_nodes import VideoRtpReceiver, VideoRtpSender
+
+    return [VideoTestSource, VideoFileSource, Scale, Convert, VideoTee, VideoEncoderNode,
+            VideoDecoderNode, VideoRecorder, VideoRtpSender, VideoRtpReceiver]

@@ -227,6 +227,12 @@ class VideoDecoder:
                 pts = frame.pts
         else:
             data = bytes(frame)
+        if not data:
+            # An empty packet would tell FFmpeg to drain (end of stream), stalling the decoder.
+            self.errors += 1
+            self.last_error = f"{self.codec} decoder rejected an empty frame"
+            self.keyframe_needed = True
+            return []
         packet = av.Packet(data)
         packet.pts = pts
         packet.time_base = _TIME_BASE

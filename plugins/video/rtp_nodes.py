@@ -1,0 +1,373 @@
+"""Video over RTP: `video_rtp_sender` and `video_rtp_receiver` (UDP on asyncio, symmetric).
+
+The protocol work is sans-IO and lives elsewhere (`rtp_vp8`, `rtp_h264` for RFC 7741 / 6184,
+`plugins.rtp.packet` and `plugins.rtp.rtcp` for RFC 3550 / 4585); these nodes own one UDP
+socket each and the asyncio glue, as `rtp_session` does for audio.
+
+RTCP is multiplexed on the RTP port (RFC 5761): the receiver sends its Picture Loss
+Indications (RFC 4585 section 6.3.1) from the socket it receives on to the address the media
+came from (symmetric RTP, RFC 4961), which is the socket the sender sends from.
+
+Keyframe requests travel against the media: events flow downstream only, so the sender calls
+`request_keyframe()` on its encoder node directly. The encoder is the node named by the
+sender's `encoder` parameter, or by default the nearest node upstream that has a
+`request_keyframe()` method. Likewise the receiver asks for a keyframe when its depacketizer
+lost data or when the nearest decoder downstream (a node with `keyframe_needed`) says so.
+
+Bad datagrams are counted and dropped, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import time
+from typing import Any
+
+from pipeline.errors import ParseError, ProtocolError
+from pipeline.formats import Format
+from pipeline.frames import FLAG_DISCONT, EncodedFrame, EndOfStream
+from pipeline.node import Node, Port
+from pipeline.params import Duration, Param
+from plugins.rtp.packet import RtpPacker, RtpPacket, TimestampUnwrapper
+from plugins.rtp.rtcp import RtcpBye, RtcpFeedback, RtcpPli, parse_rtcp
+from plugins.video.codec import CLOCK_RATE
+from plugins.video.nodes import VIDEO_CODECS, encoded_video
+from plugins.video.rtp_h264 import H264Depacketizer, H264Packetizer
+from plugins.video.rtp_vp8 import Vp8Depacketizer, Vp8Packetizer
+
+_MAX_DATAGRAM = 65535
+_BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
+_PSFB = 206
+_PSFB_FIR = 4  # Full Intra Request, RFC 5104 section 4.3.1
+
+
+def _is_rtcp(data: bytes) -> bool:
+    # RFC 5761 section 4: RTCP packet types 192-223 never collide with RTP payload types.
+    return len(data) > 1 and 192 <= data[1] <= 223
+
+
+def _nearest(node: Node, attribute: str, upstream: bool) -> Node | None:
+    """The nearest node up- or downstream of `node` with `attribute` (breadth first)."""
+    graph = node.graph
+    seen = {node.name}
+    frontier = [node.name]
+    while frontier:
+        nxt = []
+        for name in frontier:
+            for ln in graph.links:
+                peer = ln.src if upstream and ln.dst == name else (
+                    ln.dst if not upstream and ln.src == name else None)
+                if peer is None or peer in seen:
+                    continue
+                seen.add(peer)
+                if hasattr(type(graph.nodes[peer]), attribute):
+                    return graph.nodes[peer]
+                nxt.append(peer)
+        frontier = nxt
+    return None
+
+
+class _UdpNode(Node):
+    """One non-blocking UDP socket bound in `start()`, read by `loop.add_reader`."""
+
+    realtime = True  # the CLI runs graphs with a network node in real time
+    local_ip = Param(str, "127.0.0.1", "address to bind")
+    local_port = Param(int, 0, "UDP port to bind (0: any free port); RTCP shares it (RFC 5761)",
+                       min=0, max=65535)
+    ssrc = Param(int, None, "our SSRC (default: random, RFC 3550 8.1)", min=0, max=0xFFFFFFFF)
+
+    def _bind(self) -> None:
+        family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # A keyframe is a burst of packets: give the kernel room for a few of them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            sock.bind((self.local_ip, self.local_port))
+        except OSError as e:
+            sock.close()
+            raise self.fail(f"{self.kind} cannot bind {self.local_ip}:{self.local_port}: {e}",
+                            hint="pick another local_port, or 0 for any free one") from None
+        self._sock: socket.socket | None = sock
+        self.bound_port: int = sock.getsockname()[1]
+        self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._io_error: asyncio.Future | None = None
+        self.post("rtp-bound", ip=self.local_ip, port=self.bound_port)
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
+    async def run_io(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._io_error = loop.create_future()
+        fd = self._sock.fileno()
+        loop.add_reader(fd, self._on_readable)
+        try:
+            await self._io_error  # raises when a node downstream failed in a callback
+        finally:
+            loop.remove_reader(fd)
+
+    def _on_readable(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error from an earlier send (port unreachable)
+                self._c["send_errors"] += 1
+                continue
+            try:
+                self._on_datagram(data, addr[:2])
+            except Exception as e:  # a node downstream failed: stop the graph via run_io
+                if self._io_error is not None and not self._io_error.done():
+                    self._io_error.set_exception(e)
+                return
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def _sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
+        try:
+            self._sock.sendto(data, addr)
+            return True
+        except OSError:  # a full buffer or an unreachable peer: drop, as UDP would
+            self._c["send_errors"] += 1
+            return False
+
+    def stop(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            sock.close()
+            self._sock = None
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), **getattr(self, "_c", {}),
+                "port": getattr(self, "bound_port", None)}
+
+
+class VideoRtpSender(_UdpNode):
+    """Sends H.264 or VP8 frames as RTP over UDP (RFC 6184 mode 1, RFC 7741).
+
+    An RTCP PLI or FIR from the peer makes the encoder upstream send a keyframe.
+    """
+
+    kind = "video_rtp_sender"
+    inputs = (Port("in", (Format.encoded(VIDEO_CODECS),), "encoded video frames (90 kHz pts)"),)
+    remote_ip = Param(str, "127.0.0.1", "peer address")
+    remote_port = Param(int, None, "peer RTP port", min=1, max=65535, required=True)
+    payload_type = Param(int, 96, "RTP payload type (dynamic, as agreed in SDP)", min=0,
+                         max=127)
+    mtu = Param(int, 1200, "largest RTP payload in bytes", min=64, max=65000)
+    encoder = Param(str, None, "node to ask for keyframes (default: nearest upstream with "
+                    "request_keyframe())")
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        return {}
+
+    def start(self) -> None:
+        self._bind()
+        codec = self.in_formats["in"].value("encoding")
+        self._pay = Vp8Packetizer(self.mtu) if codec == "vp8" else H264Packetizer(self.mtu)
+        self._packer = RtpPacker(self.payload_type, self._ssrc)
+        self._seq = secrets.randbits(16)  # RFC 3550 5.1: random initial values
+        self._ts_offset = secrets.randbits(32)
+        self._remote = (self.remote_ip, self.remote_port)
+        self._c = dict.fromkeys(("frames_sent", "packets_sent", "bytes_sent", "send_errors",
+                                 "pli_received", "fir_received", "rtcp_received", "rtcp_bad",
+                                 "dropped_rtp"), 0)
+        if self.encoder:
+            self._encoder = self.graph.nodes.get(self.encoder)
+            if self._encoder is None or not hasattr(self._encoder, "request_keyframe"):
+                raise self.fail(f"video_rtp_sender encoder '{self.encoder}' is not a node with "
+                                "request_keyframe()", hint="name the video_encoder node")
+        else:
+            self._encoder = _nearest(self, "request_keyframe", upstream=True)
+
+    def process(self, port: str, frame: EncodedFrame) -> None:
+        payloads = self._pay.packetize(frame.payload)
+        ts = (self._ts_offset + frame.pts) & 0xFFFFFFFF
+        last = len(payloads) - 1
+        pack, c = self._packer.pack, self._c
+        for i, payload in enumerate(payloads):
+            # RFC 6184 5.1 / RFC 7741 4.1: the marker is set on a frame's last packet.
+            if self._sendto(pack(payload, self._seq, ts, i == last), self._remote):
+                c["packets_sent"] += 1
+                c["bytes_sent"] += len(payload)
+            self._seq = (self._seq + 1) & 0xFFFF
+        c["frames_sent"] += 1
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        c = self._c
+        if not _is_rtcp(data):
+            c["dropped_rtp"] += 1  # a send-only node: media sent to us is not for us
+            return
+        try:
+            packets = parse_rtcp(data)
+        except ParseError:
+            c["rtcp_bad"] += 1
+            return
+        c["rtcp_received"] += 1
+        for p in packets:
+            if isinstance(p, RtcpPli) and p.media_ssrc in (self._ssrc, 0):
+                c["pli_received"] += 1
+                self._keyframe()
+            elif (isinstance(p, RtcpFeedback) and p.packet_type == _PSFB
+                  and p.fmt == _PSFB_FIR):
+                c["fir_received"] += 1
+                self._keyframe()
+
+    def _keyframe(self) -> None:
+        if self._encoder is not None:
+            self._encoder.request_keyframe()
+        self.post("keyframe-request", ssrc=self._ssrc)
+
+    def event(self, port: str, event: Any) -> None:
+        if isinstance(event, EndOfStream) and getattr(self, "_sock", None) is not None:
+            # RFC 3550 6.6: say we are leaving, so the receiver can end its stream now.
+            with contextlib.suppress(ProtocolError):
+                self._sendto(bytes(RtcpBye([self._ssrc])), self._remote)
+        super().event(port, event)
+
+
+class VideoRtpReceiver(_UdpNode):
+    """Receives H.264 or VP8 as RTP over UDP and reassembles frames.
+
+    Sends RTCP PLIs (rate-limited) while data is lost or the decoder downstream needs a
+    keyframe.
+    """
+
+    kind = "video_rtp_receiver"
+    clocked = True  # ticked for timers (PLI retries, timeout), never to make media
+    outputs = (Port("out", (Format.encoded(VIDEO_CODECS, CLOCK_RATE),),
+                    "complete encoded frames, pts at 90 kHz from the first frame"),)
+    codec = Param(str, None, "h264 or vp8", choices=VIDEO_CODECS, required=True)
+    payload_type = Param(int, 96, "RTP payload type accepted (-1: any)", min=-1, max=127)
+    width = Param(int, None, "picture width to tell a decoder downstream (the SDP's)", min=2,
+                  max=7680)
+    height = Param(int, None, "picture height to tell a decoder downstream", min=2, max=4320)
+    remote_ip = Param(str, None, "where PLIs go (default: latch to the media's source)")
+    remote_port = Param(int, None, "peer RTCP port (default: latch to the media's source)",
+                        min=1, max=65535)
+    pli_interval = Param(Duration, 0.5, "least time between two PLIs, e.g. 200ms", min=0.01)
+    timeout = Param(Duration, 0.0, "end the stream after this long without RTP (0: never)",
+                    min=0.0)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        return {"out": encoded_video(self.codec, self.width, self.height, None)}
+
+    def start(self) -> None:
+        self._bind()
+        self._depay = self._new_depacketizer()
+        self._remote = (self.remote_ip, self.remote_port) if self.remote_ip and \
+            self.remote_port else None
+        self._media_ssrc: int | None = None
+        self._unwrap = TimestampUnwrapper()
+        self._ts0: int | None = None
+        self._pts_base = 0
+        self._last_pts = 0
+        self._last_pli = -1e9
+        self._last_rx: float | None = None
+        self._decoder = _nearest(self, "keyframe_needed", upstream=False)
+        self._c = dict.fromkeys(("packets_received", "bytes_received", "frames", "dropped_bad",
+                                 "dropped_pt", "dropped_foreign", "ssrc_changes", "pli_sent",
+                                 "rtcp_received", "rtcp_bad", "send_errors", "byes"), 0)
+
+    def _new_depacketizer(self) -> Vp8Depacketizer | H264Depacketizer:
+        return Vp8Depacketizer() if self.codec == "vp8" else H264Depacketizer()
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        c = self._c
+        if _is_rtcp(data):
+            self._on_rtcp(data, addr)
+            return
+        try:
+            pkt = RtpPacket.parse(data)
+        except ParseError:
+            c["dropped_bad"] += 1
+            return
+        if self.payload_type >= 0 and pkt.payload_type != self.payload_type:
+            c["dropped_pt"] += 1
+            return
+        if self._media_ssrc is None:
+            self._media_ssrc = pkt.ssrc
+            if self._remote is None:
+                # Symmetric RTP: latch to the media's source; our PLIs go back there.
+                self._remote = addr
+                self.post("rtp-latched", ip=addr[0], port=addr[1])
+        elif pkt.ssrc != self._media_ssrc:
+            if self._remote is not None and addr != self._remote and not self.remote_ip:
+                c["dropped_foreign"] += 1
+                return
+            # The same peer restarted its stream (RFC 3550 8.2): start assembly afresh.
+            c["ssrc_changes"] += 1
+            self._media_ssrc = pkt.ssrc
+            self._depay = self._new_depacketizer()
+            self._unwrap = TimestampUnwrapper()
+            self._ts0 = None
+            # pts stay increasing across the restart (a recorder downstream needs that).
+            self._pts_base = self._last_pts + CLOCK_RATE // 30
+        c["packets_received"] += 1
+        c["bytes_received"] += len(data)
+        now = self._now()
+        self._last_rx = now
+        ts = self._unwrap.unwrap(pkt.timestamp)
+        for frame in self._depay.push(pkt.payload, seq=pkt.sequence_number,
+                                      timestamp=pkt.timestamp, marker=pkt.marker):
+            if self._ts0 is None:
+                self._ts0 = ts
+                frame.flags |= FLAG_DISCONT
+            frame.pts = self._pts_base + ts - self._ts0
+            self._last_pts = frame.pts
+            c["frames"] += 1
+            self.emit("out", frame)
+        self._maybe_pli(now)
+
+    def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            packets = parse_rtcp(data)
+        except ParseError:
+            self._c["rtcp_bad"] += 1
+            return
+        self._c["rtcp_received"] += 1
+        for p in packets:
+            if isinstance(p, RtcpBye) and self._media_ssrc in p.sources:
+                self._c["byes"] += 1
+                self.send_eos()
+
+    def _keyframe_wanted(self) -> bool:
+        """True while a keyframe is wanted: lost packets, or the decoder downstream says so."""
+        dec = self._decoder
+        return self._depay.keyframe_needed or (dec is not None and bool(dec.keyframe_needed))
+
+    def _maybe_pli(self, now: float) -> None:
+        if self._remote is None or self._media_ssrc is None or not self._keyframe_wanted():
+            return
+        if now - self._last_pli < self.pli_interval:
+            return
+        # RFC 4585 6.3.1: PLI carries our SSRC and the media source's; FCI is empty.
+        if self._sendto(bytes(RtcpPli(self._ssrc, self._media_ssrc)), self._remote):
+            self._last_pli = now
+            self._c["pli_sent"] += 1
+
+    def tick(self, now: float) -> None:
+        t = self._now()
+        self._maybe_pli(t)
+        if self.timeout and self._last_rx is not None and t - self._last_rx >= self.timeout:
+            self.send_eos()
+
+    def stats(self) -> dict[str, Any]:
+        depay = getattr(self, "_depay", None)
+        extra = {}
+        if depay is not None:
+            d = depay.stats
+            extra = {"frames_dropped": d.frames_dropped, "packets_lost": d.packets_lost,
+                     "packets_late": d.packets_late, "parse_errors": d.parse_errors}
+        return {**super().stats(), **extra}
