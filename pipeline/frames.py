@@ -15,6 +15,8 @@ import numpy as np
 FLAG_DISCONT = 1  # first frame after a gap, seek or format change
 FLAG_CONCEALED = 2  # synthesised by loss concealment, not decoded from media
 FLAG_SILENCE = 4  # known to be silence (comfort noise, muted, absent participant)
+FLAG_SHARED = 8  # the same frame object goes to several outputs (a conference's shared mix):
+# an encoder may encode it once for all of them (plugins/conference/shared.py)
 
 
 @dataclass(slots=True, eq=False)

@@ -1,0 +1,492 @@
+"""The `conference` node: a clocked mix-minus bridge with request port pairs per participant.
+
+Participant k talks into `in_k` and hears `out_k` (either may be absent: a player only talks,
+a recorder only listens). Every period the bridge takes one period from each participant's
+FIFO (silence for anyone whose audio stopped: a stalled caller is never waited for), meters
+them, gates them with the speaker detector, mixes (plugins.conference.mixing) and emits:
+
+* to a listener who is talking: its own mix-minus (everyone but itself), a private frame;
+* to every other listener: the *same* `AudioFrame` object (flag `FLAG_SHARED`), the full mix,
+  so a downstream encoder may encode it once for all of them (plugins.conference.shared);
+* to a deafened listener: a shared silent frame (`FLAG_SILENCE | FLAG_SHARED`).
+
+Joins, leaves, mutes, deafens and gain changes ramp over `ramp_ms`, so none of them clicks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import NodeError
+from pipeline.formats import Format
+from pipeline.frames import FLAG_SILENCE, AudioFrame, EndOfStream
+from pipeline.node import Node, Port
+from pipeline.params import Decibels, Duration, Param, ParamValueError
+from pipeline.params import Path as PathType
+
+from ..mixer.fifo import SampleFifo
+from .mixing import UNITY, MixMinus, gain_to_q12
+from .recording import FLAC_MAX_CHANNELS, RoomRecorder
+from .shared import FLAG_SHARED
+from .speaker import SpeakerDetector, rms_dbfs
+
+MAX_BUFFER_PERIODS = 6  # deeper than this a participant is running ahead: drop its oldest audio
+
+
+@dataclass(slots=True, eq=False)
+class Participant:
+    """One participant's state: its mixer row, input FIFO and controls."""
+
+    number: int
+    row: int
+    identity: str
+    fifo: SampleFifo | None = None  # None: no input (listen-only, or its input left)
+    has_out: bool = False
+    gain_db: float = 0.0
+    gain_q: int = UNITY  # gain_db in Q12, cached for the per-period gain update
+    out_gain_db: float = 0.0
+    direct: np.ndarray | None = None  # one whole period that arrived on time (no FIFO copy)
+    muted: bool = False
+    deafened: bool = False
+    ended: bool = False  # its input sent end-of-stream
+    input_gone: bool = False  # its input was unlinked: fade out what is buffered, then drop
+    underruns: int = 0
+    drops: int = 0
+
+
+class ConferenceBridge(Node):
+    """Conference bridge: participants on request port pairs in_%u/out_%u each hear everyone
+    but themselves (mix-minus); shared encoding, speaker detection, recording.
+
+    Clocked: every period it mixes what each participant sent (silence for a participant
+    whose audio stopped) and emits each listener's mix; see docs/conference.md.
+    """
+
+    kind = "conference"
+    clocked = True
+    inputs = (Port("in_%u", (Format.audio("pcm_s16", None, 1),),
+                   "participant's voice, mono int16 (converted to the bridge rate)"),)
+    outputs = (Port("out_%u", (Format.audio("pcm_s16", None, 1),),
+                    "what the participant hears: everyone but itself, at the bridge rate"),)
+    rate = Param(int, 48000, "bridge rate in Hz; participants at other rates are resampled",
+                 min=8000, max=96000)
+    max_participants = Param(int, 100, "participants allowed at once; can_join() is False "
+                             "beyond", min=1, max=10000)
+    ramp_ms = Param(float, 5.0, "gain ramp for joins, leaves, mutes and the gate, in ms",
+                    min=0.0, max=100.0)
+    gate = Param(bool, True, "mix only participants who are talking (noise gate)")
+    talk_threshold = Param(Decibels, -45.0, "RMS level at which a participant starts talking",
+                           min=-100.0, max=0.0)
+    talk_hysteresis = Param(Decibels, 8.0, "a talker stops below talk_threshold minus this",
+                            min=0.0, max=40.0)
+    hangover = Param(Duration, 0.4, "time below the threshold before a talker stops",
+                     min=0.0, max=5.0)
+    speaker_switch = Param(Duration, 0.2, "time a louder talker needs to become active speaker",
+                           min=0.0, max=5.0)
+    names = Param(dict, None, "caller identity per participant port (in_0: alice), for files")
+    persistent = Param(bool, False, "keep running when every input has ended (a live room)")
+    level_interval = Param(Duration, 0.0, "seconds between `levels` bus messages (0: none)",
+                           min=0.0, max=60.0)
+    record_dir = Param(PathType, None, "folder for recordings (none: no recording)")
+    record_format = Param(str, "wav", "recording format", choices=("wav", "flac", "opus"))
+    record_layout = Param(str, "files", "one file per track, or one multichannel file",
+                          choices=("files", "multichannel"))
+    record_tracks = Param(str, "all", "which tracks to record",
+                          choices=("all", "mix", "participants"))
+    record_flush = Param(Duration, 0.5, "seconds of audio buffered between writes (lost on a "
+                         "crash)", min=0.02, max=10.0)
+
+    # ---- setup ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.record_dir is None:
+            return
+        if self.record_format == "opus" and self.rate not in (8000, 12000, 16000, 24000, 48000):
+            raise ParamValueError("record_format", f"Opus cannot record at {self.rate} Hz",
+                                  "use rate 48000, or record_format wav or flac")
+        if self.record_layout == "multichannel":
+            if self.record_format == "opus":
+                raise ParamValueError("record_layout", "a multichannel recording needs "
+                                      "record_format wav or flac", "use record_format: wav")
+            if self.record_format == "flac" and self.max_participants + 1 > FLAC_MAX_CHANNELS:
+                raise ParamValueError("record_layout", f"FLAC holds {FLAC_MAX_CHANNELS} "
+                                      f"channels, max_participants {self.max_participants} "
+                                      "needs one more than that", "use record_format: wav")
+        from plugins.files.nodes import check_writable
+
+        check_writable("record_dir", str(Path(self.record_dir) / "probe"))
+
+    def input_caps(self, port: str, offered: Format | None):
+        # The bridge rate on every input: the graph inserts a resampler for other rates.
+        return (Format.audio("pcm_s16", self.rate, 1),)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        return {port: Format.audio("pcm_s16", self.rate, 1) for port in self.linked_outputs}
+
+    def start(self) -> None:
+        self.n = int(round(self.rate * self.graph.period))
+        self.pts = 0
+        self.core = MixMinus(self.n, max(4, len(self.linked_inputs) + 1),
+                             int(round(self.rate * self.ramp_ms / 1000)))
+        period = self.graph.period
+        self.detector = SpeakerDetector(
+            self.core.capacity, on_dbfs=self.talk_threshold,
+            off_dbfs=self.talk_threshold - self.talk_hysteresis,
+            hangover_frames=max(1, int(round(self.hangover / period))),
+            switch_frames=max(1, int(round(self.speaker_switch / period))))
+        self.by_number: dict[int, Participant] = {}
+        self.by_row: dict[int, Participant] = {}
+        self._inputs: dict[str, Participant] = {}  # input port -> participant, for process()
+        self._levels_work = np.zeros((self.core.capacity, self.n), np.float32)
+        self._identities = {str(k): str(v) for k, v in (self.names or {}).items()}
+        self._zeros = np.zeros((self.n, 1), np.int16)
+        self._zeros.flags.writeable = False
+        self.underruns = 0
+        self.dropped_frames = 0
+        self.rejected = 0
+        self.shared_frames = 0
+        self.private_frames = 0
+        self.speaker_changes = 0
+        self._level_every = int(round(self.level_interval / period)) if self.level_interval \
+            else 0
+        self._ticks = 0
+        self.recorder: RoomRecorder | None = None
+        if self.record_dir is not None:
+            channels = self.max_participants + 1 if self.record_layout == "multichannel" else 1
+            self.recorder = RoomRecorder(
+                str(self.record_dir), self.name, fmt=self.record_format,
+                layout=self.record_layout, rate=self.rate, tracks=self.record_tracks,
+                channels=channels, flush_seconds=self.record_flush, on_error=self._record_error)
+            self.recorder.start()
+        numbers = sorted({self._number(p) for p in (*self.linked_inputs, *self.linked_outputs)})
+        if len(numbers) > self.max_participants:
+            raise self.fail(f"conference '{self.name}' has {len(numbers)} participants linked, "
+                            f"max_participants is {self.max_participants}",
+                            hint="raise max_participants")
+        for k in numbers:
+            p = self._join(k, ramp_in=False)
+            if f"in_{k}" in self.linked_inputs:
+                self._attach_input(p)
+            if f"out_{k}" in self.linked_outputs:
+                self._attach_output(p)
+
+    # ---- participants -------------------------------------------------------------------
+    @staticmethod
+    def _number(port: str | int) -> int:
+        if isinstance(port, int):
+            return port
+        prefix, _, num = str(port).rpartition("_")
+        if prefix not in ("in", "out") or not num.isdigit():
+            raise ValueError(f"conference port '{port}' is not in_N or out_N")
+        return int(num)
+
+    def _identity(self, k: int) -> str:
+        return (self._identities.get(f"in_{k}") or self._identities.get(f"out_{k}")
+                or self._identities.get(str(k)) or f"participant{k}")
+
+    def _join(self, k: int, ramp_in: bool) -> Participant:
+        row = self.core.add(listening=False, in_gain=0, ramp_in=ramp_in)
+        if self.core.capacity > len(self.detector.level):
+            self.detector.grow(self.core.capacity)
+        self.detector.reset(row)
+        p = Participant(k, row, self._identity(k))
+        self.by_number[k] = p
+        self.by_row[row] = p
+        if self.recorder is not None:
+            self.recorder.join(k, p.identity)
+        self.post("participant-joined", participant=k, identity=p.identity, pts=self.pts)
+        return p
+
+    def _attach_input(self, p: Participant) -> None:
+        p.fifo = SampleFifo(1, np.int16, MAX_BUFFER_PERIODS * self.n)
+        p.input_gone = p.ended = False
+        p.direct = None
+        self._inputs[f"in_{p.number}"] = p
+        self.core.in_target[p.row] = gain_to_q12(p.gain_db)
+
+    def _attach_output(self, p: Participant) -> None:
+        p.has_out = True
+        self.core.listening[p.row] = True
+        self.core.out_target[p.row] = 0 if p.deafened else gain_to_q12(p.out_gain_db)
+
+    def _leave(self, p: Participant) -> None:
+        self.core.remove(p.row)
+        self.detector.reset(p.row)
+        del self.by_number[p.number]
+        del self.by_row[p.row]
+        if self._inputs.get(f"in_{p.number}") is p:
+            del self._inputs[f"in_{p.number}"]
+        if self.recorder is not None:
+            self.recorder.leave(p.number)
+        self.post("participant-left", participant=p.number, identity=p.identity, pts=self.pts)
+
+    def participant_count(self) -> int:
+        """Participants present (those fading out after leaving are not counted)."""
+        return sum(1 for p in self.by_number.values()
+                   if not (p.input_gone and not p.has_out))
+
+    def can_join(self) -> bool:
+        """True if one more participant fits (a SIP endpoint answers 486 otherwise)."""
+        if not hasattr(self, "by_number"):
+            return len({self._number(p) for p in (*self.linked_inputs, *self.linked_outputs)}
+                       ) < self.max_participants
+        return self.participant_count() < self.max_participants
+
+    def port_linked(self, direction: str, port: str) -> None:
+        linked = self.linked_inputs if direction == "in" else self.linked_outputs
+        if port not in linked:
+            linked.append(port)
+        k = self._number(port)
+        p = self.by_number.get(k)
+        if p is None or (p.input_gone and not p.has_out):
+            if p is not None:  # a new caller on the number of one still fading out
+                self._leave(p)
+            if not self.can_join():
+                self.rejected += 1
+                linked.remove(port)
+                raise NodeError(f"conference '{self.name}' is full ({self.max_participants} "
+                                "participants)", node=self.name,
+                                hint="check can_join() before linking; answer 486 Busy Here")
+            p = self._join(k, ramp_in=True)
+        if direction == "in":
+            self._attach_input(p)
+        else:
+            self.out_formats.setdefault(port, Format.audio("pcm_s16", self.rate, 1))
+            self._attach_output(p)
+
+    def port_unlinked(self, direction: str, port: str) -> None:
+        linked = self.linked_inputs if direction == "in" else self.linked_outputs
+        if port in linked:
+            linked.remove(port)
+        p = self.by_number.get(self._number(port))
+        if p is None:
+            return
+        if direction == "in":
+            # Keep the FIFO: what is buffered is faded out over the next period (no click).
+            p.input_gone = True
+            self._inputs.pop(port, None)
+            self.core.in_target[p.row] = 0
+        else:
+            p.has_out = False
+            self.core.listening[p.row] = False
+            self.core.out_target[p.row] = self.core.out_cur[p.row] = 0
+        self._maybe_leave(p)
+
+    def _maybe_leave(self, p: Participant) -> None:
+        if not p.has_out and (p.fifo is None or p.input_gone) \
+                and not self.core.fading_out(p.row):
+            self._leave(p)
+
+    # ---- controls -------------------------------------------------------------------------
+    def _participant(self, port: str | int) -> Participant:
+        k = self._number(port)
+        try:
+            return self.by_number[k]
+        except KeyError:
+            raise NodeError(f"conference '{self.name}' has no participant {k}",
+                            node=self.name) from None
+
+    def set_gain(self, port: str | int, db: float) -> None:
+        """Gain in dB: on `in_k` (or k) how loud k is heard; on `out_k` how loud k hears."""
+        p = self._participant(port)
+        if isinstance(port, str) and port.startswith("out_"):
+            p.out_gain_db = db
+            if p.has_out and not p.deafened:
+                self.core.out_target[p.row] = gain_to_q12(db)
+        else:
+            p.gain_db = db  # applied to the gate's target on the next period
+            p.gain_q = gain_to_q12(db)
+
+    def mute(self, port: str | int, on: bool = True) -> None:
+        """Mute (or unmute) a participant: the others stop hearing it (ramped)."""
+        self._participant(port).muted = on
+
+    def deafen(self, port: str | int, on: bool = True) -> None:
+        """Deafen (or undeafen) a participant: it hears silence (ramped)."""
+        p = self._participant(port)
+        p.deafened = on
+        if p.has_out:
+            self.core.out_target[p.row] = 0 if on else gain_to_q12(p.out_gain_db)
+
+    def set_identity(self, port: str | int, identity: str) -> None:
+        """The caller identity of a participant (names its recording files)."""
+        k = self._number(port)
+        self._identities[str(k)] = identity
+        p = self.by_number.get(k) if hasattr(self, "by_number") else None
+        if p is not None:
+            p.identity = identity
+            if self.recorder is not None:
+                self.recorder.rename(k, identity)
+
+    @property
+    def active_speaker(self) -> str | None:
+        """The input port of the dominant speaker, or None."""
+        row = self.detector.dominant
+        p = self.by_row.get(row) if row is not None else None
+        return f"in_{p.number}" if p is not None else None
+
+    def levels(self) -> dict[str, float]:
+        """Last period's RMS level in dBFS per participant input."""
+        return {f"in_{p.number}": float(self.detector.level[p.row])
+                for p in self.by_number.values() if p.fifo is not None}
+
+    def talking(self) -> list[str]:
+        """Input ports of the participants currently talking (gate open)."""
+        return [f"in_{p.number}" for p in self.by_number.values()
+                if p.fifo is not None and self.detector.talking[p.row]]
+
+    # ---- media -----------------------------------------------------------------------------
+    def process(self, port: str, frame: Any) -> None:
+        p = self._inputs.get(port)
+        data = getattr(frame, "data", None)
+        # Bad input is counted and dropped, never raised: one caller cannot stop the room.
+        if (p is None or p.input_gone or not isinstance(frame, AudioFrame)
+                or not isinstance(data, np.ndarray) or data.dtype != np.int16
+                or data.ndim != 2 or data.shape[1] != 1 or frame.rate != self.rate):
+            self.dropped_frames += 1
+            if p is not None:
+                p.drops += 1
+            return
+        fifo = p.fifo
+        if p.direct is None and not len(fifo) and data.shape[0] == self.n:
+            p.direct = data  # the usual case: exactly one period, taken as is at the tick
+            return
+        fifo.push(data)
+        excess = len(fifo) + (self.n if p.direct is not None else 0) \
+            - MAX_BUFFER_PERIODS * self.n
+        if excess > 0:  # running ahead of the room's clock: keep latency bounded
+            fifo.pop(excess)
+            p.drops += 1
+
+    def event(self, port: str, event: Any) -> None:
+        if isinstance(event, EndOfStream):
+            p = self.by_number.get(self._number(port))
+            if p is not None:
+                p.ended = True
+            return  # EOS goes out from tick, once every input is drained
+        super().event(port, event)
+
+    def tick(self, now: float) -> None:
+        n, core = self.n, self.core
+        inp = core.inp
+        rows: list[int] = []
+        gains: list[int] = []
+        fed = live = False
+        for p in self.by_number.values():
+            if p.fifo is None:
+                continue
+            row = inp[p.row]
+            if p.input_gone:
+                self._pop_leaving(p, row)
+                gains.append(0)
+            else:
+                got = self._take(p, row)
+                if got < n and not p.ended:
+                    p.underruns += 1  # lost or on hold: silence, never waited for
+                    self.underruns += 1
+                fed = True
+                live = live or not (p.ended and got == 0)
+                gains.append(0 if p.muted else p.gain_q)
+            rows.append(p.row)
+        if fed and not live and not self.persistent:
+            self.send_eos()  # every input has ended and is drained
+            return
+        if rows:
+            self._update_gains(np.asarray(rows), np.asarray(gains, np.int64))
+        result = core.run()
+        self._emit(result)
+        if self.recorder is not None and not self.recorder.failed:
+            contributions = {p.number: core.contribution(p.row)
+                             for p in self.by_number.values() if p.fifo is not None}
+            self.recorder.write(result.shared, contributions)
+        for p in [p for p in self.by_number.values() if p.input_gone]:
+            if not core.fading_out(p.row):
+                p.fifo = None
+                self._maybe_leave(p)
+        self.pts += n
+        self._ticks += 1
+        if self._level_every and self._ticks % self._level_every == 0:
+            self.post("levels", levels=self.levels(), pts=self.pts)
+
+    @staticmethod
+    def _take(p: Participant, row: np.ndarray) -> int:
+        """Move one period of `p`'s audio into its mixer row; return how many samples came."""
+        if p.direct is not None:
+            row[:] = p.direct[:, 0]
+            p.direct = None
+            return len(row)
+        row.fill(0)
+        return p.fifo.pop_into(row[:, None])
+
+    def _pop_leaving(self, p: Participant, row: np.ndarray) -> int:
+        """The last period of a participant whose input left: what is buffered, continued by
+        its own time-reversed past (no step at the end of the data), faded out by the ramp."""
+        n = self.n
+        prev = row.copy()
+        got = self._take(p, row)
+        if got < n:
+            history = np.concatenate([prev, row[:got]])
+            row[got:] = history[::-1][:n - got]
+        return got
+
+    def _update_gains(self, rows: np.ndarray, gains: np.ndarray) -> None:
+        det, core = self.detector, self.core
+        # Levels of the used rows through a view (no gather), then the ones with input.
+        hi = int(rows.max()) + 1
+        if self._levels_work.shape[0] < hi:
+            self._levels_work = np.zeros((core.capacity, self.n), np.float32)
+        levels = rms_dbfs(core.inp[:hi], self._levels_work[:hi])[rows]
+        if det.update(rows, levels):
+            self.speaker_changes += 1
+            p = self.by_row.get(det.dominant) if det.dominant is not None else None
+            if p is not None:
+                self.post("active-speaker", port=f"in_{p.number}", participant=p.number,
+                          identity=p.identity, pts=self.pts)
+        # The gate: a participant is mixed while talking (with the detector's hangover).
+        core.in_target[rows] = np.where(det.talking[rows], gains, 0) if self.gate else gains
+
+    def _emit(self, result) -> None:
+        rate, pts = self.rate, self.pts
+        shared = AudioFrame(result.shared[:, None], rate, pts, FLAG_SHARED)
+        silent = None
+        private = result.private
+        silent_rows = set(result.silent)
+        emit = self.emit
+        for p in self.by_number.values():
+            if not p.has_out:
+                continue
+            data = private.get(p.row)
+            if data is not None:
+                emit(f"out_{p.number}", AudioFrame(data[:, None], rate, pts))
+                self.private_frames += 1
+            elif p.row in silent_rows:
+                if silent is None:
+                    silent = AudioFrame(self._zeros, rate, pts, FLAG_SILENCE | FLAG_SHARED)
+                emit(f"out_{p.number}", silent)
+            else:
+                emit(f"out_{p.number}", shared)
+                self.shared_frames += 1
+
+    def _record_error(self, message: str) -> None:
+        # A recorder failure (disk full) is reported once and the room goes on unrecorded.
+        self.post("error", message=f"conference '{self.name}' {message}")
+
+    def stop(self) -> None:
+        if getattr(self, "recorder", None) is not None:
+            self.recorder.close()
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        if hasattr(self, "by_number"):
+            out.update(participants=self.participant_count(), underruns=self.underruns,
+                       dropped_frames=self.dropped_frames, rejected=self.rejected,
+                       shared_frames=self.shared_frames, private_frames=self.private_frames,
+                       speaker_changes=self.speaker_changes,
+                       recording_failed=bool(self.recorder and self.recorder.failed))
+        return out
+
+
+__all__ = ["ConferenceBridge", "Participant", "UNITY"]

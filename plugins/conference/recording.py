@@ -1,0 +1,414 @@
+"""Recording a conference: the mixed track and one track per participant, on the room's timeline.
+
+Formats and what a `kill -9` (or a power-cut-free crash) leaves on disk:
+
+* WAV (`WavTrack`, through `plugins.files.nodes.WavWriter`): the RIFF and data sizes are
+  rewritten after every write, so the file is a valid WAV holding everything written; at most
+  `flush_seconds` of audio (buffered in memory between writes) is lost.
+* FLAC (`AvTrack`, PyAV): the STREAMINFO block is rewritten with the sample count and MD5
+  only on a clean close; after a kill it says "total samples: unknown" (0), which the FLAC
+  format allows, and every complete frame already written decodes. Lost: the frame being
+  encoded (up to 4608 samples, 96 ms at 48 kHz) plus `flush_seconds`.
+* Ogg/Opus (`AvTrack`, PyAV): Ogg pages are self-delimiting and checksummed; complete pages
+  decode, the end-of-stream page is missing (players treat the file as truncated, not broken).
+  Pages are cut every `flush_seconds` and the I/O buffer is flushed after each packet, so
+  that is what is lost.
+
+Every track starts at room time 0: a late joiner's file begins with silence up to the moment
+it joined (`join`), so all tracks line up sample for sample. In the multichannel layout (WAV,
+or FLAC up to 8 channels) channel 0 is the mix and each participant gets the lowest free
+channel while it is present (silence elsewhere). A JSON manifest next to the tracks names who
+is on which file or channel and when they joined and left; it is replaced atomically.
+
+A write error (disk full, file removed) stops the whole recorder with one message through
+`on_error` and never raises into the media path: the call goes on unrecorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plugins.files.nodes import WavWriter
+
+from .names import NameAllocator
+
+FORMATS = ("wav", "flac", "opus")
+LAYOUTS = ("files", "multichannel")
+EXTENSIONS = {"wav": ".wav", "flac": ".flac", "opus": ".opus"}
+FLAC_MAX_CHANNELS = 8
+MIX_NAME = "mix"
+OPUS_BITRATE = 64000  # per channel: an archive, not a phone line
+
+
+class TrackWriter:
+    """One audio file being written: int16 blocks shaped (samples, channels) in order."""
+
+    path: str
+
+    def write(self, block: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def write_silence(self, samples: int) -> None:
+        """Append `samples` of silence (aligning a late joiner to the room's timeline)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class WavTrack(TrackWriter):
+    """A crash-safe WAV track: blocks are gathered in a preallocated buffer and written every
+    `flush_samples` through `WavWriter`, whose header always matches what is on disk."""
+
+    def __init__(self, path: str, rate: int, channels: int, flush_samples: int) -> None:
+        self.path = path
+        self.buf = np.zeros((max(1, flush_samples), channels), np.int16)
+        self.fill = 0
+        self.writer: WavWriter | None = None
+        self.writer = WavWriter(path, rate, channels, "pcm_s16")
+
+    def write(self, block: np.ndarray) -> None:
+        pos, total = 0, len(block)
+        while pos < total:
+            k = min(total - pos, len(self.buf) - self.fill)
+            self.buf[self.fill:self.fill + k] = block[pos:pos + k]
+            self.fill += k
+            pos += k
+            if self.fill == len(self.buf):
+                self.flush()
+
+    def write_silence(self, samples: int) -> None:
+        while samples > 0:
+            k = min(samples, len(self.buf) - self.fill)
+            self.buf[self.fill:self.fill + k] = 0
+            self.fill += k
+            samples -= k
+            if self.fill == len(self.buf):
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill and self.writer is not None:
+            self.writer.write(memoryview(self.buf[:self.fill]).cast("B"))
+        self.fill = 0
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self.writer.close()
+            self.writer = None
+
+
+class AvTrack(TrackWriter):
+    """A FLAC or Ogg/Opus track encoded and muxed by PyAV (FFmpeg), flushed to the OS after
+    every packet so that a crash loses little (see the module docstring)."""
+
+    def __init__(self, path: str, fmt: str, rate: int, channels: int,
+                 flush_seconds: float) -> None:
+        import av
+
+        self.path = path
+        self._av = av
+        self.rate = rate
+        self.channels = channels
+        self.layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        options = {"flush_packets": "1"}
+        if fmt == "opus":
+            # Ogg pages are cut at least this often (microseconds), bounding a crash's loss.
+            options["page_duration"] = str(max(20000, int(flush_seconds * 1e6)))
+        self.container = av.open(path, "w", format="ogg" if fmt == "opus" else "flac",
+                                 options=options)
+        codec = "libopus" if fmt == "opus" else "flac"
+        kwargs: dict[str, Any] = {"rate": rate}
+        if self.layout is not None:
+            kwargs["layout"] = self.layout
+        self.stream = self.container.add_stream(codec, **kwargs)
+        if self.layout is None:
+            self.stream.codec_context.layout = f"{channels}c"
+            self.layout = f"{channels}c"
+        self.stream.codec_context.format = "s16"
+        if fmt == "opus":
+            self.stream.codec_context.bit_rate = OPUS_BITRATE * channels
+        self.stream.codec_context.open()
+        self.frame_size = self.stream.codec_context.frame_size or 1024
+        self.fifo = av.AudioFifo()
+        self.pts = 0
+        self.closed = False
+
+    def _frame(self, block: np.ndarray):
+        frame = self._av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(block, np.int16).reshape(1, -1), format="s16",
+            layout=self.layout)
+        frame.rate = self.rate
+        frame.pts = self.pts
+        self.pts += len(block)
+        return frame
+
+    def _drain(self, final: bool = False) -> None:
+        fs = self.frame_size
+        while self.fifo.samples >= fs:
+            for packet in self.stream.encode(self.fifo.read(fs)):
+                self.container.mux(packet)
+        if final and self.fifo.samples:
+            left = self.fifo.samples
+            tail = self.fifo.read(left).to_ndarray().reshape(-1, self.channels)
+            if self.container.format.name == "ogg":
+                # libopus takes whole frames only: pad the last one with silence.
+                tail = np.concatenate([tail, np.zeros((fs - left, self.channels), np.int16)])
+            frame = self._av.AudioFrame.from_ndarray(tail.reshape(1, -1), format="s16",
+                                                     layout=self.layout)
+            frame.rate = self.rate
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+
+    def write(self, block: np.ndarray) -> None:
+        self.fifo.write(self._frame(block))
+        self._drain()
+
+    def write_silence(self, samples: int) -> None:
+        chunk = np.zeros((self.frame_size, self.channels), np.int16)
+        while samples > 0:
+            k = min(samples, self.frame_size)
+            self.write(chunk[:k])
+            samples -= k
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._drain(final=True)
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+def open_track(path: str, fmt: str, rate: int, channels: int,
+               flush_seconds: float) -> TrackWriter:
+    """A writer for `fmt` (wav, flac or opus) at `path`."""
+    if fmt == "wav":
+        return WavTrack(path, rate, channels, int(round(rate * flush_seconds)))
+    if fmt in ("flac", "opus"):
+        return AvTrack(path, fmt, rate, channels, flush_seconds)
+    raise ValueError(f"recording format '{fmt}' is not one of {', '.join(FORMATS)}")
+
+
+class RoomRecorder:
+    """The tracks of one room; the bridge calls `join`, `leave`, `write` every period.
+
+    `tracks` is "all", "mix" or "participants". Keys identify participants (the bridge uses
+    its participant numbers); identities become file names through `NameAllocator`.
+    """
+
+    def __init__(self, directory: str, room: str, *, fmt: str = "wav", layout: str = "files",
+                 rate: int = 48000, tracks: str = "all", channels: int = 8,
+                 flush_seconds: float = 0.5,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"recording format '{fmt}' is not one of {', '.join(FORMATS)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"recording layout '{layout}' is not one of {', '.join(LAYOUTS)}")
+        if layout == "multichannel" and fmt == "opus":
+            raise ValueError("recording layout 'multichannel' needs format wav or flac")
+        if layout == "multichannel" and fmt == "flac" and channels > FLAC_MAX_CHANNELS:
+            raise ValueError(f"recording in one FLAC file holds at most {FLAC_MAX_CHANNELS} "
+                             f"channels, {channels} needed")
+        self.directory = Path(directory)
+        self.fmt, self.layout, self.rate = fmt, layout, rate
+        self.record_mix = tracks in ("all", "mix")
+        self.record_participants = tracks in ("all", "participants")
+        self.channels = channels  # multichannel: 1 (mix) + one per participant
+        self.flush_seconds = flush_seconds
+        self.on_error = on_error
+        self.names = NameAllocator()
+        self.room = self.names.allocate(room, "room")
+        self.names.reserve(MIX_NAME)
+        self.failed = False
+        self.error: str | None = None
+        self.pts = 0
+        self.mix_track: TrackWriter | None = None
+        self.tracks: dict[Any, TrackWriter] = {}  # per participant (files layout)
+        self.channel_of: dict[Any, int] = {}  # per participant (multichannel layout)
+        self.manifest: list[dict[str, Any]] = []
+        self._entry: dict[Any, dict[str, Any]] = {}
+        self._block: np.ndarray | None = None
+        self._current: str = str(self.directory)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the folder and the mixed (or multichannel) track."""
+        self._guard(self._start)
+
+    def _start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ext = EXTENSIONS[self.fmt]
+        if self.layout == "multichannel":
+            self.mix_track = self._open(self.directory / f"{self.room}{ext}", self.channels)
+        elif self.record_mix:
+            self.mix_track = self._open(self.directory / f"{self.room}-{MIX_NAME}{ext}", 1)
+        self._write_manifest()
+
+    def _open(self, path: Path, channels: int) -> TrackWriter:
+        self._current = str(path)
+        return open_track(str(path), self.fmt, self.rate, channels, self.flush_seconds)
+
+    def join(self, key: Any, identity: str) -> None:
+        """A participant is present from now on (room time `self.pts`)."""
+        if self.failed:
+            return
+        self._guard(self._join, key, identity)
+
+    def _join(self, key: Any, identity: str) -> None:
+        entry: dict[str, Any] = {"identity": identity, "join_s": self.pts / self.rate,
+                                 "leave_s": None}
+        if self.layout == "multichannel":
+            taken = set(self.channel_of.values())
+            free = [c for c in range(1, self.channels) if c not in taken]
+            if not free:
+                entry["channel"] = None  # more participants than channels: not recorded
+            else:
+                self.channel_of[key] = free[0]
+                entry["channel"] = free[0]
+                entry["file"] = self.mix_track.path if self.mix_track else None
+        elif self.record_participants:
+            stem = self.names.allocate(identity)
+            path = self.directory / f"{self.room}-{stem}{EXTENSIONS[self.fmt]}"
+            track = self._open(path, 1)
+            track.write_silence(self.pts)  # align to the room's timeline
+            self.tracks[key] = track
+            entry["file"] = track.path
+        self._entry[key] = entry
+        self.manifest.append(entry)
+        self._write_manifest()
+
+    def leave(self, key: Any) -> None:
+        """A participant left: close its file (or free its channel)."""
+        entry = self._entry.pop(key, None)
+        if entry is None or self.failed:
+            return
+        entry["leave_s"] = self.pts / self.rate
+        self.channel_of.pop(key, None)
+        track = self.tracks.pop(key, None)
+        if track is not None:
+            self._current = track.path
+            self._guard(track.close)
+        self._guard(self._write_manifest)
+
+    def write(self, mix: np.ndarray, contributions: dict[Any, np.ndarray]) -> None:
+        """One period: the mixed track's samples and each present participant's."""
+        if self.failed:
+            return
+        self._guard(self._write, mix, contributions)
+
+    def _write(self, mix: np.ndarray, contributions: dict[Any, np.ndarray]) -> None:
+        n = len(mix)
+        if self.layout == "multichannel":
+            if self._block is None or len(self._block) != n:
+                self._block = np.zeros((n, self.channels), np.int16)
+            block = self._block
+            block.fill(0)
+            block[:, 0] = mix
+            for key, channel in self.channel_of.items():
+                samples = contributions.get(key)
+                if samples is not None:
+                    block[:, channel] = samples
+            self._current = self.mix_track.path
+            self.mix_track.write(block)
+        else:
+            if self.mix_track is not None:
+                self._current = self.mix_track.path
+                self.mix_track.write(mix.reshape(-1, 1))
+            for key, track in self.tracks.items():
+                samples = contributions.get(key)
+                self._current = track.path
+                if samples is None:
+                    track.write_silence(n)
+                else:
+                    track.write(samples.reshape(-1, 1))
+        self.pts += n
+
+    def close(self) -> None:
+        """Flush and close every track (a clean end: headers and trailers are final)."""
+        for key in list(self._entry):
+            self._entry[key]["leave_s"] = self.pts / self.rate
+        tracks = [*self.tracks.values(), *([self.mix_track] if self.mix_track else [])]
+        self.tracks.clear()
+        self.mix_track = None
+        for track in tracks:
+            self._current = track.path
+            if self.failed:
+                try:
+                    track.close()
+                except Exception:  # already reported; closing what is left is best effort
+                    pass
+            else:
+                self._guard(track.close)
+        if not self.failed:
+            self._guard(self._write_manifest)
+
+    # ---- identities and the manifest ------------------------------------------------------
+    def rename(self, key: Any, identity: str) -> None:
+        """A participant's identity became known after it joined: rename its file."""
+        entry = self._entry.get(key)
+        if entry is None or self.failed:
+            return
+        entry["identity"] = identity
+        track = self.tracks.get(key)
+        if track is not None:
+            stem = self.names.allocate(identity)
+            new = str(self.directory / f"{self.room}-{stem}{EXTENSIONS[self.fmt]}")
+            self._current = new
+            # The open descriptor follows the rename (POSIX), so writing simply goes on.
+            self._guard(os.rename, track.path, new)
+            track.path = new
+            if isinstance(track, WavTrack) and track.writer is not None:
+                track.writer.path = new
+            entry["file"] = new
+        self._guard(self._write_manifest)
+
+    def manifest_path(self) -> Path:
+        return self.directory / f"{self.room}.json"
+
+    def _write_manifest(self) -> None:
+        path = self.manifest_path()
+        self._current = str(path)
+        doc = {"room": self.room, "rate": self.rate, "format": self.fmt, "layout": self.layout,
+               "mix": (self.mix_track.path if self.mix_track else None),
+               "participants": self.manifest}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)  # atomic: a crash leaves the old or the new manifest
+
+    # ---- errors ------------------------------------------------------------------------------
+    def _guard(self, fn: Callable, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:  # OSError, av.FFmpegError: one report, then stop recording
+            self._give_up(e)
+            return None
+
+    def _give_up(self, e: BaseException) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        reason = getattr(e, "strerror", None) or str(e)
+        self.error = f"recorder stopped: cannot write '{self._current}': {reason}"
+        for track in [*self.tracks.values(), *([self.mix_track] if self.mix_track else [])]:
+            try:
+                track.close()
+            except Exception:  # the disk is failing: close what can be closed
+                pass
+        self.tracks.clear()
+        self.mix_track = None
+        if self.on_error is not None:
+            self.on_error(self.error)

@@ -1,0 +1,363 @@
+"""The conference bridge: mix-minus content, limiter, ramps, stalls, controls, shared encoding."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from pipeline.errors import NodeError
+from pipeline.frames import FLAG_SILENCE, AudioFrame
+from pipeline.graph import Graph
+from pipeline.testing import run_graph
+from plugins.conference.mixing import FULL_SCALE, KNEE, UNITY, MixMinus, soft_limit
+from plugins.conference.nodes import ConferenceBridge
+from plugins.conference.shared import FLAG_SHARED, SharedEncoderCache
+from plugins.conference.speaker import SpeakerDetector, rms_dbfs
+
+RATE = 48000
+N = 960  # 20 ms
+
+
+def tone(freq: float, amp: float, start: int, n: int = N, rate: int = RATE) -> np.ndarray:
+    """Phase-continuous int16 sine samples [start, start + n)."""
+    t = (start + np.arange(n)) / rate
+    return np.rint(amp * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def band_db(x: np.ndarray, rate: int, freq: float) -> float:
+    """Peak magnitude (dB, relative to the spectrum's maximum) within +-3 bins of `freq`."""
+    x = np.asarray(x, np.float64).ravel()
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    k = int(round(freq * len(x) / rate))
+    return float(20 * np.log10(spec[max(k - 3, 0):k + 4].max() / spec.max() + 1e-15))
+
+
+class Room:
+    """Drives a bridge by hand, like the runtime does: process() the inputs, then tick()."""
+
+    def __init__(self, ins=(0, 1, 2), outs=(0, 1, 2), period: float = 0.02, **params):
+        self.graph = Graph("t", period=period)
+        self.node = ConferenceBridge("room", **params)
+        self.graph.add(self.node)
+        self.node.linked_inputs = [f"in_{k}" for k in ins]
+        self.node.linked_outputs = [f"out_{k}" for k in outs]
+        self.node.validate()
+        self.node.out_formats = self.node.negotiate({}, {})
+        self.out: dict[str, list[AudioFrame]] = defaultdict(list)
+        self.node.emit = lambda port, frame: self.out[port].append(frame)
+        self.node.start()
+        self.rate = self.node.rate
+        self.n = self.node.n
+        self.ticks = 0
+
+    def step(self, feeds: dict[int, np.ndarray] | None = None) -> None:
+        for k, x in (feeds or {}).items():
+            self.node.process(f"in_{k}", AudioFrame(x.reshape(-1, 1), self.rate,
+                                                    self.ticks * self.n))
+        self.node.tick(self.ticks * self.n / self.rate)
+        self.ticks += 1
+
+    def audio(self, k: int) -> np.ndarray:
+        return np.concatenate([f.data[:, 0] for f in self.out[f"out_{k}"]]).astype(np.int32)
+
+    def messages(self, name: str) -> list[dict]:
+        return [m.data for m in self.graph.messages if m.name == name]
+
+
+# ---- mix-minus content ---------------------------------------------------------------------
+THREE_TONES = """
+nodes:
+  a: {type: tone, freq: 400, level: -10dB, rate: 48000, duration: 1s}
+  b: {type: tone, freq: 900, level: -10dB, rate: 48000, duration: 1s}
+  c: {type: tone, freq: 1700, level: -10dB, rate: 16000, duration: 1s}
+  room: {type: conference}
+  o0: {type: frame_sink}
+  o1: {type: frame_sink}
+  o2: {type: frame_sink}
+links:
+  - a -> room.in_0
+  - b -> room.in_1
+  - c -> room.in_2
+  - room.out_0 -> o0
+  - room.out_1 -> o1
+  - room.out_2 -> resample rate=16000 -> o2
+"""
+
+
+def test_each_participant_hears_the_others_and_not_itself():
+    # Participant 2 talks and listens at 16 kHz: the graph resamples it to the bridge and back.
+    r = run_graph(THREE_TONES)
+    assert any("convert" in name for name in r.graph.nodes)
+    freqs = (400, 900, 1700)
+    for k in range(3):
+        rate = 16000 if k == 2 else RATE
+        x = r.graph.nodes[f"o{k}"].audio()[rate // 5:, 0]  # past the join ramp
+        for j, f in enumerate(freqs):
+            level = band_db(x, rate, f)
+            if j == k:
+                assert level < -30, f"out_{k} still holds its own {f} Hz tone ({level:.1f} dB)"
+            else:
+                assert level > -1.5, f"out_{k} lacks the {f} Hz tone ({level:.1f} dB)"
+    assert r.stats["room"]["underruns"] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.int16, (5, 64)), st.integers(1, 5))
+def test_mix_minus_is_one_sum_minus_own_signal(rows, talkers):
+    m = MixMinus(64, 8, ramp_samples=1)
+    idx = [m.add(ramp_in=False, in_gain=UNITY if i < talkers else 0) for i in range(5)]
+    m.inp[idx] = rows
+    r = m.run()
+    wide = rows.astype(np.int64)
+    total = wide[:talkers].sum(axis=0)
+    assert np.array_equal(r.shared, soft_limit(total.astype(np.int32)))
+    for i in range(talkers):  # talkers: their own mix-minus, exact in integers
+        assert np.array_equal(r.private[idx[i]], soft_limit((total - wide[i]).astype(np.int32)))
+    # Non-talkers hear the shared mix: no private copy is computed for them.
+    assert sorted(r.shared_rows) == idx[talkers:]
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(np.int32, 200, elements=st.integers(-(1 << 24), 1 << 24)))
+def test_soft_limiter_is_bounded_monotonic_and_exact_below_the_knee(x):
+    y = soft_limit(x).astype(np.int64)
+    assert np.all(np.abs(y) <= FULL_SCALE)
+    assert np.all(np.sign(y) == np.sign(x))  # never wraps
+    order = np.argsort(x, kind="stable")
+    assert np.all(np.diff(y[order]) >= 0)  # monotonic: loud stays louder
+    small = np.abs(x) <= KNEE
+    assert np.array_equal(y[small], x[small])
+
+
+def test_loud_sum_is_soft_limited_not_wrapped():
+    room = Room(ins=(0, 1, 2), outs=(3,))
+    for t in range(20):
+        room.step({k: tone(300, 0.4, t * N) for k in range(3)})  # 3 x 0.4 FS in phase
+    y = room.audio(3)[5 * N:]
+    want = 3 * np.concatenate([tone(300, 0.4, t * N) for t in range(5, 20)]).astype(np.int64)
+    assert np.abs(want).max() > 1.15 * 32767  # the sum really overflows int16
+    assert np.all(np.sign(y) == np.sign(want))  # no wrap-around
+    # Soft, not hard: nothing reaches the rail (a hard clip parks ~35% of samples there),
+    # and below the knee the sum is exact.
+    assert np.abs(y).max() < 32700
+    quiet = np.abs(want) <= KNEE
+    assert np.array_equal(y[quiet], want[quiet])
+    assert np.all(np.abs(y[~quiet]) < np.abs(want[~quiet]))
+
+
+# ---- join, leave and controls --------------------------------------------------------------
+def max_step(x: np.ndarray) -> int:
+    return int(np.abs(np.diff(x.astype(np.int64))).max())
+
+
+@pytest.mark.parametrize("ramp_ms", [5.0, 0.0])
+def test_join_ramps_in_without_a_click(ramp_ms):
+    room = Room(ins=(), outs=(0,), ramp_ms=ramp_ms, gate=False)
+    for _ in range(5):
+        room.step()
+    room.node.port_linked("in", "in_1")
+    join = room.ticks * N
+    for t in range(room.ticks, room.ticks + 10):
+        room.step({1: tone(440, 0.5, t * N + 300)})  # starts at a non-zero phase
+    y = room.audio(0)
+    assert not y[:join].any()
+    steady = max_step(y[join + 4 * N:])
+    first_ms = y[join - 1:join + RATE // 1000]
+    if ramp_ms:
+        assert max_step(first_ms) <= steady
+    else:  # the test can fail: without a ramp the join is a step of ~0.5 full scale
+        assert max_step(first_ms) > 5 * steady
+
+
+@pytest.mark.parametrize("ramp_ms", [5.0, 0.0])
+def test_leave_fades_out_without_a_click(ramp_ms):
+    room = Room(ins=(1,), outs=(0,), ramp_ms=ramp_ms, gate=False)
+    for t in range(10):
+        room.step({1: tone(440, 0.5, t * N + 300)})  # leaves at a non-zero phase
+    leave = room.ticks * N
+    room.node.port_unlinked("in", "in_1")  # between periods: nothing of it is buffered
+    for _ in range(3):
+        room.step()
+    y = room.audio(0)
+    steady = max_step(y[4 * N:leave])
+    around = y[leave - 1:leave + RATE // 1000]
+    if ramp_ms:
+        assert max_step(around) <= steady
+        assert not y[leave + room.node.core.ramp_samples:].any()
+        assert [m["participant"] for m in room.messages("participant-left")] == [1]
+    else:
+        assert max_step(around) > 5 * steady
+
+
+def test_mute_gain_and_deafen():
+    room = Room(ins=(1, 2), outs=(0, 2), gate=False)
+    feeds = lambda t: {1: tone(500, 0.3, t * N), 2: tone(1300, 0.3, t * N)}  # noqa: E731
+    for t in range(10):
+        room.step(feeds(t))
+    ref = room.audio(0)[5 * N:10 * N]
+    room.node.set_gain("in_1", -6.0)
+    for t in range(10, 20):
+        room.step(feeds(t))
+    quieter = room.audio(0)[15 * N:20 * N]
+    # 1300 Hz (in_2) unchanged, 500 Hz (in_1) at half amplitude (-6.02 dB).
+    a = band_db(quieter, RATE, 500) - band_db(ref, RATE, 500) + (
+        band_db(ref, RATE, 1300) - band_db(quieter, RATE, 1300))
+    assert a == pytest.approx(-6.0, abs=0.2)
+    room.node.mute("in_1")
+    room.node.deafen("out_2")
+    for t in range(20, 30):
+        room.step(feeds(t))
+    muted = room.audio(0)[25 * N:30 * N]
+    assert band_db(muted, RATE, 500) < -60
+    late = room.out["out_2"][-3:]
+    assert all(f.flags & FLAG_SILENCE and not f.data.any() for f in late)
+    assert late[0].data is late[1].data  # deafened listeners share one silent buffer
+
+
+def test_participant_limit():
+    room = Room(ins=(0, 1), outs=(0, 1), max_participants=2)
+    assert not room.node.can_join()
+    with pytest.raises(NodeError, match="conference 'room' is full \\(2 participants\\)"):
+        room.node.port_linked("in", "in_2")
+    assert "in_2" not in room.node.linked_inputs
+    assert room.node.stats()["rejected"] == 1
+    room.node.port_unlinked("out", "out_1")
+    room.node.port_unlinked("in", "in_1")
+    room.step()
+    assert room.node.can_join()
+    with pytest.raises(NodeError, match="has 3 participants linked, max_participants is 2"):
+        Room(ins=(0, 1, 2), outs=(), max_participants=2)
+
+
+# ---- bad and missing input -----------------------------------------------------------------
+def test_stalled_and_garbage_participants_never_stall_the_room():
+    room = Room(ins=(0, 1, 2), outs=(0,), gate=False)
+    for t in range(10):
+        room.step({1: tone(700, 0.3, t * N), 2: tone(1900, 0.3, t * N)})
+    # Participant 1 stops sending (loss, hold); participant 2 keeps talking; garbage arrives.
+    node = room.node
+    node.process("in_0", b"\x00" * 100)
+    node.process("in_0", AudioFrame(np.zeros((N, 1), np.float32), RATE))
+    node.process("in_0", AudioFrame(np.zeros((N, 2), np.int16), RATE))
+    node.process("in_0", AudioFrame(np.zeros((N, 1), np.int16), 8000))
+    node.process("in_7", AudioFrame(np.zeros((N, 1), np.int16), RATE))
+    for t in range(10, 40):
+        room.step({2: tone(1900, 0.3, t * N)})
+    assert len(room.out["out_0"]) == 40  # one frame per period, never waited
+    y = room.audio(0)
+    assert band_db(y[12 * N:], RATE, 1900) > -1
+    assert band_db(y[12 * N:], RATE, 700) < -40  # the stalled one is silence, not a loop
+    stats = node.stats()
+    assert stats["dropped_frames"] == 5
+    assert stats["underruns"] >= 30 + 10  # in_0 never sent, in_1 stalled for 30 periods
+
+
+def test_a_participant_running_ahead_keeps_bounded_latency():
+    room = Room(ins=(0,), outs=(1,), gate=False)
+    for t in range(50):
+        room.step({0: np.tile(tone(440, 0.3, t * N), 3)})  # three periods per period
+    assert len(room.node.by_number[0].fifo) <= 6 * N
+    assert room.node.by_number[0].drops > 0
+
+
+# ---- speaker detection and the gate --------------------------------------------------------
+def test_speaker_detector_hysteresis_and_hangover():
+    det = SpeakerDetector(2, on_dbfs=-45, off_dbfs=-53, hangover_frames=3, switch_frames=2)
+    rows = np.array([0])
+    history = []
+    for level in (-60, -40, -50, -50, -56, -56, -56, -50):
+        det.update(rows, np.array([level], np.float32))
+        history.append(bool(det.talking[0]))
+    # On at -40; -50 is between the thresholds so it holds; 3 frames below -53 end it;
+    # -50 alone does not start it again (hysteresis).
+    assert history == [False, True, True, True, True, True, False, False]
+
+
+def test_active_speaker_switches_only_on_a_sustained_louder_talker():
+    det = SpeakerDetector(3, switch_frames=3, margin_db=3.0, smoothing=1.0)
+    rows = np.array([0, 1, 2])
+    changes = []
+    for levels in ([-20, -60, -60], [-20, -19, -60], [-20, -19, -60], [-20, -10, -60],
+                   [-20, -10, -60], [-20, -10, -60], [-20, -10, -60]):
+        if det.update(rows, np.array(levels, np.float32)):
+            changes.append(det.dominant)
+    # 1 dB louder is within the margin: no flapping; 10 dB louder for 3 frames takes over.
+    assert changes == [0, 1]
+
+
+def test_gate_keeps_quiet_noise_out_and_posts_active_speaker():
+    rng = np.random.default_rng(1)
+    for gate in (True, False):
+        room = Room(ins=(0, 1, 2), outs=(3,), gate=gate)
+        for t in range(30):
+            noise = np.rint(rng.standard_normal(N) * 30).astype(np.int16)  # about -61 dBFS
+            room.step({0: tone(600, 0.3, t * N), 1: noise,
+                       2: tone(2500, 0.3, t * N) if t >= 15 else np.zeros(N, np.int16)})
+        y = room.audio(3)[5 * N:15 * N]
+        residual = y.astype(np.float64) - np.array(
+            [tone(600, 0.3, t * N) for t in range(5, 15)]).ravel()
+        if gate:
+            assert np.abs(residual).max() == 0  # the noisy line is not mixed at all
+            assert room.node.talking() == ["in_0", "in_2"]
+        else:
+            assert residual.std() > 20  # the noise (std 30) is in
+    speakers = [m["port"] for m in room.messages("active-speaker")]
+    assert speakers[0] == "in_0"
+    assert room.node.levels()["in_0"] == pytest.approx(20 * np.log10(0.3 / np.sqrt(2)), abs=0.1)
+
+
+def test_rms_dbfs_of_a_full_scale_sine():
+    x = np.vstack([tone(1000, 1.0, 0), tone(1000, 0.1, 0)])
+    assert rms_dbfs(x) == pytest.approx([-3.01, -23.01], abs=0.02)
+
+
+# ---- shared encoding -----------------------------------------------------------------------
+def test_silent_listeners_get_one_shared_frame_and_one_encode():
+    from plugins.codecs.opus import OpusDecoder, OpusEncoder
+    from plugins.rtp.packet import RtpPacker, RtpPacket
+
+    listeners = range(3, 8)
+    room = Room(ins=(0, 1, 2, *listeners), outs=(0, 1, 2, *listeners))
+    cache = SharedEncoderCache(lambda s: OpusEncoder(s[0], 1, bitrate=s[1]))
+    private = {k: OpusEncoder(RATE, 1, bitrate=32000) for k in range(8)}
+    packers = {k: RtpPacker(111, 0x1000 + k) for k in range(8)}
+    seq0 = {k: 100 * k for k in range(8)}
+    ts0 = {k: 12345 * k for k in range(8)}
+    packets = defaultdict(list)
+    sent = 0
+    for t in range(25):
+        silent = np.zeros(N, np.int16)
+        room.step({0: tone(300, 0.3, t * N), 1: tone(800, 0.3, t * N),
+                   2: tone(2000, 0.3, t * N), **{k: silent for k in listeners}})
+        frames = {k: room.out[f"out_{k}"][-1] for k in range(8)}
+        if t >= 2:  # past the join ramps
+            assert len({id(frames[k]) for k in listeners}) == 1
+            assert all(frames[k].flags & FLAG_SHARED for k in listeners)
+            assert len({id(frames[k]) for k in range(3)}) == 3
+            assert not any(frames[k].flags & FLAG_SHARED for k in range(3))
+        for k, frame in frames.items():
+            if frame.flags & FLAG_SHARED:
+                payload = cache.encode(frame, (RATE, 32000))
+            else:
+                payload = private[k].encode(frame.data)
+            sent += 1
+            packets[k].append(packers[k].pack(payload, (seq0[k] + t) & 0xFFFF,
+                                              ts0[k] + t * N))
+    assert cache.encodes <= 25 and cache.encodes + cache.hits > 4 * 23
+    parsed = {k: [RtpPacket.parse(p) for p in packets[k]] for k in range(8)}
+    for t in range(2, 25):
+        payloads = {parsed[k][t].payload for k in listeners}
+        assert len(payloads) == 1  # identical bytes for every silent listener
+    for k in range(8):
+        assert {p.ssrc for p in parsed[k]} == {0x1000 + k}
+        assert [p.sequence_number for p in parsed[k]] == [seq0[k] + t for t in range(25)]
+        assert [p.timestamp for p in parsed[k]] == [ts0[k] + t * N for t in range(25)]
+    # The shared payload decodes to the full mix: all three tones.
+    dec = OpusDecoder(RATE, 1)
+    pcm = np.concatenate([dec.decode(p.payload)[:, 0] for p in parsed[3]])[5 * N:]
+    assert all(band_db(pcm, RATE, f) > -3 for f in (300, 800, 2000))

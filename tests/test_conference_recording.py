@@ -1,0 +1,302 @@
+"""Conference recording: aligned tracks in WAV/FLAC/Ogg Opus, crash safety, full disk, names."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.frames import AudioFrame
+from pipeline.graph import Graph
+from pipeline.params import ParamValueError
+from pipeline.testing import align, read_wav
+from plugins.conference.names import MAX_NAME_CHARS, NameAllocator, safe_name
+from plugins.conference.nodes import ConferenceBridge
+
+RATE = 48000
+N = 960
+
+
+def tone(freq: float, amp: float, start: int, n: int = N) -> np.ndarray:
+    t = (start + np.arange(n)) / RATE
+    return np.rint(amp * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def noise(seed: int, seconds: float = 2.0) -> np.ndarray:
+    """Seeded white noise at about -21 dBFS RMS: its correlation has one sharp peak, so it
+    pins alignment down to the sample (a tone would be ambiguous by whole periods)."""
+    rng = np.random.default_rng(seed)
+    return np.rint(rng.standard_normal(int(RATE * seconds)) * 3000).astype(np.int16)
+
+
+ALICE, BOB = noise(1), noise(2)
+
+
+class Room:
+    """Drives a bridge by hand, like the runtime does (see tests/test_conference.py)."""
+
+    def __init__(self, ins, outs, **params):
+        self.graph = Graph("t", period=0.02)
+        self.node = ConferenceBridge("room", **params)
+        self.graph.add(self.node)
+        self.node.linked_inputs = [f"in_{k}" for k in ins]
+        self.node.linked_outputs = [f"out_{k}" for k in outs]
+        self.node.validate()
+        self.node.out_formats = self.node.negotiate({}, {})
+        self.out = defaultdict(list)
+        self.node.emit = lambda port, frame: self.out[port].append(frame)
+        self.node.start()
+        self.ticks = 0
+
+    def step(self, feeds=None):
+        for k, x in (feeds or {}).items():
+            self.node.process(f"in_{k}", AudioFrame(x.reshape(-1, 1), RATE, self.ticks * N))
+        self.node.tick(self.ticks * 0.02)
+        self.ticks += 1
+
+    def errors(self):
+        return [m.data["message"] for m in self.graph.messages if m.name == "error"]
+
+
+def decode(path: Path) -> np.ndarray:
+    """All samples of an audio file as int16 (samples, channels), through PyAV."""
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        chunks = [f.to_ndarray().reshape(-1, stream.codec_context.channels)
+                  for f in c.decode(stream)]
+    x = np.concatenate(chunks)
+    if x.dtype != np.int16:
+        x = np.rint(np.clip(x, -1, 1) * 32767).astype(np.int16)
+    return x
+
+
+def late_joiner_session(tmp_path: Path, **params) -> tuple[Room, int]:
+    """Alice talks from the start; bob joins at 0.5 s (tick 25) and talks; 50 ticks."""
+    room = Room(ins=(0,), outs=(0,), record_dir=str(tmp_path), gate=False,
+                names={"in_0": "alice", "in_1": "bob"}, **params)
+    for t in range(50):
+        if t == 25:
+            room.node.port_linked("in", "in_1")
+            room.node.port_linked("out", "out_1")
+        feeds = {0: ALICE[t * N:(t + 1) * N]}
+        if t >= 25:
+            feeds[1] = BOB[t * N:(t + 1) * N]
+        room.step(feeds)
+    room.node.stop()
+    return room, 25 * N
+
+
+# ---- alignment and content -------------------------------------------------------------------
+def test_wav_tracks_are_aligned_for_a_late_joiner(tmp_path):
+    room, join = late_joiner_session(tmp_path)
+    mix, rate = read_wav(tmp_path / "room-mix.wav")
+    alice, _ = read_wav(tmp_path / "room-alice.wav")
+    bob, _ = read_wav(tmp_path / "room-bob.wav")
+    assert rate == RATE and len(mix) == len(alice) == 50 * N
+    # Bob's file: exact silence until he joined, his tone from then on, within one frame.
+    assert len(bob) == 50 * N
+    assert not bob[:join].any()
+    first = int(np.flatnonzero(bob[:, 0])[0])
+    assert join <= first < join + N
+    # Bob's samples sit at the room time they were spoken (past his join ramp: exact).
+    assert np.array_equal(bob[join + N:, 0], BOB[join + N:50 * N])
+    assert np.array_equal(alice[N:, 0], ALICE[N:50 * N])
+    # Mix = alice + bob, exact in integers past the ramps.
+    want = alice[:, 0].astype(np.int32) + bob[:, 0]
+    assert np.array_equal(mix[join + N:, 0], want[join + N:])
+    manifest = json.loads((tmp_path / "room.json").read_text())
+    people = {p["identity"]: p for p in manifest["participants"]}
+    assert people["bob"]["join_s"] == pytest.approx(0.5)
+    assert people["alice"]["leave_s"] == pytest.approx(1.0)
+
+
+def test_mixed_track_equals_what_a_silent_listener_hears(tmp_path):
+    room = Room(ins=(0, 1, 2), outs=(2,), record_dir=str(tmp_path), record_tracks="mix")
+    for t in range(20):
+        room.step({0: tone(300, 0.3, t * N), 1: tone(900, 0.3, t * N),
+                   2: np.zeros(N, np.int16)})
+    room.node.stop()
+    mix, _ = read_wav(tmp_path / "room-mix.wav")
+    heard = np.concatenate([f.data for f in room.out["out_2"]])
+    assert np.array_equal(mix[N:], heard[N:])  # the listener's first frame is its join ramp
+    assert sorted(os.listdir(tmp_path)) == ["room-mix.wav", "room.json"]
+
+
+def test_multichannel_wav_puts_each_participant_on_its_channel(tmp_path):
+    late_joiner_session(tmp_path, record_layout="multichannel", max_participants=3)
+    x, rate = read_wav(tmp_path / "room.wav")
+    assert x.shape == (50 * N, 4)
+    alice, bob = x[:, 1], x[:, 2]
+    assert not bob[:25 * N].any() and bob[25 * N + N:].any()
+    assert np.array_equal(x[25 * N + N:, 0].astype(np.int32),
+                          alice[25 * N + N:].astype(np.int32) + bob[25 * N + N:])
+    assert not x[:, 3].any()
+    manifest = json.loads((tmp_path / "room.json").read_text())
+    assert {p["identity"]: p["channel"] for p in manifest["participants"]} == {
+        "alice": 1, "bob": 2}
+
+
+def test_flac_tracks_are_lossless_and_aligned(tmp_path):
+    late_joiner_session(tmp_path / "flac", record_format="flac")
+    late_joiner_session(tmp_path / "wav")
+    for name in ("mix", "alice", "bob"):
+        flac = decode(tmp_path / "flac" / f"room-{name}.flac")
+        wav, _ = read_wav(tmp_path / "wav" / f"room-{name}.wav")
+        assert np.array_equal(flac, wav), name
+
+
+def test_opus_tracks_are_aligned(tmp_path):
+    late_joiner_session(tmp_path, record_format="opus")
+    bob = decode(tmp_path / "room-bob.opus")[:, 0]
+    assert abs(len(bob) - 50 * N) <= N
+    lag, corr = align(BOB[26 * N:50 * N], bob)
+    # Sample-exact: RFC 7845 pre-skip removes the encoder delay. (Opus keeps band energies,
+    # not the waveform, of white noise: 0.6 is far above chance, ~0.01, for this length.)
+    assert lag == 26 * N and corr > 0.6
+    assert np.abs(bob[:24 * N].astype(np.int32)).max() < 100  # silence before he joined
+
+
+# ---- names -----------------------------------------------------------------------------------
+def test_hostile_identities_make_safe_distinct_files(tmp_path):
+    room = Room(ins=(0, 1, 2, 3), outs=(), record_dir=str(tmp_path / "rec"),
+                names={"in_0": "../../etc/passwd", "in_1": "Mallory\x00\x1b[2J\n",
+                       "in_2": "MALLORY_2J", "in_3": "mix"})
+    for t in range(3):
+        room.step({k: tone(500, 0.2, t * N) for k in range(4)})
+    room.node.set_identity("in_3", "sip:carol@example.com")  # known only after joining
+    room.step({k: tone(500, 0.2, 3 * N) for k in range(4)})
+    room.node.stop()
+    files = sorted(os.listdir(tmp_path / "rec"))
+    assert files == ["room-MALLORY_2J_2.wav", "room-Mallory_2J.wav",
+                     "room-carol_example.com.wav", "room-etc_passwd.wav", "room-mix.wav",
+                     "room.json"]
+    assert os.listdir(tmp_path) == ["rec"]  # nothing escaped the folder
+    renamed, _ = read_wav(tmp_path / "rec" / "room-carol_example.com.wav")
+    assert len(renamed) == 4 * N  # the file kept recording through the rename
+
+
+def test_safe_name_examples():
+    assert safe_name("../../etc/passwd") == "etc_passwd"
+    assert safe_name("a\x00b\x07c\r\nd") == "a_b_c_d"
+    assert safe_name("") == "participant"
+    assert safe_name("...") == "participant"
+    assert safe_name("-rf") == "rf"
+    assert safe_name("CON") == "_CON"
+    assert safe_name('"Bob" <sip:bob@example.org>') == "Bob_bob_example.org"
+    assert safe_name("Zoë ﬁ") == "Zo_fi"  # NFKC folds the ligature; the rest is replaced
+    assert len(safe_name("x" * 500)) == MAX_NAME_CHARS
+
+
+def test_name_allocator_avoids_collisions():
+    names = NameAllocator()
+    names.reserve("mix")
+    got = [names.allocate(x) for x in ("alice", "Alice", "alice", "mix", "a/l/i", "a l i")]
+    assert got == ["alice", "Alice_2", "alice_3", "mix_2", "a_l_i", "a_l_i_2"]
+    assert len({g.lower() for g in got}) == len(got)
+
+
+@given(st.lists(st.text(max_size=80), min_size=1, max_size=8))
+def test_any_identity_gives_a_plain_unique_name(identities):
+    names = NameAllocator()
+    got = [names.allocate(x) for x in identities]
+    assert len({g.lower() for g in got}) == len(got)
+    for g in got:
+        assert 0 < len(g) <= MAX_NAME_CHARS
+        assert g.isascii() and g.isprintable()
+        assert "/" not in g and "\\" not in g and not g.startswith((".", "-"))
+        assert Path("/rec", g).resolve().parent == Path("/rec").resolve()
+
+
+# ---- failures --------------------------------------------------------------------------------
+def test_full_disk_at_start_reports_once_and_the_call_goes_on(tmp_path):
+    (tmp_path / "room-mix.wav").symlink_to("/dev/full")
+    room = Room(ins=(0,), outs=(1,), record_dir=str(tmp_path))
+    for t in range(10):
+        room.step({0: tone(440, 0.3, t * N)})
+    room.node.stop()
+    assert room.errors() == [
+        f"conference 'room' recorder stopped: cannot write '{tmp_path}/room-mix.wav': "
+        "No space left on device"]
+    assert len(room.out["out_1"]) == 10
+    assert room.node.stats()["recording_failed"]
+
+
+def test_full_disk_while_recording_stops_that_recorder_only(tmp_path):
+    room = Room(ins=(0, 1), outs=(0, 1), record_dir=str(tmp_path), record_flush=0.02)
+    for t in range(10):
+        room.step({0: tone(440, 0.3, t * N), 1: tone(700, 0.3, t * N)})
+    # The disk fills up under the participant track: its descriptor now points at /dev/full.
+    track = room.node.recorder.tracks[1]
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, track.writer.fd)
+    os.close(full)
+    for t in range(10, 30):
+        room.step({0: tone(440, 0.3, t * N), 1: tone(700, 0.3, t * N)})
+    room.node.stop()
+    assert room.errors() == [f"conference 'room' recorder stopped: cannot write "
+                             f"'{tmp_path}/room-participant1.wav': No space left on device"]
+    assert len(room.out["out_0"]) == 30 and room.out["out_0"][-1].data.any()
+    mix, _ = read_wav(tmp_path / "room-mix.wav")
+    assert len(mix) >= 10 * N  # what was written before the failure stays valid
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from pipeline.frames import AudioFrame
+    from pipeline.graph import Graph
+    from plugins.conference.nodes import ConferenceBridge
+
+    voice = np.rint(np.random.default_rng(1).standard_normal(96000) * 3000).astype(np.int16)
+    fmt, folder = sys.argv[1], sys.argv[2]
+    g = Graph("t", period=0.02)
+    node = g.add(ConferenceBridge("room", record_dir=folder, record_format=fmt, gate=False,
+                                  record_flush=0.1))
+    node.linked_inputs = ["in_0"]
+    node.out_formats = {}
+    node.emit = lambda port, frame: None
+    node.start()
+    for i in range(100):  # 2 s, then killed without any cleanup
+        x = voice[i * 960:(i + 1) * 960]
+        node.process("in_0", AudioFrame(x[:, None], 48000, i * 960))
+        node.tick(i * 0.02)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.mark.parametrize("fmt,lost_ms", [("wav", 100), ("flac", 100 + 96), ("opus", 100 + 20)])
+def test_kill_9_leaves_readable_tracks(tmp_path, fmt, lost_ms):
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, fmt, str(tmp_path)], cwd=root,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    ext = {"wav": "wav", "flac": "flac", "opus": "opus"}[fmt]
+    for name in ("mix", "participant0"):
+        x = decode(tmp_path / f"room-{name}.{ext}")[:, 0]
+        assert len(x) >= 2 * RATE - lost_ms * RATE // 1000, (name, len(x))
+        lag, corr = align(ALICE[N:len(x) - N], x)
+        assert lag == N and corr > (0.999 if fmt != "opus" else 0.6)
+
+
+def test_recording_parameters_are_checked():
+    with pytest.raises(ParamValueError, match="multichannel recording needs record_format wav "
+                                              "or flac"):
+        ConferenceBridge("room", record_dir="/tmp/x", record_format="opus",
+                         record_layout="multichannel").validate()
+    with pytest.raises(ParamValueError, match="FLAC holds 8 channels"):
+        ConferenceBridge("room", record_dir="/tmp/x", record_format="flac",
+                         record_layout="multichannel", max_participants=8).validate()
+    with pytest.raises(ParamValueError, match="Opus cannot record at 44100 Hz"):
+        ConferenceBridge("room", record_dir="/tmp/x", record_format="opus",
+                         rate=44100).validate()
