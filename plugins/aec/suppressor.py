@@ -35,7 +35,7 @@ class ResidualEchoSuppressor:
     """Spectral residual echo suppressor with optional noise suppression and comfort noise."""
 
     def __init__(self, rate_hz: int, block_samples: int, noise_suppression: bool = False,
-                 comfort_noise: bool = True, seed: int = 0x5EC) -> None:
+                 comfort_noise: bool = True, seed: int = 0x5EC, hold_s: float = 0.6) -> None:
         h = self.block = block_samples
         self.rate_hz = rate_hz
         self.bins = k = h + 1
@@ -46,8 +46,13 @@ class ResidualEchoSuppressor:
         # distortion on peaks); a near talker is far above it after the linear filter anyway.
         self.over = 12.0
         self.over_dt = 2.0
-        self.dt_ratio = 8.0  # error 9 dB above the residual estimate counts as near speech
-        self._hang_blocks = max(1, int(0.15 * rate_hz / h))
+        # Error 13 dB above the residual echo and noise estimates, summed over the whole band,
+        # counts as near speech: per band the estimate scatters by +-6 dB in single talk, the
+        # broadband sum by much less (95 % of single-talk blocks stay below +10 dB).
+        self.dt_ratio = 20.0
+        # The near-talk state lasts a talk spurt: the loud syllables trip the detector, the
+        # hangover keeps the weak ones (buried under the echo) from the strong suppression.
+        self._hang_blocks = max(1, int(0.8 * rate_hz / h))
         self._hang = 0
         self.comfort_noise = comfort_noise
         self._rng = np.random.default_rng(seed)
@@ -60,6 +65,10 @@ class ResidualEchoSuppressor:
         # Room-like decay of the far-power memory: -60 dB in 0.35 s.
         self.tail_decay = 10 ** (-6.0 * (h / rate_hz) / 0.35)
         self.sx = np.zeros(k)
+        # Far power of the last `hold_s` (the whole delay range): while the delay is unknown
+        # the echo may come from any of those blocks, so their maximum bounds it.
+        self._hold = np.zeros((max(1, int(np.ceil(hold_s * rate_hz / h))), k))
+        self._hold_i = 0
         self.e_smooth = np.zeros(k)
         self.noise = np.full(k, 1e-9)
         self.gain = np.ones(k)
@@ -92,8 +101,12 @@ class ResidualEchoSuppressor:
         return np.add.reduceat(p, self._edges[:-1], axis=-1)
 
     def process(self, e: np.ndarray, y: np.ndarray, x: np.ndarray, far_active: bool,
-                enable_echo: bool = True) -> np.ndarray:
-        """One block: error `e`, echo estimate `y`, aligned far `x`; returns H output samples."""
+                enable_echo: bool = True, delay_known: bool = True) -> np.ndarray:
+        """One block: error `e`, echo estimate `y`, aligned far `x`; returns H output samples.
+
+        Until `delay_known`, the residual echo is bounded by the far power of the whole
+        delay range (the echo coupling taken as 0 dB): strong suppression at call start.
+        """
         h = self.block
         frames = np.empty((3, 2 * h))
         frames[:, :h] = self._prev
@@ -108,6 +121,8 @@ class ResidualEchoSuppressor:
         pe, py, px = pw[0], pw[1], pw[2]
         self.sx *= self.tail_decay
         np.maximum(self.sx, px, out=self.sx)
+        self._hold[self._hold_i] = px
+        self._hold_i = (self._hold_i + 1) % self._hold.shape[0]
         self.e_smooth *= self._a_e
         self.e_smooth += (1 - self._a_e) * pe
         # Noise floor: follows drops at once, rises ~3 dB/s (minimum tracking).
@@ -118,15 +133,16 @@ class ResidualEchoSuppressor:
         if enable_echo:
             lin, dist = self._residual(pe, py, far_active)
             res = lin + dist
+            if not delay_known and far_active:
+                res = np.maximum(res, self._hold.max(axis=0))
             # Near-end talk: error energy well above the residual echo and noise estimates.
             # Judged on band powers with a hangover, it picks the over-subtraction: strong
             # while only the far end talks (the residual's estimate is only right on
             # average), gentle while the near end talks (the linear filter already leaves
             # the near talker 20+ dB above the residual).
-            eb = self._bands(self.e_smooth)
-            excess = eb - self.dt_ratio * self._bands(res) - 4.0 * self._bands(self.noise)
-            near = float(np.sum(np.maximum(excess, 0.0)))
-            present = far_active and near > 0.2 * float(np.sum(eb))
+            e_tot = float(np.sum(self.e_smooth))
+            r_tot = float(np.sum(res)) + 2.0 * float(np.sum(self.noise))
+            present = far_active and e_tot > self.dt_ratio * r_tot
             if present:
                 self._hang = self._hang_blocks
             elif not far_active:
