@@ -25,9 +25,13 @@ BUILTIN_PLUGINS = (
     "plugins.resample",
     "plugins.files",
     "plugins.codecs",
+    "plugins.rtp",
     "plugins.devices",
     "plugins.video",
     "plugins.conference",
+    "plugins.aec",
+    "plugins.jitterbuffer",
+    "plugins.sip",
 )
 # Families that need optional libraries; they register only what imports.
 OPTIONAL_BUILTIN_PLUGINS: tuple[str, ...] = ()

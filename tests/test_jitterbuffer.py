@@ -444,3 +444,19 @@ def test_delay_estimator_follows_a_rising_floor_and_keeps_variation_on_a_falling
         est.update(1.0 + j)
     assert est.floor == pytest.approx(1.0)
     assert est.target() == pytest.approx(0.01)
+
+
+def test_timestamps_off_the_frame_grid_rephase_instead_of_concealing():
+    # GStreamer's rtpopuspay: the second packet is 648 samples after the first, then 960
+    # apart (the encoder's 312-sample look-ahead is dropped). Every packet must still play.
+    jb = JitterBuffer(48000, 20)
+    ts = [1000, 1648] + [1648 + 960 * k for k in range(1, 200)]
+    played = concealed = 0
+    for i, t in enumerate(ts):
+        now = i * 0.02
+        jb.push(i, t, 5, i == 0, b"x", now + 0.005)
+        p = jb.pop(now + 0.005)
+        played += p.action is Action.PLAY
+        concealed += p.action is Action.CONCEAL
+    assert played >= len(ts) - 5
+    assert jb.stats.late == 0 and jb.stats.missing <= 1

@@ -8,3 +8,12 @@
 
 See docs/jitterbuffer.md.
 """
+
+from pipeline.hookspecs import hookimpl
+
+
+@hookimpl
+def register_node_types():
+    from .nodes import JitterBufferNode
+
+    return [JitterBufferNode]

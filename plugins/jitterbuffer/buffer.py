@@ -269,6 +269,15 @@ class JitterBuffer:
                 self.stats.received += 1
                 self.stats.rewound += 1
                 return True
+        if (self._playing and self._last_played < ext_ts < self._next_ts
+                and (ext_ts - self._last_played) % self.frame):
+            # Off the frame grid: the sender's timestamps moved by a fraction of a frame
+            # (GStreamer's rtpopuspay starts 312 samples short, dropping the encoder's
+            # look-ahead). Re-phase the grid to it instead of calling it late forever.
+            self._next_ts = ext_ts
+            self._packets[ext_ts] = pkt
+            self.stats.received += 1
+            return True
         if ext_ts < self._played_upto or (self._playing and ext_ts < self._next_ts):
             self.stats.late += 1
             if ext_ts in self._missed:
@@ -391,8 +400,13 @@ class JitterBuffer:
             self._discont = True
             self._over = 0
             self._trailing = 0
-        delay = now - self._next_ts / self.clock_rate - self.estimator.floor
         ts = self._next_ts
+        if ts not in packets and packets:
+            # A packet inside this frame period but off the grid: re-phase to it.
+            inside = [k for k in packets if ts < k < ts + frame]
+            if inside:
+                ts = self._next_ts = min(inside)
+        delay = now - ts / self.clock_rate - self.estimator.floor
 
         # Too much delay: shrink by one frame period, the cheapest way available.
         extra: BufferedPacket | None = None

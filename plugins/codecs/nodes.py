@@ -1,0 +1,543 @@
+"""Codec nodes: encoders (int16 PCM -> `EncodedFrame`) and decoders (back), one pair per codec.
+
+They wrap the sans-IO codec classes of this package. An encoder declares the PCM rates and
+channel counts its codec takes, so the graph inserts a resampler in front of it when needed,
+re-chunks its input to `ptime_ms` packets with a `SampleFifo`, and stamps each payload with a
+`pts` in RTP clock units (RFC 3550 5.1) and the marker bit on the first packet after a start or
+a discontinuity (RFC 3551 4.1).
+
+Decoders follow the jitter buffer's contract: a frame with `FLAG_CONCEALED` and an empty
+payload stands for a lost packet; `meta["extra"]` carries a second payload to play in the same
+period (decoded, then time-compressed with `plugins.jitterbuffer.timescale` when installed).
+Opus recovers a lost packet from the next packet's in-band FEC when the frame's meta carries
+`{"next": payload}` (RFC 6716 2.1.7), else runs its own concealment; G.711, L16 and G.722 use
+waveform substitution (`plugins.jitterbuffer.plc`) when it is installed, else repeat the last
+frame with a fade. Concealed output carries `FLAG_CONCEALED`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.errors import MissingDependencyError, ParseError
+from pipeline.formats import OPUS_RATES, Format
+from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, AudioFrame, EncodedFrame, EndOfStream
+from pipeline.node import Node, Port
+from pipeline.params import Param, ParamValueError
+
+from ..mixer.fifo import SampleFifo
+from .base import CodecError, CodecInfo, Decoder, Encoder
+
+PTIME_DOC = "packet duration in ms (RFC 4566 ptime)"
+
+
+# ---- encoders ---------------------------------------------------------------------------
+class _EncoderNode(Node):
+    """Shared encoder logic; subclasses set the codec and make the codec object."""
+
+    codec_name: ClassVar[str] = ""
+    ptime_ms = Param(float, 20.0, PTIME_DOC, min=2.5, max=120.0)
+
+    # Subclass hooks ----------------------------------------------------------------------
+    def pcm_caps(self) -> Format:
+        """The PCM this encoder takes (rates and channels)."""
+        raise NotImplementedError
+
+    def clock_rate_for(self, rate: int) -> int:
+        """RTP clock rate for PCM at `rate` Hz (the sample rate, except G.722 and Opus)."""
+        return rate
+
+    def make_encoder(self, rate: int, channels: int) -> Encoder:
+        raise NotImplementedError
+
+    def skip_payload(self, payload: bytes) -> bool:
+        """True when a payload need not be sent (Opus DTX)."""
+        return False
+
+    # Node API ----------------------------------------------------------------------------
+    def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
+        return (self.pcm_caps(),)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        fmt = inputs["in"]
+        self._rate = int(fmt.value("rate"))
+        self._nch = int(fmt.value("channels"))
+        self._clock = self.clock_rate_for(self._rate)
+        out = Format.encoded(self.codec_name, self._clock, self._nch)
+        return {p: out for p in self.linked_outputs}
+
+    def start(self) -> None:
+        n = self.ptime_ms * self._rate / 1000.0
+        if abs(n - round(n)) > 1e-6:
+            raise self.fail(f"{self.kind} ptime_ms {self.ptime_ms:g} is not a whole number of "
+                            f"samples at {self._rate} Hz")
+        self._samples = int(round(n))
+        self._step = self._samples * self._clock // self._rate
+        self._encoder = self.make_encoder(self._rate, self._nch)
+        self._fifo = SampleFifo(self._nch, np.dtype(np.int16), 4 * self._samples)
+        self._fifo_pts: int | None = None  # input pts of the fifo's first sample
+        self._marker = True
+        self._packets = 0
+        self._bytes = 0
+        self._skipped = 0
+
+    def process(self, port: str, frame: AudioFrame) -> None:
+        data = frame.data
+        fifo = self._fifo
+        if self._fifo_pts is None:
+            self._fifo_pts = frame.pts
+        elif frame.pts != self._fifo_pts + len(fifo) or frame.flags & FLAG_DISCONT:
+            # A gap or a jump: send what is buffered, restart the timeline there with a marker.
+            self._flush()
+            self._fifo_pts = frame.pts
+            self._marker = True
+        n = self._samples
+        if not len(fifo) and data.shape[0] == n:
+            # The common case (tick period == ptime): encode the frame as is, no copy.
+            self._encode(data, self._fifo_pts)
+            self._fifo_pts += n
+            return
+        fifo.push(data)
+        while len(fifo) >= n:
+            self._encode(fifo.pop(n), self._fifo_pts)
+            self._fifo_pts += n
+
+    def _flush(self) -> None:
+        """Encode a partial packet padded with silence, so no input audio is lost."""
+        left = len(self._fifo)
+        if not left:
+            return
+        block = np.zeros((self._samples, self._nch), np.int16)
+        block[:left] = self._fifo.pop(left)
+        self._encode(block, self._fifo_pts)
+        self._fifo_pts += self._samples
+
+    def _encode(self, pcm: np.ndarray, pts: int) -> None:
+        payload = self._encoder.encode(pcm)
+        if self.skip_payload(payload):
+            self._skipped += 1
+            self._marker = True  # RFC 3551 4.1: the first packet after silence is marked
+            return
+        self._packets += 1
+        self._bytes += len(payload)
+        out = EncodedFrame(payload, self.codec_name, pts * self._clock // self._rate,
+                           self._step, self._clock, self._marker)
+        self._marker = False
+        self.emit("out", out)
+
+    def event(self, port: str, event: Any) -> None:
+        if isinstance(event, EndOfStream) and self._fifo_pts is not None:
+            self._flush()
+        super().event(port, event)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "packets": getattr(self, "_packets", 0),
+                "payload_bytes": getattr(self, "_bytes", 0),
+                "skipped": getattr(self, "_skipped", 0)}
+
+
+class PcmuEncoder(_EncoderNode):
+    """G.711 mu-law (PCMU) encoder: 8 kHz mono int16 PCM to RTP-ready payloads."""
+
+    kind = "pcmu_encoder"
+    codec_name = "pcmu"
+    inputs = (Port("in", (Format.audio("pcm_s16", 8000, 1),), "PCM, int16 8 kHz mono"),)
+    outputs = (Port("out", (Format.encoded("pcmu", 8000, 1),), "PCMU payloads, one per ptime"),)
+
+    def pcm_caps(self) -> Format:
+        return Format.audio("pcm_s16", 8000, 1)
+
+    def make_encoder(self, rate: int, channels: int) -> Encoder:
+        from .g711 import G711Encoder
+
+        return G711Encoder(self.codec_name)
+
+
+class PcmaEncoder(PcmuEncoder):
+    """G.711 A-law (PCMA) encoder: 8 kHz mono int16 PCM to RTP-ready payloads."""
+
+    kind = "pcma_encoder"
+    codec_name = "pcma"
+    outputs = (Port("out", (Format.encoded("pcma", 8000, 1),), "PCMA payloads, one per ptime"),)
+
+
+class G722Encoder(_EncoderNode):
+    """G.722 encoder: 16 kHz mono int16 PCM to 64 kbit/s payloads (RTP clock 8 kHz)."""
+
+    kind = "g722_encoder"
+    codec_name = "g722"
+    inputs = (Port("in", (Format.audio("pcm_s16", 16000, 1),), "PCM, int16 16 kHz mono"),)
+    outputs = (Port("out", (Format.encoded("g722", 8000, 1),), "G.722 payloads, one per ptime"),)
+
+    def pcm_caps(self) -> Format:
+        return Format.audio("pcm_s16", 16000, 1)
+
+    def clock_rate_for(self, rate: int) -> int:
+        return 8000  # RFC 3551 4.5.2: the clock rate stays 8000 for historical reasons
+
+    def make_encoder(self, rate: int, channels: int) -> Encoder:
+        from .g722 import G722Encoder as Codec
+
+        return Codec(self.ptime_ms)
+
+
+class L16Encoder(_EncoderNode):
+    """L16 encoder: int16 PCM at any rate to big-endian linear payloads (RFC 3551 4.5.11)."""
+
+    kind = "l16_encoder"
+    codec_name = "l16"
+    inputs = (Port("in", (Format.audio("pcm_s16"),), "PCM, int16, any rate"),)
+    outputs = (Port("out", (Format.encoded("l16"),), "L16 payloads, one per ptime"),)
+    rate = Param(int, None, "sample rate in Hz (default: the input's)", min=1000, max=192000)
+    channels = Param(int, None, "channels (default: the input's)", min=1, max=8)
+
+    def pcm_caps(self) -> Format:
+        return Format.audio("pcm_s16", self.rate, self.channels)
+
+    def make_encoder(self, rate: int, channels: int) -> Encoder:
+        from .l16 import L16Encoder as Codec
+
+        return Codec(rate, channels, self.ptime_ms)
+
+
+class OpusEncoderNode(_EncoderNode):
+    """Opus encoder (libopus): int16 PCM at 8-48 kHz to Opus packets (RTP clock 48 kHz)."""
+
+    kind = "opus_encoder"
+    codec_name = "opus"
+    inputs = (Port("in", (Format.audio("pcm_s16", OPUS_RATES, (1, 2)),),
+                   "PCM, int16 at 48, 24, 16, 12 or 8 kHz"),)
+    outputs = (Port("out", (Format.encoded("opus", 48000, (1, 2)),),
+                    "Opus packets, one per ptime"),)
+    rate = Param(int, None, "PCM rate in Hz (default: the input's, if Opus takes it)",
+                 choices=OPUS_RATES)
+    channels = Param(int, 1, "channels to encode", choices=(1, 2))
+    bitrate = Param(int, 32000, "target bitrate in bit/s (0: libopus chooses)", min=0,
+                    max=512000)
+    complexity = Param(int, 10, "encoder complexity, 0 (fast) to 10 (best)", min=0, max=10)
+    fec = Param(bool, False, "in-band forward error correction (needs packet_loss_perc > 0)")
+    dtx = Param(bool, False, "discontinuous transmission: send no packets during silence")
+    packet_loss_perc = Param(int, 0, "expected packet loss in percent (sizes the FEC)", min=0,
+                             max=100)
+    application = Param(str, "voip", "libopus application mode",
+                        choices=("voip", "audio", "lowdelay"))
+
+    def validate(self) -> None:
+        from .opus import FRAME_MS
+
+        if self.ptime_ms not in FRAME_MS:
+            raise ParamValueError("ptime_ms", f"parameter 'ptime_ms': Opus frames are "
+                                  f"{', '.join(f'{m:g}' for m in FRAME_MS)} ms, not "
+                                  f"{self.ptime_ms:g}", "use 20")
+        if self.bitrate and self.bitrate < 500:
+            raise ParamValueError("bitrate", "parameter 'bitrate': Opus needs at least 500 bit/s",
+                                  "use 0 (auto) or 6000 to 510000")
+
+    def pcm_caps(self) -> Format:
+        return Format.audio("pcm_s16", self.rate or OPUS_RATES, self.channels)
+
+    def clock_rate_for(self, rate: int) -> int:
+        return 48000  # RFC 7587 4.1: always 48 kHz, whatever the input rate
+
+    def make_encoder(self, rate: int, channels: int) -> Encoder:
+        from .opus import OpusEncoder
+
+        return OpusEncoder(rate, channels, application=self.application,
+                           bitrate=self.bitrate or None, complexity=self.complexity,
+                           fec=self.fec, packet_loss_perc=self.packet_loss_perc, dtx=self.dtx,
+                           frame_ms=self.ptime_ms)
+
+    def skip_payload(self, payload: bytes) -> bool:
+        # RFC 7587 3.3: with DTX, 1-2 byte packets mean "still silent" and need not be sent.
+        return self.dtx and len(payload) <= 2
+
+    @classmethod
+    def inspect_extra(cls) -> dict[str, str]:
+        return _opus_inspect()
+
+
+def _opus_inspect() -> dict[str, str]:
+    from .opus import opus_library
+
+    try:
+        path, version = opus_library()
+    except MissingDependencyError as e:
+        return {"library": f"not found ({e.message})", "version": "-"}
+    return {"library": path, "version": version}
+
+
+# ---- loss concealment for PCM codecs ------------------------------------------------------
+class _PcmConcealer:
+    """Conceals lost frames of a PCM-like codec: waveform substitution when the jitter-buffer
+    plugin provides it (mono), else the last frame repeated with a fade."""
+
+    FADE_FRAMES = 4  # the fallback fades to silence over this many frames
+
+    def __init__(self, rate: int, channels: int) -> None:
+        self.rate = rate
+        self.channels = channels
+        self._ws: Any = None
+        self._ws_class: Any = None
+        if channels == 1:
+            try:
+                from plugins.jitterbuffer.plc import WaveformSubstitution
+            except ImportError:
+                WaveformSubstitution = None  # noqa: N806 - the other helper's plugin is optional
+            self._ws_class = WaveformSubstitution
+        self._last: np.ndarray | None = None
+        self._lost = 0  # consecutive concealed frames (fallback fade)
+
+    def good(self, pcm: np.ndarray) -> np.ndarray:
+        if self._ws_class is not None:
+            if self._ws is None:
+                self._ws = self._ws_class(self.rate, pcm.shape[0])
+            return self._ws.good(pcm.reshape(-1)).reshape(-1, 1)
+        self._last = pcm
+        self._lost = 0
+        return pcm
+
+    def conceal(self, samples: int) -> np.ndarray:
+        if self._ws is not None:
+            self._ws.frame = samples  # conceal() synthesises `frame` samples
+            return self._ws.conceal().reshape(-1, 1)
+        last = self._last
+        if last is None or not len(last):
+            return np.zeros((samples, self.channels), np.int16)
+        reps = -(-samples // last.shape[0])
+        x = np.tile(last, (reps, 1))[:samples].astype(np.float32)
+        start = 1.0 - self._lost / self.FADE_FRAMES
+        gain = np.linspace(max(start, 0.0), max(start - 1.0 / self.FADE_FRAMES, 0.0), samples,
+                           dtype=np.float32)
+        self._lost += 1
+        x *= gain[:, None]
+        return np.rint(x).astype(np.int16)
+
+
+# ---- decoders ---------------------------------------------------------------------------
+class _DecoderNode(Node):
+    """Shared decoder logic: decode, conceal losses, count bad payloads."""
+
+    codec_name: ClassVar[str] = ""
+
+    def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
+        """(rate, channels) of the PCM output, given the encoded input format."""
+        raise NotImplementedError
+
+    def make_decoder(self, rate: int, channels: int) -> Decoder:
+        raise NotImplementedError
+
+    def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
+        return self.inputs[0].caps
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        self._rate, self._nch = self.output_format(inputs["in"], downstream)
+        out = Format.audio("pcm_s16", self._rate, self._nch)
+        return {p: out for p in self.linked_outputs}
+
+    def start(self) -> None:
+        self._decoder = self.make_decoder(self._rate, self._nch)
+        self._plc = self.make_concealer()
+        self._pts = 0
+        self._last_samples = self._rate // 50  # 20 ms until a packet says otherwise
+        self._concealed = 0
+        self._fec = 0
+        self._bad = 0
+        self._decoded = 0
+        self._compressed = 0
+
+    def make_concealer(self) -> _PcmConcealer | None:
+        return _PcmConcealer(self._rate, self._nch)
+
+    def process(self, port: str, frame: EncodedFrame) -> None:
+        if not frame.payload:
+            if frame.flags & FLAG_CONCEALED:
+                self._conceal(frame)
+            return  # an empty packet that is not a loss: nothing to play
+        try:
+            pcm = self._decoder.decode(frame.payload)
+            extra = frame.meta.get("extra") if frame.meta else None
+            if extra:
+                # The jitter buffer shrinks its delay: two packets play in one period.
+                pcm = self._squeeze(pcm, self._decoder.decode(extra))
+        except (ParseError, CodecError, ValueError):
+            self._bad += 1  # bad remote input: counted and concealed, never raised
+            self._conceal(frame)
+            return
+        if self._plc is not None:
+            pcm = self._plc.good(pcm)
+        self._decoded += 1
+        self._last_samples = pcm.shape[0]
+        self._out(pcm, frame.flags & FLAG_DISCONT)
+
+    def _squeeze(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Two decoded packets in one frame period (WSOLA time compression when available)."""
+        self._compressed += 1
+        if first.shape == second.shape and first.shape[1] == 1:
+            try:
+                from plugins.jitterbuffer.timescale import compress
+            except ImportError:
+                compress = None
+            if compress is not None:
+                return compress(first[:, 0], second[:, 0]).reshape(-1, 1)
+        return np.concatenate([first, second])  # no compressor: play both, a longer frame
+
+    def _samples_for(self, frame: EncodedFrame) -> int:
+        if frame.duration and frame.rate:
+            return frame.duration * self._rate // frame.rate
+        return self._last_samples
+
+    def _conceal(self, frame: EncodedFrame) -> None:
+        n = self._samples_for(frame)
+        if n <= 0:
+            return
+        pcm = self.conceal(n, frame)
+        self._concealed += 1
+        self._out(pcm, FLAG_CONCEALED | (frame.flags & FLAG_DISCONT))
+
+    def conceal(self, samples: int, frame: EncodedFrame) -> np.ndarray:
+        return self._plc.conceal(samples)
+
+    def _out(self, pcm: np.ndarray, flags: int) -> None:
+        self.emit("out", AudioFrame(pcm, self._rate, self._pts, flags))
+        self._pts += pcm.shape[0]
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "decoded": getattr(self, "_decoded", 0),
+                "concealed": getattr(self, "_concealed", 0),
+                "fec_recovered": getattr(self, "_fec", 0),
+                "bad_payloads": getattr(self, "_bad", 0),
+                "compressed": getattr(self, "_compressed", 0)}
+
+
+class PcmuDecoder(_DecoderNode):
+    """G.711 mu-law (PCMU) decoder to 8 kHz mono int16 PCM, with loss concealment."""
+
+    kind = "pcmu_decoder"
+    codec_name = "pcmu"
+    inputs = (Port("in", (Format.encoded("pcmu", 8000, 1),), "PCMU payloads"),)
+    outputs = (Port("out", (Format.audio("pcm_s16", 8000, 1),), "PCM, int16 8 kHz mono"),)
+
+    def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
+        return 8000, 1
+
+    def make_decoder(self, rate: int, channels: int) -> Decoder:
+        from .g711 import G711Decoder
+
+        return G711Decoder(self.codec_name)
+
+
+class PcmaDecoder(PcmuDecoder):
+    """G.711 A-law (PCMA) decoder to 8 kHz mono int16 PCM, with loss concealment."""
+
+    kind = "pcma_decoder"
+    codec_name = "pcma"
+    inputs = (Port("in", (Format.encoded("pcma", 8000, 1),), "PCMA payloads"),)
+
+
+class G722Decoder(_DecoderNode):
+    """G.722 decoder to 16 kHz mono int16 PCM, with loss concealment."""
+
+    kind = "g722_decoder"
+    codec_name = "g722"
+    inputs = (Port("in", (Format.encoded("g722", 8000, 1),), "G.722 payloads"),)
+    outputs = (Port("out", (Format.audio("pcm_s16", 16000, 1),), "PCM, int16 16 kHz mono"),)
+
+    def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
+        return 16000, 1
+
+    def make_decoder(self, rate: int, channels: int) -> Decoder:
+        from .g722 import G722Decoder as Codec
+
+        return Codec()
+
+
+class L16Decoder(_DecoderNode):
+    """L16 decoder: big-endian linear payloads to int16 PCM at the stream's rate."""
+
+    kind = "l16_decoder"
+    codec_name = "l16"
+    inputs = (Port("in", (Format.encoded("l16"),), "L16 payloads"),)
+    outputs = (Port("out", (Format.audio("pcm_s16"),), "PCM, int16 at the stream's rate"),)
+
+    def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
+        rate, channels = fmt.value("rate"), fmt.value("channels") or 1
+        if rate is None:
+            raise ValueError("L16 stream has no fixed rate (set rate on the encoder or session)")
+        return int(rate), int(channels)
+
+    def make_decoder(self, rate: int, channels: int) -> Decoder:
+        from .l16 import L16Decoder as Codec
+
+        return Codec(rate, channels)
+
+
+class OpusDecoderNode(_DecoderNode):
+    """Opus decoder (libopus) to int16 PCM at 8-48 kHz, with PLC and in-band FEC recovery."""
+
+    kind = "opus_decoder"
+    codec_name = "opus"
+    inputs = (Port("in", (Format.encoded("opus", 48000, (1, 2)),), "Opus packets"),)
+    outputs = (Port("out", (Format.audio("pcm_s16", OPUS_RATES, (1, 2)),),
+                    "PCM, int16 at 48, 24, 16, 12 or 8 kHz"),)
+    rate = Param(int, None, "output rate in Hz (default: what downstream prefers, else 48 kHz)",
+                 choices=OPUS_RATES)
+    channels = Param(int, None, "output channels (default: the stream's)", choices=(1, 2))
+
+    def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
+        rate = self.rate
+        if rate is None:
+            want = Format.audio("pcm_s16", OPUS_RATES)
+            for caps in downstream.values():
+                for f in caps:
+                    g = want.intersect(f)
+                    if g is not None:
+                        want = g
+                        break
+            rate = want.rate[0] if want.rate and want.rate != OPUS_RATES else 48000
+        return int(rate), int(self.channels or fmt.value("channels") or 1)
+
+    def make_decoder(self, rate: int, channels: int) -> Decoder:
+        from .opus import OpusDecoder
+
+        return OpusDecoder(rate, channels)
+
+    def make_concealer(self) -> _PcmConcealer | None:
+        return None  # libopus conceals itself
+
+    def conceal(self, samples: int, frame: EncodedFrame) -> np.ndarray:
+        quantum = self._rate // 400  # Opus lengths are multiples of 2.5 ms
+        samples = max(quantum, -(-samples // quantum) * quantum)
+        samples = min(samples, self._rate * 120 // 1000)
+        nxt = (frame.meta or {}).get("next")
+        if nxt:
+            try:
+                pcm = self._decoder.decode_fec(nxt, samples)
+                self._fec += 1
+                return pcm
+            except ParseError:
+                self._bad += 1
+        return self._decoder.conceal(samples)
+
+    @classmethod
+    def inspect_extra(cls) -> dict[str, str]:
+        return _opus_inspect()
+
+
+ENCODERS: tuple[type[Node], ...] = (PcmuEncoder, PcmaEncoder, G722Encoder, L16Encoder,
+                                    OpusEncoderNode)
+DECODERS: tuple[type[Node], ...] = (PcmuDecoder, PcmaDecoder, G722Decoder, L16Decoder,
+                                    OpusDecoderNode)
+
+CODECS: tuple[CodecInfo, ...] = (
+    CodecInfo("pcmu", "PCMU", 8000, 1, 8000, 0, "pcmu_encoder", "pcmu_decoder"),
+    CodecInfo("pcma", "PCMA", 8000, 1, 8000, 8, "pcma_encoder", "pcma_decoder"),
+    # RFC 3551 4.5.2: G.722 samples at 16 kHz, its RTP clock says 8000.
+    CodecInfo("g722", "G722", 8000, 1, 16000, 9, "g722_encoder", "g722_decoder"),
+    # RFC 7587 7: always opus/48000/2 in SDP, mono unless stereo=1.
+    CodecInfo("opus", "opus", 48000, 1, 48000, None, "opus_encoder", "opus_decoder",
+              sdp_channels=2),
+    # RFC 3551 4.5.11: L16 at any rate uses a dynamic type; this entry is the 16 kHz variant.
+    CodecInfo("l16", "L16", 16000, 1, 16000, None, "l16_encoder", "l16_decoder"),
+)

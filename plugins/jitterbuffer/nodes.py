@@ -1,0 +1,116 @@
+"""The `jitter_buffer` node: RTP-received EncodedFrames in, one playout decision per period.
+
+It forwards what the sans-IO `JitterBuffer` decides as EncodedFrames for the decoder:
+- PLAY: the packet's payload; with `meta["extra"]` a second payload that the decoder
+  time-compresses into the same period (how the delay shrinks without dropping audio);
+- CONCEAL: an empty payload flagged FLAG_CONCEALED, with `meta["next"]` the following
+  packet's payload when it is buffered (Opus in-band FEC);
+- NOTHING: no frame (before the stream starts, after it stops).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.formats import Format
+from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, EncodedFrame, EndOfStream
+from pipeline.node import Node, Port
+from pipeline.params import Param
+
+from .buffer import Action, JitterBuffer
+
+
+class JitterBufferNode(Node):
+    """Adaptive jitter buffer: reorders, de-duplicates and paces received RTP frames; its
+    delay follows the observed jitter; losses go on to the decoder for concealment."""
+
+    kind = "jitter_buffer"
+    clocked = True
+    inputs = (Port("in", (Format.encoded(),), "received frames (meta: seq, ssrc, arrival)"),)
+    outputs = (Port("out", (Format.encoded(),), "frames in playout order, one per ptime"),)
+    ptime_ms = Param(int, 20, "packet time of the stream in ms", min=5, max=120)
+    min_delay_ms = Param(float, 0.0, "lowest delay the buffer may target", min=0.0, max=2000.0)
+    max_delay_ms = Param(float, 500.0, "highest delay the buffer may target", min=10.0,
+                         max=5000.0)
+    start_delay_ms = Param(float, 40.0, "delay during the first second", min=0.0, max=2000.0)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        return {"out": inputs["in"]}
+
+    def start(self) -> None:
+        fmt = self.in_formats["in"]
+        self.codec = fmt.value("encoding") or ""
+        self.clock_rate = fmt.value("rate") or 8000
+        self.buffer = JitterBuffer(self.clock_rate, self.ptime_ms,
+                                   min_delay_ms=self.min_delay_ms,
+                                   max_delay_ms=max(self.max_delay_ms, self.min_delay_ms),
+                                   start_delay_ms=self.start_delay_ms)
+        self.frame = self.buffer.frame
+        self.next_pop: float | None = None
+        self.ended = False
+        rt = self.graph.runtime if self.graph is not None else None
+        # Arrival times come from the socket's loop clock in real time; under the virtual
+        # clock (tests, offline replays) from the frames or from media time.
+        self._realtime = bool(rt is not None and rt.realtime)
+        self._media_now = 0.0
+
+    def _now(self) -> float:
+        if self._realtime:
+            import asyncio
+
+            return asyncio.get_running_loop().time()
+        return self._media_now
+
+    def process(self, port: str, frame: EncodedFrame) -> None:
+        meta = frame.meta or {}
+        arrival = meta.get("arrival", self._now())
+        seq = meta.get("seq")
+        if seq is None:  # not from RTP: number frames by their timestamps
+            seq = (frame.pts // max(self.frame, 1)) & 0xFFFF
+        if not self.buffer.push(seq, frame.pts & 0xFFFFFFFF, meta.get("ssrc", 0), frame.marker,
+                                frame.payload, arrival):
+            self.counters.drops += 1
+
+    def tick(self, now: float) -> None:
+        self._media_now = now
+        t = self._now()
+        if self.next_pop is None:
+            self.next_pop = t
+        period = self.ptime_ms / 1000.0
+        # Pop on the buffer's own schedule (ptime), whatever the graph period is.
+        while t >= self.next_pop - 1e-9:
+            self.next_pop += period
+            self._emit(self.buffer.pop(t))
+        if self.ended and not len(self.buffer):
+            self.send_eos()
+
+    def _emit(self, p: Any) -> None:
+        if p.action is Action.NOTHING:
+            return
+        flags = FLAG_DISCONT if p.discont else 0
+        if p.action is Action.PLAY:
+            pkt = p.packet
+            meta = {"extra": p.extra.payload} if p.extra is not None else None
+            self.emit("out", EncodedFrame(pkt.payload, self.codec, p.timestamp, self.frame,
+                                          self.clock_rate, pkt.marker, flags, meta))
+        else:
+            meta = {"next": p.fec.payload} if p.fec is not None else None
+            self.emit("out", EncodedFrame(b"", self.codec, p.timestamp, self.frame,
+                                          self.clock_rate, False, flags | FLAG_CONCEALED, meta))
+
+    def event(self, port: str, event: Any) -> None:
+        if isinstance(event, EndOfStream):
+            self.ended = True  # drained by tick, then EOS goes on
+            return
+        super().event(port, event)
+
+    def stats(self) -> dict[str, Any]:
+        s = getattr(getattr(self, "buffer", None), "stats", None)
+        if s is None:
+            return super().stats()
+        return {**super().stats(), "received": s.received, "played": s.played,
+                "late": s.late, "lost": s.lost, "concealed": s.concealed,
+                "compressed": s.compressed, "discarded": s.discarded, "resyncs": s.resyncs,
+                "delay_ms": round(s.current_delay_ms, 1),
+                "target_ms": round(s.target_delay_ms, 1),
+                "mean_delay_ms": round(s.mean_delay_ms, 1)}

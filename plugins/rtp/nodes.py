@@ -1,0 +1,511 @@
+"""The `rtp_session` node: one RTP audio stream over UDP, with optional RTCP, DTMF and pcap.
+
+The protocol work is done by the sans-IO modules of this package (`packet`, `rtcp`, `stats`,
+`dtmf`, `pcap`); this module owns the sockets and the asyncio glue.
+
+I/O model: `start()` (synchronous) binds non-blocking UDP sockets, so the bound port is known
+before any frame flows (the `bound_port` attribute and an `rtp-bound` bus message). `run_io()`
+registers them with `loop.add_reader` and drains every ready datagram in the callback: no
+task or queue per packet. Sending is a direct non-blocking `sendto` from the socket we receive
+on (symmetric RTP, RFC 4961). The node is clocked only to run its timers (RTP timeout, RTCP
+reports, DTMF packet trains) once per period; timers read the event loop's monotonic clock,
+NTP fields the wall clock.
+
+Bad datagrams are counted and dropped, never raised; an exception in a node downstream of
+the session is handed to `run_io`, which re-raises it so the runtime stops the graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from pipeline.errors import ParseError, ProtocolError
+from pipeline.formats import Format
+from pipeline.frames import CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
+from pipeline.node import Node, Port
+from pipeline.params import Duration, Param
+from pipeline.params import Path as PathType
+
+from .dtmf import DtmfReceiver, DtmfSender
+from .packet import RtpPacker, RtpPacket
+from .pcap import PcapWriter
+from .rtcp import (
+    SDES_CNAME,
+    RtcpBye,
+    RtcpReceiverReport,
+    RtcpSdes,
+    RtcpSenderReport,
+    SdesChunk,
+    parse_rtcp,
+    serialize_rtcp,
+)
+from .stats import ReceiverStats, RtcpScheduler, SenderStats
+
+log = logging.getLogger("plugins.rtp")
+
+# RFC 3551 table 4: static payload types of the audio codecs we have nodes for.
+STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000), 8: ("pcma", 8000), 9: ("g722", 8000),
+                        10: ("l16", 44100), 11: ("l16", 44100)}
+_CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
+_UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
+_MAX_DATAGRAM = 65535
+_BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
+
+
+def payload_duration(codec: str, payload: bytes, channels: int = 1) -> int:
+    """Samples (in RTP clock units) one payload holds, or 0 when the codec does not say."""
+    if codec in ("pcmu", "pcma"):
+        return len(payload) // channels
+    if codec == "g722":
+        return len(payload)  # two 16 kHz samples per byte = one 8 kHz clock tick
+    if codec == "l16":
+        return len(payload) // (2 * channels)
+    if codec == "opus":
+        try:
+            from plugins.codecs.opus import packet_samples
+
+            return packet_samples(payload, 48000)
+        except (ParseError, ImportError):
+            return 0
+    return 0
+
+
+class RtpSession(Node):
+    """Sends and receives one RTP audio stream over UDP: symmetric RTP, latching, RTCP
+    reports, RFC 4733 DTMF, an RTP timeout and an optional pcap capture."""
+
+    kind = "rtp_session"
+    realtime = True  # the CLI runs graphs with a network node in real time
+    clocked = True  # ticked to run timers (timeout, RTCP, DTMF), never to make media
+    inputs = (Port("in", (Format.encoded(),),
+                   "encoded frames to send; DtmfEvent events are sent as RFC 4733 packets",
+                   optional=True),)
+    outputs = (Port("out", (Format.encoded(),),
+                    "received payloads as EncodedFrame; DTMF as DtmfEvent; rtp-timeout event",
+                    optional=True),)
+
+    local_ip = Param(str, "127.0.0.1", "address to bind")
+    local_port = Param(int, 0, "UDP port to bind (0: any free even port; RTCP uses port + 1)",
+                       min=0, max=65535)
+    remote_ip = Param(str, None, "peer address (default: latch to the first source heard)")
+    remote_port = Param(int, None, "peer RTP port (default: latch to the first source heard)",
+                        min=0, max=65535)
+    codec = Param(str, None, "codec name, e.g. pcmu or opus (default: the input's, or from a "
+                  "static payload type)")
+    payload_type = Param(int, None, "RTP payload type we send (default: the codec's static one)",
+                         min=0, max=127)
+    recv_payload_type = Param(int, None, "payload type accepted from the peer (default: "
+                              "payload_type; -1 accepts any)", min=-1, max=127)
+    clock_rate = Param(int, None, "RTP clock rate in Hz (default: the codec's)", min=1000,
+                       max=192000)
+    channels = Param(int, 1, "channels of the stream", min=1, max=8)
+    ssrc = Param(int, None, "our SSRC (default: random, RFC 3550 8.1)", min=0, max=0xFFFFFFFF)
+    dtmf_payload_type = Param(int, None, "RFC 4733 telephone-event payload type (-1: none)",
+                              min=-1, max=127)
+    dtmf_clock_rate = Param(int, None, "telephone-event clock rate (default: clock_rate)",
+                            min=1000, max=192000)
+    rtp_timeout = Param(Duration, 0.0, "post rtp-timeout after this long without RTP (0: off)",
+                        min=0.0)
+    pcap = Param(PathType, None, "write every sent and received packet to this pcap file")
+    rtcp = Param(bool, False, "send and receive RTCP SR/RR on port + 1 (RFC 3550 6)")
+    rtcp_interval = Param(Duration, 5.0, "minimum RTCP report interval (RFC 3550 6.2: 5s)",
+                          min=0.05)
+    session_kbps = Param(float, 80.0, "session bandwidth in kb/s; RTCP takes 5% (RFC 3550 6.2)",
+                         min=1.0)
+
+    # ---- negotiation ----------------------------------------------------------------------
+    def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
+        return (Format.encoded(self.codec) if self.codec else Format.encoded(),)
+
+    def _codec_info(self, name: str) -> Any:
+        from pipeline.registry import get_registry
+
+        registry = (self.graph.registry if self.graph is not None else None) or get_registry()
+        return registry.codecs.get(name)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        fmt = inputs.get("in")
+        static = STATIC_PAYLOAD_TYPES.get(self.payload_type) if self.payload_type is not None \
+            else None
+        codec = self.codec or (fmt.value("encoding") if fmt is not None else None) or (
+            static[0] if static else None)
+        if codec is None:
+            raise ValueError("rtp_session has no codec: set codec, or a static payload_type")
+        info = self._codec_info(codec)
+        clock = self.clock_rate or (fmt.value("rate") if fmt is not None else None) or (
+            info.clock_rate if info is not None else None) or (static[1] if static else None
+                                                               ) or _CLOCK_RATES.get(codec)
+        if clock is None:
+            raise ValueError(f"rtp_session does not know the clock rate of '{codec}': "
+                             "set clock_rate")
+        pt = self.payload_type
+        if pt is None and info is not None:
+            pt = info.payload_type
+        if pt is None:
+            pt = next((p for p, (c, r) in STATIC_PAYLOAD_TYPES.items()
+                       if c == codec and r == clock), None)
+        if pt is None:
+            raise ValueError(f"rtp_session needs a payload_type for '{codec}' (it has no "
+                             "static one)")
+        self._codec, self._clock, self._pt = codec, int(clock), pt
+        out = Format.encoded(codec, self._clock, self.channels)
+        return {p: out for p in self.linked_outputs}
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._sock, self._rtcp_sock = self._bind()
+        host, port = self._sock.getsockname()[:2]
+        self.bound_port: int = port
+        self.rtcp_port: int | None = port + 1 if self._rtcp_sock is not None else None
+        self._local = (self.local_ip, port)
+        self._remote: tuple[str, int] | None = None
+        if self.remote_ip and self.remote_port:
+            self._remote = (self.remote_ip, self.remote_port)
+        self._rtcp_remote: tuple[str, int] | None = None
+        self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
+        self._seq = secrets.randbits(16)  # RFC 3550 5.1: random initial values
+        self._ts_offset = secrets.randbits(32)
+        self._packer = RtpPacker(self._pt, self._ssrc)
+        self._recv_pt = self._pt if self.recv_payload_type is None else self.recv_payload_type
+        self._sender = SenderStats(self._ssrc, self._clock)
+        self._rx: ReceiverStats | None = None
+        dtmf_pt = self.dtmf_payload_type
+        self._dtmf_pt = dtmf_pt if dtmf_pt is not None and dtmf_pt >= 0 else None
+        dtmf_clock = self.dtmf_clock_rate or self._clock
+        self._dtmf_packer = RtpPacker(self._dtmf_pt, self._ssrc) if self._dtmf_pt is not None \
+            else None
+        self._dtmf_tx = DtmfSender(dtmf_clock)
+        self._dtmf_rx = DtmfReceiver(dtmf_clock)
+        self._dtmf_queue: deque[DtmfEvent] = deque()
+        self._last_ts: int | None = None  # last audio timestamp sent, and its duration
+        self._last_dur = 0
+        self._pcap = PcapWriter(self.pcap) if self.pcap else None
+        now = self._now()
+        self._last_rx = now
+        self._timed_out = False
+        self._sending_done = False
+        self._scheduler: RtcpScheduler | None = None
+        if self._rtcp_sock is not None:
+            self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
+                                            min_time=self.rtcp_interval)
+            self._scheduler.schedule(now, we_sent=False)
+        self._cname = f"{self._ssrc:08x}@{self.local_ip}".encode()
+        self._io_error: asyncio.Future | None = None
+        self._c = dict.fromkeys(
+            ("packets_sent", "bytes_sent", "packets_received", "bytes_received",
+             "dropped_bad", "dropped_foreign", "dropped_unknown_pt", "dropped_no_remote",
+             "send_errors", "dtmf_sent", "dtmf_received", "rtcp_sent", "rtcp_received",
+             "rtcp_bad", "ssrc_changes", "timeouts"), 0)
+        self.post("rtp-bound", ip=host, port=port, rtcp_port=self.rtcp_port)
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
+    def _bind(self) -> tuple[socket.socket, socket.socket | None]:
+        family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
+
+        def udp(port: int) -> socket.socket:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                s.setblocking(False)
+                s.bind((self.local_ip, port))
+            except OSError:
+                s.close()
+                raise
+            return s
+
+        try:
+            if not self.rtcp:
+                return udp(self.local_port), None
+            if self.local_port:
+                rtp = udp(self.local_port)
+                try:
+                    return rtp, udp(self.local_port + 1)
+                except OSError:
+                    rtp.close()
+                    raise
+            # RFC 3550 11: RTP on an even port, RTCP on the next one; retry until a pair is free.
+            for _ in range(64):
+                rtp = udp(0)
+                port = rtp.getsockname()[1]
+                if port % 2 == 0 and port < 65535:
+                    try:
+                        return rtp, udp(port + 1)
+                    except OSError:
+                        pass
+                rtp.close()
+            raise OSError("no free even/odd port pair")
+        except OSError as e:
+            raise self.fail(f"rtp_session cannot bind {self.local_ip}:{self.local_port}: {e}",
+                            hint="pick another local_port, or 0 for any free one") from None
+
+    async def run_io(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._io_error = loop.create_future()
+        socks = [(self._sock, False)]
+        if self._rtcp_sock is not None:
+            socks.append((self._rtcp_sock, True))
+        for sock, is_rtcp in socks:
+            loop.add_reader(sock.fileno(), self._on_readable, sock, is_rtcp)
+        try:
+            await self._io_error  # raises when a node downstream failed in a callback
+        finally:
+            for sock, _ in socks:
+                loop.remove_reader(sock.fileno())
+
+    def stop(self) -> None:
+        if getattr(self, "_sock", None) is None:
+            return
+        if self._rtcp_sock is not None and self._remote is not None:
+            with contextlib.suppress(OSError, ProtocolError):
+                self._send_rtcp(self._now(), bye=True)  # RFC 3550 6.6: we are leaving
+        for s in (self._sock, self._rtcp_sock):
+            if s is not None:
+                s.close()
+        self._sock = self._rtcp_sock = None
+        if self._pcap is not None:
+            self._pcap.close()
+
+    # ---- receiving ------------------------------------------------------------------------
+    def _on_readable(self, sock: socket.socket, is_rtcp: bool) -> None:
+        for _ in range(_BATCH):
+            try:
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # An ICMP error from an earlier send (port unreachable) surfaces here.
+                self._c["send_errors"] += 1
+                continue
+            addr = addr[:2]
+            if self._pcap is not None:
+                self._pcap.write(data, addr, (self._local[0], sock.getsockname()[1]),
+                                 time.time())
+            try:
+                if is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223):
+                    # RFC 5761 4: RTCP types 192-223 never collide with RTP payload types.
+                    self._on_rtcp(data, addr)
+                else:
+                    self._on_rtp(data, addr)
+            except Exception as e:  # a node downstream failed: stop the graph through run_io
+                if self._io_error is not None and not self._io_error.done():
+                    self._io_error.set_exception(e)
+                return
+
+    def _on_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
+        c = self._c
+        try:
+            pkt = RtpPacket.parse(data)
+        except ParseError:
+            c["dropped_bad"] += 1
+            return
+        if self._remote is None:
+            # Symmetric RTP: latch to the first valid source; we answer from this socket.
+            self._remote = addr
+            self.post("rtp-latched", ip=addr[0], port=addr[1])
+        elif addr != self._remote:
+            c["dropped_foreign"] += 1
+            return
+        now = self._now()
+        pt = pkt.payload_type
+        is_dtmf = self._dtmf_pt is not None and pt == self._dtmf_pt
+        if not is_dtmf and self._recv_pt >= 0 and pt != self._recv_pt:
+            c["dropped_unknown_pt"] += 1
+            return
+        rx = self._rx
+        if rx is None or rx.ssrc != pkt.ssrc:
+            if rx is not None:
+                c["ssrc_changes"] += 1
+            rx = self._rx = ReceiverStats(pkt.ssrc, self._clock)
+        rx.receive(pkt.sequence_number, pkt.timestamp, now, len(pkt.payload))
+        c["packets_received"] += 1
+        c["bytes_received"] += len(data)
+        self._last_rx = now
+        if self._timed_out:
+            self._timed_out = False
+            self.post("rtp-resumed")
+        if is_dtmf:
+            try:
+                events = self._dtmf_rx.receive(pkt.payload, pkt.timestamp, pkt.marker, now)
+            except ParseError:
+                c["dropped_bad"] += 1
+                return
+            self._deliver_dtmf(events)
+            return
+        if self.linked_outputs:
+            self.emit("out", EncodedFrame(
+                pkt.payload, self._codec, pkt.timestamp,
+                payload_duration(self._codec, pkt.payload, self.channels), self._clock,
+                pkt.marker, 0,
+                {"seq": pkt.sequence_number, "ssrc": pkt.ssrc, "pt": pt, "arrival": now}))
+
+    def _deliver_dtmf(self, events: list[DtmfEvent]) -> None:
+        for ev in events:
+            self._c["dtmf_received"] += 1
+            self.post("dtmf", digit=ev.digit, duration_ms=ev.duration_ms)
+            for out in self.linked_outputs:
+                self.emit_event(out, ev)
+
+    def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        c = self._c
+        if self._remote is not None and addr[0] != self._remote[0]:
+            c["dropped_foreign"] += 1
+            return
+        try:
+            packets = parse_rtcp(data)
+        except ParseError:
+            c["rtcp_bad"] += 1
+            return
+        c["rtcp_received"] += 1
+        self._rtcp_remote = addr  # answer RTCP where it comes from (symmetric RTCP)
+        wall = time.time()
+        for p in packets:
+            if isinstance(p, RtcpSenderReport) and self._rx is not None \
+                    and p.ssrc == self._rx.ssrc:
+                self._rx.on_sender_report(p, wall)
+            if isinstance(p, (RtcpSenderReport, RtcpReceiverReport)):
+                for block in p.reports:
+                    if block.ssrc == self._ssrc:
+                        self._sender.on_report_block(block, wall)
+            elif isinstance(p, RtcpBye):
+                self.post("rtp-bye", reason=p.reason)
+        if self._scheduler is not None:
+            self._scheduler.on_received(len(data) + _UDP_IP_OVERHEAD)
+
+    # ---- sending ----------------------------------------------------------------------------
+    def _send(self, data: bytes, payload_size: int, timestamp: int) -> bool:
+        remote = self._remote
+        if remote is None:
+            self._c["dropped_no_remote"] += 1
+            return False
+        try:
+            self._sock.sendto(data, remote)
+        except (BlockingIOError, InterruptedError):
+            self._c["send_errors"] += 1  # the socket buffer is full: drop, as UDP would
+            return False
+        except OSError:
+            self._c["send_errors"] += 1
+            return False
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._c["packets_sent"] += 1
+        self._c["bytes_sent"] += len(data)
+        self._sender.on_sent(payload_size, timestamp, time.time())
+        if self._pcap is not None:
+            self._pcap.write(data, self._local, remote, time.time())
+        return True
+
+    def process(self, port: str, frame: EncodedFrame) -> None:
+        ts = (self._ts_offset + frame.pts) & 0xFFFFFFFF
+        payload = frame.payload
+        self._send(self._packer.pack(payload, self._seq, ts, frame.marker), len(payload), ts)
+        self._last_ts = ts
+        self._last_dur = frame.duration
+
+    def event(self, port: str, event: Any) -> None:
+        if isinstance(event, DtmfEvent):
+            if self._dtmf_packer is None:
+                self.counters.drops += 1  # no telephone-event payload type negotiated
+                return
+            self._dtmf_queue.append(event)
+            self._start_dtmf(self._now())
+            return
+        if isinstance(event, EndOfStream):
+            # Sending is over; receiving goes on until the graph stops (or nothing listens).
+            self._sending_done = True
+            if not self.linked_outputs:
+                self.send_eos()
+            return
+        super().event(port, event)
+
+    def _start_dtmf(self, now: float) -> None:
+        tx = self._dtmf_tx
+        if tx.active or not self._dtmf_queue:
+            return
+        ev = self._dtmf_queue.popleft()
+        ts = self._ts_offset if self._last_ts is None else self._last_ts + self._last_dur
+        tx.start(ev.digit, ts, now, ev.duration_ms, ev.volume_dbm0)
+        self._c["dtmf_sent"] += 1
+        self._poll_dtmf(now)
+
+    def _poll_dtmf(self, now: float) -> None:
+        for p in self._dtmf_tx.poll(now):
+            data = self._dtmf_packer.pack(p.payload, self._seq, p.timestamp, p.marker)
+            self._send(data, len(p.payload), p.timestamp)
+        if not self._dtmf_tx.active:
+            self._start_dtmf(now)
+
+    def _send_rtcp(self, now: float, bye: bool = False) -> None:
+        wall = time.time()
+        blocks = [self._rx.report_block(wall)] if self._rx is not None else []
+        we_sent = self._sender.has_sent
+        first: RtcpSenderReport | RtcpReceiverReport = (
+            self._sender.sender_report(wall, blocks) if we_sent
+            else RtcpReceiverReport(self._ssrc, blocks))
+        packets: list[Any] = [first, RtcpSdes([SdesChunk(self._ssrc, [(SDES_CNAME,
+                                                                       self._cname)])])]
+        if bye:
+            packets.append(RtcpBye([self._ssrc]))
+        data = serialize_rtcp(packets)
+        dest = self._rtcp_remote or (self._remote[0], self._remote[1] + 1)
+        self._rtcp_sock.sendto(data, dest)
+        self._c["rtcp_sent"] += 1
+        if self._pcap is not None:
+            self._pcap.write(data, (self._local[0], self.rtcp_port), dest, wall)
+        if self._scheduler is not None:
+            self._scheduler.on_sent(len(data) + _UDP_IP_OVERHEAD, now, we_sent)
+
+    # ---- timers -----------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        t = self._now()  # timers run on the loop's clock, like packet arrival times
+        if self.rtp_timeout and not self._timed_out and t - self._last_rx >= self.rtp_timeout:
+            self._timed_out = True
+            self._c["timeouts"] += 1
+            data = {"seconds": round(t - self._last_rx, 3)}
+            self.post("rtp-timeout", **data)
+            for out in self.linked_outputs:
+                self.emit_event(out, CustomEvent("rtp-timeout", data))
+        timer = self._dtmf_rx.get_timer()
+        if timer is not None and t >= timer:
+            self._deliver_dtmf(self._dtmf_rx.poll(t))
+        timer = self._dtmf_tx.get_timer()
+        if timer is not None and t >= timer:
+            self._poll_dtmf(t)
+        sch = self._scheduler
+        if sch is not None and sch.next_time is not None and t >= sch.next_time:
+            if self._remote is None:
+                sch.schedule(t, we_sent=False)  # nobody to report to yet
+            else:
+                try:
+                    self._send_rtcp(t)
+                except OSError:
+                    self._c["send_errors"] += 1
+                    sch.schedule(t, we_sent=self._sender.has_sent)
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        c = getattr(self, "_c", None)
+        if c is None:
+            return out
+        rx = self._rx
+        out.update(c)
+        out.update({
+            "local_port": self.bound_port,
+            "remote": f"{self._remote[0]}:{self._remote[1]}" if self._remote else None,
+            "jitter_ms": round(rx.jitter_seconds * 1000.0, 3) if rx is not None else None,
+            "lost": rx.lost if rx is not None else 0,
+            "rtt_ms": round(self._sender.rtt * 1000.0, 3) if self._sender.rtt is not None
+            else None,
+        })
+        return out

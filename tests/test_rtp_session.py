@@ -1,0 +1,375 @@
+"""The rtp_session node on 127.0.0.1 under real time: graphs talking to each other and to
+plain test sockets.
+
+Covers the media path (a PCMU tone sent one way, checked by FFT and correlation), symmetric
+RTP and latching (RFC 4961; foreign sources dropped), malformed datagrams counted (RFC 3550
+A.1 validity), the RTP timeout, RTCP SR/RR with a round-trip time (RFC 3550 6.4, 6.4.1),
+RFC 4733 DTMF both ways and a pcap capture that tshark decodes as RTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from conftest import require_tool
+
+import plugins.rtp
+from pipeline.frames import CustomEvent, DtmfEvent, EncodedFrame
+from pipeline.graph import Graph
+from pipeline.loader import parse_launch
+from pipeline.node import Node, Port
+from pipeline.registry import get_registry
+from pipeline.runtime import RunResult, Runtime
+from pipeline.testing import align, dominant_frequency, snr_db
+from plugins.codecs.g711 import G711Encoder
+from plugins.rtp.packet import RtpPacket
+from plugins.rtp.pcap import read_pcap
+
+# The rtp family registers through the same hook as every plugin; make sure it is loaded
+# (a no-op once pipeline/registry.py lists it among the built-ins).
+get_registry().register(plugins.rtp, "plugins.rtp")
+
+LEVEL = 10 ** (-6 / 20)
+WAIT = 10.0  # upper bound for anything to happen; tests finish far sooner
+
+
+class Session:
+    """A graph running under real time in the current loop, with its bus messages."""
+
+    def __init__(self, graph: Graph, stop_on: Callable[[Any, set[str]], bool] | None = None):
+        self.graph = graph
+        self.runtime = Runtime(graph, realtime=True)
+        self.seen: set[str] = set()
+        self.stop_on = stop_on
+        loop = asyncio.get_running_loop()
+        self.bound: asyncio.Future = loop.create_future()
+        self.events: dict[str, asyncio.Event] = {}
+        graph.listeners.append(self._on_message)
+        self.task = asyncio.create_task(self.runtime.run())
+
+    def _on_message(self, msg: Any) -> None:
+        self.seen.add(msg.name)
+        self.events.setdefault(msg.name, asyncio.Event()).set()
+        if msg.name == "rtp-bound" and not self.bound.done():
+            self.bound.set_result(msg.data["port"])
+        if self.stop_on is not None and self.stop_on(msg, self.seen):
+            self.runtime.request_stop()
+
+    async def port(self) -> int:
+        return await asyncio.wait_for(self.bound, WAIT)
+
+    async def wait_message(self, name: str) -> None:
+        await asyncio.wait_for(self.events.setdefault(name, asyncio.Event()).wait(), WAIT)
+
+    async def result(self) -> RunResult:
+        return await asyncio.wait_for(self.task, WAIT)
+
+    def stop(self) -> None:
+        self.runtime.request_stop()
+
+
+def stop_after_media_ends(msg: Any, seen: set[str]) -> bool:
+    """Stop a receiver when the stream it latched onto has gone quiet (the RTP timeout)."""
+    return msg.name == "rtp-timeout" and "rtp-latched" in seen
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (yielding to the loop) until `condition()` holds; fail after WAIT seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def node_stats(result: RunResult, name: str) -> dict[str, Any]:
+    return result.stats[name]
+
+
+# ---- media one way -------------------------------------------------------------------------
+def test_pcmu_tone_between_two_graphs(tmp_path) -> None:
+    async def main() -> tuple[RunResult, RunResult, Graph]:
+        rx = Session(parse_launch(
+            f"rtp_session name=rx codec=pcmu rtp_timeout=0.5s pcap={tmp_path / 'rx.pcap'} ! "
+            "pcmu_decoder ! frame_sink name=out"), stop_on=stop_after_media_ends)
+        port = await rx.port()
+        tx_graph = parse_launch(
+            "tone freq=1000 rate=8000 duration=1s ! tee name=t  t. ! frame_sink name=ref  t. ! "
+            f"pcmu_encoder ! rtp_session name=tx remote_ip=127.0.0.1 remote_port={port}")
+        tx = Session(tx_graph)
+        tx_result = await tx.result()
+        return await rx.result(), tx_result, tx_graph
+
+    rx_result, tx_result, tx_graph = asyncio.run(main())
+    ref = tx_graph.nodes["ref"].audio()[:, 0]
+    out = rx_result.graph.nodes["out"].audio()[:, 0]
+    rx, tx = node_stats(rx_result, "rx"), node_stats(tx_result, "tx")
+    assert tx["packets_sent"] == 50 and tx["bytes_sent"] == 50 * (12 + 160)
+    assert rx["packets_received"] == 50 and rx["bytes_received"] == 50 * 172
+    assert rx["lost"] == 0 and rx["dropped_bad"] == 0 and rx["timeouts"] == 1
+    assert rx["jitter_ms"] is not None and rx["jitter_ms"] < 20.0
+    assert abs(dominant_frequency(out, 8000) - 1000.0) < 2.0
+    lag, corr = align(ref, out)
+    assert lag == 0 and corr >= 0.99  # loopback, no jitter buffer: nothing moves
+    assert snr_db(ref, out) > 30.0
+    # The pcap holds exactly the datagrams received, RTP with consecutive sequence numbers.
+    records = list(read_pcap(tmp_path / "rx.pcap"))
+    assert len(records) == 50
+    packets = [RtpPacket.parse(r.data) for r in records]
+    assert all(p.payload_type == 0 for p in packets) and packets[0].marker
+    assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1
+               for a, b in zip(packets, packets[1:], strict=False))
+    assert b"".join(p.payload for p in packets) == G711Encoder("pcmu").encode(ref)
+
+
+# ---- latching, symmetric RTP, foreign and malformed packets --------------------------------
+def _rtp(seq: int, payload: bytes, ssrc: int = 0x1234, pt: int = 0) -> bytes:
+    return bytes(RtpPacket(pt, seq, 160 * seq, ssrc, payload))
+
+
+def test_latching_symmetric_rtp_and_dropped_packets() -> None:
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(WAIT)
+    a_port = a.getsockname()[1]
+
+    async def main() -> tuple[RunResult, list[tuple[bytes, Any]]]:
+        # The session both sends (a tone) and receives; it knows no remote until it latches.
+        s = Session(parse_launch(
+            "tone freq=1000 rate=8000 ! pcmu_encoder ! rtp_session name=s codec=pcmu ! "
+            "frame_sink name=out"))
+        port = await s.port()
+        dest = ("127.0.0.1", port)
+        node = s.graph.nodes["s"]
+        await until(lambda: node._c["dropped_no_remote"] > 0)  # sending, but to nobody yet
+        b.sendto(b"junk", dest)  # not RTP: counted, and never latched onto
+        b.sendto(b"\x40" + bytes(15), dest)  # RTP version 1
+        for seq in range(3):
+            a.sendto(_rtp(seq, bytes([seq]) * 160), dest)  # the first valid source: latched
+        for seq in range(3):
+            b.sendto(_rtp(seq, b"\xee" * 160, ssrc=0x999), dest)  # foreign source
+        a.sendto(b"\x80\x00\x00", dest)  # truncated header
+        a.sendto(bytes([0x8F]) + bytes(11), dest)  # 15 CSRCs announced, none present
+        a.sendto(_rtp(3, b"\x03" * 160, pt=8), dest)  # a payload type we did not agree
+        for seq in range(4, 6):
+            a.sendto(_rtp(seq, bytes([seq]) * 160), dest)
+        await until(lambda: node._c["packets_received"] == 5 and node._c["dropped_bad"] == 4)
+        # Symmetric RTP: what we send goes to the latched source, from the port we bound.
+        got = []
+        loop = asyncio.get_running_loop()
+        while len(got) < 3:
+            got.append(await loop.run_in_executor(None, a.recvfrom, 2048))
+        s.stop()
+        return await s.result(), got
+
+    try:
+        result, got = asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    st = node_stats(result, "s")
+    assert st["dropped_bad"] == 4
+    assert st["dropped_foreign"] == 3
+    assert st["dropped_unknown_pt"] == 1
+    assert st["remote"] == f"127.0.0.1:{a_port}"
+    frames = list(result.graph.nodes["out"].frames)
+    assert [f.meta["seq"] for f in frames] == [0, 1, 2, 4, 5]
+    assert [f.payload[0] for f in frames] == [0, 1, 2, 4, 5]
+    assert all(f.codec == "pcmu" and f.rate == 8000 and f.duration == 160 for f in frames)
+    assert [f.pts for f in frames] == [0, 160, 320, 640, 800]
+    assert all(f.meta["ssrc"] == 0x1234 and f.meta["pt"] == 0 for f in frames)
+    for data, addr in got:
+        assert addr == ("127.0.0.1", st["local_port"])
+        pkt = RtpPacket.parse(data)
+        assert pkt.payload_type == 0 and len(pkt.payload) == 160
+    seqs = [RtpPacket.parse(d).sequence_number for d, _ in got]
+    assert [(y - x) & 0xFFFF for x, y in zip(seqs, seqs[1:], strict=False)] == [1, 1]
+
+
+def test_configured_remote_drops_other_sources() -> None:
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+
+    async def main() -> RunResult:
+        s = Session(parse_launch(
+            f"rtp_session name=s codec=pcma remote_ip=127.0.0.1 "
+            f"remote_port={a.getsockname()[1]} ! frame_sink name=out"))
+        dest = ("127.0.0.1", await s.port())
+        node = s.graph.nodes["s"]
+        b.sendto(_rtp(1, b"\x55" * 160, pt=8), dest)  # first, but not the configured peer
+        a.sendto(_rtp(2, b"\x55" * 160, pt=8), dest)
+        await until(lambda: node._c["packets_received"] == 1)
+        s.stop()
+        return await s.result()
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    st = node_stats(result, "s")
+    assert st["dropped_foreign"] == 1 and st["packets_received"] == 1
+    assert [f.meta["seq"] for f in result.graph.nodes["out"].frames] == [2]
+
+
+# ---- timeout ----------------------------------------------------------------------------------
+def test_rtp_timeout_posts_and_emits_an_event() -> None:
+    async def main() -> tuple[RunResult, float]:
+        s = Session(parse_launch(
+            "rtp_session name=s codec=pcmu rtp_timeout=150ms ! pcmu_decoder ! "
+            "frame_sink name=out"))
+        await s.port()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await s.wait_message("rtp-timeout")
+        elapsed = loop.time() - t0
+        s.stop()
+        return await s.result(), elapsed
+
+    result, elapsed = asyncio.run(main())
+    msgs = [m for m in result.messages if m.name == "rtp-timeout"]
+    assert len(msgs) == 1 and msgs[0].node == "s" and msgs[0].data["seconds"] >= 0.15
+    assert elapsed >= 0.15
+    events = result.graph.nodes["out"].events
+    assert any(isinstance(e, CustomEvent) and e.name == "rtp-timeout" for e in events)
+    assert node_stats(result, "s")["timeouts"] == 1
+
+
+# ---- RTCP --------------------------------------------------------------------------------------
+def test_rtcp_reports_give_round_trip_time() -> None:
+    async def main() -> tuple[RunResult, RunResult]:
+        rx = Session(parse_launch(
+            "rtp_session name=rx codec=pcmu rtcp=true rtcp_interval=0.1s session_kbps=800 ! "
+            "null_sink"))
+        port = await rx.port()
+        # 800 kb/s gives RTCP enough bandwidth that the 0.1 s minimum interval applies (A.7).
+        tx = Session(parse_launch(
+            "tone rate=8000 duration=1s ! pcmu_encoder ! rtp_session name=tx rtcp=true "
+            f"rtcp_interval=0.1s session_kbps=800 remote_ip=127.0.0.1 remote_port={port}"))
+        tx_result = await tx.result()
+        await rx.wait_message("rtp-bye")  # RFC 3550 6.6: the sender says goodbye on stop
+        rx.stop()
+        return await rx.result(), tx_result
+
+    rx_result, tx_result = asyncio.run(main())
+    rx, tx = node_stats(rx_result, "rx"), node_stats(tx_result, "tx")
+    assert rx["local_port"] % 2 == 0  # RFC 3550 11: RTP even, RTCP on the next port
+    assert tx["rtcp_sent"] >= 4 and rx["rtcp_received"] == tx["rtcp_sent"]
+    assert rx["rtcp_sent"] >= 4 and tx["rtcp_received"] >= 3
+    assert rx["rtcp_bad"] == 0 and tx["rtcp_bad"] == 0
+    # The receiver's RR echoes our SR (LSR/DLSR), so the sender knows the round trip.
+    assert tx["rtt_ms"] is not None and 0.0 <= tx["rtt_ms"] < 100.0
+
+
+def test_rtcp_sender_report_on_the_wire(tmp_path) -> None:
+    from plugins.rtp.rtcp import RtcpSdes, RtcpSenderReport, parse_rtcp
+
+    async def main() -> tuple[RunResult, int]:
+        rx = Session(parse_launch(
+            "rtp_session name=rx codec=pcmu rtcp=true rtcp_interval=0.1s ! null_sink"))
+        port = await rx.port()
+        tx = Session(parse_launch(
+            f"tone rate=8000 duration=0.6s ! pcmu_encoder ! rtp_session name=tx rtcp=true "
+            f"rtcp_interval=0.1s ssrc=305419896 pcap={tmp_path / 'tx.pcap'} "
+            f"remote_ip=127.0.0.1 remote_port={port}"))
+        result = await tx.result()
+        rx.stop()
+        await rx.result()
+        return result, port
+
+    result, port = asyncio.run(main())
+    rtcp = [r for r in read_pcap(tmp_path / "tx.pcap") if r.dst[1] == port + 1]
+    assert rtcp, "no RTCP was sent"
+    first = parse_rtcp(rtcp[0].data)
+    assert isinstance(first[0], RtcpSenderReport) and first[0].ssrc == 0x12345678
+    assert isinstance(first[1], RtcpSdes)
+    assert first[1].chunks[0].cname.startswith("12345678@")
+    assert first[0].packet_count > 0 and first[0].octet_count == 160 * first[0].packet_count
+
+
+# ---- DTMF --------------------------------------------------------------------------------------
+class DtmfInjector(Node):
+    """Test node: passes frames through and sends a DTMF digit before frame `at`."""
+
+    kind = "test_dtmf_injector"
+    inputs = (Port("in", doc="encoded frames"),)
+    outputs = (Port("out", doc="the same frames, and a DtmfEvent"),)
+
+    def start(self) -> None:
+        self.n = 0
+
+    def process(self, port: str, frame: EncodedFrame) -> None:
+        self.n += 1
+        if self.n == 5:
+            self.emit_event("out", DtmfEvent("5", duration_ms=100))
+        if self.n == 20:
+            self.emit_event("out", DtmfEvent("#", duration_ms=60))
+        self.emit("out", frame)
+
+
+def test_dtmf_sent_and_received_as_rfc4733() -> None:
+    async def main() -> tuple[RunResult, RunResult]:
+        rx = Session(parse_launch(
+            "rtp_session name=rx codec=pcmu dtmf_payload_type=101 ! frame_sink name=out"))
+        port = await rx.port()
+        g = Graph("dtmf-tx")
+        g.create("tone", "tone", {"rate": 8000, "duration": 0.8})
+        g.create("pcmu_encoder", "enc")
+        g.add(DtmfInjector("dtmf"))
+        g.create("rtp_session", "tx", {"remote_ip": "127.0.0.1", "remote_port": port,
+                                       "dtmf_payload_type": 101})
+        for x, y in (("tone", "enc"), ("enc", "dtmf"), ("dtmf", "tx")):
+            g.link(x, None, y, None)
+        tx_result = await Session(g).result()
+        rx_node = rx.graph.nodes["rx"]
+        await until(lambda: rx_node._c["dtmf_received"] == 2)
+        rx.stop()
+        return await rx.result(), tx_result
+
+    rx_result, tx_result = asyncio.run(main())
+    events = [e for e in rx_result.graph.nodes["out"].events if isinstance(e, DtmfEvent)]
+    assert [(e.digit, e.duration_ms) for e in events] == [("5", 100), ("#", 60)]
+    assert [m.data["digit"] for m in rx_result.messages if m.name == "dtmf"] == ["5", "#"]
+    assert node_stats(tx_result, "tx")["dtmf_sent"] == 2
+    rx = node_stats(rx_result, "rx")
+    # 40 audio packets, plus RFC 4733 2.5.1 trains: updates every 20 ms and 3 end packets.
+    assert rx["packets_received"] == 40 + (5 + 2) + (3 + 2)
+    assert rx["lost"] == 0  # DTMF shares the sequence space of the audio (RFC 4733 2.1)
+    assert len(rx_result.graph.nodes["out"].frames) == 40
+
+
+# ---- pcap through tshark ----------------------------------------------------------------------
+def test_pcap_is_readable_by_tshark(tmp_path) -> None:
+    tshark = require_tool("tshark", "tshark")
+    pcap = tmp_path / "tx.pcap"
+
+    async def main() -> tuple[RunResult, int]:
+        rx = Session(parse_launch("rtp_session name=rx codec=pcma ! null_sink"))
+        port = await rx.port()
+        tx = Session(parse_launch(
+            f"tone rate=8000 duration=0.3s ! pcma_encoder ! rtp_session name=tx "
+            f"remote_ip=127.0.0.1 remote_port={port} pcap={pcap}"))
+        result = await tx.result()
+        rx.stop()
+        await rx.result()
+        return result, port
+
+    result, port = asyncio.run(main())
+    out = subprocess.run(
+        [tshark, "-r", str(pcap), "-d", f"udp.port=={port},rtp", "-T", "fields",
+         "-e", "rtp.p_type", "-e", "rtp.seq", "-e", "rtp.marker"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert len(rows) == 15 == node_stats(result, "tx")["packets_sent"]
+    assert {r[0] for r in rows} == {"8"}
+    seqs = [int(r[1]) for r in rows]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert [r[2] for r in rows] == ["1"] + ["0"] * 14  # RFC 3551 4.1: marker on the first
