@@ -75,14 +75,14 @@ class Runtime:
         self.error_node: Node | None = None
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
-        self._pending_feedback: list[tuple[Callable, str, Any, bool]] = []
+        self._pending_feedback: list[tuple[Callable, str, Any, str]] = []
         self._terminals: set[str] = set()
         self._finished: set[str] = set()
         self._io_tasks: dict[str, asyncio.Task] = {}
         self._child_ns = [0]
         self._order: list[Node] = []
         self._clocked: list[Node] = []
-        self._started: set[str] = set()
+        self._started: set[Node] = set()  # by identity: a new part may reuse old names
         self.parts: dict[str, Part] = {}
         self._failed_parts: list[tuple[Part, BaseException]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -122,7 +122,7 @@ class Runtime:
         for ln in links:
             fn = nodes[ln.dst].process
             if ln.feedback:
-                fn = self._deferred(fn, event=False)
+                fn = self._deferred(fn, ln.dst, event=False)
             routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
 
         def emit_many(port: str, frame: Any, routes=routes) -> None:
@@ -138,7 +138,7 @@ class Runtime:
         for ln in links:
             fn = nodes[ln.dst].event
             if ln.feedback:
-                fn = self._deferred(fn, event=True)
+                fn = self._deferred(fn, ln.dst, event=True)
             routes.setdefault(ln.src_port, []).append((fn, ln.dst_port))
 
         def emit_event(port: str, event: Any) -> None:
@@ -147,10 +147,10 @@ class Runtime:
 
         return emit_event
 
-    def _deferred(self, fn: Callable, event: bool) -> Callable:
+    def _deferred(self, fn: Callable, dst: str, event: bool) -> Callable:
         # A declared feedback edge delivers one period later, which breaks the recursion.
         def later(port: str, item: Any) -> None:
-            self._pending_feedback.append((fn, port, item, event))
+            self._pending_feedback.append((fn, port, item, dst))
 
         return later
 
@@ -195,12 +195,12 @@ class Runtime:
                     raise
                 raise NodeError(f"failed to start: {e}", node=node.name) from e
             started.append(node)
-            self._started.add(node.name)
+            self._started.add(node)
 
     def _stop_node(self, node: Node) -> None:
-        if node.name not in self._started:
+        if node not in self._started:
             return
-        self._started.discard(node.name)
+        self._started.discard(node)
         try:
             node.stop()
         except Exception as e:  # keep stopping the others; report the first
@@ -250,20 +250,35 @@ class Runtime:
         self.parts[prefix] = part
         return part
 
-    def detach(self, prefix: str) -> None:
-        """Stop and remove a part; running nodes it was linked to get `port_unlinked`."""
+    def detach(self, prefix: str) -> asyncio.Future | None:
+        """Stop and remove a part; running nodes it was linked to get `port_unlinked`.
+
+        Returns a future that is done once every node of the part has stopped (nodes with an
+        I/O task stop after that task's clean-up), or None when all stopped at once; await it
+        before reusing what the part held (ports, files)."""
         g = self.graph
         part = self.parts.pop(prefix, None)
         names = part.names if part else {n for n in g.nodes if n.startswith(prefix)}
         names = {n for n in names if n in g.nodes}
-        for name in names:
-            g.nodes[name].finished = True  # not ticked again, even later in this tick
-            task = self._io_tasks.pop(name, None)
-            if task is not None:
-                task.cancel()
+        waiting: list[asyncio.Task] = []
         for name in [n for n in g.topological_order() if n in names]:
-            self._stop_node(g.nodes[name])
+            node = g.nodes[name]
+            node.finished = True  # not ticked again, even later in this tick
+            task = self._io_tasks.pop(name, None)
+            if task is None:
+                self._stop_node(node)
+            else:
+                # Stop the node only once its I/O task has run its own clean-up (which may
+                # still use the socket the node's stop() closes).
+                task.cancel()
+                task.add_done_callback(lambda _t, node=node: self._stop_node(node))
+                waiting.append(task)
+        # Frames queued on feedback edges into the part are not delivered to it any more.
+        self._pending_feedback = [p for p in self._pending_feedback if p[3] not in names]
         self._remove(names)
+        if not waiting:
+            return None
+        return asyncio.gather(*waiting, return_exceptions=True)
 
     def _remove(self, names: set[str]) -> None:
         g = self.graph
@@ -274,12 +289,12 @@ class Runtime:
                 g.nodes[ln.src].linked_outputs.remove(ln.src_port)
                 g.nodes[ln.src].out_formats.pop(ln.src_port, None)
                 touched.add(ln.src)
-                if ln.src in self._started:
+                if g.nodes[ln.src] in self._started:
                     g.nodes[ln.src].port_unlinked("out", ln.src_port)
             if ln.dst not in names:
                 g.nodes[ln.dst].linked_inputs.remove(ln.dst_port)
                 g.nodes[ln.dst].eos_inputs.discard(ln.dst_port)
-                if ln.dst in self._started:
+                if g.nodes[ln.dst] in self._started:
                     g.nodes[ln.dst].port_unlinked("in", ln.dst_port)
         for n in names:
             g.nodes.pop(n, None)

@@ -257,13 +257,15 @@ class RtpSession(Node):
         socks = [(self._sock, False)]
         if self._rtcp_sock is not None:
             socks.append((self._rtcp_sock, True))
+        fds = []
         for sock, is_rtcp in socks:
-            loop.add_reader(sock.fileno(), self._on_readable, sock, is_rtcp)
+            fds.append(sock.fileno())
+            loop.add_reader(fds[-1], self._on_readable, sock, is_rtcp)
         try:
             await self._io_error  # raises when a node downstream failed in a callback
         finally:
-            for sock, _ in socks:
-                loop.remove_reader(sock.fileno())
+            for fd in fds:  # the numbers, not the sockets: they may be closed by now
+                loop.remove_reader(fd)
 
     def stop(self) -> None:
         if getattr(self, "_sock", None) is None:

@@ -1,0 +1,139 @@
+"""`pipeline serve` and `pipeline call` (called by `pipeline.sip_cli`).
+
+`serve FILE.yaml` runs a graph that holds one or more `sip_endpoint` nodes until SIGINT or
+SIGTERM (or `--duration`): the first signal hangs up every call and unregisters, a second one
+stops at once. `call SIP-URI --graph CALL.yaml` builds a parent graph with one endpoint that
+dials the URI and runs CALL.yaml as the call graph, hanging up after `--duration`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.graph import Graph
+from pipeline.params import Duration
+from pipeline.runtime import RunResult, Runtime
+
+from .uri import SipUri
+
+SHUTDOWN_GRACE = 5.0  # seconds between the first signal and a forced stop
+
+
+class CallFailed(PipelineError):
+    """`pipeline call` could not establish its call."""
+
+
+def _duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return Duration.parse(text)
+    except ValueError as e:
+        raise PipelineError(f"--duration: {e.args[0]}", hint=(e.args + (None,))[1]) from None
+
+
+def endpoints(graph: Graph) -> list[Any]:
+    return [n for n in graph.nodes.values() if n.kind == "sip_endpoint"]
+
+
+async def _run(graph: Graph, duration: float | None) -> RunResult:
+    runtime = Runtime(graph, realtime=True, duration=duration)
+    loop = asyncio.get_running_loop()
+    signals = [0]
+
+    def on_signal() -> None:
+        signals[0] += 1
+        nodes = [n for n in endpoints(graph) if getattr(n, "ua", None) is not None]
+        if signals[0] > 1 or not nodes:
+            runtime.request_stop()
+            return
+        print("pipeline: hanging up and unregistering (again to stop now)", file=sys.stderr)
+        for node in nodes:
+            node.shutdown()
+        loop.call_later(SHUTDOWN_GRACE, runtime.request_stop)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+            pass
+    graph.listeners.append(_print_event)
+    try:
+        return await runtime.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover
+                pass
+
+
+def _print_event(msg: Any) -> None:
+    if msg.name in ("sip-listening", "sip-registered", "sip-registration-failed",
+                    "call-incoming", "call-established", "call-ended", "error"):
+        data = " ".join(f"{k}={v}" for k, v in msg.data.items())
+        print(f"pipeline: {msg.node}: {msg.name} {data}", file=sys.stderr)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run a graph with SIP endpoints, answering calls until stopped."""
+    from pipeline.cli import build_graph
+
+    graph = build_graph(args)
+    if not endpoints(graph):
+        raise PipelineError("graph has no sip_endpoint node to serve",
+                            hint="add a node of type sip_endpoint (docs/sip.md)")
+    asyncio.run(_run(graph, _duration(args.duration)))
+    return 0
+
+
+def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None = None,
+                     params: dict[str, Any] | None = None, listen: str | None = None) -> Graph:
+    """The parent graph of `pipeline call`: one sip_endpoint that dials `uri`."""
+    from pipeline.registry import get_registry
+
+    try:
+        target = SipUri.parse(uri)
+    except PipelineError as e:
+        raise PipelineError(f"call target '{uri}' is not a SIP URI: {e.message}",
+                            hint="write sip:USER@HOST:PORT") from None
+    path = Path(call_graph)
+    if not path.is_file():
+        raise PipelineError(f"call graph '{call_graph}' not found", hint="check --graph")
+    transport = "tls" if target.scheme == "sips" else (
+        target.params.get("transport") or "udp").lower()
+    host = "127.0.0.1" if target.host.startswith("127.") else "0.0.0.0"
+    graph = Graph("call", registry=get_registry())
+    graph.create("sip_endpoint", "sip", {
+        "listen": [listen or f"{transport}:{host}:0"],
+        "user": "caller",
+        "call_graph": str(path.resolve()),
+        "call_graph_params": params or {},
+        "dial": uri,
+        "hangup_after": duration or 0.0,
+        "exit_after_call": True,
+        "tls_verify": False,
+    })
+    return graph
+
+
+def call(args: argparse.Namespace) -> int:
+    """Call a SIP URI, run the call graph for the call, hang up after --duration."""
+    from pipeline.cli import _overrides
+
+    duration = _duration(args.duration)
+    graph = build_call_graph(args.uri, args.graph, duration=duration,
+                             params=_overrides(args.params))
+    result = asyncio.run(_run(graph, None))
+    established = any(m.name == "call-established" for m in result.messages)
+    ended = [m for m in result.messages if m.name == "call-ended"]
+    if not established:
+        reason = ended[0].data["reason"] if ended else "no answer"
+        raise CallFailed(f"call to {args.uri} failed: {reason}")
+    return 0

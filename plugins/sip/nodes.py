@@ -1,0 +1,498 @@
+"""The `sip_endpoint` node: SIP signalling as a source of call graphs.
+
+The node owns the transports (`transport.SipTransport`) and a sans-IO `ua.UserAgent`. For each
+call it negotiates SDP from the codecs the registry can encode and decode, then adds its
+`call_graph` to the running graph as a part named ``call-N/`` with `${call.*}` values
+(docs/sip.md lists them), and removes the part when the call ends: BYE or CANCEL from
+either side, RTP timeout (an ``rtp-timeout`` bus message from a node of the part), a fault in
+the part, or shutdown. A re-INVITE that changes the media (hold, codec, address) rebuilds the
+part with the new values.
+
+Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip-registered``,
+``sip-registration-failed``, ``sip-unregistered``, ``call-incoming``, ``call-ringing``,
+``call-established``, ``call-updated``, ``call-ended``, ``dtmf``, ``refer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.node import Node
+from pipeline.params import Duration, Param, ParamValueError
+from pipeline.params import Path as PathType
+
+from . import ua as sipua
+from .offer_answer import Codec, NegotiatedMedia
+from .transport import ListenSpec, SipTransport, client_context, server_context
+
+log = logging.getLogger("plugins.sip")
+
+DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event"]
+_SDP_NAMES = {"opus", "pcmu", "pcma", "g722", "telephone-event"}
+
+
+def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
+                rtp_timeout: float) -> dict[str, Any]:
+    """The `${call.*}` values of a call graph (docs/sip.md). Header-derived texts are
+    `safe_token`s, so they can go into file names."""
+    values: dict[str, Any] = dict(media.call_params())
+    values.update({
+        "call_id": sipua.safe_token(call.call_id),
+        "call_number": call.number,
+        "call_direction": "incoming" if call.direction == "in" else "outgoing",
+        "caller": call.caller,
+        "callee": call.callee,
+        "remote_rtp_ip": media.remote_address,
+        "remote_rtp_port": media.remote_rtp_port,
+        "local_rtp_ip": local_ip,
+        "local_rtp_port": call.rtp_port,
+        "codec": media.encoding,
+        "payload_type": media.payload_type,
+        "local_payload_type": media.local_payload_type,
+        "clock_rate": media.clock_rate,
+        "rate": media.sample_rate_hz,
+        "channels": media.send_channels,
+        "ptime": media.ptime_ms,
+        "dtmf_payload_type": -1 if media.dtmf_payload_type is None else media.dtmf_payload_type,
+        "direction": media.direction,
+        "rtp_timeout": rtp_timeout,
+    })
+    return values
+
+
+class PortAllocator:
+    """Even RTP ports from a range (RTCP takes port + 1), checked free by binding them."""
+
+    def __init__(self, text: str, host: str) -> None:
+        lo, _, hi = text.partition("-")
+        self.lo, self.hi = int(lo), int(hi or lo)
+        self.host = host
+        self.in_use: set[int] = set()
+        self._next = self.lo + (self.lo & 1)
+
+    def allocate(self) -> int:
+        span = (self.hi - self.lo) // 2 + 1
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        for _ in range(span):
+            port = self._next
+            self._next = port + 2 if port + 2 <= self.hi else self.lo + (self.lo & 1)
+            if port in self.in_use:
+                continue
+            socks = []
+            try:
+                for p in (port, port + 1):
+                    s = socket.socket(family, socket.SOCK_DGRAM)
+                    socks.append(s)
+                    s.bind((self.host, p))
+            except OSError:
+                continue
+            finally:
+                for s in socks:
+                    s.close()
+            self.in_use.add(port)
+            return port
+        raise PipelineError(f"RTP port range {self.lo}-{self.hi} has no free port pair",
+                            hint="widen rtp_port_range or lower max_calls")
+
+    def release(self, port: int) -> None:
+        self.in_use.discard(port)
+
+
+class SipEndpoint(Node):
+    """SIP user agent: registers, answers and places calls, and runs `call_graph` for each
+    call with its negotiated `${call.*}` values."""
+
+    kind = "sip_endpoint"
+    realtime = True  # the CLI runs graphs with a network node in real time
+    clocked = True  # ticked to run SIP timers; it makes no media itself
+
+    listen = Param(list, ["udp:127.0.0.1:5060"],
+                   "where to listen: TRANSPORT:IP:PORT, udp, tcp or tls (several allowed)")
+    call_graph = Param(PathType, None, "YAML graph run for each call (write "
+                       "${graph_dir}/calls/x.yaml for a path relative to this graph)")
+    call_graph_params = Param(dict, None, "values for the call graph's params: (like -p)")
+    codecs = Param(list, DEFAULT_CODECS, "codecs offered and accepted, in preference order "
+                   "(only those with encoder and decoder nodes are used)")
+    user = Param(str, "pipeline", "our user name (Contact, From, registration and auth)")
+    password = Param(str, None, "password for digest auth by a registrar or proxy")
+    registrar = Param(str, None, "register at this registrar, e.g. sip:127.0.0.1:5070")
+    realm = Param(str, None, "answer digest challenges only from this realm (default: any); "
+                  "also the realm we challenge callers in")
+    register_expires = Param(int, 3600, "registration lifetime asked for, seconds",
+                             min=10, max=86400)
+    users = Param(dict, None, "user -> password: challenge callers with digest auth")
+    max_calls = Param(int, 0, "calls at once; more are answered 486 (0: no limit)", min=0)
+    rtp_port_range = Param(str, "20000-29999", "local RTP ports for calls, LOW-HIGH")
+    rtp_timeout = Param(Duration, 30.0, "hang up a call after this long without RTP (0: "
+                        "never); the call graph passes ${call.rtp_timeout} to rtp_session",
+                        min=0.0)
+    auto_answer = Param(bool, True, "answer incoming calls at once (else post call-incoming "
+                        "and wait for answer())")
+    media_ip = Param(str, None, "address for RTP and SDP (default: the first listen address)")
+    ptime_ms = Param(int, 20, "packet duration offered and answered, ms", min=10, max=120)
+    dial = Param(str, None, "SIP URI to call once started, e.g. sip:echo@127.0.0.1:5060")
+    hangup_after = Param(Duration, 0.0, "hang up the dialled call after this long (0: never)",
+                         min=0.0)
+    exit_after_call = Param(bool, False, "end the graph when the dialled call has ended")
+    rate_limit = Param(float, 50.0, "SIP requests per second accepted from one address "
+                       "(bursts of twice that); 0: no limit", min=0.0)
+    tls_cert = Param(PathType, None, "certificate (PEM) for tls listeners")
+    tls_key = Param(PathType, None, "private key (PEM) for tls listeners")
+    tls_ca = Param(PathType, None, "CA file to verify TLS peers (default: the system's)")
+    tls_verify = Param(bool, True, "verify the certificate of TLS peers we connect to")
+
+    # ---- checks -------------------------------------------------------------------------
+    def validate(self) -> None:
+        try:
+            self._specs = [ListenSpec.parse(str(x)) for x in self.listen]
+        except ValueError as e:
+            raise ParamValueError("listen", f"parameter 'listen': {e.args[0]}",
+                                  e.args[1]) from None
+        if not self._specs:
+            raise ParamValueError("listen", "parameter 'listen' is empty",
+                                  "write e.g. [udp:127.0.0.1:5060]")
+        if self.call_graph is not None and not Path(self.call_graph).is_file():
+            raise ParamValueError("call_graph", f"parameter 'call_graph': file "
+                                  f"'{self.call_graph}' not found",
+                                  "write ${graph_dir}/calls/NAME.yaml for a path relative to "
+                                  "the graph file")
+        lo, sep, hi = str(self.rtp_port_range).partition("-")
+        if not (lo.isdigit() and (not sep or hi.isdigit())
+                and 1024 <= int(lo) <= int(hi or lo) <= 65534):
+            raise ParamValueError("rtp_port_range", f"parameter 'rtp_port_range': "
+                                  f"'{self.rtp_port_range}' is not LOW-HIGH within 1024-65534",
+                                  "write e.g. 20000-29999")
+        unknown = [c for c in self.codecs if str(c).lower() not in _SDP_NAMES]
+        if unknown:
+            raise ParamValueError("codecs", f"parameter 'codecs': unknown codec '{unknown[0]}'",
+                                  "known: " + ", ".join(sorted(_SDP_NAMES)))
+        if any(s.transport == "tls" for s in self._specs) and not self.tls_cert:
+            raise ParamValueError("tls_cert", "parameter 'tls_cert' is required by a tls "
+                                  "listener", "set tls_cert and tls_key (PEM files)")
+        if self._usable_codecs() == []:
+            raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
+                                  "and decoder nodes", "install the codecs plugin family")
+
+    def _usable_codecs(self) -> list[Codec]:
+        from pipeline.registry import get_registry
+
+        registry = (self.graph.registry if self.graph is not None else None) or get_registry()
+        out: list[Codec] = []
+        audio = 0
+        for name in self.codecs:
+            name = str(name).lower()
+            if name != "telephone-event":
+                info = registry.codecs.get(name)
+                if info is None or info.encoder_kind not in registry.node_types \
+                        or info.decoder_kind not in registry.node_types:
+                    continue
+                audio += 1
+            out.append(Codec.named(name))
+        return out if audio else []
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        return {}  # no media ports: calls get their own graphs
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        tls_server = None
+        if self.tls_cert:
+            tls_server = server_context(str(self.tls_cert), str(self.tls_key or "") or None)
+        tls_client = client_context(str(self.tls_ca) if self.tls_ca else None,
+                                    verify=self.tls_verify)
+        self.transport = SipTransport(self._on_message, tls_server=tls_server,
+                                      tls_client=tls_client)
+        listeners = self.transport.bind(self._specs)
+        media_ip = self.media_ip or listeners[0].host
+        self.ua = sipua.UserAgent(sipua.UaConfig(
+            listeners, self._usable_codecs(), user=self.user, password=self.password,
+            registrar=self.registrar, realm=self.realm, register_expires=self.register_expires,
+            users=dict(self.users or {}), max_calls=self.max_calls, media_ip=media_ip,
+            ptime_ms=self.ptime_ms, rate_limit=self.rate_limit,
+            rate_burst=max(1, int(2 * self.rate_limit))))
+        self.media_ip_used = media_ip
+        self.ports = PortAllocator(str(self.rtp_port_range), media_ip)
+        self.listeners = listeners
+        self.parts: dict[str, str] = {}  # call_id -> part prefix
+        self.part_values: dict[str, dict[str, Any]] = {}
+        self._dialled: str | None = None
+        self._dial_time: float | None = None
+        self._shutting_down: float | None = None
+        self._io_error: asyncio.Future | None = None
+        self._pending_detach: set[asyncio.Future] = set()
+        self._c = dict.fromkeys(("calls_in", "calls_out", "calls_ended", "rtp_timeouts",
+                                 "part_faults", "part_errors"), 0)
+        if self.graph is not None:
+            self.graph.listeners.append(self._on_bus)
+        self.post("sip-listening", listeners=[f"{x.transport}:{x.host}:{x.port}"
+                                              for x in listeners])
+
+    async def run_io(self) -> None:
+        self._io_error = self._loop.create_future()
+        await self.transport.serve()
+        now = self._loop.time()
+        if self.ua.registration is not None:
+            self.ua.register(now)
+        if self.dial:
+            self.call(self.dial)
+        self._pump()
+        await self._io_error
+
+    def stop(self) -> None:
+        if getattr(self, "transport", None) is None:
+            return
+        now = self._loop.time()
+        try:
+            self.ua.shutdown(now)  # BYE and un-REGISTER, best effort (UDP goes out now)
+        except PipelineError:
+            pass
+        self._pump(events=False)
+        for call_id in list(self.parts):
+            self._detach(call_id)
+        if self.graph is not None and self._on_bus in self.graph.listeners:
+            self.graph.listeners.remove(self._on_bus)
+        self.transport.close()
+        self.transport = None
+
+    def tick(self, now: float) -> None:
+        t = self._loop.time()
+        timer = self.ua.get_timer()
+        if timer is not None and timer <= t:
+            self.ua.handle_timer(t)
+        if self._dial_time is not None and self.hangup_after and self._dialled \
+                and t - self._dial_time >= self.hangup_after:
+            self._dial_time = None
+            self.hangup(self._dialled)
+        if self._shutting_down is not None:
+            done = not any(c.active for c in self.ua.calls.values()) and not (
+                self.ua.registration is not None and self.ua.registration.registered)
+            if done or t - self._shutting_down > 3.0:
+                self._shutting_down = None
+                self.send_eos()
+        self._pump()
+
+    # ---- the application's controls -----------------------------------------------------
+    def call(self, uri: str) -> str:
+        """Dial `uri`; returns the Call-ID. The call graph starts when the call is answered."""
+        port = self.ports.allocate()
+        try:
+            call = self.ua.call(uri, port, self._loop.time())
+        except Exception:
+            self.ports.release(port)
+            raise
+        self._c["calls_out"] += 1
+        if self.dial and self._dialled is None:
+            self._dialled = call.call_id
+        self._pump()
+        return call.call_id
+
+    def answer(self, call_id: str) -> None:
+        """Answer an incoming call: start its call graph, then send 200 OK."""
+        now = self._loop.time()
+        port = self.ports.allocate()
+        try:
+            media = self.ua.prepare_answer(call_id, port)
+            call = self.ua.calls[call_id]
+            self._attach(call, media)
+        except Exception as exc:
+            self.ports.release(port)
+            self._c["part_errors"] += 1
+            log.warning("call %s: call graph failed to start: %s", call_id, exc)
+            self.post("error", message=f"call graph for call {call_id} failed: {exc}")
+            self.ua.reject(call_id, 500, now, reason="Call Graph Failed")
+            self._pump()
+            return
+        self.ua.accept(call_id, now)
+        self._pump()
+
+    def hangup(self, call_id: str) -> None:
+        """End a call (CANCEL, decline or BYE, whatever its state)."""
+        self.ua.hangup(call_id, self._loop.time())
+        self._pump()
+
+    def hold(self, call_id: str) -> None:
+        self.ua.hold(call_id, self._loop.time())
+        self._pump()
+
+    def resume(self, call_id: str) -> None:
+        self.ua.resume(call_id, self._loop.time())
+        self._pump()
+
+    def shutdown(self) -> None:
+        """Hang up every call and unregister, then end (send EOS) once done or after 3 s."""
+        now = self._loop.time()
+        self._shutting_down = now
+        self.ua.shutdown(now)
+        self._pump()
+
+    # ---- glue -----------------------------------------------------------------------------
+    def _on_message(self, transport: str, data: Any, addr: tuple[str, int]) -> None:
+        now = self._loop.time()
+        if isinstance(data, bytes):
+            self.ua.receive(data, transport, addr, now)
+        else:
+            self.ua.receive_message(data, transport, addr, now)
+        self._pump()
+
+    def _pump(self, events: bool = True) -> None:
+        if self.transport is None:
+            return
+        for _ in range(8):  # handling an event may send and queue more
+            for transport, data, addr in self.ua.datagrams_to_send():
+                self.transport.send(transport, data, addr)
+            if not events:
+                return
+            event = self.ua.next_event()
+            if event is None:
+                return
+            while event is not None:
+                try:
+                    self._on_event(event)
+                except Exception as exc:  # never let one call's trouble stop the endpoint
+                    self._c["part_errors"] += 1
+                    log.warning("SIP event %s failed: %s", type(event).__name__, exc)
+                    self.post("error", message=f"{type(event).__name__}: {exc}")
+                event = self.ua.next_event()
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, sipua.CallIncoming):
+            call = event.call
+            self._c["calls_in"] += 1
+            self.post("call-incoming", call_id=call.call_id, caller=call.caller,
+                      callee=call.callee, codec=event.media.encoding)
+            if self.auto_answer:
+                self.answer(call.call_id)
+        elif isinstance(event, sipua.CallRinging):
+            self.post("call-ringing", call_id=event.call.call_id)
+        elif isinstance(event, sipua.CallEstablished):
+            call = event.call
+            if call.call_id not in self.parts:
+                try:
+                    self._attach(call, event.media)
+                except Exception as exc:
+                    self._c["part_errors"] += 1
+                    self.post("error", message=f"call graph for call {call.call_id} failed: "
+                              f"{exc}")
+                    self.ua.hangup(call.call_id, self._loop.time())
+                    return
+            if call.call_id == self._dialled:
+                self._dial_time = self._loop.time()
+            self.post("call-established", call_id=call.call_id, codec=event.media.encoding,
+                      prefix=self.parts.get(call.call_id))
+        elif isinstance(event, sipua.CallUpdated):
+            call = event.call
+            self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
+                      codec=event.media.encoding)
+            values = call_values(call, event.media, local_ip=self.media_ip_used,
+                                 rtp_timeout=self.rtp_timeout)
+            if call.call_id in self.parts and values != self.part_values.get(call.call_id):
+                self._rebuild(call, event.media)
+        elif isinstance(event, sipua.CallEnded):
+            call = event.call
+            self._c["calls_ended"] += 1
+            self._detach(call.call_id)
+            if call.rtp_port:
+                self.ports.release(call.rtp_port)
+            self.post("call-ended", call_id=call.call_id, reason=event.reason,
+                      status=event.status)
+            if call.call_id == self._dialled and self.exit_after_call:
+                self.send_eos()
+        elif isinstance(event, sipua.DtmfReceived):
+            self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,
+                      duration_ms=event.event.duration_ms)
+        elif isinstance(event, sipua.ReferReceived):
+            self.post("refer", call_id=event.call.call_id, target=event.target)
+        elif isinstance(event, sipua.Registered):
+            self.post("sip-registered", aor=event.aor, expires=event.expires)
+        elif isinstance(event, sipua.RegistrationFailed):
+            self.post("sip-registration-failed", aor=event.aor, status=event.status,
+                      reason=event.reason)
+        elif isinstance(event, sipua.Unregistered):
+            self.post("sip-unregistered", aor=event.aor)
+
+    def _attach(self, call: sipua.Call, media: NegotiatedMedia) -> None:
+        if self.call_graph is None:
+            return  # signalling only: nothing to run
+        from pipeline.loader import add_part
+
+        values = call_values(call, media, local_ip=self.media_ip_used,
+                             rtp_timeout=self.rtp_timeout)
+        prefix = f"call-{call.number}/"
+        names = add_part(self.graph, str(self.call_graph), prefix, call=values,
+                         overrides=dict(self.call_graph_params or {}))
+        self.graph.runtime.attach(prefix, names, on_fault=self._on_part_fault)
+        self.parts[call.call_id] = prefix
+        self.part_values[call.call_id] = values
+
+    def _detach(self, call_id: str) -> asyncio.Future | None:
+        """Remove a call's part. Its I/O tasks are cancelled and awaited first, so sockets
+        close after their readers are gone; returns what to await before reusing its port."""
+        prefix = self.parts.pop(call_id, None)
+        self.part_values.pop(call_id, None)
+        runtime = self.graph.runtime if self.graph is not None else None
+        if prefix is None or runtime is None or prefix not in runtime.parts:
+            return None
+        done = runtime.detach(prefix)
+        if done is not None:
+            self._pending_detach.add(done)
+            done.add_done_callback(self._pending_detach.discard)
+        return done
+
+    def _rebuild(self, call: sipua.Call, media: NegotiatedMedia) -> None:
+        """New media values: the old part goes, then the new one comes (same RTP port)."""
+        pending = self._detach(call.call_id)
+
+        async def later() -> None:
+            if pending is not None:
+                await pending
+            if call.active and call.call_id not in self.parts:
+                try:
+                    self._attach(call, media)
+                except Exception as exc:
+                    self._c["part_errors"] += 1
+                    self.post("error", message=f"call graph for call {call.call_id} failed: "
+                              f"{exc}")
+                    self.hangup(call.call_id)
+
+        task = self._loop.create_task(later())
+        self._pending_detach.add(task)
+        task.add_done_callback(self._pending_detach.discard)
+
+    def _call_of_prefix(self, node_name: str) -> str | None:
+        for call_id, prefix in self.parts.items():
+            if node_name.startswith(prefix):
+                return call_id
+        return None
+
+    def _on_part_fault(self, prefix: str, exc: BaseException) -> None:
+        self._c["part_faults"] += 1
+        call_id = next((c for c, p in self.parts.items() if p == prefix), None)
+        if call_id is not None:
+            self.parts.pop(call_id, None)  # the runtime detaches it
+            self.ua.hangup(call_id, self._loop.time())
+            self._pump()
+
+    def _on_bus(self, msg: Any) -> None:
+        if msg.name != "rtp-timeout":
+            return
+        call_id = self._call_of_prefix(msg.node)
+        if call_id is not None:
+            self._c["rtp_timeouts"] += 1
+            # Not in the middle of the part's own tick: hang up between callbacks.
+            self._loop.call_soon(self.hangup, call_id)
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        if getattr(self, "ua", None) is not None:
+            out.update(self._c)
+            out["active_calls"] = self.ua.active_calls()
+            out.update({f"sip_{k}": v for k, v in self.ua.stats.items()})
+            if getattr(self, "transport", None) is not None:
+                out.update({f"net_{k}": v for k, v in self.transport.stats.items()})
+        return out

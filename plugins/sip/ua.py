@@ -1,0 +1,1189 @@
+"""A sans-IO SIP user agent: registration, calls (UAC and UAS), in-dialog requests.
+
+Built on the transaction layer (`transaction`), dialogs (`dialog`), digest auth (`auth`),
+the UAS checks of `validate` and RFC 3264 offer/answer (`offer_answer`). Like those modules it
+never opens a socket or reads the clock: feed it with `receive(data, transport, addr, now)`
+(a datagram) or `receive_message(msg, ...)` (a message cut from a stream), drain
+`datagrams_to_send()` (transport, bytes, address) and `next_event()`, and call
+`handle_timer(now)` when `get_timer()` is due.
+
+What it does, with the RFC sections it follows:
+- REGISTER with digest auth (RFC 3261 10.2, 22.2), refreshed before expiry, 423
+  Min-Expires honoured (10.2.8), unregistered with Expires: 0 (10.2.2);
+- outgoing INVITE with an SDP offer; 1xx, 2xx + ACK (13.2.2.4), CANCEL (9.1) and 401/407
+  retries; incoming INVITE: 100 (by the transaction), 180, 200 retransmitted until the ACK
+  (13.3.1.4), BYE when it never comes;
+- callers challenged with 401 when `users` are configured (22.1);
+- re-INVITE both ways for hold/resume/codec change (RFC 3264 8, RFC 3261 14), 491 on glare;
+- BYE, CANCEL (487 to the INVITE), OPTIONS with Allow/Accept (11.2), INFO with
+  application/dtmf-relay, REFER answered 202 and reported (RFC 3515; no NOTIFY follows);
+- a token bucket per source address that drops requests beyond `rate_limit`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.errors import LocalProtocolError, ParseError
+from pipeline.frames import DtmfEvent
+
+from . import validate
+from .auth import DigestChallenge, DigestClient, DigestServer
+from .dialog import CONFIRMED as DIALOG_CONFIRMED
+from .dialog import EARLY, Dialog
+from .message import SipMessage, SipRequest, SipResponse, Via, make_response
+from .offer_answer import (
+    Codec,
+    NegotiatedMedia,
+    NegotiationFailed,
+    answer,
+    build_offer,
+    hold,
+    negotiated,
+    reoffer,
+    resume,
+    sdp_unchanged,
+)
+from .sdp import SessionDescription
+from .transaction import (
+    ClientTransaction,
+    RequestReceived,
+    ResponseReceived,
+    ServerInviteTransaction,
+    ServerTransaction,
+    TimerConfig,
+    TransactionLayer,
+    TransactionTimeout,
+    TransportError,
+    make_cancel,
+    new_branch,
+    response_destination,
+    stamp_via,
+)
+from .uri import NameAddress, SipUri
+
+Address = tuple[str, int]
+
+ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER", "NOTIFY")
+ACCEPTED_TYPES = ("application/sdp", "application/dtmf-relay", "message/sipfrag")
+RELIABLE = ("tcp", "tls")
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+_DTMF_DIGITS = "0123456789*#ABCD"
+_SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
+
+
+def safe_token(text: str, limit: int = 64) -> str:
+    """Text from a SIP header made safe for file names and templates: only
+    ``A-Z a-z 0-9 . _ + @ -``, no leading dot, at most `limit` characters."""
+    out = _SAFE.sub("_", text)[:limit].lstrip(".")
+    return out or "_"
+
+
+def _random_token(nbytes: int = 8) -> str:
+    return os.urandom(nbytes).hex()
+
+
+# ---- configuration ------------------------------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class Listener:
+    """A bound local transport: `transport` is udp, tcp or tls."""
+
+    transport: str
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class UaConfig:
+    """What a user agent needs to know; see `sip_endpoint`'s parameters for the meaning."""
+
+    listeners: Sequence[Listener]
+    codecs: Sequence[Codec]
+    user: str = "pipeline"
+    password: str | None = None
+    registrar: str | None = None
+    realm: str | None = None
+    register_expires: int = 3600
+    users: dict[str, str] = field(default_factory=dict)
+    auth_realm: str | None = None
+    max_calls: int = 0  # 0: no limit
+    media_ip: str | None = None
+    ptime_ms: int = 20
+    rate_limit: float = 50.0  # new requests per second per source address
+    rate_burst: int = 100
+    ring: bool = True
+    user_agent: str = "voip-pipeline"
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    secret: bytes = field(default_factory=lambda: os.urandom(32))
+
+
+# ---- events -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class Registered:
+    """The registrar accepted our binding for `expires` seconds."""
+
+    aor: str
+    expires: int
+
+
+@dataclass(slots=True)
+class RegistrationFailed:
+    """Registration failed (`status` 408 for a timeout); it is retried after `retry_in`."""
+
+    aor: str
+    status: int
+    reason: str
+    retry_in: float
+
+
+@dataclass(slots=True)
+class Unregistered:
+    """Our binding was removed (Expires: 0 answered)."""
+
+    aor: str
+
+
+@dataclass(slots=True)
+class CallIncoming:
+    """An INVITE passed every check; answer with `prepare_answer` + `accept`, or `reject`."""
+
+    call: Call
+    media: NegotiatedMedia  # a preview: the local port is filled in by prepare_answer
+
+
+@dataclass(slots=True)
+class CallRinging:
+    """Our INVITE got a 180 or 183."""
+
+    call: Call
+
+
+@dataclass(slots=True)
+class CallEstablished:
+    """A call is up: 2xx + ACK (UAC), or the ACK arrived (UAS)."""
+
+    call: Call
+    media: NegotiatedMedia
+
+
+@dataclass(slots=True)
+class CallUpdated:
+    """A re-INVITE changed the media (hold, resume, codec, address)."""
+
+    call: Call
+    media: NegotiatedMedia
+    previous: NegotiatedMedia | None
+
+
+@dataclass(slots=True)
+class CallUpdateFailed:
+    """Our re-INVITE was refused (`status`); the media stay as they were."""
+
+    call: Call
+    status: int
+
+
+@dataclass(slots=True)
+class CallEnded:
+    """A call is over; `reason` says why in one line ("remote hangup", "486 Busy Here"...)."""
+
+    call: Call
+    reason: str
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class DtmfReceived:
+    """An INFO with application/dtmf-relay carried a digit."""
+
+    call: Call
+    event: DtmfEvent
+
+
+@dataclass(slots=True)
+class ReferReceived:
+    """The peer asked us to call `target` (RFC 3515); we answered 202."""
+
+    call: Call
+    target: str
+
+
+UaEvent = (Registered | RegistrationFailed | Unregistered | CallIncoming | CallRinging
+           | CallEstablished | CallUpdated | CallUpdateFailed | CallEnded | DtmfReceived
+           | ReferReceived)
+
+
+# ---- calls --------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Call:
+    """One call (INVITE dialog) and its state.
+
+    `state`: calling / ringing (UAC), incoming (UAS, not answered), answered (UAS, 2xx sent,
+    waiting for the ACK), established, ended. `caller` and `callee` are `safe_token` texts of
+    the From and To addresses (user@host).
+    """
+
+    call_id: str
+    direction: str  # "out" or "in"
+    transport: str
+    addr: Address
+    local_tag: str
+    caller: str
+    callee: str
+    state: str = "calling"
+    invite: SipRequest | None = None
+    server_tx: ServerInviteTransaction | None = None
+    dialog: Dialog | None = None
+    local_sdp: SessionDescription | None = None
+    remote_sdp: SessionDescription | None = None
+    media: NegotiatedMedia | None = None
+    rtp_port: int = 0
+    provisional: bool = False
+    cancel_pending: bool = False
+    ack: SipRequest | None = None
+    # UAS 2xx retransmission (13.3.1.4): response, next time, interval, give-up time
+    retx: tuple[SipResponse, float, float, float] | None = None
+    pending: str | None = None  # "out" while our re-INVITE runs, "in" while theirs does
+    pending_sdp: SessionDescription | None = None
+    auth_tries: int = 0
+    number: int = 0
+    remote_display: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state != "ended"
+
+
+@dataclass
+class _Registration:
+    aor: NameAddress
+    uri: SipUri
+    transport: str
+    addr: Address
+    call_id: str
+    tag: str
+    cseq: int = 0
+    expires: int = 3600
+    refresh_at: float | None = None
+    registered: bool = False
+    unregistering: bool = False
+    auth_tries: int = 0
+
+
+class _RateLimiter:
+    """Token bucket per source address, with a bounded table (oldest sources forgotten)."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 10000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def allow(self, source: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = [float(self.burst), now]
+            while len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
+
+
+def parse_dtmf_relay(body: bytes) -> DtmfEvent:
+    """The digit of an application/dtmf-relay body (``Signal=5``, ``Duration=160``)."""
+    fields: dict[str, str] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    signal = fields.get("signal", "").upper()
+    if signal == "10":
+        signal = "*"  # some phones send the RFC 4733 event number
+    elif signal == "11":
+        signal = "#"
+    if len(signal) != 1 or signal not in _DTMF_DIGITS:
+        raise ParseError(f"SIP INFO dtmf-relay has no valid Signal: {signal[:10]!r}")
+    duration = fields.get("duration", "100")
+    if not (duration.isdigit() and len(duration) <= 5):
+        raise ParseError(f"SIP INFO dtmf-relay has a bad Duration: {duration[:10]!r}")
+    return DtmfEvent(signal, duration_ms=int(duration))
+
+
+# ---- the user agent -----------------------------------------------------------------------
+class UserAgent:
+    """A SIP user agent (client and server), sans-IO; see the module docstring."""
+
+    def __init__(self, config: UaConfig) -> None:
+        if not config.listeners:
+            raise LocalProtocolError("SIP user agent needs at least one listener")
+        self.config = config
+        self.listeners = {lst.transport: lst for lst in reversed(config.listeners)}
+        self.media_ip = config.media_ip or config.listeners[0].host
+        self.layers = {t: TransactionLayer(config.timers) for t in self.listeners}
+        self.calls: dict[str, Call] = {}
+        self.stats: Counter[str] = Counter()
+        self._events: deque[UaEvent] = deque()
+        self._owners: dict[ClientTransaction, tuple[str, object]] = {}
+        self._limiter = _RateLimiter(config.rate_limit, config.rate_burst)
+        self._calls_made = 0
+        self._auth = DigestClient(config.user, config.password) if config.password else None
+        self._server_auth = None
+        if config.users:
+            self._server_auth = DigestServer(
+                config.auth_realm or config.realm or self.media_ip, config.users,
+                secret=config.secret)
+        self.registration: _Registration | None = None
+        if config.registrar:
+            self.registration = self._make_registration(config.registrar)
+
+    # ---- outputs --------------------------------------------------------------------------
+    def datagrams_to_send(self) -> list[tuple[str, bytes, Address]]:
+        """(transport, bytes, address) queued since the last call."""
+        out = []
+        for transport, layer in self.layers.items():
+            out.extend((transport, data, addr) for data, addr in layer.datagrams_to_send())
+        return out
+
+    def next_event(self) -> UaEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any transaction, registration or 2xx retransmission."""
+        times = [t for t in (layer.get_timer() for layer in self.layers.values()) if t]
+        reg = self.registration
+        if reg is not None and reg.refresh_at is not None:
+            times.append(reg.refresh_at)
+        times.extend(c.retx[1] for c in self.calls.values() if c.retx is not None)
+        return min(times, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for layer in self.layers.values():
+            layer.handle_timer(now)
+        reg = self.registration
+        if reg is not None and reg.refresh_at is not None and reg.refresh_at <= now:
+            reg.refresh_at = None
+            self._send_register(reg, now)
+        for call in list(self.calls.values()):
+            if call.retx is None or call.retx[1] > now:
+                continue
+            response, _, interval, give_up = call.retx
+            if now >= give_up:
+                # 13.3.1.4: no ACK within 64*T1: the dialog is confirmed, then ended by BYE.
+                call.retx = None
+                if call.pending == "in":
+                    call.pending = None
+                if call.state == "answered":
+                    self._send_bye(call, now)
+                    self._end(call, "no ACK for our 200 OK", 408)
+                continue
+            self._layer(call.transport).send_stateless(response, call.server_tx.addr
+                                                       if call.server_tx else call.addr)
+            interval = min(2 * interval, self.config.timers.t2)
+            call.retx = (response, now + interval, interval, give_up)
+        self._drain(now)
+        self.forget_ended()
+
+    # ---- input ----------------------------------------------------------------------------
+    def receive(self, data: bytes, transport: str, addr: Address, now: float) -> None:
+        """One datagram (or one framed stream message as bytes) from `addr`."""
+        is_response = data[:4] == b"SIP/"
+        if not is_response and not self._limiter.allow(addr[0], now):
+            self.stats["rate_limited"] += 1
+            return
+        verdict = validate.check_message(
+            data, methods=ALLOWED_METHODS, content_types=ACCEPTED_TYPES)
+        self._dispatch(verdict, transport, addr, now)
+
+    def receive_message(self, msg: SipRequest | SipResponse, transport: str, addr: Address,
+                        now: float) -> None:
+        """A message already parsed (by `StreamFramer` on TCP/TLS)."""
+        if isinstance(msg, SipRequest) and not self._limiter.allow(addr[0], now):
+            self.stats["rate_limited"] += 1
+            return
+        if isinstance(msg, SipResponse):
+            try:
+                validate.check_syntax(msg)
+                verdict = validate.Verdict("valid-response", None, "", msg)
+            except ParseError as exc:
+                verdict = validate.Verdict("invalid-response", None, str(exc), msg)
+        elif msg.version != validate.SIP_VERSION:
+            verdict = validate.Verdict("invalid", 505, "SIP version is not supported", msg)
+        else:
+            try:
+                validate.check_syntax(msg)
+                verdict = validate._check_semantics(
+                    msg, ALLOWED_METHODS, validate.SUPPORTED_SCHEMES, ACCEPTED_TYPES, ())
+            except ParseError as exc:
+                verdict = validate.Verdict("invalid", 400, str(exc), msg)
+        self._dispatch(verdict, transport, addr, now)
+
+    def _dispatch(self, verdict: validate.Verdict, transport: str, addr: Address,
+                  now: float) -> None:
+        layer = self.layers.get(transport)
+        msg = verdict.message
+        if layer is None or msg is None or verdict.kind == "invalid-response":
+            self.stats["dropped_bad"] += 1
+            return
+        reliable = transport in RELIABLE
+        if verdict.status is not None:
+            self.stats[f"rejected_{verdict.status}"] += 1
+            dest = addr
+            if not reliable and isinstance(msg, SipRequest):
+                try:
+                    stamp_via(msg, addr)  # RFC 3581: answer where the request came from
+                    dest = response_destination(msg.top_via)
+                except (ParseError, KeyError):
+                    dest = addr
+            response = validate.reject(verdict, to_tag=_random_token())
+            if response is not None:
+                layer.send_stateless(response, dest)
+            return
+        layer.receive(msg, addr, now, reliable=reliable)
+        self._drain(now)
+
+    def _drain(self, now: float) -> None:
+        for transport, layer in self.layers.items():
+            while (event := layer.next_event()) is not None:
+                try:
+                    self._on_layer_event(event, transport, now)
+                except ParseError:
+                    self.stats["dropped_bad"] += 1
+
+    def _on_layer_event(self, event: object, transport: str, now: float) -> None:
+        if isinstance(event, RequestReceived):
+            self._on_request(event.request, event.transaction, transport, event.addr, now)
+        elif isinstance(event, ResponseReceived):
+            owner = self._owners.get(event.transaction)
+            if owner is None:
+                return
+            if event.response.status_code >= 200 and event.transaction.method != "INVITE":
+                self._owners.pop(event.transaction, None)
+            kind, obj = owner
+            if kind == "register":
+                self._on_register_response(obj, event.response, event.transaction, now)
+            elif kind == "invite":
+                self._on_invite_response(obj, event.response, event.transaction, now)
+            elif kind == "reinvite":
+                self._on_reinvite_response(obj, event.response, event.transaction, now)
+        elif isinstance(event, (TransactionTimeout, TransportError)):
+            tx = event.transaction
+            owner = self._owners.pop(tx, None) if isinstance(tx, ClientTransaction) else None
+            if owner is None:
+                return
+            kind, obj = owner
+            if kind == "register":
+                self._register_failed(obj, 408, "registrar did not answer", now)
+            elif kind == "invite" and obj.active:
+                self._end(obj, "no answer to INVITE (timeout)", 408)
+            elif kind == "reinvite" and obj.active:
+                # RFC 3261 14.1: a re-INVITE that times out ends the dialog.
+                self._send_bye(obj, now)
+                self._end(obj, "re-INVITE timed out", 408)
+
+    # ---- helpers: addressing and building -------------------------------------------------
+    def _layer(self, transport: str) -> TransactionLayer:
+        layer = self.layers.get(transport)
+        if layer is None:
+            raise LocalProtocolError(f"SIP endpoint has no {transport} listener",
+                                     hint=f"add listen: {transport}:HOST:PORT")
+        return layer
+
+    def destination(self, uri: SipUri) -> tuple[str, Address]:
+        """(transport, address) to send a request for `uri` to (no DNS: host as given)."""
+        if uri.scheme == "sips":
+            transport = "tls"
+        else:
+            transport = (uri.params.get("transport") or "udp").lower()
+        if transport not in DEFAULT_PORTS:
+            raise LocalProtocolError(f"SIP URI transport {transport} is not supported")
+        return transport, (uri.host, uri.port or DEFAULT_PORTS[transport])
+
+    def contact(self, transport: str) -> str:
+        lst = self.listeners[transport]
+        params = {} if transport == "udp" else {"transport": transport}
+        return str(NameAddress(SipUri("sip", self.config.user, None, lst.host, lst.port,
+                                      params)))
+
+    def _via(self, transport: str) -> str:
+        lst = self.listeners[transport]
+        return str(Via(transport.upper(), lst.host, lst.port,
+                       {"branch": new_branch(), "rport": None}))
+
+    def _new_request(self, method: str, uri: SipUri, transport: str, *, from_: NameAddress,
+                     to: NameAddress, call_id: str, cseq: int,
+                     extra: Iterable[tuple[str, str]] = ()) -> SipRequest:
+        request = SipRequest(method, uri)
+        h = request.headers
+        h.add("Via", self._via(transport))
+        h.add("Max-Forwards", "70")
+        h.add("From", str(from_))
+        h.add("To", str(to))
+        h.add("Call-ID", call_id)
+        h.add("CSeq", f"{cseq} {method}")
+        if method in ("INVITE", "REGISTER", "REFER"):
+            h.add("Contact", self.contact(transport))
+        for name, value in extra:
+            h.add(name, value)
+        h.add("User-Agent", self.config.user_agent)
+        return request
+
+    def _local_aor(self, host: str) -> NameAddress:
+        return NameAddress(SipUri("sip", self.config.user, None, host), None,
+                           {"tag": _random_token()})
+
+    def _respond(self, tx: ServerTransaction, request: SipRequest, code: int, now: float, *,
+                 to_tag: str | None = None, headers: Iterable[tuple[str, str]] = (),
+                 body: bytes = b"", content_type: str | None = None,
+                 reason: str | None = None) -> SipResponse:
+        response = make_response(request, code, reason,
+                                 to_tag=to_tag or (_random_token() if code > 100 else None))
+        for name, value in headers:
+            response.headers.add(name, value)
+        if body:
+            response.headers.add("Content-Type", content_type or "application/sdp")
+            response.body = body
+        response.headers.add("Server", self.config.user_agent)
+        _layer_of(tx).send_response(response, now, tx)
+        return response
+
+    def _send_in_dialog(self, call: Call, method: str, now: float, *, body: bytes = b"",
+                        content_type: str | None = None,
+                        headers: Iterable[tuple[str, str]] = ()) -> ClientTransaction | None:
+        dialog = call.dialog
+        if dialog is None or dialog.state == "terminated":
+            return None
+        lst = self.listeners[call.transport]
+        request = dialog.create_request(method, via_host=lst.host, via_port=lst.port,
+                                        transport=call.transport, body=body,
+                                        content_type=content_type, headers=headers)
+        if method == "INVITE" and "Contact" not in request.headers:
+            request.headers.add("Contact", self.contact(call.transport))
+        request.headers.add("User-Agent", self.config.user_agent)
+        transport, addr = self._hop(call)
+        return self._layer(transport).send_request(request, addr, now,
+                                                   reliable=transport in RELIABLE)
+
+    def _hop(self, call: Call) -> tuple[str, Address]:
+        assert call.dialog is not None
+        uri = call.dialog.next_hop()
+        try:
+            transport, addr = self.destination(uri)
+        except LocalProtocolError:
+            return call.transport, call.addr
+        if transport not in self.layers:
+            transport = call.transport
+        return transport, addr
+
+    # ---- registration ---------------------------------------------------------------------
+    def _make_registration(self, registrar: str) -> _Registration:
+        text = registrar if registrar.lower().startswith(("sip:", "sips:")) \
+            else f"sip:{registrar}"
+        uri = SipUri.parse(text)
+        transport, addr = self.destination(uri)
+        aor = NameAddress(SipUri("sip", self.config.user, None, uri.host))
+        return _Registration(aor, SipUri(uri.scheme, None, None, uri.host, uri.port),
+                             transport, addr, f"{_random_token()}@{self.media_ip}",
+                             _random_token(), expires=self.config.register_expires)
+
+    def register(self, now: float) -> None:
+        """Send (or refresh) our REGISTER now."""
+        reg = self.registration
+        if reg is None:
+            raise LocalProtocolError("SIP user agent has no registrar configured")
+        reg.unregistering = False
+        reg.auth_tries = 0
+        self._send_register(reg, now)
+
+    def unregister(self, now: float) -> None:
+        """Remove our binding (Expires: 0); Unregistered follows the 200."""
+        reg = self.registration
+        if reg is None or not reg.registered:
+            return
+        reg.unregistering = True
+        reg.refresh_at = None
+        reg.auth_tries = 0
+        self._send_register(reg, now)
+
+    def _send_register(self, reg: _Registration, now: float,
+                       auth: Iterable[tuple[str, str]] = ()) -> None:
+        reg.cseq += 1
+        expires = 0 if reg.unregistering else reg.expires
+        to = NameAddress(reg.aor.uri)
+        from_ = NameAddress(reg.aor.uri, None, {"tag": reg.tag})
+        request = self._new_request("REGISTER", reg.uri, reg.transport, from_=from_, to=to,
+                                    call_id=reg.call_id, cseq=reg.cseq,
+                                    extra=[("Expires", str(expires)), *auth])
+        tx = self._layer(reg.transport).send_request(request, reg.addr, now,
+                                                     reliable=reg.transport in RELIABLE)
+        self._owners[tx] = ("register", reg)
+
+    def _on_register_response(self, reg: _Registration, response: SipResponse,
+                              tx: ClientTransaction, now: float) -> None:
+        code = response.status_code
+        if code < 200:
+            return
+        aor = str(reg.aor.uri)
+        if 200 <= code < 300:
+            reg.auth_tries = 0
+            if reg.unregistering:
+                reg.registered = False
+                reg.unregistering = False
+                self._events.append(Unregistered(aor))
+                return
+            expires = self._granted_expires(response, reg)
+            reg.registered = True
+            # Refresh well before expiry: half-way for short bindings, 32 s ahead otherwise.
+            reg.refresh_at = now + max(expires / 2, expires - 32, 1)
+            self._events.append(Registered(aor, expires))
+            return
+        if code in (401, 407) and self._auth is not None and reg.auth_tries < 2 \
+                and self._realm_ok(response):
+            headers = self._auth.answer(response, tx.request)  # type: ignore[arg-type]
+            if headers:
+                reg.auth_tries += 1
+                self._send_register(reg, now, headers)
+                return
+        if code == 423:
+            min_exp = response.headers.get("Min-Expires", "")
+            if min_exp.strip().isdigit() and int(min_exp) > reg.expires:
+                reg.expires = int(min_exp)  # 10.2.8: retry with the registrar's minimum
+                self._send_register(reg, now)
+                return
+        self._register_failed(reg, code, response.reason, now)
+
+    def _register_failed(self, reg: _Registration, status: int, reason: str,
+                         now: float) -> None:
+        retry = 60.0
+        if not reg.unregistering:
+            reg.refresh_at = now + retry
+        reg.registered = False
+        self._events.append(RegistrationFailed(str(reg.aor.uri), status, reason, retry))
+
+    def _granted_expires(self, response: SipResponse, reg: _Registration) -> int:
+        ours = self.listeners[reg.transport]
+        try:
+            for contact in response.contacts:
+                if contact.uri.host == ours.host and contact.uri.port == ours.port \
+                        and "expires" in contact.params:
+                    value = contact.params["expires"] or ""
+                    if value.isdigit():
+                        return int(value)
+        except ParseError:
+            pass
+        value = (response.headers.get("Expires") or "").strip()
+        return int(value) if value.isdigit() and len(value) < 10 else reg.expires
+
+    def _realm_ok(self, response: SipResponse) -> bool:
+        want = self.config.realm
+        if not want:
+            return True
+        for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+            for value in response.headers.get_all(name):
+                try:
+                    if DigestChallenge.parse(value).realm == want:
+                        return True
+                except ParseError:
+                    continue
+        return False
+
+    # ---- outgoing calls -------------------------------------------------------------------
+    def call(self, target: str | SipUri, rtp_port: int, now: float, *,
+             codecs: Sequence[Codec] | None = None) -> Call:
+        """Start an outgoing call: an INVITE with an SDP offer for media on `rtp_port`."""
+        uri = target if isinstance(target, SipUri) else SipUri.parse(target)
+        if not uri.is_sip:
+            raise LocalProtocolError(f"SIP URI {uri} is not a sip: or sips: URI")
+        transport, addr = self.destination(uri)
+        self._layer(transport)
+        call_id = f"{_random_token(12)}@{self.media_ip}"
+        from_ = self._local_aor(self.listeners[transport].host)
+        offer = build_offer(codecs or self.config.codecs, self.media_ip, rtp_port,
+                            ptime_ms=self.config.ptime_ms)
+        to = NameAddress(SipUri(uri.scheme, uri.user, None, uri.host, uri.port))
+        invite = self._new_request(
+            "INVITE", uri, transport, from_=from_, to=to, call_id=call_id, cseq=1,
+            extra=[("Allow", ", ".join(ALLOWED_METHODS)), ("Content-Type", "application/sdp")])
+        invite.body = bytes(offer)
+        self._calls_made += 1
+        call = Call(call_id, "out", transport, addr, from_.tag or "",
+                    caller=safe_token(f"{self.config.user}@{from_.uri.host}"),
+                    callee=safe_token(f"{uri.user or ''}@{uri.host}"), invite=invite,
+                    local_sdp=offer, rtp_port=rtp_port, number=self._calls_made)
+        self.calls[call_id] = call
+        self._send_invite(call, now)
+        return call
+
+    def _send_invite(self, call: Call, now: float) -> None:
+        assert call.invite is not None
+        tx = self._layer(call.transport).send_request(call.invite, call.addr, now,
+                                                      reliable=call.transport in RELIABLE)
+        self._owners[tx] = ("invite", call)
+
+    def _on_invite_response(self, call: Call, response: SipResponse, tx: ClientTransaction,
+                            now: float) -> None:
+        code = response.status_code
+        invite = tx.request
+        if code < 200:
+            call.provisional = True  # any 1xx, 100 included, allows a CANCEL (9.1)
+            if call.cancel_pending:
+                call.cancel_pending = False
+                self._send_cancel(call, tx, now)
+            if call.state == "calling" and code in (180, 183):
+                call.state = "ringing"
+                self._events.append(CallRinging(call))
+            if code > 100 and response.to.tag and response.contacts and call.dialog is None:
+                call.dialog = Dialog.from_uac(invite, response)
+            return
+        if code < 300:
+            if call.dialog is None or call.dialog.state == EARLY:
+                if call.dialog is not None and call.dialog.remote_tag == response.to.tag:
+                    call.dialog.receive_response(invite, response)
+                else:
+                    call.dialog = Dialog.from_uac(invite, response)
+            elif response.to.tag != call.dialog.remote_tag:
+                self.stats["forked_2xx_ignored"] += 1
+                return
+            if call.ack is None:
+                lst = self.listeners[call.transport]
+                call.ack = call.dialog.create_ack(invite, via_host=lst.host, via_port=lst.port,
+                                                  transport=call.transport)
+                call.ack.headers.add("User-Agent", self.config.user_agent)
+            transport, addr = self._hop(call)
+            self._layer(transport).send_stateless(call.ack, addr)
+            if call.state in ("established", "ended"):
+                if call.state == "ended" and call.dialog.state == DIALOG_CONFIRMED:
+                    self._send_bye(call, now)  # answered after we hung up (a CANCEL race)
+                return
+            try:
+                media = negotiated(call.local_sdp, response.body)  # type: ignore[arg-type]
+                call.remote_sdp = SessionDescription.parse(response.body)
+            except (NegotiationFailed, ParseError) as exc:
+                self._send_bye(call, now)
+                self._end(call, f"SDP answer is unusable: {exc}", 488)
+                return
+            call.media = media
+            call.state = "established"
+            self._events.append(CallEstablished(call, media))
+            return
+        self._owners.pop(tx, None)
+        if call.state == "ended":
+            return
+        if code in (401, 407) and self._auth is not None and call.auth_tries < 2:
+            headers = self._auth.answer(response, invite)  # type: ignore[arg-type]
+            if headers:
+                call.auth_tries += 1
+                retry = invite.copy()
+                retry.headers.set("Via", self._via(call.transport))
+                retry.headers.set("CSeq", f"{invite.cseq.seq + 1} INVITE")
+                for name in ("Authorization", "Proxy-Authorization"):
+                    retry.headers.remove(name)
+                for name, value in headers:
+                    retry.headers.add(name, value)
+                call.invite = retry
+                call.dialog = None
+                self._send_invite(call, now)
+                return
+        self._end(call, f"{code} {response.reason}".strip(), code)
+
+    def _send_cancel(self, call: Call, tx: ClientTransaction, now: float) -> None:
+        cancel = make_cancel(tx.request)  # type: ignore[arg-type]
+        self._layer(call.transport).send_request(cancel, tx.addr, now,
+                                                 reliable=call.transport in RELIABLE)
+
+    # ---- incoming requests ----------------------------------------------------------------
+    def _on_request(self, request: SipRequest, tx: ServerTransaction | None, transport: str,
+                    addr: Address, now: float) -> None:
+        method = request.method
+        if request.to.tag is not None:
+            self._on_in_dialog(request, tx, transport, addr, now)
+            return
+        if tx is None:
+            return  # an ACK outside any dialog: nothing to do (17.2.1: it was absorbed)
+        if method == "INVITE":
+            self._on_invite(request, tx, transport, addr, now)
+        elif method == "CANCEL":
+            self._on_cancel(request, tx, now)
+        elif method == "OPTIONS":
+            self._respond(tx, request, 200, now, headers=self._capabilities(transport))
+        else:
+            self._respond(tx, request, 481, now)
+
+    def _capabilities(self, transport: str) -> list[tuple[str, str]]:
+        # RFC 3261 11.2: what we allow, accept and support.
+        return [("Allow", ", ".join(ALLOWED_METHODS)),
+                ("Accept", ", ".join(ACCEPTED_TYPES)),
+                ("Accept-Language", "en"), ("Contact", self.contact(transport))]
+
+    def active_calls(self) -> int:
+        return sum(1 for c in self.calls.values() if c.active)
+
+    def _on_invite(self, request: SipRequest, tx: ServerTransaction, transport: str,
+                   addr: Address, now: float) -> None:
+        assert isinstance(tx, ServerInviteTransaction)
+        limit = self.config.max_calls
+        if limit and self.active_calls() >= limit:
+            self.stats["busy"] += 1
+            self._respond(tx, request, 486, now)
+            return
+        if self._server_auth is not None:
+            result = self._server_auth.verify(request, now)
+            if not result.ok:
+                self.stats["challenged"] += 1
+                has_creds = "Authorization" in request.headers
+                if has_creds and not result.stale:
+                    self._respond(tx, request, 403, now, reason="Forbidden")
+                else:
+                    challenge = self._server_auth.challenge_response(
+                        request, now, stale=result.stale, to_tag=_random_token())
+                    _layer_of(tx).send_response(challenge, now, tx)
+                return
+        if not request.body or request.content_type != "application/sdp":
+            # Late offers (INVITE without SDP) are not supported: say so with 488.
+            self._respond(tx, request, 488, now, headers=[
+                ("Warning", f'304 {self.media_ip} "INVITE has no SDP offer"')])
+            return
+        try:
+            offer = SessionDescription.parse(request.body)
+            _, preview = answer(offer, self.config.codecs, self.media_ip, 0,
+                                ptime_ms=self.config.ptime_ms)
+        except NegotiationFailed as exc:
+            self.stats["rejected_488"] += 1
+            self._respond(tx, request, 488, now, headers=[
+                ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')])
+            return
+        except ParseError as exc:
+            self.stats["rejected_400"] += 1
+            self._respond(tx, request, 400, now, reason=f"Bad SDP: {_quote(str(exc))[:80]}")
+            return
+        self._calls_made += 1
+        from_, to = request.from_, request.to
+        call = Call(request.call_id, "in", transport, addr, _random_token(),
+                    caller=safe_token(f"{from_.uri.user or ''}@{from_.uri.host}"),
+                    callee=safe_token(f"{to.uri.user or ''}@{to.uri.host}"), state="incoming",
+                    invite=request, server_tx=tx, remote_sdp=offer, number=self._calls_made,
+                    remote_display=from_.display_name or "")
+        if call.call_id in self.calls and self.calls[call.call_id].active:
+            # 8.2.2.2: the same Call-ID already in use by another call (a loop or a merge).
+            self._respond(tx, request, 482, now, reason="Loop Detected")
+            return
+        self.calls[call.call_id] = call
+        if self.config.ring:
+            ringing = self._respond(tx, request, 180, now, to_tag=call.local_tag,
+                                    headers=[("Contact", self.contact(transport))])
+            call.dialog = Dialog.from_uas(request, ringing)
+        self._events.append(CallIncoming(call, preview))
+
+    def prepare_answer(self, call_id: str, rtp_port: int) -> NegotiatedMedia:
+        """Build our SDP answer for media on `rtp_port`; `accept` sends it."""
+        call = self._incoming(call_id)
+        sdp, media = answer(call.remote_sdp, self.config.codecs, self.media_ip, rtp_port,
+                            ptime_ms=self.config.ptime_ms)
+        call.local_sdp, call.media, call.rtp_port = sdp, media, rtp_port
+        return media
+
+    def accept(self, call_id: str, now: float) -> None:
+        """Answer an incoming call with 200 OK and our SDP (after `prepare_answer`)."""
+        call = self._incoming(call_id)
+        if call.local_sdp is None:
+            raise LocalProtocolError(f"SIP call {call_id} has no answer: call prepare_answer")
+        assert call.invite is not None and call.server_tx is not None
+        response = self._respond(
+            call.server_tx, call.invite, 200, now, to_tag=call.local_tag,
+            headers=[("Contact", self.contact(call.transport)),
+                     ("Allow", ", ".join(ALLOWED_METHODS))],
+            body=bytes(call.local_sdp))
+        if call.dialog is None:
+            call.dialog = Dialog.from_uas(call.invite, response)
+        call.dialog.state = DIALOG_CONFIRMED
+        call.state = "answered"
+        t1 = self.config.timers.t1
+        call.retx = (response, now + t1, t1, now + self.config.timers.timeout)
+
+    def reject(self, call_id: str, status: int, now: float, reason: str | None = None) -> None:
+        """Refuse an incoming call that is not answered yet (486, 603...)."""
+        call = self._incoming(call_id)
+        assert call.invite is not None and call.server_tx is not None
+        self._respond(call.server_tx, call.invite, status, now, to_tag=call.local_tag,
+                      reason=reason)
+        self._end(call, f"rejected with {status}", status)
+
+    def _incoming(self, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None or call.direction != "in" or call.state != "incoming":
+            raise LocalProtocolError(f"SIP call {call_id} is not an unanswered incoming call")
+        return call
+
+    def _on_cancel(self, request: SipRequest, tx: ServerTransaction, now: float) -> None:
+        invite_tx = _layer_of(tx).find_invite(request)
+        call = self.calls.get(request.call_id)
+        if invite_tx is None or call is None or call.server_tx is not invite_tx:
+            self._respond(tx, request, 481, now)
+            return
+        self._respond(tx, request, 200, now)  # 9.2: the CANCEL itself succeeds
+        if call.state == "incoming":
+            assert call.invite is not None
+            self._respond(invite_tx, call.invite, 487, now, to_tag=call.local_tag)
+            self._end(call, "cancelled by the caller", 487)
+
+    def _on_in_dialog(self, request: SipRequest, tx: ServerTransaction | None, transport: str,
+                      addr: Address, now: float) -> None:
+        method = request.method
+        call = self.calls.get(request.call_id)
+        if call is None or call.dialog is None or request.to.tag != call.local_tag \
+                or (call.dialog.remote_tag and request.from_.tag != call.dialog.remote_tag):
+            if tx is not None:
+                self._respond(tx, request, 481, now)  # 12.2.2: no such dialog
+            return
+        if method == "ACK":
+            if call.retx is not None and request.cseq.seq == call.retx[0].cseq.seq:
+                call.retx = None
+                if call.pending == "in":
+                    call.pending = None
+                if call.state == "answered":
+                    call.state = "established"
+                    assert call.media is not None
+                    self._events.append(CallEstablished(call, call.media))
+                elif call.pending == "in":
+                    call.pending = None
+            return
+        if tx is None:
+            return
+        if call.dialog.receive_request(request) == 500:
+            self._respond(tx, request, 500, now, reason="CSeq Out Of Order")
+            return
+        if method == "BYE":
+            self._respond(tx, request, 200, now)
+            if call.active:
+                call.retx = None
+                self._end(call, "remote hangup", None)
+        elif method == "INVITE":
+            self._on_reinvite(call, request, tx, now)
+        elif method == "INFO":
+            self._on_info(call, request, tx, now)
+        elif method == "REFER":
+            target = request.headers.get("Refer-To")
+            if not target:
+                self._respond(tx, request, 400, now, reason="Missing Refer-To")
+                return
+            self._respond(tx, request, 202, now)
+            self._events.append(ReferReceived(call, target))
+        elif method in ("OPTIONS", "NOTIFY"):
+            headers = self._capabilities(call.transport) if method == "OPTIONS" else []
+            self._respond(tx, request, 200, now, headers=headers)
+        else:
+            self._respond(tx, request, 405, now,
+                          headers=[("Allow", ", ".join(ALLOWED_METHODS))])
+
+    def _on_info(self, call: Call, request: SipRequest, tx: ServerTransaction,
+                 now: float) -> None:
+        if not request.body:
+            self._respond(tx, request, 200, now)  # an empty INFO is a keep-alive
+            return
+        if request.content_type != "application/dtmf-relay":
+            self._respond(tx, request, 415, now, headers=[("Accept", "application/dtmf-relay")])
+            return
+        try:
+            event = parse_dtmf_relay(request.body)
+        except ParseError as exc:
+            self._respond(tx, request, 400, now, reason=_quote(str(exc))[:80])
+            return
+        self._respond(tx, request, 200, now)
+        self._events.append(DtmfReceived(call, event))
+
+    def _on_reinvite(self, call: Call, request: SipRequest, tx: ServerTransaction,
+                     now: float) -> None:
+        if call.pending is not None or call.state != "established":
+            # 14.2: a re-INVITE while one is in progress (glare) gets 491.
+            self._respond(tx, request, 491, now)
+            return
+        if not request.body:
+            self._respond(tx, request, 488, now, headers=[
+                ("Warning", f'304 {self.media_ip} "re-INVITE has no SDP offer"')])
+            return
+        try:
+            offer = SessionDescription.parse(request.body)
+            sdp, media = answer(offer, self.config.codecs, self.media_ip, call.rtp_port,
+                                ptime_ms=self.config.ptime_ms, previous=call.local_sdp)
+        except NegotiationFailed as exc:
+            # 14.2: the call goes on with the old session.
+            self._respond(tx, request, 488, now, headers=[
+                ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')])
+            return
+        except ParseError as exc:
+            self._respond(tx, request, 400, now, reason=f"Bad SDP: {_quote(str(exc))[:80]}")
+            return
+        unchanged = call.remote_sdp is not None and sdp_unchanged(call.remote_sdp, offer)
+        response = self._respond(tx, request, 200, now, to_tag=call.local_tag,
+                                 headers=[("Contact", self.contact(call.transport))],
+                                 body=bytes(sdp))
+        call.local_sdp, call.remote_sdp = sdp, offer
+        call.pending = "in"
+        t1 = self.config.timers.t1
+        call.retx = (response, now + t1, t1, now + self.config.timers.timeout)
+        previous, call.media = call.media, media
+        if not unchanged and media != previous:
+            self._events.append(CallUpdated(call, media, previous))
+
+    # ---- changing and ending calls --------------------------------------------------------
+    def hold(self, call_id: str, now: float) -> None:
+        """Put an established call on hold with a re-INVITE (RFC 3264 8.4)."""
+        call = self._established(call_id)
+        self._reinvite(call, hold(call.local_sdp), now)  # type: ignore[arg-type]
+
+    def resume(self, call_id: str, now: float) -> None:
+        """Take a held call off hold."""
+        call = self._established(call_id)
+        self._reinvite(call, resume(call.local_sdp), now)  # type: ignore[arg-type]
+
+    def change_codecs(self, call_id: str, codecs: Sequence[Codec], now: float) -> None:
+        """Re-offer the call with other codecs (RFC 3264 8.3.2)."""
+        call = self._established(call_id)
+        self._reinvite(call, reoffer(call.local_sdp, codecs=codecs), now)  # type: ignore
+
+    def _established(self, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None or call.state != "established":
+            raise LocalProtocolError(f"SIP call {call_id} is not established")
+        if call.pending is not None:
+            raise LocalProtocolError(f"SIP call {call_id} has a re-INVITE in progress")
+        return call
+
+    def _reinvite(self, call: Call, offer: SessionDescription, now: float) -> None:
+        call.pending = "out"
+        call.pending_sdp = offer
+        tx = self._send_in_dialog(call, "INVITE", now, body=bytes(offer),
+                                  content_type="application/sdp")
+        if tx is not None:
+            self._owners[tx] = ("reinvite", call)
+
+    def _on_reinvite_response(self, call: Call, response: SipResponse, tx: ClientTransaction,
+                              now: float) -> None:
+        code = response.status_code
+        if code < 200 or not call.active:
+            return
+        if code < 300:
+            assert call.dialog is not None
+            call.dialog.receive_response(tx.request, response)  # type: ignore[arg-type]
+            lst = self.listeners[call.transport]
+            ack = call.dialog.create_ack(tx.request, via_host=lst.host,  # type: ignore
+                                         via_port=lst.port, transport=call.transport)
+            transport, addr = self._hop(call)
+            self._layer(transport).send_stateless(ack, addr)
+            if call.pending != "out":
+                return  # a retransmitted 2xx: ACKed again, nothing else
+            self._owners.pop(tx, None)
+            call.pending = None
+            offer = call.pending_sdp
+            try:
+                media = negotiated(offer, response.body)  # type: ignore[arg-type]
+            except (NegotiationFailed, ParseError) as exc:
+                self._send_bye(call, now)
+                self._end(call, f"SDP answer to re-INVITE is unusable: {exc}", 488)
+                return
+            call.local_sdp, call.remote_sdp = offer, SessionDescription.parse(response.body)
+            previous, call.media = call.media, media
+            if media != previous:
+                self._events.append(CallUpdated(call, media, previous))
+            return
+        self._owners.pop(tx, None)
+        call.pending = None
+        call.pending_sdp = None
+        if code in (408, 481):
+            self._end(call, f"re-INVITE answered {code}: dialog gone", code)
+            return
+        self._events.append(CallUpdateFailed(call, code))
+
+    def send_dtmf(self, call_id: str, digit: str, now: float, duration_ms: int = 160) -> None:
+        """Send a digit with INFO application/dtmf-relay."""
+        if len(digit) != 1 or digit.upper() not in _DTMF_DIGITS:
+            raise LocalProtocolError(f"DTMF digit {digit!r} is not one of {_DTMF_DIGITS}")
+        call = self._established(call_id)
+        body = f"Signal={digit.upper()}\r\nDuration={int(duration_ms)}\r\n".encode()
+        self._send_in_dialog(call, "INFO", now, body=body,
+                             content_type="application/dtmf-relay")
+
+    def options(self, target: str, now: float) -> None:
+        """Send an OPTIONS out of dialog (a keep-alive or capability query)."""
+        uri = SipUri.parse(target)
+        transport, addr = self.destination(uri)
+        request = self._new_request(
+            "OPTIONS", uri, transport, from_=self._local_aor(self.listeners[transport].host),
+            to=NameAddress(uri), call_id=f"{_random_token(12)}@{self.media_ip}", cseq=1,
+            extra=[("Accept", "application/sdp")])
+        self._layer(transport).send_request(request, addr, now, reliable=transport in RELIABLE)
+
+    def hangup(self, call_id: str, now: float) -> None:
+        """End a call however far it got: CANCEL, decline, or BYE. CallEnded follows now."""
+        call = self.calls.get(call_id)
+        if call is None or not call.active:
+            return
+        if call.direction == "out" and call.state in ("calling", "ringing"):
+            tx = next((t for t, (k, c) in self._owners.items()
+                       if k == "invite" and c is call), None)
+            if tx is not None and call.provisional:
+                self._send_cancel(call, tx, now)
+            else:
+                call.cancel_pending = True  # 9.1: CANCEL only after a provisional response
+            self._end(call, "cancelled", 487)
+            return
+        if call.direction == "in" and call.state == "incoming":
+            self.reject(call_id, 603, now)
+            return
+        call.retx = None
+        self._send_bye(call, now)
+        self._end(call, "local hangup", None)
+
+    def _send_bye(self, call: Call, now: float) -> None:
+        if call.dialog is not None and call.dialog.state != "terminated":
+            call.dialog.state = DIALOG_CONFIRMED
+            self._send_in_dialog(call, "BYE", now)
+
+    def _end(self, call: Call, reason: str, status: int | None) -> None:
+        if call.state == "ended":
+            return
+        call.state = "ended"
+        self._events.append(CallEnded(call, reason, status))
+        # Keep an ended UAC call while its INVITE transaction may still bring a late 2xx.
+        if not any(c is call for _, c in self._owners.values()):
+            self.calls.pop(call.call_id, None)
+
+    def forget_ended(self) -> None:
+        """Drop ended calls whose transactions are over (call now and then)."""
+        for tx in [t for t in self._owners if t.state == "terminated"]:
+            del self._owners[tx]
+        live = {id(c) for _, c in self._owners.values()}
+        for call_id, call in list(self.calls.items()):
+            if call.state == "ended" and id(call) not in live:
+                del self.calls[call_id]
+
+    def shutdown(self, now: float) -> None:
+        """Hang up every call and remove our registration."""
+        for call_id in list(self.calls):
+            self.hangup(call_id, now)
+        self.unregister(now)
+
+
+def _layer_of(tx: object) -> TransactionLayer:
+    # A transaction sends through the layer that made it (its `_send` is bound to it).
+    return tx._send.__self__  # type: ignore[attr-defined]
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")
+
+
+def parse_message(data: bytes) -> SipMessage:
+    """`SipMessage.parse` re-exported for the transport (one import)."""
+    return SipMessage.parse(data)

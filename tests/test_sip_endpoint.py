@@ -1,0 +1,460 @@
+"""Two real `sip_endpoint` graphs on 127.0.0.1 in one process, under real time.
+
+A caller dials an echo server (graphs/calls/echo.yaml): a 1 kHz tone goes out as RTP, comes
+back through the server's decoder and encoder and is recorded by the caller; the recording is
+checked by FFT. Hang-up by either side, CANCEL, RTP timeout and re-INVITE tear down or rebuild
+the call graph (its nodes leave the running graph). UDP, TCP and TLS (a self-signed
+certificate made with openssl) carry the signalling. Malformed SDP is answered 400/488 and
+fuzzed datagrams never raise out of the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, require_tool
+
+import plugins.rtp
+from pipeline.graph import Graph
+from pipeline.loader import load_graph_text
+from pipeline.registry import get_registry
+from pipeline.runtime import RunResult, Runtime
+from pipeline.testing import dominant_frequency, read_wav
+from plugins.sip.message import SipMessage
+
+# The rtp family registers through the same hook as every plugin (a no-op once
+# pipeline/registry.py lists it among the built-ins).
+get_registry().register(plugins.rtp, "plugins.rtp")
+
+WAIT = 15.0  # upper bound for anything to happen; tests finish far sooner
+ECHO = ROOT / "graphs" / "calls" / "echo.yaml"
+
+CALLER_GRAPH = """
+nodes:
+  tone: {type: tone, freq: 1000, rate: "${call.rate}"}
+  enc: {type: "${call.codec}_encoder", ptime_ms: "${call.ptime}"}
+  rtp:
+    type: rtp_session
+    local_ip: ${call.local_rtp_ip}
+    local_port: ${call.local_rtp_port}
+    remote_ip: ${call.remote_rtp_ip}
+    remote_port: ${call.remote_rtp_port}
+    codec: ${call.codec}
+    payload_type: ${call.payload_type}
+    recv_payload_type: ${call.local_payload_type}
+    clock_rate: ${call.clock_rate}
+    dtmf_payload_type: ${call.dtmf_payload_type}
+  dec: {type: "${call.codec}_decoder"}
+  rec: {type: wav_recorder, path: "${graph_dir}/heard-${call.caller}-${call.call_number}.wav",
+        flush_interval: 0}
+links: [tone -> enc -> rtp -> dec -> rec]
+"""
+
+# A caller that sends nothing: the far end's RTP timeout ends the call.
+MUTE_GRAPH = """
+nodes:
+  rtp:
+    type: rtp_session
+    local_ip: ${call.local_rtp_ip}
+    local_port: ${call.local_rtp_port}
+    remote_ip: ${call.remote_rtp_ip}
+    remote_port: ${call.remote_rtp_port}
+    codec: ${call.codec}
+    payload_type: ${call.payload_type}
+  sink: {type: null_sink}
+links: [rtp -> sink]
+"""
+
+
+class Endpoint:
+    """A graph with one sip_endpoint running in the current loop, with its bus messages."""
+
+    def __init__(self, yaml_text: str) -> None:
+        self.graph: Graph = load_graph_text(yaml_text)
+        self.runtime = Runtime(self.graph, realtime=True)
+        self.messages: list[Any] = []
+        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future]] = []
+        self.graph.listeners.append(self._on_message)
+        self.task = asyncio.create_task(self.runtime.run())
+
+    @property
+    def node(self) -> Any:
+        return self.graph.nodes["sip"]
+
+    def _on_message(self, msg: Any) -> None:
+        self.messages.append(msg)
+        for pred, fut in list(self._waiters):
+            if not fut.done() and pred(msg):
+                fut.set_result(msg)
+
+    async def wait(self, name: str, **match: Any) -> Any:
+        def pred(m: Any) -> bool:
+            return m.name == name and all(m.data.get(k) == v for k, v in match.items())
+
+        for m in self.messages:
+            if pred(m):
+                return m
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((pred, fut))
+        return await asyncio.wait_for(fut, WAIT)
+
+    async def port(self, transport: str = "udp") -> int:
+        msg = await self.wait("sip-listening")
+        spec = next(x for x in msg.data["listeners"] if x.startswith(transport))
+        return int(spec.rsplit(":", 1)[1])
+
+    def names(self, name: str) -> list[Any]:
+        return [m for m in self.messages if m.name == name]
+
+    def part_nodes(self) -> list[str]:
+        return [n for n in self.graph.nodes if n.startswith("call-")]
+
+    async def stop(self) -> RunResult:
+        self.runtime.request_stop()
+        return await asyncio.wait_for(self.task, WAIT)
+
+    async def result(self) -> RunResult:
+        return await asyncio.wait_for(self.task, WAIT)
+
+
+def server_yaml(listen: str = "udp:127.0.0.1:0", codecs: str = "[pcmu, telephone-event]",
+                extra: str = "") -> str:
+    return f"""
+nodes:
+  sip:
+    type: sip_endpoint
+    listen: {listen}
+    user: echo
+    call_graph: {ECHO}
+    codecs: {codecs}
+    rtp_port_range: 32000-32999
+{extra}
+"""
+
+
+def caller_yaml(target: str, graph: Path, codecs: str = "[pcmu, telephone-event]",
+                listen: str = "udp:127.0.0.1:0", extra: str = "") -> str:
+    return f"""
+nodes:
+  sip:
+    type: sip_endpoint
+    listen: {listen}
+    user: alice
+    call_graph: {graph}
+    codecs: {codecs}
+    rtp_port_range: 33000-33999
+    dial: "{target}"
+    exit_after_call: true
+{extra}
+"""
+
+
+def heard(tmp_path: Path) -> tuple[Any, int]:
+    (path,) = tmp_path.glob("heard-*.wav")
+    return read_wav(path)
+
+
+async def echo_call(tmp_path: Path, *, codec: str = "pcmu", transport: str = "udp",
+                    server_extra: str = "", caller_extra: str = "", scheme: str = "sip",
+                    seconds: float = 1.2) -> tuple[Endpoint, Endpoint]:
+    (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+    codecs = f"[{codec}, telephone-event]"
+    server = Endpoint(server_yaml(f"{transport}:127.0.0.1:0", codecs, server_extra))
+    port = await server.port(transport)
+    param = "" if transport == "udp" or scheme == "sips" else f";transport={transport}"
+    caller = Endpoint(caller_yaml(f"{scheme}:echo@127.0.0.1:{port}{param}",
+                                  tmp_path / "caller.yaml", codecs,
+                                  f"{transport}:127.0.0.1:0",
+                                  f"    hangup_after: {seconds}s\n{caller_extra}"))
+    await caller.result()  # the caller hangs up after `seconds` and its graph ends
+    await server.wait("call-ended")
+    await asyncio.sleep(0.05)  # the server's part is detached right after its I/O stops
+    return server, caller
+
+
+def check_tone(tmp_path: Path, seconds: float) -> None:
+    audio, rate = heard(tmp_path)
+    # echoed audio for most of the call (less the round trip and the start-up)
+    assert len(audio) > 0.6 * seconds * rate
+    tail = audio[len(audio) // 4:, 0]
+    assert abs(dominant_frequency(tail, rate) - 1000.0) < 5.0
+    assert abs(tail.astype(float)).max() > 8000  # -6 dBFS tone, not noise
+
+
+# ---- calls -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("codec", ["pcmu", "opus", "g722"])
+def test_echo_call_audio_flows_and_caller_hangup_tears_down(tmp_path, codec):
+    async def main():
+        server, caller = await echo_call(tmp_path, codec=codec)
+        end = server.names("call-ended")[0]
+        assert end.data["reason"] == "remote hangup"
+        assert caller.names("call-ended")[0].data["reason"] == "local hangup"
+        assert server.part_nodes() == []  # the call graph's nodes are gone
+        assert server.node.stats()["calls_in"] == 1
+        est = server.names("call-established")[0]
+        assert est.data["codec"] == codec and est.data["prefix"] == "call-1/"
+        await server.stop()
+
+    asyncio.run(main())
+    check_tone(tmp_path, 1.2)
+
+
+def test_server_hangup_tears_down_both_call_graphs(tmp_path):
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        server = Endpoint(server_yaml())
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml"))
+        est = await server.wait("call-established")
+        await caller.wait("call-established")
+        await asyncio.sleep(0.3)
+        assert {"call-1/rtp", "call-1/dec", "call-1/enc"} <= set(server.graph.nodes)
+        assert "call-1/rec" in caller.graph.nodes
+        server.node.hangup(est.data["call_id"])
+        await caller.result()  # exit_after_call: the caller's graph ends with its call
+        assert caller.names("call-ended")[0].data["reason"] == "remote hangup"
+        assert server.part_nodes() == [] and caller.part_nodes() == []
+        await server.stop()
+
+    asyncio.run(main())
+    audio, rate = heard(tmp_path)
+    assert abs(dominant_frequency(audio[len(audio) // 3:, 0], rate) - 1000.0) < 5.0
+
+
+def test_cancel_before_answer(tmp_path):
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        server = Endpoint(server_yaml(extra="    auto_answer: false"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml"))
+        ringing = await caller.wait("call-ringing")
+        await server.wait("call-incoming")
+        caller.node.hangup(ringing.data["call_id"])
+        end = await server.wait("call-ended")
+        assert end.data == {"call_id": ringing.data["call_id"],
+                            "reason": "cancelled by the caller", "status": 487}
+        await caller.result()
+        assert caller.names("call-established") == [] and server.part_nodes() == []
+        assert not list(tmp_path.glob("heard-*.wav"))  # no call graph ever ran
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_rtp_timeout_ends_the_call(tmp_path):
+    async def main():
+        (tmp_path / "mute.yaml").write_text(MUTE_GRAPH)
+        server = Endpoint(server_yaml(extra="    rtp_timeout: 300ms"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "mute.yaml"))
+        end = await caller.wait("call-ended")
+        assert end.data["reason"] == "remote hangup"
+        server_end = await server.wait("call-ended")
+        assert server_end.data["reason"] == "local hangup"
+        assert server.node.stats()["rtp_timeouts"] == 1
+        await caller.result()
+        await asyncio.sleep(0.05)
+        assert server.part_nodes() == []
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_hold_rebuilds_the_call_graph_with_new_values(tmp_path):
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        server = Endpoint(server_yaml())
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml"))
+        est = await caller.wait("call-established")
+        await server.wait("call-established")
+        caller.node.hold(est.data["call_id"])
+        up = await server.wait("call-updated")
+        assert up.data["direction"] == "recvonly"
+        await asyncio.sleep(0.1)
+        values = next(iter(server.node.part_values.values()))
+        assert values["direction"] == "recvonly"
+        assert "call-1/rtp" in server.graph.nodes  # rebuilt, same prefix
+        caller.node.hangup(est.data["call_id"])
+        await caller.result()
+        await server.wait("call-ended")
+        await asyncio.sleep(0.05)
+        assert server.part_nodes() == []
+        await server.stop()
+
+    asyncio.run(main())
+
+
+# ---- transports ------------------------------------------------------------------------------
+def test_tcp_transport_carries_a_call(tmp_path):
+    async def main():
+        server, caller = await echo_call(tmp_path, transport="tcp", seconds=1.0)
+        assert server.node.stats()["net_tcp_connections"] >= 1
+        assert server.part_nodes() == []
+        await server.stop()
+
+    asyncio.run(main())
+    check_tone(tmp_path, 1.0)
+
+
+@pytest.fixture
+def certificate(tmp_path) -> tuple[Path, Path]:
+    openssl = require_tool("openssl", "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_tls_transport_carries_a_call(tmp_path, certificate):
+    cert, key = certificate
+
+    async def main():
+        tls = f"    tls_cert: {cert}\n    tls_key: {key}\n    tls_ca: {cert}\n"
+        server, caller = await echo_call(tmp_path, transport="tls", scheme="sips",
+                                         server_extra=tls, caller_extra=tls, seconds=1.0)
+        assert server.node.stats()["net_tls_connections"] >= 1
+        assert caller.names("call-ended")[0].data["reason"] == "local hangup"
+        await server.stop()
+
+    asyncio.run(main())
+    check_tone(tmp_path, 1.0)
+
+
+def test_tls_refuses_an_untrusted_server(tmp_path, certificate):
+    cert, key = certificate
+
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        server = Endpoint(server_yaml("tls:127.0.0.1:0",
+                                      extra=f"    tls_cert: {cert}\n    tls_key: {key}"))
+        port = await server.port("tls")
+        # the caller trusts only the system CAs: the handshake fails, the INVITE never goes
+        caller = Endpoint(caller_yaml(f"sips:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      listen="tls:127.0.0.1:0",
+                                      extra=f"    tls_cert: {cert}\n    tls_key: {key}"))
+        await asyncio.sleep(1.0)
+        assert caller.node.stats()["net_connect_errors"] == 1
+        assert server.names("call-incoming") == []
+        await caller.stop()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+# ---- bad input -------------------------------------------------------------------------------
+def _invite(port: int, body: bytes, branch: str) -> bytes:
+    return (
+        f"INVITE sip:echo@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{branch};rport\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:eve@127.0.0.1>;tag=e1\r\n"
+        f"To: <sip:echo@127.0.0.1>\r\nCall-ID: {branch}@test\r\nCSeq: 1 INVITE\r\n"
+        "Contact: <sip:eve@127.0.0.1:9>\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _exchange(sock: socket.socket, data: bytes, port: int, count: int) -> list[SipMessage]:
+    loop = asyncio.get_running_loop()
+    sock.sendto(data, ("127.0.0.1", port))
+    out = []
+    for _ in range(count):
+        reply = await asyncio.wait_for(loop.sock_recv(sock, 70000), WAIT)
+        out.append(SipMessage.parse(reply))
+    return out
+
+
+def test_malformed_sdp_gets_400_or_488_and_the_endpoint_lives_on(tmp_path):
+    async def main():
+        server = Endpoint(server_yaml())
+        port = await server.port()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        try:
+            bad = await _exchange(sock, _invite(port, b"v=0\r\nbroken", "b1"), port, 2)
+            assert [m.status_code for m in bad] == [100, 400]
+            assert bad[1].reason.startswith("Bad SDP: SDP")
+            video = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+                     b"t=0 0\r\nm=video 4000 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n")
+            unusable = await _exchange(sock, _invite(port, video, "b2"), port, 2)
+            assert [m.status_code for m in unusable] == [100, 488]
+            opts = _invite(port, b"", "b3").replace(b"INVITE", b"OPTIONS")
+            (ok,) = await _exchange(sock, opts, port, 1)
+            assert ok.status_code == 200
+        finally:
+            sock.close()
+        assert server.names("call-incoming") == [] and server.part_nodes() == []
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_fuzzed_datagrams_never_raise_out_of_the_transport():
+    async def main():
+        server = Endpoint(server_yaml("udp:127.0.0.1:0,tcp:127.0.0.1:0"))
+        port = await server.port()
+        tcp_port = await server.port("tcp")
+        rng = random.Random(1234)
+        seed = _invite(port, b"v=0\r\n", "f0")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        for i in range(300):
+            data = bytearray(seed)
+            for _ in range(rng.randint(1, 20)):  # flip, insert and cut bytes
+                pos = rng.randrange(len(data))
+                op = rng.random()
+                if op < 0.5:
+                    data[pos] = rng.randrange(256)
+                elif op < 0.8:
+                    data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
+                else:
+                    del data[pos:pos + rng.randint(1, 30)]
+            sock.sendto(bytes(data) if i % 10 else rng.randbytes(rng.randint(0, 1400)),
+                        ("127.0.0.1", port))
+            if i % 50 == 0:
+                await asyncio.sleep(0.01)  # let the endpoint drain its socket
+        # a stream that sends garbage is closed, an oversized one too
+        for junk in (b"\x00\x01garbage\r\n\r\n", b"OPTIONS sip:x SIP/2.0\r\nX: " + b"a" * 70000):
+            _, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
+            writer.write(junk)
+            await writer.drain()
+            writer.close()
+        await asyncio.sleep(0.3)
+        sock.close()
+        stats = server.node.stats()
+        assert stats.get("net_handler_errors", 0) == 0
+        assert stats["net_udp_received"] >= 250
+        assert stats["net_stream_errors"] == 2
+        # still answering
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.setblocking(False)
+        probe.bind(("127.0.0.1", 0))
+        opts = _invite(port, b"", "alive").replace(b"INVITE", b"OPTIONS")
+        (ok,) = await _exchange(probe, opts, port, 1)
+        probe.close()
+        assert ok.status_code == 200
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_bad_parameters_are_reported_by_name():
+    from pipeline.errors import GraphError
+
+    with pytest.raises(GraphError, match="parameter 'listen': SIP listen address 'udp:nowhere:1'"
+                                         " needs an IP address"):
+        load_graph_text("nodes: {sip: {type: sip_endpoint, listen: 'udp:nowhere:1'}}").prepare()
+    with pytest.raises(GraphError, match="parameter 'call_graph': file '/no/such.yaml' not found"):
+        load_graph_text("nodes: {sip: {type: sip_endpoint, call_graph: /no/such.yaml}}").prepare()
+    with pytest.raises(GraphError, match="parameter 'rtp_port_range': '9-1'"):
+        load_graph_text("nodes: {sip: {type: sip_endpoint, rtp_port_range: 9-1}}").prepare()

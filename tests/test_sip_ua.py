@@ -1,0 +1,543 @@
+"""The sans-IO SIP user agent (plugins/sip/ua.py): two UAs exchanging datagrams in memory
+under a fake clock, so RFC 3261 timers (64*T1, 2xx retransmission, registration refresh) run
+in microseconds and every message on the wire can be inspected.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import LocalProtocolError, ParseError
+from plugins.sip.message import SipMessage, SipRequest, SipResponse
+from plugins.sip.offer_answer import Codec
+from plugins.sip.sdp import SessionDescription
+from plugins.sip.ua import (
+    CallEnded,
+    CallEstablished,
+    CallIncoming,
+    CallRinging,
+    CallUpdated,
+    DtmfReceived,
+    Listener,
+    ReferReceived,
+    Registered,
+    RegistrationFailed,
+    UaConfig,
+    Unregistered,
+    UserAgent,
+    parse_dtmf_relay,
+    safe_token,
+)
+
+ALICE = ("192.0.2.1", 5060)
+BOB = ("192.0.2.2", 5062)
+PCMU = Codec.named("pcmu")
+PCMA = Codec.named("pcma")
+DTMF = Codec.named("telephone-event")
+
+
+def make_ua(addr, codecs=(PCMU, PCMA, DTMF), transport="udp", **kw) -> UserAgent:
+    return UserAgent(UaConfig([Listener(transport, *addr)], list(codecs), **kw))
+
+
+class Net:
+    """Delivers what each UA sends to the UA listening at the destination; records the wire."""
+
+    def __init__(self, *uas: UserAgent) -> None:
+        self.uas = {(lst.transport, lst.host, lst.port): ua
+                    for ua in uas for lst in ua.config.listeners}
+        self.events: dict[int, list] = {id(ua): [] for ua in uas}
+        self.wire: list[tuple[tuple, bytes]] = []  # (destination, bytes)
+        self.now = 0.0
+        self.drop = lambda data: False
+
+    def pump(self) -> None:
+        for _ in range(100):
+            moved = False
+            for ua in list(self.uas.values()):
+                src = (ua.config.listeners[0].host, ua.config.listeners[0].port)
+                for transport, data, addr in ua.datagrams_to_send():
+                    moved = True
+                    self.wire.append((addr, data))
+                    peer = self.uas.get((transport, *addr))
+                    if peer is not None and not self.drop(data):
+                        peer.receive(data, transport, src, self.now)
+                while (ev := ua.next_event()) is not None:
+                    self.events[id(ua)].append(ev)
+            if not moved:
+                return
+
+    def advance(self, seconds: float) -> None:
+        """Jump the fake clock, firing every timer on the way, deadline by deadline."""
+        end = self.now + seconds
+        while True:
+            due = [t for t in (ua.get_timer() for ua in self.uas.values()) if t is not None]
+            nxt = min(due, default=None)
+            if nxt is None or nxt > end:
+                break
+            self.now = max(self.now, nxt)
+            for ua in self.uas.values():
+                timer = ua.get_timer()
+                if timer is not None and timer <= self.now:
+                    ua.handle_timer(self.now)
+            self.pump()
+        self.now = end
+
+    def of(self, ua: UserAgent, kind: type) -> list:
+        return [e for e in self.events[id(ua)] if isinstance(e, kind)]
+
+    def sent(self, start: str) -> list[SipMessage]:
+        return [SipMessage.parse(d) for _, d in self.wire if d.startswith(start.encode())]
+
+
+def established_call(**bob_kw):
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob", **bob_kw)
+    net = Net(alice, bob)
+    call = alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    incoming = net.of(bob, CallIncoming)[0]
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.accept(incoming.call.call_id, net.now)
+    net.pump()
+    return net, alice, bob, call, incoming.call
+
+
+# ---- calls -----------------------------------------------------------------------------------
+def test_call_setup_and_teardown_follows_rfc3261_13_and_15():
+    net, alice, bob, call, bcall = established_call()
+    # 100 from the transaction, 180 and 200 from the UAS core, then the ACK (13.2.2.4)
+    codes = [m.status_code for m in net.sent("SIP/2.0") if m.cseq.method == "INVITE"]
+    assert codes == [100, 180, 200]
+    assert len(net.sent("ACK")) == 1
+    assert [type(e) for e in net.events[id(alice)]] == [CallRinging, CallEstablished]
+    assert isinstance(net.events[id(bob)][-1], CallEstablished)
+    a_media = net.of(alice, CallEstablished)[0].media
+    b_media = net.of(bob, CallEstablished)[0].media
+    # each side sends to the other's RTP port, with the first offered common codec (PCMU)
+    assert (a_media.remote_address, a_media.remote_rtp_port) == ("192.0.2.2", 42000)
+    assert (b_media.remote_address, b_media.remote_rtp_port) == ("192.0.2.1", 40000)
+    assert a_media.codec == b_media.codec == "PCMU" and a_media.payload_type == 0
+    assert a_media.dtmf_payload_type == b_media.dtmf_payload_type == 96  # first dynamic
+    assert bcall.caller == "alice@192.0.2.1" and bcall.callee == "bob@192.0.2.2"
+    # dialog IDs mirror each other (12)
+    assert call.dialog.id == (bcall.dialog.call_id, bcall.dialog.remote_tag,
+                              bcall.dialog.local_tag)
+    bob.hangup(bcall.call_id, net.now)
+    net.pump()
+    bye = net.sent("BYE")[0]
+    assert bye.cseq.seq == 1 and bye.uri.user == "alice"  # the remote target is the Contact
+    assert [m.status_code for m in net.sent("SIP/2.0") if m.cseq.method == "BYE"] == [200]
+    assert net.of(alice, CallEnded)[0].reason == "remote hangup"
+    assert net.of(bob, CallEnded)[0].reason == "local hangup"
+    net.advance(40)
+    assert not alice.calls and not bob.calls
+
+
+def test_uas_retransmits_200_until_ack_then_gives_up_with_bye():
+    # lose every ACK: the UAS resends its 200 at T1, 2T1, 4T1 ... capped at T2 (13.3.1.4)
+    net2_alice, net2_bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net2 = Net(net2_alice, net2_bob)
+    net2.drop = lambda d: d.startswith(b"ACK")
+    net2_alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net2.pump()
+    inc = net2.of(net2_bob, CallIncoming)[0].call
+    net2_bob.prepare_answer(inc.call_id, 42000)
+    net2_bob.accept(inc.call_id, 0.0)
+    net2.pump()
+    net2.advance(40)
+    oks = [(d, SipMessage.parse(d)) for a, d in net2.wire if d.startswith(b"SIP/2.0 200")]
+    ok_invites = [m for _, m in oks if m.cseq.method == "INVITE"]
+    # sent at 0, then 0.5, 1.5, 3.5, 7.5, 11.5 ... 31.5: the interval doubles up to T2 = 4 s
+    assert len(ok_invites) == 1 + 10
+    ended = net2.of(net2_bob, CallEnded)[0]
+    assert ended.reason == "no ACK for our 200 OK" and ended.status == 408
+    assert len([m for m in net2.sent("BYE")]) >= 1
+
+
+def test_cancel_before_answer_gives_487_and_ends_both_sides():
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    call = alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net.pump()
+    assert call.state == "ringing"
+    alice.hangup(call.call_id, 0.1)
+    net.pump()
+    cancel = net.sent("CANCEL")[0]
+    invite = net.sent("INVITE")[0]
+    # 9.1: same Request-URI, Call-ID, From, CSeq number and top Via branch as the INVITE
+    assert cancel.uri == invite.uri and cancel.call_id == invite.call_id
+    assert cancel.cseq.seq == invite.cseq.seq and cancel.top_via.branch == invite.top_via.branch
+    finals = [(m.status_code, m.cseq.method) for m in net.sent("SIP/2.0")]
+    assert (200, "CANCEL") in finals and (487, "INVITE") in finals
+    assert net.of(bob, CallEnded)[0].reason == "cancelled by the caller"
+    assert net.of(alice, CallEnded)[0].status == 487
+    # the UAC transaction ACKs the 487 (17.1.1.3)
+    (ack,) = net.sent("ACK")
+    assert ack.cseq.seq == invite.cseq.seq and ack.top_via.branch == invite.top_via.branch
+    net.advance(40)
+    assert not alice.calls and not bob.calls
+
+
+def test_cancel_waits_for_a_provisional_response():
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob", ring=False)
+    net = Net(alice, bob)
+    net.drop = lambda d: d.startswith(b"SIP/2.0 100")
+    call = alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net.pump()
+    alice.hangup(call.call_id, 0.0)
+    net.pump()
+    assert net.sent("CANCEL") == []  # RFC 3261 9.1: not before a provisional response
+    net.drop = lambda d: False
+    net.advance(0.6)  # the INVITE retransmission gets its 100 through now
+    assert len(net.sent("CANCEL")) == 1
+
+
+def test_488_on_codec_mismatch_with_warning():
+    alice = make_ua(ALICE, codecs=(Codec.named("opus"),), user="alice")
+    bob = make_ua(BOB, codecs=(PCMU,), user="bob")
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net.pump()
+    final = [m for m in net.sent("SIP/2.0") if m.status_code >= 200][0]
+    assert final.status_code == 488
+    assert final.headers.get("Warning").startswith("305 ")
+    assert net.of(alice, CallEnded)[0].reason == "488 Not Acceptable Here"
+    assert net.of(bob, CallIncoming) == []
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\n", 400),          # truncated SDP
+    (b"this is not sdp at all", 400),
+    (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+     b"m=video 4000 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n", 488),  # no audio at all
+])
+def test_malformed_or_unusable_sdp_is_answered_400_or_488(body, code):
+    bob = make_ua(BOB, user="bob")
+    invite = (
+        b"INVITE sip:bob@192.0.2.2:5062 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKbad1;rport\r\n"
+        b"Max-Forwards: 70\r\nFrom: <sip:eve@192.0.2.1>;tag=e1\r\nTo: <sip:bob@192.0.2.2>\r\n"
+        b"Call-ID: bad-sdp-1\r\nCSeq: 1 INVITE\r\nContact: <sip:eve@192.0.2.1:5060>\r\n"
+        b"Content-Type: application/sdp\r\n\r\n"
+    ) + body
+    bob.receive(invite, "udp", ALICE, 0.0)
+    finals = [SipMessage.parse(d) for _, d, _ in bob.datagrams_to_send()]
+    assert [m.status_code for m in finals] == [100, code]
+    assert bob.next_event() is None and not bob.calls
+
+
+def test_486_beyond_max_calls():
+    bob = make_ua(BOB, user="bob", max_calls=1)
+    a1, a2 = make_ua(ALICE, user="a1"), make_ua(("192.0.2.3", 5060), user="a2")
+    net = Net(a1, a2, bob)
+    a1.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net.pump()
+    c2 = a2.call("sip:bob@192.0.2.2:5062", 40002, 0.0)
+    net.pump()
+    assert net.of(a2, CallEnded)[0].status == 486
+    assert c2.state == "ended"
+    assert len(net.of(bob, CallIncoming)) == 1 and bob.stats["busy"] == 1
+
+
+def test_reinvite_hold_and_resume_update_both_sides():
+    net, alice, bob, call, bcall = established_call()
+    alice.hold(call.call_id, net.now)
+    net.pump()
+    a_up, b_up = net.of(alice, CallUpdated)[-1], net.of(bob, CallUpdated)[-1]
+    # RFC 3264 8.4: the holder offers sendonly, the other side answers recvonly
+    assert a_up.media.direction == "sendonly" and b_up.media.direction == "recvonly"
+    reinvite = net.sent("INVITE")[-1]
+    assert reinvite.cseq.seq == 2 and reinvite.to.tag == bcall.local_tag
+    offer = SessionDescription.parse(reinvite.body)
+    first = SessionDescription.parse(net.sent("INVITE")[0].body)
+    assert offer.origin.session_version == first.origin.session_version + 1
+    assert len(net.sent("ACK")) == 2
+    alice.resume(call.call_id, net.now)
+    net.pump()
+    assert net.of(alice, CallUpdated)[-1].media.direction == "sendrecv"
+    assert net.of(bob, CallUpdated)[-1].media.direction == "sendrecv"
+    assert call.state == bcall.state == "established"
+
+
+def test_reinvite_codec_change_and_glare_491():
+    net, alice, bob, call, bcall = established_call()
+    alice.change_codecs(call.call_id, [PCMA, DTMF], net.now)
+    net.pump()
+    assert net.of(alice, CallUpdated)[-1].media.codec == "PCMA"
+    assert net.of(bob, CallUpdated)[-1].media.payload_type == 8
+    # both sides re-INVITE at once: each answers the other's with 491 (14.2)
+    net.drop = lambda d: d.startswith(b"INVITE")
+    alice.hold(call.call_id, net.now)
+    net.pump()
+    net.drop = lambda d: False
+    bob.hold(bcall.call_id, net.now)
+    net.pump()
+    codes = [m.status_code for m in net.sent("SIP/2.0") if m.cseq.method == "INVITE"]
+    assert codes[-1] == 491
+    assert net.of(bob, CallEnded) == []
+
+
+def test_reinvite_with_no_common_codec_keeps_the_call():
+    net, alice, bob, call, bcall = established_call()
+    alice.change_codecs(call.call_id, [Codec.named("g722")], net.now)
+    net.pump()
+    assert [m.status_code for m in net.sent("SIP/2.0")][-1] == 488
+    assert call.state == bcall.state == "established"
+    assert net.of(alice, CallEnded) == [] and net.of(bob, CallUpdated) == []
+
+
+def test_info_dtmf_relay_becomes_a_dtmf_event():
+    net, alice, bob, call, bcall = established_call()
+    for digit in "5#":
+        alice.send_dtmf(call.call_id, digit, net.now, duration_ms=250)
+        net.pump()
+    got = [(e.event.digit, e.event.duration_ms) for e in net.of(bob, DtmfReceived)]
+    assert got == [("5", 250), ("#", 250)]
+    info = net.sent("INFO")[0]
+    assert info.content_type == "application/dtmf-relay"
+    assert info.body == b"Signal=5\r\nDuration=250\r\n"
+    with pytest.raises(LocalProtocolError, match="DTMF digit 'x'"):
+        alice.send_dtmf(call.call_id, "x", net.now)
+
+
+@given(st.sampled_from("0123456789*#ABCD"), st.integers(1, 99999))
+def test_dtmf_relay_body_round_trip(digit, duration):
+    body = f"Signal={digit}\r\nDuration={duration}\r\n".encode()
+    ev = parse_dtmf_relay(body)
+    assert (ev.digit, ev.duration_ms) == (digit, duration)
+
+
+def test_dtmf_relay_rejects_bad_signal():
+    with pytest.raises(ParseError, match="SIP INFO dtmf-relay has no valid Signal"):
+        parse_dtmf_relay(b"Signal=Z\r\n")
+
+
+def test_refer_is_accepted_202_and_reported():
+    net, alice, bob, call, bcall = established_call()
+    alice._send_in_dialog(call, "REFER", net.now,
+                          headers=[("Refer-To", "<sip:carol@192.0.2.9>")])
+    net.pump()
+    assert [m.status_code for m in net.sent("SIP/2.0")][-1] == 202
+    assert net.of(bob, ReferReceived)[0].target == "<sip:carol@192.0.2.9>"
+
+
+def test_options_lists_allow_and_accept():
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    alice.options("sip:bob@192.0.2.2:5062", 0.0)
+    net.pump()
+    ok = net.sent("SIP/2.0 200")[0]
+    assert set(ok.headers.values("Allow")) >= {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS",
+                                               "INFO"}
+    assert "application/sdp" in ok.headers.values("Accept")
+
+
+def test_in_dialog_request_for_unknown_dialog_gets_481():
+    net, alice, bob, call, bcall = established_call()
+    bob.hangup(bcall.call_id, net.now)
+    net.pump()
+    call.state = "established"  # pretend alice missed the BYE
+    call.dialog.state = "confirmed"
+    alice.send_dtmf(call.call_id, "1", net.now)
+    net.pump()
+    assert [m.status_code for m in net.sent("SIP/2.0")][-1] == 481
+
+
+def test_unsupported_method_and_require_are_rejected():
+    bob = make_ua(BOB, user="bob")
+    base = ("{m} sip:bob@192.0.2.2:5062 SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK{b}\r\n"
+            "From: <sip:eve@192.0.2.1>;tag=e1\r\nTo: <sip:bob@192.0.2.2>\r\n"
+            "Call-ID: m-{b}\r\nCSeq: 1 {m}\r\n{extra}Content-Length: 0\r\n\r\n")
+    bob.receive(base.format(m="SUBSCRIBE", b="s1", extra="").encode(), "udp", ALICE, 0.0)
+    bob.receive(base.format(m="OPTIONS", b="s2", extra="Require: 100rel\r\n").encode(),
+                "udp", ALICE, 0.0)
+    out = [SipMessage.parse(d) for _, d, _ in bob.datagrams_to_send()]
+    assert [m.status_code for m in out] == [405, 420]
+    assert "INVITE" in out[0].headers.get("Allow")
+    assert out[1].headers.get("Unsupported") == "100rel"
+
+
+# ---- authentication --------------------------------------------------------------------------
+def test_registration_with_digest_challenge_refresh_and_unregister():
+    registrar = make_ua(BOB, user="registrar", users={"alice": "s3cret"}, realm="example.org")
+    alice = make_ua(ALICE, user="alice", password="s3cret", registrar="sip:192.0.2.2:5062",
+                    register_expires=120)
+    # our UA answers REGISTER with 405 (it is not a registrar): use a tiny fake registrar
+    net = Net(alice)
+    fake = FakeRegistrar(registrar)
+    alice.register(0.0)
+    for _ in range(3):
+        for _transport, data, addr in alice.datagrams_to_send():
+            net.wire.append((addr, data))
+            for reply in fake.handle(data, 0.0):
+                alice.receive(reply, "udp", BOB, 0.0)
+    events = []
+    while (ev := alice.next_event()) is not None:
+        events.append(ev)
+    assert [type(e) for e in events] == [Registered]
+    assert events[0].expires == 120 and events[0].aor == "sip:alice@192.0.2.2"
+    regs = [m for _, m in ((a, SipMessage.parse(d)) for a, d in net.wire)]
+    assert [r.headers.get("Authorization") is None for r in regs] == [True, False]
+    assert regs[0].call_id == regs[1].call_id and regs[1].cseq.seq == regs[0].cseq.seq + 1
+    assert fake.accepted == ["alice"]
+    # refresh before expiry: at max(60, 120-32) = 88 s
+    assert alice.registration.refresh_at == pytest.approx(88.0)
+    alice.handle_timer(88.0)
+    out = alice.datagrams_to_send()
+    assert len(out) == 1 and SipMessage.parse(out[0][1]).method == "REGISTER"
+    for reply in fake.handle(out[0][1], 88.0):
+        alice.receive(reply, "udp", BOB, 88.0)
+    for _, data, _ in alice.datagrams_to_send():
+        for reply in fake.handle(data, 88.0):
+            alice.receive(reply, "udp", BOB, 88.0)
+    assert isinstance(alice.next_event(), Registered)
+    alice.unregister(90.0)
+    for _ in range(2):
+        for _, data, _ in alice.datagrams_to_send():
+            assert SipMessage.parse(data).headers.get("Expires") == "0"
+            for reply in fake.handle(data, 90.0):
+                alice.receive(reply, "udp", BOB, 90.0)
+    assert isinstance(alice.next_event(), Unregistered)
+
+
+def test_registration_with_wrong_password_fails_without_looping():
+    registrar = make_ua(BOB, user="registrar", users={"alice": "right"}, realm="example.org")
+    alice = make_ua(ALICE, user="alice", password="wrong", registrar="sip:192.0.2.2:5062")
+    fake = FakeRegistrar(registrar)
+    alice.register(0.0)
+    sent = 0
+    for _ in range(5):
+        for _, data, _ in alice.datagrams_to_send():
+            sent += 1
+            for reply in fake.handle(data, 0.0):
+                alice.receive(reply, "udp", BOB, 0.0)
+    assert sent == 2  # one try without, one with credentials; then it gives up
+    ev = alice.next_event()
+    assert isinstance(ev, RegistrationFailed) and ev.status == 401 and ev.retry_in == 60.0
+
+
+class FakeRegistrar:
+    """A registrar built from the same DigestServer the UA uses to challenge callers."""
+
+    def __init__(self, ua: UserAgent) -> None:
+        self.server = ua._server_auth
+        self.accepted: list[str] = []
+
+    def handle(self, data: bytes, now: float) -> list[bytes]:
+        from plugins.sip.message import make_response
+
+        req = SipMessage.parse(data)
+        assert isinstance(req, SipRequest) and req.method == "REGISTER"
+        result = self.server.verify(req, now)
+        if not result.ok:
+            return [bytes(self.server.challenge_response(req, now, to_tag="r1"))]
+        self.accepted.append(result.username)
+        ok = make_response(req, 200, to_tag="r1")
+        ok.headers.add("Contact", f"{req.headers.get('Contact')};expires="
+                       f"{req.headers.get('Expires')}")
+        return [bytes(ok)]
+
+
+def test_uas_challenges_callers_and_accepts_right_credentials():
+    alice = make_ua(ALICE, user="alice", password="pw")
+    bob = make_ua(BOB, user="bob", users={"alice": "pw"}, realm="bob.example")
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net.pump()
+    codes = [m.status_code for m in net.sent("SIP/2.0") if m.cseq.method == "INVITE"]
+    assert codes[:2] == [100, 401]
+    invites = net.sent("INVITE")
+    assert len(invites) == 2 and "Authorization" in invites[1].headers
+    assert invites[1].cseq.seq == 2 and invites[1].call_id == invites[0].call_id
+    assert len(net.of(bob, CallIncoming)) == 1
+
+
+def test_uas_refuses_wrong_password_with_403():
+    alice = make_ua(ALICE, user="alice", password="bad")
+    bob = make_ua(BOB, user="bob", users={"alice": "pw"})
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net.pump()
+    assert net.of(alice, CallEnded)[0].status == 403
+    assert net.of(bob, CallIncoming) == []
+
+
+# ---- abuse -----------------------------------------------------------------------------------
+def test_rate_limit_drops_requests_beyond_the_budget_per_source():
+    bob = make_ua(BOB, user="bob", rate_limit=10.0, rate_burst=5)
+    opts = ("OPTIONS sip:bob@192.0.2.2:5062 SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKo{n}\r\n"
+            "From: <sip:eve@192.0.2.1>;tag=e1\r\nTo: <sip:bob@192.0.2.2>\r\n"
+            "Call-ID: o-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    for n in range(20):
+        bob.receive(opts.format(n=n).encode(), "udp", ALICE, 0.0)
+    assert len(bob.datagrams_to_send()) == 5 and bob.stats["rate_limited"] == 15
+    # another source has its own bucket
+    bob.receive(opts.format(n=99).encode(), "udp", ("192.0.2.77", 5060), 0.0)
+    assert len(bob.datagrams_to_send()) == 1
+    # the bucket refills at 10/s
+    for n in range(20, 30):
+        bob.receive(opts.format(n=n).encode(), "udp", ALICE, 0.5)
+    assert len(bob.datagrams_to_send()) == 5
+
+
+def test_oversized_message_and_garbage_are_dropped():
+    bob = make_ua(BOB, user="bob")
+    big = ("OPTIONS sip:bob@192.0.2.2:5062 SIP/2.0\r\n"
+           "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKbig\r\n"
+           "From: <sip:eve@192.0.2.1>;tag=e1\r\nTo: <sip:bob@192.0.2.2>\r\n"
+           "Call-ID: big\r\nCSeq: 1 OPTIONS\r\nX-Pad: " + "a" * 70000 + "\r\n\r\n").encode()
+    bob.receive(big, "udp", ALICE, 0.0)
+    bob.receive(b"\x00\xff garbage", "udp", ALICE, 0.0)
+    bob.receive(b"SIP/2.0 200 OK\r\n\r\n", "udp", ALICE, 0.0)
+    out = bob.datagrams_to_send()
+    assert out == []  # a 513 cannot be routed: the oversized message is never parsed
+    assert bob.stats["dropped_bad"] == 2
+    assert bob.layers["udp"].stats["malformed"] == 1  # a response without Via or CSeq
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzzed_datagrams_never_raise(data):
+    bob = make_ua(BOB, user="bob")
+    bob.receive(data, "udp", ALICE, 0.0)
+    bob.receive(b"INVITE sip:bob@192.0.2.2 SIP/2.0\r\n" + data, "udp", ALICE, 0.0)
+    bob.datagrams_to_send()
+
+
+def test_safe_token_never_allows_path_tricks():
+    assert safe_token("../../etc/passwd@host") == "_.._etc_passwd@host"
+    assert "/" not in safe_token("a/b\\c") and not safe_token("..x").startswith(".")
+    assert safe_token("") == "_" and len(safe_token("x" * 500)) == 64
+
+
+def test_unknown_transport_and_non_sip_uri_are_local_errors():
+    alice = make_ua(ALICE, user="alice")
+    with pytest.raises(LocalProtocolError, match="SIP endpoint has no tcp listener"):
+        alice.call("sip:bob@192.0.2.2:5062;transport=tcp", 40000, 0.0)
+    with pytest.raises(LocalProtocolError, match="is not a sip: or sips: URI"):
+        alice.call("tel:+123", 40000, 0.0)
+
+
+def test_invite_timeout_ends_the_call_after_64_t1():
+    alice = make_ua(ALICE, user="alice")
+    net = Net(alice)
+    alice.call("sip:bob@192.0.2.99:5060", 40000, 0.0)
+    net.pump()
+    net.advance(31.9)
+    assert net.of(alice, CallEnded) == []
+    net.advance(0.2)
+    assert net.of(alice, CallEnded)[0].status == 408
+    assert len(net.sent("INVITE")) == 7  # 0, .5, 1.5, 3.5, 7.5, 15.5, 31.5 (timer A)
+
+
+def test_responses_are_well_formed_sip():
+    net, alice, bob, call, bcall = established_call()
+    for _, data in net.wire:
+        msg = SipMessage.parse(data)
+        assert SipMessage.parse(bytes(msg)) == msg
+        if isinstance(msg, SipResponse):
+            assert msg.headers.get("Via")
