@@ -8,6 +8,7 @@ from plugins.generators.nodes import DTMF_FREQS
 
 
 @pytest.mark.parametrize("rate,freq", [(8000, 1000.0), (16000, 440.0), (44100, 3000.0),
+                                       (16000, 440.5),
                                        (48000, 697.0)])
 def test_tone_frequency_and_length(rate, freq):
     r = run_graph(f"tone freq={freq} rate={rate} duration=1s ! frame_sink name=out", launch=True)
@@ -16,12 +17,13 @@ def test_tone_frequency_and_length(rate, freq):
     assert dominant_frequency(audio, rate) == pytest.approx(freq, abs=0.5)
 
 
-def test_tone_is_phase_continuous_across_frames():
-    r = run_graph("tone freq=1234 rate=16000 duration=200ms level=-6dB ! frame_sink name=out",
+@pytest.mark.parametrize("freq", [1234.0, 1234.5])  # table path and computed path
+def test_tone_is_phase_continuous_across_frames(freq):
+    r = run_graph(f"tone freq={freq} rate=16000 duration=1.5s level=-6dB ! frame_sink name=out",
                   launch=True)
     x = r.graph.nodes["out"].audio()[:, 0].astype(np.float64)
     t = np.arange(len(x)) / 16000
-    ideal = np.rint(np.sin(2 * np.pi * 1234 * t) * 10 ** (-6 / 20) * 32767)
+    ideal = np.rint(np.sin(2 * np.pi * freq * t) * 10 ** (-6 / 20) * 32767)
     assert np.max(np.abs(x - ideal)) <= 1.0
 
 

@@ -28,13 +28,25 @@ class Tone(PcmSource):
         self._amp = db_to_amplitude(self.level) * 32767.0
         self._w = 2.0 * np.pi * self.freq / self.rate
         self._idx = np.arange(self.period_samples, dtype=np.float64)
+        # A whole number of cycles per second (440 Hz, 1 kHz): the signal repeats every
+        # second, so one second is rendered once and frames are slices of it.
+        self._table = None
+        if float(self.freq).is_integer():
+            t = np.arange(self.rate, dtype=np.float64)
+            self._table = np.rint(np.sin(t * self._w) * self._amp).astype(np.int16)
 
     def render(self, pts: int, n: int) -> np.ndarray:
+        out = np.empty((n, self.channels), np.int16)
+        if self._table is not None:
+            start = pts % self.rate
+            first = min(n, self.rate - start)
+            out[:first] = self._table[start:start + first, None]
+            if first < n:
+                out[first:] = self._table[:n - first, None]
+            return out
         # The phase from the absolute sample index keeps every frame continuous.
         phase = (pts * self._w) % (2.0 * np.pi)
-        x = np.sin(self._idx[:n] * self._w + phase) * self._amp
-        out = np.empty((n, self.channels), np.int16)
-        out[:] = np.rint(x)[:, None]
+        out[:] = np.rint(np.sin(self._idx[:n] * self._w + phase) * self._amp)[:, None]
         return out
 
 
