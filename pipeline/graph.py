@@ -247,6 +247,21 @@ class Graph:
             if names is not None and name not in names:
                 continue
             self._negotiate_node(name)
+        # Feedback edges end at nodes negotiated before their source: check them now, and
+        # convert where the formats differ, like any other link.
+        for ln in [ln for ln in self.links if ln.feedback and ln.dst_port not in
+                   self.nodes[ln.dst].in_formats]:
+            if names is not None and ln.src not in names and ln.dst not in names:
+                continue
+            offered = self.nodes[ln.src].out_formats.get(ln.src_port)
+            if offered is None:
+                continue
+            dst = self.nodes[ln.dst]
+            accepted = dst.input_caps(ln.dst_port, offered)
+            if intersect_caps((offered,), accepted):
+                dst.in_formats[ln.dst_port] = offered
+            else:
+                dst.in_formats[ln.dst_port] = self._convert(ln, offered, accepted)
         if names is not None:
             for ln in [ln for ln in self.links if ln.src in names and ln.dst not in names]:
                 dst = self.nodes[ln.dst]
@@ -349,8 +364,11 @@ class Graph:
         self.links.remove(ln)
         conv.linked_inputs.append("in")
         conv.linked_outputs.append("out")
+        # On a feedback edge the converter runs before the delay: the edge into the original
+        # destination stays the feedback edge, so that node still knows not to wait on it.
         self.links.append(Link(ln.src, ln.src_port, conv_name, "in", where=ln.where))
-        self.links.append(Link(conv_name, "out", ln.dst, ln.dst_port, where=ln.where))
+        self.links.append(Link(conv_name, "out", ln.dst, ln.dst_port, feedback=ln.feedback,
+                               where=ln.where))
         conv.in_formats = {"in": offered}
         conv.out_formats = {"out": target}
         self.converters.append(conv_name)

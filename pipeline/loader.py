@@ -254,6 +254,9 @@ class Builder:
         if not tokens:
             raise _err("empty element in link", where, "write a -> b")
         head, rest = tokens[0], tokens[1:]
+        # Templates in a reference pick ports by value, e.g. a call graph pairing a
+        # conference's request ports: parent.room.in_${call.call_number}.
+        head = str(substitute(head, self.ctx, where))
         name, port = _split_ref(head)
         if not rest and (self.prefix + name in self.graph.nodes or name in self.bins
                          or (name == "parent" and self.prefix)):

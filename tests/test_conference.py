@@ -361,3 +361,124 @@ def test_silent_listeners_get_one_shared_frame_and_one_encode():
     dec = OpusDecoder(RATE, 1)
     pcm = np.concatenate([dec.decode(p.payload)[:, 0] for p in parsed[3]])[5 * N:]
     assert all(band_db(pcm, RATE, f) > -3 for f in (300, 800, 2000))
+
+
+# ---- the cached fast paths agree with the plain computation ----------------------------------
+def _table_limit(x: np.ndarray) -> np.ndarray:
+    """The limiter as one lookup of every sample in its transfer table (the reference)."""
+    from plugins.conference.mixing import _LIMIT, _TABLE
+
+    return _TABLE[np.clip(x.astype(np.int64) + _LIMIT, 0, 2 * _LIMIT)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 5, 200, 2000]),
+       st.sampled_from([(960,), (3, 960), (12, 160)]))
+def test_soft_limiter_paths_match_the_full_table_lookup(seed, peaks, shape):
+    # No peak: one copy; a few past the knee: sparse lookup; many: one full-table pass.
+    # Every path must give the table's value for every sample, bit for bit.
+    rng = np.random.default_rng(seed)
+    x = np.rint(rng.standard_normal(shape) * KNEE / 4).astype(np.int32)
+    flat = x.reshape(-1)
+    at = rng.choice(flat.size, min(peaks, flat.size), replace=False)
+    flat[at] = rng.integers(KNEE + 1, 4 * FULL_SCALE, len(at)) * rng.choice([-1, 1], len(at))
+    ref = _table_limit(x)
+    assert np.array_equal(soft_limit(x), ref)
+    out, work = np.zeros(shape, np.int16), np.zeros(shape, np.int32)
+    assert soft_limit(x, out=out, work=work) is out
+    assert np.array_equal(out, ref)
+    assert np.array_equal(x.reshape(-1)[at], flat[at])  # the input is left as it was
+
+
+def _fresh_run(m: MixMinus):
+    """The same period mixed by a new MixMinus that has no cached plan."""
+    f = MixMinus(m.n, m.capacity, ramp_samples=m.ramp_samples)
+    f._gains[:] = m._gains
+    f._flags[:] = m._flags
+    f.inp[:] = m.inp
+    return f, f.run()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1),
+       st.lists(st.tuples(st.sampled_from(["in", "out", "listen", "none"]), st.integers(0, 5),
+                          st.sampled_from([0, UNITY // 2, UNITY, 2 * UNITY])),
+                min_size=1, max_size=12))
+def test_cached_mix_plan_follows_every_change(seed, changes):
+    # The bridge writes gain targets and flags straight into MixMinus' arrays between periods;
+    # the cached plan must notice each change (and each ramp it ran itself) and mix exactly
+    # like a MixMinus computing everything from scratch.
+    rng = np.random.default_rng(seed)
+    m = MixMinus(48, 4, ramp_samples=64)  # ramps longer than a period: several periods each
+    for i in range(6):  # grows past its capacity on the way
+        m.add(listening=i != 3, ramp_in=i % 2 == 0)
+    for what, row, gain in changes:
+        for _ in range(2):
+            m.inp[:6] = rng.integers(-20000, 20000, (6, 48))
+            fresh, want = _fresh_run(m)
+            got = m.run()
+            assert np.array_equal(got.shared, want.shared)
+            assert got.private.keys() == want.private.keys()
+            for r in want.private:
+                assert np.array_equal(got.private[r], want.private[r])
+            assert got.silent == want.silent and got.shared_rows == want.shared_rows
+            assert np.array_equal(m._gains, fresh._gains)  # the ramps moved alike
+            for r in range(6):
+                assert np.array_equal(m.contribution(r), fresh.contribution(r))
+        if what == "in":
+            m.in_target[row] = gain
+        elif what == "out":
+            m.out_target[row] = gain
+        elif what == "listen":
+            m.listening[row] = not m.listening[row]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(-90.0, -10.0, width=32), min_size=4, max_size=4),
+                min_size=1, max_size=40))
+def test_speaker_detector_gives_the_same_answer_for_a_slice_of_rows(frames):
+    # The bridge passes consecutive rows as a slice (views, no gathers, and a shortcut when
+    # everyone talks); that must decide exactly like the same rows given as indices.
+    by_index = SpeakerDetector(6, hangover_frames=3, switch_frames=2)
+    by_slice = SpeakerDetector(6, hangover_frames=3, switch_frames=2)
+    rows = np.arange(1, 5)
+    for levels in frames:
+        lv = np.asarray(levels, np.float32)
+        assert by_index.update(rows, lv) == by_slice.update(slice(1, 5), lv)
+        assert by_index.dominant == by_slice.dominant
+        assert np.array_equal(by_index.talking, by_slice.talking)
+        assert np.array_equal(by_index.hang, by_slice.hang)
+        assert np.array_equal(by_index.smoothed, by_slice.smoothed)
+        assert np.array_equal(by_index.level, by_slice.level)
+
+
+def test_frame_sent_just_before_its_input_leaves_is_what_fades_out():
+    # process() puts an on-time period straight into the participant's mixer row; when the
+    # input is unlinked before the tick, that period (not the one before it) is faded out.
+    room = Room(ins=(1,), outs=(0,), gate=False)
+    for _ in range(5):
+        room.step({1: np.full(N, 1000, np.int16)})
+    last = 2000 + np.arange(N, dtype=np.int16)  # not its own time reversal, nor the past
+    room.node.process("in_1", AudioFrame(last.reshape(-1, 1), RATE, 5 * N))
+    room.node.port_unlinked("in", "in_1")
+    room.step()
+    y = room.out["out_0"][-1].data[:, 0].astype(np.int32)
+    ramp = room.node.core.ramp_samples
+    gains = np.maximum(UNITY - np.arange(1, N + 1) * (UNITY / ramp), 0).astype(np.int64)
+    assert np.array_equal(y, (last * gains) >> 12)  # the new period, ramped down to silence
+    assert y[0] > 1900 and not y[ramp:].any()
+
+
+def test_steady_room_counts_a_missing_period_as_an_underrun():
+    # The steady path skips the per-participant loop only when every input sent one period;
+    # one missing period must still be silence for that participant and an underrun.
+    room = Room(ins=(0, 1), outs=(0, 1), gate=False)
+    for t in range(4):
+        room.step({0: tone(500, 0.3, t * N), 1: tone(900, 0.3, t * N)})
+    room.step({0: tone(500, 0.3, 4 * N)})  # participant 1 is silent this period
+    assert room.node.stats()["underruns"] == 1
+    assert not room.out["out_0"][-1].data.any()  # 0 hears 1 only, and 1 sent nothing
+    assert band_db(room.out["out_1"][-1].data, RATE, 500) > -1.5
+    room.step({0: tone(500, 0.3, 5 * N), 1: tone(900, 0.3, 5 * N)})
+    assert band_db(room.out["out_0"][-1].data, RATE, 900) > -1.5
+    assert room.node.stats()["underruns"] == 1

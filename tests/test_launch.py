@@ -121,3 +121,29 @@ links:
 """)
     r = run_graph(g)
     assert r.graph.nodes["o"].audio().shape[0] >= 800
+
+
+def test_feedback_edge_with_another_rate_gets_a_converter():
+    g = load_graph_text("""
+nodes:
+  src: {type: tone, rate: 8000, duration: 100ms}
+  mix: {type: mixer}
+  t: {type: tee}
+  up: {type: resample, rate: 16000}
+  o: {type: frame_sink}
+links:
+  - src -> mix
+  - mix -> t
+  - t -> o
+  - t -> up
+  - {link: up -> mix, feedback: true}
+""")
+    g.prepare()
+    assert g.nodes["mix"].in_formats["in_1"].value("rate") == 8000
+    assert len(g.converters) == 1
+    conv = g.nodes[g.converters[0]]
+    assert conv.in_formats["in"].value("rate") == 16000
+    fb = [ln for ln in g.links if ln.feedback]
+    assert len(fb) == 1 and (fb[0].src, fb[0].dst) == (conv.name, "mix")  # mix still knows
+    r = run_graph(g)
+    assert len(r.graph.nodes["o"].audio()) >= 800

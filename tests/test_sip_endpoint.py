@@ -132,11 +132,11 @@ def _recorded_ms(rec) -> float:
     done = (writer.data_bytes if writer is not None else 0) + getattr(rec, "pending_bytes", 0)
     return done / 2 / rec.rate * 1000 if getattr(rec, "rate", 0) else 0.0
 
-async def until(check, what: str, timeout: float = 10.0, interval: float = 0.01):
+async def until(check, what: str, limit: float = 10.0, interval: float = 0.01):
     """Poll `check()` until it returns something truthy (the loop keeps running the graphs
     meanwhile); fail with `what` after `timeout` seconds."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + limit
     while True:
         value = check()
         if value:
@@ -387,12 +387,12 @@ def _invite(port: int, body: bytes, branch: str) -> bytes:
 
 
 async def _exchange(sock: socket.socket, data: bytes, port: int, count: int,
-                    timeout: float | None = None) -> list[SipMessage]:
+                    wait: float | None = None) -> list[SipMessage]:
     loop = asyncio.get_running_loop()
     sock.sendto(data, ("127.0.0.1", port))
     out = []
     for _ in range(count):
-        reply = await asyncio.wait_for(loop.sock_recv(sock, 70000), timeout or WAIT)
+        reply = await asyncio.wait_for(loop.sock_recv(sock, 70000), wait or WAIT)
         out.append(SipMessage.parse(reply))
     return out
 
@@ -470,7 +470,7 @@ def test_fuzzed_datagrams_never_raise_out_of_the_transport():
         ok = None
         for _ in range(40):
             try:
-                (ok,) = await _exchange(probe, opts, port, 1, timeout=0.25)
+                (ok,) = await _exchange(probe, opts, port, 1, wait=0.25)
                 break
             except TimeoutError:
                 continue

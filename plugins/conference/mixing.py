@@ -14,7 +14,8 @@ sums need no widening copy) with the row's int16 audio and sets gain targets; `r
    tanh curve that approaches full scale and never reaches it, so sums never wrap or hard-clip.
 
 Rows that contribute nothing cost nothing in steps 1-3, which is what makes a large room of
-mostly silent listeners cheap.
+mostly silent listeners cheap. Which rows contribute, share or mix alone is worked out once
+per change of gains or flags (`_Plan`), not every period.
 """
 
 from __future__ import annotations
@@ -57,19 +58,30 @@ def soft_limit(x: np.ndarray, out: np.ndarray | None = None,
     """int32 samples to int16 through a soft knee: identity up to KNEE, then
     `KNEE + span * tanh((|x| - KNEE) / span)` (span = full scale - KNEE): continuous in value
     and slope, monotonic, bounded by full scale; loud sums are compressed, never wrapped or
-    squared off. Two passes over the samples (offset, table lookup), and one copy when
-    nothing exceeds the knee. Inputs must stay LIMIT below the int32 range (sums of int16
-    never come near). `work`, an int32 array shaped like `x`, saves an allocation."""
+    squared off. Three passes when nothing exceeds the knee (|x|, its max, one copy); a few
+    samples past it are looked up alone, many in one table pass. Inputs must stay LIMIT below
+    the int32 range (sums of int16 never come near). `work`, an int32 array shaped like `x`,
+    saves an allocation."""
     if out is None:
         out = np.empty(x.shape, np.int16)
     if x.size == 0:
         return out
-    if max(int(x.max()), -int(x.min())) <= KNEE:
+    mag = np.abs(x, out=work)
+    if int(mag.max()) <= KNEE:
         np.copyto(out, x, casting="unsafe")  # the common case: nothing to limit
         return out
+    loud = mag > KNEE
     # mode="clip" saturates indices past the table's ends (|x| > LIMIT is full scale anyway).
-    idx = np.add(x, _LIMIT, out=work) if work is not None else x + _LIMIT
-    np.take(_TABLE, idx, out=out, mode="clip")
+    if np.count_nonzero(loud) * 8 > x.size:  # a loud sum: one lookup over everything
+        np.take(_TABLE, np.add(x, _LIMIT, out=mag), out=out, mode="clip")
+        return out
+    # A few peaks past the knee: copy, then look up only those (the table is the identity
+    # below the knee, so the result is the same as a full lookup).
+    np.copyto(out, x, casting="unsafe")
+    idx = loud.ravel().nonzero()[0]  # flat indices (loud is a fresh, contiguous array)
+    peaks = np.take(x, idx)
+    peaks += _LIMIT
+    np.put(out, idx, np.take(_TABLE, peaks, mode="clip"))
     return out
 
 
@@ -84,6 +96,46 @@ class MixResult:
     contributors: np.ndarray  # rows summed into `total` this period
 
 
+class _Plan:
+    """Who contributes and who hears what, for one set of gains and flags. Rebuilt only when
+    those change (a join, a leave, a gain, the gate, a ramp), so a steady period does no
+    index work at all."""
+
+    __slots__ = ("contributors", "k", "view", "odd", "pos", "shared_rows", "silent", "own",
+                 "own_list", "take", "has", "direct", "ungained")
+
+    def __init__(self, mm: MixMinus) -> None:
+        used = mm.used
+        in_cur, in_target = mm.in_cur, mm.in_target
+        contributors = np.flatnonzero(used & ((in_cur != 0) | (in_target != 0)))
+        k = self.k = len(contributors)
+        self.contributors = contributors
+        # Rows not at a steady unity gain (ramping, or a gain set) are scaled one by one.
+        self.odd = np.flatnonzero((in_cur[contributors] != UNITY)
+                                  | (in_target[contributors] != UNITY)).tolist()
+        # Contributors 0..k-1 at unity are summed straight from `inp`: no copy at all.
+        self.view = not self.odd and bool(k == 0 or contributors[-1] == k - 1)
+        pos = self.pos = np.full(mm.capacity, -1, np.int64)
+        pos[contributors] = np.arange(k)
+
+        listeners = np.flatnonzero(used & mm.listening)
+        contributing = pos[listeners] >= 0
+        out_cur, out_target = mm.out_cur, mm.out_target
+        steady_full = (out_cur[listeners] == UNITY) & (out_target[listeners] == UNITY)
+        steady_off = (out_cur[listeners] == 0) & (out_target[listeners] == 0)
+        self.shared_rows = listeners[~contributing & steady_full].tolist()
+        self.silent = listeners[steady_off].tolist()
+        own = self.own = listeners[(contributing | ~steady_full) & ~steady_off]
+        self.own_list = own.tolist()
+        take = self.take = pos[own]
+        self.has = take >= 0
+        # Every listener with its own mix contributes, in row order: minus = total - x.
+        self.direct = bool(np.array_equal(take, np.arange(k)))
+        # Joining, leaving, deafening or a gain set on the way out.
+        self.ungained = np.flatnonzero((out_cur[own] != UNITY)
+                                       | (out_target[own] != UNITY)).tolist()
+
+
 class MixMinus:
     """Mix-minus over rows of a preallocated matrix; see the module docstring."""
 
@@ -94,32 +146,32 @@ class MixMinus:
             UNITY / self.ramp_samples)
         self._pos = np.zeros(0, np.int64)
         self._x = np.zeros((0, frame_samples), np.int32)
+        self._plan: _Plan | None = None
+        self._key: tuple[bytes, bytes] | None = None
         self.capacity = 0
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
         n = self.n
-        old = None if self.capacity == 0 else (
-            self.inp, self.in_target, self.in_cur, self.out_target,
-            self.out_cur, self.listening, self.used)
-        self.inp = np.zeros((capacity, n), np.int32)
+        old = None if self.capacity == 0 else (self._gains, self._flags)
+        self.inp = np.zeros((capacity, n), np.int32) if old is None else np.concatenate(
+            [self.inp, np.zeros((capacity - self.capacity, n), np.int32)])
         # Work buffers, reused every period: allocating and freeing a few hundred kB per
         # period makes glibc hand the pages back and fault them in again (measured: 4x cost).
         self._xbuf = np.zeros((capacity, n), np.int32)
-        self._mbuf = np.zeros((capacity, n), np.int32)
-        self._work = np.zeros((capacity, n), np.int32)
-        self.in_target = np.zeros(capacity, np.int64)  # Q12
-        self.in_cur = np.zeros(capacity, np.int64)
-        self.out_target = np.zeros(capacity, np.int64)
-        self.out_cur = np.zeros(capacity, np.int64)
-        self.listening = np.zeros(capacity, bool)
-        self.used = np.zeros(capacity, bool)
+        self._mbuf = np.zeros((capacity + 1, n), np.int32)  # the total, then mix-minuses
+        self._work = np.zeros((capacity + 1, n), np.int32)
+        # Gains (Q12) and flags live in two arrays so one bytes compare per period tells
+        # whether anything changed since the plan was built (they are views, written freely).
+        self._gains = np.zeros((4, capacity), np.int64)
+        self._flags = np.zeros((2, capacity), bool)
         if old is not None:
-            for new, prev in zip((self.inp, self.in_target, self.in_cur,
-                                  self.out_target, self.out_cur, self.listening, self.used),
-                                 old, strict=True):
-                new[:len(prev)] = prev
+            self._gains[:, :self.capacity] = old[0]
+            self._flags[:, :self.capacity] = old[1]
+        self.in_target, self.in_cur, self.out_target, self.out_cur = self._gains
+        self.listening, self.used = self._flags
         self.capacity = capacity
+        self._plan = self._key = None
 
     # ---- rows ----------------------------------------------------------------------------
     def add(self, *, listening: bool = True, in_gain: int = UNITY, ramp_in: bool = True) -> int:
@@ -161,52 +213,52 @@ class MixMinus:
 
     def run(self) -> MixResult:
         """Mix one period from `inp` and the gain targets; see the module docstring."""
-        used = self.used
+        key = (self._gains.tobytes(), self._flags.tobytes())
+        plan = self._plan
+        if plan is None or key != self._key:
+            plan = self._plan = _Plan(self)
+            self._key = key
         in_cur, in_target = self.in_cur, self.in_target
-        contributors = np.flatnonzero(used & ((in_cur != 0) | (in_target != 0)))
-        # The contributors' rows, widened in one copy; only rows not at a steady unity gain
-        # (ramping, or a gain set) are touched one by one.
-        x = self._xbuf[:len(contributors)]
-        np.take(self.inp, contributors, axis=0, out=x)
-        odd = np.flatnonzero((in_cur[contributors] != UNITY) | (in_target[contributors] != UNITY))
-        for i in odd:
-            row = contributors[i]
-            cur, target = int(in_cur[row]), int(in_target[row])
-            if cur == target:
-                x[i] *= cur
-                x[i] >>= GAIN_BITS
-            else:
-                g = self._gain_vector(cur, target)
-                np.copyto(x[i], (x[i] * g) >> GAIN_BITS, casting="unsafe")
-                in_cur[row] = g[-1]
-        total = x.sum(axis=0, dtype=np.int32) if len(x) else np.zeros(self.n, np.int32)
-        shared = soft_limit(total, work=self._work[0])
-        pos = self._pos = np.full(self.capacity, -1, np.int64)
-        pos[contributors] = np.arange(len(contributors))
+        contributors, k = plan.contributors, plan.k
+        if plan.view:
+            x = self.inp[:k]
+        else:  # the contributors' rows, widened in one copy, then the odd ones scaled
+            x = self._xbuf[:k]
+            np.take(self.inp, contributors, axis=0, out=x)
+            for i in plan.odd:
+                row = contributors[i]
+                cur, target = int(in_cur[row]), int(in_target[row])
+                if cur == target:
+                    x[i] *= cur
+                    x[i] >>= GAIN_BITS
+                else:
+                    g = self._gain_vector(cur, target)
+                    np.copyto(x[i], (x[i] * g) >> GAIN_BITS, casting="unsafe")
+                    in_cur[row] = g[-1]  # changes the key: the plan is rebuilt next period
+        # Row 0 of the work matrix is the total, rows 1.. the listeners' own mixes, so one
+        # limiter call makes the shared mix and every private one.
+        own = plan.own
+        m = len(own)
+        buf = self._mbuf[:m + 1]
+        total, minus = buf[0], buf[1:]
+        if k:
+            np.add.reduce(x, axis=0, out=total)
+        else:
+            total.fill(0)
+        self._pos = plan.pos
         self._x = x
-
-        listeners = np.flatnonzero(used & self.listening)
-        contributing = pos[listeners] >= 0
-        out_cur, out_target = self.out_cur, self.out_target
-        steady_full = (out_cur[listeners] == UNITY) & (out_target[listeners] == UNITY)
-        steady_off = (out_cur[listeners] == 0) & (out_target[listeners] == 0)
-        shared_rows = listeners[~contributing & steady_full]
-        silent = listeners[steady_off]
-        own = listeners[(contributing | ~steady_full) & ~steady_off]
-        private: dict[int, np.ndarray] = {}
-        if len(own):
-            # One vector op for every listener's mix-minus, one limiter call for all of them.
-            take = pos[own]
-            has = take >= 0
-            minus = self._mbuf[:len(own)]
-            if has.all():  # every such listener contributes: one gather, one subtract
-                np.take(x, take, axis=0, out=minus)
+        if m:
+            if plan.direct:  # every listener with its own mix contributes, in row order
+                np.subtract(total, x, out=minus)
+            elif plan.has.all():  # every such listener contributes: one gather, one subtract
+                np.take(x, plan.take, axis=0, out=minus)
                 np.subtract(total, minus, out=minus)
             else:
+                has = plan.has
                 minus[:] = total
-                minus[has] -= x[take[has]]
-            ungained = (out_cur[own] != UNITY) | (out_target[own] != UNITY)
-            for i in np.flatnonzero(ungained):  # joining, leaving, deafening or a gain set
+                minus[has] -= x[plan.take[has]]
+            out_cur, out_target = self.out_cur, self.out_target
+            for i in plan.ungained:
                 row = own[i]
                 cur, target = int(out_cur[row]), int(out_target[row])
                 g = (np.full(self.n, cur, np.int64) if cur == target
@@ -215,9 +267,10 @@ class MixMinus:
                 np.clip((minus[i] * g) >> GAIN_BITS, -(1 << 31), (1 << 31) - 1, out=minus[i],
                         casting="unsafe")
                 out_cur[row] = g[-1]
-            limited = soft_limit(minus, work=self._work[:len(own)])
-            private = dict(zip(own.tolist(), limited, strict=True))
-        return MixResult(shared, private, silent.tolist(), shared_rows.tolist(), contributors)
+        limited = soft_limit(buf, work=self._work[:m + 1])
+        private = dict(zip(plan.own_list, limited[1:], strict=True)) if m else {}
+        return MixResult(limited[0], private, list(plan.silent), list(plan.shared_rows),
+                         contributors)
 
     def contribution(self, row: int) -> np.ndarray:
         """What `row` put into this period's mix, as int16 (for per-participant recording)."""

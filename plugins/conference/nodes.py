@@ -34,6 +34,7 @@ from .recording import FLAC_MAX_CHANNELS, RoomRecorder
 from .shared import FLAG_SHARED
 from .speaker import SpeakerDetector, rms_dbfs
 
+_S16 = np.dtype(np.int16)
 MAX_BUFFER_PERIODS = 6  # deeper than this a participant is running ahead: drop its oldest audio
 
 
@@ -49,7 +50,7 @@ class Participant:
     gain_db: float = 0.0
     gain_q: int = UNITY  # gain_db in Q12, cached for the per-period gain update
     out_gain_db: float = 0.0
-    direct: np.ndarray | None = None  # one whole period that arrived on time (no FIFO copy)
+    filled_at: int = -1  # the period whose audio process() already put in its mixer row
     muted: bool = False
     deafened: bool = False
     ended: bool = False  # its input sent end-of-stream
@@ -124,7 +125,10 @@ class ConferenceBridge(Node):
         return (Format.audio("pcm_s16", self.rate, 1),)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
-        return {port: Format.audio("pcm_s16", self.rate, 1) for port in self.linked_outputs}
+        fmt = Format.audio("pcm_s16", self.rate, 1)
+        # The template's entry is the sibling the graph copies for an out_k requested while
+        # running, also when the room started with no listener (the first SIP caller).
+        return {"out_%u": fmt, **{port: fmt for port in self.linked_outputs}}
 
     def start(self) -> None:
         self.n = int(round(self.rate * self.graph.period))
@@ -153,6 +157,17 @@ class ConferenceBridge(Node):
         self._level_every = int(round(self.level_interval / period)) if self.level_interval \
             else 0
         self._ticks = 0
+        # Per-period bookkeeping, rebuilt only when membership, gains or mutes change.
+        self._gen = 0  # period number: process() fills rows for it, tick() advances it
+        self._nfilled = 0  # rows filled by process() this period
+        self._period_shape = (self.n, 1)
+        self._dirty = True
+        self._fed: list[Participant] = []  # participants with an input, in join order
+        self._rows: np.ndarray | slice = slice(0, 0)
+        self._gains = np.zeros(0, np.int64)
+        self._simple = True  # no input is fading out
+        self._gone: list[Participant] = []
+        self._outs: list[tuple[str, int]] = []
         self.recorder: RoomRecorder | None = None
         if self.record_dir is not None:
             channels = self.max_participants + 1 if self.record_layout == "multichannel" else 1
@@ -195,6 +210,7 @@ class ConferenceBridge(Node):
         p = Participant(k, row, self._identity(k))
         self.by_number[k] = p
         self.by_row[row] = p
+        self._dirty = True
         if self.recorder is not None:
             self.recorder.join(k, p.identity)
         self.post("participant-joined", participant=k, identity=p.identity, pts=self.pts)
@@ -203,12 +219,14 @@ class ConferenceBridge(Node):
     def _attach_input(self, p: Participant) -> None:
         p.fifo = SampleFifo(1, np.int16, MAX_BUFFER_PERIODS * self.n)
         p.input_gone = p.ended = False
-        p.direct = None
+        p.filled_at = -1
+        self._dirty = True
         self._inputs[f"in_{p.number}"] = p
         self.core.in_target[p.row] = gain_to_q12(p.gain_db)
 
     def _attach_output(self, p: Participant) -> None:
         p.has_out = True
+        self._dirty = True
         self.core.listening[p.row] = True
         self.core.out_target[p.row] = 0 if p.deafened else gain_to_q12(p.out_gain_db)
 
@@ -217,6 +235,7 @@ class ConferenceBridge(Node):
         self.detector.reset(p.row)
         del self.by_number[p.number]
         del self.by_row[p.row]
+        self._dirty = True
         if self._inputs.get(f"in_{p.number}") is p:
             del self._inputs[f"in_{p.number}"]
         if self.recorder is not None:
@@ -264,6 +283,7 @@ class ConferenceBridge(Node):
         p = self.by_number.get(self._number(port))
         if p is None:
             return
+        self._dirty = True
         if direction == "in":
             # Keep the FIFO: what is buffered is faded out over the next period (no click).
             p.input_gone = True
@@ -299,10 +319,12 @@ class ConferenceBridge(Node):
         else:
             p.gain_db = db  # applied to the gate's target on the next period
             p.gain_q = gain_to_q12(db)
+            self._dirty = True
 
     def mute(self, port: str | int, on: bool = True) -> None:
         """Mute (or unmute) a participant: the others stop hearing it (ramped)."""
         self._participant(port).muted = on
+        self._dirty = True
 
     def deafen(self, port: str | int, on: bool = True) -> None:
         """Deafen (or undeafen) a participant: it hears silence (ramped)."""
@@ -344,21 +366,33 @@ class ConferenceBridge(Node):
         data = getattr(frame, "data", None)
         # Bad input is counted and dropped, never raised: one caller cannot stop the room.
         if (p is None or p.input_gone or not isinstance(frame, AudioFrame)
-                or not isinstance(data, np.ndarray) or data.dtype != np.int16
-                or data.ndim != 2 or data.shape[1] != 1 or frame.rate != self.rate):
-            self.dropped_frames += 1
-            if p is not None:
-                p.drops += 1
+                or not isinstance(data, np.ndarray) or data.dtype != _S16
+                or frame.rate != self.rate):
+            self._drop(p)
+            return
+        shape = data.shape
+        gen = self._gen
+        if shape == self._period_shape:
+            if p.filled_at != gen and not len(p.fifo):
+                # The usual case, exactly one period on time: straight into its mixer row.
+                self.core.inp[p.row] = data[:, 0]
+                p.filled_at = gen
+                self._nfilled += 1
+                return
+        elif len(shape) != 2 or shape[1] != 1:
+            self._drop(p)
             return
         fifo = p.fifo
-        if p.direct is None and not len(fifo) and data.shape[0] == self.n:
-            p.direct = data  # the usual case: exactly one period, taken as is at the tick
-            return
         fifo.push(data)
-        excess = len(fifo) + (self.n if p.direct is not None else 0) \
+        excess = len(fifo) + (self.n if p.filled_at == gen else 0) \
             - MAX_BUFFER_PERIODS * self.n
         if excess > 0:  # running ahead of the room's clock: keep latency bounded
             fifo.pop(excess)
+            p.drops += 1
+
+    def _drop(self, p: Participant | None) -> None:
+        self.dropped_frames += 1
+        if p is not None:
             p.drops += 1
 
     def event(self, port: str, event: Any) -> None:
@@ -369,55 +403,72 @@ class ConferenceBridge(Node):
             return  # EOS goes out from tick, once every input is drained
         super().event(port, event)
 
+    def _rebuild(self) -> None:
+        """Recompute the per-period participant lists after a join, leave, gain or mute."""
+        fed = self._fed = [p for p in self.by_number.values() if p.fifo is not None]
+        rows = np.array([p.row for p in fed], np.intp)
+        # Consecutive rows (the usual room) are addressed by a slice: views, no gathers.
+        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            self._rows = slice(int(rows[0]), int(rows[0]) + len(rows))
+        else:
+            self._rows = rows
+        self._gains = np.array([0 if p.input_gone or p.muted else p.gain_q for p in fed],
+                               np.int64)
+        self._simple = not any(p.input_gone for p in fed)
+        self._gone = [p for p in self.by_number.values() if p.input_gone]
+        self._outs = [(f"out_{p.number}", p.row) for p in self.by_number.values() if p.has_out]
+        self._dirty = False
+
     def tick(self, now: float) -> None:
         n, core = self.n, self.core
-        inp = core.inp
-        rows: list[int] = []
-        gains: list[int] = []
-        fed = live = False
-        for p in self.by_number.values():
-            if p.fifo is None:
-                continue
-            row = inp[p.row]
-            if p.input_gone:
-                self._pop_leaving(p, row)
-                gains.append(0)
-            else:
-                got = self._take(p, row)
-                if got < n and not p.ended:
-                    p.underruns += 1  # lost or on hold: silence, never waited for
-                    self.underruns += 1
-                fed = True
-                live = live or not (p.ended and got == 0)
-                gains.append(0 if p.muted else p.gain_q)
-            rows.append(p.row)
+        if self._dirty:
+            self._rebuild()
+            steady = False
+        else:
+            steady = self._simple and self._nfilled == len(self._fed)
+        if steady:  # every input sent exactly one period on time: the rows are ready
+            fed = live = bool(self._fed)
+        else:
+            inp = core.inp
+            fed = live = False
+            for p in self._fed:
+                row = inp[p.row]
+                if p.input_gone:
+                    self._pop_leaving(p, row)
+                else:
+                    got = self._take(p, row)
+                    if got < n and not p.ended:
+                        p.underruns += 1  # lost or on hold: silence, never waited for
+                        self.underruns += 1
+                    fed = True
+                    live = live or not (p.ended and got == 0)
+        self._gen += 1  # what process() receives from now on is for the next period
+        self._nfilled = 0
         if fed and not live and not self.persistent:
             self.send_eos()  # every input has ended and is drained
             return
-        if rows:
-            self._update_gains(np.asarray(rows), np.asarray(gains, np.int64))
+        if self._fed:
+            self._update_gains(self._rows, self._gains)
         result = core.run()
         self._emit(result)
         if self.recorder is not None and not self.recorder.failed:
             contributions = {p.number: core.contribution(p.row)
                              for p in self.by_number.values() if p.fifo is not None}
             self.recorder.write(result.shared, contributions)
-        for p in [p for p in self.by_number.values() if p.input_gone]:
+        for p in list(self._gone):
             if not core.fading_out(p.row):
                 p.fifo = None
+                self._dirty = True
                 self._maybe_leave(p)
         self.pts += n
         self._ticks += 1
         if self._level_every and self._ticks % self._level_every == 0:
             self.post("levels", levels=self.levels(), pts=self.pts)
 
-    @staticmethod
-    def _take(p: Participant, row: np.ndarray) -> int:
+    def _take(self, p: Participant, row: np.ndarray) -> int:
         """Move one period of `p`'s audio into its mixer row; return how many samples came."""
-        if p.direct is not None:
-            row[:] = p.direct[:, 0]
-            p.direct = None
-            return len(row)
+        if p.filled_at == self._gen:
+            return len(row)  # process() already put it there
         row.fill(0)
         return p.fifo.pop_into(row[:, None])
 
@@ -432,10 +483,10 @@ class ConferenceBridge(Node):
             row[got:] = history[::-1][:n - got]
         return got
 
-    def _update_gains(self, rows: np.ndarray, gains: np.ndarray) -> None:
+    def _update_gains(self, rows: np.ndarray | slice, gains: np.ndarray) -> None:
         det, core = self.detector, self.core
         # Levels of the used rows through a view (no gather), then the ones with input.
-        hi = int(rows.max()) + 1
+        hi = rows.stop if isinstance(rows, slice) else int(rows.max()) + 1
         if self._levels_work.shape[0] < hi:
             self._levels_work = np.zeros((core.capacity, self.n), np.float32)
         levels = rms_dbfs(core.inp[:hi], self._levels_work[:hi])[rows]
@@ -453,22 +504,23 @@ class ConferenceBridge(Node):
         shared = AudioFrame(result.shared[:, None], rate, pts, FLAG_SHARED)
         silent = None
         private = result.private
-        silent_rows = set(result.silent)
+        silent_rows = set(result.silent) if result.silent else ()
         emit = self.emit
-        for p in self.by_number.values():
-            if not p.has_out:
-                continue
-            data = private.get(p.row)
+        n_private = n_shared = 0
+        for port, row in self._outs:
+            data = private.get(row)
             if data is not None:
-                emit(f"out_{p.number}", AudioFrame(data[:, None], rate, pts))
-                self.private_frames += 1
-            elif p.row in silent_rows:
+                emit(port, AudioFrame(data[:, None], rate, pts))
+                n_private += 1
+            elif row in silent_rows:
                 if silent is None:
                     silent = AudioFrame(self._zeros, rate, pts, FLAG_SILENCE | FLAG_SHARED)
-                emit(f"out_{p.number}", silent)
+                emit(port, silent)
             else:
-                emit(f"out_{p.number}", shared)
-                self.shared_frames += 1
+                emit(port, shared)
+                n_shared += 1
+        self.private_frames += n_private
+        self.shared_frames += n_shared
 
     def _record_error(self, message: str) -> None:
         # A recorder failure (disk full) is reported once and the room goes on unrecorded.

@@ -237,6 +237,7 @@ class RoomRecorder:
         self.error: str | None = None
         self.pts = 0
         self.mix_track: TrackWriter | None = None
+        self.mix_path: str | None = None  # kept after close, for the final manifest
         self.tracks: dict[Any, TrackWriter] = {}  # per participant (files layout)
         self.channel_of: dict[Any, int] = {}  # per participant (multichannel layout)
         self.manifest: list[dict[str, Any]] = []
@@ -256,6 +257,7 @@ class RoomRecorder:
             self.mix_track = self._open(self.directory / f"{self.room}{ext}", self.channels)
         elif self.record_mix:
             self.mix_track = self._open(self.directory / f"{self.room}-{MIX_NAME}{ext}", 1)
+        self.mix_path = self.mix_track.path if self.mix_track else None
         self._write_manifest()
 
     def _open(self, path: Path, channels: int) -> TrackWriter:
@@ -383,7 +385,7 @@ class RoomRecorder:
         path = self.manifest_path()
         self._current = str(path)
         doc = {"room": self.room, "rate": self.rate, "format": self.fmt, "layout": self.layout,
-               "mix": (self.mix_track.path if self.mix_track else None),
+               "mix": self.mix_path,
                "participants": self.manifest}
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=1))

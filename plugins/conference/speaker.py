@@ -24,8 +24,13 @@ def rms_dbfs(rows: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
     else:
         np.copyto(work, rows, casting="unsafe")
         x = work
-    power = np.einsum("ij,ij->i", x, x) / max(rows.shape[1], 1)
-    levels = 10.0 * np.log10(np.maximum(power / _FULL_SCALE_SQ, 1e-12))
+    power = np.einsum("ij,ij->i", x, x)
+    # One division: full scale squared is 2**30, and scaling by a power of two is exact, so
+    # this rounds exactly like dividing by the length and then by full scale.
+    np.divide(power, max(rows.shape[1], 1) * _FULL_SCALE_SQ, out=power)
+    np.maximum(power, 1e-12, out=power)
+    levels = np.log10(power, out=power)
+    levels *= 10.0
     np.maximum(levels, FLOOR_DBFS, out=levels)
     return levels
 
@@ -73,12 +78,22 @@ class SpeakerDetector:
         if self._challenger == row:
             self._challenger, self._challenge_frames = None, 0
 
-    def update(self, rows: np.ndarray, levels_dbfs: np.ndarray) -> bool:
-        """Feed one frame's levels for `rows`; return True when the dominant speaker changed."""
+    def update(self, rows: np.ndarray | slice, levels_dbfs: np.ndarray) -> bool:
+        """Feed one frame's levels for `rows` (indices, or a slice of consecutive rows, which
+        is cheaper); return True when the dominant speaker changed."""
         self.level[rows] = levels_dbfs
         a = self.smoothing
-        self.smoothed[rows] = a * levels_dbfs + (1.0 - a) * self.smoothed[rows]
+        if isinstance(rows, slice):  # a view: smooth in place (same sum, same rounding)
+            smoothed = self.smoothed[rows]
+            smoothed *= 1.0 - a
+            smoothed += a * levels_dbfs
+        else:
+            self.smoothed[rows] = a * levels_dbfs + (1.0 - a) * self.smoothed[rows]
         loud = levels_dbfs >= self.on_dbfs
+        if loud.all():  # everyone above the on threshold (a lively room): all talk, hold full
+            self.hang[rows] = max(self.hangover_frames, 0)
+            self.talking[rows] = True
+            return self._update_dominant(rows)
         above_off = levels_dbfs >= self.off_dbfs
         hang = self.hang[rows]
         # Above the off threshold the hold time restarts; below it, it runs down.
@@ -88,12 +103,22 @@ class SpeakerDetector:
         self.talking[rows] = talking
         return self._update_dominant(rows)
 
-    def _update_dominant(self, rows: np.ndarray) -> bool:
-        talkers = rows[self.talking[rows]]
+    def _update_dominant(self, rows: np.ndarray | slice) -> bool:
+        if isinstance(rows, slice):
+            talking = self.talking[rows]
+            if talking.all():  # everyone talks: the loudest row, no gather
+                best = int(self.smoothed[rows].argmax()) + (rows.start or 0)
+                return self._settle(best)
+            talkers = np.flatnonzero(talking) + (rows.start or 0)
+        else:
+            talkers = rows[self.talking[rows]]
         if not len(talkers):
             self._challenger, self._challenge_frames = None, 0
             return False
-        best = int(talkers[np.argmax(self.smoothed[talkers])])
+        return self._settle(int(talkers[np.argmax(self.smoothed[talkers])]))
+
+    def _settle(self, best: int) -> bool:
+        # `best` is the loudest talker now; switch to it at once or after a sustained lead.
         current = self.dominant
         if current is None or not self.talking[current]:
             if current == best:

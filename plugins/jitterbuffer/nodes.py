@@ -53,17 +53,22 @@ class JitterBufferNode(Node):
         # clock (tests, offline replays) from the frames or from media time.
         self._realtime = bool(rt is not None and rt.realtime)
         self._media_now = 0.0
+        self._loop_time: Any = None  # the running loop's clock, looked up once
 
     def _now(self) -> float:
         if self._realtime:
-            import asyncio
+            if self._loop_time is None:
+                import asyncio
 
-            return asyncio.get_running_loop().time()
+                self._loop_time = asyncio.get_running_loop().time
+            return self._loop_time()
         return self._media_now
 
     def process(self, port: str, frame: EncodedFrame) -> None:
         meta = frame.meta or {}
-        arrival = meta.get("arrival", self._now())
+        arrival = meta.get("arrival")
+        if arrival is None:  # not stamped by an rtp_session: it arrives now
+            arrival = self._now()
         seq = meta.get("seq")
         if seq is None:  # not from RTP: number frames by their timestamps
             seq = (frame.pts // max(self.frame, 1)) & 0xFFFF

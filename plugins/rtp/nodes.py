@@ -68,13 +68,20 @@ def payload_duration(codec: str, payload: bytes, channels: int = 1) -> int:
     if codec == "l16":
         return len(payload) // (2 * channels)
     if codec == "opus":
+        global _opus_samples
+        if _opus_samples is None:  # imported once, not per packet
+            try:
+                from plugins.codecs.opus import packet_samples as _opus_samples
+            except ImportError:
+                return 0
         try:
-            from plugins.codecs.opus import packet_samples
-
-            return packet_samples(payload, 48000)
-        except (ParseError, ImportError):
+            return _opus_samples(payload, 48000)
+        except ParseError:
             return 0
     return 0
+
+
+_opus_samples: Any = None
 
 
 class RtpSession(Node):

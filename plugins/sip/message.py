@@ -4,7 +4,8 @@ Sans-IO: `SipMessage.parse(data)` takes one datagram (or one frame cut by `Strea
 and returns a `SipRequest` or `SipResponse`; anything malformed raises `ParseError` whose
 text starts with "SIP ...". Header values are kept as text (folding undone) in a
 multi-dict that preserves order; typed views (`Via`, `CSeq`, `NameAddress`) are parsed on
-access, so an odd unknown header never stops a message from being routed.
+first access, so an odd unknown header never stops a message from being routed, and cached
+until the headers change (treat them as read-only: change a message through `headers`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ _HEADER_LINE = re.compile(r"([^:\s]*)[ \t]*:[ \t]*(.*)", re.S)
 _VERSION_RE = re.compile(r"SIP/\d{1,3}\.\d{1,3}", re.I)
 _STATUS_LINE = re.compile(r"(SIP/\d{1,3}\.\d{1,3}) (\d+)(?: (.*))?", re.I | re.S)
 _STREAM_CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+_VIA_COLON = re.compile(r"\s*:\s*")
 _VIA_RE = re.compile(r"\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/;]+)\s+([^;]*?)\s*(;.*)?", re.S)
 
 
@@ -100,59 +102,142 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(low, name)
 
 
+# name as written -> (lookup key, canonical name). Bounded: names come off the wire too.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_MAX = 2048
+
+
+def _name_info(name: str) -> tuple[str, str]:
+    info = _NAMES.get(name)
+    if info is None:
+        canon = canonical_name(name)
+        info = (canon.lower(), canon)
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[name] = info
+    return info
+
+
+# Header names as they appeared on the wire (text before the colon) that proved valid.
+_WIRE_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _key(name: str) -> str:
+    info = _NAMES.get(name)
+    return info[0] if info is not None else _name_info(name)[0]
+
+
+class _Discard(dict):
+    """A view cache that keeps nothing (see `Headers._release`)."""
+
+    def __setitem__(self, key: str, value: object) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
 class Headers:
     """Ordered multi-dict of header fields; lookups ignore case and compact forms."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_cache", "_index")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str, str]] = []  # (lookup key, canonical name, value)
+        # Typed views parsed from these lines (SipMessage properties); any change clears it.
+        self._cache: dict[str, object] = {}
+        # lookup key -> values in order, built on the first lookup (a UAS looks up some 50
+        # names per request) and dropped on any change (False: released, never kept).
+        self._index: dict[str, list[str]] | None = None
         for name, value in items:
             self.add(name, value)
+
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if not index:  # not built yet, released (then not kept), or no headers at all
+            built: dict[str, list[str]] = {}
+            for k, _, v in self._items:
+                values = built.get(k)
+                if values is None:
+                    built[k] = [v]
+                else:
+                    values.append(v)
+            if index is None:
+                self._index = built
+            return built
+        return index
+
+    def _release(self) -> None:
+        # For a message kept only to be resent (a transaction's last response): drop the
+        # index and parsed views, and do not keep new ones, so that it holds few objects
+        # for the garbage collector. It still reads and changes like any other.
+        self._index = False  # type: ignore[assignment]
+        self._cache = _DISCARD
+        # A tuple of tuples of strings drops out of the collector's sight entirely.
+        self._items = tuple(self._items)  # type: ignore[assignment]
+
+    def _writable(self) -> list[tuple[str, str, str]]:
+        items = self._items
+        if type(items) is tuple:  # released: a list again before any change
+            items = self._items = list(items)
+        return items
 
     @staticmethod
     def _entry(name: str, value: str) -> tuple[str, str, str]:
         if "\r" in value or "\n" in value:
             raise LocalProtocolError(f"SIP header {name} value contains a line break")
-        canon = canonical_name(name)
-        return canon.lower(), canon, value
+        key, canon = _name_info(name)
+        return key, canon, value
+
+    def _changed(self, key: str) -> None:
+        # Only the views parsed from the changed header go (stamping a Via keeps From...).
+        self._index = None
+        cache = self._cache
+        if cache:
+            cache.pop(key, None)
+            if key == "via":
+                cache.pop("via/top", None)
 
     def add(self, name: str, value: str) -> None:
         """Append a header line."""
-        self._items.append(self._entry(name, value))
+        entry = self._entry(name, value)
+        self._writable().append(entry)
+        self._changed(entry[0])
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first line of that name (a new top Via), or at the top."""
         entry = self._entry(name, value)
-        for i, item in enumerate(self._items):
+        self._changed(entry[0])
+        items = self._writable()
+        for i, item in enumerate(items):
             if item[0] == entry[0]:
-                self._items.insert(i, entry)
+                items.insert(i, entry)
                 return
-        self._items.insert(0, entry)
+        items.insert(0, entry)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Value of the first line called `name`."""
-        key = canonical_name(name).lower()
-        for k, _, v in self._items:
-            if k == key:
-                return v
-        return default
+        values = (self._index or self._lookup()).get(_key(name))
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Values of every line called `name`, in order."""
-        key = canonical_name(name).lower()
-        return [v for k, _, v in self._items if k == key]
+        values = (self._index or self._lookup()).get(_key(name))
+        return list(values) if values else []
 
     def values(self, name: str) -> list[str]:
         """Every value, comma-lists split (quotes and <> respected) for list headers."""
-        lines = self.get_all(name)
-        if canonical_name(name).lower() not in LIST_HEADERS:
-            return lines
+        key = _key(name)
+        lines = (self._index or self._lookup()).get(key)
+        if not lines:
+            return []
+        if key not in LIST_HEADERS:
+            return list(lines)
         return [piece for line in lines for piece in split_top_level(line)]
 
     def set(self, name: str, value: str) -> None:
         """Replace the first line called `name` in place and drop the others."""
         entry = self._entry(name, value)
+        self._changed(entry[0])
         out: list[tuple[str, str, str]] = []
         placed = False
         for item in self._items:
@@ -169,23 +254,29 @@ class Headers:
     def replace_first(self, name: str, value: str) -> None:
         """Replace the value of the first line called `name`, keeping the others."""
         entry = self._entry(name, value)
-        for i, item in enumerate(self._items):
+        self._changed(entry[0])
+        items = self._writable()
+        for i, item in enumerate(items):
             if item[0] == entry[0]:
-                self._items[i] = entry
+                items[i] = entry
                 return
         raise KeyError(name)
 
     def remove(self, name: str) -> int:
         """Remove every line called `name`; return how many there were."""
-        key = canonical_name(name).lower()
+        key = _key(name)
+        self._changed(key)
         before = len(self._items)
         self._items = [item for item in self._items if item[0] != key]
         return before - len(self._items)
 
     def count(self, name: str) -> int:
         """Number of lines called `name`."""
-        key = canonical_name(name).lower()
-        return sum(1 for k, _, _ in self._items if k == key)
+        return len((self._index or self._lookup()).get(_key(name), ()))
+
+    def counts(self) -> dict[str, int]:
+        """Lines per lookup key (lower-case canonical name)."""
+        return {k: len(v) for k, v in (self._index or self._lookup()).items()}
 
     def copy(self) -> Headers:
         new = Headers()
@@ -193,7 +284,7 @@ class Headers:
         return new
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.count(name) > 0
+        return isinstance(name, str) and _key(name) in (self._index or self._lookup())
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((n, v) for _, n, v in self._items)
@@ -202,7 +293,8 @@ class Headers:
         return len(self._items)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Headers) and self._items == other._items
+        # (a released message keeps its lines in a tuple)
+        return isinstance(other, Headers) and list(self._items) == list(other._items)
 
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
@@ -227,7 +319,7 @@ class Via:
         name, version, transport, sent_by, ptext = m.groups()
         if not (is_token(name) and is_token(version) and is_token(transport)):
             raise ParseError(f"SIP Via has a bad sent-protocol: {text[:60]!r}")
-        host, port = split_hostport(re.sub(r"\s*:\s*", ":", sent_by), "SIP Via")
+        host, port = split_hostport(_VIA_COLON.sub(":", sent_by), "SIP Via")
         params = parse_params(ptext or "", "SIP Via")
         if "branch" in params and not params["branch"]:
             raise ParseError("SIP Via has an empty branch")
@@ -324,37 +416,73 @@ class SipMessage:
             raise ParseError(f"SIP message has no {name} header")
         return value
 
+    # Each view is parsed once and kept in the headers' cache (cleared when they change);
+    # a UAS reads From, To, Via and CSeq a dozen times per request. Errors are not cached.
     @property
     def call_id(self) -> str:
-        return self._required("Call-ID").strip()
+        cache = self.headers._cache
+        value = cache.get("call-id")
+        if value is None:
+            value = cache["call-id"] = self._required("Call-ID").strip()
+        return value  # type: ignore[return-value]
 
     @property
     def cseq(self) -> CSeq:
-        return CSeq.parse(self._required("CSeq"))
+        cache = self.headers._cache
+        value = cache.get("cseq")
+        if value is None:
+            value = cache["cseq"] = CSeq.parse(self._required("CSeq"))
+        return value  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddress:
-        return NameAddress.parse(self._required("From"))
+        cache = self.headers._cache
+        value = cache.get("from")
+        if value is None:
+            value = cache["from"] = NameAddress.parse(self._required("From"))
+        return value  # type: ignore[return-value]
 
     @property
     def to(self) -> NameAddress:
-        return NameAddress.parse(self._required("To"))
+        cache = self.headers._cache
+        value = cache.get("to")
+        if value is None:
+            value = cache["to"] = NameAddress.parse(self._required("To"))
+        return value  # type: ignore[return-value]
 
     @property
     def vias(self) -> list[Via]:
-        return [v for line in self.headers.get_all("Via") for v in Via.parse_list(line)]
+        cache = self.headers._cache
+        value = cache.get("via")
+        if value is None:
+            value = cache["via"] = [v for line in self.headers.get_all("Via")
+                                     for v in Via.parse_list(line)]
+        return list(value)  # type: ignore[call-overload]
 
     @property
     def top_via(self) -> Via:
-        first = split_top_level(self._required("Via"))[0]
-        if not first:
-            raise ParseError("SIP Via has an empty value in its list")
-        return Via.parse(first)
+        cache = self.headers._cache
+        value = cache.get("via/top")
+        if value is None:
+            vias = cache.get("via")
+            if vias:  # parsed already: the first of them is the top one
+                value = cache["via/top"] = vias[0]  # type: ignore[index]
+                return value  # type: ignore[return-value]
+            first = split_top_level(self._required("Via"))[0]
+            if not first:
+                raise ParseError("SIP Via has an empty value in its list")
+            value = cache["via/top"] = Via.parse(first)
+        return value  # type: ignore[return-value]
 
     @property
     def contacts(self) -> list[NameAddress]:
         """Contact values (a REGISTER's ``*`` is left out)."""
-        return [NameAddress.parse(v) for v in self.headers.values("Contact") if v != "*"]
+        cache = self.headers._cache
+        value = cache.get("contact")
+        if value is None:
+            value = cache["contact"] = [NameAddress.parse(v)
+                                         for v in self.headers.values("Contact") if v != "*"]
+        return list(value)  # type: ignore[call-overload]
 
     @property
     def content_type(self) -> str | None:
@@ -364,8 +492,14 @@ class SipMessage:
 
     @property
     def max_forwards(self) -> int | None:
-        value = self.headers.get("Max-Forwards")
-        return None if value is None else parse_uint(value, "SIP Max-Forwards", 255)
+        cache = self.headers._cache
+        value = cache.get("max-forwards")
+        if value is None:
+            text = self.headers.get("Max-Forwards")
+            if text is None:
+                return None
+            value = cache["max-forwards"] = parse_uint(text, "SIP Max-Forwards", 255)
+        return value  # type: ignore[return-value]
 
     # -- wire ------------------------------------------------------------------------------
     @property
@@ -418,18 +552,38 @@ class SipMessage:
         start = 0
         while data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
             start += 2 if data[start] == 13 else 1  # RFC 3261 7.5: ignore leading CRLFs
-        m = _HEADER_END.search(data, start)
-        if m is None:
-            raise ParseError("SIP message has no empty line after its headers")
-        head = _FOLD.sub(" ", data[start : m.start()].decode("utf-8", "surrogateescape"))
-        lines = _LINE_SPLIT.split(head)
+        # Fast paths for the usual CRLF-only message without folding; the regular
+        # expressions below handle bare LFs and folded lines the same way, only slower.
+        head_end = data.find(b"\r\n\r\n", start)
+        if head_end >= 0 and data.find(b"\n\n", start, head_end + 2) < 0 \
+                and data.find(b"\n\r\n", start, head_end + 3) < 0:
+            body_start = head_end + 4  # no earlier blank line: this is the first one
+        else:
+            m = _HEADER_END.search(data, start)
+            if m is None:
+                raise ParseError("SIP message has no empty line after its headers")
+            head_end, body_start = m.start(), m.end()
+        head = data[start:head_end].decode("utf-8", "surrogateescape")
+        if "\n " in head or "\n\t" in head:
+            head = _FOLD.sub(" ", head)
+        if head.count("\n") == head.count("\r\n"):
+            lines = head.split("\r\n")
+        else:
+            lines = _LINE_SPLIT.split(head)
         if "\r" in head.replace("\r\n", ""):
             raise ParseError("SIP message has a bare CR in its start line or headers")
         if len(lines) - 1 > max_headers:
             raise ParseError(f"SIP message has more than {max_headers} header lines")
         headers = Headers()
         items = headers._items
+        wire_names = _WIRE_NAMES
         for line in lines[1:]:
+            # Fast path: a name (as written, up to the first colon) already seen valid.
+            raw, colon, value = line.partition(":")
+            info = wire_names.get(raw) if colon else None
+            if info is not None:
+                items.append((info[0], info[1], value.strip(" \t")))
+                continue
             hm = _HEADER_LINE.fullmatch(line)
             if hm is None or not hm.group(1):
                 raise ParseError(f"SIP header line has no name and colon: {line[:40]!r}")
@@ -438,10 +592,11 @@ class SipMessage:
                 raise ParseError(f"SIP header name is not a token: {name[:40]!r}")
             canon = canonical_name(name)
             items.append((canon.lower(), canon, hm.group(2).rstrip(" \t")))
+            if len(wire_names) < _NAMES_MAX:
+                wire_names[raw] = (canon.lower(), canon)
         lengths = headers.get_all("Content-Length")
         if len(lengths) > 1:
             raise ParseError(f"SIP message has {len(lengths)} Content-Length headers")
-        body_start = m.end()
         if lengths:
             length = parse_uint(lengths[0], "SIP Content-Length", max_size)
             if len(data) - body_start < length:
@@ -590,15 +745,23 @@ def make_response(
     CSeq; add `to_tag` when To has none; 100 Trying copies Timestamp (8.2.6.1)."""
     response = SipResponse(code, reason)
     headers = response.headers
-    for value in request.headers.get_all("Via"):
-        headers.add("Via", value)
-    for name in ("From", "To", "Call-ID", "CSeq"):
-        value = request.headers.get(name)
-        if value is None:
+    # Lines copied as they are (they were header lines already): straight into the list.
+    items = headers._items
+    source = request.headers._index or request.headers._lookup()
+    for value in source.get("via", ()):
+        items.append(("via", "Via", value))
+    for key, name in _COPIED:
+        values = source.get(key)
+        if not values:
             raise LocalProtocolError(f"SIP request has no {name}: cannot build a response")
-        if name == "To" and to_tag and NameAddress.parse(value).tag is None:
-            value = f"{value};tag={to_tag}"  # header params always come last, in both forms
-        headers.add(name, value)
-    if code == 100 and "Timestamp" in request.headers:
-        headers.add("Timestamp", request.headers.get("Timestamp") or "")
+        if key == "to" and to_tag and request.to.tag is None:
+            # header params always come last, in both forms
+            headers.add(name, f"{values[0]};tag={to_tag}")
+        else:
+            items.append((key, name, values[0]))
+    if code == 100 and "timestamp" in source:
+        items.append(("timestamp", "Timestamp", source["timestamp"][0]))
     return response
+
+
+_COPIED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))

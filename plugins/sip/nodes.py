@@ -33,6 +33,7 @@ from .transport import ListenSpec, SipTransport, client_context, server_context
 log = logging.getLogger("plugins.sip")
 
 DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event"]
+_BIND_TRIES = 3  # RTP ports tried for an incoming call whose call graph cannot bind
 _SDP_NAMES = {"opus", "pcmu", "pcma", "g722", "telephone-event"}
 
 
@@ -66,7 +67,13 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
 
 
 class PortAllocator:
-    """Even RTP ports from a range (RTCP takes port + 1), checked free by binding them."""
+    """Even RTP ports from a range (RTCP takes port + 1), handed out round robin so a port
+    just released (its sockets may still be closing) is the last to come back.
+
+    `allocate(check=False)` trusts the range (no system calls: the call graph binds the
+    port once, and the caller retries on another port if that bind fails);
+    `allocate(check=True)` first test-binds the pair, for an SDP offer that cannot be
+    taken back."""
 
     def __init__(self, text: str, host: str) -> None:
         lo, _, hi = text.partition("-")
@@ -75,29 +82,33 @@ class PortAllocator:
         self.in_use: set[int] = set()
         self._next = self.lo + (self.lo & 1)
 
-    def allocate(self) -> int:
+    def allocate(self, check: bool = True) -> int:
         span = (self.hi - self.lo) // 2 + 1
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         for _ in range(span):
             port = self._next
             self._next = port + 2 if port + 2 <= self.hi else self.lo + (self.lo & 1)
-            if port in self.in_use:
+            if port in self.in_use or (check and not self.is_free(port)):
                 continue
-            socks = []
-            try:
-                for p in (port, port + 1):
-                    s = socket.socket(family, socket.SOCK_DGRAM)
-                    socks.append(s)
-                    s.bind((self.host, p))
-            except OSError:
-                continue
-            finally:
-                for s in socks:
-                    s.close()
             self.in_use.add(port)
             return port
         raise PipelineError(f"RTP port range {self.lo}-{self.hi} has no free port pair",
                             hint="widen rtp_port_range or lower max_calls")
+
+    def is_free(self, port: int) -> bool:
+        """Whether `port` and `port + 1` can be bound now (UDP)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        socks = []
+        try:
+            for p in (port, port + 1):
+                s = socket.socket(family, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((self.host, p))
+        except OSError:
+            return False
+        finally:
+            for s in socks:
+                s.close()
+        return True
 
     def release(self, port: int) -> None:
         self.in_use.discard(port)
@@ -127,12 +138,16 @@ class SipEndpoint(Node):
                              min=10, max=86400)
     users = Param(dict, None, "user -> password: challenge callers with digest auth")
     max_calls = Param(int, 0, "calls at once; more are answered 486 (0: no limit)", min=0)
+    room = Param(str, None, "conference node of this graph that calls join: answer 486 when "
+                 "its can_join() is false; names its tracks after the caller")
     rtp_port_range = Param(str, "20000-29999", "local RTP ports for calls, LOW-HIGH")
     rtp_timeout = Param(Duration, 30.0, "hang up a call after this long without RTP (0: "
                         "never); the call graph passes ${call.rtp_timeout} to rtp_session",
                         min=0.0)
     auto_answer = Param(bool, True, "answer incoming calls at once (else post call-incoming "
                         "and wait for answer())")
+    ring = Param(bool, True, "send 180 Ringing to an incoming INVITE before answering "
+                 "(false: 100 Trying, then the 200 alone)")
     media_ip = Param(str, None, "address for RTP and SDP (default: the first listen address)")
     ptime_ms = Param(int, 20, "packet duration offered and answered, ms", min=10, max=120)
     dial = Param(str, None, "SIP URI to call once started, e.g. sip:echo@127.0.0.1:5060")
@@ -174,6 +189,11 @@ class SipEndpoint(Node):
         if any(s.transport == "tls" for s in self._specs) and not self.tls_cert:
             raise ParamValueError("tls_cert", "parameter 'tls_cert' is required by a tls "
                                   "listener", "set tls_cert and tls_key (PEM files)")
+        if self.room is not None and self.graph is not None and not callable(
+                getattr(self.graph.nodes.get(str(self.room)), "can_join", None)):
+            raise ParamValueError("room", f"parameter 'room': '{self.room}' is not a "
+                                  "conference node of this graph",
+                                  "name a node of type conference, e.g. room: room")
         if self._usable_codecs() == []:
             raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
                                   "and decoder nodes", "install the codecs plugin family")
@@ -214,7 +234,7 @@ class SipEndpoint(Node):
             listeners, self._usable_codecs(), user=self.user, password=self.password,
             registrar=self.registrar, realm=self.realm, register_expires=self.register_expires,
             users=dict(self.users or {}), max_calls=self.max_calls, media_ip=media_ip,
-            ptime_ms=self.ptime_ms, rate_limit=self.rate_limit,
+            ptime_ms=self.ptime_ms, rate_limit=self.rate_limit, ring=self.ring,
             rate_burst=max(1, int(2 * self.rate_limit))))
         self.media_ip_used = media_ip
         self.ports = PortAllocator(str(self.rtp_port_range), media_ip)
@@ -280,7 +300,8 @@ class SipEndpoint(Node):
     # ---- the application's controls -----------------------------------------------------
     def call(self, uri: str) -> str:
         """Dial `uri`; returns the Call-ID. The call graph starts when the call is answered."""
-        port = self.ports.allocate()
+        # The offer names the port before the call graph binds it: check it is free now.
+        port = self.ports.allocate(check=self.call_graph is not None)
         try:
             call = self.ua.call(uri, port, self._loop.time())
         except Exception:
@@ -295,16 +316,34 @@ class SipEndpoint(Node):
     def answer(self, call_id: str) -> None:
         """Answer an incoming call: start its call graph, then send 200 OK."""
         now = self._loop.time()
-        port = self.ports.allocate()
-        try:
-            media = self.ua.prepare_answer(call_id, port)
-            call = self.ua.calls[call_id]
-            self._attach(call, media)
-        except Exception as exc:
-            self.ports.release(port)
+        room = self._room()
+        if room is not None and not room.can_join():
+            # A full room is a busy callee (RFC 3261 21.4.7), not an overloaded server.
+            self._c["room_full"] = self._c.get("room_full", 0) + 1
+            self.ua.reject(call_id, 486, now, reason="Busy Here")
+            self._pump()
+            return
+        error: Exception | None = None
+        for attempt in range(_BIND_TRIES):
+            # No test-bind per call: the call graph binds the port; only when that fails is
+            # the port checked, and a busy one (another program's) swapped for the next.
+            port = self.ports.allocate(check=False)
+            try:
+                media = self.ua.prepare_answer(call_id, port)
+                self._attach(self.ua.calls[call_id], media)
+            except Exception as exc:
+                self.ports.release(port)
+                error = exc
+                if attempt + 1 < _BIND_TRIES and self.call_graph is not None \
+                        and not self.ports.is_free(port):
+                    continue
+            else:
+                error = None
+            break
+        if error is not None:
             self._c["part_errors"] += 1
-            log.warning("call %s: call graph failed to start: %s", call_id, exc)
-            self.post("error", message=f"call graph for call {call_id} failed: {exc}")
+            log.warning("call %s: call graph failed to start: %s", call_id, error)
+            self.post("error", message=f"call graph for call {call_id} failed: {error}")
             self.ua.reject(call_id, 500, now, reason="Call Graph Failed")
             self._pump()
             return
@@ -396,9 +435,14 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.CallEnded):
             call = event.call
             self._c["calls_ended"] += 1
-            self._detach(call.call_id)
+            closing = self._detach(call.call_id)
             if call.rtp_port:
-                self.ports.release(call.rtp_port)
+                # The port is free again once the part's sockets are closed.
+                if closing is None:
+                    self.ports.release(call.rtp_port)
+                else:
+                    closing.add_done_callback(
+                        lambda _, port=call.rtp_port: self.ports.release(port))
             self.post("call-ended", call_id=call.call_id, reason=event.reason,
                       status=event.status)
             if call.call_id == self._dialled and self.exit_after_call:
@@ -426,6 +470,15 @@ class SipEndpoint(Node):
         prefix = f"call-{call.number}/"
         names = add_part(self.graph, str(self.call_graph), prefix, call=values,
                          overrides=dict(self.call_graph_params or {}))
+        room = self._room()
+        if room is not None:
+            # Name the room's tracks after the far party before the part joins the room.
+            who = call.caller if call.direction == "in" else call.callee
+            for ln in self.graph.links:
+                if ln.dst == room.name and ln.src.startswith(prefix):
+                    room.set_identity(ln.dst_port, who)
+                elif ln.src == room.name and ln.dst.startswith(prefix):
+                    room.set_identity(ln.src_port, who)
         self.graph.runtime.attach(prefix, names, on_fault=self._on_part_fault)
         self.parts[call.call_id] = prefix
         self.part_values[call.call_id] = values
@@ -463,6 +516,12 @@ class SipEndpoint(Node):
         task = self._loop.create_task(later())
         self._pending_detach.add(task)
         task.add_done_callback(self._pending_detach.discard)
+
+    def _room(self) -> Any:
+        """The conference node named by `room`, or None."""
+        if self.room is None or self.graph is None:
+            return None
+        return self.graph.nodes.get(str(self.room))
 
     def _call_of_prefix(self, node_name: str) -> str | None:
         for call_id, prefix in self.parts.items():

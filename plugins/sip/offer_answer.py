@@ -17,6 +17,7 @@ Policy, where RFC 3264 leaves a choice:
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from types import MappingProxyType
 from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
 from plugins.sip.sdp import (
     DIRECTIONS,
+    STATIC_PAYLOAD_TYPES,
     Attribute,
     Connection,
     MediaDescription,
@@ -453,6 +455,7 @@ def _check_direction(direction: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=256)  # the same few local and remote addresses, every call
 def _addrtype(address: str) -> str:
     try:
         return "IP6" if ipaddress.ip_address(address).version == 6 else "IP4"
@@ -541,9 +544,15 @@ def _assign_payload_types(
 
 def _offered_formats(media: MediaDescription) -> list[RtpMap]:
     """The offered payload formats in order; dynamic ones without an rtpmap are skipped."""
+    payload_types = media.payload_types
+    if not payload_types:
+        return []
+    maps = media.rtpmaps()  # parsed once, not once per payload type
     out = []
-    for pt in media.payload_types:
-        rtpmap = media.rtpmap(pt)
+    for pt in payload_types:
+        rtpmap = maps.get(pt)
+        if rtpmap is None and pt in STATIC_PAYLOAD_TYPES:  # as MediaDescription.rtpmap does
+            rtpmap = RtpMap(pt, *STATIC_PAYLOAD_TYPES[pt])
         if rtpmap is not None:
             out.append(rtpmap)
     return out

@@ -115,7 +115,11 @@ def stamp_via(request: SipRequest, source: Address) -> None:
     if first is None:
         raise ParseError("SIP request has no Via header")
     pieces = split_top_level(first)
-    via = Via.parse(pieces[0])
+    if pieces[0]:
+        top = request.top_via  # the parse of pieces[0], usually cached already
+        via = Via(top.transport, top.host, top.port, dict(top.params), top.protocol)
+    else:
+        via = Via.parse(pieces[0])  # raises, with the text it always had
     host, port = source[0], source[1]
     if "rport" in via.params:
         via.params["rport"] = str(port)
@@ -126,6 +130,7 @@ def stamp_via(request: SipRequest, source: Address) -> None:
         return
     pieces[0] = str(via)
     request.headers.replace_first("Via", ", ".join(pieces))
+    request.headers._cache["via/top"] = via  # what parsing the new value gives back
 
 
 def response_destination(via: Via) -> tuple[str, int]:
@@ -355,6 +360,14 @@ class ServerTransaction(Transaction):
         self._last_wire = bytes(response)
         self._send(self._last_wire, self.addr)
 
+    def _linger(self) -> None:
+        # A final response is out: the transaction now only absorbs retransmissions for
+        # 64*T1, from `_last_wire`. Drop the parsed header views (re-parsed if anyone asks)
+        # so that thousands of lingering transactions keep few objects for the GC to scan.
+        for message in (self.request, self.last_response):
+            if message is not None:
+                message.headers._release()
+
     def receive_request(self, request: SipRequest, now: float) -> None:
         raise NotImplementedError
 
@@ -399,6 +412,7 @@ class ServerInviteTransaction(ServerTransaction):
         self._transmit(response)
         if code < 200:
             return
+        self._linger()
         if code < 300:
             self.state = ACCEPTED
             self.timers["L"] = now + self.config.timeout
@@ -442,6 +456,7 @@ class ServerNonInviteTransaction(ServerTransaction):
             self.state = PROCEEDING
             return
         self.state = COMPLETED
+        self._linger()
         if self.reliable:
             self._terminate()
         else:
@@ -505,6 +520,8 @@ class TransactionLayer:
         self._events: deque[Event] = deque()
         self._heap: list[tuple[float, int, Transaction]] = []
         self._seq = itertools.count()
+        self._callbacks = dict(send=self._send, emit=self._events.append,
+                               on_terminated=self._forget)
 
     # -- outputs --------------------------------------------------------------------------
     def _send(self, data: bytes, addr: Address) -> None:
@@ -545,8 +562,8 @@ class TransactionLayer:
 
     # -- client side ----------------------------------------------------------------------
     def _kwargs(self, reliable: bool) -> dict[str, Any]:
-        return dict(reliable=reliable, config=self.config, send=self._send,
-                    emit=self._events.append, on_terminated=self._forget)
+        # The same bound methods for every transaction (not three new objects each).
+        return dict(reliable=reliable, config=self.config, **self._callbacks)
 
     def _forget(self, tx: Transaction) -> None:
         table: dict = self.clients if isinstance(tx, ClientTransaction) else self.servers

@@ -26,7 +26,7 @@ import os
 import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline.errors import LocalProtocolError, ParseError
 from pipeline.frames import DtmfEvent
@@ -72,6 +72,7 @@ ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER",
 ACCEPTED_TYPES = ("application/sdp", "application/dtmf-relay", "message/sipfrag")
 RELIABLE = ("tcp", "tls")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+_ALLOW = ", ".join(ALLOWED_METHODS)
 _DTMF_DIGITS = "0123456789*#ABCD"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
@@ -252,6 +253,8 @@ class Call:
     auth_tries: int = 0
     number: int = 0
     remote_display: str = ""
+    # UAS: the SDP answer negotiated when the INVITE came (port 0) and its media.
+    preview: tuple[SessionDescription, NegotiatedMedia] | None = None
 
     @property
     def active(self) -> bool:
@@ -333,6 +336,7 @@ class UserAgent:
         self.media_ip = config.media_ip or config.listeners[0].host
         self.layers = {t: TransactionLayer(config.timers) for t in self.listeners}
         self.calls: dict[str, Call] = {}
+        self._contacts: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
         self._events: deque[UaEvent] = deque()
         self._owners: dict[ClientTransaction, tuple[str, object]] = {}
@@ -511,10 +515,13 @@ class UserAgent:
         return transport, (uri.host, uri.port or DEFAULT_PORTS[transport])
 
     def contact(self, transport: str) -> str:
-        lst = self.listeners[transport]
-        params = {} if transport == "udp" else {"transport": transport}
-        return str(NameAddress(SipUri("sip", self.config.user, None, lst.host, lst.port,
-                                      params)))
+        text = self._contacts.get(transport)
+        if text is None:  # listeners and user never change: build each text once
+            lst = self.listeners[transport]
+            params = {} if transport == "udp" else {"transport": transport}
+            text = self._contacts[transport] = str(NameAddress(SipUri(
+                "sip", self.config.user, None, lst.host, lst.port, params)))
+        return text
 
     def _via(self, transport: str) -> str:
         lst = self.listeners[transport]
@@ -547,15 +554,27 @@ class UserAgent:
                  to_tag: str | None = None, headers: Iterable[tuple[str, str]] = (),
                  body: bytes = b"", content_type: str | None = None,
                  reason: str | None = None) -> SipResponse:
+        response = self._response(request, code, to_tag=to_tag, headers=headers, body=body,
+                                  content_type=content_type, reason=reason)
+        _layer_of(tx).send_response(response, now, tx)
+        return response
+
+    def _response(self, request: SipRequest, code: int, *, to_tag: str | None = None,
+                  headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
+                  content_type: str | None = None, reason: str | None = None) -> SipResponse:
         response = make_response(request, code, reason,
                                  to_tag=to_tag or (_random_token() if code > 100 else None))
+        if request.method == "INVITE" and 100 < code < 300:
+            # 12.1.1: a response that makes a dialog copies Record-Route, in order, so the
+            # caller keeps the proxies in its route set (its BYE goes through them).
+            for value in request.headers.get_all("Record-Route"):
+                response.headers.add("Record-Route", value)
         for name, value in headers:
             response.headers.add(name, value)
         if body:
             response.headers.add("Content-Type", content_type or "application/sdp")
             response.body = body
         response.headers.add("Server", self.config.user_agent)
-        _layer_of(tx).send_response(response, now, tx)
         return response
 
     def _send_in_dialog(self, call: Call, method: str, now: float, *, body: bytes = b"",
@@ -856,8 +875,8 @@ class UserAgent:
             return
         try:
             offer = SessionDescription.parse(request.body)
-            _, preview = answer(offer, self.config.codecs, self.media_ip, 0,
-                                ptime_ms=self.config.ptime_ms)
+            preview_sdp, preview = answer(offer, self.config.codecs, self.media_ip, 0,
+                                          ptime_ms=self.config.ptime_ms)
         except NegotiationFailed as exc:
             self.stats["rejected_488"] += 1
             self._respond(tx, request, 488, now, headers=[
@@ -874,6 +893,7 @@ class UserAgent:
                     callee=safe_token(f"{to.uri.user or ''}@{to.uri.host}"), state="incoming",
                     invite=request, server_tx=tx, remote_sdp=offer, number=self._calls_made,
                     remote_display=from_.display_name or "")
+        call.preview = (preview_sdp, preview)
         if call.call_id in self.calls and self.calls[call.call_id].active:
             # 8.2.2.2: the same Call-ID already in use by another call (a loop or a merge).
             self._respond(tx, request, 482, now, reason="Loop Detected")
@@ -888,8 +908,15 @@ class UserAgent:
     def prepare_answer(self, call_id: str, rtp_port: int) -> NegotiatedMedia:
         """Build our SDP answer for media on `rtp_port`; `accept` sends it."""
         call = self._incoming(call_id)
-        sdp, media = answer(call.remote_sdp, self.config.codecs, self.media_ip, rtp_port,
-                            ptime_ms=self.config.ptime_ms)
+        if call.preview is not None:
+            # The answer made when the INVITE came, with its port filled in: the port is
+            # the only thing `answer` derives from it (no second negotiation per call).
+            sdp, preview = call.preview
+            sdp.media[preview.media_index].port = rtp_port
+            media = replace(preview, local_rtp_port=rtp_port)
+        else:
+            sdp, media = answer(call.remote_sdp, self.config.codecs, self.media_ip, rtp_port,
+                                ptime_ms=self.config.ptime_ms)
         call.local_sdp, call.media, call.rtp_port = sdp, media, rtp_port
         return media
 
@@ -899,13 +926,15 @@ class UserAgent:
         if call.local_sdp is None:
             raise LocalProtocolError(f"SIP call {call_id} has no answer: call prepare_answer")
         assert call.invite is not None and call.server_tx is not None
-        response = self._respond(
-            call.server_tx, call.invite, 200, now, to_tag=call.local_tag,
-            headers=[("Contact", self.contact(call.transport)),
-                     ("Allow", ", ".join(ALLOWED_METHODS))],
+        response = self._response(
+            call.invite, 200, to_tag=call.local_tag,
+            headers=[("Contact", self.contact(call.transport)), ("Allow", _ALLOW)],
             body=bytes(call.local_sdp))
-        if call.dialog is None:
-            call.dialog = Dialog.from_uas(call.invite, response)
+        # The dialog is read from the INVITE before the transaction sends (and lingers,
+        # dropping the INVITE's parsed views); it is kept only once the 200 is out.
+        dialog = call.dialog or Dialog.from_uas(call.invite, response)
+        _layer_of(call.server_tx).send_response(response, now, call.server_tx)
+        call.dialog = dialog
         call.dialog.state = DIALOG_CONFIRMED
         call.state = "answered"
         t1 = self.config.timers.t1

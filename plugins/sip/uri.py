@@ -39,6 +39,8 @@ _GEN_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 _SIP_SCHEMES = ("sip", "sips")
 
 Params = dict[str, str | None]
+_URI_CACHE: dict[str, SipUri] = {}
+_URI_CACHE_MAX = 1024
 
 
 def is_token(text: str) -> bool:
@@ -83,6 +85,24 @@ def quote_string(text: str) -> str:
 
 def split_top_level(value: str, sep: str = ",") -> list[str]:
     """Split at `sep` outside quoted strings and <...>; pieces are stripped (may be '')."""
+    if '"' not in value:
+        # Fast paths (the usual case): no quoted strings to skip.
+        if "<" not in value:
+            return [piece.strip() for piece in value.split(sep)] if sep in value \
+                else [value.strip()]
+        if sep not in value:
+            return [value.strip()]
+        # A separator is inside <...> when the last '<' or '>' before it is a '<'.
+        out: list[str] = []
+        begin = 0
+        at = value.find(sep)
+        while at >= 0:
+            if value.rfind("<", 0, at) <= value.rfind(">", 0, at):
+                out.append(value[begin:at].strip())
+                begin = at + 1
+            at = value.find(sep, at + 1)
+        out.append(value[begin:].strip())
+        return out
     parts: list[str] = []
     start = 0
     i = 0
@@ -208,6 +228,24 @@ class SipUri:
     @classmethod
     def parse(cls, text: str) -> SipUri:
         """Parse a URI; raises ParseError("SIP URI ...")."""
+        # The same few URIs come in every message of a peer (Request-URI, From, To,
+        # Contact): remember their parses, hand out copies (a URI is mutable).
+        known = _URI_CACHE.get(text)
+        if known is not None:
+            return known.copy()
+        uri = cls._parse(text)
+        if len(_URI_CACHE) >= _URI_CACHE_MAX:
+            _URI_CACHE.clear()  # bounded: URIs come off the wire
+        _URI_CACHE[text] = uri.copy()
+        return uri
+
+    def copy(self) -> SipUri:
+        """An independent copy (params and headers are new containers)."""
+        return SipUri(self.scheme, self.user, self.password, self.host, self.port,
+                      dict(self.params), list(self.headers), self.opaque)
+
+    @classmethod
+    def _parse(cls, text: str) -> SipUri:
         scheme, colon, rest = text.partition(":")
         if not colon or not _SCHEME_RE.fullmatch(scheme):
             raise ParseError(f"SIP URI has no valid scheme: {text[:60]!r}")

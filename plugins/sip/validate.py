@@ -23,7 +23,6 @@ from .message import (
     SipMessage,
     SipRequest,
     SipResponse,
-    Via,
     make_response,
     parse_uint,
 )
@@ -50,6 +49,12 @@ SINGLE_HEADERS = (
     "Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type", "Content-Length",
     "Expires", "Date", "Min-Expires", "Retry-After", "Timestamp",
 )  # fmt: skip
+
+_SINGLE_KEYS = tuple((name, name.lower()) for name in SINGLE_HEADERS)
+_REQUIRED_KEYS = tuple((name, name.lower()) for name in REQUIRED_HEADERS)
+_OPTION_TAG_KEYS = tuple((name, name.lower()) for name in
+                         ("Require", "Proxy-Require", "Supported", "Unsupported", "Allow"))
+_NO_SPACE = re.compile(r"\S+")
 
 _MEDIA_TYPE = re.compile(r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*(;.*)?")
 # RFC 3261 20.17: rfc1123-date, and the zone MUST be "GMT".
@@ -115,57 +120,70 @@ def check_message(
 def check_syntax(msg: SipRequest | SipResponse) -> None:
     """Parse every header a UAS relies on; raise ParseError at the first bad one."""
     headers = msg.headers
-    for name in SINGLE_HEADERS:
-        if headers.count(name) > 1:
-            raise ParseError(f"SIP message has {headers.count(name)} {name} headers")
-    call_id = headers.get("Call-ID")
-    if call_id is not None and not re.fullmatch(r"\S+", call_id):
-        raise ParseError(f"SIP Call-ID is empty or contains whitespace: {call_id[:40]!r}")
-    if "CSeq" in headers:
+    # Header lines by lookup key: a check runs only for the headers present, in the order
+    # below (the first failure is the one reported).
+    present = headers._index or headers._lookup()
+    if len(present) < len(headers):  # some name has several lines (Via, Route...)
+        for name, key in _SINGLE_KEYS:
+            lines = present.get(key)
+            if lines is not None and len(lines) > 1:
+                raise ParseError(f"SIP message has {len(lines)} {name} headers")
+    lines = present.get("call-id")
+    if lines is not None and not _NO_SPACE.fullmatch(lines[0]):
+        raise ParseError(f"SIP Call-ID is empty or contains whitespace: {lines[0][:40]!r}")
+    if "cseq" in present:
         cseq = msg.cseq
         if isinstance(msg, SipRequest) and cseq.method != msg.method:
             raise ParseError(
                 f"SIP CSeq method {cseq.method} does not match the request method {msg.method}"
             )
-    for name in ("From", "To"):
-        if name in headers:
-            NameAddress.parse(headers.get(name) or "")
-    for line in headers.get_all("Via"):
-        Via.parse_list(line)
-    contacts = headers.values("Contact")
-    if "*" in contacts and len(contacts) > 1:
-        raise ParseError("SIP Contact * must be the only Contact value")
-    for name in ("Contact", "Route", "Record-Route"):
-        for value in headers.values(name):
-            if value != "*" or name != "Contact":
+    # The message's cached views parse what the UA reads next anyway (From, To, Via...).
+    if "from" in present:
+        msg.from_  # noqa: B018 - parsing is the check
+    if "to" in present:
+        msg.to  # noqa: B018
+    if "via" in present:
+        msg.vias  # noqa: B018
+    if "contact" in present:
+        contacts = headers.values("Contact")
+        if "*" in contacts and len(contacts) > 1:
+            raise ParseError("SIP Contact * must be the only Contact value")
+        msg.contacts  # noqa: B018
+    for name, key in (("Route", "route"), ("Record-Route", "record-route")):
+        if key in present:
+            for value in headers.values(name):
                 NameAddress.parse(value)
-    msg.max_forwards  # noqa: B018 - parsing is the check
-    for name in ("Expires", "Min-Expires"):
-        value = headers.get(name)
-        if value is not None and not (value.isdigit() and value.isascii()):
-            raise ParseError(f"SIP {name} is not a number of seconds: {value[:30]!r}")
-    content_type = headers.get("Content-Type")
-    if content_type is not None:
-        _check_media_type(content_type, "SIP Content-Type")
-    for value in headers.values("Accept"):
-        if value:
-            _check_media_type(value, "SIP Accept")
-    for name in ("Require", "Proxy-Require", "Supported", "Unsupported", "Allow"):
-        for value in headers.values(name):
-            if value and not is_token(value):
-                raise ParseError(f"SIP {name} has a bad option tag: {value[:40]!r}")
-    date = headers.get("Date")
-    if date is not None and not _DATE.fullmatch(date):
-        raise ParseError(f"SIP Date is not an RFC 1123 date in GMT: {date[:40]!r}")
-    retry = headers.get("Retry-After")
-    if retry is not None:
-        seconds, _, params = retry.partition(";")
+    if "max-forwards" in present:
+        msg.max_forwards  # noqa: B018 - parsing is the check
+    for name, key in (("Expires", "expires"), ("Min-Expires", "min-expires")):
+        lines = present.get(key)
+        if lines is not None and not (lines[0].isdigit() and lines[0].isascii()):
+            raise ParseError(f"SIP {name} is not a number of seconds: {lines[0][:30]!r}")
+    lines = present.get("content-type")
+    if lines is not None:
+        _check_media_type(lines[0], "SIP Content-Type")
+    if "accept" in present:
+        for value in headers.values("Accept"):
+            if value:
+                _check_media_type(value, "SIP Accept")
+    for name, key in _OPTION_TAG_KEYS:
+        if key in present:
+            for value in headers.values(name):
+                if value and not is_token(value):
+                    raise ParseError(f"SIP {name} has a bad option tag: {value[:40]!r}")
+    lines = present.get("date")
+    if lines is not None and not _DATE.fullmatch(lines[0]):
+        raise ParseError(f"SIP Date is not an RFC 1123 date in GMT: {lines[0][:40]!r}")
+    lines = present.get("retry-after")
+    if lines is not None:
+        seconds, _, params = lines[0].partition(";")
         seconds = seconds.split("(", 1)[0]  # an optional comment may follow
         parse_uint(seconds, "SIP Retry-After", 2**32 - 1)
         parse_params(";" + params if params else "", "SIP Retry-After")
-    for value in headers.values("Warning"):
-        if not _WARNING.fullmatch(value):
-            raise ParseError(f"SIP Warning is not code agent \"text\": {value[:40]!r}")
+    if "warning" in present:
+        for value in headers.values("Warning"):
+            if not _WARNING.fullmatch(value):
+                raise ParseError(f"SIP Warning is not code agent \"text\": {value[:40]!r}")
     if isinstance(msg, SipRequest) and msg.uri.headers:
         # RFC 3261 19.1.1 (table 1): headers are not allowed in a Request-URI
         raise ParseError(f"SIP Request-URI must not carry headers: {str(msg.uri)[:60]!r}")
@@ -196,6 +214,7 @@ def _check_semantics(
 ) -> Verdict:
     verdict = Verdict("valid", message=msg)
     headers = msg.headers
+    present = headers._index or headers._lookup()
 
     def fail(status: int, reason: str, *extra: tuple[str, str], note: bool = True) -> None:
         if note:
@@ -204,7 +223,7 @@ def _check_semantics(
             verdict.status, verdict.reason = status, reason
             verdict.headers.extend(extra)
 
-    missing = [name for name in REQUIRED_HEADERS if name not in headers]
+    missing = [name for name, key in _REQUIRED_KEYS if key not in present]
     if missing:
         fail(400, f"SIP request lacks {', '.join(missing)}")
     if msg.method not in methods:  # RFC 3261 8.2.1; an unknown method is not an anomaly
@@ -212,12 +231,14 @@ def _check_semantics(
              note=False)
     if msg.uri.scheme not in schemes:  # 8.2.2.1
         fail(416, f"SIP Request-URI scheme {msg.uri.scheme} is not supported")
-    for name in ("To", "From"):
-        if name in headers and not getattr(msg, "to" if name == "To" else "from_").uri.is_sip:
-            verdict.notes.append(f"SIP {name} has a non-SIP URI")
-    if any(not c.uri.is_sip for c in msg.contacts):
+    if "to" in present and not msg.to.uri.is_sip:
+        verdict.notes.append("SIP To has a non-SIP URI")
+    if "from" in present and not msg.from_.uri.is_sip:
+        verdict.notes.append("SIP From has a non-SIP URI")
+    if "contact" in present and any(not c.uri.is_sip for c in msg.contacts):
         verdict.notes.append("SIP Contact has a non-SIP URI")
-    if msg.method not in ("ACK", "CANCEL"):  # 8.2.2.3: never rejected by Require
+    if msg.method not in ("ACK", "CANCEL") and "require" in present:  # 8.2.2.3: never
+        # rejected by Require
         unknown = [t for t in headers.values("Require") if t and t not in extensions]
         if unknown:
             fail(420, f"SIP Require has unsupported option tags {', '.join(unknown)}",
@@ -225,14 +246,15 @@ def _check_semantics(
     if msg.body and msg.content_type not in content_types:  # 8.2.3
         fail(415, f"SIP Content-Type {msg.content_type} is not supported",
              ("Accept", ", ".join(sorted(content_types))))
-    accept = headers.values("Accept")
-    if msg.method == "INVITE" and "Accept" in headers and not _accepts(accept, "application/sdp"):
+    if msg.method == "INVITE" and "accept" in present \
+            and not _accepts(headers.values("Accept"), "application/sdp"):
         fail(406, "SIP Accept excludes application/sdp, the only body we can answer with")
-    for value in headers.get_all("Authorization") + headers.get_all("Proxy-Authorization"):
-        scheme = value.strip().split(None, 1)[0] if value.strip() else ""
-        if scheme.lower() != "digest":
-            verdict.notes.append(f"SIP Authorization scheme {scheme[:20]} is unknown")
-    if msg.max_forwards == 0:
+    if "authorization" in present or "proxy-authorization" in present:
+        for value in headers.get_all("Authorization") + headers.get_all("Proxy-Authorization"):
+            scheme = value.strip().split(None, 1)[0] if value.strip() else ""
+            if scheme.lower() != "digest":
+                verdict.notes.append(f"SIP Authorization scheme {scheme[:20]} is unknown")
+    if "max-forwards" in present and msg.max_forwards == 0:
         # RFC 3261 16.3: only a proxy answers 483; the target UAS processes the request
         verdict.notes.append("SIP Max-Forwards is zero")
     if verdict.notes:

@@ -16,7 +16,11 @@ writes events as JSON lines on stdout: {"event": "ready"}, "reg", "incoming", "s
 127.0.0.1, real-time media, and every Call and Account destroyed before libDestroy().
 
 mode="setup-rate" answers every INVITE with 200 at once and connects no media players or
-recorders: a callee for SIP call-setup benchmarks; `stats()` returns its counters.
+recorders: a callee for SIP call-setup benchmarks; `stats()` returns its counters. Its calls
+use pjmedia's loop media transport (SDP and streams as usual, no RTP sockets): each call's
+two UDP sockets would otherwise hold pjlib ioqueue keys for 500 ms after the call
+(PJ_IOQUEUE_KEY_FREE_DELAY) out of 64 (PJ_IOQUEUE_MAX_HANDLES), and the 33rd call within
+half a second aborts the process on an assertion. One session then runs any number of calls.
 """
 
 from __future__ import annotations
@@ -244,7 +248,8 @@ class Pjsua2Peer:
         self._request("done", cmd="dtmf", id=call_id, digits=digits)
 
     def stats(self) -> dict[str, Any]:
-        """Counters: incoming, answered, confirmed, disconnected, failed."""
+        """Counters: incoming, answered, confirmed, disconnected, failed, destroyed (Call
+        objects deleted after DISCONNECTED) and active (Call objects alive)."""
         return self._request("stats", cmd="stats")
 
     def media_stats(self, call_id: int) -> dict[str, Any]:
@@ -302,7 +307,8 @@ def _agent(cfg: dict[str, Any]) -> int:
         commands.put(None)  # stdin closed: quit
 
     setup_rate = cfg["mode"] == "setup-rate"
-    counters = {"incoming": 0, "answered": 0, "confirmed": 0, "disconnected": 0, "failed": 0}
+    counters = {"incoming": 0, "answered": 0, "confirmed": 0, "disconnected": 0, "failed": 0,
+                "destroyed": 0}
     calls: dict[int, Any] = {}
     finished: list[Any] = []  # disconnected calls, destroyed outside pjsua2 callbacks
     serial = [0]
@@ -315,13 +321,20 @@ def _agent(cfg: dict[str, Any]) -> int:
     ep_cfg.uaConfig.mainThreadOnly = True
     ep_cfg.uaConfig.maxCalls = cfg["max_calls"]
     ep_cfg.uaConfig.userAgent = "pjsua2 test peer"
-    ep_cfg.logConfig.level = 4
+    # A benchmark callee logs errors only (ours prints nothing per call either).
+    ep_cfg.logConfig.level = 1 if setup_rate else 4
     ep_cfg.logConfig.consoleLevel = 0
     ep_cfg.logConfig.filename = cfg["log_path"]
     ep_cfg.medConfig.clockRate = cfg["clock_rate"]
     ep_cfg.medConfig.sndClockRate = cfg["clock_rate"]
     ep_cfg.medConfig.noVad = True  # VAD would stop sending during silence
     ep_cfg.medConfig.ecTailLen = 0
+    if setup_rate:
+        # Keep the (null) sound device, hence the conference clock, running while no call
+        # has audio connected: the bridge frees a call's port on that clock, and with the
+        # device auto-closed after 1 s idle the freed ports pile up until a call fails
+        # with PJ_ETOOMANY (488) once maxMediaPorts are taken.
+        ep_cfg.medConfig.sndAutoCloseTime = -1
     ep.libInit(ep_cfg)
 
     tcfg = pj.TransportConfig()
@@ -350,8 +363,11 @@ def _agent(cfg: dict[str, Any]) -> int:
             pj.Call.__init__(self, acc, call_id)
             self.recorder: Any = None
             self.path: str | None = None
-            self.cid = -1
+            self.cid = call_id
             self.confirmed = False
+
+        def __del__(self) -> None:
+            counters["destroyed"] += 1  # the C++ Call goes with this proxy
 
         def onCallState(self, prm: Any) -> None:
             ci = self.getInfo()
@@ -364,14 +380,21 @@ def _agent(cfg: dict[str, Any]) -> int:
             if name == "CONFIRMED":
                 self.confirmed = True
                 counters["confirmed"] += 1
+            if not setup_rate:
+                emit("state", id=ci.id, state=name, code=ci.lastStatusCode,
+                     reason=ci.lastReason, remote=ci.remoteUri)
             if name == "DISCONNECTED":
                 counters["disconnected"] += 1
                 if not self.confirmed:
                     counters["failed"] += 1
-                finished.append(self)
-            if not setup_rate:
-                emit("state", id=ci.id, state=name, code=ci.lastStatusCode,
-                     reason=ci.lastReason, remote=ci.remoteUri)
+                # Destroy this Call when the callback returns, as pjsua2 intends: pjsua
+                # reuses the call id for the next INVITE at once, and ~Call on a reused
+                # id would clear that call's user data and hang it up. The recorder
+                # outlives it until reap() (outside callbacks) finalises the WAV.
+                finished.append((self.cid, self.recorder, self.path))
+                self.recorder = None
+                if calls.get(self.cid) is self:
+                    del calls[self.cid]
 
         def onCallMediaState(self, prm: Any) -> None:
             if setup_rate:
@@ -428,6 +451,8 @@ def _agent(cfg: dict[str, Any]) -> int:
     acfg.mediaConfig.transportConfig.port = cfg["rtp_port"]
     acfg.mediaConfig.transportConfig.portRange = cfg["rtp_range"]
     acfg.natConfig.iceEnabled = False
+    if setup_rate:
+        acfg.mediaConfig.useLoopMedTp = True  # no RTP sockets: see the module docstring
     acc = PeerAccount()
     acc.create(acfg)
 
@@ -449,7 +474,8 @@ def _agent(cfg: dict[str, Any]) -> int:
             call = PeerCall(acc)
             prm = pj.CallOpParam(True)
             call.makeCall(cmd["uri"], prm)
-            calls[call.getId()] = call
+            call.cid = call.getId()
+            calls[call.cid] = call
             emit("calling", ref=ref, id=call.getId())
         elif op == "hangup":
             targets = list(calls.values()) if cmd.get("id") is None else [find(cmd["id"])]
@@ -473,14 +499,13 @@ def _agent(cfg: dict[str, Any]) -> int:
         return True
 
     def reap() -> None:
-        # Stop recorders (finalises the WAV header) and drop disconnected calls here,
-        # outside pjsua2's callbacks.
+        # Stop the recorders of disconnected calls (finalises the WAV header) outside
+        # pjsua2's callbacks.
         while finished:
-            call = finished.pop()
-            if call.recorder is not None:
-                call.recorder = None
-                emit("recorded", id=call.cid, path=call.path)
-            calls.pop(call.cid, None)
+            cid, recorder, path = finished.pop(0)
+            if recorder is not None:
+                del recorder
+                emit("recorded", id=cid, path=path)
 
     running = True
     while running:
