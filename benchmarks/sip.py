@@ -17,12 +17,14 @@ gets per call (`responses_per_call`) to show it. Neither opens RTP sockets: ours
 graph (the set-up path, not media, is measured; a call graph per call would measure the
 graph loader instead), pjsua2 uses its loop media transport, but pjsua2 still builds a media
 stream and a conference port per call, so if anything the peer does more. Each side gets a
-warm-up of `min(200, calls)` calls that is not measured.
+warm-up of 200 calls that is not measured. Both callees run side by side and the measured
+calls go in `--rounds` rounds, ours and the peer's alternating, so that both see the same
+load on a shared machine; `advantage_per_round` shows the spread.
 
 Prints one JSON line per callee and a summary line; `advantage` is ours/peer in calls per
-CPU second (a capacity, so > 1 means ahead).
+CPU second over all rounds (a capacity, so > 1 means ahead).
 
-    .venv/bin/python benchmarks/sip.py [--calls 3000] [--concurrency 4]
+    .venv/bin/python benchmarks/sip.py [--calls 3000] [--rounds 3] [--concurrency 4]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import socket
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +173,9 @@ def wait_for_options(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"callee on port {port} never answered OPTIONS")
 
 
-def bench_ours(calls: int, concurrency: int) -> dict:
+@contextlib.contextmanager
+def our_callee() -> Iterator[tuple[int, str]]:
+    """`pipeline serve` with a signalling-only endpoint: (pid, SIP URI)."""
     port = free_udp_port()
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "callee.yaml"
@@ -189,56 +195,92 @@ nodes:
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_options(port)
-            measure(proc.pid, f"sip:callee@127.0.0.1:{port}", min(200, calls), concurrency)
-            out = measure(proc.pid, f"sip:callee@127.0.0.1:{port}", calls, concurrency)
+            yield proc.pid, f"sip:callee@127.0.0.1:{port}"
         finally:
             proc.terminate()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return {"bench": "sip-setup", "side": "ours", **out}
 
 
-def bench_pjsua2(calls: int, concurrency: int) -> dict | None:
-    from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
-
-    why = pjsua2_missing()
-    if why:
-        print(json.dumps({"bench": "sip-setup", "side": "peer", "skipped": why}))
-        return None
-    try:
-        # One session for every call: the harness destroys each Call once DISCONNECTED.
-        with Pjsua2Peer("callee", mode="setup-rate", max_calls=32, record=False) as peer:
-            measure(peer.proc.pid, peer.contact, min(200, calls), concurrency)
-            out = measure(peer.proc.pid, peer.contact, calls, concurrency)
-            stats = peer.stats()
-    except Exception as exc:  # the peer is another project: report, do not crash the bench
-        print(json.dumps({"bench": "sip-setup", "side": "peer", "skipped": str(exc)[:300]}))
-        return None
-    return {"bench": "sip-setup", "side": "peer", **out,
-            "peer_calls_alive": stats["active"], "peer_calls_destroyed": stats["destroyed"]}
+def total(side: str, rounds: list[dict]) -> dict:
+    """Sum of the rounds of one side."""
+    calls = sum(r["calls"] for r in rounds)
+    cpu = sum(r["callee_cpu_s"] for r in rounds)
+    wall = sum(r["calls"] / r["calls_per_s_wall"] for r in rounds if r["calls_per_s_wall"])
+    responses: collections.Counter[str] = collections.Counter()
+    for r in rounds:
+        responses.update({k: v * r["calls"] for k, v in r["responses_per_call"].items()})
+    return {"bench": "sip-setup", "side": side, "calls": calls,
+            "failed": sum(r["failed"] for r in rounds),
+            "calls_per_s_wall": round(calls / wall, 1) if wall else None,
+            "callee_cpu_s": round(cpu, 3),
+            "calls_per_cpu_s": round(calls / cpu, 1) if cpu > 0 else None,
+            "rounds_calls_per_cpu_s": [r["calls_per_cpu_s"] for r in rounds],
+            "responses_per_call": {k: round(v / calls, 2) for k, v in sorted(responses.items())}
+            if calls else {}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--calls", type=int, default=3000, help="measured calls per callee")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="the calls are split in rounds, ours and the peer's alternating")
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
-    ours = bench_ours(args.calls, args.concurrency)
+    per_round = max(1, args.calls // max(1, args.rounds))
+    warm = min(200, per_round)
+    ours_rounds: list[dict] = []
+    peer_rounds: list[dict] = []
+    peer_info: dict = {}
+    with contextlib.ExitStack() as stack:
+        ours_pid, ours_uri = stack.enter_context(our_callee())
+        measure(ours_pid, ours_uri, warm, args.concurrency)
+        peer = None
+        from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
+
+        why = pjsua2_missing()
+        if why:
+            print(json.dumps({"bench": "sip-setup", "side": "peer", "skipped": why}))
+        else:
+            try:  # one session for every call: the harness destroys each Call when it ends
+                peer = stack.enter_context(
+                    Pjsua2Peer("callee", mode="setup-rate", max_calls=32, record=False))
+                measure(peer.proc.pid, peer.contact, warm, args.concurrency)
+            except Exception as exc:  # another project: report, do not crash the bench
+                print(json.dumps({"bench": "sip-setup", "side": "peer",
+                                  "skipped": str(exc)[:300]}))
+                peer = None
+        # Alternate so that both sides see the same machine load (it drifts on a shared
+        # host); each round is one caller run against one callee.
+        for _ in range(max(1, args.rounds)):
+            ours_rounds.append(measure(ours_pid, ours_uri, per_round, args.concurrency))
+            if peer is not None:
+                peer_rounds.append(measure(peer.proc.pid, peer.contact, per_round,
+                                           args.concurrency))
+        if peer is not None:
+            stats = peer.stats()
+            peer_info = {"peer_calls_alive": stats["active"],
+                         "peer_calls_destroyed": stats["destroyed"]}
+    ours = total("ours", ours_rounds)
     print(json.dumps(ours))
-    peer = bench_pjsua2(args.calls, args.concurrency)
-    if peer is not None:
-        print(json.dumps(peer))
+    peer_total = total("peer", peer_rounds) if peer_rounds else None
+    if peer_total is not None:
+        print(json.dumps({**peer_total, **peer_info}))
+    ratios = sorted(o["calls_per_cpu_s"] / p["calls_per_cpu_s"]
+                    for o, p in zip(ours_rounds, peer_rounds, strict=False)
+                    if o["calls_per_cpu_s"] and p["calls_per_cpu_s"])
     summary = {"bench": "sip-setup", "metric": "calls per CPU second of the callee",
                "ours": ours["calls_per_cpu_s"],
-               "peer": peer["calls_per_cpu_s"] if peer else None,
-               "peer_name": "pjsua2 2.15 (setup-rate callee)" if peer else
+               "peer": peer_total["calls_per_cpu_s"] if peer_total else None,
+               "peer_name": "pjsua2 2.15 (setup-rate callee)" if peer_total else
                "TODO: pjsua2 not available here",
-               "advantage": round(ours["calls_per_cpu_s"] / peer["calls_per_cpu_s"], 3)
-               if peer and peer["calls_per_cpu_s"] else None,
+               "advantage": round(ours["calls_per_cpu_s"] / peer_total["calls_per_cpu_s"], 3)
+               if peer_total and peer_total["calls_per_cpu_s"] else None,
+               "advantage_per_round": [round(r, 3) for r in ratios],
                "ours_calls_per_s_wall": ours["calls_per_s_wall"],
-               "peer_calls_per_s_wall": peer["calls_per_s_wall"] if peer else None}
+               "peer_calls_per_s_wall": peer_total["calls_per_s_wall"] if peer_total else None}
     print(json.dumps(summary))
 
 

@@ -7,6 +7,7 @@ come from one place. Errors carry the YAML location of what caused them.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from .node import Node
 from .params import ParamValueError
 
 log = logging.getLogger("pipeline.graph")
+
+MAX_MESSAGES = 10000
 
 Where = tuple[str | None, int | None, int | None]
 NOWHERE: Where = (None, None, None)
@@ -64,7 +67,8 @@ class Graph:
         self.where: dict[str, Where] = {}
         self.param_where: dict[tuple[str, str], Where] = {}
         self.converters: list[str] = []
-        self.messages: list[BusMessage] = []
+        # The latest bus messages (bounded: a server posts a few per call, for months).
+        self.messages: deque[BusMessage] = deque(maxlen=MAX_MESSAGES)
         self.listeners: list[Callable[[BusMessage], None]] = []
         self.on_finished: Callable[[Node], None] | None = None
         self.prepared = False

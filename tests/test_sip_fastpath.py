@@ -1,0 +1,395 @@
+"""The SIP set-up fast paths give the same results as the general code they bypass.
+
+benchmarks/sip.py measures call set-up; what made it faster must not change behaviour:
+- message parsing (RFC 3261 7): CRLF-only, unfolded messages skip three regular expressions;
+  the result equals the bare-LF / folded spelling of the same message (7.3.1, 7.5), which
+  still takes the general path;
+- `split_top_level` (comma lists, 7.3.1) without quotes equals the character loop;
+- parsed views (From, To, Via, CSeq...) are cached per message and dropped when a header
+  changes; a transaction's lingering messages are "released" and still read and change;
+- `make_response` (8.2.6) copies the same lines;
+- RTP ports for answered calls are not test-bound: a busy port is found when the call graph
+  fails to bind, and the next one is used;
+- `ring: false`: 100 Trying and 200 only;
+- the pjsua2 harness in setup-rate mode runs any number of quick calls in one session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from peers import unavailable
+from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
+from test_sip_endpoint import ECHO, Endpoint, until
+
+from pipeline.errors import ParseError
+from plugins.sip.message import Headers, SipMessage, SipRequest, make_response
+from plugins.sip.nodes import PortAllocator
+from plugins.sip.offer_answer import Codec
+from plugins.sip.transaction import ServerNonInviteTransaction, TimerConfig, stamp_via
+from plugins.sip.transport import ListenSpec, SipTransport
+from plugins.sip.ua import CallEnded, CallEstablished, UaConfig, UserAgent
+from plugins.sip.uri import SipUri, read_quoted, split_top_level
+
+INVITE = (
+    "INVITE sip:bob@127.0.0.1:5062 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKfast1;rport\r\n"
+    "Max-Forwards: 70\r\n"
+    'From: "Alice" <sip:alice@127.0.0.1>;tag=a1\r\n'
+    "To: <sip:bob@127.0.0.1:5062>\r\n"
+    "Call-ID: fast-1@127.0.0.1\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sip:alice@127.0.0.1:5061>\r\n"
+    "Allow: INVITE, ACK, BYE, CANCEL\r\n"
+    "Content-Type: application/sdp\r\n"
+    "Content-Length: 4\r\n"
+    "\r\n"
+    "v=0\r\n"
+)
+
+
+def reference_split(value: str, sep: str = ",") -> list[str]:
+    """The character loop split_top_level always used (quotes and <> respected)."""
+    parts: list[str] = []
+    start = i = 0
+    in_angle = False
+    while i < len(value):
+        ch = value[i]
+        if ch == '"':
+            _, i = read_quoted(value, i)
+            continue
+        if ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == sep and not in_angle:
+            parts.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    parts.append(value[start:].strip())
+    return parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab <>,; \t:@=", max_size=30), st.sampled_from([",", ";"]))
+def test_split_top_level_without_quotes_matches_the_character_loop(value: str, sep: str):
+    assert split_top_level(value, sep) == reference_split(value, sep)
+
+
+def test_split_top_level_keeps_separators_inside_angle_brackets_and_quotes():
+    value = '<sip:a@h;lr>;x=1, "B, b" <sip:b@h>, <sip:c@h?x=1,2>'
+    assert split_top_level(value) == ['<sip:a@h;lr>;x=1', '"B, b" <sip:b@h>', '<sip:c@h?x=1,2>']
+    assert split_top_level("<sip:a@h;lr>;x=1;y", ";") == ["<sip:a@h;lr>", "x=1", "y"]
+
+
+header_name = st.sampled_from(["Subject", "X-Id", "v", "f", "Organization", "Priority"])
+header_value = st.text(alphabet="abcXYZ019 .,;=<>:@-", min_size=1, max_size=20).map(str.strip) \
+    .filter(bool)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(header_name, header_value), max_size=6), st.booleans())
+def test_crlf_fast_path_parses_like_bare_lf_and_folded_lines(extra: list[tuple[str, str]],
+                                                             fold: bool):
+    # RFC 3261 7.5 lets a receiver take bare LF line ends; 7.3.1 folding is one SP: both
+    # spellings go through the general path and must give the same message.
+    head, body = INVITE.split("\r\n\r\n", 1)
+    lines = head.split("\r\n")
+    lines[1:1] = [f"{n}: {v}" for n, v in extra]
+    crlf = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+    lf = ("\n".join(lines) + "\n\n" + body).encode()
+    fast = SipMessage.parse(crlf)
+    assert SipMessage.parse(lf) == fast
+    if fold:
+        folded = "\r\n".join(lines).replace("Max-Forwards: 70", "Max-Forwards:\r\n 70")
+        assert SipMessage.parse((folded + "\r\n\r\n" + body).encode()) == fast
+    assert fast.body == b"v=0\r"  # Content-Length 4 (RFC 3261 18.3): the rest is ignored
+    assert len(fast.headers) == 10 + len(extra)
+    assert [v for _, v in list(fast.headers)[:len(extra)]] == [v for _, v in extra]
+
+
+def test_blank_line_made_of_bare_lf_before_a_crlf_one_ends_the_headers():
+    # The first empty line ends the headers, whatever its spelling (RFC 3261 7.5).
+    data = INVITE.replace("Content-Length: 4\r\n\r\n", "Content-Length: 4\n\n").encode() \
+        + b"\r\n\r\nXX"
+    msg = SipMessage.parse(data)
+    assert msg.body == b"v=0\r" and msg.headers.get("Content-Length") == "4"
+
+
+def test_malformed_messages_still_fail_with_their_texts():
+    with pytest.raises(ParseError, match="^SIP message has no empty line after its headers$"):
+        SipMessage.parse(INVITE.split("\r\n\r\n")[0].encode())
+    with pytest.raises(ParseError, match="^SIP message has a bare CR"):
+        SipMessage.parse(INVITE.replace("Max-Forwards: 70", "Max-Forwards: 7\r0").encode())
+    with pytest.raises(ParseError, match="^SIP header name is not a token: 'Bad/Name'"):
+        SipMessage.parse(INVITE.replace("Max-Forwards: 70", "Bad/Name: 1").encode())
+    with pytest.raises(ParseError, match="^SIP header line has no name and colon: 'Bad Name"):
+        SipMessage.parse(INVITE.replace("Max-Forwards: 70", "Bad Name: 1").encode())
+    # the name cache knows "Max-Forwards" by now: the colon check still applies
+    with pytest.raises(ParseError, match="^SIP header line has no name and colon"):
+        SipMessage.parse(INVITE.replace("Max-Forwards: 70", "Max-Forwards 70").encode())
+
+
+def test_views_are_cached_and_follow_header_changes():
+    msg = SipMessage.parse(INVITE.encode())
+    assert msg.to is msg.to and msg.to.tag is None  # parsed once
+    assert msg.from_.display_name == "Alice" and msg.cseq.seq == 1
+    msg.headers.set("To", "<sip:bob@127.0.0.1:5062>;tag=b7")
+    assert msg.to.tag == "b7"
+    from_ = msg.from_
+    stamp_via(msg, ("192.0.2.9", 4000))  # RFC 3581: rport and received filled in
+    assert msg.from_ is from_  # other views stay
+    via = msg.top_via
+    assert (via.received, via.rport) == ("192.0.2.9", 4000)
+    assert msg.vias[0] == via and via == SipMessage.parse(bytes(msg)).top_via
+    msg.headers.remove("CSeq")
+    with pytest.raises(ParseError, match="^SIP message has no CSeq header$"):
+        msg.cseq  # noqa: B018
+
+
+def test_released_headers_read_and_change_like_any_other():
+    msg = SipMessage.parse(INVITE.encode())
+    before = bytes(msg)
+    msg.headers._release()
+    assert bytes(msg) == before and msg.headers == SipMessage.parse(INVITE.encode()).headers
+    assert msg.to.uri.user == "bob" and msg.cseq.method == "INVITE"
+    assert msg.headers._cache == {}  # nothing kept for the garbage collector
+    msg.headers.add("Subject", "hi")
+    msg.headers.replace_first("Max-Forwards", "69")
+    assert msg.headers.get("Subject") == "hi" and msg.max_forwards == 69
+    assert msg.headers.count("Via") == 1 and "Contact" in msg.headers
+
+
+def test_a_lingering_transaction_releases_its_messages():
+    sent: list[bytes] = []
+    request = SipMessage.parse(INVITE.replace("INVITE", "BYE").replace("1 BYE", "2 BYE")
+                               .encode())
+    assert isinstance(request, SipRequest)
+    tx = ServerNonInviteTransaction(request, ("127.0.0.1", 5061), reliable=False,
+                                    config=TimerConfig(), send=lambda d, a: sent.append(d),
+                                    emit=lambda e: None)
+    tx.send_response(make_response(request, 200, to_tag="t1"), now=0.0)
+    assert type(request.headers._items) is tuple  # released: out of the GC's sight
+    assert tx.last_response is not None and tx.last_response.to.tag == "t1"
+    tx.receive_request(request, now=0.1)  # a retransmitted BYE: the same 200 again
+    assert sent == [sent[0], sent[0]]
+
+
+def reference_response(request: SipRequest, code: int, to_tag: str) -> list[tuple[str, str]]:
+    lines = [("Via", v) for v in request.headers.get_all("Via")]
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = request.headers.get(name) or ""
+        if name == "To" and ";tag=" not in value:
+            value += f";tag={to_tag}"
+        lines.append((name, value))
+    return lines
+
+
+@pytest.mark.parametrize("code", [100, 180, 200, 486])
+def test_make_response_copies_the_rfc_3261_8_2_6_lines(code: int):
+    request = SipMessage.parse(INVITE.replace("Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK"
+                                              "fast1;rport", "Via: SIP/2.0/UDP p1;branch="
+                                              "z9hG4bKp1\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;"
+                                              "branch=z9hG4bKfast1").encode())
+    assert isinstance(request, SipRequest)
+    response = make_response(request, code, to_tag="t9")
+    assert list(response.headers) == reference_response(request, code, "t9")
+    assert response.to.tag == "t9" and response.headers.count("Via") == 2
+    wire = SipMessage.parse(bytes(response))
+    assert wire == response and wire.status_code == code
+
+
+def test_sip_uri_parses_are_independent_copies():
+    a = SipUri.parse("sip:bob@127.0.0.1:5062;transport=udp")
+    b = SipUri.parse("sip:bob@127.0.0.1:5062;transport=udp")
+    assert a == b and a is not b and a.params is not b.params
+    a.params["lr"] = None
+    assert "lr" not in SipUri.parse("sip:bob@127.0.0.1:5062;transport=udp").params
+
+
+def test_header_index_matches_a_scan():
+    h = Headers([("Via", "a"), ("v", "b"), ("To", "<sip:x@h>"), ("Route", "<sip:r1>, <sip:r2>")])
+    assert h.get_all("Via") == ["a", "b"] and h.count("v") == 2 and h.get("t") == "<sip:x@h>"
+    assert h.values("Route") == ["<sip:r1>", "<sip:r2>"] and h.counts()["via"] == 2
+    h.prepend("Via", "z")
+    h.remove("To")
+    assert h.get_all("Via") == ["z", "a", "b"] and "To" not in h and h.get("To", "-") == "-"
+
+
+# ---- RTP ports ------------------------------------------------------------------------------
+def test_port_allocator_hands_out_round_robin_without_binding(monkeypatch):
+    ports = PortAllocator("40000-40005", "127.0.0.1")
+    monkeypatch.setattr(socket, "socket", None)  # any bind attempt would fail loudly
+    got = [ports.allocate(check=False) for _ in range(3)]
+    assert got == [40000, 40002, 40004]
+    ports.release(40002)
+    assert ports.allocate(check=False) == 40002  # the only free one
+    with pytest.raises(Exception, match="RTP port range 40000-40005 has no free port pair"):
+        ports.allocate(check=False)
+
+
+def free_pair() -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port % 2 == 0 and port + 3 < 65535 and PortAllocator(
+                f"{port}-{port + 3}", "127.0.0.1").is_free(port + 2):
+            return port
+    raise AssertionError("no free even port pair")
+
+
+def test_answered_call_moves_to_the_next_port_when_its_port_is_busy():
+    """The first port of the range is taken by another socket: the call graph's bind fails,
+    the endpoint checks that port, finds it busy and answers on the next one."""
+    base = free_pair()
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", base))
+
+    async def main() -> Endpoint:
+        server = Endpoint(f"""
+nodes:
+  sip: {{type: sip_endpoint, listen: "udp:127.0.0.1:0", user: echo, call_graph: {ECHO},
+         codecs: [pcmu], rtp_port_range: {base}-{base + 3}}}
+""")
+        port = await server.port()
+        caller = Endpoint(f"""
+nodes:
+  sip: {{type: sip_endpoint, listen: "udp:127.0.0.1:0", user: alice, codecs: [pcmu],
+         dial: "sip:echo@127.0.0.1:{port}", hangup_after: 0.2s, exit_after_call: true}}
+""")
+        await caller.result()
+        await server.wait("call-ended")
+        await until(lambda: server.part_nodes() == [], "the call graph to go")
+        await server.stop()
+        return server
+
+    try:
+        server = asyncio.run(main())
+    finally:
+        busy.close()
+    bound = [m.data["port"] for m in server.messages if m.name == "rtp-bound"]
+    assert bound == [base + 2]
+    assert server.names("call-established") and not server.names("error")
+    assert server.node.stats()["part_errors"] == 0
+    assert server.node.ports.in_use == set()  # released once the part's sockets closed
+
+
+def test_ring_false_answers_with_100_and_200_only():
+    """`ring: false`: the caller sees 100 Trying then 200 OK (no 180), as from pjsua2."""
+    seen: list[int] = []
+
+    async def main() -> None:
+        server = Endpoint("""
+nodes:
+  sip: {type: sip_endpoint, listen: "udp:127.0.0.1:0", user: echo, codecs: [pcmu],
+        ring: false}
+""")
+        port = await server.port()
+        result = await setup_calls(f"sip:echo@127.0.0.1:{port}", 3, 2, seen)
+        await server.wait("call-ended")
+        await server.stop()
+        assert result == {"established": 3, "ended": 3}
+
+    asyncio.run(main())
+    assert Counter(seen) == {100: 3, 200: 6}  # INVITE: 100, 200; BYE: 200
+
+
+# ---- quick calls (what benchmarks/sip.py does) ----------------------------------------------
+async def setup_calls(target: str, calls: int, concurrency: int,
+                      codes: list[int] | None = None) -> dict[str, int]:
+    """Place `calls` calls from our UA, `concurrency` at a time, each hung up as soon as it
+    is established; returns counts of established and ended calls."""
+    loop = asyncio.get_running_loop()
+    state = {"established": 0, "ended": 0}
+    started = [0]
+    finished = loop.create_future()
+
+    def on_message(transport: str, data: Any, addr: tuple[str, int]) -> None:
+        if codes is not None and data[:4] == b"SIP/":
+            codes.append(int(data[8:11]))
+        ua.receive(data, transport, addr, loop.time())
+        pump()
+
+    def start() -> None:
+        started[0] += 1
+        ua.call(target, 40000 + 2 * started[0], loop.time())
+
+    def pump() -> None:
+        while True:
+            for transport, data, addr in ua.datagrams_to_send():
+                sip.send(transport, data, addr)
+            ev = ua.next_event()
+            if ev is None:
+                return
+            if isinstance(ev, CallEstablished):
+                state["established"] += 1
+                ua.hangup(ev.call.call_id, loop.time())
+            elif isinstance(ev, CallEnded):
+                state["ended"] += 1
+                if started[0] < calls:
+                    start()
+                elif state["ended"] == calls and not finished.done():
+                    finished.set_result(None)
+
+    sip = SipTransport(on_message)
+    ua = UserAgent(UaConfig(sip.bind([ListenSpec("udp", "127.0.0.1", 0)]),
+                            [Codec.named("pcmu")], user="caller", rate_limit=0))
+    await sip.serve()
+    try:
+        for _ in range(min(concurrency, calls)):
+            start()
+        pump()
+        await asyncio.wait_for(finished, 30)
+        # CallEnded comes as the BYE leaves: wait for the answers to the last BYEs too.
+        clients = ua.layers["udp"].clients.values()
+        await until(lambda: all(tx.state not in ("calling", "trying", "proceeding")
+                                for tx in clients), "the last BYEs to be answered")
+    finally:
+        sip.close()
+    return state
+
+
+@pytest.mark.interop
+def test_pjsua2_setup_rate_peer_runs_many_quick_calls_in_one_session():
+    """Regression: the setup-rate peer aborted (pjlib ioqueue assertion) or answered 486/488
+    after about 32 calls made within half a second; calls are now destroyed once
+    DISCONNECTED, use the loop media transport and the conference clock keeps running."""
+    why = pjsua2_missing()
+    if why:
+        unavailable(why)
+    calls = 120
+    with Pjsua2Peer("sink", mode="setup-rate", max_calls=8, record=False) as sink:
+        result = asyncio.run(setup_calls(sink.contact, calls, 4))
+        stats = sink.stats()
+    assert result == {"established": calls, "ended": calls}
+    assert {k: stats[k] for k in ("incoming", "confirmed", "disconnected", "failed",
+                                  "destroyed", "active")} == {
+        "incoming": calls, "confirmed": calls, "disconnected": calls, "failed": 0,
+        "destroyed": calls, "active": 0}
+
+
+def test_serve_prints_event_lines_once_per_loop_turn(capsys):
+    """`pipeline serve` prints call events as before, written in one block per loop turn."""
+    from pipeline.graph import BusMessage
+    from plugins.sip.cli import _EventPrinter
+
+    async def main() -> tuple[str, str]:
+        printer = _EventPrinter(asyncio.get_running_loop())
+        printer(BusMessage("sip", "call-incoming", {"call_id": "c1", "codec": "pcmu"}))
+        printer(BusMessage("sip", "dtmf", {"digit": "5"}))  # not one of the printed events
+        printer(BusMessage("sip", "call-ended", {"call_id": "c1", "reason": "remote hangup"}))
+        before = capsys.readouterr().err
+        await asyncio.sleep(0)  # one turn of the loop
+        return before, capsys.readouterr().err
+
+    before, after = asyncio.run(main())
+    assert before == ""
+    assert after == ("pipeline: sip: call-incoming call_id=c1 codec=pcmu\n"
+                     "pipeline: sip: call-ended call_id=c1 reason=remote hangup\n")
