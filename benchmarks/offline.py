@@ -1,7 +1,7 @@
-"""Offline speed of the demo graph (graphs/demo.yaml: tone + speech mixed, level meter,
-resampled to 8 kHz, recorded) as a multiple of real time on one core, against the same
-pipeline in GStreamer (audiotestsrc + wavparse -> audiomixer -> level -> audioresample ->
-wavenc -> filesink), CPU time, same run. Start-up is excluded on both sides (YAML loading for
+"""Offline speed of the demo graph (graphs/demo.yaml: tone + speech mixed, resampled to
+8 kHz, recorded) as a multiple of real time on one core, against the same pipeline in
+GStreamer (audiotestsrc + wavparse -> audiomixer -> audioresample -> wavenc -> filesink),
+CPU time, same run. Start-up is excluded on both sides (YAML loading for
 ours, an empty gst-launch for GStreamer).
 
     python benchmarks/offline.py [--repeats N]
@@ -49,7 +49,7 @@ def gstreamer(repeats: int, out_dir: Path, media: float) -> float | None:
     speech = ROOT / "graphs" / "samples" / "speech.wav"
     buffers = int(media / 0.02)
     cmd = ["gst-launch-1.0", "-q",
-           "audiomixer", "name=m", "output-buffer-duration=20000000", "!", "level", "!",
+           "audiomixer", "name=m", "output-buffer-duration=20000000", "!",
            "audioresample", "!", "audio/x-raw,rate=8000", "!", "wavenc", "!", "filesink",
            f"location={out_dir / 'gst.wav'}",
            "audiotestsrc", "freq=440", "volume=0.06", f"num-buffers={buffers}",

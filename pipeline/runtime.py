@@ -380,6 +380,8 @@ class Runtime:
                         break
             self._start_io(self._order)
             period = g.period
+            clock = self.clock
+            virtual = type(clock) is VirtualClock
             while True:
                 if self._stop_requested:
                     stopped_by = "error" if self.error else "stop"
@@ -394,7 +396,14 @@ class Runtime:
                     self._wake.clear()
                     await self._wake.wait()  # an I/O-only graph: wait for EOS or stop
                     continue
-                await self.clock.wait_until(now)
+                if virtual:
+                    # No coroutine per tick: media time just jumps; yield now and then so
+                    # other tasks (progress, signal handlers) still run.
+                    clock.now = now
+                    if not n % 64:
+                        await asyncio.sleep(0)
+                else:
+                    await self.clock.wait_until(now)
                 if self._pending_feedback:
                     pending, self._pending_feedback = self._pending_feedback, []
                     for fn, port, item, _ in pending:

@@ -80,7 +80,7 @@ def test_draw(repo_root, tmp_path, ext, capsys):
     assert main(["draw", str(repo_root / "graphs" / "demo.yaml"), "-o", str(out)]) == 0
     text = out.read_text()
     if ext == "dot":
-        assert '"mix" -> "meter"' in text and "audio/pcm_s16 16000 Hz 1 ch" in text
+        assert '"mix" -> "resample1"' in text and "audio/pcm_s16 16000 Hz 1 ch" in text
     else:
         assert text.lstrip().startswith("<?xml") and "wav_recorder" in text
 

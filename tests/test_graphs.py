@@ -45,4 +45,6 @@ def test_demo_runs_and_records(repo_root, in_tmp):
     f = np.fft.rfftfreq(len(audio), 1 / 8000)
     band = (f > 430) & (f < 450)
     assert spec[band].max() > 5 * np.median(spec[(f > 300) & (f < 600)])
-    assert r.stats["meter"]["rms_dbfs"] > -40
+    rms = np.sqrt(np.mean(audio.astype(np.float64) ** 2)) / 32768
+    assert 20 * np.log10(rms) > -40
+    assert r.stats["rec"]["frames_in"] == r.stats["mix"]["frames_out"]

@@ -34,9 +34,11 @@ class SampleFifo:
 
     def pop_into(self, out: np.ndarray) -> int:
         """Add up to len(out) samples into `out` (int32/float accumulate); return how many."""
-        n = min(out.shape[0], self.end - self.start)
-        out[:n] += self.buf[self.start:self.start + n]
-        self.start += n
+        start = self.start
+        n = min(out.shape[0], self.end - start)
+        if n:
+            np.add(out[:n], self.buf[start:start + n], out=out[:n], casting="unsafe")
+            self.start = start + n
         return n
 
     def pop(self, n: int) -> np.ndarray:

@@ -82,15 +82,12 @@ class Mixer(Node):
     def tick(self, now: float) -> None:
         acc = self.acc
         acc.fill(0)
-        live = False
+        n = self.n
+        ended = self.ended
         for port, fifo in self.fifos.items():
-            if (port in self.ended or port in self.feedback_inputs) and not len(fifo):
-                continue
-            live = True
-            if fifo.pop_into(acc) < self.n and port not in self.ended:
+            if fifo.pop_into(acc) < n and port not in ended:
                 self.underruns += 1
-        if not live or self.ended.issuperset(set(self.fifos) - self.feedback_inputs) and all(
-                not len(self.fifos[p]) for p in self.fifos if p not in self.feedback_inputs):
+        if ended and self._all_done():
             self.send_eos()
             return
         # Clip once, in place; the one allocation is the frame that goes out.
@@ -102,6 +99,13 @@ class Mixer(Node):
             out = acc.astype(np.int16)
         self.emit("out", AudioFrame(out, self.rate, self.pts))
         self.pts += self.n
+
+    def _all_done(self) -> bool:
+        """Every input that is not a feedback edge has ended and been drained."""
+        for port, fifo in self.fifos.items():
+            if port not in self.feedback_inputs and (port not in self.ended or len(fifo)):
+                return False
+        return True
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "underruns": getattr(self, "underruns", 0)}
