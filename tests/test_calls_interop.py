@@ -129,10 +129,13 @@ def test_gstreamer_speech_through_jitter_buffer(gst: str, codec: str, tmp_path: 
     # Every 20 ms packet arrived (opusenc adds one for its lookahead at the end), none lost,
     # and the buffer played them all (its "lost" also counts the frames concealed after the
     # stream ended, until the RTP timeout stopped the graph).
-    assert packets <= rx["packets_received"] <= packets + 1
-    assert rx["lost"] == 0 and rx["dropped_bad"] == 0
+    # Loopback UDP can still drop a datagram when the machine is saturated: allow 1 %,
+    # which the jitter buffer must then conceal; the audio checks below are the real test.
+    allowed = max(1, packets // 100)
+    assert packets - allowed <= rx["packets_received"] <= packets + 1
+    assert rx["lost"] <= allowed and rx["dropped_bad"] == 0
     assert jb["received"] == rx["packets_received"] and jb["discarded"] == 0
-    assert jb["played"] >= packets - 3
+    assert jb["played"] >= packets - 3 - allowed
     out = result.graph.nodes["out"].audio()[:, 0]
     assert len(out) >= 0.95 * len(ref)
 

@@ -460,3 +460,69 @@ def test_timestamps_off_the_frame_grid_rephase_instead_of_concealing():
         concealed += p.action is Action.CONCEAL
     assert played >= len(ts) - 5
     assert jb.stats.late == 0 and jb.stats.missing <= 1
+
+
+class _FullWidthEstimator:
+    """The estimator's arithmetic over every histogram bin, as first written: the reference
+    that the occupied-bins-only implementation must match bit for bit."""
+
+    def __init__(self, halves: list[int], floor_window: int, bins: int, late_cost: float):
+        self.forget = np.array([0.5 ** (1.0 / h) for h in halves])[:, None]
+        self.hist = np.zeros((len(halves), bins))
+        self.delays = np.arange(bins) * 0.001
+        self.window = floor_window
+        self.transits: list[float] = []
+        self.shift = 0.0
+        self.late_cost = late_cost
+
+    def update(self, transit: float) -> None:
+        old = min(self.transits[-self.window :]) if self.transits else None
+        self.transits.append(transit)
+        floor = min(self.transits[-self.window :])
+        if old is not None and floor > old:
+            self.shift += (floor - old) / 0.001
+            whole = int(self.shift)
+            if whole > 0:
+                self.shift -= whole
+                whole = min(whole, self.hist.shape[1] - 1)
+                self.hist[:, 0] += self.hist[:, 1 : whole + 1].sum(axis=1)
+                self.hist[:, 1:-whole] = self.hist[:, whole + 1 :]
+                self.hist[:, -whole:] = 0.0
+        k = min(int(np.ceil((transit - floor) / 0.001 - 1e-9)), self.hist.shape[1] - 1)
+        self.hist *= self.forget
+        self.hist[:, k] += 1.0 - self.forget[:, 0]
+
+    def target(self) -> float:
+        total = self.hist.sum(axis=1, keepdims=True)
+        late = 1.0 - np.cumsum(self.hist, axis=1) / np.maximum(total, 1e-300)
+        cost = self.delays + self.late_cost * late
+        return float(self.delays[np.argmin(cost, axis=1)].max())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 0.4), min_size=1, max_size=300),
+    st.floats(-0.002, 0.002),
+    st.booleans(),
+    st.sampled_from([0.5, 2.0, 8.0]),
+)
+def test_delay_estimator_matches_the_full_width_computation_bit_for_bit(
+    jitter, drift, two_rows, late_cost
+):
+    # The per-packet work covers only the bins up to the highest one hit (cheap on a calm
+    # link); targets, floors and every bin must equal the plain full-width arithmetic exactly,
+    # through floor rises (mass moved down) and a 1.1 s delay cap (clipped bins).
+    halves = [20, 200] if two_rows else [20]
+    est = DelayEstimator(late_cost=late_cost, half_life=20,
+                         long_half_life=200 if two_rows else None, floor_window=8,
+                         max_delay=1.1)
+    ref = _FullWidthEstimator(halves, 8, 1101, late_cost)
+    for i, j in enumerate(jitter):
+        transit = i * drift + j
+        est.update(transit)
+        ref.update(transit)
+        assert est.floor == min(ref.transits[-8:])
+        assert est.target() == ref.target()
+        assert np.array_equal(est._hist, ref.hist)
+    est.reset()
+    assert est.target() == 0.0 and not est._hist.any()

@@ -75,3 +75,30 @@ def test_float_frames_stay_float_and_bad_setup_is_refused():
     assert plc.good(f).dtype == np.float32 and plc.conceal().dtype == np.float32
     with pytest.raises(LocalProtocolError, match="waveform substitution needs rate"):
         WaveformSubstitution(4000, 160)
+
+
+def test_good_frames_pass_unchanged_and_history_survives_buffer_compaction():
+    # A good frame with no loss before it is handed back sample for sample (int16 and
+    # float32). The history lives in a longer buffer that is compacted now and then: after
+    # hundreds of frames (several compactions) a loss must be concealed exactly as by a
+    # fresh concealer that saw only the last frames, whose history holds the same samples.
+    rng = np.random.default_rng(3)
+    t = np.arange(200 * 160)
+    pcm = (8000 * np.sin(2 * np.pi * 180 * t / 8000) + rng.normal(0, 200, t.size))
+    pcm = pcm.astype(np.int16).reshape(200, 160)
+    long_run, fresh = WaveformSubstitution(), WaveformSubstitution()
+    for i, frame in enumerate(pcm):
+        out = long_run.good(frame.copy())
+        assert out.dtype == np.int16 and np.array_equal(out, frame)
+        if i >= 200 - 5:  # 5 frames = 800 samples, more than the 551-sample history
+            fresh.good(frame.copy())
+    for _ in range(4):
+        assert np.array_equal(long_run.conceal(), fresh.conceal())
+    after = long_run.good(pcm[0].copy())
+    assert np.array_equal(after, fresh.good(pcm[0].copy()))
+    assert not np.array_equal(after, pcm[0])  # the frame after a loss is cross-faded
+
+    ws = WaveformSubstitution(16000, 320)
+    x = (rng.normal(0, 0.1, 320)).astype(np.float32)
+    out = ws.good(x.copy())
+    assert out.dtype == np.float32 and np.array_equal(out, x)

@@ -20,7 +20,8 @@ rather than a fixed quantile: where covering the tail is cheap (a few ms of jitt
 covered almost entirely, where it is dear (Wi-Fi stalls of 100-300 ms every few seconds) the
 rare spikes are concealed instead of paid for with a permanently long delay. `late_cost` is the
 delay, in seconds, that losing every packet would be worth (2.0: a 1% late rate costs as much
-as 20 ms of delay). Per packet this is a few vector operations over the bins, no sort.
+as 20 ms of delay). Per packet this is a few vector operations over the occupied bins
+(those up to the highest one hit), no sort.
 
 The histograms hold delays against the floor of their time. When the floor rises (the slow
 path of a route change has become the only path, or the sender's clock runs slow) their mass
@@ -62,6 +63,14 @@ class DelayEstimator:
         self._forget = np.array([0.5 ** (1.0 / h) for h in halves])[:, None]
         self._hist = np.zeros((len(halves), bins))
         self._delays = np.arange(bins) * BIN_S  # a packet in bin k is on time at d >= k ms
+        # Per-row views and factors: one or two rows, so a Python loop over rows is cheaper
+        # than broadcasting over (rows, bins).
+        self._rows = list(self._hist)
+        self._factors = [(float(f), float(1.0 - f)) for f in self._forget[:, 0]]
+        self._cum = np.empty(bins)  # target() scratch
+        # Bins above `_hi` are all exactly zero (never hit, or moved down), so the per-packet
+        # work only touches bins 0.._hi and gives bit-for-bit the results of the full width.
+        self._hi = 0
         self._floor_window = floor_window
         self._floor_q: deque[tuple[int, float]] = deque()  # monotonic: (index, transit)
         self._n = 0
@@ -94,9 +103,12 @@ class DelayEstimator:
         if old_floor is not None and floor > old_floor and self._count:
             self._move_down(floor - old_floor)
         k = min(math.ceil((transit - floor) / BIN_S - 1e-9), self._hist.shape[1] - 1)
-        hist = self._hist
-        hist *= self._forget
-        hist[:, k] += 1.0 - self._forget[:, 0]
+        if k > self._hi:
+            self._hi = k
+        end = self._hi + 1
+        for row, (forget, gain) in zip(self._rows, self._factors, strict=True):
+            row[:end] *= forget  # the bins above are zero: forgetting leaves them so
+            row[k] += gain
         self._count += 1
         self._target = None
 
@@ -109,8 +121,11 @@ class DelayEstimator:
         hist = self._hist
         whole = min(whole, hist.shape[1] - 1)
         hist[:, 0] += hist[:, 1 : whole + 1].sum(axis=1)
-        hist[:, 1:-whole] = hist[:, whole + 1 :]
-        hist[:, -whole:] = 0.0
+        hi = self._hi
+        if hi > whole:  # only bins 1..hi hold mass: shift those, zero what they leave
+            hist[:, 1 : hi - whole + 1] = hist[:, whole + 1 : hi + 1]
+        hist[:, max(1, hi - whole + 1) : hi + 1] = 0.0
+        self._hi = max(0, hi - whole)
 
     def relative(self, transit: float) -> float:
         """Relative delay of a transit time against the current floor."""
@@ -122,11 +137,27 @@ class DelayEstimator:
             return self._target
         if self._count == 0:
             return 0.0
-        hist = self._hist
-        total = hist.sum(axis=1, keepdims=True)
-        late = 1.0 - np.cumsum(hist, axis=1) / np.maximum(total, 1e-300)
-        cost = self._delays + self.late_cost * late
-        value = float(self._delays[np.argmin(cost, axis=1)].max())
+        # The cost of d = bin k is delay(k) + late_cost * (1 - cumsum(k) / total). Past the
+        # highest occupied bin the cumulative sum is constant and the delay grows, so the
+        # minimum lies at or below it: only bins 0.._hi are evaluated, with the very same
+        # float operations as over the full width (same costs, same first minimum). The
+        # total is summed over the full row to keep numpy's pairwise rounding identical.
+        end = self._hi + 1
+        cum = self._cum[:end]
+        delays = self._delays[:end]
+        late_cost = self.late_cost
+        value = 0.0
+        add, reduce = np.add, np.add.reduce
+        for row in self._rows:
+            total = max(float(reduce(row)), 1e-300)
+            row[:end].cumsum(out=cum)
+            np.divide(cum, total, out=cum)
+            np.subtract(1.0, cum, out=cum)
+            np.multiply(cum, late_cost, out=cum)
+            add(cum, delays, out=cum)
+            best = float(delays[cum.argmin()])
+            if best > value:
+                value = best
         self._target = value
         return value
 
@@ -141,6 +172,7 @@ class DelayEstimator:
         """Forget everything."""
         self._count = 0
         self._hist[:] = 0.0
+        self._hi = 0
         self._floor_q.clear()
         self._shift = 0.0
         self._target = None

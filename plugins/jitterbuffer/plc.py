@@ -10,7 +10,8 @@ continued synthetic signal, over a quarter period plus 4 ms per 10 ms lost (at m
 that neither the start nor the end of a loss clicks.
 
 All sample work is vectorised (one numpy call per step, none per sample); the only state is
-the recent history and where the repetition stands.
+the recent history and where the repetition stands. A good frame with no loss before it costs
+one copy into the history and is handed back as it came: no per-frame allocation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pipeline.errors import LocalProtocolError
 
 __all__ = ["WaveformSubstitution"]
+
+_PASS_DTYPES = (np.dtype(np.int16), np.dtype(np.float32))
 
 
 class WaveformSubstitution:
@@ -41,13 +44,18 @@ class WaveformSubstitution:
         self._max_pitch = int(120 * scale)  # 66.7 Hz
         self._corr_len = int(160 * scale)  # 20 ms matched against the past
         self._ms = rate / 1000.0  # samples per millisecond
-        size = 3 * self._max_pitch + self._corr_len + self._max_pitch // 4 + 1
-        self._history = np.zeros(max(size, frame), dtype=np.float32)
+        size = max(3 * self._max_pitch + self._corr_len + self._max_pitch // 4 + 1, frame)
+        self._size = size
+        # The history is the last `size` samples of a longer buffer: frames are appended
+        # after it and it is moved back to the start only when the buffer is full, so a frame
+        # costs one copy of itself instead of a shift of the whole history.
+        self._buf = np.zeros(8 * size, dtype=np.float32)
+        self._end = size
         self._dtype: np.dtype = np.dtype(np.int16)
         self._erased = 0  # samples concealed in the current loss
         self._pitch = self._min_pitch
         self._cycle = np.zeros(0, dtype=np.float32)
-        self._before = self._history
+        self._before = np.zeros(size, dtype=np.float32)
         self._periods = 0
         self._pos = 0
         self._ramp_cache: dict[int, np.ndarray] = {}
@@ -58,8 +66,14 @@ class WaveformSubstitution:
         return self._erased / self._ms
 
     def good(self, frame: np.ndarray) -> np.ndarray:
-        """Account a decoded frame; return it, cross-faded into the concealment if one ran."""
+        """Account a decoded frame; return it, cross-faded into the concealment if one ran
+        (with no loss before it, an int16 or float32 frame comes back itself, flattened)."""
         self._dtype = frame.dtype
+        if not self._erased and frame.dtype in _PASS_DTYPES:
+            # Nothing to fade: the float round trip would give back the same samples.
+            flat = frame.reshape(-1)
+            self._remember(flat)
+            return flat
         x = frame.astype(np.float32).reshape(-1)
         if self._erased:
             # Fade from the continued synthetic signal into the real one.
@@ -103,11 +117,24 @@ class WaveformSubstitution:
 
     # ---- internals -------------------------------------------------------------------
 
+    @property
+    def _history(self) -> np.ndarray:
+        """The last `size` samples played (a view, oldest first)."""
+        return self._buf[self._end - self._size : self._end]
+
     def _remember(self, x: np.ndarray) -> None:
-        h = self._history
-        n = min(len(x), len(h))
-        h[:-n] = h[n:]
-        h[-n:] = x[-n:]
+        size = self._size
+        n = min(len(x), size)
+        if n <= 0:
+            return
+        buf = self._buf
+        end = self._end
+        if end + n > len(buf):
+            keep = size - n  # what stays of the history once x is in
+            buf[:keep] = buf[end - keep : end]
+            end = keep
+        buf[end : end + n] = x[len(x) - n :]  # int16 -> float32 is exact
+        self._end = end + n
 
     def _estimate_pitch(self) -> int:
         h = self._history

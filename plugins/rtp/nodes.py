@@ -26,6 +26,13 @@ import time
 from collections import deque
 from typing import Any
 
+try:  # FIONREAD tells whether another datagram is queued without a failing recvfrom
+    from fcntl import ioctl as _ioctl
+    from termios import FIONREAD as _FIONREAD
+except ImportError:  # Windows: drain until recvfrom would block
+    _ioctl = None  # type: ignore[assignment]
+    _FIONREAD = 0
+
 from pipeline.errors import ParseError, ProtocolError
 from pipeline.formats import Format
 from pipeline.frames import CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
@@ -57,6 +64,19 @@ _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
 _UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 _MAX_DATAGRAM = 65535
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
+_FIONREAD_BUF = bytearray(4)
+
+
+def _more_queued(sock: socket.socket) -> bool:
+    """Whether a datagram is queued on `sock` (FIONREAD: the next one's size; a queued empty
+    datagram reads 0, and is then received on the next wake-up). True when unknown."""
+    if _ioctl is None:
+        return True
+    try:
+        _ioctl(sock.fileno(), _FIONREAD, _FIONREAD_BUF)
+    except OSError:
+        return True
+    return _FIONREAD_BUF != b"\0\0\0\0"
 
 
 def payload_duration(codec: str, payload: bytes, channels: int = 1) -> int:
@@ -289,7 +309,13 @@ class RtpSession(Node):
 
     # ---- receiving ------------------------------------------------------------------------
     def _on_readable(self, sock: socket.socket, is_rtcp: bool) -> None:
-        for _ in range(_BATCH):
+        for i in range(_BATCH):
+            if i == 1 and not _more_queued(sock):
+                # One datagram per wake-up is the common case (a packet per ptime): ask the
+                # kernel instead of paying for a failed recvfrom. The loop's readiness is
+                # level-triggered, so whatever arrives next wakes this callback again; when
+                # more is queued (CPU starvation) the loop below drains it all.
+                return
             try:
                 data, addr = sock.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
