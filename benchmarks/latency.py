@@ -18,6 +18,7 @@ output in the same cycle (resolution one sample; each click dated by correlation
 Prints one JSON line per click series and a summary; `advantage` is peer/ours (a cost).
 
     .venv/bin/python benchmarks/latency.py [--clicks 10] [--period 256] [--codec pcmu]
+        [--aec-block-ms 10] [--no-peer]
 """
 
 from __future__ import annotations
@@ -200,7 +201,12 @@ def bench_ours(server: Any, probe: Any, clicks: int, codec: str,
             "jb_compressed": late[-1]["jb"].get("compressed") if late else None,
             "mic_queue_ms": med(late_mouth, "mic", "buffered_ms"),
             "speaker_queue_ms": med(late, "speaker", "buffered_ms"),
-            "speaker_underruns": late[-1]["speaker"].get("underruns") if late else None}
+            "speaker_underruns": late[-1]["speaker"].get("underruns") if late else None,
+            "mic_underruns": late_mouth[-1]["mic"].get("underruns") if late_mouth else None,
+            "trimmed_ms": {side: round(rows[-1][node].get("trimmed_samples", 0) / RATE * 1000,
+                                       1) if rows else None
+                           for side, rows, node in (("mic", late_mouth, "mic"),
+                                                    ("speaker", late, "speaker"))}}
 
 
 def bench_baresip(server: Any, probe: Any, clicks: int, codec: str) -> dict[str, Any] | None:
@@ -277,6 +283,8 @@ def main() -> None:
     ap.add_argument("--speaker-buffer", default="30ms", help="softphone speaker_buffer")
     ap.add_argument("--aec", default="builtin", choices=("builtin", "speex", "webrtc"),
                     help="softphone aec backend")
+    ap.add_argument("--aec-block-ms", type=int, default=10, choices=(10, 20),
+                    help="softphone aec_block_ms (the canceller's block delay)")
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args()
     if args.cmd == "phone":
@@ -296,7 +304,8 @@ def main() -> None:
               "peer": None, "peer_name": "baresip 1.0 (jack module)", "advantage": None,
               "skipped": why})
         return
-    params = {"speaker_buffer": args.speaker_buffer, "aec": args.aec}
+    params = {"speaker_buffer": args.speaker_buffer, "aec": args.aec,
+              "aec_block_ms": args.aec_block_ms}
     seconds = 2 * (SETTLE_S + args.clicks * GAP_S) + 60
     with JackServer(rate=RATE, period=args.period) as server, portaudio_on(server), \
             tempfile.TemporaryDirectory() as tmp:

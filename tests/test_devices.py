@@ -330,6 +330,145 @@ def test_capture_on_a_foreign_clock_keeps_delay_bounded(fake_sd, ppm):
         assert mic.underruns > 0 and concealed >= mic.underruns
 
 
+# ---- trimming back to target on a foreign clock ----------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(3, 400), k=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_squeeze_keeps_both_ends_and_stays_between_its_inputs(n, k, seed):
+    from plugins.devices.nodes import squeeze
+
+    k = min(k, n - 2)
+    x = np.random.default_rng(seed).integers(-32768, 32767, (n, 2)).astype(np.int16)
+    y = squeeze(x, k)
+    assert y.shape == (n - k, 2) and y.dtype == np.int16
+    # First and last samples are kept, so the frame still joins its neighbours exactly.
+    assert np.array_equal(y[0], x[0]) and np.array_equal(y[-1], x[-1])
+    # Each output sample is a crossfade of x[i] and x[i + k]: never outside them (no clipping).
+    lo = np.minimum(x[:n - k], x[k:]).astype(np.int32)
+    hi = np.maximum(x[:n - k], x[k:]).astype(np.int32)
+    assert ((y >= lo) & (y <= hi)).all()
+
+
+def test_squeeze_keeps_the_pitch_of_a_tone():
+    from plugins.devices.nodes import squeeze
+
+    x = sine(440, RATE, 0.02)  # one 20 ms frame; a tenth removed (what a trim step does)
+    y = np.concatenate([squeeze(x, 96)] * 50)
+    assert dominant_frequency(y[:, 0], RATE) == pytest.approx(440, abs=25)
+    assert np.array_equal(squeeze(x, 0), x)
+
+
+def foreign_clock_run(node, seconds: float, callback: int, *, burst: int = 0, late_ms=None,
+                      seed: int = 1, signal=None):
+    """Drive a device node the way a foreign clock does: graph ticks every 20 ms (each late by
+    a random 0..late_ms), device callbacks of `callback` frames on the device's own clock
+    (same nominal rate). Playback gets `signal` frames (`burst` extra ones at the start),
+    capture gets `signal` samples. Returns the ring level seen at each tick."""
+    rng = np.random.default_rng(seed)
+    n, total = 960, int(seconds * RATE)
+    late = (rng.uniform(0, late_ms or 0, total // n + 2) * RATE / 1000).astype(int)
+    events = [(k * n + late[k], 1, k) for k in range(total // n)]
+    events += [(j * callback, 0, j) for j in range(total // callback)]
+    events.sort()  # at equal times the device runs first
+    stream = node._stream
+    levels, feed = [], 0
+    for _, is_tick, k in events:
+        if is_tick:
+            if node.direction == "output":
+                for b in range(burst + 1 if k == 0 else 1):
+                    start = (k + b) * n if k == 0 else (k + burst) * n
+                    node.process("in", AudioFrame(signal[start:start + n], RATE, start))
+                levels.append(node._ring.available)
+            else:
+                levels.append(node._ring.available)
+                node.tick(k * 0.02)
+        else:
+            buf = np.zeros((callback, 1), np.int16)
+            if node.direction == "input":
+                buf[:] = signal[feed:feed + callback]
+                feed += callback
+            stream.callback(buf, callback, None, None)
+            if node.direction == "output":
+                stream.played_audio.append(buf)
+    return np.array(levels)
+
+
+def test_playback_on_a_foreign_clock_trims_a_start_up_burst_back_to_its_target(fake_sd):
+    # Three frames arrive at once when the call starts (the ticks caught up), then one frame
+    # per tick: with no trimming the queue would carry those 60 ms extra for the whole call.
+    spk, _ = started("tone rate=48000 ! playback device=usb name=spk buffer=30ms", "spk")
+    spk._stream.played_audio = []
+    x = sine(440, RATE, 12.0)
+    levels = foreign_clock_run(spk, 10.0, 256, burst=3, signal=x)
+    first, last = levels[10:50], levels[-100:]  # after each write, in samples
+    # The burst filled the queue to its cap (target + 2 periods, 70 ms); it stays 60-70 ms.
+    assert first.min() >= 60 * 48
+    # Trimmed down to the target: the level just after a write bottoms out at 30 ms ...
+    assert 30 * 48 <= last.min() <= 30 * 48 + spk._margin
+    assert spk.underruns == 0
+    # ... by squeezing, not by cutting: the played tone is whole and continuous.
+    played = np.concatenate(spk._stream.played_audio)[:, 0]
+    tail = played[-RATE * 2:]
+    assert dominant_frequency(tail, RATE) == pytest.approx(440, abs=0.5)
+    ref = sine(440, RATE, 0.1)[:, 0]
+    lag, corr = align(ref, tail)
+    assert corr > 0.999  # the steady tail is the tone itself, sample for sample
+    # Squeezed out: the 30-40 ms of surplus (the other drops are the burst's cap).
+    assert 30 * 48 <= spk.trimmed <= 40 * 48 < spk.drift_drops
+    assert spk.stats()["trimmed_samples"] == spk.trimmed
+
+
+def test_playback_driving_its_own_clock_is_never_trimmed(fake_sd):
+    spk, _ = started("tone rate=48000 ! playback device=usb name=spk buffer=30ms", "spk")
+    spk._clock = DeviceClock(lambda: spk.played, RATE)
+    spk._clock.driving = True
+    spk._stream.played_audio = []
+    foreign_clock_run(spk, 3.0, 256, burst=3, signal=sine(440, RATE, 5.0))
+    assert spk.trimmed == 0 and spk._trim == 0  # its clock already holds the level
+
+
+def test_capture_on_a_foreign_clock_keeps_only_what_the_callback_size_needs(fake_sd):
+    # JACK-like 256-frame callbacks against 20 ms ticks that run up to 3 ms late.
+    mic, sent = started("capture device=usb rate=48000 name=mic ! null_sink", "mic")
+    x = sine(440, RATE, 31.0)
+    levels = foreign_clock_run(mic, 30.0, 256, late_ms=3.0, signal=x)  # before each read
+    assert mic.underruns == 0
+    assert levels[10:50].min() >= 2 * 960 - 256  # the start-up reserve: a whole period
+    # Then the lowest level before a read is one period plus one callback block (+1/2 block
+    # hysteresis): 5-8 ms of reserve instead of 20.
+    assert 960 + 256 <= levels[-500:].min() <= 960 + 256 + 128
+    assert mic.drift_drops > 0
+    out = np.concatenate([f.data for f in sent])[:, 0]
+    assert [f.pts for f in sent] == [960 * k for k in range(len(sent))]
+    assert not any(f.flags & FLAG_CONCEALED for f in sent[60:])
+    tail = out[-RATE * 2:]
+    assert dominant_frequency(tail, RATE) == pytest.approx(440, abs=0.5)
+    lag, corr = align(sine(440, RATE, 0.1)[:, 0], tail)
+    assert corr > 0.999
+
+
+def test_capture_keeps_a_larger_reserve_after_an_underrun(fake_sd):
+    mic, sent = started("capture device=usb rate=48000 name=mic ! null_sink", "mic")
+    block = np.ones((240, 1), np.int16)
+    k = 0
+    for k in range(150):  # 3 s: 240-frame callbacks, four per tick; the reserve is trimmed
+        for _ in range(4):
+            mic._stream.callback(block, 240, None, None)
+        mic.tick(k * 0.02)
+    assert mic.underruns == 0 and mic._ring.available <= 240 + 120
+    for k in range(150, 152):  # the device stalls for two ticks (a scheduling hiccup)
+        mic.tick(k * 0.02)
+    assert mic.underruns == 1 and mic._extra == 240
+    levels = []
+    for k in range(152, 400):
+        for _ in range(4):
+            mic._stream.callback(block, 240, None, None)
+        levels.append(mic._ring.available)
+        mic.tick(k * 0.02)
+    assert mic.underruns == 1
+    # Trimmed again, but to one block more than before: 960 + 2 x 240 before each read.
+    assert 960 + 480 <= min(levels[-50:]) <= 960 + 480 + 120
+
+
 def test_a_device_that_stops_ends_the_node_with_an_error_message(fake_sd):
     mic, sent = started("capture device=usb name=mic ! null_sink", "mic")
     messages = []

@@ -6,7 +6,9 @@ error handling) happens on the graph's event loop. In real time the capture devi
 (or the playback device's, when the graph has no capture) paces the graph's ticks, so the
 graph never drifts against its own device. Where a stream runs on another clock (a network
 peer, a second device), the ring level is held within bounds by dropping or concealing the
-difference: delay never grows.
+difference: delay never grows. On such a clock each ring is also trimmed back to its target
+once its low point has stayed above it for a second (a start-up burst, a clock running
+slightly fast), by time-compressing a few ms per frame, as a jitter buffer does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,50 @@ from .clock import DeviceClock
 from .ring import SampleRing
 
 _DTYPES = {"pcm_s16": "int16", "pcm_f32": "float32"}
+TRIM_WINDOW_S = 1.0  # a ring's low point is judged over this long before it is trimmed
+TRIM_STEP = 10  # at most 1/TRIM_STEP of a frame is removed per tick (2 ms of 20 ms)
+
+
+def squeeze(data: np.ndarray, k: int) -> np.ndarray:
+    """`data` (samples, channels) shortened by `k` samples: a crossfade over the whole frame
+    from `data` to `data` advanced by `k`, so the first and last samples are kept and the
+    frame joins its neighbours without a click (the ends of a plain cut would not meet)."""
+    n = data.shape[0]
+    m = n - k
+    if k <= 0 or m < 2:
+        return data[:m] if k > 0 else data
+    w = np.linspace(0.0, 1.0, m, dtype=np.float32)[:, None]
+    a = data[:m].astype(np.float32)
+    out = a + (data[k:].astype(np.float32) - a) * w
+    if data.dtype.kind == "i":  # between two in-range samples: rounding cannot overflow
+        np.rint(out, out=out)
+    return out.astype(data.dtype)
+
+
+class LowWater:
+    """The lowest ring level seen over a window of ticks; at the window's end, how far that
+    low point stayed above `target` (+ `margin` of hysteresis): what can be trimmed safely,
+    since the level never needed it over the whole window."""
+
+    __slots__ = ("window", "low", "count")
+
+    def __init__(self, window: int) -> None:
+        self.window = max(1, window)
+        self.low = 0
+        self.count = 0
+
+    def reset(self) -> None:
+        self.count = 0
+
+    def observe(self, level: int, target: int, margin: int) -> int:
+        """Record one level; returns the surplus to trim (0 until a window completes)."""
+        self.low = level if self.count == 0 else min(self.low, level)
+        self.count += 1
+        if self.count < self.window:
+            return 0
+        self.count = 0
+        surplus = self.low - target
+        return surplus if surplus > margin else 0
 
 
 def _caps_values(caps: Caps, name: str) -> list:
@@ -131,7 +177,8 @@ class SoundDevice(Node):
         ring = getattr(self, "_ring", None)
         if ring is not None:
             out.update(underruns=self.underruns, overrun_samples=ring.dropped,
-                       drift_drops=self.drift_drops, device_xruns=self.xruns,
+                       drift_drops=self.drift_drops, trimmed_samples=self.trimmed,
+                       device_xruns=self.xruns,
                        device_latency_ms=round(self.device_latency * 1000, 2),
                        buffered_ms=round(ring.available / self._rate * 1000, 2))
             clock = getattr(self, "_clock", None)
@@ -169,16 +216,24 @@ class Capture(SoundDevice):
         # Beyond this level a foreign clock runs slower than the device: drop, don't lag.
         self._high_water = 4 * self._n
         self._primed = False
+        self._block = 0  # largest device callback seen (frames): the reserve a tick needs
+        self._extra = 0  # reserve added after each underrun (the window missed some jitter)
+        self._low = LowWater(int(round(TRIM_WINDOW_S / self.graph.period)))
+        self._trim = 0  # samples still to squeeze out of the coming frames
+        self._max_step = max(1, self._n // TRIM_STEP)
+        self._scratch = np.empty((self._n + self._max_step, self._channels), self._dtype)
         self._silence = np.zeros((self._n, self._channels), self._dtype)
         self._silence.flags.writeable = False  # shared by every concealed frame
         self._clock: DeviceClock | None = None
         self.pts = 0
-        self.underruns = self.drift_drops = self.xruns = 0
+        self.underruns = self.drift_drops = self.xruns = self.trimmed = 0
         self._stream = self._open_stream(fmt, self._callback)
 
     def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
-        # PortAudio's thread: one copy into the ring, nothing else.
+        # PortAudio's thread: one copy into the ring and two counters.
         self._ring.write(indata)
+        if frames > self._block:
+            self._block = frames
         if status:
             self.xruns += 1
 
@@ -193,23 +248,50 @@ class Capture(SoundDevice):
         ring, n = self._ring, self._n
         avail = ring.available
         clock = self._clock
+        k = 0
         if clock is None or not clock.driving:
             # Ticked by another clock (a network peer's, another device's, or virtual time):
-            # keep about one period in reserve against phase jitter and drop the surplus
-            # when the device runs faster, so the delay stays bounded.
+            # start with one period in reserve against phase jitter, then trim the reserve
+            # to what the device's callback size needs; drop the surplus when the device
+            # runs faster, so the delay stays bounded.
             if not self._primed:
                 if avail < 2 * n:
                     return self._conceal(count=False)
                 self._primed = True
                 self.drift_drops += ring.discard(avail - 2 * n)
+                self._low.reset()
+                self._trim = 0
             elif avail > self._high_water:
                 self.drift_drops += ring.discard(avail - 2 * n)
+                self._low.reset()
+                self._trim = 0
             avail = ring.available
+            if avail >= n:
+                if self._trim:
+                    k = min(self._trim, self._max_step, avail - n)
+                    self._trim -= k
+                    if not self._trim:
+                        self._low.reset()  # judge the new level afresh
+                else:
+                    # The level just before a read must stay >= n: keep one callback
+                    # block above the lowest level seen (its phase against our ticks).
+                    self._trim = self._low.observe(avail, n + self._block + self._extra,
+                                                   self._block // 2)
         if avail < n:
-            self._primed = False  # (foreign clock) build the reserve up again
+            if clock is None or not clock.driving:
+                # Build the reserve up again, and keep one more block of it from now on.
+                self._primed = False
+                self._extra = min(self._extra + self._block, n)
             return self._conceal(count=True)
-        data = np.empty((n, self._channels), self._dtype)
-        ring.read_into(data)
+        if k:
+            got = self._scratch[:n + k]
+            ring.read_into(got)
+            data = squeeze(got, k)
+            self.drift_drops += k
+            self.trimmed += k
+        else:
+            data = np.empty((n, self._channels), self._dtype)
+            ring.read_into(data)
         self.emit("out", AudioFrame(data, self._rate, self.pts))
         self.pts += n
 
@@ -269,7 +351,12 @@ class Playback(SoundDevice):
         self._clock: DeviceClock | None = None
         self.played = 0  # samples the device consumed, silence included: the device clock
         self._primed = False
-        self.underruns = self.drift_drops = self.xruns = 0
+        self.underruns = self.drift_drops = self.xruns = self.trimmed = 0
+        self._low = LowWater(int(round(TRIM_WINDOW_S / self.graph.period)))
+        self._trim = 0  # samples still to squeeze out of the coming frames
+        self._max_step = max(1, self._n // TRIM_STEP)
+        self._margin = max(1, self._n // 4)  # hysteresis: a few ms above target is left be
+        self._seen_underruns = 0
         self._stream = self._open_stream(fmt, self._callback)
 
     def _callback(self, outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
@@ -311,6 +398,9 @@ class Playback(SoundDevice):
             raise self._device_failed(clock.failure)
         ring = self._ring
         data = frame.data
+        foreign = clock is None or not clock.driving
+        if foreign and self._primed:
+            data = self._trim_to_target(data)
         excess = ring.available + data.shape[0] - self._max_fill
         if excess > 0:
             if not self._alive():
@@ -319,7 +409,32 @@ class Playback(SoundDevice):
             # The graph runs faster than the device (another clock): drop, don't queue.
             self.drift_drops += min(excess, data.shape[0])
             data = data[excess:]
+            self._low.reset()
+            self._trim = 0
         ring.write(data)
+        if foreign and self._primed and not self._trim:
+            # The level just after a write, at its lowest over a window, is what protects
+            # against an underrun; more than `buffer` of it is only delay.
+            self._trim = self._low.observe(ring.available, self._target, self._margin)
+
+    def _trim_to_target(self, data: np.ndarray) -> np.ndarray:
+        """Squeeze up to a tenth of the frame out while a trim is pending (foreign clock)."""
+        if self.underruns != self._seen_underruns:  # it ran dry: the low point was not spare
+            self._seen_underruns = self.underruns
+            self._low.reset()
+            self._trim = 0
+            return data
+        if not self._trim:
+            return data
+        k = min(self._trim, self._max_step, data.shape[0] - 2)
+        if k <= 0:
+            return data
+        self._trim -= k
+        if not self._trim:
+            self._low.reset()  # judge the new level afresh
+        self.drift_drops += k
+        self.trimmed += k
+        return squeeze(data, k)
 
 
 class NullDevice(Node):
