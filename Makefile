@@ -31,8 +31,9 @@ docs: $(VENV)/.installed
 	$(BIN)/pipeline inspect --builtin --markdown > docs/yaml.md
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/overhead.py
-	$(BIN)/python benchmarks/offline.py
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	for b in overhead offline jitter calls sip conference aec video latency; do \
+		$(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -8,6 +8,7 @@ G.168 defines ERLE the same way); segmental SNR is against the clean near-end sp
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -313,6 +314,8 @@ def test_optional_backends_cancel_echo(backend: str) -> None:
     try:
         out = run(sc, backend=backend)
     except MissingDependencyError as exc:
+        if os.environ.get("CI"):  # CI installs both: missing there is a failure
+            raise
         pytest.skip(str(exc))
     assert np.isfinite(out).all()
     assert sig.steady_erle(sc.near, out, sc.echo, RATE, from_s=4.0) > 6.0
