@@ -302,7 +302,9 @@ def test_hold_rebuilds_the_call_graph_with_new_values(tmp_path):
         up = await server.wait("call-updated")
         assert up.data["direction"] == "recvonly"
         values = await until(lambda: next(iter(server.node.part_values.values()), None),
-                             f"the rebuilt call graph ({server.names('error')})")
+                             f"the rebuilt call graph ({server.names('error')}, "
+                             f"parts={server.node.parts}, rt={list(server.graph.runtime.parts)}, "
+                             f"pending={server.node._pending_detach})")
         assert values["direction"] == "recvonly"
         assert "call-1/rtp" in server.graph.nodes  # rebuilt, same prefix
         caller.node.hangup(est.data["call_id"])

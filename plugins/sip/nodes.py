@@ -27,7 +27,7 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from . import ua as sipua
-from .offer_answer import Codec, NegotiatedMedia
+from .offer_answer import Codec, NegotiatedMedia, video_codec
 from .transport import ListenSpec, SipTransport, client_context, server_context
 
 log = logging.getLogger("plugins.sip")
@@ -150,6 +150,9 @@ class SipEndpoint(Node):
                  "(false: 100 Trying, then the 200 alone)")
     media_ip = Param(str, None, "address for RTP and SDP (default: the first listen address)")
     ptime_ms = Param(int, 20, "packet duration offered and answered, ms", min=10, max=120)
+    video = Param(bool, False, "also offer and accept one video stream (${call.video_*} values)")
+    video_codecs = Param(list, ["vp8", "h264"], "video codecs offered and accepted, in "
+                         "preference order (vp8, h264)")
     dial = Param(str, None, "SIP URI to call once started, e.g. sip:echo@127.0.0.1:5060")
     hangup_after = Param(Duration, 0.0, "hang up the dialled call after this long (0: never)",
                          min=0.0)
@@ -194,6 +197,12 @@ class SipEndpoint(Node):
             raise ParamValueError("room", f"parameter 'room': '{self.room}' is not a "
                                   "conference node of this graph",
                                   "name a node of type conference, e.g. room: room")
+        for name in self.video_codecs or ():
+            try:
+                video_codec(str(name))
+            except PipelineError as exc:
+                raise ParamValueError("video_codecs", f"parameter 'video_codecs': {exc}",
+                                      "use vp8 and/or h264") from None
         if self._usable_codecs() == []:
             raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
                                   "and decoder nodes", "install the codecs plugin family")
@@ -235,6 +244,8 @@ class SipEndpoint(Node):
             registrar=self.registrar, realm=self.realm, register_expires=self.register_expires,
             users=dict(self.users or {}), max_calls=self.max_calls, media_ip=media_ip,
             ptime_ms=self.ptime_ms, rate_limit=self.rate_limit, ring=self.ring,
+            video_codecs=[video_codec(str(n)) for n in self.video_codecs or ()]
+            if self.video else (),
             rate_burst=max(1, int(2 * self.rate_limit))))
         self.media_ip_used = media_ip
         self.ports = PortAllocator(str(self.rtp_port_range), media_ip)
@@ -247,7 +258,7 @@ class SipEndpoint(Node):
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
         self._c = dict.fromkeys(("calls_in", "calls_out", "calls_ended", "rtp_timeouts",
-                                 "part_faults", "part_errors"), 0)
+                                 "part_faults", "part_errors", "detach_timeouts"), 0)
         if self.graph is not None:
             self.graph.listeners.append(self._on_bus)
         self.post("sip-listening", listeners=[f"{x.transport}:{x.host}:{x.port}"
@@ -302,10 +313,15 @@ class SipEndpoint(Node):
         """Dial `uri`; returns the Call-ID. The call graph starts when the call is answered."""
         # The offer names the port before the call graph binds it: check it is free now.
         port = self.ports.allocate(check=self.call_graph is not None)
+        video_port = 0
         try:
-            call = self.ua.call(uri, port, self._loop.time())
+            if self.video and self.video_codecs:
+                video_port = self.ports.allocate(check=self.call_graph is not None)
+            call = self.ua.call(uri, port, self._loop.time(), video_port=video_port)
         except Exception:
             self.ports.release(port)
+            if video_port:
+                self.ports.release(video_port)
             raise
         self._c["calls_out"] += 1
         if self.dial and self._dialled is None:
@@ -324,12 +340,17 @@ class SipEndpoint(Node):
             self._pump()
             return
         error: Exception | None = None
+        incoming = self.ua.calls.get(call_id)
+        preview = incoming.preview if incoming is not None else None
+        # A video stream we accepted gets its own port (checked: it is not retried below).
+        video_port = self.ports.allocate(check=self.call_graph is not None) \
+            if preview is not None and preview[1].video is not None else 0
         for attempt in range(_BIND_TRIES):
             # No test-bind per call: the call graph binds the port; only when that fails is
             # the port checked, and a busy one (another program's) swapped for the next.
             port = self.ports.allocate(check=False)
             try:
-                media = self.ua.prepare_answer(call_id, port)
+                media = self.ua.prepare_answer(call_id, port, video_port)
                 self._attach(self.ua.calls[call_id], media)
             except Exception as exc:
                 self.ports.release(port)
@@ -341,6 +362,8 @@ class SipEndpoint(Node):
                 error = None
             break
         if error is not None:
+            if video_port:
+                self.ports.release(video_port)
             self._c["part_errors"] += 1
             log.warning("call %s: call graph failed to start: %s", call_id, error)
             self.post("error", message=f"call graph for call {call_id} failed: {error}")
@@ -436,13 +459,14 @@ class SipEndpoint(Node):
             call = event.call
             self._c["calls_ended"] += 1
             closing = self._detach(call.call_id)
-            if call.rtp_port:
+            for used in (call.rtp_port, call.video_port):
+                if not used:
+                    continue
                 # The port is free again once the part's sockets are closed.
                 if closing is None:
-                    self.ports.release(call.rtp_port)
+                    self.ports.release(used)
                 else:
-                    closing.add_done_callback(
-                        lambda _, port=call.rtp_port: self.ports.release(port))
+                    closing.add_done_callback(lambda _, port=used: self.ports.release(port))
             self.post("call-ended", call_id=call.call_id, reason=event.reason,
                       status=event.status)
             if call.call_id == self._dialled and self.exit_after_call:
@@ -503,7 +527,10 @@ class SipEndpoint(Node):
 
         async def later() -> None:
             if pending is not None:
-                await pending
+                try:  # the old part's sockets close first; never wait forever for that
+                    await asyncio.wait_for(asyncio.shield(pending), 2.0)
+                except TimeoutError:
+                    self._c["detach_timeouts"] += 1
             if call.active and call.call_id not in self.parts:
                 try:
                     self._attach(call, media)

@@ -10,7 +10,9 @@ Policy, where RFC 3264 leaves a choice:
   choose; following the offerer's order is what pjsip and baresip do) and lists only that codec
   plus telephone-event, because a call graph runs one codec at a time;
 - the answer keeps the offerer's payload type numbers (section 6.1, "SHOULD");
-- one audio stream is accepted; every other stream is rejected with port 0 (section 6);
+- one audio stream is accepted; with video codecs given, one video stream too (VP8,
+  RFC 7741; H.264 packetization-mode 1, RFC 6184); every other stream is rejected with
+  port 0 (section 6);
 - SRTP profiles are rejected (this project has no SRTP).
 """
 
@@ -21,7 +23,7 @@ import functools
 import ipaddress
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
@@ -43,6 +45,7 @@ from plugins.sip.sdp import (
 __all__ = [
     "Codec",
     "NegotiatedMedia",
+    "NegotiatedVideo",
     "NegotiationFailed",
     "answer",
     "build_offer",
@@ -51,6 +54,7 @@ __all__ = [
     "reoffer",
     "resume",
     "sdp_unchanged",
+    "video_codec",
 ]
 
 DTMF = "telephone-event"
@@ -70,6 +74,34 @@ _KNOWN: dict[str, tuple[str, int, int, int | None, int, dict[str, str]]] = {
     "g722": ("G722", 8000, 1, 9, 16000, {}),
     "telephone-event": (DTMF, 8000, 1, None, 8000, {"0-16": ""}),
 }
+
+
+# Video payload formats we can send and receive: name -> (SDP spelling, clock, fmtp we offer).
+# RFC 6184 section 8.1: without packetization-mode the peer means mode 0 (no FU-A), and
+# our packetizer needs FU-A, so H.264 is offered and accepted only in mode 1.
+_VIDEO_KNOWN: dict[str, tuple[str, int, dict[str, str]]] = {
+    "vp8": ("VP8", 90000, {}),
+    "h264": ("H264", 90000, {"packetization-mode": "1"}),
+}
+
+
+def video_codec(name: str, *, payload_type: int | None = None) -> Codec:
+    """A video payload format we support by name (vp8 or h264, any case), clock 90 kHz."""
+    try:
+        canonical, clock, fmtp = _VIDEO_KNOWN[name.lower()]
+    except KeyError:
+        raise LocalProtocolError(
+            f"Video codec {name!r} is unknown; known: VP8, H264"
+        ) from None
+    return Codec(canonical, clock, 1, payload_type, fmtp)
+
+
+def _video_format_ok(codec: Codec, rtpmap: RtpMap, fmtp: Mapping[str, str]) -> bool:
+    if rtpmap.encoding.lower() != codec.name.lower() or rtpmap.clock_rate != codec.clock_rate:
+        return False
+    if codec.name.lower() == "h264":
+        return fmtp.get("packetization-mode", "0") == "1"
+    return True
 
 
 class NegotiationFailed(ProtocolError, ValueError):
@@ -163,6 +195,42 @@ class Codec:
 
 
 @dataclass(frozen=True, slots=True)
+class NegotiatedVideo:
+    """The agreed video stream: where to send, with which codec and payload type.
+
+    `payload_type` is the remote's number (we send with it), `local_payload_type` ours (we
+    receive with it); they are equal when we answered (RFC 3264 section 6.1).
+    """
+
+    remote_address: str
+    remote_port: int
+    codec: str
+    payload_type: int
+    local_port: int
+    local_payload_type: int
+    direction: str
+    fmtp: Mapping[str, str]
+    media_index: int
+
+    @property
+    def encoding(self) -> str:
+        """The codec as a pipeline encoding name: vp8 or h264."""
+        return self.codec.lower()
+
+    def call_params(self) -> dict[str, str | int]:
+        """Flat values for a call graph's `${call.video_*}` templates."""
+        return {
+            "video_codec": self.encoding,
+            "video_payload_type": self.payload_type,
+            "video_local_payload_type": self.local_payload_type,
+            "remote_video_ip": self.remote_address,
+            "remote_video_port": self.remote_port,
+            "local_video_port": self.local_port,
+            "video_direction": self.direction,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class NegotiatedMedia:
     """What a call graph needs once offer and answer agree (one audio stream).
 
@@ -191,6 +259,7 @@ class NegotiatedMedia:
     local_dtmf_payload_type: int | None
     rtcp_mux: bool = False
     media_index: int = 0
+    video: NegotiatedVideo | None = None  # set when a video stream was agreed too
 
     @property
     def encoding(self) -> str:
@@ -232,7 +301,7 @@ class NegotiatedMedia:
             "ptime_ms": self.ptime_ms,
             "dtmf_payload_type": -1 if self.dtmf_payload_type is None else self.dtmf_payload_type,
             "direction": self.direction,
-        }
+        } | ({} if self.video is None else self.video.call_params())
 
 
 def build_offer(
@@ -247,10 +316,14 @@ def build_offer(
     username: str = "-",
     session_name: str = "-",
     rtcp_port: int | None = None,
+    video_codecs: Sequence[Codec] = (),
+    video_port: int = 0,
 ) -> SessionDescription:
     """An initial offer with one audio stream listing `codecs` in preference order.
 
     Static codecs keep their RFC 3551 numbers; others get 96, 97, ... (RFC 3551 section 6).
+    With `video_codecs` (see `video_codec`), an m=video line on `video_port` follows, its
+    dynamic payload types numbered after the audio ones so no number means two formats.
     """
     _check_direction(direction)
     sid = secrets.randbelow(2**62) if session_id is None else session_id
@@ -267,6 +340,9 @@ def build_offer(
         connection=Connection(local_ip, _addrtype(local_ip)),
     )
     sdp.media.append(_audio_section(codecs, rtp_port, ptime_ms, direction, rtcp_port, {}))
+    if video_codecs:
+        taken = set(sdp.media[0].payload_types)
+        sdp.media.append(_video_section(video_codecs, video_port, direction, taken))
     return sdp
 
 
@@ -283,6 +359,8 @@ def answer(
     username: str = "-",
     session_name: str = "-",
     rtcp_port: int | None = None,
+    video_codecs: Sequence[Codec] = (),
+    video_port: int = 0,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer `offer` (RFC 3264 section 6) and say what was agreed.
 
@@ -290,7 +368,9 @@ def answer(
     the mirror of the offer's (sendonly -> recvonly, ...). `previous` is our last SDP in this
     dialog: a re-INVITE answer keeps its o= line and bumps the version only if something
     changed (section 8). Raises `NegotiationFailed` (488) when no audio codec is in common and
-    `ParseError` on malformed SDP.
+    `ParseError` on malformed SDP. With `video_codecs`, the first offered video stream is
+    accepted on `video_port` with the first of its codecs (offerer's order) that we support;
+    without a common codec it is rejected with port 0 and the call goes on with audio.
     """
     _check_direction(direction)
     if not isinstance(offer, SessionDescription):
@@ -299,9 +379,22 @@ def answer(
     dtmf_ours = [c for c in our_codecs if c.is_dtmf]
     sections: list[MediaDescription] = []
     accepted: int | None = None
+    video_index: int | None = None
     reasons: list[str] = []
     for index, offered in enumerate(offer.media):
         section = None
+        if (
+            video_codecs
+            and video_index is None
+            and offered.kind == "video"
+            and offered.port != 0
+            and offered.proto in _PLAIN_RTP
+        ):
+            section = _answer_video(offer, offered, video_codecs, video_port, direction)
+            if section is not None:
+                video_index = index
+                sections.append(section)
+                continue
         if accepted is None and offered.kind == "audio" and offered.port != 0:
             if offered.proto not in _PLAIN_RTP:
                 reasons.append(f"audio profile {offered.proto} is not supported")
@@ -346,7 +439,10 @@ def answer(
     )
     if previous is not None:
         _bump_version(previous, sdp)
-    return sdp, _negotiate(sdp, offer, accepted)
+    media = _negotiate(sdp, offer, accepted)
+    if video_index is not None:
+        media = replace(media, video=_negotiate_video(sdp, offer, video_index))
+    return sdp, media
 
 
 def negotiated(
@@ -362,10 +458,17 @@ def negotiated(
             f"SDP answer has {len(answer_sdp.media)} m= lines but the offer has "
             f"{len(offer.media)} (RFC 3264 section 6)"
         )
-    for index, (ours, theirs) in enumerate(zip(offer.media, answer_sdp.media, strict=True)):
+    pairs = list(enumerate(zip(offer.media, answer_sdp.media, strict=True)))
+    for index, (ours, theirs) in pairs:
         if ours.kind == "audio" and ours.port != 0 and theirs.port != 0:
-            return _negotiate(offer, answer_sdp, index)
-    raise NegotiationFailed("SDP answer rejected every audio stream")
+            media = _negotiate(offer, answer_sdp, index)
+            break
+    else:
+        raise NegotiationFailed("SDP answer rejected every audio stream")
+    for index, (ours, theirs) in pairs:
+        if ours.kind == "video" and ours.port != 0 and theirs.port != 0:
+            return replace(media, video=_negotiate_video(offer, answer_sdp, index))
+    return media
 
 
 def reoffer(
@@ -518,6 +621,89 @@ def _audio_section(
     media.attributes.append(Attribute("ptime", str(ptime_ms)))
     media.direction = direction
     return media
+
+
+def _video_section(
+    codecs: Sequence[Codec], port: int, direction: str, taken: set[int]
+) -> MediaDescription:
+    media = MediaDescription("video", port, "RTP/AVP")
+    free = (pt for pt in range(_FIRST_DYNAMIC_PT, 128) if pt not in taken)
+    for codec in codecs:
+        pt = codec.payload_type if codec.payload_type is not None else next(free, None)
+        if pt is None or pt in taken:
+            raise LocalProtocolError(f"Video codec {codec} has no free payload type")
+        taken.add(pt)
+        media.add_format(pt, codec.name, codec.clock_rate, None, codec.fmtp)
+    media.direction = direction
+    return media
+
+
+def _answer_video(
+    offer: SessionDescription,
+    offered: MediaDescription,
+    ours: Sequence[Codec],
+    port: int,
+    direction: str,
+) -> MediaDescription | None:
+    """Our m=video answer (offerer's first codec we support, its PT kept), or None."""
+    pick = next(
+        (
+            (r, c)
+            for r in _offered_formats(offered)
+            for c in ours
+            if _video_format_ok(c, r, offered.fmtp(r.payload_type))
+        ),
+        None,
+    )
+    if pick is None:
+        return None
+    rtpmap, codec = pick
+    media = MediaDescription("video", port, offered.proto)
+    media.add_format(rtpmap.payload_type, codec.name, codec.clock_rate, None, codec.fmtp)
+    remote = _remote_direction(offer, offered)
+    media.direction = _direction(
+        _sends(direction) and _receives(remote), _receives(direction) and _sends(remote)
+    )
+    return media
+
+
+def _negotiate_video(
+    local: SessionDescription, remote: SessionDescription, index: int
+) -> NegotiatedVideo:
+    """Combine our SDP and the peer's for the video stream at `index`, from our side."""
+    lm, rm = local.media[index], remote.media[index]
+    local_maps = _offered_formats(lm)
+    pick = None
+    for r in _offered_formats(rm):
+        if r.encoding.lower() not in _VIDEO_KNOWN:
+            continue
+        if not _video_format_ok(video_codec(r.encoding), r, rm.fmtp(r.payload_type)):
+            continue
+        mine = next((m for m in local_maps if _same_format(m, r)), None)
+        if mine is not None:
+            pick = (r, mine)
+            break
+    if pick is None:
+        raise NegotiationFailed("SDP answer has no video codec in common with the offer")
+    theirs, mine = pick
+    conn = remote.connection_for(rm)
+    if conn is None:
+        raise ParseError(f"SDP has no c= line for the {rm.kind} stream")
+    ours_dir = local.media_direction(lm)
+    remote_dir = _remote_direction(remote, rm)
+    return NegotiatedVideo(
+        remote_address=conn.address,
+        remote_port=rm.port,
+        codec=_VIDEO_KNOWN[theirs.encoding.lower()][0],
+        payload_type=theirs.payload_type,
+        local_port=lm.port,
+        local_payload_type=mine.payload_type,
+        direction=_direction(
+            _sends(ours_dir) and _receives(remote_dir), _receives(ours_dir) and _sends(remote_dir)
+        ),
+        fmtp=rm.fmtp(theirs.payload_type),
+        media_index=index,
+    )
 
 
 def _assign_payload_types(

@@ -105,6 +105,7 @@ class UaConfig:
     listeners: Sequence[Listener]
     codecs: Sequence[Codec]
     user: str = "pipeline"
+    video_codecs: Sequence[Codec] = ()  # offer and accept video with these (empty: audio only)
     password: str | None = None
     registrar: str | None = None
     realm: str | None = None
@@ -243,6 +244,7 @@ class Call:
     remote_sdp: SessionDescription | None = None
     media: NegotiatedMedia | None = None
     rtp_port: int = 0
+    video_port: int = 0  # 0: no video stream of ours
     provisional: bool = False
     cancel_pending: bool = False
     ack: SipRequest | None = None
@@ -719,8 +721,9 @@ class UserAgent:
 
     # ---- outgoing calls -------------------------------------------------------------------
     def call(self, target: str | SipUri, rtp_port: int, now: float, *,
-             codecs: Sequence[Codec] | None = None) -> Call:
-        """Start an outgoing call: an INVITE with an SDP offer for media on `rtp_port`."""
+             codecs: Sequence[Codec] | None = None, video_port: int = 0) -> Call:
+        """Start an outgoing call: an INVITE with an SDP offer for media on `rtp_port`
+        (and video on `video_port` when non-zero and `video_codecs` are configured)."""
         uri = target if isinstance(target, SipUri) else SipUri.parse(target)
         if not uri.is_sip:
             raise LocalProtocolError(f"SIP URI {uri} is not a sip: or sips: URI")
@@ -728,8 +731,10 @@ class UserAgent:
         self._layer(transport)
         call_id = f"{_random_token(12)}@{self.media_ip}"
         from_ = self._local_aor(self.listeners[transport].host)
+        video = self.config.video_codecs if video_port else ()
         offer = build_offer(codecs or self.config.codecs, self.media_ip, rtp_port,
-                            ptime_ms=self.config.ptime_ms)
+                            ptime_ms=self.config.ptime_ms, video_codecs=video,
+                            video_port=video_port)
         to = NameAddress(SipUri(uri.scheme, uri.user, None, uri.host, uri.port))
         invite = self._new_request(
             "INVITE", uri, transport, from_=from_, to=to, call_id=call_id, cseq=1,
@@ -739,7 +744,8 @@ class UserAgent:
         call = Call(call_id, "out", transport, addr, from_.tag or "",
                     caller=safe_token(f"{self.config.user}@{from_.uri.host}"),
                     callee=safe_token(f"{uri.user or ''}@{uri.host}"), invite=invite,
-                    local_sdp=offer, rtp_port=rtp_port, number=self._calls_made)
+                    local_sdp=offer, rtp_port=rtp_port, number=self._calls_made,
+                    video_port=video_port if video else 0)
         self.calls[call_id] = call
         self._send_invite(call, now)
         return call
@@ -876,7 +882,8 @@ class UserAgent:
         try:
             offer = SessionDescription.parse(request.body)
             preview_sdp, preview = answer(offer, self.config.codecs, self.media_ip, 0,
-                                          ptime_ms=self.config.ptime_ms)
+                                          ptime_ms=self.config.ptime_ms,
+                                          video_codecs=self.config.video_codecs)
         except NegotiationFailed as exc:
             self.stats["rejected_488"] += 1
             self._respond(tx, request, 488, now, headers=[
@@ -905,8 +912,9 @@ class UserAgent:
             call.dialog = Dialog.from_uas(request, ringing)
         self._events.append(CallIncoming(call, preview))
 
-    def prepare_answer(self, call_id: str, rtp_port: int) -> NegotiatedMedia:
-        """Build our SDP answer for media on `rtp_port`; `accept` sends it."""
+    def prepare_answer(self, call_id: str, rtp_port: int, video_port: int = 0) -> NegotiatedMedia:
+        """Build our SDP answer for media on `rtp_port` (an accepted video stream on
+        `video_port`; 0 rejects it); `accept` sends it."""
         call = self._incoming(call_id)
         if call.preview is not None:
             # The answer made when the INVITE came, with its port filled in: the port is
@@ -916,8 +924,15 @@ class UserAgent:
             media = replace(preview, local_rtp_port=rtp_port)
         else:
             sdp, media = answer(call.remote_sdp, self.config.codecs, self.media_ip, rtp_port,
-                                ptime_ms=self.config.ptime_ms)
+                                ptime_ms=self.config.ptime_ms,
+                                video_codecs=self.config.video_codecs)
+        if media.video is not None:
+            # Port 0 keeps the video m= line rejected (RFC 3264 section 6).
+            sdp.media[media.video.media_index].port = video_port
+            video = replace(media.video, local_port=video_port) if video_port else None
+            media = replace(media, video=video)
         call.local_sdp, call.media, call.rtp_port = sdp, media, rtp_port
+        call.video_port = video_port if media.video is not None else 0
         return media
 
     def accept(self, call_id: str, now: float) -> None:
@@ -1044,7 +1059,9 @@ class UserAgent:
         try:
             offer = SessionDescription.parse(request.body)
             sdp, media = answer(offer, self.config.codecs, self.media_ip, call.rtp_port,
-                                ptime_ms=self.config.ptime_ms, previous=call.local_sdp)
+                                ptime_ms=self.config.ptime_ms, previous=call.local_sdp,
+                                video_codecs=self.config.video_codecs if call.video_port
+                                else (), video_port=call.video_port)
         except NegotiationFailed as exc:
             # 14.2: the call goes on with the old session.
             self._respond(tx, request, 488, now, headers=[
