@@ -592,6 +592,12 @@ def _remote_direction(sdp: SessionDescription, media: MediaDescription) -> str:
     return direction
 
 
+def _answer_direction(ours: str, offer: SessionDescription, offered: MediaDescription) -> str:
+    """Section 6.1: we may send only if they receive, and receive only if they send."""
+    remote = _remote_direction(offer, offered)
+    return _direction(_sends(ours) and _receives(remote), _receives(ours) and _sends(remote))
+
+
 def _audio_index(sdp: SessionDescription) -> int:
     for index, media in enumerate(sdp.media):
         if media.kind == "audio" and media.port != 0:
@@ -660,10 +666,7 @@ def _answer_video(
     rtpmap, codec = pick
     media = MediaDescription("video", port, offered.proto)
     media.add_format(rtpmap.payload_type, codec.name, codec.clock_rate, None, codec.fmtp)
-    remote = _remote_direction(offer, offered)
-    media.direction = _direction(
-        _sends(direction) and _receives(remote), _receives(direction) and _sends(remote)
-    )
+    media.direction = _answer_direction(direction, offer, offered)
     return media
 
 
@@ -798,11 +801,7 @@ def _answer_audio(
     if rtcp_port is not None:
         media.attributes.append(Attribute("rtcp", str(RtcpAttribute(rtcp_port))))
     media.attributes.append(Attribute("ptime", str(ptime_ms or offered.ptime or 20)))
-    remote = _remote_direction(offer, offered)
-    # Section 6.1: we may send only if they receive, and receive only if they send.
-    media.direction = _direction(
-        _sends(direction) and _receives(remote), _receives(direction) and _sends(remote)
-    )
+    media.direction = _answer_direction(direction, offer, offered)
     return media
 
 
