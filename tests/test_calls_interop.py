@@ -14,17 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
 from pipeline.loader import parse_launch
-from pipeline.runtime import RunResult, Runtime
+from pipeline.runtime import RunResult
 from pipeline.testing import align, read_wav, write_wav
 
 from conftest import require_tool  # isort: skip
+from test_gstreamer_rtp import start_receiver  # isort: skip
 
 SPEECH = Path(__file__).parents[1] / "graphs" / "samples" / "speech.wav"
 SECONDS = 4.0
@@ -80,22 +80,7 @@ def receive_from_gstreamer(gst: str, codec: str, wav: Path) -> RunResult:
             f"rtp_session name=rx codec={codec} payload_type={pt} rtp_timeout=0.5s ! "
             f"jitter_buffer name=jb ptime_ms=20 min_delay_ms={MIN_DELAY_MS} "
             f"start_delay_ms={MIN_DELAY_MS} ! {codec}_decoder ! frame_sink name=out")
-        runtime = Runtime(graph, realtime=True)
-        loop = asyncio.get_running_loop()
-        bound: asyncio.Future = loop.create_future()
-        latched = False
-
-        def on_message(msg: Any) -> None:
-            nonlocal latched
-            if msg.name == "rtp-bound" and not bound.done():
-                bound.set_result(msg.data["port"])
-            latched = latched or msg.name == "rtp-latched"
-            if msg.name == "rtp-timeout" and latched:
-                runtime.request_stop()  # the stream is over
-
-        graph.listeners.append(on_message)
-        task = asyncio.create_task(runtime.run())
-        port = await asyncio.wait_for(bound, WAIT)
+        task, port = await start_receiver(graph)
         proc = await asyncio.create_subprocess_exec(
             gst, "-q", "filesrc", f"location={wav}", "!", "wavparse", "!", *chain.split(),
             "!", "udpsink", "host=127.0.0.1", f"port={port}",
@@ -108,7 +93,7 @@ def receive_from_gstreamer(gst: str, codec: str, wav: Path) -> RunResult:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            runtime.request_stop()
+            graph.runtime.request_stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, WAIT)
 

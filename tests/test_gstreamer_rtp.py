@@ -80,22 +80,7 @@ def test_gstreamer_sends_to_our_graph(gst: str, codec: str, capsys) -> None:
         graph = parse_launch(
             f"rtp_session name=rx codec={codec} payload_type={pt} rtp_timeout=0.6s ! "
             f"{codec}_decoder ! frame_sink name=out")
-        runtime = Runtime(graph, realtime=True)
-        loop = asyncio.get_running_loop()
-        bound: asyncio.Future = loop.create_future()
-        latched = False
-
-        def on_message(msg: Any) -> None:
-            nonlocal latched
-            if msg.name == "rtp-bound" and not bound.done():
-                bound.set_result(msg.data["port"])
-            latched = latched or msg.name == "rtp-latched"
-            if msg.name == "rtp-timeout" and latched:
-                runtime.request_stop()  # the stream ended: GStreamer is done
-
-        graph.listeners.append(on_message)
-        task = asyncio.create_task(runtime.run())
-        port = await asyncio.wait_for(bound, WAIT)
+        task, port = await start_receiver(graph)
         proc = await asyncio.create_subprocess_exec(
             gst, "-q", "audiotestsrc", f"num-buffers={buffers}",
             f"samplesperbuffer={per_buffer}", "freq=440", "!", *caps_chain.split(), "!",
@@ -109,7 +94,7 @@ def test_gstreamer_sends_to_our_graph(gst: str, codec: str, capsys) -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            runtime.request_stop()
+            graph.runtime.request_stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, WAIT)
 
@@ -192,3 +177,24 @@ def test_our_graph_sends_to_gstreamer(gst: str, codec: str, tmp_path: Path, caps
     assert corr >= 0.9
     assert snr > (30.0 if codec == "pcmu" else 15.0)
     assert np.abs(got).max() > 0.4 * 32767  # our -6 dBFS tone arrives at its level
+
+async def start_receiver(graph: Any) -> tuple[asyncio.Task, int]:
+    """Run a real-time graph with a receiving `rtp_session`; return its task and bound port.
+
+    The graph stops itself at the RTP timeout once the stream it latched to has ended.
+    """
+    runtime = Runtime(graph, realtime=True)
+    bound: asyncio.Future = asyncio.get_running_loop().create_future()
+    latched = False
+
+    def on_message(msg: Any) -> None:
+        nonlocal latched
+        if msg.name == "rtp-bound" and not bound.done():
+            bound.set_result(msg.data["port"])
+        latched = latched or msg.name == "rtp-latched"
+        if msg.name == "rtp-timeout" and latched:
+            runtime.request_stop()  # the stream is over
+
+    graph.listeners.append(on_message)
+    task = asyncio.create_task(runtime.run())
+    return task, await asyncio.wait_for(bound, WAIT)
