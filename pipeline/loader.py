@@ -188,8 +188,9 @@ def _split_ref(token: str) -> tuple[str, str | None]:
 class Builder:
     """Turns parsed YAML (or a launch line) into a Graph."""
 
-    def __init__(self, graph: Graph, ctx: Context, registry: Any) -> None:
+    def __init__(self, graph: Graph, ctx: Context, registry: Any, prefix: str = "") -> None:
         self.graph = graph
+        self.prefix = prefix  # names of a bin's or a part's nodes start with it
         self.ctx = ctx
         self.registry = registry
         self.bins: dict[str, dict[str, tuple[str, str | None]]] = {}
@@ -230,8 +231,7 @@ class Builder:
                 raise _err(f"bin '{path.name}' has no parameter '{k}'", marks.get(k, where),
                            "declared: " + (", ".join(declared) or "none"))
         ctx = Context({**declared, **params}, self.ctx.call, str(path.parent))
-        inner = Builder(self.graph, ctx, self.registry)
-        inner.prefix = f"{name}/"
+        inner = Builder(self.graph, ctx, self.registry, prefix=f"{name}/")
         inner.build_body(data, path)
         expose = data.get("expose") or {}
         if not expose:
@@ -241,8 +241,6 @@ class Builder:
         for port, target in expose.items():
             inode, iport = _split_ref(str(target))
             self.bins[name][port] = (f"{name}/{inode}", iport)
-
-    prefix = ""
 
     # ---- links ----------------------------------------------------------------------
     def parse_element(self, text: str, where: Where, *, launch: bool = False) -> Element:
@@ -388,7 +386,7 @@ def _item_where(seq: Any, item: Any) -> Where:
     return NOWHERE
 
 
-def _graph_options(data: dict, filename: str | None) -> dict:
+def _graph_options(data: dict) -> dict:
     opts: dict[str, Any] = {}
     vm = getattr(data, "value_marks", {})
     if "auto_convert" in data:
@@ -439,7 +437,7 @@ def load_graph_text(text: str, filename: str | None = None,
     ctx = Context(params, call, str(path.parent) if path else ".")
     graph = Graph(str(data.get("graph") or (path.stem if path else "graph")),
                   description=str(data.get("description") or ""), registry=registry,
-                  **_graph_options(data, filename))
+                  **_graph_options(data))
     Builder(graph, ctx, registry).build_body(data, path)
     graph.check()
     graph.validate_nodes()
@@ -542,8 +540,7 @@ def add_part(graph: Graph, path: str | Path, prefix: str, *,
     params = dict(data.get("params") or {})
     params.update(overrides or {})
     before = set(graph.nodes)
-    builder = Builder(graph, Context(params, call, str(path.parent)), registry)
-    builder.prefix = prefix
+    builder = Builder(graph, Context(params, call, str(path.parent)), registry, prefix=prefix)
     try:
         builder.build_body(data, path)
     except Exception:

@@ -33,8 +33,6 @@ BUILTIN_PLUGINS = (
     "plugins.jitterbuffer",
     "plugins.sip",
 )
-# Families that need optional libraries; they register only what imports.
-OPTIONAL_BUILTIN_PLUGINS: tuple[str, ...] = ()
 
 
 class Registry:
@@ -47,7 +45,7 @@ class Registry:
         self.codecs: dict[str, Any] = {}
         self._loaded_files: set[str] = set()
         if builtins:
-            for modname in BUILTIN_PLUGINS + OPTIONAL_BUILTIN_PLUGINS:
+            for modname in BUILTIN_PLUGINS:
                 self.register(importlib.import_module(modname), modname)
         if entry_points:
             self._load_entry_points()
