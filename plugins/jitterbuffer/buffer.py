@@ -239,23 +239,28 @@ class JitterBuffer:
                 self.stats.discarded += 1
                 return False
             self._old_ssrcs.append(self._ssrc)
-            self._last_arrival = max(self._last_arrival, arrival)
+            if arrival > self._last_arrival:
+                self._last_arrival = arrival
             self._candidate = None
             return self._store(self._resync(seq, timestamp, ssrc, marker, payload, arrival))
-        self._last_arrival = max(self._last_arrival, arrival)
+        if arrival > self._last_arrival:
+            self._last_arrival = arrival
         ext_ts = self._unwrap(timestamp)
         transit = arrival - ext_ts / self.clock_rate
-        if self.estimator.count and abs(self.estimator.relative(transit)) > self._resync_s:
+        estimator = self.estimator
+        if estimator.count and abs(transit - estimator.floor) > self._resync_s:
             return self._timeline_jump(seq, timestamp, ssrc, marker, payload, arrival)
         self._candidate = None
-        self.estimator.update(transit)
+        estimator.update(transit)
         return self._store(BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts))
 
     def _store(self, pkt: BufferedPacket) -> bool:
         ext_ts = pkt.ext_ts
         if ext_ts > self._ext_ts:
             self._ext_ts = ext_ts
-        if ext_ts in self._packets or ext_ts in self._played:
+        # Nothing above the last played frame has been played: scan the recent ones only
+        # for older packets.
+        if ext_ts in self._packets or (ext_ts <= self._last_played and ext_ts in self._played):
             self.stats.duplicates += 1
             return False
         if self._playing and self._last_played < ext_ts < self._next_ts:
@@ -350,13 +355,18 @@ class JitterBuffer:
     @property
     def target_delay(self) -> float:
         """Target playout delay in seconds (clamped to min/max)."""
-        if self.estimator.count == 0:
+        estimator = self.estimator
+        count = estimator.count
+        if count == 0:
             return self._start_s
-        value = self.estimator.target() + self._margin_s
-        if self.estimator.count < self._warmup:
+        value = estimator.target() + self._margin_s
+        if count < self._warmup and value < self._start_s:
             # Too few packets to know the network: keep the start delay as a floor.
-            value = max(value, self._start_s)
-        return min(max(value, self._min_s), self._max_s)
+            value = self._start_s
+        # Clamped with comparisons, not min(max()): this runs every frame of every call.
+        if value < self._min_s:
+            value = self._min_s
+        return value if value <= self._max_s else self._max_s
 
     def delay(self, now: float) -> float:
         """Current playout delay in seconds: how far the next frame period lies behind the
@@ -460,9 +470,7 @@ class JitterBuffer:
             stats.current_delay_ms = delay * 1000.0
             stats.mean_delay_ms = self._delay_sum / stats.played * 1000.0
             discont, self._discont = self._discont, False
-            return Playout(
-                Action.PLAY, packet=pkt, timestamp=pkt.timestamp, discont=discont, extra=extra
-            )
+            return Playout(Action.PLAY, pkt, None, pkt.timestamp, discont, False, extra)
 
         if not packets and now - self._last_arrival > self._idle_s:
             # The stream has stopped (silence suppression, hold, outage): go quiet, and
