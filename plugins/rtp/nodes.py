@@ -5,7 +5,7 @@ The protocol work is done by the sans-IO modules of this package (`packet`, `rtc
 
 I/O model: `start()` (synchronous) binds non-blocking UDP sockets, so the bound port is known
 before any frame flows (the `bound_port` attribute and an `rtp-bound` bus message). `run_io()`
-registers them with `loop.add_reader` and drains every ready datagram in the callback: no
+registers them with `loop.add_reader` and reads a datagram per readiness callback: no
 task or queue per packet. Sending is a direct non-blocking `sendto` from the socket we receive
 on (symmetric RTP, RFC 4961). The node is clocked only to run its timers (RTP timeout, RTCP
 reports, DTMF packet trains) once per period; timers read the event loop's monotonic clock,
@@ -25,13 +25,6 @@ import socket
 import time
 from collections import deque
 from typing import Any
-
-try:  # FIONREAD tells whether another datagram is queued without a failing recvfrom
-    from fcntl import ioctl as _ioctl
-    from termios import FIONREAD as _FIONREAD
-except ImportError:  # Windows: drain until recvfrom would block
-    _ioctl = None  # type: ignore[assignment]
-    _FIONREAD = 0
 
 from pipeline.errors import ParseError, ProtocolError
 from pipeline.formats import Format
@@ -63,20 +56,6 @@ STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000), 8: ("pcma", 8000), 9: ("g722", 8000),
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
 _UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 _MAX_DATAGRAM = 65535
-_BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
-_FIONREAD_BUF = bytearray(4)
-
-
-def _more_queued(sock: socket.socket) -> bool:
-    """Whether a datagram is queued on `sock` (FIONREAD: the next one's size; a queued empty
-    datagram reads 0, and is then received on the next wake-up). True when unknown."""
-    if _ioctl is None:
-        return True
-    try:
-        _ioctl(sock.fileno(), _FIONREAD, _FIONREAD_BUF)
-    except OSError:
-        return True
-    return _FIONREAD_BUF != b"\0\0\0\0"
 
 
 def payload_duration(codec: str, payload: bytes, channels: int = 1) -> int:
@@ -309,35 +288,29 @@ class RtpSession(Node):
 
     # ---- receiving ------------------------------------------------------------------------
     def _on_readable(self, sock: socket.socket, is_rtcp: bool) -> None:
-        for i in range(_BATCH):
-            if i == 1 and not _more_queued(sock):
-                # One datagram per wake-up is the common case (a packet per ptime): ask the
-                # kernel instead of paying for a failed recvfrom. The loop's readiness is
-                # level-triggered, so whatever arrives next wakes this callback again; when
-                # more is queued (CPU starvation) the loop below drains it all.
-                return
-            try:
-                data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                # An ICMP error from an earlier send (port unreachable) surfaces here.
-                self._c["send_errors"] += 1
-                continue
-            addr = addr[:2]
-            if self._pcap is not None:
-                self._pcap.write(data, addr, (self._local[0], sock.getsockname()[1]),
-                                 time.time())
-            try:
-                if is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223):
-                    # RFC 5761 4: RTCP types 192-223 never collide with RTP payload types.
-                    self._on_rtcp(data, addr)
-                else:
-                    self._on_rtp(data, addr)
-            except Exception as e:  # a node downstream failed: stop the graph through run_io
-                if self._io_error is not None and not self._io_error.done():
-                    self._io_error.set_exception(e)
-                return
+        # One datagram per wake-up: a packet per ptime is the common case, and the loop's
+        # readiness is level-triggered, so anything still queued wakes this again at once.
+        # Draining here would cost a failed recvfrom (or a FIONREAD ioctl) on every packet.
+        try:
+            data, addr = sock.recvfrom(_MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            # An ICMP error from an earlier send (port unreachable) surfaces here.
+            self._c["send_errors"] += 1
+            return
+        addr = addr[:2]
+        if self._pcap is not None:
+            self._pcap.write(data, addr, (self._local[0], sock.getsockname()[1]), time.time())
+        try:
+            if is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223):
+                # RFC 5761 4: RTCP types 192-223 never collide with RTP payload types.
+                self._on_rtcp(data, addr)
+            else:
+                self._on_rtp(data, addr)
+        except Exception as e:  # a node downstream failed: stop the graph through run_io
+            if self._io_error is not None and not self._io_error.done():
+                self._io_error.set_exception(e)
 
     def _on_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c
