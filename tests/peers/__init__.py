@@ -15,8 +15,10 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 HOST = "127.0.0.1"
@@ -26,6 +28,39 @@ T = TypeVar("T")
 
 class PeerError(RuntimeError):
     """A peer process failed to start, answer or stop as expected."""
+
+
+class PeerHarness:
+    """What every harness shares: a work folder (a temporary one unless given), closing
+    (stop, then remove that folder) and use as a context manager (start ... close)."""
+
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def _make_dir(self, workdir: str | os.PathLike | None, prefix: str) -> Path:
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=prefix)
+            return Path(self._tmp.name)
+        path = Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start(self):  # noqa: ANN201 - each harness returns itself
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self):  # noqa: ANN204 - the harness itself
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def free_port(kind: str = "udp", count: int = 1) -> int:

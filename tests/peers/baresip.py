@@ -30,14 +30,22 @@ import os
 import re
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import HOST, PeerError, free_port, missing_tools, stop_process, tail_file, wait_until
+from . import (
+    HOST,
+    PeerError,
+    PeerHarness,
+    free_port,
+    missing_tools,
+    stop_process,
+    tail_file,
+    wait_until,
+)
 
 MODULE_DIR = "/usr/lib/baresip/modules"
 
@@ -57,7 +65,7 @@ def baresip_missing() -> str | None:
     return None
 
 
-class Baresip:
+class Baresip(PeerHarness):
     """One baresip process for one SIP account; see the module docstring."""
 
     def __init__(self, user: str, *, registrar: Any = None, password: str | None = None,
@@ -90,13 +98,7 @@ class Baresip:
             self.domain = f"{HOST}:{self.sip_port}"
         else:
             self.domain = registrar if isinstance(registrar, str) else registrar.domain
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="baresip-")
-            self.dir = Path(self._tmp.name)
-        else:
-            self.dir = Path(workdir)
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = self._make_dir(workdir, "baresip-")
         self.record_dir = self.dir / "recordings"
         self.proc: subprocess.Popen | None = None
         self.events: list[dict[str, Any]] = []
@@ -221,18 +223,6 @@ class Baresip:
         if self._reader is not None:
             self._reader.join(timeout=self.timeout)
             self._reader = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Baresip:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def output(self) -> str:
         """baresip's log so far (for failure messages)."""

@@ -19,11 +19,18 @@ import glob
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
-from . import HOST, PeerError, free_port, missing_tools, stop_process, tail_file, wait_until
+from . import (
+    HOST,
+    PeerError,
+    PeerHarness,
+    free_port,
+    missing_tools,
+    stop_process,
+    tail_file,
+    wait_until,
+)
 
 _USER_RE = re.compile(r"^[A-Za-z0-9._~-]+$")
 
@@ -214,7 +221,7 @@ route[AUTH] {{
 """
 
 
-class Kamailio:
+class Kamailio(PeerHarness):
     """One Kamailio process on 127.0.0.1 (registrar + record-routing proxy); see the module
     docstring. Use as a context manager, or call start()/stop()."""
 
@@ -229,7 +236,6 @@ class Kamailio:
         self.debug = debug
         self.port = port or free_port("both" if tcp else "udp")
         self.domain = f"{HOST}:{self.port}"
-        self._tmp: tempfile.TemporaryDirectory | None = None
         self._workdir = Path(workdir) if workdir else None
         self.dir: Path | None = None
         self.proc: subprocess.Popen | None = None
@@ -254,8 +260,7 @@ class Kamailio:
                 self.dir = self._workdir
             else:
                 # Short prefix: the ctl unix socket path must stay under 108 bytes.
-                self._tmp = tempfile.TemporaryDirectory(prefix="kam")
-                self.dir = Path(self._tmp.name)
+                self.dir = self._make_dir(None, "kam")
         return self.dir
 
     def aor(self, user: str) -> str:
@@ -313,18 +318,6 @@ class Kamailio:
     def output(self) -> str:
         """Kamailio's log so far (for failure messages)."""
         return tail_file(self.log_path) if self.dir else ""
-
-    def close(self) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Kamailio:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ---- control ------------------------------------------------------------------------
     def kamcmd(self, *args: str, check: bool = True) -> str:

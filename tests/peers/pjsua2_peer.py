@@ -30,7 +30,6 @@ import os
 import queue
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import HOST, PeerError, free_port, stop_process, tail_file, wait_until
+    from . import HOST, PeerError, PeerHarness, free_port, stop_process, tail_file, wait_until
 else:  # run as a script: only the agent half is used, it needs none of these
     HOST = "127.0.0.1"
+    PeerHarness = object
 
 
 def pjsua2_missing() -> str | None:
@@ -53,7 +53,7 @@ def pjsua2_missing() -> str | None:
 
 
 # ===================================================================== harness (pytest side)
-class Pjsua2Peer:
+class Pjsua2Peer(PeerHarness):
     """One pjsua2 UA (one account) in a subprocess; see the module docstring."""
 
     def __init__(self, user: str, *, registrar: Any = None, password: str | None = None,
@@ -73,13 +73,7 @@ class Pjsua2Peer:
         self.registrar = (registrar if isinstance(registrar, str) or registrar is None
                           else registrar.domain)
         self.domain = self.registrar or f"{HOST}:{self.sip_port}"
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="pjsua2-")
-            self.dir = Path(self._tmp.name)
-        else:
-            self.dir = Path(workdir)
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = self._make_dir(workdir, "pjsua2-")
         self.config = {
             "user": user, "password": password, "registrar": self.registrar,
             "sip_port": self.sip_port, "rtp_port": self.rtp_base,
@@ -151,18 +145,6 @@ class Pjsua2Peer:
         if self._reader is not None:
             self._reader.join(timeout=self.timeout)
             self._reader = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Pjsua2Peer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def output(self) -> str:
         """The agent's stderr and pjsip log tails (for failure messages)."""
