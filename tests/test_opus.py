@@ -169,6 +169,27 @@ def test_every_frame_size(frame_ms: float) -> None:
     assert decoder.last_packet_duration == samples
 
 
+@pytest.mark.parametrize("rate", [48000, 16000, 8000])
+def test_packet_samples_agrees_with_libopus_for_every_toc(rate: int) -> None:
+    # Our TOC reading against libopus's own, over every TOC byte and every code 3 count byte
+    # (counts over 120 ms are invalid for both).
+    lib = opus._lib().cdll
+    for toc in range(256):
+        tails = [bytes([c]) for c in range(256)] if toc & 3 == 3 else [b"", b"\x00"]
+        for tail in tails:
+            payload = bytes([toc]) + tail + b"\x00" * 4
+            want = lib.opus_packet_get_nb_samples(payload, len(payload), rate)
+            if want < 0:
+                with pytest.raises(ParseError):
+                    packet_samples(payload, rate)
+            else:
+                assert packet_samples(payload, rate) == want, (toc, tail)
+    with pytest.raises(ParseError):
+        packet_samples(b"")
+    with pytest.raises(ParseError):
+        packet_samples(b"\x03")  # code 3 without its count byte
+
+
 def test_concealment_is_not_silent_and_continuous() -> None:
     pcm = speech_like()
     encoder, decoder = OpusEncoder(), OpusDecoder()

@@ -151,12 +151,32 @@ def _strerror(code: int) -> str:
     return _lib().cdll.opus_strerror(code).decode("ascii", "replace")
 
 
+# RFC 6716 3.1, table 2: frame duration of each TOC configuration, in 48 kHz samples
+# (SILK 10/20/40/60 ms, Hybrid 10/20 ms, CELT 2.5/5/10/20 ms).
+_FRAME_48K = (480, 960, 1920, 2880) * 3 + (480, 960) * 2 + (120, 240, 480, 960) * 4
+
+
 def packet_samples(payload: bytes, rate_hz: int = 48000) -> int:
-    """Samples per channel that `payload` decodes to at `rate_hz` (RFC 6716 section 3.1)."""
-    count = _lib().cdll.opus_packet_get_nb_samples(payload, len(payload), rate_hz)
-    if count < 0:
-        raise ParseError(f"Opus packet is invalid: {_strerror(count)}")
-    return count
+    """Samples per channel that `payload` decodes to at `rate_hz` (RFC 6716 section 3.1).
+
+    Read from the TOC byte (and the frame count byte of a code 3 packet) in Python: it is
+    called for every received packet, where a call into libopus costs more than this."""
+    if not payload:
+        raise ParseError("Opus packet is invalid: it is empty")
+    toc = payload[0]
+    code = toc & 3
+    if code == 0:
+        frames = 1
+    elif code < 3:
+        frames = 2
+    elif len(payload) < 2:
+        raise ParseError("Opus packet is invalid: a code 3 packet without its frame count")
+    else:
+        frames = payload[1] & 0x3F
+    samples = frames * _FRAME_48K[toc >> 3]
+    if samples > 5760:  # 3.2.5: at most 120 ms of audio in a packet
+        raise ParseError(f"Opus packet is invalid: {samples // 48} ms of audio (at most 120)")
+    return samples * rate_hz // 48000
 
 
 def opus_codec(
