@@ -280,7 +280,8 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--period", type=int, default=256, help="JACK period in frames")
     ap.add_argument("--codec", default="pcmu", choices=("pcmu", "pcma", "g722", "opus"))
-    ap.add_argument("--speaker-buffer", default="30ms", help="softphone speaker_buffer")
+    ap.add_argument("--speaker-buffer", default=None,
+                    help="softphone speaker_buffer, e.g. 30ms (default: the graph's, automatic)")
     ap.add_argument("--aec", default="builtin", choices=("builtin", "speex", "webrtc"),
                     help="softphone aec backend")
     ap.add_argument("--aec-block-ms", type=int, default=10, choices=(10, 20),
@@ -304,8 +305,9 @@ def main() -> None:
               "peer": None, "peer_name": "baresip 1.0 (jack module)", "advantage": None,
               "skipped": why})
         return
-    params = {"speaker_buffer": args.speaker_buffer, "aec": args.aec,
-              "aec_block_ms": args.aec_block_ms}
+    params = {"aec": args.aec, "aec_block_ms": args.aec_block_ms}
+    if args.speaker_buffer is not None:
+        params["speaker_buffer"] = args.speaker_buffer
     seconds = 2 * (SETTLE_S + args.clicks * GAP_S) + 60
     with JackServer(rate=RATE, period=args.period) as server, portaudio_on(server), \
             tempfile.TemporaryDirectory() as tmp:

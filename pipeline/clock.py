@@ -30,13 +30,14 @@ class VirtualClock:
 
 
 class RealtimeClock:
-    """Paced from an absolute start time, so sleep errors never accumulate."""
+    """Paced from an absolute start time, so sleep errors never accumulate. `start_at`: the
+    media time reached already (a graph whose device clock went away resumes from there)."""
 
     realtime = True
 
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.now = 0.0
+    def __init__(self, start_at: float = 0.0) -> None:
+        self.start = time.monotonic() - start_at
+        self.now = start_at
         self.late_ticks = 0
 
     async def wait_until(self, t: float) -> None:

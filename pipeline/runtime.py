@@ -68,6 +68,7 @@ class Runtime:
         self.realtime = realtime
         self._clock_given = clock is not None
         self.clock = clock or (RealtimeClock() if realtime else VirtualClock())
+        self._clock_node: Node | None = None  # the device whose clock drives the ticks
         self.duration = duration
         self.profile = stats
         self.progress = progress
@@ -245,6 +246,7 @@ class Runtime:
             if ln.dst in new and ln.src not in new:
                 g.nodes[ln.src].port_linked("out", ln.src_port)
         self._refresh()
+        self._take_device_clock(order)  # a call part may bring the sound devices
         self._start_io(order)
         part = Part(prefix, new, on_fault)
         self.parts[prefix] = part
@@ -282,6 +284,10 @@ class Runtime:
 
     def _remove(self, names: set[str]) -> None:
         g = self.graph
+        dev = self._clock_node
+        if dev is not None and dev.name in names and g.nodes.get(dev.name) is dev:
+            # Its device goes with it: real time resumes from the media time reached.
+            self.clock, self._clock_node = RealtimeClock(start_at=self.clock.now), None
         touched: set[str] = set()
         for ln in [ln for ln in g.links if ln.src in names or ln.dst in names]:
             g.links.remove(ln)
@@ -354,6 +360,17 @@ class Runtime:
             return min(self.duration, known) if known is not None else self.duration
         return known
 
+    def _take_device_clock(self, nodes: list[Node]) -> None:
+        """In real time a sound device's clock drives the ticks when the graph has one (the
+        first node offering a clock wins), so the graph never drifts against it."""
+        if not self.realtime or self._clock_given or self._clock_node is not None:
+            return
+        for node in nodes:
+            clock = node.provide_clock()
+            if clock is not None:
+                self.clock, self._clock_node = clock, node
+                return
+
     async def run(self) -> RunResult:
         g = self.graph
         g.prepare()
@@ -370,14 +387,7 @@ class Runtime:
             # Wired after start: a node may pick its process method there (gain at 0 dB
             # forwards by reference), and emit calls whatever is bound now, directly.
             self._wire(set(g.nodes))
-            if self.realtime and not self._clock_given:
-                # A sound device's clock drives the ticks when the graph has one (the
-                # first node offering a clock wins), so the graph never drifts against it.
-                for node in self._order:
-                    device_clock = node.provide_clock()
-                    if device_clock is not None:
-                        self.clock = device_clock
-                        break
+            self._take_device_clock(self._order)
             self._start_io(self._order)
             period = g.period
             clock = self.clock

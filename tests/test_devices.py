@@ -5,6 +5,7 @@ PortAudio code path through JACK's clocked dummy backend (no hardware needed; se
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from pipeline.errors import GraphError, MissingDependencyError, NodeError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_CONCEALED, FLAG_SILENCE, AudioFrame
 from pipeline.loader import load_graph_text, parse_launch
+from pipeline.runtime import Runtime
 from pipeline.testing import align, dominant_frequency, read_wav, run_graph, sine, snr_db
 from plugins.devices.clock import DeviceClock
 from plugins.devices.ring import SampleRing
@@ -95,6 +97,115 @@ def test_device_clock_waits_for_the_device_counter():
     # Tick k needs the samples up to (k + 1) periods of 480: never returns before they exist.
     assert all(n >= 480 * (k + 1) for k, n in enumerate(seen))
     assert clock.failure is None and clock.now == pytest.approx(0.19)
+
+
+def test_device_clock_is_woken_by_the_callback_that_completes_the_period():
+    # A capture's callback (here a thread, 240-sample blocks) wakes the waiting tick through
+    # the clock's pipe as soon as the period is complete; the backup timer is set far out,
+    # so a missed wake-up would fail the test by its deadline.
+    import threading
+
+    state = {"n": 0}
+    clock = DeviceClock(lambda: state["n"], 48000, lead=960, wake=True)
+    clock.backup_s = 60.0
+    done = threading.Event()
+    seen = []
+
+    def device():
+        while not done.wait(0.0005):
+            state["n"] += 240
+            if clock.armed and state["n"] >= clock.target:
+                clock.wake()
+
+    async def main():
+        for k in range(20):
+            await clock.wait_until(k * 0.02)
+            seen.append(state["n"])
+
+    producer = threading.Thread(target=device)
+    producer.start()
+    try:
+        asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        done.set()
+        producer.join()
+    assert all(n >= 960 * (k + 1) for k, n in enumerate(seen))
+    assert clock.failure is None and clock.wakeups <= 2 * 20  # woken, not polling
+    pipe = clock._pipe
+    clock.close(producer_stopped=True)
+    assert clock._pipe is None
+    with pytest.raises(OSError):
+        os.fstat(pipe[0])
+
+
+def test_device_clock_adopted_mid_run_starts_from_its_first_tick():
+    # A call brings its capture device after the graph has run for a second: media time
+    # 1.0 s maps to the device's count at that first tick (the audio before it is dropped by
+    # on_start), so the tick waits for exactly one period of new audio.
+    state = {"n": 5000, "started": 0}
+
+    def on_start():
+        state["started"] += 1
+
+    async def main():
+        clock = DeviceClock(lambda: state["n"], 48000, lead=960, on_start=on_start,
+                            min_poll=0.0002)
+        waiting = asyncio.create_task(clock.wait_until(1.0))
+        for _ in range(3):  # 720 samples: not a whole period yet
+            await asyncio.sleep(0.001)
+            state["n"] += 240
+        done_early = waiting.done()
+        state["n"] += 240
+        await waiting
+        state["n"] += 960
+        await clock.wait_until(1.02)  # its period is there already: no wait
+        return clock, done_early
+
+    clock, done_early = asyncio.run(main())
+    assert not done_early and state["started"] == 1
+    assert clock.base == 5000 - 48000 and clock.now == 1.02
+    assert clock.late_ticks == 1 and clock.failure is None
+
+
+class CallbackClock:
+    """Ticks as a device clock makes them with 640-frame callbacks: each tick right after the
+    callback that completes its 960-frame period, so 13.3 or 26.7 ms apart in wall time,
+    while media time advances by exactly 20 ms."""
+
+    realtime = True
+
+    def __init__(self, block: int = 640) -> None:
+        self.block = block
+        self.now = 0.0
+        self.start: float | None = None
+
+    async def wait_until(self, t: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self.start is None:
+            self.start = loop.time()
+        need = int(round(t * RATE)) + 960
+        due = self.start + -(-need // self.block) * self.block / RATE
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        self.now = t
+
+
+def test_a_jitter_buffer_on_a_device_clock_plays_one_frame_per_tick():
+    # Pops on wall time would find every other tick 6.7 ms early (nothing played) and the
+    # next one late (two played), which empties the speaker queue; pops on media time follow
+    # the device.
+    g = parse_launch("tone rate=8000 ! pcmu_encoder ! jitter_buffer ! pcmu_decoder ! "
+                     "frame_sink name=out")
+    clock = CallbackClock()
+    played = []
+    g.nodes["out"].on_frame = lambda f: played.append((round(clock.now / 0.02), f))
+    asyncio.run(Runtime(g, realtime=True, clock=clock, duration=1.0).run())
+    ticks = [k for k, _ in played]
+    assert len(played) >= 40
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))  # one per tick, none skipped
+    assert not any(f.flags & FLAG_CONCEALED for _, f in played)
+    out = np.concatenate([f.data for _, f in played])[:, 0]
+    lag, corr = align(sine(440, 8000, 0.1)[:, 0], out)
+    assert corr > 0.99  # the tone, unbroken (G.711 adds its quantisation noise)
 
 
 def test_device_clock_reports_a_device_that_stops():
@@ -417,6 +528,45 @@ def test_playback_on_a_foreign_clock_trims_a_start_up_burst_back_to_its_target(f
     assert spk.stats()["trimmed_samples"] == spk.trimmed
 
 
+def test_playback_buffer_by_default_is_one_period_plus_one_callback(fake_sd):
+    # No buffer given: the level just after a write is trimmed to one period plus one device
+    # callback (256 frames, JACK-like) instead of a fixed 30 ms, without running dry.
+    spk, _ = started("tone rate=48000 ! playback device=usb name=spk", "spk")
+    spk._stream.played_audio = []
+    x = sine(440, RATE, 12.0)
+    levels = foreign_clock_run(spk, 10.0, 256, burst=3, signal=x)
+    assert spk.underruns == 0
+    assert 960 + 256 <= levels[-100:].min() <= 960 + 256 + 128
+    played = np.concatenate(spk._stream.played_audio)[:, 0]
+    tail = played[-RATE * 2:]
+    lag, corr = align(sine(440, RATE, 0.1)[:, 0], tail)
+    assert corr > 0.999  # trimmed by squeezing: the steady tail is the tone, unbroken
+
+
+def test_playback_default_buffer_grows_by_a_callback_after_each_underrun(fake_sd):
+    spk, _ = started("tone rate=48000 ! playback device=usb name=spk", "spk")
+    x = sine(440, RATE, 12.0)
+    n, block = 960, 256
+    # Ticks on time (the queue gets trimmed to one period plus one callback), except two
+    # hiccups (a tick 15 ms late, later one 19 ms late): each time the device runs dry once.
+    late = {300: 720, 400: 900}
+    events = sorted([(k * n + late.get(k, 0), 1, k) for k in range(500)]
+                    + [(j * block, 0, j) for j in range(500 * n // block)])
+    levels, targets = [], []
+    for _, is_tick, k in events:
+        if is_tick:
+            spk.process("in", AudioFrame(x[k * n:(k + 1) * n], RATE, k * n))
+            levels.append(spk._ring.available)
+            targets.append(spk._target)
+        else:
+            spk._stream.callback(np.zeros((block, 1), np.int16), block, None, None)
+    assert levels[250:300] and min(levels[250:300]) <= n + block + block // 2
+    assert spk.underruns == 2
+    # After each underrun the target (the level just after a write) keeps one callback more.
+    assert targets[299] == n + block and targets[350] == n + 2 * block
+    assert targets[-1] == n + 3 * block
+
+
 def test_playback_driving_its_own_clock_is_never_trimmed(fake_sd):
     spk, _ = started("tone rate=48000 ! playback device=usb name=spk buffer=30ms", "spk")
     spk._clock = DeviceClock(lambda: spk.played, RATE)
@@ -576,6 +726,52 @@ def test_playback_paces_the_graph_when_it_has_no_capture(jack):
     # The playback queue's clock drove the ticks (it woke up to wait for the device).
     assert r.stats["spk"]["clock_wakeups"] > 0
     assert r.stats["spk"]["drift_drops"] == 0
+
+
+def test_a_call_part_brings_its_capture_clock_and_takes_it_back(jack, tmp_path):
+    # A softphone's devices come with a call (a part) into a graph already ticking in real
+    # time: the capture device's clock then drives the ticks (one period just captured per
+    # tick, nothing trimmed or concealed), and real time resumes from there when it leaves.
+    from test_parts import Cue
+
+    from pipeline.loader import add_part
+
+    part = tmp_path / "call.yaml"
+    part.write_text(LOOPBACK)
+    g = load_graph_text("nodes:\n  t: {type: tone, rate: 8000}\n  s: {type: null_sink}\n"
+                        "links: [t -> s]\n")
+    cue = Cue("cue")
+    g.add(cue)
+    rt = Runtime(g, realtime=True)
+    seen = {}
+
+    def join():
+        rt.attach("call/", add_part(g, part, "call/"))
+        seen["mic"], seen["out"] = g.nodes["call/mic"], g.nodes["call/out"]
+
+    def leave():
+        seen["clock"] = rt.clock
+        rt.detach("call/")
+        seen["after"], seen["resumed_at"] = rt.clock, rt.clock.now
+
+    def wire():  # this process's only open streams: the call's (earlier tests closed theirs)
+        ours = [p for p in jack.ports() if p.startswith("PortAudio:")]
+        jack.connect(*[p for p in ours if ":out" in p], *[p for p in ours if ":in" in p])
+
+    cue.actions = {5: join, 10: wire, 80: leave, 90: rt.request_stop}
+    asyncio.run(rt.run())
+    mic, out = seen["mic"], seen["out"]
+    assert seen["clock"] is mic._clock and mic._clock.driving
+    assert isinstance(seen["after"], RealtimeClock)
+    assert seen["resumed_at"] == pytest.approx(80 * 0.02)  # media time goes on, no jump
+    assert not cue.actions  # and the graph kept ticking after the call left
+    frames = list(out.frames)
+    assert len(frames) >= 70 and [f.pts for f in frames] == [960 * k for k in range(len(frames))]
+    assert mic.underruns == 0 and mic.drift_drops == 0 and mic.trimmed == 0
+    x = out.audio()[-RATE // 2:, 0]  # the tone, played and captured through JACK
+    assert dominant_frequency(x, RATE) == pytest.approx(1000.0, abs=2)
+    lag, corr = align(sine(1000, RATE, 0.1, amplitude=10 ** (-6 / 20))[:, 0], x)
+    assert corr > 0.999
 
 
 def test_jack_device_lookup_errors(jack):

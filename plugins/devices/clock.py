@@ -1,17 +1,28 @@
 """DeviceClock: graph ticks paced by a sound device's sample counter.
 
 The device callback only copies samples and bumps a counter (see `ring.SampleRing`); the clock
-polls that counter from the event loop. Polling was chosen over an asyncio.Event set through
-`loop.call_soon_threadsafe` from the callback because the latter allocates a handle and writes
-the loop's self-pipe on every callback, in the real-time thread; a poll costs the callback
-nothing and the loop about one wake-up per period (it sleeps for exactly the missing samples).
+reads that counter from the event loop. It sleeps for the missing samples, then polls every
+`min_poll` until the callback that completes the period has run: the tick comes 1-2 ms after
+it (the loop's timers have a 1 ms grain). A clock made with `wake=True` also gets woken by
+the callback itself: once the counter reaches the armed target, the callback writes one byte
+to a pipe the loop watches (`wake()`): one syscall per period, no allocation, where
+`loop.call_soon_threadsafe` would allocate a handle on every callback. The tick then follows
+the callback by a scheduler wake-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
+
+_BYTE = b"\0"
+
+
+def _settle(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class DeviceClock:
@@ -19,31 +30,100 @@ class DeviceClock:
     has produced (or consumed) the samples up to `t`, so the graph runs at the device's pace.
 
     `counter()` is the device's running sample count; `lead` samples are added to the
-    target (a capture clock waits for a whole period past `t`). `alive()` says whether the
-    device still runs; when it stops, or the counter stalls for `stall_timeout` seconds,
-    `wait_until` returns early with `failure` set, and the node's tick raises the error.
+    target (a capture clock waits for a whole period past `t`). The first `wait_until(t)`
+    pins media time `t` to the count reached then (a graph may adopt the clock mid-run, when
+    a call brings its devices) and calls `on_start()` (a capture drops what it queued before).
+    `alive()` says whether the device still runs; when it stops, or the counter stalls for
+    `stall_timeout` seconds, `wait_until` returns early with `failure` set, and the node's
+    tick raises the error. With `wake`, the producer calls `wake()` once `counter()` reaches
+    `target` while `armed`; `close()` then releases the pipe.
     """
 
     realtime = True
+    backup_s = 0.1  # with `wake`: how much later than due a timer checks anyway (stalls)
 
     def __init__(self, counter: Callable[[], int], rate: int, *, lead: int = 0,
-                 alive: Callable[[], bool] = lambda: True, stall_timeout: float = 1.0,
-                 min_poll: float = 0.001) -> None:
+                 alive: Callable[[], bool] = lambda: True,
+                 on_start: Callable[[], object] = lambda: None, stall_timeout: float = 1.0,
+                 min_poll: float = 0.001, wake: bool = False) -> None:
         self.counter = counter
         self.rate = rate
         self.lead = lead
         self.alive = alive
+        self.on_start = on_start
         self.stall_timeout = stall_timeout
         self.min_poll = min_poll
         self.now = 0.0
-        self.base = counter()  # samples before the first tick do not count
+        self.base = counter()
         self.failure: str | None = None
         self.wakeups = 0  # loop wake-ups spent waiting (cost figure for --stats)
         self.late_ticks = 0  # ticks whose media was already there (the graph ran late)
         self.driving = False  # set once the runtime waits on this clock
+        self.target = 0  # the count the loop waits for (read by the producer)
+        self.armed = False  # the producer should wake() the loop at `target`
+        self._pipe = os.pipe() if wake else None
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.set_blocking(fd, False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future | None = None
+
+    def wake(self) -> None:
+        """The producer's side (the device callback's thread): the target is reached."""
+        self.armed = False
+        try:
+            os.write(self._pipe[1], _BYTE)
+        except OSError:  # a byte is pending already (or the pipe is gone): nothing to add
+            pass
+
+    def _woken(self) -> None:
+        try:
+            os.read(self._pipe[0], 64)
+        except OSError:
+            pass
+        if self._waiter is not None:
+            _settle(self._waiter)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the producer wakes us."""
+        if self._pipe is None:
+            await asyncio.sleep(seconds)
+            return
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            loop.add_reader(self._pipe[0], self._woken)
+        self._waiter = fut = loop.create_future()
+        timer = loop.call_later(seconds, _settle, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def close(self, producer_stopped: bool) -> None:
+        """Stop watching the pipe (a wait in progress returns, to find the device gone);
+        close it only once the producer can no longer run: an abandoned stream's callback
+        might still write, and a closed descriptor's number gets reused."""
+        self.armed = False
+        if self._waiter is not None:
+            _settle(self._waiter)
+        pipe = self._pipe
+        if pipe is None or self._loop is None and not producer_stopped:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(pipe[0])
+        self._loop = None
+        if producer_stopped:
+            self._pipe = None
+            for fd in pipe:
+                os.close(fd)
 
     async def wait_until(self, t: float) -> None:
-        self.driving = True
+        if not self.driving:  # samples before the first tick do not count
+            self.driving = True
+            self.base = self.counter() - int(round(t * self.rate))
+            self.on_start()
         target = self.base + int(round(t * self.rate)) + self.lead
         have = self.counter()
         if have >= target:
@@ -52,8 +132,16 @@ class DeviceClock:
                 await asyncio.sleep(0)
         else:
             last, since = have, time.monotonic()
+            waking = self._pipe is not None
             while have < target and self.failure is None:
-                await asyncio.sleep(max((target - have) / self.rate, self.min_poll))
+                missing = (target - have) / self.rate
+                if waking:
+                    self.target, self.armed = target, True
+                    have = self.counter()  # reached while arming: the producer saw it unarmed
+                    if have >= target:
+                        break
+                    missing += self.backup_s  # the callback wakes us first
+                await self._sleep(max(missing, self.min_poll))
                 self.wakeups += 1
                 have = self.counter()
                 if have != last:
@@ -65,6 +153,7 @@ class DeviceClock:
                                    "sound server stopped)"
                 elif time.monotonic() - since > self.stall_timeout:
                     self.failure = f"delivered no audio for {self.stall_timeout:g} s"
+            self.armed = False
         self.now = t
 
     def time(self) -> float:

@@ -1,14 +1,16 @@
 """capture, playback (PortAudio through sounddevice) and null_device.
 
 The device callbacks run on PortAudio's thread and only copy between the device buffer and a
-preallocated `SampleRing`, and bump a counter; everything else (framing, drift control,
-error handling) happens on the graph's event loop. In real time the capture device's clock
-(or the playback device's, when the graph has no capture) paces the graph's ticks, so the
-graph never drifts against its own device. Where a stream runs on another clock (a network
-peer, a second device), the ring level is held within bounds by dropping or concealing the
-difference: delay never grows. On such a clock each ring is also trimmed back to its target
-once its low point has stayed above it for a second (a start-up burst, a clock running
-slightly fast), by time-compressing a few ms per frame, as a jitter buffer does.
+preallocated `SampleRing`, and bump a counter (the capture's also wakes the waiting tick once
+a period is complete); everything else (framing, drift control, error handling) happens on
+the graph's event loop. In real time the capture device's clock (or the playback device's,
+when the graph has no capture) paces the graph's ticks, also when a call brings the devices
+into a running graph, so the graph never drifts against its own device. Where a stream runs
+on another clock (a network peer, a second device), the ring level is held within bounds by
+dropping or concealing the difference: delay never grows. On such a clock each ring is also
+trimmed back to its target once its low point has stayed above it for a second (a start-up
+burst, a clock running slightly fast), by time-compressing a few ms per frame, as a jitter
+buffer does.
 """
 
 from __future__ import annotations
@@ -169,8 +171,12 @@ class SoundDevice(Node):
             return
         if getattr(self, "_gone", False):
             devices.abandon_stream(stream)  # stopping a vanished device can hang PortAudio
+            released = False
         else:
-            devices.release_stream(stream)
+            released = devices.release_stream(stream)
+        clock = getattr(self, "_clock", None)
+        if clock is not None:
+            clock.close(producer_stopped=released)
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
@@ -230,18 +236,25 @@ class Capture(SoundDevice):
         self._stream = self._open_stream(fmt, self._callback)
 
     def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
-        # PortAudio's thread: one copy into the ring and two counters.
-        self._ring.write(indata)
+        # PortAudio's thread: one copy into the ring and two counters; once a period is
+        # complete, one byte that wakes the graph's tick.
+        ring = self._ring
+        ring.write(indata)
         if frames > self._block:
             self._block = frames
         if status:
             self.xruns += 1
+        clock = self._clock
+        if clock is not None and clock.armed and ring.written + ring.dropped >= clock.target:
+            clock.wake()
 
     def provide_clock(self) -> DeviceClock:
         ring = self._ring
-        ring.discard(ring.available)  # media time starts now: no stale start-up audio
+        # Media time starts at the first tick: drop the audio queued before it, so each
+        # tick then finds exactly one period, just captured.
         self._clock = DeviceClock(lambda: ring.written + ring.dropped, self._rate,
-                                  lead=self._n, alive=self._alive)
+                                  lead=self._n, alive=self._alive,
+                                  on_start=lambda: ring.discard(ring.available), wake=True)
         return self._clock
 
     def tick(self, now: float) -> None:
@@ -317,8 +330,10 @@ class Playback(SoundDevice):
     direction = "output"
     inputs = (Port("in", (Format.audio(),), "audio to play (converted to a rate and channel "
                                             "count the device supports)"),)
-    buffer = Param(Duration, 0.06, "audio queued ahead of the device; more than this plus "
-                   "one period is dropped", min=0.02, max=2.0)
+    buffer = Param(Duration, None, "audio queued ahead of the device just after a write; "
+                   "more than this plus two periods is dropped (default: one period plus the "
+                   "device's callback size, one callback more after each underrun)",
+                   min=0.02, max=2.0)
 
     def input_caps(self, port: str, offered: Format | None) -> Caps:
         info = getattr(self, "info", None)
@@ -343,10 +358,15 @@ class Playback(SoundDevice):
         fmt = self.in_formats["in"]
         self._rate = fmt.value("rate")
         self._channels = fmt.value("channels")
-        self._n = int(round(self._rate * self.graph.period))
-        self._target = max(int(round(self._rate * self.buffer)), self._n)
-        self._max_fill = self._target + 2 * self._n
-        self._ring = SampleRing(self._max_fill + self._n, self._channels,
+        n = self._n = int(round(self._rate * self.graph.period))
+        self._auto = self.buffer is None
+        self._block = 0  # largest device callback seen (frames)
+        self._extra = 0  # reserve added after each underrun (automatic buffer)
+        # An automatic target grows up to 3 periods above one period (a large callback and
+        # underruns); the ring holds that plus the 2-period cap and one write.
+        fixed = max(int(round(self._rate * self.buffer)), n) if not self._auto else n
+        self._set_target(fixed)
+        self._ring = SampleRing((4 * n if self._auto else fixed) + 3 * n, self._channels,
                                 np.dtype(_DTYPES[fmt.value("encoding")]))
         self._clock: DeviceClock | None = None
         self.played = 0  # samples the device consumed, silence included: the device clock
@@ -355,7 +375,8 @@ class Playback(SoundDevice):
         self._low = LowWater(int(round(TRIM_WINDOW_S / self.graph.period)))
         self._trim = 0  # samples still to squeeze out of the coming frames
         self._max_step = max(1, self._n // TRIM_STEP)
-        self._margin = max(1, self._n // 4)  # hysteresis: a few ms above target is left be
+        # Hysteresis: a few ms above target is left be (half a callback when automatic).
+        self._margin = max(1, self._n // 4)
         self._seen_underruns = 0
         self._stream = self._open_stream(fmt, self._callback)
 
@@ -365,6 +386,8 @@ class Playback(SoundDevice):
         # between the graph's ticks and the device's periods does not become clicks.
         ring = self._ring
         self.played += frames
+        if frames > self._block:
+            self._block = frames
         if status:
             self.xruns += 1
         if not self._primed:
@@ -390,6 +413,28 @@ class Playback(SoundDevice):
                                   alive=self._alive)
         return self._clock
 
+    def _set_target(self, target: int) -> None:
+        self._target = target
+        self._max_fill = target + 2 * self._n
+        clock = getattr(self, "_clock", None)
+        if clock is not None:
+            clock.lead = self._n - target
+
+    def _adapt(self) -> None:
+        """After an underrun, forget the low point (it was not spare) and, when the target is
+        automatic, keep one more callback of reserve; follow the callback size seen."""
+        if self.underruns != self._seen_underruns:
+            self._seen_underruns = self.underruns
+            self._low.reset()
+            self._trim = 0
+            if self._auto:
+                self._extra = min(self._extra + max(self._block, 1), 2 * self._n)
+        if self._auto:
+            block = min(self._block, self._n)
+            if self._n + block + self._extra != self._target:
+                self._set_target(self._n + block + self._extra)
+                self._margin = max(1, block // 2)
+
     def process(self, port: str, frame: AudioFrame) -> None:
         if self._gone:
             return
@@ -398,6 +443,7 @@ class Playback(SoundDevice):
             raise self._device_failed(clock.failure)
         ring = self._ring
         data = frame.data
+        self._adapt()
         foreign = clock is None or not clock.driving
         if foreign and self._primed:
             data = self._trim_to_target(data)
@@ -419,11 +465,6 @@ class Playback(SoundDevice):
 
     def _trim_to_target(self, data: np.ndarray) -> np.ndarray:
         """Squeeze up to a tenth of the frame out while a trim is pending (foreign clock)."""
-        if self.underruns != self._seen_underruns:  # it ran dry: the low point was not spare
-            self._seen_underruns = self.underruns
-            self._low.reset()
-            self._trim = 0
-            return data
         if not self._trim:
             return data
         k = min(self._trim, self._max_step, data.shape[0] - 2)

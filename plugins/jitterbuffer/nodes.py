@@ -46,6 +46,7 @@ class JitterBufferNode(Node):
                                    max_delay_ms=max(self.max_delay_ms, self.min_delay_ms),
                                    start_delay_ms=self.start_delay_ms)
         self.frame = self.buffer.frame
+        self.period = self.ptime_ms / 1000.0
         self.next_pop: float | None = None
         self.ended = False
         rt = self.graph.runtime if self.graph is not None else None
@@ -80,11 +81,12 @@ class JitterBufferNode(Node):
         self._media_now = now
         t = self._now()
         if self.next_pop is None:
-            self.next_pop = t
-        period = self.ptime_ms / 1000.0
-        # Pop on the buffer's own schedule (ptime), whatever the graph period is.
-        while t >= self.next_pop - 1e-9:
-            self.next_pop += period
+            self.next_pop = now
+        # Pop on the buffer's own schedule (ptime), whatever the graph period is, in media
+        # time: playout follows the graph's clock (a sound device's, whose ticks jitter by a
+        # callback in loop time), and the delay, measured in loop time, absorbs the drift.
+        while now >= self.next_pop - 1e-9:
+            self.next_pop += self.period
             self._emit(self.buffer.pop(t))
         if self.ended and not len(self.buffer):
             self.send_eos()
