@@ -29,13 +29,13 @@ from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
 from test_sip_endpoint import ECHO, Endpoint, until
 
 from pipeline.errors import ParseError
-from plugins.sip.message import Headers, SipMessage, SipRequest, make_response
+from plugins.sip.message import Headers, SipMessage, SipRequest, Via, make_response
 from plugins.sip.nodes import PortAllocator
 from plugins.sip.offer_answer import Codec
 from plugins.sip.transaction import ServerNonInviteTransaction, TimerConfig, stamp_via
 from plugins.sip.transport import ListenSpec, SipTransport
 from plugins.sip.ua import CallEnded, CallEstablished, UaConfig, UserAgent
-from plugins.sip.uri import SipUri, read_quoted, split_top_level
+from plugins.sip.uri import NameAddress, SipUri, read_quoted, split_top_level
 
 INVITE = (
     "INVITE sip:bob@127.0.0.1:5062 SIP/2.0\r\n"
@@ -153,20 +153,7 @@ def test_views_are_cached_and_follow_header_changes():
         msg.cseq  # noqa: B018
 
 
-def test_released_headers_read_and_change_like_any_other():
-    msg = SipMessage.parse(INVITE.encode())
-    before = bytes(msg)
-    msg.headers._release()
-    assert bytes(msg) == before and msg.headers == SipMessage.parse(INVITE.encode()).headers
-    assert msg.to.uri.user == "bob" and msg.cseq.method == "INVITE"
-    assert msg.headers._cache == {}  # nothing kept for the garbage collector
-    msg.headers.add("Subject", "hi")
-    msg.headers.replace_first("Max-Forwards", "69")
-    assert msg.headers.get("Subject") == "hi" and msg.max_forwards == 69
-    assert msg.headers.count("Via") == 1 and "Contact" in msg.headers
-
-
-def test_a_lingering_transaction_releases_its_messages():
+def test_a_lingering_transaction_keeps_its_messages_as_bytes():
     sent: list[bytes] = []
     request = SipMessage.parse(INVITE.replace("INVITE", "BYE").replace("1 BYE", "2 BYE")
                                .encode())
@@ -175,10 +162,40 @@ def test_a_lingering_transaction_releases_its_messages():
                                     config=TimerConfig(), send=lambda d, a: sent.append(d),
                                     emit=lambda e: None)
     tx.send_response(make_response(request, 200, to_tag="t1"), now=0.0)
-    assert type(request.headers._items) is tuple  # released: out of the GC's sight
+    # no message objects held (out of the GC's sight); they are parsed again when asked for
+    assert tx._request is None and tx._response is None
     assert tx.last_response is not None and tx.last_response.to.tag == "t1"
+    assert tx.request == request and tx.method == "BYE"
     tx.receive_request(request, now=0.1)  # a retransmitted BYE: the same 200 again
     assert sent == [sent[0], sent[0]]
+
+
+@pytest.mark.parametrize("fast, general", [
+    ("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa;rport", "SIP / 2.0 / udp 192.0.2.1 : 5060 ;"
+     "branch=z9hG4bKa; rport"),
+    ("SIP/2.0/TCP host.example", "sip/2.0/tcp  host.example"),
+    ("SIP/2.0/TLS [2001:db8::1]:5061;received=192.0.2.9", "SIP/2.0/TLS\t[2001:db8::1] :5061"
+     " ; received=192.0.2.9"),
+])
+def test_the_via_fast_path_parses_as_the_full_grammar(fast: str, general: str):
+    assert Via.parse(fast) == Via.parse(general)
+    assert str(Via.parse(fast)) == fast
+
+
+@pytest.mark.parametrize("text", ["SIP/2.0/UDP host;", "SIP/2.0/UDP host:99999",
+                                  "SIP/2.0/UDP bad host", "SIP/2.0/UDP host;branch="])
+def test_the_via_fast_path_rejects_what_the_grammar_rejects(text: str):
+    with pytest.raises(ParseError, match="^SIP Via"):
+        Via.parse(text)
+
+
+def test_cached_address_parses_are_independent_copies():
+    text = '"Alice" <sip:alice@192.0.2.1;transport=tcp>;tag=a1'
+    first = NameAddress.parse(text)
+    first.params["tag"] = "changed"
+    first.uri.params["transport"] = "udp"
+    again = NameAddress.parse(text)
+    assert (again.tag, again.uri.transport, again.display_name) == ("a1", "tcp", "Alice")
 
 
 def reference_response(request: SipRequest, code: int, to_tag: str) -> list[tuple[str, str]]:

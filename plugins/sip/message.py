@@ -90,6 +90,8 @@ _HEADER_LINE = re.compile(r"([^:\s]*)[ \t]*:[ \t]*(.*)", re.S)
 _VERSION_RE = re.compile(r"SIP/\d{1,3}\.\d{1,3}", re.I)
 _STATUS_LINE = re.compile(r"(SIP/\d{1,3}\.\d{1,3}) (\d+)(?: (.*))?", re.I | re.S)
 _STREAM_CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+_VIA_TRANSPORTS = frozenset(("UDP", "TCP", "TLS", "SCTP", "WS", "WSS"))
+_CSEQ_RE = re.compile(r"\s*([0-9]+)\s+(\S+)\s*")
 _VIA_COLON = re.compile(r"\s*:\s*")
 _VIA_RE = re.compile(r"\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/;]+)\s+([^;]*?)\s*(;.*)?", re.S)
 
@@ -119,21 +121,12 @@ def _name_info(name: str) -> tuple[str, str]:
 
 # Header names as they appeared on the wire (text before the colon) that proved valid.
 _WIRE_NAMES: dict[str, tuple[str, str]] = {}
+_CSEQ_CACHE: dict[str, CSeq] = {}
 
 
 def _key(name: str) -> str:
     info = _NAMES.get(name)
     return info[0] if info is not None else _name_info(name)[0]
-
-
-class _Discard(dict):
-    """A view cache that keeps nothing (see `Headers._release`)."""
-
-    def __setitem__(self, key: str, value: object) -> None:
-        pass
-
-
-_DISCARD = _Discard()
 
 
 class Headers:
@@ -146,40 +139,22 @@ class Headers:
         # Typed views parsed from these lines (SipMessage properties); any change clears it.
         self._cache: dict[str, object] = {}
         # lookup key -> values in order, built on the first lookup (a UAS looks up some 50
-        # names per request) and dropped on any change (False: released, never kept).
+        # names per request) and dropped on any change.
         self._index: dict[str, list[str]] | None = None
         for name, value in items:
             self.add(name, value)
 
     def _lookup(self) -> dict[str, list[str]]:
         index = self._index
-        if not index:  # not built yet, released (then not kept), or no headers at all
-            built: dict[str, list[str]] = {}
+        if index is None:
+            index = self._index = {}
             for k, _, v in self._items:
-                values = built.get(k)
+                values = index.get(k)
                 if values is None:
-                    built[k] = [v]
+                    index[k] = [v]
                 else:
                     values.append(v)
-            if index is None:
-                self._index = built
-            return built
         return index
-
-    def _release(self) -> None:
-        # For a message kept only to be resent (a transaction's last response): drop the
-        # index and parsed views, and do not keep new ones, so that it holds few objects
-        # for the garbage collector. It still reads and changes like any other.
-        self._index = False  # type: ignore[assignment]
-        self._cache = _DISCARD
-        # A tuple of tuples of strings drops out of the collector's sight entirely.
-        self._items = tuple(self._items)  # type: ignore[assignment]
-
-    def _writable(self) -> list[tuple[str, str, str]]:
-        items = self._items
-        if type(items) is tuple:  # released: a list again before any change
-            items = self._items = list(items)
-        return items
 
     @staticmethod
     def _entry(name: str, value: str) -> tuple[str, str, str]:
@@ -200,14 +175,14 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a header line."""
         entry = self._entry(name, value)
-        self._writable().append(entry)
+        self._items.append(entry)
         self._changed(entry[0])
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first line of that name (a new top Via), or at the top."""
         entry = self._entry(name, value)
         self._changed(entry[0])
-        items = self._writable()
+        items = self._items
         for i, item in enumerate(items):
             if item[0] == entry[0]:
                 items.insert(i, entry)
@@ -255,7 +230,7 @@ class Headers:
         """Replace the value of the first line called `name`, keeping the others."""
         entry = self._entry(name, value)
         self._changed(entry[0])
-        items = self._writable()
+        items = self._items
         for i, item in enumerate(items):
             if item[0] == entry[0]:
                 items[i] = entry
@@ -293,8 +268,7 @@ class Headers:
         return len(self._items)
 
     def __eq__(self, other: object) -> bool:
-        # (a released message keeps its lines in a tuple)
-        return isinstance(other, Headers) and list(self._items) == list(other._items)
+        return isinstance(other, Headers) and self._items == other._items
 
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
@@ -313,20 +287,31 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm; LWS is allowed around '/', ':', ';' and '='."""
-        m = _VIA_RE.fullmatch(text)
-        if m is None:
-            raise ParseError(f"SIP Via is malformed: {text[:60]!r}")
-        name, version, transport, sent_by, ptext = m.groups()
-        if not (is_token(name) and is_token(version) and is_token(transport)):
-            raise ParseError(f"SIP Via has a bad sent-protocol: {text[:60]!r}")
-        host, port = split_hostport(_VIA_COLON.sub(":", sent_by), "SIP Via")
+        # Fast path for the form every UA writes, "SIP/2.0/UDP host:port;params" (no LWS
+        # inside, a known transport); anything else takes the full grammar below.
+        transport, space, rest = text[8:].partition(" ")
+        sent_by, _, ptext = rest.partition(";")
+        if text.startswith("SIP/2.0/") and transport in _VIA_TRANSPORTS and sent_by \
+                and " " not in sent_by and "\t" not in sent_by:
+            protocol = SIP_VERSION
+            ptext = rest[len(sent_by):]
+        else:
+            m = _VIA_RE.fullmatch(text)
+            if m is None:
+                raise ParseError(f"SIP Via is malformed: {text[:60]!r}")
+            name, version, transport, sent_by, ptext = m.groups()
+            if not (is_token(name) and is_token(version) and is_token(transport)):
+                raise ParseError(f"SIP Via has a bad sent-protocol: {text[:60]!r}")
+            transport, protocol = transport.upper(), f"{name.upper()}/{version}"
+            sent_by = _VIA_COLON.sub(":", sent_by)
+        host, port = split_hostport(sent_by, "SIP Via")
         params = parse_params(ptext or "", "SIP Via")
         if "branch" in params and not params["branch"]:
             raise ParseError("SIP Via has an empty branch")
         rport = params.get("rport")
         if rport is not None and not (rport.isdigit() and len(rport) <= 5):
             raise ParseError(f"SIP Via has a bad rport: {rport[:20]!r}")
-        return cls(transport.upper(), host, port, params, f"{name.upper()}/{version}")
+        return cls(transport, host, port, params, protocol)
 
     @classmethod
     def parse_list(cls, value: str) -> list[Via]:
@@ -374,7 +359,18 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        m = re.fullmatch(r"\s*([0-9]+)\s+(\S+)\s*", text)
+        known = _CSEQ_CACHE.get(text)  # frozen: the parse of "1 INVITE" is shared
+        if known is not None:
+            return known
+        cseq = cls._parse(text)
+        if len(_CSEQ_CACHE) >= _NAMES_MAX:
+            _CSEQ_CACHE.clear()  # bounded: values come off the wire
+        _CSEQ_CACHE[text] = cseq
+        return cseq
+
+    @classmethod
+    def _parse(cls, text: str) -> CSeq:
+        m = _CSEQ_RE.fullmatch(text)
         if m is None:
             raise ParseError(f"SIP CSeq is malformed: {text[:40]!r}")
         digits, method = m.groups()

@@ -63,7 +63,11 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
     18: ("G729", 8000, 1),
 }
 
-_TYPE_LINE = re.compile(r"([a-z])=(.*)")
+# Parses of values that recur in every offer of a peer (bounded: they come off the wire).
+_CACHE_MAX = 512
+_RTPMAP_CACHE: dict[str, RtpMap] = {}
+_EVENTS_CACHE: dict[str, frozenset[int]] = {}
+_EVENTS_TEXT: dict[frozenset[int], str] = {}
 _DIGITS = re.compile(r"[0-9]+")
 # RFC 8866 section 5: session-level types that appear at most once ("e", "p", "b", "t", "r",
 # "a" may repeat), the types a media section may hold, and every type we understand.
@@ -212,7 +216,7 @@ class Attribute:
         return self.name if self.value is None else f"{self.name}:{self.value}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class RtpMap:
     """The value of a=rtpmap: `<pt> <encoding>/<clock rate>[/<channels>]` (section 6.6)."""
 
@@ -223,6 +227,15 @@ class RtpMap:
 
     @classmethod
     def parse(cls, value: str) -> RtpMap:
+        known = _RTPMAP_CACHE.get(value)  # frozen: a peer's few rtpmaps are parsed once
+        if known is None:
+            if len(_RTPMAP_CACHE) >= _CACHE_MAX:
+                _RTPMAP_CACHE.clear()  # bounded: values come off the wire
+            known = _RTPMAP_CACHE[value] = cls._parse(value)
+        return known
+
+    @classmethod
+    def _parse(cls, value: str) -> RtpMap:
         line = f"a=rtpmap:{value}"
         pt_text, _, spec = value.strip().partition(" ")
         parts = spec.strip().split("/")
@@ -291,6 +304,15 @@ def format_fmtp(params: Mapping[str, str | int]) -> str:
 
 def parse_events(text: str) -> frozenset[int]:
     """An RFC 4733 section 7.1.1 event list such as "0-15,66" as a set of event codes."""
+    known = _EVENTS_CACHE.get(text)
+    if known is None:
+        if len(_EVENTS_CACHE) >= _CACHE_MAX:
+            _EVENTS_CACHE.clear()
+        known = _EVENTS_CACHE[text] = _parse_events(text)
+    return known
+
+
+def _parse_events(text: str) -> frozenset[int]:
     events: set[int] = set()
     for item in text.replace(" ", "").split(","):
         low, sep, high = item.partition("-")
@@ -305,6 +327,17 @@ def parse_events(text: str) -> frozenset[int]:
 
 def format_events(events: Iterable[int]) -> str:
     """Inverse of `parse_events`, collapsing runs: {0..16} gives "0-16"."""
+    if isinstance(events, frozenset):  # what parse_events gives: the same few sets
+        known = _EVENTS_TEXT.get(events)
+        if known is None:
+            if len(_EVENTS_TEXT) >= _CACHE_MAX:
+                _EVENTS_TEXT.clear()
+            known = _EVENTS_TEXT[events] = _format_events(events)
+        return known
+    return _format_events(events)
+
+
+def _format_events(events: Iterable[int]) -> str:
     codes = sorted(set(events))
     runs: list[str] = []
     i = 0
@@ -561,12 +594,12 @@ class SessionDescription(_Attributes):
         seen: set[str] = set()
         media: MediaDescription | None = None
         for number, line in lines:
-            match = _TYPE_LINE.fullmatch(line)
-            if match is None:
+            kind = line[0]
+            if line[1:2] != "=" or not "a" <= kind <= "z":  # <type>=<value>, type a-z
                 if "=" not in line:
                     raise ParseError(f"SDP line {number} has no '=': {line[:60]!r}")
                 raise ParseError(f"SDP line {number} has a bad type: {line[:60]!r}")
-            kind, value = match.groups()
+            value = line[2:]
             if kind not in _KNOWN_TYPES:
                 # Section 5: a parser must ignore or reject SDP with type letters it does not
                 # understand; rejecting makes the peer's mistake visible.

@@ -194,6 +194,7 @@ class Transaction:
         on_terminated: Callable[[Transaction], None] | None = None,
     ) -> None:
         self.request = request
+        self.method = request.method
         self.addr = addr
         self.reliable = reliable
         self.config = config
@@ -204,10 +205,6 @@ class Transaction:
         self._on_terminated = on_terminated
         self._scheduled: float | None = None  # deadline queued in the layer's heap
         self._key: tuple | None = None  # where the layer files it
-
-    @property
-    def method(self) -> str:
-        return self.request.method
 
     def get_timer(self) -> float | None:
         """The next deadline, or None."""
@@ -350,23 +347,41 @@ class ServerTransaction(Transaction):
     """Base of the server machines; the TU answers with `send_response(response, now)`."""
 
     def __init__(self, request: SipRequest, addr: Address, **kwargs: Any) -> None:
-        super().__init__(request, addr, **kwargs)
-        self.last_response: SipResponse | None = None
+        self._request: SipRequest | None = None
+        self._request_wire = b""
+        self._response: SipResponse | None = None
         self._last_wire = b""
+        super().__init__(request, addr, **kwargs)
         self._interval = self.config.t1
 
+    # A final response is out: the transaction now only absorbs retransmissions for 64*T1,
+    # from `_last_wire`. It keeps its messages as bytes then (parsed again if anyone asks),
+    # so that thousands of lingering transactions hold no objects for the GC to scan.
+    @property
+    def request(self) -> SipRequest:
+        if self._request is None:
+            self._request = SipMessage.parse(self._request_wire)  # type: ignore[assignment]
+        return self._request  # type: ignore[return-value]
+
+    @request.setter
+    def request(self, request: SipRequest) -> None:
+        self._request = request
+
+    @property
+    def last_response(self) -> SipResponse | None:
+        if self._response is None and self._last_wire:
+            self._response = SipMessage.parse(self._last_wire)  # type: ignore[assignment]
+        return self._response
+
     def _transmit(self, response: SipResponse) -> None:
-        self.last_response = response
+        self._response = response
         self._last_wire = bytes(response)
         self._send(self._last_wire, self.addr)
 
     def _linger(self) -> None:
-        # A final response is out: the transaction now only absorbs retransmissions for
-        # 64*T1, from `_last_wire`. Drop the parsed header views (re-parsed if anyone asks)
-        # so that thousands of lingering transactions keep few objects for the GC to scan.
-        for message in (self.request, self.last_response):
-            if message is not None:
-                message.headers._release()
+        if self._request is not None:
+            self._request_wire = bytes(self._request)
+        self._request = self._response = None
 
     def receive_request(self, request: SipRequest, now: float) -> None:
         raise NotImplementedError

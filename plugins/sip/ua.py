@@ -945,8 +945,8 @@ class UserAgent:
             call.invite, 200, to_tag=call.local_tag,
             headers=[("Contact", self.contact(call.transport)), ("Allow", _ALLOW)],
             body=bytes(call.local_sdp))
-        # The dialog is read from the INVITE before the transaction sends (and lingers,
-        # dropping the INVITE's parsed views); it is kept only once the 200 is out.
+        # The dialog is read from the INVITE before the transaction sends; it is kept only
+        # once the 200 is out.
         dialog = call.dialog or Dialog.from_uas(call.invite, response)
         _layer_of(call.server_tx).send_response(response, now, call.server_tx)
         call.dialog = dialog

@@ -40,6 +40,8 @@ _SIP_SCHEMES = ("sip", "sips")
 
 Params = dict[str, str | None]
 _URI_CACHE: dict[str, SipUri] = {}
+_ADDR_CACHE: dict[str, NameAddress] = {}
+_HOSTPORT_CACHE: dict[str, tuple[str, int | None]] = {}
 _URI_CACHE_MAX = 1024
 
 
@@ -193,6 +195,16 @@ def format_host(host: str) -> str:
 
 def split_hostport(text: str, what: str) -> tuple[str, int | None]:
     """Split ``host[:port]`` (host may be an IPv6 reference)."""
+    known = _HOSTPORT_CACHE.get(text)  # a peer's sent-by comes in all its messages
+    if known is not None:
+        return known
+    if len(_HOSTPORT_CACHE) >= _URI_CACHE_MAX:
+        _HOSTPORT_CACHE.clear()  # bounded: values come off the wire
+    known = _HOSTPORT_CACHE[text] = _split_hostport(text, what)
+    return known
+
+
+def _split_hostport(text: str, what: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]")
         host_text, rest = (text, "") if end < 0 else (text[: end + 1], text[end + 1 :])
@@ -383,6 +395,19 @@ class NameAddress:
     @classmethod
     def parse(cls, text: str) -> NameAddress:
         """Parse ``["name"] <uri>;params`` or ``uri;params``."""
+        # A dialog's From and To come back in every request of it (and a peer's Contact
+        # in every call): remember the parses, hand out copies (a value is mutable).
+        known = _ADDR_CACHE.get(text)
+        if known is not None:
+            return cls(known.uri.copy(), known.display_name, dict(known.params))
+        addr = cls._parse(text)
+        if len(_ADDR_CACHE) >= _URI_CACHE_MAX:
+            _ADDR_CACHE.clear()  # bounded: values come off the wire
+        _ADDR_CACHE[text] = cls(addr.uri.copy(), addr.display_name, dict(addr.params))
+        return addr
+
+    @classmethod
+    def _parse(cls, text: str) -> NameAddress:
         s = text.strip()
         if not s:
             raise ParseError("SIP name-addr is empty")
