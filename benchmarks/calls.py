@@ -28,9 +28,10 @@ Ours and GStreamer alternate, `--repeats` times (full: 2, quick: 1), and the che
 each is kept: other load on the machine only adds cost.
 
 The bare codec cost is decode+encode of the same packets with the codec classes the nodes use
-(plugins/codecs), in this process, on the same core; overhead% = (our CPU per frame - bare
-codec cost) / bare codec cost is what the framework, RTP (syscalls included) and the jitter
-buffer add.
+(plugins/codecs), one decoder/encoder pair per call taken in turn as the calls are (the same
+codec work and codec state as the pipeline's), in this process, on the same core;
+overhead% = (our CPU per frame - bare codec cost) / bare codec cost is what the framework,
+RTP (syscalls included) and the jitter buffer add.
 
 Settings match on both sides: Opus 48 kHz mono, 20 ms, 32 kb/s VBR, complexity 10, voice
 mode (our libopus is PyAV's 1.6.1, GStreamer's is Debian's 1.3.1: see PEERS.md). Everything
@@ -117,14 +118,20 @@ def make_decoder(codec: str) -> Any:
     return G711Decoder("pcmu")
 
 
-def bare_codec_us(codec: str, payloads: list[bytes], frames: int) -> float:
-    """CPU microseconds per 20 ms frame to decode a packet and encode the result."""
-    dec, enc = make_decoder(codec), make_encoder(codec)
-    for p in payloads[:50]:  # warm up caches and the encoder's analysis state
-        enc.encode(dec.decode(p))
+def bare_codec_us(codec: str, payloads: list[bytes], frames: int, calls: int) -> float:
+    """CPU microseconds per 20 ms frame to decode a packet and encode the result, for
+    `calls` decoder/encoder pairs taken in turn (the pipeline's codec work and working set,
+    each call starting at another word as the sender's do)."""
+    pairs = [(make_decoder(codec), make_encoder(codec)) for _ in range(calls)]
+    n = len(payloads)
+    for i, (dec, enc) in enumerate(pairs):  # warm up caches and the encoders' analysis state
+        for j in range(20):
+            enc.encode(dec.decode(payloads[(j + 37 * i) % n]))
     t0 = time.process_time()
-    for i in range(frames):
-        enc.encode(dec.decode(payloads[i % len(payloads)]))
+    for k in range(frames):
+        j, i = divmod(k, calls)
+        dec, enc = pairs[i]
+        enc.encode(dec.decode(payloads[(20 + j + 37 * i) % n]))
     return (time.process_time() - t0) / frames * 1e6
 
 
@@ -447,7 +454,7 @@ def main() -> None:
             # Ours and GStreamer alternate, so load from other processes on the machine
             # hits both alike; the cheapest run of each is kept (noise only adds cost).
             for r in range(repeats):
-                us = bare_codec_us(codec, payloads, 1500 if args.quick else 4000)
+                us = bare_codec_us(codec, payloads, 1500 if args.quick else 4000, calls)
                 bare[codec] = min(us, bare.get(codec, us))
                 emit({"bench": "calls", "who": "bare_codec", "codec": codec, "repeat": r,
                       "us_per_frame": round(us, 1)})
