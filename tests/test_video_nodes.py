@@ -23,8 +23,8 @@ from pipeline.testing import run_graph
 from plugins.basic.nodes import FrameSink
 from plugins.generators.source import PcmSource
 from plugins.video.codec import VideoEncoder
-from plugins.video.nodes import VideoTestSource
 from plugins.video.pattern import PatternGenerator, read_counter
+from plugins.video.sources import VideoTestSource
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@
 The building blocks are sans-IO (they take bytes and frames and return bytes and frames):
 `frames` (numpy views over `av.VideoFrame`, swscale), `pattern` (a test picture with a
 burned-in frame counter), `codec` (real-time H.264/VP8 over PyAV), `rtp_vp8` and `rtp_h264`
-(RFC 7741 / RFC 6184 packetizers and frame assemblers). `nodes` and `rtp_nodes` wrap them as
-graph nodes; `rtp_nodes` owns the UDP sockets.
+(RFC 7741 / RFC 6184 packetizers and frame assemblers). `sources`, `nodes`, `recorder` and
+`rtp_nodes` wrap them as graph nodes; `rtp_nodes` owns the UDP sockets.
 """
 
 from pipeline.hookspecs import hookimpl
@@ -12,17 +12,10 @@ from pipeline.hookspecs import hookimpl
 
 @hookimpl
 def register_node_types():
-    from .nodes import (
-        Convert,
-        Scale,
-        VideoDecoderNode,
-        VideoEncoderNode,
-        VideoFileSource,
-        VideoRecorder,
-        VideoTee,
-        VideoTestSource,
-    )
+    from .nodes import Convert, Scale, VideoDecoderNode, VideoEncoderNode, VideoTee
+    from .recorder import VideoRecorder
     from .rtp_nodes import VideoRtpReceiver, VideoRtpSender
+    from .sources import VideoFileSource, VideoTestSource
 
     return [VideoTestSource, VideoFileSource, Scale, Convert, VideoTee, VideoEncoderNode,
             VideoDecoderNode, VideoRecorder, VideoRtpSender, VideoRtpReceiver]

@@ -1,0 +1,176 @@
+"""The video recorder node: encoded or raw video (and audio) into a media file."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+
+from pipeline.formats import Format
+from pipeline.frames import AudioFrame, VideoFrame
+from pipeline.node import Node, Port
+from pipeline.params import Param, ParamValueError
+from pipeline.params import Path as PathType
+from plugins.video.frames import to_av
+from plugins.video.nodes import (
+    TB_90K,
+    VIDEO_CODECS,
+    YUV420P,
+    Reformatter,
+)
+
+_CONTAINERS = {  # extension: (default video codec, default audio codec, allowed video codecs)
+    ".mp4": ("h264", "aac", ("h264",)),
+    ".mov": ("h264", "aac", ("h264",)),
+    ".mkv": ("h264", "libopus", ("h264", "vp8")),
+    ".webm": ("vp8", "libopus", ("vp8",)),
+}
+_RECORD_ENCODERS = {"h264": ("libx264", {"preset": "veryfast"}),
+                    "vp8": ("libvpx", {"deadline": "realtime", "cpu-used": "8"})}
+
+
+class VideoRecorder(Node):
+    """Records video to MP4, MKV or WebM through PyAV, with an audio track if linked.
+
+    Audio and video are both timed from media time zero, so they stay in sync in the file.
+    """
+
+    kind = "video_recorder"
+    inputs = (
+        Port("in", YUV420P, "raw video to encode"),
+        Port("audio", (Format.audio(),), "PCM audio to mux alongside", optional=True),
+    )
+    path = Param(PathType, None, "file to write: .mp4, .mov, .mkv or .webm", required=True)
+    codec = Param(str, None, "video codec h264 or vp8 (default: the container's usual one)",
+                  choices=VIDEO_CODECS)
+    bitrate = Param(int, 2_000_000, "video bit rate in bits per second", min=10_000,
+                    max=100_000_000)
+    keyframe_interval = Param(int, 60, "frames between keyframes", min=1, max=100_000)
+    audio_bitrate = Param(int, 64_000, "audio bit rate in bits per second", min=6_000,
+                          max=512_000)
+
+    def validate(self) -> None:
+        from plugins.files.nodes import check_writable
+
+        ext = Path(self.path).suffix.lower()
+        if ext not in _CONTAINERS:
+            raise ParamValueError("path", f"video_recorder cannot write '{ext or self.path}' "
+                                  "files", f"use one of {', '.join(_CONTAINERS)}")
+        codec = self.codec or _CONTAINERS[ext][0]
+        if codec not in _CONTAINERS[ext][2]:
+            raise ParamValueError("codec", f"{ext} files cannot hold {codec} video",
+                                  f"use {' or '.join(_CONTAINERS[ext][2])}")
+        check_writable("path", self.path)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        return {}
+
+    def start(self) -> None:
+        self.failed = False
+        self._container = None
+        self._c = dict.fromkeys(("video_frames", "audio_frames", "packets", "bytes",
+                                 "dropped_late"), 0)
+        fmt = self.in_formats["in"]
+        ext = Path(self.path).suffix.lower()
+        codec = self.codec or _CONTAINERS[ext][0]
+        name, options = _RECORD_ENCODERS[codec]
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._container = av.open(str(self.path), "w")
+            fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
+            vs = self._container.add_stream(name, rate=fps)
+            vs.width, vs.height, vs.pix_fmt = fmt.value("width"), fmt.value("height"), "yuv420p"
+            vs.bit_rate = self.bitrate
+            vs.gop_size = self.keyframe_interval
+            vs.codec_context.time_base = TB_90K
+            vs.codec_context.max_b_frames = 0
+            vs.thread_count = 1
+            vs.options = dict(options)
+            self._vs = vs
+            self._sws = Reformatter(vs.width, vs.height)
+            self._as = None
+            if "audio" in self.linked_inputs:
+                afmt = self.in_formats["audio"]
+                self._rate, self._channels = afmt.value("rate"), afmt.value("channels")
+                aname = _CONTAINERS[ext][1]
+                # libopus takes 48 kHz; PyAV resamples and re-chunks inside encode().
+                arate = 48000 if aname == "libopus" else self._rate
+                a = self._container.add_stream(aname, rate=arate)
+                a.layout = "mono" if self._channels == 1 else "stereo"
+                a.bit_rate = self.audio_bitrate
+                self._as = a
+                self._layout = a.layout.name
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            self._give_up(e)
+        self._last_pts = -1
+
+    def process(self, port: str, frame: Any) -> None:
+        if self.failed:
+            self.counters.drops += 1
+            return
+        try:
+            if port == "audio":
+                self._audio(frame)
+            else:
+                self._video(frame)
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            self._give_up(e)
+
+    def _video(self, frame: VideoFrame) -> None:
+        if frame.pts <= self._last_pts:  # a muxer rejects non-increasing timestamps
+            self._c["dropped_late"] += 1
+            self.counters.drops += 1
+            return
+        self._last_pts = frame.pts
+        av_frame = self._sws.av(to_av(frame))
+        av_frame.pts, av_frame.time_base = frame.pts, TB_90K
+        # A frame shared through a tee may carry another encoder's keyframe request.
+        av_frame.pict_type = av.video.frame.PictureType.NONE
+        self._c["video_frames"] += 1
+        self._mux(self._vs.encode(av_frame))
+
+    def _audio(self, frame: AudioFrame) -> None:
+        if self._as is None:
+            return
+        fmt = "s16" if frame.data.dtype == np.int16 else "flt"
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(frame.data).reshape(1, -1),
+                                        format=fmt, layout=self._layout)
+        af.sample_rate = frame.rate
+        af.pts, af.time_base = frame.pts, Fraction(1, frame.rate)
+        self._c["audio_frames"] += 1
+        self._mux(self._as.encode(af))
+
+    def _mux(self, packets: list) -> None:
+        for p in packets:
+            self._c["packets"] += 1
+            self._c["bytes"] += p.size
+            self._container.mux(p)
+
+    def _give_up(self, e: Exception) -> None:
+        # Disk full or a codec refusing: stop this recorder, keep the graph (the call) going.
+        self.failed = True
+        self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
+                  f"'{self.path}': {e}", path=self.path)
+
+    def stop(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is None:
+            return
+        try:
+            if not self.failed:
+                self._mux(self._vs.encode(None))
+                if self._as is not None:
+                    self._mux(self._as.encode(None))
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            self._give_up(e)
+        finally:
+            container.close()
+            self._container = None
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), **getattr(self, "_c", {}),
+                "failed": getattr(self, "failed", False)}

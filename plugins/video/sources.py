@@ -1,0 +1,281 @@
+"""Video sources: a test pattern and a media file (video, and its audio when asked).
+
+Sources are clocked: on each tick they emit the frames whose time falls before the next tick,
+so a 30 fps source under a 20 ms period emits on two ticks out of three.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+
+from pipeline.formats import Format
+from pipeline.frames import AudioFrame, VideoFrame
+from pipeline.node import Node, Port
+from pipeline.params import Duration, Param, ParamValueError
+from pipeline.params import Path as PathType
+from plugins.mixer.fifo import SampleFifo
+from plugins.video.codec import CLOCK_RATE
+from plugins.video.frames import from_av
+from plugins.video.nodes import (
+    DEFAULT_SIZE,
+    YUV420P,
+    Reformatter,
+    _pick,
+    fixate_video,
+)
+from plugins.video.pattern import PatternGenerator
+
+
+class VideoTestSource(Node):
+    """A moving yuv420p test picture with its frame counter burned in.
+
+    `plugins.video.pattern.read_counter` reads the counter back, after any scaling or codec.
+    """
+
+    kind = "video_test_source"
+    clocked = True
+    outputs = (Port("out", YUV420P, "raw video, yuv420p, pts at 90 kHz"),)
+    pattern = Param(str, "moving", "picture under the counter band: moving, bars or black",
+                    choices=("moving", "bars", "black"))
+    width = Param(int, None, "picture width (default: what downstream prefers, else 640)",
+                  min=32, max=7680)
+    height = Param(int, None, "picture height (default: what downstream prefers, else 480)",
+                   min=40, max=4320)
+    fps = Param(float, None, "frames per second (default: downstream's, else 30)",
+                min=1.0, max=240.0)
+    duration = Param(Duration, None, "length, e.g. 10s (default: endless)", min=0)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        want = _pick(Format.video("yuv420p", self.width, self.height, self.fps), downstream)
+        fmt = fixate_video(want, defaults=DEFAULT_SIZE)
+        w, h = fmt.value("width"), fmt.value("height")
+        if w % 2 or h % 2 or w < 32 or h < 40:
+            raise ValueError(f"video_test_source size {w}x{h} must be even and at least 32x40")
+        return {"out": fmt}
+
+    def expected_duration(self) -> float | None:
+        return self.duration
+
+    def start(self) -> None:
+        fmt = self.out_formats["out"]
+        self.fps = float(fmt.value("fps"))
+        self._gen = PatternGenerator(fmt.value("width"), fmt.value("height"), fps=self.fps)
+        self._index = 0
+        self._total = None if self.duration is None else int(np.ceil(self.duration * self.fps
+                                                                      - 1e-9))
+        self._body = None if self.pattern == "moving" else self._static_body(self.pattern)
+
+    def _static_body(self, pattern: str) -> tuple[np.ndarray, ...]:
+        # The body below the counter band, drawn once; copied into each new frame.
+        w, h = self._gen.width, self._gen.height
+        if pattern == "black":
+            return (np.full((h, w), 16, np.uint8), np.full((h // 2, w // 2), 128, np.uint8),
+                    np.full((h // 2, w // 2), 128, np.uint8))
+        # Eight 75% colour bars (ITU-R BT.801 order), BT.601 video range.
+        yuv = np.array([[180, 128, 128], [162, 44, 142], [131, 156, 44], [112, 72, 58],
+                        [84, 184, 198], [65, 100, 212], [35, 212, 114], [16, 128, 128]],
+                       np.uint8)
+        bar = (np.arange(w) * 8 // w)
+        y = np.broadcast_to(yuv[bar, 0], (h, w)).copy()
+        cbar = bar[::2]
+        u = np.broadcast_to(yuv[cbar, 1], (h // 2, w // 2)).copy()
+        v = np.broadcast_to(yuv[cbar, 2], (h // 2, w // 2)).copy()
+        return y, u, v
+
+    def tick(self, now: float) -> None:
+        horizon = now + self.graph.period
+        while self._index / self.fps < horizon - 1e-9:
+            if self._total is not None and self._index >= self._total:
+                self.send_eos()
+                return
+            frame = self._gen.frame(self._index)
+            if self._body is not None:
+                band = max(4, self._gen.height // 10)
+                for plane, body, top in zip(frame.planes, self._body, (2 * band, band, band),
+                                            strict=True):
+                    plane[top:] = body[top:]
+            self._index += 1
+            self.emit("out", frame)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "frames": getattr(self, "_index", 0)}
+
+
+class VideoFileSource(Node):
+    """Plays a video file (any container PyAV reads), with its audio as a second output.
+
+    Corrupt data is skipped and counted; pictures of another size are scaled to the first's.
+    """
+
+    kind = "video_file_source"
+    clocked = True
+    outputs = (
+        Port("out", YUV420P, "the file's video, yuv420p at the first picture's size"),
+        Port("audio", (Format.audio("pcm_s16"),), "the file's audio, int16 in period-sized "
+             "frames", optional=True),
+    )
+    path = Param(PathType, None, "file to play", required=True)
+    threads = Param(int, 1, "decoder threads (1: one core per graph)", min=0, max=64)
+
+    def validate(self) -> None:
+        if not Path(self.path).is_file():
+            raise ParamValueError("path", f"file '{self.path}' not found", "check the path")
+        try:
+            with av.open(str(self.path)) as container:
+                video = next((s for s in container.streams if s.type == "video"), None)
+                if video is None:
+                    raise ParamValueError("path", f"file '{self.path}' has no video stream")
+                ctx = video.codec_context
+                rate = video.average_rate or video.guessed_rate
+                self._info = {
+                    "width": ctx.width, "height": ctx.height,
+                    "fps": float(rate) if rate else 30.0,
+                    "duration": container.duration / 1e6 if container.duration else None,
+                    "audio": None,
+                }
+                audio = next((s for s in container.streams if s.type == "audio"), None)
+                if audio is not None:
+                    self._info["audio"] = (audio.codec_context.sample_rate,
+                                           min(audio.codec_context.channels, 2))
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            if isinstance(e, ParamValueError):
+                raise
+            raise ParamValueError("path", f"file '{self.path}' cannot be read as video: {e}",
+                                  "use a file FFmpeg can demux") from None
+        if not self._info["width"] or not self._info["height"]:
+            raise ParamValueError("path", f"file '{self.path}' has a video stream of unknown "
+                                  "size")
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        i = self._info
+        out = {"out": Format.video("yuv420p", i["width"] & ~1, i["height"] & ~1, i["fps"])}
+        if "audio" in self.linked_outputs:
+            if i["audio"] is None:
+                raise ValueError(f"file '{self.path}' has no audio stream for output 'audio'")
+            out["audio"] = Format.audio("pcm_s16", *i["audio"])
+        return out
+
+    def expected_duration(self) -> float | None:
+        return self._info["duration"]
+
+    def start(self) -> None:
+        fmt = self.out_formats["out"]
+        self._fps = float(fmt.value("fps"))
+        self._sws = Reformatter(fmt.value("width"), fmt.value("height"))
+        self._container = av.open(str(self.path))
+        streams = [self._container.streams.video[0]]
+        self._vstream = streams[0]
+        self._vstream.codec_context.thread_count = self.threads
+        self._audio = "audio" in self.linked_outputs
+        if self._audio:
+            afmt = self.out_formats["audio"]
+            self._rate, self._channels = afmt.value("rate"), afmt.value("channels")
+            self._astream = self._container.streams.audio[0]
+            streams.append(self._astream)
+            self._resampler = av.AudioResampler(format="s16", layout=(
+                "mono" if self._channels == 1 else "stereo"), rate=self._rate)
+            self._fifo = SampleFifo(self._channels, np.int16, self._rate)
+            self._chunk = int(round(self._rate * self.graph.period))
+            self._apts = 0
+            self._audio_end = 0.0  # media seconds of audio decoded so far
+        self._packets = self._container.demux(streams)
+        self._queue: deque[VideoFrame] = deque()
+        self._t0: int | None = None  # first picture's pts (90 kHz): media time zero
+        self._last_pts = -1
+        self._video_end = -1.0
+        self._eof = False
+        self._c = dict.fromkeys(("frames", "decode_errors", "demux_errors", "dropped_corrupt",
+                                 "resized", "pts_repaired"), 0)
+
+    # The demuxer is pulled only as far as this tick needs: memory stays at a frame or two.
+    def _pull(self) -> None:
+        try:
+            packet = next(self._packets)
+        except StopIteration:  # the demuxer has already sent each decoder its flush packet
+            self._eof = True
+            return
+        except (av.error.FFmpegError, ValueError, OSError):
+            # A corrupt or truncated container: what decoded so far is all we can play.
+            self._c["demux_errors"] += 1
+            self._eof = True
+            self._decode_video(None)
+            return
+        if packet.stream is self._vstream:
+            self._decode_video(packet)
+        elif self._audio:
+            self._decode_audio(packet)
+
+    def _decode_video(self, packet: Any) -> None:
+        try:
+            frames = self._vstream.codec_context.decode(packet)
+        except (av.error.FFmpegError, ValueError):
+            self._c["decode_errors"] += 1
+            return
+        step = CLOCK_RATE / self._fps
+        for f in frames:
+            if f.is_corrupt:  # concealed by FFmpeg after damage: not a picture to show
+                self._c["dropped_corrupt"] += 1
+                self.counters.drops += 1
+                continue
+            if f.pts is not None and f.time_base is not None:
+                pts = int(round(f.pts * f.time_base * CLOCK_RATE))
+                if self._t0 is None:
+                    self._t0 = pts
+                pts -= self._t0
+            else:
+                pts = -1
+            if pts <= self._last_pts:  # missing or going backwards (corrupt timestamps)
+                self._c["pts_repaired"] += pts >= 0 or self._last_pts >= 0
+                pts = self._last_pts + int(round(step)) if self._last_pts >= 0 else 0
+                self._t0 = self._t0 if self._t0 is not None else 0
+            self._last_pts = pts
+            if not self._sws.matches(f.width, f.height, f.format.name):
+                self._c["resized"] += 1
+            self._queue.append(from_av(self._sws.av(f), pts=pts))
+            self._video_end = pts / CLOCK_RATE
+
+    def _decode_audio(self, packet: Any) -> None:
+        try:
+            frames = self._astream.codec_context.decode(packet)
+            for f in frames:
+                for out in self._resampler.resample(f):
+                    data = out.to_ndarray().reshape(-1, self._channels)
+                    self._fifo.push(data)
+                    self._audio_end += len(data) / self._rate
+        except (av.error.FFmpegError, ValueError):
+            self._c["decode_errors"] += 1
+
+    def tick(self, now: float) -> None:
+        period = self.graph.period
+        horizon = now + period
+        while not self._eof and (self._video_end < horizon or (
+                self._audio and self._audio_end < horizon + period)):
+            self._pull()
+        q = self._queue
+        while q and q[0].pts < horizon * CLOCK_RATE - 1e-6:
+            self._c["frames"] += 1
+            self.emit("out", q.popleft())
+        if self._audio:
+            n = self._chunk
+            while self._apts < horizon * self._rate and (len(self._fifo) >= n or (
+                    self._eof and len(self._fifo))):
+                data = self._fifo.pop(n)
+                self.emit("audio", AudioFrame(data, self._rate, self._apts))
+                self._apts += len(data)
+        if self._eof and not q and not (self._audio and len(self._fifo)):
+            self.send_eos()
+
+    def stop(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            container.close()
+            self._container = None
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), **getattr(self, "_c", {})}
