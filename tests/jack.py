@@ -128,3 +128,18 @@ def portaudio_on(server: JackServer) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def jack_for_tests(rate: int, period: int = 960) -> Iterator[JackServer]:
+    """Body of a module-scoped `jack` fixture: a dummy-backend server this process's
+    PortAudio sees; skipped (with the reason) when JACK is missing, failed in CI."""
+    import pytest
+    from conftest import IN_CI
+
+    why = jack_missing()
+    if why:
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    with JackServer(rate=rate, period=period) as server, portaudio_on(server):
+        yield server

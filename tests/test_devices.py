@@ -16,7 +16,7 @@ import pytest
 from conftest import IN_CI, ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jack import JackServer, jack_missing, portaudio_on
+from jack import JackServer, jack_for_tests, jack_missing
 
 from pipeline import devices
 from pipeline.clock import RealtimeClock
@@ -647,13 +647,7 @@ def test_list_devices_shows_channels_rates_and_defaults(fake_sd):
 # ---- through PortAudio and JACK ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def jack():
-    why = jack_missing()
-    if why:
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
-    with JackServer(rate=RATE, period=960) as server, portaudio_on(server):
-        yield server
+    yield from jack_for_tests(RATE)
 
 
 LOOPBACK = """

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import IN_CI, ROOT
-from jack import JackServer, jack_missing, portaudio_on
+from conftest import ROOT
+from jack import JackServer, jack_for_tests
 from scipy import signal as sps
 
 from pipeline import devices
@@ -422,13 +422,7 @@ def test_click_detector_dates_a_click_to_the_sample_and_counts_it_once():
 # ---- through JACK ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def jack():
-    why = jack_missing()
-    if why:
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
-    with JackServer(rate=RATE, period=960) as server, portaudio_on(server):
-        yield server
+    yield from jack_for_tests(RATE)
 
 
 @pytest.fixture
