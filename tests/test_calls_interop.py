@@ -11,8 +11,6 @@ wait has a timeout and GStreamer is stopped by its PID.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from pipeline.runtime import RunResult
 from pipeline.testing import align, read_wav, write_wav
 
 from conftest import require_tool  # isort: skip
-from test_gstreamer_rtp import start_receiver  # isort: skip
+from test_gstreamer_rtp import receive_while_sending  # isort: skip
 
 SPEECH = Path(__file__).parents[1] / "graphs" / "samples" / "speech.wav"
 SECONDS = 4.0
@@ -74,30 +72,13 @@ def piecewise_correlation(ref: np.ndarray, out: np.ndarray, rate: int) -> list[f
 
 def receive_from_gstreamer(gst: str, codec: str, wav: Path) -> RunResult:
     chain, _, pt = SEND[codec]
-
-    async def main() -> RunResult:
-        graph = parse_launch(
-            f"rtp_session name=rx codec={codec} payload_type={pt} rtp_timeout=0.5s ! "
-            f"jitter_buffer name=jb ptime_ms=20 min_delay_ms={MIN_DELAY_MS} "
-            f"start_delay_ms={MIN_DELAY_MS} ! {codec}_decoder ! frame_sink name=out")
-        task, port = await start_receiver(graph)
-        proc = await asyncio.create_subprocess_exec(
-            gst, "-q", "filesrc", f"location={wav}", "!", "wavparse", "!", *chain.split(),
-            "!", "udpsink", "host=127.0.0.1", f"port={port}",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), WAIT)
-            assert proc.returncode == 0, err.decode(errors="replace")
-            return await asyncio.wait_for(task, WAIT)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            graph.runtime.request_stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, WAIT)
-
-    return asyncio.run(main())
+    graph = parse_launch(
+        f"rtp_session name=rx codec={codec} payload_type={pt} rtp_timeout=0.5s ! "
+        f"jitter_buffer name=jb ptime_ms=20 min_delay_ms={MIN_DELAY_MS} "
+        f"start_delay_ms={MIN_DELAY_MS} ! {codec}_decoder ! frame_sink name=out")
+    return receive_while_sending(graph, lambda port: [
+        gst, "-q", "filesrc", f"location={wav}", "!", "wavparse", "!", *chain.split(), "!",
+        "udpsink", "host=127.0.0.1", f"port={port}"])
 
 
 @pytest.mark.parametrize("codec", ["opus", "pcmu"])

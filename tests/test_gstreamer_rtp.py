@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,29 +77,12 @@ def test_gstreamer_sends_to_our_graph(gst: str, codec: str, capsys) -> None:
     per_buffer = rate // 50
     buffers = int(seconds * 50)
 
-    async def main() -> RunResult:
-        graph = parse_launch(
-            f"rtp_session name=rx codec={codec} payload_type={pt} rtp_timeout=0.6s ! "
-            f"{codec}_decoder ! frame_sink name=out")
-        task, port = await start_receiver(graph)
-        proc = await asyncio.create_subprocess_exec(
-            gst, "-q", "audiotestsrc", f"num-buffers={buffers}",
-            f"samplesperbuffer={per_buffer}", "freq=440", "!", *caps_chain.split(), "!",
-            "udpsink", "host=127.0.0.1", f"port={port}",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        try:
-            err = await asyncio.wait_for(proc.communicate(), WAIT)
-            assert proc.returncode == 0, err[1].decode(errors="replace")
-            return await asyncio.wait_for(task, WAIT)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            graph.runtime.request_stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, WAIT)
-
-    result = asyncio.run(main())
+    graph = parse_launch(
+        f"rtp_session name=rx codec={codec} payload_type={pt} rtp_timeout=0.6s ! "
+        f"{codec}_decoder ! frame_sink name=out")
+    result = receive_while_sending(graph, lambda port: [
+        gst, "-q", "audiotestsrc", f"num-buffers={buffers}", f"samplesperbuffer={per_buffer}",
+        "freq=440", "!", *caps_chain.split(), "!", "udpsink", "host=127.0.0.1", f"port={port}"])
     st = result.stats["rx"]
     # opusenc flushes its lookahead as one more packet at EOS.
     assert st["packets_received"] == buffers + (codec == "opus")
@@ -177,6 +161,30 @@ def test_our_graph_sends_to_gstreamer(gst: str, codec: str, tmp_path: Path, caps
     assert corr >= 0.9
     assert snr > (30.0 if codec == "pcmu" else 15.0)
     assert np.abs(got).max() > 0.4 * 32767  # our -6 dBFS tone arrives at its level
+
+
+def receive_while_sending(graph: Any, sender: Callable[[int], list[str]]) -> RunResult:
+    """Run `graph` (with a receiving `rtp_session`) in real time while the command
+    `sender(port)` sends to it; return the graph's result once the stream has ended."""
+
+    async def main() -> RunResult:
+        task, port = await start_receiver(graph)
+        proc = await asyncio.create_subprocess_exec(
+            *sender(port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+            assert proc.returncode == 0, err.decode(errors="replace")
+            return await asyncio.wait_for(task, WAIT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            graph.runtime.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, WAIT)
+
+    return asyncio.run(main())
+
 
 async def start_receiver(graph: Any) -> tuple[asyncio.Task, int]:
     """Run a real-time graph with a receiving `rtp_session`; return its task and bound port.
