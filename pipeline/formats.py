@@ -163,6 +163,19 @@ def intersect_caps(a: Caps, b: Caps) -> Caps:
     return tuple(out)
 
 
+def narrow_to(want: Format, downstream: dict[str, Caps]) -> Format:
+    """`want` narrowed, output by output, by the first format that output's peer accepts
+    and `want` allows: how a node with a free choice (a source's rate, a decoder's) lets
+    the graph downstream pick, so no converter is needed."""
+    for caps in downstream.values():
+        for f in caps:
+            g = want.intersect(f)
+            if g is not None:
+                want = g
+                break
+    return want
+
+
 def caps_str(caps: Caps) -> str:
     return " | ".join(str(f) for f in caps) if caps else "nothing"
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.errors import MissingDependencyError, ParseError
-from pipeline.formats import OPUS_RATES, Format
+from pipeline.formats import OPUS_RATES, Format, narrow_to
 from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, AudioFrame, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
@@ -488,13 +488,7 @@ class OpusDecoderNode(_DecoderNode):
     def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
         rate = self.rate
         if rate is None:
-            want = Format.audio("pcm_s16", OPUS_RATES)
-            for caps in downstream.values():
-                for f in caps:
-                    g = want.intersect(f)
-                    if g is not None:
-                        want = g
-                        break
+            want = narrow_to(Format.audio("pcm_s16", OPUS_RATES), downstream)
             rate = want.rate[0] if want.rate and want.rate != OPUS_RATES else 48000
         return int(rate), int(self.channels or fmt.value("channels") or 1)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.formats import Format
+from pipeline.formats import Format, narrow_to
 from pipeline.frames import AudioFrame
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param
@@ -26,13 +26,7 @@ class PcmSource(Node):
     duration = Param(Duration, None, "length, e.g. 5s (default: endless)", min=0)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
-        want = Format.audio("pcm_s16", self.rate, self.channels)
-        for caps in downstream.values():
-            for f in caps:
-                g = want.intersect(f)
-                if g is not None:
-                    want = g
-                    break
+        want = narrow_to(Format.audio("pcm_s16", self.rate, self.channels), downstream)
         fmt = want.fixate(defaults={"rate": 48000})
         self.rate = fmt.value("rate")
         return {"out": fmt}

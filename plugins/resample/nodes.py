@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.formats import PCM_ENCODINGS, Format
+from pipeline.formats import PCM_ENCODINGS, Format, narrow_to
 from pipeline.frames import AudioFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Param
@@ -53,13 +53,8 @@ class Resample(Node):
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         src = inputs["in"]
-        want = Format.audio(self.sample_format or PCM_ENCODINGS, self.rate, self.channels)
-        for caps in downstream.values():
-            for f in caps:
-                g = want.intersect(f)
-                if g is not None:
-                    want = g
-                    break
+        want = narrow_to(Format.audio(self.sample_format or PCM_ENCODINGS, self.rate,
+                                      self.channels), downstream)
         return {"out": want.fixate(prefer=src)}
 
     def start(self) -> None:

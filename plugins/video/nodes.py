@@ -16,7 +16,7 @@ from typing import Any
 
 from av.video.reformatter import VideoReformatter
 
-from pipeline.formats import ENCODED, Format
+from pipeline.formats import ENCODED, Format, narrow_to
 from pipeline.frames import EncodedFrame, EndOfStream, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param
@@ -44,16 +44,6 @@ def fixate_video(fmt: Format, prefer: Format | None = None,
     f = fmt.fixate(prefer=prefer, defaults=defaults)
     return Format.video(f.value("encoding"), f.value("width"), f.value("height"),
                         f.value("fps"))
-
-
-def _pick(want: Format, downstream: dict) -> Format:
-    """`want` narrowed by the first downstream format it meets (a source's free choice)."""
-    for caps in downstream.values():
-        for f in caps:
-            g = want.intersect(f)
-            if g is not None:
-                return g
-    return want
 
 
 class Reformatter:
@@ -109,7 +99,7 @@ class Scale(Node):
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         src = inputs["in"]
         w, h = self._size(src.value("width"), src.value("height"))
-        want = _pick(Format.video(self.pix_fmt or PIX_FMTS, w, h, src.fps), downstream)
+        want = narrow_to(Format.video(self.pix_fmt or PIX_FMTS, w, h, src.fps), downstream)
         return {"out": fixate_video(want, prefer=src)}
 
     def _size(self, sw: int, sh: int) -> tuple[int | None, int | None]:
@@ -247,7 +237,7 @@ class VideoDecoderNode(Node):
         self._codec = codec
         want = Format.video("yuv420p", self.width or src.value("width"),
                             self.height or src.value("height"), self.fps or src.value("fps"))
-        want = _pick(want, downstream)
+        want = narrow_to(want, downstream)
         if want.value("width") is None or want.value("height") is None:
             raise ValueError("video_decoder does not know the picture size: set width and "
                              "height")

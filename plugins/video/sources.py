@@ -14,7 +14,7 @@ import av
 import av.error
 import numpy as np
 
-from pipeline.formats import Format
+from pipeline.formats import Format, narrow_to
 from pipeline.frames import AudioFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
@@ -26,7 +26,6 @@ from plugins.video.nodes import (
     DEFAULT_SIZE,
     YUV420P,
     Reformatter,
-    _pick,
     fixate_video,
 )
 from plugins.video.pattern import PatternGenerator
@@ -52,7 +51,7 @@ class VideoTestSource(Node):
     duration = Param(Duration, None, "length, e.g. 10s (default: endless)", min=0)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
-        want = _pick(Format.video("yuv420p", self.width, self.height, self.fps), downstream)
+        want = narrow_to(Format.video("yuv420p", self.width, self.height, self.fps), downstream)
         fmt = fixate_video(want, defaults=DEFAULT_SIZE)
         w, h = fmt.value("width"), fmt.value("height")
         if w % 2 or h % 2 or w < 32 or h < 40:
