@@ -8,6 +8,8 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
 - parsed views (From, To, Via, CSeq...) are cached per message and dropped when a header
   changes; a transaction's lingering messages are "released" and still read and change;
 - `make_response` (8.2.6) copies the same lines;
+- SDP answers remembered per offer shape (`AnswerCache`) equal a fresh `answer`, and each
+  call's copy is its own;
 - RTP ports for answered calls are not test-bound: a busy port is found when the call graph
   fails to bind, and the next one is used;
 - `ring: false`: 100 Trying and 200 only;
@@ -17,6 +19,7 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import Counter
 from typing import Any
@@ -31,11 +34,13 @@ from test_sip_endpoint import ECHO, Endpoint, until
 from pipeline.errors import ParseError
 from plugins.sip.message import Headers, SipMessage, SipRequest, Via, make_response
 from plugins.sip.nodes import PortAllocator
-from plugins.sip.offer_answer import Codec
+from plugins.sip.offer_answer import AnswerCache, Codec, answer
+from plugins.sip.sdp import SessionDescription
 from plugins.sip.transaction import ServerNonInviteTransaction, TimerConfig, stamp_via
 from plugins.sip.transport import ListenSpec, SipTransport
 from plugins.sip.ua import CallEnded, CallEstablished, UaConfig, UserAgent
 from plugins.sip.uri import NameAddress, SipUri, read_quoted, split_top_level
+from plugins.sip.validate import check_message
 
 INVITE = (
     "INVITE sip:bob@127.0.0.1:5062 SIP/2.0\r\n"
@@ -198,6 +203,37 @@ def test_cached_address_parses_are_independent_copies():
     assert (again.tag, again.uri.transport, again.display_name) == ("a1", "tcp", "Alice")
 
 
+@pytest.mark.parametrize("params", [";tag=b2", " ;tag=b3 ", ';TAG="q"', ";expires=60;q=0.5",
+                                    "", ";;", "x", ";tag"])
+def test_a_known_uri_with_new_parameters_parses_as_the_full_grammar(params: str):
+    NameAddress.parse("<sip:bob@192.0.2.2:5070>;tag=b1")  # the "<uri>" is known now
+    text = "<sip:bob@192.0.2.2:5070>" + params
+    try:
+        expected = NameAddress._parse(text)
+    except ParseError as exc:
+        with pytest.raises(ParseError, match=re.escape(str(exc))):
+            NameAddress.parse(text)
+    else:
+        got = NameAddress.parse(text)
+        assert got == expected
+        got.uri.params["x"] = "y"  # a copy of the remembered URI
+        assert "x" not in NameAddress.parse(text).uri.params
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ("Allow: INVITE, ACK, B@D", "SIP Allow has a bad option tag: 'B@D'"),
+    ("Content-Type: application/sdp;", "SIP Content-Type has an empty parameter"),
+    ("Content-Type: application", "SIP Content-Type is not type/subtype: 'application'"),
+])
+def test_header_values_checked_once_still_catch_a_bad_variant(line: str, error: str):
+    assert check_message(INVITE.encode()).kind == "valid"  # remembers the good lines
+    name = line.split(":")[0]
+    bad = re.sub(f"{name}: [^\r]*", line, INVITE).encode()
+    verdict = check_message(bad)
+    assert (verdict.kind, verdict.status, verdict.reason) == ("invalid", 400, error)
+    assert check_message(INVITE.encode()).kind == "valid"
+
+
 def reference_response(request: SipRequest, code: int, to_tag: str) -> list[tuple[str, str]]:
     lines = [("Via", v) for v in request.headers.get_all("Via")]
     for name in ("From", "To", "Call-ID", "CSeq"):
@@ -220,6 +256,58 @@ def test_make_response_copies_the_rfc_3261_8_2_6_lines(code: int):
     assert response.to.tag == "t9" and response.headers.count("Via") == 2
     wire = SipMessage.parse(bytes(response))
     assert wire == response and wire.status_code == code
+
+
+OFFER = ("v=0\r\no=alice {sid} {sid} IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\n"
+         "t=0 0\r\nm=audio {port} RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+         "a=fmtp:101 0-15\r\n{extra}a=ptime:30\r\na=sendonly\r\nm=video 0 RTP/AVP 96\r\n")
+CODECS = [Codec.named("pcmu"), Codec.named("pcma"), Codec.named("telephone-event")]
+
+
+@pytest.mark.parametrize("extra", ["", "a=rtcp-mux\r\n", "a=rtcp:7000 IN IP4 192.0.2.9\r\n"])
+def test_answer_cache_equals_a_fresh_answer_for_offers_of_one_shape(extra: str):
+    cache = AnswerCache(CODECS, "127.0.0.1", ptime_ms=20)
+    seen = []
+    for n, (sid, port) in enumerate(((11, 4000), (12, 5002), (13, 5002), (99, 6000))):
+        body = OFFER.format(sid=sid, port=port, extra=extra).encode()
+        offer, sdp, media = cache.answer(body)
+        assert (offer is None) == (n > 0)  # a known shape is not parsed again
+        fresh_sdp, fresh_media = answer(SessionDescription.parse(body), CODECS, "127.0.0.1", 0,
+                                        ptime_ms=20)
+        assert media == fresh_media
+        assert media.remote_rtp_port == port
+        assert sdp.lines()[2:] == fresh_sdp.lines()[2:]  # all but v= and o=
+        assert sdp.origin.session_id not in seen  # a new session each call
+        seen.append(sdp.origin.session_id)
+        sdp.media[0].port = 30000 + port  # what prepare_answer does: only this call's copy
+        sdp.media[0].attributes.clear()
+    assert len(cache._shapes) == 1
+
+
+@pytest.mark.parametrize("change", [("sendonly", "recvonly"), ("192.0.2.1", "192.0.2.7"),
+                                    (" 8 0 101", " 0 101"), ("video 0", "video 5000")])
+def test_answer_cache_tells_other_shapes_apart(change: tuple[str, str]):
+    cache = AnswerCache(CODECS, "127.0.0.1", ptime_ms=20)
+    first = OFFER.format(sid=1, port=4000, extra="")
+    for body in (first, first.replace(*change)):
+        media = cache.answer(body.encode())[2]
+        assert media == answer(body, CODECS, "127.0.0.1", 0, ptime_ms=20)[1]
+    assert len(cache._shapes) == 2
+
+
+@pytest.mark.parametrize("bad", ["o=alice x 1 IN IP4 192.0.2.1", "o=alice 1 1 IN IP4",
+                                 "o=alice 1 1 IN IP4 192.0.2.1\ro=x", "o=\udcff 1 1 IN IP4 a",
+                                 "m=audio 70000 RTP/AVP"])
+def test_answer_cache_rejects_what_the_parser_rejects(bad: str):
+    cache = AnswerCache(CODECS, "127.0.0.1", ptime_ms=20)
+    cache.answer(OFFER.format(sid=1, port=4000, extra="").encode())
+    body = OFFER.format(sid=2, port=4002, extra="")
+    body = body.replace("o=alice 2 2 IN IP4 192.0.2.1", bad).replace("m=audio 4002 RTP/AVP", bad)
+    data = body.encode("utf-8", "surrogateescape")
+    with pytest.raises(ParseError):
+        SessionDescription.parse(data)
+    with pytest.raises(ParseError):
+        cache.answer(data)
 
 
 def test_sip_uri_parses_are_independent_copies():

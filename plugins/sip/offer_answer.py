@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 import functools
 import ipaddress
+import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +45,7 @@ from plugins.sip.sdp import (
 )
 
 __all__ = [
+    "AnswerCache",
     "Codec",
     "NegotiatedMedia",
     "NegotiatedVideo",
@@ -443,6 +446,92 @@ def answer(
     if video_index is not None:
         media = replace(media, video=_negotiate_video(sdp, offer, video_index))
     return sdp, media
+
+
+# The o= line and the m= ports of an offer: what the answer does not depend on.
+_SHAPE = re.compile(rb"^o=[^\n]*|^(m=[^ \r\n]+ )([0-9]+)", re.M)
+
+
+class AnswerCache:
+    """`answer` for new calls, remembered per offer shape.
+
+    Offers that differ only in their o= line and their non-zero m= ports (a caller's next
+    call) get the same answer: RFC 3264 section 6 reads neither, and the ports only reach
+    the remote RTP and RTCP ports of the media. So an offer of a known shape is neither
+    parsed nor negotiated again (its o= line and ports are checked as the parser would);
+    each call gets a copy of the answer with a fresh o= line and its own ports. At most
+    `size` shapes, the masked bytes as the key, so any other difference is a new shape.
+    Offers answered with video are negotiated every time."""
+
+    def __init__(self, codecs: Sequence[Codec], local_ip: str, *, ptime_ms: int | None = None,
+                 video_codecs: Sequence[Codec] = (), size: int = 64) -> None:
+        self.codecs, self.local_ip, self.ptime_ms = codecs, local_ip, ptime_ms
+        self.video_codecs = video_codecs
+        self.size = size
+        # shape -> (answer on port 0, its media, whether the offer names its RTCP port)
+        self._shapes: dict[bytes, tuple[SessionDescription, NegotiatedMedia, bool]] = {}
+
+    def answer(self, body: bytes) -> tuple[SessionDescription | None, SessionDescription,
+                                           NegotiatedMedia]:
+        """(the offer parsed, or None when its shape was known; our answer on RTP port 0;
+        its media), as `SessionDescription.parse` and `answer` make them, with their
+        errors (`ParseError`, `NegotiationFailed`)."""
+        origin: list[bytes] = []
+        ports: list[int] = []
+
+        def mask(m: re.Match[bytes]) -> bytes:
+            if m.group(1) is None:
+                origin.append(m.group(0))
+                return b"o="
+            ports.append(int(m.group(2)))
+            return m.group(2) if ports[-1] == 0 else m.group(1) + b"#"
+
+        key = _SHAPE.sub(mask, body)
+        known = self._shapes.get(key)
+        if known is not None and _valid(origin, ports):
+            template, media, rtcp_named = known
+            port = ports[media.media_index]
+            rtcp_port = media.remote_rtcp_port if rtcp_named else port + (not media.rtcp_mux)
+            if (port, rtcp_port) != (media.remote_rtp_port, media.remote_rtcp_port):
+                media = replace(media, remote_rtp_port=port, remote_rtcp_port=rtcp_port)
+            return None, _fresh_copy(template), media
+        offer = SessionDescription.parse(body)
+        sdp, media = answer(offer, self.codecs, self.local_ip, 0, ptime_ms=self.ptime_ms,
+                            video_codecs=self.video_codecs)
+        if media.video is not None or len(ports) != len(offer.media):
+            return offer, sdp, media  # (an m= line the pattern missed: ports unmapped)
+        if len(self._shapes) >= self.size:
+            self._shapes.clear()  # bounded: offers come off the wire
+        rtcp_named = offer.media[media.media_index].rtcp is not None
+        self._shapes[key] = (sdp, media, rtcp_named)
+        return offer, _fresh_copy(sdp), media
+
+
+def _valid(origin: list[bytes], ports: list[int]) -> bool:
+    """Whether the masked parts of an offer of a known (parseable) shape parse too."""
+    if any(port > 65535 for port in ports):
+        return False
+    try:
+        Origin.parse(origin[0][2:].decode("utf-8"))
+    except (UnicodeDecodeError, ParseError):
+        return False
+    return True
+
+
+def _fresh_copy(sdp: SessionDescription) -> SessionDescription:
+    """A copy of an answer with a new session id (its parts are replaced, never edited in
+    place, except the media sections' ports: those are copied)."""
+    o = sdp.origin
+    sid = int.from_bytes(os.urandom(8)) >> 2  # as random as answer()'s randbelow(2**62)
+    origin = Origin(o.username, sid, sid, o.nettype, o.addrtype, o.address)
+    media = [MediaDescription(m.kind, m.port, m.proto, list(m.formats), m.port_count, m.title,
+                              connections=list(m.connections), bandwidths=list(m.bandwidths),
+                              key=m.key, attributes=list(m.attributes)) for m in sdp.media]
+    return SessionDescription(origin=origin, name=sdp.name, info=sdp.info, uri=sdp.uri,
+                              emails=list(sdp.emails), phones=list(sdp.phones),
+                              connection=sdp.connection, bandwidths=list(sdp.bandwidths),
+                              timings=list(sdp.timings), zone=sdp.zone, key=sdp.key,
+                              attributes=list(sdp.attributes), media=media, version=sdp.version)
 
 
 def negotiated(

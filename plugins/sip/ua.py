@@ -37,6 +37,7 @@ from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
 from .message import SipMessage, SipRequest, SipResponse, Via, make_response
 from .offer_answer import (
+    AnswerCache,
     Codec,
     NegotiatedMedia,
     NegotiationFailed,
@@ -241,7 +242,8 @@ class Call:
     server_tx: ServerInviteTransaction | None = None
     dialog: Dialog | None = None
     local_sdp: SessionDescription | None = None
-    remote_sdp: SessionDescription | None = None
+    remote_sdp: SessionDescription | None = None  # see remote(): parsed on first need
+    remote_body: bytes = b""  # an incoming call's offer as received
     media: NegotiatedMedia | None = None
     rtp_port: int = 0
     video_port: int = 0  # 0: no video stream of ours
@@ -261,6 +263,12 @@ class Call:
     @property
     def active(self) -> bool:
         return self.state != "ended"
+
+    def remote(self) -> SessionDescription | None:
+        """The peer's SDP (an incoming call's offer is parsed only when someone asks)."""
+        if self.remote_sdp is None and self.remote_body:
+            self.remote_sdp = SessionDescription.parse(self.remote_body)
+        return self.remote_sdp
 
 
 @dataclass
@@ -344,6 +352,8 @@ class UserAgent:
         self._owners: dict[ClientTransaction, tuple[str, object]] = {}
         self._limiter = _RateLimiter(config.rate_limit, config.rate_burst)
         self._calls_made = 0
+        self._answers = AnswerCache(config.codecs, self.media_ip, ptime_ms=config.ptime_ms,
+                                    video_codecs=config.video_codecs)
         self._auth = DigestClient(config.user, config.password) if config.password else None
         self._server_auth = None
         if config.users:
@@ -564,8 +574,9 @@ class UserAgent:
     def _response(self, request: SipRequest, code: int, *, to_tag: str | None = None,
                   headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
                   content_type: str | None = None, reason: str | None = None) -> SipResponse:
-        response = make_response(request, code, reason,
-                                 to_tag=to_tag or (_random_token() if code > 100 else None))
+        if to_tag is None and code > 100 and request.to.tag is None:
+            to_tag = _random_token()  # make_response adds it only where To has no tag
+        response = make_response(request, code, reason, to_tag=to_tag)
         if request.method == "INVITE" and 100 < code < 300:
             # 12.1.1: a response that makes a dialog copies Record-Route, in order, so the
             # caller keeps the proxies in its route set (its BYE goes through them).
@@ -880,10 +891,7 @@ class UserAgent:
                 ("Warning", f'304 {self.media_ip} "INVITE has no SDP offer"')])
             return
         try:
-            offer = SessionDescription.parse(request.body)
-            preview_sdp, preview = answer(offer, self.config.codecs, self.media_ip, 0,
-                                          ptime_ms=self.config.ptime_ms,
-                                          video_codecs=self.config.video_codecs)
+            offer, preview_sdp, preview = self._answers.answer(request.body)
         except NegotiationFailed as exc:
             self.stats["rejected_488"] += 1
             self._respond(tx, request, 488, now, headers=[
@@ -898,7 +906,8 @@ class UserAgent:
         call = Call(request.call_id, "in", transport, addr, _random_token(),
                     caller=safe_token(f"{from_.uri.user or ''}@{from_.uri.host}"),
                     callee=safe_token(f"{to.uri.user or ''}@{to.uri.host}"), state="incoming",
-                    invite=request, server_tx=tx, remote_sdp=offer, number=self._calls_made,
+                    invite=request, server_tx=tx, remote_sdp=offer,
+                    remote_body=request.body, number=self._calls_made,
                     remote_display=from_.display_name or "")
         call.preview = (preview_sdp, preview)
         if call.call_id in self.calls and self.calls[call.call_id].active:
@@ -923,7 +932,7 @@ class UserAgent:
             sdp.media[preview.media_index].port = rtp_port
             media = replace(preview, local_rtp_port=rtp_port)
         else:
-            sdp, media = answer(call.remote_sdp, self.config.codecs, self.media_ip, rtp_port,
+            sdp, media = answer(call.remote(), self.config.codecs, self.media_ip, rtp_port,
                                 ptime_ms=self.config.ptime_ms,
                                 video_codecs=self.config.video_codecs)
         if media.video is not None:
@@ -1070,7 +1079,8 @@ class UserAgent:
         except ParseError as exc:
             self._respond(tx, request, 400, now, reason=f"Bad SDP: {_quote(str(exc))[:80]}")
             return
-        unchanged = call.remote_sdp is not None and sdp_unchanged(call.remote_sdp, offer)
+        remote = call.remote()
+        unchanged = remote is not None and sdp_unchanged(remote, offer)
         response = self._respond(tx, request, 200, now, to_tag=call.local_tag,
                                  headers=[("Contact", self.contact(call.transport))],
                                  body=bytes(sdp))

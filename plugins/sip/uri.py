@@ -400,10 +400,19 @@ class NameAddress:
         known = _ADDR_CACHE.get(text)
         if known is not None:
             return cls(known.uri.copy(), known.display_name, dict(known.params))
-        addr = cls._parse(text)
+        # A new tag on a known "<uri>" (the From of a peer's next call, the To of an ACK):
+        # the "<uri>" part is remembered alone too, so only the parameters are parsed.
+        gt = text.find(">") if text[:1] == "<" else -1
+        known = _ADDR_CACHE.get(text[:gt + 1]) if gt > 0 else None
+        if known is not None:
+            addr = cls(known.uri.copy(), None, parse_params(text[gt + 1:], "SIP name-addr"))
+        else:
+            addr = cls._parse(text)
         if len(_ADDR_CACHE) >= _URI_CACHE_MAX:
             _ADDR_CACHE.clear()  # bounded: values come off the wire
         _ADDR_CACHE[text] = cls(addr.uri.copy(), addr.display_name, dict(addr.params))
+        if gt > 0 and known is None:
+            _ADDR_CACHE[text[:gt + 1]] = cls(addr.uri.copy(), None, {})
         return addr
 
     @classmethod

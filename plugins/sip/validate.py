@@ -26,7 +26,7 @@ from .message import (
     make_response,
     parse_uint,
 )
-from .uri import is_token, parse_params
+from .uri import is_token, parse_params, split_top_level
 
 SUPPORTED_METHODS = frozenset(
     "INVITE ACK BYE CANCEL OPTIONS REGISTER INFO MESSAGE UPDATE PRACK NOTIFY SUBSCRIBE "
@@ -160,17 +160,21 @@ def check_syntax(msg: SipRequest | SipResponse) -> None:
         if lines is not None and not (lines[0].isdigit() and lines[0].isascii()):
             raise ParseError(f"SIP {name} is not a number of seconds: {lines[0][:30]!r}")
     lines = present.get("content-type")
-    if lines is not None:
+    if lines is not None and ("content-type", lines[0]) not in _VALID:
         _check_media_type(lines[0], "SIP Content-Type")
+        _remember("content-type", lines[0])
     if "accept" in present:
         for value in headers.values("Accept"):
             if value:
                 _check_media_type(value, "SIP Accept")
     for name, key in _OPTION_TAG_KEYS:
-        if key in present:
-            for value in headers.values(name):
+        for line in present.get(key, ()):
+            if (key, line) in _VALID:
+                continue
+            for value in split_top_level(line):
                 if value and not is_token(value):
                     raise ParseError(f"SIP {name} has a bad option tag: {value[:40]!r}")
+            _remember(key, line)
     lines = present.get("date")
     if lines is not None and not _DATE.fullmatch(lines[0]):
         raise ParseError(f"SIP Date is not an RFC 1123 date in GMT: {lines[0][:40]!r}")
@@ -187,6 +191,17 @@ def check_syntax(msg: SipRequest | SipResponse) -> None:
     if isinstance(msg, SipRequest) and msg.uri.headers:
         # RFC 3261 19.1.1 (table 1): headers are not allowed in a Request-URI
         raise ParseError(f"SIP Request-URI must not carry headers: {str(msg.uri)[:60]!r}")
+
+
+# (lookup key, value) of header lines whose check passed: a peer's Allow, Supported and
+# Content-Type are the same in each of its requests. Bounded: values come off the wire.
+_VALID: set[tuple[str, str]] = set()
+
+
+def _remember(key: str, value: str) -> None:
+    if len(_VALID) >= 1024:
+        _VALID.clear()
+    _VALID.add((key, value))
 
 
 def _check_media_type(value: str, what: str) -> None:
