@@ -63,6 +63,25 @@ class PeerHarness:
         self.close()
 
 
+class UaPeer(PeerHarness):
+    """A SIP user agent harness: `user`, `domain` (its registrar's, or its own address)
+    and `sip_port` give its addresses."""
+
+    user: str
+    domain: str
+    sip_port: int
+
+    @property
+    def aor(self) -> str:
+        """The address of record: sip:USER@REGISTRAR, or sip:USER@127.0.0.1:SIP_PORT."""
+        return f"sip:{self.user}@{self.domain}"
+
+    @property
+    def contact(self) -> str:
+        """Where the UA listens: sip:USER@127.0.0.1:SIP_PORT (dial it to bypass a proxy)."""
+        return f"sip:{self.user}@{HOST}:{self.sip_port}"
+
+
 def free_port(kind: str = "udp", count: int = 1) -> int:
     """A port free for `kind` ("udp", "tcp" or "both"); with `count` > 1, the first of
     `count` consecutive free ports (RTP ranges). The OS picks, so parallel runs do not meet."""

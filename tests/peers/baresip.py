@@ -39,7 +39,7 @@ from typing import Any
 from . import (
     HOST,
     PeerError,
-    PeerHarness,
+    UaPeer,
     free_port,
     missing_tools,
     stop_process,
@@ -65,7 +65,7 @@ def baresip_missing() -> str | None:
     return None
 
 
-class Baresip(PeerHarness):
+class Baresip(UaPeer):
     """One baresip process for one SIP account; see the module docstring."""
 
     def __init__(self, user: str, *, registrar: Any = None, password: str | None = None,
@@ -107,17 +107,6 @@ class Baresip(PeerHarness):
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
-
-    # ---- addresses ----------------------------------------------------------------------
-    @property
-    def aor(self) -> str:
-        """This UA's address of record (sip:USER@REGISTRAR or sip:USER@127.0.0.1:SIP_PORT)."""
-        return f"sip:{self.user}@{self.domain}"
-
-    @property
-    def contact(self) -> str:
-        """Where this UA listens: sip:USER@127.0.0.1:SIP_PORT (dial it to bypass a proxy)."""
-        return f"sip:{self.user}@{HOST}:{self.sip_port}"
 
     @property
     def log_path(self) -> Path:

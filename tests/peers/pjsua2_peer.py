@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import HOST, PeerError, PeerHarness, free_port, stop_process, tail_file, wait_until
+    from . import HOST, PeerError, UaPeer, free_port, stop_process, tail_file, wait_until
 else:  # run as a script: only the agent half is used, it needs none of these
     HOST = "127.0.0.1"
-    PeerHarness = object
+    UaPeer = object
 
 
 def pjsua2_missing() -> str | None:
@@ -53,7 +53,7 @@ def pjsua2_missing() -> str | None:
 
 
 # ===================================================================== harness (pytest side)
-class Pjsua2Peer(PeerHarness):
+class Pjsua2Peer(UaPeer):
     """One pjsua2 UA (one account) in a subprocess; see the module docstring."""
 
     def __init__(self, user: str, *, registrar: Any = None, password: str | None = None,
@@ -87,16 +87,6 @@ class Pjsua2Peer(PeerHarness):
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self._serial = 0
-
-    @property
-    def aor(self) -> str:
-        """The account's address of record."""
-        return f"sip:{self.user}@{self.domain}"
-
-    @property
-    def contact(self) -> str:
-        """Where this UA listens (dial it directly, bypassing a proxy)."""
-        return f"sip:{self.user}@{HOST}:{self.sip_port}"
 
     @property
     def log_path(self) -> Path:
