@@ -122,6 +122,11 @@ def _name_info(name: str) -> tuple[str, str]:
 # Header names as they appeared on the wire (text before the colon) that proved valid.
 _WIRE_NAMES: dict[str, tuple[str, str]] = {}
 _CSEQ_CACHE: dict[str, CSeq] = {}
+# Whole header lines seen before -> their entry: a peer's Max-Forwards, CSeq, Contact,
+# User-Agent... and a dialog's From, To and Call-ID come back line for line. Bounded (lines
+# come off the wire); Via lines, new in every request (their branch), are not kept.
+_LINES: dict[str, tuple[str, str, str]] = {}
+_LINE_MAX = 200  # longer lines are not kept
 
 
 def _key(name: str) -> str:
@@ -229,11 +234,16 @@ class Headers:
     def replace_first(self, name: str, value: str) -> None:
         """Replace the value of the first line called `name`, keeping the others."""
         entry = self._entry(name, value)
-        self._changed(entry[0])
+        key = entry[0]
+        index = self._index
+        self._changed(key)
         items = self._items
         for i, item in enumerate(items):
-            if item[0] == entry[0]:
+            if item[0] == key:
                 items[i] = entry
+                if index is not None:  # the same lines but one value: patch the index
+                    index[key][0] = value
+                    self._index = index
                 return
         raise KeyError(name)
 
@@ -324,10 +334,11 @@ class Via:
         return out
 
     def __str__(self) -> str:
-        port = f":{self.port}" if self.port is not None else ""
-        return f"{self.protocol}/{self.transport} {format_host(self.host)}{port}" + format_params(
-            self.params
-        )
+        host = format_host(self.host)
+        if self.port is not None:
+            host = f"{host}:{self.port}"
+        text = f"{self.protocol}/{self.transport} {host}"
+        return text + format_params(self.params) if self.params else text
 
     @property
     def branch(self) -> str | None:
@@ -573,12 +584,22 @@ class SipMessage:
         headers = Headers()
         items = headers._items
         wire_names = _WIRE_NAMES
+        known_lines = _LINES
         for line in lines[1:]:
+            entry = known_lines.get(line)
+            if entry is not None:
+                items.append(entry)
+                continue
             # Fast path: a name (as written, up to the first colon) already seen valid.
             raw, colon, value = line.partition(":")
             info = wire_names.get(raw) if colon else None
             if info is not None:
-                items.append((info[0], info[1], value.strip(" \t")))
+                entry = (info[0], info[1], value.strip(" \t"))
+                items.append(entry)
+                if info[0] != "via" and len(line) <= _LINE_MAX:
+                    if len(known_lines) >= _NAMES_MAX:
+                        known_lines.clear()
+                    known_lines[line] = entry
                 continue
             hm = _HEADER_LINE.fullmatch(line)
             if hm is None or not hm.group(1):

@@ -25,6 +25,7 @@ from pipeline.errors import LocalProtocolError, ParseError
 
 from .message import (
     MAGIC_COOKIE,
+    Headers,
     SipMessage,
     SipRequest,
     SipResponse,
@@ -114,7 +115,7 @@ def stamp_via(request: SipRequest, source: Address) -> None:
     first = request.headers.get("Via")
     if first is None:
         raise ParseError("SIP request has no Via header")
-    pieces = split_top_level(first)
+    pieces = split_top_level(first) if "," in first else [first.strip()]
     if pieces[0]:
         top = request.top_via  # the parse of pieces[0], usually cached already
         via = Via(top.transport, top.host, top.port, dict(top.params), top.protocol)
@@ -348,20 +349,25 @@ class ServerTransaction(Transaction):
 
     def __init__(self, request: SipRequest, addr: Address, **kwargs: Any) -> None:
         self._request: SipRequest | None = None
-        self._request_wire = b""
+        # (method, Request-URI text, version, header entries, body): tuples of strings,
+        # which the GC stops tracking after one look
+        self._request_lines: tuple | None = None
         self._response: SipResponse | None = None
         self._last_wire = b""
         super().__init__(request, addr, **kwargs)
         self._interval = self.config.t1
 
     # A final response is out: the transaction now only absorbs retransmissions for 64*T1,
-    # from `_last_wire`. It keeps its messages as bytes then (parsed again if anyone asks),
-    # so that thousands of lingering transactions hold no objects for the GC to scan.
+    # from `_last_wire`. It keeps its messages as bytes and strings then (rebuilt if anyone
+    # asks), so that thousands of lingering transactions hold no objects for the GC to scan.
     @property
     def request(self) -> SipRequest:
         if self._request is None:
-            self._request = SipMessage.parse(self._request_wire)  # type: ignore[assignment]
-        return self._request  # type: ignore[return-value]
+            method, uri, version, items, body = self._request_lines  # type: ignore[misc]
+            headers = Headers()
+            headers._items = list(items)
+            self._request = SipRequest(method, uri, headers, body, version)
+        return self._request
 
     @request.setter
     def request(self, request: SipRequest) -> None:
@@ -379,8 +385,10 @@ class ServerTransaction(Transaction):
         self._send(self._last_wire, self.addr)
 
     def _linger(self) -> None:
-        if self._request is not None:
-            self._request_wire = bytes(self._request)
+        request = self._request
+        if request is not None:
+            self._request_lines = (request.method, str(request.uri), request.version,
+                                   tuple(request.headers._items), request.body)
         self._request = self._response = None
 
     def receive_request(self, request: SipRequest, now: float) -> None:

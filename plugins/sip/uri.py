@@ -35,7 +35,11 @@ _HCHARS_RE = re.compile(rf"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|{_ESC})*")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_.])?")
 _OPAQUE_BAD = re.compile(r"[\x00-\x20<>\"\x7f]")
 # gen-value = token / host / quoted-string; host adds ':' '[' ']' for IPv6 references.
-_GEN_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
+_GEN_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
+_GEN_VALUE_RE = re.compile(_GEN_VALUE)
+# ``;name[=value]...`` with no whitespace, quotes or empty parts (what UAs write): every
+# piece is then a valid name and value as they stand.
+_PLAIN_PARAMS_RE = re.compile(rf"(?:;{_TOKEN}(?:={_GEN_VALUE})?)+")
 _SIP_SCHEMES = ("sip", "sips")
 
 Params = dict[str, str | None]
@@ -134,6 +138,17 @@ def parse_params(text: str, what: str) -> Params:
     with ';'. Names are lower-cased (they compare case-insensitively); values are kept
     as written, quoted strings with their quotes.
     """
+    if _PLAIN_PARAMS_RE.fullmatch(text):
+        params: Params = {}
+        for piece in text[1:].split(";"):
+            name, eq, value = piece.partition("=")
+            params[name.lower()] = value if eq else None
+        return params
+    return _parse_params(text, what)
+
+
+def _parse_params(text: str, what: str) -> Params:
+    # The full grammar: whitespace, quoted values, and every error.
     text = text.strip()
     if not text:
         return {}
@@ -163,7 +178,7 @@ def parse_params(text: str, what: str) -> Params:
 
 def format_params(params: Params) -> str:
     """Serialise parameters as ``;name=value`` pairs."""
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params.items()])
 
 
 def parse_host(text: str, what: str) -> str:
