@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
-from peers import unavailable
+from peers import unavailable, wait_until
 from peers.baresip import Baresip, baresip_missing
 from peers.kamailio import Kamailio, kamailio_missing
 from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
@@ -218,6 +218,22 @@ def test_register_to_kamailio_with_digest_auth(need_kamailio: None) -> None:
             assert kam.registrations().get("echo", []) == []
 
         asyncio.run(main())
+
+
+def test_hard_stop_unregisters_with_credentials_at_once(need_kamailio: None) -> None:
+    """A hard stop closes the transport right after the un-REGISTER, so no 401 can be
+    answered: the REGISTER carries credentials for the nonce already answered (next nc)."""
+    with Kamailio({"echo": "s3cret"}) as kam:
+        async def main() -> None:
+            ep = Endpoint(registrar=kam.uri, password="s3cret")
+            await ep.wait("sip-registered")
+            await peer(kam.wait_registered, "echo")
+            await ep.stop()  # Runtime.request_stop: the node's stop(), no grace period
+
+        asyncio.run(main())
+        wait_until(lambda: not kam.registrations().get("echo"), WAIT,
+                   "Kamailio dropping the binding after our last-chance un-REGISTER")
+        assert kam.stats()["rcv_requests_register"] == 3  # challenged, accepted, removed
 
 
 def test_register_with_a_wrong_password_fails_cleanly(need_kamailio: None) -> None:

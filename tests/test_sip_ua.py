@@ -403,6 +403,28 @@ def test_registration_with_digest_challenge_refresh_and_unregister():
     assert isinstance(alice.next_event(), Unregistered)
 
 
+def test_last_chance_unregister_carries_credentials_the_registrar_accepts():
+    # On a hard stop the transport closes right after the un-REGISTER: it must pass the
+    # registrar's check at once, with the nonce already answered and the next nonce count.
+    registrar = make_ua(BOB, user="registrar", users={"alice": "s3cret"}, realm="example.org")
+    alice = make_ua(ALICE, user="alice", password="s3cret", registrar="sip:192.0.2.2:5062")
+    fake = FakeRegistrar(registrar)
+    alice.register(0.0)
+    for _ in range(2):
+        for _, data, _ in alice.datagrams_to_send():
+            for reply in fake.handle(data, 0.0):
+                alice.receive(reply, "udp", BOB, 0.0)
+    assert isinstance(alice.next_event(), Registered)
+    alice.shutdown(30.0, last_chance=True)
+    (out,) = [SipMessage.parse(d) for _, d, _ in alice.datagrams_to_send()]
+    assert out.method == "REGISTER" and out.headers.get("Expires") == "0"
+    assert "nc=00000002" in out.headers.get("Authorization")
+    for reply in fake.handle(bytes(out), 30.0):
+        alice.receive(reply, "udp", BOB, 30.0)
+    assert fake.accepted == ["alice", "alice"]  # accepted without a new challenge
+    assert isinstance(alice.next_event(), Unregistered)
+
+
 def test_registration_with_wrong_password_fails_without_looping():
     registrar = make_ua(BOB, user="registrar", users={"alice": "right"}, realm="example.org")
     alice = make_ua(ALICE, user="alice", password="wrong", registrar="sip:192.0.2.2:5062")

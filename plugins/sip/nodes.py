@@ -280,7 +280,9 @@ class SipEndpoint(Node):
             return
         now = self._loop.time()
         try:
-            self.ua.shutdown(now)  # BYE and un-REGISTER, best effort (UDP goes out now)
+            # BYE and un-REGISTER, best effort (UDP goes out now; no challenge can be
+            # answered once the transport is closed, so the REGISTER brings credentials).
+            self.ua.shutdown(now, last_chance=True)
         except PipelineError:
             pass
         self._pump(events=False)

@@ -638,15 +638,22 @@ class UserAgent:
         reg.auth_tries = 0
         self._send_register(reg, now)
 
-    def unregister(self, now: float) -> None:
-        """Remove our binding (Expires: 0); Unregistered follows the 200."""
+    def unregister(self, now: float, last_chance: bool = False) -> None:
+        """Remove our binding (Expires: 0); Unregistered follows the 200.
+
+        With `last_chance` (we are about to close the transport and cannot answer a
+        challenge) the REGISTER carries credentials for the challenges already answered
+        (RFC 3261 22.3: the same nonce with the next nonce count)."""
         reg = self.registration
         if reg is None or not reg.registered:
             return
         reg.unregistering = True
         reg.refresh_at = None
         reg.auth_tries = 0
-        self._send_register(reg, now)
+        auth = ()
+        if last_chance and self._auth is not None:
+            auth = self._auth.authorize("REGISTER", str(reg.uri))
+        self._send_register(reg, now, auth)
 
     def _send_register(self, reg: _Registration, now: float,
                        auth: Iterable[tuple[str, str]] = ()) -> None:
@@ -1224,11 +1231,12 @@ class UserAgent:
             if call.state == "ended" and id(call) not in live:
                 del self.calls[call_id]
 
-    def shutdown(self, now: float) -> None:
-        """Hang up every call and remove our registration."""
+    def shutdown(self, now: float, last_chance: bool = False) -> None:
+        """Hang up every call and remove our registration (`last_chance`: see
+        `unregister`)."""
         for call_id in list(self.calls):
             self.hangup(call_id, now)
-        self.unregister(now)
+        self.unregister(now, last_chance)
 
 
 def _layer_of(tx: object) -> TransactionLayer:
