@@ -8,8 +8,7 @@ never opens a socket or reads the clock: feed it with `receive(data, transport, 
 `handle_timer(now)` when `get_timer()` is due.
 
 What it does, with the RFC sections it follows:
-- REGISTER with digest auth (RFC 3261 10.2, 22.2), refreshed before expiry, 423
-  Min-Expires honoured (10.2.8), unregistered with Expires: 0 (10.2.2);
+- REGISTER with digest auth, refresh, 423 and unregister (its half is `registration`);
 - outgoing INVITE with an SDP offer; 1xx, 2xx + ACK (13.2.2.4), CANCEL (9.1) and 401/407
   retries; incoming INVITE: 100 (by the transaction), 180, 200 retransmitted until the ACK
   (13.3.1.4), BYE when it never comes;
@@ -48,6 +47,13 @@ from .offer_answer import (
     reoffer,
     resume,
     sdp_unchanged,
+)
+from .registration import (
+    Registered,
+    Registration,
+    RegistrationClient,
+    RegistrationFailed,
+    Unregistered,
 )
 from .sdp import SessionDescription
 from .transaction import (
@@ -125,31 +131,6 @@ class UaConfig:
 
 
 # ---- events -----------------------------------------------------------------------------
-@dataclass(slots=True)
-class Registered:
-    """The registrar accepted our binding for `expires` seconds."""
-
-    aor: str
-    expires: int
-
-
-@dataclass(slots=True)
-class RegistrationFailed:
-    """Registration failed (`status` 408 for a timeout); it is retried after `retry_in`."""
-
-    aor: str
-    status: int
-    reason: str
-    retry_in: float
-
-
-@dataclass(slots=True)
-class Unregistered:
-    """Our binding was removed (Expires: 0 answered)."""
-
-    aor: str
-
-
 @dataclass(slots=True)
 class CallIncoming:
     """An INVITE passed every check; answer with `prepare_answer` + `accept`, or `reject`."""
@@ -271,22 +252,6 @@ class Call:
         return self.remote_sdp
 
 
-@dataclass
-class _Registration:
-    aor: NameAddress
-    uri: SipUri
-    transport: str
-    addr: Address
-    call_id: str
-    tag: str
-    cseq: int = 0
-    expires: int = 3600
-    refresh_at: float | None = None
-    registered: bool = False
-    unregistering: bool = False
-    auth_tries: int = 0
-
-
 class _RateLimiter:
     """Token bucket per source address, with a bounded table (oldest sources forgotten)."""
 
@@ -335,7 +300,7 @@ def parse_dtmf_relay(body: bytes) -> DtmfEvent:
 
 
 # ---- the user agent -----------------------------------------------------------------------
-class UserAgent:
+class UserAgent(RegistrationClient):
     """A SIP user agent (client and server), sans-IO; see the module docstring."""
 
     def __init__(self, config: UaConfig) -> None:
@@ -360,7 +325,7 @@ class UserAgent:
             self._server_auth = DigestServer(
                 config.auth_realm or config.realm or self.media_ip, config.users,
                 secret=config.secret)
-        self.registration: _Registration | None = None
+        self.registration: Registration | None = None
         if config.registrar:
             self.registration = self._make_registration(config.registrar)
 
@@ -618,111 +583,16 @@ class UserAgent:
             transport = call.transport
         return transport, addr
 
-    # ---- registration ---------------------------------------------------------------------
-    def _make_registration(self, registrar: str) -> _Registration:
+    # ---- registration (the rest is in RegistrationClient) ----------------------------------
+    def _make_registration(self, registrar: str) -> Registration:
         text = registrar if registrar.lower().startswith(("sip:", "sips:")) \
             else f"sip:{registrar}"
         uri = SipUri.parse(text)
         transport, addr = self.destination(uri)
         aor = NameAddress(SipUri("sip", self.config.user, None, uri.host))
-        return _Registration(aor, SipUri(uri.scheme, None, None, uri.host, uri.port),
-                             transport, addr, f"{_random_token()}@{self.media_ip}",
-                             _random_token(), expires=self.config.register_expires)
-
-    def register(self, now: float) -> None:
-        """Send (or refresh) our REGISTER now."""
-        reg = self.registration
-        if reg is None:
-            raise LocalProtocolError("SIP user agent has no registrar configured")
-        reg.unregistering = False
-        reg.auth_tries = 0
-        self._send_register(reg, now)
-
-    def unregister(self, now: float, last_chance: bool = False) -> None:
-        """Remove our binding (Expires: 0); Unregistered follows the 200.
-
-        With `last_chance` (we are about to close the transport and cannot answer a
-        challenge) the REGISTER carries credentials for the challenges already answered
-        (RFC 3261 22.3: the same nonce with the next nonce count)."""
-        reg = self.registration
-        if reg is None or not reg.registered:
-            return
-        reg.unregistering = True
-        reg.refresh_at = None
-        reg.auth_tries = 0
-        auth = ()
-        if last_chance and self._auth is not None:
-            auth = self._auth.authorize("REGISTER", str(reg.uri))
-        self._send_register(reg, now, auth)
-
-    def _send_register(self, reg: _Registration, now: float,
-                       auth: Iterable[tuple[str, str]] = ()) -> None:
-        reg.cseq += 1
-        expires = 0 if reg.unregistering else reg.expires
-        to = NameAddress(reg.aor.uri)
-        from_ = NameAddress(reg.aor.uri, None, {"tag": reg.tag})
-        request = self._new_request("REGISTER", reg.uri, reg.transport, from_=from_, to=to,
-                                    call_id=reg.call_id, cseq=reg.cseq,
-                                    extra=[("Expires", str(expires)), *auth])
-        tx = self._layer(reg.transport).send_request(request, reg.addr, now,
-                                                     reliable=reg.transport in RELIABLE)
-        self._owners[tx] = ("register", reg)
-
-    def _on_register_response(self, reg: _Registration, response: SipResponse,
-                              tx: ClientTransaction, now: float) -> None:
-        code = response.status_code
-        if code < 200:
-            return
-        aor = str(reg.aor.uri)
-        if 200 <= code < 300:
-            reg.auth_tries = 0
-            if reg.unregistering:
-                reg.registered = False
-                reg.unregistering = False
-                self._events.append(Unregistered(aor))
-                return
-            expires = self._granted_expires(response, reg)
-            reg.registered = True
-            # Refresh well before expiry: half-way for short bindings, 32 s ahead otherwise.
-            reg.refresh_at = now + max(expires / 2, expires - 32, 1)
-            self._events.append(Registered(aor, expires))
-            return
-        if code in (401, 407) and self._auth is not None and reg.auth_tries < 2 \
-                and self._realm_ok(response):
-            headers = self._auth.answer(response, tx.request)  # type: ignore[arg-type]
-            if headers:
-                reg.auth_tries += 1
-                self._send_register(reg, now, headers)
-                return
-        if code == 423:
-            min_exp = response.headers.get("Min-Expires", "")
-            if min_exp.strip().isdigit() and int(min_exp) > reg.expires:
-                reg.expires = int(min_exp)  # 10.2.8: retry with the registrar's minimum
-                self._send_register(reg, now)
-                return
-        self._register_failed(reg, code, response.reason, now)
-
-    def _register_failed(self, reg: _Registration, status: int, reason: str,
-                         now: float) -> None:
-        retry = 60.0
-        if not reg.unregistering:
-            reg.refresh_at = now + retry
-        reg.registered = False
-        self._events.append(RegistrationFailed(str(reg.aor.uri), status, reason, retry))
-
-    def _granted_expires(self, response: SipResponse, reg: _Registration) -> int:
-        ours = self.listeners[reg.transport]
-        try:
-            for contact in response.contacts:
-                if contact.uri.host == ours.host and contact.uri.port == ours.port \
-                        and "expires" in contact.params:
-                    value = contact.params["expires"] or ""
-                    if value.isdigit():
-                        return int(value)
-        except ParseError:
-            pass
-        value = (response.headers.get("Expires") or "").strip()
-        return int(value) if value.isdigit() and len(value) < 10 else reg.expires
+        return Registration(aor, SipUri(uri.scheme, None, None, uri.host, uri.port),
+                            transport, addr, f"{_random_token()}@{self.media_ip}",
+                            _random_token(), expires=self.config.register_expires)
 
     def _realm_ok(self, response: SipResponse) -> bool:
         want = self.config.realm

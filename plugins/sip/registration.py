@@ -1,0 +1,164 @@
+"""REGISTER (RFC 3261 10): our binding at a registrar, refreshed before it expires, answered
+challenges (22.2), 423 Min-Expires (10.2.8), and removal with Expires: 0 (10.2.2).
+
+`RegistrationClient` is the user agent's registration half, mixed into `UserAgent` (it sends
+through the UA's transaction layers and reports through its event queue); sans-IO like it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pipeline.errors import LocalProtocolError, ParseError
+
+from .message import SipResponse
+from .transaction import ClientTransaction
+from .uri import NameAddress, SipUri
+
+Address = tuple[str, int]
+
+
+# ---- events -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class Registered:
+    """The registrar accepted our binding for `expires` seconds."""
+
+    aor: str
+    expires: int
+
+
+@dataclass(slots=True)
+class RegistrationFailed:
+    """Registration failed (`status` 408 for a timeout); it is retried after `retry_in`."""
+
+    aor: str
+    status: int
+    reason: str
+    retry_in: float
+
+
+@dataclass(slots=True)
+class Unregistered:
+    """Our binding was removed (Expires: 0 answered)."""
+
+    aor: str
+
+
+@dataclass
+class Registration:
+    """Our binding at one registrar: where it is, its dialog-like identity, its state."""
+
+    aor: NameAddress
+    uri: SipUri
+    transport: str
+    addr: Address
+    call_id: str
+    tag: str
+    cseq: int = 0
+    expires: int = 3600
+    refresh_at: float | None = None
+    registered: bool = False
+    unregistering: bool = False
+    auth_tries: int = 0
+
+
+class RegistrationClient:
+    """register / unregister and the REGISTER responses, for `UserAgent`."""
+
+    registration: Registration | None
+
+    def register(self, now: float) -> None:
+        """Send (or refresh) our REGISTER now."""
+        reg = self.registration
+        if reg is None:
+            raise LocalProtocolError("SIP user agent has no registrar configured")
+        reg.unregistering = False
+        reg.auth_tries = 0
+        self._send_register(reg, now)
+
+    def unregister(self, now: float, last_chance: bool = False) -> None:
+        """Remove our binding (Expires: 0); Unregistered follows the 200.
+
+        With `last_chance` (we are about to close the transport and cannot answer a
+        challenge) the REGISTER carries credentials for the challenges already answered
+        (RFC 3261 22.3: the same nonce with the next nonce count)."""
+        reg = self.registration
+        if reg is None or not reg.registered:
+            return
+        reg.unregistering = True
+        reg.refresh_at = None
+        reg.auth_tries = 0
+        auth = ()
+        if last_chance and self._auth is not None:
+            auth = self._auth.authorize("REGISTER", str(reg.uri))
+        self._send_register(reg, now, auth)
+
+    def _send_register(self, reg: Registration, now: float,
+                       auth: Iterable[tuple[str, str]] = ()) -> None:
+        reg.cseq += 1
+        expires = 0 if reg.unregistering else reg.expires
+        to = NameAddress(reg.aor.uri)
+        from_ = NameAddress(reg.aor.uri, None, {"tag": reg.tag})
+        request = self._new_request("REGISTER", reg.uri, reg.transport, from_=from_, to=to,
+                                    call_id=reg.call_id, cseq=reg.cseq,
+                                    extra=[("Expires", str(expires)), *auth])
+        tx = self._layer(reg.transport).send_request(request, reg.addr, now,
+                                                     reliable=reg.transport != "udp")
+        self._owners[tx] = ("register", reg)
+
+    def _on_register_response(self, reg: Registration, response: SipResponse,
+                              tx: ClientTransaction, now: float) -> None:
+        code = response.status_code
+        if code < 200:
+            return
+        aor = str(reg.aor.uri)
+        if 200 <= code < 300:
+            reg.auth_tries = 0
+            if reg.unregistering:
+                reg.registered = False
+                reg.unregistering = False
+                self._events.append(Unregistered(aor))
+                return
+            expires = self._granted_expires(response, reg)
+            reg.registered = True
+            # Refresh well before expiry: half-way for short bindings, 32 s ahead otherwise.
+            reg.refresh_at = now + max(expires / 2, expires - 32, 1)
+            self._events.append(Registered(aor, expires))
+            return
+        if code in (401, 407) and self._auth is not None and reg.auth_tries < 2 \
+                and self._realm_ok(response):
+            headers = self._auth.answer(response, tx.request)  # type: ignore[arg-type]
+            if headers:
+                reg.auth_tries += 1
+                self._send_register(reg, now, headers)
+                return
+        if code == 423:
+            min_exp = response.headers.get("Min-Expires", "")
+            if min_exp.strip().isdigit() and int(min_exp) > reg.expires:
+                reg.expires = int(min_exp)  # 10.2.8: retry with the registrar's minimum
+                self._send_register(reg, now)
+                return
+        self._register_failed(reg, code, response.reason, now)
+
+    def _register_failed(self, reg: Registration, status: int, reason: str,
+                         now: float) -> None:
+        retry = 60.0
+        if not reg.unregistering:
+            reg.refresh_at = now + retry
+        reg.registered = False
+        self._events.append(RegistrationFailed(str(reg.aor.uri), status, reason, retry))
+
+    def _granted_expires(self, response: SipResponse, reg: Registration) -> int:
+        ours = self.listeners[reg.transport]
+        try:
+            for contact in response.contacts:
+                if contact.uri.host == ours.host and contact.uri.port == ours.port \
+                        and "expires" in contact.params:
+                    value = contact.params["expires"] or ""
+                    if value.isdigit():
+                        return int(value)
+        except ParseError:
+            pass
+        value = (response.headers.get("Expires") or "").strip()
+        return int(value) if value.isdigit() and len(value) < 10 else reg.expires
