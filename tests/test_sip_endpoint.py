@@ -95,6 +95,7 @@ class Endpoint:
                 fut.set_result(msg)
 
     async def wait(self, name: str, **match: Any) -> Any:
+        """The first bus message `name` whose data holds `match` (already posted or next)."""
         def pred(m: Any) -> bool:
             return m.name == name and all(m.data.get(k) == v for k, v in match.items())
 
@@ -103,7 +104,12 @@ class Endpoint:
                 return m
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((pred, fut))
-        return await asyncio.wait_for(fut, WAIT)
+        try:
+            return await asyncio.wait_for(fut, WAIT)
+        except TimeoutError:
+            seen = [m.name for m in self.messages]
+            raise AssertionError(f"bus message {name} {match} did not come (seen {seen})"
+                                 ) from None
 
     async def port(self, transport: str = "udp") -> int:
         msg = await self.wait("sip-listening")
@@ -132,7 +138,7 @@ def _recorded_ms(rec) -> float:
     done = (writer.data_bytes if writer is not None else 0) + getattr(rec, "pending_bytes", 0)
     return done / 2 / rec.rate * 1000 if getattr(rec, "rate", 0) else 0.0
 
-async def until(check, what: str, limit: float = 10.0, interval: float = 0.01):
+async def until(check, what: str, limit: float = WAIT, interval: float = 0.01):
     """Poll `check()` until it returns something truthy (the loop keeps running the graphs
     meanwhile); fail with `what` after `timeout` seconds."""
     loop = asyncio.get_running_loop()

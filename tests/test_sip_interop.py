@@ -15,7 +15,6 @@ noise against what it sent.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,11 +27,10 @@ from peers import unavailable, wait_until
 from peers.baresip import Baresip, baresip_missing
 from peers.kamailio import Kamailio, kamailio_missing
 from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
+from test_sip_endpoint import Endpoint as GraphEndpoint
+from test_sip_endpoint import until
 
 from pipeline.frames import DtmfEvent
-from pipeline.graph import Graph
-from pipeline.loader import load_graph_text
-from pipeline.runtime import RunResult, Runtime
 from pipeline.testing import align, dominant_frequency, read_wav, sine, snr_db, write_wav
 from plugins.codecs.g711 import MULAW_DECODE, MULAW_ENCODE
 
@@ -107,76 +105,17 @@ def peer_tone(tmp_path: Path) -> Path:
 
 
 # ---- our endpoint in this process -----------------------------------------------------------
-class Endpoint:
-    """A graph holding one sip_endpoint, run in the current loop; keeps its bus messages."""
+class Endpoint(GraphEndpoint):
+    """A graph holding one sip_endpoint built from `params`, run in the current loop."""
 
     def __init__(self, **params: Any) -> None:
         params = {"listen": "udp:127.0.0.1:0", "user": "echo", "rtp_port_range": "34000-34999",
                   "codecs": ["pcmu", "telephone-event"], **params}
         params = {k: str(v) if isinstance(v, Path) else v for k, v in params.items()}
-        text = yaml.safe_dump({"nodes": {"sip": {"type": "sip_endpoint", **params}}})
-        self.graph: Graph = load_graph_text(text)
-        self.runtime = Runtime(self.graph, realtime=True)
-        self.messages: list[Any] = []
-        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future]] = []
-        self.graph.listeners.append(self._on_message)
-        self.task = asyncio.create_task(self.runtime.run())
-
-    @property
-    def node(self) -> Any:
-        return self.graph.nodes["sip"]
-
-    def _on_message(self, msg: Any) -> None:
-        self.messages.append(msg)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(msg):
-                fut.set_result(msg)
-
-    async def wait(self, name: str, **match: Any) -> Any:
-        """The first bus message `name` whose data holds `match` (already posted or next)."""
-        def pred(m: Any) -> bool:
-            return m.name == name and all(m.data.get(k) == v for k, v in match.items())
-
-        for m in self.messages:
-            if pred(m):
-                return m
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        try:
-            return await asyncio.wait_for(fut, WAIT)
-        except TimeoutError:
-            seen = [m.name for m in self.messages]
-            raise AssertionError(f"bus message {name} {match} did not come (seen {seen})"
-                                 ) from None
-
-    async def port(self) -> int:
-        msg = await self.wait("sip-listening")
-        return int(msg.data["listeners"][0].rsplit(":", 1)[1])
+        super().__init__(yaml.safe_dump({"nodes": {"sip": {"type": "sip_endpoint", **params}}}))
 
     async def uri(self, user: str = "echo") -> str:
         return f"sip:{user}@127.0.0.1:{await self.port()}"
-
-    def names(self, name: str) -> list[Any]:
-        return [m for m in self.messages if m.name == name]
-
-    def part_nodes(self) -> list[str]:
-        return [n for n in self.graph.nodes if n.startswith("call-")]
-
-    async def stop(self) -> RunResult:
-        self.runtime.request_stop()
-        return await asyncio.wait_for(self.task, WAIT)
-
-
-async def until(check: Callable[[], T | None], what: str, limit: float = WAIT) -> T:
-    """Poll a condition of our own graph (node state, audio received) under a deadline."""
-    deadline = time.monotonic() + limit
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {limit:g} s")
-        await asyncio.sleep(0.02)  # a poll interval: the loop keeps running our graph
 
 
 async def peer(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
