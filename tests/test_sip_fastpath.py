@@ -569,3 +569,23 @@ def test_serve_prints_event_lines_once_per_loop_turn(capsys):
     assert before == ""
     assert after == ("pipeline: sip: call-incoming call_id=c1 codec=pcmu\n"
                      "pipeline: sip: call-ended call_id=c1 reason=remote hangup\n")
+
+
+def test_serve_collects_young_objects_less_often_and_restores_the_collector():
+    """While `pipeline serve` runs, young collections come every SERVER_GC_THRESHOLD
+    allocations (calls leave acyclic objects behind); afterwards the settings are back."""
+    import gc
+
+    from pipeline.graph import Graph
+    from pipeline.registry import get_registry
+    from plugins.sip.cli import SERVER_GC_THRESHOLD, _run
+
+    graph = Graph("serve", registry=get_registry())
+    graph.create("sip_endpoint", "sip", {"listen": ["udp:127.0.0.1:0"], "user": "callee"})
+    graph.prepare()
+    seen: list[tuple[int, int, int]] = []
+    graph.listeners.append(lambda m: m.name == "sip-listening" and seen.append(gc.get_threshold()))
+    before = gc.get_threshold()
+    asyncio.run(_run(graph, 0.05))
+    assert seen and seen[0] == (SERVER_GC_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
