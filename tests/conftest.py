@@ -24,6 +24,34 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
+# ---- real peers: a test asks for one with a fixture; missing, it fails in CI, else skips ----
+@pytest.fixture
+def need_kamailio() -> None:
+    from peers import unavailable
+    from peers.kamailio import kamailio_missing
+
+    if why := kamailio_missing():
+        unavailable(why)
+
+
+@pytest.fixture
+def need_baresip() -> None:
+    from peers import unavailable
+    from peers.baresip import baresip_missing
+
+    if why := baresip_missing():
+        unavailable(why)
+
+
+@pytest.fixture
+def need_pjsua2() -> None:
+    from peers import unavailable
+    from peers.pjsua2_peer import pjsua2_missing
+
+    if why := pjsua2_missing():
+        unavailable(why)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT

@@ -14,37 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import PeerError, unavailable
-from peers.baresip import Baresip, baresip_missing
-from peers.kamailio import Kamailio, kamailio_missing, parse_ul_dump, render_config
-from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
+from peers import PeerError
+from peers.baresip import Baresip
+from peers.kamailio import Kamailio, parse_ul_dump, render_config
+from peers.pjsua2_peer import Pjsua2Peer
 
 from pipeline.testing import align, dominant_frequency, read_wav, sine, snr_db, write_wav
 
 RATE = 8000
 F_A, F_B = 440.0, 1000.0
 MEDIA_S = 1.5  # seconds of audio each side must receive before hang-up
-
-
-@pytest.fixture
-def need_kamailio() -> None:
-    why = kamailio_missing()
-    if why:
-        unavailable(why)
-
-
-@pytest.fixture
-def need_baresip() -> None:
-    why = baresip_missing()
-    if why:
-        unavailable(why)
-
-
-@pytest.fixture
-def need_pjsua2() -> None:
-    why = pjsua2_missing()
-    if why:
-        unavailable(why)
 
 
 @pytest.fixture

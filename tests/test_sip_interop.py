@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
-from peers import unavailable, wait_until
-from peers.baresip import Baresip, baresip_missing
-from peers.kamailio import Kamailio, kamailio_missing
-from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
+from peers import wait_until
+from peers.baresip import Baresip
+from peers.kamailio import Kamailio
+from peers.pjsua2_peer import Pjsua2Peer
 from test_sip_endpoint import Endpoint as GraphEndpoint
 from test_sip_endpoint import until
 
@@ -68,27 +68,6 @@ links: [tone -> enc -> rtp -> dec -> sink]
 
 
 # ---- peers available? -----------------------------------------------------------------------
-@pytest.fixture
-def need_kamailio() -> None:
-    why = kamailio_missing()
-    if why:
-        unavailable(why)
-
-
-@pytest.fixture
-def need_baresip() -> None:
-    why = baresip_missing()
-    if why:
-        unavailable(why)
-
-
-@pytest.fixture
-def need_pjsua2() -> None:
-    why = pjsua2_missing()
-    if why:
-        unavailable(why)
-
-
 @pytest.fixture
 def tone_call(tmp_path: Path) -> Path:
     path = tmp_path / "tone-call.yaml"
