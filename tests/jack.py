@@ -130,16 +130,17 @@ def portaudio_on(server: JackServer) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def require_jack() -> None:
+    """Fail the test in CI when JACK cannot run here, else skip it with the reason."""
+    from peers import unavailable
+
+    if why := jack_missing():
+        unavailable(why)
+
+
 def jack_for_tests(rate: int, period: int = 960) -> Iterator[JackServer]:
     """Body of a module-scoped `jack` fixture: a dummy-backend server this process's
     PortAudio sees; skipped (with the reason) when JACK is missing, failed in CI."""
-    import pytest
-    from conftest import IN_CI
-
-    why = jack_missing()
-    if why:
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
+    require_jack()
     with JackServer(rate=rate, period=period) as server, portaudio_on(server):
         yield server

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import ROOT
-from peers import HOST, free_port, unavailable
-from peers.baresip import Baresip, baresip_missing
-from peers.pjsua2_peer import Pjsua2Peer, pjsua2_missing
+from peers import HOST, free_port
+from peers.baresip import Baresip
+from peers.pjsua2_peer import Pjsua2Peer
 
 from pipeline.errors import GraphError
 from pipeline.loader import load_graph, load_graph_text
@@ -153,10 +153,8 @@ def window(path: Path, start_s: float, end_s: float) -> np.ndarray:
 
 # ---- fixtures --------------------------------------------------------------------------------
 @pytest.fixture
-def need_peers() -> None:
-    why = baresip_missing() or pjsua2_missing()
-    if why:
-        unavailable(why)
+def need_peers(need_baresip: None, need_pjsua2: None) -> None:
+    """baresip and pjsua2 both (conftest's fixtures)."""
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from collections import deque
 
 import numpy as np
 import pytest
-from conftest import IN_CI, ROOT
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jack import JackServer, jack_for_tests, jack_missing
+from jack import JackServer, jack_for_tests, require_jack
 
 from pipeline import devices
 from pipeline.clock import RealtimeClock
@@ -776,11 +776,7 @@ def test_jack_device_lookup_errors(jack):
 
 
 def test_stopping_jack_mid_run_ends_the_graph_cleanly_and_the_recording_stays_valid(tmp_path):
-    why = jack_missing()
-    if why:
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
+    require_jack()
     wav = tmp_path / "rec.wav"
     with JackServer(rate=RATE) as server:
         # A separate process: PortAudio cannot be reused in a process whose JACK server died.
