@@ -109,6 +109,11 @@ def split_top_level(value: str, sep: str = ",") -> list[str]:
             at = value.find(sep, at + 1)
         out.append(value[begin:].strip())
         return out
+    return _split_scanning(value, sep)
+
+
+def _split_scanning(value: str, sep: str) -> list[str]:
+    """The general `split_top_level`: one pass over the characters, skipping quoted strings."""
     parts: list[str] = []
     start = 0
     i = 0
