@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+WAIT = 15.0  # upper bound for anything to happen in a test; they finish far sooner
+
+
+async def until(check, what: str, limit: float = WAIT, interval: float = 0.01):
+    """Poll `check()` until it returns something truthy (the loop keeps running the graphs
+    meanwhile); fail naming `what` after `limit` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while True:
+        value = check()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)  # a poll interval, not a wait for an event
 
 
 def require_tool(name: str, package: str) -> str:

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from conftest import require_tool
+from conftest import require_tool, until
 
 import plugins.rtp
 from pipeline.frames import CustomEvent, DtmfEvent, EncodedFrame
@@ -75,15 +75,6 @@ class Session:
 def stop_after_media_ends(msg: Any, seen: set[str]) -> bool:
     """Stop a receiver when the stream it latched onto has gone quiet (the RTP timeout)."""
     return msg.name == "rtp-timeout" and "rtp-latched" in seen
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (yielding to the loop) until `condition()` holds; fail after WAIT seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def node_stats(result: RunResult, name: str) -> dict[str, Any]:
@@ -147,7 +138,8 @@ def test_latching_symmetric_rtp_and_dropped_packets() -> None:
         port = await s.port()
         dest = ("127.0.0.1", port)
         node = s.graph.nodes["s"]
-        await until(lambda: node._c["dropped_no_remote"] > 0)  # sending, but to nobody yet
+        await until(lambda: node._c["dropped_no_remote"] > 0,
+                    "sending, but to nobody yet", WAIT)
         b.sendto(b"junk", dest)  # not RTP: counted, and never latched onto
         b.sendto(b"\x40" + bytes(15), dest)  # RTP version 1
         for seq in range(3):
@@ -159,7 +151,8 @@ def test_latching_symmetric_rtp_and_dropped_packets() -> None:
         a.sendto(_rtp(3, b"\x03" * 160, pt=8), dest)  # a payload type we did not agree
         for seq in range(4, 6):
             a.sendto(_rtp(seq, bytes([seq]) * 160), dest)
-        await until(lambda: node._c["packets_received"] == 5 and node._c["dropped_bad"] == 4)
+        await until(lambda: node._c["packets_received"] == 5 and node._c["dropped_bad"] == 4,
+                    "5 packets received, 4 dropped", WAIT)
         # Symmetric RTP: what we send goes to the latched source, from the port we bound.
         got = []
         loop = asyncio.get_running_loop()
@@ -206,7 +199,7 @@ def test_configured_remote_drops_other_sources() -> None:
         node = s.graph.nodes["s"]
         b.sendto(_rtp(1, b"\x55" * 160, pt=8), dest)  # first, but not the configured peer
         a.sendto(_rtp(2, b"\x55" * 160, pt=8), dest)
-        await until(lambda: node._c["packets_received"] == 1)
+        await until(lambda: node._c["packets_received"] == 1, "the first packet", WAIT)
         s.stop()
         return await s.result()
 
@@ -330,7 +323,7 @@ def test_dtmf_sent_and_received_as_rfc4733() -> None:
             g.link(x, None, y, None)
         tx_result = await Session(g).result()
         rx_node = rx.graph.nodes["rx"]
-        await until(lambda: rx_node._c["dtmf_received"] == 2)
+        await until(lambda: rx_node._c["dtmf_received"] == 2, "two DTMF events", WAIT)
         rx.stop()
         return await rx.result(), tx_result
 

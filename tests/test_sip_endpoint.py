@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, require_tool
+from conftest import ROOT, require_tool, until
 
 import plugins.rtp
 from pipeline.graph import Graph
@@ -137,19 +137,6 @@ def _recorded_ms(rec) -> float:
     writer = getattr(rec, "writer", None)
     done = (writer.data_bytes if writer is not None else 0) + getattr(rec, "pending_bytes", 0)
     return done / 2 / rec.rate * 1000 if getattr(rec, "rate", 0) else 0.0
-
-async def until(check, what: str, limit: float = WAIT, interval: float = 0.01):
-    """Poll `check()` until it returns something truthy (the loop keeps running the graphs
-    meanwhile); fail with `what` after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while True:
-        value = check()
-        if value:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)  # a poll interval, not a wait for an event
 
 def server_yaml(listen: str = "udp:127.0.0.1:0", codecs: str = "[pcmu, telephone-event]",
                 extra: str = "") -> str:

@@ -27,10 +27,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from conftest import until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from peers.pjsua2_peer import Pjsua2Peer
-from test_sip_endpoint import ECHO, Endpoint, until
+from test_sip_endpoint import ECHO, Endpoint
 
 from pipeline.errors import ParseError
 from plugins.sip import message as sip_message

@@ -22,13 +22,12 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, until
 from peers import wait_until
 from peers.baresip import Baresip
 from peers.kamailio import Kamailio
 from peers.pjsua2_peer import Pjsua2Peer
 from test_sip_endpoint import Endpoint as GraphEndpoint
-from test_sip_endpoint import until
 
 from pipeline.frames import DtmfEvent
 from pipeline.testing import align, dominant_frequency, read_wav, sine, snr_db, write_wav

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sip_endpoint import Endpoint, until
+from test_sip_endpoint import Endpoint
 
 from pipeline.errors import LocalProtocolError
 from pipeline.loader import load_graph, load_graph_text
