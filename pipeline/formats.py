@@ -178,8 +178,3 @@ def narrow_to(want: Format, downstream: dict[str, Caps]) -> Format:
 
 def caps_str(caps: Caps) -> str:
     return " | ".join(str(f) for f in caps) if caps else "nothing"
-
-
-def audio_format_of(frame: Any) -> Format:
-    """The fixed format of an AudioFrame."""
-    return Format.audio(frame.encoding, frame.rate, frame.channels)

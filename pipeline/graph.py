@@ -183,15 +183,6 @@ class Graph:
                          **_loc(where), hint="name the port explicitly (node.port)")
 
     # ---- checking ---------------------------------------------------------------------
-    def to_networkx(self) -> nx.MultiDiGraph:
-        g = nx.MultiDiGraph()
-        for name, node in self.nodes.items():
-            g.add_node(name, kind=node.kind)
-        for ln in self.links:
-            g.add_edge(ln.src, ln.dst, src_port=ln.src_port, dst_port=ln.dst_port,
-                       feedback=ln.feedback)
-        return g
-
     def topological_order(self) -> list[str]:
         g = nx.DiGraph()
         g.add_nodes_from(self.nodes)

@@ -37,4 +37,10 @@ def register_codecs() -> list[Any]:
 
 @hookspec
 def register_payload_formats() -> list[Any]:
-    """Return RTP payload formats (packetizer/depacketizer descriptions keyed by SDP name)."""
+    """Return RTP payload formats (`plugins.rtp.payload.PayloadFormat`-like objects: name,
+    spec, and for audio `samples(payload, channels)`, for video `packetizer(mtu)` and
+    `depacketizer()`).
+
+    RTP nodes look up the format of the codec they carry by its name when they start: an
+    audio codec's packet durations, a video codec's packetizer and depacketizer.
+    """

@@ -204,6 +204,14 @@ class Node:
         if self.graph is not None:
             self.graph.post(self, name, data)
 
+    @property
+    def registry(self) -> Any:
+        """The plugin registry this node's graph was built with (else the process-wide one):
+        where a node looks up codecs and RTP payload formats that plugins provide."""
+        from .registry import get_registry
+
+        return (self.graph.registry if self.graph is not None else None) or get_registry()
+
     def fail(self, message: str, hint: str | None = None) -> NodeError:
         return NodeError(message, node=self.name, hint=hint)
 

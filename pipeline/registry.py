@@ -36,13 +36,15 @@ BUILTIN_PLUGINS = (
 
 
 class Registry:
-    """Node types and codecs from every plugin, with the plugin each came from."""
+    """Node types, codecs and RTP payload formats from every plugin, with the plugin each
+    node type came from."""
 
     def __init__(self, *, entry_points: bool = True, builtins: bool = True) -> None:
         self.pm = pluggy.PluginManager("voip_pipeline")
         self.pm.add_hookspecs(hookspecs)
         self.node_types: dict[str, type[Node]] = {}
         self.codecs: dict[str, Any] = {}
+        self.payload_formats: dict[str, Any] = {}
         self._loaded_files: set[str] = set()
         if builtins:
             for modname in BUILTIN_PLUGINS:
@@ -71,20 +73,18 @@ class Registry:
         if self.pm.get_plugin(name) is not None:
             return
         self.pm.register(module, name=name)
-        impl = next(
-            (i for i in self.pm.hook.register_node_types.get_hookimpls() if i.plugin_name == name),
-            None,
-        )
-        if impl is not None:
-            for cls in impl.function() or []:
-                self._add_node_type(cls, name)
-        impl = next(
-            (i for i in self.pm.hook.register_codecs.get_hookimpls() if i.plugin_name == name),
-            None,
-        )
-        if impl is not None:
-            for codec in impl.function() or []:
-                self.codecs[codec.name] = codec
+        for cls in self._provided(self.pm.hook.register_node_types, name):
+            self._add_node_type(cls, name)
+        for codec in self._provided(self.pm.hook.register_codecs, name):
+            self.codecs[codec.name] = codec
+        for fmt in self._provided(self.pm.hook.register_payload_formats, name):
+            self.payload_formats[fmt.name] = fmt
+
+    @staticmethod
+    def _provided(hook: Any, name: str) -> list[Any]:
+        """What plugin `name`'s implementation of `hook` returns (nothing if it has none)."""
+        impl = next((i for i in hook.get_hookimpls() if i.plugin_name == name), None)
+        return list(impl.function() or []) if impl is not None else []
 
     def _add_node_type(self, cls: type[Node], plugin: str) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Node)) or not cls.kind:

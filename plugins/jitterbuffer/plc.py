@@ -60,11 +60,6 @@ class WaveformSubstitution:
         self._pos = 0
         self._ramp_cache: dict[int, np.ndarray] = {}
 
-    @property
-    def erased_ms(self) -> float:
-        """Length of the current loss, milliseconds (0 when the last frame was good)."""
-        return self._erased / self._ms
-
     def good(self, frame: np.ndarray) -> np.ndarray:
         """Account a decoded frame; return it, cross-faded into the concealment if one ran
         (with no loss before it, an int16 or float32 frame comes back itself, flattened)."""

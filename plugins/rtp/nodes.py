@@ -35,6 +35,7 @@ from pipeline.params import Path as PathType
 
 from .dtmf import DtmfReceiver, DtmfSender
 from .packet import RtpPacker, RtpPacket
+from .payload import unknown_samples
 from .pcap import PcapWriter
 from .rtcp import (
     SDES_CNAME,
@@ -56,31 +57,6 @@ STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000), 8: ("pcma", 8000), 9: ("g722", 8000),
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
 _UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 _MAX_DATAGRAM = 65535
-
-
-def payload_duration(codec: str, payload: bytes, channels: int = 1) -> int:
-    """Samples (in RTP clock units) one payload holds, or 0 when the codec does not say."""
-    if codec in ("pcmu", "pcma"):
-        return len(payload) // channels
-    if codec == "g722":
-        return len(payload)  # two 16 kHz samples per byte = one 8 kHz clock tick
-    if codec == "l16":
-        return len(payload) // (2 * channels)
-    if codec == "opus":
-        global _opus_samples
-        if _opus_samples is None:  # imported once, not per packet
-            try:
-                from plugins.codecs.opus import packet_samples as _opus_samples
-            except ImportError:
-                return 0
-        try:
-            return _opus_samples(payload, 48000)
-        except ParseError:
-            return 0
-    return 0
-
-
-_opus_samples: Any = None
 
 
 class RtpSession(Node):
@@ -130,12 +106,6 @@ class RtpSession(Node):
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
         return (Format.encoded(self.codec) if self.codec else Format.encoded(),)
 
-    def _codec_info(self, name: str) -> Any:
-        from pipeline.registry import get_registry
-
-        registry = (self.graph.registry if self.graph is not None else None) or get_registry()
-        return registry.codecs.get(name)
-
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         fmt = inputs.get("in")
         static = STATIC_PAYLOAD_TYPES.get(self.payload_type) if self.payload_type is not None \
@@ -144,7 +114,7 @@ class RtpSession(Node):
             static[0] if static else None)
         if codec is None:
             raise ValueError("rtp_session has no codec: set codec, or a static payload_type")
-        info = self._codec_info(codec)
+        info = self.registry.codecs.get(codec)
         clock = self.clock_rate or (fmt.value("rate") if fmt is not None else None) or (
             info.clock_rate if info is not None else None) or (static[1] if static else None
                                                                ) or _CLOCK_RATES.get(codec)
@@ -183,6 +153,8 @@ class RtpSession(Node):
         self._seq = secrets.randbits(16)  # RFC 3550 5.1: random initial values
         self._ts_offset = secrets.randbits(32)
         self._packer = RtpPacker(self._pt, self._ssrc)
+        fmt = self.registry.payload_formats.get(self._codec)
+        self._samples = fmt.samples if fmt is not None and fmt.samples else unknown_samples
         self._recv_pt = self._pt if self.recv_payload_type is None else self.recv_payload_type
         self._sender = SenderStats(self._ssrc, self._clock)
         self._rx: ReceiverStats | None = None
@@ -355,7 +327,7 @@ class RtpSession(Node):
         if self.linked_outputs:
             self.emit("out", EncodedFrame(
                 pkt.payload, self._codec, pkt.timestamp,
-                payload_duration(self._codec, pkt.payload, self.channels), self._clock,
+                self._samples(pkt.payload, self.channels), self._clock,
                 pkt.marker, 0,
                 {"seq": pkt.sequence_number, "ssrc": pkt.ssrc, "pt": pt, "arrival": now}))
 

@@ -19,3 +19,16 @@ def register_node_types():
 
     return [VideoTestSource, VideoFileSource, Scale, Convert, VideoTee, VideoEncoderNode,
             VideoDecoderNode, VideoRecorder, VideoRtpSender, VideoRtpReceiver]
+
+
+@hookimpl
+def register_payload_formats():
+    from plugins.rtp.payload import PayloadFormat
+
+    from .rtp_h264 import H264Depacketizer, H264Packetizer
+    from .rtp_vp8 import Vp8Depacketizer, Vp8Packetizer
+
+    return [PayloadFormat("vp8", "RFC 7741", packetizer=Vp8Packetizer,
+                          depacketizer=Vp8Depacketizer),
+            PayloadFormat("h264", "RFC 6184", packetizer=H264Packetizer,
+                          depacketizer=H264Depacketizer)]

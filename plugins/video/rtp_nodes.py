@@ -35,8 +35,6 @@ from plugins.rtp.packet import RtpPacker, RtpPacket, TimestampUnwrapper
 from plugins.rtp.rtcp import RtcpBye, RtcpFeedback, RtcpPli, parse_rtcp
 from plugins.video.codec import CLOCK_RATE
 from plugins.video.nodes import VIDEO_CODECS, encoded_video
-from plugins.video.rtp_h264 import H264Depacketizer, H264Packetizer
-from plugins.video.rtp_vp8 import Vp8Depacketizer, Vp8Packetizer
 
 _MAX_DATAGRAM = 65535
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
@@ -47,6 +45,16 @@ _PSFB_FIR = 4  # Full Intra Request, RFC 5104 section 4.3.1
 def _is_rtcp(data: bytes) -> bool:
     # RFC 5761 section 4: RTCP packet types 192-223 never collide with RTP payload types.
     return len(data) > 1 and 192 <= data[1] <= 223
+
+
+def _payload_format(node: Node, codec: str, part: str) -> Any:
+    """The packetizer or depacketizer class a plugin registered for `codec`."""
+    fmt = node.registry.payload_formats.get(codec)
+    make = getattr(fmt, part, None)
+    if make is None:
+        raise node.fail(f"no RTP payload format with a {part} is registered for '{codec}'",
+                        hint="install the plugin that provides it (register_payload_formats)")
+    return make
 
 
 def _nearest(node: Node, attribute: str, upstream: bool) -> Node | None:
@@ -174,8 +182,8 @@ class VideoRtpSender(_UdpNode):
 
     def start(self) -> None:
         self._bind()
-        codec = self.in_formats["in"].value("encoding")
-        self._pay = Vp8Packetizer(self.mtu) if codec == "vp8" else H264Packetizer(self.mtu)
+        self._pay = _payload_format(self, self.in_formats["in"].value("encoding"),
+                                    "packetizer")(self.mtu)
         self._packer = RtpPacker(self.payload_type, self._ssrc)
         self._seq = secrets.randbits(16)  # RFC 3550 5.1: random initial values
         self._ts_offset = secrets.randbits(32)
@@ -280,8 +288,8 @@ class VideoRtpReceiver(_UdpNode):
                                  "dropped_pt", "dropped_foreign", "ssrc_changes", "pli_sent",
                                  "rtcp_received", "rtcp_bad", "send_errors", "byes"), 0)
 
-    def _new_depacketizer(self) -> Vp8Depacketizer | H264Depacketizer:
-        return Vp8Depacketizer() if self.codec == "vp8" else H264Depacketizer()
+    def _new_depacketizer(self) -> Any:
+        return _payload_format(self, self.codec, "depacketizer")()
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c

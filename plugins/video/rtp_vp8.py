@@ -28,7 +28,7 @@ MAX_MISORDER = 100
 
 @dataclass(slots=True)
 class DepacketizerStats:
-    """Counters of a depacketizer; `as_dict()` feeds the node's `stats()`."""
+    """Counters of a depacketizer (the receiving node's `stats()` shows the loss ones)."""
 
     packets: int = 0
     frames: int = 0
@@ -38,9 +38,6 @@ class DepacketizerStats:
     parse_errors: int = 0
     keyframe_requests: int = 0
     last_error: str = ""
-
-    def as_dict(self) -> dict[str, int | str]:
-        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class FrameAssembler:
