@@ -471,10 +471,15 @@ class Runtime:
 
     def collect_stats(self) -> dict[str, dict[str, Any]]:
         g = self.graph
+        frames_in: dict[str, int] = {}
+        frames_out: dict[str, int] = {}
+        for ln in g.links:  # one pass: a server's graph holds thousands of links
+            frames_in[ln.dst] = frames_in.get(ln.dst, 0) + ln.frames
+            frames_out[ln.src] = frames_out.get(ln.src, 0) + ln.frames
         out: dict[str, dict[str, Any]] = {}
         for name, node in g.nodes.items():
-            node.counters.frames_in = sum(ln.frames for ln in g.links if ln.dst == name)
-            node.counters.frames_out = sum(ln.frames for ln in g.links if ln.src == name)
+            node.counters.frames_in = frames_in.get(name, 0)
+            node.counters.frames_out = frames_out.get(name, 0)
             out[name] = {"kind": node.kind, **node.stats()}
         return out
 
