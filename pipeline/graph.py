@@ -1,11 +1,14 @@
 """A graph of nodes and links: structure checks, format negotiation, converter insertion.
 
-The structure lives in a networkx MultiDiGraph so cycle checks, topological order and drawing
-come from one place. Errors carry the YAML location of what caused them.
+The structure is the `nodes` dict (in declaration order) and the `links` list. Work done
+when a part (a call) joins or leaves a running graph looks only at that part and the links
+that touch it, so a server holding a thousand calls adds the next one as fast as the first.
+Errors carry the YAML location of what caused them.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -133,17 +136,18 @@ class Graph:
         b = self._node(dst, where)
         sp = self._pick_port(a, "out", src_port, where)
         dp = self._pick_port(b, "in", dst_port, where)
-        for ln in self.links:
-            if ln.src == src and ln.src_port == sp:
-                raise GraphError(
-                    f"output port '{src}.{sp}' is linked twice (to '{ln.dst}.{ln.dst_port}' "
-                    f"and '{dst}.{dp}')", **_loc(where),
-                    hint="an output feeds one input; use a tee to fan out")
-            if ln.dst == dst and ln.dst_port == dp:
-                raise GraphError(
-                    f"input port '{dst}.{dp}' is linked twice (from '{ln.src}.{ln.src_port}' "
-                    f"and '{src}.{sp}')", **_loc(where),
-                    hint="an input takes one link; use a mixer to combine streams")
+        if sp in a.linked_outputs:
+            ln = next(ln for ln in self.links if ln.src == src and ln.src_port == sp)
+            raise GraphError(
+                f"output port '{src}.{sp}' is linked twice (to '{ln.dst}.{ln.dst_port}' "
+                f"and '{dst}.{dp}')", **_loc(where),
+                hint="an output feeds one input; use a tee to fan out")
+        if dp in b.linked_inputs:
+            ln = next(ln for ln in self.links if ln.dst == dst and ln.dst_port == dp)
+            raise GraphError(
+                f"input port '{dst}.{dp}' is linked twice (from '{ln.src}.{ln.src_port}' "
+                f"and '{src}.{sp}')", **_loc(where),
+                hint="an input takes one link; use a mixer to combine streams")
         a.linked_outputs.append(sp)
         b.linked_inputs.append(dp)
         ln = Link(src, sp, dst, dp, feedback, where)
@@ -183,13 +187,31 @@ class Graph:
                          **_loc(where), hint="name the port explicitly (node.port)")
 
     # ---- checking ---------------------------------------------------------------------
-    def topological_order(self) -> list[str]:
-        g = nx.DiGraph()
-        g.add_nodes_from(self.nodes)
-        g.add_edges_from((ln.src, ln.dst) for ln in self.links if not ln.feedback)
-        # Stable order: among ready nodes, keep declaration order.
-        order = {n: i for i, n in enumerate(self.nodes)}
-        return list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
+    def topological_order(self, names: set[str] | None = None) -> list[str]:
+        """Node names, each after the nodes feeding it (feedback links aside); among nodes
+        that are ready, declaration order. With `names`, only those, ordered by the links
+        among them (a part joining or leaving)."""
+        members = list(self.nodes) if names is None else [n for n in self.nodes if n in names]
+        rank = {n: i for i, n in enumerate(members)}
+        waiting = dict.fromkeys(members, 0)  # inputs not yet placed
+        after: dict[str, list[str]] = {n: [] for n in members}
+        for ln in self.links:
+            if not ln.feedback and ln.src in rank and ln.dst in rank:
+                after[ln.src].append(ln.dst)
+                waiting[ln.dst] += 1
+        ready = [rank[n] for n in members if not waiting[n]]  # ascending: already a heap
+        out: list[str] = []
+        while ready:
+            name = members[heapq.heappop(ready)]
+            out.append(name)
+            for nxt in after[name]:
+                waiting[nxt] -= 1
+                if not waiting[nxt]:
+                    heapq.heappush(ready, rank[nxt])
+        if len(out) < len(members):
+            raise GraphError("the graph has a cycle without a feedback edge",
+                             hint="declare one link of the loop as feedback: true")
+        return out
 
     def check(self, names: set[str] | None = None) -> None:
         """Structure checks: unlinked ports, cycles without a declared feedback edge.
@@ -209,6 +231,8 @@ class Graph:
                     raise GraphError(f"output port '{name}.{p.name}' is not linked",
                                      **_loc(self.where[name]),
                                      hint=f"link {name}.{p.name} to a sink (null_sink discards)")
+        if names is not None and not self._part_may_close_a_cycle(names):
+            return
         g = nx.DiGraph()
         g.add_edges_from((ln.src, ln.dst) for ln in self.links if not ln.feedback)
         try:
@@ -219,6 +243,37 @@ class Graph:
         first = next(ln for ln in self.links if (ln.src, ln.dst) == cycle[-1][:2])
         raise GraphError(f"cycle without a feedback edge: {names}", **_loc(first.where),
                          hint="declare one link of the loop as {link: 'a -> b', feedback: true}")
+
+    def _part_may_close_a_cycle(self, names: set[str]) -> bool:
+        """Whether nodes `names`, added to a graph without cycles, close one.
+
+        A new cycle runs through the part: inside it, or out of it into the graph at X and
+        back in from Y, where X reaches Y. So the part, the nodes it links to, and an edge
+        X -> Y for each such pair make a small graph that has a cycle exactly when the whole
+        one does. The graph is searched only for pairs with X != Y (a conference room that a
+        call both feeds and hears from is one node)."""
+        inner = [ln for ln in self.links if not ln.feedback and (ln.src in names
+                                                                 or ln.dst in names)]
+        outs = {ln.dst for ln in inner if ln.src in names and ln.dst not in names}
+        ins = {ln.src for ln in inner if ln.dst in names and ln.src not in names}
+        edges = [(ln.src, ln.dst) for ln in inner]
+        pairs = [(x, y) for x in outs for y in ins if x != y]
+        if pairs:
+            after: dict[str, list[str]] = {}
+            for ln in self.links:
+                if not ln.feedback and ln.src not in names and ln.dst not in names:
+                    after.setdefault(ln.src, []).append(ln.dst)
+            for x, y in pairs:
+                seen, stack = {x}, [x]
+                while stack and y not in seen:
+                    for nxt in after.get(stack.pop(), ()):
+                        if nxt not in seen:
+                            seen.add(nxt)
+                            stack.append(nxt)
+                if y in seen:
+                    edges.append((x, y))
+        small = nx.DiGraph(edges)
+        return not nx.is_directed_acyclic_graph(small)
 
     def validate_nodes(self, names: set[str] | None = None) -> None:
         for name, node in self.nodes.items():
@@ -238,9 +293,7 @@ class Graph:
         With `names`, only those nodes (a part added while running) are negotiated; links
         into already running nodes are checked (and converted) too.
         """
-        for name in self.topological_order():
-            if names is not None and name not in names:
-                continue
+        for name in self.topological_order(names):
             self._negotiate_node(name)
         # Feedback edges end at nodes negotiated before their source: check them now, and
         # convert where the formats differ, like any other link.

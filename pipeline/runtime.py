@@ -76,7 +76,8 @@ class Runtime:
         self.error_node: Node | None = None
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
-        self._pending_feedback: list[tuple[Callable, str, Any, str]] = []
+        # (deliver, port, frame or event, destination node, source node)
+        self._pending_feedback: list[tuple[Callable, str, Any, str, str]] = []
         self._terminals: set[str] = set()
         self._finished: set[str] = set()
         self._io_tasks: dict[str, asyncio.Task] = {}
@@ -92,20 +93,65 @@ class Runtime:
     # ---- wiring -------------------------------------------------------------------------
     def _wire(self, names: set[str]) -> None:
         g = self.graph
+        outs: dict[str, list[Link]] = {n: [] for n in names}
+        feedback: dict[str, set[str]] = {n: set() for n in names}
+        for ln in g.links:  # one pass, whatever the number of nodes wired
+            if ln.src in outs:
+                outs[ln.src].append(ln)
+            if ln.feedback and ln.dst in feedback:
+                feedback[ln.dst].add(ln.dst_port)
         for name in names:
             node = g.nodes[name]
-            node.feedback_inputs = {ln.dst_port for ln in g.links
-                                    if ln.dst == name and ln.feedback}
-            out = [ln for ln in g.links if ln.src == name]
-            node.emit = self._make_emit(out)
-            node.emit_event = self._make_emit_event(out)
+            node.feedback_inputs = feedback[name]
+            node.emit = self._make_emit(outs[name])
+            node.emit_event = self._make_emit_event(outs[name])
 
-    def _refresh(self) -> None:
+    def _refresh(self, order: list[Node] | None = None) -> None:
+        """Take `order` (default: computed from the whole graph) as the tick order."""
         g = self.graph
-        self._order = [g.nodes[n] for n in g.topological_order()]
+        self._order = order if order is not None else [g.nodes[n] for n in g.topological_order()]
         self._clocked = [n for n in self._order if n.clocked]
         self._terminals = {n.name for n in g.nodes.values() if not n.linked_outputs}
         self._finished &= set(g.nodes)
+
+    def _order_with(self, new: list[Node]) -> list[Node]:
+        """The tick order with a part's nodes (`new`, in their own order) placed among the
+        running ones: each just before the first running node it feeds, else at the end.
+        That keeps every node after what feeds it unless the part joins two running nodes
+        in an order they do not already have; then the whole graph is ordered again."""
+        g = self.graph
+        pos = {node.name: i for i, node in enumerate(self._order)}
+        end = len(self._order)
+        names = {n.name for n in new}
+        before: dict[str, int] = {n.name: end for n in new}  # first running node fed
+        after: dict[str, int] = {n.name: -1 for n in new}  # last running node feeding
+        inside: dict[str, list[str]] = {n.name: [] for n in new}
+        for ln in g.links:
+            if ln.feedback or (ln.src not in names and ln.dst not in names):
+                continue
+            if ln.src in names and ln.dst in names:
+                inside[ln.src].append(ln.dst)
+            elif ln.src in names:
+                before[ln.src] = min(before[ln.src], pos.get(ln.dst, end))
+            else:
+                after[ln.dst] = max(after[ln.dst], pos.get(ln.src, -1))
+        for node in reversed(new):  # a node comes before whatever its successors come before
+            for nxt in inside[node.name]:
+                before[node.name] = min(before[node.name], before[nxt])
+        for node in new:
+            for nxt in inside[node.name]:
+                after[nxt] = max(after[nxt], after[node.name])
+        if any(after[n] >= before[n] for n in names):
+            return [g.nodes[n] for n in g.topological_order()]
+        slots: dict[int, list[Node]] = {}
+        for node in new:
+            slots.setdefault(before[node.name], []).append(node)
+        order: list[Node] = []
+        for i, node in enumerate(self._order):
+            order += slots.get(i, ())
+            order.append(node)
+        order += slots.get(end, ())
+        return order
 
     def _make_emit(self, links: list[Link]) -> Callable[[str, Any], None]:
         nodes = self.graph.nodes
@@ -123,7 +169,7 @@ class Runtime:
         for ln in links:
             fn = nodes[ln.dst].process
             if ln.feedback:
-                fn = self._deferred(fn, ln.dst, event=False)
+                fn = self._deferred(fn, ln, event=False)
             routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
 
         def emit_many(port: str, frame: Any, routes=routes) -> None:
@@ -139,7 +185,7 @@ class Runtime:
         for ln in links:
             fn = nodes[ln.dst].event
             if ln.feedback:
-                fn = self._deferred(fn, ln.dst, event=True)
+                fn = self._deferred(fn, ln, event=True)
             routes.setdefault(ln.src_port, []).append((fn, ln.dst_port))
 
         def emit_event(port: str, event: Any) -> None:
@@ -148,10 +194,10 @@ class Runtime:
 
         return emit_event
 
-    def _deferred(self, fn: Callable, dst: str, event: bool) -> Callable:
+    def _deferred(self, fn: Callable, ln: Link, event: bool) -> Callable:
         # A declared feedback edge delivers one period later, which breaks the recursion.
-        def later(port: str, item: Any) -> None:
-            self._pending_feedback.append((fn, port, item, dst))
+        def later(port: str, item: Any, dst: str = ln.dst, src: str = ln.src) -> None:
+            self._pending_feedback.append((fn, port, item, dst, src))
 
         return later
 
@@ -232,20 +278,23 @@ class Runtime:
             raise
         g.part_prefix = ""
         new |= {n for n in g.nodes if n.startswith(prefix)}  # converters it needed
-        order = [g.nodes[n] for n in g.topological_order() if n in new]
+        order = [g.nodes[n] for n in g.topological_order(new)]
         try:
             self._start(order)
         except Exception:
             self._remove(new)
             raise
         touching = [ln for ln in g.links if ln.src in new or ln.dst in new]
-        self._wire({ln.src for ln in touching} | new)
+        # Sources get new routes; a running node fed back by the part learns that input is a
+        # feedback one (it does not wait for end of stream on it).
+        self._wire({ln.src for ln in touching} | {ln.dst for ln in touching if ln.feedback}
+                   | new)
         for ln in touching:
             if ln.src in new and ln.dst not in new:
                 g.nodes[ln.dst].port_linked("in", ln.dst_port)
             if ln.dst in new and ln.src not in new:
                 g.nodes[ln.src].port_linked("out", ln.src_port)
-        self._refresh()
+        self._refresh(self._order_with(order))
         self._take_device_clock(order)  # a call part may bring the sound devices
         self._start_io(order)
         part = Part(prefix, new, on_fault)
@@ -263,7 +312,7 @@ class Runtime:
         names = part.names if part else {n for n in g.nodes if n.startswith(prefix)}
         names = {n for n in names if n in g.nodes}
         waiting: list[asyncio.Task] = []
-        for name in [n for n in g.topological_order() if n in names]:
+        for name in g.topological_order(names):
             node = g.nodes[name]
             node.finished = True  # not ticked again, even later in this tick
             task = self._io_tasks.pop(name, None)
@@ -275,8 +324,10 @@ class Runtime:
                 task.cancel()
                 task.add_done_callback(lambda _t, node=node: self._stop_node(node))
                 waiting.append(task)
-        # Frames queued on feedback edges into the part are not delivered to it any more.
-        self._pending_feedback = [p for p in self._pending_feedback if p[3] not in names]
+        # Frames queued on feedback edges into or out of the part are not delivered any more
+        # (the port they were for is unlinked).
+        self._pending_feedback = [p for p in self._pending_feedback
+                                  if p[3] not in names and p[4] not in names]
         self._remove(names)
         if not waiting:
             return None
@@ -289,8 +340,10 @@ class Runtime:
             # Its device goes with it: real time resumes from the media time reached.
             self.clock, self._clock_node = RealtimeClock(start_at=self.clock.now), None
         touched: set[str] = set()
-        for ln in [ln for ln in g.links if ln.src in names or ln.dst in names]:
-            g.links.remove(ln)
+        gone = [ln for ln in g.links if ln.src in names or ln.dst in names]
+        if gone:
+            g.links[:] = [ln for ln in g.links if ln.src not in names and ln.dst not in names]
+        for ln in gone:
             if ln.src not in names:
                 g.nodes[ln.src].linked_outputs.remove(ln.src_port)
                 g.nodes[ln.src].out_formats.pop(ln.src_port, None)
@@ -307,7 +360,8 @@ class Runtime:
             g.where.pop(n, None)
         self._wire(touched & set(g.nodes))
         if self._order:
-            self._refresh()
+            # Removing nodes keeps the others in a valid order.
+            self._refresh([n for n in self._order if g.nodes.get(n.name) is n])
 
     # ---- running ------------------------------------------------------------------------
     def _node_finished(self, node: Node) -> None:
@@ -416,7 +470,7 @@ class Runtime:
                     await self.clock.wait_until(now)
                 if self._pending_feedback:
                     pending, self._pending_feedback = self._pending_feedback, []
-                    for fn, port, item, _ in pending:
+                    for fn, port, item, _, _ in pending:
                         fn(port, item)
                 for node in self._clocked:
                     if node.finished:

@@ -113,3 +113,88 @@ def test_bad_part_leaves_the_graph_untouched(tmp_path):
     with pytest.raises(GraphError, match="parent graph has no node 'nope'"):
         add_part(g, tmp_path / "bad.yaml", "call-2/")
     assert set(g.nodes) == {"base", "room", "out"}
+
+
+HOST = """
+nodes:
+  base: {type: tone, freq: 300, rate: 8000, duration: 200ms}
+  room: {type: mixer}
+  fan:  {type: tee}
+  out:  {type: frame_sink}
+links: [base -> room, room -> fan, fan -> out]
+"""
+SPEAKER = "nodes: {t: {type: tone, rate: 8000, duration: 100ms}}\nlinks: [t -> parent.room]\n"
+LISTENER = "nodes: {s: {type: frame_sink}}\nlinks: [parent.fan -> s]\n"
+# Hears the room and speaks into it: only the feedback edge keeps that from being a cycle.
+ECHO = """
+nodes: {g: {type: gain, gain: -6dB}}
+links: [parent.fan -> g, {link: g -> parent.room, feedback: true}]
+"""
+
+
+def _in_tick_order(g, rt) -> bool:
+    """Every node is ticked after the nodes feeding it, and every node is there once."""
+    pos = {node.name: i for i, node in enumerate(rt._order)}
+    return (len(pos) == len(rt._order) and set(pos) == set(g.nodes)
+            and all(pos[ln.src] < pos[ln.dst] for ln in g.links if not ln.feedback))
+
+
+def test_parts_join_and_leave_in_tick_order(tmp_path):
+    kinds = {"speak": SPEAKER, "listen": LISTENER, "echo": ECHO}
+    for kind, text in kinds.items():
+        (tmp_path / f"{kind}.yaml").write_text(text)
+    checks = []
+
+    def actions(g, rt, path):
+        def churn(tick):
+            def act():
+                kind = list(kinds)[tick % 3]
+                names = add_part(g, tmp_path / f"{kind}.yaml", f"p{tick}/")
+                rt.attach(f"p{tick}/", names)
+                if tick % 4 == 3:
+                    rt.detach(f"p{tick - 2}/")
+                checks.append(_in_tick_order(g, rt))
+            return act
+
+        return {tick: churn(tick) for tick in range(1, 9)}
+
+    g = load_graph_text(HOST)
+    cue = Cue("cue")
+    g.add(cue)
+    rt = Runtime(g)
+    cue.actions = actions(g, rt, None)
+    result = asyncio.run(rt.run())
+    assert checks == [True] * 8
+    assert result.stopped_by == "eos"
+    # The listener that joined at tick 4 heard exactly what the room put out from then on.
+    heard, room = g.nodes["p4/s"].audio(), g.nodes["out"].audio()
+    assert 0 < len(heard) < len(room) and np.array_equal(heard, room[-len(heard):])
+
+
+def test_a_part_that_closes_a_loop_through_the_host_is_refused(tmp_path):
+    import pytest
+
+    from pipeline.errors import GraphError
+
+    loop = "nodes: {g: {type: gain}}\nlinks: [parent.fan -> g, g -> parent.room]\n"
+    (tmp_path / "loop.yaml").write_text(loop)
+    (tmp_path / "echo.yaml").write_text(ECHO)
+    g = load_graph_text(HOST)
+    rt = Runtime(g)
+    outcome = {}
+
+    def join():
+        with pytest.raises(GraphError, match="cycle without a feedback edge") as err:
+            rt.attach("bad/", add_part(g, tmp_path / "loop.yaml", "bad/"))
+        outcome["error"] = str(err.value)
+        outcome["left"] = sorted(g.nodes)
+        rt.attach("ok/", add_part(g, tmp_path / "echo.yaml", "ok/"))
+        outcome["ordered"] = _in_tick_order(g, rt)
+
+    cue = Cue("cue")
+    g.add(cue)
+    cue.actions = {1: join}
+    asyncio.run(rt.run())
+    assert "bad/g" in outcome["error"] and "room" in outcome["error"]
+    assert outcome["left"] == ["base", "cue", "fan", "out", "room"]
+    assert outcome["ordered"]
