@@ -9,7 +9,12 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
   (no whitespace, no quotes) skip the per-piece checks: both equal the general code;
 - parsed views (From, To, Via, CSeq...) are cached per message and dropped when a header
   changes; a transaction's lingering messages are "released" and still read and change;
-- `make_response` (8.2.6) copies the same lines;
+- `make_response` (8.2.6) copies the same lines, and the 100 Trying written directly as bytes
+  is the bytes of `make_response(request, 100)`;
+- From, To and Contact views are shared parses (read-only) equal to a fresh parse, while
+  `NameAddress.parse` still hands out copies;
+- `evolve` makes what `dataclasses.replace` makes; `Dialog.for_uas` (the UA's, from the tag
+  and Contact it puts in its 200) makes what `Dialog.from_uas` reads from that 200;
 - SDP answers remembered per offer shape (`AnswerCache`) equal a fresh `answer`, and each
   call's copy is its own;
 - RTP ports for answered calls are not test-bound: a busy port is found when the call graph
@@ -21,6 +26,7 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import socket
 from collections import Counter
@@ -36,9 +42,10 @@ from test_sip_endpoint import ECHO, Endpoint
 from pipeline.errors import ParseError
 from plugins.sip import message as sip_message
 from plugins.sip import uri as sip_uri
-from plugins.sip.message import Headers, SipMessage, SipRequest, Via, make_response
+from plugins.sip.dialog import Dialog
+from plugins.sip.message import Headers, SipMessage, SipRequest, Via, make_response, trying
 from plugins.sip.nodes import PortAllocator
-from plugins.sip.offer_answer import AnswerCache, Codec, answer
+from plugins.sip.offer_answer import AnswerCache, Codec, NegotiatedMedia, answer, evolve
 from plugins.sip.sdp import SessionDescription
 from plugins.sip.transaction import ServerNonInviteTransaction, TimerConfig, stamp_via
 from plugins.sip.transport import ListenSpec, SipTransport
@@ -303,6 +310,59 @@ def test_make_response_copies_the_rfc_3261_8_2_6_lines(code: int):
     assert response.to.tag == "t9" and response.headers.count("Via") == 2
     wire = SipMessage.parse(bytes(response))
     assert wire == response and wire.status_code == code
+
+
+@pytest.mark.parametrize("extra", ["", "Timestamp: 54 0.5\r\n",
+                                   "Via: SIP/2.0/UDP p2;branch=z9hG4bKp2\r\n"])
+def test_100_trying_bytes_are_those_of_make_response(extra: str):
+    request = SipMessage.parse(INVITE.replace("Max-Forwards", extra + "Max-Forwards").encode())
+    assert isinstance(request, SipRequest)
+    assert trying(request) == bytes(make_response(request, 100))
+    no_cseq = SipRequest("INVITE", request.uri, [(n, v) for n, v in request.headers
+                                                 if n != "CSeq"])
+    with pytest.raises(Exception, match="SIP request has no CSeq: cannot build a response"):
+        trying(no_cseq)
+
+
+@pytest.mark.parametrize("text", ['"Alice" <sip:alice@192.0.2.1;transport=tcp>;tag=a1',
+                                  "<sip:bob@192.0.2.2:5070>;tag=b9", "<sip:bob@192.0.2.2:5070>",
+                                  "sip:carol@192.0.2.3;tag=c1", " <sip:dan@h> ;tag=d1"])
+def test_shared_address_parses_equal_fresh_ones_and_parse_still_copies(text: str):
+    NameAddress.parse("<sip:bob@192.0.2.2:5070>;tag=b1")  # the "<uri>" alone is known too
+    shared = NameAddress.parse_shared(text)
+    assert shared == NameAddress._parse(text) and NameAddress.parse_shared(text) is shared
+    copy = NameAddress.parse(text)
+    assert copy == shared and copy.uri is not shared.uri and copy.params is not shared.params
+    msg = SipMessage.parse(INVITE.replace('"Alice" <sip:alice@127.0.0.1>;tag=a1', text).encode())
+    value = msg.headers.get("From")  # the value as the header holds it (stripped)
+    assert msg.from_ is NameAddress.parse_shared(value)  # one parse for every message
+
+
+def test_evolve_makes_what_dataclasses_replace_makes():
+    media = answer(OFFER.format(sid=1, port=4000, extra=""), CODECS, "127.0.0.1", 0,
+                   ptime_ms=20)[1]
+    for f in dataclasses.fields(NegotiatedMedia):
+        value = 7 if isinstance(getattr(media, f.name), int) else "x"
+        new = evolve(media, **{f.name: value})
+        assert new == dataclasses.replace(media, **{f.name: value})
+        assert type(new) is NegotiatedMedia and getattr(media, f.name) != value
+    assert evolve(media) == media
+    with pytest.raises(TypeError, match="no field 'port'"):
+        evolve(media, port=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evolve(media).codec = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("extra", ["", "Record-Route: <sip:p1;lr>, <sip:p2;lr>\r\n"])
+def test_dialog_for_uas_equals_from_uas_of_the_200(extra: str):
+    request = SipMessage.parse(INVITE.replace("Max-Forwards", extra + "Max-Forwards").encode())
+    assert isinstance(request, SipRequest)
+    response = make_response(request, 200, to_tag="t7")
+    response.headers.add("Contact", "<sip:bob@127.0.0.1:5062>")
+    expected = Dialog.from_uas(request, response)
+    assert Dialog.for_uas(request, "t7", "<sip:bob@127.0.0.1:5062>") == expected
+    assert expected.local_uri.tag is None and expected.remote_uri.tag is None
+    assert expected.remote_tag == "a1" and len(expected.route_set) == (2 if extra else 0)
 
 
 OFFER = ("v=0\r\no=alice {sid} {sid} IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\n"

@@ -30,6 +30,8 @@ TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 
 
 def _untagged(addr: NameAddress) -> NameAddress:
+    if "tag" not in addr.params:
+        return addr  # a dialog only reads its addresses: no copy
     params = {k: v for k, v in addr.params.items() if k != "tag"}
     return NameAddress(addr.uri, addr.display_name, params)
 
@@ -109,18 +111,27 @@ class Dialog:
             raise LocalProtocolError(
                 f"SIP {response.status_code} response without a To tag does not create a dialog"
             )
+        return cls.for_uas(request, local_tag, response.headers.get("Contact"),
+                           EARLY if response.status_code < 200 else CONFIRMED)
+
+    @classmethod
+    def for_uas(cls, request: SipRequest, local_tag: str, local_contact: str | None,
+                state: str = CONFIRMED) -> Dialog:
+        """`from_uas` from what its response carries (our To tag and Contact), for a UA
+        that builds the dialog next to the response instead of parsing that back."""
+        from_ = request.from_
         return cls(
             call_id=request.call_id,
             local_tag=local_tag,
-            remote_tag=request.from_.tag or "",  # RFC 2543 peers may omit it (12.1.1)
+            remote_tag=from_.tag or "",  # RFC 2543 peers may omit it (12.1.1)
             local_uri=_untagged(request.to),
-            remote_uri=_untagged(request.from_),
+            remote_uri=_untagged(from_),
             remote_target=_contact_uri(request),
             remote_seq=request.cseq.seq,
-            route_set=list(request.headers.values("Record-Route")),
-            local_contact=response.headers.get("Contact"),
+            route_set=request.headers.values("Record-Route"),
+            local_contact=local_contact,
             secure=request.uri.scheme == "sips",
-            state=EARLY if response.status_code < 200 else CONFIRMED,
+            state=state,
         )
 
     # -- updates ------------------------------------------------------------------------

@@ -5,7 +5,8 @@ and returns a `SipRequest` or `SipResponse`; anything malformed raises `ParseErr
 text starts with "SIP ...". Header values are kept as text (folding undone) in a
 multi-dict that preserves order; typed views (`Via`, `CSeq`, `NameAddress`) are parsed on
 first access, so an odd unknown header never stops a message from being routed, and cached
-until the headers change (treat them as read-only: change a message through `headers`).
+until the headers change (treat them as read-only: change a message through `headers`; the
+From, To and Contact views are shared by every message with the same header text).
 """
 
 from __future__ import annotations
@@ -446,7 +447,7 @@ class SipMessage:
         cache = self.headers._cache
         value = cache.get("from")
         if value is None:
-            value = cache["from"] = NameAddress.parse(self._required("From"))
+            value = cache["from"] = NameAddress.parse_shared(self._required("From"))
         return value  # type: ignore[return-value]
 
     @property
@@ -454,7 +455,7 @@ class SipMessage:
         cache = self.headers._cache
         value = cache.get("to")
         if value is None:
-            value = cache["to"] = NameAddress.parse(self._required("To"))
+            value = cache["to"] = NameAddress.parse_shared(self._required("To"))
         return value  # type: ignore[return-value]
 
     @property
@@ -487,7 +488,7 @@ class SipMessage:
         cache = self.headers._cache
         value = cache.get("contact")
         if value is None:
-            value = cache["contact"] = [NameAddress.parse(v)
+            value = cache["contact"] = [NameAddress.parse_shared(v)
                                          for v in self.headers.values("Contact") if v != "*"]
         return list(value)  # type: ignore[call-overload]
 
@@ -782,3 +783,20 @@ def make_response(
 
 
 _COPIED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+
+
+def trying(request: SipRequest) -> bytes:
+    """``bytes(make_response(request, 100))``, written directly: every INVITE gets one, and
+    nobody reads it as a message (it is only sent, and resent for a retransmitted INVITE)."""
+    source = request.headers._index or request.headers._lookup()
+    lines = ["SIP/2.0 100 Trying"]
+    lines.extend(["Via: " + value for value in source.get("via", ())])
+    for key, name in _COPIED:
+        values = source.get(key)
+        if not values:
+            raise LocalProtocolError(f"SIP request has no {name}: cannot build a response")
+        lines.append(f"{name}: {values[0]}")
+    if "timestamp" in source:
+        lines.append("Timestamp: " + source["timestamp"][0])
+    lines.append("Content-Length: 0\r\n\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
 from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
@@ -493,7 +493,7 @@ class AnswerCache:
             port = ports[media.media_index]
             rtcp_port = media.remote_rtcp_port if rtcp_named else port + (not media.rtcp_mux)
             if (port, rtcp_port) != (media.remote_rtp_port, media.remote_rtcp_port):
-                media = replace(media, remote_rtp_port=port, remote_rtcp_port=rtcp_port)
+                media = evolve(media, remote_rtp_port=port, remote_rtcp_port=rtcp_port)
             return None, _fresh_copy(template), media
         offer = SessionDescription.parse(body)
         sdp, media = answer(offer, self.codecs, self.local_ip, 0, ptime_ms=self.ptime_ms,
@@ -505,6 +505,23 @@ class AnswerCache:
         rtcp_named = offer.media[media.media_index].rtcp is not None
         self._shapes[key] = (sdp, media, rtcp_named)
         return offer, _fresh_copy(sdp), media
+
+
+def evolve(media: NegotiatedMedia, **changes: object) -> NegotiatedMedia:
+    """``dataclasses.replace(media, **changes)`` at half the cost (two per incoming call:
+    its remote ports, then its local port): a frozen copy, slot by slot."""
+    new = object.__new__(NegotiatedMedia)
+    for name in _MEDIA_FIELDS:
+        _set(new, name, getattr(media, name))
+    for name, value in changes.items():
+        if name not in _MEDIA_FIELDS:
+            raise TypeError(f"NegotiatedMedia has no field {name!r}")
+        _set(new, name, value)
+    return new
+
+
+_MEDIA_FIELDS = tuple(f.name for f in fields(NegotiatedMedia))
+_set = object.__setattr__  # what the frozen dataclass's own __init__ uses
 
 
 def _valid(origin: list[bytes], ports: list[int]) -> bool:

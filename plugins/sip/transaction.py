@@ -30,7 +30,7 @@ from .message import (
     SipRequest,
     SipResponse,
     Via,
-    make_response,
+    trying,
 )
 from .uri import split_top_level
 
@@ -183,6 +183,10 @@ Emit = Callable[[Event], None]
 class Transaction:
     """State, timers and outputs shared by the four transaction machines."""
 
+    # Slots: thousands linger at once (64*T1 each), so they are small and quick to build.
+    __slots__ = ("request", "method", "addr", "reliable", "config", "state", "timers", "_send",
+                 "_emit", "_on_terminated", "_scheduled", "_key")
+
     def __init__(
         self,
         request: SipRequest,
@@ -241,6 +245,8 @@ class Transaction:
 class ClientTransaction(Transaction):
     """Base of the client machines; `start(now)` sends the request."""
 
+    __slots__ = ("_wire", "_interval")
+
     def __init__(self, request: SipRequest, addr: Address, **kwargs: Any) -> None:
         super().__init__(request, addr, **kwargs)
         self._wire = bytes(request)
@@ -259,6 +265,8 @@ class ClientTransaction(Transaction):
 
 class ClientInviteTransaction(ClientTransaction):
     """RFC 3261 17.1.1 (figure 5) with RFC 6026 7.2 (Accepted, timer M)."""
+
+    __slots__ = ("_ack",)
 
     def start(self, now: float) -> None:
         self.state = CALLING
@@ -308,6 +316,8 @@ class ClientInviteTransaction(ClientTransaction):
 class ClientNonInviteTransaction(ClientTransaction):
     """RFC 3261 17.1.2 (figure 6)."""
 
+    __slots__ = ()
+
     def start(self, now: float) -> None:
         self.state = TRYING
         self._send(self._wire, self.addr)
@@ -346,6 +356,8 @@ class ClientNonInviteTransaction(ClientTransaction):
 
 class ServerTransaction(Transaction):
     """Base of the server machines; the TU answers with `send_response(response, now)`."""
+
+    __slots__ = ("_request", "_request_lines", "_response", "_last_wire", "_interval")
 
     def __init__(self, request: SipRequest, addr: Address, **kwargs: Any) -> None:
         self._request: SipRequest | None = None
@@ -404,10 +416,14 @@ class ServerInviteTransaction(ServerTransaction):
     A 100 Trying goes out at once: the TU cannot promise an answer within 200 ms.
     """
 
+    __slots__ = ()
+
     def __init__(self, request: SipRequest, addr: Address, **kwargs: Any) -> None:
         super().__init__(request, addr, **kwargs)
         self.state = PROCEEDING
-        self._transmit(make_response(request, 100))
+        # Written as bytes straight away; `last_response` parses them if anyone asks.
+        self._last_wire = trying(request)
+        self._send(self._last_wire, self.addr)
 
     def receive_request(self, request: SipRequest, now: float) -> None:
         if request.method == "ACK":
@@ -459,6 +475,8 @@ class ServerInviteTransaction(ServerTransaction):
 
 class ServerNonInviteTransaction(ServerTransaction):
     """RFC 3261 17.2.2 (figure 8)."""
+
+    __slots__ = ()
 
     def __init__(self, request: SipRequest, addr: Address, **kwargs: Any) -> None:
         super().__init__(request, addr, **kwargs)

@@ -42,6 +42,7 @@ from .offer_answer import (
     NegotiationFailed,
     answer,
     build_offer,
+    evolve,
     hold,
     negotiated,
     reoffer,
@@ -807,7 +808,7 @@ class UserAgent(RegistrationClient):
             # the only thing `answer` derives from it (no second negotiation per call).
             sdp, preview = call.preview
             sdp.media[preview.media_index].port = rtp_port
-            media = replace(preview, local_rtp_port=rtp_port)
+            media = evolve(preview, local_rtp_port=rtp_port)
         else:
             sdp, media = answer(call.remote(), self.config.codecs, self.media_ip, rtp_port,
                                 ptime_ms=self.config.ptime_ms,
@@ -827,13 +828,15 @@ class UserAgent(RegistrationClient):
         if call.local_sdp is None:
             raise LocalProtocolError(f"SIP call {call_id} has no answer: call prepare_answer")
         assert call.invite is not None and call.server_tx is not None
+        contact = self.contact(call.transport)
         response = self._response(
             call.invite, 200, to_tag=call.local_tag,
-            headers=[("Contact", self.contact(call.transport)), ("Allow", _ALLOW)],
-            body=bytes(call.local_sdp))
+            headers=[("Contact", contact), ("Allow", _ALLOW)], body=bytes(call.local_sdp))
         # The dialog is read from the INVITE before the transaction sends; it is kept only
-        # once the 200 is out.
-        dialog = call.dialog or Dialog.from_uas(call.invite, response)
+        # once the 200 is out. (The 200's To tag is ours unless the INVITE had one.)
+        dialog = call.dialog or (
+            Dialog.for_uas(call.invite, call.local_tag, contact)
+            if call.invite.to.tag is None else Dialog.from_uas(call.invite, response))
         _layer_of(call.server_tx).send_response(response, now, call.server_tx)
         call.dialog = dialog
         call.dialog.state = DIALOG_CONFIRMED

@@ -415,24 +415,30 @@ class NameAddress:
     @classmethod
     def parse(cls, text: str) -> NameAddress:
         """Parse ``["name"] <uri>;params`` or ``uri;params``."""
-        # A dialog's From and To come back in every request of it (and a peer's Contact
-        # in every call): remember the parses, hand out copies (a value is mutable).
+        shared = cls.parse_shared(text)
+        return cls(shared.uri.copy(), shared.display_name, dict(shared.params))
+
+    @classmethod
+    def parse_shared(cls, text: str) -> NameAddress:
+        """`parse`, but the value (and its URI) may be handed to other callers too: for
+        read-only use, like a message's typed views. A dialog's From and To come back in
+        every request of it, and a peer's Contact in every call: they are parsed once."""
         known = _ADDR_CACHE.get(text)
         if known is not None:
-            return cls(known.uri.copy(), known.display_name, dict(known.params))
+            return known
         # A new tag on a known "<uri>" (the From of a peer's next call, the To of an ACK):
         # the "<uri>" part is remembered alone too, so only the parameters are parsed.
         gt = text.find(">") if text[:1] == "<" else -1
         known = _ADDR_CACHE.get(text[:gt + 1]) if gt > 0 else None
         if known is not None:
-            addr = cls(known.uri.copy(), None, parse_params(text[gt + 1:], "SIP name-addr"))
+            addr = cls(known.uri, None, parse_params(text[gt + 1:], "SIP name-addr"))
         else:
             addr = cls._parse(text)
         if len(_ADDR_CACHE) >= _URI_CACHE_MAX:
             _ADDR_CACHE.clear()  # bounded: values come off the wire
-        _ADDR_CACHE[text] = cls(addr.uri.copy(), addr.display_name, dict(addr.params))
+        _ADDR_CACHE[text] = addr
         if gt > 0 and known is None:
-            _ADDR_CACHE[text[:gt + 1]] = cls(addr.uri.copy(), None, {})
+            _ADDR_CACHE[text[:gt + 1]] = cls(addr.uri, None, {})
         return addr
 
     @classmethod
