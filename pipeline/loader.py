@@ -224,7 +224,7 @@ class Builder:
         if not path.is_file():
             raise _err(f"bin file '{path}' not found", where, "check the path (relative to "
                        "the YAML file that uses it)")
-        data = parse_yaml(path.read_text(), str(path))
+        data = read_graph_file(path)
         declared = dict(data.get("params") or {})
         for k in params:
             if k not in declared:
@@ -515,6 +515,27 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
     return graph
 
 
+_PARSED: dict[str, tuple[str, Any]] = {}
+_PARSED_MAX = 64
+
+
+def read_graph_file(path: Path) -> Any:
+    """The parsed YAML of a graph file, parsed again only when its text changes: a server
+    reads its call graph for every call, and parsing costs more than building the part
+    (reading is ~1 % of parsing; a timestamp would miss two quick edits of the same size).
+    Callers must not modify what it returns."""
+    text = path.read_text()
+    key = str(path.resolve())
+    hit = _PARSED.get(key)
+    if hit is not None and hit[0] == text:
+        return hit[1]
+    data = parse_yaml(text, str(path))
+    if len(_PARSED) >= _PARSED_MAX:
+        del _PARSED[next(iter(_PARSED))]  # the oldest
+    _PARSED[key] = (text, data)
+    return data
+
+
 def add_part(graph: Graph, path: str | Path, prefix: str, *,
              overrides: dict[str, Any] | None = None, call: dict[str, Any] | None = None,
              registry: Any = None) -> list[str]:
@@ -529,11 +550,10 @@ def add_part(graph: Graph, path: str | Path, prefix: str, *,
     registry = registry or get_registry()
     path = Path(path)
     try:
-        text = path.read_text()
+        data = read_graph_file(path)
     except OSError as e:
         raise GraphError(f"graph file '{path}' cannot be read: {e.strerror}",
                          hint="check the call_graph path") from None
-    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise GraphError("graph file must be a YAML map with nodes: and links:", file=str(path),
                          line=1, column=1)

@@ -198,3 +198,22 @@ def test_a_part_that_closes_a_loop_through_the_host_is_refused(tmp_path):
     assert "bad/g" in outcome["error"] and "room" in outcome["error"]
     assert outcome["left"] == ["base", "cue", "fan", "out", "room"]
     assert outcome["ordered"]
+
+
+def test_a_call_graph_file_is_parsed_once_until_it_changes(tmp_path, monkeypatch):
+    import pipeline.loader as loader
+
+    parses = []
+    real = loader.parse_yaml
+    monkeypatch.setattr(loader, "parse_yaml", lambda *a: parses.append(a[1]) or real(*a))
+    path = tmp_path / "call.yaml"
+    path.write_text("nodes: {t: {type: tone, freq: 440, rate: 8000}}\nlinks: [t -> parent.room]\n")
+    g = load_graph_text(ROOT)
+    for i in range(3):
+        add_part(g, path, f"call-{i}/")
+    assert parses.count(str(path)) == 1
+    assert [g.nodes[f"call-{i}/t"].freq for i in range(3)] == [440.0] * 3
+    path.write_text("nodes: {t: {type: tone, freq: 1000, rate: 8000}}\nlinks: [t -> parent.room]\n")
+    add_part(g, path, "call-3/")
+    assert parses.count(str(path)) == 2
+    assert g.nodes["call-3/t"].freq == 1000.0
