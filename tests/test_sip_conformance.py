@@ -48,7 +48,7 @@ def test_rfc4475_verdict_and_uas_response(row):
     if verdict.kind == "parseable":
         assert verdict.notes  # a semantic oddity was named
     if verdict.kind in ("valid", "valid-response"):
-        assert verdict.notes == []
+        assert verdict.notes == ()
 
 
 def check(name: str):

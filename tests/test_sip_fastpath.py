@@ -9,8 +9,16 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
   (no whitespace, no quotes) skip the per-piece checks: both equal the general code;
 - parsed views (From, To, Via, CSeq...) are cached per message and dropped when a header
   changes; a transaction's lingering messages are "released" and still read and change;
+- a lingering server transaction is filed in its layer as a tuple of plain values (and timer
+  heap entries name it by key): the transaction made from it again equals the one filed, and
+  retransmissions and timers J and L act as on the transaction object;
+- a request that no semantic check fails or notes is found valid without the general
+  checks' closure and lists: the verdict is the general code's, for it and for every near miss;
+  the bare-CR check counts instead of copying the header text;
 - `make_response` (8.2.6) copies the same lines, and the 100 Trying written directly as bytes
-  is the bytes of `make_response(request, 100)`;
+  is the bytes of `make_response(request, 100)`; so are other bodiless responses written as
+  bytes (the BYE's 200), and a server transaction sending such bytes (`send_wire`) does what
+  it does when sending the message;
 - From, To and Contact views are shared parses (read-only) equal to a fresh parse, while
   `NameAddress.parse` still hands out copies;
 - `evolve` makes what `dataclasses.replace` makes; `Dialog.for_uas` (the UA's, from the tag
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import re
 import socket
 from collections import Counter
@@ -42,14 +51,28 @@ from test_sip_endpoint import ECHO, Endpoint
 from pipeline.errors import ParseError
 from plugins.sip import message as sip_message
 from plugins.sip import uri as sip_uri
+from plugins.sip import validate as sip_validate
 from plugins.sip.dialog import Dialog
-from plugins.sip.message import Headers, SipMessage, SipRequest, Via, make_response, trying
+from plugins.sip.message import (
+    Headers,
+    SipMessage,
+    SipRequest,
+    Via,
+    make_response,
+    response_bytes,
+    trying,
+)
 from plugins.sip.nodes import PortAllocator
 from plugins.sip.offer_answer import AnswerCache, Codec, NegotiatedMedia, answer, evolve
 from plugins.sip.sdp import SessionDescription
-from plugins.sip.transaction import ServerNonInviteTransaction, TimerConfig, stamp_via
+from plugins.sip.transaction import (
+    ServerNonInviteTransaction,
+    TimerConfig,
+    TransactionLayer,
+    stamp_via,
+)
 from plugins.sip.transport import ListenSpec, SipTransport
-from plugins.sip.ua import CallEnded, CallEstablished, UaConfig, UserAgent
+from plugins.sip.ua import CallEnded, CallEstablished, Listener, UaConfig, UserAgent
 from plugins.sip.uri import NameAddress, SipUri, _split_scanning, split_top_level
 from plugins.sip.validate import check_message
 
@@ -177,6 +200,101 @@ def test_a_lingering_transaction_keeps_its_messages_as_bytes():
     assert tx.request == request and tx.method == "BYE"
     tx.receive_request(request, now=0.1)  # a retransmitted BYE: the same 200 again
     assert sent == [sent[0], sent[0]]
+
+
+@pytest.mark.parametrize("change", [
+    ("", ""), ("INVITE sip:", "OPTIONS sip:"), ("INVITE sip:", "FOO sip:"),
+    ("INVITE sip:", "INVITE tel:"), ("INVITE sip:", "INVITE sips:"),
+    ("To: <sip:", "To: <tel:"), ("From: \"Alice\" <sip:", "From: <tel:"),
+    ("Contact: <sip:", "Contact: <tel:"), ("Contact: <sip:alice@127.0.0.1:5061>\r\n", ""),
+    ("Max-Forwards: 70", "Max-Forwards: 0"), ("Max-Forwards: 70\r\n", ""),
+    ("Max-Forwards: 70", "Require: 100rel"), ("Max-Forwards: 70", "Require: "),
+    ("Max-Forwards: 70", "Accept: text/plain"), ("Max-Forwards: 70", "Accept: application/sdp"),
+    ("Max-Forwards: 70", "Authorization: Basic abc"),
+    ("Max-Forwards: 70", "Proxy-Authorization: Digest username=\"a\""),
+    ("Content-Type: application/sdp", "Content-Type: text/plain"),
+    ("Content-Length: 4\r\n\r\nv=0\r\n", "Content-Length: 0\r\n\r\n"),
+    ("Call-ID: fast-1@127.0.0.1\r\n", ""), ("CSeq: 1 INVITE\r\n", ""),
+])
+def test_all_good_requests_get_the_general_verdict(change: tuple[str, str], monkeypatch):
+    data = INVITE.replace(*change)
+    if change[1].startswith(("OPTIONS", "FOO")):
+        data = data.replace("CSeq: 1 INVITE", "CSeq: 1 " + change[1].split()[0])
+    fast = check_message(data.encode())
+    monkeypatch.setattr(sip_validate, "_all_good", lambda *args: False)
+    general = check_message(data.encode())
+    fields = ("kind", "status", "reason", "notes", "headers")
+    assert [getattr(fast, f) for f in fields] == [getattr(general, f) for f in fields]
+    assert bytes(fast.message) == bytes(general.message)  # type: ignore[arg-type]
+
+
+def test_the_plain_request_takes_the_all_good_path(monkeypatch):
+    taken: list[bool] = []
+    all_good = sip_validate._all_good
+    monkeypatch.setattr(sip_validate, "_all_good",
+                        lambda *args: taken.append(all_good(*args)) or taken[-1])
+    assert check_message(INVITE.encode()).kind == "valid" and taken == [True]
+
+
+@pytest.mark.parametrize("head", ["a\rb", "a\r\nY: b\r", "\r",
+                                  "a\r\nY: \rb", "a\r\nY: b"])
+def test_bare_cr_is_found_by_counting(head: str):
+    data = f"OPTIONS sip:b@h SIP/2.0\r\nX: {head}\r\nCall-ID: c\r\n\r\n".encode()
+    bare = "\r" in data.split(b"\r\n\r\n")[0].decode().replace("\r\n", "")
+    if bare:
+        with pytest.raises(ParseError, match="bare CR"):
+            SipMessage.parse(data)
+    else:
+        SipMessage.parse(data)
+
+
+def tx_fields(tx: Any) -> tuple:
+    return (type(tx), tx.method, tx.addr, tx.reliable, tx.state, tx.timers, tx._scheduled,
+            tx._key, tx._last_wire, bytes(tx.request), bytes(tx.last_response))
+
+
+@pytest.mark.parametrize("method", ["INVITE", "BYE", "OPTIONS"])
+def test_a_lingering_transaction_filed_as_plain_values_comes_back_equal(method: str):
+    data = INVITE.replace("INVITE", method).encode()
+    layer, general = TransactionLayer(), TransactionLayer()
+    for lyr in (layer, general):
+        lyr.receive(SipMessage.parse(data), ("127.0.0.1", 5061), now=0.0)
+    tx = layer.next_event().transaction  # type: ignore[union-attr]
+    reference = general.next_event().transaction  # type: ignore[union-attr]
+    for lyr, t in ((layer, tx), (general, reference)):
+        lyr.send_response(make_response(t.request, 200, to_tag="t1"), 0.1, t)
+    (key,) = layer.servers
+    record = layer.servers[key]
+    assert isinstance(record, tuple)
+    for _ in range(3):  # a tuple is untracked once its items are: a collection each
+        gc.collect()
+    assert not gc.is_tracked(record) and not any(gc.is_tracked(e) for e in layer._heap)
+    # the general code: the transaction object stays filed
+    general.servers[key] = reference
+    again = layer._server(key)
+    assert again is layer.servers[key] and tx_fields(again) == tx_fields(reference)
+    assert layer.get_timer() == general.get_timer() == pytest.approx(0.1 + 32.0)
+    layer.servers[key] = record  # filed again: a retransmission revives it on its own
+    for now in (0.5, 1.5):
+        for lyr in (layer, general):
+            lyr.datagrams_to_send()
+            lyr.receive(SipMessage.parse(data), ("127.0.0.1", 5061), now=now)
+        assert layer.datagrams_to_send() == general.datagrams_to_send()
+        assert layer.next_event() is None and general.next_event() is None
+    for lyr in (layer, general):
+        lyr.handle_timer(0.1 + 32.0)
+        assert lyr.servers == {} and lyr.get_timer() is None
+
+
+def test_a_cancel_for_an_answered_invite_is_still_answered_200():
+    # find_invite hands back a new object made from the lingering INVITE transaction
+    layer = TransactionLayer()
+    layer.receive(SipMessage.parse(INVITE.encode()), ("127.0.0.1", 5061), now=0.0)
+    tx = layer.next_event().transaction  # type: ignore[union-attr]
+    layer.send_response(make_response(tx.request, 200, to_tag="t1"), 0.1, tx)
+    cancel = SipMessage.parse(INVITE.replace("INVITE", "CANCEL").encode())
+    found = layer.find_invite(cancel)  # type: ignore[arg-type]
+    assert found is not None and found is not tx and found._key == tx._key
 
 
 @pytest.mark.parametrize("fast, general", [
@@ -322,6 +440,57 @@ def test_100_trying_bytes_are_those_of_make_response(extra: str):
                                                  if n != "CSeq"])
     with pytest.raises(Exception, match="SIP request has no CSeq: cannot build a response"):
         trying(no_cseq)
+
+
+BYE = (INVITE.replace("INVITE", "BYE").replace("1 BYE", "2 BYE")
+       .replace("<sip:bob@127.0.0.1:5062>", "<sip:bob@127.0.0.1:5062>;tag=b1"))
+
+
+@pytest.mark.parametrize("code", [100, 180, 200, 481, 500, 699])
+@pytest.mark.parametrize("extra", ["", "Timestamp: 54 0.5\r\n",
+                                   "Via: SIP/2.0/UDP p2;branch=z9hG4bKp2\r\n"])
+def test_response_bytes_are_those_of_make_response(code: int, extra: str):
+    request = SipMessage.parse(BYE.replace("Max-Forwards", extra + "Max-Forwards").encode())
+    assert isinstance(request, SipRequest)
+    response = make_response(request, code)
+    response.headers.add("Server", "ua 1")
+    response.headers.add("x-thing", "y")
+    assert response_bytes(request, code, [("Server", "ua 1"), ("x-thing", "y")]) \
+        == bytes(response)
+    with pytest.raises(Exception, match="^SIP header Server value contains a line break$"):
+        response_bytes(request, code, [("Server", "a\r\nb")])
+
+
+@pytest.mark.parametrize("method, codes", [("BYE", [200]), ("OPTIONS", [100, 200]),
+                                           ("INVITE", [180, 200]), ("INVITE", [486])])
+def test_sending_a_response_as_bytes_is_sending_the_message(method: str, codes: list[int]):
+    data = BYE.replace("BYE", method).encode()
+    general, fast = TransactionLayer(), TransactionLayer()
+    for lyr in (general, fast):
+        lyr.receive(SipMessage.parse(data), ("127.0.0.1", 5061), now=0.0)
+    g_tx = general.next_event().transaction  # type: ignore[union-attr]
+    f_tx = fast.next_event().transaction  # type: ignore[union-attr]
+    for i, code in enumerate(codes):
+        general.send_response(make_response(g_tx.request, code), 0.1 * i, g_tx)
+        fast.send_wire(f_tx, code, response_bytes(f_tx.request, code), 0.1 * i)
+        assert general.datagrams_to_send() == fast.datagrams_to_send()
+        assert filed(general) == filed(fast) and general.get_timer() == fast.get_timer()
+
+
+def filed(layer: TransactionLayer) -> dict:
+    return {k: v if isinstance(v, tuple) else tx_fields(v) for k, v in layer.servers.items()}
+
+
+def test_the_ua_writes_the_bye_200_as_its_general_response_would():
+    ua = UserAgent(UaConfig([Listener("udp", "127.0.0.1", 5062)], [Codec.named("pcmu")]))
+    wires = []
+    for reply in (ua._respond, ua._reply):
+        layer = TransactionLayer()
+        layer.receive(SipMessage.parse(BYE.encode()), ("127.0.0.1", 5061), now=0.0)
+        tx = layer.next_event().transaction  # type: ignore[union-attr]
+        reply(tx, tx.request, 200, 0.0)  # type: ignore[operator]
+        wires.append((layer.datagrams_to_send(), filed(layer), layer.get_timer()))
+    assert wires[0] == wires[1]
 
 
 @pytest.mark.parametrize("text", ['"Alice" <sip:alice@192.0.2.1;transport=tcp>;tag=a1',

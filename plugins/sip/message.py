@@ -574,11 +574,12 @@ class SipMessage:
         head = data[start:head_end].decode("utf-8", "surrogateescape")
         if "\n " in head or "\n\t" in head:
             head = _FOLD.sub(" ", head)
-        if head.count("\n") == head.count("\r\n"):
+        crlf = head.count("\r\n")
+        if head.count("\n") == crlf:
             lines = head.split("\r\n")
         else:
             lines = _LINE_SPLIT.split(head)
-        if "\r" in head.replace("\r\n", ""):
+        if head.count("\r") != crlf:  # each CRLF holds one CR: any other is bare
             raise ParseError("SIP message has a bare CR in its start line or headers")
         if len(lines) - 1 > max_headers:
             raise ParseError(f"SIP message has more than {max_headers} header lines")
@@ -788,15 +789,26 @@ _COPIED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSe
 def trying(request: SipRequest) -> bytes:
     """``bytes(make_response(request, 100))``, written directly: every INVITE gets one, and
     nobody reads it as a message (it is only sent, and resent for a retransmitted INVITE)."""
+    return response_bytes(request, 100)
+
+
+def response_bytes(request: SipRequest, code: int, extra: Iterable[tuple[str, str]] = ()
+                   ) -> bytes:
+    """``bytes(make_response(request, code))`` with the `extra` header lines added, written
+    directly: for the bodiless responses that nobody reads as a message (they are only
+    sent, and resent for a retransmitted request)."""
     source = request.headers._index or request.headers._lookup()
-    lines = ["SIP/2.0 100 Trying"]
+    lines = [f"SIP/2.0 {code} {REASON_PHRASES.get(code, '')}"]
     lines.extend(["Via: " + value for value in source.get("via", ())])
     for key, name in _COPIED:
         values = source.get(key)
         if not values:
             raise LocalProtocolError(f"SIP request has no {name}: cannot build a response")
         lines.append(f"{name}: {values[0]}")
-    if "timestamp" in source:
+    if code == 100 and "timestamp" in source:
         lines.append("Timestamp: " + source["timestamp"][0])
+    for name, value in extra:
+        _, canon, value = Headers._entry(name, value)  # the checks and spelling of `add`
+        lines.append(f"{canon}: {value}")
     lines.append("Content-Length: 0\r\n\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -391,10 +391,10 @@ class ServerTransaction(Transaction):
             self._response = SipMessage.parse(self._last_wire)  # type: ignore[assignment]
         return self._response
 
-    def _transmit(self, response: SipResponse) -> None:
-        self._response = response
-        self._last_wire = bytes(response)
-        self._send(self._last_wire, self.addr)
+    def _transmit(self, wire: bytes, response: SipResponse | None) -> None:
+        self._response = response  # None: `last_response` parses `wire` if asked
+        self._last_wire = wire
+        self._send(wire, self.addr)
 
     def _linger(self) -> None:
         request = self._request
@@ -407,6 +407,11 @@ class ServerTransaction(Transaction):
         raise NotImplementedError
 
     def send_response(self, response: SipResponse, now: float) -> None:
+        self.send_wire(response.status_code, bytes(response), now, response)
+
+    def send_wire(self, code: int, wire: bytes, now: float,
+                  response: SipResponse | None = None) -> None:
+        """`send_response` for a response already written as bytes (`response_bytes`)."""
         raise NotImplementedError
 
 
@@ -439,16 +444,16 @@ class ServerInviteTransaction(ServerTransaction):
         elif self.state in (PROCEEDING, COMPLETED):
             self._send(self._last_wire, self.addr)  # retransmitted INVITE
 
-    def send_response(self, response: SipResponse, now: float) -> None:
-        code = response.status_code
+    def send_wire(self, code: int, wire: bytes, now: float,
+                  response: SipResponse | None = None) -> None:
         if self.state == ACCEPTED and 200 <= code < 300:
-            self._send(bytes(response), self.addr)  # the TU retransmits its 2xx (13.3.1.4)
+            self._send(wire, self.addr)  # the TU retransmits its 2xx (13.3.1.4)
             return
         if self.state != PROCEEDING:
             raise LocalProtocolError(
                 f"SIP server INVITE transaction is {self.state}: it cannot send {code}"
             )
-        self._transmit(response)
+        self._transmit(wire, response)
         if code < 200:
             return
         self._linger()
@@ -486,14 +491,14 @@ class ServerNonInviteTransaction(ServerTransaction):
         if self.state in (PROCEEDING, COMPLETED):
             self._send(self._last_wire, self.addr)
 
-    def send_response(self, response: SipResponse, now: float) -> None:
+    def send_wire(self, code: int, wire: bytes, now: float,
+                  response: SipResponse | None = None) -> None:
         if self.state not in (TRYING, PROCEEDING):
             raise LocalProtocolError(
-                f"SIP server transaction is {self.state}: it cannot send "
-                f"{response.status_code}"
+                f"SIP server transaction is {self.state}: it cannot send {code}"
             )
-        self._transmit(response)
-        if response.status_code < 200:
+        self._transmit(wire, response)
+        if code < 200:
             self.state = PROCEEDING
             return
         self.state = COMPLETED
@@ -559,7 +564,8 @@ class TransactionLayer:
         self.stats: Counter[str] = Counter()
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
-        self._heap: list[tuple[float, int, Transaction]] = []
+        # (deadline, seq, key of a filed transaction or the transaction itself if unfiled)
+        self._heap: list[tuple[float, int, Any]] = []
         self._seq = itertools.count()
         self._callbacks = dict(send=self._send, emit=self._events.append,
                                on_terminated=self._forget)
@@ -581,25 +587,82 @@ class TransactionLayer:
     def _schedule(self, tx: Transaction) -> None:
         deadline = tx.get_timer()
         if deadline is not None and deadline != tx._scheduled:
-            heapq.heappush(self._heap, (deadline, next(self._seq), tx))
+            # Filed by key: an entry of plain values, which the GC stops tracking.
+            ref = tx if tx._key is None else tx._key
+            heapq.heappush(self._heap, (deadline, next(self._seq), ref))
         tx._scheduled = deadline
+
+    def _resolve(self, ref: Any) -> Any:
+        """A heap entry's transaction, lingering record, or None."""
+        if ref.__class__ is not tuple:
+            return ref
+        # client keys are (branch, method); server keys are longer
+        return (self.clients if len(ref) == 2 else self.servers).get(ref)
 
     def get_timer(self) -> float | None:
         """Earliest deadline over all transactions (lazy heap: stale entries dropped)."""
         heap = self._heap
         while heap:
-            deadline, _, tx = heap[0]
-            if tx.state != TERMINATED and tx._scheduled == deadline:
-                return deadline
+            deadline, _, ref = heap[0]
+            tx = self._resolve(ref)
+            if tx is not None:
+                if tx.__class__ is tuple:
+                    if tx[2] == deadline:
+                        return deadline
+                elif tx.state != TERMINATED and tx._scheduled == deadline:
+                    return deadline
             heapq.heappop(heap)
         return None
 
     def handle_timer(self, now: float) -> None:
         while (deadline := self.get_timer()) is not None and deadline <= now:
-            _, _, tx = heapq.heappop(self._heap)
+            _, _, ref = heapq.heappop(self._heap)
+            tx = self._resolve(ref)
+            if tx.__class__ is tuple:
+                del self.servers[ref]  # timer J or L: the lingering transaction ends
+                continue
             tx._scheduled = None
             tx.handle_timer(now)
             self._schedule(tx)
+
+    # -- lingering server transactions ----------------------------------------------------
+    # A server transaction that only waits out 64*T1 (non-INVITE Completed, INVITE Accepted:
+    # the TU retransmits its 2xx through the object it holds) is filed as one flat tuple of
+    # plain values, which the GC stops tracking after one look (nested tuples take one
+    # collection per level): (state, timer name, deadline, last wire, addr, reliable, method,
+    # Request-URI, version, body, header entries...). `_server` makes the transaction again.
+    def _file_lingering(self, tx: ServerTransaction) -> None:
+        if tx._request_lines is None or self.servers.get(tx._key) is not tx:
+            return
+        ((name, deadline),) = tx.timers.items()
+        method, uri, version, items, body = tx._request_lines
+        record = (tx.state, name, deadline, tx._last_wire, tx.addr, tx.reliable, method, uri,
+                  version, body) + items
+        self.servers[tx._key] = record  # type: ignore[assignment]
+
+    def _server(self, key: tuple) -> ServerTransaction | None:
+        tx: Any = self.servers.get(key)
+        if tx.__class__ is not tuple:
+            return tx
+        state, name, deadline, wire, addr, reliable, method, uri, version, body = tx[:10]
+        cls = ServerInviteTransaction if method == "INVITE" else ServerNonInviteTransaction
+        revived = cls.__new__(cls)
+        revived._request = revived._response = None
+        revived._request_lines = (method, uri, version, tx[10:], body)
+        revived._last_wire = wire
+        revived.method = method
+        revived.addr = addr
+        revived.reliable = reliable
+        revived.config = self.config
+        revived.state = state
+        revived.timers = {name: deadline}
+        revived._send, revived._emit, revived._on_terminated = (
+            self._send, self._events.append, self._forget)
+        revived._scheduled = deadline
+        revived._key = key
+        revived._interval = self.config.t1
+        self.servers[key] = revived
+        return revived
 
     # -- client side ----------------------------------------------------------------------
     def _kwargs(self, reliable: bool) -> dict[str, Any]:
@@ -644,18 +707,30 @@ class TransactionLayer:
         if tx is None:
             via = response.top_via
             method = response.cseq.method
-            tx = self.servers.get(("3261", via.branch, via.host.lower(), via.port, method))
+            tx = self._server(("3261", via.branch, via.host.lower(), via.port, method))
             if tx is None:
                 raise LocalProtocolError(f"SIP response {response.status_code} matches no "
                                          "server transaction")
         tx.send_response(response, now)
+        self._sent(tx)
+
+    def send_wire(self, transaction: ServerTransaction, code: int, wire: bytes,
+                  now: float) -> None:
+        """`send_response` for a response already written as bytes (`response_bytes`)."""
+        transaction.send_wire(code, wire, now)
+        self._sent(transaction)
+
+    def _sent(self, tx: ServerTransaction) -> None:
         self._schedule(tx)
+        if tx.timers and (tx.state == ACCEPTED
+                          or (tx.state == COMPLETED and tx.method != "INVITE")):
+            self._file_lingering(tx)
 
     def find_invite(self, cancel: SipRequest) -> ServerInviteTransaction | None:
         """The INVITE transaction a CANCEL refers to (9.2: 17.2.3 matching, method INVITE)."""
         key = list(server_key(cancel))
         key[5 if key[0] == "2543" else 4] = "INVITE"
-        tx = self.servers.get(tuple(key))
+        tx = self._server(tuple(key))
         return tx if isinstance(tx, ServerInviteTransaction) else None
 
     # -- input ----------------------------------------------------------------------------
@@ -691,8 +766,11 @@ class TransactionLayer:
         # every response copies these (8.2.6): without them nothing can be answered
         request.from_, request.to, request.call_id, request.cseq  # noqa: B018
         key = server_key(request)
-        tx = self.servers.get(key)
+        tx = self._server(key)
         if tx is not None and key[0] == "2543" and not _to_tag_matches(tx, request):
+            if tx.timers:  # it is no longer filed, but its timers still run
+                heapq.heappush(self._heap, (tx._scheduled, next(self._seq), tx))
+            tx._key = None
             tx = None
         if tx is not None:
             self.stats["request_retransmissions"] += request.method != "ACK"

@@ -34,7 +34,7 @@ from . import validate
 from .auth import DigestChallenge, DigestClient, DigestServer
 from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
-from .message import SipMessage, SipRequest, SipResponse, Via, make_response
+from .message import SipMessage, SipRequest, SipResponse, Via, make_response, response_bytes
 from .offer_answer import (
     AnswerCache,
     Codec,
@@ -537,6 +537,15 @@ class UserAgent(RegistrationClient):
         _layer_of(tx).send_response(response, now, tx)
         return response
 
+    def _reply(self, tx: ServerTransaction, request: SipRequest, code: int, now: float) -> None:
+        """`_respond` with no To tag to add, extra headers or body (the 200 for a BYE),
+        written straight as bytes: no message object to build and serialise."""
+        if request.to.tag is None or (request.method == "INVITE" and 100 < code < 300):
+            self._respond(tx, request, code, now)
+            return
+        wire = response_bytes(request, code, (("Server", self.config.user_agent),))
+        _layer_of(tx).send_wire(tx, code, wire, now)
+
     def _response(self, request: SipRequest, code: int, *, to_tag: str | None = None,
                   headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
                   content_type: str | None = None, reason: str | None = None) -> SipResponse:
@@ -861,7 +870,9 @@ class UserAgent(RegistrationClient):
     def _on_cancel(self, request: SipRequest, tx: ServerTransaction, now: float) -> None:
         invite_tx = _layer_of(tx).find_invite(request)
         call = self.calls.get(request.call_id)
-        if invite_tx is None or call is None or call.server_tx is not invite_tx:
+        # by key: a lingering INVITE transaction comes back from the layer as a new object
+        if (invite_tx is None or call is None or call.server_tx is None
+                or call.server_tx._key != invite_tx._key):
             self._respond(tx, request, 481, now)
             return
         self._respond(tx, request, 200, now)  # 9.2: the CANCEL itself succeeds
@@ -897,7 +908,7 @@ class UserAgent(RegistrationClient):
             self._respond(tx, request, 500, now, reason="CSeq Out Of Order")
             return
         if method == "BYE":
-            self._respond(tx, request, 200, now)
+            self._reply(tx, request, 200, now)
             if call.active:
                 call.retx = None
                 self._end(call, "remote hangup", None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipeline.errors import ParseError
 
@@ -52,6 +52,9 @@ SINGLE_HEADERS = (
 
 _SINGLE_KEYS = tuple((name, name.lower()) for name in SINGLE_HEADERS)
 _REQUIRED_KEYS = tuple((name, name.lower()) for name in REQUIRED_HEADERS)
+_REQUIRED_SET = frozenset(key for _, key in _REQUIRED_KEYS)
+# Headers whose checks can fail or note something: their presence takes the general path.
+_CHECKED_KEYS = frozenset(("require", "accept", "authorization", "proxy-authorization"))
 _OPTION_TAG_KEYS = tuple((name, name.lower()) for name in
                          ("Require", "Proxy-Require", "Supported", "Unsupported", "Allow"))
 _NO_SPACE = re.compile(r"\S+")
@@ -79,8 +82,8 @@ class Verdict:
     status: int | None = None
     reason: str = ""
     message: SipRequest | SipResponse | None = None
-    notes: list[str] = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def check_message(
@@ -227,16 +230,20 @@ def _check_semantics(
     content_types: Collection[str],
     extensions: Collection[str],
 ) -> Verdict:
-    verdict = Verdict("valid", message=msg)
     headers = msg.headers
     present = headers._index or headers._lookup()
+    if _all_good(msg, present, methods, schemes, content_types):
+        return Verdict("valid", message=msg)
+    verdict = Verdict("valid", message=msg)
+    notes: list[str] = []
+    extra_headers: list[tuple[str, str]] = []
 
     def fail(status: int, reason: str, *extra: tuple[str, str], note: bool = True) -> None:
         if note:
-            verdict.notes.append(reason)
+            notes.append(reason)
         if verdict.status is None:
             verdict.status, verdict.reason = status, reason
-            verdict.headers.extend(extra)
+            extra_headers.extend(extra)
 
     missing = [name for name, key in _REQUIRED_KEYS if key not in present]
     if missing:
@@ -247,11 +254,11 @@ def _check_semantics(
     if msg.uri.scheme not in schemes:  # 8.2.2.1
         fail(416, f"SIP Request-URI scheme {msg.uri.scheme} is not supported")
     if "to" in present and not msg.to.uri.is_sip:
-        verdict.notes.append("SIP To has a non-SIP URI")
+        notes.append("SIP To has a non-SIP URI")
     if "from" in present and not msg.from_.uri.is_sip:
-        verdict.notes.append("SIP From has a non-SIP URI")
+        notes.append("SIP From has a non-SIP URI")
     if "contact" in present and any(not c.uri.is_sip for c in msg.contacts):
-        verdict.notes.append("SIP Contact has a non-SIP URI")
+        notes.append("SIP Contact has a non-SIP URI")
     if msg.method not in ("ACK", "CANCEL") and "require" in present:  # 8.2.2.3: never
         # rejected by Require
         unknown = [t for t in headers.values("Require") if t and t not in extensions]
@@ -268,13 +275,36 @@ def _check_semantics(
         for value in headers.get_all("Authorization") + headers.get_all("Proxy-Authorization"):
             scheme = value.strip().split(None, 1)[0] if value.strip() else ""
             if scheme.lower() != "digest":
-                verdict.notes.append(f"SIP Authorization scheme {scheme[:20]} is unknown")
+                notes.append(f"SIP Authorization scheme {scheme[:20]} is unknown")
     if "max-forwards" in present and msg.max_forwards == 0:
         # RFC 3261 16.3: only a proxy answers 483; the target UAS processes the request
-        verdict.notes.append("SIP Max-Forwards is zero")
-    if verdict.notes:
+        notes.append("SIP Max-Forwards is zero")
+    if notes:
         verdict.kind = "parseable"
+    verdict.notes, verdict.headers = tuple(notes), tuple(extra_headers)
     return verdict
+
+
+def _all_good(
+    msg: SipRequest,
+    present: dict,
+    methods: Collection[str],
+    schemes: Collection[str],
+    content_types: Collection[str],
+) -> bool:
+    # The usual request, which no check of `_check_semantics` fails or notes, without its
+    # closure and lists; anything less plain is left to the general code.
+    if not (present.keys() >= _REQUIRED_SET and msg.method in methods
+            and msg.uri.scheme in schemes and _CHECKED_KEYS.isdisjoint(present)
+            and msg.to.uri.is_sip and msg.from_.uri.is_sip):
+        return False
+    if "contact" in present:
+        for contact in msg.contacts:
+            if not contact.uri.is_sip:
+                return False
+    if msg.body and msg.content_type not in content_types:
+        return False
+    return "max-forwards" not in present or msg.max_forwards != 0
 
 
 def reject(verdict: Verdict, to_tag: str | None = None) -> SipResponse | None:
