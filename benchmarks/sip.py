@@ -5,9 +5,9 @@ One caller (our sans-IO `UserAgent` over our `SipTransport`, in this process) ke
 time is read from /proc (utime + stime, kernel time of its sends included) so the figure is
 calls per CPU-second of the callee (per core):
 
-- ours: `pipeline serve` with one `sip_endpoint` that auto-answers, `ring: false`, and no
+- ours: `pipeline serve -q` with one `sip_endpoint` that auto-answers, `ring: false`, and no
   `call_graph`: a signalling-only endpoint (the SDP answer names an RTP port from
-  `rtp_port_range`; nothing binds it);
+  `rtp_port_range`; nothing binds it); `-q` prints errors only, as the peer logs only errors;
 - peer: pjsua2 2.15 (tests/peers/pjsua2_peer.py, mode "setup-rate": answers 200 at once,
   loop media transport, errors-only log), one session for every call.
 
@@ -191,7 +191,7 @@ nodes:
     rate_limit: 0
     ring: false
 """)
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(graph)],
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "-q", str(graph)],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_options(port)

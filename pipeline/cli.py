@@ -256,6 +256,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="run a graph with a SIP endpoint, answering calls")
     graph_args(sp)
     sp.add_argument("--duration", help="stop after this long")
+    sp.add_argument("-q", "--quiet", action="store_true",
+                    help="print only errors, not a line per call event")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("call", help="call a SIP URI and run a graph for the call")

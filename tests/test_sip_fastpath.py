@@ -755,24 +755,28 @@ def test_pjsua2_setup_rate_peer_runs_many_quick_calls_in_one_session(need_pjsua2
         "destroyed": calls, "active": 0}
 
 
-def test_serve_prints_event_lines_once_per_loop_turn(capsys):
-    """`pipeline serve` prints call events as before, written in one block per loop turn."""
+@pytest.mark.parametrize("quiet", [False, True])
+def test_serve_prints_event_lines_once_per_loop_turn(capsys, quiet):
+    """`pipeline serve` prints call events (with -q only errors), written in one block per
+    loop turn."""
     from pipeline.graph import BusMessage
-    from plugins.sip.cli import _EventPrinter
+    from plugins.sip.cli import _ERRORS, _PRINTED, _EventPrinter
 
     async def main() -> tuple[str, str]:
-        printer = _EventPrinter(asyncio.get_running_loop())
+        printer = _EventPrinter(asyncio.get_running_loop(), _ERRORS if quiet else _PRINTED)
         printer(BusMessage("sip", "call-incoming", {"call_id": "c1", "codec": "pcmu"}))
         printer(BusMessage("sip", "dtmf", {"digit": "5"}))  # not one of the printed events
         printer(BusMessage("sip", "call-ended", {"call_id": "c1", "reason": "remote hangup"}))
+        printer(BusMessage("sip", "error", {"message": "bad"}))
         before = capsys.readouterr().err
         await asyncio.sleep(0)  # one turn of the loop
         return before, capsys.readouterr().err
 
     before, after = asyncio.run(main())
     assert before == ""
-    assert after == ("pipeline: sip: call-incoming call_id=c1 codec=pcmu\n"
-                     "pipeline: sip: call-ended call_id=c1 reason=remote hangup\n")
+    calls = ("pipeline: sip: call-incoming call_id=c1 codec=pcmu\n"
+             "pipeline: sip: call-ended call_id=c1 reason=remote hangup\n")
+    assert after == ("" if quiet else calls) + "pipeline: sip: error message=bad\n"
 
 
 def test_serve_collects_young_objects_less_often_and_restores_the_collector():

@@ -44,7 +44,7 @@ def endpoints(graph: Graph) -> list[Any]:
     return [n for n in graph.nodes.values() if n.kind == "sip_endpoint"]
 
 
-async def _run(graph: Graph, duration: float | None) -> RunResult:
+async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> RunResult:
     runtime = Runtime(graph, realtime=True, duration=duration)
     loop = asyncio.get_running_loop()
     signals = [0]
@@ -65,7 +65,7 @@ async def _run(graph: Graph, duration: float | None) -> RunResult:
             loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
             pass
-    printer = _EventPrinter(loop)
+    printer = _EventPrinter(loop, _ERRORS if quiet else _PRINTED)
     graph.listeners.append(printer)
     # A server process: what start-up made (modules, the registry, the graph) lives until
     # exit, so take it out of the collector's sight; full collections then scan only what
@@ -90,20 +90,22 @@ async def _run(graph: Graph, duration: float | None) -> RunResult:
                 pass
 
 
-_PRINTED = frozenset(("sip-listening", "sip-registered", "sip-registration-failed",
-                      "call-incoming", "call-established", "call-ended", "error"))
+_ERRORS = frozenset(("sip-registration-failed", "error"))
+_PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-established",
+                      "call-ended"}
 
 
 class _EventPrinter:
     """Prints bus events as ``pipeline: NODE: NAME k=v ...`` lines on stderr, written once
     per turn of the event loop: a burst of calls costs one write, not one per line."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, names: frozenset[str]) -> None:
         self.loop = loop
+        self.names = names
         self.lines: list[str] = []
 
     def __call__(self, msg: Any) -> None:
-        if msg.name not in _PRINTED:
+        if msg.name not in self.names:
             return
         if not self.lines:
             self.loop.call_soon(self.flush)
@@ -125,7 +127,7 @@ def serve(args: argparse.Namespace) -> int:
     if not endpoints(graph):
         raise PipelineError("graph has no sip_endpoint node to serve",
                             hint="add a node of type sip_endpoint (docs/sip.md)")
-    asyncio.run(_run(graph, _duration(args.duration)))
+    asyncio.run(_run(graph, _duration(args.duration), quiet=args.quiet))
     return 0
 
 
