@@ -18,7 +18,8 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
 - `make_response` (8.2.6) copies the same lines, and the 100 Trying written directly as bytes
   is the bytes of `make_response(request, 100)`; so are other bodiless responses written as
   bytes (the BYE's 200), and a server transaction sending such bytes (`send_wire`) does what
-  it does when sending the message;
+  it does when sending the message; the usual INVITE's 200 (a To tag and the SDP answer) is
+  written as bytes too, equal to the UA's general response, and resent as it until the ACK;
 - From, To and Contact views are shared parses (read-only) equal to a fresh parse, while
   `NameAddress.parse` still hands out copies;
 - `evolve` makes what `dataclasses.replace` makes; `Dialog.for_uas` (the UA's, from the tag
@@ -50,6 +51,7 @@ from test_sip_endpoint import ECHO, Endpoint
 
 from pipeline.errors import ParseError
 from plugins.sip import message as sip_message
+from plugins.sip import ua as ua_module
 from plugins.sip import uri as sip_uri
 from plugins.sip import validate as sip_validate
 from plugins.sip.dialog import Dialog
@@ -475,6 +477,61 @@ def test_sending_a_response_as_bytes_is_sending_the_message(method: str, codes: 
         fast.send_wire(f_tx, code, response_bytes(f_tx.request, code), 0.1 * i)
         assert general.datagrams_to_send() == fast.datagrams_to_send()
         assert filed(general) == filed(fast) and general.get_timer() == fast.get_timer()
+
+
+@pytest.mark.parametrize("to", ["<sip:bob@127.0.0.1:5062>", "<sip:bob@127.0.0.1:5062>;tag=b1"])
+@pytest.mark.parametrize("body", [b"", b"v=0\r\n"])
+def test_response_bytes_with_a_tag_and_body_are_those_of_make_response(to: str, body: bytes):
+    request = SipMessage.parse(INVITE.replace("<sip:bob@127.0.0.1:5062>", to).encode())
+    assert isinstance(request, SipRequest)
+    response = make_response(request, 200, to_tag="t5")
+    response.headers.add("Contact", "<sip:bob@127.0.0.1:5062>")
+    response.body = body
+    assert response_bytes(request, 200, [("Contact", "<sip:bob@127.0.0.1:5062>")],
+                          to_tag="t5", body=body) == bytes(response)
+
+
+SDP_OFFER = ("v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+             "m=audio 4000 RTP/AVP 0\r\n")
+
+
+def answer_invite(ua: UserAgent, invite: bytes, *, ack: bool) -> tuple[bytes, list, bool]:
+    """The 200 the UA answers `invite` with, what it sends 0.6 s later, and whether it still
+    resends the 200 then (the ACK in between when `ack`)."""
+    addr = ("127.0.0.1", 5061)
+    ua.receive(invite, "udp", addr, 0.0)
+    call = ua.next_event().call  # type: ignore[union-attr]
+    ua.prepare_answer(call.call_id, 30000)
+    ua.datagrams_to_send()  # the 100 Trying
+    ua.accept(call.call_id, 0.1)
+    (_, wire, _), = ua.datagrams_to_send()
+    general = ua._response(call.invite, 200, to_tag=call.local_tag, body=bytes(call.local_sdp),
+                           headers=[("Contact", ua.contact("udp")), ("Allow", ua_module._ALLOW)])
+    assert wire == bytes(general)
+    assert call.dialog == (Dialog.from_uas(call.invite, general)
+                           if call.invite.to.tag else
+                           Dialog.for_uas(call.invite, call.local_tag, ua.contact("udp")))
+    if ack:
+        tag = general.to.tag
+        ack_request = (BYE.replace("BYE", "ACK").replace("2 ACK", "1 ACK")
+                       .replace("tag=b1", f"tag={tag}").replace("Length: 4", "Length: 0"))
+        ua.receive(ack_request.encode(), "udp", addr, 0.2)
+    ua.handle_timer(0.7)
+    return wire, [d for _, d, _ in ua.datagrams_to_send()], call.retx is not None
+
+
+@pytest.mark.parametrize("extra", ["", "Record-Route: <sip:p1;lr>\r\n"])
+@pytest.mark.parametrize("ack", [False, True])
+def test_the_ua_writes_the_invite_200_as_its_general_response_would(extra: str, ack: bool):
+    """The usual INVITE's 200 is written as bytes; with Record-Route it is built as a message:
+    both are the general response, resent until the ACK comes (13.3.1.4)."""
+    invite = (INVITE.replace("Max-Forwards", extra + "Max-Forwards")
+              .replace("Content-Length: 4", f"Content-Length: {len(SDP_OFFER)}")
+              .replace("v=0\r\n", SDP_OFFER)).encode()
+    ua = UserAgent(UaConfig([Listener("udp", "127.0.0.1", 5062)], [Codec.named("pcmu")],
+                            ring=False, rate_limit=0))
+    wire, later, resending = answer_invite(ua, invite, ack=ack)
+    assert later == ([] if ack else [wire]) and resending != ack
 
 
 def filed(layer: TransactionLayer) -> dict:

@@ -792,11 +792,11 @@ def trying(request: SipRequest) -> bytes:
     return response_bytes(request, 100)
 
 
-def response_bytes(request: SipRequest, code: int, extra: Iterable[tuple[str, str]] = ()
-                   ) -> bytes:
-    """``bytes(make_response(request, code))`` with the `extra` header lines added, written
-    directly: for the bodiless responses that nobody reads as a message (they are only
-    sent, and resent for a retransmitted request)."""
+def response_bytes(request: SipRequest, code: int, extra: Iterable[tuple[str, str]] = (),
+                   *, to_tag: str | None = None, body: bytes = b"") -> bytes:
+    """``bytes(make_response(request, code, to_tag=to_tag))`` with the `extra` header lines
+    added and `body`, written directly: for the responses that nobody reads as a message
+    (they are only sent, and resent for a retransmitted request)."""
     source = request.headers._index or request.headers._lookup()
     lines = [f"SIP/2.0 {code} {REASON_PHRASES.get(code, '')}"]
     lines.extend(["Via: " + value for value in source.get("via", ())])
@@ -804,11 +804,14 @@ def response_bytes(request: SipRequest, code: int, extra: Iterable[tuple[str, st
         values = source.get(key)
         if not values:
             raise LocalProtocolError(f"SIP request has no {name}: cannot build a response")
-        lines.append(f"{name}: {values[0]}")
+        if key == "to" and to_tag and request.to.tag is None:
+            lines.append(f"To: {values[0]};tag={to_tag}")
+        else:
+            lines.append(f"{name}: {values[0]}")
     if code == 100 and "timestamp" in source:
         lines.append("Timestamp: " + source["timestamp"][0])
     for name, value in extra:
         _, canon, value = Headers._entry(name, value)  # the checks and spelling of `add`
         lines.append(f"{canon}: {value}")
-    lines.append("Content-Length: 0\r\n\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body

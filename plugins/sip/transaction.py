@@ -693,9 +693,10 @@ class TransactionLayer:
         self._schedule(tx)
         return tx
 
-    def send_stateless(self, message: SipMessage, addr: Address) -> None:
-        """Send outside any transaction: the ACK for a 2xx, or a stateless response."""
-        self._send(bytes(message), addr)
+    def send_stateless(self, message: SipMessage | bytes, addr: Address) -> None:
+        """Send outside any transaction: the ACK for a 2xx, or a stateless response (as a
+        message or already written as bytes)."""
+        self._send(message if isinstance(message, bytes) else bytes(message), addr)
 
     # -- server side ----------------------------------------------------------------------
     def send_response(

@@ -232,8 +232,9 @@ class Call:
     provisional: bool = False
     cancel_pending: bool = False
     ack: SipRequest | None = None
-    # UAS 2xx retransmission (13.3.1.4): response, next time, interval, give-up time
-    retx: tuple[SipResponse, float, float, float] | None = None
+    # UAS 2xx retransmission (13.3.1.4): response bytes, next time, interval, give-up time,
+    # the CSeq number its ACK carries
+    retx: tuple[bytes, float, float, float, int] | None = None
     pending: str | None = None  # "out" while our re-INVITE runs, "in" while theirs does
     pending_sdp: SessionDescription | None = None
     auth_tries: int = 0
@@ -360,7 +361,7 @@ class UserAgent(RegistrationClient):
         for call in list(self.calls.values()):
             if call.retx is None or call.retx[1] > now:
                 continue
-            response, _, interval, give_up = call.retx
+            wire, _, interval, give_up, seq = call.retx
             if now >= give_up:
                 # 13.3.1.4: no ACK within 64*T1: the dialog is confirmed, then ended by BYE.
                 call.retx = None
@@ -370,10 +371,10 @@ class UserAgent(RegistrationClient):
                     self._send_bye(call, now)
                     self._end(call, "no ACK for our 200 OK", 408)
                 continue
-            self._layer(call.transport).send_stateless(response, call.server_tx.addr
+            self._layer(call.transport).send_stateless(wire, call.server_tx.addr
                                                        if call.server_tx else call.addr)
             interval = min(2 * interval, self.config.timers.t2)
-            call.retx = (response, now + interval, interval, give_up)
+            call.retx = (wire, now + interval, interval, give_up, seq)
         self._drain(now)
         self.forget_ended()
 
@@ -836,22 +837,33 @@ class UserAgent(RegistrationClient):
         call = self._incoming(call_id)
         if call.local_sdp is None:
             raise LocalProtocolError(f"SIP call {call_id} has no answer: call prepare_answer")
-        assert call.invite is not None and call.server_tx is not None
+        invite, tx = call.invite, call.server_tx
+        assert invite is not None and tx is not None
         contact = self.contact(call.transport)
-        response = self._response(
-            call.invite, 200, to_tag=call.local_tag,
-            headers=[("Contact", contact), ("Allow", _ALLOW)], body=bytes(call.local_sdp))
+        headers = [("Contact", contact), ("Allow", _ALLOW)]
+        body = bytes(call.local_sdp)
         # The dialog is read from the INVITE before the transaction sends; it is kept only
         # once the 200 is out. (The 200's To tag is ours unless the INVITE had one.)
-        dialog = call.dialog or (
-            Dialog.for_uas(call.invite, call.local_tag, contact)
-            if call.invite.to.tag is None else Dialog.from_uas(call.invite, response))
-        _layer_of(call.server_tx).send_response(response, now, call.server_tx)
+        if invite.to.tag is None and "Record-Route" not in invite.headers:
+            # The usual INVITE: its 200 written straight as bytes, as `_response` would
+            # write it (nobody reads it back: it is only sent and resent).
+            dialog = call.dialog or Dialog.for_uas(invite, call.local_tag, contact)
+            headers += [("Content-Type", "application/sdp"), ("Server", self.config.user_agent)]
+            wire = response_bytes(invite, 200, headers, to_tag=call.local_tag, body=body)
+            _layer_of(tx).send_wire(tx, 200, wire, now)
+        else:
+            response = self._response(invite, 200, to_tag=call.local_tag, headers=headers,
+                                      body=body)
+            dialog = call.dialog or (
+                Dialog.for_uas(invite, call.local_tag, contact)
+                if invite.to.tag is None else Dialog.from_uas(invite, response))
+            _layer_of(tx).send_response(response, now, tx)
+            wire = bytes(response)
         call.dialog = dialog
         call.dialog.state = DIALOG_CONFIRMED
         call.state = "answered"
         t1 = self.config.timers.t1
-        call.retx = (response, now + t1, t1, now + self.config.timers.timeout)
+        call.retx = (wire, now + t1, t1, now + self.config.timers.timeout, invite.cseq.seq)
 
     def reject(self, call_id: str, status: int, now: float, reason: str | None = None) -> None:
         """Refuse an incoming call that is not answered yet (486, 603...)."""
@@ -891,7 +903,7 @@ class UserAgent(RegistrationClient):
                 self._respond(tx, request, 481, now)  # 12.2.2: no such dialog
             return
         if method == "ACK":
-            if call.retx is not None and request.cseq.seq == call.retx[0].cseq.seq:
+            if call.retx is not None and request.cseq.seq == call.retx[4]:
                 call.retx = None
                 if call.pending == "in":
                     call.pending = None
@@ -978,7 +990,8 @@ class UserAgent(RegistrationClient):
         call.local_sdp, call.remote_sdp = sdp, offer
         call.pending = "in"
         t1 = self.config.timers.t1
-        call.retx = (response, now + t1, t1, now + self.config.timers.timeout)
+        call.retx = (bytes(response), now + t1, t1, now + self.config.timers.timeout,
+                     request.cseq.seq)
         previous, call.media = call.media, media
         if not unchanged and media != previous:
             self._events.append(CallUpdated(call, media, previous))
