@@ -24,7 +24,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
@@ -781,37 +781,51 @@ def _negotiate_video(
 ) -> NegotiatedVideo:
     """Combine our SDP and the peer's for the video stream at `index`, from our side."""
     lm, rm = local.media[index], remote.media[index]
-    local_maps = _offered_formats(lm)
-    pick = None
-    for r in _offered_formats(rm):
-        if r.encoding.lower() not in _VIDEO_KNOWN:
-            continue
-        if not _video_format_ok(video_codec(r.encoding), r, rm.fmtp(r.payload_type)):
-            continue
-        mine = next((m for m in local_maps if _same_format(m, r)), None)
-        if mine is not None:
-            pick = (r, mine)
-            break
+    pick = _first_common(
+        _offered_formats(rm), _offered_formats(lm),
+        lambda r: r.encoding.lower() in _VIDEO_KNOWN
+        and _video_format_ok(video_codec(r.encoding), r, rm.fmtp(r.payload_type)))
     if pick is None:
         raise NegotiationFailed("SDP answer has no video codec in common with the offer")
     theirs, mine = pick
-    conn = remote.connection_for(rm)
-    if conn is None:
-        raise ParseError(f"SDP has no c= line for the {rm.kind} stream")
-    ours_dir = local.media_direction(lm)
-    remote_dir = _remote_direction(remote, rm)
+    address, direction = _peer(local, remote, index)
     return NegotiatedVideo(
-        remote_address=conn.address,
+        remote_address=address,
         remote_port=rm.port,
         codec=_VIDEO_KNOWN[theirs.encoding.lower()][0],
         payload_type=theirs.payload_type,
         local_port=lm.port,
         local_payload_type=mine.payload_type,
-        direction=_direction(
-            _sends(ours_dir) and _receives(remote_dir), _receives(ours_dir) and _sends(remote_dir)
-        ),
+        direction=direction,
         fmtp=rm.fmtp(theirs.payload_type),
         media_index=index,
+    )
+
+
+def _first_common(
+    remote_maps: list[RtpMap], local_maps: list[RtpMap], usable: Callable[[RtpMap], bool]
+) -> tuple[RtpMap, RtpMap] | None:
+    """The first of the peer's formats that is `usable` and that we listed too, with ours:
+    we send with the receiver's first choice (RFC 3264 section 6.1)."""
+    for r in remote_maps:
+        if usable(r):
+            mine = next((m for m in local_maps if _same_format(m, r)), None)
+            if mine is not None:
+                return r, mine
+    return None
+
+
+def _peer(local: SessionDescription, remote: SessionDescription, index: int) -> tuple[str, str]:
+    """The peer's address for the stream at `index`, and the stream's direction from our
+    side (we send if we may send and they may receive, and the other way round)."""
+    lm, rm = local.media[index], remote.media[index]
+    conn = remote.connection_for(rm)
+    if conn is None:
+        raise ParseError(f"SDP has no c= line for the {rm.kind} stream")
+    ours_dir = local.media_direction(lm)
+    remote_dir = _remote_direction(remote, rm)
+    return conn.address, _direction(
+        _sends(ours_dir) and _receives(remote_dir), _receives(ours_dir) and _sends(remote_dir)
     )
 
 
@@ -918,15 +932,7 @@ def _negotiate(
     lm, rm = local.media[index], remote.media[index]
     local_maps = _offered_formats(lm)
     remote_maps = _offered_formats(rm)
-    pick = None
-    # We send with the first of the receiver's formats that we also listed (section 6.1).
-    for r in remote_maps:
-        if r.encoding.lower() in (DTMF, "cn"):
-            continue
-        mine = next((m for m in local_maps if _same_format(m, r)), None)
-        if mine is not None:
-            pick = (r, mine)
-            break
+    pick = _first_common(remote_maps, local_maps, lambda r: r.encoding.lower() not in (DTMF, "cn"))
     if pick is None:
         raise NegotiationFailed("SDP answer has no audio codec in common with the offer")
     theirs, mine = pick
@@ -940,9 +946,7 @@ def _negotiate(
     ]
     dtmf = next((p for p in dtmf_pairs if p[0].clock_rate == theirs.clock_rate), None)
     dtmf = dtmf or (dtmf_pairs[0] if dtmf_pairs else None)
-    conn = remote.connection_for(rm)
-    if conn is None:
-        raise ParseError(f"SDP has no c= line for the {rm.kind} stream")
+    address, direction = _peer(local, remote, index)
     rtcp = rm.rtcp
     mux = lm.rtcp_mux and rm.rtcp_mux
     # RFC 3550 section 11: RTCP on the next port unless a=rtcp (RFC 3605) or rtcp-mux says.
@@ -950,16 +954,11 @@ def _negotiate(
     ptime = rm.ptime or lm.ptime or 20
     if rm.maxptime:
         ptime = min(ptime, rm.maxptime)
-    ours_dir = local.media_direction(lm)
-    remote_dir = _remote_direction(remote, rm)
-    direction = _direction(
-        _sends(ours_dir) and _receives(remote_dir), _receives(ours_dir) and _sends(remote_dir)
-    )
     return NegotiatedMedia(
-        remote_address=conn.address,
+        remote_address=address,
         remote_rtp_port=rm.port,
         remote_rtcp_port=rtcp_port,
-        remote_rtcp_address=(rtcp.address if rtcp and rtcp.address else conn.address),
+        remote_rtcp_address=(rtcp.address if rtcp and rtcp.address else address),
         codec=name,
         payload_type=theirs.payload_type,
         clock_rate=theirs.clock_rate,
