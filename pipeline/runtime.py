@@ -155,10 +155,19 @@ class Runtime:
 
     def _make_emit(self, links: list[Link]) -> Callable[[str, Any], None]:
         nodes = self.graph.nodes
-        if len(links) == 1 and not links[0].feedback:
+        if len(links) == 1:
             # The common case: one output, one peer. One call per hop and one increment.
             ln = links[0]
             fn, dp = nodes[ln.dst].process, ln.dst_port
+            if ln.feedback:
+                # A call's encoder back into its RTP session: queued for the next period,
+                # as `_deferred` does, without the routing table and a second call.
+                def emit_later(port: str, frame: Any, fn=fn, dp=dp, ln=ln, dst=ln.dst,
+                               src=ln.src) -> None:
+                    ln.frames += 1
+                    self._pending_feedback.append((fn, dp, frame, dst, src))
+
+                return emit_later
 
             def emit_one(port: str, frame: Any, fn=fn, dp=dp, ln=ln) -> None:
                 ln.frames += 1

@@ -310,3 +310,22 @@ def test_opus_ptime_must_be_an_opus_frame_length() -> None:
 
     with pytest.raises(GraphError, match="Opus frames are"):
         run_graph("tone duration=0.1s ! opus_encoder ptime_ms=30 ! null_sink", launch=True)
+
+
+def test_pcm_concealer_hands_back_good_frames_as_waveform_substitution_does() -> None:
+    # A good frame with no loss before it comes back as the same (samples, 1) array; every
+    # frame equals what the concealment module gives for the flattened frame.
+    from plugins.codecs.nodes import _PcmConcealer
+    from plugins.jitterbuffer.plc import WaveformSubstitution
+
+    rng = np.random.default_rng(7)
+    frames = (rng.normal(0, 3000, (12, 160, 1))).astype(np.int16)
+    node_plc, plain = _PcmConcealer(8000, 1), WaveformSubstitution(8000, 160)
+    for i, pcm in enumerate(frames):
+        if i in (4, 5, 9):
+            got, want = node_plc.conceal(160), plain.conceal()
+        else:
+            got, want = node_plc.good(pcm), plain.good(pcm.reshape(-1).copy())
+            if i not in (6, 10):  # no loss just before: no cross-fade, the frame itself
+                assert got is pcm
+        assert got.shape == (160, 1) and np.array_equal(got[:, 0], want)

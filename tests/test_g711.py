@@ -148,3 +148,16 @@ def test_errors_name_their_subject() -> None:
         G711Encoder().encode(np.zeros((160, 2), dtype=np.int16))
     with pytest.raises(CodecError, match="^G.711 law must be 'pcmu' or 'pcma', got 'g729'"):
         G711Encoder("g729")
+
+
+def test_reused_codec_follows_a_changing_packet_length() -> None:
+    # The index buffer is reused while the length stays and remade when it changes: every
+    # packet must come out as from a fresh encoder and decoder.
+    rng = np.random.default_rng(11)
+    enc, dec = G711Encoder("pcmu", channels=2), G711Decoder("pcmu", channels=2)
+    for samples in (160, 160, 80, 240, 240, 160):
+        pcm = rng.integers(-32768, 32768, (samples, 2), dtype=np.int16)
+        payload = enc.encode(pcm)
+        assert payload == G711Encoder("pcmu", channels=2).encode(pcm)
+        assert np.array_equal(dec.decode(payload),
+                              G711Decoder("pcmu", channels=2).decode(payload))

@@ -102,3 +102,17 @@ def test_good_frames_pass_unchanged_and_history_survives_buffer_compaction():
     x = (rng.normal(0, 0.1, 320)).astype(np.float32)
     out = ws.good(x.copy())
     assert out.dtype == np.float32 and np.array_equal(out, x)
+
+
+def test_a_frame_longer_than_the_history_keeps_its_last_samples():
+    # Only the last `size` samples of a long frame (two packets played in one period) are
+    # kept: the next loss is concealed as after a concealer that saw just that tail.
+    rng = np.random.default_rng(5)
+    t = np.arange(1200)
+    long_frame = (8000 * np.sin(2 * np.pi * 150 * t / RATE) + rng.normal(0, 300, t.size))
+    long_frame = long_frame.astype(np.int16)
+    plc, fresh = WaveformSubstitution(RATE, N), WaveformSubstitution(RATE, N)
+    assert np.array_equal(plc.good(long_frame), long_frame)
+    fresh.good(long_frame[-plc._size :].copy())
+    for _ in range(3):
+        assert np.array_equal(plc.conceal(), fresh.conceal())

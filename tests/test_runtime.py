@@ -63,3 +63,40 @@ def test_fault_in_start_stops_the_others():
     with pytest.raises(NodeError, match="node 'a': failed to start: device busy"):
         run_graph(g, stats=False)
     assert stopped == ["o"]
+
+
+def test_single_feedback_link_queues_as_the_general_routing_does():
+    # The fast emit for a lone feedback link against the routing table (a second link on
+    # another port forces it): both queue the same entry for the next period and count it.
+    from dataclasses import replace
+
+    from pipeline.runtime import Runtime
+
+    g = load_graph_text("""
+nodes:
+  src: {type: tone, rate: 8000, duration: 100ms}
+  mix: {type: mixer}
+  t: {type: tee}
+  g: {type: gain, gain: -20dB}
+  o: {type: frame_sink}
+links:
+  - src -> mix
+  - mix -> t
+  - t -> o
+  - t -> g
+  - {link: g -> mix, feedback: true}
+""")
+    g.prepare()
+    rt = Runtime(g)
+    fb = next(ln for ln in g.links if ln.feedback)
+    other = replace(fb, src_port="elsewhere", feedback=False)
+    queued = []
+    for links in ([fb], [fb, other]):
+        fb.frames = 0
+        rt._pending_feedback = []
+        emit = rt._make_emit(links)
+        emit(fb.src_port, "frame")
+        assert fb.frames == 1
+        queued.append(rt._pending_feedback)
+    assert queued[0] == queued[1]
+    assert queued[0][0][1:] == (fb.dst_port, "frame", fb.dst, fb.src)

@@ -100,10 +100,16 @@ class _Lookup:
         self._index = np.empty(0, dtype=np.intp)
 
     def indices(self, codes: np.ndarray) -> np.ndarray:
-        if self._index.size != codes.size:
-            self._index = np.empty(codes.size, dtype=np.intp)  # only when the ptime changes
-        np.copyto(self._index, codes)
-        return self._index
+        """`codes` as intp, shaped as given (the buffer is reused: index with it at once).
+
+        Only the length may change from call to call: one user passes 1-D codes, the other
+        (samples, channels) with a fixed channel count.
+        """
+        index = self._index
+        if len(index) != len(codes):
+            index = self._index = np.empty(codes.shape, dtype=np.intp)  # a new ptime
+        np.copyto(index, codes)
+        return index
 
 
 class G711Encoder(Encoder):
@@ -118,8 +124,8 @@ class G711Encoder(Encoder):
 
     def encode(self, pcm: np.ndarray) -> bytes:
         pcm = check_pcm(pcm, self.codec.channels, "G.711 encoder")
-        index = self._lookup.indices(pcm.reshape(-1).view(np.uint16))
-        return self._table[index].tobytes()
+        # Indexed as (samples, channels): C order gives the interleaved bytes, no reshape.
+        return self._table[self._lookup.indices(pcm.view(np.uint16))].tobytes()
 
 
 class G711Decoder(Decoder):
@@ -127,17 +133,18 @@ class G711Decoder(Decoder):
 
     def __init__(self, law: str = "pcmu", channels: int = 1) -> None:
         self.codec, self._table = _select(law, channels, encode=False)
+        self._channels = self.codec.channels
         self._lookup = _Lookup(self._table)
 
     def decode(self, payload: bytes, out: np.ndarray | None = None) -> np.ndarray:
-        channels = self.codec.channels
-        codes = np.frombuffer(payload, dtype=np.uint8)
-        samples, extra = divmod(codes.size, channels)
-        if extra:  # RFC 3551 4.1: every sampling instant carries all channels
+        channels = self._channels
+        size = len(payload)
+        if size % channels:  # RFC 3551 4.1: every sampling instant carries all channels
             raise ParseError(
-                f"G.711 payload length {codes.size} is not a multiple of {channels} channels"
+                f"G.711 payload length {size} is not a multiple of {channels} channels"
             )
-        index = self._lookup.indices(codes)
+        samples = size // channels
+        index = self._lookup.indices(np.frombuffer(payload, dtype=np.uint8))
         if out is None:
             return self._table[index].reshape(samples, channels)  # a fresh array per frame
         result = output_buffer(out, samples, channels, "G.711 decoder")

@@ -86,15 +86,17 @@ class _EncoderNode(Node):
     def process(self, port: str, frame: AudioFrame) -> None:
         data = frame.data
         fifo = self._fifo
+        buffered = len(fifo)
         if self._fifo_pts is None:
             self._fifo_pts = frame.pts
-        elif frame.pts != self._fifo_pts + len(fifo) or frame.flags & FLAG_DISCONT:
+        elif frame.pts != self._fifo_pts + buffered or frame.flags & FLAG_DISCONT:
             # A gap or a jump: send what is buffered, restart the timeline there with a marker.
             self._flush()
             self._fifo_pts = frame.pts
             self._marker = True
+            buffered = 0
         n = self._samples
-        if not len(fifo) and data.shape[0] == n:
+        if not buffered and data.shape[0] == n:
             # The common case (tick period == ptime): encode the frame as is, no copy.
             self._encode(data, self._fifo_pts)
             self._fifo_pts += n
@@ -293,7 +295,10 @@ class _PcmConcealer:
         if self._ws_class is not None:
             if self._ws is None:
                 self._ws = self._ws_class(self.rate, pcm.shape[0])
-            return self._ws.good(pcm.reshape(-1)).reshape(-1, 1)
+            flat = pcm.reshape(-1)
+            out = self._ws.good(flat)
+            # With no loss to fade out of, the frame comes back as given: keep its shape.
+            return pcm if out is flat else out.reshape(-1, 1)
         self._last = pcm
         self._lost = 0
         return pcm

@@ -19,6 +19,10 @@ from pipeline.params import Param
 
 from .buffer import Action, JitterBuffer
 
+# Looked up once: an enum member read through its class costs a descriptor call per packet.
+_PLAY = Action.PLAY
+_NOTHING = Action.NOTHING
+
 
 class JitterBufferNode(Node):
     """Adaptive jitter buffer: reorders, de-duplicates and paces received RTP frames; its
@@ -92,10 +96,11 @@ class JitterBufferNode(Node):
             self.send_eos()
 
     def _emit(self, p: Any) -> None:
-        if p.action is Action.NOTHING:
+        action = p.action
+        if action is _NOTHING:
             return
         flags = FLAG_DISCONT if p.discont else 0
-        if p.action is Action.PLAY:
+        if action is _PLAY:
             pkt = p.packet
             meta = {"extra": p.extra.payload} if p.extra is not None else None
             self.emit("out", EncodedFrame(pkt.payload, self.codec, p.timestamp, self.frame,

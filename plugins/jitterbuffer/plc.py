@@ -63,10 +63,10 @@ class WaveformSubstitution:
     def good(self, frame: np.ndarray) -> np.ndarray:
         """Account a decoded frame; return it, cross-faded into the concealment if one ran
         (with no loss before it, an int16 or float32 frame comes back itself, flattened)."""
-        self._dtype = frame.dtype
-        if not self._erased and frame.dtype in _PASS_DTYPES:
+        dtype = self._dtype = frame.dtype
+        if not self._erased and dtype in _PASS_DTYPES:
             # Nothing to fade: the float round trip would give back the same samples.
-            flat = frame.reshape(-1)
+            flat = frame if frame.ndim == 1 else frame.reshape(-1)
             self._remember(flat)
             return flat
         x = frame.astype(np.float32).reshape(-1)
@@ -119,8 +119,11 @@ class WaveformSubstitution:
 
     def _remember(self, x: np.ndarray) -> None:
         size = self._size
-        n = min(len(x), size)
-        if n <= 0:
+        n = len(x)
+        if n > size:
+            x = x[n - size :]
+            n = size
+        elif not n:
             return
         buf = self._buf
         end = self._end
@@ -128,7 +131,7 @@ class WaveformSubstitution:
             keep = size - n  # what stays of the history once x is in
             buf[:keep] = buf[end - keep : end]
             end = keep
-        buf[end : end + n] = x[len(x) - n :]  # int16 -> float32 is exact
+        buf[end : end + n] = x  # int16 -> float32 is exact
         self._end = end + n
 
     def _estimate_pitch(self) -> int:

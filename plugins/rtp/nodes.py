@@ -140,6 +140,8 @@ class RtpSession(Node):
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
+        # Timers and arrival times read the loop's clock; bound once, read per packet.
+        self._now = self._loop.time if self._loop is not None else time.monotonic
         self._sock, self._rtcp_sock = self._bind()
         host, port = self._sock.getsockname()[:2]
         self.bound_port: int = port
@@ -187,9 +189,6 @@ class RtpSession(Node):
              "rtcp_bad", "ssrc_changes", "timeouts"), 0)
         self.post("rtp-bound", ip=host, port=port, rtcp_port=self.rtcp_port)
 
-    def _now(self) -> float:
-        return self._loop.time() if self._loop is not None else time.monotonic()
-
     def _bind(self) -> tuple[socket.socket, socket.socket | None]:
         family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
 
@@ -231,6 +230,7 @@ class RtpSession(Node):
     async def run_io(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._now = loop.time
         self._io_error = loop.create_future()
         socks = [(self._sock, False)]
         if self._rtcp_sock is not None:
@@ -379,11 +379,15 @@ class RtpSession(Node):
             self._c["send_errors"] += 1
             return False
         self._seq = (self._seq + 1) & 0xFFFF
-        self._c["packets_sent"] += 1
-        self._c["bytes_sent"] += len(data)
-        self._sender.on_sent(payload_size, timestamp, time.time())
+        c = self._c
+        c["packets_sent"] += 1
+        c["bytes_sent"] += len(data)
+        # The send time only dates our sender reports (RFC 3550 6.4.1): without RTCP or a
+        # capture, no wall-clock read per packet.
+        wall = time.time() if self._rtcp_sock is not None or self._pcap is not None else 0.0
+        self._sender.on_sent(payload_size, timestamp, wall)
         if self._pcap is not None:
-            self._pcap.write(data, self._local, remote, time.time())
+            self._pcap.write(data, self._local, remote, wall)
         return True
 
     def process(self, port: str, frame: EncodedFrame) -> None:
@@ -456,12 +460,13 @@ class RtpSession(Node):
             self.post("rtp-timeout", **data)
             for out in self.linked_outputs:
                 self.emit_event(out, CustomEvent("rtp-timeout", data))
-        timer = self._dtmf_rx.get_timer()
-        if timer is not None and t >= timer:
-            self._deliver_dtmf(self._dtmf_rx.poll(t))
-        timer = self._dtmf_tx.get_timer()
-        if timer is not None and t >= timer:
-            self._poll_dtmf(t)
+        if self._dtmf_pt is not None:  # else no DTMF is received or sent: no timers run
+            timer = self._dtmf_rx.get_timer()
+            if timer is not None and t >= timer:
+                self._deliver_dtmf(self._dtmf_rx.poll(t))
+            timer = self._dtmf_tx.get_timer()
+            if timer is not None and t >= timer:
+                self._poll_dtmf(t)
         sch = self._scheduler
         if sch is not None and sch.next_time is not None and t >= sch.next_time:
             if self._remote is None:
