@@ -15,6 +15,7 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
 - a request that no semantic check fails or notes is found valid without the general
   checks' closure and lists: the verdict is the general code's, for it and for every near miss;
   the bare-CR check counts instead of copying the header text;
+- `parse_uint` looks the plain spelling of a small number up: what the general code parses;
 - `make_response` (8.2.6) copies the same lines, and the 100 Trying written directly as bytes
   is the bytes of `make_response(request, 100)`; so are other bodiless responses written as
   bytes (the BYE's 200), and a server transaction sending such bytes (`send_wire`) does what
@@ -25,7 +26,9 @@ benchmarks/sip.py measures call set-up; what made it faster must not change beha
 - `evolve` makes what `dataclasses.replace` makes; `Dialog.for_uas` (the UA's, from the tag
   and Contact it puts in its 200) makes what `Dialog.from_uas` reads from that 200;
 - SDP answers remembered per offer shape (`AnswerCache`) equal a fresh `answer`, and each
-  call's copy is its own;
+  call's copy is its own; the 200's body is written from the shape's text (a fresh o= line
+  and the port filled in), the bytes of the general answer, and the answer is built as a
+  `SessionDescription` only for a re-INVITE (hold, resume), equal to what was sent;
 - RTP ports for answered calls are not test-bound: a busy port is found when the call graph
   fails to bind, and the next one is used;
 - `ring: false`: 100 Trying and 200 only;
@@ -65,7 +68,16 @@ from plugins.sip.message import (
     trying,
 )
 from plugins.sip.nodes import PortAllocator
-from plugins.sip.offer_answer import AnswerCache, Codec, NegotiatedMedia, answer, evolve
+from plugins.sip.offer_answer import (
+    AnswerCache,
+    CachedAnswer,
+    Codec,
+    NegotiatedMedia,
+    answer,
+    evolve,
+    hold,
+    resume,
+)
 from plugins.sip.sdp import SessionDescription
 from plugins.sip.transaction import (
     ServerNonInviteTransaction,
@@ -597,24 +609,97 @@ OFFER = ("v=0\r\no=alice {sid} {sid} IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2
 CODECS = [Codec.named("pcmu"), Codec.named("pcma"), Codec.named("telephone-event")]
 
 
+def general_answer(body: bytes, local_ip: str, port: int, sid: int) -> SessionDescription:
+    """`answer` for `body` on `port`, with the session id and version `sid`."""
+    sdp = answer(SessionDescription.parse(body), CODECS, local_ip, port, ptime_ms=20)[0]
+    sdp.origin = dataclasses.replace(sdp.origin, session_id=sid, session_version=sid)
+    return sdp
+
+
 @pytest.mark.parametrize("extra", ["", "a=rtcp-mux\r\n", "a=rtcp:7000 IN IP4 192.0.2.9\r\n"])
 def test_answer_cache_equals_a_fresh_answer_for_offers_of_one_shape(extra: str):
     cache = AnswerCache(CODECS, "127.0.0.1", ptime_ms=20)
     seen = []
     for n, (sid, port) in enumerate(((11, 4000), (12, 5002), (13, 5002), (99, 6000))):
         body = OFFER.format(sid=sid, port=port, extra=extra).encode()
-        offer, sdp, media = cache.answer(body)
+        offer, cached, media = cache.answer(body)
+        assert isinstance(cached, CachedAnswer)
         assert (offer is None) == (n > 0)  # a known shape is not parsed again
-        fresh_sdp, fresh_media = answer(SessionDescription.parse(body), CODECS, "127.0.0.1", 0,
-                                        ptime_ms=20)
+        fresh_media = answer(SessionDescription.parse(body), CODECS, "127.0.0.1", 0,
+                             ptime_ms=20)[1]
         assert media == fresh_media
         assert media.remote_rtp_port == port
-        assert sdp.lines()[2:] == fresh_sdp.lines()[2:]  # all but v= and o=
-        assert sdp.origin.session_id not in seen  # a new session each call
-        seen.append(sdp.origin.session_id)
-        sdp.media[0].port = 30000 + port  # what prepare_answer does: only this call's copy
+        assert cached.session_id not in seen  # a new session each call
+        seen.append(cached.session_id)
+        cached.port = 30000 + port  # what prepare_answer does: only this call's answer
+        sdp = cached.sdp()
+        assert sdp == general_answer(body, "127.0.0.1", 30000 + port, cached.session_id)
         sdp.media[0].attributes.clear()
     assert len(cache._shapes) == 1
+
+
+OFFERS = [
+    OFFER.format(sid=5, port=4000, extra=""),
+    OFFER.format(sid=5, port=4000, extra="a=rtcp-mux\r\n").replace("8 0 101", "0"),
+    # the answered m= line second, after a rejected one; a port count; a media c= line
+    OFFER.format(sid=5, port=4000, extra="").replace("m=video 0 RTP/AVP 96\r\n", "")
+    .replace("t=0 0\r\n", "t=0 0\r\nm=audio 0 RTP/AVP 9\r\n"),
+    OFFER.format(sid=5, port=4000, extra="c=IN IP4 192.0.2.8\r\n").replace(" 4000 ", " 4000/2 "),
+    ("v=0\r\no=- 77 78 IN IP6 2001:db8::1\r\ns=x\r\nc=IN IP6 2001:db8::1\r\nt=0 0\r\n"
+     "a=recvonly\r\nm=audio 6000 RTP/AVP 18 0\r\n"),
+]
+
+
+@pytest.mark.parametrize("local_ip", ["127.0.0.1", "2001:db8::5"])
+@pytest.mark.parametrize("offer", OFFERS)
+def test_a_cached_answer_body_is_the_bytes_of_the_general_answer(offer: str, local_ip: str):
+    cache = AnswerCache(CODECS, local_ip, ptime_ms=20)
+    for n, port in enumerate((30000, 31234, 9)):  # the first call negotiates, the next hit
+        body = offer.replace(" 4000", f" {4000 + 2 * n}").replace(" 6000", f" {6000 + n}")
+        cached = cache.answer(body.encode())[1]
+        assert isinstance(cached, CachedAnswer)
+        cached.port = port
+        general = general_answer(body.encode(), local_ip, port, cached.session_id)
+        assert bytes(cached) == bytes(general)
+        assert cached.sdp() == general
+    assert len(cache._shapes) == 1
+
+
+def test_hold_and_resume_after_a_cached_answer_re_offer_the_answer_sent():
+    """The answer stays text until a re-INVITE needs it: then it is the SDP of the 200."""
+    ua = UserAgent(UaConfig([Listener("udp", "127.0.0.1", 5062)], [Codec.named("pcmu")],
+                            ring=False, rate_limit=0))
+    for n in range(2):  # the shape's first call, then one of a known shape
+        invite = (INVITE.replace("fast-1", f"fast-h{n}").replace("fast1", f"fast-h{n}")
+                  .replace("Content-Length: 4", f"Content-Length: {len(SDP_OFFER)}")
+                  .replace("v=0\r\n", SDP_OFFER)).encode()
+        addr = ("127.0.0.1", 5061)
+        while ua.next_event() is not None:
+            pass  # the previous call's
+        ua.receive(invite, "udp", addr, 0.0)
+        call = ua.next_event().call  # type: ignore[union-attr]
+        ua.prepare_answer(call.call_id, 30000 + 2 * n)
+        ua.accept(call.call_id, 0.1)
+        wire = ua.datagrams_to_send()[-1][1]
+        assert isinstance(call.local, CachedAnswer)
+        sent = SessionDescription.parse(SipMessage.parse(wire).body)
+        tag = SipMessage.parse(wire).to.tag
+        ack = (BYE.replace("BYE", "ACK").replace("2 ACK", "1 ACK").replace("fast-1", f"fast-h{n}")
+               .replace("tag=b1", f"tag={tag}").replace("Length: 4", "Length: 0"))
+        ua.receive(ack.encode(), "udp", addr, 0.2)
+        assert call.state == "established"
+        ua.hold(call.call_id, 1.0)
+        reinvite = SipMessage.parse(ua.datagrams_to_send()[-1][1])
+        assert call.local_sdp == sent
+        assert reinvite.body == bytes(hold(sent))
+        ok = make_response(reinvite, 200, to_tag="a1")
+        ok.headers.add("Contact", "<sip:alice@127.0.0.1:5061>")
+        ok.body = reinvite.body.replace(b"recvonly", b"sendonly")
+        ua.receive(bytes(ok), "udp", addr, 1.1)
+        ua.datagrams_to_send()
+        ua.resume(call.call_id, 2.0)
+        reinvite = SipMessage.parse(ua.datagrams_to_send()[-1][1])
+        assert reinvite.body == bytes(resume(hold(sent)))
 
 
 @pytest.mark.parametrize("change", [("sendonly", "recvonly"), ("192.0.2.1", "192.0.2.7"),
@@ -641,6 +726,22 @@ def test_answer_cache_rejects_what_the_parser_rejects(bad: str):
         SessionDescription.parse(data)
     with pytest.raises(ParseError):
         cache.answer(data)
+
+
+def uint_result(parse: Any, text: str, limit: int) -> int | str:
+    try:
+        return parse(text, "X", limit)
+    except ParseError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("limit", [0, 70, 255, 2047, 2048, 65535])
+def test_small_uints_parse_as_the_general_code(limit: int):
+    texts = [str(n) for n in range(2100)] + [
+        " 70", "70 ", "070", "00", "+1", "-1", "1e2", "٣", "", " ", "7 0", "0x10", "99999999"]
+    for text in texts:
+        general = uint_result(sip_message._parse_uint, text, limit)
+        assert uint_result(sip_message.parse_uint, text, limit) == general
 
 
 def test_sip_uri_parses_are_independent_copies():

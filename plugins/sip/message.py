@@ -400,6 +400,18 @@ class CSeq:
 
 def parse_uint(text: str, what: str, limit: int) -> int:
     """Parse a decimal header value no greater than `limit` (Max-Forwards, Expires...)."""
+    # Fast path: the plain spelling of a small number (every Max-Forwards, most
+    # Content-Lengths) is looked up; anything else, or too big, takes the general code.
+    value = _SMALL_UINTS.get(text)
+    if value is not None and value <= limit:
+        return value
+    return _parse_uint(text, what, limit)
+
+
+_SMALL_UINTS = {str(n): n for n in range(2048)}
+
+
+def _parse_uint(text: str, what: str, limit: int) -> int:
     text = text.strip()
     if not (text.isdigit() and text.isascii()):
         raise ParseError(f"{what} is not a non-negative integer: {text[:30]!r}")

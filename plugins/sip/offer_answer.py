@@ -46,6 +46,7 @@ from plugins.sip.sdp import (
 
 __all__ = [
     "AnswerCache",
+    "CachedAnswer",
     "Codec",
     "NegotiatedMedia",
     "NegotiatedVideo",
@@ -459,20 +460,20 @@ class AnswerCache:
     call) get the same answer: RFC 3264 section 6 reads neither, and the ports only reach
     the remote RTP and RTCP ports of the media. So an offer of a known shape is neither
     parsed nor negotiated again (its o= line and ports are checked as the parser would);
-    each call gets a copy of the answer with a fresh o= line and its own ports. At most
-    `size` shapes, the masked bytes as the key, so any other difference is a new shape.
-    Offers answered with video are negotiated every time."""
+    each call gets a `CachedAnswer`: the answer's text with a fresh o= line and its own
+    port. At most `size` shapes, the masked bytes as the key, so any other difference is a
+    new shape. Offers answered with video are negotiated every time."""
 
     def __init__(self, codecs: Sequence[Codec], local_ip: str, *, ptime_ms: int | None = None,
                  video_codecs: Sequence[Codec] = (), size: int = 64) -> None:
         self.codecs, self.local_ip, self.ptime_ms = codecs, local_ip, ptime_ms
         self.video_codecs = video_codecs
         self.size = size
-        # shape -> (answer on port 0, its media, whether the offer names its RTCP port)
-        self._shapes: dict[bytes, tuple[SessionDescription, NegotiatedMedia, bool]] = {}
+        # shape -> (answer's text, its media, whether the offer names its RTCP port)
+        self._shapes: dict[bytes, tuple[_AnswerText, NegotiatedMedia, bool]] = {}
 
-    def answer(self, body: bytes) -> tuple[SessionDescription | None, SessionDescription,
-                                           NegotiatedMedia]:
+    def answer(self, body: bytes) -> tuple[SessionDescription | None,
+                                           SessionDescription | CachedAnswer, NegotiatedMedia]:
         """(the offer parsed, or None when its shape was known; our answer on RTP port 0;
         its media), as `SessionDescription.parse` and `answer` make them, with their
         errors (`ParseError`, `NegotiationFailed`)."""
@@ -489,12 +490,12 @@ class AnswerCache:
         key = _SHAPE.sub(mask, body)
         known = self._shapes.get(key)
         if known is not None and _valid(origin, ports):
-            template, media, rtcp_named = known
+            text, media, rtcp_named = known
             port = ports[media.media_index]
             rtcp_port = media.remote_rtcp_port if rtcp_named else port + (not media.rtcp_mux)
             if (port, rtcp_port) != (media.remote_rtp_port, media.remote_rtcp_port):
                 media = evolve(media, remote_rtp_port=port, remote_rtcp_port=rtcp_port)
-            return None, _fresh_copy(template), media
+            return None, CachedAnswer(text), media
         offer = SessionDescription.parse(body)
         sdp, media = answer(offer, self.codecs, self.local_ip, 0, ptime_ms=self.ptime_ms,
                             video_codecs=self.video_codecs)
@@ -503,8 +504,51 @@ class AnswerCache:
         if len(self._shapes) >= self.size:
             self._shapes.clear()  # bounded: offers come off the wire
         rtcp_named = offer.media[media.media_index].rtcp is not None
-        self._shapes[key] = (sdp, media, rtcp_named)
-        return offer, _fresh_copy(sdp), media
+        text = _AnswerText(sdp, media.media_index)
+        self._shapes[key] = (text, media, rtcp_named)
+        return offer, CachedAnswer(text), media
+
+
+class _AnswerText:
+    """An answer on port 0 and its text cut around what changes per call: the o= line's
+    session id and version, and the RTP port of the answered m= line."""
+
+    __slots__ = ("head", "media_index", "mid", "tail", "template")
+
+    def __init__(self, template: SessionDescription, media_index: int) -> None:
+        self.template, self.media_index = template, media_index
+        lines = template.lines()
+        o, m = template.origin, template.media[media_index]
+        # lines() writes v= and o= first, then the media sections in order
+        m_line = [i for i, line in enumerate(lines) if line.startswith("m=")][media_index]
+        text = str(template).encode("utf-8")
+        o_at = len(f"{lines[0]}\r\no={o.username} ".encode())
+        o_end = o_at + len(f"{o.session_id} {o.session_version}")
+        m_at = len("".join(f"{line}\r\n" for line in lines[:m_line]).encode())
+        m_at += len(f"m={m.kind} ".encode())
+        m_end = m_at + len(str(m.port))
+        self.head, self.mid, self.tail = text[:o_at], text[o_end:m_at], text[m_end:]
+
+
+class CachedAnswer:
+    """`AnswerCache`'s answer for one call: its body written from the shape's text; the
+    `SessionDescription` (for a re-INVITE, hold...) built only when asked, equal to it."""
+
+    __slots__ = ("_text", "port", "session_id")
+
+    def __init__(self, text: _AnswerText) -> None:
+        self._text = text
+        self.session_id = int.from_bytes(os.urandom(8)) >> 2  # as answer()'s randbelow(2**62)
+        self.port = 0
+
+    def __bytes__(self) -> bytes:
+        t, sid = self._text, self.session_id
+        return b"%b%d %d%b%d%b" % (t.head, sid, sid, t.mid, self.port, t.tail)
+
+    def sdp(self) -> SessionDescription:
+        sdp = _fresh_copy(self._text.template, self.session_id)
+        sdp.media[self._text.media_index].port = self.port
+        return sdp
 
 
 def evolve(media: NegotiatedMedia, **changes: object) -> NegotiatedMedia:
@@ -535,11 +579,10 @@ def _valid(origin: list[bytes], ports: list[int]) -> bool:
     return True
 
 
-def _fresh_copy(sdp: SessionDescription) -> SessionDescription:
-    """A copy of an answer with a new session id (its parts are replaced, never edited in
-    place, except the media sections' ports: those are copied)."""
+def _fresh_copy(sdp: SessionDescription, sid: int) -> SessionDescription:
+    """A copy of an answer with session id and version `sid` (its parts are replaced, never
+    edited in place, except the media sections' ports: those are copied)."""
     o = sdp.origin
-    sid = int.from_bytes(os.urandom(8)) >> 2  # as random as answer()'s randbelow(2**62)
     origin = Origin(o.username, sid, sid, o.nettype, o.addrtype, o.address)
     media = [MediaDescription(m.kind, m.port, m.proto, list(m.formats), m.port_count, m.title,
                               connections=list(m.connections), bandwidths=list(m.bandwidths),

@@ -37,6 +37,7 @@ from .dialog import EARLY, Dialog
 from .message import SipMessage, SipRequest, SipResponse, Via, make_response, response_bytes
 from .offer_answer import (
     AnswerCache,
+    CachedAnswer,
     Codec,
     NegotiatedMedia,
     NegotiationFailed,
@@ -223,7 +224,8 @@ class Call:
     invite: SipRequest | None = None
     server_tx: ServerInviteTransaction | None = None
     dialog: Dialog | None = None
-    local_sdp: SessionDescription | None = None
+    # our SDP (see local_sdp): a fast-path answer stays a CachedAnswer until someone asks
+    local: SessionDescription | CachedAnswer | None = None
     remote_sdp: SessionDescription | None = None  # see remote(): parsed on first need
     remote_body: bytes = b""  # an incoming call's offer as received
     media: NegotiatedMedia | None = None
@@ -241,11 +243,22 @@ class Call:
     number: int = 0
     remote_display: str = ""
     # UAS: the SDP answer negotiated when the INVITE came (port 0) and its media.
-    preview: tuple[SessionDescription, NegotiatedMedia] | None = None
+    preview: tuple[SessionDescription | CachedAnswer, NegotiatedMedia] | None = None
 
     @property
     def active(self) -> bool:
         return self.state != "ended"
+
+    @property
+    def local_sdp(self) -> SessionDescription | None:
+        """Our SDP (a re-INVITE, hold... need it; most calls only send its bytes)."""
+        if isinstance(self.local, CachedAnswer):
+            self.local = self.local.sdp()
+        return self.local
+
+    @local_sdp.setter
+    def local_sdp(self, sdp: SessionDescription | None) -> None:
+        self.local = sdp
 
     def remote(self) -> SessionDescription | None:
         """The peer's SDP (an incoming call's offer is parsed only when someone asks)."""
@@ -643,7 +656,7 @@ class UserAgent(RegistrationClient):
         call = Call(call_id, "out", transport, addr, from_.tag or "",
                     caller=safe_token(f"{self.config.user}@{from_.uri.host}"),
                     callee=safe_token(f"{uri.user or ''}@{uri.host}"), invite=invite,
-                    local_sdp=offer, rtp_port=rtp_port, number=self._calls_made,
+                    local=offer, rtp_port=rtp_port, number=self._calls_made,
                     video_port=video_port if video else 0)
         self.calls[call_id] = call
         self._send_invite(call, now)
@@ -817,31 +830,35 @@ class UserAgent(RegistrationClient):
             # The answer made when the INVITE came, with its port filled in: the port is
             # the only thing `answer` derives from it (no second negotiation per call).
             sdp, preview = call.preview
-            sdp.media[preview.media_index].port = rtp_port
+            if isinstance(sdp, CachedAnswer):
+                sdp.port = rtp_port
+            else:
+                sdp.media[preview.media_index].port = rtp_port
             media = evolve(preview, local_rtp_port=rtp_port)
         else:
             sdp, media = answer(call.remote(), self.config.codecs, self.media_ip, rtp_port,
                                 ptime_ms=self.config.ptime_ms,
                                 video_codecs=self.config.video_codecs)
         if media.video is not None:
+            assert isinstance(sdp, SessionDescription)  # (video answers are not cached)
             # Port 0 keeps the video m= line rejected (RFC 3264 section 6).
             sdp.media[media.video.media_index].port = video_port
             video = replace(media.video, local_port=video_port) if video_port else None
             media = replace(media, video=video)
-        call.local_sdp, call.media, call.rtp_port = sdp, media, rtp_port
+        call.local, call.media, call.rtp_port = sdp, media, rtp_port
         call.video_port = video_port if media.video is not None else 0
         return media
 
     def accept(self, call_id: str, now: float) -> None:
         """Answer an incoming call with 200 OK and our SDP (after `prepare_answer`)."""
         call = self._incoming(call_id)
-        if call.local_sdp is None:
+        if call.local is None:
             raise LocalProtocolError(f"SIP call {call_id} has no answer: call prepare_answer")
         invite, tx = call.invite, call.server_tx
         assert invite is not None and tx is not None
         contact = self.contact(call.transport)
         headers = [("Contact", contact), ("Allow", _ALLOW)]
-        body = bytes(call.local_sdp)
+        body = bytes(call.local)
         # The dialog is read from the INVITE before the transaction sends; it is kept only
         # once the 200 is out. (The 200's To tag is ours unless the INVITE had one.)
         if invite.to.tag is None and "Record-Route" not in invite.headers:
