@@ -178,7 +178,7 @@ class Runtime:
         for ln in links:
             fn = nodes[ln.dst].process
             if ln.feedback:
-                fn = self._deferred(fn, ln, event=False)
+                fn = self._deferred(fn, ln)
             routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
 
         def emit_many(port: str, frame: Any, routes=routes) -> None:
@@ -194,7 +194,7 @@ class Runtime:
         for ln in links:
             fn = nodes[ln.dst].event
             if ln.feedback:
-                fn = self._deferred(fn, ln, event=True)
+                fn = self._deferred(fn, ln)
             routes.setdefault(ln.src_port, []).append((fn, ln.dst_port))
 
         def emit_event(port: str, event: Any) -> None:
@@ -203,7 +203,7 @@ class Runtime:
 
         return emit_event
 
-    def _deferred(self, fn: Callable, ln: Link, event: bool) -> Callable:
+    def _deferred(self, fn: Callable, ln: Link) -> Callable:
         # A declared feedback edge delivers one period later, which breaks the recursion.
         def later(port: str, item: Any, dst: str = ln.dst, src: str = ln.src) -> None:
             self._pending_feedback.append((fn, port, item, dst, src))

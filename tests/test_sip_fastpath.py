@@ -262,6 +262,13 @@ def test_bare_cr_is_found_by_counting(head: str):
         SipMessage.parse(data)
 
 
+def _layers_with(data: bytes) -> tuple[TransactionLayer, Any]:
+    """A transaction layer that has received `data`, and the server transaction it made."""
+    layer = TransactionLayer()
+    layer.receive(SipMessage.parse(data), ("127.0.0.1", 5061), now=0.0)
+    return layer, layer.next_event().transaction  # type: ignore[union-attr]
+
+
 def tx_fields(tx: Any) -> tuple:
     return (type(tx), tx.method, tx.addr, tx.reliable, tx.state, tx.timers, tx._scheduled,
             tx._key, tx._last_wire, bytes(tx.request), bytes(tx.last_response))
@@ -270,11 +277,7 @@ def tx_fields(tx: Any) -> tuple:
 @pytest.mark.parametrize("method", ["INVITE", "BYE", "OPTIONS"])
 def test_a_lingering_transaction_filed_as_plain_values_comes_back_equal(method: str):
     data = INVITE.replace("INVITE", method).encode()
-    layer, general = TransactionLayer(), TransactionLayer()
-    for lyr in (layer, general):
-        lyr.receive(SipMessage.parse(data), ("127.0.0.1", 5061), now=0.0)
-    tx = layer.next_event().transaction  # type: ignore[union-attr]
-    reference = general.next_event().transaction  # type: ignore[union-attr]
+    (layer, tx), (general, reference) = _layers_with(data), _layers_with(data)
     for lyr, t in ((layer, tx), (general, reference)):
         lyr.send_response(make_response(t.request, 200, to_tag="t1"), 0.1, t)
     (key,) = layer.servers
@@ -479,11 +482,7 @@ def test_response_bytes_are_those_of_make_response(code: int, extra: str):
                                            ("INVITE", [180, 200]), ("INVITE", [486])])
 def test_sending_a_response_as_bytes_is_sending_the_message(method: str, codes: list[int]):
     data = BYE.replace("BYE", method).encode()
-    general, fast = TransactionLayer(), TransactionLayer()
-    for lyr in (general, fast):
-        lyr.receive(SipMessage.parse(data), ("127.0.0.1", 5061), now=0.0)
-    g_tx = general.next_event().transaction  # type: ignore[union-attr]
-    f_tx = fast.next_event().transaction  # type: ignore[union-attr]
+    (general, g_tx), (fast, f_tx) = _layers_with(data), _layers_with(data)
     for i, code in enumerate(codes):
         general.send_response(make_response(g_tx.request, code), 0.1 * i, g_tx)
         fast.send_wire(f_tx, code, response_bytes(f_tx.request, code), 0.1 * i)

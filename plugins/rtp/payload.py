@@ -35,12 +35,9 @@ class PayloadFormat:
     depacketizer: Callable[[], Any] | None = None
 
 
-def _g711(payload: bytes, channels: int) -> int:
-    return len(payload) // channels  # one byte per sample and channel
-
-
-def _g722(payload: bytes, channels: int) -> int:
-    # Two 16 kHz samples per byte, but the RTP clock runs at 8 kHz (RFC 3551 4.5.2).
+def _byte_per_tick(payload: bytes, channels: int) -> int:
+    # G.711: one byte per sample and channel. G.722: two 16 kHz samples per byte, but its
+    # RTP clock runs at 8 kHz (RFC 3551 4.5.2), so again one byte per clock tick.
     return len(payload) // channels
 
 
@@ -57,9 +54,9 @@ def _opus(payload: bytes, channels: int) -> int:
 
 
 AUDIO_FORMATS = (
-    PayloadFormat("pcmu", "RFC 3551 4.5.14", _g711),
-    PayloadFormat("pcma", "RFC 3551 4.5.14", _g711),
-    PayloadFormat("g722", "RFC 3551 4.5.2", _g722),
+    PayloadFormat("pcmu", "RFC 3551 4.5.14", _byte_per_tick),
+    PayloadFormat("pcma", "RFC 3551 4.5.14", _byte_per_tick),
+    PayloadFormat("g722", "RFC 3551 4.5.2", _byte_per_tick),
     PayloadFormat("l16", "RFC 3551 4.5.11", _l16),
     PayloadFormat("opus", "RFC 7587", _opus),
 )
