@@ -38,7 +38,7 @@ class Link:
     src_port: str
     dst: str
     dst_port: str
-    feedback: bool = False  # declared feedback edge: delivered one period later
+    feedback: bool = False  # declared feedback edge: delivered after the period's ticks
     where: Where = NOWHERE
     frames: int = 0
 

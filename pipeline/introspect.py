@@ -100,7 +100,7 @@ links:
 - **links**: strings `a -> b -> c`. An element is a node name, `name.port`, or an inline node
   `kind key=value ...`. Without a port, the next free port is used, and request ports
   (`in_%u`, `out_%u`) are allocated in order. `{link: "a -> b", feedback: true}` declares a
-  feedback edge (delivered one period later), the only way to close a loop.
+  feedback edge (delivered after the period's ticks), the only way to close a loop.
 - **Templates**: `${name}` (from `params:` and `-p name=value`), `${name:-default}`,
   `${env:NAME}` (environment), `${graph_dir}` (this file's folder), `${call.FIELD}` (in call
   graphs instantiated by a `sip_endpoint`, see docs/sip.md). A value that is only a template

@@ -160,8 +160,9 @@ class Runtime:
             ln = links[0]
             fn, dp = nodes[ln.dst].process, ln.dst_port
             if ln.feedback:
-                # A call's encoder back into its RTP session: queued for the next period,
-                # as `_deferred` does, without the routing table and a second call.
+                # A call's encoder back into its RTP session: queued until the period's
+                # ticks are done, as `_deferred` does, without the routing table and a
+                # second call.
                 def emit_later(port: str, frame: Any, fn=fn, dp=dp, ln=ln, dst=ln.dst,
                                src=ln.src) -> None:
                     ln.frames += 1
@@ -204,7 +205,8 @@ class Runtime:
         return emit_event
 
     def _deferred(self, fn: Callable, ln: Link) -> Callable:
-        # A declared feedback edge delivers one period later, which breaks the recursion.
+        # A declared feedback edge delivers once the period's ticks are done, which breaks
+        # the recursion.
         def later(port: str, item: Any, dst: str = ln.dst, src: str = ln.src) -> None:
             self._pending_feedback.append((fn, port, item, dst, src))
 
@@ -477,10 +479,6 @@ class Runtime:
                         await asyncio.sleep(0)
                 else:
                     await self.clock.wait_until(now)
-                if self._pending_feedback:
-                    pending, self._pending_feedback = self._pending_feedback, []
-                    for fn, port, item, _, _ in pending:
-                        fn(port, item)
                 for node in self._clocked:
                     if node.finished:
                         continue
@@ -491,6 +489,13 @@ class Runtime:
                         self.fail(e, failing_node(e) or node)
                 if self._failed_parts:
                     self._detach_failed()
+                if self._pending_feedback:
+                    # Once every node has ticked: a clocked node takes the frame next period,
+                    # and an I/O sink (a call's encoder back into its rtp_session) sends it
+                    # now rather than a period late.
+                    pending, self._pending_feedback = self._pending_feedback, []
+                    for fn, port, item, _, _ in pending:
+                        fn(port, item)
                 n += 1
                 if self.progress is not None and n % 50 == 0:
                     self.progress(n * period, expected)

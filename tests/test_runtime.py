@@ -65,6 +65,44 @@ def test_fault_in_start_stops_the_others():
     assert stopped == ["o"]
 
 
+def test_a_feedback_frame_is_delivered_in_the_period_that_made_it():
+    # After every node has ticked, not at the start of the next period: an rtp_session at the
+    # end of a feedback edge sends the frame at once instead of a period (20 ms) late.
+    import asyncio
+
+    from pipeline.runtime import Runtime
+
+    g = load_graph_text("""
+nodes:
+  src: {type: tone, rate: 8000, duration: 100ms}
+  mix: {type: mixer}
+  t: {type: tee}
+  g: {type: gain, gain: -20dB}
+  o: {type: frame_sink}
+links:
+  - src -> mix
+  - mix -> t
+  - t -> o
+  - t -> g
+  - {link: g -> mix, feedback: true}
+""")
+    g.prepare()
+    rt = Runtime(g)
+    fb = next(ln for ln in g.links if ln.feedback)
+    mix = g.nodes["mix"]
+    process, seen = mix.process, []
+
+    def spy(port, frame):
+        if port == fb.dst_port:
+            seen.append((round(rt.clock.now / g.period), frame.pts // 160))
+        process(port, frame)
+
+    mix.process = spy  # wired after start, so emit calls the spy
+    asyncio.run(rt.run())
+    assert len(seen) >= 4
+    assert all(period == frame for period, frame in seen), seen
+
+
 def test_single_feedback_link_queues_as_the_general_routing_does():
     # The fast emit for a lone feedback link against the routing table (a second link on
     # another port forces it): both queue the same entry for the next period and count it.
