@@ -65,14 +65,8 @@ def test_fault_in_start_stops_the_others():
     assert stopped == ["o"]
 
 
-def test_a_feedback_frame_is_delivered_in_the_period_that_made_it():
-    # After every node has ticked, not at the start of the next period: an rtp_session at the
-    # end of a feedback edge sends the frame at once instead of a period (20 ms) late.
-    import asyncio
-
-    from pipeline.runtime import Runtime
-
-    g = load_graph_text("""
+# A mixer fed back its own output, quieter, through a declared feedback edge.
+FEEDBACK_GRAPH = """
 nodes:
   src: {type: tone, rate: 8000, duration: 100ms}
   mix: {type: mixer}
@@ -85,7 +79,17 @@ links:
   - t -> o
   - t -> g
   - {link: g -> mix, feedback: true}
-""")
+"""
+
+
+def test_a_feedback_frame_is_delivered_in_the_period_that_made_it():
+    # After every node has ticked, not at the start of the next period: an rtp_session at the
+    # end of a feedback edge sends the frame at once instead of a period (20 ms) late.
+    import asyncio
+
+    from pipeline.runtime import Runtime
+
+    g = load_graph_text(FEEDBACK_GRAPH)
     g.prepare()
     rt = Runtime(g)
     fb = next(ln for ln in g.links if ln.feedback)
@@ -110,20 +114,7 @@ def test_single_feedback_link_queues_as_the_general_routing_does():
 
     from pipeline.runtime import Runtime
 
-    g = load_graph_text("""
-nodes:
-  src: {type: tone, rate: 8000, duration: 100ms}
-  mix: {type: mixer}
-  t: {type: tee}
-  g: {type: gain, gain: -20dB}
-  o: {type: frame_sink}
-links:
-  - src -> mix
-  - mix -> t
-  - t -> o
-  - t -> g
-  - {link: g -> mix, feedback: true}
-""")
+    g = load_graph_text(FEEDBACK_GRAPH)
     g.prepare()
     rt = Runtime(g)
     fb = next(ln for ln in g.links if ln.feedback)
