@@ -37,6 +37,10 @@ class RunResult:
     graph: Any = None
 
 
+def _discard(port: str, item: Any) -> None:
+    """The emit of a detached node."""
+
+
 def failing_node(exc: BaseException) -> Node | None:
     """The innermost node whose method raised `exc` (found from the traceback)."""
     found = None
@@ -326,6 +330,9 @@ class Runtime:
         for name in g.topological_order(names):
             node = g.nodes[name]
             node.finished = True  # not ticked again, even later in this tick
+            # Its sockets are read until the I/O task has taken the cancellation: a packet
+            # arriving meanwhile must go nowhere (it would queue a frame for a stopped node).
+            node.emit = node.emit_event = _discard
             task = self._io_tasks.pop(name, None)
             if task is None:
                 self._stop_node(node)

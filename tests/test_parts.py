@@ -80,6 +80,38 @@ links: [t -> parent.room]
     assert len(x) == 4800
 
 
+def test_a_detached_part_pushing_late_reaches_nothing(tmp_path):
+    # A call's RTP socket is read until its I/O task takes the cancellation: a packet then
+    # went on through the part's codecs and queued a frame on the feedback edge, delivered
+    # later to a stopped session (or, here, to a room port that was gone): the host failed.
+    from pipeline.frames import AudioFrame
+
+    held = {}
+
+    def actions(g, rt, path):
+        def join():
+            names = add_part(g, path, "call-1/")
+            rt.attach("call-1/", names)
+            held["t"] = g.nodes["call-1/t"]
+
+        def late():
+            held["t"].emit("out", AudioFrame(np.zeros((160, 1), np.int16), 8000, 0))
+
+        return {5: join, 10: lambda: rt.detach("call-1/"), 11: late}
+
+    part = """
+nodes:
+  t: {type: tone, freq: 900, rate: 8000}
+  g: {type: gain, gain: -6dB}
+links: [t -> g, {link: g -> parent.room, feedback: true}]
+"""
+    g, r = _run(tmp_path, part, actions)
+    assert r.stopped_by == "eos"
+    assert not [m for m in r.messages if m.name == "error"]
+    assert len(g.nodes["out"].audio()) == 4800  # the room played to its end
+    assert g.nodes["room"].linked_inputs == ["in_0"]
+
+
 def test_fault_in_a_part_ends_only_that_part(tmp_path):
     def actions(g, rt, path):
         def join():
