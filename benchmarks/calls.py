@@ -125,15 +125,22 @@ def make_decoder(codec: str) -> Any:
     return G711Decoder("pcmu")
 
 
+def warm_pairs(codec: str, payloads: list[bytes], calls: int) -> list[tuple[Any, Any]]:
+    """A decoder/encoder pair per call, each having coded its call's first 20 packets (warm
+    caches and encoder analysis state; each call starts at another word, as the sender's)."""
+    pairs = [(make_decoder(codec), make_encoder(codec)) for _ in range(calls)]
+    for i, (dec, enc) in enumerate(pairs):
+        for j in range(20):
+            enc.encode(dec.decode(payloads[(j + 37 * i) % len(payloads)]))
+    return pairs
+
+
 def bare_codec_us(codec: str, payloads: list[bytes], frames: int, calls: int) -> float:
     """CPU microseconds per 20 ms frame to decode a packet and encode the result, for
     `calls` decoder/encoder pairs taken in turn (the pipeline's codec work and working set,
     each call starting at another word as the sender's do)."""
-    pairs = [(make_decoder(codec), make_encoder(codec)) for _ in range(calls)]
+    pairs = warm_pairs(codec, payloads, calls)
     n = len(payloads)
-    for i, (dec, enc) in enumerate(pairs):  # warm up caches and the encoders' analysis state
-        for j in range(20):
-            enc.encode(dec.decode(payloads[(j + 37 * i) % n]))
     t0 = time.process_time()
     for k in range(frames):
         j, i = divmod(k, calls)
@@ -148,14 +155,11 @@ def paced_codec_us(codec: str, payloads: list[bytes], seconds: float, calls: int
     calls spread over the sender's 20 phases of each 20 ms period, sleeping until each
     phase (absolute schedule). What the codec costs in a real-time process, which wakes
     with caches gone cold; `work=False` gives the wake-ups alone. No sockets, no framework."""
-    pairs = [(make_decoder(codec), make_encoder(codec)) for _ in range(calls)]
+    pairs = warm_pairs(codec, payloads, calls)
     n = len(payloads)
     slots = [list(range(k, calls, PHASES)) for k in range(min(PHASES, calls))]
     dt = PTIME / len(slots)
     sent = [20] * calls
-    for i, (dec, enc) in enumerate(pairs):
-        for j in range(20):
-            enc.encode(dec.decode(payloads[(j + 37 * i) % n]))
     warmup = 1.0
     t0 = time.monotonic()
     cpu0, frames0, frames, k = None, 0, 0, 0
