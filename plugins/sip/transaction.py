@@ -198,8 +198,15 @@ class Transaction:
         emit: Emit,
         on_terminated: Callable[[Transaction], None] | None = None,
     ) -> None:
+        self._setup(request.method, addr, reliable, config, send, emit, on_terminated)
         self.request = request
-        self.method = request.method
+
+    def _setup(self, method: str, addr: Address, reliable: bool, config: TimerConfig,
+               send: Send, emit: Emit,
+               on_terminated: Callable[[Transaction], None] | None) -> None:
+        """Every slot but the request's: shared with the layer, which rebuilds a lingering
+        server transaction from plain values without its request."""
+        self.method = method
         self.addr = addr
         self.reliable = reliable
         self.config = config
@@ -359,14 +366,16 @@ class ServerTransaction(Transaction):
 
     __slots__ = ("_request", "_request_lines", "_response", "_last_wire", "_interval")
 
-    def __init__(self, request: SipRequest, addr: Address, **kwargs: Any) -> None:
+    def _setup(self, method: str, addr: Address, reliable: bool, config: TimerConfig,
+               send: Send, emit: Emit,
+               on_terminated: Callable[[Transaction], None] | None) -> None:
+        super()._setup(method, addr, reliable, config, send, emit, on_terminated)
         self._request: SipRequest | None = None
         # (method, Request-URI text, version, header entries, body): tuples of strings,
         # which the GC stops tracking after one look
         self._request_lines: tuple | None = None
         self._response: SipResponse | None = None
         self._last_wire = b""
-        super().__init__(request, addr, **kwargs)
         self._interval = self.config.t1
 
     # A final response is out: the transaction now only absorbs retransmissions for 64*T1,
@@ -647,20 +656,13 @@ class TransactionLayer:
         state, name, deadline, wire, addr, reliable, method, uri, version, body = tx[:10]
         cls = ServerInviteTransaction if method == "INVITE" else ServerNonInviteTransaction
         revived = cls.__new__(cls)
-        revived._request = revived._response = None
+        revived._setup(method, addr, **self._kwargs(reliable))
         revived._request_lines = (method, uri, version, tx[10:], body)
         revived._last_wire = wire
-        revived.method = method
-        revived.addr = addr
-        revived.reliable = reliable
-        revived.config = self.config
         revived.state = state
         revived.timers = {name: deadline}
-        revived._send, revived._emit, revived._on_terminated = (
-            self._send, self._events.append, self._forget)
         revived._scheduled = deadline
         revived._key = key
-        revived._interval = self.config.t1
         self.servers[key] = revived
         return revived
 
