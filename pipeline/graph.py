@@ -30,7 +30,9 @@ Where = tuple[str | None, int | None, int | None]
 NOWHERE: Where = (None, None, None)
 
 
-@dataclass(slots=True)
+# Compared by identity: a link is one object in one graph (it counts its frames), and
+# removing one from a server's thousands of links must not compare every field of each.
+@dataclass(slots=True, eq=False)
 class Link:
     """One link from an output port to an input port."""
 

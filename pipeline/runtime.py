@@ -118,27 +118,35 @@ class Runtime:
         self._terminals = {n.name for n in g.nodes.values() if not n.linked_outputs}
         self._finished &= set(g.nodes)
 
-    def _order_with(self, new: list[Node]) -> list[Node]:
-        """The tick order with a part's nodes (`new`, in their own order) placed among the
-        running ones: each just before the first running node it feeds, else at the end.
-        That keeps every node after what feeds it unless the part joins two running nodes
-        in an order they do not already have; then the whole graph is ordered again."""
+    def _order_with(self, new: list[Node], touching: list[Link]) -> list[Node]:
+        """The tick order with a part's nodes (`new`, in their own order; `touching`, the
+        links into, out of and inside it) placed among the running ones: each just before
+        the first running node it feeds, else at the end. That keeps every node after what
+        feeds it unless the part joins two running nodes in an order they do not already
+        have; then the whole graph is ordered again."""
         g = self.graph
-        pos = {node.name: i for i, node in enumerate(self._order)}
-        end = len(self._order)
+        running = self._order
+        end = len(running)
+
+        def pos(name: str, missing: int) -> int:
+            # The few running nodes at the part's edge, found by a scan in C: a table of
+            # every node's position would cost a Python step per node held.
+            node = g.nodes.get(name)
+            return running.index(node) if node in running else missing
+
         names = {n.name for n in new}
         before: dict[str, int] = {n.name: end for n in new}  # first running node fed
         after: dict[str, int] = {n.name: -1 for n in new}  # last running node feeding
         inside: dict[str, list[str]] = {n.name: [] for n in new}
-        for ln in g.links:
-            if ln.feedback or (ln.src not in names and ln.dst not in names):
+        for ln in touching:
+            if ln.feedback:
                 continue
             if ln.src in names and ln.dst in names:
                 inside[ln.src].append(ln.dst)
             elif ln.src in names:
-                before[ln.src] = min(before[ln.src], pos.get(ln.dst, end))
+                before[ln.src] = min(before[ln.src], pos(ln.dst, end))
             else:
-                after[ln.dst] = max(after[ln.dst], pos.get(ln.src, -1))
+                after[ln.dst] = max(after[ln.dst], pos(ln.src, -1))
         for node in reversed(new):  # a node comes before whatever its successors come before
             for nxt in inside[node.name]:
                 before[node.name] = min(before[node.name], before[nxt])
@@ -150,11 +158,9 @@ class Runtime:
         slots: dict[int, list[Node]] = {}
         for node in new:
             slots.setdefault(before[node.name], []).append(node)
-        order: list[Node] = []
-        for i, node in enumerate(self._order):
-            order += slots.get(i, ())
-            order.append(node)
-        order += slots.get(end, ())
+        order = list(running)
+        for i in sorted(slots, reverse=True):  # from the back: earlier places stay put
+            order[i:i] = slots[i]
         return order
 
     def _make_emit(self, links: list[Link]) -> Callable[[str, Any], None]:
@@ -292,7 +298,11 @@ class Runtime:
             self._remove(new)
             raise
         g.part_prefix = ""
-        new |= {n for n in g.nodes if n.startswith(prefix)}  # converters it needed
+        for n in reversed(g.nodes):  # the converters it needed: made after its nodes
+            if n in new:
+                break
+            if n.startswith(prefix):
+                new.add(n)
         order = [g.nodes[n] for n in g.topological_order(new)]
         try:
             self._start(order)
@@ -309,7 +319,7 @@ class Runtime:
                 g.nodes[ln.dst].port_linked("in", ln.dst_port)
             if ln.dst in new and ln.src not in new:
                 g.nodes[ln.src].port_linked("out", ln.src_port)
-        self._refresh(self._order_with(order))
+        self._refresh(self._order_with(order, touching))
         self._take_device_clock(order)  # a call part may bring the sound devices
         self._start_io(order)
         part = Part(prefix, new, on_fault)
