@@ -131,8 +131,10 @@ class Runtime:
         def pos(name: str, missing: int) -> int:
             # The few running nodes at the part's edge, found by a scan in C: a table of
             # every node's position would cost a Python step per node held.
-            node = g.nodes.get(name)
-            return running.index(node) if node in running else missing
+            try:
+                return running.index(g.nodes.get(name))
+            except ValueError:
+                return missing
 
         names = {n.name for n in new}
         before: dict[str, int] = {n.name: end for n in new}  # first running node fed

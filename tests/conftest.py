@@ -16,6 +16,22 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 WAIT = 15.0  # upper bound for anything to happen in a test; they finish far sooner
 
+# A mixer fed back its own output, quieter, through a declared feedback edge.
+FEEDBACK_GRAPH = """
+nodes:
+  src: {type: tone, rate: 8000, duration: 100ms}
+  mix: {type: mixer}
+  t: {type: tee}
+  g: {type: gain, gain: -20dB}
+  o: {type: frame_sink}
+links:
+  - src -> mix
+  - mix -> t
+  - t -> o
+  - t -> g
+  - {link: g -> mix, feedback: true}
+"""
+
 
 async def until(check, what: str, limit: float = WAIT, interval: float = 0.01):
     """Poll `check()` until it returns something truthy (the loop keeps running the graphs

@@ -7,6 +7,8 @@ from pipeline.errors import GraphError
 from pipeline.loader import load_graph, load_graph_text, parse_launch
 from pipeline.testing import run_graph
 
+from conftest import FEEDBACK_GRAPH  # isort: skip
+
 
 def _shape(graph):
     kinds = sorted(n.kind for n in graph.nodes.values())
@@ -105,20 +107,7 @@ links: [a -> o]
 
 
 def test_feedback_edge_is_allowed_and_delayed():
-    g = load_graph_text("""
-nodes:
-  src: {type: tone, rate: 8000, duration: 100ms}
-  mix: {type: mixer}
-  t: {type: tee}
-  g: {type: gain, gain: -20dB}
-  o: {type: frame_sink}
-links:
-  - src -> mix
-  - mix -> t
-  - t -> o
-  - t -> g
-  - {link: g -> mix, feedback: true}
-""")
+    g = load_graph_text(FEEDBACK_GRAPH)
     r = run_graph(g)
     assert r.graph.nodes["o"].audio().shape[0] >= 800
 

@@ -7,6 +7,8 @@ from pipeline.errors import NodeError
 from pipeline.loader import load_graph_text
 from pipeline.testing import run_graph
 
+from conftest import FEEDBACK_GRAPH  # isort: skip
+
 GRAPH = """
 nodes:
   a: {type: tone, freq: 500, rate: 16000, duration: 300ms}
@@ -63,23 +65,6 @@ def test_fault_in_start_stops_the_others():
     with pytest.raises(NodeError, match="node 'a': failed to start: device busy"):
         run_graph(g, stats=False)
     assert stopped == ["o"]
-
-
-# A mixer fed back its own output, quieter, through a declared feedback edge.
-FEEDBACK_GRAPH = """
-nodes:
-  src: {type: tone, rate: 8000, duration: 100ms}
-  mix: {type: mixer}
-  t: {type: tee}
-  g: {type: gain, gain: -20dB}
-  o: {type: frame_sink}
-links:
-  - src -> mix
-  - mix -> t
-  - t -> o
-  - t -> g
-  - {link: g -> mix, feedback: true}
-"""
 
 
 def test_a_feedback_frame_is_delivered_in_the_period_that_made_it():
