@@ -40,10 +40,19 @@ phases of 20 ms, sleeping until each), with and without the codec work (the wake
 and `overhead_paced_pct` is our cost against that: what the framework, RTP and the jitter
 buffer add to a codec that serves frames in real time.
 
+The Python floor is a third pipeline process, measured like ours and GStreamer's: the
+leanest Python echo of the same calls (one epoll over their sockets; recv, decode, encode,
+a fresh RTP header, sendto; no asyncio, jitter buffer, RTP parsing or framework). It is what
+any Python program carrying these calls pays at least: the codec in real time plus the
+syscalls. `overhead_floor_pct` = (ours - floor) / bare codec is the issue's "framework + RTP +
+jitter buffer overhead" as a share of the bare codec cost, with the I/O that every
+implementation needs taken out of it; `pcmu_floor_calls` shows what PCMU calls per core a
+Python path can reach at all.
+
 Settings match on both sides: Opus 48 kHz mono, 20 ms, 32 kb/s VBR, complexity 10, voice
 mode (our libopus is PyAV's 1.6.1, GStreamer's is Debian's 1.3.1: see PEERS.md). Everything
 runs on 127.0.0.1, for a bounded time, and every process is stopped by its PID. A full run
-takes about 4 minutes, --quick about a minute. Ends with the JSON summary line.
+takes about 5 minutes, --quick about a minute and a half. Ends with the JSON summary line.
 """
 
 from __future__ import annotations
@@ -360,6 +369,45 @@ def ours_main(args: argparse.Namespace) -> None:
     print(json.dumps(totals), flush=True)
 
 
+# ---- the Python floor (a separate process) --------------------------------------------------
+def floor_main(args: argparse.Namespace) -> None:
+    """The leanest Python echo of the same work, for scale: one epoll over the calls'
+    sockets; per packet recv, decode, encode (the same codec classes), a fresh RTP header,
+    sendto. No asyncio, jitter buffer, RTP parsing, statistics or framework: what any
+    Python program doing these calls' I/O and codec work pays at least."""
+    import select
+
+    spec = json.loads(args.spec)
+    codec, pt = spec["codec"], spec["pt"]
+    step = int((OPUS["rate"] if codec == "opus" else PCMU["rate"]) * PTIME)
+    header = struct.Struct("!BBHII")
+    ep = select.epoll()
+    calls: dict[int, list[Any]] = {}
+    for i, (local, remote) in enumerate(zip(spec["local"], spec["remote"], strict=True)):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", local))
+        s.setblocking(False)
+        ep.register(s.fileno(), select.EPOLLIN)
+        # socket, peer, decoder, encoder, packets sent, SSRC
+        calls[s.fileno()] = [s, ("127.0.0.1", remote), make_decoder(codec),
+                             make_encoder(codec), 0, 0x20000 + i]
+    try:
+        while True:
+            for fd, _ in ep.poll():
+                call = calls[fd]
+                s, peer, dec, enc, n, ssrc = call
+                try:
+                    data = s.recv(2048)
+                except BlockingIOError:
+                    continue
+                out = enc.encode(dec.decode(data[12:]))
+                s.sendto(header.pack(0x80, pt, n & 0xFFFF, (n * step) & 0xFFFFFFFF, ssrc)
+                         + out, peer)
+                call[4] = n + 1
+    except KeyboardInterrupt:  # measure() stops every pipeline with SIGINT
+        pass
+
+
 # ---- one measurement ----------------------------------------------------------------------
 def gst_command(codec: str, local: list[int], remote: list[int]) -> list[str]:
     if codec == "opus":
@@ -398,8 +446,8 @@ def measure(who: str, codec: str, calls: int, payloads: list[bytes], warmup: flo
     try:
         if sender.stdout.readline().strip() != "ready":
             raise RuntimeError("the sender did not start")
-        if who == "ours":
-            cmd = [*me, "--role", "ours", "--spec", json.dumps(
+        if who in ("ours", "floor"):
+            cmd = [*me, "--role", who, "--spec", json.dumps(
                 {"codec": codec, "local": local, "remote": remote, "pt": spec["pt"]})]
         else:
             cmd = gst_command(codec, local, remote)
@@ -469,7 +517,7 @@ def main() -> None:
     ap.add_argument("--pcmu-calls", type=int, default=150)
     ap.add_argument("--repeats", type=int, default=None, help="runs of each (default 2, quick 1)")
     ap.add_argument("--no-peer", action="store_true", help="skip GStreamer")
-    ap.add_argument("--role", choices=("main", "sender", "ours"), default="main",
+    ap.add_argument("--role", choices=("main", "sender", "ours", "floor"), default="main",
                     help=argparse.SUPPRESS)
     ap.add_argument("--table", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
@@ -481,6 +529,9 @@ def main() -> None:
         return
     if args.role == "ours":
         ours_main(args)
+        return
+    if args.role == "floor":
+        floor_main(args)
         return
     window = args.window or (6.0 if args.quick else 12.0)
     warmup = 2.0 if args.quick else 3.0
@@ -509,7 +560,7 @@ def main() -> None:
                 emit({"bench": "calls", "who": "bare_codec", "codec": codec, "repeat": r,
                       "us_per_frame": round(us, 1), "paced_us_per_frame": round(us_paced, 1),
                       "paced_wakeups_only_us": round(us_wake, 1)})
-                for who in ("ours", "gstreamer") if peer else ("ours",):
+                for who in ("floor", "ours", "gstreamer") if peer else ("floor", "ours"):
                     rec = measure(who, codec, calls, payloads, warmup, window, tmp)
                     rec["repeat"] = r
                     check(rec)
@@ -538,6 +589,11 @@ def main() -> None:
           "opus_paced_wakeups_us": round(wakeups["opus"], 1),
           "pcmu_us_per_frame": best["ours.pcmu"]["us_per_frame"],
           "pcmu_bare_codec_us": round(bare["pcmu"], 1),
+          "opus_floor_us": best["floor.opus"]["us_per_frame"],
+          "pcmu_floor_us": best["floor.pcmu"]["us_per_frame"],
+          "pcmu_floor_calls": count("floor.pcmu"),
+          "overhead_floor_pct": round((ours_us - best["floor.opus"]["us_per_frame"])
+                                      / bare["opus"] * 100.0, 1),
           "opus_calls": args.opus_calls, "pcmu_calls": args.pcmu_calls, "window_s": window,
           "repeats": repeats})
 
