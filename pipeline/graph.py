@@ -1,8 +1,9 @@
 """A graph of nodes and links: structure checks, format negotiation, converter insertion.
 
-The structure is the `nodes` dict (in declaration order) and the `links` list. Work done
-when a part (a call) joins or leaves a running graph looks only at that part and the links
-that touch it, so a server holding a thousand calls adds the next one as fast as the first.
+The structure is the `nodes` dict (in declaration order) and the `links` list, with an index
+of the links at each node. Work done when a part (a call) joins or leaves a running graph
+looks only at that part and the links that touch it (through the index), so a server
+holding a thousand calls adds the next one about as fast as the first.
 Errors carry the YAML location of what caused them.
 """
 
@@ -43,6 +44,7 @@ class Link:
     feedback: bool = False  # declared feedback edge: delivered after the period's ticks
     where: Where = NOWHERE
     frames: int = 0
+    number: int = field(default=0, repr=False)  # creation order, set by the graph
 
     def __str__(self) -> str:
         return f"{self.src}.{self.src_port} -> {self.dst}.{self.dst_port}"
@@ -68,7 +70,10 @@ class Graph:
         self.period = period
         self.registry = registry
         self.nodes: dict[str, Node] = {}
-        self.links: list[Link] = []
+        self.links: list[Link] = []  # change through link(), remove_nodes(): they keep the index
+        self._links_at: dict[str, list[Link]] = {}  # every link into or out of each node
+        self._node_numbers: dict[str, int] = {}  # declaration order, for parts' node sets
+        self._counter = 0
         self.where: dict[str, Where] = {}
         self.param_where: dict[tuple[str, str], Where] = {}
         self.converters: list[str] = []
@@ -96,6 +101,9 @@ class Graph:
                              hint="give each node a unique name")
         self.nodes[node.name] = node
         self.where[node.name] = where
+        self._counter += 1
+        self._node_numbers[node.name] = self._counter
+        self._links_at[node.name] = []
         node.graph = self
         return node
 
@@ -139,22 +147,74 @@ class Graph:
         sp = self._pick_port(a, "out", src_port, where)
         dp = self._pick_port(b, "in", dst_port, where)
         if sp in a.linked_outputs:
-            ln = next(ln for ln in self.links if ln.src == src and ln.src_port == sp)
+            ln = next(ln for ln in self._links_at[src] if ln.src == src and ln.src_port == sp)
             raise GraphError(
                 f"output port '{src}.{sp}' is linked twice (to '{ln.dst}.{ln.dst_port}' "
                 f"and '{dst}.{dp}')", **_loc(where),
                 hint="an output feeds one input; use a tee to fan out")
         if dp in b.linked_inputs:
-            ln = next(ln for ln in self.links if ln.dst == dst and ln.dst_port == dp)
+            ln = next(ln for ln in self._links_at[dst] if ln.dst == dst and ln.dst_port == dp)
             raise GraphError(
                 f"input port '{dst}.{dp}' is linked twice (from '{ln.src}.{ln.src_port}' "
                 f"and '{src}.{sp}')", **_loc(where),
                 hint="an input takes one link; use a mixer to combine streams")
         a.linked_outputs.append(sp)
         b.linked_inputs.append(dp)
-        ln = Link(src, sp, dst, dp, feedback, where)
+        return self._add_link(Link(src, sp, dst, dp, feedback, where))
+
+    def _add_link(self, ln: Link) -> Link:
+        self._counter += 1
+        ln.number = self._counter
         self.links.append(ln)
+        self._links_at[ln.src].append(ln)
+        if ln.dst != ln.src:
+            self._links_at[ln.dst].append(ln)
         return ln
+
+    def _drop_link(self, ln: Link) -> None:
+        self.links.remove(ln)  # by identity, in C
+        for end in {ln.src, ln.dst}:
+            at = self._links_at.get(end)
+            if at is not None:
+                at.remove(ln)
+
+    def links_of(self, name: str) -> list[Link]:
+        """The links into or out of node `name`, in the order they were made."""
+        return list(self._links_at.get(name, ()))
+
+    def links_at(self, names: set[str] | list[str]) -> list[Link]:
+        """The links into or out of any of `names`, in the order they were made."""
+        found: dict[int, Link] = {}
+        for name in names:
+            for ln in self._links_at.get(name, ()):
+                found[ln.number] = ln
+        return [found[k] for k in sorted(found)]
+
+    def in_declaration_order(self, names: set[str]) -> list[str]:
+        """Those of `names` that are nodes of the graph, in the order they were added."""
+        number = self._node_numbers
+        return sorted((n for n in names if n in number), key=number.__getitem__)
+
+    def remove_nodes(self, names: set[str]) -> list[Link]:
+        """Remove nodes and every link touching them; the nodes left at the other end of
+        those links lose the ports. Returns the links removed."""
+        gone = self.links_at(names)
+        for ln in gone:
+            self._drop_link(ln)
+            if ln.src not in names:
+                src = self.nodes[ln.src]
+                src.linked_outputs.remove(ln.src_port)
+                src.out_formats.pop(ln.src_port, None)
+            if ln.dst not in names:
+                dst = self.nodes[ln.dst]
+                dst.linked_inputs.remove(ln.dst_port)
+                dst.eos_inputs.discard(ln.dst_port)
+        for n in names:
+            self.nodes.pop(n, None)
+            self.where.pop(n, None)
+            self._node_numbers.pop(n, None)
+            self._links_at.pop(n, None)
+        return gone
 
     def _node(self, name: str, where: Where) -> Node:
         try:
@@ -193,11 +253,15 @@ class Graph:
         """Node names, each after the nodes feeding it (feedback links aside); among nodes
         that are ready, declaration order. With `names`, only those, ordered by the links
         among them (a part joining or leaving)."""
-        members = list(self.nodes) if names is None else [n for n in self.nodes if n in names]
+        if names is None:
+            members, links = list(self.nodes), self.links
+        else:
+            members = self.in_declaration_order(names)
+            links = self.links_at(members)
         rank = {n: i for i, n in enumerate(members)}
         waiting = dict.fromkeys(members, 0)  # inputs not yet placed
         after: dict[str, list[str]] = {n: [] for n in members}
-        for ln in self.links:
+        for ln in links:
             if not ln.feedback and ln.src in rank and ln.dst in rank:
                 after[ln.src].append(ln.dst)
                 waiting[ln.dst] += 1
@@ -220,9 +284,8 @@ class Graph:
 
         With `names`, the port checks cover only those nodes (a part being added).
         """
-        for name, node in self.nodes.items():
-            if names is not None and name not in names:
-                continue
+        for name in self.nodes if names is None else self.in_declaration_order(names):
+            node = self.nodes[name]
             for p in node.inputs:
                 if not p.is_request and not p.optional and p.name not in node.linked_inputs:
                     raise GraphError(f"input port '{name}.{p.name}' is not linked",
@@ -254,33 +317,30 @@ class Graph:
         X -> Y for each such pair make a small graph that has a cycle exactly when the whole
         one does. The graph is searched only for pairs with X != Y (a conference room that a
         call both feeds and hears from is one node)."""
-        inner = [ln for ln in self.links if not ln.feedback and (ln.src in names
-                                                                 or ln.dst in names)]
+        inner = [ln for ln in self.links_at(names) if not ln.feedback]
         outs = {ln.dst for ln in inner if ln.src in names and ln.dst not in names}
         ins = {ln.src for ln in inner if ln.dst in names and ln.src not in names}
         edges = [(ln.src, ln.dst) for ln in inner]
         pairs = [(x, y) for x in outs for y in ins if x != y]
-        if pairs:
-            after: dict[str, list[str]] = {}
-            for ln in self.links:
-                if not ln.feedback and ln.src not in names and ln.dst not in names:
-                    after.setdefault(ln.src, []).append(ln.dst)
-            for x, y in pairs:
-                seen, stack = {x}, [x]
-                while stack and y not in seen:
-                    for nxt in after.get(stack.pop(), ()):
-                        if nxt not in seen:
-                            seen.add(nxt)
-                            stack.append(nxt)
-                if y in seen:
-                    edges.append((x, y))
+        for x, y in pairs:
+            # Search the graph outside the part, from X along links out of each node.
+            seen, stack = {x}, [x]
+            while stack and y not in seen:
+                node = stack.pop()
+                for ln in self._links_at[node]:
+                    nxt = ln.dst
+                    if (ln.src == node and not ln.feedback and nxt not in names
+                            and nxt not in seen):
+                        seen.add(nxt)
+                        stack.append(nxt)
+            if y in seen:
+                edges.append((x, y))
         small = nx.DiGraph(edges)
         return not nx.is_directed_acyclic_graph(small)
 
     def validate_nodes(self, names: set[str] | None = None) -> None:
-        for name, node in self.nodes.items():
-            if names is not None and name not in names:
-                continue
+        for name in self.nodes if names is None else self.in_declaration_order(names):
+            node = self.nodes[name]
             try:
                 node.validate()
             except ParamValueError as e:
@@ -299,10 +359,9 @@ class Graph:
             self._negotiate_node(name)
         # Feedback edges end at nodes negotiated before their source: check them now, and
         # convert where the formats differ, like any other link.
-        for ln in [ln for ln in self.links if ln.feedback and ln.dst_port not in
+        links = self.links if names is None else self.links_at(names)
+        for ln in [ln for ln in links if ln.feedback and ln.dst_port not in
                    self.nodes[ln.dst].in_formats]:
-            if names is not None and ln.src not in names and ln.dst not in names:
-                continue
             offered = self.nodes[ln.src].out_formats.get(ln.src_port)
             if offered is None:
                 continue
@@ -313,7 +372,8 @@ class Graph:
             else:
                 dst.in_formats[ln.dst_port] = self._convert(ln, offered, accepted)
         if names is not None:
-            for ln in [ln for ln in self.links if ln.src in names and ln.dst not in names]:
+            for ln in [ln for ln in self.links_at(names) if ln.src in names
+                       and ln.dst not in names]:
                 dst = self.nodes[ln.dst]
                 offered = self.nodes[ln.src].out_formats[ln.src_port]
                 accepted = dst.input_caps(ln.dst_port, offered)
@@ -326,7 +386,8 @@ class Graph:
     def _negotiate_node(self, name: str) -> None:
         node = self.nodes[name]
         inputs: dict[str, Format] = {}
-        for ln in [ln for ln in self.links if ln.dst == name]:
+        at = self._links_at[name]
+        for ln in [ln for ln in at if ln.dst == name]:  # a copy: converters change `at`
             src = self.nodes[ln.src]
             offered = src.out_formats.get(ln.src_port)
             if offered is None and src.prepared_formats:
@@ -342,7 +403,7 @@ class Graph:
                 continue
             inputs[ln.dst_port] = self._convert(ln, offered, accepted)
         downstream = {}
-        for ln in self.links:
+        for ln in at:
             if ln.src == name:
                 downstream[ln.src_port] = self.nodes[ln.dst].input_caps(ln.dst_port, None)
         try:
@@ -411,14 +472,14 @@ class Graph:
     def _splice(self, ln: Link, conv: Node, offered: Format, target: Format) -> None:
         """Rewire src -> converter -> dst in place of the link `ln`, and say so."""
         conv_name = conv.name
-        self.links.remove(ln)
+        self._drop_link(ln)
         conv.linked_inputs.append("in")
         conv.linked_outputs.append("out")
         # On a feedback edge the converter runs before the delay: the edge into the original
         # destination stays the feedback edge, so that node still knows not to wait on it.
-        self.links.append(Link(ln.src, ln.src_port, conv_name, "in", where=ln.where))
-        self.links.append(Link(conv_name, "out", ln.dst, ln.dst_port, feedback=ln.feedback,
-                               where=ln.where))
+        self._add_link(Link(ln.src, ln.src_port, conv_name, "in", where=ln.where))
+        self._add_link(Link(conv_name, "out", ln.dst, ln.dst_port, feedback=ln.feedback,
+                            where=ln.where))
         conv.in_formats = {"in": offered}
         conv.out_formats = {"out": target}
         self.converters.append(conv_name)

@@ -7,6 +7,7 @@ Every error names the place (file:line:column, 1-based) and gives a hint. Templa
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -559,24 +560,18 @@ def add_part(graph: Graph, path: str | Path, prefix: str, *,
                          line=1, column=1)
     params = dict(data.get("params") or {})
     params.update(overrides or {})
-    before = set(graph.nodes)
+    before = len(graph.nodes)
     builder = Builder(graph, Context(params, call, str(path.parent)), registry, prefix=prefix)
     try:
         builder.build_body(data, path)
     except Exception:
-        _remove_nodes(graph, set(graph.nodes) - before)
+        graph.remove_nodes(set(_added(graph, before)))  # undo the partly built part
         raise
-    return [n for n in graph.nodes if n not in before]
+    return _added(graph, before)
 
 
-def _remove_nodes(graph: Graph, names: set[str]) -> None:
-    """Undo a partly built part: its nodes and every link touching them."""
-    for ln in [ln for ln in graph.links if ln.src in names or ln.dst in names]:
-        graph.links.remove(ln)
-        if ln.src not in names:
-            graph.nodes[ln.src].linked_outputs.remove(ln.src_port)
-        if ln.dst not in names:
-            graph.nodes[ln.dst].linked_inputs.remove(ln.dst_port)
-    for n in names:
-        graph.nodes.pop(n, None)
-        graph.where.pop(n, None)
+def _added(graph: Graph, before: int) -> list[str]:
+    """The nodes added since the graph held `before`: the last ones, as dicts keep order."""
+    new = list(itertools.islice(reversed(graph.nodes), len(graph.nodes) - before))
+    new.reverse()
+    return new

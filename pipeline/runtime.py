@@ -10,7 +10,10 @@ attached and detached while the graph runs; a fault inside a part ends only that
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
+import operator
 import time
 import types
 from collections.abc import Callable
@@ -23,6 +26,8 @@ from .graph import Graph, Link
 from .node import Node
 
 log = logging.getLogger("pipeline.runtime")
+
+_CLOCKED = operator.attrgetter("clocked")
 
 
 @dataclass
@@ -88,6 +93,10 @@ class Runtime:
         self._child_ns = [0]
         self._order: list[Node] = []
         self._clocked: list[Node] = []
+        # Per source node: port -> [(deliver, port, link)]; frames only for nodes with a
+        # route table (not one direct link), events for all.
+        self._frame_routes: dict[str, dict[str, list[tuple[Callable, str, Link]]]] = {}
+        self._event_routes: dict[str, dict[str, list[tuple[Callable, str, Link]]]] = {}
         self._started: set[Node] = set()  # by identity: a new part may reuse old names
         self.parts: dict[str, Part] = {}
         self._failed_parts: list[tuple[Part, BaseException]] = []
@@ -97,26 +106,46 @@ class Runtime:
     # ---- wiring -------------------------------------------------------------------------
     def _wire(self, names: set[str]) -> None:
         g = self.graph
-        outs: dict[str, list[Link]] = {n: [] for n in names}
-        feedback: dict[str, set[str]] = {n: set() for n in names}
-        for ln in g.links:  # one pass, whatever the number of nodes wired
-            if ln.src in outs:
-                outs[ln.src].append(ln)
-            if ln.feedback and ln.dst in feedback:
-                feedback[ln.dst].add(ln.dst_port)
         for name in names:
             node = g.nodes[name]
-            node.feedback_inputs = feedback[name]
-            node.emit = self._make_emit(outs[name])
-            node.emit_event = self._make_emit_event(outs[name])
+            links = g.links_of(name)
+            node.feedback_inputs = {ln.dst_port for ln in links if ln.feedback
+                                    and ln.dst == name}
+            outs = [ln for ln in links if ln.src == name]
+            node.emit = self._make_emit(name, outs)
+            node.emit_event = self._make_emit_event(name, outs)
 
-    def _refresh(self, order: list[Node] | None = None) -> None:
-        """Take `order` (default: computed from the whole graph) as the tick order."""
+    def _reroute(self, ln: Link, added: bool) -> None:
+        """A link out of a running node came or went: change that node's routes in place.
+        A conference room has a route per caller; rebuilding them all for each call that
+        joins or leaves is what a server holding many calls cannot afford."""
+        src = self.graph.nodes[ln.src]
+        frame_routes = self._frame_routes.get(ln.src)
+        if frame_routes is None or len(src.linked_outputs) == 1:
+            self._wire({ln.src})  # one link (a direct emit), or to one: small, rebuild it
+            return
+        event_routes = self._event_routes[ln.src]
+        if added:
+            dst = self.graph.nodes[ln.dst]
+            fn, efn = dst.process, dst.event
+            if ln.feedback:
+                fn, efn = self._deferred(fn, ln), self._deferred(efn, ln)
+            frame_routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
+            event_routes.setdefault(ln.src_port, []).append((efn, ln.dst_port, ln))
+            return
+        for routes in (frame_routes, event_routes):
+            kept = [r for r in routes.get(ln.src_port, ()) if r[2] is not ln]
+            if kept:
+                routes[ln.src_port] = kept
+            else:
+                routes.pop(ln.src_port, None)
+
+    def _refresh(self) -> None:
+        """Order the whole graph: the tick order, clocked nodes, nodes that end it."""
         g = self.graph
-        self._order = order if order is not None else [g.nodes[n] for n in g.topological_order()]
+        self._order = [g.nodes[n] for n in g.topological_order()]
         self._clocked = [n for n in self._order if n.clocked]
         self._terminals = {n.name for n in g.nodes.values() if not n.linked_outputs}
-        self._finished &= set(g.nodes)
 
     def _order_with(self, new: list[Node], touching: list[Link]) -> list[Node]:
         """The tick order with a part's nodes (`new`, in their own order; `touching`, the
@@ -165,9 +194,10 @@ class Runtime:
             order[i:i] = slots[i]
         return order
 
-    def _make_emit(self, links: list[Link]) -> Callable[[str, Any], None]:
+    def _make_emit(self, name: str, links: list[Link]) -> Callable[[str, Any], None]:
         nodes = self.graph.nodes
         if len(links) == 1:
+            self._frame_routes.pop(name, None)
             # The common case: one output, one peer. One call per hop and one increment.
             ln = links[0]
             fn, dp = nodes[ln.dst].process, ln.dst_port
@@ -193,6 +223,7 @@ class Runtime:
             if ln.feedback:
                 fn = self._deferred(fn, ln)
             routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
+        self._frame_routes[name] = routes  # changed in place as links come and go
 
         def emit_many(port: str, frame: Any, routes=routes) -> None:
             for fn, dp, ln in routes.get(port, ()):
@@ -201,17 +232,18 @@ class Runtime:
 
         return emit_many
 
-    def _make_emit_event(self, links: list[Link]) -> Callable[[str, Any], None]:
+    def _make_emit_event(self, name: str, links: list[Link]) -> Callable[[str, Any], None]:
         nodes = self.graph.nodes
-        routes: dict[str, list[tuple[Callable, str]]] = {}
+        routes: dict[str, list[tuple[Callable, str, Link]]] = {}
         for ln in links:
             fn = nodes[ln.dst].event
             if ln.feedback:
                 fn = self._deferred(fn, ln)
-            routes.setdefault(ln.src_port, []).append((fn, ln.dst_port))
+            routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
+        self._event_routes[name] = routes
 
         def emit_event(port: str, event: Any) -> None:
-            for fn, dp in routes.get(port, ()):
+            for fn, dp, _ in routes.get(port, ()):
                 fn(dp, event)
 
         return emit_event
@@ -311,17 +343,25 @@ class Runtime:
         except Exception:
             self._remove(new)
             raise
-        touching = [ln for ln in g.links if ln.src in new or ln.dst in new]
-        # Sources get new routes; a running node fed back by the part learns that input is a
-        # feedback one (it does not wait for end of stream on it).
-        self._wire({ln.src for ln in touching} | {ln.dst for ln in touching if ln.feedback}
-                   | new)
+        touching = g.links_at(new)
+        self._wire(new)
+        for ln in touching:
+            if ln.src not in new:  # a running source gets a route into the part
+                self._reroute(ln, added=True)
+                self._terminals.discard(ln.src)
+            elif ln.dst not in new and ln.feedback:
+                # A running node fed back by the part does not wait for end of stream there.
+                g.nodes[ln.dst].feedback_inputs.add(ln.dst_port)
+        self._terminals.update(n for n in new if not g.nodes[n].linked_outputs)
         for ln in touching:
             if ln.src in new and ln.dst not in new:
                 g.nodes[ln.dst].port_linked("in", ln.dst_port)
             if ln.dst in new and ln.src not in new:
                 g.nodes[ln.src].port_linked("out", ln.src_port)
-        self._refresh(self._order_with(order, touching))
+        self._order = self._order_with(order, touching)
+        # Filtered in C: a Python pass over a thousand calls' nodes would cost more than
+        # all the rest of attaching one.
+        self._clocked = list(itertools.compress(self._order, map(_CLOCKED, self._order)))
         self._take_device_clock(order)  # a call part may bring the sound devices
         self._start_io(order)
         part = Part(prefix, new, on_fault)
@@ -369,29 +409,31 @@ class Runtime:
         if dev is not None and dev.name in names and g.nodes.get(dev.name) is dev:
             # Its device goes with it: real time resumes from the media time reached.
             self.clock, self._clock_node = RealtimeClock(start_at=self.clock.now), None
-        touched: set[str] = set()
-        gone = [ln for ln in g.links if ln.src in names or ln.dst in names]
-        if gone:
-            g.links[:] = [ln for ln in g.links if ln.src not in names and ln.dst not in names]
-        for ln in gone:
+        nodes = [g.nodes[n] for n in names if n in g.nodes]
+        for ln in g.remove_nodes(names):
             if ln.src not in names:
-                g.nodes[ln.src].linked_outputs.remove(ln.src_port)
-                g.nodes[ln.src].out_formats.pop(ln.src_port, None)
-                touched.add(ln.src)
-                if g.nodes[ln.src] in self._started:
-                    g.nodes[ln.src].port_unlinked("out", ln.src_port)
+                self._reroute(ln, added=False)
+                src = g.nodes[ln.src]
+                if not src.linked_outputs:
+                    self._terminals.add(ln.src)
+                if src in self._started:
+                    src.port_unlinked("out", ln.src_port)
             if ln.dst not in names:
-                g.nodes[ln.dst].linked_inputs.remove(ln.dst_port)
-                g.nodes[ln.dst].eos_inputs.discard(ln.dst_port)
-                if g.nodes[ln.dst] in self._started:
-                    g.nodes[ln.dst].port_unlinked("in", ln.dst_port)
-        for n in names:
-            g.nodes.pop(n, None)
-            g.where.pop(n, None)
-        self._wire(touched & set(g.nodes))
-        if self._order:
-            # Removing nodes keeps the others in a valid order.
-            self._refresh([n for n in self._order if g.nodes.get(n.name) is n])
+                dst = g.nodes[ln.dst]
+                if ln.feedback:
+                    dst.feedback_inputs.discard(ln.dst_port)
+                if dst in self._started:
+                    dst.port_unlinked("in", ln.dst_port)
+        for name in names:
+            self._frame_routes.pop(name, None)
+            self._event_routes.pop(name, None)
+        self._terminals -= names
+        self._finished -= names
+        # Removing nodes keeps the others in a valid order: take them out (scans in C).
+        for node in nodes:
+            for order in (self._order, self._clocked) if node.clocked else (self._order,):
+                with contextlib.suppress(ValueError):  # a part that failed to attach
+                    order.remove(node)
 
     # ---- running ------------------------------------------------------------------------
     def _node_finished(self, node: Node) -> None:

@@ -108,7 +108,7 @@ def test_single_feedback_link_queues_as_the_general_routing_does():
     for links in ([fb], [fb, other]):
         fb.frames = 0
         rt._pending_feedback = []
-        emit = rt._make_emit(links)
+        emit = rt._make_emit(fb.src, links)
         emit(fb.src_port, "frame")
         assert fb.frames == 1
         queued.append(rt._pending_feedback)

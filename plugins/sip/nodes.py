@@ -500,7 +500,7 @@ class SipEndpoint(Node):
         if room is not None:
             # Name the room's tracks after the far party before the part joins the room.
             who = call.caller if call.direction == "in" else call.callee
-            for ln in self.graph.links:
+            for ln in self.graph.links_at(names):
                 if ln.dst == room.name and ln.src.startswith(prefix):
                     room.set_identity(ln.dst_port, who)
                 elif ln.src == room.name and ln.dst.startswith(prefix):

@@ -65,7 +65,7 @@ def _nearest(node: Node, attribute: str, upstream: bool) -> Node | None:
     while frontier:
         nxt = []
         for name in frontier:
-            for ln in graph.links:
+            for ln in graph.links_of(name):
                 peer = ln.src if upstream and ln.dst == name else (
                     ln.dst if not upstream and ln.src == name else None)
                 if peer is None or peer in seen:
