@@ -366,6 +366,7 @@ def ours_main(args: argparse.Namespace) -> None:
             if key in st:
                 totals[f"{kind}.{key}"] = totals.get(f"{kind}.{key}", 0) + int(st[key])
     totals["late_ticks"] = getattr(clock, "late_ticks", 0)
+    totals["clock_resyncs"] = getattr(clock, "resyncs", 0)
     print(json.dumps(totals), flush=True)
 
 

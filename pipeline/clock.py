@@ -7,7 +7,10 @@ Both answer `now` in media seconds since the start; the runtime ticks clocked no
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+
+log = logging.getLogger("pipeline.clock")
 
 
 class VirtualClock:
@@ -31,24 +34,43 @@ class VirtualClock:
 
 class RealtimeClock:
     """Paced from an absolute start time, so sleep errors never accumulate. `start_at`: the
-    media time reached already (a graph whose device clock went away resumes from there)."""
+    media time reached already (a graph whose device clock went away resumes from there).
+
+    A tick up to `max_lag` late is caught up (ticks run back to back until on time again),
+    so small hiccups keep media time exact. Later than that (the process was stopped, or
+    starved for a while), the clock resynchronises instead, as pjmedia's clock does past
+    500 ms: the schedule moves forward by the lateness and media time goes on from where it
+    was. Catching up seconds of ticks would burst every call's packets and, for a server
+    more than half loaded, take longer than the stall itself; the time lost is skipped.
+    """
 
     realtime = True
 
-    def __init__(self, start_at: float = 0.0) -> None:
-        self.start = time.monotonic() - start_at
+    def __init__(self, start_at: float = 0.0, max_lag: float = 0.5) -> None:
+        self._monotonic = time.monotonic
+        self.start = self._monotonic() - start_at
         self.now = start_at
-        self.late_ticks = 0
+        self.max_lag = max_lag
+        self.late_ticks = 0  # ticks that were due already (caught up, or resynchronised)
+        self.resyncs = 0
+        self.skipped = 0.0  # wall seconds skipped by resynchronising
 
     async def wait_until(self, t: float) -> None:
-        delay = self.start + t - time.monotonic()
+        delay = self.start + t - self._monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         else:
             self.late_ticks += 1
+            if -delay > self.max_lag:
+                self.start -= delay
+                self.resyncs += 1
+                self.skipped -= delay
+                log.warning("real-time clock %.0f ms behind: resynchronised, that time is "
+                            "skipped rather than caught up (the process was stalled or "
+                            "overloaded)", -delay * 1000.0)
             if self.late_ticks % 16 == 0:
                 await asyncio.sleep(0)
         self.now = t
 
     def time(self) -> float:
-        return time.monotonic() - self.start
+        return self._monotonic() - self.start

@@ -1,0 +1,79 @@
+"""The real-time clock: paced from an absolute start, catching up small delays and
+resynchronising after a long stall (pjmedia's clock does the same past 500 ms)."""
+
+import asyncio
+
+from pipeline.clock import RealtimeClock
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _clock(fake: FakeTime) -> RealtimeClock:
+    clock = RealtimeClock()
+    clock._monotonic = fake
+    clock.start = fake.now
+    return clock
+
+
+def test_a_short_delay_is_caught_up_keeping_the_schedule():
+    fake = FakeTime()
+    clock = _clock(fake)
+    fake.now += 0.3  # 300 ms behind: ticks 0.02 .. 0.3 are all due at once
+    asyncio.run(clock.wait_until(0.02))
+    assert clock.late_ticks == 1 and clock.resyncs == 0
+    assert clock.start == 1000.0  # the schedule did not move
+    assert abs(clock.time() - 0.3) < 1e-9
+
+
+def test_a_long_stall_resynchronises_instead_of_bursting_ticks():
+    fake = FakeTime()
+    clock = _clock(fake)
+    fake.now += 2.0  # stalled for 2 s before the tick at 0.02
+    asyncio.run(clock.wait_until(0.02))
+    assert clock.resyncs == 1 and abs(clock.skipped - 1.98) < 1e-9
+    # The next tick is one period away again, not due at once: no burst of 99 ticks.
+    assert abs(clock.start + 0.04 - fake.now - 0.02) < 1e-9
+    assert clock.now == 0.02 and abs(clock.time() - 0.02) < 1e-9
+
+
+def test_a_graph_stalled_in_real_time_goes_on_at_the_pace_of_the_wall(caplog):
+    import time
+
+    from pipeline.graph import Graph
+    from pipeline.node import Node
+    from pipeline.runtime import Runtime
+
+    class Stall(Node):
+        """Blocks the event loop once for 0.7 s (a stopped or starved process), and notes
+        the wall time of every tick."""
+
+        kind = "test_stall"
+        clocked = True
+
+        def negotiate(self, inputs, downstream):
+            return {}
+
+        def start(self):
+            self.ticks = []
+
+        def tick(self, now):
+            self.ticks.append(time.monotonic())
+            if len(self.ticks) == 5:
+                time.sleep(0.7)  # the stall under test, not a wait for anything
+
+    g = Graph("stall")
+    node = g.add(Stall("s"))
+    rt = Runtime(g, realtime=True, duration=0.4)
+    result = asyncio.run(rt.run())
+    assert result.stopped_by == "duration" and len(node.ticks) == 20
+    assert rt.clock.resyncs == 1 and rt.clock.skipped > 0.6
+    # After the stall the ticks follow the 20 ms schedule again. Catching up instead would
+    # have run the 15 remaining ticks back to back, each one late.
+    assert rt.clock.late_ticks < 8
+    assert "resynchronised" in caplog.text
