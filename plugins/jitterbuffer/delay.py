@@ -30,7 +30,8 @@ This runs for every packet of every call (issue #3), so a packet costs O(1) Pyth
   k ms + late_cost * (1 - C[k] / T) exactly where F(k) = C[k] - T * ramp(k) is largest,
   ramp(k) = k ms / late_cost (the cost times T / late_cost, minus a constant), and only bins
   up to the highest one hit can be the answer (above it C stays at T while the delay grows).
-- The answer changes for 1-2% of packets, so it is not recomputed per packet: a packet of
+- The answer changes for 1-2% of packets, so it is not recomputed per packet (nor read
+  afresh per frame: the target is kept until a row's margins run out): a packet of
   weight w in bin j changes F by w * ([k >= j] - ramp(k)), so against the answer m,
   F(m) - F(k) shrinks by at most w * (ramp(m) - ramp(k)) for k < m, and by at most w for
   k > m (only when j > m). With the answer, its margins min over k < m of
@@ -146,8 +147,9 @@ class DelayEstimator:
             row.below -= weight
             if k > row.best:
                 row.above -= weight
+            if row.below <= 0.0 or row.above <= 0.0:
+                self._target = None  # this row's answer may have moved: recompute it
         self.count += 1
-        self._target = None
 
     def _move_down(self, rise: float) -> None:
         self._shift += rise / BIN_S
