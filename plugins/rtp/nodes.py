@@ -180,6 +180,9 @@ class RtpSession(Node):
             self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
                                             min_time=self.rtcp_interval)
             self._scheduler.schedule(now, we_sent=False)
+        # Without an RTP timeout, DTMF or RTCP there is no timer to run: ticks return at once.
+        self._timers = bool(self.rtp_timeout) or self._dtmf_pt is not None \
+            or self._scheduler is not None
         self._cname = f"{self._ssrc:08x}@{self.local_ip}".encode()
         self._io_error: asyncio.Future | None = None
         self._c = dict.fromkeys(
@@ -452,6 +455,8 @@ class RtpSession(Node):
 
     # ---- timers -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
+        if not self._timers:
+            return
         t = self._now()  # timers run on the loop's clock, like packet arrival times
         if self.rtp_timeout and not self._timed_out and t - self._last_rx >= self.rtp_timeout:
             self._timed_out = True
