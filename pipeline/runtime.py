@@ -126,12 +126,8 @@ class Runtime:
             return
         event_routes = self._event_routes[ln.src]
         if added:
-            dst = self.graph.nodes[ln.dst]
-            fn, efn = dst.process, dst.event
-            if ln.feedback:
-                fn, efn = self._deferred(fn, ln), self._deferred(efn, ln)
-            frame_routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
-            event_routes.setdefault(ln.src_port, []).append((efn, ln.dst_port, ln))
+            frame_routes.setdefault(ln.src_port, []).append(self._route(ln, "process"))
+            event_routes.setdefault(ln.src_port, []).append(self._route(ln, "event"))
             return
         for routes in (frame_routes, event_routes):
             kept = [r for r in routes.get(ln.src_port, ()) if r[2] is not ln]
@@ -143,9 +139,14 @@ class Runtime:
     def _refresh(self) -> None:
         """Order the whole graph: the tick order, clocked nodes, nodes that end it."""
         g = self.graph
-        self._order = [g.nodes[n] for n in g.topological_order()]
-        self._clocked = [n for n in self._order if n.clocked]
+        self._set_order([g.nodes[n] for n in g.topological_order()])
         self._terminals = {n.name for n in g.nodes.values() if not n.linked_outputs}
+
+    def _set_order(self, order: list[Node]) -> None:
+        self._order = order
+        # Filtered in C: a Python pass over a thousand calls' nodes would cost more than
+        # all the rest of attaching one.
+        self._clocked = list(itertools.compress(order, map(_CLOCKED, order)))
 
     def _order_with(self, new: list[Node], touching: list[Link]) -> list[Node]:
         """The tick order with a part's nodes (`new`, in their own order; `touching`, the
@@ -219,10 +220,7 @@ class Runtime:
             return emit_one
         routes: dict[str, list[tuple[Callable, str, Link]]] = {}
         for ln in links:
-            fn = nodes[ln.dst].process
-            if ln.feedback:
-                fn = self._deferred(fn, ln)
-            routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
+            routes.setdefault(ln.src_port, []).append(self._route(ln, "process"))
         self._frame_routes[name] = routes  # changed in place as links come and go
 
         def emit_many(port: str, frame: Any, routes=routes) -> None:
@@ -233,13 +231,9 @@ class Runtime:
         return emit_many
 
     def _make_emit_event(self, name: str, links: list[Link]) -> Callable[[str, Any], None]:
-        nodes = self.graph.nodes
         routes: dict[str, list[tuple[Callable, str, Link]]] = {}
         for ln in links:
-            fn = nodes[ln.dst].event
-            if ln.feedback:
-                fn = self._deferred(fn, ln)
-            routes.setdefault(ln.src_port, []).append((fn, ln.dst_port, ln))
+            routes.setdefault(ln.src_port, []).append(self._route(ln, "event"))
         self._event_routes[name] = routes
 
         def emit_event(port: str, event: Any) -> None:
@@ -247,6 +241,12 @@ class Runtime:
                 fn(dp, event)
 
         return emit_event
+
+    def _route(self, ln: Link, method: str) -> tuple[Callable, str, Link]:
+        """One route of a routing table: the destination's `process` or `event`, queued
+        when the link is a feedback edge."""
+        fn = getattr(self.graph.nodes[ln.dst], method)
+        return (self._deferred(fn, ln) if ln.feedback else fn), ln.dst_port, ln
 
     def _deferred(self, fn: Callable, ln: Link) -> Callable:
         # A declared feedback edge delivers once the period's ticks are done, which breaks
@@ -358,10 +358,7 @@ class Runtime:
                 g.nodes[ln.dst].port_linked("in", ln.dst_port)
             if ln.dst in new and ln.src not in new:
                 g.nodes[ln.src].port_linked("out", ln.src_port)
-        self._order = self._order_with(order, touching)
-        # Filtered in C: a Python pass over a thousand calls' nodes would cost more than
-        # all the rest of attaching one.
-        self._clocked = list(itertools.compress(self._order, map(_CLOCKED, self._order)))
+        self._set_order(self._order_with(order, touching))
         self._take_device_clock(order)  # a call part may bring the sound devices
         self._start_io(order)
         part = Part(prefix, new, on_fault)
