@@ -380,7 +380,7 @@ def floor_main(args: argparse.Namespace) -> None:
 
     spec = json.loads(args.spec)
     codec, pt = spec["codec"], spec["pt"]
-    step = int((OPUS["rate"] if codec == "opus" else PCMU["rate"]) * PTIME)
+    step = int(spec["rate"] * PTIME)
     header = struct.Struct("!BBHII")
     ep = select.epoll()
     calls: dict[int, list[Any]] = {}
@@ -449,7 +449,8 @@ def measure(who: str, codec: str, calls: int, payloads: list[bytes], warmup: flo
             raise RuntimeError("the sender did not start")
         if who in ("ours", "floor"):
             cmd = [*me, "--role", who, "--spec", json.dumps(
-                {"codec": codec, "local": local, "remote": remote, "pt": spec["pt"]})]
+                {"codec": codec, "local": local, "remote": remote, "pt": spec["pt"],
+                 "rate": spec["rate"]})]
         else:
             cmd = gst_command(codec, local, remote)
         pipeline = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
