@@ -15,6 +15,8 @@ mu-law and 964 A-law inputs that lie on decision boundaries).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from pipeline.errors import ParseError
@@ -88,28 +90,27 @@ for _table in (MULAW_DECODE, ALAW_DECODE, MULAW_ENCODE, ALAW_ENCODE):
     _table.flags.writeable = False
 
 
-class _Lookup:
-    """A table plus a reusable index buffer.
+_scratch = threading.local()
+
+
+def _indices(codes: np.ndarray) -> np.ndarray:
+    """`codes` as intp, shaped as given, in a scratch buffer: index a table with it at once.
 
     Indexing with a uint8/uint16 array makes numpy allocate and cast an index array on every
     call; copying into a preallocated intp buffer first halves the cost of a 20 ms frame.
+    The buffer is shared by every coder of the thread rather than held per coder: a server
+    runs hundreds of calls, and a per-call buffer is memory that is cold again by the call's
+    next frame (20 ms later), where a shared one stays in cache.
     """
-
-    def __init__(self, table: np.ndarray) -> None:
-        self._table = table
-        self._index = np.empty(0, dtype=np.intp)
-
-    def indices(self, codes: np.ndarray) -> np.ndarray:
-        """`codes` as intp, shaped as given (the buffer is reused: index with it at once).
-
-        Only the length may change from call to call: one user passes 1-D codes, the other
-        (samples, channels) with a fixed channel count.
-        """
-        index = self._index
-        if len(index) != len(codes):
-            index = self._index = np.empty(codes.shape, dtype=np.intp)  # a new ptime
-        np.copyto(index, codes)
-        return index
+    try:
+        buffers = _scratch.buffers
+    except AttributeError:
+        buffers = _scratch.buffers = {}
+    index = buffers.get(codes.shape)
+    if index is None:
+        index = buffers[codes.shape] = np.empty(codes.shape, dtype=np.intp)
+    np.copyto(index, codes)
+    return index
 
 
 class G711Encoder(Encoder):
@@ -120,12 +121,11 @@ class G711Encoder(Encoder):
 
     def __init__(self, law: str = "pcmu", channels: int = 1) -> None:
         self.codec, self._table = _select(law, channels, encode=True)
-        self._lookup = _Lookup(self._table)
 
     def encode(self, pcm: np.ndarray) -> bytes:
         pcm = check_pcm(pcm, self.codec.channels, "G.711 encoder")
         # Indexed as (samples, channels): C order gives the interleaved bytes, no reshape.
-        return self._table[self._lookup.indices(pcm.view(np.uint16))].tobytes()
+        return self._table[_indices(pcm.view(np.uint16))].tobytes()
 
 
 class G711Decoder(Decoder):
@@ -134,7 +134,6 @@ class G711Decoder(Decoder):
     def __init__(self, law: str = "pcmu", channels: int = 1) -> None:
         self.codec, self._table = _select(law, channels, encode=False)
         self._channels = self.codec.channels
-        self._lookup = _Lookup(self._table)
 
     def decode(self, payload: bytes, out: np.ndarray | None = None) -> np.ndarray:
         channels = self._channels
@@ -144,7 +143,7 @@ class G711Decoder(Decoder):
                 f"G.711 payload length {size} is not a multiple of {channels} channels"
             )
         samples = size // channels
-        index = self._lookup.indices(np.frombuffer(payload, dtype=np.uint8))
+        index = _indices(np.frombuffer(payload, dtype=np.uint8))
         if out is None:
             return self._table[index].reshape(samples, channels)  # a fresh array per frame
         result = output_buffer(out, samples, channels, "G.711 decoder")
