@@ -119,6 +119,8 @@ class G711Encoder(Encoder):
     Multi-channel input is interleaved sample by sample (RFC 3551 section 4.1).
     """
 
+    __slots__ = ("_table", "codec")
+
     def __init__(self, law: str = "pcmu", channels: int = 1) -> None:
         self.codec, self._table = _select(law, channels, encode=True)
 
@@ -130,6 +132,8 @@ class G711Encoder(Encoder):
 
 class G711Decoder(Decoder):
     """G.711 decoder: one table lookup per payload. `law` is "pcmu" or "pcma"."""
+
+    __slots__ = ("_channels", "_table", "codec")
 
     def __init__(self, law: str = "pcmu", channels: int = 1) -> None:
         self.codec, self._table = _select(law, channels, encode=False)

@@ -277,6 +277,8 @@ class _PcmConcealer:
 
     FADE_FRAMES = 4  # the fallback fades to silence over this many frames
 
+    __slots__ = ("_last", "_lost", "_ws", "_ws_class", "channels", "rate")
+
     def __init__(self, rate: int, channels: int) -> None:
         self.rate = rate
         self.channels = channels

@@ -143,6 +143,13 @@ class JitterBuffer:
     `max_delay_ms`, at least 1 s).
     """
 
+    __slots__ = ("_candidate", "_candidate_seq", "_delay_sum", "_discont", "_ext_ts", "_frame_s",
+                 "_idle_s", "_last_arrival", "_last_played", "_last_seq", "_margin_s", "_max_s",
+                 "_min_s", "_missed", "_next_ts", "_old_ssrcs", "_over", "_packets", "_patience",
+                 "_played", "_played_upto", "_playing", "_quiet", "_resync_s", "_slack_s",
+                 "_ssrc", "_start_s", "_trailing", "_warmup", "clock_rate", "estimator", "frame",
+                 "stats")
+
     def __init__(
         self,
         clock_rate: int,

@@ -87,6 +87,9 @@ class DelayEstimator:
     properties, as the buffer reads them several times per packet.
     """
 
+    __slots__ = ("_bins", "_cum", "_floor_q", "_floor_window", "_gap", "_hi", "_n", "_ramp",
+                 "_rows", "_score", "_shift", "_target", "count", "floor", "late_cost")
+
     def __init__(
         self,
         *,

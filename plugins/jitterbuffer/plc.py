@@ -34,6 +34,10 @@ class WaveformSubstitution:
     are 1-D int16 or float32 arrays; output has the input's dtype (int16 by default).
     """
 
+    __slots__ = ("_before", "_buf", "_corr_len", "_cycle", "_dtype", "_end", "_erased",
+                 "_max_pitch", "_min_pitch", "_ms", "_periods", "_pitch", "_pos", "_ramp_cache",
+                 "_size", "frame", "rate")
+
     def __init__(self, rate: int = 8000, frame: int = 160) -> None:
         if rate < 8000 or frame <= 0:
             raise LocalProtocolError("waveform substitution needs rate >= 8000 and frame > 0")

@@ -37,6 +37,11 @@ class ReceiverStats:
     the block for the next RR/SR and starts a new reporting interval.
     """
 
+    __slots__ = ("_have_transit", "_last_arrival", "_last_ts", "_started", "bad_seq", "base_seq",
+                 "clock_rate", "cycles", "expected_prior", "jitter", "last_sr_ntp",
+                 "last_sr_time", "max_dropout", "max_misorder", "max_seq", "min_sequential",
+                 "octets", "probation", "received", "received_prior", "ssrc")
+
     def __init__(
         self,
         ssrc: int,
@@ -191,6 +196,9 @@ class ReceiverStats:
 
 class SenderStats:
     """What we sent on one stream: SR counts (6.4.1) and RTT from the peer's report blocks."""
+
+    __slots__ = ("_last_time", "_last_ts", "clock_rate", "octet_count", "packet_count", "rtt",
+                 "ssrc")
 
     def __init__(self, ssrc: int, clock_rate: int) -> None:
         self.ssrc = ssrc
