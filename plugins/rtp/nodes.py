@@ -102,6 +102,15 @@ class RtpSession(Node):
     session_kbps = Param(float, 80.0, "session bandwidth in kb/s; RTCP takes 5% (RFC 3550 6.2)",
                          min=1.0)
 
+    # Per-call state in slots: 30-odd attributes would give each session a hash table of its
+    # own (see Node), which a packet's handling reads all over.
+    __slots__ = ("_c", "_clock", "_cname", "_codec", "_dtmf_packer", "_dtmf_pt", "_dtmf_queue",
+                 "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur", "_last_rx", "_last_ts",
+                 "_local", "_loop", "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote",
+                 "_rtcp_remote", "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender",
+                 "_sending_done", "_seq", "_sock", "_ssrc", "_timed_out", "_timers",
+                 "_ts_offset", "bound_port", "rtcp_port")
+
     # ---- negotiation ----------------------------------------------------------------------
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
         return (Format.encoded(self.codec) if self.codec else Format.encoded(),)
