@@ -138,7 +138,7 @@ def test_latching_symmetric_rtp_and_dropped_packets() -> None:
         port = await s.port()
         dest = ("127.0.0.1", port)
         node = s.graph.nodes["s"]
-        await until(lambda: node._c["dropped_no_remote"] > 0,
+        await until(lambda: node.stats()["dropped_no_remote"] > 0,
                     "sending, but to nobody yet", WAIT)
         b.sendto(b"junk", dest)  # not RTP: counted, and never latched onto
         b.sendto(b"\x40" + bytes(15), dest)  # RTP version 1
@@ -151,8 +151,8 @@ def test_latching_symmetric_rtp_and_dropped_packets() -> None:
         a.sendto(_rtp(3, b"\x03" * 160, pt=8), dest)  # a payload type we did not agree
         for seq in range(4, 6):
             a.sendto(_rtp(seq, bytes([seq]) * 160), dest)
-        await until(lambda: node._c["packets_received"] == 5 and node._c["dropped_bad"] == 4,
-                    "5 packets received, 4 dropped", WAIT)
+        await until(lambda: (node.stats()["packets_received"], node.stats()["dropped_bad"])
+                    == (5, 4), "5 packets received, 4 dropped", WAIT)
         # Symmetric RTP: what we send goes to the latched source, from the port we bound.
         got = []
         loop = asyncio.get_running_loop()
@@ -199,7 +199,7 @@ def test_configured_remote_drops_other_sources() -> None:
         node = s.graph.nodes["s"]
         b.sendto(_rtp(1, b"\x55" * 160, pt=8), dest)  # first, but not the configured peer
         a.sendto(_rtp(2, b"\x55" * 160, pt=8), dest)
-        await until(lambda: node._c["packets_received"] == 1, "the first packet", WAIT)
+        await until(lambda: node.stats()["packets_received"] == 1, "the first packet", WAIT)
         s.stop()
         return await s.result()
 
@@ -323,7 +323,7 @@ def test_dtmf_sent_and_received_as_rfc4733() -> None:
             g.link(x, None, y, None)
         tx_result = await Session(g).result()
         rx_node = rx.graph.nodes["rx"]
-        await until(lambda: rx_node._c["dtmf_received"] == 2, "two DTMF events", WAIT)
+        await until(lambda: rx_node.stats()["dtmf_received"] == 2, "two DTMF events", WAIT)
         rx.stop()
         return await rx.result(), tx_result
 
