@@ -82,11 +82,14 @@ class _EncoderNode(Node):
         self._packets = 0
         self._bytes = 0
         self._skipped = 0
+        # The hook is called per packet only by encoders that have one (Opus DTX).
+        self._skip = self.skip_payload if type(self).skip_payload is not \
+            _EncoderNode.skip_payload else None
 
     def process(self, port: str, frame: AudioFrame) -> None:
         data = frame.data
         fifo = self._fifo
-        buffered = len(fifo)
+        buffered = fifo.end - fifo.start  # len(fifo), without a Python call per frame
         if self._fifo_pts is None:
             self._fifo_pts = frame.pts
         elif frame.pts != self._fifo_pts + buffered or frame.flags & FLAG_DISCONT:
@@ -118,7 +121,8 @@ class _EncoderNode(Node):
 
     def _encode(self, pcm: np.ndarray, pts: int) -> None:
         payload = self._encoder.encode(pcm)
-        if self.skip_payload(payload):
+        skip = self._skip
+        if skip is not None and skip(payload):
             self._skipped += 1
             self._marker = True  # RFC 3551 4.1: the first packet after silence is marked
             return

@@ -34,7 +34,7 @@ from pipeline.params import Duration, Param
 from pipeline.params import Path as PathType
 
 from .dtmf import DtmfReceiver, DtmfSender
-from .packet import RtpPacker, RtpPacket
+from .packet import RtpPacker, parse_fields
 from .payload import unknown_samples
 from .pcap import PcapWriter
 from .rtcp import (
@@ -313,7 +313,7 @@ class RtpSession(Node):
     def _on_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c
         try:
-            pkt = RtpPacket.parse(data)
+            pt, seq, ts, ssrc, payload, marker = parse_fields(data)
         except ParseError:
             c.dropped_bad += 1
             return
@@ -325,17 +325,16 @@ class RtpSession(Node):
             c.dropped_foreign += 1
             return
         now = self._now()
-        pt = pkt.payload_type
         is_dtmf = self._dtmf_pt is not None and pt == self._dtmf_pt
         if not is_dtmf and self._recv_pt >= 0 and pt != self._recv_pt:
             c.dropped_unknown_pt += 1
             return
         rx = self._rx
-        if rx is None or rx.ssrc != pkt.ssrc:
+        if rx is None or rx.ssrc != ssrc:
             if rx is not None:
                 c.ssrc_changes += 1
-            rx = self._rx = ReceiverStats(pkt.ssrc, self._clock)
-        rx.receive(pkt.sequence_number, pkt.timestamp, now, len(pkt.payload))
+            rx = self._rx = ReceiverStats(ssrc, self._clock)
+        rx.receive(seq, ts, now, len(payload))
         c.packets_received += 1
         c.bytes_received += len(data)
         self._last_rx = now
@@ -344,7 +343,7 @@ class RtpSession(Node):
             self.post("rtp-resumed")
         if is_dtmf:
             try:
-                events = self._dtmf_rx.receive(pkt.payload, pkt.timestamp, pkt.marker, now)
+                events = self._dtmf_rx.receive(payload, ts, marker, now)
             except ParseError:
                 c.dropped_bad += 1
                 return
@@ -352,10 +351,8 @@ class RtpSession(Node):
             return
         if self.linked_outputs:
             self.emit("out", EncodedFrame(
-                pkt.payload, self._codec, pkt.timestamp,
-                self._samples(pkt.payload, self.channels), self._clock,
-                pkt.marker, 0,
-                {"seq": pkt.sequence_number, "ssrc": pkt.ssrc, "pt": pt, "arrival": now}))
+                payload, self._codec, ts, self._samples(payload, self.channels), self._clock,
+                marker, 0, {"seq": seq, "ssrc": ssrc, "pt": pt, "arrival": now}))
 
     def _deliver_dtmf(self, events: list[DtmfEvent]) -> None:
         for ev in events:
