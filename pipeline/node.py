@@ -63,7 +63,9 @@ class Node:
     kind: ClassVar[str] = ""
     inputs: ClassVar[tuple[Port, ...]] = ()
     outputs: ClassVar[tuple[Port, ...]] = ()
-    clocked: ClassVar[bool] = False  # ticked every period (sources, mixers)
+    # Ticked every period (sources, mixers). A node may set it False on itself in `start()`
+    # when it turns out to have nothing to do per period (an RTP session without timers).
+    clocked: bool = False
     plugin: ClassVar[str] = ""  # set by the registry
 
     # The framework's own attributes live in slots, leaving the instance dict to parameters

@@ -507,6 +507,7 @@ class Runtime:
         expected = self.expected_duration()
         try:
             self._start(self._order)
+            self._set_order(self._order)  # a node may have opted out of ticks in start()
             # Wired after start: a node may pick its process method there (gain at 0 dB
             # forwards by reference), and emit calls whatever is bound now, directly.
             self._wire(set(g.nodes))

@@ -1,7 +1,9 @@
 """G.711 mu-law (PCMU) and A-law (PCMA) with numpy lookup tables (ITU-T G.711, RFC 3551 4.5.14).
 
 Decoding indexes a 256-entry int16 table with the code bytes. Encoding indexes a 65536-entry
-uint8 table with the int16 samples viewed as uint16, so one `np.take` does a whole frame.
+uint8 table, laid out by the samples' uint16 views, with the int16 samples themselves (a
+negative index counts from the end, which is where the negative samples are), so one lookup
+does a whole frame.
 
 The tables are built once, vectorised, from the G.711 segment/mantissa layout. Decoded values
 are the standard 16-bit expansions (mu-law peak 32124, A-law peak 32256). Encoding floors the
@@ -96,7 +98,7 @@ _scratch = threading.local()
 def _indices(codes: np.ndarray) -> np.ndarray:
     """`codes` as intp, shaped as given, in a scratch buffer: index a table with it at once.
 
-    Indexing with a uint8/uint16 array makes numpy allocate and cast an index array on every
+    Indexing with a uint8/int16 array makes numpy allocate and cast an index array on every
     call; copying into a preallocated intp buffer first halves the cost of a 20 ms frame.
     The buffer is shared by every coder of the thread rather than held per coder: a server
     runs hundreds of calls, and a per-call buffer is memory that is cold again by the call's
@@ -109,7 +111,7 @@ def _indices(codes: np.ndarray) -> np.ndarray:
     index = buffers.get(codes.shape)
     if index is None:
         index = buffers[codes.shape] = np.empty(codes.shape, dtype=np.intp)
-    np.copyto(index, codes)
+    index[...] = codes  # not np.copyto: its dispatch costs a Python call
     return index
 
 
@@ -127,7 +129,9 @@ class G711Encoder(Encoder):
     def encode(self, pcm: np.ndarray) -> bytes:
         pcm = check_pcm(pcm, self.codec.channels, "G.711 encoder")
         # Indexed as (samples, channels): C order gives the interleaved bytes, no reshape.
-        return self._table[_indices(pcm.view(np.uint16))].tobytes()
+        # The int16 samples index the table as they are: a negative one counts from the end,
+        # where the table holds the codes of negative samples (their uint16 views).
+        return self._table[_indices(pcm)].tobytes()
 
 
 class G711Decoder(Decoder):

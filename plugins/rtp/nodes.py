@@ -8,8 +8,8 @@ before any frame flows (the `bound_port` attribute and an `rtp-bound` bus messag
 registers them with `loop.add_reader` and reads a datagram per readiness callback: no
 task or queue per packet. Sending is a direct non-blocking `sendto` from the socket we receive
 on (symmetric RTP, RFC 4961). The node is clocked only to run its timers (RTP timeout, RTCP
-reports, DTMF packet trains) once per period; timers read the event loop's monotonic clock,
-NTP fields the wall clock.
+reports, DTMF packet trains) once per period, and not at all when it has none; timers read
+the event loop's monotonic clock, NTP fields the wall clock.
 
 Bad datagrams are counted and dropped, never raised; an exception in a node downstream of
 the session is handed to `run_io`, which re-raises it so the runtime stops the graph.
@@ -126,7 +126,7 @@ class RtpSession(Node):
                  "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur", "_last_rx", "_last_ts",
                  "_local", "_loop", "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote",
                  "_rtcp_remote", "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender",
-                 "_sending_done", "_seq", "_sock", "_ssrc", "_timed_out", "_timers",
+                 "_sending_done", "_seq", "_sock", "_ssrc", "_timed_out",
                  "_ts_offset", "bound_port", "rtcp_port")
 
     # ---- negotiation ----------------------------------------------------------------------
@@ -207,8 +207,9 @@ class RtpSession(Node):
             self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
                                             min_time=self.rtcp_interval)
             self._scheduler.schedule(now, we_sent=False)
-        # Without an RTP timeout, DTMF or RTCP there is no timer to run: ticks return at once.
-        self._timers = bool(self.rtp_timeout) or self._dtmf_pt is not None \
+        # Without an RTP timeout, DTMF or RTCP there is no timer to run: no ticks (a server's
+        # calls would each cost a call per period for nothing).
+        self.clocked = bool(self.rtp_timeout) or self._dtmf_pt is not None \
             or self._scheduler is not None
         self._cname = f"{self._ssrc:08x}@{self.local_ip}".encode()
         self._io_error: asyncio.Future | None = None
@@ -475,8 +476,6 @@ class RtpSession(Node):
 
     # ---- timers -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        if not self._timers:
-            return
         t = self._now()  # timers run on the loop's clock, like packet arrival times
         if self.rtp_timeout and not self._timed_out and t - self._last_rx >= self.rtp_timeout:
             self._timed_out = True
