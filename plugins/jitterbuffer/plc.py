@@ -52,7 +52,9 @@ class WaveformSubstitution:
         self._size = size
         # The history is the last `size` samples of a longer buffer: frames are appended
         # after it and it is moved back to the start only when the buffer is full, so a frame
-        # costs one copy of itself instead of a shift of the whole history.
+        # costs one copy of itself instead of a shift of the whole history. It holds what was
+        # played, in the stream's sample type (int16 takes it once the first frame comes):
+        # a plain copy per frame, and half the memory a server's calls each touch per frame.
         self._buf = np.zeros(8 * size, dtype=np.float32)
         self._end = size
         self._dtype: np.dtype = np.dtype(np.int16)
@@ -84,8 +86,9 @@ class WaveformSubstitution:
                 x[:length] = synth * (1.0 - up) + x[:length] * up
             self._erased = 0
             self._periods = 0
-        self._remember(x)
-        return self._cast(x)
+        out = self._cast(x)
+        self._remember(out)
+        return out
 
     def conceal(self) -> np.ndarray:
         """One synthetic frame continuing the signal."""
@@ -93,7 +96,8 @@ class WaveformSubstitution:
         switch: np.ndarray | None = None
         if self._erased == 0:
             self._pitch = self._estimate_pitch()
-            self._before = self._history.copy()  # the cycles come from the real signal
+            # The cycles come from the real signal.
+            self._before = self._history.astype(np.float32)
             self._set_cycle(1)
         else:
             # Repeat more periods as the loss grows: 1 up to 10 ms, 2 up to 20 ms, then 3.
@@ -111,8 +115,9 @@ class WaveformSubstitution:
         self._erased += n
         # History keeps the synthetic signal: the fade-in after the loss and the next
         # loss's pitch search continue from what was actually played.
+        out = self._cast(out)
         self._remember(out)
-        return self._cast(out)
+        return out
 
     # ---- internals -------------------------------------------------------------------
 
@@ -130,16 +135,18 @@ class WaveformSubstitution:
         elif not n:
             return
         buf = self._buf
+        if buf.dtype is not x.dtype and buf.dtype != x.dtype:
+            buf = self._buf = buf.astype(x.dtype)  # the stream's sample type, taken once
         end = self._end
         if end + n > len(buf):
             keep = size - n  # what stays of the history once x is in
             buf[:keep] = buf[end - keep : end]
             end = keep
-        buf[end : end + n] = x  # int16 -> float32 is exact
+        buf[end : end + n] = x
         self._end = end + n
 
     def _estimate_pitch(self) -> int:
-        h = self._history
+        h = self._history.astype(np.float32)
         m = self._corr_len
         target = h[-m:]
         lo, hi = self._min_pitch, self._max_pitch
