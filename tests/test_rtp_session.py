@@ -236,6 +236,45 @@ def test_rtp_timeout_posts_and_emits_an_event() -> None:
     assert node_stats(result, "s")["timeouts"] == 1
 
 
+def test_a_session_without_timers_is_not_ticked() -> None:
+    """Ticking a session that has no timer to run would cost a server a call per period for
+    each of its calls: only a session with a timer (here the RTP timeout) is ticked."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    ticks = {"quiet": 0, "timed": 0}
+    got = [0]
+
+    async def main() -> dict[str, bool]:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sink.fileno(), lambda: (sink.recv(2048), got.__setitem__(0, got[0] + 1)))
+        sessions = []
+        for name, extra in (("quiet", ""), ("timed", " rtp_timeout=30s")):
+            g = parse_launch(f"tone freq=440 ! pcmu_encoder ! rtp_session name=s codec=pcmu "
+                             f"remote_ip=127.0.0.1 remote_port={sink.getsockname()[1]}{extra}")
+            node = g.nodes["s"]
+
+            def counting(now: float, name: str = name, tick: Any = node.tick) -> None:
+                ticks[name] += 1
+                tick(now)
+
+            node.tick = counting
+            sessions.append((name, Session(g)))
+        await until(lambda: got[0] >= 20, "20 packets from the two graphs", WAIT)
+        loop.remove_reader(sink.fileno())
+        for _, s in sessions:
+            s.stop()
+            await s.result()
+        return {name: s.graph.nodes["s"].clocked for name, s in sessions}
+
+    try:
+        clocked = asyncio.run(main())
+    finally:
+        sink.close()
+    assert clocked == {"quiet": False, "timed": True}
+    assert ticks["quiet"] == 0 and ticks["timed"] > 0
+
+
 # ---- RTCP --------------------------------------------------------------------------------------
 def test_rtcp_reports_give_round_trip_time() -> None:
     async def main() -> tuple[RunResult, RunResult]:
