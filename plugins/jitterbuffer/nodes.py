@@ -70,20 +70,25 @@ class JitterBufferNode(Node):
         return self._media_now
 
     def process(self, port: str, frame: EncodedFrame) -> None:
-        meta = frame.meta or {}
-        arrival = meta.get("arrival")
-        if arrival is None:  # not stamped by an rtp_session: it arrives now
-            arrival = self._now()
-        seq = meta.get("seq")
-        if seq is None:  # not from RTP: number frames by their timestamps
-            seq = (frame.pts // max(self.frame, 1)) & 0xFFFF
-        if not self.buffer.push(seq, frame.pts & 0xFFFFFFFF, meta.get("ssrc", 0), frame.marker,
-                                frame.payload, arrival):
+        meta = frame.meta
+        try:  # stamped by an rtp_session: the common case
+            arrival, seq, ssrc = meta["arrival"], meta["seq"], meta["ssrc"]
+        except (TypeError, KeyError):
+            meta = meta or {}
+            arrival = meta.get("arrival")
+            if arrival is None:  # not stamped by an rtp_session: it arrives now
+                arrival = self._now()
+            seq = meta.get("seq")
+            if seq is None:  # not from RTP: number frames by their timestamps
+                seq = (frame.pts // max(self.frame, 1)) & 0xFFFF
+            ssrc = meta.get("ssrc", 0)
+        if not self.buffer.push(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, frame.payload,
+                                arrival):
             self.counters.drops += 1
 
     def tick(self, now: float) -> None:
         self._media_now = now
-        t = self._now()
+        t = self._loop_time() if self._loop_time is not None else self._now()
         if self.next_pop is None:
             self.next_pop = now
         # Pop on the buffer's own schedule (ptime), whatever the graph period is, in media
