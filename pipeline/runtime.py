@@ -86,7 +86,7 @@ class Runtime:
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
         # (deliver, port, frame or event, destination node, source node)
-        self._pending_feedback: list[tuple[Callable, str, Any, str, str]] = []
+        self._pending_feedback: list[tuple[Callable, str, Any, Link]] = []
         self._terminals: set[str] = set()
         self._finished: set[str] = set()
         self._io_tasks: dict[str, asyncio.Task] = {}
@@ -206,10 +206,9 @@ class Runtime:
                 # A call's encoder back into its RTP session: queued until the period's
                 # ticks are done, as `_deferred` does, without the routing table and a
                 # second call.
-                def emit_later(port: str, frame: Any, fn=fn, dp=dp, ln=ln, dst=ln.dst,
-                               src=ln.src) -> None:
+                def emit_later(port: str, frame: Any, fn=fn, dp=dp, ln=ln) -> None:
                     ln.frames += 1
-                    self._pending_feedback.append((fn, dp, frame, dst, src))
+                    self._pending_feedback.append((fn, dp, frame, ln))
 
                 return emit_later
 
@@ -251,8 +250,8 @@ class Runtime:
     def _deferred(self, fn: Callable, ln: Link) -> Callable:
         # A declared feedback edge delivers once the period's ticks are done, which breaks
         # the recursion.
-        def later(port: str, item: Any, dst: str = ln.dst, src: str = ln.src) -> None:
-            self._pending_feedback.append((fn, port, item, dst, src))
+        def later(port: str, item: Any) -> None:
+            self._pending_feedback.append((fn, port, item, ln))
 
         return later
 
@@ -394,7 +393,7 @@ class Runtime:
         # Frames queued on feedback edges into or out of the part are not delivered any more
         # (the port they were for is unlinked).
         self._pending_feedback = [p for p in self._pending_feedback
-                                  if p[3] not in names and p[4] not in names]
+                                  if p[3].src not in names and p[3].dst not in names]
         self._remove(names)
         if not waiting:
             return None
@@ -553,7 +552,7 @@ class Runtime:
                     # and an I/O sink (a call's encoder back into its rtp_session) sends it
                     # now rather than a period late.
                     pending, self._pending_feedback = self._pending_feedback, []
-                    for fn, port, item, _, _ in pending:
+                    for fn, port, item, _ in pending:
                         fn(port, item)
                 n += 1
                 if self.progress is not None and n % 50 == 0:

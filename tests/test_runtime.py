@@ -113,4 +113,4 @@ def test_single_feedback_link_queues_as_the_general_routing_does():
         assert fb.frames == 1
         queued.append(rt._pending_feedback)
     assert queued[0] == queued[1]
-    assert queued[0][0][1:] == (fb.dst_port, "frame", fb.dst, fb.src)
+    assert queued[0][0][1:] == (fb.dst_port, "frame", fb)
