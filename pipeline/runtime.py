@@ -90,7 +90,7 @@ class Runtime:
         self.error_node: Node | None = None
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
-        # (deliver, port, frame or event, destination node, source node)
+        # (deliver, port, frame or event, the feedback link it came on)
         self._pending_feedback: list[tuple[Callable, str, Any, Link]] = []
         self._terminals: set[str] = set()
         self._finished: set[str] = set()
@@ -142,9 +142,10 @@ class Runtime:
                 routes.pop(ln.src_port, None)
 
     def _refresh(self) -> None:
-        """Order the whole graph: the tick order, clocked nodes, nodes that end it."""
+        """Order the whole graph: the tick order and the nodes that end it (the clocked
+        ones are picked once the nodes have started: `clocked` may change in `start()`)."""
         g = self.graph
-        self._set_order([g.nodes[n] for n in g.topological_order()])
+        self._order = [g.nodes[n] for n in g.topological_order()]
         self._terminals = {n.name for n in g.nodes.values() if not n.linked_outputs}
 
     def _set_order(self, order: list[Node]) -> None:
@@ -517,7 +518,7 @@ class Runtime:
         expected = self.expected_duration()
         try:
             self._start(self._order)
-            self._set_order(self._order)  # a node may have opted out of ticks in start()
+            self._set_order(self._order)  # after start: a node may opt out of ticks there
             # Wired after start: a node may pick its process method there (gain at 0 dB
             # forwards by reference), and emit calls whatever is bound now, directly.
             self._wire(set(g.nodes))
