@@ -245,9 +245,13 @@ def test_a_session_without_timers_is_not_ticked() -> None:
     ticks = {"quiet": 0, "timed": 0}
     got = [0]
 
+    def on_packet() -> None:
+        sink.recv(2048)
+        got[0] += 1
+
     async def main() -> dict[str, bool]:
         loop = asyncio.get_running_loop()
-        loop.add_reader(sink.fileno(), lambda: (sink.recv(2048), got.__setitem__(0, got[0] + 1)))
+        loop.add_reader(sink.fileno(), on_packet)
         sessions = []
         for name, extra in (("quiet", ""), ("timed", " rtp_timeout=30s")):
             g = parse_launch(f"tone freq=440 ! pcmu_encoder ! rtp_session name=s codec=pcmu "
