@@ -13,7 +13,7 @@ from collections import deque
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, WAIT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jack import JackServer, jack_for_tests, require_jack
@@ -138,33 +138,81 @@ def test_device_clock_is_woken_by_the_callback_that_completes_the_period():
         os.fstat(pipe[0])
 
 
+class PolledCounter:
+    """A device's sample counter that tells the test each time the clock reads it, so the
+    test steps the device between the clock's looks instead of sleeping."""
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+        self.read = asyncio.Event()
+
+    def __call__(self) -> int:
+        self.read.set()
+        return self.n
+
+    async def looked(self) -> None:
+        """Wait until the clock has read the counter again."""
+        self.read.clear()
+        await asyncio.wait_for(self.read.wait(), WAIT)
+
+
 def test_device_clock_adopted_mid_run_starts_from_its_first_tick():
     # A call brings its capture device after the graph has run for a second: media time
     # 1.0 s maps to the device's count at that first tick (the audio before it is dropped by
     # on_start), so the tick waits for exactly one period of new audio.
-    state = {"n": 5000, "started": 0}
-
-    def on_start():
-        state["started"] += 1
+    started = []
 
     async def main():
-        clock = DeviceClock(lambda: state["n"], 48000, lead=960, on_start=on_start,
+        counter = PolledCounter(5000)
+        clock = DeviceClock(counter, 48000, lead=960, on_start=lambda: started.append(1),
                             min_poll=0.0002)
         waiting = asyncio.create_task(clock.wait_until(1.0))
         for _ in range(3):  # 720 samples: not a whole period yet
-            await asyncio.sleep(0.001)
-            state["n"] += 240
+            await counter.looked()
+            counter.n += 240
+        await counter.looked()  # the clock has seen all 720
         done_early = waiting.done()
-        state["n"] += 240
-        await waiting
-        state["n"] += 960
+        counter.n += 240
+        await asyncio.wait_for(waiting, WAIT)
+        counter.n += 960
         await clock.wait_until(1.02)  # its period is there already: no wait
         return clock, done_early
 
     clock, done_early = asyncio.run(main())
-    assert not done_early and state["started"] == 1
+    assert not done_early and started == [1]
     assert clock.base == 5000 - 48000 and clock.now == 1.02
-    assert clock.late_ticks == 1 and clock.failure is None
+    assert clock.late_ticks == 1 and clock.failure is None and clock.resyncs == 0
+
+
+def test_device_clock_starts_over_after_a_stall_instead_of_catching_up():
+    # The loop stalls for 2 s while the device runs on: the next tick starts over from the
+    # count reached (a capture drops its backlog through on_start) and waits for a new
+    # period, where catching up would run 100 ticks back to back.
+    started = []
+
+    async def main():
+        counter = PolledCounter(960)
+        clock = DeviceClock(counter, 48000, lead=960, on_start=lambda: started.append(1),
+                            min_poll=0.0002)
+        first = asyncio.create_task(clock.wait_until(0.0))
+        await counter.looked()
+        counter.n += 960
+        await asyncio.wait_for(first, WAIT)
+        counter.n += 960
+        await clock.wait_until(0.02)  # its period is there already: a late tick, caught up
+        counter.n += 2 * 48000  # the stall
+        waiting = asyncio.create_task(clock.wait_until(0.04))
+        await counter.looked()
+        await counter.looked()  # it polls: it waits for a period that has not come yet
+        waited = not waiting.done()
+        counter.n += 960
+        await asyncio.wait_for(waiting, WAIT)
+        return clock, waited
+
+    clock, waited = asyncio.run(main())
+    assert waited and started == [1, 1] and clock.resyncs == 1
+    assert clock.base == 3 * 960 + 2 * 48000 - int(0.04 * 48000)
+    assert clock.late_ticks == 1 and clock.now == 0.04 and clock.failure is None
 
 
 class CallbackClock:

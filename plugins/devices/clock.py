@@ -13,9 +13,12 @@ the callback by a scheduler wake-up.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 _BYTE = b"\0"
 
@@ -37,6 +40,11 @@ class DeviceClock:
     `stall_timeout` seconds, `wait_until` returns early with `failure` set, and the node's
     tick raises the error. With `wake`, the producer calls `wake()` once `counter()` reaches
     `target` while `armed`; `close()` then releases the pipe.
+
+    A tick up to `max_lag` seconds behind the device is caught up (ticks run back to back).
+    Further behind (the loop was stalled), the clock starts over from that tick, as
+    `RealtimeClock` resynchronises: running seconds of ticks back to back would overfill a
+    playback queue and keep a capture's backlog as added delay for the rest of the call.
     """
 
     realtime = True
@@ -45,7 +53,7 @@ class DeviceClock:
     def __init__(self, counter: Callable[[], int], rate: int, *, lead: int = 0,
                  alive: Callable[[], bool] = lambda: True,
                  on_start: Callable[[], object] = lambda: None, stall_timeout: float = 1.0,
-                 min_poll: float = 0.001, wake: bool = False) -> None:
+                 min_poll: float = 0.001, wake: bool = False, max_lag: float = 0.5) -> None:
         self.counter = counter
         self.rate = rate
         self.lead = lead
@@ -53,11 +61,13 @@ class DeviceClock:
         self.on_start = on_start
         self.stall_timeout = stall_timeout
         self.min_poll = min_poll
+        self.max_lag = max_lag
         self.now = 0.0
         self.base = counter()
         self.failure: str | None = None
         self.wakeups = 0  # loop wake-ups spent waiting (cost figure for --stats)
         self.late_ticks = 0  # ticks whose media was already there (the graph ran late)
+        self.resyncs = 0  # times the clock started over after falling max_lag behind
         self.driving = False  # set once the runtime waits on this clock
         self.target = 0  # the count the loop waits for (read by the producer)
         self.armed = False  # the producer should wake() the loop at `target`
@@ -122,10 +132,17 @@ class DeviceClock:
     async def wait_until(self, t: float) -> None:
         if not self.driving:  # samples before the first tick do not count
             self.driving = True
-            self.base = self.counter() - int(round(t * self.rate))
-            self.on_start()
+            self._restart(t)
         target = self.base + int(round(t * self.rate)) + self.lead
         have = self.counter()
+        if have - target > self.max_lag * self.rate:
+            self.resyncs += 1
+            log.warning("device clock %.0f ms behind the device: started over from this "
+                        "tick; that audio is skipped rather than caught up (the process was "
+                        "stalled or overloaded)", (have - target) * 1000.0 / self.rate)
+            self._restart(t)
+            target = self.base + int(round(t * self.rate)) + self.lead
+            have = self.counter()
         if have >= target:
             self.late_ticks += 1
             if self.late_ticks % 16 == 0:  # catching up: still let I/O tasks run
@@ -155,6 +172,11 @@ class DeviceClock:
                     self.failure = f"delivered no audio for {self.stall_timeout:g} s"
             self.armed = False
         self.now = t
+
+    def _restart(self, t: float) -> None:
+        """Pin media time `t` to the count reached now (what came before is dropped)."""
+        self.base = self.counter() - int(round(t * self.rate))
+        self.on_start()
 
     def time(self) -> float:
         """Media seconds the device has reached."""

@@ -190,6 +190,7 @@ class SoundDevice(Node):
             clock = getattr(self, "_clock", None)
             if clock is not None:
                 out["clock_wakeups"] = clock.wakeups
+                out["clock_resyncs"] = clock.resyncs
         return out
 
 
