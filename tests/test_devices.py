@@ -75,30 +75,6 @@ def test_ring_discard_skips_oldest_and_wraps():
 
 
 # ---- the device clock ----------------------------------------------------------------------
-def test_device_clock_waits_for_the_device_counter():
-    state = {"n": 0}
-    seen = []
-
-    async def device():  # a "callback" delivering 480-sample blocks
-        for _ in range(40):
-            await asyncio.sleep(0.0005)
-            state["n"] += 480
-
-    async def main():
-        clock = DeviceClock(lambda: state["n"], 48000, lead=480, min_poll=0.0002)
-        task = asyncio.create_task(device())
-        for k in range(20):
-            await clock.wait_until(k * 0.01)
-            seen.append(state["n"])
-        await task
-        return clock
-
-    clock = asyncio.run(main())
-    # Tick k needs the samples up to (k + 1) periods of 480: never returns before they exist.
-    assert all(n >= 480 * (k + 1) for k, n in enumerate(seen))
-    assert clock.failure is None and clock.now == pytest.approx(0.19)
-
-
 def test_device_clock_is_woken_by_the_callback_that_completes_the_period():
     # A capture's callback (here a thread, 240-sample blocks) wakes the waiting tick through
     # the clock's pipe as soon as the period is complete; the backup timer is set far out,
@@ -154,6 +130,31 @@ class PolledCounter:
         """Wait until the clock has read the counter again."""
         self.read.clear()
         await asyncio.wait_for(self.read.wait(), WAIT)
+
+
+def test_device_clock_waits_for_the_device_counter():
+    seen = []
+
+    async def main():
+        counter = PolledCounter()
+        clock = DeviceClock(counter, 48000, lead=480, min_poll=0.0002)
+
+        async def device():  # a "callback" delivering a 480-sample block per look
+            for _ in range(40):
+                await counter.looked()
+                counter.n += 480
+
+        task = asyncio.create_task(device())
+        for k in range(20):
+            await clock.wait_until(k * 0.01)
+            seen.append(counter.n)
+        task.cancel()
+        return clock
+
+    clock = asyncio.run(main())
+    # Tick k needs the samples up to (k + 1) periods of 480: never returns before they exist.
+    assert all(n >= 480 * (k + 1) for k, n in enumerate(seen))
+    assert clock.failure is None and clock.now == pytest.approx(0.19)
 
 
 def test_device_clock_adopted_mid_run_starts_from_its_first_tick():
