@@ -132,6 +132,12 @@ class PolledCounter:
         await asyncio.wait_for(self.read.wait(), WAIT)
 
 
+def capture_clock(counter: PolledCounter, started: list) -> DeviceClock:
+    """A capture's clock at 48 kHz with 20 ms periods; `started` records its on_start calls."""
+    return DeviceClock(counter, 48000, lead=960, on_start=lambda: started.append(1),
+                       min_poll=0.0002)
+
+
 def test_device_clock_waits_for_the_device_counter():
     seen = []
 
@@ -165,8 +171,7 @@ def test_device_clock_adopted_mid_run_starts_from_its_first_tick():
 
     async def main():
         counter = PolledCounter(5000)
-        clock = DeviceClock(counter, 48000, lead=960, on_start=lambda: started.append(1),
-                            min_poll=0.0002)
+        clock = capture_clock(counter, started)
         waiting = asyncio.create_task(clock.wait_until(1.0))
         for _ in range(3):  # 720 samples: not a whole period yet
             await counter.looked()
@@ -193,8 +198,7 @@ def test_device_clock_starts_over_after_a_stall_instead_of_catching_up():
 
     async def main():
         counter = PolledCounter(960)
-        clock = DeviceClock(counter, 48000, lead=960, on_start=lambda: started.append(1),
-                            min_poll=0.0002)
+        clock = capture_clock(counter, started)
         first = asyncio.create_task(clock.wait_until(0.0))
         await counter.looked()
         counter.n += 960
