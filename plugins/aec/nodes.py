@@ -107,7 +107,6 @@ class Aec(Node):
         self._pts: int | None = None
         self.far_underruns = 0  # near frames processed with (part) silence for far
         self.far_dropped = 0  # far samples dropped because the microphone fell behind
-        self.far_ended = False
 
     def process(self, port: str, frame: AudioFrame) -> None:
         data = frame.data
@@ -145,9 +144,9 @@ class Aec(Node):
 
     def event(self, port: str, event: Event) -> None:
         if port == "far":
-            if isinstance(event, EndOfStream):
-                self.far_ended = True  # from now on the far end is silence
-            return  # far-side events (format, DTMF) do not concern the near stream
+            # After the far end's EOS its block stays silence; its events (format, DTMF)
+            # do not concern the near stream.
+            return
         if isinstance(event, EndOfStream):
             rest = len(self._near)
             if rest:  # flush the partial frame, padded with silence
