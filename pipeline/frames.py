@@ -124,5 +124,3 @@ class CustomEvent(Event):
     name: str
     data: dict[str, Any] = field(default_factory=dict)
 
-
-EOS = EndOfStream()

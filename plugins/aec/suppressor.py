@@ -80,7 +80,6 @@ class ResidualEchoSuppressor:
         self._band_width = np.diff(edges).astype(float)
         self.coef[1] = 1.0  # start by assuming the echo is not cancelled at all
         self.double_talk = False
-        self._blocks = 0
         dt = h / rate_hz
         self._a_mean = float(np.exp(-dt / 0.05))
         self._a_cov = float(np.exp(-dt / 0.25))
@@ -172,7 +171,6 @@ class ResidualEchoSuppressor:
         frame = sfft.irfft(out_spec, 2 * h) * self.window
         out = self._ola + frame[:h]
         self._ola = frame[h:].copy()
-        self._blocks += 1
         return out
 
     def _residual(self, pe: np.ndarray, py: np.ndarray, far_active: bool

@@ -126,7 +126,7 @@ class RtpSession(Node):
                  "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur", "_last_rx", "_last_ts",
                  "_local", "_loop", "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote",
                  "_rtcp_remote", "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender",
-                 "_sending_done", "_seq", "_sock", "_ssrc", "_timed_out",
+                 "_seq", "_sock", "_ssrc", "_timed_out",
                  "_ts_offset", "bound_port", "rtcp_port")
 
     # ---- negotiation ----------------------------------------------------------------------
@@ -201,7 +201,6 @@ class RtpSession(Node):
         now = self._now()
         self._last_rx = now
         self._timed_out = False
-        self._sending_done = False
         self._scheduler: RtcpScheduler | None = None
         if self._rtcp_sock is not None:
             self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
@@ -431,7 +430,6 @@ class RtpSession(Node):
             return
         if isinstance(event, EndOfStream):
             # Sending is over; receiving goes on until the graph stops (or nothing listens).
-            self._sending_done = True
             if not self.linked_outputs:
                 self.send_eos()
             return
