@@ -282,10 +282,6 @@ class SipTransport:
         for data in self._pending.pop(key, []):
             proto.write(data)
 
-    def flush_pending(self) -> int:
-        """Messages still waiting for a connection (for tests and shutdown)."""
-        return sum(len(v) for v in self._pending.values())
-
 
 def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     """A TLS server context (TLS 1.2 or newer) with our certificate."""

@@ -34,7 +34,7 @@ from . import validate
 from .auth import DigestChallenge, DigestClient, DigestServer
 from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
-from .message import SipMessage, SipRequest, SipResponse, Via, make_response, response_bytes
+from .message import SipRequest, SipResponse, Via, make_response, response_bytes
 from .offer_answer import (
     AnswerCache,
     CachedAnswer,
@@ -1160,8 +1160,3 @@ def _layer_of(tx: object) -> TransactionLayer:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")
-
-
-def parse_message(data: bytes) -> SipMessage:
-    """`SipMessage.parse` re-exported for the transport (one import)."""
-    return SipMessage.parse(data)

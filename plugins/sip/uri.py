@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from pipeline.errors import ParseError
 
@@ -57,11 +57,6 @@ def is_token(text: str) -> bool:
 def unescape(text: str) -> str:
     """Decode %XX escapes (UTF-8; undecodable bytes kept as surrogates, bad escapes kept)."""
     return unquote(text, errors="surrogateescape") if "%" in text else text
-
-
-def escape_user(text: str) -> str:
-    """Escape a decoded user part for a SIP URI (RFC 3261 19.1.2)."""
-    return quote(text, safe="-_.!~*'()&=+$,;?/", errors="surrogateescape")
 
 
 def read_quoted(text: str, pos: int) -> tuple[str, int]:
