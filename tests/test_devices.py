@@ -475,6 +475,15 @@ def test_playback_on_a_foreign_clock_keeps_delay_bounded(fake_sd, ppm):
         assert spk.underruns > 0 and spk.drift_drops == 0
 
 
+def test_a_capture_clock_catches_up_what_its_ring_holds(fake_sd):
+    # A stall shorter than the capture's ring loses no audio when caught up; the clock
+    # starts over only past it (DeviceClock's own tests cover both sides of max_lag).
+    for line, seconds in (("capture device=usb rate=48000 name=mic buffer=2s", 2.0),
+                          ("capture device=usb rate=48000 name=mic", 0.5)):
+        mic, _ = started(f"{line} ! null_sink", "mic")
+        assert mic.provide_clock().max_lag == seconds
+
+
 @pytest.mark.parametrize("ppm", [+20000, -20000])
 def test_capture_on_a_foreign_clock_keeps_delay_bounded(fake_sd, ppm):
     mic, sent = started("capture device=usb name=mic ! null_sink", "mic")

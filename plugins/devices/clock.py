@@ -41,10 +41,11 @@ class DeviceClock:
     tick raises the error. With `wake`, the producer calls `wake()` once `counter()` reaches
     `target` while `armed`; `close()` then releases the pipe.
 
-    A tick up to `max_lag` seconds behind the device is caught up (ticks run back to back).
-    Further behind (the loop was stalled), the clock starts over from that tick, as
-    `RealtimeClock` resynchronises: running seconds of ticks back to back would overfill a
-    playback queue and keep a capture's backlog as added delay for the rest of the call.
+    A tick up to `max_lag` seconds behind the device is caught up (ticks run back to back):
+    a capture sets it to what its ring holds, so that audio is not lost. Further behind (the
+    loop was stalled longer), the clock starts over from that tick, as `RealtimeClock`
+    resynchronises: the ring has overflowed anyway, and catching up would burst stale audio
+    downstream (a call's packets) or overfill a playback queue.
     """
 
     realtime = True

@@ -252,10 +252,13 @@ class Capture(SoundDevice):
     def provide_clock(self) -> DeviceClock:
         ring = self._ring
         # Media time starts at the first tick: drop the audio queued before it, so each
-        # tick then finds exactly one period, just captured.
+        # tick then finds exactly one period, just captured. After a stall the clock
+        # catches up what the ring kept (`buffer`); further behind, the ring has overflowed
+        # and the clock starts over.
         self._clock = DeviceClock(lambda: ring.written + ring.dropped, self._rate,
                                   lead=self._n, alive=self._alive,
-                                  on_start=lambda: ring.discard(ring.available), wake=True)
+                                  on_start=lambda: ring.discard(ring.available), wake=True,
+                                  max_lag=ring.capacity / self._rate)
         return self._clock
 
     def tick(self, now: float) -> None:
