@@ -16,6 +16,7 @@ from plugins.sip.offer_answer import (
     build_offer,
     hold,
     negotiated,
+    packet_time,
     reoffer,
     resume,
     sdp_unchanged,
@@ -210,6 +211,39 @@ def test_ptime_follows_offer_unless_given_and_maxptime_caps() -> None:
     text = offer_with("0", extra="a=maxptime:10\n")
     sdp, media = answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
     assert sdp.media[0].ptime == 20 and media.ptime_ms == 10
+
+
+@pytest.mark.parametrize(
+    ("codec", "ptime", "maxptime", "expected"),
+    [
+        ("PCMU", None, None, 20),
+        ("PCMU", 30, None, 30),
+        ("PCMU", 100000, None, 120),  # a hint past any packet: the longest RFC 6716 allows
+        ("PCMU", 1, None, 10),
+        ("PCMU", 40, 30, 30),
+        ("opus", 30, None, 20),  # Opus frames 10, 20, 40 or 60 ms: the longest shorter one
+        ("opus", 100, None, 60),
+        ("opus", 20, 15, 10),
+        ("opus", 5, None, 10),
+    ],
+)
+def test_packet_time_is_one_the_codec_can_frame(codec, ptime, maxptime, expected) -> None:
+    assert packet_time(codec, ptime, maxptime) == expected
+
+
+def test_odd_ptime_hints_still_give_a_call_the_codec_can_carry() -> None:
+    text = offer_with("96", "a=rtpmap:96 opus/48000/2\n", extra="a=ptime:30\n")
+    sdp, media = answer(text, [OPUS], "192.0.2.2", 5000, session_id=1)
+    assert media.ptime_ms == 20 and sdp.media[0].ptime == 20
+    sdp, media = answer(offer_with("0", extra="a=ptime:100000\n"), [PCMU], "192.0.2.2", 5000,
+                        session_id=1)
+    assert media.ptime_ms == 120 and sdp.media[0].ptime == 120
+
+
+def test_rtp_on_the_last_port_leaves_no_rtcp_port() -> None:
+    text = offer_with("0").replace("m=audio 49170", "m=audio 65535")
+    _, media = answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
+    assert (media.remote_rtp_port, media.remote_rtcp_port) == (65535, 0)
 
 
 # --- directions --------------------------------------------------------------------------------

@@ -384,6 +384,13 @@ HEAD = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n"
         ("v=0\r\no=- 1 1 IN IP4 a\r\ns=-\r\nr=7d 1h 0\r\n", "SDP r= line 4 comes before any t="),
         (HEAD + "a=\r\n", "SDP a= line has no attribute name"),
         (b"v=0\r\no=- 1 1 IN IP4 a\r\ns=\xff\r\n", "SDP is not valid UTF-8 at byte 25"),
+        # Numbers too long for any SDP field: past 4300 digits Python's int() would raise
+        # a ValueError of its own.
+        (HEAD.replace("o=- 1 1", "o=- " + "1" * 5000 + " 1"), "SDP o= session id is out of range"),
+        (HEAD + f"m=audio {'5' * 5000} RTP/AVP 0\r\n", "SDP m= port is out of range"),
+        (HEAD + f"m=audio 5004/{'2' * 5000} RTP/AVP 0\r\n", "SDP m= port count is out of range"),
+        (HEAD + f"b=AS:{'6' * 5000}\r\n", "SDP b= bandwidth is out of range"),
+        (HEAD + f"t=0 {'7' * 25}\r\n", "SDP t= stop time is out of range"),
     ],
 )
 def test_malformed_sdp_raises_parse_error(text: str | bytes, message: str) -> None:
@@ -399,9 +406,16 @@ def test_malformed_sdp_raises_parse_error(text: str | bytes, message: str) -> No
         ("rtpmap:96 opus", lambda m: m.rtpmaps(), "SDP rtpmap is malformed: 'a=rtpmap:96 opus'"),
         ("rtpmap:96 opus/fast", lambda m: m.rtpmaps(), "SDP rtpmap clock rate is not numeric"),
         ("rtpmap:200 opus/48000", lambda m: m.rtpmaps(), "SDP rtpmap payload type 200 is out"),
-        ("ptime:abc", lambda m: m.ptime, "SDP ptime is not a number: 'abc'"),
+        ("ptime:abc", lambda m: m.ptime, "SDP ptime is not a number of milliseconds: 'abc'"),
         ("rtcp:x", lambda m: m.rtcp, "SDP rtcp port is not numeric: 'x'"),
         ("rtcp:5 IN IP4", lambda m: m.rtcp, "SDP rtcp attribute needs 1 or 4 fields"),
+        ("rtcp:" + "9" * 5000, lambda m: m.rtcp, "SDP rtcp port is out of range"),
+        ("rtpmap:96 opus/" + "4" * 5000, lambda m: m.rtpmaps(), "SDP rtpmap clock rate is out of"),
+        # float() would take these, and round() fail on the first two with OverflowError
+        ("ptime:inf", lambda m: m.ptime, "SDP ptime is not a number of milliseconds: 'inf'"),
+        ("ptime:1e999", lambda m: m.ptime, "SDP ptime is not a number of milliseconds"),
+        ("ptime:-20", lambda m: m.ptime, "SDP ptime is not a number of milliseconds: '-20'"),
+        ("maxptime:nan", lambda m: m.maxptime, "SDP maxptime is not a number of milliseconds"),
     ],
 )
 def test_malformed_attributes_raise_when_read(attribute: str, call, message: str) -> None:
@@ -419,6 +433,11 @@ def test_bad_payload_type_and_event_list() -> None:
         parse_events("0-x")
     with pytest.raises(ParseError, match="SDP telephone-event range is invalid: '9-3'"):
         parse_events("9-3")
+    media = SessionDescription.parse(HEAD + f"m=audio 5004 RTP/AVP 0 {'1' * 5000}\r\n").media[0]
+    with pytest.raises(ParseError, match="SDP m= line has a bad RTP payload type '1111"):
+        media.payload_types  # noqa: B018
+    with pytest.raises(ParseError, match="SDP telephone-event list is malformed"):
+        parse_events("0-" + "1" * 5000)
 
 
 # --- Hypothesis round trips -------------------------------------------------------------------

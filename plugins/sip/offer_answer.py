@@ -80,6 +80,25 @@ _KNOWN: dict[str, tuple[str, int, int, int | None, int, dict[str, str]]] = {
 }
 
 
+# a=ptime and a=maxptime are hints (RFC 8866 sections 6.4 and 6.5): the packet time used is
+# the one asked for when the codec can frame it, else the longest shorter one it can, within
+# 10-120 ms (RFC 6716's longest packet). Opus frames whole packets of 10, 20, 40 or 60 ms.
+_PTIME_RANGE = (10, 120)
+_FRAMES_MS = {"opus": (10, 20, 40, 60)}
+
+
+def packet_time(codec: str, ptime: int | None, maxptime: int | None = None) -> int:
+    """The packet time in ms for `codec` given the peer's ptime and maxptime hints."""
+    ms = ptime or 20
+    if maxptime:
+        ms = min(ms, maxptime)
+    ms = min(max(ms, _PTIME_RANGE[0]), _PTIME_RANGE[1])
+    frames = _FRAMES_MS.get(codec.lower())
+    if frames is not None:
+        ms = max((f for f in frames if f <= ms), default=frames[0])
+    return ms
+
+
 # Video payload formats we can send and receive: name -> (SDP spelling, clock, fmtp we offer).
 # RFC 6184 section 8.1: without packetization-mode the peer means mode 0 (no FU-A), and
 # our packetizer needs FU-A, so H.264 is offered and accepted only in mode 1.
@@ -450,7 +469,7 @@ def answer(
 
 
 # The o= line and the m= ports of an offer: what the answer does not depend on.
-_SHAPE = re.compile(rb"^o=[^\n]*|^(m=[^ \r\n]+ )([0-9]+)", re.M)
+_SHAPE = re.compile(rb"^o=[^\n]*|^(m=[^ \r\n]+ )([0-9]{1,5})(?![0-9])", re.M)
 
 
 class AnswerCache:
@@ -492,7 +511,8 @@ class AnswerCache:
         if known is not None and _valid(origin, ports):
             text, media, rtcp_named = known
             port = ports[media.media_index]
-            rtcp_port = media.remote_rtcp_port if rtcp_named else port + (not media.rtcp_mux)
+            rtcp_port = media.remote_rtcp_port if rtcp_named else \
+                port if media.rtcp_mux else _next_port(port)
             if (port, rtcp_port) != (media.remote_rtp_port, media.remote_rtcp_port):
                 media = evolve(media, remote_rtp_port=port, remote_rtcp_port=rtcp_port)
             return None, CachedAnswer(text), media
@@ -566,6 +586,11 @@ def evolve(media: NegotiatedMedia, **changes: object) -> NegotiatedMedia:
 
 _MEDIA_FIELDS = tuple(f.name for f in fields(NegotiatedMedia))
 _set = object.__setattr__  # what the frozen dataclass's own __init__ uses
+
+
+def _next_port(port: int) -> int:
+    """RTCP's port after RTP's (RFC 3550 section 11); 0, none, after the last port."""
+    return port + 1 if port < 65535 else 0
 
 
 def _valid(origin: list[bytes], ports: list[int]) -> bool:
@@ -963,7 +988,8 @@ def _answer_audio(
         )
     if rtcp_port is not None:
         media.attributes.append(Attribute("rtcp", str(RtcpAttribute(rtcp_port))))
-    media.attributes.append(Attribute("ptime", str(ptime_ms or offered.ptime or 20)))
+    ptime = ptime_ms or packet_time(codec.name, offered.ptime)
+    media.attributes.append(Attribute("ptime", str(ptime)))
     media.direction = _answer_direction(direction, offer, offered)
     return media
 
@@ -993,10 +1019,8 @@ def _negotiate(
     rtcp = rm.rtcp
     mux = lm.rtcp_mux and rm.rtcp_mux
     # RFC 3550 section 11: RTCP on the next port unless a=rtcp (RFC 3605) or rtcp-mux says.
-    rtcp_port = rtcp.port if rtcp is not None else (rm.port if mux else rm.port + 1)
-    ptime = rm.ptime or lm.ptime or 20
-    if rm.maxptime:
-        ptime = min(ptime, rm.maxptime)
+    rtcp_port = rtcp.port if rtcp is not None else (rm.port if mux else _next_port(rm.port))
+    ptime = packet_time(name, rm.ptime or lm.ptime, rm.maxptime)
     return NegotiatedMedia(
         remote_address=address,
         remote_rtp_port=rm.port,

@@ -69,6 +69,7 @@ _RTPMAP_CACHE: dict[str, RtpMap] = {}
 _EVENTS_CACHE: dict[str, frozenset[int]] = {}
 _EVENTS_TEXT: dict[frozenset[int], str] = {}
 _DIGITS = re.compile(r"[0-9]+")
+_MILLISECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 # RFC 8866 section 5: session-level types that appear at most once ("e", "p", "b", "t", "r",
 # "a" may repeat), the types a media section may hold, and every type we understand.
 _SESSION_ONCE = frozenset("vosiuzk")
@@ -76,9 +77,13 @@ _MEDIA_FIELDS = frozenset("icbka")
 _KNOWN_TYPES = frozenset("vosiuepcbtrzkam")
 
 
-def _int(text: str, what: str, line: str) -> int:
+def _int(text: str, what: str, line: str, digits: int = 20) -> int:
+    # At most 20 digits (2**64 has 20): a longer number is no SDP value, and Python's int()
+    # refuses strings past 4300 digits with a ValueError of its own.
     if not _DIGITS.fullmatch(text):
         raise ParseError(f"SDP {what} is not numeric: {text!r} in {line!r}")
+    if len(text) > digits:
+        raise ParseError(f"SDP {what} is out of range: {text[:24]!r}... in {line[:60]!r}")
     return int(text)
 
 
@@ -173,9 +178,9 @@ class Bandwidth:
     @classmethod
     def parse(cls, value: str) -> Bandwidth:
         bwtype, sep, amount = value.partition(":")
-        if not sep or not bwtype or not _DIGITS.fullmatch(amount.strip()):
+        if not sep or not bwtype:
             raise ParseError(f"SDP b= line is malformed: {'b=' + value!r}")
-        return cls(bwtype, int(amount))
+        return cls(bwtype, _int(amount.strip(), "b= bandwidth", "b=" + value))
 
     def __str__(self) -> str:
         return f"{self.bwtype}:{self.bandwidth}"
@@ -316,7 +321,8 @@ def _parse_events(text: str) -> frozenset[int]:
     events: set[int] = set()
     for item in text.replace(" ", "").split(","):
         low, sep, high = item.partition("-")
-        if not _DIGITS.fullmatch(low) or (sep and not _DIGITS.fullmatch(high)):
+        if not _DIGITS.fullmatch(low) or (sep and not _DIGITS.fullmatch(high)) \
+                or len(low) > 3 or len(high) > 3:
             raise ParseError(f"SDP telephone-event list is malformed: {text!r}")
         first, last = int(low), int(high) if sep else int(low)
         if last < first or last > 255:
@@ -436,7 +442,7 @@ class MediaDescription(_Attributes):
         port_text, sep, count_text = port_spec.partition("/")
         if not _DIGITS.fullmatch(port_text):
             raise ParseError(f"SDP m= line has non-numeric port {port_text!r}: {line!r}")
-        port = int(port_text)
+        port = _int(port_text, "m= port", line)
         if port > 65535:
             raise ParseError(f"SDP m= line port {port} is out of range: {line!r}")
         count = _int(count_text, "m= port count", line) if sep else None
@@ -455,7 +461,7 @@ class MediaDescription(_Attributes):
         """The formats as RTP payload type numbers (RFC 8866 section 5.14)."""
         out = []
         for fmt in self.formats:
-            if not _DIGITS.fullmatch(fmt) or int(fmt) > 127:
+            if not _DIGITS.fullmatch(fmt) or len(fmt) > 3 or int(fmt) > 127:
                 raise ParseError(f"SDP m= line has a bad RTP payload type {fmt!r}")
             out.append(int(fmt))
         return out
@@ -510,11 +516,12 @@ class MediaDescription(_Attributes):
         value = self.attribute(name)
         if value is None:
             return None
-        try:
-            # Some peers write "20.0"; the graph works in whole milliseconds.
-            return round(float(value.strip()))
-        except ValueError:
-            raise ParseError(f"SDP {name} is not a number: {value!r}") from None
+        text = value.strip()
+        # A decimal number of milliseconds; some peers write "20.0", the graph works in
+        # whole milliseconds. (Not float(): it takes "inf", "nan", "-20" and "1e999".)
+        if not _MILLISECONDS.fullmatch(text):
+            raise ParseError(f"SDP {name} is not a number of milliseconds: {value[:40]!r}")
+        return round(float(text))
 
     @property
     def ptime(self) -> int | None:
