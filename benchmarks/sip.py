@@ -77,12 +77,9 @@ async def drive(target: str, calls: int, concurrency: int) -> dict:
 
     def on_message(transport: str, data, addr) -> None:
         now = loop.time()
-        if isinstance(data, bytes):
-            if data[:4] == b"SIP/":
-                codes[data[8:11]] += 1  # "SIP/2.0 200 ...": what the callee sent
-            ua.receive(data, transport, addr, now)
-        else:
-            ua.receive_message(data, transport, addr, now)
+        if data[:4] == b"SIP/":
+            codes[data[8:11]] += 1  # "SIP/2.0 200 ...": what the callee sent
+        ua.receive(data, transport, addr, now)
         pump()
 
     def start_call() -> None:

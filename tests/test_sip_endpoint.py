@@ -27,7 +27,7 @@ from pipeline.loader import load_graph_text
 from pipeline.registry import get_registry
 from pipeline.runtime import RunResult, Runtime
 from pipeline.testing import dominant_frequency, read_wav
-from plugins.sip.message import SipMessage
+from plugins.sip.message import SipMessage, StreamFramer
 
 # The rtp family registers through the same hook as every plugin (a no-op once
 # pipeline/registry.py lists it among the built-ins).
@@ -487,3 +487,34 @@ def test_bad_parameters_are_reported_by_name():
         load_graph_text("nodes: {sip: {type: sip_endpoint, call_graph: /no/such.yaml}}").prepare()
     with pytest.raises(GraphError, match="parameter 'rtp_port_range': '9-1'"):
         load_graph_text("nodes: {sip: {type: sip_endpoint, rtp_port_range: 9-1}}").prepare()
+
+
+def test_malformed_messages_on_a_tcp_stream_do_not_stop_it():
+    def options(tag: str, uri: str = "sip:echo@127.0.0.1", cseq: str = "OPTIONS") -> bytes:
+        return (f"OPTIONS {uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK{tag}\r\nMax-Forwards: 70\r\n"
+                f"From: <sip:a@127.0.0.1>;tag={tag}\r\nTo: <sip:echo@127.0.0.1>\r\n"
+                f"Call-ID: {tag}\r\nCSeq: 1 {cseq}\r\nContent-Length: 0\r\n\r\n").encode()
+
+    async def main():
+        server = Endpoint(server_yaml("udp:127.0.0.1:0,tcp:127.0.0.1:0"))
+        await server.port()
+        tcp_port = await server.port("tcp")
+        reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
+        # All framed right, in one segment: t2's CSeq names another method (answered 400),
+        # t3's Request-URI does not parse (nothing to answer with: dropped).
+        writer.write(options("t1") + options("t2", cseq="INVITE")
+                     + options("t3", uri="<sip:echo@127.0.0.1>") + options("t4"))
+        await writer.drain()
+        framer, answers = StreamFramer(), []
+        while len(answers) < 3:
+            data = await asyncio.wait_for(reader.read(65536), WAIT)
+            assert data, "the endpoint closed the stream"
+            answers += [SipMessage.parse(frame) for frame in framer.feed(data)]
+        writer.close()
+        assert [(m.call_id, m.status_code) for m in answers] == [("t1", 200), ("t2", 400),
+                                                                 ("t4", 200)]
+        assert server.node.stats().get("net_stream_errors", 0) == 0
+        await server.stop()
+
+    asyncio.run(main())

@@ -457,7 +457,7 @@ def test_stream_framer_reassembles_random_chunks():
         step = rng.randint(1, 97)
         got += framer.feed(stream[pos : pos + step])
         pos += step
-    assert got == originals
+    assert [SipMessage.parse(frame) for frame in got] == originals
     assert framer.buffered == 0
 
 
@@ -465,8 +465,8 @@ def test_stream_framer_waits_for_the_whole_body():
     framer = StreamFramer()
     assert framer.feed(INVITE[:-2]) == []
     assert framer.buffered == len(INVITE) - 2
-    (msg,) = framer.feed(INVITE[-2:])
-    assert msg.body == b"v=0\n"
+    (frame,) = framer.feed(INVITE[-2:])
+    assert frame == INVITE
 
 
 def test_stream_framer_refuses_missing_length_and_oversize():
@@ -504,3 +504,13 @@ def test_100_trying_copies_timestamp_rfc3261_8_2_6_1():
     trying = make_response(req, 100)
     assert trying.headers.get("Timestamp") == "54"
     assert make_response(req, 180).headers.get("Timestamp") is None
+
+
+def test_stream_framer_hands_on_a_malformed_message_framed_right():
+    # A bad Request-URI does not break the framing: the message before it is not lost and
+    # the stream goes on (the bad one is answered 400 like a datagram).
+    bad = INVITE.replace(b"INVITE sip:", b"INVITE <sip:", 1)
+    framer = StreamFramer()
+    assert framer.feed(INVITE + bad + INVITE) == [INVITE, bad, INVITE]
+    with pytest.raises(ParseError):
+        SipMessage.parse(bad)

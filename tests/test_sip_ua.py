@@ -212,6 +212,11 @@ def test_488_on_codec_mismatch_with_warning():
     (b"this is not sdp at all", 400),
     (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
      b"m=video 4000 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n", 488),  # no audio at all
+    # numbers Python's float() or int() would take or choke on with their own errors
+    (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+     b"m=audio 4000 RTP/AVP 0\r\na=ptime:inf\r\n", 400),
+    (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+     b"m=audio " + b"4" * 5000 + b" RTP/AVP 0\r\n", 400),
 ])
 def test_malformed_or_unusable_sdp_is_answered_400_or_488(body, code):
     bob = make_ua(BOB, user="bob")
@@ -226,6 +231,63 @@ def test_malformed_or_unusable_sdp_is_answered_400_or_488(body, code):
     finals = [SipMessage.parse(d) for _, d, _ in bob.datagrams_to_send()]
     assert [m.status_code for m in finals] == [100, code]
     assert bob.next_event() is None and not bob.calls
+
+
+def bare_invite(call_id: str, contact: str | None) -> bytes:
+    sdp = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+           b"m=audio 4000 RTP/AVP 0\r\n")
+    return (
+        f"INVITE sip:bob@192.0.2.2:5062 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK{call_id};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:eve@192.0.2.1>;tag=e1\r\nTo: <sip:bob@192.0.2.2>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+        + (f"Contact: {contact}\r\n" if contact else "")
+        + f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n"
+    ).encode() + sdp
+
+
+@pytest.mark.parametrize("ring", [True, False])
+def test_invite_without_contact_gets_400_and_makes_no_call(ring):
+    # RFC 3261 8.1.1.8: no Contact, no dialog. Before, the call was made, rang, and waited
+    # for good, holding one of max_calls.
+    bob = make_ua(BOB, user="bob", max_calls=1, ring=ring)
+    for n, contact in enumerate((None, "*")):
+        bob.receive(bare_invite(f"nc{n}", contact), "udp", ALICE, 0.0)
+        sent = [SipMessage.parse(d) for _, d, _ in bob.datagrams_to_send()]
+        assert [(m.status_code, m.reason) for m in sent] == [(100, "Trying"),
+                                                             (400, "Missing Contact")]
+    assert not bob.calls and bob.next_event() is None
+    bob.receive(bare_invite("ok", "<sip:eve@192.0.2.1:5060>"), "udp", ALICE, 0.0)
+    assert isinstance(bob.next_event(), CallIncoming)
+
+
+def test_a_request_our_handler_fails_on_still_gets_a_final_response(monkeypatch):
+    # RFC 3261 21.5.1: 500 for our own failure, and the call it made ends, rather than the
+    # transaction waiting in Proceeding for good.
+    bob = make_ua(BOB, user="bob", max_calls=1)
+
+    def broken(event, call, preview):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(CallIncoming, "__init__", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        bob.receive(bare_invite("b1", "<sip:eve@192.0.2.1:5060>"), "udp", ALICE, 0.0)
+    sent = [SipMessage.parse(d) for _, d, _ in bob.datagrams_to_send()]
+    assert [m.status_code for m in sent] == [100, 180, 500]
+    assert sent[-1].reason == "Server Internal Error: a bug"
+    assert [c.state for c in bob.calls.values()] == [] and bob.active_calls() == 0
+    assert bob.stats["handler_failed"] == 1
+    (ended,) = [bob.next_event()]
+    assert isinstance(ended, CallEnded) and ended.status == 500
+
+
+def test_a_request_cut_short_of_its_content_length_gets_400():
+    bob = make_ua(BOB, user="bob")
+    invite = bare_invite("short", "<sip:eve@192.0.2.1:5060>")
+    bob.receive(invite[:-10], "udp", ALICE, 0.0)  # RFC 3261 18.3: SHOULD answer 400
+    (sent,) = [SipMessage.parse(d) for _, d, _ in bob.datagrams_to_send()]
+    assert sent.status_code == 400 and sent.call_id == "short"
+    assert not bob.calls
 
 
 def test_486_beyond_max_calls():
@@ -485,6 +547,50 @@ def test_uas_refuses_wrong_password_with_403():
     net.pump()
     assert net.of(alice, CallEnded)[0].status == 403
     assert net.of(bob, CallIncoming) == []
+
+
+def test_uas_refuses_digest_answers_that_are_not_ascii_with_403():
+    # The response and cnonce come off the wire: non-ASCII text, or bytes that are not
+    # UTF-8, is a wrong answer, not a TypeError or UnicodeEncodeError.
+    alice = make_ua(ALICE, user="alice", password="pw")
+    bob = make_ua(BOB, user="bob", users={"alice": "pw"}, realm="bob.example")
+    net = Net(alice, bob)
+    net.drop = lambda data: data.startswith(b"INVITE") and b"Authorization" in data
+    alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    net.pump()
+    (retry,) = [m for m in net.sent("INVITE") if "Authorization" in m.headers]
+    for n, (old, new) in enumerate([(b'response="', 'response="\u00e9'.encode()),
+                                    (b'cnonce="', b'cnonce="\xff')]):
+        forged = retry.copy()
+        forged.headers.set("Via", f"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKforged{n}")
+        bob.receive(bytes(forged).replace(old, new, 1), "udp", ALICE, 1.0)
+        codes = [SipMessage.parse(d).status_code for _, d, _ in bob.datagrams_to_send()]
+        assert codes == [100, 403]
+    assert net.of(bob, CallIncoming) == [] and bob.next_event() is None
+
+
+@pytest.mark.parametrize(("code", "header", "event", "expires"), [
+    (200, "Contact: <sip:alice@192.0.2.1:5060>;expires=" + "9" * 5000, Registered, 3600),
+    (200, "Contact: <sip:alice@192.0.2.1:5060>;expires=" + "9" * 400, Registered, 3600),
+    (423, "Min-Expires: " + "9" * 5000, RegistrationFailed, None),
+])
+def test_registrar_numbers_out_of_range_are_not_taken(code, header, event, expires):
+    alice = make_ua(ALICE, user="alice", registrar="sip:192.0.2.2:5062")
+    alice.register(0.0)
+    (_, data, _), = alice.datagrams_to_send()
+    req = SipMessage.parse(data)
+    from plugins.sip.message import make_response
+
+    reply = make_response(req, code, to_tag="r1")
+    name, _, value = header.partition(": ")
+    reply.headers.add(name, value)
+    alice.receive(bytes(reply), "udp", BOB, 0.1)
+    ev = alice.next_event()
+    assert isinstance(ev, event)
+    if expires is not None:
+        assert ev.expires == expires  # what we asked for: the registrar's value is no number
+    else:
+        assert ev.status == 423 and alice.registration.refresh_at == pytest.approx(60.1)
 
 
 # ---- abuse -----------------------------------------------------------------------------------

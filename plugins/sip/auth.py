@@ -59,17 +59,19 @@ def digest_response(
     body: bytes = b"",
 ) -> str:
     """The ``response`` value of RFC 7616 3.4.1 (RFC 2617 3.2.2 for MD5)."""
+    # A header's bytes that are not UTF-8 are kept as surrogates when the message is decoded;
+    # they are hashed as the bytes they were (RFC 7616 3.4.4: the values as sent).
     h = _hash_for(algorithm)
-    ha1 = h(f"{username}:{realm}:{password}".encode())
+    ha1 = h(f"{username}:{realm}:{password}".encode("utf-8", "surrogateescape"))
     if algorithm.upper().endswith("-SESS"):
-        ha1 = h(f"{ha1}:{nonce}:{cnonce}".encode())
+        ha1 = h(f"{ha1}:{nonce}:{cnonce}".encode("utf-8", "surrogateescape"))
     a2 = f"{method}:{uri}"
     if qop == "auth-int":
         a2 += ":" + h(body)
-    ha2 = h(a2.encode())
+    ha2 = h(a2.encode("utf-8", "surrogateescape"))
     if qop:
-        return h(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}".encode())
-    return h(f"{ha1}:{nonce}:{ha2}".encode())  # RFC 2069 compatibility
+        return h(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}".encode("utf-8", "surrogateescape"))
+    return h(f"{ha1}:{nonce}:{ha2}".encode("utf-8", "surrogateescape"))  # RFC 2069 compatibility
 
 
 def parse_auth_header(value: str, what: str = "SIP authentication header") -> dict[str, str]:
@@ -411,7 +413,8 @@ class DigestServer:
             method=request.method, uri=creds.uri, nonce=creds.nonce, qop=creds.qop,
             nc=creds.nc or 0, cnonce=creds.cnonce, body=request.body,
         )  # fmt: skip
-        if not hmac.compare_digest(expected, creds.response.lower()):
+        given = creds.response.lower().encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(expected.encode(), given):
             return AuthResult(False, user, reason="SIP digest response is wrong")
         if creds.nc is not None:
             if creds.nc <= self._nc_seen.get(creds.nonce, 0):

@@ -135,6 +135,15 @@ def _key(name: str) -> str:
     return info[0] if info is not None else _name_info(name)[0]
 
 
+class ShortBody(ParseError):
+    """A message whose body is shorter than its Content-Length. `partial` is what came, so
+    a request can still be answered (RFC 3261 18.3: with a 400)."""
+
+    def __init__(self, text: str, partial: SipRequest | SipResponse) -> None:
+        super().__init__(text)
+        self.partial = partial
+
+
 class Headers:
     """Ordered multi-dict of header fields; lookups ignore case and compact forms."""
 
@@ -631,9 +640,10 @@ class SipMessage:
         if lengths:
             length = parse_uint(lengths[0], "SIP Content-Length", max_size)
             if len(data) - body_start < length:
-                raise ParseError(
+                raise ShortBody(
                     f"SIP body is shorter than its Content-Length "
-                    f"({len(data) - body_start} < {length})"
+                    f"({len(data) - body_start} < {length})",
+                    _parse_start_line(lines[0], headers, data[body_start:]),
                 )
             body = data[body_start : body_start + length]
         else:
@@ -720,14 +730,15 @@ def _parse_start_line(line: str, headers: Headers, body: bytes) -> SipRequest | 
 class StreamFramer:
     """Cuts SIP messages out of a stream transport (TCP, TLS; RFC 3261 18.3).
 
-    `feed` bytes as they arrive and get back the complete messages. Content-Length is
-    mandatory on streams; a message without one, or bigger than `max_size`, raises
-    ParseError and the connection should be closed (the stream cannot be resynchronised).
+    `feed` bytes as they arrive and get back each complete message's bytes, to be parsed
+    and checked as a datagram is: a message that is malformed but framed right does not
+    stop the stream. Content-Length is mandatory on streams; a message without one, or
+    bigger than `max_size`, raises ParseError and the connection should be closed (the
+    stream cannot be resynchronised).
     """
 
-    def __init__(self, *, max_size: int = MAX_MESSAGE_SIZE, max_headers: int = MAX_HEADERS):
+    def __init__(self, *, max_size: int = MAX_MESSAGE_SIZE):
         self.max_size = max_size
-        self.max_headers = max_headers
         self._buf = bytearray()
 
     @property
@@ -735,9 +746,9 @@ class StreamFramer:
         """Bytes received but not yet part of a complete message."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[SipRequest | SipResponse]:
+    def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
-        out: list[SipRequest | SipResponse] = []
+        out: list[bytes] = []
         buf = self._buf
         while True:
             # CRLF keep-alives (RFC 5626 3.5.1) between messages are dropped.
@@ -763,10 +774,8 @@ class StreamFramer:
                                  "limit")
             if len(buf) < total:
                 return out
-            frame = bytes(buf[:total])
+            out.append(bytes(buf[:total]))
             del buf[:total]
-            out.append(SipMessage.parse(frame, max_size=self.max_size,
-                                        max_headers=self.max_headers))
 
 
 def make_response(

@@ -396,12 +396,8 @@ class SipEndpoint(Node):
         self._pump()
 
     # ---- glue -----------------------------------------------------------------------------
-    def _on_message(self, transport: str, data: Any, addr: tuple[str, int]) -> None:
-        now = self._loop.time()
-        if isinstance(data, bytes):
-            self.ua.receive(data, transport, addr, now)
-        else:
-            self.ua.receive_message(data, transport, addr, now)
+    def _on_message(self, transport: str, data: bytes, addr: tuple[str, int]) -> None:
+        self.ua.receive(data, transport, addr, self._loop.time())
         self._pump()
 
     def _pump(self, events: bool = True) -> None:

@@ -134,9 +134,9 @@ class RegistrationClient:
                 self._send_register(reg, now, headers)
                 return
         if code == 423:
-            min_exp = response.headers.get("Min-Expires", "")
-            if min_exp.strip().isdigit() and int(min_exp) > reg.expires:
-                reg.expires = int(min_exp)  # 10.2.8: retry with the registrar's minimum
+            min_exp = _seconds(response.headers.get("Min-Expires"))
+            if min_exp is not None and min_exp > reg.expires:
+                reg.expires = min_exp  # 10.2.8: retry with the registrar's minimum
                 self._send_register(reg, now)
                 return
         self._register_failed(reg, code, response.reason, now)
@@ -155,10 +155,20 @@ class RegistrationClient:
             for contact in response.contacts:
                 if contact.uri.host == ours.host and contact.uri.port == ours.port \
                         and "expires" in contact.params:
-                    value = contact.params["expires"] or ""
-                    if value.isdigit():
-                        return int(value)
+                    value = _seconds(contact.params["expires"])
+                    if value is not None:
+                        return value
         except ParseError:
             pass
-        value = (response.headers.get("Expires") or "").strip()
-        return int(value) if value.isdigit() and len(value) < 10 else reg.expires
+        value = _seconds(response.headers.get("Expires"))
+        return reg.expires if value is None else value
+
+
+def _seconds(text: str | None) -> int | None:
+    """A delta-seconds value (RFC 3261 25.1), None when it is not one or is past 2**32-1
+    (which 20.19 caps it at): never a Python error for a registrar's bad number."""
+    text = (text or "").strip()
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 10:
+        return None
+    value = int(text)
+    return value if value < 2**32 else None

@@ -26,13 +26,13 @@ from typing import Any
 
 from pipeline.errors import ParseError, PipelineError
 
-from .message import MAX_MESSAGE_SIZE, SipMessage, StreamFramer
+from .message import MAX_MESSAGE_SIZE, StreamFramer
 from .ua import Listener
 
 log = logging.getLogger("plugins.sip.transport")
 
 Address = tuple[str, int]
-OnMessage = Callable[[str, "bytes | SipMessage", Address], None]
+OnMessage = Callable[[str, bytes, Address], None]
 TRANSPORTS = ("udp", "tcp", "tls")
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
 
@@ -97,15 +97,15 @@ class _StreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            messages = self.framer.feed(data)
+            frames = self.framer.feed(data)
         except ParseError as exc:
             self.owner.stats["stream_errors"] += 1
             log.info("closing %s connection from %s: %s", self.name, self.peer, exc)
             if self.transport is not None:
                 self.transport.close()
             return
-        for msg in messages:
-            self.owner.deliver(self.name, msg, self.key[1] if self.key else self.peer)
+        for frame in frames:
+            self.owner.deliver(self.name, frame, self.key[1] if self.key else self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         owner = self.owner
@@ -207,7 +207,7 @@ class SipTransport:
         self._tasks.clear()
 
     # ---- receiving ------------------------------------------------------------------------
-    def deliver(self, name: str, data: bytes | SipMessage, addr: Address) -> None:
+    def deliver(self, name: str, data: bytes, addr: Address) -> None:
         try:
             self.on_message(name, data, addr)
         except Exception:  # a bug, or a hostile message that found one: never kill the loop

@@ -3,7 +3,7 @@
 Built on the transaction layer (`transaction`), dialogs (`dialog`), digest auth (`auth`),
 the UAS checks of `validate` and RFC 3264 offer/answer (`offer_answer`). Like those modules it
 never opens a socket or reads the clock: feed it with `receive(data, transport, addr, now)`
-(a datagram) or `receive_message(msg, ...)` (a message cut from a stream), drain
+(a datagram, or a message a `StreamFramer` cut from a stream), drain
 `datagrams_to_send()` (transport, bytes, address) and `next_event()`, and call
 `handle_timer(now)` when `get_timer()` is due.
 
@@ -59,6 +59,8 @@ from .registration import (
 )
 from .sdp import SessionDescription
 from .transaction import (
+    PROCEEDING,
+    TRYING,
     ClientTransaction,
     RequestReceived,
     ResponseReceived,
@@ -393,36 +395,13 @@ class UserAgent(RegistrationClient):
 
     # ---- input ----------------------------------------------------------------------------
     def receive(self, data: bytes, transport: str, addr: Address, now: float) -> None:
-        """One datagram (or one framed stream message as bytes) from `addr`."""
+        """One datagram, or one message a `StreamFramer` cut from a stream, from `addr`."""
         is_response = data[:4] == b"SIP/"
         if not is_response and not self._limiter.allow(addr[0], now):
             self.stats["rate_limited"] += 1
             return
         verdict = validate.check_message(
             data, methods=ALLOWED_METHODS, content_types=ACCEPTED_TYPES)
-        self._dispatch(verdict, transport, addr, now)
-
-    def receive_message(self, msg: SipRequest | SipResponse, transport: str, addr: Address,
-                        now: float) -> None:
-        """A message already parsed (by `StreamFramer` on TCP/TLS)."""
-        if isinstance(msg, SipRequest) and not self._limiter.allow(addr[0], now):
-            self.stats["rate_limited"] += 1
-            return
-        if isinstance(msg, SipResponse):
-            try:
-                validate.check_syntax(msg)
-                verdict = validate.Verdict("valid-response", None, "", msg)
-            except ParseError as exc:
-                verdict = validate.Verdict("invalid-response", None, str(exc), msg)
-        elif msg.version != validate.SIP_VERSION:
-            verdict = validate.Verdict("invalid", 505, "SIP version is not supported", msg)
-        else:
-            try:
-                validate.check_syntax(msg)
-                verdict = validate._check_semantics(
-                    msg, ALLOWED_METHODS, validate.SUPPORTED_SCHEMES, ACCEPTED_TYPES, ())
-            except ParseError as exc:
-                verdict = validate.Verdict("invalid", 400, str(exc), msg)
         self._dispatch(verdict, transport, addr, now)
 
     def _dispatch(self, verdict: validate.Verdict, transport: str, addr: Address,
@@ -442,7 +421,10 @@ class UserAgent(RegistrationClient):
                     dest = response_destination(msg.top_via)
                 except (ParseError, KeyError):
                     dest = addr
-            response = validate.reject(verdict, to_tag=_random_token())
+            try:
+                response = validate.reject(verdict, to_tag=_random_token())
+            except ParseError:  # headers too broken to answer (a request cut short)
+                response = None
             if response is not None:
                 layer.send_stateless(response, dest)
             return
@@ -454,8 +436,35 @@ class UserAgent(RegistrationClient):
             while (event := layer.next_event()) is not None:
                 try:
                     self._on_layer_event(event, transport, now)
-                except ParseError:
-                    self.stats["dropped_bad"] += 1
+                except Exception as exc:
+                    self._unhandled(event, exc, now)
+                    if not isinstance(exc, ParseError):
+                        raise  # our bug: the transport logs it with its traceback
+
+    def _unhandled(self, event: object, exc: Exception, now: float) -> None:
+        """A message whose handling failed still ends what it started: a request gets a
+        final response (400 for what it carried, RFC 3261 21.5.1's 500 for our failure) and
+        a call it made or was answering ends, so nothing waits for good."""
+        bad = isinstance(exc, ParseError)
+        self.stats["dropped_bad" if bad else "handler_failed"] += 1
+        status = 400 if bad else 500
+        reason = f"{'Bad Request' if bad else 'Server Internal Error'}: {_quote(str(exc))[:80]}"
+        if isinstance(event, RequestReceived):
+            tx = event.transaction
+            if tx is not None and tx.state in (TRYING, PROCEEDING):
+                self._respond(tx, event.request, status, now, reason=reason)
+            for call in list(self.calls.values()):
+                if call.server_tx is tx and call.state == "incoming":
+                    self._end(call, reason, status)
+        elif isinstance(event, ResponseReceived):
+            owner = self._owners.pop(event.transaction, None)
+            kind, obj = owner if owner is not None else ("", None)
+            if kind == "register":
+                self._register_failed(obj, status, reason, now)
+            elif kind == "invite" and obj.active:
+                if obj.dialog is not None and obj.state == "established":
+                    self._send_bye(obj, now)
+                self._end(obj, reason, status)
 
     def _on_layer_event(self, event: object, transport: str, now: float) -> None:
         if isinstance(event, RequestReceived):
@@ -769,6 +778,10 @@ class UserAgent(RegistrationClient):
     def _on_invite(self, request: SipRequest, tx: ServerTransaction, transport: str,
                    addr: Address, now: float) -> None:
         assert isinstance(tx, ServerInviteTransaction)
+        if not request.contacts:  # RFC 3261 8.1.1.8: an INVITE names where to reach its dialog
+            self.stats["rejected_400"] += 1
+            self._respond(tx, request, 400, now, reason="Missing Contact")
+            return
         limit = self.config.max_calls
         if limit and self.active_calls() >= limit:
             self.stats["busy"] += 1

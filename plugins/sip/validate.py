@@ -20,6 +20,7 @@ from .message import (
     MAX_MESSAGE_SIZE,
     SIP_VERSION,
     NameAddress,
+    ShortBody,
     SipMessage,
     SipRequest,
     SipResponse,
@@ -103,6 +104,11 @@ def check_message(
         return Verdict(bad, None if is_response else 513, f"SIP message exceeds {max_size} bytes")
     try:
         msg = SipMessage.parse(data, max_size=max_size)
+    except ShortBody as exc:
+        # RFC 3261 18.3: over UDP a request cut short gets a 400, a response is discarded.
+        if is_response:
+            return Verdict(bad, None, str(exc))
+        return Verdict(bad, 400, str(exc), exc.partial)
     except ParseError as exc:
         return Verdict(bad, None if is_response else 400, str(exc))
     if isinstance(msg, SipResponse):
