@@ -547,3 +547,21 @@ def test_delay_estimator_matches_the_full_width_computation_on_a_long_stream():
         assert est.target() == ref.target()
     assert est._rows[0].scale > 1e-150 ** 0.5  # it was folded back at least once
     np.testing.assert_allclose(_histograms(est), ref.hist, rtol=1e-9, atol=1e-300)
+
+
+def test_timestamps_running_far_ahead_of_real_time_cannot_fill_memory():
+    # A broken or hostile sender: 20 ms packets whose timestamps advance 0.9 s each. Each
+    # is within a timeline's slack of the last, so none resyncs; the buffer holds a bounded
+    # number (twice what max delay and that slack span), keeping those nearest playout.
+    jb = JitterBuffer(RATE, 20, max_delay_ms=500)
+    cap = 2 * (500 + 1000) // 20 + 16
+    now = 0.0
+    for i in range(1000):
+        jb.push(i, i * 7200, 0x1234, False, b"\0" * 160, now)
+        jb.pop(now)
+        now += PTIME
+        assert len(jb._packets) <= cap
+    assert jb.stats.overflows >= 1000 - cap - jb.stats.played - jb.stats.skipped
+    assert jb.stats.discarded >= jb.stats.overflows
+    nearest = sorted(jb._packets)[:3]
+    assert nearest == sorted(min(jb._packets) + k * 7200 for k in range(3))

@@ -116,3 +116,20 @@ def test_a_frame_longer_than_the_history_keeps_its_last_samples():
     fresh.good(long_frame[-plc._size :].copy())
     for _ in range(3):
         assert np.array_equal(plc.conceal(), fresh.conceal())
+
+
+def test_a_loss_concealed_in_frames_shorter_than_the_cross_fade():
+    # A peer's packets decide the frame length (an odd-length L16 payload is concealed
+    # as the 2 samples it claims): the switch to more pitch periods after 10 ms of loss
+    # cross-fades over a quarter period, longer than such a frame.
+    t = np.arange(4 * N)
+    plc = WaveformSubstitution(16000, N)
+    plc.good((8000 * np.sin(2 * np.pi * 100 * t / 16000)).astype(np.int16)[-N:])
+    plc.frame = 160
+    first = plc.conceal()
+    plc.frame = 2
+    tail = plc.conceal()
+    assert tail.shape == (2,) and tail.dtype == np.int16
+    # it continues the concealed waveform: no jump bigger than the tone's own steps
+    step = np.abs(np.diff(first.astype(np.int32))).max()
+    assert abs(int(tail[0]) - int(first[-1])) <= 2 * step

@@ -305,6 +305,22 @@ def test_rtcp_reports_give_round_trip_time() -> None:
     assert tx["rtt_ms"] is not None and 0.0 <= tx["rtt_ms"] < 100.0
 
 
+def test_rtp_to_the_last_port_sends_no_rtcp_and_keeps_going() -> None:
+    # RTCP goes to the RTP port + 1 (RFC 3550 11): after port 65535 there is none, and
+    # sendto would raise OverflowError, which used to stop the graph.
+    async def main() -> RunResult:
+        s = Session(parse_launch(
+            "tone rate=8000 duration=0.4s ! pcmu_encoder ! rtp_session name=tx rtcp=true "
+            "rtcp_interval=0.05s remote_ip=127.0.0.1 remote_port=65535"))
+        return await s.result()
+
+    result = asyncio.run(main())
+    stats = node_stats(result, "tx")
+    assert result.stopped_by == "eos"
+    assert stats["packets_sent"] == 20 and stats["rtcp_sent"] == 0
+    assert stats["send_errors"] >= 1
+
+
 def test_rtcp_sender_report_on_the_wire(tmp_path) -> None:
     from plugins.rtp.rtcp import RtcpSdes, RtcpSenderReport, parse_rtcp
 

@@ -39,6 +39,7 @@ packet (RFC 3550 A.1). Frames are keyed by extended timestamp.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class JitterStats:
     rewound: int = 0  # late packets still played: the frames since had all been concealed
     discarded: int = 0  # packets dropped unplayed: skipped, flushed at resync, stray
     resyncs: int = 0
+    overflows: int = 0  # packets discarded because the buffer held its capacity
     current_delay_ms: float = 0.0  # playout delay behind the fastest recent packet
     target_delay_ms: float = 0.0
     mean_delay_ms: float = 0.0  # mean playout delay of played frames
@@ -143,8 +145,9 @@ class JitterBuffer:
     `max_delay_ms`, at least 1 s).
     """
 
-    __slots__ = ("_candidate", "_candidate_seq", "_delay_sum", "_discont", "_ext_ts", "_frame_s",
-                 "_idle_s", "_last_arrival", "_last_played", "_last_seq", "_margin_s", "_max_s",
+    __slots__ = ("_candidate", "_candidate_seq", "_capacity", "_delay_sum", "_discont",
+                 "_ext_ts", "_frame_s", "_idle_s", "_last_arrival", "_last_played", "_last_seq",
+                 "_margin_s", "_max_s",
                  "_min_s", "_missed", "_next_ts", "_old_ssrcs", "_over", "_packets", "_patience",
                  "_played", "_played_upto", "_playing", "_quiet", "_resync_s", "_slack_s",
                  "_ssrc", "_start_s", "_trailing", "_warmup", "clock_rate", "estimator", "frame",
@@ -195,6 +198,9 @@ class JitterBuffer:
         self._resync_s = (resync_ms / 1000.0) if resync_ms is not None else max(
             1.0, 2 * self._max_s
         )
+        # Packets held at most: twice what max delay and a timeline's slack span, so only
+        # timestamps running far ahead of real time (a broken or hostile sender) reach it.
+        self._capacity = 2 * math.ceil((self._max_s + self._resync_s) / self._frame_s) + 16
         self._quiet = quiet
         self._warmup = max(1, round(warmup_ms / ptime_ms))
         packets_per_s = 1000.0 / ptime_ms
@@ -295,7 +301,16 @@ class JitterBuffer:
             if ext_ts in self._missed:
                 self.stats.late_of_missing += 1
             return False
-        self._packets[ext_ts] = pkt
+        packets = self._packets
+        if len(packets) >= self._capacity:
+            # Full: keep the packets nearest playout, drop the one furthest ahead.
+            newest = max(packets)
+            self.stats.discarded += 1
+            self.stats.overflows += 1
+            if ext_ts > newest:
+                return False
+            del packets[newest]
+        packets[ext_ts] = pkt
         self.stats.received += 1
         return True
 

@@ -128,6 +128,7 @@ class JitterBufferNode(Node):
         return {**super().stats(), "received": s.received, "played": s.played,
                 "late": s.late, "lost": s.lost, "concealed": s.concealed,
                 "compressed": s.compressed, "discarded": s.discarded, "resyncs": s.resyncs,
+                "overflows": s.overflows,
                 "delay_ms": round(s.current_delay_ms, 1),
                 "target_ms": round(s.target_delay_ms, 1),
                 "mean_delay_ms": round(s.mean_delay_ms, 1)}

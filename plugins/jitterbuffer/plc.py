@@ -108,8 +108,9 @@ class WaveformSubstitution:
                 self._set_cycle(periods)
         out = self._synth(n)
         if switch is not None:
-            up = self._ramp(len(switch))
-            out[: len(switch)] = switch * (1.0 - up) + out[: len(switch)] * up
+            k = min(len(switch), n)  # a frame may be shorter than the cross-fade
+            up = self._ramp(k)
+            out[:k] = switch[:k] * (1.0 - up) + out[:k] * up
         out *= self._gain(self._erased, n)
         self._pos = (self._pos + n) % len(self._cycle)
         self._erased += n

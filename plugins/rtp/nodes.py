@@ -18,7 +18,6 @@ the session is handed to `run_io`, which re-raises it so the runtime stops the g
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import socket
@@ -275,8 +274,12 @@ class RtpSession(Node):
         if getattr(self, "_sock", None) is None:
             return
         if self._rtcp_sock is not None and self._remote is not None:
-            with contextlib.suppress(OSError, ProtocolError):
+            try:
                 self._send_rtcp(self._now(), bye=True)  # RFC 3550 6.6: we are leaving
+            except OSError:
+                self._c.send_errors += 1
+            except ProtocolError:  # a report we could not build: leaving matters more
+                pass
         for s in (self._sock, self._rtcp_sock):
             if s is not None:
                 s.close()
@@ -465,6 +468,8 @@ class RtpSession(Node):
             packets.append(RtcpBye([self._ssrc]))
         data = serialize_rtcp(packets)
         dest = self._rtcp_remote or (self._remote[0], self._remote[1] + 1)
+        if dest[1] > 65535:  # RTP on the last port: no next port until the peer's RTCP is heard
+            raise OSError(f"RTP port {self._remote[1]} leaves no port for RTCP")
         self._rtcp_sock.sendto(data, dest)
         self._c.rtcp_sent += 1
         if self._pcap is not None:
