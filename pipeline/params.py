@@ -6,6 +6,7 @@ reference and the JSON schema all read these declarations, so there is one sourc
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,9 @@ class Param:
         except ValueError as e:
             msg, hint = (e.args + (None,))[:2]
             raise ParamValueError(self.name, f"parameter '{self.name}': {msg}", hint) from None
+        if isinstance(v, float) and not math.isfinite(v):  # limits cannot catch NaN
+            raise ParamValueError(self.name, f"parameter '{self.name}': '{value}' is not a "
+                                  "finite number", "write a number")
         if self.choices is not None and v not in self.choices:
             raise ParamValueError(
                 self.name,
@@ -194,6 +198,31 @@ class Param:
                 f"use a value in [{self._limits()}]",
             )
         return v
+
+    def check(self) -> None:
+        """Raise ParamValueError if the declaration contradicts itself (the registry checks
+        every node class's parameters when a plugin registers it)."""
+        limits = [x for x in (self.min, self.max) if x is not None]
+        if limits and not (isinstance(self.type, type) and issubclass(self.type, (int, float))
+                           and self.type is not bool):
+            raise ParamValueError(self.name, f"parameter '{self.name}' of type "
+                                  f"{self.type_name} has min/max",
+                                  "min and max apply to numbers only: remove them")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in limits):
+            raise ParamValueError(self.name, f"parameter '{self.name}': min/max "
+                                  f"{self.min!r}, {self.max!r} are not numbers",
+                                  "write them as plain numbers (seconds, Hz, dB)")
+        if len(limits) == 2 and self.min > self.max:
+            raise ParamValueError(self.name, f"parameter '{self.name}': min {self.min:g} is "
+                                  f"greater than max {self.max:g}", "swap them")
+        if self.default is None:  # no default: fine, and a required one needs none
+            return
+        try:
+            self.convert(self.default)
+        except ParamValueError as e:
+            detail = e.message.removeprefix(f"parameter '{self.name}': ")
+            raise ParamValueError(self.name, f"parameter '{self.name}': default {detail}",
+                                  "make the default a valid value, or None") from None
 
     def _limits(self) -> str:
         lo = "" if self.min is None else f"{self.min:g}"

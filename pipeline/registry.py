@@ -5,7 +5,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
+import logging
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +18,16 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError
 from .node import Node
+from .params import ParamValueError
+
+log = logging.getLogger("pipeline.registry")
 
 ENTRY_POINT_GROUP = "voip_pipeline"
+HOOKS = tuple(n for n in dir(hookspecs) if n.startswith("register_"))
+_KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
+# A parameter is a plain instance attribute: named like one of these it would shadow the
+# framework's own (a method, `name`, `kind`) or clash with the constructor's `name`.
+_NODE_NAMES = frozenset(dir(Node)) | frozenset(Node.__slots__)
 
 # Built-in families register through the same hooks as third-party plugins.
 BUILTIN_PLUGINS = (
@@ -35,9 +47,18 @@ BUILTIN_PLUGINS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class BrokenPlugin:
+    """An installed plugin that failed to load: left out, and named by `pipeline inspect`."""
+
+    name: str
+    entry_point: str
+    error: str
+
+
 class Registry:
     """Node types, codecs and RTP payload formats from every plugin, with the plugin each
-    node type came from."""
+    node type came from; `broken` lists installed plugins that failed to load."""
 
     def __init__(self, *, entry_points: bool = True, builtins: bool = True) -> None:
         self.pm = pluggy.PluginManager("voip_pipeline")
@@ -45,13 +66,12 @@ class Registry:
         self.node_types: dict[str, type[Node]] = {}
         self.codecs: dict[str, Any] = {}
         self.payload_formats: dict[str, Any] = {}
-        self._loaded_files: set[str] = set()
+        self.broken: list[BrokenPlugin] = []
         if builtins:
             for modname in BUILTIN_PLUGINS:
                 self.register(importlib.import_module(modname), modname)
         if entry_points:
             self._load_entry_points()
-        self.pm.check_pending()
 
     def _load_entry_points(self) -> None:
         from importlib.metadata import entry_points
@@ -60,38 +80,109 @@ class Registry:
             if self.pm.get_plugin(ep.name) is not None:
                 continue
             try:
-                module = ep.load()
-            except Exception as e:  # a broken third-party plugin must name itself
-                raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to load: {e}",
-                    hint=f"fix or uninstall the package providing '{ep.name}'",
-                ) from e
-            self.register(module, ep.name)
+                try:
+                    module = ep.load()
+                except (Exception, SystemExit) as e:
+                    raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: "
+                                      f"{_reason(e)}") from e
+                self.register(module, ep.name, ep.value)
+            except PluginError as e:
+                # One broken package must not take down every graph and command: it is
+                # left out, named once here and by `pipeline inspect`.
+                fix = f"uninstall the package providing '{ep.name}'"
+                which = ("the plugin" if e.message.startswith(f"plugin '{ep.name}'")
+                         else f"plugin '{ep.name}'")
+                err = PluginError(f"{e.message}; {which} is left out",
+                                  hint=f"{e.hint}; or {fix}" if e.hint else f"fix or {fix}")
+                self.broken.append(BrokenPlugin(ep.name, ep.value, str(err)))
+                log.warning("%s", err)
 
-    def register(self, module: Any, name: str) -> None:
-        """Register a plugin module (or object) and collect what it provides."""
+    def register(self, module: Any, name: str, origin: str | None = None) -> None:
+        """Register a plugin module (or object) and collect what it provides.
+
+        All or nothing: a plugin with any mistake is unregistered again and adds nothing, so
+        loading it again fails the same way. `origin` (its module) is named in errors.
+        """
         if self.pm.get_plugin(name) is not None:
             return
-        self.pm.register(module, name=name)
-        for cls in self._provided(self.pm.hook.register_node_types, name):
-            self._add_node_type(cls, name)
-        for codec in self._provided(self.pm.hook.register_codecs, name):
-            self.codecs[codec.name] = codec
-        for fmt in self._provided(self.pm.hook.register_payload_formats, name):
-            self.payload_formats[fmt.name] = fmt
+        who = f"plugin '{name}'" + (f" ({origin})" if origin else "")
+        try:
+            self.pm.register(module, name=name)
+        except pluggy.PluginValidationError as e:  # several lines: make them one
+            hook = re.search(r"hook '(\w+)'", str(e))
+            raise PluginError(
+                f"{who} hook '{hook.group(1) if hook else '?'}': "
+                + "; ".join(str(e).splitlines()[1:]),
+                hint="match its spec in pipeline/hookspecs.py (an implementation may "
+                     "take fewer arguments, never others)") from e
+        except ValueError as e:  # the same module under another name
+            raise PluginError(f"{who} cannot be registered: {e}".splitlines()[0]) from e
+        try:
+            node_types, codecs, formats = self._collect(module, name, who)
+        except BaseException:
+            self.pm.unregister(name=name)
+            raise
+        for cls in node_types:
+            if cls.kind not in self.node_types:  # a re-export keeps its first plugin
+                cls.plugin = name
+                self.node_types[cls.kind] = cls
+        self.codecs.update((c.name, c) for c in codecs)
+        self.payload_formats.update((f.name, f) for f in formats)
+
+    def _collect(self, module: Any, name: str, who: str) -> tuple[list, list, list]:
+        """What a freshly registered plugin provides, checked; raises PluginError."""
+        try:
+            self.pm.check_pending()  # pluggy flags an unknown hook only here
+        except pluggy.PluginValidationError as e:
+            unknown = [h.name for h in self.pm.get_hookcallers(module) or () if not h.has_spec()]
+            raise PluginError(
+                f"{who} implements unknown hook '{unknown[0] if unknown else '?'}'",
+                hint="rename it to one of the hooks: " + ", ".join(HOOKS)) from e
+        kinds: dict[str, type[Node]] = {}
+        node_types = self._provided(self.pm.hook.register_node_types, name, who)
+        for cls in node_types:
+            self._check_node_type(cls, name, who)
+            other = kinds.setdefault(cls.kind, cls)
+            if other is not cls:
+                raise PluginError(
+                    f"{who} registers node kind '{cls.kind}' twice: {other.__qualname__} "
+                    f"and {cls.__qualname__}", hint="give each class its own kind")
+        codecs = self._provided(self.pm.hook.register_codecs, name, who)
+        formats = self._provided(self.pm.hook.register_payload_formats, name, who)
+        for what, items, like in (("codec", codecs, "plugins.codecs.base.CodecInfo"),
+                                  ("payload format", formats, "plugins.rtp.payload.PayloadFormat")):
+            for item in items:
+                if not isinstance(getattr(item, "name", None), str):
+                    raise PluginError(f"{who} registers {what} {item!r}, which has no name",
+                                      hint=f"return objects like {like}")
+        return node_types, codecs, formats
 
     @staticmethod
-    def _provided(hook: Any, name: str) -> list[Any]:
+    def _provided(hook: Any, name: str, who: str) -> list[Any]:
         """What plugin `name`'s implementation of `hook` returns (nothing if it has none)."""
         impl = next((i for i in hook.get_hookimpls() if i.plugin_name == name), None)
-        return list(impl.function() or []) if impl is not None else []
+        if impl is None:
+            return []
+        try:
+            items = impl.function()
+        except Exception as e:
+            raise PluginError(f"{who} hook '{hook.name}' failed: {type(e).__name__}: {e}",
+                              hint="fix the hook; --debug shows the traceback") from e
+        if items is not None and not isinstance(items, (list, tuple)):
+            raise PluginError(f"{who} hook '{hook.name}' returned {items!r}, not a list",
+                              hint="return a list, e.g. [MyNode]")
+        return list(items or [])
 
-    def _add_node_type(self, cls: type[Node], plugin: str) -> None:
-        if not (isinstance(cls, type) and issubclass(cls, Node)) or not cls.kind:
-            raise PluginError(
-                f"plugin '{plugin}' registered {cls!r}, which is not a Node class with a kind",
-                hint="return subclasses of pipeline.node.Node that set `kind`",
-            )
+    def _check_node_type(self, cls: Any, plugin: str, who: str) -> None:
+        """A node class's declarations, checked when it is registered so that its author
+        sees a mistake at load, not when a graph uses the node."""
+        if not (isinstance(cls, type) and issubclass(cls, Node)):
+            raise PluginError(f"{who} registered {cls!r}, which is not a Node class",
+                              hint="return subclasses of pipeline.node.Node that set `kind`")
+        where = f"{who} node class {cls.__qualname__}"
+        if not isinstance(cls.kind, str) or not _KIND_RE.fullmatch(cls.kind):
+            raise PluginError(f"{where} has kind {cls.kind!r}, not a snake_case name",
+                              hint="set kind to a name like 'my_node' (a-z, 0-9 and _)")
         old = self.node_types.get(cls.kind)
         if old is not None and old is not cls:
             raise PluginError(
@@ -99,14 +190,35 @@ class Registry:
                 f"plugin '{plugin}'",
                 hint="rename the kind in one of the plugins, or uninstall one",
             )
-        cls.plugin = plugin
-        self.node_types[cls.kind] = cls
+        where = f"{where} ({cls.kind})"
+        for direction in ("inputs", "outputs"):
+            names = [getattr(p, "name", p) for p in getattr(cls, direction)]
+            dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+            if dup is not None:
+                raise PluginError(f"{where} has two {direction} named '{dup}'",
+                                  hint="give each port its own name")
+        specs = cls.param_specs()
+        for pname, p in specs.items():
+            if pname in _NODE_NAMES:
+                raise PluginError(f"{where}: parameter '{pname}' is named like an "
+                                  "attribute of Node", hint="rename the parameter")
+            try:
+                p.check()
+            except ParamValueError as e:
+                raise PluginError(f"{where}: {e.message}", hint=e.hint) from None
+        try:  # the graph builds every node as cls(name, **params)
+            inspect.signature(cls).bind("name", **dict.fromkeys(specs))
+        except TypeError:
+            raise PluginError(
+                f"{where}: __init__{inspect.signature(cls.__init__)} cannot be called as "
+                f"{cls.__qualname__}(name, **params)",
+                hint="take (name, **params) and pass them to super().__init__") from None
 
     def load_file(self, path: str | Path) -> None:
         """Import a local plugin module named by a YAML graph's `plugins:` list."""
         path = Path(path).resolve()
-        key = str(path)
-        if key in self._loaded_files:
+        key = str(path)  # the plugin's name: unique per file, whatever its file name
+        if self.pm.get_plugin(key) is not None:
             return
         if not path.is_file():
             raise PluginError(f"plugin module '{path}' not found",
@@ -118,11 +230,15 @@ class Registry:
         sys.modules[modname] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as e:
-            raise PluginError(f"plugin module '{path}' failed to import: {e}",
+        except (Exception, SystemExit) as e:  # sys.exit() in a plugin must not end the CLI
+            sys.modules.pop(modname, None)
+            raise PluginError(f"plugin module '{path}' failed to import: {_reason(e)}",
                               hint="run it with python to see the full error") from e
-        self._loaded_files.add(key)
-        self.register(module, path.stem)
+        try:
+            self.register(module, key)
+        except PluginError:
+            sys.modules.pop(modname, None)
+            raise
 
     def node_type(self, kind: str) -> type[Node]:
         try:
@@ -132,9 +248,20 @@ class Registry:
 
     def suggest(self, kind: str) -> str:
         close = difflib.get_close_matches(kind, self.node_types, n=1)
+        hint = "'pipeline inspect' lists node types"
         if close:
-            return f"did you mean '{close[0]}'? ('pipeline inspect' lists node types)"
-        return "'pipeline inspect' lists node types"
+            hint = f"did you mean '{close[0]}'? ({hint})"
+        if self.broken:  # the kind may be theirs
+            names = ", ".join(sorted(f"'{b.name}'" for b in self.broken))
+            hint += f"; broken plugin(s) {names} failed to load and may provide it"
+        return hint
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as the end of a one-line message."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    return str(e) or type(e).__name__
 
 
 _default: Registry | None = None

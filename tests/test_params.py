@@ -47,3 +47,39 @@ def test_integer_rate_accepts_khz():
     assert p.convert("16kHz") == 16000
     with pytest.raises(ParamValueError, match="is not an integer"):
         p.convert(True)
+
+
+@pytest.mark.parametrize("ptype,value,shown", [
+    *[(t, v, shown) for t in (float, Duration, Frequency, Decibels)
+      for v, shown in ((float("nan"), "nan"), (float("-inf"), "-inf"), ("1e999", "1e999"))],
+    (float, "nan", "nan"), (float, "inf", "inf"), (Duration, "1e999s", "1e999s")])
+def test_float_like_params_refuse_nan_and_infinity(ptype, value, shown):
+    for p in (Param(ptype, None, "x"), Param(ptype, None, "x", min=-1e9, max=1e9)):
+        p.name = "x"
+        with pytest.raises(ParamValueError) as e:
+            p.convert(value)
+        assert e.value.message == f"parameter 'x': '{shown}' is not a finite number"
+        assert e.value.hint == "write a number"
+
+
+@pytest.mark.parametrize("param,message", [
+    (Param(int, "abc", "n"), "parameter 'p': default 'abc' is not a whole number"),
+    (Param(float, 2.0, "g", min=0, max=1), "parameter 'p': default 2.0 is out of range [0, 1]"),
+    (Param(str, "c", "m", choices=("a", "b")), "parameter 'p': default 'c' is not one of a, b"),
+    (Param(float, None, "g", min=1, max=0), "parameter 'p': min 1 is greater than max 0"),
+    (Param(bool, False, "b", max=1), "parameter 'p' of type bool has min/max"),
+    (Param(Duration, "1s", "d", min="0s"), "parameter 'p': min/max '0s', None are not numbers"),
+    (Param(float, float("nan"), "g"), "parameter 'p': default 'nan' is not a finite number"),
+])
+def test_declaration_check(param, message):
+    param.name = "p"
+    with pytest.raises(ParamValueError) as e:
+        param.check()
+    assert e.value.message == message
+
+
+def test_declaration_check_accepts_no_default_and_required():
+    for p in (Param(int, None, "n", min=0, max=1), Param(Duration, None, "d", required=True),
+              Param(Frequency, "16kHz", "f", min=8000, max=48000), Param(list, [], "l")):
+        p.name = "p"
+        p.check()

@@ -1,16 +1,19 @@
 """Plugins: built-ins and third parties go through the same hooks; duplicates are errors."""
 
+import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.errors import PluginError
 from pipeline.hookspecs import hookimpl
-from pipeline.node import Node
-from pipeline.registry import BUILTIN_PLUGINS, Registry
+from pipeline.node import Node, Port
+from pipeline.params import Decibels, Duration, Param
+from pipeline.registry import BUILTIN_PLUGINS, BrokenPlugin, Registry
 from pipeline.testing import run_graph
 
 
@@ -99,3 +102,255 @@ def test_broken_local_plugin_is_one_clear_error(tmp_path):
     assert r.stderr.strip() == (
         f"pipeline: error: {tmp_path / 'g.yaml'}:1:11: plugin module '{tmp_path / 'bad.py'}' "
         "failed to import: numpyy missing (hint: run it with python to see the full error)")
+
+
+# ---- broken plugins: one clear line naming the place, and the rest still works -------------
+BAD = Path(__file__).parent / "bad_plugins"  # two installed plugins that fail: see the modules
+BROKEN = ("plugin 'broken' (voip_broken_plugin) failed to load: No module named 'numpyy'; the "
+          "plugin is left out (hint: fix or uninstall the package providing 'broken')")
+TYPO = ("plugin 'typo' (voip_typo_plugin) implements unknown hook 'register_node_type'; the "
+        "plugin is left out (hint: rename it to one of the hooks: register_codecs, "
+        "register_node_types, register_payload_formats; or uninstall the package providing "
+        "'typo')")
+
+
+def test_broken_entry_point_plugins_are_left_out_and_named(monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(BAD))
+    reg = Registry()
+    assert sorted(reg.broken, key=lambda b: b.name) == [
+        BrokenPlugin("broken", "voip_broken_plugin", BROKEN),
+        BrokenPlugin("typo", "voip_typo_plugin", TYPO)]
+    assert sorted(r.getMessage() for r in caplog.records
+                  if r.name == "pipeline.registry") == [BROKEN, TYPO]  # one line each
+    assert {"tone", "ring_modulator"} <= set(reg.node_types)  # everything else is there
+    assert "typo_sink" not in reg.node_types and reg.pm.get_plugin("typo") is None
+    with pytest.raises(PluginError) as e:
+        reg.node_type("typo_sink")
+    assert e.value.hint.endswith("('pipeline inspect' lists node types); broken plugin(s) "
+                                 "'broken', 'typo' failed to load and may provide it")
+
+
+def test_cli_with_broken_plugins_lists_the_rest_and_runs(tmp_path):
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(BAD), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "pipeline", "inspect"], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stderr.splitlines()) == [f"pipeline: pipeline.registry: {BROKEN}",
+                                             f"pipeline: pipeline.registry: {TYPO}"]
+    lines = r.stdout.splitlines()
+    assert any(ln.split()[:2] == ["ring_modulator", "example"] for ln in lines)
+    assert lines[-3:] == ["2 broken plugin(s) left out:", f"  {BROKEN}", f"  {TYPO}"]
+    r = subprocess.run([sys.executable, "-m", "pipeline", "launch", "-q", "-e",
+                        "tone duration=100ms ! null_sink"], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stderr.splitlines()) == 2  # the two warnings, nothing else
+
+
+def _hooks(name: str, **impls) -> types.ModuleType:
+    """A plugin module implementing the given hooks."""
+    mod = types.ModuleType(name)
+    for hook, fn in impls.items():
+        setattr(mod, hook, hookimpl(fn))
+    return mod
+
+
+class Sink(Node):
+    """A sink for registry tests."""
+
+    kind = "reg_test_sink"
+    inputs = (Port("in"),)
+
+
+class SinkToo(Node):
+    """Another class with the same kind."""
+
+    kind = "reg_test_sink"
+    inputs = (Port("in"),)
+
+
+def _raises():
+    raise RuntimeError("boom")
+
+
+def _takes_registry(registry):
+    return [Sink]
+
+
+@pytest.mark.parametrize("hooks,message", [
+    ({"register_node_types": _raises},
+     "plugin 'x' hook 'register_node_types' failed: RuntimeError: boom"),
+    ({"register_node_types": lambda: Sink},
+     f"plugin 'x' hook 'register_node_types' returned {Sink!r}, not a list"),
+    ({"register_node_types": _takes_registry},
+     "plugin 'x' hook 'register_node_types': hookimpl definition: _takes_registry(registry); "
+     "Argument(s) {'registry'} are declared in the hookimpl but can not be found in the "
+     "hookspec"),
+    ({"register_codecs": lambda: ["opus"]}, "plugin 'x' registers codec 'opus', which has no name"),
+    ({"register_node_types": lambda: [Sink], "register_node_type": lambda: [Sink]},
+     "plugin 'x' implements unknown hook 'register_node_type'"),
+    ({"register_node_types": lambda: [Sink, SinkToo]},
+     "plugin 'x' registers node kind 'reg_test_sink' twice: Sink and SinkToo"),
+    ({"register_node_types": lambda: [Sink], "register_codecs": lambda: ["opus"]},
+     "plugin 'x' registers codec 'opus', which has no name"),  # after a good node type
+])
+def test_hook_mistakes_are_plugin_errors_and_leave_nothing(hooks, message):
+    reg = Registry(entry_points=False)
+    codecs, formats = dict(reg.codecs), dict(reg.payload_formats)
+    with pytest.raises(PluginError) as e:
+        reg.register(_hooks("x", **hooks), "x")
+    assert e.value.message == message
+    # All or nothing: pluggy forgot it, and nothing it provided stayed.
+    assert reg.pm.get_plugin("x") is None and "reg_test_sink" not in reg.node_types
+    assert (reg.codecs, reg.payload_formats) == (codecs, formats)
+    assert Sink.plugin == ""
+
+
+def test_unknown_hook_in_local_module_names_plugin_and_hook(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text((BAD / "voip_typo_plugin.py").read_text())
+    reg = Registry(entry_points=False)
+    with pytest.raises(PluginError) as e:
+        reg.load_file(path)
+    assert str(e.value) == (
+        f"plugin '{path}' implements unknown hook 'register_node_type' (hint: rename it to one "
+        "of the hooks: register_codecs, register_node_types, register_payload_formats)")
+
+
+def test_a_failed_plugin_fails_again_and_provides_nothing(tmp_path):
+    (tmp_path / "half.py").write_text('''
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+from plugins.codecs.base import CodecInfo
+
+class Fine(Node):
+    """Registered before the mistake."""
+    kind = "half_fine"
+    inputs = (Port("in"),)
+
+class Tone(Node):
+    """Clashes with the built-in tone."""
+    kind = "tone"
+
+@hookimpl
+def register_node_types():
+    return [Fine, Tone]
+
+@hookimpl
+def register_codecs():
+    return [CodecInfo("half", "HALF", 8000, 1, 8000, None, "half_fine", "half_fine")]
+''')
+    reg = Registry(entry_points=False)
+    msg = (f"node kind 'tone' is registered by both plugin 'plugins.generators' and plugin "
+           f"'{tmp_path / 'half.py'}'")
+    for _ in range(2):  # the second load fails the same way, not silently
+        with pytest.raises(PluginError) as e:
+            reg.load_file(tmp_path / "half.py")
+        assert e.value.message == msg
+        assert "half_fine" not in reg.node_types and "half" not in reg.codecs
+        assert reg.node_types["tone"].plugin == "plugins.generators"
+
+
+def test_sys_exit_at_import_is_a_failed_import(tmp_path):
+    (tmp_path / "bye.py").write_text("import sys\nsys.exit('no thanks')\n")
+    with pytest.raises(PluginError) as e:
+        Registry(entry_points=False).load_file(tmp_path / "bye.py")
+    assert e.value.message == (f"plugin module '{tmp_path / 'bye.py'}' failed to import: it "
+                               "called sys.exit('no thanks')")
+
+
+def test_local_modules_with_the_same_file_name_are_two_plugins(tmp_path):
+    for n in ("one", "two"):
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "nodes.py").write_text(f'''
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class Sink(Node):
+    """Sink {n}."""
+    kind = "stem_{n}"
+    inputs = (Port("in"),)
+
+@hookimpl
+def register_node_types():
+    return [Sink]
+''')
+    reg = Registry(entry_points=False)
+    reg.load_file(tmp_path / "one" / "nodes.py")
+    reg.load_file(tmp_path / "two" / "nodes.py")
+    assert reg.node_types["stem_one"].plugin == str(tmp_path / "one" / "nodes.py")
+    assert reg.node_types["stem_two"].plugin == str(tmp_path / "two" / "nodes.py")
+
+
+def test_reexported_class_keeps_its_plugin():
+    from plugins.basic.nodes import Tee
+
+    reg = Registry(entry_points=False)
+    reg.register(_hooks("reexport", register_node_types=lambda: [Tee]), "reexport")
+    assert reg.node_types["tee"] is Tee and Tee.plugin == "plugins.basic"
+
+
+def _node(kind="reg_check", bases=(Node,), **attrs) -> type:
+    return type("Bad", bases, {"__doc__": "A mistake.", "kind": kind, **attrs})
+
+
+class _InitArgs(Node):
+    """Needs an argument the graph never passes."""
+
+    kind = "init_args"
+
+    def __init__(self, name, extra, **params):
+        super().__init__(name, **params)
+
+
+@pytest.mark.parametrize("cls,message", [
+    (int, "plugin 'x' registered <class 'int'>, which is not a Node class"),
+    (_node(42), "plugin 'x' node class Bad has kind 42, not a snake_case name"),
+    (_node("my.sink"), "plugin 'x' node class Bad has kind 'my.sink', not a snake_case name"),
+    (_node("MySink"), "plugin 'x' node class Bad has kind 'MySink', not a snake_case name"),
+    (_node(""), "plugin 'x' node class Bad has kind '', not a snake_case name"),
+    (_node(inputs=(Port("in"), Port("in"))),
+     "plugin 'x' node class Bad (reg_check) has two inputs named 'in'"),
+    (_node(outputs=(Port("out_%u"), Port("out_%u"))),
+     "plugin 'x' node class Bad (reg_check) has two outputs named 'out_%u'"),
+    (_node(count=Param(int, "abc", "a count")),
+     "plugin 'x' node class Bad (reg_check): parameter 'count': default 'abc' is not a whole "
+     "number"),
+    (_node(dur=Param(Duration, "soon", "a duration")),
+     "plugin 'x' node class Bad (reg_check): parameter 'dur': default 'soon' is not a duration"),
+    (_node(mode=Param(str, "banana", "mode", choices=("a", "b"))),
+     "plugin 'x' node class Bad (reg_check): parameter 'mode': default 'banana' is not one of "
+     "a, b"),
+    (_node(gain=Param(float, 100.0, "gain", min=0.0, max=1.0)),
+     "plugin 'x' node class Bad (reg_check): parameter 'gain': default 100.0 is out of range "
+     "[0, 1]"),
+    (_node(level=Param(float, None, "level", min=10.0, max=1.0)),
+     "plugin 'x' node class Bad (reg_check): parameter 'level': min 10 is greater than max 1"),
+    (_node(label=Param(str, "x", "label", min=0)),
+     "plugin 'x' node class Bad (reg_check): parameter 'label' of type string has min/max"),
+    (_node(name=Param(str, "x", "shadows Node.name")),
+     "plugin 'x' node class Bad (reg_check): parameter 'name' is named like an attribute of "
+     "Node"),
+    (_node(process=Param(int, 1, "shadows Node.process")),
+     "plugin 'x' node class Bad (reg_check): parameter 'process' is named like an attribute "
+     "of Node"),
+    (_InitArgs, "plugin 'x' node class _InitArgs (init_args): __init__(self, name, extra, "
+     "**params) cannot be called as _InitArgs(name, **params)"),
+])
+def test_node_declarations_are_checked_at_registration(cls, message):
+    reg = Registry(entry_points=False)
+    with pytest.raises(PluginError) as e:
+        reg.register(_hooks("x", register_node_types=lambda: [cls]), "x")
+    assert e.value.message == message
+    assert reg.pm.get_plugin("x") is None
+
+
+def test_declarations_that_are_fine():
+    cls = _node(rate=Param(int, None, "no default", required=True),
+                gain=Param(Decibels, "-6dB", "a level", min=-60, max=0),
+                out=Param(str, "a", "choices", choices=("a", "b")),
+                inputs=(Port("in"),), outputs=(Port("in"),))  # one of each direction
+    reg = Registry(entry_points=False)
+    reg.register(_hooks("x", register_node_types=lambda: [cls]), "x")
+    assert reg.node_types["reg_check"] is cls
