@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import shutil
 import signal
@@ -24,6 +23,10 @@ class CliError(PipelineError):
     """A command-line mistake (bad option value, missing tool)."""
 
 
+class UsageError(CliError):
+    """The command line itself is wrong (exit 2, as argparse's own usage errors)."""
+
+
 def _overrides(pairs: list[str]) -> dict[str, Any]:
     from .loader import parse_override
 
@@ -35,12 +38,31 @@ def build_graph(args: argparse.Namespace) -> Graph:
 
     if getattr(args, "expr", None):
         if args.params:
-            raise CliError("-p does not apply to -e launch lines",
-                           hint="write the values into the line")
+            raise UsageError("-p does not apply to -e launch lines",
+                             hint="write the values into the line")
+        if args.file:
+            raise UsageError(f"both a launch line and the file '{args.file}' given",
+                             hint="give one graph: FILE.yaml or -e \"LINE\"")
         return parse_launch(args.expr)
     if not args.file:
-        raise CliError("no graph given", hint="pipeline launch FILE.yaml or -e \"LINE\"")
+        raise UsageError("no graph given", hint="pipeline launch FILE.yaml or -e \"LINE\"")
     return load_graph(args.file, _overrides(args.params))
+
+
+def duration_option(text: str | None) -> float | None:
+    """A command's --duration in seconds (None when not given)."""
+    if text is None:
+        return None
+    from .params import Duration
+
+    try:
+        duration = Duration.parse(text)
+    except ValueError as e:
+        raise UsageError(f"--duration: {e.args[0]}", hint=e.args[1]) from None
+    if not 0 < duration < float("inf"):
+        raise UsageError(f"--duration: {text} is not a positive length of time",
+                         hint="write it like 10s or 500ms")
+    return duration
 
 
 def _progress(now: float, total: float | None) -> None:
@@ -64,36 +86,25 @@ def format_stats(stats: dict[str, dict[str, Any]]) -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from .runtime import Runtime
+    from .runtime import Runtime, run_coroutine
 
     graph = build_graph(args)
-    duration = None
-    if args.duration is not None:
-        from .params import Duration
-
-        try:
-            duration = Duration.parse(args.duration)
-        except ValueError as e:
-            raise CliError(f"--duration: {e.args[0]}", hint=e.args[1]) from None
+    duration = duration_option(args.duration)
     realtime = args.realtime if args.realtime is not None else any(
         getattr(n, "realtime", False) for n in graph.nodes.values())
     show_progress = not realtime and sys.stderr.isatty() and not args.quiet
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        runtime.request_stop()
+
     runtime = Runtime(graph, realtime=realtime, duration=duration, stats=args.stats,
-                      progress=_progress if show_progress else None)
+                      progress=_progress if show_progress else None, on_signal=on_signal)
     for msg_name in ("error",):
         graph.listeners.append(lambda m, n=msg_name: m.name == n and print(
             f"pipeline: {m.node}: {m.data.get('message', m.data)}", file=sys.stderr))
-
-    async def main() -> Any:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, runtime.request_stop)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover
-                pass
-        return await runtime.run()
-
-    result = asyncio.run(main())
+    result = run_coroutine(runtime.run())
     if show_progress:
         sys.stderr.write("\n")
     if not args.quiet:
@@ -103,7 +114,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.stats:
         print(format_stats(result.stats))
-    return 0
+    return 128 + signals[0] if signals else 0  # stopped cleanly, but interrupted
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -143,6 +154,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3]}")
     print(f"\n{len(rows)} node types from {len({r[1] for r in rows})} plugins")
+    if reg.broken:  # left out of the list above: say why a kind may be missing
+        print(f"\n{len(reg.broken)} broken plugin(s) left out:")
+        for b in sorted(reg.broken, key=lambda b: b.name):
+            print(f"  {b.error}")
     return 0
 
 
@@ -287,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pipeline: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # before the graph ran, or while its nodes started
+        return 128 + (signal.SIGTERM if e.args == ("SIGTERM",) else signal.SIGINT)
     except Exception as e:  # one line, never a traceback, unless --debug
         if args.debug:
             raise

@@ -18,7 +18,7 @@ from typing import Any
 
 import networkx as nx
 
-from .errors import GraphError, NegotiationError
+from .errors import GraphError, NegotiationError, PipelineError
 from .formats import AUDIO, VIDEO, Caps, Format, caps_str, intersect_caps
 from .node import Node
 from .params import ParamValueError
@@ -44,6 +44,7 @@ class Link:
     feedback: bool = False  # declared feedback edge: delivered after the period's ticks
     where: Where = NOWHERE
     frames: int = 0
+    ended: bool = False  # end-of-stream has gone through it
     number: int = field(default=0, repr=False)  # creation order, set by the graph
 
     def __str__(self) -> str:
@@ -135,6 +136,13 @@ class Graph:
                 hint = _param_hint(cls, e.param)
             raise GraphError(f"node '{name}' ({kind}): {e.message}", **_loc(pw),
                              hint=hint) from None
+        except PipelineError:
+            raise
+        except Exception as e:  # the class's own __init__ went wrong
+            raise GraphError(f"node '{name}' ({kind}) could not be made: "
+                             f"{type(e).__name__}: {e}", **_loc(where),
+                             hint=f"a bug in plugin '{cls.plugin or '?'}' "
+                             "(--debug shows where)") from e
         for p, w in param_where.items():
             self.param_where[(name, p)] = w
         return self.add(node, node_where or where)
@@ -347,6 +355,10 @@ class Graph:
                 w = self.param_where.get((name, e.param), self.where.get(name, NOWHERE))
                 raise GraphError(f"node '{name}' ({node.kind}): {e.message}", **_loc(w),
                                  hint=e.hint) from None
+            except PipelineError:
+                raise
+            except Exception as e:
+                raise _plugin_bug(self, node, "validate", e) from e
 
     # ---- negotiation ------------------------------------------------------------------
     def negotiate(self, names: set[str] | None = None) -> None:
@@ -408,11 +420,19 @@ class Graph:
                 downstream[ln.src_port] = self.nodes[ln.dst].input_caps(ln.dst_port, None)
         try:
             outs = node.negotiate(inputs, downstream)
-        except NegotiationError:
+        except PipelineError:
             raise
         except (ValueError, NotImplementedError) as e:
             raise GraphError(f"node '{name}' ({node.kind}) cannot negotiate: {e}",
                              **_loc(self.where[name])) from None
+        except Exception as e:
+            raise _plugin_bug(self, node, "negotiate", e) from e
+        bad = _bad_negotiation(node, outs)
+        if bad:
+            raise GraphError(f"node '{name}' ({node.kind}): negotiate() {bad}",
+                             **_loc(self.where.get(name, NOWHERE)),
+                             hint=f"a bug in plugin '{node.plugin or '?'}': negotiate() "
+                             "returns a fixed Format for every linked output")
         node.in_formats = inputs
         node.out_formats = dict(outs)
         node.prepared_formats = True
@@ -507,6 +527,27 @@ class Graph:
     def node_finished(self, node: Node) -> None:
         if self.on_finished is not None:
             self.on_finished(node)
+
+
+def _plugin_bug(graph: Graph, node: Node, method: str, exc: Exception) -> GraphError:
+    """A node's own code raised where it should have answered or raised a PipelineError."""
+    return GraphError(f"node '{node.name}' ({node.kind}): {method}() failed: "
+                      f"{type(exc).__name__}: {exc}",
+                      **_loc(graph.where.get(node.name, NOWHERE)),
+                      hint=f"a bug in plugin '{node.plugin or '?'}' (--debug shows where)")
+
+
+def _bad_negotiation(node: Node, outs: Any) -> str:
+    """What is wrong with what `negotiate()` returned ('' when nothing)."""
+    if not isinstance(outs, dict):
+        return f"returned {type(outs).__name__}, not a dict of output formats"
+    for port in node.linked_outputs:
+        fmt = outs.get(port)
+        if not isinstance(fmt, Format):
+            return f"gave no format for its linked output '{port}'"
+        if not (fmt.is_fixed if fmt.media in (AUDIO, VIDEO) else fmt.value("encoding")):
+            return f"gave output '{port}' a format that is not fixed ({fmt})"
+    return ""
 
 
 def _loc(where: Where | None) -> dict:

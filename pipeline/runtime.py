@@ -14,18 +14,43 @@ import contextlib
 import itertools
 import logging
 import operator
+import signal
+import sys
+import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .clock import RealtimeClock, VirtualClock
 from .errors import NodeError, PipelineError
+from .frames import EndOfStream
 from .graph import Graph, Link
 from .node import Node
 
 log = logging.getLogger("pipeline.runtime")
+T = TypeVar("T")
+
+STALL_S = 10.0  # media seconds an offline graph may go without a node finishing, sources done
+IO_GRACE = 2.0  # seconds an I/O task gets to end once cancelled
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _allow_depth(graph: Graph, order: list[Node]) -> None:
+    """A frame crosses a chain of nodes as nested calls (a few per hop): let the graph's
+    longest chain through, whatever Python's default limit (up to 10,000 hops)."""
+    depth = dict.fromkeys(graph.nodes, 1)
+    incoming: dict[str, list[str]] = {}
+    for ln in graph.links:
+        if not ln.feedback:
+            incoming.setdefault(ln.dst, []).append(ln.src)
+    for node in order:
+        for src in incoming.get(node.name, ()):
+            depth[node.name] = max(depth[node.name], depth[src] + 1)
+    need = 200 + 8 * min(max(depth.values(), default=1), 10_000)
+    if sys.getrecursionlimit() < need:
+        sys.setrecursionlimit(need)
 
 _CLOCKED = operator.attrgetter("clocked")
 
@@ -77,8 +102,12 @@ class Runtime:
 
     def __init__(self, graph: Graph, *, realtime: bool = False, duration: float | None = None,
                  stats: bool = False, progress: Callable[[float, float | None], None] | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, on_signal: Callable[[int], None] | None = None) -> None:
         self.graph = graph
+        # Called with the signal number on SIGINT/SIGTERM while the graph runs (a command's
+        # graph; None: the caller handles signals). While nodes start, either signal
+        # interrupts the start instead.
+        self.on_signal = on_signal
         self.realtime = realtime
         self._clock_given = clock is not None
         self.clock = clock or (RealtimeClock() if realtime else VirtualClock())
@@ -93,6 +122,7 @@ class Runtime:
         # (deliver, port, frame or event, the feedback link it came on)
         self._pending_feedback: list[tuple[Callable, str, Any, Link]] = []
         self._terminals: set[str] = set()
+        self._sources: set[str] = set()
         self._finished: set[str] = set()
         self._io_tasks: dict[str, asyncio.Task] = {}
         self._child_ns = [0]
@@ -147,6 +177,7 @@ class Runtime:
         g = self.graph
         self._order = [g.nodes[n] for n in g.topological_order()]
         self._terminals = {n.name for n in g.nodes.values() if not n.linked_outputs}
+        self._sources = {n.name for n in g.nodes.values() if not n.linked_inputs}
 
     def _set_order(self, order: list[Node]) -> None:
         self._order = order
@@ -224,7 +255,10 @@ class Runtime:
             # cache line is cold again by a call's next frame on a busy server).
             f, node = (fn.__func__, dst) if getattr(fn, "__self__", None) is dst else (_call, fn)
 
-            def emit_one(port: str, frame: Any, f=f, node=node, dp=dp, ln=ln) -> None:
+            def emit_one(port: str, frame: Any, f=f, node=node, dp=dp, ln=ln,
+                         sp=ln.src_port) -> None:
+                if port != sp:
+                    return self._unrouted(name, port)
                 ln.frames += 1
                 f(node, dp, frame)
 
@@ -235,11 +269,23 @@ class Runtime:
         self._frame_routes[name] = routes  # changed in place as links come and go
 
         def emit_many(port: str, frame: Any, routes=routes) -> None:
-            for fn, dp, ln in routes.get(port, ()):
+            out = routes.get(port)
+            if out is None:
+                return self._unrouted(name, port)
+            for fn, dp, ln in out:
                 ln.frames += 1
                 fn(dp, frame)
 
         return emit_many
+
+    def _unrouted(self, name: str, port: str) -> None:
+        """A frame out of a port with no link: dropped when the node declares the port (an
+        optional output left unlinked), a plugin's mistake when it does not."""
+        node = self.graph.nodes[name]
+        if node.find_port("out", port) is None:
+            declared = ", ".join(p.name for p in node.outputs) or "none"
+            raise node.fail(f"emitted on port '{port}', which it does not declare "
+                            f"(its outputs: {declared})", hint="emit on a declared output")
 
     def _make_emit_event(self, name: str, links: list[Link]) -> Callable[[str, Any], None]:
         routes: dict[str, list[tuple[Callable, str, Link]]] = {}
@@ -248,7 +294,9 @@ class Runtime:
         self._event_routes[name] = routes
 
         def emit_event(port: str, event: Any) -> None:
-            for fn, dp, _ in routes.get(port, ()):
+            for fn, dp, ln in routes.get(port, ()):
+                if type(event) is EndOfStream:
+                    ln.ended = True
                 fn(dp, event)
 
         return emit_event
@@ -300,8 +348,8 @@ class Runtime:
             try:
                 node.start()
             except Exception as e:
-                for done in started:
-                    self._stop_node(done)
+                for done in started:  # the start failure is the one to report
+                    self._stop_node(done, report=False)
                 if isinstance(e, PipelineError) and not isinstance(e, NodeError):
                     raise NodeError(e.message, node=node.name, hint=e.hint) from e
                 if isinstance(e, NodeError):
@@ -310,21 +358,27 @@ class Runtime:
             started.append(node)
             self._started.add(node)
 
-    def _stop_node(self, node: Node) -> None:
+    def _stop_node(self, node: Node, report: bool = True) -> None:
         if node not in self._started:
             return
         self._started.discard(node)
         try:
             node.stop()
-        except Exception as e:  # keep stopping the others; report the first
-            log.warning("node '%s' failed to stop: %s", node.name, e)
-            if self.error is None:
+        except Exception as e:  # keep stopping the others; report the first failure
+            if report and self.error is None:
                 self.error, self.error_node = e, node
+            else:
+                log.warning("node '%s' failed to stop: %s", node.name, e)
 
     def _start_io(self, nodes: list[Node]) -> None:
         for node in nodes:
             if type(node).run_io is not Node.run_io:
-                self._io_tasks[node.name] = asyncio.create_task(self._guard(node))
+                task = self._io_tasks[node.name] = asyncio.create_task(self._guard(node))
+                task.add_done_callback(self._io_ended)
+
+    def _io_ended(self, task: asyncio.Task) -> None:
+        if self._wake is not None:
+            self._wake.set()  # an I/O-only graph checks whether anything is left to run
 
     # ---- parts (call graphs) while running ------------------------------------------------
     def attach(self, prefix: str, names: list[str],
@@ -512,21 +566,30 @@ class Runtime:
         self._wake = asyncio.Event()
         g.on_finished = self._node_finished
         self._refresh()
+        _allow_depth(g, self._order)
         wall0 = time.perf_counter()
         stopped_by = "eos"
         n = 0
         expected = self.expected_duration()
+        restore = self._interrupt_start() if self.on_signal is not None else None
         try:
             self._start(self._order)
+            if restore is not None:
+                restore()
+                restore = self._handle_signals()
             self._set_order(self._order)  # after start: a node may opt out of ticks there
             # Wired after start: a node may pick its process method there (gain at 0 dB
             # forwards by reference), and emit calls whatever is bound now, directly.
             self._wire(set(g.nodes))
+            if type(self.clock) is RealtimeClock and not self._clock_given:
+                self.clock = RealtimeClock()  # real time starts now: starting took some
             self._take_device_clock(self._order)
             self._start_io(self._order)
             period = g.period
             clock = self.clock
             virtual = type(clock) is VirtualClock
+            io_until = None if self.duration is None else self.loop.time() + self.duration
+            stall = (0, 0.0)  # (finished nodes, media time they were counted at)
             while True:
                 if self._stop_requested:
                     stopped_by = "error" if self.error else "stop"
@@ -538,8 +601,18 @@ class Runtime:
                     stopped_by = "duration"
                     break
                 if not self._clocked:
+                    # An I/O-only graph: wait for EOS, a stop or the duration.
+                    if self._io_tasks and all(t.done() for t in self._io_tasks.values()):
+                        log.warning("every I/O task has ended, and end-of-stream has not "
+                                    "reached the graph's ends: nothing more can come")
+                        break
                     self._wake.clear()
-                    await self._wake.wait()  # an I/O-only graph: wait for EOS or stop
+                    timeout = None if io_until is None else io_until - self.loop.time()
+                    if timeout is not None and timeout <= 0:
+                        stopped_by = "duration"
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
                     continue
                 if virtual:
                     # No coroutine per tick: media time just jumps; yield now and then so
@@ -547,6 +620,8 @@ class Runtime:
                     clock.now = now
                     if not n % 64:
                         await asyncio.sleep(0)
+                        if not self._io_tasks:
+                            stall = self._check_stalled(now, stall)
                 else:
                     await self.clock.wait_until(now)
                 for node in self._clocked:
@@ -572,21 +647,86 @@ class Runtime:
         except Exception as e:
             self.fail(e)
         finally:
-            tasks = list(self._io_tasks.values())
-            self._io_tasks.clear()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+            await self._end_io()
             for node in self._order:
                 self._stop_node(node)
+            if restore is not None:
+                restore()
         wall = time.perf_counter() - wall0
         if self.error is not None:
             raise self._as_node_error(self.error)
         return RunResult(n * g.period, wall, self.collect_stats(), list(g.messages), stopped_by, g)
+
+    def _interrupt_start(self) -> Callable[[], None]:
+        """While nodes start, the loop cannot run its signal handlers (a node's start() is
+        synchronous): SIGINT and SIGTERM interrupt it, as KeyboardInterrupt, instead.
+        Returns what puts the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+        saved = {sig: signal.signal(sig, interrupt) for sig in _SIGNALS}
+        return lambda: [signal.signal(sig, old) for sig, old in saved.items()] and None
+
+    def _handle_signals(self) -> Callable[[], None]:
+        """While the graph runs, SIGINT and SIGTERM call `on_signal` from the loop."""
+        loop = self.loop
+        assert loop is not None and self.on_signal is not None
+        handled = []
+        for sig in _SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.on_signal, int(sig))
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        return lambda: [loop.remove_signal_handler(sig) for sig in handled] and None
+
+    def _check_stalled(self, now: float, mark: tuple[int, float]) -> tuple[int, float]:
+        """Offline, only ticks move the graph: once its sources have all ended and no node
+        has finished for `STALL_S` of media time, none ever will (a node holds end-of-stream
+        back). Stop, naming that node, rather than spin for ever. Returns the new mark."""
+        done = len(self._finished)
+        if done != mark[0]:
+            return done, now
+        if now - mark[1] < STALL_S or not self._sources <= self._finished:
+            return mark
+        ended: dict[str, bool] = {}  # node -> whether every input it waits on has ended
+        for ln in self.graph.links:
+            if not ln.feedback:
+                ended[ln.dst] = ended.get(ln.dst, True) and ln.ended
+        holding = [n for n in self._order if not n.finished and ended.get(n.name)]
+        if holding:
+            self.fail(NodeError(
+                f"every input has ended, but no end-of-stream came out in {STALL_S:g} s of "
+                "media time since", node=holding[0].name,
+                hint="pass EndOfStream on from event() once done (super().event does)"),
+                holding[0])
+        else:
+            waiting = sorted(self._terminals - self._finished)
+            self.fail(PipelineError(
+                f"the graph's sources have ended, but {', '.join(waiting)} never had "
+                f"end-of-stream in {STALL_S:g} s of media time since",
+                hint="every node must pass EndOfStream on; --duration bounds a run"))
+        return mark
+
+    async def _end_io(self) -> None:
+        """Cancel the I/O tasks and give them `IO_GRACE` s to clean up: one that ignores its
+        cancellation is left behind, with a warning, rather than waited for for ever."""
+        tasks = dict(self._io_tasks)
+        self._io_tasks.clear()
+        if not tasks:
+            return
+        for task in tasks.values():
+            task.cancel()
+        _, late = await asyncio.wait(tasks.values(), timeout=IO_GRACE)
+        for name, task in tasks.items():
+            if task in late:
+                log.warning("node '%s': its I/O task did not end within %g s of being "
+                            "cancelled; left behind", name, IO_GRACE)
+            elif not task.cancelled():
+                task.exception()  # retrieved: its failure was reported through fail()
 
     async def _guard(self, node: Node) -> None:
         try:
@@ -594,7 +734,9 @@ class Runtime:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self.fail(e, node)
+            # The innermost node in the traceback: a node downstream may have failed on a
+            # frame this task pushed.
+            self.fail(e, failing_node(e) or node)
 
     def _as_node_error(self, exc: BaseException) -> PipelineError:
         if isinstance(exc, NodeError) and exc.node:
@@ -618,10 +760,36 @@ class Runtime:
         for name, node in g.nodes.items():
             node.counters.frames_in = frames_in.get(name, 0)
             node.counters.frames_out = frames_out.get(name, 0)
-            out[name] = {"kind": node.kind, **node.stats()}
+            try:
+                out[name] = {"kind": node.kind, **node.stats()}
+            except Exception as e:  # a plugin's stats() must not lose the run's result
+                log.warning("node '%s': stats() failed: %s: %s", name, type(e).__name__, e)
+                out[name] = {"kind": node.kind, **Node.stats(node), "stats_error": str(e)}
         return out
 
 
 def run(graph: Graph, **kwargs: Any) -> RunResult:
     """Run a graph to completion on a new event loop (see `Runtime` for options)."""
-    return asyncio.run(Runtime(graph, **kwargs).run())
+    return run_coroutine(Runtime(graph, **kwargs).run())
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run`, except that tasks still running once `coro` is done (an I/O task that
+    took no notice of its cancellation) get `IO_GRACE` s and are then left behind, where
+    asyncio.run would wait for them for ever."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=IO_GRACE))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()

@@ -1,10 +1,17 @@
 """The runtime: same output under both clocks, stats, faults name their node."""
 
+import asyncio
+import contextlib
+
 import numpy as np
 import pytest
 
 from pipeline.errors import NodeError
+from pipeline.formats import Format
+from pipeline.graph import Graph
 from pipeline.loader import load_graph_text
+from pipeline.node import Node, Port
+from pipeline.runtime import Runtime
 from pipeline.testing import run_graph
 
 from conftest import FEEDBACK_GRAPH  # isort: skip
@@ -114,3 +121,124 @@ def test_single_feedback_link_queues_as_the_general_routing_does():
         queued.append(rt._pending_feedback)
     assert queued[0] == queued[1]
     assert queued[0][0][1:] == (fb.dst_port, "frame", fb)
+
+
+def test_a_node_holding_end_of_stream_back_is_named_instead_of_spinning_for_ever():
+    # Offline, only ticks move the graph: with its sources ended and no node finishing for
+    # 10 s of media time, nothing ever will. It used to run until killed.
+    g = load_graph_text(GRAPH)
+    g.prepare()
+    g.nodes["m"].event = lambda port, event: None  # swallows EOS
+    with pytest.raises(NodeError) as e:
+        run_graph(g, stats=False)
+    assert str(e.value).startswith(
+        "node 'm': every input has ended, but no end-of-stream came out in 10 s")
+
+
+def test_duration_bounds_a_graph_of_io_nodes_only():
+    # An rtp_session without timers is not ticked: nothing in this graph is clocked, and
+    # --duration used to be checked only between ticks.
+    r = run_graph("rtp_session codec=pcmu ! pcmu_decoder ! frame_sink name=o", launch=True,
+                  realtime=True, duration=0.3)
+    assert r.stopped_by == "duration" and r.graph.nodes["o"].audio().size == 0
+
+
+class _Io(Node):
+    """An I/O node whose task does what the test says."""
+
+    kind = "test_io"
+    outputs = (Port("out", (Format.audio("pcm_s16", 8000, 1),)),)
+
+    def __init__(self, name: str, behaviour: str) -> None:
+        super().__init__(name)
+        self.behaviour = behaviour
+
+    def negotiate(self, inputs, downstream):
+        return {"out": self.outputs[0].caps[0]}
+
+    async def run_io(self) -> None:
+        if self.behaviour == "return":
+            return
+        while True:  # "stubborn": takes no notice of its cancellation
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+
+def _io_graph(behaviour: str) -> Graph:
+    g = Graph("io")
+    g.add(_Io("src", behaviour))
+    g.create("frame_sink", "o")
+    g.link("src", "out", "o", "in")
+    return g
+
+
+def test_io_tasks_that_all_return_end_the_graph(caplog):
+    r = asyncio.run(Runtime(_io_graph("return"), realtime=True).run())
+    assert r.stopped_by == "eos"
+    assert "every I/O task has ended" in caplog.text
+
+
+def test_an_io_task_ignoring_its_cancellation_is_left_behind_not_waited_for(caplog):
+    async def main():
+        rt = Runtime(_io_graph("stubborn"), realtime=True, duration=0.1)
+        result = await rt.run()
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in left:  # the test's own clean-up: the loop must close
+            t.get_coro().close()
+        return result
+
+    assert asyncio.run(main()).stopped_by == "duration"
+    assert "node 'src': its I/O task did not end within 2 s of being cancelled" in caplog.text
+
+
+def test_a_stop_failure_does_not_hide_the_start_failure_that_caused_it(caplog):
+    g = load_graph_text(GRAPH)
+    g.prepare()
+
+    def bad_stop():
+        raise OSError("stop boom")
+
+    def bad_start():
+        raise OSError("start boom")
+
+    g.nodes["o"].stop = bad_stop  # started first (sinks first), stopped when 'a' fails
+    g.nodes["a"].start = bad_start
+    with pytest.raises(NodeError, match="node 'a': failed to start: start boom"):
+        run_graph(g, stats=False)
+    assert "node 'o' failed to stop: stop boom" in caplog.text
+
+
+def test_a_failing_stats_method_keeps_the_result():
+    g = load_graph_text(GRAPH)
+    g.prepare()
+
+    def bad_stats():
+        raise RuntimeError("stats boom")
+
+    g.nodes["m"].stats = bad_stats
+    r = run_graph(g)
+    assert r.stats["m"]["stats_error"] == "stats boom" and r.stats["m"]["frames_in"] == 30
+    assert len(r.graph.nodes["o"].audio()) == 4800
+
+
+def test_a_frame_on_an_undeclared_port_names_the_node():
+    g = load_graph_text(GRAPH)
+    g.prepare()
+    mixer = g.nodes["m"]
+    real = type(mixer).process
+
+    def wrong_port(port, frame):
+        real(mixer, port, frame)
+        mixer.emit("nonexistent", frame)
+
+    mixer.process = wrong_port
+    with pytest.raises(NodeError) as e:
+        run_graph(g, stats=False)
+    assert str(e.value).startswith("node 'm': emitted on port 'nonexistent', which it does "
+                                   "not declare (its outputs: out)")
+
+
+def test_a_long_chain_runs_past_pythons_recursion_limit():
+    chain = " ! ".join(["tone rate=8000 duration=0.1s"] + ["gain"] * 400 + ["frame_sink name=o"])
+    r = run_graph(chain, launch=True, stats=True)
+    assert len(r.graph.nodes["o"].audio()) == 800

@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import duration_option
 from pipeline.errors import PipelineError
 from pipeline.graph import Graph
-from pipeline.params import Duration
-from pipeline.runtime import RunResult, Runtime
+from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from .uri import SipUri
 
@@ -31,25 +30,15 @@ class CallFailed(PipelineError):
     """`pipeline call` could not establish its call."""
 
 
-def _duration(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return Duration.parse(text)
-    except ValueError as e:
-        raise PipelineError(f"--duration: {e.args[0]}", hint=(e.args + (None,))[1]) from None
-
-
 def endpoints(graph: Graph) -> list[Any]:
     return [n for n in graph.nodes.values() if n.kind == "sip_endpoint"]
 
 
 async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> RunResult:
-    runtime = Runtime(graph, realtime=True, duration=duration)
     loop = asyncio.get_running_loop()
     signals = [0]
 
-    def on_signal() -> None:
+    def on_signal(signum: int) -> None:
         signals[0] += 1
         nodes = [n for n in endpoints(graph) if getattr(n, "ua", None) is not None]
         if signals[0] > 1 or not nodes:
@@ -60,11 +49,7 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
             node.shutdown()
         loop.call_later(SHUTDOWN_GRACE, runtime.request_stop)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
-            pass
+    runtime = Runtime(graph, realtime=True, duration=duration, on_signal=on_signal)
     printer = _EventPrinter(loop, _ERRORS if quiet else _PRINTED)
     graph.listeners.append(printer)
     # A server process: what start-up made (modules, the registry, the graph) lives until
@@ -83,11 +68,6 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
         printer.flush()
         gc.set_threshold(*thresholds)
         gc.unfreeze()  # back in the collector's sight (matters when run in-process)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover
-                pass
 
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
@@ -127,7 +107,7 @@ def serve(args: argparse.Namespace) -> int:
     if not endpoints(graph):
         raise PipelineError("graph has no sip_endpoint node to serve",
                             hint="add a node of type sip_endpoint (docs/sip.md)")
-    asyncio.run(_run(graph, _duration(args.duration), quiet=args.quiet))
+    run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet))
     return 0
 
 
@@ -165,10 +145,10 @@ def call(args: argparse.Namespace) -> int:
     """Call a SIP URI, run the call graph for the call, hang up after --duration."""
     from pipeline.cli import _overrides
 
-    duration = _duration(args.duration)
+    duration = duration_option(args.duration)
     graph = build_call_graph(args.uri, args.graph, duration=duration,
                              params=_overrides(args.params))
-    result = asyncio.run(_run(graph, None))
+    result = run_coroutine(_run(graph, None))
     established = any(m.name == "call-established" for m in result.messages)
     ended = [m for m in result.messages if m.name == "call-ended"]
     if not established:
