@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"pipeline: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR
     except KeyboardInterrupt as e:  # before the graph ran, or while its nodes started
         return 128 + (signal.SIGTERM if e.args == ("SIGTERM",) else signal.SIGINT)
     except Exception as e:  # one line, never a traceback, unless --debug

@@ -1,7 +1,9 @@
 """The command line, through `python -m pipeline` as a user runs it."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -109,3 +111,85 @@ def test_debug_shows_traceback(in_tmp):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "launch" in capsys.readouterr().out
+
+
+SLOW_START = '''
+import time
+from pathlib import Path
+
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+
+class SlowStart(Node):
+    """Starts forever (a device that never answers)."""
+
+    kind = "slow_start"
+    inputs = (Port("in"),)
+
+    def start(self):
+        Path("starting").touch()
+        while True:
+            time.sleep(1)
+
+
+@hookimpl
+def register_node_types():
+    return [SlowStart]
+'''
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_interrupts_a_node_blocked_in_start(in_tmp, sig, code):
+    # A node's start() is synchronous: the loop's handlers could not run while it blocked,
+    # so SIGINT and SIGTERM went unheard until it returned (here, never).
+    (in_tmp / "slow.py").write_text(SLOW_START)
+    (in_tmp / "g.yaml").write_text("plugins: [slow.py]\nnodes:\n"
+                                   "  t: {type: tone, duration: 1s}\n  s: {type: slow_start}\n"
+                                   "links: [t -> s]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "launch", "g.yaml", "--realtime"],
+                            cwd=in_tmp, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (in_tmp / "starting").exists():  # the node's start() has begun
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+
+
+def test_a_signal_stops_a_running_graph_cleanly_with_128_plus_its_number(in_tmp):
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "launch", "-e",
+                             "tone rate=8000 ! wav_recorder path=t.wav", "--realtime"],
+                            cwd=in_tmp, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (in_tmp / "t.wav").exists() or (in_tmp / "t.wav").stat().st_size < 8044:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.01)  # polling the file another process writes
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "ended by stop" in err
+    audio, rate = read_wav(in_tmp / "t.wav")  # finalised: the header matches the data
+    assert rate == 8000 and len(audio) >= 4000
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("launch",), "no graph given"),
+    (("launch", "-e", "tone ! null_sink", "g.yaml"), "both a launch line and the file 'g.yaml'"),
+    (("launch", "-e", "tone ! null_sink", "--duration=-5s"),
+     "--duration: -5s is not a positive length of time"),
+    (("launch", "-e", "tone ! null_sink", "--duration", "1e999"),
+     "--duration: 1e999 is not a positive length of time"),
+])
+def test_usage_mistakes_exit_2(in_tmp, args, message):
+    r = pipeline(*args, cwd=in_tmp)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"pipeline: error: {message}")
