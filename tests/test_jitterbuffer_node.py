@@ -14,7 +14,7 @@ from pipeline.formats import Format
 from pipeline.frames import FLAG_CONCEALED, EncodedFrame
 from pipeline.graph import Graph
 from pipeline.node import Node, Port
-from pipeline.testing import align, run_graph
+from pipeline.testing import align, dominant_frequency, run_graph
 from plugins.rtp.impair import GilbertElliott, ImpairmentProfile, NetworkImpairment
 
 SPEECH = Path(__file__).parents[1] / "graphs" / "samples" / "speech.wav"
@@ -134,3 +134,34 @@ def test_clean_link_settles_to_bit_exact_playout():
     lag, corr = align(tail.astype(np.float64), want.astype(np.float64))
     n = len(tail) - 480  # the last frames are the stream's end (fade after EOS)
     assert np.array_equal(want[lag:lag + n], tail[:n])
+
+
+@pytest.mark.parametrize(("sent_ms", "ptime_ms"), [(30, 20), (10, 20), (20, 40), (20, 5)])
+def test_the_buffer_follows_the_packet_time_the_stream_has(sent_ms, ptime_ms):
+    # Peers send the packet time they send, whatever was negotiated: a buffer playing
+    # 20 ms frames of 30 ms packets played 1.34 s of a 1 s tone, pitched up.
+    def play(ms):
+        return run_graph(f"tone freq=440 rate=8000 duration=1s ! pcmu_encoder ptime_ms="
+                         f"{sent_ms} ! jitter_buffer name=jb ptime_ms={ms} ! pcmu_decoder ! "
+                         "frame_sink name=o", launch=True)
+
+    r = play(ptime_ms)
+    out = r.graph.nodes["o"].audio()[:, 0]
+    assert abs(len(out) - 8000) <= 8 * sent_ms  # within a packet
+    assert dominant_frequency(out, 8000) == pytest.approx(440, abs=2)
+    assert r.stats["jb"]["ptime_changes"] == 1 and r.stats["jb"]["played"] == -(-1000 // sent_ms)
+    # the same as a buffer set up with the stream's packet time
+    assert np.array_equal(out, play(sent_ms).graph.nodes["o"].audio()[:, 0])
+    assert [m.data for m in r.messages if m.name == "jitter-buffer-ptime"] == [
+        {"ptime_ms": sent_ms, "was_ms": ptime_ms}]
+
+
+def test_delay_limits_out_of_order_are_refused():
+    from pipeline.errors import GraphError
+
+    with pytest.raises(GraphError, match="min_delay_ms 600 is above max_delay_ms 100"):
+        run_graph("tone ! pcmu_encoder ! jitter_buffer min_delay_ms=600 max_delay_ms=100 ! "
+                  "pcmu_decoder ! null_sink", launch=True)
+    with pytest.raises(GraphError, match=r"start_delay_ms 2000 is outside \[0, 500\]"):
+        run_graph("tone ! pcmu_encoder ! jitter_buffer start_delay_ms=2000 ! pcmu_decoder ! "
+                  "null_sink", launch=True)

@@ -222,7 +222,8 @@ def test_ptime_follows_offer_unless_given_and_maxptime_caps() -> None:
         ("PCMU", 1, None, 10),
         ("PCMU", 40, 30, 30),
         ("opus", 30, None, 20),  # Opus frames 10, 20, 40 or 60 ms: the longest shorter one
-        ("opus", 100, None, 60),
+        ("opus", 100, None, 100),
+        ("opus", 70, None, 60),
         ("opus", 20, 15, 10),
         ("opus", 5, None, 10),
     ],

@@ -607,3 +607,14 @@ def test_video_tee_graph(tmp_path):
     frames = sink(play(tmp_path / "tee.mp4", audio=False)).frames
     assert all(isinstance(f, VideoFrame) and (f.width, f.height) == (640, 480) for f in frames)
     assert counters(frames) == list(range(30))
+
+
+def test_a_decoder_set_to_one_codec_refuses_another_at_link_time():
+    # It used to take VP8 as H.264, end "by eos" with 15 decode errors and no picture.
+    with pytest.raises(NegotiationError, match=r"cannot link video_encoder\d+\.out "
+                       r"\(encoded/vp8 .*\) to video_decoder\d+\.in \(encoded/h264"):
+        parse_launch("video_test_source duration=0.2s ! video_encoder codec=vp8 ! "
+                     "video_decoder codec=h264 ! null_sink").prepare()
+    ok = run_graph("video_test_source duration=0.2s width=64 height=48 ! video_encoder "
+                   "codec=vp8 ! video_decoder name=dec codec=vp8 ! null_sink", launch=True)
+    assert ok.stats["dec"]["pictures"] > 0

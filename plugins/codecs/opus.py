@@ -24,7 +24,8 @@ from pipeline.errors import MissingDependencyError, ParseError
 from plugins.codecs.base import Codec, CodecError, Decoder, Encoder, check_pcm, output_buffer
 
 RATES_HZ = (8000, 12000, 16000, 24000, 48000)
-FRAME_MS = (2.5, 5, 10, 20, 40, 60)
+# 80, 100 and 120 ms packets carry several frames (libopus 1.2 and later encode them).
+FRAME_MS = (2.5, 5, 10, 20, 40, 60, 80, 100, 120)
 APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
 SIGNALS = {"auto": -1000, "voice": 3001, "music": 3002}
 MAX_PACKET_BYTES = 4000  # libopus's recommended output buffer size for one packet
@@ -269,7 +270,7 @@ class OpusEncoder(Encoder):
             _SET_SIGNAL: SIGNALS[signal],
         }
         self._init()
-        # Legal frame lengths in samples per channel: 2.5, 5, 10, 20, 40, 60 ms.
+        # Legal packet lengths in samples per channel (FRAME_MS).
         self._frame_sizes = frozenset(round(rate_hz * ms / 1000) for ms in FRAME_MS)
         self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
 
@@ -298,7 +299,7 @@ class OpusEncoder(Encoder):
         samples = pcm.shape[0]
         if samples not in self._frame_sizes:
             raise CodecError(
-                f"Opus encoder frame must be 2.5, 5, 10, 20, 40 or 60 ms "
+                f"Opus encoder frame must be {', '.join(f'{m:g}' for m in FRAME_MS)} ms "
                 f"({sorted(self._frame_sizes)} samples at {self.codec.rate_hz} Hz), got {samples}"
             )
         size = self._lib.opus_encode(

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.formats import Format
 from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
-from pipeline.params import Param
+from pipeline.params import Param, ParamValueError
 
 from .buffer import Action, JitterBuffer
 
@@ -41,16 +41,24 @@ class JitterBufferNode(Node):
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         return {"out": inputs["in"]}
 
+    def validate(self) -> None:
+        if self.min_delay_ms > self.max_delay_ms:
+            raise ParamValueError("min_delay_ms", f"min_delay_ms {self.min_delay_ms:g} is above "
+                                  f"max_delay_ms {self.max_delay_ms:g}",
+                                  "make min_delay_ms <= start_delay_ms <= max_delay_ms")
+        if not self.min_delay_ms <= self.start_delay_ms <= self.max_delay_ms:
+            raise ParamValueError("start_delay_ms", f"start_delay_ms {self.start_delay_ms:g} is "
+                                  f"outside [{self.min_delay_ms:g}, {self.max_delay_ms:g}] "
+                                  "(min_delay_ms, max_delay_ms)",
+                                  "make min_delay_ms <= start_delay_ms <= max_delay_ms")
+
     def start(self) -> None:
         fmt = self.in_formats["in"]
         self.codec = fmt.value("encoding") or ""
         self.clock_rate = fmt.value("rate") or 8000
-        self.buffer = JitterBuffer(self.clock_rate, self.ptime_ms,
-                                   min_delay_ms=self.min_delay_ms,
-                                   max_delay_ms=max(self.max_delay_ms, self.min_delay_ms),
-                                   start_delay_ms=self.start_delay_ms)
-        self.frame = self.buffer.frame
-        self.period = self.ptime_ms / 1000.0
+        self._make_buffer(self.ptime_ms)
+        self.ptime_changes = 0
+        self._odd = (0, 0)  # (a packet time other than the buffer's, packets in a row)
         self.next_pop: float | None = None
         self.ended = False
         rt = self.graph.runtime if self.graph is not None else None
@@ -59,6 +67,32 @@ class JitterBufferNode(Node):
         self._realtime = bool(rt is not None and rt.realtime)
         self._media_now = 0.0
         self._loop_time: Any = None  # the running loop's clock, looked up once
+
+    def _make_buffer(self, ptime_ms: int) -> None:
+        self.buffer = JitterBuffer(self.clock_rate, ptime_ms, min_delay_ms=self.min_delay_ms,
+                                   max_delay_ms=self.max_delay_ms,
+                                   start_delay_ms=self.start_delay_ms)
+        self.frame = self.buffer.frame
+        self.period = ptime_ms / 1000.0
+
+    def _packet_time(self, samples: int) -> None:
+        """The stream's packets last `samples`, not the buffer's frame: follow the stream
+        (a peer sends the packet time it sends, whatever the SDP said), at once for the
+        stream's first packet, else once three packets in a row agree. The buffer starts
+        over (what it held is dropped, counted)."""
+        n, run = self._odd
+        self._odd = (samples, run + 1 if samples == n else 1)
+        ms = samples * 1000 / self.clock_rate
+        if not (ms.is_integer() and 5 <= ms <= 120) or (
+                self.buffer.stats.received and self._odd[1] < 3):
+            return
+        old = self.buffer
+        self._make_buffer(int(ms))
+        self.buffer.stats.discarded += len(old)
+        self.ptime_changes += 1
+        self._odd = (0, 0)
+        self.post("jitter-buffer-ptime", ptime_ms=int(ms), was_ms=old.frame * 1000 //
+                  self.clock_rate)
 
     def _now(self) -> float:
         if self._realtime:
@@ -70,6 +104,8 @@ class JitterBufferNode(Node):
         return self._media_now
 
     def process(self, port: str, frame: EncodedFrame) -> None:
+        if frame.duration != self.frame and frame.duration:
+            self._packet_time(frame.duration)
         meta = frame.meta
         try:  # stamped by an rtp_session: the common case
             arrival, seq, ssrc = meta["arrival"], meta["seq"], meta["ssrc"]
@@ -128,7 +164,7 @@ class JitterBufferNode(Node):
         return {**super().stats(), "received": s.received, "played": s.played,
                 "late": s.late, "lost": s.lost, "concealed": s.concealed,
                 "compressed": s.compressed, "discarded": s.discarded, "resyncs": s.resyncs,
-                "overflows": s.overflows,
+                "overflows": s.overflows, "ptime_changes": self.ptime_changes,
                 "delay_ms": round(s.current_delay_ms, 1),
                 "target_ms": round(s.target_delay_ms, 1),
                 "mean_delay_ms": round(s.mean_delay_ms, 1)}

@@ -82,9 +82,9 @@ _KNOWN: dict[str, tuple[str, int, int, int | None, int, dict[str, str]]] = {
 
 # a=ptime and a=maxptime are hints (RFC 8866 sections 6.4 and 6.5): the packet time used is
 # the one asked for when the codec can frame it, else the longest shorter one it can, within
-# 10-120 ms (RFC 6716's longest packet). Opus frames whole packets of 10, 20, 40 or 60 ms.
+# 10-120 ms (RFC 6716's longest packet). Opus packets last 10, 20, 40, 60, 80, 100 or 120 ms.
 _PTIME_RANGE = (10, 120)
-_FRAMES_MS = {"opus": (10, 20, 40, 60)}
+_FRAMES_MS = {"opus": (10, 20, 40, 60, 80, 100, 120)}
 
 
 def packet_time(codec: str, ptime: int | None, maxptime: int | None = None) -> int:

@@ -229,6 +229,11 @@ class VideoDecoderNode(Node):
     wait_for_keyframe = Param(bool, True, "drop pictures after an error until a keyframe")
     threads = Param(int, 1, "decoder threads (1: one core per graph)", min=1, max=64)
 
+    def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
+        # A codec set here is the only one it takes: another fails to link, not as a
+        # stream of decode errors.
+        return (Format.encoded(self.codec),) if self.codec else super().input_caps(port, offered)
+
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         src = inputs["in"]
         codec = self.codec or src.value("encoding")
