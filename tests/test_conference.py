@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from pipeline.errors import NodeError
 from pipeline.frames import FLAG_SILENCE, AudioFrame
 from pipeline.graph import Graph
-from pipeline.testing import run_graph
+from pipeline.testing import read_wav, run_graph
 from plugins.conference.mixing import FULL_SCALE, KNEE, UNITY, MixMinus, soft_limit
 from plugins.conference.nodes import ConferenceBridge
 from plugins.conference.shared import FLAG_SHARED, SharedEncoderCache
@@ -157,7 +157,8 @@ def max_step(x: np.ndarray) -> int:
 
 @pytest.mark.parametrize("ramp_ms", [5.0, 0.0])
 def test_join_ramps_in_without_a_click(ramp_ms):
-    room = Room(ins=(), outs=(0,), ramp_ms=ramp_ms, gate=False)
+    # An empty room waits for its first talker only when persistent (a live room).
+    room = Room(ins=(), outs=(0,), ramp_ms=ramp_ms, gate=False, persistent=True)
     for _ in range(5):
         room.step()
     room.node.port_linked("in", "in_1")
@@ -192,6 +193,41 @@ def test_leave_fades_out_without_a_click(ramp_ms):
         assert [m["participant"] for m in room.messages("participant-left")] == [1]
     else:
         assert max_step(around) > 5 * steady
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_room_ends_when_its_last_talker_has_left_unless_persistent(persistent):
+    room = Room(ins=(1,), outs=(0,), gate=False, persistent=persistent)
+    for t in range(10):
+        room.step({1: tone(440, 0.5, t * N)})
+    room.node.port_unlinked("in", "in_1")
+    for _ in range(3):
+        room.step()
+    y = room.audio(0)
+    if persistent:  # silence after the fade-out, for callers still to come
+        assert len(y) == 13 * N and not room.node.finished
+    else:  # the fade-out still goes out, then the end
+        assert len(y) == 11 * N and room.node.finished
+    assert y[10 * N] != 0 and not y[10 * N + room.node.core.ramp_samples:].any()
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_room_with_nobody_talking_ends_unless_persistent(tmp_path, persistent):
+    # Nothing could ever end it: it ran until killed, its recorder writing 4 GB of silence.
+    r = run_graph(f"""
+nodes:
+  room: {{type: conference, persistent: {str(persistent).lower()}, record_dir: {tmp_path}}}
+  ear: {{type: frame_sink}}
+links: [room.out_0 -> ear]
+""", duration=1.0)
+    mix, _ = read_wav(tmp_path / "room-mix.wav")
+    heard = r.graph.nodes["ear"].audio()
+    if persistent:
+        assert r.stopped_by == "duration" and len(heard) == len(mix) == RATE
+    else:
+        assert r.stopped_by == "eos" and len(heard) == len(mix) == 0
+        bare = run_graph("nodes: {room: {type: conference}}", duration=1.0)
+        assert bare.stopped_by == "eos" and bare.media_time <= 0.02
 
 
 def test_mute_gain_and_deafen():

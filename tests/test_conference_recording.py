@@ -147,6 +147,25 @@ def test_multichannel_wav_puts_each_participant_on_its_channel(tmp_path):
         "alice": 1, "bob": 2}
 
 
+@pytest.mark.parametrize("tracks,channels,people", [
+    ("mix", [0], {"alice": None, "bob": None}),
+    ("participants", [1, 2, 3], {"alice": 0, "bob": 1}),
+])
+def test_multichannel_records_only_the_chosen_tracks(tmp_path, tracks, channels, people):
+    # The same session recorded with all tracks: the chosen channels of that file, no more.
+    late_joiner_session(tmp_path / "all", record_layout="multichannel", max_participants=3)
+    late_joiner_session(tmp_path / tracks, record_layout="multichannel", max_participants=3,
+                        record_tracks=tracks)
+    every, _ = read_wav(tmp_path / "all" / "room.wav")
+    x, _ = read_wav(tmp_path / tracks / "room.wav")
+    assert x.shape == (50 * N, len(channels))
+    assert np.array_equal(x, every[:, channels])
+    assert all(np.abs(x[:, :2]).max(axis=0) > 1000)  # mix, or alice and bob: real audio
+    manifest = json.loads((tmp_path / tracks / "room.json").read_text())
+    assert {p["identity"]: p["channel"] for p in manifest["participants"]} == people
+    assert manifest["mix"] == (str(tmp_path / tracks / "room.wav") if tracks == "mix" else None)
+
+
 def test_flac_tracks_are_lossless_and_aligned(tmp_path):
     late_joiner_session(tmp_path / "flac", record_format="flac")
     late_joiner_session(tmp_path / "wav")
@@ -294,9 +313,14 @@ def test_recording_parameters_are_checked():
                                               "or flac"):
         ConferenceBridge("room", record_dir="/tmp/x", record_format="opus",
                          record_layout="multichannel").validate()
-    with pytest.raises(ParamValueError, match="FLAC holds 8 channels"):
+    with pytest.raises(ParamValueError, match="FLAC holds 8 channels, max_participants 8 with "
+                                              "record_tracks all needs 9"):
         ConferenceBridge("room", record_dir="/tmp/x", record_format="flac",
                          record_layout="multichannel", max_participants=8).validate()
+    # Without the mix channel eight participants fit; the mix alone is one channel.
+    for tracks, most in (("participants", 8), ("mix", 10000)):
+        ConferenceBridge("room", record_dir="/tmp/x", record_format="flac", record_tracks=tracks,
+                         record_layout="multichannel", max_participants=most).validate()
     with pytest.raises(ParamValueError, match="Opus cannot record at 44100 Hz"):
         ConferenceBridge("room", record_dir="/tmp/x", record_format="opus",
                          rate=44100).validate()

@@ -1,8 +1,9 @@
 """The mixer's output is the clipped sum of its inputs."""
 
 import numpy as np
+import pytest
 
-from pipeline.testing import run_graph
+from pipeline.testing import dominant_frequency, run_graph, sine, write_wav
 
 
 def _graph(level_a: str, level_b: str) -> str:
@@ -56,3 +57,27 @@ links: [a -> mix, b -> mix, mix -> out]
     out = r.graph.nodes["out"].audio()
     assert len(out) == 8000
     assert r.stats["mix"]["underruns"] == 0
+
+
+def test_mixer_with_no_inputs_ends_at_once():
+    # Nothing can ever end it otherwise: it ran until killed, writing silence.
+    r = run_graph("nodes: {m: {type: mixer}, out: {type: frame_sink}}\nlinks: [m -> out]",
+                  duration=1.0)
+    assert r.stopped_by == "eos" and r.media_time <= 0.02
+    assert r.graph.nodes["out"].audio().size == 0
+
+
+def test_five_one_input_is_down_mixed_not_truncated(tmp_path):
+    # The voice in the centre channel (5.1, WAV order): the stereo mixer's converter keeps it.
+    x = np.zeros((8000, 6), np.int16)
+    x[:, 2:3] = sine(440, 8000, 1.0, 0.5)
+    write_wav(tmp_path / "c.wav", x, 8000)
+    r = run_graph(f"wav_source path={tmp_path / 'c.wav'} ! mixer channels=2 ! "
+                  "frame_sink name=out", launch=True)
+    out = r.graph.nodes["out"].audio()
+    assert out.shape == (8000, 2)
+    h = 0.5 ** 0.5
+    want = 0.5 * h / (1 + 2 * h)  # ITU-R BS.775: 0.707 FC, normalized
+    for ch in range(2):
+        assert dominant_frequency(out[:, ch], 8000) == pytest.approx(440, abs=1)
+        assert np.abs(out[:, ch]).max() / 32767 == pytest.approx(want, abs=1e-3)

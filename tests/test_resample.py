@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.testing import dominant_frequency, run_graph
+from pipeline.testing import dominant_frequency, run_graph, sine, write_wav
 
 
 @pytest.mark.parametrize("src,dst", [(48000, 8000), (8000, 48000), (44100, 16000),
@@ -68,3 +68,46 @@ links: [a -> mix, b -> mix, mix -> out]
     assert conv.out_formats["out"].value("rate") == 8000
     msgs = [m for m in g.messages if m.name == "converter-inserted"]
     assert msgs and "16000 Hz" in msgs[0].data["from"] and "8000 Hz" in msgs[0].data["to"]
+
+
+H = 0.5 ** 0.5
+S51, S71 = 1 + 2 * H, 1 + 3 * H  # the BS.775 weights of one side, normalized to 1
+
+
+@pytest.mark.parametrize("n_in,n_out,gains", [
+    # 5.1 in WAV order (FL FR FC LFE BL BR) to stereo: ITU-R BS.775, LFE dropped.
+    (6, 2, [(1 / S51, 0), (0, 1 / S51), (H / S51, H / S51), (0, 0), (H / S51, 0),
+            (0, H / S51)]),
+    (6, 1, [(0.5 / S51,), (0.5 / S51,), (H / S51,), (0,), (0.5 * H / S51,),
+            (0.5 * H / S51,)]),
+    # 7.1 (FL FR FC LFE BL BR SL SR): the sides join their side's rear.
+    (8, 2, [(1 / S71, 0), (0, 1 / S71), (H / S71, H / S71), (0, 0), (H / S71, 0),
+            (0, H / S71), (H / S71, 0), (0, H / S71)]),
+    (4, 2, [(0.5, 0), (0, 0.5), (0.5, 0), (0, 0.5)]),  # quad: rears fold onto their side
+    (3, 1, [(1 / 3,), (1 / 3,), (1 / 3,)]),  # to mono: the mean
+    (2, 4, [(1, 0, 0, 0), (0, 1, 0, 0)]),  # up-mix: the extra channels are silent
+    (1, 2, [(1, 1)]),
+])
+def test_channel_matrix_keeps_every_channel(tmp_path, n_in, n_out, gains):
+    # Input channel i carries its own tone; each output's level of each tone is its gain.
+    rate, amp = 16000, 0.25
+    freqs = [250 + 200 * i for i in range(n_in)]
+    x = np.concatenate([sine(f, rate, 1.0, amp) for f in freqs], axis=1)
+    write_wav(tmp_path / "in.wav", x, rate)
+    r = run_graph(f"wav_source path={tmp_path / 'in.wav'} ! resample channels={n_out} ! "
+                  "frame_sink name=out", launch=True)
+    out = r.graph.nodes["out"].audio()
+    assert out.shape == (rate, n_out)
+    spec = np.abs(np.fft.rfft(out.astype(np.float64) / 32767, axis=0)) * 2 / rate
+    got = spec[freqs]  # 1 Hz bins: row i is tone i's level in every output channel
+    np.testing.assert_allclose(got, np.array(gains) * amp, atol=2e-4)
+
+
+def test_down_mix_of_full_scale_channels_cannot_clip(tmp_path):
+    # The same full-scale tone in all six channels comes out unchanged: weights sum to 1.
+    x = np.repeat(sine(700, 16000, 0.2, 1.0), 6, axis=1)
+    write_wav(tmp_path / "in.wav", x, 16000)
+    r = run_graph(f"wav_source path={tmp_path / 'in.wav'} ! resample channels=2 ! "
+                  "frame_sink name=out", launch=True)
+    out = r.graph.nodes["out"].audio().astype(np.int32)
+    assert np.abs(out - x[:, :2]).max() <= 1

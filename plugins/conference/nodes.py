@@ -89,7 +89,8 @@ class ConferenceBridge(Node):
     speaker_switch = Param(Duration, 0.2, "time a louder talker needs to become active speaker",
                            min=0.0, max=5.0)
     names = Param(dict, None, "caller identity per participant port (in_0: alice), for files")
-    persistent = Param(bool, False, "keep running when every input has ended (a live room)")
+    persistent = Param(bool, False, "keep running when every input has ended or left, or "
+                       "none is linked (a live room)")
     level_interval = Param(Duration, 0.0, "seconds between `levels` bus messages (0: none)",
                            min=0.0, max=60.0)
     record_dir = Param(PathType, None, "folder for recordings (none: no recording)")
@@ -112,13 +113,19 @@ class ConferenceBridge(Node):
             if self.record_format == "opus":
                 raise ParamValueError("record_layout", "a multichannel recording needs "
                                       "record_format wav or flac", "use record_format: wav")
-            if self.record_format == "flac" and self.max_participants + 1 > FLAC_MAX_CHANNELS:
+            if self.record_format == "flac" and self._record_channels() > FLAC_MAX_CHANNELS:
                 raise ParamValueError("record_layout", f"FLAC holds {FLAC_MAX_CHANNELS} "
                                       f"channels, max_participants {self.max_participants} "
-                                      "needs one more than that", "use record_format: wav")
+                                      f"with record_tracks {self.record_tracks} needs "
+                                      f"{self._record_channels()}", "use record_format: wav")
         from plugins.files.nodes import check_writable
 
         check_writable("record_dir", str(Path(self.record_dir) / "probe"))
+
+    def _record_channels(self) -> int:
+        """Channels of a multichannel recording: the mix and/or one per participant."""
+        return ((self.record_tracks in ("all", "mix"))
+                + self.max_participants * (self.record_tracks in ("all", "participants")))
 
     def input_caps(self, port: str, offered: Format | None):
         # The bridge rate on every input: the graph inserts a resampler for other rates.
@@ -170,7 +177,7 @@ class ConferenceBridge(Node):
         self._outs: list[tuple[str, int]] = []
         self.recorder: RoomRecorder | None = None
         if self.record_dir is not None:
-            channels = self.max_participants + 1 if self.record_layout == "multichannel" else 1
+            channels = self._record_channels() if self.record_layout == "multichannel" else 1
             self.recorder = RoomRecorder(
                 str(self.record_dir), self.name, fmt=self.record_format,
                 layout=self.record_layout, rate=self.rate, tracks=self.record_tracks,
@@ -427,10 +434,10 @@ class ConferenceBridge(Node):
         else:
             steady = self._simple and self._nfilled == len(self._fed)
         if steady:  # every input sent exactly one period on time: the rows are ready
-            fed = live = bool(self._fed)
+            live = bool(self._fed)
         else:
             inp = core.inp
-            fed = live = False
+            live = False
             for p in self._fed:
                 row = inp[p.row]
                 if p.input_gone:
@@ -440,12 +447,13 @@ class ConferenceBridge(Node):
                     if got < n and not p.ended:
                         p.underruns += 1  # lost or on hold: silence, never waited for
                         self.underruns += 1
-                    fed = True
                     live = live or not (p.ended and got == 0)
         self._gen += 1  # what process() receives from now on is for the next period
         self._nfilled = 0
-        if fed and not live and not self.persistent:
-            self.send_eos()  # every input has ended and is drained
+        if not live and not self._gone and not self.persistent:
+            # Every input has ended and is drained, or left and faded out, or none was ever
+            # linked: nothing more can come in (a persistent room waits for callers).
+            self.send_eos()
             return
         if self._fed:
             self._update_gains(self._rows, self._gains)

@@ -17,8 +17,9 @@ Formats and what a `kill -9` (or a power-cut-free crash) leaves on disk:
 Every track starts at room time 0: a late joiner's file begins with silence up to the moment
 it joined (`join`), so all tracks line up sample for sample. In the multichannel layout (WAV,
 or FLAC up to 8 channels) channel 0 is the mix and each participant gets the lowest free
-channel while it is present (silence elsewhere). A JSON manifest next to the tracks names who
-is on which file or channel and when they joined and left; it is replaced atomically.
+channel while it is present (silence elsewhere); `tracks` may leave out the mix (participants
+from channel 0) or the participants (the mix alone). A JSON manifest next to the tracks names
+who is on which file or channel and when they joined and left; it is replaced atomically.
 
 A write error (disk full, file removed) stops the whole recorder with one message through
 `on_error` and never raises into the media path: the call goes on unrecorded.
@@ -227,7 +228,8 @@ class RoomRecorder:
         self.fmt, self.layout, self.rate = fmt, layout, rate
         self.record_mix = tracks in ("all", "mix")
         self.record_participants = tracks in ("all", "participants")
-        self.channels = channels  # multichannel: 1 (mix) + one per participant
+        self.channels = channels  # multichannel: the mix (if recorded) + one per participant
+        self._first_channel = int(self.record_mix)  # multichannel: participants from here
         self.flush_seconds = flush_seconds
         self.on_error = on_error
         self.names = NameAllocator()
@@ -257,7 +259,7 @@ class RoomRecorder:
             self.mix_track = self._open(self.directory / f"{self.room}{ext}", self.channels)
         elif self.record_mix:
             self.mix_track = self._open(self.directory / f"{self.room}-{MIX_NAME}{ext}", 1)
-        self.mix_path = self.mix_track.path if self.mix_track else None
+        self.mix_path = self.mix_track.path if self.mix_track and self.record_mix else None
         self._write_manifest()
 
     def _open(self, path: Path, channels: int) -> TrackWriter:
@@ -275,9 +277,9 @@ class RoomRecorder:
                                  "leave_s": None}
         if self.layout == "multichannel":
             taken = set(self.channel_of.values())
-            free = [c for c in range(1, self.channels) if c not in taken]
+            free = [c for c in range(self._first_channel, self.channels) if c not in taken]
             if not free:
-                entry["channel"] = None  # more participants than channels: not recorded
+                entry["channel"] = None  # not recorded: no channel free, or only the mix
             else:
                 self.channel_of[key] = free[0]
                 entry["channel"] = free[0]
@@ -319,7 +321,8 @@ class RoomRecorder:
                 self._block = np.zeros((n, self.channels), np.int16)
             block = self._block
             block.fill(0)
-            block[:, 0] = mix
+            if self.record_mix:
+                block[:, 0] = mix
             for key, channel in self.channel_of.items():
                 samples = contributions.get(key)
                 if samples is not None:

@@ -21,7 +21,8 @@ class Mixer(Node):
     """Mixes any number of inputs (request ports `in_%u`); inputs are converted to its format.
 
     Clocked: every period it takes one period of audio from each input (silence where an
-    input has nothing: a live input that stalls is not waited for) and emits the sum.
+    input has nothing: a live input that stalls is not waited for) and emits the sum. It
+    ends once every input has ended and is drained, at once if it has none.
     """
 
     kind = "mixer"
@@ -87,7 +88,8 @@ class Mixer(Node):
         for port, fifo in self.fifos.items():
             if fifo.pop_into(acc) < n and port not in ended:
                 self.underruns += 1
-        if ended and self._all_done():
+        # Also with no input left (or none ever linked): nothing could ever end it otherwise.
+        if self._all_done():
             self.send_eos()
             return
         # Clip once, in place; the one allocation is the frame that goes out.

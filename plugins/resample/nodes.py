@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -16,26 +17,74 @@ from ..mixer.fifo import SampleFifo
 _AV_FORMAT = {"pcm_s16": "s16", "pcm_f32": "flt"}
 _LAYOUT = {1: "mono", 2: "stereo"}
 
+_H = 0.5 ** 0.5  # -3 dB
+# Surround inputs, in WAV channel order (WAVEFORMATEXTENSIBLE's, as FFmpeg's 5.1 and 7.1):
+# each speaker's (left, right) weight in the ITU-R BS.775 stereo down-mix. LFE is dropped.
+_SURROUND_TO_STEREO = {
+    6: ((1, 0), (0, 1), (_H, _H), (0, 0), (_H, 0), (0, _H)),  # FL FR FC LFE BL BR
+    8: ((1, 0), (0, 1), (_H, _H), (0, 0), (_H, 0), (0, _H), (_H, 0), (0, _H)),  # + SL SR
+}
 
-def convert_samples(data: np.ndarray, channels: int, encoding: str) -> np.ndarray:
-    """Channel up/down-mix and s16 <-> f32 conversion (float full scale is +-1.0)."""
+
+@functools.cache
+def mix_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_in, n_out) float32 channel matrix: out = data @ matrix.
+
+    * Up-mix: every channel keeps its place, mono first becomes a centred pair (L = R);
+      channels beyond are silent (FFmpeg's choice: no phantom copies on rears or LFE).
+    * 5.1 and 7.1 to stereo: ITU-R BS.775 (L = FL + 0.707 FC + 0.707 BL [+ 0.707 SL]);
+      to mono: the mean of that stereo pair.
+    * Any other down-mix folds channel i onto output i mod n_out (to mono: the mean).
+
+    Each output's weights sum to at most 1, so a mix cannot clip.
+    """
+    if n_in <= n_out:
+        matrix = np.zeros((n_in, n_out))
+        if n_in == 1:
+            matrix[0, :2] = 1
+        else:
+            matrix[np.arange(n_in), np.arange(n_in)] = 1
+    elif n_in in _SURROUND_TO_STEREO and n_out <= 2:
+        matrix = np.array(_SURROUND_TO_STEREO[n_in])
+        matrix /= matrix.sum(axis=0)
+        if n_out == 1:
+            matrix = matrix.mean(axis=1, keepdims=True)
+    else:
+        matrix = np.zeros((n_in, n_out))
+        matrix[np.arange(n_in), np.arange(n_in) % n_out] = 1
+        matrix /= matrix.sum(axis=0)
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False  # shared by every node through the cache
+    return matrix
+
+
+def convert_samples(data: np.ndarray, channels: int, encoding: str,
+                    work: np.ndarray | None = None) -> np.ndarray:
+    """Channel mix (`mix_matrix`) and s16 <-> f32 conversion (float full scale is +-1.0).
+
+    `work`: float32 scratch shaped (at least the frame's samples, channels) for an int16
+    mix, so that the only allocation per frame is the frame that goes out.
+    """
+    if encoding == "pcm_f32" and data.dtype != np.float32:
+        data = data.astype(np.float32) * np.float32(1.0 / 32768.0)
     if data.shape[1] != channels:
-        if channels == 1:  # down-mix: the mean of all channels
-            mixed = data.mean(axis=1, keepdims=True, dtype=np.float32)
-            data = np.rint(mixed).astype(np.int16) if data.dtype == np.int16 else mixed
-        elif data.shape[1] == 1:
-            data = np.repeat(data, channels, axis=1)
-        else:  # N -> M: keep the first M channels, repeating the last if M > N
-            data = data[:, np.minimum(np.arange(channels), data.shape[1] - 1)]
+        matrix = mix_matrix(data.shape[1], channels)
+        if data.dtype == np.int16:
+            n = len(data)
+            mixed = np.matmul(data, matrix, out=None if work is None else work[:n])
+            # The weights sum to at most 1: rounding stays within int16, no clip needed.
+            data = np.rint(mixed, out=mixed).astype(np.int16)
+        else:
+            data = data @ matrix
     if encoding == "pcm_s16" and data.dtype != np.int16:
         return np.clip(np.rint(data * 32768.0), -32768, 32767).astype(np.int16)
-    if encoding == "pcm_f32" and data.dtype != np.float32:
-        return data.astype(np.float32) * np.float32(1.0 / 32768.0)
     return data
 
 
 class Resample(Node):
-    """Converts rate (PyAV/libswresample), channel count and sample format.
+    """Converts rate (PyAV/libswresample), channel count and sample format. Channels go
+    through one matrix: a down-mix keeps every channel (5.1 and 7.1 to stereo by ITU-R
+    BS.775, others folded, to mono the mean), an up-mix leaves the extra channels silent.
 
     Output frames have exactly the input frame's duration, so a mixer downstream never sees
     ragged frames; the resampler's filter delay is primed with silence once at the start.
@@ -62,6 +111,10 @@ class Resample(Node):
         self.in_rate, self.out_rate = src.value("rate"), dst.value("rate")
         self.out_channels, self.out_encoding = dst.value("channels"), dst.value("encoding")
         self.resampler = None
+        # Scratch for the int16 channel mix, sized for a 120 ms frame (grows past that).
+        self._work = None
+        if src.value("channels") != self.out_channels:
+            self._work = np.zeros((self.in_rate * 3 // 25, self.out_channels), np.float32)
         self.pts = 0
         self._owed = 0.0  # exact output samples owed (fractional), so durations match
         self._primed = False
@@ -78,7 +131,9 @@ class Resample(Node):
             self.fifo = SampleFifo(self.out_channels, dtype, self.out_rate // 2)
 
     def process(self, port: str, frame: AudioFrame) -> None:
-        data = convert_samples(frame.data, self.out_channels, self.out_encoding)
+        if self._work is not None and frame.samples > len(self._work):
+            self._work = np.zeros((frame.samples, self.out_channels), np.float32)
+        data = convert_samples(frame.data, self.out_channels, self.out_encoding, self._work)
         if self.resampler is None:
             self.emit("out", AudioFrame(data, frame.rate, frame.pts, frame.flags))
             return
