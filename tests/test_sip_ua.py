@@ -669,3 +669,22 @@ def test_responses_are_well_formed_sip():
         assert SipMessage.parse(bytes(msg)) == msg
         if isinstance(msg, SipResponse):
             assert msg.headers.get("Via")
+
+
+def test_a_response_our_handler_fails_on_still_ends_what_it_answered(monkeypatch):
+    # The registration is failed (and retried later), rather than waiting for good.
+    alice = make_ua(ALICE, user="alice", registrar="sip:192.0.2.2:5062")
+    alice.register(0.0)
+    (_, data, _), = alice.datagrams_to_send()
+    from plugins.sip.message import make_response
+
+    def broken(self, reg, response, tx, now):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(UserAgent, "_on_register_response", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        alice.receive(bytes(make_response(SipMessage.parse(data), 200, to_tag="r1")), "udp",
+                      BOB, 0.1)
+    ev = alice.next_event()
+    assert isinstance(ev, RegistrationFailed) and ev.status == 500
+    assert alice.registration.refresh_at == pytest.approx(60.1)

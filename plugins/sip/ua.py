@@ -473,8 +473,6 @@ class UserAgent(RegistrationClient):
             owner = self._owners.get(event.transaction)
             if owner is None:
                 return
-            if event.response.status_code >= 200 and event.transaction.method != "INVITE":
-                self._owners.pop(event.transaction, None)
             kind, obj = owner
             if kind == "register":
                 self._on_register_response(obj, event.response, event.transaction, now)
@@ -482,6 +480,9 @@ class UserAgent(RegistrationClient):
                 self._on_invite_response(obj, event.response, event.transaction, now)
             elif kind == "reinvite":
                 self._on_reinvite_response(obj, event.response, event.transaction, now)
+            # Forgotten once handled (a failed handler's `_unhandled` needs the owner).
+            if event.response.status_code >= 200 and event.transaction.method != "INVITE":
+                self._owners.pop(event.transaction, None)
         elif isinstance(event, (TransactionTimeout, TransportError)):
             tx = event.transaction
             owner = self._owners.pop(tx, None) if isinstance(tx, ClientTransaction) else None
