@@ -161,19 +161,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dot_str(*parts: object) -> str:
+    """A quoted DOT string of `parts`, one per line: quotes and backslashes escaped, so any
+    name (`graph: 'a"b'`) gives valid DOT; `\\n` is Graphviz's line break in labels."""
+    def esc(part: object) -> str:
+        return str(part).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return '"' + "\\n".join(esc(p) for p in parts) + '"'
+
+
 def to_dot(graph: Graph) -> str:
-    lines = [f'digraph "{graph.name}" {{', "  rankdir=LR;",
+    lines = [f"digraph {_dot_str(graph.name)} {{", "  rankdir=LR;",
              '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb",'
              ' fontname="Helvetica"];',
              '  edge [fontname="Helvetica", fontsize=9];']
     for name, node in graph.nodes.items():
         color = ', fillcolor="#fdf1dc"' if name in graph.converters else ""
-        lines.append(f'  "{name}" [label="{name}\\n({node.kind})"{color}];')
+        lines.append(f"  {_dot_str(name)} [label={_dot_str(name, f'({node.kind})')}{color}];")
     for ln in graph.links:
         fmt = graph.nodes[ln.src].out_formats.get(ln.src_port)
-        label = f"{ln.src_port} → {ln.dst_port}" + (f"\\n{fmt}" if fmt else "")
+        label = _dot_str(f"{ln.src_port} → {ln.dst_port}", *([fmt] if fmt else []))
         style = ", style=dashed" if ln.feedback else ""
-        lines.append(f'  "{ln.src}" -> "{ln.dst}" [label="{label}"{style}];')
+        lines.append(f"  {_dot_str(ln.src)} -> {_dot_str(ln.dst)} [label={label}{style}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -185,7 +194,11 @@ def cmd_draw(args: argparse.Namespace) -> int:
     out = Path(args.output)
     ext = out.suffix.lower().lstrip(".")
     if ext in ("dot", "gv"):
-        out.write_text(dot)
+        try:
+            out.write_text(dot)
+        except OSError as e:
+            raise CliError(f"cannot write '{out}': {e.strerror}",
+                           hint="check that its folder exists and is writable") from None
     elif ext in ("svg", "png", "pdf"):
         exe = shutil.which("dot")
         if exe is None:

@@ -19,7 +19,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import GraphError, NegotiationError, PipelineError
-from .formats import AUDIO, VIDEO, Caps, Format, caps_str, intersect_caps
+from .formats import ANY_MEDIA, AUDIO, ENCODED, VIDEO, Caps, Format, caps_str, intersect_caps
 from .node import Node
 from .params import ParamValueError
 
@@ -447,7 +447,8 @@ class Graph:
                 f"({caps_str(accepted)})"
                 + ("" if self.auto_convert else ": auto_convert is off"),
                 hint=("insert a resample node between them, or set auto_convert: true"
-                      if offered.media == AUDIO else "insert a matching encoder or decoder"),
+                      if convertible and offered.is_pcm else
+                      self._converter_hint(ln, offered, accepted)),
                 **_loc(ln.where),
             )
         target = convertible[0].fixate(prefer=offered)
@@ -467,7 +468,7 @@ class Graph:
         same_rate = [f for f in convertible if f.fps is None or offered.fps is None
                      or offered.value("fps") in f.fps]
         if not (self.auto_convert and same_rate and offered.is_fixed):
-            hint = "insert a matching encoder or decoder"
+            hint = self._converter_hint(ln, offered, accepted)
             if convertible and not same_rate:
                 hint = "set the source's fps to one the destination accepts"
             elif convertible:
@@ -488,6 +489,36 @@ class Graph:
         conv = self.create(kind, self.anonymous_name(self.part_prefix + kind), params)
         self._splice(ln, conv, offered, target)
         return target
+
+    def _converter_hint(self, ln: Link, offered: Format, accepted: Caps) -> str:
+        """What to insert where the media kind differs (audio into an encoded input: an
+        encoder); the registered node types that turn one into the other are named."""
+        from .registry import get_registry
+
+        def loose(f: Format) -> Format:  # media and encoding: rates a resample fixes
+            return Format(f.media, f.encoding)
+
+        def turns(cls: type[Node]) -> bool:  # takes `offered`, gives another media wanted
+            takes = any(f.media != ANY_MEDIA and f.encoding and loose(f).intersect(
+                loose(offered)) for p in cls.inputs for f in p.caps)
+            return takes and any(f.media not in (ANY_MEDIA, offered.media) and f.encoding
+                                 and any(loose(f).intersect(w) for w in wanted)
+                                 for p in cls.outputs for f in p.caps)
+
+        wanted = [loose(f) for f in accepted if f.media != ANY_MEDIA]
+        registry = self.registry or get_registry()
+        kinds = sorted(kind for kind, cls in registry.node_types.items() if turns(cls))
+        if kinds:
+            what = ("an encoder" if all(w.media == ENCODED for w in wanted) else
+                    "a decoder" if offered.media == ENCODED else "a converter")
+            shown = ", ".join(kinds[:3]) + (", ..." if len(kinds) > 3 else "")
+            return f"insert {what} ({shown}) between them"
+        medias = sorted({w.media for w in wanted})
+        if medias and offered.media not in medias and ENCODED not in (offered.media, *medias):
+            article = "an" if medias[0][0] in "aeiou" else "a"
+            return (f"{ln.dst}.{ln.dst_port} takes {' or '.join(medias)}, not "
+                    f"{offered.media}: link {article} {medias[0]} output to it")
+        return "insert a matching decoder and encoder between them"
 
     def _splice(self, ln: Link, conv: Node, offered: Format, target: Format) -> None:
         """Rewire src -> converter -> dst in place of the link `ln`, and say so."""

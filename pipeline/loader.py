@@ -7,6 +7,7 @@ Every error names the place (file:line:column, 1-based) and gives a hint. Templa
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import os
 import re
@@ -27,6 +28,11 @@ _TEMPLATE_RE = re.compile(r"\$\{([^}]*)\}")
 
 
 # ---- YAML with positions ------------------------------------------------------------------
+MAX_NESTING = 100  # levels of lists and maps; a graph needs a few, PyYAML recurses per level
+_TOO_DEEP = f"nested too deep: more than {MAX_NESTING} levels of lists and maps"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class LocDict(dict):
     """A mapping that remembers where each key and value stood in the file."""
 
@@ -46,7 +52,52 @@ class LocList(list):
         self.mark: Where = NOWHERE
 
 
-class _Loader(yaml.SafeLoader):
+class _TooDeep(yaml.composer.ComposerError):
+    """Lists and maps nested deeper than MAX_NESTING (checked before PyYAML's recursion
+    would overflow the stack)."""
+
+    hint = "a graph needs a few levels; look for unclosed [ or { here"
+
+
+class _BadValue(yaml.constructor.ConstructorError):
+    """A scalar its tag cannot make (`!!int x`, a 5000-digit number): PyYAML raises
+    ValueError, KeyError... for these, not a YAML error."""
+
+    hint = "quote the value to keep it as text"
+
+
+class _ValueLoader(yaml.SafeLoader):
+    """SafeLoader that bounds nesting and reports bad tagged scalars as YAML errors."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise _TooDeep(problem=f"YAML {_TOO_DEEP}",
+                               problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, PipelineError):
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+                OverflowError):
+            text = str(node.value)
+            text = text if len(text) <= 40 else text[:37] + "..."
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise _BadValue(problem=f"'{text}' is not a valid {tag} value",
+                            problem_mark=node.start_mark) from None
+
+
+class _Loader(_ValueLoader):
     filename: str | None = None
 
 
@@ -56,15 +107,29 @@ def _where(loader: _Loader, node: yaml.Node) -> Where:
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
+    own = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
     loader.flatten_mapping(node)
+    # flatten_mapping puts the pairs merged in by `<<: *base` first: later ones (and the
+    # map's own keys) override them, as YAML merge keys do; only keys written twice in
+    # this map are duplicates.
+    merged = len(node.value) - own
     d = LocDict()
     d.mark = _where(loader, node)
-    for key_node, value_node in node.value:
+    seen: set = set()
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
-        if key in d:
-            f, ln, col = _where(loader, key_node)
-            raise GraphError(f"key '{key}' appears twice", file=f, line=ln, column=col,
-                             hint="remove or merge the duplicate")
+        try:
+            hash(key)
+        except TypeError:
+            what = "list" if isinstance(key, list) else "map" if isinstance(key, dict) else (
+                type(key).__name__)
+            hint = "keys are names, as in freq: 440; quote one that starts with [ or {"
+            raise _err(f"a {what} cannot be a key", _where(loader, key_node), hint) from None
+        if i >= merged:
+            if key in seen:
+                raise _err(f"key '{key}' appears twice", _where(loader, key_node),
+                           "remove or merge the duplicate")
+            seen.add(key)
         d[key] = loader.construct_object(value_node, deep=True)
         d.key_marks[key] = _where(loader, key_node)
         d.value_marks[key] = _where(loader, value_node)
@@ -85,19 +150,72 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 
 def parse_yaml(text: str, filename: str | None = None) -> Any:
-    loader = _Loader(text)
-    loader.filename = filename
+    loader = None
     try:
+        loader = _Loader(text)  # checks the characters: inside the try
+        loader.filename = filename
         return loader.get_single_data()
+    except (_TooDeep, _BadValue) as e:
+        m = e.problem_mark
+        raise GraphError(str(e.problem), file=filename, line=m.line + 1, column=m.column + 1,
+                         hint=e.hint) from None
     except yaml.MarkedYAMLError as e:
         m = e.problem_mark or e.context_mark
         raise GraphError(f"YAML syntax error: {e.problem or e.context}", file=filename,
                          line=m.line + 1 if m else None, column=m.column + 1 if m else None,
                          hint="check indentation, colons and quotes around this place") from None
+    except yaml.reader.ReaderError as e:
+        # A control character (a NUL, or UTF-16 text without its byte order mark).
+        pos, char = e.position, e.character  # char: its code point (PyYAML gives ord())
+        code = char if isinstance(char, int) else ord(char)
+        raise GraphError(f"character #x{code:04x} is not allowed in YAML",
+                         file=filename, line=text.count("\n", 0, pos) + 1,
+                         column=pos - text.rfind("\n", 0, pos),
+                         hint="remove it (graph files are UTF-8 text)") from None
     except yaml.YAMLError as e:
         raise GraphError(f"YAML syntax error: {e}", file=filename) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def yaml_value(raw: str, where: Where = NOWHERE) -> Any:
+    """A value typed as YAML types it (8000 -> int, true -> bool, [a, b] -> list); text
+    that is not valid YAML stays text, as gst-launch reads values."""
+    loader = None
+    try:
+        loader = _ValueLoader(raw)
+        return loader.get_single_data()
+    except _TooDeep as e:
+        raise _err(f"value {_TOO_DEEP}", where, e.hint) from None
+    except yaml.YAMLError:
+        return raw
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+         (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def decode_graph_file(data: bytes, filename: str) -> str:
+    """The text of a graph file: UTF-8, or UTF-16/32 with a byte order mark (YAML 1.2, 5.2)."""
+    codec = "utf-8"
+    for bom, name in _BOMS:  # UTF-32's LE mark starts with UTF-16's: it comes first
+        if data.startswith(bom):
+            data, codec = data[len(bom):], name
+            break
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as e:
+        before = data[:e.start].decode(codec, errors="replace")
+        name = codec.upper().removesuffix("-LE").removesuffix("-BE")
+        raise GraphError(f"file is not {name} text: byte 0x{data[e.start]:02x} ({e.reason})",
+                         file=filename, line=before.count("\n") + 1,
+                         column=len(before) - before.rfind("\n"),
+                         hint="save it as UTF-8") from None
 
 
 def _err(message: str, where: Where, hint: str | None = None) -> GraphError:
@@ -140,7 +258,7 @@ def _lookup(expr: str, ctx: Context, where: Where) -> Any:
     if name in ctx.params:
         return ctx.params[name]
     if default or expr.endswith(":-"):
-        return yaml.safe_load(default) if default else ""
+        return yaml_value(default, where) if default else ""
     raise _err(f"template '${{{name}}}' is not defined", where,
                f"declare it under params: or pass -p {name}=VALUE")
 
@@ -162,8 +280,8 @@ def parse_override(text: str) -> tuple[str, Any]:
                          hint="write -p rate=8000")
     key, _, raw = text.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
+        value = yaml_value(raw) if raw else ""
+    except GraphError:  # nested too deep: not a value -p takes anyway
         value = raw
     if isinstance(value, (dict, list)):
         value = raw
@@ -195,6 +313,7 @@ class Builder:
         self.ctx = ctx
         self.registry = registry
         self.bins: dict[str, dict[str, tuple[str, str | None]]] = {}
+        self.bin_stack: tuple[Path, ...] = ()  # the bin files being built, outermost first
 
     # ---- nodes ----------------------------------------------------------------------
     def add_node(self, name: str, spec: Any, where: Where, base_dir: Path) -> None:
@@ -208,6 +327,10 @@ class Builder:
             vmarks = getattr(spec, "value_marks", {})
         else:
             raise _err(f"node '{name}' must be a map like {{type: tone, freq: 440}}", where)
+        for k in spec_d:
+            if not isinstance(k, str):
+                raise _err(f"node '{name}': parameter name {k!r} is not text",
+                           marks.get(k, where), "write name: value, as in freq: 440")
         if "type" not in spec_d:
             raise _err(f"node '{name}' has no type", where,
                        "add type: KIND ('pipeline inspect' lists node types)")
@@ -225,23 +348,65 @@ class Builder:
         if not path.is_file():
             raise _err(f"bin file '{path}' not found", where, "check the path (relative to "
                        "the YAML file that uses it)")
-        data = read_graph_file(path)
-        declared = dict(data.get("params") or {})
+        resolved = path.resolve()
+        if resolved in self.bin_stack:
+            loop = [p.name for p in self.bin_stack[self.bin_stack.index(resolved):]]
+            raise _err(f"bin '{path.name}' uses itself ({' -> '.join([*loop, path.name])})",
+                       where, "a bin cannot contain itself, directly or through other bins")
+        try:
+            data = read_graph_file(path)
+        except OSError as e:
+            raise _err(f"bin file '{path}' cannot be read: {e.strerror}", where) from None
+        declared = _graph_params(data, str(path))
         for k in params:
             if k not in declared:
                 raise _err(f"bin '{path.name}' has no parameter '{k}'", marks.get(k, where),
                            "declared: " + (", ".join(declared) or "none"))
         ctx = Context({**declared, **params}, self.ctx.call, str(path.parent))
         inner = Builder(self.graph, ctx, self.registry, prefix=f"{name}/")
+        inner.bin_stack = (*self.bin_stack, resolved)
         inner.build_body(data, path)
         expose = data.get("expose") or {}
+        if not isinstance(expose, dict):
+            raise _err("expose must be a map like {in: node.port, out: node.port}",
+                       _value_where(data, "expose", str(path)),
+                       "write expose: {in: NODE.PORT, out: NODE.PORT}")
         if not expose:
             raise _err(f"bin '{path.name}' exposes no ports", where,
                        "add expose: {in: node.port, out: node.port} to it")
         self.bins[name] = {}
         for port, target in expose.items():
-            inode, iport = _split_ref(str(target))
-            self.bins[name][port] = (f"{name}/{inode}", iport)
+            self.bins[name][str(port)] = self._exposed(
+                inner, name, path, target, _value_where(expose, port, str(path)))
+
+    def _exposed(self, inner: Builder, name: str, path: Path, target: Any,
+                 where: Where) -> tuple[str, str | None]:
+        """The inner node and port a bin's `expose:` entry names, checked."""
+        if not isinstance(target, str):
+            raise _err(f"bin '{path.name}' exposes {target!r}, not a node's port", where,
+                       "write NODE.PORT")
+        inode, iport = _split_ref(target)
+        full = f"{name}/{inode}"
+        if full in inner.bins:  # a bin in the bin: one of its exposed ports
+            ports = inner.bins[full]
+            if iport not in ports:
+                what = (f"bin '{inode}' without naming its port" if iport is None else
+                        f"'{target}', but bin '{inode}' exposes no port '{iport}'")
+                raise _err(f"bin '{path.name}' exposes {what}", where,
+                           "write " + " or ".join(f"{inode}.{p}" for p in ports))
+            return ports[iport]
+        node = self.graph.nodes.get(full)
+        if node is None:
+            nodes = [n[len(name) + 1:] for n in (*self.graph.nodes, *inner.bins)
+                     if n.startswith(f"{name}/") and "/" not in n[len(name) + 1:]]
+            raise _err(f"bin '{path.name}' exposes '{target}', but has no node '{inode}'",
+                       where, "its nodes: " + (", ".join(nodes) or "none"))
+        if iport is not None and node.find_port("in", iport) is None and node.find_port(
+                "out", iport) is None:
+            ports = ", ".join(p.name for p in (*node.inputs, *node.outputs)) or "none"
+            raise _err(f"bin '{path.name}' exposes '{target}', but node '{inode}' "
+                       f"({node.kind}) has no port '{iport}'", where, f"its ports: {ports}")
+        return full, iport
 
     # ---- links ----------------------------------------------------------------------
     def parse_element(self, text: str, where: Where, *, launch: bool = False) -> Element:
@@ -266,7 +431,7 @@ class Builder:
                 raise _err(f"'{tok}' in '{text}' is not key=value", where,
                            "inline nodes are written like: resample rate=8000")
             k, _, v = tok.partition("=")
-            params[k] = substitute(yaml.safe_load(v) if v else "", self.ctx, where)
+            params[k] = substitute(yaml_value(v, where) if v else "", self.ctx, where)
         if launch or head in self.registry.node_types or rest:
             return Element(kind=head, params=params)
         raise _err(f"link names unknown node '{name}'", where,
@@ -326,7 +491,10 @@ class Builder:
             if unknown or "link" not in item:
                 raise _err("a link map takes link: 'a -> b' and optional feedback: true",
                            where)
-            feedback = bool(item.get("feedback"))
+            feedback = item.get("feedback", False)
+            if not isinstance(feedback, bool):
+                raise _err("feedback must be true or false", _value_where(item, "feedback",
+                           where[0]))
             item = item["link"]
         if not isinstance(item, str):
             raise _err(f"link must be a string like 'a -> b', not {item!r}", where)
@@ -339,10 +507,7 @@ class Builder:
     # ---- whole documents ----------------------------------------------------------------
     def build_body(self, data: Any, path: Path | None) -> None:
         filename = str(path) if path else None
-        if not isinstance(data, dict):
-            raise GraphError("graph file must be a YAML map with nodes: and links:",
-                             file=filename, line=1, column=1,
-                             hint="see docs/yaml.md for the layout")
+        _check_map(data, filename)
         key_marks = getattr(data, "key_marks", {})
         for k in data:
             if k not in TOP_KEYS:
@@ -353,14 +518,13 @@ class Builder:
                            f"did you mean '{close[0]}'?" if close else
                            "allowed: " + ", ".join(sorted(TOP_KEYS)))
         base_dir = path.parent if path else Path.cwd()
-        for mod in data.get("plugins") or []:
-            try:
-                self.registry.load_file(base_dir / str(mod))
-            except PipelineError as e:
-                where = _item_where(data.get("plugins"), mod)
-                raise _err(e.message, where, e.hint) from None
+        self.load_plugins(data, base_dir, filename)
         nodes = data.get("nodes")
-        if not isinstance(nodes, dict) or not nodes:
+        if nodes is not None and not isinstance(nodes, dict):
+            raise _err("nodes must be a map of names to nodes",
+                       _value_where(data, "nodes", filename),
+                       "write nodes: {tone: {type: tone}, out: {type: null_sink}}")
+        if not nodes:
             raise _err("graph has no nodes", getattr(data, "mark", (filename, 1, 1)),
                        "add a nodes: map, e.g. nodes: {tone: {type: tone}}")
         nmarks = getattr(nodes, "key_marks", {})
@@ -377,14 +541,51 @@ class Builder:
         for item, where in zip(links, marks, strict=False):
             self.add_link(item, where)
 
+    def load_plugins(self, data: dict, base_dir: Path, filename: str | None) -> None:
+        """Import the `plugins:` modules: paths of .py files, relative to the graph file."""
+        mods = data.get("plugins")
+        if mods is None:
+            return
+        if not isinstance(mods, list):
+            raise _err("plugins must be a list of paths", _value_where(data, "plugins",
+                       filename), "write plugins: [./my_nodes.py]")
+        marks = getattr(mods, "marks", [])
+        for i, mod in enumerate(mods):
+            where = marks[i] if i < len(marks) else (filename, None, None)
+            if not isinstance(mod, str) or not mod:
+                raise _err(f"plugin {mod!r} is not a path", where,
+                           "write plugins: [./my_nodes.py]")
+            if not mod.endswith(".py"):
+                # importlib makes no module of other files (spec_from_file_location: None)
+                raise _err(f"plugin module '{mod}' is not a .py file", where,
+                           "plugins: lists Python files, e.g. ./my_nodes.py")
+            try:
+                self.registry.load_file(base_dir / mod)
+            except PipelineError as e:
+                raise _err(e.message, where, e.hint) from None
 
-def _item_where(seq: Any, item: Any) -> Where:
-    marks = getattr(seq, "marks", None)
-    if marks:
-        for v, m in zip(seq, marks, strict=False):
-            if v == item:
-                return m
-    return NOWHERE
+
+def _value_where(data: Any, key: Any, filename: str | None) -> Where:
+    """Where the value of `key` stood in a map from the YAML (else just the file)."""
+    return getattr(data, "value_marks", {}).get(key, (filename, None, None))
+
+
+def _check_map(data: Any, filename: str | None) -> None:
+    if not isinstance(data, dict):
+        raise GraphError("graph file must be a YAML map with nodes: and links:", file=filename,
+                         line=1, column=1, hint="see docs/yaml.md for the layout")
+
+
+def _graph_params(data: Any, filename: str | None) -> dict[str, Any]:
+    """The `params:` of a parsed graph file, checked: a copy, to add overrides to."""
+    _check_map(data, filename)
+    params = data.get("params")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _err("params must be a map", _value_where(data, "params", filename),
+                   "write params: {rate: 16000}")
+    return dict(params)
 
 
 def _graph_options(data: dict) -> dict:
@@ -409,11 +610,12 @@ def load_graph(path: str | Path, overrides: dict[str, Any] | None = None, *,
     """Load and check a YAML graph file (not yet negotiated: call `prepare()` or run it)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise GraphError(f"graph file '{path}' not found", hint="check the path") from None
     except OSError as e:
         raise GraphError(f"cannot read graph file '{path}': {e.strerror}") from None
+    text = decode_graph_file(raw, str(path))
     return load_graph_text(text, str(path), overrides, call=call, registry=registry)
 
 
@@ -424,10 +626,11 @@ def load_graph_text(text: str, filename: str | None = None,
 
     registry = registry or get_registry()
     data = parse_yaml(text, filename)
-    if not isinstance(data, dict):
-        raise GraphError("graph file must be a YAML map with nodes: and links:", file=filename,
-                         line=1, column=1, hint="see docs/yaml.md for the layout")
-    params = dict(data.get("params") or {})
+    params = _graph_params(data, filename)
+    for key in ("graph", "description"):
+        if isinstance(data.get(key), (dict, list)):
+            raise _err(f"{key} must be text", _value_where(data, key, filename),
+                       f"write {key}: followed by text")
     for k, v in (overrides or {}).items():
         if k not in params:
             raise GraphError(f"graph has no parameter '{k}' to override",
@@ -516,7 +719,7 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
     return graph
 
 
-_PARSED: dict[str, tuple[str, Any]] = {}
+_PARSED: dict[str, tuple[bytes, Any]] = {}
 _PARSED_MAX = 64
 
 
@@ -525,15 +728,15 @@ def read_graph_file(path: Path) -> Any:
     reads its call graph for every call, and parsing costs more than building the part
     (reading is ~1 % of parsing; a timestamp would miss two quick edits of the same size).
     Callers must not modify what it returns."""
-    text = path.read_text()
+    raw = path.read_bytes()
     key = str(path.resolve())
     hit = _PARSED.get(key)
-    if hit is not None and hit[0] == text:
+    if hit is not None and hit[0] == raw:
         return hit[1]
-    data = parse_yaml(text, str(path))
+    data = parse_yaml(decode_graph_file(raw, str(path)), str(path))
     if len(_PARSED) >= _PARSED_MAX:
         del _PARSED[next(iter(_PARSED))]  # the oldest
-    _PARSED[key] = (text, data)
+    _PARSED[key] = (raw, data)
     return data
 
 
@@ -555,10 +758,7 @@ def add_part(graph: Graph, path: str | Path, prefix: str, *,
     except OSError as e:
         raise GraphError(f"graph file '{path}' cannot be read: {e.strerror}",
                          hint="check the call_graph path") from None
-    if not isinstance(data, dict):
-        raise GraphError("graph file must be a YAML map with nodes: and links:", file=str(path),
-                         line=1, column=1)
-    params = dict(data.get("params") or {})
+    params = _graph_params(data, str(path))
     params.update(overrides or {})
     before = len(graph.nodes)
     builder = Builder(graph, Context(params, call, str(path.parent)), registry, prefix=prefix)

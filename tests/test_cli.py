@@ -193,3 +193,45 @@ def test_usage_mistakes_exit_2(in_tmp, args, message):
     r = pipeline(*args, cwd=in_tmp)
     assert r.returncode == 2
     assert r.stderr.startswith(f"pipeline: error: {message}")
+
+
+def test_draw_escapes_quotes_and_backslashes_in_names(tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "g.yaml"
+    path.write_text("""\
+graph: 'a"b\\'
+nodes: {src: {type: tone, rate: 8000, duration: 1s}, out: {type: null_sink}}
+links: ["src -> gain 'name=q\\"x' -> out"]
+""")
+    out = tmp_path / "g.dot"
+    assert main(["draw", str(path), "-o", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == 'digraph "a\\"b\\\\" {'
+    assert lines[4:] == [
+        '  "src" [label="src\\n(tone)"];',
+        '  "out" [label="out\\n(null_sink)"];',
+        '  "q\\"x" [label="q\\"x\\n(gain)"];',
+        '  "src" -> "q\\"x" [label="out → in\\naudio/pcm_s16 8000 Hz 1 ch"];',
+        '  "q\\"x" -> "out" [label="out → in\\naudio/pcm_s16 8000 Hz 1 ch"];',
+        "}"]
+    if shutil.which("dot"):  # Graphviz reads it
+        import subprocess
+
+        r = subprocess.run(["dot", "-Tsvg", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+
+def test_draw_into_a_missing_folder(repo_root, tmp_path, capsys):
+    out = tmp_path / "nodir" / "g.dot"
+    assert main(["draw", str(repo_root / "graphs" / "demo.yaml"), "-o", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"pipeline: error: cannot write '{out}': No such file or directory (hint: check that "
+        "its folder exists and is writable)"]
+
+
+def test_launch_line_value_that_is_not_yaml_stays_text(capsys):
+    assert main(["validate", "-e", "tone duration=1s ! gain gain=[1 ! null_sink"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "pipeline: error: node 'gain2' (gain): parameter 'gain': '[1' is not a level in dB "
+        "(hint: write it like -6dB)"]

@@ -112,6 +112,140 @@ links:
   - src -> outt
 """, "5:5: link names unknown node 'outt' (hint: declare it under nodes:, or write an inline "
      "node type ('pipeline inspect' lists node types))"),
+    # A NUL is not YAML (PyYAML's reader refuses it while the loader is being made).
+    "nul_character": ("""\
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: [src -> out]
+\0
+""", "3:1: character #x0000 is not allowed in YAML (hint: remove it (graph files are UTF-8 "
+     "text))"),
+    # Top-level fields of the wrong type.
+    "params_list": ("""\
+params: [1, 2]
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: [src -> out]
+""", "1:9: params must be a map (hint: write params: {rate: 16000})"),
+    "params_scalar": ("""\
+params: abc
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: [src -> out]
+""", "1:9: params must be a map (hint: write params: {rate: 16000})"),
+    "plugins_int": ("""\
+plugins: 5
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: [src -> out]
+""", "1:10: plugins must be a list of paths (hint: write plugins: [./my_nodes.py])"),
+    "plugins_string": ("""\
+plugins: "nodes.py"
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: [src -> out]
+""", "1:10: plugins must be a list of paths (hint: write plugins: [./my_nodes.py])"),
+    "nodes_list": ("""\
+nodes: [src, out]
+links: [src -> out]
+""", "1:8: nodes must be a map of names to nodes (hint: write nodes: {tone: {type: tone}, "
+     "out: {type: null_sink}})"),
+    "param_name_not_text": ("""\
+nodes: {src: {type: tone, duration: 1s, 5: 3}, out: {type: null_sink}}
+links: [src -> out]
+""", "1:41: node 'src': parameter name 5 is not text (hint: write name: value, as in "
+     "freq: 440)"),
+    "feedback_not_bool": ("""\
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: [{link: src -> out, feedback: [1]}]
+""", "2:38: feedback must be true or false"),
+    # Keys that are lists or maps cannot be hashed: a one-line error, not a TypeError.
+    "list_key": ("""\
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink, [1, 2]: 3}}
+links: [src -> out]
+""", "1:65: a list cannot be a key (hint: keys are names, as in freq: 440; quote one that "
+     "starts with [ or {)"),
+    "map_key": ("""\
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: [src -> out]
+? {a: 1}
+: 3
+""", "3:3: a map cannot be a key (hint: keys are names, as in freq: 440; quote one that "
+     "starts with [ or {)"),
+    "bad_tagged_value": ("""\
+nodes: {src: {type: tone, duration: !!float x}, out: {type: null_sink}}
+links: [src -> out]
+""", "1:37: 'x' is not a valid !!float value (hint: quote the value to keep it as text)"),
+    # PyYAML recurses once per level: a bound, not a RecursionError. The top map and
+    # params' map are two of the 100 levels: the 99th bracket is one too many.
+    "nested_too_deep": ("params: {a: " + "[" * 500 + "]" * 500 + "}\n"
+                        "nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}\n"
+                        "links: [src -> out]\n",
+                        f"1:{len('params: {a: ') + 99}: YAML nested too deep: more than 100 "
+                        "levels of lists and maps (hint: a graph needs a few levels; look for "
+                        "unclosed [ or { here)"),
+    # A key written twice is still a duplicate when a merge key is there too.
+    "duplicate_after_merge": ("""\
+nodes:
+  src: &base {type: tone, duration: 1s}
+  src2: {<<: *base, duration: 2s, duration: 3s}
+  mix: {type: mixer}
+  out: {type: null_sink}
+links: [src -> mix, src2 -> mix, mix -> out]
+""", "3:35: key 'duration' appears twice (hint: remove or merge the duplicate)"),
+    # Inline values and template defaults that are not valid YAML stay text, as in -p.
+    "inline_value_not_yaml": ("""\
+nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
+links: ["src -> gain gain=[1 -> out"]
+""", "2:9: node 'gain1' (gain): parameter 'gain': '[1' is not a level in dB (hint: write it "
+     "like -6dB)"),
+    "template_default_not_yaml": ("""\
+nodes:
+  src: {type: tone, duration: 1s}
+  g: {type: gain, gain: "${level:-[1,}"}
+  out: {type: null_sink}
+links: [src -> g -> out]
+""", "3:25: node 'g' (gain): parameter 'gain': '[1,' is not a level in dB (hint: write it "
+     "like -6dB)"),
+    # Linking across media kinds: the hint names what to insert (auto_convert cannot help).
+    "audio_to_encoded": ("""\
+nodes:
+  src: {type: tone, rate: 8000, duration: 1s}
+  dec: {type: pcmu_decoder}
+  out: {type: null_sink}
+links: [src -> dec -> out]
+""", "5:9: cannot link src.out (audio/pcm_s16 8000 Hz 1 ch) to dec.in (encoded/pcmu 8000 Hz "
+     "1 ch) (hint: insert an encoder (pcmu_encoder) between them)"),
+    "audio_to_any_encoded": ("""\
+nodes:
+  src: {type: tone, rate: 8000, duration: 1s}
+  jb: {type: jitter_buffer}
+  out: {type: null_sink}
+links: [src -> jb -> out]
+""", "5:9: cannot link src.out (audio/pcm_s16 8000 Hz 1 ch) to jb.in (encoded/any any Hz any "
+     "ch) (hint: insert an encoder (g722_encoder, l16_encoder, opus_encoder, ...) between "
+     "them)"),
+    "encoded_to_audio": ("""\
+nodes:
+  src: {type: tone, rate: 8000, duration: 1s}
+  enc: {type: pcmu_encoder}
+  g: {type: gain}
+  out: {type: null_sink}
+links: [src -> enc -> g -> out]
+""", "6:9: cannot link enc.out (encoded/pcmu 8000 Hz 1 ch) to g.in (audio/{pcm_s16,pcm_f32} "
+     "any Hz any ch) (hint: insert a decoder (pcmu_decoder) between them)"),
+    "audio_to_video": ("""\
+nodes:
+  src: {type: tone, rate: 8000, duration: 1s}
+  sc: {type: scale}
+  out: {type: null_sink}
+links: [src -> sc -> out]
+""", "5:9: cannot link src.out (audio/pcm_s16 8000 Hz 1 ch) to sc.in (video/{yuv420p,nv12,"
+     "rgb24} anyxany @anyfps) (hint: sc.in takes video, not audio: link a video output to "
+     "it)"),
+    "video_to_encoded": ("""\
+nodes:
+  src: {type: video_test_source, width: 64, height: 48, fps: 10, duration: 1s}
+  jb: {type: jitter_buffer}
+  out: {type: null_sink}
+links: [src -> jb -> out]
+""", "5:9: cannot link src.out (video/yuv420p 64x48 @10.0fps) to jb.in (encoded/any any Hz "
+     "any ch) (hint: insert an encoder (video_encoder) between them)"),
 }
 
 
@@ -140,3 +274,141 @@ def test_override_of_undeclared_param(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "pipeline: error: graph has no parameter 'rat' to override (hint: declared: rate "
         "(declare it under params:))")
+
+
+def _validate(path, capsys):
+    rc = main(["validate", str(path)])
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"\x80\x81garbage\n", "1:1: file is not UTF-8 text: byte 0x80 (invalid start byte)"),
+    ("nodes: {src: {type: tone}}\n# caf\u00e9\n".encode("latin-1"),
+     "2:6: file is not UTF-8 text: byte 0xe9 (invalid continuation byte)"),
+], ids=["binary", "latin1"])
+def test_graph_file_not_utf8(tmp_path, capsys, data, expected):
+    path = tmp_path / "g.yaml"
+    path.write_bytes(data)
+    assert _validate(path, capsys) == (
+        1, [f"pipeline: error: {path}:{expected} (hint: save it as UTF-8)"])
+
+
+GOOD = "nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}\nlinks: [src -> out]\n"
+
+
+def test_graph_file_in_utf16_with_byte_order_mark_loads(tmp_path, capsys):
+    # YAML 1.2 (5.2): a processor reads UTF-8 and UTF-16; the byte order mark says which.
+    path = tmp_path / "g.yaml"
+    path.write_bytes(GOOD.encode("utf-16"))
+    assert _validate(path, capsys) == (0, [])
+
+
+def test_graph_file_in_utf16_without_byte_order_mark(tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_bytes(GOOD.encode("utf-16-le"))
+    assert _validate(path, capsys) == (1, [
+        f"pipeline: error: {path}:1:2: character #x0000 is not allowed in YAML (hint: remove "
+        "it (graph files are UTF-8 text))"])
+
+
+def test_merge_key_values_are_overridden_not_duplicates(tmp_path):
+    from pipeline.loader import load_graph
+
+    path = tmp_path / "g.yaml"
+    path.write_text("""\
+nodes:
+  t1: &base {type: tone, duration: 1s, rate: 8000}
+  t2: {<<: *base, duration: 2s}
+  mix: {type: mixer}
+  out: {type: null_sink}
+links: [t1 -> mix, t2 -> mix, mix -> out]
+""")
+    g = load_graph(path)
+    assert (g.nodes["t1"].duration, g.nodes["t2"].duration) == (1.0, 2.0)
+    assert g.nodes["t2"].rate == 8000
+
+
+def test_plugin_that_is_not_a_python_file(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x=1\n")
+    path = tmp_path / "g.yaml"
+    path.write_text("plugins: [notes.txt]\n" + GOOD)
+    assert _validate(path, capsys) == (1, [
+        f"pipeline: error: {path}:1:11: plugin module 'notes.txt' is not a .py file (hint: "
+        "plugins: lists Python files, e.g. ./my_nodes.py)"])
+
+
+# ---- bins (a YAML graph used as a node type) ----------------------------------------------
+USER = """\
+nodes: {src: {type: tone, duration: 1s}, b: {type: BIN}, out: {type: null_sink}}
+links: [src -> b -> out]
+"""
+
+
+def _bin_case(tmp_path, capsys, bins: dict[str, str]):
+    for name, text in bins.items():
+        (tmp_path / name).write_text(text)
+    user = tmp_path / "user.yaml"
+    user.write_text(USER.replace("BIN", next(iter(bins))))
+    return _validate(user, capsys)
+
+
+def test_bin_using_itself(tmp_path, capsys):
+    rc, err = _bin_case(tmp_path, capsys, {"self.yaml": """\
+nodes: {me: {type: self.yaml}}
+expose: {in: me.in, out: me.out}
+"""})
+    assert (rc, err) == (1, [
+        f"pipeline: error: {tmp_path}/self.yaml:1:9: bin 'self.yaml' uses itself (self.yaml "
+        "-> self.yaml) (hint: a bin cannot contain itself, directly or through other bins)"])
+
+
+def test_bins_using_each_other(tmp_path, capsys):
+    rc, err = _bin_case(tmp_path, capsys, {
+        "a.yaml": "nodes: {x: {type: b.yaml}}\nexpose: {in: x.in, out: x.out}\n",
+        "b.yaml": "nodes: {y: {type: a.yaml}}\nexpose: {in: y.in, out: y.out}\n"})
+    assert (rc, err) == (1, [
+        f"pipeline: error: {tmp_path}/b.yaml:1:9: bin 'a.yaml' uses itself (a.yaml -> b.yaml "
+        "-> a.yaml) (hint: a bin cannot contain itself, directly or through other bins)"])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("- a\n- b\n", "1:1: graph file must be a YAML map with nodes: and links: (hint: see "
+     "docs/yaml.md for the layout)"),
+    ("params: [a]\nnodes: {g: {type: gain}}\nexpose: {in: g.in, out: g.out}\n",
+     "1:9: params must be a map (hint: write params: {rate: 16000})"),
+    ("nodes: {g: {type: gain}}\nexpose: [g.in, g.out]\n",
+     "2:9: expose must be a map like {in: node.port, out: node.port} (hint: write expose: "
+     "{in: NODE.PORT, out: NODE.PORT})"),
+    ("nodes: {g: {type: gain}}\nexpose: {in: nothere.in, out: g.out}\n",
+     "2:14: bin 'bin.yaml' exposes 'nothere.in', but has no node 'nothere' (hint: its nodes: "
+     "g)"),
+    ("nodes: {g: {type: gain}}\nexpose: {in: g.in, out: g.nope}\n",
+     "2:25: bin 'bin.yaml' exposes 'g.nope', but node 'g' (gain) has no port 'nope' (hint: "
+     "its ports: in, out)"),
+    ("nodes: {g: {type: gain}}\nexpose: {in: [g], out: g.out}\n",
+     "2:14: bin 'bin.yaml' exposes ['g'], not a node's port (hint: write NODE.PORT)"),
+], ids=["list", "params_list", "expose_list", "expose_missing_node", "expose_missing_port",
+        "expose_not_text"])
+def test_bad_bin_file(tmp_path, capsys, text, expected):
+    rc, err = _bin_case(tmp_path, capsys, {"bin.yaml": text})
+    assert (rc, err) == (1, [f"pipeline: error: {tmp_path}/bin.yaml:{expected}"])
+
+
+def test_bin_file_not_utf8(tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff garbage")
+    (tmp_path / "user.yaml").write_text(USER.replace("BIN", "bin.yaml"))
+    assert _validate(tmp_path / "user.yaml", capsys) == (1, [
+        f"pipeline: error: {tmp_path}/bin.yaml:1:1: file is not UTF-8 text: byte 0xff "
+        "(invalid start byte) (hint: save it as UTF-8)"])
+
+
+def test_bin_exposing_a_port_of_a_bin_inside_it(tmp_path):
+    from pipeline.loader import load_graph
+
+    (tmp_path / "inner.yaml").write_text(
+        "nodes: {g: {type: gain}}\nexpose: {in: g.in, out: g.out}\n")
+    (tmp_path / "outer.yaml").write_text(
+        "nodes: {x: {type: inner.yaml}}\nexpose: {in: x.in, out: x.out}\n")
+    (tmp_path / "user.yaml").write_text(USER.replace("BIN", "outer.yaml"))
+    g = load_graph(tmp_path / "user.yaml")
+    assert sorted((ln.src, ln.dst) for ln in g.links) == [("b/x/g", "out"), ("src", "b/x/g")]
