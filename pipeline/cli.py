@@ -101,9 +101,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     runtime = Runtime(graph, realtime=realtime, duration=duration, stats=args.stats,
                       progress=_progress if show_progress else None, on_signal=on_signal)
-    for msg_name in ("error",):
-        graph.listeners.append(lambda m, n=msg_name: m.name == n and print(
-            f"pipeline: {m.node}: {m.data.get('message', m.data)}", file=sys.stderr))
+    errors: list[Any] = []  # what nodes posted without stopping the graph (a recorder's)
+
+    def on_message(m: Any) -> None:
+        if m.name == "error":
+            errors.append(m)
+            print(f"pipeline: {m.node}: {m.data.get('message', m.data)}", file=sys.stderr)
+
+    graph.listeners.append(on_message)
     result = run_coroutine(runtime.run())
     if show_progress:
         sys.stderr.write("\n")
@@ -114,7 +119,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.stats:
         print(format_stats(result.stats))
-    return 128 + signals[0] if signals else 0  # stopped cleanly, but interrupted
+    if signals:
+        return 128 + signals[0]  # stopped cleanly, but interrupted
+    return EXIT_ERROR if errors else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

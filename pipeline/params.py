@@ -225,9 +225,10 @@ class Param:
                                   "make the default a valid value, or None") from None
 
     def _limits(self) -> str:
-        lo = "" if self.min is None else f"{self.min:g}"
-        hi = "" if self.max is None else f"{self.max:g}"
-        return f"{lo}, {hi}"
+        def text(v: float | None) -> str:  # whole numbers in full (a seed's 2**32 - 1)
+            return "" if v is None else str(v) if isinstance(v, int) else f"{v:g}"
+
+        return f"{text(self.min)}, {text(self.max)}"
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.type_name, "doc": self.doc}

@@ -74,3 +74,40 @@ def test_silence_is_zero():
     a = run_graph("silence rate=8000 duration=100ms ! frame_sink name=o",
                   launch=True).graph.nodes["o"].audio()
     assert a.shape == (800, 1) and not a.any()
+
+
+def test_tone_keeps_exact_time_when_a_period_is_not_whole_samples():
+    # 11025 Hz x 20 ms = 220.5 samples: ticks alternate 221 and 220 (pts exact), 2 s is
+    # 100 frames, and a mixer at 8 kHz downstream never runs dry.
+    r = run_graph("tone freq=1000 rate=11025 duration=2s ! tee name=t ! frame_sink name=src  "
+                  "t. ! mixer name=mix rate=8000 ! frame_sink name=out", launch=True)
+    frames = r.graph.nodes["src"].frames
+    assert [len(f.data) for f in frames] == [221, 220] * 50
+    assert [f.pts for f in frames] == [441 * (k // 2) + 221 * (k % 2) for k in range(100)]
+    out = r.graph.nodes["out"].audio()
+    assert len(out) == 16000 and r.stats["mix"]["underruns"] == 0
+    assert dominant_frequency(out, 8000) == pytest.approx(1000, abs=0.5)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("tone freq=30000 rate=48000 ! null_sink",
+     "parameter 'freq': 30000 Hz is not below half the sample rate (48000 Hz) (hint: use a "
+     "freq below 24000 Hz, or a higher rate)"),
+    ("tone freq=4kHz ! mixer rate=8000 ! null_sink",  # the rate comes from downstream
+     "parameter 'freq': 4000 Hz is not below half the sample rate (8000 Hz) (hint: use a "
+     "freq below 4000 Hz, or a higher rate)"),
+])
+def test_tone_at_or_above_nyquist_is_refused(line, message):
+    from pipeline.errors import GraphError
+    from pipeline.loader import parse_launch
+
+    with pytest.raises(GraphError) as e:
+        parse_launch(line).prepare()  # the rate is known once negotiated
+    assert str(e.value) == f"node 'tone1' (tone): {message}"
+
+
+def test_a_negative_noise_seed_names_the_parameter():
+    from pipeline.errors import GraphError
+
+    with pytest.raises(GraphError, match=r"parameter 'seed': -1 is out of range \[0, "):
+        run_graph("noise seed=-1 duration=0.1s ! null_sink", launch=True)

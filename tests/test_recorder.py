@@ -2,6 +2,7 @@
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -9,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.errors import NodeError
-from pipeline.testing import read_wav, run_graph
+from pipeline.errors import GraphError, NodeError
+from pipeline.loader import parse_launch
+from pipeline.testing import read_wav, run_graph, write_wav
 from plugins.files.wavfile import read_info
 
 
@@ -119,14 +121,124 @@ links: [src -> b -> rec]
     assert len(audio) == 29 * 160  # every frame before the fault is on disk
 
 
-def test_full_disk_stops_recorder_not_graph(in_tmp):
+def test_full_disk_stops_the_recorder_not_the_graph(in_tmp):
+    # A full disk must not end a call: the recorder stops and says so on the bus.
     if not os.path.exists("/dev/full"):
         pytest.skip("/dev/full is not available")
     r = run_graph("tone rate=8000 duration=2s ! tee name=t ! wav_recorder name=rec "
                   "path=/dev/full  t. ! frame_sink name=o", launch=True)
     assert len(r.graph.nodes["o"].audio()) == 16000  # the rest of the graph kept going
-    errors = [m for m in r.messages if m.name == "error"]
-    assert len(errors) == 1
-    assert errors[0].data["message"] == ("recorder 'rec' stopped: cannot write '/dev/full': "
-                                         "No space left on device")
+    errors = [m.data["message"] for m in r.messages if m.name == "error"]
+    assert errors == ["recorder 'rec' stopped: cannot write '/dev/full': No space left on "
+                      "device (hint: free some disk space or record elsewhere)"]
     assert r.stats["rec"]["failed"] is True
+
+
+def test_a_launch_whose_recorder_stopped_exits_1(in_tmp):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("/dev/full is not available")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "launch", "-q", "-e",
+                           "tone rate=8000 duration=1s ! wav_recorder name=rec path=/dev/full"],
+                          cwd=in_tmp, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "pipeline: rec: recorder 'rec' stopped: cannot write '/dev/full': No space left on "
+        "device (hint: free some disk space or record elsewhere)"]
+
+
+def test_file_size_limit_stops_the_recording_with_whole_frames(in_tmp):
+    import resource
+
+    # The limit falls inside a stereo frame: the write before the failure is short.
+    limit = 80 + 4 * 3000 + 3
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "launch", "-q", "-e",
+         "tone freq=440 rate=8000 channels=2 duration=2s ! wav_recorder name=rec "
+         "path=cap.wav"], cwd=in_tmp, preexec_fn=cap, capture_output=True, text=True,
+        timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "pipeline: rec: recorder 'rec' stopped: cannot write 'cap.wav': File too large (hint: "
+        "the file size limit (ulimit -f) is reached: raise it)")
+    raw = (in_tmp / "cap.wav").read_bytes()
+    assert len(raw) == limit
+    at = raw.index(b"data")
+    riff, data = struct.unpack_from("<I", raw, 4)[0], struct.unpack_from("<I", raw, at + 4)[0]
+    assert data == 4 * 3000 and riff == at + 8 + data - 8  # whole frames only
+    audio, rate = read_wav(in_tmp / "cap.wav")
+    ref = run_graph("tone freq=440 rate=8000 channels=2 duration=2s ! frame_sink name=o",
+                    launch=True).graph.nodes["o"].audio()
+    assert rate == 8000 and np.array_equal(audio, ref[:3000])
+
+
+def test_recording_past_the_riff_limit_becomes_rf64(in_tmp, monkeypatch):
+    import av
+
+    from plugins.files import nodes
+
+    # As if past 4 GiB: the 32-bit sizes overflow after 1 s of 8 kHz mono.
+    monkeypatch.setattr(nodes, "RIFF_MAX", 72 + 16000)
+    r = run_graph("tone freq=1000 rate=8000 duration=2.5s ! tee name=t ! wav_recorder "
+                  "path=big.wav flush_interval=0  t. ! frame_sink name=o", launch=True)
+    ref = r.graph.nodes["o"].audio()
+    raw = (in_tmp / "big.wav").read_bytes()
+    assert raw[:4] == b"RF64" and raw[12:16] == b"ds64"
+    assert struct.unpack_from("<II", raw, 4)[0] == 0xFFFFFFFF
+    at = raw.index(b"data")
+    assert struct.unpack_from("<I", raw, at + 4)[0] == 0xFFFFFFFF
+    riff, data, frames = struct.unpack_from("<QQQ", raw, 20)
+    assert (riff, data, frames) == (len(raw) - 8, 40000, 20000)
+    audio, rate = read_wav(in_tmp / "big.wav")  # our reader
+    assert rate == 8000 and np.array_equal(audio, ref)
+    with av.open(str(in_tmp / "big.wav")) as c:  # FFmpeg's
+        got = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    assert np.array_equal(got, ref[:, 0])
+
+
+def test_recording_over_the_file_being_read_is_refused(in_tmp):
+    write_wav("same.wav", np.arange(800, dtype=np.int16)[:, None], 8000)
+    before = (in_tmp / "same.wav").read_bytes()
+    os.symlink("same.wav", in_tmp / "sym.wav")
+    os.link(in_tmp / "same.wav", in_tmp / "hard.wav")
+    for path in ("same.wav", "./sub/../same.wav", "sym.wav", "hard.wav"):
+        with pytest.raises(GraphError) as e:
+            parse_launch(f"wav_source name=src path=same.wav ! wav_recorder name=rec "
+                         f"path={path}")
+        assert str(e.value) == (
+            f"node 'rec' (wav_recorder): cannot record to '{path}': it is the file of node "
+            "'src' (wav_source), which recording would overwrite (hint: record to another "
+            "file)")
+    assert (in_tmp / "same.wav").read_bytes() == before
+
+
+def test_a_format_no_header_holds_leaves_the_existing_file(in_tmp):
+    from plugins.files.nodes import WavWriter
+
+    (in_tmp / "precious.wav").write_bytes(b"precious")
+    # 8-bit, 40000 channels reads fine, but as int16 a frame is 80000 bytes (at most 65535).
+    body = b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 40000, 10, 400000, 40000, 8)
+    body += b"data" + struct.pack("<I", 80000) + bytes([128]) * 80000
+    (in_tmp / "wide.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(GraphError) as e:
+        run_graph("wav_source path=wide.wav ! wav_recorder name=rec path=precious.wav",
+                  launch=True)
+    assert str(e.value) == (
+        "node 'rec' (wav_recorder) cannot record audio/pcm_s16 10 Hz 40000 ch: 40000 "
+        "channels of 16 bits make 80000-byte frames, more than a WAV header holds (65535) "
+        "(hint: resample or mix down before recording)")
+    with pytest.raises(ValueError, match=r"^4294967296 Hz does not fit a WAV header"):
+        WavWriter(str(in_tmp / "precious.wav"), 2 ** 32, 1, "pcm_s16")
+    assert (in_tmp / "precious.wav").read_bytes() == b"precious"
+
+
+def test_a_file_name_too_long_is_one_clear_error(in_tmp):
+    name = "a" * 300 + ".wav"
+    with pytest.raises(GraphError) as e:
+        parse_launch(f"tone ! wav_recorder name=rec path={name}")
+    assert str(e.value) == (f"node 'rec' (wav_recorder): cannot write '{name}': File name too "
+                            "long (hint: use shorter names (255 bytes at most per file or "
+                            "folder name in most file systems))")

@@ -107,3 +107,92 @@ def test_malformed_wav_in_a_graph_is_one_clear_error(in_tmp):
     (in_tmp / "bad.wav").write_bytes(b"RIFF\x04\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00")
     with pytest.raises(GraphError, match="WAV file 'bad.wav' has a truncated fmt chunk"):
         parse_launch("wav_source path=bad.wav ! null_sink")
+
+
+def test_chunks_before_data_may_exceed_64_kib(in_tmp):
+    # A valid file whose metadata (a LIST of 70 kB) ends past the first 64 KiB.
+    x = np.arange(-500, 500, dtype=np.int16)[:, None]
+    body = b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+    body += b"LIST" + struct.pack("<I", 70000) + b"INFO" + b"x" * 69996
+    body += b"data" + struct.pack("<I", x.nbytes) + x.tobytes()
+    (in_tmp / "big.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    a, rate = read_wav("big.wav")
+    assert rate == 8000 and np.array_equal(a, x)
+
+
+def _fmt_wav(path, fmt: bytes, data: bytes = b"\x00\x00" * 800):
+    body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+@pytest.mark.parametrize("fmt,message", [
+    (struct.pack("<HHIIHH", 0x1234, 1, 8000, 16000, 2, 16),
+     "has compressed format 0x1234, which FFmpeg cannot decode"),
+    (struct.pack("<HHIIHH", 0xFFFE, 1, 8000, 16000, 2, 16),
+     "has a WAVE_FORMAT_EXTENSIBLE fmt chunk of 16 bytes, too short for its sub-format "
+     "(40 needed)"),
+    (struct.pack("<HHIIHHH", 0xFFFE, 1, 8000, 16000, 2, 16, 22),
+     "has a WAVE_FORMAT_EXTENSIBLE fmt chunk of 18 bytes, too short for its sub-format "
+     "(40 needed)"),
+    (struct.pack("<HHIIHH", 1, 1, 0xFFFFFFFF, 0xFFFFFFFE, 2, 16),
+     "has an impossible format: 4294967295 Hz of 2-byte frames is 8589934590 bytes per "
+     "second, more than a WAV header holds (4294967295)"),
+    (struct.pack("<HHIIHH", 1, 65535, 8000, 0, 0xFFFE, 16),
+     "has an impossible format: 65535 channels of 16 bits make 131070-byte frames, more "
+     "than a WAV header holds (65535)"),
+], ids=["unknown-tag", "extensible-16", "extensible-18", "huge-rate", "65535-channels"])
+def test_unreadable_formats_are_one_clear_error(in_tmp, fmt, message):
+    _fmt_wav(in_tmp / "odd.wav", fmt)
+    with pytest.raises(GraphError) as e:
+        parse_launch("wav_source path=odd.wav ! null_sink")
+    assert e.value.message == f"node 'wav_source1' (wav_source): WAV file 'odd.wav' {message}"
+
+
+def test_nan_and_inf_samples_are_replaced_and_counted(in_tmp):
+    import warnings
+
+    x = np.linspace(-0.5, 0.5, 1000)
+    x[10:20], x[30:35], x[40:43] = np.nan, np.inf, -np.inf
+    x[50] = 1e300  # beyond float32: inf once read
+    _raw_wav(in_tmp / "f.wav", x.astype("<f8").tobytes(), 8000, 1, 64, tag=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning on the way
+        r = run_graph("wav_source name=src path=f.wav ! frame_sink name=o", launch=True)
+    out = r.graph.nodes["o"].audio()[:, 0]
+    want = x.copy()
+    want[10:20], want[30:35], want[40:43], want[50] = 0.0, 1.0, -1.0, 1.0
+    assert out.dtype == np.float32 and np.array_equal(out, want.astype(np.float32))
+    assert r.stats["src"]["nonfinite"] == 10 + 5 + 3 + 1
+
+
+def test_source_keeps_exact_time_when_a_period_is_not_whole_samples(in_tmp):
+    # 11025 Hz x 20 ms = 220.5 samples: ticks alternate 221 and 220, never fall behind.
+    x = np.random.default_rng(5).integers(-32768, 32767, (11025, 1)).astype(np.int16)
+    write_wav("in.wav", x, 11025)
+    r = run_graph("wav_source path=in.wav ! frame_sink name=o", launch=True)
+    frames = r.graph.nodes["o"].frames
+    assert [len(f.data) for f in frames] == [221, 220] * 25
+    assert [f.pts for f in frames] == [441 * (k // 2) + 221 * (k % 2) for k in range(50)]
+    assert np.array_equal(r.graph.nodes["o"].audio(), x)
+
+
+def test_source_under_one_sample_per_period_ends(in_tmp):
+    # 10 Hz: a sample every fifth tick; the stream ends after exactly its 25 samples.
+    x = np.arange(1, 26, dtype=np.int16)[:, None]
+    write_wav("slow.wav", x, 10)
+    r = run_graph("wav_source path=slow.wav ! frame_sink name=o", launch=True, duration=60)
+    assert r.stopped_by == "eos" and r.media_time == pytest.approx(2.5, abs=0.05)
+    frames = r.graph.nodes["o"].frames
+    assert np.array_equal(r.graph.nodes["o"].audio(), x)
+    assert [f.pts for f in frames] == list(range(25))
+
+
+def test_loop_keeps_exact_time_across_the_end(in_tmp):
+    x = np.arange(300, dtype=np.int16)[:, None]  # shorter than two frames
+    write_wav("short.wav", x, 11025)
+    r = run_graph("wav_source path=short.wav loop=true ! frame_sink name=o", launch=True,
+                  duration=1.0)
+    out = r.graph.nodes["o"].audio()[:, 0]
+    assert len(out) == 11025
+    assert np.array_equal(out, np.resize(x[:, 0], 11025))

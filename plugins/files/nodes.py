@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -10,14 +13,29 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ParseError
+from pipeline.errors import GraphError, ParseError
 from pipeline.formats import Format
 from pipeline.frames import AudioFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
+from plugins.generators.source import TickSamples
 
-from .wavfile import HEADER_SIZE, build_header, read_info, samples_view, to_pcm
+from .wavfile import (
+    DS64_SIZE,
+    FORMAT_FLOAT,
+    U32_MAX,
+    build_header,
+    clean_float,
+    header_problem,
+    read_info,
+    samples_view,
+    to_pcm,
+)
+
+# The largest RIFF size a 32-bit field holds; past it the writer turns the file into RF64.
+# A module constant so that a test can lower it instead of writing 4 GiB.
+RIFF_MAX = U32_MAX
 
 
 class WavSource(Node):
@@ -42,11 +60,13 @@ class WavSource(Node):
             self._decoded = None
         except ParseError as e:
             if "compressed" not in e.message and "not a WAV" not in e.message:
-                raise ParamValueError("path", e.message, "re-export it as PCM WAV") from None
+                raise ParamValueError("path", e.message, e.hint or "re-export it as PCM WAV"
+                                      ) from None
             self.info = None
-            self._decoded = self._decode_with_av(p)
+            self._decoded = self._decode_with_av(p, e.message if "compressed" in e.message
+                                                 else None)
 
-    def _decode_with_av(self, p: Path) -> tuple[np.ndarray, int]:
+    def _decode_with_av(self, p: Path, wav_problem: str | None) -> tuple[np.ndarray, int]:
         try:
             import av
         except ImportError:  # pragma: no cover - av is a dependency
@@ -55,6 +75,11 @@ class WavSource(Node):
         try:
             with av.open(str(p)) as container:
                 stream = next(s for s in container.streams if s.type == "audio")
+                if stream.codec_context is None:  # FFmpeg has no decoder for it
+                    what = wav_problem or f"'{p}' has audio in a format"
+                    raise ParamValueError("path", f"{what}, which FFmpeg cannot decode",
+                                          "convert it to PCM WAV with the program that "
+                                          "made it")
                 rate = stream.codec_context.sample_rate
                 channels = stream.codec_context.channels
                 resampler = av.AudioResampler(format="s16", layout=stream.layout.name
@@ -64,6 +89,8 @@ class WavSource(Node):
                     for out in resampler.resample(frame):
                         chunks.append(out.to_ndarray().reshape(-1, min(channels, 2)))
                 return np.concatenate(chunks) if chunks else np.zeros((0, 1), np.int16), rate
+        except ParamValueError:
+            raise
         except (StopIteration, av.FFmpegError, ValueError) as e:
             raise ParamValueError("path", f"'{p}' cannot be read as audio: {e}",
                                   "use a WAV file or a format FFmpeg decodes") from None
@@ -91,29 +118,59 @@ class WavSource(Node):
             self.rate = self.info.rate
             info = self.info
             self.convert = lambda x: to_pcm(x, info)
+            if info.format_tag == FORMAT_FLOAT:
+                self.convert = self._finite
         self.pos = 0
         self.pts = 0
-        self.n = int(round(self.rate * self.graph.period))
+        self.nonfinite = 0
+        self._ticks = TickSamples(self.rate, self.graph.period)
+
+    def _finite(self, raw: np.ndarray) -> np.ndarray:
+        x, bad = clean_float(to_pcm(raw, self.info))
+        self.nonfinite += bad
+        return x
 
     def tick(self, now: float) -> None:
         total = len(self.raw)
-        if self.pos >= total:
-            if self.loop and total:
-                self.pos = 0
-            else:
-                self.send_eos()
-                return
-        chunk = self.convert(self.raw[self.pos:self.pos + self.n])
-        self.pos += len(chunk)
+        looping = self.loop and total
+        if self.pos >= total and not looping:
+            self.send_eos()
+            return
+        n = self._ticks.due() - self.pts
+        if n <= 0:
+            return  # a rate under one sample per period: nothing due this tick
+        end = self.pos + n
+        if end <= total:
+            raw = self.raw[self.pos:end]
+        elif looping:  # across the end (several times for a file shorter than a frame)
+            raw = self.raw[np.arange(self.pos, end) % total]
+        else:
+            raw = self.raw[self.pos:]
+        chunk = self.convert(raw)
+        self.pos = end % total if looping else self.pos + len(chunk)
         self.emit("out", AudioFrame(np.ascontiguousarray(chunk), self.rate, self.pts))
         self.pts += len(chunk)
 
     def stop(self) -> None:
         self.raw = None
 
+    def stats(self) -> dict[str, Any]:
+        # NaN and inf samples of a float file, replaced by 0 and full scale.
+        return {**super().stats(), "nonfinite": getattr(self, "nonfinite", 0)}
+
 
 def check_writable(param: str, path: str) -> None:
     """Raise ParamValueError unless `path` can be created (its folders may be made)."""
+    try:
+        _check_writable(param, path)
+    except OSError as e:  # a name too long for the file system, a loop of links, ...
+        hint = ("use shorter names (255 bytes at most per file or folder name in most "
+                "file systems)"
+                if e.errno == errno.ENAMETOOLONG else "choose another path")
+        raise ParamValueError(param, f"cannot write '{path}': {e.strerror}", hint) from None
+
+
+def _check_writable(param: str, path: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise ParamValueError(param, f"'{path}' is a folder, not a file", "name a file")
@@ -139,15 +196,27 @@ class WavWriter:
 
     The header is written first with a data size of 0; after each batch of samples is
     written, the two size fields are rewritten in place (a 4-byte pwrite each). A kill at
-    any moment leaves a header that covers only data already on disk.
+    any moment leaves a header that covers only data already on disk. Past `RIFF_MAX` the
+    file becomes RF64 in place (EBU Tech 3306): the JUNK chunk reserved after the RIFF
+    header turns into ds64, which holds the 64-bit sizes from then on.
     """
 
     def __init__(self, path: str, rate: int, channels: int, encoding: str) -> None:
+        # Built, and so checked, before the file is touched: an existing file is not
+        # emptied for a format that no header can hold.
+        header = build_header(rate, channels, encoding, 0, reserve_ds64=True)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(self.fd, build_header(rate, channels, encoding, 0))
+        self.header_size = len(header)
+        self.block_align = channels * (2 if encoding == "pcm_s16" else 4)
+        self.rf64 = False
         self.data_bytes = 0
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(self.fd, header)
+        except OSError:
+            self.close()
+            raise
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -158,9 +227,29 @@ class WavWriter:
             self._update_sizes()
 
     def _update_sizes(self) -> None:
-        # Only whole sample frames count; RIFF size and data size, little-endian.
-        os.pwrite(self.fd, (36 + self.data_bytes).to_bytes(4, "little"), 4)
-        os.pwrite(self.fd, self.data_bytes.to_bytes(4, "little"), HEADER_SIZE - 4)
+        # Only whole sample frames count: a short write (disk full, ulimit -f) may end in
+        # the middle of one. RIFF size and data size, little-endian.
+        data = self.data_bytes - self.data_bytes % self.block_align
+        riff = self.header_size - 8 + data
+        if riff > RIFF_MAX and not self.rf64:
+            self._become_rf64()
+        if self.rf64:
+            os.pwrite(self.fd, struct.pack("<QQQ", riff, data, data // self.block_align), 20)
+            return
+        os.pwrite(self.fd, riff.to_bytes(4, "little"), 4)
+        os.pwrite(self.fd, data.to_bytes(4, "little"), self.header_size - 4)
+
+    def _become_rf64(self) -> None:
+        # In an order that keeps the file valid at each step: the ds64 body while the chunk
+        # is still JUNK, its name, the RF64 magic, then the 32-bit sizes that say "see ds64".
+        data = self.data_bytes - self.data_bytes % self.block_align
+        os.pwrite(self.fd, struct.pack("<QQQI", self.header_size - 8 + data, data,
+                                       data // self.block_align, 0), 20)
+        os.pwrite(self.fd, b"ds64" + DS64_SIZE.to_bytes(4, "little"), 12)
+        os.pwrite(self.fd, b"RF64", 0)
+        os.pwrite(self.fd, U32_MAX.to_bytes(4, "little"), 4)
+        os.pwrite(self.fd, U32_MAX.to_bytes(4, "little"), self.header_size - 4)
+        self.rf64 = True
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -168,9 +257,19 @@ class WavWriter:
             self.fd = -1
 
 
+# What to do about the write errors a recorder meets most.
+_WRITE_HINTS = {errno.ENOSPC: "free some disk space or record elsewhere",
+                errno.EFBIG: "the file size limit (ulimit -f) is reached: raise it",
+                errno.ENOENT: "the folder is gone (or a link points nowhere): fix the path"}
+
+
 class WavRecorder(Node):
     """Records PCM audio to a WAV file that stays valid whatever happens (even kill -9):
-    everything up to `flush_interval` before the end is always on disk."""
+    everything up to `flush_interval` before the end is always on disk.
+
+    Past 4 GiB the file becomes RF64. A write error stops this recorder, not the graph (a
+    full disk must not end a call): an `error` bus message names the file, `pipeline
+    launch` then exits 1, and what is already on disk stays a valid WAV."""
 
     kind = "wav_recorder"
     inputs = (Port("in", (Format.audio(),), "PCM audio (int16 or float32)"),)
@@ -180,23 +279,46 @@ class WavRecorder(Node):
 
     def validate(self) -> None:
         check_writable("path", self.path)
+        # Recording over a file that a node of this graph reads (or writes) would destroy it
+        # before it is read: the writer empties the file as it starts.
+        mine = _file_key(self.path)
+        for other in self.graph.nodes.values() if self.graph is not None and mine else ():
+            if other is self:
+                continue
+            for name in _path_params(type(other)):
+                value = other.__dict__.get(name)
+                if value and _file_key(value) == mine:
+                    raise ParamValueError(
+                        "path", f"cannot record to '{self.path}': it is the file of node "
+                        f"'{other.name}' ({other.kind}), which recording would overwrite",
+                        "record to another file")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        fmt = inputs.get("in")
+        if fmt is not None:
+            bits = 16 if fmt.value("encoding") == "pcm_s16" else 32
+            problem = header_problem(fmt.value("rate"), fmt.value("channels"), bits)
+            if problem:
+                g = self.graph
+                file, line, column = (g and g.where.get(self.name)) or (None, None, None)
+                raise GraphError(f"node '{self.name}' ({self.kind}) cannot record {fmt}: "
+                                 f"{problem}", hint="resample or mix down before recording",
+                                 file=file, line=line, column=column)
         return {}
 
     def start(self) -> None:
         fmt = self.in_formats["in"]
         self.rate, self.channels = fmt.value("rate"), fmt.value("channels")
         self.failed = False
-        try:
-            self.writer = WavWriter(self.path, self.rate, self.channels, fmt.value("encoding"))
-        except OSError as e:
-            self.writer = None
-            self._give_up(e)
+        self.writer = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.limit_bytes = self.rate * self.channels * 2  # at most ~1 s of audio buffered
         self.last_flush = time.monotonic()
+        try:
+            self.writer = WavWriter(self.path, self.rate, self.channels, fmt.value("encoding"))
+        except OSError as e:
+            self._give_up(e)
 
     def process(self, port: str, frame: AudioFrame) -> None:
         if self.failed:
@@ -221,17 +343,43 @@ class WavRecorder(Node):
             self._give_up(e)
 
     def _give_up(self, e: OSError) -> None:
-        # Disk full or gone: stop this recorder, keep the graph (and the call) going.
+        # Disk full, file too large, folder gone: stop this recorder, keep the graph (and
+        # the call) going; the header already covers what is on disk.
         self.failed = True
+        hint = _WRITE_HINTS.get(e.errno, "check the disk and the path")
         self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
-                  f"'{self.path}': {e.strerror}", path=self.path)
+                  f"'{self.path}': {e.strerror} (hint: {hint})", path=self.path)
 
     def stop(self) -> None:
         if getattr(self, "writer", None) is not None:
-            self.flush()
-            self.writer.close()
+            try:
+                self.flush()
+            finally:
+                self.writer.close()
 
     def stats(self) -> dict[str, Any]:
         w = getattr(self, "writer", None)
         return {**super().stats(), "bytes": w.data_bytes if w else 0,
                 "failed": getattr(self, "failed", False)}
+
+
+@functools.cache
+def _path_params(cls: type[Node]) -> tuple[str, ...]:
+    """The file parameters of a node class (checked once per class: a server's graph holds
+    thousands of nodes)."""
+    return tuple(name for name, p in cls.param_specs().items() if p.type is PathType)
+
+
+def _file_key(path: str) -> object:
+    """What names one file whatever the path to it (links, `missing/..`, hard links): its
+    inode when it exists, else its resolved path (two recorders of one new file); None if
+    unsure."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a loop of links
+        return None
+    try:
+        st = os.stat(resolved)
+    except (OSError, ValueError):
+        return resolved
+    return st.st_dev, st.st_ino

@@ -1,10 +1,12 @@
-"""WAV (RIFF) headers: parse any PCM/float layout, build the 44-byte header we write."""
+"""WAV (RIFF and RF64) headers: parse any PCM/float layout, build the header we write."""
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -13,7 +15,11 @@ from pipeline.errors import ParseError
 FORMAT_PCM = 1
 FORMAT_FLOAT = 3
 FORMAT_EXTENSIBLE = 0xFFFE
-HEADER_SIZE = 44
+# EBU Tech 3306: a writer reserves room for the ds64 chunk (three 64-bit sizes and an empty
+# table length) as a JUNK chunk, so a RIFF file can become RF64 in place past 4 GiB.
+DS64_SIZE = 28
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFFFFFF
 
 
 @dataclass(slots=True)
@@ -40,22 +46,60 @@ class WavInfo:
         return "pcm_s16" if self.format_tag == FORMAT_PCM and self.bits <= 16 else "pcm_f32"
 
 
+def header_problem(rate: int, channels: int, bits: int) -> str:
+    """What a WAV fmt chunk cannot hold about this layout ('' when it holds it all)."""
+    align = channels * bits // 8
+    if channels > U16_MAX:
+        return f"{channels} channels do not fit a WAV header (at most {U16_MAX})"
+    if rate > U32_MAX:
+        return f"{rate} Hz does not fit a WAV header (at most {U32_MAX} Hz)"
+    if align > U16_MAX:
+        return (f"{channels} channels of {bits} bits make {align}-byte frames, more than a "
+                f"WAV header holds ({U16_MAX})")
+    if rate * align > U32_MAX:
+        return (f"{rate} Hz of {align}-byte frames is {rate * align} bytes per second, more "
+                f"than a WAV header holds ({U32_MAX})")
+    return ""
+
+
 def parse_header(data: bytes, file_size: int, name: str = "WAV file") -> WavInfo:
     """Parse RIFF/WAVE chunks up to the data chunk; ParseError names what is wrong."""
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+    return _parse(io.BytesIO(data), file_size, name)
+
+
+def _parse(f: BinaryIO, file_size: int, name: str) -> WavInfo:
+    # Chunk by chunk, seeking over bodies: metadata before 'data' may be of any size.
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         raise ParseError(f"{name} is not a WAV file (no RIFF/WAVE header)")
     pos = 12
     fmt = None
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+    ds64_data = None  # RF64: the data size when its 32-bit field says 0xFFFFFFFF
+    while True:
+        f.seek(pos)
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            break
+        cid, size = chunk[:4], struct.unpack_from("<I", chunk, 4)[0]
         body = pos + 8
         if cid == b"fmt ":
-            if size < 16 or body + 16 > len(data):
+            raw = f.read(min(size, 40))
+            if size < 16 or len(raw) < 16:
                 raise ParseError(f"{name} has a truncated fmt chunk")
-            tag, ch, rate, _, _, bits = struct.unpack_from("<HHIIHH", data, body)
-            if tag == FORMAT_EXTENSIBLE and size >= 40 and body + 26 <= len(data):
-                tag = struct.unpack_from("<H", data, body + 24)[0]
+            tag, ch, rate, _, _, bits = struct.unpack_from("<HHIIHH", raw)
+            if tag == FORMAT_EXTENSIBLE:
+                # The sub-format GUID starts at byte 24 of a 40-byte fmt chunk.
+                if size < 40 or len(raw) < 40:
+                    raise ParseError(f"{name} has a WAVE_FORMAT_EXTENSIBLE fmt chunk of "
+                                     f"{min(size, len(raw))} bytes, too short for its "
+                                     "sub-format (40 needed)",
+                                     hint="re-export it as PCM WAV")
+                tag = struct.unpack_from("<H", raw, 24)[0]
             fmt = (tag, ch, rate, bits)
+        elif cid == b"ds64" and head[:4] == b"RF64" and size >= 16:
+            raw = f.read(16)
+            if len(raw) == 16:
+                ds64_data = struct.unpack_from("<Q", raw, 8)[0]
         elif cid == b"data":
             if fmt is None:
                 raise ParseError(f"{name} has its data chunk before the fmt chunk")
@@ -68,9 +112,15 @@ def parse_header(data: bytes, file_size: int, name: str = "WAV file") -> WavInfo
             if (tag == FORMAT_PCM and bits not in (8, 16, 24, 32)) or (
                     tag == FORMAT_FLOAT and bits not in (32, 64)):
                 raise ParseError(f"{name} has unsupported sample width {bits} bits")
+            problem = header_problem(rate, ch, bits)
+            if problem:
+                raise ParseError(f"{name} has an impossible format: {problem}",
+                                 hint="re-export it with a real rate and channel count")
             avail = max(0, file_size - body)
+            if size == U32_MAX and ds64_data is not None:
+                size = ds64_data
             # Streaming writers leave 0 or 0xFFFFFFFF: then the data runs to the end.
-            if size in (0, 0xFFFFFFFF) or size > avail:
+            if size in (0, U32_MAX) or size > avail:
                 size = avail
             size -= size % (ch * bits // 8)
             return WavInfo(tag, ch, rate, bits, body, size)
@@ -83,9 +133,9 @@ def parse_header(data: bytes, file_size: int, name: str = "WAV file") -> WavInfo
 def read_info(path: str | Path) -> WavInfo:
     path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(65536)
         size = f.seek(0, 2)
-    return parse_header(head, size, f"WAV file '{path}'")
+        f.seek(0)
+        return _parse(f, size, f"WAV file '{path}'")
 
 
 def samples_view(path: str | Path, info: WavInfo) -> np.ndarray:
@@ -112,11 +162,30 @@ def to_pcm(raw: np.ndarray, info: WavInfo) -> np.ndarray:
         if info.bits == 16:
             return np.asarray(raw, np.int16)
         return (raw.astype(np.float64) / 2147483648.0).astype(np.float32)
-    return np.asarray(raw, np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, cleaned below
+        return np.asarray(raw, np.float32)
 
 
-def build_header(rate: int, channels: int, encoding: str, data_size: int = 0) -> bytes:
+def clean_float(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """NaN -> 0, +-inf -> +-1.0 (full scale), and how many samples that was: one such sample
+    would poison every mix and filter downstream for good."""
+    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+    if bad:
+        x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+    return x, bad
+
+
+def build_header(rate: int, channels: int, encoding: str, data_size: int = 0, *,
+                 reserve_ds64: bool = False) -> bytes:
+    """A canonical header (44 bytes), or with `reserve_ds64` a JUNK chunk after the RIFF
+    header that `WavWriter` turns into ds64 past 4 GiB (80 bytes). ValueError, naming what
+    does not fit, for a layout no WAV header can hold."""
     tag, bits = (FORMAT_PCM, 16) if encoding == "pcm_s16" else (FORMAT_FLOAT, 32)
+    problem = header_problem(rate, channels, bits)
+    if problem:
+        raise ValueError(problem)
     align = channels * bits // 8
-    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_size, b"WAVE", b"fmt ", 16,
-                       tag, channels, rate, rate * align, align, bits, b"data", data_size)
+    junk = b"JUNK" + struct.pack("<I", DS64_SIZE) + bytes(DS64_SIZE) if reserve_ds64 else b""
+    return (struct.pack("<4sI4s", b"RIFF", 36 + len(junk) + data_size, b"WAVE") + junk
+            + struct.pack("<4sIHHIIHH4sI", b"fmt ", 16, tag, channels, rate, rate * align,
+                          align, bits, b"data", data_size))

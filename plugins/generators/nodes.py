@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.params import Decibels, Frequency, Param
+from pipeline.errors import GraphError
+from pipeline.formats import Format
+from pipeline.params import Decibels, Frequency, Param, ParamValueError
 
 from .source import PcmSource, db_to_amplitude
 
@@ -22,6 +24,29 @@ class Tone(PcmSource):
     kind = "tone"
     freq = Param(Frequency, 440.0, "frequency, e.g. 440Hz or 1kHz", min=0.0, max=96000.0)
     level = Param(Decibels, -6.0, "level in dBFS (peak)", min=-120.0, max=0.0)
+
+    def validate(self) -> None:
+        if self.rate is not None:
+            self._check_nyquist(self.rate)
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        out = super().negotiate(inputs, downstream)
+        try:
+            self._check_nyquist(self.rate)  # the rate downstream chose
+        except ParamValueError as e:
+            g = self.graph  # where 'freq' is in the YAML, as validate's errors say
+            where = g and g.param_where.get((self.name, "freq"), g.where.get(self.name))
+            file, line, column = where or (None, None, None)
+            raise GraphError(f"node '{self.name}' ({self.kind}): {e.message}", hint=e.hint,
+                             file=file, line=line, column=column) from None
+        return out
+
+    def _check_nyquist(self, rate: int) -> None:
+        # At or above half the rate a sine aliases: 30 kHz at 48 kHz comes out as 18 kHz.
+        if self.freq >= rate / 2:
+            raise ParamValueError("freq", f"parameter 'freq': {self.freq:g} Hz is not below "
+                                  f"half the sample rate ({rate} Hz)",
+                                  f"use a freq below {rate / 2:g} Hz, or a higher rate")
 
     def start(self) -> None:
         super().start()
@@ -64,7 +89,7 @@ class Noise(PcmSource):
 
     kind = "noise"
     level = Param(Decibels, -30.0, "RMS level in dBFS", min=-120.0, max=0.0)
-    seed = Param(int, 0, "random seed")
+    seed = Param(int, 0, "random seed", min=0, max=2**32 - 1)
 
     def start(self) -> None:
         super().start()
