@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PipelineError
-from .graph import Graph
+
+if TYPE_CHECKING:  # imported by the commands that need it: Ctrl-C during start-up is
+    from .graph import Graph  # then caught by main(), not a traceback from an import
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -81,3 +81,14 @@ def test_five_one_input_is_down_mixed_not_truncated(tmp_path):
     for ch in range(2):
         assert dominant_frequency(out[:, ch], 8000) == pytest.approx(440, abs=1)
         assert np.abs(out[:, ch]).max() / 32767 == pytest.approx(want, abs=1e-3)
+
+
+def test_a_mixer_keeps_exact_time_when_a_period_is_not_whole_samples():
+    # 11025 Hz x 20 ms = 220.5 samples: ticks of 220 and 221, never a drift (it used to mix
+    # 220 a tick, its queue grew, and the last 50 samples were never sent).
+    r = run_graph("tone freq=1000 rate=11025 duration=2s ! mixer name=m ! frame_sink name=o",
+                  launch=True)
+    sizes = {len(f.data) for f in r.graph.nodes["o"].frames}
+    out = r.graph.nodes["o"].audio()
+    assert sizes == {220, 221} and len(out) == 22050 and r.stats["m"]["underruns"] == 0
+    assert dominant_frequency(out[:, 0], 11025) == pytest.approx(1000, abs=1)

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.clock import TickSamples
 from pipeline.errors import GraphError, ParseError
 from pipeline.formats import Format
 from pipeline.frames import AudioFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
-from plugins.generators.source import TickSamples
 
 from .wavfile import (
     DS64_SIZE,

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
+from pipeline.clock import TickSamples
 from pipeline.formats import Format, narrow_to
 from pipeline.frames import AudioFrame
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param
 
 PCM_OUT = (Format.audio("pcm_s16"),)
-
-
-class TickSamples:
-    """How many samples each tick carries when rate x period is not a whole number
-    (11025 Hz x 20 ms = 220.5): tick k gets round((k+1)·rate·period) − round(k·rate·period),
-    so the count alternates (221, 220, ...) and the total never drifts from real time. At
-    under one sample per period (a 10 Hz file) some ticks get none."""
-
-    __slots__ = ("num", "den", "ticks")
-
-    def __init__(self, rate: int, period: float) -> None:
-        # Exact: 0.02 as a float is not 1/50, and its error would add up over hours.
-        step = Fraction(rate) * Fraction(period).limit_denominator(1_000_000)
-        self.num, self.den = step.numerator, step.denominator
-        self.ticks = 0
-
-    @property
-    def most(self) -> int:
-        """The largest count a tick gets (to size buffers)."""
-        return -(-self.num // self.den)
-
-    def due(self) -> int:
-        """Samples due by the end of the next tick (halves round up, in integers)."""
-        self.ticks += 1
-        return (2 * self.ticks * self.num + self.den) // (2 * self.den)
 
 
 class PcmSource(Node):
