@@ -534,3 +534,12 @@ def test_answer_choice_property(offered, supported, offer_dtmf, answer_dtmf) -> 
     has_dtmf = offer_dtmf and answer_dtmf
     assert (mine.dtmf_payload_type is not None) == has_dtmf
     assert (theirs.dtmf_payload_type is not None) == has_dtmf
+
+
+def test_a_media_address_that_is_a_host_name_is_refused_with_301() -> None:
+    # Sending to a name would resolve it on the event loop, stalling every call held.
+    text = offer_with("0").replace("c=IN IP4 192.0.2.1", "c=IN IP4 media.example.com")
+    with pytest.raises(NegotiationFailed, match="SDP c= address 'media.example.com' is a host "
+                       "name") as e:
+        answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
+    assert e.value.warning_code == 301

@@ -890,6 +890,13 @@ def _peer(local: SessionDescription, remote: SessionDescription, index: int) -> 
     conn = remote.connection_for(rm)
     if conn is None:
         raise ParseError(f"SDP has no c= line for the {rm.kind} stream")
+    try:
+        ipaddress.ip_address(conn.address)
+    except ValueError:
+        # Sending to a name would resolve it on the event loop, stalling every call.
+        raise NegotiationFailed(
+            f"SDP c= address {conn.address[:60]!r} is a host name; media goes to IP "
+            "addresses only (no DNS lookups on the media path)", warning_code=301) from None
     ours_dir = local.media_direction(lm)
     remote_dir = _remote_direction(remote, rm)
     return conn.address, _direction(
