@@ -368,6 +368,36 @@ def test_recorder_round_trip_with_audio_in_sync(ext, tmp_path):
     assert abs(np.argmax(spectrum) * rate / len(tone) - 1000) < 5
 
 
+@pytest.mark.parametrize("channels", [3, 6])
+def test_recorder_down_mixes_audio_of_more_than_two_channels(channels, tmp_path):
+    # Its audio is set up mono or stereo: 3 channels written as stereo came out 1.5 times
+    # long and a fifth low (1000 Hz at 667 Hz); 6 failed to write and left no video.
+    path = tmp_path / "call.mkv"
+    run_graph(f"video_test_source width=64 height=48 duration=2s ! video_recorder name=r "
+              f"path={path}  tone freq=1000 duration=2s rate=48000 channels={channels} ! "
+              "r.audio", launch=True)
+    with av.open(str(path)) as c:
+        (stream,) = [s for s in c.streams if s.type == "audio"]
+        layout = stream.layout.name
+        x = np.concatenate([f.to_ndarray()[0] for f in c.decode(stream)])
+    assert layout == "stereo" and abs(len(x) - 96000) <= 1024  # 2 s, within a codec frame
+    spectrum = np.abs(np.fft.rfft(x[4800:91200] * np.hanning(86400)))
+    assert abs(np.argmax(spectrum) * 48000 / 86400 - 1000) < 2
+
+
+def test_h264_at_an_odd_size_is_refused_at_link_time(tmp_path):
+    # It failed only once the graph ran, in FFmpeg's words ("Generic error in an external
+    # library"); VP8 takes any size.
+    for tail in ("video_encoder codec=h264 ! null_sink", f"video_recorder path={tmp_path}/a.mp4"):
+        with pytest.raises(GraphError, match=r"H\.264 encodes an even width and height, not "
+                           r"33x41 \(scale it to an even size first\)"):
+            parse_launch(f"video_test_source duration=0.2s ! scale width=33 height=41 ! {tail}"
+                         ).prepare()
+    ok = run_graph("video_test_source duration=0.2s ! scale width=33 height=41 ! video_encoder "
+                   "codec=vp8 name=enc ! null_sink", launch=True)
+    assert ok.stats["enc"]["frames_out"] == 6
+
+
 def test_recorder_rejects_codec_the_container_cannot_hold(tmp_path):
     with pytest.raises(GraphError, match=r"\.webm files cannot hold h264 video"):
         parse_launch(f"video_test_source ! video_recorder path={tmp_path}/a.webm codec=h264"

@@ -39,6 +39,14 @@ _REALTIME_OPTIONS: dict[str, dict[str, str]] = {
 }
 
 
+def size_problem(codec: str, width: int | None, height: int | None) -> str:
+    """Why `codec` cannot encode pictures of this size ('' when it can): libx264 takes
+    4:2:0 pictures of even width and height only (VP8 takes any)."""
+    if codec == "h264" and width and height and (width % 2 or height % 2):
+        return f"H.264 encodes an even width and height, not {width}x{height}"
+    return ""
+
+
 def _codec_name(table: dict[str, str], codec: str, mode: str) -> str:
     try:
         name = table[codec]

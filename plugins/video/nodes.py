@@ -21,7 +21,7 @@ from pipeline.frames import EncodedFrame, EndOfStream, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param
 from plugins.basic.nodes import Tee
-from plugins.video.codec import CLOCK_RATE, VideoDecoder, VideoEncoder
+from plugins.video.codec import CLOCK_RATE, VideoDecoder, VideoEncoder, size_problem
 from plugins.video.frames import PIX_FMTS, from_av, to_av
 
 VIDEO = (Format.video(PIX_FMTS),)
@@ -174,6 +174,9 @@ class VideoEncoderNode(Node):
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         src = inputs["in"]
+        problem = size_problem(self.codec, src.value("width"), src.value("height"))
+        if problem:  # else libx264 fails as the graph starts, in FFmpeg's words
+            raise ValueError(f"{problem} (scale it to an even size first)")
         return {"out": encoded_video(self.codec, src.value("width"), src.value("height"),
                                      src.value("fps"))}
 

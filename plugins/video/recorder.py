@@ -15,6 +15,7 @@ from pipeline.frames import AudioFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
+from plugins.video.codec import size_problem
 from plugins.video.frames import to_av
 from plugins.video.nodes import (
     TB_90K,
@@ -42,7 +43,10 @@ class VideoRecorder(Node):
     kind = "video_recorder"
     inputs = (
         Port("in", YUV420P, "raw video to encode"),
-        Port("audio", (Format.audio(),), "PCM audio to mux alongside", optional=True),
+        # Mono or stereo, the layouts the containers' audio codecs are set up with here:
+        # more channels get a converter (a down-mix) inserted in front.
+        Port("audio", (Format.audio(channels=(2, 1)),), "PCM audio to mux alongside (mono "
+             "or stereo)", optional=True),
     )
     path = Param(PathType, None, "file to write: .mp4, .mov, .mkv or .webm", required=True)
     codec = Param(str, None, "video codec h264 or vp8 (default: the container's usual one)",
@@ -67,6 +71,11 @@ class VideoRecorder(Node):
         check_writable("path", self.path)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
+        src = inputs["in"]
+        codec = self.codec or _CONTAINERS[Path(self.path).suffix.lower()][0]
+        problem = size_problem(codec, src.value("width"), src.value("height"))
+        if problem:  # else it fails only once the graph runs, in FFmpeg's words
+            raise ValueError(f"{problem} (scale it to an even size first)")
         return {}
 
     def start(self) -> None:
