@@ -518,3 +518,29 @@ def test_malformed_messages_on_a_tcp_stream_do_not_stop_it():
         await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_call_beyond_the_rtp_ports_gets_503_at_once_and_holds_no_slot():
+    # It used to ring for good (the port error escaped the answer), holding a max_calls slot.
+    sdp = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           b"m=audio 4000 RTP/AVP 0\r\n")
+
+    async def main():
+        server = Endpoint(server_yaml().replace("32000-32999", "32700-32701"))
+        port = await server.port()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        try:
+            first = await _exchange(sock, _invite(port, sdp, "p1"), port, 3)
+            assert [m.status_code for m in first] == [100, 180, 200]
+            second = await _exchange(sock, _invite(port, sdp, "p2"), port, 3)
+            assert [(m.status_code, m.reason) for m in second] == [
+                (100, "Trying"), (180, "Ringing"), (503, "No Free RTP Port")]
+            assert server.node.ua.active_calls() == 1
+            assert server.node.stats()["no_port"] == 1
+        finally:
+            sock.close()
+        await server.stop()
+
+    asyncio.run(main())

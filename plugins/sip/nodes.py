@@ -344,13 +344,29 @@ class SipEndpoint(Node):
         error: Exception | None = None
         incoming = self.ua.calls.get(call_id)
         preview = incoming.preview if incoming is not None else None
-        # A video stream we accepted gets its own port (checked: it is not retried below).
-        video_port = self.ports.allocate(check=self.call_graph is not None) \
-            if preview is not None and preview[1].video is not None else 0
+        video_port = 0
+        try:
+            if preview is not None and preview[1].video is not None:
+                # A video stream we accepted gets its own port (checked: not retried below).
+                video_port = self.ports.allocate(check=self.call_graph is not None)
+            port = self.ports.allocate(check=False)
+        except PipelineError as exc:  # every port pair taken: busy for now, not broken
+            if video_port:
+                self.ports.release(video_port)
+            self._c["no_port"] = self._c.get("no_port", 0) + 1
+            log.warning("call %s: %s", call_id, exc)
+            self.ua.reject(call_id, 503, now, reason="No Free RTP Port")
+            self._pump()
+            return
         for attempt in range(_BIND_TRIES):
             # No test-bind per call: the call graph binds the port; only when that fails is
             # the port checked, and a busy one (another program's) swapped for the next.
-            port = self.ports.allocate(check=False)
+            if attempt:
+                try:
+                    port = self.ports.allocate(check=False)
+                except PipelineError as exc:
+                    error = exc
+                    break
             try:
                 media = self.ua.prepare_answer(call_id, port, video_port)
                 self._attach(self.ua.calls[call_id], media)
@@ -418,6 +434,10 @@ class SipEndpoint(Node):
                     self._c["part_errors"] += 1
                     log.warning("SIP event %s failed: %s", type(event).__name__, exc)
                     self.post("error", message=f"{type(event).__name__}: {exc}")
+                    call = getattr(event, "call", None)
+                    if isinstance(event, sipua.CallIncoming) and call.state == "incoming":
+                        # Unanswered, it would ring for good and hold a max_calls slot.
+                        self.ua.reject(call.call_id, 500, self._loop.time())
                 event = self.ua.next_event()
 
     def _on_event(self, event: Any) -> None:
