@@ -10,6 +10,7 @@ RFC 4733 DTMF both ways and a pcap capture that tshark decodes as RTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 from collections.abc import Callable
@@ -303,6 +304,34 @@ def test_rtcp_reports_give_round_trip_time() -> None:
     assert rx["rtcp_bad"] == 0 and tx["rtcp_bad"] == 0
     # The receiver's RR echoes our SR (LSR/DLSR), so the sender knows the round trip.
     assert tx["rtt_ms"] is not None and 0.0 <= tx["rtt_ms"] < 100.0
+
+
+def test_on_hold_a_session_sends_no_rtp_and_has_no_rtp_timeout() -> None:
+    # RFC 3264 8.4: nothing goes to a held (recvonly) or inactive stream, and a held peer
+    # may rightly send nothing: the timeout used to hang up every hold after rtp_timeout.
+    async def main(direction: str) -> tuple[RunResult, int]:
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.setblocking(False)
+        s = Session(parse_launch(
+            f"tone rate=8000 duration=0.4s ! pcmu_encoder ! rtp_session name=s "
+            f"direction={direction} rtp_timeout=100ms remote_ip=127.0.0.1 "
+            f"remote_port={peer.getsockname()[1]}"))
+        result = await s.result()
+        got = 0
+        with contextlib.suppress(BlockingIOError):
+            while peer.recv(2048):
+                got += 1
+        peer.close()
+        return result, got
+
+    for direction, sent, timeouts in (("sendrecv", 20, 1), ("recvonly", 0, 1),
+                                      ("inactive", 0, 0), ("sendonly", 20, 0)):
+        result, got = asyncio.run(main(direction))
+        stats = node_stats(result, "s")
+        assert (got, stats["packets_sent"], stats["timeouts"]) == (sent, sent, timeouts), \
+            direction
+        assert stats["not_sent_held"] == 20 - sent
 
 
 def test_rtp_to_the_last_port_sends_no_rtcp_and_keeps_going() -> None:

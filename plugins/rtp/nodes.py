@@ -66,7 +66,7 @@ class SessionCounters:
     __slots__ = ("packets_sent", "bytes_sent", "packets_received", "bytes_received",
                  "dropped_bad", "dropped_foreign", "dropped_unknown_pt", "dropped_no_remote",
                  "send_errors", "dtmf_sent", "dtmf_received", "rtcp_sent", "rtcp_received",
-                 "rtcp_bad", "ssrc_changes", "timeouts")
+                 "rtcp_bad", "ssrc_changes", "timeouts", "not_sent_held")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -110,8 +110,11 @@ class RtpSession(Node):
                               min=-1, max=127)
     dtmf_clock_rate = Param(int, None, "telephone-event clock rate (default: clock_rate)",
                             min=1000, max=192000)
-    rtp_timeout = Param(Duration, 0.0, "post rtp-timeout after this long without RTP (0: off)",
-                        min=0.0)
+    rtp_timeout = Param(Duration, 0.0, "post rtp-timeout after this long without RTP (0: off; "
+                        "only while we expect RTP: direction sendrecv or recvonly)", min=0.0)
+    direction = Param(str, "sendrecv", "media direction from our side (RFC 3264 6.1): we send "
+                      "RTP only when sendrecv or sendonly (RTCP goes on)",
+                      choices=("sendrecv", "sendonly", "recvonly", "inactive"))
     pcap = Param(PathType, None, "write every sent and received packet to this pcap file")
     rtcp = Param(bool, False, "send and receive RTCP SR/RR on port + 1 (RFC 3550 6)")
     rtcp_interval = Param(Duration, 5.0, "minimum RTCP report interval (RFC 3550 6.2: 5s)",
@@ -125,7 +128,7 @@ class RtpSession(Node):
                  "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur", "_last_rx", "_last_ts",
                  "_local", "_loop", "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote",
                  "_rtcp_remote", "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender",
-                 "_seq", "_sock", "_ssrc", "_timed_out",
+                 "_seq", "_sending", "_sock", "_ssrc", "_timed_out", "_watching",
                  "_ts_offset", "bound_port", "rtcp_port")
 
     # ---- negotiation ----------------------------------------------------------------------
@@ -200,6 +203,10 @@ class RtpSession(Node):
         now = self._now()
         self._last_rx = now
         self._timed_out = False
+        # On hold (RFC 3264 8.4) a held side sends nothing: no RTP from us to a recvonly or
+        # inactive stream, and no RTP timeout while the peer may rightly be silent.
+        self._sending = self.direction in ("sendrecv", "sendonly")
+        self._watching = self.direction in ("sendrecv", "recvonly")
         self._scheduler: RtcpScheduler | None = None
         if self._rtcp_sock is not None:
             self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
@@ -393,6 +400,9 @@ class RtpSession(Node):
     # ---- sending ----------------------------------------------------------------------------
     def _send(self, data: bytes, payload_size: int, timestamp: int) -> bool:
         remote = self._remote
+        if not self._sending:
+            self._c.not_sent_held += 1
+            return False
         if remote is None:
             self._c.dropped_no_remote += 1
             return False
@@ -480,7 +490,8 @@ class RtpSession(Node):
     # ---- timers -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         t = self._now()  # timers run on the loop's clock, like packet arrival times
-        if self.rtp_timeout and not self._timed_out and t - self._last_rx >= self.rtp_timeout:
+        if self.rtp_timeout and self._watching and not self._timed_out \
+                and t - self._last_rx >= self.rtp_timeout:
             self._timed_out = True
             self._c.timeouts += 1
             data = {"seconds": round(t - self._last_rx, 3)}
