@@ -620,7 +620,8 @@ class Runtime:
                     clock.now = now
                     if not n % 64:
                         await asyncio.sleep(0)
-                        if not self._io_tasks:
+                        if not self._io_tasks and self.duration is None:
+                            # (--duration bounds a run that is meant to go on: a live room)
                             stall = self._check_stalled(now, stall)
                 else:
                     await self.clock.wait_until(now)

@@ -242,3 +242,12 @@ def test_a_long_chain_runs_past_pythons_recursion_limit():
     chain = " ! ".join(["tone rate=8000 duration=0.1s"] + ["gain"] * 400 + ["frame_sink name=o"])
     r = run_graph(chain, launch=True, stats=True)
     assert len(r.graph.nodes["o"].audio()) == 800
+
+
+def test_a_run_bounded_by_duration_is_never_called_stalled():
+    # A node that goes on by design (a live room) in an offline run: --duration ends it.
+    g = load_graph_text(GRAPH)
+    g.prepare()
+    g.nodes["m"].event = lambda port, event: None
+    r = run_graph(g, stats=False, duration=15.0)
+    assert r.stopped_by == "duration" and r.media_time == pytest.approx(15.0)
