@@ -544,3 +544,21 @@ def test_a_call_beyond_the_rtp_ports_gets_503_at_once_and_holds_no_slot():
         await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_dialled_call_nobody_answers_is_cancelled_after_hangup_after(tmp_path):
+    # `pipeline call --duration`: a callee that only rings held the command for ever.
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        server = Endpoint(server_yaml(extra="    auto_answer: false"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      extra="    hangup_after: 300ms"))
+        await caller.wait("call-ringing")
+        end = await server.wait("call-ended")
+        assert (end.data["reason"], end.data["status"]) == ("cancelled by the caller", 487)
+        await caller.result()  # exit_after_call: the caller's graph ends
+        assert caller.names("call-established") == []
+        await server.stop()
+
+    asyncio.run(main())

@@ -154,8 +154,8 @@ class SipEndpoint(Node):
     video_codecs = Param(list, ["vp8", "h264"], "video codecs offered and accepted, in "
                          "preference order (vp8, h264)")
     dial = Param(str, None, "SIP URI to call once started, e.g. sip:echo@127.0.0.1:5060")
-    hangup_after = Param(Duration, 0.0, "hang up the dialled call after this long (0: never)",
-                         min=0.0)
+    hangup_after = Param(Duration, 0.0, "hang up the dialled call this long after the answer; "
+                         "unanswered that long, it is cancelled (0: never)", min=0.0)
     exit_after_call = Param(bool, False, "end the graph when the dialled call has ended")
     rate_limit = Param(float, 50.0, "SIP requests per second accepted from one address "
                        "(bursts of twice that); 0: no limit", min=0.0)
@@ -253,7 +253,8 @@ class SipEndpoint(Node):
         self.parts: dict[str, str] = {}  # call_id -> part prefix
         self.part_values: dict[str, dict[str, Any]] = {}
         self._dialled: str | None = None
-        self._dial_time: float | None = None
+        self._dial_time: float | None = None  # when the dialled call was answered
+        self._ring_since: float | None = None  # when it was dialled, until it is answered
         self._shutting_down: float | None = None
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
@@ -302,6 +303,10 @@ class SipEndpoint(Node):
                 and t - self._dial_time >= self.hangup_after:
             self._dial_time = None
             self.hangup(self._dialled)
+        if self._ring_since is not None and self.hangup_after and self._dialled \
+                and t - self._ring_since >= self.hangup_after:
+            self._ring_since = None  # not answered within as long: cancelled (a callee that
+            self.hangup(self._dialled)  # only rings would hold `pipeline call` for ever)
         if self._shutting_down is not None:
             done = not any(c.active for c in self.ua.calls.values()) and not (
                 self.ua.registration is not None and self.ua.registration.registered)
@@ -328,6 +333,7 @@ class SipEndpoint(Node):
         self._c["calls_out"] += 1
         if self.dial and self._dialled is None:
             self._dialled = call.call_id
+            self._ring_since = self._loop.time()
         self._pump()
         return call.call_id
 
@@ -463,6 +469,7 @@ class SipEndpoint(Node):
                     return
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
+                self._ring_since = None
             self.post("call-established", call_id=call.call_id, codec=event.media.encoding,
                       prefix=self.parts.get(call.call_id))
         elif isinstance(event, sipua.CallUpdated):
@@ -476,6 +483,8 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.CallEnded):
             call = event.call
             self._c["calls_ended"] += 1
+            if call.call_id == self._dialled:
+                self._ring_since = None
             closing = self._detach(call.call_id)
             for used in (call.rtp_port, call.video_port):
                 if not used:
