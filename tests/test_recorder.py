@@ -242,3 +242,12 @@ def test_a_file_name_too_long_is_one_clear_error(in_tmp):
     assert str(e.value) == (f"node 'rec' (wav_recorder): cannot write '{name}': File name too "
                             "long (hint: use shorter names (255 bytes at most per file or "
                             "folder name in most file systems))")
+
+
+def test_a_fifo_as_the_recording_is_refused(in_tmp):
+    # Opening it blocked until a reader came, and only SIGKILL ended the run.
+    os.mkfifo(in_tmp / "f.wav")
+    from pipeline.errors import GraphError
+
+    with pytest.raises(GraphError, match="'f.wav' is a FIFO, not a file"):
+        run_graph("tone duration=0.1s ! wav_recorder path=f.wav", launch=True)

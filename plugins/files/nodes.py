@@ -174,6 +174,10 @@ def _check_writable(param: str, path: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise ParamValueError(param, f"'{path}' is a folder, not a file", "name a file")
+    if p.is_fifo() or p.is_socket():  # opening a FIFO blocks until a reader comes
+        raise ParamValueError(param, f"'{path}' is a {'FIFO' if p.is_fifo() else 'socket'}, "
+                              "not a file", "name a regular file: a recorder rewrites its "
+                              "header in place")
     parent = p.parent if str(p.parent) else Path(".")
     ancestor = parent
     while not ancestor.exists():
