@@ -196,3 +196,22 @@ def test_loop_keeps_exact_time_across_the_end(in_tmp):
     out = r.graph.nodes["o"].audio()[:, 0]
     assert len(out) == 11025
     assert np.array_equal(out, np.resize(x[:, 0], 11025))
+
+
+def test_a_zero_data_size_runs_to_the_end_unless_a_chunk_follows(in_tmp):
+    # 0 is what a streaming writer leaves (our recorder killed before its first update):
+    # the data runs to the end. But an empty data chunk followed by a LIST chunk played the
+    # LIST bytes as noise.
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, 8000, 16000, 2, 16)
+    info = b"LIST" + struct.pack("<I", 12) + b"INFOISFT\x00\x00\x00\x00"
+    body = b"WAVE" + fmt + b"data" + struct.pack("<I", 0) + info
+    (in_tmp / "empty.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    raw = (in_tmp / "empty.wav").read_bytes()
+    assert parse_header(raw, len(raw)).frames == 0
+    samples = (np.sin(np.arange(800) * 0.3) * 8000).astype("<i2").tobytes()
+    body = b"WAVE" + fmt + b"data" + struct.pack("<I", 0) + samples
+    (in_tmp / "unfinished.wav").write_bytes(b"RIFF" + struct.pack("<I", 0) + body)
+    raw = (in_tmp / "unfinished.wav").read_bytes()
+    assert parse_header(raw, len(raw)).frames == 800
+    audio, _ = read_wav("unfinished.wav")
+    assert len(audio) == 800

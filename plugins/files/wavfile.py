@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ FORMAT_EXTENSIBLE = 0xFFFE
 DS64_SIZE = 28
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
+_CHUNK_ID = re.compile(rb"[A-Za-z][A-Za-z0-9 _]{3}")  # LIST, fact, id3 , ...
 
 
 @dataclass(slots=True)
@@ -119,8 +121,9 @@ def _parse(f: BinaryIO, file_size: int, name: str) -> WavInfo:
             avail = max(0, file_size - body)
             if size == U32_MAX and ds64_data is not None:
                 size = ds64_data
-            # Streaming writers leave 0 or 0xFFFFFFFF: then the data runs to the end.
-            if size in (0, U32_MAX) or size > avail:
+            # Streaming writers leave 0 or 0xFFFFFFFF: then the data runs to the end,
+            # unless a 0 is followed by another chunk (a file with no audio at all).
+            if size == U32_MAX or size > avail or (size == 0 and not _chunk_at(f, body, avail)):
                 size = avail
             size -= size % (ch * bits // 8)
             return WavInfo(tag, ch, rate, bits, body, size)
@@ -128,6 +131,14 @@ def _parse(f: BinaryIO, file_size: int, name: str) -> WavInfo:
     if fmt is None:
         raise ParseError(f"{name} has no fmt chunk")
     raise ParseError(f"{name} has no data chunk")
+
+
+def _chunk_at(f: BinaryIO, pos: int, avail: int) -> bool:
+    """Whether a whole chunk (an ASCII id, then a size that fits) starts at `pos`."""
+    f.seek(pos)
+    head = f.read(8)
+    return len(head) == 8 and _CHUNK_ID.fullmatch(head[:4]) is not None \
+        and 8 + int.from_bytes(head[4:], "little") <= avail
 
 
 def read_info(path: str | Path) -> WavInfo:
