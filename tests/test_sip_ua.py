@@ -688,3 +688,20 @@ def test_a_response_our_handler_fails_on_still_ends_what_it_answered(monkeypatch
     ev = alice.next_event()
     assert isinstance(ev, RegistrationFailed) and ev.status == 500
     assert alice.registration.refresh_at == pytest.approx(60.1)
+
+
+def test_a_body_in_an_encoding_we_cannot_undo_gets_415_with_accept_encoding():
+    # RFC 3261 8.2.3: a gzip'd SDP was taken for plain text and answered "Bad SDP".
+    bob = make_ua(BOB, user="bob")
+    wire = bare_invite("gz", "<sip:eve@192.0.2.1:5060>").replace(
+        b"Content-Type: application/sdp\r\n",
+        b"Content-Type: application/sdp\r\nContent-Encoding: gzip\r\n")
+    bob.receive(wire, "udp", ALICE, 0.0)
+    (sent,) = [SipMessage.parse(d) for _, d, _ in bob.datagrams_to_send()]
+    assert (sent.status_code, sent.headers.get("Accept-Encoding")) == (415, "identity")
+    assert not bob.calls
+    plain = bare_invite("id", "<sip:eve@192.0.2.1:5060>").replace(
+        b"Content-Type: application/sdp\r\n",
+        b"Content-Type: application/sdp\r\nContent-Encoding: identity\r\n")
+    bob.receive(plain, "udp", ALICE, 0.0)
+    assert isinstance(bob.next_event(), CallIncoming)

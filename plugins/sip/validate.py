@@ -55,7 +55,8 @@ _SINGLE_KEYS = tuple((name, name.lower()) for name in SINGLE_HEADERS)
 _REQUIRED_KEYS = tuple((name, name.lower()) for name in REQUIRED_HEADERS)
 _REQUIRED_SET = frozenset(key for _, key in _REQUIRED_KEYS)
 # Headers whose checks can fail or note something: their presence takes the general path.
-_CHECKED_KEYS = frozenset(("require", "accept", "authorization", "proxy-authorization"))
+_CHECKED_KEYS = frozenset(("require", "accept", "authorization", "proxy-authorization",
+                           "content-encoding"))
 _OPTION_TAG_KEYS = tuple((name, name.lower()) for name in
                          ("Require", "Proxy-Require", "Supported", "Unsupported", "Allow"))
 _NO_SPACE = re.compile(r"\S+")
@@ -274,6 +275,13 @@ def _check_semantics(
     if msg.body and msg.content_type not in content_types:  # 8.2.3
         fail(415, f"SIP Content-Type {msg.content_type} is not supported",
              ("Accept", ", ".join(sorted(content_types))))
+    if msg.body and "content-encoding" in present:  # 8.2.3: a coding we cannot undo
+        codings = [c.strip().lower() for v in headers.values("Content-Encoding")
+                   for c in v.split(",")]
+        unknown = [c for c in codings if c and c != "identity"]
+        if unknown:
+            fail(415, f"SIP Content-Encoding {', '.join(unknown)[:40]} is not supported",
+                 ("Accept-Encoding", "identity"))
     if msg.method == "INVITE" and "accept" in present \
             and not _accepts(headers.values("Accept"), "application/sdp"):
         fail(406, "SIP Accept excludes application/sdp, the only body we can answer with")
