@@ -306,6 +306,40 @@ def test_rtcp_reports_give_round_trip_time() -> None:
     assert tx["rtt_ms"] is not None and 0.0 <= tx["rtt_ms"] < 100.0
 
 
+def test_rtcp_from_a_stranger_before_latching_does_not_steer_our_reports() -> None:
+    # Before RTP latches to the peer, RTCP from anyone used to set where reports go.
+    from plugins.rtp.rtcp import RtcpReceiverReport, serialize_rtcp
+
+    async def main() -> tuple[RunResult, int]:
+        rx = Session(parse_launch(
+            "rtp_session name=rx codec=pcmu rtcp=true rtcp_interval=0.1s session_kbps=800 ! "
+            "null_sink"))
+        port = await rx.port()
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.1", 0))
+        stranger.setblocking(False)
+        stranger.sendto(serialize_rtcp([RtcpReceiverReport(0xBAD, [])]),
+                        ("127.0.0.1", port + 1))
+        node = rx.graph.nodes["rx"]
+        await until(lambda: node.stats()["rtcp_received"] == 1, "the stranger's RTCP to land")
+        tx = Session(parse_launch(  # the peer: RTP only, so nothing of its sets the address
+            "tone rate=8000 duration=1s ! pcmu_encoder ! rtp_session name=tx "
+            f"remote_ip=127.0.0.1 remote_port={port}"))
+        await tx.result()
+        await until(lambda: node.stats()["rtcp_sent"] >= 3, "a few reports")
+        rx.stop()
+        result = await rx.result()
+        got = 0
+        with contextlib.suppress(BlockingIOError):
+            while stranger.recv(2048):
+                got += 1
+        stranger.close()
+        return result, got
+
+    result, got = asyncio.run(main())
+    assert got == 0 and node_stats(result, "rx")["rtcp_sent"] >= 3
+
+
 def test_on_hold_a_session_sends_no_rtp_and_has_no_rtp_timeout() -> None:
     # RFC 3264 8.4: nothing goes to a held (recvonly) or inactive stream, and a held peer
     # may rightly send nothing: the timeout used to hang up every hold after rtp_timeout.

@@ -382,7 +382,10 @@ class RtpSession(Node):
             c.rtcp_bad += 1
             return
         c.rtcp_received += 1
-        self._rtcp_remote = addr  # answer RTCP where it comes from (symmetric RTCP)
+        if self._remote is not None:
+            # Answer RTCP where it comes from (symmetric RTCP), once the peer is known: before
+            # RTP latches, anyone could have set where our reports go.
+            self._rtcp_remote = addr
         wall = time.time()
         for p in packets:
             if isinstance(p, RtcpSenderReport) and self._rx is not None \
