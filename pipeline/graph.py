@@ -352,13 +352,17 @@ class Graph:
             try:
                 node.validate()
             except ParamValueError as e:
-                w = self.param_where.get((name, e.param), self.where.get(name, NOWHERE))
-                raise GraphError(f"node '{name}' ({node.kind}): {e.message}", **_loc(w),
-                                 hint=e.hint) from None
+                raise self._param_error(node, e) from None
             except PipelineError:
                 raise
             except Exception as e:
                 raise _plugin_bug(self, node, "validate", e) from e
+
+    def _param_error(self, node: Node, e: ParamValueError) -> GraphError:
+        """A parameter's value refused by its node, located at the parameter in the file."""
+        w = self.param_where.get((node.name, e.param), self.where.get(node.name, NOWHERE))
+        return GraphError(f"node '{node.name}' ({node.kind}): {e.message}", **_loc(w),
+                          hint=e.hint)
 
     # ---- negotiation ------------------------------------------------------------------
     def negotiate(self, names: set[str] | None = None) -> None:
@@ -420,6 +424,8 @@ class Graph:
                 downstream[ln.src_port] = self.nodes[ln.dst].input_caps(ln.dst_port, None)
         try:
             outs = node.negotiate(inputs, downstream)
+        except ParamValueError as e:  # a value that only the negotiated format rules out
+            raise self._param_error(node, e) from None
         except PipelineError:
             raise
         except (ValueError, NotImplementedError) as e:
