@@ -235,20 +235,21 @@ class WavWriter:
         # the middle of one. RIFF size and data size, little-endian.
         data = self.data_bytes - self.data_bytes % self.block_align
         riff = self.header_size - 8 + data
-        if riff > RIFF_MAX and not self.rf64:
-            self._become_rf64()
-        if self.rf64:
-            os.pwrite(self.fd, struct.pack("<QQQ", riff, data, data // self.block_align), 20)
+        if self.rf64 or riff > RIFF_MAX:
+            sizes = struct.pack("<QQQ", riff, data, data // self.block_align)  # ds64's
+            if self.rf64:
+                os.pwrite(self.fd, sizes, 20)
+            else:
+                self._become_rf64(sizes)
             return
         os.pwrite(self.fd, riff.to_bytes(4, "little"), 4)
         os.pwrite(self.fd, data.to_bytes(4, "little"), self.header_size - 4)
 
-    def _become_rf64(self) -> None:
-        # In an order that keeps the file valid at each step: the ds64 body while the chunk
-        # is still JUNK, its name, the RF64 magic, then the 32-bit sizes that say "see ds64".
-        data = self.data_bytes - self.data_bytes % self.block_align
-        os.pwrite(self.fd, struct.pack("<QQQI", self.header_size - 8 + data, data,
-                                       data // self.block_align, 0), 20)
+    def _become_rf64(self, sizes: bytes) -> None:
+        # In an order that keeps the file valid at each step: the ds64 body (the sizes and
+        # an empty table) while the chunk is still JUNK, its name, the RF64 magic, then the
+        # 32-bit sizes that say "see ds64".
+        os.pwrite(self.fd, sizes + bytes(4), 20)
         os.pwrite(self.fd, b"ds64" + DS64_SIZE.to_bytes(4, "little"), 12)
         os.pwrite(self.fd, b"RF64", 0)
         os.pwrite(self.fd, U32_MAX.to_bytes(4, "little"), 4)
