@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
 from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
+from plugins.codecs.opus import FRAME_MS as OPUS_FRAME_MS
 from plugins.sip.sdp import (
     DIRECTIONS,
     STATIC_PAYLOAD_TYPES,
@@ -82,9 +83,9 @@ _KNOWN: dict[str, tuple[str, int, int, int | None, int, dict[str, str]]] = {
 
 # a=ptime and a=maxptime are hints (RFC 8866 sections 6.4 and 6.5): the packet time used is
 # the one asked for when the codec can frame it, else the longest shorter one it can, within
-# 10-120 ms (RFC 6716's longest packet). Opus packets last 10, 20, 40, 60, 80, 100 or 120 ms.
+# 10-120 ms (RFC 6716's longest packet). Opus packets last one of the opus encoder's lengths.
 _PTIME_RANGE = (10, 120)
-_FRAMES_MS = {"opus": (10, 20, 40, 60, 80, 100, 120)}
+_FRAMES_MS = {"opus": tuple(int(ms) for ms in OPUS_FRAME_MS if ms >= _PTIME_RANGE[0])}
 
 
 def packet_time(codec: str, ptime: int | None, maxptime: int | None = None) -> int:
