@@ -385,6 +385,42 @@ def test_recorder_down_mixes_audio_of_more_than_two_channels(channels, tmp_path)
     assert abs(np.argmax(spectrum) * 48000 / 86400 - 1000) < 2
 
 
+class NoPicture(Node):
+    """A camera that ends before its first picture."""
+
+    kind = "no_picture"
+    clocked = True
+    outputs = (Port("out", (Format.video("yuv420p"),), "video"),)
+
+    def negotiate(self, inputs, downstream):
+        return {"out": Format.video("yuv420p", 64, 48, 30.0)}
+
+    def tick(self, now: float) -> None:
+        self.send_eos()
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv", "webm"])
+def test_recorder_without_pictures_still_writes_a_playable_file(ext, tmp_path):
+    # With no video packet FFmpeg wrote no file at all (or one that does not open): the
+    # recording is one black picture, and whatever audio arrived.
+    path = tmp_path / f"call.{ext}"
+    g = Graph("rec")
+    g.add(NoPicture("cam"))
+    g.create("video_recorder", "rec", {"path": str(path)})
+    g.link("cam", None, "rec", "in")
+    g.add(Beep("mic", rate=16000, duration=1.5))
+    g.link("mic", None, "rec", "audio")
+    stats = run_graph(g).stats["rec"]
+    assert stats["video_frames"] == 0 and stats["placeholder_frames"] == 1
+    result = play(path)
+    (picture,) = sink(result).frames
+    y = np.asarray(picture.planes[0])
+    assert picture.pts == 0 and (picture.width, picture.height) == (64, 48) and y.max() <= 20
+    x = sink(result, "mic").audio()[:, 0].astype(np.float64)
+    rate = sink(result, "mic").frames[0].rate
+    assert abs(len(x) / rate - 1.5) < 0.05 and np.argmax(np.abs(x) > 3000) / rate > 0.95
+
+
 def test_h264_at_an_odd_size_is_refused_at_link_time(tmp_path):
     # It failed only once the graph ran, in FFmpeg's words ("Generic error in an external
     # library"); VP8 takes any size.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from plugins.video.nodes import (
     YUV420P,
     Reformatter,
 )
+
+log = logging.getLogger(__name__)
 
 _CONTAINERS = {  # extension: (default video codec, default audio codec, allowed video codecs)
     ".mp4": ("h264", "aac", ("h264",)),
@@ -159,6 +162,20 @@ class VideoRecorder(Node):
             self._c["bytes"] += p.size
             self._container.mux(p)
 
+    def _placeholder(self) -> None:
+        # A container with no video packet does not open (FFmpeg writes no header, or one
+        # no player reads); one black picture at time zero keeps the file playable, and
+        # holds whatever audio did arrive.
+        w, h = self._vs.width, self._vs.height
+        black = np.full((h * 3 // 2, w), 128, np.uint8)
+        black[:h] = 16
+        av_frame = av.VideoFrame.from_ndarray(black, format="yuv420p")
+        av_frame.pts, av_frame.time_base = 0, TB_90K
+        self._c["placeholder_frames"] = 1
+        log.warning("recorder '%s' got no video: '%s' holds one black picture", self.name,
+                    self.path)
+        self._mux(self._vs.encode(av_frame))
+
     def _give_up(self, e: Exception) -> None:
         # Disk full or a codec refusing: stop this recorder, keep the graph (the call) going.
         self.failed = True
@@ -171,6 +188,8 @@ class VideoRecorder(Node):
             return
         try:
             if not self.failed:
+                if self._c["video_frames"] == 0:
+                    self._placeholder()
                 self._mux(self._vs.encode(None))
                 if self._as is not None:
                     self._mux(self._as.encode(None))
