@@ -133,6 +133,7 @@ class Runtime:
         self._frame_routes: dict[str, dict[str, list[tuple[Callable, str, Link]]]] = {}
         self._event_routes: dict[str, dict[str, list[tuple[Callable, str, Link]]]] = {}
         self._started: set[Node] = set()  # by identity: a new part may reuse old names
+        self._late_emitters: set[str] = set()  # warned of frames after end-of-stream
         self.parts: dict[str, Part] = {}
         self._failed_parts: list[tuple[Part, BaseException]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -245,6 +246,8 @@ class Runtime:
                 # ticks are done, as `_deferred` does, without the routing table and a
                 # second call.
                 def emit_later(port: str, frame: Any, fn=fn, dp=dp, ln=ln) -> None:
+                    if ln.ended:
+                        return self._after_eos(name)
                     ln.frames += 1
                     self._pending_feedback.append((fn, dp, frame, ln))
 
@@ -259,6 +262,8 @@ class Runtime:
                          sp=ln.src_port) -> None:
                 if port != sp:
                     return self._unrouted(name, port)
+                if ln.ended:
+                    return self._after_eos(name)
                 ln.frames += 1
                 f(node, dp, frame)
 
@@ -273,6 +278,9 @@ class Runtime:
             if out is None:
                 return self._unrouted(name, port)
             for fn, dp, ln in out:
+                if ln.ended:
+                    self._after_eos(name)
+                    continue
                 ln.frames += 1
                 fn(dp, frame)
 
@@ -286,6 +294,15 @@ class Runtime:
             declared = ", ".join(p.name for p in node.outputs) or "none"
             raise node.fail(f"emitted on port '{port}', which it does not declare "
                             f"(its outputs: {declared})", hint="emit on a declared output")
+
+    def _after_eos(self, name: str) -> None:
+        """A frame out of a link that end-of-stream has gone through: the node downstream
+        may have flushed and closed, so it is dropped (GStreamer's FLOW_EOS) and counted."""
+        node = self.graph.nodes[name]
+        node.counters.drops += 1
+        if name not in self._late_emitters:
+            self._late_emitters.add(name)
+            log.warning("node '%s' emitted frames after its end-of-stream: dropped", name)
 
     def _make_emit_event(self, name: str, links: list[Link]) -> Callable[[str, Any], None]:
         routes: dict[str, list[tuple[Callable, str, Link]]] = {}

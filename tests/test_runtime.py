@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import NodeError
 from pipeline.formats import Format
 from pipeline.graph import Graph
-from pipeline.loader import load_graph_text
+from pipeline.loader import load_graph_text, parse_launch
 from pipeline.node import Node, Port
 from pipeline.runtime import Runtime
 from pipeline.testing import run_graph
@@ -236,6 +236,28 @@ def test_a_frame_on_an_undeclared_port_names_the_node():
         run_graph(g, stats=False)
     assert str(e.value).startswith("node 'm': emitted on port 'nonexistent', which it does "
                                    "not declare (its outputs: out)")
+
+
+@pytest.mark.parametrize("late, drops", [("src", 1), ("t", 2)])  # one link; a route table
+def test_frames_after_end_of_stream_are_dropped_and_counted(late, drops, caplog):
+    # The sink may have flushed and closed its file by then (GStreamer answers FLOW_EOS).
+    g = parse_launch("tone rate=8000 duration=100ms name=src ! tee name=t ! frame_sink name=o "
+                     "t. ! frame_sink name=p")
+    g.prepare()
+    node = g.nodes[late]
+    real_eos = type(node).send_eos
+
+    def eos_then_more():
+        real_eos(node)
+        for port in node.linked_outputs:
+            node.emit(port, g.nodes["o"].frames[-1])
+
+    node.send_eos = eos_then_more
+    with caplog.at_level("WARNING", logger="pipeline.runtime"):
+        r = run_graph(g)
+    assert len(r.graph.nodes["o"].frames) == len(r.graph.nodes["p"].frames) == 5
+    assert r.stats[late]["drops"] == drops
+    assert f"node '{late}' emitted frames after its end-of-stream: dropped" in caplog.text
 
 
 def test_a_long_chain_runs_past_pythons_recursion_limit():
