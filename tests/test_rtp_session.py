@@ -340,6 +340,45 @@ def test_rtcp_from_a_stranger_before_latching_does_not_steer_our_reports() -> No
     assert got == 0 and node_stats(result, "rx")["rtcp_sent"] >= 3
 
 
+def test_rtcp_from_the_peers_address_but_another_stream_is_dropped() -> None:
+    # Another phone behind the peer's NAT shares its address: its RTCP used to set where our
+    # reports go, once RTP had latched.
+    from plugins.rtp.rtcp import RtcpReceiverReport, serialize_rtcp
+
+    async def main() -> tuple[RunResult, int, int]:
+        rx = Session(parse_launch(
+            "rtp_session name=rx codec=pcmu rtcp=true rtcp_interval=0.1s session_kbps=800 ! "
+            "null_sink"))
+        port = await rx.port()
+        node = rx.graph.nodes["rx"]
+        tx = Session(parse_launch(
+            "tone rate=8000 duration=2s ! pcmu_encoder ! rtp_session name=tx rtcp=true "
+            f"rtcp_interval=0.1s session_kbps=800 remote_ip=127.0.0.1 remote_port={port}"))
+        await until(lambda: node.stats()["rtcp_received"] >= 1, "the peer's RTCP")
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.1", 0))
+        stranger.setblocking(False)
+        stranger.sendto(serialize_rtcp([RtcpReceiverReport(0xBAD, [])]),
+                        ("127.0.0.1", port + 1))
+        await until(lambda: node.stats()["dropped_foreign"] == 1, "the stranger's RTCP")
+        sent = node.stats()["rtcp_sent"]
+        await until(lambda: node.stats()["rtcp_sent"] >= sent + 3, "a few more reports")
+        tx_result = await tx.result()
+        rx.stop()
+        result = await rx.result()
+        got = 0
+        with contextlib.suppress(BlockingIOError):
+            while stranger.recv(2048):
+                got += 1
+        stranger.close()
+        return result, got, node_stats(tx_result, "tx")["rtcp_received"]
+
+    result, got, peer_got = asyncio.run(main())
+    stats = node_stats(result, "rx")
+    assert got == 0 and stats["dropped_foreign"] == 1
+    assert peer_got >= 4  # our reports still went to the peer
+
+
 def test_on_hold_a_session_sends_no_rtp_and_has_no_rtp_timeout() -> None:
     # RFC 3264 8.4: nothing goes to a held (recvonly) or inactive stream, and a held peer
     # may rightly send nothing: the timeout used to hang up every hold after rtp_timeout.

@@ -381,6 +381,13 @@ class RtpSession(Node):
         except ParseError:
             c.rtcp_bad += 1
             return
+        sender = packets[0].ssrc if isinstance(packets[0], (RtcpSenderReport,
+                                                              RtcpReceiverReport)) else None
+        if sender is not None and self._rx is not None and sender != self._rx.ssrc:
+            # The peer's address but not the stream we receive (another phone behind the
+            # same NAT): its reports are not about us, nor is it where ours should go.
+            c.dropped_foreign += 1
+            return
         c.rtcp_received += 1
         if self._remote is not None:
             # Answer RTCP where it comes from (symmetric RTCP), once the peer is known: before
