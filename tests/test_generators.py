@@ -111,3 +111,13 @@ def test_a_negative_noise_seed_names_the_parameter():
 
     with pytest.raises(GraphError, match=r"parameter 'seed': -1 is out of range \[0, "):
         run_graph("noise seed=-1 duration=0.1s ! null_sink", launch=True)
+
+
+def test_noise_is_never_loud_enough_to_clip():
+    from pipeline.errors import GraphError
+
+    loudest = run_graph("noise level=-10dB seed=1 rate=8000 duration=10s ! frame_sink name=o",
+                        launch=True).graph.nodes["o"].audio()
+    assert np.mean(np.abs(loudest.astype(np.int32)) >= 32767) < 0.002  # P(|z| > 3.16)
+    with pytest.raises(GraphError, match=r"parameter 'level': 0dB is out of range \[-120, -10\]"):
+        run_graph("noise level=0dB duration=0.1s ! null_sink", launch=True)

@@ -80,7 +80,9 @@ class Noise(PcmSource):
     """White Gaussian noise from a seeded generator (reproducible)."""
 
     kind = "noise"
-    level = Param(Decibels, -30.0, "RMS level in dBFS", min=-120.0, max=0.0)
+    # Gaussian peaks pass 3x the RMS: at 0 dBFS a third of the samples clipped.
+    level = Param(Decibels, -30.0, "RMS level in dBFS (louder than -10 would clip)",
+                  min=-120.0, max=-10.0)
     seed = Param(int, 0, "random seed", min=0, max=2**32 - 1)
 
     def start(self) -> None:
