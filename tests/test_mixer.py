@@ -37,7 +37,7 @@ def test_sum_without_clipping():
 
 
 def test_sum_is_clipped_once_not_wrapped():
-    r = run_graph(_graph("-1dB", "-3dB"))
+    r = run_graph(_graph("-1dB", "-10dB"))
     n = r.graph.nodes
     a, b = n["ra"].audio().astype(np.int32), n["rb"].audio().astype(np.int32)
     want = np.clip(a + b, -32768, 32767)
