@@ -203,7 +203,8 @@ def check_tone(tmp_path: Path, seconds: float) -> None:
 
 
 # ---- calls -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("codec", ["pcmu", "opus", "g722"])
+# L16 is offered because the codecs plugin registers it, as a third party's codec would be.
+@pytest.mark.parametrize("codec", ["pcmu", "opus", "g722", "l16"])
 def test_echo_call_audio_flows_and_caller_hangup_tears_down(tmp_path, codec):
     async def main():
         server, caller = await echo_call(tmp_path, codec=codec)

@@ -34,7 +34,7 @@ log = logging.getLogger("plugins.sip")
 
 DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event"]
 _BIND_TRIES = 3  # RTP ports tried for an incoming call whose call graph cannot bind
-_SDP_NAMES = {"opus", "pcmu", "pcma", "g722", "telephone-event"}
+_DTMF = "telephone-event"  # RFC 4733: no codec nodes, the rtp_session sends and reads it
 
 
 def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
@@ -185,10 +185,11 @@ class SipEndpoint(Node):
             raise ParamValueError("rtp_port_range", f"parameter 'rtp_port_range': "
                                   f"'{self.rtp_port_range}' is not LOW-HIGH within 1024-65534",
                                   "write e.g. 20000-29999")
-        unknown = [c for c in self.codecs if str(c).lower() not in _SDP_NAMES]
+        known = {*self.registry.codecs, _DTMF}
+        unknown = [c for c in self.codecs if str(c).lower() not in known]
         if unknown:
             raise ParamValueError("codecs", f"parameter 'codecs': unknown codec '{unknown[0]}'",
-                                  "known: " + ", ".join(sorted(_SDP_NAMES)))
+                                  "known: " + ", ".join(sorted(known)))
         if any(s.transport == "tls" for s in self._specs) and not self.tls_cert:
             raise ParamValueError("tls_cert", "parameter 'tls_cert' is required by a tls "
                                   "listener", "set tls_cert and tls_key (PEM files)")
@@ -208,21 +209,23 @@ class SipEndpoint(Node):
                                   "and decoder nodes", "install the codecs plugin family")
 
     def _usable_codecs(self) -> list[Codec]:
-        from pipeline.registry import get_registry
-
-        registry = (self.graph.registry if self.graph is not None else None) or get_registry()
+        """The codecs to offer and accept, as the registry's codec plugins describe them:
+        those whose encoder and decoder node types exist (DESIGN.md: what the call graph
+        can encode and decode)."""
+        registry = self.registry
         out: list[Codec] = []
-        audio = 0
         for name in self.codecs:
             name = str(name).lower()
-            if name != "telephone-event":
-                info = registry.codecs.get(name)
-                if info is None or info.encoder_kind not in registry.node_types \
-                        or info.decoder_kind not in registry.node_types:
-                    continue
-                audio += 1
-            out.append(Codec.named(name))
-        return out if audio else []
+            if name == _DTMF:
+                out.append(Codec.named(name))
+                continue
+            info = registry.codecs.get(name)
+            if info is None or info.encoder_kind not in registry.node_types \
+                    or info.decoder_kind not in registry.node_types:
+                continue
+            out.append(Codec(info.encoding_name, info.clock_rate,
+                             info.sdp_channels or info.channels, info.payload_type))
+        return out if any(not c.is_dtmf for c in out) else []
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         return {}  # no media ports: calls get their own graphs
