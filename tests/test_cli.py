@@ -45,10 +45,19 @@ def test_duration_limits_endless_graph(in_tmp):
     assert "ended by duration" in r.stderr
 
 
-def test_validate_reports_converters(repo_root, capsys):
-    assert main(["validate", str(repo_root / "graphs" / "demo.yaml")]) == 0
-    out = capsys.readouterr().out
-    assert "graph 'demo' is valid" in out
+def test_validate_reports_converters(repo_root, tmp_path, capsys):
+    demo = repo_root / "graphs" / "demo.yaml"
+    assert main(["validate", str(demo)]) == 0
+    # tone, speech, mix, the inline resample and rec; tone and speech are both 16 kHz mono,
+    # as the mixer takes them: no converter
+    assert capsys.readouterr().out == f"{demo}: graph 'demo' is valid: 5 nodes, 4 links\n"
+    path = tmp_path / "g.yaml"  # 8 and 16 kHz into one mixer: a resampler goes in
+    path.write_text("nodes: {a: {type: tone, rate: 8000}, b: {type: tone, rate: 16000},\n"
+                    "        mix: {type: mixer}, out: {type: null_sink}}\n"
+                    "links: [a -> mix, b -> mix, mix -> out]\n")
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out == (
+        f"{path}: graph 'g' is valid: 5 nodes, 4 links, 1 converter(s) inserted\n")
 
 
 def test_inspect_lists_every_kind_with_plugin(capsys):
@@ -196,8 +205,6 @@ def test_usage_mistakes_exit_2(in_tmp, args, message):
 
 
 def test_draw_escapes_quotes_and_backslashes_in_names(tmp_path, capsys):
-    import shutil
-
     path = tmp_path / "g.yaml"
     path.write_text("""\
 graph: 'a"b\\'
@@ -215,11 +222,11 @@ links: ["src -> gain 'name=q\\"x' -> out"]
         '  "src" -> "q\\"x" [label="out → in\\naudio/pcm_s16 8000 Hz 1 ch"];',
         '  "q\\"x" -> "out" [label="out → in\\naudio/pcm_s16 8000 Hz 1 ch"];',
         "}"]
-    if shutil.which("dot"):  # Graphviz reads it
-        import subprocess
+    from conftest import require_tool
 
-        r = subprocess.run(["dot", "-Tsvg", str(out)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+    dot = require_tool("dot", "graphviz")  # Graphviz reads it (missing in CI: a failure)
+    r = subprocess.run([dot, "-Tsvg", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_draw_into_a_missing_folder(repo_root, tmp_path, capsys):

@@ -38,7 +38,12 @@ def test_gstreamer_sends_to_receiver_graph(codec, tmp_path):
               f"height={HEIGHT} format=i420 framerate=30/1 ! {spec['enc']} ! udpsink "
               f"host=127.0.0.1 port={port} sync=true").split(),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
+        try:  # 45 frames paced at 30 fps: bounded, should GStreamer hang
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         assert proc.returncode == 0, err.decode(errors="replace")
         return await task
 
