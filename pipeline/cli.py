@@ -128,10 +128,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     graph = build_graph(args)
+    inserted: list[str] = []  # what a run would insert, said before it is needed
+
+    def on_message(m: Any) -> None:
+        if m.name == "converter-inserted":
+            kind = graph.nodes[m.node].kind
+            inserted.append(f"  {m.node} ({kind}) on {m.data['link']}: {m.data['from']} -> "
+                            f"{m.data['to']}")
+
+    graph.listeners.append(on_message)
     graph.prepare()
     conv = f", {len(graph.converters)} converter(s) inserted" if graph.converters else ""
     print(f"{args.file or 'launch line'}: graph '{graph.name}' is valid: "
           f"{len(graph.nodes)} nodes, {len(graph.links)} links{conv}")
+    for line in inserted:
+        print(line)
     return 0
 
 

@@ -57,7 +57,9 @@ def test_validate_reports_converters(repo_root, tmp_path, capsys):
                     "links: [a -> mix, b -> mix, mix -> out]\n")
     assert main(["validate", str(path)]) == 0
     assert capsys.readouterr().out == (
-        f"{path}: graph 'g' is valid: 5 nodes, 4 links, 1 converter(s) inserted\n")
+        f"{path}: graph 'g' is valid: 5 nodes, 4 links, 1 converter(s) inserted\n"
+        "  convert1 (resample) on b.out -> mix.in_1: audio/pcm_s16 16000 Hz 1 ch -> "
+        "audio/pcm_s16 8000 Hz 1 ch\n")
 
 
 def test_inspect_lists_every_kind_with_plugin(capsys):
