@@ -169,10 +169,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         cls = reg.node_types[kind]
         ins = ",".join(p.name for p in cls.inputs) or "-"
         outs = ",".join(p.name for p in cls.outputs) or "-"
-        rows.append((kind, cls.plugin, f"{ins} -> {outs}", cls.doc()))
+        params = ", ".join(cls.param_specs()) or "none"
+        rows.append((kind, cls.plugin, f"{ins} -> {outs}", cls.doc(), params))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3]}")
+        print(f"{'':{w[0]}}  parameters: {r[4]}")
     print(f"\n{len(rows)} node types from {len({r[1] for r in rows})} plugins")
     if reg.broken:  # left out of the list above: say why a kind may be missing
         print(f"\n{len(reg.broken)} broken plugin(s) left out:")

@@ -65,8 +65,14 @@ def test_validate_reports_converters(repo_root, tmp_path, capsys):
 def test_inspect_lists_every_kind_with_plugin(capsys):
     assert main(["inspect"]) == 0
     out = capsys.readouterr().out
-    row = next(ln for ln in out.splitlines() if ln.startswith("mixer "))
-    assert row.split()[:3] == ["mixer", "plugins.mixer", "in_%u"]
+    lines = out.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("mixer "))
+    assert lines[at].split()[:3] == ["mixer", "plugins.mixer", "in_%u"]
+    # ports and parameters, as DESIGN.md lists them
+    from plugins.mixer.nodes import Mixer
+
+    assert lines[at + 1].split(None, 1) == ["parameters:", ", ".join(Mixer.param_specs())]
+    assert "rate" in Mixer.param_specs()
 
 
 def test_inspect_kind_shows_params_with_types_defaults_limits(capsys):
