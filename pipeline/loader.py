@@ -696,10 +696,13 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
     if expect_element:
         raise GraphError("launch line ends with '!'", hint="add the element to link to")
     chains[-1].append(" ".join(current))
-    where = (None, None, None)
+    place = "launch line"
+    count = 0
     for chain in chains:
         elements = []
         for text in chain:
+            count += 1
+            where = (f"{place} element {count}", None, None)  # a line has no rows
             head = text.split()[0]
             if head.endswith("."):
                 elements.append(Element(name=head[:-1]))
@@ -713,7 +716,7 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
                 elements.append(el)
         if len(elements) == 1:
             continue
-        builder.add_chain(elements, where)
+        builder.add_chain(elements, (place, None, None))
     graph.check()
     graph.validate_nodes()
     return graph

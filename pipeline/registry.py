@@ -247,7 +247,12 @@ class Registry:
             raise PluginError(f"unknown node type '{kind}'", hint=self.suggest(kind)) from None
 
     def suggest(self, kind: str) -> str:
-        close = difflib.get_close_matches(kind, self.node_types, n=1)
+        # A kind's last word says what it is (_sink, _encoder): `typo_sink` is nearer
+        # `null_sink` than `rtp_session`, which plain string likeness would offer.
+        loose = difflib.get_close_matches(kind, self.node_types, n=4, cutoff=0.4)
+        tail = kind.rpartition("_")[2]
+        same = [k for k in loose if "_" in kind and k.rpartition("_")[2] == tail]
+        close = same[:1] or difflib.get_close_matches(kind, self.node_types, n=1)
         hint = "'pipeline inspect' lists node types"
         if close:
             hint = f"did you mean '{close[0]}'? ({hint})"

@@ -114,9 +114,9 @@ def test_runtime_error_is_one_line_and_nonzero(in_tmp):
     r = pipeline("launch", "-e", "wav_source path=missing.wav ! null_sink", cwd=in_tmp)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "pipeline: error: node 'wav_source1' (wav_source): file 'missing.wav' not found (hint: "
-        "check the path (relative to the current folder; ${graph_dir} is the YAML file's "
-        "folder))"]
+        "pipeline: error: launch line element 1: node 'wav_source1' (wav_source): file "
+        "'missing.wav' not found (hint: check the path (relative to the current folder; "
+        "${graph_dir} is the YAML file's folder))"]
     assert "Traceback" not in r.stderr
 
 
@@ -248,5 +248,13 @@ def test_draw_into_a_missing_folder(repo_root, tmp_path, capsys):
 def test_launch_line_value_that_is_not_yaml_stays_text(capsys):
     assert main(["validate", "-e", "tone duration=1s ! gain gain=[1 ! null_sink"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "pipeline: error: node 'gain2' (gain): parameter 'gain': '[1' is not a level in dB "
-        "(hint: write it like -6dB)"]
+        "pipeline: error: launch line element 2: node 'gain2' (gain): parameter 'gain': '[1' "
+        "is not a level in dB (hint: write it like -6dB)"]
+
+
+def test_an_unknown_type_in_a_launch_line_is_placed_and_the_hint_keeps_its_kind(capsys):
+    # A line has no rows: the element's place in it. `typo_sink` was offered `rtp_session`.
+    assert main(["validate", "-e", "tone ! gain ! typo_sink"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "pipeline: error: launch line element 3: unknown node type 'typo_sink' (hint: did "
+        "you mean 'null_sink'? ('pipeline inspect' lists node types))")
