@@ -462,6 +462,19 @@ def test_timestamps_off_the_frame_grid_rephase_instead_of_concealing():
     assert jb.stats.late == 0 and jb.stats.missing <= 1
 
 
+def test_an_off_grid_packet_already_waiting_plays_and_the_end_goes_quiet():
+    # The same stream with the 648-sample packet already buffered when the first one plays
+    # (any start delay): the grid re-phased past it, so it never played and never left,
+    # and after the stream ended the buffer concealed for ever, counting each frame lost.
+    jb = JitterBuffer(48000, 20)
+    ts = [1000, 1648] + [1648 + 960 * k for k in range(1, 100)]
+    packets = [Pkt(i, i, t, 5, i == 0, (t - 1000) / 48000) for i, t in enumerate(ts)]
+    out = run(jb, [(p.send + 0.03, p) for p in packets], until=packets[-1].send + 2.0)
+    assert played(out) == list(range(len(ts)))
+    assert jb.stats.missing == 0 and jb.stats.late == 0
+    assert actions(out)[-10:] == ["n"] * 10  # quiet once the stream has ended
+
+
 class _FullWidthEstimator:
     """The estimator's arithmetic over every histogram bin, as first written: the reference
     whose answers the incremental implementation must give exactly."""

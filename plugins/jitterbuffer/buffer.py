@@ -434,8 +434,10 @@ class JitterBuffer:
             self._trailing = 0
         ts = self._next_ts
         if ts not in packets and packets:
-            # A packet inside this frame period but off the grid: re-phase to it.
-            inside = [k for k in packets if ts < k < ts + frame]
+            # A packet off the grid: re-phase to the first one after the last frame played,
+            # also one that came before this period starts (GStreamer's rtpopuspay sends its
+            # second packet 648 samples after the first): skipped, it would never leave.
+            inside = [k for k in packets if self._last_played < k < ts + frame]
             if inside:
                 ts = self._next_ts = min(inside)
         delay = now - ts / self.clock_rate - self.estimator.floor
