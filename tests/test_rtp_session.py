@@ -16,6 +16,8 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import pytest
 from conftest import require_tool, until
 
 import plugins.rtp
@@ -212,6 +214,80 @@ def test_configured_remote_drops_other_sources() -> None:
     st = node_stats(result, "s")
     assert st["dropped_foreign"] == 1 and st["packets_received"] == 1
     assert [f.meta["seq"] for f in result.graph.nodes["out"].frames] == [2]
+
+
+@pytest.mark.parametrize("pt, channels", [(11, 1), (10, 2)])
+def test_static_l16_payload_types_are_44100_hz(pt, channels) -> None:
+    # RFC 3551 table 4: L16 as 10 (stereo) or 11 (mono) is 44.1 kHz; the L16 codec's own
+    # default clock (16 kHz) won, so a 440 Hz tone from GStreamer played at 160 Hz.
+    t = np.arange(4410) / 44100
+    tone = np.rint(8000 * np.sin(2 * np.pi * 440 * t)).astype(">i2")
+    pcm = np.repeat(tone[:, None], channels, axis=1)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+
+    async def main() -> RunResult:
+        s = Session(parse_launch(f"rtp_session name=s payload_type={pt} ! l16_decoder ! "
+                                 "frame_sink name=out"))
+        dest = ("127.0.0.1", await s.port())
+        node = s.graph.nodes["s"]
+        for seq in range(10):
+            payload = pcm[441 * seq: 441 * (seq + 1)].tobytes()  # 10 ms each
+            peer.sendto(bytes(RtpPacket(pt, seq, 441 * seq, 0x77, payload)), dest)
+        await until(lambda: node.stats()["packets_received"] == 10, "the packets", WAIT)
+        s.stop()
+        return await s.result()
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        peer.close()
+    out = result.graph.nodes["out"]
+    audio = out.audio()
+    assert out.frames[0].rate == 44100 and audio.shape == (4410, channels)
+    assert abs(dominant_frequency(audio[:, -1], 44100) - 440) < 5
+    with pytest.raises(Exception, match="payload type 10 is 2-channel, not 3"):
+        parse_launch("rtp_session payload_type=10 channels=3 ! l16_decoder ! null_sink"
+                     ).prepare()
+
+
+def test_telephone_events_do_not_count_as_jitter() -> None:
+    # RFC 4733 packets keep the event's start timestamp while a key is held: taken as media,
+    # three digits read as 28-36 ms of interarrival jitter on a clean link, and our
+    # receiver reports said so.
+    from plugins.rtp.dtmf import TelephoneEvent
+
+    def run(with_digits: bool) -> dict[str, Any]:
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+
+        async def main() -> RunResult:
+            s = Session(parse_launch("rtp_session name=s codec=pcmu dtmf_payload_type=101 ! "
+                                     "null_sink"))
+            dest = ("127.0.0.1", await s.port())
+            node = s.graph.nodes["s"]
+            seq = 0
+            for k in range(12):  # audio every 160 units; a held key's packets in between
+                peer.sendto(bytes(RtpPacket(0, seq, 160 * k, 0x55, b"\xff" * 160)), dest)
+                seq += 1
+                if with_digits and k % 4 == 1:
+                    for d in range(1, 6):
+                        event = bytes(TelephoneEvent(5, d == 5, 10, 160 * d))
+                        peer.sendto(bytes(RtpPacket(101, seq, 160 * k, 0x55, event)), dest)
+                        seq += 1
+            await until(lambda: node.stats()["packets_received"] == seq, "the packets", WAIT)
+            s.stop()
+            return await s.result()
+
+        try:
+            return node_stats(asyncio.run(main()), "s")
+        finally:
+            peer.close()
+
+    plain, keyed = run(False), run(True)
+    assert keyed["dtmf_received"] == 3 and keyed["lost"] == plain["lost"] == 0
+    # sent back to back, the audio alone makes the same jitter with or without the digits
+    assert keyed["jitter_ms"] == pytest.approx(plain["jitter_ms"], abs=0.5)
 
 
 # ---- timeout ----------------------------------------------------------------------------------

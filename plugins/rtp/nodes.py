@@ -29,7 +29,7 @@ from pipeline.errors import ParseError, ProtocolError
 from pipeline.formats import Format
 from pipeline.frames import CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
-from pipeline.params import Duration, Param
+from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from .dtmf import DtmfReceiver, DtmfSender
@@ -51,8 +51,9 @@ from .stats import ReceiverStats, RtcpScheduler, SenderStats
 log = logging.getLogger("plugins.rtp")
 
 # RFC 3551 table 4: static payload types of the audio codecs we have nodes for.
-STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000), 8: ("pcma", 8000), 9: ("g722", 8000),
-                        10: ("l16", 44100), 11: ("l16", 44100)}
+# RFC 3551 table 4: payload type -> (codec, clock rate, channels)
+STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000, 1), 8: ("pcma", 8000, 1), 9: ("g722", 8000, 1),
+                        10: ("l16", 44100, 2), 11: ("l16", 44100, 1)}
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
 _UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 _MAX_DATAGRAM = 65535
@@ -124,11 +125,11 @@ class RtpSession(Node):
 
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
-    __slots__ = ("_c", "_clock", "_cname", "_codec", "_dtmf_packer", "_dtmf_pt", "_dtmf_queue",
-                 "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur", "_last_rx", "_last_ts",
-                 "_local", "_loop", "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote",
-                 "_rtcp_remote", "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender",
-                 "_seq", "_sending", "_sock", "_ssrc", "_timed_out", "_watching",
+    __slots__ = ("_c", "_channels", "_clock", "_cname", "_codec", "_dtmf_packer", "_dtmf_pt",
+                 "_dtmf_queue", "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur", "_last_rx",
+                 "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap", "_pt", "_recv_pt",
+                 "_remote", "_rtcp_remote", "_rtcp_sock", "_rx", "_samples", "_scheduler",
+                 "_sender", "_seq", "_sending", "_sock", "_ssrc", "_timed_out", "_watching",
                  "_ts_offset", "bound_port", "rtcp_port")
 
     # ---- negotiation ----------------------------------------------------------------------
@@ -144,9 +145,13 @@ class RtpSession(Node):
         if codec is None:
             raise ValueError("rtp_session has no codec: set codec, or a static payload_type")
         info = self.registry.codecs.get(codec)
+        if static is not None and static[0] != codec:
+            static = None  # a static number reused for another codec: only its name counts
+        # A static payload type fixes its clock (L16 as 10 or 11 is 44.1 kHz, where the
+        # codec's own default is 16 kHz); an explicit clock_rate or the encoder's rate wins.
         clock = self.clock_rate or (fmt.value("rate") if fmt is not None else None) or (
-            info.clock_rate if info is not None else None) or (static[1] if static else None
-                                                               ) or _CLOCK_RATES.get(codec)
+            static[1] if static else None) or (info.clock_rate if info is not None else None
+                                               ) or _CLOCK_RATES.get(codec)
         if clock is None:
             raise ValueError(f"rtp_session does not know the clock rate of '{codec}': "
                              "set clock_rate")
@@ -154,13 +159,21 @@ class RtpSession(Node):
         if pt is None and info is not None:
             pt = info.payload_type
         if pt is None:
-            pt = next((p for p, (c, r) in STATIC_PAYLOAD_TYPES.items()
+            pt = next((p for p, (c, r, _) in STATIC_PAYLOAD_TYPES.items()
                        if c == codec and r == clock), None)
         if pt is None:
             raise ValueError(f"rtp_session needs a payload_type for '{codec}' (it has no "
                              "static one)")
         self._codec, self._clock, self._pt = codec, int(clock), pt
-        out = Format.encoded(codec, self._clock, self.channels)
+        channels = self.channels
+        if static is not None and static[2] != channels:
+            if channels != 1:  # 1 is the default: PT 10 is stereo by definition
+                raise ParamValueError("channels", f"payload type {self.payload_type} is "
+                                      f"{static[2]}-channel, not {channels}",
+                                      "leave channels out, or use a dynamic payload type")
+            channels = static[2]
+        self._channels = channels
+        out = Format.encoded(codec, self._clock, channels)
         return {p: out for p in self.linked_outputs}
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -344,7 +357,10 @@ class RtpSession(Node):
             if rx is not None:
                 c.ssrc_changes += 1
             rx = self._rx = ReceiverStats(ssrc, self._clock)
-        rx.receive(seq, ts, now, len(payload))
+        if is_dtmf:
+            rx.receive_event(seq, len(payload))
+        else:
+            rx.receive(seq, ts, now, len(payload))
         c.packets_received += 1
         c.bytes_received += len(data)
         self._last_rx = now
@@ -361,7 +377,7 @@ class RtpSession(Node):
             return
         if self.linked_outputs:
             self.emit("out", EncodedFrame(
-                payload, self._codec, ts, self._samples(payload, self.channels), self._clock,
+                payload, self._codec, ts, self._samples(payload, self._channels), self._clock,
                 marker, 0, {"seq": seq, "ssrc": ssrc, "pt": pt, "arrival": now}))
 
     def _deliver_dtmf(self, events: list[DtmfEvent]) -> None:

@@ -115,14 +115,28 @@ class ReceiverStats:
         self.received += 1
         return True
 
+    def _start(self, seq: int) -> None:
+        # A.1: a new source starts on probation, one below its first sequence number.
+        self._started = True
+        self._init_seq(seq)
+        self.max_seq = (seq - 1) & 0xFFFF
+        self.probation = self.min_sequential
+
+    def receive_event(self, seq: int, payload_size: int = 0) -> bool:
+        """Account a packet that is not media timing: sequence and octets, no interarrival
+        jitter. RFC 4733 event packets keep the event's start timestamp while it lasts, so
+        a 1 s key press read as media would say 8000 units of jitter."""
+        if not self._started:
+            self._start(seq)
+        if not self._update_seq(seq):
+            return False
+        self.octets += payload_size
+        return True
+
     def receive(self, seq: int, rtp_timestamp: int, now: float, payload_size: int = 0) -> bool:
         """Account one RTP packet that arrived at `now`; return whether A.1 accepts it."""
         if not self._started:
-            # A.1: a new source starts on probation, one below its first sequence number.
-            self._started = True
-            self._init_seq(seq)
-            self.max_seq = (seq - 1) & 0xFFFF
-            self.probation = self.min_sequential
+            self._start(seq)
         if not self._update_seq(seq):
             return False
         self.octets += payload_size
