@@ -188,32 +188,94 @@ def test_latching_symmetric_rtp_and_dropped_packets() -> None:
     assert [(y - x) & 0xFFFF for x, y in zip(seqs, seqs[1:], strict=False)] == [1, 1]
 
 
-def test_configured_remote_drops_other_sources() -> None:
-    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def test_configured_remote_takes_its_address_from_any_port_and_drops_others() -> None:
+    # A configured (SDP) peer may send from another port than it receives on: GStreamer's
+    # udpsink does, and all 75 of its packets were dropped as foreign. Its address counts;
+    # another address is still dropped, and we still send to the port we were given.
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the peer's receiving socket
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a stranger
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the peer's sending socket
     a.bind(("127.0.0.1", 0))
-    b.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.2", 0))
+    c.bind(("127.0.0.1", 0))
+    a.settimeout(WAIT)
 
     async def main() -> RunResult:
         s = Session(parse_launch(
             f"rtp_session name=s codec=pcma remote_ip=127.0.0.1 "
-            f"remote_port={a.getsockname()[1]} ! frame_sink name=out"))
+            f"remote_port={a.getsockname()[1]} ! frame_sink name=out  "
+            "tone rate=8000 duration=0.1s ! pcma_encoder ! s."))
         dest = ("127.0.0.1", await s.port())
         node = s.graph.nodes["s"]
         b.sendto(_rtp(1, b"\x55" * 160, pt=8), dest)  # first, but not the configured peer
-        a.sendto(_rtp(2, b"\x55" * 160, pt=8), dest)
-        await until(lambda: node.stats()["packets_received"] == 1, "the first packet", WAIT)
+        await until(lambda: node.stats()["dropped_foreign"] == 1, "the stranger's packet", WAIT)
+        c.sendto(_rtp(2, b"\x55" * 160, pt=8), dest)
+        await until(lambda: node.stats()["packets_received"] == 1, "the peer's packet", WAIT)
         s.stop()
         return await s.result()
 
     try:
         result = asyncio.run(main())
+        sent_to_a = a.recv(2048)  # what we send still goes where we were told
     finally:
         a.close()
         b.close()
+        c.close()
     st = node_stats(result, "s")
     assert st["dropped_foreign"] == 1 and st["packets_received"] == 1
     assert [f.meta["seq"] for f in result.graph.nodes["out"].frames] == [2]
+    assert RtpPacket.parse(sent_to_a).payload_type == 8
+
+
+def test_a_configured_peers_rtcp_from_another_port_does_not_move_our_reports() -> None:
+    # GStreamer's rtpbin sends RTCP from a port it does not listen on: answering there, it
+    # never saw a report of ours. A configured peer gets them at its RTP port + 1.
+    from plugins.rtp.rtcp import RtcpReceiverReport, parse_rtcp, serialize_rtcp
+
+    rtp, rtcp = None, None
+    for _ in range(50):  # an even port whose next one is free
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind(("127.0.0.1", 0))
+        port = rtp.getsockname()[1]
+        rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if port % 2 == 0:
+                rtcp.bind(("127.0.0.1", port + 1))
+                break
+        except OSError:
+            pass
+        rtp.close()
+        rtcp.close()
+    rtcp.settimeout(WAIT)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.setblocking(False)
+
+    async def main() -> RunResult:
+        s = Session(parse_launch(
+            f"rtp_session name=s codec=pcmu rtcp=true rtcp_interval=0.1s session_kbps=800 "
+            f"remote_ip=127.0.0.1 remote_port={port} ! null_sink"))
+        local = await s.port()
+        node = s.graph.nodes["s"]
+        other.sendto(serialize_rtcp([RtcpReceiverReport(0x99, [])]), ("127.0.0.1", local + 1))
+        await until(lambda: node.stats()["rtcp_received"] == 1, "the peer's RTCP", WAIT)
+        sent = node.stats()["rtcp_sent"]
+        await until(lambda: node.stats()["rtcp_sent"] >= sent + 2, "two more reports", WAIT)
+        s.stop()
+        return await s.result()
+
+    try:
+        result = asyncio.run(main())
+        got = 0
+        with contextlib.suppress(BlockingIOError):
+            while other.recv(2048):
+                got += 1
+        report = parse_rtcp(rtcp.recv(2048))
+    finally:
+        for sock in (rtp, rtcp, other):
+            sock.close()
+    assert got == 0 and node_stats(result, "s")["rtcp_sent"] >= 3
+    assert isinstance(report[0], RtcpReceiverReport)
 
 
 @pytest.mark.parametrize("pt, channels", [(11, 1), (10, 2)])

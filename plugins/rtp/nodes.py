@@ -94,7 +94,8 @@ class RtpSession(Node):
     local_ip = Param(str, "127.0.0.1", "address to bind")
     local_port = Param(int, 0, "UDP port to bind (0: any free even port; RTCP uses port + 1)",
                        min=0, max=65535)
-    remote_ip = Param(str, None, "peer address (default: latch to the first source heard)")
+    remote_ip = Param(str, None, "peer address (default: latch to the first source heard); "
+                      "given, RTP from any port of it is taken, and RTCP goes to remote_port + 1")
     remote_port = Param(int, None, "peer RTP port (default: latch to the first source heard)",
                         min=0, max=65535)
     codec = Param(str, None, "codec name, e.g. pcmu or opus (default: the input's, or from a "
@@ -125,12 +126,12 @@ class RtpSession(Node):
 
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
-    __slots__ = ("_c", "_channels", "_clock", "_cname", "_codec", "_dtmf_packer", "_dtmf_pt",
-                 "_dtmf_queue", "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur", "_last_rx",
-                 "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap", "_pt", "_recv_pt",
-                 "_remote", "_rtcp_remote", "_rtcp_sock", "_rx", "_samples", "_scheduler",
-                 "_sender", "_seq", "_sending", "_sock", "_ssrc", "_timed_out", "_watching",
-                 "_ts_offset", "bound_port", "rtcp_port")
+    __slots__ = ("_c", "_channels", "_clock", "_cname", "_codec", "_configured", "_dtmf_packer",
+                 "_dtmf_pt", "_dtmf_queue", "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur",
+                 "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap", "_pt",
+                 "_recv_pt", "_remote", "_rtcp_remote", "_rtcp_sock", "_rx", "_samples",
+                 "_scheduler", "_sender", "_seq", "_sending", "_sock", "_ssrc", "_timed_out",
+                 "_watching", "_ts_offset", "bound_port", "rtcp_port")
 
     # ---- negotiation ----------------------------------------------------------------------
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
@@ -190,7 +191,8 @@ class RtpSession(Node):
         self.rtcp_port: int | None = port + 1 if self._rtcp_sock is not None else None
         self._local = (self.local_ip, port)
         self._remote: tuple[str, int] | None = None
-        if self.remote_ip and self.remote_port:
+        self._configured = bool(self.remote_ip and self.remote_port)  # (SDP), not latched
+        if self._configured:
             self._remote = (self.remote_ip, self.remote_port)
         self._rtcp_remote: tuple[str, int] | None = None
         self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
@@ -344,7 +346,9 @@ class RtpSession(Node):
             # Symmetric RTP: latch to the first valid source; we answer from this socket.
             self._remote = addr
             self.post("rtp-latched", ip=addr[0], port=addr[1])
-        elif addr != self._remote:
+        elif addr != self._remote and not (self._configured and addr[0] == self._remote[0]):
+            # A configured peer may send from another port than it receives on (GStreamer's
+            # udpsink does): its address is what counts, and we still send where we were told.
             c.dropped_foreign += 1
             return
         now = self._now()
@@ -405,9 +409,10 @@ class RtpSession(Node):
             c.dropped_foreign += 1
             return
         c.rtcp_received += 1
-        if self._remote is not None:
-            # Answer RTCP where it comes from (symmetric RTCP), once the peer is known: before
-            # RTP latches, anyone could have set where our reports go.
+        if self._remote is not None and not self._configured:
+            # A latched peer: answer RTCP where it comes from (symmetric RTCP), once RTP has
+            # latched (before, anyone could have set where our reports go). A configured
+            # peer gets them where it said (RTP port + 1): it may send from another port.
             self._rtcp_remote = addr
         wall = time.time()
         for p in packets:
