@@ -212,6 +212,17 @@ def test_fallback_concealment_without_the_plc_module(monkeypatch) -> None:
         assert np.max(np.abs(cur - np.rint(prev * gain))) <= 1
 
 
+def test_fec_recovered_counts_only_packets_that_carried_fec() -> None:
+    # Without FEC from the sender libopus just conceals: that was counted as a recovery.
+    from plugins.codecs.opus import OpusDecoder
+
+    if OpusDecoder().carries_fec(b"\x08") is None:
+        pytest.skip("this libopus cannot tell (opus_packet_has_lbrr is 1.5+)")
+    result = _lossy("opus", 48000, {"fec": False}, fec=True)
+    dec = next(s for s in result.stats.values() if s["kind"] == "opus_decoder")
+    assert dec["fec_recovered"] == 0 and dec["concealed"] == 9
+
+
 def test_opus_loss_uses_fec_from_the_next_packet() -> None:
     result = _lossy("opus", 48000, {"fec": True, "packet_loss_perc": 20}, fec=True)
     dec = next(s for s in result.stats.values() if s["kind"] == "opus_decoder")

@@ -518,9 +518,11 @@ class OpusDecoderNode(_DecoderNode):
         nxt = (frame.meta or {}).get("next")
         if nxt:
             try:
-                pcm = self._decoder.decode_fec(nxt, samples)
-                self._fec += 1
-                return pcm
+                fec = self._decoder.carries_fec(nxt)
+                if fec is not False:  # without FEC data libopus would conceal anyway
+                    pcm = self._decoder.decode_fec(nxt, samples)
+                    self._fec += fec is not None  # not a recovery where none was sent
+                    return pcm
             except ParseError:
                 self._bad += 1
         return self._decoder.conceal(samples)

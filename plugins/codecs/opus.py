@@ -133,6 +133,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.opus_decoder_get_nb_samples.restype = c_int
     lib.opus_packet_get_nb_samples.argtypes = (c_char_p, c_int32, c_int32)
     lib.opus_packet_get_nb_samples.restype = c_int
+    if hasattr(lib, "opus_packet_has_lbrr"):  # libopus 1.5 and later
+        lib.opus_packet_has_lbrr.argtypes = (c_char_p, c_int32)
+        lib.opus_packet_has_lbrr.restype = c_int
 
 
 def _lib() -> _Library:
@@ -383,6 +386,15 @@ class OpusDecoder(Decoder):
         if not next_payload:
             raise ParseError("Opus packet is empty")
         return self._run(next_payload, samples, 1, out)
+
+    def carries_fec(self, payload: bytes) -> bool | None:
+        """Whether `payload` holds FEC data for the packet before it (LBRR, RFC 6716
+        4.2.5); None where the library cannot tell (libopus before 1.5)."""
+        has_lbrr = getattr(self._lib, "opus_packet_has_lbrr", None)
+        if has_lbrr is None:
+            return None
+        answer = has_lbrr(payload, len(payload))
+        return None if answer < 0 else answer > 0
 
     def _check_samples(self, samples: int, what: str) -> None:
         if samples <= 0 or samples % self._quantum or samples > self._max_samples:
