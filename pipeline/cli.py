@@ -126,8 +126,26 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else 0
 
 
+def _call_graph(args: argparse.Namespace) -> Graph:
+    """`validate --call`: the file as a call graph, `${call.*}` from a sample loopback call
+    (`-p call.NAME=VALUE` changes one; `call.codec` picks the codec the rest follow)."""
+    from plugins.sip.nodes import example_call_values
+
+    from .loader import load_graph
+
+    if getattr(args, "expr", None) or not args.file:
+        raise UsageError("--call checks a call graph file", hint="pipeline validate --call "
+                         "FILE.yaml [-p call.codec=opus]")
+    overrides = _overrides(args.params)
+    given = {k[5:]: overrides.pop(k) for k in list(overrides) if k.startswith("call.")}
+    video = given.get("video_codec")
+    values = example_call_values(str(given.get("codec", "pcmu")).lower(),
+                                 None if video is None else str(video)) | given
+    return load_graph(args.file, overrides, call=values)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    graph = build_graph(args)
+    graph = _call_graph(args) if args.call else build_graph(args)
     inserted: list[str] = []  # what a run would insert, said before it is needed
 
     def on_message(m: Any) -> None:
@@ -285,6 +303,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("validate", help="load, check and negotiate a graph without running it")
     graph_args(sp)
+    sp.add_argument("--call", action="store_true",
+                    help="check a call graph: ${call.*} as a loopback PCMU call gives them; "
+                         "-p call.NAME=VALUE changes one (call.codec=opus: an Opus call; "
+                         "call.video_codec=vp8: with video)")
     sp.set_defaults(func=cmd_validate)
 
     sp = sub.add_parser("inspect", help="list node types, or describe one")

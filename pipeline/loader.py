@@ -434,6 +434,10 @@ class Builder:
             params[k] = substitute(yaml_value(v, where) if v else "", self.ctx, where)
         if launch or head in self.registry.node_types or rest:
             return Element(kind=head, params=params)
+        if name == "parent":
+            raise _err("'parent.' links reach the graph a call graph is added to, and this "
+                       "graph is not added to one", where, "check it with a call, or "
+                       "validate the graph that has the sip_endpoint")
         raise _err(f"link names unknown node '{name}'", where,
                    "declare it under nodes:, or write an inline node type "
                    f"({self.registry.suggest(name)})")

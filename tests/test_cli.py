@@ -258,3 +258,69 @@ def test_an_unknown_type_in_a_launch_line_is_placed_and_the_hint_keeps_its_kind(
     assert capsys.readouterr().err.strip() == (
         "pipeline: error: launch line element 3: unknown node type 'typo_sink' (hint: did "
         "you mean 'null_sink'? ('pipeline inspect' lists node types))")
+
+
+def test_validate_call_checks_a_call_graph(repo_root, capsys):
+    calls = repo_root / "graphs" / "calls"
+    for args in (["--call", str(calls / "echo.yaml")],
+                 ["--call", str(calls / "echo.yaml"), "-p", "call.codec=opus"],
+                 ["--call", str(calls / "video-call.yaml"), "-p", "call.video_codec=h264"]):
+        assert main(["validate", *args]) == 0, args
+        assert " is valid: " in capsys.readouterr().out
+    # without --call, ${call.*} has no values
+    assert main(["validate", str(calls / "echo.yaml")]) == 1
+    assert "is only defined in a call graph" in capsys.readouterr().err
+    assert main(["validate", "--call", str(calls / "echo.yaml"), "-p", "call.codec=amr"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "pipeline: error: call.codec 'amr' is not a registered codec (hint: known: g722, l16, "
+        "opus, pcma, pcmu)")
+    assert main(["validate", "--call", str(calls / "conference-member.yaml")]) == 1
+    assert "'parent.' links reach the graph a call graph is added to" in (
+        capsys.readouterr().err)
+
+
+def test_validate_call_follows_the_codec(repo_root, tmp_path, capsys):
+    # The call's codec picks the nodes and the rest of the values follow it (G.722: 16 kHz).
+    path = tmp_path / "c.yaml"
+    path.write_text("nodes:\n  dec: {type: '${call.codec}_decoder'}\n"
+                    f"  rec: {{type: wav_recorder, path: '{tmp_path}/x.wav'}}\n"
+                    "  src: {type: tone, rate: '${call.rate}', duration: 0.1s}\n"
+                    "  enc: {type: '${call.codec}_encoder'}\n"
+                    "links: [src -> enc -> dec -> rec]\n")
+    from pipeline.loader import load_graph
+    from plugins.sip.nodes import example_call_values
+
+    g = load_graph(path, call=example_call_values("g722"))
+    g.prepare()
+    assert g.nodes["src"].rate == 16000 and g.nodes["enc"].kind == "g722_encoder"
+    assert main(["validate", "--call", str(path), "-p", "call.codec=g722"]) == 0
+    assert main(["validate", "--call", str(path), "-p", "call.codec=g722", "-p",
+                 "call.rate=8000"]) == 0  # a converter goes in before the 16 kHz encoder
+    assert "1 converter(s) inserted" in capsys.readouterr().out
+
+
+def test_call_with_the_shipped_caller_graph_hears_its_tone_echoed(repo_root, tmp_path):
+    # `pipeline call ... --graph graphs/caller.yaml` needs no sound card: its tone goes to
+    # the echo service and comes back into out/heard.wav.
+    from test_softphone import Stderr, pipeline_cmd, stop
+
+
+    server = subprocess.Popen(pipeline_cmd("serve", str(repo_root / "graphs" /
+                                                        "echo-server.yaml"), "-p", "port=0"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    err = Stderr(server)
+    try:
+        port = err.wait_for(r"listeners=\['udp:127\.0\.0\.1:(\d+)'").group(1)
+        heard = tmp_path / "heard.wav"
+        r = subprocess.run(pipeline_cmd("call", f"sip:echo@127.0.0.1:{port}", "--graph",
+                                        str(repo_root / "graphs" / "caller.yaml"), "-p",
+                                        f"heard={heard}", "-p", "freq=700", "--duration",
+                                        "1.5s"),
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    finally:
+        stop(server)
+    assert r.returncode == 0, r.stderr
+    audio, rate = read_wav(heard)
+    tail = audio[len(audio) // 3:, 0]
+    assert len(audio) > 0.5 * rate and abs(dominant_frequency(tail, rate) - 700) < 5

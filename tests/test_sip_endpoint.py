@@ -563,3 +563,30 @@ def test_a_dialled_call_nobody_answers_is_cancelled_after_hangup_after(tmp_path)
         await server.stop()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "g722", "opus"])
+def test_validate_call_values_are_those_of_a_real_call(tmp_path, codec):
+    # `pipeline validate --call` fills ${call.*} from example_call_values: the same names,
+    # and the same codec-derived values, as a call on loopback gives.
+    from plugins.sip.nodes import example_call_values
+
+    async def main() -> dict:
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        server = Endpoint(server_yaml(codecs=f"[{codec}, telephone-event]"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      f"[{codec}, telephone-event]",
+                                      extra="    hangup_after: 0.3s\n"))
+        await server.wait("call-established")
+        (values,) = server.node.part_values.values()
+        await caller.result()
+        await server.stop()
+        return values
+
+    real = asyncio.run(main())
+    example = example_call_values(codec)
+    assert set(example) == set(real)
+    # (dynamic payload type numbers are the offerer's choice)
+    for key in ("codec", "clock_rate", "rate", "channels", "ptime", "direction"):
+        assert example[key] == real[key], key

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pipeline.errors import PipelineError
@@ -27,7 +29,7 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from . import ua as sipua
-from .offer_answer import Codec, NegotiatedMedia, video_codec
+from .offer_answer import Codec, NegotiatedMedia, NegotiatedVideo, video_codec
 from .transport import ListenSpec, SipTransport, client_context, server_context
 
 log = logging.getLogger("plugins.sip")
@@ -64,6 +66,34 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
         "rtp_timeout": rtp_timeout,
     })
     return values
+
+
+def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
+                        ) -> dict[str, Any]:
+    """The `${call.*}` values a loopback call with `codec` would give (`pipeline validate
+    --call`): made by `call_values` itself, so they cannot drift from a real call's."""
+    from pipeline.registry import get_registry
+
+    info = get_registry().codecs.get(codec)
+    if info is None:
+        raise PipelineError(f"call.codec '{codec}' is not a registered codec",
+                            hint="known: " + ", ".join(sorted(get_registry().codecs)))
+    pt = 96 if info.payload_type is None else info.payload_type
+    media = NegotiatedMedia(
+        remote_address="127.0.0.1", remote_rtp_port=40000, remote_rtcp_port=40001,
+        remote_rtcp_address="127.0.0.1", codec=info.encoding_name, payload_type=pt,
+        clock_rate=info.clock_rate, channels=info.sdp_channels or info.channels, ptime_ms=20,
+        direction="sendrecv", dtmf_payload_type=101, dtmf_clock_rate=8000, fmtp={},
+        local_fmtp={}, local_rtp_port=30000, local_payload_type=pt, local_dtmf_payload_type=101)
+    if video_codec_name is not None:  # as a call that agreed video gives them
+        codec_v = video_codec(video_codec_name)
+        media = replace(media, video=NegotiatedVideo(
+            remote_address="127.0.0.1", remote_port=40002, codec=codec_v.name,
+            payload_type=97, local_port=30002, local_payload_type=97, direction="sendrecv",
+            fmtp=dict(codec_v.fmtp), media_index=1))
+    call = SimpleNamespace(call_id="example", number=1, direction="out",
+                           caller="alice@127.0.0.1", callee="echo@127.0.0.1", rtp_port=30000)
+    return call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0)
 
 
 class PortAllocator:
