@@ -566,3 +566,32 @@ nodes:
     assert rtp_stats["packets_received"] >= 450, rtp_stats
     assert rtp_stats["dropped_unknown_pt"] >= 230, rtp_stats
     assert rtp_stats["dropped_bad"] + rtp_stats["rtcp_bad"] >= 650, rtp_stats
+
+
+def test_serve_stops_once_hung_up_though_the_room_would_go_on(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    # A persistent room never ends by itself: after Ctrl-C `serve` waited out the whole
+    # grace period (5 s), recording silence, though its endpoint was done at once.
+    import os
+    import signal
+
+    from plugins.sip import cli as sip_cli
+
+    monkeypatch.setattr(sip_cli, "SHUTDOWN_GRACE", 3600.0)
+    graph = load_graph(CONFERENCE, {"port": 0, "record_dir": str(tmp_path),
+                                    "rtp_ports": "31200-31299"})
+    graph.prepare()
+
+    def interrupt_once_listening(m: Any) -> None:
+        if m.name == "sip-listening":  # during start: handled once the graph runs
+            asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGINT)
+
+    graph.listeners.append(interrupt_once_listening)
+
+    async def main() -> Any:
+        return await asyncio.wait_for(sip_cli._run(graph, None, quiet=True), WAIT)
+
+    result = asyncio.run(main())
+    assert result.stopped_by == "stop"
+    assert all(n.finished for n in sip_cli.endpoints(graph))
+    assert (tmp_path / "room-mix.wav").exists()  # the room's recording closed properly

@@ -45,6 +45,17 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
             runtime.request_stop()
             return
         print("pipeline: hanging up and unregistering (again to stop now)", file=sys.stderr)
+        # The graph may not end with its endpoints (a persistent conference room): stop it
+        # once they have all hung up and unregistered, or after the grace period.
+        waiting = {n.name for n in nodes}
+
+        def on_stopped(msg: Any) -> None:
+            if msg.name == "sip-stopped":
+                waiting.discard(msg.node)
+                if not waiting:
+                    runtime.request_stop()
+
+        graph.listeners.append(on_stopped)
         for node in nodes:
             node.shutdown()
         loop.call_later(SHUTDOWN_GRACE, runtime.request_stop)

@@ -345,6 +345,7 @@ class SipEndpoint(Node):
                 self.ua.registration is not None and self.ua.registration.registered)
             if done or t - self._shutting_down > 3.0:
                 self._shutting_down = None
+                self.post("sip-stopped", hung_up=done)
                 self.send_eos()
         self._pump()
 
