@@ -315,8 +315,8 @@ def test_without_portaudio_a_device_graph_fails_with_one_line(no_portaudio):
         run_graph("capture name=mic ! null_sink", launch=True)
     text = str(e.value)
     assert "\n" not in text
-    assert text.startswith("node 'mic' (capture): PortAudio library not found (hint: install "
-                           "PortAudio: apt-get install libportaudio2")
+    assert text.startswith("launch line element 1: node 'mic' (capture): PortAudio library "
+                           "not found (hint: install PortAudio: apt-get install libportaudio2")
 
 
 def test_without_portaudio_other_graphs_still_run(no_portaudio, capsys):

@@ -209,7 +209,8 @@ def test_recording_over_the_file_being_read_is_refused(in_tmp):
             parse_launch(f"wav_source name=src path=same.wav ! wav_recorder name=rec "
                          f"path={path}")
         assert str(e.value) == (
-            f"node 'rec' (wav_recorder): cannot record to '{path}': it is the file of node "
+            f"launch line element 2: node 'rec' (wav_recorder): cannot record to '{path}': "
+            "it is the file of node "
             "'src' (wav_source), which recording would overwrite (hint: record to another "
             "file)")
     assert (in_tmp / "same.wav").read_bytes() == before
@@ -227,7 +228,8 @@ def test_a_format_no_header_holds_leaves_the_existing_file(in_tmp):
         run_graph("wav_source path=wide.wav ! wav_recorder name=rec path=precious.wav",
                   launch=True)
     assert str(e.value) == (
-        "node 'rec' (wav_recorder) cannot record audio/pcm_s16 10 Hz 40000 ch: 40000 "
+        "launch line element 2: node 'rec' (wav_recorder) cannot record audio/pcm_s16 10 Hz "
+        "40000 ch: 40000 "
         "channels of 16 bits make 80000-byte frames, more than a WAV header holds (65535) "
         "(hint: resample or mix down before recording)")
     with pytest.raises(ValueError, match=r"^4294967296 Hz does not fit a WAV header"):
@@ -239,7 +241,8 @@ def test_a_file_name_too_long_is_one_clear_error(in_tmp):
     name = "a" * 300 + ".wav"
     with pytest.raises(GraphError) as e:
         parse_launch(f"tone ! wav_recorder name=rec path={name}")
-    assert str(e.value) == (f"node 'rec' (wav_recorder): cannot write '{name}': File name too "
+    assert str(e.value) == (f"launch line element 2: node 'rec' (wav_recorder): cannot write "
+                            f"'{name}': File name too "
                             "long (hint: use shorter names (255 bytes at most per file or "
                             "folder name in most file systems))")
 
@@ -251,3 +254,21 @@ def test_a_fifo_as_the_recording_is_refused(in_tmp):
 
     with pytest.raises(GraphError, match="'f.wav' is a FIFO, not a file"):
         run_graph("tone duration=0.1s ! wav_recorder path=f.wav", launch=True)
+
+
+def test_a_file_where_a_folder_should_be_and_a_nul_are_named(in_tmp):
+    # One said "permission denied in 'afile'"; the other "failed to start: embedded null
+    # byte", with no place and no hint.
+    from pipeline.loader import load_graph_text
+
+    (in_tmp / "afile").write_text("x")
+    with pytest.raises(GraphError) as e:
+        parse_launch("tone ! wav_recorder name=rec path=afile/x.wav")
+    assert str(e.value) == ("launch line element 2: node 'rec' (wav_recorder): cannot write "
+                            "'afile/x.wav': 'afile' is a file, not a folder (hint: choose "
+                            "another folder)")
+    with pytest.raises(GraphError) as e:
+        load_graph_text('nodes: {t: {type: tone}, rec: {type: wav_recorder, path: "a\\0b.wav"}}'
+                        "\nlinks: [t -> rec]\n", "g.yaml")
+    assert str(e.value) == ("g.yaml:1:58: node 'rec' (wav_recorder): cannot write 'a\\x00b.wav': "
+                            "a path cannot hold a NUL character (hint: remove it)")

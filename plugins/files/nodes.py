@@ -171,6 +171,9 @@ def check_writable(param: str, path: str) -> None:
 
 
 def _check_writable(param: str, path: str) -> None:
+    if "\0" in str(path):  # no file system takes one in a name
+        raise ParamValueError(param, f"cannot write {str(path)!r}: a path cannot hold a NUL "
+                              "character", "remove it")
     p = Path(path)
     if p.is_dir():
         raise ParamValueError(param, f"'{path}' is a folder, not a file", "name a file")
@@ -182,7 +185,10 @@ def _check_writable(param: str, path: str) -> None:
     ancestor = parent
     while not ancestor.exists():
         ancestor = ancestor.parent
-    denied = not ancestor.is_dir() or (p.exists() and not os.access(p, os.W_OK))
+    if not ancestor.is_dir():
+        raise ParamValueError(param, f"cannot write '{path}': '{ancestor}' is a file, not a "
+                              "folder", "choose another folder")
+    denied = p.exists() and not os.access(p, os.W_OK)
     if not denied:
         # Try for real: permission bits do not tell the whole story (root, /proc, RO mounts).
         try:
