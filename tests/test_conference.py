@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline.errors import NodeError
-from pipeline.frames import FLAG_SILENCE, AudioFrame
+from pipeline.frames import FLAG_SILENCE, AudioFrame, EndOfStream
 from pipeline.graph import Graph
-from pipeline.testing import read_wav, run_graph
+from pipeline.loader import load_graph_text
+from pipeline.params import ParamValueError
+from pipeline.testing import read_wav, run_graph, sine, write_wav
 from plugins.conference.mixing import FULL_SCALE, KNEE, UNITY, MixMinus, soft_limit
 from plugins.conference.nodes import ConferenceBridge
 from plugins.conference.shared import FLAG_SHARED, SharedEncoderCache
@@ -266,7 +268,8 @@ def test_participant_limit():
     room.node.port_unlinked("in", "in_1")
     room.step()
     assert room.node.can_join()
-    with pytest.raises(NodeError, match="has 3 participants linked, max_participants is 2"):
+    with pytest.raises(ParamValueError, match="has 3 participants linked, max_participants "
+                       "is 2"):
         Room(ins=(0, 1, 2), outs=(), max_participants=2)
 
 
@@ -297,8 +300,116 @@ def test_a_participant_running_ahead_keeps_bounded_latency():
     room = Room(ins=(0,), outs=(1,), gate=False)
     for t in range(50):
         room.step({0: np.tile(tone(440, 0.3, t * N), 3)})  # three periods per period
-    assert len(room.node.by_number[0].fifo) <= 6 * N
+    fifo = room.node.by_number[0].fifo
+    assert len(fifo) <= 6 * N
     assert room.node.by_number[0].drops > 0
+    # Every sample sent was heard, is still buffered, or is counted as trimmed.
+    stats = room.node.stats()
+    assert len(room.audio(1)) == 50 * N
+    assert stats["trimmed_samples"] == 150 * N - 50 * N - len(fifo)
+    assert stats["drops"] >= 1
+
+
+def test_frames_of_many_periods_lose_no_audio():
+    # A jitter buffer releases one frame per ptime whatever the room's period: 120 ms frames
+    # into a 10 ms room come once every 12 periods, each twice the 6-period bound.
+    room = Room(ins=(0,), outs=(1,), period=0.01, gate=False)
+    n = room.n
+    x = tone(440, 0.3, 0, 10 * 12 * n)
+    for t in range(12 * 11):
+        k = t // 12
+        room.step({0: x[k * 12 * n:(k + 1) * 12 * n]} if t % 12 == 0 and k < 10 else None)
+    y = room.audio(1)
+    ramp = room.node.core.ramp_samples  # the join ramp
+    assert len(y) == 12 * 11 * n
+    # Every sample, in order, on time: no silent gaps.
+    assert np.array_equal(y[ramp:len(x)], x[ramp:])
+    assert not y[len(x):].any()
+    stats = room.node.stats()
+    assert stats["trimmed_samples"] == 0 and stats["drops"] == 0 and stats["underruns"] == 12
+
+
+@pytest.mark.parametrize("layout", ["files", "multichannel"])
+def test_room_keeps_exact_time_when_a_period_is_not_whole_samples(tmp_path, layout):
+    # 11025 Hz x 20 ms = 220.5 samples: the room must take 220 and 221 in turn like its
+    # sources, or it drifts (half a sample per period) and after ~44 s trims with clicks.
+    rate, seconds = 11025, 60
+    x = sine(500, rate, seconds, 0.3)
+    write_wav(tmp_path / "in.wav", x, rate)
+    r = run_graph(f"""
+nodes:
+  src: {{type: wav_source, path: {tmp_path / "in.wav"}}}
+  room: {{type: conference, rate: {rate}, gate: false, record_dir: {tmp_path / "rec"},
+          record_layout: {layout}, max_participants: 2}}
+  ear: {{type: frame_sink}}
+links: [src -> room.in_0, room.out_1 -> ear]
+""")
+    assert r.stopped_by == "eos"
+    frames = r.graph.nodes["ear"].frames
+    assert {len(f.data) for f in frames} == {220, 221}
+    assert [f.pts for f in frames] == list(np.cumsum([0] + [len(f.data) for f in frames])[:-1])
+    heard = r.graph.nodes["ear"].audio()[:, 0]
+    ramp = r.graph.nodes["room"].core.ramp_samples  # the join ramp
+    assert len(heard) == len(x)
+    assert np.array_equal(heard[ramp:], x[ramp:, 0])  # the input: no lag, no trim, no click
+    rec = tmp_path / "rec"
+    if layout == "files":
+        mix, _ = read_wav(rec / "room-mix.wav")
+        own, _ = read_wav(rec / "room-participant0.wav")
+        tracks = np.concatenate([mix, own], axis=1)
+    else:
+        tracks, _ = read_wav(rec / "room.wav")
+    assert tracks.shape == (rate * seconds, 3 if layout == "multichannel" else 2)
+    assert np.array_equal(tracks[ramp:, :2], x[ramp:, [0, 0]])
+
+
+def test_room_ends_when_a_talker_who_still_listens_has_left():
+    # 1 hangs up its microphone but keeps listening; once 0's input ends the room must end,
+    # not wait forever on 1's finished fade-out (nor rebuild its lists every period).
+    room = Room(ins=(0, 1), outs=(0, 1), gate=False)
+    for t in range(10):
+        room.step({0: tone(500, 0.3, t * N), 1: tone(900, 0.3, t * N)})
+    room.node.port_unlinked("in", "in_1")
+    for t in range(10, 15):
+        room.step({0: tone(500, 0.3, t * N)})
+    assert not room.node._gone and not room.node._dirty
+    room.node.event("in_0", EndOfStream())
+    for _ in range(5):
+        if room.node.finished:
+            break
+        room.step()
+    assert room.node.finished and room.ticks == 16
+    heard_by_1 = room.audio(1)
+    ramp = room.node.core.ramp_samples  # the join ramp
+    assert len(heard_by_1) == 15 * N
+    assert np.array_equal(heard_by_1[ramp:], tone(500, 0.3, 0, 15 * N)[ramp:])  # 0 to the end
+    after = room.audio(0)[10 * N + room.node.core.ramp_samples:]
+    assert len(after) and not after.any()  # 1 faded out, then silence
+
+
+@pytest.mark.parametrize("port", ["in_01", "out_007", "in_1000000000",
+                                  "in_99999999999999999999", "in_\u0661"])
+def test_participant_ports_must_be_written_plainly(port):
+    # in_01 would be participant 1, whose audio is keyed in_1: it carried nothing.
+    links = (f"t -> room.{port}, room.out_0 -> ear" if port.startswith("in")
+             else f"t -> room.in_0, room.{port} -> ear")
+    with pytest.raises(NodeError, match=f"conference 'room' port '{port}' is not a "
+                                        "participant port.*in_1, not in_01"):
+        load_graph_text(f"""
+nodes:
+  room: {{type: conference}}
+  t: {{type: tone, duration: 0.1}}
+  ear: {{type: frame_sink}}
+links: [{links}]
+""")
+    # Linked while running: refused alike, and not left linked.
+    room = Room(ins=(999_999_999,), outs=(0,), gate=False, persistent=True)
+    with pytest.raises(NodeError, match="not a participant port"):
+        room.node.port_linked("in", port.replace("out", "in"))
+    assert room.node.linked_inputs == ["in_999999999"]
+    room.step({999_999_999: tone(700, 0.3, 0)})
+    ramp = room.node.core.ramp_samples  # the join ramp
+    assert np.array_equal(room.audio(0)[ramp:], tone(700, 0.3, 0)[ramp:])  # the largest: heard
 
 
 # ---- speaker detection and the gate --------------------------------------------------------

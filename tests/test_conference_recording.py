@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,10 +18,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.errors import GraphError, PipelineError
 from pipeline.frames import AudioFrame
 from pipeline.graph import Graph
+from pipeline.loader import load_graph_text
 from pipeline.params import ParamValueError
-from pipeline.testing import align, read_wav
+from pipeline.testing import align, read_wav, run_graph, write_wav
 from plugins.conference.names import MAX_NAME_CHARS, NameAllocator, safe_name
 from plugins.conference.nodes import ConferenceBridge
 
@@ -324,3 +327,70 @@ def test_recording_parameters_are_checked():
     with pytest.raises(ParamValueError, match="Opus cannot record at 44100 Hz"):
         ConferenceBridge("room", record_dir="/tmp/x", record_format="opus",
                          rate=44100).validate()
+
+
+@pytest.mark.parametrize("victim,kind", [
+    ("room-participant0.wav", "wav_source"),  # what in_0 plays (it joins as participant0)
+    ("room-alice.wav", "wav_source"),  # a caller named in `names`, yet to join
+    ("room-mix.wav", "wav_recorder"),  # two writers of one file
+    ("room.json", "wav_recorder"),  # the manifest
+])
+def test_recording_never_overwrites_a_file_another_node_uses(tmp_path, victim, kind):
+    target = tmp_path / victim
+    if victim.endswith(".wav"):
+        write_wav(target, ALICE[:RATE // 2], RATE)
+    else:
+        target.write_text("{}")
+    before = target.read_bytes()
+    (tmp_path / "link").symlink_to(target)  # named through a link: the same file still
+    write_wav(tmp_path / "played.wav", ALICE[:N], RATE)
+    if kind == "wav_source":
+        other, links = f"wav_source, path: {tmp_path / 'link'}", "other -> room.in_0"
+    else:
+        other, links = f"wav_recorder, path: {tmp_path / 'link'}", "room.out_0 -> other"
+    text = f"""
+nodes:
+  room: {{type: conference, record_dir: {tmp_path}, names: {{in_3: alice}}}}
+  other: {{type: {other}}}
+  p: {{type: wav_source, path: {tmp_path / "played.wav"}}}
+links: [{links}, p -> room.in_1]
+"""
+    with pytest.raises(GraphError, match=re.escape(
+            f"conference 'room' cannot record to '{target}': it is the path of node 'other' "
+            f"({kind}), which recording would overwrite (hint: record to another folder")):
+        run_graph(text)
+    assert target.read_bytes() == before  # nothing was opened: the file is untouched
+    if victim.endswith(".wav"):
+        kept, _ = read_wav(target)
+        assert np.array_equal(kept[:, 0], ALICE[:RATE // 2])
+    # Elsewhere the room records; what it heard from `p` is in its mix.
+    r = run_graph(text.replace(f"record_dir: {tmp_path}", f"record_dir: {tmp_path / 'rec'}"))
+    mix, _ = read_wav(tmp_path / "rec" / "room-mix.wav")
+    assert r.stopped_by == "eos" and mix[N // 2:N, 0].any()
+
+
+def test_too_many_participants_fail_before_the_last_recording_is_touched(tmp_path):
+    # The check ran after the recorder had opened (emptied) the previous run's files.
+    write_wav(tmp_path / "a.wav", ALICE, RATE)
+
+    def room(talkers: int) -> str:
+        return f"""
+nodes:
+  room: {{type: conference, record_dir: {tmp_path}, max_participants: 1, gate: false}}
+  a: {{type: wav_source, path: {tmp_path / "a.wav"}}}
+  b: {{type: wav_source, path: {tmp_path / "a.wav"}}}
+links: [a -> room.in_0, {"b -> room.in_1" if talkers == 2 else "b -> null_sink"}]
+"""
+    run_graph(room(1))
+    mix, _ = read_wav(tmp_path / "room-mix.wav")
+    assert len(mix) == len(ALICE) and mix[N:].any()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(PipelineError) as info:
+        run_graph(room(2))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert isinstance(info.value, GraphError)  # refused by validation, before anything ran
+    assert "has 2 participants linked, max_participants is 1" in str(info.value)
+    with pytest.raises(GraphError, match="max_participants is 1"):
+        load_graph_text(room(2))
+    kept, _ = read_wav(tmp_path / "room-mix.wav")
+    assert np.array_equal(kept, mix)

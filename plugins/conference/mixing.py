@@ -146,6 +146,7 @@ class MixMinus:
             UNITY / self.ramp_samples)
         self._pos = np.zeros(0, np.int64)
         self._x = np.zeros((0, frame_samples), np.int32)
+        self._width = frame_samples  # samples in the last period run
         self._plan: _Plan | None = None
         self._key: tuple[bytes, bytes] | None = None
         self.capacity = 0
@@ -158,9 +159,14 @@ class MixMinus:
             [self.inp, np.zeros((capacity - self.capacity, n), np.int32)])
         # Work buffers, reused every period: allocating and freeing a few hundred kB per
         # period makes glibc hand the pages back and fault them in again (measured: 4x cost).
-        self._xbuf = np.zeros((capacity, n), np.int32)
-        self._mbuf = np.zeros((capacity + 1, n), np.int32)  # the total, then mix-minuses
-        self._work = np.zeros((capacity + 1, n), np.int32)
+        # Flat, so that a shorter period (220 of 221 samples at 11025 Hz) is still a
+        # contiguous (rows, width) view; the 2-D views serve full periods in one slice.
+        self._xflat = np.zeros(capacity * n, np.int32)
+        self._mflat = np.zeros((capacity + 1) * n, np.int32)  # the total, then mix-minuses
+        self._wflat = np.zeros((capacity + 1) * n, np.int32)
+        self._xbuf = self._xflat.reshape(capacity, n)
+        self._mbuf = self._mflat.reshape(capacity + 1, n)
+        self._work = self._wflat.reshape(capacity + 1, n)
         # Gains (Q12) and flags live in two arrays so one bytes compare per period tells
         # whether anything changed since the plan was built (they are views, written freely).
         self._gains = np.zeros((4, capacity), np.int64)
@@ -203,28 +209,35 @@ class MixMinus:
         return bool(self.in_cur[row] != 0 and self.in_target[row] == 0)
 
     # ---- one period ----------------------------------------------------------------------
-    def _gain_vector(self, cur: int, target: int) -> np.ndarray:
+    def _gain_vector(self, cur: int, target: int, width: int) -> np.ndarray:
         # Linear ramp from cur towards target at UNITY per ramp_samples, held at target.
+        step = self._step[:width]
         if target > cur:
-            g = np.minimum(cur + self._step, target)
+            g = np.minimum(cur + step, target)
         else:
-            g = np.maximum(cur - self._step, target)
+            g = np.maximum(cur - step, target)
         return g.astype(np.int64)
 
-    def run(self) -> MixResult:
-        """Mix one period from `inp` and the gain targets; see the module docstring."""
+    def run(self, width: int | None = None) -> MixResult:
+        """Mix one period from `inp` and the gain targets; see the module docstring.
+        `width`: the period's samples when shorter than `n` (only the first `width` columns
+        of `inp` are read)."""
         key = (self._gains.tobytes(), self._flags.tobytes())
         plan = self._plan
         if plan is None or key != self._key:
             plan = self._plan = _Plan(self)
             self._key = key
+        n = self.n if width is None else width
+        full = n == self.n
+        self._width = n
+        inp = self.inp if full else self.inp[:, :n]
         in_cur, in_target = self.in_cur, self.in_target
         contributors, k = plan.contributors, plan.k
         if plan.view:
-            x = self.inp[:k]
+            x = inp[:k]
         else:  # the contributors' rows, widened in one copy, then the odd ones scaled
-            x = self._xbuf[:k]
-            np.take(self.inp, contributors, axis=0, out=x)
+            x = self._xbuf[:k] if full else self._xflat[:k * n].reshape(k, n)
+            np.take(inp, contributors, axis=0, out=x)
             for i in plan.odd:
                 row = contributors[i]
                 cur, target = int(in_cur[row]), int(in_target[row])
@@ -232,14 +245,18 @@ class MixMinus:
                     x[i] *= cur
                     x[i] >>= GAIN_BITS
                 else:
-                    g = self._gain_vector(cur, target)
+                    g = self._gain_vector(cur, target, n)
                     np.copyto(x[i], (x[i] * g) >> GAIN_BITS, casting="unsafe")
                     in_cur[row] = g[-1]  # changes the key: the plan is rebuilt next period
         # Row 0 of the work matrix is the total, rows 1.. the listeners' own mixes, so one
         # limiter call makes the shared mix and every private one.
         own = plan.own
         m = len(own)
-        buf = self._mbuf[:m + 1]
+        if full:
+            buf, work = self._mbuf[:m + 1], self._work[:m + 1]
+        else:
+            buf = self._mflat[:(m + 1) * n].reshape(m + 1, n)
+            work = self._wflat[:(m + 1) * n].reshape(m + 1, n)
         total, minus = buf[0], buf[1:]
         if k:
             np.add.reduce(x, axis=0, out=total)
@@ -261,13 +278,13 @@ class MixMinus:
             for i in plan.ungained:
                 row = own[i]
                 cur, target = int(out_cur[row]), int(out_target[row])
-                g = (np.full(self.n, cur, np.int64) if cur == target
-                     else self._gain_vector(cur, target))
+                g = (np.full(n, cur, np.int64) if cur == target
+                     else self._gain_vector(cur, target, n))
                 # int64 for the product; the clip keeps a gain above unity from wrapping.
                 np.clip((minus[i] * g) >> GAIN_BITS, -(1 << 31), (1 << 31) - 1, out=minus[i],
                         casting="unsafe")
                 out_cur[row] = g[-1]
-        limited = soft_limit(buf, work=self._work[:m + 1])
+        limited = soft_limit(buf, work=work)
         private = dict(zip(plan.own_list, limited[1:], strict=True)) if m else {}
         return MixResult(limited[0], private, list(plan.silent), list(plan.shared_rows),
                          contributors)
@@ -275,4 +292,4 @@ class MixMinus:
     def contribution(self, row: int) -> np.ndarray:
         """What `row` put into this period's mix, as int16 (for per-participant recording)."""
         i = self._pos[row] if row < len(self._pos) else -1
-        return soft_limit(self._x[i]) if i >= 0 else np.zeros(self.n, np.int16)
+        return soft_limit(self._x[i]) if i >= 0 else np.zeros(self._width, np.int16)

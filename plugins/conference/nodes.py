@@ -15,12 +15,14 @@ Joins, leaves, mutes, deafens and gain changes ramp over `ramp_ms`, so none of t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.clock import TickSamples
 from pipeline.errors import NodeError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_SILENCE, AudioFrame, EndOfStream
@@ -30,12 +32,18 @@ from pipeline.params import Path as PathType
 
 from ..mixer.fifo import SampleFifo
 from .mixing import UNITY, MixMinus, gain_to_q12
-from .recording import FLAC_MAX_CHANNELS, RoomRecorder
+from .recording import FLAC_MAX_CHANNELS, RoomRecorder, planned_paths
 from .shared import FLAG_SHARED
 from .speaker import SpeakerDetector, rms_dbfs
 
 _S16 = np.dtype(np.int16)
 MAX_BUFFER_PERIODS = 6  # deeper than this a participant is running ahead: drop its oldest audio
+# Participant numbers: SIP call numbers are never reused, so a long-lived server counts far
+# past max_participants; the bound only refuses typos and numbers no caller reaches.
+MAX_PORT_NUMBER = 10**9 - 1
+# Written exactly as the bridge writes them back (f"in_{k}"): no leading zeros, no signs.
+_PORT_RE = re.compile(r"(in|out)_(0|[1-9][0-9]{0,8})")
+_NAME_KEY_RE = re.compile(r"(?:in_|out_)?(0|[1-9][0-9]{0,8})")  # keys of `names`
 
 
 @dataclass(slots=True, eq=False)
@@ -104,6 +112,13 @@ class ConferenceBridge(Node):
 
     # ---- setup ---------------------------------------------------------------------------
     def validate(self) -> None:
+        # Ports and the participant count first: a room that cannot start must fail here,
+        # before start() opens (and so empties) the files of the last recording.
+        numbers = self._linked_numbers()
+        if len(numbers) > self.max_participants:
+            raise ParamValueError("max_participants", f"conference '{self.name}' has "
+                                  f"{len(numbers)} participants linked, max_participants is "
+                                  f"{self.max_participants}", "raise max_participants")
         if self.record_dir is None:
             return
         if self.record_format == "opus" and self.rate not in (8000, 12000, 16000, 24000, 48000):
@@ -121,6 +136,40 @@ class ConferenceBridge(Node):
         from plugins.files.nodes import check_writable
 
         check_writable("record_dir", str(Path(self.record_dir) / "probe"))
+        self._check_record_files(numbers)
+
+    def _check_record_files(self, numbers: list[int]) -> None:
+        """Refuse a recording over a file another node of the graph reads or writes: the
+        recorder empties its files as it opens them, before that node could read them."""
+        from plugins.files.nodes import _file_key, _path_params
+
+        if self.graph is None:
+            return
+        identities = {str(k): str(v) for k, v in (self.names or {}).items()}
+        # Those linked now join in start() in this order, so their file names are exact;
+        # callers named in `names` who join later are checked under their likeliest name.
+        later = {int(m.group(1)) for m in map(_NAME_KEY_RE.fullmatch, identities) if m}
+        order = [*numbers, *sorted(later - set(numbers))]
+        paths = planned_paths(self.record_dir, self.name, fmt=self.record_format,
+                              layout=self.record_layout, tracks=self.record_tracks,
+                              identities=[_identity(identities, k) for k in order])
+        planned = {key: path for path in paths if (key := _file_key(str(path))) is not None}
+        for other in self.graph.nodes.values():
+            if other is self:
+                continue
+            for name in _path_params(type(other)):
+                value = other.__dict__.get(name)
+                path = planned.get(_file_key(value)) if value else None
+                if path is not None:
+                    raise ParamValueError(
+                        "record_dir", f"conference '{self.name}' cannot record to '{path}': "
+                        f"it is the {name} of node '{other.name}' ({other.kind}), which "
+                        "recording would overwrite",
+                        "record to another folder, or move that node's file")
+
+    def _linked_numbers(self) -> list[int]:
+        """The participant numbers of the linked ports, checked, in ascending order."""
+        return sorted({self._number(p) for p in (*self.linked_inputs, *self.linked_outputs)})
 
     def _record_channels(self) -> int:
         """Channels of a multichannel recording: the mix and/or one per participant."""
@@ -138,7 +187,12 @@ class ConferenceBridge(Node):
         return {"out_%u": fmt, **{port: fmt for port in self.linked_outputs}}
 
     def start(self) -> None:
-        self.n = int(round(self.rate * self.graph.period))
+        # Each period's length follows exact media time (220 or 221 samples at 11025 Hz and
+        # 20 ms): a rounded constant would drift from the clock and from every source.
+        self._clock = TickSamples(self.rate, self.graph.period)
+        self.n = self._clock.most  # buffers are sized for the longest period
+        self.m = self._clock.due()  # samples in the period now being filled
+        self._max_buffer = MAX_BUFFER_PERIODS * self.n
         self.pts = 0
         self.core = MixMinus(self.n, max(4, len(self.linked_inputs) + 1),
                              int(round(self.rate * self.ramp_ms / 1000)))
@@ -157,6 +211,8 @@ class ConferenceBridge(Node):
         self._zeros.flags.writeable = False
         self.underruns = 0
         self.dropped_frames = 0
+        self.trims = 0  # pushes cut short because a participant ran ahead
+        self.trimmed_samples = 0
         self.rejected = 0
         self.shared_frames = 0
         self.private_frames = 0
@@ -167,7 +223,7 @@ class ConferenceBridge(Node):
         # Per-period bookkeeping, rebuilt only when membership, gains or mutes change.
         self._gen = 0  # period number: process() fills rows for it, tick() advances it
         self._nfilled = 0  # rows filled by process() this period
-        self._period_shape = (self.n, 1)
+        self._period_shape = (self.m, 1)
         self._dirty = True
         self._fed: list[Participant] = []  # participants with an input, in join order
         self._rows: np.ndarray | slice = slice(0, 0)
@@ -183,12 +239,7 @@ class ConferenceBridge(Node):
                 layout=self.record_layout, rate=self.rate, tracks=self.record_tracks,
                 channels=channels, flush_seconds=self.record_flush, on_error=self._record_error)
             self.recorder.start()
-        numbers = sorted({self._number(p) for p in (*self.linked_inputs, *self.linked_outputs)})
-        if len(numbers) > self.max_participants:
-            raise self.fail(f"conference '{self.name}' has {len(numbers)} participants linked, "
-                            f"max_participants is {self.max_participants}",
-                            hint="raise max_participants")
-        for k in numbers:
+        for k in self._linked_numbers():  # checked against max_participants in validate()
             p = self._join(k, ramp_in=False)
             if f"in_{k}" in self.linked_inputs:
                 self._attach_input(p)
@@ -196,18 +247,18 @@ class ConferenceBridge(Node):
                 self._attach_output(p)
 
     # ---- participants -------------------------------------------------------------------
-    @staticmethod
-    def _number(port: str | int) -> int:
+    def _number(self, port: str | int) -> int:
         if isinstance(port, int):
             return port
-        prefix, _, num = str(port).rpartition("_")
-        if prefix not in ("in", "out") or not num.isdigit():
-            raise ValueError(f"conference port '{port}' is not in_N or out_N")
-        return int(num)
+        m = _PORT_RE.fullmatch(str(port))
+        if m is None:  # in_01 would be participant 1, whose audio is keyed in_1: refuse it
+            raise self.fail(f"conference '{self.name}' port '{port}' is not a participant "
+                            "port", hint=f"name it in_N or out_N with N from 0 to "
+                            f"{MAX_PORT_NUMBER} and no leading zeros: in_1, not in_01")
+        return int(m.group(2))
 
     def _identity(self, k: int) -> str:
-        return (self._identities.get(f"in_{k}") or self._identities.get(f"out_{k}")
-                or self._identities.get(str(k)) or f"participant{k}")
+        return _identity(self._identities, k)
 
     def _join(self, k: int, ramp_in: bool) -> Participant:
         row = self.core.add(listening=False, in_gain=0, ramp_in=ramp_in)
@@ -263,9 +314,14 @@ class ConferenceBridge(Node):
 
     def port_linked(self, direction: str, port: str) -> None:
         linked = self.linked_inputs if direction == "in" else self.linked_outputs
+        try:
+            k = self._number(port)
+        except NodeError:
+            if port in linked:
+                linked.remove(port)
+            raise
         if port not in linked:
             linked.append(port)
-        k = self._number(port)
         p = self.by_number.get(k)
         if p is None or (p.input_gone and not p.has_out):
             if p is not None:  # a new caller on the number of one still fading out
@@ -382,7 +438,7 @@ class ConferenceBridge(Node):
         if shape == self._period_shape:
             if p.filled_at != gen and not len(p.fifo):
                 # The usual case, exactly one period on time: straight into its mixer row.
-                self.core.inp[p.row] = data[:, 0]
+                self.core.inp[p.row, :shape[0]] = data[:, 0]
                 p.filled_at = gen
                 self._nfilled += 1
                 return
@@ -391,11 +447,16 @@ class ConferenceBridge(Node):
             return
         fifo = p.fifo
         fifo.push(data)
-        excess = len(fifo) + (self.n if p.filled_at == gen else 0) \
-            - MAX_BUFFER_PERIODS * self.n
-        if excess > 0:  # running ahead of the room's clock: keep latency bounded
+        # Running ahead of the room's clock: keep latency bounded. A frame longer than the
+        # period (a 120 ms ptime in a 10 ms room) arrives once per several periods, so room
+        # for two of them is kept: only a participant truly ahead loses audio.
+        excess = len(fifo) + (self.m if p.filled_at == gen else 0) \
+            - max(self._max_buffer, 2 * shape[0])
+        if excess > 0:
             fifo.pop(excess)
             p.drops += 1
+            self.trims += 1
+            self.trimmed_samples += excess
 
     def _drop(self, p: Participant | None) -> None:
         self.dropped_frames += 1
@@ -422,12 +483,14 @@ class ConferenceBridge(Node):
         self._gains = np.array([0 if p.input_gone or p.muted else p.gain_q for p in fed],
                                np.int64)
         self._simple = not any(p.input_gone for p in fed)
-        self._gone = [p for p in self.by_number.values() if p.input_gone]
+        # Only those still fading: one whose fade has ended (fifo None) but who still
+        # listens must neither hold the room open nor rebuild these lists every period.
+        self._gone = [p for p in self.by_number.values() if p.input_gone and p.fifo is not None]
         self._outs = [(f"out_{p.number}", p.row) for p in self.by_number.values() if p.has_out]
         self._dirty = False
 
     def tick(self, now: float) -> None:
-        n, core = self.n, self.core
+        n, core = self.m, self.core
         if self._dirty:
             self._rebuild()
             steady = False
@@ -436,7 +499,7 @@ class ConferenceBridge(Node):
         if steady:  # every input sent exactly one period on time: the rows are ready
             live = bool(self._fed)
         else:
-            inp = core.inp
+            inp = core.inp if n == self.n else core.inp[:, :n]
             live = False
             for p in self._fed:
                 row = inp[p.row]
@@ -457,7 +520,7 @@ class ConferenceBridge(Node):
             return
         if self._fed:
             self._update_gains(self._rows, self._gains)
-        result = core.run()
+        result = core.run(n)
         self._emit(result)
         if self.recorder is not None and not self.recorder.failed:
             contributions = {p.number: core.contribution(p.row)
@@ -469,6 +532,9 @@ class ConferenceBridge(Node):
                 self._dirty = True
                 self._maybe_leave(p)
         self.pts += n
+        self.m = m = self._clock.due() - self.pts
+        if m != n:
+            self._period_shape = (m, 1)
         self._ticks += 1
         if self._level_every and self._ticks % self._level_every == 0:
             self.post("levels", levels=self.levels(), pts=self.pts)
@@ -483,7 +549,7 @@ class ConferenceBridge(Node):
     def _pop_leaving(self, p: Participant, row: np.ndarray) -> int:
         """The last period of a participant whose input left: what is buffered, continued by
         its own time-reversed past (no step at the end of the data), faded out by the ramp."""
-        n = self.n
+        n = len(row)
         prev = row.copy()
         got = self._take(p, row)
         if got < n:
@@ -497,7 +563,8 @@ class ConferenceBridge(Node):
         hi = rows.stop if isinstance(rows, slice) else int(rows.max()) + 1
         if self._levels_work.shape[0] < hi:
             self._levels_work = np.zeros((core.capacity, self.n), np.float32)
-        levels = rms_dbfs(core.inp[:hi], self._levels_work[:hi])[rows]
+        m = self.m
+        levels = rms_dbfs(core.inp[:hi, :m], self._levels_work[:hi, :m])[rows]
         if det.update(rows, levels):
             self.speaker_changes += 1
             p = self.by_row.get(det.dominant) if det.dominant is not None else None
@@ -521,8 +588,9 @@ class ConferenceBridge(Node):
                 emit(port, AudioFrame(data[:, None], rate, pts))
                 n_private += 1
             elif row in silent_rows:
-                if silent is None:
-                    silent = AudioFrame(self._zeros, rate, pts, FLAG_SILENCE | FLAG_SHARED)
+                if silent is None:  # one buffer, the same every period (a short one: a view)
+                    zeros = self._zeros if self.m == self.n else self._zeros[:self.m]
+                    silent = AudioFrame(zeros, rate, pts, FLAG_SILENCE | FLAG_SHARED)
                 emit(port, silent)
             else:
                 emit(port, shared)
@@ -541,12 +609,21 @@ class ConferenceBridge(Node):
     def stats(self) -> dict[str, Any]:
         out = super().stats()
         if hasattr(self, "by_number"):
+            # `drops`: frames refused whole plus pushes trimmed (audio lost either way).
+            out["drops"] += self.dropped_frames + self.trims
             out.update(participants=self.participant_count(), underruns=self.underruns,
-                       dropped_frames=self.dropped_frames, rejected=self.rejected,
+                       dropped_frames=self.dropped_frames, trimmed_samples=self.trimmed_samples,
+                       rejected=self.rejected,
                        shared_frames=self.shared_frames, private_frames=self.private_frames,
                        speaker_changes=self.speaker_changes,
                        recording_failed=bool(self.recorder and self.recorder.failed))
         return out
+
+
+def _identity(identities: dict[str, str], k: int) -> str:
+    """Participant k's identity from the `names` table (keyed in_k, out_k or k)."""
+    return (identities.get(f"in_{k}") or identities.get(f"out_{k}")
+            or identities.get(str(k)) or f"participant{k}")
 
 
 __all__ = ["ConferenceBridge", "Participant", "UNITY"]

@@ -204,6 +204,21 @@ def open_track(path: str, fmt: str, rate: int, channels: int,
     raise ValueError(f"recording format '{fmt}' is not one of {', '.join(FORMATS)}")
 
 
+def planned_paths(directory: str, room: str, *, fmt: str, layout: str, tracks: str,
+                  identities: list[str]) -> list[Path]:
+    """The files a `RoomRecorder` with these settings writes when participants with these
+    identities join in this order: the manifest (and its temporary file), the mixed or
+    multichannel file, one file per participant. Nothing is opened (for validation)."""
+    rec = RoomRecorder(directory, room, fmt=fmt, layout=layout, tracks=tracks, channels=1)
+    paths = [rec.manifest_path(), rec._manifest_tmp()]
+    mix = rec._mix_file()
+    if mix is not None:
+        paths.append(mix)
+    if layout == "files" and rec.record_participants:
+        paths += [rec._track_file(rec.names.allocate(i)) for i in identities]
+    return paths
+
+
 class RoomRecorder:
     """The tracks of one room; the bridge calls `join`, `leave`, `write` every period.
 
@@ -254,13 +269,23 @@ class RoomRecorder:
 
     def _start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        ext = EXTENSIONS[self.fmt]
-        if self.layout == "multichannel":
-            self.mix_track = self._open(self.directory / f"{self.room}{ext}", self.channels)
-        elif self.record_mix:
-            self.mix_track = self._open(self.directory / f"{self.room}-{MIX_NAME}{ext}", 1)
+        path = self._mix_file()
+        if path is not None:
+            self.mix_track = self._open(path, self.channels if self.layout == "multichannel"
+                                        else 1)
         self.mix_path = self.mix_track.path if self.mix_track and self.record_mix else None
         self._write_manifest()
+
+    def _mix_file(self) -> Path | None:
+        """The multichannel file, or the mixed track's (None when the mix is not recorded)."""
+        ext = EXTENSIONS[self.fmt]
+        if self.layout == "multichannel":
+            return self.directory / f"{self.room}{ext}"
+        return self.directory / f"{self.room}-{MIX_NAME}{ext}" if self.record_mix else None
+
+    def _track_file(self, stem: str) -> Path:
+        """A participant's file (files layout), for a stem from `self.names`."""
+        return self.directory / f"{self.room}-{stem}{EXTENSIONS[self.fmt]}"
 
     def _open(self, path: Path, channels: int) -> TrackWriter:
         self._current = str(path)
@@ -285,9 +310,7 @@ class RoomRecorder:
                 entry["channel"] = free[0]
                 entry["file"] = self.mix_track.path if self.mix_track else None
         elif self.record_participants:
-            stem = self.names.allocate(identity)
-            path = self.directory / f"{self.room}-{stem}{EXTENSIONS[self.fmt]}"
-            track = self._open(path, 1)
+            track = self._open(self._track_file(self.names.allocate(identity)), 1)
             track.write_silence(self.pts)  # align to the room's timeline
             self.tracks[key] = track
             entry["file"] = track.path
@@ -317,9 +340,10 @@ class RoomRecorder:
     def _write(self, mix: np.ndarray, contributions: dict[Any, np.ndarray]) -> None:
         n = len(mix)
         if self.layout == "multichannel":
-            if self._block is None or len(self._block) != n:
+            # Sized for the longest period: at 11025 Hz they alternate (220, 221, ...).
+            if self._block is None or len(self._block) < n:
                 self._block = np.zeros((n, self.channels), np.int16)
-            block = self._block
+            block = self._block[:n]
             block.fill(0)
             if self.record_mix:
                 block[:, 0] = mix
@@ -370,8 +394,7 @@ class RoomRecorder:
         entry["identity"] = identity
         track = self.tracks.get(key)
         if track is not None:
-            stem = self.names.allocate(identity)
-            new = str(self.directory / f"{self.room}-{stem}{EXTENSIONS[self.fmt]}")
+            new = str(self._track_file(self.names.allocate(identity)))
             self._current = new
             # The open descriptor follows the rename (POSIX), so writing simply goes on.
             self._guard(os.rename, track.path, new)
@@ -384,13 +407,16 @@ class RoomRecorder:
     def manifest_path(self) -> Path:
         return self.directory / f"{self.room}.json"
 
+    def _manifest_tmp(self) -> Path:
+        return self.manifest_path().with_suffix(".json.tmp")
+
     def _write_manifest(self) -> None:
         path = self.manifest_path()
         self._current = str(path)
         doc = {"room": self.room, "rate": self.rate, "format": self.fmt, "layout": self.layout,
                "mix": self.mix_path,
                "participants": self.manifest}
-        tmp = path.with_suffix(".json.tmp")
+        tmp = self._manifest_tmp()
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, path)  # atomic: a crash leaves the old or the new manifest
 
