@@ -174,6 +174,12 @@ class Node:
         `start()`."""
         return None
 
+    def goes_on(self) -> str | None:
+        """Why this node goes on once its inputs have ended, when it does so by design (a
+        persistent conference room), as a hint for the user; None for the usual node. An
+        offline run that stalls on such a node says this instead of blaming a bug."""
+        return None
+
     async def run_io(self) -> None:
         """Nodes that do network or device I/O override this; it runs as an asyncio task
         from start to stop and pushes what arrives with `emit`."""

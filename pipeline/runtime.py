@@ -716,11 +716,13 @@ class Runtime:
                 ended[ln.dst] = ended.get(ln.dst, True) and ln.ended
         holding = [n for n in self._order if not n.finished and ended.get(n.name)]
         if holding:
+            node = holding[0]
+            by_design = node.goes_on()
             self.fail(NodeError(
                 f"every input has ended, but no end-of-stream came out in {STALL_S:g} s of "
-                "media time since", node=holding[0].name,
-                hint="pass EndOfStream on from event() once done (super().event does)"),
-                holding[0])
+                "media time since", node=node.name,
+                hint=f"{by_design}: bound the run with --duration" if by_design else
+                "pass EndOfStream on from event() once done (super().event does)"), node)
         else:
             waiting = sorted(self._terminals - self._finished)
             self.fail(PipelineError(

@@ -629,3 +629,18 @@ def test_steady_room_counts_a_missing_period_as_an_underrun():
     room.step({0: tone(500, 0.3, 5 * N), 1: tone(900, 0.3, 5 * N)})
     assert band_db(room.out["out_0"][-1].data, RATE, 900) > -1.5
     assert room.node.stats()["underruns"] == 1
+
+
+def test_a_persistent_room_offline_says_why_it_stalls():
+    # It goes on by design: the hint was "pass EndOfStream on from event()", for plugin
+    # authors.
+    with pytest.raises(NodeError) as e:
+        run_graph("tone rate=48000 duration=0.2s ! conference name=room persistent=true ! "
+                  "null_sink", launch=True)
+    assert str(e.value) == (
+        "node 'room': every input has ended, but no end-of-stream came out in 10 s of media "
+        "time since (hint: a persistent room waits for new participants (persistent: false "
+        "ends it with its inputs): bound the run with --duration)")
+    done = run_graph("tone rate=48000 duration=0.2s ! conference name=room persistent=true ! "
+                     "frame_sink name=o", launch=True, duration=1.0)
+    assert done.stopped_by == "duration" and len(done.graph.nodes["o"].audio()) == 48000

@@ -606,6 +606,10 @@ class ConferenceBridge(Node):
         if getattr(self, "recorder", None) is not None:
             self.recorder.close()
 
+    def goes_on(self) -> str | None:
+        return ("a persistent room waits for new participants (persistent: false ends it "
+                "with its inputs)") if self.persistent else None
+
     def stats(self) -> dict[str, Any]:
         out = super().stats()
         if hasattr(self, "by_number"):
