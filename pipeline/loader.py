@@ -635,12 +635,7 @@ def load_graph_text(text: str, filename: str | None = None,
         if isinstance(data.get(key), (dict, list)):
             raise _err(f"{key} must be text", _value_where(data, key, filename),
                        f"write {key}: followed by text")
-    for k, v in (overrides or {}).items():
-        if k not in params:
-            raise GraphError(f"graph has no parameter '{k}' to override",
-                             hint="declared: " + (", ".join(params) or "none")
-                             + " (declare it under params:)")
-        params[k] = v
+    _override(params, overrides, filename)
     path = Path(filename) if filename else None
     ctx = Context(params, call, str(path.parent) if path else ".")
     graph = Graph(str(data.get("graph") or (path.stem if path else "graph")),
@@ -730,6 +725,22 @@ _PARSED: dict[str, tuple[bytes, Any]] = {}
 _PARSED_MAX = 64
 
 
+def _override(params: dict[str, Any], overrides: dict[str, Any] | None,
+              filename: str | None) -> None:
+    """Apply `-p` values: only to parameters the graph declares (a typo would be ignored)."""
+    for k, v in (overrides or {}).items():
+        if k not in params:
+            raise GraphError(f"graph has no parameter '{k}' to override", file=filename,
+                             hint="declared: " + (", ".join(params) or "none")
+                             + " (declare it under params:)")
+        params[k] = v
+
+
+def declared_params(path: str | Path) -> dict[str, Any]:
+    """The `params:` a graph file declares, with their defaults."""
+    return _graph_params(read_graph_file(Path(path)), str(path))
+
+
 def read_graph_file(path: Path) -> Any:
     """The parsed YAML of a graph file, parsed again only when its text changes: a server
     reads its call graph for every call, and parsing costs more than building the part
@@ -766,7 +777,7 @@ def add_part(graph: Graph, path: str | Path, prefix: str, *,
         raise GraphError(f"graph file '{path}' cannot be read: {e.strerror}",
                          hint="check the call_graph path") from None
     params = _graph_params(data, str(path))
-    params.update(overrides or {})
+    _override(params, overrides, str(path))
     before = len(graph.nodes)
     builder = Builder(graph, Context(params, call, str(path.parent)), registry, prefix=prefix)
     try:

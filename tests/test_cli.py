@@ -324,3 +324,13 @@ def test_call_with_the_shipped_caller_graph_hears_its_tone_echoed(repo_root, tmp
     audio, rate = read_wav(heard)
     tail = audio[len(audio) // 3:, 0]
     assert len(audio) > 0.5 * rate and abs(dominant_frequency(tail, rate) - 700) < 5
+
+
+def test_call_refuses_a_parameter_its_call_graph_does_not_declare(repo_root, capsys):
+    # It was ignored: the call went ahead without the value the user meant to set.
+    graph = repo_root / "graphs" / "caller.yaml"
+    assert main(["call", "sip:echo@127.0.0.1:5999", "--graph", str(graph), "-p", "nosuch=1",
+                 "--duration", "1s"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: node 'sip' (sip_endpoint): call graph '{graph}' has no parameter "
+        "'nosuch' (hint: declared: freq, heard)")

@@ -272,8 +272,8 @@ def test_override_of_undeclared_param(tmp_path, capsys):
                     "links: [a -> b]\n")
     assert main(["validate", str(path), "-p", "rat=16000"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "pipeline: error: graph has no parameter 'rat' to override (hint: declared: rate "
-        "(declare it under params:))")
+        f"pipeline: error: {path}: graph has no parameter 'rat' to override (hint: declared: "
+        "rate (declare it under params:))")
 
 
 def _validate(path, capsys):

@@ -209,6 +209,15 @@ class SipEndpoint(Node):
                                   f"'{self.call_graph}' not found",
                                   "write ${graph_dir}/calls/NAME.yaml for a path relative to "
                                   "the graph file")
+        if self.call_graph is not None and self.call_graph_params:
+            from pipeline.loader import declared_params
+
+            declared = declared_params(self.call_graph)
+            unknown = [k for k in self.call_graph_params if k not in declared]
+            if unknown:  # else every call would fail to start (answered 500)
+                raise ParamValueError("call_graph_params", f"call graph '{self.call_graph}' "
+                                      f"has no parameter '{unknown[0]}'", "declared: "
+                                      + (", ".join(declared) or "none"))
         lo, sep, hi = str(self.rtp_port_range).partition("-")
         if not (lo.isdigit() and (not sep or hi.isdigit())
                 and 1024 <= int(lo) <= int(hi or lo) <= 65534):
