@@ -80,6 +80,15 @@ def stop_after_media_ends(msg: Any, seen: set[str]) -> bool:
     return msg.name == "rtp-timeout" and "rtp-latched" in seen
 
 
+def waiting(sock: socket.socket) -> int:
+    """Datagrams queued on a non-blocking socket (read and counted)."""
+    got = 0
+    with contextlib.suppress(BlockingIOError):
+        while sock.recv(2048):
+            got += 1
+    return got
+
+
 def node_stats(result: RunResult, name: str) -> dict[str, Any]:
     return result.stats[name]
 
@@ -266,10 +275,7 @@ def test_a_configured_peers_rtcp_from_another_port_does_not_move_our_reports() -
 
     try:
         result = asyncio.run(main())
-        got = 0
-        with contextlib.suppress(BlockingIOError):
-            while other.recv(2048):
-                got += 1
+        got = waiting(other)
         report = parse_rtcp(rtcp.recv(2048))
     finally:
         for sock in (rtp, rtcp, other):
@@ -467,10 +473,7 @@ def test_rtcp_from_a_stranger_before_latching_does_not_steer_our_reports() -> No
         await until(lambda: node.stats()["rtcp_sent"] >= 3, "a few reports")
         rx.stop()
         result = await rx.result()
-        got = 0
-        with contextlib.suppress(BlockingIOError):
-            while stranger.recv(2048):
-                got += 1
+        got = waiting(stranger)
         stranger.close()
         return result, got
 
@@ -504,10 +507,7 @@ def test_rtcp_from_the_peers_address_but_another_stream_is_dropped() -> None:
         tx_result = await tx.result()
         rx.stop()
         result = await rx.result()
-        got = 0
-        with contextlib.suppress(BlockingIOError):
-            while stranger.recv(2048):
-                got += 1
+        got = waiting(stranger)
         stranger.close()
         return result, got, node_stats(tx_result, "tx")["rtcp_received"]
 
@@ -529,10 +529,7 @@ def test_on_hold_a_session_sends_no_rtp_and_has_no_rtp_timeout() -> None:
             f"direction={direction} rtp_timeout=100ms remote_ip=127.0.0.1 "
             f"remote_port={peer.getsockname()[1]}"))
         result = await s.result()
-        got = 0
-        with contextlib.suppress(BlockingIOError):
-            while peer.recv(2048):
-                got += 1
+        got = waiting(peer)
         peer.close()
         return result, got
 
