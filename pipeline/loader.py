@@ -297,6 +297,7 @@ class Element:
     port: str | None = None
     kind: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    created: bool = False  # an inline node made already: `name` is the graph's full name
 
 
 def _split_ref(token: str) -> tuple[str, str | None]:
@@ -453,6 +454,7 @@ class Builder:
                                          {k: where for k in el.params})
                 el.name = node.name
                 el.kind = None
+                el.created = True
                 return node.name, None
         assert el.name is not None
         if el.name == "parent" and self.prefix:
@@ -477,8 +479,8 @@ class Builder:
                         iport is None and (node.inputs if direction == "in" else node.outputs)):
                     return inode, iport
             raise _err(f"bin '{el.name}' exposes no {direction}put port", where)
-        full = el.name if el.name in self.graph.nodes else self.prefix + el.name
-        return full, el.port
+        # A name in a part or bin is its own node's, even where the host has one so named.
+        return (el.name if el.created else self.prefix + el.name), el.port
 
     def add_chain(self, elements: list[Element], where: Where, feedback: bool = False) -> None:
         for a, b in zip(elements, elements[1:], strict=False):

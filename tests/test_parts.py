@@ -274,3 +274,30 @@ def test_a_call_graph_file_is_parsed_once_until_it_changes(tmp_path, monkeypatch
     add_part(g, path, "call-3/")
     assert parses.count(str(path)) == 2
     assert g.nodes["call-3/t"].freq == 1000.0
+
+
+def test_names_in_a_part_or_bin_are_its_own_where_the_host_has_the_same(tmp_path):
+    # A bin's `g -> t` was wired to the host's node `t` (a tone: "has no input ports"),
+    # and a part's likewise: a server whose graph and call graph share a node name failed.
+    from pipeline.testing import run_graph
+
+    (tmp_path / "quiet.yaml").write_text(
+        "nodes: {g: {type: gain, gain: -6dB}, t: {type: tee}}\n"
+        "links: [g -> t]\nexpose: {in: g.in, out: t.out_0}\n")
+    host = load_graph_text(
+        "nodes:\n  t: {type: tone, freq: 440, rate: 8000, duration: 0.2s}\n"
+        f"  b: {{type: {tmp_path / 'quiet.yaml'}}}\n  o: {{type: frame_sink}}\n"
+        "links: [t -> b -> o]\n", str(tmp_path / "host.yaml"))
+    out = run_graph(host).graph.nodes["o"].audio()
+    tone = run_graph("tone freq=440 rate=8000 duration=0.2s ! frame_sink name=o",
+                     launch=True).graph.nodes["o"].audio()
+    assert len(out) == 1600 and np.abs(out.astype(int) - np.rint(tone * 10 ** (-6 / 20)).astype(int)
+                                       ).max() <= 1
+    (tmp_path / "part.yaml").write_text(
+        "nodes: {t: {type: tone, freq: 700, rate: 8000, duration: 0.2s}, "
+        "o: {type: null_sink}}\nlinks: [t -> o]\n")
+    g = load_graph_text("nodes: {t: {type: tone, rate: 8000, duration: 0.2s}, "
+                        "o: {type: null_sink}}\nlinks: [t -> o]\n")
+    names = add_part(g, tmp_path / "part.yaml", "call-1/")
+    assert sorted(names) == ["call-1/o", "call-1/t"]
+    assert {(ln.src, ln.dst) for ln in g.links} == {("t", "o"), ("call-1/t", "call-1/o")}
