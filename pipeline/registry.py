@@ -25,6 +25,9 @@ log = logging.getLogger("pipeline.registry")
 ENTRY_POINT_GROUP = "voip_pipeline"
 HOOKS = tuple(n for n in dir(hookspecs) if n.startswith("register_"))
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
+# What every codec description carries (plugins.codecs.base.CodecInfo; sdp_channels optional).
+_CODEC_FIELDS = ("name", "encoding_name", "clock_rate", "channels", "sample_rate",
+                 "payload_type", "encoder_kind", "decoder_kind")
 # A parameter is a plain instance attribute: named like one of these it would shadow the
 # framework's own (a method, `name`, `kind`) or clash with the constructor's `name`.
 _NODE_NAMES = frozenset(dir(Node)) | frozenset(Node.__slots__)
@@ -65,6 +68,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.node_types: dict[str, type[Node]] = {}
         self.codecs: dict[str, Any] = {}
+        self._owners: dict[tuple[str, str], str] = {}  # (what, name) -> plugin
         self.payload_formats: dict[str, Any] = {}
         self.broken: list[BrokenPlugin] = []
         if builtins:
@@ -128,6 +132,8 @@ class Registry:
                 self.node_types[cls.kind] = cls
         self.codecs.update((c.name, c) for c in codecs)
         self.payload_formats.update((f.name, f) for f in formats)
+        self._owners.update({**{("codec", c.name): name for c in codecs},
+                             **{("payload format", f.name): name for f in formats}})
 
     def _collect(self, module: Any, name: str, who: str) -> tuple[list, list, list]:
         """What a freshly registered plugin provides, checked; raises PluginError."""
@@ -149,12 +155,26 @@ class Registry:
                     f"and {cls.__qualname__}", hint="give each class its own kind")
         codecs = self._provided(self.pm.hook.register_codecs, name, who)
         formats = self._provided(self.pm.hook.register_payload_formats, name, who)
-        for what, items, like in (("codec", codecs, "plugins.codecs.base.CodecInfo"),
-                                  ("payload format", formats, "plugins.rtp.payload.PayloadFormat")):
+        for what, items, like, have in (
+                ("codec", codecs, "plugins.codecs.base.CodecInfo", self.codecs),
+                ("payload format", formats, "plugins.rtp.payload.PayloadFormat",
+                 self.payload_formats)):
             for item in items:
                 if not isinstance(getattr(item, "name", None), str):
                     raise PluginError(f"{who} registers {what} {item!r}, which has no name",
                                       hint=f"return objects like {like}")
+                old = have.get(item.name)
+                if old is not None and old is not item:  # else one would silently win
+                    raise PluginError(
+                        f"{what} '{item.name}' is registered by both plugin "
+                        f"'{self._owners.get((what, item.name), '?')}' and plugin '{name}'",
+                        hint="rename it in one of the plugins, or uninstall one")
+        for item in codecs:
+            missing = [f for f in _CODEC_FIELDS if not hasattr(item, f)]
+            if missing:  # the SIP plugin and rtp_session read them all
+                raise PluginError(f"{who} registers codec '{item.name}' without "
+                                  f"{', '.join(missing)}",
+                                  hint="return plugins.codecs.base.CodecInfo objects")
         return node_types, codecs, formats
 
     @staticmethod

@@ -61,6 +61,38 @@ def test_duplicate_kind_names_both_plugins():
                                "'plugins.generators' and plugin 'my-plugin'")
 
 
+def test_a_codec_or_payload_format_of_another_plugin_is_not_replaced():
+    # An installed plugin's "pcmu" silently replaced the built-in one: a default
+    # sip_endpoint stopped offering PCMU, blaming a missing codecs plugin.
+    from plugins.codecs.base import CodecInfo
+    from plugins.rtp.payload import PayloadFormat
+
+    reg = Registry(entry_points=False)
+    pcmu = reg.codecs["pcmu"]
+    for hook, item, what in (
+            ("register_codecs", CodecInfo("pcmu", "PCMU", 8000, 1, 8000, 0, "fast_encoder",
+                                          "fast_decoder"), "codec"),
+            ("register_payload_formats", PayloadFormat("opus", "RFC 7587"), "payload format")):
+        mod = types.ModuleType("dupe")
+        setattr(mod, hook, hookimpl(lambda item=item: [item]))
+        with pytest.raises(PluginError) as e:
+            reg.register(mod, "dupe")
+        assert e.value.message == (f"{what} '{item.name}' is registered by both plugin "
+                                   f"'plugins.{'codecs' if what == 'codec' else 'rtp'}' and "
+                                   "plugin 'dupe'")
+    assert reg.codecs["pcmu"] is pcmu and "dupe" not in reg.pm.list_name_plugin()
+
+
+def test_a_codec_without_the_fields_sip_and_rtp_read_is_refused_at_load():
+    mod = types.ModuleType("thin")
+    mod.register_codecs = hookimpl(lambda: [types.SimpleNamespace(name="thin")])
+    reg = Registry(entry_points=False)
+    with pytest.raises(PluginError, match=r"plugin 'thin' registers codec 'thin' without "
+                       r"encoding_name, clock_rate, channels, sample_rate, payload_type, "
+                       r"encoder_kind, decoder_kind"):
+        reg.register(mod, "thin")
+
+
 def test_a_plugin_may_implement_fewer_hooks():
     reg = Registry(entry_points=False)
     reg.register(types.ModuleType("empty"), "empty")  # no hooks at all: fine
