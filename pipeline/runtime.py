@@ -618,6 +618,13 @@ class Runtime:
                     stopped_by = "duration"
                     break
                 if not self._clocked:
+                    if virtual and not self._io_tasks:
+                        # Offline only ticks move a graph: with nothing ticked and no I/O,
+                        # no node will ever run (a source that forgot `clocked = True`).
+                        raise PipelineError(
+                            "no node of the graph is clocked or does I/O: nothing will run",
+                            hint="a source node sets clocked = True and emits from tick() "
+                                 "(docs/plugins.md)")
                     # An I/O-only graph: wait for EOS, a stop or the duration.
                     if self._io_tasks and all(t.done() for t in self._io_tasks.values()):
                         log.warning("every I/O task has ended, and end-of-stream has not "

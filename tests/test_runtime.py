@@ -273,3 +273,28 @@ def test_a_run_bounded_by_duration_is_never_called_stalled():
     g.nodes["m"].event = lambda port, event: None
     r = run_graph(g, stats=False, duration=15.0)
     assert r.stopped_by == "duration" and r.media_time == pytest.approx(15.0)
+
+
+def test_an_offline_graph_where_nothing_is_clocked_says_so():
+    # A source that forgot `clocked = True` hung the run with no word.
+    from pipeline.errors import PipelineError
+
+    class Unclocked(Node):
+        kind = "unclocked_source"
+        outputs = (Port("out", (Format.audio("pcm_s16", 8000, 1),), "audio"),)
+
+        def negotiate(self, inputs, downstream):
+            return {"out": Format.audio("pcm_s16", 8000, 1)}
+
+        def tick(self, now):
+            self.send_eos()
+
+    g = Graph("g")
+    g.add(Unclocked("src"))
+    g.create("null_sink", "out")
+    g.link("src", None, "out", None)
+    with pytest.raises(PipelineError) as e:
+        run_graph(g)
+    assert str(e.value) == ("no node of the graph is clocked or does I/O: nothing will run "
+                            "(hint: a source node sets clocked = True and emits from tick() "
+                            "(docs/plugins.md))")
