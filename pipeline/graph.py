@@ -143,6 +143,10 @@ class Graph:
                              f"{type(e).__name__}: {e}", **_loc(where),
                              hint=f"a bug in plugin '{cls.plugin or '?'}' "
                              "(--debug shows where)") from e
+        if not hasattr(node, "counters"):  # else an AttributeError far from the cause
+            raise GraphError(f"node '{name}' ({kind}) was not set up: its __init__ does not "
+                             "call super().__init__(name, **params)", **_loc(where),
+                             hint=f"a bug in plugin '{cls.plugin or '?'}'")
         for p, w in param_where.items():
             self.param_where[(name, p)] = w
         return self.add(node, node_where or where)

@@ -386,3 +386,26 @@ def test_declarations_that_are_fine():
     reg = Registry(entry_points=False)
     reg.register(_hooks("x", register_node_types=lambda: [cls]), "x")
     assert reg.node_types["reg_check"] is cls
+
+
+def test_a_node_whose_init_skips_the_base_class_is_named():
+    # It was "internal error: AttributeError: 'NoSuper' object has no attribute 'name'".
+    from pipeline.errors import GraphError
+    from pipeline.graph import Graph
+
+    class NoSuper(Node):
+        """Forgets super().__init__."""
+
+        kind = "no_super_test"
+        plugin = "mine"
+
+        def __init__(self, name: str, **params) -> None:
+            pass
+
+    reg = Registry(entry_points=False)
+    reg.node_types["no_super_test"] = NoSuper
+    with pytest.raises(GraphError) as e:
+        Graph("g", registry=reg).create("no_super_test", "x")
+    assert str(e.value) == ("node 'x' (no_super_test) was not set up: its __init__ does not "
+                            "call super().__init__(name, **params) (hint: a bug in plugin "
+                            "'mine')")
