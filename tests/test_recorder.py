@@ -272,3 +272,44 @@ def test_a_file_where_a_folder_should_be_and_a_nul_are_named(in_tmp):
                         "\nlinks: [t -> rec]\n", "g.yaml")
     assert str(e.value) == ("g.yaml:1:58: node 'rec' (wav_recorder): cannot write 'a\\x00b.wav': "
                             "a path cannot hold a NUL character (hint: remove it)")
+
+
+def test_frames_of_another_type_than_negotiated_name_their_sender(in_tmp, tmp_path):
+    # float64 frames into a 16-bit recording made an 8 s file of noise from 2 s, exit 0.
+    (tmp_path / "f64.py").write_text('''
+import numpy as np
+from pipeline.frames import AudioFrame
+from pipeline.formats import Format
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class ToF64(Node):
+    """Passes audio on as float64 after five frames, which it never negotiated."""
+    kind = "to_f64"
+    inputs = (Port("in", (Format.audio(),)),)
+    outputs = (Port("out", (Format.audio(),)),)
+    def start(self):
+        self.n = 0
+    def process(self, port, frame):
+        self.n += 1
+        data = frame.data.astype(np.float64) if self.n > 5 else frame.data
+        self.emit("out", AudioFrame(data, frame.rate, frame.pts))
+
+@hookimpl
+def register_node_types():
+    return [ToF64]
+''')
+    (tmp_path / "g.yaml").write_text(f"""
+plugins: [f64.py]
+nodes:
+  src: {{type: tone, rate: 8000, duration: 2s}}
+  x: {{type: to_f64}}
+  rec: {{type: wav_recorder, path: {in_tmp}/f64.wav}}
+links: [src -> x -> rec]
+""")
+    with pytest.raises(NodeError) as e:
+        run_graph(tmp_path / "g.yaml")
+    assert str(e.value).startswith("node 'x': sends float64 frames shaped (160, 1) where it "
+                                   "negotiated audio/pcm_s16 8000 Hz 1 ch (hint: a plugin bug")
+    audio, rate = read_wav(in_tmp / "f64.wav")
+    assert rate == 8000 and len(audio) == 5 * 160  # what came right is kept, playable

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.clock import TickSamples
-from pipeline.errors import GraphError, ParseError
+from pipeline.errors import GraphError, NodeError, ParseError
 from pipeline.formats import Format
 from pipeline.frames import AudioFrame
 from pipeline.node import Node, Port
@@ -326,6 +326,7 @@ class WavRecorder(Node):
         self.pending_bytes = 0
         self.limit_bytes = self.rate * self.channels * 2  # at most ~1 s of audio buffered
         self.last_flush = time.monotonic()
+        self._dtype = np.dtype(np.int16 if fmt.value("encoding") == "pcm_s16" else np.float32)
         try:
             self.writer = WavWriter(self.path, self.rate, self.channels, fmt.value("encoding"))
         except OSError as e:
@@ -335,11 +336,23 @@ class WavRecorder(Node):
         if self.failed:
             self.counters.drops += 1
             return
-        self.pending.append(frame.data.tobytes())
+        data = frame.data
+        if data.dtype != self._dtype or data.ndim != 2 or data.shape[1] != self.channels:
+            self._wrong_frame(data)  # else the file fills with noise of the wrong length
+        self.pending.append(data.tobytes())
         self.pending_bytes += frame.data.nbytes
         if self.pending_bytes >= self.limit_bytes or (
                 time.monotonic() - self.last_flush >= self.flush_interval):
             self.flush()
+
+    def _wrong_frame(self, data: np.ndarray) -> None:
+        fmt = self.in_formats["in"]
+        src = next((ln.src for ln in self.graph.links_of(self.name) if ln.dst == self.name),
+                   "?") if self.graph is not None else "?"
+        raise NodeError(f"sends {data.dtype} frames shaped {data.shape} where it negotiated "
+                        f"{fmt}", node=src, hint="a plugin bug: emit the format negotiate() "
+                        "returned (int16 for pcm_s16, float32 for pcm_f32, shaped (samples, "
+                        "channels))")
 
     def flush(self) -> None:
         if not self.pending or self.failed:
