@@ -35,9 +35,21 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return dict(parse_override(p) for p in pairs)
 
 
+def load_plugins(paths: list[str], registry: Any = None) -> None:
+    """`--plugin FILE.py`: local plugin modules, as a graph file's `plugins:` names them, for
+    a launch line (which has no `plugins:`) and for `inspect`."""
+    from .registry import get_registry
+
+    for path in paths:
+        if not path.endswith(".py"):
+            raise UsageError(f"--plugin {path}: not a .py file", hint="--plugin ./my_nodes.py")
+        (registry or get_registry()).load_file(path)
+
+
 def build_graph(args: argparse.Namespace) -> Graph:
     from .loader import load_graph, parse_launch
 
+    load_plugins(getattr(args, "plugin", []))
     if getattr(args, "expr", None):
         if args.params:
             raise UsageError("-p does not apply to -e launch lines",
@@ -136,6 +148,7 @@ def _call_graph(args: argparse.Namespace) -> Graph:
     if getattr(args, "expr", None) or not args.file:
         raise UsageError("--call checks a call graph file", hint="pipeline validate --call "
                          "FILE.yaml [-p call.codec=opus]")
+    load_plugins(args.plugin)
     overrides = _overrides(args.params)
     given = {k[5:]: overrides.pop(k) for k in list(overrides) if k.startswith("call.")}
     video = given.get("video_codec")
@@ -169,6 +182,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .registry import Registry, get_registry
 
     reg = Registry(entry_points=False) if args.builtin else get_registry()
+    load_plugins(args.plugin, reg)
     if args.markdown:
         print(markdown_reference(reg.node_types))
         return 0
@@ -288,6 +302,12 @@ def make_parser() -> argparse.ArgumentParser:
                              'path=a.wav"')
         sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
                         help="override a graph parameter (repeatable)")
+        plugin_arg(sp)
+
+    def plugin_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="load a local plugin module, as a graph's plugins: does "
+                             "(repeatable)")
 
     sp = sub.add_parser("launch", help="run a graph")
     graph_args(sp)
@@ -315,6 +335,7 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--schema", action="store_true", help="print the JSON schema of graphs")
     sp.add_argument("--builtin", action="store_true",
                     help="only the built-in plugins (not installed third-party ones)")
+    plugin_arg(sp)
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("draw", help="draw a graph (.svg/.png/.pdf with Graphviz, or .dot)")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from pipeline.cli import main
@@ -334,3 +335,35 @@ def test_call_refuses_a_parameter_its_call_graph_does_not_declare(repo_root, cap
     assert capsys.readouterr().err.strip() == (
         f"pipeline: error: node 'sip' (sip_endpoint): call graph '{graph}' has no parameter "
         "'nosuch' (hint: declared: freq, heard)")
+
+
+def test_a_launch_line_and_inspect_load_local_plugins(tmp_path, capsys):
+    # A launch line has no plugins: list; nothing could load a local module for it.
+    (tmp_path / "quiet.py").write_text('''
+from pipeline.hookspecs import hookimpl
+from pipeline.params import Decibels, Param
+from plugins.basic.nodes import Gain
+
+class Quiet(Gain):
+    """Gain at -20 dB by default."""
+    kind = "quiet_local"
+    gain = Param(Decibels, -20.0, "gain in dB")
+
+@hookimpl
+def register_node_types():
+    return [Quiet]
+''')
+    plugin = str(tmp_path / "quiet.py")
+    out = tmp_path / "q.wav"
+    assert main(["launch", "-q", "--plugin", plugin, "-e",
+                 f"tone rate=8000 duration=0.2s ! quiet_local ! wav_recorder path={out}"]) == 0
+    audio, _ = read_wav(out)
+    assert main(["launch", "-q", "-e", f"tone rate=8000 duration=0.2s ! wav_recorder "
+                 f"path={tmp_path / 'loud.wav'}"]) == 0
+    loud, _ = read_wav(tmp_path / "loud.wav")
+    ratio = np.abs(audio).max() / np.abs(loud).max()
+    assert len(audio) == len(loud) == 1600 and abs(ratio - 0.1) < 0.002  # -20 dB
+    assert main(["inspect", "--plugin", plugin, "quiet_local"]) == 0
+    assert capsys.readouterr().out.startswith(f"quiet_local  (plugin {tmp_path / 'quiet.py'}")
+    assert main(["launch", "--plugin", str(tmp_path / "quiet.txt"), "-e", "tone ! null_sink"]
+                ) == 2
