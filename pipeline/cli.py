@@ -129,7 +129,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not args.quiet:
         speed = result.media_time / result.wall_time if result.wall_time > 0 else 0.0
         print(f"pipeline: '{graph.name}' ran {result.media_time:.2f}s of media in "
-              f"{result.wall_time:.2f}s ({speed:.0f}x real time), ended by {result.stopped_by}",
+              f"{result.wall_time:.2f}s ({speed:.{0 if speed >= 10 else 2}f}x real time), "
+              f"ended by {result.stopped_by}",
               file=sys.stderr)
     if args.stats:
         print(format_stats(result.stats))

@@ -33,6 +33,9 @@ class VirtualClock:
         return self.now
 
 
+WARN_EVERY_S = 10.0  # the least time between two of the clock's warnings
+
+
 class RealtimeClock:
     """Paced from an absolute start time, so sleep errors never accumulate. `start_at`: the
     media time reached already (a graph whose device clock went away resumes from there).
@@ -54,6 +57,8 @@ class RealtimeClock:
         self.max_lag = max_lag
         self.late_ticks = 0  # ticks that were due already (caught up, or resynchronised)
         self.resyncs = 0
+        self._warned_at = -WARN_EVERY_S
+        self._warned_resyncs = 0
         self.skipped = 0.0  # wall seconds skipped by resynchronising
 
     async def wait_until(self, t: float) -> None:
@@ -66,9 +71,17 @@ class RealtimeClock:
                 self.start -= delay
                 self.resyncs += 1
                 self.skipped -= delay
-                log.warning("real-time clock %.0f ms behind: resynchronised, that time is "
-                            "skipped rather than caught up (the process was stalled or "
-                            "overloaded)", -delay * 1000.0)
+                now = self._monotonic()
+                if now - self._warned_at >= WARN_EVERY_S:  # a node slower than real time
+                    # would say so every tick: once now, then a count every WARN_EVERY_S
+                    self._warned_at = now
+                    more = self.resyncs - self._warned_resyncs - 1
+                    self._warned_resyncs = self.resyncs
+                    log.warning("real-time clock %.0f ms behind: resynchronised, that time is "
+                                "skipped rather than caught up (the process was stalled or "
+                                "overloaded%s; --stats shows each node's CPU time)",
+                                -delay * 1000.0,
+                                f"; {more} more times since the last warning" if more else "")
             if self.late_ticks % 16 == 0:
                 await asyncio.sleep(0)
         self.now = t

@@ -82,3 +82,20 @@ def test_a_graph_stalled_in_real_time_goes_on_at_the_pace_of_the_wall(caplog):
     # have run the 15 remaining ticks back to back, each one late.
     assert clock.late_ticks < 8
     assert "resynchronised" in caplog.text
+
+
+def test_a_node_slower_than_real_time_is_warned_of_once_in_a_while(caplog):
+    # A tick that sleeps 0.1 s per 20 ms period printed a warning every period, also with -q.
+    fake = FakeTime()
+    clock = _clock(fake)
+
+    async def run(ticks: int) -> None:
+        for _ in range(ticks):
+            fake.now += 0.6  # each tick finds the clock 0.6 s behind
+            await clock.wait_until(clock.now + 0.02)
+
+    with caplog.at_level("WARNING", logger="pipeline.clock"):
+        asyncio.run(run(30))  # 18 s of wall time
+    warnings = [r.getMessage() for r in caplog.records]
+    assert clock.resyncs == 30 and len(warnings) == 2
+    assert "16 more times since the last warning" in warnings[1]
