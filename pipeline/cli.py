@@ -152,8 +152,9 @@ def _call_graph(args: argparse.Namespace) -> Graph:
     load_plugins(args.plugin)
     overrides = _overrides(args.params)
     given = {k[5:]: overrides.pop(k) for k in list(overrides) if k.startswith("call.")}
-    video = given.get("video_codec")
-    values = example_call_values(str(given.get("codec", "pcmu")).lower(),
+    # The codecs pick the rest of the values (and are given as registered: opus, not OPUS).
+    video = given.pop("video_codec", None)
+    values = example_call_values(str(given.pop("codec", "pcmu")).lower(),
                                  None if video is None else str(video)) | given
     return load_graph(args.file, overrides, call=values)
 

@@ -14,19 +14,30 @@ import asyncio
 import random
 import socket
 import subprocess
+import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import ROOT, require_tool, until
 
+import pipeline.registry
 import plugins.rtp
+from pipeline.formats import Format
 from pipeline.graph import Graph
+from pipeline.hookspecs import hookimpl
 from pipeline.loader import load_graph_text
-from pipeline.registry import get_registry
+from pipeline.node import Port
+from pipeline.registry import Registry, get_registry
 from pipeline.runtime import RunResult, Runtime
 from pipeline.testing import dominant_frequency, read_wav
+from plugins.codecs.base import CodecInfo, Decoder, Encoder
+from plugins.codecs.g711 import G711Decoder, G711Encoder
+from plugins.codecs.nodes import PcmuDecoder, PcmuEncoder
+from plugins.rtp.payload import PayloadFormat
 from plugins.sip.message import SipMessage, StreamFramer
 
 # The rtp family registers through the same hook as every plugin (a no-op once
@@ -139,14 +150,14 @@ def _recorded_ms(rec) -> float:
     return done / 2 / rec.rate * 1000 if getattr(rec, "rate", 0) else 0.0
 
 def server_yaml(listen: str = "udp:127.0.0.1:0", codecs: str = "[pcmu, telephone-event]",
-                extra: str = "") -> str:
+                extra: str = "", call_graph: Path = ECHO) -> str:
     return f"""
 nodes:
   sip:
     type: sip_endpoint
     listen: {listen}
     user: echo
-    call_graph: {ECHO}
+    call_graph: {call_graph}
     codecs: {codecs}
     rtp_port_range: 32000-32999
 {extra}
@@ -588,5 +599,201 @@ def test_validate_call_values_are_those_of_a_real_call(tmp_path, codec):
     example = example_call_values(codec)
     assert set(example) == set(real)
     # (dynamic payload type numbers are the offerer's choice)
-    for key in ("codec", "clock_rate", "rate", "channels", "ptime", "direction"):
+    for key in ("codec", "encoder", "decoder", "clock_rate", "rate", "channels", "ptime",
+                "direction"):
         assert example[key] == real[key], key
+
+
+# ---- a third party's codec -------------------------------------------------------------------
+# A plugin's codec as the SIP plugin sees it: its registry name is not its SDP encoding name,
+# its PCM rate (16 kHz) is not its RTP clock (8 kHz). The first follows the NAME_encoder /
+# NAME_decoder convention (the shipped call graphs can run it); the second has other node
+# kinds and a description with only the fields docs/plugins.md requires (no sdp_channels).
+class _HalvedPcmu(Encoder):
+    """PCMU of 16 kHz PCM taken down to 8 kHz (the mean of each pair of samples)."""
+
+    def __init__(self) -> None:
+        self._g711 = G711Encoder("pcmu")
+        self.codec = self._g711.codec
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        wide = pcm.astype(np.int32)
+        return self._g711.encode(((wide[0::2] + wide[1::2]) // 2).astype(np.int16))
+
+
+class _DoubledPcmu(Decoder):
+    """PCMU decoded and brought up to 16 kHz (each sample twice)."""
+
+    def __init__(self) -> None:
+        self._g711 = G711Decoder("pcmu")
+        self.codec = self._g711.codec
+
+    def decode(self, payload: bytes, out: np.ndarray | None = None) -> np.ndarray:
+        return np.repeat(self._g711.decode(payload), 2, axis=0)
+
+
+def _wide_pcmu_nodes(codec: str, encoder_kind: str, decoder_kind: str) -> list[type]:
+    class WideEncoder(PcmuEncoder):
+        """16 kHz PCM to PCMU payloads on an 8 kHz RTP clock."""
+
+        kind = encoder_kind
+        codec_name = codec
+        inputs = (Port("in", (Format.audio("pcm_s16", 16000, 1),), "PCM 16 kHz mono"),)
+        outputs = (Port("out", (Format.encoded(codec, 8000, 1),), "payloads, one per ptime"),)
+
+        def pcm_caps(self) -> Format:
+            return Format.audio("pcm_s16", 16000, 1)
+
+        def clock_rate_for(self, rate: int) -> int:
+            return rate // 2
+
+        def make_encoder(self, rate: int, channels: int) -> Encoder:
+            return _HalvedPcmu()
+
+    class WideDecoder(PcmuDecoder):
+        """Payloads on an 8 kHz RTP clock to 16 kHz PCM."""
+
+        kind = decoder_kind
+        codec_name = codec
+        inputs = (Port("in", (Format.encoded(codec, 8000, 1),), "payloads"),)
+        outputs = (Port("out", (Format.audio("pcm_s16", 16000, 1),), "PCM 16 kHz mono"),)
+
+        def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
+            return 16000, 1
+
+        def make_decoder(self, rate: int, channels: int) -> Decoder:
+            return _DoubledPcmu()
+
+    return [WideEncoder, WideDecoder]
+
+
+@dataclass(frozen=True)
+class BareCodec:
+    """A codec description with just the fields docs/plugins.md requires."""
+
+    name: str
+    encoding_name: str
+    clock_rate: int
+    channels: int
+    sample_rate: int
+    payload_type: int | None
+    encoder_kind: str
+    decoder_kind: str
+
+
+PLUGIN_CODECS = (
+    CodecInfo("wide_pcmu", "X-WPCMU", 8000, 1, 16000, None, "wide_pcmu_encoder",
+              "wide_pcmu_decoder"),
+    BareCodec("odd_pcmu", "X-OPCMU", 8000, 1, 16000, None, "opcmu_squeeze", "opcmu_stretch"),
+)
+
+
+@pytest.fixture
+def plugin_codecs(monkeypatch) -> Registry:
+    """The process-wide registry, for this test only, with a plugin that adds PLUGIN_CODECS."""
+    module = types.ModuleType("wide_pcmu_plugin")
+
+    @hookimpl
+    def register_node_types():
+        return [cls for c in PLUGIN_CODECS
+                for cls in _wide_pcmu_nodes(c.name, c.encoder_kind, c.decoder_kind)]
+
+    @hookimpl
+    def register_codecs():
+        return list(PLUGIN_CODECS)
+
+    @hookimpl
+    def register_payload_formats():
+        return [PayloadFormat(c.name, "test", lambda p, ch: len(p) // ch) for c in PLUGIN_CODECS]
+
+    module.register_node_types = register_node_types
+    module.register_codecs = register_codecs
+    module.register_payload_formats = register_payload_formats
+    registry = Registry(entry_points=False)
+    registry.register(module, "wide-pcmu-test")
+    monkeypatch.setattr(pipeline.registry, "_default", registry)
+    return registry
+
+
+def _by_kinds(graph_text: str) -> str:
+    """A call graph that builds the codec's own node kinds, ${call.encoder}/${call.decoder}."""
+    return graph_text.replace('"${call.codec}_encoder"', '"${call.encoder}"').replace(
+        '"${call.codec}_decoder"', '"${call.decoder}"')
+
+
+def test_builtin_and_plugin_codecs_are_mapped_back_from_sdp(plugin_codecs):
+    # Whatever spelling the peer uses (RFC 4855 section 3), the agreed format is the
+    # registered codec: its name, PCM rate and node kinds; built-in names are unchanged.
+    from types import SimpleNamespace
+
+    from plugins.sip.nodes import call_values, example_call_values, sdp_codec
+    from plugins.sip.offer_answer import Codec, answer, build_offer, negotiated
+
+    infos = list(plugin_codecs.codecs.values())
+    assert {"pcmu", "pcma", "g722", "opus", "l16", "wide_pcmu", "odd_pcmu"} <= {
+        i.name for i in infos}
+    dtmf = Codec.named("telephone-event")
+    call = SimpleNamespace(call_id="c", number=1, direction="in", caller="a", callee="b",
+                           rtp_port=30000)
+    for info in infos:
+        ours = sdp_codec(info)
+        theirs = Codec(ours.name.swapcase(), ours.clock_rate, ours.channels, ours.payload_type)
+        offer = build_offer([theirs, dtmf], "127.0.0.1", 40000)
+        answer_sdp, answered = answer(offer, [ours, dtmf], "127.0.0.1", 30000)
+        for media in (answered, negotiated(offer, answer_sdp)):
+            values = call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0,
+                                 codecs=infos)
+            assert (values["codec"], values["rate"], values["encoder"], values["decoder"]) == (
+                info.name, info.sample_rate, info.encoder_kind, info.decoder_kind), info.name
+            if info not in PLUGIN_CODECS:  # a built-in: the name it always had
+                assert values["codec"] == media.encoding
+        example = example_call_values(info.name)
+        for key in ("codec", "encoder", "decoder", "clock_rate", "rate", "channels", "ptime"):
+            assert example[key] == values[key], (info.name, key)
+
+
+@pytest.mark.parametrize("codec", [c.name for c in PLUGIN_CODECS])
+def test_plugin_codec_call_audio_flows_with_its_name_rate_and_kinds(tmp_path, plugin_codecs,
+                                                                    codec):
+    # A plugin author's G726 (name g726, SDP G726-32) was refused 500: "unknown node type
+    # 'g726-32_decoder'"; and a 16 kHz codec on an 8 kHz clock got ${call.rate} 8000.
+    from plugins.sip.nodes import example_call_values
+
+    info = plugin_codecs.codecs[codec]
+    echo = ECHO  # the shipped echo graph runs a codec whose kinds follow NAME_encoder
+    if info.encoder_kind != f"{codec}_encoder":
+        echo = tmp_path / "echo.yaml"
+        echo.write_text(_by_kinds(ECHO.read_text()))
+
+    async def main() -> tuple[dict, dict]:
+        (tmp_path / "caller.yaml").write_text(_by_kinds(CALLER_GRAPH))
+        codecs = f"[{codec}, telephone-event]"
+        server = Endpoint(server_yaml(codecs=codecs, call_graph=echo))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      codecs, extra="    hangup_after: 1.2s\n"))
+        est = await server.wait("call-established")
+        assert est.data["codec"] == codec, server.names("error")
+        await caller.wait("call-established", codec=codec)
+        (served,) = server.node.part_values.values()
+        (placed,) = caller.node.part_values.values()
+        await caller.result()
+        await server.wait("call-ended")
+        await until(lambda: server.part_nodes() == [], "the server's call graph to go")
+        assert server.names("error") == []
+        await server.stop()
+        return served, placed
+
+    served, placed = asyncio.run(main())
+    for values in (served, placed):  # the answerer's and the offerer's
+        assert (values["codec"], values["encoder"], values["decoder"]) == (
+            codec, info.encoder_kind, info.decoder_kind)
+        assert (values["rate"], values["clock_rate"], values["channels"]) == (16000, 8000, 1)
+        assert values["payload_type"] >= 96
+    example = example_call_values(codec)  # what `pipeline validate --call` fills in
+    assert set(example) == set(served)
+    for key in ("codec", "encoder", "decoder", "clock_rate", "rate", "channels", "ptime",
+                "direction"):
+        assert example[key] == served[key], key
+    assert heard(tmp_path)[1] == 16000
+    check_tone(tmp_path, 1.2)

@@ -294,6 +294,7 @@ def sample_call(codec: str) -> dict[str, Any]:
             "remote_rtp_ip": "127.0.0.1", "remote_rtp_port": 40000,
             "remote_address": "127.0.0.1", "remote_rtcp_port": 40001,
             "local_rtp_ip": "127.0.0.1", "local_rtp_port": 30000, "codec": codec,
+            "encoder": f"{codec}_encoder", "decoder": f"{codec}_decoder",
             "payload_type": pt, "local_payload_type": pt, "clock_rate": clock, "rate": rate,
             "channels": 1, "ptime": 20, "ptime_ms": 20, "dtmf_payload_type": 101,
             "direction": "sendrecv", "rtp_timeout": 30.0}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from . import ua as sipua
-from .offer_answer import Codec, NegotiatedMedia, NegotiatedVideo, video_codec
+from .offer_answer import Codec, NegotiatedMedia, NegotiatedVideo, packet_time, video_codec
 from .transport import ListenSpec, SipTransport, client_context, server_context
 
 log = logging.getLogger("plugins.sip")
@@ -39,10 +40,45 @@ _BIND_TRIES = 3  # RTP ports tried for an incoming call whose call graph cannot 
 _DTMF = "telephone-event"  # RFC 4733: no codec nodes, the rtp_session sends and reads it
 
 
+def sdp_codec(info: Any) -> Codec:
+    """The SDP payload format (`a=rtpmap`) a registered codec description is offered and
+    accepted as. `sdp_channels` is optional (docs/plugins.md): without it, `channels`."""
+    return Codec(info.encoding_name, info.clock_rate, _sdp_channels(info), info.payload_type)
+
+
+def _sdp_channels(info: Any) -> int:
+    return getattr(info, "sdp_channels", None) or info.channels
+
+
+def codec_info(media: NegotiatedMedia, codecs: Iterable[Any]) -> Any | None:
+    """The registered codec description a call agreed on: the first of `codecs` (the
+    endpoint's, in its order) whose SDP format is the negotiated one: encoding name in any
+    case (RFC 4855 section 3), clock rate and channels (Opus is always 2: RFC 7587 section 7).
+    None when none is (the negotiation only agrees on formats built from `codecs`)."""
+    name = media.codec.lower()
+    for info in codecs:
+        if str(info.encoding_name).lower() == name and info.clock_rate == media.clock_rate \
+                and (name == "opus" or _sdp_channels(info) == media.channels):
+            return info
+    return None
+
+
 def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
-                rtp_timeout: float) -> dict[str, Any]:
+                rtp_timeout: float, codecs: Iterable[Any]) -> dict[str, Any]:
     """The `${call.*}` values of a call graph (docs/sip.md). Header-derived texts are
-    `safe_token`s, so they can go into file names."""
+    `safe_token`s, so they can go into file names.
+
+    The codec values come from the registered description (`codecs`, see `codec_info`) of
+    the agreed SDP format: `codec` is its `name` (which node formats and `rtp_session` use,
+    not the SDP encoding name), `rate` its `sample_rate` (not the RTP clock), `encoder` and
+    `decoder` its node kinds."""
+    info = codec_info(media, codecs)
+    if info is None:  # not a registered format (no caller does this): what SDP says
+        name, rate = media.encoding, media.sample_rate_hz
+        encoder, decoder = f"{name}_encoder", f"{name}_decoder"
+    else:
+        name, rate = info.name, info.sample_rate
+        encoder, decoder = info.encoder_kind, info.decoder_kind
     values: dict[str, Any] = dict(media.call_params())
     values.update({
         "call_id": sipua.safe_token(call.call_id),
@@ -54,11 +90,13 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
         "remote_rtp_port": media.remote_rtp_port,
         "local_rtp_ip": local_ip,
         "local_rtp_port": call.rtp_port,
-        "codec": media.encoding,
+        "codec": name,
+        "encoder": encoder,
+        "decoder": decoder,
         "payload_type": media.payload_type,
         "local_payload_type": media.local_payload_type,
         "clock_rate": media.clock_rate,
-        "rate": media.sample_rate_hz,
+        "rate": rate,
         "channels": media.send_channels,
         "ptime": media.ptime_ms,
         "dtmf_payload_type": -1 if media.dtmf_payload_type is None else media.dtmf_payload_type,
@@ -71,18 +109,20 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
 def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
                         ) -> dict[str, Any]:
     """The `${call.*}` values a loopback call with `codec` would give (`pipeline validate
-    --call`): made by `call_values` itself, so they cannot drift from a real call's."""
+    --call`): the media is built from the SDP format the codec is offered as (`sdp_codec`)
+    and mapped back by `call_values` itself, so they cannot drift from a real call's."""
     from pipeline.registry import get_registry
 
     info = get_registry().codecs.get(codec)
     if info is None:
         raise PipelineError(f"call.codec '{codec}' is not a registered codec",
                             hint="known: " + ", ".join(sorted(get_registry().codecs)))
-    pt = 96 if info.payload_type is None else info.payload_type
+    sdp = sdp_codec(info)
+    pt = 96 if sdp.payload_type is None else sdp.payload_type
     media = NegotiatedMedia(
         remote_address="127.0.0.1", remote_rtp_port=40000, remote_rtcp_port=40001,
-        remote_rtcp_address="127.0.0.1", codec=info.encoding_name, payload_type=pt,
-        clock_rate=info.clock_rate, channels=info.sdp_channels or info.channels, ptime_ms=20,
+        remote_rtcp_address="127.0.0.1", codec=sdp.name, payload_type=pt,
+        clock_rate=sdp.clock_rate, channels=sdp.channels, ptime_ms=packet_time(sdp.name, 20),
         direction="sendrecv", dtmf_payload_type=101, dtmf_clock_rate=8000, fmtp={},
         local_fmtp={}, local_rtp_port=30000, local_payload_type=pt, local_dtmf_payload_type=101)
     if video_codec_name is not None:  # as a call that agreed video gives them
@@ -93,7 +133,7 @@ def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
             fmtp=dict(codec_v.fmtp), media_index=1))
     call = SimpleNamespace(call_id="example", number=1, direction="out",
                            caller="alice@127.0.0.1", callee="echo@127.0.0.1", rtp_port=30000)
-    return call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0)
+    return call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0, codecs=[info])
 
 
 class PortAllocator:
@@ -247,24 +287,33 @@ class SipEndpoint(Node):
             raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
                                   "and decoder nodes", "install the codecs plugin family")
 
-    def _usable_codecs(self) -> list[Codec]:
-        """The codecs to offer and accept, as the registry's codec plugins describe them:
-        those whose encoder and decoder node types exist (DESIGN.md: what the call graph
-        can encode and decode)."""
+    def _usable(self) -> list[tuple[Codec, Any]]:
+        """The codecs to offer and accept, in the listed order, each with the registry's
+        description (None for telephone-event): those whose encoder and decoder node types
+        exist (DESIGN.md: what the call graph can encode and decode)."""
         registry = self.registry
-        out: list[Codec] = []
+        out: list[tuple[Codec, Any]] = []
         for name in self.codecs:
             name = str(name).lower()
             if name == _DTMF:
-                out.append(Codec.named(name))
+                out.append((Codec.named(name), None))
                 continue
             info = registry.codecs.get(name)
             if info is None or info.encoder_kind not in registry.node_types \
                     or info.decoder_kind not in registry.node_types:
                 continue
-            out.append(Codec(info.encoding_name, info.clock_rate,
-                             info.sdp_channels or info.channels, info.payload_type))
+            out.append((sdp_codec(info), info))
+        return out
+
+    def _usable_codecs(self) -> list[Codec]:
+        """The SDP formats of `_usable` ([] when none is audio)."""
+        out = [codec for codec, _ in self._usable()]
         return out if any(not c.is_dtmf for c in out) else []
+
+    def _codec_name(self, media: NegotiatedMedia) -> str:
+        """The registered name of the agreed codec (`${call.codec}`), for bus messages."""
+        info = codec_info(media, self.codec_infos)
+        return media.encoding if info is None else info.name
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         return {}  # no media ports: calls get their own graphs
@@ -281,8 +330,11 @@ class SipEndpoint(Node):
                                       tls_client=tls_client)
         listeners = self.transport.bind(self._specs)
         media_ip = self.media_ip or listeners[0].host
+        usable = self._usable()
+        # What an agreed SDP format is mapped back to for ${call.*} (see codec_info).
+        self.codec_infos = [info for _, info in usable if info is not None]
         self.ua = sipua.UserAgent(sipua.UaConfig(
-            listeners, self._usable_codecs(), user=self.user, password=self.password,
+            listeners, [codec for codec, _ in usable], user=self.user, password=self.password,
             registrar=self.registrar, realm=self.realm, register_expires=self.register_expires,
             users=dict(self.users or {}), max_calls=self.max_calls, media_ip=media_ip,
             ptime_ms=self.ptime_ms, rate_limit=self.rate_limit, ring=self.ring,
@@ -494,7 +546,7 @@ class SipEndpoint(Node):
             call = event.call
             self._c["calls_in"] += 1
             self.post("call-incoming", call_id=call.call_id, caller=call.caller,
-                      callee=call.callee, codec=event.media.encoding)
+                      callee=call.callee, codec=self._codec_name(event.media))
             if self.auto_answer:
                 self.answer(call.call_id)
         elif isinstance(event, sipua.CallRinging):
@@ -513,14 +565,14 @@ class SipEndpoint(Node):
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
-            self.post("call-established", call_id=call.call_id, codec=event.media.encoding,
-                      prefix=self.parts.get(call.call_id))
+            self.post("call-established", call_id=call.call_id,
+                      codec=self._codec_name(event.media), prefix=self.parts.get(call.call_id))
         elif isinstance(event, sipua.CallUpdated):
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
-                      codec=event.media.encoding)
+                      codec=self._codec_name(event.media))
             values = call_values(call, event.media, local_ip=self.media_ip_used,
-                                 rtp_timeout=self.rtp_timeout)
+                                 rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
             if call.call_id in self.parts and values != self.part_values.get(call.call_id):
                 self._rebuild(call, event.media)
         elif isinstance(event, sipua.CallEnded):
@@ -560,10 +612,10 @@ class SipEndpoint(Node):
         from pipeline.loader import add_part
 
         values = call_values(call, media, local_ip=self.media_ip_used,
-                             rtp_timeout=self.rtp_timeout)
+                             rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
         prefix = f"call-{call.number}/"
         names = add_part(self.graph, str(self.call_graph), prefix, call=values,
-                         overrides=dict(self.call_graph_params or {}))
+                         overrides=dict(self.call_graph_params or {}), registry=self.registry)
         room = self._room()
         if room is not None:
             # Name the room's tracks after the far party before the part joins the room.

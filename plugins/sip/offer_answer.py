@@ -287,11 +287,15 @@ class NegotiatedMedia:
 
     @property
     def encoding(self) -> str:
-        """The codec as a pipeline format encoding name: opus, pcmu, pcma, g722, ..."""
+        """The SDP encoding name lower-cased: opus, pcmu, pcma, g722, ... A codec registered
+        under another name (SDP G726-32, name g726) is mapped back to its name by the SIP
+        plugin (`plugins.sip.nodes.codec_info`), which knows the registry."""
         return self.codec.lower()
 
     @property
     def sample_rate_hz(self) -> int:
+        """The PCM rate of a well-known codec (G722: 16 kHz), else the clock rate; the SIP
+        plugin gives call graphs the registered codec's own `sample_rate`."""
         return Codec(self.codec, self.clock_rate, self.channels).sample_rate_hz
 
     @property
@@ -310,7 +314,8 @@ class NegotiatedMedia:
         return self.channels
 
     def call_params(self) -> dict[str, str | int]:
-        """Flat values for a call graph's `${call.*}` templates."""
+        """Flat values for a call graph's `${call.*}` templates, `codec` and `rate` as SDP
+        knows them (`plugins.sip.nodes.call_values` puts the registered codec's instead)."""
         return {
             "remote_address": self.remote_address,
             "remote_rtp_port": self.remote_rtp_port,
