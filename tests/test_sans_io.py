@@ -17,6 +17,7 @@ SANS_IO = [
     "plugins/rtp/packet.py", "plugins/rtp/rtcp.py", "plugins/rtp/stats.py",
     "plugins/rtp/dtmf.py", "plugins/jitterbuffer/buffer.py", "plugins/jitterbuffer/delay.py",
     "plugins/jitterbuffer/plc.py", "plugins/jitterbuffer/timescale.py",
+    "plugins/jitterbuffer/reframe.py",
     "plugins/video/rtp_vp8.py", "plugins/video/rtp_h264.py",
     "plugins/conference/mixing.py", "plugins/conference/speaker.py",
 ]

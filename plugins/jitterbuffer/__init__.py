@@ -5,6 +5,8 @@
 - `delay`: `DelayEstimator`, the target delay from observed delay variation.
 - `plc`: `WaveformSubstitution`, pitch-repeating loss concealment for G.711 / PCM.
 - `timescale`: `compress`, two PCM frames into one period when the delay shrinks.
+- `reframe`: `Reframer`, packets of a sample-based payload (G.711, G.722, L16) of any length
+  cut and joined into frames of the buffer's length.
 
 See docs/jitterbuffer.md.
 """

@@ -1,5 +1,9 @@
 """The `jitter_buffer` node: RTP-received EncodedFrames in, one playout decision per period.
 
+Packets of a sample-based payload (G.711, G.722, L16) are first cut or joined into frames of
+`ptime_ms` on the stream's timestamp grid (`reframe.Reframer`), whatever their length; an Opus
+stream's packets are the frames, and the buffer follows their duration.
+
 It forwards what the sans-IO `JitterBuffer` decides as EncodedFrames for the decoder:
 - PLAY: the packet's payload; with `meta["extra"]` a second payload that the decoder
   time-compresses into the same period (how the delay shrinks without dropping audio);
@@ -18,6 +22,7 @@ from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 
 from .buffer import Action, JitterBuffer
+from .reframe import Reframer, bytes_per_tick
 
 # Looked up once: an enum member read through its class costs a descriptor call per packet.
 _PLAY = Action.PLAY
@@ -32,7 +37,8 @@ class JitterBufferNode(Node):
     clocked = True
     inputs = (Port("in", (Format.encoded(),), "received frames (meta: seq, ssrc, arrival)"),)
     outputs = (Port("out", (Format.encoded(),), "frames in playout order, one per ptime"),)
-    ptime_ms = Param(int, 20, "packet time of the stream in ms", min=5, max=120)
+    ptime_ms = Param(int, 20, "frame length in ms: G.711, G.722 and L16 packets are cut or "
+                     "joined into it; Opus follows its packets' own length", min=5, max=120)
     min_delay_ms = Param(float, 0.0, "lowest delay the buffer may target", min=0.0, max=2000.0)
     max_delay_ms = Param(float, 500.0, "highest delay the buffer may target", min=10.0,
                          max=5000.0)
@@ -57,6 +63,22 @@ class JitterBufferNode(Node):
         self.codec = fmt.value("encoding") or ""
         self.clock_rate = fmt.value("rate") or 8000
         self._make_buffer(self.ptime_ms)
+        # A payload whose bytes are samples is cut into frames of the buffer's length; the
+        # payload format (the `register_payload_formats` hook) tells how many bytes a tick is.
+        payload = self.registry.payload_formats.get(self.codec)
+        unit = bytes_per_tick(payload.samples, fmt.value("channels") or 1) if (
+            payload is not None and payload.samples) else 0
+        self._cut: Reframer | None = None
+        # Bytes of one frame while no frame is incomplete (-1 then, and for a payload that
+        # cannot be cut): a packet of that length goes straight to the buffer, one comparison
+        # per packet and no allocation.
+        self._whole = -1
+        if unit:
+            jump_s = max(1.0, 2 * self.max_delay_ms / 1000.0)  # the buffer's resync distance
+            self._cut = Reframer(self.frame, unit, horizon=round(
+                (self.max_delay_ms + 2 * self.ptime_ms) * self.clock_rate / 1000),
+                jump=round(jump_s * self.clock_rate))
+            self._whole = self._cut.frame_bytes
         self.ptime_changes = 0
         self._odd = (0, 0)  # (a packet time other than the buffer's, packets in a row)
         self.next_pop: float | None = None
@@ -76,10 +98,10 @@ class JitterBufferNode(Node):
         self.period = ptime_ms / 1000.0
 
     def _packet_time(self, samples: int) -> None:
-        """The stream's packets last `samples`, not the buffer's frame: follow the stream
-        (a peer sends the packet time it sends, whatever the SDP said), at once for the
-        stream's first packet, else once three packets in a row agree. The buffer starts
-        over (what it held is dropped, counted)."""
+        """The stream's packets last `samples`, not the buffer's frame, and cannot be cut
+        (Opus): follow the stream (a peer sends the packet time it sends, whatever the SDP
+        said), at once for the stream's first packet, else once three packets in a row agree.
+        The buffer starts over (what it held is dropped, counted)."""
         n, run = self._odd
         self._odd = (samples, run + 1 if samples == n else 1)
         ms = samples * 1000 / self.clock_rate
@@ -104,8 +126,6 @@ class JitterBufferNode(Node):
         return self._media_now
 
     def process(self, port: str, frame: EncodedFrame) -> None:
-        if frame.duration != self.frame and frame.duration:
-            self._packet_time(frame.duration)
         meta = frame.meta
         try:  # stamped by an rtp_session: the common case
             arrival, seq, ssrc = meta["arrival"], meta["seq"], meta["ssrc"]
@@ -118,9 +138,30 @@ class JitterBufferNode(Node):
             if seq is None:  # not from RTP: number frames by their timestamps
                 seq = (frame.pts // max(self.frame, 1)) & 0xFFFF
             ssrc = meta.get("ssrc", 0)
-        if not self.buffer.push(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, frame.payload,
+        payload = frame.payload
+        if len(payload) == self._whole:
+            # One frame of a sample-based payload, nothing incomplete: the usual case, pushed
+            # as it is (the grid follows it).
+            self._cut.base = frame.pts  # type: ignore[union-attr]
+        elif self._cut is not None:
+            self._reframe(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, payload, arrival)
+            return
+        elif frame.duration != self.frame and frame.duration:
+            self._packet_time(frame.duration)
+        if not self.buffer.push(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, payload,
                                 arrival):
             self.counters.drops += 1
+
+    def _reframe(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
+                 arrival: float) -> None:
+        """A packet that is not one frame long, or that comes while a frame is incomplete:
+        push the frames it completes."""
+        cut = self._cut
+        push = self.buffer.push
+        for f in cut.cut(seq, timestamp, ssrc, marker, payload, arrival):
+            if not push(*f):
+                self.counters.drops += 1
+        self._whole = -1 if cut.pending else cut.frame_bytes
 
     def tick(self, now: float) -> None:
         self._media_now = now
@@ -154,6 +195,8 @@ class JitterBufferNode(Node):
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream):
             self.ended = True  # drained by tick, then EOS goes on
+            if self._cut is not None:
+                self._cut.flush()
             return
         super().event(port, event)
 
@@ -165,6 +208,8 @@ class JitterBufferNode(Node):
                 "late": s.late, "lost": s.lost, "concealed": s.concealed,
                 "compressed": s.compressed, "discarded": s.discarded, "resyncs": s.resyncs,
                 "overflows": s.overflows, "ptime_changes": self.ptime_changes,
+                "reframed": self._cut.reframed if self._cut is not None else 0,
+                "incomplete": self._cut.incomplete if self._cut is not None else 0,
                 "delay_ms": round(s.current_delay_ms, 1),
                 "target_ms": round(s.target_delay_ms, 1),
                 "mean_delay_ms": round(s.mean_delay_ms, 1)}

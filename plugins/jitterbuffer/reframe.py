@@ -1,0 +1,208 @@
+"""Frames of the jitter buffer's length out of RTP packets of any length, for payloads whose
+bytes are samples (G.711, G.722, L16).
+
+The jitter buffer plays one packet per frame period, so each packet must be one frame, and
+senders do not all oblige: GStreamer's `rtpL16pay` cuts 20 ms of 44.1 kHz audio at its MTU
+into 694 + 188 samples, and `rtppcmapay` sends 125 ms packets when nothing caps it. A
+sample-based payload can be cut on any sample, so, as pjmedia's codecs `parse()` a packet into
+frames before its jitter buffer, `Reframer` turns packets into frames of exactly `frame` RTP
+clock ticks on the stream's timestamp grid: frame k covers [t0 + k*frame, t0 + (k+1)*frame),
+t0 the first packet's timestamp. A long packet becomes several frames; pieces of a frame are
+joined once all its ticks have come, in whatever order they came.
+
+What a frame carries for the buffer (which keys frames on their timestamp, so frames of one
+packet may share its sequence number):
+
+- seq: its packet's (a joined frame: that of the piece it starts with). The buffer uses it
+  only to count packets lost during a quiet spell and to confirm a timeline jump.
+- marker: on the packet's first frame only (RFC 3551 4.1: the talk spurt starts there).
+- arrival: a joined frame's is its last piece's, when it could first be played.
+
+An incomplete frame is never pushed: the buffer conceals its period as for a lost packet. A
+frame padded with silence would play a hard gap with a step at each edge (two clicks); the
+decoder's concealment (ITU-T G.711 Appendix I) continues the waveform and cross-fades back.
+Complete frames never wait for an incomplete one, so keeping it costs no delay: it is kept
+while a late piece could still be played (up to `horizon` ticks behind the latest packet,
+the buffer's maximum delay) and at most `MAX_PENDING` of them, then given up (counted in
+`incomplete`). Pieces of a frame already completed or given up are dropped (duplicates, or
+too late).
+
+The grid moves to a packet that is off it and starts a talk spurt (the sender may have moved
+its timestamps during the silence), comes from a new SSRC, or lies more than `jump` ticks
+from the grid's reference (a restarted sender); pending frames of the old grid are given up.
+Timestamps are compared modulo 2^32 against a reference that follows the stream, so their
+wrap is an ordinary step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["MAX_PENDING", "Reframer", "bytes_per_tick"]
+
+_TS_MOD = 1 << 32
+_TS_HALF = 1 << 31
+MAX_PENDING = 16  # incomplete frames held at most (memory stays bounded whatever arrives)
+
+# seq, timestamp, ssrc, marker, payload, arrival: the arguments of JitterBuffer.push
+Frame = tuple[int, int, int, bool, bytes, float]
+
+
+def bytes_per_tick(samples: Callable[[bytes, int], int], channels: int) -> int:
+    """Payload bytes per RTP clock tick of a sample-based payload format, 0 for one that
+    cannot be cut on any tick (Opus, a codec no plugin describes).
+
+    `samples(payload, channels)` is the payload format's duration (`PayloadFormat.samples`,
+    from the `register_payload_formats` hook). A format is sample-based when that is a whole
+    number of bytes per tick, the same at any length: G.711 one byte per sample and channel,
+    G.722 one per tick of its 8 kHz clock (RFC 3551 4.5.2), L16 two per sample and channel.
+    """
+    probe = 3840 * channels
+    try:
+        one = samples(bytes(probe), channels)
+        two = samples(bytes(2 * probe), channels)
+    except Exception:  # a plugin's format may refuse a payload of zeros: not sample-based
+        return 0
+    if one <= 0 or two != 2 * one or probe % one:
+        return 0
+    return probe // one
+
+
+class _Pending:
+    """An incomplete frame: its bytes so far and which ticks they cover (a bit per tick)."""
+
+    __slots__ = ("arrival", "data", "marker", "mask", "seq")
+
+    def __init__(self, size: int, seq: int, arrival: float) -> None:
+        self.data = bytearray(size)
+        self.mask = 0
+        self.seq = seq
+        self.marker = False
+        self.arrival = arrival
+
+
+class Reframer:
+    """Cuts and joins the packets of one sample-based RTP stream into frames of `frame`
+    ticks of `unit` bytes each, aligned on the stream's timestamp grid (see the module).
+
+    `cut()` takes what `JitterBuffer.push` takes and returns the frames to push. The caller
+    may skip it for a packet of exactly one frame while nothing is `pending` (the usual
+    case), setting `base` to its timestamp instead. `horizon` is how many ticks an
+    incomplete frame may lie behind the latest packet before it is given up, `jump` how far
+    a packet may lie from the grid's reference before the grid moves to it.
+    """
+
+    __slots__ = ("_closed", "_full", "_horizon", "_jump", "_ssrc", "base", "frame",
+                 "frame_bytes", "incomplete", "pending", "reframed", "unit")
+
+    def __init__(self, frame: int, unit: int, *, horizon: int, jump: int) -> None:
+        if frame <= 0 or unit <= 0:
+            raise ValueError("reframer needs a positive frame length and bytes per tick")
+        self.frame = frame
+        self.unit = unit
+        self.frame_bytes = frame * unit
+        self.base: int | None = None  # a frame start on the grid (RTP timestamp)
+        self.pending: dict[int, _Pending] = {}  # frame start -> incomplete frame
+        self.reframed = 0  # packets that were not one frame on the grid
+        self.incomplete = 0  # frames given up with ticks missing (the buffer conceals them)
+        self._full = (1 << frame) - 1
+        self._horizon = horizon
+        self._jump = jump
+        self._ssrc: int | None = None
+        # Frames recently completed or given up: a piece of one of them is not a new frame.
+        self._closed: deque[int] = deque(maxlen=2 * MAX_PENDING)
+
+    def cut(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
+            arrival: float) -> list[Frame]:
+        """The frames that this packet completes, in timestamp order."""
+        unit = self.unit
+        frame = self.frame
+        ticks = len(payload) // unit
+        if not ticks:  # nothing to cut: the buffer decides (an empty packet plays nothing)
+            return [(seq, timestamp, ssrc, marker, payload, arrival)]
+        self.reframed += 1
+        new_ssrc = ssrc != self._ssrc
+        if new_ssrc:
+            if self._ssrc is not None:
+                self._give_up_all()
+            self._ssrc = ssrc
+        base = timestamp if self.base is None else self.base
+        d = (timestamp - base + _TS_HALF) % _TS_MOD - _TS_HALF  # signed, ticks
+        if d % frame and (marker or new_ssrc or abs(d) > self._jump):
+            self._give_up_all()
+            self._closed.clear()
+            base, d = timestamp, 0
+        first = d - d % frame  # start of the frame holding the packet's first tick
+        start = (base + first) % _TS_MOD
+        self.base = start
+        off = d - first  # ticks into that frame
+        out: list[Frame] = []
+        pos = 0
+        while pos < ticks:
+            take = frame - off
+            if take > ticks - pos:
+                take = ticks - pos
+            piece = payload[pos * unit:(pos + take) * unit]
+            if take == frame:
+                out.append((seq, start, ssrc, marker and not pos, piece, arrival))
+            else:
+                done = self._join(start, off, take, piece, seq, marker and not pos, arrival)
+                if done is not None:
+                    out.append((done.seq, start, ssrc, done.marker, bytes(done.data),
+                                done.arrival))
+            pos += take
+            off = 0
+            start = (start + frame) % _TS_MOD
+        if self.pending:
+            self._expire(start)
+        return out
+
+    def flush(self) -> None:
+        """The stream has ended: give up the incomplete frames."""
+        self._give_up_all()
+
+    def _join(self, start: int, off: int, take: int, piece: bytes, seq: int, marker: bool,
+              arrival: float) -> _Pending | None:
+        pending = self.pending
+        p = pending.get(start)
+        bits = ((1 << take) - 1) << off
+        if p is None:
+            if start in self._closed:
+                return None  # its frame was completed or given up already
+            if len(pending) >= MAX_PENDING:
+                base = self.base
+                self._give_up(min(pending, key=lambda k: (k - base + _TS_HALF) % _TS_MOD))
+            p = pending[start] = _Pending(self.frame_bytes, seq, arrival)
+        elif p.mask & bits:
+            return None  # a duplicate piece (or one overlapping another)
+        unit = self.unit
+        p.data[off * unit:off * unit + len(piece)] = piece
+        p.mask |= bits
+        if not off:
+            p.seq = seq
+            p.marker = marker
+        if arrival > p.arrival:
+            p.arrival = arrival
+        if p.mask != self._full:
+            return None
+        del pending[start]
+        self._closed.append(start)
+        return p
+
+    def _expire(self, end: int) -> None:
+        """Give up incomplete frames further than `horizon` behind `end` (a packet's end)."""
+        horizon = self._horizon
+        for start in [k for k in self.pending
+                      if horizon < (end - k) % _TS_MOD < _TS_HALF]:
+            self._give_up(start)
+
+    def _give_up(self, start: int) -> None:
+        del self.pending[start]
+        self._closed.append(start)
+        self.incomplete += 1
+
+    def _give_up_all(self) -> None:
+        self.incomplete += len(self.pending)
+        self._closed.extend(self.pending)
+        self.pending.clear()
