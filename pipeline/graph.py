@@ -76,7 +76,7 @@ class Graph:
         self._node_numbers: dict[str, int] = {}  # declaration order, for parts' node sets
         self._counter = 0
         self.where: dict[str, Where] = {}
-        self.param_where: dict[tuple[str, str], Where] = {}
+        self.param_where: dict[str, dict[str, Where]] = {}  # node -> parameter -> place
         self.converters: list[str] = []
         # The latest bus messages (bounded: a server posts a few per call, for months).
         self.messages: deque[BusMessage] = deque(maxlen=MAX_MESSAGES)
@@ -147,8 +147,8 @@ class Graph:
             raise GraphError(f"node '{name}' ({kind}) was not set up: its __init__ does not "
                              "call super().__init__(name, **params)", **_loc(where),
                              hint=f"a bug in plugin '{cls.plugin or '?'}'")
-        for p, w in param_where.items():
-            self.param_where[(name, p)] = w
+        if param_where:
+            self.param_where[name] = dict(param_where)
         return self.add(node, node_where or where)
 
     def link(self, src: str, src_port: str | None, dst: str, dst_port: str | None, *,
@@ -221,11 +221,16 @@ class Graph:
                 dst = self.nodes[ln.dst]
                 dst.linked_inputs.remove(ln.dst_port)
                 dst.eos_inputs.discard(ln.dst_port)
+                dst.in_formats.pop(ln.dst_port, None)
+        # Nothing of theirs may stay behind: a server removes a call's nodes for every call.
         for n in names:
             self.nodes.pop(n, None)
             self.where.pop(n, None)
+            self.param_where.pop(n, None)
             self._node_numbers.pop(n, None)
             self._links_at.pop(n, None)
+        if self.converters:
+            self.converters = [c for c in self.converters if c not in names]
         return gone
 
     def _node(self, name: str, where: Where) -> Node:
@@ -364,7 +369,7 @@ class Graph:
 
     def _param_error(self, node: Node, e: ParamValueError) -> GraphError:
         """A parameter's value refused by its node, located at the parameter in the file."""
-        w = self.param_where.get((node.name, e.param), self.where.get(node.name, NOWHERE))
+        w = self.param_where.get(node.name, {}).get(e.param, self.where.get(node.name, NOWHERE))
         return GraphError(f"node '{node.name}' ({node.kind}): {e.message}", **_loc(w),
                           hint=e.hint)
 

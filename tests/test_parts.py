@@ -301,3 +301,39 @@ def test_names_in_a_part_or_bin_are_its_own_where_the_host_has_the_same(tmp_path
     names = add_part(g, tmp_path / "part.yaml", "call-1/")
     assert sorted(names) == ["call-1/o", "call-1/t"]
     assert {(ln.src, ln.dst) for ln in g.links} == {("t", "o"), ("call-1/t", "call-1/o")}
+
+
+def test_parts_leave_nothing_behind_in_the_graph(tmp_path):
+    # A server adds and removes a part per call: where each parameter was written, the
+    # converters' names and the host's formats of the ports a part used stayed for good
+    # (13 entries a call: about 1 GB per million calls).
+    def actions(g, rt, path):
+        seen = {}
+
+        def join(k):
+            names = add_part(g, path, f"call-{k}/", call={"freq": 900})
+            rt.attach(f"call-{k}/", names)
+
+        def leave(k):
+            rt.detach(f"call-{k}/")
+            if k == 1:
+                seen["after one"] = sizes(g)
+
+        plan = {}
+        for k in range(1, 6):
+            plan[2 * k] = lambda k=k: join(k)
+            plan[2 * k + 1] = lambda k=k: leave(k)
+        actions.seen = seen
+        return plan
+
+    def sizes(g):
+        return (len(g.param_where), len(g.converters), len(g.nodes["room"].in_formats),
+                len(g.nodes))
+
+    part = """
+nodes:
+  t: {type: tone, freq: "${call.freq}", rate: 16000, level: -20dB}
+links: [t -> parent.room]
+"""
+    g, _ = _run(tmp_path, part, actions)
+    assert sizes(g) == actions.seen["after one"] == (len(g.param_where), 0, 1, 4)

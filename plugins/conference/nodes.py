@@ -207,6 +207,7 @@ class ConferenceBridge(Node):
         self._inputs: dict[str, Participant] = {}  # input port -> participant, for process()
         self._levels_work = np.zeros((self.core.capacity, self.n), np.float32)
         self._identities = {str(k): str(v) for k, v in (self.names or {}).items()}
+        self._named = set(self._identities)  # from `names`: kept; a caller's goes as it leaves
         self._zeros = np.zeros((self.n, 1), np.int16)
         self._zeros.flags.writeable = False
         self.underruns = 0
@@ -296,6 +297,8 @@ class ConferenceBridge(Node):
         self._dirty = True
         if self._inputs.get(f"in_{p.number}") is p:
             del self._inputs[f"in_{p.number}"]
+        if str(p.number) not in self._named:
+            self._identities.pop(str(p.number), None)
         if self.recorder is not None:
             self.recorder.leave(p.number)
         self.post("participant-left", participant=p.number, identity=p.identity, pts=self.pts)
