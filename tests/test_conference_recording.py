@@ -394,3 +394,48 @@ links: [a -> room.in_0, {"b -> room.in_1" if talkers == 2 else "b -> null_sink"}
         load_graph_text(room(2))
     kept, _ = read_wav(tmp_path / "room-mix.wav")
     assert np.array_equal(kept, mix)
+
+
+def test_a_late_joiners_leading_silence_is_a_hole_not_written_zeros(tmp_path):
+    # A room up for 10 minutes wrote 58 MB of zeros for each new caller, the room waiting;
+    # after a day, gigabytes. The WAV track now grows by a hole and reads back as silence.
+    from plugins.conference.recording import WavTrack
+    from plugins.files.wavfile import read_info
+
+    path = tmp_path / "late.wav"
+    track = WavTrack(str(path), 48000, 1, 4800)
+    track.write_silence(48000 * 600)  # joined at room time 10 min
+    track.write(np.full((480, 1), 1000, np.int16))
+    track.close()
+    info = read_info(path)
+    assert info.frames == 48000 * 600 + 480
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # holes: nearly nothing on disk
+    with open(path, "rb") as f:
+        f.seek(info.data_offset + 2 * 48000 * 300)
+        assert f.read(4096) == bytes(4096)
+        f.seek(info.data_offset + 2 * 48000 * 600)
+        assert np.array_equal(np.frombuffer(f.read(960), "<i2"), np.full(480, 1000))
+
+
+def test_the_manifest_is_rewritten_at_most_once_a_second(tmp_path, monkeypatch):
+    # It held everyone who ever joined and was rewritten at each join and leave: a room's
+    # work per call grew with its age (587 ms a write at 100,000 participants).
+    from plugins.conference.recording import RoomRecorder
+
+    rec = RoomRecorder(str(tmp_path), "room", rate=8000, tracks="mix")
+    rec.start()
+    writes = []
+    real = RoomRecorder._write_manifest
+    monkeypatch.setattr(RoomRecorder, "_write_manifest",
+                        lambda self: (writes.append(self.pts), real(self))[1])
+    silence = np.zeros(160, np.int16)
+    for period in range(500):  # 10 s of room time, a caller joining and leaving per period
+        rec.join(period, f"caller{period}")
+        rec.write(silence, {})
+        rec.leave(period)
+    rec.close()
+    gaps = np.diff(writes[:-1])  # the last is the close's
+    assert len(writes) == 11 and (gaps >= 8000).all()
+    manifest = json.loads((tmp_path / "room.json").read_text())
+    assert len(manifest["participants"]) == 500
+    assert manifest["participants"][-1]["leave_s"] == pytest.approx(10.0)

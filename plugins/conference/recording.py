@@ -85,13 +85,11 @@ class WavTrack(TrackWriter):
                 self.flush()
 
     def write_silence(self, samples: int) -> None:
-        while samples > 0:
-            k = min(samples, len(self.buf) - self.fill)
-            self.buf[self.fill:self.fill + k] = 0
-            self.fill += k
-            samples -= k
-            if self.fill == len(self.buf):
-                self.flush()
+        # A hole, not written zeros: a late joiner of a room running for a day would
+        # otherwise wait while gigabytes of silence are written (the room waits with it).
+        self.flush()
+        if self.writer is not None:
+            self.writer.skip(samples * self.buf.shape[1] * 2)
 
     def flush(self) -> None:
         if self.fill and self.writer is not None:
@@ -259,6 +257,8 @@ class RoomRecorder:
         self.channel_of: dict[Any, int] = {}  # per participant (multichannel layout)
         self.manifest: list[dict[str, Any]] = []
         self._entry: dict[Any, dict[str, Any]] = {}
+        self._manifest_due = False  # joins or leaves not yet in the file
+        self._manifest_pts = 0  # room time of its last writing
         self._block: np.ndarray | None = None
         self._current: str = str(self.directory)
 
@@ -316,7 +316,7 @@ class RoomRecorder:
             entry["file"] = track.path
         self._entry[key] = entry
         self.manifest.append(entry)
-        self._write_manifest()
+        self._manifest_due = True
 
     def leave(self, key: Any) -> None:
         """A participant left: close its file (or free its channel)."""
@@ -329,7 +329,7 @@ class RoomRecorder:
         if track is not None:
             self._current = track.path
             self._guard(track.close)
-        self._guard(self._write_manifest)
+        self._manifest_due = True
 
     def write(self, mix: np.ndarray, contributions: dict[Any, np.ndarray]) -> None:
         """One period: the mixed track's samples and each present participant's."""
@@ -365,6 +365,10 @@ class RoomRecorder:
                 else:
                     track.write(samples.reshape(-1, 1))
         self.pts += n
+        if self._manifest_due and self.pts - self._manifest_pts >= self.rate:
+            # At most once a second: the manifest holds everyone who ever joined, so a
+            # rewrite per join and leave made a long-lived room's work grow with its age.
+            self._write_manifest()
 
     def close(self) -> None:
         """Flush and close every track (a clean end: headers and trailers are final)."""
@@ -402,7 +406,7 @@ class RoomRecorder:
             if isinstance(track, WavTrack) and track.writer is not None:
                 track.writer.path = new
             entry["file"] = new
-        self._guard(self._write_manifest)
+        self._manifest_due = True
 
     def manifest_path(self) -> Path:
         return self.directory / f"{self.room}.json"
@@ -419,6 +423,8 @@ class RoomRecorder:
         tmp = self._manifest_tmp()
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, path)  # atomic: a crash leaves the old or the new manifest
+        self._manifest_due = False
+        self._manifest_pts = self.pts
 
     # ---- errors ------------------------------------------------------------------------------
     def _guard(self, fn: Callable, *args: Any) -> Any:

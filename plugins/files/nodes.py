@@ -236,6 +236,15 @@ class WavWriter:
             self.data_bytes += n
             self._update_sizes()
 
+    def skip(self, size: int) -> None:
+        """Append `size` bytes of silence (zeros) without writing them: the file grows by a
+        hole (sparse on Linux file systems), in constant time however long it is."""
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        os.ftruncate(self.fd, end + size)
+        os.lseek(self.fd, 0, os.SEEK_END)
+        self.data_bytes += size
+        self._update_sizes()
+
     def _update_sizes(self) -> None:
         # Only whole sample frames count: a short write (disk full, ulimit -f) may end in
         # the middle of one. RIFF size and data size, little-endian.
