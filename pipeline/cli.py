@@ -210,6 +210,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3]}")
         print(f"{'':{w[0]}}  parameters: {r[4]}")
     print(f"\n{len(rows)} node types from {len({r[1] for r in rows})} plugins")
+    if reg.codecs:  # what SIP can offer and rtp_session can carry, from the codec hooks
+        print("\ncodecs (name, SDP format, node kinds, RTP payload format):")
+        for name, c in sorted(reg.codecs.items()):
+            fmt = reg.payload_formats.get(name)
+            channels = getattr(c, "sdp_channels", None) or c.channels
+            sdp = f"{c.encoding_name}/{c.clock_rate}" + (f"/{channels}" if channels > 1 else "")
+            print(f"  {name:<8} {sdp:<14} {c.encoder_kind}, {c.decoder_kind}; "
+                  f"{fmt.spec if fmt is not None else 'no payload format registered'}")
     if reg.broken:  # left out of the list above: say why a kind may be missing
         print(f"\n{len(reg.broken)} broken plugin(s) left out:")
         for b in sorted(reg.broken, key=lambda b: b.name):

@@ -74,6 +74,9 @@ def test_inspect_lists_every_kind_with_plugin(capsys):
 
     assert lines[at + 1].split(None, 1) == ["parameters:", ", ".join(Mixer.param_specs())]
     assert "rate" in Mixer.param_specs()
+    # and the codecs, which SIP offers and rtp_session carries
+    assert "  pcmu     PCMU/8000      pcmu_encoder, pcmu_decoder; RFC 3551 4.5.14" in lines
+    assert "  opus     opus/48000/2   opus_encoder, opus_decoder; RFC 7587" in lines
 
 
 def test_inspect_kind_shows_params_with_types_defaults_limits(capsys):
