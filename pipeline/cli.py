@@ -368,6 +368,9 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--graph", required=True, help="call graph YAML file")
     sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--duration", help="hang up after this long (e.g. 10s)")
+    sp.add_argument("--codecs", metavar="A,B,...",
+                    help="codecs to offer, in order (default: opus,pcmu,pcma,g722,"
+                         "telephone-event; any registered codec, e.g. a plugin's)")
     sp.set_defaults(func=cmd_call)
     return p
 

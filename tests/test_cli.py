@@ -303,7 +303,8 @@ def test_validate_call_follows_the_codec(repo_root, tmp_path, capsys):
     assert "1 converter(s) inserted" in capsys.readouterr().out
 
 
-def test_call_with_the_shipped_caller_graph_hears_its_tone_echoed(repo_root, tmp_path):
+@pytest.mark.parametrize("codecs", [None, "pcma,telephone-event"])
+def test_call_with_the_shipped_caller_graph_hears_its_tone_echoed(repo_root, tmp_path, codecs):
     # `pipeline call ... --graph graphs/caller.yaml` needs no sound card: its tone goes to
     # the echo service and comes back into out/heard.wav.
     from test_softphone import Stderr, pipeline_cmd, stop
@@ -320,11 +321,12 @@ def test_call_with_the_shipped_caller_graph_hears_its_tone_echoed(repo_root, tmp
         r = subprocess.run(pipeline_cmd("call", f"sip:echo@127.0.0.1:{port}", "--graph",
                                         str(repo_root / "graphs" / "caller.yaml"), "-p",
                                         f"heard={heard}", "-p", "freq=700", "--duration",
-                                        "1.5s"),
+                                        "1.5s", *(["--codecs", codecs] if codecs else [])),
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     finally:
         stop(server)
     assert r.returncode == 0, r.stderr
+    assert f"codec={'pcma' if codecs else 'opus'}" in r.stderr  # the first offered both have
     audio, rate = read_wav(heard)
     tail = audio[len(audio) // 3:, 0]
     assert len(audio) > 0.5 * rate and abs(dominant_frequency(tail, rate) - 700) < 5

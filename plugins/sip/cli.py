@@ -123,7 +123,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None = None,
-                     params: dict[str, Any] | None = None, listen: str | None = None) -> Graph:
+                     params: dict[str, Any] | None = None, listen: str | None = None,
+                     codecs: list[str] | None = None) -> Graph:
     """The parent graph of `pipeline call`: one sip_endpoint that dials `uri`."""
     from pipeline.registry import get_registry
 
@@ -148,6 +149,7 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         "hangup_after": duration or 0.0,
         "exit_after_call": True,
         "tls_verify": False,
+        **({"codecs": codecs} if codecs else {}),
     })
     return graph
 
@@ -157,8 +159,9 @@ def call(args: argparse.Namespace) -> int:
     from pipeline.cli import _overrides
 
     duration = duration_option(args.duration)
+    codecs = [c.strip() for c in (args.codecs or "").split(",") if c.strip()]
     graph = build_call_graph(args.uri, args.graph, duration=duration,
-                             params=_overrides(args.params))
+                             params=_overrides(args.params), codecs=codecs or None)
     result = run_coroutine(_run(graph, None))
     established = any(m.name == "call-established" for m in result.messages)
     ended = [m for m in result.messages if m.name == "call-ended"]
