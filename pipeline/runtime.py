@@ -88,6 +88,17 @@ def failing_node(exc: BaseException) -> Node | None:
     return found
 
 
+def _method_of(exc: BaseException, node: Node) -> str | None:
+    """The name of `node`'s innermost method in `exc`'s traceback."""
+    found = None
+    tb: types.TracebackType | None = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_locals.get("self") is node:
+            found = tb.tb_frame.f_code.co_name
+        tb = tb.tb_next
+    return found
+
+
 @dataclass
 class Part:
     """A group of nodes attached while running (one call's graph)."""
@@ -771,8 +782,14 @@ class Runtime:
         name = self.error_node.name if self.error_node else None
         if isinstance(exc, PipelineError):
             err = NodeError(exc.message, node=name, hint=exc.hint)
-        else:
-            err = NodeError(f"{type(exc).__name__}: {exc}", node=name)
+        else:  # not an error the node reported: a bug, in the method the traceback names
+            node = self.error_node
+            method = _method_of(exc, node) if node is not None else None
+            plugin = getattr(node, "plugin", None)
+            hint = (f"raised in {method}()" if method else "raised") + (
+                f": a bug in plugin '{plugin}'" if plugin else "") + (
+                "; --debug shows the traceback")
+            err = NodeError(f"{type(exc).__name__}: {exc}", node=name, hint=hint)
         err.__cause__ = exc
         return err
 

@@ -116,7 +116,9 @@ links: [src -> b -> rec]
 """)
     with pytest.raises(NodeError) as e:
         run_graph(tmp_path / "g.yaml")
-    assert str(e.value) == "node 'b': RuntimeError: exploded on purpose"
+    assert str(e.value) == ("node 'b': RuntimeError: exploded on purpose (hint: raised in "
+                            f"process(): a bug in plugin '{tmp_path / 'boom.py'}'; --debug "
+                            "shows the traceback)")
     audio, _ = read_wav(in_tmp / "fault.wav")
     assert len(audio) == 29 * 160  # every frame before the fault is on disk
 
