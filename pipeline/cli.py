@@ -43,7 +43,8 @@ def load_plugins(paths: list[str], registry: Any = None) -> None:
     for path in paths:
         if not path.endswith(".py"):
             raise UsageError(f"--plugin {path}: not a .py file", hint="--plugin ./my_nodes.py")
-        (registry or get_registry()).load_file(path)
+        (registry or get_registry()).load_file(
+            path, where="check the --plugin path (relative to the current folder)")
 
 
 def build_graph(args: argparse.Namespace) -> Graph:
@@ -155,7 +156,14 @@ def _call_graph(args: argparse.Namespace) -> Graph:
     # The codecs pick the rest of the values (and are given as registered: opus, not OPUS).
     video = given.pop("video_codec", None)
     values = example_call_values(str(given.pop("codec", "pcmu")).lower(),
-                                 None if video is None else str(video)) | given
+                                 None if video is None else str(video))
+    unknown = sorted(set(given) - set(values))
+    if unknown:  # a typo would check another call than the one meant
+        raise UsageError(f"-p call.{unknown[0]}: a call has no value '{unknown[0]}'",
+                         hint="call values: " + ", ".join(sorted(values)))
+    if "ptime" in given or "ptime_ms" in given:  # one value under two names
+        given["ptime"] = given["ptime_ms"] = given.get("ptime", given.get("ptime_ms"))
+    values |= given
     return load_graph(args.file, overrides, call=values)
 
 

@@ -234,15 +234,17 @@ class Registry:
                 f"{cls.__qualname__}(name, **params)",
                 hint="take (name, **params) and pass them to super().__init__") from None
 
-    def load_file(self, path: str | Path) -> None:
-        """Import a local plugin module named by a YAML graph's `plugins:` list."""
+    def load_file(self, path: str | Path,
+                  where: str = "check the path under plugins: (relative to the YAML file)",
+                  ) -> None:
+        """Import a local plugin module named by a YAML graph's `plugins:` list (or by
+        `--plugin`: `where` is the hint for a path that is not there)."""
         path = Path(path).resolve()
         key = str(path)  # the plugin's name: unique per file, whatever its file name
         if self.pm.get_plugin(key) is not None:
             return
         if not path.is_file():
-            raise PluginError(f"plugin module '{path}' not found",
-                              hint="check the path under plugins: (relative to the YAML file)")
+            raise PluginError(f"plugin module '{path}' not found", hint=where)
         modname = f"_voip_local_{path.stem}_{abs(hash(key)) % 10**8}"
         spec = importlib.util.spec_from_file_location(modname, path)
         assert spec is not None and spec.loader is not None

@@ -382,7 +382,12 @@ class Runtime:
                     raise NodeError(e.message, node=node.name, hint=e.hint) from e
                 if isinstance(e, NodeError):
                     raise
-                raise NodeError(f"failed to start: {e}", node=node.name) from e
+                if isinstance(e, OSError):  # the world: a file, a socket, a device
+                    raise NodeError(f"failed to start: {e}", node=node.name) from e
+                plugin = f": a bug in plugin '{node.plugin}'" if node.plugin else ""
+                raise NodeError(f"failed to start: {type(e).__name__}: {e}", node=node.name,
+                                hint=f"raised in start(){plugin}; --debug shows the "
+                                "traceback") from e
             started.append(node)
             self._started.add(node)
 

@@ -281,6 +281,10 @@ def test_validate_call_checks_a_call_graph(repo_root, capsys):
     assert main(["validate", "--call", str(calls / "conference-member.yaml")]) == 1
     assert "'parent.' links reach the graph a call graph is added to" in (
         capsys.readouterr().err)
+    # a misspelt value would check another call than the one meant
+    assert main(["validate", "--call", str(calls / "echo.yaml"), "-p", "call.codex=opus"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "pipeline: error: -p call.codex: a call has no value 'codex' (hint: call values: ")
 
 
 def test_validate_call_follows_the_codec(repo_root, tmp_path, capsys):

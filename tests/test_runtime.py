@@ -76,6 +76,22 @@ def test_fault_in_start_stops_the_others():
     assert stopped == ["o"]
 
 
+def test_a_bug_in_start_names_its_type_method_and_plugin():
+    # It said only "failed to start: 'k'" (a KeyError), where a bug in process() says more.
+    g = load_graph_text(GRAPH)
+    g.prepare()
+
+    class Buggy:
+        def start(self):
+            return {}["k"]
+
+    g.nodes["a"].start = Buggy().start
+    with pytest.raises(NodeError) as e:
+        run_graph(g, stats=False)
+    assert str(e.value) == ("node 'a': failed to start: KeyError: 'k' (hint: raised in start(): "
+                            "a bug in plugin 'plugins.generators'; --debug shows the traceback)")
+
+
 def test_a_feedback_frame_is_delivered_in_the_period_that_made_it():
     # After every node has ticked, not at the start of the next period: an rtp_session at the
     # end of a feedback edge sends the frame at once instead of a period (20 ms) late.

@@ -797,3 +797,12 @@ def test_plugin_codec_call_audio_flows_with_its_name_rate_and_kinds(tmp_path, pl
         assert example[key] == served[key], key
     assert heard(tmp_path)[1] == 16000
     check_tone(tmp_path, 1.2)
+
+
+def test_a_codec_listed_twice_is_offered_once():
+    # `call --codecs pcmu,PCMU` failed the call: "Codec payload types collide: [0, 0]".
+    g = load_graph_text("nodes: {sip: {type: sip_endpoint, listen: 'udp:127.0.0.1:0', "
+                        "codecs: [pcmu, PCMU, telephone-event, pcma, telephone-event]}}")
+    g.prepare()
+    offered = [str(c) for c in g.nodes["sip"]._usable_codecs()]
+    assert offered == ["PCMU/8000", "telephone-event/8000", "PCMA/8000"]

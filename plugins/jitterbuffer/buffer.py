@@ -122,8 +122,11 @@ class JitterStats:
 
     @property
     def lost(self) -> int:
-        """Frames whose turn came without them and that never arrived (not even late)."""
-        return self.missing - self.late_of_missing - self.rewound
+        """Frames whose turn came without them and that never arrived (not even late).
+        Never below 0: frames cut from one late packet may each be counted late (a packet
+        of 60 ms held back read as -1 lost)."""
+        lost = self.missing - self.late_of_missing - self.rewound
+        return lost if lost > 0 else 0
 
     late_of_missing: int = 0  # late packets whose frame had been concealed as missing
 

@@ -293,8 +293,12 @@ class SipEndpoint(Node):
         exist (DESIGN.md: what the call graph can encode and decode)."""
         registry = self.registry
         out: list[tuple[Codec, Any]] = []
+        seen: set[str] = set()
         for name in self.codecs:
             name = str(name).lower()
+            if name in seen:  # listed twice (pcmu, PCMU): offered once
+                continue
+            seen.add(name)
             if name == _DTMF:
                 out.append((Codec.named(name), None))
                 continue
