@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -76,27 +76,26 @@ def _discard(port: str, item: Any) -> None:
     """The emit of a detached node."""
 
 
-def failing_node(exc: BaseException) -> Node | None:
-    """The innermost node whose method raised `exc` (found from the traceback)."""
-    found = None
+def _node_frames(exc: BaseException) -> Iterator[tuple[Node, str]]:
+    """(node, method name) of each frame of `exc`'s traceback that runs a node's method,
+    outermost first."""
     tb: types.TracebackType | None = exc.__traceback__
     while tb is not None:
         obj = tb.tb_frame.f_locals.get("self")
         if isinstance(obj, Node):
-            found = obj
+            yield obj, tb.tb_frame.f_code.co_name
         tb = tb.tb_next
-    return found
+
+
+def failing_node(exc: BaseException) -> Node | None:
+    """The innermost node whose method raised `exc` (found from the traceback)."""
+    frames = list(_node_frames(exc))
+    return frames[-1][0] if frames else None
 
 
 def _method_of(exc: BaseException, node: Node) -> str | None:
     """The name of `node`'s innermost method in `exc`'s traceback."""
-    found = None
-    tb: types.TracebackType | None = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_locals.get("self") is node:
-            found = tb.tb_frame.f_code.co_name
-        tb = tb.tb_next
-    return found
+    return next((m for obj, m in reversed(list(_node_frames(exc))) if obj is node), None)
 
 
 @dataclass
