@@ -82,6 +82,21 @@ def test_never_more_than_a_second_of_audio_pending(in_tmp):
     assert max(seen) < 8000 * 2
 
 
+def _tone_through(tmp_path, plugin, name: str, kind: str, wav):
+    """A graph file: 2 s of tone through node `name` (of `kind`, from the local `plugin`)
+    into a wav_recorder writing `wav`."""
+    path = tmp_path / "g.yaml"
+    path.write_text(f"""
+plugins: [{plugin.name}]
+nodes:
+  src: {{type: tone, rate: 8000, duration: 2s}}
+  {name}: {{type: {kind}}}
+  rec: {{type: wav_recorder, path: {wav}}}
+links: [src -> {name} -> rec]
+""")
+    return path
+
+
 def test_node_fault_still_flushes_recorder(in_tmp, tmp_path):
     plugin = tmp_path / "boom.py"
     plugin.write_text('''
@@ -106,16 +121,8 @@ class Boom(Node):
 def register_node_types():
     return [Boom]
 ''')
-    (tmp_path / "g.yaml").write_text(f"""
-plugins: [boom.py]
-nodes:
-  src: {{type: tone, rate: 8000, duration: 2s}}
-  b: {{type: boom}}
-  rec: {{type: wav_recorder, path: {in_tmp}/fault.wav}}
-links: [src -> b -> rec]
-""")
     with pytest.raises(NodeError) as e:
-        run_graph(tmp_path / "g.yaml")
+        run_graph(_tone_through(tmp_path, plugin, "b", "boom", in_tmp / "fault.wav"))
     assert str(e.value) == ("node 'b': RuntimeError: exploded on purpose (hint: raised in "
                             f"process(): a bug in plugin '{tmp_path / 'boom.py'}'; --debug "
                             "shows the traceback)")
@@ -301,16 +308,9 @@ class ToF64(Node):
 def register_node_types():
     return [ToF64]
 ''')
-    (tmp_path / "g.yaml").write_text(f"""
-plugins: [f64.py]
-nodes:
-  src: {{type: tone, rate: 8000, duration: 2s}}
-  x: {{type: to_f64}}
-  rec: {{type: wav_recorder, path: {in_tmp}/f64.wav}}
-links: [src -> x -> rec]
-""")
     with pytest.raises(NodeError) as e:
-        run_graph(tmp_path / "g.yaml")
+        run_graph(_tone_through(tmp_path, tmp_path / "f64.py", "x", "to_f64",
+                                in_tmp / "f64.wav"))
     assert str(e.value).startswith("node 'x': sends float64 frames shaped (160, 1) where it "
                                    "negotiated audio/pcm_s16 8000 Hz 1 ch (hint: a plugin bug")
     audio, rate = read_wav(in_tmp / "f64.wav")
