@@ -239,6 +239,14 @@ def test_l16_packets_cut_at_the_mtu_play_sample_for_sample(sizes):
     assert jb["reframed"] == 100 * len(sizes) and jb["ptime_changes"] == 0
 
 
+def _tone_through_jb(codec: str, rate: int, sent_ms: int, ptime_ms: int):
+    """1 s of 440 Hz encoded in packets of `sent_ms`, through a jitter buffer of `ptime_ms`
+    (node `jb`), decoded into frame_sink `o`."""
+    return run_graph(f"tone freq=440 rate={rate} duration=1s ! {codec}_encoder ptime_ms="
+                     f"{sent_ms} ! jitter_buffer name=jb ptime_ms={ptime_ms} ! "
+                     f"{codec}_decoder ! frame_sink name=o", launch=True)
+
+
 def _g711(codec, seconds=2.0):
     from plugins.codecs.g711 import G711Decoder, G711Encoder
 
@@ -252,19 +260,15 @@ def test_g711_packets_of_another_duration_are_cut_into_the_buffers_frames(sent_m
     # 20 ms frames of 30 ms packets played 1.34 s of a 1 s tone, pitched up. G.711 packets
     # are cut and joined into the buffer's frames (it used to follow the stream's packet
     # time instead, and start over, dropping what it held, whenever that changed).
-    def play(ms):
-        return run_graph(f"tone freq=440 rate=8000 duration=1s ! pcmu_encoder ptime_ms={ms} "
-                         f"! jitter_buffer name=jb ptime_ms={ptime_ms} ! pcmu_decoder ! "
-                         "frame_sink name=o", launch=True)
-
-    r = play(sent_ms)
+    r = _tone_through_jb("pcmu", 8000, sent_ms, ptime_ms)
     out = r.graph.nodes["o"].audio()[:, 0]
     assert abs(len(out) - 8000) <= 8 * sent_ms  # within a packet (the last one is padded)
     assert dominant_frequency(out, 8000) == pytest.approx(440, abs=2)
     assert r.stats["jb"]["ptime_changes"] == 0 and r.stats["jb"]["reframed"] > 0
     assert not [m for m in r.messages if m.name == "jitter-buffer-ptime"]
     # the same as a stream sent with the buffer's packet time
-    assert np.array_equal(out[:8000], play(ptime_ms).graph.nodes["o"].audio()[:8000, 0])
+    same = _tone_through_jb("pcmu", 8000, ptime_ms, ptime_ms)
+    assert np.array_equal(out[:8000], same.graph.nodes["o"].audio()[:8000, 0])
 
 
 def test_a_g711_stream_that_changes_its_packet_time_plays_on():
@@ -285,19 +289,15 @@ def test_a_g711_stream_that_changes_its_packet_time_plays_on():
 def test_an_opus_buffer_follows_the_packet_time_the_stream_has(sent_ms, ptime_ms):
     # Opus packets cannot be cut: the buffer takes on the stream's packet time, at once for
     # the first packet (later, once three packets in a row agree), and starts over on it.
-    def play(ms):
-        return run_graph(f"tone freq=440 rate=48000 duration=1s ! opus_encoder ptime_ms="
-                         f"{sent_ms} ! jitter_buffer name=jb ptime_ms={ms} ! opus_decoder ! "
-                         "frame_sink name=o", launch=True)
-
-    r = play(ptime_ms)
+    r = _tone_through_jb("opus", 48000, sent_ms, ptime_ms)
     out = r.graph.nodes["o"].audio()[:, 0]
     assert abs(len(out) - 48000) <= 48 * sent_ms  # within a packet
     assert dominant_frequency(out, 48000) == pytest.approx(440, abs=2)
     assert r.stats["jb"]["ptime_changes"] == 1 and r.stats["jb"]["played"] == -(-1000 // sent_ms)
     assert r.stats["jb"]["reframed"] == 0
     # the same as a buffer set up with the stream's packet time
-    assert np.array_equal(out, play(sent_ms).graph.nodes["o"].audio()[:, 0])
+    same = _tone_through_jb("opus", 48000, sent_ms, sent_ms)
+    assert np.array_equal(out, same.graph.nodes["o"].audio()[:, 0])
     assert [m.data for m in r.messages if m.name == "jitter-buffer-ptime"] == [
         {"ptime_ms": sent_ms, "was_ms": ptime_ms}]
 
