@@ -141,7 +141,7 @@ class ConferenceBridge(Node):
     def _check_record_files(self, numbers: list[int]) -> None:
         """Refuse a recording over a file another node of the graph reads or writes: the
         recorder empties its files as it opens them, before that node could read them."""
-        from plugins.files.nodes import _file_key, _path_params
+        from plugins.files.nodes import _file_key, other_files
 
         if self.graph is None:
             return
@@ -154,18 +154,14 @@ class ConferenceBridge(Node):
                               layout=self.record_layout, tracks=self.record_tracks,
                               identities=[_identity(identities, k) for k in order])
         planned = {key: path for path in paths if (key := _file_key(str(path))) is not None}
-        for other in self.graph.nodes.values():
-            if other is self:
-                continue
-            for name in _path_params(type(other)):
-                value = other.__dict__.get(name)
-                path = planned.get(_file_key(value)) if value else None
-                if path is not None:
-                    raise ParamValueError(
-                        "record_dir", f"conference '{self.name}' cannot record to '{path}': "
-                        f"it is the {name} of node '{other.name}' ({other.kind}), which "
-                        "recording would overwrite",
-                        "record to another folder, or move that node's file")
+        for key, other, name in other_files(self):
+            path = planned.get(key)
+            if path is not None:
+                raise ParamValueError(
+                    "record_dir", f"conference '{self.name}' cannot record to '{path}': "
+                    f"it is the {name} of node '{other.name}' ({other.kind}), which "
+                    "recording would overwrite",
+                    "record to another folder, or move that node's file")
 
     def _linked_numbers(self) -> list[int]:
         """The participant numbers of the linked ports, checked, in ascending order."""

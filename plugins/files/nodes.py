@@ -8,6 +8,7 @@ import os
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -302,16 +303,12 @@ class WavRecorder(Node):
         # Recording over a file that a node of this graph reads (or writes) would destroy it
         # before it is read: the writer empties the file as it starts.
         mine = _file_key(self.path)
-        for other in self.graph.nodes.values() if self.graph is not None and mine else ():
-            if other is self:
-                continue
-            for name in _path_params(type(other)):
-                value = other.__dict__.get(name)
-                if value and _file_key(value) == mine:
-                    raise ParamValueError(
-                        "path", f"cannot record to '{self.path}': it is the file of node "
-                        f"'{other.name}' ({other.kind}), which recording would overwrite",
-                        "record to another file")
+        for key, other, _ in other_files(self) if mine else ():
+            if key == mine:
+                raise ParamValueError(
+                    "path", f"cannot record to '{self.path}': it is the file of node "
+                    f"'{other.name}' ({other.kind}), which recording would overwrite",
+                    "record to another file")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         fmt = inputs.get("in")
@@ -401,6 +398,19 @@ def _path_params(cls: type[Node]) -> tuple[str, ...]:
     """The file parameters of a node class (checked once per class: a server's graph holds
     thousands of nodes)."""
     return tuple(name for name, p in cls.param_specs().items() if p.type is PathType)
+
+
+def other_files(node: Node) -> Iterator[tuple[object, Node, str]]:
+    """(file key, node, parameter) of each file another node of `node`'s graph names in a
+    path parameter: what a recorder about to empty its files checks against."""
+    for other in node.graph.nodes.values() if node.graph is not None else ():
+        if other is node:
+            continue
+        for name in _path_params(type(other)):
+            value = other.__dict__.get(name)
+            key = _file_key(value) if value else None
+            if key is not None:
+                yield key, other, name
 
 
 def _file_key(path: str) -> object:
