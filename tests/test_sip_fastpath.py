@@ -517,7 +517,8 @@ def answer_invite(ua: UserAgent, invite: bytes, *, ack: bool) -> tuple[bytes, li
     ua.accept(call.call_id, 0.1)
     (_, wire, _), = ua.datagrams_to_send()
     general = ua._response(call.invite, 200, to_tag=call.local_tag, body=bytes(call.local_sdp),
-                           headers=[("Contact", ua.contact("udp")), ("Allow", ua_module._ALLOW)])
+                           headers=[("Contact", ua.contact("udp")), ("Allow", ua_module._ALLOW),
+                                    ("Supported", "timer")])
     assert wire == bytes(general)
     assert call.dialog == (Dialog.from_uas(call.invite, general)
                            if call.invite.to.tag else

@@ -347,6 +347,150 @@ def test_pjsua2_answers_488_when_codecs_do_not_meet(need_pjsua2: None,
     assert stats["incoming"] == 0 and stats["confirmed"] == 0
 
 
+def test_pjsua2_calls_us_with_a_late_offer_and_audio_flows_both_ways(
+        need_pjsua2: None, tone_call: Path, peer_tone: Path) -> None:
+    """RFC 3261 s13.2.1: pjsua2's INVITE carries no SDP (PJSUA_CALL_NO_SDP_OFFER). Our 200
+    offers every codec we have (PCMA first), pjsua2 answers PCMU (all it has) in the ACK, and
+    our call graph starts from that answer; each side hears the other's tone."""
+    with Pjsua2Peer("carol", play_wav=peer_tone) as carol:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(call_graph=tone_call, call_graph_params={"freq": F_OURS},
+                          codecs=["pcma", "pcmu", "telephone-event"])
+            cid = await peer(carol.call, await ep.uri(), late_offer=True)
+            inc = await ep.wait("call-incoming")
+            assert inc.data["codec"] is None  # no offer in the INVITE to preview
+            await peer(carol.wait_state, cid, "CONFIRMED")
+            est = await ep.wait("call-established")
+            assert est.data["codec"] == "pcmu" and est.data["prefix"] == "call-1/"
+            sink = ep.graph.nodes["call-1/sink"]
+            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
+            await peer(carol.wait_heard, cid, 1.5)
+            await peer(carol.hangup, cid)
+            end = await ep.wait("call-ended")
+            assert end.data["reason"] == "remote hangup"
+            await until(lambda: not ep.part_nodes(), "call graph removed")
+            await ep.stop()
+            return sink.audio(), cid
+
+        ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+    check_tone(ours, F_PEER)
+    check_tone(theirs, F_OURS, rate)
+
+
+def test_pjsua2_reinvites_without_sdp_and_the_call_goes_on(need_pjsua2: None, tone_call: Path,
+                                                           peer_tone: Path) -> None:
+    """RFC 3261 s14.2: a re-INVITE without SDP (some PBXes send one to ask for a fresh offer)
+    gets our offer in the 200; pjsua2 answers in the ACK, renews its media, and the call goes
+    on with audio both ways."""
+    with Pjsua2Peer("carol", play_wav=peer_tone) as carol:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(call_graph=tone_call, call_graph_params={"freq": F_OURS})
+            cid = await peer(carol.call, await ep.uri())
+            await ep.wait("call-established")
+            await peer(carol.wait_event, "media", where=lambda e: e.get("id") == cid)
+            after = len(carol.events)
+            await peer(carol.reinvite, cid, late_offer=True)
+            await peer(carol.wait_event, "media", after=after,
+                       where=lambda e: e.get("id") == cid)
+            heard = (await peer(carol.media_stats, cid))["rx_seconds"]
+            await peer(carol.wait_heard, cid, heard + 1.0)  # we still send...
+            sink = ep.graph.nodes["call-1/sink"]  # (rebuilt if the media changed)
+            start = heard_seconds(sink)
+            await until(lambda: heard_seconds(sink) >= start + 1.0, "our side hearing 1 s")
+            assert ep.names("call-ended") == []  # ...and the ACK's answer was taken
+            await peer(carol.hangup, cid)
+            await ep.wait("call-ended")
+            await ep.stop()
+            return sink.audio(), cid
+
+        ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+    check_tone(ours, F_PEER)
+    check_tone(theirs, F_OURS, rate)
+
+
+def test_pjsua2_session_timer_below_our_min_se_gets_422_then_the_call_is_up(
+        need_pjsua2: None, tone_call: Path, peer_tone: Path) -> None:
+    """RFC 4028 s9: pjsua2 asks for 90 s; our min_se is 120, so 422 with Min-SE: 120; it
+    asks again for 120 and our 200 grants it with refresher=uac and Require: timer (it
+    refreshes). The call then carries audio both ways."""
+    with Pjsua2Peer("carol", play_wav=peer_tone, timer="always", session_expires=90,
+                    min_se=90) as carol:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(call_graph=tone_call, call_graph_params={"freq": F_OURS},
+                          min_se="120s")
+            uri = await ep.uri()
+            cid = await peer(carol.call, uri)
+            est = await ep.wait("call-established")
+            await peer(carol.wait_state, cid, "CONFIRMED")
+            ours = ep.node.ua.calls[est.data["call_id"]].session_timer
+            assert (ours.interval, ours.we_refresh) == (120, False)
+            assert ep.node.stats()["sip_rejected_422"] == 1
+            sink = ep.graph.nodes["call-1/sink"]
+            await until(lambda: heard_seconds(sink) >= 1.0, "our side hearing 1 s")
+            await peer(carol.wait_heard, cid, 1.0)
+            assert ep.names("call-ended") == []
+            await peer(carol.hangup, cid)
+            await ep.wait("call-ended")
+            await ep.stop()
+            return sink.audio(), cid
+
+        ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+        log = carol.log_path.read_text(errors="replace")
+    # pjsua2's own log of the exchange: its second INVITE asked for our minimum, and the
+    # 200 it took (CONFIRMED above) granted that with the refresher and Require: timer.
+    assert "Min-SE: 120" in log and "Session-Expires: 120\n" in log.replace("\r", "")
+    assert "Session-Expires: 120;refresher=uac" in log and "Require: timer" in log
+    check_tone(ours, F_PEER)
+    check_tone(theirs, F_OURS, rate)
+
+
+def test_we_refresh_a_session_timer_pjsua2_grants_and_the_call_graph_stays(
+        need_pjsua2: None, tone_call: Path, peer_tone: Path) -> None:
+    """RFC 4028 s7, s10: our INVITE asks for 90 s; pjsua2 grants it with refresher=uac, so we
+    refresh with a re-INVITE of the same SDP. The refresh is made due at once (the timer
+    logic itself is tested on a fake clock in test_sip_session_timer.py): pjsua2 answers 200
+    and our call graph is not rebuilt; audio goes on both ways."""
+    with Pjsua2Peer("carol", play_wav=peer_tone, timer="optional", session_expires=1800,
+                    min_se=90) as carol:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(user="alice", call_graph=tone_call,
+                          call_graph_params={"freq": F_OURS}, session_expires=90)
+            await ep.port()
+            call_id = ep.node.call(carol.contact)
+            cid = await peer(carol.wait_incoming)
+            await ep.wait("call-established", call_id=call_id)
+            call = ep.node.ua.calls[call_id]
+            assert (call.session_timer.interval, call.session_timer.we_refresh) == (90, True)
+            sink = ep.graph.nodes["call-1/sink"]
+            await until(lambda: heard_seconds(sink) >= 0.5, "media before the refresh")
+            first_due = call.session_timer.refresh_at
+            call.session_timer.refresh_at = asyncio.get_running_loop().time()
+            await until(lambda: call.session_timer is not None and call.pending is None
+                        and call.session_timer.refresh_at > first_due, "refresh granted")
+            assert ep.node.ua.stats["session_refreshes"] == 1
+            heard = (await peer(carol.media_stats, cid))["rx_seconds"]
+            await peer(carol.wait_heard, cid, heard + 1.0)
+            start = heard_seconds(sink)
+            await until(lambda: heard_seconds(sink) >= start + 1.0, "media after the refresh")
+            assert ep.graph.nodes["call-1/sink"] is sink  # the call graph was not rebuilt
+            assert ep.names("call-updated") == [] and ep.names("call-ended") == []
+            ep.node.hangup(call_id)
+            await ep.wait("call-ended")
+            await ep.stop()
+            return sink.audio(), cid
+
+        ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+        log = carol.log_path.read_text(errors="replace")
+    # its 200, our refresh re-INVITE (same o= version as our INVITE), its 200 again
+    assert log.count("Session-Expires: 90;refresher=uac") >= 3
+    check_tone(ours, F_PEER)
+    check_tone(theirs, F_OURS, rate)
+
+
 # ---- baresip calling us directly ------------------------------------------------------------
 def test_baresip_hangs_up_and_our_call_graph_goes(need_baresip: None, tone_call: Path,
                                                   peer_tone: Path) -> None:

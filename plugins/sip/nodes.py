@@ -229,6 +229,10 @@ class SipEndpoint(Node):
     exit_after_call = Param(bool, False, "end the graph when the dialled call has ended")
     rate_limit = Param(float, 50.0, "SIP requests per second accepted from one address "
                        "(bursts of twice that); 0: no limit", min=0.0)
+    session_expires = Param(Duration, 1800.0, "session interval our INVITEs ask for (RFC 4028 "
+                            "session timers; 0: none)", min=0.0)
+    min_se = Param(Duration, 90.0, "shortest session interval accepted from a caller (else "
+                   "422); RFC 4028's floor is 90 s", min=90.0)
     tls_cert = Param(PathType, None, "certificate (PEM) for tls listeners")
     tls_key = Param(PathType, None, "private key (PEM) for tls listeners")
     tls_ca = Param(PathType, None, "CA file to verify TLS peers (default: the system's)")
@@ -344,7 +348,8 @@ class SipEndpoint(Node):
             ptime_ms=self.ptime_ms, rate_limit=self.rate_limit, ring=self.ring,
             video_codecs=[video_codec(str(n)) for n in self.video_codecs or ()]
             if self.video else (),
-            rate_burst=max(1, int(2 * self.rate_limit))))
+            rate_burst=max(1, int(2 * self.rate_limit)),
+            session_expires=round(self.session_expires), min_se=round(self.min_se)))
         self.media_ip_used = media_ip
         self.ports = PortAllocator(str(self.rtp_port_range), media_ip)
         self.listeners = listeners
@@ -449,12 +454,17 @@ class SipEndpoint(Node):
         error: Exception | None = None
         incoming = self.ua.calls.get(call_id)
         preview = incoming.preview if incoming is not None else None
+        # An INVITE without SDP gets our offer, which names the ports before the call graph
+        # binds them (after the ACK): check them now, as for an outgoing call.
+        late = incoming is not None and incoming.late_offer
+        check = self.call_graph is not None
         video_port = 0
         try:
-            if preview is not None and preview[1].video is not None:
+            if (preview is not None and preview[1].video is not None) or (
+                    late and self.video and self.video_codecs):
                 # A video stream we accepted gets its own port (checked: not retried below).
-                video_port = self.ports.allocate(check=self.call_graph is not None)
-            port = self.ports.allocate(check=False)
+                video_port = self.ports.allocate(check=check)
+            port = self.ports.allocate(check=late and check)
         except PipelineError as exc:  # every port pair taken: busy for now, not broken
             if video_port:
                 self.ports.release(video_port)
@@ -474,7 +484,8 @@ class SipEndpoint(Node):
                     break
             try:
                 media = self.ua.prepare_answer(call_id, port, video_port)
-                self._attach(self.ua.calls[call_id], media)
+                if media is not None:  # else a late offer's: its graph starts with the ACK
+                    self._attach(self.ua.calls[call_id], media)
             except Exception as exc:
                 self.ports.release(port)
                 error = exc
@@ -550,7 +561,8 @@ class SipEndpoint(Node):
             call = event.call
             self._c["calls_in"] += 1
             self.post("call-incoming", call_id=call.call_id, caller=call.caller,
-                      callee=call.callee, codec=self._codec_name(event.media))
+                      callee=call.callee, codec=None if event.media is None
+                      else self._codec_name(event.media))
             if self.auto_answer:
                 self.answer(call.call_id)
         elif isinstance(event, sipua.CallRinging):

@@ -11,9 +11,14 @@ What it does, with the RFC sections it follows:
 - REGISTER with digest auth, refresh, 423 and unregister (its half is `registration`);
 - outgoing INVITE with an SDP offer; 1xx, 2xx + ACK (13.2.2.4), CANCEL (9.1) and 401/407
   retries; incoming INVITE: 100 (by the transaction), 180, 200 retransmitted until the ACK
-  (13.3.1.4), BYE when it never comes;
+  (13.3.1.4), BYE when it never comes; an INVITE or re-INVITE without SDP (late offer,
+  13.2.1, 14.2) gets our offer in the 200 and its answer from the ACK;
 - callers challenged with 401 when `users` are configured (22.1);
 - re-INVITE both ways for hold/resume/codec change (RFC 3264 8, RFC 3261 14), 491 on glare;
+  UPDATE answered, with or without an offer (RFC 3311);
+- session timers (RFC 4028, `session_timer`): 422 below our Min-SE, Session-Expires in the
+  2xx, a re-INVITE with the SDP unchanged at half the interval when we refresh, BYE when the
+  session expires;
 - BYE, CANCEL (487 to the INVITE), OPTIONS with Allow/Accept (11.2), INFO with
   application/dtmf-relay, REFER answered 202 and reported (RFC 3515; no NOTIFY follows);
 - a token bucket per source address that drops requests beyond `rate_limit`.
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pipeline.errors import LocalProtocolError, ParseError
 from pipeline.frames import DtmfEvent
 
-from . import validate
+from . import session_timer, validate
 from .auth import DigestChallenge, DigestClient, DigestServer
 from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
@@ -58,6 +63,7 @@ from .registration import (
     Unregistered,
 )
 from .sdp import SessionDescription
+from .session_timer import SessionExpires, SessionTimer
 from .transaction import (
     PROCEEDING,
     TRYING,
@@ -79,7 +85,9 @@ from .uri import NameAddress, SipUri
 
 Address = tuple[str, int]
 
-ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER", "NOTIFY")
+ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER", "NOTIFY",
+                   "UPDATE")
+EXTENSIONS = (session_timer.TAG,)  # option tags we support (Supported; Require accepted)
 ACCEPTED_TYPES = ("application/sdp", "application/dtmf-relay", "message/sipfrag")
 RELIABLE = ("tcp", "tls")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
@@ -130,6 +138,8 @@ class UaConfig:
     rate_burst: int = 100
     ring: bool = True
     user_agent: str = "voip-pipeline"
+    session_expires: int = 1800  # RFC 4028: the session interval our INVITEs ask for (0: none)
+    min_se: int = session_timer.MIN_SE  # the shortest interval we accept (else 422)
     timers: TimerConfig = field(default_factory=TimerConfig)
     secret: bytes = field(default_factory=lambda: os.urandom(32))
 
@@ -140,7 +150,9 @@ class CallIncoming:
     """An INVITE passed every check; answer with `prepare_answer` + `accept`, or `reject`."""
 
     call: Call
-    media: NegotiatedMedia  # a preview: the local port is filled in by prepare_answer
+    # a preview (the local port is filled in by prepare_answer); None for an INVITE without
+    # SDP (a late offer): our offer goes in the 200 and the media are known from the ACK
+    media: NegotiatedMedia | None
 
 
 @dataclass(slots=True)
@@ -246,6 +258,12 @@ class Call:
     remote_display: str = ""
     # UAS: the SDP answer negotiated when the INVITE came (port 0) and its media.
     preview: tuple[SessionDescription | CachedAnswer, NegotiatedMedia] | None = None
+    late_offer: bool = False  # UAS: the INVITE had no SDP, so our 200 carries the offer
+    session: SessionExpires | None = None  # UAS: the session timer our 200 will grant
+    session_timer: SessionTimer | None = None  # RFC 4028: while one runs
+    # Our offer sent in a 2xx to an INVITE without SDP: the ACK must carry its answer
+    # (RFC 3261 13.2.1, 14.2).
+    offer_in_2xx: SessionDescription | None = None
 
     @property
     def active(self) -> bool:
@@ -364,6 +382,8 @@ class UserAgent(RegistrationClient):
         if reg is not None and reg.refresh_at is not None:
             times.append(reg.refresh_at)
         times.extend(c.retx[1] for c in self.calls.values() if c.retx is not None)
+        times.extend(c.session_timer.deadline for c in self.calls.values()
+                     if c.session_timer is not None)
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -374,12 +394,15 @@ class UserAgent(RegistrationClient):
             reg.refresh_at = None
             self._send_register(reg, now)
         for call in list(self.calls.values()):
+            if call.session_timer is not None:
+                self._on_session_timer(call, call.session_timer, now)
             if call.retx is None or call.retx[1] > now:
                 continue
             wire, _, interval, give_up, seq = call.retx
             if now >= give_up:
                 # 13.3.1.4: no ACK within 64*T1: the dialog is confirmed, then ended by BYE.
                 call.retx = None
+                call.offer_in_2xx = None
                 if call.pending == "in":
                     call.pending = None
                 if call.state == "answered":
@@ -401,7 +424,7 @@ class UserAgent(RegistrationClient):
             self.stats["rate_limited"] += 1
             return
         verdict = validate.check_message(
-            data, methods=ALLOWED_METHODS, content_types=ACCEPTED_TYPES)
+            data, methods=ALLOWED_METHODS, content_types=ACCEPTED_TYPES, extensions=EXTENSIONS)
         self._dispatch(verdict, transport, addr, now)
 
     def _dispatch(self, verdict: validate.Verdict, transport: str, addr: Address,
@@ -653,24 +676,35 @@ class UserAgent(RegistrationClient):
         self._layer(transport)
         call_id = f"{_random_token(12)}@{self.media_ip}"
         from_ = self._local_aor(self.listeners[transport].host)
-        video = self.config.video_codecs if video_port else ()
-        offer = build_offer(codecs or self.config.codecs, self.media_ip, rtp_port,
-                            ptime_ms=self.config.ptime_ms, video_codecs=video,
-                            video_port=video_port)
+        offer = self._offer(rtp_port, video_port, codecs)
         to = NameAddress(SipUri(uri.scheme, uri.user, None, uri.host, uri.port))
+        extra = [("Allow", _ALLOW), ("Supported", session_timer.TAG)]
+        if self.config.session_expires:
+            # RFC 4028 7.1: the interval we ask for; the callee picks the refresher.
+            extra += [("Session-Expires", str(self.config.session_expires)),
+                      ("Min-SE", str(self.config.min_se))]
         invite = self._new_request(
             "INVITE", uri, transport, from_=from_, to=to, call_id=call_id, cseq=1,
-            extra=[("Allow", ", ".join(ALLOWED_METHODS)), ("Content-Type", "application/sdp")])
+            extra=[*extra, ("Content-Type", "application/sdp")])
         invite.body = bytes(offer)
         self._calls_made += 1
         call = Call(call_id, "out", transport, addr, from_.tag or "",
                     caller=safe_token(f"{self.config.user}@{from_.uri.host}"),
                     callee=safe_token(f"{uri.user or ''}@{uri.host}"), invite=invite,
                     local=offer, rtp_port=rtp_port, number=self._calls_made,
-                    video_port=video_port if video else 0)
+                    video_port=video_port if len(offer.media) > 1 else 0)
         self.calls[call_id] = call
         self._send_invite(call, now)
         return call
+
+    def _offer(self, rtp_port: int, video_port: int,
+               codecs: Sequence[Codec] | None = None) -> SessionDescription:
+        """Our initial offer: an outgoing call's INVITE, or the 200 to an INVITE without
+        SDP (with video on `video_port` when non-zero and `video_codecs` are configured)."""
+        video = self.config.video_codecs if video_port else ()
+        return build_offer(codecs or self.config.codecs, self.media_ip, rtp_port,
+                           ptime_ms=self.config.ptime_ms, video_codecs=video,
+                           video_port=video_port)
 
     def _send_invite(self, call: Call, now: float) -> None:
         assert call.invite is not None
@@ -722,6 +756,7 @@ class UserAgent(RegistrationClient):
                 return
             call.media = media
             call.state = "established"
+            self._start_session_timer(call, self._granted(response), True, now)
             self._events.append(CallEstablished(call, media))
             return
         self._owners.pop(tx, None)
@@ -731,18 +766,38 @@ class UserAgent(RegistrationClient):
             headers = self._auth.answer(response, invite)  # type: ignore[arg-type]
             if headers:
                 call.auth_tries += 1
-                retry = invite.copy()
-                retry.headers.set("Via", self._via(call.transport))
-                retry.headers.set("CSeq", f"{invite.cseq.seq + 1} INVITE")
-                for name in ("Authorization", "Proxy-Authorization"):
-                    retry.headers.remove(name)
-                for name, value in headers:
-                    retry.headers.add(name, value)
-                call.invite = retry
-                call.dialog = None
-                self._send_invite(call, now)
+                self._retry_invite(call, invite, headers, now,
+                                   drop=("Authorization", "Proxy-Authorization"))
+                return
+        asked = session_timer.session_expires(invite) if code == 422 else None  # type: ignore
+        if asked is not None:
+            try:
+                floor = session_timer.min_se(response)
+            except ParseError:
+                floor = 0
+            if floor > asked.interval:
+                # RFC 4028 7.4: ask again with the callee's minimum (it only grows: no loop).
+                value = str(floor)
+                self._retry_invite(call, invite, [("Session-Expires", value),
+                                                  ("Min-SE", value)], now,
+                                   drop=("Session-Expires", "Min-SE"))
                 return
         self._end(call, f"{code} {response.reason}".strip(), code)
+
+    def _retry_invite(self, call: Call, invite: SipRequest, headers: list[tuple[str, str]],
+                      now: float, *, drop: Sequence[str]) -> None:
+        """Send `invite` again as a new transaction (CSeq + 1), `drop` headers replaced by
+        `headers` (a 401/407's credentials, a 422's interval)."""
+        retry = invite.copy()
+        retry.headers.set("Via", self._via(call.transport))
+        retry.headers.set("CSeq", f"{invite.cseq.seq + 1} INVITE")
+        for name in drop:
+            retry.headers.remove(name)
+        for name, value in headers:
+            retry.headers.add(name, value)
+        call.invite = retry
+        call.dialog = None
+        self._send_invite(call, now)
 
     def _send_cancel(self, call: Call, tx: ClientTransaction, now: float) -> None:
         cancel = make_cancel(tx.request)  # type: ignore[arg-type]
@@ -770,7 +825,7 @@ class UserAgent(RegistrationClient):
     def _capabilities(self, transport: str) -> list[tuple[str, str]]:
         # RFC 3261 11.2: what we allow, accept and support.
         return [("Allow", ", ".join(ALLOWED_METHODS)),
-                ("Accept", ", ".join(ACCEPTED_TYPES)),
+                ("Accept", ", ".join(ACCEPTED_TYPES)), ("Supported", ", ".join(EXTENSIONS)),
                 ("Accept-Language", "en"), ("Contact", self.contact(transport))]
 
     def active_calls(self) -> int:
@@ -800,13 +855,17 @@ class UserAgent(RegistrationClient):
                         request, now, stale=result.stale, to_tag=_random_token())
                     _layer_of(tx).send_response(challenge, now, tx)
                 return
-        if not request.body or request.content_type != "application/sdp":
-            # Late offers (INVITE without SDP) are not supported: say so with 488.
+        agreed = self._session_choice(request, tx, now)
+        if agreed is False:
+            return
+        late = not request.body  # a late offer (13.2.1): our offer goes in the 200
+        if not late and request.content_type != "application/sdp":
             self._respond(tx, request, 488, now, headers=[
                 ("Warning", f'304 {self.media_ip} "INVITE has no SDP offer"')])
             return
         try:
-            offer, preview_sdp, preview = self._answers.answer(request.body)
+            offer, preview_sdp, preview = (None, None, None) if late \
+                else self._answers.answer(request.body)
         except NegotiationFailed as exc:
             self.stats["rejected_488"] += 1
             self._respond(tx, request, 488, now, headers=[
@@ -823,8 +882,10 @@ class UserAgent(RegistrationClient):
                     callee=safe_token(f"{to.uri.user or ''}@{to.uri.host}"), state="incoming",
                     invite=request, server_tx=tx, remote_sdp=offer,
                     remote_body=request.body, number=self._calls_made,
-                    remote_display=from_.display_name or "")
-        call.preview = (preview_sdp, preview)
+                    remote_display=from_.display_name or "", late_offer=late,
+                    session=agreed)
+        if not late:
+            call.preview = (preview_sdp, preview)
         if call.call_id in self.calls and self.calls[call.call_id].active:
             # 8.2.2.2: the same Call-ID already in use by another call (a loop or a merge).
             self._respond(tx, request, 482, now, reason="Loop Detected")
@@ -836,10 +897,18 @@ class UserAgent(RegistrationClient):
             call.dialog = Dialog.from_uas(request, ringing)
         self._events.append(CallIncoming(call, preview))
 
-    def prepare_answer(self, call_id: str, rtp_port: int, video_port: int = 0) -> NegotiatedMedia:
+    def prepare_answer(self, call_id: str, rtp_port: int,
+                       video_port: int = 0) -> NegotiatedMedia | None:
         """Build our SDP answer for media on `rtp_port` (an accepted video stream on
-        `video_port`; 0 rejects it); `accept` sends it."""
+        `video_port`; 0 rejects it); `accept` sends it. An INVITE without SDP gets our
+        offer instead (video on `video_port` when non-zero) and None: its media are known
+        when the ACK brings the answer (`CallEstablished`)."""
         call = self._incoming(call_id)
+        if call.late_offer:
+            call.local = self._offer(rtp_port, video_port)
+            call.rtp_port, call.media = rtp_port, None
+            call.video_port = video_port if len(call.local.media) > 1 else 0
+            return None
         if call.preview is not None:
             # The answer made when the INVITE came, with its port filled in: the port is
             # the only thing `answer` derives from it (no second negotiation per call).
@@ -871,7 +940,8 @@ class UserAgent(RegistrationClient):
         invite, tx = call.invite, call.server_tx
         assert invite is not None and tx is not None
         contact = self.contact(call.transport)
-        headers = [("Contact", contact), ("Allow", _ALLOW)]
+        headers = [("Contact", contact), ("Allow", _ALLOW),
+                   *self._session_headers(invite, call.session)]
         body = bytes(call.local)
         # The dialog is read from the INVITE before the transaction sends; it is kept only
         # once the 200 is out. (The 200's To tag is ours unless the INVITE had one.)
@@ -893,6 +963,9 @@ class UserAgent(RegistrationClient):
         call.dialog = dialog
         call.dialog.state = DIALOG_CONFIRMED
         call.state = "answered"
+        if call.late_offer:
+            call.offer_in_2xx = call.local_sdp
+        self._start_session_timer(call, call.session, False, now)
         t1 = self.config.timers.t1
         call.retx = (wire, now + t1, t1, now + self.config.timers.timeout, invite.cseq.seq)
 
@@ -936,14 +1009,15 @@ class UserAgent(RegistrationClient):
         if method == "ACK":
             if call.retx is not None and request.cseq.seq == call.retx[4]:
                 call.retx = None
+                if call.offer_in_2xx is not None:
+                    self._on_ack_answer(call, request, now)
+                    return
                 if call.pending == "in":
                     call.pending = None
                 if call.state == "answered":
                     call.state = "established"
                     assert call.media is not None
                     self._events.append(CallEstablished(call, call.media))
-                elif call.pending == "in":
-                    call.pending = None
             return
         if tx is None:
             return
@@ -957,6 +1031,8 @@ class UserAgent(RegistrationClient):
                 self._end(call, "remote hangup", None)
         elif method == "INVITE":
             self._on_reinvite(call, request, tx, now)
+        elif method == "UPDATE":
+            self._on_update(call, request, tx, now)
         elif method == "INFO":
             self._on_info(call, request, tx, now)
         elif method == "REFER":
@@ -972,6 +1048,30 @@ class UserAgent(RegistrationClient):
         else:
             self._respond(tx, request, 405, now,
                           headers=[("Allow", ", ".join(ALLOWED_METHODS))])
+
+    def _on_ack_answer(self, call: Call, ack: SipRequest, now: float) -> None:
+        """The ACK to a 2xx that carried our offer brings the answer (RFC 3261 13.2.1)."""
+        offer, call.offer_in_2xx = call.offer_in_2xx, None
+        call.pending = None
+        try:
+            if not ack.body or ack.content_type != "application/sdp":
+                raise NegotiationFailed("ACK has no SDP answer to our offer")
+            remote = SessionDescription.parse(ack.body)
+            media = negotiated(offer, remote)  # type: ignore[arg-type]
+        except (NegotiationFailed, ParseError) as exc:
+            # 13.2.2.4: a UAC that cannot answer the offer in a 2xx ACKs and sends BYE; an
+            # ACK without a usable answer leaves no session either, so we end it the same way.
+            self.stats["bad_ack_answer"] += 1
+            self._send_bye(call, now)
+            self._end(call, f"SDP answer in ACK is unusable: {exc}", 488)
+            return
+        call.local_sdp, call.remote_sdp = offer, remote
+        previous, call.media = call.media, media
+        if call.state == "answered":
+            call.state = "established"
+            self._events.append(CallEstablished(call, media))
+        elif media != previous:
+            self._events.append(CallUpdated(call, media, previous))
 
     def _on_info(self, call: Call, request: SipRequest, tx: ServerTransaction,
                  now: float) -> None:
@@ -995,10 +1095,53 @@ class UserAgent(RegistrationClient):
             # 14.2: a re-INVITE while one is in progress (glare) gets 491.
             self._respond(tx, request, 491, now)
             return
-        if not request.body:
-            self._respond(tx, request, 488, now, headers=[
-                ("Warning", f'304 {self.media_ip} "re-INVITE has no SDP offer"')])
+        agreed = self._session_choice(request, tx, now)
+        if agreed is False:
             return
+        headers = [("Contact", self.contact(call.transport)),
+                   *self._session_headers(request, agreed)]
+        if not request.body:
+            # 14.2: a re-INVITE without SDP asks for our offer, made as for a new call (every
+            # codec) within this session (RFC 3264 8: same o= line); the ACK answers it.
+            offer = reoffer(call.local_sdp, codecs=self.config.codecs)  # type: ignore
+            self._reinvite_ok(call, request, tx, offer, headers, now)
+            call.offer_in_2xx = offer
+        else:
+            answered = self._answer_offer(call, request, tx, now)
+            if answered is None:
+                return  # 14.2: the call goes on with the old session
+            self._reinvite_ok(call, request, tx, answered[1], headers, now)
+            self._take_offer(call, *answered)
+        self._start_session_timer(call, agreed, False, now)
+
+    def _on_update(self, call: Call, request: SipRequest, tx: ServerTransaction,
+                   now: float) -> None:
+        """RFC 3311: an UPDATE refreshes the session (RFC 4028) and may carry an offer,
+        answered in its 200 (no ACK follows)."""
+        if request.body and (call.pending is not None or call.state != "established"):
+            self._respond(tx, request, 491, now)  # RFC 3311 5.2: an offer is in progress
+            return
+        agreed = self._session_choice(request, tx, now)
+        if agreed is False:
+            return
+        headers = [("Contact", self.contact(call.transport)),
+                   *self._session_headers(request, agreed)]
+        answered = None
+        if request.body:
+            answered = self._answer_offer(call, request, tx, now)
+            if answered is None:
+                return
+        self._respond(tx, request, 200, now, headers=headers,
+                      body=bytes(answered[1]) if answered else b"")
+        if answered is not None:
+            self._take_offer(call, *answered)
+        if call.state == "established":
+            self._start_session_timer(call, agreed, False, now)
+
+    def _answer_offer(self, call: Call, request: SipRequest, tx: ServerTransaction, now: float
+                      ) -> tuple[SessionDescription, SessionDescription, NegotiatedMedia] | None:
+        """(offer, our answer, media) for the SDP offer of an in-dialog request, or None
+        once it was answered 488 (nothing in common) or 400 (malformed)."""
         try:
             offer = SessionDescription.parse(request.body)
             sdp, media = answer(offer, self.config.codecs, self.media_ip, call.rtp_port,
@@ -1006,26 +1149,97 @@ class UserAgent(RegistrationClient):
                                 video_codecs=self.config.video_codecs if call.video_port
                                 else (), video_port=call.video_port)
         except NegotiationFailed as exc:
-            # 14.2: the call goes on with the old session.
             self._respond(tx, request, 488, now, headers=[
                 ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')])
-            return
+            return None
         except ParseError as exc:
             self._respond(tx, request, 400, now, reason=f"Bad SDP: {_quote(str(exc))[:80]}")
-            return
+            return None
+        return offer, sdp, media
+
+    def _take_offer(self, call: Call, offer: SessionDescription, sdp: SessionDescription,
+                    media: NegotiatedMedia) -> None:
+        """Our answer to `offer` is sent: it is the session now."""
         remote = call.remote()
+        # RFC 3264 8: an unchanged o= version is an unchanged SDP (a session refresh).
         unchanged = remote is not None and sdp_unchanged(remote, offer)
-        response = self._respond(tx, request, 200, now, to_tag=call.local_tag,
-                                 headers=[("Contact", self.contact(call.transport))],
-                                 body=bytes(sdp))
         call.local_sdp, call.remote_sdp = sdp, offer
+        previous, call.media = call.media, media
+        if not unchanged and media != previous:
+            self._events.append(CallUpdated(call, media, previous))
+
+    def _reinvite_ok(self, call: Call, request: SipRequest, tx: ServerTransaction,
+                     sdp: SessionDescription, headers: list[tuple[str, str]],
+                     now: float) -> None:
+        """200 to a re-INVITE with `sdp`, resent until its ACK (13.3.1.4)."""
+        response = self._respond(tx, request, 200, now, to_tag=call.local_tag,
+                                 headers=headers, body=bytes(sdp))
         call.pending = "in"
         t1 = self.config.timers.t1
         call.retx = (bytes(response), now + t1, t1, now + self.config.timers.timeout,
                      request.cseq.seq)
-        previous, call.media = call.media, media
-        if not unchanged and media != previous:
-            self._events.append(CallUpdated(call, media, previous))
+
+    # ---- session timers (RFC 4028) ---------------------------------------------------------
+    def _session_choice(self, request: SipRequest, tx: ServerTransaction,
+                        now: float) -> SessionExpires | None | bool:
+        """The Session-Expires our 2xx to `request` grants (None: no timer), or False once
+        the request was refused: 422 with our Min-SE (section 9), 400 for a bad header."""
+        try:
+            choice = session_timer.uas_choice(request, self.config.min_se)
+        except ParseError as exc:
+            self._respond(tx, request, 400, now, reason=_quote(str(exc))[:80])
+            return False
+        if isinstance(choice, int):
+            self.stats["rejected_422"] += 1
+            self._respond(tx, request, 422, now, headers=[("Min-SE", str(choice))])
+            return False
+        return choice
+
+    def _session_headers(self, request: SipRequest,
+                         agreed: SessionExpires | None) -> list[tuple[str, str]]:
+        """Session timer headers of our 2xx to `request`: Supported always; the agreed
+        Session-Expires, with Require: timer when the peer supports timers (section 9)."""
+        headers = [("Supported", session_timer.TAG)]
+        if agreed is not None:
+            headers.append(("Session-Expires", str(agreed)))
+            if session_timer.supports_timer(request):
+                headers.append(("Require", session_timer.TAG))
+        return headers
+
+    def _start_session_timer(self, call: Call, agreed: SessionExpires | None,
+                             we_are_uac: bool, now: float) -> None:
+        # Section 10: every 2xx to a session refresh request starts the timer afresh; one
+        # without Session-Expires turns it off.
+        call.session_timer = None if agreed is None \
+            else SessionTimer.start(agreed, we_are_uac, now)
+
+    def _granted(self, response: SipResponse) -> SessionExpires | None:
+        """The Session-Expires of a 2xx to our INVITE (section 7.2); a malformed one is no
+        timer (the session then lasts until BYE), not a failed call."""
+        try:
+            return session_timer.session_expires(response)
+        except ParseError:
+            self.stats["bad_session_expires"] += 1
+            return None
+
+    def _on_session_timer(self, call: Call, timer: SessionTimer, now: float) -> None:
+        if not call.active:
+            call.session_timer = None
+        elif now >= timer.expires_at:
+            # Section 10: no refresh came (or ours got no answer) before the session ended.
+            call.session_timer = None
+            call.retx = None
+            self._send_bye(call, now)
+            self._end(call, "session timer expired (RFC 4028)", 408)
+        elif timer.refresh_at is not None and now >= timer.refresh_at:
+            timer.refresh_at = None  # the refresh's 2xx starts the timer again
+            if call.pending is not None or call.state != "established":
+                # Another offer/answer is under way: try once it is over.
+                timer.refresh_at = now + self.config.timers.t2
+            else:
+                self.stats["session_refreshes"] += 1
+                # The SDP as it is, same o= version: the peer changes nothing (RFC 3264 8).
+                self._reinvite(call, call.local_sdp, now)  # type: ignore[arg-type]
 
     # ---- changing and ending calls --------------------------------------------------------
     def hold(self, call_id: str, now: float) -> None:
@@ -1054,8 +1268,11 @@ class UserAgent(RegistrationClient):
     def _reinvite(self, call: Call, offer: SessionDescription, now: float) -> None:
         call.pending = "out"
         call.pending_sdp = offer
+        headers = [("Supported", session_timer.TAG)]
+        if call.session_timer is not None:
+            headers += call.session_timer.request_headers(self.config.min_se)
         tx = self._send_in_dialog(call, "INVITE", now, body=bytes(offer),
-                                  content_type="application/sdp")
+                                  content_type="application/sdp", headers=headers)
         if tx is not None:
             self._owners[tx] = ("reinvite", call)
 
@@ -1077,13 +1294,18 @@ class UserAgent(RegistrationClient):
             self._owners.pop(tx, None)
             call.pending = None
             offer = call.pending_sdp
+            self._start_session_timer(call, self._granted(response), True, now)
             try:
-                media = negotiated(offer, response.body)  # type: ignore[arg-type]
+                remote = SessionDescription.parse(response.body)
+                before = call.remote()
+                if offer is call.local and before is not None and sdp_unchanged(before, remote):
+                    return  # a session refresh, answered with the same SDP: nothing changed
+                media = negotiated(offer, remote)  # type: ignore[arg-type]
             except (NegotiationFailed, ParseError) as exc:
                 self._send_bye(call, now)
                 self._end(call, f"SDP answer to re-INVITE is unusable: {exc}", 488)
                 return
-            call.local_sdp, call.remote_sdp = offer, SessionDescription.parse(response.body)
+            call.local_sdp, call.remote_sdp = offer, remote
             previous, call.media = call.media, media
             if media != previous:
                 self._events.append(CallUpdated(call, media, previous))
@@ -1094,6 +1316,10 @@ class UserAgent(RegistrationClient):
         if code in (408, 481):
             self._end(call, f"re-INVITE answered {code}: dialog gone", code)
             return
+        timer = call.session_timer
+        if timer is not None and timer.we_refresh and timer.refresh_at is None:
+            # A refresh that failed (491 glare...) is tried again until the session ends.
+            timer.refresh_at = now + self.config.timers.t2
         self._events.append(CallUpdateFailed(call, code))
 
     def send_dtmf(self, call_id: str, digit: str, now: float, duration_ms: int = 160) -> None:

@@ -60,10 +60,13 @@ class Pjsua2Peer(UaPeer):
                  play_wav: str | os.PathLike | None = None, record: bool = True,
                  codecs: tuple[str, ...] = ("PCMU/8000",), clock_rate: int = 8000,
                  auto_answer: int = 200, mode: str = "ua", max_calls: int = 4,
+                 timer: str | None = None, session_expires: int = 0, min_se: int = 0,
                  timeout: float = 10.0, workdir: str | os.PathLike | None = None) -> None:
         """`registrar`: a Kamailio harness or "host:port" to register with (else none);
         `codecs`: codec id prefixes enabled in that order, all others disabled;
-        `auto_answer`: status code sent to every INVITE (0: leave ringing)."""
+        `auto_answer`: status code sent to every INVITE (0: leave ringing); `timer`:
+        RFC 4028 session timers "inactive", "optional", "required" or "always" (None:
+        pjsua2's default) with `session_expires` and `min_se` seconds (0: its defaults)."""
         if mode not in ("ua", "setup-rate"):
             raise ValueError(f"pjsua2 peer mode {mode!r} is not 'ua' or 'setup-rate'")
         self.user = user
@@ -81,6 +84,7 @@ class Pjsua2Peer(UaPeer):
             "record_dir": str(self.dir / "recordings") if record else None,
             "codecs": list(codecs), "clock_rate": clock_rate, "auto_answer": auto_answer,
             "mode": mode, "max_calls": max_calls, "log_path": str(self.log_path),
+            "timer": timer, "session_expires": session_expires, "min_se": min_se,
         }
         self.proc: subprocess.Popen | None = None
         self.events: list[dict[str, Any]] = []
@@ -207,9 +211,17 @@ class Pjsua2Peer(UaPeer):
                             f"{ev.get('reason')}")
         return ev
 
-    def call(self, uri: str) -> int:
-        """Place a call; returns its call id (used by the other methods)."""
-        return int(self._request("calling", cmd="call", uri=uri)["id"])
+    def call(self, uri: str, *, late_offer: bool = False) -> int:
+        """Place a call; returns its call id (used by the other methods). `late_offer`:
+        the INVITE carries no SDP (PJSUA_CALL_NO_SDP_OFFER), the callee offers in its 200
+        and pjsua2 answers in the ACK (RFC 3261 13.2.1)."""
+        return int(self._request("calling", cmd="call", uri=uri,
+                                 late_offer=late_offer)["id"])
+
+    def reinvite(self, call_id: int, *, late_offer: bool = False) -> None:
+        """Send a re-INVITE in call `call_id`; `late_offer`: without SDP, asking the peer
+        for an offer in its 200 (RFC 3261 14.2), answered in the ACK."""
+        self._request("done", cmd="reinvite", id=call_id, late_offer=late_offer)
 
     def hangup(self, call_id: int | None = None) -> None:
         """Hang up one call, or every call."""
@@ -423,6 +435,15 @@ def _agent(cfg: dict[str, Any]) -> int:
     acfg.mediaConfig.transportConfig.port = cfg["rtp_port"]
     acfg.mediaConfig.transportConfig.portRange = cfg["rtp_range"]
     acfg.natConfig.iceEnabled = False
+    if cfg.get("timer"):
+        acfg.callConfig.timerUse = {
+            "inactive": pj.PJSUA_SIP_TIMER_INACTIVE, "optional": pj.PJSUA_SIP_TIMER_OPTIONAL,
+            "required": pj.PJSUA_SIP_TIMER_REQUIRED, "always": pj.PJSUA_SIP_TIMER_ALWAYS,
+        }[cfg["timer"]]
+    if cfg.get("session_expires"):
+        acfg.callConfig.timerSessExpiresSec = cfg["session_expires"]
+    if cfg.get("min_se"):
+        acfg.callConfig.timerMinSESec = cfg["min_se"]
     if setup_rate:
         acfg.mediaConfig.useLoopMedTp = True  # no RTP sockets: see the module docstring
     acc = PeerAccount()
@@ -445,6 +466,8 @@ def _agent(cfg: dict[str, Any]) -> int:
         if op == "call":
             call = PeerCall(acc)
             prm = pj.CallOpParam(True)
+            if cmd.get("late_offer"):
+                prm.opt.flag |= pj.PJSUA_CALL_NO_SDP_OFFER
             call.makeCall(cmd["uri"], prm)
             call.cid = call.getId()
             calls[call.cid] = call
@@ -454,6 +477,11 @@ def _agent(cfg: dict[str, Any]) -> int:
             for call in targets:
                 if call.isActive():
                     call.hangup(pj.CallOpParam())
+            emit("done", ref=ref)
+        elif op == "reinvite":
+            prm = pj.CallOpParam(True)
+            prm.opt.flag = pj.PJSUA_CALL_NO_SDP_OFFER if cmd.get("late_offer") else 0
+            find(cmd["id"]).reinvite(prm)
             emit("done", ref=ref)
         elif op == "dtmf":
             find(cmd["id"]).dialDtmf(cmd["digits"])
