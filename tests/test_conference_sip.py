@@ -187,12 +187,9 @@ def test_call_graph_pairs_in_and_out_by_call_number(tmp_path: Path) -> None:
     from pipeline.loader import add_part
 
     g = load_graph(CONFERENCE, {"port": 0, "record_dir": str(tmp_path / "rec")})
-    call = {"local_rtp_ip": HOST, "local_rtp_port": 30000, "remote_rtp_ip": HOST,
-            "remote_rtp_port": 40000, "codec": "pcmu", "encoder": "pcmu_encoder",
-            "decoder": "pcmu_decoder", "payload_type": 0,
-            "local_payload_type": 0, "clock_rate": 8000, "channels": 1,
-            "dtmf_payload_type": 101, "rtp_timeout": 30.0, "ptime": 20, "call_number": 7,
-            "direction": "sendrecv"}
+    from plugins.sip.nodes import example_call_values
+
+    call = example_call_values("pcmu") | {"call_number": 7}
     add_part(g, ROOT / "graphs" / "calls" / "conference-member.yaml", "call-7/", call=call)
     room_links = sorted((ln.src, ln.src_port, ln.dst, ln.dst_port) for ln in g.links
                         if "room" in (ln.src, ln.dst))

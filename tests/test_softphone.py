@@ -286,18 +286,10 @@ class FakeCard:
 
 
 def sample_call(codec: str) -> dict[str, Any]:
-    """`${call.*}` values as a sip_endpoint makes them (docs/sip.md), for `codec`."""
-    pt, clock, rate = {"pcmu": (0, 8000, 8000), "pcma": (8, 8000, 8000),
-                       "g722": (9, 8000, 16000), "opus": (111, 48000, 48000)}[codec]
-    return {"call_id": "abc", "call_number": 1, "call_direction": "outgoing",
-            "caller": "alice@127.0.0.1", "callee": "bob@127.0.0.1",
-            "remote_rtp_ip": "127.0.0.1", "remote_rtp_port": 40000,
-            "remote_address": "127.0.0.1", "remote_rtcp_port": 40001,
-            "local_rtp_ip": "127.0.0.1", "local_rtp_port": 30000, "codec": codec,
-            "encoder": f"{codec}_encoder", "decoder": f"{codec}_decoder",
-            "payload_type": pt, "local_payload_type": pt, "clock_rate": clock, "rate": rate,
-            "channels": 1, "ptime": 20, "ptime_ms": 20, "dtmf_payload_type": 101,
-            "direction": "sendrecv", "rtp_timeout": 30.0}
+    """`${call.*}` values as a sip_endpoint makes them for a loopback call with `codec`."""
+    from plugins.sip.nodes import example_call_values
+
+    return example_call_values(codec)
 
 
 @pytest.mark.parametrize("codec", ["pcmu", "pcma", "g722", "opus"])

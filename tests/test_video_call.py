@@ -170,12 +170,9 @@ def test_offer_answer_round_trip_both_sides_agree(ours, theirs, ports):
 
 # ---- the call graph and the endpoint parameter ----------------------------------------------
 def sample_video_call(codec: str = "vp8") -> dict:
-    from test_softphone import sample_call
+    from plugins.sip.nodes import example_call_values
 
-    return sample_call("pcmu") | {
-        "video_codec": codec, "video_payload_type": 97, "video_local_payload_type": 97,
-        "remote_video_ip": "127.0.0.1", "remote_video_port": 40002,
-        "local_video_port": 30002, "video_direction": "sendrecv"}
+    return example_call_values("pcmu", codec)
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
