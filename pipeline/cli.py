@@ -41,8 +41,6 @@ def load_plugins(paths: list[str], registry: Any = None) -> None:
     from .registry import get_registry
 
     for path in paths:
-        if not path.endswith(".py"):
-            raise UsageError(f"--plugin {path}: not a .py file", hint="--plugin ./my_nodes.py")
         (registry or get_registry()).load_file(
             path, where="check the --plugin path (relative to the current folder)")
 

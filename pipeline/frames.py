@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import NodeError
+from .formats import AUDIO, ENCODED, VIDEO, Format
+
 # Frame flags (bit set).
 FLAG_DISCONT = 1  # first frame after a gap, seek or format change
 FLAG_CONCEALED = 2  # synthesised by loss concealment, not decoded from media
@@ -124,3 +127,53 @@ class CustomEvent(Event):
     name: str
     data: dict[str, Any] = field(default_factory=dict)
 
+
+# ---- frames against their link's format ------------------------------------------------
+_PCM_DTYPES = {"pcm_s16": np.dtype(np.int16), "pcm_f32": np.dtype(np.float32)}
+_FRAME_TYPES = {AUDIO: AudioFrame, ENCODED: EncodedFrame, VIDEO: VideoFrame}
+
+
+def _describe(frame: Any) -> str:
+    """A frame as an error message names it."""
+    if isinstance(frame, AudioFrame):
+        data = frame.data
+        if isinstance(data, np.ndarray):
+            return f"{data.dtype} audio shaped {data.shape} at {frame.rate} Hz"
+        return f"an AudioFrame of {type(data).__name__} at {frame.rate} Hz"
+    if isinstance(frame, EncodedFrame):
+        return f"encoded/{frame.codec} at {frame.rate} Hz"
+    if isinstance(frame, VideoFrame):
+        return f"video/{frame.pix_fmt} {frame.width}x{frame.height}"
+    return f"a {type(frame).__name__}"
+
+
+def _fits(frame: Any, fmt: Format) -> bool:
+    cls = _FRAME_TYPES.get(fmt.media)
+    if cls is None:  # any media
+        return True
+    if not isinstance(frame, cls):
+        return False
+    want = {name: fmt.value(name) for name in ("encoding", "rate", "channels", "width",
+                                               "height")}
+    if cls is AudioFrame:
+        data = frame.data
+        dtype = _PCM_DTYPES.get(want["encoding"])
+        return (isinstance(data, np.ndarray) and data.ndim == 2
+                and (dtype is None or data.dtype == dtype)
+                and want["channels"] in (None, data.shape[1])
+                and want["rate"] in (None, frame.rate))
+    if cls is EncodedFrame:
+        return want["encoding"] in (None, frame.codec) and want["rate"] in (None, frame.rate)
+    return (want["encoding"] in (None, frame.pix_fmt) and want["width"] in (None, frame.width)
+            and want["height"] in (None, frame.height))
+
+
+def check_frame(frame: Any, fmt: Format, node: str, port: str) -> None:
+    """Raise a `NodeError` naming `node` and its output `port` when `frame` does not fit
+    `fmt`, the format negotiated for that port: a plugin's bug, which nodes downstream
+    (encoders, mixers, RTP) would turn into noise or a crash of their own."""
+    if not _fits(frame, fmt):
+        raise NodeError(f"port '{port}' sent {_describe(frame)} where it negotiated {fmt}",
+                        node=node, hint="a plugin bug: emit the format negotiate() gave the "
+                        "port (int16 for pcm_s16, float32 for pcm_f32, shaped (samples, "
+                        "channels))")

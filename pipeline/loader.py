@@ -561,10 +561,6 @@ class Builder:
             if not isinstance(mod, str) or not mod:
                 raise _err(f"plugin {mod!r} is not a path", where,
                            "write plugins: [./my_nodes.py]")
-            if not mod.endswith(".py"):
-                # importlib makes no module of other files (spec_from_file_location: None)
-                raise _err(f"plugin module '{mod}' is not a .py file", where,
-                           "plugins: lists Python files, e.g. ./my_nodes.py")
             try:
                 self.registry.load_file(base_dir / mod)
             except PipelineError as e:

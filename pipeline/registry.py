@@ -237,9 +237,13 @@ class Registry:
     def load_file(self, path: str | Path,
                   where: str = "check the path under plugins: (relative to the YAML file)",
                   ) -> None:
-        """Import a local plugin module named by a YAML graph's `plugins:` list (or by
-        `--plugin`: `where` is the hint for a path that is not there)."""
+        """Import a local plugin module (a .py file) named by a YAML graph's `plugins:` list
+        (or by `--plugin`: `where` is the hint for a path that is not there)."""
         path = Path(path).resolve()
+        if path.suffix != ".py":
+            # importlib makes no module of other files (spec_from_file_location: None)
+            raise PluginError(f"plugin module '{path}' is not a .py file",
+                              hint="a plugin module is a Python file, e.g. ./my_nodes.py")
         key = str(path)  # the plugin's name: unique per file, whatever its file name
         if self.pm.get_plugin(key) is not None:
             return

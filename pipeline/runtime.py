@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .clock import RealtimeClock, VirtualClock
 from .errors import NodeError, PipelineError
-from .frames import EndOfStream
+from .frames import EndOfStream, check_frame
 from .graph import Graph, Link
 from .node import Node
 
@@ -33,6 +33,7 @@ log = logging.getLogger("pipeline.runtime")
 T = TypeVar("T")
 
 STALL_S = 10.0  # media seconds an offline graph may go without a node finishing, sources done
+STALL_PERIODS = 5  # periods a real-time graph may go with nothing moving, sources done
 IO_GRACE = 2.0  # seconds an I/O task gets to end once cancelled
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -135,6 +136,7 @@ class Runtime:
         self._sources: set[str] = set()
         self._finished: set[str] = set()
         self._io_tasks: dict[str, asyncio.Task] = {}
+        self._stall_timer: asyncio.TimerHandle | None = None  # real time, sources done
         self._child_ns = [0]
         self._order: list[Node] = []
         self._clocked: list[Node] = []
@@ -261,7 +263,7 @@ class Runtime:
                     ln.frames += 1
                     self._pending_feedback.append((fn, dp, frame, ln))
 
-                return emit_later
+                return self._first_checked(ln, emit_later)
 
             # The class's function called on the node, where `process` is a plain method: a
             # bound method would be one more per-call object that every frame touches (its
@@ -277,7 +279,7 @@ class Runtime:
                 ln.frames += 1
                 f(node, dp, frame)
 
-            return emit_one
+            return self._first_checked(ln, emit_one)
         routes: dict[str, list[tuple[Callable, str, Link]]] = {}
         for ln in links:
             routes.setdefault(ln.src_port, []).append(self._route(ln, "process"))
@@ -295,6 +297,42 @@ class Runtime:
                 fn(dp, frame)
 
         return emit_many
+
+    def _first_checked(self, ln: Link, emit: Callable[[str, Any], None],
+                       ) -> Callable[[str, Any], None]:
+        """`emit`, the one link of `ln.src`, checking the first frame against the link's
+        negotiated format and then replacing itself with `emit`: a plugin's wrong frame is
+        named where it comes from, at no cost per frame."""
+        src = self.graph.nodes[ln.src]
+        fmt = src.out_formats.get(ln.src_port)
+        if fmt is None:
+            return emit
+
+        def emit_first(port: str, frame: Any) -> None:
+            if port == ln.src_port and not ln.ended:
+                check_frame(frame, fmt, ln.src, port)
+                if src.emit is emit_first:  # not rewired or detached meanwhile
+                    src.emit = emit
+            emit(port, frame)
+
+        return emit_first
+
+    def _checked_route(self, ln: Link, deliver: Callable) -> Callable:
+        """A route's `deliver` (one of several links of `ln.src`) that checks the first
+        frame, as `_first_checked` does, then puts `deliver` in its place in the table."""
+        fmt = self.graph.nodes[ln.src].out_formats.get(ln.src_port)
+        if fmt is None:
+            return deliver
+
+        def deliver_first(dp: str, frame: Any) -> None:
+            check_frame(frame, fmt, ln.src, ln.src_port)
+            routes = self._frame_routes.get(ln.src, {}).get(ln.src_port, [])
+            for i, route in enumerate(routes):
+                if route[2] is ln:
+                    routes[i] = (deliver, dp, ln)
+            deliver(dp, frame)
+
+        return deliver_first
 
     def _unrouted(self, name: str, port: str) -> None:
         """A frame out of a port with no link: dropped when the node declares the port (an
@@ -332,7 +370,10 @@ class Runtime:
         """One route of a routing table: the destination's `process` or `event`, queued
         when the link is a feedback edge."""
         fn = getattr(self.graph.nodes[ln.dst], method)
-        return (self._deferred(fn, ln) if ln.feedback else fn), ln.dst_port, ln
+        deliver = self._deferred(fn, ln) if ln.feedback else fn
+        if method == "process":
+            deliver = self._checked_route(ln, deliver)
+        return deliver, ln.dst_port, ln
 
     def _deferred(self, fn: Callable, ln: Link) -> Callable:
         # A declared feedback edge delivers once the period's ticks are done, which breaks
@@ -534,6 +575,43 @@ class Runtime:
         self._finished.add(node.name)
         if self._wake is not None and self._terminals <= self._finished:
             self._wake.set()
+        elif (node.name in self._sources and self._sources <= self._finished
+              and type(self.clock) is not VirtualClock and self.duration is None):
+            # The last source has ended and the graph has not: it ends soon (a node drains)
+            # or never (a node holds end-of-stream back). Look again in a few periods.
+            self._watch_stall(self._moved(), self.loop.time())
+
+    def _watch_stall(self, mark: tuple[int, int], since: float) -> None:
+        self._stall_timer = self.loop.call_later(STALL_PERIODS * self.graph.period,
+                                                 self._check_stalled_realtime, mark, since)
+
+    def _moved(self) -> tuple[int, int]:
+        """What changes while a graph whose sources have ended still moves: the nodes
+        finished, and the frames out of the nodes that hold end-of-stream (draining)."""
+        frames = sum(ln.frames for node in self._holding()
+                     for ln in self.graph.links_of(node.name) if ln.src == node.name)
+        return len(self._finished), frames
+
+    def _check_stalled_realtime(self, mark: tuple[int, int], since: float) -> None:
+        """Real time, `STALL_PERIODS` after the sources ended or after the last look (`mark`,
+        at `since` a node last finished): with no live input left (an I/O task, a node that
+        goes on by design), the graph stalls as offline (`_check_stalled`) once nothing
+        moves, or once frames still come out of a node holding end-of-stream, but no node
+        has finished for `STALL_S` (a clocked node can emit for ever without its input)."""
+        self._stall_timer = None
+        if self._stop_requested or self._terminals <= self._finished:
+            return
+        if any(not t.done() for t in self._io_tasks.values()) or any(
+                n.goes_on() for n in self._order if not n.finished):
+            return  # a packet, a device's audio, a caller may still come
+        moved = self._moved()
+        if moved[0] != mark[0]:
+            self._watch_stall(moved, self.loop.time())
+        elif moved[1] != mark[1] and self.loop.time() - since < STALL_S:
+            self._watch_stall(moved, since)  # draining, as a mixer or jitter buffer does
+        else:
+            self._stalled(f"{STALL_PERIODS * self.graph.period:g} s" if moved == mark
+                          else f"{STALL_S:g} s")
 
     def request_stop(self) -> None:
         """Stop after the current tick (safe to call from any thread via the loop)."""
@@ -687,6 +765,8 @@ class Runtime:
         except Exception as e:
             self.fail(e)
         finally:
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
             await self._end_io()
             for node in self._order:
                 self._stop_node(node)
@@ -732,26 +812,34 @@ class Runtime:
             return done, now
         if now - mark[1] < STALL_S or not self._sources <= self._finished:
             return mark
+        self._stalled(f"{STALL_S:g} s of media time")
+        return mark
+
+    def _holding(self) -> list[Node]:
+        """The nodes that have not finished though every input they wait on has ended."""
         ended: dict[str, bool] = {}  # node -> whether every input it waits on has ended
         for ln in self.graph.links:
             if not ln.feedback:
                 ended[ln.dst] = ended.get(ln.dst, True) and ln.ended
-        holding = [n for n in self._order if not n.finished and ended.get(n.name)]
+        return [n for n in self._order if not n.finished and ended.get(n.name)]
+
+    def _stalled(self, since: str) -> None:
+        """Stop a graph that will never end, naming the node holding end-of-stream back."""
+        holding = self._holding()
         if holding:
             node = holding[0]
             by_design = node.goes_on()
             self.fail(NodeError(
-                f"every input has ended, but no end-of-stream came out in {STALL_S:g} s of "
-                "media time since", node=node.name,
+                f"every input has ended, but no end-of-stream came out in {since} since",
+                node=node.name,
                 hint=f"{by_design}: bound the run with --duration" if by_design else
                 "pass EndOfStream on from event() once done (super().event does)"), node)
         else:
             waiting = sorted(self._terminals - self._finished)
             self.fail(PipelineError(
                 f"the graph's sources have ended, but {', '.join(waiting)} never had "
-                f"end-of-stream in {STALL_S:g} s of media time since",
+                f"end-of-stream in {since} since",
                 hint="every node must pass EndOfStream on; --duration bounds a run"))
-        return mark
 
     async def _end_io(self) -> None:
         """Cancel the I/O tasks and give them `IO_GRACE` s to clean up: one that ignores its

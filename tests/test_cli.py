@@ -346,6 +346,37 @@ def test_call_refuses_a_parameter_its_call_graph_does_not_declare(repo_root, cap
         "'nosuch' (hint: declared: freq, heard)")
 
 
+def test_a_realtime_launch_ends_when_a_node_swallows_end_of_stream(in_tmp):
+    # It ran until killed, where offline stops with this error.
+    (in_tmp / "swallow.py").write_text('''
+from pipeline.formats import Format
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class Swallow(Node):
+    """Passes frames on, never end-of-stream."""
+    kind = "swallow"
+    inputs = (Port("in", (Format.audio(),)),)
+    outputs = (Port("out", (Format.audio(),)),)
+    def process(self, port, frame):
+        self.emit("out", frame)
+    def event(self, port, event):
+        pass
+
+@hookimpl
+def register_node_types():
+    return [Swallow]
+''')
+    r = subprocess.run([sys.executable, "-m", "pipeline", "launch", "--realtime", "--plugin",
+                        "swallow.py", "-e", "tone rate=8000 duration=0.2s ! swallow name=s ! "
+                        "wav_recorder path=a.wav"], capture_output=True, text=True, timeout=60,
+                       cwd=in_tmp)
+    assert (r.returncode, r.stderr) == (1, (
+        "pipeline: error: node 's': every input has ended, but no end-of-stream came out in "
+        "0.1 s since (hint: pass EndOfStream on from event() once done (super().event does))\n"))
+    assert len(read_wav(in_tmp / "a.wav")[0]) == 1600  # the recorder has flushed
+
+
 def test_a_launch_line_and_inspect_load_local_plugins(tmp_path, capsys):
     # A launch line has no plugins: list; nothing could load a local module for it.
     (tmp_path / "quiet.py").write_text('''
@@ -374,5 +405,10 @@ def register_node_types():
     assert len(audio) == len(loud) == 1600 and abs(ratio - 0.1) < 0.002  # -20 dB
     assert main(["inspect", "--plugin", plugin, "quiet_local"]) == 0
     assert capsys.readouterr().out.startswith(f"quiet_local  (plugin {tmp_path / 'quiet.py'}")
+    # A file that is not a plugin module is bad input, as in a graph's plugins: (exit 1, not
+    # the usage error 2 it was)
     assert main(["launch", "--plugin", str(tmp_path / "quiet.txt"), "-e", "tone ! null_sink"]
-                ) == 2
+                ) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: plugin module '{tmp_path / 'quiet.txt'}' is not a .py file (hint: a "
+        "plugin module is a Python file, e.g. ./my_nodes.py)")

@@ -333,8 +333,13 @@ def test_plugin_that_is_not_a_python_file(tmp_path, capsys):
     path = tmp_path / "g.yaml"
     path.write_text("plugins: [notes.txt]\n" + GOOD)
     assert _validate(path, capsys) == (1, [
-        f"pipeline: error: {path}:1:11: plugin module 'notes.txt' is not a .py file (hint: "
-        "plugins: lists Python files, e.g. ./my_nodes.py)"])
+        f"pipeline: error: {path}:1:11: plugin module '{tmp_path / 'notes.txt'}' is not a .py "
+        "file (hint: a plugin module is a Python file, e.g. ./my_nodes.py)"])
+    # --plugin goes through the same check: the same line (with no place) and exit code
+    assert main(["validate", "--plugin", str(tmp_path / "notes.txt"), str(path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: plugin module '{tmp_path / 'notes.txt'}' is not a .py file (hint: a "
+        "plugin module is a Python file, e.g. ./my_nodes.py)")
 
 
 # ---- bins (a YAML graph used as a node type) ----------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.errors import NodeError
 from pipeline.formats import Format
+from pipeline.frames import AudioFrame, EncodedFrame
 from pipeline.graph import Graph
 from pipeline.loader import load_graph_text, parse_launch
 from pipeline.node import Node, Port
@@ -129,16 +130,18 @@ def test_single_feedback_link_queues_as_the_general_routing_does():
     rt = Runtime(g)
     fb = next(ln for ln in g.links if ln.feedback)
     other = replace(fb, src_port="elsewhere", feedback=False)
+    fmt = g.nodes[fb.src].out_formats[fb.src_port]
+    frame = AudioFrame(np.zeros((160, fmt.value("channels")), np.int16), fmt.value("rate"))
     queued = []
     for links in ([fb], [fb, other]):
         fb.frames = 0
         rt._pending_feedback = []
         emit = rt._make_emit(fb.src, links)
-        emit(fb.src_port, "frame")
+        emit(fb.src_port, frame)
         assert fb.frames == 1
         queued.append(rt._pending_feedback)
     assert queued[0] == queued[1]
-    assert queued[0][0][1:] == (fb.dst_port, "frame", fb)
+    assert queued[0][0][1:] == (fb.dst_port, frame, fb)
 
 
 def test_a_node_holding_end_of_stream_back_is_named_instead_of_spinning_for_ever():
@@ -151,6 +154,82 @@ def test_a_node_holding_end_of_stream_back_is_named_instead_of_spinning_for_ever
         run_graph(g, stats=False)
     assert str(e.value).startswith(
         "node 'm': every input has ended, but no end-of-stream came out in 10 s")
+
+
+class _Swallow(Node):
+    """Passes frames on, never end-of-stream (a plugin's bug)."""
+
+    kind = "test_swallow"
+    inputs = (Port("in", (Format.audio(),)),)
+    outputs = (Port("out", (Format.audio(),)),)
+
+    def process(self, port, frame):
+        self.emit("out", frame)
+
+    def event(self, port, event):
+        pass
+
+
+def _run_realtime(g: Graph, runtime=None):
+    """Run in real time, giving up (failing) after a generous bound instead of hanging."""
+    from pipeline.runtime import run_coroutine
+
+    rt = runtime or Runtime(g, realtime=True)
+    return run_coroutine(asyncio.wait_for(rt.run(), 60))
+
+
+def test_in_real_time_a_node_holding_end_of_stream_back_is_named_as_offline():
+    # Offline stopped such a graph; in real time it ran until killed. Nothing moves once the
+    # tone has ended, so a few periods tell.
+    g = Graph("g")
+    g.create("tone", "t", {"rate": 8000, "duration": 0.1})
+    g.add(_Swallow("s"))
+    g.create("frame_sink", "o")
+    g.link("t", "out", "s", "in")
+    g.link("s", "out", "o", "in")
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g)
+    assert str(e.value) == (
+        "node 's': every input has ended, but no end-of-stream came out in 0.1 s since (hint: "
+        "pass EndOfStream on from event() once done (super().event does))")
+    assert len(g.nodes["o"].frames) == 5
+
+
+def test_in_real_time_a_clocked_node_emitting_without_end_stalls_as_offline(monkeypatch):
+    # The mixer goes on mixing silence once its inputs' EOS is lost: frames move, but no node
+    # finishes for STALL_S, the offline rule (shortened here).
+    import pipeline.runtime
+
+    monkeypatch.setattr(pipeline.runtime, "STALL_S", 0.3)
+    g = load_graph_text(GRAPH)
+    g.prepare()
+    g.nodes["m"].event = lambda port, event: None  # swallows EOS
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g)
+    assert str(e.value).startswith(
+        "node 'm': every input has ended, but no end-of-stream came out in 0.3 s since")
+
+
+@pytest.mark.parametrize("line", [
+    # Sending ends with the tone; what the peer sends may still come.
+    "tone rate=8000 duration=0.1s ! pcmu_encoder ! rtp_session ! pcmu_decoder ! frame_sink",
+    # A room that waits for callers by design.
+    "tone rate=48000 duration=0.1s ! conference persistent=true ! frame_sink",
+], ids=["rtp_session", "persistent-room"])
+def test_in_real_time_a_live_input_keeps_the_graph_running(line):
+    g = parse_launch(line)
+    rt = Runtime(g, realtime=True)
+    check = rt._check_stalled_realtime
+    looked = []
+
+    def check_then_stop(*args):  # the test ends the run once the check has let it go on
+        check(*args)
+        looked.append(rt.error)
+        rt.request_stop()
+
+    rt._check_stalled_realtime = check_then_stop
+    r = _run_realtime(g, rt)
+    assert r.stopped_by == "stop" and looked == [None]
 
 
 def test_duration_bounds_a_graph_of_io_nodes_only():
@@ -316,3 +395,76 @@ def test_an_offline_graph_where_nothing_is_clocked_says_so():
     assert str(e.value) == ("no node of the graph is clocked or does I/O: nothing will run "
                             "(hint: a source node sets clocked = True and emits from tick() "
                             "(docs/plugins.md))")
+
+
+# ---- a frame that does not fit its link's format ------------------------------------------
+class _Garble(Node):
+    """Passes audio on as `garble` makes it, on `out` or on `copy` (two links: a route
+    table instead of the one-link emit)."""
+
+    kind = "test_garble"
+    inputs = (Port("in", (Format.audio("pcm_s16"),)),)
+    outputs = (Port("out", (Format.audio("pcm_s16"),)), Port("copy", (Format.audio("pcm_s16"),),
+                                                             optional=True))
+
+    def __init__(self, name: str, garble, port: str = "out") -> None:
+        super().__init__(name)
+        self.garble, self.port = garble, port
+
+    def process(self, port, frame):
+        for out in self.linked_outputs:
+            self.emit(out, self.garble(frame) if out == self.port else frame)
+
+
+def _garbled(garble, port: str = "out") -> Graph:
+    g = Graph("g")
+    g.create("tone", "tone", {"rate": 8000, "duration": 0.1})
+    g.add(_Garble("x", garble, port))
+    g.create("frame_sink", "o")
+    g.link("tone", "out", "x", "in")
+    g.link("x", "out", "o", "in")
+    if port == "copy":
+        g.create("frame_sink", "c")
+        g.link("x", "copy", "c", "in")
+    return g
+
+
+def _mono_f64(f):
+    return AudioFrame(f.data.astype(np.float64), f.rate, f.pts)
+
+
+@pytest.mark.parametrize("garble, port, came", [
+    (_mono_f64, "out", "float64 audio shaped (160, 1) at 8000 Hz"),
+    (_mono_f64, "copy", "float64 audio shaped (160, 1) at 8000 Hz"),
+    (lambda f: AudioFrame(np.repeat(f.data, 2, axis=1), f.rate, f.pts), "out",
+     "int16 audio shaped (160, 2) at 8000 Hz"),
+    (lambda f: AudioFrame(f.data, 16000, f.pts), "out", "int16 audio shaped (160, 1) at 16000 Hz"),
+    (lambda f: EncodedFrame(f.data.tobytes(), "pcmu", f.pts, 160), "out",
+     "encoded/pcmu at 8000 Hz"),
+])
+def test_a_first_frame_unlike_its_links_format_stops_the_graph_naming_node_and_port(
+        garble, port, came):
+    # Only wav_recorder checked its frames: an encoder, a mixer or an rtp_session took
+    # whatever came, with undefined results.
+    g = _garbled(garble, port)
+    with pytest.raises(NodeError) as e:
+        run_graph(g)
+    assert str(e.value) == (
+        f"node 'x': port '{port}' sent {came} where it negotiated audio/pcm_s16 8000 Hz 1 ch "
+        "(hint: a plugin bug: emit the format negotiate() gave the port (int16 for pcm_s16, "
+        "float32 for pcm_f32, shaped (samples, channels)))")
+    assert not g.nodes["c" if port == "copy" else "o"].frames  # it went no further
+
+
+@pytest.mark.parametrize("port", ["out", "copy"])
+def test_after_a_good_first_frame_emit_delivers_without_checking(port):
+    # The check costs one call per link, once: then the emit (or the route) is the plain one.
+    r = run_graph(_garbled(lambda f: f, port), stats=False)
+    x, o = r.graph.nodes["x"], r.graph.nodes["o"]
+    assert len(o.frames) == 5
+    if port == "out":
+        assert x.emit.__name__ == "emit_one"
+    else:
+        routes = r.graph.runtime._frame_routes["x"]
+        assert [fn for fn, _, _ in routes["out"] + routes["copy"]] == [o.process,
+                                                                       r.graph.nodes["c"].process]

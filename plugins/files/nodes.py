@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.clock import TickSamples
-from pipeline.errors import GraphError, NodeError, ParseError
+from pipeline.errors import GraphError, ParseError
 from pipeline.formats import Format
-from pipeline.frames import AudioFrame
+from pipeline.frames import AudioFrame, check_frame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
@@ -344,21 +344,15 @@ class WavRecorder(Node):
             return
         data = frame.data
         if data.dtype != self._dtype or data.ndim != 2 or data.shape[1] != self.channels:
-            self._wrong_frame(data)  # else the file fills with noise of the wrong length
+            # The runtime checks only the first frame on a link; a frame that changes later
+            # would fill the file with noise of the wrong length.
+            ln = next(ln for ln in self.graph.links_of(self.name) if ln.dst == self.name)
+            check_frame(frame, self.in_formats["in"], ln.src, ln.src_port)
         self.pending.append(data.tobytes())
         self.pending_bytes += frame.data.nbytes
         if self.pending_bytes >= self.limit_bytes or (
                 time.monotonic() - self.last_flush >= self.flush_interval):
             self.flush()
-
-    def _wrong_frame(self, data: np.ndarray) -> None:
-        fmt = self.in_formats["in"]
-        src = next((ln.src for ln in self.graph.links_of(self.name) if ln.dst == self.name),
-                   "?") if self.graph is not None else "?"
-        raise NodeError(f"sends {data.dtype} frames shaped {data.shape} where it negotiated "
-                        f"{fmt}", node=src, hint="a plugin bug: emit the format negotiate() "
-                        "returned (int16 for pcm_s16, float32 for pcm_f32, shaped (samples, "
-                        "channels))")
 
     def flush(self) -> None:
         if not self.pending or self.failed:
