@@ -806,3 +806,48 @@ def test_a_codec_listed_twice_is_offered_once():
     g.prepare()
     offered = [str(c) for c in g.nodes["sip"]._usable_codecs()]
     assert offered == ["PCMU/8000", "telephone-event/8000", "PCMA/8000"]
+
+
+# ---- transfers (RFC 3515) through the node; with real audio against pjsua2 in test_sip_interop
+def signalling_yaml(user: str, extra: str = "") -> str:
+    """An endpoint without a call graph (signalling only)."""
+    return f"""
+nodes:
+  sip:
+    type: sip_endpoint
+    listen: udp:127.0.0.1:0
+    user: {user}
+{extra}
+"""
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_transfer_that_fails_is_reported_and_the_call_stays(follow):
+    """Alice calls Bob and transfers him to Carol, who challenges callers (Bob has no
+    password: 401). Following it, Bob NOTIFYs that 401; not following it (the default) he
+    declines the REFER with 603. Either way Alice posts transfer-done with ok false and
+    the call between them goes on."""
+    async def main() -> None:
+        carol = Endpoint(signalling_yaml("carol", "    users: {x: y}"))
+        bob = Endpoint(signalling_yaml("bob", f"    follow_refer: {str(follow).lower()}"))
+        alice = Endpoint(signalling_yaml("alice"))
+        carol_port, bob_port = await carol.port(), await bob.port()
+        await alice.port()
+        call_id = alice.node.call(f"sip:bob@127.0.0.1:{bob_port}")
+        await alice.wait("call-established", call_id=call_id)
+        refer_id = alice.node.transfer(call_id, f"sip:carol@127.0.0.1:{carol_port}")
+        done = await alice.wait("transfer-done", call_id=call_id)
+        status, reason = (401, "Unauthorized") if follow else (603, "603 Decline")
+        assert done.data == {"call_id": call_id, "refer_id": refer_id, "status": status,
+                             "reason": reason, "ok": False}
+        ref = await bob.wait("refer")
+        assert ref.data == {"call_id": call_id, "target": f"sip:carol@127.0.0.1:{carol_port}",
+                            "followed": follow}
+        # only Bob's call to Carol ended (when he followed); Alice's and Bob's goes on
+        assert [m.data["status"] for m in bob.names("call-ended")] == ([401] if follow else [])
+        assert alice.names("call-ended") == []
+        assert alice.node.ua.calls[call_id].state == "established"
+        for ep in (alice, bob, carol):
+            await ep.stop()
+
+    asyncio.run(main())

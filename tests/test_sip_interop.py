@@ -491,6 +491,176 @@ def test_we_refresh_a_session_timer_pjsua2_grants_and_the_call_graph_stays(
     check_tone(theirs, F_OURS, rate)
 
 
+# ---- transfers (RFC 3515 REFER) ---------------------------------------------------------------
+F_THIRD = 700.0  # the transfer target's tone
+
+
+@pytest.fixture
+def third_tone(tmp_path: Path) -> Path:
+    path = tmp_path / f"tone{int(F_THIRD)}.wav"
+    write_wav(path, sine(F_THIRD, RATE, 10.0, amplitude=0.5), RATE)
+    return path
+
+
+def test_pjsua2_transfers_its_call_to_us_and_we_follow_it(need_pjsua2: None, tone_call: Path,
+                                                         peer_tone: Path,
+                                                         third_tone: Path) -> None:
+    """RFC 3515: carol (pjsua2) REFERs its call with us to dave (pjsua2). With follow_refer
+    we answer 202, NOTIFY 100 Trying, call dave with the same call graph, NOTIFY its 200 OK
+    (terminated;reason=noresource) and hang up carol's call. The new call carries audio
+    both ways: we hear dave's tone and dave hears ours."""
+    with Pjsua2Peer("carol", play_wav=peer_tone, record=False) as carol, \
+            Pjsua2Peer("dave", play_wav=third_tone) as dave:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(call_graph=tone_call, call_graph_params={"freq": F_OURS},
+                          follow_refer=True)
+            cid = await peer(carol.call, await ep.uri())
+            first = await ep.wait("call-established")
+            await peer(carol.wait_state, cid, "CONFIRMED")
+            await peer(carol.xfer, cid, dave.contact)
+            ref = await ep.wait("refer")
+            assert ref.data == {"call_id": first.data["call_id"], "target": dave.contact,
+                                "followed": True}
+            dave_cid = await peer(dave.wait_incoming)
+            second = await until(lambda: next((m for m in ep.names("call-established")
+                                               if m.data["call_id"] != first.data["call_id"]),
+                                              None), "the followed call answered")
+            # carol heard the outcome in NOTIFYs, then our BYE ended its call
+            final = await peer(carol.wait_event, "xfer_status", where=lambda e: e["final"])
+            assert (final["code"], final["reason"]) == (200, "OK")
+            assert 100 in [e["code"] for e in carol.events if e["event"] == "xfer_status"]
+            gone = await peer(carol.wait_state, cid, "DISCONNECTED")
+            assert gone["code"] == 200  # our BYE, answered
+            ended = await ep.wait("call-ended", call_id=first.data["call_id"])
+            assert ended.data["reason"] == "local hangup"
+            sink = ep.graph.nodes[second.data["prefix"] + "sink"]
+            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing dave 1.5 s")
+            await peer(dave.wait_heard, dave_cid, 1.5)
+            await peer(dave.hangup, dave_cid)
+            await ep.wait("call-ended", call_id=second.data["call_id"])
+            await ep.stop()
+            return sink.audio(), dave_cid
+
+        ours, dave_cid = asyncio.run(main())
+        theirs, rate = read_wav(dave.recording(dave_cid))
+    check_tone(ours, F_THIRD)
+    check_tone(theirs, F_OURS, rate)
+
+
+def test_we_transfer_a_pjsua2_call_to_another_endpoint_of_ours(
+        need_pjsua2: None, tone_call: Path, peer_tone: Path) -> None:
+    """RFC 3515 as referrer: we call carol (pjsua2), then `transfer` it to a second endpoint
+    of ours. pjsua2 accepts the REFER (202), calls that endpoint and NOTIFYs 100 then 200;
+    we post transfer-progress and transfer-done and hang up our call (RFC 5589 s6). The new
+    call carries audio both ways."""
+    with Pjsua2Peer("carol", play_wav=peer_tone) as carol:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(user="alice", call_graph=tone_call,
+                          call_graph_params={"freq": F_OURS})
+            other = Endpoint(user="bob", call_graph=tone_call, rtp_port_range="35000-35999",
+                             call_graph_params={"freq": F_THIRD})
+            await ep.port()
+            call_id = ep.node.call(carol.contact)
+            cid = await peer(carol.wait_incoming)
+            await ep.wait("call-established", call_id=call_id)
+            refer_id = ep.node.transfer(call_id, await other.uri("bob"))
+            new_cid = await peer(carol.wait_xfer_call, cid)
+            done = await ep.wait("transfer-done", call_id=call_id)
+            assert done.data == {"call_id": call_id, "refer_id": refer_id, "status": 200,
+                                 "reason": "OK", "ok": True}
+            progress = [m.data["status"] for m in ep.names("transfer-progress")]
+            assert progress[0] == 202 and 100 in progress
+            assert (await ep.wait("call-ended", call_id=call_id)).data["reason"] in (
+                "local hangup", "remote hangup")  # we BYE; pjsua2 may BYE too
+            await peer(carol.wait_state, cid, "DISCONNECTED")
+            est = await other.wait("call-established")
+            sink = other.graph.nodes[est.data["prefix"] + "sink"]
+            await until(lambda: heard_seconds(sink) >= 1.5, "the other endpoint hearing 1.5 s")
+            await peer(carol.wait_heard, new_cid, 1.5)
+            await peer(carol.hangup, new_cid)
+            await other.wait("call-ended")
+            await other.stop()
+            await ep.stop()
+            return sink.audio(), new_cid
+
+        ours, new_cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(new_cid))
+    check_tone(ours, F_PEER)
+    check_tone(theirs, F_THIRD, rate)
+
+
+# ---- reliable provisional responses (RFC 3262) ------------------------------------------------
+def test_pjsua2_requires_100rel_and_we_send_a_reliable_180_then_the_200(
+        need_pjsua2: None, tone_call: Path, peer_tone: Path) -> None:
+    """RFC 3262 s3: pjsua2's INVITE says Require: 100rel (before, we refused it 420). Our 180
+    goes with Require: 100rel and RSeq, pjsua2 PRACKs it, and our 200 follows the PRACK's
+    200; the call carries audio both ways."""
+    with Pjsua2Peer("carol", play_wav=peer_tone, prack=True) as carol:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(call_graph=tone_call, call_graph_params={"freq": F_OURS})
+            cid = await peer(carol.call, await ep.uri())
+            await ep.wait("call-established")
+            await peer(carol.wait_state, cid, "CONFIRMED")
+            stats = ep.node.stats()
+            assert stats.get("sip_rejected_420", 0) == 0
+            assert stats.get("sip_prack_unmatched", 0) == stats.get("sip_bad_rack", 0) == 0
+            sink = ep.graph.nodes["call-1/sink"]
+            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
+            await peer(carol.wait_heard, cid, 1.5)
+            await peer(carol.hangup, cid)
+            await ep.wait("call-ended")
+            await ep.stop()
+            return sink.audio(), cid
+
+        ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+        log = carol.log_path.read_text(errors="replace").replace("\r", "")
+    # pjsua2's log of the exchange: our 180 was reliable and it PRACKed that RSeq
+    ringing = log.split("SIP/2.0 180 Ringing\n", 1)[1].split("\n\n", 1)[0]
+    assert "\nRequire: 100rel\n" in ringing
+    rseq = ringing.split("\nRSeq: ", 1)[1].split("\n", 1)[0]
+    cseq = log.split("\nCSeq: ", 1)[1].split(" ", 1)[0]  # its INVITE's
+    assert "PRACK sip:" in log and f"\nRAck: {rseq} {cseq} INVITE\n" in log
+    check_tone(ours, F_PEER)
+    check_tone(theirs, F_OURS, rate)
+
+
+def test_we_prack_the_reliable_180_of_pjsua2(need_pjsua2: None, tone_call: Path,
+                                            peer_tone: Path) -> None:
+    """RFC 3262 s4: our INVITE says Supported: 100rel (before, pjsua2 with 100rel mandatory
+    refused it with 421); pjsua2 rings with a reliable 180 and we PRACK it (RAck: RSeq, CSeq,
+    INVITE); the call carries audio both ways."""
+    with Pjsua2Peer("carol", play_wav=peer_tone, prack=True) as carol:
+        async def main() -> tuple[np.ndarray, int]:
+            ep = Endpoint(user="alice", call_graph=tone_call,
+                          call_graph_params={"freq": F_OURS})
+            await ep.port()
+            call_id = ep.node.call(carol.contact)
+            cid = await peer(carol.wait_incoming)
+            await ep.wait("call-ringing", call_id=call_id)
+            await ep.wait("call-established", call_id=call_id)
+            assert ep.node.ua.calls[call_id].rseq is not None  # the RSeq we PRACKed
+            sink = ep.graph.nodes["call-1/sink"]
+            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
+            await peer(carol.wait_heard, cid, 1.5)
+            ep.node.hangup(call_id)
+            await peer(carol.wait_state, cid, "DISCONNECTED")
+            await ep.wait("call-ended")
+            await ep.stop()
+            return sink.audio(), cid
+
+        ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+        log = carol.log_path.read_text(errors="replace").replace("\r", "")
+    assert "Supported: timer, 100rel" in log
+    # its 180 with RSeq (its 200 may come before our PRACK: s3 allows that for a 180
+    # without SDP) and our PRACK naming that RSeq and the INVITE, answered 200
+    rseq = log.split("\nRSeq: ", 1)[1].split("\n", 1)[0]
+    assert f"\nRAck: {rseq} 1 INVITE\n" in log
+    check_tone(ours, F_PEER)
+    check_tone(theirs, F_OURS, rate)
+
+
 # ---- baresip calling us directly ------------------------------------------------------------
 def test_baresip_hangs_up_and_our_call_graph_goes(need_baresip: None, tone_call: Path,
                                                   peer_tone: Path) -> None:

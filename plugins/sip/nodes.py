@@ -10,7 +10,13 @@ part with the new values.
 
 Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip-registered``,
 ``sip-registration-failed``, ``sip-unregistered``, ``call-incoming``, ``call-ringing``,
-``call-established``, ``call-updated``, ``call-ended``, ``dtmf``, ``refer``.
+``call-established``, ``call-updated``, ``call-ended``, ``dtmf``, ``refer``,
+``transfer-progress``, ``transfer-done``.
+
+Transfers (RFC 3515): with `follow_refer` a REFER from the peer is followed as a softphone
+does a blind transfer: the endpoint calls the Refer-To target (same call graph), reports
+that call's progress in NOTIFYs and hangs up the referring call once the new one is up.
+`transfer(call_id, uri)` sends our own REFER.
 """
 
 from __future__ import annotations
@@ -229,6 +235,9 @@ class SipEndpoint(Node):
     exit_after_call = Param(bool, False, "end the graph when the dialled call has ended")
     rate_limit = Param(float, 50.0, "SIP requests per second accepted from one address "
                        "(bursts of twice that); 0: no limit", min=0.0)
+    follow_refer = Param(bool, False, "follow a REFER (blind transfer): call its Refer-To "
+                         "target with the same call_graph, report that call in NOTIFYs and "
+                         "hang up the referring call once it is answered (false: decline 603)")
     session_expires = Param(Duration, 1800.0, "session interval our INVITEs ask for (RFC 4028 "
                             "session timers; 0: none)", min=0.0)
     min_se = Param(Duration, 90.0, "shortest session interval accepted from a caller (else "
@@ -349,7 +358,8 @@ class SipEndpoint(Node):
             video_codecs=[video_codec(str(n)) for n in self.video_codecs or ()]
             if self.video else (),
             rate_burst=max(1, int(2 * self.rate_limit)),
-            session_expires=round(self.session_expires), min_se=round(self.min_se)))
+            session_expires=round(self.session_expires), min_se=round(self.min_se),
+            follow_refer=self.follow_refer))
         self.media_ip_used = media_ip
         self.ports = PortAllocator(str(self.rtp_port_range), media_ip)
         self.listeners = listeners
@@ -361,8 +371,11 @@ class SipEndpoint(Node):
         self._shutting_down: float | None = None
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
+        # calls we placed to follow a REFER: their Call-ID -> (referring Call-ID, refer id)
+        self._following: dict[str, tuple[str, str]] = {}
         self._c = dict.fromkeys(("calls_in", "calls_out", "calls_ended", "rtp_timeouts",
-                                 "part_faults", "part_errors", "detach_timeouts"), 0)
+                                 "part_faults", "part_errors", "detach_timeouts",
+                                 "refer_failed"), 0)
         if self.graph is not None:
             self.graph.listeners.append(self._on_bus)
         self.post("sip-listening", listeners=[f"{x.transport}:{x.host}:{x.port}"
@@ -520,6 +533,14 @@ class SipEndpoint(Node):
         self.ua.resume(call_id, self._loop.time())
         self._pump()
 
+    def transfer(self, call_id: str, uri: str) -> str:
+        """Ask the peer of an established call to call `uri` instead (a blind transfer, RFC
+        3515 REFER); returns the REFER's id. ``transfer-progress`` and ``transfer-done``
+        follow; on success (the new call answered) we hang up this call."""
+        refer_id = self.ua.transfer(call_id, uri, self._loop.time())
+        self._pump()
+        return refer_id
+
     def shutdown(self) -> None:
         """Hang up every call and unregister, then end (send EOS) once done or after 3 s."""
         now = self._loop.time()
@@ -567,6 +588,7 @@ class SipEndpoint(Node):
                 self.answer(call.call_id)
         elif isinstance(event, sipua.CallRinging):
             self.post("call-ringing", call_id=event.call.call_id)
+            self._report_followed(event.call.call_id, 180)
         elif isinstance(event, sipua.CallEstablished):
             call = event.call
             if call.call_id not in self.parts:
@@ -583,6 +605,9 @@ class SipEndpoint(Node):
                 self._ring_since = None
             self.post("call-established", call_id=call.call_id,
                       codec=self._codec_name(event.media), prefix=self.parts.get(call.call_id))
+            referring = self._report_followed(call.call_id, 200)
+            if referring is not None:  # transferred: the referring call has done its part
+                self.ua.hangup(referring, self._loop.time())
         elif isinstance(event, sipua.CallUpdated):
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
@@ -607,13 +632,24 @@ class SipEndpoint(Node):
                     closing.add_done_callback(lambda _, port=used: self.ports.release(port))
             self.post("call-ended", call_id=call.call_id, reason=event.reason,
                       status=event.status)
+            # A followed call that failed: its status (486, 487...) ends the subscription.
+            self._report_followed(call.call_id, event.status or 500,
+                                  None if event.status else event.reason[:60])
             if call.call_id == self._dialled and self.exit_after_call:
                 self.send_eos()
         elif isinstance(event, sipua.DtmfReceived):
             self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,
                       duration_ms=event.event.duration_ms)
         elif isinstance(event, sipua.ReferReceived):
-            self.post("refer", call_id=event.call.call_id, target=event.target)
+            self._on_refer(event)
+        elif isinstance(event, sipua.TransferProgress):
+            self.post("transfer-progress", call_id=event.call.call_id,
+                      refer_id=event.refer_id, status=event.status, reason=event.reason)
+        elif isinstance(event, sipua.TransferDone):
+            self.post("transfer-done", call_id=event.call.call_id, refer_id=event.refer_id,
+                      status=event.status, reason=event.reason, ok=event.ok)
+            if event.ok:  # RFC 5589 6: the transferor ends its call once the transfer is made
+                self.ua.hangup(event.call.call_id, self._loop.time())
         elif isinstance(event, sipua.Registered):
             self.post("sip-registered", aor=event.aor, expires=event.expires)
         elif isinstance(event, sipua.RegistrationFailed):
@@ -621,6 +657,33 @@ class SipEndpoint(Node):
                       reason=event.reason)
         elif isinstance(event, sipua.Unregistered):
             self.post("sip-unregistered", aor=event.aor)
+
+    def _on_refer(self, event: sipua.ReferReceived) -> None:
+        call_id, refer_id = event.call.call_id, event.refer_id
+        self.post("refer", call_id=call_id, target=event.target, followed=refer_id is not None)
+        if refer_id is None:
+            return  # declined (603): follow_refer is off
+        try:
+            new_id = self.call(event.target)
+        except Exception as exc:  # an unusable target (no listener for its transport...)
+            self._c["refer_failed"] += 1
+            log.warning("call %s: cannot follow REFER to %s: %s", call_id, event.target, exc)
+            self.ua.notify_refer(call_id, refer_id, 503, self._loop.time())
+            return
+        self._following[new_id] = (call_id, refer_id)
+
+    def _report_followed(self, call_id: str, status: int,
+                         reason: str | None = None) -> str | None:
+        """NOTIFY the status of a call placed to follow a REFER (RFC 3515 2.4.5); returns
+        the referring call's Call-ID once the status is final, else None."""
+        referring = self._following.get(call_id)
+        if referring is None:
+            return None
+        self.ua.notify_refer(*referring, status, self._loop.time(), reason)
+        if status < 200:
+            return None
+        del self._following[call_id]
+        return referring[0]
 
     def _attach(self, call: sipua.Call, media: NegotiatedMedia) -> None:
         if self.call_graph is None:

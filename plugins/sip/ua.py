@@ -16,11 +16,17 @@ What it does, with the RFC sections it follows:
 - callers challenged with 401 when `users` are configured (22.1);
 - re-INVITE both ways for hold/resume/codec change (RFC 3264 8, RFC 3261 14), 491 on glare;
   UPDATE answered, with or without an offer (RFC 3311);
+- reliable provisional responses (RFC 3262, `prack`): a 180 sent reliably (RSeq, resent
+  until its PRACK) when the INVITE requires 100rel, the 200 held back until that PRACK;
+  reliable 18x we receive are PRACKed;
 - session timers (RFC 4028, `session_timer`): 422 below our Min-SE, Session-Expires in the
   2xx, a re-INVITE with the SDP unchanged at half the interval when we refresh, BYE when the
   session expires;
 - BYE, CANCEL (487 to the INVITE), OPTIONS with Allow/Accept (11.2), INFO with
-  application/dtmf-relay, REFER answered 202 and reported (RFC 3515; no NOTIFY follows);
+  application/dtmf-relay;
+- REFER (RFC 3515, `refer`) both ways: as referee, 202 and NOTIFYs of the new call's
+  progress (`notify_refer`) when `follow_refer`, else 603; as referrer, `transfer` sends a
+  REFER and reports the NOTIFYs it gets (481 for one that matches no REFER of ours);
 - a token bucket per source address that drops requests beyond `rate_limit`.
 """
 
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pipeline.errors import LocalProtocolError, ParseError
 from pipeline.frames import DtmfEvent
 
-from . import session_timer, validate
+from . import prack, session_timer, validate
 from .auth import DigestChallenge, DigestClient, DigestServer
 from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
@@ -55,6 +61,7 @@ from .offer_answer import (
     resume,
     sdp_unchanged,
 )
+from .refer import ReferAgent, ReferReceived, TransferDone, TransferProgress
 from .registration import (
     Registered,
     Registration,
@@ -86,12 +93,13 @@ from .uri import NameAddress, SipUri
 Address = tuple[str, int]
 
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER", "NOTIFY",
-                   "UPDATE")
-EXTENSIONS = (session_timer.TAG,)  # option tags we support (Supported; Require accepted)
+                   "UPDATE", "PRACK")
+EXTENSIONS = (session_timer.TAG, prack.TAG)  # option tags we support (Supported; Require ok)
 ACCEPTED_TYPES = ("application/sdp", "application/dtmf-relay", "message/sipfrag")
 RELIABLE = ("tcp", "tls")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 _ALLOW = ", ".join(ALLOWED_METHODS)
+_SUPPORTED = ", ".join(EXTENSIONS)
 _DTMF_DIGITS = "0123456789*#ABCD"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
@@ -138,6 +146,7 @@ class UaConfig:
     rate_burst: int = 100
     ring: bool = True
     user_agent: str = "voip-pipeline"
+    follow_refer: bool = False  # accept REFERs (202, NOTIFYs by notify_refer), else 603
     session_expires: int = 1800  # RFC 4028: the session interval our INVITEs ask for (0: none)
     min_se: int = session_timer.MIN_SE  # the shortest interval we accept (else 422)
     timers: TimerConfig = field(default_factory=TimerConfig)
@@ -204,17 +213,9 @@ class DtmfReceived:
     event: DtmfEvent
 
 
-@dataclass(slots=True)
-class ReferReceived:
-    """The peer asked us to call `target` (RFC 3515); we answered 202."""
-
-    call: Call
-    target: str
-
-
 UaEvent = (Registered | RegistrationFailed | Unregistered | CallIncoming | CallRinging
            | CallEstablished | CallUpdated | CallUpdateFailed | CallEnded | DtmfReceived
-           | ReferReceived)
+           | ReferReceived | TransferProgress | TransferDone)
 
 
 # ---- calls --------------------------------------------------------------------------------
@@ -264,6 +265,8 @@ class Call:
     # Our offer sent in a 2xx to an INVITE without SDP: the ACK must carry its answer
     # (RFC 3261 13.2.1, 14.2).
     offer_in_2xx: SessionDescription | None = None
+    rseq: int | None = None  # UAC: the RSeq of the last reliable 18x we PRACKed (RFC 3262)
+    early_answer: bytes = b""  # UAC: the SDP answer such an 18x carried
 
     @property
     def active(self) -> bool:
@@ -335,7 +338,7 @@ def parse_dtmf_relay(body: bytes) -> DtmfEvent:
 
 
 # ---- the user agent -----------------------------------------------------------------------
-class UserAgent(RegistrationClient):
+class UserAgent(RegistrationClient, ReferAgent):
     """A SIP user agent (client and server), sans-IO; see the module docstring."""
 
     def __init__(self, config: UaConfig) -> None:
@@ -360,6 +363,10 @@ class UserAgent(RegistrationClient):
             self._server_auth = DigestServer(
                 config.auth_realm or config.realm or self.media_ip, config.users,
                 secret=config.secret)
+        self._refers: dict[tuple[str, str], float] = {}  # see ReferAgent
+        self._transfers: dict[tuple[str, str], str] = {}
+        # RFC 3262: our reliable 180s not PRACKed yet, by Call-ID
+        self._reliable: dict[str, prack.ReliableProvisional] = {}
         self.registration: Registration | None = None
         if config.registrar:
             self.registration = self._make_registration(config.registrar)
@@ -384,6 +391,10 @@ class UserAgent(RegistrationClient):
         times.extend(c.retx[1] for c in self.calls.values() if c.retx is not None)
         times.extend(c.session_timer.deadline for c in self.calls.values()
                      if c.session_timer is not None)
+        if self._refers:
+            times.append(min(self._refers.values()))
+        if self._reliable:
+            times.append(min(r.deadline for r in self._reliable.values()))
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -393,6 +404,11 @@ class UserAgent(RegistrationClient):
         if reg is not None and reg.refresh_at is not None and reg.refresh_at <= now:
             reg.refresh_at = None
             self._send_register(reg, now)
+        for call_id, rel in list(self._reliable.items()):
+            if rel.deadline <= now:
+                self._on_reliable_timer(call_id, rel, now)
+        if self._refers:
+            self._expire_refers(now)
         for call in list(self.calls.values()):
             if call.session_timer is not None:
                 self._on_session_timer(call, call.session_timer, now)
@@ -503,6 +519,8 @@ class UserAgent(RegistrationClient):
                 self._on_invite_response(obj, event.response, event.transaction, now)
             elif kind == "reinvite":
                 self._on_reinvite_response(obj, event.response, event.transaction, now)
+            elif kind == "refer":
+                self._on_refer_response(obj, event.response, event.transaction)
             # Forgotten once handled (a failed handler's `_unhandled` needs the owner).
             if event.response.status_code >= 200 and event.transaction.method != "INVITE":
                 self._owners.pop(event.transaction, None)
@@ -520,6 +538,8 @@ class UserAgent(RegistrationClient):
                 # RFC 3261 14.1: a re-INVITE that times out ends the dialog.
                 self._send_bye(obj, now)
                 self._end(obj, "re-INVITE timed out", 408)
+            elif kind == "refer":
+                self._transfer_done(obj, str(tx.request.cseq.seq), 408, "REFER timed out")
 
     # ---- helpers: addressing and building -------------------------------------------------
     def _layer(self, transport: str) -> TransactionLayer:
@@ -583,6 +603,11 @@ class UserAgent(RegistrationClient):
                                   content_type=content_type, reason=reason)
         _layer_of(tx).send_response(response, now, tx)
         return response
+
+    def _bad_request(self, tx: ServerTransaction, request: SipRequest, exc: Exception,
+                     now: float) -> None:
+        """400 with what was wrong as the reason phrase."""
+        self._respond(tx, request, 400, now, reason=_quote(str(exc))[:80])
 
     def _reply(self, tx: ServerTransaction, request: SipRequest, code: int, now: float) -> None:
         """`_respond` with no To tag to add, extra headers or body (the 200 for a BYE),
@@ -678,7 +703,7 @@ class UserAgent(RegistrationClient):
         from_ = self._local_aor(self.listeners[transport].host)
         offer = self._offer(rtp_port, video_port, codecs)
         to = NameAddress(SipUri(uri.scheme, uri.user, None, uri.host, uri.port))
-        extra = [("Allow", _ALLOW), ("Supported", session_timer.TAG)]
+        extra = [("Allow", _ALLOW), ("Supported", _SUPPORTED)]
         if self.config.session_expires:
             # RFC 4028 7.1: the interval we ask for; the callee picks the refresher.
             extra += [("Session-Expires", str(self.config.session_expires)),
@@ -726,6 +751,8 @@ class UserAgent(RegistrationClient):
                 self._events.append(CallRinging(call))
             if code > 100 and response.to.tag and response.contacts and call.dialog is None:
                 call.dialog = Dialog.from_uac(invite, response)
+            if code > 100 and call.active and prack.required(response):
+                self._prack(call, response, invite, now)  # type: ignore[arg-type]
             return
         if code < 300:
             if call.dialog is None or call.dialog.state == EARLY:
@@ -748,8 +775,10 @@ class UserAgent(RegistrationClient):
                     self._send_bye(call, now)  # answered after we hung up (a CANCEL race)
                 return
             try:
-                media = negotiated(call.local_sdp, response.body)  # type: ignore[arg-type]
-                call.remote_sdp = SessionDescription.parse(response.body)
+                # RFC 3262 5: an answer in a reliable 18x is the answer; the 2xx may omit it
+                body = response.body or call.early_answer
+                media = negotiated(call.local_sdp, body)  # type: ignore[arg-type]
+                call.remote_sdp = SessionDescription.parse(body)
             except (NegotiationFailed, ParseError) as exc:
                 self._send_bye(call, now)
                 self._end(call, f"SDP answer is unusable: {exc}", 488)
@@ -797,6 +826,7 @@ class UserAgent(RegistrationClient):
             retry.headers.add(name, value)
         call.invite = retry
         call.dialog = None
+        call.rseq, call.early_answer = None, b""
         self._send_invite(call, now)
 
     def _send_cancel(self, call: Call, tx: ClientTransaction, now: float) -> None:
@@ -892,9 +922,17 @@ class UserAgent(RegistrationClient):
             return
         self.calls[call.call_id] = call
         if self.config.ring:
+            headers = [("Contact", self.contact(transport))]
+            reliable = prack.required(request)
+            if reliable:  # RFC 3262 3: the 180 goes reliably, numbered by RSeq
+                rseq = prack.first_rseq()
+                headers += [("Require", prack.TAG), ("RSeq", str(rseq))]
             ringing = self._respond(tx, request, 180, now, to_tag=call.local_tag,
-                                    headers=[("Contact", self.contact(transport))])
+                                    headers=headers)
             call.dialog = Dialog.from_uas(request, ringing)
+            if reliable:
+                self._reliable[call.call_id] = prack.ReliableProvisional.start(
+                    bytes(ringing), rseq, request.cseq.seq, now, self.config.timers.t1)
         self._events.append(CallIncoming(call, preview))
 
     def prepare_answer(self, call_id: str, rtp_port: int,
@@ -937,6 +975,10 @@ class UserAgent(RegistrationClient):
         call = self._incoming(call_id)
         if call.local is None:
             raise LocalProtocolError(f"SIP call {call_id} has no answer: call prepare_answer")
+        reliable = self._reliable.get(call_id)
+        if reliable is not None:
+            reliable.answer_waits = True  # RFC 3262 3: sent when our 180 is PRACKed
+            return
         invite, tx = call.invite, call.server_tx
         assert invite is not None and tx is not None
         contact = self.contact(call.transport)
@@ -1036,15 +1078,13 @@ class UserAgent(RegistrationClient):
         elif method == "INFO":
             self._on_info(call, request, tx, now)
         elif method == "REFER":
-            target = request.headers.get("Refer-To")
-            if not target:
-                self._respond(tx, request, 400, now, reason="Missing Refer-To")
-                return
-            self._respond(tx, request, 202, now)
-            self._events.append(ReferReceived(call, target))
-        elif method in ("OPTIONS", "NOTIFY"):
-            headers = self._capabilities(call.transport) if method == "OPTIONS" else []
-            self._respond(tx, request, 200, now, headers=headers)
+            self._on_refer(call, request, tx, now)
+        elif method == "NOTIFY":
+            self._on_notify(call, request, tx, now)
+        elif method == "PRACK":
+            self._on_prack(call, request, tx, now)
+        elif method == "OPTIONS":
+            self._respond(tx, request, 200, now, headers=self._capabilities(call.transport))
         else:
             self._respond(tx, request, 405, now,
                           headers=[("Allow", ", ".join(ALLOWED_METHODS))])
@@ -1084,7 +1124,7 @@ class UserAgent(RegistrationClient):
         try:
             event = parse_dtmf_relay(request.body)
         except ParseError as exc:
-            self._respond(tx, request, 400, now, reason=_quote(str(exc))[:80])
+            self._bad_request(tx, request, exc, now)
             return
         self._respond(tx, request, 200, now)
         self._events.append(DtmfReceived(call, event))
@@ -1187,7 +1227,7 @@ class UserAgent(RegistrationClient):
         try:
             choice = session_timer.uas_choice(request, self.config.min_se)
         except ParseError as exc:
-            self._respond(tx, request, 400, now, reason=_quote(str(exc))[:80])
+            self._bad_request(tx, request, exc, now)
             return False
         if isinstance(choice, int):
             self.stats["rejected_422"] += 1
@@ -1322,6 +1362,62 @@ class UserAgent(RegistrationClient):
             timer.refresh_at = now + self.config.timers.t2
         self._events.append(CallUpdateFailed(call, code))
 
+    # ---- reliable provisional responses (RFC 3262) --------------------------------------------
+    def _on_prack(self, call: Call, request: SipRequest, tx: ServerTransaction,
+                  now: float) -> None:
+        try:
+            ack = prack.rack(request)
+        except ParseError as exc:
+            self.stats["bad_rack"] += 1
+            self._bad_request(tx, request, exc, now)
+            return
+        reliable = self._reliable.get(call.call_id)
+        if reliable is None or not reliable.acknowledges(ack):
+            # Section 3: a PRACK that matches no unacknowledged reliable response.
+            self.stats["prack_unmatched"] += 1
+            self._respond(tx, request, 481, now)
+            return
+        del self._reliable[call.call_id]
+        self._respond(tx, request, 200, now)
+        if reliable.answer_waits and call.state == "incoming":
+            self.accept(call.call_id, now)
+
+    def _on_reliable_timer(self, call_id: str, reliable: prack.ReliableProvisional,
+                           now: float) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.state != "incoming" or call.server_tx is None:
+            del self._reliable[call_id]
+        elif now >= reliable.give_up_at:
+            # Section 3: no PRACK within 64*T1: the INVITE is refused with a 5xx.
+            del self._reliable[call_id]
+            self.stats["no_prack"] += 1
+            assert call.invite is not None
+            self._respond(call.server_tx, call.invite, 500, now, to_tag=call.local_tag,
+                          reason="No PRACK")
+            self._end(call, "no PRACK for our reliable 180 (RFC 3262)", 500)
+        else:
+            self._layer(call.transport).send_stateless(reliable.wire, call.server_tx.addr)
+            reliable.resent(now)
+
+    def _prack(self, call: Call, response: SipResponse, invite: SipRequest,
+               now: float) -> None:
+        """Section 4: PRACK a reliable 18x in its early dialog, once: a retransmission, or
+        one out of order, is not acknowledged again."""
+        try:
+            rseq = prack.rseq(response)
+        except ParseError:
+            self.stats["bad_rseq"] += 1
+            return
+        if call.dialog is None or response.to.tag != call.dialog.remote_tag:
+            return
+        if call.rseq is not None and rseq != call.rseq + 1:
+            return
+        call.rseq = rseq
+        if response.body and response.content_type == "application/sdp":
+            call.early_answer = response.body
+        self._send_in_dialog(call, "PRACK", now,
+                             headers=[("RAck", f"{rseq} {invite.cseq.seq} INVITE")])
+
     def send_dtmf(self, call_id: str, digit: str, now: float, duration_ms: int = 160) -> None:
         """Send a digit with INFO application/dtmf-relay."""
         if len(digit) != 1 or digit.upper() not in _DTMF_DIGITS:
@@ -1371,6 +1467,10 @@ class UserAgent(RegistrationClient):
         if call.state == "ended":
             return
         call.state = "ended"
+        if self._refers or self._transfers:
+            self._end_subscriptions(call)
+        if self._reliable:
+            self._reliable.pop(call.call_id, None)
         self._events.append(CallEnded(call, reason, status))
         # Keep an ended UAC call while its INVITE transaction may still bring a late 2xx.
         if not any(c is call for _, c in self._owners.values()):

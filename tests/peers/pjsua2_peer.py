@@ -12,6 +12,8 @@ The harness runs this same file as a script (`python pjsua2_peer.py CONFIG_JSON`
 pjsua2 abort cannot take pytest down. The script reads commands as JSON lines on stdin and
 writes events as JSON lines on stdout: {"event": "ready"}, "reg", "incoming", "state"
 (CALLING/EARLY/CONNECTING/CONFIRMED/DISCONNECTED with code and reason), "media", "dtmf",
+"xfer_status" (the NOTIFYs of a REFER it sent, `xfer`), "xfer_request" and "xfer_call" (a
+REFER it got, accepted as pjsua2 does by default, and the call it placed for it),
 "recorded", "stats", "error". Per PEERS.md: null sound device, SIP and RTP bound to
 127.0.0.1, real-time media, and every Call and Account destroyed before libDestroy().
 
@@ -61,12 +63,16 @@ class Pjsua2Peer(UaPeer):
                  codecs: tuple[str, ...] = ("PCMU/8000",), clock_rate: int = 8000,
                  auto_answer: int = 200, mode: str = "ua", max_calls: int = 4,
                  timer: str | None = None, session_expires: int = 0, min_se: int = 0,
-                 timeout: float = 10.0, workdir: str | os.PathLike | None = None) -> None:
+                 prack: bool = False, timeout: float = 10.0,
+                 workdir: str | os.PathLike | None = None) -> None:
         """`registrar`: a Kamailio harness or "host:port" to register with (else none);
         `codecs`: codec id prefixes enabled in that order, all others disabled;
         `auto_answer`: status code sent to every INVITE (0: leave ringing); `timer`:
         RFC 4028 session timers "inactive", "optional", "required" or "always" (None:
-        pjsua2's default) with `session_expires` and `min_se` seconds (0: its defaults)."""
+        pjsua2's default) with `session_expires` and `min_se` seconds (0: its defaults);
+        `prack`: RFC 3262 100rel mandatory (PJSUA_100REL_MANDATORY: its INVITEs say Require:
+        100rel, it refuses INVITEs that do not support it with 421, and it answers an
+        incoming call with a 180 before `auto_answer`, sent reliably)."""
         if mode not in ("ua", "setup-rate"):
             raise ValueError(f"pjsua2 peer mode {mode!r} is not 'ua' or 'setup-rate'")
         self.user = user
@@ -85,6 +91,7 @@ class Pjsua2Peer(UaPeer):
             "codecs": list(codecs), "clock_rate": clock_rate, "auto_answer": auto_answer,
             "mode": mode, "max_calls": max_calls, "log_path": str(self.log_path),
             "timer": timer, "session_expires": session_expires, "min_se": min_se,
+            "prack": prack,
         }
         self.proc: subprocess.Popen | None = None
         self.events: list[dict[str, Any]] = []
@@ -223,6 +230,16 @@ class Pjsua2Peer(UaPeer):
         for an offer in its 200 (RFC 3261 14.2), answered in the ACK."""
         self._request("done", cmd="reinvite", id=call_id, late_offer=late_offer)
 
+    def xfer(self, call_id: int, dest: str) -> None:
+        """Blind-transfer call `call_id` to `dest` (a REFER, `Call.xfer`); the NOTIFYs it
+        gets come as "xfer_status" events (code, reason, final)."""
+        self._request("done", cmd="xfer", id=call_id, dest=dest)
+
+    def wait_xfer_call(self, from_id: int, timeout: float | None = None) -> int:
+        """The id of the call this UA placed to follow a REFER received in call `from_id`."""
+        return int(self.wait_event("xfer_call", timeout=timeout,
+                                   where=lambda e: e.get("from_id") == from_id)["id"])
+
     def hangup(self, call_id: int | None = None) -> None:
         """Hang up one call, or every call."""
         self._request("done", cmd="hangup", id=call_id)
@@ -295,6 +312,7 @@ def _agent(cfg: dict[str, Any]) -> int:
                 "destroyed": 0}
     calls: dict[int, Any] = {}
     finished: list[Any] = []  # disconnected calls, destroyed outside pjsua2 callbacks
+    transferred: list[Any] = []  # calls placed for a REFER (Python owns them)
     serial = [0]
 
     ep = pj.Endpoint()
@@ -349,6 +367,7 @@ def _agent(cfg: dict[str, Any]) -> int:
             self.path: str | None = None
             self.cid = call_id
             self.confirmed = False
+            self.xfer_from: int | None = None  # placed to follow a REFER in that call
 
         def __del__(self) -> None:
             counters["destroyed"] += 1  # the C++ Call goes with this proxy
@@ -356,6 +375,9 @@ def _agent(cfg: dict[str, Any]) -> int:
         def onCallState(self, prm: Any) -> None:
             ci = self.getInfo()
             self.cid = ci.id
+            if self.xfer_from is not None and ci.id not in calls:
+                calls[ci.id] = self  # a call pjsua placed for a REFER: known from now on
+                emit("xfer_call", id=ci.id, from_id=self.xfer_from)
             name = {pj.PJSIP_INV_STATE_CALLING: "CALLING", pj.PJSIP_INV_STATE_INCOMING:
                     "INCOMING", pj.PJSIP_INV_STATE_EARLY: "EARLY",
                     pj.PJSIP_INV_STATE_CONNECTING: "CONNECTING",
@@ -403,6 +425,19 @@ def _agent(cfg: dict[str, Any]) -> int:
             if not setup_rate:
                 emit("dtmf", id=self.getId(), digit=prm.digit)
 
+        def onCallTransferRequest(self, prm: Any) -> None:
+            # Accepted (pjsua2's default 202); the new call gets our callbacks (player,
+            # recorder, events) instead of a bare pj.Call.
+            new = PeerCall(acc)
+            new.xfer_from = self.cid
+            transferred.append(new)  # pjsua2 does not own it: keep it alive
+            prm.newCall = new
+            emit("xfer_request", id=self.cid, dest=prm.dstUri)
+
+        def onCallTransferStatus(self, prm: Any) -> None:
+            emit("xfer_status", id=self.cid, code=prm.statusCode, reason=prm.reason,
+                 final=bool(prm.finalNotify))
+
     class PeerAccount(pj.Account):
         def onRegState(self, prm: Any) -> None:
             emit("reg", code=prm.code, reason=prm.reason,
@@ -415,6 +450,10 @@ def _agent(cfg: dict[str, Any]) -> int:
             counters["incoming"] += 1
             if not setup_rate:
                 emit("incoming", id=ci.id, remote=ci.remoteUri)
+            if cfg["auto_answer"] and cfg.get("prack"):
+                op = pj.CallOpParam()
+                op.statusCode = 180  # a provisional response to send reliably
+                call.answer(op)
             if cfg["auto_answer"]:
                 op = pj.CallOpParam()
                 op.statusCode = cfg["auto_answer"]
@@ -440,6 +479,8 @@ def _agent(cfg: dict[str, Any]) -> int:
             "inactive": pj.PJSUA_SIP_TIMER_INACTIVE, "optional": pj.PJSUA_SIP_TIMER_OPTIONAL,
             "required": pj.PJSUA_SIP_TIMER_REQUIRED, "always": pj.PJSUA_SIP_TIMER_ALWAYS,
         }[cfg["timer"]]
+    if cfg.get("prack"):
+        acfg.callConfig.prackUse = pj.PJSUA_100REL_MANDATORY
     if cfg.get("session_expires"):
         acfg.callConfig.timerSessExpiresSec = cfg["session_expires"]
     if cfg.get("min_se"):
@@ -482,6 +523,9 @@ def _agent(cfg: dict[str, Any]) -> int:
             prm = pj.CallOpParam(True)
             prm.opt.flag = pj.PJSUA_CALL_NO_SDP_OFFER if cmd.get("late_offer") else 0
             find(cmd["id"]).reinvite(prm)
+            emit("done", ref=ref)
+        elif op == "xfer":
+            find(cmd["id"]).xfer(cmd["dest"], pj.CallOpParam(True))
             emit("done", ref=ref)
         elif op == "dtmf":
             find(cmd["id"]).dialDtmf(cmd["digits"])
@@ -540,6 +584,7 @@ def _agent(cfg: dict[str, Any]) -> int:
         call.recorder = None
     calls.clear()
     finished.clear()
+    transferred.clear()
     player = None
     acc.shutdown()
     acc = None  # the Account object must be gone before libDestroy()
