@@ -25,7 +25,15 @@ from pipeline.formats import Format
 from pipeline.frames import FLAG_CONCEALED, FLAG_SILENCE, AudioFrame
 from pipeline.loader import load_graph_text, parse_launch
 from pipeline.runtime import Runtime
-from pipeline.testing import align, dominant_frequency, read_wav, run_graph, sine, snr_db
+from pipeline.testing import (
+    align,
+    dominant_frequency,
+    read_wav,
+    run_graph,
+    sine,
+    snr_db,
+    write_wav,
+)
 from plugins.devices.clock import DeviceClock
 from plugins.devices.ring import SampleRing
 
@@ -782,6 +790,47 @@ def test_playback_paces_the_graph_when_it_has_no_capture(jack):
     # The playback queue's clock drove the ticks (it woke up to wait for the device).
     assert r.stats["spk"]["clock_wakeups"] > 0
     assert r.stats["spk"]["drift_drops"] == 0
+
+
+def test_playback_plays_its_queue_out_at_end_of_stream(jack, tmp_path):
+    # The node stopped (and aborted the stream) as soon as end of stream reached it: what
+    # was still queued, up to `buffer`, never played (300 ms of a file here).
+    import threading
+
+    ramp = (np.arange(RATE) - RATE // 2).astype(np.int16)[:, None]  # 1 s, each value once
+    wav = tmp_path / "ramp.wav"
+    write_wav(wav, ramp, RATE)
+    sd = devices.import_sounddevice()
+    heard: list[np.ndarray] = []
+    later = threading.Event()
+    mark: list[int] = []
+
+    def record(indata, frames, time_info, status):
+        heard.append(indata[:, 0].copy())
+        if mark and len(heard) >= mark[0]:
+            later.set()
+
+    g = parse_launch(f"wav_source path={wav} ! playback device=system name=spk buffer=300ms")
+
+    def on_message(msg):  # our playback's port exists now: feed it into our recorder
+        if msg.name == "device-opened":  # (this process's only open streams)
+            ours = [p for p in jack.ports() if p.startswith("PortAudio")]
+            jack.connect(*[p for p in ours if ":out" in p], *[p for p in ours if ":in" in p])
+
+    g.listeners.append(on_message)
+    with sd.InputStream(device=devices.find_device("system", "input").index, channels=1,
+                        samplerate=RATE, dtype="int16", callback=record):
+        r = run_graph(g, realtime=True)
+        mark.append(len(heard) + 10)  # a few device periods more: the tail has looped back
+        assert later.wait(WAIT)
+    assert r.stopped_by == "eos" and r.stats["spk"]["underruns"] == 0
+    x = np.concatenate(heard).astype(np.int32)
+    end = int(np.argmax(x))
+    # The whole second half of the file came out, up to its very last sample (within a few
+    # steps: PortAudio dithers on both int16 -> float -> int16 trips).
+    assert x[end] >= int(ramp[-1, 0]) - 4
+    half = ramp[RATE // 2:, 0].astype(np.int32)
+    assert np.abs(x[end - len(half) + 1:end + 1] - half).max() <= 4
 
 
 def test_a_call_part_brings_its_capture_clock_and_takes_it_back(jack, tmp_path):

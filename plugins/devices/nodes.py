@@ -15,6 +15,8 @@ buffer does.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +25,7 @@ from pipeline import devices
 from pipeline.clock import RealtimeClock
 from pipeline.errors import NodeError
 from pipeline.formats import PCM_ENCODINGS, Caps, Format
-from pipeline.frames import FLAG_CONCEALED, FLAG_SILENCE, AudioFrame
+from pipeline.frames import FLAG_CONCEALED, FLAG_SILENCE, AudioFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 
@@ -328,7 +330,11 @@ class Capture(SoundDevice):
 
 
 class Playback(SoundDevice):
-    """Plays audio on a sound device (PortAudio); paces the graph when it has no capture."""
+    """Plays audio on a sound device (PortAudio); paces the graph when it has no capture.
+
+    At end of stream the queue is played out before the node finishes (as a GStreamer sink
+    renders up to EOS); a stop (Ctrl-C, --duration, an error) cuts it short.
+    """
 
     kind = "playback"
     direction = "output"
@@ -382,6 +388,13 @@ class Playback(SoundDevice):
         # Hysteresis: a few ms above target is left be (half a callback when automatic).
         self._margin = max(1, self._n // 4)
         self._seen_underruns = 0
+        # End of stream: the device plays out what is queued before the node finishes (a
+        # stop aborts the stream, which would cut up to `buffer` of the end).
+        self._draining = False
+        self._played_out = False  # set by the callback once the queue ran out while draining
+        self._ended = asyncio.Event()  # set by event() at end of stream; run_io waits on it
+        self._played = asyncio.Event()  # set on the loop once _played_out is
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stream = self._open_stream(fmt, self._callback)
 
     def _callback(self, outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
@@ -395,13 +408,18 @@ class Playback(SoundDevice):
         if status:
             self.xruns += 1
         if not self._primed:
-            if ring.written - ring.read < self._target:
+            if ring.written - ring.read < self._target and not self._draining:
                 outdata.fill(0)
                 return
             self._primed = True
         got = ring.read_into(outdata)
         if got < frames:
             outdata[got:] = 0
+            if self._draining:  # the end of the stream is out: not an underrun
+                if not self._played_out:
+                    self._played_out = True
+                    self._tell_loop(self._played.set)
+                return
             self.underruns += 1
             self._primed = False
 
@@ -466,6 +484,39 @@ class Playback(SoundDevice):
             # The level just after a write, at its lowest over a window, is what protects
             # against an underrun; more than `buffer` of it is only delay.
             self._trim = self._low.observe(ring.available, self._target, self._margin)
+
+    def event(self, port: str, event: Any) -> None:
+        rt = getattr(self.graph, "runtime", None)
+        if (isinstance(event, EndOfStream) and not self._gone and self._stream is not None
+                and rt is not None and rt.realtime):
+            # run_io sends end of stream on once the device has played the queue out (in
+            # real time only: a virtual clock would tick on as fast as it can meanwhile).
+            self.eos_inputs.add(port)
+            self._draining = True
+            self._ended.set()
+            return
+        super().event(port, event)
+
+    def _tell_loop(self, fn: Any) -> None:
+        """Run `fn` on the graph's loop (from PortAudio's thread); once, at the very end."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(fn)
+            except RuntimeError:  # the loop has closed: nobody waits any more
+                pass
+
+    async def run_io(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._ended.wait()
+        # Bounded: a device that stops calling back must not hold the graph for ever.
+        wait = self._ring.available / self._rate + self.device_latency + 1.0
+        if not self._played_out:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._played.wait(), wait)
+        if self._played_out:  # the last callback's buffer still has to leave the device
+            await asyncio.sleep(self.device_latency + self._block / self._rate)
+        self.send_eos()
 
     def _trim_to_target(self, data: np.ndarray) -> np.ndarray:
         """Squeeze up to a tenth of the frame out while a trim is pending (foreign clock)."""
