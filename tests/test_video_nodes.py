@@ -23,6 +23,7 @@ from pipeline.testing import run_graph
 from plugins.basic.nodes import FrameSink
 from plugins.generators.source import PcmSource
 from plugins.video.codec import VideoEncoder
+from plugins.video.frames import to_av
 from plugins.video.pattern import PatternGenerator, read_counter
 from plugins.video.sources import VideoTestSource
 
@@ -385,6 +386,26 @@ def test_recorder_down_mixes_audio_of_more_than_two_channels(channels, tmp_path)
     assert abs(np.argmax(spectrum) * 48000 / 86400 - 1000) < 2
 
 
+@pytest.mark.parametrize("ext", ["mp4", "mov"])
+def test_recorder_takes_audio_at_a_rate_aac_cannot_encode(ext, tmp_path):
+    # AAC stops at 96 kHz: 192 kHz audio failed the recorder ("avcodec_open2 returned 22")
+    # and left no file at all, video included.
+    path = tmp_path / f"call.{ext}"
+    result = run_graph(f"video_test_source width=64 height=48 duration=1s ! video_recorder "
+                       f"name=r path={path}  tone freq=1000 rate=192000 duration=1s ! r.audio",
+                       launch=True)
+    assert not result.stats["r"]["failed"] and result.stats["r"]["video_frames"] == 30
+    with av.open(str(path)) as c:
+        (stream,) = [s for s in c.streams if s.type == "audio"]
+        rate = stream.codec_context.sample_rate
+        x = np.concatenate([f.to_ndarray()[0] for f in c.decode(stream)])
+    assert rate == 96000 and abs(len(x) - 96000) <= 2048  # 1 s, within two AAC frames
+    tone = x[9600:86400]
+    spectrum = np.abs(np.fft.rfft(tone * np.hanning(len(tone))))
+    assert abs(np.argmax(spectrum) * rate / len(tone) - 1000) < 2
+    assert counters(sink(play(path, audio=False)).frames) == list(range(30))
+
+
 class NoPicture(Node):
     """A camera that ends before its first picture."""
 
@@ -488,6 +509,28 @@ def test_file_source_resolution_change(tmp_path):
     assert {(f.width, f.height) for f in frames} == {(320, 240)}
     assert counters(frames) == list(range(30))
     assert result.stats["src"]["resized"] == 15
+
+
+def test_file_source_counts_a_pixel_format_conversion_as_no_resize(tmp_path):
+    # A 4:4:4 file at its own size was counted as "resized" on every picture, so the
+    # counter could not show a real resolution change.
+    path = tmp_path / "full-chroma.mkv"
+    gen = PatternGenerator(320, 240)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv444p"
+        for i in range(10):
+            frame = to_av(gen.frame(i)).reformat(format="yuv444p")
+            frame.pts = None
+            for p in vs.encode(frame):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    result = play(path, audio=False)
+    frames = sink(result).frames
+    assert {(f.width, f.height, f.pix_fmt) for f in frames} == {(320, 240, "yuv420p")}
+    assert counters(frames) == list(range(10))
+    assert result.stats["src"]["resized"] == 0
 
 
 # ---- RTP sender and receiver ------------------------------------------------------------
@@ -650,6 +693,34 @@ def test_receiver_follows_a_restarted_stream():
     assert pts[:10] == [i * 3000 for i in range(10)] and pts == sorted(set(pts))
     r = result.stats["rx"]
     assert (r["ssrc_changes"], r["byes"], r["packets_lost"], r["pli_sent"]) == (1, 1, 0, 0)
+
+
+def test_rtp_remote_ip_is_resolved_once_and_an_unresolvable_one_is_refused():
+    # A name went to sendto() as is: resolved again for every packet (blocking the loop),
+    # and one that did not resolve sent nothing, only counting send_errors, exit status 0.
+    for line in ("video_test_source ! video_encoder ! video_rtp_sender remote_port=9 {}",
+                 "video_rtp_receiver codec=vp8 remote_port=9 width=320 height=240 {} ! "
+                 "video_decoder ! null_sink"):
+        with pytest.raises(GraphError, match=r"remote_ip 'no-such-host\.invalid' cannot be "
+                                             r"resolved \(.+\) \(hint: use an IP address"):
+            parse_launch(line.format("remote_ip=no-such-host.invalid")).prepare()
+    with pytest.raises(GraphError, match=r"remote_ip '::1' cannot be resolved .*IPv6 needs"):
+        parse_launch("video_test_source ! video_encoder ! video_rtp_sender remote_port=9 "
+                     "remote_ip=::1").prepare()
+
+    async def by_name():
+        rx = parse_launch("video_rtp_receiver name=rx codec=vp8 timeout=3s ! video_decoder "
+                          "width=320 height=240 ! frame_sink name=out")
+        rx_task, port = await start_receiver(rx)
+        tx = parse_launch("video_test_source width=320 height=240 duration=200ms ! "
+                          "video_encoder ! video_rtp_sender name=tx remote_ip=localhost "
+                          f"remote_port={port}")
+        tx_result = await Runtime(tx, realtime=True, duration=30).run()
+        return await rx_task, tx_result
+
+    rx, tx = asyncio.run(by_name())
+    assert tx.graph.nodes["tx"]._remote == ("127.0.0.1", rx.stats["rx"]["port"])
+    assert counters(sink(rx).frames) == list(range(6)) and tx.stats["tx"]["send_errors"] == 0
 
 
 def test_sender_needs_a_real_encoder_name():

@@ -109,8 +109,12 @@ class VideoRecorder(Node):
                 afmt = self.in_formats["audio"]
                 self._rate, self._channels = afmt.value("rate"), afmt.value("channels")
                 aname = _CONTAINERS[ext][1]
-                # libopus takes 48 kHz; PyAV resamples and re-chunks inside encode().
+                # libopus takes 48 kHz, AAC a fixed set (up to 96 kHz: 192 kHz failed the
+                # recorder and left no file); PyAV resamples and re-chunks inside encode().
+                rates = av.codec.Codec(aname, "w").audio_rates or ()
                 arate = 48000 if aname == "libopus" else self._rate
+                if rates and arate not in rates:
+                    arate = min(rates, key=lambda r: (abs(r - self._rate), -r))
                 a = self._container.add_stream(aname, rate=arate)
                 a.layout = "mono" if self._channels == 1 else "stereo"
                 a.bit_rate = self.audio_bitrate

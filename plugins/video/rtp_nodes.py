@@ -30,7 +30,7 @@ from pipeline.errors import ParseError, ProtocolError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_DISCONT, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
-from pipeline.params import Duration, Param
+from pipeline.params import Duration, Param, ParamValueError
 from plugins.rtp.packet import RtpPacker, RtpPacket, TimestampUnwrapper
 from plugins.rtp.rtcp import RtcpBye, RtcpFeedback, RtcpPli, parse_rtcp
 from plugins.video.codec import CLOCK_RATE
@@ -87,8 +87,24 @@ class _UdpNode(Node):
                        min=0, max=65535)
     ssrc = Param(int, None, "our SSRC (default: random, RFC 3550 8.1)", min=0, max=0xFFFFFFFF)
 
+    def _family(self) -> int:
+        return socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
+
+    def _resolve(self, param: str, host: str, port: int) -> tuple[str, int]:
+        """`host` as a numeric address of our socket's family, looked up once: a name given
+        to sendto() is resolved again for every packet, blocking the loop each time."""
+        try:
+            info = socket.getaddrinfo(host, port, self._family(), socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as e:
+            raise ParamValueError(param, f"{self.kind} {param} '{host}' cannot be resolved "
+                                  f"({getattr(e, 'strerror', None) or e})",
+                                  "use an IP address or a host name that resolves, of "
+                                  "local_ip's family (IPv6 needs an IPv6 local_ip, e.g. ::1)"
+                                  ) from None
+        return info[0][4][0], port
+
     def _bind(self) -> None:
-        family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
+        family = self._family()
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -177,6 +193,9 @@ class VideoRtpSender(_UdpNode):
     encoder = Param(str, None, "node to ask for keyframes (default: nearest upstream with "
                     "request_keyframe())")
 
+    def validate(self) -> None:
+        self._resolve("remote_ip", self.remote_ip, self.remote_port)
+
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         return {}
 
@@ -187,7 +206,7 @@ class VideoRtpSender(_UdpNode):
         self._packer = RtpPacker(self.payload_type, self._ssrc)
         self._seq = secrets.randbits(16)  # RFC 3550 5.1: random initial values
         self._ts_offset = secrets.randbits(32)
-        self._remote = (self.remote_ip, self.remote_port)
+        self._remote = self._resolve("remote_ip", self.remote_ip, self.remote_port)
         self._c = dict.fromkeys(("frames_sent", "packets_sent", "bytes_sent", "send_errors",
                                  "pli_received", "fir_received", "rtcp_received", "rtcp_bad",
                                  "dropped_rtp"), 0)
@@ -268,14 +287,18 @@ class VideoRtpReceiver(_UdpNode):
     timeout = Param(Duration, 0.0, "end the stream after this long without RTP (0: never)",
                     min=0.0)
 
+    def validate(self) -> None:
+        if self.remote_ip and self.remote_port:
+            self._resolve("remote_ip", self.remote_ip, self.remote_port)
+
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         return {"out": encoded_video(self.codec, self.width, self.height, None)}
 
     def start(self) -> None:
         self._bind()
         self._depay = self._new_depacketizer()
-        self._remote = (self.remote_ip, self.remote_port) if self.remote_ip and \
-            self.remote_port else None
+        self._remote = self._resolve("remote_ip", self.remote_ip, self.remote_port) if \
+            self.remote_ip and self.remote_port else None
         self._media_ssrc: int | None = None
         self._unwrap = TimestampUnwrapper()
         self._ts0: int | None = None

@@ -234,8 +234,8 @@ class VideoFileSource(Node):
                 pts = self._last_pts + int(round(step)) if self._last_pts >= 0 else 0
                 self._t0 = self._t0 if self._t0 is not None else 0
             self._last_pts = pts
-            if not self._sws.matches(f.width, f.height, f.format.name):
-                self._c["resized"] += 1
+            if (f.width, f.height) != (self._sws.width, self._sws.height):
+                self._c["resized"] += 1  # (a pixel format conversion alone is no resize)
             self._queue.append(from_av(self._sws.av(f), pts=pts))
             self._video_end = pts / CLOCK_RATE
 
