@@ -189,6 +189,33 @@ def test_no_far_end_is_transparent() -> None:
     assert sig.segmental_snr(near[RATE : -lat], out[RATE + lat :], RATE) > 25.0
 
 
+def test_no_echo_path_leaves_the_near_talker_alone() -> None:
+    # A headset: the far end never reaches the microphone, and both talk. The near talker
+    # came out at a segSNR of 0.2 dB (34 dB in the raw mic): noisy residual-echo regressions
+    # and the unknown-delay bound, re-armed by spurious delay estimates, suppressed it
+    # whenever the far end talked, and the stats called that 19 dB of ERLE.
+    far = sig.speech(RATE, 8.0, 21, near=False, real=False).astype(np.float32)
+    near = sig.speech(RATE, 8.0, 28, near=True, real=False).astype(np.float32)
+    near *= sig.rms(far) / sig.rms(near)
+    mic = (near + sig.noise(near.size, 321, sig.rms(near) * 10 ** (-45 / 20))).astype(np.float32)
+    raw, aec = _feed(mic, far)
+    lat = aec.latency_samples
+    out = np.concatenate([raw[lat:], np.zeros(lat, dtype=np.float32)])
+    a = 2 * RATE  # the coupling bound needs a second of far speech
+    seg_out = sig.segmental_snr(near[a:], out[a:], RATE)
+    # As transparent as with no far end at all (test_no_far_end_is_transparent: > 25 dB).
+    assert seg_out >= 20.0, f"segSNR {seg_out:.1f} dB"
+    assert abs(aec.stats()["erle_db"]) < 3.0
+
+
+def test_a_silent_microphone_has_no_erle() -> None:
+    # A muted or silent mic has no echo to measure a loss of: stats said -99 dB.
+    far = sig.speech(RATE, 2.0, 22, near=False, real=False).astype(np.float32)
+    _, aec = _feed(np.zeros_like(far), far)
+    assert aec.stats()["erle_db"] is None
+    assert EchoCanceller(RATE, FRAME).stats()["erle_db"] is None  # nothing seen yet
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 

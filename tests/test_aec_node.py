@@ -178,3 +178,20 @@ def test_params_reach_the_canceller(tmp_path: Path) -> None:
     assert node.canceller._backend.partitions == 6  # 120 ms in 20 ms partitions
     assert stats["backend"] == "builtin"
     assert np.isfinite(out).all()
+
+
+def test_a_source_free_to_pick_its_rate_gives_the_aec_its_highest() -> None:
+    # The node listed its rates lowest first, so a microphone that can run at any rate (a
+    # capture device, null_device, a tone) was fixed to 8 kHz: narrowband for no reason.
+    from pipeline.formats import Format
+    from pipeline.loader import parse_launch
+
+    for source in ("null_device", "tone"):
+        g = parse_launch(f"{source} name=mic ! aec name=a ! null_sink  tone rate=8000 ! a.far")
+        g.prepare()
+        assert g.nodes["mic"].out_formats["out"] == Format.audio("pcm_s16", 48000, 1)
+        assert g.nodes["a"].in_formats["far"].value("rate") == 48000  # far converted up
+    result = run_graph("tone freq=1000 duration=200ms ! aec name=a ! frame_sink name=out  "
+                       "tone freq=300 rate=8000 duration=200ms ! a.far", launch=True)
+    assert {f.rate for f in result.graph.nodes["out"].frames} == {48000}
+    assert result.graph.nodes["a"].canceller.rate_hz == 48000

@@ -97,6 +97,16 @@ class BuiltinBackend:
         self.resets = 0
         self._p_mic = 1e-20
         self._p_out = 1e-20
+        # Echo coupling bound, whatever the delay (minimum statistics): the mic never holds
+        # less than the echo, so for the true lag the lowest mic-to-far block power ratio of
+        # the last seconds stays above the coupling; the largest of those minima over the
+        # lags bounds it. With no echo path (a headset) every lag finds the near talker's
+        # pauses and the bound falls to the noise floor.
+        self._lag_pow = np.zeros(int(max_delay_ms / 1000 * rate_hz) // h + 3)
+        self._lag_min = np.full((max(1, int(2.0 * rate_hz / h)), self._lag_pow.size), np.inf)
+        self._lag_i = 0
+        self._lag_n = 0
+        self._lag_need = max(1, int(1.0 * rate_hz / h))  # far-active blocks before it counts
 
     def _windows(self, end_offset: int, count: int) -> np.ndarray:
         # (count, 2H) far windows, newest first, ending `end_offset` samples before the newest.
@@ -139,7 +149,16 @@ class BuiltinBackend:
         self._far_pow = 0.9 * self._far_pow + 0.1 * pf
         self._far_floor = min(self._far_floor * 1.001, max(self._far_pow, 1e-10))
         far_active = self._far_pow > 1e-7 and self._far_pow > 10 * self._far_floor
+        coupling = self._coupling(mic, far, far_active)
         e, y = self.filter.process(mic, adapt=far_active)
+        py, limit = float(np.dot(y, y)), coupling * float(np.max(self._lag_pow))
+        if py > limit and float(np.dot(e, e)) >= float(np.dot(mic, mic)):
+            # An echo estimate louder than any echo can be, which explains none of the mic:
+            # what the filter learnt while both talked with no echo path (a headset).
+            # Scaled back, it leaves the mic be. (One that does explain the mic is kept:
+            # the bound lags behind a delay jump by its window.)
+            y = y * np.sqrt(limit / py)
+            e = mic - y
         pe = float(np.dot(e, e))
         pm = float(np.dot(mic, mic))
         self._pe_s = 0.95 * self._pe_s + 0.05 * pe
@@ -162,7 +181,8 @@ class BuiltinBackend:
         # echo by the far power over the whole delay range.
         self._since_change += 1
         settled = self.delay.delay_samples is not None and self._since_change > self._settle
-        out = self.nlp.process(e, y, x_aligned, far_active, delay_known=settled)
+        out = self.nlp.process(e, y, x_aligned, far_active, delay_known=settled,
+                               coupling=coupling)
         # Output bounded by the mic (delayed like the output) plus the comfort noise floor.
         po = float(np.dot(out, out))
         pm_d = float(np.dot(self._mic_delay, self._mic_delay))
@@ -176,10 +196,30 @@ class BuiltinBackend:
             self._p_out = 0.98 * self._p_out + 0.02 * po
         return out
 
+    def _coupling(self, mic: np.ndarray, far: np.ndarray, far_active: bool) -> float:
+        """Upper bound of the echo-to-far power ratio (inf until a second of far speech)."""
+        lp = self._lag_pow
+        lp[1:] = lp[:-1]
+        lp[0] = float(np.dot(far, far))
+        if far_active:
+            floor = 10.0 * self._far_floor * self.block  # blocks with far speech only
+            ratio = self._lag_min[self._lag_i]
+            ratio[:] = np.inf  # a lag whose far block was silent tells nothing
+            np.divide(float(np.dot(mic, mic)), lp, out=ratio, where=lp > floor)
+            self._lag_i = (self._lag_i + 1) % self._lag_min.shape[0]
+            self._lag_n += 1
+        if self._lag_n < self._lag_need:
+            return np.inf
+        # 10 dB of margin: the echo spreads over two blocks and the room's tail.
+        return 10.0 * float(np.max(np.min(self._lag_min, axis=0)))
+
     def stats(self) -> dict[str, Any]:
         d = self.delay.delay_samples
+        # A silent (or muted) microphone has no echo to measure a loss of: it read -99 dB.
+        # The floor is a tenth of one int16 step RMS.
+        silent = self._p_mic < 1e-10 * self.block
         return {
-            "erle_db": round(10 * np.log10(self._p_mic / self._p_out), 2),
+            "erle_db": None if silent else round(10 * np.log10(self._p_mic / self._p_out), 2),
             "delay_ms": None if d is None else round(1000 * d / self.rate_hz, 2),
             "double_talk": self.nlp.double_talk,
             "divergence_resets": self.resets,

@@ -22,6 +22,10 @@ from ..mixer.fifo import SampleFifo
 from .canceller import RATES_HZ, EchoCanceller
 
 _MONO_PCM = (Format.audio(PCM_ENCODINGS, RATES_HZ, 1),)
+# In order of preference: a source that can give any rate (a capture device, a tone) fixates
+# to the first one; the lowest first made such a microphone narrowband (GStreamer's
+# webrtcdsp lists its rates highest first too).
+_PREFERRED_RATES = tuple(sorted(RATES_HZ, reverse=True))
 
 
 class Aec(Node):
@@ -65,7 +69,7 @@ class Aec(Node):
                 # Unsupported rate: ask for the nearest supported one (a resampler goes in).
                 near_rates = sorted(RATES_HZ, key=lambda x: (abs(x - r), -x))
                 return (Format.audio(PCM_ENCODINGS, tuple(near_rates), 1),)
-        return (Format.audio(PCM_ENCODINGS, rate or RATES_HZ, 1),)
+        return (Format.audio(PCM_ENCODINGS, rate or _PREFERRED_RATES, 1),)
 
     def _near_offer(self) -> Format | None:
         graph = self.graph

@@ -100,11 +100,14 @@ class ResidualEchoSuppressor:
         return np.add.reduceat(p, self._edges[:-1], axis=-1)
 
     def process(self, e: np.ndarray, y: np.ndarray, x: np.ndarray, far_active: bool,
-                enable_echo: bool = True, delay_known: bool = True) -> np.ndarray:
+                enable_echo: bool = True, delay_known: bool = True,
+                coupling: float = np.inf) -> np.ndarray:
         """One block: error `e`, echo estimate `y`, aligned far `x`; returns H output samples.
 
         Until `delay_known`, the residual echo is bounded by the far power of the whole
         delay range (the echo coupling taken as 0 dB): strong suppression at call start.
+        `coupling` bounds the echo's power relative to the far end's (measured by the
+        caller): the residual estimate never exceeds it.
         """
         h = self.block
         frames = np.empty((3, 2 * h))
@@ -134,6 +137,14 @@ class ResidualEchoSuppressor:
             res = lin + dist
             if not delay_known and far_active:
                 res = np.maximum(res, self._hold.max(axis=0))
+            if far_active and coupling < np.inf:
+                # No more residual than the echo can hold: with no echo path (a headset)
+                # the noisy regressions and the unknown-delay bound took the near talker.
+                ref = self.sx if delay_known else self._hold.max(axis=0)
+                total, limit = float(np.sum(res)), coupling * float(np.sum(ref))
+                if total > limit:
+                    res = res * (limit / total)
+                    lin = lin * (limit / total)
             # Near-end talk: error energy well above the residual echo and noise estimates.
             # Judged on band powers with a hangover, it picks the over-subtraction: strong
             # while only the far end talks (the residual's estimate is only right on
