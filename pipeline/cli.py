@@ -103,8 +103,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     graph = build_graph(args)
     duration = duration_option(args.duration)
-    realtime = args.realtime if args.realtime is not None else any(
-        getattr(n, "realtime", False) for n in graph.nodes.values())
+    live = [n for n in graph.nodes.values() if getattr(n, "realtime", False)]
+    if args.realtime is False and live:
+        # A device or a socket runs at the wall clock's pace: under the virtual clock a
+        # capture records silence and a playback drops most of what it is given.
+        raise UsageError(f"--offline: node '{live[0].name}' ({live[0].kind}) runs in real "
+                         "time only (a sound device or the network)",
+                         hint="drop --offline; --duration bounds a real-time run")
+    realtime = args.realtime if args.realtime is not None else bool(live)
     show_progress = not realtime and sys.stderr.isatty() and not args.quiet
     signals: list[int] = []
 

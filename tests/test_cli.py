@@ -38,6 +38,17 @@ def test_launch_file_with_overrides_and_stats(repo_root, in_tmp):
     assert read_wav(in_tmp / "x.wav")[1] == 8000
 
 
+def test_offline_is_refused_for_a_graph_with_a_live_node(in_tmp):
+    # Under the virtual clock a playback would drop most of the tone, a capture record
+    # silence: one line and nothing written.
+    r = pipeline("launch", "--offline", "--duration", "1s", "-e",
+                 "tone duration=1s ! rtp_session name=net remote_port=40000", cwd=in_tmp)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "pipeline: error: --offline: node 'net' (rtp_session) runs in real time only (a sound "
+        "device or the network) (hint: drop --offline; --duration bounds a real-time run)"]
+
+
 def test_duration_limits_endless_graph(in_tmp):
     r = pipeline("launch", "-e", "tone rate=8000 ! wav_recorder path=t.wav", "--duration", "2s",
                  cwd=in_tmp)
