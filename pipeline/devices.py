@@ -96,8 +96,7 @@ def find_device(spec: str | int | None, direction: str, param: str = "device") -
         partial = [i for i in usable if lowered in devices[i]["name"].lower()]
         found = exact or partial
         if not found:
-            raise ParamValueError(param, f"no sound device matches '{spec}' "
-                                  "(pipeline devices lists them)", DEVICES_HINT)
+            raise ParamValueError(param, f"no sound device matches '{spec}'", DEVICES_HINT)
         index = found[0]
     d = devices[index]
     return DeviceInfo(index, d["name"], apis[d["hostapi"]]["name"], d["max_input_channels"],

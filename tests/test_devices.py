@@ -407,7 +407,7 @@ def test_find_device_by_name_substring_index_and_default(fake_sd):
 
 def test_device_lookup_errors_name_the_device(fake_sd):
     with pytest.raises(GraphError, match=r"node 'mic' \(capture\): no sound device matches "
-                                         r"'xyz' \(pipeline devices lists them\)"):
+                                         r"'xyz' \(hint: pipeline devices lists them;"):
         parse_launch("capture name=mic device=xyz ! null_sink").prepare()
     with pytest.raises(GraphError, match="no sound device matches 'analog'"):
         parse_launch("capture device=analog ! null_sink").prepare()  # output-only device
