@@ -543,3 +543,177 @@ def test_a_media_address_that_is_a_host_name_is_refused_with_301() -> None:
                        "name") as e:
         answer(text, [PCMU], "192.0.2.2", 5000, session_id=1)
     assert e.value.warning_code == 301
+
+
+# ---- SRTP with SDES (RFC 4568) ----------------------------------------------------------------
+SUITE_80, SUITE_32 = "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"
+KEY_1 = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"  # 30 octets, base64
+KEY_2 = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVoxMjM0"
+
+
+def srtp_offer(proto: str = "RTP/SAVP", cryptos: str = "") -> str:
+    """An offer in the shape pjsua sends with SRTP (several suites, strongest first)."""
+    return offer_with("0 101", "a=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\n",
+                      cryptos or f"a=crypto:1 AEAD_AES_256_GCM inline:{'A' * 58}==\n"
+                      f"a=crypto:2 {SUITE_80} inline:{KEY_1}\n"
+                      f"a=crypto:3 {SUITE_32} inline:{KEY_2}\n").replace("RTP/AVP", proto)
+
+
+def crypto_lines(sdp: SessionDescription) -> list:
+    return sdp.media[0].cryptos()
+
+
+@pytest.mark.parametrize("policy, proto", [("optional", "RTP/AVP"), ("mandatory", "RTP/SAVP")])
+def test_offer_with_srtp_has_crypto_lines_with_fresh_keys(policy: str, proto: str) -> None:
+    from plugins.rtp.srtp import decode_key
+    codecs = [PCMU, DTMF]
+    one, two = (build_offer(codecs, "192.0.2.5", 5000, srtp=policy) for _ in range(2))
+    assert one.media[0].proto == proto
+    lines = crypto_lines(one)
+    assert [(c.tag, c.suite) for c in lines] == [(1, SUITE_80), (2, SUITE_32)]
+    assert all(len(decode_key(c.key, c.suite)) == 30 for c in lines)
+    assert len({c.key for c in lines + crypto_lines(two)}) == 4  # fresh, one per line
+    # No policy means off.
+    assert crypto_lines(build_offer(codecs, "192.0.2.5", 5000, srtp="off")) == []
+    assert crypto_lines(build_offer([PCMU], "192.0.2.5", 5000)) == []
+    assert build_offer([PCMU], "192.0.2.5", 5000, srtp="mandatory",
+                       video_codecs=[Codec("VP8", 90000)], video_port=5002).media[0].kind \
+        == "audio"
+
+
+@pytest.mark.parametrize("policy", ["optional", "mandatory"])
+def test_answer_to_a_savp_offer_picks_the_first_usable_crypto_line(policy: str) -> None:
+    sdp, media = answer(srtp_offer(), [PCMU, DTMF], "192.0.2.5", 6000, srtp=policy)
+    m = sdp.media[0]
+    assert m.proto == "RTP/SAVP"
+    # GCM is not ours: the first line we can run, its tag and suite kept, our own key
+    [line] = crypto_lines(sdp)
+    assert (line.tag, line.suite) == (2, SUITE_80) and line.key not in (KEY_1, KEY_2)
+    assert (media.srtp_suite, media.srtp_local_key, media.srtp_remote_key) == \
+        (SUITE_80, line.key, KEY_1)
+    values = media.call_params()
+    assert (values["srtp_suite"], values["srtp_local_key"], values["srtp_remote_key"]) == \
+        (SUITE_80, line.key, KEY_1)
+    # The offerer's view of that answer: its key of tag 2 and ours.
+    theirs = negotiated(srtp_offer(), sdp)
+    assert (theirs.srtp_suite, theirs.srtp_local_key, theirs.srtp_remote_key) == \
+        (SUITE_80, KEY_1, line.key)
+
+
+def test_answer_to_best_effort_srtp_in_rtp_avp() -> None:
+    """RFC 4568 with RTP/AVP (pjsip's optional mode): crypto answered when we have SRTP
+    on, ignored (plain RTP) when it is off."""
+    offer = srtp_offer("RTP/AVP", f"a=crypto:5 {SUITE_32} inline:{KEY_2}\n")
+    sdp, media = answer(offer, [PCMU], "192.0.2.5", 6000, srtp="optional")
+    assert sdp.media[0].proto == "RTP/AVP"
+    assert [(c.tag, c.suite) for c in crypto_lines(sdp)] == [(5, SUITE_32)]
+    assert media.srtp_suite == SUITE_32 and media.srtp_remote_key == KEY_2
+    sdp, media = answer(offer, [PCMU], "192.0.2.5", 6000)
+    assert crypto_lines(sdp) == [] and media.srtp_suite is None
+    assert media.call_params()["srtp_suite"] == ""
+
+
+@pytest.mark.parametrize("offer, policy, reason", [
+    (srtp_offer(), "off", "audio profile RTP/SAVP is not supported"),
+    (srtp_offer("RTP/AVP", " "), "mandatory", "SRTP is required and no crypto suite is in "
+     "common (offered no a=crypto"),
+    (srtp_offer(cryptos=f"a=crypto:1 AEAD_AES_128_GCM inline:{KEY_1}\n"), "optional",
+     "offered AEAD_AES_128_GCM; we support AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32, "
+     "AES_256_CM_HMAC_SHA1_80, AES_256_CM_HMAC_SHA1_32"),
+    # an MKI, a key derivation rate or a key of the wrong length: not a line we can run
+    (srtp_offer(cryptos=f"a=crypto:1 {SUITE_80} inline:{KEY_1}|2^20|1:4\n"), "optional",
+     "no crypto suite"),
+    (srtp_offer(cryptos=f"a=crypto:1 {SUITE_80} inline:{KEY_1} KDR=2\n"), "optional",
+     "no crypto suite"),
+    (srtp_offer(cryptos=f"a=crypto:1 {SUITE_80} inline:QUJD\n"), "mandatory", "no crypto"),
+])
+def test_srtp_offers_we_cannot_take_get_488(offer: str, policy: str, reason: str) -> None:
+    with pytest.raises(NegotiationFailed) as err:
+        answer(offer, [PCMU], "192.0.2.5", 6000, srtp=policy)
+    assert reason in str(err.value)
+    assert err.value.status_code == 488
+    assert err.value.warning_code == (304 if policy == "off" else 302)
+
+
+def test_offerer_rejects_an_answer_without_crypto_to_its_savp_offer() -> None:
+    offer = build_offer([PCMU], "192.0.2.5", 5000, srtp="mandatory")
+    plain = crlf(str(offer).replace("\r\n", "\n").split("a=crypto")[0])
+    with pytest.raises(NegotiationFailed, match="agrees no a=crypto line for RTP/SAVP"):
+        negotiated(offer, plain)
+    # Best effort: an answer without crypto is plain RTP.
+    offer = build_offer([PCMU], "192.0.2.5", 5000, srtp="optional")
+    text = "".join(line + "\r\n" for line in str(offer).split("\r\n")
+                   if line and not line.startswith("a=crypto"))
+    assert negotiated(offer, text).srtp_suite is None
+
+
+def test_srtp_keys_survive_reoffers_and_answers_to_reoffers() -> None:
+    """A re-offer keeps our keys and profile (hold, a codec change), so the call's crypto
+    does not change under it; an answer to a re-offer keeps our key for the same line."""
+    offer = build_offer([PCMU, PCMA], "192.0.2.5", 5000, srtp="mandatory")
+    keys = crypto_lines(offer)
+    held = hold(offer)
+    assert crypto_lines(held) == keys and held.media[0].proto == "RTP/SAVP"
+    changed = reoffer(offer, codecs=[PCMA])
+    assert crypto_lines(changed) == keys and changed.media[0].proto == "RTP/SAVP"
+    first, _ = answer(srtp_offer(), [PCMU], "192.0.2.5", 6000, srtp="optional")
+    again, media = answer(srtp_offer(), [PCMU], "192.0.2.5", 6000, srtp="optional",
+                          previous=first)
+    assert crypto_lines(again) == crypto_lines(first)
+    assert again.origin.session_version == first.origin.session_version  # unchanged SDP
+    # The peer moves to another suite: a new key for it.
+    other = srtp_offer(cryptos=f"a=crypto:3 {SUITE_32} inline:{KEY_2}\n")
+    third, media = answer(other, [PCMU], "192.0.2.5", 6000, srtp="optional", previous=first)
+    assert media.srtp_suite == SUITE_32
+    assert crypto_lines(third)[0].key != crypto_lines(first)[0].key
+
+
+def test_answer_cache_never_reuses_an_srtp_answer() -> None:
+    from plugins.sip.offer_answer import AnswerCache
+
+    cache = AnswerCache([PCMU], "192.0.2.5", srtp="optional")
+    body = srtp_offer().encode()
+    _, a1, m1 = cache.answer(body)
+    _, a2, m2 = cache.answer(body)
+    assert isinstance(a1, SessionDescription) and m1.srtp_local_key != m2.srtp_local_key
+    assert crypto_lines(a1)[0].key == m1.srtp_local_key
+    strict = AnswerCache([PCMU], "192.0.2.5", srtp="mandatory")
+    with pytest.raises(NegotiationFailed, match="SRTP is required"):
+        strict.answer(offer_with("0", "a=rtpmap:0 PCMU/8000\n").encode())
+
+
+def test_pjsua_srtp_offer_is_answered_with_its_first_line_aes_256() -> None:
+    """Captured here from pjsua2 2.15 with srtpUse mandatory: four suites, AES-256 first
+    (RFC 6188); the answer takes tag 1 and a 46-octet key of ours."""
+    from plugins.rtp.srtp import decode_key
+
+    offer = crlf(f"""
+v=0
+o=- 4004754686 4004754686 IN IP4 127.0.0.1
+s=pjmedia
+b=AS:84
+t=0 0
+a=X-nat:0
+m=audio 36391 RTP/SAVP 0 120
+c=IN IP4 127.0.0.1
+b=TIAS:64000
+a=rtcp:36392 IN IP4 127.0.0.1
+a=sendrecv
+a=rtpmap:0 PCMU/8000
+a=rtpmap:120 telephone-event/8000
+a=fmtp:120 0-16
+a=ssrc:1781999144 cname:70c92afe641698b0
+a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{PJ_256_80}
+a=crypto:2 AES_256_CM_HMAC_SHA1_32 inline:{PJ_256_32}
+a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:D7XphfOi7R2rmb/pVSJAdJwuN/CpyQSpP2EUIvuX
+a=crypto:4 AES_CM_128_HMAC_SHA1_32 inline:eiKF8L05g39f0SA3tgk169x3qKoy/F4+5bjuweN1
+""")
+    sdp, media = answer(offer, [PCMU, DTMF], "127.0.0.1", 6000, srtp="mandatory")
+    [line] = sdp.media[0].cryptos()
+    assert (line.tag, line.suite) == (1, "AES_256_CM_HMAC_SHA1_80")
+    assert len(decode_key(line.key, line.suite)) == 46
+    assert (media.srtp_suite, media.srtp_remote_key) == ("AES_256_CM_HMAC_SHA1_80", PJ_256_80)
+
+
+PJ_256_80 = "3WBV/rFNYaBgdOVtSfcOyGfGAztJ9xSC/mCG6+XCB7TIVMFaIw3hUEKenxhE6w=="
+PJ_256_32 = "r5ekfb9wJtKrCFIyEF3c0lmvoQx/6TSwoYCV1gNkz5SD+SAThEITbXmLUP5Aiw=="

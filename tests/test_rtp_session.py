@@ -662,3 +662,126 @@ def test_pcap_is_readable_by_tshark(tmp_path) -> None:
     seqs = [int(r[1]) for r in rows]
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
     assert [r[2] for r in rows] == ["1"] + ["0"] * 14  # RFC 3551 4.1: marker on the first
+
+
+# ---- SRTP (RFC 3711) --------------------------------------------------------------------------
+SRTP = "AES_CM_128_HMAC_SHA1_80"
+
+
+def test_srtp_tone_and_srtcp_between_two_graphs(tmp_path) -> None:
+    """Each side protects with its own key and unprotects with the other's (SDES, RFC 4568):
+    the tone arrives, RTCP reports round-trip through SRTCP, and the capture holds no
+    plaintext G.711."""
+    from plugins.codecs.g711 import MULAW_ENCODE
+    from plugins.rtp.srtp import generate_key
+
+    key_a, key_b = generate_key(SRTP), generate_key(SRTP)
+    pcap = tmp_path / "tx.pcap"
+
+    async def main() -> tuple[RunResult, RunResult, Graph]:
+        rx = Session(parse_launch(
+            f"rtp_session name=rx codec=pcmu rtcp=true rtcp_interval=0.1s session_kbps=800 "
+            f"srtp_suite={SRTP} srtp_local_key={key_b} srtp_remote_key={key_a} ! "
+            "pcmu_decoder ! frame_sink name=out"))
+        port = await rx.port()
+        tx_graph = parse_launch(
+            "tone freq=1000 rate=8000 duration=1s ! tee name=t  t. ! frame_sink name=ref  t. ! "
+            f"pcmu_encoder ! rtp_session name=tx rtcp=true rtcp_interval=0.1s session_kbps=800 "
+            f"remote_ip=127.0.0.1 remote_port={port} pcap={pcap} srtp_suite={SRTP} "
+            f"srtp_local_key={key_a} srtp_remote_key={key_b}")
+        tx = Session(tx_graph)
+        tx_result = await tx.result()
+        await rx.wait_message("rtp-bye")  # an SRTCP BYE, unprotected
+        rx.stop()
+        return await rx.result(), tx_result, tx_graph
+
+    rx_result, tx_result, tx_graph = asyncio.run(main())
+    rx, tx = node_stats(rx_result, "rx"), node_stats(tx_result, "tx")
+    assert tx["packets_sent"] == 50 and tx["bytes_sent"] == 50 * (12 + 160 + 10)
+    assert rx["packets_received"] == 50 and rx["lost"] == 0 and rx["dropped_bad"] == 0
+    assert rx["srtp_auth_failures"] == rx["srtp_replays"] == rx["srtp_malformed"] == 0
+    assert tx["rtt_ms"] is not None and rx["rtcp_received"] == tx["rtcp_sent"] >= 4
+    ref = tx_graph.nodes["ref"].audio()[:, 0]
+    out = rx_result.graph.nodes["out"].audio()[:, 0]
+    lag, corr = align(ref, out)
+    assert lag == 0 and corr >= 0.99
+    # On the wire: RTP headers in the clear, payloads not the G.711 of the tone.
+    sent = [RtpPacket.parse(p.data) for p in read_pcap(pcap) if p.data[1] < 192]
+    assert len(sent) == 50
+    plain = MULAW_ENCODE[ref.astype(np.int32) & 0xFFFF].tobytes()
+    for pkt in sent:
+        assert len(pkt.payload) == 170  # 160 ciphertext + the 80-bit tag
+        assert pkt.payload[:160] not in plain
+    assert all(p.data[1] >= 200 for p in read_pcap(pcap) if p.data[1] >= 192)  # SRTCP too
+
+
+def test_srtp_session_drops_and_counts_what_does_not_unprotect() -> None:
+    """Plain RTP, tampered, replayed and truncated SRTP: dropped and counted, never latched
+    onto, and the session goes on taking the real stream."""
+    from plugins.rtp.srtp import SrtpContext, generate_key
+
+    key_peer, key_ours = generate_key(SRTP), generate_key(SRTP)
+    peer = SrtpContext(SRTP, key_peer)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.bind(("127.0.0.1", 0))
+    a_port = a.getsockname()[1]
+
+    async def main() -> RunResult:
+        s = Session(parse_launch(
+            f"rtp_session name=s codec=pcmu rtcp=true srtp_suite={SRTP} "
+            f"srtp_local_key={key_ours} srtp_remote_key={key_peer} ! frame_sink name=out"))
+        port = await s.port()
+        dest = ("127.0.0.1", port)
+        node = s.graph.nodes["s"]
+        b.sendto(_rtp(0, b"\x01" * 160), dest)  # plain RTP: no tag that authenticates
+        wire = peer.protect(_rtp(1, b"\x02" * 160))
+        b.sendto(wire[:-1] + bytes([wire[-1] ^ 1]), dest)  # tampered tag
+        b.sendto(wire[:15], dest)  # truncated: no room for header and tag
+        a.sendto(wire, dest)  # the real one: latched
+        a.sendto(wire, dest)  # replayed
+        b.sendto(wire, dest)  # replayed from elsewhere
+        a.sendto(peer.protect(_rtp(2, b"\x03" * 160)), dest)
+        rtcp = bytes.fromhex("80c90001") + (0x1234).to_bytes(4)  # an empty RR
+        s_rtcp = peer.protect_rtcp(rtcp)
+        rtcp_dest = ("127.0.0.1", port + 1)
+        a.sendto(rtcp, rtcp_dest)  # plain RTCP
+        a.sendto(s_rtcp, rtcp_dest)
+        a.sendto(s_rtcp, rtcp_dest)  # replayed
+        await until(lambda: node.stats()["packets_received"] == 2
+                    and node.stats()["rtcp_received"] == 1
+                    and node.stats()["srtp_replays"] == 3, "the stream and the replays",
+                    WAIT)
+        s.stop()
+        return await s.result()
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    st = node_stats(result, "s")
+    assert st["remote"] == f"127.0.0.1:{a_port}"  # never latched to the forger
+    # plain RTP and the tampered tag fail; the truncated SRTP and the plain RTCP are too short
+    assert (st["srtp_auth_failures"], st["srtp_replays"], st["srtp_malformed"]) == (2, 3, 2)
+    assert st["dropped_bad"] == st["dropped_foreign"] == st["rtcp_bad"] == 0
+    frames = list(result.graph.nodes["out"].frames)
+    assert [f.payload for f in frames] == [b"\x02" * 160, b"\x03" * 160]
+
+
+def test_srtp_keys_are_checked_with_the_parameters() -> None:
+    from pipeline.params import ParamValueError
+    from plugins.rtp.nodes import RtpSession
+    from plugins.rtp.srtp import generate_key
+
+    good = generate_key(SRTP)
+    node = RtpSession(codec="pcmu", srtp_suite=SRTP, srtp_local_key=good,
+                      srtp_remote_key="c2hvcnQ=")
+    with pytest.raises(ParamValueError, match="parameter 'srtp_remote_key': SRTP key is 5 "
+                       "octets, AES_CM_128_HMAC_SHA1_80 needs 30"):
+        node.validate()
+    with pytest.raises(ParamValueError, match="'AEAD_AES_128_GCM' is not one of"):
+        RtpSession(codec="pcmu", srtp_suite="AEAD_AES_128_GCM")
+    RtpSession(codec="pcmu", srtp_suite=SRTP, srtp_local_key=good,
+               srtp_remote_key=good).validate()

@@ -12,6 +12,7 @@ from plugins.sip.sdp import (
     Attribute,
     Bandwidth,
     Connection,
+    CryptoAttribute,
     MediaDescription,
     Origin,
     RtcpAttribute,
@@ -540,3 +541,46 @@ def test_event_list_round_trip(events: frozenset[int]) -> None:
 @given(st.dictionaries(token.map(str.lower), token | st.just(""), max_size=6))
 def test_fmtp_round_trip(params: dict[str, str]) -> None:
     assert parse_fmtp(format_fmtp(params)) == params
+
+
+# ---- a=crypto (RFC 4568 section 9.1) ------------------------------------------------------
+@pytest.mark.parametrize("value, parsed", [
+    # RFC 4568 section 4's example: lifetime and MKI
+    ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4",
+     CryptoAttribute(1, "AES_CM_128_HMAC_SHA1_80", "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR",
+                     "2^20", "1:4")),
+    # what pjsip and Asterisk send: the key alone
+    ("2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj",
+     CryptoAttribute(2, "AES_CM_128_HMAC_SHA1_32", "NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj")),
+    ("3 AES_CM_128_HMAC_SHA1_80 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVoxMjM0|1:32 KDR=1 "
+     "UNENCRYPTED_SRTCP",
+     CryptoAttribute(3, "AES_CM_128_HMAC_SHA1_80", "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVoxMjM0",
+                     None, "1:32", ("KDR=1", "UNENCRYPTED_SRTCP"))),
+])
+def test_crypto_attribute_parse_and_write(value: str, parsed: CryptoAttribute) -> None:
+    assert CryptoAttribute.parse(value) == parsed
+    assert str(parsed) == value
+    media = MediaDescription("audio", 4000, "RTP/SAVP", ["0"],
+                             attributes=[Attribute("crypto", value), Attribute("crypto", "x")])
+    assert media.cryptos() == [parsed]  # a malformed line is left out, not fatal
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1 AES_CM_128_HMAC_SHA1_80", "needs tag, suite and key"),
+    ("one AES_CM_128_HMAC_SHA1_80 inline:abcd", "crypto tag is not numeric"),
+    ("1 AES_CM_128_HMAC_SHA1_80 uri:http://example.com/key", "key is not inline"),
+    ("1 AES_CM_128_HMAC_SHA1_80 inline:|2^20", "key is malformed"),
+    ("1 AES_CM_128_HMAC_SHA1_80 inline:abc|1|2|3", "key is malformed"),
+])
+def test_malformed_crypto_attribute(value: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        CryptoAttribute.parse(value)
+
+
+@given(st.builds(CryptoAttribute, st.integers(0, 10**9 - 1), token,
+                 st.from_regex(r"[A-Za-z0-9+/]{4,40}={0,2}", fullmatch=True),
+                 st.none() | st.from_regex(r"(2\^)?[0-9]{1,2}", fullmatch=True),
+                 st.none() | st.from_regex(r"[0-9]{1,3}:[0-9]{1,3}", fullmatch=True),
+                 st.lists(token, max_size=2).map(tuple)))
+def test_crypto_attribute_round_trip(crypto: CryptoAttribute) -> None:
+    assert CryptoAttribute.parse(str(crypto)) == crypto

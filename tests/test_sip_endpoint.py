@@ -576,6 +576,37 @@ def test_a_dialled_call_nobody_answers_is_cancelled_after_hangup_after(tmp_path)
     asyncio.run(main())
 
 
+def test_a_caller_listening_on_every_interface_names_its_own_address(tmp_path):
+    # `pipeline call` to a provider listens on 0.0.0.0: that address in Contact names
+    # nowhere, and in SDP c= it means hold. The host's own address goes there instead.
+    from plugins.sip.message import SipMessage
+    from plugins.sip.sdp import SessionDescription
+    from plugins.sip.transport import advertised
+
+    own = advertised("0.0.0.0")
+    assert own != "0.0.0.0"
+    callee = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    callee.bind(("127.0.0.1", 0))
+    callee.settimeout(WAIT)
+
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        caller = Endpoint(caller_yaml(f"sip:bob@127.0.0.1:{callee.getsockname()[1]}",
+                                      tmp_path / "caller.yaml", listen="udp:0.0.0.0:0"))
+        data = await asyncio.to_thread(callee.recv, 65535)
+        await caller.stop()
+        return data
+
+    with callee:
+        invite = SipMessage.parse(asyncio.run(main()))
+    assert invite.method == "INVITE"
+    assert invite.headers.get("Contact").split("@", 1)[1].startswith(f"{own}:")
+    assert f"SIP/2.0/UDP {own}:" in invite.headers.get("Via")
+    sdp = SessionDescription.parse(invite.body)
+    conn = sdp.connection_for(sdp.media[0])
+    assert conn.address == own and not conn.is_null
+
+
 @pytest.mark.parametrize("codec", ["pcmu", "g722", "opus"])
 def test_validate_call_values_are_those_of_a_real_call(tmp_path, codec):
     # `pipeline validate --call` fills ${call.*} from example_call_values: the same names,

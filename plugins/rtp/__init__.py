@@ -10,6 +10,8 @@ Modules, one per concept (none of them opens a socket, sleeps or reads the clock
   report blocks (6.4.1) and the RTCP report interval (A.7).
 - `dtmf`: RFC 4733 telephone-event payload, a sender and a receiver state machine.
 - `pcap`: a libpcap writer (and reader) of IPv4/UDP datagrams for Wireshark and tshark.
+- `srtp`: SRTP and SRTCP (RFC 3711) crypto contexts, AES-CM with HMAC-SHA1 (the SDES suites
+  of RFC 4568 and RFC 6188), with rollover counters and replay windows per SSRC.
 - `payload`: RTP payload formats (what the `register_payload_formats` hook returns) and the
   built-in audio ones.
 - `nodes`: the `rtp_session` node, which owns the UDP sockets and the asyncio glue.

@@ -11,6 +11,11 @@ on (symmetric RTP, RFC 4961). The node is clocked only to run its timers (RTP ti
 reports, DTMF packet trains) once per period, and not at all when it has none; timers read
 the event loop's monotonic clock, NTP fields the wall clock.
 
+With `srtp_suite` set (RFC 3711, keys as SDES gives them: RFC 4568), everything sent is
+protected with `srtp_local_key` (RTP and RTCP) and everything received unprotected with
+`srtp_remote_key` before it is parsed; a packet that fails (authentication, replay, too
+short) is dropped and counted, and cannot latch the session.
+
 Bad datagrams are counted and dropped, never raised; an exception in a node downstream of
 the session is handed to `run_io`, which re-raises it so the runtime stops the graph.
 """
@@ -46,6 +51,8 @@ from .rtcp import (
     parse_rtcp,
     serialize_rtcp,
 )
+from .srtp import SUITES as SRTP_SUITES
+from .srtp import SrtpContext, SrtpError, decode_key
 from .stats import ReceiverStats, RtcpScheduler, SenderStats
 
 log = logging.getLogger("plugins.rtp")
@@ -123,6 +130,12 @@ class RtpSession(Node):
                           min=0.05)
     session_kbps = Param(float, 80.0, "session bandwidth in kb/s; RTCP takes 5% (RFC 3550 6.2)",
                          min=1.0)
+    srtp_suite = Param(str, "", "SRTP crypto suite (RFC 3711, RFC 4568 names); empty: plain "
+                       "RTP", choices=("", *SRTP_SUITES))
+    srtp_local_key = Param(str, "", "our SRTP master key and salt, base64 as in SDES "
+                           "inline: (protects what we send)")
+    srtp_remote_key = Param(str, "", "the peer's SRTP master key and salt, base64 (unprotects "
+                            "what we receive)")
 
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
@@ -130,8 +143,19 @@ class RtpSession(Node):
                  "_dtmf_pt", "_dtmf_queue", "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur",
                  "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap", "_pt",
                  "_recv_pt", "_remote", "_rtcp_remote", "_rtcp_sock", "_rx", "_samples",
-                 "_scheduler", "_sender", "_seq", "_sending", "_sock", "_ssrc", "_timed_out",
-                 "_watching", "_ts_offset", "bound_port", "rtcp_port")
+                 "_scheduler", "_sender", "_seq", "_sending", "_sock", "_srtp_rx", "_srtp_tx",
+                 "_ssrc", "_timed_out", "_watching", "_ts_offset", "bound_port", "rtcp_port")
+
+    def validate(self) -> None:
+        if not self.srtp_suite:
+            return
+        for name in ("srtp_local_key", "srtp_remote_key"):
+            try:
+                decode_key(getattr(self, name), self.srtp_suite)
+            except ValueError as e:
+                raise ParamValueError(name, f"parameter '{name}': {e}",
+                                      "give the base64 key||salt of the a=crypto line "
+                                      "(30 octets)") from None
 
     # ---- negotiation ----------------------------------------------------------------------
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
@@ -233,6 +257,10 @@ class RtpSession(Node):
             or self._scheduler is not None
         self._cname = f"{self._ssrc:08x}@{self.local_ip}".encode()
         self._io_error: asyncio.Future | None = None
+        self._srtp_tx = self._srtp_rx = None
+        if self.srtp_suite:
+            self._srtp_tx = SrtpContext(self.srtp_suite, self.srtp_local_key)
+            self._srtp_rx = SrtpContext(self.srtp_suite, self.srtp_remote_key)
         self._c = SessionCounters()
         self.post("rtp-bound", ip=host, port=port, rtcp_port=self.rtcp_port)
 
@@ -337,6 +365,11 @@ class RtpSession(Node):
 
     def _on_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c
+        if self._srtp_rx is not None:
+            try:  # before anything trusts the packet (latching, statistics)
+                data = self._srtp_rx.unprotect(data)
+            except SrtpError:
+                return  # counted by the context (stats: srtp_*)
         try:
             pt, seq, ts, ssrc, payload, marker = parse_fields(data)
         except ParseError:
@@ -396,6 +429,11 @@ class RtpSession(Node):
         if self._remote is not None and addr[0] != self._remote[0]:
             c.dropped_foreign += 1
             return
+        if self._srtp_rx is not None:
+            try:
+                data = self._srtp_rx.unprotect_rtcp(data)
+            except SrtpError:
+                return  # counted by the context
         try:
             packets = parse_rtcp(data)
         except ParseError:
@@ -437,6 +475,8 @@ class RtpSession(Node):
         if remote is None:
             self._c.dropped_no_remote += 1
             return False
+        if self._srtp_tx is not None:
+            data = self._srtp_tx.protect(data)
         try:
             self._sock.sendto(data, remote)
         except (BlockingIOError, InterruptedError):
@@ -508,6 +548,8 @@ class RtpSession(Node):
         if bye:
             packets.append(RtcpBye([self._ssrc]))
         data = serialize_rtcp(packets)
+        if self._srtp_tx is not None:
+            data = self._srtp_tx.protect_rtcp(data)
         dest = self._rtcp_remote or (self._remote[0], self._remote[1] + 1)
         if dest[1] > 65535:  # RTP on the last port: no next port until the peer's RTCP is heard
             raise OSError(f"RTP port {self._remote[1]} leaves no port for RTCP")
@@ -554,6 +596,8 @@ class RtpSession(Node):
             return out
         rx = self._rx
         out.update(c.as_dict())
+        if self._srtp_rx is not None:  # what unprotecting dropped, RTP and RTCP together
+            out.update({f"srtp_{k}": v for k, v in self._srtp_rx.stats().items()})
         out.update({
             "local_port": self.bound_port,
             "remote": f"{self._remote[0]}:{self._remote[1]}" if self._remote else None,

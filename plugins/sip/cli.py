@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.graph import Graph
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
+from .locate import is_ip
 from .uri import SipUri
 
 SHUTDOWN_GRACE = 5.0  # seconds between the first signal and a forced stop
@@ -124,8 +125,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None = None,
                      params: dict[str, Any] | None = None, listen: str | None = None,
-                     codecs: list[str] | None = None) -> Graph:
-    """The parent graph of `pipeline call`: one sip_endpoint that dials `uri`."""
+                     codecs: list[str] | None = None,
+                     dns_servers: list[str] | None = None) -> Graph:
+    """The parent graph of `pipeline call`: one sip_endpoint that dials `uri`. A host
+    that is a name is located by DNS (RFC 3263; `dns_servers`, default the system's)."""
     from pipeline.registry import get_registry
 
     try:
@@ -139,9 +142,12 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
     transport = "tls" if target.scheme == "sips" else (
         target.params.get("transport") or "udp").lower()
     host = "127.0.0.1" if target.host.startswith("127.") else "0.0.0.0"
+    listens = [f"{transport}:{host}:0"]
+    if not is_ip(target.host) and transport == "udp" and "transport" not in target.params:
+        listens.append(f"tcp:{host}:0")  # the domain's NAPTR/SRV records may name TCP
     graph = Graph("call", registry=get_registry())
     graph.create("sip_endpoint", "sip", {
-        "listen": [listen or f"{transport}:{host}:0"],
+        "listen": [listen] if listen else listens,
         "user": "caller",
         "call_graph": str(path.resolve()),
         "call_graph_params": params or {},
@@ -150,6 +156,7 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         "exit_after_call": True,
         "tls_verify": False,
         **({"codecs": codecs} if codecs else {}),
+        **({"dns_servers": dns_servers} if dns_servers else {}),
     })
     return graph
 
@@ -161,7 +168,8 @@ def call(args: argparse.Namespace) -> int:
     duration = duration_option(args.duration)
     codecs = [c.strip() for c in (args.codecs or "").split(",") if c.strip()]
     graph = build_call_graph(args.uri, args.graph, duration=duration,
-                             params=_overrides(args.params), codecs=codecs or None)
+                             params=_overrides(args.params), codecs=codecs or None,
+                             dns_servers=getattr(args, "dns_servers", None))
     result = run_coroutine(_run(graph, None))
     established = any(m.name == "call-established" for m in result.messages)
     ended = [m for m in result.messages if m.name == "call-ended"]

@@ -36,7 +36,16 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from . import ua as sipua
-from .offer_answer import Codec, NegotiatedMedia, NegotiatedVideo, packet_time, video_codec
+from .dns import ServerLocator, check_servers
+from .offer_answer import (
+    Codec,
+    NegotiatedMedia,
+    NegotiatedVideo,
+    SrtpPolicy,
+    packet_time,
+    video_codec,
+)
+from .transaction import TimerConfig
 from .transport import ListenSpec, SipTransport, client_context, server_context
 
 log = logging.getLogger("plugins.sip")
@@ -226,6 +235,10 @@ class SipEndpoint(Node):
                  "(false: 100 Trying, then the 200 alone)")
     media_ip = Param(str, None, "address for RTP and SDP (default: the first listen address)")
     ptime_ms = Param(int, 20, "packet duration offered and answered, ms", min=10, max=120)
+    srtp = Param(SrtpPolicy, "off", "SRTP with SDES keys (RFC 3711, 4568): off; optional (offer "
+                 "RTP/AVP with a=crypto, use SRTP when the peer does); mandatory (offer "
+                 "RTP/SAVP, answer 488 to an offer without crypto); ${call.srtp_*} carry the "
+                 "keys", choices=("off", "optional", "mandatory"))
     video = Param(bool, False, "also offer and accept one video stream (${call.video_*} values)")
     video_codecs = Param(list, ["vp8", "h264"], "video codecs offered and accepted, in "
                          "preference order (vp8, h264)")
@@ -246,6 +259,11 @@ class SipEndpoint(Node):
     tls_key = Param(PathType, None, "private key (PEM) for tls listeners")
     tls_ca = Param(PathType, None, "CA file to verify TLS peers (default: the system's)")
     tls_verify = Param(bool, True, "verify the certificate of TLS peers we connect to")
+    dns_servers = Param(list, None, "DNS servers (IP or IP:PORT) that locate SIP hosts named "
+                        "by domain (RFC 3263: NAPTR, SRV, A); default: the system's")
+    timer_t1 = Param(Duration, 0.5, "RFC 3261 T1 (round-trip estimate): retransmissions "
+                     "start at T1, a request times out after 64*T1 (then the next server "
+                     "located is tried)", min=0.001, max=10.0)
 
     # ---- checks -------------------------------------------------------------------------
     def validate(self) -> None:
@@ -257,6 +275,11 @@ class SipEndpoint(Node):
         if not self._specs:
             raise ParamValueError("listen", "parameter 'listen' is empty",
                                   "write e.g. [udp:127.0.0.1:5060]")
+        try:
+            check_servers([str(x) for x in self.dns_servers or ()])
+        except ValueError as e:
+            raise ParamValueError("dns_servers", f"parameter 'dns_servers': {e}",
+                                  "write e.g. [192.0.2.53] or [127.0.0.1:5353]") from None
         if self.call_graph is not None and not Path(self.call_graph).is_file():
             raise ParamValueError("call_graph", f"parameter 'call_graph': file "
                                   f"'{self.call_graph}' not found",
@@ -359,7 +382,11 @@ class SipEndpoint(Node):
             if self.video else (),
             rate_burst=max(1, int(2 * self.rate_limit)),
             session_expires=round(self.session_expires), min_se=round(self.min_se),
-            follow_refer=self.follow_refer))
+            follow_refer=self.follow_refer, srtp=self.srtp,
+            timers=TimerConfig(t1=self.timer_t1)))
+        self.locator = ServerLocator(
+            self.ua, {x.transport: "6" if ":" in x.host else "4" for x in listeners},
+            self._pump, servers=self.dns_servers, server_names=self.transport.server_names)
         self.media_ip_used = media_ip
         self.ports = PortAllocator(str(self.rtp_port_range), media_ip)
         self.listeners = listeners
@@ -407,6 +434,7 @@ class SipEndpoint(Node):
             self._detach(call_id)
         if self.graph is not None and self._on_bus in self.graph.listeners:
             self.graph.listeners.remove(self._on_bus)
+        self.locator.close()
         self.transport.close()
         self.transport = None
 
@@ -561,6 +589,7 @@ class SipEndpoint(Node):
                 self.transport.send(transport, data, addr)
             if not events:
                 return
+            self.locator.poll()  # names to locate (RFC 3263): asked for by the UA
             event = self.ua.next_event()
             if event is None:
                 return

@@ -13,7 +13,15 @@ Policy, where RFC 3264 leaves a choice:
 - one audio stream is accepted; with video codecs given, one video stream too (VP8,
   RFC 7741; H.264 packetization-mode 1, RFC 6184); every other stream is rejected with
   port 0 (section 6);
-- SRTP profiles are rejected (this project has no SRTP).
+- SRTP with SDES keys (RFC 3711, RFC 4568) follows the endpoint's `srtp` policy (the `srtp`
+  argument; default off): "off" offers plain RTP and rejects RTP/SAVP; "optional"
+  offers RTP/AVP with a=crypto lines (best-effort SRTP, as pjsip's optional mode does) and
+  answers crypto when the offer has a usable line, in RTP/AVP or RTP/SAVP; "mandatory"
+  offers RTP/SAVP and answers 488 to an offer without a usable a=crypto. Each offer or new
+  answer carries fresh keys; a re-offer and the answer to one keep ours. Suites:
+  AES_CM_128_HMAC_SHA1_80 and _32 offered, their AES_256 forms (RFC 6188) accepted too;
+  without MKI, lifetime ignored, no session parameters.
+  With SRTP mandatory, no video stream is offered or accepted (video is plain RTP only).
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ from types import MappingProxyType
 
 from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
 from plugins.codecs.opus import FRAME_MS as OPUS_FRAME_MS
+from plugins.rtp.srtp import OFFERED_SUITES, decode_key, generate_key
+from plugins.rtp.srtp import SUITES as SRTP_SUITES
 from plugins.sip.sdp import (
     DIRECTIONS,
     STATIC_PAYLOAD_TYPES,
     Attribute,
     Connection,
+    CryptoAttribute,
     MediaDescription,
     Origin,
     RtcpAttribute,
@@ -49,6 +60,7 @@ __all__ = [
     "AnswerCache",
     "CachedAnswer",
     "Codec",
+    "SrtpPolicy",
     "NegotiatedMedia",
     "NegotiatedVideo",
     "NegotiationFailed",
@@ -65,6 +77,8 @@ __all__ = [
 DTMF = "telephone-event"
 # RTP profiles we can answer: plain RTP; AVPF only adds feedback, which we may ignore.
 _PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+_SECURE_RTP = ("RTP/SAVP", "RTP/SAVPF")  # RFC 3711 14.2 (and RFC 5124 with feedback)
+SRTP_POLICIES = ("off", "optional", "mandatory")
 _FIRST_DYNAMIC_PT = 96  # RFC 3551 section 6: 96-127 are dynamic
 # RFC 4733 section 7.1.1: without an fmtp the receiver supports events 0-15.
 _DEFAULT_EVENTS = frozenset(range(16))
@@ -218,6 +232,29 @@ class Codec:
         return text if self.channels == 1 and self.name.lower() != "opus" else f"{text}/2"
 
 
+class SrtpPolicy(str):
+    """An SRTP policy parameter: off, optional or mandatory. YAML 1.1 reads a bare `off` (and
+    `no`) as false, so false means off too."""
+
+    example = "off, optional or mandatory"
+
+    @classmethod
+    def parse(cls, value: object) -> str:
+        if value is False or str(value).lower() in ("off", "false", "no"):
+            return "off"
+        if str(value) in SRTP_POLICIES:
+            return str(value)
+        raise ValueError(f"'{value}' is not an SRTP policy", f"write {cls.example}")
+
+
+def _policy(srtp: str | None) -> str:
+    policy = srtp or "off"
+    if policy not in SRTP_POLICIES:
+        raise LocalProtocolError(f"SRTP policy {policy!r} is not one of "
+                                 + ", ".join(SRTP_POLICIES))
+    return policy
+
+
 @dataclass(frozen=True, slots=True)
 class NegotiatedVideo:
     """The agreed video stream: where to send, with which codec and payload type.
@@ -284,6 +321,11 @@ class NegotiatedMedia:
     rtcp_mux: bool = False
     media_index: int = 0
     video: NegotiatedVideo | None = None  # set when a video stream was agreed too
+    # SRTP agreed with SDES (RFC 4568): the suite, our key (we protect what we send with it)
+    # and the peer's (we unprotect with it), base64 key||salt; None: plain RTP.
+    srtp_suite: str | None = None
+    srtp_local_key: str | None = None
+    srtp_remote_key: str | None = None
 
     @property
     def encoding(self) -> str:
@@ -330,6 +372,9 @@ class NegotiatedMedia:
             "ptime_ms": self.ptime_ms,
             "dtmf_payload_type": -1 if self.dtmf_payload_type is None else self.dtmf_payload_type,
             "direction": self.direction,
+            "srtp_suite": self.srtp_suite or "",
+            "srtp_local_key": self.srtp_local_key or "",
+            "srtp_remote_key": self.srtp_remote_key or "",
         } | ({} if self.video is None else self.video.call_params())
 
 
@@ -347,14 +392,20 @@ def build_offer(
     rtcp_port: int | None = None,
     video_codecs: Sequence[Codec] = (),
     video_port: int = 0,
+    srtp: str | None = None,
 ) -> SessionDescription:
     """An initial offer with one audio stream listing `codecs` in preference order.
 
     Static codecs keep their RFC 3551 numbers; others get 96, 97, ... (RFC 3551 section 6).
     With `video_codecs` (see `video_codec`), an m=video line on `video_port` follows, its
     dynamic payload types numbered after the audio ones so no number means two formats.
+    `srtp` (the SRTP policy, default off) adds a=crypto lines with fresh
+    keys, under RTP/SAVP when mandatory (see the module docstring).
     """
     _check_direction(direction)
+    policy = _policy(srtp)
+    if policy == "mandatory":
+        video_codecs = ()  # video goes in plain RTP only
     sid = secrets.randbelow(2**62) if session_id is None else session_id
     sdp = SessionDescription(
         origin=Origin(
@@ -368,7 +419,14 @@ def build_offer(
         name=session_name,
         connection=Connection(local_ip, _addrtype(local_ip)),
     )
-    sdp.media.append(_audio_section(codecs, rtp_port, ptime_ms, direction, rtcp_port, {}))
+    audio = _audio_section(codecs, rtp_port, ptime_ms, direction, rtcp_port, {})
+    if policy != "off":
+        if policy == "mandatory":
+            audio.proto = "RTP/SAVP"
+        for tag, suite in enumerate(OFFERED_SUITES, 1):
+            audio.attributes.append(Attribute("crypto", str(CryptoAttribute(
+                tag, suite, generate_key(suite)))))
+    sdp.media.append(audio)
     if video_codecs:
         taken = set(sdp.media[0].payload_types)
         sdp.media.append(_video_section(video_codecs, video_port, direction, taken))
@@ -390,6 +448,7 @@ def answer(
     rtcp_port: int | None = None,
     video_codecs: Sequence[Codec] = (),
     video_port: int = 0,
+    srtp: str | None = None,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer `offer` (RFC 3264 section 6) and say what was agreed.
 
@@ -400,8 +459,12 @@ def answer(
     `ParseError` on malformed SDP. With `video_codecs`, the first offered video stream is
     accepted on `video_port` with the first of its codecs (offerer's order) that we support;
     without a common codec it is rejected with port 0 and the call goes on with audio.
+    `srtp` is the SRTP policy (default off; module docstring).
     """
     _check_direction(direction)
+    policy = _policy(srtp)
+    if policy == "mandatory":
+        video_codecs = ()  # video goes in plain RTP only
     if not isinstance(offer, SessionDescription):
         offer = SessionDescription.parse(offer)
     audio_ours = [c for c in our_codecs if not c.is_dtmf]
@@ -425,7 +488,8 @@ def answer(
                 sections.append(section)
                 continue
         if accepted is None and offered.kind == "audio" and offered.port != 0:
-            if offered.proto not in _PLAIN_RTP:
+            if offered.proto not in _PLAIN_RTP and (
+                    policy == "off" or offered.proto not in _SECURE_RTP):
                 reasons.append(f"audio profile {offered.proto} is not supported")
             else:
                 section = _answer_audio(
@@ -439,6 +503,9 @@ def answer(
                     rtcp_port,
                     reasons,
                 )
+                if section is not None and policy != "off":
+                    section = _answer_crypto(section, offered, policy, reasons,
+                                             _previous_section(previous, index))
         if section is None:
             # Section 6: a rejected stream keeps its m= line with port 0.
             section = MediaDescription(offered.kind, 0, offered.proto, offered.formats or ["0"])
@@ -451,7 +518,8 @@ def answer(
             reasons.append(f"no audio stream offered (media: {kinds})")
         raise NegotiationFailed(
             "SDP offer has no acceptable audio: " + "; ".join(reasons),
-            warning_code=305 if any("codec" in r for r in reasons) else 304,
+            warning_code=305 if any("codec" in r for r in reasons)
+            else 302 if any("SRTP" in r for r in reasons) else 304,
         )
     origin = Origin(username, 0, 0, "IN", _addrtype(local_ip), local_ip)
     if previous is not None:
@@ -490,8 +558,10 @@ class AnswerCache:
     new shape. Offers answered with video are negotiated every time."""
 
     def __init__(self, codecs: Sequence[Codec], local_ip: str, *, ptime_ms: int | None = None,
-                 video_codecs: Sequence[Codec] = (), size: int = 64) -> None:
+                 video_codecs: Sequence[Codec] = (), size: int = 64,
+                 srtp: str | None = None) -> None:
         self.codecs, self.local_ip, self.ptime_ms = codecs, local_ip, ptime_ms
+        self.srtp = _policy(srtp)
         self.video_codecs = video_codecs
         self.size = size
         # shape -> (answer's text, its media, whether the offer names its RTCP port)
@@ -502,6 +572,12 @@ class AnswerCache:
         """(the offer parsed, or None when its shape was known; our answer on RTP port 0;
         its media), as `SessionDescription.parse` and `answer` make them, with their
         errors (`ParseError`, `NegotiationFailed`)."""
+        if b"a=crypto" in body:
+            # SDES keys are per call, ours and the peer's: such an answer is never reused.
+            offer = SessionDescription.parse(body)
+            sdp, media = answer(offer, self.codecs, self.local_ip, 0, ptime_ms=self.ptime_ms,
+                                video_codecs=self.video_codecs, srtp=self.srtp)
+            return offer, sdp, media
         origin: list[bytes] = []
         ports: list[int] = []
 
@@ -524,7 +600,7 @@ class AnswerCache:
             return None, CachedAnswer(text), media
         offer = SessionDescription.parse(body)
         sdp, media = answer(offer, self.codecs, self.local_ip, 0, ptime_ms=self.ptime_ms,
-                            video_codecs=self.video_codecs)
+                            video_codecs=self.video_codecs, srtp=self.srtp)
         if media.video is not None or len(ports) != len(offer.media):
             return offer, sdp, media  # (an m= line the pattern missed: ports unmapped)
         if len(self._shapes) >= self.size:
@@ -678,6 +754,7 @@ def reoffer(
     if codecs is not None:
         keep = {(r.encoding.lower(), r.clock_rate): pt for pt, r in media.rtpmaps().items()}
         rtcp = media.rtcp
+        old = media
         media = _audio_section(
             codecs,
             media.port,
@@ -686,6 +763,9 @@ def reoffer(
             None if rtcp is None else rtcp.port,
             keep,
         )
+        # The same SRTP keys and profile (RFC 4568 7.1.4: a key may be kept in a re-offer).
+        media.proto = old.proto
+        media.attributes += [a for a in old.attributes if a.name == "crypto"]
         sdp.media[index] = media
     else:
         if ptime_ms is not None:
@@ -1034,6 +1114,10 @@ def _negotiate(
     # RFC 3550 section 11: RTCP on the next port unless a=rtcp (RFC 3605) or rtcp-mux says.
     rtcp_port = rtcp.port if rtcp is not None else (rm.port if mux else _next_port(rm.port))
     ptime = packet_time(name, rm.ptime or lm.ptime, rm.maxptime)
+    crypto = _agreed_crypto(lm, rm)
+    if crypto is None and (lm.proto in _SECURE_RTP or rm.proto in _SECURE_RTP):
+        raise NegotiationFailed("SDP answer agrees no a=crypto line for RTP/SAVP "
+                                "(RFC 4568 section 7.1.2)", warning_code=302)
     return NegotiatedMedia(
         remote_address=address,
         remote_rtp_port=rm.port,
@@ -1054,7 +1138,62 @@ def _negotiate(
         local_dtmf_payload_type=dtmf[1].payload_type if dtmf else None,
         rtcp_mux=mux,
         media_index=index,
+        srtp_suite=crypto[0] if crypto else None,
+        srtp_local_key=crypto[1] if crypto else None,
+        srtp_remote_key=crypto[2] if crypto else None,
     )
+
+
+def _usable_crypto(crypto: CryptoAttribute) -> bool:
+    """A line we can run: a suite we have, its key of the right length, no MKI (RFC 4568
+    6.1) and no session parameters (KDR, UNENCRYPTED_SRTP...: section 6.3)."""
+    if crypto.suite not in SRTP_SUITES or crypto.mki or crypto.session_params:
+        return False
+    try:
+        decode_key(crypto.key, crypto.suite)
+    except ValueError:
+        return False
+    return True
+
+
+def _agreed_crypto(ours: MediaDescription, theirs: MediaDescription
+                   ) -> tuple[str, str, str] | None:
+    """(suite, our key, their key) of the a=crypto line both sections hold with the same tag
+    and suite (the answer keeps the tag it accepted: RFC 4568 7.1.1), or None."""
+    remote = {c.tag: c for c in theirs.cryptos() if _usable_crypto(c)}
+    for mine in ours.cryptos():
+        peer = remote.get(mine.tag)
+        if peer is not None and peer.suite == mine.suite and _usable_crypto(mine):
+            return mine.suite, mine.key, peer.key
+    return None
+
+
+def _previous_section(previous: SessionDescription | None, index: int
+                      ) -> MediaDescription | None:
+    if previous is None or index >= len(previous.media):
+        return None
+    return previous.media[index]
+
+
+def _answer_crypto(section: MediaDescription, offered: MediaDescription, policy: str,
+                   reasons: list[str], previous: MediaDescription | None
+                   ) -> MediaDescription | None:
+    """Add our a=crypto to an audio answer: the first offered line we can run, with the tag
+    and suite kept and our own key (RFC 4568 7.1.2); our previous key for the same line in
+    a re-offer. None when SRTP is needed (RTP/SAVP, or our policy) and no line is usable."""
+    pick = next((c for c in offered.cryptos() if _usable_crypto(c)), None)
+    if pick is None:
+        if offered.proto in _SECURE_RTP or policy == "mandatory":
+            offered_suites = ", ".join(c.suite for c in offered.cryptos()) or "no a=crypto"
+            reasons.append(f"SRTP is required and no crypto suite is in common (offered "
+                           f"{offered_suites}; we support {', '.join(SRTP_SUITES)})")
+            return None
+        return section  # best effort: plain RTP
+    key = next((c.key for c in (previous.cryptos() if previous is not None else ())
+                if c.tag == pick.tag and c.suite == pick.suite and _usable_crypto(c)), None)
+    line = CryptoAttribute(pick.tag, pick.suite, key or generate_key(pick.suite))
+    section.attributes.append(Attribute("crypto", str(line)))
+    return section
 
 
 def _same_format(a: RtpMap, b: RtpMap) -> bool:

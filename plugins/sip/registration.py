@@ -8,7 +8,7 @@ through the UA's transaction layers and reports through its event queue); sans-I
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.errors import LocalProtocolError, ParseError
 
@@ -52,7 +52,7 @@ class Registration:
     aor: NameAddress
     uri: SipUri
     transport: str
-    addr: Address
+    addr: Address | None  # None: `lookup` is to be located first (RFC 3263)
     call_id: str
     tag: str
     cseq: int = 0
@@ -61,6 +61,8 @@ class Registration:
     registered: bool = False
     unregistering: bool = False
     auth_tries: int = 0
+    lookup: SipUri | None = None  # the registrar's URI when its host is a name
+    targets: list[tuple[str, Address]] = field(default_factory=list)  # for failover
 
 
 class RegistrationClient:
@@ -96,6 +98,9 @@ class RegistrationClient:
 
     def _send_register(self, reg: Registration, now: float,
                        auth: Iterable[tuple[str, str]] = ()) -> None:
+        if reg.addr is None:  # the registrar is a name: sent once located (`resolved`)
+            self._want(reg.lookup, ("register", reg))  # type: ignore[attr-defined]
+            return
         reg.cseq += 1
         expires = 0 if reg.unregistering else reg.expires
         to = NameAddress(reg.aor.uri)
@@ -139,6 +144,8 @@ class RegistrationClient:
                 reg.expires = min_exp  # 10.2.8: retry with the registrar's minimum
                 self._send_register(reg, now)
                 return
+        if code == 503 and self._register_failover(reg, now):  # type: ignore[attr-defined]
+            return  # RFC 3263 4.3: the next registrar located
         self._register_failed(reg, code, response.reason, now)
 
     def _register_failed(self, reg: Registration, status: int, reason: str,

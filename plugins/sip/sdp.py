@@ -9,7 +9,8 @@ so unknown attributes survive a round trip untouched.
 
 Helpers read the attributes a media graph cares about: rtpmap (RFC 8866 section 6.6), fmtp
 (6.15; opus parameters of RFC 7587 section 6.1, RFC 4733 event lists), ptime/maxptime (6.4,
-6.5), direction (6.7, a media-level value overrides the session-level one) and rtcp (RFC 3605).
+6.5), direction (6.7, a media-level value overrides the session-level one), rtcp (RFC 3605)
+and crypto (SDES keys for SRTP, RFC 4568 section 9.1).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "Attribute",
     "Bandwidth",
     "Connection",
+    "CryptoAttribute",
     "MediaDescription",
     "Origin",
     "RtcpAttribute",
@@ -286,6 +288,47 @@ class RtcpAttribute:
         return f"{self.port} {self.nettype} {self.addrtype} {self.address}"
 
 
+@dataclass(slots=True, frozen=True)
+class CryptoAttribute:
+    """a=crypto (RFC 4568 section 9.1): `<tag> <crypto-suite> <key-params> [<session-params>]`.
+
+    Only the first key-param is kept (several are for MKI rollover, which we do not do):
+    `key` is its base64 key||salt, `lifetime` and `mki` its optional parts as written
+    ("2^20", "1:4"). The key is not decoded here: its length depends on the suite."""
+
+    tag: int
+    suite: str
+    key: str
+    lifetime: str | None = None
+    mki: str | None = None
+    session_params: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> CryptoAttribute:
+        line = f"a=crypto:{value}"
+        parts = value.split()
+        if len(parts) < 3:
+            raise ParseError(f"SDP crypto attribute needs tag, suite and key: {line[:80]!r}")
+        tag = _int(parts[0], "crypto tag", line, digits=9)
+        method, sep, info = parts[2].split(";")[0].partition(":")
+        if method != "inline" or not sep:
+            raise ParseError(f"SDP crypto key is not inline: {line[:80]!r}")
+        key, *rest = info.split("|")
+        if not key or len(rest) > 2:
+            raise ParseError(f"SDP crypto key is malformed: {line[:80]!r}")
+        lifetime = mki = None
+        for item in rest:  # RFC 4568 9.2: [|lifetime][|MKI:length]; the MKI has a colon
+            if ":" in item:
+                mki = item
+            else:
+                lifetime = item
+        return cls(tag, parts[1], key, lifetime, mki, tuple(parts[3:]))
+
+    def __str__(self) -> str:
+        info = self.key + "".join(f"|{x}" for x in (self.lifetime, self.mki) if x is not None)
+        return " ".join([str(self.tag), self.suite, f"inline:{info}", *self.session_params])
+
+
 def parse_fmtp(text: str) -> dict[str, str]:
     """Format parameters `k=v;k2=v2` as a dict with lower-case keys.
 
@@ -538,6 +581,17 @@ class MediaDescription(_Attributes):
         """The a=rtcp attribute (RFC 3605), None when absent."""
         value = self.attribute("rtcp")
         return None if value is None else RtcpAttribute.parse(value)
+
+    def cryptos(self) -> list[CryptoAttribute]:
+        """The a=crypto lines of this section in order (RFC 4568); malformed ones are left
+        out, as a line with an unknown suite would be ignored (section 6.3)."""
+        out = []
+        for value in self.attribute_values("crypto"):
+            try:
+                out.append(CryptoAttribute.parse(value))
+            except ParseError:
+                continue
+        return out
 
     @property
     def rtcp_mux(self) -> bool:

@@ -139,6 +139,8 @@ class SipTransport:
         self._pending: dict[tuple[str, Address], list[bytes]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # TLS peers located by DNS: address -> the domain their certificate must name
+        self.server_names: dict[Address, str] = {}
 
     # ---- setup ------------------------------------------------------------------------------
     def bind(self, specs: list[ListenSpec]) -> list[Listener]:
@@ -165,7 +167,7 @@ class SipTransport:
                     sock.listen(128)
                     self._stream_socks.append((spec.transport, sock))
                 port = sock.getsockname()[1]
-                self.listeners.append(Listener(spec.transport, spec.host, port))
+                self.listeners.append(Listener(spec.transport, advertised(spec.host), port))
         except OSError as exc:
             self.close()
             raise PipelineError(f"SIP endpoint cannot listen on {spec.transport}:{spec.host}:"
@@ -273,7 +275,8 @@ class SipTransport:
         try:
             _, proto = await loop.create_connection(
                 lambda: _StreamProtocol(self, name, key), addr[0], addr[1], ssl=ctx,
-                server_hostname=addr[0] if ctx is not None else None)
+                server_hostname=self.server_names.get(addr, addr[0]) if ctx is not None
+                else None)
         except (OSError, ssl.SSLError) as exc:
             self.stats["connect_errors"] += 1
             log.info("SIP %s connection to %s:%s failed: %s", name, addr[0], addr[1], exc)
@@ -281,6 +284,22 @@ class SipTransport:
             return
         for data in self._pending.pop(key, []):
             proto.write(data)
+
+
+def advertised(host: str) -> str:
+    """The address a listener is reached at, as Via, Contact and SDP name it: `host`, or for
+    one bound to every interface (0.0.0.0, ::) the address this host's default route leaves
+    from. 0.0.0.0 names nowhere in a Contact, and in SDP c= it means hold (RFC 3264 8.4)."""
+    if host not in ("0.0.0.0", "::"):
+        return host
+    family = socket.AF_INET6 if host == "::" else socket.AF_INET
+    probe = "2001:db8::1" if host == "::" else "192.0.2.1"  # documentation ranges (RFC 5737)
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((probe, 9))  # picks the route; a UDP connect sends nothing
+            return s.getsockname()[0]
+        except OSError:  # no route off this host: only loopback reaches us
+            return "::1" if host == "::" else "127.0.0.1"
 
 
 def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:

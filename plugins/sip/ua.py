@@ -27,7 +27,15 @@ What it does, with the RFC sections it follows:
 - REFER (RFC 3515, `refer`) both ways: as referee, 202 and NOTIFYs of the new call's
   progress (`notify_refer`) when `follow_refer`, else 603; as referrer, `transfer` sends a
   REFER and reports the NOTIFYs it gets (481 for one that matches no REFER of ours);
-- a token bucket per source address that drops requests beyond `rate_limit`.
+- a token bucket per source address that drops requests beyond `rate_limit`;
+- server location (RFC 3263): a host that is a name is not resolved here. The UA asks for
+  it (`lookups_to_resolve`), whatever needs it waits (a new INVITE, REGISTER or OPTIONS),
+  and the node feeds back the ordered targets (`resolved`) or why there are none
+  (`resolve_failed`: the call ends, or the registration fails, with 503). The targets after
+  the first are kept: a new INVITE or REGISTER that times out or gets 503 is sent again,
+  as a new transaction, to the next one (4.3). A dialog's next hop (Route, Contact) that
+  is a name is located when the call is set up; until it is known, the dialog's requests
+  go where its INVITE went (or came from).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from . import prack, session_timer, validate
 from .auth import DigestChallenge, DigestClient, DigestServer
 from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
+from .locate import Target, is_ip, lookup_uri
 from .message import SipRequest, SipResponse, Via, make_response, response_bytes
 from .offer_answer import (
     AnswerCache,
@@ -147,6 +156,7 @@ class UaConfig:
     ring: bool = True
     user_agent: str = "voip-pipeline"
     follow_refer: bool = False  # accept REFERs (202, NOTIFYs by notify_refer), else 603
+    srtp: str = "off"  # SRTP policy (off, optional, mandatory; offer_answer's docstring)
     session_expires: int = 1800  # RFC 4028: the session interval our INVITEs ask for (0: none)
     min_se: int = session_timer.MIN_SE  # the shortest interval we accept (else 422)
     timers: TimerConfig = field(default_factory=TimerConfig)
@@ -267,6 +277,9 @@ class Call:
     offer_in_2xx: SessionDescription | None = None
     rseq: int | None = None  # UAC: the RSeq of the last reliable 18x we PRACKed (RFC 3262)
     early_answer: bytes = b""  # UAC: the SDP answer such an 18x carried
+    target: SipUri | None = None  # UAC: the Request-URI of our INVITE
+    targets: list[Target] = field(default_factory=list)  # UAC: servers left (RFC 3263 4.3)
+    hop: tuple[str, str, Address] | None = None  # a named next hop, located: key, where
 
     @property
     def active(self) -> bool:
@@ -356,7 +369,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         self._limiter = _RateLimiter(config.rate_limit, config.rate_burst)
         self._calls_made = 0
         self._answers = AnswerCache(config.codecs, self.media_ip, ptime_ms=config.ptime_ms,
-                                    video_codecs=config.video_codecs)
+                                    video_codecs=config.video_codecs, srtp=config.srtp)
         self._auth = DigestClient(config.user, config.password) if config.password else None
         self._server_auth = None
         if config.users:
@@ -367,6 +380,9 @@ class UserAgent(RegistrationClient, ReferAgent):
         self._transfers: dict[tuple[str, str], str] = {}
         # RFC 3262: our reliable 180s not PRACKed yet, by Call-ID
         self._reliable: dict[str, prack.ReliableProvisional] = {}
+        # RFC 3263: names to locate (see lookups_to_resolve) and what waits for each
+        self._lookups: list[SipUri] = []
+        self._waiting: dict[str, list[tuple[str, object]]] = {}
         self.registration: Registration | None = None
         if config.registrar:
             self.registration = self._make_registration(config.registrar)
@@ -380,7 +396,12 @@ class UserAgent(RegistrationClient, ReferAgent):
         return out
 
     def next_event(self) -> UaEvent | None:
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if isinstance(event, (CallIncoming, CallEstablished)) and event.call.dialog is not None:
+            self._prefetch_hop(event.call)
+        return event
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction, registration or 2xx retransmission."""
@@ -531,9 +552,11 @@ class UserAgent(RegistrationClient, ReferAgent):
                 return
             kind, obj = owner
             if kind == "register":
-                self._register_failed(obj, 408, "registrar did not answer", now)
+                if not self._register_failover(obj, now):
+                    self._register_failed(obj, 408, "registrar did not answer", now)
             elif kind == "invite" and obj.active:
-                self._end(obj, "no answer to INVITE (timeout)", 408)
+                if not self._failover(obj, now):
+                    self._end(obj, "no answer to INVITE (timeout)", 408)
             elif kind == "reinvite" and obj.active:
                 # RFC 3261 14.1: a re-INVITE that times out ends the dialog.
                 self._send_bye(obj, now)
@@ -550,7 +573,10 @@ class UserAgent(RegistrationClient, ReferAgent):
         return layer
 
     def destination(self, uri: SipUri) -> tuple[str, Address]:
-        """(transport, address) to send a request for `uri` to (no DNS: host as given)."""
+        """(transport, address) to send a request for `uri` to, when its host is an IP
+        address (a name is located first: `lookups_to_resolve`)."""
+        if not is_ip(uri.host):
+            raise LocalProtocolError(f"SIP host {uri.host} is a name: it needs a DNS lookup")
         if uri.scheme == "sips":
             transport = "tls"
         else:
@@ -657,6 +683,12 @@ class UserAgent(RegistrationClient, ReferAgent):
     def _hop(self, call: Call) -> tuple[str, Address]:
         assert call.dialog is not None
         uri = call.dialog.next_hop()
+        if not is_ip(uri.host):
+            hop = call.hop
+            if hop is not None and hop[0] == str(lookup_uri(uri)):
+                return hop[1], hop[2]
+            self._want(uri, ("hop", call))
+            return call.transport, call.addr  # until it is located: where the call went
         try:
             transport, addr = self.destination(uri)
         except LocalProtocolError:
@@ -665,16 +697,95 @@ class UserAgent(RegistrationClient, ReferAgent):
             transport = call.transport
         return transport, addr
 
+    def _prefetch_hop(self, call: Call) -> None:
+        """Locate a dialog's next hop that is a name before a request needs it."""
+        if not is_ip(call.dialog.next_hop().host):  # type: ignore[union-attr]
+            self._hop(call)
+
+    # ---- server location (RFC 3263; the queries are the node's) ------------------------------
+    def lookups_to_resolve(self) -> list[SipUri]:
+        """URIs (scheme, host, port, transport) to locate by DNS, asked for since the last
+        call; answer each with `resolved` or `resolve_failed`."""
+        out, self._lookups = self._lookups, []
+        return out
+
+    def _want(self, uri: SipUri, waiter: tuple[str, object]) -> None:
+        key = lookup_uri(uri)
+        waiting = self._waiting.get(str(key))
+        if waiting is None:  # one lookup per name at a time, however many wait for it
+            waiting = self._waiting[str(key)] = []
+            self._lookups.append(key)
+        if waiter not in waiting:
+            waiting.append(waiter)
+
+    def resolved(self, uri: SipUri, targets: Sequence[Target], now: float) -> None:
+        """The located targets of `uri`, in order: what waited for them goes to the first;
+        a new INVITE or REGISTER keeps the others for failover (RFC 3263 4.3)."""
+        targets = [t for t in targets if t[0] in self.layers]
+        if not targets:
+            self.resolve_failed(uri, f"{uri.host}: no server on a transport we listen on", now)
+            return
+        key = str(lookup_uri(uri))
+        for kind, obj in self._waiting.pop(key, []):
+            if kind == "call" and obj.state == "calling" and obj.invite is None:  # type: ignore
+                obj.targets = targets[1:]  # type: ignore[attr-defined]
+                self._start_invite(obj, *targets[0], now)  # type: ignore[arg-type]
+            elif kind == "register":
+                obj.targets = targets[1:]  # type: ignore[attr-defined]
+                obj.transport, obj.addr = targets[0]  # type: ignore[attr-defined]
+                self._send_register(obj, now)  # type: ignore[arg-type]
+            elif kind == "options":
+                self._send_options(obj, *targets[0], now)  # type: ignore[arg-type]
+            elif kind == "hop" and obj.active:  # type: ignore[attr-defined]
+                obj.hop = (key, *targets[0])  # type: ignore[attr-defined]
+
+    def resolve_failed(self, uri: SipUri, reason: str, now: float) -> None:
+        """`uri` could not be located (`reason`: one line naming the host and why): a call
+        waiting for it ends with 503, a registration fails with 503 (and is retried)."""
+        self.stats["lookups_failed"] += 1
+        for kind, obj in self._waiting.pop(str(lookup_uri(uri)), []):
+            if kind == "call" and obj.active:  # type: ignore[attr-defined]
+                self._end(obj, reason, 503)  # type: ignore[arg-type]
+            elif kind == "register":
+                self._register_failed(obj, 503, reason, now)  # type: ignore[arg-type]
+
+    def _failover(self, call: Call, now: float) -> bool:
+        """RFC 3263 4.3: an INVITE that timed out or got 503 goes, as a new transaction,
+        to the next server located for its URI. False when none is left."""
+        if not call.targets or call.state not in ("calling", "ringing"):
+            return False
+        self.stats["failovers"] += 1
+        call.state = "calling"
+        self._start_invite(call, *call.targets.pop(0), now)
+        return True
+
+    def _register_failover(self, reg: Registration, now: float) -> bool:
+        """The same for a REGISTER; with no server left, the name is located afresh at
+        the retry."""
+        if not reg.targets:
+            if reg.lookup is not None:
+                reg.addr = None
+            return False
+        self.stats["failovers"] += 1
+        reg.transport, reg.addr = reg.targets.pop(0)
+        self._send_register(reg, now)
+        return True
+
     # ---- registration (the rest is in RegistrationClient) ----------------------------------
     def _make_registration(self, registrar: str) -> Registration:
         text = registrar if registrar.lower().startswith(("sip:", "sips:")) \
             else f"sip:{registrar}"
         uri = SipUri.parse(text)
-        transport, addr = self.destination(uri)
+        if is_ip(uri.host):
+            transport, addr = self.destination(uri)
+            lookup = None
+        else:  # located when the first REGISTER is sent
+            transport, addr, lookup = self.config.listeners[0].transport, None, lookup_uri(uri)
         aor = NameAddress(SipUri("sip", self.config.user, None, uri.host))
         return Registration(aor, SipUri(uri.scheme, None, None, uri.host, uri.port),
                             transport, addr, f"{_random_token()}@{self.media_ip}",
-                            _random_token(), expires=self.config.register_expires)
+                            _random_token(), expires=self.config.register_expires,
+                            lookup=lookup)
 
     def _realm_ok(self, response: SipResponse) -> bool:
         want = self.config.realm
@@ -697,30 +808,54 @@ class UserAgent(RegistrationClient, ReferAgent):
         uri = target if isinstance(target, SipUri) else SipUri.parse(target)
         if not uri.is_sip:
             raise LocalProtocolError(f"SIP URI {uri} is not a sip: or sips: URI")
-        transport, addr = self.destination(uri)
-        self._layer(transport)
+        named = not is_ip(uri.host)
+        if named:  # located first (RFC 3263); a transport it names must be ours
+            transport, addr = "", ("", 0)
+            if uri.transport or uri.scheme == "sips":
+                self._layer("tls" if uri.scheme == "sips" else uri.transport)  # type: ignore
+        else:
+            transport, addr = self.destination(uri)
+            self._layer(transport)
         call_id = f"{_random_token(12)}@{self.media_ip}"
-        from_ = self._local_aor(self.listeners[transport].host)
         offer = self._offer(rtp_port, video_port, codecs)
+        self._calls_made += 1
+        host = (self.listeners.get(transport) or self.config.listeners[0]).host
+        call = Call(call_id, "out", transport, addr, _random_token(),
+                    caller=safe_token(f"{self.config.user}@{host}"),
+                    callee=safe_token(f"{uri.user or ''}@{uri.host}"), target=uri,
+                    local=offer, rtp_port=rtp_port, number=self._calls_made,
+                    video_port=video_port if len(offer.media) > 1 else 0)
+        self.calls[call_id] = call
+        if named:
+            self._want(uri, ("call", call))
+        else:
+            self._start_invite(call, transport, addr, now)
+        return call
+
+    def _start_invite(self, call: Call, transport: str, addr: Address, now: float) -> None:
+        """Send an outgoing call's INVITE to `addr`: the first, or a new transaction (new
+        branch, next CSeq) for the next server after a timeout or 503 (RFC 3263 4.3)."""
+        uri = call.target
+        assert uri is not None
+        call.transport, call.addr = transport, addr
+        from_ = NameAddress(SipUri("sip", self.config.user, None,
+                                   self.listeners[transport].host), None,
+                            {"tag": call.local_tag})
         to = NameAddress(SipUri(uri.scheme, uri.user, None, uri.host, uri.port))
         extra = [("Allow", _ALLOW), ("Supported", _SUPPORTED)]
         if self.config.session_expires:
             # RFC 4028 7.1: the interval we ask for; the callee picks the refresher.
             extra += [("Session-Expires", str(self.config.session_expires)),
                       ("Min-SE", str(self.config.min_se))]
+        cseq = 1 if call.invite is None else call.invite.cseq.seq + 1
         invite = self._new_request(
-            "INVITE", uri, transport, from_=from_, to=to, call_id=call_id, cseq=1,
+            "INVITE", uri, transport, from_=from_, to=to, call_id=call.call_id, cseq=cseq,
             extra=[*extra, ("Content-Type", "application/sdp")])
-        invite.body = bytes(offer)
-        self._calls_made += 1
-        call = Call(call_id, "out", transport, addr, from_.tag or "",
-                    caller=safe_token(f"{self.config.user}@{from_.uri.host}"),
-                    callee=safe_token(f"{uri.user or ''}@{uri.host}"), invite=invite,
-                    local=offer, rtp_port=rtp_port, number=self._calls_made,
-                    video_port=video_port if len(offer.media) > 1 else 0)
-        self.calls[call_id] = call
+        invite.body = bytes(call.local)  # type: ignore[arg-type]
+        call.invite = invite
+        call.dialog, call.provisional = None, False
+        call.rseq, call.early_answer = None, b""
         self._send_invite(call, now)
-        return call
 
     def _offer(self, rtp_port: int, video_port: int,
                codecs: Sequence[Codec] | None = None) -> SessionDescription:
@@ -729,7 +864,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         video = self.config.video_codecs if video_port else ()
         return build_offer(codecs or self.config.codecs, self.media_ip, rtp_port,
                            ptime_ms=self.config.ptime_ms, video_codecs=video,
-                           video_port=video_port)
+                           video_port=video_port, srtp=self.config.srtp)
 
     def _send_invite(self, call: Call, now: float) -> None:
         assert call.invite is not None
@@ -790,6 +925,8 @@ class UserAgent(RegistrationClient, ReferAgent):
             return
         self._owners.pop(tx, None)
         if call.state == "ended":
+            return
+        if code == 503 and self._failover(call, now):
             return
         if code in (401, 407) and self._auth is not None and call.auth_tries < 2:
             headers = self._auth.answer(response, invite)  # type: ignore[arg-type]
@@ -959,7 +1096,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         else:
             sdp, media = answer(call.remote(), self.config.codecs, self.media_ip, rtp_port,
                                 ptime_ms=self.config.ptime_ms,
-                                video_codecs=self.config.video_codecs)
+                                video_codecs=self.config.video_codecs, srtp=self.config.srtp)
         if media.video is not None:
             assert isinstance(sdp, SessionDescription)  # (video answers are not cached)
             # Port 0 keeps the video m= line rejected (RFC 3264 section 6).
@@ -1187,7 +1324,7 @@ class UserAgent(RegistrationClient, ReferAgent):
             sdp, media = answer(offer, self.config.codecs, self.media_ip, call.rtp_port,
                                 ptime_ms=self.config.ptime_ms, previous=call.local_sdp,
                                 video_codecs=self.config.video_codecs if call.video_port
-                                else (), video_port=call.video_port)
+                                else (), video_port=call.video_port, srtp=self.config.srtp)
         except NegotiationFailed as exc:
             self._respond(tx, request, 488, now, headers=[
                 ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')])
@@ -1430,7 +1567,12 @@ class UserAgent(RegistrationClient, ReferAgent):
     def options(self, target: str, now: float) -> None:
         """Send an OPTIONS out of dialog (a keep-alive or capability query)."""
         uri = SipUri.parse(target)
-        transport, addr = self.destination(uri)
+        if not is_ip(uri.host):
+            self._want(uri, ("options", uri))
+            return
+        self._send_options(uri, *self.destination(uri), now)
+
+    def _send_options(self, uri: SipUri, transport: str, addr: Address, now: float) -> None:
         request = self._new_request(
             "OPTIONS", uri, transport, from_=self._local_aor(self.listeners[transport].host),
             to=NameAddress(uri), call_id=f"{_random_token(12)}@{self.media_ip}", cseq=1,

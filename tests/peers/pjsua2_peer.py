@@ -63,7 +63,7 @@ class Pjsua2Peer(UaPeer):
                  codecs: tuple[str, ...] = ("PCMU/8000",), clock_rate: int = 8000,
                  auto_answer: int = 200, mode: str = "ua", max_calls: int = 4,
                  timer: str | None = None, session_expires: int = 0, min_se: int = 0,
-                 prack: bool = False, timeout: float = 10.0,
+                 prack: bool = False, srtp: str | None = None, timeout: float = 10.0,
                  workdir: str | os.PathLike | None = None) -> None:
         """`registrar`: a Kamailio harness or "host:port" to register with (else none);
         `codecs`: codec id prefixes enabled in that order, all others disabled;
@@ -72,7 +72,11 @@ class Pjsua2Peer(UaPeer):
         pjsua2's default) with `session_expires` and `min_se` seconds (0: its defaults);
         `prack`: RFC 3262 100rel mandatory (PJSUA_100REL_MANDATORY: its INVITEs say Require:
         100rel, it refuses INVITEs that do not support it with 421, and it answers an
-        incoming call with a 180 before `auto_answer`, sent reliably)."""
+        incoming call with a 180 before `auto_answer`, sent reliably); `srtp`: "optional"
+        or "mandatory" SRTP with SDES keys (PJMEDIA_SRTP_OPTIONAL/MANDATORY), allowed over
+        plain UDP signalling (srtpSecureSignaling 0), None: plain RTP."""
+        if srtp not in (None, "optional", "mandatory"):
+            raise ValueError(f"pjsua2 peer srtp {srtp!r} is not optional or mandatory")
         if mode not in ("ua", "setup-rate"):
             raise ValueError(f"pjsua2 peer mode {mode!r} is not 'ua' or 'setup-rate'")
         self.user = user
@@ -91,7 +95,7 @@ class Pjsua2Peer(UaPeer):
             "codecs": list(codecs), "clock_rate": clock_rate, "auto_answer": auto_answer,
             "mode": mode, "max_calls": max_calls, "log_path": str(self.log_path),
             "timer": timer, "session_expires": session_expires, "min_se": min_se,
-            "prack": prack,
+            "prack": prack, "srtp": srtp,
         }
         self.proc: subprocess.Popen | None = None
         self.events: list[dict[str, Any]] = []
@@ -485,6 +489,10 @@ def _agent(cfg: dict[str, Any]) -> int:
         acfg.callConfig.timerSessExpiresSec = cfg["session_expires"]
     if cfg.get("min_se"):
         acfg.callConfig.timerMinSESec = cfg["min_se"]
+    if cfg.get("srtp"):
+        acfg.mediaConfig.srtpUse = {"optional": pj.PJMEDIA_SRTP_OPTIONAL,
+                                    "mandatory": pj.PJMEDIA_SRTP_MANDATORY}[cfg["srtp"]]
+        acfg.mediaConfig.srtpSecureSignaling = 0  # SDES keys over UDP SIP (a test on loopback)
     if setup_rate:
         acfg.mediaConfig.useLoopMedTp = True  # no RTP sockets: see the module docstring
     acc = PeerAccount()
