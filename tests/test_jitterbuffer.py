@@ -379,6 +379,8 @@ def test_route_change_up_and_down_recover_within_5_seconds():
     assert abs(mean_delay(25, 30) - base) <= 0.02
     missing = jb.stats.missing + jb.stats.stretched + jb.stats.skipped
     assert missing <= 20  # the 80 ms step costs about its own 4 frames each way
+    # Every frame came: the frames after the step were waited for (rewound), none lost.
+    assert jb.stats.lost == jb.stats.late == 0 and jb.stats.rewound >= 1
 
 
 def test_bursty_loss_counts_match_the_model():

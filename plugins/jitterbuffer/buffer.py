@@ -48,7 +48,7 @@ from pipeline.errors import LocalProtocolError
 
 from .delay import DelayEstimator
 
-__all__ = ["Action", "BufferedPacket", "JitterBuffer", "JitterStats", "Playout"]
+__all__ = ["Action", "BufferedPacket", "CutPacket", "JitterBuffer", "JitterStats", "Playout"]
 
 _TS_MOD = 1 << 32
 _TS_HALF = 1 << 31
@@ -74,6 +74,22 @@ class BufferedPacket:
     payload: bytes
     arrival: float
     ext_ts: int
+    held = 0  # not a field: a one-frame packet was not held back (one field less to fill)
+
+
+@dataclass(slots=True)
+class CutPacket(BufferedPacket):
+    """A frame cut from a longer packet: `held` is the ticks of that packet after it, how
+    long its sender held it back (see `JitterBuffer.push`)."""
+
+    held: int = 0
+
+
+def _packet(seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float,
+            ext_ts: int, held: int) -> BufferedPacket:
+    if held:
+        return CutPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts, held)
+    return BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts)
 
 
 @dataclass(slots=True)
@@ -106,8 +122,9 @@ class JitterStats:
     received: int = 0  # packets accepted into the buffer
     played: int = 0  # frames played, time-compressed ones included
     duplicates: int = 0
-    late: int = 0  # arrived after their frame period had passed
-    missing: int = 0  # frames not there when their turn came (concealed or skipped)
+    late: int = 0  # frames that arrived after their period had passed (each period once)
+    missing: int = 0  # frame periods whose frame was not there (concealed or skipped), each
+    # once: not those at a stream's end, nor those a late frame's rewind gave a second turn
     concealed: int = 0  # CONCEAL decisions (missing + stretched)
     stretched: int = 0  # CONCEAL decisions that only grew the delay
     compressed: int = 0  # frames handed over as `extra`, time-compressed to shrink the delay
@@ -122,13 +139,11 @@ class JitterStats:
 
     @property
     def lost(self) -> int:
-        """Frames whose turn came without them and that never arrived (not even late).
-        Never below 0: frames cut from one late packet may each be counted late (a packet
-        of 60 ms held back read as -1 lost)."""
-        lost = self.missing - self.late_of_missing - self.rewound
-        return lost if lost > 0 else 0
+        """Frames whose turn came without them and that never arrived (not even late), plus
+        packets that never came during a quiet spell."""
+        return self.missing - self.late_of_missing
 
-    late_of_missing: int = 0  # late packets whose frame had been concealed as missing
+    late_of_missing: int = 0  # late frames whose period had been counted missing
 
 
 class JitterBuffer:
@@ -149,12 +164,11 @@ class JitterBuffer:
     """
 
     __slots__ = ("_candidate", "_candidate_seq", "_capacity", "_delay_sum", "_discont",
-                 "_ext_ts", "_frame_s", "_idle_s", "_last_arrival", "_last_played", "_last_seq",
-                 "_margin_s", "_max_s",
-                 "_min_s", "_missed", "_next_ts", "_old_ssrcs", "_over", "_packets", "_patience",
-                 "_played", "_played_upto", "_playing", "_quiet", "_resync_s", "_slack_s",
-                 "_ssrc", "_start_s", "_trailing", "_warmup", "clock_rate", "estimator", "frame",
-                 "stats")
+                 "_ext_ts", "_frame_s", "_gap", "_idle_s", "_last_arrival", "_last_played",
+                 "_last_seq", "_late", "_late_seqs", "_margin_s", "_max_s", "_min_s", "_missed",
+                 "_next_ts", "_old_ssrcs", "_over", "_packets", "_patience", "_played",
+                 "_played_upto", "_playing", "_quiet", "_resync_s", "_slack_s", "_ssrc",
+                 "_start_s", "_warmup", "clock_rate", "estimator", "frame", "stats")
 
     def __init__(
         self,
@@ -227,12 +241,16 @@ class JitterBuffer:
         self._played_upto = 0  # frames below this timestamp are past (late if they come)
         self._discont = True
         self._over = 0  # consecutive pops with the delay above the band
-        self._trailing = 0  # frames concealed as missing since the last one played
         self._last_seq: int | None = None  # sequence number of the last frame played
-        self._last_arrival = -1e300
+        self._last_arrival = -1e300  # latest arrival (a cut frame's: plus its `held` time)
         self._played: deque[int] = deque(maxlen=64)  # recently played timestamps (dups)
         self._last_played = -1
-        self._missed: deque[int] = deque(maxlen=64)  # recently concealed-missing timestamps
+        # Recently missing timestamps (counted in `missing`, not yet come late); those from
+        # `_last_played` on are the stream's end if it stops there.
+        self._missed: deque[int] = deque(maxlen=64)
+        self._late: deque[int] = deque(maxlen=64)  # recently come late (a copy is a duplicate)
+        self._late_seqs: deque[int] = deque(maxlen=64)  # their sequence numbers
+        self._gap = (0, 0)  # the sequence numbers counted lost in the last quiet spell
         self._candidate: BufferedPacket | None = None  # an unconfirmed timeline jump
         self._candidate_seq = 0
 
@@ -246,8 +264,15 @@ class JitterBuffer:
         marker: bool,
         payload: bytes,
         arrival: float,
+        held: int = 0,
     ) -> bool:
-        """Offer one received RTP packet; True if buffered, False if dropped (counted)."""
+        """Offer one received RTP packet; True if buffered, False if dropped (counted).
+
+        `held`: for a frame cut from a longer packet, the ticks of that packet after the frame
+        (its sender held the frame back that long). A one-frame packet would have come that
+        much earlier, and the next packet comes that much later: the fastest path (floor),
+        a talk spurt's start and the end of the stream are timed as for one-frame packets.
+        """
         if self._ssrc is None:
             self._start_stream(ssrc, timestamp)
         elif ssrc != self._ssrc:
@@ -258,17 +283,29 @@ class JitterBuffer:
             if arrival > self._last_arrival:
                 self._last_arrival = arrival
             self._candidate = None
-            return self._store(self._resync(seq, timestamp, ssrc, marker, payload, arrival))
+            return self._store(self._resync(seq, timestamp, ssrc, marker, payload, arrival,
+                                            held))
         if arrival > self._last_arrival:
             self._last_arrival = arrival
         ext_ts = self._unwrap(timestamp)
         transit = arrival - ext_ts / self.clock_rate
         estimator = self.estimator
         if estimator.count and abs(transit - estimator.floor) > self._resync_s:
-            return self._timeline_jump(seq, timestamp, ssrc, marker, payload, arrival)
+            return self._timeline_jump(seq, timestamp, ssrc, marker, payload, arrival, held)
         self._candidate = None
+        if held:
+            self._held_back(transit, arrival, held)
+            return self._store(CutPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts,
+                                         held))
         estimator.update(transit)
         return self._store(BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts))
+
+    def _held_back(self, transit: float, arrival: float, held: int) -> None:
+        """Account a frame cut from a longer packet (see `push`)."""
+        early = held / self.clock_rate
+        self.estimator.update(transit, early)
+        if arrival + early > self._last_arrival:
+            self._last_arrival = arrival + early
 
     def _store(self, pkt: BufferedPacket) -> bool:
         ext_ts = pkt.ext_ts
@@ -285,6 +322,7 @@ class JitterBuffer:
             # change to a slower path costs only its own gap).
             delay = pkt.arrival - ext_ts / self.clock_rate - self.estimator.floor
             if delay <= self._max_s and ext_ts in self._missed:
+                self._second_turn(ext_ts)
                 self._next_ts = ext_ts
                 self._packets[ext_ts] = pkt
                 self.stats.received += 1
@@ -300,9 +338,7 @@ class JitterBuffer:
             self.stats.received += 1
             return True
         if ext_ts < self._played_upto or (self._playing and ext_ts < self._next_ts):
-            self.stats.late += 1
-            if ext_ts in self._missed:
-                self.stats.late_of_missing += 1
+            self._late_frame(pkt)
             return False
         packets = self._packets
         if len(packets) >= self._capacity:
@@ -317,8 +353,36 @@ class JitterBuffer:
         self.stats.received += 1
         return True
 
+    def _late_frame(self, pkt: BufferedPacket) -> None:
+        """Count a frame that came after its period (dropped)."""
+        stats = self.stats
+        ext_ts = pkt.ext_ts
+        if ext_ts in self._late:  # its period was counted late already
+            stats.duplicates += 1
+            return
+        self._late.append(ext_ts)
+        stats.late += 1
+        # Counted missing (its period, or its packet in a quiet spell's gap): it came, it is
+        # not lost. Frames cut from one packet share its sequence number.
+        if ext_ts in self._missed:
+            self._missed.remove(ext_ts)
+            stats.late_of_missing += 1
+        elif pkt.seq not in self._late_seqs and 0 < (
+                pkt.seq - self._gap[0]) % _SEQ_MOD < self._gap[1]:
+            stats.late_of_missing += 1
+        self._late_seqs.append(pkt.seq)
+
+    def _second_turn(self, ext_ts: int) -> None:
+        """A rewind to `ext_ts`: its period and those after it get a second turn, missing only
+        if they miss that one too (the frames cut from one late packet come together)."""
+        again = [k for k in self._missed if k >= ext_ts]
+        for k in again:
+            self._missed.remove(k)
+        self.stats.missing -= len(again)
+
     def _timeline_jump(
-        self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float
+        self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float,
+        held: int,
     ) -> bool:
         cand = self._candidate
         # A jump counts once a second packet follows the first in both sequence and time.
@@ -329,16 +393,18 @@ class JitterBuffer:
                 self._candidate = None
                 self.stats.discarded -= 1
                 first = self._resync(
-                    cand.seq, cand.timestamp, ssrc, cand.marker, cand.payload, cand.arrival
+                    cand.seq, cand.timestamp, ssrc, cand.marker, cand.payload, cand.arrival,
+                    cand.held,
                 )
                 self._store(first)
                 ext_ts = self._unwrap(timestamp)
-                self.estimator.update(arrival - ext_ts / self.clock_rate)
+                self.estimator.update(arrival - ext_ts / self.clock_rate,
+                                      held / self.clock_rate)
                 return self._store(
-                    BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts)
+                    _packet(seq, timestamp, ssrc, marker, payload, arrival, ext_ts, held)
                 )
         self.stats.discarded += 1  # until a follower confirms it
-        self._candidate = BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, 0)
+        self._candidate = _packet(seq, timestamp, ssrc, marker, payload, arrival, 0, held)
         self._candidate_seq = seq
         return False
 
@@ -351,12 +417,16 @@ class JitterBuffer:
         self._played_upto = 0
         self._played.clear()
         self._missed.clear()
+        self._late.clear()
+        self._late_seqs.clear()
+        self._gap = (0, 0)
         self._last_played = -1
         self._last_seq = None
         self._discont = True
 
     def _resync(
-        self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float
+        self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float,
+        held: int = 0,
     ) -> BufferedPacket:
         """Start over on a new timeline with this packet (returned, ready to store)."""
         self.stats.resyncs += 1
@@ -365,8 +435,8 @@ class JitterBuffer:
         self._start_stream(ssrc, timestamp)
         ext_ts = self._unwrap(timestamp)
         # Keep what was learnt about the network, against the new stream's first packet.
-        self.estimator.rebase(arrival - ext_ts / self.clock_rate)
-        return BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts)
+        self.estimator.rebase(arrival - ext_ts / self.clock_rate, held / self.clock_rate)
+        return _packet(seq, timestamp, ssrc, marker, payload, arrival, ext_ts, held)
 
     def _unwrap(self, timestamp: int) -> int:
         ref = self._ext_ts
@@ -408,33 +478,8 @@ class JitterBuffer:
         target = self.target_delay
         stats.target_delay_ms = target * 1000.0
         packets = self._packets
-        if not self._playing:
-            if not packets:
-                return Playout(Action.NOTHING)
-            first = min(packets)
-            if packets[first].marker:
-                # A talk spurt starts (RFC 3551 4.1): time it from its own arrival, never drop
-                # its first syllable because the path changed during the silence.
-                lag = now - packets[first].arrival
-            else:
-                lag = now - first / self.clock_rate - self.estimator.floor
-            if lag < target - self._slack_s:
-                return Playout(Action.NOTHING)
-            # (Re)anchor: start with the frame that puts the delay nearest above the target;
-            # frames already too old for that are dropped.
-            skip = int((lag - target + self._slack_s) // frame_s)
-            if self._last_seq is not None:
-                # Packets that never came during the quiet spell were lost (silence
-                # suppression keeps the sequence numbers contiguous, RFC 3551 4.1).
-                gap = (packets[first].seq - self._last_seq - 1) % _SEQ_MOD
-                if gap < _SEQ_MOD // 2:
-                    stats.missing += gap
-            self._next_ts = first + skip * frame
-            self._drop_below(self._next_ts)
-            self._playing = True
-            self._discont = True
-            self._over = 0
-            self._trailing = 0
+        if not self._playing and not self._anchor(now, target):
+            return Playout(Action.NOTHING)
         ts = self._next_ts
         if ts not in packets and packets:
             # A packet off the grid: re-phase to the first one after the last frame played,
@@ -488,7 +533,6 @@ class JitterBuffer:
                 stats.stretched += 1
                 return Playout(Action.CONCEAL, timestamp=ts % _TS_MOD, stretch=True)
             self._next_ts = ts + advance
-            self._trailing = 0
             self._last_seq = pkt.seq if extra is None else extra.seq
             stats.played += 1
             self._played.append(ts)
@@ -505,10 +549,7 @@ class JitterBuffer:
             self._playing = False
             self._played_upto = ts
             self._discont = True
-            # The frames concealed since the last one played were the stream's end, not
-            # losses inside it (RFC 3550 A.3 likewise counts only gaps before the highest).
-            stats.missing -= self._trailing
-            self._trailing = 0
+            self.end()
             return Playout(Action.NOTHING, timestamp=ts % _TS_MOD)
 
         stats.concealed += 1
@@ -517,17 +558,67 @@ class JitterBuffer:
             stats.stretched += 1
             return Playout(Action.CONCEAL, timestamp=ts % _TS_MOD, stretch=True)
         stats.missing += 1
-        self._trailing += 1
         self._missed.append(ts)
         self._next_ts = ts + frame
         self._discont = True
         return Playout(Action.CONCEAL, fec=packets.get(ts + frame), timestamp=ts % _TS_MOD)
 
+    def _anchor(self, now: float, target: float) -> bool:
+        """Not playing: start with the buffered frames if it is time (True)."""
+        packets = self._packets
+        if not packets:
+            return False
+        first = min(packets)
+        head = packets[first]
+        if head.marker:
+            # A talk spurt starts (RFC 3551 4.1): time it from its own arrival, never drop
+            # its first syllable because the path changed during the silence. A frame cut
+            # from a longer packet came `held` later than a one-frame packet would have:
+            # it starts that much sooner (at once if the target is shorter).
+            lag = now - head.arrival
+            ready = lag + head.held / self.clock_rate
+        else:
+            ready = now - first / self.clock_rate - self.estimator.floor
+            # The stream's first frames are not dropped for having come together in one
+            # packet: only for a late pop, as a talk spurt's.
+            lag = now - head.arrival if self._last_seq is None else ready
+        if ready < target - self._slack_s:
+            return False
+        # (Re)anchor: start with the frame that puts the delay nearest above the target;
+        # frames already too old for that are dropped.
+        skip = max(0, int((lag - target + self._slack_s) // self._frame_s))
+        if self._last_seq is not None:
+            # Packets that never came during the quiet spell were lost (silence suppression
+            # keeps the sequence numbers contiguous, RFC 3551 4.1); those that came late are
+            # not (nor, once they come, those still to come late).
+            last = self._last_seq
+            span = (head.seq - last) % _SEQ_MOD
+            if 0 < span <= _SEQ_MOD // 2:
+                self._gap = (last, span)
+                came = {s for s in self._late_seqs if 0 < (s - last) % _SEQ_MOD < span}
+                self.stats.missing += span - 1 - len(came)
+        self._next_ts = first + skip * self.frame
+        self._drop_below(self._next_ts)
+        self._playing = True
+        self._discont = True
+        self._over = 0
+        return True
+
+    def end(self) -> None:
+        """The stream has ended (or paused): the frames missing since the last one played
+        were its end, not losses inside it (RFC 3550 A.3 likewise counts only gaps before
+        the highest sequence number). Called on going quiet, and by a receiver whose
+        stream has ended before that."""
+        # (`_last_played` is a skipped period's after a missing `extra`: >=, not >.)
+        gone = [k for k in self._missed if k >= self._last_played]
+        for k in gone:
+            self._missed.remove(k)
+        self.stats.missing -= len(gone)
+
     def _drop_below(self, ts: int) -> None:
         old = [k for k in self._packets if k < ts]
-        for k in old:
+        for k in old:  # they came, too long ago to play at the target: not missing, nor lost
             del self._packets[k]
-            self._missed.append(k)
         self.stats.discarded += len(old)
         self.stats.skipped += len(old)
 

@@ -119,15 +119,18 @@ class DelayEstimator:
         self._shift = 0.0  # floor rise not yet applied to the histograms (< 1 bin)
         self._target: float | None = None
 
-    def update(self, transit: float) -> None:
-        """Account one arrival: `transit` = arrival time - media time, seconds."""
+    def update(self, transit: float, early: float = 0.0) -> None:
+        """Account one arrival: `transit` = arrival time - media time, seconds. `early`: how
+        much sooner a one-frame packet would have brought this frame (one cut from a longer
+        packet); the floor is the fastest path of one-frame packets."""
         n = self._n
         self._n = n + 1
         q = self._floor_q
         old_floor = q[0][1] if q else None
-        while q and q[-1][1] >= transit:
+        fastest = transit - early if early else transit  # (no float made per packet)
+        while q and q[-1][1] >= fastest:
             q.pop()
-        q.append((n, transit))
+        q.append((n, fastest))
         while q[0][0] <= n - self._floor_window:
             q.popleft()
         floor = self.floor = q[0][1]
@@ -214,12 +217,12 @@ class DelayEstimator:
         row.below = below
         row.above = top - nxt - tol
 
-    def rebase(self, transit: float) -> None:
+    def rebase(self, transit: float, early: float = 0.0) -> None:
         """A new stream (resync) whose first packet has `transit`: keep the learnt relative
         delays, take `transit` as the new floor. Accounts that packet (no `update` for it)."""
         self._floor_q.clear()
         self._shift = 0.0
-        self.update(transit)
+        self.update(transit, early)
 
     def reset(self) -> None:
         """Forget everything."""

@@ -171,10 +171,14 @@ class JitterBufferNode(Node):
         # Pop on the buffer's own schedule (ptime), whatever the graph period is, in media
         # time: playout follows the graph's clock (a sound device's, whose ticks jitter by a
         # callback in loop time), and the delay, measured in loop time, absorbs the drift.
+        ended = self.ended
         while now >= self.next_pop - 1e-9:
+            if ended and not len(self.buffer):
+                break  # the stream is over: its end is not a loss to conceal
             self.next_pop += self.period
             self._emit(self.buffer.pop(t))
-        if self.ended and not len(self.buffer):
+        if ended and not len(self.buffer) and not self.finished:
+            self.buffer.end()
             self.send_eos()
 
     def _emit(self, p: Any) -> None:

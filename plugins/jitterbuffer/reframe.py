@@ -7,16 +7,24 @@ into 694 + 188 samples, and `rtppcmapay` sends 125 ms packets when nothing caps 
 sample-based payload can be cut on any sample, so, as pjmedia's codecs `parse()` a packet into
 frames before its jitter buffer, `Reframer` turns packets into frames of exactly `frame` RTP
 clock ticks on the stream's timestamp grid: frame k covers [t0 + k*frame, t0 + (k+1)*frame),
-t0 the first packet's timestamp. A long packet becomes several frames; pieces of a frame are
-joined once all its ticks have come, in whatever order they came.
+t0 the timestamp of the earliest packet received before the first frame is out. Until then
+the packets are kept, and one that starts before all of them (the stream's first packets
+came out of order, the first a frame's second piece) moves the grid back to itself: they
+are cut again on it, so no sample received is thrown away. A long packet becomes several
+frames; pieces of a frame are joined once all its ticks have come, in whatever order.
 
 What a frame carries for the buffer (which keys frames on their timestamp, so frames of one
 packet may share its sequence number):
 
-- seq: its packet's (a joined frame: that of the piece it starts with). The buffer uses it
-  only to count packets lost during a quiet spell and to confirm a timeline jump.
+- seq: its packet's (a joined frame: that of the piece that completed it, so that the
+  buffer's count of packets lost in a quiet spell, by sequence number, sees that piece's
+  packet as come). The buffer also uses it to confirm a timeline jump.
 - marker: on the packet's first frame only (RFC 3551 4.1: the talk spurt starts there).
 - arrival: a joined frame's is its last piece's, when it could first be played.
+- held: the packet's ticks after the frame, the time its sender held the frame back (of
+  the piece that arrived last, for a joined frame). A one-frame packet would have brought
+  the frame that much sooner: the buffer times a talk spurt's first frame, its fastest path
+  and the stream's end from that, as for one-frame packets, so a cut adds no delay.
 
 An incomplete frame is never pushed: the buffer conceals its period as for a lost packet. A
 frame padded with silence would play a hard gap with a step at each edge (two clicks); the
@@ -27,9 +35,10 @@ the buffer's maximum delay) and at most `MAX_PENDING` of them, then given up (co
 `incomplete`). Pieces of a frame already completed or given up are dropped (duplicates, or
 too late).
 
-The grid moves to a packet that is off it and starts a talk spurt (the sender may have moved
-its timestamps during the silence), comes from a new SSRC, or lies more than `jump` ticks
-from the grid's reference (a restarted sender); pending frames of the old grid are given up.
+Once a frame is out, the grid moves only to a packet that is off it and starts a talk spurt
+(the sender may have moved its timestamps during the silence), comes from a new SSRC, or lies
+more than `jump` ticks from the grid's reference (a restarted sender); pending frames of the
+old grid are given up.
 Timestamps are compared modulo 2^32 against a reference that follows the stream, so their
 wrap is an ordinary step.
 """
@@ -45,8 +54,8 @@ _TS_MOD = 1 << 32
 _TS_HALF = 1 << 31
 MAX_PENDING = 16  # incomplete frames held at most (memory stays bounded whatever arrives)
 
-# seq, timestamp, ssrc, marker, payload, arrival: the arguments of JitterBuffer.push
-Frame = tuple[int, int, int, bool, bytes, float]
+# seq, timestamp, ssrc, marker, payload, arrival, held: the arguments of JitterBuffer.push
+Frame = tuple[int, int, int, bool, bytes, float, int]
 
 
 def bytes_per_tick(samples: Callable[[bytes, int], int], channels: int) -> int:
@@ -72,7 +81,7 @@ def bytes_per_tick(samples: Callable[[bytes, int], int], channels: int) -> int:
 class _Pending:
     """An incomplete frame: its bytes so far and which ticks they cover (a bit per tick)."""
 
-    __slots__ = ("arrival", "data", "marker", "mask", "seq")
+    __slots__ = ("arrival", "data", "held", "marker", "mask", "seq")
 
     def __init__(self, size: int, seq: int, arrival: float) -> None:
         self.data = bytearray(size)
@@ -80,21 +89,22 @@ class _Pending:
         self.seq = seq
         self.marker = False
         self.arrival = arrival
+        self.held = 0
 
 
 class Reframer:
     """Cuts and joins the packets of one sample-based RTP stream into frames of `frame`
     ticks of `unit` bytes each, aligned on the stream's timestamp grid (see the module).
 
-    `cut()` takes what `JitterBuffer.push` takes and returns the frames to push. The caller
-    may skip it for a packet of exactly one frame while nothing is `pending` (the usual
-    case), setting `base` to its timestamp instead. `horizon` is how many ticks an
-    incomplete frame may lie behind the latest packet before it is given up, `jump` how far
-    a packet may lie from the grid's reference before the grid moves to it.
+    `cut()` takes what `JitterBuffer.push` takes and returns the frames to push (with
+    `held`). The caller may skip it for a packet of exactly one frame while nothing is
+    `pending` (the usual case), setting `base` to its timestamp instead. `horizon` is how
+    many ticks an incomplete frame may lie behind the latest packet before it is given up,
+    `jump` how far a packet may lie from the grid's reference before the grid moves to it.
     """
 
-    __slots__ = ("_closed", "_full", "_horizon", "_jump", "_ssrc", "base", "frame",
-                 "frame_bytes", "incomplete", "pending", "reframed", "unit")
+    __slots__ = ("_closed", "_early", "_full", "_head", "_horizon", "_jump", "_ssrc", "base",
+                 "frame", "frame_bytes", "incomplete", "pending", "reframed", "unit")
 
     def __init__(self, frame: int, unit: int, *, horizon: int, jump: int) -> None:
         if frame <= 0 or unit <= 0:
@@ -112,16 +122,40 @@ class Reframer:
         self._ssrc: int | None = None
         # Frames recently completed or given up: a piece of one of them is not a new frame.
         self._closed: deque[int] = deque(maxlen=2 * MAX_PENDING)
+        # A stream's packets until its first frame is out, and the earliest timestamp among
+        # them: the grid may still move back to an earlier packet (None: it is settled).
+        self._early: list[tuple[int, int, int, bool, bytes, float]] | None = None
+        self._head = 0
 
     def cut(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
             arrival: float) -> list[Frame]:
         """The frames that this packet completes, in timestamp order."""
+        if not len(payload) // self.unit:  # nothing to cut: the buffer decides (plays nothing)
+            return [(seq, timestamp, ssrc, marker, payload, arrival, 0)]
+        self.reframed += 1
+        early = self._early
+        if early is not None and ssrc == self._ssrc:
+            d = (timestamp - self._head + _TS_HALF) % _TS_MOD - _TS_HALF
+            if d < 0 and d % self.frame:
+                # Before all that the stream has sent so far, off its grid, and no frame is
+                # out yet: the stream starts here (its first packets came out of order). The
+                # grid moves here and the packets held are cut again on it: nothing received
+                # is thrown away.
+                self.pending.clear()
+                self._closed.clear()
+                self.base = None
+                out = self._place(seq, timestamp, ssrc, marker, payload, arrival)
+                for packet in early:
+                    out += self._place(*packet)
+                out.sort(key=lambda f: (f[1] - timestamp) % _TS_MOD)
+                return out
+        return self._place(seq, timestamp, ssrc, marker, payload, arrival)
+
+    def _place(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
+               arrival: float) -> list[Frame]:
         unit = self.unit
         frame = self.frame
         ticks = len(payload) // unit
-        if not ticks:  # nothing to cut: the buffer decides (an empty packet plays nothing)
-            return [(seq, timestamp, ssrc, marker, payload, arrival)]
-        self.reframed += 1
         new_ssrc = ssrc != self._ssrc
         if new_ssrc:
             if self._ssrc is not None:
@@ -129,10 +163,19 @@ class Reframer:
             self._ssrc = ssrc
         base = timestamp if self.base is None else self.base
         d = (timestamp - base + _TS_HALF) % _TS_MOD - _TS_HALF  # signed, ticks
-        if d % frame and (marker or new_ssrc or abs(d) > self._jump):
+        if self.base is None:
+            # The stream starts: the grid starts at its first packet, and may move back to an
+            # earlier one until a frame is out (`cut`).
+            base, d = timestamp, 0
+            self._early = []
+            self._head = timestamp
+        elif d % frame and (marker or new_ssrc or abs(d) > self._jump):
+            # Off the grid: a talk spurt (the sender moved its timestamps during the silence),
+            # a new stream or a restarted sender.
             self._give_up_all()
             self._closed.clear()
             base, d = timestamp, 0
+            self._early = None
         first = d - d % frame  # start of the frame holding the packet's first tick
         start = (base + first) % _TS_MOD
         self.base = start
@@ -144,18 +187,30 @@ class Reframer:
             if take > ticks - pos:
                 take = ticks - pos
             piece = payload[pos * unit:(pos + take) * unit]
+            # The packet's ticks after this piece: how long its sender held the frame back
+            # (0 for a piece that ends the packet and not the frame).
+            held = ticks - pos - take
             if take == frame:
-                out.append((seq, start, ssrc, marker and not pos, piece, arrival))
+                out.append((seq, start, ssrc, marker and not pos, piece, arrival, held))
             else:
-                done = self._join(start, off, take, piece, seq, marker and not pos, arrival)
+                done = self._join(start, off, take, piece, seq, marker and not pos, arrival,
+                                  held)
                 if done is not None:
                     out.append((done.seq, start, ssrc, done.marker, bytes(done.data),
-                                done.arrival))
+                                done.arrival, done.held))
             pos += take
             off = 0
             start = (start + frame) % _TS_MOD
         if self.pending:
             self._expire(start)
+        early = self._early
+        if early is not None:
+            if out or len(early) >= MAX_PENDING:
+                self._early = None  # the grid is settled
+            else:
+                early.append((seq, timestamp, ssrc, marker, payload, arrival))
+                if (timestamp - self._head) % _TS_MOD >= _TS_HALF:
+                    self._head = timestamp
         return out
 
     def flush(self) -> None:
@@ -163,7 +218,7 @@ class Reframer:
         self._give_up_all()
 
     def _join(self, start: int, off: int, take: int, piece: bytes, seq: int, marker: bool,
-              arrival: float) -> _Pending | None:
+              arrival: float, held: int) -> _Pending | None:
         pending = self.pending
         p = pending.get(start)
         bits = ((1 << take) - 1) << off
@@ -179,11 +234,12 @@ class Reframer:
         unit = self.unit
         p.data[off * unit:off * unit + len(piece)] = piece
         p.mask |= bits
+        p.seq = seq  # the piece that completes it, if this one does
         if not off:
-            p.seq = seq
             p.marker = marker
-        if arrival > p.arrival:
-            p.arrival = arrival
+        if arrival > p.arrival or p.mask == bits:
+            p.arrival = arrival  # when it could first be played
+            p.held = held
         if p.mask != self._full:
             return None
         del pending[start]

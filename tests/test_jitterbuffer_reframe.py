@@ -1,0 +1,476 @@
+"""The jitter_buffer node with packets that are not one frame: G.711, G.722 and L16 packets of
+any length are cut and joined into frames of the node's ptime on the stream's timestamp grid
+(`reframe.Reframer`); one-frame packets go straight to the buffer.
+
+Packets are crafted (`PacketSource`) and delivered at their arrival times under the virtual
+clock, so each test is deterministic and compares the audio with what was sent.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.formats import Format
+from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, EncodedFrame
+from pipeline.graph import Graph
+from pipeline.node import Node, Port
+from pipeline.testing import dominant_frequency, run_graph, sine, speech_like
+from plugins.rtp.impair import ImpairmentProfile, NetworkImpairment
+
+
+class PacketSource(Node):
+    """Delivers crafted RTP EncodedFrames (meta: seq, ssrc, arrival) at their arrival times."""
+
+    kind = "packet_source"
+    clocked = True
+    outputs = (Port("out", (Format.encoded(),)),)
+
+    def __init__(self, name, fmt, packets):
+        super().__init__(name)
+        self.fmt = fmt
+        # By arrival; packets that arrive together keep the list's order (a stable sort).
+        self.packets = sorted(packets, key=lambda p: p.meta["arrival"])
+
+    def negotiate(self, inputs, downstream):
+        return {"out": self.fmt}
+
+    def start(self):
+        self.next = 0
+        self.now = 0.0
+
+    def tick(self, now):
+        self.now = now
+        while self.next < len(self.packets) and self.packets[self.next].meta["arrival"] <= now:
+            self.emit("out", self.packets[self.next])
+            self.next += 1
+        if self.next == len(self.packets) and not self.finished:
+            self.send_eos()
+
+
+TS0, SEQ0 = 2**32 - 5000, 65530  # both wrap during the stream
+# A constant target delay that covers the packets' lengths: what these tests check is the
+# cutting and joining, not how the delay adapts.
+STEADY = {"min_delay_ms": 60, "start_delay_ms": 60}
+
+
+def _packets(data, unit, sizes, codec, rate, delay_s=0.005):
+    """RTP packets of `data` (`unit` bytes per tick) cut into pieces of `sizes` ticks, in
+    turn; the pieces of one round are sent together once its audio is there."""
+    ticks = len(data) // unit
+    out, pos, seq = [], 0, SEQ0
+    while pos < ticks:
+        start = pos
+        rnd = []
+        for size in sizes:
+            size = min(size, ticks - pos)
+            if size > 0:
+                rnd.append((pos, size))
+                pos += size
+        arrival = pos / rate + delay_s
+        for p, n in rnd:
+            out.append(EncodedFrame(data[p * unit:(p + n) * unit], codec, (TS0 + p) % 2**32, n,
+                                    rate, False, 0,
+                                    {"seq": seq % 65536, "ssrc": 7, "arrival": arrival}))
+            seq += 1
+        assert pos > start
+    return out
+
+
+def _play(codec, rate, channels, packets, **params):
+    return _run(codec, rate, channels, packets, **params)[:3]
+
+
+def _run(codec, rate, channels, packets, decode=True, **params):
+    """The jitter buffer's stats, the audio out (decoded, or the payloads), the frames out
+    and the time each came out."""
+    g = Graph("reframe-test")
+    src = g.add(PacketSource("src", Format.encoded(codec, rate, channels), packets))
+    g.create("jitter_buffer", "jb", params)
+    g.create("frame_sink", "out")
+    g.link("src", None, "jb", None)
+    if decode:
+        g.create(f"{codec}_decoder", "dec")
+        g.link("jb", None, "dec", None)
+        g.link("dec", None, "out", None)
+    else:
+        g.link("jb", None, "out", None)
+    times = []
+    g.nodes["out"].on_frame = lambda frame: times.append(src.now)
+    r = run_graph(g)
+    sink = r.graph.nodes["out"]
+    frames = list(sink.frames)
+    out = sink.audio() if decode else b"".join(f.payload for f in frames)
+    return r.stats["jb"], out, frames, times
+
+
+def _stereo_l16(rate=44100, seconds=2.0):
+    # Two different channels: a piece cut off its sample boundary would swap or garble them.
+    pcm = np.hstack([sine(440, rate, seconds), speech_like(rate, seconds)])
+    return pcm, pcm.astype(">i2").tobytes()
+
+
+@pytest.mark.parametrize("sizes", [(694, 188), (347, 347, 188)])
+def test_l16_packets_cut_at_the_mtu_play_sample_for_sample(sizes):
+    # GStreamer's rtpL16pay cuts 20 ms of 44.1 kHz stereo at its 1400-byte MTU: a buffer
+    # that played each piece as a 20 ms frame turned 2 s into 1.08 s, 421.7 Hz, 103 clicks.
+    pcm, data = _stereo_l16()
+    jb, out, frames = _play("l16", 44100, 2, _packets(data, 4, sizes, "l16", 44100), **STEADY)
+    assert out.shape == pcm.shape and np.array_equal(out, pcm)  # no clicks: nothing changed
+    assert jb["played"] == 100 and jb["concealed"] == 0 and jb["incomplete"] == 0
+    assert jb["reframed"] == 100 * len(sizes) and jb["ptime_changes"] == 0
+
+
+def _tone_through_jb(codec: str, rate: int, sent_ms: int, ptime_ms: int):
+    """1 s of 440 Hz encoded in packets of `sent_ms`, through a jitter buffer of `ptime_ms`
+    (node `jb`), decoded into frame_sink `o`."""
+    return run_graph(f"tone freq=440 rate={rate} duration=1s ! {codec}_encoder ptime_ms="
+                     f"{sent_ms} ! jitter_buffer name=jb ptime_ms={ptime_ms} ! "
+                     f"{codec}_decoder ! frame_sink name=o", launch=True)
+
+
+def _g711(codec, seconds=2.0):
+    from plugins.codecs.g711 import G711Decoder, G711Encoder
+
+    data = G711Encoder(codec).encode(speech_like(8000, seconds))
+    return data, G711Decoder(codec).decode(data)
+
+
+@pytest.mark.parametrize(("sent_ms", "ptime_ms"), [(30, 20), (10, 20), (20, 40), (20, 5)])
+def test_g711_packets_of_another_duration_are_cut_into_the_buffers_frames(sent_ms, ptime_ms):
+    # Peers send the packet time they send, whatever was negotiated: a buffer playing
+    # 20 ms frames of 30 ms packets played 1.34 s of a 1 s tone, pitched up. G.711 packets
+    # are cut and joined into the buffer's frames (it used to follow the stream's packet
+    # time instead, and start over, dropping what it held, whenever that changed).
+    r = _tone_through_jb("pcmu", 8000, sent_ms, ptime_ms)
+    out = r.graph.nodes["o"].audio()[:, 0]
+    assert abs(len(out) - 8000) <= 8 * sent_ms  # within a packet (the last one is padded)
+    assert dominant_frequency(out, 8000) == pytest.approx(440, abs=2)
+    assert r.stats["jb"]["ptime_changes"] == 0 and r.stats["jb"]["reframed"] > 0
+    assert not [m for m in r.messages if m.name == "jitter-buffer-ptime"]
+    # the same as a stream sent with the buffer's packet time
+    same = _tone_through_jb("pcmu", 8000, ptime_ms, ptime_ms)
+    assert np.array_equal(out[:8000], same.graph.nodes["o"].audio()[:8000, 0])
+
+
+def test_a_g711_stream_that_changes_its_packet_time_plays_on():
+    # 20 ms packets, then 30 ms ones: following the stream's packet time started the buffer
+    # over after three of them (what it held was dropped); cut into frames, nothing is lost.
+    data, want = _g711("pcmu")
+    packets = _packets(data[:8000], 1, (160,), "pcmu", 8000)
+    for p in _packets(data[8000:], 1, (240,), "pcmu", 8000):
+        packets.append(EncodedFrame(p.payload, "pcmu", (p.pts + 8000) % 2**32, p.duration,
+                                    8000, False, 0, {"seq": (p.meta["seq"] + 50) % 65536,
+                                                     "ssrc": 7, "arrival": p.meta["arrival"] + 1}))
+    jb, out, frames = _play("pcmu", 8000, 1, packets, **STEADY)
+    assert len(out) == 16000 and np.array_equal(out, want)
+    assert jb["ptime_changes"] == jb["concealed"] == jb["discarded"] == 0
+
+
+@pytest.mark.parametrize(("sent_ms", "ptime_ms"), [(40, 20), (10, 20), (20, 60)])
+def test_an_opus_buffer_follows_the_packet_time_the_stream_has(sent_ms, ptime_ms):
+    # Opus packets cannot be cut: the buffer takes on the stream's packet time, at once for
+    # the first packet (later, once three packets in a row agree), and starts over on it.
+    r = _tone_through_jb("opus", 48000, sent_ms, ptime_ms)
+    out = r.graph.nodes["o"].audio()[:, 0]
+    assert abs(len(out) - 48000) <= 48 * sent_ms  # within a packet
+    assert dominant_frequency(out, 48000) == pytest.approx(440, abs=2)
+    assert r.stats["jb"]["ptime_changes"] == 1 and r.stats["jb"]["played"] == -(-1000 // sent_ms)
+    assert r.stats["jb"]["reframed"] == 0
+    # the same as a buffer set up with the stream's packet time
+    same = _tone_through_jb("opus", 48000, sent_ms, sent_ms)
+    assert np.array_equal(out, same.graph.nodes["o"].audio()[:, 0])
+    assert [m.data for m in r.messages if m.name == "jitter-buffer-ptime"] == [
+        {"ptime_ms": sent_ms, "was_ms": ptime_ms}]
+
+
+def test_long_pcma_packets_are_cut_into_frames():
+    # rtppcmapay from a file with no max-ptime sends 125 ms packets: 2.0 s played as 2.74 s
+    # with gaps.
+    data, want = _g711("pcma")
+    jb, out, frames = _play("pcma", 8000, 1, _packets(data, 1, (1000,), "pcma", 8000),
+                            min_delay_ms=120, start_delay_ms=120)
+    assert len(out) == 16000 and np.array_equal(out, want)
+    assert jb["played"] == 100 and jb["concealed"] == jb["compressed"] == 0
+    assert not any(f.flags & FLAG_CONCEALED for f in frames)
+
+
+def test_g722_packets_are_cut_on_clock_ticks():
+    # G.722: 16 kHz audio, an 8 kHz RTP clock, one byte per tick (RFC 3551 4.5.2). Its
+    # decoder carries state from byte to byte: cut anywhere, in order, it decodes the same.
+    from plugins.codecs.g722 import G722Decoder, G722Encoder
+
+    enc, dec, pcm = G722Encoder(), G722Decoder(), speech_like(16000, 2.0)
+    data = b"".join(enc.encode(pcm[i:i + 320]) for i in range(0, 32000, 320))
+    want = np.concatenate([dec.decode(data[i:i + 160]) for i in range(0, 16000, 160)])
+    jb, out, frames = _play("g722", 8000, 1, _packets(data, 1, (500, 140), "g722", 8000),
+                            **STEADY)
+    assert len(out) == 32000 and np.array_equal(out, want)
+    assert jb["played"] == 100 and jb["concealed"] == 0
+
+
+def test_the_payload_format_tells_how_many_bytes_a_tick_is():
+    from pipeline.registry import Registry
+    from plugins.jitterbuffer.reframe import bytes_per_tick
+    from plugins.rtp.payload import unknown_samples
+
+    formats = Registry(entry_points=False).payload_formats
+    assert {(name, ch): bytes_per_tick(formats[name].samples, ch)
+            for name in ("pcmu", "pcma", "g722", "l16", "opus") for ch in (1, 2)} == {
+        ("pcmu", 1): 1, ("pcmu", 2): 2, ("pcma", 1): 1, ("pcma", 2): 2, ("g722", 1): 1,
+        ("g722", 2): 2, ("l16", 1): 2, ("l16", 2): 4, ("opus", 1): 0, ("opus", 2): 0}
+    assert bytes_per_tick(unknown_samples, 1) == 0
+
+
+@pytest.mark.parametrize("lost", [0, 1])  # the 694-sample piece, or the 188-sample one
+def test_a_lost_piece_conceals_its_frame_only(lost):
+    pcm, data = _stereo_l16()
+    packets = _packets(data, 4, (694, 188), "l16", 44100)
+    del packets[2 * 37 + lost]  # frame 37 is incomplete
+    jb, out, frames = _play("l16", 44100, 2, packets, **STEADY)
+    assert [i for i, f in enumerate(frames) if f.flags & FLAG_CONCEALED] == [37]
+    assert jb["incomplete"] == 1 and jb["concealed"] == 1 and jb["played"] == 99
+    assert out.shape == pcm.shape
+    keep = np.ones(len(pcm), bool)
+    keep[37 * 882:38 * 882] = False
+    assert np.array_equal(out[keep], pcm[keep])  # everything else sample for sample
+
+
+def test_reordered_and_duplicated_pieces_are_joined():
+    pcm, data = _stereo_l16()
+    packets = _packets(data, 4, (694, 188), "l16", 44100)
+    for k in range(0, 100, 3):  # the two pieces of a frame swapped (the stream's first too)
+        packets[2 * k], packets[2 * k + 1] = packets[2 * k + 1], packets[2 * k]
+    for k in range(1, 99, 7):  # a frame's last piece comes after the next frame's first
+        late = packets[2 * k + 1]
+        packets[2 * k + 1] = packets[2 * k + 2]
+        packets[2 * k + 2] = EncodedFrame(late.payload, late.codec, late.pts, late.duration,
+                                          late.rate, False, 0,
+                                          {**late.meta, "arrival": late.meta["arrival"] + 0.02})
+    packets.insert(50, packets[49])  # a duplicate piece
+    jb, out, frames = _play("l16", 44100, 2, packets, **STEADY)
+    assert out.shape == pcm.shape and np.array_equal(out, pcm)
+    assert jb["played"] == 100 and jb["concealed"] == 0 and jb["incomplete"] == 0
+
+
+def test_one_frame_packets_go_to_the_buffer_as_they_are():
+    # The usual case: every packet is one frame. The node's output is what the sans-IO
+    # buffer decides for those packets, frame for frame, over a jittery, lossy, reordering,
+    # duplicating link (nothing is cut, joined or re-timed on the way).
+    from plugins.jitterbuffer.buffer import Action, JitterBuffer
+
+    data, _ = _g711("pcmu", 10.0)
+    link = NetworkImpairment(ImpairmentProfile(base_delay_ms=20, jitter_ms=15,
+                                               jitter_dist="exponential", fifo=False,
+                                               loss=0.03, reorder=0.02, duplicate=0.02), seed=3)
+    for k in range(len(data) // 160):
+        link.submit(k.to_bytes(4, "big"), k * 0.02)
+    packets = []
+    for t, item in link.drain():
+        k = int.from_bytes(item, "big")
+        packets.append(EncodedFrame(data[k * 160:(k + 1) * 160], "pcmu", (TS0 + 160 * k) % 2**32,
+                                    160, 8000, k == 0, 0,
+                                    {"seq": (SEQ0 + k) % 65536, "ssrc": 7, "arrival": t}))
+    g = Graph("whole-frames")
+    g.add(PacketSource("src", Format.encoded("pcmu", 8000, 1), packets))
+    g.create("jitter_buffer", "jb")
+    g.create("frame_sink", "out")
+    g.link("src", None, "jb", None)
+    g.link("jb", None, "out", None)
+    r = run_graph(g)
+    got = [(f.payload, f.pts, f.flags, f.meta) for f in r.graph.nodes["out"].frames]
+
+    buffer, want, i, n = JitterBuffer(8000, 20), [], 0, 0
+    while len(want) < len(got):  # the runtime's order: packets due by `now`, then one pop
+        now = n * 0.02
+        n += 1
+        while i < len(packets) and packets[i].meta["arrival"] <= now:
+            p = packets[i]
+            buffer.push(p.meta["seq"], p.pts, 7, p.marker, p.payload, p.meta["arrival"])
+            i += 1
+        p = buffer.pop(now)
+        flags = FLAG_DISCONT if p.discont else 0
+        if p.action is Action.PLAY:
+            want.append((p.packet.payload, p.timestamp, flags,
+                         {"extra": p.extra.payload} if p.extra is not None else None))
+        elif p.action is Action.CONCEAL:
+            want.append((b"", p.timestamp, flags | FLAG_CONCEALED,
+                         {"next": p.fec.payload} if p.fec is not None else None))
+    assert r.stats["jb"]["lost"] > 0 and r.stats["jb"]["reframed"] == 0
+    assert len(got) >= 490 and got == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_the_reframer_joins_pieces_in_any_near_order(data):
+    # A 40-frame stream cut at random points, pieces swapped with their neighbours,
+    # duplicated and lost at random: every frame whose pieces all came is out once, whole
+    # and on the grid, the others never; what is held stays bounded.
+    from plugins.jitterbuffer.reframe import MAX_PENDING, Reframer
+
+    frame, unit, base = 160, 2, 2**32 - 3000  # the timestamps wrap mid-stream
+    signal = np.arange(40 * frame, dtype=">u2").tobytes()
+    cuts = data.draw(st.sets(st.integers(1, 40 * frame - 1), max_size=150))
+    bounds = [0, *sorted(cuts), 40 * frame]
+    pieces = list(zip(bounds, bounds[1:], strict=False))
+    lost = data.draw(st.sets(st.integers(1, len(pieces) - 1), max_size=4)) if len(pieces) > 1 \
+        else set()
+    order = [p for i, p in enumerate(pieces) if i not in lost]
+    for i in range(1, len(order) - 1):
+        if data.draw(st.booleans()):
+            order[i], order[i + 1] = order[i + 1], order[i]
+    for i in data.draw(st.sets(st.integers(0, len(order) - 1), max_size=4)):
+        order.insert(i + 1, order[i])
+    cut = Reframer(frame, unit, horizon=40 * frame, jump=8000)
+    got = {}
+    for seq, (a, b) in enumerate(order):
+        for _, ts, _, _, payload, _, _ in cut.cut(seq, (base + a) % 2**32, 7, False,
+                                               signal[a * unit:b * unit], seq * 0.01):
+            start = (ts - base) % 2**32
+            assert start % frame == 0 and payload == signal[start * unit:(start + frame) * unit]
+            got[start] = got.get(start, 0) + 1
+        assert len(cut.pending) <= MAX_PENDING
+    missing = {t // frame for i in lost for t in range(*pieces[i])}
+    assert {s // frame for s in got} == set(range(40)) - missing
+    # A frame inside one piece is passed on as it is (the buffer drops a duplicate of it);
+    # a joined one is out once.
+    whole = {k for k in range(40) for a, b in pieces if a <= k * frame and (k + 1) * frame <= b}
+    assert all(n == 1 for s, n in got.items() if s // frame not in whole)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 700), st.integers(0, 2),
+                          st.booleans()), max_size=200))
+def test_the_reframer_stays_bounded_whatever_arrives(packets):
+    from plugins.jitterbuffer.reframe import MAX_PENDING, Reframer
+
+    cut = Reframer(160, 1, horizon=4000, jump=8000)
+    for seq, (ts, size, ssrc, marker) in enumerate(packets):
+        for frame in cut.cut(seq, ts, ssrc, marker, bytes(size), 0.0):
+            assert len(frame[4]) in (160, 0)
+        assert len(cut.pending) <= MAX_PENDING
+    cut.flush()
+    assert not cut.pending
+
+
+# ---- where cut frames start, and how they are counted ------------------------------------
+
+# A target that covers a 125 ms packet (its first frame comes 105 ms after a one-frame
+# packet would), the same for every stream compared.
+LONG = {"min_delay_ms": 120, "start_delay_ms": 120}
+
+
+def _spurts(data, ticks, marked):
+    """Two talk spurts of G.711 `data` (1 s each, 0.5 s of silence between: no packets, the
+    timestamps run on) in packets of `ticks`, each sent once its audio is there; the second
+    spurt's first packet has the marker bit, the stream's first has it if `marked`."""
+    packets = []
+    for k, (half, marker) in enumerate(((data[:8000], marked), (data[8000:], True))):
+        n = len(packets)  # silence suppression: the sequence numbers run on without a gap
+        for i, p in enumerate(_packets(half, 1, (ticks,), "pcma", 8000)):
+            packets.append(EncodedFrame(p.payload, "pcma", (p.pts + 12000 * k) % 2**32,
+                                        p.duration, 8000, marker and not i, 0,
+                                        {**p.meta, "seq": (p.meta["seq"] + n) % 65536,
+                                         "arrival": p.meta["arrival"] + 1.5 * k}))
+    return packets
+
+
+@pytest.mark.parametrize("marked", [True, False])  # does the stream's first packet say so
+@pytest.mark.parametrize("ms", [60, 125])
+def test_a_long_packet_starting_a_talk_spurt_plays_as_one_frame_packets_would(ms, marked):
+    # rtppcmapay's 125 ms packets: a talk spurt is timed from its first packet's arrival, and
+    # a long one came ms - 20 later than a one-frame packet with its first frame would have.
+    # Timed from that arrival, the spurt played up to a packet late, then was time-compressed
+    # back over about a second. Now every frame comes out when it does for 20 ms packets.
+    data, _ = _g711("pcma")
+    jb, _, frames, times = _run("pcma", 8000, 1, _spurts(data, 8 * ms, marked), decode=False,
+                                **LONG)
+    _, _, one_frames, one_times = _run("pcma", 8000, 1, _spurts(data, 160, marked),
+                                       decode=False, **LONG)
+    played = [(t, f.pts, f.payload) for t, f in zip(times, frames, strict=True)
+              if not f.flags & FLAG_CONCEALED]
+    assert played == list(zip(one_times, [f.pts for f in one_frames],
+                              [f.payload for f in one_frames], strict=True))
+    assert b"".join(p for _, _, p in played) == data  # every sample, in order, once
+    assert jb["played"] == 100 and jb["compressed"] == jb["lost"] == jb["late"] == 0
+    # Concealed, if at all: after the first spurt's end, while a next packet as long as the
+    # last could still come.
+    ends = {(f.pts - TS0) % 2**32 for f in frames if f.flags & FLAG_CONCEALED}
+    assert all(8000 <= t < 12000 for t in ends) and len(ends) <= (ms - 20) // 20
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_a_stream_that_starts_with_a_frames_second_piece_keeps_the_first(marked):
+    # The first two packets come swapped. The grid was the first packet's, so the true first
+    # one lay across a frame edge before the stream and its samples were thrown away (with
+    # its marker bit, the grid moved to it and the second piece's went as well). The grid is
+    # now the earliest packet's until a frame is out.
+    pcm, data = _stereo_l16()
+    packets = _packets(data, 4, (694, 188), "l16", 44100)
+    first = packets[0]
+    packets[0] = packets[1]
+    packets[1] = EncodedFrame(first.payload, first.codec, first.pts, first.duration, first.rate,
+                              marked, 0, first.meta)
+    jb, out, frames = _play("l16", 44100, 2, packets, **STEADY)
+    assert out.shape == pcm.shape and np.array_equal(out, pcm)
+    assert jb["played"] == 100 and jb["concealed"] == jb["incomplete"] == jb["lost"] == 0
+
+
+def _held_back(k, by_s, data):
+    """60 ms G.711 packets of `data`; packet `k` arrives `by_s` late (None: never)."""
+    packets = _packets(data, 1, (480,), "pcma", 8000)
+    if by_s is None:
+        del packets[k]
+    else:
+        p = packets[k]
+        packets[k] = EncodedFrame(p.payload, p.codec, p.pts, p.duration, p.rate, False, 0,
+                                  {**p.meta, "arrival": p.meta["arrival"] + by_s})
+    return packets
+
+
+@pytest.mark.parametrize(("by_s", "concealed", "late", "lost"), [
+    (None, 3, 0, 3),  # lost: its 3 frame periods concealed, each counted lost once
+    (0.06, 2, 0, 0),  # its first 2 periods concealed, then the buffer rewinds to it and plays
+    # all 3 (the delay grows by the wait): nothing lost, nothing late
+    (0.3, 3, 3, 0),  # long after its periods: 3 frames late, none lost
+])
+def test_the_frames_of_a_late_or_lost_packet_are_counted_once_each(by_s, concealed, late, lost):
+    # Frames cut from a packet share its arrival and sequence number. The buffer went quiet
+    # 100 ms after the last packet, though the next was due 60 ms after it: a lost packet
+    # counted as 1 lost frame, not 3; one 60 ms late had a frame dropped late whose period
+    # was taken back as the stream's end (lost read -1, clamped to 0).
+    data, _ = _g711("pcma")
+    jb, out, frames, times = _run("pcma", 8000, 1, _held_back(20, by_s, data), decode=False,
+                                  **STEADY)
+    assert (jb["concealed"], jb["late"], jb["lost"]) == (concealed, late, lost)
+    played = [f for f in frames if not f.flags & FLAG_CONCEALED]
+    assert len(played) == jb["played"] == 100 - late - lost and not jb["compressed"]
+    # every frame played is the one sent for its timestamp, in order
+    starts = [(f.pts - TS0) % 2**32 for f in played]
+    assert starts == sorted(starts) and all(
+        f.payload == data[s:s + 160] for f, s in zip(played, starts, strict=True))
+    gone = {s // 160 for s in range(0, 16000, 160)} - {s // 160 for s in starts}
+    assert gone == (set() if by_s == 0.06 else {60, 61, 62})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.integers(1, 159), st.sampled_from([160, 320, 480, 1000])),
+                min_size=1, max_size=40), st.booleans())
+def test_any_split_of_a_stream_plays_back_bit_exact(sizes, marked):
+    # In order and on time, no loss: whatever lengths the packets have (sub-frame pieces,
+    # whole frames, 125 ms), the buffer plays every sample sent, once, and counts nothing
+    # lost, late or concealed.
+    data, _ = _g711("pcma", 1.0)
+    packets = [EncodedFrame(p.payload, "pcma", p.pts, p.duration, 8000, marked and not i, 0,
+                            {**p.meta, "arrival": ((p.pts - TS0) % 2**32 + p.duration) / 8000
+                             + 0.005})  # each sent once its audio is there
+               for i, p in enumerate(_packets(data, 1, sizes, "pcma", 8000))]
+    # A frame completed by a 1000-tick packet's first tick comes 999 ticks later than a
+    # one-frame packet would: a target that covers it.
+    jb, out, frames, times = _run("pcma", 8000, 1, packets, decode=False, min_delay_ms=140,
+                                  start_delay_ms=140)
+    # (A pair handed over to be time-compressed into one period plays both frames' samples.)
+    assert b"".join(f.payload + (f.meta or {}).get("extra", b"") for f in frames) == data
+    assert jb["played"] == 50
+    assert jb["lost"] == jb["late"] == jb["concealed"] == jb["incomplete"] == 0
+    assert jb["compressed"] == 0
