@@ -491,6 +491,9 @@ class Runtime:
                 # A running node fed back by the part does not wait for end of stream there.
                 g.nodes[ln.dst].feedback_inputs.add(ln.dst_port)
         self._terminals.update(n for n in new if not g.nodes[n].linked_outputs)
+        # The part's own sources (a call's tone or file): the graph has not run dry while
+        # they play, whatever the host's sources did.
+        self._sources.update(n for n in new if not g.nodes[n].linked_inputs)
         for ln in touching:
             if ln.src in new and ln.dst not in new:
                 g.nodes[ln.dst].port_linked("in", ln.dst_port)
@@ -563,6 +566,7 @@ class Runtime:
             self._frame_routes.pop(name, None)
             self._event_routes.pop(name, None)
         self._terminals -= names
+        self._sources -= names
         self._finished -= names
         # Removing nodes keeps the others in a valid order: take them out (scans in C).
         for node in nodes:
@@ -582,6 +586,8 @@ class Runtime:
             self._watch_stall(self._moved(), self.loop.time())
 
     def _watch_stall(self, mark: tuple[int, int], since: float) -> None:
+        if self._stall_timer is not None:  # (a part's source ended last again): one timer
+            self._stall_timer.cancel()
         self._stall_timer = self.loop.call_later(STALL_PERIODS * self.graph.period,
                                                  self._check_stalled_realtime, mark, since)
 
@@ -601,17 +607,30 @@ class Runtime:
         self._stall_timer = None
         if self._stop_requested or self._terminals <= self._finished:
             return
-        if any(not t.done() for t in self._io_tasks.values()) or any(
+        holding = {n.name for n in self._holding()}
+        nodes = self.graph.nodes
+        if any(not t.done() and self._live(nodes[name], holding)
+               for name, t in self._io_tasks.items()) or any(
                 n.goes_on() for n in self._order if not n.finished):
             return  # a packet, a device's audio, a caller may still come
         moved = self._moved()
         if moved[0] != mark[0]:
             self._watch_stall(moved, self.loop.time())
-        elif moved[1] != mark[1] and self.loop.time() - since < STALL_S:
-            self._watch_stall(moved, since)  # draining, as a mixer or jitter buffer does
+        elif (moved[1] != mark[1] or any(nodes[n].clocked for n in holding)) and \
+                self.loop.time() - since < STALL_S:
+            # Draining, as a mixer does; a clocked node may also be silent meanwhile (a
+            # jitter buffer waits out its delay before the first frame it holds plays).
+            self._watch_stall(moved, since)
         else:
             self._stalled(f"{STALL_PERIODS * self.graph.period:g} s" if moved == mark
                           else f"{STALL_S:g} s")
+
+    @staticmethod
+    def _live(node: Node, holding: set[str]) -> bool:
+        """Whether `node`'s running I/O task may still move the graph: not when the node
+        is a sink still waiting for its input's end (a playback's task waits to play its
+        queue out), which only a node upstream can bring."""
+        return bool(node.linked_outputs) or not node.linked_inputs or node.name in holding
 
     def request_stop(self) -> None:
         """Stop after the current tick (safe to call from any thread via the loop)."""

@@ -707,6 +707,38 @@ def test_a_device_that_stops_ends_the_node_with_an_error_message(fake_sd):
     assert not stream.closed and stream in devices._abandoned
 
 
+def test_playback_whose_device_vanishes_while_draining_ends_with_the_device_error(fake_sd):
+    # At end of stream the playback waits for the device to play its queue out. A device
+    # gone meanwhile never does: the run used to wait a second more and end as if it had
+    # all played, with no word of the device.
+    from types import SimpleNamespace
+
+    from pipeline.frames import EndOfStream
+
+    spk, _ = started("tone rate=48000 ! playback device=usb name=spk buffer=40ms", "spk")
+    spk.graph.runtime = SimpleNamespace(realtime=True)
+    messages = []
+    spk.graph.listeners.append(messages.append)
+    for k in range(3):
+        spk.process("in", AudioFrame(np.ones((960, 1), np.int16), 48000, 960 * k))
+    spk.event("in", EndOfStream())
+
+    async def drain():
+        task = asyncio.create_task(spk.run_io())
+        await asyncio.sleep(0)  # run_io is waiting for the queue to play out
+        spk._stream.active = False  # what PortAudio reports once the device is gone,
+        spk._stream.finished_callback()  # and it calls the finished callback
+        await task
+
+    with pytest.raises(NodeError, match=r"^node 'spk': sound device 'USB Headset: Audio "
+                                        r"\(hw:1,0\)' stopped playing \(device unplugged"):
+        asyncio.run(drain())
+    assert not spk.finished and [m.name for m in messages][-1] == "error"
+    stream = spk._stream
+    spk.stop()  # abandoned, never stopped
+    assert not stream.closed and stream in devices._abandoned
+
+
 def test_list_devices_shows_channels_rates_and_defaults(fake_sd):
     text = devices.list_devices()
     assert "host API 0: ALSA" in text

@@ -8,9 +8,9 @@ import pytest
 
 from pipeline.errors import NodeError
 from pipeline.formats import Format
-from pipeline.frames import AudioFrame, EncodedFrame
+from pipeline.frames import AudioFrame, EncodedFrame, EndOfStream
 from pipeline.graph import Graph
-from pipeline.loader import load_graph_text, parse_launch
+from pipeline.loader import add_part, load_graph_text, parse_launch
 from pipeline.node import Node, Port
 from pipeline.runtime import Runtime
 from pipeline.testing import run_graph
@@ -208,6 +208,88 @@ def test_in_real_time_a_clocked_node_emitting_without_end_stalls_as_offline(monk
         _run_realtime(g)
     assert str(e.value).startswith(
         "node 'm': every input has ended, but no end-of-stream came out in 0.3 s since")
+
+
+def test_in_real_time_a_jitter_buffer_waiting_out_its_delay_is_not_stalled():
+    # The tone's two frames wait 200 ms in the buffer before the first plays: 10 periods
+    # with no frame out and no node finished, which the real-time check took for a stall.
+    line = ("tone rate=8000 duration=40ms ! pcmu_encoder ! jitter_buffer start_delay_ms=200 "
+            "! pcmu_decoder ! frame_sink name=o")
+    offline = run_graph(line, launch=True).graph.nodes["o"].audio()
+    r = run_graph(line, launch=True, realtime=True)
+    assert r.stopped_by == "eos"
+    assert len(offline) == 320 and np.array_equal(r.graph.nodes["o"].audio(), offline)
+
+
+def test_in_real_time_a_part_still_playing_keeps_the_graph_running(tmp_path):
+    # The host's sources (its tone, the cue) end early; the part's tone plays on for 600 ms.
+    # Its source was not among the graph's sources, so the graph was called stalled.
+    from test_parts import ROOT, Cue
+
+    (tmp_path / "part.yaml").write_text(
+        "nodes:\n  t: {type: tone, freq: 900, rate: 8000, duration: 600ms}\n"
+        "links: [t -> parent.room]\n")
+    g = load_graph_text(ROOT.replace("600ms", "100ms"))
+    cue = Cue("cue")
+    g.add(cue)
+    rt = Runtime(g, realtime=True)
+    cue.actions = {1: lambda: rt.attach("p/", add_part(g, tmp_path / "part.yaml", "p/"))}
+    r = _run_realtime(g, rt)
+    assert r.stopped_by == "eos"
+    # joined in the second period, played 600 ms: 32 periods of 160 samples in all
+    assert len(g.nodes["out"].audio()) == 32 * 160
+
+
+class _DrainingSink(Node):
+    """A sink whose I/O task passes end-of-stream on once it has had it (as `playback` does
+    once its device has played its queue out)."""
+
+    kind = "test_draining_sink"
+    inputs = (Port("in", (Format.audio(),)),)
+
+    def start(self):
+        self.got = 0
+        self.ended = asyncio.Event()
+
+    def process(self, port, frame):
+        self.got += frame.samples
+
+    def event(self, port, event):
+        if isinstance(event, EndOfStream):
+            self.eos_inputs.add(port)
+            self.ended.set()
+            return
+        super().event(port, event)
+
+    async def run_io(self):
+        await self.ended.wait()
+        self.send_eos()
+
+
+def test_in_real_time_a_sink_draining_in_its_io_task_ends_the_graph():
+    g = Graph("g")
+    g.create("tone", "t", {"rate": 8000, "duration": 0.1})
+    g.add(_DrainingSink("o"))
+    g.link("t", "out", "o", "in")
+    r = _run_realtime(g)
+    assert r.stopped_by == "eos" and g.nodes["o"].got == 800
+
+
+def test_in_real_time_a_node_holding_end_of_stream_back_from_a_draining_sink_is_named():
+    # The sink's I/O task only waits for the end-of-stream that 's' swallows: it is no live
+    # input, and the graph, taken for one still receiving, ran until killed.
+    g = Graph("g")
+    g.create("tone", "t", {"rate": 8000, "duration": 0.1})
+    g.add(_Swallow("s"))
+    g.add(_DrainingSink("o"))
+    g.link("t", "out", "s", "in")
+    g.link("s", "out", "o", "in")
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g)
+    assert str(e.value) == (
+        "node 's': every input has ended, but no end-of-stream came out in 0.1 s since (hint: "
+        "pass EndOfStream on from event() once done (super().event does))")
+    assert g.nodes["o"].got == 800
 
 
 @pytest.mark.parametrize("line", [

@@ -506,6 +506,11 @@ class Playback(SoundDevice):
             except RuntimeError:  # the loop has closed: nobody waits any more
                 pass
 
+    def _on_finished(self) -> None:
+        super()._on_finished()
+        if self._draining:  # the device went away mid-drain: run_io need not wait it out
+            self._tell_loop(self._played.set)
+
     async def run_io(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._ended.wait()
@@ -514,6 +519,11 @@ class Playback(SoundDevice):
         if not self._played_out:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._played.wait(), wait)
+        if not self._played_out and not self._alive():
+            # The end of the stream never played: an error, as when the device goes away
+            # mid-stream, not a clean end of stream.
+            raise self._device_failed("stopped playing (device unplugged or its sound "
+                                      "server stopped)")
         if self._played_out:  # the last callback's buffer still has to leave the device
             await asyncio.sleep(self.device_latency + self._block / self._rate)
         self.send_eos()
