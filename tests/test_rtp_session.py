@@ -785,3 +785,40 @@ def test_srtp_keys_are_checked_with_the_parameters() -> None:
         RtpSession(codec="pcmu", srtp_suite="AEAD_AES_128_GCM")
     RtpSession(codec="pcmu", srtp_suite=SRTP, srtp_local_key=good,
                srtp_remote_key=good).validate()
+
+
+def test_srtp_session_started_mid_call_takes_a_peer_past_the_first_rollover() -> None:
+    """A call graph rebuilt for hold or a codec change keeps the SDES keys, so its new
+    session meets a peer whose rollover counter is above 0 (more than 65,536 packets, ~22
+    minutes of 20 ms audio, into the call). Before, it read ROC 0 and dropped every packet
+    of the rest of the call as an authentication failure."""
+    from plugins.rtp.srtp import SrtpContext, generate_key
+
+    key_peer, key_ours = generate_key(SRTP), generate_key(SRTP)
+    peer = SrtpContext(SRTP, key_peer)
+    for seq in (0, 0x8000, 0xFFFF, 1, 0x8000, 0xFFFF, 2):  # the sequence wraps twice
+        peer.protect(_rtp(seq, b"\0" * 160))
+    assert peer.roc(0x1234) == 2
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+
+    async def main() -> RunResult:
+        s = Session(parse_launch(
+            f"rtp_session name=s codec=pcmu srtp_suite={SRTP} srtp_local_key={key_ours} "
+            f"srtp_remote_key={key_peer} ! frame_sink name=out"))
+        dest = ("127.0.0.1", await s.port())
+        node = s.graph.nodes["s"]
+        for seq in (5, 6, 7):
+            a.sendto(peer.protect(_rtp(seq, bytes([seq]) * 160)), dest)
+        await until(lambda: node.stats()["packets_received"] == 3, "the peer's packets", WAIT)
+        s.stop()
+        return await s.result()
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        a.close()
+    st = node_stats(result, "s")
+    assert st["srtp_auth_failures"] == 0
+    assert [f.payload for f in result.graph.nodes["out"].frames] == \
+        [bytes([seq]) * 160 for seq in (5, 6, 7)]

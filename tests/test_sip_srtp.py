@@ -334,3 +334,134 @@ def test_our_best_effort_offer_to_pjsua2(need_pjsua2: None, tmp_path: Path, peer
     else:
         assert values["srtp_suite"] == SUITES[0]
         assert values["packets_received"] >= 50 and values["srtp_auth_failures"] == 0
+
+
+# ---- baresip (its srtp module: SDES, mediaenc srtp-mand / srtp) ---------------------------
+@pytest.mark.interop
+@pytest.mark.parametrize("mediaenc, ours", [("srtp-mand", "mandatory"),
+                                            ("srtp", "optional")])
+def test_baresip_calls_us_with_srtp_and_audio_flows_both_ways(
+        need_baresip: None, tmp_path: Path, peer_tone: Path, mediaenc: str,
+        ours: str) -> None:
+    from peers.baresip import Baresip
+    from test_sip_interop import Endpoint as InteropEndpoint
+    from test_sip_interop import heard_seconds, peer
+
+    graph = tmp_path / "tone-call.yaml"
+    graph.write_text(TONE_CALL)
+    with Baresip("bob", source_wav=peer_tone, mediaenc=mediaenc) as bob:
+        async def main() -> tuple[np.ndarray, dict, int]:
+            ep = InteropEndpoint(call_graph=graph, srtp=ours)
+            await peer(bob.dial, await ep.uri())
+            est = await ep.wait("call-established")
+            values = ep.node.part_values[est.data["call_id"]]
+            sink = ep.graph.nodes["call-1/rec"]
+            rtp = ep.graph.nodes["call-1/rtp"]
+            await peer(bob.wait_event, "CALL_ESTABLISHED")
+            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
+            await peer(bob.wait_heard, 1.5)
+            stats = rtp.stats()
+            await peer(bob.hangup)
+            await ep.wait("call-ended")
+            await until(lambda: not ep.part_nodes(), "call graph removed")
+            await ep.stop()
+            return sink.audio(), {**values, **stats}, rtp.bound_port
+
+        ours_heard, values, port = asyncio.run(main())
+        bob.stop()  # sndfile finalises its WAVs when the process exits
+        theirs, rate = read_wav(bob.recordings()["heard"])
+    assert values["srtp_suite"] in SUITES
+    assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
+    _tone_in(ours_heard, 1000.0)
+    _tone_in(theirs, 440.0, rate)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("mediaenc, ours", [("srtp-mand", "mandatory"),
+                                            ("srtp", "optional")])
+def test_we_call_baresip_with_srtp_and_audio_flows_both_ways(
+        need_baresip: None, tmp_path: Path, peer_tone: Path, mediaenc: str,
+        ours: str) -> None:
+    from peers.baresip import Baresip
+    from test_sip_interop import Endpoint as InteropEndpoint
+    from test_sip_interop import heard_seconds, peer
+
+    graph = tmp_path / "tone-call.yaml"
+    graph.write_text(TONE_CALL)
+    with Baresip("bob", source_wav=peer_tone, mediaenc=mediaenc) as bob:
+        async def main() -> tuple[np.ndarray, dict]:
+            ep = InteropEndpoint(user="alice", call_graph=graph, srtp=ours)
+            await ep.port()
+            call_id = ep.node.call(bob.contact)
+            est = await ep.wait("call-established", call_id=call_id)
+            values = ep.node.part_values[call_id]
+            sink = ep.graph.nodes[est.data["prefix"] + "rec"]
+            rtp = ep.graph.nodes[est.data["prefix"] + "rtp"]
+            await peer(bob.wait_event, "CALL_ESTABLISHED")
+            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
+            await peer(bob.wait_heard, 1.5)
+            stats = rtp.stats()
+            after = len(bob.events)
+            ep.node.hangup(call_id)
+            await peer(bob.wait_event, "CALL_CLOSED", after=after)
+            await until(lambda: not ep.part_nodes(), "call graph removed")
+            await ep.stop()
+            return sink.audio(), {**values, **stats}
+
+        ours_heard, values = asyncio.run(main())
+        bob.stop()
+        theirs, rate = read_wav(bob.recordings()["heard"])
+    assert values["srtp_suite"] in SUITES
+    assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
+    _tone_in(ours_heard, 1000.0)
+    _tone_in(theirs, 440.0, rate)
+
+
+@pytest.mark.interop
+def test_srtp_call_with_baresip_survives_hold_and_resume_both_ways(
+        need_baresip: None, tmp_path: Path, peer_tone: Path) -> None:
+    from peers.baresip import Baresip
+    from test_sip_interop import Endpoint as InteropEndpoint
+    from test_sip_interop import heard_seconds, peer
+
+    graph = tmp_path / "tone-call.yaml"
+    graph.write_text(TONE_CALL)
+    with Baresip("bob", source_wav=peer_tone, mediaenc="srtp-mand") as bob:
+        async def main() -> list:
+            ep = InteropEndpoint(call_graph=graph, srtp="mandatory")
+            await peer(bob.dial, await ep.uri())
+            est = await ep.wait("call-established")
+            call_id = est.data["call_id"]
+            await peer(bob.wait_event, "CALL_ESTABLISHED")
+            heard = []
+
+            async def media_after(old: Any, what: str) -> None:
+                sink = await until(lambda: (n := ep.graph.nodes.get("call-1/rec"))
+                                   is not old and n, f"call graph rebuilt for {what}")
+                await until(lambda: heard_seconds(sink) >= 1.0, f"media after {what}")
+                heard.append((sink.audio(), ep.graph.nodes["call-1/rtp"].stats()))
+
+            await until(lambda: heard_seconds(ep.graph.nodes["call-1/rec"]) >= 0.5,
+                        "media before hold")
+            old = ep.graph.nodes["call-1/rec"]
+            await peer(bob.command, "hold")
+            await ep.wait("call-updated", direction="recvonly")
+            await peer(bob.command, "resume")
+            await ep.wait("call-updated", direction="sendrecv")
+            await media_after(old, "baresip's resume")
+            old = ep.graph.nodes["call-1/rec"]
+            n = len(ep.names("call-updated"))
+            ep.node.hold(call_id)
+            await until(lambda: len(ep.names("call-updated")) > n, "our hold")
+            ep.node.resume(call_id)
+            await until(lambda: len(ep.names("call-updated")) > n + 1, "our resume")
+            await media_after(old, "our resume")
+            await peer(bob.hangup)
+            await ep.wait("call-ended")
+            await ep.stop()
+            return heard
+
+        heard = asyncio.run(main())
+    for audio, stats in heard:
+        assert stats["srtp_auth_failures"] == 0
+        _tone_in(audio, 1000.0)

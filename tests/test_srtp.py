@@ -184,8 +184,19 @@ def test_round_trip_across_the_sequence_wrap_increments_the_roc() -> None:
         far_tx.protect(rtp(s))
     wire = far_tx.protect(rtp(0x0001))
     assert far_tx.roc(0xCAFEBABE) == 1
+    # A fresh receiver would take it as ROC 0; until its first packet authenticates it
+    # also tries the ROCs after 0 (a call graph rebuilt mid-call meets a sender that is
+    # more than 65,536 packets in), and then goes on from the ROC found.
+    assert far.unprotect(wire) == rtp(0x0001)
+    assert far.roc(0xCAFEBABE) == 1
+    assert far.unprotect(far_tx.protect(rtp(0x0002))) == rtp(0x0002)
+    # Once one packet has authenticated, nothing is guessed any more.
+    other_tx = SrtpContext(SHA1_80, MASTER)
+    for s in range(0, 0x10000, 0x4000):
+        other_tx.protect(rtp(s, ssrc=0x1234))
     with pytest.raises(SrtpAuthError):
-        far.unprotect(wire)  # a fresh receiver takes it as ROC 0
+        far.unprotect(other_tx.protect(rtp(0x0001, ssrc=0x1234)))
+    assert far.stats()["auth_failures"] == 1
 
 
 @settings(max_examples=30, deadline=None)

@@ -8,7 +8,9 @@ peer's. Bytes in, bytes out; no socket, no clock.
 - Session keys come from the AES-CM PRF (RFC 3711 4.3.1, 4.3.3) once per context: the key
   derivation rate is 0, the SDES default (RFC 4568 6.1), so they never change.
 - Per SSRC, the rollover counter is kept as the highest packet index seen (RFC 3711 3.3.1)
-  and the index of each packet estimated from it (Appendix A), across the 16-bit wrap.
+  and the index of each packet estimated from it (Appendix A), across the 16-bit wrap. A
+  context's first packet may also be taken at a ROC above 0 (`_find_roc`: a context made
+  mid-call).
 - Replay protection (3.3.2) uses a 64-packet window behind the highest authenticated index,
   for SRTP and SRTCP alike; state changes only once a packet has authenticated.
 - SRTCP carries its 31-bit index and the E flag after the packet (3.4); we always encrypt.
@@ -83,6 +85,9 @@ LABEL_RTP_ENCRYPTION, LABEL_RTP_AUTH, LABEL_RTP_SALT = 0, 1, 2
 LABEL_RTCP_ENCRYPTION, LABEL_RTCP_AUTH, LABEL_RTCP_SALT = 3, 4, 5
 _AUTH_KEY_LENGTH = 20  # n_a = 160 bits for HMAC-SHA1 (RFC 3711 4.2.1)
 REPLAY_WINDOW = 64  # RFC 3711 3.3.2: at least 64
+# Rollover counters tried for the first packet a context authenticates (see `_find_roc`):
+# 64 ROCs are 64 * 65,536 packets, 23 hours of 20 ms audio.
+ROC_GUESSES = 64
 _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 _SRTCP_E = 0x80000000
 _SRTCP_INDEX_MASK = 0x7FFFFFFF
@@ -371,14 +376,32 @@ class SrtpContext:
         body = packet[:end]
         roc = ((index >> 16) & 0xFFFFFFFF).to_bytes(4)
         if not hmac.compare_digest(keys.mac.digest(body, roc)[:tag_length], packet[end:]):
-            self.auth_failures += 1
-            raise SrtpAuthError(f"SRTP packet {seq} of SSRC {ssrc:08x} fails authentication")
+            found = self._find_roc(body, packet[end:], seq) if not self._rx else None
+            if found is None:
+                self.auth_failures += 1
+                raise SrtpAuthError(f"SRTP packet {seq} of SSRC {ssrc:08x} fails "
+                                    "authentication")
+            index = found
         if replay is None:
             self._rx[ssrc] = _Replay(index)
         else:
             replay.accept(index)
         iv = keys.salt ^ (ssrc << 64) ^ (index << 16)
         return packet[:head] + keys.cipher.xor(iv, packet[head:end])
+
+    def _find_roc(self, body: bytes, tag: bytes, seq: int) -> int | None:
+        """The index of a first packet sent with a rollover counter above 0, or None.
+
+        A receiver starts at ROC 0 (3.3.1), but a context made in the middle of a call (a
+        call graph rebuilt for hold or a codec change keeps the keys) meets a sender more
+        than 65,536 packets in, and ROC 0 would fail every packet it sends from then on.
+        Until this context has authenticated a packet, ROCs 1 to ROC_GUESSES - 1 are tried
+        (one HMAC each; the tag still decides)."""
+        mac, n = self._rtp.mac, self.suite.rtp_tag_length
+        for roc in range(1, ROC_GUESSES):
+            if hmac.compare_digest(mac.digest(body, roc.to_bytes(4))[:n], tag):
+                return (roc << 16) | seq
+        return None
 
     # ---- SRTCP (RFC 3711 3.4) -----------------------------------------------------------
     def protect_rtcp(self, packet: bytes) -> bytes:

@@ -72,13 +72,15 @@ class Baresip(UaPeer):
                  source_wav: str | os.PathLike | None = None,
                  codecs: str = "PCMU/8000/1", answermode: str = "auto", regint: int = 60,
                  extra_modules: tuple[str, ...] = (), transport: str = "udp",
-                 sip_trace: bool = False,
+                 sip_trace: bool = False, mediaenc: str | None = None,
                  timeout: float = 10.0, workdir: str | os.PathLike | None = None) -> None:
         """`registrar` is a Kamailio harness (or a "host:port" string) to register with;
         `codecs` is baresip's audio_codecs account value, e.g. "PCMU/8000/1,PCMA/8000/1";
         `answermode` "auto" or "manual" (then accept()); `sip_trace` logs every SIP message;
         `extra_modules` e.g. ("g722", "l16") for more codecs; `transport` "udp" or "tcp"
-        for SIP to the registrar and peers."""
+        for SIP to the registrar and peers; `mediaenc` "srtp" (SDES SRTP offered in
+        RTP/AVP, best effort) or "srtp-mand" (RTP/SAVP, mandatory) loads the srtp module
+        and sets the account's media encryption."""
         if transport not in ("udp", "tcp"):
             raise ValueError(f"baresip transport {transport!r} is not 'udp' or 'tcp'")
         self.transport = transport
@@ -88,7 +90,8 @@ class Baresip(UaPeer):
         self.codecs = codecs
         self.answermode = answermode
         self.regint = regint if registrar is not None else 0
-        self.extra_modules = extra_modules
+        self.extra_modules = extra_modules + (("srtp",) if mediaenc else ())
+        self.mediaenc = mediaenc
         self.sip_trace = sip_trace
         self.timeout = timeout
         self.sip_port = free_port("both")  # baresip listens on UDP and TCP
@@ -152,6 +155,8 @@ class Baresip(UaPeer):
                   f"audio_codecs={self.codecs}"]
         if self.password is not None:
             params.insert(0, f"auth_pass={self.password}")
+        if self.mediaenc:
+            params.append(f"mediaenc={self.mediaenc}")
         uri = self.aor + (";transport=tcp" if self.transport == "tcp" else "")
         (self.dir / "accounts").write_text(f"<{uri}>;{';'.join(params)}\n")
         (self.dir / "contacts").write_text("")
