@@ -211,6 +211,27 @@ def test_call_by_domain_located_by_srv_carries_audio(tmp_path, need_dnsmasq):
     check_tone(tmp_path, 1.2)
 
 
+def test_an_srv_target_whose_address_lookup_fails_is_skipped_not_the_whole_domain():
+    """RFC 2782 / RFC 3263 4.3: the targets of an SRV answer are tried in turn. One whose
+    A lookup gets SERVFAIL (its zone's servers broken) is skipped; before, it ended the
+    location and the call (503) although the next target had an address."""
+    answers = {("_sip._udp.example.test", "SRV"): [srv(10, 0, 5070, "broken.other.test."),
+                                                   srv(20, 0, 5080, "ok.example.test.")],
+               ("broken.other.test", "A"): "SERVFAIL",
+               ("ok.example.test", "A"): [SimpleNamespace(address="192.0.2.7")]}
+
+    async def main():
+        locator = DnsLocator(["192.0.2.53"], clock=lambda: 0.0)
+
+        async def ask(name, rdtype):  # stands in for the resolver (no network)
+            return answers.get((name, rdtype), [])
+
+        locator._ask = ask
+        return await locator.locate(SipUri.parse("sip:bob@example.test"), {"udp": "4"})
+
+    assert asyncio.run(main()) == [("udp", ("192.0.2.7", 5080))]
+
+
 def test_answers_are_cached_for_their_ttl(need_dnsmasq):
     now = [0.0]
     with Dnsmasq(srv=["_sip._udp.example.test,a.example.test,5070,10,0"],

@@ -133,6 +133,40 @@ def test_a_caller_that_does_not_support_timers_is_refreshed_by_us():
     assert net.of(alice, CallEnded) == [] and net.of(bob, CallEnded) == []
 
 
+def test_an_interval_below_our_min_se_from_a_caller_without_timers_is_granted_not_422():
+    """RFC 4028 section 9: only a caller that says `Supported: timer` may get 422 (it alone
+    understands it and asks again). A Session-Expires a proxy put into an older UA's
+    INVITE (section 8.1) below our min_se used to get 422 too, and the call failed; it is
+    granted as asked (a UAS must not raise it), with us refreshing."""
+    bob = make_ua(BOB, user="bob", min_se=1800)
+    alice = make_ua(ALICE, user="alice", session_expires=600)
+    net = Net(alice, bob)
+    send = alice.datagrams_to_send
+
+    def without_timer_support():  # an older UA's INVITE, with the proxy's Session-Expires
+        return [(t, d.replace(b"Supported: timer, 100rel\r\n", b""), a) for t, d, a in send()]
+
+    alice.datagrams_to_send = without_timer_support
+    call = alice.call(BOB_URI, 40000, net.now)
+    net.pump()
+    assert net.sent("SIP/2.0 422") == []
+    (incoming,) = net.of(bob, CallIncoming)
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.accept(incoming.call.call_id, net.now)
+    net.pump()
+    (ok,) = oks(net)
+    assert ok.headers.get("Session-Expires") == "600;refresher=uas"
+    assert incoming.call.session_timer.we_refresh and call.state == "established"
+    net.advance(300.1)  # bob refreshes at half the interval
+    assert invites(net)[-1].from_.tag == incoming.call.local_tag
+    # one that says it supports timers still gets 422 with our minimum
+    carol = make_ua(("192.0.2.3", 5064), user="carol", session_expires=600)
+    net2 = Net(carol, make_ua(BOB, user="bob", min_se=1800))
+    carol.call(BOB_URI, 40000, net2.now)
+    net2.pump()
+    assert net2.sent("SIP/2.0 422")[0].headers.get("Min-SE") == "1800"
+
+
 def test_no_timer_when_nobody_asks_for_one():
     net, alice, bob, call, bcall = call_up({"session_expires": 0}, {})
     (ok,) = oks(net)
@@ -186,6 +220,27 @@ def test_the_refresher_whose_refresh_gets_no_answer_hangs_up():
     ended = net.of(alice, CallEnded)[0]
     # the refresh at 45 s times out (64*T1 = 32 s): 14.1 ends the dialog with BYE
     assert ended.status == 408 and "BYE" in [m.method for m in net.sent("BYE")]
+
+
+def test_a_refresh_whose_ack_is_lost_is_acked_again_and_the_call_goes_on():
+    """RFC 3261 13.2.2.4: every 2xx to our re-INVITE is ACKed, the ones resent because an
+    ACK was lost too (a refresh every 45 s makes that routine). Before, only the first was:
+    the peer resent its 200 for 64*T1 and a pjsip-like peer then hangs up (13.3.1.4)."""
+    net, alice, bob, call, bcall = call_up({"session_expires": 90}, {})
+    lost = []
+    net.drop = lambda d: d.startswith(b"ACK ") and not lost and not lost.append(d)
+    net.advance(45.1)  # the refresh (CSeq 2), answered 200; its ACK lost
+    assert lost and lost[0].startswith(b"ACK ") and b"CSeq: 2 ACK" in lost[0]
+    net.advance(1)
+    acks = [m for m in net.sent("ACK") if m.cseq.seq == 2]
+    assert len(acks) == 2  # the lost one and the one for the resent 200
+    assert bcall.retx is None  # bob stopped resending
+    assert alice.stats["session_refreshes"] == 1 and call.pending is None
+    # later 2xx of an earlier re-INVITE change nothing of a newer one's offer/answer
+    net.advance(3600)
+    assert net.of(alice, CallEnded) == [] and net.of(bob, CallEnded) == []
+    assert net.of(alice, CallUpdated) == []
+    assert len(alice._owners) <= 2  # answered re-INVITEs are forgotten when they end
 
 
 def test_a_refresh_refused_491_is_tried_again():
@@ -279,7 +334,8 @@ def test_update_with_an_offer_during_a_reinvite_gets_491_and_bad_sdp_400():
 def test_bad_or_small_session_expires_in_a_reinvite_keeps_the_call():
     net, alice, bob, call, bcall = call_up({"session_expires": 90}, {"min_se": 120})
     assert bcall.session_timer.interval == 120  # 422 first, then 120
-    small = send_update(net, alice, call, bob, headers=[("Session-Expires", "100")])
+    small = send_update(net, alice, call, bob, headers=[("Supported", "timer"),
+                                                        ("Session-Expires", "100")])
     assert small.status_code == 422 and small.headers.get("Min-SE") == "120"
     bad = send_update(net, alice, call, bob, headers=[("Session-Expires", "soon")])
     assert bad.status_code == 400 and "Session-Expires" in bad.reason
@@ -301,3 +357,25 @@ def test_a_reinvite_requiring_timer_is_not_refused_420():
                                                      ("Session-Expires", "90;refresher=uas")])
     assert ok.status_code == 200 and ok.headers.get("Session-Expires") == "90;refresher=uas"
     assert bcall.session_timer.we_refresh  # bob is asked to refresh now
+
+
+@pytest.mark.parametrize("granted", ["0;refresher=uac", "0", "1;refresher=uac", "30;refresher=uas",
+                                     "1800;refresher=bogus"])
+def test_a_2xx_granting_less_than_90_s_or_malformed_means_no_timer(granted):
+    """RFC 4028 section 4: no session interval is below 90 s. A 2xx that grants less (a 0
+    seen as "no timer", a 1) used to end the call at once or refresh twice a second; it
+    is taken as no timer, as a malformed one is."""
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    bob._session_headers = lambda request, agreed: [("Supported", "timer"),
+                                                    ("Session-Expires", granted)]
+    call = alice.call(BOB_URI, 40000, net.now)
+    net.pump()
+    (incoming,) = net.of(bob, CallIncoming)
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.accept(incoming.call.call_id, net.now)
+    net.pump()
+    assert call.state == "established" and call.session_timer is None
+    assert alice.stats["bad_session_expires"] == 1
+    net.advance(600)
+    assert net.of(alice, CallEnded) == [] and len(invites(net)) == 1

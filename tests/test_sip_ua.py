@@ -695,3 +695,25 @@ def test_a_body_in_an_encoding_we_cannot_undo_gets_415_with_accept_encoding():
         b"Content-Type: application/sdp\r\nContent-Encoding: identity\r\n")
     bob.receive(plain, "udp", ALICE, 0.0)
     assert isinstance(bob.next_event(), CallIncoming)
+
+
+def test_a_cancel_never_answered_ends_the_invite_after_64_t1_and_forgets_the_call():
+    """RFC 3261 9.1: the callee vanished after its 180, so our CANCEL and the INVITE get no
+    final response; 64*T1 after the CANCEL the INVITE transaction is over. Before, the
+    transaction, its owner and the ended call stayed in the user agent for good (one
+    leak per such call)."""
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    call = alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    assert call.state == "ringing"
+    net.drop = lambda data: True  # bob is gone
+    alice.hangup(call.call_id, net.now)
+    net.pump()
+    assert [e.reason for e in net.of(alice, CallEnded)] == ["cancelled"]
+    net.advance(31.9)
+    assert alice.calls  # a 487 (or a 2xx to ACK and BYE) may still come
+    net.advance(0.2)  # 64*T1 after the CANCEL
+    assert not alice.calls and not alice._owners
+    assert not alice.layers["udp"].clients and alice.get_timer() is None
+    assert len(net.of(alice, CallEnded)) == 1  # ended once, when hung up

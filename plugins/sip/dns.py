@@ -160,8 +160,9 @@ class DnsLocator:
     async def _query(self, name: str, rdtype: str, causes: list[str],
                      domain: bool = False) -> list[Any]:
         """The records of one query ([] for none; why goes to `causes`). Raises _Stop when
-        going on is pointless: the URI's own host does not exist (`domain`), or DNS does
-        not answer at all."""
+        going on is pointless: the URI's own host does not exist or fails (`domain`), or
+        DNS does not answer at all. A SERVFAIL for another name (an SRV target in a zone of
+        its own) only skips that name: the next target may resolve (RFC 2782)."""
         known = self.cache.get(name, rdtype)
         if known is None:
             known = await self._ask(name, rdtype)
@@ -172,7 +173,8 @@ class DnsLocator:
                 causes.append("no records")
             return known
         causes.append(known)
-        if (known == "NXDOMAIN" and domain) or known.startswith(_FATAL):
+        if (known == "NXDOMAIN" and domain) or (known.startswith(_FATAL) and (
+                domain or not known.startswith("SERVFAIL"))):
             raise _Stop
         return []
 

@@ -78,17 +78,24 @@ def supports_timer(message: SipMessage) -> bool:
 def uas_choice(request: SipMessage, our_min_se: int) -> SessionExpires | int | None:
     """What a UAS answers a session refresh request with (RFC 4028 section 9): the
     Session-Expires for its 2xx, None when the request asks for no timer, or an int: reject
-    with 422 and this Min-SE. The interval is taken as asked (never lowered), and the
-    refresher too; when it is unsaid the caller refreshes if it can (it supports timers),
-    else we do. ParseError for a malformed header."""
+    with 422 and this Min-SE (only a caller that supports timers gets one: from another,
+    an interval below our minimum is granted as asked). The interval is taken as asked
+    (never lowered), and the refresher too; when it is unsaid the caller refreshes if it
+    can (it supports timers), else we do. ParseError for a malformed header."""
     asked = session_expires(request)
     if asked is None:
         return None
-    floor = max(our_min_se, MIN_SE)
-    if asked.interval < floor:
-        return floor
+    supported = supports_timer(request)
+    if asked.interval < max(our_min_se, MIN_SE):
+        if supported:
+            return max(our_min_se, MIN_SE)
+        # Section 9: only a caller that supports timers understands a 422; for one that
+        # does not (a proxy put the header in, section 8.1) the interval is taken as it
+        # is (the UAS must not raise it), or none below section 4's floor of 90 s.
+        if asked.interval < MIN_SE:
+            return None
     min_se(request)  # malformed is a bad request, even when its value is not needed
-    refresher = asked.refresher or ("uac" if supports_timer(request) else "uas")
+    refresher = asked.refresher or ("uac" if supported else "uas")
     return SessionExpires(asked.interval, refresher)
 
 

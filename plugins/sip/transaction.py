@@ -292,10 +292,16 @@ class ClientInviteTransaction(ClientTransaction):
             self._terminate()
         elif name in ("D", "M"):
             self._terminate()
+        elif name == "cancelled" and self.state in (CALLING, PROCEEDING):
+            # RFC 3261 9.1: no final response 64*T1 after our CANCEL: the transaction ends
+            # (a peer gone after its 180 would otherwise hold it, and its call, for good).
+            self._emit(TransactionTimeout(self))
+            self._terminate()
 
     def receive_response(self, response: SipResponse, now: float) -> None:
         code = response.status_code
         if self.state in (CALLING, PROCEEDING):
+            self.timers.pop("cancelled", None)
             self.timers.pop("A", None)
             self.timers.pop("B", None)
             if code < 200:
@@ -694,6 +700,13 @@ class TransactionLayer:
         tx.start(now)
         self._schedule(tx)
         return tx
+
+    def cancel_sent(self, tx: ClientTransaction, now: float) -> None:
+        """A CANCEL for INVITE `tx` went out: without a final response within 64*T1 the
+        INVITE transaction ends with a TransactionTimeout (RFC 3261 9.1)."""
+        if isinstance(tx, ClientInviteTransaction) and tx.state in (CALLING, PROCEEDING):
+            tx.timers["cancelled"] = now + self.config.timeout
+            self._schedule(tx)
 
     def send_stateless(self, message: SipMessage | bytes, addr: Address) -> None:
         """Send outside any transaction: the ACK for a 2xx, or a stateless response (as a

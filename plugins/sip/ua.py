@@ -538,7 +538,7 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self._on_register_response(obj, event.response, event.transaction, now)
             elif kind == "invite":
                 self._on_invite_response(obj, event.response, event.transaction, now)
-            elif kind == "reinvite":
+            elif kind in ("reinvite", "reinvite-answered"):
                 self._on_reinvite_response(obj, event.response, event.transaction, now)
             elif kind == "refer":
                 self._on_refer_response(obj, event.response, event.transaction)
@@ -968,8 +968,9 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     def _send_cancel(self, call: Call, tx: ClientTransaction, now: float) -> None:
         cancel = make_cancel(tx.request)  # type: ignore[arg-type]
-        self._layer(call.transport).send_request(cancel, tx.addr, now,
-                                                 reliable=call.transport in RELIABLE)
+        layer = self._layer(call.transport)
+        layer.send_request(cancel, tx.addr, now, reliable=call.transport in RELIABLE)
+        layer.cancel_sent(tx, now)
 
     # ---- incoming requests ----------------------------------------------------------------
     def _on_request(self, request: SipRequest, tx: ServerTransaction | None, transport: str,
@@ -1392,12 +1393,18 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     def _granted(self, response: SipResponse) -> SessionExpires | None:
         """The Session-Expires of a 2xx to our INVITE (section 7.2); a malformed one is no
-        timer (the session then lasts until BYE), not a failed call."""
+        timer (the session then lasts until BYE), not a failed call. So is one below 90 s,
+        the floor of section 4 (a 0 would have us hang up at once, a 1 refresh twice a
+        second)."""
         try:
-            return session_timer.session_expires(response)
+            agreed = session_timer.session_expires(response)
         except ParseError:
+            agreed = None
+            self.stats["bad_session_expires"] += 1
+        if agreed is not None and agreed.interval < session_timer.MIN_SE:
             self.stats["bad_session_expires"] += 1
             return None
+        return agreed
 
     def _on_session_timer(self, call: Call, timer: SessionTimer, now: float) -> None:
         if not call.active:
@@ -1466,9 +1473,11 @@ class UserAgent(RegistrationClient, ReferAgent):
                                          via_port=lst.port, transport=call.transport)
             transport, addr = self._hop(call)
             self._layer(transport).send_stateless(ack, addr)
-            if call.pending != "out":
+            if self._owners.get(tx, ("",))[0] != "reinvite":
                 return  # a retransmitted 2xx: ACKed again, nothing else
-            self._owners.pop(tx, None)
+            # Kept until the transaction ends: a 2xx resent because our ACK was lost must
+            # be ACKed again (13.2.2.4), or the peer hangs up after 64*T1 (13.3.1.4).
+            self._owners[tx] = ("reinvite-answered", call)
             call.pending = None
             offer = call.pending_sdp
             self._start_session_timer(call, self._granted(response), True, now)
