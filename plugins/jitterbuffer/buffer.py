@@ -15,10 +15,12 @@ How the delay adapts (see docs/jitterbuffer.md):
 - The playout delay D is how far the frame being played lies behind the fastest recent path.
   D is kept in the band [target - slack, target + frame + slack): below it, a missing frame is
   waited for (concealed without advancing) and a present one is stretched by one concealed
-  frame; above it, the buffer shrinks by one frame period: for free when that frame is missing
-  anyway, else by handing two frames over for time compression (PLAY with `extra`), at once
-  when the frame is quiet or the next starts a talk spurt, otherwise at most once per
-  `patience_ms`, so the delay comes down gradually and nothing is dropped.
+  frame (not one cut from a longer packet: the rest of the packet is here, the frames at risk
+  are the next packet's, and waiting for one of them stretches as much); above it, the buffer
+  shrinks by one frame period: for free when that frame is missing anyway, else by handing
+  two frames over for time compression (PLAY with `extra`), at once when the frame is quiet
+  or the next starts a talk spurt, otherwise at most once per `patience_ms`, so the delay
+  comes down gradually and nothing is dropped.
 - A late packet whose frame period was concealed is still played when every period since the
   last played frame was concealed too (the buffer "rewinds"): a step to a slower path then
   costs only its own gap, not the frames after it.
@@ -526,8 +528,15 @@ class JitterBuffer:
 
         pkt = packets.pop(ts, None)
         if pkt is not None:
-            if delay < target - self._slack_s:
+            if delay < target - self._slack_s and not (
+                    pkt.held or (pkt.seq == self._last_seq and ts == self._last_played + frame)):
                 # Too little delay: stretch by one concealed frame, play this one next time.
+                # Not before a frame cut from a longer packet (the rest of that packet is
+                # here, `held`, or it came with the frame just played, a later piece): no
+                # frame here is at risk, the next packet's is, and if that one is not here
+                # at its turn it is waited for (below), which stretches as much. Pops run
+                # on their own clock: stretching here, on a band measured at a pop a little
+                # earlier than the packet came, concealed a frame of a clean stream.
                 packets[ts] = pkt
                 stats.concealed += 1
                 stats.stretched += 1
