@@ -60,7 +60,7 @@ def format_inspect(cls: type[Node]) -> str:
             lo, hi = p["limits"]
             extra.append(f"range [{'' if lo is None else lo}, {'' if hi is None else hi}]")
         if "choices" in p:
-            extra.append("one of " + ", ".join(map(str, p["choices"])))
+            extra.append("one of " + _choices(p["choices"]))
         lines.append(f"  {p['name']} ({p['type']}; {'; '.join(extra)})")
         lines.append(f"      {p['doc']}")
     for k, v in d.get("extra", {}).items():
@@ -159,7 +159,7 @@ def markdown_reference(node_types: dict[str, type[Node]]) -> str:
                     lo, hi = p["limits"]
                     limits = f"{'' if lo is None else lo} .. {'' if hi is None else hi}"
                 if "choices" in p:
-                    limits = ", ".join(map(str, p["choices"]))
+                    limits = _choices(p["choices"])
                 default = "required" if p.get("required") else _default(p["default"])
                 out.append(f"| `{p['name']}` | {p['type']} | {default} | {limits} | "
                            f"{p['doc']} |")
@@ -211,3 +211,8 @@ def json_schema(node_types: dict[str, type[Node]]) -> dict[str, Any]:
 
 def json_schema_text(node_types: dict[str, type[Node]]) -> str:
     return json.dumps(json_schema(node_types), indent=2)
+
+
+def _choices(choices: list) -> str:
+    """Choices as docs list them: an empty string shows as "" (else it reads as nothing)."""
+    return ", ".join('""' if c == "" else str(c) for c in choices)

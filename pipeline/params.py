@@ -168,7 +168,9 @@ class Param:
 
     @property
     def type_name(self) -> str:
-        return _TYPE_NAMES.get(self.type, getattr(self.type, "__name__", str(self.type)))
+        # A custom value type may say what it is written as (SrtpPolicy: a string).
+        return _TYPE_NAMES.get(self.type) or getattr(self.type, "type_name", None) or getattr(
+            self.type, "__name__", str(self.type))
 
     def convert(self, value: Any) -> Any:
         """The value as this parameter's type, checked against its limits."""

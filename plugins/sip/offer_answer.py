@@ -237,6 +237,7 @@ class SrtpPolicy(str):
     `no`) as false, so false means off too."""
 
     example = "off, optional or mandatory"
+    type_name = "string"  # as `pipeline inspect` and docs/yaml.md show it
 
     @classmethod
     def parse(cls, value: object) -> str:
