@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 from conftest import until
 from test_sip_endpoint import ECHO, Endpoint, caller_yaml, check_tone, server_yaml
+from test_sip_interop import Endpoint as InteropEndpoint
+from test_sip_interop import check_tone as check_peer_tone
+from test_sip_interop import heard_seconds, peer
 
 from pipeline.testing import read_wav
 from plugins.codecs.g711 import MULAW_ENCODE
@@ -197,16 +200,6 @@ def peer_tone(tmp_path: Path) -> Path:
     return path
 
 
-def _tone_in(audio: np.ndarray, freq: float, rate: int = 8000) -> None:
-    from pipeline.testing import dominant_frequency
-
-    x = audio[:, 0].astype(np.float64) if audio.ndim > 1 else audio.astype(np.float64)
-    x = x[len(x) // 4:]
-    assert len(x) >= 0.5 * rate, f"only {len(x) / rate:.2f} s of audio"
-    assert np.sqrt(np.mean(x ** 2)) > 1000, "near silence"
-    assert dominant_frequency(x, rate) == pytest.approx(freq, abs=3)
-
-
 def _check_wire(pcap: Path, local_port: int) -> None:
     """What we sent and what pjsua2 sent: SRTP (payload + 80-bit tag), never the plain
     G.711 of either tone."""
@@ -226,8 +219,6 @@ def _check_wire(pcap: Path, local_port: int) -> None:
 def test_pjsua2_calls_us_with_srtp_mandatory_and_audio_flows_both_ways(
         need_pjsua2: None, tmp_path: Path, peer_tone: Path) -> None:
     from peers.pjsua2_peer import Pjsua2Peer
-    from test_sip_interop import Endpoint as InteropEndpoint
-    from test_sip_interop import heard_seconds, peer
 
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL)
@@ -253,8 +244,8 @@ def test_pjsua2_calls_us_with_srtp_mandatory_and_audio_flows_both_ways(
         theirs, rate = read_wav(carol.recording(cid))
     assert values["srtp_suite"] == "AES_256_CM_HMAC_SHA1_80"  # its first line (RFC 6188)
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    _tone_in(ours, 1000.0)
-    _tone_in(theirs, 440.0, rate)
+    check_peer_tone(ours, 1000.0)
+    check_peer_tone(theirs, 440.0, rate)
     _check_wire(tmp_path / "wire-1.pcap", port)
 
 
@@ -262,8 +253,6 @@ def test_pjsua2_calls_us_with_srtp_mandatory_and_audio_flows_both_ways(
 def test_we_call_pjsua2_with_srtp_mandatory_and_audio_flows_both_ways(
         need_pjsua2: None, tmp_path: Path, peer_tone: Path) -> None:
     from peers.pjsua2_peer import Pjsua2Peer
-    from test_sip_interop import Endpoint as InteropEndpoint
-    from test_sip_interop import heard_seconds, peer
 
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL)
@@ -291,8 +280,8 @@ def test_we_call_pjsua2_with_srtp_mandatory_and_audio_flows_both_ways(
         theirs, rate = read_wav(carol.recording(cid))
     assert values["srtp_suite"] == SUITES[0]  # our first line
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    _tone_in(ours, 1000.0)
-    _tone_in(theirs, 440.0, rate)
+    check_peer_tone(ours, 1000.0)
+    check_peer_tone(theirs, 440.0, rate)
     _check_wire(tmp_path / f"wire-{values['call_number']}.pcap", port)
 
 
@@ -303,8 +292,6 @@ def test_our_best_effort_offer_to_pjsua2(need_pjsua2: None, tmp_path: Path, peer
     """Our `srtp: optional` offer (RTP/AVP with a=crypto): pjsua2 with SRTP optional takes a
     line and the call is SRTP; with SRTP mandatory it wants RTP/SAVP and answers 488."""
     from peers.pjsua2_peer import Pjsua2Peer
-    from test_sip_interop import Endpoint as InteropEndpoint
-    from test_sip_interop import heard_seconds
 
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL)
@@ -344,8 +331,6 @@ def test_baresip_calls_us_with_srtp_and_audio_flows_both_ways(
         need_baresip: None, tmp_path: Path, peer_tone: Path, mediaenc: str,
         ours: str) -> None:
     from peers.baresip import Baresip
-    from test_sip_interop import Endpoint as InteropEndpoint
-    from test_sip_interop import heard_seconds, peer
 
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL)
@@ -372,8 +357,8 @@ def test_baresip_calls_us_with_srtp_and_audio_flows_both_ways(
         theirs, rate = read_wav(bob.recordings()["heard"])
     assert values["srtp_suite"] in SUITES
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    _tone_in(ours_heard, 1000.0)
-    _tone_in(theirs, 440.0, rate)
+    check_peer_tone(ours_heard, 1000.0)
+    check_peer_tone(theirs, 440.0, rate)
 
 
 @pytest.mark.interop
@@ -383,8 +368,6 @@ def test_we_call_baresip_with_srtp_and_audio_flows_both_ways(
         need_baresip: None, tmp_path: Path, peer_tone: Path, mediaenc: str,
         ours: str) -> None:
     from peers.baresip import Baresip
-    from test_sip_interop import Endpoint as InteropEndpoint
-    from test_sip_interop import heard_seconds, peer
 
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL)
@@ -413,16 +396,14 @@ def test_we_call_baresip_with_srtp_and_audio_flows_both_ways(
         theirs, rate = read_wav(bob.recordings()["heard"])
     assert values["srtp_suite"] in SUITES
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    _tone_in(ours_heard, 1000.0)
-    _tone_in(theirs, 440.0, rate)
+    check_peer_tone(ours_heard, 1000.0)
+    check_peer_tone(theirs, 440.0, rate)
 
 
 @pytest.mark.interop
 def test_srtp_call_with_baresip_survives_hold_and_resume_both_ways(
         need_baresip: None, tmp_path: Path, peer_tone: Path) -> None:
     from peers.baresip import Baresip
-    from test_sip_interop import Endpoint as InteropEndpoint
-    from test_sip_interop import heard_seconds, peer
 
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL)
@@ -464,4 +445,4 @@ def test_srtp_call_with_baresip_survives_hold_and_resume_both_ways(
         heard = asyncio.run(main())
     for audio, stats in heard:
         assert stats["srtp_auth_failures"] == 0
-        _tone_in(audio, 1000.0)
+        check_peer_tone(audio, 1000.0)
