@@ -105,6 +105,27 @@ def heard_seconds(sink: Any) -> float:
     return sum(len(f.data) for f in sink.frames) / RATE
 
 
+async def hear_each_other(sink: Any, wait_heard: Callable[..., Any], *args: Any,
+                          seconds: float = 1.5) -> None:
+    """Our `sink` has heard `seconds` of the peer, and the peer as many of us by its own
+    count (`wait_heard(*args, seconds)`, run in a thread)."""
+    await until(lambda: heard_seconds(sink) >= seconds, f"our side hearing {seconds:g} s")
+    await peer(wait_heard, *args, seconds)
+
+
+async def close(ep: Endpoint) -> None:
+    """Our call graph gone, then the endpoint stopped."""
+    await until(lambda: not ep.part_nodes(), "call graph removed")
+    await ep.stop()
+
+
+def check_tones(ours: np.ndarray, theirs: np.ndarray, rate: int,
+                heard: float = F_PEER, sent: float = F_OURS) -> None:
+    """Each side heard the other's tone: `ours` the peer's, `theirs` (at `rate`) ours."""
+    check_tone(ours, heard)
+    check_tone(theirs, sent, rate)
+
+
 def check_tone(audio: np.ndarray, freq: float, rate: int = RATE) -> None:
     """`audio` holds a loud tone at `freq` (not silence, not our own tone)."""
     x = audio[:, 0].astype(np.float64) if audio.ndim > 1 else audio.astype(np.float64)
@@ -241,22 +262,19 @@ def test_we_call_pjsua2_and_audio_flows_both_ways(need_pjsua2: None, tone_call: 
             est = await ep.wait("call-established", call_id=call_id)
             assert est.data["codec"] == "pcmu"
             sink = ep.graph.nodes[est.data["prefix"] + "sink"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(carol.wait_heard, cid, 1.5)
+            await hear_each_other(sink, carol.wait_heard, cid)
             ms = await peer(carol.media_stats, cid)
             assert ms["rx_loss"] == 0
             ep.node.hangup(call_id)
             gone = await peer(carol.wait_state, cid, "DISCONNECTED")
             assert gone["code"] == 200  # our BYE was answered
             assert (await ep.wait("call-ended")).data["reason"] == "local hangup"
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return sink.audio(), cid
 
         ours, cid = asyncio.run(main())
         theirs, rate = read_wav(carol.recording(cid))
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 def test_we_hold_and_resume_pjsua2(need_pjsua2: None, tone_call: Path,
@@ -298,8 +316,7 @@ def test_we_hold_and_resume_pjsua2(need_pjsua2: None, tone_call: Path,
                         if e["event"] == "media" and e["id"] == cid]) == 2
             ep.node.hangup(call_id)
             await ep.wait("call-ended")
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return first.audio(), resumed.audio()
 
         before_hold, after_resume = asyncio.run(main())
@@ -363,19 +380,16 @@ def test_pjsua2_calls_us_with_a_late_offer_and_audio_flows_both_ways(
             est = await ep.wait("call-established")
             assert est.data["codec"] == "pcmu" and est.data["prefix"] == "call-1/"
             sink = ep.graph.nodes["call-1/sink"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(carol.wait_heard, cid, 1.5)
+            await hear_each_other(sink, carol.wait_heard, cid)
             await peer(carol.hangup, cid)
             end = await ep.wait("call-ended")
             assert end.data["reason"] == "remote hangup"
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return sink.audio(), cid
 
         ours, cid = asyncio.run(main())
         theirs, rate = read_wav(carol.recording(cid))
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 def test_pjsua2_reinvites_without_sdp_and_the_call_goes_on(need_pjsua2: None, tone_call: Path,
@@ -406,8 +420,7 @@ def test_pjsua2_reinvites_without_sdp_and_the_call_goes_on(need_pjsua2: None, to
 
         ours, cid = asyncio.run(main())
         theirs, rate = read_wav(carol.recording(cid))
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 def test_pjsua2_session_timer_below_our_min_se_gets_422_then_the_call_is_up(
@@ -428,8 +441,7 @@ def test_pjsua2_session_timer_below_our_min_se_gets_422_then_the_call_is_up(
             assert (ours.interval, ours.we_refresh) == (120, False)
             assert ep.node.stats()["sip_rejected_422"] == 1
             sink = ep.graph.nodes["call-1/sink"]
-            await until(lambda: heard_seconds(sink) >= 1.0, "our side hearing 1 s")
-            await peer(carol.wait_heard, cid, 1.0)
+            await hear_each_other(sink, carol.wait_heard, cid, seconds=1.0)
             assert ep.names("call-ended") == []
             await peer(carol.hangup, cid)
             await ep.wait("call-ended")
@@ -443,8 +455,7 @@ def test_pjsua2_session_timer_below_our_min_se_gets_422_then_the_call_is_up(
     # 200 it took (CONFIRMED above) granted that with the refresher and Require: timer.
     assert "Min-SE: 120" in log and "Session-Expires: 120\n" in log.replace("\r", "")
     assert "Session-Expires: 120;refresher=uac" in log and "Require: timer" in log
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 def test_we_refresh_a_session_timer_pjsua2_grants_and_the_call_graph_stays(
@@ -487,8 +498,7 @@ def test_we_refresh_a_session_timer_pjsua2_grants_and_the_call_graph_stays(
         log = carol.log_path.read_text(errors="replace")
     # its 200, our refresh re-INVITE (same o= version as our INVITE), its 200 again
     assert log.count("Session-Expires: 90;refresher=uac") >= 3
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 # ---- transfers (RFC 3515 REFER) ---------------------------------------------------------------
@@ -534,8 +544,7 @@ def test_pjsua2_transfers_its_call_to_us_and_we_follow_it(need_pjsua2: None, ton
             ended = await ep.wait("call-ended", call_id=first.data["call_id"])
             assert ended.data["reason"] == "local hangup"
             sink = ep.graph.nodes[second.data["prefix"] + "sink"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing dave 1.5 s")
-            await peer(dave.wait_heard, dave_cid, 1.5)
+            await hear_each_other(sink, dave.wait_heard, dave_cid)
             await peer(dave.hangup, dave_cid)
             await ep.wait("call-ended", call_id=second.data["call_id"])
             await ep.stop()
@@ -575,8 +584,7 @@ def test_we_transfer_a_pjsua2_call_to_another_endpoint_of_ours(
             await peer(carol.wait_state, cid, "DISCONNECTED")
             est = await other.wait("call-established")
             sink = other.graph.nodes[est.data["prefix"] + "sink"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "the other endpoint hearing 1.5 s")
-            await peer(carol.wait_heard, new_cid, 1.5)
+            await hear_each_other(sink, carol.wait_heard, new_cid)
             await peer(carol.hangup, new_cid)
             await other.wait("call-ended")
             await other.stop()
@@ -605,8 +613,7 @@ def test_pjsua2_requires_100rel_and_we_send_a_reliable_180_then_the_200(
             assert stats.get("sip_rejected_420", 0) == 0
             assert stats.get("sip_prack_unmatched", 0) == stats.get("sip_bad_rack", 0) == 0
             sink = ep.graph.nodes["call-1/sink"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(carol.wait_heard, cid, 1.5)
+            await hear_each_other(sink, carol.wait_heard, cid)
             await peer(carol.hangup, cid)
             await ep.wait("call-ended")
             await ep.stop()
@@ -621,8 +628,7 @@ def test_pjsua2_requires_100rel_and_we_send_a_reliable_180_then_the_200(
     rseq = ringing.split("\nRSeq: ", 1)[1].split("\n", 1)[0]
     cseq = log.split("\nCSeq: ", 1)[1].split(" ", 1)[0]  # its INVITE's
     assert "PRACK sip:" in log and f"\nRAck: {rseq} {cseq} INVITE\n" in log
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 def test_we_prack_the_reliable_180_of_pjsua2(need_pjsua2: None, tone_call: Path,
@@ -641,8 +647,7 @@ def test_we_prack_the_reliable_180_of_pjsua2(need_pjsua2: None, tone_call: Path,
             await ep.wait("call-established", call_id=call_id)
             assert ep.node.ua.calls[call_id].rseq is not None  # the RSeq we PRACKed
             sink = ep.graph.nodes["call-1/sink"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(carol.wait_heard, cid, 1.5)
+            await hear_each_other(sink, carol.wait_heard, cid)
             ep.node.hangup(call_id)
             await peer(carol.wait_state, cid, "DISCONNECTED")
             await ep.wait("call-ended")
@@ -657,8 +662,7 @@ def test_we_prack_the_reliable_180_of_pjsua2(need_pjsua2: None, tone_call: Path,
     # without SDP) and our PRACK naming that RSeq and the INVITE, answered 200
     rseq = log.split("\nRSeq: ", 1)[1].split("\n", 1)[0]
     assert f"\nRAck: {rseq} 1 INVITE\n" in log
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 # ---- baresip calling us directly ------------------------------------------------------------
@@ -675,8 +679,7 @@ def test_baresip_hangs_up_and_our_call_graph_goes(need_baresip: None, tone_call:
             assert names == {f"call-1/{n}" for n in ("tone", "enc", "rtp", "dec", "sink")}
             sink = ep.graph.nodes["call-1/sink"]
             await peer(bob.wait_event, "CALL_ESTABLISHED")
-            await until(lambda: heard_seconds(sink) >= 1.0, "our side hearing 1 s")
-            await peer(bob.wait_heard, 1.0)
+            await hear_each_other(sink, bob.wait_heard, seconds=1.0)
             await peer(bob.hangup)
             end = await ep.wait("call-ended")
             assert end.data["reason"] == "remote hangup"
@@ -690,8 +693,7 @@ def test_baresip_hangs_up_and_our_call_graph_goes(need_baresip: None, tone_call:
         ours = asyncio.run(main())
         bob.stop()  # sndfile finalises its WAVs when the process exits
         theirs, rate = read_wav(bob.recordings()["heard"])
-    check_tone(ours, F_PEER)
-    check_tone(theirs, F_OURS, rate)
+    check_tones(ours, theirs, rate)
 
 
 def test_we_hang_up_and_baresip_sees_the_call_closed(need_baresip: None,
@@ -712,8 +714,7 @@ def test_we_hang_up_and_baresip_sees_the_call_closed(need_baresip: None,
             closed = await peer(bob.wait_event, "CALL_CLOSED", after=after)
             assert "Connection reset by user" not in closed.get("param", "")  # not a failure
             assert (await ep.wait("call-ended")).data["reason"] == "local hangup"
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
 
         asyncio.run(main())
 
@@ -822,8 +823,7 @@ def test_baresip_holds_and_resumes_us(need_baresip: None, tone_call: Path,
             await until(lambda: heard_seconds(resumed) >= 1.0, "media after resume")
             await peer(bob.hangup)
             await ep.wait("call-ended")
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return resumed.audio()
 
         after_resume = asyncio.run(main())

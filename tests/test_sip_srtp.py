@@ -20,7 +20,7 @@ from conftest import until
 from test_sip_endpoint import ECHO, Endpoint, caller_yaml, check_tone, server_yaml
 from test_sip_interop import Endpoint as InteropEndpoint
 from test_sip_interop import check_tone as check_peer_tone
-from test_sip_interop import heard_seconds, peer
+from test_sip_interop import check_tones, close, hear_each_other, heard_seconds, peer
 
 from pipeline.testing import read_wav
 from plugins.codecs.g711 import MULAW_ENCODE
@@ -231,21 +231,18 @@ def test_pjsua2_calls_us_with_srtp_mandatory_and_audio_flows_both_ways(
             values = ep.node.part_values[est.data["call_id"]]
             sink = ep.graph.nodes["call-1/rec"]
             rtp = ep.graph.nodes["call-1/rtp"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(carol.wait_heard, cid, 1.5)
+            await hear_each_other(sink, carol.wait_heard, cid)
             stats = rtp.stats()
             await peer(carol.hangup, cid)
             await ep.wait("call-ended")
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return sink.audio(), cid, {**values, **stats}, rtp.bound_port
 
         ours, cid, values, port = asyncio.run(main())
         theirs, rate = read_wav(carol.recording(cid))
     assert values["srtp_suite"] == "AES_256_CM_HMAC_SHA1_80"  # its first line (RFC 6188)
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    check_peer_tone(ours, 1000.0)
-    check_peer_tone(theirs, 440.0, rate)
+    check_tones(ours, theirs, rate)
     _check_wire(tmp_path / "wire-1.pcap", port)
 
 
@@ -267,21 +264,18 @@ def test_we_call_pjsua2_with_srtp_mandatory_and_audio_flows_both_ways(
             values = ep.node.part_values[call_id]
             sink = ep.graph.nodes[est.data["prefix"] + "rec"]
             rtp = ep.graph.nodes[est.data["prefix"] + "rtp"]
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(carol.wait_heard, cid, 1.5)
+            await hear_each_other(sink, carol.wait_heard, cid)
             stats = rtp.stats()
             ep.node.hangup(call_id)
             await peer(carol.wait_state, cid, "DISCONNECTED")
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return sink.audio(), cid, {**values, **stats}, rtp.bound_port
 
         ours, cid, values, port = asyncio.run(main())
         theirs, rate = read_wav(carol.recording(cid))
     assert values["srtp_suite"] == SUITES[0]  # our first line
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    check_peer_tone(ours, 1000.0)
-    check_peer_tone(theirs, 440.0, rate)
+    check_tones(ours, theirs, rate)
     _check_wire(tmp_path / f"wire-{values['call_number']}.pcap", port)
 
 
@@ -311,8 +305,7 @@ def test_our_best_effort_offer_to_pjsua2(need_pjsua2: None, tmp_path: Path, peer
             await until(lambda: heard_seconds(sink) >= 1.0, "our side hearing 1 s")
             values.update(rtp.stats())
             ep.node.hangup(call_id)
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return est, values
 
         msg, values = asyncio.run(main())
@@ -343,13 +336,11 @@ def test_baresip_calls_us_with_srtp_and_audio_flows_both_ways(
             sink = ep.graph.nodes["call-1/rec"]
             rtp = ep.graph.nodes["call-1/rtp"]
             await peer(bob.wait_event, "CALL_ESTABLISHED")
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(bob.wait_heard, 1.5)
+            await hear_each_other(sink, bob.wait_heard)
             stats = rtp.stats()
             await peer(bob.hangup)
             await ep.wait("call-ended")
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return sink.audio(), {**values, **stats}, rtp.bound_port
 
         ours_heard, values, port = asyncio.run(main())
@@ -357,8 +348,7 @@ def test_baresip_calls_us_with_srtp_and_audio_flows_both_ways(
         theirs, rate = read_wav(bob.recordings()["heard"])
     assert values["srtp_suite"] in SUITES
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    check_peer_tone(ours_heard, 1000.0)
-    check_peer_tone(theirs, 440.0, rate)
+    check_tones(ours_heard, theirs, rate)
 
 
 @pytest.mark.interop
@@ -381,14 +371,12 @@ def test_we_call_baresip_with_srtp_and_audio_flows_both_ways(
             sink = ep.graph.nodes[est.data["prefix"] + "rec"]
             rtp = ep.graph.nodes[est.data["prefix"] + "rtp"]
             await peer(bob.wait_event, "CALL_ESTABLISHED")
-            await until(lambda: heard_seconds(sink) >= 1.5, "our side hearing 1.5 s")
-            await peer(bob.wait_heard, 1.5)
+            await hear_each_other(sink, bob.wait_heard)
             stats = rtp.stats()
             after = len(bob.events)
             ep.node.hangup(call_id)
             await peer(bob.wait_event, "CALL_CLOSED", after=after)
-            await until(lambda: not ep.part_nodes(), "call graph removed")
-            await ep.stop()
+            await close(ep)
             return sink.audio(), {**values, **stats}
 
         ours_heard, values = asyncio.run(main())
@@ -396,8 +384,7 @@ def test_we_call_baresip_with_srtp_and_audio_flows_both_ways(
         theirs, rate = read_wav(bob.recordings()["heard"])
     assert values["srtp_suite"] in SUITES
     assert values["srtp_auth_failures"] == values["srtp_replays"] == 0
-    check_peer_tone(ours_heard, 1000.0)
-    check_peer_tone(theirs, 440.0, rate)
+    check_tones(ours_heard, theirs, rate)
 
 
 @pytest.mark.interop
