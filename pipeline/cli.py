@@ -383,6 +383,9 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--codecs", metavar="A,B,...",
                     help="codecs to offer, in order (default: opus,pcmu,pcma,g722,"
                          "telephone-event; any registered codec, e.g. a plugin's)")
+    sp.add_argument("--dns-server", dest="dns_servers", action="append", metavar="IP[:PORT]",
+                    help="DNS server that locates a SIP host named by domain (RFC 3263; "
+                         "repeatable, tried in order; default: the system's)")
     sp.set_defaults(func=cmd_call)
     return p
 

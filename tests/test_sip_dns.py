@@ -22,6 +22,7 @@ from peers.dnsmasq import Dnsmasq, dnsmasq_missing
 from test_sip_endpoint import CALLER_GRAPH, Endpoint, caller_yaml, check_tone, server_yaml
 from test_sip_ua import ALICE, BOB, Net, make_ua
 
+from pipeline.cli import main as cli_main
 from plugins.sip import cli as sip_cli
 from plugins.sip.dns import DnsLocator
 from plugins.sip.locate import lookup_plan, order_naptr, order_srv
@@ -380,3 +381,44 @@ def test_register_to_a_registrar_named_by_domain(need_dnsmasq, need_kamailio):
             await ep.stop()
 
         asyncio.run(main())
+
+
+# ---- pipeline call --dns-server ------------------------------------------------------------
+def test_pipeline_call_dns_server_option_locates_the_callee_by_srv(tmp_path, need_dnsmasq):
+    """`pipeline call --dns-server` (repeatable, in order) names the DNS servers: dnsmasq
+    locates sip:echo@example.test by SRV (a second server, which never answers, is not
+    needed)."""
+    (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((HOST, 0))  # bound and never read: a server that does not answer
+        dead = f"{HOST}:{silent.getsockname()[1]}"
+
+        async def serve_one_call(dns: Dnsmasq) -> None:
+            server = Endpoint(server_yaml())
+            port = await server.port()
+            dns.srv.append(f"_sip._udp.example.test,echo.example.test,{port},10,0")
+            await asyncio.to_thread(dns.start)
+            assert await asyncio.to_thread(cli_main, [
+                "call", "sip:echo@example.test", "--graph", str(tmp_path / "caller.yaml"),
+                "--duration", "1s", "--codecs", "pcmu",
+                "--dns-server", dns.server, "--dns-server", dead]) == 0
+            await server.wait("call-ended")
+            assert server.names("call-incoming")[0].data["callee"] == "echo@example.test"
+            await server.stop()
+
+        dns = Dnsmasq(hosts=[f"echo.example.test,{HOST}"])
+        try:
+            asyncio.run(serve_one_call(dns))
+        finally:
+            dns.close()
+
+
+@pytest.mark.parametrize("value", ["dns.example.test", "127.0.0.1:99999", "1.2.3.4:x", ""])
+def test_pipeline_call_bad_dns_server_is_one_line_naming_the_option(tmp_path, value, capsys):
+    (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+    assert cli_main(["call", "sip:echo@example.test", "--graph", str(tmp_path / "caller.yaml"),
+                     "--dns-server", value]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(
+        f"pipeline: error: --dns-server: DNS server '{value}' is not IP or IP:PORT")

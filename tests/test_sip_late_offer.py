@@ -8,11 +8,17 @@ Time is the fake clock of test_sip_ua's `Net`, so the 200's retransmissions take
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from peers.pjsua2_peer import Pjsua2Peer
+from test_sip_interop import F_OURS, F_PEER, RATE, TONE_CALL, check_tones, hear_each_other, peer
+from test_sip_interop import Endpoint as InteropEndpoint
 from test_sip_ua import ALICE, BOB, DTMF, PCMA, PCMU, Net, make_ua
 
+from pipeline.testing import read_wav, sine, write_wav
 from plugins.sip.message import SipMessage, SipResponse
 from plugins.sip.offer_answer import answer
 from plugins.sip.sdp import SessionDescription
@@ -50,7 +56,7 @@ class LateCaller:
 
     # scripted requests
     def _send(self, method: str, uri: str, seq: int, to: str, body: bytes = b"",
-              branch: str | None = None) -> str:
+              branch: str | None = None, headers: str = "") -> str:
         if branch is None:
             self._branch += 1
             branch = f"z9hG4bK{self.call_id}x{self._branch}"
@@ -58,15 +64,27 @@ class LateCaller:
                 f"Via: SIP/2.0/UDP {ALICE[0]}:{ALICE[1]};branch={branch};rport\r\n"
                 f"Max-Forwards: 70\r\nFrom: <sip:alice@{ALICE[0]}>;tag=a1\r\nTo: {to}\r\n"
                 f"Call-ID: {self.call_id}\r\nCSeq: {seq} {method}\r\n"
-                f"Contact: <sip:alice@{ALICE[0]}:{ALICE[1]}>\r\n"
+                f"Contact: <sip:alice@{ALICE[0]}:{ALICE[1]}>\r\n" + headers
                 + ("Content-Type: application/sdp\r\n" if body else "")
                 + f"Content-Length: {len(body)}\r\n\r\n")
         self._out.append(("udp", head.encode() + body, BOB))
         return branch
 
-    def invite(self, body: bytes = b"") -> None:
+    def invite(self, body: bytes = b"", headers: str = "") -> None:
         """The initial INVITE (no SDP unless `body`)."""
-        self.invite_branch = self._send("INVITE", BOB_URI, 1, "<sip:bob@192.0.2.2>", body)
+        self.invite_branch = self._send("INVITE", BOB_URI, 1, "<sip:bob@192.0.2.2>", body,
+                                        headers=headers)
+
+    def ringing(self) -> SipResponse:
+        """The (last) 180 received."""
+        return [m for m in self.inbox if isinstance(m, SipResponse)
+                and m.status_code == 180][-1]
+
+    def prack(self, body: bytes = b"") -> None:
+        """PRACK the reliable 180 (RFC 3262 7.2: RAck is its RSeq and the INVITE's CSeq)."""
+        ringing = self.ringing()
+        self._send("PRACK", str(ringing.contacts[0].uri), 2, ringing.headers.get("To"), body,
+                   headers=f"RAck: {ringing.headers.get('RSeq')} 1 INVITE\r\n")
 
     def cancel(self) -> None:
         self._send("CANCEL", BOB_URI, 1, "<sip:bob@192.0.2.2>", branch=self.invite_branch)
@@ -238,3 +256,73 @@ def test_reinvite_without_sdp_answered_the_same_way_changes_nothing():
     net.pump()
     assert call.state == "established" and net.of(bob, CallEnded) == []
     assert call.media.codec == media.codec and call.media.remote_rtp_port == 40000
+
+
+# ---- late offer with 100rel (RFC 3261 13.2.1, RFC 3262 5) -------------------------------------
+def late_reliable_call(**bob_kw):
+    """The LateCaller's INVITE without SDP requires 100rel; bob (our UA) answers at once."""
+    caller, bob = LateCaller(), make_ua(BOB, user="bob", **bob_kw)
+    net = Net(caller, bob)
+    caller.invite(headers="Require: 100rel\r\nSupported: 100rel\r\n")
+    net.pump()
+    (incoming,) = net.of(bob, CallIncoming)
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.accept(incoming.call.call_id, net.now)
+    net.pump()
+    return net, caller, bob, incoming.call
+
+
+def test_a_late_offer_requiring_100rel_gets_no_offerless_180_and_our_offer_in_the_200():
+    """Our offer must be in the first reliable non-failure response (13.2.1), and under
+    Require: 100rel a 180 is reliable. Before, a reliable 180 without SDP went first and the
+    offer came in the 200. Now no 180 goes (an offer in it makes pjsua2 abort): the 200
+    with our offer is the first, and the ACK answers it."""
+    net, caller, bob, call = late_reliable_call()
+    assert [m.status_code for m in caller.inbox] == [100, 200]
+    ok = caller.ok()
+    assert ok.headers.get("Content-Type") == "application/sdp"
+    assert SessionDescription.parse(ok.body).media[0].port == 42000
+    caller.in_dialog("ACK", 1, caller.answer(codecs=(PCMA, DTMF)))
+    net.pump()
+    (est,) = net.of(bob, CallEstablished)
+    assert est.media.codec == "PCMA" and est.media.remote_rtp_port == 40000
+    assert call.state == "established" and not bob._reliable
+    net.advance(40)
+    assert net.sent("BYE") == [] and net.of(bob, CallEnded) == []
+
+
+@pytest.mark.interop
+def test_pjsua2_late_offer_requiring_100rel_gets_our_offer_in_the_200(
+        need_pjsua2: None, tmp_path: Path) -> None:
+    """pjsua2 with 100rel mandatory calls without SDP: no reliable 180 without SDP goes
+    before our offer (RFC 3261 13.2.1): the 200 carries it, the ACK the answer; each side
+    hears the other's tone."""
+    tone_call = tmp_path / "tone-call.yaml"
+    tone_call.write_text(TONE_CALL)
+    peer_tone = tmp_path / "peer-tone.wav"
+    write_wav(peer_tone, sine(F_PEER, RATE, 10.0, amplitude=0.5), RATE)
+    with Pjsua2Peer("carol", play_wav=peer_tone, prack=True) as carol:
+        async def main() -> tuple:
+            ep = InteropEndpoint(call_graph=tone_call, call_graph_params={"freq": F_OURS},
+                                 codecs=["pcma", "pcmu", "telephone-event"])
+            cid = await peer(carol.call, await ep.uri(), late_offer=True)
+            await peer(carol.wait_state, cid, "CONFIRMED")
+            est = await ep.wait("call-established")
+            assert est.data["codec"] == "pcmu"
+            assert ep.node.stats().get("sip_bad_ack_answer", 0) == 0
+            sink = ep.graph.nodes["call-1/sink"]
+            await hear_each_other(sink, carol.wait_heard, cid)
+            await peer(carol.hangup, cid)
+            await ep.wait("call-ended")
+            await ep.stop()
+            return sink.audio(), cid
+
+        ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+        log = carol.log_path.read_text(errors="replace").replace("\r", "")
+    invite = log.split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+    assert "\nRequire: 100rel\n" in invite and "Content-Length:  0" in invite
+    assert "SIP/2.0 180" not in log and "SIP/2.0 183" not in log
+    ok = log.split("SIP/2.0 200 OK\n", 1)[1].split("\n\n", 1)
+    assert "application/sdp" in ok[0] and ok[1].startswith("v=0")
+    check_tones(ours, theirs, rate)

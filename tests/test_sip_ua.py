@@ -717,3 +717,49 @@ def test_a_cancel_never_answered_ends_the_invite_after_64_t1_and_forgets_the_cal
     assert not alice.calls and not alice._owners
     assert not alice.layers["udp"].clients and alice.get_timer() is None
     assert len(net.of(alice, CallEnded)) == 1  # ended once, when hung up
+
+
+def test_a_call_ended_by_bye_while_our_invite_is_proceeding_is_forgotten_after_64_t1():
+    """Bob's 200 never reaches Alice (every copy lost), so Bob, without an ACK, hangs up
+    with BYE (13.3.1.4) while Alice's INVITE transaction is still Proceeding after the 180.
+    Such a transaction has no timer B: before, it and the ended call stayed in the user
+    agent for good. Now it is given up 64*T1 after the call ended."""
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    net.drop = lambda data: data.startswith(b"SIP/2.0 200") and b" INVITE\r\n" in data
+    call = alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    incoming = net.of(bob, CallIncoming)[0]
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.accept(incoming.call.call_id, net.now)
+    net.pump()
+    assert call.state == "ringing"
+    # Bob's 200 goes at 0, .5, 1.5, 3.5, 7.5, then every T2 (4 s); past 64*T1, at 35.5,
+    # he gives up on the ACK and sends BYE.
+    net.advance(36.0)
+    assert [e.reason for e in net.of(alice, CallEnded)] == ["remote hangup"]
+    net.advance(31.0)  # 67: 31.5 s after the call ended
+    assert alice.calls  # a late 2xx would still be ACKed (and BYEd)
+    net.advance(1.0)  # 64*T1 after the call ended
+    assert not alice.calls and not alice._owners
+    assert not alice.layers["udp"].clients and alice.get_timer() is None
+    assert len(net.of(alice, CallEnded)) == 1
+
+
+def test_a_provisional_after_our_cancel_does_not_put_off_the_give_up():
+    """RFC 3261 9.1: a callee that lost our CANCEL and goes on sending 180 (then vanishes)
+    must not hold the INVITE for good: the 64*T1 after the CANCEL still run. Before, any
+    provisional response cancelled the give-up."""
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    call = alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    (ringing,) = [d for _, d in net.wire if d.startswith(b"SIP/2.0 180")]
+    net.drop = lambda data: True  # bob is gone
+    alice.hangup(call.call_id, net.now)
+    net.pump()
+    net.advance(10.0)
+    alice.receive(ringing, "udp", BOB, net.now)  # his 180 again
+    net.pump()
+    net.advance(22.1)  # 64*T1 after the CANCEL
+    assert not alice.calls and not alice._owners and not alice.layers["udp"].clients

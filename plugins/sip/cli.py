@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.graph import Graph
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
+from .dns import check_servers
 from .locate import is_ip
 from .uri import SipUri
 
@@ -83,8 +84,8 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
 
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
-_PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-established",
-                      "call-ended"}
+_PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-early-media",
+                      "call-established", "call-ended"}
 
 
 class _EventPrinter:
@@ -167,9 +168,16 @@ def call(args: argparse.Namespace) -> int:
 
     duration = duration_option(args.duration)
     codecs = [c.strip() for c in (args.codecs or "").split(",") if c.strip()]
+    servers = list(getattr(args, "dns_servers", None) or [])
+    try:
+        check_servers(servers)
+    except ValueError as e:  # named as the option, not as the endpoint's parameter
+        raise PipelineError(f"--dns-server: {e}",
+                            hint="write an IP address, IP:PORT or [IPv6]:PORT, e.g. "
+                                 "--dns-server 127.0.0.1:5353") from None
     graph = build_call_graph(args.uri, args.graph, duration=duration,
                              params=_overrides(args.params), codecs=codecs or None,
-                             dns_servers=getattr(args, "dns_servers", None))
+                             dns_servers=servers or None)
     result = run_coroutine(_run(graph, None))
     established = any(m.name == "call-established" for m in result.messages)
     ended = [m for m in result.messages if m.name == "call-ended"]

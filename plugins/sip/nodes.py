@@ -10,8 +10,10 @@ part with the new values.
 
 Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip-registered``,
 ``sip-registration-failed``, ``sip-unregistered``, ``call-incoming``, ``call-ringing``,
-``call-established``, ``call-updated``, ``call-ended``, ``dtmf``, ``refer``,
-``transfer-progress``, ``transfer-done``.
+``call-early-media`` (an outgoing call's 18x brought an SDP answer: its part starts then,
+so the caller hears a gateway's ringback or announcement), ``call-established``,
+``call-updated``, ``call-ended``, ``dtmf``, ``refer``, ``transfer-progress``,
+``transfer-done``.
 
 Transfers (RFC 3515): with `follow_refer` a REFER from the peer is followed as a softphone
 does a blind transfer: the endpoint calls the Refer-To target (same call graph), reports
@@ -618,17 +620,16 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.CallRinging):
             self.post("call-ringing", call_id=event.call.call_id)
             self._report_followed(event.call.call_id, 180)
+        elif isinstance(event, sipua.CallEarlyMedia):
+            if not self._start_part(event.call, event.media):
+                return
+            self.post("call-early-media", call_id=event.call.call_id,
+                      codec=self._codec_name(event.media),
+                      prefix=self.parts.get(event.call.call_id))
         elif isinstance(event, sipua.CallEstablished):
             call = event.call
-            if call.call_id not in self.parts:
-                try:
-                    self._attach(call, event.media)
-                except Exception as exc:
-                    self._c["part_errors"] += 1
-                    self.post("error", message=f"call graph for call {call.call_id} failed: "
-                              f"{exc}")
-                    self.ua.hangup(call.call_id, self._loop.time())
-                    return
+            if not self._start_part(call, event.media):
+                return
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
@@ -686,6 +687,25 @@ class SipEndpoint(Node):
                       reason=event.reason)
         elif isinstance(event, sipua.Unregistered):
             self.post("sip-unregistered", aor=event.aor)
+
+    def _start_part(self, call: sipua.Call, media: NegotiatedMedia) -> bool:
+        """Run the call's part with `media`: started, or rebuilt when early media started
+        it with other values (the 2xx answered differently). False when it failed (the
+        call is hung up)."""
+        if call.call_id in self.parts:
+            values = call_values(call, media, local_ip=self.media_ip_used,
+                                 rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
+            if values != self.part_values.get(call.call_id):
+                self._rebuild(call, media)
+            return True
+        try:
+            self._attach(call, media)
+        except Exception as exc:
+            self._c["part_errors"] += 1
+            self.post("error", message=f"call graph for call {call.call_id} failed: {exc}")
+            self.ua.hangup(call.call_id, self._loop.time())
+            return False
+        return True
 
     def _on_refer(self, event: sipua.ReferReceived) -> None:
         call_id, refer_id = event.call.call_id, event.refer_id

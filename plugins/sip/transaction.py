@@ -301,15 +301,18 @@ class ClientInviteTransaction(ClientTransaction):
     def receive_response(self, response: SipResponse, now: float) -> None:
         code = response.status_code
         if self.state in (CALLING, PROCEEDING):
-            self.timers.pop("cancelled", None)
             self.timers.pop("A", None)
             self.timers.pop("B", None)
             if code < 200:
+                # The give-up ("cancelled") stays: a callee that goes on ringing after our
+                # CANCEL must not hold the transaction for good.
                 self.state = PROCEEDING
             elif code < 300:
+                self.timers.pop("cancelled", None)
                 self.state = ACCEPTED
                 self.timers["M"] = now + self.config.timeout
             else:
+                self.timers.pop("cancelled", None)
                 self._ack = bytes(make_ack(self.request, response))
                 self._send(self._ack, self.addr)
                 self.state = COMPLETED
@@ -704,7 +707,14 @@ class TransactionLayer:
     def cancel_sent(self, tx: ClientTransaction, now: float) -> None:
         """A CANCEL for INVITE `tx` went out: without a final response within 64*T1 the
         INVITE transaction ends with a TransactionTimeout (RFC 3261 9.1)."""
-        if isinstance(tx, ClientInviteTransaction) and tx.state in (CALLING, PROCEEDING):
+        self.give_up(tx, now)
+
+    def give_up(self, tx: ClientTransaction, now: float) -> None:
+        """INVITE `tx` is no longer wanted (cancelled, or its call ended): unless a final
+        response comes within 64*T1 it ends with a TransactionTimeout. An earlier give-up
+        stands."""
+        if isinstance(tx, ClientInviteTransaction) and tx.state in (CALLING, PROCEEDING) \
+                and "cancelled" not in tx.timers:
             tx.timers["cancelled"] = now + self.config.timeout
             self._schedule(tx)
 

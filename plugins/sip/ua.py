@@ -10,9 +10,13 @@ never opens a socket or reads the clock: feed it with `receive(data, transport, 
 What it does, with the RFC sections it follows:
 - REGISTER with digest auth, refresh, 423 and unregister (its half is `registration`);
 - outgoing INVITE with an SDP offer; 1xx, 2xx + ACK (13.2.2.4), CANCEL (9.1) and 401/407
-  retries; incoming INVITE: 100 (by the transaction), 180, 200 retransmitted until the ACK
-  (13.3.1.4), BYE when it never comes; an INVITE or re-INVITE without SDP (late offer,
-  13.2.1, 14.2) gets our offer in the 200 and its answer from the ACK;
+  retries; an SDP answer in an 18x is early media (`CallEarlyMedia`; RFC 3262 5, RFC
+  3960), confirmed or replaced by the 2xx's; an INVITE still Proceeding when its call ends
+  is given up after 64*T1 (9.1); incoming INVITE: 100 (by the transaction), 180, 200
+  retransmitted until the ACK (13.3.1.4), BYE when it never comes; an INVITE or
+  re-INVITE without SDP (late offer, 13.2.1, 14.2) gets our offer in the 200 and its
+  answer from the ACK (under `Require: 100rel`, with no 180 before it: that would be a
+  reliable 18x without the offer);
 - callers challenged with 401 when `users` are configured (22.1);
 - re-INVITE both ways for hold/resume/codec change (RFC 3264 8, RFC 3261 14), 491 on glare;
   UPDATE answered, with or without an offer (RFC 3311);
@@ -182,6 +186,16 @@ class CallRinging:
 
 
 @dataclass(slots=True)
+class CallEarlyMedia:
+    """Our INVITE got an 18x with an SDP answer (early media: a gateway's ringback or
+    announcement); `media` are the call's media from now on, until the 2xx confirms them
+    (same SDP: no new event but CallEstablished) or changes them."""
+
+    call: Call
+    media: NegotiatedMedia
+
+
+@dataclass(slots=True)
 class CallEstablished:
     """A call is up: 2xx + ACK (UAC), or the ACK arrived (UAS)."""
 
@@ -224,8 +238,8 @@ class DtmfReceived:
 
 
 UaEvent = (Registered | RegistrationFailed | Unregistered | CallIncoming | CallRinging
-           | CallEstablished | CallUpdated | CallUpdateFailed | CallEnded | DtmfReceived
-           | ReferReceived | TransferProgress | TransferDone)
+           | CallEarlyMedia | CallEstablished | CallUpdated | CallUpdateFailed | CallEnded
+           | DtmfReceived | ReferReceived | TransferProgress | TransferDone)
 
 
 # ---- calls --------------------------------------------------------------------------------
@@ -276,7 +290,7 @@ class Call:
     # (RFC 3261 13.2.1, 14.2).
     offer_in_2xx: SessionDescription | None = None
     rseq: int | None = None  # UAC: the RSeq of the last reliable 18x we PRACKed (RFC 3262)
-    early_answer: bytes = b""  # UAC: the SDP answer such an 18x carried
+    early_answer: bytes = b""  # UAC: the SDP answer an 18x carried (early media)
     target: SipUri | None = None  # UAC: the Request-URI of our INVITE
     targets: list[Target] = field(default_factory=list)  # UAC: servers left (RFC 3263 4.3)
     hop: tuple[str, str, Address] | None = None  # a named next hop, located: key, where
@@ -383,6 +397,9 @@ class UserAgent(RegistrationClient, ReferAgent):
         # RFC 3263: names to locate (see lookups_to_resolve) and what waits for each
         self._lookups: list[SipUri] = []
         self._waiting: dict[str, list[tuple[str, object]]] = {}
+        # The latest `now` we were given: `_end` (reached from many places) arms the
+        # give-up of an INVITE left Proceeding from it.
+        self._now = 0.0
         self.registration: Registration | None = None
         if config.registrar:
             self.registration = self._make_registration(config.registrar)
@@ -419,6 +436,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         for layer in self.layers.values():
             layer.handle_timer(now)
         reg = self.registration
@@ -456,6 +474,7 @@ class UserAgent(RegistrationClient, ReferAgent):
     # ---- input ----------------------------------------------------------------------------
     def receive(self, data: bytes, transport: str, addr: Address, now: float) -> None:
         """One datagram, or one message a `StreamFramer` cut from a stream, from `addr`."""
+        self._now = now
         is_response = data[:4] == b"SIP/"
         if not is_response and not self._limiter.allow(addr[0], now):
             self.stats["rate_limited"] += 1
@@ -742,6 +761,7 @@ class UserAgent(RegistrationClient, ReferAgent):
     def resolve_failed(self, uri: SipUri, reason: str, now: float) -> None:
         """`uri` could not be located (`reason`: one line naming the host and why): a call
         waiting for it ends with 503, a registration fails with 503 (and is retried)."""
+        self._now = now
         self.stats["lookups_failed"] += 1
         for kind, obj in self._waiting.pop(str(lookup_uri(uri)), []):
             if kind == "call" and obj.active:  # type: ignore[attr-defined]
@@ -855,6 +875,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         call.invite = invite
         call.dialog, call.provisional = None, False
         call.rseq, call.early_answer = None, b""
+        call.media = call.remote_sdp = None  # a new transaction: its own answer
         self._send_invite(call, now)
 
     def _offer(self, rtp_port: int, video_port: int,
@@ -888,8 +909,14 @@ class UserAgent(RegistrationClient, ReferAgent):
                 call.dialog = Dialog.from_uac(invite, response)
             if code > 100 and call.active and prack.required(response):
                 self._prack(call, response, invite, now)  # type: ignore[arg-type]
+            if code > 100 and response.body and call.state in ("calling", "ringing") \
+                    and call.dialog is not None and response.to.tag == call.dialog.remote_tag:
+                self._early_media(call, response)
             return
         if code < 300:
+            # An early answer counts only from the dialog the 2xx confirms (no forking).
+            early = call.early_answer if call.dialog is not None \
+                and call.dialog.remote_tag == response.to.tag else b""
             if call.dialog is None or call.dialog.state == EARLY:
                 if call.dialog is not None and call.dialog.remote_tag == response.to.tag:
                     call.dialog.receive_response(invite, response)
@@ -911,9 +938,14 @@ class UserAgent(RegistrationClient, ReferAgent):
                 return
             try:
                 # RFC 3262 5: an answer in a reliable 18x is the answer; the 2xx may omit it
-                body = response.body or call.early_answer
-                media = negotiated(call.local_sdp, body)  # type: ignore[arg-type]
-                call.remote_sdp = SessionDescription.parse(body)
+                body = response.body or early
+                remote = SessionDescription.parse(body)
+                if early and call.media is not None and call.remote_sdp is not None \
+                        and sdp_unchanged(call.remote_sdp, remote):
+                    media = call.media  # the early media's SDP again (same o= version)
+                else:  # the answer, or one that replaces the early one (RFC 3264 8)
+                    media = negotiated(call.local_sdp, remote)  # type: ignore[arg-type]
+                call.remote_sdp = remote
             except (NegotiationFailed, ParseError) as exc:
                 self._send_bye(call, now)
                 self._end(call, f"SDP answer is unusable: {exc}", 488)
@@ -964,6 +996,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         call.invite = retry
         call.dialog = None
         call.rseq, call.early_answer = None, b""
+        call.media = call.remote_sdp = None  # a new transaction: its own answer
         self._send_invite(call, now)
 
     def _send_cancel(self, call: Call, tx: ClientTransaction, now: float) -> None:
@@ -1059,9 +1092,15 @@ class UserAgent(RegistrationClient, ReferAgent):
             self._respond(tx, request, 482, now, reason="Loop Detected")
             return
         self.calls[call.call_id] = call
-        if self.config.ring:
+        reliable = prack.required(request)
+        # RFC 3261 13.2.1, RFC 3262 5: without an offer in the INVITE, ours goes in the
+        # first reliable non-failure response. Under `Require: 100rel` every 18x is
+        # reliable, so a 180 would have to carry it (and its PRACK the answer); pjsua2 2.15
+        # aborts on an offer in a reliable 18x of its offerless INVITE (pjproject #3709's
+        # assertion), so such a call gets no 180: the 200 carries the offer, as for
+        # `ring: false`.
+        if self.config.ring and not (late and reliable):
             headers = [("Contact", self.contact(transport))]
-            reliable = prack.required(request)
             if reliable:  # RFC 3262 3: the 180 goes reliably, numbered by RSeq
                 rseq = prack.first_rseq()
                 headers += [("Require", prack.TAG), ("RSeq", str(rseq))]
@@ -1151,6 +1190,7 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     def reject(self, call_id: str, status: int, now: float, reason: str | None = None) -> None:
         """Refuse an incoming call that is not answered yet (486, 603...)."""
+        self._now = now
         call = self._incoming(call_id)
         assert call.invite is not None and call.server_tx is not None
         self._respond(call.server_tx, call.invite, status, now, to_tag=call.local_tag,
@@ -1559,10 +1599,30 @@ class UserAgent(RegistrationClient, ReferAgent):
         if call.rseq is not None and rseq != call.rseq + 1:
             return
         call.rseq = rseq
-        if response.body and response.content_type == "application/sdp":
-            call.early_answer = response.body
         self._send_in_dialog(call, "PRACK", now,
                              headers=[("RAck", f"{rseq} {invite.cseq.seq} INVITE")])
+
+    def _early_media(self, call: Call, response: SipResponse) -> None:
+        """An SDP answer in an 18x of our INVITE's dialog: the answer of RFC 3262 5 when
+        sent reliably, and from gateways also unreliably (RFC 3960's early media), so the
+        caller hears the ringback or announcement. The call's media start from it
+        (CallEarlyMedia). The same SDP again (same o= version, RFC 3264 8) changes nothing;
+        another version replaces it. An unusable one is counted and left to the 2xx."""
+        if response.content_type != "application/sdp":
+            return
+        try:
+            remote = SessionDescription.parse(response.body)
+            if call.early_answer and call.remote_sdp is not None \
+                    and sdp_unchanged(call.remote_sdp, remote):
+                return
+            media = negotiated(call.local_sdp, remote)  # type: ignore[arg-type]
+        except (NegotiationFailed, ParseError):
+            self.stats["bad_early_sdp"] += 1
+            return
+        call.early_answer, call.remote_sdp = response.body, remote
+        previous, call.media = call.media, media
+        if media != previous:
+            self._events.append(CallEarlyMedia(call, media))
 
     def send_dtmf(self, call_id: str, digit: str, now: float, duration_ms: int = 160) -> None:
         """Send a digit with INFO application/dtmf-relay."""
@@ -1590,6 +1650,7 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     def hangup(self, call_id: str, now: float) -> None:
         """End a call however far it got: CANCEL, decline, or BYE. CallEnded follows now."""
+        self._now = now
         call = self.calls.get(call_id)
         if call is None or not call.active:
             return
@@ -1624,7 +1685,16 @@ class UserAgent(RegistrationClient, ReferAgent):
             self._reliable.pop(call.call_id, None)
         self._events.append(CallEnded(call, reason, status))
         # Keep an ended UAC call while its INVITE transaction may still bring a late 2xx.
-        if not any(c is call for _, c in self._owners.values()):
+        kept = False
+        for tx, (kind, owner) in self._owners.items():
+            if owner is call:
+                kept = True
+                if kind == "invite" and tx.state == PROCEEDING:
+                    # A Proceeding INVITE has no timer B: ended other than by our CANCEL
+                    # (a BYE after its 2xx was lost, a failed handler...), it would never
+                    # end, and would keep the call. It gets 64*T1, as after a CANCEL (9.1).
+                    _layer_of(tx).give_up(tx, self._now)
+        if not kept:
             self.calls.pop(call.call_id, None)
 
     def forget_ended(self) -> None:

@@ -244,6 +244,11 @@ class Pjsua2Peer(UaPeer):
         return int(self.wait_event("xfer_call", timeout=timeout,
                                    where=lambda e: e.get("from_id") == from_id)["id"])
 
+    def answer(self, call_id: int, code: int = 200) -> None:
+        """Answer incoming call `call_id` with `code` (200 after `auto_answer=183`: early
+        media, then the answer)."""
+        self._request("done", cmd="answer", id=call_id, code=code)
+
     def hangup(self, call_id: int | None = None) -> None:
         """Hang up one call, or every call."""
         self._request("done", cmd="hangup", id=call_id)
@@ -526,6 +531,11 @@ def _agent(cfg: dict[str, Any]) -> int:
             for call in targets:
                 if call.isActive():
                     call.hangup(pj.CallOpParam())
+            emit("done", ref=ref)
+        elif op == "answer":
+            prm = pj.CallOpParam()
+            prm.statusCode = int(cmd.get("code", 200))
+            find(cmd["id"]).answer(prm)
             emit("done", ref=ref)
         elif op == "reinvite":
             prm = pj.CallOpParam(True)

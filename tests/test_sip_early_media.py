@@ -1,0 +1,349 @@
+"""Early media as caller: an 18x with an SDP answer starts the call's media (a gateway's
+ringback or announcement, RFC 3960; the answer of RFC 3262 5 when the 18x is reliable).
+
+Sans-IO on the user agent (a scripted callee answers our INVITE), through the node with a
+scripted callee on 127.0.0.1 (the call graph starts on the 183, is kept or rebuilt by the
+200), and against pjsua2, which answers 183 with SDP and plays a tone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import WAIT, until
+from peers.pjsua2_peer import Pjsua2Peer
+from test_sip_endpoint import MUTE_GRAPH, Endpoint
+from test_sip_interop import (
+    F_OURS,
+    F_PEER,
+    RATE,
+    TONE_CALL,
+    check_tone,
+    check_tones,
+    heard_seconds,
+    peer,
+)
+from test_sip_interop import Endpoint as InteropEndpoint
+from test_sip_ua import ALICE, BOB, PCMA, PCMU, make_ua
+
+from pipeline.testing import read_wav, sine, write_wav
+from plugins.sip.message import SipMessage, SipRequest, SipResponse
+from plugins.sip.offer_answer import answer
+from plugins.sip.ua import (
+    CallEarlyMedia,
+    CallEnded,
+    CallEstablished,
+    CallRinging,
+    UserAgent,
+)
+
+BOB_URI = "sip:bob@192.0.2.2:5062"
+
+
+class Callee:
+    """Answers the one INVITE `ua` sent, message by message (bytes it then receives)."""
+
+    def __init__(self, ua: UserAgent) -> None:
+        self.ua = ua
+        (_, data, _), = ua.datagrams_to_send()
+        self.invite = SipRequest.parse(data)
+
+    def answer_sdp(self, codec=PCMU, port: int = 42000, version: int = 1) -> bytes:
+        sdp, _ = answer(self.invite.body, [codec], BOB[0], port)
+        sdp.origin.session_id = 7
+        sdp.origin.session_version = version
+        return bytes(sdp)
+
+    def send(self, code: int, reason: str, body: bytes = b"", *extra: tuple[str, str],
+             tag: str = "b1") -> list:
+        resp = SipResponse(code, reason, body=body)
+        for name in ("Via", "From", "Call-ID", "CSeq"):
+            resp.headers.add(name, self.invite.headers.get(name))
+        resp.headers.add("To", self.invite.headers.get("To") + f";tag={tag}")
+        resp.headers.add("Contact", "<sip:bob@192.0.2.2:5062>")
+        for name, value in extra:
+            resp.headers.add(name, value)
+        if body:
+            resp.headers.add("Content-Type", "application/sdp")
+        self.ua.receive(bytes(resp), "udp", BOB, 0.0)
+        events = []
+        while (ev := self.ua.next_event()) is not None:
+            events.append(ev)
+        return events
+
+
+def calling() -> tuple[UserAgent, Callee]:
+    alice = make_ua(ALICE, user="alice")
+    alice.call(BOB_URI, 40000, 0.0)
+    return alice, Callee(alice)
+
+
+def kinds(events: list) -> list[type]:
+    return [type(e) for e in events]
+
+
+@pytest.mark.parametrize("reliable", [False, True])
+def test_a_183_with_sdp_starts_the_media_and_the_same_sdp_in_the_200_keeps_them(reliable):
+    alice, bob = calling()
+    extra = [("Require", "100rel"), ("RSeq", "1")] if reliable else []
+    sdp = bob.answer_sdp()
+    events = bob.send(183, "Session Progress", sdp, *extra)
+    assert kinds(events) == [CallRinging, CallEarlyMedia]
+    early = events[1].media
+    assert (early.codec, early.remote_address, early.remote_rtp_port) == ("PCMU", BOB[0], 42000)
+    call = events[1].call
+    assert call.state == "ringing" and call.media is early
+    sent = [SipMessage.parse(d) for _, d, _ in alice.datagrams_to_send()]
+    assert [m.method for m in sent] == (["PRACK"] if reliable else [])
+    # the same 183 again (a retransmission, or a gateway's progress): nothing new
+    assert bob.send(183, "Session Progress", sdp, *extra) == []
+    events = bob.send(200, "OK", sdp)
+    assert kinds(events) == [CallEstablished]
+    assert events[0].media is early  # the same answer: the media are not rebuilt
+    assert call.state == "established"
+
+
+def test_a_reliable_183_answer_stands_for_a_200_without_sdp_and_is_early_media():
+    alice, bob = calling()
+    events = bob.send(183, "Session Progress", bob.answer_sdp(), ("Require", "100rel"),
+                      ("RSeq", "1"))
+    early = events[-1].media
+    events = bob.send(200, "OK")
+    assert kinds(events) == [CallEstablished] and events[0].media is early
+
+
+def test_a_200_whose_sdp_differs_from_the_early_one_renegotiates():
+    alice, bob = calling()
+    events = bob.send(183, "Session Progress", bob.answer_sdp())
+    early = events[-1].media
+    events = bob.send(200, "OK", bob.answer_sdp(PCMA, port=43000, version=2))
+    (est,) = events
+    assert isinstance(est, CallEstablished) and est.media != early
+    assert (est.media.codec, est.media.remote_rtp_port) == ("PCMA", 43000)
+    assert est.call.media is est.media
+
+
+def test_a_later_183_with_a_new_version_replaces_the_early_media():
+    alice, bob = calling()
+    bob.send(183, "Session Progress", bob.answer_sdp())
+    events = bob.send(183, "Session Progress", bob.answer_sdp(port=44000, version=2))
+    assert kinds(events) == [CallEarlyMedia] and events[0].media.remote_rtp_port == 44000
+
+
+def test_a_180_with_sdp_is_early_media_too_and_a_plain_180_is_not():
+    alice, bob = calling()
+    assert kinds(bob.send(180, "Ringing")) == [CallRinging]
+    assert kinds(bob.send(180, "Ringing", bob.answer_sdp())) == [CallEarlyMedia]
+
+
+def test_a_failure_after_early_media_ends_the_call():
+    alice, bob = calling()
+    assert kinds(bob.send(183, "Session Progress", bob.answer_sdp())) == \
+        [CallRinging, CallEarlyMedia]
+    (ended,) = bob.send(486, "Busy Here")
+    assert isinstance(ended, CallEnded) and (ended.status, ended.reason) == (486, "486 Busy Here")
+
+
+def test_an_unusable_early_answer_is_counted_and_the_200_decides():
+    alice, bob = calling()
+    assert kinds(bob.send(183, "Session Progress", b"v=0\r\nnonsense\r\n")) == [CallRinging]
+    gsm = (b"v=0\r\no=- 7 1 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 192.0.2.2\r\nt=0 0\r\n"
+           b"m=audio 42000 RTP/AVP 3\r\na=rtpmap:3 GSM/8000\r\n")  # not offered
+    assert kinds(bob.send(183, "Session Progress", gsm)) == []
+    assert alice.stats["bad_early_sdp"] == 2
+    (est,) = bob.send(200, "OK", bob.answer_sdp())
+    assert isinstance(est, CallEstablished) and est.media.codec == "PCMU"
+
+
+def test_early_media_from_another_branch_is_not_the_answer_of_the_2xx():
+    """No forking: the 2xx of a dialog other than the 183's brings its own answer."""
+    alice, bob = calling()
+    assert kinds(bob.send(183, "Session Progress", bob.answer_sdp(port=44000))) == \
+        [CallRinging, CallEarlyMedia]
+    (est,) = bob.send(200, "OK", bob.answer_sdp(port=45000, version=1), tag="b2")
+    assert est.media.remote_rtp_port == 45000
+
+
+# ---- through the node: a scripted gateway on 127.0.0.1 ----------------------------------------
+class Gateway:
+    """A UDP socket that answers the endpoint's INVITE by hand."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.invite: SipRequest | None = None
+        self.peer: tuple[str, int] | None = None
+
+    async def receive(self, method: str) -> SipMessage:
+        loop = asyncio.get_running_loop()
+        while True:
+            data, addr = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 70000), WAIT)
+            msg = SipMessage.parse(data)
+            if isinstance(msg, SipRequest) and msg.method == method:
+                if method == "INVITE":
+                    self.invite, self.peer = msg, addr
+                return msg
+
+    def answer_sdp(self, port: int, version: int) -> bytes:
+        assert self.invite is not None
+        sdp, _ = answer(self.invite.body, [PCMU], "127.0.0.1", port)
+        sdp.origin.session_id = 7
+        sdp.origin.session_version = version
+        return bytes(sdp)
+
+    def send(self, code: int, reason: str, body: bytes = b"") -> None:
+        assert self.invite is not None and self.peer is not None
+        resp = SipResponse(code, reason, body=body)
+        for name in ("Via", "From", "Call-ID", "CSeq"):
+            resp.headers.add(name, self.invite.headers.get(name))
+        resp.headers.add("To", self.invite.headers.get("To") + ";tag=gw")
+        resp.headers.add("Contact", f"<sip:gw@127.0.0.1:{self.port}>")
+        if body:
+            resp.headers.add("Content-Type", "application/sdp")
+        self.sock.sendto(bytes(resp), self.peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_the_call_graph_starts_on_the_183_and_the_200_keeps_or_rebuilds_it(tmp_path, same):
+    """`call-early-media` with the part's prefix on the 183; a 200 with the same SDP keeps
+    that part (the same nodes), one with another SDP version and port rebuilds it."""
+    (tmp_path / "call.yaml").write_text(MUTE_GRAPH)
+
+    async def main() -> None:
+        gw = Gateway()
+        ep = Endpoint(f"""
+nodes:
+  sip:
+    type: sip_endpoint
+    listen: udp:127.0.0.1:0
+    user: alice
+    call_graph: {tmp_path / "call.yaml"}
+    codecs: [pcmu, telephone-event]
+    rtp_port_range: 35000-35999
+""")
+        try:
+            await ep.port()
+            call_id = ep.node.call(f"sip:gw@127.0.0.1:{gw.port}")
+            await gw.receive("INVITE")
+            gw.send(183, "Session Progress", gw.answer_sdp(36000, 1))
+            early = await ep.wait("call-early-media", call_id=call_id)
+            assert early.data["codec"] == "pcmu" and early.data["prefix"] == "call-1/"
+            rtp = ep.graph.nodes["call-1/rtp"]
+            assert rtp.remote_port == 36000
+            assert ep.names("call-established") == []
+            gw.send(200, "OK", gw.answer_sdp(36000, 1) if same else gw.answer_sdp(36002, 2))
+            await gw.receive("ACK")
+            await ep.wait("call-established", call_id=call_id)
+            if same:  # not rebuilt (a rebuild takes the part out of `parts` at once)
+                assert ep.node.parts[call_id] == "call-1/"
+                assert ep.graph.nodes["call-1/rtp"] is rtp
+            else:
+                await until(lambda: ep.graph.nodes.get("call-1/rtp") not in (None, rtp),
+                            "the call graph rebuilt")
+                assert ep.graph.nodes["call-1/rtp"].remote_port == 36002
+            ep.node.hangup(call_id)
+            await gw.receive("BYE")
+            await until(lambda: ep.part_nodes() == [], "the call graph to go")
+        finally:
+            gw.close()
+            await ep.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failure_after_early_media_removes_the_call_graph(tmp_path):
+    (tmp_path / "call.yaml").write_text(MUTE_GRAPH)
+
+    async def main() -> None:
+        gw = Gateway()
+        ep = Endpoint(f"""
+nodes:
+  sip:
+    type: sip_endpoint
+    listen: udp:127.0.0.1:0
+    user: alice
+    call_graph: {tmp_path / "call.yaml"}
+    codecs: [pcmu, telephone-event]
+    rtp_port_range: 35000-35999
+""")
+        try:
+            await ep.port()
+            call_id = ep.node.call(f"sip:gw@127.0.0.1:{gw.port}")
+            await gw.receive("INVITE")
+            gw.send(183, "Session Progress", gw.answer_sdp(36000, 1))
+            await ep.wait("call-early-media", call_id=call_id)
+            assert ep.part_nodes()
+            gw.send(486, "Busy Here")
+            ended = await ep.wait("call-ended", call_id=call_id)
+            assert ended.data["status"] == 486
+            await until(lambda: ep.part_nodes() == [], "the call graph to go")
+        finally:
+            gw.close()
+            await ep.stop()
+
+    asyncio.run(main())
+
+
+# ---- against pjsua2 ---------------------------------------------------------------------------
+@pytest.fixture
+def tone_call(tmp_path: Path) -> Path:
+    path = tmp_path / "tone-call.yaml"
+    path.write_text(TONE_CALL)
+    return path
+
+
+@pytest.fixture
+def peer_tone(tmp_path: Path) -> Path:
+    path = tmp_path / "peer-tone.wav"
+    write_wav(path, sine(F_PEER, RATE, 10.0, amplitude=0.5), RATE)
+    return path
+
+
+@pytest.mark.interop
+def test_pjsua2_answers_183_with_sdp_then_200_and_we_hear_its_tone_before_the_200(
+        need_pjsua2: None, tone_call: Path, peer_tone: Path) -> None:
+    """pjsua2 answers our INVITE with 183 Session Progress and SDP and plays its tone (a
+    gateway's announcement): our call graph starts on the 183 and hears it while the call
+    is unanswered. pjsua2's 200 then carries the same SDP: the same call graph goes on, and
+    each side hears the other's tone."""
+    with Pjsua2Peer("carol", play_wav=peer_tone, auto_answer=183) as carol:
+        async def main() -> tuple[np.ndarray, np.ndarray, int]:
+            ep = InteropEndpoint(user="alice", call_graph=tone_call,
+                                 call_graph_params={"freq": F_OURS})
+            await ep.port()
+            call_id = ep.node.call(carol.contact)
+            cid = await peer(carol.wait_incoming)
+            early = await ep.wait("call-early-media", call_id=call_id)
+            sink = ep.graph.nodes[early.data["prefix"] + "sink"]
+            await until(lambda: heard_seconds(sink) >= 1.5, "early media heard")
+            before = sink.audio()
+            assert ep.names("call-established") == []
+            assert ep.node.ua.calls[call_id].state == "ringing"
+            await peer(carol.answer, cid)
+            est = await ep.wait("call-established", call_id=call_id)
+            assert est.data["prefix"] == early.data["prefix"]
+            assert ep.graph.nodes[est.data["prefix"] + "sink"] is sink  # not rebuilt
+            await peer(carol.wait_state, cid, "CONFIRMED")
+            heard = heard_seconds(sink)
+            await until(lambda: heard_seconds(sink) >= heard + 1.5, "hearing after the 200")
+            await peer(carol.wait_heard, cid, 1.5)
+            ep.node.hangup(call_id)
+            await peer(carol.wait_state, cid, "DISCONNECTED")
+            await ep.wait("call-ended")
+            await until(lambda: not ep.part_nodes(), "call graph removed")
+            await ep.stop()
+            return before, sink.audio(), cid
+
+        before, ours, cid = asyncio.run(main())
+        theirs, rate = read_wav(carol.recording(cid))
+    check_tone(before, F_PEER)  # heard before the 200
+    check_tones(ours, theirs, rate)
