@@ -580,3 +580,22 @@ def test_timestamps_running_far_ahead_of_real_time_cannot_fill_memory():
     assert jb.stats.discarded >= jb.stats.overflows
     nearest = sorted(jb._packets)[:3]
     assert nearest == sorted(min(jb._packets) + k * 7200 for k in range(3))
+
+
+def test_a_frame_taken_back_before_playout_is_as_if_never_pushed():
+    # The reframer takes back frames cut on a grid that turned out wrong (the stream started
+    # earlier, off it) and pushes them again cut on the new one: before playout starts,
+    # nothing of them is left behind (counted received, played, or a duplicate).
+    pkts = stream(20)
+    jb = JitterBuffer(RATE, 20)
+    for p in pkts[:5]:
+        jb.push(p.seq, p.ts, p.ssrc, p.marker, struct.pack("!I", p.index), p.send + 0.03)
+    assert not jb.started
+    jb.take_back(pkts[1].ts)
+    jb.take_back(pkts[1].ts)  # gone already: nothing happens
+    assert len(jb) == 4 and jb.stats.received == 4
+    p = pkts[1]  # pushed again (cut on the new grid, the same frame here)
+    assert jb.push(p.seq, p.ts, p.ssrc, p.marker, struct.pack("!I", p.index), p.send + 0.03)
+    out = run(jb, [(p.send + 0.03, p) for p in pkts[5:]], 1.0)
+    assert jb.started and played(out) == list(range(20))
+    assert jb.stats.received == 20 and jb.stats.duplicates == 0 and jb.stats.lost == 0

@@ -16,6 +16,7 @@ from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, EncodedFrame
 from pipeline.graph import Graph
 from pipeline.node import Node, Port
 from pipeline.testing import dominant_frequency, run_graph, sine, speech_like
+from plugins.jitterbuffer.reframe import MAX_PENDING
 from plugins.rtp.impair import ImpairmentProfile, NetworkImpairment
 
 
@@ -416,6 +417,72 @@ def test_a_stream_that_starts_with_a_frames_second_piece_keeps_the_first(marked)
     assert jb["played"] == 100 and jb["concealed"] == jb["incomplete"] == jb["lost"] == 0
 
 
+def _first_behind(packets, k, marked):
+    """The stream's first packet (with the marker bit if `marked`) arrives right after its
+    `k`-th (with it, listed after it)."""
+    first, rest = packets[0], packets[1:]
+    late = EncodedFrame(first.payload, first.codec, first.pts, first.duration, first.rate,
+                        marked, 0, {**first.meta, "arrival": rest[k - 1].meta["arrival"]})
+    return [*rest[:k], late, *rest[k:]]
+
+
+@pytest.mark.parametrize("marked", [False, True])
+@pytest.mark.parametrize(("codec", "sizes", "k"), [
+    ("l16", (694, 188), 2),  # the 2nd and 3rd pieces join into a frame on their grid
+    ("pcma", (240,), 1),  # a 30 ms packet holds a whole 20 ms frame on its own grid
+    ("pcma", (100, 160), 1),  # the 2nd is one frame long (the node's fast path)
+    ("pcma", (100, 160), 3),
+])
+def test_a_first_packet_behind_a_whole_frame_still_plays(codec, sizes, k, marked):
+    # The first packet comes after packets that complete a frame on their own grid. The
+    # grid stayed once a frame was out, so the first packet lay across a frame edge
+    # before the stream and its ticks before that edge were dropped (the frame given up
+    # as incomplete). Playout has not started: the grid moves back to it, the frames cut
+    # before are taken back from the buffer and cut again.
+    rate, channels, unit, frame = (44100, 2, 4, 882) if codec == "l16" else (8000, 1, 1, 160)
+    data = _stereo_l16()[1] if codec == "l16" else _g711(codec)[0]
+    packets = _first_behind(_packets(data, unit, sizes, codec, rate), k, marked)
+    jb, out, frames, _ = _run(codec, rate, channels, packets, decode=False, **STEADY)
+    # Byte for byte, in order, once (a pair handed over to be time-compressed into one
+    # period plays both: a marked first packet times the start from its own, late, arrival).
+    assert b"".join(f.payload + (f.meta or {}).get("extra", b"") for f in frames) == data
+    starts = [(f.pts - TS0) % 2**32 for f in frames]
+    assert starts == [frame * i for i in range(100) if frame * i in starts]
+    assert len(starts) == 100 - jb["compressed"]
+    assert jb["played"] == 100 and jb["received"] == 100
+    assert jb["concealed"] == jb["incomplete"] == jb["lost"] == jb["late"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_the_grid_moves_back_to_a_first_packet_behind_others(data):
+    # Sans-IO: a stream cut at random points whose first piece comes behind the next k
+    # (which may complete frames on their own grid). Once the frames taken back
+    # (`retract`) are taken back, every frame is out once, on the first piece's grid,
+    # with the samples sent.
+    from plugins.jitterbuffer.reframe import Reframer
+
+    frame, unit, base = 160, 2, 2**32 - 1000  # the timestamps wrap mid-stream
+    signal = np.arange(20 * frame, dtype=">u2").tobytes()
+    cuts = data.draw(st.sets(st.integers(1, 20 * frame - 1), min_size=1, max_size=40))
+    bounds = [0, *sorted(cuts), 20 * frame]
+    pieces = list(enumerate(zip(bounds, bounds[1:], strict=False)))
+    k = data.draw(st.integers(1, min(8, len(pieces) - 1)))
+    cut = Reframer(frame, unit, horizon=40 * frame, jump=8000)
+    frames = {}
+    for seq, (a, b) in [*pieces[1:k + 1], pieces[0], *pieces[k + 1:]]:
+        got = cut.cut(seq, (base + a) % 2**32, 7, False, signal[a * unit:b * unit], 0.01 * seq)
+        for ts in cut.retract:
+            del frames[(ts - base) % 2**32]  # handed out before, on the old grid
+        for _, ts, _, _, payload, _, _ in got:
+            start = (ts - base) % 2**32
+            assert start not in frames
+            frames[start] = payload
+    assert sorted(frames) == list(range(0, 20 * frame, frame))
+    assert all(p == signal[s * unit:(s + frame) * unit] for s, p in frames.items())
+    assert not cut.pending and cut.incomplete == 0
+
+
 def _held_back(k, by_s, data):
     """60 ms G.711 packets of `data`; packet `k` arrives `by_s` late (None: never)."""
     packets = _packets(data, 1, (480,), "pcma", 8000)
@@ -453,6 +520,40 @@ def test_the_frames_of_a_late_or_lost_packet_are_counted_once_each(by_s, conceal
     assert gone == (set() if by_s == 0.06 else {60, 61, 62})
 
 
+@pytest.mark.parametrize("params", [LONG, {}], ids=["long", "default"])  # delay target
+@pytest.mark.parametrize("ticks", [80, 160, 320, 800])  # 10, 20, 40 and 100 ms packets
+@pytest.mark.parametrize(("lost", "late_s"), [
+    ((-1,), None),  # the first spurt's last packet: the buffer went quiet without it
+    ((0,), None),  # the second spurt's first (marker) packet: it starts without it
+    ((-1, 0), None),  # both
+    ((0,), 0.3),  # the second spurt's first, long after its periods: late, not lost
+])
+def test_packets_lost_in_a_quiet_spell_count_each_frame_period(ticks, lost, late_s, params):
+    # Two talk spurts, 0.5 s of silence (no packets) between, packets lost or late at the
+    # boundary. Packets missing from the sequence numbers at a quiet spell's end counted one
+    # lost each, whatever they held: a 100 ms packet (5 frame periods) as 1, and a 10 ms
+    # piece, with half of the next spurt's first frame taken for another lost one, as 1
+    # each. Now they count the frame periods they held, as losses anywhere else do.
+    data, _ = _g711("pcma")
+    packets = _spurts(data, ticks, True)
+    n = 8000 // ticks  # packets per spurt
+    gone = {n + i for i in lost}
+    for i in gone:
+        p = packets[i]
+        packets[i] = None if late_s is None else EncodedFrame(
+            p.payload, p.codec, p.pts, p.duration, p.rate, p.marker, 0,
+            {**p.meta, "arrival": p.meta["arrival"] + late_s})
+    jb, _, frames, _ = _run("pcma", 8000, 1, [p for p in packets if p is not None],
+                            decode=False, **params)
+    periods = len(gone) * max(ticks // 160, 1)
+    if late_s is None:
+        assert (jb["lost"], jb["late"], jb["played"]) == (periods, 0, 100 - periods)
+    else:
+        assert (jb["lost"], jb["late"], jb["played"]) == (0, periods, 100 - periods)
+    # a frame with a piece lost (a late piece completes its frame, played late)
+    assert jb["incomplete"] == (len(gone) if ticks < 160 and late_s is None else 0)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.one_of(st.integers(1, 159), st.sampled_from([160, 320, 480, 1000])),
                 min_size=1, max_size=40), st.booleans())
@@ -474,6 +575,31 @@ def test_any_split_of_a_stream_plays_back_bit_exact(sizes, marked):
     assert jb["played"] == 50
     assert jb["lost"] == jb["late"] == jb["concealed"] == jb["incomplete"] == 0
     assert jb["compressed"] == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.integers(1, 159), st.sampled_from([160, 240, 320, 480, 1000])),
+                min_size=1, max_size=40), st.booleans(), st.integers(1, MAX_PENDING - 1))
+def test_any_split_plays_back_bit_exact_with_the_first_packet_late(sizes, marked, k):
+    # As above, but the first packet comes behind the next `k` (which may complete frames
+    # on their own grid), at most 100 ms late, before playout starts: every sample sent
+    # still plays, once, in order. (The grid can move back over the stream's first
+    # MAX_PENDING packets: what is kept for it stays bounded.)
+    data, _ = _g711("pcma", 1.0)
+    packets = [EncodedFrame(p.payload, "pcma", p.pts, p.duration, 8000, marked and not i, 0,
+                            {**p.meta, "arrival": ((p.pts - TS0) % 2**32 + p.duration) / 8000
+                             + 0.005})  # each sent once its audio is there
+               for i, p in enumerate(_packets(data, 1, sizes, "pcma", 8000))]
+    due = packets[0].meta["arrival"]
+    k = max([j for j in range(min(k, len(packets) - 1) + 1)
+             if packets[j].meta["arrival"] <= due + 0.1])
+    if k:
+        packets = _first_behind(packets, k, marked)
+    jb, out, frames, times = _run("pcma", 8000, 1, packets, decode=False, min_delay_ms=140,
+                                  start_delay_ms=140)
+    assert b"".join(f.payload + (f.meta or {}).get("extra", b"") for f in frames) == data
+    assert jb["played"] == 50
+    assert jb["lost"] == jb["late"] == jb["concealed"] == jb["incomplete"] == 0
 
 
 def _ticked(ms, jitter_ms, seed, data):
@@ -521,3 +647,47 @@ def test_clean_long_packets_on_jittery_ticks_play_without_concealment(ms, jitter
         assert b"".join(out) == data, seed  # every sample, in order, once
         assert (stats.concealed, stats.stretched, stats.lost, stats.late) == (0, 0, 0, 0), seed
         assert stats.played == 150 and stats.skipped == stats.discarded == 0, seed
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([80, 160, 320, 480]), st.sampled_from([0, 120]), st.data())
+def test_loss_at_talk_spurt_boundaries_counts_the_frame_periods_never_delivered(ticks, delay_ms,
+                                                                                data):
+    # Sans-IO, as the node runs it: three talk spurts of `ticks` packets (each sent once its
+    # audio is there), silences of 0.3-0.5 s between (no packets, the sequence numbers run
+    # on; shorter than the reframer's `jump`, past which a lost marker packet's follower,
+    # off the grid, would start a new grid), and at each boundary the last packets of one
+    # spurt and the first of the next lost. `lost` is the frame periods those packets held
+    # (a period with any of its ticks lost), however the buffer met them: concealed, or
+    # missing from the sequence numbers when the next spurt started (their length then
+    # estimated from the new spurt's buffered frames, or the last spurt's: a low delay
+    # target buffers few).
+    from plugins.jitterbuffer.buffer import JitterBuffer
+    from plugins.jitterbuffer.reframe import Reframer
+
+    step = max(ticks // 160, 1)  # frames per packet, at least 1 (pieces: packets per frame)
+    sizes = [step * data.draw(st.integers(4, 12)) * 160 // ticks for _ in range(3)]  # packets
+    silences = [data.draw(st.sampled_from([2400, 4000])) for _ in range(2)]
+    packets, ts = [], 0
+    for j, n in enumerate(sizes):
+        packets += [(ts + i * ticks, i == 0) for i in range(n)]
+        ts += n * ticks + (silences[j] if j < 2 else 0)
+    lost = set()
+    for j in range(2):  # the boundary after spurt j
+        end = sum(sizes[:j + 1])
+        lost |= set(range(end - data.draw(st.integers(0, 2)), end + data.draw(st.integers(0, 2))))
+    jb = JitterBuffer(8000, 20, min_delay_ms=delay_ms, start_delay_ms=max(delay_ms, 40))
+    cut = Reframer(160, 1, horizon=4160, jump=8000)
+    sent = [(seq, t, m) for seq, (t, m) in enumerate(packets) if seq not in lost]
+    i = 0
+    for k in range(ts // 160 + 60):
+        now = k * 0.02 + 0.007
+        while i < len(sent) and (sent[i][1] + ticks) / 8000 + 0.005 <= now:
+            seq, t, marker = sent[i]
+            for frame in cut.cut(seq, t, 7, marker, bytes(ticks), now):
+                jb.push(*frame)
+            i += 1
+        jb.pop(now)
+    jb.end()
+    periods = {s // 160 for seq in lost for s in range(packets[seq][0], packets[seq][0] + ticks)}
+    assert (jb.stats.lost, jb.stats.late) == (len(periods), 0)

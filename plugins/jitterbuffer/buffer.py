@@ -166,11 +166,12 @@ class JitterBuffer:
     """
 
     __slots__ = ("_candidate", "_candidate_seq", "_capacity", "_delay_sum", "_discont",
-                 "_ext_ts", "_frame_s", "_gap", "_idle_s", "_last_arrival", "_last_played",
-                 "_last_seq", "_late", "_late_seqs", "_margin_s", "_max_s", "_min_s", "_missed",
-                 "_next_ts", "_old_ssrcs", "_over", "_packets", "_patience", "_played",
-                 "_played_upto", "_playing", "_quiet", "_resync_s", "_slack_s", "_ssrc",
-                 "_start_s", "_warmup", "clock_rate", "estimator", "frame", "stats")
+                 "_ext_ts", "_frame_s", "_gap", "_gap_left", "_idle_s", "_last_arrival",
+                 "_last_played", "_last_seq", "_late", "_late_seqs", "_margin_s", "_max_s",
+                 "_min_s", "_missed", "_next_ts", "_old_ssrcs", "_over", "_packets", "_patience",
+                 "_played", "_played_upto", "_playing", "_quiet", "_resync_s", "_slack_s",
+                 "_spurt", "_ssrc", "_start_s", "_warmup", "clock_rate", "estimator", "frame",
+                 "stats")
 
     def __init__(
         self,
@@ -253,6 +254,10 @@ class JitterBuffer:
         self._late: deque[int] = deque(maxlen=64)  # recently come late (a copy is a duplicate)
         self._late_seqs: deque[int] = deque(maxlen=64)  # their sequence numbers
         self._gap = (0, 0)  # the sequence numbers counted lost in the last quiet spell
+        self._gap_left = 0  # its frame periods counted missing that have not come late
+        # The last (re)anchored frame's sequence number and its packet's end (extended
+        # timestamp): with the last frame played, how long that spurt's packets were.
+        self._spurt: tuple[int, int] | None = None
         self._candidate: BufferedPacket | None = None  # an unconfirmed timeline jump
         self._candidate_seq = 0
 
@@ -301,6 +306,21 @@ class JitterBuffer:
                                          held))
         estimator.update(transit)
         return self._store(BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts))
+
+    @property
+    def started(self) -> bool:
+        """A frame period has had its turn (played, concealed or skipped): a frame pushed
+        from then on may be late; before, every frame pushed is still here."""
+        stats = self.stats
+        return bool(stats.played or stats.concealed or stats.skipped)
+
+    def take_back(self, timestamp: int) -> None:
+        """Forget a frame pushed before playout started (`started` is False), as the
+        `Reframer` asks when the stream turns out to start earlier, off its grid: its
+        packets come again, cut on the new grid. What its arrival taught the delay
+        statistics stays (the same packets' timing, a few of the stream's first)."""
+        if self._packets.pop(self._unwrap(timestamp), None) is not None:
+            self.stats.received -= 1
 
     def _held_back(self, transit: float, arrival: float, held: int) -> None:
         """Account a frame cut from a longer packet (see `push`)."""
@@ -369,8 +389,8 @@ class JitterBuffer:
         if ext_ts in self._missed:
             self._missed.remove(ext_ts)
             stats.late_of_missing += 1
-        elif pkt.seq not in self._late_seqs and 0 < (
-                pkt.seq - self._gap[0]) % _SEQ_MOD < self._gap[1]:
+        elif self._gap_left and 0 < (pkt.seq - self._gap[0]) % _SEQ_MOD < self._gap[1]:
+            self._gap_left -= 1  # each of the gap's periods once
             stats.late_of_missing += 1
         self._late_seqs.append(pkt.seq)
 
@@ -422,6 +442,8 @@ class JitterBuffer:
         self._late.clear()
         self._late_seqs.clear()
         self._gap = (0, 0)
+        self._gap_left = 0
+        self._spurt = None
         self._last_played = -1
         self._last_seq = None
         self._discont = True
@@ -598,20 +620,56 @@ class JitterBuffer:
         skip = max(0, int((lag - target + self._slack_s) // self._frame_s))
         if self._last_seq is not None:
             # Packets that never came during the quiet spell were lost (silence suppression
-            # keeps the sequence numbers contiguous, RFC 3551 4.1); those that came late are
+            # keeps the sequence numbers contiguous, RFC 3551 4.1), counted in the frame
+            # periods they held, as every other loss is; frames of them that came late are
             # not (nor, once they come, those still to come late).
             last = self._last_seq
             span = (head.seq - last) % _SEQ_MOD
             if 0 < span <= _SEQ_MOD // 2:
                 self._gap = (last, span)
-                came = {s for s in self._late_seqs if 0 < (s - last) % _SEQ_MOD < span}
-                self.stats.missing += span - 1 - len(came)
+                came = sum(1 for s in self._late_seqs if 0 < (s - last) % _SEQ_MOD < span)
+                left = max(0, self._gap_frames(head, first, span - 1) - came)
+                self._gap_left = left
+                self.stats.missing += left
+        self._spurt = (head.seq, first + self.frame + head.held)
         self._next_ts = first + skip * self.frame
         self._drop_below(self._next_ts)
         self._playing = True
         self._discont = True
         self._over = 0
         return True
+
+    def _gap_frames(self, head: BufferedPacket, first: int, count: int) -> int:
+        """The frame periods that `count` packets lost in a quiet spell before `head`
+        (extended timestamp `first`) held. Their length is unknown: they are taken to be as
+        long as the spurt's packets, ticks per sequence number between the ends of its
+        frames' packets (a frame's seq is its packet's, or for a joined frame the piece's
+        that completed it, and `held` runs to that packet's end), else the last spurt's
+        (from its first frame's packet to its last frame played)."""
+        if count <= 0:
+            return 0
+        frame = self.frame
+        packets = self._packets
+        end = first + frame + head.held
+        # The spurt's last frame buffered (not one of a later spurt: a silence between).
+        later = [k for k, p in packets.items() if p.marker and k > first]
+        key = max(k for k in packets if k < min(later)) if later else max(packets)
+        tail = packets[key]
+        n = (tail.seq - head.seq) % _SEQ_MOD
+        seq0, end0 = self._spurt or (self._last_seq, 0)
+        m = (self._last_seq - seq0) % _SEQ_MOD  # type: ignore[operator]
+        if 0 < n < _SEQ_MOD // 2 and key + frame + tail.held > end:
+            ticks, per = key + frame + tail.held - end, n  # `per` packets hold `ticks`
+        elif 0 < m < _SEQ_MOD // 2 and self._last_played + frame > end0:
+            ticks, per = self._last_played + frame - end0, m  # the last spurt's
+        else:
+            ticks, per = frame + head.held, 1  # the head's packet only
+        # Pieces of the head's frame before its completing one came (in it): not lost.
+        lost = count * ticks - max(0, (frame + head.held) * per - ticks)
+        frames = -(-lost // (per * frame))
+        # Never more periods than the timestamps leave (exact when nothing was silent).
+        room = (first - self._last_played) // frame - 1
+        return max(0, min(frames, room))
 
     def end(self) -> None:
         """The stream has ended (or paused): the frames missing since the last one played

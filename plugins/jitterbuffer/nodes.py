@@ -69,16 +69,15 @@ class JitterBufferNode(Node):
         unit = bytes_per_tick(payload.samples, fmt.value("channels") or 1) if (
             payload is not None and payload.samples) else 0
         self._cut: Reframer | None = None
-        # Bytes of one frame while no frame is incomplete (-1 then, and for a payload that
-        # cannot be cut): a packet of that length goes straight to the buffer, one comparison
-        # per packet and no allocation.
+        # Bytes of one frame while no frame is incomplete and playout has started (-1 until
+        # then, and for a payload that cannot be cut): a packet of that length goes straight
+        # to the buffer, one comparison per packet and no allocation.
         self._whole = -1
         if unit:
             jump_s = max(1.0, 2 * self.max_delay_ms / 1000.0)  # the buffer's resync distance
             self._cut = Reframer(self.frame, unit, horizon=round(
                 (self.max_delay_ms + 2 * self.ptime_ms) * self.clock_rate / 1000),
                 jump=round(jump_s * self.clock_rate))
-            self._whole = self._cut.frame_bytes
         self.ptime_changes = 0
         self._odd = (0, 0)  # (a packet time other than the buffer's, packets in a row)
         self.next_pop: float | None = None
@@ -154,14 +153,23 @@ class JitterBufferNode(Node):
 
     def _reframe(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
                  arrival: float) -> None:
-        """A packet that is not one frame long, or that comes while a frame is incomplete:
-        push the frames it completes."""
+        """A packet that is not one frame long, that comes while a frame is incomplete or
+        before playout has started: push the frames it completes."""
         cut = self._cut
-        push = self.buffer.push
-        for f in cut.cut(seq, timestamp, ssrc, marker, payload, arrival):
+        buffer = self.buffer
+        if cut.unsettled and buffer.started:
+            cut.settle()  # a frame period has had its turn: the grid can no longer move back
+        if len(payload) == cut.frame_bytes and not cut.pending:  # one frame, kept until then
+            frames = cut.whole(seq, timestamp, ssrc, marker, payload, arrival)
+        else:
+            frames = cut.cut(seq, timestamp, ssrc, marker, payload, arrival)
+        for ts in cut.retract:  # the stream started earlier, off the grid: cut again
+            buffer.take_back(ts)
+        push = buffer.push
+        for f in frames:
             if not push(*f):
                 self.counters.drops += 1
-        self._whole = -1 if cut.pending else cut.frame_bytes
+        self._whole = -1 if cut.pending or cut.unsettled else cut.frame_bytes
 
     def tick(self, now: float) -> None:
         self._media_now = now

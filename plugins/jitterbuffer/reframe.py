@@ -7,11 +7,15 @@ into 694 + 188 samples, and `rtppcmapay` sends 125 ms packets when nothing caps 
 sample-based payload can be cut on any sample, so, as pjmedia's codecs `parse()` a packet into
 frames before its jitter buffer, `Reframer` turns packets into frames of exactly `frame` RTP
 clock ticks on the stream's timestamp grid: frame k covers [t0 + k*frame, t0 + (k+1)*frame),
-t0 the timestamp of the earliest packet received before the first frame is out. Until then
-the packets are kept, and one that starts before all of them (the stream's first packets
-came out of order, the first a frame's second piece) moves the grid back to itself: they
-are cut again on it, so no sample received is thrown away. A long packet becomes several
-frames; pieces of a frame are joined once all its ticks have come, in whatever order.
+t0 the timestamp of the earliest packet received before playout starts. Until then (the
+caller says when: `settle()`) the packets are kept, and one that starts before all of them,
+off their grid (the stream's first packets came out of order), moves the grid back to
+itself: they are cut again on it, and the frames handed out before are listed in `retract`
+for the caller to take back from its buffer (none has been played), so no sample received
+is thrown away, also when the first packet came behind one that completed a frame. A long
+packet becomes several frames; pieces of a frame are joined once all its ticks have come, in
+whatever order. Until then a one-frame packet is passed on as it is, as the caller's fast
+path does with it afterwards (the grid follows it).
 
 What a frame carries for the buffer (which keys frames on their timestamp, so frames of one
 packet may share its sequence number):
@@ -49,6 +53,8 @@ from collections import deque
 from collections.abc import Callable
 
 __all__ = ["MAX_PENDING", "Reframer", "bytes_per_tick"]
+
+_NONE: tuple[int, ...] = ()
 
 _TS_MOD = 1 << 32
 _TS_HALF = 1 << 31
@@ -97,14 +103,18 @@ class Reframer:
     ticks of `unit` bytes each, aligned on the stream's timestamp grid (see the module).
 
     `cut()` takes what `JitterBuffer.push` takes and returns the frames to push (with
-    `held`). The caller may skip it for a packet of exactly one frame while nothing is
-    `pending` (the usual case), setting `base` to its timestamp instead. `horizon` is how
-    many ticks an incomplete frame may lie behind the latest packet before it is given up,
-    `jump` how far a packet may lie from the grid's reference before the grid moves to it.
+    `held`); after a cut that moved the grid back, `retract` lists the frames handed out
+    before (timestamps) that the caller takes back first. The caller calls `settle()` once
+    its buffer has started playout (the grid can no longer move back), and from then on may
+    skip `cut()` for a packet of exactly one frame while nothing is `pending` (the usual
+    case), setting `base` to its timestamp instead. `horizon` is how many ticks an
+    incomplete frame may lie behind the latest packet before it is given up, `jump` how far
+    a packet may lie from the grid's reference before the grid moves to it.
     """
 
-    __slots__ = ("_closed", "_early", "_full", "_head", "_horizon", "_jump", "_ssrc", "base",
-                 "frame", "frame_bytes", "incomplete", "pending", "reframed", "unit")
+    __slots__ = ("_closed", "_early", "_full", "_given", "_head", "_horizon", "_jump", "_ssrc",
+                 "base", "frame", "frame_bytes", "incomplete", "pending", "reframed", "retract",
+                 "unit")
 
     def __init__(self, frame: int, unit: int, *, horizon: int, jump: int) -> None:
         if frame <= 0 or unit <= 0:
@@ -122,34 +132,89 @@ class Reframer:
         self._ssrc: int | None = None
         # Frames recently completed or given up: a piece of one of them is not a new frame.
         self._closed: deque[int] = deque(maxlen=2 * MAX_PENDING)
-        # A stream's packets until its first frame is out, and the earliest timestamp among
-        # them: the grid may still move back to an earlier packet (None: it is settled).
-        self._early: list[tuple[int, int, int, bool, bytes, float]] | None = None
+        # A stream's packets until playout starts (`settle`), the earliest timestamp among
+        # them and the frames handed out for them: the grid may still move back to an
+        # earlier packet (None: it is settled).
+        self._early: list[tuple[int, int, int, bool, bytes, float]] | None = []
         self._head = 0
+        self._given: list[int] = []
+        self.retract: tuple[int, ...] | list[int] = _NONE
+
+    @property
+    def unsettled(self) -> bool:
+        """The grid may still move back to an earlier packet (`settle` not called yet)."""
+        return self._early is not None
+
+    def settle(self) -> None:
+        """Playout has started: the grid stays (a packet from before it is late anyway)."""
+        self._early = None
+        self._given = []
 
     def cut(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
             arrival: float) -> list[Frame]:
-        """The frames that this packet completes, in timestamp order."""
+        """The frames that this packet completes, in timestamp order (after a cut that moved
+        the grid, take back those in `retract` first)."""
+        self.retract = _NONE
         if not len(payload) // self.unit:  # nothing to cut: the buffer decides (plays nothing)
             return [(seq, timestamp, ssrc, marker, payload, arrival, 0)]
         self.reframed += 1
         early = self._early
-        if early is not None and ssrc == self._ssrc:
-            d = (timestamp - self._head + _TS_HALF) % _TS_MOD - _TS_HALF
-            if d < 0 and d % self.frame:
-                # Before all that the stream has sent so far, off its grid, and no frame is
-                # out yet: the stream starts here (its first packets came out of order). The
-                # grid moves here and the packets held are cut again on it: nothing received
-                # is thrown away.
-                self.pending.clear()
-                self._closed.clear()
-                self.base = None
-                out = self._place(seq, timestamp, ssrc, marker, payload, arrival)
-                for packet in early:
-                    out += self._place(*packet)
-                out.sort(key=lambda f: (f[1] - timestamp) % _TS_MOD)
-                return out
+        if early and self._before(timestamp, ssrc):
+            # Before all that the stream has sent so far and off its grid, and playout has
+            # not started: the stream starts here (its first packets came out of order, the
+            # first a frame's second piece, or behind a packet that completed a frame
+            # already). The grid moves here and the packets kept are cut again on it; the
+            # frames handed out on the old grid are to be taken back (none has played):
+            # nothing received is thrown away.
+            retract = self._given
+            self.pending.clear()
+            self._closed.clear()
+            self.base = None
+            self._early, self._given = [], []
+            out = self._place(seq, timestamp, ssrc, marker, payload, arrival)
+            for packet in early:
+                out += self._place(*packet)
+            out.sort(key=lambda f: (f[1] - timestamp) % _TS_MOD)
+            self.retract = retract
+            return out
         return self._place(seq, timestamp, ssrc, marker, payload, arrival)
+
+    def whole(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
+              arrival: float) -> list[Frame]:
+        """A packet of exactly one frame while nothing is `pending`, as the caller's fast
+        path passes it on once settled: as it is, the grid following it (not counted as
+        reframed). Until then it is kept too, and one that starts the stream earlier, off
+        its grid, is cut as `cut` does."""
+        early = self._early
+        if early is not None:
+            if early and self._before(timestamp, ssrc):
+                return self.cut(seq, timestamp, ssrc, marker, payload, arrival)
+            if early and ssrc != early[0][2] or len(early) >= MAX_PENDING:
+                self.settle()  # another stream, or bounded: the first one's start is over
+            else:
+                self._keep(seq, timestamp, ssrc, marker, payload, arrival, (timestamp,))
+        self.retract = _NONE
+        self.base = timestamp
+        return [(seq, timestamp, ssrc, marker, payload, arrival, 0)]
+
+    def _before(self, timestamp: int, ssrc: int) -> bool:
+        """The packet is the kept stream's, starts before all of it, and off its grid."""
+        early = self._early
+        if ssrc != early[0][2]:  # type: ignore[index]
+            return False
+        if (timestamp - self._head) % _TS_MOD < _TS_HALF:
+            return False
+        return bool(((timestamp - self.base + _TS_HALF) % _TS_MOD - _TS_HALF)  # type: ignore
+                    % self.frame)
+
+    def _keep(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
+              arrival: float, given: tuple[int, ...] | list[int]) -> None:
+        """Keep a packet of the stream's start, and the frames handed out for it."""
+        early = self._early
+        if not early or (timestamp - self._head) % _TS_MOD >= _TS_HALF:
+            self._head = timestamp
+        early.append((seq, timestamp, ssrc, marker, payload, arrival))  # type: ignore[union-attr]
+        self._given += given
 
     def _place(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
                arrival: float) -> list[Frame]:
@@ -161,21 +226,21 @@ class Reframer:
             if self._ssrc is not None:
                 self._give_up_all()
             self._ssrc = ssrc
+            if self._early and self._early[0][2] != ssrc:
+                self.settle()  # another stream: the first one's start is over
         base = timestamp if self.base is None else self.base
         d = (timestamp - base + _TS_HALF) % _TS_MOD - _TS_HALF  # signed, ticks
         if self.base is None:
             # The stream starts: the grid starts at its first packet, and may move back to an
-            # earlier one until a frame is out (`cut`).
+            # earlier one until playout starts (`cut`).
             base, d = timestamp, 0
-            self._early = []
-            self._head = timestamp
         elif d % frame and (marker or new_ssrc or abs(d) > self._jump):
             # Off the grid: a talk spurt (the sender moved its timestamps during the silence),
             # a new stream or a restarted sender.
             self._give_up_all()
             self._closed.clear()
             base, d = timestamp, 0
-            self._early = None
+            self.settle()
         first = d - d % frame  # start of the frame holding the packet's first tick
         start = (base + first) % _TS_MOD
         self.base = start
@@ -205,12 +270,11 @@ class Reframer:
             self._expire(start)
         early = self._early
         if early is not None:
-            if out or len(early) >= MAX_PENDING:
-                self._early = None  # the grid is settled
+            if len(early) >= MAX_PENDING:
+                self.settle()  # bounded: so many packets and playout has not started
             else:
-                early.append((seq, timestamp, ssrc, marker, payload, arrival))
-                if (timestamp - self._head) % _TS_MOD >= _TS_HALF:
-                    self._head = timestamp
+                self._keep(seq, timestamp, ssrc, marker, payload, arrival,
+                           [f[1] for f in out])
         return out
 
     def flush(self) -> None:
