@@ -136,7 +136,9 @@ class Runtime:
         self._sources: set[str] = set()
         self._finished: set[str] = set()
         self._io_tasks: dict[str, asyncio.Task] = {}
+        self._io_returned: set[str] = set()  # nodes whose I/O task has returned
         self._stall_timer: asyncio.TimerHandle | None = None  # real time, sources done
+        self._over = False  # the run has ended: what ends then (I/O tasks, parts) arms no look
         self._child_ns = [0]
         self._order: list[Node] = []
         self._clocked: list[Node] = []
@@ -452,6 +454,9 @@ class Runtime:
     def _io_ended(self, task: asyncio.Task) -> None:
         if self._wake is not None:
             self._wake.set()  # an I/O-only graph checks whether anything is left to run
+        if not task.cancelled():
+            # A live input has gone (a look may have let the graph go on for it): look again.
+            self._look_for_stall()
 
     # ---- parts (call graphs) while running ------------------------------------------------
     def attach(self, prefix: str, names: list[str],
@@ -537,6 +542,13 @@ class Runtime:
         self._pending_feedback = [p for p in self._pending_feedback
                                   if p[3].src not in names and p[3].dst not in names]
         self._remove(names)
+        if self._wake is not None:
+            # It may have held the last end not finished: a graph of I/O nodes only waits
+            # for a wake-up, not for a tick, to see that it is over.
+            self._wake.set()
+        # The part may have held the last source still playing, or a node it fed may have
+        # held end-of-stream back: no source ends last now, so look from here.
+        self._look_for_stall()
         if not waiting:
             return None
         return asyncio.gather(*waiting, return_exceptions=True)
@@ -568,6 +580,7 @@ class Runtime:
         self._terminals -= names
         self._sources -= names
         self._finished -= names
+        self._io_returned -= names
         # Removing nodes keeps the others in a valid order: take them out (scans in C).
         for node in nodes:
             for order in (self._order, self._clocked) if node.clocked else (self._order,):
@@ -579,14 +592,20 @@ class Runtime:
         self._finished.add(node.name)
         if self._wake is not None and self._terminals <= self._finished:
             self._wake.set()
-        elif (node.name in self._sources and self._sources <= self._finished
-              and type(self.clock) is not VirtualClock and self.duration is None):
-            # The last source has ended and the graph has not: it ends soon (a node drains)
-            # or never (a node holds end-of-stream back). Look again in a few periods.
+        elif node.name in self._sources:
+            self._look_for_stall()
+
+    def _look_for_stall(self) -> None:
+        """In real time, once every source has ended and the graph has not (on the last
+        source's end, a part leaving, an I/O task returning): it ends soon (a node drains)
+        or never (a node holds end-of-stream back). Look again in a few periods. Offline,
+        `_check_stalled` looks every 64 ticks instead."""
+        if (not self._over and type(self.clock) is not VirtualClock and self.duration is None
+                and self._sources_done() and not self._terminals <= self._finished):
             self._watch_stall(self._moved(), self.loop.time())
 
     def _watch_stall(self, mark: tuple[int, int], since: float) -> None:
-        if self._stall_timer is not None:  # (a part's source ended last again): one timer
+        if self._stall_timer is not None:  # (an event came before the look): one timer
             self._stall_timer.cancel()
         self._stall_timer = self.loop.call_later(STALL_PERIODS * self.graph.period,
                                                  self._check_stalled_realtime, mark, since)
@@ -605,8 +624,17 @@ class Runtime:
         moves, or once frames still come out of a node holding end-of-stream, but no node
         has finished for `STALL_S` (a clocked node can emit for ever without its input)."""
         self._stall_timer = None
-        if self._stop_requested or self._terminals <= self._finished:
-            return
+        try:
+            self._judge_stall(mark, since)
+        except Exception as e:
+            # A plugin's goes_on(): raised in a timer callback, it would only reach the
+            # loop's log, and no look would come again.
+            self.fail(e)
+
+    def _judge_stall(self, mark: tuple[int, int], since: float) -> None:
+        if self._stop_requested or self._terminals <= self._finished or \
+                not self._sources_done():
+            return  # (a part has brought a source since: its end starts the next look)
         holding = {n.name for n in self._holding()}
         nodes = self.graph.nodes
         if any(not t.done() and self._live(nodes[name], holding)
@@ -664,7 +692,12 @@ class Runtime:
             if part.prefix not in self.parts:
                 continue
             if part.on_fault is not None:
-                part.on_fault(part.prefix, exc)
+                try:
+                    part.on_fault(part.prefix, exc)
+                except Exception as e:
+                    # The owner's bug (the SIP endpoint's): the graph's fault, also when
+                    # this runs from a loop callback, where it would only reach the log.
+                    self.fail(e)
             if part.prefix in self.parts:
                 self.detach(part.prefix)
 
@@ -756,8 +789,9 @@ class Runtime:
                     clock.now = now
                     if not n % 64:
                         await asyncio.sleep(0)
-                        if not self._io_tasks and self.duration is None:
-                            # (--duration bounds a run that is meant to go on: a live room)
+                        if self.duration is None and self._io_tasks.keys() <= self._io_returned:
+                            # Not while an I/O task runs (a packet may still come); and
+                            # --duration bounds a run that is meant to go on (a live room).
                             stall = self._check_stalled(now, stall)
                 else:
                     await self.clock.wait_until(now)
@@ -776,14 +810,25 @@ class Runtime:
                     # and an I/O sink (a call's encoder back into its rtp_session) sends it
                     # now rather than a period late.
                     pending, self._pending_feedback = self._pending_feedback, []
-                    for fn, port, item, _ in pending:
-                        fn(port, item)
+                    for fn, port, item, ln in pending:
+                        try:
+                            fn(port, item)
+                        except Exception as e:
+                            # As in a tick: a part's node (a call's rtp_session) ends only
+                            # its part, not the loop and with it the whole run.
+                            self.fail(e, failing_node(e) or self.graph.nodes.get(ln.dst))
+                    if self._failed_parts:
+                        self._detach_failed()
                 n += 1
                 if self.progress is not None and n % 50 == 0:
                     self.progress(n * period, expected)
         except Exception as e:
-            self.fail(e)
+            # Out of the loop, the graph cannot go on: this is its error, whichever node
+            # raised (fail() would end only a part, and the run as if it were clean).
+            if self.error is None:
+                self.error, self.error_node = e, failing_node(e)
         finally:
+            self._over = True
             if self._stall_timer is not None:
                 self._stall_timer.cancel()
             await self._end_io()
@@ -829,10 +874,16 @@ class Runtime:
         done = len(self._finished)
         if done != mark[0]:
             return done, now
-        if now - mark[1] < STALL_S or not self._sources <= self._finished:
+        if now - mark[1] < STALL_S or not self._sources_done():
             return mark
         self._stalled(f"{STALL_S:g} s of media time")
         return mark
+
+    def _sources_done(self) -> bool:
+        """Every source has ended, or its I/O task has returned without ending it: nothing
+        more can come from it (as the end of a graph of I/O nodes only assumes)."""
+        return self._sources <= self._finished or \
+            self._sources - self._finished <= self._io_returned
 
     def _holding(self) -> list[Node]:
         """The nodes that have not finished though every input they wait on has ended."""
@@ -853,6 +904,12 @@ class Runtime:
                 node=node.name,
                 hint=f"{by_design}: bound the run with --duration" if by_design else
                 "pass EndOfStream on from event() once done (super().event does)"), node)
+        elif self._sources - self._finished:  # their I/O task has returned (_sources_done)
+            name = min(self._sources - self._finished)
+            self.fail(NodeError(
+                f"its I/O task has ended, but no end-of-stream came out in {since} since",
+                node=name, hint="call send_eos() before run_io() returns (raise on a failure)"),
+                self.graph.nodes[name])
         else:
             waiting = sorted(self._terminals - self._finished)
             self.fail(PipelineError(
@@ -886,6 +943,9 @@ class Runtime:
             # The innermost node in the traceback: a node downstream may have failed on a
             # frame this task pushed.
             self.fail(e, failing_node(e) or node)
+        else:
+            if self.graph.nodes.get(node.name) is node:  # (not a detached part's node)
+                self._io_returned.add(node.name)
 
     def _as_node_error(self, exc: BaseException) -> PipelineError:
         if isinstance(exc, NodeError) and exc.node:

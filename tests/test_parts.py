@@ -4,8 +4,10 @@ import asyncio
 
 import numpy as np
 
+from pipeline.formats import Format
+from pipeline.graph import Graph
 from pipeline.loader import add_part, load_graph_text
-from pipeline.node import Node
+from pipeline.node import Node, Port
 from pipeline.runtime import Runtime
 
 ROOT = """
@@ -133,6 +135,70 @@ def test_fault_in_a_part_ends_only_that_part(tmp_path):
     errors = [m for m in r.messages if m.name == "error"]
     assert errors[0].data == {"message": "node 'call-7/t': codec exploded", "part": "call-7/"}
     assert "call-7/t" not in g.nodes
+
+
+def test_a_part_failing_on_a_feedback_frame_ends_only_that_part(tmp_path):
+    # Feedback frames were delivered outside the tick's fault handling: a call's node failing
+    # on one (its rtp_session sending the encoder's frame) left the loop, fail() took it for
+    # the part's fault, and the host ended early as if cleanly (exit 0, its room cut short).
+    import types
+
+    (tmp_path / "part.yaml").write_text(
+        "nodes: {g: {type: gain}, s: {type: frame_sink}}\n"
+        "links: [parent.fan -> g, {link: g -> s, feedback: true}]\n")
+    g = load_graph_text(HOST)
+    cue = g.add(Cue("cue"))
+    rt = Runtime(g)
+
+    def send(self, port, frame):
+        raise OSError("network unreachable")
+
+    def join():
+        names = add_part(g, tmp_path / "part.yaml", "call-1/")
+        sink = g.nodes["call-1/s"]
+        sink.process = types.MethodType(send, sink)  # a method of the node: it is named
+        rt.attach("call-1/", names)
+
+    cue.actions = {2: join}
+    r = asyncio.run(rt.run())
+    assert r.stopped_by == "eos"
+    assert len(g.nodes["out"].audio()) == 1600  # the room played to its end
+    assert [m.data for m in r.messages if m.name == "error"] == [
+        {"message": "node 'call-1/s': network unreachable", "part": "call-1/"}]
+    assert "call-1/s" not in g.nodes
+
+
+def test_a_part_leaving_with_the_last_unfinished_end_ends_a_graph_of_io_nodes():
+    # A graph of I/O nodes only waits for a wake-up, not for the next tick: the part took
+    # the last end that had not finished with it, and nothing woke the loop to see that.
+    from test_runtime import _run_realtime, _Swallow
+
+    class Endpoint(Node):  # as a sip_endpoint: an I/O task that goes on, adding calls
+        kind = "test_endpoint"
+        outputs = (Port("out", (Format.audio("pcm_s16", 8000, 1),)),)
+
+        def negotiate(self, inputs, downstream):
+            return {"out": self.outputs[0].caps[0]}
+
+        async def run_io(self):
+            g = self.graph
+            g.add(_Swallow("c/s"))  # holds end-of-stream: its sink never finishes
+            g.create("frame_sink", "c/o")
+            g.link("fan", None, "c/s", "in")
+            g.link("c/s", "out", "c/o", "in")
+            g.runtime.attach("c/", ["c/s", "c/o"])
+            self.send_eos()
+            g.runtime.detach("c/")  # the call ends
+            await asyncio.Event().wait()
+
+    g = Graph("host")
+    g.add(Endpoint("ep"))
+    g.create("tee", "fan")
+    g.create("frame_sink", "out")
+    g.link("ep", "out", "fan", "in")
+    g.link("fan", None, "out", "in")
+    r = _run_realtime(g)
+    assert r.stopped_by == "eos" and "c/s" not in g.nodes
 
 
 def test_bad_part_leaves_the_graph_untouched(tmp_path):

@@ -171,7 +171,8 @@ class _Swallow(Node):
 
 
 def _run_realtime(g: Graph, runtime=None):
-    """Run in real time, giving up (failing) after a generous bound instead of hanging."""
+    """Run in real time (or as `runtime` says), giving up (failing) after a generous bound
+    instead of hanging."""
     from pipeline.runtime import run_coroutine
 
     rt = runtime or Runtime(g, realtime=True)
@@ -240,6 +241,88 @@ def test_in_real_time_a_part_still_playing_keeps_the_graph_running(tmp_path):
     assert len(g.nodes["out"].audio()) == 32 * 160
 
 
+def _on_tick(node: Node, count: int, then) -> None:
+    """Runs `then` between ticks once `node` has ticked `count` times, as a call's BYE read
+    by the SIP endpoint's I/O task detaches its part."""
+    tick, n = node.tick, [0]
+
+    def counted(now):
+        tick(now)
+        n[0] += 1
+        if n[0] == count:
+            asyncio.get_running_loop().call_soon(then)
+
+    node.tick = counted
+
+
+def _room_host(tail: Node | None = None) -> Graph:
+    """A tone of 100 ms into a mixer 'room' (where calls join), then `tail`, then 'out'."""
+    g = Graph("host")
+    g.create("tone", "base", {"freq": 300, "rate": 8000, "duration": 0.1})
+    g.create("mixer", "room")
+    g.create("frame_sink", "out")
+    g.link("base", "out", "room", None)
+    if tail is None:
+        g.link("room", "out", "out", "in")
+    else:
+        g.add(tail)
+        g.link("room", "out", tail.name, "in")
+        g.link(tail.name, "out", "out", "in")
+    return g
+
+
+CALL = "nodes: {{t: {{type: tone, freq: 900, rate: 8000{duration}}}}}\nlinks: [t -> parent.room]\n"
+
+
+def test_in_real_time_a_part_leaving_after_the_hosts_sources_ended_is_looked_at(tmp_path):
+    # The host's tone ends while a call plays; the call then leaves, and 's' holds the room's
+    # end-of-stream back. No source ended last, so no look was due: it ran until killed.
+    from test_parts import Cue
+
+    (tmp_path / "call.yaml").write_text(CALL.format(duration=""))
+    g = _room_host(_Swallow("s"))
+    cue = g.add(Cue("cue"))
+    rt = Runtime(g, realtime=True)
+
+    def join():
+        rt.attach("c/", add_part(g, tmp_path / "call.yaml", "c/"))
+        _on_tick(g.nodes["c/t"], 10, lambda: rt.detach("c/"))
+
+    cue.actions = {1: join}
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g, rt)
+    assert str(e.value) == (
+        "node 's': every input has ended, but no end-of-stream came out in 0.1 s since (hint: "
+        "pass EndOfStream on from event() once done (super().event does))")
+    assert "c/t" not in g.nodes and len(g.nodes["out"].frames) >= 11
+
+
+def test_in_real_time_a_call_rebuilt_after_the_hosts_sources_ended_is_not_stalled(tmp_path):
+    # A re-INVITE replaces a call's part: the old one leaves, the new one comes with a source
+    # of its own. The look that the leaving starts must not judge the graph meanwhile.
+    from test_parts import Cue
+
+    (tmp_path / "old.yaml").write_text(CALL.format(duration=""))
+    (tmp_path / "new.yaml").write_text(CALL.format(duration=", duration: 300ms"))
+    g = _room_host()
+    cue = g.add(Cue("cue"))
+    rt = Runtime(g, realtime=True)
+
+    def rebuild():
+        rt.detach("old/")
+        rt.attach("new/", add_part(g, tmp_path / "new.yaml", "new/"))
+
+    def join():
+        rt.attach("old/", add_part(g, tmp_path / "old.yaml", "old/"))
+        _on_tick(g.nodes["old/t"], 10, rebuild)
+
+    cue.actions = {1: join}
+    r = _run_realtime(g, rt)
+    assert r.stopped_by == "eos" and not [m for m in r.messages if m.name == "error"]
+    # the old call from the second period for 10, then the new one's 300 ms to its end
+    assert len(g.nodes["out"].audio()) >= (1 + 10 + 15) * 160
+
+
 class _DrainingSink(Node):
     """A sink whose I/O task passes end-of-stream on once it has had it (as `playback` does
     once its device has played its queue out)."""
@@ -290,6 +373,112 @@ def test_in_real_time_a_node_holding_end_of_stream_back_from_a_draining_sink_is_
         "node 's': every input has ended, but no end-of-stream came out in 0.1 s since (hint: "
         "pass EndOfStream on from event() once done (super().event does))")
     assert g.nodes["o"].got == 800
+
+
+class _QuittingSink(_DrainingSink):
+    """A sink whose I/O task returns at end of stream without passing it on (a plugin's
+    bug), once `go` is set."""
+
+    kind = "test_quitting_sink"
+
+    def start(self):
+        super().start()
+        self.go = asyncio.Event()
+
+    async def run_io(self):
+        await self.ended.wait()
+        await self.go.wait()
+
+
+def test_in_real_time_a_live_io_task_ending_later_is_looked_at_again():
+    # The first look finds the sink's I/O task still running (it may play its queue out and
+    # pass end-of-stream on); the task then ends without doing so. Nothing looked again: the
+    # graph ran until killed.
+    g = Graph("g")
+    g.create("tone", "t", {"rate": 8000, "duration": 0.1})
+    sink = g.add(_QuittingSink("o"))
+    g.link("t", "out", "o", "in")
+    rt = Runtime(g, realtime=True)
+    check, looked = rt._check_stalled_realtime, []
+
+    def check_then_end_the_task(*args):
+        check(*args)
+        looked.append(rt.error)
+        sink.go.set()
+
+    rt._check_stalled_realtime = check_then_end_the_task
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g, rt)
+    assert looked[0] is None  # live at the first look
+    assert str(e.value) == (
+        "node 'o': every input has ended, but no end-of-stream came out in 0.1 s since (hint: "
+        "pass EndOfStream on from event() once done (super().event does))")
+
+
+class _BadGoesOn(_Swallow):
+    """Holds end-of-stream back, and its `goes_on` has a bug."""
+
+    kind = "test_bad_goes_on"
+
+    def goes_on(self):
+        raise RuntimeError("goes_on exploded")
+
+
+def test_in_real_time_a_plugin_failing_in_the_stall_check_stops_the_graph():
+    # goes_on() is asked from a timer callback: its exception went to the loop's log, no
+    # look came again, and the graph ran until killed.
+    g = Graph("g")
+    g.create("tone", "t", {"rate": 8000, "duration": 0.1})
+    g.add(_BadGoesOn("s"))
+    g.create("frame_sink", "o")
+    g.link("t", "out", "s", "in")
+    g.link("s", "out", "o", "in")
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g)
+    assert str(e.value) == ("node 's': RuntimeError: goes_on exploded (hint: raised in "
+                            "goes_on(); --debug shows the traceback)")
+
+
+class _DeadSocket(Node):
+    """A part's I/O node whose task fails at once (its socket gone)."""
+
+    kind = "test_dead_socket"
+    outputs = (Port("out", (Format.audio("pcm_s16", 8000, 1),)),)
+
+    def negotiate(self, inputs, downstream):
+        return {"out": self.outputs[0].caps[0]}
+
+    async def run_io(self):
+        raise OSError("socket gone")
+
+
+def test_a_part_owner_failing_on_the_parts_fault_stops_the_graph():
+    # A fault in a part's I/O task is handled from a loop callback: an exception from the
+    # owner's on_fault (the SIP endpoint's) went to the loop's log, the part stayed, and
+    # the room waited for it for ever.
+    from test_parts import Cue
+
+    class Endpoint(Cue):  # a host node that owns the call, as the SIP endpoint does
+        def hang_up(self, prefix, exc):
+            raise RuntimeError(f"no dialog for {prefix}")
+
+    g = _room_host()
+    owner = g.add(Endpoint("sip"))
+    rt = Runtime(g, realtime=True)
+
+    def join():
+        g.add(_DeadSocket("c/rtp"))
+        g.link("c/rtp", "out", "room", None)
+        rt.attach("c/", ["c/rtp"], on_fault=owner.hang_up)
+
+    owner.actions = {1: join}
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g, rt)
+    assert str(e.value) == ("node 'sip': RuntimeError: no dialog for c/ (hint: raised in "
+                            "hang_up(); --debug shows the traceback)")
+    errors = [m.data for m in g.messages if m.name == "error"]
+    assert errors == [{"message": "node 'c/rtp': socket gone", "part": "c/"}]
+    assert "c/rtp" not in g.nodes
 
 
 @pytest.mark.parametrize("line", [
@@ -355,6 +544,27 @@ def test_io_tasks_that_all_return_end_the_graph(caplog):
     r = asyncio.run(Runtime(_io_graph("return"), realtime=True).run())
     assert r.stopped_by == "eos"
     assert "every I/O task has ended" in caplog.text
+
+
+@pytest.mark.parametrize("realtime", [False, True], ids=["offline", "realtime"])
+def test_a_source_whose_io_task_returned_without_end_of_stream_is_named(realtime):
+    # Nothing more can come from it (as the end of an I/O-only graph assumes), but the mixer
+    # waited for its end-of-stream, mixing silence: the run never ended, as the sources were
+    # not all done, and offline never looked while the graph had an I/O task.
+    g = Graph("g")
+    g.add(_Io("src", "return"))
+    g.create("tone", "t", {"rate": 8000, "duration": 0.1})
+    g.create("mixer", "m")
+    g.create("frame_sink", "o")
+    g.link("src", "out", "m", None)
+    g.link("t", "out", "m", None)
+    g.link("m", "out", "o", "in")
+    with pytest.raises(NodeError) as e:
+        _run_realtime(g, Runtime(g, realtime=realtime))
+    since = "0.1 s" if realtime else "10 s of media time"
+    assert str(e.value) == (
+        f"node 'src': its I/O task has ended, but no end-of-stream came out in {since} since "
+        "(hint: call send_eos() before run_io() returns (raise on a failure))")
 
 
 def test_an_io_task_ignoring_its_cancellation_is_left_behind_not_waited_for(caplog):
