@@ -108,6 +108,8 @@ links:
   keeps the type of what it names (`rate: ${rate}` is an integer).
 - **Units**: durations `5s`, `20ms`, `1.5min`; frequencies `440Hz`, `16kHz` (also accepted for
   integer rates); levels `-6dB`.
+- **Text values** (strings and paths: a user name, DTMF digits, a file) are taken as written,
+  also where YAML would read a number: `digits: 0123` is `0123`, not the octal 83.
 - **Paths** are relative to the current folder, as for any command-line tool; use
   `${graph_dir}` for files that travel with the graph. Recorders create missing folders.
 - **Bins**: a node whose `type` is a YAML file is that graph, flattened in as `name/inner`
@@ -169,30 +171,49 @@ def markdown_reference(node_types: dict[str, type[Node]]) -> str:
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "string": "string",
                "path": "string", "list": "array", "map": "object"}
+# What a value may also be written as, besides its own type: the loader takes "true"/"yes"
+# for a bool and "a,b" for a list; and any value may be a template (${rate}, ${call.codec}).
+_ALSO_TEXT = {"integer", "number", "boolean", "array"}
+_TEMPLATE = {"type": "string", "pattern": r"\$\{"}
 
 
 def json_schema(node_types: dict[str, type[Node]]) -> dict[str, Any]:
-    """A JSON Schema for graph files (editors use it for completion and checking)."""
-    variants = []
+    """A JSON Schema for graph files (editors use it for completion and checking).
+
+    Every file the loader takes must pass it, so that an editor never flags a good graph:
+    the short form `name: KIND`, a bin (`type: bins/x.yaml`, which takes the bin's own
+    params), a templated type (`type: ${call.encoder}`) and templated values."""
+    variants: list[dict[str, Any]] = [
+        {"type": "string", "description": "node kind (the short form name: KIND)"},
+        {"type": "object", "description": "a bin (a YAML graph file) or a templated type",
+         "properties": {"type": {"type": "string", "pattern": r"(\$\{|\.ya?ml$)"}},
+         "required": ["type"]},
+    ]
     for kind in sorted(node_types):
         props: dict[str, Any] = {"type": {"const": kind}}
         required = ["type"]
         for p in node_types[kind].param_specs().values():
             t = _JSON_TYPES.get(p.type_name)
             schema: dict[str, Any] = {"description": p.doc}
-            if t in ("integer", "number"):
-                schema["type"] = [t, "string"]  # templates like ${rate} stay strings
+            if t in _ALSO_TEXT:
+                schema["type"] = [t, "string"]
             elif t:
-                schema["type"] = t if t != "string" else "string"
+                schema["type"] = t
             else:  # units: 5s, 20ms, 16kHz, -6dB
                 schema["type"] = ["number", "string"]
+            if t == "object":
+                schema = {"description": p.doc, "anyOf": [{"type": "object"}, _TEMPLATE]}
             if p.choices:
-                schema["enum"] = list(p.choices)
+                schema["anyOf"] = [{"enum": list(p.choices)}, _TEMPLATE]
             props[p.name] = schema
             if p.required:
                 required.append(p.name)
         variants.append({"type": "object", "properties": props, "required": required,
                          "additionalProperties": False})
+    link = {"anyOf": [{"type": "string"}, {
+        "type": "object", "properties": {"link": {"type": "string"},
+                                         "feedback": {"type": "boolean"}},
+        "required": ["link"], "additionalProperties": False}]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "voip-pipeline graph",
@@ -200,12 +221,14 @@ def json_schema(node_types: dict[str, type[Node]]) -> dict[str, Any]:
         "properties": {
             "graph": {"type": "string"}, "description": {"type": "string"},
             "params": {"type": "object"}, "plugins": {"type": "array"},
-            "auto_convert": {"type": "boolean"}, "period": {"type": ["string", "number"]},
+            "auto_convert": {"anyOf": [{"type": "boolean"}, _TEMPLATE]},
+            "period": {"type": ["string", "number"]},
             "expose": {"type": "object"},
             "nodes": {"type": "object", "additionalProperties": {"oneOf": variants}},
-            "links": {"type": "array"},
+            "links": {"type": "array", "items": link},
         },
         "required": ["nodes"],
+        "additionalProperties": False,
     }
 
 

@@ -20,11 +20,14 @@ import yaml
 
 from .errors import GraphError, PipelineError
 from .graph import NOWHERE, Graph, Where
-from .params import Duration
+from .params import Duration, shown
+from .params import Path as PathParam
 
 TOP_KEYS = {"graph", "description", "params", "plugins", "nodes", "links", "auto_convert",
             "period", "expose"}
 _TEMPLATE_RE = re.compile(r"\$\{([^}]*)\}")
+_NODE_NAME_RE = re.compile(r"[A-Za-z_][\w-]*")
+_NAME_HINT = "use letters, digits, _ and - (no dots: they name ports)"
 
 
 # ---- YAML with positions ------------------------------------------------------------------
@@ -41,6 +44,9 @@ class LocDict(dict):
         self.key_marks: dict[Any, Where] = {}
         self.value_marks: dict[Any, Where] = {}
         self.mark: Where = NOWHERE
+        # The text of plain scalars YAML typed as numbers or booleans: a text parameter
+        # takes it as written (digits: 0123 is "0123", not the octal 83 made text).
+        self.texts: dict[Any, str] = {}
 
 
 class LocList(list):
@@ -131,6 +137,9 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
                            "remove or merge the duplicate")
             seen.add(key)
         d[key] = loader.construct_object(value_node, deep=True)
+        if isinstance(d[key], (bool, int, float)) and isinstance(value_node, yaml.ScalarNode) \
+                and value_node.style is None:
+            d.texts[key] = value_node.value
         d.key_marks[key] = _where(loader, key_node)
         d.value_marks[key] = _where(loader, value_node)
     return d
@@ -270,7 +279,18 @@ def substitute(value: Any, ctx: Context, where: Where) -> Any:
     m = _TEMPLATE_RE.fullmatch(value.strip())
     if m:
         return _lookup(m.group(1), ctx, where)
-    return _TEMPLATE_RE.sub(lambda mm: str(_lookup(mm.group(1), ctx, where)), value)
+    return _TEMPLATE_RE.sub(lambda mm: _as_text(mm.group(1), ctx, where), value)
+
+
+def _as_text(expr: str, ctx: Context, where: Where) -> str:
+    """A template's value inside a text. A list or map has no text form: written out, one
+    made by YAML aliases (millions of items from a few lines) took gigabytes."""
+    value = _lookup(expr, ctx, where)
+    if isinstance(value, (list, dict)):
+        what = "list" if isinstance(value, list) else "map"
+        raise _err(f"template '${{{expr.strip()}}}' is a {what}, which cannot be part of a "
+                   "text", where, f"use it as the whole value: key: ${{{expr.strip()}}}")
+    return str(value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -337,12 +357,24 @@ class Builder:
                        "add type: KIND ('pipeline inspect' lists node types)")
         kind = substitute(spec_d.pop("type"), self.ctx, vmarks.get("type", where))
         params = {k: substitute(v, self.ctx, vmarks.get(k, where)) for k, v in spec_d.items()}
+        texts = getattr(spec, "texts", {})
+        for k in params:
+            if k in texts and self._takes_text(kind, k):
+                params[k] = texts[k]
         if isinstance(kind, str) and kind.endswith((".yaml", ".yml")):
             self.add_bin(name, base_dir / kind, params, where, marks)
             return
-        self.graph.create(str(kind), name, params, vmarks.get("type", where),
+        kind = kind if isinstance(kind, str) else shown(kind)  # a list made by aliases: bounded
+        self.graph.create(kind, name, params, vmarks.get("type", where),
                           {k: vmarks.get(k, where) for k in params},
                           {k: marks.get(k, where) for k in params}, node_where=where)
+
+    def _takes_text(self, kind: Any, param: str) -> bool:
+        """Whether `param` of node type `kind` is text (a string or a path): its value is
+        taken as written, not as YAML would type it (user=0123 is not the number 83)."""
+        cls = self.registry.node_types.get(kind) if isinstance(kind, str) else None
+        spec = cls.param_specs().get(param) if cls is not None else None
+        return spec is not None and spec.type in (str, PathParam)
 
     def add_bin(self, name: str, path: Path, params: dict, where: Where, marks: dict) -> None:
         """Flatten a YAML graph used as a node: its nodes become `name/inner`."""
@@ -384,7 +416,7 @@ class Builder:
                  where: Where) -> tuple[str, str | None]:
         """The inner node and port a bin's `expose:` entry names, checked."""
         if not isinstance(target, str):
-            raise _err(f"bin '{path.name}' exposes {target!r}, not a node's port", where,
+            raise _err(f"bin '{path.name}' exposes {shown(target)}, not a node's port", where,
                        "write NODE.PORT")
         inode, iport = _split_ref(target)
         full = f"{name}/{inode}"
@@ -432,7 +464,8 @@ class Builder:
                 raise _err(f"'{tok}' in '{text}' is not key=value", where,
                            "inline nodes are written like: resample rate=8000")
             k, _, v = tok.partition("=")
-            params[k] = substitute(yaml_value(v, where) if v else "", self.ctx, where)
+            value = v if self._takes_text(head, k) else yaml_value(v, where) if v else ""
+            params[k] = substitute(value, self.ctx, where)
         if launch or head in self.registry.node_types or rest:
             return Element(kind=head, params=params)
         if name == "parent":
@@ -448,6 +481,10 @@ class Builder:
         if el.kind is not None:
             if el.name is None:
                 name = el.params.pop("name", None)
+                if "." in str(name or ""):
+                    # Refused as under nodes: `a.b.` would name port b of node a, so the
+                    # node could never be linked to again.
+                    raise _err(f"node name '{shown(name)}' is not valid", where, _NAME_HINT)
                 full = (self.prefix + str(name) if name else
                         self.graph.anonymous_name(self.prefix + el.kind))
                 node = self.graph.create(el.kind, full, el.params, where,
@@ -503,8 +540,8 @@ class Builder:
                            where[0]))
             item = item["link"]
         if not isinstance(item, str):
-            raise _err(f"link must be a string like 'a -> b', not {item!r}", where)
-        parts = [p.strip() for p in item.split("->")]
+            raise _err(f"link must be a string like 'a -> b', not {shown(item)}", where)
+        parts = [p.strip() for p in _split_chain(item)]
         if len(parts) < 2:
             raise _err(f"link '{item}' has no '->'", where, "write a -> b (or a.out -> b.in)")
         elements = [self.parse_element(p, where) for p in parts]
@@ -535,9 +572,9 @@ class Builder:
                        "add a nodes: map, e.g. nodes: {tone: {type: tone}}")
         nmarks = getattr(nodes, "key_marks", {})
         for name, spec in nodes.items():
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w-]*", name):
+            if not isinstance(name, str) or not _NODE_NAME_RE.fullmatch(name):
                 raise _err(f"node name '{name}' is not valid", nmarks.get(name, NOWHERE),
-                           "use letters, digits, _ and - (no dots: they name ports)")
+                           _NAME_HINT)
             self.add_node(self.prefix + name, spec, nmarks.get(name, NOWHERE), base_dir)
         links = data.get("links") or []
         if not isinstance(links, list):
@@ -559,12 +596,35 @@ class Builder:
         for i, mod in enumerate(mods):
             where = marks[i] if i < len(marks) else (filename, None, None)
             if not isinstance(mod, str) or not mod:
-                raise _err(f"plugin {mod!r} is not a path", where,
+                raise _err(f"plugin {shown(mod)} is not a path", where,
                            "write plugins: [./my_nodes.py]")
             try:
                 self.registry.load_file(base_dir / mod)
             except PipelineError as e:
                 raise _err(e.message, where, e.hint) from None
+
+
+def _split_chain(link: str) -> list[str]:
+    """The elements of `a -> b -> c`, split at arrows outside quotes: an inline node's
+    quoted value may hold one (path='a->b.wav'), as a launch line's may hold a '!'."""
+    parts, start, quote, i = [], 0, "", 0
+    while i < len(link):
+        c = link[i]
+        if c == "\\" and quote != "'":
+            i += 1  # an escaped character (none inside single quotes), as shlex reads it
+        elif quote:
+            if c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif link.startswith("->", i):
+            parts.append(link[start:i])
+            start = i + 2
+            i += 1
+        i += 1
+    if quote:  # unbalanced: split as written, and the element's parse names the quote
+        return link.split("->")
+    return [*parts, link[start:]]
 
 
 def _value_where(data: Any, key: Any, filename: str | None) -> Where:
@@ -590,16 +650,22 @@ def _graph_params(data: Any, filename: str | None) -> dict[str, Any]:
     return dict(params)
 
 
-def _graph_options(data: dict) -> dict:
+def _graph_options(data: dict, ctx: Context | None = None) -> dict:
     opts: dict[str, Any] = {}
     vm = getattr(data, "value_marks", {})
+
+    def value(key: str) -> Any:  # templates too: period: ${period}, -p period=10ms
+        v = data[key]
+        return v if ctx is None else substitute(v, ctx, vm.get(key, NOWHERE))
+
     if "auto_convert" in data:
-        if not isinstance(data["auto_convert"], bool):
+        auto = value("auto_convert")
+        if not isinstance(auto, bool):
             raise _err("auto_convert must be true or false", vm.get("auto_convert", NOWHERE))
-        opts["auto_convert"] = data["auto_convert"]
+        opts["auto_convert"] = auto
     if "period" in data:
         try:
-            opts["period"] = Duration.parse(data["period"])
+            opts["period"] = Duration.parse(value("period"))
         except ValueError as e:
             raise _err(f"period: {e.args[0]}", vm.get("period", NOWHERE), e.args[1]) from None
         if not 0.0025 <= opts["period"] <= 0.12:
@@ -638,7 +704,7 @@ def load_graph_text(text: str, filename: str | None = None,
     ctx = Context(params, call, str(path.parent) if path else ".")
     graph = Graph(str(data.get("graph") or (path.stem if path else "graph")),
                   description=str(data.get("description") or ""), registry=registry,
-                  **_graph_options(data))
+                  **_graph_options(data, ctx))
     Builder(graph, ctx, registry).build_body(data, path)
     graph.check()
     graph.validate_nodes()
@@ -670,7 +736,10 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
     tokens = _launch_tokens(line)
     if not tokens:
         raise GraphError("launch line is empty", hint='write e.g. "tone ! null_sink"')
-    chains: list[list[str]] = [[]]
+    # Elements as lists of tokens: the shell-style quotes are gone from the tokens, so an
+    # element's text is rebuilt with shlex.join for parse_element to split the same way
+    # (a value with a space, path="a b.wav", stays one value, as in gst-launch).
+    chains: list[list[list[str]]] = [[]]
     current: list[str] = []
     expect_element = True
     for tok in tokens:
@@ -678,7 +747,7 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
             if expect_element:
                 raise GraphError("launch line has '!' without an element before it",
                                  hint="write element ! element")
-            chains[-1].append(" ".join(current))
+            chains[-1].append(current)
             current = []
             expect_element = True
             continue
@@ -686,21 +755,21 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
             current.append(tok)
             continue
         if current:  # a new element without '!': a new chain starts
-            chains[-1].append(" ".join(current))
+            chains[-1].append(current)
             chains.append([])
         current = [tok]
         expect_element = False
     if expect_element:
         raise GraphError("launch line ends with '!'", hint="add the element to link to")
-    chains[-1].append(" ".join(current))
+    chains[-1].append(current)
     place = "launch line"
     count = 0
     for chain in chains:
         elements = []
-        for text in chain:
+        for words in chain:
             count += 1
             where = (f"{place} element {count}", None, None)  # a line has no rows
-            head = text.split()[0]
+            head, text = words[0], shlex.join(words)
             if head.endswith("."):
                 elements.append(Element(name=head[:-1]))
             elif "." in head and head.split(".")[0] in graph.nodes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,37 @@ _FREQ_UNITS = {"": 1.0, "hz": 1.0, "khz": 1e3, "mhz": 1e6}
 _DB_UNITS = {"": 1.0, "db": 1.0, "dbfs": 1.0}
 
 
+class _Shown(reprlib.Repr):
+    """reprlib, also for subclasses of list and dict (the loader's LocList, LocDict): it
+    dispatches on the type's name, and would give those the full builtin repr."""
+
+    def repr1(self, x: Any, level: int) -> str:
+        for base in (list, dict, tuple, set):
+            if isinstance(x, base) and type(x) is not base:
+                return getattr(self, f"repr_{base.__name__}")(x, level)
+        return super().repr1(x, level)
+
+
+_SHOWN = _Shown()
+_SHOWN.maxlevel = 2
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+_SHOWN.maxstring = _SHOWN.maxother = 40
+_SHOWN.maxlong = 40
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message quotes it, bounded: YAML aliases can make a list of
+    millions of items from a few lines (a "billion laughs"), whose full text would take
+    gigabytes to build and print."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (list, tuple, dict, set, int)):
+        text = _SHOWN.repr(value)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class ParamValueError(ValueError):
     """A parameter value is wrong; carries the parameter name and a hint."""
 
@@ -30,10 +62,11 @@ class ParamValueError(ValueError):
         self.hint = hint
 
 
-def _with_unit(text: str, units: dict[str, float], what: str, example: str) -> float:
-    m = _UNIT_RE.match(text)
+def _with_unit(text: Any, units: dict[str, float], what: str, example: str) -> float:
+    # Not the text of a list or map: one made by YAML aliases may have millions of items.
+    m = None if isinstance(text, (list, tuple, dict, set)) else _UNIT_RE.match(str(text))
     if not m or m.group(2).lower() not in units:
-        raise ValueError(f"'{text}' is not a {what}", f"write it like {example}")
+        raise ValueError(f"'{shown(text)}' is not a {what}", f"write it like {example}")
     return float(m.group(1)) * units[m.group(2).lower()]
 
 
@@ -45,10 +78,10 @@ class Duration(float):
     @classmethod
     def parse(cls, value: Any) -> float:
         if isinstance(value, bool):
-            raise ValueError(f"'{value}' is not a duration", f"write it like {cls.example}")
+            raise ValueError(f"'{shown(value)}' is not a duration", f"write it like {cls.example}")
         if isinstance(value, (int, float)):
             return float(value)
-        return _with_unit(str(value), _DURATION_UNITS, "duration", cls.example)
+        return _with_unit(value, _DURATION_UNITS, "duration", cls.example)
 
 
 class Frequency(float):
@@ -59,10 +92,10 @@ class Frequency(float):
     @classmethod
     def parse(cls, value: Any) -> float:
         if isinstance(value, bool):
-            raise ValueError(f"'{value}' is not a frequency", f"write it like {cls.example}")
+            raise ValueError(f"'{shown(value)}' is not a frequency", f"write it like {cls.example}")
         if isinstance(value, (int, float)):
             return float(value)
-        return _with_unit(str(value), _FREQ_UNITS, "frequency", cls.example)
+        return _with_unit(value, _FREQ_UNITS, "frequency", cls.example)
 
 
 class Decibels(float):
@@ -73,10 +106,11 @@ class Decibels(float):
     @classmethod
     def parse(cls, value: Any) -> float:
         if isinstance(value, bool):
-            raise ValueError(f"'{value}' is not a level in dB", f"write it like {cls.example}")
+            raise ValueError(f"'{shown(value)}' is not a level in dB",
+                             f"write it like {cls.example}")
         if isinstance(value, (int, float)):
             return float(value)
-        return _with_unit(str(value), _DB_UNITS, "level in dB", cls.example)
+        return _with_unit(value, _DB_UNITS, "level in dB", cls.example)
 
 
 class Path(str):
@@ -98,10 +132,10 @@ def _coerce(ptype: type, value: Any) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
             return False
-        raise ValueError(f"'{value}' is not a boolean", "write true or false")
+        raise ValueError(f"'{shown(value)}' is not a boolean", "write true or false")
     if ptype is int:
         if isinstance(value, bool):
-            raise ValueError(f"'{value}' is not an integer", "write a whole number")
+            raise ValueError(f"'{shown(value)}' is not an integer", "write a whole number")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -114,30 +148,30 @@ def _coerce(ptype: type, value: Any) -> Any:
                 f = _with_unit(value, _FREQ_UNITS, "whole number", "8000 or 16kHz")
                 if f.is_integer():
                     return int(f)
-        raise ValueError(f"'{value}' is not an integer", "write a whole number")
+        raise ValueError(f"'{shown(value)}' is not an integer", "write a whole number")
     if ptype is float:
         if isinstance(value, bool):
-            raise ValueError(f"'{value}' is not a number", "write a number")
+            raise ValueError(f"'{shown(value)}' is not a number", "write a number")
         if isinstance(value, (int, float)):
             return float(value)
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"'{value}' is not a number", "write a number") from None
+            raise ValueError(f"'{shown(value)}' is not a number", "write a number") from None
     if ptype is str or ptype is Path:
         if isinstance(value, (dict, list)):
-            raise ValueError(f"'{value}' is not a string", "write a plain value")
+            raise ValueError(f"'{shown(value)}' is not a string", "write a plain value")
         return ptype(value)
     if ptype is list:
         if isinstance(value, list):
             return value
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
-        raise ValueError(f"'{value}' is not a list", "write [a, b] or a,b")
+        raise ValueError(f"'{shown(value)}' is not a list", "write [a, b] or a,b")
     if ptype is dict:
         if isinstance(value, dict):
             return value
-        raise ValueError(f"'{value}' is not a map", "write {key: value}")
+        raise ValueError(f"'{shown(value)}' is not a map", "write {key: value}")
     return value
 
 
@@ -184,19 +218,19 @@ class Param:
             msg, hint = (e.args + (None,))[:2]
             raise ParamValueError(self.name, f"parameter '{self.name}': {msg}", hint) from None
         if isinstance(v, float) and not math.isfinite(v):  # limits cannot catch NaN
-            raise ParamValueError(self.name, f"parameter '{self.name}': '{value}' is not a "
+            raise ParamValueError(self.name, f"parameter '{self.name}': '{shown(value)}' is not a "
                                   "finite number", "write a number")
         if self.choices is not None and v not in self.choices:
             raise ParamValueError(
                 self.name,
-                f"parameter '{self.name}': '{value}' is not one of "
+                f"parameter '{self.name}': '{shown(value)}' is not one of "
                 + ", ".join(map(str, self.choices)),
                 "pick one of the listed values",
             )
         if self.min is not None and v < self.min or self.max is not None and v > self.max:
             raise ParamValueError(
                 self.name,
-                f"parameter '{self.name}': {value} is out of range [{self._limits()}]",
+                f"parameter '{self.name}': {shown(value)} is out of range [{self._limits()}]",
                 f"use a value in [{self._limits()}]",
             )
         return v

@@ -644,3 +644,20 @@ def test_a_persistent_room_offline_says_why_it_stalls():
     done = run_graph("tone rate=48000 duration=0.2s ! conference name=room persistent=true ! "
                      "frame_sink name=o", launch=True, duration=1.0)
     assert done.stopped_by == "duration" and len(done.graph.nodes["o"].audio()) == 48000
+
+
+@pytest.mark.parametrize("names,message", [
+    ("{in0: alice}", "key 'in0' is not a participant (hint: key each name by in_N, out_N or "
+                     "N: {in_0: alice})"),
+    ("{in_0: [a, b]}", "the name of 'in_0' is ['a', 'b'], not text (hint: write in_0: alice)"),
+])
+def test_names_that_name_no_participant_or_are_not_text_are_refused(names, message):
+    # A mistyped key was ignored without a word (the caller's file was participant0.wav),
+    # and a list (as YAML aliases make, of millions of items) was made into a file name.
+    from pipeline.errors import GraphError
+
+    text = (f"nodes:\n  room: {{type: conference, names: {names}}}\n"
+            "  a: {type: tone, duration: 1s, rate: 48000}\nlinks: [a -> room.in_0]\n")
+    with pytest.raises(GraphError) as e:
+        load_graph_text(text)
+    assert str(e.value) == f"2:35: node 'room' (conference): parameter 'names': {message}"

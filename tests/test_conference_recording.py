@@ -208,6 +208,26 @@ def test_hostile_identities_make_safe_distinct_files(tmp_path):
     assert len(renamed) == 4 * N  # the file kept recording through the rename
 
 
+@pytest.mark.parametrize("fmt", ["flac", "opus"])
+def test_renaming_a_track_before_its_first_packet_keeps_recording(tmp_path, fmt):
+    # FFmpeg created a FLAC file with its first packet (4608 samples, ~5 periods): a caller
+    # named just after joining had no file to rename yet, and the whole room's recording
+    # stopped ("No such file or directory").
+    room = Room(ins=(0,), outs=(), record_dir=str(tmp_path), record_format=fmt, gate=False)
+    room.step({0: ALICE[:N]})
+    room.node.set_identity("in_0", "sip:alice@example.com")
+    for t in range(1, 50):
+        room.step({0: ALICE[t * N:(t + 1) * N]})
+    room.node.stop()
+    assert room.errors() == []
+    assert sorted(os.listdir(tmp_path)) == [f"room-alice_example.com.{fmt}",
+                                            f"room-mix.{fmt}", "room.json"]
+    alice = decode(tmp_path / f"room-alice_example.com.{fmt}")[:, 0]
+    assert abs(len(alice) - 50 * N) <= N
+    lag, corr = align(ALICE[N:49 * N], alice)
+    assert lag == N and corr > (0.999 if fmt == "flac" else 0.6)
+
+
 def test_safe_name_examples():
     assert safe_name("../../etc/passwd") == "etc_passwd"
     assert safe_name("a\x00b\x07c\r\nd") == "a_b_c_d"
@@ -309,6 +329,51 @@ def test_kill_9_leaves_readable_tracks(tmp_path, fmt, lost_ms):
         assert len(x) >= 2 * RATE - lost_ms * RATE // 1000, (name, len(x))
         lag, corr = align(ALICE[N:len(x) - N], x)
         assert lag == N and corr > (0.999 if fmt != "opus" else 0.6)
+
+
+FILE_LIMIT_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    from pipeline.frames import AudioFrame
+    from pipeline.graph import Graph
+    from plugins.conference.nodes import ConferenceBridge
+
+    fmt, folder, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ
+    voice = np.rint(np.random.default_rng(1).standard_normal(96000) * 3000).astype(np.int16)
+    g = Graph("t", period=0.02)
+    node = g.add(ConferenceBridge("room", record_dir=folder, record_format=fmt, gate=False,
+                                  record_flush=0.1))
+    node.linked_inputs = ["in_0"]
+    node.out_formats = {}
+    node.emit = lambda port, frame: None
+    node.start()
+    for i in range(100):
+        x = voice[i * 960:(i + 1) * 960]
+        node.process("in_0", AudioFrame(x[:, None], 48000, i * 960))
+        node.tick(i * 0.02)
+    node.stop()
+    print("\\n".join(m.data["message"] for m in g.messages if m.name == "error"))
+""")
+
+
+@pytest.mark.parametrize("fmt,limit", [("flac", 60000), ("opus", 9000)])
+def test_a_file_size_limit_leaves_tracks_that_decode_to_the_end(tmp_path, fmt, limit):
+    # The write that meets the limit is short: a FLAC file then ended in a cut-short frame,
+    # on which a decoder stops with an error (PyAV raises: nothing of the file could be read
+    # through it, wav_source included). The track is cut back to its last whole packet.
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", FILE_LIMIT_SCRIPT, fmt, str(tmp_path),
+                           str(limit)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith("conference 'room' recorder stopped: cannot write")
+    assert proc.stdout.strip().endswith(": File too large")
+    for name in ("mix", "participant0"):
+        path = tmp_path / f"room-{name}.{fmt}"
+        x = decode(path)[:, 0]  # raised InvalidDataError on the cut-short frame
+        assert os.path.getsize(path) <= limit and len(x) > RATE // 4, (name, len(x))
+        lag, corr = align(ALICE[N:len(x) - N], x)
+        assert lag == N and corr > (0.999 if fmt == "flac" else 0.6)
 
 
 def test_recording_parameters_are_checked():

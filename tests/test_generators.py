@@ -121,3 +121,34 @@ def test_noise_is_never_loud_enough_to_clip():
     assert np.mean(np.abs(loudest.astype(np.int32)) >= 32767) < 0.002  # P(|z| > 3.16)
     with pytest.raises(GraphError, match=r"parameter 'level': 0dB is out of range \[-120, -10\]"):
         run_graph("noise level=0dB duration=0.1s ! null_sink", launch=True)
+
+
+def _dtmf_keys(x: np.ndarray, rate: int, count: int) -> str:
+    """The keys of `count` digits of 100 ms each, 100 ms apart, by their Q.23 pair."""
+    keys = ""
+    for i in range(count):
+        seg = x[i * rate // 5:i * rate // 5 + rate // 10].astype(np.float64)
+        spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
+        freqs = np.fft.rfftfreq(len(seg), 1 / rate)
+        low = freqs[freqs < 1100][np.argmax(spec[freqs < 1100])]
+        high = freqs[freqs >= 1100][np.argmax(spec[freqs >= 1100])]
+        keys += min(DTMF_FREQS, key=lambda k: abs(DTMF_FREQS[k][0] - low)
+                    + abs(DTMF_FREQS[k][1] - high))
+    return keys
+
+
+@pytest.mark.parametrize("how", ["launch", "yaml", "link"])
+def test_digits_with_a_leading_zero_are_played_as_written(how):
+    # YAML reads a plain 0123 as the octal number 83: a text parameter got "83" and the
+    # tone played 8, 3 (a phone number user=0123 fared the same).
+    if how == "launch":
+        r = run_graph("dtmf_tone rate=8000 digits=0123 ! frame_sink name=out", launch=True)
+    elif how == "yaml":
+        r = run_graph("nodes: {d: {type: dtmf_tone, rate: 8000, digits: 0123}, "
+                      "out: frame_sink}\nlinks: [d -> out]\n")
+    else:
+        r = run_graph("nodes: {out: frame_sink}\n"
+                      "links: ['dtmf_tone rate=8000 digits=0123 -> out']\n")
+    x = r.graph.nodes["out"].audio()[:, 0]
+    assert len(x) == 4 * 1600
+    assert _dtmf_keys(x, 8000, 4) == "0123"

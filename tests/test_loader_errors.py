@@ -417,3 +417,65 @@ def test_bin_exposing_a_port_of_a_bin_inside_it(tmp_path):
     (tmp_path / "user.yaml").write_text(USER.replace("BIN", "outer.yaml"))
     g = load_graph(tmp_path / "user.yaml")
     assert sorted((ln.src, ln.dst) for ln in g.links) == [("b/x/g", "out"), ("src", "b/x/g")]
+
+
+# Aliases of aliases make a huge list from a few lines ("billion laughs": nine levels of
+# nine are 387 million items, whose text took gigabytes and minutes to build and print).
+# Five levels here, 59049 items: the message quoting them must stay one short line.
+_LAUGHS = ("a: &a [x, x, x, x, x, x, x, x, x]\n"
+           + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+                     for p, c in zip("abcd", "bcde", strict=False)))
+
+
+@pytest.mark.parametrize(("node", "message"), [
+    ("{type: wav_recorder, path: *e}", "node 'out' (wav_recorder): parameter 'path': "
+     "'[[[...], [...], [...], [...], ...], [[...], [...], [...],...' is not a string "
+     "(hint: write a plain value)"),
+    ("{type: tone, duration: *e}", "node 'out' (tone): parameter 'duration': "
+     "'[[[...], [...], [...], [...], ...], [[...], [...], [...],...' is not a duration "
+     "(hint: write it like 5s or 20ms)"),
+    ("{type: *e}", "unknown node type '[[[...], [...], [...], [...], ...], [[...], [...], "
+     "[...],...'"),
+    ("{type: wav_recorder, path: 'x${e}.wav'}", "template '${e}' is a list, which cannot be "
+     "part of a text (hint: use it as the whole value: key: ${e})"),
+], ids=["string", "duration", "type", "in_a_text"])
+def test_a_billion_laughs_value_is_quoted_in_a_short_line(tmp_path, capsys, node, message):
+    path = tmp_path / "g.yaml"
+    # The bomb sits under params: (a map the loader keeps); nodes refer to it.
+    text = "params:\n" + "".join("  " + line + "\n" for line in _LAUGHS.splitlines())
+    path.write_text(text + f"nodes:\n  out: {node}\n")
+    rc, err = _validate(path, capsys)
+    assert rc == 1 and len(err) == 1 and len(err[0]) < 300
+    assert message in err[0]
+
+
+def test_an_arrow_inside_a_quoted_link_value_is_part_of_the_value(in_tmp):
+    from pipeline.testing import dominant_frequency, read_wav, run_graph
+
+    # The link was split at every '->', quotes or not: 'No closing quotation'.
+    path = in_tmp / "g.yaml"
+    path.write_text("nodes:\n  t: {type: tone, freq: 1kHz, rate: 8000, duration: 200ms}\n"
+                    "links:\n  - \"t -> wav_recorder path='a->b.wav' name=rec\"\n")
+    r = run_graph(path)
+    assert r.graph.nodes["rec"].path == "a->b.wav"
+    audio, rate = read_wav(in_tmp / "a->b.wav")
+    assert rate == 8000 and len(audio) == 1600
+    assert dominant_frequency(audio, rate) == pytest.approx(1000, abs=1)
+
+
+def test_the_period_may_be_a_template(tmp_path, capsys):
+    from pipeline.testing import run_graph
+
+    # `period: ${p}` was read before templates: "'${p}' is not a duration".
+    path = tmp_path / "g.yaml"
+    path.write_text("params: {p: 10ms, conv: false}\nperiod: ${p}\nauto_convert: ${conv}\n"
+                    "nodes:\n  t: {type: tone, rate: 8000, duration: 100ms}\n  o: frame_sink\n"
+                    "links: [t -> o]\n")
+    for override, samples in ((None, 80), ({"p": "5ms"}, 40)):
+        r = run_graph(path, override)
+        assert r.graph.period == samples / 8000 and r.graph.auto_convert is False
+        assert {f.samples for f in r.graph.nodes["o"].frames} == {samples}
+        assert len(r.graph.nodes["o"].audio()) == 800
+    assert main(["validate", str(path), "-p", "p=1s"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: {path}:2:9: period must be between 2.5ms and 120ms")

@@ -111,3 +111,19 @@ def test_down_mix_of_full_scale_channels_cannot_clip(tmp_path):
                   "frame_sink name=out", launch=True)
     out = r.graph.nodes["out"].audio().astype(np.int32)
     assert np.abs(out - x[:, :2]).max() <= 1
+
+
+@pytest.mark.parametrize("src", [8000, 48000])
+def test_frames_follow_the_clock_so_a_mixer_downstream_never_runs_short(src):
+    # At 11025 Hz a period is 220.5 samples: clocked nodes take 221, 220, 221... (halves
+    # round up). Frames of 220, 221... left a mixer's first period one sample short: a
+    # zero sample 20 ms in, and everything after it late by one sample.
+    direct = run_graph(f"tone freq=1000 rate={src} duration=1s ! resample rate=11025 ! "
+                       "frame_sink name=out", launch=True)
+    ref = direct.graph.nodes["out"].audio()
+    sizes = [f.samples for f in direct.graph.nodes["out"].frames]
+    mixed = run_graph(f"tone freq=1000 rate={src} duration=1s ! resample rate=11025 ! "
+                      "mixer name=m rate=11025 ! frame_sink name=out", launch=True)
+    assert np.array_equal(mixed.graph.nodes["out"].audio(), ref)
+    assert mixed.stats["m"]["underruns"] == 0
+    assert sizes[:4] == [221, 220, 221, 220] and len(ref) == 11025

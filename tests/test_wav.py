@@ -215,3 +215,42 @@ def test_a_zero_data_size_runs_to_the_end_unless_a_chunk_follows(in_tmp):
     assert parse_header(raw, len(raw)).frames == 800
     audio, _ = read_wav("unfinished.wav")
     assert np.array_equal(audio[:, 0], np.frombuffer(samples, "<i2"))
+
+
+def test_a_flac_file_cut_short_plays_up_to_the_cut(in_tmp):
+    import av
+
+    # What a recorder killed (or stopped by a full disk) mid-frame leaves: PyAV raises on
+    # the cut-short last frame, and the whole file was refused. The whole frames play.
+    x = np.rint(np.sin(2 * np.pi * 440 * np.arange(48000) / 16000) * 10000).astype(np.int16)
+    with av.open("t.flac", "w") as c:
+        s = c.add_stream("flac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(x[None, :], format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for p in [*s.encode(frame), *s.encode(None)]:
+            c.mux(p)
+    data = (in_tmp / "t.flac").read_bytes()
+    (in_tmp / "t.flac").write_bytes(data[:len(data) * 2 // 3])
+    r = run_graph("wav_source name=src path=t.flac ! frame_sink name=o", launch=True)
+    out = r.graph.nodes["o"].audio()[:, 0]
+    assert 16000 < len(out) < 32000  # the whole frames before the cut
+    assert np.array_equal(out, x[:len(out)])
+    assert r.stats["src"]["damaged_packets"] == 1
+
+
+def test_a_file_that_cannot_be_read_is_one_clear_error(in_tmp, monkeypatch):
+    from plugins.files import nodes
+
+    # Permission denied (or a failing disk) was reported as "validate() failed: a bug in
+    # plugin 'plugins.files'". As root a mode cannot deny reading, so the read fails here.
+    write_wav("locked.wav", np.zeros((800, 1), np.int16), 8000)
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(nodes, "read_info", denied)
+    with pytest.raises(GraphError) as e:
+        parse_launch("wav_source path=locked.wav ! null_sink")
+    assert str(e.value) == (
+        "launch line element 1: node 'wav_source1' (wav_source): cannot read 'locked.wav': "
+        "Permission denied (hint: check that the file is readable (permissions, disk))")

@@ -27,7 +27,7 @@ from pipeline.errors import NodeError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_SILENCE, AudioFrame, EndOfStream
 from pipeline.node import Node, Port
-from pipeline.params import Decibels, Duration, Param, ParamValueError
+from pipeline.params import Decibels, Duration, Param, ParamValueError, shown
 from pipeline.params import Path as PathType
 
 from ..mixer.fifo import SampleFifo
@@ -114,6 +114,7 @@ class ConferenceBridge(Node):
     def validate(self) -> None:
         # Ports and the participant count first: a room that cannot start must fail here,
         # before start() opens (and so empties) the files of the last recording.
+        self._check_names()
         numbers = self._linked_numbers()
         if len(numbers) > self.max_participants:
             raise ParamValueError("max_participants", f"conference '{self.name}' has "
@@ -137,6 +138,19 @@ class ConferenceBridge(Node):
 
         check_writable("record_dir", str(Path(self.record_dir) / "probe"))
         self._check_record_files(numbers)
+
+    def _check_names(self) -> None:
+        """`names` maps participant ports to identities: a key that names no port (in0,
+        alice) would be ignored without a word, and a value that is not text (a list made
+        by YAML aliases) would be made text at its full size."""
+        for key, value in (self.names or {}).items():
+            if not _NAME_KEY_RE.fullmatch(str(key)):
+                raise ParamValueError("names", f"parameter 'names': key '{shown(key)}' is not "
+                                      "a participant", "key each name by in_N, out_N or N: "
+                                      "{in_0: alice}")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ParamValueError("names", f"parameter 'names': the name of '{key}' is "
+                                      f"{shown(value)}, not text", "write in_0: alice")
 
     def _check_record_files(self, numbers: list[int]) -> None:
         """Refuse a recording over a file another node of the graph reads or writes: the

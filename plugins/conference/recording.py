@@ -138,10 +138,16 @@ class AvTrack(TrackWriter):
         if fmt == "opus":
             self.stream.codec_context.bit_rate = OPUS_BITRATE * channels
         self.stream.codec_context.open()
+        # The header now, not with the first packet (4608 samples later for FLAC): until
+        # then no file exists, so renaming the track (set_identity just after a join)
+        # failed with "No such file or directory" and stopped the room's recording.
+        self.container.start_encoding()
         self.frame_size = self.stream.codec_context.frame_size or 1024
         self.fifo = av.AudioFifo()
         self.pts = 0
         self.closed = False
+        self.broken = False  # a write failed: what follows the last whole packet is cut off
+        self._good = os.stat(path).st_size  # the file's size after its last whole packet
 
     def _frame(self, block: np.ndarray):
         frame = self._av.AudioFrame.from_ndarray(
@@ -154,9 +160,13 @@ class AvTrack(TrackWriter):
 
     def _drain(self, final: bool = False) -> None:
         fs = self.frame_size
+        muxed = False
         while self.fifo.samples >= fs:
             for packet in self.stream.encode(self.fifo.read(fs)):
                 self.container.mux(packet)
+                muxed = True
+        if muxed:  # each packet reaches the OS as it is muxed (flush_packets)
+            self._good = os.stat(self.path).st_size
         if final and self.fifo.samples:
             left = self.fifo.samples
             tail = self.fifo.read(left).to_ndarray().reshape(-1, self.channels)
@@ -171,7 +181,22 @@ class AvTrack(TrackWriter):
 
     def write(self, block: np.ndarray) -> None:
         self.fifo.write(self._frame(block))
-        self._drain()
+        try:
+            self._drain()
+        except Exception:
+            self.broken = True  # a full disk: the packet being written was cut short
+            raise
+
+    def _cut(self) -> None:
+        """Drop the partial packet a failed write left at the end of the file: a FLAC
+        decoder stops at a cut-short frame (PyAV raises), so the file must end on a whole
+        one. FFmpeg writes nothing more once its I/O has failed, so the header keeps
+        "total samples: unknown", which the format allows."""
+        try:
+            if os.stat(self.path).st_size > self._good:
+                os.truncate(self.path, self._good)
+        except OSError:  # the file is gone or unreachable: nothing to repair
+            pass
 
     def write_silence(self, samples: int) -> None:
         chunk = np.zeros((self.frame_size, self.channels), np.int16)
@@ -185,11 +210,19 @@ class AvTrack(TrackWriter):
             return
         self.closed = True
         try:
-            self._drain(final=True)
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
+            if not self.broken:
+                self._drain(final=True)
+                for packet in self.stream.encode(None):
+                    self.container.mux(packet)
+        except Exception:
+            self.broken = True
+            raise
         finally:
-            self.container.close()
+            try:
+                self.container.close()
+            finally:
+                if self.broken:
+                    self._cut()
 
 
 def open_track(path: str, fmt: str, rate: int, channels: int,

@@ -59,6 +59,10 @@ class WavSource(Node):
         try:
             self.info = read_info(p)
             self._decoded = None
+        except OSError as e:  # permissions, a failing disk or mount: not a plugin bug
+            raise ParamValueError("path", f"cannot read '{self.path}': {e.strerror or e}",
+                                  "check that the file is readable (permissions, disk)"
+                                  ) from None
         except ParseError as e:
             if "compressed" not in e.message and "not a WAV" not in e.message:
                 raise ParamValueError("path", e.message, e.hint or "re-export it as PCM WAV"
@@ -86,9 +90,33 @@ class WavSource(Node):
                 resampler = av.AudioResampler(format="s16", layout=stream.layout.name
                                               if channels <= 2 else "stereo", rate=rate)
                 chunks = []
-                for frame in container.decode(stream):
-                    for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1, min(channels, 2)))
+                # Packet by packet: a damaged one (the cut-short last frame of a FLAC file
+                # whose recorder met a full disk or was killed) is skipped, as ffmpeg does,
+                # instead of losing the whole file; a container cut short ends the audio.
+                self.damaged_packets = 0
+                packets = container.demux(stream)
+                while True:
+                    try:
+                        packet = next(packets)
+                    except StopIteration:
+                        break
+                    except av.FFmpegError:
+                        if not chunks:
+                            raise
+                        self.damaged_packets += 1
+                        break
+                    try:
+                        frames = packet.decode()
+                    except av.FFmpegError:
+                        self.damaged_packets += 1
+                        continue
+                    for frame in frames:
+                        for out in resampler.resample(frame):
+                            chunks.append(out.to_ndarray().reshape(-1, min(channels, 2)))
+                if self.damaged_packets and not chunks:
+                    raise ParamValueError("path", f"'{p}' cannot be read as audio: no packet "
+                                          "of it decodes", "use a WAV file or a format "
+                                          "FFmpeg decodes")
                 return np.concatenate(chunks) if chunks else np.zeros((0, 1), np.int16), rate
         except ParamValueError:
             raise
@@ -157,7 +185,9 @@ class WavSource(Node):
 
     def stats(self) -> dict[str, Any]:
         # NaN and inf samples of a float file, replaced by 0 and full scale.
-        return {**super().stats(), "nonfinite": getattr(self, "nonfinite", 0)}
+        # damaged_packets: packets of a compressed file that did not decode and were skipped.
+        return {**super().stats(), "nonfinite": getattr(self, "nonfinite", 0),
+                "damaged_packets": getattr(self, "damaged_packets", 0)}
 
 
 def check_writable(param: str, path: str) -> None:

@@ -116,7 +116,7 @@ class Resample(Node):
         if src.value("channels") != self.out_channels:
             self._work = np.zeros((self.in_rate * 3 // 25, self.out_channels), np.float32)
         self.pts = 0
-        self._owed = 0.0  # exact output samples owed (fractional), so durations match
+        self._in_samples = 0  # input so far: the output owed is exact, in integers
         self._primed = False
         if self.in_rate != self.out_rate:
             import av
@@ -142,8 +142,8 @@ class Resample(Node):
         av_frame.sample_rate = self.in_rate
         for out in self.resampler.resample(av_frame):
             self.fifo.push(out.to_ndarray().reshape(-1, self.out_channels))
-        self._owed += frame.samples * self.out_rate / self.in_rate
-        n = int(self._owed)
+        self._in_samples += frame.samples
+        n = self._owed()
         if not self._primed:
             # Prime the filter delay with silence once (plus a small cushion against the
             # +-1 sample wobble of fractional ratios), then emit exact-duration frames.
@@ -157,7 +157,6 @@ class Resample(Node):
             self._primed = True
         if len(self.fifo) < n:
             return
-        self._owed -= n
         out = self.fifo.pop(n)
         self.emit("out", AudioFrame(out, self.out_rate, self.pts, frame.flags))
         self.pts += n
@@ -167,7 +166,7 @@ class Resample(Node):
             for out in self.resampler.resample(None):
                 self.fifo.push(out.to_ndarray().reshape(-1, self.out_channels))
             # The output holds exactly input length x ratio samples, no more.
-            n = int(round(self._owed))
+            n = self._owed()
             if n > 0:
                 out = self.fifo.pop(n)
                 if len(out) < n:
@@ -175,8 +174,15 @@ class Resample(Node):
                                                         out.dtype)])
                 self.emit("out", AudioFrame(out, self.out_rate, self.pts))
                 self.pts += n
-                self._owed -= n
         super().event(port, event)
+
+    def _owed(self) -> int:
+        """Output samples due and not yet emitted: input so far x ratio, halves rounded up
+        as `pipeline.clock.TickSamples` rounds them. A mixer or bridge downstream takes
+        221, 220, 221... samples per period at 11025 Hz: frames of 220, 221... (rounding
+        down) left its first period one sample short, a dropped-out sample 20 ms in."""
+        due = (2 * self._in_samples * self.out_rate + self.in_rate) // (2 * self.in_rate)
+        return due - self.pts
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "in_rate": getattr(self, "in_rate", None),
