@@ -116,6 +116,15 @@ def test_a_reliable_183_answer_stands_for_a_200_without_sdp_and_is_early_media()
     assert kinds(events) == [CallEstablished] and events[0].media is early
 
 
+def test_a_200_without_sdp_after_an_unreliable_183_keeps_its_early_media():
+    """RFC 3261 wants the answer in the 2xx when the 18x was unreliable; a gateway that
+    leaves it out gets the 18x's SDP taken as the answer (docs/sip.md), not a 488."""
+    alice, bob = calling()
+    early = bob.send(183, "Session Progress", bob.answer_sdp())[-1].media
+    (est,) = bob.send(200, "OK")
+    assert isinstance(est, CallEstablished) and est.media is early
+
+
 def test_a_200_whose_sdp_differs_from_the_early_one_renegotiates():
     alice, bob = calling()
     events = bob.send(183, "Session Progress", bob.answer_sdp())
@@ -166,6 +175,34 @@ def test_early_media_from_another_branch_is_not_the_answer_of_the_2xx():
         [CallRinging, CallEarlyMedia]
     (est,) = bob.send(200, "OK", bob.answer_sdp(port=45000, version=1), tag="b2")
     assert est.media.remote_rtp_port == 45000
+
+
+def test_a_183_our_handler_fails_on_cancels_the_invite_and_gives_it_up(monkeypatch):
+    """A bug while handling the 183 ends the call (500, as for a request, RFC 3261 21.5.1).
+    Its INVITE is Proceeding, which has no timer of its own: it is cancelled (the callee
+    would ring on) and given up 64*T1 later, as docs/sip.md says of "a failed handler".
+    Before, the transaction's owner was dropped before the call ended: no CANCEL, no
+    give-up, and the transaction stayed in the layer for good."""
+    alice, bob = calling()
+
+    def broken(event, call, media):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(CallEarlyMedia, "__init__", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        bob.send(183, "Session Progress", bob.answer_sdp())
+    events = []
+    while (ev := alice.next_event()) is not None:
+        events.append(ev)
+    assert [(type(e), getattr(e, "status", None)) for e in events] == \
+        [(CallRinging, None), (CallEnded, 500)]
+    sent = [SipMessage.parse(d) for _, d, _ in alice.datagrams_to_send()]
+    assert [m.method for m in sent] == ["CANCEL"]
+    alice.handle_timer(31.9)
+    assert alice.calls  # a late 2xx would still be ACKed and BYEd
+    alice.handle_timer(32.0)  # 64*T1 after the call ended, nothing came
+    assert not alice.calls and not alice._owners and not alice.layers["udp"].clients
+    assert alice.get_timer() is None
 
 
 # ---- through the node: a scripted gateway on 127.0.0.1 ----------------------------------------
@@ -242,7 +279,9 @@ nodes:
             assert ep.names("call-established") == []
             gw.send(200, "OK", gw.answer_sdp(36000, 1) if same else gw.answer_sdp(36002, 2))
             await gw.receive("ACK")
-            await ep.wait("call-established", call_id=call_id)
+            est = await ep.wait("call-established", call_id=call_id)
+            # the part's prefix, also while it is being rebuilt (before: None then)
+            assert est.data["prefix"] == "call-1/"
             if same:  # not rebuilt (a rebuild takes the part out of `parts` at once)
                 assert ep.node.parts[call_id] == "call-1/"
                 assert ep.graph.nodes["call-1/rtp"] is rtp
@@ -347,3 +386,126 @@ def test_pjsua2_answers_183_with_sdp_then_200_and_we_hear_its_tone_before_the_20
         theirs, rate = read_wav(carol.recording(cid))
     check_tone(before, F_PEER)  # heard before the 200
     check_tones(ours, theirs, rate)
+
+
+def _response(gw: Gateway, code: int, reason: str, body: bytes = b"",
+              request: SipRequest | None = None) -> bytes:
+    """The gateway's response to `request` (default: its INVITE) as bytes, to hand to the
+    node directly: several in one turn of the loop, before a rebuild's old part is gone."""
+    request = request or gw.invite
+    assert request is not None
+    resp = SipResponse(code, reason, body=body)
+    for name in ("Via", "From", "Call-ID", "CSeq"):
+        resp.headers.add(name, request.headers.get(name))
+    to = request.headers.get("To")
+    resp.headers.add("To", to if ";tag=" in to else to + ";tag=gw")
+    resp.headers.add("Contact", f"<sip:gw@127.0.0.1:{gw.port}>")
+    if body:
+        resp.headers.add("Content-Type", "application/sdp")
+    return bytes(resp)
+
+
+ENDPOINT = """
+nodes:
+  sip:
+    type: sip_endpoint
+    listen: udp:127.0.0.1:0
+    user: alice
+    call_graph: {call_graph}
+    codecs: [pcmu, telephone-event]
+    rtp_port_range: 35000-35999
+"""
+
+
+def test_a_new_183_then_the_200_in_one_turn_build_one_part_with_the_200s_values(tmp_path):
+    """The 183 with a new version starts a rebuild (the old part's sockets close first);
+    the 200 that comes before that is done must not start a part of its own on the same
+    RTP port (before: `cannot bind ... Address already in use`, the call hung up), and
+    the rebuilt part gets the 200's values. Every event names the part's prefix."""
+    (tmp_path / "call.yaml").write_text(MUTE_GRAPH)
+
+    async def main() -> None:
+        gw = Gateway()
+        ep = Endpoint(ENDPOINT.format(call_graph=tmp_path / "call.yaml"))
+        try:
+            await ep.port()
+            call_id = ep.node.call(f"sip:gw@127.0.0.1:{gw.port}")
+            await gw.receive("INVITE")
+            addr = ("127.0.0.1", gw.port)
+            gw.send(183, "Session Progress", gw.answer_sdp(36000, 1))
+            await ep.wait("call-early-media", call_id=call_id)
+            rtp = ep.graph.nodes["call-1/rtp"]
+            # one turn of the loop: no await between them
+            ep.node._on_message("udp", _response(gw, 183, "Session Progress",
+                                                 gw.answer_sdp(36002, 2)), addr)
+            ep.node._on_message("udp", _response(gw, 200, "OK", gw.answer_sdp(36004, 3)),
+                                addr)
+            await gw.receive("ACK")
+            est = await ep.wait("call-established", call_id=call_id)
+            await until(lambda: ep.graph.nodes.get("call-1/rtp") not in (None, rtp),
+                        "the call graph rebuilt")
+            assert ep.graph.nodes["call-1/rtp"].remote_port == 36004
+            assert ep.names("error") == [] and ep.names("call-ended") == []
+            assert [m.data["prefix"] for m in ep.names("call-early-media")] == \
+                ["call-1/", "call-1/"]
+            assert est.data["prefix"] == "call-1/"
+            ep.node.hangup(call_id)
+            await gw.receive("BYE")
+            await until(lambda: ep.part_nodes() == [], "the call graph to go")
+            assert not ep.node._rebuilding
+        finally:
+            gw.close()
+            await ep.stop()
+
+    asyncio.run(main())
+
+
+def test_our_hold_answered_while_the_200_rebuilds_the_part_is_in_the_new_part(tmp_path):
+    """The 200 answers differently from the 183 (a rebuild starts) and we put the call on
+    hold at once; the re-INVITE's answer comes before the old part is gone. The part
+    built then has the held values (before: the 200's, sending to a held peer)."""
+    (tmp_path / "call.yaml").write_text(MUTE_GRAPH)
+
+    async def main() -> None:
+        gw = Gateway()
+        ep = Endpoint(ENDPOINT.format(call_graph=tmp_path / "call.yaml"))
+        sent: list[bytes] = []
+        try:
+            await ep.port()
+            transport = ep.node.transport
+            send = transport.send
+
+            def record(kind: str, data: bytes, addr: tuple[str, int]) -> None:
+                sent.append(data)
+                send(kind, data, addr)
+
+            transport.send = record
+            call_id = ep.node.call(f"sip:gw@127.0.0.1:{gw.port}")
+            await gw.receive("INVITE")
+            addr = ("127.0.0.1", gw.port)
+            gw.send(183, "Session Progress", gw.answer_sdp(36000, 1))
+            await ep.wait("call-early-media", call_id=call_id)
+            rtp = ep.graph.nodes["call-1/rtp"]
+            # one turn of the loop: the 200, our hold, its answer
+            ep.node._on_message("udp", _response(gw, 200, "OK", gw.answer_sdp(36002, 2)),
+                                addr)
+            ep.node.hold(call_id)
+            (reinvite,) = [m for m in map(SipMessage.parse, sent)
+                           if isinstance(m, SipRequest) and m.method == "INVITE"
+                           and m.headers.get("To").find("tag=") >= 0]
+            sdp, _ = answer(reinvite.body, [PCMU], "127.0.0.1", 36002)
+            sdp.origin.session_id, sdp.origin.session_version = 7, 3
+            ep.node._on_message("udp", _response(gw, 200, "OK", bytes(sdp), reinvite), addr)
+            await ep.wait("call-updated", call_id=call_id)
+            await until(lambda: ep.graph.nodes.get("call-1/rtp") not in (None, rtp),
+                        "the call graph rebuilt")
+            await until(lambda: call_id in ep.node.parts, "the rebuilt part in place")
+            assert ep.node.part_values[call_id]["direction"] == "sendonly"
+            assert ep.names("error") == []
+            ep.node.hangup(call_id)
+            await until(lambda: ep.part_nodes() == [], "the call graph to go")
+        finally:
+            gw.close()
+            await ep.stop()
+
+    asyncio.run(main())

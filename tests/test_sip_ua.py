@@ -763,3 +763,24 @@ def test_a_provisional_after_our_cancel_does_not_put_off_the_give_up():
     net.pump()
     net.advance(22.1)  # 64*T1 after the CANCEL
     assert not alice.calls and not alice._owners and not alice.layers["udp"].clients
+
+
+def test_a_call_ended_while_our_reinvite_is_proceeding_is_forgotten_after_64_t1():
+    """Our hold re-INVITE got 100 Trying, and every copy of its 200 is lost; we hang up.
+    A Proceeding re-INVITE has no timer B either: it is given up 64*T1 after the call
+    ended, as an initial INVITE is. Before, only the initial INVITE was, and the ended
+    call, its re-INVITE transaction and its owner stayed in the user agent for good."""
+    net, alice, bob, call, _ = established_call()
+    net.drop = lambda data: data.startswith(b"SIP/2.0 200") and b" INVITE\r\n" in data
+    alice.hold(call.call_id, net.now)
+    net.pump()
+    (reinvite,) = [tx for tx, (kind, _) in alice._owners.items() if kind == "reinvite"]
+    assert reinvite.state == "proceeding"
+    net.advance(1.0)
+    alice.hangup(call.call_id, net.now)
+    net.pump()
+    net.advance(31.9)
+    assert alice.calls  # a late 2xx would still be ACKed
+    net.advance(0.2)  # 64*T1 after the call ended
+    alice.forget_ended()
+    assert not alice.calls and not alice._owners and not alice.layers["udp"].clients

@@ -394,6 +394,9 @@ class SipEndpoint(Node):
         self.listeners = listeners
         self.parts: dict[str, str] = {}  # call_id -> part prefix
         self.part_values: dict[str, dict[str, Any]] = {}
+        # calls whose part is being rebuilt (the old one's sockets still closing) -> the
+        # media to build it with: the latest, should the 2xx or a re-INVITE come meanwhile
+        self._rebuilding: dict[str, NegotiatedMedia] = {}
         self._dialled: str | None = None
         self._dial_time: float | None = None  # when the dialled call was answered
         self._ring_since: float | None = None  # when it was dialled, until it is answered
@@ -624,8 +627,7 @@ class SipEndpoint(Node):
             if not self._start_part(event.call, event.media):
                 return
             self.post("call-early-media", call_id=event.call.call_id,
-                      codec=self._codec_name(event.media),
-                      prefix=self.parts.get(event.call.call_id))
+                      codec=self._codec_name(event.media), prefix=self._prefix(event.call))
         elif isinstance(event, sipua.CallEstablished):
             call = event.call
             if not self._start_part(call, event.media):
@@ -634,7 +636,7 @@ class SipEndpoint(Node):
                 self._dial_time = self._loop.time()
                 self._ring_since = None
             self.post("call-established", call_id=call.call_id,
-                      codec=self._codec_name(event.media), prefix=self.parts.get(call.call_id))
+                      codec=self._codec_name(event.media), prefix=self._prefix(call))
             referring = self._report_followed(call.call_id, 200)
             if referring is not None:  # transferred: the referring call has done its part
                 self.ua.hangup(referring, self._loop.time())
@@ -642,6 +644,9 @@ class SipEndpoint(Node):
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
                       codec=self._codec_name(event.media))
+            if call.call_id in self._rebuilding:
+                self._rebuilding[call.call_id] = event.media
+                return
             values = call_values(call, event.media, local_ip=self.media_ip_used,
                                  rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
             if call.call_id in self.parts and values != self.part_values.get(call.call_id):
@@ -692,6 +697,9 @@ class SipEndpoint(Node):
         """Run the call's part with `media`: started, or rebuilt when early media started
         it with other values (the 2xx answered differently). False when it failed (the
         call is hung up)."""
+        if call.call_id in self._rebuilding:  # built with these once the old part is gone
+            self._rebuilding[call.call_id] = media
+            return True
         if call.call_id in self.parts:
             values = call_values(call, media, local_ip=self.media_ip_used,
                                  rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
@@ -771,9 +779,18 @@ class SipEndpoint(Node):
             done.add_done_callback(self._pending_detach.discard)
         return done
 
+    def _prefix(self, call: sipua.Call) -> str | None:
+        """The prefix of the call's part, also while it is being rebuilt."""
+        if call.call_id in self._rebuilding:
+            return f"call-{call.number}/"
+        return self.parts.get(call.call_id)
+
     def _rebuild(self, call: sipua.Call, media: NegotiatedMedia) -> None:
-        """New media values: the old part goes, then the new one comes (same RTP port)."""
+        """New media values: the old part goes, then the new one comes (same RTP port).
+        Media that come before the old part is gone (a 2xx after an 18x, a re-INVITE) are
+        the ones the new part gets: starting a part then would find the port still bound."""
         pending = self._detach(call.call_id)
+        self._rebuilding[call.call_id] = media
 
         async def later() -> None:
             if pending is not None:
@@ -781,9 +798,10 @@ class SipEndpoint(Node):
                     await asyncio.wait_for(asyncio.shield(pending), 2.0)
                 except TimeoutError:
                     self._c["detach_timeouts"] += 1
+            latest = self._rebuilding.pop(call.call_id)
             if call.active and call.call_id not in self.parts:
                 try:
-                    self._attach(call, media)
+                    self._attach(call, latest)
                 except Exception as exc:
                     self._c["part_errors"] += 1
                     self.post("error", message=f"call graph for call {call.call_id} failed: "

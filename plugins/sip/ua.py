@@ -536,13 +536,20 @@ class UserAgent(RegistrationClient, ReferAgent):
                 if call.server_tx is tx and call.state == "incoming":
                     self._end(call, reason, status)
         elif isinstance(event, ResponseReceived):
-            owner = self._owners.pop(event.transaction, None)
+            tx = event.transaction
+            owner = self._owners.pop(tx, None)
             kind, obj = owner if owner is not None else ("", None)
             if kind == "register":
                 self._register_failed(obj, status, reason, now)
             elif kind == "invite" and obj.active:
                 if obj.dialog is not None and obj.state == "established":
                     self._send_bye(obj, now)
+                elif tx.state == PROCEEDING:
+                    # A provisional response it failed on: the callee rings on. CANCEL (9.1)
+                    # and keep the INVITE, so that `_end` gives it up after 64*T1 and a
+                    # late 2xx is still ACKed and BYEd.
+                    self._owners[tx] = owner  # type: ignore[index,assignment]
+                    self._send_cancel(obj, tx, now)  # type: ignore[arg-type]
                 self._end(obj, reason, status)
 
     def _on_layer_event(self, event: object, transport: str, now: float) -> None:
@@ -1689,10 +1696,11 @@ class UserAgent(RegistrationClient, ReferAgent):
         for tx, (kind, owner) in self._owners.items():
             if owner is call:
                 kept = True
-                if kind == "invite" and tx.state == PROCEEDING:
+                if kind in ("invite", "reinvite") and tx.state == PROCEEDING:
                     # A Proceeding INVITE has no timer B: ended other than by our CANCEL
-                    # (a BYE after its 2xx was lost, a failed handler...), it would never
-                    # end, and would keep the call. It gets 64*T1, as after a CANCEL (9.1).
+                    # (a BYE after its 2xx was lost, a failed handler, a hang-up while our
+                    # re-INVITE waits for its answer...), it would never end, and would
+                    # keep the call. It gets 64*T1, as after a CANCEL (9.1).
                     _layer_of(tx).give_up(tx, self._now)
         if not kept:
             self.calls.pop(call.call_id, None)
