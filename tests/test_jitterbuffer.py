@@ -599,3 +599,67 @@ def test_a_frame_taken_back_before_playout_is_as_if_never_pushed():
     out = run(jb, [(p.send + 0.03, p) for p in pkts[5:]], 1.0)
     assert jb.started and played(out) == list(range(20))
     assert jb.stats.received == 20 and jb.stats.duplicates == 0 and jb.stats.lost == 0
+
+
+def _dtx(resume: int, lost: set[int], marked: bool) -> JitterBuffer:
+    """Opus with DTX, sans-IO (48 kHz, 20 ms frames): a talk spurt of 30 packets, 200 ms of
+    silence frames, then DTX (a packet every 400 ms, the sequence numbers contiguous), twice
+    speech resuming `resume` frame periods after a DTX packet (with the marker bit if
+    `marked`) for 20 packets, then DTX again. The packets at the indices `lost` never come;
+    the others come 5 ms after their audio is there, popped every 20 ms."""
+    frame = 960
+    sent, ts = [], 0
+
+    def talk(n: int, first_marked: bool) -> None:
+        nonlocal ts
+        for i in range(n):
+            sent.append((ts, first_marked and i == 0))
+            ts += frame
+
+    def dtx(n: int) -> None:
+        nonlocal ts
+        for _ in range(n):
+            ts += 19 * frame
+            talk(1, False)
+
+    talk(40, True)
+    dtx(3)
+    for _ in range(2):
+        ts += (resume - 1) * frame
+        talk(20, marked)
+        dtx(4)
+    jb = JitterBuffer(48000, 20)
+    arrivals = [((t + frame) / 48000 + 0.005, Pkt(i, i, t, 7, m, 0.0))
+                for i, (t, m) in enumerate(sent) if i not in lost]
+    run(jb, arrivals, ts / 48000 + 1.0)
+    jb.end()
+    return jb
+
+
+@pytest.mark.parametrize("marked", [False, True])
+@pytest.mark.parametrize("resume", [2, 3, 5, 8])  # frame periods after a DTX packet
+def test_a_silence_shorter_than_idle_is_concealed_not_lost(resume, marked):
+    # Speech resuming less than `idle_ms` after a DTX packet: the buffer plays on through
+    # the silence, concealing it, and counted its periods lost (up to 4 per resumption).
+    # The packet after it follows the last one played in sequence: nothing was sent.
+    jb = _dtx(resume, set(), marked)
+    assert jb.stats.lost == 0 and jb.stats.late == 0
+    assert jb.stats.concealed > 0  # the silences were concealed (or the buffer went quiet)
+
+
+@pytest.mark.parametrize("marked", [False, True])
+@pytest.mark.parametrize("resume", [2, 3, 4, 8])
+@pytest.mark.parametrize("lost", [
+    {40}, {41}, {42},  # DTX packets (each its own spurt, the buffer quiet between)
+    {43},  # speech's first packet, right after a DTX packet
+    {63}, {64},  # the DTX packets after that speech spurt
+    {42, 43}, {62, 63},  # a spurt's end and the next one's start
+])
+def test_packets_lost_around_dtx_count_one_frame_each(resume, lost, marked):
+    # Each Opus packet is one frame. Packets lost in a quiet spell are counted from an
+    # estimate of their length, the spurt's timestamps per sequence number; a spurt that
+    # held a silence the buffer played through (speech resuming less than `idle_ms` after
+    # a DTX packet) made one lost DTX packet count 2 or 3. Never longer than the head's
+    # own packet; and the silence periods themselves are not losses.
+    jb = _dtx(resume, lost, marked)
+    assert (jb.stats.lost, jb.stats.late) == (len(lost), 0)

@@ -453,6 +453,57 @@ def test_a_first_packet_behind_a_whole_frame_still_plays(codec, sizes, k, marked
     assert jb["concealed"] == jb["incomplete"] == jb["lost"] == jb["late"] == 0
 
 
+@pytest.mark.parametrize("k", [0, 1])  # the first packet in order, or behind the second
+@pytest.mark.parametrize("at_s", [0.07, 0.11, 0.5])  # before playout, as it starts, after
+def test_a_late_copy_of_a_one_frame_packet_off_the_grid_changes_nothing(k, at_s):
+    # 100 + 160 + 60 samples a round: the 160-sample packet is one frame long but lies
+    # across a frame edge; with the first packet behind it (k=1) its frame was handed out
+    # as it was, then taken back when the grid moved back. A copy of it arriving later,
+    # while no frame is incomplete, passed as a frame as it was: before playout it stayed
+    # in the buffer between two frames played around it, for ever (the node never ended);
+    # as playout started it was played over them (a period too many); after, it moved the
+    # reframer's grid onto itself, so the next frames were cut wrong and one was lost
+    # (counted nowhere). Off the grid it is cut, its pieces dropped as copies.
+    data, _ = _g711("pcma")
+    packets = _packets(data, 1, (100, 160, 60), "pcma", 8000)
+    if k:
+        packets = _first_behind(packets, k, False)
+    copy = packets[0 if k else 1]
+    assert len(copy.payload) == 160 and (copy.pts - TS0) % 160
+    packets.append(EncodedFrame(copy.payload, "pcma", copy.pts, 160, 8000, False, 0,
+                                {**copy.meta, "arrival": at_s}))
+    jb, out, frames, _ = _run("pcma", 8000, 1, packets, decode=False, **STEADY)
+    assert b"".join(f.payload + (f.meta or {}).get("extra", b"") for f in frames) == data
+    assert jb["played"] == 100 and jb["received"] == 100
+    assert jb["lost"] == jb["concealed"] == jb["incomplete"] == jb["compressed"] == 0
+
+
+@pytest.mark.parametrize("marked", [False, True])
+@pytest.mark.parametrize(("codec", "sizes", "k"), [
+    ("l16", (694, 188), 2),
+    ("pcma", (240,), 1),
+])
+def test_a_new_streams_first_packet_behind_a_whole_frame_still_plays(codec, sizes, k, marked):
+    # A new SSRC (a sender restart, a transfer) starts over in the buffer, and its first
+    # packet may come behind others as the call's first could. The reframer settled once,
+    # on the first stream, so the new one's first packet lost its ticks before the frame
+    # edge of the grid its next packets set. It starts afresh: the grid moves back to it.
+    rate, channels, unit, frame = (44100, 2, 4, 882) if codec == "l16" else (8000, 1, 1, 160)
+    data = _stereo_l16()[1] if codec == "l16" else _g711(codec)[0]
+    half = len(data) // 2 // (unit * frame) * unit * frame  # on a frame edge
+    first = _packets(data[:half], unit, sizes, codec, rate)
+    second = [EncodedFrame(p.payload, codec, (p.pts + 777_777) % 2**32, p.duration, rate,
+                           p.marker, 0, {"seq": (p.meta["seq"] + 3000) % 65536, "ssrc": 9,
+                                         "arrival": p.meta["arrival"] + half / unit / rate
+                                         + 0.5})  # after half a second of silence
+              for p in _packets(data[half:], unit, sizes, codec, rate)]
+    packets = first + _first_behind(second, k, marked)
+    jb, out, frames, _ = _run(codec, rate, channels, packets, decode=False, **STEADY)
+    assert b"".join(f.payload + (f.meta or {}).get("extra", b"") for f in frames) == data
+    assert jb["resyncs"] == 1 and jb["received"] == jb["played"] == 100
+    assert jb["incomplete"] == jb["lost"] == jb["late"] == 0
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_the_grid_moves_back_to_a_first_packet_behind_others(data):

@@ -308,11 +308,21 @@ class JitterBuffer:
         return self._store(BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts))
 
     @property
+    def ssrc(self) -> int | None:
+        """The SSRC of the current stream (None before the first packet)."""
+        return self._ssrc
+
+    @property
+    def newest(self) -> int:
+        """The RTP timestamp of the newest frame pushed (of the current timeline)."""
+        return self._ext_ts % _TS_MOD
+
+    @property
     def started(self) -> bool:
-        """A frame period has had its turn (played, concealed or skipped): a frame pushed
-        from then on may be late; before, every frame pushed is still here."""
-        stats = self.stats
-        return bool(stats.played or stats.concealed or stats.skipped)
+        """A frame period of the current stream has had its turn (played, concealed or
+        skipped): a frame pushed from then on may be late; before, every frame pushed since
+        the stream started (its first packet, a new SSRC or a restart) is still here."""
+        return self._playing or self._played_upto > 0
 
     def take_back(self, timestamp: int) -> None:
         """Forget a frame pushed before playout started (`started` is False), as the
@@ -563,6 +573,8 @@ class JitterBuffer:
                 stats.concealed += 1
                 stats.stretched += 1
                 return Playout(Action.CONCEAL, timestamp=ts % _TS_MOD, stretch=True)
+            if ts - self._last_played > frame and self._last_seq is not None:
+                self._silent(ts, pkt)  # periods between: lost, or a short silence?
             self._next_ts = ts + advance
             self._last_seq = pkt.seq if extra is None else extra.seq
             stats.played += 1
@@ -645,12 +657,17 @@ class JitterBuffer:
         long as the spurt's packets, ticks per sequence number between the ends of its
         frames' packets (a frame's seq is its packet's, or for a joined frame the piece's
         that completed it, and `held` runs to that packet's end), else the last spurt's
-        (from its first frame's packet to its last frame played)."""
+        (from its first frame's packet to its last frame played); never longer than the
+        head's own packet (its frame and `held`). A span of timestamps holds a silence
+        too when the buffer played through it (a DTX packet every 400 ms, speech resuming
+        less than `idle_ms` after one): with one-frame packets (Opus) each of a spurt's
+        few packets then looked several frames long, and a lost one counted as that many."""
         if count <= 0:
             return 0
         frame = self.frame
         packets = self._packets
-        end = first + frame + head.held
+        own = frame + head.held
+        end = first + own
         # The spurt's last frame buffered (not one of a later spurt: a silence between).
         later = [k for k, p in packets.items() if p.marker and k > first]
         key = max(k for k in packets if k < min(later)) if later else max(packets)
@@ -663,13 +680,33 @@ class JitterBuffer:
         elif 0 < m < _SEQ_MOD // 2 and self._last_played + frame > end0:
             ticks, per = self._last_played + frame - end0, m  # the last spurt's
         else:
-            ticks, per = frame + head.held, 1  # the head's packet only
+            ticks, per = own, 1  # the head's packet only
+        if ticks > own * per:  # longer than the head's packet: a silence in the span
+            ticks, per = own, 1
         # Pieces of the head's frame before its completing one came (in it): not lost.
-        lost = count * ticks - max(0, (frame + head.held) * per - ticks)
+        lost = count * ticks - max(0, own * per - ticks)
         frames = -(-lost // (per * frame))
         # Never more periods than the timestamps leave (exact when nothing was silent).
         room = (first - self._last_played) // frame - 1
         return max(0, min(frames, room))
+
+    def _silent(self, ts: int, pkt: BufferedPacket) -> None:
+        """Periods lie between the last frame played and `pkt` (at `ts`), counted missing.
+        The packets between the two, by sequence number, held at most as many periods as
+        `pkt`'s packet each (none when its number follows: RFC 3551 4.1 keeps sequence
+        numbers contiguous over a silence); the other periods held no packet. They were a
+        silence shorter than `idle_ms` (DTX: Opus sends a packet every 400 ms; voice
+        activity detection), concealed but not lost."""
+        between = (pkt.seq - self._last_seq) % _SEQ_MOD - 1  # type: ignore[operator]
+        if not 0 <= between < _SEQ_MOD // 2:
+            return
+        frame = self.frame
+        keep = between * -(-(frame + pkt.held) // frame)
+        # The periods nearest this frame are kept: its spurt's first packets, lost.
+        gone = sorted(k for k in self._missed if self._last_played <= k < ts)[:-keep or None]
+        for k in gone:
+            self._missed.remove(k)
+        self.stats.missing -= len(gone)
 
     def end(self) -> None:
         """The stream has ended (or paused): the frames missing since the last one played

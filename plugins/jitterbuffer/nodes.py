@@ -138,15 +138,15 @@ class JitterBufferNode(Node):
                 seq = (frame.pts // max(self.frame, 1)) & 0xFFFF
             ssrc = meta.get("ssrc", 0)
         payload = frame.payload
-        if len(payload) == self._whole:
-            # One frame of a sample-based payload, nothing incomplete: the usual case, pushed
-            # as it is (the grid follows it).
-            self._cut.base = frame.pts  # type: ignore[union-attr]
-        elif self._cut is not None:
-            self._reframe(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, payload, arrival)
-            return
-        elif frame.duration != self.frame and frame.duration:
-            self._packet_time(frame.duration)
+        # One frame of a sample-based payload, nothing incomplete, playout started: the usual
+        # case, pushed as it is (the reframer's grid follows the newest frame: `_reframe`).
+        if len(payload) != self._whole:
+            if self._cut is not None:
+                self._reframe(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, payload,
+                              arrival)
+                return
+            if frame.duration != self.frame and frame.duration:
+                self._packet_time(frame.duration)
         if not self.buffer.push(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, payload,
                                 arrival):
             self.counters.drops += 1
@@ -157,8 +157,15 @@ class JitterBufferNode(Node):
         before playout has started: push the frames it completes."""
         cut = self._cut
         buffer = self.buffer
-        if cut.unsettled and buffer.started:
-            cut.settle()  # a frame period has had its turn: the grid can no longer move back
+        if self._whole != -1:
+            # One-frame packets went past the reframer: its grid is the newest frame's (an
+            # older one off the grid, a copy of a frame cut again on a grid moved back, must
+            # not move it: the frames after it were cut on the wrong grid and lost).
+            cut.base = buffer.newest
+        if cut.unsettled and buffer.started and buffer.ssrc == cut.stream:
+            # A frame period of the kept stream has had its turn: the grid can no longer
+            # move back. (Another stream's, before the buffer has seen the kept one, not.)
+            cut.settle()
         if len(payload) == cut.frame_bytes and not cut.pending:  # one frame, kept until then
             frames = cut.whole(seq, timestamp, ssrc, marker, payload, arrival)
         else:

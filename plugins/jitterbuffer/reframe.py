@@ -14,8 +14,9 @@ itself: they are cut again on it, and the frames handed out before are listed in
 for the caller to take back from its buffer (none has been played), so no sample received
 is thrown away, also when the first packet came behind one that completed a frame. A long
 packet becomes several frames; pieces of a frame are joined once all its ticks have come, in
-whatever order. Until then a one-frame packet is passed on as it is, as the caller's fast
-path does with it afterwards (the grid follows it).
+whatever order. Until then a one-frame packet on the grid is passed on as it is, as the
+caller's fast path does with it afterwards (one off the grid is cut). A new SSRC starts
+over: its packets are kept until the caller's buffer starts its playout.
 
 What a frame carries for the buffer (which keys frames on their timestamp, so frames of one
 packet may share its sequence number):
@@ -39,7 +40,7 @@ the buffer's maximum delay) and at most `MAX_PENDING` of them, then given up (co
 `incomplete`). Pieces of a frame already completed or given up are dropped (duplicates, or
 too late).
 
-Once a frame is out, the grid moves only to a packet that is off it and starts a talk spurt
+Once settled, the grid moves only to a packet that is off it and starts a talk spurt
 (the sender may have moved its timestamps during the silence), comes from a new SSRC, or lies
 more than `jump` ticks from the grid's reference (a restarted sender); pending frames of the
 old grid are given up.
@@ -107,9 +108,10 @@ class Reframer:
     before (timestamps) that the caller takes back first. The caller calls `settle()` once
     its buffer has started playout (the grid can no longer move back), and from then on may
     skip `cut()` for a packet of exactly one frame while nothing is `pending` (the usual
-    case), setting `base` to its timestamp instead. `horizon` is how many ticks an
-    incomplete frame may lie behind the latest packet before it is given up, `jump` how far
-    a packet may lie from the grid's reference before the grid moves to it.
+    case), setting `base` before the next `cut()` to the newest such packet's timestamp
+    (not to any one's: an older copy off the grid would move it). `horizon` is how many
+    ticks an incomplete frame may lie behind the latest packet before it is given up,
+    `jump` how far a packet may lie from the grid's reference before the grid moves to it.
     """
 
     __slots__ = ("_closed", "_early", "_full", "_given", "_head", "_horizon", "_jump", "_ssrc",
@@ -145,10 +147,23 @@ class Reframer:
         """The grid may still move back to an earlier packet (`settle` not called yet)."""
         return self._early is not None
 
+    @property
+    def stream(self) -> int | None:
+        """The SSRC of the stream whose start is kept (None: none is)."""
+        early = self._early
+        return early[0][2] if early else None
+
     def settle(self) -> None:
         """Playout has started: the grid stays (a packet from before it is late anyway)."""
         self._early = None
         self._given = []
+
+    def _restart(self) -> list[tuple[int, int, int, bool, bytes, float]]:
+        """Another stream starts (a new SSRC: a sender restart, a transfer): its first
+        packets may come out of order as the first stream's could, until the caller's
+        buffer starts its playout (it starts over on a new SSRC) and calls `settle()`."""
+        self._early, self._given = [], []
+        return self._early
 
     def cut(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
             arrival: float) -> list[Frame]:
@@ -182,15 +197,20 @@ class Reframer:
     def whole(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
               arrival: float) -> list[Frame]:
         """A packet of exactly one frame while nothing is `pending`, as the caller's fast
-        path passes it on once settled: as it is, the grid following it (not counted as
-        reframed). Until then it is kept too, and one that starts the stream earlier, off
-        its grid, is cut as `cut` does."""
+        path passes it on once settled: as it is (not counted as reframed). Until then it
+        is kept too. One off the grid is cut as `cut` does: the stream's start (the grid
+        moves back to it), or a copy of a packet cut on a grid moved back since (as it
+        is, the buffer would play it over the frames that hold its samples, or keep it
+        forever between them)."""
+        base = self.base
+        if base is not None and ((timestamp - base + _TS_HALF) % _TS_MOD - _TS_HALF) % self.frame:
+            return self.cut(seq, timestamp, ssrc, marker, payload, arrival)
         early = self._early
         if early is not None:
-            if early and self._before(timestamp, ssrc):
-                return self.cut(seq, timestamp, ssrc, marker, payload, arrival)
-            if early and ssrc != early[0][2] or len(early) >= MAX_PENDING:
-                self.settle()  # another stream, or bounded: the first one's start is over
+            if early and ssrc != early[0][2]:
+                early = self._restart()
+            if len(early) >= MAX_PENDING:
+                self.settle()  # bounded: so many packets and playout has not started
             else:
                 self._keep(seq, timestamp, ssrc, marker, payload, arrival, (timestamp,))
         self.retract = _NONE
@@ -223,11 +243,13 @@ class Reframer:
         ticks = len(payload) // unit
         new_ssrc = ssrc != self._ssrc
         if new_ssrc:
-            if self._ssrc is not None:
+            old = self._ssrc
+            if old is not None:
                 self._give_up_all()
             self._ssrc = ssrc
-            if self._early and self._early[0][2] != ssrc:
-                self.settle()  # another stream: the first one's start is over
+            early = self._early
+            if early is None and old is not None or early and early[0][2] != ssrc:
+                self._restart()
         base = timestamp if self.base is None else self.base
         d = (timestamp - base + _TS_HALF) % _TS_MOD - _TS_HALF  # signed, ticks
         if self.base is None:
@@ -240,7 +262,8 @@ class Reframer:
             self._give_up_all()
             self._closed.clear()
             base, d = timestamp, 0
-            self.settle()
+            if not new_ssrc:
+                self.settle()
         first = d - d % frame  # start of the frame holding the packet's first tick
         start = (base + first) % _TS_MOD
         self.base = start
