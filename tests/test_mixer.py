@@ -3,6 +3,10 @@
 import numpy as np
 import pytest
 
+from pipeline.formats import Format
+from pipeline.frames import AudioFrame
+from pipeline.graph import Graph
+from pipeline.node import Node, Port
 from pipeline.testing import dominant_frequency, run_graph, sine, write_wav
 
 
@@ -92,3 +96,177 @@ def test_a_mixer_keeps_exact_time_when_a_period_is_not_whole_samples():
     out = r.graph.nodes["o"].audio()
     assert sizes == {220, 221} and len(out) == 22050 and r.stats["m"]["underruns"] == 0
     assert dominant_frequency(out[:, 0], 11025) == pytest.approx(1000, abs=1)
+
+
+# ---- an input on another clock --------------------------------------------------------------
+# A sound card whose crystal runs fast, a sender's RTP clock, a file pushed faster than real
+# time: the input delivers more than the mixer takes per period. Under the virtual clock a
+# source that emits `ratio` times the mixer's samples per tick makes that deterministic.
+RATE = 8000
+PERIOD_N = RATE // 50  # the graph's 20 ms period
+
+
+class DriftingSource(Node):
+    """Emits `signal` at `ratio` times the mixer's rate (as a fast clock would), once every
+    `every` ticks (long frames), and nothing for `stall` ticks from tick `stall_at`: then,
+    with `burst`, all that is due at once (a jitter buffer after a network stall); without,
+    it goes on where it stopped (a slow input)."""
+
+    kind = "drifting_source"
+    clocked = True
+    outputs = (Port("out", (Format.audio("pcm_s16", RATE, 1),)),)
+
+    def __init__(self, name, signal, ratio=1.0, stall_at=0, stall=0, burst=True, every=1):
+        super().__init__(name)
+        self.signal = signal[:, None] if signal.ndim == 1 else signal
+        self.ratio, self.stall_at, self.stall = ratio, stall_at, stall
+        self.burst, self.every = burst, every
+
+    def negotiate(self, inputs, downstream):
+        return {"out": Format.audio("pcm_s16", RATE, 1)}
+
+    def start(self):
+        self.ticks = self.pos = 0
+
+    def tick(self, now):
+        self.ticks += 1
+        if self.stall_at <= self.ticks < self.stall_at + self.stall or self.ticks % self.every:
+            return
+        late = 0 if self.burst or self.ticks < self.stall_at else self.stall
+        due = min(int(round((self.ticks - late) * PERIOD_N * self.ratio)), len(self.signal))
+        step = PERIOD_N * self.every  # a burst comes as frames of the usual size
+        for pos in range(self.pos, due, step):
+            end = min(pos + step, due)
+            self.emit("out", AudioFrame(self.signal[pos:end], RATE, pos))
+            self.pos = end
+        if self.pos == len(self.signal) and not self.finished:
+            self.send_eos()
+
+
+def _drift_run(signal, ratio=1.0, params=None, **kw):
+    g = Graph("drift")
+    g.add(DriftingSource("src", signal, ratio, **kw))
+    g.create("mixer", "mix", params or {})
+    g.create("frame_sink", "out", {"max_frames": 0})
+    g.link("src", None, "mix", None)
+    g.link("mix", None, "out", None)
+    r = run_graph(g)
+    return r.stats["mix"], r.graph.nodes["out"].audio()[:, 0]
+
+
+def _delay_ms(out, signal, j0, ratio=1.0, m=4000, span=16000):
+    """How long the audio heard at output sample j0 waited in the mixer (ms): the input
+    sample i0 found there by cross-correlation was emitted at i0 / ratio on the mixer's
+    clock."""
+    seg = out[j0:j0 + m].astype(np.float64)
+    hi = int(j0 * ratio) + PERIOD_N
+    lo = max(0, hi - span)
+    ref = signal[lo:hi + m].astype(np.float64)
+    size = 1 << int(np.ceil(np.log2(len(ref) + m)))
+    corr = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(seg, size)), size)
+    i0 = lo + int(np.argmax(corr[:len(ref) - m + 1]))
+    return (j0 - i0 / ratio) * 1000 / RATE
+
+
+def _click_db(out, freq, band=500.0, block=256):
+    """Per 32 ms block (Hann, half overlap): the energy further than `band` from the tone,
+    relative to a steady block of the tone (the median), in dB: a step or a cut in a tone is
+    broadband, a smooth splice or fade is not."""
+    x = out.astype(np.float64)
+    starts = np.arange(0, len(x) - block, block // 2)
+    spec = np.abs(np.fft.rfft(x[starts[:, None] + np.arange(block)] * np.hanning(block),
+                              axis=1)) ** 2
+    far = np.abs(np.fft.rfftfreq(block, 1 / RATE) - freq) > band
+    return 10 * np.log10(spec[:, far].sum(axis=1) / np.median(spec.sum(axis=1)) + 1e-30)
+
+
+NOISE = np.random.default_rng(3).integers(-8000, 8000, RATE * 600).astype(np.int16)
+
+
+def test_an_input_on_a_fast_clock_keeps_its_delay_bounded():
+    # +300 ppm for 10 minutes: 1440 samples (180 ms) more than the mixer takes. Unbounded,
+    # they queued up in its FIFO: the delay grew from 0 to 177 ms, and on for ever.
+    stats, out = _drift_run(NOISE, 1.0003)
+    start = _delay_ms(out, NOISE, RATE, 1.0003)
+    end = _delay_ms(out, NOISE, len(NOISE) - 2 * RATE, 1.0003)
+    assert start < 1.0
+    assert end <= 120.0  # max_latency's default: 6 periods
+    assert stats["trims"] > 0 and stats["dropped_samples"] == \
+        stats["dropped_samples_by_input"]["in_0"]
+    # What was cut is the surplus, less what may stay buffered: nothing else went missing.
+    assert 1440 - 6 * PERIOD_N <= stats["dropped_samples"] <= 1440
+    assert 0 <= len(out) - (len(NOISE) - stats["dropped_samples"]) < PERIOD_N
+    assert stats["drops"] == stats["trims"] and stats["underruns"] == 0
+
+
+def test_cuts_in_an_input_running_ahead_do_not_click():
+    # A tone whose cycle is not a whole number of samples; +3000 ppm for a minute.
+    tone = sine(440, RATE, 60, 0.5)[:, 0]
+    stats, out = _drift_run(tone, 1.003)
+    # 1440 samples of surplus, less at most the 960 that may stay buffered, were cut.
+    assert len(out) <= len(tone) - 480
+    assert stats.get("trims", 0) >= 5
+    clicks = _click_db(out[:-PERIOD_N], 440)
+    # A plain cut of the excess measured -29 dB; the floor (int16 rounding) is -85 dB.
+    assert clicks.max() < -70.0
+    assert dominant_frequency(out, RATE) == pytest.approx(440, abs=0.1)
+
+
+def test_a_burst_after_a_stall_is_cut_to_max_latency():
+    # A jitter buffer that stalled for 1 s delivers the second it held at once (50 frames in
+    # one tick): without a bound, that second stayed in the mix's delay for the rest of the
+    # call (1000 ms measured).
+    sig = NOISE[:RATE * 10]
+    for max_latency, bound_ms in ((None, 120), ("60ms", 60)):
+        stats, out = _drift_run(sig, params={"max_latency": max_latency} if max_latency
+                                else None, stall_at=100, stall=50)
+        assert _delay_ms(out, sig, RATE) < 1.0
+        assert _delay_ms(out, sig, 8 * RATE) <= bound_ms
+        assert stats["trims"] == 1 and stats["underruns"] == 50
+        assert RATE - bound_ms * RATE // 1000 <= stats["dropped_samples"] <= RATE
+
+
+def test_long_frames_on_time_are_not_cut():
+    # 100 ms frames once every 100 ms (a jitter buffer at ptime 100), over the 120 ms
+    # bound: two frames' room is kept, nothing is cut. And the last frame, which comes with
+    # the end-of-stream, is mixed (it used to be dropped: the mixer ended first).
+    sig = NOISE[:RATE * 10]
+    stats, out = _drift_run(sig, every=5)
+    assert not out[:4 * PERIOD_N].any()  # the first frame comes at the fifth tick
+    assert np.array_equal(out[4 * PERIOD_N:4 * PERIOD_N + len(sig)], sig)
+    assert stats["drops"] == 0 and stats.get("dropped_samples") == 0
+
+
+def test_an_input_on_a_slow_clock_is_stretched_without_clicks():
+    # -300 ppm: a period in every ~21 came a sample short. Each was mixed with a sample of
+    # silence: 144 clicks a minute (-17 dB broadband). Now its audio is stretched by a
+    # few cycles now and then.
+    tone = sine(440, RATE, 60, 0.5)[:, 0]
+    stats, out = _drift_run(tone, 0.9997)
+    assert 1 <= stats["underruns"] <= 5 and stats["inserted_samples"] > 0
+    assert _click_db(out[:-PERIOD_N], 440).max() < -70.0
+    assert dominant_frequency(out, RATE) == pytest.approx(440, abs=0.1)
+
+
+def test_an_input_that_stalls_fades_out_and_in():
+    # Nothing for 200 ms, then it goes on where it stopped: silence in between, counted,
+    # reached and left without a step.
+    tone = sine(440, RATE, 5, 0.5)[:, 0]
+    stats, out = _drift_run(tone, stall_at=100, stall=10, burst=False)
+    # A step to silence and back measured -22 dB; these 5 ms fades -55 dB.
+    assert _click_db(out[:-PERIOD_N], 440).max() < -50.0
+    assert not out[99 * PERIOD_N + 40:109 * PERIOD_N].any()
+    assert np.array_equal(out[:99 * PERIOD_N], tone[:99 * PERIOD_N])
+    assert np.array_equal(out[109 * PERIOD_N + 40:len(tone) + 10 * PERIOD_N],
+                          tone[99 * PERIOD_N + 40:])
+    assert stats["underruns"] == 10 and stats["dropped_samples"] == 0
+
+
+def test_a_burst_after_a_stall_fades_in_without_a_click():
+    # The stall's 200 ms come at once, over the 120 ms bound: faded out into the stall, the
+    # burst cut, and what plays first faded in.
+    tone = sine(440, RATE, 5, 0.5)[:, 0]
+    stats, out = _drift_run(tone, stall_at=100, stall=10)
+    assert _click_db(out[:-PERIOD_N], 440).max() < -50.0
+    assert len(out) < len(tone) + 10 * PERIOD_N - 400  # the 200 ms, less 120 ms at most
+    assert stats["trims"] == 1 and stats["underruns"] == 10

@@ -10,20 +10,76 @@ from pipeline.clock import TickSamples
 from pipeline.formats import Format
 from pipeline.frames import AudioFrame, EndOfStream
 from pipeline.node import Node, Port
-from pipeline.params import Param
+from pipeline.params import Duration, Param
 
 from .fifo import SampleFifo
 
 # numpy scalars: with Python ints np.clip builds iinfo() limits on every call (~5 us).
 _I16_MIN, _I16_MAX = np.int32(-32768), np.int32(32767)
+DEFAULT_LATENCY_PERIODS = 6  # max_latency's default, as the conference bridge's bound
+SPLICE_FADE_S = 0.005  # the cross-fade where audio is cut out of an input running ahead
+SPLICE_SEARCH_S = 0.015  # where the cut may fall: a pitch period of a voice down to 67 Hz
+LONGEST_FRAME_S = 0.12  # frames up to this long (RTP's longest usual ptime) get room for two
+
+
+class InputFifo(SampleFifo):
+    """One input's FIFO, with its backlog bound and what was cut from it."""
+
+    __slots__ = ("bound", "largest", "dropped", "gap")
+
+    def __init__(self, channels: int, dtype: np.dtype, capacity: int, bound: int) -> None:
+        super().__init__(channels, dtype, capacity)
+        self.bound = bound  # samples buffered at a tick beyond which the input is trimmed
+        self.largest = 0  # its largest frame
+        self.dropped = 0
+        self.gap = False  # it ran dry and was faded out: fade its audio in when it resumes
+
+    def fade_out(self, room: int, fade: int, search: int) -> None:
+        """Append `min(fade, room)` samples that carry its audio on, faded to silence: the
+        audio resumes one lag back, where the samples before it best match its newest ones
+        (a pitch period or a few cycles, up to `fade + search`), so it does not step to zero.
+        The samples before `start` are the ones just played (see `SampleFifo`)."""
+        k = min(fade, room)
+        end = self.end
+        search = min(search, end - 2 * k)
+        if k < 2 or search < 0:
+            return
+        x = self.buf[end - 2 * k - search:end]
+        mono = x.sum(axis=1, dtype=np.float64)
+        newest = mono[-k:]
+        span = mono[:-k]  # windows ending at lags k + search ... k
+        corr = np.correlate(span, newest, "valid")
+        energy = np.cumsum(np.square(span))
+        energy = energy[k - 1:] - np.concatenate(([0.0], energy[:-k]))
+        d = k + search - int(np.argmax(corr / np.sqrt(energy + 1.0)))
+        tail = self.buf[end - d:end - d + k].astype(np.float64)
+        tail *= (0.5 + 0.5 * np.cos(np.pi * (np.arange(k) + 0.5) / k))[:, None]
+        if self.buf.dtype.kind == "i":
+            np.rint(tail, out=tail)
+        self.push(tail.astype(self.buf.dtype))
+
+    def fade_in(self, fade: int) -> None:
+        """Ramp the head of its audio up from silence, in place."""
+        k = min(fade, self.end - self.start)
+        head = self.buf[self.start:self.start + k]
+        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(k) + 0.5) / k))[:, None]
+        y = head * ramp
+        if head.dtype.kind == "i":
+            np.rint(y, out=y)
+        head[:] = y
 
 
 class Mixer(Node):
     """Mixes any number of inputs (request ports `in_%u`); inputs are converted to its format.
 
     Clocked: every period it takes one period of audio from each input (silence where an
-    input has nothing: a live input that stalls is not waited for) and emits the sum. It
-    ends once every input has ended and is drained, at once if it has none.
+    input has nothing: a live input that stalls is not waited for) and emits the sum. An
+    input that runs ahead of the mixer's clock (a fast sound card or sender, a burst after a
+    stall) is trimmed to `max_latency` of buffered audio: the oldest audio is cut where it
+    matches itself, with a 5 ms cross-fade (`dropped_samples` counts it). An input a little
+    short of a period (a slow clock) is stretched the same way (`inserted_samples`); one that
+    runs dry fades out and, when it resumes, in. It ends once every input has ended and is
+    drained, at once if it has none.
     """
 
     kind = "mixer"
@@ -33,6 +89,9 @@ class Mixer(Node):
     rate = Param(int, None, "output rate in Hz (default: the first input's)", min=8000,
                  max=192000)
     channels = Param(int, None, "output channels (default: the first input's)", min=1, max=8)
+    max_latency = Param(Duration, None, "audio an input may hold before its oldest is cut "
+                        "(default: 6 periods; at least a period + 20ms, and two of its "
+                        "frames up to 120ms each)", min=0.0, max=10.0)
 
     def input_caps(self, port: str, offered: Format | None):
         if offered is not None:
@@ -57,17 +116,31 @@ class Mixer(Node):
         self._dtype = np.float32 if self._float else np.int16
         # Samples per tick: 220 or 221 at 11025 Hz and 20 ms, so time never drifts.
         self._ticks = TickSamples(self.rate, self.graph.period)
-        self.n = self._ticks.most
-        self.fifos = {p: SampleFifo(self.channels, self._dtype, 8 * self.n)
-                      for p in self.linked_inputs}
+        n = self.n = self._ticks.most
+        # Bounding each input's backlog keeps latency and memory bounded when an input runs
+        # ahead (GStreamer's aggregator drops late buffers, pjmedia's bridge its oldest rx
+        # frames). Room is kept for the period being mixed and one splice.
+        self._fade = max(1, int(round(SPLICE_FADE_S * self.rate)))
+        self._search = max(1, int(round(SPLICE_SEARCH_S * self.rate)))
+        want = (DEFAULT_LATENCY_PERIODS * n if self.max_latency is None
+                else int(round(self.max_latency * self.rate)))
+        self._bound = max(want, n + self._search + self._fade)
+        self._longest = max(n, int(round(LONGEST_FRAME_S * self.rate)))
+        self.fifos = {p: self._fifo() for p in self.linked_inputs}
         self.ended: set[str] = set()
-        self._acc = np.zeros((self.n, self.channels), np.float32 if self._float else np.int32)
+        self._acc = np.zeros((n, self.channels), np.float32 if self._float else np.int32)
         self.pts = 0
         self.underruns = 0
+        self.trims = 0
+        self.dropped_samples = 0
+        self.inserted_samples = 0
+
+    def _fifo(self) -> InputFifo:
+        return InputFifo(self.channels, self._dtype, 8 * self.n, self._bound)
 
     def port_linked(self, direction: str, port: str) -> None:
         if direction == "in":
-            self.fifos[port] = SampleFifo(self.channels, self._dtype, 8 * self.n)
+            self.fifos[port] = self._fifo()
 
     def port_unlinked(self, direction: str, port: str) -> None:
         if direction == "in":
@@ -75,7 +148,14 @@ class Mixer(Node):
             self.ended.discard(port)
 
     def process(self, port: str, frame: AudioFrame) -> None:
-        self.fifos[port].push(frame.data)
+        fifo = self.fifos[port]
+        data = frame.data
+        fifo.push(data)
+        if data.shape[0] > fifo.largest:
+            # An input of long frames (a 60 ms ptime) holds two of them without a trim.
+            # A larger push is a burst, not a frame size: it is cut like any other backlog.
+            fifo.largest = data.shape[0]
+            fifo.bound = max(self._bound, 2 * min(fifo.largest, self._longest))
 
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream):
@@ -88,11 +168,22 @@ class Mixer(Node):
         acc = self._acc[:n]
         acc.fill(0)
         ended = self.ended
+        got = 0
         for port, fifo in self.fifos.items():
-            if fifo.pop_into(acc) < n and port not in ended:
-                self.underruns += 1
+            have = len(fifo)
+            if have > fifo.bound:
+                self._trim(fifo)
+            elif have < n and port not in ended:
+                self._short(fifo, have, n)
+            elif fifo.gap:
+                fifo.fade_in(self._fade)
+                fifo.gap = False
+            popped = fifo.pop_into(acc)
+            if port not in self.feedback_inputs:  # (fed-back audio alone would go on for ever)
+                got += popped
         # Also with no input left (or none ever linked): nothing could ever end it otherwise.
-        if self._all_done():
+        done = self._all_done()
+        if done and not got:
             self.send_eos()
             return
         # Clip once, in place; the one allocation is the frame that goes out.
@@ -104,6 +195,38 @@ class Mixer(Node):
             out = acc.astype(np.int16)
         self.emit("out", AudioFrame(out, self.rate, self.pts))
         self.pts += n
+        if done:  # the inputs' last audio came with their end-of-stream: it went out first
+            self.send_eos()
+
+    def _trim(self, fifo: InputFifo) -> None:
+        """Cut an input that runs ahead back under its bound: at least the excess, at most
+        `_search` more, where the splice matches best (`SampleFifo.splice_out`)."""
+        excess = len(fifo) - fifo.bound
+        d = fifo.splice_out(excess, excess + self._search, self._fade)
+        if fifo.gap:  # a burst after a stall: what plays first is faded in
+            fifo.fade_in(self._fade)
+            fifo.gap = False
+        fifo.dropped += d
+        self.dropped_samples += d
+        self.trims += 1
+
+    def _short(self, fifo: InputFifo, have: int, n: int) -> None:
+        """An input with less than a period (a slow clock, a stall) is an underrun. Short by
+        a little, its audio is stretched by a pitch period or so (`SampleFifo.splice_in`),
+        which keeps a slow clock's input whole; otherwise what it has plays out, faded to
+        silence, and its audio is faded in again when it resumes. No step, no click."""
+        self.underruns += 1
+        if fifo.gap and have:
+            fifo.fade_in(self._fade)
+            fifo.gap = False
+        if not fifo.gap and fifo.end:  # (nothing ever came: an input starts as it starts)
+            fade = self._fade
+            d = fifo.splice_in(n - have, n - have + self._search, fade) if have > n // 2 else 0
+            if d:
+                self.inserted_samples += d
+                return
+            fifo.fade_out(n - have, fade, self._search)
+            fifo.gap = True
 
     def _all_done(self) -> bool:
         """Every input that is not a feedback edge has ended and been drained."""
@@ -113,4 +236,12 @@ class Mixer(Node):
         return True
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "underruns": getattr(self, "underruns", 0)}
+        out = super().stats()
+        trims = getattr(self, "trims", 0)
+        out["drops"] += trims  # audio lost to trims, as the conference bridge counts them
+        out.update(underruns=getattr(self, "underruns", 0), trims=trims,
+                   dropped_samples=getattr(self, "dropped_samples", 0),
+                   inserted_samples=getattr(self, "inserted_samples", 0))
+        if trims:
+            out["dropped_samples_by_input"] = {p: f.dropped for p, f in self.fifos.items()}
+        return out
