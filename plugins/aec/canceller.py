@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.signal import lfilter
 
 from pipeline.errors import PipelineError
 
@@ -82,6 +81,11 @@ class BuiltinBackend:
         # DC blocker with a ~10 Hz corner: far below speech, so the near talker keeps its
         # waveform (segmental SNR), while a DC offset cannot pose as an echo path.
         self._dc_a = np.array([1.0, -float(np.exp(-2 * np.pi * 10.0 / rate_hz))])
+        # scipy.signal takes most of a second to import: only an aec that runs pays it, not
+        # every `pipeline` command that registers the node kinds.
+        from scipy.signal import lfilter
+
+        self._lfilter = lfilter
         self._zi_near = np.zeros(1)
         self._zi_far = np.zeros(1)
         self._align = 0  # far samples skipped before the filter's first tap
@@ -116,8 +120,8 @@ class BuiltinBackend:
         return self._far[np.clip(idx, 0, None)]
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
-        near, self._zi_near = lfilter(self._dc_b, self._dc_a, near, zi=self._zi_near)
-        far, self._zi_far = lfilter(self._dc_b, self._dc_a, far, zi=self._zi_far)
+        near, self._zi_near = self._lfilter(self._dc_b, self._dc_a, near, zi=self._zi_near)
+        far, self._zi_far = self._lfilter(self._dc_b, self._dc_a, far, zi=self._zi_far)
         h = self.block
         out = np.empty(near.size)
         for i in range(0, near.size, h):
