@@ -9,6 +9,7 @@ from typing import Any
 
 from .formats import caps_str
 from .node import Node
+from .params import Path as PathParam
 
 
 def describe(cls: type[Node]) -> dict[str, Any]:
@@ -109,7 +110,8 @@ links:
 - **Units**: durations `5s`, `20ms`, `1.5min`; frequencies `440Hz`, `16kHz` (also accepted for
   integer rates); levels `-6dB`.
 - **Text values** (strings and paths: a user name, DTMF digits, a file) are taken as written,
-  also where YAML would read a number: `digits: 0123` is `0123`, not the octal 83.
+  also where YAML would read a number: `digits: 0123` is `0123`, not the octal 83; so is
+  `digits: ${d}` with `d: 0123` under `params:` or `-p d=0123`, and a node's `name=0123`.
 - **Paths** are relative to the current folder, as for any command-line tool; use
   `${graph_dir}` for files that travel with the graph. Recorders create missing folders.
 - **Bins**: a node whose `type` is a YAML file is that graph, flattened in as `name/inner`
@@ -197,6 +199,8 @@ def json_schema(node_types: dict[str, type[Node]]) -> dict[str, Any]:
             schema: dict[str, Any] = {"description": p.doc}
             if t in _ALSO_TEXT:
                 schema["type"] = [t, "string"]
+            elif p.type in (str, PathParam):  # taken as written: digits: 0123, user: 1001
+                schema["type"] = ["string", "number", "boolean"]
             elif t:
                 schema["type"] = t
             else:  # units: 5s, 20ms, 16kHz, -6dB

@@ -8,6 +8,7 @@ Every error names the place (file:line:column, 1-based) and gives a hint. Templa
 from __future__ import annotations
 
 import codecs
+import datetime
 import itertools
 import os
 import re
@@ -28,6 +29,9 @@ TOP_KEYS = {"graph", "description", "params", "plugins", "nodes", "links", "auto
 _TEMPLATE_RE = re.compile(r"\$\{([^}]*)\}")
 _NODE_NAME_RE = re.compile(r"[A-Za-z_][\w-]*")
 _NAME_HINT = "use letters, digits, _ and - (no dots: they name ports)"
+# What YAML types from plain text besides null: a text parameter takes these as written.
+_TYPED = (bool, int, float, datetime.date)
+_NULLS = {"~", "null", "Null", "NULL"}  # YAML's null: no value, for a text parameter too
 
 
 # ---- YAML with positions ------------------------------------------------------------------
@@ -44,8 +48,8 @@ class LocDict(dict):
         self.key_marks: dict[Any, Where] = {}
         self.value_marks: dict[Any, Where] = {}
         self.mark: Where = NOWHERE
-        # The text of plain scalars YAML typed as numbers or booleans: a text parameter
-        # takes it as written (digits: 0123 is "0123", not the octal 83 made text).
+        # The text of plain scalars YAML typed as numbers, booleans or dates: a text
+        # parameter takes it as written (digits: 0123 is "0123", not the octal 83 made text).
         self.texts: dict[Any, str] = {}
 
 
@@ -137,9 +141,11 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
                            "remove or merge the duplicate")
             seen.add(key)
         d[key] = loader.construct_object(value_node, deep=True)
-        if isinstance(d[key], (bool, int, float)) and isinstance(value_node, yaml.ScalarNode) \
+        if isinstance(d[key], _TYPED) and isinstance(value_node, yaml.ScalarNode) \
                 and value_node.style is None:
             d.texts[key] = value_node.value
+        else:  # a key merged in by `<<: *base` and given again: the text was the base's
+            d.texts.pop(key, None)
         d.key_marks[key] = _where(loader, key_node)
         d.value_marks[key] = _where(loader, value_node)
     return d
@@ -233,6 +239,30 @@ def _err(message: str, where: Where, hint: str | None = None) -> GraphError:
 
 
 # ---- templates ------------------------------------------------------------------------
+class Written(str):
+    """A value YAML typed (a number, boolean or date) with the text it was written as (a
+    graph's `params: {d: 0123}`, `-p d=0123`). A template gives the typed value (the octal
+    83), except to a text parameter, which takes the text ("0123"), as it takes
+    `digits: 0123` written in place. A str, so it survives the copies an override goes
+    through (a sip_endpoint's call_graph_params)."""
+
+    value: Any
+
+    def __new__(cls, text: str, value: Any = None) -> Written:
+        self = super().__new__(cls, text)
+        self.value = value
+        return self
+
+
+def _written(value: Any, text: str) -> Any:
+    """`value` as YAML typed `text`, with the text kept where typing changed it."""
+    return Written(text, value) if isinstance(value, _TYPED) else value
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Written) else value
+
+
 @dataclass
 class Context:
     """Values templates can use."""
@@ -267,25 +297,37 @@ def _lookup(expr: str, ctx: Context, where: Where) -> Any:
     if name in ctx.params:
         return ctx.params[name]
     if default or expr.endswith(":-"):
-        return yaml_value(default, where) if default else ""
+        return _written(yaml_value(default, where), default.strip()) if default else ""
     raise _err(f"template '${{{name}}}' is not defined", where,
                f"declare it under params: or pass -p {name}=VALUE")
 
 
-def substitute(value: Any, ctx: Context, where: Where) -> Any:
-    """Replace ${...} in a scalar; a string that is only a template keeps the value's type."""
+def substitute(value: Any, ctx: Context, where: Where, *, text: bool = False,
+               keep: bool = False) -> Any:
+    """Replace ${...} in a scalar; a string that is only a template keeps the value's type.
+
+    `text`: the value is for a text parameter, which takes a number or boolean as it was
+    written (${d} with d: 0123 is "0123"); `keep`: a value with its text is returned as
+    such (a bin's parameter: the bin's own nodes decide)."""
     if not isinstance(value, str) or "${" not in value:
         return value
     m = _TEMPLATE_RE.fullmatch(value.strip())
     if m:
-        return _lookup(m.group(1), ctx, where)
-    return _TEMPLATE_RE.sub(lambda mm: _as_text(mm.group(1), ctx, where), value)
+        found = _lookup(m.group(1), ctx, where)
+        if isinstance(found, Written) and not keep:
+            return str(found) if text else found.value
+        return found
+    return _TEMPLATE_RE.sub(lambda mm: _as_text(mm.group(1), ctx, where, text), value)
 
 
-def _as_text(expr: str, ctx: Context, where: Where) -> str:
-    """A template's value inside a text. A list or map has no text form: written out, one
-    made by YAML aliases (millions of items from a few lines) took gigabytes."""
+def _as_text(expr: str, ctx: Context, where: Where, written: bool = False) -> str:
+    """A template's value inside a text: for a text parameter as written (d: 0123 gives
+    "0123"), else as the value (83, as a number parameter reads it: ${d}s is 83 s). A list
+    or map has no text form: written out, one made by YAML aliases (millions of items from
+    a few lines) took gigabytes."""
     value = _lookup(expr, ctx, where)
+    if not written:
+        value = _plain(value)
     if isinstance(value, (list, dict)):
         what = "list" if isinstance(value, list) else "map"
         raise _err(f"template '${{{expr.strip()}}}' is a {what}, which cannot be part of a "
@@ -294,7 +336,8 @@ def _as_text(expr: str, ctx: Context, where: Where) -> str:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`-p key=value`: value typed as YAML would type it (8000 -> int, true -> bool)."""
+    """`-p key=value`: value typed as YAML would type it (8000 -> int, true -> bool); a
+    number or boolean keeps its text for text parameters (-p digits=0123: a Written)."""
     if "=" not in text:
         raise GraphError(f"parameter override '{text}' is not key=value",
                          hint="write -p rate=8000")
@@ -305,7 +348,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = raw
     if isinstance(value, (dict, list)):
         value = raw
-    return key.strip(), value
+    return key.strip(), _written(value, raw.strip())
 
 
 # ---- link expressions ---------------------------------------------------------------
@@ -356,12 +399,17 @@ class Builder:
             raise _err(f"node '{name}' has no type", where,
                        "add type: KIND ('pipeline inspect' lists node types)")
         kind = substitute(spec_d.pop("type"), self.ctx, vmarks.get("type", where))
-        params = {k: substitute(v, self.ctx, vmarks.get(k, where)) for k, v in spec_d.items()}
+        # A text parameter takes a number or boolean as written (digits: 0123 is "0123"),
+        # also through a template; a bin's parameter keeps both for its nodes to pick.
+        is_bin = isinstance(kind, str) and kind.endswith((".yaml", ".yml"))
         texts = getattr(spec, "texts", {})
-        for k in params:
-            if k in texts and self._takes_text(kind, k):
-                params[k] = texts[k]
-        if isinstance(kind, str) and kind.endswith((".yaml", ".yml")):
+        params = {}
+        for k, v in spec_d.items():
+            text = not is_bin and self._takes_text(kind, k)
+            if k in texts and (text or is_bin):
+                v = texts[k] if text else Written(texts[k], v)
+            params[k] = substitute(v, self.ctx, vmarks.get(k, where), text=text, keep=is_bin)
+        if is_bin:
             self.add_bin(name, base_dir / kind, params, where, marks)
             return
         kind = kind if isinstance(kind, str) else shown(kind)  # a list made by aliases: bounded
@@ -453,7 +501,7 @@ class Builder:
         head, rest = tokens[0], tokens[1:]
         # Templates in a reference pick ports by value, e.g. a call graph pairing a
         # conference's request ports: parent.room.in_${call.call_number}.
-        head = str(substitute(head, self.ctx, where))
+        head = str(substitute(head, self.ctx, where, text=True))
         name, port = _split_ref(head)
         if not rest and (self.prefix + name in self.graph.nodes or name in self.bins
                          or (name == "parent" and self.prefix)):
@@ -464,8 +512,14 @@ class Builder:
                 raise _err(f"'{tok}' in '{text}' is not key=value", where,
                            "inline nodes are written like: resample rate=8000")
             k, _, v = tok.partition("=")
-            value = v if self._takes_text(head, k) else yaml_value(v, where) if v else ""
-            params[k] = substitute(value, self.ctx, where)
+            # Text as written: a text parameter's value, and a node's name (name=0123 is
+            # referred back to as 0123.).
+            text = k == "name" or self._takes_text(head, k)
+            if text:  # null stays null (the default), as for `key: ~` in YAML
+                value = None if v in _NULLS else v
+            else:
+                value = yaml_value(v, where) if v else ""
+            params[k] = substitute(value, self.ctx, where, text=text)
         if launch or head in self.registry.node_types or rest:
             return Element(kind=head, params=params)
         if name == "parent":
@@ -647,7 +701,8 @@ def _graph_params(data: Any, filename: str | None) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise _err("params must be a map", _value_where(data, "params", filename),
                    "write params: {rate: 16000}")
-    return dict(params)
+    texts = getattr(params, "texts", {})  # d: 0123 stays "0123" for a text parameter
+    return {k: Written(texts[k], v) if k in texts else v for k, v in params.items()}
 
 
 def _graph_options(data: dict, ctx: Context | None = None) -> dict:

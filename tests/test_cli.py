@@ -515,3 +515,44 @@ def test_the_json_schema_accepts_every_shipped_graph_and_refuses_bad_ones(repo_r
                 {"nodes": {"t": "tone"}, "links": [{"link": "t -> o", "feedbak": True}]},
                 {"nodes": {"t": "tone"}, "node": {}}):
         assert _schema_errors(schema, bad) != [], bad
+
+
+@pytest.mark.parametrize("command", ["launch", "validate --call"])
+def test_an_override_gives_a_text_parameter_its_digits_as_written(in_tmp, capsys, command):
+    # -p d=0123 was typed (the octal 83) before its target was known: digits: ${d} played
+    # 8, 3. A text parameter takes the text (also as a ${call.*} value); a number the number.
+    (in_tmp / "g.yaml").write_text(
+        "params: {d: '1', n: 8000}\nnodes:\n"
+        "  a: {type: dtmf_tone, digits: '${d}', rate: '${n}', tone_ms: 40, gap_ms: 40}\n"
+        "  o: {type: wav_recorder, path: k.wav}\nlinks: [a -> o]\n")
+    if command == "launch":
+        assert main(["launch", "g.yaml", "-p", "d=0123", "-p", "n=0x1f40", "-q"]) == 0
+        audio, rate = read_wav(in_tmp / "k.wav")
+        assert rate == 8000 and len(audio) == 4 * 2 * 320  # four digits of 40 ms + a gap
+    else:
+        from pipeline.cli import _call_graph, make_parser
+
+        (in_tmp / "c.yaml").write_text(
+            "nodes:\n  a: {type: dtmf_tone, digits: '${call.caller}'}\n"
+            "  o: {type: null_sink}\nlinks: [a -> o]\n")
+        args = make_parser().parse_args(["validate", "--call", "c.yaml",
+                                          "-p", "call.caller=0123"])
+        assert _call_graph(args).nodes["a"].digits == "0123"
+
+
+def test_the_json_schema_accepts_a_text_parameter_written_as_a_number(capsys, tmp_path):
+    # The loader takes digits: 0123 and user: 1001 as written (text); the schema said
+    # "string" only, so an editor flagged a graph that loads.
+    import json
+
+    import yaml
+
+    from pipeline.loader import load_graph_text
+
+    text = ("nodes:\n  d: {type: dtmf_tone, digits: 0123}\n"
+            "  o: {type: wav_recorder, path: 2024}\nlinks: [d -> o]\n")
+    load_graph_text(text)
+    assert main(["inspect", "--builtin", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert _schema_errors(schema, yaml.safe_load(text)) == []
+    assert _schema_errors(schema, {"nodes": {"d": {"type": "dtmf_tone", "digits": [1]}}})

@@ -147,3 +147,152 @@ links:
     assert len(fb) == 1 and (fb[0].src, fb[0].dst) == (conv.name, "mix")  # mix still knows
     r = run_graph(g)
     assert len(r.graph.nodes["o"].audio()) >= 800
+
+
+# ---- text parameters take a number or boolean as written, also through templates --------
+_DIGITS_GRAPH = """
+params: {d: 0123, yes_: yes, n: 0x10}
+nodes:
+  a: {type: dtmf_tone, digits: "${d}", duration: "${n}"}
+  b: {type: dtmf_tone, digits: "${d:-0456}"}
+  c: {type: dtmf_tone, digits: "${e:-0456}"}
+  o: {type: null_sink}
+  p: {type: null_sink}
+  q: {type: null_sink}
+links: [a -> o, b -> p, c -> q]
+"""
+
+
+@pytest.mark.parametrize(("overrides", "digits"), [
+    (None, "0123"),
+    ({"d": "0777"}, "0777"),
+])
+def test_a_template_gives_a_text_parameter_the_number_as_written(overrides, digits):
+    # params: {d: 0123} made digits: ${d} "83" (YAML's octal made text), as -p d=0123 did;
+    # a number parameter still gets the number (n: 0x10 is 16 s).
+    from pipeline.loader import parse_override
+
+    over = dict([parse_override(f"{k}={v}") for k, v in overrides.items()]) if overrides \
+        else None
+    g = load_graph_text(_DIGITS_GRAPH, overrides=over)
+    assert g.nodes["a"].digits == digits
+    assert g.nodes["a"].duration == 16.0
+    assert g.nodes["b"].digits == digits and g.nodes["c"].digits == "0456"
+
+
+def test_a_template_inside_a_text_keeps_the_number_as_written():
+    g = load_graph_text("""
+params: {d: 0123, e: 0456}
+nodes:
+  a: {type: dtmf_tone, digits: "${d}#${e}"}
+  o: {type: null_sink}
+links: [a -> o]
+""")
+    assert g.nodes["a"].digits == "0123#0456"
+
+
+def test_an_override_keeps_its_text_through_copies_as_a_call_graph_takes_it(tmp_path):
+    # `pipeline call -p d=0123` hands the values to the sip_endpoint, which copies them
+    # (dict(...)) and adds the call graph as a part: the text must survive the copy.
+    import copy
+
+    from pipeline.graph import Graph
+    from pipeline.loader import add_part, parse_override
+    from pipeline.registry import get_registry
+
+    call = tmp_path / "call.yaml"
+    call.write_text("params: {d: '1', rate: 8000}\nnodes:\n"
+                    "  a: {type: dtmf_tone, digits: '${d}', rate: '${rate}'}\n"
+                    "  o: {type: null_sink}\nlinks: [a -> o]\n")
+    over = dict(parse_override(p) for p in ("d=0123", "rate=16000"))
+    g = Graph("host", registry=get_registry())
+    add_part(g, call, "c1/", overrides=copy.deepcopy(dict(over)))
+    assert g.nodes["c1/a"].digits == "0123" and g.nodes["c1/a"].rate == 16000
+
+
+def test_a_bin_passes_a_number_on_as_written_to_its_text_parameters(tmp_path):
+    (tmp_path / "keys.yaml").write_text("""
+params: {digits: '1', gain_db: -10}
+nodes:
+  d: {type: dtmf_tone, digits: "${digits}", level: "${gain_db}"}
+expose: {out: d.out}
+""")
+    g = load_graph(_write(tmp_path / "main.yaml", """
+params: {x: 0123}
+nodes:
+  k1: {type: keys.yaml, digits: 0123, gain_db: -0x6}
+  k2: {type: keys.yaml, digits: "${x}"}
+  o: {type: null_sink}
+  p: {type: null_sink}
+links: [k1 -> o, k2 -> p]
+"""))
+    assert g.nodes["k1/d"].digits == "0123" and g.nodes["k2/d"].digits == "0123"
+    assert g.nodes["k1/d"].level == -6.0
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_a_launch_line_name_is_text_and_can_be_referred_back_to():
+    # name=0123 named the node "83", and `0123.` then named no node.
+    g = parse_launch("tee name=0123  tone duration=0.1 ! 0123.  0123. ! null_sink")
+    assert "0123" in g.nodes and g.nodes["0123"].kind == "tee"
+    assert any(ln.src == "0123" for ln in g.links)
+
+
+def test_a_text_parameter_given_again_after_a_merge_key_takes_the_new_value():
+    # The base's `digits: 0123` was kept as its text even where the node gave digits again.
+    g = load_graph_text("""
+params: {d: '789'}
+nodes:
+  b: &b {type: dtmf_tone, digits: 0123}
+  a: {<<: *b, digits: "456"}
+  c: {<<: *b, digits: "${d}"}
+  e: {<<: *b, digits: 0456}
+  o: {type: null_sink}
+  p: {type: null_sink}
+  q: {type: null_sink}
+  r: {type: null_sink}
+links: [a -> o, c -> p, b -> q, e -> r]
+""")
+    assert [g.nodes[n].digits for n in "acbe"] == ["456", "789", "0123", "0456"]
+
+
+def test_a_template_inside_a_number_value_is_the_number_not_its_text():
+    # ${d}s with d: 0x2 is 2 s, as before; only a text parameter takes the text.
+    g = load_graph_text("""
+params: {d: 0x2, n: 0456}
+nodes:
+  a: {type: dtmf_tone, digits: "#${n}", duration: "${d}s"}
+  o: {type: null_sink}
+links: [a -> o]
+""")
+    assert (g.nodes["a"].duration, g.nodes["a"].digits) == (2.0, "#0456")
+
+
+@pytest.mark.parametrize("null", ["~", "null"])
+def test_null_for_a_text_parameter_in_a_line_is_still_no_value(null):
+    # `sample_format=~` meant "not given" (the default), as `sample_format: ~` does in
+    # YAML; taking text parameters as written made it the choice '~', refused.
+    g = parse_launch(f"tone rate=8000 ! resample sample_format={null} rate=16000 ! null_sink")
+    assert [n.sample_format for n in g.nodes.values() if n.kind == "resample"] == [None]
+    g = load_graph_text("nodes: {o: {type: null_sink}}\nlinks:\n"
+                        f"  - tone rate=8000 -> resample sample_format={null} rate=16000 -> o\n")
+    assert [n.sample_format for n in g.nodes.values() if n.kind == "resample"] == [None]
+
+
+def test_a_text_parameter_takes_a_date_as_written():
+    # YAML reads 2024-01-02t10:00:00Z as a datetime: its text was "2024-01-02 10:00:00+00:00".
+    g = load_graph_text("""
+params: {day: 2024-01-02t10:00:00Z}
+nodes:
+  a: {type: dtmf_tone, digits: 1}
+  o: {type: wav_recorder, path: 2024-01-02t09:00:00Z}
+  b: {type: dtmf_tone, digits: 1}
+  q: {type: wav_recorder, path: "${day}"}
+links: [a -> o, b -> q]
+""")
+    assert (g.nodes["o"].path, g.nodes["q"].path) == ("2024-01-02t09:00:00Z",
+                                                      "2024-01-02t10:00:00Z")
