@@ -14,6 +14,7 @@ SANS_IO = [
     "plugins/sip/uri.py", "plugins/sip/message.py", "plugins/sip/validate.py",
     "plugins/sip/auth.py", "plugins/sip/transaction.py", "plugins/sip/dialog.py",
     "plugins/sip/sdp.py", "plugins/sip/offer_answer.py", "plugins/sip/ua.py",
+    "plugins/sip/replaces.py",
     "plugins/rtp/packet.py", "plugins/rtp/rtcp.py", "plugins/rtp/stats.py",
     "plugins/rtp/dtmf.py", "plugins/jitterbuffer/buffer.py", "plugins/jitterbuffer/delay.py",
     "plugins/jitterbuffer/plc.py", "plugins/jitterbuffer/timescale.py",

@@ -882,3 +882,45 @@ def test_a_transfer_that_fails_is_reported_and_the_call_stays(follow):
             await ep.stop()
 
     asyncio.run(main())
+
+
+def test_call_values_change_with_every_sdp_change_a_call_graph_can_see():
+    """A re-INVITE rebuilds the call graph when its `${call.*}` values change (nodes.py
+    compares them). fmtp, rtcp-mux and a=rtcp reach a graph through `channels` (Opus
+    stereo), `remote_rtcp_port` and, new, `remote_rtcp_ip`: before, an a=rtcp naming
+    another address changed nothing a graph could read, so the part kept the old one.
+    fmtp that no value carries (Opus bitrate hints) builds the same graph: no rebuild."""
+    from types import SimpleNamespace
+
+    from pipeline.registry import get_registry
+    from plugins.sip.nodes import call_values, sdp_codec
+    from plugins.sip.offer_answer import Codec, answer, build_offer, negotiated
+    from plugins.sip.sdp import SessionDescription
+
+    infos = [get_registry().codecs["opus"]]
+    codecs = [sdp_codec(infos[0]), Codec.named("telephone-event")]
+    call = SimpleNamespace(call_id="c", number=1, direction="out", caller="a", callee="b",
+                           rtp_port=30000)
+    offer = build_offer(codecs, "127.0.0.1", 30000)
+    answer_sdp, _ = answer(offer, codecs, "192.0.2.5", 40000)
+    base = bytes(answer_sdp)
+
+    def values(extra: bytes = b"", fmtp: bytes | None = None) -> dict:
+        text = base + extra
+        if fmtp is not None:
+            lines = [ln for ln in text.split(b"\r\n") if not ln.startswith(b"a=fmtp:")]
+            pt = [ln for ln in lines if ln.startswith(b"a=rtpmap:") and b"opus" in ln][0]
+            lines.insert(-1, b"a=fmtp:" + pt[9:].split(b" ")[0] + b" " + fmtp)
+            text = b"\r\n".join(lines)
+        media = negotiated(offer, SessionDescription.parse(text))
+        return call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0,
+                           codecs=infos)
+
+    before = values()
+    assert (before["remote_rtcp_ip"], before["remote_rtcp_port"]) == ("192.0.2.5", 40001)
+    moved = values(b"a=rtcp:40009 IN IP4 192.0.2.6\r\n")
+    assert (moved["remote_rtcp_ip"], moved["remote_rtcp_port"]) == ("192.0.2.6", 40009)
+    # (a=rtcp-mux in an answer counts only when our offer had it, RFC 5761 5.1.1; when it
+    # does, remote_rtcp_port becomes the RTP port)
+    assert values(fmtp=b"stereo=1")["channels"] == 2 and before["channels"] == 1
+    assert values(fmtp=b"maxaveragebitrate=20000") == before

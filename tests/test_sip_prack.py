@@ -24,8 +24,8 @@ def requiring_100rel(ua):
     send = ua.datagrams_to_send
 
     def patched():
-        return [(t, d.replace(b"Supported: timer, 100rel\r\n",
-                              b"Supported: timer, 100rel\r\nRequire: 100rel\r\n"), a)
+        return [(t, d.replace(b"Supported: timer, 100rel, replaces\r\n",
+                              b"Supported: timer, 100rel, replaces\r\nRequire: 100rel\r\n"), a)
                 for t, d, a in send()]
 
     ua.datagrams_to_send = patched

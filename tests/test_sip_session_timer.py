@@ -74,7 +74,7 @@ def test_timer_deadlines_follow_rfc4028_section_10():
 def test_invite_asks_for_a_timer_and_the_200_grants_it_with_the_caller_refreshing():
     net, alice, bob, call, bcall = call_up({"session_expires": 600}, {})
     (invite,) = invites(net)
-    assert invite.headers.get("Supported") == "timer, 100rel"
+    assert invite.headers.get("Supported") == "timer, 100rel, replaces"
     assert invite.headers.get("Session-Expires") == "600"
     assert invite.headers.get("Min-SE") == "90"
     (ok,) = oks(net)
@@ -108,7 +108,8 @@ def test_a_caller_that_does_not_support_timers_is_refreshed_by_us():
     send = alice.datagrams_to_send
 
     def without_timer_support():  # alice's INVITE as an older UA would write it
-        return [(t, d.replace(b"Supported: timer, 100rel\r\n", b""), a) for t, d, a in send()]
+        return [(t, d.replace(b"Supported: timer, 100rel, replaces\r\n", b""), a)
+                for t, d, a in send()]
 
     alice.datagrams_to_send = without_timer_support
     call = alice.call(BOB_URI, 40000, net.now)
@@ -144,7 +145,8 @@ def test_an_interval_below_our_min_se_from_a_caller_without_timers_is_granted_no
     send = alice.datagrams_to_send
 
     def without_timer_support():  # an older UA's INVITE, with the proxy's Session-Expires
-        return [(t, d.replace(b"Supported: timer, 100rel\r\n", b""), a) for t, d, a in send()]
+        return [(t, d.replace(b"Supported: timer, 100rel, replaces\r\n", b""), a)
+                for t, d, a in send()]
 
     alice.datagrams_to_send = without_timer_support
     call = alice.call(BOB_URI, 40000, net.now)
@@ -342,13 +344,13 @@ def test_bad_or_small_session_expires_in_a_reinvite_keeps_the_call():
     assert bcall.state == "established" and bcall.session_timer.interval == 120
 
 
-def test_update_is_allowed_and_timer_supported_in_options():
+def test_update_is_allowed_and_our_extensions_supported_in_options():
     net, alice, bob, call, bcall = call_up({}, {})
     alice.options(BOB_URI, net.now)
     net.pump()
     ok = oks(net, "OPTIONS")[-1]
     assert "UPDATE" in ok.headers.values("Allow")
-    assert ok.headers.values("Supported") == ["timer", "100rel"]
+    assert ok.headers.values("Supported") == ["timer", "100rel", "replaces"]
 
 
 def test_a_reinvite_requiring_timer_is_not_refused_420():

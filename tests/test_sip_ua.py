@@ -784,3 +784,143 @@ def test_a_call_ended_while_our_reinvite_is_proceeding_is_forgotten_after_64_t1(
     net.advance(0.2)  # 64*T1 after the call ended
     alice.forget_ended()
     assert not alice.calls and not alice._owners and not alice.layers["udp"].clients
+
+
+def test_our_reinvite_stuck_in_proceeding_is_cancelled_and_the_call_stays_up(monkeypatch):
+    """Bob answers our hold with 100 Trying and never a final response. A Proceeding
+    INVITE has no timer B (RFC 3261 17.1.1.2): before, the call kept its pending re-INVITE
+    for good and no hold, resume or refresh was possible again. Now it is CANCELled 64*T1
+    after it went out (as pjsip does), CallUpdateFailed reports it, the call stays up and
+    can be changed again."""
+    from plugins.sip.ua import CallUpdateFailed
+
+    net, alice, bob, call, bcall = established_call()
+    # Bob's UA core sits on the re-INVITE: only the transaction's 100 goes out.
+    monkeypatch.setattr(UserAgent, "_on_reinvite", lambda self, *a: None)
+    alice.hold(call.call_id, net.now)
+    net.pump()
+    (tx,) = [t for t, (kind, _) in alice._owners.items() if kind == "reinvite"]
+    assert tx.state == "proceeding"
+    net.advance(31.9)
+    assert not net.sent("CANCEL") and not net.of(alice, CallUpdateFailed)
+    net.advance(0.2)  # 64*T1 after the re-INVITE
+    (cancel,) = net.sent("CANCEL")
+    assert cancel.cseq.seq == tx.request.cseq.seq and cancel.call_id == call.call_id
+    # (9.2: the CANCEL of a re-INVITE matches its transaction: 200, where it got 405)
+    assert [m.status_code for m in net.sent("SIP/2.0") if m.cseq.method == "CANCEL"] == [200]
+    assert [e.status for e in net.of(alice, CallUpdateFailed)] == [408]
+    assert call.state == "established" and call.pending is None
+    assert not net.of(alice, CallEnded) and not net.sent("BYE")
+    monkeypatch.undo()
+    net.advance(40.0)  # the given-up transaction ends; the call goes on
+    assert call.state == "established" and alice._owners.get(tx) is None
+    alice.hold(call.call_id, net.now)  # changeable again
+    net.pump()
+    assert call.media.direction == "sendonly" and call.pending is None
+
+
+def test_a_2xx_that_crosses_the_cancel_of_our_stuck_reinvite_is_acked_and_taken():
+    net, alice, bob, call, bcall = established_call()
+    held = []
+    real = UserAgent._on_reinvite
+
+    def late(self, *args):
+        held.append(args)
+
+    UserAgent._on_reinvite = late
+    try:
+        alice.hold(call.call_id, net.now)
+        net.pump()
+        net.drop = lambda data: data.startswith(b"CANCEL") or b" CANCEL\r\n" in data
+        net.advance(32.1)
+    finally:
+        UserAgent._on_reinvite = real
+    assert net.sent("CANCEL") and call.pending is None
+    real(bob, *held[0])  # bob answers the hold after all
+    net.pump()
+    acks = [m for m in net.sent("ACK") if m.cseq.seq == held[0][1].cseq.seq]
+    assert len(acks) == 1
+    assert call.media.direction == "sendonly" and bcall.media.direction == "recvonly"
+    assert call.state == bcall.state == "established"
+
+
+def test_a_handler_failing_on_a_2xx_after_its_ack_hangs_up_with_bye(monkeypatch):
+    """The ACK went out, then handling the 2xx failed: the callee is in the call, so it gets
+    a BYE. Before, the call ended on our side only and stayed up on the callee's."""
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    incoming = net.of(bob, CallIncoming)[0]
+    bob.prepare_answer(incoming.call.call_id, 42000)
+
+    def broken(offer, answer):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("plugins.sip.ua.negotiated", broken)  # fails on the 2xx's answer
+    with pytest.raises(RuntimeError, match="a bug"):
+        bob.accept(incoming.call.call_id, net.now)
+        net.pump()
+    monkeypatch.undo()
+    net.pump()
+    assert len(net.sent("ACK")) == 1 and len(net.sent("BYE")) == 1
+    assert net.of(alice, CallEnded)[0].status == 500
+    assert [e.reason for e in net.of(bob, CallEnded)] == ["remote hangup"]
+
+
+def test_an_18x_without_contact_still_brings_early_media():
+    """RFC 3261 12.1.2 takes the remote target from the Contact, which some gateways leave
+    out of their 183. Before, such an 18x made no early dialog and its SDP was ignored;
+    now its early dialog keeps our Request-URI as target (as pjsip's does) and its SDP is
+    early media. The 2xx's Contact then sets the target (13.2.2.4)."""
+    from plugins.sip.message import make_response
+    from plugins.sip.ua import CallEarlyMedia
+
+    alice = make_ua(ALICE, user="alice")
+    call = alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
+    (_, data, _), = alice.datagrams_to_send()
+    invite = SipMessage.parse(data)
+    offer = SessionDescription.parse(invite.body)
+    from plugins.sip.offer_answer import answer as sdp_answer
+
+    sdp, _ = sdp_answer(offer, [PCMU, DTMF], "192.0.2.2", 42000)
+    progress = make_response(invite, 183, to_tag="gw1")
+    assert "Contact" not in progress.headers
+    progress.headers.add("Content-Type", "application/sdp")
+    progress.body = bytes(sdp)
+    alice.receive(bytes(progress), "udp", BOB, 0.1)
+    events = []
+    while (ev := alice.next_event()) is not None:
+        events.append(ev)
+    (early,) = [e for e in events if isinstance(e, CallEarlyMedia)]
+    assert early.media.remote_rtp_port == 42000 and call.state == "ringing"
+    assert str(call.dialog.remote_target) == "sip:bob@192.0.2.2:5062"
+    ok = make_response(invite, 200, to_tag="gw1")
+    ok.headers.add("Contact", "<sip:bob@192.0.2.7:5080>")
+    alice.receive(bytes(ok), "udp", BOB, 0.2)
+    while (ev := alice.next_event()) is not None:
+        events.append(ev)
+    assert call.state == "established"
+    assert str(call.dialog.remote_target) == "sip:bob@192.0.2.7:5080"
+    assert [m for _, m, _ in alice.datagrams_to_send() if m.startswith(b"ACK sip:bob@192.0.2.7")]
+
+
+def test_a_handler_failing_on_the_2xx_to_our_reinvite_ends_the_call_with_bye(monkeypatch):
+    """The same for a re-INVITE: before, the failure left the call's pending offer in place
+    for good (no hold, resume or refresh again) and the peer in a session we never took."""
+    net, alice, bob, call, bcall = established_call()
+
+    def broken(offer, answer):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("plugins.sip.ua.negotiated", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        alice.hold(call.call_id, net.now)
+        net.pump()
+    monkeypatch.undo()
+    net.pump()
+    reinvite_seq = [m for m in net.sent("INVITE") if m.headers.get("To").find("tag=") > 0]
+    assert [m.cseq.seq for m in net.sent("ACK")][-1] == reinvite_seq[0].cseq.seq
+    assert len(net.sent("BYE")) == 1 and call.pending is None
+    assert net.of(alice, CallEnded)[0].status == 500
+    assert [e.reason for e in net.of(bob, CallEnded)] == ["remote hangup"]

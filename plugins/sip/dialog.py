@@ -94,7 +94,12 @@ class Dialog:
             remote_tag=remote_tag,
             local_uri=_untagged(from_),
             remote_uri=_untagged(response.to),
-            remote_target=_contact_uri(response),
+            # 12.1.2 wants the remote target from the Contact; some gateways send an 18x
+            # without one. Its early dialog keeps our Request-URI as target then (as
+            # pjsip's UAC dialog keeps its initial target) until the 2xx's Contact fixes it
+            # (13.2.2.4): the 18x's SDP is still early media, its RSeq still PRACKed.
+            remote_target=_contact_uri(response)
+            if response.contacts or response.status_code >= 200 else request.uri,
             local_seq=request.cseq.seq,
             route_set=list(reversed(response.headers.values("Record-Route"))),
             local_contact=request.headers.get("Contact"),

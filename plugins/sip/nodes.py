@@ -17,8 +17,11 @@ so the caller hears a gateway's ringback or announcement), ``call-established``,
 
 Transfers (RFC 3515): with `follow_refer` a REFER from the peer is followed as a softphone
 does a blind transfer: the endpoint calls the Refer-To target (same call graph), reports
-that call's progress in NOTIFYs and hangs up the referring call once the new one is up.
-`transfer(call_id, uri)` sends our own REFER.
+that call's progress in NOTIFYs and hangs up the referring call once the new one is up;
+a Refer-To with a Replaces (attended transfer, RFC 5589) makes that INVITE carry it.
+`transfer(call_id, uri, replaces=None)` sends our own REFER. An INVITE whose Replaces
+names one of our calls (RFC 3891) is answered whatever `auto_answer` says and ends that
+call once established.
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
         "callee": call.callee,
         "remote_rtp_ip": media.remote_address,
         "remote_rtp_port": media.remote_rtp_port,
+        # where RTCP goes (a=rtcp may name another address, RFC 3605): with
+        # remote_rtcp_port (in call_params) every SDP change a graph can see is a value,
+        # so a re-INVITE that changes it rebuilds the part
+        "remote_rtcp_ip": media.remote_rtcp_address,
         "local_rtp_ip": local_ip,
         "local_rtp_port": call.rtp_port,
         "codec": name,
@@ -466,15 +473,17 @@ class SipEndpoint(Node):
         self._pump()
 
     # ---- the application's controls -----------------------------------------------------
-    def call(self, uri: str) -> str:
-        """Dial `uri`; returns the Call-ID. The call graph starts when the call is answered."""
+    def call(self, uri: str, *, replacing: Any = None) -> str:
+        """Dial `uri`; returns the Call-ID. The call graph starts when the call is answered.
+        `replacing` (a `replaces.Replaces`): the dialog it replaces at the callee."""
         # The offer names the port before the call graph binds it: check it is free now.
         port = self.ports.allocate(check=self.call_graph is not None)
         video_port = 0
         try:
             if self.video and self.video_codecs:
                 video_port = self.ports.allocate(check=self.call_graph is not None)
-            call = self.ua.call(uri, port, self._loop.time(), video_port=video_port)
+            call = self.ua.call(uri, port, self._loop.time(), video_port=video_port,
+                                replacing=replacing)
         except Exception:
             self.ports.release(port)
             if video_port:
@@ -566,11 +575,14 @@ class SipEndpoint(Node):
         self.ua.resume(call_id, self._loop.time())
         self._pump()
 
-    def transfer(self, call_id: str, uri: str) -> str:
+    def transfer(self, call_id: str, uri: str | None = None, *,
+                 replaces: str | None = None) -> str:
         """Ask the peer of an established call to call `uri` instead (a blind transfer, RFC
         3515 REFER); returns the REFER's id. ``transfer-progress`` and ``transfer-done``
-        follow; on success (the new call answered) we hang up this call."""
-        refer_id = self.ua.transfer(call_id, uri, self._loop.time())
+        follow; on success (the new call answered) we hang up this call. `replaces` (the
+        Call-ID of another established call) makes it attended (RFC 5589): the peer's
+        INVITE replaces that call at its far end (`uri` defaults to that end's Contact)."""
+        refer_id = self.ua.transfer(call_id, uri, self._loop.time(), replaces=replaces)
         self._pump()
         return refer_id
 
@@ -618,7 +630,9 @@ class SipEndpoint(Node):
             self.post("call-incoming", call_id=call.call_id, caller=call.caller,
                       callee=call.callee, codec=None if event.media is None
                       else self._codec_name(event.media))
-            if self.auto_answer:
+            # A call that replaces one of ours (RFC 3891, an attended transfer) is answered
+            # whatever auto_answer says: the user consented by taking part in it.
+            if self.auto_answer or call.replaces is not None:
                 self.answer(call.call_id)
         elif isinstance(event, sipua.CallRinging):
             self.post("call-ringing", call_id=event.call.call_id)
@@ -717,11 +731,13 @@ class SipEndpoint(Node):
 
     def _on_refer(self, event: sipua.ReferReceived) -> None:
         call_id, refer_id = event.call.call_id, event.refer_id
-        self.post("refer", call_id=call_id, target=event.target, followed=refer_id is not None)
+        extra = {} if event.replaces is None else {"replaces": str(event.replaces)}
+        self.post("refer", call_id=call_id, target=event.target, followed=refer_id is not None,
+                  **extra)
         if refer_id is None:
             return  # declined (603): follow_refer is off
         try:
-            new_id = self.call(event.target)
+            new_id = self.call(event.target, replacing=event.replaces)
         except Exception as exc:  # an unusable target (no listener for its transport...)
             self._c["refer_failed"] += 1
             log.warning("call %s: cannot follow REFER to %s: %s", call_id, event.target, exc)

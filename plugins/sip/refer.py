@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import LocalProtocolError, ParseError
 
 from .message import REASON_PHRASES, SipMessage, SipRequest, SipResponse
+from .replaces import Replaces, from_uri_headers
 from .transaction import ClientTransaction, ServerTransaction
 from .uri import NameAddress, SipUri, parse_params
 
@@ -35,8 +36,8 @@ EXPIRES = 120  # seconds the referee's subscription lasts without a final NOTIFY
 
 def refer_target(text: str | None) -> SipUri:
     """The URI to call from a Refer-To value (compact ``r`` too); ParseError when it is
-    missing, malformed or not a sip:/sips: URI. URI headers (``?Replaces=...``, RFC 3891)
-    are dropped: we only ever place a plain INVITE."""
+    missing, malformed or not a sip:/sips: URI. URI headers are dropped: a Replaces among
+    them (attended transfer) is `refer_replaces`'s."""
     if not text:
         raise ParseError("SIP REFER has no Refer-To")
     uri = NameAddress.parse(text).uri
@@ -49,6 +50,13 @@ def refer_target(text: str | None) -> SipUri:
         uri = SipUri(uri.scheme, uri.user, None, uri.host, uri.port,
                      {k: v for k, v in uri.params.items() if k != "method"})
     return uri
+
+
+def refer_replaces(text: str) -> Replaces | None:
+    """The Replaces a Refer-To URI carries (``?Replaces=call-id%3Bto-tag%3D...``, RFC 3891
+    section 5, RFC 5589): the INVITE to its target must carry it. ParseError when it is
+    malformed; other URI headers are ignored."""
+    return from_uri_headers(NameAddress.parse(text).uri.headers)
 
 
 def sipfrag(status: int, reason: str | None = None) -> bytes:
@@ -102,6 +110,7 @@ class ReferReceived:
     call: Call
     target: str
     refer_id: str | None
+    replaces: Replaces | None = None  # an attended transfer: the INVITE carries it
 
 
 @dataclass(slots=True)
@@ -152,6 +161,7 @@ class ReferAgent:
             if len(request.headers.get_all("Refer-To")) > 1:  # 2.4.1: exactly one
                 raise ParseError("SIP REFER has more than one Refer-To")
             target = str(refer_target(request.headers.get("Refer-To")))
+            replaces = refer_replaces(request.headers.get("Refer-To") or "")
         except ParseError as exc:
             self.stats["bad_refer"] += 1
             self._bad_request(tx, request, exc, now)
@@ -159,13 +169,13 @@ class ReferAgent:
         if not self.config.follow_refer or call.state != "established":
             # 2.4.2: a REFER our policy denies at once is declined; no subscription.
             self._respond(tx, request, 603, now)
-            self._events.append(ReferReceived(call, target, None))
+            self._events.append(ReferReceived(call, target, None, replaces))
             return
         refer_id = str(request.cseq.seq)  # 2.4.6: the id of its subscription
         self._respond(tx, request, 202, now, headers=[("Contact", self.contact(call.transport))])
         self._refers[(call.call_id, refer_id)] = now + EXPIRES
         self.notify_refer(call.call_id, refer_id, 100, now)  # 2.4.4: the first NOTIFY at once
-        self._events.append(ReferReceived(call, target, refer_id))
+        self._events.append(ReferReceived(call, target, refer_id, replaces))
 
     def notify_refer(self, call_id: str, refer_id: str, status: int, now: float,
                      reason: str | None = None, *, state: str | None = None) -> None:
@@ -188,19 +198,38 @@ class ReferAgent:
                              headers=[("Event", f"{EVENT};id={refer_id}"),
                                       ("Subscription-State", state)])
 
-    def transfer(self, call_id: str, target: str, now: float) -> str:
+    def transfer(self, call_id: str, target: str | None, now: float, *,
+                 replaces: str | None = None) -> str:
         """Ask the peer of an established call to call `target` (a blind transfer: REFER
         with Refer-To, RFC 3515); returns the REFER's id. `TransferProgress` and then one
-        `TransferDone` report how it went."""
+        `TransferDone` report how it went.
+
+        `replaces` (the Call-ID of another established call of ours) makes it an attended
+        transfer (RFC 5589 7): the Refer-To carries that call's dialog as a Replaces
+        header, so that the peer's INVITE replaces it at the other party, and `target`
+        defaults to that party's Contact."""
         call = self.calls.get(call_id)
         if call is None or call.state != "established" or call.dialog is None:
             raise LocalProtocolError(f"SIP call {call_id} is not established")
+        suffix = ""
+        if replaces is not None:
+            other = self.calls.get(replaces)
+            if other is None or other.state != "established" or other.dialog is None \
+                    or other is call:
+                raise LocalProtocolError(f"SIP call {replaces} to replace is not established")
+            d = other.dialog
+            # The tags as the other party sees them (RFC 3891 3): its tag is the to-tag.
+            suffix = "?Replaces=" + Replaces(d.call_id, d.remote_tag, d.local_tag).uri_header()
+            if target is None:
+                target = str(d.remote_target)
+        if target is None:
+            raise LocalProtocolError("SIP transfer needs a target")
         try:
             uri = refer_target(target)
         except ParseError as exc:
             raise LocalProtocolError(f"SIP transfer target: {exc}") from None
         tx = self._send_in_dialog(call, "REFER", now, headers=[
-            ("Refer-To", f"<{uri}>"), ("Referred-By", str(call.dialog.local_uri))])
+            ("Refer-To", f"<{uri}{suffix}>"), ("Referred-By", str(call.dialog.local_uri))])
         if tx is None:
             raise LocalProtocolError(f"SIP call {call_id} has no dialog left")
         refer_id = str(tx.request.cseq.seq)

@@ -19,7 +19,9 @@ What it does, with the RFC sections it follows:
   reliable 18x without the offer);
 - callers challenged with 401 when `users` are configured (22.1);
 - re-INVITE both ways for hold/resume/codec change (RFC 3264 8, RFC 3261 14), 491 on glare;
-  UPDATE answered, with or without an offer (RFC 3311);
+  ours, left Proceeding (1xx and nothing more) 64*T1 after it went out, is CANCELled and
+  reported failed (`CallUpdateFailed` 408), the call staying up; UPDATE answered, with or
+  without an offer (RFC 3311);
 - reliable provisional responses (RFC 3262, `prack`): a 180 sent reliably (RSeq, resent
   until its PRACK) when the INVITE requires 100rel, the 200 held back until that PRACK;
   reliable 18x we receive are PRACKed;
@@ -31,6 +33,11 @@ What it does, with the RFC sections it follows:
 - REFER (RFC 3515, `refer`) both ways: as referee, 202 and NOTIFYs of the new call's
   progress (`notify_refer`) when `follow_refer`, else 603; as referrer, `transfer` sends a
   REFER and reports the NOTIFYs it gets (481 for one that matches no REFER of ours);
+- attended transfer (RFC 3891 Replaces, RFC 5589, `replaces`): an INVITE with Replaces that
+  names one of our calls takes its place (that call gets BYE once the new one is
+  established; 481 when it names no dialog of ours or an early one we did not make);
+  `transfer(..., replaces=)` puts a Replaces in the Refer-To, and `call(..., replacing=)`
+  sends the one a followed REFER named;
 - a token bucket per source address that drops requests beyond `rate_limit`;
 - server location (RFC 3263): a host that is a name is not resolved here. The UA asks for
   it (`lookups_to_resolve`), whatever needs it waits (a new INVITE, REGISTER or OPTIONS),
@@ -53,7 +60,7 @@ from dataclasses import dataclass, field, replace
 from pipeline.errors import LocalProtocolError, ParseError
 from pipeline.frames import DtmfEvent
 
-from . import prack, session_timer, validate
+from . import prack, replaces, session_timer, validate
 from .auth import DigestChallenge, DigestClient, DigestServer
 from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
@@ -107,11 +114,14 @@ Address = tuple[str, int]
 
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER", "NOTIFY",
                    "UPDATE", "PRACK")
-EXTENSIONS = (session_timer.TAG, prack.TAG)  # option tags we support (Supported; Require ok)
+# option tags we support (Supported; Require ok)
+EXTENSIONS = (session_timer.TAG, prack.TAG, replaces.TAG)
 ACCEPTED_TYPES = ("application/sdp", "application/dtmf-relay", "message/sipfrag")
 RELIABLE = ("tcp", "tls")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 _ALLOW = ", ".join(ALLOWED_METHODS)
+# Our INVITEs' Supported: replaces on a line of its own (RFC 3261 7.3.1 lets a list be
+# split), so the usual `timer, 100rel` line stays as peers and our tests have seen it.
 _SUPPORTED = ", ".join(EXTENSIONS)
 _DTMF_DIGITS = "0123456789*#ABCD"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
@@ -278,6 +288,10 @@ class Call:
     retx: tuple[bytes, float, float, float, int] | None = None
     pending: str | None = None  # "out" while our re-INVITE runs, "in" while theirs does
     pending_sdp: SessionDescription | None = None
+    # Our re-INVITE is given up (CANCEL, CallUpdateFailed) if no final response came by
+    # then: after a provisional it has no timer B (RFC 3261 17.1.1.2).
+    reinvite_deadline: float | None = None
+    cancelled_offer: SessionDescription | None = None  # the offer of a re-INVITE given up
     auth_tries: int = 0
     number: int = 0
     remote_display: str = ""
@@ -294,6 +308,9 @@ class Call:
     target: SipUri | None = None  # UAC: the Request-URI of our INVITE
     targets: list[Target] = field(default_factory=list)  # UAC: servers left (RFC 3263 4.3)
     hop: tuple[str, str, Address] | None = None  # a named next hop, located: key, where
+    # RFC 3891: UAS: the Call-ID of our call this one replaces (it ends once this one is
+    # established); UAC: the Replaces value our INVITE carries (an attended transfer)
+    replaces: str | None = None
 
     @property
     def active(self) -> bool:
@@ -429,6 +446,8 @@ class UserAgent(RegistrationClient, ReferAgent):
         times.extend(c.retx[1] for c in self.calls.values() if c.retx is not None)
         times.extend(c.session_timer.deadline for c in self.calls.values()
                      if c.session_timer is not None)
+        times.extend(c.reinvite_deadline for c in self.calls.values()
+                     if c.reinvite_deadline is not None)
         if self._refers:
             times.append(min(self._refers.values()))
         if self._reliable:
@@ -449,6 +468,8 @@ class UserAgent(RegistrationClient, ReferAgent):
         if self._refers:
             self._expire_refers(now)
         for call in list(self.calls.values()):
+            if call.reinvite_deadline is not None and call.reinvite_deadline <= now:
+                self._reinvite_overdue(call, now)
             if call.session_timer is not None:
                 self._on_session_timer(call, call.session_timer, now)
             if call.retx is None or call.retx[1] > now:
@@ -542,7 +563,11 @@ class UserAgent(RegistrationClient, ReferAgent):
             if kind == "register":
                 self._register_failed(obj, status, reason, now)
             elif kind == "invite" and obj.active:
-                if obj.dialog is not None and obj.state == "established":
+                code = event.response.status_code
+                if obj.dialog is not None and (obj.state == "established"
+                                               or 200 <= code < 300):
+                    # A 2xx (ACKed before the handler failed) confirmed the dialog: the
+                    # callee is in the call, so it is ended with BYE (15).
                     self._send_bye(obj, now)
                 elif tx.state == PROCEEDING:
                     # A provisional response it failed on: the callee rings on. CANCEL (9.1)
@@ -550,6 +575,14 @@ class UserAgent(RegistrationClient, ReferAgent):
                     # late 2xx is still ACKed and BYEd.
                     self._owners[tx] = owner  # type: ignore[index,assignment]
                     self._send_cancel(obj, tx, now)  # type: ignore[arg-type]
+                self._end(obj, reason, status)
+            elif kind.startswith("reinvite") and obj.active:
+                # Failed on the answer to our re-INVITE (ACKed if a 2xx): which session
+                # holds is unknown, so the call ends with BYE, as for an unusable answer
+                # (14.1); left alone, its pending offer would bar every later re-INVITE.
+                obj.pending = obj.pending_sdp = None
+                obj.reinvite_deadline = None
+                self._send_bye(obj, now)
                 self._end(obj, reason, status)
 
     def _on_layer_event(self, event: object, transport: str, now: float) -> None:
@@ -564,7 +597,7 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self._on_register_response(obj, event.response, event.transaction, now)
             elif kind == "invite":
                 self._on_invite_response(obj, event.response, event.transaction, now)
-            elif kind in ("reinvite", "reinvite-answered"):
+            elif kind in ("reinvite", "reinvite-answered", "reinvite-cancelled"):
                 self._on_reinvite_response(obj, event.response, event.transaction, now)
             elif kind == "refer":
                 self._on_refer_response(obj, event.response, event.transaction)
@@ -829,9 +862,12 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     # ---- outgoing calls -------------------------------------------------------------------
     def call(self, target: str | SipUri, rtp_port: int, now: float, *,
-             codecs: Sequence[Codec] | None = None, video_port: int = 0) -> Call:
+             codecs: Sequence[Codec] | None = None, video_port: int = 0,
+             replacing: replaces.Replaces | None = None) -> Call:
         """Start an outgoing call: an INVITE with an SDP offer for media on `rtp_port`
-        (and video on `video_port` when non-zero and `video_codecs` are configured)."""
+        (and video on `video_port` when non-zero and `video_codecs` are configured).
+        `replacing`: the Replaces header it carries (RFC 3891: an attended transfer's
+        REFER named it), so that it takes that dialog's place at the callee."""
         uri = target if isinstance(target, SipUri) else SipUri.parse(target)
         if not uri.is_sip:
             raise LocalProtocolError(f"SIP URI {uri} is not a sip: or sips: URI")
@@ -851,7 +887,8 @@ class UserAgent(RegistrationClient, ReferAgent):
                     caller=safe_token(f"{self.config.user}@{host}"),
                     callee=safe_token(f"{uri.user or ''}@{uri.host}"), target=uri,
                     local=offer, rtp_port=rtp_port, number=self._calls_made,
-                    video_port=video_port if len(offer.media) > 1 else 0)
+                    video_port=video_port if len(offer.media) > 1 else 0,
+                    replaces=None if replacing is None else str(replacing))
         self.calls[call_id] = call
         if named:
             self._want(uri, ("call", call))
@@ -870,6 +907,8 @@ class UserAgent(RegistrationClient, ReferAgent):
                             {"tag": call.local_tag})
         to = NameAddress(SipUri(uri.scheme, uri.user, None, uri.host, uri.port))
         extra = [("Allow", _ALLOW), ("Supported", _SUPPORTED)]
+        if call.replaces is not None:
+            extra.append(("Replaces", call.replaces))
         if self.config.session_expires:
             # RFC 4028 7.1: the interval we ask for; the callee picks the refresher.
             extra += [("Session-Expires", str(self.config.session_expires)),
@@ -912,7 +951,7 @@ class UserAgent(RegistrationClient, ReferAgent):
             if call.state == "calling" and code in (180, 183):
                 call.state = "ringing"
                 self._events.append(CallRinging(call))
-            if code > 100 and response.to.tag and response.contacts and call.dialog is None:
+            if code > 100 and response.to.tag and call.dialog is None:
                 call.dialog = Dialog.from_uac(invite, response)
             if code > 100 and call.active and prack.required(response):
                 self._prack(call, response, invite, now)  # type: ignore[arg-type]
@@ -1033,7 +1072,7 @@ class UserAgent(RegistrationClient, ReferAgent):
     def _capabilities(self, transport: str) -> list[tuple[str, str]]:
         # RFC 3261 11.2: what we allow, accept and support.
         return [("Allow", ", ".join(ALLOWED_METHODS)),
-                ("Accept", ", ".join(ACCEPTED_TYPES)), ("Supported", ", ".join(EXTENSIONS)),
+                ("Accept", ", ".join(ACCEPTED_TYPES)), ("Supported", _SUPPORTED),
                 ("Accept-Language", "en"), ("Contact", self.contact(transport))]
 
     def active_calls(self) -> int:
@@ -1046,8 +1085,13 @@ class UserAgent(RegistrationClient, ReferAgent):
             self.stats["rejected_400"] += 1
             self._respond(tx, request, 400, now, reason="Missing Contact")
             return
+        replaced = None
+        if "Replaces" in request.headers:
+            replaced = self._replaced_call(request, tx, now)
+            if replaced is None:
+                return  # refused (400, 481, 486, 603)
         limit = self.config.max_calls
-        if limit and self.active_calls() >= limit:
+        if limit and replaced is None and self.active_calls() >= limit:
             self.stats["busy"] += 1
             self._respond(tx, request, 486, now)
             return
@@ -1091,7 +1135,7 @@ class UserAgent(RegistrationClient, ReferAgent):
                     invite=request, server_tx=tx, remote_sdp=offer,
                     remote_body=request.body, number=self._calls_made,
                     remote_display=from_.display_name or "", late_offer=late,
-                    session=agreed)
+                    session=agreed, replaces=replaced)
         if not late:
             call.preview = (preview_sdp, preview)
         if call.call_id in self.calls and self.calls[call.call_id].active:
@@ -1118,6 +1162,52 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self._reliable[call.call_id] = prack.ReliableProvisional.start(
                     bytes(ringing), rseq, request.cseq.seq, now, self.config.timers.t1)
         self._events.append(CallIncoming(call, preview))
+
+    def _replaced_call(self, request: SipRequest, tx: ServerTransaction,
+                       now: float) -> str | None:
+        """The Call-ID of the call an INVITE with Replaces takes the place of (RFC 3891 3),
+        or None once it was refused: 400 for a malformed or repeated header, 481 when it
+        names no dialog of ours or an early one we did not make (only its caller may
+        replace that), 603 for a dialog already over, 486 for `early-only` and a
+        confirmed one."""
+        values = request.headers.get_all("Replaces")
+        try:
+            if len(values) > 1:
+                raise ParseError("SIP INVITE has more than one Replaces")
+            wanted = replaces.Replaces.parse(values[0])
+        except ParseError as exc:
+            self.stats["bad_replaces"] += 1
+            self._bad_request(tx, request, exc, now)
+            return None
+        old = self.calls.get(wanted.call_id)
+        dialog = old.dialog if old is not None else None
+        if old is None or dialog is None or dialog.local_tag != wanted.to_tag \
+                or dialog.remote_tag != wanted.from_tag \
+                or (old.direction == "in" and old.state == "incoming"):
+            self.stats["replaces_unmatched"] += 1
+            self._respond(tx, request, 481, now)
+            return None
+        if not old.active or dialog.state == "terminated":
+            self._respond(tx, request, 603, now)
+            return None
+        if wanted.early_only and old.state not in ("calling", "ringing"):
+            self._respond(tx, request, 486, now)
+            return None
+        return old.call_id
+
+    def _replace(self, call: Call, now: float) -> None:
+        """`call` replaced another and is established: the other ends (RFC 3891 3), with
+        BYE, or CANCEL when it is an INVITE of ours still ringing."""
+        old = self.calls.get(call.replaces)  # type: ignore[arg-type]
+        if old is None or not old.active or old is call:
+            return
+        self.stats["calls_replaced"] += 1
+        if old.direction == "out" and old.state in ("calling", "ringing"):
+            self.hangup(old.call_id, now)
+            return
+        old.retx = None
+        self._send_bye(old, now)
+        self._end(old, f"replaced by call {call.call_id} (RFC 3891)", None)
 
     def prepare_answer(self, call_id: str, rtp_port: int,
                        video_port: int = 0) -> NegotiatedMedia | None:
@@ -1245,6 +1335,8 @@ class UserAgent(RegistrationClient, ReferAgent):
                     call.state = "established"
                     assert call.media is not None
                     self._events.append(CallEstablished(call, call.media))
+                    if call.replaces is not None:
+                        self._replace(call, now)
             return
         if tx is None:
             return
@@ -1268,6 +1360,11 @@ class UserAgent(RegistrationClient, ReferAgent):
             self._on_notify(call, request, tx, now)
         elif method == "PRACK":
             self._on_prack(call, request, tx, now)
+        elif method == "CANCEL":
+            # 9.2: a CANCEL of a re-INVITE; we answer re-INVITEs at once, so its final
+            # response is out and the CANCEL succeeds with no effect (481 without one).
+            found = _layer_of(tx).find_invite(request) is not None
+            self._respond(tx, request, 200 if found else 481, now)
         elif method == "OPTIONS":
             self._respond(tx, request, 200, now, headers=self._capabilities(call.transport))
         else:
@@ -1295,6 +1392,8 @@ class UserAgent(RegistrationClient, ReferAgent):
         if call.state == "answered":
             call.state = "established"
             self._events.append(CallEstablished(call, media))
+            if call.replaces is not None:
+                self._replace(call, now)
         elif media != previous:
             self._events.append(CallUpdated(call, media, previous))
 
@@ -1499,6 +1598,7 @@ class UserAgent(RegistrationClient, ReferAgent):
     def _reinvite(self, call: Call, offer: SessionDescription, now: float) -> None:
         call.pending = "out"
         call.pending_sdp = offer
+        call.reinvite_deadline = now + self.config.timers.timeout
         headers = [("Supported", session_timer.TAG)]
         if call.session_timer is not None:
             headers += call.session_timer.request_headers(self.config.min_se)
@@ -1507,11 +1607,51 @@ class UserAgent(RegistrationClient, ReferAgent):
         if tx is not None:
             self._owners[tx] = ("reinvite", call)
 
+    def _reinvite_overdue(self, call: Call, now: float) -> None:
+        """No final response to our re-INVITE 64*T1 after it went out. Still Calling, timer
+        B ends it (14.1); Proceeding (the peer sent 1xx and nothing more), nothing would:
+        RFC 3261 has no timer B then, and the call could never be changed again. So it is
+        CANCELled (9.1; pjsip does the same) and reported failed, and the call stays up.
+        The CANCEL gives the transaction 64*T1 more (a 487, or a late 2xx: ACKed, and
+        its answer taken, since the peer's session changed)."""
+        call.reinvite_deadline = None
+        tx = next((t for t, (k, c) in self._owners.items() if k == "reinvite" and c is call),
+                  None)
+        if tx is None or tx.state != PROCEEDING or not call.active:
+            return
+        self.stats["reinvites_cancelled"] += 1
+        self._owners[tx] = ("reinvite-cancelled", call)
+        call.cancelled_offer, call.pending, call.pending_sdp = call.pending_sdp, None, None
+        self._send_cancel(call, tx, now)
+        self._update_failed(call, 408, now)
+
+    def _update_failed(self, call: Call, code: int, now: float) -> None:
+        timer = call.session_timer
+        if timer is not None and timer.we_refresh and timer.refresh_at is None:
+            # A refresh that failed (491 glare...) is tried again until the session ends.
+            timer.refresh_at = now + self.config.timers.t2
+        self._events.append(CallUpdateFailed(call, code))
+
     def _on_reinvite_response(self, call: Call, response: SipResponse, tx: ClientTransaction,
                               now: float) -> None:
         code = response.status_code
         if code < 200 or not call.active:
             return
+        kind = self._owners.get(tx, ("",))[0]
+        if kind == "reinvite-cancelled":
+            offer, call.cancelled_offer = call.cancelled_offer, None
+            if code >= 300:  # the 487 to our CANCEL: already reported failed
+                self._owners.pop(tx, None)
+                return
+            # A 2xx that crossed our CANCEL: the peer took the offer after all; ACKed and
+            # taken below, unless a newer offer of ours is under way.
+            if call.pending is not None or offer is None:
+                self._owners[tx] = ("reinvite-answered", call)  # its resends: ACK only
+            else:
+                self._owners[tx] = ("reinvite", call)
+                call.pending_sdp = offer
+        elif kind == "reinvite":  # (not a resent 2xx of an earlier one)
+            call.reinvite_deadline = None
         if code < 300:
             assert call.dialog is not None
             call.dialog.receive_response(tx.request, response)  # type: ignore[arg-type]
@@ -1549,11 +1689,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         if code in (408, 481):
             self._end(call, f"re-INVITE answered {code}: dialog gone", code)
             return
-        timer = call.session_timer
-        if timer is not None and timer.we_refresh and timer.refresh_at is None:
-            # A refresh that failed (491 glare...) is tried again until the session ends.
-            timer.refresh_at = now + self.config.timers.t2
-        self._events.append(CallUpdateFailed(call, code))
+        self._update_failed(call, code, now)
 
     # ---- reliable provisional responses (RFC 3262) --------------------------------------------
     def _on_prack(self, call: Call, request: SipRequest, tx: ServerTransaction,

@@ -12,8 +12,9 @@ The harness runs this same file as a script (`python pjsua2_peer.py CONFIG_JSON`
 pjsua2 abort cannot take pytest down. The script reads commands as JSON lines on stdin and
 writes events as JSON lines on stdout: {"event": "ready"}, "reg", "incoming", "state"
 (CALLING/EARLY/CONNECTING/CONFIRMED/DISCONNECTED with code and reason), "media", "dtmf",
-"xfer_status" (the NOTIFYs of a REFER it sent, `xfer`), "xfer_request" and "xfer_call" (a
-REFER it got, accepted as pjsua2 does by default, and the call it placed for it),
+"xfer_status" (the NOTIFYs of a REFER it sent, `xfer` or `xfer_replaces`), "xfer_request"
+and "xfer_call" (a REFER it got, accepted as pjsua2 does by default, and the call it placed
+for it),
 "recorded", "stats", "error". Per PEERS.md: null sound device, SIP and RTP bound to
 127.0.0.1, real-time media, and every Call and Account destroyed before libDestroy().
 
@@ -238,6 +239,12 @@ class Pjsua2Peer(UaPeer):
         """Blind-transfer call `call_id` to `dest` (a REFER, `Call.xfer`); the NOTIFYs it
         gets come as "xfer_status" events (code, reason, final)."""
         self._request("done", cmd="xfer", id=call_id, dest=dest)
+
+    def xfer_replaces(self, call_id: int, dest_id: int) -> None:
+        """Attended transfer (RFC 5589 7, `Call.xferReplaces`): REFER the peer of call
+        `call_id` to the far end of call `dest_id`, with a Replaces for that call in the
+        Refer-To; the NOTIFYs come as "xfer_status" events."""
+        self._request("done", cmd="xfer_replaces", id=call_id, dest_id=dest_id)
 
     def wait_xfer_call(self, from_id: int, timeout: float | None = None) -> int:
         """The id of the call this UA placed to follow a REFER received in call `from_id`."""
@@ -544,6 +551,9 @@ def _agent(cfg: dict[str, Any]) -> int:
             emit("done", ref=ref)
         elif op == "xfer":
             find(cmd["id"]).xfer(cmd["dest"], pj.CallOpParam(True))
+            emit("done", ref=ref)
+        elif op == "xfer_replaces":
+            find(cmd["id"]).xferReplaces(find(cmd["dest_id"]), pj.CallOpParam(True))
             emit("done", ref=ref)
         elif op == "dtmf":
             find(cmd["id"]).dialDtmf(cmd["digits"])
