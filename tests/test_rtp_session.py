@@ -358,6 +358,47 @@ def test_telephone_events_do_not_count_as_jitter() -> None:
     assert keyed["jitter_ms"] == pytest.approx(plain["jitter_ms"], abs=0.5)
 
 
+def test_comfort_noise_goes_on_as_a_numbered_silence() -> None:
+    """RFC 3389 CN packets (static payload type 13) take the stream's sequence numbers: the
+    session passes each on as an empty FLAG_SILENCE frame with its stamps and noise level, so
+    a jitter buffer does not count it lost (it used to drop them as an unknown payload type)."""
+    from pipeline.frames import FLAG_SILENCE
+
+    def run(params: str) -> tuple[dict[str, Any], list[EncodedFrame]]:
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+
+        async def main() -> RunResult:
+            s = Session(parse_launch(f"rtp_session name=s codec=pcmu {params} ! "
+                                     "frame_sink name=out"))
+            dest = ("127.0.0.1", await s.port())
+            node = s.graph.nodes["s"]
+            peer.sendto(bytes(RtpPacket(0, 7, 1120, 0x55, b"\x01" * 160)), dest)
+            peer.sendto(bytes(RtpPacket(13, 8, 1280, 0x55, bytes([52, 1, 2]))), dest)
+            peer.sendto(bytes(RtpPacket(0, 9, 4000, 0x55, b"\x02" * 160, True)), dest)
+            await until(lambda: node.stats()["packets_received"]
+                        + node.stats()["dropped_unknown_pt"] == 3, "the packets", WAIT)
+            s.stop()
+            return await s.result()
+
+        try:
+            result = asyncio.run(main())
+        finally:
+            peer.close()
+        return node_stats(result, "s"), list(result.graph.nodes["out"].frames)
+
+    st, frames = run("")
+    assert st["cn_received"] == 1 and st["dropped_unknown_pt"] == 0 and st["lost"] == 0
+    assert [f.payload for f in frames] == [b"\x01" * 160, b"", b"\x02" * 160]
+    cn = frames[1]
+    assert cn.flags == FLAG_SILENCE and cn.pts == 1280 and cn.duration == 0
+    assert (cn.meta["seq"], cn.meta["pt"], cn.meta["cn_dbov"]) == (8, 13, 52)
+    # Without a CN payload type it is a payload type we did not agree, as before.
+    st, frames = run("cn_payload_type=-1")
+    assert st["cn_received"] == 0 and st["dropped_unknown_pt"] == 1
+    assert [f.meta["seq"] for f in frames] == [7, 9]
+
+
 # ---- timeout ----------------------------------------------------------------------------------
 def test_rtp_timeout_posts_and_emits_an_event() -> None:
     async def main() -> tuple[RunResult, float]:
@@ -632,7 +673,13 @@ def test_dtmf_sent_and_received_as_rfc4733() -> None:
     # 40 audio packets, plus RFC 4733 2.5.1 trains: updates every 20 ms and 3 end packets.
     assert rx["packets_received"] == 40 + (5 + 2) + (3 + 2)
     assert rx["lost"] == 0  # DTMF shares the sequence space of the audio (RFC 4733 2.1)
-    assert len(rx_result.graph.nodes["out"].frames) == 40
+    frames = list(rx_result.graph.nodes["out"].frames)
+    assert sum(1 for f in frames if f.payload) == 40
+    # Each event packet's sequence number goes on, without media, for a jitter buffer.
+    slots = [f for f in frames if not f.payload]
+    assert len(slots) == 12 and all(f.meta["pt"] == 101 and not f.flags for f in slots)
+    first = frames[0].meta["seq"]
+    assert {(f.meta["seq"] - first) % 65536 for f in frames} == set(range(52))
 
 
 # ---- pcap through tshark ----------------------------------------------------------------------

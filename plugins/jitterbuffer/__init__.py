@@ -7,6 +7,8 @@
 - `timescale`: `compress`, two PCM frames into one period when the delay shrinks.
 - `reframe`: `Reframer`, packets of a sample-based payload (G.711, G.722, L16) of any length
   cut and joined into frames of the buffer's length.
+- `comfort`: `ComfortNoise`, RFC 3389 comfort noise at a CN packet's level, as G.711 or L16
+  payloads, for the silences a sender declares.
 
 See docs/jitterbuffer.md.
 """

@@ -63,6 +63,7 @@ class Action(enum.Enum):
     PLAY = "play"
     CONCEAL = "conceal"
     NOTHING = "nothing"
+    SILENCE = "silence"  # the sender declared a silence (RFC 3389): comfort noise, not a loss
 
 
 @dataclass(slots=True)
@@ -103,7 +104,9 @@ class Playout:
     NetEq "accelerate"; `plugins.jitterbuffer.timescale.compress` does it for PCM; dropping
     the extra frame is the crude fallback). CONCEAL: synthesise the frame; `fec` is the next
     packet if it is buffered (Opus can rebuild the missing frame from its in-band FEC data),
-    `stretch` is set when nothing was lost and the frame only grows the delay. NOTHING: play
+    `stretch` is set when nothing was lost and the frame only grows the delay. SILENCE: no
+    frame, in a silence the sender declared with a comfort-noise packet (`skip`): play comfort
+    noise (or conceal, where there is no generator); neither lost nor concealed. NOTHING: play
     silence, no stream. `discont` marks the first frame after a gap, quiet spell or resync
     (reset or cross-fade the decoder). `timestamp` is the RTP timestamp of the frame period.
     """
@@ -135,6 +138,8 @@ class JitterStats:
     discarded: int = 0  # packets dropped unplayed: skipped, flushed at resync, stray
     resyncs: int = 0
     overflows: int = 0  # packets discarded because the buffer held its capacity
+    not_media: int = 0  # packets of the stream that carried no media (`skip`): CN, events
+    silent: int = 0  # SILENCE decisions: periods of a silence the sender declared (CN)
     current_delay_ms: float = 0.0  # playout delay behind the fastest recent packet
     target_delay_ms: float = 0.0
     mean_delay_ms: float = 0.0  # mean playout delay of played frames
@@ -166,12 +171,12 @@ class JitterBuffer:
     """
 
     __slots__ = ("_candidate", "_candidate_seq", "_capacity", "_delay_sum", "_discont",
-                 "_ext_ts", "_frame_s", "_gap", "_gap_left", "_idle_s", "_last_arrival",
-                 "_last_played", "_last_seq", "_late", "_late_seqs", "_margin_s", "_max_s",
-                 "_min_s", "_missed", "_next_ts", "_old_ssrcs", "_over", "_packets", "_patience",
-                 "_played", "_played_upto", "_playing", "_quiet", "_resync_s", "_slack_s",
-                 "_spurt", "_ssrc", "_start_s", "_warmup", "clock_rate", "estimator", "frame",
-                 "stats")
+                 "_ext_ts", "_frame_s", "_gap", "_gap_left", "_hush", "_idle_s",
+                 "_last_arrival", "_last_played", "_last_seq", "_late", "_late_seqs",
+                 "_margin_s", "_max_s", "_min_s", "_missed", "_next_ts", "_no_media",
+                 "_old_ssrcs", "_over", "_packets", "_patience", "_played", "_played_upto",
+                 "_playing", "_quiet", "_resync_s", "_slack_s", "_spurt", "_ssrc", "_start_s",
+                 "_warmup", "clock_rate", "estimator", "frame", "stats")
 
     def __init__(
         self,
@@ -260,6 +265,12 @@ class JitterBuffer:
         self._spurt: tuple[int, int] | None = None
         self._candidate: BufferedPacket | None = None  # an unconfirmed timeline jump
         self._candidate_seq = 0
+        # Sequence numbers of packets that carried no media (`skip`), as runs [first, count]:
+        # a silence of CN packets or a digit's event packets is one run, however long.
+        self._no_media: deque[list[int]] = deque(maxlen=64)
+        # Extended timestamp from which the sender declared a silence (a CN packet's), while
+        # no frame from there on has played; -1: none.
+        self._hush = -1
 
     # ---- input -----------------------------------------------------------------------
 
@@ -306,6 +317,61 @@ class JitterBuffer:
                                          held))
         estimator.update(transit)
         return self._store(BufferedPacket(seq, timestamp, ssrc, marker, payload, arrival, ext_ts))
+
+    def skip(self, seq: int, timestamp: int, ssrc: int, silence: bool = False) -> bool:
+        """Note a packet of the stream that carries no media for this buffer: an RFC 3389
+        comfort-noise packet (`silence`) or an RFC 4733 telephone event. It takes a sequence
+        number of the stream (RFC 3389 4, RFC 4733 2.1), so the periods around it are not
+        lost for it: a quiet spell's gap and the periods between two frames count only the
+        packets that never came. After a comfort-noise packet, the periods from its
+        timestamp on that have no frame are the sender's silence: SILENCE, not concealed
+        (until a frame from there on plays). False if it is not of the current stream (or a
+        copy)."""
+        if self._ssrc is None:
+            self._start_stream(ssrc, timestamp)  # a stream may start silent (VAD)
+        elif ssrc != self._ssrc:
+            return False  # a new stream's: its first media packet starts it over
+        runs = self._no_media
+        last = self._last_seq
+        while runs and last is not None and (
+                (last - runs[0][0]) % _SEQ_MOD - runs[0][1] + 1) % _SEQ_MOD < _SEQ_MOD // 2:
+            runs.popleft()  # all at or before the last frame played: no gap can hold them
+        for run in runs:
+            if (seq - run[0]) % _SEQ_MOD < run[1]:
+                self.stats.duplicates += 1
+                return False
+        if runs and (seq - runs[-1][0]) % _SEQ_MOD == runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([seq, 1])
+        self.stats.not_media += 1
+        if silence:
+            ext_ts = self._unwrap(timestamp)
+            if abs(ext_ts - self._ext_ts) < self._resync_s * self.clock_rate:
+                # RFC 3389 4: its timestamp is where the noise starts; one stamped as the
+                # last speech packet was (or older) starts after the newest frame.
+                hush = ext_ts if ext_ts > self._ext_ts else self._ext_ts + self.frame
+                if hush > self._last_played:
+                    self._hush = hush
+        return True
+
+    @property
+    def hushed(self) -> bool:
+        """The sender declared a silence (comfort noise) after the last frame played: what
+        plays while the buffer has nothing to play (NOTHING) is comfort noise."""
+        return self._last_played < self._hush
+
+    def _not_media(self, last: int, span: int) -> int:
+        """How many sequence numbers strictly between `last` and `last + span` were noted
+        by `skip`."""
+        count = 0
+        half = _SEQ_MOD // 2
+        for first, n in self._no_media:
+            lo = (first - last) % _SEQ_MOD
+            if lo >= half:
+                lo -= _SEQ_MOD  # the run starts before `last`
+            count += max(0, min(lo + n - 1, span - 1) - max(lo, 1) + 1)
+        return count
 
     @property
     def ssrc(self) -> int | None:
@@ -457,6 +523,8 @@ class JitterBuffer:
         self._last_played = -1
         self._last_seq = None
         self._discont = True
+        self._no_media.clear()
+        self._hush = -1
 
     def _resync(
         self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes, arrival: float,
@@ -595,6 +663,17 @@ class JitterBuffer:
             self.end()
             return Playout(Action.NOTHING, timestamp=ts % _TS_MOD)
 
+        if self._last_played < self._hush <= ts:
+            # The sender said this is silence (RFC 3389 comfort noise from `_hush` on): play
+            # it, do not wait. Counted missing as any empty period until the next frame
+            # tells (`_silent`: a silence, or its spurt's first packets lost) or the stream
+            # pauses (`end`).
+            stats.silent += 1
+            stats.missing += 1
+            self._missed.append(ts)
+            self._next_ts = ts + frame
+            self._discont = True
+            return Playout(Action.SILENCE, timestamp=ts % _TS_MOD)
         stats.concealed += 1
         if not packets and delay < target - self._slack_s:
             # Nothing has arrived beyond this frame and we are below target: wait for it.
@@ -640,7 +719,9 @@ class JitterBuffer:
             if 0 < span <= _SEQ_MOD // 2:
                 self._gap = (last, span)
                 came = sum(1 for s in self._late_seqs if 0 < (s - last) % _SEQ_MOD < span)
-                left = max(0, self._gap_frames(head, first, span - 1) - came)
+                # Comfort-noise and event packets took sequence numbers too: not lost.
+                count = span - 1 - self._not_media(last, span)
+                left = max(0, self._gap_frames(head, first, count) - came)
                 self._gap_left = left
                 self.stats.missing += left
         self._spurt = (head.seq, first + self.frame + head.held)
@@ -696,10 +777,13 @@ class JitterBuffer:
         `pkt`'s packet each (none when its number follows: RFC 3551 4.1 keeps sequence
         numbers contiguous over a silence); the other periods held no packet. They were a
         silence shorter than `idle_ms` (DTX: Opus sends a packet every 400 ms; voice
-        activity detection), concealed but not lost."""
+        activity detection), concealed but not lost. Packets between that carried no media
+        (`skip`: comfort noise, telephone events) held none either."""
         between = (pkt.seq - self._last_seq) % _SEQ_MOD - 1  # type: ignore[operator]
         if not 0 <= between < _SEQ_MOD // 2:
             return
+        if between and self._no_media:  # comfort noise or events between: not lost
+            between -= self._not_media(self._last_seq, between + 1)  # type: ignore[arg-type]
         frame = self.frame
         keep = between * -(-(frame + pkt.held) // frame)
         # The periods nearest this frame are kept: its spurt's first packets, lost.

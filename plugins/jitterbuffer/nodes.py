@@ -9,7 +9,16 @@ It forwards what the sans-IO `JitterBuffer` decides as EncodedFrames for the dec
   time-compresses into the same period (how the delay shrinks without dropping audio);
 - CONCEAL: an empty payload flagged FLAG_CONCEALED, with `meta["next"]` the following
   packet's payload when it is buffered (Opus in-band FEC);
+- SILENCE: a period the sender declared silent (an RFC 3389 comfort-noise packet): a frame of
+  comfort noise at the packet's level (`comfort.ComfortNoise`, G.711 and L16) flagged
+  FLAG_SILENCE, or where there is no generator a concealed frame; also while the buffer has
+  nothing to play after such a packet (NOTHING), until media plays again;
 - NOTHING: no frame (before the stream starts, after it stops).
+
+An `rtp_session` passes each packet of the stream that carries no media (comfort noise,
+RFC 4733 telephone events) as an EncodedFrame with an empty payload and its RTP stamps (CN:
+FLAG_SILENCE and `meta["cn_dbov"]`, the level): its sequence number was not lost. Decoders
+play nothing for an empty frame that is not FLAG_CONCEALED.
 """
 
 from __future__ import annotations
@@ -17,16 +26,18 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.formats import Format
-from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, EncodedFrame, EndOfStream
+from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, FLAG_SILENCE, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 
 from .buffer import Action, JitterBuffer
+from .comfort import ComfortNoise
 from .reframe import Reframer, bytes_per_tick
 
 # Looked up once: an enum member read through its class costs a descriptor call per packet.
 _PLAY = Action.PLAY
 _NOTHING = Action.NOTHING
+_SILENCE = Action.SILENCE
 
 
 class JitterBufferNode(Node):
@@ -35,14 +46,19 @@ class JitterBufferNode(Node):
 
     kind = "jitter_buffer"
     clocked = True
-    inputs = (Port("in", (Format.encoded(),), "received frames (meta: seq, ssrc, arrival)"),)
-    outputs = (Port("out", (Format.encoded(),), "frames in playout order, one per ptime"),)
+    inputs = (Port("in", (Format.encoded(),), "received frames (meta: seq, ssrc, arrival); "
+                   "an empty payload is a packet without media (comfort noise, events)"),)
+    outputs = (Port("out", (Format.encoded(),), "frames in playout order, one per ptime; "
+                    "comfort noise as FLAG_SILENCE frames"),)
     ptime_ms = Param(int, 20, "frame length in ms: G.711, G.722 and L16 packets are cut or "
                      "joined into it; Opus follows its packets' own length", min=5, max=120)
     min_delay_ms = Param(float, 0.0, "lowest delay the buffer may target", min=0.0, max=2000.0)
     max_delay_ms = Param(float, 500.0, "highest delay the buffer may target", min=10.0,
                          max=5000.0)
     start_delay_ms = Param(float, 40.0, "delay during the first second", min=0.0, max=2000.0)
+    comfort_noise = Param(bool, True, "fill a silence the sender declared (RFC 3389 comfort-noise "
+                          "packets) with noise at its level (G.711, L16); false: conceal, "
+                          "fading to silence, as a conference member should")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         return {"out": inputs["in"]}
@@ -88,6 +104,13 @@ class JitterBufferNode(Node):
         self._realtime = bool(rt is not None and rt.realtime)
         self._media_now = 0.0
         self._loop_time: Any = None  # the running loop's clock, looked up once
+        # RFC 3389 comfort noise: a generator for the codec (None: conceal instead), the
+        # level of the last CN packet (-dBov, None before one) and frames made.
+        self._noise = ComfortNoise.for_codec(self.codec, self.frame, fmt.value("channels") or 1) \
+            if self.comfort_noise else None
+        self._cn_dbov: int | None = None
+        self._cn_ts = 0
+        self._noise_frames = 0
 
     def _make_buffer(self, ptime_ms: int) -> None:
         self.buffer = JitterBuffer(self.clock_rate, ptime_ms, min_delay_ms=self.min_delay_ms,
@@ -141,6 +164,9 @@ class JitterBufferNode(Node):
         # One frame of a sample-based payload, nothing incomplete, playout started: the usual
         # case, pushed as it is (the reframer's grid follows the newest frame: `_reframe`).
         if len(payload) != self._whole:
+            if not payload:  # a packet without media took this sequence number
+                self._not_media(frame, seq, ssrc)
+                return
             if self._cut is not None:
                 self._reframe(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, payload,
                               arrival)
@@ -149,6 +175,17 @@ class JitterBufferNode(Node):
                 self._packet_time(frame.duration)
         if not self.buffer.push(seq, frame.pts & 0xFFFFFFFF, ssrc, frame.marker, payload,
                                 arrival):
+            self.counters.drops += 1
+
+    def _not_media(self, frame: EncodedFrame, seq: int, ssrc: int) -> None:
+        """A comfort-noise (FLAG_SILENCE) or telephone-event packet: its sequence number is
+        not a loss, and after comfort noise the periods without media are its silence."""
+        silence = bool(frame.flags & FLAG_SILENCE)
+        if silence and frame.meta:
+            level = frame.meta.get("cn_dbov")
+            if level is not None:  # RFC 3389 3.1; a CN packet without it keeps the last
+                self._cn_dbov = level
+        if not self.buffer.skip(seq, frame.pts & 0xFFFFFFFF, ssrc, silence):
             self.counters.drops += 1
 
     def _reframe(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
@@ -199,6 +236,10 @@ class JitterBufferNode(Node):
     def _emit(self, p: Any) -> None:
         action = p.action
         if action is _NOTHING:
+            if self._cn_dbov is not None and self.buffer.hushed:
+                # The stream went quiet in a silence its sender declared: comfort noise
+                # goes on until media plays again (RFC 3389 4).
+                self._comfort(self._cn_ts + self.frame, False)
             return
         flags = FLAG_DISCONT if p.discont else 0
         if action is _PLAY:
@@ -206,10 +247,23 @@ class JitterBufferNode(Node):
             meta = {"extra": p.extra.payload} if p.extra is not None else None
             self.emit("out", EncodedFrame(pkt.payload, self.codec, p.timestamp, self.frame,
                                           self.clock_rate, pkt.marker, flags, meta))
+        elif action is _SILENCE and self._noise is not None and self._cn_dbov is not None:
+            self._comfort(p.timestamp, p.discont)
         else:
             meta = {"next": p.fec.payload} if p.fec is not None else None
             self.emit("out", EncodedFrame(b"", self.codec, p.timestamp, self.frame,
                                           self.clock_rate, False, flags | FLAG_CONCEALED, meta))
+
+    def _comfort(self, timestamp: int, discont: bool) -> None:
+        """One frame of comfort noise at the last CN packet's level."""
+        noise = self._noise
+        if noise is None:
+            return
+        self._cn_ts = timestamp & 0xFFFFFFFF
+        self._noise_frames += 1
+        self.emit("out", EncodedFrame(noise.payload(self._cn_dbov), self.codec,
+                                      self._cn_ts, self.frame, self.clock_rate, False,
+                                      FLAG_SILENCE | (FLAG_DISCONT if discont else 0), None))
 
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream):
@@ -227,6 +281,8 @@ class JitterBufferNode(Node):
                 "late": s.late, "lost": s.lost, "concealed": s.concealed,
                 "compressed": s.compressed, "discarded": s.discarded, "resyncs": s.resyncs,
                 "overflows": s.overflows, "ptime_changes": self.ptime_changes,
+                "not_media": s.not_media, "silent": s.silent,
+                "comfort_noise_frames": self._noise_frames,
                 "reframed": self._cut.reframed if self._cut is not None else 0,
                 "incomplete": self._cut.incomplete if self._cut is not None else 0,
                 "delay_ms": round(s.current_delay_ms, 1),

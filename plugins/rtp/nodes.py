@@ -16,6 +16,13 @@ protected with `srtp_local_key` (RTP and RTCP) and everything received unprotect
 `srtp_remote_key` before it is parsed; a packet that fails (authentication, replay, too
 short) is dropped and counted, and cannot latch the session.
 
+Packets of the stream that carry no media for the decoder, RFC 3389 comfort noise
+(`cn_payload_type`, 13 by default) and RFC 4733 telephone events, still take its sequence
+numbers (RFC 3389 4, RFC 4733 2.1): each goes downstream as an EncodedFrame with an empty
+payload and the packet's stamps (comfort noise: FLAG_SILENCE and `meta["cn_dbov"]`, its noise
+level in -dBov, RFC 3389 3.1), so a jitter buffer knows the number was not lost; decoders
+play nothing for it.
+
 Bad datagrams are counted and dropped, never raised; an exception in a node downstream of
 the session is handed to `run_io`, which re-raises it so the runtime stops the graph.
 """
@@ -32,7 +39,7 @@ from typing import Any
 
 from pipeline.errors import ParseError, ProtocolError
 from pipeline.formats import Format
-from pipeline.frames import CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
+from pipeline.frames import FLAG_SILENCE, CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
@@ -73,8 +80,8 @@ class SessionCounters:
 
     __slots__ = ("packets_sent", "bytes_sent", "packets_received", "bytes_received",
                  "dropped_bad", "dropped_foreign", "dropped_unknown_pt", "dropped_no_remote",
-                 "send_errors", "dtmf_sent", "dtmf_received", "rtcp_sent", "rtcp_received",
-                 "rtcp_bad", "ssrc_changes", "timeouts", "not_sent_held")
+                 "send_errors", "dtmf_sent", "dtmf_received", "cn_received", "rtcp_sent",
+                 "rtcp_received", "rtcp_bad", "ssrc_changes", "timeouts", "not_sent_held")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -119,6 +126,9 @@ class RtpSession(Node):
                               min=-1, max=127)
     dtmf_clock_rate = Param(int, None, "telephone-event clock rate (default: clock_rate)",
                             min=1000, max=192000)
+    cn_payload_type = Param(int, 13, "RFC 3389 comfort-noise payload type (13: the static "
+                            "one; -1: none): its packets are passed on as silence, not media",
+                            min=-1, max=127)
     rtp_timeout = Param(Duration, 0.0, "post rtp-timeout after this long without RTP (0: off; "
                         "only while we expect RTP: direction sendrecv or recvonly)", min=0.0)
     direction = Param(str, "sendrecv", "media direction from our side (RFC 3264 6.1): we send "
@@ -139,12 +149,13 @@ class RtpSession(Node):
 
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
-    __slots__ = ("_c", "_channels", "_clock", "_cname", "_codec", "_configured", "_dtmf_packer",
-                 "_dtmf_pt", "_dtmf_queue", "_dtmf_rx", "_dtmf_tx", "_io_error", "_last_dur",
-                 "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap", "_pt",
-                 "_recv_pt", "_remote", "_rtcp_remote", "_rtcp_sock", "_rx", "_samples",
-                 "_scheduler", "_sender", "_seq", "_sending", "_sock", "_srtp_rx", "_srtp_tx",
-                 "_ssrc", "_timed_out", "_watching", "_ts_offset", "bound_port", "rtcp_port")
+    __slots__ = ("_c", "_channels", "_clock", "_cn_pt", "_cname", "_codec", "_configured",
+                 "_dtmf_packer", "_dtmf_pt", "_dtmf_queue", "_dtmf_rx", "_dtmf_tx", "_io_error",
+                 "_last_dur", "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer",
+                 "_pcap", "_pt", "_recv_pt", "_remote", "_rtcp_remote", "_rtcp_sock", "_rx",
+                 "_samples", "_scheduler", "_sender", "_seq", "_sending", "_sock", "_srtp_rx",
+                 "_srtp_tx", "_ssrc", "_timed_out", "_watching", "_ts_offset", "bound_port",
+                 "rtcp_port")
 
     def validate(self) -> None:
         if not self.srtp_suite:
@@ -230,6 +241,8 @@ class RtpSession(Node):
         self._rx: ReceiverStats | None = None
         dtmf_pt = self.dtmf_payload_type
         self._dtmf_pt = dtmf_pt if dtmf_pt is not None and dtmf_pt >= 0 else None
+        cn_pt = self.cn_payload_type
+        self._cn_pt = cn_pt if cn_pt is not None and cn_pt >= 0 else None
         dtmf_clock = self.dtmf_clock_rate or self._clock
         self._dtmf_packer = RtpPacker(self._dtmf_pt, self._ssrc) if self._dtmf_pt is not None \
             else None
@@ -385,37 +398,71 @@ class RtpSession(Node):
             c.dropped_foreign += 1
             return
         now = self._now()
-        is_dtmf = self._dtmf_pt is not None and pt == self._dtmf_pt
-        if not is_dtmf and self._recv_pt >= 0 and pt != self._recv_pt:
-            c.dropped_unknown_pt += 1
-            return
+        if pt != self._recv_pt:  # (one comparison for the agreed media)
+            if pt == self._dtmf_pt or pt == self._cn_pt:
+                self._on_not_media(pt, seq, ts, ssrc, payload, marker, len(data), now)
+                return
+            if self._recv_pt >= 0:
+                c.dropped_unknown_pt += 1
+                return
         rx = self._rx
         if rx is None or rx.ssrc != ssrc:
-            if rx is not None:
-                c.ssrc_changes += 1
-            rx = self._rx = ReceiverStats(ssrc, self._clock)
-        if is_dtmf:
-            rx.receive_event(seq, len(payload))
-        else:
-            rx.receive(seq, ts, now, len(payload))
+            rx = self._receiver(ssrc)
+        rx.receive(seq, ts, now, len(payload))
         c.packets_received += 1
         c.bytes_received += len(data)
         self._last_rx = now
         if self._timed_out:
             self._timed_out = False
             self.post("rtp-resumed")
-        if is_dtmf:
-            try:
-                events = self._dtmf_rx.receive(payload, ts, marker, now)
-            except ParseError:
-                c.dropped_bad += 1
-                return
-            self._deliver_dtmf(events)
-            return
         if self.linked_outputs:
             self.emit("out", EncodedFrame(
                 payload, self._codec, ts, self._samples(payload, self._channels), self._clock,
                 marker, 0, {"seq": seq, "ssrc": ssrc, "pt": pt, "arrival": now}))
+
+    def _receiver(self, ssrc: int) -> ReceiverStats:
+        """Statistics for a new SSRC (the first, or the sender's new one)."""
+        if self._rx is not None:
+            self._c.ssrc_changes += 1
+        rx = self._rx = ReceiverStats(ssrc, self._clock)
+        return rx
+
+    def _on_not_media(self, pt: int, seq: int, ts: int, ssrc: int, payload: bytes,
+                      marker: bool, size: int, now: float) -> None:
+        """A telephone-event (RFC 4733) or comfort-noise (RFC 3389) packet of the stream: its
+        sequence number goes downstream with an empty payload, so a jitter buffer does not
+        count it lost."""
+        c = self._c
+        rx = self._rx
+        if rx is None or rx.ssrc != ssrc:
+            rx = self._receiver(ssrc)
+        # Sequence and octets, not interarrival jitter: an event keeps its start timestamp
+        # while it lasts, and a sender may stamp CN updates as its first.
+        rx.receive_event(seq, len(payload))
+        is_dtmf = pt == self._dtmf_pt
+        c.packets_received += 1
+        c.bytes_received += size
+        self._last_rx = now
+        if self._timed_out:
+            self._timed_out = False
+            self.post("rtp-resumed")
+        meta = {"seq": seq, "ssrc": ssrc, "pt": pt, "arrival": now}
+        flags = 0
+        if is_dtmf:
+            try:
+                events = self._dtmf_rx.receive(payload, ts, marker, now)
+            except ParseError:
+                c.dropped_bad += 1  # a bad event, but its sequence number came
+                events = []
+            self._deliver_dtmf(events)
+        else:
+            c.cn_received += 1
+            flags = FLAG_SILENCE
+            if payload:  # RFC 3389 3.1: the noise level in -dBov, the top bit unused
+                meta["cn_dbov"] = payload[0] & 0x7F
+        if self.linked_outputs:
+            self.emit("out", EncodedFrame(b"", self._codec, ts, 0, self._clock, marker, flags,
+                                          meta))
 
     def _deliver_dtmf(self, events: list[DtmfEvent]) -> None:
         for ev in events:
@@ -498,8 +545,10 @@ class RtpSession(Node):
         return True
 
     def process(self, port: str, frame: EncodedFrame) -> None:
-        ts = (self._ts_offset + frame.pts) & 0xFFFFFFFF
         payload = frame.payload
+        if not payload:  # a received packet without media, relayed: nothing to send
+            return
+        ts = (self._ts_offset + frame.pts) & 0xFFFFFFFF
         self._send(self._packer.pack(payload, self._seq, ts, frame.marker), len(payload), ts)
         self._last_ts = ts
         self._last_dur = frame.duration
