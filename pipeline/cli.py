@@ -264,18 +264,21 @@ def to_dot(graph: Graph) -> str:
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    ext = out.suffix.lower().lstrip(".")
+    if ext not in ("dot", "gv", "svg", "png", "pdf"):  # the command line is wrong: exit 2
+        raise UsageError(f"-o: cannot draw to '{out}': unknown extension",
+                         hint="use .svg, .png, .pdf or .dot")
     graph = build_graph(args)
     graph.prepare()
     dot = to_dot(graph)
-    out = Path(args.output)
-    ext = out.suffix.lower().lstrip(".")
     if ext in ("dot", "gv"):
         try:
             out.write_text(dot)
         except OSError as e:
             raise CliError(f"cannot write '{out}': {e.strerror}",
                            hint="check that its folder exists and is writable") from None
-    elif ext in ("svg", "png", "pdf"):
+    else:
         exe = shutil.which("dot")
         if exe is None:
             raise CliError("Graphviz 'dot' is not installed",
@@ -284,9 +287,6 @@ def cmd_draw(args: argparse.Namespace) -> int:
                            capture_output=True, timeout=60)
         if r.returncode != 0:
             raise CliError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
-    else:
-        raise CliError(f"cannot draw to '{out}': unknown extension",
-                       hint="use .svg, .png, .pdf or .dot")
     print(f"wrote {out}")
     return 0
 
@@ -390,11 +390,44 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def misplaced_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """A command's option written before the command (`pipeline --plugin x.py inspect`,
+    which argparse reports as "invalid choice: 'x.py'"): the line saying so, with the
+    command line put right; None when there is none."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    top = {o for a in parser._actions for o in a.option_strings}
+    takes_value = {o: a.nargs != 0 for sp in sub.choices.values() for a in sp._actions
+                   for o in a.option_strings}
+    before: list[str] = []
+    moved: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i] not in sub.choices:
+        opt = argv[i].split("=", 1)[0]
+        if opt in top or opt not in takes_value:  # argparse says what is wrong with those
+            before.append(argv[i])
+            i += 1
+            continue
+        n = 2 if takes_value[opt] and "=" not in argv[i] else 1
+        moved += argv[i:i + n]
+        i += n
+    if not moved:
+        return None
+    command = argv[i:] or ["COMMAND"]
+    import shlex
+
+    return (f"{moved[0].split('=', 1)[0]} goes after the command (hint: pipeline "
+            f"{shlex.join([*before, command[0], *moved, *command[1:]])})")
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         # `pipeline inspect | head`: end quietly when the reader goes away, as Unix tools do.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = make_parser()
+    misplaced = misplaced_option(parser, sys.argv[1:] if argv is None else list(argv))
+    if misplaced:
+        print(f"pipeline: error: {misplaced}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="pipeline: %(name)s: %(message)s")

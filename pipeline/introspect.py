@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from typing import Any
 
 from .formats import caps_str
@@ -36,7 +37,7 @@ def format_inspect(cls: type[Node]) -> str:
     """gst-inspect-like text for one node type."""
     d = describe(cls)
     lines = [f"{d['kind']}  (plugin {d['plugin']}, {d['class']})", "", d["doc"], ""]
-    if d["clocked"]:
+    if d["clocked"] and not re.search(r"^Clocked:", d["doc"], re.MULTILINE):  # else said
         lines += ["Clocked: ticked every period.", ""]
     for title, ports in (("Inputs", d["inputs"]), ("Outputs", d["outputs"])):
         lines.append(f"{title}:")
@@ -107,8 +108,12 @@ links:
   `${env:NAME}` (environment), `${graph_dir}` (this file's folder), `${call.FIELD}` (in call
   graphs instantiated by a `sip_endpoint`, see docs/sip.md). A value that is only a template
   keeps the type of what it names (`rate: ${rate}` is an integer).
-- **Units**: durations `5s`, `20ms`, `1.5min`; frequencies `440Hz`, `16kHz` (also accepted for
-  integer rates); levels `-6dB`.
+- **Units**: durations `5s`, `20ms`, `1.5min`; frequencies `440Hz`, `16kHz`; levels `-6dB`.
+  A number parameter takes the unit its name counts in: a rate (`rate`, `*_rate`, `*_hz`)
+  `16kHz`, a `*_ms` parameter a duration (`ptime_ms: 20ms`, `0.5s` is 500); others none.
+- **Null** (`key: ~`, `key: null` or `key:` with nothing after it) means the parameter's
+  default, as if the key were not there (as docker-compose reads it); a required parameter
+  still needs a value.
 - **Text values** (strings and paths: a user name, DTMF digits, a file) are taken as written,
   also where YAML would read a number: `digits: 0123` is `0123`, not the octal 83; so is
   `digits: ${d}` with `d: 0123` under `params:` or `-p d=0123`, and a node's `name=0123`.
@@ -122,10 +127,11 @@ links:
 - **Formats** are negotiated along each link; where they cannot meet, a converter is inserted
   and logged (`pipeline -v ...`), or with `auto_convert: false` the error names both ports and
   both formats.
-- **One-line form**: `pipeline launch -e "tone freq=440 ! resample rate=8000 ! wav_recorder
-  path=a.wav"` builds the same graph; `name=x` names an element and `x.` / `x.port` refers to
-  it later, so branches read as in gst-launch: `tone ! tee name=t ! null_sink  t. ! level !
-  null_sink`.
+- **One-line form**: `pipeline launch -e "tone freq=440 duration=5s ! resample rate=8000 !
+  wav_recorder path=a.wav"` builds the same kind of graph (without `duration` the tone, and the
+  offline run, never end); `name=x` names an element and `x.` / `x.port` refers to it
+  later, so branches read as in gst-launch: `tone duration=1s ! tee name=t ! null_sink  t. !
+  level ! null_sink`.
 
 Every error names the file, line and column and gives a hint, for example:
 

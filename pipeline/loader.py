@@ -837,10 +837,44 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
                 elements.append(el)
         if len(elements) == 1:
             continue
-        builder.add_chain(elements, (place, None, None))
-    graph.check()
+        try:
+            builder.add_chain(elements, (place, None, None))
+        except GraphError as e:
+            raise _launch_hint(e, graph, tokens) from None
+    try:
+        graph.check()
+    except GraphError as e:
+        raise _launch_hint(e, graph, tokens) from None
     graph.validate_nodes()
     return graph
+
+
+_UNKNOWN_REF_RE = re.compile(r"link names unknown node '(.+)'")
+_UNLINKED_RE = re.compile(r"input port '(.+)\.([^.]+)' is not linked")
+
+
+def _launch_hint(e: GraphError, graph: Graph, tokens: list[str]) -> GraphError:
+    """`e` with a hint in launch-line syntax where the graph's own speaks of YAML keys
+    (`under links:`, `under nodes:`), which a launch line does not have."""
+    hint = e.hint
+    m = _UNKNOWN_REF_RE.fullmatch(e.message)
+    if m:
+        name = m.group(1)
+        later = next((i for i, t in enumerate(tokens) if t == f"name={name}"), None)
+        if later is not None:  # named further on: gst-launch takes that, we do not
+            kind = next(t for t in reversed(tokens[:later]) if "=" not in t)
+            hint = (f"name it before referring back: {kind} name={name} ! ...  SOURCE ! "
+                    f"{name}.")
+        elif not (hint or "").startswith("did you mean"):
+            hint = f"name an element first (KIND name={name} ! ...), then refer to {name}."
+    m = _UNLINKED_RE.fullmatch(e.message)
+    if m and m.group(1) in graph.nodes:
+        name, port = m.groups()
+        kind = graph.nodes[name].kind
+        ref = name if not re.fullmatch(re.escape(kind) + r"\d+", name) else "a"
+        hint = (f"link a source to it by name: ... ! {kind} name={ref} ! ...  SOURCE ! "
+                f"{ref}.{port}")
+    return GraphError(e.message, hint=hint, file=e.file, line=e.line, column=e.column)
 
 
 _PARSED: dict[str, tuple[bytes, Any]] = {}

@@ -122,7 +122,34 @@ _TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "bool", list: "l
                Path: "path"}
 
 
-def _coerce(ptype: type, value: Any) -> Any:
+# A unit is taken where the parameter's name says what it counts (STYLE.md: units in
+# names): a rate in Hz (`rate`, `clock_rate`, `rate_hz`: 16kHz) or milliseconds (`ptime_ms`:
+# 20ms, 0.5s). Elsewhere (`channels`, `tone_ms`'s neighbours) a unit means a mistake.
+_MS_UNITS = {"": 1.0, "ms": 1.0, "s": 1e3, "sec": 1e3, "us": 1e-3}
+
+
+def unit_of(name: str) -> str | None:
+    """The unit a number parameter named `name` may be written with: "Hz", "ms" or None."""
+    if name == "rate" or name.endswith(("_rate", "_hz")):
+        return "Hz"
+    if name.endswith("_ms"):
+        return "ms"
+    return None
+
+
+def _number_with_unit(value: Any, unit: str | None, whole: bool) -> float:
+    """A number parameter's text written with the unit its name allows ("16kHz", "20ms")."""
+    what = "whole number" if whole else "number"
+    if unit == "Hz":
+        return _with_unit(value, _FREQ_UNITS, f"{what} of Hz",
+                          "8000 or 16kHz" if whole else "440 or 16kHz")
+    if unit == "ms":
+        return _with_unit(value, _MS_UNITS, f"{what} of ms", "20 or 20ms")
+    raise ValueError(f"'{shown(value)}' is not a {what}", f"write a {what}, without a unit"
+                     if _UNIT_RE.match(str(value)) else f"write a {what}")
+
+
+def _coerce(ptype: type, value: Any, unit: str | None = None) -> Any:
     if hasattr(ptype, "parse"):
         return ptype.parse(value)
     if ptype is bool:
@@ -141,19 +168,27 @@ def _coerce(ptype: type, value: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
-            # Allow a frequency written with a unit for integer rates ("16kHz").
             try:
                 return int(value, 0)
             except ValueError:
-                f = _with_unit(value, _FREQ_UNITS, "whole number", "8000 or 16kHz")
+                f = _number_with_unit(value, unit, whole=True)
                 if f.is_integer():
                     return int(f)
+                raise ValueError(f"'{shown(value)}' is not a whole number"
+                                 + (f" of {unit}" if unit else ""),
+                                 f"write a whole number of {unit}" if unit else
+                                 "write a whole number") from None
         raise ValueError(f"'{shown(value)}' is not an integer", "write a whole number")
     if ptype is float:
         if isinstance(value, bool):
             raise ValueError(f"'{shown(value)}' is not a number", "write a number")
         if isinstance(value, (int, float)):
             return float(value)
+        if isinstance(value, str) and unit is not None:
+            try:
+                return float(value)
+            except ValueError:
+                return _number_with_unit(value, unit, whole=False)
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -208,12 +243,13 @@ class Param:
 
     def convert(self, value: Any) -> Any:
         """The value as this parameter's type, checked against its limits."""
-        if value is None:
+        if value is None:  # YAML's null (`key: ~`, `key:`): the default, as if not given
             if self.required:
-                raise ParamValueError(self.name, f"parameter '{self.name}' is required")
-            return None
+                raise ParamValueError(self.name, f"parameter '{self.name}' is required",
+                                      f"give {self.name} a value: it has no default")
+            return None if self.default is None else self.convert(self.default)
         try:
-            v = _coerce(self.type, value)
+            v = _coerce(self.type, value, unit_of(self.name))
         except ValueError as e:
             msg, hint = (e.args + (None,))[:2]
             raise ParamValueError(self.name, f"parameter '{self.name}': {msg}", hint) from None

@@ -49,6 +49,27 @@ BUILTIN_PLUGINS = (
     "plugins.sip",
 )
 
+# GStreamer element names a gst-launch user types, and the node kind that does the job here
+# (docs/cli.md "Coming from gst-launch and pjsua" has the same table; a test keeps them in
+# step). Looked up before the fuzzy match, which offers nonsense for them (audiotestsrc ->
+# video_test_source). None: there is nothing to use instead, for the reason in NOT_NEEDED.
+GSTREAMER_KINDS: dict[str, str | None] = {
+    "audiotestsrc": "tone", "fakesink": "null_sink", "appsink": "frame_sink",
+    "filesink": "wav_recorder", "wavenc": "wav_recorder",
+    "filesrc": "wav_source", "wavparse": "wav_source", "decodebin": "wav_source",
+    "audioconvert": "resample", "audioresample": "resample", "volume": "gain",
+    "audiomixer": "mixer", "udpsrc": "rtp_session", "udpsink": "rtp_session",
+    "rtpjitterbuffer": "jitter_buffer", "mulawenc": "pcmu_encoder",
+    "mulawdec": "pcmu_decoder", "alawenc": "pcma_encoder", "alawdec": "pcma_decoder",
+    "avenc_g722": "g722_encoder", "avdec_g722": "g722_decoder",
+    "opusenc": "opus_encoder", "opusdec": "opus_decoder", "webrtcdsp": "aec",
+    "autoaudiosrc": "capture", "autoaudiosink": "playback",
+    "videotestsrc": "video_test_source", "videoscale": "scale", "videoconvert": "convert",
+    "x264enc": "video_encoder", "vp8enc": "video_encoder", "avdec_h264": "video_decoder",
+    "vp8dec": "video_decoder", "queue": None,
+}
+NOT_NEEDED = {"queue": "not needed: nothing is queued between nodes; remove it"}
+
 
 @dataclass(frozen=True, slots=True)
 class BrokenPlugin:
@@ -273,6 +294,12 @@ class Registry:
             raise PluginError(f"unknown node type '{kind}'", hint=self.suggest(kind)) from None
 
     def suggest(self, kind: str) -> str:
+        if kind in GSTREAMER_KINDS:  # a gst-launch user's element name
+            ours = GSTREAMER_KINDS[kind]
+            if ours is None:
+                return f"GStreamer's {kind} is {NOT_NEEDED[kind]}"
+            if ours in self.node_types:
+                return f"GStreamer's {kind} is '{ours}' here (pipeline inspect {ours})"
         # A kind's last word says what it is (_sink, _encoder): `typo_sink` is nearer
         # `null_sink` than `rtp_session`, which plain string likeness would offer.
         loose = difflib.get_close_matches(kind, self.node_types, n=4, cutoff=0.4)

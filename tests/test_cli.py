@@ -121,7 +121,7 @@ def test_draw(repo_root, tmp_path, ext, capsys):
 
 def test_draw_unknown_extension(repo_root, tmp_path, capsys):
     assert main(["draw", str(repo_root / "graphs" / "demo.yaml"), "-o",
-                 str(tmp_path / "g.bmp")]) == 1
+                 str(tmp_path / "g.bmp")]) == 2  # the command line is wrong (docs/cli.md)
     assert "unknown extension (hint: use .svg, .png, .pdf or .dot)" in capsys.readouterr().err
 
 
@@ -556,3 +556,48 @@ def test_the_json_schema_accepts_a_text_parameter_written_as_a_number(capsys, tm
     schema = json.loads(capsys.readouterr().out)
     assert _schema_errors(schema, yaml.safe_load(text)) == []
     assert _schema_errors(schema, {"nodes": {"d": {"type": "dtmf_tone", "digits": [1]}}})
+
+
+def test_the_yaml_guide_launch_lines_end_by_themselves():
+    # The one-line example had no duration: run as written, it went on for ever offline.
+    import re
+
+    from pipeline.introspect import YAML_GUIDE
+    from pipeline.loader import parse_launch
+
+    lines = re.findall(r"-e \"([^\"]+)\"", " ".join(YAML_GUIDE.split()))
+    lines += re.findall(r"gst-launch: `([^`]+)`", " ".join(YAML_GUIDE.split()))
+    assert len(lines) == 2
+    for line in lines:
+        sources = [n for n in parse_launch(line).nodes.values() if not n.inputs]
+        assert sources and all(getattr(n, "duration", None) for n in sources), line
+
+
+def test_inspect_says_clocked_once(capsys):
+    # The mixer's doc has a "Clocked:" paragraph, and the generic line came after it.
+    assert main(["inspect", "mixer"]) == 0
+    assert capsys.readouterr().out.count("Clocked:") == 1
+    assert main(["inspect", "tone"]) == 0
+    assert "Clocked: ticked every period." in capsys.readouterr().out
+
+
+def test_draw_to_an_unknown_extension_is_a_command_line_error(in_tmp, capsys):
+    assert main(["draw", "-e", "tone duration=1s ! null_sink", "-o", "x.jpg"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "pipeline: error: -o: cannot draw to 'x.jpg': unknown extension (hint: use .svg, "
+        ".png, .pdf or .dot)")
+    assert not (in_tmp / "x.jpg").exists()
+
+
+@pytest.mark.parametrize("argv,line", [
+    # It was argparse's "argument COMMAND: invalid choice: 'x.py'".
+    (["--plugin", "x.py", "inspect"], "--plugin goes after the command (hint: pipeline "
+     "inspect --plugin x.py)"),
+    (["-v", "--plugin=x.py", "launch", "-e", "a ! b"], "--plugin goes after the command "
+     "(hint: pipeline -v launch --plugin=x.py -e 'a ! b')"),
+    (["-p", "rate=8000", "validate", "g.yaml"], "-p goes after the command (hint: pipeline "
+     "validate -p rate=8000 g.yaml)"),
+])
+def test_a_command_option_before_the_command_says_where_it_goes(capsys, argv, line):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"pipeline: error: {line}"

@@ -296,3 +296,48 @@ links: [a -> o, b -> q]
 """)
     assert (g.nodes["o"].path, g.nodes["q"].path) == ("2024-01-02t09:00:00Z",
                                                       "2024-01-02t10:00:00Z")
+
+
+@pytest.mark.parametrize("line,message", [
+    # The hints spoke of YAML: "link something to aec2.far under links:", "declare it under
+    # nodes:".
+    ("tone duration=1s ! aec ! null_sink", "launch line element 2: input port 'aec2.far' is "
+     "not linked (hint: link a source to it by name: ... ! aec name=a ! ...  SOURCE ! a.far)"),
+    ("tone duration=1s ! aec name=e ! null_sink", "launch line element 2: input port 'e.far' "
+     "is not linked (hint: link a source to it by name: ... ! aec name=e ! ...  SOURCE ! "
+     "e.far)"),
+    ("tone duration=1s ! mix.  mixer name=mix ! null_sink", "launch line: link names unknown "
+     "node 'mix' (hint: name it before referring back: mixer name=mix ! ...  SOURCE ! mix.)"),
+    ("tone duration=1s ! mix.", "launch line: link names unknown node 'mix' (hint: name an "
+     "element first (KIND name=mix ! ...), then refer to mix.)"),
+])
+def test_launch_line_hints_are_written_as_launch_lines(line, message):
+    with pytest.raises(GraphError) as e:
+        parse_launch(line)
+    assert str(e.value) == message
+    assert "under " not in str(e.value)
+
+
+def test_null_means_the_default_for_every_parameter():
+    # `digits: ~` gave the node None where it has a default: it crashed (exit 70, reported
+    # as a bug in the plugin).
+    g = load_graph_text("""
+nodes:
+  a: {type: dtmf_tone, digits: ~, gap_ms: null, tone_ms:}
+  o: {type: null_sink}
+links: [a -> o]
+""")
+    a = g.nodes["a"]
+    defaults = type(a).param_specs()
+    assert (a.digits, a.gap_ms, a.tone_ms) == tuple(
+        defaults[k].default for k in ("digits", "gap_ms", "tone_ms"))
+    run_graph(g, duration=0.1)
+    # a required parameter still needs a value, and the error says so
+    with pytest.raises(GraphError) as e:
+        load_graph_text("nodes:\n  s: {type: wav_source, path: ~}\n  o: null_sink\n"
+                        "links: [s -> o]\n")
+    assert str(e.value) == ("2:31: node 's' (wav_source): parameter 'path' is required "
+                            "(hint: give path a value: it has no default)")
+    with pytest.raises(GraphError) as e:  # not given at all: the same hint
+        parse_launch("wav_source ! null_sink")
+    assert e.value.hint == "give path a value: it has no default"

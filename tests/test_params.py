@@ -49,6 +49,36 @@ def test_integer_rate_accepts_khz():
         p.convert(True)
 
 
+@pytest.mark.parametrize("ptype,name,value,converted", [
+    (int, "rate", "16kHz", 16000), (int, "clock_rate", "8kHz", 8000),
+    (int, "rate_hz", "1kHz", 1000), (int, "ptime_ms", "20ms", 20),
+    (int, "tone_ms", "0.5s", 500), (float, "ptime_ms", "20ms", 20.0),
+    (float, "tail_ms", "0.1s", 100.0), (int, "tone_ms", "80", 80), (int, "channels", "2", 2)])
+def test_units_are_taken_where_the_name_says_what_is_counted(ptype, name, value, converted):
+    p = Param(ptype, None, "x")
+    p.name = name
+    assert p.convert(value) == converted
+
+
+@pytest.mark.parametrize("ptype,name,value,message,hint", [
+    # Frequencies were taken on any integer: tone_ms=1kHz gave 1000 ms tones.
+    (int, "tone_ms", "1kHz", "'1kHz' is not a whole number of ms", "write it like 20 or 20ms"),
+    (int, "channels", "1kHz", "'1kHz' is not a whole number",
+     "write a whole number, without a unit"),
+    (int, "rate", "20ms", "'20ms' is not a whole number of Hz", "write it like 8000 or 16kHz"),
+    (int, "ptime_ms", "2.5ms", "'2.5ms' is not a whole number of ms",
+     "write a whole number of ms"),
+    (float, "ptime_ms", "1kHz", "'1kHz' is not a number of ms", "write it like 20 or 20ms"),
+    (float, "rate_limit", "5kHz", "'5kHz' is not a number", "write a number"),
+])
+def test_a_unit_the_parameter_does_not_count_in_is_refused(ptype, name, value, message, hint):
+    p = Param(ptype, None, "x")
+    p.name = name
+    with pytest.raises(ParamValueError) as e:
+        p.convert(value)
+    assert (e.value.message, e.value.hint) == (f"parameter '{name}': {message}", hint)
+
+
 @pytest.mark.parametrize("ptype,value,shown", [
     *[(t, v, shown) for t in (float, Duration, Frequency, Decibels)
       for v, shown in ((float("nan"), "nan"), (float("-inf"), "-inf"), ("1e999", "1e999"))],

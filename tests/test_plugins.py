@@ -409,3 +409,34 @@ def test_a_node_whose_init_skips_the_base_class_is_named():
     assert str(e.value) == ("node 'x' (no_super_test) was not set up: its __init__ does not "
                             "call super().__init__(name, **params) (hint: a bug in plugin "
                             "'mine')")
+
+
+@pytest.mark.parametrize("element,hint", [
+    # They got "did you mean" video_test_source, frame_sink, aec, and nothing for queue.
+    ("audiotestsrc", "GStreamer's audiotestsrc is 'tone' here (pipeline inspect tone)"),
+    ("fakesink", "GStreamer's fakesink is 'null_sink' here (pipeline inspect null_sink)"),
+    ("wavenc", "GStreamer's wavenc is 'wav_recorder' here (pipeline inspect wav_recorder)"),
+    ("queue", "GStreamer's queue is not needed: nothing is queued between nodes; remove it"),
+])
+def test_gstreamer_element_names_are_mapped_to_our_kinds(element, hint):
+    with pytest.raises(PluginError) as e:
+        Registry(entry_points=False).node_type(element)
+    assert e.value.hint == hint
+
+
+def test_the_gstreamer_table_names_registered_kinds_and_matches_the_cli_guide():
+    # One table in the code; docs/cli.md "Coming from gst-launch and pjsua" says the same.
+    import re
+
+    from pipeline.registry import GSTREAMER_KINDS
+
+    reg = Registry(entry_points=False)
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    table = text.split("## Coming from gst-launch and pjsua")[1]
+    rows = [[set(re.findall(r"[a-z0-9_]+", cell)) for cell in line.split("|")[1:3]]
+            for line in table.splitlines() if line.startswith("| `")]
+    for element, kind in GSTREAMER_KINDS.items():
+        assert kind is None or kind in reg.node_types, element
+        row = next((r for r in rows if element in r[0]), None)
+        assert row is not None, f"docs/cli.md does not list {element}"
+        assert (kind or "none") in row[1], f"docs/cli.md maps {element} otherwise than {kind}"

@@ -317,3 +317,13 @@ def register_node_types():
                                    "a plugin bug")
     audio, rate = read_wav(in_tmp / "f64.wav")
     assert rate == 8000 and len(audio) == 5 * 160  # what came right is kept, playable
+
+
+def test_flush_interval_is_a_duration_and_a_number_is_seconds(in_tmp):
+    # It was a float of seconds: 200ms was "not a number".
+    from plugins.files.nodes import WavRecorder
+
+    assert WavRecorder("r", path=str(in_tmp / "a.wav"), flush_interval="200ms"
+                       ).flush_interval == pytest.approx(0.2)
+    assert WavRecorder("r", path=str(in_tmp / "a.wav"), flush_interval=0.3
+                       ).flush_interval == pytest.approx(0.3)

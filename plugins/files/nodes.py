@@ -19,7 +19,7 @@ from pipeline.errors import GraphError, ParseError
 from pipeline.formats import Format
 from pipeline.frames import AudioFrame, check_frame
 from pipeline.node import Node, Port
-from pipeline.params import Param, ParamValueError
+from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from .wavfile import (
@@ -325,8 +325,8 @@ class WavRecorder(Node):
     kind = "wav_recorder"
     inputs = (Port("in", (Format.audio(),), "PCM audio (int16 or float32)"),)
     path = Param(PathType, None, "file to write (folders are created)", required=True)
-    flush_interval = Param(float, 0.5, "seconds of wall time between writes to disk",
-                           min=0.0, max=1.0)
+    flush_interval = Param(Duration, 0.5, "wall time between writes to disk, e.g. 200ms (a "
+                           "plain number is seconds)", min=0.0, max=1.0)
 
     def validate(self) -> None:
         check_writable("path", self.path)

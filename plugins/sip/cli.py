@@ -12,16 +12,18 @@ import argparse
 import asyncio
 import gc
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.cli import duration_option
-from pipeline.errors import PipelineError
+from pipeline.errors import GraphError, PipelineError
 from pipeline.graph import Graph
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from .dns import check_servers
 from .locate import is_ip
+from .nodes import _DTMF, DEFAULT_CODECS, example_call_values
 from .uri import SipUri
 
 SHUTDOWN_GRACE = 5.0  # seconds between the first signal and a forced stop
@@ -46,7 +48,9 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
         if signals[0] > 1 or not nodes:
             runtime.request_stop()
             return
-        print("pipeline: hanging up and unregistering (again to stop now)", file=sys.stderr)
+        what = "hanging up and unregistering" if any(
+            getattr(n, "registrar", None) for n in nodes) else "hanging up"
+        print(f"pipeline: {what} (again to stop now)", file=sys.stderr)
         # The graph may not end with its endpoints (a persistent conference room): stop it
         # once they have all hung up and unregistered, or after the grace period.
         waiting = {n.name for n in nodes}
@@ -102,7 +106,8 @@ class _EventPrinter:
             return
         if not self.lines:
             self.loop.call_soon(self.flush)
-        data = " ".join(f"{k}={v}" for k, v in msg.data.items())
+        # A field without a value (a local hang-up's status) says nothing: left out.
+        data = " ".join(f"{k}={v}" for k, v in msg.data.items() if v is not None)
         self.lines.append(f"pipeline: {msg.node}: {msg.name} {data}\n")
 
     def flush(self) -> None:
@@ -162,12 +167,82 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
     return graph
 
 
+def _check_codecs(codecs: list[str]) -> None:
+    """`--codecs`, named as the option: every name registered, and some audio in it."""
+    from pipeline.cli import UsageError
+    from pipeline.registry import get_registry
+
+    known = {*get_registry().codecs, _DTMF}
+    for name in codecs:
+        if name.lower() not in known:
+            raise UsageError(f"--codecs: unknown codec '{name}'",
+                             hint="known: " + ", ".join(sorted(known)))
+    if codecs and all(name.lower() == _DTMF for name in codecs):
+        raise UsageError(f"--codecs: {_DTMF} carries DTMF digits only, a call needs an audio "
+                         "codec too", hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
+
+
+def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str]) -> None:
+    """Load and negotiate the call graph as `validate --call` does, with the values a call
+    with each offered audio codec would give: a mistake in it is found before dialling,
+    not after the far end has answered (the call is then hung up at once)."""
+    from pipeline.loader import load_graph
+    from pipeline.registry import get_registry
+
+    registry = get_registry()
+    checked: list[str] = []
+    for name in (str(c).lower() for c in codecs):
+        info = registry.codecs.get(name)
+        if name in checked or info is None or info.encoder_kind not in registry.node_types \
+                or info.decoder_kind not in registry.node_types:
+            continue  # telephone-event, or a codec the endpoint would not offer
+        try:
+            load_graph(path, overrides, call=example_call_values(name)).prepare()
+        except GraphError as e:
+            if checked:  # it works for the first codec: say which call it fails in
+                e.message += f" (in a call with codec {name})"
+            raise
+        checked.append(name)
+
+
+def _failure(uri: str, messages: list[Any], duration: float | None,
+             elapsed: float) -> CallFailed:
+    """Why the dialled call was not established, in one line: the call graph's error if it
+    failed to start, else what the far end did or did not do (from the bus messages)."""
+    failed = f"call to {uri} failed"
+    for m in messages:
+        text = str(m.data.get("message", "")) if m.name == "error" else ""
+        if text.startswith("call graph for call "):
+            detail = text.partition(" failed: ")[2] or text
+            return CallFailed(f"{failed}: its call graph did not start: {detail}")
+    ended = next((m for m in messages if m.name == "call-ended"), None)
+    if ended is None:
+        return CallFailed(f"{failed}: no answer")
+    reason, status = ended.data.get("reason"), ended.data.get("status")
+    rang = any(m.name in ("call-ringing", "call-early-media") for m in messages)
+    target = SipUri.parse(uri)
+    where = f"{target.host}:{target.port}" if target.port else target.host
+    secs = f"{duration if duration is not None and status == 487 else round(elapsed):g} s"
+    listening = "is a SIP server listening there?"
+    if status == 408 and not rang:  # RFC 3261 Timer B: not even a 100 Trying came
+        return CallFailed(f"{failed}: no response from {where} within {secs}", hint=listening)
+    if status == 487 and not rang:  # cancelled (--duration, a signal) before any ringing
+        return CallFailed(f"{failed}: no answer and no ringing from {where} within {secs}",
+                          hint=listening)
+    if status in (408, 487):
+        return CallFailed(f"{failed}: it rang but nobody answered within {secs}",
+                          hint="give it longer with --duration" if status == 487
+                          and duration is not None else None)
+    return CallFailed(f"{failed}: {reason}")  # (a peer's status is in its reason already)
+
+
 def call(args: argparse.Namespace) -> int:
     """Call a SIP URI, run the call graph for the call, hang up after --duration."""
     from pipeline.cli import _overrides
 
     duration = duration_option(args.duration)
     codecs = [c.strip() for c in (args.codecs or "").split(",") if c.strip()]
+    _check_codecs(codecs)
     servers = list(getattr(args, "dns_servers", None) or [])
     try:
         check_servers(servers)
@@ -175,13 +250,13 @@ def call(args: argparse.Namespace) -> int:
         raise PipelineError(f"--dns-server: {e}",
                             hint="write an IP address, IP:PORT or [IPv6]:PORT, e.g. "
                                  "--dns-server 127.0.0.1:5353") from None
-    graph = build_call_graph(args.uri, args.graph, duration=duration,
-                             params=_overrides(args.params), codecs=codecs or None,
-                             dns_servers=servers or None)
+    overrides = _overrides(args.params)
+    graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
+                             codecs=codecs or None, dns_servers=servers or None)
+    graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
+    check_call_graph(args.graph, overrides, codecs or DEFAULT_CODECS)
+    started = time.monotonic()
     result = run_coroutine(_run(graph, None))
-    established = any(m.name == "call-established" for m in result.messages)
-    ended = [m for m in result.messages if m.name == "call-ended"]
-    if not established:
-        reason = ended[0].data["reason"] if ended else "no answer"
-        raise CallFailed(f"call to {args.uri} failed: {reason}")
+    if not any(m.name == "call-established" for m in result.messages):
+        raise _failure(args.uri, result.messages, duration, time.monotonic() - started)
     return 0
