@@ -165,19 +165,24 @@ def _coerce(ptype: type, value: Any, unit: str | None = None) -> Any:
             raise ValueError(f"'{shown(value)}' is not an integer", "write a whole number")
         if isinstance(value, int):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value, 0)
-            except ValueError:
-                f = _number_with_unit(value, unit, whole=True)
-                if f.is_integer():
-                    return int(f)
-                raise ValueError(f"'{shown(value)}' is not a whole number"
-                                 + (f" of {unit}" if unit else ""),
-                                 f"write a whole number of {unit}" if unit else
-                                 "write a whole number") from None
+        if isinstance(value, (float, str)):
+            if isinstance(value, float):
+                f = value
+            else:
+                try:
+                    return int(value, 0)
+                except ValueError:
+                    pass
+                try:  # a plain number YAML leaves as text (1e6) or a launch line's 2.0
+                    f = float(value)
+                except ValueError:
+                    f = _number_with_unit(value, unit, whole=True)
+            if f.is_integer():
+                return int(f)
+            raise ValueError(f"'{shown(value)}' is not a whole number"
+                             + (f" of {unit}" if unit else ""),
+                             f"write a whole number of {unit}" if unit else
+                             "write a whole number")
         raise ValueError(f"'{shown(value)}' is not an integer", "write a whole number")
     if ptype is float:
         if isinstance(value, bool):

@@ -113,3 +113,45 @@ def test_declaration_check_accepts_no_default_and_required():
               Param(Frequency, "16kHz", "f", min=8000, max=48000), Param(list, [], "l")):
         p.name = "p"
         p.check()
+
+
+@pytest.mark.parametrize("name,value,converted", [
+    ("max_frames", "1e6", 1000000), ("bitrate", "2.5e5", 250000), ("channels", "2.0", 2),
+    ("rate", "8e3", 8000), ("tone_ms", "1.5e2", 150), ("seed", "-1e1", -10)])
+def test_a_plain_number_written_as_text_is_no_unit(name, value, converted):
+    # YAML 1.1 reads 1e6 as text, not a number: every integer took it (through the kHz
+    # reading), and then only rates and *_ms did ("'1e6' is not a whole number (hint: write
+    # a whole number, without a unit)", where there is no unit).
+    p = Param(int, None, "x")
+    p.name = name
+    assert p.convert(value) == converted
+
+
+def test_a_fraction_for_a_whole_number_says_so_without_speaking_of_units():
+    p = Param(int, None, "x")
+    p.name = "channels"
+    with pytest.raises(ParamValueError) as e:
+        p.convert("2.5")
+    assert (e.value.message, e.value.hint) == ("parameter 'channels': '2.5' is not a whole "
+                                               "number", "write a whole number")
+
+
+def test_a_plain_number_as_text_in_a_graph(tmp_path):
+    from pipeline.loader import load_graph_text
+
+    g = load_graph_text("nodes:\n  t: {type: tone, duration: 1s}\n"
+                        "  s: {type: frame_sink, max_frames: 1e6}\nlinks: [t -> s]\n")
+    assert g.nodes["s"].max_frames == 1000000
+
+
+@pytest.mark.parametrize("value", [1.5, "1.5", "1.5ms"])
+def test_a_fraction_of_ms_for_a_whole_ms_parameter_is_one_message(value):
+    # YAML's 1.5 (a float) said "'1.5' is not an integer (hint: write a whole number)",
+    # the text "1.5" "'1.5' is not a whole number of ms".
+    p = Param(int, None, "x")
+    p.name = "tone_ms"
+    with pytest.raises(ParamValueError) as e:
+        p.convert(value)
+    assert (e.value.message, e.value.hint) == (f"parameter 'tone_ms': '{value}' is not a "
+                                               "whole number of ms",
+                                               "write a whole number of ms")
