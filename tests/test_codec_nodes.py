@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.frames import FLAG_CONCEALED, EncodedFrame
+from pipeline.formats import Format
+from pipeline.frames import FLAG_CONCEALED, FLAG_SILENCE, EncodedFrame
 from pipeline.graph import Graph
 from pipeline.introspect import format_inspect
 from pipeline.node import Node, Port
@@ -341,3 +342,53 @@ def test_pcm_concealer_hands_back_good_frames_as_waveform_substitution_does() ->
             if i not in (6, 10):  # no loss just before: no cross-fade, the frame itself
                 assert got is pcm
         assert got.shape == (160, 1) and np.array_equal(got[:, 0], want)
+
+
+class _Packets(Node):
+    """Emits the given EncodedFrames on its first tick, then ends (an rtp_session's output,
+    without a jitter buffer between it and the decoder: graphs/calls/echo.yaml)."""
+
+    kind = "test_packets"
+    clocked = True
+    outputs = (Port("out", (Format.encoded(),)),)
+
+    def __init__(self, name: str, fmt: Format, frames: list[EncodedFrame]) -> None:
+        super().__init__(name)
+        self.fmt = fmt
+        self.frames = frames
+
+    def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        return {"out": self.fmt}
+
+    def tick(self, now: float) -> None:
+        if not self.finished:
+            for f in self.frames:
+                self.emit("out", f)
+            self.send_eos()
+
+
+@pytest.mark.parametrize("codec", sorted(CASES))
+def test_an_empty_packet_that_is_not_a_loss_decodes_to_nothing(codec: str) -> None:
+    """Guard for rtp_session's comfort-noise and telephone-event packets (empty payloads,
+    FLAG_SILENCE for CN) reaching a decoder directly: no AudioFrame at all, not a zero-length
+    one that a resampler, mixer or recorder downstream would have to survive."""
+    _, clock, _ = CASES[codec]
+    fmt = Format.encoded(codec, clock, 1)
+    enc = {"pcmu": lambda x: G711Encoder("pcmu").encode(x),
+           "pcma": lambda x: G711Encoder("pcma").encode(x)}.get(codec)
+    payload = enc(np.zeros((160, 1), np.int16)) if enc else None
+    frames = [EncodedFrame(b"", codec, 0, 0, clock, False, FLAG_SILENCE, {"cn_dbov": 40}),
+              EncodedFrame(b"", codec, 0, 0, clock, True, 0, {"seq": 1})]
+    if payload is not None:
+        frames.append(EncodedFrame(payload, codec, 0, 160, clock, False))
+    g = Graph("empty")
+    g.add(_Packets("src", fmt, frames))
+    g.create(f"{codec}_decoder", "dec", {})
+    g.create("frame_sink", "out")
+    g.link("src", None, "dec", None)
+    g.link("dec", None, "out", None)
+    r = run_graph(g)
+    out = r.graph.nodes["out"].frames
+    assert len(out) == (1 if payload is not None else 0)
+    assert all(f.data.shape[0] > 0 for f in out)
+    assert r.stats["dec"]["concealed"] == 0 and r.stats["dec"]["bad_payloads"] == 0

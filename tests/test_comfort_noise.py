@@ -342,3 +342,37 @@ def test_buffer_counts_only_packets_that_never_came():
     jb = JitterBuffer(RATE, 20)
     assert jb.skip(5, 800, 1, silence=True) and not jb.skip(5, 800, 1)
     assert not jb.skip(6, 960, 2)
+
+
+@pytest.mark.parametrize("refresh_s", [0.1, 0.04])
+def test_a_cn_refresh_does_not_move_the_silence_later(refresh_s):
+    """A sender that refreshes its CN packet often (WebRTC: every 100 ms) sends the refresh
+    while the silence's first periods are still to play: they stay comfort noise (the
+    refresh used to move the silence's start to its own timestamp, and the periods before
+    it were concealed speech, counted concealed)."""
+    s = Stream()
+    s.talk(0.6)
+    s.silence(1.0, refresh_s=refresh_s)
+    s.talk(0.6)
+    s.silence(0.06)
+    jb, _, frames, _ = _run(s)
+    assert not any(f.flags & FLAG_CONCEALED for f in frames)
+    assert jb["concealed"] == 0 and jb["lost"] == 0
+    assert _speech_played(frames) == b"".join(s.speech)
+
+
+def test_another_streams_cn_packet_does_not_set_the_level():
+    """A CN packet of another SSRC (a new stream's before its first media packet, or a
+    straggler of one left) is not this stream's: the noise keeps this stream's level (it
+    used to take the other's, here 25 dB louder)."""
+    s = Stream()
+    s.talk(0.6)
+    s.silence(1.5, refresh_s=2.0)  # one CN packet, then comfort noise while quiet
+    at = (s.ts - round(0.8 * RATE)) / RATE
+    s.datagrams.append((at, bytes(RtpPacket(CN_PT, 7, 1234, SSRC + 1, bytes([20]), False))))
+    s.talk(0.6)
+    s.silence(0.06)
+    jb, rx, frames, _ = _run(s)
+    noise = [f for f in frames if f.flags & FLAG_SILENCE]
+    assert len(noise) > 60 and jb["drops"] == 1
+    assert abs(_cn_level_db(frames) + LEVEL) < 1.0

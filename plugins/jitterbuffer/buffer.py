@@ -351,7 +351,10 @@ class JitterBuffer:
                 # RFC 3389 4: its timestamp is where the noise starts; one stamped as the
                 # last speech packet was (or older) starts after the newest frame.
                 hush = ext_ts if ext_ts > self._ext_ts else self._ext_ts + self.frame
-                if hush > self._last_played:
+                # A refresh (RFC 3389 4: updates during the silence) does not move a silence
+                # not yet over to its own, later timestamp: the periods between, still to
+                # play, would be concealed speech (WebRTC sends one every 100 ms).
+                if hush > self._last_played and not self._last_played < self._hush < hush:
                     self._hush = hush
         return True
 

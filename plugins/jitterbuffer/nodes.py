@@ -181,12 +181,15 @@ class JitterBufferNode(Node):
         """A comfort-noise (FLAG_SILENCE) or telephone-event packet: its sequence number is
         not a loss, and after comfort noise the periods without media are its silence."""
         silence = bool(frame.flags & FLAG_SILENCE)
+        if not self.buffer.skip(seq, frame.pts & 0xFFFFFFFF, ssrc, silence):
+            # Another stream's (a straggler of one left, or a new one before its media) or
+            # a copy: its level is not this stream's noise either.
+            self.counters.drops += 1
+            return
         if silence and frame.meta:
             level = frame.meta.get("cn_dbov")
             if level is not None:  # RFC 3389 3.1; a CN packet without it keeps the last
                 self._cn_dbov = level
-        if not self.buffer.skip(seq, frame.pts & 0xFFFFFFFF, ssrc, silence):
-            self.counters.drops += 1
 
     def _reframe(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
                  arrival: float) -> None:
