@@ -114,16 +114,19 @@ class DriftingSource(Node):
 
     kind = "drifting_source"
     clocked = True
-    outputs = (Port("out", (Format.audio("pcm_s16", RATE, 1),)),)
+    outputs = (Port("out", (Format.audio(),)),)
 
-    def __init__(self, name, signal, ratio=1.0, stall_at=0, stall=0, burst=True, every=1):
+    def __init__(self, name, signal, ratio=1.0, stall_at=0, stall=0, burst=True, every=1,
+                 period_n=PERIOD_N, one_push=False):
         super().__init__(name)
+        self.period_n, self.one_push = period_n, one_push
         self.signal = signal[:, None] if signal.ndim == 1 else signal
         self.ratio, self.stall_at, self.stall = ratio, stall_at, stall
         self.burst, self.every = burst, every
 
     def negotiate(self, inputs, downstream):
-        return {"out": Format.audio("pcm_s16", RATE, 1)}
+        enc = "pcm_f32" if self.signal.dtype == np.float32 else "pcm_s16"
+        return {"out": Format.audio(enc, RATE, self.signal.shape[1])}
 
     def start(self):
         self.ticks = self.pos = 0
@@ -133,8 +136,11 @@ class DriftingSource(Node):
         if self.stall_at <= self.ticks < self.stall_at + self.stall or self.ticks % self.every:
             return
         late = 0 if self.burst or self.ticks < self.stall_at else self.stall
-        due = min(int(round((self.ticks - late) * PERIOD_N * self.ratio)), len(self.signal))
-        step = PERIOD_N * self.every  # a burst comes as frames of the usual size
+        due = min(int(round((self.ticks - late) * self.period_n * self.ratio)),
+                  len(self.signal))
+        step = self.period_n * self.every  # a burst comes as frames of the usual size
+        if self.one_push:  # or as one frame
+            step = max(step, due - self.pos)
         for pos in range(self.pos, due, step):
             end = min(pos + step, due)
             self.emit("out", AudioFrame(self.signal[pos:end], RATE, pos))
@@ -143,15 +149,19 @@ class DriftingSource(Node):
             self.send_eos()
 
 
-def _drift_run(signal, ratio=1.0, params=None, **kw):
-    g = Graph("drift")
-    g.add(DriftingSource("src", signal, ratio, **kw))
+def _drift_run(signal, ratio=1.0, params=None, all_channels=False, graph=False,
+               period=0.02, **kw):
+    g = Graph("drift", period=period)
+    g.add(DriftingSource("src", signal, ratio, period_n=int(round(period * RATE)), **kw))
     g.create("mixer", "mix", params or {})
     g.create("frame_sink", "out", {"max_frames": 0})
     g.link("src", None, "mix", None)
     g.link("mix", None, "out", None)
     r = run_graph(g)
-    return r.stats["mix"], r.graph.nodes["out"].audio()[:, 0]
+    if graph:
+        return r
+    out = r.graph.nodes["out"].audio()
+    return r.stats["mix"], out if all_channels else out[:, 0]
 
 
 def _delay_ms(out, signal, j0, ratio=1.0, m=4000, span=16000):
@@ -270,3 +280,63 @@ def test_a_burst_after_a_stall_fades_in_without_a_click():
     assert _click_db(out[:-PERIOD_N], 440).max() < -50.0
     assert len(out) < len(tone) + 10 * PERIOD_N - 400  # the 200 ms, less 120 ms at most
     assert stats["trims"] == 1 and stats["underruns"] == 10
+
+
+def test_a_stereo_input_in_antiphase_is_cut_and_stretched_where_it_matches():
+    # Its channels summed to silence (a polarity-swapped channel), so the match search saw
+    # nothing: +3000 ppm was cut 636 times a sample or so at a time, and -300 ppm faded to
+    # silence and back (-58 dB). Each channel is matched with itself.
+    tone = sine(440, RATE, 60, 0.5)[:, 0]
+    stereo = np.stack([tone, -tone], axis=1)
+    for ratio, most in ((1.003, 10), (0.9997, 5)):
+        stats, out = _drift_run(stereo, ratio, all_channels=True)
+        assert out.shape[1] == 2 and np.array_equal(out[:, 0], -out[:, 1])
+        assert stats["trims"] + stats["underruns"] <= most
+        assert _click_db(out[:-PERIOD_N, 0], 440).max() < -70.0
+
+
+def test_a_quiet_float_input_is_cut_where_it_matches():
+    # float32 audio is +-1.0: the match's floor under the energy (1.0, an int16 sample of
+    # noise) outweighed a -60 dBFS window, so the search took the loudest window, not the
+    # best match, and cut 13 times where the same tone in int16 is cut 7 times.
+    t = np.arange(RATE * 60) / RATE
+    want, _ = _drift_run(sine(440, RATE, 60, 0.5)[:, 0], 1.003)
+    for level in (0.5, 0.001):
+        tone = (level * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        stats, out = _drift_run(tone, 1.003)
+        assert out.dtype == np.float32
+        assert stats["trims"] == want["trims"]
+        assert _click_db(out[:-PERIOD_N] / level, 440).max() < -80.0
+
+
+def test_samples_dropped_from_an_input_that_left_are_still_counted_by_input():
+    # They were listed from the inputs still linked: the one that was cut vanished from
+    # dropped_samples_by_input while dropped_samples kept it.
+    r = _drift_run(NOISE[:RATE * 60], 1.003, graph=True)
+    mix = r.graph.nodes["mix"]
+    total = mix.stats()["dropped_samples"]
+    assert total > 0
+    mix.port_unlinked("in", "in_0")
+    stats = mix.stats()
+    assert stats["dropped_samples_by_input"] == {"in_0": total}
+
+
+def test_an_input_on_a_slow_clock_is_stretched_at_a_short_period():
+    # A 2.5 ms period holds 20 samples at 8 kHz, less than the 5 ms fade and a pitch period:
+    # there was no room to stretch in, so each short period faded to silence and back (72
+    # times in 30 s at -300 ppm, -20 dB). The stretch repeats audio already played.
+    tone = sine(440, RATE, 30, 0.5)[:, 0]
+    stats, out = _drift_run(tone, 0.9997, period=0.0025)
+    assert stats["underruns"] <= 2 and stats["inserted_samples"] > 0
+    assert _click_db(out[:-PERIOD_N], 440).max() < -70.0
+    assert dominant_frequency(out, RATE) == pytest.approx(440, abs=0.1)
+
+
+def test_a_burst_in_one_frame_does_not_raise_the_bound():
+    # A stall's second delivered as one 1 s frame was taken for a frame size (capped at
+    # 120 ms): room for two was kept, so the input held 240 ms for the rest of the call.
+    sig = NOISE[:RATE * 10]
+    stats, out = _drift_run(sig, stall_at=100, stall=50, one_push=True)
+    assert _delay_ms(out, sig, RATE) < 1.0
+    assert _delay_ms(out, sig, 8 * RATE) <= 120.0
+    assert stats["trims"] == 1 and RATE - 960 <= stats["dropped_samples"] <= RATE

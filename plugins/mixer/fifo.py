@@ -5,15 +5,40 @@ from __future__ import annotations
 import numpy as np
 
 
+def match(span: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation of `ref` (k, channels) against every k-sample window of
+    `span` (m, channels): entry j is ref against span[j:j + k], each channel correlated with
+    itself and summed, over the window's energy. Channels are not summed first: a stereo
+    input in antiphase (or a channel that is silent) has no mono signal to match. The floor
+    under the energy is a sample of quantisation noise at the format's scale (float32 audio
+    is +-1.0), so a quiet input is still normalised and a silent one gives zeros."""
+    k = ref.shape[0]
+    a = span.astype(np.float64)
+    corr = np.correlate(a[:, 0], ref[:, 0].astype(np.float64), "valid")
+    for c in range(1, a.shape[1]):
+        corr += np.correlate(a[:, c], ref[:, c].astype(np.float64), "valid")
+    energy = np.cumsum(np.square(a).sum(axis=1))
+    energy = energy[k - 1:] - np.concatenate(([0.0], energy[:-k]))
+    floor = 1.0 if span.dtype.kind == "i" else 2.0 ** -30
+    return corr / np.sqrt(np.maximum(energy, 0.0) + floor)
+
+
 class SampleFifo:
-    """Append frames, read fixed-size blocks; grows only if a burst exceeds its size."""
+    """Append frames, read fixed-size blocks; grows only if a burst exceeds its size.
 
-    __slots__ = ("buf", "start", "end")
+    The samples before `start` are the ones read last; from `mark` on they continue the
+    audio held without a break, and up to `keep` of them are kept when the buffer is
+    compacted, so `splice_in` can repeat audio already played when little is held (a short
+    period)."""
 
-    def __init__(self, channels: int, dtype: np.dtype, capacity: int) -> None:
+    __slots__ = ("buf", "start", "end", "mark", "keep")
+
+    def __init__(self, channels: int, dtype: np.dtype, capacity: int, keep: int = 0) -> None:
         self.buf = np.zeros((capacity, channels), dtype)
         self.start = 0
         self.end = 0
+        self.mark = 0
+        self.keep = keep
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -21,14 +46,17 @@ class SampleFifo:
     def push(self, data: np.ndarray) -> None:
         n = data.shape[0]
         if self.end + n > self.buf.shape[0]:
-            live = self.end - self.start
+            first = max(self.start - self.keep, self.mark)
+            live = self.end - first
             if live + n > self.buf.shape[0]:
                 grown = np.zeros((2 * (live + n), self.buf.shape[1]), self.buf.dtype)
-                grown[:live] = self.buf[self.start:self.end]
+                grown[:live] = self.buf[first:self.end]
                 self.buf = grown
             else:
-                self.buf[:live] = self.buf[self.start:self.end]
-            self.start, self.end = 0, live
+                self.buf[:live] = self.buf[first:self.end]
+            self.start -= first
+            self.mark = max(self.mark - first, 0)
+            self.end = live
         self.buf[self.end:self.end + n] = data
         self.end += n
 
@@ -48,16 +76,16 @@ class SampleFifo:
         return out
 
     def clear(self) -> None:
-        self.start = self.end = 0
+        self.start = self.end = self.mark = 0
 
     def splice_out(self, lo: int, hi: int, fade: int) -> int:
         """Remove between `lo` and `hi` samples from the head (the oldest audio) without a
         click; returns how many. The cut is placed where the audio best matches the audio at
-        the head (normalised cross-correlation over `fade` samples, summed over channels: a
-        whole number of pitch periods in voice, of cycles in a tone, as WSOLA and pjmedia's
-        delay buffer choose), then the head is cross-faded into the audio after the cut over
-        `fade` samples (raised cosine), so the sample played next continues what was played
-        last and the audio after the fade continues unchanged."""
+        the head (`match`: normalised cross-correlation over `fade` samples, each channel
+        with itself: a whole number of pitch periods in voice, of cycles in a tone, as WSOLA
+        and pjmedia's delay buffer choose), then the head is cross-faded into the audio after
+        the cut over `fade` samples (raised cosine), so the sample played next continues what
+        was played last and the audio after the fade continues unchanged."""
         x = self.buf[self.start:self.end]
         size = x.shape[0]
         hi = min(hi, size)
@@ -65,13 +93,8 @@ class SampleFifo:
         fade = min(fade, size - hi)
         d = lo
         if fade >= 2:
-            mono = x[:hi + fade].sum(axis=1, dtype=np.float64)
-            head = mono[:fade]
-            span = mono[lo:hi + fade]
-            corr = np.correlate(span, head, "valid")  # corr[k]: head against span[k:k + fade]
-            energy = np.cumsum(np.square(span))
-            energy = energy[fade - 1:] - np.concatenate(([0.0], energy[:-fade]))
-            d = lo + int(np.argmax(corr / np.sqrt(energy + 1.0)))
+            # entry k: the head against x[lo + k:lo + k + fade]
+            d = lo + int(np.argmax(match(x[lo:hi + fade], x[:fade])))
             w = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade))[:, None]
             a = x[:fade].astype(np.float64)
             y = a + (x[d:d + fade] - a) * w
@@ -79,6 +102,7 @@ class SampleFifo:
                 np.rint(y, out=y)
             x[d:d + fade] = y
         self.start += d
+        self.mark = self.start  # what was cut does not lead into what plays next
         return d
 
     def splice_in(self, lo: int, hi: int, fade: int) -> int:
@@ -87,26 +111,24 @@ class SampleFifo:
         the audio one lag earlier, chosen in [lo, hi] where it matches them best (a whole
         number of pitch periods or cycles), so that stretch plays again and ends where the
         audio ended: the inverse of `splice_out`, as WSOLA and pjmedia's delay buffer
-        stretch an input that runs slow."""
+        stretch an input that runs slow. The lag may reach back into audio already played
+        (from `mark`): with a short period a FIFO holds less than a pitch period, and the
+        fade is then as long as what it holds."""
         size = self.end - self.start
-        p = size - fade  # the splice point: the fade covers the newest audio
+        fade = min(fade, size)
+        h = self.start - self.mark  # audio played just before, continuing into what is held
+        p = h + size - fade  # the splice point in x: the fade covers the newest audio
         hi = min(hi, p)
         if fade < 2 or hi < lo or lo < 1:
             return 0
-        x = self.buf[self.start:self.end]
-        mono = x.sum(axis=1, dtype=np.float64)
-        tail = mono[p:]
-        span = mono[p - hi:p - lo + fade]
-        corr = np.correlate(span, tail, "valid")  # corr[k]: lag hi - k
-        energy = np.cumsum(np.square(span))
-        energy = energy[fade - 1:] - np.concatenate(([0.0], energy[:-fade]))
-        d = hi - int(np.argmax(corr / np.sqrt(energy + 1.0)))
+        x = self.buf[self.mark:self.end]
+        d = hi - int(np.argmax(match(x[p - hi:p - lo + fade], x[p:])))  # entry k: lag hi - k
         again = x[p - d:].astype(np.float64)  # fade + d samples: the lagged audio to the end
         w = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade))[:, None]
         a = x[p:].astype(np.float64)
         again[:fade] = a + (again[:fade] - a) * w
         if x.dtype.kind == "i":
             np.rint(again, out=again)
-        self.end = self.start + p
+        self.end -= fade
         self.push(again.astype(self.buf.dtype))
         return d

@@ -12,7 +12,7 @@ from pipeline.frames import AudioFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param
 
-from .fifo import SampleFifo
+from .fifo import SampleFifo, match
 
 # numpy scalars: with Python ints np.clip builds iinfo() limits on every call (~5 us).
 _I16_MIN, _I16_MAX = np.int32(-32768), np.int32(32767)
@@ -25,13 +25,13 @@ LONGEST_FRAME_S = 0.12  # frames up to this long (RTP's longest usual ptime) get
 class InputFifo(SampleFifo):
     """One input's FIFO, with its backlog bound and what was cut from it."""
 
-    __slots__ = ("bound", "largest", "dropped", "gap")
+    __slots__ = ("bound", "largest", "gap")
 
-    def __init__(self, channels: int, dtype: np.dtype, capacity: int, bound: int) -> None:
-        super().__init__(channels, dtype, capacity)
+    def __init__(self, channels: int, dtype: np.dtype, capacity: int, bound: int,
+                 keep: int = 0) -> None:
+        super().__init__(channels, dtype, capacity, keep)
         self.bound = bound  # samples buffered at a tick beyond which the input is trimmed
         self.largest = 0  # its largest frame
-        self.dropped = 0
         self.gap = False  # it ran dry and was faded out: fade its audio in when it resumes
 
     def fade_out(self, room: int, fade: int, search: int) -> None:
@@ -41,17 +41,12 @@ class InputFifo(SampleFifo):
         The samples before `start` are the ones just played (see `SampleFifo`)."""
         k = min(fade, room)
         end = self.end
-        search = min(search, end - 2 * k)
+        search = min(search, end - self.mark - 2 * k)
         if k < 2 or search < 0:
             return
         x = self.buf[end - 2 * k - search:end]
-        mono = x.sum(axis=1, dtype=np.float64)
-        newest = mono[-k:]
-        span = mono[:-k]  # windows ending at lags k + search ... k
-        corr = np.correlate(span, newest, "valid")
-        energy = np.cumsum(np.square(span))
-        energy = energy[k - 1:] - np.concatenate(([0.0], energy[:-k]))
-        d = k + search - int(np.argmax(corr / np.sqrt(energy + 1.0)))
+        # windows ending at lags k + search ... k
+        d = k + search - int(np.argmax(match(x[:-k], x[-k:])))
         tail = self.buf[end - d:end - d + k].astype(np.float64)
         tail *= (0.5 + 0.5 * np.cos(np.pi * (np.arange(k) + 0.5) / k))[:, None]
         if self.buf.dtype.kind == "i":
@@ -67,6 +62,7 @@ class InputFifo(SampleFifo):
         if head.dtype.kind == "i":
             np.rint(y, out=y)
         head[:] = y
+        self.mark = self.start  # what played before the gap does not lead into it
 
 
 class Mixer(Node):
@@ -133,10 +129,15 @@ class Mixer(Node):
         self.underruns = 0
         self.trims = 0
         self.dropped_samples = 0
+        # By input port, kept when an input leaves: the sum is always `dropped_samples`.
+        self.dropped_by_input: dict[str, int] = {}
         self.inserted_samples = 0
 
     def _fifo(self) -> InputFifo:
-        return InputFifo(self.channels, self._dtype, 8 * self.n, self._bound)
+        # Audio already played is kept for a stretch: a pitch period and a fade.
+        keep = self._search + self._fade
+        return InputFifo(self.channels, self._dtype, 8 * self.n + self._bound + keep,
+                         self._bound, keep)
 
     def port_linked(self, direction: str, port: str) -> None:
         if direction == "in":
@@ -151,11 +152,12 @@ class Mixer(Node):
         fifo = self.fifos[port]
         data = frame.data
         fifo.push(data)
-        if data.shape[0] > fifo.largest:
+        if fifo.largest < data.shape[0] <= self._longest:
             # An input of long frames (a 60 ms ptime) holds two of them without a trim.
-            # A larger push is a burst, not a frame size: it is cut like any other backlog.
+            # A larger push is a burst, not a frame size: it is cut like any other backlog
+            # (taken as a 120 ms frame, a 1 s burst had doubled the bound for good).
             fifo.largest = data.shape[0]
-            fifo.bound = max(self._bound, 2 * min(fifo.largest, self._longest))
+            fifo.bound = max(self._bound, 2 * fifo.largest)
 
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream):
@@ -167,19 +169,15 @@ class Mixer(Node):
         n = self._ticks.due() - self.pts
         acc = self._acc[:n]
         acc.fill(0)
-        ended = self.ended
+        feedback = self.feedback_inputs
         got = 0
         for port, fifo in self.fifos.items():
-            have = len(fifo)
-            if have > fifo.bound:
-                self._trim(fifo)
-            elif have < n and port not in ended:
-                self._short(fifo, have, n)
-            elif fifo.gap:
-                fifo.fade_in(self._fade)
-                fifo.gap = False
+            # The common case costs three comparisons (not len(): a Python call per input).
+            have = fifo.end - fifo.start
+            if have > fifo.bound or have < n or fifo.gap:
+                self._adjust(port, fifo, have, n)
             popped = fifo.pop_into(acc)
-            if port not in self.feedback_inputs:  # (fed-back audio alone would go on for ever)
+            if port not in feedback:  # (fed-back audio alone would go on for ever)
                 got += popped
         # Also with no input left (or none ever linked): nothing could ever end it otherwise.
         done = self._all_done()
@@ -198,7 +196,17 @@ class Mixer(Node):
         if done:  # the inputs' last audio came with their end-of-stream: it went out first
             self.send_eos()
 
-    def _trim(self, fifo: InputFifo) -> None:
+    def _adjust(self, port: str, fifo: InputFifo, have: int, n: int) -> None:
+        """An input that holds more than its bound, less than a period, or resumes."""
+        if have > fifo.bound:
+            self._trim(port, fifo)
+        elif have < n and port not in self.ended:
+            self._short(fifo, have, n)
+        elif fifo.gap:
+            fifo.fade_in(self._fade)
+            fifo.gap = False
+
+    def _trim(self, port: str, fifo: InputFifo) -> None:
         """Cut an input that runs ahead back under its bound: at least the excess, at most
         `_search` more, where the splice matches best (`SampleFifo.splice_out`)."""
         excess = len(fifo) - fifo.bound
@@ -206,7 +214,7 @@ class Mixer(Node):
         if fifo.gap:  # a burst after a stall: what plays first is faded in
             fifo.fade_in(self._fade)
             fifo.gap = False
-        fifo.dropped += d
+        self.dropped_by_input[port] = self.dropped_by_input.get(port, 0) + d
         self.dropped_samples += d
         self.trims += 1
 
@@ -243,5 +251,7 @@ class Mixer(Node):
                    dropped_samples=getattr(self, "dropped_samples", 0),
                    inserted_samples=getattr(self, "inserted_samples", 0))
         if trims:
-            out["dropped_samples_by_input"] = {p: f.dropped for p, f in self.fifos.items()}
+            # Inputs still linked (0 if never cut) and every input that was cut, also gone.
+            out["dropped_samples_by_input"] = dict.fromkeys(self.fifos, 0) | \
+                self.dropped_by_input
         return out
