@@ -51,6 +51,8 @@ class LocDict(dict):
         # The text of plain scalars YAML typed as numbers, booleans or dates: a text
         # parameter takes it as written (digits: 0123 is "0123", not the octal 83 made text).
         self.texts: dict[Any, str] = {}
+        # The same for keys (users: {0123: pw}): key -> its text.
+        self.key_texts: dict[Any, str] = {}
 
 
 class LocList(list):
@@ -146,6 +148,9 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
             d.texts[key] = value_node.value
         else:  # a key merged in by `<<: *base` and given again: the text was the base's
             d.texts.pop(key, None)
+        if isinstance(key, _TYPED) and isinstance(key_node, yaml.ScalarNode) \
+                and key_node.style is None:
+            d.key_texts[key] = key_node.value
         d.key_marks[key] = _where(loader, key_node)
         d.value_marks[key] = _where(loader, value_node)
     return d

@@ -15,6 +15,8 @@ from conftest import ROOT
 from test_sip_endpoint import CALLER_GRAPH, Endpoint, server_yaml
 
 from pipeline.cli import main
+from pipeline.errors import GraphError
+from pipeline.testing import dominant_frequency, read_wav
 
 CALLER = ROOT / "graphs" / "caller.yaml"
 
@@ -100,10 +102,28 @@ def test_a_call_nobody_responds_to_says_so(tmp_path):
     finally:
         silent.close()
     assert code == 1
-    assert err[-1] == (f"pipeline: error: call to sip:echo@127.0.0.1:{port} failed: no answer "
-                       f"and no ringing from 127.0.0.1:{port} within 1 s (hint: is a SIP "
+    assert err[-1] == (f"pipeline: error: call to sip:echo@127.0.0.1:{port} failed: no "
+                       f"response from 127.0.0.1:{port} within 1 s (hint: is a SIP "
                        "server listening there?)"), err
     assert not any("status=None" in line for line in err)
+
+
+def test_a_call_that_only_gets_100_trying_is_not_a_call_nobody_heard(tmp_path):
+    # It said "no answer and no ringing ... (hint: is a SIP server listening there?)", as
+    # for a port nobody listens on, though a server had taken the INVITE (100 Trying).
+    async def main_():
+        server = Endpoint(server_yaml(extra="    auto_answer: false\n    ring: false"))
+        port = await server.port()
+        result = await pipeline_call(f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
+                                     "--duration", "1s", cwd=tmp_path)
+        await server.stop()
+        return port, result
+
+    port, (code, err) = asyncio.run(main_())
+    assert code == 1
+    assert err[-1] == (f"pipeline: error: call to sip:echo@127.0.0.1:{port} failed: no "
+                       f"answer from 127.0.0.1:{port} within 1 s (hint: give it longer with "
+                       "--duration)"), err
 
 
 def test_a_call_that_rings_unanswered_says_so_and_a_signal_only_hangs_up(tmp_path):
@@ -144,3 +164,103 @@ def test_codecs_are_reported_as_the_option(capsys, codecs, message):
     assert main(["call", "sip:echo@127.0.0.1:5999", "--graph", str(CALLER), "--codecs",
                  codecs, "--duration", "1s"]) == 2
     assert capsys.readouterr().err.strip() == f"pipeline: error: {message}"
+
+
+def test_two_calls_started_at_once_offer_different_rtp_ports_and_both_carry_audio(tmp_path):
+    # Both processes tested the first port of the range, released it and offered it; the
+    # second answered call failed: "rtp_session cannot bind 127.0.0.1:20000: Address
+    # already in use". The server answers only once both have offered.
+    async def main_():
+        server = Endpoint(server_yaml(extra="    auto_answer: false"))
+        port = await server.port()
+        calls = [asyncio.ensure_future(pipeline_call(
+            f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER), "--duration", "5s",
+            "--codecs", "pcmu", "-p", f"heard={name}.wav", cwd=tmp_path)) for name in "ab"]
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(server.names("call-incoming")) < 2 and not all(c.done() for c in calls):
+            assert asyncio.get_running_loop().time() < deadline, "two INVITEs did not come"
+            await asyncio.sleep(0.02)
+        for m in server.names("call-incoming"):
+            server.node.answer(m.data["call_id"])
+        results = [await c for c in calls]
+        await server.stop()
+        return results
+
+    results = asyncio.run(main_())
+    for code, err in results:
+        assert code == 0, err
+        assert not any("cannot bind" in line for line in err), err
+    for name in "ab":
+        audio, rate = read_wav(tmp_path / f"{name}.wav")
+        assert len(audio) > 2 * rate, name
+        tail = audio[len(audio) // 4:, 0]
+        assert abs(dominant_frequency(tail, rate) - 440.0) < 5.0, name
+
+
+# A call graph written for PCMU only (its decoder named, not ${call.decoder}).
+PCMU_ONLY = CALLER_GRAPH.replace('"${call.codec}_decoder"', "pcmu_decoder")
+
+
+def test_a_codec_the_call_graph_cannot_take_is_not_offered(tmp_path):
+    # The check failed for opus, the first default codec, and the call was never placed,
+    # though the far end (PCMU only) would have agreed on the one codec the graph takes.
+    graph = tmp_path / "pcmu-only.yaml"
+    graph.write_text(PCMU_ONLY)
+
+    async def main_():
+        server = Endpoint(server_yaml())
+        port = await server.port()
+        quiet = await pipeline_call(f"sip:echo@127.0.0.1:{port}", "--graph", str(graph),
+                                    "--duration", "1s", cwd=tmp_path)
+        named = await pipeline_call(f"sip:echo@127.0.0.1:{port}", "--graph", str(graph),
+                                    "--duration", "1s", "--codecs", "opus,pcmu",
+                                    cwd=tmp_path)
+        await server.stop()
+        return quiet, named, server.names("call-established")
+
+    (code, err), (code2, err2), established = asyncio.run(main_())
+    assert code == 0, err
+    assert not any("warning" in line for line in err), err  # the default list: quietly
+    assert code2 == 0, err2
+    assert any(line.startswith("pipeline: warning: not offering opus: the call graph fails "
+                               f"with it: {graph}:") for line in err2), err2
+    assert len(established) == 2
+
+
+def test_a_call_graph_for_no_offered_codec_is_reported_before_dialling(tmp_path):
+    from plugins.sip.cli import check_call_graph
+
+    graph = tmp_path / "pcmu-only.yaml"
+    graph.write_text(PCMU_ONLY)
+    with pytest.raises(GraphError) as e:
+        check_call_graph(graph, {}, ["opus", "g722", "telephone-event"])
+    assert e.value.message.startswith("cannot link rtp.out (encoded/opus ")
+    assert e.value.message.endswith("(in a call with codec opus; no offered codec works)")
+    assert check_call_graph(graph, {}, ["opus", "pcmu", "telephone-event"],
+                            say=lambda line: None) == ["pcmu", "telephone-event"]
+
+
+def test_the_check_before_dialling_touches_no_sound_device(monkeypatch):
+    # graphs/softphone.yaml as the call graph: the check looked the devices up (loading
+    # PortAudio) and failed on a machine without them, "no sound device with input
+    # channels found"; the devices are the call graph's to open when the call starts.
+    from pipeline import devices
+    from plugins.sip.cli import check_call_graph
+
+    def no_portaudio():
+        raise AssertionError("the check loaded sounddevice")
+
+    monkeypatch.setattr(devices, "import_sounddevice", no_portaudio)
+    offered = ["opus", "pcmu", "pcma", "g722", "telephone-event"]
+    assert check_call_graph(ROOT / "graphs" / "softphone.yaml", {"mic": "USB Headset"},
+                            offered) == offered
+    assert devices.find_device.__module__ == "pipeline.devices"  # put back afterwards
+
+
+def test_a_video_call_graph_is_refused_saying_the_call_offers_audio_only():
+    from plugins.sip.cli import check_call_graph
+
+    with pytest.raises(GraphError) as e:
+        check_call_graph(ROOT / "graphs" / "calls" / "video-call.yaml", {}, ["pcmu"])
+    assert e.value.message == "unknown call value '${call.video_codec}'"
+    assert e.value.hint.startswith("pipeline call offers audio only")

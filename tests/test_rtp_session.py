@@ -869,3 +869,38 @@ def test_srtp_session_started_mid_call_takes_a_peer_past_the_first_rollover() ->
     assert st["srtp_auth_failures"] == 0
     assert [f.payload for f in result.graph.nodes["out"].frames] == \
         [bytes([seq]) * 160 for seq in (5, 6, 7)]
+
+
+def test_a_reserved_port_pair_is_taken_as_bound_not_bound_again() -> None:
+    """A sip_endpoint holds the port its SDP offer named (reserve_port) until the call
+    graph's rtp_session takes the sockets: binding again would fail on the held port, and
+    closing first would let another process take it."""
+    from plugins.rtp.nodes import RtpSession, release_port, reserve_port, reserved_ports
+
+    def free_pair() -> int:
+        for port in range(37000, 37998, 2):
+            held = reserve_port("127.0.0.1", port)
+            if held is not None:
+                release_port(held)
+                return port
+        raise AssertionError("no free port pair")
+
+    port = free_pair()
+    held = reserve_port("127.0.0.1", port)
+    node = RtpSession(codec="pcmu", local_ip="127.0.0.1", local_port=port, rtcp=True)
+    rtp, rtcp = node._bind()
+    assert (rtp, rtcp) == (held.rtp, held.rtcp) and reserved_ports() == []
+    release_port(held)  # taken: the session's sockets stay open
+    assert rtp.fileno() >= 0 and rtcp.fileno() >= 0
+    rtp.close()
+    rtcp.close()
+    # without RTCP the held port + 1 is closed; under another name of the address the
+    # reservation is freed, then bound as usual
+    held = reserve_port("127.0.0.1", port)
+    rtp, rtcp = RtpSession(codec="pcmu", local_ip="127.0.0.1", local_port=port)._bind()
+    assert rtp is held.rtp and rtcp is None and held.rtcp.fileno() == -1
+    rtp.close()
+    held = reserve_port("127.0.0.1", port)
+    rtp, _ = RtpSession(codec="pcmu", local_ip="0.0.0.0", local_port=port)._bind()
+    assert rtp is not held.rtp and held.rtp.fileno() == -1 and reserved_ports() == []
+    rtp.close()

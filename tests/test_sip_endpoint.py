@@ -924,3 +924,187 @@ def test_call_values_change_with_every_sdp_change_a_call_graph_can_see():
     # does, remote_rtcp_port becomes the RTP port)
     assert values(fmtp=b"stereo=1")["channels"] == 2 and before["channels"] == 1
     assert values(fmtp=b"maxaveragebitrate=20000") == before
+
+
+# ---- RTP ports held from the offer to the call graph (docs/sip.md "RTP ports") -------------
+def _open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_two_callers_on_one_port_range_offer_different_ports_and_both_carry_audio(tmp_path):
+    # Each tested its port and released it when making the offer, so both offered the same
+    # one; the second call's rtp_session then failed at the answer ("cannot bind ...:
+    # Address already in use") and was hung up.
+    from plugins.rtp.nodes import reserved_ports
+
+    graph = CALLER_GRAPH.replace("heard-${call.caller}-${call.call_number}",
+                                 "heard-${call.caller}-${call.local_rtp_port}")
+
+    async def main():
+        (tmp_path / "caller.yaml").write_text(graph)
+        fds = _open_fds()
+        server = Endpoint(server_yaml(extra="    auto_answer: false"))
+        port = await server.port()
+        callers = [Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                        extra="    hangup_after: 1.2s")
+                            .replace("33000-33999", "34100-34103")
+                            .replace("user: alice", f"user: {who}"))
+                   for who in ("alice", "bob")]
+        await until(lambda: len(server.names("call-incoming")) == 2, "both INVITEs")
+        offered = sorted(port for c in callers for port in c.node.ports.in_use)
+        assert offered == [34100, 34102]
+        assert len(reserved_ports()) == 2  # held from the offer until the answer
+        for m in server.names("call-incoming"):
+            server.node.answer(m.data["call_id"])
+        for c in callers:
+            await c.result()
+            assert c.names("call-established") and not c.names("error"), c.messages
+        await until(lambda: len(server.names("call-ended")) == 2, "both calls to end")
+        await until(lambda: server.part_nodes() == [], "the server's call graphs to go")
+        await server.stop()
+        assert reserved_ports() == []
+        await asyncio.sleep(0.1)
+        return fds
+
+    fds = asyncio.run(main())
+    assert _open_fds() <= fds
+    heard_files = sorted(tmp_path.glob("heard-*.wav"))
+    assert sorted(p.stem.rsplit("-", 1)[1] for p in heard_files) == ["34100", "34102"]
+    for path in heard_files:
+        audio, rate = read_wav(path)
+        assert len(audio) > 0.5 * rate, path
+        tail = audio[len(audio) // 4:, 0]
+        assert abs(dominant_frequency(tail, rate) - 1000.0) < 5.0, path
+
+
+def test_an_offered_port_is_released_when_the_call_ends_without_its_graph(tmp_path):
+    # Cancelled, rejected, or the endpoint stopped while it rang: no socket stays held.
+    from plugins.rtp.nodes import reserved_ports
+
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        fds = _open_fds()
+        server = Endpoint(server_yaml(extra="    auto_answer: false"))
+        port = await server.port()
+        target = f"sip:echo@127.0.0.1:{port}"
+        # cancelled (hangup_after while it rings)
+        caller = Endpoint(caller_yaml(target, tmp_path / "caller.yaml",
+                                      extra="    hangup_after: 300ms"))
+        await caller.wait("call-ringing")
+        assert len(reserved_ports()) == 1
+        await caller.result()
+        assert reserved_ports() == []
+        # rejected (486)
+        caller = Endpoint(caller_yaml(target, tmp_path / "caller.yaml"))
+        incoming = await server.wait("call-incoming", call_id=(await caller.wait(
+            "call-ringing")).data["call_id"])
+        server.node.ua.reject(incoming.data["call_id"], 486, server.node._loop.time())
+        server.node._pump()
+        end = await caller.wait("call-ended")
+        assert end.data["status"] == 486
+        await caller.result()
+        assert reserved_ports() == []
+        # the caller's graph stops while it rings
+        caller = Endpoint(caller_yaml(target, tmp_path / "caller.yaml"))
+        await caller.wait("call-ringing")
+        assert len(reserved_ports()) == 1
+        await caller.stop()
+        assert reserved_ports() == []
+        await server.stop()
+        await asyncio.sleep(0.1)
+        return fds
+
+    fds = asyncio.run(main())
+    assert _open_fds() <= fds
+    assert not list(tmp_path.glob("heard-*.wav"))
+
+
+def test_port_allocation_starts_at_random_and_reserves_what_it_offers():
+    from plugins.rtp.nodes import release_port, reserve_port, reserved_ports
+    from plugins.sip.nodes import PortAllocator
+
+    # offers (checked) start at random: two processes rarely offer the same port first
+    starts = {PortAllocator("36000-36999", "127.0.0.1")._next_offer for _ in range(20)}
+    assert len(starts) > 1 and all(p % 2 == 0 and 36000 <= p <= 36998 for p in starts)
+    # another program's socket on the first port: skipped
+    a, b = PortAllocator("36010-36013", "127.0.0.1"), PortAllocator("36010-36013", "127.0.0.1")
+    a._next_offer = b._next_offer = 36010
+    first = a.allocate(check=True)
+    second = b.allocate(check=True)  # a holds 36010 and 36011: b cannot bind them
+    assert (first, second) == (36010, 36012)
+    assert reserve_port("127.0.0.1", 36011) is None  # the RTCP port is held too
+    with pytest.raises(Exception, match="no free port pair"):
+        b.allocate(check=True)
+    a.release(first)
+    b.release(second)
+    assert reserved_ports() == []
+    held = reserve_port("127.0.0.1", 36010)
+    assert held is not None
+    release_port(held)
+    release_port(held)  # twice: nothing
+    assert reserved_ports() == []
+
+
+# ---- call-trying ----------------------------------------------------------------------------
+def test_call_trying_is_posted_once_for_the_first_provisional_response(tmp_path):
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        # ring: false and no answer: 100 Trying is all the caller gets
+        server = Endpoint(server_yaml(extra="    auto_answer: false\n    ring: false"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      extra="    hangup_after: 500ms"))
+        trying = await caller.wait("call-trying")
+        assert trying.data["status"] == 100
+        await caller.result()
+        assert caller.names("call-ringing") == []
+        assert (caller.names("call-ended")[0].data["status"]) == 487
+        await server.stop()
+        # with ringing: one call-trying, for the 100 (the 180 after it posts none)
+        server = Endpoint(server_yaml(extra="    auto_answer: false"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      extra="    hangup_after: 500ms"))
+        await caller.wait("call-ringing")
+        await caller.result()
+        assert [m.data["status"] for m in caller.names("call-trying")] == [100]
+        await server.stop()
+
+    asyncio.run(main())
+
+
+# ---- values as written ---------------------------------------------------------------------
+def test_call_graph_params_reach_the_call_graph_as_written(tmp_path):
+    # {tag: 0123} reached the call graph as 83 (YAML octal): the recording was heard-83.wav.
+    graph = CALLER_GRAPH.replace("heard-${call.caller}-${call.call_number}", "heard-${tag}")
+    (tmp_path / "tagged.yaml").write_text("params: {tag: x}\n" + graph)
+
+    async def main():
+        server = Endpoint(server_yaml())
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "tagged.yaml",
+                                      extra="    hangup_after: 500ms\n"
+                                            "    call_graph_params: {tag: 0123}"))
+        await caller.result()
+        assert caller.names("call-established")
+        await server.stop()
+
+    asyncio.run(main())
+    assert [p.name for p in tmp_path.glob("heard-*.wav")] == ["heard-0123.wav"]
+
+
+def test_users_names_and_passwords_are_text_as_written():
+    # users: {0123: 0123} was {83: 83}: the caller 0123 was refused 403.
+    async def main():
+        server = Endpoint(signalling_yaml("echo", "    users: {0123: 0123, bob: 0x10}"))
+        port = await server.port()
+        assert server.node.ua.config.users == {"0123": "0123", "bob": "0x10"}
+        caller = Endpoint(signalling_yaml("0123", f"    password: 0123\n"
+                                                  f"    dial: sip:echo@127.0.0.1:{port}\n"
+                                                  "    hangup_after: 200ms\n"
+                                                  "    exit_after_call: true"))
+        await caller.result()
+        assert caller.names("call-established"), caller.messages
+        await server.stop()
+
+    asyncio.run(main())

@@ -4,7 +4,9 @@ The protocol work is done by the sans-IO modules of this package (`packet`, `rtc
 `dtmf`, `pcap`); this module owns the sockets and the asyncio glue.
 
 I/O model: `start()` (synchronous) binds non-blocking UDP sockets, so the bound port is known
-before any frame flows (the `bound_port` attribute and an `rtp-bound` bus message). `run_io()`
+before any frame flows (the `bound_port` attribute and an `rtp-bound` bus message). A port
+pair reserved ahead with `reserve_port` (a sip_endpoint does so for the port its SDP offer
+names) is taken as bound, not bound again: no other process can take it in between. `run_io()`
 registers them with `loop.add_reader` and reads a datagram per readiness callback: no
 task or queue per packet. Sending is a direct non-blocking `sendto` from the socket we receive
 on (symmetric RTP, RFC 4961). The node is clocked only to run its timers (RTP timeout, RTCP
@@ -71,6 +73,72 @@ STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000, 1), 8: ("pcma", 8000, 1), 9: ("g722", 
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
 _UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 _MAX_DATAGRAM = 65535
+
+
+# ---- ports reserved ahead (docs/sip.md, "RTP ports") ------------------------------------
+class PortReservation:
+    """A UDP port pair bound ahead for the `rtp_session` that will bind it: a SIP offer
+    names the port before the call graph starts, and a port merely tested and closed could
+    be taken meanwhile by another process (a second `pipeline call`). `rtp_session` takes
+    the sockets instead of binding again; `release_port` closes them if it never did."""
+
+    __slots__ = ("ip", "port", "rtp", "rtcp", "taken")
+
+    def __init__(self, ip: str, port: int, rtp: socket.socket,
+                 rtcp: socket.socket | None) -> None:
+        self.ip, self.port, self.rtp, self.rtcp = ip, port, rtp, rtcp
+        self.taken = False
+
+
+_reserved: dict[tuple[str, int], PortReservation] = {}
+
+
+def reserve_port(ip: str, port: int) -> PortReservation | None:
+    """Bind UDP `port` and `port + 1` (RTCP) on `ip` and hold them for the rtp_session
+    that binds `ip:port`; None when either is taken (nothing is held then)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    socks: list[socket.socket] = []
+    try:
+        for p in (port, port + 1):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.setblocking(False)
+            s.bind((ip, p))
+    except OSError:
+        for s in socks:
+            s.close()
+        return None
+    held = _reserved[(ip, port)] = PortReservation(ip, port, socks[0], socks[1])
+    return held
+
+
+def release_port(held: PortReservation) -> None:
+    """Close a reservation that no rtp_session took (the call ended before its call graph
+    started, or the graph binds the port otherwise); nothing once it was taken."""
+    if _reserved.get((held.ip, held.port)) is held:
+        del _reserved[(held.ip, held.port)]
+    if not held.taken:
+        held.taken = True  # closed: never closed twice, never handed over
+        for s in (held.rtp, held.rtcp):
+            if s is not None:
+                s.close()
+
+
+def reserved_ports() -> list[tuple[str, int]]:
+    """The (ip, port) pairs held for an rtp_session now (tests check none is left)."""
+    return list(_reserved)
+
+
+def _take_reserved(ip: str, port: int) -> PortReservation | None:
+    held = _reserved.pop((ip, port), None)
+    if held is None:
+        # Held under another name of the address (0.0.0.0, the host's name for it): this
+        # process reserved it for a call graph that binds it so; free it for the bind.
+        for other in [h for (_, p), h in _reserved.items() if p == port]:
+            release_port(other)
+        return None
+    held.taken = True
+    return held
 
 
 class SessionCounters:
@@ -290,6 +358,13 @@ class RtpSession(Node):
                 raise
             return s
 
+        held = _take_reserved(self.local_ip, self.local_port) if self.local_port else None
+        if held is not None:  # bound ahead for us (a SIP offer named the port): take it
+            if self.rtcp:
+                return held.rtp, held.rtcp
+            if held.rtcp is not None:
+                held.rtcp.close()
+            return held.rtp, None
         try:
             if not self.rtcp:
                 return udp(self.local_port), None

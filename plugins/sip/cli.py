@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,8 @@ from .dns import check_servers
 from .locate import is_ip
 from .nodes import _DTMF, DEFAULT_CODECS, example_call_values
 from .uri import SipUri
+
+log = logging.getLogger("plugins.sip.cli")
 
 SHUTDOWN_GRACE = 5.0  # seconds between the first signal and a forced stop
 SERVER_GC_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
@@ -182,27 +187,65 @@ def _check_codecs(codecs: list[str]) -> None:
                          "codec too", hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
 
 
-def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str]) -> None:
+@contextlib.contextmanager
+def _no_sound_devices() -> Iterator[None]:
+    """Sound devices as a stand-in that has every name and takes every setting, so the
+    pre-dial check touches no hardware (PortAudio is not even loaded) and passes on a
+    machine without a sound card: the call graph opens its devices when it starts, and a
+    missing one is reported then, as `its call graph did not start: ...`."""
+    from pipeline import devices
+
+    def find_device(spec: Any, direction: str, param: str = "device") -> Any:
+        name = "default" if spec is None or str(spec).strip() == "" else str(spec)
+        return devices.DeviceInfo(0, name, "stand-in", 64, 64, 48000, 0.01)
+
+    saved = devices.find_device, devices.check_settings
+    devices.find_device = find_device
+    devices.check_settings = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        devices.find_device, devices.check_settings = saved
+
+
+def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
+                     say: Callable[[str], None] | None = None) -> list[str]:
     """Load and negotiate the call graph as `validate --call` does, with the values a call
-    with each offered audio codec would give: a mistake in it is found before dialling,
-    not after the far end has answered (the call is then hung up at once)."""
+    with each offered audio codec would give, before dialling (not after the far end has
+    answered, when the call is hung up at once). The offered codecs the graph works with
+    are returned, in order (telephone-event and codecs not checked stay): a codec it
+    fails with is not offered, as a pjsua without a codec does not offer it, and `say` is
+    told why; when it fails with every one, the first's error is raised."""
     from pipeline.loader import load_graph
     from pipeline.registry import get_registry
 
     registry = get_registry()
-    checked: list[str] = []
-    for name in (str(c).lower() for c in codecs):
-        info = registry.codecs.get(name)
-        if name in checked or info is None or info.encoder_kind not in registry.node_types \
-                or info.decoder_kind not in registry.node_types:
-            continue  # telephone-event, or a codec the endpoint would not offer
-        try:
-            load_graph(path, overrides, call=example_call_values(name)).prepare()
-        except GraphError as e:
-            if checked:  # it works for the first codec: say which call it fails in
-                e.message += f" (in a call with codec {name})"
-            raise
-        checked.append(name)
+    failed: dict[str, GraphError] = {}
+    ok: set[str] = set()
+    with _no_sound_devices():
+        for name in dict.fromkeys(str(c).lower() for c in codecs):
+            info = registry.codecs.get(name)
+            if info is None or info.encoder_kind not in registry.node_types \
+                    or info.decoder_kind not in registry.node_types:
+                continue  # telephone-event, or a codec the endpoint would not offer
+            try:
+                load_graph(path, overrides, call=example_call_values(name)).prepare()
+            except GraphError as e:
+                failed[name] = e
+            else:
+                ok.add(name)
+    if failed and not ok:
+        first_name, first = next(iter(failed.items()))
+        if len(failed) > 1 and any(e.message != first.message for e in failed.values()):
+            first.message += f" (in a call with codec {first_name}; no offered codec works)"
+        if first.message.startswith("unknown call value '${call.video_"):
+            first.hint = ("pipeline call offers audio only: ${call.video_*} values come "
+                          "with a video call (a sip_endpoint with video: true)")
+        raise first
+    if failed and say is not None:
+        for name, e in failed.items():
+            say(f"not offering {name}: the call graph fails with it: {e}")
+    return [c for c in codecs if str(c).lower() not in failed]
 
 
 def _failure(uri: str, messages: list[Any], duration: float | None,
@@ -224,15 +267,16 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
     where = f"{target.host}:{target.port}" if target.port else target.host
     secs = f"{duration if duration is not None and status == 487 else round(elapsed):g} s"
     listening = "is a SIP server listening there?"
-    if status == 408 and not rang:  # RFC 3261 Timer B: not even a 100 Trying came
+    longer = "give it longer with --duration" if status == 487 and duration is not None \
+        else None
+    # call-trying: some 1xx (100 Trying at least) came, so a SIP server is there
+    tried = any(m.name == "call-trying" for m in messages)
+    if status in (408, 487) and not rang and not tried:  # Timer B, or cancelled unheard
         return CallFailed(f"{failed}: no response from {where} within {secs}", hint=listening)
-    if status == 487 and not rang:  # cancelled (--duration, a signal) before any ringing
-        return CallFailed(f"{failed}: no answer and no ringing from {where} within {secs}",
-                          hint=listening)
+    if status in (408, 487) and not rang:  # only 100 Trying: it took the call, never rang
+        return CallFailed(f"{failed}: no answer from {where} within {secs}", hint=longer)
     if status in (408, 487):
-        return CallFailed(f"{failed}: it rang but nobody answered within {secs}",
-                          hint="give it longer with --duration" if status == 487
-                          and duration is not None else None)
+        return CallFailed(f"{failed}: it rang but nobody answered within {secs}", hint=longer)
     return CallFailed(f"{failed}: {reason}")  # (a peer's status is in its reason already)
 
 
@@ -254,7 +298,17 @@ def call(args: argparse.Namespace) -> int:
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                              codecs=codecs or None, dns_servers=servers or None)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
-    check_call_graph(args.graph, overrides, codecs or DEFAULT_CODECS)
+    # A codec the graph cannot take is left out of the offer: said when --codecs named it,
+    # quietly (-v logs it) for the default list, most of whose codecs a graph written for
+    # one (a pcmu_decoder, not ${call.decoder}) does not take.
+    offered = codecs or DEFAULT_CODECS
+    say = (lambda line: print(f"pipeline: warning: {line}", file=sys.stderr)) if codecs \
+        else log.info
+    usable = check_call_graph(args.graph, overrides, offered, say=say)
+    if usable != offered:
+        graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
+                                 codecs=usable, dns_servers=servers or None)
+        graph.validate_nodes()
     started = time.monotonic()
     result = run_coroutine(_run(graph, None))
     if not any(m.name == "call-established" for m in result.messages):

@@ -9,7 +9,8 @@ the part, or shutdown. A re-INVITE that changes the media (hold, codec, address)
 part with the new values.
 
 Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip-registered``,
-``sip-registration-failed``, ``sip-unregistered``, ``call-incoming``, ``call-ringing``,
+``sip-registration-failed``, ``sip-unregistered``, ``call-incoming``, ``call-trying`` (the
+first provisional response, any 1xx, to an INVITE of ours: once per call), ``call-ringing``,
 ``call-early-media`` (an outgoing call's 18x brought an SDP answer: its part starts then,
 so the caller hears a gateway's ringback or announcement), ``call-established``,
 ``call-updated``, ``call-ended``, ``dtmf``, ``refer``, ``transfer-progress``,
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import random
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from pipeline.errors import PipelineError
 from pipeline.node import Node
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
+from plugins.rtp.nodes import release_port, reserve_port
 
 from . import ua as sipua
 from .dns import ServerLocator, check_servers
@@ -58,6 +60,21 @@ log = logging.getLogger("plugins.sip")
 DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event"]
 _BIND_TRIES = 3  # RTP ports tried for an incoming call whose call graph cannot bind
 _DTMF = "telephone-event"  # RFC 4733: no codec nodes, the rtp_session sends and reads it
+
+
+def written_map(mapping: Any) -> dict[Any, Any]:
+    """A map from the YAML (`call_graph_params`, `users`) whose plain scalars keep the text
+    they were written as: `{d: 0123}` gives a `Written` ("0123", value 83), so a text
+    parameter of the call graph gets "0123", as `-p d=0123` gives it; keys YAML typed
+    (`{0123: pw}`) are their text."""
+    from pipeline.loader import Written
+
+    if not mapping:
+        return {}
+    texts = getattr(mapping, "texts", {})
+    keys = getattr(mapping, "key_texts", {})
+    return {keys.get(k, k): Written(texts[k], v) if k in texts else v
+            for k, v in mapping.items()}
 
 
 def sdp_codec(info: Any) -> Codec:
@@ -162,27 +179,43 @@ def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
 
 class PortAllocator:
     """Even RTP ports from a range (RTCP takes port + 1), handed out round robin so a port
-    just released (its sockets may still be closing) is the last to come back.
+    just released (its sockets may still be closing) is the last to come back: answers
+    from the bottom of the range, offers from a random start (two processes on one range,
+    two `pipeline call`s, rarely offer the same port first).
 
     `allocate(check=False)` trusts the range (no system calls: the call graph binds the
     port once, and the caller retries on another port if that bind fails);
-    `allocate(check=True)` first test-binds the pair, for an SDP offer that cannot be
-    taken back."""
+    `allocate(check=True)` is for an SDP offer, which names the port before the call graph
+    starts: it binds the pair and holds the sockets (`plugins.rtp.nodes.reserve_port`)
+    until the call's rtp_session takes them, so no other process can take the port in
+    between. `unhold` drops a reservation the call graph did not take, `release` frees the
+    port (and any reservation still held)."""
 
     def __init__(self, text: str, host: str) -> None:
         lo, _, hi = text.partition("-")
         self.lo, self.hi = int(lo), int(hi or lo)
         self.host = host
         self.in_use: set[int] = set()
-        self._next = self.lo + (self.lo & 1)
+        self.held: dict[int, Any] = {}  # port -> its PortReservation, until taken or dropped
+        first = self._next = self.lo + (self.lo & 1)
+        self._next_offer = first + 2 * random.randrange((self.hi - first) // 2 + 1)
 
     def allocate(self, check: bool = True) -> int:
         span = (self.hi - self.lo) // 2 + 1
         for _ in range(span):
-            port = self._next
-            self._next = port + 2 if port + 2 <= self.hi else self.lo + (self.lo & 1)
-            if port in self.in_use or (check and not self.is_free(port)):
+            port = self._next_offer if check else self._next
+            after = port + 2 if port + 2 <= self.hi else self.lo + (self.lo & 1)
+            if check:
+                self._next_offer = after
+            else:
+                self._next = after
+            if port in self.in_use:
                 continue
+            if check:
+                held = reserve_port(self.host, port)
+                if held is None:
+                    continue
+                self.held[port] = held
             self.in_use.add(port)
             return port
         raise PipelineError(f"RTP port range {self.lo}-{self.hi} has no free port pair",
@@ -190,22 +223,26 @@ class PortAllocator:
 
     def is_free(self, port: int) -> bool:
         """Whether `port` and `port + 1` can be bound now (UDP)."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        socks = []
-        try:
-            for p in (port, port + 1):
-                s = socket.socket(family, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((self.host, p))
-        except OSError:
+        held = reserve_port(self.host, port)
+        if held is None:
             return False
-        finally:
-            for s in socks:
-                s.close()
+        release_port(held)
         return True
 
+    def unhold(self, port: int) -> None:
+        """Close `port`'s reservation unless an rtp_session took it; the port stays ours."""
+        held = self.held.pop(port, None)
+        if held is not None:
+            release_port(held)
+
     def release(self, port: int) -> None:
+        self.unhold(port)
         self.in_use.discard(port)
+
+    def close(self) -> None:
+        """Drop every reservation still held (the endpoint stops)."""
+        for port in list(self.held):
+            self.unhold(port)
 
 
 class SipEndpoint(Node):
@@ -385,7 +422,10 @@ class SipEndpoint(Node):
         self.ua = sipua.UserAgent(sipua.UaConfig(
             listeners, [codec for codec, _ in usable], user=self.user, password=self.password,
             registrar=self.registrar, realm=self.realm, register_expires=self.register_expires,
-            users=dict(self.users or {}), max_calls=self.max_calls, media_ip=media_ip,
+            # names and passwords as written (alice: 0123 is "0123", not the octal 83)
+            users={str(k): v if v is None else str(v)
+                   for k, v in written_map(self.users).items()},
+            max_calls=self.max_calls, media_ip=media_ip,
             ptime_ms=self.ptime_ms, rate_limit=self.rate_limit, ring=self.ring,
             video_codecs=[video_codec(str(n)) for n in self.video_codecs or ()]
             if self.video else (),
@@ -446,6 +486,7 @@ class SipEndpoint(Node):
             self._detach(call_id)
         if self.graph is not None and self._on_bus in self.graph.listeners:
             self.graph.listeners.remove(self._on_bus)
+        self.ports.close()  # offered ports whose call graph never started
         self.locator.close()
         self.transport.close()
         self.transport = None
@@ -607,6 +648,9 @@ class SipEndpoint(Node):
             if not events:
                 return
             self.locator.poll()  # names to locate (RFC 3263): asked for by the UA
+            if self.ua.trying:
+                for call, status in self.ua.take_trying():
+                    self.post("call-trying", call_id=call.call_id, status=status)
             event = self.ua.next_event()
             if event is None:
                 return
@@ -759,6 +803,17 @@ class SipEndpoint(Node):
         return referring[0]
 
     def _attach(self, call: sipua.Call, media: NegotiatedMedia) -> None:
+        # The ports our SDP named were held since (PortAllocator): the audio pair goes to
+        # the part's rtp_session as bound sockets; the video port's node binds it itself,
+        # so it is freed right before, in the same loop turn.
+        if call.video_port:
+            self.ports.unhold(call.video_port)
+        try:
+            self._attach_part(call, media)
+        finally:  # not taken (no rtp_session on it, or the part failed): not held for good
+            self.ports.unhold(call.rtp_port)
+
+    def _attach_part(self, call: sipua.Call, media: NegotiatedMedia) -> None:
         if self.call_graph is None:
             return  # signalling only: nothing to run
         from pipeline.loader import add_part
@@ -767,7 +822,8 @@ class SipEndpoint(Node):
                              rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
         prefix = f"call-{call.number}/"
         names = add_part(self.graph, str(self.call_graph), prefix, call=values,
-                         overrides=dict(self.call_graph_params or {}), registry=self.registry)
+                         overrides=written_map(self.call_graph_params),
+                         registry=self.registry)
         room = self._room()
         if room is not None:
             # Name the room's tracks after the far party before the part joins the room.

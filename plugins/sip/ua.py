@@ -281,6 +281,7 @@ class Call:
     rtp_port: int = 0
     video_port: int = 0  # 0: no video stream of ours
     provisional: bool = False
+    responded: bool = False  # UAC: a 1xx came to our INVITE (see UserAgent.take_trying)
     cancel_pending: bool = False
     ack: SipRequest | None = None
     # UAS 2xx retransmission (13.3.1.4): response bytes, next time, interval, give-up time,
@@ -396,6 +397,11 @@ class UserAgent(RegistrationClient, ReferAgent):
         self._contacts: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
         self._events: deque[UaEvent] = deque()
+        # Outgoing calls whose INVITE got its first provisional response (any 1xx, 100
+        # Trying included; once per call) and the status: a server handles the call,
+        # whether or not it ever rings. Kept apart from the events (`take_trying`), which
+        # report what changes a call's state.
+        self.trying: list[tuple[Call, int]] = []
         self._owners: dict[ClientTransaction, tuple[str, object]] = {}
         self._limiter = _RateLimiter(config.rate_limit, config.rate_burst)
         self._calls_made = 0
@@ -427,6 +433,12 @@ class UserAgent(RegistrationClient, ReferAgent):
         out = []
         for transport, layer in self.layers.items():
             out.extend((transport, data, addr) for data, addr in layer.datagrams_to_send())
+        return out
+
+    def take_trying(self) -> list[tuple[Call, int]]:
+        """The outgoing calls whose INVITE got its first provisional response since the
+        last call, each with that response's status (once per call)."""
+        out, self.trying = self.trying, []
         return out
 
     def next_event(self) -> UaEvent | None:
@@ -945,6 +957,9 @@ class UserAgent(RegistrationClient, ReferAgent):
         invite = tx.request
         if code < 200:
             call.provisional = True  # any 1xx, 100 included, allows a CANCEL (9.1)
+            if not call.responded:
+                call.responded = True
+                self.trying.append((call, code))
             if call.cancel_pending:
                 call.cancel_pending = False
                 self._send_cancel(call, tx, now)
