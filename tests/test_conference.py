@@ -310,6 +310,65 @@ def test_a_participant_running_ahead_keeps_bounded_latency():
     assert stats["drops"] >= 1
 
 
+def click_db(x: np.ndarray, freq: float, rate: int = RATE, band: float = 500.0) -> np.ndarray:
+    """Per 32 ms block (Hann, half overlap): the energy further than `band` from the tone,
+    relative to a steady block of the tone (the median), in dB, as tests/test_mixer.py
+    measures: a step or a cut in a tone is broadband, a smooth splice is not."""
+    block = int(round(0.032 * rate))
+    x = np.asarray(x, np.float64)
+    starts = np.arange(0, len(x) - block, block // 2)
+    spec = np.abs(np.fft.rfft(x[starts[:, None] + np.arange(block)] * np.hanning(block),
+                              axis=1)) ** 2
+    far = np.abs(np.fft.rfftfreq(block, 1 / rate) - freq) > band
+    return 10 * np.log10(spec[:, far].sum(axis=1) / np.median(spec.sum(axis=1)) + 1e-30)
+
+
+def test_a_participant_on_a_fast_clock_is_trimmed_without_clicks():
+    # +3000 ppm for a minute (a sender's fast clock), a 440 Hz tone whose cycle is not a
+    # whole number of samples. Trimmed by a plain cut of the excess, each trim was a step
+    # (-35 dB broadband); spliced where the tone matches, as the mixer does, under -70 dB.
+    room = Room(ins=(0, 1), outs=(1,), gate=False)
+    node = room.node
+    fifo = node.by_number[0].fifo
+    sent = most = 0
+    for t in range(3000):
+        due = int(round((t + 1) * N * 1.003))
+        room.step({0: tone(440, 0.5, sent, due - sent), 1: np.zeros(N, np.int16)})
+        sent = due
+        most = max(most, len(fifo))
+    # The bound on its delay: never more than 6 periods (120 ms) buffered, the one just
+    # mixed and 5 in its FIFO; and every sample sent was heard, is still buffered, or is
+    # counted as trimmed (no other delay or loss).
+    stats = node.stats()
+    assert most <= 5 * N
+    assert stats["trimmed_samples"] == sent - 3000 * N - len(fifo)
+    assert stats["underruns"] == 0 and node.trims >= 5
+    assert stats["drops"] == node.trims == node.by_number[0].drops
+    y = room.audio(1)
+    assert len(y) == 3000 * N
+    clicks = click_db(y[RATE // 10:], 440)  # past the join ramp (5 ms up from silence)
+    assert clicks.max() < -70.0, f"a trim clicks: {clicks.max():.1f} dB"
+
+
+def test_a_burst_on_time_is_cut_after_the_period_already_taken():
+    # The period's first frame goes straight into the mixer row (the FIFO was empty), the
+    # burst's other seven into the FIFO: the cut is in the FIFO, whose head continues that
+    # row, so the splice cross-fades from the head and nothing steps. A plain cut: -16 dB.
+    room = Room(ins=(0, 1), outs=(1,), gate=False)
+    node = room.node
+    fifo = node.by_number[0].fifo
+    pos = 0
+    for t in range(200):
+        for _ in range(8 if t == 100 else 1):
+            node.process("in_0", AudioFrame(tone(440, 0.5, pos)[:, None], RATE, pos))
+            pos += N
+        room.step({1: np.zeros(N, np.int16)})
+    assert node.trims >= 1 and len(fifo) <= 5 * N
+    assert node.stats()["trimmed_samples"] == pos - 200 * N - len(fifo)
+    clicks = click_db(room.audio(1)[RATE // 10:], 440)
+    assert clicks.max() < -70.0, f"the trim clicks: {clicks.max():.1f} dB"
+
+
 def test_frames_of_many_periods_lose_no_audio():
     # A jitter buffer releases one frame per ptime whatever the room's period: 120 ms frames
     # into a 10 ms room come once every 12 periods, each twice the 6-period bound.

@@ -30,7 +30,7 @@ from pipeline.node import Node, Port
 from pipeline.params import Decibels, Duration, Param, ParamValueError, shown
 from pipeline.params import Path as PathType
 
-from ..mixer.fifo import SampleFifo
+from ..mixer.fifo import SPLICE_FADE_S, SPLICE_SEARCH_S, SampleFifo
 from .mixing import UNITY, MixMinus, gain_to_q12
 from .recording import FLAC_MAX_CHANNELS, RoomRecorder, planned_paths
 from .shared import FLAG_SHARED
@@ -203,6 +203,9 @@ class ConferenceBridge(Node):
         self.n = self._clock.most  # buffers are sized for the longest period
         self.m = self._clock.due()  # samples in the period now being filled
         self._max_buffer = MAX_BUFFER_PERIODS * self.n
+        # A trim cuts where the audio matches, cross-faded, as the mixer's does (in samples).
+        self._fade = max(1, int(round(SPLICE_FADE_S * self.rate)))
+        self._search = max(1, int(round(SPLICE_SEARCH_S * self.rate)))
         self.pts = 0
         self.core = MixMinus(self.n, max(4, len(self.linked_inputs) + 1),
                              int(round(self.rate * self.ramp_ms / 1000)))
@@ -466,10 +469,23 @@ class ConferenceBridge(Node):
         excess = len(fifo) + (self.m if p.filled_at == gen else 0) \
             - max(self._max_buffer, 2 * shape[0])
         if excess > 0:
-            fifo.pop(excess)
-            p.drops += 1
-            self.trims += 1
-            self.trimmed_samples += excess
+            self._trim(p, fifo, excess)
+
+    def _trim(self, p: Participant, fifo: SampleFifo, excess: int) -> None:
+        """Cut at least `excess` samples from the head of `p`'s FIFO, and up to `_search`
+        more, where the audio after the cut matches the head, cross-faded over `_fade`
+        (`SampleFifo.splice_out`): a plain cut of a tone clicks (-35 dB broadband). The head
+        is what plays next: it continues the audio taken last, from the FIFO or put straight
+        into the mixer row this period (only when the FIFO was empty), so the fade keeps it
+        whole. A FIFO too short to search (a very short period) is cut plainly."""
+        search, fade = self._search, self._fade
+        if len(fifo) >= excess + search + 2 * fade:
+            cut = fifo.splice_out(excess, excess + search, fade)
+        else:
+            cut = fifo.pop(excess).shape[0]
+        p.drops += 1
+        self.trims += 1
+        self.trimmed_samples += cut  # what was cut, not the excess: counts stay exact
 
     def _drop(self, p: Participant | None) -> None:
         self.dropped_frames += 1

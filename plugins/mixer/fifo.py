@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+SPLICE_FADE_S = 0.005  # the cross-fade where audio is cut out of an input running ahead
+SPLICE_SEARCH_S = 0.015  # where the cut may fall: a pitch period of a voice down to 67 Hz
+
 
 def match(span: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Normalised cross-correlation of `ref` (k, channels) against every k-sample window of

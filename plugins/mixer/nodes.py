@@ -12,13 +12,11 @@ from pipeline.frames import AudioFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param
 
-from .fifo import SampleFifo, match
+from .fifo import SPLICE_FADE_S, SPLICE_SEARCH_S, SampleFifo, match
 
 # numpy scalars: with Python ints np.clip builds iinfo() limits on every call (~5 us).
 _I16_MIN, _I16_MAX = np.int32(-32768), np.int32(32767)
 DEFAULT_LATENCY_PERIODS = 6  # max_latency's default, as the conference bridge's bound
-SPLICE_FADE_S = 0.005  # the cross-fade where audio is cut out of an input running ahead
-SPLICE_SEARCH_S = 0.015  # where the cut may fall: a pitch period of a voice down to 67 Hz
 LONGEST_FRAME_S = 0.12  # frames up to this long (RTP's longest usual ptime) get room for two
 
 
