@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_sip_endpoint import CALLER_GRAPH, Endpoint, server_yaml
+from test_sip_endpoint import (  # noqa: F401 (an autouse fixture: no port left held)
+    CALLER_GRAPH,
+    Endpoint,
+    no_port_left_reserved,
+    server_yaml,
+)
 
 from pipeline.cli import main
 from pipeline.errors import GraphError

@@ -887,6 +887,7 @@ def test_a_reserved_port_pair_is_taken_as_bound_not_bound_again() -> None:
 
     port = free_pair()
     held = reserve_port("127.0.0.1", port)
+    held.ready = True  # its call graph starts now (sip_endpoint: PortAllocator.ready)
     node = RtpSession(codec="pcmu", local_ip="127.0.0.1", local_port=port, rtcp=True)
     rtp, rtcp = node._bind()
     assert (rtp, rtcp) == (held.rtp, held.rtcp) and reserved_ports() == []
@@ -897,10 +898,37 @@ def test_a_reserved_port_pair_is_taken_as_bound_not_bound_again() -> None:
     # without RTCP the held port + 1 is closed; under another name of the address the
     # reservation is freed, then bound as usual
     held = reserve_port("127.0.0.1", port)
+    held.ready = True
     rtp, rtcp = RtpSession(codec="pcmu", local_ip="127.0.0.1", local_port=port)._bind()
     assert rtp is held.rtp and rtcp is None and held.rtcp.fileno() == -1
     rtp.close()
     held = reserve_port("127.0.0.1", port)
+    held.ready = True
     rtp, _ = RtpSession(codec="pcmu", local_ip="0.0.0.0", local_port=port)._bind()
     assert rtp is not held.rtp and held.rtp.fileno() == -1 and reserved_ports() == []
     rtp.close()
+
+
+def test_a_port_reserved_for_another_call_graph_is_neither_taken_nor_freed() -> None:
+    """Two sip_endpoints in one process (a transfer test, a server with two): one holds
+    the port its offer named while the other answers a call on the same port. The
+    answering rtp_session took the held sockets (the offering call's rtp_session then
+    failed to bind at its answer), or, under another address name, closed them."""
+    from pipeline.errors import PipelineError
+    from plugins.rtp.nodes import RtpSession, release_port, reserve_port, reserved_ports
+
+    port = next(p for p in range(37100, 37998, 2)
+                if (h := reserve_port("127.0.0.1", p)) is not None and release_port(h) is None)
+    held = reserve_port("127.0.0.1", port)  # not ready: its call graph is not starting
+    with pytest.raises(PipelineError, match=f"cannot bind 127.0.0.1:{port}"):
+        RtpSession(codec="pcmu", local_ip="127.0.0.1", local_port=port, rtcp=True)._bind()
+    assert held.rtp.fileno() >= 0 and not held.taken
+    with pytest.raises(PipelineError, match="cannot bind"):
+        RtpSession(codec="pcmu", local_ip="0.0.0.0", local_port=port)._bind()
+    assert held.rtp.fileno() >= 0 and reserved_ports() == [("127.0.0.1", port)]
+    held.ready = True  # now its own call graph starts: taken
+    rtp, rtcp = RtpSession(codec="pcmu", local_ip="127.0.0.1", local_port=port,
+                           rtcp=True)._bind()
+    assert (rtp, rtcp) == (held.rtp, held.rtcp) and reserved_ports() == []
+    rtp.close()
+    rtcp.close()

@@ -37,6 +37,7 @@ from pipeline.testing import dominant_frequency, read_wav
 from plugins.codecs.base import CodecInfo, Decoder, Encoder
 from plugins.codecs.g711 import G711Decoder, G711Encoder
 from plugins.codecs.nodes import PcmuDecoder, PcmuEncoder
+from plugins.rtp.nodes import reserved_ports
 from plugins.rtp.payload import PayloadFormat
 from plugins.sip.message import SipMessage, StreamFramer
 
@@ -46,6 +47,15 @@ get_registry().register(plugins.rtp, "plugins.rtp")
 
 WAIT = 15.0  # upper bound for anything to happen; tests finish far sooner
 ECHO = ROOT / "graphs" / "calls" / "echo.yaml"
+
+
+@pytest.fixture(autouse=True)
+def no_port_left_reserved():
+    """Every call's held RTP ports are given back (docs/sip.md "RTP ports"): no test leaves
+    a reservation, open sockets, behind for the next one to trip over."""
+    yield
+    assert reserved_ports() == []
+
 
 CALLER_GRAPH = """
 nodes:
@@ -1108,3 +1118,65 @@ def test_users_names_and_passwords_are_text_as_written():
         await server.stop()
 
     asyncio.run(main())
+
+
+def test_an_answer_on_a_port_another_endpoint_holds_takes_the_next_port(tmp_path, monkeypatch):
+    # Two endpoints of one process on one range: the caller holds 34200 for its offer while
+    # the server answers from the bottom, 34200. The server's rtp_session took the caller's
+    # held sockets, so the caller's own rtp_session then failed to bind at the answer.
+    from plugins.rtp.nodes import reserved_ports
+
+    monkeypatch.setattr("plugins.sip.nodes.random.randrange", lambda n: 0)
+
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        fds = _open_fds()
+        server = Endpoint(server_yaml().replace("32000-32999", "34200-34203"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      extra="    hangup_after: 1.2s")
+                          .replace("33000-33999", "34200-34203"))
+        await caller.result()
+        assert caller.names("call-established") and not caller.names("error"), \
+            caller.messages
+        assert not server.names("error"), server.messages
+        await until(lambda: server.part_nodes() == [], "the server's call graph to go")
+        await server.stop()
+        assert reserved_ports() == []
+        await asyncio.sleep(0.1)
+        return fds
+
+    fds = asyncio.run(main())
+    assert _open_fds() <= fds
+    check_tone(tmp_path, 1.2)
+
+
+def test_a_call_whose_offered_port_was_taken_closes_every_socket_through_a_rebuild(tmp_path):
+    # The caller's part took its held sockets; the far end puts it on hold, so that part is
+    # rebuilt (its rtp_session closes, a new one binds the same port): nothing stays open.
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        fds = _open_fds()
+        server = Endpoint(server_yaml())
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml"))
+        est = await caller.wait("call-established")
+        incoming = await server.wait("call-established")
+        offered = caller.node.ua.calls[est.data["call_id"]].rtp_port
+        server.node.hold(incoming.data["call_id"])
+        up = await caller.wait("call-updated")
+        assert up.data["direction"] == "recvonly"
+        await until(lambda: (caller.node.part_values.get(est.data["call_id"]) or {})
+                    .get("direction") == "recvonly", "the caller's rebuilt call graph")
+        assert caller.graph.nodes["call-1/rtp"].bound_port == offered
+        assert reserved_ports() == []
+        caller.node.hangup(est.data["call_id"])
+        await caller.result()
+        await server.wait("call-ended")
+        await until(lambda: server.part_nodes() == [], "the server's call graph to go")
+        await server.stop()
+        await asyncio.sleep(0.1)
+        return fds
+
+    fds = asyncio.run(main())
+    assert _open_fds() <= fds

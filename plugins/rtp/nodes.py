@@ -82,12 +82,16 @@ class PortReservation:
     be taken meanwhile by another process (a second `pipeline call`). `rtp_session` takes
     the sockets instead of binding again; `release_port` closes them if it never did."""
 
-    __slots__ = ("ip", "port", "rtp", "rtcp", "taken")
+    __slots__ = ("ip", "port", "rtp", "rtcp", "taken", "ready")
 
     def __init__(self, ip: str, port: int, rtp: socket.socket,
                  rtcp: socket.socket | None) -> None:
         self.ip, self.port, self.rtp, self.rtcp = ip, port, rtp, rtcp
         self.taken = False
+        # Set only while the call graph it is held for starts: any other rtp_session of the
+        # process (another endpoint's call answered on that port) must not take the sockets
+        # nor free them, but fail to bind as it would on another program's port.
+        self.ready = False
 
 
 _reserved: dict[tuple[str, int], PortReservation] = {}
@@ -95,7 +99,8 @@ _reserved: dict[tuple[str, int], PortReservation] = {}
 
 def reserve_port(ip: str, port: int) -> PortReservation | None:
     """Bind UDP `port` and `port + 1` (RTCP) on `ip` and hold them for the rtp_session
-    that binds `ip:port`; None when either is taken (nothing is held then)."""
+    that binds `ip:port` once `ready` is set (while its call graph starts); None when either
+    is taken (nothing is held then)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     socks: list[socket.socket] = []
     try:
@@ -130,13 +135,16 @@ def reserved_ports() -> list[tuple[str, int]]:
 
 
 def _take_reserved(ip: str, port: int) -> PortReservation | None:
-    held = _reserved.pop((ip, port), None)
+    held = _reserved.get((ip, port))
     if held is None:
         # Held under another name of the address (0.0.0.0, the host's name for it): this
         # process reserved it for a call graph that binds it so; free it for the bind.
-        for other in [h for (_, p), h in _reserved.items() if p == port]:
+        for other in [h for (_, p), h in _reserved.items() if p == port and h.ready]:
             release_port(other)
         return None
+    if not held.ready:
+        return None  # held for a call graph not starting now: the bind fails, as it should
+    del _reserved[(ip, port)]
     held.taken = True
     return held
 

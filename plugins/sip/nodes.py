@@ -188,8 +188,9 @@ class PortAllocator:
     `allocate(check=True)` is for an SDP offer, which names the port before the call graph
     starts: it binds the pair and holds the sockets (`plugins.rtp.nodes.reserve_port`)
     until the call's rtp_session takes them, so no other process can take the port in
-    between. `unhold` drops a reservation the call graph did not take, `release` frees the
-    port (and any reservation still held)."""
+    between. `ready` lets the call graph starting now (and only it) take the reservation,
+    `unhold` drops a reservation the call graph did not take, `release` frees the port (and
+    any reservation still held)."""
 
     def __init__(self, text: str, host: str) -> None:
         lo, _, hi = text.partition("-")
@@ -228,6 +229,12 @@ class PortAllocator:
             return False
         release_port(held)
         return True
+
+    def ready(self, port: int) -> None:
+        """Let the call graph starting now take `port`'s reservation (and no other)."""
+        held = self.held.get(port)
+        if held is not None:
+            held.ready = True
 
     def unhold(self, port: int) -> None:
         """Close `port`'s reservation unless an rtp_session took it; the port stays ours."""
@@ -808,6 +815,7 @@ class SipEndpoint(Node):
         # so it is freed right before, in the same loop turn.
         if call.video_port:
             self.ports.unhold(call.video_port)
+        self.ports.ready(call.rtp_port)
         try:
             self._attach_part(call, media)
         finally:  # not taken (no rtp_session on it, or the part failed): not held for good
