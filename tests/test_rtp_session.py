@@ -932,3 +932,25 @@ def test_a_port_reserved_for_another_call_graph_is_neither_taken_nor_freed() -> 
     assert (rtp, rtcp) == (held.rtp, held.rtcp) and reserved_ports() == []
     rtp.close()
     rtcp.close()
+
+
+def test_a_session_that_cannot_open_its_pcap_leaves_its_port_free(tmp_path) -> None:
+    """A start that fails (its pcap path is under a file) opens no socket: the port is free
+    at once, not when the failed node is collected."""
+    from pipeline.testing import run_graph
+
+    (tmp_path / "file").write_bytes(b"")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    g = Graph("pcap-fails")
+    g.create("rtp_session", "rtp", {"codec": "pcmu", "local_ip": "127.0.0.1",
+                                    "local_port": port,
+                                    "pcap": str(tmp_path / "file" / "x.pcap")})
+    g.create("null_sink", "sink")
+    g.link("rtp", None, "sink", None)
+    with pytest.raises(Exception, match="x.pcap"):
+        run_graph(g, realtime=True)
+    assert g.nodes["rtp"] is not None  # the failed node is still referenced
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # free: nothing of the session holds it

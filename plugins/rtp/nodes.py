@@ -296,7 +296,15 @@ class RtpSession(Node):
             self._loop = None
         # Timers and arrival times read the loop's clock; bound once, read per packet.
         self._now = self._loop.time if self._loop is not None else time.monotonic
-        self._sock, self._rtcp_sock = self._bind()
+        # The capture file first: a bad path fails the start before a socket is open (a
+        # failed node is never stopped, and its sockets would hold the port until collected).
+        self._pcap = PcapWriter(self.pcap) if self.pcap else None
+        try:
+            self._sock, self._rtcp_sock = self._bind()
+        except BaseException:
+            if self._pcap is not None:
+                self._pcap.close()
+            raise
         host, port = self._sock.getsockname()[:2]
         self.bound_port: int = port
         self.rtcp_port: int | None = port + 1 if self._rtcp_sock is not None else None
@@ -327,7 +335,6 @@ class RtpSession(Node):
         self._dtmf_queue: deque[DtmfEvent] = deque()
         self._last_ts: int | None = None  # last audio timestamp sent, and its duration
         self._last_dur = 0
-        self._pcap = PcapWriter(self.pcap) if self.pcap else None
         now = self._now()
         self._last_rx = now
         self._timed_out = False
