@@ -206,6 +206,19 @@ def test_a_183_our_handler_fails_on_cancels_the_invite_and_gives_it_up(monkeypat
 
 
 # ---- through the node: a scripted gateway on 127.0.0.1 ----------------------------------------
+# Our caller: a sip_endpoint whose call graph is `call_graph`.
+ENDPOINT = """
+nodes:
+  sip:
+    type: sip_endpoint
+    listen: udp:127.0.0.1:0
+    user: alice
+    call_graph: {call_graph}
+    codecs: [pcmu, telephone-event]
+    rtp_port_range: 35000-35999
+"""
+
+
 class Gateway:
     """A UDP socket that answers the endpoint's INVITE by hand."""
 
@@ -257,16 +270,7 @@ def test_the_call_graph_starts_on_the_183_and_the_200_keeps_or_rebuilds_it(tmp_p
 
     async def main() -> None:
         gw = Gateway()
-        ep = Endpoint(f"""
-nodes:
-  sip:
-    type: sip_endpoint
-    listen: udp:127.0.0.1:0
-    user: alice
-    call_graph: {tmp_path / "call.yaml"}
-    codecs: [pcmu, telephone-event]
-    rtp_port_range: 35000-35999
-""")
+        ep = Endpoint(ENDPOINT.format(call_graph=tmp_path / "call.yaml"))
         try:
             await ep.port()
             call_id = ep.node.call(f"sip:gw@127.0.0.1:{gw.port}")
@@ -304,16 +308,7 @@ def test_a_failure_after_early_media_removes_the_call_graph(tmp_path):
 
     async def main() -> None:
         gw = Gateway()
-        ep = Endpoint(f"""
-nodes:
-  sip:
-    type: sip_endpoint
-    listen: udp:127.0.0.1:0
-    user: alice
-    call_graph: {tmp_path / "call.yaml"}
-    codecs: [pcmu, telephone-event]
-    rtp_port_range: 35000-35999
-""")
+        ep = Endpoint(ENDPOINT.format(call_graph=tmp_path / "call.yaml"))
         try:
             await ep.port()
             call_id = ep.node.call(f"sip:gw@127.0.0.1:{gw.port}")
@@ -403,18 +398,6 @@ def _response(gw: Gateway, code: int, reason: str, body: bytes = b"",
     if body:
         resp.headers.add("Content-Type", "application/sdp")
     return bytes(resp)
-
-
-ENDPOINT = """
-nodes:
-  sip:
-    type: sip_endpoint
-    listen: udp:127.0.0.1:0
-    user: alice
-    call_graph: {call_graph}
-    codecs: [pcmu, telephone-event]
-    rtp_port_range: 35000-35999
-"""
 
 
 def test_a_new_183_then_the_200_in_one_turn_build_one_part_with_the_200s_values(tmp_path):
