@@ -157,11 +157,12 @@ def test_a_call_that_rings_unanswered_says_so_and_a_signal_only_hangs_up(tmp_pat
 
 
 @pytest.mark.parametrize("codecs, message", [
-    ("g729", "--codecs: unknown codec 'g729' (hint: known: g722, l16, opus, pcma, pcmu, "
+    ("g729", "--codecs: unknown codec 'g729' (hint: known: cn, g722, l16, opus, pcma, pcmu, "
              "telephone-event)"),
-    ("telephone-event", "--codecs: telephone-event carries DTMF digits only, a call needs "
-                        "an audio codec too (hint: add one, e.g. --codecs "
-                        "pcmu,telephone-event)"),
+    ("telephone-event", "--codecs: telephone-event has no audio codec, a call needs one "
+                        "(hint: add one, e.g. --codecs pcmu,telephone-event)"),
+    ("telephone-event,cn", "--codecs: telephone-event,cn has no audio codec, a call needs one "
+                           "(hint: add one, e.g. --codecs pcmu,telephone-event)"),
 ])
 def test_codecs_are_reported_as_the_option(capsys, codecs, message):
     # They were "node 'sip' (sip_endpoint): parameter 'codecs'" and "install the codecs

@@ -717,3 +717,83 @@ a=crypto:4 AES_CM_128_HMAC_SHA1_32 inline:eiKF8L05g39f0SA3tgk169x3qKoy/F4+5bjuwe
 
 PJ_256_80 = "3WBV/rFNYaBgdOVtSfcOyGfGAztJ9xSC/mCG6+XCB7TIVMFaIw3hUEKenxhE6w=="
 PJ_256_32 = "r5ekfb9wJtKrCFIyEF3c0lmvoQx/6TSwoYCV1gNkz5SD+SAThEITbXmLUP5Aiw=="
+
+
+# ---- RFC 3389 comfort noise ------------------------------------------------------------------
+
+
+def test_offer_lists_cn_8000_on_payload_type_13_after_the_codecs() -> None:
+    offer = build_offer([OPUS, PCMU, DTMF, Codec.named("cn")], "192.0.2.1", 5004, session_id=7)
+    media = offer.media[0]
+    assert media.formats == ["96", "0", "97", "13"]
+    assert "a=rtpmap:13 CN/8000\r\n" in str(offer)
+    # listed only when asked for, like telephone-event
+    assert "CN" not in str(build_offer([PCMU, DTMF], "192.0.2.1", 5004))
+
+
+def test_cn_alone_is_not_an_audio_codec() -> None:
+    with pytest.raises(LocalProtocolError, match="at least one audio codec"):
+        build_offer([Codec.named("CN"), DTMF], "192.0.2.1", 5004)
+    with pytest.raises(NegotiationFailed, match="no audio codec in common"):
+        answer(offer_with("13", "a=rtpmap:13 CN/8000\n"), [PCMU, Codec.named("cn")],
+               "192.0.2.2", 6000)
+
+
+def test_answer_keeps_offered_cn_when_we_list_it() -> None:
+    offer = offer_with("0 101 13", "a=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\n"
+                       "a=rtpmap:13 CN/8000\n")
+    sdp, media = answer(offer, [PCMU, DTMF, Codec.named("cn")], "192.0.2.2", 6000)
+    assert sdp.media[0].formats == ["0", "101", "13"]
+    assert "a=rtpmap:13 CN/8000\r\n" in str(sdp)
+    assert media.cn_payload_type == 13
+    assert media.call_params()["cn_payload_type"] == 13
+    # without cn among our codecs the answer drops it
+    sdp, media = answer(offer, [PCMU, DTMF], "192.0.2.2", 6000)
+    assert sdp.media[0].formats == ["0", "101"] and "CN" not in str(sdp)
+    assert media.cn_payload_type is None and media.call_params()["cn_payload_type"] == -1
+
+
+def test_answer_keeps_a_dynamic_cn_payload_type_and_the_static_one_without_rtpmap() -> None:
+    # RFC 3264 section 6.1: the answer keeps the offerer's number, a dynamic one too.
+    offer = offer_with("8 98", "a=rtpmap:8 PCMA/8000\na=rtpmap:98 CN/8000\n")
+    sdp, media = answer(offer, [PCMA, Codec.named("cn")], "192.0.2.2", 6000)
+    assert sdp.media[0].formats == ["8", "98"] and "a=rtpmap:98 CN/8000\r\n" in str(sdp)
+    assert media.cn_payload_type == 98
+    # RFC 3551: 13 is CN/8000 even without an a=rtpmap line
+    sdp, media = answer(offer_with("0 13"), [PCMU, Codec.named("cn")], "192.0.2.2", 6000)
+    assert sdp.media[0].formats == ["0", "13"] and media.cn_payload_type == 13
+
+
+def test_cn_is_agreed_only_at_the_audio_codec_clock_rate() -> None:
+    # RFC 3389 section 5: CN/8000 goes with an 8000 Hz codec, not with opus/48000.
+    offer = offer_with("111 13 99", "a=rtpmap:111 opus/48000/2\na=rtpmap:13 CN/8000\n"
+                       "a=rtpmap:99 CN/48000\n")
+    sdp, media = answer(offer, [OPUS, Codec.named("cn")], "192.0.2.2", 6000)
+    assert sdp.media[0].formats == ["111"] and media.cn_payload_type is None
+    # G722 is 8000 in SDP (RFC 3551 4.5.2), so CN/8000 goes with it
+    offer = offer_with("9 13", "a=rtpmap:9 G722/8000\na=rtpmap:13 CN/8000\n")
+    _, media = answer(offer, [G722, Codec.named("cn")], "192.0.2.2", 6000)
+    assert media.cn_payload_type == 13
+
+
+def test_offerer_receives_cn_with_its_own_payload_type() -> None:
+    # We offer 13; a peer that answers CN under a dynamic number still sends with ours
+    # (RFC 3264 section 6.1: the offerer is sent the numbers of its offer).
+    offer = build_offer([PCMU, DTMF, Codec.named("cn")], "192.0.2.1", 5004, session_id=3)
+    remapped = crlf("""
+v=0
+o=bob 5 5 IN IP4 192.0.2.9
+s=-
+c=IN IP4 192.0.2.9
+t=0 0
+m=audio 7000 RTP/AVP 0 97 98
+a=rtpmap:0 PCMU/8000
+a=rtpmap:97 telephone-event/8000
+a=rtpmap:98 CN/8000
+""")
+    assert negotiated(offer, remapped).cn_payload_type == 13
+    without = remapped.replace(" 98\r\n", "\r\n").replace("a=rtpmap:98 CN/8000\r\n", "")
+    assert negotiated(offer, without).cn_payload_type is None
+    # and both ends of a loopback agree on it
+    sdp, theirs = answer(offer, [PCMU, DTMF, Codec.named("cn")], "192.0.2.2", 6000)
+    assert theirs.cn_payload_type == 13 == negotiated(offer, sdp).cn_payload_type

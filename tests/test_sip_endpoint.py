@@ -645,6 +645,36 @@ def test_validate_call_values_are_those_of_a_real_call(tmp_path, codec):
         assert example[key] == real[key], key
 
 
+
+@pytest.mark.parametrize(("server_codecs", "expected"), [
+    ("[pcmu, telephone-event, cn]", 13),  # both list it: the static number (RFC 3551)
+    ("[pcmu, telephone-event]", -1),  # the answer drops it
+])
+def test_comfort_noise_payload_type_is_a_call_value(tmp_path, server_codecs, expected):
+    # RFC 3389: the caller offers CN/8000 (cn is listed), the callee's call graph gets the
+    # agreed number as ${call.cn_payload_type} for its rtp_session; -1 when not agreed.
+    from plugins.sip.nodes import DEFAULT_CODECS, example_call_values
+
+    async def main() -> tuple[dict, dict]:
+        (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
+        server = Endpoint(server_yaml(codecs=server_codecs))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                      "[pcmu, telephone-event, cn]",
+                                      extra="    hangup_after: 0.3s\n"))
+        await server.wait("call-established")
+        (values,) = server.node.part_values.values()
+        await caller.wait("call-established")
+        (caller_values,) = caller.node.part_values.values()
+        await caller.result()
+        await server.stop()
+        return values, caller_values
+
+    values, caller_values = asyncio.run(main())
+    assert values["cn_payload_type"] == caller_values["cn_payload_type"] == expected
+    assert "cn" in DEFAULT_CODECS  # offered unless left out of `codecs`
+    assert example_call_values("pcmu")["cn_payload_type"] == 13
+
 # ---- a third party's codec -------------------------------------------------------------------
 # A plugin's codec as the SIP plugin sees it: its registry name is not its SDP encoding name,
 # its PCM rate (16 kHz) is not its RTP clock (8 kHz). The first follows the NAME_encoder /
@@ -1180,3 +1210,31 @@ def test_a_call_whose_offered_port_was_taken_closes_every_socket_through_a_rebui
 
     fds = asyncio.run(main())
     assert _open_fds() <= fds
+
+
+# Every shipped graph with an rtp_session fed from ${call.*} values (the call graphs, and
+# those kept at the top for `pipeline call --graph`).
+CALL_GRAPHS = sorted(p for p in (ROOT / "graphs").rglob("*.yaml") if "${call." in p.read_text())
+
+
+@pytest.mark.parametrize("path", CALL_GRAPHS, ids=lambda p: p.name)
+def test_every_shipped_call_graph_takes_the_comfort_noise_payload_type(path):
+    # RFC 3389: a graph that left rtp_session's default (13) would take the static CN
+    # number as audio-less silence even when comfort noise was not agreed, and miss a
+    # peer's dynamic one.
+    import yaml
+
+    nodes = yaml.safe_load(path.read_text())["nodes"]
+    sessions = [n for n in nodes.values() if isinstance(n, dict) and n.get("type") == "rtp_session"]
+    assert sessions, path.name
+    for node in sessions:
+        assert node.get("cn_payload_type") == "${call.cn_payload_type}", path.name
+
+
+@pytest.mark.parametrize("cn_payload_type", [-1, 98])  # (13 is the default)
+def test_the_echo_graph_hands_the_cn_payload_type_to_its_rtp_session(cn_payload_type):
+    from pipeline.loader import load_graph
+    from plugins.sip.nodes import example_call_values
+
+    values = {**example_call_values("pcmu"), "cn_payload_type": cn_payload_type}
+    assert load_graph(ECHO, call=values).nodes["rtp"].cn_payload_type == cn_payload_type

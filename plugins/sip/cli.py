@@ -26,7 +26,7 @@ from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from .dns import check_servers
 from .locate import is_ip
-from .nodes import _DTMF, DEFAULT_CODECS, example_call_values
+from .nodes import _CN, _DTMF, DEFAULT_CODECS, example_call_values
 from .uri import SipUri
 
 log = logging.getLogger("plugins.sip.cli")
@@ -177,14 +177,14 @@ def _check_codecs(codecs: list[str]) -> None:
     from pipeline.cli import UsageError
     from pipeline.registry import get_registry
 
-    known = {*get_registry().codecs, _DTMF}
+    known = {*get_registry().codecs, _DTMF, _CN}
     for name in codecs:
         if name.lower() not in known:
             raise UsageError(f"--codecs: unknown codec '{name}'",
                              hint="known: " + ", ".join(sorted(known)))
-    if codecs and all(name.lower() == _DTMF for name in codecs):
-        raise UsageError(f"--codecs: {_DTMF} carries DTMF digits only, a call needs an audio "
-                         "codec too", hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
+    if codecs and all(name.lower() in (_DTMF, _CN) for name in codecs):
+        raise UsageError(f"--codecs: {','.join(codecs)} has no audio codec, a call needs one",
+                         hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
 
 
 @contextlib.contextmanager

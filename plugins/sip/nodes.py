@@ -57,9 +57,10 @@ from .transport import ListenSpec, SipTransport, client_context, server_context
 
 log = logging.getLogger("plugins.sip")
 
-DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event"]
+DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event", "cn"]
 _BIND_TRIES = 3  # RTP ports tried for an incoming call whose call graph cannot bind
 _DTMF = "telephone-event"  # RFC 4733: no codec nodes, the rtp_session sends and reads it
+_CN = "cn"  # RFC 3389 comfort noise: no codec nodes, the rtp_session and jitter buffer read it
 
 
 def written_map(mapping: Any) -> dict[Any, Any]:
@@ -141,6 +142,7 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
         "channels": media.send_channels,
         "ptime": media.ptime_ms,
         "dtmf_payload_type": -1 if media.dtmf_payload_type is None else media.dtmf_payload_type,
+        "cn_payload_type": -1 if media.cn_payload_type is None else media.cn_payload_type,
         "direction": media.direction,
         "rtp_timeout": rtp_timeout,
     })
@@ -165,7 +167,8 @@ def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
         remote_rtcp_address="127.0.0.1", codec=sdp.name, payload_type=pt,
         clock_rate=sdp.clock_rate, channels=sdp.channels, ptime_ms=packet_time(sdp.name, 20),
         direction="sendrecv", dtmf_payload_type=101, dtmf_clock_rate=8000, fmtp={},
-        local_fmtp={}, local_rtp_port=30000, local_payload_type=pt, local_dtmf_payload_type=101)
+        local_fmtp={}, local_rtp_port=30000, local_payload_type=pt, local_dtmf_payload_type=101,
+        cn_payload_type=13)
     if video_codec_name is not None:  # as a call that agreed video gives them
         codec_v = video_codec(video_codec_name)
         media = replace(media, video=NegotiatedVideo(
@@ -353,7 +356,7 @@ class SipEndpoint(Node):
             raise ParamValueError("rtp_port_range", f"parameter 'rtp_port_range': "
                                   f"'{self.rtp_port_range}' is not LOW-HIGH within 1024-65534",
                                   "write e.g. 20000-29999")
-        known = {*self.registry.codecs, _DTMF}
+        known = {*self.registry.codecs, _DTMF, _CN}
         unknown = [c for c in self.codecs if str(c).lower() not in known]
         if unknown:
             raise ParamValueError("codecs", f"parameter 'codecs': unknown codec '{unknown[0]}'",
@@ -378,8 +381,8 @@ class SipEndpoint(Node):
 
     def _usable(self) -> list[tuple[Codec, Any]]:
         """The codecs to offer and accept, in the listed order, each with the registry's
-        description (None for telephone-event): those whose encoder and decoder node types
-        exist (DESIGN.md: what the call graph can encode and decode)."""
+        description (None for telephone-event and cn): those whose encoder and decoder node
+        types exist (DESIGN.md: what the call graph can encode and decode)."""
         registry = self.registry
         out: list[tuple[Codec, Any]] = []
         seen: set[str] = set()
@@ -388,7 +391,7 @@ class SipEndpoint(Node):
             if name in seen:  # listed twice (pcmu, PCMU): offered once
                 continue
             seen.add(name)
-            if name == _DTMF:
+            if name in (_DTMF, _CN):
                 out.append((Codec.named(name), None))
                 continue
             info = registry.codecs.get(name)
@@ -401,7 +404,7 @@ class SipEndpoint(Node):
     def _usable_codecs(self) -> list[Codec]:
         """The SDP formats of `_usable` ([] when none is audio)."""
         out = [codec for codec, _ in self._usable()]
-        return out if any(not c.is_dtmf for c in out) else []
+        return out if any(c.is_audio for c in out) else []
 
     def _codec_name(self, media: NegotiatedMedia) -> str:
         """The registered name of the agreed codec (`${call.codec}`), for bus messages."""

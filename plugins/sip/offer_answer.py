@@ -8,7 +8,10 @@ call graph needs (remote RTP/RTCP address, codec, payload types, ptime, DTMF, di
 Policy, where RFC 3264 leaves a choice:
 - the answer picks the first offered codec that we support (section 6.1 lets the answerer
   choose; following the offerer's order is what pjsip and baresip do) and lists only that codec
-  plus telephone-event, because a call graph runs one codec at a time;
+  plus telephone-event and comfort noise, because a call graph runs one codec at a time;
+- comfort noise (RFC 3389, `CN/8000`, static payload type 13) is offered when listed, like
+  telephone-event, and agreed only with an audio codec of its clock rate (RFC 3389: the CN
+  timestamps run on the audio clock), so with PCMU, PCMA and G722 (8000 in SDP) only;
 - the answer keeps the offerer's payload type numbers (section 6.1, "SHOULD");
 - one audio stream is accepted; with video codecs given, one video stream too (VP8,
   RFC 7741; H.264 packetization-mode 1, RFC 6184); every other stream is rejected with
@@ -75,6 +78,7 @@ __all__ = [
 ]
 
 DTMF = "telephone-event"
+CN = "cn"  # RFC 3389 comfort noise, lower-cased as `_KNOWN` keys are
 # RTP profiles we can answer: plain RTP; AVPF only adds feedback, which we may ignore.
 _PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
 _SECURE_RTP = ("RTP/SAVP", "RTP/SAVPF")  # RFC 3711 14.2 (and RFC 5124 with feedback)
@@ -92,6 +96,8 @@ _KNOWN: dict[str, tuple[str, int, int, int | None, int, dict[str, str]]] = {
     # RFC 3551 section 4.5.2: G722 is signalled as 8000 Hz but samples at 16 kHz.
     "g722": ("G722", 8000, 1, 9, 16000, {}),
     "telephone-event": (DTMF, 8000, 1, None, 8000, {"0-16": ""}),
+    # RFC 3389 section 5 / RFC 3551 section 6: CN has static payload type 13 at 8000 Hz.
+    "cn": ("CN", 8000, 1, 13, 8000, {}),
 }
 
 
@@ -191,7 +197,8 @@ class Codec:
         payload_type: int | None = None,
         fmtp: Mapping[str, str | int] | None = None,
     ) -> Codec:
-        """A well-known codec by name (opus, PCMU, PCMA, G722, telephone-event), any case."""
+        """A well-known codec by name (opus, PCMU, PCMA, G722, telephone-event, CN), any
+        case."""
         try:
             canonical, clock, channels, static_pt, _, default_fmtp = _KNOWN[name.lower()]
         except KeyError:
@@ -213,6 +220,16 @@ class Codec:
     @property
     def is_dtmf(self) -> bool:
         return self.name.lower() == DTMF
+
+    @property
+    def is_cn(self) -> bool:
+        """RFC 3389 comfort noise: not an audio codec, but listed with them."""
+        return self.name.lower() == CN
+
+    @property
+    def is_audio(self) -> bool:
+        """An audio codec a call can run, not telephone-event or comfort noise."""
+        return self.name.lower() not in (DTMF, CN)
 
     @property
     def sample_rate_hz(self) -> int:
@@ -299,7 +316,9 @@ class NegotiatedMedia:
     `payload_type`, `dtmf_payload_type` and `fmtp` are the remote side's: the numbers we send
     with and the parameters the remote wants to receive (so they configure our encoder,
     RFC 7587 section 6.1). `local_*` are what we receive. `direction` is ours after both sides'
-    attributes are combined (RFC 3264 section 6.1).
+    attributes are combined (RFC 3264 section 6.1). `cn_payload_type` is the RFC 3389 comfort
+    noise number we receive with (ours: the peer sends with the number we listed), None when
+    comfort noise was not agreed.
     """
 
     remote_address: str
@@ -327,6 +346,7 @@ class NegotiatedMedia:
     srtp_suite: str | None = None
     srtp_local_key: str | None = None
     srtp_remote_key: str | None = None
+    cn_payload_type: int | None = None
 
     @property
     def encoding(self) -> str:
@@ -372,6 +392,7 @@ class NegotiatedMedia:
             "channels": self.send_channels,
             "ptime_ms": self.ptime_ms,
             "dtmf_payload_type": -1 if self.dtmf_payload_type is None else self.dtmf_payload_type,
+            "cn_payload_type": -1 if self.cn_payload_type is None else self.cn_payload_type,
             "direction": self.direction,
             "srtp_suite": self.srtp_suite or "",
             "srtp_local_key": self.srtp_local_key or "",
@@ -468,8 +489,9 @@ def answer(
         video_codecs = ()  # video goes in plain RTP only
     if not isinstance(offer, SessionDescription):
         offer = SessionDescription.parse(offer)
-    audio_ours = [c for c in our_codecs if not c.is_dtmf]
+    audio_ours = [c for c in our_codecs if c.is_audio]
     dtmf_ours = [c for c in our_codecs if c.is_dtmf]
+    cn_ours = [c for c in our_codecs if c.is_cn]
     sections: list[MediaDescription] = []
     accepted: int | None = None
     video_index: int | None = None
@@ -498,6 +520,7 @@ def answer(
                     offered,
                     audio_ours,
                     dtmf_ours,
+                    cn_ours,
                     rtp_port,
                     ptime_ms,
                     direction,
@@ -874,7 +897,7 @@ def _audio_section(
     rtcp_port: int | None,
     keep: Mapping[tuple[str, int], int],
 ) -> MediaDescription:
-    if not any(not c.is_dtmf for c in codecs):
+    if not any(c.is_audio for c in codecs):
         raise LocalProtocolError("SDP offer needs at least one audio codec")
     numbers = _assign_payload_types(codecs, keep)
     media = MediaDescription("audio", rtp_port, "RTP/AVP")
@@ -1045,6 +1068,7 @@ def _answer_audio(
     offered: MediaDescription,
     audio_ours: Sequence[Codec],
     dtmf_ours: Sequence[Codec],
+    cn_ours: Sequence[Codec],
     rtp_port: int,
     ptime_ms: int | None,
     direction: str,
@@ -1052,7 +1076,7 @@ def _answer_audio(
     reasons: list[str],
 ) -> MediaDescription | None:
     formats = _offered_formats(offered)
-    audio = [r for r in formats if r.encoding.lower() not in (DTMF, "cn")]
+    audio = [r for r in formats if r.encoding.lower() not in (DTMF, CN)]
     pick = next(((r, c) for r in audio for c in audio_ours if c.matches(r)), None)
     if pick is None:
         offered_names = ", ".join(f"{r.encoding}/{r.clock_rate}" for r in audio) or "none"
@@ -1080,6 +1104,13 @@ def _answer_audio(
             None,
             {events: ""} if events else None,
         )
+    # RFC 3389: comfort noise on the audio codec's RTP clock, the offerer's number
+    # kept (a dynamic one too) like the codec's (RFC 3264 section 6.1).
+    cn = next((r for r in formats if r.encoding.lower() == CN
+               and r.clock_rate == codec.clock_rate and any(c.matches(r) for c in cn_ours)),
+              None)
+    if cn is not None:
+        media.add_format(cn.payload_type, "CN", cn.clock_rate, None, None)
     if rtcp_port is not None:
         media.attributes.append(Attribute("rtcp", str(RtcpAttribute(rtcp_port))))
     ptime = ptime_ms or packet_time(codec.name, offered.ptime)
@@ -1095,7 +1126,7 @@ def _negotiate(
     lm, rm = local.media[index], remote.media[index]
     local_maps = _offered_formats(lm)
     remote_maps = _offered_formats(rm)
-    pick = _first_common(remote_maps, local_maps, lambda r: r.encoding.lower() not in (DTMF, "cn"))
+    pick = _first_common(remote_maps, local_maps, lambda r: r.encoding.lower() not in (DTMF, CN))
     if pick is None:
         raise NegotiationFailed("SDP answer has no audio codec in common with the offer")
     theirs, mine = pick
@@ -1109,6 +1140,11 @@ def _negotiate(
     ]
     dtmf = next((p for p in dtmf_pairs if p[0].clock_rate == theirs.clock_rate), None)
     dtmf = dtmf or (dtmf_pairs[0] if dtmf_pairs else None)
+    # Comfort noise both sides listed at the codec's clock rate (RFC 3389); the
+    # peer sends it with our number, so ours is the one the rtp_session receives with.
+    cn = next((m for r in remote_maps if r.encoding.lower() == CN
+               and r.clock_rate == theirs.clock_rate
+               for m in local_maps if _same_format(m, r)), None)
     address, direction = _peer(local, remote, index)
     rtcp = rm.rtcp
     mux = lm.rtcp_mux and rm.rtcp_mux
@@ -1142,6 +1178,7 @@ def _negotiate(
         srtp_suite=crypto[0] if crypto else None,
         srtp_local_key=crypto[1] if crypto else None,
         srtp_remote_key=crypto[2] if crypto else None,
+        cn_payload_type=cn.payload_type if cn else None,
     )
 
 
