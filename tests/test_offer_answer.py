@@ -797,3 +797,13 @@ a=rtpmap:98 CN/8000
     # and both ends of a loopback agree on it
     sdp, theirs = answer(offer, [PCMU, DTMF, Codec.named("cn")], "192.0.2.2", 6000)
     assert theirs.cn_payload_type == 13 == negotiated(offer, sdp).cn_payload_type
+
+
+def test_call_params_give_telephone_event_clock_beside_opus() -> None:
+    # RFC 4733 2.1: with opus/48000 and telephone-event/8000 the events run on 8000; a call
+    # graph's rtp_session needs it (dtmf_clock_rate), else it sends durations 6 times too long.
+    _, media = answer(PJSUA_OFFER, [OPUS, DTMF], "192.0.2.20", 7078, session_id=1)
+    assert (media.clock_rate, media.dtmf_clock_rate) == (48000, 8000)
+    assert media.call_params()["dtmf_clock_rate"] == 8000
+    _, media = answer(PJSUA_OFFER, [PCMU], "192.0.2.20", 7078, session_id=1)
+    assert media.call_params()["dtmf_clock_rate"] == 8000  # none agreed: the codec's

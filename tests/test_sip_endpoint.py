@@ -639,9 +639,10 @@ def test_validate_call_values_are_those_of_a_real_call(tmp_path, codec):
     real = asyncio.run(main())
     example = example_call_values(codec)
     assert set(example) == set(real)
-    # (dynamic payload type numbers are the offerer's choice)
+    # (dynamic payload type numbers are the offerer's choice; dtmf_clock_rate is
+    # telephone-event/8000 beside opus/48000 too, RFC 4733 2.1)
     for key in ("codec", "encoder", "decoder", "clock_rate", "rate", "channels", "ptime",
-                "direction"):
+                "direction", "dtmf_clock_rate"):
         assert example[key] == real[key], key
 
 
@@ -1238,3 +1239,27 @@ def test_the_echo_graph_hands_the_cn_payload_type_to_its_rtp_session(cn_payload_
 
     values = {**example_call_values("pcmu"), "cn_payload_type": cn_payload_type}
     assert load_graph(ECHO, call=values).nodes["rtp"].cn_payload_type == cn_payload_type
+
+
+def test_every_shipped_call_graph_sends_dtmf_on_the_agreed_telephone_event_clock():
+    """An Opus call agrees telephone-event/8000: a graph that left `dtmf_clock_rate` to
+    default to the 48 kHz audio clock sent a 100 ms digit as 4800 units, 600 ms at the
+    peer's 8000."""
+    from pipeline.loader import load_graph
+    from plugins.sip.nodes import example_call_values
+
+    values = example_call_values("opus")
+    assert values["clock_rate"] == 48000 and values["dtmf_clock_rate"] == 8000
+    shipped = [ROOT / "graphs" / name for name in ("caller.yaml", "dial-digits.yaml",
+                                                  "softphone.yaml")]
+    shipped += sorted((ROOT / "graphs" / "calls").glob("*.yaml"))
+    for path in shipped:
+        assert "dtmf_clock_rate: ${call.dtmf_clock_rate}" in path.read_text(), path
+    # The value reaches the sessions (softphone.yaml opens sound devices as it loads, and
+    # conference-member.yaml loads only inside a room's graph).
+    for path in (p for p in shipped if p.name not in ("softphone.yaml",
+                                                       "conference-member.yaml")):
+        call = example_call_values("opus", "vp8") if "video" in path.name else values
+        sessions = [n for n in load_graph(path, call=call).nodes.values()
+                    if n.kind == "rtp_session"]
+        assert sessions and all(s.dtmf_clock_rate == 8000 for s in sessions), path

@@ -392,6 +392,9 @@ class NegotiatedMedia:
             "channels": self.send_channels,
             "ptime_ms": self.ptime_ms,
             "dtmf_payload_type": -1 if self.dtmf_payload_type is None else self.dtmf_payload_type,
+            # RFC 4733 2.1: telephone-event's own clock (8000 with opus at 48000), for
+            # rtp_session dtmf_clock_rate; the codec's when none was agreed.
+            "dtmf_clock_rate": self.dtmf_clock_rate or self.clock_rate,
             "cn_payload_type": -1 if self.cn_payload_type is None else self.cn_payload_type,
             "direction": self.direction,
             "srtp_suite": self.srtp_suite or "",
