@@ -832,7 +832,10 @@ class Runtime:
             if self._stall_timer is not None:
                 self._stall_timer.cancel()
             await self._end_io()
-            for node in self._order:
+            # A copy: a node's stop() may detach parts (a sip_endpoint hangs its calls
+            # up), which takes their nodes out of the order; the nodes after it would
+            # shift under the loop and never be stopped (a recorder never flushed).
+            for node in list(self._order):
                 self._stop_node(node)
             if restore is not None:
                 restore()

@@ -168,6 +168,57 @@ def test_a_part_failing_on_a_feedback_frame_ends_only_that_part(tmp_path):
     assert "call-1/s" not in g.nodes
 
 
+def test_a_node_detaching_parts_in_its_stop_leaves_no_other_node_unstopped(tmp_path):
+    # A sip_endpoint's stop() hangs its calls up, detaching their parts, while the runtime
+    # stops the nodes in order: the parts' nodes (before it in the order, feeding the room)
+    # left the list under the loop, and the host's nodes after it were never stopped (a
+    # recorder there never flushed).
+    stopped = []
+
+    class Endpoint(Node):
+        kind = "test_hanging_up_endpoint"
+
+        def negotiate(self, inputs, downstream):
+            return {}
+
+        def stop(self):
+            stopped.append(self.name)
+            self.graph.runtime.detach("c/")
+
+    def recorded(node):
+        stop = node.stop
+
+        def counted():
+            stopped.append(node.name)
+            stop()
+
+        node.stop = counted
+
+    (tmp_path / "part.yaml").write_text(SPEAKER)
+    g = Graph("host")
+    g.create("tone", "base", {"freq": 300, "rate": 8000, "duration": 0.2})
+    g.create("mixer", "room")
+    g.add(Endpoint("ep"))  # after the room, before the sink, as a YAML file may list them
+    g.create("frame_sink", "out")
+    g.link("base", "out", "room", None)
+    g.link("room", "out", "out", "in")
+    cue = g.add(Cue("cue"))
+    rt = Runtime(g, duration=0.1)
+
+    def join():
+        names = add_part(g, tmp_path / "part.yaml", "c/")
+        for name in names:
+            recorded(g.nodes[name])
+        rt.attach("c/", names)
+
+    cue.actions = {1: join, 3: lambda: None}
+    for node in list(g.nodes.values()):
+        if node.name != "ep":
+            recorded(node)
+    asyncio.run(rt.run())
+    assert sorted(stopped) == ["base", "c/t", "cue", "ep", "out", "room"]
+
+
 def test_a_part_leaving_with_the_last_unfinished_end_ends_a_graph_of_io_nodes():
     # A graph of I/O nodes only waits for a wake-up, not for the next tick: the part took
     # the last end that had not finished with it, and nothing woke the loop to see that.
