@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, until
 from test_rtp_session import WAIT, Session, node_stats
-from test_sip_endpoint import Endpoint, caller_yaml, server_yaml
+from test_sip_endpoint import CALL_RTP, Endpoint, caller_yaml, server_yaml
 
 from pipeline.errors import GraphError
 from pipeline.frames import DtmfEvent, EncodedFrame, EndOfStream
@@ -128,18 +128,7 @@ SERVER_CALL = """
 nodes:
   tone: {type: tone, freq: 1000, rate: "${call.rate}"}
   enc: {type: "${call.codec}_encoder", ptime_ms: "${call.ptime}"}
-  rtp:
-    type: rtp_session
-    local_ip: ${call.local_rtp_ip}
-    local_port: ${call.local_rtp_port}
-    remote_ip: ${call.remote_rtp_ip}
-    remote_port: ${call.remote_rtp_port}
-    codec: ${call.codec}
-    payload_type: ${call.payload_type}
-    recv_payload_type: ${call.local_payload_type}
-    clock_rate: ${call.clock_rate}
-    dtmf_payload_type: ${call.dtmf_payload_type}
-  dec: {type: "${call.codec}_decoder"}
+""" + CALL_RTP + """  dec: {type: "${call.codec}_decoder"}
   sink: {type: frame_sink}
 links: [tone -> enc -> rtp -> dec -> sink]
 """

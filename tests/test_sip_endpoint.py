@@ -57,11 +57,9 @@ def no_port_left_reserved():
     assert reserved_ports() == []
 
 
-CALLER_GRAPH = """
-nodes:
-  tone: {type: tone, freq: 1000, rate: "${call.rate}"}
-  enc: {type: "${call.codec}_encoder", ptime_ms: "${call.ptime}"}
-  rtp:
+# A call graph's rtp_session with the ${call.*} values a two-way call needs (indented to
+# stand under `nodes:`; a graph may add lines of its own after it).
+CALL_RTP = """  rtp:
     type: rtp_session
     local_ip: ${call.local_rtp_ip}
     local_port: ${call.local_rtp_port}
@@ -72,7 +70,13 @@ nodes:
     recv_payload_type: ${call.local_payload_type}
     clock_rate: ${call.clock_rate}
     dtmf_payload_type: ${call.dtmf_payload_type}
-  dec: {type: "${call.codec}_decoder"}
+"""
+
+CALLER_GRAPH = """
+nodes:
+  tone: {type: tone, freq: 1000, rate: "${call.rate}"}
+  enc: {type: "${call.codec}_encoder", ptime_ms: "${call.ptime}"}
+""" + CALL_RTP + """  dec: {type: "${call.codec}_decoder"}
   rec: {type: wav_recorder, path: "${graph_dir}/heard-${call.caller}-${call.call_number}.wav",
         flush_interval: 0}
 links: [tone -> enc -> rtp -> dec -> rec]
@@ -146,6 +150,11 @@ class Endpoint:
     async def stop(self) -> RunResult:
         self.runtime.request_stop()
         return await asyncio.wait_for(self.task, WAIT)
+
+    async def close(self) -> RunResult:
+        """Once every call graph has gone (a call's end removes its part), stop."""
+        await until(lambda: not self.part_nodes(), "the call graphs to go")
+        return await self.stop()
 
     async def result(self) -> RunResult:
         return await asyncio.wait_for(self.task, WAIT)
@@ -299,8 +308,7 @@ def test_rtp_timeout_ends_the_call(tmp_path):
         assert server_end.data["reason"] == "local hangup"
         assert server.node.stats()["rtp_timeouts"] == 1
         await caller.result()
-        await until(lambda: server.part_nodes() == [], "the server's call graph to go")
-        await server.stop()
+        await server.close()
 
     asyncio.run(main())
 
@@ -325,8 +333,7 @@ def test_hold_rebuilds_the_call_graph_with_new_values(tmp_path):
         caller.node.hangup(est.data["call_id"])
         await caller.result()
         await server.wait("call-ended")
-        await until(lambda: server.part_nodes() == [], "the server's call graph to go")
-        await server.stop()
+        await server.close()
 
     asyncio.run(main())
 
@@ -1001,8 +1008,7 @@ def test_two_callers_on_one_port_range_offer_different_ports_and_both_carry_audi
             await c.result()
             assert c.names("call-established") and not c.names("error"), c.messages
         await until(lambda: len(server.names("call-ended")) == 2, "both calls to end")
-        await until(lambda: server.part_nodes() == [], "the server's call graphs to go")
-        await server.stop()
+        await server.close()
         assert reserved_ports() == []
         await asyncio.sleep(0.1)
         return fds
@@ -1171,8 +1177,7 @@ def test_an_answer_on_a_port_another_endpoint_holds_takes_the_next_port(tmp_path
         assert caller.names("call-established") and not caller.names("error"), \
             caller.messages
         assert not server.names("error"), server.messages
-        await until(lambda: server.part_nodes() == [], "the server's call graph to go")
-        await server.stop()
+        await server.close()
         assert reserved_ports() == []
         await asyncio.sleep(0.1)
         return fds
@@ -1204,8 +1209,7 @@ def test_a_call_whose_offered_port_was_taken_closes_every_socket_through_a_rebui
         caller.node.hangup(est.data["call_id"])
         await caller.result()
         await server.wait("call-ended")
-        await until(lambda: server.part_nodes() == [], "the server's call graph to go")
-        await server.stop()
+        await server.close()
         await asyncio.sleep(0.1)
         return fds
 

@@ -807,8 +807,7 @@ nodes:
 """)
         await caller.result()
         await server.wait("call-ended")
-        await until(lambda: server.part_nodes() == [], "the call graph to go")
-        await server.stop()
+        await server.close()
         return server
 
     try:

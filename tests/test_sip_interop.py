@@ -27,6 +27,7 @@ from peers import wait_until
 from peers.baresip import Baresip
 from peers.kamailio import Kamailio
 from peers.pjsua2_peer import Pjsua2Peer
+from test_sip_endpoint import CALL_RTP
 from test_sip_endpoint import Endpoint as GraphEndpoint
 
 from pipeline.frames import DtmfEvent
@@ -48,18 +49,7 @@ params: {freq: 440}
 nodes:
   tone: {type: tone, freq: "${freq}", rate: "${call.rate}"}
   enc: {type: "${call.codec}_encoder", ptime_ms: "${call.ptime}"}
-  rtp:
-    type: rtp_session
-    local_ip: ${call.local_rtp_ip}
-    local_port: ${call.local_rtp_port}
-    remote_ip: ${call.remote_rtp_ip}
-    remote_port: ${call.remote_rtp_port}
-    codec: ${call.codec}
-    payload_type: ${call.payload_type}
-    recv_payload_type: ${call.local_payload_type}
-    clock_rate: ${call.clock_rate}
-    dtmf_payload_type: ${call.dtmf_payload_type}
-    rtp_timeout: ${call.rtp_timeout}
+""" + CALL_RTP + """    rtp_timeout: ${call.rtp_timeout}
   dec: {type: "${call.codec}_decoder"}
   sink: {type: frame_sink}
 links: [tone -> enc -> rtp -> dec -> sink]
@@ -111,12 +101,6 @@ async def hear_each_other(sink: Any, wait_heard: Callable[..., Any], *args: Any,
     count (`wait_heard(*args, seconds)`, run in a thread)."""
     await until(lambda: heard_seconds(sink) >= seconds, f"our side hearing {seconds:g} s")
     await peer(wait_heard, *args, seconds)
-
-
-async def close(ep: Endpoint) -> None:
-    """Our call graph gone, then the endpoint stopped."""
-    await until(lambda: not ep.part_nodes(), "call graph removed")
-    await ep.stop()
 
 
 def check_tones(ours: np.ndarray, theirs: np.ndarray, rate: int,
@@ -220,8 +204,7 @@ def test_baresip_calls_our_echo_server_through_kamailio(need_kamailio: None, nee
             await peer(alice.wait_event, "CALL_CLOSED")
             # Record-Route kept the proxy in the dialog: the BYE went through it (s16.12).
             assert kam.stats()["rcv_requests_bye"] >= 1
-            await until(lambda: not ep.part_nodes(), "echo call graph removed")
-            await ep.stop()
+            await ep.close()
 
         asyncio.run(main())
         alice.stop()  # sndfile finalises its WAVs when the process exits
@@ -269,7 +252,7 @@ def test_we_call_pjsua2_and_audio_flows_both_ways(need_pjsua2: None, tone_call: 
             gone = await peer(carol.wait_state, cid, "DISCONNECTED")
             assert gone["code"] == 200  # our BYE was answered
             assert (await ep.wait("call-ended")).data["reason"] == "local hangup"
-            await close(ep)
+            await ep.close()
             return sink.audio(), cid
 
         ours, cid = asyncio.run(main())
@@ -316,7 +299,7 @@ def test_we_hold_and_resume_pjsua2(need_pjsua2: None, tone_call: Path,
                         if e["event"] == "media" and e["id"] == cid]) == 2
             ep.node.hangup(call_id)
             await ep.wait("call-ended")
-            await close(ep)
+            await ep.close()
             return first.audio(), resumed.audio()
 
         before_hold, after_resume = asyncio.run(main())
@@ -384,7 +367,7 @@ def test_pjsua2_calls_us_with_a_late_offer_and_audio_flows_both_ways(
             await peer(carol.hangup, cid)
             end = await ep.wait("call-ended")
             assert end.data["reason"] == "remote hangup"
-            await close(ep)
+            await ep.close()
             return sink.audio(), cid
 
         ours, cid = asyncio.run(main())
@@ -714,7 +697,7 @@ def test_we_hang_up_and_baresip_sees_the_call_closed(need_baresip: None,
             closed = await peer(bob.wait_event, "CALL_CLOSED", after=after)
             assert "Connection reset by user" not in closed.get("param", "")  # not a failure
             assert (await ep.wait("call-ended")).data["reason"] == "local hangup"
-            await close(ep)
+            await ep.close()
 
         asyncio.run(main())
 
@@ -823,7 +806,7 @@ def test_baresip_holds_and_resumes_us(need_baresip: None, tone_call: Path,
             await until(lambda: heard_seconds(resumed) >= 1.0, "media after resume")
             await peer(bob.hangup)
             await ep.wait("call-ended")
-            await close(ep)
+            await ep.close()
             return resumed.audio()
 
         after_resume = asyncio.run(main())
