@@ -63,6 +63,36 @@ links: [a -> mix, b -> mix, mix -> out]
     assert r.stats["mix"]["underruns"] == 0
 
 
+@pytest.mark.parametrize("short", ["tone", "wav"])
+def test_an_input_ending_inside_a_period_plays_its_last_samples_whole(tmp_path, short):
+    # 142 samples past the last whole 20 ms period: the source's end-of-stream must reach
+    # the mixer with that partial frame, or the mixer takes it for an underrun and fades it.
+    seconds = (8000 * 2 + 142) / 8000
+    if short == "wav":
+        write_wav(tmp_path / "s.wav", sine(700, 8000, seconds, 0.25), 8000)
+        node = f"{{type: wav_source, path: {tmp_path / 's.wav'}}}"
+    else:
+        node = f"{{type: tone, freq: 700, level: -12dB, rate: 8000, duration: {seconds}s}}"
+    r = run_graph(f"""
+nodes:
+  a: {{type: tone, freq: 300, level: -60dB, rate: 8000, duration: 3s}}
+  b: {node}
+  ta: {{type: tee}}
+  tb: {{type: tee}}
+  ra: {{type: frame_sink}}
+  rb: {{type: frame_sink}}
+  mix: {{type: mixer}}
+  out: {{type: frame_sink}}
+links: [a -> ta, ta -> ra, ta -> mix, b -> tb, tb -> rb, tb -> mix, mix -> out]
+""")
+    n = r.graph.nodes
+    b = n["rb"].audio().astype(np.int32)
+    assert len(b) == 16142
+    a = n["ra"].audio().astype(np.int32)[: len(b)]
+    assert np.array_equal(n["out"].audio()[: len(b)].astype(np.int32), a + b)
+    assert r.stats["mix"]["underruns"] == 0
+
+
 def test_mixer_with_no_inputs_ends_at_once():
     # Nothing can ever end it otherwise: it ran until killed, writing silence.
     r = run_graph("nodes: {m: {type: mixer}, out: {type: frame_sink}}\nlinks: [m -> out]",

@@ -179,6 +179,8 @@ class WavSource(Node):
         self.pos = end % total if looping else self.pos + len(chunk)
         self.emit("out", AudioFrame(np.ascontiguousarray(chunk), self.rate, self.pts))
         self.pts += len(chunk)
+        if self.pos >= total and not looping:
+            self.send_eos()  # with the last frame, as a tone's duration ends
 
     def stop(self) -> None:
         self.raw = None

@@ -52,6 +52,10 @@ class PcmSource(Node):
             return  # under one sample per period: nothing due this tick
         self.emit("out", AudioFrame(self.render(self.pts, n), self.rate, self.pts))
         self.pts += n
+        if self.total is not None and self.pts >= self.total:
+            # With the last frame, not a period later: a mixer would take the wait for an
+            # input running short (an underrun).
+            self.send_eos()
 
     def render(self, pts: int, n: int) -> np.ndarray:
         raise NotImplementedError
