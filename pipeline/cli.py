@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import signal
@@ -172,22 +173,33 @@ def _call_graph(args: argparse.Namespace) -> Graph:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    graph = _call_graph(args) if args.call else build_graph(args)
-    inserted: list[str] = []  # what a run would insert, said before it is needed
+    from .devices import without_hardware
 
-    def on_message(m: Any) -> None:
-        if m.name == "converter-inserted":
-            kind = graph.nodes[m.node].kind
-            inserted.append(f"  {m.node} ({kind}) on {m.data['link']}: {m.data['from']} -> "
-                            f"{m.data['to']}")
+    # The graph is checked, not this machine: the same answer on any host, with or without
+    # a sound card (as `terraform validate` reaches no provider); --devices asks about both.
+    with contextlib.nullcontext() if args.devices else without_hardware():
+        graph = _call_graph(args) if args.call else build_graph(args)
+        inserted: list[str] = []  # what a run would insert, said before it is needed
 
-    graph.listeners.append(on_message)
-    graph.prepare()
+        def on_message(m: Any) -> None:
+            if m.name == "converter-inserted":
+                kind = graph.nodes[m.node].kind
+                inserted.append(f"  {m.node} ({kind}) on {m.data['link']}: {m.data['from']} "
+                                f"-> {m.data['to']}")
+
+        graph.listeners.append(on_message)
+        graph.prepare()
     conv = f", {len(graph.converters)} converter(s) inserted" if graph.converters else ""
     print(f"{args.file or 'launch line'}: graph '{graph.name}' is valid: "
           f"{len(graph.nodes)} nodes, {len(graph.links)} links{conv}")
     for line in inserted:
         print(line)
+    # Posted when the nodes were checked, at loading and again by prepare(): once each.
+    unchecked = dict.fromkeys((m.node, m.data["device"]) for m in graph.messages
+                              if m.name == "device-not-checked")
+    for name, device in unchecked:
+        print(f"  {name} ({graph.nodes[name].kind}): device '{device}' not checked "
+              "(--devices checks it; pipeline devices lists them)")
     return 0
 
 
@@ -349,6 +361,9 @@ def make_parser() -> argparse.ArgumentParser:
                     help="check a call graph: ${call.*} as a loopback PCMU call gives them; "
                          "-p call.NAME=VALUE changes one (call.codec=opus: an Opus call; "
                          "call.video_codec=vp8: with video)")
+    sp.add_argument("--devices", action="store_true",
+                    help="also look the sound devices up on this machine and check their "
+                         "settings (without it no device is opened or looked up)")
     sp.set_defaults(func=cmd_validate)
 
     sp = sub.add_parser("inspect", help="list node types, or describe one")
@@ -386,6 +401,9 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dns-server", dest="dns_servers", action="append", metavar="IP[:PORT]",
                     help="DNS server that locates a SIP host named by domain (RFC 3263; "
                          "repeatable, tried in order; default: the system's)")
+    sp.add_argument("--rtp-ports", metavar="LOW-HIGH",
+                    help="local ports the call's RTP may use, e.g. 40000-40099 (even ports, "
+                         "RFC 3550; default: 20000-29999)")
     sp.set_defaults(func=cmd_call)
     return p
 

@@ -4,13 +4,17 @@ device never needs PortAudio.
 `import_sounddevice` is looked up through this module at call time, so tests (and hosts
 without PortAudio) can replace it; `find_device` resolves a YAML `device:` value; `rescan`
 re-reads the device list after a sound server (JACK, PulseAudio) appeared; `release_stream`
-stops a stream without ever hanging on a device that has gone away.
+stops a stream without ever hanging on a device that has gone away. Inside
+`without_hardware()` device nodes check a graph without looking any device up.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +23,29 @@ from .params import ParamValueError
 
 PORTAUDIO_HINT = "install PortAudio: apt-get install libportaudio2 (and pip install sounddevice)"
 DEVICES_HINT = "pipeline devices lists them; null_device stands in where there is no hardware"
+
+# A context variable, not a module flag: a check in one thread (or task) leaves a graph
+# running in another opening its devices as usual.
+_hardware_free: ContextVar[bool] = ContextVar("hardware_free", default=False)
+
+
+@contextlib.contextmanager
+def without_hardware() -> Iterator[None]:
+    """Graphs loaded and prepared inside are checked without hardware: device nodes check
+    their parameters and negotiate formats, but look no device up and do not load
+    PortAudio, and post `device-not-checked`. Such a graph cannot start its devices: load
+    it again outside to run it. `pipeline validate` and the check `pipeline call` makes
+    before dialling use it, so a graph's structure and formats are checked on any machine."""
+    token = _hardware_free.set(True)
+    try:
+        yield
+    finally:
+        _hardware_free.reset(token)
+
+
+def is_hardware_free() -> bool:
+    """Whether device nodes are being checked without hardware (`without_hardware`)."""
+    return _hardware_free.get()
 
 
 def import_sounddevice() -> Any:

@@ -342,7 +342,8 @@ def test_pipeline_call_to_an_unknown_domain_fails_with_one_line(tmp_path, need_d
     with Dnsmasq(hosts=[f"other.test,{HOST}"]) as dns:
         args = argparse.Namespace(uri="sip:echo@nx.test;transport=udp",
                                   graph=str(tmp_path / "caller.yaml"), params=[],
-                                  duration="1s", codecs="pcmu", dns_servers=[dns.server])
+                                  duration="1s", codecs="pcmu", dns_servers=[dns.server],
+                                  rtp_ports=None)
         with pytest.raises(sip_cli.CallFailed) as exc:
             sip_cli.call(args)
     assert exc.value.message == ("call to sip:echo@nx.test;transport=udp failed: "

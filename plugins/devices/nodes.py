@@ -35,6 +35,7 @@ from .ring import SampleRing
 _DTYPES = {"pcm_s16": "int16", "pcm_f32": "float32"}
 TRIM_WINDOW_S = 1.0  # a ring's low point is judged over this long before it is trimmed
 TRIM_STEP = 10  # at most 1/TRIM_STEP of a frame is removed per tick (2 ms of 20 ms)
+UNCHECKED_RATE = 48000  # a device not looked up is taken to run at the commonest default
 
 
 def squeeze(data: np.ndarray, k: int) -> np.ndarray:
@@ -105,6 +106,13 @@ class SoundDevice(Node):
                     "device's low latency)", min=0.0, max=1.0)
 
     def validate(self) -> None:
+        if devices.is_hardware_free():
+            # The parameters' limits were checked when the node was made; what the device
+            # takes is not known, so its formats follow the peer's (`_pick_rate`).
+            self.info = None
+            self.post("device-not-checked", device=self.device or "default",
+                      direction=self.direction)
+            return
         self.info = devices.find_device(self.device, self.direction)
         maxch = self.info.max_channels(self.direction)
         if self.channels is not None and self.channels > maxch:
@@ -124,6 +132,8 @@ class SoundDevice(Node):
         """The first of the preferred rates the device accepts, else its default rate."""
         if self.rate is not None:
             return self.rate
+        if self.info is None:  # checked without hardware: as a device taking any rate
+            return next((r for r in preferred if isinstance(r, int)), UNCHECKED_RATE)
         for r in preferred:
             if isinstance(r, int) and devices.check_settings(
                     self.info, self.direction, r, channels, "int16") is None:
@@ -132,6 +142,10 @@ class SoundDevice(Node):
 
     def _open_stream(self, fmt: Format, callback: Any) -> Any:
         """Open and start a callback stream for `fmt`; the ring must exist already."""
+        if self.info is None:
+            raise self.fail("sound device not looked up: the graph was checked without "
+                            "hardware", hint="load the graph again outside "
+                            "devices.without_hardware() to run it")
         sd = devices.import_sounddevice()
         cls = sd.InputStream if self.direction == "input" else sd.OutputStream
         self._gone = False
@@ -347,8 +361,8 @@ class Playback(SoundDevice):
 
     def input_caps(self, port: str, offered: Format | None) -> Caps:
         info = getattr(self, "info", None)
-        if info is None:  # not validated yet: anything PCM
-            return (Format.audio(),)
+        if info is None:  # no device looked up (yet, or checked without hardware)
+            return (Format.audio(PCM_ENCODINGS, self.rate, self.channels),)
         maxch = info.max_output_channels
         if self.channels is not None:
             channels: tuple = (self.channels,)

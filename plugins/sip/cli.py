@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
+import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,11 @@ def serve(args: argparse.Namespace) -> int:
 def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None = None,
                      params: dict[str, Any] | None = None, listen: str | None = None,
                      codecs: list[str] | None = None,
-                     dns_servers: list[str] | None = None) -> Graph:
+                     dns_servers: list[str] | None = None,
+                     rtp_ports: str | None = None) -> Graph:
     """The parent graph of `pipeline call`: one sip_endpoint that dials `uri`. A host
-    that is a name is located by DNS (RFC 3263; `dns_servers`, default the system's)."""
+    that is a name is located by DNS (RFC 3263; `dns_servers`, default the system's); the
+    call's RTP port comes from `rtp_ports` (LOW-HIGH, default the endpoint's range)."""
     from pipeline.registry import get_registry
 
     try:
@@ -168,6 +170,7 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         "tls_verify": False,
         **({"codecs": codecs} if codecs else {}),
         **({"dns_servers": dns_servers} if dns_servers else {}),
+        **({"rtp_port_range": rtp_ports} if rtp_ports else {}),
     })
     return graph
 
@@ -187,25 +190,21 @@ def _check_codecs(codecs: list[str]) -> None:
                          hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
 
 
-@contextlib.contextmanager
-def _no_sound_devices() -> Iterator[None]:
-    """Sound devices as a stand-in that has every name and takes every setting, so the
-    pre-dial check touches no hardware (PortAudio is not even loaded) and passes on a
-    machine without a sound card: the call graph opens its devices when it starts, and a
-    missing one is reported then, as `its call graph did not start: ...`."""
-    from pipeline import devices
+def _check_rtp_ports(text: str) -> str:
+    """`--rtp-ports`, named as the option: LOW-HIGH (or one port) as sip_endpoint's
+    rtp_port_range takes it, holding an even port (the endpoint offers even ports, RFC 3550
+    11)."""
+    from pipeline.cli import UsageError
 
-    def find_device(spec: Any, direction: str, param: str = "device") -> Any:
-        name = "default" if spec is None or str(spec).strip() == "" else str(spec)
-        return devices.DeviceInfo(0, name, "stand-in", 64, 64, 48000, 0.01)
-
-    saved = devices.find_device, devices.check_settings
-    devices.find_device = find_device
-    devices.check_settings = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        devices.find_device, devices.check_settings = saved
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip(), re.ASCII)
+    low, high = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
+    if not 1024 <= low <= high <= 65534:
+        raise UsageError(f"--rtp-ports: '{text}' is not LOW-HIGH within 1024-65534",
+                         hint="write e.g. --rtp-ports 20000-29999")
+    if low == high and low % 2:
+        raise UsageError(f"--rtp-ports: '{text}' holds no even port, and RTP takes one",
+                         hint=f"write e.g. --rtp-ports {low - 1}-{high}")
+    return f"{low}-{high}"
 
 
 def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
@@ -216,13 +215,17 @@ def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[s
     are returned, in order (telephone-event and codecs not checked stay): a codec it
     fails with is not offered, as a pjsua without a codec does not offer it, and `say` is
     told why; when it fails with every one, the first's error is raised."""
+    from pipeline.devices import without_hardware
     from pipeline.loader import load_graph
     from pipeline.registry import get_registry
 
     registry = get_registry()
     failed: dict[str, GraphError] = {}
     ok: set[str] = set()
-    with _no_sound_devices():
+    # No device is looked up (PortAudio is not even loaded), so the check passes on a
+    # machine without a sound card: the call graph opens its devices when the call starts,
+    # and a missing one is reported then, as `its call graph did not start: ...`.
+    with without_hardware():
         for name in dict.fromkeys(str(c).lower() for c in codecs):
             info = registry.codecs.get(name)
             if info is None or info.encoder_kind not in registry.node_types \
@@ -294,9 +297,11 @@ def call(args: argparse.Namespace) -> int:
         raise PipelineError(f"--dns-server: {e}",
                             hint="write an IP address, IP:PORT or [IPv6]:PORT, e.g. "
                                  "--dns-server 127.0.0.1:5353") from None
+    rtp_ports = None if args.rtp_ports is None else _check_rtp_ports(args.rtp_ports)
     overrides = _overrides(args.params)
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
-                             codecs=codecs or None, dns_servers=servers or None)
+                             codecs=codecs or None, dns_servers=servers or None,
+                             rtp_ports=rtp_ports)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
     # A codec the graph cannot take is left out of the offer: said when --codecs named it,
     # quietly (-v logs it) for the default list, most of whose codecs a graph written for
@@ -307,7 +312,8 @@ def call(args: argparse.Namespace) -> int:
     usable = check_call_graph(args.graph, overrides, offered, say=say)
     if usable != offered:
         graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
-                                 codecs=usable, dns_servers=servers or None)
+                                 codecs=usable, dns_servers=servers or None,
+                                 rtp_ports=rtp_ports)
         graph.validate_nodes()
     started = time.monotonic()
     result = run_coroutine(_run(graph, None))

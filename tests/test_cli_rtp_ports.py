@@ -1,0 +1,71 @@
+"""`pipeline call --rtp-ports LOW-HIGH`: the port the call offers in its SDP, and holds, is
+one of those; a value that is not a usable range is one line and exit 2, before dialling."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, WAIT
+
+from pipeline.cli import main
+from plugins.sip.message import SipMessage
+from plugins.sip.sdp import SessionDescription
+
+CALLER = ROOT / "graphs" / "caller.yaml"
+LOW, HIGH = 45000, 45019  # far from the ranges other tests' endpoints use
+
+
+def test_a_call_offers_and_holds_an_rtp_port_from_the_range(tmp_path):
+    callee = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the INVITE, says nothing
+    callee.bind(("127.0.0.1", 0))
+    callee.settimeout(WAIT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "call", f"sip:bob@127.0.0.1:{callee.getsockname()[1]}",
+         "--graph", str(CALLER), "--duration", "3s", "--rtp-ports", f"{LOW}-{HIGH}"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        with callee:
+            invite = SipMessage.parse(callee.recv(65535))
+        sdp = SessionDescription.parse(invite.body)
+        port = sdp.media[0].port
+        address = sdp.connection_for(sdp.media[0]).address
+        assert LOW <= port <= HIGH and port % 2 == 0, port
+        # The offer names a port the caller holds until its call graph takes it.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with probe, pytest.raises(OSError) as e:
+            probe.bind((address, port))
+        assert e.value.errno == errno.EADDRINUSE
+    finally:
+        _, err = proc.communicate(timeout=WAIT + 3)
+    assert proc.returncode == 1 and b"failed: no response from" in err, err
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((address, port))  # given back when the call ended
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("20000-", "'20000-' is not LOW-HIGH within 1024-65534 (hint: write e.g. --rtp-ports "
+               "20000-29999)"),
+    ("30000-20000", "'30000-20000' is not LOW-HIGH within 1024-65534 (hint: write e.g. "
+                    "--rtp-ports 20000-29999)"),
+    ("1000-2000", "'1000-2000' is not LOW-HIGH within 1024-65534 (hint: write e.g. "
+                  "--rtp-ports 20000-29999)"),
+    ("40000-70000", "'40000-70000' is not LOW-HIGH within 1024-65534 (hint: write e.g. "
+                    "--rtp-ports 20000-29999)"),
+    ("4e4-5e4", "'4e4-5e4' is not LOW-HIGH within 1024-65534 (hint: write e.g. --rtp-ports "
+                "20000-29999)"),
+    # One odd port: the endpoint offers even ones, and its range broke on it (ValueError).
+    ("40001", "'40001' holds no even port, and RTP takes one (hint: write e.g. "
+              "--rtp-ports 40000-40001)"),
+    ("40001-40001", "'40001-40001' holds no even port, and RTP takes one (hint: write e.g. "
+                    "--rtp-ports 40000-40001)"),
+])
+def test_a_bad_rtp_port_range_is_one_line_and_exit_2(value, error, capsys):
+    # Port 9 (discard): were it dialled, the run would say "no response", not this.
+    assert main(["call", "sip:bob@127.0.0.1:9", "--graph", str(CALLER), "--duration", "1s",
+                 "--rtp-ports", value]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"pipeline: error: --rtp-ports: {error}"]
