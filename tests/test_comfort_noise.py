@@ -110,17 +110,18 @@ class Stream:
             self.ts += PACKET
 
     def silence(self, seconds: float, refresh_s: float = 0.3, drop: int | None = None,
-                stamp_last: bool = False) -> None:
+                stamp_last: bool = False, spectrum: bytes = b"") -> None:
         """CN packets (RFC 3389 4: at the spurt's end, then updates) over `seconds`; the
         `drop`th one is lost on the way. The first is stamped with the silence's start
-        (RFC 3389 4), or with `stamp_last` as the last speech packet was (some senders)."""
+        (RFC 3389 4), or with `stamp_last` as the last speech packet was (some senders).
+        `spectrum`: the reflection coefficients' bytes after the level (RFC 3389 3.2)."""
         end = self.ts + round(seconds * RATE)
         k = 0
         while self.ts < end:
             if k != drop:
                 self.cn_packets.append(len(self.datagrams))
                 ts = self.ts - PACKET if stamp_last and k == 0 else self.ts
-                self._send(self.ts / RATE, CN_PT, ts, bytes([LEVEL]), False)
+                self._send(self.ts / RATE, CN_PT, ts, bytes([LEVEL]) + spectrum, False)
             else:
                 self.seq += 1  # lost: its number is missing
             k += 1
@@ -376,3 +377,26 @@ def test_another_streams_cn_packet_does_not_set_the_level():
     noise = [f for f in frames if f.flags & FLAG_SILENCE]
     assert len(noise) > 60 and jb["drops"] == 1
     assert abs(_cn_level_db(frames) + LEVEL) < 1.0
+
+
+def test_comfort_noise_has_the_spectrum_the_cn_packets_carry():
+    """RFC 3389 3.2 through rtp_session and the jitter buffer: the noise played in a silence
+    whose CN packets carry the reflection coefficients of low-pass noise is low-pass too, at
+    the CN level; the same silence without them plays white noise."""
+    from test_comfort_spectrum import low_pass_noise, quantise, reflection_of, tilt_db
+
+    source = low_pass_noise()
+    played = {}
+    for name, spectrum in (("shaped", quantise(reflection_of(source))), ("white", b"")):
+        s = Stream()
+        s.talk(0.6)
+        s.silence(2.0, spectrum=spectrum)
+        s.talk(0.6)
+        s.silence(0.06, spectrum=spectrum)  # comfort noise goes on to the end: shaped too
+        jb, _, frames, _ = _run(s)
+        assert jb["lost"] == 0 and jb["concealed"] == 0
+        noise = b"".join(f.payload for f in frames if f.flags & FLAG_SILENCE)
+        played[name] = G711Decoder("pcmu").decode(noise)[:, 0].astype(np.float64)
+        assert abs(_cn_level_db(frames) + LEVEL) < 1.0
+    assert abs(tilt_db(played["shaped"]) - tilt_db(source)) < 2.0
+    assert abs(tilt_db(played["white"])) < 1.0

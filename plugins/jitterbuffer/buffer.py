@@ -332,10 +332,8 @@ class JitterBuffer:
         elif ssrc != self._ssrc:
             return False  # a new stream's: its first media packet starts it over
         runs = self._no_media
-        last = self._last_seq
-        while runs and last is not None and (
-                (last - runs[0][0]) % _SEQ_MOD - runs[0][1] + 1) % _SEQ_MOD < _SEQ_MOD // 2:
-            runs.popleft()  # all at or before the last frame played: no gap can hold them
+        if runs and self._last_seq is not None:
+            self._forget_no_media()
         for run in runs:
             if (seq - run[0]) % _SEQ_MOD < run[1]:
                 self.stats.duplicates += 1
@@ -363,6 +361,20 @@ class JitterBuffer:
         """The sender declared a silence (comfort noise) after the last frame played: what
         plays while the buffer has nothing to play (NOTHING) is comfort noise."""
         return self._last_played < self._hush
+
+    def _forget_no_media(self) -> None:
+        """Drop the runs noted by `skip` at or before the last frame played: no gap can hold
+        them. Done as each frame plays, not only at the next `skip`: a run kept while the
+        sequence numbers went round (65536 packets, 22 min at 20 ms: a digit early in a call
+        without VAD) stood for the next cycle's packets of those numbers, a loss counted as
+        come and a CN packet refused as a copy."""
+        last = self._last_seq
+        runs = self._no_media
+        kept = [r for r in runs
+                if ((last - r[0]) % _SEQ_MOD - r[1] + 1) % _SEQ_MOD >= _SEQ_MOD // 2]
+        if len(kept) < len(runs):
+            runs.clear()
+            runs.extend(kept)
 
     def _not_media(self, last: int, span: int) -> int:
         """How many sequence numbers strictly between `last` and `last + span` were noted
@@ -648,6 +660,8 @@ class JitterBuffer:
                 self._silent(ts, pkt)  # periods between: lost, or a short silence?
             self._next_ts = ts + advance
             self._last_seq = pkt.seq if extra is None else extra.seq
+            if self._no_media:
+                self._forget_no_media()
             stats.played += 1
             self._played.append(ts)
             self._last_played = self._next_ts - frame

@@ -17,7 +17,8 @@ It forwards what the sans-IO `JitterBuffer` decides as EncodedFrames for the dec
 
 An `rtp_session` passes each packet of the stream that carries no media (comfort noise,
 RFC 4733 telephone events) as an EncodedFrame with an empty payload and its RTP stamps (CN:
-FLAG_SILENCE and `meta["cn_dbov"]`, the level): its sequence number was not lost. Decoders
+FLAG_SILENCE, `meta["cn_dbov"]`, the level, and `meta["cn_reflection"]`, the spectrum's
+bytes): its sequence number was not lost. Decoders
 play nothing for an empty frame that is not FLAG_CONCEALED.
 """
 
@@ -105,10 +106,12 @@ class JitterBufferNode(Node):
         self._media_now = 0.0
         self._loop_time: Any = None  # the running loop's clock, looked up once
         # RFC 3389 comfort noise: a generator for the codec (None: conceal instead), the
-        # level of the last CN packet (-dBov, None before one) and frames made.
+        # level of the last CN packet (-dBov, None before one), its spectrum (the reflection
+        # coefficients' bytes) and frames made.
         self._noise = ComfortNoise.for_codec(self.codec, self.frame, fmt.value("channels") or 1) \
             if self.comfort_noise else None
         self._cn_dbov: int | None = None
+        self._cn_reflection = b""
         self._cn_ts = 0
         self._noise_frames = 0
 
@@ -190,6 +193,7 @@ class JitterBufferNode(Node):
             level = frame.meta.get("cn_dbov")
             if level is not None:  # RFC 3389 3.1; a CN packet without it keeps the last
                 self._cn_dbov = level
+                self._cn_reflection = frame.meta.get("cn_reflection", b"")
 
     def _reframe(self, seq: int, timestamp: int, ssrc: int, marker: bool, payload: bytes,
                  arrival: float) -> None:
@@ -264,7 +268,7 @@ class JitterBufferNode(Node):
             return
         self._cn_ts = timestamp & 0xFFFFFFFF
         self._noise_frames += 1
-        self.emit("out", EncodedFrame(noise.payload(self._cn_dbov), self.codec,
+        self.emit("out", EncodedFrame(noise.payload(self._cn_dbov, self._cn_reflection), self.codec,
                                       self._cn_ts, self.frame, self.clock_rate, False,
                                       FLAG_SILENCE | (FLAG_DISCONT if discont else 0), None))
 

@@ -21,9 +21,9 @@ short) is dropped and counted, and cannot latch the session.
 Packets of the stream that carry no media for the decoder, RFC 3389 comfort noise
 (`cn_payload_type`, 13 by default) and RFC 4733 telephone events, still take its sequence
 numbers (RFC 3389 4, RFC 4733 2.1): each goes downstream as an EncodedFrame with an empty
-payload and the packet's stamps (comfort noise: FLAG_SILENCE and `meta["cn_dbov"]`, its noise
-level in -dBov, RFC 3389 3.1), so a jitter buffer knows the number was not lost; decoders
-play nothing for it.
+payload and the packet's stamps (comfort noise: FLAG_SILENCE, `meta["cn_dbov"]`, its noise
+level in -dBov, RFC 3389 3.1, and `meta["cn_reflection"]`, the spectrum's bytes, 3.2), so a
+jitter buffer knows the number was not lost; decoders play nothing for it.
 
 Bad datagrams are counted and dropped, never raised; an exception in a node downstream of
 the session is handed to `run_io`, which re-raises it so the runtime stops the graph.
@@ -550,6 +550,7 @@ class RtpSession(Node):
             flags = FLAG_SILENCE
             if payload:  # RFC 3389 3.1: the noise level in -dBov, the top bit unused
                 meta["cn_dbov"] = payload[0] & 0x7F
+                meta["cn_reflection"] = payload[1:]  # 3.2: the spectrum, if any
         if self.linked_outputs:
             self.emit("out", EncodedFrame(b"", self._codec, ts, 0, self._clock, marker, flags,
                                           meta))
