@@ -25,6 +25,10 @@ class DtmfEvents(Node):
     would carry the same one and a receiver would drop the later ones as repeats. Its end of
     stream follows its input's (held until the digits are out), so a call's never ends early;
     without an input it ends after the last digit and its gap.
+
+    In a SIP call graph its digits are dialled once per call: when a re-INVITE (hold,
+    resume, codec change) rebuilds the graph, the new node goes on from the old one's
+    schedule (`carry_state`, `restore_state`) instead of dialling again.
     """
 
     kind = "dtmf_events"
@@ -85,12 +89,25 @@ class DtmfEvents(Node):
         self._rate = (fmt.value("rate") if fmt is not None else None) or 8000
         return {p: fmt for p in self.linked_outputs}
 
+    def carry_state(self) -> tuple[str, float | None, int]:
+        """What has been dialled so far (the digits, the media time they count from, how
+        many went), for the node that takes over in a rebuilt call graph."""
+        return self.digits, self._t0, self._next
+
+    def restore_state(self, state: tuple[str, float | None, int]) -> None:
+        """Go on from a `carry_state` of the node this one replaces (before `start`):
+        digits already sent are not sent again, the rest keep their times."""
+        self._carried = state
+
     def start(self) -> None:
         self._due = self.schedule()
-        self._next = 0
         self._end = self._end_time()
         self._input_ended = not self.linked_inputs
         self._t0: float | None = None  # media time of the first tick: a call graph joins late
+        self._next = 0
+        digits, t0, sent = getattr(self, "_carried", (None, None, 0))
+        if digits == self.digits:  # (other digits: a schedule of their own)
+            self._t0, self._next = t0, sent
         self.sent: list[DtmfEvent] = []
 
     def process(self, port: str, frame: Any) -> None:

@@ -6,7 +6,8 @@ The protocol work is done by the sans-IO modules of this package (`packet`, `rtc
 I/O model: `start()` (synchronous) binds non-blocking UDP sockets, so the bound port is known
 before any frame flows (the `bound_port` attribute and an `rtp-bound` bus message). A port
 pair reserved ahead with `reserve_port` (a sip_endpoint does so for the port its SDP offer
-names) is taken as bound, not bound again: no other process can take it in between. `run_io()`
+names), or handed back by the session of a call graph being rebuilt (`keep_port`), is taken
+as bound, not bound again: no other process can take it in between. `run_io()`
 registers them with `loop.add_reader` and reads a datagram per readiness callback: no
 task or queue per packet. Sending is a direct non-blocking `sendto` from the socket we receive
 on (symmetric RTP, RFC 4961). The node is clocked only to run its timers (RTP timeout, RTCP
@@ -73,6 +74,7 @@ STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000, 1), 8: ("pcma", 8000, 1), 9: ("g722", 
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
 _UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 _MAX_DATAGRAM = 65535
+_MAX_STALE = 4096  # datagrams dropped at most when taking a handed-back socket (a full buffer)
 
 
 # ---- ports reserved ahead (docs/sip.md, "RTP ports") ------------------------------------
@@ -80,14 +82,19 @@ class PortReservation:
     """A UDP port pair bound ahead for the `rtp_session` that will bind it: a SIP offer
     names the port before the call graph starts, and a port merely tested and closed could
     be taken meanwhile by another process (a second `pipeline call`). `rtp_session` takes
-    the sockets instead of binding again; `release_port` closes them if it never did."""
+    the sockets instead of binding again; `release_port` closes them if it never did. A
+    call graph being rebuilt (`keep_port`) gets one from its old rtp_session, which hands
+    its sockets back here instead of closing them."""
 
-    __slots__ = ("ip", "port", "rtp", "rtcp", "taken", "ready")
+    __slots__ = ("ip", "port", "rtp", "rtcp", "taken", "ready", "handed_back")
 
     def __init__(self, ip: str, port: int, rtp: socket.socket,
-                 rtcp: socket.socket | None) -> None:
+                 rtcp: socket.socket | None, handed_back: bool = False) -> None:
         self.ip, self.port, self.rtp, self.rtcp = ip, port, rtp, rtcp
         self.taken = False
+        # From an rtp_session of a rebuilt call graph: what is queued on the sockets was
+        # sent to the old graph, and the new one starts as on a freshly bound port.
+        self.handed_back = handed_back
         # Set only while the call graph it is held for starts: any other rtp_session of the
         # process (another endpoint's call answered on that port) must not take the sockets
         # nor free them, but fail to bind as it would on another program's port.
@@ -95,6 +102,9 @@ class PortReservation:
 
 
 _reserved: dict[tuple[str, int], PortReservation] = {}
+# (ip, port) of rtp_sessions whose call graph is being rebuilt: they hand their sockets back
+# to `_reserved` when they stop, so the port stays ours until the new graph's session starts.
+_keeping: set[tuple[str, int]] = set()
 
 
 def reserve_port(ip: str, port: int) -> PortReservation | None:
@@ -127,6 +137,37 @@ def release_port(held: PortReservation) -> None:
         for s in (held.rtp, held.rtcp):
             if s is not None:
                 s.close()
+
+
+def keep_port(ip: str, port: int) -> None:
+    """Have the rtp_session bound to `ip:port` hand its sockets back as a reservation when
+    it next stops (its call graph is being rebuilt) instead of closing them: between the
+    old graph's stop and the new one's start no other socket can take the port. Collect the
+    reservation with `kept_port` once the old session has stopped."""
+    _keeping.add((ip, port))
+
+
+def kept_port(ip: str, port: int) -> PortReservation | None:
+    """The reservation the rtp_session on `ip:port` handed back after `keep_port` (None when
+    none did: no session on that port, or it has not stopped); ends the `keep_port` request,
+    so a session stopping later closes its sockets."""
+    _keeping.discard((ip, port))
+    return _reserved.get((ip, port))
+
+
+def _drain(sock: socket.socket | None) -> None:
+    """Drop the datagrams queued on a handed-back socket: a telephone-event end packet
+    resent for a digit the old graph reported would be a new digit to the new graph's
+    receiver (RFC 4733 2.5.1.4 ends are sent three times)."""
+    if sock is None:
+        return
+    for _ in range(_MAX_STALE):
+        try:
+            sock.recv(_MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            continue  # an ICMP error from an earlier send: reported once, then gone
 
 
 def reserved_ports() -> list[tuple[str, int]]:
@@ -374,12 +415,23 @@ class RtpSession(Node):
             return s
 
         held = _take_reserved(self.local_ip, self.local_port) if self.local_port else None
-        if held is not None:  # bound ahead for us (a SIP offer named the port): take it
-            if self.rtcp:
-                return held.rtp, held.rtcp
+        if held is not None:  # bound ahead for us (a SIP offer, a rebuild): take it
+            if held.handed_back:
+                _drain(held.rtp)
+                _drain(held.rtcp)
+            if not self.rtcp:
+                if held.rtcp is not None:
+                    held.rtcp.close()
+                return held.rtp, None
             if held.rtcp is not None:
-                held.rtcp.close()
-            return held.rtp, None
+                return held.rtp, held.rtcp
+            try:  # handed back by a session of the call that ran without RTCP
+                return held.rtp, udp(self.local_port + 1)
+            except OSError as e:
+                held.rtp.close()
+                raise self.fail(f"rtp_session cannot bind {self.local_ip}:"
+                                f"{self.local_port + 1} (RTCP): {e}",
+                                hint="pick another local_port, or 0 for any free one") from None
         try:
             if not self.rtcp:
                 return udp(self.local_port), None
@@ -433,9 +485,14 @@ class RtpSession(Node):
                 self._c.send_errors += 1
             except ProtocolError:  # a report we could not build: leaving matters more
                 pass
-        for s in (self._sock, self._rtcp_sock):
-            if s is not None:
-                s.close()
+        key = (self.local_ip, self.bound_port)
+        if key in _keeping and key not in _reserved:
+            # Rebuilt (hold, codec change): the port stays held for the new graph's session.
+            _reserved[key] = PortReservation(*key, self._sock, self._rtcp_sock, True)
+        else:
+            for s in (self._sock, self._rtcp_sock):
+                if s is not None:
+                    s.close()
         self._sock = self._rtcp_sock = None
         if self._pcap is not None:
             self._pcap.close()

@@ -6,7 +6,8 @@ call it negotiates SDP from the codecs the registry can encode and decode, then 
 (docs/sip.md lists them), and removes the part when the call ends: BYE or CANCEL from
 either side, RTP timeout (an ``rtp-timeout`` bus message from a node of the part), a fault in
 the part, or shutdown. A re-INVITE that changes the media (hold, codec, address) rebuilds the
-part with the new values.
+part with the new values; the call's RTP port stays held through it, and nodes that keep
+per-call progress (`dtmf_events`) hand it to their successors (docs/sip.md).
 
 Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip-registered``,
 ``sip-registration-failed``, ``sip-unregistered``, ``call-incoming``, ``call-trying`` (the
@@ -40,7 +41,7 @@ from pipeline.errors import PipelineError
 from pipeline.node import Node
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
-from plugins.rtp.nodes import release_port, reserve_port
+from plugins.rtp.nodes import keep_port, kept_port, release_port, reserve_port
 
 from . import ua as sipua
 from .dns import ServerLocator, check_servers
@@ -49,6 +50,7 @@ from .offer_answer import (
     NegotiatedMedia,
     NegotiatedVideo,
     SrtpPolicy,
+    dtmf_clocks,
     packet_time,
     video_codec,
 )
@@ -167,7 +169,7 @@ def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
         remote_address="127.0.0.1", remote_rtp_port=40000, remote_rtcp_port=40001,
         remote_rtcp_address="127.0.0.1", codec=sdp.name, payload_type=pt,
         clock_rate=sdp.clock_rate, channels=sdp.channels, ptime_ms=packet_time(sdp.name, 20),
-        direction="sendrecv", dtmf_payload_type=101, dtmf_clock_rate=8000, fmtp={},
+        direction="sendrecv", dtmf_payload_type=101, dtmf_clock_rate=sdp.clock_rate, fmtp={},
         local_fmtp={}, local_rtp_port=30000, local_payload_type=pt, local_dtmf_payload_type=101,
         cn_payload_type=13)
     if video_codec_name is not None:  # as a call that agreed video gives them
@@ -239,6 +241,18 @@ class PortAllocator:
         held = self.held.get(port)
         if held is not None:
             held.ready = True
+
+    def keep(self, port: int) -> None:
+        """The call graph on `port` is about to be rebuilt: its rtp_session, when it stops,
+        hands the sockets back instead of closing them (see `take_back`)."""
+        keep_port(self.host, port)
+
+    def take_back(self, port: int) -> None:
+        """Hold the sockets the old rtp_session handed back after `keep` (once it has
+        stopped), as for an offer: the rebuilt graph takes them with `ready`."""
+        held = kept_port(self.host, port)
+        if held is not None:
+            self.held[port] = held
 
     def unhold(self, port: int) -> None:
         """Close `port`'s reservation unless an rtp_session took it; the port stays ours."""
@@ -383,7 +397,8 @@ class SipEndpoint(Node):
     def _usable(self) -> list[tuple[Codec, Any]]:
         """The codecs to offer and accept, in the listed order, each with the registry's
         description (None for telephone-event and cn): those whose encoder and decoder node
-        types exist (DESIGN.md: what the call graph can encode and decode)."""
+        types exist (DESIGN.md: what the call graph can encode and decode); telephone-event
+        at each of their clock rates and 8000 (`dtmf_clocks`)."""
         registry = self.registry
         out: list[tuple[Codec, Any]] = []
         seen: set[str] = set()
@@ -400,7 +415,9 @@ class SipEndpoint(Node):
                     or info.decoder_kind not in registry.node_types:
                 continue
             out.append((sdp_codec(info), info))
-        return out
+        formats = dtmf_clocks([codec for codec, _ in out])
+        infos = {codec: info for codec, info in out}
+        return [(codec, infos.get(codec)) for codec in formats]
 
     def _usable_codecs(self) -> list[Codec]:
         """The SDP formats of `_usable` ([] when none is audio)."""
@@ -497,6 +514,10 @@ class SipEndpoint(Node):
             self._detach(call_id)
         if self.graph is not None and self._on_bus in self.graph.listeners:
             self.graph.listeners.remove(self._on_bus)
+        for call_id in self._rebuilding:  # sockets an old part handed back: no new part now
+            call = self.ua.calls.get(call_id)
+            if call is not None:
+                self.ports.take_back(call.rtp_port)
         self.ports.close()  # offered ports whose call graph never started
         self.locator.close()
         self.transport.close()
@@ -813,19 +834,21 @@ class SipEndpoint(Node):
         del self._following[call_id]
         return referring[0]
 
-    def _attach(self, call: sipua.Call, media: NegotiatedMedia) -> None:
-        # The ports our SDP named were held since (PortAllocator): the audio pair goes to
-        # the part's rtp_session as bound sockets; the video port's node binds it itself,
-        # so it is freed right before, in the same loop turn.
+    def _attach(self, call: sipua.Call, media: NegotiatedMedia,
+                carried: dict[str, tuple[type, Any]] | None = None) -> None:
+        # The ports our SDP named were held since (PortAllocator), as are those of a part
+        # being rebuilt: the audio pair goes to the part's rtp_session as bound sockets; the
+        # video port's node binds it itself, so it is freed right before, in the same turn.
         if call.video_port:
             self.ports.unhold(call.video_port)
         self.ports.ready(call.rtp_port)
         try:
-            self._attach_part(call, media)
+            self._attach_part(call, media, carried or {})
         finally:  # not taken (no rtp_session on it, or the part failed): not held for good
             self.ports.unhold(call.rtp_port)
 
-    def _attach_part(self, call: sipua.Call, media: NegotiatedMedia) -> None:
+    def _attach_part(self, call: sipua.Call, media: NegotiatedMedia,
+                     carried: dict[str, tuple[type, Any]]) -> None:
         if self.call_graph is None:
             return  # signalling only: nothing to run
         from pipeline.loader import add_part
@@ -836,6 +859,10 @@ class SipEndpoint(Node):
         names = add_part(self.graph, str(self.call_graph), prefix, call=values,
                          overrides=written_map(self.call_graph_params),
                          registry=self.registry)
+        for name, (kind, state) in carried.items():
+            node = self.graph.nodes.get(name)
+            if type(node) is kind:  # the same node of the rebuilt graph goes on from there
+                node.restore_state(state)
         room = self._room()
         if room is not None:
             # Name the room's tracks after the far party before the part joins the room.
@@ -872,7 +899,17 @@ class SipEndpoint(Node):
     def _rebuild(self, call: sipua.Call, media: NegotiatedMedia) -> None:
         """New media values: the old part goes, then the new one comes (same RTP port).
         Media that come before the old part is gone (a 2xx after an 18x, a re-INVITE) are
-        the ones the new part gets: starting a part then would find the port still bound."""
+        the ones the new part gets: starting a part then would find the port still bound.
+
+        The port stays ours in between (its rtp_session hands the sockets back, `keep`),
+        and what the old part's nodes did in the call so far (`carry_state`: the digits a
+        dtmf_events node dialled) is handed to the same nodes of the new part
+        (`restore_state`), so the call goes on rather than starting again."""
+        prefix = self.parts[call.call_id]
+        carried = {name: (type(node), node.carry_state())
+                   for name, node in self.graph.nodes.items()
+                   if name.startswith(prefix) and callable(getattr(node, "carry_state", None))}
+        self.ports.keep(call.rtp_port)
         pending = self._detach(call.call_id)
         self._rebuilding[call.call_id] = media
 
@@ -883,14 +920,17 @@ class SipEndpoint(Node):
                 except TimeoutError:
                     self._c["detach_timeouts"] += 1
             latest = self._rebuilding.pop(call.call_id)
+            self.ports.take_back(call.rtp_port)
             if call.active and call.call_id not in self.parts:
                 try:
-                    self._attach(call, latest)
+                    self._attach(call, latest, carried)
                 except Exception as exc:
                     self._c["part_errors"] += 1
                     self.post("error", message=f"call graph for call {call.call_id} failed: "
                               f"{exc}")
                     self.hangup(call.call_id)
+            else:  # the call ended meanwhile
+                self.ports.unhold(call.rtp_port)
 
         task = self._loop.create_task(later())
         self._pending_detach.add(task)

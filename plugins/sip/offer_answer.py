@@ -13,6 +13,10 @@ Policy, where RFC 3264 leaves a choice:
   telephone-event, and agreed only with an audio codec of its clock rate (RFC 3389: the CN
   timestamps run on the audio clock), so with PCMU, PCMA and G722 (8000 in SDP) only;
 - the answer keeps the offerer's payload type numbers (section 6.1, "SHOULD");
+- telephone-event goes at the audio codecs' clocks besides 8000 (`dtmf_clocks`: /48000
+  with Opus, RFC 4733 2.1); an answer keeps only the offered one at the chosen codec's
+  clock, else the first offered we support, and an offerer given several in an answer
+  takes the one at the codec's clock likewise;
 - one audio stream is accepted; with video codecs given, one video stream too (VP8,
   RFC 7741; H.264 packetization-mode 1, RFC 6184); every other stream is rejected with
   port 0 (section 6);
@@ -69,6 +73,7 @@ __all__ = [
     "NegotiationFailed",
     "answer",
     "build_offer",
+    "dtmf_clocks",
     "hold",
     "negotiated",
     "reoffer",
@@ -127,6 +132,22 @@ _VIDEO_KNOWN: dict[str, tuple[str, int, dict[str, str]]] = {
     "vp8": ("VP8", 90000, {}),
     "h264": ("H264", 90000, {"packetization-mode": "1"}),
 }
+
+
+def dtmf_clocks(codecs: Sequence[Codec]) -> list[Codec]:
+    """`codecs` with each telephone-event at 8000 given at every clock rate of the audio
+    codecs too (RFC 4733 2.1: events are best timed on the audio's clock), the others
+    first, in the audio codecs' order: `[opus, PCMU, telephone-event/8000]` offers
+    telephone-event/48000 and /8000, as browsers do (RFC 7587 beside RFC 4733); /8000
+    always stays, the one every peer knows. A telephone-event at another clock is kept."""
+    clocks = list(dict.fromkeys(c.clock_rate for c in codecs if c.is_audio))
+    out: list[Codec] = []
+    for codec in codecs:
+        if codec.is_dtmf and codec.clock_rate == 8000:
+            out += [replace(codec, clock_rate=rate, payload_type=None)
+                    for rate in clocks if rate != 8000]
+        out.append(codec)
+    return out
 
 
 def video_codec(name: str, *, payload_type: int | None = None) -> Codec:
