@@ -33,8 +33,9 @@ _hardware_free: ContextVar[bool] = ContextVar("hardware_free", default=False)
 def without_hardware() -> Iterator[None]:
     """Graphs loaded and prepared inside are checked without hardware: device nodes check
     their parameters and negotiate formats, but look no device up and do not load
-    PortAudio, and post `device-not-checked`. Such a graph cannot start its devices: load
-    it again outside to run it. `pipeline validate` and the check `pipeline call` makes
+    PortAudio, and post `device-not-checked`. A graph prepared inside cannot start its
+    devices, and `prepare()` does not run twice: load it again outside to run it. A device
+    node of a plugin honours it by checking `is_hardware_free()` in its `validate()`. `pipeline validate` and the check `pipeline call` makes
     before dialling use it, so a graph's structure and formats are checked on any machine."""
     token = _hardware_free.set(True)
     try:

@@ -12,6 +12,8 @@ import pytest
 from conftest import ROOT, WAIT
 
 from pipeline.cli import main
+from pipeline.errors import GraphError
+from pipeline.loader import load_graph_text
 from plugins.sip.message import SipMessage
 from plugins.sip.sdp import SessionDescription
 
@@ -60,12 +62,35 @@ def test_a_call_offers_and_holds_an_rtp_port_from_the_range(tmp_path):
                 "20000-29999)"),
     # One odd port: the endpoint offers even ones, and its range broke on it (ValueError).
     ("40001", "'40001' holds no even port, and RTP takes one (hint: write e.g. "
-              "--rtp-ports 40000-40001)"),
+              "--rtp-ports 20000-29999)"),
     ("40001-40001", "'40001-40001' holds no even port, and RTP takes one (hint: write e.g. "
-                    "--rtp-ports 40000-40001)"),
+                    "--rtp-ports 20000-29999)"),
 ])
 def test_a_bad_rtp_port_range_is_one_line_and_exit_2(value, error, capsys):
     # Port 9 (discard): were it dialled, the run would say "no response", not this.
     assert main(["call", "sip:bob@127.0.0.1:9", "--graph", str(CALLER), "--duration", "1s",
                  "--rtp-ports", value]) == 2
     assert capsys.readouterr().err.splitlines() == [f"pipeline: error: --rtp-ports: {error}"]
+
+
+def _endpoint(port_range: str) -> str:
+    return (f"nodes:\n  sip: {{type: sip_endpoint, listen: 'udp:127.0.0.1:0', "
+            f"call_graph: {CALLER}, rtp_port_range: '{port_range}'}}\n")
+
+
+@pytest.mark.parametrize("port_range", ["40001", "40001-40001"])
+def test_an_endpoint_rtp_port_range_without_an_even_port_fails_validation(port_range):
+    # One rule for the option and the parameter: this passed, then the endpoint failed to
+    # start (an empty range for its first offer).
+    with pytest.raises(GraphError) as e:
+        load_graph_text(_endpoint(port_range)).prepare()
+    assert "rtp_port_range" in str(e.value)
+    assert "even" in str(e.value)
+
+
+def test_validate_refuses_the_odd_port_serve_would_crash_on(tmp_path, capsys):
+    # docs/sip.md: `pipeline serve graphs/conference.yaml -p rtp_ports=...` sets the range.
+    assert main(["validate", str(ROOT / "graphs" / "conference.yaml"), "-p", "rtp_ports=40001",
+                 "-p", f"record_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert "rtp_port_range" in err and "40001" in err

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -191,19 +190,17 @@ def _check_codecs(codecs: list[str]) -> None:
 
 
 def _check_rtp_ports(text: str) -> str:
-    """`--rtp-ports`, named as the option: LOW-HIGH (or one port) as sip_endpoint's
-    rtp_port_range takes it, holding an even port (the endpoint offers even ports, RFC 3550
-    11)."""
+    """`--rtp-ports`, checked as sip_endpoint checks its rtp_port_range, named as the
+    option (a usage error)."""
     from pipeline.cli import UsageError
 
-    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip(), re.ASCII)
-    low, high = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
-    if not 1024 <= low <= high <= 65534:
-        raise UsageError(f"--rtp-ports: '{text}' is not LOW-HIGH within 1024-65534",
-                         hint="write e.g. --rtp-ports 20000-29999")
-    if low == high and low % 2:
-        raise UsageError(f"--rtp-ports: '{text}' holds no even port, and RTP takes one",
-                         hint=f"write e.g. --rtp-ports {low - 1}-{high}")
+    from .nodes import port_range
+
+    try:
+        low, high = port_range(text)
+    except ValueError as e:
+        raise UsageError(f"--rtp-ports: {e}", hint="write e.g. --rtp-ports 20000-29999") \
+            from None
     return f"{low}-{high}"
 
 

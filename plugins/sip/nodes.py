@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -183,6 +184,19 @@ def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
     return call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0, codecs=[info])
 
 
+def port_range(text: str) -> tuple[int, int]:
+    """`rtp_port_range` (`LOW-HIGH`, or one port) as (low, high); ValueError says what is
+    wrong. It must hold an even port: RTP takes even ones, RTCP the odd one above (RFC 3550
+    11)."""
+    m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", text, re.ASCII)
+    low, high = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
+    if not 1024 <= low <= high <= 65534:
+        raise ValueError(f"'{text}' is not LOW-HIGH within 1024-65534")
+    if low == high and low % 2:
+        raise ValueError(f"'{text}' holds no even port, and RTP takes one")
+    return low, high
+
+
 class PortAllocator:
     """Even RTP ports from a range (RTCP takes port + 1), handed out round robin so a port
     just released (its sockets may still be closing) is the last to come back: answers
@@ -196,11 +210,11 @@ class PortAllocator:
     until the call's rtp_session takes them, so no other process can take the port in
     between. `ready` lets the call graph starting now (and only it) take the reservation,
     `unhold` drops a reservation the call graph did not take, `release` frees the port (and
-    any reservation still held)."""
+    any reservation still held). `keep` and `take_back` hold a port through a rebuild of
+    its call graph: the old rtp_session hands its sockets back instead of closing them."""
 
     def __init__(self, text: str, host: str) -> None:
-        lo, _, hi = text.partition("-")
-        self.lo, self.hi = int(lo), int(hi or lo)
+        self.lo, self.hi = port_range(text)
         self.host = host
         self.in_use: set[int] = set()
         self.held: dict[int, Any] = {}  # port -> its PortReservation, until taken or dropped
@@ -365,12 +379,11 @@ class SipEndpoint(Node):
                 raise ParamValueError("call_graph_params", f"call graph '{self.call_graph}' "
                                       f"has no parameter '{unknown[0]}'", "declared: "
                                       + (", ".join(declared) or "none"))
-        lo, sep, hi = str(self.rtp_port_range).partition("-")
-        if not (lo.isdigit() and (not sep or hi.isdigit())
-                and 1024 <= int(lo) <= int(hi or lo) <= 65534):
-            raise ParamValueError("rtp_port_range", f"parameter 'rtp_port_range': "
-                                  f"'{self.rtp_port_range}' is not LOW-HIGH within 1024-65534",
-                                  "write e.g. 20000-29999")
+        try:
+            port_range(str(self.rtp_port_range))
+        except ValueError as e:
+            raise ParamValueError("rtp_port_range", f"parameter 'rtp_port_range': {e.args[0]}",
+                                  "write e.g. 20000-29999") from None
         known = {*self.registry.codecs, _DTMF, _CN}
         unknown = [c for c in self.codecs if str(c).lower() not in known]
         if unknown:
