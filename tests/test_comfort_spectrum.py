@@ -149,3 +149,16 @@ def test_a_new_spectrum_shapes_the_noise_from_then_on_and_none_is_white_again():
     assert tilts[0] > 18.0 and tilts[1] < -18.0 and abs(tilts[2]) < 0.5
     for p in parts:
         assert abs(level_db("l16", decode("l16", p)) + 40) < 0.2
+
+
+def test_refreshes_switching_between_sharp_spectra_keep_the_noise_at_its_level():
+    # One filter's state carried into the other set the noise off: two valid models
+    # switched every frame reached full scale within frames, then inf/NaN and silence.
+    a, b = bytes([0, 254] * 6), bytes([254, 0] * 6)
+    cn = ComfortNoise("l16", 160)
+    levels = [level_db("l16", decode("l16", cn.payload(40, (a, b)[i % 2])))
+              for i in range(400)]
+    after = decode("l16", b"".join(cn.payload(40, quantise(reflection_of(low_pass_noise())))
+                                   for _ in range(100)))
+    assert max(levels) < -40 + 12  # a sharp model's frames wander, but not to full scale
+    assert abs(level_db("l16", after) + 40) < 2.0  # and an ordinary spectrum plays on

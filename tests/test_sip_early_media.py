@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import WAIT, until
 from peers.pjsua2_peer import Pjsua2Peer
-from test_sip_endpoint import MUTE_GRAPH, Endpoint
+from test_sip_endpoint import CALL_RTP, MUTE_GRAPH, Endpoint
 from test_sip_interop import (
     F_OURS,
     F_PEER,
@@ -31,8 +31,9 @@ from test_sip_interop import Endpoint as InteropEndpoint
 from test_sip_ua import ALICE, BOB, PCMA, PCMU, make_ua
 
 from pipeline.testing import read_wav, sine, write_wav
+from plugins.rtp.packet import parse_fields
 from plugins.sip.message import SipMessage, SipRequest, SipResponse
-from plugins.sip.offer_answer import answer
+from plugins.sip.offer_answer import Codec, answer
 from plugins.sip.ua import (
     CallEarlyMedia,
     CallEnded,
@@ -491,3 +492,70 @@ def test_our_hold_answered_while_the_200_rebuilds_the_part_is_in_the_new_part(tm
             await ep.stop()
 
     asyncio.run(main())
+
+
+# Dials "1" 300 ms into its graph, with the agreed telephone-event.
+DIALLER = """
+nodes:
+  tone: {type: tone, freq: 1000, rate: "${call.rate}"}
+  enc: {type: "${call.encoder}", ptime_ms: "${call.ptime}"}
+  dial: {type: dtmf_events, digits: "1", delay: 300ms}
+""" + CALL_RTP + """  sink: {type: null_sink}
+links: [tone -> enc -> dial -> rtp, rtp -> sink]
+"""
+
+
+def test_digits_of_a_call_answered_after_early_media_go_to_the_answered_call(tmp_path: Path):
+    """A 2xx whose SDP differs from the 183's (another port: a forwarded call) rebuilds the
+    call graph, and what the early part did is not carried into the call: its digit, dialled
+    into the ringback, is dialled again on the answered call, 300 ms into it (the rebuild
+    used to hand over the early part's schedule and the digit as sent: none came)."""
+    (tmp_path / "call.yaml").write_text(DIALLER)
+    te = Codec.named("telephone-event")
+
+    def sdp(gw: Gateway, port: int, version: int) -> bytes:
+        body, _ = answer(gw.invite.body, [PCMU, te], "127.0.0.1", port)
+        body.origin.session_id, body.origin.session_version = 7, version
+        return bytes(body)
+
+    def read(sock: socket.socket, into: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        while True:
+            try:
+                pt, _, ts, *_ = parse_fields(sock.recv(2048))
+            except BlockingIOError:
+                return into
+            into.append((pt, ts))
+
+    async def main() -> list[tuple[int, int]]:
+        gw = Gateway()
+        early, final = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+        for s in (early, final):
+            s.setblocking(False)
+            s.bind(("127.0.0.1", 0))
+        ep = Endpoint(ENDPOINT.format(call_graph=tmp_path / "call.yaml"))
+        got: list[tuple[int, int]] = []
+        try:
+            await ep.port()
+            call_id = ep.node.call(f"sip:gw@127.0.0.1:{gw.port}")
+            await gw.receive("INVITE")
+            gw.send(183, "Session Progress", sdp(gw, early.getsockname()[1], 1))
+            prefix = (await ep.wait("call-early-media", call_id=call_id)).data["prefix"]
+            dial = ep.graph.nodes[f"{prefix}dial"]
+            await until(lambda: dial.stats()["dtmf_sent"], "the digit dialled in early media")
+            gw.send(200, "OK", sdp(gw, final.getsockname()[1], 2))
+            await gw.receive("ACK")
+            await until(lambda: any(pt != 0 for pt, _ in read(final, got)),
+                        "the digit on the answered call")
+            ep.node.hangup(call_id)
+            await gw.receive("BYE")
+        finally:
+            gw.close()
+            early.close()
+            final.close()
+            await ep.stop()
+        return got
+
+    got = asyncio.run(main())
+    audio = next(ts for pt, ts in got if pt == 0)
+    digit = next(ts for pt, ts in got if pt != 0)
+    assert (digit - audio) % 2**32 >= 0.25 * 8000  # in the answered call's media time

@@ -201,3 +201,34 @@ def test_a_port_handed_back_stays_bound_and_the_next_session_starts_on_it_afresh
     with send:
         stats = asyncio.run(main())
     assert stats["packets_received"] == 1
+
+
+def test_a_digit_a_rebuild_cuts_is_heard_once_at_the_far_end(tmp_path: Path) -> None:
+    # A hold while a 2 s digit was under way: the old session stopped without its end
+    # packets and the far end's rebuilt session forgot the event it was receiving, so the
+    # digit was never reported. Each session now ends a digit under way as it stops.
+    dialler = DIALLER_GRAPH.replace('digits: "12,3,4", delay: 200ms, pause: 1s',
+                                    'digits: "1", delay: 200ms, tone_ms: 2000')
+    assert dialler != DIALLER_GRAPH
+    (tmp_path / "dialler.yaml").write_text(dialler)
+    (tmp_path / "server.yaml").write_text(CALLER_GRAPH)
+
+    async def main() -> list[str]:
+        server = Endpoint(server_yaml(call_graph=tmp_path / "server.yaml"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "dialler.yaml"))
+        call_id = (await caller.wait("call-established")).data["call_id"]
+        server_id = (await server.wait("call-established")).data["call_id"]
+        far = next(server.graph.nodes[n] for n in server.part_nodes()
+                   if server.graph.nodes[n].kind == "rtp_session")
+        await until(lambda: far._dtmf_rx._active is not None, "the digit arriving")
+        caller.node.hold(call_id)
+        await _rebuilt(caller, call_id, "sendonly", server, server_id, "recvonly")
+        await until(lambda: server.names("dtmf"), "the digit reported")
+        caller.node.hangup(call_id)
+        await caller.result()
+        await server.wait("call-ended")  # every session stopped: any digit left is out
+        await server.close()
+        return [m.data["digit"] for m in server.names("dtmf")]
+
+    assert asyncio.run(main()) == ["1"]

@@ -59,7 +59,7 @@ class ComfortNoise:
     filtered noise). Buffers are allocated once; a frame is a handful of vector operations
     and one `lfilter`. `for_codec` returns None for a codec it cannot make."""
 
-    __slots__ = ("_a", "_b", "_be", "_decode", "_encode", "_full", "_noise", "_pcm",
+    __slots__ = ("_a", "_b", "_be", "_decode", "_encode", "_full", "_noise", "_pcm", "_ramp",
                  "_reflection", "_rng", "_scale", "_zi", "codec")
 
     def __init__(self, codec: str, frame: int, channels: int = 1, seed: int = 3389) -> None:
@@ -83,10 +83,11 @@ class ComfortNoise:
         self._scale: dict[int, float] = {}  # level (-dBov) -> noise scale, 16-bit units
         # The spectrum in use: its coefficient bytes, 1/A(z) as lfilter's (b, a) with the
         # gain normalised in b (None: white), and the filter's state, one column a channel.
-        self._reflection = b""
+        self._reflection: bytes | None = None  # None: no frame made yet
         self._a: np.ndarray | None = None
         self._b = _ONE
         self._zi = np.zeros((0, channels))
+        self._ramp = np.linspace(0.0, 1.0, frame).reshape(-1, 1)
 
     @classmethod
     def for_codec(cls, codec: str, frame: int, channels: int = 1) -> ComfortNoise | None:
@@ -136,12 +137,17 @@ class ComfortNoise:
             h = lfilter(_ONE, a, _IMPULSE)
             if order == 1 or abs(float(h @ h) * residual - 1.0) < _GAIN_TOLERANCE:
                 break
-        # The state carries over a change of spectrum (a CN refresh) as far as the orders
-        # share it: the noise goes on instead of restarting from zero, a dip at each refresh.
-        zi = np.zeros((order, self._zi.shape[1]))
-        n = min(order, self._zi.shape[0])
-        zi[:n] = self._zi[:n]
-        self._a, self._b, self._zi = a, np.full(1, np.sqrt(residual)), zi
+        # From rest: another filter's state could set this one off (two sharp models
+        # switched every frame rose to full scale); `payload` fades from the old one.
+        self._a, self._b = a, np.full(1, np.sqrt(residual))
+        self._zi = np.zeros((order, self._zi.shape[1]))
+
+    def _filter(self, noise: np.ndarray) -> np.ndarray:
+        """`noise` through the spectrum in use, its state carried on."""
+        if self._a is None:
+            return noise
+        out, self._zi = lfilter(self._b, self._a, noise, axis=0, zi=self._zi)
+        return out
 
     def payload(self, level: int, reflection: bytes = b"") -> bytes:
         """One frame of noise at `level` -dBov, shaped by `reflection`, the CN payload's
@@ -149,10 +155,18 @@ class ComfortNoise:
         payload."""
         noise = self._noise
         self._rng.standard_normal(out=noise)
-        if reflection != self._reflection:
+        if self._reflection is None:  # the first frame: nothing to fade from
             self._shape(reflection)
-        if self._a is not None:
-            noise, self._zi = lfilter(self._b, self._a, noise, axis=0, zi=self._zi)
+            noise = self._filter(noise)
+        elif reflection != self._reflection:
+            # A new spectrum (a CN refresh) fades in over the frame from the old one, each
+            # filter on its own state: no step, and the new one starts from rest.
+            before = self._filter(noise)
+            self._shape(reflection)
+            ramp = self._ramp
+            noise = before * (1.0 - ramp) + self._filter(noise) * ramp
+        else:
+            noise = self._filter(noise)
         noise *= self._scale_for(level)
         np.clip(noise, -32768.0, 32767.0, out=noise)
         pcm = self._pcm

@@ -140,6 +140,19 @@ class DtmfSender:
             # Never report less than what the updates already claimed.
             self._total = max(elapsed, self._index * self.ptime_samples)
 
+    def cut(self) -> list[DtmfPacket]:
+        """End the current event where its updates have reached and return its end packets
+        at once (the session is closing: no later packet could go)."""
+        if not self.active:
+            return []
+        claimed = max(self._index, 1) * self.ptime_samples  # by the updates sent so far
+        if self._total is None or self._total > claimed:
+            self._total = claimed
+        out: list[DtmfPacket] = []
+        while self.active:
+            self._emit(out)
+        return out
+
     def get_timer(self) -> float | None:
         """When the next packet is due (None when idle)."""
         if not self.active:
@@ -256,6 +269,11 @@ class DtmfReceiver:
         if act is not None and now >= act.last_time + self.timeout:
             return [self._finish(act)]
         return []
+
+    def flush(self) -> list[DtmfEvent]:
+        """End the current event now, as its timeout would (the session is closing)."""
+        act = self._active
+        return [] if act is None else [self._finish(act)]
 
     def _finish(self, act: _Active) -> DtmfEvent:
         self._ended.append(act.seg_ts)

@@ -478,6 +478,16 @@ class RtpSession(Node):
     def stop(self) -> None:
         if getattr(self, "_sock", None) is None:
             return
+        if self._dtmf_pt is not None:
+            # A digit under way ends here, on both sides, rather than never (ours: its end
+            # packets) or by the far end's timeout (theirs: reported now, as that would; on
+            # the bus only, the nodes downstream may have stopped). A rebuilt call graph's
+            # new session starts afresh, and a digit cut by the rebuild is still heard once.
+            self._deliver_dtmf(self._dtmf_rx.flush(), downstream=False)
+            if self._dtmf_packer is not None:
+                for p in self._dtmf_tx.cut():
+                    self._send(self._dtmf_packer.pack(p.payload, self._seq, p.timestamp,
+                                                      p.marker), len(p.payload), p.timestamp)
         if self._rtcp_sock is not None and self._remote is not None:
             try:
                 self._send_rtcp(self._now(), bye=True)  # RFC 3550 6.6: we are leaving
@@ -612,11 +622,11 @@ class RtpSession(Node):
             self.emit("out", EncodedFrame(b"", self._codec, ts, 0, self._clock, marker, flags,
                                           meta))
 
-    def _deliver_dtmf(self, events: list[DtmfEvent]) -> None:
+    def _deliver_dtmf(self, events: list[DtmfEvent], downstream: bool = True) -> None:
         for ev in events:
             self._c.dtmf_received += 1
             self.post("dtmf", digit=ev.digit, duration_ms=ev.duration_ms)
-            for out in self.linked_outputs:
+            for out in self.linked_outputs if downstream else ():
                 self.emit_event(out, ev)
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:

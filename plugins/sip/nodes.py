@@ -807,7 +807,9 @@ class SipEndpoint(Node):
             values = call_values(call, media, local_ip=self.media_ip_used,
                                  rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
             if values != self.part_values.get(call.call_id):
-                self._rebuild(call, media)
+                # The answer starts the call: what the early-media part did (digits dialled
+                # into the ringback) is not carried into it.
+                self._rebuild(call, media, carry=False)
             return True
         try:
             self._attach(call, media)
@@ -909,7 +911,7 @@ class SipEndpoint(Node):
             return f"call-{call.number}/"
         return self.parts.get(call.call_id)
 
-    def _rebuild(self, call: sipua.Call, media: NegotiatedMedia) -> None:
+    def _rebuild(self, call: sipua.Call, media: NegotiatedMedia, carry: bool = True) -> None:
         """New media values: the old part goes, then the new one comes (same RTP port).
         Media that come before the old part is gone (a 2xx after an 18x, a re-INVITE) are
         the ones the new part gets: starting a part then would find the port still bound.
@@ -917,11 +919,13 @@ class SipEndpoint(Node):
         The port stays ours in between (its rtp_session hands the sockets back, `keep`),
         and what the old part's nodes did in the call so far (`carry_state`: the digits a
         dtmf_events node dialled) is handed to the same nodes of the new part
-        (`restore_state`), so the call goes on rather than starting again."""
+        (`restore_state`), so the call goes on rather than starting again (unless not
+        `carry`: the 2xx after early media)."""
         prefix = self.parts[call.call_id]
         carried = {name: (type(node), node.carry_state())
                    for name, node in self.graph.nodes.items()
-                   if name.startswith(prefix) and callable(getattr(node, "carry_state", None))}
+                   if carry and name.startswith(prefix)
+                   and callable(getattr(node, "carry_state", None))}
         self.ports.keep(call.rtp_port)
         pending = self._detach(call.call_id)
         self._rebuilding[call.call_id] = media
