@@ -12,8 +12,9 @@ per-call progress (`dtmf_events`) hand it to their successors (docs/sip.md).
 Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip-registered``,
 ``sip-registration-failed``, ``sip-unregistered``, ``call-incoming``, ``call-trying`` (the
 first provisional response, any 1xx, to an INVITE of ours: once per call), ``call-ringing``,
-``call-early-media`` (an outgoing call's 18x brought an SDP answer: its part starts then,
-so the caller hears a gateway's ringback or announcement), ``call-established``,
+``call-early-media`` (an outgoing call's 18x brought an SDP answer, or with `early_media` our
+183 carried ours to an incoming call: its part starts then, so the caller hears a ringback
+or announcement before the answer), ``call-established``,
 ``call-updated``, ``call-ended``, ``dtmf``, ``refer``, ``transfer-progress``,
 ``transfer-done``.
 
@@ -318,6 +319,12 @@ class SipEndpoint(Node):
                         "and wait for answer())")
     ring = Param(bool, True, "send 180 Ringing to an incoming INVITE before answering "
                  "(false: 100 Trying, then the 200 alone)")
+    early_media = Param(bool, False, "answer an INVITE with an SDP offer first with 183 "
+                        "Session Progress and our SDP answer, starting the call graph then "
+                        "(early media: ringback, announcements; reliable when the caller "
+                        "supports 100rel), and with 200 OK when it is answered")
+    answer_after = Param(Duration, 0.0, "with auto_answer, ring (or play early media) this "
+                         "long before the 200 OK (0: at once)", min=0.0)
     media_ip = Param(str, None, "address for RTP and SDP (default: the first listen address)")
     ptime_ms = Param(int, 20, "packet duration offered and answered, ms", min=10, max=120)
     srtp = Param(SrtpPolicy, "off", "SRTP with SDES keys (RFC 3711, 4568): off; optional (offer "
@@ -468,6 +475,7 @@ class SipEndpoint(Node):
                    for k, v in written_map(self.users).items()},
             max_calls=self.max_calls, media_ip=media_ip,
             ptime_ms=self.ptime_ms, rate_limit=self.rate_limit, ring=self.ring,
+            early_media=self.early_media,
             video_codecs=[video_codec(str(n)) for n in self.video_codecs or ()]
             if self.video else (),
             rate_burst=max(1, int(2 * self.rate_limit)),
@@ -488,6 +496,7 @@ class SipEndpoint(Node):
         self._dialled: str | None = None
         self._dial_time: float | None = None  # when the dialled call was answered
         self._ring_since: float | None = None  # when it was dialled, until it is answered
+        self._answer_at: dict[str, float] = {}  # incoming calls to answer then (answer_after)
         self._shutting_down: float | None = None
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
@@ -549,6 +558,12 @@ class SipEndpoint(Node):
                 and t - self._ring_since >= self.hangup_after:
             self._ring_since = None  # not answered within as long: cancelled (a callee that
             self.hangup(self._dialled)  # only rings would hold `pipeline call` for ever)
+        for call_id, at in list(self._answer_at.items()):
+            call = self.ua.calls.get(call_id)
+            if call is None or call.state != "incoming":  # it ended (CANCEL, no PRACK...)
+                del self._answer_at[call_id]
+            elif t >= at:
+                self.answer(call_id)
         if self._shutting_down is not None:
             done = not any(c.active for c in self.ua.calls.values()) and not (
                 self.ua.registration is not None and self.ua.registration.registered)
@@ -583,7 +598,19 @@ class SipEndpoint(Node):
         return call.call_id
 
     def answer(self, call_id: str) -> None:
-        """Answer an incoming call: start its call graph, then send 200 OK."""
+        """Answer an incoming call: start its call graph (unless early media started it
+        already: it goes on as it is), then send 200 OK."""
+        self._answer_at.pop(call_id, None)
+        incoming = self.ua.calls.get(call_id)
+        if (incoming is None or incoming.progress is None) and not self._start_media(call_id):
+            return
+        self.ua.accept(call_id, self._loop.time())
+        self._pump()
+
+    def _start_media(self, call_id: str) -> bool:
+        """Make our SDP answer on a free RTP port and start the call graph with it; False
+        when the call could not have it and was refused (486 room full, 503 no port, 500
+        call graph failed)."""
         now = self._loop.time()
         room = self._room()
         if room is not None and not room.can_join():
@@ -591,7 +618,7 @@ class SipEndpoint(Node):
             self._c["room_full"] = self._c.get("room_full", 0) + 1
             self.ua.reject(call_id, 486, now, reason="Busy Here")
             self._pump()
-            return
+            return False
         error: Exception | None = None
         incoming = self.ua.calls.get(call_id)
         preview = incoming.preview if incoming is not None else None
@@ -613,7 +640,7 @@ class SipEndpoint(Node):
             log.warning("call %s: %s", call_id, exc)
             self.ua.reject(call_id, 503, now, reason="No Free RTP Port")
             self._pump()
-            return
+            return False
         for attempt in range(_BIND_TRIES):
             # No test-bind per call: the call graph binds the port; only when that fails is
             # the port checked, and a busy one (another program's) swapped for the next.
@@ -644,9 +671,8 @@ class SipEndpoint(Node):
             self.post("error", message=f"call graph for call {call_id} failed: {error}")
             self.ua.reject(call_id, 500, now, reason="Call Graph Failed")
             self._pump()
-            return
-        self.ua.accept(call_id, now)
-        self._pump()
+            return False
+        return True
 
     def hangup(self, call_id: str) -> None:
         """End a call (CANCEL, decline or BYE, whatever its state)."""
@@ -719,10 +745,22 @@ class SipEndpoint(Node):
             self.post("call-incoming", call_id=call.call_id, caller=call.caller,
                       callee=call.callee, codec=None if event.media is None
                       else self._codec_name(event.media))
+            if self.early_media and event.media is not None:
+                # RFC 3960 early media: the call graph starts now, with the answer our 183
+                # carries; the 200 later repeats it (or, reliable, has none) and keeps it.
+                # An INVITE without an offer gets none: a 183 would have to carry our
+                # offer and its PRACK the answer (RFC 3262 5), on which pjsua2 aborts.
+                if not self._start_media(call.call_id):
+                    return
+                self.ua.send_progress(call.call_id, self._loop.time())
+                self.post("call-early-media", call_id=call.call_id,
+                          codec=self._codec_name(call.media), prefix=self._prefix(call))
             # A call that replaces one of ours (RFC 3891, an attended transfer) is answered
-            # whatever auto_answer says: the user consented by taking part in it.
-            if self.auto_answer or call.replaces is not None:
+            # whatever auto_answer says, and at once: the user consented by taking part.
+            if call.replaces is not None or (self.auto_answer and not self.answer_after):
                 self.answer(call.call_id)
+            elif self.auto_answer:
+                self._answer_at[call.call_id] = self._loop.time() + self.answer_after
         elif isinstance(event, sipua.CallRinging):
             self.post("call-ringing", call_id=event.call.call_id)
             self._report_followed(event.call.call_id, 180)
@@ -970,7 +1008,11 @@ class SipEndpoint(Node):
         call_id = next((c for c, p in self.parts.items() if p == prefix), None)
         if call_id is not None:
             self.parts.pop(call_id, None)  # the runtime detaches it
-            self.ua.hangup(call_id, self._loop.time())
+            call = self.ua.calls.get(call_id)
+            if call is not None and call.state == "incoming":  # early media: refused as at start
+                self.ua.reject(call_id, 500, self._loop.time(), reason="Call Graph Failed")
+            else:
+                self.ua.hangup(call_id, self._loop.time())
             self._pump()
 
     def _on_bus(self, msg: Any) -> None:

@@ -1,12 +1,13 @@
 """RFC 3262 reliable provisional responses (``100rel``, PRACK), sans-IO.
 
 A UAS sends a provisional response reliably when the INVITE requires it (``Require:
-100rel``): the response carries ``Require: 100rel`` and ``RSeq``, and is sent again at T1,
-2*T1, 4*T1... (section 3: no T2 cap) until a PRACK whose ``RAck`` (RSeq, CSeq number,
-method) names it comes, or 64*T1 pass, when the INVITE is refused with a 5xx. A UAC that
-gets such a response answers it with a PRACK in the early dialog (section 4).
-`ua.UserAgent` sends and matches; nothing here reads a clock or keeps more than one
-response's state.
+100rel``), or supports it (``Supported: 100rel``) and the response carries an SDP answer
+(early media, which a caller must not lose): the response carries ``Require: 100rel`` and
+``RSeq``, and is sent again at T1, 2*T1, 4*T1... (section 3: no T2 cap) until a PRACK
+whose ``RAck`` (RSeq, CSeq number, method) names it comes, or 64*T1 pass, when the INVITE
+is refused with a 5xx. A UAC that gets such a response answers it with a PRACK in the
+early dialog (section 4). `ua.UserAgent` sends and matches; nothing here reads a clock or
+keeps more than one response's state.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ _MAX = 2**32 - 1  # section 7.1: RSeq is 1 to 2**32 - 1
 def required(message: SipMessage) -> bool:
     """Whether the message says ``Require: 100rel``."""
     return any(t.strip().lower() == TAG for t in message.headers.values("Require"))
+
+
+def supported(message: SipMessage) -> bool:
+    """Whether the message says ``Supported: 100rel`` (or requires it)."""
+    return required(message) or any(
+        t.strip().lower() == TAG for t in message.headers.values("Supported"))
 
 
 def first_rseq() -> int:
@@ -60,6 +67,7 @@ class ReliableProvisional:
     """A reliable provisional response we sent and its retransmission schedule, until its
     PRACK. `answer_waits`: the 2xx to the INVITE is held back until then."""
 
+    status: int  # 180, or 183 with our SDP answer
     wire: bytes
     rseq: int
     cseq: int  # the INVITE's CSeq number (RAck's second number)
@@ -69,9 +77,9 @@ class ReliableProvisional:
     answer_waits: bool = False
 
     @classmethod
-    def start(cls, wire: bytes, rseq: int, cseq: int, now: float, t1: float
+    def start(cls, status: int, wire: bytes, rseq: int, cseq: int, now: float, t1: float
               ) -> ReliableProvisional:
-        return cls(wire, rseq, cseq, now + t1, t1, now + 64 * t1)
+        return cls(status, wire, rseq, cseq, now + t1, t1, now + 64 * t1)
 
     @property
     def deadline(self) -> float:

@@ -25,6 +25,10 @@ What it does, with the RFC sections it follows:
 - reliable provisional responses (RFC 3262, `prack`): a 180 sent reliably (RSeq, resent
   until its PRACK) when the INVITE requires 100rel, the 200 held back until that PRACK;
   reliable 18x we receive are PRACKed;
+- early media as UAS (`early_media`, RFC 3960): an INVITE with an offer gets no 180 but,
+  from `send_progress`, a 183 with our SDP answer, reliable when the INVITE supports
+  100rel; the 2xx repeats that answer unchanged after an unreliable 183 and carries none
+  after a reliable one (RFC 3261 13.2.1, 13.3.1.4; RFC 3262 5);
 - session timers (RFC 4028, `session_timer`): 422 below our Min-SE, Session-Expires in the
   2xx, a re-INVITE with the SDP unchanged at half the interval when we refresh, BYE when the
   session expires;
@@ -168,6 +172,8 @@ class UaConfig:
     rate_limit: float = 50.0  # new requests per second per source address
     rate_burst: int = 100
     ring: bool = True
+    # an INVITE with an offer gets a 183 with our answer (`send_progress`) instead of a 180
+    early_media: bool = False
     user_agent: str = "voip-pipeline"
     follow_refer: bool = False  # accept REFERs (202, NOTIFYs by notify_refer), else 603
     srtp: str = "off"  # SRTP policy (off, optional, mandatory; offer_answer's docstring)
@@ -305,6 +311,9 @@ class Call:
     # (RFC 3261 13.2.1, 14.2).
     offer_in_2xx: SessionDescription | None = None
     rseq: int | None = None  # UAC: the RSeq of the last reliable 18x we PRACKed (RFC 3262)
+    # UAS: our 183 carried the SDP answer (early media): "reliable" (it is the answer, RFC
+    # 3262 5) or "unreliable" (the 2xx repeats it); None before or without one
+    progress: str | None = None
     early_answer: bytes = b""  # UAC: the SDP answer an 18x carried (early media)
     target: SipUri | None = None  # UAC: the Request-URI of our INVITE
     targets: list[Target] = field(default_factory=list)  # UAC: servers left (RFC 3263 4.3)
@@ -415,7 +424,7 @@ class UserAgent(RegistrationClient, ReferAgent):
                 secret=config.secret)
         self._refers: dict[tuple[str, str], float] = {}  # see ReferAgent
         self._transfers: dict[tuple[str, str], str] = {}
-        # RFC 3262: our reliable 180s not PRACKed yet, by Call-ID
+        # RFC 3262: our reliable 180s and 183s not PRACKed yet, by Call-ID
         self._reliable: dict[str, prack.ReliableProvisional] = {}
         # RFC 3263: names to locate (see lookups_to_resolve) and what waits for each
         self._lookups: list[SipUri] = []
@@ -1165,7 +1174,9 @@ class UserAgent(RegistrationClient, ReferAgent):
         # aborts on an offer in a reliable 18x of its offerless INVITE (pjproject #3709's
         # assertion), so such a call gets no 180: the 200 carries the offer, as for
         # `ring: false`.
-        if self.config.ring and not (late and reliable):
+        # Early media: the 183 with our answer (`send_progress`) stands for the 180.
+        early = self.config.early_media and not late
+        if self.config.ring and not (late and reliable) and not early:
             headers = [("Contact", self.contact(transport))]
             if reliable:  # RFC 3262 3: the 180 goes reliably, numbered by RSeq
                 rseq = prack.first_rseq()
@@ -1175,7 +1186,7 @@ class UserAgent(RegistrationClient, ReferAgent):
             call.dialog = Dialog.from_uas(request, ringing)
             if reliable:
                 self._reliable[call.call_id] = prack.ReliableProvisional.start(
-                    bytes(ringing), rseq, request.cseq.seq, now, self.config.timers.t1)
+                    180, bytes(ringing), rseq, request.cseq.seq, now, self.config.timers.t1)
         self._events.append(CallIncoming(call, preview))
 
     def _replaced_call(self, request: SipRequest, tx: ServerTransaction,
@@ -1259,28 +1270,59 @@ class UserAgent(RegistrationClient, ReferAgent):
         call.video_port = video_port if media.video is not None else 0
         return media
 
+    def send_progress(self, call_id: str, now: float) -> None:
+        """Send 183 Session Progress with our SDP answer (after `prepare_answer`): early
+        media (RFC 3960), the call's media from now on. Reliable (RFC 3262 3) when the
+        INVITE supports 100rel: a caller must not miss the answer, and only then is it the
+        answer (13.2.1 wants that in a reliable response); the 2xx waits for its PRACK
+        (section 3: it must, after a reliable response with SDP)."""
+        call = self._incoming(call_id)
+        invite, tx = call.invite, call.server_tx
+        assert invite is not None and tx is not None
+        if call.late_offer or call.local is None:
+            raise LocalProtocolError(f"SIP call {call_id} has no SDP answer for a 183")
+        reliable = prack.supported(invite)
+        headers = [("Contact", self.contact(call.transport))]
+        if reliable:
+            rseq = prack.first_rseq()
+            headers += [("Require", prack.TAG), ("RSeq", str(rseq))]
+        progress = self._respond(tx, invite, 183, now, to_tag=call.local_tag,
+                                 headers=headers, body=bytes(call.local))
+        call.dialog = Dialog.from_uas(invite, progress)
+        call.progress = "reliable" if reliable else "unreliable"
+        if reliable:
+            self._reliable[call_id] = prack.ReliableProvisional.start(
+                183, bytes(progress), rseq, invite.cseq.seq, now, self.config.timers.t1)
+
     def accept(self, call_id: str, now: float) -> None:
-        """Answer an incoming call with 200 OK and our SDP (after `prepare_answer`)."""
+        """Answer an incoming call with 200 OK and our SDP (after `prepare_answer`); after a
+        reliable 183 with our answer (`send_progress`) the 200 carries none."""
         call = self._incoming(call_id)
         if call.local is None:
             raise LocalProtocolError(f"SIP call {call_id} has no answer: call prepare_answer")
         reliable = self._reliable.get(call_id)
         if reliable is not None:
-            reliable.answer_waits = True  # RFC 3262 3: sent when our 180 is PRACKed
+            reliable.answer_waits = True  # RFC 3262 3: sent when our 18x is PRACKed
             return
         invite, tx = call.invite, call.server_tx
         assert invite is not None and tx is not None
         contact = self.contact(call.transport)
         headers = [("Contact", contact), ("Allow", _ALLOW),
                    *self._session_headers(invite, call.session)]
-        body = bytes(call.local)
+        # RFC 3261 13.3.1.4 wants the answer in the 2xx only when it was not sent yet: after
+        # a reliable 183 it was (RFC 3262 5), and a caller ignores SDP in later responses
+        # to the INVITE (13.2.1), so none goes. After an unreliable 183, which is no answer
+        # (13.2.1), the 2xx is the answer: the same bytes, same o= version (RFC 3264 8).
+        body = b"" if call.progress == "reliable" else bytes(call.local)
         # The dialog is read from the INVITE before the transaction sends; it is kept only
         # once the 200 is out. (The 200's To tag is ours unless the INVITE had one.)
         if invite.to.tag is None and "Record-Route" not in invite.headers:
             # The usual INVITE: its 200 written straight as bytes, as `_response` would
             # write it (nobody reads it back: it is only sent and resent).
             dialog = call.dialog or Dialog.for_uas(invite, call.local_tag, contact)
-            headers += [("Content-Type", "application/sdp"), ("Server", self.config.user_agent)]
+            if body:
+                headers.append(("Content-Type", "application/sdp"))
+            headers.append(("Server", self.config.user_agent))
             wire = response_bytes(invite, 200, headers, to_tag=call.local_tag, body=body)
             _layer_of(tx).send_wire(tx, 200, wire, now)
         else:
@@ -1360,6 +1402,11 @@ class UserAgent(RegistrationClient, ReferAgent):
             return
         if method == "BYE":
             self._reply(tx, request, 200, now)
+            if call.state == "incoming":
+                # 15.1.2: a caller's BYE in the early dialog (during our early media or
+                # ringing) leaves the INVITE pending: it gets 487, as for a CANCEL.
+                assert call.invite is not None and call.server_tx is not None
+                self._respond(call.server_tx, call.invite, 487, now, to_tag=call.local_tag)
             if call.active:
                 call.retx = None
                 self._end(call, "remote hangup", None)
@@ -1430,6 +1477,12 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     def _on_reinvite(self, call: Call, request: SipRequest, tx: ServerTransaction,
                      now: float) -> None:
+        if call.state == "incoming":
+            # 14.2: an INVITE in the early dialog (our 18x) before our final response to
+            # the first gets 500 with Retry-After (random, 0 to 10 s).
+            self._respond(tx, request, 500, now, reason="Previous INVITE Pending",
+                          headers=[("Retry-After", str(os.urandom(1)[0] % 11))])
+            return
         if call.pending is not None or call.state != "established":
             # 14.2: a re-INVITE while one is in progress (glare) gets 491.
             self._respond(tx, request, 491, now)
@@ -1738,7 +1791,7 @@ class UserAgent(RegistrationClient, ReferAgent):
             assert call.invite is not None
             self._respond(call.server_tx, call.invite, 500, now, to_tag=call.local_tag,
                           reason="No PRACK")
-            self._end(call, "no PRACK for our reliable 180 (RFC 3262)", 500)
+            self._end(call, f"no PRACK for our reliable {reliable.status} (RFC 3262)", 500)
         else:
             self._layer(call.transport).send_stateless(reliable.wire, call.server_tx.addr)
             reliable.resent(now)
