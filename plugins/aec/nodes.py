@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import MissingDependencyError
 from pipeline.formats import PCM_ENCODINGS, Format
 from pipeline.frames import AudioFrame, EndOfStream, Event
 from pipeline.node import Node, Port
-from pipeline.params import Param
+from pipeline.params import Param, ParamValueError
 
 from ..mixer.fifo import SampleFifo
 from .canceller import RATES_HZ, EchoCanceller
@@ -51,6 +52,21 @@ class Aec(Node):
                        "oldest is dropped, in ms", min=20.0, max=5000.0)
     block_ms = Param(int, 20, "canceller block in ms (10 or 20): the delay it adds to the "
                      "microphone path; 10 costs about twice the CPU", choices=(10, 20))
+
+    def validate(self) -> None:
+        # A backend's library missing is found by `pipeline validate` and named at the
+        # parameter, not only once the graph starts (after recorders opened their files).
+        if self.backend == "speex":
+            from .speex import load_library as load
+        elif self.backend == "webrtc":
+            from .webrtc import load_processor as load
+        else:
+            return
+        try:
+            load()
+        except MissingDependencyError as e:
+            raise ParamValueError("backend", f"parameter 'backend': {e.message}",
+                                  e.hint) from None
 
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
         rate = getattr(self, "_rate", None)
@@ -107,6 +123,10 @@ class Aec(Node):
         self._far = SampleFifo(1, np.float32, int(self.max_far_ms * self.rate / 1000)
                                + 4 * self.frame)
         self._far_max = int(self.max_far_ms * self.rate / 1000)
+        # The largest frame seen on each input: far has to hold one of each before the
+        # microphone takes its share, or a max_far_ms under the period (20 ms at 60 ms)
+        # dropped most of the far end, every block ran on silence and the echo stayed.
+        self._near_chunk = self._far_chunk = self.frame
         self._far_block = np.zeros((self.frame, 1), np.float32)
         self._pts: int | None = None
         self.far_underruns = 0  # near frames processed with (part) silence for far
@@ -118,13 +138,15 @@ class Aec(Node):
             if data.dtype == np.int16:
                 data = data.astype(np.float32) * np.float32(1 / 32768)
             self._far.push(data[:, :1])
-            excess = len(self._far) - self._far_max
+            self._far_chunk = max(self._far_chunk, len(data))
+            excess = len(self._far) - max(self._far_max, self._near_chunk + self._far_chunk)
             if excess > 0:  # the microphone stalled: keep the far end from running away
                 self._far.pop(excess)
                 self.far_dropped += excess
             return
         if self._pts is None:
             self._pts = frame.pts
+        self._near_chunk = max(self._near_chunk, len(data))
         self._near.push(data[:, :1])
         while len(self._near) >= self.frame:
             self._run(self._near.pop(self.frame), frame.flags)

@@ -11,21 +11,27 @@ import numpy as np
 from pipeline.errors import MissingDependencyError
 
 
+def load_processor() -> type:
+    """pywebrtc-audio's AudioProcessor, or MissingDependencyError with the install hint."""
+    try:
+        from pywebrtc_audio import AudioProcessor
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "WebRTC echo canceller needs the pywebrtc-audio package",
+            hint="pip install pywebrtc-audio",
+        ) from exc
+    return AudioProcessor
+
+
 class WebRtcBackend:
     """AEC3 echo canceller (with its high-pass filter and suppressor), optional noise suppressor."""
 
     latency_samples = 0
 
     def __init__(self, rate_hz: int, frame_samples: int, noise_suppression: bool = False) -> None:
-        try:
-            from pywebrtc_audio import AudioProcessor
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "WebRTC echo canceller needs the pywebrtc-audio package",
-                hint="pip install pywebrtc-audio",
-            ) from exc
-        self._ap = AudioProcessor(sample_rate=rate_hz, echo_cancellation=True,
-                                  noise_suppression=noise_suppression)
+        processor = load_processor()
+        self._ap = processor(sample_rate=rate_hz, echo_cancellation=True,
+                             noise_suppression=noise_suppression)
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         """Cancel one frame (a whole number of 10 ms); float32 in [-1, 1) in and out."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -82,7 +83,10 @@ class FrameSink(Node):
     def start(self) -> None:
         from collections import deque
 
-        self.frames: deque = deque(maxlen=self.max_frames or None)
+        # 0 keeps every frame; so does a number past what a deque can count (1e30 raised
+        # OverflowError as the graph started).
+        keep = self.max_frames
+        self.frames: deque = deque(maxlen=keep if 0 < keep < sys.maxsize else None)
         self.events: list = []
         self.on_frame = getattr(self, "on_frame", None)
 
@@ -122,6 +126,7 @@ class Level(Node):
         self._peak = 0.0
         self._n = 0
         self._next = None
+        self._end = 0  # pts just past the last sample seen: where the final report ends
         self.reports: list[LevelEvent] = []
 
     def process(self, port: str, frame: AudioFrame) -> None:
@@ -132,10 +137,11 @@ class Level(Node):
             self._sum2 += float(np.dot(xf, xf)) / (scale * scale)
             self._peak = max(self._peak, max(float(xf.max()), -float(xf.min())) / scale)
             self._n += x.size
+        self._end = frame.pts + frame.samples
         if self._next is None:
             self._next = frame.pts + int(self.interval * frame.rate)
-        if frame.pts + frame.samples >= self._next:
-            self._report(frame.pts + frame.samples)
+        if self._end >= self._next:
+            self._report(self._end)
             self._next += int(self.interval * frame.rate)
         if self.linked_outputs:
             self.emit("out", frame)
@@ -154,7 +160,7 @@ class Level(Node):
         from pipeline.frames import EndOfStream
 
         if isinstance(event, EndOfStream):
-            self._report(-1)
+            self._report(self._end)  # the last, partial interval (its pts was -1)
             super().event(port, event)
             if not self.linked_outputs:
                 self.send_eos()

@@ -105,15 +105,24 @@ class DtmfTone(PcmSource):
     level = Param(Decibels, -10.0, "level of each of the two tones in dBFS", min=-60.0, max=-6.0)
 
     def validate(self) -> None:
-        from pipeline.params import ParamValueError
-
         bad = [d for d in self.digits.upper() if d not in DTMF_FREQS]
         if bad:
             raise ParamValueError("digits", f"parameter 'digits': '{bad[0]}' is not a DTMF digit",
                                   "use 0-9, *, #, A-D")
+        # `duration` (every generator's length) was overwritten by the digits' and so
+        # ignored: it now holds the line with silence after them; it cannot cut a digit.
+        need = self._digits_s()
+        if self.duration is not None and self.duration < need - 1e-9:
+            raise ParamValueError("duration", f"parameter 'duration': {self.duration:g} s is "
+                                  f"shorter than the digits ({need:g} s)",
+                                  f"use at least {need:g}s, or leave duration out")
+
+    def _digits_s(self) -> float:
+        return len(self.digits) * (self.tone_ms + self.gap_ms) / 1000.0
 
     def expected_duration(self) -> float:
-        return len(self.digits) * (self.tone_ms + self.gap_ms) / 1000.0
+        return self._digits_s() if self.duration is None else max(self.duration,
+                                                                   self._digits_s())
 
     def start(self) -> None:
         self.duration = self.expected_duration()
@@ -129,9 +138,12 @@ class DtmfTone(PcmSource):
             parts.append(np.zeros(off))
         sig = np.concatenate(parts) if parts else np.zeros(0)
         self._signal = np.rint(sig).astype(np.int16)
-        self.total = len(self._signal)
+        # Digits, then silence to `duration` when it is longer (rendered, not stored: an
+        # hour of it would be hundreds of MB).
+        self.total = max(len(self._signal), self.total or 0)
 
     def render(self, pts: int, n: int) -> np.ndarray:
-        out = np.empty((n, self.channels), np.int16)
-        out[:] = self._signal[pts:pts + n, None]
+        out = np.zeros((n, self.channels), np.int16)
+        part = self._signal[pts:pts + n]
+        out[:len(part)] = part[:, None]
         return out

@@ -35,6 +35,21 @@ _CONTAINERS = {  # extension: (default video codec, default audio codec, allowed
 }
 _RECORD_ENCODERS = {"h264": ("libx264", {"preset": "veryfast"}),
                     "vp8": ("libvpx", {"deadline": "realtime", "cpu-used": "8"})}
+# What a kill -9, a power cut or a full disk leaves must still play (as the WAV recorder's
+# files do). A plain MP4 keeps its index (moov) in memory until the end, so it had none
+# and did not open; FFmpeg's buffers held the first seconds of every container back from
+# the disk. Fragmented MP4 (an index per second, as OBS's crash-safe recording does) and
+# one-second Matroska clusters, each flushed when written, lose at most the last second.
+_FLUSHED = {"flush_packets": "1"}
+# delay_moov: the index is written with the first fragment, once the AAC encoder's priming
+# is known, so its edit list trims it (else the audio played 21 ms late).
+_FRAGMENTED = "frag_keyframe+empty_moov+delay_moov+default_base_moof"
+_CRASH_SAFE = {
+    ".mp4": {**_FLUSHED, "movflags": _FRAGMENTED, "frag_duration": "1000000"},  # us
+    ".mov": {**_FLUSHED, "movflags": _FRAGMENTED, "frag_duration": "1000000"},
+    ".mkv": {**_FLUSHED, "cluster_time_limit": "1000"},  # ms
+    ".webm": {**_FLUSHED, "cluster_time_limit": "1000"},
+}
 
 
 class VideoRecorder(Node):
@@ -92,7 +107,8 @@ class VideoRecorder(Node):
         name, options = _RECORD_ENCODERS[codec]
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._container = av.open(str(self.path), "w")
+            self._container = av.open(str(self.path), "w",
+                                      container_options=dict(_CRASH_SAFE[ext]))
             fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
             vs = self._container.add_stream(name, rate=fps)
             vs.width, vs.height, vs.pix_fmt = fmt.value("width"), fmt.value("height"), "yuv420p"
@@ -182,9 +198,18 @@ class VideoRecorder(Node):
 
     def _give_up(self, e: Exception) -> None:
         # Disk full or a codec refusing: stop this recorder, keep the graph (the call) going.
+        if self.failed:  # one line per recorder: what fails next is the same fault
+            return
         self.failed = True
+        from plugins.files.nodes import _WRITE_HINTS
+
+        errno = getattr(e, "errno", None)
+        # FFmpeg's OSError text repeats the path ("[Errno 28] No space ...: 'a.mp4'").
+        what = (getattr(e, "strerror", None) or str(e)) if errno else str(e)
+        hint = _WRITE_HINTS.get(errno) if errno else None
         self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
-                  f"'{self.path}': {e}", path=self.path)
+                  f"'{self.path}': {what}" + (f" (hint: {hint})" if hint else ""),
+                  path=self.path)
 
     def stop(self) -> None:
         container = getattr(self, "_container", None)
@@ -200,8 +225,11 @@ class VideoRecorder(Node):
         except (av.error.FFmpegError, ValueError, OSError) as e:
             self._give_up(e)
         finally:
-            container.close()
             self._container = None
+            try:
+                container.close()  # writes the trailer: a full disk fails here too
+            except (av.error.FFmpegError, ValueError, OSError) as e:
+                self._give_up(e)
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), **getattr(self, "_c", {}),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import secrets
 import socket
 import time
@@ -45,6 +46,16 @@ _PSFB_FIR = 4  # Full Intra Request, RFC 5104 section 4.3.1
 def _is_rtcp(data: bytes) -> bool:
     # RFC 5761 section 4: RTCP packet types 192-223 never collide with RTP payload types.
     return len(data) > 1 and 192 <= data[1] <= 223
+
+
+def _check_payload_type(pt: int) -> None:
+    # RFC 5761 section 4: with RTCP on the RTP port, payload types 64-95 are not to be used:
+    # with the marker bit set (a frame's last packet) the second byte reads 192-223, an
+    # RTCP packet type, so every frame lost its last packet and none came out.
+    if 64 <= pt <= 95:
+        raise ParamValueError("payload_type", f"parameter 'payload_type': {pt} collides with "
+                              "RTCP, which shares the RTP port (RFC 5761 section 4)",
+                              "use a dynamic payload type, 96-127")
 
 
 def _payload_format(node: Node, codec: str, part: str) -> Any:
@@ -113,8 +124,15 @@ class _UdpNode(Node):
             sock.bind((self.local_ip, self.local_port))
         except OSError as e:
             sock.close()
-            raise self.fail(f"{self.kind} cannot bind {self.local_ip}:{self.local_port}: {e}",
-                            hint="pick another local_port, or 0 for any free one") from None
+            # The hint names what to change: a local_ip that is no address of this host (or
+            # no address at all) was told to "pick another local_port".
+            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+                hint = (f"local_ip '{self.local_ip}' is not an address of this host: use one "
+                        "of its IP addresses, or 0.0.0.0 for all")
+            else:
+                hint = "pick another local_port, or 0 for any free one"
+            raise self.fail(f"{self.kind} cannot bind {self.local_ip}:{self.local_port}: "
+                            f"{e.strerror or e}", hint=hint) from None
         self._sock: socket.socket | None = sock
         self.bound_port: int = sock.getsockname()[1]
         self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
@@ -194,6 +212,7 @@ class VideoRtpSender(_UdpNode):
                     "request_keyframe())")
 
     def validate(self) -> None:
+        _check_payload_type(self.payload_type)
         self._resolve("remote_ip", self.remote_ip, self.remote_port)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
@@ -288,6 +307,7 @@ class VideoRtpReceiver(_UdpNode):
                     min=0.0)
 
     def validate(self) -> None:
+        _check_payload_type(self.payload_type)
         if self.remote_ip and self.remote_port:
             self._resolve("remote_ip", self.remote_ip, self.remote_port)
 

@@ -106,6 +106,21 @@ class VideoTestSource(Node):
         return {**super().stats(), "frames": getattr(self, "_index", 0)}
 
 
+def _start_s(stream: Any) -> float | None:
+    """When a stream starts, in seconds of the file's time (None: not said)."""
+    if stream.start_time is None or not stream.time_base:
+        return None
+    return float(stream.start_time * stream.time_base)
+
+
+# How far one stream is read ahead of the other while the other's data is due: more than a
+# muxer's interleaving (MP4 chunks of 1 s), a bounded number of decoded pictures.
+_READ_AHEAD_S = 2.0
+# A larger jump in the audio's timestamps is taken as broken, not as a gap to fill with
+# silence (hours of it would fill the memory).
+_MAX_AUDIO_JUMP_S = 60.0
+
+
 class VideoFileSource(Node):
     """Plays a video file (any container PyAV reads), with its audio as a second output.
 
@@ -145,11 +160,19 @@ class VideoFileSource(Node):
         except (av.error.FFmpegError, ValueError, OSError) as e:
             if isinstance(e, ParamValueError):
                 raise
-            raise ParamValueError("path", f"file '{self.path}' cannot be read as video: {e}",
+            # FFmpeg's OSError text repeats the errno and the path: its strerror says it.
+            why = getattr(e, "strerror", None) or e
+            raise ParamValueError("path", f"file '{self.path}' cannot be read as video: {why}",
                                   "use a file FFmpeg can demux") from None
-        if not self._info["width"] or not self._info["height"]:
+        w, h = self._info["width"], self._info["height"]
+        if not w or not h:
             raise ParamValueError("path", f"file '{self.path}' has a video stream of unknown "
                                   "size")
+        if w < 2 or h < 2:
+            # yuv420p takes whole 2x2 blocks: the output would be 0 pixels wide or high,
+            # which swscale refused once running (and the recorder after it left no file).
+            raise ParamValueError("path", f"file '{self.path}' has {w}x{h} pictures, too "
+                                  "small for yuv420p video", "use a video of at least 2x2")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         i = self._info
@@ -183,16 +206,26 @@ class VideoFileSource(Node):
             self._chunk = int(round(self._rate * self.graph.period))
             self._apts = 0
             self._audio_end = 0.0  # media seconds of audio decoded so far
+            self._apos = 0  # samples of audio placed in the FIFO, silence for gaps included
+            self._adrop = 0  # samples still to drop: audio overlapping what is placed
         self._packets = self._container.demux(streams)
         self._queue: deque[VideoFrame] = deque()
         self._t0: int | None = None  # first picture's pts (90 kHz): media time zero
+        if self._audio:
+            vstart, astart = _start_s(self._vstream), _start_s(self._astream)
+            self._vstart = 0.0 if vstart is None else vstart
+            if vstart is not None and astart is not None and astart < vstart:
+                # Audio before the first picture starts the media time (the pictures
+                # follow at their offset), rather than being cut.
+                self._t0 = round(astart * CLOCK_RATE)
         self._last_pts = -1
         self._video_end = -1.0
         self._eof = False
         self._c = dict.fromkeys(("frames", "decode_errors", "demux_errors", "dropped_corrupt",
-                                 "resized", "pts_repaired"), 0)
+                                 "resized", "pts_repaired", "audio_repaired"), 0)
 
-    # The demuxer is pulled only as far as this tick needs: memory stays at a frame or two.
+    # The demuxer is pulled only as far as this tick needs: memory stays at a frame or two
+    # (up to _READ_AHEAD_S of one stream while the other, ended or late, is waited for).
     def _pull(self) -> None:
         try:
             packet = next(self._packets)
@@ -243,18 +276,51 @@ class VideoFileSource(Node):
         try:
             frames = self._astream.codec_context.decode(packet)
             for f in frames:
+                self._place_audio(f)
                 for out in self._resampler.resample(f):
                     data = out.to_ndarray().reshape(-1, self._channels)
-                    self._fifo.push(data)
-                    self._audio_end += len(data) / self._rate
+                    if self._adrop:
+                        cut = min(self._adrop, len(data))
+                        self._adrop -= cut
+                        data = data[cut:]
+                    self._push_audio(data)
         except (av.error.FFmpegError, ValueError):
             self._c["decode_errors"] += 1
+
+    def _push_audio(self, data: np.ndarray) -> None:
+        self._fifo.push(data)
+        self._apos += len(data)
+        self._audio_end = self._apos / self._rate
+
+    def _place_audio(self, f: Any) -> None:
+        # Audio goes where its timestamps put it against the pictures' time zero: it was
+        # laid end to end from zero, so a track starting 1 s in played 1 s early and every
+        # gap pulled what followed it forward (the sync lost for good).
+        if f.pts is None or f.time_base is None:
+            return
+        origin = self._t0 / CLOCK_RATE if self._t0 is not None else self._vstart
+        off = round((float(f.pts * f.time_base) - origin) * self._rate) - self._apos
+        tolerance = self._rate // 50  # 20 ms: timestamp rounding, the resampler's delay
+        if abs(off) <= tolerance or abs(off) > _MAX_AUDIO_JUMP_S * self._rate:
+            return  # in place, or a broken timestamp: kept end to end
+        self._c["audio_repaired"] += 1
+        if off > 0:
+            self._push_audio(np.zeros((off, self._channels), np.int16))
+            self._adrop = 0
+        else:
+            self._adrop = -off
 
     def tick(self, now: float) -> None:
         period = self.graph.period
         horizon = now + period
+        ahead = horizon + _READ_AHEAD_S
         while not self._eof and (self._video_end < horizon or (
                 self._audio and self._audio_end < horizon + period)):
+            # A stream that ends early (or starts late) is waited for only this far: audio
+            # of 0.5 s in a 20 s file had every picture decoded into memory at the first
+            # tick (an hour of HD video is 150 GB).
+            if self._video_end >= ahead or (self._audio and self._audio_end >= ahead):
+                break
             self._pull()
         q = self._queue
         while q and q[0].pts < horizon * CLOCK_RATE - 1e-6:
