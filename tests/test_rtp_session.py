@@ -319,6 +319,40 @@ def test_static_l16_payload_types_are_44100_hz(pt, channels) -> None:
                      ).prepare()
 
 
+def test_an_agreed_payload_type_that_reads_as_rtcp_with_the_marker_is_rtp() -> None:
+    # Payload type 77 with the marker bit is byte 205, an RTCP type (RFC 5761 4): each
+    # talkspurt's first packet was taken for a bad RTCP packet and lost.
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+
+    async def main() -> dict:
+        s = Session(parse_launch("rtp_session name=s codec=pcmu payload_type=77 ! "
+                                 "pcmu_decoder ! null_sink"))
+        dest = ("127.0.0.1", await s.port())
+        node = s.graph.nodes["s"]
+        for seq in range(4):
+            peer.sendto(bytes(RtpPacket(77, seq, 160 * seq, 0x77, bytes(160), seq % 2 == 0)),
+                        dest)
+        await until(lambda: node.stats()["packets_received"] == 4, "the packets", WAIT)
+        s.stop()
+        return (await s.result()).stats["s"]
+
+    try:
+        stats = asyncio.run(main())
+    finally:
+        peer.close()
+    assert stats["packets_received"] == 4 and stats["rtcp_bad"] == 0
+
+
+def test_a_local_ip_of_another_host_is_named_in_the_hint() -> None:
+    with pytest.raises(Exception, match=r"cannot bind 192\.0\.2\.1:0: .*local_ip '192\.0\.2\.1' "
+                       r"is not an address of this host"):
+        from pipeline.runtime import run
+
+        run(parse_launch("rtp_session codec=pcmu local_ip=192.0.2.1 remote_ip=127.0.0.1 "
+                         "remote_port=9 ! null_sink"), realtime=True, duration=0.1)
+
+
 def test_telephone_events_do_not_count_as_jitter() -> None:
     # RFC 4733 packets keep the event's start timestamp while a key is held: taken as media,
     # three digits read as 28-36 ms of interarrival jitter on a clean link, and our

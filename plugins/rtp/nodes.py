@@ -33,6 +33,7 @@ the session is handed to `run_io`, which re-raises it so the runtime stops the g
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import socket
@@ -168,6 +169,14 @@ def _drain(sock: socket.socket | None) -> None:
             return
         except OSError:
             continue  # an ICMP error from an earlier send: reported once, then gone
+
+
+def _bind_hint(e: OSError, local_ip: str) -> str:
+    """What to change when binding failed: the address when it is none of this host's."""
+    if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+        return (f"local_ip '{local_ip}' is not an address of this host: use one of its IP "
+                "addresses, or 0.0.0.0 for all")
+    return "pick another local_port, or 0 for any free one"
 
 
 def reserved_ports() -> list[tuple[str, int]]:
@@ -368,6 +377,9 @@ class RtpSession(Node):
         self._dtmf_pt = dtmf_pt if dtmf_pt is not None and dtmf_pt >= 0 else None
         cn_pt = self.cn_payload_type
         self._cn_pt = cn_pt if cn_pt is not None and cn_pt >= 0 else None
+        # Payload types of ours that read as RTCP with the marker bit (64-95): still RTP.
+        self._pts_we_take = {pt for pt in (self._recv_pt, self._dtmf_pt, self._cn_pt)
+                             if pt is not None and 64 <= pt <= 95}
         dtmf_clock = self.dtmf_clock_rate or self._clock
         self._dtmf_packer = RtpPacker(self._dtmf_pt, self._ssrc) if self._dtmf_pt is not None \
             else None
@@ -430,8 +442,8 @@ class RtpSession(Node):
             except OSError as e:
                 held.rtp.close()
                 raise self.fail(f"rtp_session cannot bind {self.local_ip}:"
-                                f"{self.local_port + 1} (RTCP): {e}",
-                                hint="pick another local_port, or 0 for any free one") from None
+                                f"{self.local_port + 1} (RTCP): {e.strerror or e}",
+                                hint=_bind_hint(e, self.local_ip)) from None
         try:
             if not self.rtcp:
                 return udp(self.local_port), None
@@ -454,8 +466,8 @@ class RtpSession(Node):
                 rtp.close()
             raise OSError("no free even/odd port pair")
         except OSError as e:
-            raise self.fail(f"rtp_session cannot bind {self.local_ip}:{self.local_port}: {e}",
-                            hint="pick another local_port, or 0 for any free one") from None
+            raise self.fail(f"rtp_session cannot bind {self.local_ip}:{self.local_port}: "
+                            f"{e.strerror or e}", hint=_bind_hint(e, self.local_ip)) from None
 
     async def run_io(self) -> None:
         loop = asyncio.get_running_loop()
@@ -524,8 +536,10 @@ class RtpSession(Node):
         if self._pcap is not None:
             self._pcap.write(data, addr, (self._local[0], sock.getsockname()[1]), time.time())
         try:
-            if is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223):
-                # RFC 5761 4: RTCP types 192-223 never collide with RTP payload types.
+            if is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223
+                           and data[1] & 0x7F not in self._pts_we_take):
+                # RFC 5761 4: RTCP types 192-223 collide only with payload types 64-95 and
+                # the marker bit set, which a peer should not use; one agreed is RTP.
                 self._on_rtcp(data, addr)
             else:
                 self._on_rtp(data, addr)
