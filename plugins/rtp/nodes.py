@@ -377,9 +377,10 @@ class RtpSession(Node):
         self._dtmf_pt = dtmf_pt if dtmf_pt is not None and dtmf_pt >= 0 else None
         cn_pt = self.cn_payload_type
         self._cn_pt = cn_pt if cn_pt is not None and cn_pt >= 0 else None
-        # Payload types of ours that read as RTCP with the marker bit (64-95): still RTP.
+        # Payload types of ours that read as RTCP with the marker bit (64-95): still RTP,
+        # but for 72-76, whose bytes are SR, RR, SDES, BYE and APP (RFC 5761 4 reserves them).
         self._pts_we_take = {pt for pt in (self._recv_pt, self._dtmf_pt, self._cn_pt)
-                             if pt is not None and 64 <= pt <= 95}
+                             if pt is not None and 64 <= pt <= 95 and not 72 <= pt <= 76}
         dtmf_clock = self.dtmf_clock_rate or self._clock
         self._dtmf_packer = RtpPacker(self._dtmf_pt, self._ssrc) if self._dtmf_pt is not None \
             else None
