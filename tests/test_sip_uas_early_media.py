@@ -621,3 +621,30 @@ def test_pjsua2_calls_us_and_hears_our_early_media_before_the_answer(
         theirs, rate = read_wav(carol.recording(cid))
     check_tone(theirs[: int(1.5 * rate)], F_CALLEE, rate)  # recorded before the answer
     check_tone(theirs, F_CALLEE, rate)
+
+
+def test_answering_from_the_call_incoming_listener_with_early_media_starts_one_graph(
+        tone_graph: Path) -> None:
+    # A bus listener runs inside post(): one that answered on call-incoming had the
+    # endpoint start the call's media a second time (two errors, no call-early-media).
+    async def main() -> tuple[list, dict]:
+        callee = Endpoint(callee_yaml(tone_graph, "    auto_answer: false"))
+        callee.graph.listeners.append(
+            lambda m: callee.node.answer(m.data["call_id"]) if m.name == "call-incoming"
+            else None)
+        caller = Caller(await callee.port())
+        try:
+            caller.invite()
+            await caller.response("INVITE", 200)
+            caller.ack()
+            await callee.wait("call-established", call_id=caller.call_id)
+            stats = callee.node.stats()
+            caller.send("BYE", 2, to_tag=caller.to_tag)
+            await caller.response("BYE", 200)
+            await callee.close()
+        finally:
+            caller.close()
+        return [m.data for m in callee.names("error")], stats
+
+    errors, stats = asyncio.run(main())
+    assert errors == [] and stats["part_errors"] == 0

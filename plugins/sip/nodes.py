@@ -745,6 +745,8 @@ class SipEndpoint(Node):
             self.post("call-incoming", call_id=call.call_id, caller=call.caller,
                       callee=call.callee, codec=None if event.media is None
                       else self._codec_name(event.media))
+            if call.state != "incoming" or call.call_id in self.parts:
+                return  # a listener of call-incoming answered (or ended) it already
             if self.early_media and event.media is not None:
                 # RFC 3960 early media: the call graph starts now, with the answer our 183
                 # carries; the 200 later repeats it (or, reliable, has none) and keeps it.
