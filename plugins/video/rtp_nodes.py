@@ -43,19 +43,12 @@ _PSFB = 206
 _PSFB_FIR = 4  # Full Intra Request, RFC 5104 section 4.3.1
 
 
-def _is_rtcp(data: bytes) -> bool:
-    # RFC 5761 section 4: RTCP packet types 192-223 never collide with RTP payload types.
-    return len(data) > 1 and 192 <= data[1] <= 223
-
-
-def _check_payload_type(pt: int) -> None:
-    # RFC 5761 section 4: with RTCP on the RTP port, payload types 64-95 are not to be used:
-    # with the marker bit set (a frame's last packet) the second byte reads 192-223, an
-    # RTCP packet type, so every frame lost its last packet and none came out.
-    if 64 <= pt <= 95:
-        raise ParamValueError("payload_type", f"parameter 'payload_type': {pt} collides with "
-                              "RTCP, which shares the RTP port (RFC 5761 section 4)",
-                              "use a dynamic payload type, 96-127")
+def _is_rtcp(data: bytes, pt: int = -1) -> bool:
+    # RFC 5761 section 4: RTCP packet types 192-223 collide only with RTP payload types
+    # 64-95 sent with the marker bit (a frame's last packet): one agreed (`pt`; a peer chose
+    # it) is RTP, but for 72-76, whose bytes are SR, RR, SDES, BYE and APP.
+    return len(data) > 1 and 192 <= data[1] <= 223 and (
+        data[1] & 0x7F != pt or 72 <= pt <= 76)
 
 
 def _payload_format(node: Node, codec: str, part: str) -> Any:
@@ -212,7 +205,6 @@ class VideoRtpSender(_UdpNode):
                     "request_keyframe())")
 
     def validate(self) -> None:
-        _check_payload_type(self.payload_type)
         self._resolve("remote_ip", self.remote_ip, self.remote_port)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
@@ -307,7 +299,6 @@ class VideoRtpReceiver(_UdpNode):
                     min=0.0)
 
     def validate(self) -> None:
-        _check_payload_type(self.payload_type)
         if self.remote_ip and self.remote_port:
             self._resolve("remote_ip", self.remote_ip, self.remote_port)
 
@@ -336,7 +327,7 @@ class VideoRtpReceiver(_UdpNode):
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c
-        if _is_rtcp(data):
+        if _is_rtcp(data, self.payload_type):
             self._on_rtcp(data, addr)
             return
         try:

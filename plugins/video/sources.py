@@ -113,12 +113,12 @@ def _start_s(stream: Any) -> float | None:
     return float(stream.start_time * stream.time_base)
 
 
-# How far one stream is read ahead of the other while the other's data is due: more than a
-# muxer's interleaving (MP4 chunks of 1 s), a bounded number of decoded pictures.
+# How much decoded media one stream may hold while the other's is due: more than a muxer's
+# interleaving (MP4 chunks of 1 s), a bounded number of decoded pictures and samples.
 _READ_AHEAD_S = 2.0
-# A larger jump in the audio's timestamps is taken as broken, not as a gap to fill with
-# silence (hours of it would fill the memory).
-_MAX_AUDIO_JUMP_S = 60.0
+# Audio timestamps that go back further than this start a new timeline (concatenated
+# parts), as the pictures' do; a smaller step back is an overlap, dropped.
+_AUDIO_REBASE_S = 0.5
 
 
 class VideoFileSource(Node):
@@ -205,9 +205,14 @@ class VideoFileSource(Node):
             self._fifo = SampleFifo(self._channels, np.int16, self._rate)
             self._chunk = int(round(self._rate * self.graph.period))
             self._apts = 0
-            self._audio_end = 0.0  # media seconds of audio decoded so far
-            self._apos = 0  # samples of audio placed in the FIFO, silence for gaps included
+            self._audio_end = 0.0  # media seconds of audio placed so far
+            self._apos = 0  # samples of audio placed, silence for gaps included
+            self._abase = 0  # samples added to the timestamps: timelines joined end to end
             self._adrop = 0  # samples still to drop: audio overlapping what is placed
+            # Behind the FIFO once a gap came: its silence (a count, made as it plays: a
+            # gap of hours costs nothing) and the audio after it, in order.
+            self._behind: deque[np.ndarray | int] = deque()
+            self._held = 0  # decoded samples waiting (FIFO and behind), for the read-ahead
         self._packets = self._container.demux(streams)
         self._queue: deque[VideoFrame] = deque()
         self._t0: int | None = None  # first picture's pts (90 kHz): media time zero
@@ -288,9 +293,43 @@ class VideoFileSource(Node):
             self._c["decode_errors"] += 1
 
     def _push_audio(self, data: np.ndarray) -> None:
-        self._fifo.push(data)
-        self._apos += len(data)
+        if self._behind:
+            self._behind.append(data)
+        else:
+            self._fifo.push(data)
+        self._held += len(data)
+        self._place(len(data))
+
+    def _place(self, samples: int) -> None:
+        self._apos += samples
         self._audio_end = self._apos / self._rate
+
+    def _take_audio(self, n: int) -> np.ndarray:
+        """Up to `n` samples: the FIFO's, then what is behind it (silence, made now)."""
+        fifo, behind = self._fifo, self._behind
+        parts = [fifo.pop(min(n, len(fifo)))]
+        got = real = len(parts[0])
+        while got < n and behind:
+            head = behind[0]
+            if isinstance(head, int):
+                k = min(n - got, head)
+                parts.append(np.zeros((k, self._channels), np.int16))
+                if k == head:
+                    behind.popleft()
+                else:
+                    behind[0] = head - k
+            else:
+                fifo.push(behind.popleft())
+                k = min(n - got, len(fifo))
+                parts.append(fifo.pop(k))
+                real += k
+            got += k
+        self._held -= real
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _audio_due(self) -> int:
+        """Samples that can play now: the FIFO's and, behind it, silence and audio."""
+        return len(self._fifo) + sum(x if isinstance(x, int) else len(x) for x in self._behind)
 
     def _place_audio(self, f: Any) -> None:
         # Audio goes where its timestamps put it against the pictures' time zero: it was
@@ -299,41 +338,46 @@ class VideoFileSource(Node):
         if f.pts is None or f.time_base is None:
             return
         origin = self._t0 / CLOCK_RATE if self._t0 is not None else self._vstart
-        off = round((float(f.pts * f.time_base) - origin) * self._rate) - self._apos
+        off = round((float(f.pts * f.time_base) - origin) * self._rate) + self._abase \
+            - self._apos
         tolerance = self._rate // 50  # 20 ms: timestamp rounding, the resampler's delay
-        if abs(off) <= tolerance or abs(off) > _MAX_AUDIO_JUMP_S * self._rate:
-            return  # in place, or a broken timestamp: kept end to end
+        if abs(off) <= tolerance:
+            return
         self._c["audio_repaired"] += 1
-        if off > 0:
-            self._push_audio(np.zeros((off, self._channels), np.int16))
+        if off > 0:  # a gap: silence up to where this audio goes
+            self._behind.append(off)
+            self._place(off)
             self._adrop = 0
+        elif -off > _AUDIO_REBASE_S * self._rate:
+            self._abase -= off  # a new timeline (joined parts): it goes on from here
         else:
-            self._adrop = -off
+            self._adrop = -off  # an overlap with what is placed
 
     def tick(self, now: float) -> None:
         period = self.graph.period
         horizon = now + period
-        ahead = horizon + _READ_AHEAD_S
+        q = self._queue
         while not self._eof and (self._video_end < horizon or (
                 self._audio and self._audio_end < horizon + period)):
             # A stream that ends early (or starts late) is waited for only this far: audio
             # of 0.5 s in a 20 s file had every picture decoded into memory at the first
             # tick (an hour of HD video is 150 GB).
-            if self._video_end >= ahead or (self._audio and self._audio_end >= ahead):
+            if (len(q) > 1 and q[-1].pts - q[0].pts >= _READ_AHEAD_S * CLOCK_RATE) or (
+                    self._audio and self._held >= _READ_AHEAD_S * self._rate):
                 break
             self._pull()
-        q = self._queue
         while q and q[0].pts < horizon * CLOCK_RATE - 1e-6:
             self._c["frames"] += 1
             self.emit("out", q.popleft())
         if self._audio:
             n = self._chunk
-            while self._apts < horizon * self._rate and (len(self._fifo) >= n or (
-                    self._eof and len(self._fifo))):
-                data = self._fifo.pop(n)
+            due = self._audio_due()
+            while self._apts < horizon * self._rate and (due >= n or (self._eof and due)):
+                data = self._take_audio(n)
+                due -= len(data)
                 self.emit("audio", AudioFrame(data, self._rate, self._apts))
                 self._apts += len(data)
-        if self._eof and not q and not (self._audio and len(self._fifo)):
+        if self._eof and not q and not (self._audio and self._audio_due()):
             self.send_eos()
 
     def stop(self) -> None:
