@@ -281,8 +281,12 @@ def cmd_draw(args: argparse.Namespace) -> int:
     if ext not in ("dot", "gv", "svg", "png", "pdf"):  # the command line is wrong: exit 2
         raise UsageError(f"-o: cannot draw to '{out}': unknown extension",
                          hint="use .svg, .png, .pdf or .dot")
-    graph = build_graph(args)
-    graph.prepare()
+    from .devices import without_hardware
+
+    # As validate: the graph is drawn on any machine; --devices negotiates with this one's.
+    with contextlib.nullcontext() if args.devices else without_hardware():
+        graph = build_graph(args)
+        graph.prepare()
     dot = to_dot(graph)
     if ext in ("dot", "gv"):
         try:
@@ -378,6 +382,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("draw", help="draw a graph (.svg/.png/.pdf with Graphviz, or .dot)")
     graph_args(sp)
     sp.add_argument("-o", "--output", required=True, help="output file")
+    sp.add_argument("--devices", action="store_true",
+                    help="look the sound devices up and draw the converters they need")
     sp.set_defaults(func=cmd_draw)
 
     sp = sub.add_parser("devices", help="list sound devices")

@@ -100,6 +100,15 @@ def test_validate_devices_names_a_missing_device_in_one_line(portaudio_loads, tm
     assert len(err) == 1 and err[0].endswith(f"node 'mic' (capture): {NO_INPUT}"), err
 
 
+def test_draw_draws_a_device_graph_without_a_sound_card(portaudio_loads, tmp_path, capsys):
+    out = tmp_path / "g.dot"
+    assert main(["draw", "-e", "capture name=mic ! playback name=spk", "-o", str(out)]) == 0
+    assert '"mic"' in out.read_text() and not portaudio_loads
+    assert main(["draw", "--devices", "-e", "capture name=mic ! playback name=spk",
+                 "-o", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"node 'mic' (capture): {NO_INPUT}")
+
+
 def test_launch_still_fails_with_one_line_when_a_device_is_missing(portaudio_loads, capsys):
     # Not new: launch looks its devices up, as it always did (a guard against the check
     # without hardware leaking into a run).
