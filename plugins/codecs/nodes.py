@@ -38,6 +38,7 @@ class _EncoderNode(Node):
     """Shared encoder logic; subclasses set the codec and make the codec object."""
 
     codec_name: ClassVar[str] = ""
+    sample_multiple: ClassVar[int] = 1  # a packet holds a multiple of this many samples
     ptime_ms = Param(float, 20.0, PTIME_DOC, min=2.5, max=120.0)
 
     # Subclass hooks ----------------------------------------------------------------------
@@ -56,6 +57,31 @@ class _EncoderNode(Node):
         """True when a payload need not be sent (Opus DTX)."""
         return False
 
+    def ptime_problem(self, rate: int) -> tuple[str, str] | None:
+        """(message, hint) when `ptime_ms` is not a whole packet of samples at `rate` Hz."""
+        n = self.ptime_ms * rate / 1000.0
+        m = self.sample_multiple
+        if abs(n - round(n)) <= 1e-6 and round(n) % m == 0:
+            return None
+        what = "a whole number of samples" if m == 1 else f"a multiple of {m} samples"
+        # Offer the nearest ptime (in 1/8 ms steps, as SDP writers print them) that fits.
+        fits = [t / 8 for t in range(20, 961)
+                if (t * rate) % 8000 == 0 and (t * rate // 8000) % m == 0]
+        if fits:
+            best = min(fits, key=lambda t: (abs(t - self.ptime_ms), t))
+            hint = f"use ptime_ms {best:g} ({int(best * rate / 1000)} samples)"
+        else:
+            hint = "no ptime fits: use a rate with a whole number of samples per ms (16000)"
+        return (f"{self.kind} ptime_ms {self.ptime_ms:g} is not {what} at {rate} Hz", hint)
+
+    def validate(self) -> None:
+        # A fixed input rate (G.711, G.722, L16 with `rate`) is checked here, so the error
+        # points at the parameter; any other rate is known in start().
+        rate = self.pcm_caps().value("rate")
+        problem = self.ptime_problem(rate) if isinstance(rate, int) else None
+        if problem is not None:
+            raise ParamValueError("ptime_ms", f"parameter 'ptime_ms': {problem[0]}", problem[1])
+
     # Node API ----------------------------------------------------------------------------
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
         return (self.pcm_caps(),)
@@ -69,11 +95,10 @@ class _EncoderNode(Node):
         return {p: out for p in self.linked_outputs}
 
     def start(self) -> None:
-        n = self.ptime_ms * self._rate / 1000.0
-        if abs(n - round(n)) > 1e-6:
-            raise self.fail(f"{self.kind} ptime_ms {self.ptime_ms:g} is not a whole number of "
-                            f"samples at {self._rate} Hz")
-        self._samples = int(round(n))
+        problem = self.ptime_problem(self._rate)
+        if problem is not None:
+            raise self.fail(*problem)
+        self._samples = int(round(self.ptime_ms * self._rate / 1000.0))
         self._step = self._samples * self._clock // self._rate
         self._encoder = self.make_encoder(self._rate, self._nch)
         self._fifo = SampleFifo(self._nch, np.dtype(np.int16), 4 * self._samples)
@@ -138,6 +163,14 @@ class _EncoderNode(Node):
             self._flush()
         super().event(port, event)
 
+    def stop(self) -> None:
+        # A run cut short (--duration, a signal) sends no end-of-stream: the partial packet
+        # buffered here (up to a ptime, 100 ms at 120) never reached the recorder or peer
+        # downstream, which the runtime stops after this node. It goes out as at the end.
+        if getattr(self, "_fifo_pts", None) is not None and not self.finished:
+            self._flush()
+        super().stop()
+
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "packets": getattr(self, "_packets", 0),
                 "payload_bytes": getattr(self, "_bytes", 0),
@@ -174,6 +207,7 @@ class G722Encoder(_EncoderNode):
 
     kind = "g722_encoder"
     codec_name = "g722"
+    sample_multiple = 2  # each payload byte codes two samples
     inputs = (Port("in", (Format.audio("pcm_s16", 16000, 1),), "PCM, int16 16 kHz mono"),)
     outputs = (Port("out", (Format.encoded("g722", 8000, 1),), "G.722 payloads, one per ptime"),)
 
@@ -231,15 +265,20 @@ class OpusEncoderNode(_EncoderNode):
                         choices=("voip", "audio", "lowdelay"))
 
     def validate(self) -> None:
-        from .opus import FRAME_MS
+        super().validate()
+        from .opus import FRAME_MS, MIN_BITRATE
 
         if self.ptime_ms not in FRAME_MS:
             raise ParamValueError("ptime_ms", f"parameter 'ptime_ms': Opus frames are "
                                   f"{', '.join(f'{m:g}' for m in FRAME_MS)} ms, not "
                                   f"{self.ptime_ms:g}", "use 20")
-        if self.bitrate and self.bitrate < 500:
-            raise ParamValueError("bitrate", "parameter 'bitrate': Opus needs at least 500 bit/s",
-                                  "use 0 (auto) or 6000 to 510000")
+        least = MIN_BITRATE[self.ptime_ms]
+        if self.bitrate and self.bitrate < least:
+            # Below this libopus sends 1-byte packets (no audio at all): the far end hears
+            # silence while every counter looks healthy.
+            raise ParamValueError("bitrate", f"parameter 'bitrate': Opus packets of "
+                                  f"{self.ptime_ms:g} ms carry no audio below {least} bit/s, "
+                                  f"not {self.bitrate}", f"use 0 (auto) or {least} to 510000")
 
     def pcm_caps(self) -> Format:
         return Format.audio("pcm_s16", self.rate or OPUS_RATES, self.channels)
@@ -288,7 +327,9 @@ class _PcmConcealer:
         self.channels = channels
         self._ws: Any = None
         self._ws_class: Any = None
-        if channels == 1:
+        # Waveform substitution's pitch search needs 8 kHz and up: an L16 stream at 4 kHz
+        # (legal, RFC 3551 4.5.11) stopped its graph on the first packet. The fade is used.
+        if channels == 1 and rate >= 8000:
             try:
                 from plugins.jitterbuffer.plc import WaveformSubstitution
             except ImportError:

@@ -26,6 +26,13 @@ from plugins.codecs.base import Codec, CodecError, Decoder, Encoder, check_pcm, 
 RATES_HZ = (8000, 12000, 16000, 24000, 48000)
 # 80, 100 and 120 ms packets carry several frames (libopus 1.2 and later encode them).
 FRAME_MS = (2.5, 5, 10, 20, 40, 60, 80, 100, 120)
+# The least bitrate (bit/s) at which libopus encodes audio in packets of each length: below
+# it every packet is a bare TOC byte, which decodes to silence. libopus wants 3 bytes per
+# frame, and 2400 bit/s for frames over 20 ms (opus_encode_native); 80-120 ms packets are
+# split into frames, whose share of the bytes was measured (libopus 1.6, every application,
+# rate and channel count).
+MIN_BITRATE = {2.5: 9600, 5: 4800, 10: 2400, 20: 1200, 40: 2400, 60: 2400, 80: 3400,
+               100: 4000, 120: 3200}
 APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
 SIGNALS = {"auto": -1000, "voice": 3001, "music": 3002}
 MAX_PACKET_BYTES = 4000  # libopus's recommended output buffer size for one packet

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -136,7 +135,12 @@ class ConferenceBridge(Node):
                                       f"{self._record_channels()}", "use record_format: wav")
         from plugins.files.nodes import check_writable
 
-        check_writable("record_dir", str(Path(self.record_dir) / "probe"))
+        # The manifest, which every recording writes: the error names a file of ours (a
+        # made-up '<dir>/probe' read as if the user had named it).
+        manifest = planned_paths(self.record_dir, self.name, fmt=self.record_format,
+                                 layout=self.record_layout, tracks=self.record_tracks,
+                                 identities=[])[0]
+        check_writable("record_dir", str(manifest))
         self._check_record_files(numbers)
 
     def _check_names(self) -> None:
@@ -391,6 +395,9 @@ class ConferenceBridge(Node):
     def set_gain(self, port: str | int, db: float) -> None:
         """Gain in dB: on `in_k` (or k) how loud k is heard; on `out_k` how loud k hears."""
         p = self._participant(port)
+        if db != db:  # NaN: refused before it is stored (every later join would raise)
+            raise NodeError(f"conference '{self.name}' gain for {port} is not a number",
+                            node=self.name, hint="give the gain in dB, e.g. -6")
         if isinstance(port, str) and port.startswith("out_"):
             p.out_gain_db = db
             if p.has_out and not p.deafened:

@@ -15,18 +15,23 @@ Formats and what a `kill -9` (or a power-cut-free crash) leaves on disk:
   that is what is lost.
 
 Every track starts at room time 0: a late joiner's file begins with silence up to the moment
-it joined (`join`), so all tracks line up sample for sample. In the multichannel layout (WAV,
+it joined (`join`), so all tracks line up sample for sample (a WAV hole; in Ogg Opus copies
+of one encoded silent frame, 120 ms to a packet; FLAC encodes it). In the multichannel layout (WAV,
 or FLAC up to 8 channels) channel 0 is the mix and each participant gets the lowest free
 channel while it is present (silence elsewhere); `tracks` may leave out the mix (participants
 from channel 0) or the participants (the mix alone). A JSON manifest next to the tracks names
 who is on which file or channel and when they joined and left; it is replaced atomically.
 
 A write error (disk full, file removed) stops the whole recorder with one message through
-`on_error` and never raises into the media path: the call goes on unrecorded.
+`on_error` and never raises into the media path: the call goes on unrecorded. A file whose
+header could not be written, or an Ogg Opus one left with headers only, is removed (no
+player opens it); an Opus track with no audio at all gets one frame of silence.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 from collections.abc import Callable
@@ -45,6 +50,7 @@ EXTENSIONS = {"wav": ".wav", "flac": ".flac", "opus": ".opus"}
 FLAC_MAX_CHANNELS = 8
 MIX_NAME = "mix"
 OPUS_BITRATE = 64000  # per channel: an archive, not a phone line
+COPY_SILENCE_FRAMES = 12  # Opus silence this long (in frames) is written as copies
 
 
 class TrackWriter:
@@ -118,36 +124,59 @@ class AvTrack(TrackWriter):
         self._av = av
         self.rate = rate
         self.channels = channels
-        self.layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
+        self.layout = "mono" if channels == 1 else "stereo" if channels == 2 else f"{channels}c"
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        options = {"flush_packets": "1"}
-        if fmt == "opus":
-            # Ogg pages are cut at least this often (microseconds), bounding a crash's loss.
-            options["page_duration"] = str(max(20000, int(flush_seconds * 1e6)))
-        self.container = av.open(path, "w", format="ogg" if fmt == "opus" else "flac",
-                                 options=options)
-        codec = "libopus" if fmt == "opus" else "flac"
-        kwargs: dict[str, Any] = {"rate": rate}
-        if self.layout is not None:
-            kwargs["layout"] = self.layout
-        self.stream = self.container.add_stream(codec, **kwargs)
-        if self.layout is None:
-            self.stream.codec_context.layout = f"{channels}c"
-            self.layout = f"{channels}c"
-        self.stream.codec_context.format = "s16"
-        if fmt == "opus":
-            self.stream.codec_context.bit_rate = OPUS_BITRATE * channels
-        self.stream.codec_context.open()
-        # The header now, not with the first packet (4608 samples later for FLAC): until
-        # then no file exists, so renaming the track (set_identity just after a join)
-        # failed with "No such file or directory" and stopped the room's recording.
-        self.container.start_encoding()
+        self.container, self.stream = self._open(path, fmt, flush_seconds)
+        # FFmpeg reports no failed write of the header (an 8 kB FLAC one with its padding):
+        # on a nearly full disk the file was left cut inside it, and no player opened it.
+        # The same header made in memory gives its whole length.
+        memory = io.BytesIO()
+        whole, _ = self._open(memory, fmt, flush_seconds)
+        header = memory.getvalue()
+        whole.close()
+        written = os.stat(path).st_size
+        if written < len(header):
+            try:
+                self.container.close()
+            except Exception:  # its I/O has failed: the file is removed all the same
+                pass
+            raise _write_error(path, header, written)
         self.frame_size = self.stream.codec_context.frame_size or 1024
         self.fifo = av.AudioFifo()
         self.pts = 0
         self.closed = False
         self.broken = False  # a write failed: what follows the last whole packet is cut off
         self._good = os.stat(path).st_size  # the file's size after its last whole packet
+        self._header = self._good
+        self._ogg = fmt == "opus"
+        self._offset = 0  # samples of copied silence packets: later packets come after them
+        self._capture = False  # _copy_silence: keep the last packet muxed
+        self._captured: tuple[bytes, int, int] | None = None
+
+    def _open(self, target: Any, fmt: str, flush_seconds: float) -> tuple[Any, Any]:
+        """The container (on `target`, a path or a BytesIO) and stream, header written."""
+        options = {"flush_packets": "1"}
+        if fmt == "opus":
+            # Ogg pages are cut at least this often (microseconds), bounding a crash's loss.
+            options["page_duration"] = str(max(20000, int(flush_seconds * 1e6)))
+        container = self._av.open(target, "w", format="ogg" if fmt == "opus" else "flac",
+                                  options=options)
+        codec = "libopus" if fmt == "opus" else "flac"
+        kwargs: dict[str, Any] = {"rate": self.rate}
+        if self.channels <= 2:
+            kwargs["layout"] = self.layout
+        stream = container.add_stream(codec, **kwargs)
+        if self.channels > 2:
+            stream.codec_context.layout = self.layout
+        stream.codec_context.format = "s16"
+        if fmt == "opus":
+            stream.codec_context.bit_rate = OPUS_BITRATE * self.channels
+        stream.codec_context.open()
+        # The header now, not with the first packet (4608 samples later for FLAC): until
+        # then no file exists, so renaming the track (set_identity just after a join)
+        # failed with "No such file or directory" and stopped the room's recording.
+        container.start_encoding()
+        return container, stream
 
     def _frame(self, block: np.ndarray):
         frame = self._av.AudioFrame.from_ndarray(
@@ -163,7 +192,7 @@ class AvTrack(TrackWriter):
         muxed = False
         while self.fifo.samples >= fs:
             for packet in self.stream.encode(self.fifo.read(fs)):
-                self.container.mux(packet)
+                self._mux(packet)
                 muxed = True
         if muxed:  # each packet reaches the OS as it is muxed (flush_packets)
             self._good = os.stat(self.path).st_size
@@ -177,7 +206,17 @@ class AvTrack(TrackWriter):
                                                      layout=self.layout)
             frame.rate = self.rate
             for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+                self._mux(packet)
+
+    def _mux(self, packet: Any) -> None:
+        if self._offset and packet.pts is not None:
+            # The encoder counts only what it encoded, not the copies. (Without a pts, the
+            # muxer's own count of durations includes them.)
+            packet.pts += self._offset
+            packet.dts += self._offset
+        if self._capture:  # (the bytes before muxing, which takes them)
+            self._captured = (bytes(packet), packet.pts, packet.duration)
+        self.container.mux(packet)
 
     def write(self, block: np.ndarray) -> None:
         self.fifo.write(self._frame(block))
@@ -193,17 +232,68 @@ class AvTrack(TrackWriter):
         one. FFmpeg writes nothing more once its I/O has failed, so the header keeps
         "total samples: unknown", which the format allows."""
         try:
-            if os.stat(self.path).st_size > self._good:
+            if self._ogg and self._good <= self._header:
+                # Headers alone: FFmpeg cannot open an Ogg Opus file without an audio page.
+                _remove_file(self.path)
+            elif os.stat(self.path).st_size > self._good:
                 os.truncate(self.path, self._good)
         except OSError:  # the file is gone or unreachable: nothing to repair
             pass
 
     def write_silence(self, samples: int) -> None:
+        if self._ogg and not self.fifo.samples and samples >= COPY_SILENCE_FRAMES * \
+                self.frame_size:
+            try:
+                samples -= self._copy_silence(samples)
+            except Exception:
+                self.broken = True  # as in write(): cut back to the last whole packet
+                raise
         chunk = np.zeros((self.frame_size, self.channels), np.int16)
         while samples > 0:
             k = min(samples, self.frame_size)
             self.write(chunk[:k])
             samples -= k
+
+    def _copy_silence(self, samples: int) -> int:
+        """Write most of `samples` of silence (Ogg Opus, frame-aligned) as copies of one
+        encoded silent frame, six to a packet; return how many samples were written.
+
+        A late joiner's track starts with silence up to its join: encoding an hour of it
+        took libopus 6 s, during which the room stood still. The copies cost one mux per
+        120 ms and decode to the same silence; the encoder carries on after them as if it
+        had encoded them (its state after silence is the same)."""
+        fs = self.frame_size
+        self._captured = None
+        self._capture = True
+        try:
+            self.write(np.zeros((4 * fs, self.channels), np.int16))  # past its start-up
+        finally:
+            self._capture = False
+        done = 4 * fs
+        if self._captured is None:
+            return done
+        data, last_pts, duration = self._captured
+        if len(data) < 2 or data[0] & 3 or duration != fs:
+            return done  # not one frame in a packet (RFC 6716 3.1, code 0): no copies
+        frames = (samples - done) // fs
+        toc, body = data[0] | 3, data[1:]  # code 3: M frames of one size (3.2.5)
+        pts = None if last_pts is None else last_pts + fs
+        most = max(1, 120 * self.rate // (1000 * fs))  # a packet holds at most 120 ms
+        left = frames
+        while left:
+            m = min(left, most)
+            copy = self._av.Packet(bytes((toc, m)) + body * m)
+            if pts is not None:
+                copy.pts = copy.dts = pts
+                pts += m * fs
+            copy.duration = m * fs
+            copy.time_base = self.stream.time_base
+            copy.stream = self.stream
+            self.container.mux(copy)
+            left -= m
+        self._offset += frames * fs
+        self._good = os.stat(self.path).st_size
+        return done + frames * fs
 
     def close(self) -> None:
         if self.closed:
@@ -211,18 +301,47 @@ class AvTrack(TrackWriter):
         self.closed = True
         try:
             if not self.broken:
+                if self._ogg and not self.pts:
+                    # A track with no audio (joined and left within a period): FFmpeg
+                    # cannot open an Ogg Opus file without an audio page. One frame of
+                    # silence makes it a file that plays, as empty WAV and FLAC ones do.
+                    self.write(np.zeros((self.frame_size, self.channels), np.int16))
                 self._drain(final=True)
                 for packet in self.stream.encode(None):
-                    self.container.mux(packet)
+                    self._mux(packet)
         except Exception:
             self.broken = True
             raise
         finally:
             try:
-                self.container.close()
+                self.container.close()  # writes the last Ogg page: it may fail too
+            except Exception:
+                self.broken = True  # then cut back as after a failed packet
+                raise
             finally:
                 if self.broken:
                     self._cut()
+
+
+def _write_error(path: str, data: bytes, written: int) -> OSError:
+    """The system's own error (ENOSPC, EFBIG) for the part of `data` FFmpeg could not
+    write, found by writing it again: FFmpeg only keeps it to itself."""
+    try:
+        with open(path, "r+b") as f:
+            f.seek(written)
+            f.write(data[written:])
+    except OSError as e:
+        return e
+    return OSError(errno.EIO, "its header could not be written")
+
+
+def _remove_file(path: Path | str) -> None:
+    """Remove a file we created and could not write (not what a symlink points at)."""
+    try:
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+    except OSError:  # unreachable: nothing more to do
+        pass
 
 
 def open_track(path: str, fmt: str, rate: int, channels: int,
@@ -322,7 +441,13 @@ class RoomRecorder:
 
     def _open(self, path: Path, channels: int) -> TrackWriter:
         self._current = str(path)
-        return open_track(str(path), self.fmt, self.rate, channels, self.flush_seconds)
+        try:
+            return open_track(str(path), self.fmt, self.rate, channels, self.flush_seconds)
+        except BaseException:
+            # Its header could not be written (a full disk): the file holds no audio and
+            # no player opens it, so none is left behind (the manifest never names it).
+            _remove_file(path)
+            raise
 
     def join(self, key: Any, identity: str) -> None:
         """A participant is present from now on (room time `self.pts`)."""
@@ -454,7 +579,11 @@ class RoomRecorder:
                "mix": self.mix_path,
                "participants": self.manifest}
         tmp = self._manifest_tmp()
-        tmp.write_text(json.dumps(doc, indent=1))
+        try:
+            tmp.write_text(json.dumps(doc, indent=1))
+        except BaseException:
+            _remove_file(tmp)  # a cut-short copy: the last whole manifest stays
+            raise
         os.replace(tmp, path)  # atomic: a crash leaves the old or the new manifest
         self._manifest_due = False
         self._manifest_pts = self.pts

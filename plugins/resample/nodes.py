@@ -137,6 +137,8 @@ class Resample(Node):
         if self.resampler is None:
             self.emit("out", AudioFrame(data, frame.rate, frame.pts, frame.flags))
             return
+        if not frame.samples:
+            return  # nothing owed; libswresample refuses an empty frame (ENOMEM)
         av_frame = self._av.AudioFrame.from_ndarray(
             np.ascontiguousarray(data).reshape(1, -1), format=self._av_fmt, layout=self._layout)
         av_frame.sample_rate = self.in_rate
@@ -145,6 +147,11 @@ class Resample(Node):
         self._in_samples += frame.samples
         n = self._owed()
         if not self._primed:
+            if not len(self.fifo):
+                # Frames shorter than the filter delay (1-sample frames at 192 kHz) give no
+                # output yet: priming now undercounted the delay, and every later frame then
+                # waited for audio that never came (the stream went silent for good).
+                return
             # Prime the filter delay with silence once (plus a small cushion against the
             # +-1 sample wobble of fractional ratios), then emit exact-duration frames.
             missing = n - len(self.fifo) + 8
@@ -155,8 +162,8 @@ class Resample(Node):
                 self.fifo.push(head)
                 self.fifo.push(rest)
             self._primed = True
-        if len(self.fifo) < n:
-            return
+        if n <= 0 or len(self.fifo) < n:
+            return  # (a frame shorter than one output sample owes none: no empty frame)
         out = self.fifo.pop(n)
         self.emit("out", AudioFrame(out, self.out_rate, self.pts, frame.flags))
         self.pts += n
