@@ -137,7 +137,7 @@ def room_period_ms(n: int, streams: Streams, shared: bool, periods: int) -> dict
     node, sink = make_room(n, gate=True)
     decoders = [OpusDecoder(RATE, 1) for _ in range(n)]
     encoders = [OpusEncoder(RATE, 1, bitrate=32000) for _ in range(n)]
-    cache = SharedEncoderCache(lambda s: OpusEncoder(RATE, 1, bitrate=s))
+    cache = SharedEncoderCache()
     packers = [RtpPacker(111, 0x10000 + k) for k in range(n)]
     inputs = [f"in_{k}" for k in range(n)]
     outputs = [f"out_{k}" for k in range(n)]
@@ -153,7 +153,8 @@ def room_period_ms(n: int, streams: Streams, shared: bool, periods: int) -> dict
         for k in range(n):
             frame = sink[outputs[k]]
             if shared and frame.flags & FLAG_SHARED:
-                payload = cache.encode(frame, 32000)
+                payload = cache.encode(frame, 32000,
+                                       lambda: OpusEncoder(RATE, 1, bitrate=32000))
             else:
                 payload = encoders[k].encode(frame.data)
                 counts["own_encodes"] += 1

@@ -15,7 +15,7 @@ from pipeline.frames import FLAG_SILENCE, AudioFrame, EndOfStream
 from pipeline.graph import Graph
 from pipeline.loader import load_graph_text
 from pipeline.params import ParamValueError
-from pipeline.testing import read_wav, run_graph, sine, write_wav
+from pipeline.testing import dominant_frequency, read_wav, run_graph, sine, write_wav
 from plugins.conference.mixing import FULL_SCALE, KNEE, UNITY, MixMinus, soft_limit
 from plugins.conference.nodes import ConferenceBridge
 from plugins.conference.shared import FLAG_SHARED, SharedEncoderCache
@@ -523,13 +523,42 @@ def test_rms_dbfs_of_a_full_scale_sine():
 
 
 # ---- shared encoding -----------------------------------------------------------------------
+def test_encoder_nodes_on_a_rooms_outputs_encode_the_shared_mix_once_per_period():
+    # The shipped encoders did not use the room's shared encoding (only a benchmark did):
+    # every silent listener's encoder ran on the same frame. Now one encodes it per period
+    # and the others get its bytes; a talker's private mix still has its own encoder.
+    from plugins.codecs.opus import OpusDecoder
+
+    quiet = "\n".join(f"  q{k}: {{type: tone, freq: 500, level: -80dB, duration: 1s}}"
+                      for k in range(1, 5))
+    ears = "\n".join(f"  e{k}: {{type: opus_encoder}}\n  s{k}: {{type: frame_sink}}"
+                     for k in range(5))
+    r = run_graph(f"""
+nodes:
+  q0: {{type: tone, freq: 700, level: -10dB, duration: 1s}}
+{quiet}
+  room: {{type: conference}}
+{ears}
+links:
+""" + "".join(f"  - q{k} -> room.in_{k}\n  - room.out_{k} -> e{k} -> s{k}\n" for k in range(5)))
+    stats = r.stats["room"]
+    assert stats["shared_encodes"] >= 45 and stats["shared_encode_hits"] >= 3 * 45
+    listeners = [[f.payload for f in r.graph.nodes[f"s{k}"].frames] for k in range(1, 5)]
+    assert all(p == listeners[0] for p in listeners)  # the same bytes for every listener
+    dec = OpusDecoder(RATE, 1)
+    heard = np.concatenate([dec.decode(p) for p in listeners[0]])[:, 0]
+    assert abs(dominant_frequency(heard[RATE // 2:], RATE) - 700) < 10  # the talker
+    talker = [f.payload for f in r.graph.nodes["s0"].frames]
+    assert talker != listeners[0]  # its own mix-minus: not the shared one
+
+
 def test_silent_listeners_get_one_shared_frame_and_one_encode():
     from plugins.codecs.opus import OpusDecoder, OpusEncoder
     from plugins.rtp.packet import RtpPacker, RtpPacket
 
     listeners = range(3, 8)
     room = Room(ins=(0, 1, 2, *listeners), outs=(0, 1, 2, *listeners))
-    cache = SharedEncoderCache(lambda s: OpusEncoder(s[0], 1, bitrate=s[1]))
+    cache = SharedEncoderCache()
     private = {k: OpusEncoder(RATE, 1, bitrate=32000) for k in range(8)}
     packers = {k: RtpPacker(111, 0x1000 + k) for k in range(8)}
     seq0 = {k: 100 * k for k in range(8)}
@@ -548,7 +577,8 @@ def test_silent_listeners_get_one_shared_frame_and_one_encode():
             assert not any(frames[k].flags & FLAG_SHARED for k in range(3))
         for k, frame in frames.items():
             if frame.flags & FLAG_SHARED:
-                payload = cache.encode(frame, (RATE, 32000))
+                payload = cache.encode(frame, (RATE, 32000),
+                                       lambda: OpusEncoder(RATE, 1, bitrate=32000))
             else:
                 payload = private[k].encode(frame.data)
             sent += 1

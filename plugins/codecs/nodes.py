@@ -23,7 +23,14 @@ import numpy as np
 
 from pipeline.errors import MissingDependencyError, ParseError
 from pipeline.formats import OPUS_RATES, Format, narrow_to
-from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, AudioFrame, EncodedFrame, EndOfStream
+from pipeline.frames import (
+    FLAG_CONCEALED,
+    FLAG_DISCONT,
+    FLAG_SHARED,
+    AudioFrame,
+    EncodedFrame,
+    EndOfStream,
+)
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 
@@ -34,6 +41,9 @@ PTIME_DOC = "packet duration in ms (RFC 4566 ptime)"
 
 
 # ---- encoders ---------------------------------------------------------------------------
+_UNKNOWN = object()
+
+
 class _EncoderNode(Node):
     """Shared encoder logic; subclasses set the codec and make the codec object."""
 
@@ -110,6 +120,7 @@ class _EncoderNode(Node):
         # The hook is called per packet only by encoders that have one (Opus DTX).
         self._skip = self.skip_payload if type(self).skip_payload is not \
             _EncoderNode.skip_payload else None
+        self._shared: Any = _UNKNOWN  # the feeding node's shared encoding, looked up once
 
     def process(self, port: str, frame: AudioFrame) -> None:
         data = frame.data
@@ -126,7 +137,11 @@ class _EncoderNode(Node):
         n = self._samples
         if not buffered and data.shape[0] == n:
             # The common case (tick period == ptime): encode the frame as is, no copy.
-            self._encode(data, self._fifo_pts)
+            if frame.flags & FLAG_SHARED and self._shared_encoding() is not None:
+                self._send(self._shared.encode(frame, self._settings, self._new_encoder),
+                           self._fifo_pts)
+            else:
+                self._encode(data, self._fifo_pts)
             self._fifo_pts += n
             return
         fifo.push(data)
@@ -144,8 +159,26 @@ class _EncoderNode(Node):
         self._encode(block, self._fifo_pts)
         self._fifo_pts += self._samples
 
+    def _shared_encoding(self) -> Any:
+        """The shared encoding of the node feeding this one (a conference room's: its shared
+        mix, one frame object for every silent listener, is encoded once per settings,
+        docs/conference.md), or None."""
+        if self._shared is _UNKNOWN:
+            src = next((ln.src for ln in self.graph.links_of(self.name) if ln.dst == self.name),
+                       None)
+            self._shared = getattr(self.graph.nodes.get(src), "shared_encoding", None)
+            # Listeners share an encoder only when every setting of theirs is the same.
+            self._settings = (type(self), self._rate, self._nch, *sorted(
+                (name, repr(getattr(self, name))) for name in self.param_specs()))
+        return self._shared
+
+    def _new_encoder(self) -> Encoder:
+        return self.make_encoder(self._rate, self._nch)
+
     def _encode(self, pcm: np.ndarray, pts: int) -> None:
-        payload = self._encoder.encode(pcm)
+        self._send(self._encoder.encode(pcm), pts)
+
+    def _send(self, payload: bytes, pts: int) -> None:
         skip = self._skip
         if skip is not None and skip(payload):
             self._skipped += 1

@@ -32,7 +32,7 @@ from pipeline.params import Path as PathType
 from ..mixer.fifo import SPLICE_FADE_S, SPLICE_SEARCH_S, SampleFifo
 from .mixing import UNITY, MixMinus, gain_to_q12
 from .recording import FLAC_MAX_CHANNELS, RoomRecorder, planned_paths
-from .shared import FLAG_SHARED
+from .shared import FLAG_SHARED, SharedEncoderCache
 from .speaker import SpeakerDetector, rms_dbfs
 
 _S16 = np.dtype(np.int16)
@@ -227,6 +227,8 @@ class ConferenceBridge(Node):
         self._named = set(self._identities)  # from `names`: kept; a caller's goes as it leaves
         self._zeros = np.zeros((self.n, 1), np.int16)
         self._zeros.flags.writeable = False
+        # Encoder nodes linked to our outputs encode the shared mix once through this.
+        self.shared_encoding = SharedEncoderCache()
         self.underruns = 0
         self.dropped_frames = 0
         self.trims = 0  # pushes cut short because a participant ran ahead
@@ -656,6 +658,8 @@ class ConferenceBridge(Node):
                        rejected=self.rejected,
                        shared_frames=self.shared_frames, private_frames=self.private_frames,
                        speaker_changes=self.speaker_changes,
+                       shared_encodes=self.shared_encoding.encodes,
+                       shared_encode_hits=self.shared_encoding.hits,
                        recording_failed=bool(self.recorder and self.recorder.failed))
         return out
 

@@ -2,10 +2,11 @@
 
 The contract (see docs/conference.md): every period the `conference` node emits the *same*
 `AudioFrame` object, flagged `FLAG_SHARED`, on the output of every listener who is not talking
-(and the same silent frame to every deafened one). An encoder that sees `FLAG_SHARED` asks a
-`SharedEncoderCache` (one per room, or per process) for the payload instead of running its own
-encoder: the first asker encodes with the cache's encoder for those settings; the others get the
-same bytes. Each RTP stream still stamps its own SSRC, sequence number and timestamp.
+(and the same silent frame to every deafened one). An encoder node fed straight by the room
+that sees `FLAG_SHARED` asks the room's `SharedEncoderCache` (its `shared_encoding`) for the
+payload instead of running its own encoder: the first asker encodes with the cache's encoder
+for its settings; the others with the same settings get the same bytes. Each RTP stream
+still stamps its own SSRC, sequence number and timestamp.
 
 Frames without the flag (a talker's private mix-minus) go through the listener's own encoder.
 When a listener moves between the two, its receiver's decoder sees packets from another
@@ -26,20 +27,19 @@ __all__ = ["FLAG_SHARED", "SharedEncoderCache"]
 class SharedEncoderCache:
     """Encodes each shared frame once per codec setting; see the module docstring.
 
-    `factory(settings)` makes an encoder (anything with `encode(pcm) -> bytes`) for a hashable
-    description of the codec settings, e.g. ("opus", 48000, 1, 32000, 10, 20.0). The cache
+    The first asker with a hashable description of its settings (the encoder node's kind and
+    parameters) makes the encoder, `make()`, anything with `encode(pcm) -> bytes`. The cache
     keeps one encoder and the last (frame, payload) per settings, so memory stays constant and
     the encoder's state runs continuously over the shared stream.
     """
 
-    def __init__(self, factory: Callable[[Hashable], Any]) -> None:
-        self.factory = factory
+    def __init__(self) -> None:
         self._encoders: dict[Hashable, Any] = {}
         self._last: dict[Hashable, tuple[Any, bytes]] = {}
         self.encodes = 0
         self.hits = 0
 
-    def encode(self, frame: Any, settings: Hashable) -> bytes:
+    def encode(self, frame: Any, settings: Hashable, make: Callable[[], Any]) -> bytes:
         """The payload of `frame` (an AudioFrame) under `settings`, encoded at most once."""
         last = self._last.get(settings)
         if last is not None and last[0] is frame:  # identity, not equality: same period
@@ -47,7 +47,7 @@ class SharedEncoderCache:
             return last[1]
         encoder = self._encoders.get(settings)
         if encoder is None:
-            encoder = self._encoders[settings] = self.factory(settings)
+            encoder = self._encoders[settings] = make()
         payload = encoder.encode(frame.data)
         self.encodes += 1
         self._last[settings] = (frame, payload)
