@@ -35,8 +35,9 @@ def without_hardware() -> Iterator[None]:
     their parameters and negotiate formats, but look no device up and do not load
     PortAudio, and post `device-not-checked`. A graph prepared inside cannot start its
     devices, and `prepare()` does not run twice: load it again outside to run it. A device
-    node of a plugin honours it by checking `is_hardware_free()` in its `validate()`. `pipeline validate` and the check `pipeline call` makes
-    before dialling use it, so a graph's structure and formats are checked on any machine."""
+    node of a plugin honours it by checking `is_hardware_free()` in its `validate()`.
+    `pipeline validate` and `draw`, and the check `pipeline call` makes before dialling use
+    it, so a graph's structure and formats are checked on any machine."""
     token = _hardware_free.set(True)
     try:
         yield
