@@ -120,6 +120,25 @@ def test_no_prack_within_64_t1_refuses_the_invite_with_500():
     assert net.of(alice, CallEnded)[0].status == 500
 
 
+def test_a_reliable_180_left_ringing_is_followed_by_a_new_one_every_minute():
+    # RFC 3261 13.3.1.1 wants a provisional every minute; under Require: 100rel each is
+    # reliable (RFC 3262 3): a new 180, RSeq + 1, once the last was PRACKed, PRACKed in turn.
+    net, alice, bob, call, bcall, log = ringing_call(auto_answer=False)
+    net.advance(150.0)
+    ringing = sent(log, "SIP/2.0 180")
+    assert [t for t, _ in ringing] == [0.0, 60.0, 120.0]
+    rseq = int(ringing[0][1].headers.get("RSeq"))
+    assert [int(m.headers.get("RSeq")) for _, m in ringing] == [rseq, rseq + 1, rseq + 2]
+    assert all(m.headers.get("Require") == "100rel" for _, m in ringing)
+    assert statuses(log, "PRACK") == [200, 200, 200]
+    assert len(net.of(alice, CallRinging)) == 1 and net.of(bob, CallEnded) == []
+    bob.prepare_answer(bcall.call_id, 42000)
+    bob.accept(bcall.call_id, net.now)
+    net.pump()
+    net.advance(150.0)
+    assert len(sent(log, "SIP/2.0 180")) == 3 and bcall.state == call.state == "established"
+
+
 def test_a_prack_before_the_answer_lets_the_200_go_at_once():
     net, alice, bob, call, bcall, log = ringing_call(auto_answer=False)
     assert statuses(log, "PRACK") == [200] and bcall.state == "incoming"

@@ -134,6 +134,35 @@ def test_call_setup_and_teardown_follows_rfc3261_13_and_15():
     assert not alice.calls and not bob.calls
 
 
+def test_an_unanswered_call_gets_its_180_again_every_minute():
+    # RFC 3261 13.3.1.1: a non-100 provisional at least every minute while unanswered, or a
+    # proxy cancels the INVITE (timer C, over 3 minutes); the same 180, byte for byte.
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    (incoming,) = net.of(bob, CallIncoming)
+    times = []  # when each 180 went (none is lost)
+
+    def record(data: bytes) -> bool:
+        if data.startswith(b"SIP/2.0 180"):
+            times.append(net.now)
+        return False
+
+    net.drop = record
+    net.advance(150.0)
+    assert times == [60.0, 120.0]  # (the first went before the clock started)
+    ringing = [d for _, d in net.wire if d.startswith(b"SIP/2.0 180")]
+    assert len(ringing) == 3 and len(set(ringing)) == 1
+    assert len(net.of(alice, CallRinging)) == 1
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.accept(incoming.call.call_id, net.now)
+    net.pump()
+    net.advance(150.0)
+    assert len([d for _, d in net.wire if d.startswith(b"SIP/2.0 180")]) == 3
+    assert incoming.call.state == "established"
+
+
 def test_uas_retransmits_200_until_ack_then_gives_up_with_bye():
     # lose every ACK: the UAS resends its 200 at T1, 2T1, 4T1 ... capped at T2 (13.3.1.4)
     net2_alice, net2_bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob")

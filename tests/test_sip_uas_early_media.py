@@ -5,8 +5,9 @@ answer); `answer_after` later the 200 comes and the same graph goes on.
 Sans-IO on two user agents (test_sip_ua's fake clock), between two of our endpoints (our
 caller says `Supported: 100rel`, so the 183 is reliable and PRACKed), with a caller scripted
 on a UDP socket (no 100rel: an unreliable 183 whose SDP the 200 repeats; `Require: 100rel`:
-the 183 resent until its PRACK; CANCEL, BYE, re-INVITE and UPDATE during early media; a
-graph fault), and with pjsua2 as the caller.
+the 183 resent until its PRACK; CANCEL, BYE, re-INVITE, UPDATE and a PRACK with an offer
+during early media; a graph fault; a caller silent until the answer), and with pjsua2 as the
+caller.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from test_sip_ua import ALICE, BOB, Net, make_ua
 from pipeline.testing import read_wav, sine, write_wav
 from plugins.codecs.g711 import G711Decoder
 from plugins.rtp.packet import RtpPacket
-from plugins.sip.message import SipMessage, SipResponse
+from plugins.sip.message import SipMessage, SipRequest, SipResponse
+from plugins.sip.ua import PROVISIONAL_REPEAT as MINUTE
 from plugins.sip.ua import CallEarlyMedia, CallEnded, CallEstablished, CallIncoming
 
 F_CALLEE, F_CALLER = 1000.0, 440.0
@@ -149,6 +151,60 @@ def test_sans_io_a_183_never_pracked_is_resent_then_the_invite_gets_500():
     (ended,) = net.of(bob, CallEnded)
     assert (ended.status, ended.reason) == (500, "no PRACK for our reliable 183 (RFC 3262)")
     assert [m.status_code for m in wire(net, b"SIP/2.0 500")] == [500]
+
+
+def unanswered_early_call(reliable: bool = True) -> tuple[Net, Any, Any, Any]:
+    """Alice calls Bob (early_media), who sends his 183 and does not answer; without
+    `reliable` Alice's INVITE does not say Supported: 100rel, so the 183 is unreliable."""
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob", early_media=True)
+    if not reliable:
+        send = alice.datagrams_to_send
+        alice.datagrams_to_send = lambda: [
+            (t, d.replace(b"Supported: timer, 100rel, replaces", b"Supported: timer"), a)
+            for t, d, a in send()]
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    (incoming,) = net.of(bob, CallIncoming)
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.send_progress(incoming.call.call_id, net.now)
+    net.pump()
+    return net, alice, bob, incoming.call
+
+
+def test_a_call_left_in_early_media_gets_a_provisional_response_every_minute() -> None:
+    """RFC 3261 13.3.1.1: an unanswered INVITE gets a non-100 provisional at least every
+    minute, else a proxy cancels it (3 minutes). After a reliable 183 with our answer the
+    repeat is a new reliable 183 (RSeq + 1, RFC 3262 3), without SDP (the answer stands),
+    each PRACKed; no repeat once the call is answered."""
+    net, alice, bob, bcall = unanswered_early_call()
+    net.advance(2.5 * MINUTE)  # an IVR's announcement, or an application yet to answer
+    assert bcall.state == "incoming" and net.of(alice, CallEnded) == []
+    provisional = wire(net, b"SIP/2.0 183")
+    assert len(provisional) == 3  # at 0, 60 and 120 s
+    first, *repeats = provisional
+    rseq = int(first.headers.get("RSeq"))
+    assert first.body
+    assert [int(m.headers.get("RSeq")) for m in repeats] == [rseq + 1, rseq + 2]
+    assert all(m.headers.get("Require") == "100rel" and m.body == b"" for m in repeats)
+    assert [m.status_code for m in wire(net, b"SIP/2.0 200") if m.cseq.method == "PRACK"] \
+        == [200, 200, 200]
+    assert len(net.of(alice, CallEarlyMedia)) == 1  # the repeats change nothing
+    bob.accept(bcall.call_id, net.now)
+    net.pump()
+    net.advance(3 * MINUTE)
+    assert len(wire(net, b"SIP/2.0 183")) == 3
+    assert bcall.state == "established"
+
+
+def test_an_unreliable_183_is_repeated_as_it_was_every_minute() -> None:
+    """A caller without 100rel: the 183 (our SDP, no RSeq) goes again byte for byte."""
+    net, alice, bob, bcall = unanswered_early_call(reliable=False)
+    net.advance(2.5 * MINUTE)
+    provisional = [d for _, d in net.wire if d.startswith(b"SIP/2.0 183")]
+    assert len(provisional) == 3 and len(set(provisional)) == 1
+    assert b"RSeq" not in provisional[0] and b"m=audio" in provisional[0]
+    assert bob.stats["provisionals_repeated"] == 2
 
 
 def test_the_caller_hears_our_early_media_before_the_answer_on_the_graph_the_200_keeps(
@@ -278,6 +334,17 @@ class Caller:
                         and msg.status_code == status:
                     if msg.to.tag:
                         self.to_tag = msg.to.tag
+                    return msg
+            data = await asyncio.wait_for(loop.sock_recv(self.sock, 70000), WAIT)
+            self.sip.append((loop.time(), SipMessage.parse(data)))
+
+    async def request(self, method: str) -> SipRequest:
+        """The next request `method` from the endpoint (those before it are kept)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for _, msg in self.sip[self._seen:]:
+                self._seen += 1
+                if isinstance(msg, SipRequest) and msg.method == method:
                     return msg
             data = await asyncio.wait_for(loop.sock_recv(self.sock, 70000), WAIT)
             self.sip.append((loop.time(), SipMessage.parse(data)))
@@ -430,9 +497,10 @@ def test_the_caller_leaving_during_early_media_ends_it_cleanly(tone_graph: Path,
 def test_a_reinvite_or_an_update_with_sdp_during_early_media_is_refused_and_the_call_goes_on(
         tone_graph: Path) -> None:
     """A re-INVITE in the early dialog, before our final response to the INVITE, gets 500
-    with Retry-After (RFC 3261 14.2); an UPDATE with an offer 491 (RFC 3311 5.2: the
-    INVITE's offer/answer is not complete while the 183 was unreliable). Neither touches
-    the running call graph, and the 200 follows with the 183's SDP."""
+    with Retry-After (RFC 3261 14.2); so does an UPDATE with an offer (RFC 3311 5.2: we
+    have not answered the INVITE's offer, since an unreliable 183 is no answer, RFC 3261
+    13.2.1; 491 is for an offer of ours awaiting its answer). Neither touches the running
+    call graph, and the 200 follows with the 183's SDP."""
     async def main() -> None:
         callee = Endpoint(callee_yaml(tone_graph, "    answer_after: 1s"))
         caller = Caller(await callee.port())
@@ -447,7 +515,8 @@ def test_a_reinvite_or_an_update_with_sdp_during_early_media_is_refused_and_the_
             assert 0 <= int(refused.headers.get("Retry-After")) <= 10
             caller.send("ACK", 2, to_tag=caller.to_tag, branch=branch)
             caller.send("UPDATE", 3, body=caller.offer(), to_tag=caller.to_tag)
-            await caller.response("UPDATE", 491)
+            refused = await caller.response("UPDATE", 500)
+            assert 0 <= int(refused.headers.get("Retry-After")) <= 10
             r200 = await caller.response("INVITE", 200)
             assert r200.cseq.seq == 1 and r200.body == r183.body
             caller.ack()
@@ -461,6 +530,133 @@ def test_a_reinvite_or_an_update_with_sdp_during_early_media_is_refused_and_the_
             caller.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "g722"])
+def test_a_prack_with_an_offer_gets_the_answer_in_its_200(tone_graph: Path,
+                                                          codec: str) -> None:
+    """RFC 3262 5: after our reliable 183 carried the answer, the caller may offer again in
+    its PRACK, and the PRACK's 2xx MUST carry the answer (before, a 200 without one). An
+    offer we cannot take (G.722 only: none of our codecs) gets 488, as an UPDATE's would,
+    and the 183's session stands; either way the 183 counts as PRACKed (not resent) and the
+    INVITE's 200 follows, without SDP, the call graph the same."""
+    async def main() -> tuple[SipResponse, SipResponse, int]:
+        callee = Endpoint(callee_yaml(tone_graph, "    answer_after: 1s"))
+        caller = Caller(await callee.port())
+        try:
+            caller.invite(("Supported", "100rel"))
+            r183 = await caller.response("INVITE", 183)
+            ours = await callee.wait("call-early-media", call_id=caller.call_id)
+            rtp = callee.graph.nodes[ours.data["prefix"] + "rtp"]
+            offer = caller.offer().replace(b"o=- 1 1", b"o=- 1 2")
+            if codec == "g722":
+                offer = offer.replace(b"RTP/AVP 0", b"RTP/AVP 9").replace(
+                    b"PCMU/8000", b"G722/8000").replace(b"rtpmap:0", b"rtpmap:9")
+            caller.send("PRACK", 2, ("RAck", f"{r183.headers.get('RSeq')} 1 INVITE"),
+                        body=offer, to_tag=caller.to_tag)
+            answered = await caller.response("PRACK", 200 if codec == "pcmu" else 488)
+            r200 = await caller.response("INVITE", 200)
+            caller.ack()
+            await callee.wait("call-established", call_id=caller.call_id)
+            assert callee.graph.nodes[ours.data["prefix"] + "rtp"] is rtp
+            caller.send("BYE", 3, to_tag=caller.to_tag)
+            await caller.response("BYE", 200)
+            await callee.close()
+        finally:
+            caller.close()
+        return answered, r200, caller.statuses("INVITE").count(183)
+
+    answered, r200, sent_183 = asyncio.run(main())
+    if codec == "pcmu":
+        assert answered.headers.get("Content-Type") == "application/sdp"
+        assert answered.body.startswith(b"v=0") and b"PCMU/8000" in answered.body
+    else:
+        assert answered.body == b"" and answered.headers.get("Warning", "").startswith("30")
+    assert r200.body == b"" and sent_183 == 1
+
+
+def test_an_update_offer_after_a_pracked_183_is_answered_and_changes_the_early_media(
+        tone_graph: Path) -> None:
+    """After a reliable 183 (its answer given, PRACKed) the INVITE's offer/answer is done,
+    and RFC 3311 5.1 allows an UPDATE with a new offer before the 200: it is answered in
+    its 200 as in a confirmed dialog, and a new media port rebuilds the call graph (now
+    sending there); the INVITE's 200 then carries no SDP and keeps that graph."""
+    async def main() -> None:
+        callee = Endpoint(callee_yaml(tone_graph, "    answer_after: 1s"))
+        caller = Caller(await callee.port())
+        moved = Caller._socket()
+        try:
+            caller.invite(("Supported", "100rel"))
+            r183 = await caller.response("INVITE", 183)
+            await callee.wait("call-early-media", call_id=caller.call_id)
+            caller.send("PRACK", 2, ("RAck", f"{r183.headers.get('RSeq')} 1 INVITE"),
+                        to_tag=caller.to_tag)
+            await caller.response("PRACK", 200)
+            new_port = moved.getsockname()[1]
+            offer = caller.offer().replace(b"o=- 1 1", b"o=- 1 2").replace(
+                f"m=audio {caller.rtp_port} ".encode(), f"m=audio {new_port} ".encode())
+            caller.send("UPDATE", 3, body=offer, to_tag=caller.to_tag)
+            ok = await caller.response("UPDATE", 200)
+            assert ok.headers.get("Content-Type") == "application/sdp"
+            assert sdp_port(ok.body) == sdp_port(r183.body)
+            await callee.wait("call-updated", call_id=caller.call_id)
+            await until(lambda: callee.node.part_values.get(caller.call_id, {}).get(
+                "remote_rtp_port") == new_port, "the call graph rebuilt for the new port")
+            r200 = await caller.response("INVITE", 200)
+            assert r200.body == b""
+            caller.ack()
+            est = await callee.wait("call-established", call_id=caller.call_id)
+            assert callee.node.part_values[caller.call_id]["remote_rtp_port"] == new_port
+            assert est.data["prefix"] == callee.node.parts[caller.call_id]
+            caller.send("BYE", 4, to_tag=caller.to_tag)
+            await caller.response("BYE", 200)
+            await callee.close()
+        finally:
+            moved.close()
+            caller.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("answer_after", [1.0, 0.2])
+def test_a_caller_silent_during_early_media_is_not_hung_up_before_the_answer(
+        tmp_path: Path, answer_after: float) -> None:
+    """A caller may send no RTP before the answer (a phone sends none before the 200), so
+    the RTP timeout of an incoming call counts from its answer: a caller silent through
+    1 s of early media with `rtp_timeout: 300ms` gets the 200 (before, 603 after 300 ms),
+    and the BYE only 300 ms after the answer, its silence going on. So too when the
+    part reports the silence after the answer (0.2 s of early media: before, the BYE came
+    0.1 s after the answer)."""
+    graph = tmp_path / "timed.yaml"
+    graph.write_text(TONE_GRAPH.replace(CALL_RTP, CALL_RTP + "    rtp_timeout: "
+                                        "${call.rtp_timeout}\n"))
+
+    async def main() -> tuple[float, float, list[int], dict]:
+        callee = Endpoint(callee_yaml(
+            graph, f"    answer_after: {answer_after}s\n    rtp_timeout: 300ms"))
+        caller = Caller(await callee.port())
+        try:
+            caller.invite()
+            await caller.response("INVITE", 183)
+            await caller.response("INVITE", 200)
+            caller.ack()
+            await callee.wait("call-established", call_id=caller.call_id)
+            await caller.request("BYE")
+            ended = await callee.wait("call-ended", call_id=caller.call_id)
+            assert ended.data["reason"] == "local hangup"
+            bye_at = next(t for t, m in caller.sip
+                          if isinstance(m, SipRequest) and m.method == "BYE")
+            stats = callee.node.stats()
+            await callee.close()
+        finally:
+            caller.close()
+        return (caller.time_of("INVITE", 200) - caller.time_of("INVITE", 183),
+                bye_at - caller.time_of("INVITE", 200), caller.statuses("INVITE"), stats)
+
+    early, answered, statuses_, stats = asyncio.run(main())
+    assert statuses_ == [100, 183, 200] and early >= answer_after - 0.05
+    assert answered >= 0.29
+    assert stats["rtp_timeouts"] == 1
 
 
 def test_without_auto_answer_early_media_start_at_once_and_answer_sends_the_200(

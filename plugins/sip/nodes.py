@@ -313,8 +313,8 @@ class SipEndpoint(Node):
                  "its can_join() is false; names its tracks after the caller")
     rtp_port_range = Param(str, "20000-29999", "local RTP ports for calls, LOW-HIGH")
     rtp_timeout = Param(Duration, 30.0, "hang up a call after this long without RTP (0: "
-                        "never); the call graph passes ${call.rtp_timeout} to rtp_session",
-                        min=0.0)
+                        "never; an incoming call's counts from its answer); the call graph "
+                        "passes ${call.rtp_timeout} to rtp_session", min=0.0)
     auto_answer = Param(bool, True, "answer incoming calls at once (else post call-incoming "
                         "and wait for answer())")
     ring = Param(bool, True, "send 180 Ringing to an incoming INVITE before answering "
@@ -497,6 +497,12 @@ class SipEndpoint(Node):
         self._dial_time: float | None = None  # when the dialled call was answered
         self._ring_since: float | None = None  # when it was dialled, until it is answered
         self._answer_at: dict[str, float] = {}  # incoming calls to answer then (answer_after)
+        # An incoming call's RTP timeout counts from its answer (a caller may rightly send
+        # no RTP during our early media): when it was established; the timeout its part
+        # reported before that; when its silence since the answer is as long
+        self._answered_at: dict[str, float] = {}
+        self._silent_unanswered: dict[str, float] = {}
+        self._silence_ends_call_at: dict[str, float] = {}
         self._shutting_down: float | None = None
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
@@ -564,6 +570,11 @@ class SipEndpoint(Node):
                 del self._answer_at[call_id]
             elif t >= at:
                 self.answer(call_id)
+        for call_id, at in list(self._silence_ends_call_at.items()):
+            if t >= at:
+                del self._silence_ends_call_at[call_id]
+                self._c["rtp_timeouts"] += 1
+                self.ua.hangup(call_id, t)
         if self._shutting_down is not None:
             done = not any(c.active for c in self.ua.calls.values()) and not (
                 self.ua.registration is not None and self.ua.registration.registered)
@@ -775,6 +786,12 @@ class SipEndpoint(Node):
             call = event.call
             if not self._start_part(call, event.media):
                 return
+            if call.direction == "in":
+                now = self._loop.time()
+                self._answered_at[call.call_id] = now
+                timeout = self._silent_unanswered.pop(call.call_id, None)
+                if timeout is not None:
+                    self._silence_ends_call_at[call.call_id] = now + timeout
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
@@ -797,6 +814,7 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.CallEnded):
             call = event.call
             self._c["calls_ended"] += 1
+            self._answered_at.pop(call.call_id, None)
             if call.call_id == self._dialled:
                 self._ring_since = None
             closing = self._detach(call.call_id)
@@ -936,6 +954,9 @@ class SipEndpoint(Node):
         close after their readers are gone; returns what to await before reusing its port."""
         prefix = self.parts.pop(call_id, None)
         self.part_values.pop(call_id, None)
+        # the silence its rtp_session reported goes with it (a new part counts afresh)
+        self._silent_unanswered.pop(call_id, None)
+        self._silence_ends_call_at.pop(call_id, None)
         runtime = self.graph.runtime if self.graph is not None else None
         if prefix is None or runtime is None or prefix not in runtime.parts:
             return None
@@ -1018,13 +1039,32 @@ class SipEndpoint(Node):
             self._pump()
 
     def _on_bus(self, msg: Any) -> None:
-        if msg.name != "rtp-timeout":
+        if msg.name not in ("rtp-timeout", "rtp-resumed"):
             return
         call_id = self._call_of_prefix(msg.node)
-        if call_id is not None:
-            self._c["rtp_timeouts"] += 1
-            # Not in the middle of the part's own tick: hang up between callbacks.
-            self._loop.call_soon(self.hangup, call_id)
+        if call_id is None:
+            return
+        if msg.name == "rtp-resumed":
+            self._silent_unanswered.pop(call_id, None)
+            self._silence_ends_call_at.pop(call_id, None)
+            return
+        # An incoming call's silence counts from its answer: a caller may send no RTP
+        # during our early media (a phone sends none before the 200). The part posts one
+        # rtp-timeout per silence, so the rest of it is timed here.
+        seconds = float(msg.data.get("seconds") or self.rtp_timeout)
+        call = self.ua.calls.get(call_id)
+        now = self._loop.time()
+        if call is not None and call.direction == "in" and call.state in ("incoming",
+                                                                            "answered"):
+            self._silent_unanswered[call_id] = seconds
+            return
+        answered = self._answered_at.get(call_id)
+        if answered is not None and now - seconds < answered:  # silent since before it
+            self._silence_ends_call_at[call_id] = answered + seconds
+            return
+        self._c["rtp_timeouts"] += 1
+        # Not in the middle of the part's own tick: hang up between callbacks.
+        self._loop.call_soon(self.hangup, call_id)
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

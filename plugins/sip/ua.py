@@ -12,8 +12,9 @@ What it does, with the RFC sections it follows:
 - outgoing INVITE with an SDP offer; 1xx, 2xx + ACK (13.2.2.4), CANCEL (9.1) and 401/407
   retries; an SDP answer in an 18x is early media (`CallEarlyMedia`; RFC 3262 5, RFC
   3960), confirmed or replaced by the 2xx's; an INVITE still Proceeding when its call ends
-  is given up after 64*T1 (9.1); incoming INVITE: 100 (by the transaction), 180, 200
-  retransmitted until the ACK (13.3.1.4), BYE when it never comes; an INVITE or
+  is given up after 64*T1 (9.1); incoming INVITE: 100 (by the transaction), 180 (or
+  183), repeated every minute while unanswered (13.3.1.1), 200 retransmitted until the
+  ACK (13.3.1.4), BYE when it never comes; an INVITE or
   re-INVITE without SDP (late offer, 13.2.1, 14.2) gets our offer in the 200 and its
   answer from the ACK (under `Require: 100rel`, with no 180 before it: that would be a
   reliable 18x without the offer);
@@ -21,14 +22,16 @@ What it does, with the RFC sections it follows:
 - re-INVITE both ways for hold/resume/codec change (RFC 3264 8, RFC 3261 14), 491 on glare;
   ours, left Proceeding (1xx and nothing more) 64*T1 after it went out, is CANCELled and
   reported failed (`CallUpdateFailed` 408), the call staying up; UPDATE answered, with or
-  without an offer (RFC 3311);
+  without an offer (RFC 3311), also in the early dialog once our reliable 183 answered the
+  INVITE's offer (500 with Retry-After before: 5.2);
 - reliable provisional responses (RFC 3262, `prack`): a 180 sent reliably (RSeq, resent
   until its PRACK) when the INVITE requires 100rel, the 200 held back until that PRACK;
   reliable 18x we receive are PRACKed;
 - early media as UAS (`early_media`, RFC 3960): an INVITE with an offer gets no 180 but,
   from `send_progress`, a 183 with our SDP answer, reliable when the INVITE supports
   100rel; the 2xx repeats that answer unchanged after an unreliable 183 and carries none
-  after a reliable one (RFC 3261 13.2.1, 13.3.1.4; RFC 3262 5);
+  after a reliable one (RFC 3261 13.2.1, 13.3.1.4; RFC 3262 5); a PRACK of that 183
+  carrying an offer gets the answer in its 200 (RFC 3262 5);
 - session timers (RFC 4028, `session_timer`): 422 below our Min-SE, Session-Expires in the
   2xx, a re-INVITE with the SDP unchanged at half the interval when we refresh, BYE when the
   session expires;
@@ -128,6 +131,9 @@ _ALLOW = ", ".join(ALLOWED_METHODS)
 # split), so the usual `timer, 100rel` line stays as peers and our tests have seen it.
 _SUPPORTED = ", ".join(EXTENSIONS)
 _DTMF_DIGITS = "0123456789*#ABCD"
+# RFC 3261 13.3.1.1: an unanswered INVITE gets a non-100 provisional response at least this
+# often, or a proxy may cancel it (its timer C, more than 3 minutes)
+PROVISIONAL_REPEAT = 60.0
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
 
@@ -310,7 +316,11 @@ class Call:
     # Our offer sent in a 2xx to an INVITE without SDP: the ACK must carry its answer
     # (RFC 3261 13.2.1, 14.2).
     offer_in_2xx: SessionDescription | None = None
-    rseq: int | None = None  # UAC: the RSeq of the last reliable 18x we PRACKed (RFC 3262)
+    # RFC 3262: UAC: the RSeq of the last reliable 18x we PRACKed; UAS: of the last we sent
+    rseq: int | None = None
+    # UAS: our last 180/183 (status, bytes) and when it is repeated (RFC 3261 13.3.1.1)
+    last_provisional: tuple[int, bytes] | None = None
+    repeat_at: float | None = None
     # UAS: our 183 carried the SDP answer (early media): "reliable" (it is the answer, RFC
     # 3262 5) or "unreliable" (the 2xx repeats it); None before or without one
     progress: str | None = None
@@ -469,6 +479,7 @@ class UserAgent(RegistrationClient, ReferAgent):
                      if c.session_timer is not None)
         times.extend(c.reinvite_deadline for c in self.calls.values()
                      if c.reinvite_deadline is not None)
+        times.extend(c.repeat_at for c in self.calls.values() if c.repeat_at is not None)
         if self._refers:
             times.append(min(self._refers.values()))
         if self._reliable:
@@ -493,6 +504,8 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self._reinvite_overdue(call, now)
             if call.session_timer is not None:
                 self._on_session_timer(call, call.session_timer, now)
+            if call.repeat_at is not None and call.repeat_at <= now:
+                self._repeat_provisional(call, now)
             if call.retx is None or call.retx[1] > now:
                 continue
             wire, _, interval, give_up, seq = call.retx
@@ -1184,9 +1197,7 @@ class UserAgent(RegistrationClient, ReferAgent):
             ringing = self._respond(tx, request, 180, now, to_tag=call.local_tag,
                                     headers=headers)
             call.dialog = Dialog.from_uas(request, ringing)
-            if reliable:
-                self._reliable[call.call_id] = prack.ReliableProvisional.start(
-                    180, bytes(ringing), rseq, request.cseq.seq, now, self.config.timers.t1)
+            self._provisional_sent(call, ringing, rseq if reliable else None, now)
         self._events.append(CallIncoming(call, preview))
 
     def _replaced_call(self, request: SipRequest, tx: ServerTransaction,
@@ -1290,9 +1301,45 @@ class UserAgent(RegistrationClient, ReferAgent):
                                  headers=headers, body=bytes(call.local))
         call.dialog = Dialog.from_uas(invite, progress)
         call.progress = "reliable" if reliable else "unreliable"
-        if reliable:
-            self._reliable[call_id] = prack.ReliableProvisional.start(
-                183, bytes(progress), rseq, invite.cseq.seq, now, self.config.timers.t1)
+        self._provisional_sent(call, progress, rseq if reliable else None, now)
+
+    def _provisional_sent(self, call: Call, response: SipResponse, rseq: int | None,
+                          now: float) -> None:
+        """Our 180/183 to `call`'s INVITE went (reliably when it has `rseq`): kept until
+        its PRACK when reliable, and repeated a minute on while the call is unanswered."""
+        wire = bytes(response)
+        if rseq is not None:
+            call.rseq = rseq
+            self._reliable[call.call_id] = prack.ReliableProvisional.start(
+                response.status_code, wire, rseq, response.cseq.seq, now,
+                self.config.timers.t1)
+        call.last_provisional = (response.status_code, wire)
+        call.repeat_at = now + PROVISIONAL_REPEAT
+
+    def _repeat_provisional(self, call: Call, now: float) -> None:
+        """RFC 3261 13.3.1.1: a call still unanswered a minute after our last 180/183 gets
+        it again, so that no proxy cancels it (ringing long, early media playing). An
+        unreliable one goes again as it was; after a reliable one (RFC 3262 3) a new one
+        goes, RSeq + 1, once the last was PRACKed (else at the next minute), without SDP
+        (the answer was given; a repeat of it would be noise, RFC 3261 13.2.1)."""
+        call.repeat_at = None
+        tx, invite = call.server_tx, call.invite
+        if call.state != "incoming" or tx is None or invite is None \
+                or call.last_provisional is None:
+            return
+        call.repeat_at = now + PROVISIONAL_REPEAT
+        status, wire = call.last_provisional
+        if call.rseq is None:
+            self._layer(call.transport).send_stateless(wire, tx.addr)
+        elif call.call_id in self._reliable:
+            return
+        else:
+            rseq = call.rseq + 1
+            response = self._respond(tx, invite, status, now, to_tag=call.local_tag, headers=[
+                ("Contact", self.contact(call.transport)), ("Require", prack.TAG),
+                ("RSeq", str(rseq))])
+            self._provisional_sent(call, response, rseq, now)
+        self.stats["provisionals_repeated"] += 1
 
     def accept(self, call_id: str, now: float) -> None:
         """Answer an incoming call with 200 OK and our SDP (after `prepare_answer`); after a
@@ -1336,6 +1383,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         call.dialog = dialog
         call.dialog.state = DIALOG_CONFIRMED
         call.state = "answered"
+        call.repeat_at = None
         if call.late_offer:
             call.offer_in_2xx = call.local_sdp
         self._start_session_timer(call, call.session, False, now)
@@ -1510,7 +1558,14 @@ class UserAgent(RegistrationClient, ReferAgent):
                    now: float) -> None:
         """RFC 3311: an UPDATE refreshes the session (RFC 4028) and may carry an offer,
         answered in its 200 (no ACK follows)."""
-        if request.body and (call.pending is not None or call.state != "established"):
+        if request.body and call.state == "incoming" and call.progress != "reliable":
+            # RFC 3311 5.2: the INVITE's offer still waits for our answer (we only rang, or
+            # our 183 was unreliable, which is no answer: RFC 3261 13.2.1): 500, try later.
+            self._respond(tx, request, 500, now, reason="Offer Pending",
+                          headers=[("Retry-After", str(os.urandom(1)[0] % 11))])
+            return
+        if request.body and (call.pending is not None
+                             or call.state not in ("established", "incoming")):
             self._respond(tx, request, 491, now)  # RFC 3311 5.2: an offer is in progress
             return
         agreed = self._session_choice(request, tx, now)
@@ -1775,7 +1830,17 @@ class UserAgent(RegistrationClient, ReferAgent):
             self._respond(tx, request, 481, now)
             return
         del self._reliable[call.call_id]
-        self._respond(tx, request, 200, now)
+        if request.body and call.progress == "reliable":
+            # Section 5: after our reliable 183 carried the answer, a PRACK may carry a new
+            # offer; its 200 must carry the answer, as an UPDATE's does (RFC 3311). A bad
+            # offer gets 488/400 and leaves the 183's session; the 183 counts as PRACKed
+            # all the same (its RAck matched), so it is not resent and the 200 may follow.
+            answered = self._answer_offer(call, request, tx, now)
+            if answered is not None:
+                self._respond(tx, request, 200, now, body=bytes(answered[1]))
+                self._take_offer(call, *answered)
+        else:
+            self._respond(tx, request, 200, now)
         if reliable.answer_waits and call.state == "incoming":
             self.accept(call.call_id, now)
 
@@ -1890,6 +1955,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         if call.state == "ended":
             return
         call.state = "ended"
+        call.repeat_at = None
         if self._refers or self._transfers:
             self._end_subscriptions(call)
         if self._reliable:
