@@ -319,7 +319,7 @@ class Call:
     # RFC 3262: UAC: the RSeq of the last reliable 18x we PRACKed; UAS: of the last we sent
     rseq: int | None = None
     # UAS: our last 180/183 (status, bytes) and when it is repeated (RFC 3261 13.3.1.1)
-    last_provisional: tuple[int, bytes] | None = None
+    last_provisional: SipResponse | None = None
     repeat_at: float | None = None
     # UAS: our 183 carried the SDP answer (early media): "reliable" (it is the answer, RFC
     # 3262 5) or "unreliable" (the 2xx repeats it); None before or without one
@@ -474,12 +474,15 @@ class UserAgent(RegistrationClient, ReferAgent):
         reg = self.registration
         if reg is not None and reg.refresh_at is not None:
             times.append(reg.refresh_at)
-        times.extend(c.retx[1] for c in self.calls.values() if c.retx is not None)
-        times.extend(c.session_timer.deadline for c in self.calls.values()
-                     if c.session_timer is not None)
-        times.extend(c.reinvite_deadline for c in self.calls.values()
-                     if c.reinvite_deadline is not None)
-        times.extend(c.repeat_at for c in self.calls.values() if c.repeat_at is not None)
+        for c in self.calls.values():  # one pass: a server holds many calls
+            if c.retx is not None:
+                times.append(c.retx[1])
+            if c.session_timer is not None:
+                times.append(c.session_timer.deadline)
+            if c.reinvite_deadline is not None:
+                times.append(c.reinvite_deadline)
+            if c.repeat_at is not None:
+                times.append(c.repeat_at)
         if self._refers:
             times.append(min(self._refers.values()))
         if self._reliable:
@@ -1307,13 +1310,12 @@ class UserAgent(RegistrationClient, ReferAgent):
                           now: float) -> None:
         """Our 180/183 to `call`'s INVITE went (reliably when it has `rseq`): kept until
         its PRACK when reliable, and repeated a minute on while the call is unanswered."""
-        wire = bytes(response)
         if rseq is not None:
             call.rseq = rseq
             self._reliable[call.call_id] = prack.ReliableProvisional.start(
-                response.status_code, wire, rseq, response.cseq.seq, now,
+                response.status_code, bytes(response), rseq, response.cseq.seq, now,
                 self.config.timers.t1)
-        call.last_provisional = (response.status_code, wire)
+        call.last_provisional = response  # serialised again only if it is repeated
         call.repeat_at = now + PROVISIONAL_REPEAT
 
     def _repeat_provisional(self, call: Call, now: float) -> None:
@@ -1328,9 +1330,9 @@ class UserAgent(RegistrationClient, ReferAgent):
                 or call.last_provisional is None:
             return
         call.repeat_at = now + PROVISIONAL_REPEAT
-        status, wire = call.last_provisional
+        status = call.last_provisional.status_code
         if call.rseq is None:
-            self._layer(call.transport).send_stateless(wire, tx.addr)
+            self._layer(call.transport).send_stateless(bytes(call.last_provisional), tx.addr)
         elif call.call_id in self._reliable:
             return
         else:
