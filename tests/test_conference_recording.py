@@ -236,7 +236,9 @@ def test_safe_name_examples():
     assert safe_name("-rf") == "rf"
     assert safe_name("CON") == "_CON"
     assert safe_name('"Bob" <sip:bob@example.org>') == "Bob_bob_example.org"
-    assert safe_name("Zoë ﬁ") == "Zo_fi"  # NFKC folds the ligature; the rest is replaced
+    assert safe_name("Zoë ﬁ") == "Zoe_fi"  # NFKC folds the ligature, the accent goes
+    assert safe_name("José Ärger") == "Jose_Arger"  # (they were "Jos_rger")
+    assert safe_name("山田") == "participant"  # no Latin letters: nothing left
     assert len(safe_name("x" * 500)) == MAX_NAME_CHARS
 
 

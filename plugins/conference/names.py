@@ -2,10 +2,10 @@
 
 A caller identity comes from the far end (a SIP display name or URI), so it is hostile input:
 it may hold path separators, `..`, control characters, shell-looking names or names that only
-differ in case. `safe_name` keeps letters, digits, `.`, `_` and `-` (after NFKC normalisation),
-turns everything else into `_`, never starts with a dot or a dash, and caps the length;
-`NameAllocator` adds `_2`, `_3`, ... so that two callers never share a file, comparing names
-case-insensitively (macOS and Windows file systems are).
+differ in case. `safe_name` keeps letters, digits, `.`, `_` and `-` (after NFKC normalisation,
+accents dropped: "José" is "Jose"), turns everything else into `_`, never starts with a dot or
+a dash, and caps the length; `NameAllocator` adds `_2`, `_3`, ... so that two callers never
+share a file, comparing names case-insensitively (macOS and Windows file systems are).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ def safe_name(identity: str, fallback: str = FALLBACK) -> str:
     leading dot or dash, at most MAX_NAME_CHARS ASCII characters; `fallback` when nothing
     usable is left."""
     text = unicodedata.normalize("NFKC", identity)
+    # The letters under accents stay ("Zoë" is "Zoe", not "Zo_"): decomposed, marks dropped.
+    text = "".join(c for c in unicodedata.normalize("NFD", text)
+                   if not unicodedata.combining(c))
     text = re.sub(r"\bsips?:", "", text)  # the URI scheme carries no identity
     text = _UNSAFE.sub("_", text)
     text = _RUNS.sub("_", text)
