@@ -6,6 +6,8 @@ Two of our UAs on test_sip_ua's fake clock (`Net`); against pjsua2 in test_sip_i
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from test_sip_ua import ALICE, BOB, PCMA, Net, make_ua
 
@@ -273,3 +275,40 @@ def test_bad_rack_is_a_parse_error(text):
 
 def test_first_rseq_is_in_range():
     assert all(1 <= prack.first_rseq() < 2**31 for _ in range(1000))
+
+
+# ---- a matching PRACK with an offer we cannot take -----------------------------------------
+G722_ONLY = (b"v=0\r\no=- 7 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+             b"m=audio 40000 RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n")
+
+
+def _with_body(data: bytes, body: bytes) -> bytes:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    head = re.sub(rb"Content-Length: *\d+", b"Content-Length: %d" % len(body), head)
+    return head + b"\r\nContent-Type: application/sdp\r\n\r\n" + body
+
+
+def test_a_matching_prack_with_an_offer_we_cannot_take_still_gets_a_2xx():
+    # RFC 3262 section 3: "If the PRACK does match an unacknowledged reliable provisional
+    # response, it MUST be responded to with a 2xx response." An offer in it that we
+    # cannot take is refused inside the 2xx (its streams rejected, port 0, RFC 3264 6),
+    # not by a 488 to the PRACK (pjsip's 100rel module answers a matched PRACK 200
+    # before it even looks at its SDP).
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob", early_media=True)
+    send = alice.datagrams_to_send
+    alice.datagrams_to_send = lambda: [
+        (t, _with_body(d, G722_ONLY) if d.startswith(b"PRACK") else d, a)
+        for t, d, a in send()]
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    (incoming,) = net.of(bob, CallIncoming)
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.send_progress(incoming.call.call_id, net.now)
+    net.pump()
+    (prack,) = [m for m in net.sent("PRACK")]
+    assert prack.body == G722_ONLY
+    answers = [m for _, d in net.wire if d.startswith(b"SIP/2.0")
+               for m in [SipMessage.parse(d)]
+               if isinstance(m, SipResponse) and m.cseq.method == "PRACK"]
+    assert [m.status_code // 100 for m in answers] == [2]

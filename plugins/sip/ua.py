@@ -1592,18 +1592,23 @@ class UserAgent(RegistrationClient, ReferAgent):
         """(offer, our answer, media) for the SDP offer of an in-dialog request, or None
         once it was answered 488 (nothing in common) or 400 (malformed)."""
         try:
-            offer = SessionDescription.parse(request.body)
-            sdp, media = answer(offer, self.config.codecs, self.media_ip, call.rtp_port,
-                                ptime_ms=self.config.ptime_ms, previous=call.local_sdp,
-                                video_codecs=self.config.video_codecs if call.video_port
-                                else (), video_port=call.video_port, srtp=self.config.srtp)
+            return self._answer(call, request)
         except NegotiationFailed as exc:
             self._respond(tx, request, 488, now, headers=[
                 ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')])
-            return None
         except ParseError as exc:
             self._respond(tx, request, 400, now, reason=f"Bad SDP: {_quote(str(exc))[:80]}")
-            return None
+        return None
+
+    def _answer(self, call: Call, request: SipRequest
+                ) -> tuple[SessionDescription, SessionDescription, NegotiatedMedia]:
+        """(offer, our answer, media) for `request`'s SDP offer; NegotiationFailed or
+        ParseError when there is none to give."""
+        offer = SessionDescription.parse(request.body)
+        sdp, media = answer(offer, self.config.codecs, self.media_ip, call.rtp_port,
+                            ptime_ms=self.config.ptime_ms, previous=call.local_sdp,
+                            video_codecs=self.config.video_codecs if call.video_port
+                            else (), video_port=call.video_port, srtp=self.config.srtp)
         return offer, sdp, media
 
     def _take_offer(self, call: Call, offer: SessionDescription, sdp: SessionDescription,
@@ -1834,13 +1839,20 @@ class UserAgent(RegistrationClient, ReferAgent):
         del self._reliable[call.call_id]
         if request.body and call.progress == "reliable":
             # Section 5: after our reliable 183 carried the answer, a PRACK may carry a new
-            # offer; its 200 must carry the answer, as an UPDATE's does (RFC 3311). A bad
-            # offer gets 488/400 and leaves the 183's session; the 183 counts as PRACKed
-            # all the same (its RAck matched), so it is not resent and the 200 may follow.
-            answered = self._answer_offer(call, request, tx, now)
-            if answered is not None:
-                self._respond(tx, request, 200, now, body=bytes(answered[1]))
-                self._take_offer(call, *answered)
+            # offer; its 200 must carry the answer, as an UPDATE's does (RFC 3311). But a
+            # PRACK that matches MUST get a 2xx (section 3), so an offer we cannot take
+            # gets a 200 all the same, and the INVITE its 488 (400 for bad SDP): the call
+            # cannot go on with media the caller no longer offers.
+            try:
+                answered = self._answer(call, request)
+            except (NegotiationFailed, ParseError) as exc:
+                self._respond(tx, request, 200, now)
+                bad = isinstance(exc, ParseError)
+                self.reject(call.call_id, 400 if bad else 488, now,
+                            reason="Bad SDP in PRACK" if bad else None)
+                return
+            self._respond(tx, request, 200, now, body=bytes(answered[1]))
+            self._take_offer(call, *answered)
         else:
             self._respond(tx, request, 200, now)
         if reliable.answer_waits and call.state == "incoming":
