@@ -408,3 +408,65 @@ def test_audio_after_a_gap_over_60_s_stays_with_its_pictures(tmp_path):
     assert np.abs(y[int(1.1 * RATE):int(89.9 * RATE)]).max() == 0  # the pause is silent
     assert np.sqrt(np.mean(y[int(90.1 * RATE):int(90.9 * RATE)].astype(np.float64) ** 2)) \
         > 5000
+
+
+def _ts_part(path: Path, video_s: float, audio_s: float) -> None:
+    """An MPEG-TS part timed from zero: `video_s` of 30 fps pictures, `audio_s` of mono MP2
+    (1152-sample frames: the last one is padded), silent but for a 0.1 s burst 0.5 s in."""
+    x = np.zeros(int(audio_s * RATE), np.int16)
+    n = np.arange(RATE // 10)
+    x[RATE // 2:RATE // 2 + n.size] = (np.sin(n * 2 * np.pi * 1000 / RATE) * 8000).astype(
+        np.int16)
+    with av.open(str(path), "w", format="mpegts") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
+        vs.codec_context.max_b_frames = 0
+        aus = c.add_stream("mp2", rate=RATE)
+        aus.layout = "mono"
+        packets = []
+        for i in range(int(video_s * 30)):
+            f = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i, np.uint8), format="rgb24")
+            f.pts = i
+            packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(f)]
+        packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(None)]
+        for j in range(0, x.size, 1152):
+            af = av.AudioFrame.from_ndarray(x[None, j:j + 1152].copy(), format="s16",
+                                            layout="mono")
+            af.sample_rate, af.pts = RATE, j
+            packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(af)]
+        packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(None)]
+        for _, _, p in sorted(packets, key=lambda t: t[:2]):
+            c.mux(p)
+
+
+def _bursts(path: Path) -> tuple[list, list[float]]:
+    r = run_graph(f"video_file_source name=src path={path} ! frame_sink name=out "
+                  "src.audio ! frame_sink name=mic", launch=True)
+    pictures = list(r.graph.nodes["out"].frames)
+    y = r.graph.nodes["mic"].audio()[:, 0]
+    loud = np.flatnonzero(np.abs(y) > 2000)
+    onsets = [int(loud[0])] + [int(b) for a, b in zip(loud[:-1], loud[1:], strict=True)
+                               if b - a > RATE // 4]
+    return pictures, [s / RATE for s in onsets]
+
+
+@pytest.mark.parametrize(("parts", "audio_s"), [
+    (2, 1.0),   # the first part's audio is shorter than its pictures: 1 s early
+    (12, 2.0),  # MP2 pads each part's audio to 2.016 s: 16 ms more drift per part
+])
+def test_joined_parts_keep_each_parts_audio_with_its_pictures(tmp_path, parts, audio_s):
+    # `cat a.ts b.ts`: each part's timestamps start again at zero. Its pictures are laid
+    # after the last one (pts repaired); its audio was rebased to where the audio placed so
+    # far ends, which is not where that part's pictures begin when the streams of a part
+    # differ in length: the sync of every later part is off by the sum of the differences.
+    part = tmp_path / "part.ts"
+    _ts_part(part, 2.0, audio_s)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() * parts)
+    pictures, onsets = _bursts(joined)
+    assert len(pictures) == 60 * parts
+    starts = [p.pts / 90000 for p in pictures[::60]]  # each part's first picture
+    assert len(onsets) == parts
+    for k, (start, onset) in enumerate(zip(starts, onsets, strict=True)):
+        assert abs(onset - start - 0.5) < 0.05, f"part {k}: burst {onset:.3f} s, " \
+            f"its pictures from {start:.3f} s"

@@ -116,9 +116,10 @@ def _start_s(stream: Any) -> float | None:
 # How much decoded media one stream may hold while the other's is due: more than a muxer's
 # interleaving (MP4 chunks of 1 s), a bounded number of decoded pictures and samples.
 _READ_AHEAD_S = 2.0
-# Audio timestamps that go back further than this start a new timeline (concatenated
-# parts), as the pictures' do; a smaller step back is an overlap, dropped.
-_AUDIO_REBASE_S = 0.5
+# Timestamps that go back further than this start a new timeline (joined parts, each timed
+# from zero): both streams go on after what either has placed. A smaller step back is an
+# overlap (audio, dropped) or a repaired picture time.
+_REBASE_S = 0.5
 
 
 class VideoFileSource(Node):
@@ -207,7 +208,6 @@ class VideoFileSource(Node):
             self._apts = 0
             self._audio_end = 0.0  # media seconds of audio placed so far
             self._apos = 0  # samples of audio placed, silence for gaps included
-            self._abase = 0  # samples added to the timestamps: timelines joined end to end
             self._adrop = 0  # samples still to drop: audio overlapping what is placed
             # Behind the FIFO once a gap came: its silence (a count, made as it plays: a
             # gap of hours costs nothing) and the audio after it, in order.
@@ -224,6 +224,10 @@ class VideoFileSource(Node):
                 # follow at their offset), rather than being cut.
                 self._t0 = round(astart * CLOCK_RATE)
         self._last_pts = -1
+        # 90 kHz ticks added to each stream's times after a jump back (joined parts), and the
+        # offset one stream took there, which the other takes at its own jump
+        self._vbase = self._abase = 0
+        self._pending: tuple[str, int] | None = None
         self._video_end = -1.0
         self._eof = False
         self._c = dict.fromkeys(("frames", "decode_errors", "demux_errors", "dropped_corrupt",
@@ -265,6 +269,9 @@ class VideoFileSource(Node):
                 if self._t0 is None:
                     self._t0 = pts
                 pts -= self._t0
+                if pts + self._vbase < self._last_pts - _REBASE_S * CLOCK_RATE:
+                    self._vbase = self._joined("video", pts, self._last_pts + int(round(step)))
+                pts += self._vbase
             else:
                 pts = -1
             if pts <= self._last_pts:  # missing or going backwards (corrupt timestamps)
@@ -331,6 +338,21 @@ class VideoFileSource(Node):
         """Samples that can play now: the FIFO's and, behind it, silence and audio."""
         return len(self._fifo) + sum(x if isinstance(x, int) else len(x) for x in self._behind)
 
+    def _joined(self, stream: str, raw: int, least: int) -> int:
+        """The offset for `stream`, whose time went back to `raw` (90 kHz, before any
+        offset): a new timeline, as when files timed from zero are joined. The first stream
+        to jump starts it after what either stream placed (at least `least`); the other
+        takes the same offset at its own jump, so each part's sound stays with its pictures
+        (frames of the old part still coming out of a decoder keep the old offset)."""
+        pending = self._pending
+        if pending is not None and pending[0] != stream:
+            self._pending = None
+            return pending[1]
+        audio_end = round(self._apos / self._rate * CLOCK_RATE) if self._audio else 0
+        base = max(least, audio_end) - raw
+        self._pending = (stream, base)
+        return base
+
     def _place_audio(self, f: Any) -> None:
         # Audio goes where its timestamps put it against the pictures' time zero: it was
         # laid end to end from zero, so a track starting 1 s in played 1 s early and every
@@ -338,8 +360,12 @@ class VideoFileSource(Node):
         if f.pts is None or f.time_base is None:
             return
         origin = self._t0 / CLOCK_RATE if self._t0 is not None else self._vstart
-        off = round((float(f.pts * f.time_base) - origin) * self._rate) + self._abase \
-            - self._apos
+        raw = float(f.pts * f.time_base) - origin  # seconds
+        if raw + self._abase / CLOCK_RATE < self._apos / self._rate - _REBASE_S:
+            # (after the last picture and its duration, as the pictures' own jump would)
+            self._abase = self._joined("audio", round(raw * CLOCK_RATE),
+                                       self._last_pts + round(CLOCK_RATE / self._fps))
+        off = round((raw + self._abase / CLOCK_RATE) * self._rate) - self._apos
         tolerance = self._rate // 50  # 20 ms: timestamp rounding, the resampler's delay
         if abs(off) <= tolerance:
             return
@@ -348,8 +374,6 @@ class VideoFileSource(Node):
             self._behind.append(off)
             self._place(off)
             self._adrop = 0
-        elif -off > _AUDIO_REBASE_S * self._rate:
-            self._abase -= off  # a new timeline (joined parts): it goes on from here
         else:
             self._adrop = -off  # an overlap with what is placed
 
