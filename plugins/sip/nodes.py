@@ -574,7 +574,8 @@ class SipEndpoint(Node):
             if t >= at:
                 del self._silence_ends_call_at[call_id]
                 self._c["rtp_timeouts"] += 1
-                self.ua.hangup(call_id, t)
+                # Between callbacks, not inside the runtime's ticks: the part goes with it.
+                self._loop.call_soon(self.hangup, call_id)
         if self._shutting_down is not None:
             done = not any(c.active for c in self.ua.calls.values()) and not (
                 self.ua.registration is not None and self.ua.registration.registered)
