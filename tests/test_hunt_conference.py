@@ -9,6 +9,8 @@ broke every later join; a record_dir that is a file was reported as a made-up 'p
 
 from __future__ import annotations
 
+import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -19,12 +21,14 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.errors import NodeError
+from pipeline.errors import NodeError, PipelineError
 from pipeline.frames import AudioFrame
 from pipeline.graph import Graph
-from pipeline.testing import align
+from pipeline.loader import load_graph_text, parse_launch
+from pipeline.testing import align, run_graph
+from plugins.codecs.opus import FRAME_MS, packet_samples
 from plugins.conference.nodes import ConferenceBridge
-from plugins.conference.recording import RoomRecorder
+from plugins.conference.recording import RoomRecorder, open_track
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE, N = 48000, 960
@@ -195,3 +199,149 @@ def test_a_late_opus_joiner_is_aligned_and_its_silence_is_not_encoded_frame_by_f
     assert np.abs(x[:join * N - N]).max() <= 1  # silence up to the join, exactly
     lag, corr = align(bob[N:49 * N], x[join * N:])
     assert lag == N and corr > 0.6  # sample-exact after all those copies
+
+
+# ---- review of the hunt and of shared encoding ---------------------------------------------
+# ---- shared encoding with a deafened listener ---------------------------------------------
+def _room_graph() -> str:
+    quiet = "\n".join(f"  q{k}: {{type: tone, freq: 500, level: -80dB, duration: 1s}}"
+                      for k in range(1, 4))
+    ears = "\n".join(f"  e{k}: {{type: opus_encoder}}\n  s{k}: {{type: frame_sink}}"
+                     for k in range(4))
+    return (f"nodes:\n  q0: {{type: tone, freq: 700, level: -10dB, duration: 1s}}\n{quiet}\n"
+            f"  room: {{type: conference}}\n{ears}\nlinks:\n"
+            + "".join(f"  - q{k} -> room.in_{k}\n  - room.out_{k} -> e{k} -> s{k}\n"
+                      for k in range(4)))
+
+
+def _run_room(deafened: str | None):
+    g = load_graph_text(_room_graph())
+    room = g.nodes["room"]
+    start = room.start
+
+    def start_and_deafen() -> None:
+        start()
+        if deafened is not None:
+            room.deafen(deafened, True)
+
+    room.start = start_and_deafen
+    r = run_graph(g)
+    return r, {k: [f.payload for f in r.graph.nodes[f"s{k}"].frames] for k in range(4)}
+
+
+@pytest.mark.parametrize("deafened", ["out_2", "out_3"])
+def test_a_deafened_listener_does_not_change_what_the_silent_listeners_are_sent(deafened):
+    # q0 talks; 1, 2 and 3 are silent listeners sharing one encoded mix. Deafening one of
+    # them changes nothing for the others: the shared mix is the same, and so must be the
+    # packets encoded from it. The cache keyed the shared silent frame and the shared mix by
+    # the same settings: one encoder was fed mix and silence in turn (12 dB SNR for
+    # listener 1 with out_3 deafened), and with out_2 deafened every listener re-encoded.
+    _, plain = _run_room(None)
+    r, deaf = _run_room(deafened)
+    listening = [k for k in (1, 2, 3) if f"out_{k}" != deafened]
+    for k in listening:
+        assert deaf[k] == plain[k], f"listener {k} was sent another encoding of the same mix"
+    periods = len(plain[1])
+    # The mix is encoded once per period (plus at most one stream of silence).
+    assert r.stats["room"]["shared_encodes"] <= 2 * periods
+
+
+# ---- Ogg Opus silence copies and granule positions (RFC 7845 4) ---------------------------
+def _ogg_pages(path: Path) -> list[tuple[int, list[bytes]]]:
+    """(granule position, whole packets ending on the page) per page."""
+    data, i, pages, partial = path.read_bytes(), 0, [], b""
+    while i < len(data):
+        assert data[i:i + 4] == b"OggS"
+        granule = struct.unpack_from("<q", data, i + 6)[0]
+        nseg = data[i + 26]
+        lacing = data[i + 27:i + 27 + nseg]
+        pos = i + 27 + nseg
+        packets = []
+        for size in lacing:
+            partial += data[pos:pos + size]
+            pos += size
+            if size < 255:
+                packets.append(partial)
+                partial = b""
+        pages.append((granule, packets))
+        i = pos
+    return pages
+
+
+@pytest.mark.parametrize("rate", [48000, 16000])
+def test_copied_silence_keeps_the_ogg_granule_positions_right(tmp_path, rate):
+    # 2 s of silence (written as copies of one encoded frame, six to a packet), then 1 s of
+    # audio. Every page's granule position is the 48 kHz sample count at its last packet's
+    # end plus the pre-skip: players take the duration from it, and GStreamer's opusdec
+    # trims the audio to it (the joiner's speech was lost).
+    fs = rate // 50
+    path = tmp_path / "t.opus"
+    track = open_track(str(path), "opus", rate, 1, 0.5)
+    track.write_silence(100 * fs)
+    rng = np.random.default_rng(1)
+    track.write(np.rint(rng.standard_normal((50 * fs, 1)) * 3000).astype(np.int16))
+    track.close()
+    pages = _ogg_pages(path)
+    head = pages[0][1][0]
+    assert head.startswith(b"OpusHead")
+    pre_skip = struct.unpack_from("<H", head, 10)[0]
+    total = 0
+    for granule, packets in pages[2:]:
+        total += sum(packet_samples(p) for p in packets)
+        if packets:
+            assert granule - pre_skip <= total and granule - pre_skip >= total - 960, \
+                (granule, total)
+    assert pages[-1][0] - pre_skip >= 150 * 960  # 3 s at 48 kHz (was 0.6 s)
+
+
+# ---- Opus ptime hint ---------------------------------------------------------------------
+def test_an_opus_ptime_hint_names_a_ptime_opus_takes():
+    with pytest.raises(PipelineError) as e:
+        parse_launch("tone rate=48000 ! opus_encoder rate=48000 ptime_ms=2.6 ! null_sink") \
+            .prepare()
+    suggested = re.search(r"use (?:ptime_ms )?([\d.]+)", e.value.hint or "")
+    assert suggested is not None, e.value.hint
+    assert float(suggested.group(1)) in FRAME_MS, e.value.hint  # was 2.625
+
+
+# ---- the manifest after a track is removed -------------------------------------------------
+MANIFEST_LIMIT_SCRIPT = """
+import resource, sys
+import numpy as np
+from pipeline.frames import AudioFrame
+from pipeline.graph import Graph
+from plugins.conference.nodes import ConferenceBridge
+
+folder, limit = sys.argv[1], int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ
+voice = np.rint(np.random.default_rng(1).standard_normal(48000) * 3000).astype(np.int16)
+g = Graph("t", period=0.02)
+node = g.add(ConferenceBridge("room", record_dir=folder, record_format="opus", gate=False,
+                              record_flush=0.1))
+node.linked_inputs = ["in_0"]
+node.out_formats = {}
+node.emit = lambda port, frame: None
+node.start()
+for i in range(50):
+    node.process("in_0", AudioFrame(voice[i * 960:(i + 1) * 960, None], 48000, i * 960))
+    node.tick(i * 0.02)
+node.stop()
+"""
+
+
+def test_the_manifest_names_no_track_the_recorder_removed(tmp_path):
+    # A full disk (a 500-byte file limit) lets the Ogg Opus headers through but no audio
+    # page: the track is now removed as unplayable, but room.json, written before, still
+    # names it as the room's mix, and is not written again once the recorder has stopped.
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", MANIFEST_LIMIT_SCRIPT, str(tmp_path), "500"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "room.json").read_text())
+    named = [doc["mix"], *(p.get("file") for p in doc["participants"])]
+    missing = [p for p in named if p is not None and not Path(p).exists()]
+    assert not missing, f"room.json names removed files: {missing}"

@@ -298,13 +298,14 @@ class OpusEncoderNode(_EncoderNode):
                         choices=("voip", "audio", "lowdelay"))
 
     def validate(self) -> None:
-        super().validate()
         from .opus import FRAME_MS, MIN_BITRATE
 
-        if self.ptime_ms not in FRAME_MS:
+        if self.ptime_ms not in FRAME_MS:  # first: the general hint names other ptimes
+            nearest = min(FRAME_MS, key=lambda m: abs(m - self.ptime_ms))
             raise ParamValueError("ptime_ms", f"parameter 'ptime_ms': Opus frames are "
                                   f"{', '.join(f'{m:g}' for m in FRAME_MS)} ms, not "
-                                  f"{self.ptime_ms:g}", "use 20")
+                                  f"{self.ptime_ms:g}", f"use {nearest:g}")
+        super().validate()
         least = MIN_BITRATE[self.ptime_ms]
         if self.bitrate and self.bitrate < least:
             # Below this libopus sends 1-byte packets (no audio at all): the far end hears

@@ -35,6 +35,7 @@ import io
 import json
 import os
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,9 @@ class AvTrack(TrackWriter):
             layout=self.layout)
         frame.rate = self.rate
         frame.pts = self.pts
+        # With its time base the pts survives the FIFO: every packet is stamped, so copied
+        # silence (`_offset`) moves the later ones and the Ogg granule positions are right.
+        frame.time_base = Fraction(1, self.rate)
         self.pts += len(block)
         return frame
 
@@ -287,7 +291,7 @@ class AvTrack(TrackWriter):
                 copy.pts = copy.dts = pts
                 pts += m * fs
             copy.duration = m * fs
-            copy.time_base = self.stream.time_base
+            copy.time_base = Fraction(1, self.rate)  # the unit its pts and duration count
             copy.stream = self.stream
             self.container.mux(copy)
             left -= m
@@ -545,7 +549,10 @@ class RoomRecorder:
             else:
                 self._guard(track.close)
         if not self.failed:
+            self._forget_removed()
             self._guard(self._write_manifest)
+        else:
+            self._last_manifest()
 
     # ---- identities and the manifest ------------------------------------------------------
     def rename(self, key: Any, identity: str) -> None:
@@ -609,5 +616,23 @@ class RoomRecorder:
                 pass
         self.tracks.clear()
         self.mix_track = None
+        self._last_manifest()
         if self.on_error is not None:
             self.on_error(self.error)
+
+    def _forget_removed(self) -> None:
+        """Tracks closed as unplayable were removed: the manifest names no such file."""
+        if self.mix_path is not None and not os.path.exists(self.mix_path):
+            self.mix_path = None
+        for entry in self.manifest:
+            if entry.get("file") is not None and not os.path.exists(entry["file"]):
+                entry["file"] = None
+
+    def _last_manifest(self) -> None:
+        """The recorder stopped: one more manifest, best effort (the disk is failing), so
+        that it names no track removed on the way."""
+        self._forget_removed()
+        try:
+            self._write_manifest()
+        except Exception:  # the last whole manifest stays
+            pass

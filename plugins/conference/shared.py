@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from pipeline.frames import FLAG_SHARED
+from pipeline.frames import FLAG_SHARED, FLAG_SILENCE
 
 __all__ = ["FLAG_SHARED", "SharedEncoderCache"]
 
@@ -41,6 +41,9 @@ class SharedEncoderCache:
 
     def encode(self, frame: Any, settings: Hashable, make: Callable[[], Any]) -> bytes:
         """The payload of `frame` (an AudioFrame) under `settings`, encoded at most once."""
+        # The shared mix and the deafened listeners' shared silence are two streams: one
+        # encoder fed both in turn would garble the mix every silent listener hears.
+        settings = (settings, frame.flags & FLAG_SILENCE)
         last = self._last.get(settings)
         if last is not None and last[0] is frame:  # identity, not equality: same period
             self.hits += 1
