@@ -9,6 +9,8 @@ broke every later join; a record_dir that is a file was reported as a made-up 'p
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import struct
 import subprocess
@@ -345,3 +347,30 @@ def test_the_manifest_names_no_track_the_recorder_removed(tmp_path):
     named = [doc["mix"], *(p.get("file") for p in doc["participants"])]
     missing = [p for p in named if p is not None and not Path(p).exists()]
     assert not missing, f"room.json names removed files: {missing}"
+
+
+def test_a_failed_rename_leaves_the_manifest_naming_the_recorded_file(tmp_path, monkeypatch):
+    # A rename that fails stops the recorder; the manifest written then names the file
+    # that holds the participant's audio. Closing the room wrote it again, naming no file:
+    # rename() had set the entry to the new name the rename never made, and the new
+    # _forget_removed() took the missing new name for a removed track.
+    rec = RoomRecorder(str(tmp_path), "room", fmt="wav", rate=8000, tracks="participants")
+    rec.join("a", "alice")
+    voice = np.full(160, 1000, np.int16)
+    for _ in range(60):
+        rec.write(voice, {"a": voice})
+
+    def refused(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "rename", refused)
+    rec.rename("a", "Alice Smith")
+    monkeypatch.undo()
+    assert rec.failed
+    rec.close()
+    doc = json.loads(rec.manifest_path().read_text())
+    files = [p.get("file") for p in doc["participants"]]
+    assert files == [str(tmp_path / "room-alice.wav")], files
+    assert Path(files[0]).exists()
+
+

@@ -470,3 +470,122 @@ def test_joined_parts_keep_each_parts_audio_with_its_pictures(tmp_path, parts, a
     for k, (start, onset) in enumerate(zip(starts, onsets, strict=True)):
         assert abs(onset - start - 0.5) < 0.05, f"part {k}: burst {onset:.3f} s, " \
             f"its pictures from {start:.3f} s"
+
+
+def _ts_file(path: Path, seconds: float, *, audio_s: float | None = None,
+             video_from: float = 0.0, bursts: tuple[float, ...] = (),
+             audio: bool = True) -> None:
+    """An MPEG-TS file timed from zero: 30 fps pictures from `video_from` s for `seconds`,
+    mono MP2 audio from 0 s for `audio_s` (default `seconds`), silent but for 0.1 s bursts
+    at `bursts` (seconds of audio)."""
+    x = np.zeros(int((seconds if audio_s is None else audio_s) * RATE), np.int16)
+    n = np.arange(RATE // 10)
+    for b in bursts:
+        x[int(b * RATE):int(b * RATE) + n.size] = (
+            np.sin(n * 2 * np.pi * 1000 / RATE) * 8000).astype(np.int16)
+    with av.open(str(path), "w", format="mpegts") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
+        vs.codec_context.max_b_frames = 0
+        packets = []
+        first = round(video_from * 30)
+        for i in range(int(seconds * 30)):
+            f = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i, np.uint8), format="rgb24")
+            f.pts = first + i
+            packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(f)]
+        packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(None)]
+        if audio:
+            aus = c.add_stream("mp2", rate=RATE)
+            aus.layout = "mono"
+            for j in range(0, x.size, 1152):
+                af = av.AudioFrame.from_ndarray(x[None, j:j + 1152].copy(), format="s16",
+                                                layout="mono")
+                af.sample_rate, af.pts = RATE, j
+                packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(af)]
+            packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(None)]
+        for _, _, p in sorted(packets, key=lambda t: t[:2]):
+            c.mux(p)
+
+
+def _ts_stamp(b: bytes) -> int:
+    return ((b[0] >> 1) & 7) << 30 | b[1] << 22 | (b[2] >> 1) << 15 | b[3] << 7 | (b[4] >> 1)
+
+
+def _ts_bytes(prefix: int, v: int) -> bytes:
+    return bytes([(prefix << 4) | ((v >> 29) & 0xE) | 1, (v >> 22) & 0xFF,
+                  ((v >> 14) & 0xFE) | 1, (v >> 7) & 0xFF, ((v << 1) & 0xFE) | 1])
+
+
+def _move_video_pes(data: bytes, index: int, delta: int) -> bytes:
+    """The `index`-th video PES's PTS (and DTS) moved by `delta` 90 kHz ticks: one
+    corrupt timestamp (ISO 13818-1 2.4.3.7)."""
+    d, k = bytearray(data), 0
+    for o in range(0, len(d), 188):
+        p = d[o:o + 188]
+        if p[0] != 0x47 or not p[1] & 0x40:
+            continue
+        afc = (p[3] >> 4) & 3
+        s = 4 + (1 + p[4] if afc & 2 else 0)
+        if not afc & 1 or p[s:s + 4] != b"\x00\x00\x01\xe0":
+            continue
+        if k == index:
+            flags, q = p[s + 7] >> 6, o + s + 9
+            d[q:q + 5] = _ts_bytes(3 if flags == 3 else 2, _ts_stamp(d[q:q + 5]) + delta)
+            if flags == 3:
+                d[q + 5:q + 10] = _ts_bytes(1, _ts_stamp(d[q + 5:q + 10]) + delta)
+            return bytes(d)
+        k += 1
+    raise AssertionError("no such PES")
+
+
+def test_one_picture_stamped_back_does_not_move_every_later_picture(tmp_path):
+    # One picture of a 4 s file stamped 1 s back (a corrupt PES timestamp; the audio's go
+    # on). Before the joined-parts change it was repaired (placed after the last one); now
+    # it starts a "new timeline" for the video alone: every later picture plays ~1 s after
+    # its sound, the file grows by 1 s, and the offset stays pending for the audio.
+    good = tmp_path / "good.ts"
+    _ts_file(good, 4.0)
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(_move_video_pes(good.read_bytes(), 60, -90000))
+    with av.open(str(bad)) as c:
+        stamps = [float(p.pts * p.time_base) for p in c.demux(c.streams.video[0])
+                  if p.pts is not None]
+    assert stamps[61] - stamps[60] > 0.9  # the file does hold one picture stamped back
+    r = run_graph(f"video_file_source name=src path={bad} ! frame_sink name=out "
+                  "src.audio ! frame_sink name=mic", launch=True)
+    pictures = r.graph.nodes["out"].frames
+    assert len(pictures) == 120
+    last = pictures[-1].pts / 90000
+    assert abs(last - 119 / 30) < 0.05, f"last picture at {last:.3f} s, stamped 3.967 s"
+    assert r.graph.nodes["src"].stats()["pts_repaired"] >= 1
+
+
+def _onsets(path: Path) -> tuple[list, list[float]]:
+    r = run_graph(f"video_file_source name=src path={path} ! frame_sink name=out "
+                  "src.audio ! frame_sink name=mic", launch=True)
+    y = r.graph.nodes["mic"].audio()[:, 0]
+    loud = np.flatnonzero(np.abs(y) > 2000)
+    onsets = [int(loud[0])] + [int(b) for a, b in zip(loud[:-1], loud[1:], strict=True)
+                               if b - a > RATE // 4]
+    return list(r.graph.nodes["out"].frames), [o / RATE for o in onsets]
+
+
+def test_a_part_with_pictures_only_does_not_hand_its_offset_to_the_next_parts_sound(
+        tmp_path):
+    # Joined parts: A (sound from 0 s, pictures from 0.3 s), B (pictures only), A again.
+    # B's pictures jump back and leave their offset pending for a sound that never comes;
+    # the third part's sound (first out of the demuxer: it starts before its pictures)
+    # takes that stale offset, and plays 1.7 s before its own pictures.
+    a, b = tmp_path / "a.ts", tmp_path / "b.ts"
+    _ts_file(a, 4.0, audio_s=4.3, video_from=0.3, bursts=(0.6, 3.3))
+    _ts_file(b, 2.0, audio=False)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes() + a.read_bytes())
+    pictures, onsets = _onsets(joined)
+    assert len(pictures) == 300 and len(onsets) == 4
+    # each burst is 0.3 s after a part's first picture (0.6 s) or at its picture 90 (3.3 s)
+    due = [pictures[i].pts / 90000 for i in (9, 90, 180 + 9, 180 + 90)]
+    for k, (onset, at) in enumerate(zip(onsets, due, strict=True)):
+        assert abs(onset - at) < 0.05, f"burst {k} at {onset:.3f} s, its picture {at:.3f} s"
+
+

@@ -312,3 +312,30 @@ def test_a_matching_prack_with_an_offer_we_cannot_take_still_gets_a_2xx():
                for m in [SipMessage.parse(d)]
                if isinstance(m, SipResponse) and m.cseq.method == "PRACK"]
     assert [m.status_code // 100 for m in answers] == [2]
+
+
+def test_a_prack_offer_we_cannot_take_is_answered_in_the_prack_2xx():
+    # RFC 3262 5: "If the UAS receives a PRACK with an offer, it MUST place the answer in
+    # the 2xx to the PRACK." An offer with nothing in common is still answered: its streams
+    # rejected with port 0 (RFC 3264 6). The 200 went without SDP, leaving the caller's
+    # offer open while the INVITE got its 488.
+    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob", early_media=True)
+    send = alice.datagrams_to_send
+    alice.datagrams_to_send = lambda: [
+        (t, _with_body(d, G722_ONLY) if d.startswith(b"PRACK") else d, a)
+        for t, d, a in send()]
+    net = Net(alice, bob)
+    alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
+    net.pump()
+    (incoming,) = net.of(bob, CallIncoming)
+    bob.prepare_answer(incoming.call.call_id, 42000)
+    bob.send_progress(incoming.call.call_id, net.now)
+    net.pump()
+    (ok,) = [m for _, d in net.wire if d.startswith(b"SIP/2.0")
+             for m in [SipMessage.parse(d)]
+             if isinstance(m, SipResponse) and m.cseq.method == "PRACK"]
+    assert ok.status_code == 200
+    assert ok.headers.get("Content-Type") == "application/sdp", ok.headers
+    lines = [x for x in ok.body.split(b"\r\n") if x.startswith(b"m=")]
+    assert lines and all(x.split()[1] == b"0" for x in lines), ok.body
+    assert net.of(bob, CallEnded)  # and the INVITE is still refused

@@ -567,6 +567,8 @@ class RoomRecorder:
             self._current = new
             # The open descriptor follows the rename (POSIX), so writing simply goes on.
             self._guard(os.rename, track.path, new)
+            if self.failed:  # not renamed: the file keeps its name, and so does the manifest
+                return
             track.path = new
             if isinstance(track, WavTrack) and track.writer is not None:
                 track.writer.path = new

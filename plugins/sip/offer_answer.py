@@ -76,6 +76,7 @@ __all__ = [
     "dtmf_clocks",
     "hold",
     "negotiated",
+    "rejection",
     "reoffer",
     "resume",
     "sdp_unchanged",
@@ -588,6 +589,19 @@ def answer(
     if video_index is not None:
         media = replace(media, video=_negotiate_video(sdp, offer, video_index))
     return sdp, media
+
+
+def rejection(offer: SessionDescription, local_ip: str,
+              previous: SessionDescription) -> SessionDescription:
+    """An answer refusing every stream of `offer` (section 6: each m= line kept, port 0),
+    the next version of our `previous` SDP: what a 2xx that must carry an answer (a
+    PRACK's, RFC 3262 5) says to an offer we cannot take."""
+    sdp = SessionDescription(
+        origin=copy.copy(previous.origin), name=previous.name,
+        connection=Connection(local_ip, _addrtype(local_ip)),
+        media=[MediaDescription(m.kind, 0, m.proto, m.formats or ["0"]) for m in offer.media])
+    _bump_version(previous, sdp)
+    return sdp
 
 
 # The o= line and the m= ports of an offer: what the answer does not depend on.

@@ -84,6 +84,7 @@ from .offer_answer import (
     evolve,
     hold,
     negotiated,
+    rejection,
     reoffer,
     resume,
     sdp_unchanged,
@@ -1392,13 +1393,14 @@ class UserAgent(RegistrationClient, ReferAgent):
         t1 = self.config.timers.t1
         call.retx = (wire, now + t1, t1, now + self.config.timers.timeout, invite.cseq.seq)
 
-    def reject(self, call_id: str, status: int, now: float, reason: str | None = None) -> None:
+    def reject(self, call_id: str, status: int, now: float, reason: str | None = None,
+               headers: list[tuple[str, str]] | None = None) -> None:
         """Refuse an incoming call that is not answered yet (486, 603...)."""
         self._now = now
         call = self._incoming(call_id)
         assert call.invite is not None and call.server_tx is not None
         self._respond(call.server_tx, call.invite, status, now, to_tag=call.local_tag,
-                      reason=reason)
+                      reason=reason, headers=headers or ())
         self._end(call, f"rejected with {status}", status)
 
     def _incoming(self, call_id: str) -> Call:
@@ -1845,11 +1847,17 @@ class UserAgent(RegistrationClient, ReferAgent):
             # cannot go on with media the caller no longer offers.
             try:
                 answered = self._answer(call, request)
-            except (NegotiationFailed, ParseError) as exc:
+            except NegotiationFailed as exc:
+                # Its streams refused in the answer (RFC 3264 6), then the INVITE.
+                refused = rejection(SessionDescription.parse(request.body), self.media_ip,
+                                    call.local_sdp)
+                self._respond(tx, request, 200, now, body=bytes(refused))
+                self.reject(call.call_id, 488, now, headers=[
+                    ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')])
+                return
+            except ParseError:  # no offer to answer
                 self._respond(tx, request, 200, now)
-                bad = isinstance(exc, ParseError)
-                self.reject(call.call_id, 400 if bad else 488, now,
-                            reason="Bad SDP in PRACK" if bad else None)
+                self.reject(call.call_id, 400, now, reason="Bad SDP in PRACK")
                 return
             self._respond(tx, request, 200, now, body=bytes(answered[1]))
             self._take_offer(call, *answered)

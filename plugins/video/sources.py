@@ -120,6 +120,9 @@ _READ_AHEAD_S = 2.0
 # from zero): both streams go on after what either has placed. A smaller step back is an
 # overlap (audio, dropped) or a repaired picture time.
 _REBASE_S = 0.5
+# A part's two streams jump within this much of each other's media (a muxer interleaves them
+# far closer): a jump of one stream is not taken for the other's after that.
+_JOIN_WINDOW_S = 1.0
 
 
 class VideoFileSource(Node):
@@ -227,7 +230,11 @@ class VideoFileSource(Node):
         # 90 kHz ticks added to each stream's times after a jump back (joined parts), and the
         # offset one stream took there, which the other takes at its own jump
         self._vbase = self._abase = 0
-        self._pending: tuple[str, int] | None = None
+        self._pending: tuple[str, int, int] | None = None  # (stream, offset, its start)
+        # A time gone back, not yet confirmed by the next frame (one bad stamp is repaired):
+        # the picture's raw time; the audio's raw time and where it was laid.
+        self._vjump: int | None = None
+        self._ajump: tuple[int, int] | None = None
         self._video_end = -1.0
         self._eof = False
         self._c = dict.fromkeys(("frames", "decode_errors", "demux_errors", "dropped_corrupt",
@@ -270,7 +277,19 @@ class VideoFileSource(Node):
                     self._t0 = pts
                 pts -= self._t0
                 if pts + self._vbase < self._last_pts - _REBASE_S * CLOCK_RATE:
-                    self._vbase = self._joined("video", pts, self._last_pts + int(round(step)))
+                    jump = self._vjump
+                    if jump is not None and 0 < pts - jump <= _REBASE_S * CLOCK_RATE:
+                        # The next picture goes on from there: a new timeline, which the
+                        # first of it (repaired, below) already started.
+                        self._vjump = None
+                        audio_end = round(self._apos / self._rate * CLOCK_RATE) \
+                            if self._audio else 0
+                        self._vbase = self._joined("video", jump,
+                                                   max(self._last_pts, audio_end))
+                    else:
+                        self._vjump = pts  # maybe one bad stamp: repaired unless confirmed
+                else:
+                    self._vjump = None
                 pts += self._vbase
             else:
                 pts = -1
@@ -338,19 +357,27 @@ class VideoFileSource(Node):
         """Samples that can play now: the FIFO's and, behind it, silence and audio."""
         return len(self._fifo) + sum(x if isinstance(x, int) else len(x) for x in self._behind)
 
-    def _joined(self, stream: str, raw: int, least: int) -> int:
+    def _position(self, stream: str) -> int:
+        """How far `stream` has been placed, 90 kHz."""
+        if stream == "video":
+            return self._last_pts
+        return round(self._apos / self._rate * CLOCK_RATE)
+
+    def _joined(self, stream: str, raw: int, start: int) -> int:
         """The offset for `stream`, whose time went back to `raw` (90 kHz, before any
         offset): a new timeline, as when files timed from zero are joined. The first stream
-        to jump starts it after what either stream placed (at least `least`); the other
-        takes the same offset at its own jump, so each part's sound stays with its pictures
-        (frames of the old part still coming out of a decoder keep the old offset)."""
+        to jump starts it at `start`, after what either placed; the other takes the same
+        offset at its own jump, so each part's sound stays with its pictures (frames of the
+        old part still coming out of a decoder keep the old offset). An offset the first
+        stream took more than `_JOIN_WINDOW_S` of its media ago is another part's (one of
+        pictures alone, say): not taken."""
         pending = self._pending
-        if pending is not None and pending[0] != stream:
-            self._pending = None
+        self._pending = None
+        if pending is not None and pending[0] != stream and \
+                self._position(pending[0]) - pending[2] <= _JOIN_WINDOW_S * CLOCK_RATE:
             return pending[1]
-        audio_end = round(self._apos / self._rate * CLOCK_RATE) if self._audio else 0
-        base = max(least, audio_end) - raw
-        self._pending = (stream, base)
+        base = start - raw
+        self._pending = (stream, base, start)  # (how far that stream got since: the window)
         return base
 
     def _place_audio(self, f: Any) -> None:
@@ -361,10 +388,20 @@ class VideoFileSource(Node):
             return
         origin = self._t0 / CLOCK_RATE if self._t0 is not None else self._vstart
         raw = float(f.pts * f.time_base) - origin  # seconds
+        ticks = round(raw * CLOCK_RATE)
         if raw + self._abase / CLOCK_RATE < self._apos / self._rate - _REBASE_S:
-            # (after the last picture and its duration, as the pictures' own jump would)
-            self._abase = self._joined("audio", round(raw * CLOCK_RATE),
-                                       self._last_pts + round(CLOCK_RATE / self._fps))
+            jump = self._ajump
+            if jump is not None and 0 < ticks - jump[0] <= _REBASE_S * CLOCK_RATE:
+                # The next frame goes on from there: a new timeline, started where the
+                # first of it was laid (or after the last picture and its duration).
+                self._ajump = None
+                self._abase = self._joined("audio", jump[0], max(
+                    jump[1], self._last_pts + round(CLOCK_RATE / self._fps)))
+            else:  # maybe one bad stamp: laid on, in place, unless the next confirms it
+                self._ajump = (ticks, self._position("audio"))
+                return
+        else:
+            self._ajump = None
         off = round((raw + self._abase / CLOCK_RATE) * self._rate) - self._apos
         tolerance = self._rate // 50  # 20 ms: timestamp rounding, the resampler's delay
         if abs(off) <= tolerance:
