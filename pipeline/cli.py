@@ -153,7 +153,7 @@ def _call_graph(args: argparse.Namespace) -> Graph:
     from .loader import load_graph
 
     if getattr(args, "expr", None) or not args.file:
-        raise UsageError("--call checks a call graph file", hint="pipeline validate --call "
+        raise UsageError("--call takes a call graph file", hint="pipeline validate --call "
                          "FILE.yaml [-p call.codec=opus]")
     load_plugins(args.plugin)
     overrides = _overrides(args.params)
@@ -285,7 +285,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
     # As validate: the graph is drawn on any machine; --devices negotiates with this one's.
     with contextlib.nullcontext() if args.devices else without_hardware():
-        graph = build_graph(args)
+        graph = _call_graph(args) if args.call else build_graph(args)
         graph.prepare()
     dot = to_dot(graph)
     if ext in ("dot", "gv"):
@@ -384,6 +384,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="output file")
     sp.add_argument("--devices", action="store_true",
                     help="look the sound devices up and draw the converters they need")
+    sp.add_argument("--call", action="store_true",
+                    help="draw a call graph, with ${call.*} as validate --call gives them")
     sp.set_defaults(func=cmd_draw)
 
     sp = sub.add_parser("devices", help="list sound devices")

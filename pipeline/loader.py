@@ -291,7 +291,8 @@ def _lookup(expr: str, ctx: Context, where: Where) -> Any:
     if name.startswith("call."):
         if ctx.call is None:
             raise _err(f"'${{{name}}}' is only defined in a call graph", where,
-                       "call graphs are instantiated by a sip_endpoint node")
+                       "a sip_endpoint runs call graphs: check one with `pipeline validate "
+                       "--call FILE`, draw it with `pipeline draw --call FILE -o x.svg`")
         key = name[5:]
         if key not in ctx.call:
             raise _err(f"unknown call value '${{{name}}}'", where,

@@ -139,3 +139,14 @@ def test_without_hardware_holds_in_its_own_thread_only(portaudio_loads):
         other.join()
         assert devices.is_hardware_free()
     assert seen == [False] and not devices.is_hardware_free()
+
+
+def test_draw_call_draws_a_call_graph_and_validate_says_how(portaudio_loads, tmp_path, capsys):
+    # A call graph could not be drawn (`${call.rate}` is only defined in a call graph, and
+    # draw had no --call), and that error's hint did not say how to check one.
+    out = tmp_path / "softphone.dot"
+    assert main(["draw", "--call", str(SOFTPHONE), "-o", str(out)]) == 0
+    assert '"aec"' in out.read_text()
+    assert main(["validate", str(SOFTPHONE)]) == 1
+    assert "`pipeline validate --call FILE`, draw it with `pipeline draw --call FILE -o " \
+           "x.svg`" in capsys.readouterr().err
