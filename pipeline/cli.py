@@ -403,15 +403,18 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--graph", required=True, help="call graph YAML file")
     sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--duration", help="hang up after this long (e.g. 10s)")
-    sp.add_argument("--codecs", metavar="A,B,...",
-                    help="codecs to offer, in order (default: opus,pcmu,pcma,g722,"
-                         "telephone-event; any registered codec, e.g. a plugin's)")
+    try:  # the SIP plugin's defaults (a light import: the package, not the endpoint)
+        from plugins.sip import CODECS_HELP, USER_HELP
+    except ImportError:  # no SIP plugin in this build: `call` says so when run
+        CODECS_HELP = USER_HELP = None  # noqa: N806
+    sp.add_argument("--codecs", metavar="A,B,...", help=CODECS_HELP)
+    sp.add_argument("--user", metavar="NAME", help=USER_HELP)
     sp.add_argument("--dns-server", dest="dns_servers", action="append", metavar="IP[:PORT]",
                     help="DNS server that locates a SIP host named by domain (RFC 3263; "
                          "repeatable, tried in order; default: the system's)")
     sp.add_argument("--rtp-ports", metavar="LOW-HIGH",
-                    help="local ports the call's RTP may use, e.g. 40000-40099 (even ports, "
-                         "RFC 3550; default: 20000-29999)")
+                    help="local ports the call's RTP may use, LOW-HIGH or one even port, e.g. "
+                         "40000-40099 (even ports, RFC 3550; default: 20000-29999)")
     sp.set_defaults(func=cmd_call)
     return p
 

@@ -111,6 +111,9 @@ def test_a_call_nobody_responds_to_says_so(tmp_path):
                        f"response from 127.0.0.1:{port} within 1 s (hint: is a SIP "
                        "server listening there?)"), err
     assert not any("status=None" in line for line in err)
+    # It said "reason=cancelled status=487", though nothing answered and no CANCEL went.
+    (ended,) = [line for line in err if " call-ended " in line]
+    assert ended.endswith(" reason=no response"), err
 
 
 def test_a_call_that_only_gets_100_trying_is_not_a_call_nobody_heard(tmp_path):
@@ -143,17 +146,28 @@ def test_a_call_that_rings_unanswered_says_so_and_a_signal_only_hangs_up(tmp_pat
         ringing = asyncio.ensure_future(server.wait("call-incoming"))
         second = await pipeline_call(f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
                                      cwd=tmp_path, interrupt_after=ringing)
+        # the same with --duration: the signal cancels it, not a --duration too short
+        server.messages.clear()
+        ringing = asyncio.ensure_future(server.wait("call-incoming"))
+        third = await pipeline_call(f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
+                                    "--duration", "30s", cwd=tmp_path,
+                                    interrupt_after=ringing)
         await server.stop()
-        return port, first, second
+        return port, first, second, third
 
-    port, (code, err), (code2, err2) = asyncio.run(main_())
+    port, (code, err), (code2, err2), (code3, err3) = asyncio.run(main_())
     assert code == 1
     assert err[-1] == (f"pipeline: error: call to sip:echo@127.0.0.1:{port} failed: it rang "
                        "but nobody answered within 1 s (hint: give it longer with "
                        "--duration)"), err
-    assert code2 == 1
-    assert "pipeline: hanging up (again to stop now)" in err2, err2
-    assert not any("unregistering" in line for line in err2)
+    # It exited 1 with "failed: it rang but nobody answered within 5 s (hint: give it
+    # longer with --duration)": the signal's doing, an interrupted run (docs/cli.md).
+    for code_, err_ in ((code2, err2), (code3, err3)):
+        assert code_ == 128 + signal.SIGINT, err_
+        assert "pipeline: hanging up (again to stop now)" in err_, err_
+        assert not any("unregistering" in line for line in err_)
+        assert err_[-1] == f"pipeline: call to sip:echo@127.0.0.1:{port} cancelled by SIGINT"
+        assert not any("--duration" in line or "error" in line for line in err_), err_
 
 
 @pytest.mark.parametrize("codecs, message", [
@@ -270,3 +284,40 @@ def test_a_video_call_graph_is_refused_saying_the_call_offers_audio_only():
         check_call_graph(ROOT / "graphs" / "calls" / "video-call.yaml", {}, ["pcmu"])
     assert e.value.message == "unknown call value '${call.video_codec}'"
     assert e.value.hint.startswith("pipeline call offers audio only")
+
+
+def test_user_names_the_caller(tmp_path):
+    # Every call was From caller@127.0.0.1: a conference recorded each caller as
+    # room-caller_127.0.0.1_N.wav.
+    async def main_():
+        server = Endpoint(server_yaml())
+        port = await server.port()
+        result = await pipeline_call(f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
+                                     "--duration", "1s", "--codecs", "pcmu", "--user",
+                                     "alice.smith", cwd=tmp_path)
+        await server.stop()
+        return result, server.names("call-incoming")
+
+    (code, err), incoming = asyncio.run(main_())
+    assert code == 0, err
+    assert [m.data["caller"] for m in incoming] == ["alice.smith@127.0.0.1"]
+
+
+@pytest.mark.parametrize("user", ["alice smith", "alice@example.org", "bob:secret", ""])
+def test_a_bad_user_is_one_line_and_exit_2(user, capsys):
+    # Port 9 (discard): were it dialled, the run would say "no response", not this.
+    assert main(["call", "sip:echo@127.0.0.1:9", "--graph", str(CALLER), "--duration", "1s",
+                 "--user", user]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"pipeline: error: --user: '{user}' is not a SIP user name (hint: letters, digits "
+        "and -_.!~*'()&=+$,;?/ or %XX escapes (RFC 3261 25.1), e.g. --user alice)"]
+
+
+def test_call_help_lists_the_codecs_the_endpoint_offers(capsys):
+    # It listed opus,pcmu,pcma,g722,telephone-event: no cn, though the offer has CN/8000.
+    from plugins.sip.nodes import DEFAULT_CODECS
+
+    with pytest.raises(SystemExit):
+        main(["call", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert f"(default:{','.join(DEFAULT_CODECS)};" in text, text

@@ -94,3 +94,28 @@ def test_validate_refuses_the_odd_port_serve_would_crash_on(tmp_path, capsys):
                  "-p", f"record_dir={tmp_path}"]) == 1
     err = capsys.readouterr().err
     assert "rtp_port_range" in err and "40001" in err
+
+
+def test_a_full_port_range_fails_the_call_naming_the_option(tmp_path):
+    # It said "node 'sip': RTP port range ... has no free port pair (hint: widen
+    # rtp_port_range or lower max_calls)": the endpoint's parameter, not the call's option.
+    callee = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # would take the INVITE
+    callee.bind(("127.0.0.1", 0))
+    taken = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for i, sock in enumerate(taken):
+            sock.bind(("127.0.0.1", LOW + i))
+        uri = f"sip:bob@127.0.0.1:{callee.getsockname()[1]}"
+        run = subprocess.run(
+            [sys.executable, "-m", "pipeline", "call", uri, "--graph", str(CALLER),
+             "--duration", "3s", "--rtp-ports", f"{LOW}-{LOW + 1}"],
+            cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=WAIT)
+    finally:
+        for sock in (callee, *taken):
+            sock.close()
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        f"pipeline: error: call to {uri} failed: --rtp-ports {LOW}-{LOW + 1} has no free "
+        "port pair (hint: widen --rtp-ports: a call takes an even port and the next)"), \
+        run.stderr

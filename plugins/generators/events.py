@@ -40,7 +40,8 @@ class DtmfEvents(Node):
     digits = Param(str, "", "digits to send (0-9, *, #, A-D; ',' pauses), e.g. 1234#; "
                    "empty: none", required=False)
     delay = Param(Duration, 0.0, "when the first digit goes, from the node's start (its "
-                  "graph's, or its call's once answered), e.g. 1s", min=0.0, max=3600.0)
+                  "graph's: a call's answer, or its 18x with early media), e.g. 1s",
+                  min=0.0, max=3600.0)
     tone_ms = Param(int, 100, "length of each digit in ms (the RFC 4733 event duration)",
                     min=40, max=10000)
     gap_ms = Param(int, 100, "pause between digits in ms", min=0, max=10000)

@@ -15,6 +15,14 @@ which runs a call graph per call) and `cli` (`pipeline serve`, `pipeline call`).
 
 from pipeline.hookspecs import hookimpl
 
+# Here, not in `nodes`: `pipeline call --help` shows them without importing the endpoint.
+DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event", "cn"]
+DEFAULT_USER = "caller"  # `pipeline call`'s SIP user (From, Contact) without --user
+CODECS_HELP = (f"codecs to offer, in order (default: {','.join(DEFAULT_CODECS)}; any "
+               "registered codec, e.g. a plugin's)")
+USER_HELP = (f"our SIP user name (default: {DEFAULT_USER}): the call's From and Contact, "
+             "NAME@IP in the far end's ${call.caller}")
+
 
 @hookimpl
 def register_node_types():

@@ -1,9 +1,10 @@
 """`pipeline serve` and `pipeline call` (called by `pipeline.sip_cli`).
 
 `serve FILE.yaml` runs a graph that holds one or more `sip_endpoint` nodes until SIGINT or
-SIGTERM (or `--duration`): the first signal hangs up every call and unregisters, a second one
-stops at once. `call SIP-URI --graph CALL.yaml` builds a parent graph with one endpoint that
-dials the URI and runs CALL.yaml as the call graph, hanging up after `--duration`.
+SIGTERM (or `--duration`): the first signal, or the end of `--duration`, hangs up every call
+and unregisters, a second signal stops at once. `call SIP-URI --graph CALL.yaml` builds a
+parent graph with one endpoint that dials the URI and runs CALL.yaml as the call graph,
+hanging up after `--duration`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import duration_option
-from pipeline.errors import GraphError, PipelineError
+from pipeline.errors import GraphError, NodeError, PipelineError
 from pipeline.graph import Graph
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
+from . import DEFAULT_CODECS, DEFAULT_USER
 from .dns import check_servers
 from .locate import is_ip
-from .nodes import _CN, _DTMF, DEFAULT_CODECS, example_call_values
+from .nodes import _CN, _DTMF, PortRangeFull, example_call_values
+from .ua import NO_RESPONSE
+from .uri import _USER_RE as USER_RE
 from .uri import SipUri
 
 log = logging.getLogger("plugins.sip.cli")
@@ -42,19 +47,26 @@ def endpoints(graph: Graph) -> list[Any]:
     return [n for n in graph.nodes.values() if n.kind == "sip_endpoint"]
 
 
-async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> RunResult:
+async def _run(graph: Graph, duration: float | None, quiet: bool = False,
+               signals: list[int] | None = None) -> RunResult:
+    """Run `graph` until its endpoints are done, a signal or `duration`. The first signal,
+    or the end of `duration`, hangs up every call and unregisters (so each call's end is
+    reported, `call-ended`); a second signal stops at once. The signals that came are
+    appended to `signals`."""
     loop = asyncio.get_running_loop()
-    signals = [0]
+    got = signals if signals is not None else []
+    stopping = [False]
 
-    def on_signal(signum: int) -> None:
-        signals[0] += 1
+    def stop_endpoints(why: str | None) -> None:
         nodes = [n for n in endpoints(graph) if getattr(n, "ua", None) is not None]
-        if signals[0] > 1 or not nodes:
+        if stopping[0] or not nodes:
             runtime.request_stop()
             return
-        what = "hanging up and unregistering" if any(
-            getattr(n, "registrar", None) for n in nodes) else "hanging up"
-        print(f"pipeline: {what} (again to stop now)", file=sys.stderr)
+        stopping[0] = True
+        if why is not None:
+            what = "hanging up and unregistering" if any(
+                getattr(n, "registrar", None) for n in nodes) else "hanging up"
+            print(f"pipeline: {what} ({why})", file=sys.stderr)
         # The graph may not end with its endpoints (a persistent conference room): stop it
         # once they have all hung up and unregistered, or after the grace period.
         waiting = {n.name for n in nodes}
@@ -70,7 +82,14 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
             node.shutdown()
         loop.call_later(SHUTDOWN_GRACE, runtime.request_stop)
 
-    runtime = Runtime(graph, realtime=True, duration=duration, on_signal=on_signal)
+    def on_signal(signum: int) -> None:
+        got.append(signum)
+        stop_endpoints("again to stop now")
+
+    # The end of `duration` hangs up as a signal does, not by stopping the graph under its
+    # calls (which went without a `call-ended`).
+    runtime = Runtime(graph, realtime=True, on_signal=on_signal)
+    timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
     printer = _EventPrinter(loop, _ERRORS if quiet else _PRINTED)
     graph.listeners.append(printer)
     # A server process: what start-up made (modules, the registry, the graph) lives until
@@ -86,6 +105,8 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
     try:
         return await runtime.run()
     finally:
+        if timer is not None:
+            timer.cancel()
         printer.flush()
         gc.set_threshold(*thresholds)
         gc.unfreeze()  # back in the collector's sight (matters when run in-process)
@@ -93,7 +114,7 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False) -> Run
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
 _PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-early-media",
-                      "call-established", "call-ended"}
+                      "call-established", "call-ended", "dtmf"}
 
 
 class _EventPrinter:
@@ -137,10 +158,11 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
                      params: dict[str, Any] | None = None, listen: str | None = None,
                      codecs: list[str] | None = None,
                      dns_servers: list[str] | None = None,
-                     rtp_ports: str | None = None) -> Graph:
-    """The parent graph of `pipeline call`: one sip_endpoint that dials `uri`. A host
-    that is a name is located by DNS (RFC 3263; `dns_servers`, default the system's); the
-    call's RTP port comes from `rtp_ports` (LOW-HIGH, default the endpoint's range)."""
+                     rtp_ports: str | None = None, user: str | None = None) -> Graph:
+    """The parent graph of `pipeline call`: one sip_endpoint, our SIP user `user` (default
+    `caller`), that dials `uri`. A host that is a name is located by DNS (RFC 3263;
+    `dns_servers`, default the system's); the call's RTP port comes from `rtp_ports`
+    (LOW-HIGH, default the endpoint's range)."""
     from pipeline.registry import get_registry
 
     try:
@@ -160,7 +182,7 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
     graph = Graph("call", registry=get_registry())
     graph.create("sip_endpoint", "sip", {
         "listen": [listen] if listen else listens,
-        "user": "caller",
+        "user": user or DEFAULT_USER,
         "call_graph": str(path.resolve()),
         "call_graph_params": params or {},
         "dial": uri,
@@ -187,6 +209,18 @@ def _check_codecs(codecs: list[str]) -> None:
     if codecs and all(name.lower() in (_DTMF, _CN) for name in codecs):
         raise UsageError(f"--codecs: {','.join(codecs)} has no audio codec, a call needs one",
                          hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
+
+
+def _check_user(name: str) -> str:
+    """`--user`, a SIP URI's user part (RFC 3261 25.1 `user`), named as the option (a
+    usage error): it goes into From and Contact, and a call graph's `${call.caller}`."""
+    from pipeline.cli import UsageError
+
+    if not USER_RE.fullmatch(name):
+        raise UsageError(f"--user: '{name}' is not a SIP user name",
+                         hint="letters, digits and -_.!~*'()&=+$,;?/ or %XX escapes "
+                              "(RFC 3261 25.1), e.g. --user alice")
+    return name
 
 
 def _check_rtp_ports(text: str) -> str:
@@ -265,17 +299,19 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
     rang = any(m.name in ("call-ringing", "call-early-media") for m in messages)
     target = SipUri.parse(uri)
     where = f"{target.host}:{target.port}" if target.port else target.host
-    secs = f"{duration if duration is not None and status == 487 else round(elapsed):g} s"
+    # We gave up (after --duration): cancelled (487), or before any response came.
+    gave_up = status == 487 or (status is None and reason == NO_RESPONSE)
+    secs = f"{duration if duration is not None and gave_up else round(elapsed):g} s"
     listening = "is a SIP server listening there?"
-    longer = "give it longer with --duration" if status == 487 and duration is not None \
-        else None
+    longer = "give it longer with --duration" if gave_up and duration is not None else None
     # call-trying: some 1xx (100 Trying at least) came, so a SIP server is there
     tried = any(m.name == "call-trying" for m in messages)
-    if status in (408, 487) and not rang and not tried:  # Timer B, or cancelled unheard
+    unanswered = gave_up or status == 408  # Timer B: no final response within 32 s
+    if unanswered and not rang and not tried:
         return CallFailed(f"{failed}: no response from {where} within {secs}", hint=listening)
-    if status in (408, 487) and not rang:  # only 100 Trying: it took the call, never rang
+    if unanswered and not rang:  # only 100 Trying: it took the call, never rang
         return CallFailed(f"{failed}: no answer from {where} within {secs}", hint=longer)
-    if status in (408, 487):
+    if unanswered:
         return CallFailed(f"{failed}: it rang but nobody answered within {secs}", hint=longer)
     return CallFailed(f"{failed}: {reason}")  # (a peer's status is in its reason already)
 
@@ -295,10 +331,12 @@ def call(args: argparse.Namespace) -> int:
                             hint="write an IP address, IP:PORT or [IPv6]:PORT, e.g. "
                                  "--dns-server 127.0.0.1:5353") from None
     rtp_ports = None if args.rtp_ports is None else _check_rtp_ports(args.rtp_ports)
+    user = getattr(args, "user", None)
+    user = None if user is None else _check_user(user)
     overrides = _overrides(args.params)
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                              codecs=codecs or None, dns_servers=servers or None,
-                             rtp_ports=rtp_ports)
+                             rtp_ports=rtp_ports, user=user)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
     # A codec the graph cannot take is left out of the offer: said when --codecs named it,
     # quietly (-v logs it) for the default list, most of whose codecs a graph written for
@@ -310,10 +348,24 @@ def call(args: argparse.Namespace) -> int:
     if usable != offered:
         graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                                  codecs=usable, dns_servers=servers or None,
-                                 rtp_ports=rtp_ports)
+                                 rtp_ports=rtp_ports, user=user)
         graph.validate_nodes()
     started = time.monotonic()
-    result = run_coroutine(_run(graph, None))
+    signals: list[int] = []
+    try:
+        result = run_coroutine(_run(graph, None, signals=signals))
+    except NodeError as e:
+        if isinstance(e.__cause__, PortRangeFull):  # named as the option, in the call's form
+            full = e.__cause__
+            raise CallFailed(f"call to {args.uri} failed: --rtp-ports {full.low}-{full.high} "
+                             "has no free port pair",
+                             hint="widen --rtp-ports: a call takes an even port and the "
+                                  "next") from None
+        raise
     if not any(m.name == "call-established" for m in result.messages):
+        if signals:  # our own doing, not the far end's: an interrupted run (docs/cli.md)
+            name = signal.Signals(signals[0]).name
+            print(f"pipeline: call to {args.uri} cancelled by {name}", file=sys.stderr)
+            return 128 + signals[0]
         raise _failure(args.uri, result.messages, duration, time.monotonic() - started)
     return 0

@@ -45,6 +45,7 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 from plugins.rtp.nodes import keep_port, kept_port, release_port, reserve_port
 
+from . import DEFAULT_CODECS
 from . import ua as sipua
 from .dns import ServerLocator, check_servers
 from .offer_answer import (
@@ -61,7 +62,6 @@ from .transport import ListenSpec, SipTransport, client_context, server_context
 
 log = logging.getLogger("plugins.sip")
 
-DEFAULT_CODECS = ["opus", "pcmu", "pcma", "g722", "telephone-event", "cn"]
 _BIND_TRIES = 3  # RTP ports tried for an incoming call whose call graph cannot bind
 _DTMF = "telephone-event"  # RFC 4733: no codec nodes, the rtp_session sends and reads it
 _CN = "cn"  # RFC 3389 comfort noise: no codec nodes, the rtp_session and jitter buffer read it
@@ -198,6 +198,15 @@ def port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
+class PortRangeFull(PipelineError):
+    """`rtp_port_range` has no free port pair for another call (`low`, `high`: the range)."""
+
+    def __init__(self, low: int, high: int) -> None:
+        super().__init__(f"RTP port range {low}-{high} has no free port pair",
+                         hint="widen rtp_port_range or lower max_calls")
+        self.low, self.high = low, high
+
+
 class PortAllocator:
     """Even RTP ports from a range (RTCP takes port + 1), handed out round robin so a port
     just released (its sockets may still be closing) is the last to come back: answers
@@ -240,8 +249,7 @@ class PortAllocator:
                 self.held[port] = held
             self.in_use.add(port)
             return port
-        raise PipelineError(f"RTP port range {self.lo}-{self.hi} has no free port pair",
-                            hint="widen rtp_port_range or lower max_calls")
+        raise PortRangeFull(self.lo, self.hi)
 
     def is_free(self, port: int) -> bool:
         """Whether `port` and `port + 1` can be bound now (UDP)."""

@@ -135,6 +135,8 @@ _DTMF_DIGITS = "0123456789*#ABCD"
 # RFC 3261 13.3.1.1: an unanswered INVITE gets a non-100 provisional response at least this
 # often, or a proxy may cancel it (its timer C, more than 3 minutes)
 PROVISIONAL_REPEAT = 60.0
+# CallEnded's reason when we gave up on an INVITE nothing had answered (status None)
+NO_RESPONSE = "no response"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
 
@@ -1957,9 +1959,11 @@ class UserAgent(RegistrationClient, ReferAgent):
                        if k == "invite" and c is call), None)
             if tx is not None and call.provisional:
                 self._send_cancel(call, tx, now)
-            else:
-                call.cancel_pending = True  # 9.1: CANCEL only after a provisional response
-            self._end(call, "cancelled", 487)
+                self._end(call, "cancelled", 487)
+                return
+            call.cancel_pending = True  # 9.1: CANCEL only after a provisional response
+            # Nothing answered, so no CANCEL went and no 487 will come: no status to report.
+            self._end(call, NO_RESPONSE, None)
             return
         if call.direction == "in" and call.state == "incoming":
             self.reject(call_id, 603, now)

@@ -1,0 +1,100 @@
+"""`pipeline serve` as a user runs it (a subprocess): the line per call event it prints,
+received DTMF digits among them, and the calls a `--duration` run ends reported as a
+signal's are. `pipeline call` (a subprocess too) places the calls, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+
+from conftest import ROOT, WAIT
+
+ECHO_SERVER = ROOT / "graphs" / "echo-server.yaml"
+DIAL_DIGITS = ROOT / "graphs" / "dial-digits.yaml"
+CALLER = ROOT / "graphs" / "caller.yaml"
+
+
+async def _start(command: str, *args: str, cwd) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline", command, *args, cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+
+
+async def _line(proc: asyncio.subprocess.Process, pattern: str, seen: list[str]) -> str:
+    """The next stderr line of `proc` matching `pattern` (every line read goes to `seen`)."""
+    async def read() -> str:
+        while line := (await proc.stderr.readline()).decode():
+            seen.append(line.rstrip("\n"))
+            if re.search(pattern, line):
+                return line.rstrip("\n")
+        raise AssertionError(f"no line matching {pattern!r} before the end: {seen}")
+
+    return await asyncio.wait_for(read(), WAIT)
+
+
+async def _serve(*args: str, cwd) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """`pipeline serve graphs/echo-server.yaml` on a free port: the process, its port and
+    the stderr lines read so far."""
+    seen: list[str] = []
+    proc = await _start("serve", str(ECHO_SERVER), "-p", "port=0", *args, cwd=cwd)
+    listening = await _line(proc, r"sip-listening", seen)
+    port = int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
+    return proc, port, seen
+
+
+async def _rest(proc: asyncio.subprocess.Process, seen: list[str]) -> list[str]:
+    """Every stderr line of `proc`, once it has ended."""
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    return seen + err.decode().splitlines()
+
+
+def test_serve_prints_the_dtmf_digits_a_call_sends(tmp_path):
+    # It printed the call's events but not the digits (rtp_session's `dtmf` messages).
+    async def main_():
+        server, port, seen = await _serve("--duration", "60s", cwd=tmp_path)
+        try:
+            caller = await _start("call", f"sip:echo@127.0.0.1:{port}", "--graph",
+                                  str(DIAL_DIGITS), "-p", "digits=5#", "-p", "delay=200ms",
+                                  "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs",
+                                  "pcmu,telephone-event", "--duration", "2s", cwd=tmp_path)
+            _, call_err = await asyncio.wait_for(caller.communicate(), WAIT)
+            assert caller.returncode == 0, call_err.decode()
+            await _line(server, r" dtmf digit=#", seen)
+        finally:
+            server.send_signal(signal.SIGTERM)
+        return await _rest(server, seen)
+
+    lines = asyncio.run(main_())
+    digits = [line for line in lines if " dtmf " in line]
+    assert len(digits) == 2, lines
+    for digit, line in zip("5#", digits, strict=True):
+        # pipeline: call-1/rtp: dtmf digit=5 duration_ms=...
+        assert re.fullmatch(rf"pipeline: call-\d+/rtp: dtmf digit={re.escape(digit)} "
+                            r"duration_ms=\d+(\.\d+)?", line), line
+
+
+def test_the_end_of_a_duration_run_reports_the_calls_it_hangs_up(tmp_path):
+    # serve --duration ended with a call up hung it up without `call-ended` (SIGTERM
+    # printed it): the graph was stopped under the call.
+    async def main_():
+        server, port, seen = await _serve("--duration", "4s", cwd=tmp_path)
+        caller = await _start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
+                              "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu",
+                              "--duration", "30s", cwd=tmp_path)
+        await _line(server, r" call-established ", seen)
+        lines = await _rest(server, seen)
+        _, call_err = await asyncio.wait_for(caller.communicate(), WAIT)
+        return server.returncode, lines, caller.returncode, call_err.decode().splitlines()
+
+    code, lines, call_code, call_err = asyncio.run(main_())
+    assert code == 0, lines
+    ended = [line for line in lines if " call-ended " in line]
+    assert len(ended) == 1 and "reason=local hangup" in ended[0], lines
+    assert not any("hanging up" in line for line in lines), lines  # no signal to announce
+    # the caller got the BYE: its call ended by the far end, answered, so exit 0
+    assert call_code == 0, call_err
+    assert any(" call-ended " in line and "remote hangup" in line for line in call_err), \
+        call_err
