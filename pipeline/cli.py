@@ -396,6 +396,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--duration", help="stop after this long")
     sp.add_argument("-q", "--quiet", action="store_true",
                     help="print only errors, not a line per call event")
+    sp.add_argument("--stats", action="store_true",
+                    help="at the end, per-node frames, drops, CPU time (as launch --stats)")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("call", help="call a SIP URI and run a graph for the call")

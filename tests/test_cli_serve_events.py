@@ -98,3 +98,15 @@ def test_the_end_of_a_duration_run_reports_the_calls_it_hangs_up(tmp_path):
     assert call_code == 0, call_err
     assert any(" call-ended " in line and "remote hangup" in line for line in call_err), \
         call_err
+
+
+def test_serve_stats_prints_the_node_table_at_the_end(tmp_path, capsys):
+    # `serve` had no --stats: a room's counters (shared encoding, underruns) could only be
+    # read by running its graph with `launch --stats`, which prints no call events.
+    from pipeline.cli import main
+
+    assert main(["serve", "-e", "sip_endpoint name=sip listen=udp:127.0.0.1:0",
+                 "--duration", "0.5s", "--stats"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["node", "kind", "in"]
+    assert out[1].startswith("sip ") and "active_calls=0" in out[1]

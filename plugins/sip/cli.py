@@ -48,7 +48,7 @@ def endpoints(graph: Graph) -> list[Any]:
 
 
 async def _run(graph: Graph, duration: float | None, quiet: bool = False,
-               signals: list[int] | None = None) -> RunResult:
+               signals: list[int] | None = None, stats: bool = False) -> RunResult:
     """Run `graph` until its endpoints are done, a signal or `duration`. The first signal,
     or the end of `duration`, hangs up every call and unregisters (so each call's end is
     reported, `call-ended`); a second signal stops at once. The signals that came are
@@ -88,7 +88,7 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
 
     # The end of `duration` hangs up as a signal does, not by stopping the graph under its
     # calls (which went without a `call-ended`).
-    runtime = Runtime(graph, realtime=True, on_signal=on_signal)
+    runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats)
     timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
     printer = _EventPrinter(loop, _ERRORS if quiet else _PRINTED)
     graph.listeners.append(printer)
@@ -150,7 +150,12 @@ def serve(args: argparse.Namespace) -> int:
     if not endpoints(graph):
         raise PipelineError("graph has no sip_endpoint node to serve",
                             hint="add a node of type sip_endpoint (docs/sip.md)")
-    run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet))
+    result = run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet,
+                                stats=args.stats))
+    if args.stats:
+        from pipeline.cli import format_stats
+
+        print(format_stats(result.stats))  # the parent graph's nodes: a room's counters
     return 0
 
 
