@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, until
 from test_sip_endpoint import (  # noqa: F401 (an autouse fixture: no port left held)
     CALLER_GRAPH,
     Endpoint,
@@ -196,10 +196,8 @@ def test_two_calls_started_at_once_offer_different_rtp_ports_and_both_carry_audi
         calls = [asyncio.ensure_future(pipeline_call(
             f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER), "--duration", "5s",
             "--codecs", "pcmu", "-p", f"heard={name}.wav", cwd=tmp_path)) for name in "ab"]
-        deadline = asyncio.get_running_loop().time() + 30
-        while len(server.names("call-incoming")) < 2 and not all(c.done() for c in calls):
-            assert asyncio.get_running_loop().time() < deadline, "two INVITEs did not come"
-            await asyncio.sleep(0.02)
+        await until(lambda: len(server.names("call-incoming")) >= 2
+                    or all(c.done() for c in calls), "two INVITEs", 30)
         for m in server.names("call-incoming"):
             server.node.answer(m.data["call_id"])
         results = [await c for c in calls]

@@ -1010,7 +1010,7 @@ def test_two_callers_on_one_port_range_offer_different_ports_and_both_carry_audi
         await until(lambda: len(server.names("call-ended")) == 2, "both calls to end")
         await server.close()
         assert reserved_ports() == []
-        await asyncio.sleep(0.1)
+        await until(lambda: _open_fds() <= fds, "every socket closed")
         return fds
 
     fds = asyncio.run(main())
@@ -1058,7 +1058,7 @@ def test_an_offered_port_is_released_when_the_call_ends_without_its_graph(tmp_pa
         await caller.stop()
         assert reserved_ports() == []
         await server.stop()
-        await asyncio.sleep(0.1)
+        await until(lambda: _open_fds() <= fds, "every socket closed")
         return fds
 
     fds = asyncio.run(main())
@@ -1179,7 +1179,7 @@ def test_an_answer_on_a_port_another_endpoint_holds_takes_the_next_port(tmp_path
         assert not server.names("error"), server.messages
         await server.close()
         assert reserved_ports() == []
-        await asyncio.sleep(0.1)
+        await until(lambda: _open_fds() <= fds, "every socket closed")
         return fds
 
     fds = asyncio.run(main())
@@ -1210,7 +1210,7 @@ def test_a_call_whose_offered_port_was_taken_closes_every_socket_through_a_rebui
         await caller.result()
         await server.wait("call-ended")
         await server.close()
-        await asyncio.sleep(0.1)
+        await until(lambda: _open_fds() <= fds, "every socket closed")
         return fds
 
     fds = asyncio.run(main())
