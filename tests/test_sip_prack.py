@@ -7,6 +7,7 @@ Two of our UAs on test_sip_ua's fake clock (`Net`); against pjsua2 in test_sip_i
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from test_sip_ua import ALICE, BOB, PCMA, Net, make_ua
@@ -288,12 +289,9 @@ def _with_body(data: bytes, body: bytes) -> bytes:
     return head + b"\r\nContent-Type: application/sdp\r\n\r\n" + body
 
 
-def test_a_matching_prack_with_an_offer_we_cannot_take_still_gets_a_2xx():
-    # RFC 3262 section 3: "If the PRACK does match an unacknowledged reliable provisional
-    # response, it MUST be responded to with a 2xx response." An offer in it that we
-    # cannot take is refused inside the 2xx (its streams rejected, port 0, RFC 3264 6),
-    # not by a 488 to the PRACK (pjsip's 100rel module answers a matched PRACK 200
-    # before it even looks at its SDP).
+def _prack_with_an_offer_we_cannot_take() -> tuple[Net, Any, list[SipResponse]]:
+    """Bob's reliable 183 PRACKed by Alice with a G.722-only offer: the net, Bob, and Bob's
+    responses to the PRACK."""
     alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob", early_media=True)
     send = alice.datagrams_to_send
     alice.datagrams_to_send = lambda: [
@@ -306,11 +304,21 @@ def test_a_matching_prack_with_an_offer_we_cannot_take_still_gets_a_2xx():
     bob.prepare_answer(incoming.call.call_id, 42000)
     bob.send_progress(incoming.call.call_id, net.now)
     net.pump()
-    (prack,) = [m for m in net.sent("PRACK")]
-    assert prack.body == G722_ONLY
     answers = [m for _, d in net.wire if d.startswith(b"SIP/2.0")
                for m in [SipMessage.parse(d)]
                if isinstance(m, SipResponse) and m.cseq.method == "PRACK"]
+    return net, bob, answers
+
+
+def test_a_matching_prack_with_an_offer_we_cannot_take_still_gets_a_2xx():
+    # RFC 3262 section 3: "If the PRACK does match an unacknowledged reliable provisional
+    # response, it MUST be responded to with a 2xx response." An offer in it that we
+    # cannot take is refused inside the 2xx (its streams rejected, port 0, RFC 3264 6),
+    # not by a 488 to the PRACK (pjsip's 100rel module answers a matched PRACK 200
+    # before it even looks at its SDP).
+    net, _, answers = _prack_with_an_offer_we_cannot_take()
+    (prack,) = [m for m in net.sent("PRACK")]
+    assert prack.body == G722_ONLY
     assert [m.status_code // 100 for m in answers] == [2]
 
 
@@ -319,21 +327,7 @@ def test_a_prack_offer_we_cannot_take_is_answered_in_the_prack_2xx():
     # the 2xx to the PRACK." An offer with nothing in common is still answered: its streams
     # rejected with port 0 (RFC 3264 6). The 200 went without SDP, leaving the caller's
     # offer open while the INVITE got its 488.
-    alice, bob = make_ua(ALICE, user="alice"), make_ua(BOB, user="bob", early_media=True)
-    send = alice.datagrams_to_send
-    alice.datagrams_to_send = lambda: [
-        (t, _with_body(d, G722_ONLY) if d.startswith(b"PRACK") else d, a)
-        for t, d, a in send()]
-    net = Net(alice, bob)
-    alice.call("sip:bob@192.0.2.2:5062", 40000, net.now)
-    net.pump()
-    (incoming,) = net.of(bob, CallIncoming)
-    bob.prepare_answer(incoming.call.call_id, 42000)
-    bob.send_progress(incoming.call.call_id, net.now)
-    net.pump()
-    (ok,) = [m for _, d in net.wire if d.startswith(b"SIP/2.0")
-             for m in [SipMessage.parse(d)]
-             if isinstance(m, SipResponse) and m.cseq.method == "PRACK"]
+    net, bob, (ok,) = _prack_with_an_offer_we_cannot_take()
     assert ok.status_code == 200
     assert ok.headers.get("Content-Type") == "application/sdp", ok.headers
     lines = [x for x in ok.body.split(b"\r\n") if x.startswith(b"m=")]
