@@ -144,13 +144,12 @@ def test_an_agreed_payload_type_that_reads_as_rtcp_is_rtp():
     # RTCP shares the port (RFC 5761): with payload type 77 every frame's last packet (marker
     # set: 0x80 | 77 = 205) was taken for RTCP and counted "rtcp_bad"; no picture came out.
     # A peer may choose such a number, so it is classified by the agreed one, not refused.
-    from plugins.rtp.packet import RtpPacket
-    from plugins.video.rtp_nodes import _is_rtcp
+    from plugins.rtp.packet import RtpPacket, is_rtcp, shadowed_by_rtcp
 
     last = bytes(RtpPacket(77, 1, 90000, 7, b"\x10\x00", True))
-    assert _is_rtcp(last) and not _is_rtcp(last, 77)
+    assert is_rtcp(last) and not is_rtcp(last, shadowed_by_rtcp([77]))
     sender_report = bytes([0x80, 200, 0, 6]) + bytes(24)
-    assert _is_rtcp(sender_report, 72)  # 72-76 are SR, RR, SDES, BYE, APP: always RTCP
+    assert is_rtcp(sender_report, shadowed_by_rtcp([72]))  # 72-76: SR, RR, SDES, BYE, APP
     parse_launch("video_rtp_receiver codec=vp8 payload_type=77 ! video_decoder width=64 "
                  "height=48 ! null_sink").prepare()
 

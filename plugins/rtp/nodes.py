@@ -49,7 +49,7 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from .dtmf import DtmfReceiver, DtmfSender
-from .packet import RtpPacker, parse_fields
+from .packet import RtpPacker, parse_fields, shadowed_by_rtcp
 from .payload import unknown_samples
 from .pcap import PcapWriter
 from .rtcp import (
@@ -377,10 +377,8 @@ class RtpSession(Node):
         self._dtmf_pt = dtmf_pt if dtmf_pt is not None and dtmf_pt >= 0 else None
         cn_pt = self.cn_payload_type
         self._cn_pt = cn_pt if cn_pt is not None and cn_pt >= 0 else None
-        # Payload types of ours that read as RTCP with the marker bit (64-95): still RTP,
-        # but for 72-76, whose bytes are SR, RR, SDES, BYE and APP (RFC 5761 4 reserves them).
-        self._pts_we_take = {pt for pt in (self._recv_pt, self._dtmf_pt, self._cn_pt)
-                             if pt is not None and 64 <= pt <= 95 and not 72 <= pt <= 76}
+        # Payload types of ours that read as RTCP with the marker bit: still RTP.
+        self._pts_we_take = shadowed_by_rtcp((self._recv_pt, self._dtmf_pt, self._cn_pt))
         dtmf_clock = self.dtmf_clock_rate or self._clock
         self._dtmf_packer = RtpPacker(self._dtmf_pt, self._ssrc) if self._dtmf_pt is not None \
             else None
@@ -539,8 +537,7 @@ class RtpSession(Node):
         try:
             if is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223
                            and data[1] & 0x7F not in self._pts_we_take):
-                # RFC 5761 4: RTCP types 192-223 collide only with payload types 64-95 and
-                # the marker bit set, which a peer should not use; one agreed is RTP.
+                # packet.is_rtcp, inline: this runs for every datagram
                 self._on_rtcp(data, addr)
             else:
                 self._on_rtp(data, addr)

@@ -9,7 +9,7 @@ fixed header, no regex, no per-byte Python loops.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pipeline.errors import LocalProtocolError, ParseError
@@ -333,6 +333,21 @@ def build_extension_elements(elements: Mapping[int, bytes]) -> tuple[int, bytes]
 
 
 # ---- sequence number and timestamp arithmetic ---------------------------------------------
+
+
+def shadowed_by_rtcp(payload_types: Iterable[int | None]) -> frozenset[int]:
+    """Of the agreed `payload_types`, those that read as an RTCP packet type when sent with
+    the marker bit (RFC 5761 4: 64-95 give 192-223) but are still RTP; not 72-76, whose
+    bytes are SR, RR, SDES, BYE and APP (RFC 5761 reserves them)."""
+    return frozenset(pt for pt in payload_types
+                     if pt is not None and 64 <= pt <= 95 and not 72 <= pt <= 76)
+
+
+def is_rtcp(data: bytes, rtp_types: frozenset[int] = frozenset()) -> bool:
+    """Whether a datagram on a port RTP and RTCP share is RTCP (RFC 5761 4): its second
+    byte an RTCP packet type, 192-223, unless it is one of `rtp_types` with the marker bit
+    (`shadowed_by_rtcp` of the agreed payload types)."""
+    return len(data) > 1 and 192 <= data[1] <= 223 and data[1] & 0x7F not in rtp_types
 
 
 def seq_diff(a: int, b: int) -> int:

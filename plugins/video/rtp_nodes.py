@@ -32,7 +32,13 @@ from pipeline.formats import Format
 from pipeline.frames import FLAG_DISCONT, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
-from plugins.rtp.packet import RtpPacker, RtpPacket, TimestampUnwrapper
+from plugins.rtp.packet import (
+    RtpPacker,
+    RtpPacket,
+    TimestampUnwrapper,
+    is_rtcp,
+    shadowed_by_rtcp,
+)
 from plugins.rtp.rtcp import RtcpBye, RtcpFeedback, RtcpPli, parse_rtcp
 from plugins.video.codec import CLOCK_RATE
 from plugins.video.nodes import VIDEO_CODECS, encoded_video
@@ -41,14 +47,6 @@ _MAX_DATAGRAM = 65535
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
 _PSFB = 206
 _PSFB_FIR = 4  # Full Intra Request, RFC 5104 section 4.3.1
-
-
-def _is_rtcp(data: bytes, pt: int = -1) -> bool:
-    # RFC 5761 section 4: RTCP packet types 192-223 collide only with RTP payload types
-    # 64-95 sent with the marker bit (a frame's last packet): one agreed (`pt`; a peer chose
-    # it) is RTP, but for 72-76, whose bytes are SR, RR, SDES, BYE and APP.
-    return len(data) > 1 and 192 <= data[1] <= 223 and (
-        data[1] & 0x7F != pt or 72 <= pt <= 76)
 
 
 def _payload_format(node: Node, codec: str, part: str) -> Any:
@@ -244,7 +242,7 @@ class VideoRtpSender(_UdpNode):
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c
-        if not _is_rtcp(data):
+        if not is_rtcp(data):
             c["dropped_rtp"] += 1  # a send-only node: media sent to us is not for us
             return
         try:
@@ -307,6 +305,7 @@ class VideoRtpReceiver(_UdpNode):
 
     def start(self) -> None:
         self._bind()
+        self._rtp_types = shadowed_by_rtcp((self.payload_type,))  # a peer may choose 64-95
         self._depay = self._new_depacketizer()
         self._remote = self._resolve("remote_ip", self.remote_ip, self.remote_port) if \
             self.remote_ip and self.remote_port else None
@@ -327,7 +326,7 @@ class VideoRtpReceiver(_UdpNode):
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c
-        if _is_rtcp(data, self.payload_type):
+        if is_rtcp(data, self._rtp_types):
             self._on_rtcp(data, addr)
             return
         try:
