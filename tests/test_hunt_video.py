@@ -296,35 +296,6 @@ def test_file_audio_before_the_first_picture_is_kept_in_sync(tmp_path):
 RATE = 48000
 
 
-def _ts_segment(path: Path, seconds: int) -> None:
-    """An MPEG-TS of `seconds` of 160x120 pictures and mono MP2 audio, both timed from zero,
-    the audio silent but for a 0.1 s tone burst 0.5 s in."""
-    x = np.zeros(seconds * RATE, np.int16)
-    n = np.arange(RATE // 10)
-    x[RATE // 2:RATE // 2 + n.size] = (np.sin(n * 2 * np.pi * 1000 / RATE) * 8000).astype(
-        np.int16)
-    with av.open(str(path), "w", format="mpegts") as c:
-        vs = c.add_stream("libx264", rate=30)
-        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
-        vs.codec_context.max_b_frames = 0
-        aus = c.add_stream("mp2", rate=RATE)
-        aus.layout = "mono"
-        packets = []
-        for i in range(seconds * 30):
-            f = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i, np.uint8), format="rgb24")
-            f.pts = i
-            packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(f)]
-        packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(None)]
-        for j in range(0, x.size, 1152):
-            af = av.AudioFrame.from_ndarray(x[None, j:j + 1152].copy(), format="s16",
-                                            layout="mono")
-            af.sample_rate, af.pts = RATE, j
-            packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(af)]
-        packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(None)]
-        for _, _, p in sorted(packets, key=lambda t: t[:2]):
-            c.mux(p)
-
-
 def test_concatenated_ts_keeps_the_second_parts_audio(tmp_path):
     # `cat a.ts b.ts`: the second part's timestamps start again at zero. Its pictures are
     # kept (their pts repaired, one after the other); its audio read as "overlapping what
@@ -332,7 +303,7 @@ def test_concatenated_ts_keeps_the_second_parts_audio(tmp_path):
     # that long): 4 s of pictures with 2 s of audio, the sync of the second part lost.
     # Before 576570c both ran end to end, in sync.
     part = tmp_path / "part.ts"
-    _ts_segment(part, 2)
+    _ts_file(part, 2, bursts=(0.5,))
     both = tmp_path / "both.ts"
     both.write_bytes(part.read_bytes() * 2)
     r = run_graph(f"video_file_source name=src path={both} ! frame_sink name=out "
@@ -409,35 +380,6 @@ def test_audio_after_a_gap_over_60_s_stays_with_its_pictures(tmp_path):
         > 5000
 
 
-def _ts_part(path: Path, video_s: float, audio_s: float) -> None:
-    """An MPEG-TS part timed from zero: `video_s` of 30 fps pictures, `audio_s` of mono MP2
-    (1152-sample frames: the last one is padded), silent but for a 0.1 s burst 0.5 s in."""
-    x = np.zeros(int(audio_s * RATE), np.int16)
-    n = np.arange(RATE // 10)
-    x[RATE // 2:RATE // 2 + n.size] = (np.sin(n * 2 * np.pi * 1000 / RATE) * 8000).astype(
-        np.int16)
-    with av.open(str(path), "w", format="mpegts") as c:
-        vs = c.add_stream("libx264", rate=30)
-        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
-        vs.codec_context.max_b_frames = 0
-        aus = c.add_stream("mp2", rate=RATE)
-        aus.layout = "mono"
-        packets = []
-        for i in range(int(video_s * 30)):
-            f = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i, np.uint8), format="rgb24")
-            f.pts = i
-            packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(f)]
-        packets += [(float(p.pts * p.time_base), 0, p) for p in vs.encode(None)]
-        for j in range(0, x.size, 1152):
-            af = av.AudioFrame.from_ndarray(x[None, j:j + 1152].copy(), format="s16",
-                                            layout="mono")
-            af.sample_rate, af.pts = RATE, j
-            packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(af)]
-        packets += [(float(p.pts * p.time_base), 1, p) for p in aus.encode(None)]
-        for _, _, p in sorted(packets, key=lambda t: t[:2]):
-            c.mux(p)
-
-
 def _bursts(path: Path) -> tuple[list, list[float]]:
     r = run_graph(f"video_file_source name=src path={path} ! frame_sink name=out "
                   "src.audio ! frame_sink name=mic", launch=True)
@@ -459,7 +401,7 @@ def test_joined_parts_keep_each_parts_audio_with_its_pictures(tmp_path, parts, a
     # far ends, which is not where that part's pictures begin when the streams of a part
     # differ in length: the sync of every later part is off by the sum of the differences.
     part = tmp_path / "part.ts"
-    _ts_part(part, 2.0, audio_s)
+    _ts_file(part, 2.0, audio_s=audio_s, bursts=(0.5,))
     joined = tmp_path / "joined.ts"
     joined.write_bytes(part.read_bytes() * parts)
     pictures, onsets = _bursts(joined)
