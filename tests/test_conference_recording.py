@@ -333,6 +333,7 @@ def test_kill_9_leaves_readable_tracks(tmp_path, fmt, lost_ms):
         assert lag == N and corr > (0.999 if fmt != "opus" else 0.6)
 
 
+# A room recording 48 kHz noise under a file-size limit: FORMAT FOLDER LIMIT [PERIODS].
 FILE_LIMIT_SCRIPT = textwrap.dedent("""
     import resource, sys
     import numpy as np
@@ -341,8 +342,10 @@ FILE_LIMIT_SCRIPT = textwrap.dedent("""
     from plugins.conference.nodes import ConferenceBridge
 
     fmt, folder, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    periods = int(sys.argv[4]) if len(sys.argv) > 4 else 100
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ
-    voice = np.rint(np.random.default_rng(1).standard_normal(96000) * 3000).astype(np.int16)
+    voice = np.rint(np.random.default_rng(1).standard_normal(960 * periods) * 3000).astype(
+        np.int16)
     g = Graph("t", period=0.02)
     node = g.add(ConferenceBridge("room", record_dir=folder, record_format=fmt, gate=False,
                                   record_flush=0.1))
@@ -350,7 +353,7 @@ FILE_LIMIT_SCRIPT = textwrap.dedent("""
     node.out_formats = {}
     node.emit = lambda port, frame: None
     node.start()
-    for i in range(100):
+    for i in range(periods):
         x = voice[i * 960:(i + 1) * 960]
         node.process("in_0", AudioFrame(x[:, None], 48000, i * 960))
         node.tick(i * 0.02)

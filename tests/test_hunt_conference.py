@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from test_conference_recording import FILE_LIMIT_SCRIPT
 
 from pipeline.errors import NodeError, PipelineError
 from pipeline.frames import AudioFrame
@@ -61,30 +62,6 @@ def test_a_participant_who_joins_and_leaves_at_once_leaves_a_file_that_plays(tmp
         assert len(x) <= 2 * N and not np.abs(x).max(initial=0) > 1  # silence, at most a frame
 
 
-LIMIT_SCRIPT = textwrap.dedent("""
-    import resource, sys
-    import numpy as np
-    from pipeline.frames import AudioFrame
-    from pipeline.graph import Graph
-    from plugins.conference.nodes import ConferenceBridge
-
-    fmt, folder, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ
-    voice = np.rint(np.random.default_rng(1).standard_normal(48000) * 3000).astype(np.int16)
-    g = Graph("t", period=0.02)
-    node = g.add(ConferenceBridge("room", record_dir=folder, record_format=fmt, gate=False,
-                                  record_flush=0.1))
-    node.linked_inputs = ["in_0"]
-    node.out_formats = {}
-    node.emit = lambda port, frame: None
-    node.start()
-    for i in range(50):
-        x = voice[i * 960:(i + 1) * 960]
-        node.process("in_0", AudioFrame(x[:, None], 48000, i * 960))
-        node.tick(i * 0.02)
-    node.stop()
-    print("\\n".join(m.data["message"] for m in g.messages if m.name == "error"))
-""")
 
 
 @pytest.mark.parametrize("fmt,limit", [
@@ -95,8 +72,8 @@ LIMIT_SCRIPT = textwrap.dedent("""
 def test_a_file_limit_inside_the_header_leaves_no_unplayable_file(tmp_path, fmt, limit):
     # FFmpeg does not report a failed write of the header: the file was left cut inside it
     # (or, once cut back to its last whole packet, headers alone) and no player opened it.
-    proc = subprocess.run([sys.executable, "-c", LIMIT_SCRIPT, fmt, str(tmp_path),
-                           str(limit)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", FILE_LIMIT_SCRIPT, fmt, str(tmp_path),
+                           str(limit), "50"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     errors = proc.stdout.strip().splitlines()
     assert len(errors) == 1, errors
@@ -111,7 +88,8 @@ def test_a_file_limit_inside_the_header_leaves_no_unplayable_file(tmp_path, fmt,
 
 
 def test_a_header_cut_short_is_reported_at_once_and_removed(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", LIMIT_SCRIPT, "flac", str(tmp_path), "4000"],
+    proc = subprocess.run([sys.executable, "-c", FILE_LIMIT_SCRIPT, "flac", str(tmp_path),
+                           "4000", "50"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == (f"conference 'room' recorder stopped: cannot write "
                                    f"'{tmp_path}/room-mix.flac': File too large")
@@ -307,28 +285,6 @@ def test_an_opus_ptime_hint_names_a_ptime_opus_takes():
 
 
 # ---- the manifest after a track is removed -------------------------------------------------
-MANIFEST_LIMIT_SCRIPT = """
-import resource, sys
-import numpy as np
-from pipeline.frames import AudioFrame
-from pipeline.graph import Graph
-from plugins.conference.nodes import ConferenceBridge
-
-folder, limit = sys.argv[1], int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ
-voice = np.rint(np.random.default_rng(1).standard_normal(48000) * 3000).astype(np.int16)
-g = Graph("t", period=0.02)
-node = g.add(ConferenceBridge("room", record_dir=folder, record_format="opus", gate=False,
-                              record_flush=0.1))
-node.linked_inputs = ["in_0"]
-node.out_formats = {}
-node.emit = lambda port, frame: None
-node.start()
-for i in range(50):
-    node.process("in_0", AudioFrame(voice[i * 960:(i + 1) * 960, None], 48000, i * 960))
-    node.tick(i * 0.02)
-node.stop()
-"""
 
 
 def test_the_manifest_names_no_track_the_recorder_removed(tmp_path):
@@ -340,7 +296,8 @@ def test_the_manifest_names_no_track_the_recorder_removed(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-c", MANIFEST_LIMIT_SCRIPT, str(tmp_path), "500"],
+    proc = subprocess.run([sys.executable, "-c", FILE_LIMIT_SCRIPT, "opus", str(tmp_path),
+                           "500", "50"],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "room.json").read_text())
