@@ -6,9 +6,10 @@ Formats and what a `kill -9` (or a power-cut-free crash) leaves on disk:
   rewritten after every write, so the file is a valid WAV holding everything written; at most
   `flush_seconds` of audio (buffered in memory between writes) is lost.
 * FLAC (`AvTrack`, PyAV): the STREAMINFO block is rewritten with the sample count and MD5
-  only on a clean close; after a kill it says "total samples: unknown" (0), which the FLAC
-  format allows, and every complete frame already written decodes. Lost: the frame being
-  encoded (up to 4608 samples, 96 ms at 48 kHz) plus `flush_seconds`.
+  (unset in a track with silence made without the encoder) only on a clean close; after a
+  kill it says "total samples: unknown" (0), which the FLAC format allows, and every
+  complete frame already written decodes. Lost: the frame being encoded (up to 4608
+  samples, 96 ms at 48 kHz) plus `flush_seconds`.
 * Ogg/Opus (`AvTrack`, PyAV): Ogg pages are self-delimiting and checksummed; complete pages
   decode, the end-of-stream page is missing (players treat the file as truncated, not broken).
   Pages are cut every `flush_seconds` and the I/O buffer is flushed after each packet, so
@@ -16,11 +17,13 @@ Formats and what a `kill -9` (or a power-cut-free crash) leaves on disk:
 
 Every track starts at room time 0: a late joiner's file begins with silence up to the moment
 it joined (`join`), so all tracks line up sample for sample (a WAV hole; in Ogg Opus copies
-of one encoded silent frame, 120 ms to a packet; FLAC encodes it). In the multichannel layout (WAV,
-or FLAC up to 8 channels) channel 0 is the mix and each participant gets the lowest free
-channel while it is present (silence elsewhere); `tracks` may leave out the mix (participants
-from channel 0) or the participants (the mix alone). A JSON manifest next to the tracks names
-who is on which file or channel and when they joined and left; it is replaced atomically.
+of one encoded silent frame, 120 ms to a packet; in FLAC frames of CONSTANT 0 subframes made
+here, `flac_silence`, and the encoder's frames after them renumbered). In the multichannel
+layout (WAV, or FLAC up to 8 channels) channel 0 is the mix and each participant gets the
+lowest free channel while it is present (silence elsewhere); `tracks` may leave out the mix
+(participants from channel 0) or the participants (the mix alone). A JSON manifest next to
+the tracks names who is on which file or channel and when they joined and left; it is
+replaced atomically.
 
 A write error (disk full, file removed) stops the whole recorder with one message through
 `on_error` and never raises into the media path: the call goes on unrecorded. A file whose
@@ -43,6 +46,7 @@ import numpy as np
 
 from plugins.files.nodes import WavWriter
 
+from .flac import flac_renumber, flac_silence
 from .names import NameAllocator
 
 FORMATS = ("wav", "flac", "opus")
@@ -52,6 +56,8 @@ FLAC_MAX_CHANNELS = 8
 MIX_NAME = "mix"
 OPUS_BITRATE = 64000  # per channel: an archive, not a phone line
 COPY_SILENCE_FRAMES = 12  # Opus silence this long (in frames) is written as copies
+SILENCE_PACKET_FRAMES = 4096  # FLAC silent frames muxed in one packet (some 45 kB)
+STREAMINFO_BYTES = 34  # RFC 9639 8.2
 
 
 class TrackWriter:
@@ -153,6 +159,8 @@ class AvTrack(TrackWriter):
         self._offset = 0  # samples of copied silence packets: later packets come after them
         self._capture = False  # _copy_silence: keep the last packet muxed
         self._captured: tuple[bytes, int, int] | None = None
+        self._made = 0  # FLAC: silent frames made here; the encoder's are numbered after them
+        self._frame_bytes = (0, 0)  # FLAC: the smallest and largest frame muxed, for STREAMINFO
 
     def _open(self, target: Any, fmt: str, flush_seconds: float) -> tuple[Any, Any]:
         """The container (on `target`, a path or a BytesIO) and stream, header written."""
@@ -218,6 +226,8 @@ class AvTrack(TrackWriter):
             # muxer's own count of durations includes them.)
             packet.pts += self._offset
             packet.dts += self._offset
+        if not self._ogg and packet.size:
+            packet = self._flac_packet(packet)
         if self._capture:  # (the bytes before muxing, which takes them)
             self._captured = (bytes(packet), packet.pts, packet.duration)
         self.container.mux(packet)
@@ -245,10 +255,11 @@ class AvTrack(TrackWriter):
             pass
 
     def write_silence(self, samples: int) -> None:
-        if self._ogg and not self.fifo.samples and samples >= COPY_SILENCE_FRAMES * \
-                self.frame_size:
+        fs = self.frame_size
+        if not self.fifo.samples and samples >= (COPY_SILENCE_FRAMES * fs if self._ogg
+                                                 else fs):
             try:
-                samples -= self._copy_silence(samples)
+                samples -= (self._copy_silence if self._ogg else self._make_silence)(samples)
             except Exception:
                 self.broken = True  # as in write(): cut back to the last whole packet
                 raise
@@ -299,6 +310,70 @@ class AvTrack(TrackWriter):
         self._good = os.stat(self.path).st_size
         return done + frames * fs
 
+    def _make_silence(self, samples: int) -> int:
+        """Write the whole frames of `samples` of silence (FLAC) as frames made here, not
+        encoded; return how many samples that is.
+
+        Encoding a late joiner's hour of leading silence took 1.4-2.5 s while the room
+        stood still. The frames need no encoder: a CONSTANT 0 subframe per channel, and a header
+        whose number and CRCs `flac_silence` computes for all of them at once. They are
+        muxed as packets of the stream, so FFmpeg writes them where the encoder's go."""
+        fs = self.frame_size
+        # The FIFO is empty: everything fed was encoded, in whole frames, and muxed.
+        pts = self._offset + self.pts
+        first = self._made + self.pts // fs
+        for rows in flac_silence(first, samples // fs, fs, self.rate, self.channels):
+            for i in range(0, len(rows), SILENCE_PACKET_FRAMES):
+                chunk = rows[i:i + SILENCE_PACKET_FRAMES]
+                # Many frames to a packet: FFmpeg's FLAC muxer writes a packet's bytes as they
+                # are, and a packet per frame took 90 times as long (0.18 s an hour).
+                packet = self._av.Packet(chunk.tobytes())
+                packet.pts = packet.dts = pts
+                packet.duration = len(chunk) * fs
+                packet.time_base = Fraction(1, self.rate)
+                packet.stream = self.stream
+                self.container.mux(packet)
+                pts += len(chunk) * fs
+            self._note_frame(rows.shape[1])
+            self._made += len(rows)
+        self._offset += samples // fs * fs
+        self._good = os.stat(self.path).st_size
+        return samples // fs * fs
+
+    def _flac_packet(self, packet: Any) -> Any:
+        """An encoder's FLAC frame, numbered after the silent frames made before it."""
+        if self._made:
+            data = flac_renumber(bytes(packet), self._made)
+            made = self._av.Packet(data)
+            made.pts, made.dts, made.duration = packet.pts, packet.dts, packet.duration
+            made.time_base = packet.time_base
+            made.stream = self.stream
+            packet = made
+        self._note_frame(packet.size)
+        return packet
+
+    def _note_frame(self, size: int) -> None:
+        low, high = self._frame_bytes
+        self._frame_bytes = (min(low, size) if low else size, max(high, size))
+
+    def _fix_streaminfo(self) -> None:
+        """STREAMINFO as FFmpeg rewrote it at the end counts the encoder's frames only: add
+        the silent ones (total samples, frame sizes). Its MD5 covers only the encoded
+        samples, so it becomes 0, "not computed" (RFC 9639 8.2): hashing an hour of silence
+        would take 0.6 s again."""
+        with open(self.path, "r+b") as f:
+            head = f.read(8 + STREAMINFO_BYTES)
+            if head[:4] != b"fLaC" or head[4] & 0x7F or len(head) < 8 + STREAMINFO_BYTES:
+                return  # not the layout FFmpeg writes: leave it as it is
+            info = bytearray(head[8:])
+            low, high = self._frame_bytes
+            info[4:10] = (low << 24 | high).to_bytes(6, "big")
+            fixed = int.from_bytes(info[10:18], "big") & ~0xFFFFFFFFF
+            info[10:18] = (fixed | (self._offset + self.pts)).to_bytes(8, "big")
+            info[18:34] = bytes(16)
+            f.seek(8)
+            f.write(info)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -319,6 +394,8 @@ class AvTrack(TrackWriter):
         finally:
             try:
                 self.container.close()  # writes the last Ogg page: it may fail too
+                if self._made and not self.broken:
+                    self._fix_streaminfo()
             except Exception:
                 self.broken = True  # then cut back as after a failed packet
                 raise
