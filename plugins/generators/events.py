@@ -28,7 +28,9 @@ class DtmfEvents(Node):
 
     In a SIP call graph its digits are dialled once per call: when a re-INVITE (hold,
     resume, codec change) rebuilds the graph, the new node goes on from the old one's
-    schedule (`carry_state`, `restore_state`) instead of dialling again.
+    schedule (`carry_state`, `restore_state`) instead of dialling again. A digit due while
+    the peer holds the call goes to an rtp_session that may not send: it waits there, and
+    the session of the graph rebuilt by the resume sends it.
     """
 
     kind = "dtmf_events"

@@ -276,12 +276,12 @@ class RtpSession(Node):
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
     __slots__ = ("_c", "_channels", "_clock", "_cn_pt", "_cname", "_codec", "_configured",
-                 "_dtmf_packer", "_dtmf_pt", "_dtmf_queue", "_dtmf_rx", "_dtmf_tx", "_io_error",
-                 "_last_dur", "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer",
-                 "_pcap", "_pt", "_recv_pt", "_remote", "_rtcp_remote", "_rtcp_sock", "_rx",
-                 "_samples", "_scheduler", "_sender", "_seq", "_sending", "_sock", "_srtp_rx",
-                 "_srtp_tx", "_ssrc", "_timed_out", "_watching", "_ts_offset", "bound_port",
-                 "rtcp_port")
+                 "_dtmf_carried", "_dtmf_packer", "_dtmf_pt", "_dtmf_queue", "_dtmf_rx",
+                 "_dtmf_tx", "_io_error", "_last_dur", "_last_rx", "_last_ts", "_local", "_loop",
+                 "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote", "_rtcp_remote",
+                 "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender", "_seq", "_sending",
+                 "_sock", "_srtp_rx", "_srtp_tx", "_ssrc", "_timed_out", "_watching",
+                 "_ts_offset", "bound_port", "rtcp_port")
 
     def validate(self) -> None:
         if not self.srtp_suite:
@@ -384,7 +384,8 @@ class RtpSession(Node):
             else None
         self._dtmf_tx = DtmfSender(dtmf_clock)
         self._dtmf_rx = DtmfReceiver(dtmf_clock)
-        self._dtmf_queue: deque[DtmfEvent] = deque()
+        # Digits not yet sent by the session this one replaces (a rebuilt call graph).
+        self._dtmf_queue: deque[DtmfEvent] = deque(getattr(self, "_dtmf_carried", ()))
         self._last_ts: int | None = None  # last audio timestamp sent, and its duration
         self._last_dur = 0
         now = self._now()
@@ -411,6 +412,20 @@ class RtpSession(Node):
             self._srtp_rx = SrtpContext(self.srtp_suite, self.srtp_remote_key)
         self._c = SessionCounters()
         self.post("rtp-bound", ip=host, port=port, rtcp_port=self.rtcp_port)
+        if self._dtmf_queue and self._dtmf_packer is None:
+            self.counters.drops += len(self._dtmf_queue)  # the new media have no DTMF
+            self._dtmf_queue.clear()
+        self._start_dtmf(now)  # carried digits (held, then resumed): they go first, in order
+
+    def carry_state(self) -> tuple[DtmfEvent, ...]:
+        """Digits not sent yet: held while our direction forbids sending (the peer holds
+        the call, RFC 3264 8.4), or waiting behind the one under way. The session of the
+        rebuilt call graph sends them (docs/sip.md, "Hold, resume and rebuilt call graphs")."""
+        return tuple(getattr(self, "_dtmf_queue", ()))
+
+    def restore_state(self, state: tuple[DtmfEvent, ...]) -> None:
+        """Send, first and in order, the digits a `carry_state` handed over (before `start`)."""
+        self._dtmf_carried = state
 
     def _bind(self) -> tuple[socket.socket, socket.socket | None]:
         family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
@@ -740,8 +755,8 @@ class RtpSession(Node):
 
     def _start_dtmf(self, now: float) -> None:
         tx = self._dtmf_tx
-        if tx.active or not self._dtmf_queue:
-            return
+        if tx.active or not self._dtmf_queue or not self._sending:
+            return  # on hold a digit waits: a rebuild that resumes the call carries it over
         ev = self._dtmf_queue.popleft()
         ts = self._ts_offset if self._last_ts is None else self._last_ts + self._last_dur
         tx.start(ev.digit, ts, now, ev.duration_ms, ev.volume_dbm0)
