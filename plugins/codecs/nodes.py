@@ -12,7 +12,12 @@ period (decoded, then time-compressed with `plugins.jitterbuffer.timescale` when
 Opus recovers a lost packet from the next packet's in-band FEC when the frame's meta carries
 `{"next": payload}` (RFC 6716 2.1.7), else runs its own concealment; G.711, L16 and G.722 use
 waveform substitution (`plugins.jitterbuffer.plc`) when it is installed, else repeat the last
-frame with a fade. Concealed output carries `FLAG_CONCEALED`.
+frame with a fade. Concealed output carries `FLAG_CONCEALED`. An empty `FLAG_SILENCE` frame
+with a `duration` is a period in which the stream had stopped (the jitter buffer keeping the
+timeline through a hold or a VAD silence): the concealment goes on until it has faded out
+(at most `IDLE_FADE_MS`, the last frame ramped to zero), then digital silence; counted
+`idle`, not `concealed`. (A comfort-noise packet passed on by `rtp_session` has no duration:
+nothing plays for it.)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pipeline.frames import (
     FLAG_CONCEALED,
     FLAG_DISCONT,
     FLAG_SHARED,
+    FLAG_SILENCE,
     AudioFrame,
     EncodedFrame,
     EndOfStream,
@@ -38,6 +44,9 @@ from ..mixer.fifo import SampleFifo
 from .base import CodecError, CodecInfo, Decoder, Encoder
 
 PTIME_DOC = "packet duration in ms (RFC 4566 ptime)"
+# How long concealment may run on into a stopped stream's silence before it is ramped to zero:
+# G.711 Appendix I's fade is silent 60 ms into a loss; libopus's PLC decays but never ends.
+IDLE_FADE_MS = 60
 
 
 # ---- encoders ---------------------------------------------------------------------------
@@ -432,6 +441,11 @@ class _DecoderNode(Node):
         self._bad = 0
         self._decoded = 0
         self._compressed = 0
+        self._idle = 0
+        # (frames decoded + concealed when the idle run was last seen, samples of it
+        # concealed; -1: faded out, silence until audio plays again) and the silence.
+        self._idle_run = (-1, -1)
+        self._silence = np.zeros((self._last_samples, self._nch), np.int16)
 
     def make_concealer(self) -> _PcmConcealer | None:
         return _PcmConcealer(self._rate, self._nch)
@@ -440,6 +454,8 @@ class _DecoderNode(Node):
         if not frame.payload:
             if frame.flags & FLAG_CONCEALED:
                 self._conceal(frame)
+            elif frame.flags & FLAG_SILENCE and frame.duration:
+                self._idle_period(frame)
             return  # an empty packet that is not a loss: nothing to play
         try:
             pcm = self._decoder.decode(frame.payload)
@@ -485,6 +501,34 @@ class _DecoderNode(Node):
     def conceal(self, samples: int, frame: EncodedFrame) -> np.ndarray:
         return self._plc.conceal(samples)
 
+    def _idle_period(self, frame: EncodedFrame) -> None:
+        """A period in which the stream had stopped: the concealment of its last audio
+        fades out (ramped to zero after `IDLE_FADE_MS`), then digital silence."""
+        n = self._samples_for(frame)
+        if n <= 0:
+            return
+        self._idle += 1
+        mark = self._decoded + self._concealed  # moves whenever audio or a loss played
+        seen, done = self._idle_run
+        if seen != mark:
+            done = 0  # audio since the last idle period: its concealment fades out first
+        if done < 0:
+            silence = self._silence
+            if silence.shape[0] != n:
+                silence = self._silence = np.zeros((n, self._nch), np.int16)
+            self._out(silence, FLAG_SILENCE)
+            return
+        pcm = self.conceal(n, frame)
+        done += n
+        if not pcm.any():
+            done = -1
+        elif done >= IDLE_FADE_MS * self._rate // 1000:
+            ramp = np.linspace(1.0, 0.0, len(pcm), endpoint=False, dtype=np.float32)
+            pcm = np.rint(pcm * ramp[:, None]).astype(np.int16)
+            done = -1
+        self._idle_run = (mark, done)
+        self._out(pcm, FLAG_CONCEALED)
+
     def _out(self, pcm: np.ndarray, flags: int) -> None:
         self.emit("out", AudioFrame(pcm, self._rate, self._pts, flags))
         self._pts += pcm.shape[0]
@@ -494,7 +538,8 @@ class _DecoderNode(Node):
                 "concealed": getattr(self, "_concealed", 0),
                 "fec_recovered": getattr(self, "_fec", 0),
                 "bad_payloads": getattr(self, "_bad", 0),
-                "compressed": getattr(self, "_compressed", 0)}
+                "compressed": getattr(self, "_compressed", 0),
+                "idle": getattr(self, "_idle", 0)}
 
 
 class PcmuDecoder(_DecoderNode):

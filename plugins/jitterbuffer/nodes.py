@@ -13,13 +13,18 @@ It forwards what the sans-IO `JitterBuffer` decides as EncodedFrames for the dec
   comfort noise at the packet's level (`comfort.ComfortNoise`, G.711 and L16) flagged
   FLAG_SILENCE, or where there is no generator a concealed frame; also while the buffer has
   nothing to play after such a packet (NOTHING), until media plays again;
-- NOTHING: no frame (before the stream starts, after it stops).
+- NOTHING: before the stream starts, no frame; once it has started, a period with nothing to
+  play (the sender stopped: hold, VAD without comfort noise, an outage) is an empty frame
+  flagged FLAG_SILENCE with the period's `duration` (counted `idle`), which decoders play
+  as their concealment fading out, then digital silence: a recorder or mixer downstream
+  keeps the call's timeline (`keep_timeline: false`: no frame, as before). After end of
+  stream nothing more goes out.
 
 An `rtp_session` passes each packet of the stream that carries no media (comfort noise,
 RFC 4733 telephone events) as an EncodedFrame with an empty payload and its RTP stamps (CN:
 FLAG_SILENCE, `meta["cn_dbov"]`, the level, and `meta["cn_reflection"]`, the spectrum's
 bytes): its sequence number was not lost. Decoders
-play nothing for an empty frame that is not FLAG_CONCEALED.
+play nothing for an empty frame that is neither FLAG_CONCEALED nor a period (`duration` 0).
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ class JitterBufferNode(Node):
     comfort_noise = Param(bool, True, "fill a silence the sender declared (RFC 3389 comfort-noise "
                           "packets) with noise at its level (G.711, L16); false: conceal, "
                           "fading to silence, as a conference member should")
+    keep_timeline = Param(bool, True, "once the stream has started, send a silent frame for "
+                          "every period with nothing to play (the sender stopped: hold, VAD "
+                          "without comfort noise), so recordings and mixes keep the call's "
+                          "timeline; false: send nothing then")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         return {"out": inputs["in"]}
@@ -114,6 +123,11 @@ class JitterBufferNode(Node):
         self._cn_reflection = b""
         self._cn_ts = 0
         self._noise_frames = 0
+        # Periods sent as silence while the stream had stopped; `_live` once a frame of the
+        # stream has played (before that there is no timeline to keep).
+        self._idle = 0
+        self._idle_ts = 0
+        self._live = False
 
     def _make_buffer(self, ptime_ms: int) -> None:
         self.buffer = JitterBuffer(self.clock_rate, ptime_ms, min_delay_ms=self.min_delay_ms,
@@ -134,6 +148,7 @@ class JitterBufferNode(Node):
                 self.buffer.stats.received and self._odd[1] < 3):
             return
         old = self.buffer
+        self._live = self._live or old.stats.played > 0
         self._make_buffer(int(ms))
         self.buffer.stats.discarded += len(old)
         self.ptime_changes += 1
@@ -243,10 +258,12 @@ class JitterBufferNode(Node):
     def _emit(self, p: Any) -> None:
         action = p.action
         if action is _NOTHING:
-            if self._cn_dbov is not None and self.buffer.hushed:
+            if self._noise is not None and self._cn_dbov is not None and self.buffer.hushed:
                 # The stream went quiet in a silence its sender declared: comfort noise
                 # goes on until media plays again (RFC 3389 4).
                 self._comfort(self._cn_ts + self.frame, False)
+            elif self.keep_timeline and (self._live or self.buffer.stats.played):
+                self._silent_period(p.timestamp)
             return
         flags = FLAG_DISCONT if p.discont else 0
         if action is _PLAY:
@@ -261,11 +278,21 @@ class JitterBufferNode(Node):
             self.emit("out", EncodedFrame(b"", self.codec, p.timestamp, self.frame,
                                           self.clock_rate, False, flags | FLAG_CONCEALED, meta))
 
+    def _silent_period(self, timestamp: int) -> None:
+        """One period while the stream has stopped: an empty FLAG_SILENCE frame of `frame`
+        ticks, which a decoder plays as silence (pjmedia's conference plays silence for a
+        port whose jitter buffer returns nothing; a recorder is not clocked, and without it
+        a 4 s hold made the file 4 s short and shifted everything after it)."""
+        self._live = True
+        self._idle += 1
+        # The first quiet period carries its timestamp, the next ones none (0): go on from it.
+        ts = self._idle_ts = (timestamp or self._idle_ts + self.frame) & 0xFFFFFFFF
+        self.emit("out", EncodedFrame(b"", self.codec, ts, self.frame, self.clock_rate, False,
+                                      FLAG_SILENCE, None))
+
     def _comfort(self, timestamp: int, discont: bool) -> None:
-        """One frame of comfort noise at the last CN packet's level."""
+        """One frame of comfort noise at the last CN packet's level (there is a generator)."""
         noise = self._noise
-        if noise is None:
-            return
         self._cn_ts = timestamp & 0xFFFFFFFF
         self._noise_frames += 1
         self.emit("out", EncodedFrame(noise.payload(self._cn_dbov, self._cn_reflection), self.codec,
@@ -289,7 +316,7 @@ class JitterBufferNode(Node):
                 "compressed": s.compressed, "discarded": s.discarded, "resyncs": s.resyncs,
                 "overflows": s.overflows, "ptime_changes": self.ptime_changes,
                 "not_media": s.not_media, "silent": s.silent,
-                "comfort_noise_frames": self._noise_frames,
+                "comfort_noise_frames": self._noise_frames, "idle": self._idle,
                 "reframed": self._cut.reframed if self._cut is not None else 0,
                 "incomplete": self._cut.incomplete if self._cut is not None else 0,
                 "delay_ms": round(s.current_delay_ms, 1),
