@@ -88,6 +88,9 @@ class Resample(Node):
 
     Output frames have exactly the input frame's duration, so a mixer downstream never sees
     ragged frames; the resampler's filter delay is primed with silence once at the start.
+    The rate is the frames' own: frames carry it, and the runtime checks only a link's first
+    frame against the negotiated format, so when it changes mid-stream (a source whose next
+    part has another rate) the node follows it (`_rate_change`).
     """
 
     kind = "resample"
@@ -110,68 +113,142 @@ class Resample(Node):
         src, dst = self.in_formats["in"], self.out_formats["out"]
         self.in_rate, self.out_rate = src.value("rate"), dst.value("rate")
         self.out_channels, self.out_encoding = dst.value("channels"), dst.value("encoding")
+        # Convert channels/format first in numpy, then only the rate in swresample.
+        self._av_fmt = _AV_FORMAT[self.out_encoding]
+        self._layout = _LAYOUT.get(self.out_channels, f"{self.out_channels}c")
         self.resampler = None
+        self.fifo: SampleFifo | None = None  # once resampling: output owed, in order
+        self._passed: AudioFrame | None = None  # the last frame passed through
         # Scratch for the int16 channel mix, sized for a 120 ms frame (grows past that).
         self._work = None
         if src.value("channels") != self.out_channels:
             self._work = np.zeros((self.in_rate * 3 // 25, self.out_channels), np.float32)
         self.pts = 0
-        self._in_samples = 0  # input so far: the output owed is exact, in integers
+        # Output owed for the input at earlier rates, and input at this rate so far: the
+        # output owed is exact, in integers.
+        self._owed_before = 0
+        self._in_samples = 0
         self._primed = False
+        self._junction = 0  # samples in the fifo from before the current rate's output
+        self.rate_changes = 0
         if self.in_rate != self.out_rate:
-            import av
+            self._make_resampler()
 
-            # Convert channels/format first in numpy, then only the rate in swresample.
-            self._av_fmt = _AV_FORMAT[self.out_encoding]
-            self._layout = _LAYOUT.get(self.out_channels, f"{self.out_channels}c")
-            self.resampler = av.AudioResampler(format=self._av_fmt, layout=self._layout,
-                                               rate=self.out_rate)
-            self._av = av
+    def _make_resampler(self) -> None:
+        import av
+
+        self._av = av
+        self.resampler = av.AudioResampler(format=self._av_fmt, layout=self._layout,
+                                           rate=self.out_rate)
+        if self.fifo is None:
             dtype = np.int16 if self.out_encoding == "pcm_s16" else np.float32
             self.fifo = SampleFifo(self.out_channels, dtype, self.out_rate // 2)
 
     def process(self, port: str, frame: AudioFrame) -> None:
+        if frame.rate != self.in_rate:
+            self._rate_change(frame.rate)
         if self._work is not None and frame.samples > len(self._work):
             self._work = np.zeros((frame.samples, self.out_channels), np.float32)
         data = convert_samples(frame.data, self.out_channels, self.out_encoding, self._work)
-        if self.resampler is None:
-            self.emit("out", AudioFrame(data, frame.rate, frame.pts, frame.flags))
+        fifo = self.fifo
+        if fifo is None:
+            # Kept: where the output goes on after a rate change, and what it fades out of.
+            out = self._passed = AudioFrame(data, frame.rate, frame.pts, frame.flags)
+            self.emit("out", out)
             return
         if not frame.samples:
             return  # nothing owed; libswresample refuses an empty frame (ENOMEM)
-        av_frame = self._av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(data).reshape(1, -1), format=self._av_fmt, layout=self._layout)
-        av_frame.sample_rate = self.in_rate
-        for out in self.resampler.resample(av_frame):
-            self.fifo.push(out.to_ndarray().reshape(-1, self.out_channels))
+        if self.resampler is not None:
+            av_frame = self._av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data).reshape(1, -1), format=self._av_fmt,
+                layout=self._layout)
+            av_frame.sample_rate = self.in_rate
+            for out in self.resampler.resample(av_frame):
+                fifo.push(out.to_ndarray().reshape(-1, self.out_channels))
+        else:  # back at the output's rate after a change: through the fifo, behind its audio
+            fifo.push(data)
         self._in_samples += frame.samples
         n = self._owed()
         if not self._primed:
-            if not len(self.fifo):
+            if len(fifo) <= self._junction:
                 # Frames shorter than the filter delay (1-sample frames at 192 kHz) give no
                 # output yet: priming now undercounted the delay, and every later frame then
                 # waited for audio that never came (the stream went silent for good).
                 return
-            # Prime the filter delay with silence once (plus a small cushion against the
-            # +-1 sample wobble of fractional ratios), then emit exact-duration frames.
-            missing = n - len(self.fifo) + 8
+            if self.rate_changes:
+                # The new rate's audio fades in: libswresample starts it with a step (its
+                # filter has no history), as does audio passed through.
+                j = fifo.start + self._junction
+                self._fade(fifo.buf[j:min(j + self._fade_len(), fifo.end)], up=True)
+            # Prime the filter delay with silence once per rate (plus a small cushion against
+            # the +-1 sample wobble of fractional ratios), where this rate's output starts,
+            # then emit exact-duration frames.
+            missing = n - len(fifo) + 8
             if missing > 0:
-                head = np.zeros((missing, self.out_channels), self.fifo.buf.dtype)
-                rest = self.fifo.pop(len(self.fifo))
-                self.fifo.clear()
-                self.fifo.push(head)
-                self.fifo.push(rest)
+                before = fifo.pop(self._junction)
+                rest = fifo.pop(len(fifo))
+                fifo.clear()
+                fifo.push(before)
+                fifo.push(np.zeros((missing, self.out_channels), fifo.buf.dtype))
+                fifo.push(rest)
             self._primed = True
-        if n <= 0 or len(self.fifo) < n:
+        if n <= 0 or len(fifo) < n:
             return  # (a frame shorter than one output sample owes none: no empty frame)
-        out = self.fifo.pop(n)
+        out = fifo.pop(n)
         self.emit("out", AudioFrame(out, self.out_rate, self.pts, frame.flags))
         self.pts += n
 
+    def _rate_change(self, rate: int) -> None:
+        """Frames now come at `rate`, not the rate negotiated at the start (a source whose
+        next part has another rate): what came at the old rate is resampled to its end, the
+        output owed for it is kept, and a resampler for the new rate takes over. The old
+        audio's last 2 ms fade out and the new rate's first 2 ms fade in, so the change
+        dips instead of clicking; the new filter's delay, where longer than the old one's,
+        is primed with silence between them. From the output's own rate (passed through,
+        nothing held back to fade) the last frame's end, mirrored, fades out instead."""
+        fifo = self.fifo
+        last = self._passed
+        if fifo is None:
+            self._owed_before = self.pts = last.pts + last.samples if last is not None else 0
+        else:
+            if self.resampler is not None:
+                for out in self.resampler.resample(None):
+                    fifo.push(out.to_ndarray().reshape(-1, self.out_channels))
+            self._owed_before = self._owed() + self.pts  # all owed so far
+            m = min(len(fifo), self._fade_len())
+            self._fade(fifo.buf[fifo.end - m:fifo.end], up=False)
+        self._in_samples = 0
+        self.in_rate = rate
+        self.rate_changes += 1
+        self.resampler = None
+        if rate != self.out_rate:
+            self._make_resampler()
+        if fifo is None and last is not None:
+            # Passed through, nothing held back to fade: the last frame's end mirrored and
+            # faded out continues it (no step), in place of some of the priming silence.
+            tail = last.data[::-1][:self._fade_len()].copy()
+            self._fade(tail, up=False)
+            self.fifo.push(tail)
+        self._junction = len(self.fifo)
+        self._primed = False
+
+    def _fade_len(self) -> int:
+        return self.out_rate // 500  # 2 ms
+
+    @staticmethod
+    def _fade(block: np.ndarray, up: bool) -> None:
+        """Ramp `block` (samples, channels) in place from silence (`up`) or to it."""
+        n = len(block)
+        ramp = np.arange(1, n + 1, dtype=np.float32) / (n + 1)
+        if not up:
+            ramp = ramp[::-1]
+        block[:] = (block * ramp[:, None]).astype(block.dtype)
+
     def event(self, port: str, event: Any) -> None:
-        if isinstance(event, EndOfStream) and self.resampler is not None:
-            for out in self.resampler.resample(None):
-                self.fifo.push(out.to_ndarray().reshape(-1, self.out_channels))
+        if isinstance(event, EndOfStream) and self.fifo is not None:
+            if self.resampler is not None:
+                for out in self.resampler.resample(None):
+                    self.fifo.push(out.to_ndarray().reshape(-1, self.out_channels))
             # The output holds exactly input length x ratio samples, no more.
             n = self._owed()
             if n > 0:
@@ -189,8 +266,9 @@ class Resample(Node):
         221, 220, 221... samples per period at 11025 Hz: frames of 220, 221... (rounding
         down) left its first period one sample short, a dropped-out sample 20 ms in."""
         due = (2 * self._in_samples * self.out_rate + self.in_rate) // (2 * self.in_rate)
-        return due - self.pts
+        return self._owed_before + due - self.pts
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "in_rate": getattr(self, "in_rate", None),
-                "out_rate": getattr(self, "out_rate", None)}
+                "out_rate": getattr(self, "out_rate", None),
+                "rate_changes": getattr(self, "rate_changes", 0)}
