@@ -173,30 +173,38 @@ def _call_graph(args: argparse.Namespace) -> Graph:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .devices import without_hardware
+    from .devices import check_devices, without_hardware
 
     # The graph is checked, not this machine: the same answer on any host, with or without
     # a sound card (as `terraform validate` reaches no provider); --devices asks about both.
-    with contextlib.nullcontext() if args.devices else without_hardware():
+    with without_hardware():
         graph = _call_graph(args) if args.call else build_graph(args)
-        inserted: list[str] = []  # what a run would insert, said before it is needed
+    if args.devices:  # every device looked up: all the missing ones named, one line each
+        failed = check_devices(graph)
+        for e in failed:
+            print(f"pipeline: error: {e}", file=sys.stderr)
+        if failed:
+            return EXIT_ERROR
+    inserted: list[str] = []  # what a run would insert, said before it is needed
 
-        def on_message(m: Any) -> None:
-            if m.name == "converter-inserted":
-                kind = graph.nodes[m.node].kind
-                inserted.append(f"  {m.node} ({kind}) on {m.data['link']}: {m.data['from']} "
-                                f"-> {m.data['to']}")
+    def on_message(m: Any) -> None:
+        if m.name == "converter-inserted":
+            kind = graph.nodes[m.node].kind
+            inserted.append(f"  {m.node} ({kind}) on {m.data['link']}: {m.data['from']} "
+                            f"-> {m.data['to']}")
 
-        graph.listeners.append(on_message)
+    graph.listeners.append(on_message)
+    with contextlib.nullcontext() if args.devices else without_hardware():
         graph.prepare()
     conv = f", {len(graph.converters)} converter(s) inserted" if graph.converters else ""
     print(f"{args.file or 'launch line'}: graph '{graph.name}' is valid: "
           f"{len(graph.nodes)} nodes, {len(graph.links)} links{conv}")
     for line in inserted:
         print(line)
-    # Posted when the nodes were checked, at loading and again by prepare(): once each.
-    unchecked = dict.fromkeys((m.node, m.data["device"]) for m in graph.messages
-                              if m.name == "device-not-checked")
+    # Posted when the nodes were checked, at loading and again by prepare(): once each
+    # (with --devices, looked up since).
+    unchecked = {} if args.devices else dict.fromkeys(
+        (m.node, m.data["device"]) for m in graph.messages if m.name == "device-not-checked")
     for name, device in unchecked:
         print(f"  {name} ({graph.nodes[name].kind}): device '{device}' not checked "
               "(--devices checks it; pipeline devices lists them)")

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, PipelineError
 from .params import ParamValueError
 
 PORTAUDIO_HINT = "install PortAudio: apt-get install libportaudio2 (and pip install sounddevice)"
@@ -48,6 +48,20 @@ def without_hardware() -> Iterator[None]:
 def is_hardware_free() -> bool:
     """Whether device nodes are being checked without hardware (`without_hardware`)."""
     return _hardware_free.get()
+
+
+def check_devices(graph: Any) -> list[PipelineError]:
+    """Look up the devices of a graph loaded inside `without_hardware()`: each node is
+    validated again, now with hardware, and the error of every one that fails is returned
+    (located as the loader locates it), so all missing devices are named at once, not the
+    first alone (`pipeline validate --devices`)."""
+    errors: list[PipelineError] = []
+    for name in list(graph.nodes):
+        try:
+            graph.validate_nodes({name})
+        except PipelineError as e:
+            errors.append(e)
+    return errors
 
 
 def import_sounddevice() -> Any:

@@ -88,7 +88,7 @@ def test_without_hardware_device_formats_follow_the_parameters_then_the_peer(por
     assert portaudio_loads == []
 
 
-def test_validate_devices_names_a_missing_device_in_one_line(portaudio_loads, tmp_path, capsys):
+def test_validate_devices_names_each_missing_device_in_one_line(portaudio_loads, tmp_path, capsys):
     graph = tmp_path / "g.yaml"
     graph.write_text("nodes:\n  mic: {type: capture}\n  out: {type: null_sink}\n"
                      "links: [mic -> out]\n")
@@ -97,7 +97,9 @@ def test_validate_devices_names_a_missing_device_in_one_line(portaudio_loads, tm
         f"pipeline: error: {graph}:2:3: node 'mic' (capture): {NO_INPUT}"]
     assert main(["validate", "--devices", "--call", str(SOFTPHONE)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].endswith(f"node 'mic' (capture): {NO_INPUT}"), err
+    # Every missing device, one line each, not the first alone.
+    assert len(err) == 2 and err[0].endswith(f"node 'mic' (capture): {NO_INPUT}"), err
+    assert "node 'speaker' (playback): no sound device with output channels found" in err[1]
 
 
 def test_draw_draws_a_device_graph_without_a_sound_card(portaudio_loads, tmp_path, capsys):

@@ -25,10 +25,10 @@ from pipeline.errors import GraphError, NodeError, PipelineError
 from pipeline.graph import Graph
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
-from . import DEFAULT_CODECS, DEFAULT_USER
+from . import DEFAULT_CODECS, DEFAULT_USER, callcheck
 from .dns import check_servers
 from .locate import is_ip
-from .nodes import _CN, _DTMF, PortRangeFull, example_call_values
+from .nodes import _CN, _DTMF, PortRangeFull
 from .ua import NO_RESPONSE
 from .uri import _USER_RE as USER_RE
 from .uri import SipUri
@@ -245,46 +245,17 @@ def _check_rtp_ports(text: str) -> str:
 
 def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
                      say: Callable[[str], None] | None = None) -> list[str]:
-    """Load and negotiate the call graph as `validate --call` does, with the values a call
-    with each offered audio codec would give, before dialling (not after the far end has
-    answered, when the call is hung up at once). The offered codecs the graph works with
-    are returned, in order (telephone-event and codecs not checked stay): a codec it
-    fails with is not offered, as a pjsua without a codec does not offer it, and `say` is
-    told why; when it fails with every one, the first's error is raised."""
-    from pipeline.devices import without_hardware
-    from pipeline.loader import load_graph
-    from pipeline.registry import get_registry
-
-    registry = get_registry()
-    failed: dict[str, GraphError] = {}
-    ok: set[str] = set()
-    # No device is looked up (PortAudio is not even loaded), so the check passes on a
-    # machine without a sound card: the call graph opens its devices when the call starts,
-    # and a missing one is reported then, as `its call graph did not start: ...`.
-    with without_hardware():
-        for name in dict.fromkeys(str(c).lower() for c in codecs):
-            info = registry.codecs.get(name)
-            if info is None or info.encoder_kind not in registry.node_types \
-                    or info.decoder_kind not in registry.node_types:
-                continue  # telephone-event, or a codec the endpoint would not offer
-            try:
-                load_graph(path, overrides, call=example_call_values(name)).prepare()
-            except GraphError as e:
-                failed[name] = e
-            else:
-                ok.add(name)
-    if failed and not ok:
-        first_name, first = next(iter(failed.items()))
-        if len(failed) > 1 and any(e.message != first.message for e in failed.values()):
-            first.message += f" (in a call with codec {first_name}; no offered codec works)"
-        if first.message.startswith("unknown call value '${call.video_"):
-            first.hint = ("pipeline call offers audio only: ${call.video_*} values come "
-                          "with a video call (a sip_endpoint with video: true)")
-        raise first
-    if failed and say is not None:
-        for name, e in failed.items():
-            say(f"not offering {name}: the call graph fails with it: {e}")
-    return [c for c in codecs if str(c).lower() not in failed]
+    """Check the call graph (`callcheck.check_call_graph`) with each offered audio codec
+    before dialling (not after the far end has answered, when the call is hung up at once):
+    the offered codecs it works with, in order; a codec it fails with is not offered, as a
+    pjsua without a codec does not offer it, and `say` is told why."""
+    try:
+        return callcheck.check_call_graph(path, overrides, codecs, say=say)
+    except GraphError as e:
+        if e.message.startswith("unknown call value '${call.video_"):
+            e.hint = ("pipeline call offers audio only: ${call.video_*} values come "
+                      "with a video call (a sip_endpoint with video: true)")
+        raise
 
 
 def _failure(uri: str, messages: list[Any], duration: float | None,

@@ -421,6 +421,17 @@ class SipEndpoint(Node):
         if self._usable_codecs() == []:
             raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
                                   "and decoder nodes", "install the codecs plugin family")
+        # Else every call fails (500 Call Graph Failed). Once: a graph's nodes are validated
+        # at loading and again by prepare(). `pipeline call`'s endpoint (dial, then exit) is
+        # left to `pipeline call`, which checks the graph itself before dialling.
+        if self.call_graph is not None and self._call_graph_fails is None \
+                and not (self.dial and self.exit_after_call):
+            from .callcheck import check_endpoint
+
+            self._call_graph_fails = check_endpoint(self)
+
+    # The codecs the call graph fails with, once validate() has checked it: not offered.
+    _call_graph_fails: frozenset[str] | None = None
 
     def _usable(self) -> list[tuple[Codec, Any]]:
         """The codecs to offer and accept, in the listed order, each with the registry's
@@ -435,6 +446,8 @@ class SipEndpoint(Node):
             if name in seen:  # listed twice (pcmu, PCMU): offered once
                 continue
             seen.add(name)
+            if name in (self._call_graph_fails or ()):
+                continue
             if name in (_DTMF, _CN):
                 out.append((Codec.named(name), None))
                 continue

@@ -1,0 +1,158 @@
+"""Checking a call graph before any call comes: `pipeline call` before dialling, and a
+`sip_endpoint` when its graph is validated (so `pipeline validate` and `serve` find what
+would make every call fail with 500 Call Graph Failed).
+
+The call graph is loaded and negotiated with the `${call.*}` values a call with each codec
+would give (`example_call_values`), without looking sound devices up. A call graph whose
+endpoint's graph has nodes it may link to (`parent.room`) is added, as a call's part is, to a
+copy of that graph negotiated first, so the links reach the same nodes with the same formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import GraphError, PipelineError
+from pipeline.graph import NOWHERE, Graph
+from pipeline.params import ParamValueError
+
+from .nodes import example_call_values, log, written_map
+
+PREFIX = "call-1/"  # the first call's part (example_call_values has call_number 1)
+
+
+def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
+                     video_codec: str | None = None, parent: Graph | None = None,
+                     say: Callable[[str], None] | None = None) -> list[str]:
+    """The `codecs` (in order) the call graph works with; telephone-event and codecs
+    without encoder and decoder nodes are not checked and stay. `video_codec` adds the
+    video values; `parent` is the graph the call graph's part goes into. A codec it fails
+    with is left out and `say` is told why; when it fails with every one, the first's
+    error is raised (naming the codec when the errors differ)."""
+    failed = _failures(path, overrides, codecs, video_codec=video_codec, parent=parent)
+    if failed is None:
+        return list(codecs)
+    if failed and len(failed) == len(_checked(codecs, parent)):
+        raise _first(failed)
+    if say is not None:
+        for name, e in failed.items():
+            say(f"not offering {name}: the call graph fails with it: {e}")
+    return [c for c in codecs if str(c).lower() not in failed]
+
+
+def _failures(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
+              video_codec: str | None = None, parent: Graph | None = None
+              ) -> dict[str, GraphError] | None:
+    """The error of the call graph with each of `codecs` it fails with (those it can be
+    checked with: `_checked`); None when `parent` itself does not negotiate (its own error
+    is reported when it is prepared)."""
+    from pipeline.devices import without_hardware
+
+    failed: dict[str, GraphError] = {}
+    # No device is looked up (PortAudio is not even loaded), so the check passes on a
+    # machine without a sound card: the call graph opens its devices when the call starts.
+    with without_hardware():
+        for name in _checked(codecs, parent):
+            try:
+                if not _load(path, overrides, example_call_values(name, video_codec), parent):
+                    return None
+            except GraphError as e:
+                failed[name] = e
+    return failed
+
+
+def _checked(codecs: list[str], parent: Graph | None) -> list[str]:
+    """The audio codecs of `codecs` with encoder and decoder nodes, once each, in order."""
+    from pipeline.registry import get_registry
+
+    registry = parent.registry if parent is not None and parent.registry else get_registry()
+    return [name for name in dict.fromkeys(str(c).lower() for c in codecs)
+            if (info := registry.codecs.get(name)) is not None
+            and info.encoder_kind in registry.node_types
+            and info.decoder_kind in registry.node_types]
+
+
+def _first(failed: dict[str, GraphError]) -> GraphError:
+    """The first codec's error, naming the codec when the others' differ."""
+    name, first = next(iter(failed.items()))
+    if len(failed) > 1 and any(e.message != first.message for e in failed.values()):
+        first.message += f" (in a call with codec {name}; no offered codec works)"
+    return first
+
+
+def check_endpoint(node: Any) -> frozenset[str]:
+    """`sip_endpoint.validate()`'s check of its `call_graph`, with each codec it would
+    offer (`_usable()`), the video values with `video: true`, its `call_graph_params`, in
+    its graph. Returns the codecs the call graph fails with (each logged as a warning: not
+    offered); fails on `call_graph` when it works with none."""
+    names = [info.name for _, info in node._usable() if info is not None]
+    video = str(node.video_codecs[0]) if node.video and node.video_codecs else None
+    path = str(node.call_graph)
+
+    def warn(line: str) -> None:
+        log.warning("node '%s' (%s): %s", node.name, node.kind, line)
+
+    try:
+        usable = check_call_graph(path, written_map(node.call_graph_params), names,
+                                  video_codec=video, parent=node.graph, say=warn)
+    except GraphError as e:
+        where = e.where if e.file else path
+        if e.message.startswith("unknown call value '${call.video_") and not node.video:
+            hint = "${call.video_*} values come with video calls: set video: true"
+        elif _linkable(node.graph):  # `validate --call` cannot check it without its parent
+            hint = e.hint
+        else:
+            opts = "" if names[0] == "pcmu" else f" -p call.codec={names[0]}"
+            opts += "" if video is None else f" -p call.video_codec={video}"
+            hint = "; ".join(h for h in (e.hint, f"check it with: pipeline validate --call "
+                                         f"{path}{opts}") if h)
+        raise ParamValueError("call_graph", f"parameter 'call_graph': every call would fail: "
+                              f"{where}: {e.message}", hint) from None
+    return frozenset(names) - set(usable)
+
+
+def _linkable(parent: Graph | None) -> list[Any]:
+    """The nodes of `parent` a call graph may link to (those with ports)."""
+    return [] if parent is None else [n for n in parent.nodes.values()
+                                      if n.inputs or n.outputs]
+
+
+def _load(path: str | Path, overrides: dict[str, Any], call: dict[str, Any],
+          parent: Graph | None) -> bool:
+    """Load and negotiate the call graph once; False when `parent` itself does not
+    negotiate (its own error is reported when it is prepared)."""
+    from pipeline.loader import add_part, load_graph
+
+    linkable = _linkable(parent)
+    if not linkable:  # nothing to link to: the call graph alone, its nodes named as written
+        load_graph(path, overrides, call=call,
+                   registry=None if parent is None else parent.registry).prepare()
+        return True
+    try:
+        host = _negotiated_copy(parent, linkable)
+    except PipelineError:
+        return False
+    names = set(add_part(host, path, PREFIX, overrides=overrides, call=call,
+                         registry=host.registry))
+    host.part_prefix = PREFIX  # converters named as a call's
+    host.check(names)
+    host.validate_nodes(names)
+    host.negotiate(names)
+    return True
+
+
+def _negotiated_copy(parent: Graph, nodes: list[Any]) -> Graph:
+    """A negotiated copy of `parent`'s nodes with ports and their links (the endpoints,
+    which have none, are left out: a copy would check its call graph again)."""
+    host = Graph(parent.name, auto_convert=parent.auto_convert, period=parent.period,
+                 registry=parent.registry)
+    for node in nodes:
+        params = {k: node.__dict__[k] for k in node.param_specs()}
+        host.create(node.kind, node.name, params, parent.where.get(node.name, NOWHERE))
+    for ln in parent.links:
+        host.link(ln.src, ln.src_port, ln.dst, ln.dst_port, feedback=ln.feedback,
+                  where=ln.where)
+    host.prepare()
+    return host
