@@ -408,7 +408,10 @@ def make_parser() -> argparse.ArgumentParser:
                     help="at the end, per-node frames, drops, CPU time (as launch --stats)")
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("call", help="call a SIP URI and run a graph for the call")
+    sp = sub.add_parser("call", help="call a SIP URI and run a graph for the call",
+                        description="Call a SIP URI and run a graph for the call. While it "
+                        "runs, lines on stdin are commands: h|hold, r|resume, DIGITS (0-9 * # "
+                        "A-D: DTMF), q|hangup, ?|help (docs/cli.md, \"Controlling a call\").")
     sp.add_argument("uri", help="sip:user@host:port")
     sp.add_argument("--graph", required=True, help="call graph YAML file")
     sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")

@@ -71,8 +71,9 @@ def test_serve_prints_the_dtmf_digits_a_call_sends(tmp_path):
     digits = [line for line in lines if " dtmf " in line]
     assert len(digits) == 2, lines
     for digit, line in zip("5#", digits, strict=True):
-        # pipeline: call-1/rtp: dtmf digit=5 duration_ms=...
-        assert re.fullmatch(rf"pipeline: call-\d+/rtp: dtmf digit={re.escape(digit)} "
+        # pipeline: 14:03:22.517 call-1/rtp: dtmf digit=5 duration_ms=...
+        assert re.fullmatch(rf"pipeline: \d\d:\d\d:\d\d\.\d{{3}} call-\d+/rtp: dtmf "
+                            rf"digit={re.escape(digit)} "
                             r"duration_ms=\d+(\.\d+)?", line), line
 
 

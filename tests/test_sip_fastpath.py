@@ -931,6 +931,10 @@ def test_serve_prints_event_lines_once_per_loop_turn(capsys, quiet):
 
     before, after = asyncio.run(main())
     assert before == ""
+    # each line is stamped with the local time (HH:MM:SS.mmm) its event came
+    stamp = re.compile(r"^pipeline: \d\d:\d\d:\d\d\.\d{3} ", re.M)
+    assert len(stamp.findall(after)) == after.count("\n")
+    after = stamp.sub("pipeline: ", after)
     calls = ("pipeline: sip: call-incoming call_id=c1 codec=pcmu\n"
              "pipeline: sip: call-ended call_id=c1 reason=remote hangup\n")
     assert after == ("" if quiet else calls) + "pipeline: sip: error message=bad\n"

@@ -4,7 +4,8 @@
 SIGTERM (or `--duration`): the first signal, or the end of `--duration`, hangs up every call
 and unregisters, a second signal stops at once. `call SIP-URI --graph CALL.yaml` builds a
 parent graph with one endpoint that dials the URI and runs CALL.yaml as the call graph,
-hanging up after `--duration`.
+hanging up after `--duration`; while it runs, line commands on stdin hold, resume, send
+DTMF digits or hang up (`_CallControl`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -48,11 +52,12 @@ def endpoints(graph: Graph) -> list[Any]:
 
 
 async def _run(graph: Graph, duration: float | None, quiet: bool = False,
-               signals: list[int] | None = None, stats: bool = False) -> RunResult:
+               signals: list[int] | None = None, stats: bool = False,
+               control: _CallControl | None = None) -> RunResult:
     """Run `graph` until its endpoints are done, a signal or `duration`. The first signal,
     or the end of `duration`, hangs up every call and unregisters (so each call's end is
     reported, `call-ended`); a second signal stops at once. The signals that came are
-    appended to `signals`."""
+    appended to `signals`. `control` reads its commands from stdin meanwhile."""
     loop = asyncio.get_running_loop()
     got = signals if signals is not None else []
     stopping = [False]
@@ -92,6 +97,8 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
     timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
     printer = _EventPrinter(loop, _ERRORS if quiet else _PRINTED)
     graph.listeners.append(printer)
+    if control is not None:
+        control.listen(loop, printer.say, lambda: stop_endpoints(None))
     # A server process: what start-up made (modules, the registry, the graph) lives until
     # exit, so take it out of the collector's sight; full collections then scan only what
     # calls create (CPython's gc.freeze, meant for long-running servers).
@@ -107,6 +114,8 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
     finally:
         if timer is not None:
             timer.cancel()
+        if control is not None:
+            control.close()
         printer.flush()
         gc.set_threshold(*thresholds)
         gc.unfreeze()  # back in the collector's sight (matters when run in-process)
@@ -114,32 +123,160 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
 _PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-early-media",
-                      "call-established", "call-ended", "dtmf"}
+                      "call-established", "call-updated", "call-ended", "dtmf"}
 
 
 class _EventPrinter:
-    """Prints bus events as ``pipeline: NODE: NAME k=v ...`` lines on stderr, written once
-    per turn of the event loop: a burst of calls costs one write, not one per line."""
+    """Prints bus events as ``pipeline: HH:MM:SS.mmm NODE: NAME k=v ...`` lines on stderr
+    (the local time the event came, to set beside a peer's logs), written once per turn of
+    the event loop: a burst of calls costs one write, not one per line."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, names: frozenset[str]) -> None:
         self.loop = loop
         self.names = names
         self.lines: list[str] = []
+        self._second = -1
+        self._hms = ""
 
     def __call__(self, msg: Any) -> None:
         if msg.name not in self.names:
             return
-        if not self.lines:
-            self.loop.call_soon(self.flush)
         # A field without a value (a local hang-up's status) says nothing: left out.
         data = " ".join(f"{k}={v}" for k, v in msg.data.items() if v is not None)
-        self.lines.append(f"pipeline: {msg.node}: {msg.name} {data}\n")
+        self.say(f"{msg.node}: {msg.name} {data}")
+
+    def say(self, text: str) -> None:
+        """Print `text` as a line stamped with the time now, in order with the events."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, not for each line of a burst
+            self._second, self._hms = second, time.strftime("%H:%M:%S", time.localtime(second))
+        if not self.lines:
+            self.loop.call_soon(self.flush)
+        self.lines.append(f"pipeline: {self._hms}.{int((now - second) * 1000):03d} {text}\n")
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []
         if lines:
             sys.stderr.write("".join(lines))
             sys.stderr.flush()
+
+
+_DIGITS_RE = re.compile(r"[0-9*#A-D]+", re.IGNORECASE)
+_HELP = "h|hold, r|resume, DIGITS (0-9 * # A-D: DTMF), q|hangup, ?|help"
+
+
+def _foreground(fd: int) -> bool:
+    """Whether our process group may read terminal `fd` (job control applies only to our
+    controlling terminal: any other may be read)."""
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:  # not our controlling terminal
+        return True
+
+
+class _CallControl:
+    """`pipeline call`'s line commands on stdin, as pjsua's menu: hold, resume, DTMF digits,
+    hang up. Each says in one line what it did or why it could not."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.endpoint = endpoints(graph)[0]
+        self.call_id: str | None = None  # the dialled call, once established
+        self.ended = False
+        self.quit = False  # hung up by `q`
+        self.fd: int | None = None
+        self.pending = b""
+        graph.listeners.append(self.on_bus)
+
+    def on_bus(self, msg: Any) -> None:
+        if msg.node != self.endpoint.name:
+            return
+        if msg.name == "call-established":
+            self.call_id = msg.data["call_id"]
+        elif msg.name == "call-ended":
+            self.ended = True
+
+    def listen(self, loop: asyncio.AbstractEventLoop, say: Callable[[str], None],
+               hang_up: Callable[[], None]) -> None:
+        """Read commands from stdin when it can be polled: a terminal, a pipe or a socket.
+        A file or /dev/null is not read (epoll refuses files; scripts run with </dev/null),
+        nor a terminal we run in the background of (`pipeline call ... &`: reading it
+        would stop us, SIGTTIN). On a terminal the commands are listed first."""
+        self.loop, self.say, self.hang_up = loop, say, hang_up
+        try:
+            mode = os.fstat(0).st_mode
+            tty = os.isatty(0)
+            if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or tty) \
+                    or tty and not _foreground(0):
+                return
+            loop.add_reader(0, self.on_readable)
+        except (OSError, NotImplementedError) as e:  # stdin closed, or not pollable here
+            log.debug("stdin not read for commands: %s", e)
+            return
+        self.fd = 0
+        if tty:
+            say(f"commands: {_HELP}")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            self.loop.remove_reader(self.fd)
+            self.fd = None
+
+    def on_readable(self) -> None:
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # EOF: no more commands, but the call goes on
+            self.close()
+            return
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        for line in lines:
+            self.command(line.decode(errors="replace").strip())
+
+    def command(self, line: str) -> None:
+        word = line.lower()
+        if not word:
+            return
+        if word in ("?", "help"):
+            self.say(f"commands: {_HELP}")
+        elif word in ("q", "hangup"):
+            if self.quit:  # a second one would stop at once, as a second signal does
+                self.say("hangup: hanging up already")
+                return
+            self.quit = True
+            self.say("hangup: hanging up")
+            self.hang_up()
+        elif word in ("h", "hold", "r", "resume"):
+            self.act("hold" if word[0] == "h" else "resume")
+        elif _DIGITS_RE.fullmatch(line):
+            self.act("dtmf", line.upper())
+        else:
+            self.say(f"unknown command '{line}': commands are {_HELP}")
+
+    def act(self, what: str, digits: str = "") -> None:
+        if self.ended:
+            self.say(f"{what}: no call (it has ended)")
+            return
+        if self.call_id is None:
+            self.say(f"{what}: the call is not established yet")
+            return
+        try:
+            if what == "hold":
+                self.endpoint.hold(self.call_id)
+                done = "re-INVITE sent (sendonly)"
+            elif what == "resume":
+                self.endpoint.resume(self.call_id)
+                done = "re-INVITE sent (sendrecv)"
+            else:
+                how = self.endpoint.send_digits(self.call_id, digits)
+                done = f"sending {digits} ({'RFC 4733' if how == 'rfc4733' else 'SIP INFO'})"
+        except PipelineError as e:  # e.g. a re-INVITE still in progress
+            self.say(f"{what}: {e.message}")
+            return
+        self.say(f"{what}: {done}")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -328,8 +465,9 @@ def call(args: argparse.Namespace) -> int:
         graph.validate_nodes()
     started = time.monotonic()
     signals: list[int] = []
+    control = _CallControl(graph)
     try:
-        result = run_coroutine(_run(graph, None, signals=signals))
+        result = run_coroutine(_run(graph, None, signals=signals, control=control))
     except NodeError as e:
         if isinstance(e.__cause__, PortRangeFull):  # named as the option, in the call's form
             full = e.__cause__
@@ -343,5 +481,7 @@ def call(args: argparse.Namespace) -> int:
             name = signal.Signals(signals[0]).name
             print(f"pipeline: call to {args.uri} cancelled by {name}", file=sys.stderr)
             return 128 + signals[0]
+        if control.quit:
+            raise CallFailed(f"call to {args.uri} cancelled by the q command")
         raise _failure(args.uri, result.messages, duration, time.monotonic() - started)
     return 0

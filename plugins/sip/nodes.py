@@ -476,6 +476,8 @@ class SipEndpoint(Node):
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Decided once: with debug off, a message costs no formatting (the set-up fast path).
+        self._debug = log.isEnabledFor(logging.DEBUG)
         tls_server = None
         if self.tls_cert:
             tls_server = server_context(str(self.tls_cert), str(self.tls_key or "") or None)
@@ -731,6 +733,33 @@ class SipEndpoint(Node):
         self._pump()
         return refer_id
 
+    def send_digits(self, call_id: str, digits: str, duration_ms: int = 160) -> str:
+        """Send DTMF `digits` (0-9, *, #, A-D) in order on an established call: as RFC 4733
+        telephone-events through its call graph's audio `rtp_session` when the call agreed
+        telephone-event, else as SIP INFO application/dtmf-relay, one `duration_ms` after
+        another. Returns which: ``"rfc4733"`` or ``"info"``."""
+        from pipeline.errors import LocalProtocolError
+        from pipeline.frames import DtmfEvent
+
+        digits = digits.upper()
+        bad = next((d for d in digits if d not in "0123456789*#ABCD"), None)
+        if not digits or bad is not None:
+            raise LocalProtocolError(f"DTMF digit '{bad or ''}' is not one of 0-9, *, #, A-D")
+        call = self.ua.calls.get(call_id)
+        if call is None or call.state != "established":
+            raise LocalProtocolError(f"SIP call {call_id} is not established")
+        rtp = self._audio_session(call)
+        if rtp is not None:
+            for digit in digits:  # queued there: each goes once the one before has ended
+                rtp.event("in", DtmfEvent(digit, duration_ms))
+            return "rfc4733"
+        self.ua.send_dtmf(call_id, digits[0], self._loop.time(), duration_ms)
+        self._pump()
+        if digits[1:]:  # one INFO at a time, as a keypad sends them
+            self._loop.call_later(duration_ms / 1000, self._send_info_digits, call_id,
+                                  digits[1:], duration_ms)
+        return "info"
+
     def shutdown(self) -> None:
         """Hang up every call and unregister, then end (send EOS) once done or after 3 s."""
         now = self._loop.time()
@@ -739,15 +768,48 @@ class SipEndpoint(Node):
         self._pump()
 
     # ---- glue -----------------------------------------------------------------------------
+    _debug = False  # log each SIP message and call graph (decided in start())
+
     def _on_message(self, transport: str, data: bytes, addr: tuple[str, int]) -> None:
+        if self._debug:
+            self._log_message("received from", transport, data, addr)
         self.ua.receive(data, transport, addr, self._loop.time())
         self._pump()
+
+    def _log_message(self, way: str, transport: str, data: bytes, addr: tuple) -> None:
+        head = data.partition(b"\r\n\r\n")[0]
+        found = re.search(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", head, re.I | re.M)
+        log.debug("%s: %s %s:%s:%s: %s call_id=%s", self.name, way, transport, addr[0],
+                  addr[1], head.partition(b"\r\n")[0].decode(errors="replace"),
+                  found.group(1).decode(errors="replace") if found else None)
+
+    def _audio_session(self, call: sipua.Call) -> Any:
+        """The rtp_session of the call's part on its audio port when the call agreed
+        telephone-event, else None."""
+        prefix = self.parts.get(call.call_id)
+        values = self.part_values.get(call.call_id)
+        if prefix is None or values is None or values["dtmf_payload_type"] < 0:
+            return None
+        return next((node for name, node in self.graph.nodes.items()
+                     if name.startswith(prefix) and node.kind == "rtp_session"
+                     and getattr(node, "bound_port", None) == call.rtp_port), None)
+
+    def _send_info_digits(self, call_id: str, digits: str, duration_ms: int) -> None:
+        call = self.ua.calls.get(call_id)
+        if self.transport is None or call is None or not call.active:
+            return  # the call (or the endpoint) ended meanwhile: the rest go nowhere
+        try:
+            self.send_digits(call_id, digits, duration_ms)
+        except PipelineError as exc:  # a re-INVITE under way: the rest are dropped
+            log.warning("call %s: DTMF %s not sent: %s", call_id, digits, exc)
 
     def _pump(self, events: bool = True) -> None:
         if self.transport is None:
             return
         for _ in range(8):  # handling an event may send and queue more
             for transport, data, addr in self.ua.datagrams_to_send():
+                if self._debug:
+                    self._log_message("sent to", transport, data, addr)
                 self.transport.send(transport, data, addr)
             if not events:
                 return
@@ -970,6 +1032,10 @@ class SipEndpoint(Node):
         self.graph.runtime.attach(prefix, names, on_fault=self._on_part_fault)
         self.parts[call.call_id] = prefix
         self.part_values[call.call_id] = values
+        if self._debug:
+            log.debug("%s: call graph %s started: call_id=%s codec=%s direction=%s nodes=%d",
+                      self.name, prefix, call.call_id, values["codec"], values["direction"],
+                      len(names))
 
     def _detach(self, call_id: str) -> asyncio.Future | None:
         """Remove a call's part. Its I/O tasks are cancelled and awaited first, so sockets
@@ -982,6 +1048,8 @@ class SipEndpoint(Node):
         runtime = self.graph.runtime if self.graph is not None else None
         if prefix is None or runtime is None or prefix not in runtime.parts:
             return None
+        if self._debug:
+            log.debug("%s: call graph %s stopped: call_id=%s", self.name, prefix, call_id)
         done = runtime.detach(prefix)
         if done is not None:
             self._pending_detach.add(done)
