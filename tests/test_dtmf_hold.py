@@ -29,6 +29,12 @@ def _sender(port: int, direction: str):
                         f"direction={direction}")
 
 
+async def _more(count, n: int, what: str) -> None:
+    """Wait for `n` more of what `count` counts (media flowing on, not wall time)."""
+    start = count()
+    await until(lambda: count() >= start + n, what, WAIT)
+
+
 def test_digits_held_by_a_recvonly_or_inactive_session_go_out_after_the_resume() -> None:
     # They were handed to a session that must not send, and lost (`not_sent_held`).
     async def main() -> tuple[list[str], dict, dict]:
@@ -45,7 +51,9 @@ def test_digits_held_by_a_recvonly_or_inactive_session_go_out_after_the_resume()
             await held.port()
             for d in digits:
                 tx.event("in", DtmfEvent(d, duration_ms=60))
-            await asyncio.sleep(0.3)  # their trains would be over by now
+            # 300 ms of the held session's audio: a digit's train would be over by then.
+            await _more(lambda g=graph: sum(ln.frames for ln in g.links if ln.dst == "tx"), 15,
+                        "300 ms of held audio")
             assert rx_node.stats()["dtmf_received"] == 0
             held_stats = tx.stats()
             carried = tx.carry_state()  # before the stop, as the SIP endpoint takes it
@@ -59,7 +67,8 @@ def test_digits_held_by_a_recvonly_or_inactive_session_go_out_after_the_resume()
         await until(lambda: rx_node.stats()["dtmf_received"] >= 3, "the held digits", WAIT)
         tx.event("in", DtmfEvent("4", duration_ms=60))  # a later digit: after them
         await until(lambda: rx_node.stats()["dtmf_received"] >= 4, "the next digit", WAIT)
-        await asyncio.sleep(0.2)  # any repeat would be reported by now
+        # 200 ms of audio after it: any repeat would be reported by then.
+        await _more(lambda: rx_node.stats()["packets_received"], 10, "200 ms of audio")
         resumed.stop()
         tx_stats = (await resumed.result()).graph.nodes["tx"].stats()
         rx.stop()
@@ -115,7 +124,9 @@ def test_digits_due_while_the_far_end_holds_the_call_are_heard_after_it_resumes(
         server.node.resume(server_id)
         await _rebuilt(caller, call_id, "sendrecv", server, server_id, "sendrecv")
         await until(lambda: len(heard()) >= 4, "every digit after the resume")
-        await asyncio.sleep(0.3)  # a repeat would be reported by now
+        # 300 ms of audio after them: a repeat would be reported by then.
+        await _more(lambda: server.graph.nodes[server.node.parts[server_id] + "rtp"].stats()[
+            "packets_received"], 15, "300 ms of audio")
         caller.node.hangup(call_id)
         await caller.result()
         await server.wait("call-ended")
@@ -126,3 +137,70 @@ def test_digits_due_while_the_far_end_holds_the_call_are_heard_after_it_resumes(
     heard, on_hold = asyncio.run(main())
     assert on_hold == ["1"]
     assert heard == [(d, 100) for d in "1234"]
+
+
+def test_a_restarted_session_does_not_send_the_carried_digits_again() -> None:
+    # The carried digits stayed on the node: started again (its graph run once more) it
+    # sent them a second time, and the far end heard each twice.
+    async def main() -> tuple[dict, dict, int]:
+        rx = Session(parse_launch("rtp_session name=rx codec=pcmu dtmf_payload_type=101 "
+                                  "remote_ip=127.0.0.1 remote_port=9 ! frame_sink name=out"))
+        port = await rx.port()
+        rx_node = rx.graph.nodes["rx"]
+        graph = _sender(port, "sendrecv")
+        tx = graph.nodes["tx"]
+        tx.restore_state((DtmfEvent("1", duration_ms=60),))
+        first = Session(graph)
+        await first.port()
+        await until(lambda: rx_node.stats()["dtmf_received"] >= 1, "the carried digit", WAIT)
+        first.stop()
+        once = (await first.result()).graph.nodes["tx"].stats()
+        again = Session(graph)
+        await again.port()  # start() has run: a carried digit would be under way by now
+        restarted = tx.stats()
+        again.stop()
+        await again.result()
+        rx.stop()
+        await rx.result()
+        return once, restarted, rx_node.stats()["dtmf_received"]
+
+    once, restarted, heard = asyncio.run(main())
+    assert once["dtmf_sent"] == 1
+    assert restarted["dtmf_sent"] == 0
+    assert heard == 1
+
+
+def test_digits_due_on_hold_media_without_telephone_event_are_sent_after_the_resume() -> None:
+    # A hold offer may carry the held codec alone (no telephone-event): the held session
+    # dropped the digits due meanwhile, though the resumed media could send them.
+    async def main() -> tuple[list[str], dict]:
+        rx = Session(parse_launch("rtp_session name=rx codec=pcmu dtmf_payload_type=101 "
+                                  "! frame_sink name=out"))
+        port = await rx.port()
+        rx_node = rx.graph.nodes["rx"]
+        graph = parse_launch(f"tone rate=8000 ! pcmu_encoder ! rtp_session name=tx "
+                             f"codec=pcmu remote_ip=127.0.0.1 remote_port={port} "
+                             f"direction=recvonly")
+        tx = graph.nodes["tx"]
+        held = Session(graph)
+        await held.port()
+        for d in "12":
+            tx.event("in", DtmfEvent(d, duration_ms=60))
+        held_stats = tx.stats()
+        carried = tx.carry_state()
+        held.stop()
+        await held.result()
+        graph = _sender(port, "sendrecv")
+        graph.nodes["tx"].restore_state(carried)
+        resumed = Session(graph)
+        await resumed.port()
+        await until(lambda: rx_node.stats()["dtmf_received"] >= 2, "the held digits", WAIT)
+        resumed.stop()
+        await resumed.result()
+        rx.stop()
+        result = await rx.result()
+        return [m.data["digit"] for m in result.messages if m.name == "dtmf"], held_stats
+
+    heard, held = asyncio.run(main())
+    assert held["drops"] == 0 and held["dtmf_sent"] == 0
+    assert heard == ["1", "2"]

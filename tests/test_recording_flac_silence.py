@@ -4,7 +4,10 @@ the file decodes to exactly what encoding the silence gave (docs/conference.md, 
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+import textwrap
 from fractions import Fraction
 from pathlib import Path
 
@@ -86,7 +89,11 @@ def streaminfo(path: Path) -> dict[str, int]:
 # ---- the frames ------------------------------------------------------------------------------
 @pytest.mark.parametrize("rate,channels,count", [
     (8000, 1, 2100),  # frame numbers of 1, 2 and 3 bytes
-    (8000, 2, 3), (48000, 1, 3), (11025, 1, 3), (12345, 1, 3), (96000, 2, 3)])
+    (8000, 2, 3), (48000, 1, 3), (11025, 1, 3), (12345, 1, 3), (96000, 2, 3),
+    # Not in the table, as FFmpeg codes them: tens of Hz before Hz; 0 ("see STREAMINFO")
+    # for a rate neither holds (tens of Hz made 70001 Hz 70000).
+    (44110, 1, 3), (65530, 2, 3), (65535, 1, 3), (70001, 2, 3),
+    (95999, 1, 3)])
 def test_silent_frames_are_the_ones_the_encoder_makes_of_silence(rate, channels, count):
     ctx = av.CodecContext.create("flac", "w")
     ctx.rate, ctx.layout, ctx.format = rate, "mono", "s16"
@@ -187,3 +194,117 @@ def test_silence_made_mid_stream_continues_the_numbering(tmp_path):
     assert np.array_equal(decode(path), want)
     assert streaminfo(path)["total"] == len(want)
     flac_test(path)
+
+
+def flac_decode(path: Path, channels: int) -> np.ndarray:
+    """What libFLAC (`flac -d`) decodes of a file, shaped (samples, channels)."""
+    tool = require_tool("flac", "flac")
+    raw = path.with_suffix(".raw")
+    run = subprocess.run([tool, "-d", "-f", "-s", "--force-raw-format", "--endian=little",
+                          "--sign=signed", "-o", str(raw), str(path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return np.fromfile(raw, np.int16).reshape(-1, channels)
+
+
+@pytest.mark.parametrize("rate", [70001, 95999])
+def test_a_track_at_a_rate_the_frame_header_cannot_hold_decodes(tmp_path, rate):
+    # The conference runs at any rate from 8 to 96 kHz. At 70001 Hz the silent frames said
+    # 70000 Hz (tens of Hz, truncated), and libFLAC stopped at the first one: "sample rate
+    # is 70000 in frame but 70001 in STREAMINFO".
+    rng = np.random.default_rng(rate)
+    track = AvTrack(str(tmp_path / "t.flac"), "flac", rate, 2, 0.5)
+    fs = track.frame_size
+    audio = rng.integers(-3000, 3000, (fs + 300, 2)).astype(np.int16)
+    track.write_silence(3 * fs + 5)
+    track.write(audio)
+    track.close()
+    assert track._made == 3
+    want = np.concatenate([np.zeros((3 * fs + 5, 2), np.int16), audio])
+    assert np.array_equal(flac_decode(tmp_path / "t.flac", 2), want)
+    flac_test(tmp_path / "t.flac")
+
+
+def test_a_total_past_36_bits_is_unknown_and_spares_the_other_fields(tmp_path):
+    # A late joiner of a room 17 days old (2^36 samples at 48 kHz): the count ran into the
+    # bits per sample and channels of STREAMINFO, and below them it wrapped, so the header
+    # named a length of the file a fraction of its own. Writing 2^36 samples of silence for
+    # real takes 124 MB and seconds: the count of made samples is raised in place instead.
+    path = tmp_path / "t.flac"
+    track = AvTrack(str(path), "flac", RATE, 2, 0.5)
+    track.write_silence(3 * 4608)
+    track.write(np.ones((100, 2), np.int16))
+    track._offset += 1 << 36
+    track.close()
+    data = path.read_bytes()[8:42]
+    fields = int.from_bytes(data[10:18], "big")
+    assert fields >> 44 == RATE and (fields >> 41 & 7) + 1 == 2
+    assert (fields >> 36 & 31) + 1 == 16
+    assert streaminfo(path)["total"] == 0  # unknown (RFC 9639 8.2)
+    assert np.array_equal(flac_decode(path, 2)[-100:], np.ones((100, 2), np.int16))
+
+
+JOIN_LIMIT_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    from plugins.conference.recording import RoomRecorder
+
+    folder, limit = sys.argv[1], int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ
+    rec = RoomRecorder(folder, "room", fmt="flac", rate=48000, on_error=print)
+    rec.start()
+    rec.write(np.zeros(960, np.int16), {})
+    rec.pts = 3600 * 48000  # an hour old: bob's silence is 412 kB of frames
+    rec.join("bob", "bob")
+    rec.write(np.zeros(960, np.int16), {"bob": np.ones(960, np.int16)})
+    rec.close()
+""")
+
+
+def test_a_join_whose_leading_silence_fills_the_disk_leaves_no_broken_file(tmp_path):
+    # The write error stopped the recorder, which closes its tracks: bob's was not one yet
+    # (his join had not finished), so it was never closed nor cut back, and ended in a
+    # cut-short frame at which libFLAC stops ("ERROR while decoding data").
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", JOIN_LIMIT_SCRIPT, str(tmp_path), "200000"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f"recorder stopped: cannot write "
+                                   f"'{tmp_path / 'room-bob.flac'}': File too large")
+    manifest = json.loads((tmp_path / "room.json").read_text())
+    assert manifest["participants"] == []  # his join did not happen
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["room-mix.flac", "room.json"]
+    flac_test_md5(tmp_path / "room-mix.flac")
+
+
+def flac_test_md5(path: Path) -> None:
+    """`flac -t` of a file the encoder wrote alone (its MD5 set)."""
+    tool = require_tool("flac", "flac")
+    run = subprocess.run([tool, "-t", "-s", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0 and not run.stderr, run.stderr
+
+
+def test_a_day_of_leading_silence_is_made_in_bounded_memory(tmp_path):
+    # The frames of one length of number were made in one matrix: 46 MB for a room a day
+    # old, 276 MB a week old (and more for its CRCs' int64 columns), while the room waited.
+    import tracemalloc
+
+    track = AvTrack(str(tmp_path / "t.flac"), "flac", RATE, 1, 0.5)
+    tracemalloc.start()
+    try:
+        track.write_silence(86400 * RATE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    track.close()
+    assert peak < 16e6, peak
+    assert track._made == 86400 * RATE // 4608
+    assert streaminfo(tmp_path / "t.flac")["total"] == 86400 * RATE
+    # Frames made in parts are numbered on across the parts' edges.
+    number = 0
+    for rows in flac.flac_silence(0, 2 * flac.MATRIX_FRAMES + 5, 4608, RATE, 2):
+        assert len(rows) <= flac.MATRIX_FRAMES
+        assert_valid(rows[0].tobytes(), number)
+        assert_valid(rows[-1].tobytes(), number + len(rows) - 1)
+        number += len(rows)
+    assert number == 2 * flac.MATRIX_FRAMES + 5

@@ -29,6 +29,7 @@ _CRC16 = _crc_table(0x8005, 16)
 _CRC8_LIST, _CRC16_LIST = _CRC8.tolist(), _CRC16.tolist()
 _RATE_CODES = {88200: 1, 176400: 2, 192000: 3, 8000: 4, 16000: 5, 22050: 6, 24000: 7,
                32000: 8, 44100: 9, 48000: 10, 96000: 11}
+MATRIX_FRAMES = 1 << 16  # silent frames made at once (some 850 kB of them, mono)
 _UTF8_LIMITS = (0x80, 0x800, 0x10000, 0x200000, 0x4000000, 0x80000000)  # 1 to 6 bytes
 
 
@@ -98,15 +99,21 @@ def _block_size_code(n: int) -> tuple[int, bytes]:
 
 
 def _rate_code(rate: int) -> tuple[int, bytes]:
-    """The header's sample rate bits and the bytes after the block size (9.1.4, 9.1.7);
-    never 0 (the streamable subset, 7, wants the rate in every frame)."""
+    """The header's sample rate bits and the bytes after the block size (9.1.4, 9.1.7), as
+    FFmpeg's encoder chooses them (its frames follow ours in the same stream): kHz, tens of
+    Hz, Hz, in that order; a rate none of them holds exactly (70001 Hz) is 0, "read it from
+    STREAMINFO", as in FFmpeg's own frames. (Tens of Hz truncated 70001 to 70000, and
+    libFLAC stopped at the first frame: "sample rate is 70000 in frame but 70001 in
+    STREAMINFO".)"""
     if rate in _RATE_CODES:
         return _RATE_CODES[rate], b""
-    if rate % 1000 == 0 and rate <= 255000:
+    if rate % 1000 == 0 and rate < 255000:
         return 12, bytes((rate // 1000,))
-    if rate <= 0xFFFF:
+    if rate % 10 == 0 and rate < 655350:
+        return 14, (rate // 10).to_bytes(2, "big")
+    if rate < 65535:
         return 13, rate.to_bytes(2, "big")
-    return 14, (rate // 10).to_bytes(2, "big")  # (a conference runs at 8 to 96 kHz)
+    return 0, b""
 
 
 def flac_silence(first: int, count: int, block: int, rate: int, channels: int
@@ -114,7 +121,9 @@ def flac_silence(first: int, count: int, block: int, rate: int, channels: int
     """Frames `first` to `first + count - 1` of a fixed-blocksize FLAC stream of 16-bit
     samples, each `block` samples of digital silence: the header (9.1), one CONSTANT
     subframe of value 0 per channel (9.2.2, 9.2.3) and the CRC-16 (9.3). Yields uint8
-    matrices, a frame per row, one per length of the frame number's coding."""
+    matrices, a frame per row, of one length of the frame number's coding and at most
+    `MATRIX_FRAMES` frames (made all at once, a late joiner's week of silence at 48 kHz
+    took 276 MB, growing with the room's age)."""
     bs_code, bs_bytes = _block_size_code(block)
     rate_code, rate_bytes = _rate_code(rate)
     # Sync code and fixed blocking strategy; channels independent, 16 bits (0b100).
@@ -124,23 +133,29 @@ def flac_silence(first: int, count: int, block: int, rate: int, channels: int
     start, end = first, first + count
     for k, limit in enumerate(_UTF8_LIMITS, 1):
         lo, hi = max(start, _UTF8_LIMITS[k - 2] if k > 1 else 0), min(end, limit)
-        if lo >= hi:
-            continue
-        n = np.arange(lo, hi, dtype=np.int64)
-        head = 4 + k + len(extra)
-        rows = np.zeros((hi - lo, head + 1 + 3 * channels + 2), np.uint8)
-        rows[:, :4] = fixed
-        rows[:, 4] = (0xFF << (8 - k) & 0xFF if k > 1 else 0) | n >> 6 * (k - 1)
-        for i in range(1, k):
-            rows[:, 4 + i] = 0x80 | (n >> 6 * (k - 1 - i) & 0x3F)
-        rows[:, 4 + k:head] = extra
-        rows[:, head] = _crc_rows(rows[:, :head], _CRC8, 8)
-        # Each subframe: a zero bit, type 000000 (CONSTANT), no wasted bits, then the
-        # 16-bit value 0: three zero bytes, already byte-aligned.
-        crc = _crc_rows(rows[:, :-2], _CRC16, 16)
-        rows[:, -2] = crc >> 8
-        rows[:, -1] = crc & 0xFF
-        yield rows
+        for part in range(lo, hi, MATRIX_FRAMES):
+            yield _silent_frames(part, min(hi, part + MATRIX_FRAMES), k, fixed, extra,
+                                 channels)
+
+
+def _silent_frames(lo: int, hi: int, k: int, fixed: np.ndarray, extra: np.ndarray,
+                   channels: int) -> np.ndarray:
+    """Silent frames `lo` to `hi - 1`, whose numbers take `k` bytes."""
+    n = np.arange(lo, hi, dtype=np.int64)
+    head = 4 + k + len(extra)
+    rows = np.zeros((hi - lo, head + 1 + 3 * channels + 2), np.uint8)
+    rows[:, :4] = fixed
+    rows[:, 4] = (0xFF << (8 - k) & 0xFF if k > 1 else 0) | n >> 6 * (k - 1)
+    for i in range(1, k):
+        rows[:, 4 + i] = 0x80 | (n >> 6 * (k - 1 - i) & 0x3F)
+    rows[:, 4 + k:head] = extra
+    rows[:, head] = _crc_rows(rows[:, :head], _CRC8, 8)
+    # Each subframe: a zero bit, type 000000 (CONSTANT), no wasted bits, then the 16-bit
+    # value 0: three zero bytes, already byte-aligned.
+    crc = _crc_rows(rows[:, :-2], _CRC16, 16)
+    rows[:, -2] = crc >> 8
+    rows[:, -1] = crc & 0xFF
+    return rows
 
 
 def flac_renumber(frame: bytes, offset: int) -> bytes:

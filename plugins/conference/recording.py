@@ -28,7 +28,9 @@ replaced atomically.
 A write error (disk full, file removed) stops the whole recorder with one message through
 `on_error` and never raises into the media path: the call goes on unrecorded. A file whose
 header could not be written, or an Ogg Opus one left with headers only, is removed (no
-player opens it); an Opus track with no audio at all gets one frame of silence.
+player opens it), as is a late joiner's whose leading silence could not be written (the
+join fails: the manifest never names it); an Opus track with no audio at all gets one frame
+of silence.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ OPUS_BITRATE = 64000  # per channel: an archive, not a phone line
 COPY_SILENCE_FRAMES = 12  # Opus silence this long (in frames) is written as copies
 SILENCE_PACKET_FRAMES = 4096  # FLAC silent frames muxed in one packet (some 45 kB)
 STREAMINFO_BYTES = 34  # RFC 9639 8.2
+TOTAL_SAMPLES_MASK = (1 << 36) - 1  # STREAMINFO's total samples field (RFC 9639 8.2)
 
 
 class TrackWriter:
@@ -368,8 +371,12 @@ class AvTrack(TrackWriter):
             info = bytearray(head[8:])
             low, high = self._frame_bytes
             info[4:10] = (low << 24 | high).to_bytes(6, "big")
-            fixed = int.from_bytes(info[10:18], "big") & ~0xFFFFFFFFF
-            info[10:18] = (fixed | (self._offset + self.pts)).to_bytes(8, "big")
+            fixed = int.from_bytes(info[10:18], "big") & ~TOTAL_SAMPLES_MASK
+            total = self._offset + self.pts
+            # 36 bits: past them (17 days at 48 kHz, a late joiner of a long-lived room) the
+            # count ran into the sample size and channel bits; 0 is "unknown" (8.2).
+            total = total if total <= TOTAL_SAMPLES_MASK else 0
+            info[10:18] = (fixed | total).to_bytes(8, "big")
             info[18:34] = bytes(16)
             f.seek(8)
             f.write(info)
@@ -550,7 +557,18 @@ class RoomRecorder:
                 entry["file"] = self.mix_track.path if self.mix_track else None
         elif self.record_participants:
             track = self._open(self._track_file(self.names.allocate(identity)), 1)
-            track.write_silence(self.pts)  # align to the room's timeline
+            try:
+                track.write_silence(self.pts)  # align to the room's timeline
+            except BaseException:
+                # Not a track of ours yet, so not closed when the recorder stops: the file
+                # ended in a cut-short frame that libFLAC stops at. It holds none of the
+                # participant's audio and the manifest never names it: none is left.
+                try:
+                    track.close()
+                except Exception:  # the disk is failing: it goes all the same
+                    pass
+                _remove_file(track.path)
+                raise
             self.tracks[key] = track
             entry["file"] = track.path
         self._entry[key] = entry

@@ -384,8 +384,10 @@ class RtpSession(Node):
             else None
         self._dtmf_tx = DtmfSender(dtmf_clock)
         self._dtmf_rx = DtmfReceiver(dtmf_clock)
-        # Digits not yet sent by the session this one replaces (a rebuilt call graph).
+        # Digits not yet sent by the session this one replaces (a rebuilt call graph), taken
+        # once: started again, the node would send them a second time.
         self._dtmf_queue: deque[DtmfEvent] = deque(getattr(self, "_dtmf_carried", ()))
+        self._dtmf_carried = ()
         self._last_ts: int | None = None  # last audio timestamp sent, and its duration
         self._last_dur = 0
         now = self._now()
@@ -740,9 +742,11 @@ class RtpSession(Node):
 
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, DtmfEvent):
-            if self._dtmf_packer is None:
+            if self._dtmf_packer is None and self._sending:
                 self.counters.drops += 1  # no telephone-event payload type negotiated
                 return
+            # On hold it waits even without telephone-event (a hold offer may name the held
+            # codec alone): the resumed media may have it, else their session drops it.
             self._dtmf_queue.append(event)
             self._start_dtmf(self._now())
             return
