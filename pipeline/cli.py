@@ -112,7 +112,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
                          "time only (a sound device or the network)",
                          hint="drop --offline; --duration bounds a real-time run")
     realtime = args.realtime if args.realtime is not None else bool(live)
-    show_progress = not realtime and sys.stderr.isatty() and not args.quiet
+    # -m lines would break the progress line, which is rewritten in place.
+    show_progress = (not realtime and sys.stderr.isatty() and not args.quiet
+                     and not args.messages)
     signals: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -129,6 +131,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
             print(f"pipeline: {m.node}: {m.data.get('message', m.data)}", file=sys.stderr)
 
     graph.listeners.append(on_message)
+    if args.messages:
+        from .messages import MessagePrinter
+
+        graph.listeners.append(MessagePrinter())
     result = run_coroutine(runtime.run())
     if show_progress:
         sys.stderr.write("\n")
@@ -295,22 +301,22 @@ def cmd_draw(args: argparse.Namespace) -> int:
     with contextlib.nullcontext() if args.devices else without_hardware():
         graph = _call_graph(args) if args.call else build_graph(args)
         graph.prepare()
-    dot = to_dot(graph)
-    if ext in ("dot", "gv"):
-        try:
-            out.write_text(dot)
-        except OSError as e:
-            raise CliError(f"cannot write '{out}': {e.strerror}",
-                           hint="check that its folder exists and is writable") from None
-    else:
+    data = to_dot(graph).encode()
+    if ext not in ("dot", "gv"):
         exe = shutil.which("dot")
         if exe is None:
             raise CliError("Graphviz 'dot' is not installed",
                            hint="apt-get install graphviz, or draw to a .dot file")
-        r = subprocess.run([exe, f"-T{ext}", "-o", str(out)], input=dot.encode(),
-                           capture_output=True, timeout=60)
+        # dot renders to stdout and we write the file: a bad path gets the .dot case's line.
+        r = subprocess.run([exe, f"-T{ext}"], input=data, capture_output=True, timeout=60)
         if r.returncode != 0:
             raise CliError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
+        data = r.stdout
+    try:
+        out.write_bytes(data)
+    except OSError as e:
+        raise CliError(f"cannot write '{out}': {e.strerror}",
+                       hint="check that its folder exists and is writable") from None
     print(f"wrote {out}")
     return 0
 
@@ -365,6 +371,8 @@ def make_parser() -> argparse.ArgumentParser:
                       help="run as fast as the CPU allows (default for file graphs)")
     sp.add_argument("--stats", action="store_true", help="print per-node statistics at the end")
     sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    sp.add_argument("-m", "--messages", action="store_true",
+                    help="print each bus message (a node's post()) as a line on stderr")
     sp.set_defaults(func=cmd_launch)
 
     sp = sub.add_parser("validate", help="load, check and negotiate a graph without running it")

@@ -21,7 +21,7 @@ import networkx as nx
 from .errors import GraphError, NegotiationError, PipelineError
 from .formats import ANY_MEDIA, AUDIO, ENCODED, VIDEO, Caps, Format, caps_str, intersect_caps
 from .node import Node
-from .params import ParamValueError
+from .params import ParamValueError, shown
 
 log = logging.getLogger("pipeline.graph")
 
@@ -588,9 +588,12 @@ def _bad_negotiation(node: Node, outs: Any) -> str:
     if not isinstance(outs, dict):
         return f"returned {type(outs).__name__}, not a dict of output formats"
     for port in node.linked_outputs:
-        fmt = outs.get(port)
-        if not isinstance(fmt, Format):
+        if port not in outs or outs[port] is None:
             return f"gave no format for its linked output '{port}'"
+        fmt = outs[port]
+        if not isinstance(fmt, Format):
+            what = shown(repr(fmt) if isinstance(fmt, str) else fmt)
+            return f"gave its linked output '{port}' {what} ({type(fmt).__name__}), not a Format"
         if not (fmt.is_fixed if fmt.media in (AUDIO, VIDEO) else fmt.value("encoding")):
             return f"gave output '{port}' a format that is not fixed ({fmt})"
     return ""

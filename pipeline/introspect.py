@@ -29,6 +29,14 @@ def describe(cls: type[Node]) -> dict[str, Any]:
     }
 
 
+# A duration parameter takes a plain number as seconds (`interval: 100` is 100 s).
+_DURATION = "duration in seconds, or with a unit: 20ms"
+
+
+def _in_seconds(v: Any) -> Any:
+    return f"{v:g} s" if isinstance(v, (int, float)) else v
+
+
 def _default(v: Any) -> str:
     return "—" if v is None else f"`{v}`"
 
@@ -54,16 +62,20 @@ def format_inspect(cls: type[Node]) -> str:
         lines.append("  none")
     for p in d["params"]:
         extra = []
+        seconds = p["type"] == "duration"
         if p.get("required"):
             extra.append("required")
         else:
-            extra.append(f"default {p['default']!r}")
+            default = p["default"]
+            extra.append(f"default {_in_seconds(default) if seconds else repr(default)}")
         if "limits" in p:
-            lo, hi = p["limits"]
-            extra.append(f"range [{'' if lo is None else lo}, {'' if hi is None else hi}]")
+            lo, hi = ("" if v is None else _in_seconds(v) if seconds else v
+                      for v in p["limits"])
+            extra.append(f"range [{lo}, {hi}]")
         if "choices" in p:
             extra.append("one of " + _choices(p["choices"]))
-        lines.append(f"  {p['name']} ({p['type']}; {'; '.join(extra)})")
+        kind = _DURATION if seconds else p["type"]
+        lines.append(f"  {p['name']} ({kind}; {'; '.join(extra)})")
         lines.append(f"      {p['doc']}")
     for k, v in d.get("extra", {}).items():
         lines.append(f"{k}: {v}")
@@ -104,11 +116,13 @@ links:
   `kind key=value ...`. Without a port, the next free port is used, and request ports
   (`in_%u`, `out_%u`) are allocated in order. `{link: "a -> b", feedback: true}` declares a
   feedback edge (delivered after the period's ticks), the only way to close a loop.
-- **Templates**: `${name}` (from `params:` and `-p name=value`), `${name:-default}`,
-  `${env:NAME}` (environment), `${graph_dir}` (this file's folder), `${call.FIELD}` (in call
-  graphs instantiated by a `sip_endpoint`, see docs/sip.md). A value that is only a template
+- **Templates**: `${name}` (from `params:` and `-p name=value`), `${name:-default}`
+  (the default also where the value is null or empty, as in the shell), `${env:NAME}`
+  (environment), `${graph_dir}` (this file's folder), `${call.FIELD}` (in call graphs
+  instantiated by a `sip_endpoint`, see docs/sip.md). A value that is only a template
   keeps the type of what it names (`rate: ${rate}` is an integer).
-- **Units**: durations `5s`, `20ms`, `1.5min`; frequencies `440Hz`, `16kHz`; levels `-6dB`.
+- **Units**: durations `5s`, `20ms`, `1.5min` (a plain number is seconds: `interval: 100`
+  is 100 s, not 100 ms); frequencies `440Hz`, `16kHz`; levels `-6dB`.
   A number parameter takes the unit its name counts in: a rate (`rate`, `*_rate`, `*_hz`)
   `16kHz`, a `*_ms` parameter a duration (`ptime_ms: 20ms`, `0.5s` is 500); others none.
 - **Null** (`key: ~`, `key: null` or `key:` with nothing after it) means the parameter's
@@ -164,14 +178,19 @@ def markdown_reference(node_types: dict[str, type[Node]]) -> str:
             out += ["| parameter | type | default | limits | description |",
                     "|---|---|---|---|---|"]
             for p in d["params"]:
+                seconds = p["type"] == "duration"
                 limits = ""
                 if "limits" in p:
-                    lo, hi = p["limits"]
-                    limits = f"{'' if lo is None else lo} .. {'' if hi is None else hi}"
+                    lo, hi = ("" if v is None else _in_seconds(v) if seconds else v
+                              for v in p["limits"])
+                    limits = f"{lo} .. {hi}"
                 if "choices" in p:
                     limits = _choices(p["choices"])
-                default = "required" if p.get("required") else _default(p["default"])
-                out.append(f"| `{p['name']}` | {p['type']} | {default} | {limits} | "
+                default = p["default"]
+                default = "required" if p.get("required") else _default(
+                    _in_seconds(default) if seconds else default)
+                kind = "duration (s)" if seconds else p["type"]
+                out.append(f"| `{p['name']}` | {kind} | {default} | {limits} | "
                            f"{p['doc']} |")
             out.append("")
     return "\n".join(out)

@@ -278,13 +278,14 @@ class Context:
 
 
 def _lookup(expr: str, ctx: Context, where: Where) -> Any:
-    name, _, default = expr.partition(":-")
+    name, sep, default = expr.partition(":-")
     name = name.strip()
     if name.startswith("env:"):
         var = name[4:]
-        if var in os.environ:
+        # As the shell's ${X:-d}: the default also where the value is empty (or null).
+        if os.environ.get(var) or (var in os.environ and not sep):
             return os.environ[var]
-        if default or expr.endswith(":-"):
+        if sep:
             return default
         raise _err(f"environment variable '{var}' is not set", where,
                    f"export {var}=... or write ${{env:{var}:-default}}")
@@ -300,9 +301,9 @@ def _lookup(expr: str, ctx: Context, where: Where) -> Any:
         return ctx.call[key]
     if name == "graph_dir":
         return ctx.graph_dir
-    if name in ctx.params:
+    if name in ctx.params and not (sep and ctx.params[name] in (None, "")):
         return ctx.params[name]
-    if default or expr.endswith(":-"):
+    if sep:
         return _written(yaml_value(default, where), default.strip()) if default else ""
     raise _err(f"template '${{{name}}}' is not defined", where,
                f"declare it under params: or pass -p {name}=VALUE")
@@ -520,12 +521,12 @@ class Builder:
             k, _, v = tok.partition("=")
             # Text as written: a text parameter's value, and a node's name (name=0123 is
             # referred back to as 0123.).
-            text = k == "name" or self._takes_text(head, k)
-            if text:  # null stays null (the default), as for `key: ~` in YAML
+            as_text = k == "name" or self._takes_text(head, k)
+            if as_text:  # null stays null (the default), as for `key: ~` in YAML
                 value = None if v in _NULLS else v
             else:
                 value = yaml_value(v, where) if v else ""
-            params[k] = substitute(value, self.ctx, where, text=text)
+            params[k] = substitute(value, self.ctx, where, text=as_text)
         if launch or head in self.registry.node_types or rest:
             return Element(kind=head, params=params)
         if name == "parent":
@@ -725,12 +726,17 @@ def _graph_options(data: dict, ctx: Context | None = None) -> dict:
             raise _err("auto_convert must be true or false", vm.get("auto_convert", NOWHERE))
         opts["auto_convert"] = auto
     if "period" in data:
+        raw = _plain(value("period"))
         try:
-            opts["period"] = Duration.parse(value("period"))
+            opts["period"] = Duration.parse(raw)
         except ValueError as e:
             raise _err(f"period: {e.args[0]}", vm.get("period", NOWHERE), e.args[1]) from None
         if not 0.0025 <= opts["period"] <= 0.12:
-            raise _err("period must be between 2.5ms and 120ms", vm.get("period", NOWHERE))
+            # A plain number is seconds: `period: 20` meant as 20ms is 20 s.
+            plain = isinstance(raw, (int, float)) and 0.0025 <= raw / 1000 <= 0.12
+            raise _err("period must be between 2.5ms and 120ms", vm.get("period", NOWHERE),
+                       f"a plain number is seconds: write {raw:g}ms" if plain else
+                       "the default is 20ms")
     return opts
 
 

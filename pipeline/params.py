@@ -269,12 +269,22 @@ class Param:
                 "pick one of the listed values",
             )
         if self.min is not None and v < self.min or self.max is not None and v > self.max:
+            hint = f"use a value in [{self._limits()}]"
+            if self._is_duration() and isinstance(value, (int, float)):
+                # A plain number is seconds: 200 meant as 200ms is 200 s.
+                value = f"{value:g} s"
+                if (self.min is None or v / 1000 >= self.min) and (
+                        self.max is None or v / 1000 <= self.max):
+                    hint = f"write a unit, e.g. {v:g}ms"
             raise ParamValueError(
                 self.name,
                 f"parameter '{self.name}': {shown(value)} is out of range [{self._limits()}]",
-                f"use a value in [{self._limits()}]",
+                hint,
             )
         return v
+
+    def _is_duration(self) -> bool:
+        return isinstance(self.type, type) and issubclass(self.type, Duration)
 
     def check(self) -> None:
         """Raise ParamValueError if the declaration contradicts itself (the registry checks
@@ -302,8 +312,10 @@ class Param:
                                   "make the default a valid value, or None") from None
 
     def _limits(self) -> str:
+        unit = " s" if self._is_duration() else ""
+
         def text(v: float | None) -> str:  # whole numbers in full (a seed's 2**32 - 1)
-            return "" if v is None else str(v) if isinstance(v, int) else f"{v:g}"
+            return "" if v is None else (str(v) if isinstance(v, int) else f"{v:g}") + unit
 
         return f"{text(self.min)}, {text(self.max)}"
 

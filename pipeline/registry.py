@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -24,6 +25,7 @@ log = logging.getLogger("pipeline.registry")
 
 ENTRY_POINT_GROUP = "voip_pipeline"
 HOOKS = tuple(n for n in dir(hookspecs) if n.startswith("register_"))
+_LOCAL = "_voip_local_"  # the prefix of local plugin modules' names in sys.modules
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
 # What every codec description carries (plugins.codecs.base.CodecInfo; sdp_channels optional).
 _CODEC_FIELDS = ("name", "encoding_name", "clock_rate", "channels", "sample_rate",
@@ -270,13 +272,14 @@ class Registry:
             return
         if not path.is_file():
             raise PluginError(f"plugin module '{path}' not found", hint=where)
-        modname = f"_voip_local_{path.stem}_{abs(hash(key)) % 10**8}"
+        # Named from its path, so that `pipeline inspect` shows the same name on every run.
+        modname = f"{_LOCAL}{path.stem}_{_digest(path)}"
         spec = importlib.util.spec_from_file_location(modname, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[modname] = module
         try:
-            spec.loader.exec_module(module)
+            _exec_beside(spec.loader, module, path.parent)
         except (Exception, SystemExit) as e:  # sys.exit() in a plugin must not end the CLI
             sys.modules.pop(modname, None)
             raise PluginError(f"plugin module '{path}' failed to import: {_reason(e)}",
@@ -313,6 +316,35 @@ class Registry:
             names = ", ".join(sorted(f"'{b.name}'" for b in self.broken))
             hint += f"; broken plugin(s) {names} failed to load and may provide it"
         return hint
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha1(str(path).encode()).hexdigest()[:8]
+
+
+def _exec_beside(loader: Any, module: Any, folder: Path) -> None:
+    """Run a local plugin with its folder first on sys.path, as `python file.py` would, so
+    it can import the modules beside it. Those are then kept under a name private to the
+    folder (_voip_local_DIGEST.helpers): another folder's helpers.py is another module, and
+    the plain name is free again."""
+    on_path = {Path(p or ".").resolve() for p in sys.path}
+    if folder in on_path:  # importable anyway: its modules are everyone's
+        loader.exec_module(module)
+        return
+    private = f"{_LOCAL}{_digest(folder)}."
+    before = set(sys.modules)
+    for name in [n for n in before if n.startswith(private)]:  # shared within the folder
+        sys.modules.setdefault(name[len(private):], sys.modules[name])
+    sys.path.insert(0, str(folder))
+    try:
+        loader.exec_module(module)
+    finally:
+        if str(folder) in sys.path:  # unless the plugin took it out itself
+            sys.path.remove(str(folder))
+        for name in [n for n in sys.modules if n not in before and not n.startswith(_LOCAL)]:
+            file = getattr(sys.modules[name], "__file__", None)
+            if file and Path(file).resolve().is_relative_to(folder):
+                sys.modules[private + name] = sys.modules.pop(name)
 
 
 def _reason(e: BaseException) -> str:

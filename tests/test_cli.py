@@ -97,6 +97,12 @@ def test_inspect_kind_shows_params_with_types_defaults_limits(capsys):
     assert "  out: audio/pcm_s16 any Hz any ch" in out
 
 
+def test_inspect_says_a_duration_is_seconds(capsys):
+    assert main(["inspect", "wav_recorder"]) == 0
+    assert ("  flush_interval (duration in seconds, or with a unit: 20ms; default 0.5 s; "
+            "range [0 s, 1 s])") in capsys.readouterr().out.splitlines()
+
+
 def test_inspect_unknown_kind(capsys):
     assert main(["inspect", "tonee"]) == 1
     assert capsys.readouterr().err.strip() == (
@@ -252,8 +258,13 @@ links: ["src -> gain 'name=q\\"x' -> out"]
     assert r.returncode == 0, r.stderr
 
 
-def test_draw_into_a_missing_folder(repo_root, tmp_path, capsys):
-    out = tmp_path / "nodir" / "g.dot"
+@pytest.mark.parametrize("name", ["g.dot", "g.svg"])  # .svg: dot's own error before
+def test_draw_into_a_missing_folder(repo_root, tmp_path, capsys, name):
+    if name != "g.dot":
+        from conftest import require_tool
+
+        require_tool("dot", "graphviz")
+    out = tmp_path / "nodir" / "sub" / name
     assert main(["draw", str(repo_root / "graphs" / "demo.yaml"), "-o", str(out)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"pipeline: error: cannot write '{out}': No such file or directory (hint: check that "

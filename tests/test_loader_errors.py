@@ -478,4 +478,9 @@ def test_the_period_may_be_a_template(tmp_path, capsys):
         assert len(r.graph.nodes["o"].audio()) == 800
     assert main(["validate", str(path), "-p", "p=1s"]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"pipeline: error: {path}:2:9: period must be between 2.5ms and 120ms")
+        f"pipeline: error: {path}:2:9: period must be between 2.5ms and 120ms (hint: the "
+        "default is 20ms)")
+    assert main(["validate", str(path), "-p", "p=20"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: {path}:2:9: period must be between 2.5ms and 120ms (hint: a plain "
+        "number is seconds: write 20ms)")

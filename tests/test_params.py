@@ -41,6 +41,19 @@ def test_limits_and_choices():
         c.convert("c")
 
 
+@pytest.mark.parametrize("value, message, hint", [
+    (200, "200 s is out of range [0 s, 1 s]", "write a unit, e.g. 200ms"),  # meant as ms
+    (5000, "5000 s is out of range [0 s, 1 s]", "use a value in [0 s, 1 s]"),
+    ("2s", "2s is out of range [0 s, 1 s]", "use a value in [0 s, 1 s]"),
+])
+def test_duration_out_of_range_says_seconds(value, message, hint):
+    p = Param(Duration, 0.5, "flush", min=0, max=1.0)
+    p.name = "flush_interval"
+    with pytest.raises(ParamValueError) as e:
+        p.convert(value)
+    assert (e.value.message, e.value.hint) == (f"parameter 'flush_interval': {message}", hint)
+
+
 def test_integer_rate_accepts_khz():
     p = Param(int, None, "rate")
     p.name = "rate"

@@ -315,6 +315,56 @@ def register_node_types():
     assert reg.node_types["stem_two"].plugin == str(tmp_path / "two" / "nodes.py")
 
 
+def test_local_plugin_imports_the_module_beside_it_without_leaking_it(tmp_path):
+    # Two folders, each with its own helpers.py: each plugin gets its own, as
+    # `python nodes.py` would, and the plain name `helpers` stays free.
+    for n in ("one", "two"):
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "helpers.py").write_text(f"KIND = 'beside_{n}'\n")
+        (tmp_path / n / "nodes.py").write_text('''
+from helpers import KIND
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class Sink(Node):
+    """A sink."""
+    kind = KIND
+    inputs = (Port("in"),)
+
+@hookimpl
+def register_node_types():
+    return [Sink]
+''')
+    reg = Registry(entry_points=False)
+    reg.load_file(tmp_path / "one" / "nodes.py")
+    reg.load_file(tmp_path / "two" / "nodes.py")
+    assert {"beside_one", "beside_two"} <= set(reg.node_types)
+    assert "helpers" not in sys.modules
+    assert str(tmp_path / "one") not in sys.path
+
+
+def test_local_plugin_class_has_the_same_name_on_every_run(tmp_path):
+    (tmp_path / "mynodes.py").write_text('''
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class Vad(Node):
+    """A sink."""
+    kind = "stable_vad"
+    inputs = (Port("in"),)
+
+@hookimpl
+def register_node_types():
+    return [Vad]
+''')
+    code = ("from pipeline.registry import Registry; r = Registry(entry_points=False); "
+            f"r.load_file({str(tmp_path / 'mynodes.py')!r}); "
+            "print(r.node_types['stable_vad'].__module__)")
+    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout for _ in range(2)}
+    assert len(names) == 1 and names.pop().startswith("_voip_local_mynodes_")
+
+
 def test_reexported_class_keeps_its_plugin():
     from plugins.basic.nodes import Tee
 

@@ -52,6 +52,9 @@ class WavSource(Node):
 
     def validate(self) -> None:
         p = Path(self.path)
+        if p.is_dir():
+            raise ParamValueError("path", f"'{self.path}' is a folder, not a file",
+                                  "name a file in it")
         if not p.is_file():
             raise ParamValueError("path", f"file '{self.path}' not found",
                                   "check the path (relative to the current folder; "
@@ -316,6 +319,13 @@ _WRITE_HINTS = {errno.ENOSPC: "free some disk space or record elsewhere",
                 errno.ENOENT: "the folder is gone (or a link points nowhere): fix the path"}
 
 
+# Suffixes of other media formats, which a WAV must not be named with. Others pass: a name
+# from a SIP call (rec/${call.caller}, alice@example.com) has a suffix that is not one.
+_OTHER_MEDIA = frozenset((".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4",
+                          ".webm", ".mka", ".aif", ".aiff", ".au", ".amr", ".wma", ".caf",
+                          ".gsm", ".raw", ".pcm"))
+
+
 class WavRecorder(Node):
     """Records PCM audio to a WAV file that stays valid whatever happens (even kill -9):
     everything up to `flush_interval` before the end is always on disk.
@@ -326,11 +336,16 @@ class WavRecorder(Node):
 
     kind = "wav_recorder"
     inputs = (Port("in", (Format.audio(),), "PCM audio (int16 or float32)"),)
-    path = Param(PathType, None, "file to write (folders are created)", required=True)
+    path = Param(PathType, None, "WAV file to write (folders are created)", required=True)
     flush_interval = Param(Duration, 0.5, "wall time between writes to disk, e.g. 200ms (a "
                            "plain number is seconds)", min=0.0, max=1.0)
 
     def validate(self) -> None:
+        suffix = Path(self.path).suffix.lower()
+        if suffix in _OTHER_MEDIA:
+            raise ParamValueError("path", f"cannot record to '{self.path}': {self.kind} "
+                                  f"writes WAV, not {suffix[1:].upper()}", "name it .wav, "
+                                  f"and convert it afterwards: ffmpeg -i x.wav x{suffix}")
         check_writable("path", self.path)
         # Recording over a file that a node of this graph reads (or writes) would destroy it
         # before it is read: the writer empties the file as it starts.

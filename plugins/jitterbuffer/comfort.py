@@ -19,7 +19,6 @@ state a foreign bitstream would disturb; Opus has its own DTX): the node conceal
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import lfilter
 
 __all__ = ["ComfortNoise", "reflection_to_lpc"]
 
@@ -59,8 +58,8 @@ class ComfortNoise:
     filtered noise). Buffers are allocated once; a frame is a handful of vector operations
     and one `lfilter`. `for_codec` returns None for a codec it cannot make."""
 
-    __slots__ = ("_a", "_b", "_be", "_decode", "_encode", "_full", "_noise", "_pcm", "_ramp",
-                 "_reflection", "_rng", "_scale", "_zi", "codec")
+    __slots__ = ("_a", "_b", "_be", "_decode", "_encode", "_full", "_lfilter", "_noise", "_pcm",
+                 "_ramp", "_reflection", "_rng", "_scale", "_zi", "codec")
 
     def __init__(self, codec: str, frame: int, channels: int = 1, seed: int = 3389) -> None:
         self.codec = codec
@@ -76,6 +75,12 @@ class ComfortNoise:
             self._full = _L16_FULL_SCALE
         else:
             raise ValueError(f"no comfort noise generator for '{codec}'")
+        # scipy.signal takes ~0.6 s to import: here (a jitter buffer's start), not when the
+        # plugin registers (every command) nor at the first CN packet (a stall on the media
+        # path).
+        from scipy.signal import lfilter
+
+        self._lfilter = lfilter
         self._rng = np.random.default_rng(seed)
         self._noise = np.empty(shape, dtype=np.float64)
         self._pcm = np.empty(shape, dtype=np.int16)
@@ -134,7 +139,7 @@ class ComfortNoise:
         for order in range(k.size, 0, -1):
             a = reflection_to_lpc(k[:order])
             residual = float(np.prod(1.0 - k[:order] ** 2))  # prediction error / power
-            h = lfilter(_ONE, a, _IMPULSE)
+            h = self._lfilter(_ONE, a, _IMPULSE)
             if order == 1 or abs(float(h @ h) * residual - 1.0) < _GAIN_TOLERANCE:
                 break
         # From rest: another filter's state could set this one off (two sharp models
@@ -146,7 +151,7 @@ class ComfortNoise:
         """`noise` through the spectrum in use, its state carried on."""
         if self._a is None:
             return noise
-        out, self._zi = lfilter(self._b, self._a, noise, axis=0, zi=self._zi)
+        out, self._zi = self._lfilter(self._b, self._a, noise, axis=0, zi=self._zi)
         return out
 
     def payload(self, level: int, reflection: bytes = b"") -> bytes:

@@ -1,0 +1,54 @@
+"""Bus messages as text: one line each, `pipeline: HH:MM:SS.mmm NODE: NAME k=v ...` on
+stderr, the form `pipeline launch -m` prints every message in and `pipeline serve` its
+call events."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Container
+from typing import Any
+
+
+def message_text(msg: Any) -> str:
+    """`NODE: NAME k=v ...`; a field without a value (None) says nothing and is left out."""
+    fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in msg.data.items() if v is not None)
+    return f"{msg.node}: {msg.name} {fields}".rstrip()
+
+
+class MessagePrinter:
+    """A bus listener that prints messages (those in `names`, or all) as lines stamped with
+    the local time they came, to set beside a peer's logs. Given a loop, lines are written
+    once per turn of it (a burst of calls costs one write); else each at once."""
+
+    def __init__(self, names: Container[str] | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.names = names
+        self.loop = loop
+        self.lines: list[str] = []
+        self._second = -1
+        self._hms = ""
+
+    def __call__(self, msg: Any) -> None:
+        if self.names is None or msg.name in self.names:
+            self.say(message_text(msg))
+
+    def say(self, text: str) -> None:
+        """Print `text` as a line stamped with the time now, in order with the messages."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, not for each line of a burst
+            self._second, self._hms = second, time.strftime("%H:%M:%S", time.localtime(second))
+        if self.loop is not None and not self.lines:
+            self.loop.call_soon(self.flush)
+        self.lines.append(f"pipeline: {self._hms}.{int((now - second) * 1000):03d} {text}\n")
+        if self.loop is None:
+            self.flush()
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        if lines:
+            sys.stderr.write("".join(lines))
+            sys.stderr.flush()
