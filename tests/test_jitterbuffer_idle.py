@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.formats import Format
-from pipeline.frames import FLAG_SILENCE, EncodedFrame
+from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, FLAG_SILENCE, EncodedFrame
 from pipeline.graph import Graph
 from pipeline.node import Node, Port
 from pipeline.testing import align, read_wav, run_graph, speech_like
@@ -123,11 +123,19 @@ def test_a_silence_from_the_sender_keeps_the_timeline(codec):
     for lo, hi in ((0, a), (b, len(want))):
         lag, corr = align(want[lo:hi], out[lo:hi])
         assert lag == 0 and corr > 0.95, (lo, lag, corr)
-    # The silence: the concealment fades out within 160 ms, then digital silence.
+    # The silence: the concealment fades out, then digital silence: G.711's within 160 ms
+    # (the buffer's 100 ms, then 60 ms), Opus's within 620 ms (the buffer's 100 ms, then
+    # OPUS_DTX_MS, then the frame ramped to zero: DTX's comfort noise must not fade).
     rms = _frame_rms(out[a:b], frame)
-    assert rms[0] > 10 and np.all(np.diff(rms[:8]) <= 1.0)
-    assert not out[a + 8 * frame:b].any()
     jb, dec = r.stats["jb"], r.stats["dec"]
+    assert rms[0] > 10
+    if codec == "pcmu":
+        fade = 8
+        assert np.all(np.diff(rms[:fade]) <= 1.0)
+    else:  # the buffer's concealed periods, then 500 ms, the last frame ramped to zero
+        fade = jb["concealed"] + 25
+        assert np.all(rms[:fade] > 10)
+    assert not out[a + fade * frame:b].any()
     # The buffer conceals until it knows the stream has stopped (idle_ms, 100 ms): those
     # periods are concealed, every other period of the silence is idle; nothing is lost.
     assert 1 <= jb["concealed"] <= 5
@@ -178,3 +186,164 @@ def test_a_declared_silence_plays_comfort_noise_or_silence(comfort_noise):
     else:
         assert jb["comfort_noise_frames"] == 0 and jb["idle"] >= GAP[1] - GAP[0] - 10
         assert not rest.any()
+
+
+class DtxSender(Sender):
+    """Sends `payloads` as an Opus encoder with DTX does (`opus_encoder dtx: true`): a None
+    payload is a frame libopus coded as DTX (1-2 bytes), not sent; the sequence numbers go
+    on without a hole, and the first packet after such frames has the marker bit."""
+
+    kind = "test_idle_dtx_sender"
+
+    def start(self) -> None:
+        super().start()
+        self.marker = False
+
+    def tick(self, now: float) -> None:
+        k = self.k
+        self.k += 1
+        if k >= self.eos:
+            self.send_eos()
+            return
+        payload = self.payloads[k]
+        if payload is None:
+            self.marker = True
+            return
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.emit("out", EncodedFrame(payload, self.codec, k * self.step, self.step, self.rate,
+                                      self.marker,
+                                      meta={"seq": self.seq, "ssrc": 9, "arrival": now}))
+        self.marker = False
+
+
+def test_opus_dtx_plays_the_decoders_comfort_noise_between_refreshes():
+    # RFC 7587 3.1.3: with DTX the sender sends one frame every 400 ms of background noise
+    # and nothing between; the receiver's Opus decoder conceals those periods, its comfort
+    # noise. The idle periods used to fade it out after 60 ms: 120 ms bursts of noise, then
+    # 300 ms of digital silence, every 420 ms.
+    from plugins.codecs.opus import OpusDecoder, OpusEncoder
+
+    rng = np.random.default_rng(7)
+    speech = speech_like(48000, 2.0)[:, 0].astype(np.float64)
+    x = rng.standard_normal(48000 * 6) * 30  # background noise, about -61 dBFS
+    x[:len(speech)] += speech
+    x = np.clip(np.rint(x), -32768, 32767).astype(np.int16)[:, None]
+    enc = OpusEncoder(48000, 1, dtx=True)
+    payloads = [enc.encode(x[i:i + 960]) for i in range(0, len(x), 960)]
+    payloads = [p if len(p) > 2 else None for p in payloads]  # RFC 7587 3.3: not sent
+    dtx = [k for k, p in enumerate(payloads) if p is None]
+    assert len(dtx) > 150  # libopus went into DTX after the speech
+    g = Graph("dtx")
+    g.add(DtxSender("src", payloads, "opus", 48000, (0, 0)))
+    g.create("jitter_buffer", "jb", {"min_delay_ms": 40.0})
+    g.create("opus_decoder", "dec")
+    g.create("frame_sink", "out")
+    g.link("src", None, "jb", None)
+    g.link("jb", None, "dec", None)
+    g.link("dec", None, "out", None)
+    r = run_graph(g)
+    out = r.graph.nodes["out"].audio()[:, 0]
+    jb = r.stats["jb"]
+    assert jb["lost"] == 0 and jb["idle"] > 100
+    # The reference: the decoder conceals every period the sender left out.
+    dec = OpusDecoder(48000, 1)
+    ref = np.concatenate([dec.decode(p) if p is not None else dec.conceal(960)
+                          for p in payloads])[:, 0]
+    # From 2.5 s (DTX well under way) to the end: comfort noise in every frame, at the level
+    # of the reference's (the buffer's start delay shifts the output by a few frames).
+    lo = 125 * 960
+    got = _frame_rms(out[lo:], 960)[:-5]
+    want = np.median(_frame_rms(ref[lo:], 960))
+    assert want > 5
+    assert got.min() > 0.5 * want and got.max() < 2 * want, (got.min(), got.max(), want)
+
+
+@pytest.mark.parametrize("freq", [200, 220])
+def test_opus_resumes_after_a_hold_without_a_click(freq):
+    # A voiced sound (a tone and its octave), then the sender stops for 2 s (a hold) and
+    # goes on. The concealment, ramped to zero in the idle periods, went on inside libopus:
+    # the next packet began with its end, a step out of digital silence (2294 and 1093
+    # where the sound's own steps are under 470; after 500 ms of concealment, 1102 and
+    # 2448). The decoder starts afresh once it has faded.
+    level, octave = 8000, 4000
+    from plugins.codecs.opus import OpusEncoder
+
+    t = np.arange(int(48000 * SECONDS)) / 48000
+    x = np.rint(np.sin(2 * np.pi * freq * t) * level + np.sin(4 * np.pi * freq * t) * octave)
+    x = x.astype(np.int16)[:, None]
+    enc = OpusEncoder(48000, 1)
+    payloads = [enc.encode(x[i:i + 960]) for i in range(0, len(x), 960)]
+    g = Graph("hold")
+    g.add(Sender("src", payloads, "opus", 48000, GAP))
+    g.create("jitter_buffer", "jb", {"min_delay_ms": 40.0})
+    g.create("opus_decoder", "dec")
+    g.create("frame_sink", "out")
+    g.link("src", None, "jb", None)
+    g.link("jb", None, "dec", None)
+    g.link("dec", None, "out", None)
+    r = run_graph(g)
+    out = r.graph.nodes["out"].audio()[:, 0].astype(np.float64)
+    b = GAP[1] * 960
+    assert not out[b - 960:b].any()  # digital silence up to the packet after the hold
+    own = np.abs(np.diff(x[:, 0].astype(np.float64))).max()  # the sound's largest step
+    steps = np.abs(np.diff(out[b - 1:b + 960]))
+    assert steps.max() < 1.5 * own, (steps.max(), own)
+    back = np.sqrt(np.mean(out[b + 5 * 960:b + 10 * 960] ** 2))
+    assert back > 0.5 * np.sqrt(np.mean(x.astype(np.float64) ** 2))  # the sound is back
+
+
+class LossySender(Sender):
+    """`Sender`, whose packets at the ticks in `lost` are sent but never arrive."""
+
+    kind = "test_idle_lossy_sender"
+
+    def __init__(self, *args: object, lost: set[int], **kw: object) -> None:
+        super().__init__(*args, **kw)
+        self.lost = lost
+
+    def tick(self, now: float) -> None:
+        if self.k in self.lost:
+            self.k += 1
+            self.seq = (self.seq + 1) & 0xFFFF
+            return
+        super().tick(now)
+
+
+@pytest.mark.parametrize("f0", [100, 120])
+def test_a_loss_after_the_silence_is_concealed_from_what_played(f0):
+    # G.711 Appendix I conceals from the history of what was played. A buffer with a long
+    # delay (200 ms: a jittery path) goes quiet after two concealed periods, the decoder's
+    # idle concealment fades out 60 ms later and digital silence plays: the history held
+    # the fading concealment, not the silence, and a loss in the spurt after it repeated
+    # pitch periods reaching back into it (the loud voice of 2 s before, up to 995 where
+    # the new spurt's concealment is 455 RMS).
+    from plugins.jitterbuffer.plc import WaveformSubstitution
+
+    t = np.arange(int(8000 * SECONDS)) / 8000
+    x = (np.sin(2 * np.pi * f0 * t) * 8000 + np.sin(4 * np.pi * f0 * t) * 4000
+         + np.sin(6 * np.pi * f0 * t) * 2000)
+    x[GAP[1] * 160:] *= 0.1  # quieter after the silence: what comes from before stands out
+    enc = G711Encoder("pcmu")
+    pcm = np.rint(x).astype(np.int16)
+    payloads = [enc.encode(pcm[i:i + 160]) for i in range(0, len(pcm), 160)]
+    g = Graph("history")
+    g.add(LossySender("src", payloads, "pcmu", 8000, GAP, lost={GAP[1] + 1, GAP[1] + 2}))
+    g.create("jitter_buffer", "jb", {"min_delay_ms": 200.0, "start_delay_ms": 200.0})
+    g.create("pcmu_decoder", "dec")
+    g.create("frame_sink", "out")
+    g.link("src", None, "jb", None)
+    g.link("jb", None, "dec", None)
+    g.link("dec", None, "out", None)
+    r = run_graph(g)
+    frames = list(r.graph.nodes["out"].frames)
+    # The spurt after the silence: its first frame, then the two lost ones concealed.
+    k = next(i for i, f in enumerate(frames) if i > GAP[0] + 10 and f.flags == FLAG_DISCONT)
+    assert frames[k - 1].flags == FLAG_SILENCE and not frames[k - 1].data.any()
+    assert [f.flags for f in frames[k + 1:k + 3]] == [FLAG_CONCEALED] * 2
+    # What a concealer that heard the silence makes of it.
+    ws = WaveformSubstitution(8000, 160)
+    ws.good(np.zeros(8000, np.int16))
+    ws.good(frames[k].data[:, 0])
+    want = np.concatenate([ws.conceal(), ws.conceal()]).astype(np.int32)
+    got = np.concatenate([f.data[:, 0] for f in frames[k + 1:k + 3]]).astype(np.int32)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()

@@ -16,8 +16,11 @@ frame with a fade. Concealed output carries `FLAG_CONCEALED`. An empty `FLAG_SIL
 with a `duration` is a period in which the stream had stopped (the jitter buffer keeping the
 timeline through a hold or a VAD silence): the concealment goes on until it has faded out
 (at most `IDLE_FADE_MS`, the last frame ramped to zero), then digital silence; counted
-`idle`, not `concealed`. (A comfort-noise packet passed on by `rtp_session` has no duration:
-nothing plays for it.)
+`idle`, not `concealed`. Opus conceals longer (`OPUS_DTX_MS`): a sender with DTX sends one
+frame every 400 ms in silence and the decoder's concealment is the comfort noise between
+(RFC 7587 3.1.3), which must not fade out; once it has faded (a hold), the decoder starts
+afresh, so the next packet does not begin with the end of the concealment (a click). (A
+comfort-noise packet passed on by `rtp_session` has no duration: nothing plays for it.)
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ PTIME_DOC = "packet duration in ms (RFC 4566 ptime)"
 # How long concealment may run on into a stopped stream's silence before it is ramped to zero:
 # G.711 Appendix I's fade is silent 60 ms into a loss; libopus's PLC decays but never ends.
 IDLE_FADE_MS = 60
+# Opus: how long its concealment runs on into a stopped stream. With DTX a sender sends one
+# frame every 400 ms of silence (RFC 6716 2.1.9; libopus's MAX_CONSECUTIVE_DTX) and nothing
+# between; the receiver's decoder conceals those periods, which in libopus is comfort noise at
+# the frames' level (RFC 7587 3.1.3). The buffer goes quiet 100 ms after a packet, so the
+# next refresh is due some 300 ms into the idle periods (later with long packets): faded out
+# after 60 ms, DTX's steady background played as 120 ms bursts of noise, 300 ms of silence.
+OPUS_DTX_MS = 500
 
 
 # ---- encoders ---------------------------------------------------------------------------
@@ -393,6 +403,20 @@ class _PcmConcealer:
         self._lost = 0
         return pcm
 
+    def silence(self) -> None:
+        """The concealment has faded out and digital silence plays (a stopped stream): the
+        history the next loss's concealment is built from is that silence, not the faded
+        concealment before it (it used to bring back the audio from before the silence, a
+        pitch period or three of it, when the spurt after it lost a packet). Concealing on
+        past the fade (silent: G.711 Appendix I's gain is zero 60 ms into a loss) fills
+        the history with it, and the next good frame still fades in from it."""
+        ws = self._ws
+        if ws is not None:
+            # 120 ms, in one call: more than the history (the pitch search's 70 ms, or a
+            # frame, at most the jitter buffer's 120 ms).
+            ws.frame = self.rate * 120 // 1000
+            ws.conceal()
+
     def conceal(self, samples: int) -> np.ndarray:
         if self._ws is not None:
             self._ws.frame = samples  # conceal() synthesises `frame` samples
@@ -415,6 +439,8 @@ class _DecoderNode(Node):
     """Shared decoder logic: decode, conceal losses, count bad payloads."""
 
     codec_name: ClassVar[str] = ""
+    # How long the concealment runs on into a stopped stream's silence (`_idle_period`).
+    idle_conceal_ms: ClassVar[int] = IDLE_FADE_MS
 
     def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
         """(rate, channels) of the PCM output, given the encoded input format."""
@@ -501,9 +527,14 @@ class _DecoderNode(Node):
     def conceal(self, samples: int, frame: EncodedFrame) -> np.ndarray:
         return self._plc.conceal(samples)
 
+    def idle_faded(self) -> None:
+        """The concealment has faded out into a stopped stream's silence (idle path only)."""
+        if self._plc is not None:
+            self._plc.silence()
+
     def _idle_period(self, frame: EncodedFrame) -> None:
         """A period in which the stream had stopped: the concealment of its last audio
-        fades out (ramped to zero after `IDLE_FADE_MS`), then digital silence."""
+        fades out (ramped to zero after `idle_conceal_ms`), then digital silence."""
         n = self._samples_for(frame)
         if n <= 0:
             return
@@ -522,10 +553,12 @@ class _DecoderNode(Node):
         done += n
         if not pcm.any():
             done = -1
-        elif done >= IDLE_FADE_MS * self._rate // 1000:
+        elif done >= self.idle_conceal_ms * self._rate // 1000:
             ramp = np.linspace(1.0, 0.0, len(pcm), endpoint=False, dtype=np.float32)
             pcm = np.rint(pcm * ramp[:, None]).astype(np.int16)
             done = -1
+        if done < 0:
+            self.idle_faded()
         self._idle_run = (mark, done)
         self._out(pcm, FLAG_CONCEALED)
 
@@ -615,6 +648,7 @@ class OpusDecoderNode(_DecoderNode):
     rate = Param(int, None, "output rate in Hz (default: what downstream prefers, else 48 kHz)",
                  choices=OPUS_RATES)
     channels = Param(int, None, "output channels (default: the stream's)", choices=(1, 2))
+    idle_conceal_ms = OPUS_DTX_MS  # DTX: the concealment is the comfort noise (RFC 7587)
 
     def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
         rate = self.rate
@@ -630,6 +664,13 @@ class OpusDecoderNode(_DecoderNode):
 
     def make_concealer(self) -> _PcmConcealer | None:
         return None  # libopus conceals itself
+
+    def idle_faded(self) -> None:
+        # Ramped to zero here, the concealment goes on inside libopus: the next packet's
+        # first 2.5 ms overlap its end (CELT) and its gains glue on to it (SILK): a step
+        # out of the silence, up to 40% of the level before it. A fresh state starts from
+        # rest, as the stream's first packet did.
+        self._decoder.reset()
 
     def conceal(self, samples: int, frame: EncodedFrame) -> np.ndarray:
         quantum = self._rate // 400  # Opus lengths are multiples of 2.5 ms

@@ -85,9 +85,26 @@ class Resample(Node):
     """Converts rate (PyAV/libswresample), channel count and sample format. Channels go
     through one matrix: a down-mix keeps every channel (5.1 and 7.1 to stereo by ITU-R
     BS.775, others folded, to mono the mean), an up-mix leaves the extra channels silent.
+    A rate conversion delays the audio by 0.5 to 3 ms (3 ms from 48 to 8 kHz): each frame
+    goes out as its input comes in, as long as the input, so the output starts with that
+    much silence and the input's last milliseconds are not in it at the end of stream.
 
     Output frames have exactly the input frame's duration, so a mixer downstream never sees
     ragged frames; the resampler's filter delay is primed with silence once at the start.
+    That delay is the latency of the conversion, as in any real-time resampler (GStreamer's
+    `audioresample` reports it as latency, pjmedia's resample port has one): libswresample
+    computes an output sample from input up to half its filter ahead, so a frame's last
+    output samples wait for the next frame's input; the node emits the frame's exact length
+    at once, led by that many samples of silence at the start, plus 8 against the +-1 sample
+    wobble of fractional ratios. The output is exactly the input's length (input samples x
+    ratio, for a mixer's or a recording's timeline), so at end of stream the input's last
+    `delay` is left in the filter (GStreamer drains it into a longer output; here a file
+    converted this way is the same length, shifted by the delay). Measured, in output
+    samples: 48000 -> 8000 Hz: 24 samples (3 ms); 16000 -> 8000 Hz: 24 samples (3 ms);
+    48000 -> 16000 Hz: 24 samples (1.5 ms); 8000 -> 16000 Hz: 40 samples (2.5 ms);
+    8000 -> 48000 Hz: 104 samples (2.17 ms); 16000 -> 48000 Hz: 56 samples (1.17 ms);
+    44100 -> 48000 Hz: 25 samples (0.52 ms). A change of input rate mid-stream (below)
+    primes the new filter's delay again. Channel and sample-format conversion add none.
     The rate is the frames' own: frames carry it, and the runtime checks only a link's first
     frame against the negotiated format, so when it changes mid-stream (a source whose next
     part has another rate) the node follows it (`_rate_change`).
