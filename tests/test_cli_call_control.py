@@ -288,3 +288,310 @@ def test_commands_say_why_they_cannot_act_without_an_established_call():
                     "unknown command 'HOLD!': commands are h|hold, r|resume, DIGITS "
                     "(0-9 * # A-D: DTMF), q|hangup, ?|help",
                     "resume: no call (it has ended)"]
+
+
+# ---- digits: one queue per call, in order, waiting while they cannot go -----------------
+class _FakeUa:
+    """The user agent as send_digits sees it: one established call; INFO digits recorded,
+    refused (as the real one) while a re-INVITE is in progress."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.call = SimpleNamespace(call_id="c1", state="established", active=True,
+                                    pending=None, rtp_port=47000)
+        self.calls = {"c1": self.call}
+        self.sent: list[str] = []
+
+    def send_dtmf(self, call_id: str, digit: str, now: float, duration_ms: int = 160) -> None:
+        from pipeline.errors import LocalProtocolError
+
+        if self.call.pending is not None:
+            raise LocalProtocolError(f"SIP call {call_id} has a re-INVITE in progress")
+        self.sent.append(digit)
+
+
+def _endpoint(ua: _FakeUa):
+    from types import SimpleNamespace
+
+    from plugins.sip.nodes import SipEndpoint
+
+    ep = SipEndpoint.__new__(SipEndpoint)  # the controls and glue only: no sockets
+    ep.name, ep.ua, ep._loop = "sip", ua, asyncio.get_running_loop()
+    ep.transport = object()
+    ep.parts, ep.part_values, ep._rebuilding = {}, {}, {}
+    ep.graph = SimpleNamespace(nodes={})
+    ep._pump = lambda events=True: None
+    return ep
+
+
+def test_info_digits_of_two_commands_go_one_string_after_the_other():
+    # Typed while the first string is still being sent: before, two chains of INFOs ran
+    # at once and the far end heard 1 3 2 4.
+    async def main_() -> list[str]:
+        ua = _FakeUa()
+        ep = _endpoint(ua)
+        assert ep.send_digits("c1", "12", duration_ms=20) == "info"
+        assert ep.send_digits("c1", "34", duration_ms=20) == "info"
+        return await until(lambda: len(ua.sent) == 4 and ua.sent, "4 digits")
+
+    assert asyncio.run(main_()) == ["1", "2", "3", "4"]
+
+
+def test_info_digits_wait_for_a_re_invite_under_way_rather_than_being_dropped():
+    async def main_() -> list[str]:
+        ua = _FakeUa()
+        ep = _endpoint(ua)
+        ep.send_digits("c1", "123", duration_ms=20)
+        assert ua.sent == ["1"]
+        ua.call.pending = "out"  # a hold typed meanwhile (or a session refresh)
+        # its answer, a moment later (the far end's, simulated)
+        ep._loop.call_later(0.1, setattr, ua.call, "pending", None)
+        return await until(lambda: len(ua.sent) == 3 and ua.sent, "the rest after the answer")
+
+    assert asyncio.run(main_()) == ["1", "2", "3"]
+
+
+def test_digits_typed_while_the_call_graph_is_rebuilt_go_to_its_new_rtp_session():
+    # Between the old part's stop and the new part's start (a hold, a resume) the call has
+    # no rtp_session: before, the digits went by SIP INFO although the call agreed
+    # telephone-event (a peer without INFO never heard them).
+    from types import SimpleNamespace
+
+    async def main_() -> tuple[str, list[str], list[str]]:
+        ua = _FakeUa()
+        ep = _endpoint(ua)
+        ep._rebuilding["c1"] = SimpleNamespace(dtmf_payload_type=101, direction="sendrecv")
+        how = ep.send_digits("c1", "9#", duration_ms=20)
+        got: list[str] = []
+        rtp = SimpleNamespace(kind="rtp_session", bound_port=47000,
+                              event=lambda port, ev: got.append(ev.digit))
+        del ep._rebuilding["c1"]  # the new part starts
+        ep.parts["c1"] = "call-1/"
+        ep.part_values["c1"] = {"dtmf_payload_type": 101}
+        ep.graph.nodes["call-1/rtp"] = rtp
+        await until(lambda: len(got) == 2, "the digits at the new rtp_session")
+        return how, got, ua.sent
+
+    how, got, by_info = asyncio.run(main_())
+    assert (how, got, by_info) == ("rfc4733", ["9", "#"], [])
+
+
+def _control_reading(monkeypatch, chunks: list[bytes]):
+    """A _CallControl whose stdin gives `chunks` (then end of file), with what it says and
+    whether it hung up."""
+    from plugins.sip.cli import _CallControl, build_call_graph
+
+    control = _CallControl(build_call_graph("sip:echo@127.0.0.1:47000", CALLER))
+    said: list[str] = []
+    hung: list[bool] = []
+    control.say, control.hang_up = said.append, lambda: hung.append(True)
+    reads = iter([*chunks, b""])
+    monkeypatch.setattr(os, "read", lambda fd, n: next(reads))
+    for _ in range(len(chunks) + 1):
+        control.on_readable()
+    monkeypatch.undo()
+    return control, said, hung
+
+
+def test_a_last_command_without_a_newline_is_run_at_the_end_of_stdin(monkeypatch):
+    # `printf q | pipeline call ...`: before, the q was dropped and the call ran on.
+    _, said, hung = _control_reading(monkeypatch, [b"?\nq"])
+    assert hung == [True] and said[-1] == "hangup: hanging up", said
+
+
+def test_a_very_long_line_or_binary_garbage_is_one_short_line_and_the_call_goes_on(
+        monkeypatch):
+    flood = b"x" * 1_000_000  # no newline yet: not kept whole
+    control, said, hung = _control_reading(
+        monkeypatch, [flood[:4096]] * 50 + [b"\n", b"\x00\x1b[2J\rq\x0bq\x85\xff\n", b"?\n"])
+    assert len(control.pending) <= 4096
+    assert not hung, said
+    assert len(said) == 3, [line[:200] for line in said]
+    for line in said:
+        assert len(line) < 200 and line.isprintable(), line[:200]
+    assert said[0].startswith("unknown command 'xxx") and said[1].startswith("unknown command")
+    assert said[2].startswith("commands: ")
+
+
+# ---- --debug lines ---------------------------------------------------------------------
+def test_a_debug_line_is_one_short_line_whatever_came(caplog):
+    # A stray datagram (binary, LF line ends, no blank line) was logged whole: many lines.
+    import logging
+
+    from plugins.sip.nodes import SipEndpoint
+
+    ep = SipEndpoint.__new__(SipEndpoint)
+    ep.name = "sip"
+    caplog.set_level(logging.DEBUG, logger="plugins.sip")
+    for data in (b"\x16\x03\x01\x02\x00\n\x01" + bytes(range(256)) * 40,
+                 b"INFO sip:a@b SIP/2.0\nVia: SIP/2.0/UDP x\ni: abc@h\n\nSignal=1\n" + b"y" * 900,
+                 b"\r\n\r\n"):  # a keep-alive (RFC 5626 4.4.1)
+        ep._log_message("received from", "udp", data, ("127.0.0.1", 47001))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and len(line) < 400, line[:400]
+    assert lines[1] == "sip: received from udp:127.0.0.1:47001: INFO sip:a@b SIP/2.0 " \
+        "call_id=abc@h", lines[1]
+
+
+def test_debug_logging_turned_on_after_the_start_logs_sip_messages(caplog):
+    # The flag was read once at start: logging configured afterwards (an application
+    # embedding the endpoint, or a level changed at run time) logged nothing.
+    import logging
+    import socket
+
+    from test_sip_endpoint import Endpoint
+
+    yaml = """
+nodes:
+  sip: {type: sip_endpoint, listen: "udp:127.0.0.1:47020", user: echo,
+        rtp_port_range: 47100-47199}
+"""
+
+    async def main_() -> list[str]:
+        ep = Endpoint(yaml)
+        await ep.wait("sip-listening")
+        caplog.set_level(logging.DEBUG, logger="plugins.sip")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 47021))
+            s.sendto(b"OPTIONS sip:echo@127.0.0.1:47020 SIP/2.0\r\n"
+                     b"Via: SIP/2.0/UDP 127.0.0.1:47021;branch=z9hG4bK1\r\n"
+                     b"From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:echo@127.0.0.1>\r\n"
+                     b"i: opt1@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                     b"Content-Length: 0\r\n\r\n", ("127.0.0.1", 47020))
+            got = await until(lambda: [r.getMessage() for r in caplog.records
+                                       if "call_id=opt1@127.0.0.1" in r.getMessage()]
+                              or None, "the debug lines")
+        ep.node.shutdown()
+        await asyncio.wait_for(ep.task, WAIT)
+        return got
+
+    got = asyncio.run(main_())
+    assert any(line.startswith("sip: received from udp:127.0.0.1:47021: OPTIONS ")
+               for line in got), got
+    assert any(" sent to udp:127.0.0.1:47021: SIP/2.0 200 OK" in line for line in got), got
+
+
+# A shell's job control in small: the session leader of a terminal runs `pipeline call` as
+# a job, moves it to the background on SIGUSR1 and back to the foreground on SIGUSR2 (with a
+# SIGCONT, as `fg` does), and says when the job stops (SIGTTIN) or ends.
+_JOB_SHELL = """
+import fcntl, os, signal, subprocess, sys, termios
+os.setsid()
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+job = subprocess.Popen(sys.argv[1:], process_group=0)
+os.tcsetpgrp(0, job.pid)
+def move(to, cont):
+    os.tcsetpgrp(0, to)
+    if cont:
+        os.killpg(job.pid, signal.SIGCONT)
+    print("shell: background" if to != job.pid else "shell: foreground", file=sys.stderr,
+          flush=True)
+signal.signal(signal.SIGUSR1, lambda *_: move(os.getpgrp(), False))
+signal.signal(signal.SIGUSR2, lambda *_: move(job.pid, True))
+while True:
+    _, status = os.waitpid(job.pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        print("shell: job stopped", file=sys.stderr, flush=True)
+    else:
+        sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_call_moved_to_the_background_does_not_read_its_terminal_and_is_not_stopped(
+        tmp_path):
+    # Ctrl-Z then `bg` mid-call: a line typed at the shell woke our reader, whose read of a
+    # terminal we no longer own stopped the whole call (SIGTTIN).
+    import signal as signals
+
+    async def main_(terminal: int):
+        server, port = await serve(tmp_path)
+        job = None
+        try:
+            job = Cli(await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _JOB_SHELL, sys.executable, "-m", "pipeline", "call",
+                f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER), "-p",
+                f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu", cwd=tmp_path,
+                stdin=terminal, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE))
+            await job.wait(r" call-established ")
+            job.proc.send_signal(signals.SIGUSR1)
+            await job.wait(r"^shell: background")
+            os.write(primary, b"q\n")  # typed at the shell, but our reader wakes too
+            (what,) = await job.wait(r"^shell: job stopped| commands: not read")
+            job.proc.send_signal(signals.SIGUSR2)  # `fg`: the q is ours now
+            code = await job.end()
+        finally:
+            await stop(job, server)
+        return what, job.lines, code
+
+    primary, terminal = pty.openpty()
+    try:
+        what, called, code = asyncio.run(main_(terminal))
+    finally:
+        os.close(primary)
+        os.close(terminal)
+    assert re.fullmatch(STAMP + r"commands: not read while in the background", what), called
+    assert code == 0, called
+    assert any(line.endswith("hangup: hanging up") for line in called), called
+
+
+def test_a_refused_hold_is_said_in_an_error_line():
+    # A 491 (both ends' re-INVITEs crossed, RFC 3261 14.1) or any refusal of our hold:
+    # before, nothing followed "hold: re-INVITE sent (sendonly)", the hold never came and
+    # the user could not tell.
+    from types import SimpleNamespace
+
+    from plugins.sip import ua as sipua
+
+    async def main_() -> list[tuple[str, dict]]:
+        ua = _FakeUa()
+        events: list = []
+        ua.hold = lambda call_id, now: setattr(ua.call, "pending", "out")
+        ua.datagrams_to_send = lambda: []
+        ua.trying = False
+        ua.next_event = lambda: events.pop(0) if events else None
+        ep = _endpoint(ua)
+        posted: list[tuple[str, dict]] = []
+        ep.graph.post = lambda node, name, data: posted.append((name, data))
+        ep.locator = SimpleNamespace(poll=lambda: None)
+        del ep._pump  # the real one
+        ep.hold("c1")
+        ua.call.pending = None  # the far end's 491
+        events.append(sipua.CallUpdateFailed(ua.call, 491))
+        ep._pump()
+        return posted
+
+    posted = asyncio.run(main_())
+    assert posted == [("error", {"message": "hold of call c1 failed: re-INVITE answered 491 "
+                                            "(the far end's re-INVITE crossed ours): try "
+                                            "again"})], posted
+
+
+def test_resume_without_a_hold_and_a_second_hold_say_so_and_send_nothing(tmp_path):
+    # Before, each sent a re-INVITE whose answer changed nothing: no call-updated line
+    # followed, and the user was left waiting for one.
+    async def main_():
+        server, port = await serve(tmp_path, "--debug")
+        caller = None
+        try:
+            caller = await dial(tmp_path, port, "--codecs", "pcmu")
+            await caller.wait(r" call-established ")
+            caller.type("r\nh\n")
+            await caller.wait(r" call-updated .*direction=sendonly")
+            caller.type("hold\nq\n")
+            code = await caller.end()
+        finally:
+            await stop(caller, server)
+        return server.lines, caller.lines, code
+
+    served, called, code = asyncio.run(main_())
+    assert code == 0, called
+    said = [line.split(" ", 2)[2] for line in called if re.search(r" (hold|resume): ", line)]
+    assert said == ["resume: the call is not on hold", "hold: re-INVITE sent (sendonly)",
+                    "hold: the call is on hold already"], called
+    invites = [line for line in served if re.search(r"received from .*: INVITE ", line)]
+    assert len(invites) == 2, invites  # the call's, and one hold

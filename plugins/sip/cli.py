@@ -166,6 +166,19 @@ _DIGITS_RE = re.compile(r"[0-9*#A-D]+", re.IGNORECASE)
 _HELP = "h|hold, r|resume, DIGITS (0-9 * # A-D: DTMF), q|hangup, ?|help"
 
 
+_BACKGROUND_POLL = 0.25  # seconds: a call in the background looks this often for `fg`
+_LINE_MAX = 1024  # longer, a command line is cut there (stdin fed garbage: memory bounded)
+
+
+def _shown(line: bytes) -> str:
+    """A line of stdin as a command: text, cut at `_LINE_MAX`, and what would not print
+    (control characters, escapes, a bare carriage return) as '?', so it is one line
+    whatever came."""
+    text = line[:_LINE_MAX].decode(errors="replace").strip()
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?"
+                                                    for c in text)
+
+
 def _foreground(fd: int) -> bool:
     """Whether our process group may read terminal `fd` (job control applies only to our
     controlling terminal: any other may be read)."""
@@ -185,6 +198,8 @@ class _CallControl:
         self.ended = False
         self.quit = False  # hung up by `q`
         self.fd: int | None = None
+        self.tty = False
+        self.waiting: asyncio.TimerHandle | None = None  # in the background: when to look
         self.pending = b""
         graph.listeners.append(self.on_bus)
 
@@ -214,6 +229,7 @@ class _CallControl:
             log.debug("stdin not read for commands: %s", e)
             return
         self.fd = 0
+        self.tty = tty
         if tty:
             say(f"commands: {_HELP}")
 
@@ -221,8 +237,19 @@ class _CallControl:
         if self.fd is not None:
             self.loop.remove_reader(self.fd)
             self.fd = None
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
 
     def on_readable(self) -> None:
+        if self.tty and not _foreground(0):
+            # Moved to the background mid-call (Ctrl-Z, `bg`): what is typed is the shell's,
+            # and reading it would stop the process, call and all (SIGTTIN). Not read until
+            # we are in the foreground again (`fg`).
+            self.loop.remove_reader(0)
+            self.say("commands: not read while in the background")
+            self.waiting = self.loop.call_later(_BACKGROUND_POLL, self.on_foreground)
+            return
         try:
             data = os.read(0, 4096)
         except BlockingIOError:
@@ -231,10 +258,24 @@ class _CallControl:
             data = b""
         if not data:  # EOF: no more commands, but the call goes on
             self.close()
+            last, self.pending = self.pending, b""
+            if last:  # a last command without a newline (`printf q | pipeline call`)
+                self.command(_shown(last))
             return
         *lines, self.pending = (self.pending + data).split(b"\n")
+        if len(self.pending) > _LINE_MAX:  # binary garbage, or no newline for good: the
+            self.pending = self.pending[:_LINE_MAX]  # rest of this line is not kept
         for line in lines:
-            self.command(line.decode(errors="replace").strip())
+            self.command(_shown(line))
+
+    def on_foreground(self) -> None:
+        self.waiting = None
+        if self.fd is None:
+            return
+        if _foreground(0):
+            self.loop.add_reader(0, self.on_readable)
+        else:
+            self.waiting = self.loop.call_later(_BACKGROUND_POLL, self.on_foreground)
 
     def command(self, line: str) -> None:
         word = line.lower()
@@ -254,7 +295,8 @@ class _CallControl:
         elif _DIGITS_RE.fullmatch(line):
             self.act("dtmf", line.upper())
         else:
-            self.say(f"unknown command '{line}': commands are {_HELP}")
+            shown = line if len(line) <= 40 else line[:40] + "..."
+            self.say(f"unknown command '{shown}': commands are {_HELP}")
 
     def act(self, what: str, digits: str = "") -> None:
         if self.ended:
@@ -262,6 +304,16 @@ class _CallControl:
             return
         if self.call_id is None:
             self.say(f"{what}: the call is not established yet")
+            return
+        # Our side of the media now: a re-INVITE that would change nothing gets no
+        # call-updated, so it is not sent (sendonly: our hold; recvonly: the far end's).
+        call = self.endpoint.ua.calls.get(self.call_id)
+        direction = getattr(getattr(call, "media", None), "direction", None)
+        if what == "resume" and direction == "sendrecv":
+            self.say("resume: the call is not on hold")
+            return
+        if what == "hold" and direction == "sendonly":
+            self.say("hold: the call is on hold already")
             return
         try:
             if what == "hold":

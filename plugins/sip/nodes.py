@@ -476,8 +476,6 @@ class SipEndpoint(Node):
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # Decided once: with debug off, a message costs no formatting (the set-up fast path).
-        self._debug = log.isEnabledFor(logging.DEBUG)
         tls_server = None
         if self.tls_cert:
             tls_server = server_context(str(self.tls_cert), str(self.tls_key or "") or None)
@@ -715,11 +713,16 @@ class SipEndpoint(Node):
         self._pump()
 
     def hold(self, call_id: str) -> None:
+        """Put an established call on hold (a re-INVITE, RFC 3264 8.4): ``call-updated``
+        follows, or, refused, an ``error`` saying so."""
         self.ua.hold(call_id, self._loop.time())
+        self.__dict__.setdefault("_asked_updates", {})[call_id] = "hold"
         self._pump()
 
     def resume(self, call_id: str) -> None:
+        """Take a held call off hold (a re-INVITE): as `hold`."""
         self.ua.resume(call_id, self._loop.time())
+        self.__dict__.setdefault("_asked_updates", {})[call_id] = "resume"
         self._pump()
 
     def transfer(self, call_id: str, uri: str | None = None, *,
@@ -737,9 +740,12 @@ class SipEndpoint(Node):
         """Send DTMF `digits` (0-9, *, #, A-D) in order on an established call: as RFC 4733
         telephone-events through its call graph's audio `rtp_session` when the call agreed
         telephone-event, else as SIP INFO application/dtmf-relay, one `duration_ms` after
-        another. Returns which: ``"rfc4733"`` or ``"info"``."""
+        another. Returns which: ``"rfc4733"`` or ``"info"``.
+
+        Digits given while earlier ones are still being sent go after them. They wait while
+        they cannot go: during a rebuild of the call graph (hold, resume) for its new
+        `rtp_session`, during a re-INVITE (RFC 3261 14.1) for its end when by INFO."""
         from pipeline.errors import LocalProtocolError
-        from pipeline.frames import DtmfEvent
 
         digits = digits.upper()
         bad = next((d for d in digits if d not in "0123456789*#ABCD"), None)
@@ -748,17 +754,17 @@ class SipEndpoint(Node):
         call = self.ua.calls.get(call_id)
         if call is None or call.state != "established":
             raise LocalProtocolError(f"SIP call {call_id} is not established")
-        rtp = self._audio_session(call)
-        if rtp is not None:
-            for digit in digits:  # queued there: each goes once the one before has ended
-                rtp.event("in", DtmfEvent(digit, duration_ms))
-            return "rfc4733"
-        self.ua.send_dtmf(call_id, digits[0], self._loop.time(), duration_ms)
-        self._pump()
-        if digits[1:]:  # one INFO at a time, as a keypad sends them
-            self._loop.call_later(duration_ms / 1000, self._send_info_digits, call_id,
-                                  digits[1:], duration_ms)
-        return "info"
+        media = self._rebuilding.get(call_id)
+        if media is not None:  # between two parts: as the new one will have it
+            how = "rfc4733" if media.dtmf_payload_type is not None else "info"
+        else:
+            how = "rfc4733" if self._audio_session(call) is not None else "info"
+        waiting = self.__dict__.setdefault("_digits_waiting", {})
+        queue = waiting.setdefault(call_id, [])
+        queue.extend((d, duration_ms) for d in digits)
+        if len(queue) == len(digits):  # else the digits before them are under way
+            self._send_waiting_digits(call_id)
+        return how
 
     def shutdown(self) -> None:
         """Hang up every call and unregister, then end (send EOS) once done or after 3 s."""
@@ -768,7 +774,12 @@ class SipEndpoint(Node):
         self._pump()
 
     # ---- glue -----------------------------------------------------------------------------
-    _debug = False  # log each SIP message and call graph (decided in start())
+    @property
+    def _debug(self) -> bool:
+        """Whether to log each SIP message and call graph. Asked each time, so logging set
+        up or changed after the start counts; with debug off a message costs this look-up
+        (logging caches it), no formatting: the set-up fast path."""
+        return log.isEnabledFor(logging.DEBUG)
 
     def _on_message(self, transport: str, data: bytes, addr: tuple[str, int]) -> None:
         if self._debug:
@@ -777,11 +788,25 @@ class SipEndpoint(Node):
         self._pump()
 
     def _log_message(self, way: str, transport: str, data: bytes, addr: tuple) -> None:
-        head = data.partition(b"\r\n\r\n")[0]
+        # One line whatever came: a peer may end lines with LF alone (RFC 3261 7.5 asks
+        # CRLF, parsers take both), and a stray datagram may be binary.
+        head = data[:4096]
+        end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0),
+                  default=len(head))
+        head = head[:end]
         found = re.search(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", head, re.I | re.M)
         log.debug("%s: %s %s:%s:%s: %s call_id=%s", self.name, way, transport, addr[0],
-                  addr[1], head.partition(b"\r\n")[0].decode(errors="replace"),
-                  found.group(1).decode(errors="replace") if found else None)
+                  addr[1], self._one_line(head.split(b"\n", 1)[0]),
+                  self._one_line(found.group(1)) if found else None)
+
+    @staticmethod
+    def _one_line(text: bytes, limit: int = 120) -> str:
+        """Bytes of a SIP message for a log line: decoded, cut at `limit`, what would not
+        print (a CR, control bytes) as '?'."""
+        shown = text[:limit].decode(errors="replace").strip()
+        shown = shown if shown.isprintable() else "".join(c if c.isprintable() else "?"
+                                                          for c in shown)
+        return shown + ("..." if len(text) > limit else "")
 
     def _audio_session(self, call: sipua.Call) -> Any:
         """The rtp_session of the call's part on its audio port when the call agreed
@@ -794,14 +819,61 @@ class SipEndpoint(Node):
                      if name.startswith(prefix) and node.kind == "rtp_session"
                      and getattr(node, "bound_port", None) == call.rtp_port), None)
 
-    def _send_info_digits(self, call_id: str, digits: str, duration_ms: int) -> None:
+    def _send_waiting_digits(self, call_id: str) -> None:
+        """Send a call's waiting digits (send_digits): all to its rtp_session, which sends
+        them one after another, or the first by INFO and the next one `duration_ms` later
+        (one INFO at a time, as a keypad sends them); later while the call cannot send."""
+        from pipeline.frames import DtmfEvent
+
+        waiting = self.__dict__.get("_digits_waiting", {})
+        queue = waiting.get(call_id)
         call = self.ua.calls.get(call_id)
-        if self.transport is None or call is None or not call.active:
-            return  # the call (or the endpoint) ended meanwhile: the rest go nowhere
-        try:
-            self.send_digits(call_id, digits, duration_ms)
-        except PipelineError as exc:  # a re-INVITE under way: the rest are dropped
-            log.warning("call %s: DTMF %s not sent: %s", call_id, digits, exc)
+        if not queue or self.transport is None or call is None or not call.active:
+            waiting.pop(call_id, None)  # the call (or the endpoint) ended: they go nowhere
+            return
+        again = 0.02
+        if call_id not in self._rebuilding:  # else its new part is not there yet
+            rtp = self._audio_session(call)
+            if rtp is not None:
+                del waiting[call_id]
+                for digit, duration_ms in queue:  # queued there in order
+                    rtp.event("in", DtmfEvent(digit, duration_ms))
+                return
+            if call.pending is None:  # else a re-INVITE is under way (RFC 3261 14.1)
+                digit, duration_ms = queue.pop(0)
+                try:
+                    self.ua.send_dtmf(call_id, digit, self._loop.time(), duration_ms)
+                except PipelineError as exc:
+                    log.warning("call %s: DTMF %s not sent: %s", call_id,
+                                "".join(d for d, _ in [(digit, 0), *queue]), exc)
+                    waiting.pop(call_id, None)
+                    return
+                self._pump()
+                if not queue:
+                    waiting.pop(call_id, None)
+                    return
+                again = duration_ms / 1000
+        self._loop.call_later(again, self._send_waiting_digits, call_id)
+
+    def _forget_asked_updates(self) -> None:
+        asked = self.__dict__.get("_asked_updates")
+        if asked:  # answered (with or without a change), or the call ended
+            for call_id in [c for c in asked if getattr(self.ua.calls.get(c), "pending",
+                                                        None) is None]:
+                del asked[call_id]
+
+    def _update_refused(self, event: sipua.CallUpdateFailed) -> None:
+        """Our re-INVITE was refused: when the application asked for it (hold, resume),
+        say so, or it waits for a ``call-updated`` that never comes. A 491 (RFC 3261 14.1:
+        the far end's re-INVITE crossed ours) is not tried again here: the user may."""
+        asked = self.__dict__.get("_asked_updates", {})
+        what = asked.pop(event.call.call_id, None)
+        if what is None:
+            return
+        why = " (the far end's re-INVITE crossed ours): try again" if event.status == 491 \
+            else ""
+        self.post("error", message=f"{what} of call {event.call.call_id} failed: re-INVITE "
+                  f"answered {event.status}{why}")
 
     def _pump(self, events: bool = True) -> None:
         if self.transport is None:
@@ -819,8 +891,11 @@ class SipEndpoint(Node):
                     self.post("call-trying", call_id=call.call_id, status=status)
             event = self.ua.next_event()
             if event is None:
+                self._forget_asked_updates()
                 return
             while event is not None:
+                if isinstance(event, sipua.CallUpdateFailed):
+                    self._update_refused(event)
                 try:
                     self._on_event(event)
                 except Exception as exc:  # never let one call's trouble stop the endpoint
