@@ -187,9 +187,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         graph = _call_graph(args) if args.call else build_graph(args)
     if args.devices:  # every device looked up: all the missing ones named, one line each
         failed = check_devices(graph)
-        for e in failed:
-            print(f"pipeline: error: {e}", file=sys.stderr)
         if failed:
+            # The graph's own error too (what plain `validate` says), checked without the
+            # devices: fixing the devices alone would not make it valid.
+            try:
+                with without_hardware():
+                    graph.prepare()
+            except PipelineError as e:
+                failed.append(e)
+            for e in failed:
+                print(f"pipeline: error: {e}", file=sys.stderr)
             return EXIT_ERROR
     inserted: list[str] = []  # what a run would insert, said before it is needed
 

@@ -54,7 +54,18 @@ def check_devices(graph: Any) -> list[PipelineError]:
     """Look up the devices of a graph loaded inside `without_hardware()`: each node is
     validated again, now with hardware, and the error of every one that fails is returned
     (located as the loader locates it), so all missing devices are named at once, not the
-    first alone (`pipeline validate --devices`)."""
+    first alone (`pipeline validate --devices`). Without PortAudio no device can be looked
+    up: that is one error, naming the device nodes, not one per node."""
+    wanting = list(dict.fromkeys(m.node for m in graph.messages
+                                 if m.name == "device-not-checked"))
+    if wanting:
+        try:
+            import_sounddevice()  # through the module: tests may replace it
+        except MissingDependencyError as e:
+            names = ", ".join(f"'{name}'" for name in wanting)
+            return [MissingDependencyError(
+                f"{e.message}: the sound device{'s' if len(wanting) > 1 else ''} of node"
+                f"{'s' if len(wanting) > 1 else ''} {names} cannot be looked up", hint=e.hint)]
     errors: list[PipelineError] = []
     for name in list(graph.nodes):
         try:

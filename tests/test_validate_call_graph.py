@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT
 
 from pipeline.cli import main
+from pipeline.errors import GraphError
 from pipeline.loader import load_graph
 
 ECHO = (ROOT / "graphs" / "calls" / "echo.yaml").read_text()
@@ -149,3 +150,125 @@ def test_a_conference_call_graph_is_checked_in_its_parent(conference, capsys):
         f"pipeline: error: {conference}:22:17: node 'sip' (sip_endpoint): parameter "
         f"'call_graph': every call would fail: {member}:34:5: parent graph has no node "
         "'lobby' (hint: call graphs link to nodes of the graph that has the sip_endpoint)")
+
+
+def test_a_parent_built_in_python_is_copied_with_its_own_node_classes(tmp_path):
+    # Its node of a class no registry knows made the copy of the parent fail, and the
+    # check was skipped without a word: the broken call graph passed.
+    from pipeline.formats import Format
+    from pipeline.graph import Graph
+    from pipeline.node import Node, Port
+    from pipeline.registry import get_registry
+
+    class Meter(Node):
+        """A sink of the room's mix that no registry knows."""
+
+        kind = "meter"
+        inputs = (Port("in", (Format.audio("pcm_s16", None, 1),)),)
+
+    member = tmp_path / "member.yaml"
+    member.write_text((ROOT / "graphs" / "calls" / "conference-member.yaml").read_text()
+                      .replace('"${call.decoder}"', "pcmu_decodr"))
+    graph = Graph("prog", registry=get_registry())
+    graph.create("conference", "room", {"persistent": True})
+    graph.add(Meter("meter"))
+    graph.link("room", "out_0", "meter", "in")
+    graph.create("sip_endpoint", "sip", {"listen": ["udp:127.0.0.1:0"], "room": "room",
+                                         "call_graph": str(member), "codecs": ["pcmu"]})
+    with pytest.raises(GraphError) as e:
+        graph.prepare()
+    assert e.value.message == (
+        "node 'sip' (sip_endpoint): parameter 'call_graph': every call would fail: "
+        f"{member}:30:15: unknown node type 'pcmu_decodr'")
+
+
+PCMU_ONLY = ECHO.replace('"${call.decoder}"', "pcmu_decoder").replace(
+    '"${call.encoder}"', "pcmu_encoder")
+
+
+def test_the_call_graph_is_checked_again_once_the_endpoint_changed(tmp_path):
+    # The first check's answer was kept: opus stayed out with a call graph that takes it,
+    # and with codecs [opus] the error blamed the codecs plugins, not the call graph.
+    parent = server(tmp_path, PCMU_ONLY)
+    graph = load_graph(parent)
+    sip = graph.nodes["sip"]
+    assert [c.name.lower() for c in sip._usable_codecs()] == ["pcmu", "telephone-event"]
+    (tmp_path / "calls" / "echo.yaml").write_text(ECHO)
+    sip.call_graph = str(tmp_path / "calls" / "echo.yaml")
+    graph.prepare()
+    assert [c.name.lower() for c in sip._usable_codecs()][:2] == ["opus", "pcmu"]
+    graph = load_graph(parent)
+    graph.nodes["sip"].codecs = ["opus", "telephone-event"]
+    with pytest.raises(GraphError) as e:
+        graph.prepare()
+    assert e.value.message.startswith("node 'sip' (sip_endpoint): parameter 'call_graph': "
+                                      "every call would fail: "), e.value.message
+    assert "cannot link rtp.out (encoded/opus " in e.value.message
+
+
+def test_the_hint_gives_the_call_graph_params_that_fail(tmp_path, capsys):
+    # The command it named passed: the call graph's own default was the good one.
+    graph = ECHO.replace('"${call.decoder}"', '"${dec}"').replace(
+        "nodes:", "params: {dec: pcmu_decoder, digits: '1'}\nnodes:", 1)
+    parent = server(tmp_path, graph, "    call_graph_params: {dec: pcmu_decodr, "
+                    "digits: 0123}\n", codecs="[pcmu]")
+    assert main(["validate", str(parent)]) == 1
+    call = tmp_path / "calls" / "c.yaml"
+    assert error_line(capsys).endswith(
+        f"check it with: pipeline validate --call {call} -p dec=pcmu_decodr -p digits=0123)")
+    assert main(["validate", "--call", str(call), "-p", "dec=pcmu_decodr",
+                 "-p", "digits=0123"]) == 1
+    assert "unknown node type 'pcmu_decodr'" in error_line(capsys)
+
+
+def test_a_codec_of_the_graphs_own_registry_is_offered_unchecked(tmp_path):
+    # Loading failed with "call.codec 'wide_pcmu' is not a registered codec", located
+    # nowhere: the example values were looked up in the process-wide registry.
+    import types
+
+    from test_sip_endpoint import PLUGIN_CODECS, _wide_pcmu_nodes
+
+    from pipeline.hookspecs import hookimpl
+    from pipeline.registry import Registry
+    from plugins.rtp.payload import PayloadFormat
+
+    module = types.ModuleType("wide_pcmu_plugin")
+    module.register_node_types = hookimpl(lambda: [
+        cls for c in PLUGIN_CODECS for cls in _wide_pcmu_nodes(c.name, c.encoder_kind,
+                                                                 c.decoder_kind)])
+    module.register_codecs = hookimpl(lambda: list(PLUGIN_CODECS))
+    module.register_payload_formats = hookimpl(lambda: [
+        PayloadFormat(c.name, "test", lambda p, ch: len(p) // ch) for c in PLUGIN_CODECS])
+    registry = Registry(entry_points=False)
+    registry.register(module, "wide-pcmu-test")
+    parent = server(tmp_path, ECHO, codecs="[wide_pcmu, pcmu]")
+    sip = load_graph(parent, registry=registry).nodes["sip"]
+    assert [c.name for c in sip._usable_codecs()] == ["X-WPCMU", "PCMU"]
+
+
+def test_an_endpoint_whose_maker_checks_its_call_graph_is_not_checked_again(tmp_path):
+    # `pipeline call` checks its call graph itself, in its own words; its endpoint was
+    # told so by a guess (dial and exit_after_call), which a user's graph may match too.
+    from pipeline.graph import Graph
+    from pipeline.registry import get_registry
+    from plugins.sip import callcheck
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(ECHO.replace('"${call.decoder}"', "pcmu_decodr"))
+    graph = Graph("call", registry=get_registry())
+    sip = graph.create("sip_endpoint", "sip", {"listen": ["udp:127.0.0.1:0"],
+                                               "call_graph": str(broken), "codecs": ["pcmu"]})
+    callcheck.mark_checked(sip)
+    graph.validate_nodes()  # not checked: its maker does that
+    sip.codecs = ["pcmu", "telephone-event"]  # changed since: checked
+    with pytest.raises(GraphError, match="unknown node type 'pcmu_decodr'"):
+        graph.validate_nodes()
+
+
+def test_a_users_dialling_graph_that_exits_after_its_call_is_checked_too(tmp_path, capsys):
+    # The check used to skip any endpoint with dial and exit_after_call (taken for
+    # `pipeline call`'s own, which marks itself checked instead).
+    parent = server(tmp_path, ECHO.replace('"${call.decoder}"', "pcmu_decodr"),
+                    extra="    dial: sip:echo@127.0.0.1:5060\n    exit_after_call: true\n")
+    assert main(["validate", str(parent)]) == 1
+    assert "unknown node type 'pcmu_decodr'" in error_line(capsys)

@@ -47,3 +47,37 @@ links: [mic -> out, tone -> spk, tone2 -> spk2]
     assert main(["validate", "--devices", str(graph)]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{graph}: graph 'g' is valid: 2 nodes, 1 links"]
+
+
+def test_validate_devices_without_portaudio_says_so_once(tmp_path, capsys, monkeypatch):
+    # One line per device node repeated that PortAudio was missing, which no device has to
+    # do with; it was one line before every device was looked up.
+    from pipeline.errors import MissingDependencyError
+
+    def no_portaudio():
+        raise MissingDependencyError("PortAudio library not found", hint=devices.PORTAUDIO_HINT)
+
+    monkeypatch.setattr(devices, "import_sounddevice", no_portaudio)
+    graph = tmp_path / "g.yaml"
+    graph.write_text("nodes:\n  mic: {type: capture, device: USB}\n"
+                     "  spk: {type: playback}\nlinks: [mic -> spk]\n")
+    assert main(["validate", "--devices", str(graph)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "pipeline: error: PortAudio library not found: the sound devices of nodes 'mic', "
+        f"'spk' cannot be looked up (hint: {devices.PORTAUDIO_HINT})"]
+
+
+def test_validate_devices_also_names_the_graphs_own_error(tmp_path, capsys):
+    # With a device missing it stopped there: the link no device has to do with, which
+    # plain `validate` names, came out only once the device was there.
+    graph = tmp_path / "g.yaml"
+    graph.write_text("nodes:\n  mic: {type: capture, device: USB}\n"
+                     "  enc: {type: pcmu_encoder}\n  dec: {type: opus_decoder}\n"
+                     "  out: {type: null_sink}\nlinks: [mic -> enc -> dec -> out]\n")
+    assert main(["validate", "--devices", str(graph)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"pipeline: error: {graph}:2:32: node 'mic' (capture): no sound device matches 'USB' "
+        + HINT,
+        f"pipeline: error: {graph}:6:9: cannot link enc.out (encoded/pcmu 8000 Hz 1 ch) to "
+        "dec.in (encoded/opus 48000 Hz {1,2} ch) (hint: insert a matching decoder and "
+        "encoder between them)"]

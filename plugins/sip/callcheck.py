@@ -10,6 +10,8 @@ copy of that graph negotiated first, so the links reach the same nodes with the 
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,8 +70,11 @@ def _checked(codecs: list[str], parent: Graph | None) -> list[str]:
     from pipeline.registry import get_registry
 
     registry = parent.registry if parent is not None and parent.registry else get_registry()
+    # The example values come from the process-wide registry (`example_call_values`): a
+    # codec of a graph's own registry alone is not checked, as if it had no nodes.
+    known = get_registry().codecs
     return [name for name in dict.fromkeys(str(c).lower() for c in codecs)
-            if (info := registry.codecs.get(name)) is not None
+            if (info := registry.codecs.get(name)) is not None and name in known
             and info.encoder_kind in registry.node_types
             and info.decoder_kind in registry.node_types]
 
@@ -103,14 +108,55 @@ def check_endpoint(node: Any) -> frozenset[str]:
             hint = "${call.video_*} values come with video calls: set video: true"
         elif _linkable(node.graph):  # `validate --call` cannot check it without its parent
             hint = e.hint
-        else:
+        else:  # the command that gives the same error: the same values
             opts = "" if names[0] == "pcmu" else f" -p call.codec={names[0]}"
             opts += "" if video is None else f" -p call.video_codec={video}"
+            opts += _param_options(written_map(node.call_graph_params))
             hint = "; ".join(h for h in (e.hint, f"check it with: pipeline validate --call "
                                          f"{path}{opts}") if h)
         raise ParamValueError("call_graph", f"parameter 'call_graph': every call would fail: "
                               f"{where}: {e.message}", hint) from None
     return frozenset(names) - set(usable)
+
+
+def mark_checked(node: Any) -> None:
+    """Tell a sip_endpoint that whoever made it checks its call graph and lists only codecs
+    that work (`pipeline call`, which checks before dialling, in its own words): its
+    `validate()` does not check again unless its parameters or graph change since."""
+    node._call_graph_fails = frozenset()
+    node._call_graph_key = endpoint_key(node)
+
+
+def _param_options(params: dict[str, Any] | None) -> str:
+    """`call_graph_params` as the `-p` options that give the call graph the same values."""
+    from pipeline.loader import Written
+
+    out = ""
+    for key, value in (params or {}).items():
+        if isinstance(value, Written):
+            text = str(value)  # as written
+        elif isinstance(value, bool) or value is None:
+            text = {True: "true", False: "false", None: "null"}[value]
+        elif isinstance(value, (list, dict)):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        out += f" -p {shlex.quote(f'{key}={text}')}"
+    return out
+
+
+def endpoint_key(node: Any) -> tuple:
+    """What `check_endpoint`'s answer depends on: the endpoint's call graph, its values and
+    codecs, and the nodes and links of its graph the call graph may reach. The endpoint
+    checks again when it changed since (a parameter set after loading, a node added)."""
+    parent = node.graph
+    linkable = _linkable(parent)
+    return (str(node.call_graph), repr(written_map(node.call_graph_params)),
+            tuple(str(c).lower() for c in node.codecs), bool(node.video),
+            tuple(str(c) for c in node.video_codecs or ()),
+            tuple((n.name, type(n)) for n in linkable),
+            tuple((ln.src, ln.src_port, ln.dst, ln.dst_port, ln.feedback)
+                  for ln in parent.links) if linkable else ())
 
 
 def _linkable(parent: Graph | None) -> list[Any]:
@@ -149,8 +195,19 @@ def _negotiated_copy(parent: Graph, nodes: list[Any]) -> Graph:
     host = Graph(parent.name, auto_convert=parent.auto_convert, period=parent.period,
                  registry=parent.registry)
     for node in nodes:
-        params = {k: node.__dict__[k] for k in node.param_specs()}
-        host.create(node.kind, node.name, params, parent.where.get(node.name, NOWHERE))
+        # Made from the node's own class, not its kind: a graph built in Python may hold
+        # nodes of classes no registry knows (they would make the copy, and so the check,
+        # fail without a word). Made anew from its parameters: no built-in node opens a
+        # file, binds a socket or starts a thread before start(), which a copy never gets.
+        params = {k: node.__dict__[k] for k in node.param_specs() if k in node.__dict__}
+        try:
+            copy = type(node)(node.name, **params)
+        except Exception as e:  # a class that cannot be made from its parameters
+            raise PipelineError(f"node '{node.name}' ({node.kind}) cannot be copied: "
+                                f"{type(e).__name__}: {e}") from e
+        host.add(copy, parent.where.get(node.name, NOWHERE))
+        if node.name in parent.param_where:
+            host.param_where[node.name] = dict(parent.param_where[node.name])
     for ln in parent.links:
         host.link(ln.src, ln.src_port, ln.dst, ln.dst_port, feedback=ln.feedback,
                   where=ln.where)

@@ -418,17 +418,26 @@ class SipEndpoint(Node):
             except PipelineError as exc:
                 raise ParamValueError("video_codecs", f"parameter 'video_codecs': {exc}",
                                       "use vp8 and/or h264") from None
+        # The call graph's check (below) is kept while what it depends on is unchanged (a
+        # graph's nodes are validated at loading and again by prepare()); else it is made
+        # again, and its old answer (codecs not offered) counts neither here nor there.
+        key = None
+        if self.call_graph is not None:
+            from .callcheck import endpoint_key
+
+            key = endpoint_key(self)
+            if self.__dict__.get("_call_graph_key") != key:
+                self._call_graph_fails = None
         if self._usable_codecs() == []:
             raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
                                   "and decoder nodes", "install the codecs plugin family")
-        # Else every call fails (500 Call Graph Failed). Once: a graph's nodes are validated
-        # at loading and again by prepare(). `pipeline call`'s endpoint (dial, then exit) is
-        # left to `pipeline call`, which checks the graph itself before dialling.
-        if self.call_graph is not None and self._call_graph_fails is None \
-                and not (self.dial and self.exit_after_call):
+        # Else every call fails (500 Call Graph Failed). (`pipeline call` checks its own
+        # endpoint's before dialling, in its words: `callcheck.mark_checked`.)
+        if key is not None and self._call_graph_fails is None:
             from .callcheck import check_endpoint
 
             self._call_graph_fails = check_endpoint(self)
+            self._call_graph_key = key
 
     # The codecs the call graph fails with, once validate() has checked it: not offered.
     _call_graph_fails: frozenset[str] | None = None
