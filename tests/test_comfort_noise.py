@@ -14,8 +14,12 @@ The stream is crafted as datagrams and handed to a real `rtp_session` (its recei
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import plugins.rtp
 from pipeline.formats import Format
@@ -400,3 +404,20 @@ def test_comfort_noise_has_the_spectrum_the_cn_packets_carry():
         assert abs(_cn_level_db(frames) + LEVEL) < 1.0
     assert abs(tilt_db(played["shaped"]) - tilt_db(source)) < 2.0
     assert abs(tilt_db(played["white"])) < 1.0
+
+
+def test_preparing_a_g711_jitter_buffer_imports_the_noise_filter_before_any_call() -> None:
+    # scipy.signal takes ~0.6 s to import: at the graph's preparation (for `serve`, its
+    # endpoint's check of the call graph at start), not as a call's graph starts.
+    script = (
+        "import sys\n"
+        "from pipeline.loader import load_graph\n"
+        "from plugins.sip.nodes import example_call_values\n"
+        "g = load_graph('graphs/caller.yaml', call=example_call_values('{codec}'))\n"
+        "assert 'scipy.signal' not in sys.modules\n"
+        "g.prepare()\n"
+        "print('scipy.signal' in sys.modules)\n")
+    for codec, loaded in (("pcmu", "True"), ("opus", "False")):  # Opus makes no noise
+        out = subprocess.run([sys.executable, "-c", script.format(codec=codec)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == loaded, (codec, out.stderr)

@@ -71,6 +71,11 @@ class JitterBufferNode(Node):
                           "timeline; false: send nothing then")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
+        if self.comfort_noise and inputs["in"].value("encoding") in ("pcmu", "pcma", "l16"):
+            # The noise generator's filter takes ~0.6 s to import: when the graph is
+            # prepared (for `serve`, as its endpoint checks the call graph at start), not
+            # when a call's graph starts while other calls run.
+            import scipy.signal  # noqa: F401
         return {"out": inputs["in"]}
 
     def validate(self) -> None:
