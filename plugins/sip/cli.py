@@ -123,7 +123,7 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
 _PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-early-media",
-                      "call-established", "call-updated", "call-ended", "dtmf"}
+                      "call-established", "call-updated", "call-ended", "dtmf", "dtmf-failed"}
 
 
 class _EventPrinter:

@@ -15,8 +15,8 @@ first provisional response, any 1xx, to an INVITE of ours: once per call), ``cal
 ``call-early-media`` (an outgoing call's 18x brought an SDP answer, or with `early_media` our
 183 carried ours to an incoming call: its part starts then, so the caller hears a ringback
 or announcement before the answer), ``call-established``,
-``call-updated``, ``call-ended``, ``dtmf``, ``refer``, ``transfer-progress``,
-``transfer-done``.
+``call-updated``, ``call-ended``, ``dtmf``, ``dtmf-failed`` (an INFO digit refused),
+``refer``, ``transfer-progress``, ``transfer-done``.
 
 Transfers (RFC 3515): with `follow_refer` a REFER from the peer is followed as a softphone
 does a blind transfer: the endpoint calls the Refer-To target (same call graph), reports
@@ -828,14 +828,17 @@ class SipEndpoint(Node):
                      if name.startswith(prefix) and node.kind == "rtp_session"
                      and getattr(node, "bound_port", None) == call.rtp_port), None)
 
-    def _send_waiting_digits(self, call_id: str) -> None:
+    def _send_waiting_digits(self, call_id: str, chain: list | None = None) -> None:
         """Send a call's waiting digits (send_digits): all to its rtp_session, which sends
         them one after another, or the first by INFO and the next one `duration_ms` later
-        (one INFO at a time, as a keypad sends them); later while the call cannot send."""
+        (one INFO at a time, as a keypad sends them); later while the call cannot send.
+        `chain` is the queue a later call was for: once dropped (``dtmf-failed``) it ends."""
         from pipeline.frames import DtmfEvent
 
         waiting = self.__dict__.get("_digits_waiting", {})
         queue = waiting.get(call_id)
+        if chain is not None and queue is not chain:
+            return  # digits typed since then have their own queue, already being sent
         call = self.ua.calls.get(call_id)
         if not queue or self.transport is None or call is None or not call.active:
             waiting.pop(call_id, None)  # the call (or the endpoint) ended: they go nowhere
@@ -862,7 +865,7 @@ class SipEndpoint(Node):
                     waiting.pop(call_id, None)
                     return
                 again = duration_ms / 1000
-        self._loop.call_later(again, self._send_waiting_digits, call_id)
+        self._loop.call_later(again, self._send_waiting_digits, call_id, queue)
 
     def _forget_asked_updates(self) -> None:
         asked = self.__dict__.get("_asked_updates")
@@ -1004,6 +1007,11 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.DtmfReceived):
             self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,
                       duration_ms=event.event.duration_ms)
+        elif isinstance(event, sipua.DtmfFailed):
+            # The far end would refuse the digits queued after it too: dropped, and said.
+            dropped = self.__dict__.get("_digits_waiting", {}).pop(event.call.call_id, ())
+            self.post("dtmf-failed", call_id=event.call.call_id, digit=event.digit,
+                      status=event.status, reason=event.reason, dropped=len(dropped))
         elif isinstance(event, sipua.ReferReceived):
             self._on_refer(event)
         elif isinstance(event, sipua.TransferProgress):

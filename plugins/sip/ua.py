@@ -36,7 +36,8 @@ What it does, with the RFC sections it follows:
   2xx, a re-INVITE with the SDP unchanged at half the interval when we refresh, BYE when the
   session expires;
 - BYE, CANCEL (487 to the INVITE), OPTIONS with Allow/Accept (11.2), INFO with
-  application/dtmf-relay;
+  application/dtmf-relay both ways (RFC 6086's legacy INFO usage: no Info-Package); ours
+  refused or unanswered is reported (`DtmfFailed`);
 - REFER (RFC 3515, `refer`) both ways: as referee, 202 and NOTIFYs of the new call's
   progress (`notify_refer`) when `follow_refer`, else 603; as referrer, `transfer` sends a
   REFER and reports the NOTIFYs it gets (481 for one that matches no REFER of ours);
@@ -262,9 +263,20 @@ class DtmfReceived:
     event: DtmfEvent
 
 
+@dataclass(slots=True)
+class DtmfFailed:
+    """Our INFO with `digit` got a non-2xx final response (`status`, `reason`), or none:
+    408 after Timer F, 503 on a transport failure (RFC 3261 8.1.3.1)."""
+
+    call: Call
+    digit: str
+    status: int
+    reason: str
+
+
 UaEvent = (Registered | RegistrationFailed | Unregistered | CallIncoming | CallRinging
            | CallEarlyMedia | CallEstablished | CallUpdated | CallUpdateFailed | CallEnded
-           | DtmfReceived | ReferReceived | TransferProgress | TransferDone)
+           | DtmfReceived | DtmfFailed | ReferReceived | TransferProgress | TransferDone)
 
 
 # ---- calls --------------------------------------------------------------------------------
@@ -641,6 +653,9 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self._on_reinvite_response(obj, event.response, event.transaction, now)
             elif kind == "refer":
                 self._on_refer_response(obj, event.response, event.transaction)
+            elif kind == "info" and event.response.status_code >= 300:
+                self._info_failed(obj, event.transaction, event.response.status_code,
+                                  event.response.reason)
             # Forgotten once handled (a failed handler's `_unhandled` needs the owner).
             if event.response.status_code >= 200 and event.transaction.method != "INVITE":
                 self._owners.pop(event.transaction, None)
@@ -662,6 +677,9 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self._end(obj, "re-INVITE timed out", 408)
             elif kind == "refer":
                 self._transfer_done(obj, str(tx.request.cseq.seq), 408, "REFER timed out")
+            elif kind == "info":
+                self._info_failed(obj, tx, *((408, "no response") if isinstance(
+                    event, TransactionTimeout) else (503, "transport error")))
 
     # ---- helpers: addressing and building -------------------------------------------------
     def _layer(self, transport: str) -> TransactionLayer:
@@ -1925,13 +1943,24 @@ class UserAgent(RegistrationClient, ReferAgent):
             self._events.append(CallEarlyMedia(call, media))
 
     def send_dtmf(self, call_id: str, digit: str, now: float, duration_ms: int = 160) -> None:
-        """Send a digit with INFO application/dtmf-relay."""
+        """Send a digit with INFO application/dtmf-relay; `DtmfFailed` follows if refused."""
         if len(digit) != 1 or digit.upper() not in _DTMF_DIGITS:
             raise LocalProtocolError(f"DTMF digit {digit!r} is not one of {_DTMF_DIGITS}")
         call = self._established(call_id)
         body = f"Signal={digit.upper()}\r\nDuration={int(duration_ms)}\r\n".encode()
-        self._send_in_dialog(call, "INFO", now, body=body,
-                             content_type="application/dtmf-relay")
+        tx = self._send_in_dialog(call, "INFO", now, body=body,
+                                  content_type="application/dtmf-relay")
+        if tx is not None:
+            self._owners[tx] = ("info", call)
+
+    def _info_failed(self, call: Call, tx: ClientTransaction, status: int,
+                     reason: str) -> None:
+        """Our digit did not get through: any non-2xx (415 or 501 from a peer without
+        dtmf-relay, 481...; RFC 6086 4.2.2) is a refusal. Legacy INFO, so no 469 (Bad Info
+        Package) is due, but one would count the same. Not said of a call that has ended."""
+        if call.active:
+            digit = parse_dtmf_relay(tx.request.body).digit
+            self._events.append(DtmfFailed(call, digit, status, reason))
 
     def options(self, target: str, now: float) -> None:
         """Send an OPTIONS out of dialog (a keep-alive or capability query)."""

@@ -1,0 +1,173 @@
+"""DTMF by SIP INFO (application/dtmf-relay, RFC 6086's legacy INFO usage) that the far end
+refuses or never answers: the UA reports which digit failed and why (`DtmfFailed`), the
+endpoint posts ``dtmf-failed`` and drops the digits still queued, and `pipeline call` prints
+it. UA tests run two sans-IO UAs on a fake clock (tests/test_sip_ua.py); the end-to-end test
+dials a far end that answers calls but refuses INFO, as a phone without dtmf-relay does."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from conftest import ROOT
+from test_cli_call_control import STAMP, Cli, _endpoint, _FakeUa, stop
+from test_sip_ua import BOB, PCMA, PCMU, established_call
+
+from plugins.sip.message import SipMessage, make_response
+from plugins.sip.ua import (
+    CallIncoming,
+    DtmfFailed,
+    DtmfReceived,
+    Listener,
+    UaConfig,
+    UserAgent,
+)
+
+
+def _refuse_info(net, alice, status: int) -> None:
+    """Bob's answer to the INFO alice sent last, held back from bob: `status`."""
+    info = net.sent("INFO")[-1]
+    alice.receive(bytes(make_response(info, status)), "udp", BOB, net.now)
+    net.pump()
+
+
+# ---- the user agent ----------------------------------------------------------------------
+@pytest.mark.parametrize("status, reason", [(415, "Unsupported Media Type"),
+                                            (501, "Not Implemented")])
+def test_a_refused_info_digit_is_reported_with_its_status_and_reason(status, reason):
+    net, alice, bob, call, bcall = established_call()
+    alice.send_dtmf(call.call_id, "5", net.now)
+    net.pump()
+    assert [e.event.digit for e in net.of(bob, DtmfReceived)] == ["5"]
+    net.drop = lambda data: data.startswith(b"INFO ")  # bob's answers are made up below
+    alice.send_dtmf(call.call_id, "#", net.now)
+    net.pump()
+    _refuse_info(net, alice, status)
+    # one event for the refused digit; the 200 to the first said nothing (a 2xx is success)
+    assert [(e.call, e.digit, e.status, e.reason) for e in net.of(alice, DtmfFailed)] == \
+        [(call, "#", status, reason)]
+    assert call.state == "established"  # a refused INFO leaves the call as it was
+    net.advance(64)  # the transaction is over: nothing more comes of it
+    assert len(net.of(alice, DtmfFailed)) == 1
+    # refused once the call has ended (a far end slow to answer): not said
+    alice.send_dtmf(call.call_id, "1", net.now)
+    net.pump()
+    alice.hangup(call.call_id, net.now)
+    net.pump()
+    _refuse_info(net, alice, status)
+    assert len(net.of(alice, DtmfFailed)) == 1
+
+
+def test_an_info_digit_for_a_dialog_the_far_end_forgot_is_reported_481():
+    net, alice, bob, call, bcall = established_call()
+    bob.hangup(bcall.call_id, net.now)
+    net.drop = lambda data: data.startswith(b"BYE ")  # alice misses it: the call is up for her
+    net.pump()
+    alice.send_dtmf(call.call_id, "7", net.now)
+    net.pump()
+    (failed,) = net.of(alice, DtmfFailed)
+    assert (failed.digit, failed.status, failed.reason) == \
+        ("7", 481, "Call/Transaction Does Not Exist")
+
+
+def test_an_unanswered_info_digit_is_reported_408_after_timer_f():
+    net, alice, bob, call, bcall = established_call()
+    net.drop = lambda data: data.startswith(b"INFO ")
+    alice.send_dtmf(call.call_id, "9", net.now)
+    net.pump()
+    net.advance(31.9)  # Timer F is 64*T1 = 32 s (RFC 3261 17.1.2.2); resends meanwhile
+    assert len(net.sent("INFO")) > 1 and net.of(alice, DtmfFailed) == []
+    net.advance(0.2)
+    (failed,) = net.of(alice, DtmfFailed)
+    assert (failed.call, failed.digit, failed.status, failed.reason) == \
+        (call, "9", 408, "no response")
+
+
+# ---- the endpoint: the bus message, and the digits queued after the refused one -----------
+def test_a_refused_digit_drops_those_queued_after_it_and_later_digits_keep_their_pace():
+    async def main_():
+        ua = _FakeUa()
+        loop = asyncio.get_running_loop()
+        times: list[float] = []
+        send = ua.send_dtmf
+        ua.send_dtmf = lambda *a, **k: (times.append(loop.time()), send(*a, **k))
+        ep = _endpoint(ua)
+        posted: list[tuple[str, dict]] = []
+        ep.post = lambda name, **data: posted.append((name, data))
+        assert ep.send_digits("c1", "123", duration_ms=200) == "info"
+        ep._on_event(DtmfFailed(ua.call, "1", 415, "Unsupported Media Type"))
+        await asyncio.sleep(0.05)
+        ep.send_digits("c1", "98", duration_ms=200)  # typed after the failure: sent
+        await asyncio.sleep(0.5)
+        return ua.sent, times, posted
+
+    sent, times, posted = asyncio.run(main_())
+    assert posted == [("dtmf-failed", {"call_id": "c1", "digit": "1", "status": 415,
+                                       "reason": "Unsupported Media Type", "dropped": 2})]
+    assert sent == ["1", "9", "8"]
+    # "8" goes 200 ms after "9": the dropped digits' timer does not send it early
+    assert times[2] - times[1] >= 0.19, times
+
+
+# ---- pipeline call against a far end that refuses INFO -------------------------------------
+class _InfoRefusingPeer(asyncio.DatagramProtocol):
+    """A far end that answers calls (our sans-IO UserAgent, PCMU and PCMA, no
+    telephone-event) but answers every INFO with 415, as a phone without dtmf-relay does."""
+
+    def __init__(self) -> None:
+        self.infos: list[SipMessage] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.ua = UserAgent(UaConfig([Listener("udp", host, port)], [PCMU, PCMA], user="echo"))
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        now = asyncio.get_running_loop().time()
+        if data.startswith(b"INFO "):
+            info = SipMessage.parse(data)
+            self.infos.append(info)
+            self.transport.sendto(bytes(make_response(info, 415)), addr)
+            return
+        self.ua.receive(data, "udp", addr, now)
+        while (event := self.ua.next_event()) is not None:
+            if isinstance(event, CallIncoming):
+                self.ua.prepare_answer(event.call.call_id, 42000)
+                self.ua.accept(event.call.call_id, now)
+        for _, out, to in self.ua.datagrams_to_send():
+            self.transport.sendto(out, to)
+
+
+def test_pipeline_call_says_which_info_digit_was_refused_and_how_many_were_dropped(tmp_path):
+    async def main_():
+        loop = asyncio.get_running_loop()
+        transport, peer = await loop.create_datagram_endpoint(
+            _InfoRefusingPeer, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        caller = None
+        try:
+            caller = await Cli.start("call", f"sip:echo@127.0.0.1:{port}", "--graph",
+                                     str(ROOT / "graphs" / "caller.yaml"), "-p",
+                                     f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu",
+                                     cwd=tmp_path)
+            await caller.wait(r" call-established ")
+            caller.type("12#\n")
+            await caller.wait(r" dtmf-failed ")
+            await asyncio.sleep(0.5)  # the dropped digits would have gone by now
+            caller.type("q\n")
+            code = await caller.end()
+        finally:
+            await stop(caller)
+            transport.close()
+        return caller.lines, code, peer.infos
+
+    called, code, infos = asyncio.run(main_())
+    assert any(line.endswith("dtmf: sending 12# (SIP INFO)") for line in called), called
+    failed = [line for line in called if " dtmf-failed " in line]
+    assert len(failed) == 1 and re.fullmatch(
+        STAMP + r"sip: dtmf-failed call_id=\S+ digit=1 status=415 "
+        r"reason=Unsupported Media Type dropped=2", failed[0]), called
+    assert [info.body for info in infos] == [b"Signal=1\r\nDuration=160\r\n"]
+    assert code == 0, called  # the call went on: hung up by q
+    assert not any(" error " in line for line in called), called
