@@ -103,8 +103,9 @@ class PortReservation:
 
 
 _reserved: dict[tuple[str, int], PortReservation] = {}
-# (ip, port) of rtp_sessions whose call graph is being rebuilt: they hand their sockets back
-# to `_reserved` when they stop, so the port stays ours until the new graph's session starts.
+# (ip, port) of nodes (rtp_session, the video RTP nodes) whose call graph is being rebuilt:
+# they hand their sockets back to `_reserved` when they stop (`hand_back`), so the port stays
+# ours until the new graph's node takes them (`take_reserved`).
 _keeping: set[tuple[str, int]] = set()
 
 
@@ -141,19 +142,39 @@ def release_port(held: PortReservation) -> None:
 
 
 def keep_port(ip: str, port: int) -> None:
-    """Have the rtp_session bound to `ip:port` hand its sockets back as a reservation when
-    it next stops (its call graph is being rebuilt) instead of closing them: between the
-    old graph's stop and the new one's start no other socket can take the port. Collect the
-    reservation with `kept_port` once the old session has stopped."""
+    """Have the node bound to `ip:port` (rtp_session, video_rtp_*) hand its sockets back as
+    a reservation when it next stops (its call graph is being rebuilt) instead of closing
+    them: between the old graph's stop and the new one's start no other socket can take the
+    port. Collect the reservation with `kept_port` once the old node has stopped."""
     _keeping.add((ip, port))
 
 
 def kept_port(ip: str, port: int) -> PortReservation | None:
-    """The reservation the rtp_session on `ip:port` handed back after `keep_port` (None when
-    none did: no session on that port, or it has not stopped); ends the `keep_port` request,
-    so a session stopping later closes its sockets."""
+    """The reservation the node on `ip:port` handed back after `keep_port` (None when
+    none did: no node on that port, or it has not stopped); ends the `keep_port` request,
+    so a node stopping later closes its sockets."""
     _keeping.discard((ip, port))
     return _reserved.get((ip, port))
+
+
+def hand_back(ip: str, port: int, rtp: socket.socket, rtcp: socket.socket | None) -> bool:
+    """Hand a stopping node's sockets on `ip:port` back as a reservation when `keep_port`
+    asked for it (its call graph is being rebuilt); False when not asked: close them."""
+    key = (ip, port)
+    if key not in _keeping or key in _reserved:
+        return False
+    _reserved[key] = PortReservation(ip, port, rtp, rtcp, True)
+    return True
+
+
+def take_reserved(ip: str, port: int) -> PortReservation | None:
+    """The reservation held for the node binding `ip:port` now (while its call graph
+    starts), taken: its sockets are the node's. None: bind the port yourself."""
+    held = _take_reserved(ip, port)
+    if held is not None and held.handed_back:
+        _drain(held.rtp)
+        _drain(held.rtcp)
+    return held
 
 
 def _drain(sock: socket.socket | None) -> None:
@@ -442,11 +463,8 @@ class RtpSession(Node):
                 raise
             return s
 
-        held = _take_reserved(self.local_ip, self.local_port) if self.local_port else None
+        held = take_reserved(self.local_ip, self.local_port) if self.local_port else None
         if held is not None:  # bound ahead for us (a SIP offer, a rebuild): take it
-            if held.handed_back:
-                _drain(held.rtp)
-                _drain(held.rtcp)
             if not self.rtcp:
                 if held.rtcp is not None:
                     held.rtcp.close()
@@ -523,11 +541,8 @@ class RtpSession(Node):
                 self._c.send_errors += 1
             except ProtocolError:  # a report we could not build: leaving matters more
                 pass
-        key = (self.local_ip, self.bound_port)
-        if key in _keeping and key not in _reserved:
-            # Rebuilt (hold, codec change): the port stays held for the new graph's session.
-            _reserved[key] = PortReservation(*key, self._sock, self._rtcp_sock, True)
-        else:
+        # Rebuilt (hold, codec change): the port stays held for the new graph's session.
+        if not hand_back(self.local_ip, self.bound_port, self._sock, self._rtcp_sock):
             for s in (self._sock, self._rtcp_sock):
                 if s is not None:
                     s.close()

@@ -6,7 +6,7 @@ call it negotiates SDP from the codecs the registry can encode and decode, then 
 (docs/sip.md lists them), and removes the part when the call ends: BYE or CANCEL from
 either side, RTP timeout (an ``rtp-timeout`` bus message from a node of the part), a fault in
 the part, or shutdown. A re-INVITE that changes the media (hold, codec, address) rebuilds the
-part with the new values; the call's RTP port stays held through it, and nodes that keep
+part with the new values; the call's RTP ports stay held through it, and nodes that keep
 per-call progress (`dtmf_events`) hand it to their successors (docs/sip.md).
 
 Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip-registered``,
@@ -221,7 +221,8 @@ class PortAllocator:
     between. `ready` lets the call graph starting now (and only it) take the reservation,
     `unhold` drops a reservation the call graph did not take, `release` frees the port (and
     any reservation still held). `keep` and `take_back` hold a port through a rebuild of
-    its call graph: the old rtp_session hands its sockets back instead of closing them."""
+    its call graph: the old rtp_session (or video RTP node) hands its sockets back instead
+    of closing them."""
 
     def __init__(self, text: str, host: str) -> None:
         self.lo, self.hi = port_range(text)
@@ -575,7 +576,9 @@ class SipEndpoint(Node):
         for call_id in self._rebuilding:  # sockets an old part handed back: no new part now
             call = self.ua.calls.get(call_id)
             if call is not None:
-                self.ports.take_back(call.rtp_port)
+                for port in (call.rtp_port, call.video_port):
+                    if port:
+                        self.ports.take_back(port)
         self.ports.close()  # offered ports whose call graph never started
         self.locator.close()
         self.transport.close()
@@ -1086,15 +1089,17 @@ class SipEndpoint(Node):
     def _attach(self, call: sipua.Call, media: NegotiatedMedia,
                 carried: dict[str, tuple[type, Any]] | None = None) -> None:
         # The ports our SDP named were held since (PortAllocator), as are those of a part
-        # being rebuilt: the audio pair goes to the part's rtp_session as bound sockets; the
-        # video port's node binds it itself, so it is freed right before, in the same turn.
-        if call.video_port:
-            self.ports.unhold(call.video_port)
+        # being rebuilt: they go to the part's rtp_session and video RTP node as bound
+        # sockets.
         self.ports.ready(call.rtp_port)
+        if call.video_port:
+            self.ports.ready(call.video_port)
         try:
             self._attach_part(call, media, carried or {})
-        finally:  # not taken (no rtp_session on it, or the part failed): not held for good
+        finally:  # not taken (no node on it, video dropped, the part failed): not held
             self.ports.unhold(call.rtp_port)
+            if call.video_port:
+                self.ports.unhold(call.video_port)
 
     def _attach_part(self, call: sipua.Call, media: NegotiatedMedia,
                      carried: dict[str, tuple[type, Any]]) -> None:
@@ -1155,11 +1160,11 @@ class SipEndpoint(Node):
         return self.parts.get(call.call_id)
 
     def _rebuild(self, call: sipua.Call, media: NegotiatedMedia, carry: bool = True) -> None:
-        """New media values: the old part goes, then the new one comes (same RTP port).
+        """New media values: the old part goes, then the new one comes (same RTP ports).
         Media that come before the old part is gone (a 2xx after an 18x, a re-INVITE) are
         the ones the new part gets: starting a part then would find the port still bound.
 
-        The port stays ours in between (its rtp_session hands the sockets back, `keep`),
+        The ports stay ours in between (the nodes on them hand the sockets back, `keep`),
         and what the old part's nodes did in the call so far (`carry_state`: the digits a
         dtmf_events node dialled) is handed to the same nodes of the new part
         (`restore_state`), so the call goes on rather than starting again (unless not
@@ -1169,7 +1174,9 @@ class SipEndpoint(Node):
                    for name, node in self.graph.nodes.items()
                    if carry and name.startswith(prefix)
                    and callable(getattr(node, "carry_state", None))}
-        self.ports.keep(call.rtp_port)
+        ports = [p for p in (call.rtp_port, call.video_port) if p]
+        for port in ports:
+            self.ports.keep(port)
         pending = self._detach(call.call_id)
         self._rebuilding[call.call_id] = media
 
@@ -1180,7 +1187,8 @@ class SipEndpoint(Node):
                 except TimeoutError:
                     self._c["detach_timeouts"] += 1
             latest = self._rebuilding.pop(call.call_id)
-            self.ports.take_back(call.rtp_port)
+            for port in ports:
+                self.ports.take_back(port)
             if call.active and call.call_id not in self.parts:
                 try:
                     self._attach(call, latest, carried)
@@ -1190,7 +1198,8 @@ class SipEndpoint(Node):
                               f"{exc}")
                     self.hangup(call.call_id)
             else:  # the call ended meanwhile
-                self.ports.unhold(call.rtp_port)
+                for port in ports:
+                    self.ports.unhold(port)
 
         task = self._loop.create_task(later())
         self._pending_detach.add(task)

@@ -8,6 +8,10 @@ RTCP is multiplexed on the RTP port (RFC 5761): the receiver sends its Picture L
 Indications (RFC 4585 section 6.3.1) from the socket it receives on to the address the media
 came from (symmetric RTP, RFC 4961), which is the socket the sender sends from.
 
+A port held for the node (a sip_endpoint's SDP offer names it, or the old node of a rebuilt
+call graph handed it back: `plugins.rtp.nodes.keep_port`) is taken as bound, as
+`rtp_session` takes its own, so it is never free between two call graphs.
+
 Keyframe requests travel against the media: events flow downstream only, so the sender calls
 `request_keyframe()` on its encoder node directly. The encoder is the node named by the
 sender's `encoder` parameter, or by default the nearest node upstream that has a
@@ -32,6 +36,7 @@ from pipeline.formats import Format
 from pipeline.frames import FLAG_DISCONT, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
+from plugins.rtp.nodes import hand_back, take_reserved
 from plugins.rtp.packet import (
     RtpPacker,
     RtpPacket,
@@ -106,13 +111,22 @@ class _UdpNode(Node):
         return info[0][4][0], port
 
     def _bind(self) -> None:
-        family = self._family()
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        held = take_reserved(self.local_ip, self.local_port) if self.local_port else None
+        if held is not None:
+            # Bound ahead for this node (a SIP offer named the port, or the node of the call
+            # graph being rebuilt handed it back): no one else could bind it in between.
+            # RTCP is muxed (RFC 5761): the odd port held with it is not needed.
+            if held.rtcp is not None:
+                held.rtcp.close()
+            sock = held.rtp
+        else:
+            sock = socket.socket(self._family(), socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             # A keyframe is a burst of packets: give the kernel room for a few of them.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-            sock.bind((self.local_ip, self.local_port))
+            if held is None:
+                sock.bind((self.local_ip, self.local_port))
         except OSError as e:
             sock.close()
             # The hint names what to change: a local_ip that is no address of this host (or
@@ -178,7 +192,9 @@ class _UdpNode(Node):
     def stop(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None:
-            sock.close()
+            # A rebuilt call graph (keep_port): the port stays ours for the new graph's node.
+            if not hand_back(self.local_ip, self.bound_port, sock, None):
+                sock.close()
             self._sock = None
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""A video call's graph rebuilt by hold and resume between two of our `sip_endpoint`s on
+127.0.0.1, under real time: the video port our SDP named stays bound by us from the old
+graph's stop to the new one's start (as the audio port does), video flows again after the
+resume, and the port is free once the call ends (docs/sip.md, "Hold, resume and rebuilt call
+graphs")."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import until
+from test_sip_endpoint import no_port_left_reserved  # noqa: F401 (an autouse fixture)
+from test_sip_rebuild import _bindable
+from test_video_call import Endpoint, counters, endpoint_yaml
+
+from plugins.video.rtp_nodes import VideoRtpReceiver
+
+
+def _video_port(ep: Endpoint, call_id: str) -> int:
+    return ep.node.ua.calls[call_id].video_port
+
+
+def _direction(ep: Endpoint, call_id: str) -> str | None:
+    """The direction the call's graph runs with (None while it is being rebuilt)."""
+    return (ep.node.part_values.get(call_id) or {}).get("direction")
+
+
+def test_the_video_port_stays_bound_through_hold_and_resume_and_is_freed_at_hang_up(
+        monkeypatch) -> None:
+    # Each video_rtp_receiver stopped by a rebuild closed its socket and the new graph's
+    # bound the port again: in between, anyone could take it while the SDP still named it.
+    probes: list[tuple[int, bool]] = []
+    stop = VideoRtpReceiver.stop
+
+    def probed_stop(self) -> None:
+        bound = getattr(self, "_sock", None) is not None
+        stop(self)
+        if bound:
+            probes.append((self.bound_port, _bindable(self.local_ip, self.bound_port)))
+
+    monkeypatch.setattr(VideoRtpReceiver, "stop", probed_stop)
+
+    async def main() -> None:
+        callee = Endpoint(endpoint_yaml("bob", "[vp8]", "34200-34299"))
+        port = await callee.port()
+        caller = Endpoint(endpoint_yaml("alice", "[vp8]", "34300-34399",
+                                        f'    dial: "sip:bob@127.0.0.1:{port}"'))
+        callee_id = (await callee.wait("call-established")).data["call_id"]
+        call_id = (await caller.wait("call-established")).data["call_id"]
+        sides = [(caller, call_id), (callee, callee_id)]
+        ports = sorted(_video_port(ep, cid) for ep, cid in sides)
+        assert all(ports)
+
+        def seen(ep: Endpoint, cid: str) -> list:
+            return ep.graph.nodes[ep.node.parts[cid] + "seen"].frames
+
+        def held_by_us() -> None:
+            for ep, cid in sides:
+                p = _video_port(ep, cid)
+                vrecv = ep.graph.nodes[ep.node.parts[cid] + "vrecv"]
+                assert vrecv.bound_port == p and not _bindable("127.0.0.1", p)
+
+        async def rebuilt(ours: str, theirs: str) -> None:
+            await until(lambda: _direction(caller, call_id) == ours
+                        and _direction(callee, callee_id) == theirs,
+                        f"both call graphs rebuilt ({ours}, {theirs})")
+
+        await until(lambda: all(len(seen(ep, cid)) >= 5 for ep, cid in sides),
+                    "video both ways before the hold")
+        held_by_us()
+        caller.node.hold(call_id)
+        await rebuilt("sendonly", "recvonly")
+        held_by_us()
+        caller.node.resume(call_id)
+        await rebuilt("sendrecv", "sendrecv")
+        held_by_us()
+        # Both sides' graphs were rebuilt twice, each time on the video port of the call.
+        assert sorted(probes) == sorted([(p, False) for p in ports] * 2)
+        await until(lambda: all(len(seen(ep, cid)) >= 10 for ep, cid in sides),
+                    "video both ways after the resume")
+        for ep, cid in sides:
+            got = counters(seen(ep, cid))
+            assert None not in got and got == sorted(got), got
+        assert not caller.names("error") and not callee.names("error")
+        caller.node.hangup(call_id)
+        await callee.wait("call-ended")
+        await caller.wait("call-ended")
+        await until(lambda: all(_bindable("127.0.0.1", p) for p in ports),
+                    "the video ports free after the hang-up")
+        await callee.close()
+        await caller.close()
+
+    asyncio.run(main())
+
+
+def test_a_rebuild_that_drops_video_frees_the_port_it_held(monkeypatch) -> None:
+    # The hold's answer rejects video (port 0, RFC 3264 8.2): the port is held while the old
+    # graph goes, then freed, as the new graph has no video (video-call.yaml cannot load
+    # without ${call.video_*}: the rebuild fails and the call ends).
+    probes: list[tuple[int, bool]] = []
+    stop = VideoRtpReceiver.stop
+
+    def probed_stop(self) -> None:
+        bound = getattr(self, "_sock", None) is not None
+        stop(self)
+        if bound:
+            probes.append((self.bound_port, _bindable(self.local_ip, self.bound_port)))
+
+    monkeypatch.setattr(VideoRtpReceiver, "stop", probed_stop)
+
+    async def main() -> None:
+        callee = Endpoint(endpoint_yaml("bob", "[vp8]", "34200-34299"))
+        port = await callee.port()
+        caller = Endpoint(endpoint_yaml("alice", "[vp8]", "34300-34399",
+                                        f'    dial: "sip:bob@127.0.0.1:{port}"'))
+        callee_id = (await callee.wait("call-established")).data["call_id"]
+        call_id = (await caller.wait("call-established")).data["call_id"]
+        ports = sorted([_video_port(caller, call_id), _video_port(callee, callee_id)])
+        callee.node.ua.config.video_codecs = ()  # answers re-offers with video port 0
+        caller.node.hold(call_id)
+        await callee.wait("call-ended")
+        await caller.wait("call-ended")
+        for ep in (callee, caller):
+            (error,) = ep.names("error")
+            assert "unknown call value '${call.video_codec}'" in error.data["message"]
+        await until(lambda: all(_bindable("127.0.0.1", p) for p in ports),
+                    "the video ports free after the failed rebuild")
+        assert sorted(probes) == [(p, False) for p in ports]  # held until then
+        await callee.close()
+        await caller.close()
+
+    asyncio.run(main())
