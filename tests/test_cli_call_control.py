@@ -250,14 +250,15 @@ def test_debug_serve_logs_each_sip_message_and_call_graph(tmp_path):
 
 def test_event_lines_start_with_the_local_time_in_milliseconds(monkeypatch):
     from pipeline.graph import BusMessage
-    from plugins.sip.cli import _PRINTED, _EventPrinter
+    from pipeline.messages import MessagePrinter
+    from plugins.sip.cli import _PRINTED
 
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.5179)  # 22:13:20.517 UTC
 
     async def main_() -> list[str]:
-        printer = _EventPrinter(asyncio.get_running_loop(), _PRINTED)
+        printer = MessagePrinter(_PRINTED, asyncio.get_running_loop())
         printer(BusMessage("sip", "call-established", {"call_id": "c1", "codec": "pcmu"}))
         printer.say("hold: re-INVITE sent (sendonly)")
         return printer.lines

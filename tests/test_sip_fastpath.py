@@ -917,10 +917,11 @@ def test_serve_prints_event_lines_once_per_loop_turn(capsys, quiet):
     """`pipeline serve` prints call events (with -q only errors), written in one block per
     loop turn."""
     from pipeline.graph import BusMessage
-    from plugins.sip.cli import _ERRORS, _PRINTED, _EventPrinter
+    from pipeline.messages import MessagePrinter
+    from plugins.sip.cli import _ERRORS, _PRINTED
 
     async def main() -> tuple[str, str]:
-        printer = _EventPrinter(asyncio.get_running_loop(), _ERRORS if quiet else _PRINTED)
+        printer = MessagePrinter(_ERRORS if quiet else _PRINTED, asyncio.get_running_loop())
         printer(BusMessage("sip", "call-incoming", {"call_id": "c1", "codec": "pcmu"}))
         printer(BusMessage("sip", "call-trying", {"call_id": "c1"}))  # not a printed event
         printer(BusMessage("sip", "call-ended", {"call_id": "c1", "reason": "remote hangup"}))

@@ -27,6 +27,7 @@ from typing import Any
 from pipeline.cli import duration_option
 from pipeline.errors import GraphError, NodeError, PipelineError
 from pipeline.graph import Graph
+from pipeline.messages import MessagePrinter
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from . import DEFAULT_CODECS, DEFAULT_USER, callcheck
@@ -95,7 +96,7 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
     # calls (which went without a `call-ended`).
     runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats)
     timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
-    printer = _EventPrinter(loop, _ERRORS if quiet else _PRINTED)
+    printer = MessagePrinter(_ERRORS if quiet else _PRINTED, loop)
     graph.listeners.append(printer)
     if control is not None:
         control.listen(loop, printer.say, lambda: stop_endpoints(None))
@@ -124,42 +125,6 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
 _ERRORS = frozenset(("sip-registration-failed", "error"))
 _PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-early-media",
                       "call-established", "call-updated", "call-ended", "dtmf", "dtmf-failed"}
-
-
-class _EventPrinter:
-    """Prints bus events as ``pipeline: HH:MM:SS.mmm NODE: NAME k=v ...`` lines on stderr
-    (the local time the event came, to set beside a peer's logs), written once per turn of
-    the event loop: a burst of calls costs one write, not one per line."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, names: frozenset[str]) -> None:
-        self.loop = loop
-        self.names = names
-        self.lines: list[str] = []
-        self._second = -1
-        self._hms = ""
-
-    def __call__(self, msg: Any) -> None:
-        if msg.name not in self.names:
-            return
-        # A field without a value (a local hang-up's status) says nothing: left out.
-        data = " ".join(f"{k}={v}" for k, v in msg.data.items() if v is not None)
-        self.say(f"{msg.node}: {msg.name} {data}")
-
-    def say(self, text: str) -> None:
-        """Print `text` as a line stamped with the time now, in order with the events."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # strftime once a second, not for each line of a burst
-            self._second, self._hms = second, time.strftime("%H:%M:%S", time.localtime(second))
-        if not self.lines:
-            self.loop.call_soon(self.flush)
-        self.lines.append(f"pipeline: {self._hms}.{int((now - second) * 1000):03d} {text}\n")
-
-    def flush(self) -> None:
-        lines, self.lines = self.lines, []
-        if lines:
-            sys.stderr.write("".join(lines))
-            sys.stderr.flush()
 
 
 _DIGITS_RE = re.compile(r"[0-9*#A-D]+", re.IGNORECASE)
