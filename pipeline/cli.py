@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PipelineError
+from .errors import NodeError, PipelineError, PluginError
 
 if TYPE_CHECKING:  # imported by the commands that need it: Ctrl-C during start-up is
     from .graph import Graph  # then caught by main(), not a traceback from an import
@@ -60,7 +60,8 @@ def build_graph(args: argparse.Namespace) -> Graph:
         return parse_launch(args.expr)
     if not args.file:
         raise UsageError("no graph given", hint="pipeline launch FILE.yaml or -e \"LINE\"")
-    return load_graph(args.file, _overrides(args.params))
+    given = {k: f"-p {p}" for p in args.params for k in [p.partition("=")[0].strip()]}
+    return load_graph(args.file, _overrides(args.params), given=given)
 
 
 def duration_option(text: str | None) -> float | None:
@@ -239,7 +240,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.kind:
         try:
             cls = reg.node_type(args.kind)
-        except PipelineError:
+        except PipelineError as e:
+            hidden = get_registry().node_types.get(args.kind) if args.builtin else None
+            if hidden is not None:  # an installed plugin's kind, which --builtin hid
+                raise PluginError(f"node type '{args.kind}' is not a built-in one",
+                                  hint=f"installed plugin '{hidden.plugin}' provides it, and "
+                                  f"--builtin leaves that out: pipeline inspect {args.kind}",
+                                  ) from e
             raise
         print(format_inspect(cls))
         return 0
@@ -486,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline: error: {misplaced}", file=sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
+        logging.ERROR if getattr(args, "quiet", False) else logging.WARNING)  # -q: errors only
     logging.basicConfig(level=level, format="pipeline: %(name)s: %(message)s")
     if not args.command:
         parser.print_help()
@@ -496,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         if args.debug:
             raise
-        print(f"pipeline: error: {e}", file=sys.stderr)
+        place = getattr(e, "where", None) if isinstance(e, NodeError) else None
+        print(f"pipeline: error: {f'{place}: ' if place else ''}{e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR
     except KeyboardInterrupt as e:  # before the graph ran, or while its nodes started
         return 128 + (signal.SIGTERM if e.args == ("SIGTERM",) else signal.SIGINT)

@@ -65,9 +65,13 @@ class PluginError(PipelineError):
 class NodeError(PipelineError):
     """A node failed at run time; `node` names it."""
 
-    def __init__(self, message: str, *, node: str | None = None, hint: str | None = None):
+    def __init__(self, message: str, *, node: str | None = None, hint: str | None = None,
+                 where: str | None = None):
         super().__init__(message, hint=hint)
         self.node = node
+        # The node's place in its YAML file (file:line:column), where known: the CLI's line
+        # starts with it, as a load error's does (str() leaves it out: the node says which).
+        self.where = where
 
     def __str__(self) -> str:
         text = super().__str__()

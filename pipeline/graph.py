@@ -111,11 +111,12 @@ class Graph:
     def create(self, kind: str, name: str | None = None, params: dict | None = None,
                where: Where = NOWHERE, param_where: dict[str, Where] | None = None,
                key_where: dict[str, Where] | None = None, node_where: Where | None = None,
-               ) -> Node:
+               param_from: dict[str, str] | None = None) -> Node:
         """Instantiate a registered node type, turning parameter errors into GraphErrors.
 
         Errors point at: the type value (unknown kind), the parameter's key (unknown
         parameter) or its value (bad value); the node itself is remembered at `node_where`.
+        `param_from`: where a parameter's value came from when not from there ("-p f=abc").
         """
         from .registry import get_registry
 
@@ -134,7 +135,9 @@ class Graph:
             hint = e.hint
             if hint is None and unknown:
                 hint = _param_hint(cls, e.param)
-            raise GraphError(f"node '{name}' ({kind}): {e.message}", **_loc(pw),
+            origin = (param_from or {}).get(e.param)
+            raise GraphError(f"node '{name}' ({kind}): {e.message}"
+                             + (f", from {origin}" if origin else ""), **_loc(pw),
                              hint=hint) from None
         except PipelineError:
             raise

@@ -125,6 +125,7 @@ links:
   is 100 s, not 100 ms); frequencies `440Hz`, `16kHz`; levels `-6dB`.
   A number parameter takes the unit its name counts in: a rate (`rate`, `*_rate`, `*_hz`)
   `16kHz`, a `*_ms` parameter a duration (`ptime_ms: 20ms`, `0.5s` is 500); others none.
+- **Booleans**: `true`/`false`, also `yes`/`no`, `on`/`off` and `1`/`0` (`loop=1`).
 - **Null** (`key: ~`, `key: null` or `key:` with nothing after it) means the parameter's
   default, as if the key were not there (as docker-compose reads it); a required parameter
   still needs a value.
@@ -230,6 +231,9 @@ def json_schema(node_types: dict[str, type[Node]]) -> dict[str, Any]:
                 schema["type"] = t
             else:  # units: 5s, 20ms, 16kHz, -6dB
                 schema["type"] = ["number", "string"]
+            if t == "boolean":  # also 1 and 0 (loop: 1), as the loader takes them
+                schema = {"description": p.doc,
+                          "anyOf": [{"type": ["boolean", "string"]}, {"enum": [0, 1]}]}
             if t == "object":
                 schema = {"description": p.doc, "anyOf": [{"type": "object"}, _TEMPLATE]}
             if p.choices:

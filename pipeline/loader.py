@@ -275,6 +275,20 @@ class Context:
     params: dict[str, Any] = field(default_factory=dict)
     call: dict[str, Any] | None = None
     graph_dir: str = "."
+    # Where an overridden parameter's value came from, for messages ("-p f=abc").
+    given: dict[str, str] = field(default_factory=dict)
+
+    def origins(self, raw: dict[str, Any]) -> dict[str, str]:
+        """For each value in `raw` naming an overridden parameter (${f}), where it came
+        from: a bad value is reported at the template, and said to come from there."""
+        out = {}
+        for k, v in raw.items():
+            if self.given and isinstance(v, str) and "${" in v:
+                names = (m.partition(":-")[0].strip() for m in _TEMPLATE_RE.findall(v))
+                found = [self.given[n] for n in names if n in self.given]
+                if found:
+                    out[k] = ", ".join(found)
+        return out
 
 
 def _lookup(expr: str, ctx: Context, where: Where) -> Any:
@@ -298,7 +312,9 @@ def _lookup(expr: str, ctx: Context, where: Where) -> Any:
         if key not in ctx.call:
             raise _err(f"unknown call value '${{{name}}}'", where,
                        "docs/sip.md lists the ${call.*} names: " + ", ".join(sorted(ctx.call)))
-        return ctx.call[key]
+        if not (sep and ctx.call[key] in (None, "")):  # as for params: empty takes the default
+            return ctx.call[key]
+        return _written(yaml_value(default, where), default.strip()) if default else ""
     if name == "graph_dir":
         return ctx.graph_dir
     if name in ctx.params and not (sep and ctx.params[name] in (None, "")):
@@ -368,6 +384,7 @@ class Element:
     kind: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     created: bool = False  # an inline node made already: `name` is the graph's full name
+    origins: dict[str, str] = field(default_factory=dict)  # Context.origins of its params
 
 
 def _split_ref(token: str) -> tuple[str, str | None]:
@@ -411,6 +428,7 @@ class Builder:
         is_bin = isinstance(kind, str) and kind.endswith((".yaml", ".yml"))
         texts = getattr(spec, "texts", {})
         params = {}
+        origins = self.ctx.origins(spec_d)
         for k, v in spec_d.items():
             text = not is_bin and self._takes_text(kind, k)
             if k in texts and (text or is_bin):
@@ -422,7 +440,8 @@ class Builder:
         kind = kind if isinstance(kind, str) else shown(kind)  # a list made by aliases: bounded
         self.graph.create(kind, name, params, vmarks.get("type", where),
                           {k: vmarks.get(k, where) for k in params},
-                          {k: marks.get(k, where) for k in params}, node_where=where)
+                          {k: marks.get(k, where) for k in params}, node_where=where,
+                          param_from=origins)
 
     def _takes_text(self, kind: Any, param: str) -> bool:
         """Whether `param` of node type `kind` is text (a string or a path): its value is
@@ -514,6 +533,7 @@ class Builder:
                          or (name == "parent" and self.prefix)):
             return Element(name=name, port=port)
         params: dict[str, Any] = {}
+        origins = self.ctx.origins(dict(tok.partition("=")[::2] for tok in rest))
         for tok in rest:
             if "=" not in tok:
                 raise _err(f"'{tok}' in '{text}' is not key=value", where,
@@ -528,7 +548,7 @@ class Builder:
                 value = yaml_value(v, where) if v else ""
             params[k] = substitute(value, self.ctx, where, text=as_text)
         if launch or head in self.registry.node_types or rest:
-            return Element(kind=head, params=params)
+            return Element(kind=head, params=params, origins=origins)
         if name == "parent":
             raise _err("'parent.' links reach the graph a call graph is added to, and this "
                        "graph is not added to one", where, "check it with a call, or "
@@ -549,7 +569,8 @@ class Builder:
                 full = (self.prefix + str(name) if name else
                         self.graph.anonymous_name(self.prefix + el.kind))
                 node = self.graph.create(el.kind, full, el.params, where,
-                                         {k: where for k in el.params})
+                                         {k: where for k in el.params},
+                                         param_from=el.origins)
                 el.name = node.name
                 el.kind = None
                 el.created = True
@@ -741,8 +762,11 @@ def _graph_options(data: dict, ctx: Context | None = None) -> dict:
 
 
 def load_graph(path: str | Path, overrides: dict[str, Any] | None = None, *,
-               call: dict[str, Any] | None = None, registry: Any = None) -> Graph:
-    """Load and check a YAML graph file (not yet negotiated: call `prepare()` or run it)."""
+               call: dict[str, Any] | None = None, registry: Any = None,
+               given: dict[str, str] | None = None) -> Graph:
+    """Load and check a YAML graph file (not yet negotiated: call `prepare()` or run it).
+
+    `given`: where each override came from, named in errors about it ({"f": "-p f=abc"})."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -751,12 +775,14 @@ def load_graph(path: str | Path, overrides: dict[str, Any] | None = None, *,
     except OSError as e:
         raise GraphError(f"cannot read graph file '{path}': {e.strerror}") from None
     text = decode_graph_file(raw, str(path))
-    return load_graph_text(text, str(path), overrides, call=call, registry=registry)
+    return load_graph_text(text, str(path), overrides, call=call, registry=registry,
+                           given=given)
 
 
 def load_graph_text(text: str, filename: str | None = None,
                     overrides: dict[str, Any] | None = None, *,
-                    call: dict[str, Any] | None = None, registry: Any = None) -> Graph:
+                    call: dict[str, Any] | None = None, registry: Any = None,
+                    given: dict[str, str] | None = None) -> Graph:
     from .registry import get_registry
 
     registry = registry or get_registry()
@@ -768,7 +794,7 @@ def load_graph_text(text: str, filename: str | None = None,
                        f"write {key}: followed by text")
     _override(params, overrides, filename)
     path = Path(filename) if filename else None
-    ctx = Context(params, call, str(path.parent) if path else ".")
+    ctx = Context(params, call, str(path.parent) if path else ".", dict(given or {}))
     graph = Graph(str(data.get("graph") or (path.stem if path else "graph")),
                   description=str(data.get("description") or ""), registry=registry,
                   **_graph_options(data, ctx))

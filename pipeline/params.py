@@ -155,11 +155,14 @@ def _coerce(ptype: type, value: Any, unit: str | None = None) -> Any:
     if ptype is bool:
         if isinstance(value, bool):
             return value
+        if type(value) is int and value in (0, 1):  # loop=1, as "1" and YAML 1.1 users write
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
             return False
-        raise ValueError(f"'{shown(value)}' is not a boolean", "write true or false")
+        raise ValueError(f"'{shown(value)}' is not a boolean",
+                         "write true or false (or yes/no, on/off, 1/0)")
     if ptype is int:
         if isinstance(value, bool):
             raise ValueError(f"'{shown(value)}' is not an integer", "write a whole number")

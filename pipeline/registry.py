@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import difflib
 import hashlib
 import importlib
@@ -10,6 +12,8 @@ import inspect
 import logging
 import re
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +120,10 @@ class Registry:
             except PluginError as e:
                 # One broken package must not take down every graph and command: it is
                 # left out, named once here and by `pipeline inspect`.
-                fix = f"uninstall the package providing '{ep.name}'"
+                dist = getattr(getattr(ep, "dist", None), "name", None)
+                # The distribution is what pip uninstalls, not the entry point's name.
+                fix = (f"uninstall the package {dist} (pip uninstall {dist})" if dist else
+                       f"uninstall the package providing '{ep.name}'")
                 which = ("the plugin" if e.message.startswith(f"plugin '{ep.name}'")
                          else f"plugin '{ep.name}'")
                 err = PluginError(f"{e.message}; {which} is left out",
@@ -263,6 +270,15 @@ class Registry:
         """Import a local plugin module (a .py file) named by a YAML graph's `plugins:` list
         (or by `--plugin`: `where` is the hint for a path that is not there)."""
         path = Path(path).resolve()
+        if path.is_dir():
+            files = sorted(p.name for p in path.glob("*.py") if p.name != "__init__.py")
+            which = (f": {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" if files
+                     else "")
+            raise PluginError(
+                f"plugin module '{path}' is a folder, not a .py file",
+                hint="a plugin package is installed with pip and found through its entry "
+                     "point (group voip_pipeline, docs/plugins.md); or name the module file "
+                     f"in the folder{which}")
         if path.suffix != ".py":
             # importlib makes no module of other files (spec_from_file_location: None)
             raise PluginError(f"plugin module '{path}' is not a .py file",
@@ -326,25 +342,76 @@ def _exec_beside(loader: Any, module: Any, folder: Path) -> None:
     """Run a local plugin with its folder first on sys.path, as `python file.py` would, so
     it can import the modules beside it. Those are then kept under a name private to the
     folder (_voip_local_DIGEST.helpers): another folder's helpers.py is another module, and
-    the plain name is free again."""
+    the plain name is free again. The plugin's own later imports (`import helpers` inside a
+    function) find them the same way."""
     on_path = {Path(p or ".").resolve() for p in sys.path}
     if folder in on_path:  # importable anyway: its modules are everyone's
         loader.exec_module(module)
         return
-    private = f"{_LOCAL}{_digest(folder)}."
-    before = set(sys.modules)
-    for name in [n for n in before if n.startswith(private)]:  # shared within the folder
-        sys.modules.setdefault(name[len(private):], sys.modules[name])
-    sys.path.insert(0, str(folder))
-    try:
+    # Functions take their builtins from the module's globals when defined: this
+    # __import__ is the one their import statements call, whenever they run.
+    module.__dict__["__builtins__"] = {**builtins.__dict__, "__import__": _importer(folder)}
+    with _beside(folder):
         loader.exec_module(module)
-    finally:
-        if str(folder) in sys.path:  # unless the plugin took it out itself
-            sys.path.remove(str(folder))
-        for name in [n for n in sys.modules if n not in before and not n.startswith(_LOCAL)]:
-            file = getattr(sys.modules[name], "__file__", None)
-            if file and Path(file).resolve().is_relative_to(folder):
-                sys.modules[private + name] = sys.modules.pop(name)
+
+
+_BESIDE = threading.RLock()  # one folder on sys.path at a time (threads, nested imports)
+
+
+@contextlib.contextmanager
+def _beside(folder: Path) -> Iterator[None]:
+    """`folder` first on sys.path and its modules under their plain names, for a while."""
+    private = f"{_LOCAL}{_digest(folder)}."
+    with _BESIDE:
+        before = set(sys.modules)
+        for name in [n for n in before if n.startswith(private)]:  # shared within the folder
+            sys.modules.setdefault(name[len(private):], sys.modules[name])
+        sys.path.insert(0, str(folder))
+        try:
+            yield
+        finally:
+            if str(folder) in sys.path:  # unless the plugin took it out itself
+                sys.path.remove(str(folder))
+            new = [n for n in sys.modules if n not in before and not n.startswith(_LOCAL)]
+            # Only what the folder's sys.path entry found: a module below it found through
+            # another entry (a .venv in the project folder: numpy) stays, else it would be
+            # imported twice; a namespace package (a sub-folder without __init__.py) goes.
+            tops = {n for n in new if "." not in n and _sibling(sys.modules[n], n, folder)}
+            for name in new:
+                if name.partition(".")[0] in tops:
+                    sys.modules[private + name] = sys.modules.pop(name)
+
+
+def _importer(folder: Path) -> Callable[..., Any]:
+    """The __import__ of a local plugin from `folder`: a module beside it, by its plain name."""
+    private = f"{_LOCAL}{_digest(folder)}."
+    real = builtins.__import__
+
+    def import_(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
+                level: int = 0) -> Any:
+        top = name.partition(".")[0]
+        if level or top in sys.modules:  # the common case: one dict look-up
+            return real(name, globals, locals, fromlist, level)
+        mod = sys.modules.get(private + name)
+        if mod is not None and (not fromlist or all(
+                f == "*" or hasattr(mod, f) for f in fromlist)):
+            return mod if fromlist else sys.modules[private + top]
+        if mod is None and private + top not in sys.modules and not (
+                (folder / f"{top}.py").is_file() or (folder / top).is_dir()):
+            return real(name, globals, locals, fromlist, level)
+        with _beside(folder):
+            return real(name, globals, locals, fromlist, level)
+
+    return import_
+
+
+def _sibling(module: Any, top: str, folder: Path) -> bool:
+    """Whether the top-level `module` is `folder`/top.py (or .so), or the package `folder`/top."""
+    file = getattr(module, "__file__", None)
+    if file:
+        p = Path(file).resolve()
+        return p.parent == folder or (p.parent == folder / top and p.stem == "__init__")
+    return any(Path(p).resolve() == folder / top for p in getattr(module, "__path__", ()))
 
 
 def _reason(e: BaseException) -> str:

@@ -843,7 +843,14 @@ class Runtime:
                 restore()
         wall = time.perf_counter() - wall0
         if self.error is not None:
-            raise self._as_node_error(self.error)
+            err = self._as_node_error(self.error)
+            if isinstance(err, NodeError) and err.node and not err.where:
+                # As load errors do: the node's place in the YAML file (file:line:column;
+                # a graph from text has no file, and a bare line would say little).
+                where = g.where.get(err.node)
+                if where and where[0] is not None:
+                    err.where = ":".join(str(p) for p in where if p is not None)
+            raise err
         return RunResult(n * g.period, wall, self.collect_stats(), list(g.messages), stopped_by, g)
 
     def _interrupt_start(self) -> Callable[[], None]:

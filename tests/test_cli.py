@@ -103,6 +103,16 @@ def test_inspect_says_a_duration_is_seconds(capsys):
             "range [0 s, 1 s])") in capsys.readouterr().out.splitlines()
 
 
+def test_inspect_builtin_says_it_hid_an_installed_kind(capsys):
+    assert main(["inspect", "--builtin", "ring_modulator"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "pipeline: error: node type 'ring_modulator' is not a built-in one (hint: installed "
+        "plugin 'example' provides it, and --builtin leaves that out: pipeline inspect "
+        "ring_modulator)")
+    assert main(["inspect", "--builtin", "tonee"]) == 1  # unknown anyway: as without
+    assert "did you mean 'tone'?" in capsys.readouterr().err
+
+
 def test_inspect_unknown_kind(capsys):
     assert main(["inspect", "tonee"]) == 1
     assert capsys.readouterr().err.strip() == (
@@ -394,7 +404,8 @@ def register_node_types():
                         "wav_recorder path=a.wav"], capture_output=True, text=True, timeout=60,
                        cwd=in_tmp)
     assert (r.returncode, r.stderr) == (1, (
-        "pipeline: error: node 's': every input has ended, but no end-of-stream came out in "
+        "pipeline: error: launch line element 2: node 's': every input has ended, but no "
+        "end-of-stream came out in "
         "0.1 s since (hint: pass EndOfStream on from event() once done (super().event does))\n"))
     assert len(read_wav(in_tmp / "a.wav")[0]) == 1600  # the recorder has flushed
 
@@ -520,7 +531,11 @@ def test_the_json_schema_accepts_every_shipped_graph_and_refuses_bad_ones(repo_r
         assert _schema_errors(schema, yaml.safe_load(path.read_text())) == [], path
     good = {"nodes": {"t": "tone", "o": {"type": "null_sink"}}, "links": ["t -> o"]}
     assert _schema_errors(schema, good) == []
-    for bad in ({"nodes": {"t": {"type": "tone", "frequency": 440}}},
+    for loop in (True, "yes", 1, 0):  # a bool takes 1 and 0 too (loop=1)
+        assert _schema_errors(schema, {"nodes": {"w": {"type": "wav_source", "path": "a.wav",
+                                                        "loop": loop}}}) == [], loop
+    for bad in ({"nodes": {"w": {"type": "wav_source", "path": "a.wav", "loop": 2}}},
+                {"nodes": {"t": {"type": "tone", "frequency": 440}}},
                 {"nodes": {"a": {"type": "aec", "backend": "nope"}}},
                 {"nodes": {"t": {"type": "tone", "loop": True}}},
                 {"nodes": {"t": "tone"}, "links": [{"link": "t -> o", "feedbak": True}]},

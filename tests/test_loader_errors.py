@@ -484,3 +484,20 @@ def test_the_period_may_be_a_template(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"pipeline: error: {path}:2:9: period must be between 2.5ms and 120ms (hint: a plain "
         "number is seconds: write 20ms)")
+
+
+@pytest.mark.parametrize("body, place, node", [
+    ("nodes:\n  src: {type: tone, freq: '${f}Hz', duration: 1s}\n  out: {type: null_sink}\n"
+     "links: [src -> out]\n", "3:27", "node 'src' (tone): parameter 'freq': 'abcHz' is not a "
+     "frequency"),
+    ("nodes:\n  src: {type: tone, duration: 1s}\n  out: {type: null_sink}\n"
+     "links:\n  - src -> tone freq=${f} -> out\n", "6:5", "node 'tone1' (tone): parameter "
+     "'freq': 'abc' is not a frequency"),
+])
+def test_a_bad_override_says_it_came_from_p(tmp_path, capsys, body, place, node):
+    path = tmp_path / "g.yaml"
+    path.write_text("params: {f: 440}\n" + body)
+    assert main(["validate", str(path), "-p", "f=abc"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: {path}:{place}: {node}, from -p f=abc (hint: write it like 440Hz "
+        "or 16kHz)")

@@ -168,3 +168,27 @@ def test_a_fraction_of_ms_for_a_whole_ms_parameter_is_one_message(value):
     assert (e.value.message, e.value.hint) == (f"parameter 'tone_ms': '{value}' is not a "
                                                "whole number of ms",
                                                "write a whole number of ms")
+
+
+@pytest.mark.parametrize("value, expected", [(1, True), (0, False), ("1", True), ("off", False),
+                                             ("YES", True), (True, True)])
+def test_bool_takes_1_and_0_as_yes_and_on(value, expected):
+    p = Param(bool, False, "loop")
+    p.name = "loop"
+    assert p.convert(value) is expected
+
+
+@pytest.mark.parametrize("value", [2, -1, 1.0, "maybe"])
+def test_bool_hint_names_the_words_it_takes(value):
+    p = Param(bool, False, "loop")
+    p.name = "loop"
+    with pytest.raises(ParamValueError) as e:
+        p.convert(value)
+    assert e.value.hint == "write true or false (or yes/no, on/off, 1/0)"
+
+
+def test_launch_line_bool_param_takes_1():
+    from pipeline.loader import parse_launch
+
+    g = parse_launch("tone ! conference name=c gate=0 persistent=1 ! null_sink")
+    assert (g.nodes["c"].gate, g.nodes["c"].persistent) == (False, True)

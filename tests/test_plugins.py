@@ -139,11 +139,12 @@ def test_broken_local_plugin_is_one_clear_error(tmp_path):
 # ---- broken plugins: one clear line naming the place, and the rest still works -------------
 BAD = Path(__file__).parent / "bad_plugins"  # two installed plugins that fail: see the modules
 BROKEN = ("plugin 'broken' (voip_broken_plugin) failed to load: No module named 'numpyy'; the "
-          "plugin is left out (hint: fix or uninstall the package providing 'broken')")
+          "plugin is left out (hint: fix or uninstall the package voip-broken-plugin (pip "
+          "uninstall voip-broken-plugin))")
 TYPO = ("plugin 'typo' (voip_typo_plugin) implements unknown hook 'register_node_type'; the "
         "plugin is left out (hint: rename it to one of the hooks: register_codecs, "
-        "register_node_types, register_payload_formats; or uninstall the package providing "
-        "'typo')")
+        "register_node_types, register_payload_formats; or uninstall the package "
+        "voip-typo-plugin (pip uninstall voip-typo-plugin))")
 
 
 def test_broken_entry_point_plugins_are_left_out_and_named(monkeypatch, caplog):
@@ -176,8 +177,12 @@ def test_cli_with_broken_plugins_lists_the_rest_and_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline", "launch", "-q", "-e",
                         "tone duration=100ms ! null_sink"], capture_output=True, text=True,
                        timeout=60, env=env, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")  # -q: nothing but errors, not the warnings
+    r = subprocess.run([sys.executable, "-m", "pipeline", "launch", "-e",
+                        "tone duration=100ms ! null_sink"], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert len(r.stderr.splitlines()) == 2  # the two warnings, nothing else
+    assert len(r.stderr.splitlines()) == 3  # the two warnings and the summary
 
 
 def _hooks(name: str, **impls) -> types.ModuleType:
@@ -343,6 +348,73 @@ def register_node_types():
     assert str(tmp_path / "one") not in sys.path
 
 
+def test_local_plugin_imports_a_module_beside_it_inside_a_function(tmp_path):
+    # `import helpers` in process() runs after the load, when the folder is off sys.path.
+    (tmp_path / "lazy_gain_helpers.py").write_text("FACTOR = 2\n")
+    (tmp_path / "lazy_pkg").mkdir()
+    (tmp_path / "lazy_pkg" / "__init__.py").write_text("")
+    (tmp_path / "lazy_pkg" / "more.py").write_text("OFFSET = 0\n")
+    (tmp_path / "nodes.py").write_text('''
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class Double(Node):
+    """Passes frames on, having read a module beside it."""
+    kind = "lazy_double"
+    inputs = (Port("in"),)
+    outputs = (Port("out"),)
+
+    def process(self, port, frame):
+        import lazy_gain_helpers
+        from lazy_pkg.more import OFFSET
+        self.seen = lazy_gain_helpers.FACTOR + OFFSET
+        self.emit("out", frame)
+
+@hookimpl
+def register_node_types():
+    return [Double]
+''')
+    (tmp_path / "g.yaml").write_text(
+        "plugins: [nodes.py]\nnodes:\n  t: {type: tone, rate: 8000, duration: 100ms, "
+        "level: -20dB}\n  d: {type: lazy_double}\n  o: {type: frame_sink}\nlinks: [t -> d -> o]\n")
+    r = run_graph(tmp_path / "g.yaml")
+    assert r.graph.nodes["d"].seen == 2 and len(r.graph.nodes["o"].audio()) == 800
+    assert not {"lazy_gain_helpers", "lazy_pkg", "lazy_pkg.more"} & set(sys.modules)
+    assert str(tmp_path) not in sys.path
+
+
+def test_local_plugin_leaves_modules_found_elsewhere_under_its_folder(tmp_path, monkeypatch):
+    # A project folder holding its .venv: what the plugin imports from site-packages is
+    # below the folder but not beside the plugin, and must keep its name (numpy moved to
+    # a private name would be imported a second time by the next `import numpy`).
+    site = tmp_path / ".venv" / "site"
+    site.mkdir(parents=True)
+    (site / "venv_mod_x.py").write_text("X = 1\n")
+    (tmp_path / "ns_helpers").mkdir()  # a namespace package beside the plugin
+    (tmp_path / "ns_helpers" / "consts.py").write_text("KIND = 'ns_sink'\n")
+    (tmp_path / "nodes.py").write_text('''
+import venv_mod_x
+from ns_helpers.consts import KIND
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class Sink(Node):
+    """A sink."""
+    kind = KIND
+    inputs = (Port("in"),)
+
+@hookimpl
+def register_node_types():
+    return [Sink]
+''')
+    monkeypatch.syspath_prepend(str(site))
+    for name in ("venv_mod_x", "ns_helpers", "ns_helpers.consts"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    Registry(entry_points=False).load_file(tmp_path / "nodes.py")
+    assert sys.modules["venv_mod_x"].__file__ == str(site / "venv_mod_x.py")
+    assert "ns_helpers" not in sys.modules and "ns_helpers.consts" not in sys.modules
+
+
 def test_local_plugin_class_has_the_same_name_on_every_run(tmp_path):
     (tmp_path / "mynodes.py").write_text('''
 from pipeline.hookspecs import hookimpl
@@ -490,3 +562,17 @@ def test_the_gstreamer_table_names_registered_kinds_and_matches_the_cli_guide():
         row = next((r for r in rows if element in r[0]), None)
         assert row is not None, f"docs/cli.md does not list {element}"
         assert (kind or "none") in row[1], f"docs/cli.md maps {element} otherwise than {kind}"
+
+
+def test_plugin_given_a_folder_says_how_packages_are_loaded(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "nodes.py").write_text("")
+    assert main(["inspect", "--plugin", f"{tmp_path / 'mypkg'}/", "tone"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: plugin module '{tmp_path / 'mypkg'}' is a folder, not a .py file "
+        "(hint: a plugin package is installed with pip and found through its entry point "
+        "(group voip_pipeline, docs/plugins.md); or name the module file in the folder: "
+        "nodes.py)")

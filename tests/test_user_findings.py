@@ -42,6 +42,16 @@ def test_env_default_taken_where_the_variable_is_empty(monkeypatch, env, expecte
     assert load_graph_text(text).nodes["src"].duration == expected
 
 
+@pytest.mark.parametrize("callee, expected", [("", "room.wav"), ("bob", "bob.wav")])
+def test_call_value_default_taken_where_it_is_empty(tmp_path, callee, expected):
+    # A request URI without a user part: ${call.callee} is empty, as a param or env can be.
+    text = ("nodes:\n  src: {type: tone, duration: 1s}\n"
+            f"  rec: {{type: wav_recorder, path: '{tmp_path}/${{call.callee:-room}}.wav'}}\n"
+            "links: [src -> rec]\n")
+    g = load_graph_text(text, None, call={"callee": callee})
+    assert g.nodes["rec"].path == str(tmp_path / expected)
+
+
 # ---- 2: a link element that is not key=value -----------------------------------------
 def test_bad_inline_token_quotes_the_element(tmp_path, capsys):
     path = tmp_path / "g.yaml"
@@ -89,6 +99,16 @@ def test_wav_recorder_refuses_another_formats_extension(tmp_path, capsys):
         f"cannot record to '{path}': wav_recorder writes WAV, not MP3 (hint: name it .wav, "
         "and convert it afterwards: ffmpeg -i x.wav x.mp3)")
     assert not path.parent.exists()
+
+
+@pytest.mark.parametrize("name", ["bob@pbx.example.com.au", "bob@pbx.example.com", "X.WAV"])
+def test_wav_recorder_takes_a_call_graphs_name_and_upper_case(tmp_path, name):
+    # rec/${call.caller}: the caller is user@host, and .au is Australia's domain too.
+    g = load_graph_text("nodes:\n  src: {type: tone, duration: 40ms}\n"
+                        f"  rec: {{type: wav_recorder, path: '{tmp_path / name}'}}\n"
+                        "links: [src -> rec]\n")
+    run_graph(g)
+    assert (tmp_path / name).stat().st_size > 44
 
 
 # ---- 6: negotiate() that returns something else than a Format ------------------------
@@ -149,3 +169,33 @@ def test_comfort_noise_imports_its_filter_when_made():
 
     assert ComfortNoise.for_codec("opus", 960) is None
     assert len(ComfortNoise("pcmu", 160).payload(40, bytes([100, 140]))) == 160
+
+
+# ---- B1: a node's run-time error says where the node is in the YAML ------------------
+BOOM_PLUGIN = '''
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+class Boom(Node):
+    """Raises on the first frame."""
+    kind = "boom_trim"
+    inputs = (Port("in"),)
+
+    def process(self, port, frame):
+        raise RuntimeError("boom in trim")
+
+@hookimpl
+def register_node_types():
+    return [Boom]
+'''
+
+
+def test_run_time_error_names_the_nodes_place_in_the_yaml(tmp_path, capsys):
+    (tmp_path / "boom.py").write_text(BOOM_PLUGIN)
+    path = tmp_path / "g.yaml"
+    path.write_text("plugins: [./boom.py]\nnodes:\n  src: {type: tone, duration: 100ms}\n"
+                    "  trim: {type: boom_trim}\nlinks: [src -> trim]\n")
+    assert main(["launch", "-q", str(path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"pipeline: error: {path}:4:3: node 'trim': RuntimeError: boom in trim (hint: raised "
+        f"in process(): a bug in plugin '{tmp_path / 'boom.py'}'; --debug shows the traceback)")

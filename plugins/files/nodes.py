@@ -341,8 +341,10 @@ class WavRecorder(Node):
                            "plain number is seconds)", min=0.0, max=1.0)
 
     def validate(self) -> None:
+        name = Path(self.path).name
         suffix = Path(self.path).suffix.lower()
-        if suffix in _OTHER_MEDIA:
+        # A SIP address's suffix is its domain's (rec/${call.caller}: bob@pbx.example.com.au).
+        if suffix in _OTHER_MEDIA and "@" not in name:
             raise ParamValueError("path", f"cannot record to '{self.path}': {self.kind} "
                                   f"writes WAV, not {suffix[1:].upper()}", "name it .wav, "
                                   f"and convert it afterwards: ffmpeg -i x.wav x{suffix}")
