@@ -539,6 +539,7 @@ def test_a_node_whose_init_skips_the_base_class_is_named():
     ("fakesink", "GStreamer's fakesink is 'null_sink' here (pipeline inspect null_sink)"),
     ("wavenc", "GStreamer's wavenc is 'wav_recorder' here (pipeline inspect wav_recorder)"),
     ("queue", "GStreamer's queue is not needed: nothing is queued between nodes; remove it"),
+    ("webrtcechoprobe", "GStreamer's webrtcechoprobe is 'aec' here (pipeline inspect aec)"),
 ])
 def test_gstreamer_element_names_are_mapped_to_our_kinds(element, hint):
     with pytest.raises(PluginError) as e:
