@@ -100,6 +100,14 @@ def format_stats(stats: dict[str, dict[str, Any]]) -> str:
                      + "  " + r[6] for r in rows)
 
 
+def endless_sources(graph: Graph) -> list[Any]:
+    """The sources of `graph` that say they never end (`expected_duration()` None: a tone
+    or a video pattern without `duration`)."""
+    return [n for n in graph.nodes.values() if not n.inputs
+            and callable(getattr(n, "expected_duration", None))
+            and n.expected_duration() is None]
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from .runtime import Runtime, run_coroutine
 
@@ -113,6 +121,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
                          "time only (a sound device or the network)",
                          hint="drop --offline; --duration bounds a real-time run")
     realtime = args.realtime if args.realtime is not None else bool(live)
+    endless = [] if realtime or duration is not None or args.quiet else endless_sources(graph)
+    if endless:  # a surprise otherwise: a recorder behind it grows by hundreds of MB a second
+        names = ", ".join(f"'{n.name}' ({n.kind})" for n in endless)
+        print(f"pipeline: warning: {names} never ends: offline, the run goes on as fast as "
+              "the CPU allows until Ctrl-C (hint: give it a duration, or bound the run with "
+              "--duration)", file=sys.stderr, flush=True)
     # -m lines would break the progress line, which is rewritten in place.
     show_progress = (not realtime and sys.stderr.isatty() and not args.quiet
                      and not args.messages)

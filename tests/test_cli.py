@@ -627,3 +627,26 @@ def test_draw_to_an_unknown_extension_is_a_command_line_error(in_tmp, capsys):
 def test_a_command_option_before_the_command_says_where_it_goes(capsys, argv, line):
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"pipeline: error: {line}"
+
+
+def test_an_offline_run_of_an_endless_source_warns_first_and_a_bounded_one_does_not(tmp_path):
+    # It went on writing hundreds of MB a second with nothing said (a new user's surprise).
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "launch", "-e",
+                             "tone ! null_sink"], cwd=tmp_path, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        first = proc.stderr.readline()  # the warning comes before the run
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert first == ("pipeline: warning: 'tone1' (tone) never ends: offline, the run goes on "
+                     "as fast as the CPU allows until Ctrl-C (hint: give it a duration, or "
+                     "bound the run with --duration)\n")
+    assert proc.returncode == 130, err
+    for bounded in (["-e", "tone ! null_sink", "--duration", "0.1s"],
+                    ["-e", "tone duration=0.1s ! null_sink"], ["-q", "-e", "tone ! null_sink",
+                                                               "--duration", "0.1s"]):
+        done = subprocess.run([sys.executable, "-m", "pipeline", "launch", *bounded],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "warning" not in done.stderr, (bounded, done.stderr)
