@@ -314,6 +314,13 @@ class Registry:
             raise PluginError(f"unknown node type '{kind}'", hint=self.suggest(kind)) from None
 
     def suggest(self, kind: str) -> str:
+        if kind.startswith(("audio/", "video/")):  # a gst-launch caps filter
+            return ("formats are negotiated here, not filtered: a converter goes in where one "
+                    "is needed; to force one, name it, e.g. resample rate=8000")
+        if "." in kind and "/" not in kind and not kind.endswith("."):
+            # `path=a b.wav` unquoted: the value's second word reads as an element
+            return (f"'{kind}' looks like part of a value with a space: quote the value, "
+                    f"e.g. path=\"a {kind}\"")
         if kind in GSTREAMER_KINDS:  # a gst-launch user's element name
             ours = GSTREAMER_KINDS[kind]
             if ours is None:

@@ -540,6 +540,11 @@ def test_a_node_whose_init_skips_the_base_class_is_named():
     ("wavenc", "GStreamer's wavenc is 'wav_recorder' here (pipeline inspect wav_recorder)"),
     ("queue", "GStreamer's queue is not needed: nothing is queued between nodes; remove it"),
     ("webrtcechoprobe", "GStreamer's webrtcechoprobe is 'aec' here (pipeline inspect aec)"),
+    # A caps filter, and the second word of an unquoted value (path=out/a b.wav).
+    ("audio/x-raw,rate=8000", "formats are negotiated here, not filtered: a converter goes "
+     "in where one is needed; to force one, name it, e.g. resample rate=8000"),
+    ("b.wav", "'b.wav' looks like part of a value with a space: quote the value, e.g. "
+     "path=\"a b.wav\""),
 ])
 def test_gstreamer_element_names_are_mapped_to_our_kinds(element, hint):
     with pytest.raises(PluginError) as e:
