@@ -10,6 +10,7 @@ import pty
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from conftest import ROOT, WAIT, until
@@ -28,9 +29,12 @@ class Cli:
         self.reader = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def start(cls, *args: str, cwd: Path, stdin=asyncio.subprocess.PIPE) -> Cli:
+    async def start(cls, *args: str, cwd: Path, stdin=asyncio.subprocess.PIPE,
+                    under: tuple[str, ...] = ()) -> Cli:
+        """`pipeline ARGS`, run by the command `under` when one is given (its stderr is the
+        lines then)."""
         return cls(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pipeline", *args, cwd=cwd, stdin=stdin,
+            *under, sys.executable, "-m", "pipeline", *args, cwd=cwd, stdin=stdin,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE))
 
     async def _read(self) -> None:
@@ -62,10 +66,11 @@ async def serve(tmp_path: Path, *args: str) -> tuple[Cli, int]:
     return server, int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
 
 
-async def dial(tmp_path: Path, port: int, *args: str, stdin=asyncio.subprocess.PIPE) -> Cli:
+async def dial(tmp_path: Path, port: int, *args: str, stdin=asyncio.subprocess.PIPE,
+               under: tuple[str, ...] = ()) -> Cli:
     return await Cli.start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
                            "-p", f"heard={tmp_path / 'heard.wav'}", *args, cwd=tmp_path,
-                           stdin=stdin)
+                           stdin=stdin, under=under)
 
 
 async def stop(*clis: Cli | None) -> None:
@@ -77,22 +82,32 @@ async def stop(*clis: Cli | None) -> None:
             await cli.end()
 
 
-def test_typed_digits_reach_the_far_end_in_order_and_q_hangs_up(tmp_path):
-    async def main_():
-        server, port = await serve(tmp_path)
-        caller = None
-        try:
-            caller = await dial(tmp_path, port, "--codecs", "pcmu,telephone-event")
-            await caller.wait(r" call-established ")
-            caller.type("12#\n")
-            await server.wait(r" dtmf digit=", 3)
-            caller.type("q\n")
-            code = await caller.end()
-        finally:
-            await stop(caller, server)
-        return server.lines, caller.lines, code
+async def call(tmp_path: Path, *args: str, script: Callable[[Cli, Cli], Awaitable[None]],
+               serve_args: tuple[str, ...] = (), stdin=asyncio.subprocess.PIPE,
+               under: tuple[str, ...] = ()) -> tuple[list[str], list[str], int]:
+    """Serve (with `serve_args`), dial with ARGS, wait for the answer, run `script(server,
+    caller)` and wait for the caller to end; both are stopped whatever happens. Returns the
+    server's lines, the caller's, and the caller's exit code."""
+    server, port = await serve(tmp_path, *serve_args)
+    caller = None
+    try:
+        caller = await dial(tmp_path, port, *args, stdin=stdin, under=under)
+        await caller.wait(r" call-established ")
+        await script(server, caller)
+        code = await caller.end()
+    finally:
+        await stop(caller, server)
+    return server.lines, caller.lines, code
 
-    served, called, code = asyncio.run(main_())
+
+def test_typed_digits_reach_the_far_end_in_order_and_q_hangs_up(tmp_path):
+    async def script(server: Cli, caller: Cli) -> None:
+        caller.type("12#\n")
+        await server.wait(r" dtmf digit=", 3)
+        caller.type("q\n")
+
+    served, called, code = asyncio.run(call(tmp_path, "--codecs", "pcmu,telephone-event",
+                                            script=script))
     digits = [line for line in served if " dtmf " in line]
     # RFC 4733: the callee's rtp_session got them, one event line each, in order
     assert [re.search(r"digit=(\S+)", line).group(1) for line in digits] == ["1", "2", "#"]
@@ -106,21 +121,12 @@ def test_typed_digits_reach_the_far_end_in_order_and_q_hangs_up(tmp_path):
 
 
 def test_digits_go_by_sip_info_when_the_call_has_no_telephone_event(tmp_path):
-    async def main_():
-        server, port = await serve(tmp_path)
-        caller = None
-        try:
-            caller = await dial(tmp_path, port, "--codecs", "pcmu")
-            await caller.wait(r" call-established ")
-            caller.type("5*\n")
-            await server.wait(r" dtmf ", 2)
-            caller.type("hangup\n")
-            code = await caller.end()
-        finally:
-            await stop(caller, server)
-        return server.lines, caller.lines, code
+    async def script(server: Cli, caller: Cli) -> None:
+        caller.type("5*\n")
+        await server.wait(r" dtmf ", 2)
+        caller.type("hangup\n")
 
-    served, called, code = asyncio.run(main_())
+    served, called, code = asyncio.run(call(tmp_path, "--codecs", "pcmu", script=script))
     digits = [line for line in served if " dtmf " in line]
     # INFO application/dtmf-relay: the callee's endpoint reports them, in order
     assert [re.search(r"digit=(\S+)", line).group(1) for line in digits] == ["5", "*"]
@@ -130,25 +136,16 @@ def test_digits_go_by_sip_info_when_the_call_has_no_telephone_event(tmp_path):
 
 
 def test_hold_and_resume_send_re_invites_and_unknown_commands_do_not_end_the_call(tmp_path):
-    async def main_():
-        server, port = await serve(tmp_path)
-        caller = None
-        try:
-            caller = await dial(tmp_path, port, "--codecs", "pcmu")
-            await caller.wait(r" call-established ")
-            caller.type("hold\n")
-            await server.wait(r" call-updated .*direction=recvonly")
-            await caller.wait(r" call-updated .*direction=sendonly")
-            caller.type("x\n?\nresume\n")
-            await server.wait(r" call-updated .*direction=sendrecv")
-            await caller.wait(r" call-updated .*direction=sendrecv")
-            caller.type("q\n")
-            code = await caller.end()
-        finally:
-            await stop(caller, server)
-        return caller.lines, code
+    async def script(server: Cli, caller: Cli) -> None:
+        caller.type("hold\n")
+        await server.wait(r" call-updated .*direction=recvonly")
+        await caller.wait(r" call-updated .*direction=sendonly")
+        caller.type("x\n?\nresume\n")
+        await server.wait(r" call-updated .*direction=sendrecv")
+        await caller.wait(r" call-updated .*direction=sendrecv")
+        caller.type("q\n")
 
-    called, code = asyncio.run(main_())
+    _, called, code = asyncio.run(call(tmp_path, "--codecs", "pcmu", script=script))
     assert code == 0, called
     assert any(line.endswith("resume: re-INVITE sent (sendrecv)") for line in called), called
     assert any(line.endswith("hold: re-INVITE sent (sendonly)") for line in called), called
@@ -163,21 +160,13 @@ def test_hold_and_resume_send_re_invites_and_unknown_commands_do_not_end_the_cal
 
 
 def test_a_terminal_gets_the_command_list_and_its_commands_are_read(tmp_path):
-    async def main_(terminal: int):
-        server, port = await serve(tmp_path)
-        caller = None
-        try:
-            caller = await dial(tmp_path, port, "--codecs", "pcmu", stdin=terminal)
-            await caller.wait(r" call-established ")
-            os.write(primary, b"q\n")
-            code = await caller.end()
-        finally:
-            await stop(caller, server)
-        return caller.lines, code
+    async def script(server: Cli, caller: Cli) -> None:
+        os.write(primary, b"q\n")
 
     primary, terminal = pty.openpty()
     try:
-        called, code = asyncio.run(main_(terminal))
+        _, called, code = asyncio.run(call(tmp_path, "--codecs", "pcmu", script=script,
+                                           stdin=terminal))
     finally:
         os.close(primary)
         os.close(terminal)
@@ -508,30 +497,21 @@ def test_a_call_moved_to_the_background_does_not_read_its_terminal_and_is_not_st
     # terminal we no longer own stopped the whole call (SIGTTIN).
     import signal as signals
 
-    async def main_(terminal: int):
-        server, port = await serve(tmp_path)
-        job = None
-        try:
-            job = Cli(await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _JOB_SHELL, sys.executable, "-m", "pipeline", "call",
-                f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER), "-p",
-                f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu", cwd=tmp_path,
-                stdin=terminal, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE))
-            await job.wait(r" call-established ")
-            job.proc.send_signal(signals.SIGUSR1)
-            await job.wait(r"^shell: background")
-            os.write(primary, b"q\n")  # typed at the shell, but our reader wakes too
-            (what,) = await job.wait(r"^shell: job stopped| commands: not read")
-            job.proc.send_signal(signals.SIGUSR2)  # `fg`: the q is ours now
-            code = await job.end()
-        finally:
-            await stop(job, server)
-        return what, job.lines, code
+    what = ""
+
+    async def script(server: Cli, job: Cli) -> None:
+        nonlocal what
+        job.proc.send_signal(signals.SIGUSR1)
+        await job.wait(r"^shell: background")
+        os.write(primary, b"q\n")  # typed at the shell, but our reader wakes too
+        (what,) = await job.wait(r"^shell: job stopped| commands: not read")
+        job.proc.send_signal(signals.SIGUSR2)  # `fg`: the q is ours now
 
     primary, terminal = pty.openpty()
     try:
-        what, called, code = asyncio.run(main_(terminal))
+        _, called, code = asyncio.run(call(tmp_path, "--codecs", "pcmu", script=script,
+                                           stdin=terminal,
+                                           under=(sys.executable, "-c", _JOB_SHELL)))
     finally:
         os.close(primary)
         os.close(terminal)
@@ -575,21 +555,13 @@ def test_a_refused_hold_is_said_in_an_error_line():
 def test_resume_without_a_hold_and_a_second_hold_say_so_and_send_nothing(tmp_path):
     # Before, each sent a re-INVITE whose answer changed nothing: no call-updated line
     # followed, and the user was left waiting for one.
-    async def main_():
-        server, port = await serve(tmp_path, "--debug")
-        caller = None
-        try:
-            caller = await dial(tmp_path, port, "--codecs", "pcmu")
-            await caller.wait(r" call-established ")
-            caller.type("r\nh\n")
-            await caller.wait(r" call-updated .*direction=sendonly")
-            caller.type("hold\nq\n")
-            code = await caller.end()
-        finally:
-            await stop(caller, server)
-        return server.lines, caller.lines, code
+    async def script(server: Cli, caller: Cli) -> None:
+        caller.type("r\nh\n")
+        await caller.wait(r" call-updated .*direction=sendonly")
+        caller.type("hold\nq\n")
 
-    served, called, code = asyncio.run(main_())
+    served, called, code = asyncio.run(call(tmp_path, "--codecs", "pcmu", script=script,
+                                            serve_args=("--debug",)))
     assert code == 0, called
     said = [line.split(" ", 2)[2] for line in called if re.search(r" (hold|resume): ", line)]
     assert said == ["resume: the call is not on hold", "hold: re-INVITE sent (sendonly)",

@@ -55,22 +55,32 @@ class Sender(Node):
         self.step = int(self.rate * PERIOD_S)
 
     def tick(self, now: float) -> None:
+        k = self._next_tick()
+        if k is None:
+            return
+        if self.cn and k == self.gap[0]:
+            self._send(k, b"", now, duration=0, flags=FLAG_SILENCE, cn_dbov=50)
+        if k >= len(self.payloads) or self.gap[0] <= k < self.gap[1]:
+            return
+        self._send(k, self.payloads[k], now, marker=k == self.gap[1])
+
+    def _next_tick(self) -> int | None:
+        """This tick's number, or None once the stream has ended (EOS sent)."""
         k = self.k
         self.k += 1
         if k >= self.eos:
             self.send_eos()
-            return
-        if self.cn and k == self.gap[0]:
-            self.seq = (self.seq + 1) & 0xFFFF
-            self.emit("out", EncodedFrame(b"", self.codec, k * self.step, 0, self.rate, False,
-                                          FLAG_SILENCE, {"seq": self.seq, "ssrc": 9,
-                                                         "arrival": now, "cn_dbov": 50}))
-        if k >= len(self.payloads) or self.gap[0] <= k < self.gap[1]:
-            return
+            return None
+        return k
+
+    def _send(self, k: int, payload: bytes, now: float, marker: bool = False,
+              duration: int | None = None, flags: int = 0, **meta: object) -> None:
+        """The packet of tick `k`, with the next sequence number."""
         self.seq = (self.seq + 1) & 0xFFFF
-        self.emit("out", EncodedFrame(self.payloads[k], self.codec, k * self.step, self.step,
-                                      self.rate, k == self.gap[1],
-                                      meta={"seq": self.seq, "ssrc": 9, "arrival": now}))
+        self.emit("out", EncodedFrame(payload, self.codec, k * self.step,
+                                      self.step if duration is None else duration, self.rate,
+                                      marker, flags,
+                                      {"seq": self.seq, "ssrc": 9, "arrival": now, **meta}))
 
 
 def _payloads(codec: str) -> tuple[list[bytes], int, int]:
@@ -86,19 +96,27 @@ def _payloads(codec: str) -> tuple[list[bytes], int, int]:
     return [enc.encode(x[i:i + 960]) for i in range(0, len(x), 960)], 48000, 48000
 
 
+def _receive(name: str, sender: Sender, sink: str = "frame_sink",
+             sink_params: dict | None = None, **jb: object):
+    """Run `sender` -> jitter_buffer "jb" (held at 40 ms unless `jb` says otherwise) -> the
+    codec's decoder "dec" -> `sink` "out" to the end of the stream."""
+    g = Graph(name)
+    g.add(sender)
+    g.create("jitter_buffer", "jb", {"min_delay_ms": 40.0, **jb})
+    g.create(f"{sender.codec}_decoder", "dec")
+    g.create(sink, "out", sink_params or {})
+    g.link(sender.name, None, "jb", None)
+    g.link("jb", None, "dec", None)
+    g.link("dec", None, "out", None)
+    return run_graph(g)
+
+
 def _run(codec: str, gap: tuple[int, int] = GAP, eos: int | None = None,
          sink: str = "frame_sink", sink_params: dict | None = None, cn: bool = False,
          **jb: object):
     payloads, clock, rate = _payloads(codec)
-    g = Graph("idle")
-    g.add(Sender("src", payloads, codec, clock, gap, eos, cn))
-    g.create("jitter_buffer", "jb", {"min_delay_ms": 40.0, **jb})
-    g.create(f"{codec}_decoder", "dec")
-    g.create(sink, "out", sink_params or {})
-    g.link("src", None, "jb", None)
-    g.link("jb", None, "dec", None)
-    g.link("dec", None, "out", None)
-    r = run_graph(g)
+    r = _receive("idle", Sender("src", payloads, codec, clock, gap, eos, cn), sink,
+                 sink_params, **jb)
     out = r.graph.nodes["out"].audio()[:, 0] if sink == "frame_sink" else None
     return r, out, payloads, rate
 
@@ -200,19 +218,14 @@ class DtxSender(Sender):
         self.marker = False
 
     def tick(self, now: float) -> None:
-        k = self.k
-        self.k += 1
-        if k >= self.eos:
-            self.send_eos()
+        k = self._next_tick()
+        if k is None:
             return
         payload = self.payloads[k]
         if payload is None:
             self.marker = True
             return
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.emit("out", EncodedFrame(payload, self.codec, k * self.step, self.step, self.rate,
-                                      self.marker,
-                                      meta={"seq": self.seq, "ssrc": 9, "arrival": now}))
+        self._send(k, payload, now, marker=self.marker)
         self.marker = False
 
 
@@ -233,15 +246,7 @@ def test_opus_dtx_plays_the_decoders_comfort_noise_between_refreshes():
     payloads = [p if len(p) > 2 else None for p in payloads]  # RFC 7587 3.3: not sent
     dtx = [k for k, p in enumerate(payloads) if p is None]
     assert len(dtx) > 150  # libopus went into DTX after the speech
-    g = Graph("dtx")
-    g.add(DtxSender("src", payloads, "opus", 48000, (0, 0)))
-    g.create("jitter_buffer", "jb", {"min_delay_ms": 40.0})
-    g.create("opus_decoder", "dec")
-    g.create("frame_sink", "out")
-    g.link("src", None, "jb", None)
-    g.link("jb", None, "dec", None)
-    g.link("dec", None, "out", None)
-    r = run_graph(g)
+    r = _receive("dtx", DtxSender("src", payloads, "opus", 48000, (0, 0)))
     out = r.graph.nodes["out"].audio()[:, 0]
     jb = r.stats["jb"]
     assert jb["lost"] == 0 and jb["idle"] > 100
@@ -273,15 +278,7 @@ def test_opus_resumes_after_a_hold_without_a_click(freq):
     x = x.astype(np.int16)[:, None]
     enc = OpusEncoder(48000, 1)
     payloads = [enc.encode(x[i:i + 960]) for i in range(0, len(x), 960)]
-    g = Graph("hold")
-    g.add(Sender("src", payloads, "opus", 48000, GAP))
-    g.create("jitter_buffer", "jb", {"min_delay_ms": 40.0})
-    g.create("opus_decoder", "dec")
-    g.create("frame_sink", "out")
-    g.link("src", None, "jb", None)
-    g.link("jb", None, "dec", None)
-    g.link("dec", None, "out", None)
-    r = run_graph(g)
+    r = _receive("hold", Sender("src", payloads, "opus", 48000, GAP))
     out = r.graph.nodes["out"].audio()[:, 0].astype(np.float64)
     b = GAP[1] * 960
     assert not out[b - 960:b].any()  # digital silence up to the packet after the hold
@@ -326,15 +323,9 @@ def test_a_loss_after_the_silence_is_concealed_from_what_played(f0):
     enc = G711Encoder("pcmu")
     pcm = np.rint(x).astype(np.int16)
     payloads = [enc.encode(pcm[i:i + 160]) for i in range(0, len(pcm), 160)]
-    g = Graph("history")
-    g.add(LossySender("src", payloads, "pcmu", 8000, GAP, lost={GAP[1] + 1, GAP[1] + 2}))
-    g.create("jitter_buffer", "jb", {"min_delay_ms": 200.0, "start_delay_ms": 200.0})
-    g.create("pcmu_decoder", "dec")
-    g.create("frame_sink", "out")
-    g.link("src", None, "jb", None)
-    g.link("jb", None, "dec", None)
-    g.link("dec", None, "out", None)
-    r = run_graph(g)
+    r = _receive("history", LossySender("src", payloads, "pcmu", 8000, GAP,
+                                        lost={GAP[1] + 1, GAP[1] + 2}),
+                 min_delay_ms=200.0, start_delay_ms=200.0)
     frames = list(r.graph.nodes["out"].frames)
     # The spurt after the silence: its first frame, then the two lost ones concealed.
     k = next(i for i, f in enumerate(frames) if i > GAP[0] + 10 and f.flags == FLAG_DISCONT)
