@@ -297,22 +297,28 @@ def test_sys_exit_at_import_is_a_failed_import(tmp_path):
                                "called sys.exit('no thanks')")
 
 
-def test_local_modules_with_the_same_file_name_are_two_plugins(tmp_path):
-    for n in ("one", "two"):
-        (tmp_path / n).mkdir()
-        (tmp_path / n / "nodes.py").write_text(f'''
+def sink_plugin(kind: str, imports: str = "") -> str:
+    """The text of a local plugin module registering one sink node of `kind` (a Python
+    expression, after `imports`)."""
+    return f'''{imports}
 from pipeline.hookspecs import hookimpl
 from pipeline.node import Node, Port
 
 class Sink(Node):
-    """Sink {n}."""
-    kind = "stem_{n}"
+    """A sink."""
+    kind = {kind}
     inputs = (Port("in"),)
 
 @hookimpl
 def register_node_types():
     return [Sink]
-''')
+'''
+
+
+def test_local_modules_with_the_same_file_name_are_two_plugins(tmp_path):
+    for n in ("one", "two"):
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "nodes.py").write_text(sink_plugin(f"'stem_{n}'"))
     reg = Registry(entry_points=False)
     reg.load_file(tmp_path / "one" / "nodes.py")
     reg.load_file(tmp_path / "two" / "nodes.py")
@@ -326,20 +332,7 @@ def test_local_plugin_imports_the_module_beside_it_without_leaking_it(tmp_path):
     for n in ("one", "two"):
         (tmp_path / n).mkdir()
         (tmp_path / n / "helpers.py").write_text(f"KIND = 'beside_{n}'\n")
-        (tmp_path / n / "nodes.py").write_text('''
-from helpers import KIND
-from pipeline.hookspecs import hookimpl
-from pipeline.node import Node, Port
-
-class Sink(Node):
-    """A sink."""
-    kind = KIND
-    inputs = (Port("in"),)
-
-@hookimpl
-def register_node_types():
-    return [Sink]
-''')
+        (tmp_path / n / "nodes.py").write_text(sink_plugin("KIND", "from helpers import KIND"))
     reg = Registry(entry_points=False)
     reg.load_file(tmp_path / "one" / "nodes.py")
     reg.load_file(tmp_path / "two" / "nodes.py")
@@ -392,21 +385,8 @@ def test_local_plugin_leaves_modules_found_elsewhere_under_its_folder(tmp_path, 
     (site / "venv_mod_x.py").write_text("X = 1\n")
     (tmp_path / "ns_helpers").mkdir()  # a namespace package beside the plugin
     (tmp_path / "ns_helpers" / "consts.py").write_text("KIND = 'ns_sink'\n")
-    (tmp_path / "nodes.py").write_text('''
-import venv_mod_x
-from ns_helpers.consts import KIND
-from pipeline.hookspecs import hookimpl
-from pipeline.node import Node, Port
-
-class Sink(Node):
-    """A sink."""
-    kind = KIND
-    inputs = (Port("in"),)
-
-@hookimpl
-def register_node_types():
-    return [Sink]
-''')
+    (tmp_path / "nodes.py").write_text(sink_plugin(
+        "KIND", "import venv_mod_x\nfrom ns_helpers.consts import KIND"))
     monkeypatch.syspath_prepend(str(site))
     for name in ("venv_mod_x", "ns_helpers", "ns_helpers.consts"):
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -416,19 +396,7 @@ def register_node_types():
 
 
 def test_local_plugin_class_has_the_same_name_on_every_run(tmp_path):
-    (tmp_path / "mynodes.py").write_text('''
-from pipeline.hookspecs import hookimpl
-from pipeline.node import Node, Port
-
-class Vad(Node):
-    """A sink."""
-    kind = "stable_vad"
-    inputs = (Port("in"),)
-
-@hookimpl
-def register_node_types():
-    return [Vad]
-''')
+    (tmp_path / "mynodes.py").write_text(sink_plugin("'stable_vad'"))
     code = ("from pipeline.registry import Registry; r = Registry(entry_points=False); "
             f"r.load_file({str(tmp_path / 'mynodes.py')!r}); "
             "print(r.node_types['stable_vad'].__module__)")
