@@ -10,13 +10,8 @@ from pathlib import Path
 
 from conftest import until
 from test_rtp_session import WAIT, Session
-from test_sip_endpoint import (  # noqa: F401 (no_port_left_reserved: an autouse fixture)
-    Endpoint,
-    caller_yaml,
-    no_port_left_reserved,
-    server_yaml,
-)
-from test_sip_rebuild import CALLER_GRAPH, DIALLER_GRAPH, _rebuilt
+from test_sip_endpoint import no_port_left_reserved  # noqa: F401 (an autouse fixture)
+from test_sip_rebuild import CALLER_GRAPH, DIALLER_GRAPH, _rebuilt, established
 
 from pipeline.frames import DtmfEvent
 from pipeline.loader import parse_launch
@@ -104,11 +99,8 @@ def test_digits_due_while_the_far_end_holds_the_call_are_heard_after_it_resumes(
     (tmp_path / "server.yaml").write_text(CALLER_GRAPH)
 
     async def main() -> tuple[list[tuple[str, int]], list[str]]:
-        server = Endpoint(server_yaml(call_graph=tmp_path / "server.yaml"))
-        port = await server.port()
-        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "dialler.yaml"))
-        call_id = (await caller.wait("call-established")).data["call_id"]
-        server_id = (await server.wait("call-established")).data["call_id"]
+        server, caller, call_id, server_id = await established(tmp_path / "server.yaml",
+                                                               tmp_path / "dialler.yaml")
 
         def heard() -> list[str]:
             return [m.data["digit"] for m in server.names("dtmf")]

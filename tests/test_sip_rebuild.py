@@ -79,6 +79,18 @@ async def _rebuilt(caller: Endpoint, caller_id: str, caller_dir: str,
                 f"rebuilt ({caller_dir}, {server_dir})")
 
 
+async def established(call_graph: Path | str, caller_graph: Path
+                      ) -> tuple[Endpoint, Endpoint, str, str]:
+    """A server running `call_graph` for each call and a caller running `caller_graph` that
+    dialled it, the call established on both: (server, caller, their Call-IDs)."""
+    server = Endpoint(server_yaml(call_graph=call_graph))
+    port = await server.port()
+    caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", caller_graph))
+    call_id = (await caller.wait("call-established")).data["call_id"]
+    server_id = (await server.wait("call-established")).data["call_id"]
+    return server, caller, call_id, server_id
+
+
 def test_the_rtp_port_stays_held_through_a_rebuild_and_audio_flows_after_resume(
         tmp_path: Path, monkeypatch) -> None:
     # Each rtp_session stopped by a rebuild closed its socket and the new graph's bound the
@@ -97,11 +109,7 @@ def test_the_rtp_port_stays_held_through_a_rebuild_and_audio_flows_after_resume(
     (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
 
     async def main() -> None:
-        server = Endpoint(server_yaml(call_graph=ECHO))
-        port = await server.port()
-        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml"))
-        call_id = (await caller.wait("call-established")).data["call_id"]
-        server_id = (await server.wait("call-established")).data["call_id"]
+        server, caller, call_id, server_id = await established(ECHO, tmp_path / "caller.yaml")
         ports = {caller.node.ua.calls[call_id].rtp_port, server.node.ua.calls[server_id].rtp_port}
         await until(lambda: _recorded_ms(caller.graph.nodes["call-1/rec"]) >= 200,
                     "echoed audio before the hold")
@@ -136,11 +144,8 @@ def test_dtmf_events_dial_each_digit_once_across_hold_and_resume(tmp_path: Path)
     (tmp_path / "server.yaml").write_text(CALLER_GRAPH)
 
     async def main() -> list[tuple[str, int]]:
-        server = Endpoint(server_yaml(call_graph=tmp_path / "server.yaml"))
-        port = await server.port()
-        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "dialler.yaml"))
-        call_id = (await caller.wait("call-established")).data["call_id"]
-        server_id = (await server.wait("call-established")).data["call_id"]
+        server, caller, call_id, server_id = await established(tmp_path / "server.yaml",
+                                                               tmp_path / "dialler.yaml")
 
         def heard() -> list[str]:
             return [m.data["digit"] for m in server.names("dtmf")]
@@ -214,11 +219,8 @@ def test_a_digit_a_rebuild_cuts_is_heard_once_at_the_far_end(tmp_path: Path) -> 
     (tmp_path / "server.yaml").write_text(CALLER_GRAPH)
 
     async def main() -> list[str]:
-        server = Endpoint(server_yaml(call_graph=tmp_path / "server.yaml"))
-        port = await server.port()
-        caller = Endpoint(caller_yaml(f"sip:echo@127.0.0.1:{port}", tmp_path / "dialler.yaml"))
-        call_id = (await caller.wait("call-established")).data["call_id"]
-        server_id = (await server.wait("call-established")).data["call_id"]
+        server, caller, call_id, server_id = await established(tmp_path / "server.yaml",
+                                                               tmp_path / "dialler.yaml")
         far = next(server.graph.nodes[n] for n in server.part_nodes()
                    if server.graph.nodes[n].kind == "rtp_session")
         await until(lambda: far._dtmf_rx._active is not None, "the digit arriving")
