@@ -10,12 +10,13 @@ import asyncio
 import re
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, until
 from test_cli_call_control import STAMP, Cli, _endpoint, _FakeUa, stop
 from test_sip_ua import BOB, PCMA, PCMU, established_call
 
 from plugins.sip.message import SipMessage, make_response
 from plugins.sip.ua import (
+    CallEnded,
     CallIncoming,
     DtmfFailed,
     DtmfReceived,
@@ -91,7 +92,7 @@ def test_a_refused_digit_drops_those_queued_after_it_and_later_digits_keep_their
         loop = asyncio.get_running_loop()
         times: list[float] = []
         send = ua.send_dtmf
-        ua.send_dtmf = lambda *a, **k: (times.append(loop.time()), send(*a, **k))
+        ua.send_dtmf = lambda *a, **k: (times.append(loop.time()), send(*a, **k))[1]
         ep = _endpoint(ua)
         posted: list[tuple[str, dict]] = []
         ep.post = lambda name, **data: posted.append((name, data))
@@ -171,3 +172,80 @@ def test_pipeline_call_says_which_info_digit_was_refused_and_how_many_were_dropp
     assert [info.body for info in infos] == [b"Signal=1\r\nDuration=160\r\n"]
     assert code == 0, called  # the call went on: hung up by q
     assert not any(" error " in line for line in called), called
+
+
+# ---- review: a 481, a failure that comes late, a failure during a rebuild -------------------
+def test_an_info_digit_answered_481_ends_the_call_the_far_end_has_forgotten():
+    # RFC 3261 12.2.1.2: a 481 to a request within a dialog says the dialog is gone at the
+    # far end; the UAC SHOULD end it (as a re-INVITE answered 481 does). Before, the call
+    # stayed up with nobody at the other end, sending RTP until rtp_timeout (0: for ever).
+    net, alice, bob, call, bcall = established_call()
+    bob.hangup(bcall.call_id, net.now)
+    net.drop = lambda data: data.startswith(b"BYE ")
+    net.pump()
+    alice.send_dtmf(call.call_id, "7", net.now)
+    net.pump()
+    assert [type(e) for e in net.events[id(alice)]][-2:] == [DtmfFailed, CallEnded]
+    (ended,) = net.of(alice, CallEnded)
+    assert (ended.status, call.state) == (481, "ended")
+    assert "481" in ended.reason
+
+
+def test_send_dtmf_returns_the_info_cseq_that_dtmf_failed_names():
+    net, alice, bob, call, bcall = established_call()
+    net.drop = lambda data: data.startswith(b"INFO ")
+    seq = alice.send_dtmf(call.call_id, "4", net.now)
+    net.pump()
+    assert seq == net.sent("INFO")[-1].cseq.seq
+    _refuse_info(net, alice, 415)
+    (failed,) = net.of(alice, DtmfFailed)
+    assert failed.seq == seq
+
+
+def _numbered(ua):
+    """`ua.send_dtmf` returning a CSeq per INFO, as the real one does (1, 2, ...)."""
+    send, seqs = ua.send_dtmf, iter(range(1, 100))
+    ua.send_dtmf = lambda *a, **k: (send(*a, **k), next(seqs))[1]
+
+
+def test_a_late_failure_of_an_earlier_digit_leaves_digits_typed_after_its_string_alone():
+    # "1" goes alone; 10 s later "234" is typed and is being sent (the far end answers them
+    # 200) when the INFO of "1" times out (408 after 32 s). Before, that failure dropped
+    # "34", which were never behind it, and said dropped=2.
+    async def main_():
+        ua = _FakeUa()
+        _numbered(ua)
+        ep = _endpoint(ua)
+        posted: list[tuple[str, dict]] = []
+        ep.post = lambda name, **data: posted.append((name, data))
+        ep.send_digits("c1", "1", duration_ms=20)  # INFO CSeq 1
+        ep.send_digits("c1", "234", duration_ms=20)  # "2" at once: CSeq 2
+        ep._on_event(DtmfFailed(ua.call, "1", 408, "no response", 1))
+        await until(lambda: len(ua.sent) == 4, "the digits typed later all sent")
+        return ua.sent, posted
+
+    sent, posted = asyncio.run(main_())
+    assert sent == ["1", "2", "3", "4"]
+    assert posted == [("dtmf-failed", {"call_id": "c1", "digit": "1", "status": 408,
+                                       "reason": "no response", "dropped": 0})]
+
+
+def test_a_failure_during_a_rebuild_keeps_digits_that_the_new_graph_sends_by_rfc4733():
+    # "123" by INFO; the far end's re-INVITE adds telephone-event, so "23" wait for the new
+    # graph's rtp_session (RFC 4733), which the far end takes; then the INFO of "1" gets
+    # 415. Before, "23" were dropped as if they too would go by INFO.
+    from types import SimpleNamespace
+
+    async def main_():
+        ua = _FakeUa()  # no CSeq: the failure is taken as the last INFO's
+        ep = _endpoint(ua)
+        posted: list[tuple[str, dict]] = []
+        ep.post = lambda name, **data: posted.append((name, data))
+        ep.send_digits("c1", "123", duration_ms=20)
+        ep._rebuilding["c1"] = SimpleNamespace(dtmf_payload_type=101)
+        ep._on_event(DtmfFailed(ua.call, "1", 415, "Unsupported Media Type"))
+        return ep._digits_waiting.get("c1"), posted
+
+    waiting, posted = asyncio.run(main_())
+    assert waiting == [("2", 20), ("3", 20)]
+    assert posted[0][1]["dropped"] == 0

@@ -130,3 +130,35 @@ def test_a_rebuild_that_drops_video_frees_the_port_it_held(monkeypatch) -> None:
         await caller.close()
 
     asyncio.run(main())
+
+
+def test_a_video_port_the_offer_did_not_use_is_freed_at_once() -> None:
+    # srtp: mandatory offers no video (video goes in plain RTP only): the video port the
+    # endpoint took for the call was named by no SDP and kept by no call (call.video_port
+    # 0), so nothing freed it: each call leaked a port of the range and its two sockets.
+    from plugins.rtp.nodes import reserved_ports
+
+    def yaml(user: str, ports: str, extra: str = "") -> str:
+        text = endpoint_yaml(user, "[vp8]", ports, "    srtp: mandatory\n" + extra)
+        return text.replace("video-call.yaml", "echo.yaml")
+
+    async def main() -> None:
+        callee = Endpoint(yaml("bob", "34200-34299"))
+        port = await callee.port()
+        caller = Endpoint(yaml("alice", "34300-34399"))
+        await caller.port()
+        for _ in range(2):
+            call_id = caller.node.call(f"sip:bob@127.0.0.1:{port}")
+            call = caller.node.ua.calls[call_id]
+            assert call.video_port == 0
+            assert caller.node.ports.in_use == {call.rtp_port}
+            await caller.wait("call-established", call_id=call_id)
+            caller.node.hangup(call_id)
+            await caller.wait("call-ended", call_id=call_id)
+            await until(lambda: not caller.node.ports.in_use, "the call's ports freed")
+            assert caller.node.ports.held == {}
+        assert reserved_ports() == []
+        await callee.close()
+        await caller.close()
+
+    asyncio.run(main())

@@ -635,6 +635,10 @@ class SipEndpoint(Node):
             if video_port:
                 self.ports.release(video_port)
             raise
+        if video_port and call.video_port != video_port:
+            # The offer has no video after all (srtp: mandatory offers it in plain RTP
+            # only): no SDP names the port and the call's end would not free it.
+            self.ports.release(video_port)
         self._c["calls_out"] += 1
         if self.dial and self._dialled is None:
             self._dialled = call.call_id
@@ -697,6 +701,9 @@ class SipEndpoint(Node):
                     break
             try:
                 media = self.ua.prepare_answer(call_id, port, video_port)
+                if video_port and self.ua.calls[call_id].video_port != video_port:
+                    self.ports.release(video_port)  # our SDP has no video: not the call's
+                    video_port = 0
                 if media is not None:  # else a late offer's: its graph starts with the ACK
                     self._attach(self.ua.calls[call_id], media)
             except Exception as exc:
@@ -857,7 +864,9 @@ class SipEndpoint(Node):
             if call.pending is None:  # else a re-INVITE is under way (RFC 3261 14.1)
                 digit, duration_ms = queue.pop(0)
                 try:
-                    self.ua.send_dtmf(call_id, digit, self._loop.time(), duration_ms)
+                    seq = self.ua.send_dtmf(call_id, digit, self._loop.time(), duration_ms)
+                    # The last INFO of this queue: only its refusal drops what is behind it.
+                    self.__dict__.setdefault("_info_last", {})[call_id] = (seq, queue)
                 except PipelineError as exc:
                     log.warning("call %s: DTMF %s not sent: %s", call_id,
                                 "".join(d for d, _ in [(digit, 0), *queue]), exc)
@@ -988,6 +997,7 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.CallEnded):
             call = event.call
             self._c["calls_ended"] += 1
+            self.__dict__.get("_info_last", {}).pop(call.call_id, None)
             self._answered_at.pop(call.call_id, None)
             if call.call_id == self._dialled:
                 self._ring_since = None
@@ -1012,7 +1022,20 @@ class SipEndpoint(Node):
                       duration_ms=event.event.duration_ms)
         elif isinstance(event, sipua.DtmfFailed):
             # The far end would refuse the digits queued after it too: dropped, and said.
-            dropped = self.__dict__.get("_digits_waiting", {}).pop(event.call.call_id, ())
+            # Only those behind it: not digits typed after its string went (a 408 comes
+            # 32 s late, the far end may be taking them), nor ones a rebuild that added
+            # telephone-event sends by RFC 4733.
+            call_id = event.call.call_id
+            waiting = self.__dict__.get("_digits_waiting", {})
+            sent = self.__dict__.get("_info_last", {})
+            last = sent.get(call_id)
+            media = self._rebuilding.get(call_id)
+            dropped: Any = ()
+            if last is not None and last[0] == event.seq:
+                del sent[call_id]
+                if waiting.get(call_id) is last[1] and (
+                        media is None or media.dtmf_payload_type is None):
+                    dropped = waiting.pop(call_id)
             self.post("dtmf-failed", call_id=event.call.call_id, digit=event.digit,
                       status=event.status, reason=event.reason, dropped=len(dropped))
         elif isinstance(event, sipua.ReferReceived):

@@ -266,12 +266,15 @@ class DtmfReceived:
 @dataclass(slots=True)
 class DtmfFailed:
     """Our INFO with `digit` got a non-2xx final response (`status`, `reason`), or none:
-    408 after Timer F, 503 on a transport failure (RFC 3261 8.1.3.1)."""
+    408 after Timer F, 503 on a transport failure (RFC 3261 8.1.3.1). `seq` is the INFO's
+    CSeq, as `send_dtmf` returned it: which of the digits sent it was. A 481 (the far end
+    has no such dialog) also ends the call: `CallEnded` follows."""
 
     call: Call
     digit: str
     status: int
     reason: str
+    seq: int | None = None
 
 
 UaEvent = (Registered | RegistrationFailed | Unregistered | CallIncoming | CallRinging
@@ -1942,25 +1945,37 @@ class UserAgent(RegistrationClient, ReferAgent):
         if media != previous:
             self._events.append(CallEarlyMedia(call, media))
 
-    def send_dtmf(self, call_id: str, digit: str, now: float, duration_ms: int = 160) -> None:
-        """Send a digit with INFO application/dtmf-relay; `DtmfFailed` follows if refused."""
+    def send_dtmf(self, call_id: str, digit: str, now: float,
+                  duration_ms: int = 160) -> int | None:
+        """Send a digit with INFO application/dtmf-relay; returns the INFO's CSeq (None when
+        the call has no dialog left to send it in). `DtmfFailed` (with that CSeq) follows if
+        it is refused."""
         if len(digit) != 1 or digit.upper() not in _DTMF_DIGITS:
             raise LocalProtocolError(f"DTMF digit {digit!r} is not one of {_DTMF_DIGITS}")
         call = self._established(call_id)
         body = f"Signal={digit.upper()}\r\nDuration={int(duration_ms)}\r\n".encode()
         tx = self._send_in_dialog(call, "INFO", now, body=body,
                                   content_type="application/dtmf-relay")
-        if tx is not None:
-            self._owners[tx] = ("info", call)
+        if tx is None:
+            return None
+        self._owners[tx] = ("info", call)
+        return tx.request.cseq.seq
 
     def _info_failed(self, call: Call, tx: ClientTransaction, status: int,
                      reason: str) -> None:
         """Our digit did not get through: any non-2xx (415 or 501 from a peer without
         dtmf-relay, 481...; RFC 6086 4.2.2) is a refusal. Legacy INFO, so no 469 (Bad Info
-        Package) is due, but one would count the same. Not said of a call that has ended."""
+        Package) is due, but one would count the same. Not said of a call that has ended.
+
+        A 481 says the far end has no such dialog (it missed our ACK, or we its BYE): RFC
+        3261 12.2.1.2 has the UAC end the dialog then, as a re-INVITE answered 481 does;
+        left up, the call would send RTP to nobody until rtp_timeout (0: for ever)."""
         if call.active:
             digit = parse_dtmf_relay(tx.request.body).digit
-            self._events.append(DtmfFailed(call, digit, status, reason))
+            self._events.append(DtmfFailed(call, digit, status, reason,
+                                           tx.request.cseq.seq))
+            if status == 481:
+                self._end(call, "INFO answered 481: dialog gone", 481)
 
     def options(self, target: str, now: float) -> None:
         """Send an OPTIONS out of dialog (a keep-alive or capability query)."""

@@ -115,7 +115,8 @@ class _UdpNode(Node):
         if held is not None:
             # Bound ahead for this node (a SIP offer named the port, or the node of the call
             # graph being rebuilt handed it back): no one else could bind it in between.
-            # RTCP is muxed (RFC 5761): the odd port held with it is not needed.
+            # RTCP is read on this port only (RFC 5761 mux; our SDP says no a=rtcp-mux yet:
+            # docs/sip.md, "RTP ports"): the odd port held with it is not needed.
             if held.rtcp is not None:
                 held.rtcp.close()
             sock = held.rtp
