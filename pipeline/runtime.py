@@ -150,6 +150,10 @@ class Runtime:
         self._late_emitters: set[str] = set()  # warned of frames after end-of-stream
         self.parts: dict[str, Part] = {}
         self._failed_parts: list[tuple[Part, BaseException]] = []
+        # Frames that went over links removed with a part, per node still in the graph (a
+        # room's count of what its calls sent and got): `collect_stats` adds them.
+        self._gone_in: dict[str, int] = {}
+        self._gone_out: dict[str, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         graph.runtime = self
 
@@ -488,27 +492,35 @@ class Runtime:
         except Exception:
             self._remove(new)
             raise
-        touching = g.links_at(new)
-        self._wire(new)
-        for ln in touching:
-            if ln.src not in new:  # a running source gets a route into the part
-                self._reroute(ln, added=True)
-                self._terminals.discard(ln.src)
-            elif ln.dst not in new and ln.feedback:
-                # A running node fed back by the part does not wait for end of stream there.
-                g.nodes[ln.dst].feedback_inputs.add(ln.dst_port)
-        self._terminals.update(n for n in new if not g.nodes[n].linked_outputs)
-        # The part's own sources (a call's tone or file): the graph has not run dry while
-        # they play, whatever the host's sources did.
-        self._sources.update(n for n in new if not g.nodes[n].linked_inputs)
-        for ln in touching:
-            if ln.src in new and ln.dst not in new:
-                g.nodes[ln.dst].port_linked("in", ln.dst_port)
-            if ln.dst in new and ln.src not in new:
-                g.nodes[ln.src].port_linked("out", ln.src_port)
-        self._set_order(self._order_with(order, touching))
-        self._take_device_clock(order)  # a call part may bring the sound devices
-        self._start_io(order)
+        try:
+            touching = g.links_at(new)
+            self._wire(new)
+            for ln in touching:
+                if ln.src not in new:  # a running source gets a route into the part
+                    self._reroute(ln, added=True)
+                    self._terminals.discard(ln.src)
+                elif ln.dst not in new and ln.feedback:
+                    # A running node fed back by the part does not wait for end of stream there.
+                    g.nodes[ln.dst].feedback_inputs.add(ln.dst_port)
+            self._terminals.update(n for n in new if not g.nodes[n].linked_outputs)
+            # The part's own sources (a call's tone or file): the graph has not run dry while
+            # they play, whatever the host's sources did.
+            self._sources.update(n for n in new if not g.nodes[n].linked_inputs)
+            for ln in touching:
+                if ln.src in new and ln.dst not in new:
+                    g.nodes[ln.dst].port_linked("in", ln.dst_port)
+                if ln.dst in new and ln.src not in new:
+                    g.nodes[ln.src].port_linked("out", ln.src_port)
+            self._set_order(self._order_with(order, touching))
+            self._take_device_clock(order)  # a call part may bring the sound devices
+            self._start_io(order)
+        except Exception:
+            # A running node refused its new link (a full room's port_linked): the part
+            # goes as an ended call's does, its started nodes stopped, nothing left behind.
+            for node in order:
+                self._stop_node(node, report=False)
+            self._remove(new)
+            raise
         part = Part(prefix, new, on_fault)
         self.parts[prefix] = part
         return part
@@ -562,7 +574,13 @@ class Runtime:
             # Its device goes with it: real time resumes from the media time reached.
             self.clock, self._clock_node = RealtimeClock(start_at=self.clock.now), None
         nodes = [g.nodes[n] for n in names if n in g.nodes]
+        gone_in, gone_out = self._gone_in, self._gone_out
         for ln in g.remove_nodes(names):
+            # Its count goes to the end that stays (once per link, not per frame).
+            if ln.frames and ln.dst not in names:
+                gone_in[ln.dst] = gone_in.get(ln.dst, 0) + ln.frames
+            if ln.frames and ln.src not in names:
+                gone_out[ln.src] = gone_out.get(ln.src, 0) + ln.frames
             if ln.src not in names:
                 self._reroute(ln, added=False)
                 src = g.nodes[ln.src]
@@ -579,6 +597,8 @@ class Runtime:
         for name in names:
             self._frame_routes.pop(name, None)
             self._event_routes.pop(name, None)
+            gone_in.pop(name, None)  # a node of that name added later counts afresh
+            gone_out.pop(name, None)
         self._terminals -= names
         self._sources -= names
         self._finished -= names
@@ -978,8 +998,9 @@ class Runtime:
 
     def collect_stats(self) -> dict[str, dict[str, Any]]:
         g = self.graph
-        frames_in: dict[str, int] = {}
-        frames_out: dict[str, int] = {}
+        # Links gone with ended parts (calls) still count for the nodes they touched.
+        frames_in: dict[str, int] = dict(self._gone_in)
+        frames_out: dict[str, int] = dict(self._gone_out)
         for ln in g.links:  # one pass: a server's graph holds thousands of links
             frames_in[ln.dst] = frames_in.get(ln.dst, 0) + ln.frames
             frames_out[ln.src] = frames_out.get(ln.src, 0) + ln.frames

@@ -29,6 +29,7 @@ from .wavfile import (
     build_header,
     clean_float,
     header_problem,
+    parse_header,
     read_info,
     samples_view,
     to_pcm,
@@ -264,6 +265,46 @@ class WavWriter:
             self.close()
             raise
 
+    @classmethod
+    def resume(cls, path: str, rate: int, channels: int, encoding: str) -> WavWriter:
+        """Go on with a file a `WavWriter` wrote, appending after its last whole sample
+        frame (a rebuilt call graph's recorder, `WavRecorder.restore_state`). The sizes are
+        read from the file itself, not from the writer that wrote it: what its last flush put
+        on disk, even if the process died in between. ValueError, naming why, when the file
+        is not one of this format and layout (nothing in it is changed then)."""
+        header = build_header(rate, channels, encoding, 0, reserve_ds64=True)
+        self = cls.__new__(cls)
+        self.path = path
+        self.header_size = len(header)
+        self.block_align = channels * (2 if encoding == "pcm_s16" else 4)
+        self.fd = os.open(path, os.O_RDWR)
+        try:
+            head = os.pread(self.fd, self.header_size, 0)
+            try:
+                info = parse_header(head, os.fstat(self.fd).st_size, f"WAV file '{path}'")
+            except ParseError as e:
+                raise ValueError(e.message) from None
+            # The fmt chunk byte for byte (tag, channels, rate, width), and our layout: the
+            # RIFF/RF64 header, the JUNK (or ds64) chunk, fmt, then data at `header_size`.
+            fmt = header[48:72]
+            if head[48:72] != fmt:
+                was = f"{info.rate} Hz {info.channels} ch {info.encoding}"
+                raise ValueError(f"'{path}' holds {was}, not {rate} Hz {channels} ch "
+                                 f"{encoding}")
+            if head[12:16] not in (b"JUNK", b"ds64") or info.data_offset != self.header_size:
+                raise ValueError(f"'{path}' was not written by a wav_recorder")
+            self.rf64 = head[:4] == b"RF64"
+            self.data_bytes = info.data_size  # whole sample frames only
+            # A short write's partial frame (or anything after the data) goes: the new
+            # samples must start on a frame boundary.
+            os.ftruncate(self.fd, self.header_size + self.data_bytes)
+            os.lseek(self.fd, 0, os.SEEK_END)
+            self._update_sizes()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
@@ -372,6 +413,28 @@ class WavRecorder(Node):
                                  file=file, line=line, column=column)
         return {}
 
+    def carry_state(self) -> tuple[str, object, float | None] | None:
+        """The file being written (its path and identity) and the media time its audio
+        ends at, for the recorder of the same name in a rebuilt call graph (hold, resume)
+        to append to rather than empty. Not the open writer: `stop()` flushes and closes
+        it, and the next recorder reads the sizes from the file itself."""
+        if getattr(self, "writer", None) is None:
+            return None  # never opened: nothing of the call's is in it
+        since = self._gap_since  # no frame came since a rebuild: the gap goes on
+        if since is None:
+            clock = _clock(self)
+            # The last tick's frame ends a period after its tick.
+            since = None if clock is None else clock.now + self.graph.period
+        return self.path, _file_key(self.path), since
+
+    def restore_state(self, state: tuple[str, object, float | None] | None) -> None:
+        """Append to the file a `carry_state` handed over (before `start`), if it is this
+        recorder's file and of the format this one records; else start afresh (another
+        file) or, a format the file does not hold, record nothing and say why. The time
+        between the two recorders' audio (the rebuild, a hold during which nothing came)
+        is silence in the file, by the graph's media time, so it keeps the call's length."""
+        self._carried = state
+
     def start(self) -> None:
         fmt = self.in_formats["in"]
         self.rate, self.channels = fmt.value("rate"), fmt.value("channels")
@@ -382,15 +445,37 @@ class WavRecorder(Node):
         self.limit_bytes = self.rate * self.channels * 2  # at most ~1 s of audio buffered
         self.last_flush = time.monotonic()
         self._dtype = np.dtype(np.int16 if fmt.value("encoding") == "pcm_s16" else np.float32)
+        self._gap_since: float | None = None
+        carried = getattr(self, "_carried", None)
         try:
-            self.writer = WavWriter(self.path, self.rate, self.channels, fmt.value("encoding"))
+            if carried is not None and carried[1] is not None \
+                    and carried[1] == _file_key(self.path):
+                self._resume(fmt.value("encoding"))
+                self._gap_since = carried[2]
+            else:
+                self.writer = WavWriter(self.path, self.rate, self.channels,
+                                        fmt.value("encoding"))
         except OSError as e:
             self._give_up(e)
+
+    def _resume(self, encoding: str) -> None:
+        try:
+            self.writer = WavWriter.resume(self.path, self.rate, self.channels, encoding)
+        except ValueError as e:
+            # Another rate (a codec change) or layout: one WAV holds one format. The call so
+            # far stays as it is; emptying it, or resampling behind the graph's back, would
+            # be worse (a resample before the recorder keeps one rate for the whole call).
+            self.failed = True
+            self.post("error", message=f"recorder '{self.name}' stopped: cannot go on "
+                      f"with {e} (hint: resample to a fixed rate before the recorder)",
+                      path=self.path)
 
     def process(self, port: str, frame: AudioFrame) -> None:
         if self.failed:
             self.counters.drops += 1
             return
+        if self._gap_since is not None:
+            self._fill_gap()
         data = frame.data
         if data.dtype != self._dtype or data.ndim != 2 or data.shape[1] != self.channels:
             # The runtime checks only the first frame on a link; a frame that changes later
@@ -402,6 +487,20 @@ class WavRecorder(Node):
         if self.pending_bytes >= self.limit_bytes or (
                 time.monotonic() - self.last_flush >= self.flush_interval):
             self.flush()
+
+    def _fill_gap(self) -> None:
+        """Silence from where the file's audio ended to this first frame of a rebuilt
+        call graph (a hole in the file: constant time, however long the hold was)."""
+        clock = _clock(self)
+        since, self._gap_since = self._gap_since, None
+        if clock is None or self.writer is None:
+            return
+        samples = round((clock.now - since) * self.rate)
+        if samples > 0:
+            try:
+                self.writer.skip(samples * self.writer.block_align)
+            except OSError as e:
+                self._give_up(e)
 
     def flush(self) -> None:
         if not self.pending or self.failed:
@@ -434,6 +533,11 @@ class WavRecorder(Node):
         w = getattr(self, "writer", None)
         return {**super().stats(), "bytes": w.data_bytes if w else 0,
                 "failed": getattr(self, "failed", False)}
+
+
+def _clock(node: Node) -> Any:
+    """The clock of the runtime running `node`'s graph (None outside one)."""
+    return getattr(getattr(node.graph, "runtime", None), "clock", None)
 
 
 @functools.cache

@@ -1136,20 +1136,30 @@ class SipEndpoint(Node):
         names = add_part(self.graph, str(self.call_graph), prefix, call=values,
                          overrides=written_map(self.call_graph_params),
                          registry=self.registry)
-        for name, (kind, state) in carried.items():
-            node = self.graph.nodes.get(name)
-            if type(node) is kind:  # the same node of the rebuilt graph goes on from there
-                node.restore_state(state)
-        room = self._room()
-        if room is not None:
-            # Name the room's tracks after the far party before the part joins the room.
-            who = call.caller if call.direction == "in" else call.callee
-            for ln in self.graph.links_at(names):
-                if ln.dst == room.name and ln.src.startswith(prefix):
-                    room.set_identity(ln.dst_port, who)
-                elif ln.src == room.name and ln.dst.startswith(prefix):
-                    room.set_identity(ln.src_port, who)
-        self.graph.runtime.attach(prefix, names, on_fault=self._on_part_fault)
+        try:
+            for name, (kind, state) in carried.items():
+                node = self.graph.nodes.get(name)
+                if type(node) is kind:  # the same node of the rebuilt graph goes on from there
+                    node.restore_state(state)
+            room = self._room()
+            if room is not None:
+                # Name the room's tracks after the far party before the part joins the room.
+                who = call.caller if call.direction == "in" else call.callee
+                for ln in self.graph.links_at(names):
+                    if ln.dst == room.name and ln.src.startswith(prefix):
+                        room.set_identity(ln.dst_port, who)
+                    elif ln.src == room.name and ln.dst.startswith(prefix):
+                        room.set_identity(ln.src_port, who)
+            self.graph.runtime.attach(prefix, names, on_fault=self._on_part_fault)
+        except Exception:
+            # The part goes as an ended call's does (its nodes stopped if they started, then
+            # removed with their links): a failed call leaves nothing in the graph.
+            if any(n.startswith(prefix) for n in self.graph.nodes):
+                done = self.graph.runtime.detach(prefix)
+                if done is not None:
+                    self._pending_detach.add(done)
+                    done.add_done_callback(self._pending_detach.discard)
+            raise
         self.parts[call.call_id] = prefix
         self.part_values[call.call_id] = values
         if self._debug:
