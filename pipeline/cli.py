@@ -509,7 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if getattr(args, "quiet", False) else logging.WARNING)  # -q: errors only
-    logging.basicConfig(level=level, format="pipeline: %(name)s: %(message)s")
+    if level <= logging.INFO:  # -v, --debug: stamped as the event lines are (messages.py)
+        logging.basicConfig(level=level, datefmt="%H:%M:%S", format="pipeline: "
+                            "%(asctime)s.%(msecs)03d %(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=level, format="pipeline: %(name)s: %(message)s")
     if not args.command:
         parser.print_help()
         return EXIT_USAGE

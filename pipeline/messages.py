@@ -5,10 +5,13 @@ call events."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Container
 from typing import Any
+
+_root = logging.getLogger()
 
 
 def message_text(msg: Any) -> str:
@@ -21,7 +24,10 @@ def message_text(msg: Any) -> str:
 class MessagePrinter:
     """A bus listener that prints messages (those in `names`, or all) as lines stamped with
     the local time they came, to set beside a peer's logs. Given a loop, lines are written
-    once per turn of it (a burst of calls costs one write); else each at once."""
+    once per turn of it (a burst of calls costs one write); else each at once, and also
+    while logging is on at INFO or below (`-v`, `--debug`): log records are written as
+    they come, and an event line held for the turn's end came out after the log lines of
+    what followed it (a call's ACK before its `call-incoming`)."""
 
     def __init__(self, names: Container[str] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -41,11 +47,12 @@ class MessagePrinter:
         second = int(now)
         if second != self._second:  # strftime once a second, not for each line of a burst
             self._second, self._hms = second, time.strftime("%H:%M:%S", time.localtime(second))
-        if self.loop is not None and not self.lines:
-            self.loop.call_soon(self.flush)
         self.lines.append(f"pipeline: {self._hms}.{int((now - second) * 1000):03d} {text}\n")
-        if self.loop is None:
+        if self.loop is None or _root.isEnabledFor(logging.INFO):
+            # -v, --debug: log lines are written at once, so these are too (in order).
             self.flush()
+        elif len(self.lines) == 1:
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []

@@ -203,7 +203,9 @@ def test_a_call_without_readable_stdin_runs_its_duration(tmp_path):
 
 
 def _sip_debug_lines(lines: list[str]) -> list[str]:
-    return [line for line in lines if line.startswith("pipeline: plugins.sip: sip: ")]
+    """The endpoint's debug lines, stamped as the event lines are (the stamp taken out)."""
+    return [re.sub(STAMP, "pipeline: ", line, count=1) for line in lines
+            if re.match(STAMP + r"plugins\.sip: sip: ", line)]
 
 
 def test_debug_serve_logs_each_sip_message_and_call_graph(tmp_path):

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.clock import TickSamples
 from pipeline.errors import NodeError
 from pipeline.formats import Format
-from pipeline.frames import FLAG_SILENCE, AudioFrame, EndOfStream
+from pipeline.frames import FLAG_SILENCE, AudioFrame, DtmfEvent, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Decibels, Duration, Param, ParamValueError, shown
 from pipeline.params import Path as PathType
@@ -62,6 +62,7 @@ class Participant:
     deafened: bool = False
     ended: bool = False  # its input sent end-of-stream
     input_gone: bool = False  # its input was unlinked: fade out what is buffered, then drop
+    kept: bool = False  # its ports are being rebuilt (keep_participant): no leave meanwhile
     underruns: int = 0
     drops: int = 0
 
@@ -251,6 +252,8 @@ class ConferenceBridge(Node):
         self._simple = True  # no input is fading out
         self._gone: list[Participant] = []
         self._outs: list[tuple[str, int]] = []
+        self._kept: set[int] = set()  # participants whose ports are being rebuilt
+        self.dtmf_events = 0
         self.recorder: RoomRecorder | None = None
         if self.record_dir is not None:
             channels = self._record_channels() if self.record_layout == "multichannel" else 1
@@ -313,6 +316,7 @@ class ConferenceBridge(Node):
         self.detector.reset(p.row)
         del self.by_number[p.number]
         del self.by_row[p.row]
+        self._kept.discard(p.number)
         self._dirty = True
         if self._inputs.get(f"in_{p.number}") is p:
             del self._inputs[f"in_{p.number}"]
@@ -325,7 +329,7 @@ class ConferenceBridge(Node):
     def participant_count(self) -> int:
         """Participants present (those fading out after leaving are not counted)."""
         return sum(1 for p in self.by_number.values()
-                   if not (p.input_gone and not p.has_out))
+                   if p.kept or not (p.input_gone and not p.has_out))
 
     def can_join(self) -> bool:
         """True if one more participant fits (a SIP endpoint answers 486 otherwise)."""
@@ -333,6 +337,12 @@ class ConferenceBridge(Node):
             return len({self._number(p) for p in (*self.linked_inputs, *self.linked_outputs)}
                        ) < self.max_participants
         return self.participant_count() < self.max_participants
+
+    def check_port(self, direction: str, port: str) -> None:
+        """Raise the error `port_linked` (and `set_identity`) raise for `port` when it is no
+        participant's (`in_01`), changing nothing: a call graph's check
+        (plugins/sip/callcheck.py) tries the ports its calls will link this way."""
+        self._number(port)
 
     def port_linked(self, direction: str, port: str) -> None:
         linked = self.linked_inputs if direction == "in" else self.linked_outputs
@@ -345,7 +355,7 @@ class ConferenceBridge(Node):
         if port not in linked:
             linked.append(port)
         p = self.by_number.get(k)
-        if p is None or (p.input_gone and not p.has_out):
+        if p is None or (p.input_gone and not p.has_out and not p.kept):
             if p is not None:  # a new caller on the number of one still fading out
                 self._leave(p)
             if not self.can_join():
@@ -381,9 +391,37 @@ class ConferenceBridge(Node):
         self._maybe_leave(p)
 
     def _maybe_leave(self, p: Participant) -> None:
-        if not p.has_out and (p.fifo is None or p.input_gone) \
+        if not p.kept and not p.has_out and (p.fifo is None or p.input_gone) \
                 and not self.core.fading_out(p.row):
             self._leave(p)
+
+    def keep_participant(self, port: str | int) -> None:
+        """Participant k's ports (`in_k`, `out_k`, or k) are about to be unlinked and
+        linked again by a rebuild of its call graph (a SIP hold or resume): keep it, with its
+        row, identity, recording track or channel, gains, mute and deafen, until
+        `release_participant`. Meanwhile it contributes silence (what was buffered is faded
+        out), and linking the same ports again continues it: no leave, no join."""
+        if not hasattr(self, "by_number"):
+            return  # not started: nothing joined yet
+        p = self.by_number.get(self._number(port))
+        if p is not None and not (p.input_gone and not p.has_out):  # not one already leaving
+            p.kept = True
+            self._kept.add(p.number)
+
+    def release_participant(self, port: str | int) -> None:
+        """The rebuild `keep_participant` announced is over: a participant whose ports were
+        linked again goes on; one with none linked (the rebuild failed, the call ended
+        meanwhile) leaves, as any participant whose ports go."""
+        if not hasattr(self, "by_number"):
+            return
+        k = self._number(port)
+        self._kept.discard(k)
+        p = self.by_number.get(k)
+        if p is None or not p.kept:
+            return
+        p.kept = False
+        self._dirty = True
+        self._maybe_leave(p)  # (one still fading out leaves from tick once faded)
 
     # ---- controls -------------------------------------------------------------------------
     def _participant(self, port: str | int) -> Participant:
@@ -426,7 +464,9 @@ class ConferenceBridge(Node):
         k = self._number(port)
         self._identities[str(k)] = identity
         p = self.by_number.get(k) if hasattr(self, "by_number") else None
-        if p is not None:
+        # The same identity again (in_k and out_k named in turn, a rebuilt call graph
+        # naming its kept participant) is no rename: the track keeps its file.
+        if p is not None and p.identity != identity:
             p.identity = identity
             if self.recorder is not None:
                 self.recorder.rename(k, identity)
@@ -507,6 +547,17 @@ class ConferenceBridge(Node):
             if p is not None:
                 p.ended = True
             return  # EOS goes out from tick, once every input is drained
+        if isinstance(event, DtmfEvent):
+            # A digit is for the application, not the others: forwarded to every output it
+            # was a PIN broadcast to the room and its presser's own digit played back.
+            k = self._number(port)
+            p = self.by_number.get(k)
+            self.dtmf_events += 1
+            self.post("participant-dtmf", port=f"in_{k}", participant=k,
+                      identity=p.identity if p is not None else self._identity(k),
+                      digit=event.digit, duration_ms=event.duration_ms, end=event.end,
+                      pts=self.pts)
+            return
         super().event(port, event)
 
     def _rebuild(self) -> None:
@@ -551,7 +602,7 @@ class ConferenceBridge(Node):
                     live = live or not (p.ended and got == 0)
         self._gen += 1  # what process() receives from now on is for the next period
         self._nfilled = 0
-        if not live and not self._gone and not self.persistent:
+        if not live and not self._gone and not self._kept and not self.persistent:
             # Every input has ended and is drained, or left and faded out, or none was ever
             # linked: nothing more can come in (a persistent room waits for callers).
             self.send_eos()
@@ -657,7 +708,7 @@ class ConferenceBridge(Node):
                        dropped_frames=self.dropped_frames, trimmed_samples=self.trimmed_samples,
                        rejected=self.rejected,
                        shared_frames=self.shared_frames, private_frames=self.private_frames,
-                       speaker_changes=self.speaker_changes,
+                       speaker_changes=self.speaker_changes, dtmf_events=self.dtmf_events,
                        shared_encodes=self.shared_encoding.encodes,
                        shared_encode_hits=self.shared_encoding.hits,
                        recording_failed=bool(self.recorder and self.recorder.failed))

@@ -653,8 +653,8 @@ class RoomRecorder:
     def rename(self, key: Any, identity: str) -> None:
         """A participant's identity became known after it joined: rename its file."""
         entry = self._entry.get(key)
-        if entry is None or self.failed:
-            return
+        if entry is None or self.failed or entry["identity"] == identity:
+            return  # the same identity: the file keeps its name (no `_2`)
         entry["identity"] = identity
         track = self.tracks.get(key)
         if track is not None:

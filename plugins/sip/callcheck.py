@@ -11,7 +11,9 @@ copy of that graph negotiated first, so the links reach the same nodes with the 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,12 +59,34 @@ def _failures(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
     # machine without a sound card: the call graph opens its devices when the call starts.
     with without_hardware():
         for name in _checked(codecs, parent):
+            tag = _CheckLogTag(f"call graph check ({Path(path).name}, {name})")
+            _GRAPH_LOG.addFilter(tag)
             try:
                 if not _load(path, overrides, example_call_values(name, video_codec), parent):
                     return None
             except GraphError as e:
                 failed[name] = e
+            finally:
+                _GRAPH_LOG.removeFilter(tag)
     return failed
+
+
+_GRAPH_LOG = logging.getLogger("pipeline.graph")
+
+
+class _CheckLogTag(logging.Filter):
+    """Starts the graph's log lines made during a check, in this thread, with `what`:
+    `inserted converter call-1/convert1 ...` of a check, once per codec, is no real call's."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what.replace("%", "%%")  # record.msg is a %-format
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if threading.get_ident() == self.thread:  # another thread's graph is not checked
+            record.msg = f"{self.what}: {record.msg}"
+        return True
 
 
 def _checked(codecs: list[str], parent: Graph | None) -> list[str]:
@@ -182,11 +206,35 @@ def _load(path: str | Path, overrides: dict[str, Any], call: dict[str, Any],
         return False
     names = set(add_part(host, path, PREFIX, overrides=overrides, call=call,
                          registry=host.registry))
+    _check_ports(host, names)
     host.part_prefix = PREFIX  # converters named as a call's
     host.check(names)
     host.validate_nodes(names)
     host.negotiate(names)
     return True
+
+
+def _check_ports(host: Graph, names: set[str]) -> None:
+    """What the parent's nodes check when a call's part links them (a conference room its
+    `in_N`/`out_N`: `port_linked`), asked of the copies without linking: a node with a
+    `check_port(direction, port)` raises for a port it would refuse. The error is placed at
+    the call graph's link, as the call's own error would be about it."""
+    for ln in host.links_at(names):
+        if ln.src in names and ln.dst not in names:
+            node, direction, port = host.nodes[ln.dst], "in", ln.dst_port
+        elif ln.dst in names and ln.src not in names:
+            node, direction, port = host.nodes[ln.src], "out", ln.src_port
+        else:
+            continue
+        check = getattr(node, "check_port", None)
+        if check is None:
+            continue
+        try:
+            check(direction, port)
+        except PipelineError as e:
+            file, line, column = ln.where or NOWHERE
+            raise GraphError(e.message, hint=e.hint, file=file, line=line,
+                             column=column) from None
 
 
 def _negotiated_copy(parent: Graph, nodes: list[Any]) -> Graph:

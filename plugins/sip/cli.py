@@ -124,7 +124,8 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
 _PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-early-media",
-                      "call-established", "call-updated", "call-ended", "dtmf", "dtmf-failed"}
+                      "call-established", "call-updated", "call-ended", "dtmf", "dtmf-failed",
+                      "participant-dtmf"}  # a conference room's: who pressed which digit
 
 
 _DIGITS_RE = re.compile(r"[0-9*#A-D]+", re.IGNORECASE)

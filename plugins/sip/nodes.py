@@ -661,12 +661,7 @@ class SipEndpoint(Node):
         when the call could not have it and was refused (486 room full, 503 no port, 500
         call graph failed)."""
         now = self._loop.time()
-        room = self._room()
-        if room is not None and not room.can_join():
-            # A full room is a busy callee (RFC 3261 21.4.7), not an overloaded server.
-            self._c["room_full"] = self._c.get("room_full", 0) + 1
-            self.ua.reject(call_id, 486, now, reason="Busy Here")
-            self._pump()
+        if self._refused_room_full(call_id):  # it may have filled while this one rang
             return False
         error: Exception | None = None
         incoming = self.ua.calls.get(call_id)
@@ -724,6 +719,19 @@ class SipEndpoint(Node):
             self.ua.reject(call_id, 500, now, reason="Call Graph Failed")
             self._pump()
             return False
+        return True
+
+    def _refused_room_full(self, call_id: str) -> bool:
+        """Answer `call_id` 486 Busy Here when the `room` cannot take one more; True then.
+        A full room is a busy callee (RFC 3261 21.4.7), not an overloaded server. Counted
+        as `room_full`: the room itself never sees the call (its `rejected` counts links it
+        refused, which an endpoint that asks `can_join()` first does not make)."""
+        room = self._room()
+        if room is None or room.can_join():
+            return False
+        self._c["room_full"] = self._c.get("room_full", 0) + 1
+        self.ua.reject(call_id, 486, self._loop.time(), reason="Busy Here")
+        self._pump()
         return True
 
     def hangup(self, call_id: str) -> None:
@@ -803,7 +811,17 @@ class SipEndpoint(Node):
     def _on_message(self, transport: str, data: bytes, addr: tuple[str, int]) -> None:
         if self._debug:
             self._log_message("received from", transport, data, addr)
-        self.ua.receive(data, transport, addr, self._loop.time())
+        if self.room is not None and self.ring and data[:7] == b"INVITE " \
+                and (room := self._room()) is not None and not room.can_join():
+            # A full room: the INVITE gets 486 at once (CallIncoming), not a 180 first
+            # (RFC 3261 21.4.7: the callee is busy; it will not ring).
+            self.ua.config.ring = False
+            try:
+                self.ua.receive(data, transport, addr, self._loop.time())
+            finally:
+                self.ua.config.ring = True
+        else:
+            self.ua.receive(data, transport, addr, self._loop.time())
         self._pump()
 
     def _log_message(self, way: str, transport: str, data: bytes, addr: tuple) -> None:
@@ -941,6 +959,8 @@ class SipEndpoint(Node):
                       else self._codec_name(event.media))
             if call.state != "incoming" or call.call_id in self.parts:
                 return  # a listener of call-incoming answered (or ended) it already
+            if self.room is not None and self._refused_room_full(call.call_id):
+                return  # 486 at once, unrung (see _on_message)
             if self.early_media and event.media is not None:
                 # RFC 3960 early media: the call graph starts now, with the answer our 183
                 # carries; the 200 later repeats it (or, reliable, has none) and keeps it.
@@ -1210,10 +1230,20 @@ class SipEndpoint(Node):
         ports = [p for p in (call.rtp_port, call.video_port) if p]
         for port in ports:
             self.ports.keep(port)
+        # The room keeps the caller as one participant (its track, name, gains) while its
+        # in_N/out_N are unlinked, rather than seeing a leave and a join.
+        room, seats = self._kept_seats(prefix)
         pending = self._detach(call.call_id)
         self._rebuilding[call.call_id] = media
 
         async def later() -> None:
+            try:
+                await rebuild()
+            finally:  # linked again: it goes on; not (failed, call ended): it leaves
+                for seat in seats:
+                    room.release_participant(seat)
+
+        async def rebuild() -> None:
             if pending is not None:
                 try:  # the old part's sockets close first; never wait forever for that
                     await asyncio.wait_for(asyncio.shield(pending), 2.0)
@@ -1237,6 +1267,19 @@ class SipEndpoint(Node):
         task = self._loop.create_task(later())
         self._pending_detach.add(task)
         task.add_done_callback(self._pending_detach.discard)
+
+    def _kept_seats(self, prefix: str) -> tuple[Any, list[str]]:
+        """The `room` and its ports linked to the part `prefix`, each kept by the room
+        (`keep_participant`) through the part's rebuild; (None, []) without a room."""
+        room = self._room()
+        if room is None or not callable(getattr(room, "keep_participant", None)):
+            return None, []
+        seats = sorted({ln.dst_port if ln.dst == room.name else ln.src_port
+                        for ln in self.graph.links_of(room.name)
+                        if (ln.src if ln.dst == room.name else ln.dst).startswith(prefix)})
+        for seat in seats:
+            room.keep_participant(seat)
+        return room, seats
 
     def _room(self) -> Any:
         """The conference node named by `room`, or None."""
