@@ -442,6 +442,9 @@ def make_parser() -> argparse.ArgumentParser:
                     help="print only errors, not a line per call event")
     sp.add_argument("--stats", action="store_true",
                     help="at the end, per-node frames, drops, CPU time (as launch --stats)")
+    sp.add_argument("-m", "--messages", action="store_true",
+                    help="print every bus message (a room's joins and speakers, each node's "
+                         "post()), not only the call events, as launch -m does")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("call", help="call a SIP URI and run a graph for the call",

@@ -111,3 +111,22 @@ def test_serve_stats_prints_the_node_table_at_the_end(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["node", "kind", "in"]
     assert out[1].startswith("sip ") and "active_calls=0" in out[1]
+
+
+def test_serve_m_prints_every_bus_message_not_only_call_events(tmp_path):
+    # A room's joins and speakers, a level meter's readings: serve printed call events
+    # only, and had no -m as launch has.
+    line = ("sip_endpoint listen=udp:127.0.0.1:0  "
+            "tone rate=8000 duration=0.3s ! level interval=0.1s ! null_sink")
+
+    async def run(*args: str) -> list[str]:
+        proc = await _start("serve", "-e", line, "--duration", "1s", *args, cwd=tmp_path)
+        _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+        assert proc.returncode == 0, err
+        return err.decode().splitlines()
+
+    with_m, without = asyncio.run(run("-m")), asyncio.run(run())
+    assert any(re.match(r"pipeline: \d\d:\d\d:\d\d\.\d{3} level\d+: level rms_dbfs=", ln)
+               for ln in with_m), with_m
+    assert any(" sip-listening " in ln for ln in with_m)
+    assert not any(re.search(r" level\d+: level ", ln) for ln in without), without

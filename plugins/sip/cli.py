@@ -54,11 +54,12 @@ def endpoints(graph: Graph) -> list[Any]:
 
 async def _run(graph: Graph, duration: float | None, quiet: bool = False,
                signals: list[int] | None = None, stats: bool = False,
-               control: _CallControl | None = None) -> RunResult:
+               control: _CallControl | None = None, messages: bool = False) -> RunResult:
     """Run `graph` until its endpoints are done, a signal or `duration`. The first signal,
     or the end of `duration`, hangs up every call and unregisters (so each call's end is
     reported, `call-ended`); a second signal stops at once. The signals that came are
-    appended to `signals`. `control` reads its commands from stdin meanwhile."""
+    appended to `signals`. `control` reads its commands from stdin meanwhile. Call events
+    are printed (with `quiet` only errors; with `messages` every bus message)."""
     loop = asyncio.get_running_loop()
     got = signals if signals is not None else []
     stopping = [False]
@@ -96,7 +97,7 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
     # calls (which went without a `call-ended`).
     runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats)
     timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
-    printer = MessagePrinter(_ERRORS if quiet else _PRINTED, loop)
+    printer = MessagePrinter(None if messages else _ERRORS if quiet else _PRINTED, loop)
     graph.listeners.append(printer)
     if control is not None:
         control.listen(loop, printer.say, lambda: stop_endpoints(None))
@@ -306,7 +307,7 @@ def serve(args: argparse.Namespace) -> int:
         raise PipelineError("graph has no sip_endpoint node to serve",
                             hint="add a node of type sip_endpoint (docs/sip.md)")
     result = run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet,
-                                stats=args.stats))
+                                stats=args.stats, messages=args.messages))
     if args.stats:
         from pipeline.cli import format_stats
 
