@@ -277,6 +277,7 @@ class Context:
     graph_dir: str = "."
     # Where an overridden parameter's value came from, for messages ("-p f=abc").
     given: dict[str, str] = field(default_factory=dict)
+    expanding: set[str] = field(default_factory=set)  # params being expanded (cycles)
 
     def origins(self, raw: dict[str, Any]) -> dict[str, str]:
         """For each value in `raw` naming an overridden parameter (${f}), where it came
@@ -318,7 +319,17 @@ def _lookup(expr: str, ctx: Context, where: Where) -> Any:
     if name == "graph_dir":
         return ctx.graph_dir
     if name in ctx.params and not (sep and ctx.params[name] in (None, "")):
-        return ctx.params[name]
+        value = ctx.params[name]
+        if isinstance(value, str) and "${" in value:  # a param made of others: e: ${d:-2s}
+            if name in ctx.expanding:
+                raise _err(f"param '{name}' refers to itself", where,
+                           "a param may use others, not itself (directly or through them)")
+            ctx.expanding.add(name)
+            try:
+                value = substitute(value, ctx, where)
+            finally:
+                ctx.expanding.discard(name)
+        return value
     if sep:
         return _written(yaml_value(default, where), default.strip()) if default else ""
     raise _err(f"template '${{{name}}}' is not defined", where,

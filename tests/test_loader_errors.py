@@ -501,3 +501,22 @@ def test_a_bad_override_says_it_came_from_p(tmp_path, capsys, body, place, node)
     assert capsys.readouterr().err.strip() == (
         f"pipeline: error: {path}:{place}: {node}, from -p f=abc (hint: write it like 440Hz "
         "or 16kHz)")
+
+
+def test_a_param_made_of_other_params_is_expanded(tmp_path, capsys):
+    # `e: "${d:-2s}"` reached the node as the text '${d:-2s}' ("is not a duration").
+    graph = tmp_path / "p.yaml"
+    graph.write_text('params: {d: ~, e: "${d:-2s}", f: "${graph_dir}/x.wav"}\n'
+                     'nodes:\n  t: {type: tone, duration: "${e}"}\n'
+                     '  r: {type: wav_recorder, path: "${f}"}\nlinks: [t -> r]\n')
+    for args, seconds in (([], 2.0), (["-p", "d=1s"], 1.0)):
+        assert main(["launch", str(graph), *args]) == 0
+        assert f"ran {seconds:.2f}s of media" in capsys.readouterr().err
+        assert (tmp_path / "x.wav").is_file()
+    graph.write_text('params: {a: "${b}", b: "${a}"}\nnodes:\n'
+                     '  t: {type: tone, duration: "${a}"}\n  s: {type: null_sink}\n'
+                     'links: [t -> s]\n')
+    assert main(["validate", str(graph)]) == 1
+    assert capsys.readouterr().err == (
+        f"pipeline: error: {graph}:3:29: param 'a' refers to itself (hint: a param may use "
+        "others, not itself (directly or through them))\n")
