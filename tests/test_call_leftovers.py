@@ -68,7 +68,9 @@ def test_a_recording_goes_on_across_hold_and_resume(tmp_path: Path) -> None:
         lengths.append(_valid_length(heard))
         # Held, we hear nothing (the server is recvonly) while our tone still goes out.
         sent = lambda: server.graph.nodes["call-1/rtp"].stats()["packets_received"]  # noqa: E731
-        await until(lambda: sent() >= 75, "a second and a half of the hold")
+        # Two seconds: the silence checked below is the hold less half a second (1 s at
+        # 75 packets held the window at its minimum, and a frame less failed it).
+        await until(lambda: sent() >= 100, "two seconds of the hold")
         caller.node.resume(call_id)
         held = loop.time() - held_at
         await _rebuilt(caller, call_id, "sendrecv", server, server_id, "sendrecv")
@@ -209,3 +211,70 @@ def test_a_parent_node_keeps_counting_the_frames_of_ended_calls(tmp_path: Path) 
         assert final["frames_in"] >= seen[0] >= 50 and final["frames_out"] >= seen[1] >= 50
 
     asyncio.run(main())
+
+
+def test_a_recorder_that_refused_the_file_hands_it_on_to_the_next_rebuild(tmp_path: Path
+                                                                          ) -> None:
+    # A codec change (8 kHz -> 16 kHz) made the rebuilt recorder refuse the file, as it
+    # should; but its own carry_state() then said "nothing to carry", so the next rebuild
+    # (back to 8 kHz: a hold after the codec change) emptied the call's recording.
+    from pipeline.formats import Format
+    from plugins.files.nodes import WavRecorder
+
+    path = tmp_path / "a.wav"
+
+    def recorder(rate: int, state=None) -> WavRecorder:
+        rec = WavRecorder("rec", path=str(path), flush_interval=0)
+        rec.in_formats = {"in": Format.audio("pcm_s16", rate, 1)}
+        rec.posted = []
+        rec.post = lambda name, **data: rec.posted.append((name, data))
+        if state is not None:
+            rec.restore_state(state)
+        rec.start()
+        return rec
+
+    first = recorder(8000)
+    first.writer.write(np.ones(800, np.int16).tobytes())
+    state = first.carry_state()
+    first.stop()
+    second = recorder(16000, state)
+    assert second.failed
+    state = second.carry_state()  # what a rebuild of the second part hands on
+    second.stop()
+    third = recorder(8000, state)
+    assert not third.failed, third.posted
+    third.writer.write(np.ones(200, np.int16).tobytes())
+    third.stop()
+    assert _valid_length(path) == 1000  # the call's first part is still there
+
+
+def test_a_recorder_whose_path_changes_back_goes_on_with_its_first_file(tmp_path: Path
+                                                                        ) -> None:
+    # path: rec-${call.codec}.wav and a call that goes pcmu -> pcma -> pcmu: the third
+    # part's recorder was handed only the pcma file, so it emptied the pcmu one (the call's
+    # first part) as any new recording does.
+    from pipeline.formats import Format
+    from plugins.files.nodes import WavRecorder
+
+    def recorder(path: Path, state=None) -> WavRecorder:
+        rec = WavRecorder("rec", path=str(path), flush_interval=0)
+        rec.in_formats = {"in": Format.audio("pcm_s16", 8000, 1)}
+        rec.post = lambda name, **data: None
+        if state is not None:
+            rec.restore_state(state)
+        rec.start()
+        return rec
+
+    pcmu, pcma = tmp_path / "rec-pcmu.wav", tmp_path / "rec-pcma.wav"
+    first = recorder(pcmu)
+    first.writer.write(np.ones(800, np.int16).tobytes())
+    state = first.carry_state()
+    first.stop()
+    second = recorder(pcma, state)
+    second.writer.write(np.ones(300, np.int16).tobytes())
+    state = second.carry_state()
+    second.stop()
+    third = recorder(pcmu, state)
+    third.writer.write(np.ones(200, np.int16).tobytes())
+    third.stop()
+    assert _valid_length(pcmu) == 1000 and _valid_length(pcma) == 300

@@ -112,13 +112,14 @@ class Caller:
         self.sock.sendto(data + f"Content-Length: {len(body)}\r\n\r\n".encode() + body,
                          (HOST, self.port))
 
-    def invite(self) -> str:
+    def invite(self, before: str = "") -> str:
+        """An INVITE (after `before`: the CRLFs RFC 3261 7.5 lets a message start with)."""
         call_id = f"{secrets.token_hex(6)}@test"
         self.branches[call_id] = branch = secrets.token_hex(6)
         sdp = (f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
                f"m=audio {self.media.getsockname()[1]} RTP/AVP 0\r\n"
                "a=rtpmap:0 PCMU/8000\r\n").encode()
-        self._send(f"INVITE sip:room@{HOST}:{self.port} SIP/2.0\n"
+        self._send(f"{before}INVITE sip:room@{HOST}:{self.port} SIP/2.0\n"
                    f"Via: SIP/2.0/UDP {HOST}:{{me}};branch=z9hG4bK{branch};rport\n"
                    f"Max-Forwards: 70\nFrom: <sip:eve@{HOST}>;tag=e1\n"
                    f"To: <sip:room@{HOST}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\n"
@@ -203,6 +204,40 @@ def test_a_full_room_answers_486_at_once_and_one_filled_while_ringing_at_the_ans
     ended = [m.data["status"] for m in messages if m.name == "call-ended"]
     assert ended.count(486) == 2, ended
     assert not any(m.name == "call-ringing" for m in messages)
+
+
+
+def test_a_full_room_answers_486_unrung_to_an_invite_after_crlfs():
+    # The ring switch looked for "INVITE " at the datagram's first byte; the parser skips
+    # CRLFs before the start line (RFC 3261 7.5), so such an INVITE rang first (180, 486).
+    async def main_() -> list[int]:
+        graph = load_graph_text(_room_graph())
+        messages: list[Any] = []
+        graph.listeners.append(messages.append)
+        runtime = Runtime(graph, realtime=True)
+        task = asyncio.create_task(runtime.run())
+        caller = None
+        try:
+            await until(lambda: any(m.name == "sip-listening" for m in messages),
+                        "sip-listening")
+            listening = next(m for m in messages if m.name == "sip-listening")
+            caller = Caller(int(listening.data["listeners"][0].rsplit(":", 1)[1]))
+            first = caller.invite()
+            await caller.statuses(first, 180)
+            graph.nodes["sip"].answer(first)
+            await caller.statuses(first, 200)
+            caller.ack(first)
+            second = caller.invite(before="\n\n")  # two CRLFs
+            got = await caller.statuses(second, 486)
+            caller.ack(second)
+        finally:
+            if caller is not None:
+                caller.close()
+            runtime.request_stop()
+            await asyncio.wait_for(task, WAIT)
+        return got
+
+    assert asyncio.run(main_()) == [100, 486]
 
 
 # ---- pipeline --debug serve: stamped log lines, in order with the event lines ----------------

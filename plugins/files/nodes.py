@@ -413,19 +413,27 @@ class WavRecorder(Node):
                                  file=file, line=line, column=column)
         return {}
 
-    def carry_state(self) -> tuple[str, object, float | None] | None:
+    def carry_state(self) -> tuple[str, object, float | None, tuple] | None:
         """The file being written (its path and identity) and the media time its audio
         ends at, for the recorder of the same name in a rebuilt call graph (hold, resume)
-        to append to rather than empty. Not the open writer: `stop()` flushes and closes
-        it, and the next recorder reads the sizes from the file itself."""
+        to append to rather than empty; and the call's earlier files with theirs (a path
+        of `${call.*}` values that changed, then changed back, goes on with its file). Not
+        the open writer: `stop()` flushes and closes it, and the next recorder reads the
+        sizes from the file itself."""
         if getattr(self, "writer", None) is None:
-            return None  # never opened: nothing of the call's is in it
+            # Never opened: nothing of the call's is in it; unless this recorder refused the
+            # file it was handed (another rate): the file is still the call's, so it goes on
+            # to the next rebuild (which may be of the file's format again) with the gap
+            # still counted from where its audio ended, not emptied by a fresh writer.
+            return getattr(self, "_carried", None)
         since = self._gap_since  # no frame came since a rebuild: the gap goes on
         if since is None:
             clock = _clock(self)
             # The last tick's frame ends a period after its tick.
             since = None if clock is None else clock.now + self.graph.period
-        return self.path, _file_key(self.path), since
+        key = _file_key(self.path)
+        earlier = tuple((k, s) for k, s in getattr(self, "_earlier", ()) if k != key)
+        return self.path, key, since, earlier
 
     def restore_state(self, state: tuple[str, object, float | None] | None) -> None:
         """Append to the file a `carry_state` handed over (before `start`), if it is this
@@ -447,11 +455,16 @@ class WavRecorder(Node):
         self._dtype = np.dtype(np.int16 if fmt.value("encoding") == "pcm_s16" else np.float32)
         self._gap_since: float | None = None
         carried = getattr(self, "_carried", None)
+        # The call's files so far, by identity, with the media time each one's audio ends.
+        files = dict(carried[3]) if carried is not None and len(carried) > 3 else {}
+        if carried is not None and carried[1] is not None:
+            files[carried[1]] = carried[2]
+        key = _file_key(self.path)
+        self._earlier = tuple((k, s) for k, s in files.items() if k != key)
         try:
-            if carried is not None and carried[1] is not None \
-                    and carried[1] == _file_key(self.path):
+            if key is not None and key in files:
                 self._resume(fmt.value("encoding"))
-                self._gap_since = carried[2]
+                self._gap_since = files[key]
             else:
                 self.writer = WavWriter(self.path, self.rate, self.channels,
                                         fmt.value("encoding"))

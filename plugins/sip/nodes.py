@@ -811,7 +811,8 @@ class SipEndpoint(Node):
     def _on_message(self, transport: str, data: bytes, addr: tuple[str, int]) -> None:
         if self._debug:
             self._log_message("received from", transport, data, addr)
-        if self.room is not None and self.ring and data[:7] == b"INVITE " \
+        # The parser skips CRLFs before the start line (RFC 3261 7.5): so does this test.
+        if self.room is not None and self.ring and data.lstrip(b"\r\n")[:7] == b"INVITE " \
                 and (room := self._room()) is not None and not room.can_join():
             # A full room: the INVITE gets 486 at once (CallIncoming), not a 180 first
             # (RFC 3261 21.4.7: the callee is busy; it will not ring).
