@@ -179,7 +179,8 @@ def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
         media = replace(media, video=NegotiatedVideo(
             remote_address="127.0.0.1", remote_port=40002, codec=codec_v.name,
             payload_type=97, local_port=30002, local_payload_type=97, direction="sendrecv",
-            fmtp=dict(codec_v.fmtp), media_index=1))
+            fmtp=dict(codec_v.fmtp), media_index=1, remote_rtcp_port=40002,
+            remote_rtcp_address="127.0.0.1", rtcp_mux=True))  # as our offers agree
     call = SimpleNamespace(call_id="example", number=1, direction="out",
                            caller="alice@127.0.0.1", callee="echo@127.0.0.1", rtp_port=30000)
     return call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0, codecs=[info])

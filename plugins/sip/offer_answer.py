@@ -20,6 +20,9 @@ Policy, where RFC 3264 leaves a choice:
 - one audio stream is accepted; with video codecs given, one video stream too (VP8,
   RFC 7741; H.264 packetization-mode 1, RFC 6184); every other stream is rejected with
   port 0 (section 6);
+- the video m-line offers a=rtcp-mux (RFC 5761 5.1.1) and an answer repeats it only when
+  offered; without it both sides use port + 1 for video RTCP (RFC 3550 section 11, or the
+  peer's a=rtcp, RFC 3605). Audio says nothing of mux: its RTCP is on port + 1;
 - SRTP with SDES keys (RFC 3711, RFC 4568) follows the endpoint's `srtp` policy (the `srtp`
   argument; default off): "off" offers plain RTP and rejects RTP/SAVP; "optional"
   offers RTP/AVP with a=crypto lines (best-effort SRTP, as pjsip's optional mode does) and
@@ -312,6 +315,12 @@ class NegotiatedVideo:
     direction: str
     fmtp: Mapping[str, str]
     media_index: int
+    # Where our video RTCP goes: the RTP port when both sides said a=rtcp-mux (RFC 5761
+    # 5.1.1), else the peer's a=rtcp (RFC 3605) or its RTP port + 1 (RFC 3550 section 11;
+    # 0 after RTP on port 65535). Without mux we read RTCP on our port + 1 too.
+    remote_rtcp_port: int
+    remote_rtcp_address: str
+    rtcp_mux: bool
 
     @property
     def encoding(self) -> str:
@@ -328,6 +337,9 @@ class NegotiatedVideo:
             "remote_video_port": self.remote_port,
             "local_video_port": self.local_port,
             "video_direction": self.direction,
+            "remote_video_rtcp_ip": self.remote_rtcp_address,
+            "remote_video_rtcp_port": self.remote_rtcp_port,
+            "video_rtcp_mux": self.rtcp_mux,
         }
 
 
@@ -962,6 +974,9 @@ def _video_section(
             raise LocalProtocolError(f"Video codec {codec} has no free payload type")
         taken.add(pt)
         media.add_format(pt, codec.name, codec.clock_rate, None, codec.fmtp)
+    # RFC 5761 5.1.1: our video nodes can send and read RTCP on the RTP port; an answer
+    # without a=rtcp-mux gets RTCP on port + 1 both ways (the port pair is held for it).
+    media.attributes.append(Attribute("rtcp-mux"))
     media.direction = direction
     return media
 
@@ -988,6 +1003,10 @@ def _answer_video(
     rtpmap, codec = pick
     media = MediaDescription("video", port, offered.proto)
     media.add_format(rtpmap.payload_type, codec.name, codec.clock_rate, None, codec.fmtp)
+    if offered.rtcp_mux:
+        # RFC 5761 5.1.1: accepted by repeating it; an offer without it gets RTCP on
+        # port + 1 (RFC 3550 section 11), never multiplexing the offerer did not ask for.
+        media.attributes.append(Attribute("rtcp-mux"))
     media.direction = _answer_direction(direction, offer, offered)
     return media
 
@@ -1005,6 +1024,14 @@ def _negotiate_video(
         raise NegotiationFailed("SDP answer has no video codec in common with the offer")
     theirs, mine = pick
     address, direction = _peer(local, remote, index)
+    mux = lm.rtcp_mux and rm.rtcp_mux
+    rtcp = None if mux else rm.rtcp
+    if mux:  # RFC 5761 5.1.1: RTCP on the RTP port (an a=rtcp beside it names the same)
+        rtcp_port, rtcp_address = rm.port, address
+    elif rtcp is not None:  # RFC 3605: the peer's own RTCP port (and address)
+        rtcp_port, rtcp_address = rtcp.port, rtcp.address or address
+    else:  # RFC 3550 section 11: the next port
+        rtcp_port, rtcp_address = _next_port(rm.port), address
     return NegotiatedVideo(
         remote_address=address,
         remote_port=rm.port,
@@ -1015,6 +1042,9 @@ def _negotiate_video(
         direction=direction,
         fmtp=rm.fmtp(theirs.payload_type),
         media_index=index,
+        remote_rtcp_port=rtcp_port,
+        remote_rtcp_address=rtcp_address,
+        rtcp_mux=mux,
     )
 
 

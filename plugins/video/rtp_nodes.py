@@ -4,9 +4,15 @@ The protocol work is sans-IO and lives elsewhere (`rtp_vp8`, `rtp_h264` for RFC 
 `plugins.rtp.packet` and `plugins.rtp.rtcp` for RFC 3550 / 4585); these nodes own one UDP
 socket each and the asyncio glue, as `rtp_session` does for audio.
 
-RTCP is multiplexed on the RTP port (RFC 5761): the receiver sends its Picture Loss
-Indications (RFC 4585 section 6.3.1) from the socket it receives on to the address the media
-came from (symmetric RTP, RFC 4961), which is the socket the sender sends from.
+RTCP goes where the SDP says. With `rtcp_mux` (RFC 5761, both sides said a=rtcp-mux) the
+receiver reads and sends it on its RTP port; without, on that port + 1 (RFC 3550 section 11),
+the odd port held with it. The receiver's Picture Loss Indications (RFC 4585 section 6.3.1)
+go to its `remote_ip`/`remote_port` (a call graph gives the peer's RTCP address), else to
+the address the media came from (symmetric RTP, RFC 4961). A peer sends its keyframe requests
+for our stream to the port our SDP named, the receiver's, not to the sender's own socket: the
+receiver hands them to the `video_rtp_sender` named by its `sender` parameter. The sender
+sends its BYE to `remote_rtcp_port` (default: its RTP port, muxed) and still reads RTCP sent
+back to its own socket.
 
 A port held for the node (a sip_endpoint's SDP offer names it, or the old node of a rebuilt
 call graph handed it back: `plugins.rtp.nodes.keep_port`) is taken as bound, as
@@ -64,6 +70,13 @@ def _payload_format(node: Node, codec: str, part: str) -> Any:
     return make
 
 
+def _named(node: Node, name: str) -> Node | None:
+    """The node `name` names: one of `node`'s own part first (a call graph's nodes run as
+    `call-1/vsend`, and its YAML says `vsend`), else one of the graph."""
+    prefix = node.name[: node.name.rfind("/") + 1]
+    return node.graph.nodes.get(prefix + name) or node.graph.nodes.get(name)
+
+
 def _nearest(node: Node, attribute: str, upstream: bool) -> Node | None:
     """The nearest node up- or downstream of `node` with `attribute` (breadth first)."""
     graph = node.graph
@@ -90,7 +103,8 @@ class _UdpNode(Node):
 
     realtime = True  # the CLI runs graphs with a network node in real time
     local_ip = Param(str, "127.0.0.1", "address to bind")
-    local_port = Param(int, 0, "UDP port to bind (0: any free port); RTCP shares it (RFC 5761)",
+    local_port = Param(int, 0, "UDP port to bind (0: any free port); RTCP shares it (RFC 5761) "
+                       "unless a receiver's rtcp_mux is false",
                        min=0, max=65535)
     ssrc = Param(int, None, "our SSRC (default: random, RFC 3550 8.1)", min=0, max=0xFFFFFFFF)
 
@@ -110,26 +124,38 @@ class _UdpNode(Node):
                                   ) from None
         return info[0][4][0], port
 
-    def _bind(self) -> None:
+    def _bind(self, rtcp: bool = False) -> None:
+        """Bind (or take) `local_port`, and with `rtcp` the next port for RTCP too."""
         held = take_reserved(self.local_ip, self.local_port) if self.local_port else None
         if held is not None:
             # Bound ahead for this node (a SIP offer named the port, or the node of the call
             # graph being rebuilt handed it back): no one else could bind it in between.
-            # RTCP is read on this port only (RFC 5761 mux; our SDP says no a=rtcp-mux yet:
-            # docs/sip.md, "RTP ports"): the odd port held with it is not needed.
-            if held.rtcp is not None:
-                held.rtcp.close()
+            # The odd port held with it is kept for RTCP when it is not muxed (RFC 3550
+            # section 11), else not needed.
+            rtcp_sock = held.rtcp
+            if not rtcp and rtcp_sock is not None:
+                rtcp_sock.close()
+                rtcp_sock = None
             sock = held.rtp
         else:
             sock = socket.socket(self._family(), socket.SOCK_DGRAM)
+            rtcp_sock = None
+        port = self.local_port
         try:
             sock.setblocking(False)
             # A keyframe is a burst of packets: give the kernel room for a few of them.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
             if held is None:
                 sock.bind((self.local_ip, self.local_port))
+            if rtcp and rtcp_sock is None:  # not held (or handed back by a muxed node)
+                port = self.local_port + 1
+                rtcp_sock = socket.socket(self._family(), socket.SOCK_DGRAM)
+                rtcp_sock.setblocking(False)
+                rtcp_sock.bind((self.local_ip, port))
         except OSError as e:
             sock.close()
+            if rtcp_sock is not None:
+                rtcp_sock.close()
             # The hint names what to change: a local_ip that is no address of this host (or
             # no address at all) was told to "pick another local_port".
             if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
@@ -137,17 +163,21 @@ class _UdpNode(Node):
                         "of its IP addresses, or 0.0.0.0 for all")
             else:
                 hint = "pick another local_port, or 0 for any free one"
-            raise self.fail(f"{self.kind} cannot bind {self.local_ip}:{self.local_port}: "
+            what = " (RTCP)" if port != self.local_port else ""
+            raise self.fail(f"{self.kind} cannot bind {self.local_ip}:{port}{what}: "
                             f"{e.strerror or e}", hint=hint) from None
         self._sock: socket.socket | None = sock
+        self._rtcp_sock: socket.socket | None = rtcp_sock
         self.bound_port: int = sock.getsockname()[1]
+        self.rtcp_port: int | None = None if rtcp_sock is None else rtcp_sock.getsockname()[1]
         self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
         self._io_error: asyncio.Future | None = None
-        self.post("rtp-bound", ip=self.local_ip, port=self.bound_port)
+        self.post("rtp-bound", ip=self.local_ip, port=self.bound_port,
+                  rtcp_port=self.rtcp_port or self.bound_port)
 
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
@@ -156,24 +186,28 @@ class _UdpNode(Node):
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._io_error = loop.create_future()
-        fd = self._sock.fileno()
-        loop.add_reader(fd, self._on_readable)
+        fds = [self._sock.fileno()]
+        loop.add_reader(fds[0], self._on_readable, self._sock, self._on_datagram)
+        if self._rtcp_sock is not None:
+            fds.append(self._rtcp_sock.fileno())
+            loop.add_reader(fds[1], self._on_readable, self._rtcp_sock, self._on_rtcp)
         try:
             await self._io_error  # raises when a node downstream failed in a callback
         finally:
-            loop.remove_reader(fd)
+            for fd in fds:  # the numbers, not the sockets: they may be closed by now
+                loop.remove_reader(fd)
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, sock: socket.socket, handle: Any) -> None:
         for _ in range(_BATCH):
             try:
-                data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # an ICMP error from an earlier send (port unreachable)
                 self._c["send_errors"] += 1
                 continue
             try:
-                self._on_datagram(data, addr[:2])
+                handle(data, addr[:2])
             except Exception as e:  # a node downstream failed: stop the graph via run_io
                 if self._io_error is not None and not self._io_error.done():
                     self._io_error.set_exception(e)
@@ -182,9 +216,13 @@ class _UdpNode(Node):
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         raise NotImplementedError
 
-    def _sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
+    def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def _sendto(self, data: bytes, addr: tuple[str, int],
+                sock: socket.socket | None = None) -> bool:
         try:
-            self._sock.sendto(data, addr)
+            (sock or self._sock).sendto(data, addr)
             return True
         except OSError:  # a full buffer or an unreachable peer: drop, as UDP would
             self._c["send_errors"] += 1
@@ -194,25 +232,34 @@ class _UdpNode(Node):
         sock = getattr(self, "_sock", None)
         if sock is not None:
             # A rebuilt call graph (keep_port): the port stays ours for the new graph's node.
-            if not hand_back(self.local_ip, self.bound_port, sock, None):
+            rtcp_sock = getattr(self, "_rtcp_sock", None)
+            if not hand_back(self.local_ip, self.bound_port, sock, rtcp_sock):
                 sock.close()
-            self._sock = None
+                if rtcp_sock is not None:
+                    rtcp_sock.close()
+            self._sock = self._rtcp_sock = None
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), **getattr(self, "_c", {}),
-                "port": getattr(self, "bound_port", None)}
+                "port": getattr(self, "bound_port", None),
+                "rtcp_port": getattr(self, "rtcp_port", None)}
 
 
 class VideoRtpSender(_UdpNode):
     """Sends H.264 or VP8 frames as RTP over UDP (RFC 6184 mode 1, RFC 7741).
 
-    An RTCP PLI or FIR from the peer makes the encoder upstream send a keyframe.
+    An RTCP PLI or FIR from the peer makes the encoder upstream send a keyframe: read on
+    its own socket, or handed over by the `video_rtp_receiver` whose port the peer sends
+    RTCP to (`receive_feedback`).
     """
 
     kind = "video_rtp_sender"
     inputs = (Port("in", (Format.encoded(VIDEO_CODECS),), "encoded video frames (90 kHz pts)"),)
     remote_ip = Param(str, "127.0.0.1", "peer address")
     remote_port = Param(int, None, "peer RTP port", min=1, max=65535, required=True)
+    remote_rtcp_ip = Param(str, None, "where our RTCP (BYE) goes (default: remote_ip)")
+    remote_rtcp_port = Param(int, None, "peer RTCP port (default: remote_port, RTCP muxed, "
+                             "RFC 5761; 0: send no RTCP)", min=0, max=65535)
     payload_type = Param(int, 96, "RTP payload type (dynamic, as agreed in SDP)", min=0,
                          max=127)
     mtu = Param(int, 1200, "largest RTP payload in bytes", min=64, max=65000)
@@ -221,9 +268,19 @@ class VideoRtpSender(_UdpNode):
 
     def validate(self) -> None:
         self._resolve("remote_ip", self.remote_ip, self.remote_port)
+        if self.remote_rtcp_ip:
+            self._resolve("remote_rtcp_ip", self.remote_rtcp_ip, self.remote_port)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         return {}
+
+    def _rtcp_destination(self) -> tuple[str, int] | None:
+        port = self.remote_port if self.remote_rtcp_port is None else self.remote_rtcp_port
+        if not port:
+            return None
+        if not self.remote_rtcp_ip:
+            return self._remote[0], port
+        return self._resolve("remote_rtcp_ip", self.remote_rtcp_ip, port)
 
     def start(self) -> None:
         self._bind()
@@ -233,11 +290,12 @@ class VideoRtpSender(_UdpNode):
         self._seq = secrets.randbits(16)  # RFC 3550 5.1: random initial values
         self._ts_offset = secrets.randbits(32)
         self._remote = self._resolve("remote_ip", self.remote_ip, self.remote_port)
+        self._rtcp_remote = self._rtcp_destination()
         self._c = dict.fromkeys(("frames_sent", "packets_sent", "bytes_sent", "send_errors",
                                  "pli_received", "fir_received", "rtcp_received", "rtcp_bad",
                                  "dropped_rtp"), 0)
         if self.encoder:
-            self._encoder = self.graph.nodes.get(self.encoder)
+            self._encoder = _named(self, self.encoder)
             if self._encoder is None or not hasattr(self._encoder, "request_keyframe"):
                 raise self.fail(f"video_rtp_sender encoder '{self.encoder}' is not a node with "
                                 "request_keyframe()", hint="name the video_encoder node")
@@ -268,6 +326,13 @@ class VideoRtpSender(_UdpNode):
             c["rtcp_bad"] += 1
             return
         c["rtcp_received"] += 1
+        self.receive_feedback(packets)
+
+    def receive_feedback(self, packets: list[Any]) -> None:
+        """Act on the keyframe requests among parsed RTCP `packets` (PLI for our SSRC, RFC
+        4585 6.3.1; FIR, RFC 5104 4.3.1); others are ignored. The receiver whose port the
+        peer sends RTCP to calls this with what it read (its `sender` parameter)."""
+        c = self._c
         for p in packets:
             if isinstance(p, RtcpPli) and p.media_ssrc in (self._ssrc, 0):
                 c["pli_received"] += 1
@@ -285,8 +350,9 @@ class VideoRtpSender(_UdpNode):
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream) and getattr(self, "_sock", None) is not None:
             # RFC 3550 6.6: say we are leaving, so the receiver can end its stream now.
-            with contextlib.suppress(ProtocolError):
-                self._sendto(bytes(RtcpBye([self._ssrc])), self._remote)
+            if self._rtcp_remote is not None:
+                with contextlib.suppress(ProtocolError):
+                    self._sendto(bytes(RtcpBye([self._ssrc])), self._rtcp_remote)
         super().event(port, event)
 
 
@@ -294,7 +360,7 @@ class VideoRtpReceiver(_UdpNode):
     """Receives H.264 or VP8 as RTP over UDP and reassembles frames.
 
     Sends RTCP PLIs (rate-limited) while data is lost or the decoder downstream needs a
-    keyframe.
+    keyframe, and hands the peer's keyframe requests for our stream to the `sender`.
     """
 
     kind = "video_rtp_receiver"
@@ -307,8 +373,12 @@ class VideoRtpReceiver(_UdpNode):
                   max=7680)
     height = Param(int, None, "picture height to tell a decoder downstream", min=2, max=4320)
     remote_ip = Param(str, None, "where PLIs go (default: latch to the media's source)")
-    remote_port = Param(int, None, "peer RTCP port (default: latch to the media's source)",
-                        min=1, max=65535)
+    remote_port = Param(int, None, "peer RTCP port (default or 0: latch to the media's "
+                        "source)", min=0, max=65535)
+    rtcp_mux = Param(bool, True, "RTCP on local_port (RFC 5761); false: on local_port + 1 "
+                     "(RFC 3550 section 11), read there and PLIs sent from there")
+    sender = Param(str, None, "video_rtp_sender to hand the peer's PLIs and FIRs that arrive "
+                   "here (its RTCP goes to the port the SDP named, ours)")
     pli_interval = Param(Duration, 0.5, "least time between two PLIs, e.g. 200ms", min=0.01)
     timeout = Param(Duration, 0.0, "end the stream after this long without RTP (0: never)",
                     min=0.0)
@@ -316,17 +386,26 @@ class VideoRtpReceiver(_UdpNode):
     def validate(self) -> None:
         if self.remote_ip and self.remote_port:
             self._resolve("remote_ip", self.remote_ip, self.remote_port)
+        if not self.rtcp_mux and not self.local_port:
+            raise ParamValueError("rtcp_mux", "video_rtp_receiver rtcp_mux: false needs a "
+                                  "local_port: RTCP is read on local_port + 1",
+                                  "set local_port (even, below 65535), or rtcp_mux: true")
+        if not self.rtcp_mux and self.local_port >= 65535:
+            raise ParamValueError("local_port", "video_rtp_receiver local_port 65535 leaves "
+                                  "no port for RTCP (rtcp_mux: false)",
+                                  "pick an even local_port below 65535")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         return {"out": encoded_video(self.codec, self.width, self.height, None)}
 
     def start(self) -> None:
-        self._bind()
+        self._bind(rtcp=not self.rtcp_mux)
         self._rtp_types = shadowed_by_rtcp((self.payload_type,))  # a peer may choose 64-95
         self._depay = self._new_depacketizer()
         self._remote = self._resolve("remote_ip", self.remote_ip, self.remote_port) if \
             self.remote_ip and self.remote_port else None
         self._media_ssrc: int | None = None
+        self._source: tuple[str, int] | None = None  # the media's, once latched
         self._unwrap = TimestampUnwrapper()
         self._ts0: int | None = None
         self._pts_base = 0
@@ -336,7 +415,14 @@ class VideoRtpReceiver(_UdpNode):
         self._decoder = _nearest(self, "keyframe_needed", upstream=False)
         self._c = dict.fromkeys(("packets_received", "bytes_received", "frames", "dropped_bad",
                                  "dropped_pt", "dropped_foreign", "ssrc_changes", "pli_sent",
-                                 "rtcp_received", "rtcp_bad", "send_errors", "byes"), 0)
+                                 "rtcp_received", "rtcp_bad", "send_errors", "byes",
+                                 "feedback_forwarded"), 0)
+        self._sender = None
+        if self.sender:
+            self._sender = _named(self, self.sender)
+            if self._sender is None or not hasattr(self._sender, "receive_feedback"):
+                raise self.fail(f"video_rtp_receiver sender '{self.sender}' is not a "
+                                "video_rtp_sender", hint="name the video_rtp_sender node")
 
     def _new_depacketizer(self) -> Any:
         return _payload_format(self, self.codec, "depacketizer")()
@@ -357,11 +443,14 @@ class VideoRtpReceiver(_UdpNode):
         if self._media_ssrc is None:
             self._media_ssrc = pkt.ssrc
             if self._remote is None:
-                # Symmetric RTP: latch to the media's source; our PLIs go back there.
-                self._remote = addr
+                # Symmetric RTP: latch to the media's source; our PLIs go back there (to
+                # the port after it when RTCP is not muxed, RFC 3550 section 11).
+                self._source = addr
+                self._remote = addr if self.rtcp_mux or addr[1] >= 65535 else \
+                    (addr[0], addr[1] + 1)
                 self.post("rtp-latched", ip=addr[0], port=addr[1])
         elif pkt.ssrc != self._media_ssrc:
-            if self._remote is not None and addr != self._remote and not self.remote_ip:
+            if self._source is not None and addr != self._source and not self.remote_ip:
                 c["dropped_foreign"] += 1
                 return
             # The same peer restarted its stream (RFC 3550 8.2): start assembly afresh.
@@ -395,10 +484,19 @@ class VideoRtpReceiver(_UdpNode):
             self._c["rtcp_bad"] += 1
             return
         self._c["rtcp_received"] += 1
+        feedback = False
         for p in packets:
             if isinstance(p, RtcpBye) and self._media_ssrc in p.sources:
                 self._c["byes"] += 1
                 self.send_eos()
+            elif isinstance(p, RtcpPli) or (isinstance(p, RtcpFeedback)
+                                            and p.packet_type == _PSFB):
+                feedback = True
+        if feedback and self._sender is not None:
+            # About the stream we send (RFC 4585 6.3.1, RFC 5104 4.3.1): the peer sends it
+            # to the port our SDP named, here, not to the sender's socket.
+            self._c["feedback_forwarded"] += 1
+            self._sender.receive_feedback(packets)
 
     def _keyframe_wanted(self) -> bool:
         """True while a keyframe is wanted: lost packets, or the decoder downstream says so."""
@@ -410,8 +508,10 @@ class VideoRtpReceiver(_UdpNode):
             return
         if now - self._last_pli < self.pli_interval:
             return
-        # RFC 4585 6.3.1: PLI carries our SSRC and the media source's; FCI is empty.
-        if self._sendto(bytes(RtcpPli(self._ssrc, self._media_ssrc)), self._remote):
+        # RFC 4585 6.3.1: PLI carries our SSRC and the media source's; FCI is empty. Sent
+        # from our RTCP port (symmetric RTCP, RFC 4961): the RTP port when muxed.
+        if self._sendto(bytes(RtcpPli(self._ssrc, self._media_ssrc)), self._remote,
+                        self._rtcp_sock):
             self._last_pli = now
             self._c["pli_sent"] += 1
 
