@@ -467,6 +467,9 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rtp-ports", metavar="LOW-HIGH",
                     help="local ports the call's RTP may use, LOW-HIGH or one even port, e.g. "
                          "40000-40099 (even ports, RFC 3550; default: 20000-29999)")
+    sp.add_argument("--rtp-timeout", metavar="T",
+                    help="hang up when no RTP came for this long, e.g. 5s (0: never; "
+                         "default: 30s)")
     sp.set_defaults(func=cmd_call)
     return p
 

@@ -291,7 +291,7 @@ class _FakeUa:
         from types import SimpleNamespace
 
         self.call = SimpleNamespace(call_id="c1", state="established", active=True,
-                                    pending=None, rtp_port=47000)
+                                    pending=None, rtp_port=47000, number=1)
         self.calls = {"c1": self.call}
         self.sent: list[str] = []
 

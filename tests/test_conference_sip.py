@@ -363,6 +363,9 @@ def check_recordings(folder: Path) -> None:
                                   "carol@127.0.0.1"]
     carol = [e for e in entries if e["identity"].startswith("carol")]
     assert carol[0]["leave_s"] < carol[1]["join_s"]  # left, then rejoined
+    # Each entry names its SIP call (the endpoint tells the room): carol's two calls differ.
+    assert all(isinstance(e["call_id"], str) and e["call_id"] for e in entries), entries
+    assert carol[0]["call_id"] != carol[1]["call_id"]
     assert Path(carol[0]["file"]).name == "room-carol_127.0.0.1.wav"
     assert Path(carol[1]["file"]).name == "room-carol_127.0.0.1_2.wav"
 

@@ -459,10 +459,16 @@ class ConferenceBridge(Node):
         if p.has_out:
             self.core.out_target[p.row] = 0 if on else gain_to_q12(p.out_gain_db)
 
-    def set_identity(self, port: str | int, identity: str) -> None:
-        """The caller identity of a participant (names its recording files)."""
+    def set_identity(self, port: str | int, identity: str, *,
+                     call_id: str | None = None) -> None:
+        """The caller identity of a participant (names its recording files); `call_id`:
+        the SIP Call-ID of the call it comes from (the manifest's `call_id`)."""
         k = self._number(port)
         self._identities[str(k)] = identity
+        # Told before it joins (a call graph being attached) or after (rebuilt): None
+        # leaves what was told (an application naming a caller anew).
+        if call_id is not None and self.__dict__.get("recorder") is not None:
+            self.recorder.set_call_id(k, call_id)
         p = self.by_number.get(k) if hasattr(self, "by_number") else None
         # The same identity again (in_k and out_k named in turn, a rebuilt call graph
         # naming its kept participant) is no rename: the track keeps its file.

@@ -22,8 +22,9 @@ here, `flac_silence`, and the encoder's frames after them renumbered). In the mu
 layout (WAV, or FLAC up to 8 channels) channel 0 is the mix and each participant gets the
 lowest free channel while it is present (silence elsewhere); `tracks` may leave out the mix
 (participants from channel 0) or the participants (the mix alone). A JSON manifest next to
-the tracks names who is on which file or channel and when they joined and left; it is
-replaced atomically.
+the tracks names who is on which file or channel and when they joined and left (room time,
+from `started`, the wall-clock time of room time 0 in ISO 8601 UTC), and the SIP Call-ID of
+a participant that came from a call (`call_id`, else null); it is replaced atomically.
 
 A write error (disk full, file removed) stops the whole recorder with one message through
 `on_error` and never raises into the media path: the call goes on unrecorded. A file whose
@@ -39,7 +40,9 @@ import errno
 import io
 import json
 import os
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -497,14 +500,20 @@ class RoomRecorder:
         self.channel_of: dict[Any, int] = {}  # per participant (multichannel layout)
         self.manifest: list[dict[str, Any]] = []
         self._entry: dict[Any, dict[str, Any]] = {}
+        self._call_ids: dict[Any, str | None] = {}  # told before the participant joined
+        self.started: str | None = None  # wall-clock time of room time 0 (ISO 8601 UTC)
         self._manifest_due = False  # joins or leaves not yet in the file
         self._manifest_pts = 0  # room time of its last writing
         self._block: np.ndarray | None = None
         self._current: str = str(self.directory)
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Create the folder and the mixed (or multichannel) track."""
+    def start(self, wall: float | None = None) -> None:
+        """Create the folder and the mixed (or multichannel) track. Room time 0 is now, or
+        at `wall` (seconds since the epoch), as the manifest's `started` says."""
+        when = datetime.fromtimestamp(time.time() if wall is None else wall, UTC)
+        # ISO 8601 in UTC to the millisecond, Z for +00:00: sorts as text, any tool parses it.
+        self.started = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._guard(self._start)
 
     def _start(self) -> None:
@@ -537,15 +546,17 @@ class RoomRecorder:
             _remove_file(path)
             raise
 
-    def join(self, key: Any, identity: str) -> None:
-        """A participant is present from now on (room time `self.pts`)."""
+    def join(self, key: Any, identity: str, call_id: str | None = None) -> None:
+        """A participant is present from now on (room time `self.pts`). `call_id`: the
+        SIP Call-ID of the call it came from, if any (else the one `set_call_id` gave)."""
         if self.failed:
             return
-        self._guard(self._join, key, identity)
+        self._guard(self._join, key, identity, call_id)
 
-    def _join(self, key: Any, identity: str) -> None:
-        entry: dict[str, Any] = {"identity": identity, "join_s": self.pts / self.rate,
-                                 "leave_s": None}
+    def _join(self, key: Any, identity: str, call_id: str | None = None) -> None:
+        told = self._call_ids.pop(key, None)
+        entry: dict[str, Any] = {"identity": identity, "call_id": call_id or told,
+                                 "join_s": self.pts / self.rate, "leave_s": None}
         if self.layout == "multichannel":
             taken = set(self.channel_of.values())
             free = [c for c in range(self._first_channel, self.channels) if c not in taken]
@@ -578,6 +589,7 @@ class RoomRecorder:
     def leave(self, key: Any) -> None:
         """A participant left: close its file (or free its channel)."""
         entry = self._entry.pop(key, None)
+        self._call_ids.pop(key, None)
         if entry is None or self.failed:
             return
         entry["leave_s"] = self.pts / self.rate
@@ -670,6 +682,16 @@ class RoomRecorder:
             entry["file"] = new
         self._manifest_due = True
 
+    def set_call_id(self, key: Any, call_id: str) -> None:
+        """The SIP Call-ID of a participant's call: in its entry when present, else in the
+        one it joins with."""
+        entry = self._entry.get(key)
+        if entry is None:
+            self._call_ids[key] = call_id
+        elif entry.get("call_id") != call_id and not self.failed:
+            entry["call_id"] = call_id
+            self._manifest_due = True
+
     def manifest_path(self) -> Path:
         return self.directory / f"{self.room}.json"
 
@@ -679,8 +701,8 @@ class RoomRecorder:
     def _write_manifest(self) -> None:
         path = self.manifest_path()
         self._current = str(path)
-        doc = {"room": self.room, "rate": self.rate, "format": self.fmt, "layout": self.layout,
-               "mix": self.mix_path,
+        doc = {"room": self.room, "started": self.started, "rate": self.rate,
+               "format": self.fmt, "layout": self.layout, "mix": self.mix_path,
                "participants": self.manifest}
         tmp = self._manifest_tmp()
         try:

@@ -168,15 +168,32 @@ class _CallControl:
         self.tty = False
         self.waiting: asyncio.TimerHandle | None = None  # in the background: when to look
         self.pending = b""
+        self.part: str | None = None  # the call graph's prefix (call-1/), once it runs
+        self.silence: float | None = None  # seconds of RTP silence its rtp_session reported
+        self.timed_out: float | None = None  # the silence that ended the call, if one did
         graph.listeners.append(self.on_bus)
 
     def on_bus(self, msg: Any) -> None:
         if msg.node != self.endpoint.name:
+            # The call graph's rtp_session: no RTP for its rtp_timeout (the endpoint then
+            # hangs up), or RTP again (it does not).
+            if self.part is not None and msg.node.startswith(self.part):
+                if msg.name == "rtp-timeout":
+                    self.silence = float(msg.data.get("seconds") or 0.0)
+                elif msg.name == "rtp-resumed":
+                    self.silence = None
             return
-        if msg.name == "call-established":
-            self.call_id = msg.data["call_id"]
+        if msg.name in ("call-early-media", "call-established"):
+            self.part = msg.data.get("prefix") or self.part
+            if msg.name == "call-established":
+                self.call_id = msg.data["call_id"]
         elif msg.name == "call-ended":
             self.ended = True
+            # Ended by our side (BYE, or CANCEL during early media) while the far end was
+            # silent, and not by `q`: the endpoint's RTP timeout did it.
+            if self.silence is not None and not self.quit \
+                    and msg.data.get("reason") in ("local hangup", "cancelled"):
+                self.timed_out = self.silence
 
     def listen(self, loop: asyncio.AbstractEventLoop, say: Callable[[str], None],
                hang_up: Callable[[], None]) -> None:
@@ -319,11 +336,13 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
                      params: dict[str, Any] | None = None, listen: str | None = None,
                      codecs: list[str] | None = None,
                      dns_servers: list[str] | None = None,
-                     rtp_ports: str | None = None, user: str | None = None) -> Graph:
+                     rtp_ports: str | None = None, user: str | None = None,
+                     rtp_timeout: float | None = None) -> Graph:
     """The parent graph of `pipeline call`: one sip_endpoint, our SIP user `user` (default
     `caller`), that dials `uri`. A host that is a name is located by DNS (RFC 3263;
     `dns_servers`, default the system's); the call's RTP port comes from `rtp_ports`
-    (LOW-HIGH, default the endpoint's range)."""
+    (LOW-HIGH, default the endpoint's range); `rtp_timeout` hangs up after that long
+    without RTP (0: never; default the endpoint's, 30 s)."""
     from pipeline.registry import get_registry
 
     try:
@@ -353,6 +372,7 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         **({"codecs": codecs} if codecs else {}),
         **({"dns_servers": dns_servers} if dns_servers else {}),
         **({"rtp_port_range": rtp_ports} if rtp_ports else {}),
+        **({"rtp_timeout": rtp_timeout} if rtp_timeout is not None else {}),
     })
     callcheck.mark_checked(graph.nodes["sip"])  # `call` checks it before dialling, its way
     return graph
@@ -398,6 +418,24 @@ def _check_rtp_ports(text: str) -> str:
         raise UsageError(f"--rtp-ports: {e}", hint="write e.g. --rtp-ports 20000-29999") \
             from None
     return f"{low}-{high}"
+
+
+def _check_rtp_timeout(text: str) -> float:
+    """`--rtp-timeout`, a length of time of 0 or more (0: never), named as the option (a
+    usage error)."""
+    import math
+
+    from pipeline.cli import UsageError
+    from pipeline.params import Duration
+
+    try:
+        seconds = Duration.parse(text)
+    except ValueError as e:
+        raise UsageError(f"--rtp-timeout: {e.args[0]}", hint=e.args[1]) from None
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        raise UsageError(f"--rtp-timeout: {text} is not a length of time of 0 or more",
+                         hint="write it like 10s or 500ms; 0 never hangs up for want of RTP")
+    return seconds
 
 
 def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
@@ -464,12 +502,14 @@ def call(args: argparse.Namespace) -> int:
                             hint="write an IP address, IP:PORT or [IPv6]:PORT, e.g. "
                                  "--dns-server 127.0.0.1:5353") from None
     rtp_ports = None if args.rtp_ports is None else _check_rtp_ports(args.rtp_ports)
+    timeout_text = getattr(args, "rtp_timeout", None)
+    rtp_timeout = None if timeout_text is None else _check_rtp_timeout(timeout_text)
     user = getattr(args, "user", None)
     user = None if user is None else _check_user(user)
     overrides = _overrides(args.params)
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                              codecs=codecs or None, dns_servers=servers or None,
-                             rtp_ports=rtp_ports, user=user)
+                             rtp_ports=rtp_ports, user=user, rtp_timeout=rtp_timeout)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
     # A codec the graph cannot take is left out of the offer: said when --codecs named it,
     # quietly (-v logs it) for the default list, most of whose codecs a graph written for
@@ -481,7 +521,7 @@ def call(args: argparse.Namespace) -> int:
     if usable != offered:
         graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                                  codecs=usable, dns_servers=servers or None,
-                                 rtp_ports=rtp_ports, user=user)
+                                 rtp_ports=rtp_ports, user=user, rtp_timeout=rtp_timeout)
         graph.validate_nodes()
     started = time.monotonic()
     signals: list[int] = []
@@ -503,5 +543,14 @@ def call(args: argparse.Namespace) -> int:
             return 128 + signals[0]
         if control.quit:
             raise CallFailed(f"call to {args.uri} cancelled by the q command")
+        if control.timed_out is not None and not signals:  # early media that stopped
+            raise CallFailed(f"call to {args.uri} failed: no RTP in its early media for "
+                             f"{control.timed_out:g} s (--rtp-timeout)",
+                             hint="the far end or its media path is gone")
         raise _failure(args.uri, result.messages, duration, time.monotonic() - started)
+    if control.timed_out is not None and not signals:
+        # Answered, so exit 0 as however else it ended (docs/cli.md), but say why it ended:
+        # `call-ended` says only that we hung up.
+        print(f"pipeline: call to {args.uri} ended: no RTP from the far end for "
+              f"{control.timed_out:g} s (--rtp-timeout)", file=sys.stderr)
     return 0

@@ -953,12 +953,22 @@ class SipEndpoint(Node):
                 event = self.ua.next_event()
 
     def _on_event(self, event: Any) -> None:
+        # Each call event names the call's part (`prefix`, as its nodes' own lines start:
+        # `call-1/rtp: dtmf ...`) wherever the call has one, so one grep ties them; the key
+        # is left out where it has none (a call rung and cancelled, a signalling-only
+        # endpoint).
+        def part(call: sipua.Call) -> dict[str, str]:
+            prefix = self._prefix(call)
+            return {} if prefix is None else {"prefix": prefix}
+
         if isinstance(event, sipua.CallIncoming):
             call = event.call
             self._c["calls_in"] += 1
+            # The part is not there yet: the prefix it will run under if answered.
+            coming = {} if self.call_graph is None else {"prefix": f"call-{call.number}/"}
             self.post("call-incoming", call_id=call.call_id, caller=call.caller,
                       callee=call.callee, codec=None if event.media is None
-                      else self._codec_name(event.media))
+                      else self._codec_name(event.media), **coming)
             if call.state != "incoming" or call.call_id in self.parts:
                 return  # a listener of call-incoming answered (or ended) it already
             if self.room is not None and self._refused_room_full(call.call_id):
@@ -980,7 +990,7 @@ class SipEndpoint(Node):
             elif self.auto_answer:
                 self._answer_at[call.call_id] = self._loop.time() + self.answer_after
         elif isinstance(event, sipua.CallRinging):
-            self.post("call-ringing", call_id=event.call.call_id)
+            self.post("call-ringing", call_id=event.call.call_id, **part(event.call))
             self._report_followed(event.call.call_id, 180)
         elif isinstance(event, sipua.CallEarlyMedia):
             if not self._start_part(event.call, event.media):
@@ -1000,15 +1010,17 @@ class SipEndpoint(Node):
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
+            # The parties too, as call-incoming has them: one grep by name finds both.
             self.post("call-established", call_id=call.call_id,
-                      codec=self._codec_name(event.media), prefix=self._prefix(call))
+                      codec=self._codec_name(event.media), prefix=self._prefix(call),
+                      caller=call.caller, callee=call.callee)
             referring = self._report_followed(call.call_id, 200)
             if referring is not None:  # transferred: the referring call has done its part
                 self.ua.hangup(referring, self._loop.time())
         elif isinstance(event, sipua.CallUpdated):
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
-                      codec=self._codec_name(event.media))
+                      codec=self._codec_name(event.media), **part(call))
             if call.call_id in self._rebuilding:
                 self._rebuilding[call.call_id] = event.media
                 return
@@ -1023,6 +1035,7 @@ class SipEndpoint(Node):
             self._answered_at.pop(call.call_id, None)
             if call.call_id == self._dialled:
                 self._ring_since = None
+            had = part(call)  # before the part goes
             closing = self._detach(call.call_id)
             for used in (call.rtp_port, call.video_port):
                 if not used:
@@ -1033,7 +1046,7 @@ class SipEndpoint(Node):
                 else:
                     closing.add_done_callback(lambda _, port=used: self.ports.release(port))
             self.post("call-ended", call_id=call.call_id, reason=event.reason,
-                      status=event.status)
+                      status=event.status, **had)
             # A followed call that failed: its status (486, 487...) ends the subscription.
             self._report_followed(call.call_id, event.status or 500,
                                   None if event.status else event.reason[:60])
@@ -1041,7 +1054,7 @@ class SipEndpoint(Node):
                 self.send_eos()
         elif isinstance(event, sipua.DtmfReceived):
             self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,
-                      duration_ms=event.event.duration_ms)
+                      duration_ms=event.event.duration_ms, **part(event.call))
         elif isinstance(event, sipua.DtmfFailed):
             # The far end would refuse the digits queued after it too: dropped, and said.
             # Only those behind it: not digits typed after its string went (a 408 comes
@@ -1059,7 +1072,8 @@ class SipEndpoint(Node):
                         media is None or media.dtmf_payload_type is None):
                     dropped = waiting.pop(call_id)
             self.post("dtmf-failed", call_id=event.call.call_id, digit=event.digit,
-                      status=event.status, reason=event.reason, dropped=len(dropped))
+                      status=event.status, reason=event.reason, dropped=len(dropped),
+                      **part(event.call))
         elif isinstance(event, sipua.ReferReceived):
             self._on_refer(event)
         elif isinstance(event, sipua.TransferProgress):
@@ -1169,9 +1183,9 @@ class SipEndpoint(Node):
                 who = call.caller if call.direction == "in" else call.callee
                 for ln in self.graph.links_at(names):
                     if ln.dst == room.name and ln.src.startswith(prefix):
-                        room.set_identity(ln.dst_port, who)
+                        room.set_identity(ln.dst_port, who, call_id=call.call_id)
                     elif ln.src == room.name and ln.dst.startswith(prefix):
-                        room.set_identity(ln.src_port, who)
+                        room.set_identity(ln.src_port, who, call_id=call.call_id)
             self.graph.runtime.attach(prefix, names, on_fault=self._on_part_fault)
         except Exception:
             # The part goes as an ended call's does (its nodes stopped if they started, then
