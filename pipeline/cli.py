@@ -101,11 +101,38 @@ def format_stats(stats: dict[str, dict[str, Any]]) -> str:
 
 
 def endless_sources(graph: Graph) -> list[Any]:
-    """The sources of `graph` that say they never end (`expected_duration()` None: a tone
-    or a video pattern without `duration`)."""
-    return [n for n in graph.nodes.values() if not n.inputs
-            and callable(getattr(n, "expected_duration", None))
-            and n.expected_duration() is None]
+    """The sources of `graph` that never end: `expected_duration()` None for a node that
+    could end by a parameter (a tone or a video pattern without `duration`, a looping
+    file). None alone only says the length is unknown (a raw H.264 file's), and such a
+    source ends at its last frame. Call after `graph.prepare()` (links known)."""
+    fed = {ln.dst for ln in graph.links if not ln.feedback}  # a feedback edge ends nothing
+    out = []
+    for n in graph.nodes.values():
+        if n.name in fed:
+            continue  # not a source: it ends when its inputs do
+        if not callable(getattr(n, "expected_duration", None)):
+            continue
+        specs = n.param_specs()
+        if ("duration" in specs or getattr(n, "loop", False) is True) \
+                and n.expected_duration() is None:
+            out.append(n)
+    return out
+
+
+def endless_warning(graph: Graph) -> str | None:
+    """The warning an offline run of `graph` gets before it starts, None when it ends."""
+    endless = endless_sources(graph)
+    if not endless:
+        return None
+    names = ", ".join(f"'{n.name}' ({n.kind})" for n in endless)
+    fixes = []
+    if any("duration" in n.param_specs() for n in endless):
+        fixes.append("give it a duration")
+    if any(getattr(n, "loop", False) is True for n in endless):
+        fixes.append("set loop=false")
+    return (f"pipeline: warning: {names} never ends: offline, the run goes on as fast as the "
+            f"CPU allows until Ctrl-C (hint: {', or '.join(fixes)}, or bound the run with "
+            "--duration)")
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -121,15 +148,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
                          "time only (a sound device or the network)",
                          hint="drop --offline; --duration bounds a real-time run")
     realtime = args.realtime if args.realtime is not None else bool(live)
-    endless = [] if realtime or duration is not None or args.quiet else endless_sources(graph)
-    if endless:  # a surprise otherwise: a recorder behind it grows by hundreds of MB a second
-        names = ", ".join(f"'{n.name}' ({n.kind})" for n in endless)
-        print(f"pipeline: warning: {names} never ends: offline, the run goes on as fast as "
-              "the CPU allows until Ctrl-C (hint: give it a duration, or bound the run with "
-              "--duration)", file=sys.stderr, flush=True)
-    # -m lines would break the progress line, which is rewritten in place.
-    show_progress = (not realtime and sys.stderr.isatty() and not args.quiet
-                     and not args.messages)
+    # -m lines would break the progress line, which is rewritten in place. (stderr is None
+    # when closed: `2>&-`.)
+    show_progress = (not realtime and sys.stderr is not None and sys.stderr.isatty()
+                     and not args.quiet and not args.messages)
     signals: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -150,6 +172,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
         from .messages import MessagePrinter
 
         graph.listeners.append(MessagePrinter())
+    # Prepared here (the run would, with the listeners above, and only once): a graph that
+    # cannot run says its error without a warning first, and links are known below.
+    graph.prepare()
+    warning = None if realtime or duration is not None or args.quiet else endless_warning(
+        graph)
+    if warning and sys.stderr is not None:
+        # A surprise otherwise: a recorder behind it grows by hundreds of MB a second.
+        print(warning, file=sys.stderr, flush=True)
     result = run_coroutine(runtime.run())
     if show_progress:
         sys.stderr.write("\n")

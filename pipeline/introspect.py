@@ -21,9 +21,9 @@ def describe(cls: type[Node]) -> dict[str, Any]:
         "doc": inspect.cleandoc(cls.__doc__ or ""),
         "clocked": cls.clocked,
         "inputs": [{"name": p.name, "formats": caps_str(p.caps), "doc": p.doc,
-                    "request": p.is_request} for p in cls.inputs],
+                    "request": p.is_request, "optional": p.optional} for p in cls.inputs],
         "outputs": [{"name": p.name, "formats": caps_str(p.caps), "doc": p.doc,
-                     "request": p.is_request} for p in cls.outputs],
+                     "request": p.is_request, "optional": p.optional} for p in cls.outputs],
         "params": [p.describe() for p in cls.param_specs().values()],
         **({"extra": cls.inspect_extra()} if hasattr(cls, "inspect_extra") else {}),
     }
@@ -52,7 +52,7 @@ def format_inspect(cls: type[Node]) -> str:
         if not ports:
             lines.append("  none")
         for p in ports:
-            req = "  (request)" if p["request"] else ""
+            req = "  (request)" if p["request"] else "  (optional)" if p["optional"] else ""
             lines.append(f"  {p['name']}{req}: {p['formats']}")
             if p["doc"]:
                 lines.append(f"      {p['doc']}")
@@ -120,7 +120,8 @@ links:
   (the default also where the value is null or empty, as in the shell), `${env:NAME}`
   (environment), `${graph_dir}` (this file's folder), `${call.FIELD}` (in call graphs
   instantiated by a `sip_endpoint`, see docs/sip.md). A value that is only a template
-  keeps the type of what it names (`rate: ${rate}` is an integer).
+  keeps the type of what it names (`rate: ${rate}` is an integer). A param may be made of
+  others (`params: {d: ~, e: "${d:-2s}"}`), not of itself.
 - **Units**: durations `5s`, `20ms`, `1.5min` (a plain number is seconds: `interval: 100`
   is 100 s, not 100 ms); frequencies `440Hz`, `16kHz`; levels `-6dB`.
   A number parameter takes the unit its name counts in: a rate (`rate`, `*_rate`, `*_hz`)
@@ -173,7 +174,8 @@ def markdown_reference(node_types: dict[str, type[Node]]) -> str:
         if ports:
             out += ["| port | direction | formats | description |", "|---|---|---|---|"]
             for direction, p in ports:
-                out.append(f"| `{p['name']}` | {direction} | {p['formats']} | {p['doc']} |")
+                how = " (request)" if p["request"] else " (optional)" if p["optional"] else ""
+                out.append(f"| `{p['name']}` | {direction}{how} | {p['formats']} | {p['doc']} |")
             out.append("")
         if d["params"]:
             out += ["| parameter | type | default | limits | description |",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from collections.abc import Container
@@ -14,11 +15,37 @@ from typing import Any
 _root = logging.getLogger()
 
 
+def _number(v: float) -> str:
+    """4 significant digits (a level's -23.46), but never fewer than the whole part: a time
+    in seconds after hours, or a wall-clock stamp, keeps its digits (and milliseconds)
+    instead of 1.235e+04."""
+    if not 1e4 <= abs(v) < 1e15:  # nan and inf too
+        return f"{v:.4g}"
+    return f"{v:.3f}".rstrip("0").rstrip(".")
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return _number(v)
+    if isinstance(v, dict):  # a room's levels: each reads as a level meter's does
+        return "{" + ", ".join(f"{k!r}: {_value(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
 def message_text(msg: Any) -> str:
     """`NODE: NAME k=v ...`; a field without a value (None) says nothing and is left out."""
-    fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in msg.data.items() if v is not None)
-    return f"{msg.node}: {msg.name} {fields}".rstrip()
+    fields = " ".join(f"{k}={_value(v)}" for k, v in msg.data.items() if v is not None)
+    text = f"{msg.node}: {msg.name} {fields}".rstrip()
+    # A peer's text (a Call-ID, a From) as \xNN where it has control characters: an
+    # escape sequence would act on the terminal, a CR or LF would forge a line.
+    return _CONTROL.sub(_escape, text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    return f"\\x{ord(m[0]):02x}"
 
 
 class MessagePrinter:
@@ -56,6 +83,7 @@ class MessagePrinter:
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []
-        if lines:
-            sys.stderr.write("".join(lines))
-            sys.stderr.flush()
+        err = sys.stderr
+        if lines and err is not None:  # None: closed (`2>&-`), the lines go nowhere
+            err.write("".join(lines))
+            err.flush()

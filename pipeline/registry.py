@@ -314,13 +314,22 @@ class Registry:
             raise PluginError(f"unknown node type '{kind}'", hint=self.suggest(kind)) from None
 
     def suggest(self, kind: str) -> str:
-        if kind.startswith(("audio/", "video/")):  # a gst-launch caps filter
-            return ("formats are negotiated here, not filtered: a converter goes in where one "
-                    "is needed; to force one, name it, e.g. resample rate=8000")
-        if "." in kind and "/" not in kind and not kind.endswith("."):
-            # `path=a b.wav` unquoted: the value's second word reads as an element
+        # What the second word of an unquoted path ends with (`path=my take.wav`).
+        suffixes = ("wav flac mp3 ogg oga opus m4a aac aiff aif au raw pcm ul al g722 mp4 "
+                    "mkv webm mov avi ivf y4m h264 264 yuv pcap pcapng yaml yml json txt csv "
+                    "log svg png pdf dot").split()
+        base = kind.rpartition("/")[2]
+        if "." in base and base.rpartition(".")[2].lower() in suffixes:
+            # `path=a b.wav` unquoted: the value's second word reads as an element. Only a
+            # file's name: a dotted word may be a Python path (`type: mypkg.Node`) or a
+            # reference to a name not given (`t.src_0`).
             return (f"'{kind}' looks like part of a value with a space: quote the value, "
                     f"e.g. path=\"a {kind}\"")
+        # A gst-launch caps filter: audio/x-raw,rate=8000, application/x-rtp,...
+        if re.match(r"(audio|video|application|image|text)/[a-z0-9+-]+(\(|,|$)", kind,
+                    re.IGNORECASE):
+            return ("formats are negotiated here, not filtered: a converter goes in where one "
+                    "is needed; to force one, name it, e.g. resample rate=8000")
         if kind in GSTREAMER_KINDS:  # a gst-launch user's element name
             ours = GSTREAMER_KINDS[kind]
             if ours is None:

@@ -650,3 +650,100 @@ def test_an_offline_run_of_an_endless_source_warns_first_and_a_bounded_one_does_
         done = subprocess.run([sys.executable, "-m", "pipeline", "launch", *bounded],
                               cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "warning" not in done.stderr, (bounded, done.stderr)
+
+
+def test_the_endless_warning_comes_only_for_sources_that_never_end(in_tmp):
+    # A video file without a known length (a raw H.264 stream) ends at its last picture:
+    # it was warned about, with a hint to give it a duration it has no parameter for.
+    import av
+
+    out = av.open(str(in_tmp / "a.h264"), "w", format="h264")
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for i in range(5):
+        frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    r = pipeline("launch", "-e", "video_file_source path=a.h264 ! null_sink", cwd=in_tmp)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+def test_the_endless_warning_names_the_fix_a_looping_file_takes(in_tmp):
+    # wav_source loop=true has no duration to give: its hint says loop=false.
+    r = pipeline("launch", "-e", "tone duration=0.1s ! wav_recorder path=a.wav", cwd=in_tmp)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "launch", "-e",
+                             "wav_source path=a.wav loop=true ! null_sink"], cwd=in_tmp,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert first == ("pipeline: warning: 'wav_source1' (wav_source) never ends: offline, the "
+                     "run goes on as fast as the CPU allows until Ctrl-C (hint: set "
+                     "loop=false, or bound the run with --duration)\n")
+
+
+def test_a_graph_that_cannot_run_says_its_error_without_the_endless_warning(in_tmp):
+    # The warning came first, then the graph's error: a run that never started.
+    r = pipeline("launch", "-e", "tone ! video_encoder ! null_sink", cwd=in_tmp)
+    assert r.returncode == 1
+    assert r.stderr.startswith("pipeline: error: launch line: cannot link tone1.out"), r.stderr
+    assert "warning" not in r.stderr
+
+
+def test_launch_with_stderr_closed_runs(in_tmp):
+    # `pipeline launch ... 2>&-`: sys.stderr is None, and launch (and -m) stopped with an
+    # internal error (None has no isatty) instead of running the graph.
+    for extra in ([], ["-m"]):
+        r = subprocess.run([sys.executable, "-m", "pipeline", "launch", *extra, "-e",
+                            "tone duration=0.2s ! level interval=0.1s ! wav_recorder "
+                            "path=a.wav"], cwd=in_tmp, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True, timeout=120,
+                           preexec_fn=lambda: __import__("os").close(2))
+        assert r.returncode == 0, (extra, r.stdout)
+        assert read_wav(in_tmp / "a.wav")[0].shape[0] == 9600
+
+
+def test_inspect_marks_a_port_that_may_stay_unlinked(capsys):
+    # level's output is optional (a meter at the end of a chain): inspect did not say so.
+    assert main(["inspect", "level"]) == 0
+    out = capsys.readouterr().out
+    assert "  out  (optional): audio/" in out and "  in: audio/" in out
+    assert main(["inspect", "--builtin", "--markdown"]) == 0
+    assert "| `out` | out (optional) |" in capsys.readouterr().out
+
+
+def test_a_source_with_an_input_it_does_not_wait_for_is_still_endless():
+    # A source that declares an input (optional and unlinked, or linked back by a feedback
+    # edge) was passed over: `not n.inputs` read the class's ports, not the links.
+    from pipeline.cli import endless_sources
+    from pipeline.formats import Format
+    from pipeline.graph import Graph
+    from pipeline.node import Port
+    from plugins.basic.nodes import NullSink, Tee
+    from plugins.generators.nodes import Tone
+
+    class ToneWithReturn(Tone):
+        kind = "tone_with_return"
+        inputs = (Port("back", (Format.any(),), "what came back", optional=True),)
+
+        def negotiate(self, inputs, downstream):
+            return super().negotiate({}, downstream)
+
+    g = Graph()
+    for node in (ToneWithReturn("lone"), NullSink("s1"), ToneWithReturn("looped"), Tee("t"),
+                 NullSink("s2")):
+        g.add(node)
+    g.link("lone", "out", "s1", "in")
+    g.link("looped", "out", "t", "in")
+    g.link("t", None, "s2", "in")
+    g.link("t", None, "looped", "back", feedback=True)
+    g.prepare()
+    assert [n.name for n in endless_sources(g)] == ["lone", "looped"]

@@ -130,3 +130,39 @@ def test_serve_m_prints_every_bus_message_not_only_call_events(tmp_path):
                for ln in with_m), with_m
     assert any(" sip-listening " in ln for ln in with_m)
     assert not any(re.search(r" level\d+: level ", ln) for ln in without), without
+
+
+def test_a_message_keeps_the_whole_part_of_a_large_float():
+    # {v:.4g} printed a time in seconds after a few hours, or a wall-clock stamp, in
+    # exponent form with its last digits gone (t=1.235e+04, at=1.7e+09).
+    from pipeline.graph import BusMessage
+    from pipeline.messages import message_text
+
+    msg = BusMessage("room", "tick", {"t": 12345.678, "at": 1_700_000_000.517,
+                                      "rms_dbfs": -23.456789, "peak_dbfs": float("-inf"),
+                                      "gain": 0.0000123456, "n": 3, "ratio": 1.0})
+    assert message_text(msg) == ("room: tick t=12345.678 at=1700000000.517 rms_dbfs=-23.46 "
+                                 "peak_dbfs=-inf gain=1.235e-05 n=3 ratio=1")
+
+
+def test_a_peer_s_control_characters_are_shown_not_sent_to_the_terminal():
+    # A Call-ID or From the far end chose went out as it came: an escape sequence cleared
+    # the operator's terminal or coloured it, a CR rewrote the line (a fake event line).
+    from pipeline.graph import BusMessage
+    from pipeline.messages import message_text
+
+    msg = BusMessage("sip", "call-incoming", {"call_id": "x\x1b[2Jy",
+                                              "caller": "José\r\x9bsip: call-ended"})
+    assert message_text(msg) == ("sip: call-incoming call_id=x\\x1b[2Jy "
+                                 "caller=José\\x0d\\x9bsip: call-ended")
+
+
+def test_a_room_s_levels_read_as_a_level_meter_s_do():
+    # serve -m printed a room's levels at full precision (-23.456789012345678 for each of
+    # a hundred callers) where a level meter's line says -23.46.
+    from pipeline.graph import BusMessage
+    from pipeline.messages import message_text
+
+    msg = BusMessage("room", "levels", {"levels": {"in_0": -23.456789012345678,
+                                                   "in_1": float("-inf")}, "pts": 960})
+    assert message_text(msg) == "room: levels levels={'in_0': -23.46, 'in_1': -inf} pts=960"

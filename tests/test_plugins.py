@@ -550,3 +550,31 @@ def test_plugin_given_a_folder_says_how_packages_are_loaded(tmp_path, capsys):
         "(hint: a plugin package is installed with pip and found through its entry point "
         "(group voip_pipeline, docs/plugins.md); or name the module file in the folder: "
         "nodes.py)")
+
+
+CAPS_HINT = ("formats are negotiated here, not filtered: a converter goes in where one is "
+             "needed; to force one, name it, e.g. resample rate=8000")
+
+
+@pytest.mark.parametrize("word, hint", [
+    # RTP caps are the usual filter in a VoIP gst-launch line; they had no caps hint.
+    ("application/x-rtp,media=audio,encoding-name=PCMU", CAPS_HINT),
+    # The second word of `path=my audio/take1.wav` is a file, not a caps filter.
+    ("audio/take1.wav", "'audio/take1.wav' looks like part of a value with a space: quote "
+     "the value, e.g. path=\"a audio/take1.wav\""),
+])
+def test_caps_filters_and_split_values_get_their_hint(word, hint):
+    with pytest.raises(PluginError) as e:
+        Registry(entry_points=False).node_type(word)
+    assert e.value.hint == hint
+
+
+@pytest.mark.parametrize("word", ["mypkg.RingModulator", "t.src_0", "mix.in_1", "g711.enc"])
+def test_a_dotted_word_that_is_no_file_is_not_called_part_of_a_value(word):
+    # A Python path in a YAML `type:`, a launch line's reference to a name it has not
+    # given: told to quote a path="a t.src_0" that was never written.
+    with pytest.raises(PluginError) as e:
+        Registry(entry_points=False).node_type(word)
+    assert "quote the value" not in e.value.hint
+    assert e.value.hint.endswith("'pipeline inspect' lists node types)") or \
+        e.value.hint == "'pipeline inspect' lists node types", e.value.hint

@@ -199,3 +199,19 @@ def test_run_time_error_names_the_nodes_place_in_the_yaml(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"pipeline: error: {path}:4:3: node 'trim': RuntimeError: boom in trim (hint: raised "
         f"in process(): a bug in plugin '{tmp_path / 'boom.py'}'; --debug shows the traceback)")
+
+
+def test_a_g711_call_graph_prepares_without_the_noise_filter(monkeypatch):
+    # Without scipy.signal a jitter buffer conceals instead of making comfort noise
+    # (ComfortNoise.for_codec gives None); the import that negotiate made early let the
+    # ImportError out, and the call graph could not be prepared at all.
+    from conftest import ROOT
+
+    from pipeline.loader import load_graph
+    from plugins.sip.nodes import example_call_values
+
+    monkeypatch.setitem(sys.modules, "scipy.signal", None)  # `import` raises ImportError
+    graph = load_graph(ROOT / "graphs" / "caller.yaml", call=example_call_values("pcmu"))
+    graph.prepare()
+    assert any(n.kind == "jitter_buffer" and n.out_formats["out"].value("encoding") == "pcmu"
+               for n in graph.nodes.values())
