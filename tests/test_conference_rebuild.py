@@ -76,7 +76,8 @@ def ports(count: int = 20) -> str:
     return f"{base}-{base + count - 1}"
 
 
-def caller_yaml(user: str, target: str, graph: Path, rtp_ports: str, freq: float) -> str:
+def caller_yaml(user: str, target: str, graph: Path, rtp_ports: str, freq: float,
+                codecs: str = "[pcmu, telephone-event]") -> str:
     return f"""
 nodes:
   sip:
@@ -85,7 +86,7 @@ nodes:
     user: {user}
     call_graph: {graph}
     call_graph_params: {{freq: {freq}}}
-    codecs: [pcmu, telephone-event]
+    codecs: {codecs}
     rtp_port_range: {rtp_ports}
     dial: "{target}"
     exit_after_call: true
@@ -93,13 +94,14 @@ nodes:
 
 
 async def dial(room: RoomEndpoint, tmp: Path, user: str, freq: float, rtp_ports: str,
-               ) -> tuple[Endpoint, str, str]:
+               codecs: str = "[pcmu, telephone-event]") -> tuple[Endpoint, str, str]:
     """A caller `user` sending a tone of `freq` into the room: (caller, its Call-ID, the
     room's Call-ID), the call established on both."""
     port = await room.port()
     graph = tmp / "caller.yaml"
     graph.write_text(CALLER_GRAPH)
-    caller = Endpoint(caller_yaml(user, f"sip:room@127.0.0.1:{port}", graph, rtp_ports, freq))
+    caller = Endpoint(caller_yaml(user, f"sip:room@127.0.0.1:{port}", graph, rtp_ports, freq,
+                                  codecs))
     call_id = (await caller.wait("call-established")).data["call_id"]
     room_id = await until(lambda: next(
         (c for c, call in room.node.ua.calls.items() if call.caller.startswith(user)
@@ -278,6 +280,25 @@ def test_dtmf_goes_to_the_application_not_to_the_participants(tmp_path: Path) ->
     assert [(m.node, m.data["digit"], m.data["port"], m.data["participant"],
              m.data["identity"], m.data["end"]) for m in posted] == [
         ("room", d, f"in_{number}", number, "alice@127.0.0.1", True) for d in "5#"]
+
+
+def test_a_digit_by_sip_info_reaches_the_room_application_too(tmp_path: Path) -> None:
+    # A phone without telephone-event sends INFO: the endpoint posted its `dtmf`, and the
+    # room, which hears only its rtp_sessions' events, posted no participant-dtmf.
+    async def main() -> list[Any]:
+        room = RoomEndpoint(tmp_path, ports())
+        (tmp_path / "a").mkdir()
+        alice, alice_id, _ = await dial(room, tmp_path / "a", "alice", F_ALICE, ports(),
+                                        codecs="[pcmu]")
+        assert alice.node.send_digits(alice_id, "7") == "info"
+        await room.wait("participant-dtmf", digit="7")
+        alice.node.hangup(alice_id)
+        await alice.result()
+        await room.close()
+        return room.names("participant-dtmf")
+
+    (posted,) = asyncio.run(main())
+    assert (posted.data["digit"], posted.data["identity"]) == ("7", "alice@127.0.0.1")
 
 
 class Cue(Node):

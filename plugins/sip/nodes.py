@@ -1055,6 +1055,7 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.DtmfReceived):
             self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,
                       duration_ms=event.event.duration_ms, **part(event.call))
+            self._digit_to_room(event.call.call_id, event.event)
         elif isinstance(event, sipua.DtmfFailed):
             # The far end would refuse the digits queued after it too: dropped, and said.
             # Only those behind it: not digits typed after its string went (a 408 comes
@@ -1296,6 +1297,18 @@ class SipEndpoint(Node):
         for seat in seats:
             room.keep_participant(seat)
         return room, seats
+
+    def _digit_to_room(self, call_id: str, dtmf: Any) -> None:
+        """A digit that came by SIP INFO goes to the room as one by RFC 4733 does through
+        the call graph's rtp_session: on the call's input port, where the room posts
+        `participant-dtmf` (else a room application missed phones that send INFO)."""
+        room, prefix = self._room(), self.parts.get(call_id)
+        if room is None or prefix is None:
+            return
+        port = next((ln.dst_port for ln in self.graph.links_of(room.name)
+                     if ln.dst == room.name and ln.src.startswith(prefix)), None)
+        if port is not None:
+            room.event(port, dtmf)
 
     def _room(self) -> Any:
         """The conference node named by `room`, or None."""
