@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, until
 from peers import free_port
+from test_conference_sip import Cue
 from test_sip_endpoint import (  # noqa: F401 (no_port_left_reserved: an autouse fixture)
     Endpoint,
     _recorded_ms,
@@ -29,7 +29,6 @@ from test_sip_endpoint import (  # noqa: F401 (no_port_left_reserved: an autouse
 from test_sip_rebuild import RTP, _rebuilt
 
 from pipeline.loader import load_graph
-from pipeline.node import Node
 from pipeline.runtime import Runtime
 from pipeline.testing import dominant_frequency, read_wav
 
@@ -299,26 +298,6 @@ def test_a_digit_by_sip_info_reaches_the_room_application_too(tmp_path: Path) ->
 
     (posted,) = asyncio.run(main())
     assert (posted.data["digit"], posted.data["identity"]) == ("7", "alice@127.0.0.1")
-
-
-class Cue(Node):
-    """Calls `actions[tick]` on its tick (drives a part's rebuild in media time)."""
-
-    kind = "cue"
-    clocked = True
-    actions: dict[int, Callable[[], None]] = {}
-
-    def start(self) -> None:
-        self.n = 0
-
-    def negotiate(self, inputs: dict, downstream: dict) -> dict:
-        return {}
-
-    def tick(self, now: float) -> None:
-        action = self.actions.pop(self.n, None)
-        if action is not None:
-            action()
-        self.n += 1
 
 
 def test_a_kept_participant_goes_on_when_linked_again_and_leaves_when_released_unlinked(

@@ -67,6 +67,22 @@ def _bindable(ip: str, port: int) -> bool:
     return True
 
 
+def probe_stops(monkeypatch, cls: type) -> list[tuple[int, bool]]:
+    """Whether each node of `cls` that stops with its socket bound leaves the port free to
+    anyone right after (port, bindable), appended as they stop."""
+    probes: list[tuple[int, bool]] = []
+    stop = cls.stop
+
+    def probed_stop(self) -> None:
+        bound = getattr(self, "_sock", None) is not None
+        stop(self)
+        if bound:
+            probes.append((self.bound_port, _bindable(self.local_ip, self.bound_port)))
+
+    monkeypatch.setattr(cls, "stop", probed_stop)
+    return probes
+
+
 def _direction(ep: Endpoint, call_id: str) -> str | None:
     """The direction the call's graph runs with (None while it is being rebuilt)."""
     return (ep.node.part_values.get(call_id) or {}).get("direction")
@@ -96,16 +112,7 @@ def test_the_rtp_port_stays_held_through_a_rebuild_and_audio_flows_after_resume(
     # Each rtp_session stopped by a rebuild closed its socket and the new graph's bound the
     # port again: in between, anyone could take it. A bind tried right after each stop
     # must fail, as must one by another program.
-    probes: list[tuple[int, bool]] = []
-    stop = RtpSession.stop
-
-    def probed_stop(self) -> None:
-        bound = getattr(self, "_sock", None) is not None
-        stop(self)
-        if bound:
-            probes.append((self.bound_port, _bindable(self.local_ip, self.bound_port)))
-
-    monkeypatch.setattr(RtpSession, "stop", probed_stop)
+    probes = probe_stops(monkeypatch, RtpSession)
     (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
 
     async def main() -> None:

@@ -10,10 +10,21 @@ import asyncio
 
 from conftest import until
 from test_sip_endpoint import no_port_left_reserved  # noqa: F401 (an autouse fixture)
-from test_sip_rebuild import _bindable
+from test_sip_rebuild import _bindable, probe_stops
 from test_video_call import Endpoint, counters, endpoint_yaml
 
 from plugins.video.rtp_nodes import VideoRtpReceiver
+
+
+async def _video_call() -> tuple[Endpoint, str, Endpoint, str]:
+    """alice's video call to bob, established on both: (caller, Call-ID, callee, Call-ID)."""
+    callee = Endpoint(endpoint_yaml("bob", "[vp8]", "34200-34299"))
+    port = await callee.port()
+    caller = Endpoint(endpoint_yaml("alice", "[vp8]", "34300-34399",
+                                    f'    dial: "sip:bob@127.0.0.1:{port}"'))
+    callee_id = (await callee.wait("call-established")).data["call_id"]
+    call_id = (await caller.wait("call-established")).data["call_id"]
+    return caller, call_id, callee, callee_id
 
 
 def _video_port(ep: Endpoint, call_id: str) -> int:
@@ -29,24 +40,10 @@ def test_the_video_port_stays_bound_through_hold_and_resume_and_is_freed_at_hang
         monkeypatch) -> None:
     # Each video_rtp_receiver stopped by a rebuild closed its socket and the new graph's
     # bound the port again: in between, anyone could take it while the SDP still named it.
-    probes: list[tuple[int, bool]] = []
-    stop = VideoRtpReceiver.stop
-
-    def probed_stop(self) -> None:
-        bound = getattr(self, "_sock", None) is not None
-        stop(self)
-        if bound:
-            probes.append((self.bound_port, _bindable(self.local_ip, self.bound_port)))
-
-    monkeypatch.setattr(VideoRtpReceiver, "stop", probed_stop)
+    probes = probe_stops(monkeypatch, VideoRtpReceiver)
 
     async def main() -> None:
-        callee = Endpoint(endpoint_yaml("bob", "[vp8]", "34200-34299"))
-        port = await callee.port()
-        caller = Endpoint(endpoint_yaml("alice", "[vp8]", "34300-34399",
-                                        f'    dial: "sip:bob@127.0.0.1:{port}"'))
-        callee_id = (await callee.wait("call-established")).data["call_id"]
-        call_id = (await caller.wait("call-established")).data["call_id"]
+        caller, call_id, callee, callee_id = await _video_call()
         sides = [(caller, call_id), (callee, callee_id)]
         ports = sorted(_video_port(ep, cid) for ep, cid in sides)
         assert all(ports)
@@ -97,24 +94,10 @@ def test_a_rebuild_that_drops_video_frees_the_port_it_held(monkeypatch) -> None:
     # The hold's answer rejects video (port 0, RFC 3264 8.2): the port is held while the old
     # graph goes, then freed, as the new graph has no video (video-call.yaml cannot load
     # without ${call.video_*}: the rebuild fails and the call ends).
-    probes: list[tuple[int, bool]] = []
-    stop = VideoRtpReceiver.stop
-
-    def probed_stop(self) -> None:
-        bound = getattr(self, "_sock", None) is not None
-        stop(self)
-        if bound:
-            probes.append((self.bound_port, _bindable(self.local_ip, self.bound_port)))
-
-    monkeypatch.setattr(VideoRtpReceiver, "stop", probed_stop)
+    probes = probe_stops(monkeypatch, VideoRtpReceiver)
 
     async def main() -> None:
-        callee = Endpoint(endpoint_yaml("bob", "[vp8]", "34200-34299"))
-        port = await callee.port()
-        caller = Endpoint(endpoint_yaml("alice", "[vp8]", "34300-34399",
-                                        f'    dial: "sip:bob@127.0.0.1:{port}"'))
-        callee_id = (await callee.wait("call-established")).data["call_id"]
-        call_id = (await caller.wait("call-established")).data["call_id"]
+        caller, call_id, callee, callee_id = await _video_call()
         ports = sorted([_video_port(caller, call_id), _video_port(callee, callee_id)])
         callee.node.ua.config.video_codecs = ()  # answers re-offers with video port 0
         caller.node.hold(call_id)
