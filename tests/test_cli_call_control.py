@@ -312,6 +312,7 @@ def _endpoint(ua: _FakeUa):
     ep.name, ep.ua, ep._loop = "sip", ua, asyncio.get_running_loop()
     ep.transport = object()
     ep.parts, ep.part_values, ep._rebuilding = {}, {}, {}
+    ep._digits_waiting, ep._info_last, ep._asked_updates = {}, {}, {}
     ep.graph = SimpleNamespace(nodes={})
     ep._pump = lambda events=True: None
     return ep

@@ -428,7 +428,7 @@ class SipEndpoint(Node):
             from .callcheck import endpoint_key
 
             key = endpoint_key(self)
-            if self.__dict__.get("_call_graph_key") != key:
+            if self._call_graph_key != key:
                 self._call_graph_fails = None
         if self._usable_codecs() == []:
             raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
@@ -441,8 +441,10 @@ class SipEndpoint(Node):
             self._call_graph_fails = check_endpoint(self)
             self._call_graph_key = key
 
-    # The codecs the call graph fails with, once validate() has checked it: not offered.
+    # The codecs the call graph fails with, once validate() has checked it: not offered;
+    # and what that check depended on (callcheck.endpoint_key).
     _call_graph_fails: frozenset[str] | None = None
+    _call_graph_key: tuple | None = None
 
     def _usable(self) -> list[tuple[Codec, Any]]:
         """The codecs to offer and accept, in the listed order, each with the registry's
@@ -525,6 +527,11 @@ class SipEndpoint(Node):
         # calls whose part is being rebuilt (the old one's sockets still closing) -> the
         # media to build it with: the latest, should the 2xx or a re-INVITE come meanwhile
         self._rebuilding: dict[str, NegotiatedMedia] = {}
+        # Per call: the digits send_digits has not sent yet; the last INFO sent and the
+        # queue it came from (only its refusal drops that queue); hold or resume asked.
+        self._digits_waiting: dict[str, list[tuple[str, int]]] = {}
+        self._info_last: dict[str, tuple[int, list]] = {}
+        self._asked_updates: dict[str, str] = {}
         self._dialled: str | None = None
         self._dial_time: float | None = None  # when the dialled call was answered
         self._ring_since: float | None = None  # when it was dialled, until it is answered
@@ -744,13 +751,13 @@ class SipEndpoint(Node):
         """Put an established call on hold (a re-INVITE, RFC 3264 8.4): ``call-updated``
         follows, or, refused, an ``error`` saying so."""
         self.ua.hold(call_id, self._loop.time())
-        self.__dict__.setdefault("_asked_updates", {})[call_id] = "hold"
+        self._asked_updates[call_id] = "hold"
         self._pump()
 
     def resume(self, call_id: str) -> None:
         """Take a held call off hold (a re-INVITE): as `hold`."""
         self.ua.resume(call_id, self._loop.time())
-        self.__dict__.setdefault("_asked_updates", {})[call_id] = "resume"
+        self._asked_updates[call_id] = "resume"
         self._pump()
 
     def transfer(self, call_id: str, uri: str | None = None, *,
@@ -787,8 +794,7 @@ class SipEndpoint(Node):
             how = "rfc4733" if media.dtmf_payload_type is not None else "info"
         else:
             how = "rfc4733" if self._audio_session(call) is not None else "info"
-        waiting = self.__dict__.setdefault("_digits_waiting", {})
-        queue = waiting.setdefault(call_id, [])
+        queue = self._digits_waiting.setdefault(call_id, [])
         queue.extend((d, duration_ms) for d in digits)
         if len(queue) == len(digits):  # else the digits before them are under way
             self._send_waiting_digits(call_id)
@@ -865,7 +871,7 @@ class SipEndpoint(Node):
         `chain` is the queue a later call was for: once dropped (``dtmf-failed``) it ends."""
         from pipeline.frames import DtmfEvent
 
-        waiting = self.__dict__.get("_digits_waiting", {})
+        waiting = self._digits_waiting
         queue = waiting.get(call_id)
         if chain is not None and queue is not chain:
             return  # digits typed since then have their own queue, already being sent
@@ -886,7 +892,7 @@ class SipEndpoint(Node):
                 try:
                     seq = self.ua.send_dtmf(call_id, digit, self._loop.time(), duration_ms)
                     # The last INFO of this queue: only its refusal drops what is behind it.
-                    self.__dict__.setdefault("_info_last", {})[call_id] = (seq, queue)
+                    self._info_last[call_id] = (seq, queue)
                 except PipelineError as exc:
                     log.warning("call %s: DTMF %s not sent: %s", call_id,
                                 "".join(d for d, _ in [(digit, 0), *queue]), exc)
@@ -900,7 +906,7 @@ class SipEndpoint(Node):
         self._loop.call_later(again, self._send_waiting_digits, call_id, queue)
 
     def _forget_asked_updates(self) -> None:
-        asked = self.__dict__.get("_asked_updates")
+        asked = self._asked_updates
         if asked:  # answered (with or without a change), or the call ended
             for call_id in [c for c in asked if getattr(self.ua.calls.get(c), "pending",
                                                         None) is None]:
@@ -910,8 +916,7 @@ class SipEndpoint(Node):
         """Our re-INVITE was refused: when the application asked for it (hold, resume),
         say so, or it waits for a ``call-updated`` that never comes. A 491 (RFC 3261 14.1:
         the far end's re-INVITE crossed ours) is not tried again here: the user may."""
-        asked = self.__dict__.get("_asked_updates", {})
-        what = asked.pop(event.call.call_id, None)
+        what = self._asked_updates.pop(event.call.call_id, None)
         if what is None:
             return
         why = " (the far end's re-INVITE crossed ours): try again" if event.status == 491 \
@@ -1031,7 +1036,7 @@ class SipEndpoint(Node):
         elif isinstance(event, sipua.CallEnded):
             call = event.call
             self._c["calls_ended"] += 1
-            self.__dict__.get("_info_last", {}).pop(call.call_id, None)
+            self._info_last.pop(call.call_id, None)
             self._answered_at.pop(call.call_id, None)
             if call.call_id == self._dialled:
                 self._ring_since = None
@@ -1062,8 +1067,7 @@ class SipEndpoint(Node):
             # 32 s late, the far end may be taking them), nor ones a rebuild that added
             # telephone-event sends by RFC 4733.
             call_id = event.call.call_id
-            waiting = self.__dict__.get("_digits_waiting", {})
-            sent = self.__dict__.get("_info_last", {})
+            waiting, sent = self._digits_waiting, self._info_last
             last = sent.get(call_id)
             media = self._rebuilding.get(call_id)
             dropped: Any = ()
