@@ -7,7 +7,9 @@ dials a far end that answers calls but refuses INFO, as a phone without dtmf-rel
 from __future__ import annotations
 
 import asyncio
+import heapq
 import re
+from typing import Any
 
 import pytest
 from conftest import ROOT, until
@@ -86,21 +88,44 @@ def test_an_unanswered_info_digit_is_reported_408_after_timer_f():
 
 
 # ---- the endpoint: the bus message, and the digits queued after the refused one -----------
+class _Clock:
+    """The endpoint's loop as far as its digit timers go, on a fake clock: `call_later`
+    callbacks run as `advance` passes their time, in time order."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, int, Any, tuple]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> None:
+        heapq.heappush(self.timers, (self.now + delay, len(self.timers), callback, args))
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.timers and self.timers[0][0] <= end:
+            self.now, _, callback, args = heapq.heappop(self.timers)
+            callback(*args)
+        self.now = end
+
+
 def test_a_refused_digit_drops_those_queued_after_it_and_later_digits_keep_their_pace():
     async def main_():
         ua = _FakeUa()
-        loop = asyncio.get_running_loop()
+        clock = _Clock()
         times: list[float] = []
         send = ua.send_dtmf
-        ua.send_dtmf = lambda *a, **k: (times.append(loop.time()), send(*a, **k))[1]
+        ua.send_dtmf = lambda *a, **k: (times.append(clock.time()), send(*a, **k))[1]
         ep = _endpoint(ua)
+        ep._loop = clock
         posted: list[tuple[str, dict]] = []
         ep.post = lambda name, **data: posted.append((name, data))
         assert ep.send_digits("c1", "123", duration_ms=200) == "info"
         ep._on_event(DtmfFailed(ua.call, "1", 415, "Unsupported Media Type"))
-        await asyncio.sleep(0.05)
+        clock.advance(0.05)
         ep.send_digits("c1", "98", duration_ms=200)  # typed after the failure: sent
-        await asyncio.sleep(0.5)
+        clock.advance(1.0)  # past every timer the refused string had left
         return ua.sent, times, posted
 
     sent, times, posted = asyncio.run(main_())
@@ -112,12 +137,22 @@ def test_a_refused_digit_drops_those_queued_after_it_and_later_digits_keep_their
 
 
 # ---- pipeline call against a far end that refuses INFO -------------------------------------
+class _Counter(asyncio.DatagramProtocol):
+    """Counts the datagrams it gets (the caller's RTP)."""
+
+    packets = 0
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.packets += 1
+
+
 class _InfoRefusingPeer(asyncio.DatagramProtocol):
     """A far end that answers calls (our sans-IO UserAgent, PCMU and PCMA, no
     telephone-event) but answers every INFO with 415, as a phone without dtmf-relay does."""
 
-    def __init__(self) -> None:
+    def __init__(self, rtp_port: int) -> None:
         self.infos: list[SipMessage] = []
+        self.rtp_port = rtp_port  # where the caller's RTP goes (counted by the test)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -134,7 +169,7 @@ class _InfoRefusingPeer(asyncio.DatagramProtocol):
         self.ua.receive(data, "udp", addr, now)
         while (event := self.ua.next_event()) is not None:
             if isinstance(event, CallIncoming):
-                self.ua.prepare_answer(event.call.call_id, 42000)
+                self.ua.prepare_answer(event.call.call_id, self.rtp_port)
                 self.ua.accept(event.call.call_id, now)
         for _, out, to in self.ua.datagrams_to_send():
             self.transport.sendto(out, to)
@@ -143,8 +178,11 @@ class _InfoRefusingPeer(asyncio.DatagramProtocol):
 def test_pipeline_call_says_which_info_digit_was_refused_and_how_many_were_dropped(tmp_path):
     async def main_():
         loop = asyncio.get_running_loop()
+        rtp_transport, rtp = await loop.create_datagram_endpoint(
+            _Counter, local_addr=("127.0.0.1", 0))
+        rtp_port = rtp_transport.get_extra_info("sockname")[1]
         transport, peer = await loop.create_datagram_endpoint(
-            _InfoRefusingPeer, local_addr=("127.0.0.1", 0))
+            lambda: _InfoRefusingPeer(rtp_port), local_addr=("127.0.0.1", 0))
         port = transport.get_extra_info("sockname")[1]
         caller = None
         try:
@@ -155,12 +193,16 @@ def test_pipeline_call_says_which_info_digit_was_refused_and_how_many_were_dropp
             await caller.wait(r" call-established ")
             caller.type("12#\n")
             await caller.wait(r" dtmf-failed ")
-            await asyncio.sleep(0.5)  # the dropped digits would have gone by now
+            # 0.5 s more of the caller's audio (25 packets): the dropped digits, 160 ms
+            # apart, would have gone by then.
+            heard = rtp.packets
+            await until(lambda: rtp.packets >= heard + 25, "0.5 s more of the caller's RTP")
             caller.type("q\n")
             code = await caller.end()
         finally:
             await stop(caller)
             transport.close()
+            rtp_transport.close()
         return caller.lines, code, peer.infos
 
     called, code, infos = asyncio.run(main_())
