@@ -23,8 +23,10 @@ from test_sip_endpoint import (  # noqa: F401 (no_port_left_reserved: an autouse
 from test_sip_rebuild import _rebuilt, established
 
 from pipeline.errors import NodeError
+from pipeline.formats import Format
 from pipeline.testing import dominant_frequency, read_wav
 from plugins.conference.nodes import ConferenceBridge
+from plugins.files.nodes import WavRecorder
 from plugins.files.wavfile import read_info
 
 CALLER = ROOT / "graphs" / "caller.yaml"  # tone 440 Hz out, what it hears recorded
@@ -109,22 +111,25 @@ def test_a_recording_goes_on_across_hold_and_resume(tmp_path: Path) -> None:
     assert len(quiet) >= RATE and np.abs(quiet).max() < 500, "the hold is silence"
 
 
+def _recorder(path: Path, rate: int, state=None) -> WavRecorder:
+    """A started wav_recorder of mono 16-bit `rate` audio to `path`, given a rebuilt
+    part's `state` (restore_state) when there is one; what it posts is in `posted`."""
+    rec = WavRecorder("rec", path=str(path), flush_interval=0)
+    rec.in_formats = {"in": Format.audio("pcm_s16", rate, 1)}
+    rec.posted = []
+    rec.post = lambda name, **data: rec.posted.append((name, data))
+    if state is not None:
+        rec.restore_state(state)
+    rec.start()
+    return rec
+
+
 def test_a_rebuilt_recorder_of_another_rate_keeps_the_file_and_says_why(tmp_path: Path
                                                                          ) -> None:
-    from pipeline.formats import Format
-    from plugins.files.nodes import WavRecorder
-
     path = tmp_path / "a.wav"
 
     def recorder(rate: int, state=None) -> WavRecorder:
-        rec = WavRecorder("rec", path=str(path), flush_interval=0)
-        rec.in_formats = {"in": Format.audio("pcm_s16", rate, 1)}
-        rec.posted = []
-        rec.post = lambda name, **data: rec.posted.append((name, data))
-        if state is not None:
-            rec.restore_state(state)
-        rec.start()
-        return rec
+        return _recorder(path, rate, state)
 
     first = recorder(8000)
     first.writer.write(np.ones(800, np.int16).tobytes())
@@ -218,20 +223,10 @@ def test_a_recorder_that_refused_the_file_hands_it_on_to_the_next_rebuild(tmp_pa
     # A codec change (8 kHz -> 16 kHz) made the rebuilt recorder refuse the file, as it
     # should; but its own carry_state() then said "nothing to carry", so the next rebuild
     # (back to 8 kHz: a hold after the codec change) emptied the call's recording.
-    from pipeline.formats import Format
-    from plugins.files.nodes import WavRecorder
-
     path = tmp_path / "a.wav"
 
     def recorder(rate: int, state=None) -> WavRecorder:
-        rec = WavRecorder("rec", path=str(path), flush_interval=0)
-        rec.in_formats = {"in": Format.audio("pcm_s16", rate, 1)}
-        rec.posted = []
-        rec.post = lambda name, **data: rec.posted.append((name, data))
-        if state is not None:
-            rec.restore_state(state)
-        rec.start()
-        return rec
+        return _recorder(path, rate, state)
 
     first = recorder(8000)
     first.writer.write(np.ones(800, np.int16).tobytes())
@@ -253,17 +248,8 @@ def test_a_recorder_whose_path_changes_back_goes_on_with_its_first_file(tmp_path
     # path: rec-${call.codec}.wav and a call that goes pcmu -> pcma -> pcmu: the third
     # part's recorder was handed only the pcma file, so it emptied the pcmu one (the call's
     # first part) as any new recording does.
-    from pipeline.formats import Format
-    from plugins.files.nodes import WavRecorder
-
     def recorder(path: Path, state=None) -> WavRecorder:
-        rec = WavRecorder("rec", path=str(path), flush_interval=0)
-        rec.in_formats = {"in": Format.audio("pcm_s16", 8000, 1)}
-        rec.post = lambda name, **data: None
-        if state is not None:
-            rec.restore_state(state)
-        rec.start()
-        return rec
+        return _recorder(path, 8000, state)
 
     pcmu, pcma = tmp_path / "rec-pcmu.wav", tmp_path / "rec-pcma.wav"
     first = recorder(pcmu)

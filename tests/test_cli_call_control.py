@@ -208,19 +208,22 @@ def _sip_debug_lines(lines: list[str]) -> list[str]:
             if re.match(STAMP + r"plugins\.sip: sip: ", line)]
 
 
-def test_debug_serve_logs_each_sip_message_and_call_graph(tmp_path):
-    async def main_(*debug: str):
-        server, port = await serve(tmp_path, *debug)
-        try:
-            caller = await dial(tmp_path, port, "--codecs", "pcmu", "--duration", "0.5s",
-                                stdin=asyncio.subprocess.DEVNULL)
-            assert await caller.end() == 0, caller.lines
-            await server.wait(r" call-ended ")
-        finally:
-            await stop(server)
-        return server.lines
+async def short_call(tmp_path: Path, *serve_args: str) -> list[str]:
+    """`pipeline serve` (with `serve_args`, e.g. --debug) taking one 0.5 s PCMU call that
+    hangs up by itself: the server's lines."""
+    server, port = await serve(tmp_path, *serve_args)
+    try:
+        caller = await dial(tmp_path, port, "--codecs", "pcmu", "--duration", "0.5s",
+                            stdin=asyncio.subprocess.DEVNULL)
+        assert await caller.end() == 0, caller.lines
+        await server.wait(r" call-ended ")
+    finally:
+        await stop(server)
+    return server.lines
 
-    lines = _sip_debug_lines(asyncio.run(main_("--debug")))
+
+def test_debug_serve_logs_each_sip_message_and_call_graph(tmp_path):
+    lines = _sip_debug_lines(asyncio.run(short_call(tmp_path, "--debug")))
     peer = r"udp:127\.0\.0\.1:\d+"
     invite = [line for line in lines if re.fullmatch(
         rf"pipeline: plugins\.sip: sip: received from {peer}: INVITE sip:echo@127\.0\.0\.1:\d+ "
@@ -236,7 +239,7 @@ def test_debug_serve_logs_each_sip_message_and_call_graph(tmp_path):
                             r"nodes=\d+", line) for line in lines), lines
     assert f"pipeline: plugins.sip: sip: call graph call-1/ stopped: call_id={call_id}" \
         in lines, lines
-    assert _sip_debug_lines(asyncio.run(main_())) == []
+    assert _sip_debug_lines(asyncio.run(short_call(tmp_path))) == []
 
 
 def test_event_lines_start_with_the_local_time_in_milliseconds(monkeypatch):

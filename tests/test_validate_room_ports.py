@@ -17,7 +17,7 @@ from typing import Any
 
 from conftest import ROOT, WAIT, until
 from peers import HOST, free_port
-from test_cli_call_control import STAMP, dial, serve, stop
+from test_cli_call_control import STAMP, short_call
 
 from pipeline.cli import main
 from pipeline.loader import load_graph, load_graph_text
@@ -244,18 +244,7 @@ def test_a_full_room_answers_486_unrung_to_an_invite_after_crlfs():
 def test_debug_serve_stamps_its_log_lines_and_prints_events_in_order(tmp_path):
     # The log lines had no time, and a call's call-incoming line came after the log line of
     # the ACK of that same call (event lines were held to the end of the loop's turn).
-    async def main_() -> list[str]:
-        server, port = await serve(tmp_path, "--debug")
-        try:
-            caller = await dial(tmp_path, port, "--codecs", "pcmu", "--duration", "0.5s",
-                                stdin=asyncio.subprocess.DEVNULL)
-            assert await caller.end() == 0, caller.lines
-            await server.wait(r" call-ended ")
-        finally:
-            await stop(server)
-        return server.lines
-
-    lines = asyncio.run(main_())
+    lines = asyncio.run(short_call(tmp_path, "--debug"))
     logged = [line for line in lines if " plugins.sip: " in line]
     assert logged and all(re.match(STAMP + r"plugins\.sip: sip: ", line) for line in logged), \
         lines
