@@ -64,8 +64,10 @@ def build_graph(args: argparse.Namespace) -> Graph:
     return load_graph(args.file, _overrides(args.params), given=given)
 
 
-def duration_option(text: str | None) -> float | None:
-    """A command's --duration in seconds (None when not given)."""
+def duration_option(text: str | None, option: str = "--duration", *,
+                    zero: str | None = None) -> float | None:
+    """A command's length-of-time option (`--duration`) in seconds, None when not given;
+    `zero` says what 0 means for an option that takes it (else it must be positive)."""
     if text is None:
         return None
     from .params import Duration
@@ -73,9 +75,12 @@ def duration_option(text: str | None) -> float | None:
     try:
         duration = Duration.parse(text)
     except ValueError as e:
-        raise UsageError(f"--duration: {e.args[0]}", hint=e.args[1]) from None
-    if not 0 < duration < float("inf"):
-        raise UsageError(f"--duration: {text} is not a positive length of time",
+        raise UsageError(f"{option}: {e.args[0]}", hint=e.args[1]) from None
+    if zero is not None and not 0 <= duration < float("inf"):
+        raise UsageError(f"{option}: {text} is not a length of time of 0 or more",
+                         hint=f"write it like 10s or 500ms; 0 {zero}")
+    if zero is None and not 0 < duration < float("inf"):
+        raise UsageError(f"{option}: {text} is not a positive length of time",
                          hint="write it like 10s or 500ms")
     return duration
 

@@ -420,24 +420,6 @@ def _check_rtp_ports(text: str) -> str:
     return f"{low}-{high}"
 
 
-def _check_rtp_timeout(text: str) -> float:
-    """`--rtp-timeout`, a length of time of 0 or more (0: never), named as the option (a
-    usage error)."""
-    import math
-
-    from pipeline.cli import UsageError
-    from pipeline.params import Duration
-
-    try:
-        seconds = Duration.parse(text)
-    except ValueError as e:
-        raise UsageError(f"--rtp-timeout: {e.args[0]}", hint=e.args[1]) from None
-    if not (seconds >= 0 and math.isfinite(seconds)):
-        raise UsageError(f"--rtp-timeout: {text} is not a length of time of 0 or more",
-                         hint="write it like 10s or 500ms; 0 never hangs up for want of RTP")
-    return seconds
-
-
 def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
                      say: Callable[[str], None] | None = None) -> list[str]:
     """Check the call graph (`callcheck.check_call_graph`) with each offered audio codec
@@ -503,7 +485,8 @@ def call(args: argparse.Namespace) -> int:
                                  "--dns-server 127.0.0.1:5353") from None
     rtp_ports = None if args.rtp_ports is None else _check_rtp_ports(args.rtp_ports)
     timeout_text = getattr(args, "rtp_timeout", None)
-    rtp_timeout = None if timeout_text is None else _check_rtp_timeout(timeout_text)
+    rtp_timeout = duration_option(timeout_text, "--rtp-timeout",
+                                  zero="never hangs up for want of RTP")
     user = getattr(args, "user", None)
     user = None if user is None else _check_user(user)
     overrides = _overrides(args.params)
