@@ -375,11 +375,16 @@ def cmd_draw(args: argparse.Namespace) -> int:
         if r.returncode != 0:
             raise CliError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
         data = r.stdout
+    # Written beside and renamed over: a full disk leaves the old drawing, not half a new one.
+    part = out.with_name(f".{out.name}.part")
     try:
-        out.write_bytes(data)
+        part.write_bytes(data)
+        part.replace(out)
     except OSError as e:
+        part.unlink(missing_ok=True)
         raise CliError(f"cannot write '{out}': {e.strerror}",
-                       hint="check that its folder exists and is writable") from None
+                       hint="check that its folder exists and is writable, and the free space"
+                       ) from None
     print(f"wrote {out}")
     return 0
 

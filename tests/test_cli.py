@@ -278,7 +278,28 @@ def test_draw_into_a_missing_folder(repo_root, tmp_path, capsys, name):
     assert main(["draw", str(repo_root / "graphs" / "demo.yaml"), "-o", str(out)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"pipeline: error: cannot write '{out}': No such file or directory (hint: check that "
-        "its folder exists and is writable)"]
+        "its folder exists and is writable, and the free space)"]
+
+
+def test_draw_onto_a_full_disk_keeps_the_old_drawing(repo_root, tmp_path):
+    # A file-size limit makes the write fail part way, as a full disk does (EFBIG, not
+    # ENOSPC: Python ignores SIGXFSZ, so the write returns the error).
+    import resource
+
+    out = tmp_path / "g.dot"
+    out.write_text("digraph old {}\n")
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    r = subprocess.run([sys.executable, "-m", "pipeline", "draw",
+                        str(repo_root / "graphs" / "demo.yaml"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=60, preexec_fn=small_files)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"pipeline: error: cannot write '{out}': File too large")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert out.read_text() == "digraph old {}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot"]
 
 
 def test_launch_line_value_that_is_not_yaml_stays_text(capsys):
