@@ -85,16 +85,15 @@ class Graph:
         self.prepared = False
         self.part_prefix = ""  # set while a part (a call graph) is added to a running graph
         self.runtime: Any = None  # the Runtime running this graph, if any
-        self._anon = 0
 
     # ---- building ---------------------------------------------------------------------
     def anonymous_name(self, kind: str) -> str:
-        self._anon += 1
-        name = f"{kind}{self._anon}"
-        while name in self.nodes:
-            self._anon += 1
-            name = f"{kind}{self._anon}"
-        return name
+        # Numbered per kind from 0, as gst-launch names elements (identity0, identity1). No
+        # counter is kept: a call part's kind carries its prefix, and one per call would grow.
+        n = 0
+        while f"{kind}{n}" in self.nodes:
+            n += 1
+        return f"{kind}{n}"
 
     def add(self, node: Node, where: Where = NOWHERE) -> Node:
         if node.name in self.nodes:

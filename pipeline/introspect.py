@@ -113,7 +113,8 @@ links:
 - **nodes**: `name: {type: KIND, param: value, ...}` (or `name: KIND`). Names use letters,
   digits, `_` and `-`; dots are reserved for ports.
 - **links**: strings `a -> b -> c`. An element is a node name, `name.port`, or an inline node
-  `kind key=value ...`. Without a port, the next free port is used, and request ports
+  `kind key=value ...` (named as gst-launch names elements: `gain0`, `gain1`, or
+  `name=NAME` among its values). Without a port, the next free port is used, and request ports
   (`in_%u`, `out_%u`) are allocated in order. `{link: "a -> b", feedback: true}` declares a
   feedback edge (delivered after the period's ticks), the only way to close a loop.
 - **Templates**: `${name}` (from `params:` and `-p name=value`), `${name:-default}`

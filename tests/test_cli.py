@@ -70,7 +70,7 @@ def test_validate_reports_converters(repo_root, tmp_path, capsys):
     assert main(["validate", str(path)]) == 0
     assert capsys.readouterr().out == (
         f"{path}: graph 'g' is valid: 5 nodes, 4 links, 1 converter(s) inserted\n"
-        "  convert1 (resample) on b.out -> mix.in_1: audio/pcm_s16 16000 Hz 1 ch -> "
+        "  convert0 (resample) on b.out -> mix.in_1: audio/pcm_s16 16000 Hz 1 ch -> "
         "audio/pcm_s16 8000 Hz 1 ch\n")
 
 
@@ -130,7 +130,7 @@ def test_draw(repo_root, tmp_path, ext, capsys):
     assert main(["draw", str(repo_root / "graphs" / "demo.yaml"), "-o", str(out)]) == 0
     text = out.read_text()
     if ext == "dot":
-        assert '"mix" -> "resample1"' in text and "audio/pcm_s16 16000 Hz 1 ch" in text
+        assert '"mix" -> "resample0"' in text and "audio/pcm_s16 16000 Hz 1 ch" in text
     else:
         assert text.lstrip().startswith("<?xml") and "wav_recorder" in text
 
@@ -145,7 +145,7 @@ def test_runtime_error_is_one_line_and_nonzero(in_tmp):
     r = pipeline("launch", "-e", "wav_source path=missing.wav ! null_sink", cwd=in_tmp)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "pipeline: error: launch line element 1: node 'wav_source1' (wav_source): file "
+        "pipeline: error: launch line element 1: node 'wav_source0' (wav_source): file "
         "'missing.wav' not found (hint: check the path (relative to the current folder; "
         "${graph_dir} is the YAML file's folder))"]
     assert "Traceback" not in r.stderr
@@ -305,7 +305,7 @@ def test_draw_onto_a_full_disk_keeps_the_old_drawing(repo_root, tmp_path):
 def test_launch_line_value_that_is_not_yaml_stays_text(capsys):
     assert main(["validate", "-e", "tone duration=1s ! gain gain=[1 ! null_sink"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "pipeline: error: launch line element 2: node 'gain2' (gain): parameter 'gain': '[1' "
+        "pipeline: error: launch line element 2: node 'gain0' (gain): parameter 'gain': '[1' "
         "is not a level in dB (hint: write it like -6dB)"]
 
 
@@ -661,7 +661,7 @@ def test_an_offline_run_of_an_endless_source_warns_first_and_a_bounded_one_does_
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert first == ("pipeline: warning: 'tone1' (tone) never ends: offline, the run goes on "
+    assert first == ("pipeline: warning: 'tone0' (tone) never ends: offline, the run goes on "
                      "as fast as the CPU allows until Ctrl-C (hint: give it a duration, or "
                      "bound the run with --duration)\n")
     assert proc.returncode == 130, err
@@ -706,7 +706,7 @@ def test_the_endless_warning_names_the_fix_a_looping_file_takes(in_tmp):
         proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert first == ("pipeline: warning: 'wav_source1' (wav_source) never ends: offline, the "
+    assert first == ("pipeline: warning: 'wav_source0' (wav_source) never ends: offline, the "
                      "run goes on as fast as the CPU allows until Ctrl-C (hint: set "
                      "loop=false, or bound the run with --duration)\n")
 
@@ -715,7 +715,7 @@ def test_a_graph_that_cannot_run_says_its_error_without_the_endless_warning(in_t
     # The warning came first, then the graph's error: a run that never started.
     r = pipeline("launch", "-e", "tone ! video_encoder ! null_sink", cwd=in_tmp)
     assert r.returncode == 1
-    assert r.stderr.startswith("pipeline: error: launch line: cannot link tone1.out"), r.stderr
+    assert r.stderr.startswith("pipeline: error: launch line: cannot link tone0.out"), r.stderr
     assert "warning" not in r.stderr
 
 

@@ -37,7 +37,7 @@ def test_events_only_at_their_times_then_end_of_stream() -> None:
     ]
     assert isinstance(events[-1], EndOfStream) and len(events) == 5
     assert r.graph.nodes["out"].frames == type(r.graph.nodes["out"].frames)()  # no frames
-    assert r.stats["dtmf_events1"]["dtmf_sent"] == 4
+    assert r.stats["dtmf_events0"]["dtmf_sent"] == 4
 
 
 def test_events_go_between_the_frames_they_are_due_with() -> None:

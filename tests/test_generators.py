@@ -103,7 +103,7 @@ def test_tone_at_or_above_nyquist_is_refused(line, message):
 
     with pytest.raises(GraphError) as e:
         parse_launch(line).prepare()  # the rate is known once negotiated
-    assert str(e.value) == f"launch line element 1: node 'tone1' (tone): {message}"
+    assert str(e.value) == f"launch line element 1: node 'tone0' (tone): {message}"
 
 
 def test_a_negative_noise_seed_names_the_parameter():

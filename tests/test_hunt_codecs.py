@@ -88,7 +88,7 @@ def test_an_opus_bitrate_that_would_send_silence_is_refused_at_its_parameter() -
     with pytest.raises(GraphError) as e:
         run_graph("tone duration=0.1s ! opus_encoder ptime_ms=2.5 bitrate=6000 ! null_sink",
                   launch=True)
-    assert e.value.message == ("node 'opus_encoder2' (opus_encoder): parameter 'bitrate': "
+    assert e.value.message == ("node 'opus_encoder0' (opus_encoder): parameter 'bitrate': "
                                "Opus packets of 2.5 ms carry no audio below 9600 bit/s, "
                                "not 6000")
     assert e.value.hint == "use 0 (auto) or 9600 to 510000"

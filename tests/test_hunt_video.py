@@ -91,7 +91,7 @@ def test_a_full_disk_is_one_line_and_leaves_a_playable_file(ext, tmp_path):
         timeout=120, preexec_fn=limit)
     assert proc.returncode == 1
     errors = [ln for ln in proc.stderr.splitlines() if "stopped" in ln or "error" in ln]
-    assert errors == [f"pipeline: video_recorder2: recorder 'video_recorder2' stopped: cannot "
+    assert errors == [f"pipeline: video_recorder0: recorder 'video_recorder0' stopped: cannot "
                       f"write '{path}': File too large (hint: the file size limit (ulimit -f) "
                       "is reached: raise it)"]
     got = decoded_counters(path)

@@ -299,9 +299,9 @@ links: [a -> o, b -> q]
 
 
 @pytest.mark.parametrize("line,message", [
-    # The hints spoke of YAML: "link something to aec2.far under links:", "declare it under
+    # The hints spoke of YAML: "link something to aec0.far under links:", "declare it under
     # nodes:".
-    ("tone duration=1s ! aec ! null_sink", "launch line element 2: input port 'aec2.far' is "
+    ("tone duration=1s ! aec ! null_sink", "launch line element 2: input port 'aec0.far' is "
      "not linked (hint: link a source to it by name: ... ! aec name=a ! ...  SOURCE ! a.far)"),
     ("tone duration=1s ! aec name=e ! null_sink", "launch line element 2: input port 'e.far' "
      "is not linked (hint: link a source to it by name: ... ! aec name=e ! ...  SOURCE ! "

@@ -192,7 +192,7 @@ links: [src -> mix, src2 -> mix, mix -> out]
     "inline_value_not_yaml": ("""\
 nodes: {src: {type: tone, duration: 1s}, out: {type: null_sink}}
 links: ["src -> gain gain=[1 -> out"]
-""", "2:9: node 'gain1' (gain): parameter 'gain': '[1' is not a level in dB (hint: write it "
+""", "2:9: node 'gain0' (gain): parameter 'gain': '[1' is not a level in dB (hint: write it "
      "like -6dB)"),
     "template_default_not_yaml": ("""\
 nodes:
@@ -491,7 +491,7 @@ def test_the_period_may_be_a_template(tmp_path, capsys):
      "links: [src -> out]\n", "3:27", "node 'src' (tone): parameter 'freq': 'abcHz' is not a "
      "frequency"),
     ("nodes:\n  src: {type: tone, duration: 1s}\n  out: {type: null_sink}\n"
-     "links:\n  - src -> tone freq=${f} -> out\n", "6:5", "node 'tone1' (tone): parameter "
+     "links:\n  - src -> tone freq=${f} -> out\n", "6:5", "node 'tone0' (tone): parameter "
      "'freq': 'abc' is not a frequency"),
 ])
 def test_a_bad_override_says_it_came_from_p(tmp_path, capsys, body, place, node):

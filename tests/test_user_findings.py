@@ -88,14 +88,14 @@ def _launch_error(capsys, line: str) -> str:
 
 def test_wav_source_given_a_folder_says_so(tmp_path, capsys):
     assert _launch_error(capsys, f"wav_source path={tmp_path} ! null_sink") == (
-        f"pipeline: error: launch line element 1: node 'wav_source1' (wav_source): "
+        f"pipeline: error: launch line element 1: node 'wav_source0' (wav_source): "
         f"'{tmp_path}' is a folder, not a file (hint: name a file in it)")
 
 
 def test_wav_recorder_refuses_another_formats_extension(tmp_path, capsys):
     path = tmp_path / "out" / "x.mp3"
     assert _launch_error(capsys, f"tone ! wav_recorder path={path}") == (
-        f"pipeline: error: launch line element 2: node 'wav_recorder2' (wav_recorder): "
+        f"pipeline: error: launch line element 2: node 'wav_recorder0' (wav_recorder): "
         f"cannot record to '{path}': wav_recorder writes WAV, not MP3 (hint: name it .wav, "
         "and convert it afterwards: ffmpeg -i x.wav x.mp3)")
     assert not path.parent.exists()
@@ -139,7 +139,7 @@ def test_launch_m_prints_each_bus_message(capsys):
                  "tone duration=300ms ! level interval=100ms ! null_sink"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert [re.sub(r"^pipeline: \d\d:\d\d:\d\d\.\d{3} ", "pipeline: ", line) for line in err] == [
-        f"pipeline: level2: level rms_dbfs=-9.011 peak_dbfs=-6 pts={pts}"
+        f"pipeline: level0: level rms_dbfs=-9.011 peak_dbfs=-6 pts={pts}"
         for pts in (4800, 9600, 14400)]
 
 

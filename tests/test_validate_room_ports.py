@@ -61,7 +61,7 @@ def test_validate_fails_on_a_room_port_no_call_could_link(tmp_path, capsys):
 def test_the_check_leaves_the_real_room_alone_and_says_its_converters_are_its_own(
         tmp_path, caplog):
     # With --debug the check's converters were logged as a call's ("inserted converter
-    # call-1/convert1 ...", once per codec) while no call had come.
+    # call-1/convert0 ...", once per codec) while no call had come.
     with caplog.at_level(logging.INFO, logger="pipeline.graph"):
         graph = load_graph(CONFERENCE, {"record_dir": str(tmp_path / "rec")})
     room = graph.nodes["room"]

@@ -146,7 +146,7 @@ def test_unreadable_formats_are_one_clear_error(in_tmp, fmt, message):
     _fmt_wav(in_tmp / "odd.wav", fmt)
     with pytest.raises(GraphError) as e:
         parse_launch("wav_source path=odd.wav ! null_sink")
-    assert e.value.message == f"node 'wav_source1' (wav_source): WAV file 'odd.wav' {message}"
+    assert e.value.message == f"node 'wav_source0' (wav_source): WAV file 'odd.wav' {message}"
 
 
 def test_nan_and_inf_samples_are_replaced_and_counted(in_tmp):
@@ -252,7 +252,7 @@ def test_a_file_that_cannot_be_read_is_one_clear_error(in_tmp, monkeypatch):
     with pytest.raises(GraphError) as e:
         parse_launch("wav_source path=locked.wav ! null_sink")
     assert str(e.value) == (
-        "launch line element 1: node 'wav_source1' (wav_source): cannot read 'locked.wav': "
+        "launch line element 1: node 'wav_source0' (wav_source): cannot read 'locked.wav': "
         "Permission denied (hint: check that the file is readable (permissions, disk))")
 
 

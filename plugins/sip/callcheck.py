@@ -76,7 +76,7 @@ _GRAPH_LOG = logging.getLogger("pipeline.graph")
 
 class _CheckLogTag(logging.Filter):
     """Starts the graph's log lines made during a check, in this thread, with `what`:
-    `inserted converter call-1/convert1 ...` of a check, once per codec, is no real call's."""
+    `inserted converter call-1/convert0 ...` of a check, once per codec, is no real call's."""
 
     def __init__(self, what: str) -> None:
         super().__init__()
