@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -144,6 +145,36 @@ def test_a_rebuilt_recorder_of_another_rate_keeps_the_file_and_says_why(tmp_path
     third.writer.write(np.ones(200, np.int16).tobytes())
     third.stop()
     assert _valid_length(path) == 1000
+
+
+def test_a_call_that_ends_during_a_hold_is_recorded_to_its_end(tmp_path: Path) -> None:
+    # Hung up, or the server stopped, during a hold: the held part's recorder had had no
+    # frame, so the gap stayed unwritten and the recording ended where the hold began.
+    path = tmp_path / "a.wav"
+    clock = SimpleNamespace(now=0.98)  # the last tick's period ends at 1.0 s
+    graph = SimpleNamespace(runtime=SimpleNamespace(clock=clock), period=0.02)
+
+    def recorder(state=None) -> WavRecorder:
+        rec = _recorder(path, 8000, state)
+        rec.graph = graph
+        return rec
+
+    first = recorder()
+    first.writer.write(np.full(8000, 1000, np.int16).tobytes())  # 1 s, then the hold
+    state = first.carry_state()
+    first.stop()
+    clock.now = 1.98
+    held = recorder(state)
+    state = held.carry_state()  # a resume: handed over, the next recorder fills the gap
+    held.stop()
+    assert _valid_length(path) == 8000
+    clock.now = 2.98  # held again, then the call ends
+    last = recorder(state)
+    last.stop()
+    assert _valid_length(path) == 3 * 8000
+    audio, rate = read_wav(path)
+    assert rate == 8000 and len(audio) == 3 * 8000
+    assert (audio[:8000] == 1000).all() and not audio[8000:].any()
 
 
 def _room_server() -> str:

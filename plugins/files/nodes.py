@@ -433,6 +433,7 @@ class WavRecorder(Node):
             since = None if clock is None else clock.now + self.graph.period
         key = _file_key(self.path)
         earlier = tuple((k, s) for k, s in getattr(self, "_earlier", ()) if k != key)
+        self._handed_over = True  # the next recorder fills the gap, not `stop()`
         return self.path, key, since, earlier
 
     def restore_state(self, state: tuple[str, object, float | None] | None) -> None:
@@ -454,6 +455,7 @@ class WavRecorder(Node):
         self.last_flush = time.monotonic()
         self._dtype = np.dtype(np.int16 if fmt.value("encoding") == "pcm_s16" else np.float32)
         self._gap_since: float | None = None
+        self._handed_over = False
         carried = getattr(self, "_carried", None)
         # The call's files so far, by identity, with the media time each one's audio ends.
         files = dict(carried[3]) if carried is not None and len(carried) > 3 else {}
@@ -501,14 +503,16 @@ class WavRecorder(Node):
                 time.monotonic() - self.last_flush >= self.flush_interval):
             self.flush()
 
-    def _fill_gap(self) -> None:
+    def _fill_gap(self, to_the_end: bool = False) -> None:
         """Silence from where the file's audio ended to this first frame of a rebuilt
-        call graph (a hole in the file: constant time, however long the hold was)."""
+        call graph, or `to_the_end` of the last tick's period (a hole in the file:
+        constant time, however long the hold was)."""
         clock = _clock(self)
         since, self._gap_since = self._gap_since, None
         if clock is None or self.writer is None:
             return
-        samples = round((clock.now - since) * self.rate)
+        end = clock.now + (self.graph.period if to_the_end else 0.0)
+        samples = round((end - since) * self.rate)
         if samples > 0:
             try:
                 self.writer.skip(samples * self.writer.block_align)
@@ -538,6 +542,10 @@ class WavRecorder(Node):
     def stop(self) -> None:
         if getattr(self, "writer", None) is not None:
             try:
+                if self._gap_since is not None and not self._handed_over and not self.failed:
+                    # The call ended (a hang-up, or the server stopped) with nothing come
+                    # since a rebuild, as in a hold: the file still runs to the call's end.
+                    self._fill_gap(to_the_end=True)
                 self.flush()
             finally:
                 self.writer.close()
