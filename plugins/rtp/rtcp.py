@@ -477,3 +477,15 @@ def parse_rtcp(data: bytes | bytearray | memoryview) -> list[RtcpPacket]:
 def serialize_rtcp(packets: Iterable[RtcpPacket]) -> bytes:
     """Concatenate packets into one compound RTCP packet."""
     return b"".join(bytes(p) for p in packets)
+
+
+def compound_report(
+    report: RtcpSenderReport | RtcpReceiverReport, cname: bytes, bye: bool = False
+) -> bytes:
+    """The compound packet a participant sends at each report interval (RFC 3550 6.1): the
+    SR or RR first, then SDES with the CNAME of its source (every compound packet carries
+    one), and with `bye` a BYE for that source last (6.6)."""
+    packets: list[RtcpPacket] = [report, RtcpSdes([SdesChunk(report.ssrc, [(SDES_CNAME, cname)])])]
+    if bye:
+        packets.append(RtcpBye([report.ssrc]))
+    return serialize_rtcp(packets)

@@ -7,12 +7,18 @@ socket each and the asyncio glue, as `rtp_session` does for audio.
 RTCP goes where the SDP says. With `rtcp_mux` (RFC 5761, both sides said a=rtcp-mux) the
 receiver reads and sends it on its RTP port; without, on that port + 1 (RFC 3550 section 11),
 the odd port held with it. The receiver's Picture Loss Indications (RFC 4585 section 6.3.1)
-go to its `remote_ip`/`remote_port` (a call graph gives the peer's RTCP address), else to
-the address the media came from (symmetric RTP, RFC 4961). A peer sends its keyframe requests
-for our stream to the port our SDP named, the receiver's, not to the sender's own socket: the
-receiver hands them to the `video_rtp_sender` named by its `sender` parameter. The sender
-sends its BYE to `remote_rtcp_port` (default: its RTP port, muxed) and still reads RTCP sent
-back to its own socket.
+and receiver reports go to its `remote_ip`/`remote_port` (a call graph gives the peer's RTCP
+address), else to the address the media came from (symmetric RTP, RFC 4961). A peer sends its
+keyframe requests and reports about our stream to the port our SDP named, the receiver's, not
+to the sender's own socket: the receiver hands them to the `video_rtp_sender` named by its
+`sender` parameter. The sender sends its sender reports and BYE to `remote_rtcp_port`
+(default: its RTP port, muxed) and still reads RTCP sent back to its own socket.
+
+Reports follow RFC 3550 section 6 as `rtp_session`'s do, with the same sans-IO parts
+(`plugins.rtp.stats`): each node sends one compound packet (SR or RR, then SDES CNAME) per
+randomised interval (6.2, 6.3; `rtcp_interval`, 0 for the reduced minimum). The receiver
+reports loss, jitter in 90 kHz units and LSR/DLSR about the stream it receives; the sender
+reports its counts and turns the peer's blocks about its stream into a round-trip time.
 
 A port held for the node (a sip_endpoint's SDP offer names it, or the old node of a rebuilt
 call graph handed it back: `plugins.rtp.nodes.keep_port`) is taken as bound, as
@@ -30,14 +36,13 @@ Bad datagrams are counted and dropped, never raised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import secrets
 import socket
 import time
 from typing import Any
 
-from pipeline.errors import ParseError, ProtocolError
+from pipeline.errors import ParseError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_DISCONT, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
@@ -50,7 +55,16 @@ from plugins.rtp.packet import (
     is_rtcp,
     shadowed_by_rtcp,
 )
-from plugins.rtp.rtcp import RtcpBye, RtcpFeedback, RtcpPli, parse_rtcp
+from plugins.rtp.rtcp import (
+    RtcpBye,
+    RtcpFeedback,
+    RtcpPli,
+    RtcpReceiverReport,
+    RtcpSenderReport,
+    compound_report,
+    parse_rtcp,
+)
+from plugins.rtp.stats import ReceiverStats, RtcpScheduler, SenderStats, reduced_min_time
 from plugins.video.codec import CLOCK_RATE
 from plugins.video.nodes import VIDEO_CODECS, encoded_video
 
@@ -58,6 +72,7 @@ _MAX_DATAGRAM = 65535
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
 _PSFB = 206
 _PSFB_FIR = 4  # Full Intra Request, RFC 5104 section 4.3.1
+_UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 
 
 def _payload_format(node: Node, codec: str, part: str) -> Any:
@@ -107,6 +122,11 @@ class _UdpNode(Node):
                        "unless a receiver's rtcp_mux is false",
                        min=0, max=65535)
     ssrc = Param(int, None, "our SSRC (default: random, RFC 3550 8.1)", min=0, max=0xFFFFFFFF)
+    rtcp_interval = Param(Duration, 5.0, "least time between RTCP reports, randomised (RFC "
+                          "3550 6.2: 5s; 0: the reduced minimum, 360 / session_kbps seconds)",
+                          min=0.0)
+    session_kbps = Param(float, 1000.0, "session bandwidth in kb/s; RTCP takes 5% (RFC 3550 "
+                         "6.2)", min=1.0)
 
     def _family(self) -> int:
         return socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
@@ -182,6 +202,40 @@ class _UdpNode(Node):
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
 
+    # ---- RTCP reports (RFC 3550 section 6) ---------------------------------------------------
+    def _start_reports(self) -> None:
+        min_time = self.rtcp_interval or reduced_min_time(self.session_kbps)
+        self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
+                                        min_time=min_time)
+        self._scheduler.schedule(self._now(), we_sent=False)
+        self._cname = f"{self._ssrc:08x}@{self.local_ip}".encode()
+
+    def _report(self) -> RtcpSenderReport | RtcpReceiverReport:
+        """The SR or RR that starts our next compound packet."""
+        raise NotImplementedError
+
+    def _report_destination(self) -> tuple[str, int] | None:
+        """Where our RTCP goes (None: nowhere known yet)."""
+        raise NotImplementedError
+
+    def _send_report(self, now: float, bye: bool = False) -> None:
+        dest = self._report_destination()
+        if dest is None:
+            self._scheduler.schedule(now, we_sent=False)  # nobody to report to yet
+            return
+        report = self._report()
+        we_sent = isinstance(report, RtcpSenderReport)
+        data = compound_report(report, self._cname, bye)
+        # From the RTCP socket (symmetric RTCP, RFC 4961): the RTP one when muxed.
+        if self._sendto(data, dest, self._rtcp_sock):
+            self._c["rtcp_sent"] += 1
+        self._scheduler.on_sent(len(data) + _UDP_IP_OVERHEAD, now, we_sent)
+
+    def _report_due(self, now: float) -> None:
+        sch = self._scheduler
+        if sch is not None and now >= sch.next_time:
+            self._send_report(now)
+
     async def run_io(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -248,16 +302,18 @@ class _UdpNode(Node):
 class VideoRtpSender(_UdpNode):
     """Sends H.264 or VP8 frames as RTP over UDP (RFC 6184 mode 1, RFC 7741).
 
-    An RTCP PLI or FIR from the peer makes the encoder upstream send a keyframe: read on
-    its own socket, or handed over by the `video_rtp_receiver` whose port the peer sends
-    RTCP to (`receive_feedback`).
+    An RTCP PLI or FIR from the peer makes the encoder upstream send a keyframe, and its
+    report blocks about our stream give the round-trip time: read on its own socket, or
+    handed over by the `video_rtp_receiver` whose port the peer sends RTCP to
+    (`receive_rtcp`). Sends RTCP sender reports (RFC 3550 6.4.1) at the report interval.
     """
 
     kind = "video_rtp_sender"
+    clocked = True  # ticked for the report timer, never to make media
     inputs = (Port("in", (Format.encoded(VIDEO_CODECS),), "encoded video frames (90 kHz pts)"),)
     remote_ip = Param(str, "127.0.0.1", "peer address")
     remote_port = Param(int, None, "peer RTP port", min=1, max=65535, required=True)
-    remote_rtcp_ip = Param(str, None, "where our RTCP (BYE) goes (default: remote_ip)")
+    remote_rtcp_ip = Param(str, None, "where our RTCP (SR, BYE) goes (default: remote_ip)")
     remote_rtcp_port = Param(int, None, "peer RTCP port (default: remote_port, RTCP muxed, "
                              "RFC 5761; 0: send no RTCP)", min=0, max=65535)
     payload_type = Param(int, 96, "RTP payload type (dynamic, as agreed in SDP)", min=0,
@@ -293,7 +349,13 @@ class VideoRtpSender(_UdpNode):
         self._rtcp_remote = self._rtcp_destination()
         self._c = dict.fromkeys(("frames_sent", "packets_sent", "bytes_sent", "send_errors",
                                  "pli_received", "fir_received", "rtcp_received", "rtcp_bad",
-                                 "dropped_rtp"), 0)
+                                 "dropped_rtp", "rtcp_sent", "reports_received"), 0)
+        self._tx = SenderStats(self._ssrc, CLOCK_RATE)
+        self._peer_block = None  # the peer's last report block about our stream
+        self._scheduler: RtcpScheduler | None = None
+        if self._rtcp_remote is not None:
+            self._start_reports()
+        self.clocked = self._scheduler is not None  # no RTCP, no timer to run
         if self.encoder:
             self._encoder = _named(self, self.encoder)
             if self._encoder is None or not hasattr(self._encoder, "request_keyframe"):
@@ -307,11 +369,15 @@ class VideoRtpSender(_UdpNode):
         ts = (self._ts_offset + frame.pts) & 0xFFFFFFFF
         last = len(payloads) - 1
         pack, c = self._packer.pack, self._c
+        # Wall clock, as rtp_session's: the SR pairs it with our RTP time (RFC 3550 6.4.1), and
+        # one NTP clock for audio and video lets the peer synchronise them.
+        wall = time.time()
         for i, payload in enumerate(payloads):
             # RFC 6184 5.1 / RFC 7741 4.1: the marker is set on a frame's last packet.
             if self._sendto(pack(payload, self._seq, ts, i == last), self._remote):
                 c["packets_sent"] += 1
                 c["bytes_sent"] += len(payload)
+                self._tx.on_sent(len(payload), ts, wall)
             self._seq = (self._seq + 1) & 0xFFFF
         c["frames_sent"] += 1
 
@@ -326,15 +392,25 @@ class VideoRtpSender(_UdpNode):
             c["rtcp_bad"] += 1
             return
         c["rtcp_received"] += 1
-        self.receive_feedback(packets)
+        if self._scheduler is not None:
+            self._scheduler.on_received(len(data) + _UDP_IP_OVERHEAD)
+        self.receive_rtcp(packets)
 
-    def receive_feedback(self, packets: list[Any]) -> None:
-        """Act on the keyframe requests among parsed RTCP `packets` (PLI for our SSRC, RFC
-        4585 6.3.1; FIR, RFC 5104 4.3.1); others are ignored. The receiver whose port the
-        peer sends RTCP to calls this with what it read (its `sender` parameter)."""
+    def receive_rtcp(self, packets: list[Any]) -> None:
+        """Act on what parsed RTCP `packets` say about our stream: keyframe requests (PLI
+        for our SSRC, RFC 4585 6.3.1; FIR, RFC 5104 4.3.1) and report blocks (round-trip
+        time, RFC 3550 6.4.1); others are ignored. The receiver whose port the peer sends
+        RTCP to calls this with what it read (its `sender` parameter)."""
         c = self._c
         for p in packets:
-            if isinstance(p, RtcpPli) and p.media_ssrc in (self._ssrc, 0):
+            if isinstance(p, (RtcpSenderReport, RtcpReceiverReport)):
+                for block in p.reports:
+                    if block.ssrc == self._ssrc:
+                        c["reports_received"] += 1
+                        self._peer_block = block
+                        # The clock our SRs' NTP times came from: RTT = A - LSR - DLSR.
+                        self._tx.on_report_block(block, time.time())
+            elif isinstance(p, RtcpPli) and p.media_ssrc in (self._ssrc, 0):
                 c["pli_received"] += 1
                 self._keyframe()
             elif (isinstance(p, RtcpFeedback) and p.packet_type == _PSFB
@@ -347,24 +423,50 @@ class VideoRtpSender(_UdpNode):
             self._encoder.request_keyframe()
         self.post("keyframe-request", ssrc=self._ssrc)
 
+    def _report_destination(self) -> tuple[str, int] | None:
+        return self._rtcp_remote
+
+    def _report(self) -> RtcpSenderReport | RtcpReceiverReport:
+        if self._tx.has_sent:
+            return self._tx.sender_report(time.time())
+        return RtcpReceiverReport(self._ssrc)  # 6.4: an RR until we have sent
+
+    def tick(self, now: float) -> None:
+        self._report_due(self._now())  # the loop's clock, as the scheduler started on
+
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream) and getattr(self, "_sock", None) is not None:
-            # RFC 3550 6.6: say we are leaving, so the receiver can end its stream now.
-            if self._rtcp_remote is not None:
-                with contextlib.suppress(ProtocolError):
-                    self._sendto(bytes(RtcpBye([self._ssrc])), self._rtcp_remote)
+            # RFC 3550 6.6: say we are leaving, so the receiver can end its stream now; in
+            # a compound packet with our last SR (6.1).
+            if self._scheduler is not None:
+                self._send_report(self._now(), bye=True)
         super().event(port, event)
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        tx, block = getattr(self, "_tx", None), getattr(self, "_peer_block", None)
+        if tx is not None:
+            # What the peer's last report said about our stream (RFC 3550 6.4.1).
+            out.update({
+                "rtt_ms": round(tx.rtt * 1000.0, 3) if tx.rtt is not None else None,
+                "remote_lost": block.packets_lost if block is not None else None,
+                "remote_fraction_lost": block.fraction_lost if block is not None else None,
+                "remote_jitter_ms": round(block.jitter * 1000.0 / CLOCK_RATE, 3)
+                if block is not None else None,
+            })
+        return out
 
 
 class VideoRtpReceiver(_UdpNode):
     """Receives H.264 or VP8 as RTP over UDP and reassembles frames.
 
     Sends RTCP PLIs (rate-limited) while data is lost or the decoder downstream needs a
-    keyframe, and hands the peer's keyframe requests for our stream to the `sender`.
+    keyframe, and receiver reports (RFC 3550 6.4.2) about the stream at the report interval;
+    hands the peer's keyframe requests and reports about our stream to the `sender`.
     """
 
     kind = "video_rtp_receiver"
-    clocked = True  # ticked for timers (PLI retries, timeout), never to make media
+    clocked = True  # ticked for timers (PLI retries, reports, timeout), never to make media
     outputs = (Port("out", (Format.encoded(VIDEO_CODECS, CLOCK_RATE),),
                     "complete encoded frames, pts at 90 kHz from the first frame"),)
     codec = Param(str, None, "h264 or vp8", choices=VIDEO_CODECS, required=True)
@@ -372,13 +474,14 @@ class VideoRtpReceiver(_UdpNode):
     width = Param(int, None, "picture width to tell a decoder downstream (the SDP's)", min=2,
                   max=7680)
     height = Param(int, None, "picture height to tell a decoder downstream", min=2, max=4320)
-    remote_ip = Param(str, None, "where PLIs go (default: latch to the media's source)")
+    remote_ip = Param(str, None, "where PLIs and reports go (default: latch to the media's "
+                      "source)")
     remote_port = Param(int, None, "peer RTCP port (default or 0: latch to the media's "
                         "source)", min=0, max=65535)
     rtcp_mux = Param(bool, True, "RTCP on local_port (RFC 5761); false: on local_port + 1 "
                      "(RFC 3550 section 11), read there and PLIs sent from there")
-    sender = Param(str, None, "video_rtp_sender to hand the peer's PLIs and FIRs that arrive "
-                   "here (its RTCP goes to the port the SDP named, ours)")
+    sender = Param(str, None, "video_rtp_sender to hand the peer's PLIs, FIRs and reports "
+                   "that arrive here (its RTCP goes to the port the SDP named, ours)")
     pli_interval = Param(Duration, 0.5, "least time between two PLIs, e.g. 200ms", min=0.01)
     timeout = Param(Duration, 0.0, "end the stream after this long without RTP (0: never)",
                     min=0.0)
@@ -416,11 +519,13 @@ class VideoRtpReceiver(_UdpNode):
         self._c = dict.fromkeys(("packets_received", "bytes_received", "frames", "dropped_bad",
                                  "dropped_pt", "dropped_foreign", "ssrc_changes", "pli_sent",
                                  "rtcp_received", "rtcp_bad", "send_errors", "byes",
-                                 "feedback_forwarded"), 0)
+                                 "feedback_forwarded", "rtcp_sent", "sr_received"), 0)
+        self._rx: ReceiverStats | None = None  # of the media SSRC
+        self._start_reports()
         self._sender = None
         if self.sender:
             self._sender = _named(self, self.sender)
-            if self._sender is None or not hasattr(self._sender, "receive_feedback"):
+            if self._sender is None or not hasattr(self._sender, "receive_rtcp"):
                 raise self.fail(f"video_rtp_receiver sender '{self.sender}' is not a "
                                 "video_rtp_sender", hint="name the video_rtp_sender node")
 
@@ -465,6 +570,10 @@ class VideoRtpReceiver(_UdpNode):
         c["bytes_received"] += len(data)
         now = self._now()
         self._last_rx = now
+        rx = self._rx
+        if rx is None or rx.ssrc != pkt.ssrc:  # the first SSRC, or the restarted stream's
+            rx = self._rx = ReceiverStats(pkt.ssrc, CLOCK_RATE)
+        rx.receive(pkt.sequence_number, pkt.timestamp, now, len(pkt.payload))
         ts = self._unwrap.unwrap(pkt.timestamp)
         for frame in self._depay.push(pkt.payload, seq=pkt.sequence_number,
                                       timestamp=pkt.timestamp, marker=pkt.marker):
@@ -483,20 +592,30 @@ class VideoRtpReceiver(_UdpNode):
         except ParseError:
             self._c["rtcp_bad"] += 1
             return
-        self._c["rtcp_received"] += 1
+        c = self._c
+        c["rtcp_received"] += 1
+        self._scheduler.on_received(len(data) + _UDP_IP_OVERHEAD)
         feedback = False
         for p in packets:
             if isinstance(p, RtcpBye) and self._media_ssrc in p.sources:
-                self._c["byes"] += 1
+                c["byes"] += 1
                 self.send_eos()
+            elif isinstance(p, RtcpSenderReport) and self._rx is not None \
+                    and p.ssrc == self._rx.ssrc:
+                # For our next report's LSR/DLSR (RFC 3550 6.4.1): only differences of
+                # this clock go on the wire, so the loop's monotonic one serves.
+                c["sr_received"] += 1
+                self._rx.on_sender_report(p, self._now())
             elif isinstance(p, RtcpPli) or (isinstance(p, RtcpFeedback)
                                             and p.packet_type == _PSFB):
                 feedback = True
-        if feedback and self._sender is not None:
-            # About the stream we send (RFC 4585 6.3.1, RFC 5104 4.3.1): the peer sends it
-            # to the port our SDP named, here, not to the sender's socket.
-            self._c["feedback_forwarded"] += 1
-            self._sender.receive_feedback(packets)
+        if self._sender is not None:
+            # Keyframe requests and report blocks about the stream we send (RFC 4585 6.3.1,
+            # RFC 5104 4.3.1, RFC 3550 6.4): the peer sends them to the port our SDP named,
+            # here, not to the sender's socket. The sender keeps what is about its SSRC.
+            if feedback:
+                c["feedback_forwarded"] += 1
+            self._sender.receive_rtcp(packets)
 
     def _keyframe_wanted(self) -> bool:
         """True while a keyframe is wanted: lost packets, or the decoder downstream says so."""
@@ -515,9 +634,17 @@ class VideoRtpReceiver(_UdpNode):
             self._last_pli = now
             self._c["pli_sent"] += 1
 
+    def _report_destination(self) -> tuple[str, int] | None:
+        return self._remote  # where our PLIs go
+
+    def _report(self) -> RtcpReceiverReport:
+        blocks = [] if self._rx is None else [self._rx.report_block(self._now())]
+        return RtcpReceiverReport(self._ssrc, blocks)
+
     def tick(self, now: float) -> None:
         t = self._now()
         self._maybe_pli(t)
+        self._report_due(t)
         if self.timeout and self._last_rx is not None and t - self._last_rx >= self.timeout:
             self.send_eos()
 
@@ -526,6 +653,12 @@ class VideoRtpReceiver(_UdpNode):
         extra = {}
         if depay is not None:
             d = depay.stats
+            rx = self._rx
+            # RFC 3550 A.3 / A.8, as our receiver reports give them (`packets_lost` is what
+            # the depacketizer saw missing, which a late packet does not undo).
             extra = {"frames_dropped": d.frames_dropped, "packets_lost": d.packets_lost,
-                     "packets_late": d.packets_late, "parse_errors": d.parse_errors}
+                     "packets_late": d.packets_late, "parse_errors": d.parse_errors,
+                     "lost": rx.lost if rx is not None else 0,
+                     "jitter_ms": round(rx.jitter_seconds * 1000.0, 3) if rx is not None
+                     else None}
         return {**super().stats(), **extra}
