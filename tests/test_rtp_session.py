@@ -655,8 +655,28 @@ def test_rtcp_sender_report_on_the_wire(tmp_path) -> None:
     first = parse_rtcp(rtcp[0].data)
     assert isinstance(first[0], RtcpSenderReport) and first[0].ssrc == 0x12345678
     assert isinstance(first[1], RtcpSdes)
-    assert first[1].chunks[0].cname.startswith("12345678@")
+    assert len(first[1].chunks[0].cname) == 16  # 96 bits in base64, RFC 7022 4.2
     assert first[0].packet_count > 0 and first[0].octet_count == 160 * first[0].packet_count
+
+
+def test_the_audio_and_video_of_a_call_share_one_cname() -> None:
+    # RFC 3550 6.5.1: the far end ties our audio and video together (lip sync) by the CNAME
+    # of their sources; each node had made its own from its SSRC.
+    from plugins.rtp.nodes import RtpSession, cname
+    from plugins.video.rtp_nodes import VideoRtpReceiver, VideoRtpSender
+
+    one, other = Graph("server"), Graph("server")
+    nodes = {}
+    for graph, part in ((one, "call-1/"), (one, "call-2/"), (other, "call-1/")):
+        made = [RtpSession(f"{part}rtp"), VideoRtpSender(f"{part}vtx", remote_port=5000),
+                VideoRtpReceiver(f"{part}vrx", codec="vp8")]
+        for node in made:
+            node.graph = graph
+        nodes[id(graph), part] = {cname(node) for node in made}
+    assert all(len(names) == 1 for names in nodes.values())
+    names = [next(iter(n)) for n in nodes.values()]
+    assert len(set(names)) == 3  # per call, and per graph
+    assert all(len(n) == 16 for n in names)
 
 
 # ---- DTMF --------------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ the session is handed to `run_io`, which re-raises it so the runtime stops the g
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
+import hashlib
 import logging
 import secrets
 import socket
@@ -53,14 +55,11 @@ from .packet import RtpPacker, parse_fields, shadowed_by_rtcp
 from .payload import unknown_samples
 from .pcap import PcapWriter
 from .rtcp import (
-    SDES_CNAME,
     RtcpBye,
     RtcpReceiverReport,
-    RtcpSdes,
     RtcpSenderReport,
-    SdesChunk,
+    compound_report,
     parse_rtcp,
-    serialize_rtcp,
 )
 from .srtp import SUITES as SRTP_SUITES
 from .srtp import SrtpContext, SrtpError, decode_key
@@ -155,6 +154,20 @@ def kept_port(ip: str, port: int) -> PortReservation | None:
     so a node stopping later closes its sockets."""
     _keeping.discard((ip, port))
     return _reserved.get((ip, port))
+
+
+_CNAME_KEY = secrets.token_bytes(16)  # CNAMEs say nothing of the host, and differ per process
+
+
+def cname(node: Node) -> bytes:
+    """The RTCP CNAME of `node`'s streams: one for every RTP node of its graph, or of its
+    call's part of one, so that the far end can synchronise our audio with our video (RFC
+    3550 6.5.1: one CNAME per participant); 96 random-looking bits, the same across the
+    part's rebuilds (RFC 7022 4.2)."""
+    part = node.name.rpartition("/")[0]
+    digest = hashlib.blake2b(f"{id(node.graph)}/{part}".encode(), key=_CNAME_KEY,
+                             digest_size=12).digest()
+    return base64.b64encode(digest)
 
 
 def hand_back(ip: str, port: int, rtp: socket.socket, rtcp: socket.socket | None) -> bool:
@@ -427,7 +440,7 @@ class RtpSession(Node):
         # calls would each cost a call per period for nothing).
         self.clocked = bool(self.rtp_timeout) or self._dtmf_pt is not None \
             or self._scheduler is not None
-        self._cname = f"{self._ssrc:08x}@{self.local_ip}".encode()
+        self._cname = cname(self)
         self._io_error: asyncio.Future | None = None
         self._srtp_tx = self._srtp_rx = None
         if self.srtp_suite:
@@ -796,11 +809,7 @@ class RtpSession(Node):
         first: RtcpSenderReport | RtcpReceiverReport = (
             self._sender.sender_report(wall, blocks) if we_sent
             else RtcpReceiverReport(self._ssrc, blocks))
-        packets: list[Any] = [first, RtcpSdes([SdesChunk(self._ssrc, [(SDES_CNAME,
-                                                                       self._cname)])])]
-        if bye:
-            packets.append(RtcpBye([self._ssrc]))
-        data = serialize_rtcp(packets)
+        data = compound_report(first, self._cname, bye)
         if self._srtp_tx is not None:
             data = self._srtp_tx.protect_rtcp(data)
         dest = self._rtcp_remote or (self._remote[0], self._remote[1] + 1)

@@ -47,7 +47,7 @@ from pipeline.formats import Format
 from pipeline.frames import FLAG_DISCONT, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
-from plugins.rtp.nodes import hand_back, take_reserved
+from plugins.rtp.nodes import cname, hand_back, take_reserved
 from plugins.rtp.packet import (
     RtpPacker,
     RtpPacket,
@@ -208,7 +208,7 @@ class _UdpNode(Node):
         self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
                                         min_time=min_time)
         self._scheduler.schedule(self._now(), we_sent=False)
-        self._cname = f"{self._ssrc:08x}@{self.local_ip}".encode()
+        self._cname = cname(self)
 
     def _report(self) -> RtcpSenderReport | RtcpReceiverReport:
         """The SR or RR that starts our next compound packet."""
