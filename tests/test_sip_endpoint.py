@@ -305,7 +305,7 @@ def test_rtp_timeout_ends_the_call(tmp_path):
         end = await caller.wait("call-ended")
         assert end.data["reason"] == "remote hangup"
         server_end = await server.wait("call-ended")
-        assert server_end.data["reason"] == "local hangup"
+        assert server_end.data["reason"] == "rtp timeout"
         assert server.node.stats()["rtp_timeouts"] == 1
         await caller.result()
         await server.close()

@@ -652,7 +652,7 @@ def test_a_caller_silent_during_early_media_is_not_hung_up_before_the_answer(
             await callee.wait("call-established", call_id=caller.call_id)
             await caller.request("BYE")
             ended = await callee.wait("call-ended", call_id=caller.call_id)
-            assert ended.data["reason"] == "local hangup"
+            assert ended.data["reason"] == "rtp timeout"
             bye_at = next(t for t, m in caller.sip
                           if isinstance(m, SipRequest) and m.method == "BYE")
             stats = callee.node.stats()

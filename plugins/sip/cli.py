@@ -34,7 +34,7 @@ from . import DEFAULT_CODECS, DEFAULT_USER, callcheck
 from .dns import check_servers
 from .locate import is_ip
 from .nodes import _CN, _DTMF, PortRangeFull
-from .ua import NO_RESPONSE
+from .ua import NO_RESPONSE, RTP_TIMEOUT
 from .uri import _USER_RE as USER_RE
 from .uri import SipUri
 
@@ -189,11 +189,11 @@ class _CallControl:
                 self.call_id = msg.data["call_id"]
         elif msg.name == "call-ended":
             self.ended = True
-            # Ended by our side (BYE, or CANCEL during early media) while the far end was
-            # silent, and not by `q`: the endpoint's RTP timeout did it.
-            if self.silence is not None and not self.quit \
-                    and msg.data.get("reason") in ("local hangup", "cancelled"):
-                self.timed_out = self.silence
+            # The endpoint's RTP timeout hung up (BYE, or CANCEL during early media): its
+            # reason says so; the silence the rtp_session reported says how long.
+            if msg.data.get("reason") == RTP_TIMEOUT:
+                self.timed_out = self.silence if self.silence is not None \
+                    else float(self.endpoint.rtp_timeout)
 
     def listen(self, loop: asyncio.AbstractEventLoop, say: Callable[[str], None],
                hang_up: Callable[[], None]) -> None:
@@ -532,8 +532,8 @@ def call(args: argparse.Namespace) -> int:
                              hint="the far end or its media path is gone")
         raise _failure(args.uri, result.messages, duration, time.monotonic() - started)
     if control.timed_out is not None and not signals:
-        # Answered, so exit 0 as however else it ended (docs/cli.md), but say why it ended:
-        # `call-ended` says only that we hung up.
+        # Answered, so exit 0 as however else it ended (docs/cli.md); the last line says
+        # why in the command's terms (`call-ended` says `rtp timeout`, not the option).
         print(f"pipeline: call to {args.uri} ended: no RTP from the far end for "
               f"{control.timed_out:g} s (--rtp-timeout)", file=sys.stderr)
     return 0

@@ -34,7 +34,7 @@ import logging
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -295,6 +295,22 @@ class PortAllocator:
             self.unhold(port)
 
 
+@dataclass(slots=True)
+class _Silence:
+    """An incoming call's RTP timeout, which counts from its answer (a caller may rightly
+    send no RTP during our early media): when the call was answered, and the silence its
+    part reported and that has not ended the call yet (None: none, or RTP came again)."""
+
+    answered_at: float | None = None
+    seconds: float | None = None
+
+    def ends_at(self) -> float | None:
+        """When the reported silence ends the call; None while unanswered or not silent."""
+        if self.answered_at is None or self.seconds is None:
+            return None
+        return self.answered_at + self.seconds
+
+
 class SipEndpoint(Node):
     """SIP user agent: registers, answers and places calls, and runs `call_graph` for each
     call with its negotiated `${call.*}` values."""
@@ -536,12 +552,10 @@ class SipEndpoint(Node):
         self._dial_time: float | None = None  # when the dialled call was answered
         self._ring_since: float | None = None  # when it was dialled, until it is answered
         self._answer_at: dict[str, float] = {}  # incoming calls to answer then (answer_after)
-        # An incoming call's RTP timeout counts from its answer (a caller may rightly send
-        # no RTP during our early media): when it was established; the timeout its part
-        # reported before that; when its silence since the answer is as long
-        self._answered_at: dict[str, float] = {}
-        self._silent_unanswered: dict[str, float] = {}
-        self._silence_ends_call_at: dict[str, float] = {}
+        # Incoming calls' RTP timeouts (counted from the answer), and the earliest time one
+        # may end its call: tick looks through them only then, not every call each tick.
+        self._silences: dict[str, _Silence] = {}
+        self._silence_due: float | None = None
         self._shutting_down: float | None = None
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
@@ -611,12 +625,17 @@ class SipEndpoint(Node):
                 del self._answer_at[call_id]
             elif t >= at:
                 self.answer(call_id)
-        for call_id, at in list(self._silence_ends_call_at.items()):
-            if t >= at:
-                del self._silence_ends_call_at[call_id]
-                self._c["rtp_timeouts"] += 1
-                # Between callbacks, not inside the runtime's ticks: the part goes with it.
-                self._loop.call_soon(self.hangup, call_id)
+        if self._silence_due is not None and t >= self._silence_due:
+            self._silence_due = None
+            for call_id, silence in list(self._silences.items()):
+                at = silence.ends_at()
+                if at is not None and t >= at:
+                    silence.seconds = None
+                    self._c["rtp_timeouts"] += 1
+                    # Between callbacks, not inside the runtime's ticks: the part goes with it.
+                    self._loop.call_soon(self._hang_up_silent, call_id)
+                else:
+                    self._watch_silence(silence)
         if self._shutting_down is not None:
             done = not any(c.active for c in self.ua.calls.values()) and not (
                 self.ua.registration is not None and self.ua.registration.registered)
@@ -1007,11 +1026,9 @@ class SipEndpoint(Node):
             if not self._start_part(call, event.media):
                 return
             if call.direction == "in":
-                now = self._loop.time()
-                self._answered_at[call.call_id] = now
-                timeout = self._silent_unanswered.pop(call.call_id, None)
-                if timeout is not None:
-                    self._silence_ends_call_at[call.call_id] = now + timeout
+                silence = self._silences.setdefault(call.call_id, _Silence())
+                silence.answered_at = self._loop.time()
+                self._watch_silence(silence)  # a silence reported before the answer
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
@@ -1037,7 +1054,7 @@ class SipEndpoint(Node):
             call = event.call
             self._c["calls_ended"] += 1
             self._info_last.pop(call.call_id, None)
-            self._answered_at.pop(call.call_id, None)
+            self._silences.pop(call.call_id, None)
             if call.call_id == self._dialled:
                 self._ring_since = None
             had = part(call)  # before the part goes
@@ -1214,8 +1231,7 @@ class SipEndpoint(Node):
         prefix = self.parts.pop(call_id, None)
         self.part_values.pop(call_id, None)
         # the silence its rtp_session reported goes with it (a new part counts afresh)
-        self._silent_unanswered.pop(call_id, None)
-        self._silence_ends_call_at.pop(call_id, None)
+        self._silence_heard(call_id)
         runtime = self.graph.runtime if self.graph is not None else None
         if prefix is None or runtime is None or prefix not in runtime.parts:
             return None
@@ -1345,26 +1361,43 @@ class SipEndpoint(Node):
         if call_id is None:
             return
         if msg.name == "rtp-resumed":
-            self._silent_unanswered.pop(call_id, None)
-            self._silence_ends_call_at.pop(call_id, None)
+            self._silence_heard(call_id)
             return
         # An incoming call's silence counts from its answer: a caller may send no RTP
         # during our early media (a phone sends none before the 200). The part posts one
         # rtp-timeout per silence, so the rest of it is timed here.
         seconds = float(msg.data.get("seconds") or self.rtp_timeout)
         call = self.ua.calls.get(call_id)
-        now = self._loop.time()
         if call is not None and call.direction == "in" and call.state in ("incoming",
                                                                             "answered"):
-            self._silent_unanswered[call_id] = seconds
+            self._silences.setdefault(call_id, _Silence()).seconds = seconds
             return
-        answered = self._answered_at.get(call_id)
-        if answered is not None and now - seconds < answered:  # silent since before it
-            self._silence_ends_call_at[call_id] = answered + seconds
+        silence = self._silences.get(call_id)
+        if silence is not None and silence.answered_at is not None \
+                and self._loop.time() - seconds < silence.answered_at:  # silent since before
+            silence.seconds = seconds
+            self._watch_silence(silence)
             return
         self._c["rtp_timeouts"] += 1
         # Not in the middle of the part's own tick: hang up between callbacks.
-        self._loop.call_soon(self.hangup, call_id)
+        self._loop.call_soon(self._hang_up_silent, call_id)
+
+    def _watch_silence(self, silence: _Silence) -> None:
+        at = silence.ends_at()
+        if at is not None and (self._silence_due is None or at < self._silence_due):
+            self._silence_due = at
+
+    def _silence_heard(self, call_id: str) -> None:
+        """RTP came again (or the part went): the silence it reported ends nothing."""
+        silence = self._silences.get(call_id)
+        if silence is not None:
+            silence.seconds = None
+
+    def _hang_up_silent(self, call_id: str) -> None:
+        """No RTP from the far end for rtp_timeout: hung up (BYE, or CANCEL of early media)
+        with `call-ended` saying so, not as if someone had asked (`local hangup`)."""
+        self.ua.hangup(call_id, self._loop.time(), reason=sipua.RTP_TIMEOUT)
+        self._pump()
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

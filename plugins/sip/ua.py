@@ -138,6 +138,9 @@ _DTMF_DIGITS = "0123456789*#ABCD"
 PROVISIONAL_REPEAT = 60.0
 # CallEnded's reason when we gave up on an INVITE nothing had answered (status None)
 NO_RESPONSE = "no response"
+# CallEnded's reason when we hung up because no RTP came for rtp_timeout (the endpoint's
+# `rtp-timeout`), not because someone asked: `hangup(..., reason=RTP_TIMEOUT)`
+RTP_TIMEOUT = "rtp timeout"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
 
@@ -268,7 +271,8 @@ class DtmfFailed:
     """Our INFO with `digit` got a non-2xx final response (`status`, `reason`), or none:
     408 after Timer F, 503 on a transport failure (RFC 3261 8.1.3.1). `seq` is the INFO's
     CSeq, as `send_dtmf` returned it: which of the digits sent it was. A 481 (the far end
-    has no such dialog) also ends the call: `CallEnded` follows."""
+    has no such dialog) or a 408 (answered or timed out) also ends the call (RFC 3261
+    12.2.1.2): `CallEnded` follows."""
 
     call: Call
     digit: str
@@ -658,7 +662,7 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self._on_refer_response(obj, event.response, event.transaction)
             elif kind == "info" and event.response.status_code >= 300:
                 self._info_failed(obj, event.transaction, event.response.status_code,
-                                  event.response.reason)
+                                  event.response.reason, now)
             # Forgotten once handled (a failed handler's `_unhandled` needs the owner).
             if event.response.status_code >= 200 and event.transaction.method != "INVITE":
                 self._owners.pop(event.transaction, None)
@@ -676,13 +680,14 @@ class UserAgent(RegistrationClient, ReferAgent):
                     self._end(obj, "no answer to INVITE (timeout)", 408)
             elif kind == "reinvite" and obj.active:
                 # RFC 3261 14.1: a re-INVITE that times out ends the dialog.
-                self._send_bye(obj, now)
-                self._end(obj, "re-INVITE timed out", 408)
+                self._dialog_failed(obj, "re-INVITE", 408, now, timed_out=True)
             elif kind == "refer":
                 self._transfer_done(obj, str(tx.request.cseq.seq), 408, "REFER timed out")
             elif kind == "info":
-                self._info_failed(obj, tx, *((408, "no response") if isinstance(
-                    event, TransactionTimeout) else (503, "transport error")))
+                timed_out = isinstance(event, TransactionTimeout)
+                self._info_failed(obj, tx, *((408, "no response") if timed_out
+                                             else (503, "transport error")), now,
+                                  timed_out=timed_out)
 
     # ---- helpers: addressing and building -------------------------------------------------
     def _layer(self, transport: str) -> TransactionLayer:
@@ -1842,7 +1847,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         call.pending = None
         call.pending_sdp = None
         if code in (408, 481):
-            self._end(call, f"re-INVITE answered {code}: dialog gone", code)
+            self._dialog_failed(call, "re-INVITE", code, now)
             return
         self._update_failed(call, code, now)
 
@@ -1962,20 +1967,34 @@ class UserAgent(RegistrationClient, ReferAgent):
         return tx.request.cseq.seq
 
     def _info_failed(self, call: Call, tx: ClientTransaction, status: int,
-                     reason: str) -> None:
+                     reason: str, now: float, *, timed_out: bool = False) -> None:
         """Our digit did not get through: any non-2xx (415 or 501 from a peer without
         dtmf-relay, 481...; RFC 6086 4.2.2) is a refusal. Legacy INFO, so no 469 (Bad Info
         Package) is due, but one would count the same. Not said of a call that has ended.
-
-        A 481 says the far end has no such dialog (it missed our ACK, or we its BYE): RFC
-        3261 12.2.1.2 has the UAC end the dialog then, as a re-INVITE answered 481 does;
-        left up, the call would send RTP to nobody until rtp_timeout (0: for ever)."""
+        A 481 or 408 also ends the call (`_dialog_failed`), as for a re-INVITE."""
         if call.active:
             digit = parse_dtmf_relay(tx.request.body).digit
             self._events.append(DtmfFailed(call, digit, status, reason,
                                            tx.request.cseq.seq))
-            if status == 481:
-                self._end(call, "INFO answered 481: dialog gone", 481)
+            if status in (408, 481):
+                self._dialog_failed(call, "INFO", status, now, timed_out=timed_out)
+
+    def _dialog_failed(self, call: Call, method: str, status: int, now: float, *,
+                       timed_out: bool = False) -> None:
+        """RFC 3261 12.2.1.2: a 481 or 408 to a request of ours within the dialog (or no
+        response at all: Timer B or F, which that section treats as a 408) ends it, however
+        small the request (INFO, a re-INVITE, a session refresh). Left up, the call would
+        send RTP to nobody until rtp_timeout (0: for ever). After a 408 the far end may
+        still hold the dialog (the 408 may be a proxy's, or the peer was briefly away), so
+        it gets a BYE; after a 481 it has none, and a BYE would only draw another 481. Our
+        BYE has no owner here, so its own 408 or 481 changes nothing (no loop)."""
+        if not call.active:
+            return
+        if status == 408:
+            self._send_bye(call, now)
+        why = "timed out" if timed_out else f"answered {status}: " + (
+            "dialog gone" if status == 481 else "request timeout")
+        self._end(call, f"{method} {why}", status)
 
     def options(self, target: str, now: float) -> None:
         """Send an OPTIONS out of dialog (a keep-alive or capability query)."""
@@ -1992,8 +2011,10 @@ class UserAgent(RegistrationClient, ReferAgent):
             extra=[("Accept", "application/sdp")])
         self._layer(transport).send_request(request, addr, now, reliable=transport in RELIABLE)
 
-    def hangup(self, call_id: str, now: float) -> None:
-        """End a call however far it got: CANCEL, decline, or BYE. CallEnded follows now."""
+    def hangup(self, call_id: str, now: float, *, reason: str | None = None) -> None:
+        """End a call however far it got: CANCEL, decline, or BYE. CallEnded follows now,
+        saying `reason` when one is given (`RTP_TIMEOUT`) for a CANCEL or a BYE; else
+        "cancelled" or "local hangup"."""
         self._now = now
         call = self.calls.get(call_id)
         if call is None or not call.active:
@@ -2003,7 +2024,7 @@ class UserAgent(RegistrationClient, ReferAgent):
                        if k == "invite" and c is call), None)
             if tx is not None and call.provisional:
                 self._send_cancel(call, tx, now)
-                self._end(call, "cancelled", 487)
+                self._end(call, reason or "cancelled", 487)
                 return
             call.cancel_pending = True  # 9.1: CANCEL only after a provisional response
             # Nothing answered, so no CANCEL went and no 487 will come: no status to report.
@@ -2014,7 +2035,7 @@ class UserAgent(RegistrationClient, ReferAgent):
             return
         call.retx = None
         self._send_bye(call, now)
-        self._end(call, "local hangup", None)
+        self._end(call, reason or "local hangup", None)
 
     def _send_bye(self, call: Call, now: float) -> None:
         if call.dialog is not None and call.dialog.state != "terminated":
