@@ -33,7 +33,25 @@ class UsageError(CliError):
 def _overrides(pairs: list[str]) -> dict[str, Any]:
     from .loader import parse_override
 
+    for p in pairs:  # a wrong command line (exit 2), not a wrong graph
+        key = p.partition("=")[0].strip()
+        if "=" not in p or not key:
+            raise UsageError(f"-p {p}: not KEY=VALUE", hint=f"write -p {key}=VALUE" if key
+                             else "write -p KEY=VALUE, e.g. -p rate=8000")
     return dict(parse_override(p) for p in pairs)
+
+
+def _graph_file(path: str) -> str:
+    """A graph file named on the command line, refused early when it is a folder (the
+    loader's 'Is a directory' alone does not say what to give instead)."""
+    folder = Path(path)
+    if folder.is_dir():
+        graphs = sorted(str(folder / f.name) for f in folder.iterdir()
+                        if f.suffix in (".yaml", ".yml") and f.is_file())
+        raise CliError(f"cannot read graph file '{path}': it is a folder",
+                       hint=f"name a graph file in it, e.g. {graphs[0]}" if graphs
+                       else "name a graph YAML file, not a folder")
+    return path
 
 
 def load_plugins(paths: list[str], registry: Any = None) -> None:
@@ -60,8 +78,9 @@ def build_graph(args: argparse.Namespace) -> Graph:
         return parse_launch(args.expr)
     if not args.file:
         raise UsageError("no graph given", hint="pipeline launch FILE.yaml or -e \"LINE\"")
+    overrides = _overrides(args.params)
     given = {k: f"-p {p}" for p in args.params for k in [p.partition("=")[0].strip()]}
-    return load_graph(args.file, _overrides(args.params), given=given)
+    return load_graph(_graph_file(args.file), overrides, given=given)
 
 
 def duration_option(text: str | None, option: str = "--duration", *,
@@ -225,7 +244,7 @@ def _call_graph(args: argparse.Namespace) -> Graph:
     if "ptime" in given or "ptime_ms" in given:  # one value under two names
         given["ptime"] = given["ptime_ms"] = given.get("ptime", given.get("ptime_ms"))
     values |= given
-    return load_graph(args.file, overrides, call=values)
+    return load_graph(_graph_file(args.file), overrides, call=values)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -417,9 +436,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     def graph_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("file", nargs="?", help="graph YAML file")
+        # gst-launch's -e is a flag (EOS on shutdown, which Ctrl-C always does here): a
+        # user coming from it must see that ours takes the whole line, quoted.
         sp.add_argument("-e", dest="expr", metavar="LINE",
-                        help='a one-line graph: "tone ! resample rate=8000 ! wav_recorder '
-                             'path=a.wav"')
+                        help='a one-line graph in one quoted argument: -e "tone ! resample '
+                             'rate=8000 ! wav_recorder path=a.wav" (not gst-launch\'s -e, '
+                             "EOS on shutdown: Ctrl-C always ends a run cleanly here)")
         sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
                         help="override a graph parameter (repeatable)")
         plugin_arg(sp)
@@ -543,6 +565,66 @@ def misplaced_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | 
             f"{shlex.join([*before, command[0], *moved, *command[1:]])})")
 
 
+def unquoted_line(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """A launch line the shell split at its spaces (`pipeline launch -e tone ! null_sink`,
+    as gst-launch takes it, or without -e), which argparse reports as "unrecognized
+    arguments": the line saying so, with the command line put right; None when the words
+    do not read as a launch line."""
+    import shlex
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    i = next((n for n, a in enumerate(argv) if a in sub.choices), None)
+    if i is None or argv[i] not in ("launch", "validate", "draw", "serve"):
+        return None
+    takes_value = {o: a.nargs != 0 for a in sub.choices[argv[i]]._actions
+                   for o in a.option_strings}
+    before: list[str | None] = []  # options in order; None: where the line goes
+    words: list[str] = []
+    e_given = False
+    rest = argv[i + 1:]
+    j = 0
+    while j < len(rest):
+        tok = rest[j]
+        opt = tok.split("=", 1)[0]
+        if tok == "--":  # argparse's end of options: the words after it are words anyway
+            j += 1
+        elif tok == "-e" or tok.startswith("-e") and len(tok) > 2 and tok[2] != "-":
+            e_given = True
+            if not words:
+                before.append(None)
+            value = tok[2:].removeprefix("=") if len(tok) > 2 else (
+                rest[j + 1] if j + 1 < len(rest) else None)
+            if value is not None:
+                words.append(value)
+            j += 1 if len(tok) > 2 else 2
+        elif tok.startswith("-") and len(tok) > 1:
+            if opt not in takes_value:
+                return None  # an unknown option: argparse names it
+            n = 2 if takes_value[opt] and "=" not in tok else 1
+            before += rest[j:j + n]
+            j += n
+        else:
+            if not words:
+                before.append(None)
+            words.append(tok)
+            j += 1
+    # Two graph files, or a file and -e, are other mistakes (a line word is no YAML file).
+    if len(words) < 2 or any(w.endswith((".yaml", ".yml")) for w in words) or not (
+            e_given or any("!" in w or "=" in w for w in words)):
+        return None
+
+    def word(w: str) -> str:  # a value the shell unquoted: quoted again, as the line needs
+        k, eq, v = w.partition("=")
+        return f'{k}="{v}"' if eq and (" " in v or "!" in v) and '"' not in v else w
+
+    line = " ".join(word(w) for w in words)
+    arg = f'"{line}"' if not set(line) & set('"$`\\') else shlex.quote(line)
+    fixed = [shlex.quote(t) for t in argv[:i + 1]] + [
+        f"-e {arg}" if t is None else shlex.quote(t) for t in before]
+    return (f"{argv[i]}: a launch line goes in one quoted argument after -e, and the shell "
+            f"split this one at its spaces (hint: pipeline {' '.join(fixed)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         # `pipeline inspect | head`: end quietly when the reader goes away, as Unix tools do.
@@ -552,7 +634,16 @@ def main(argv: list[str] | None = None) -> int:
     if misplaced:
         print(f"pipeline: error: {misplaced}", file=sys.stderr)
         return EXIT_USAGE
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra or getattr(args, "expr", None) and args.file and not Path(args.file).is_file():
+        # The words of an unquoted launch line are "unrecognized arguments", or the one
+        # after -e's word taken for a graph file.
+        unquoted = unquoted_line(parser, sys.argv[1:] if argv is None else list(argv))
+        if unquoted:
+            print(f"pipeline: error: {unquoted}", file=sys.stderr)
+            return EXIT_USAGE
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if getattr(args, "quiet", False) else logging.WARNING)  # -q: errors only
     if level <= logging.INFO:  # -v, --debug: stamped as the event lines are (messages.py)

@@ -272,18 +272,21 @@ class Param:
                 "pick one of the listed values",
             )
         if self.min is not None and v < self.min or self.max is not None and v > self.max:
-            hint = f"use a value in [{self._limits()}]"
+            hint = f"use a value {self._allowed()}"
             if self._is_duration() and isinstance(value, (int, float)):
                 # A plain number is seconds: 200 meant as 200ms is 200 s.
                 value = f"{value:g} s"
                 if (self.min is None or v / 1000 >= self.min) and (
                         self.max is None or v / 1000 <= self.max):
                     hint = f"write a unit, e.g. {v:g}ms"
-            raise ParamValueError(
-                self.name,
-                f"parameter '{self.name}': {shown(value)} is out of range [{self._limits()}]",
-                hint,
-            )
+            if self.min is not None and self.max is not None:
+                problem = f"is out of range [{self._limits()}]"
+            elif self.min is not None:  # "[0 s, ]" read as a typo: say which end it passed
+                problem = f"is less than the minimum, {self._bound(self.min)}"
+            else:
+                problem = f"is more than the maximum, {self._bound(self.max)}"
+            raise ParamValueError(self.name,
+                                  f"parameter '{self.name}': {shown(value)} {problem}", hint)
         return v
 
     def _is_duration(self) -> bool:
@@ -314,13 +317,23 @@ class Param:
             raise ParamValueError(self.name, f"parameter '{self.name}': default {detail}",
                                   "make the default a valid value, or None") from None
 
+    def _bound(self, v: float | None) -> str:
+        if v is None:
+            return ""
+        # Whole numbers in full (a seed's 2**32 - 1).
+        return (str(v) if isinstance(v, int) else f"{v:g}") + (
+            " s" if self._is_duration() else "")
+
     def _limits(self) -> str:
-        unit = " s" if self._is_duration() else ""
+        return f"{self._bound(self.min)}, {self._bound(self.max)}"
 
-        def text(v: float | None) -> str:  # whole numbers in full (a seed's 2**32 - 1)
-            return "" if v is None else (str(v) if isinstance(v, int) else f"{v:g}") + unit
-
-        return f"{text(self.min)}, {text(self.max)}"
+    def _allowed(self) -> str:
+        """The values allowed, for a hint: "in [1, 64]", "of at least 0 s", "of at most 9"."""
+        if self.min is not None and self.max is not None:
+            return f"in [{self._limits()}]"
+        if self.min is not None:
+            return f"of at least {self._bound(self.min)}"
+        return f"of at most {self._bound(self.max)}"
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.type_name, "doc": self.doc}

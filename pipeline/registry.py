@@ -341,7 +341,8 @@ class Registry:
         loose = difflib.get_close_matches(kind, self.node_types, n=4, cutoff=0.4)
         tail = kind.rpartition("_")[2]
         same = [k for k in loose if "_" in kind and k.rpartition("_")[2] == tail]
-        close = same[:1] or difflib.get_close_matches(kind, self.node_types, n=1)
+        close = same[:1] or [k for k in difflib.get_close_matches(kind, self.node_types, n=1)
+                             if _alike(kind, k)]
         hint = "'pipeline inspect' lists node types"
         if close:
             hint = f"did you mean '{close[0]}'? ({hint})"
@@ -349,6 +350,18 @@ class Registry:
             names = ", ".join(sorted(f"'{b.name}'" for b in self.broken))
             hint += f"; broken plugin(s) {names} failed to load and may provide it"
         return hint
+
+
+def _alike(typed: str, kind: str) -> bool:
+    """Whether node kind `kind` is a likely meaning of the unknown `typed`: very alike, or
+    fairly alike and starting as it or as one of its words do. Likeness alone offers
+    another family's kind for a name that is not a typo (pcapparse -> capture, a node name
+    rec -> aec), which sends a user the wrong way."""
+    ratio = difflib.SequenceMatcher(None, kind, typed).ratio()
+    if ratio >= 0.75:  # a typo: tonee, otne, mixr, pcmu_encodr
+        return True
+    return ratio >= 0.6 and (typed[:2] == kind[:2] or any(
+        len(typed) >= 3 and word.startswith(typed[:3]) for word in kind.split("_")))
 
 
 def _digest(path: Path) -> str:
