@@ -165,10 +165,10 @@ def test_a_call_that_ends_during_a_hold_is_recorded_to_its_end(tmp_path: Path) -
     first.stop()
     clock.now = 1.98
     held = recorder(state)
-    state = held.carry_state()  # a resume: handed over, the next recorder fills the gap
-    held.stop()
-    assert _valid_length(path) == 8000
-    clock.now = 2.98  # held again, then the call ends
+    state = held.carry_state()  # a resume: the hold so far is in the file at once, so a
+    held.stop()  # call that ends before the resumed part is up keeps it too
+    assert _valid_length(path) == 2 * 8000
+    clock.now = 2.98  # the resumed part had nothing yet, then the call ends
     last = recorder(state)
     last.stop()
     assert _valid_length(path) == 3 * 8000

@@ -426,14 +426,18 @@ class WavRecorder(Node):
             # to the next rebuild (which may be of the file's format again) with the gap
             # still counted from where its audio ended, not emptied by a fresh writer.
             return getattr(self, "_carried", None)
-        since = self._gap_since  # no frame came since a rebuild: the gap goes on
+        if self._gap_since is not None and not self.failed:
+            # No frame came since a rebuild (a hold): the silence so far goes in now, so the
+            # file keeps the call's length whether or not a new part's recorder follows (the
+            # call may end while the new part is built, or its building fail).
+            self._fill_gap(to_the_end=True)
+        since = self._gap_since  # still pending only where the recorder gave up
         if since is None:
             clock = _clock(self)
             # The last tick's frame ends a period after its tick.
             since = None if clock is None else clock.now + self.graph.period
         key = _file_key(self.path)
         earlier = tuple((k, s) for k, s in getattr(self, "_earlier", ()) if k != key)
-        self._handed_over = True  # the next recorder fills the gap, not `stop()`
         return self.path, key, since, earlier
 
     def restore_state(self, state: tuple[str, object, float | None] | None) -> None:
@@ -455,7 +459,6 @@ class WavRecorder(Node):
         self.last_flush = time.monotonic()
         self._dtype = np.dtype(np.int16 if fmt.value("encoding") == "pcm_s16" else np.float32)
         self._gap_since: float | None = None
-        self._handed_over = False
         carried = getattr(self, "_carried", None)
         # The call's files so far, by identity, with the media time each one's audio ends.
         files = dict(carried[3]) if carried is not None and len(carried) > 3 else {}
@@ -542,7 +545,7 @@ class WavRecorder(Node):
     def stop(self) -> None:
         if getattr(self, "writer", None) is not None:
             try:
-                if self._gap_since is not None and not self._handed_over and not self.failed:
+                if self._gap_since is not None and not self.failed:
                     # The call ended (a hang-up, or the server stopped) with nothing come
                     # since a rebuild, as in a hold: the file still runs to the call's end.
                     self._fill_gap(to_the_end=True)
