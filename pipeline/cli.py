@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -395,15 +396,22 @@ def cmd_draw(args: argparse.Namespace) -> int:
             raise CliError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
         data = r.stdout
     # Written beside and renamed over: a full disk leaves the old drawing, not half a new one.
-    part = out.with_name(f".{out.name}.part")
+    # Through a symlink to the file it names, with the old file's mode; the temporary name is
+    # this process's, and goes whatever happens (Ctrl-C too).
+    target = out.resolve() if out.is_symlink() else out
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        part.write_bytes(data)
-        part.replace(out)
+        with open(part, "xb") as f:
+            f.write(data)
+        if target.exists():
+            shutil.copymode(target, part)
+        part.replace(target)
     except OSError as e:
-        part.unlink(missing_ok=True)
         raise CliError(f"cannot write '{out}': {e.strerror}",
                        hint="check that its folder exists and is writable, and the free space"
                        ) from None
+    finally:
+        part.unlink(missing_ok=True)
     print(f"wrote {out}")
     return 0
 

@@ -302,6 +302,19 @@ def test_draw_onto_a_full_disk_keeps_the_old_drawing(repo_root, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot"]
 
 
+def test_draw_writes_through_a_symlink_and_keeps_the_mode(repo_root, tmp_path):
+    real = tmp_path / "real" / "g.dot"
+    real.parent.mkdir()
+    real.write_text("digraph old {}\n")
+    real.chmod(0o640)
+    link = tmp_path / "link.dot"
+    link.symlink_to(real)
+    assert main(["draw", str(repo_root / "graphs" / "demo.yaml"), "-o", str(link)]) == 0
+    assert link.is_symlink() and real.read_text().startswith('digraph "demo"')
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in real.parent.iterdir()) == ["g.dot"]
+
+
 def test_launch_line_value_that_is_not_yaml_stays_text(capsys):
     assert main(["validate", "-e", "tone duration=1s ! gain gain=[1 ! null_sink"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
