@@ -209,6 +209,7 @@ class _UdpNode(Node):
                                         min_time=min_time)
         self._scheduler.schedule(self._now(), we_sent=False)
         self._cname = cname(self)
+        self._bye_sent = False
 
     def _report(self) -> RtcpSenderReport | RtcpReceiverReport:
         """The SR or RR that starts our next compound packet."""
@@ -226,6 +227,7 @@ class _UdpNode(Node):
         report = self._report()
         we_sent = isinstance(report, RtcpSenderReport)
         data = compound_report(report, self._cname, bye)
+        self._bye_sent = self._bye_sent or bye
         # From the RTCP socket (symmetric RTCP, RFC 4961): the RTP one when muxed.
         if self._sendto(data, dest, self._rtcp_sock):
             self._c["rtcp_sent"] += 1
@@ -288,6 +290,10 @@ class _UdpNode(Node):
             # A rebuilt call graph (keep_port): the port stays ours for the new graph's node.
             rtcp_sock = getattr(self, "_rtcp_sock", None)
             if not hand_back(self.local_ip, self.bound_port, sock, rtcp_sock):
+                # Leaving for good (hang-up, the graph stopped): say so, RFC 3550 6.6, once.
+                # Not on a rebuild: the peer's receiver would end the stream it goes on with.
+                if getattr(self, "_scheduler", None) is not None and not self._bye_sent:
+                    self._send_report(self._now(), bye=True)
                 sock.close()
                 if rtcp_sock is not None:
                     rtcp_sock.close()
@@ -438,7 +444,7 @@ class VideoRtpSender(_UdpNode):
         if isinstance(event, EndOfStream) and getattr(self, "_sock", None) is not None:
             # RFC 3550 6.6: say we are leaving, so the receiver can end its stream now; in
             # a compound packet with our last SR (6.1).
-            if self._scheduler is not None:
+            if self._scheduler is not None and not self._bye_sent:
                 self._send_report(self._now(), bye=True)
         super().event(port, event)
 
