@@ -115,11 +115,14 @@ links:
 - **links**: strings `a -> b -> c`. An element is a node name, `name.port`, or an inline node
   `kind key=value ...` (named as gst-launch names elements: `gain0`, `gain1`, or
   `name=NAME` among its values). Without a port, the next free port is used, and request ports
-  (`in_%u`, `out_%u`) are allocated in order. `{link: "a -> b", feedback: true}` declares a
+  (`in_%u`, `out_%u`) are allocated in order; the template itself (`mix.in_%u`) asks for the
+  next one too, as gst-launch's `sink_%u` does. `{link: "a -> b", feedback: true}` declares a
   feedback edge (delivered after the period's ticks), the only way to close a loop.
-- **Templates**: `${name}` (from `params:` and `-p name=value`), `${name:-default}`
+- **Templates**: `${name}` (from `params:` and `-p name=value`; `-p` sets a name declared
+  under `params:` or used by a template, such as `${pitch:-440}`), `${name:-default}`
   (the default also where the value is null or empty, as in the shell), `${env:NAME}`
-  (environment), `${graph_dir}` (this file's folder), `${call.FIELD}` (in call graphs
+  (environment), `${graph_dir}` (this file's folder, as a full path: what is made with it
+  means the same from any folder and inside bins), `${call.FIELD}` (in call graphs
   instantiated by a `sip_endpoint`, see docs/sip.md). A value that is only a template
   keeps the type of what it names (`rate: ${rate}` is an integer). A param may be made of
   others (`params: {d: ~, e: "${d:-2s}"}`), not of itself.
@@ -135,10 +138,17 @@ links:
   also where YAML would read a number: `digits: 0123` is `0123`, not the octal 83; so is
   `digits: ${d}` with `d: 0123` under `params:` or `-p d=0123`, and a node's `name=0123`.
 - **Paths** are relative to the current folder, as for any command-line tool; use
-  `${graph_dir}` for files that travel with the graph. Recorders create missing folders.
+  `${graph_dir}` for files that travel with the graph. Bin files and `plugins:` are relative
+  to the YAML file that names them. Recorders create missing folders.
 - **Bins**: a node whose `type` is a YAML file is that graph, flattened in as `name/inner`
   nodes. The bin declares `params:` (its parameters) and `expose: {in: node.port, out:
-  node.port}`; links to the bin use the exposed names.
+  node.port}`; links to the bin use the exposed names (`rt.in`), and so do errors about
+  them. A bin may also be written inline in a link, like any element: `a -> bins/codec.yaml
+  codec=pcmu -> b` (in a launch line relative to the current folder; named `codec0`, or by
+  `name=`). An exposed request template (`in: mix.in_%u`) takes a new port for each link.
+  An error inside a bin caused by a value passed to it also names where the value was
+  written: `bins/codec.yaml:3:15: unknown node type 'pcmx_encoder', from g.yaml:4:40
+  (codec: pcmx)`.
 - **Call graphs** (parts): a graph added to a running graph for each SIP call; it reaches the
   host graph's nodes as `parent.NODE` or `parent.NODE.PORT`.
 - **Formats** are negotiated along each link; where they cannot meet, a converter is inserted

@@ -2,7 +2,8 @@
 
 Every error names the place (file:line:column, 1-based) and gives a hint. Templates:
 `${name}` (graph params, overridden by `-p name=value`), `${name:-default}`,
-`${env:NAME}`, `${call.FIELD}` (values of a SIP call), `${graph_dir}` (the YAML file's folder).
+`${env:NAME}`, `${call.FIELD}` (values of a SIP call), `${graph_dir}` (the YAML file's folder,
+absolute).
 """
 
 from __future__ import annotations
@@ -243,6 +244,32 @@ def _err(message: str, where: Where, hint: str | None = None) -> GraphError:
     return GraphError(message, file=f, line=ln, column=col, hint=hint)
 
 
+def _place(where: Where) -> str:
+    return ":".join(str(x) for x in where if x is not None)
+
+
+def _graph_dir(path: Path) -> str:
+    """`${graph_dir}`: the file's folder, absolute. A path made with it means that file from
+    any folder and inside bins; a relative one was joined to the bin's folder once more
+    (author/author/bins/x.yaml)."""
+    return os.path.abspath(path.parent)
+
+
+def _tidy(path: Path) -> Path:
+    """A path of a file the loader reads (a bin, a plugin) as messages name it: relative to
+    the current folder where it lies inside it (${graph_dir} made it absolute)."""
+    try:
+        cwd = Path.cwd()
+    except OSError:  # the current folder is gone
+        return path
+    if path.is_absolute() and cwd != cwd.parent:  # from / a full path reads better
+        try:
+            return path.relative_to(cwd)
+        except ValueError:
+            pass
+    return path
+
+
 # ---- templates ------------------------------------------------------------------------
 class Written(str):
     """A value YAML typed (a number, boolean or date) with the text it was written as (a
@@ -278,6 +305,9 @@ class Context:
     # Where an overridden parameter's value came from, for messages ("-p f=abc").
     given: dict[str, str] = field(default_factory=dict)
     expanding: set[str] = field(default_factory=set)  # params being expanded (cycles)
+    # What sets a param's value here, for the hint on an undefined one: -p reaches a
+    # graph file, the node using a bin reaches the bin, nothing reaches a launch line.
+    source: str = "file"  # "file", "bin" or "launch"
 
     def origins(self, raw: dict[str, Any]) -> dict[str, str]:
         """For each value in `raw` naming an overridden parameter (${f}), where it came
@@ -332,8 +362,21 @@ def _lookup(expr: str, ctx: Context, where: Where) -> Any:
         return value
     if sep:
         return _written(yaml_value(default, where), default.strip()) if default else ""
-    raise _err(f"template '${{{name}}}' is not defined", where,
-               f"declare it under params: or pass -p {name}=VALUE")
+    raise _err(f"template '${{{name}}}' is not defined", where, _undefined_hint(name, ctx))
+
+
+def _undefined_hint(name: str, ctx: Context) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, [*ctx.params, "graph_dir"], n=1)
+    if close:  # a typo of a declared name: -p NAME would only hide it
+        return f"did you mean '${{{close[0]}}}'?"
+    if ctx.source == "bin":
+        return (f"declare it under params: in this bin; the node using the bin may then "
+                f"set {name}: VALUE")
+    if ctx.source == "launch":
+        return "a launch line has no params; write the value itself, or ${env:NAME}"
+    return f"declare it under params: or pass -p {name}=VALUE"
 
 
 def substitute(value: Any, ctx: Context, where: Where, *, text: bool = False,
@@ -396,6 +439,46 @@ class Element:
     params: dict[str, Any] = field(default_factory=dict)
     created: bool = False  # an inline node made already: `name` is the graph's full name
     origins: dict[str, str] = field(default_factory=dict)  # Context.origins of its params
+    kind_from: str | None = None  # where a templated kind's value came from
+    given: dict[str, str] = field(default_factory=dict)  # an inline bin's: Builder._given
+
+
+def _is_bin(kind: Any) -> bool:
+    return isinstance(kind, str) and kind.endswith((".yaml", ".yml"))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        return False
+
+
+def _with_origin(e: GraphError, origin: str | None) -> GraphError:
+    """`e` saying where the value behind it was written, as `-p` values are named."""
+    if not origin:
+        return e
+    return GraphError(f"{e.message}, from {origin}", file=e.file, line=e.line,
+                      column=e.column, hint=e.hint)
+
+
+def _has_port(node: Any, direction: str, port: str) -> bool:
+    """Whether `node` has `port`: a port, a request port (in_2) or its template (in_%u)."""
+    ports = node.inputs if direction == "in" else node.outputs
+    return node.find_port(direction, port) is not None or any(
+        p.is_request and p.name == port for p in ports)
+
+
+def _fresh_port(node: Any, direction: str, port: str | None) -> str | None:
+    """A request template written as a port (`mix.in_%u`, gst-launch's `sink_%u`): the
+    next free port it makes; any other port as it is."""
+    if port is None or not port.endswith("%u"):
+        return port
+    ports = node.inputs if direction == "in" else node.outputs
+    if not any(p.is_request and p.name == port for p in ports):
+        return port  # not a template of this node: graph.link names its ports
+    taken = set(node.linked_inputs if direction == "in" else node.linked_outputs)
+    return next(n for i in itertools.count() if (n := f"{port[:-2]}{i}") not in taken)
 
 
 def _split_ref(token: str) -> tuple[str, str | None]:
@@ -413,6 +496,7 @@ class Builder:
         self.registry = registry
         self.bins: dict[str, dict[str, tuple[str, str | None]]] = {}
         self.bin_stack: tuple[Path, ...] = ()  # the bin files being built, outermost first
+        self.base_dir = Path()  # bins and plugins are relative to it: the file's folder
 
     # ---- nodes ----------------------------------------------------------------------
     def add_node(self, name: str, spec: Any, where: Where, base_dir: Path) -> None:
@@ -433,10 +517,12 @@ class Builder:
         if "type" not in spec_d:
             raise _err(f"node '{name}' has no type", where,
                        "add type: KIND ('pipeline inspect' lists node types)")
-        kind = substitute(spec_d.pop("type"), self.ctx, vmarks.get("type", where))
+        raw_type = spec_d.pop("type")
+        kind = substitute(raw_type, self.ctx, vmarks.get("type", where))
+        kind_from = self.ctx.origins({"type": raw_type}).get("type")
         # A text parameter takes a number or boolean as written (digits: 0123 is "0123"),
         # also through a template; a bin's parameter keeps both for its nodes to pick.
-        is_bin = isinstance(kind, str) and kind.endswith((".yaml", ".yml"))
+        is_bin = _is_bin(kind)
         texts = getattr(spec, "texts", {})
         params = {}
         origins = self.ctx.origins(spec_d)
@@ -446,13 +532,25 @@ class Builder:
                 v = texts[k] if text else Written(texts[k], v)
             params[k] = substitute(v, self.ctx, vmarks.get(k, where), text=text, keep=is_bin)
         if is_bin:
-            self.add_bin(name, base_dir / kind, params, where, marks)
+            given = {k: self._given(vmarks.get(k, where), f"{k}: {shown(texts.get(k, v))}",
+                                    origins.get(k)) for k, v in spec_d.items()}
+            self.add_bin(name, _tidy(base_dir / kind), params, where, marks, given, kind_from)
             return
         kind = kind if isinstance(kind, str) else shown(kind)  # a list made by aliases: bounded
-        self.graph.create(kind, name, params, vmarks.get("type", where),
-                          {k: vmarks.get(k, where) for k in params},
-                          {k: marks.get(k, where) for k in params}, node_where=where,
-                          param_from=origins)
+        try:
+            self.graph.create(kind, name, params, vmarks.get("type", where),
+                              {k: vmarks.get(k, where) for k in params},
+                              {k: marks.get(k, where) for k in params}, node_where=where,
+                              param_from=origins)
+        except GraphError as e:
+            unknown = kind not in self.registry.node_types  # the kind came from the template
+            raise _with_origin(e, kind_from if unknown else None) from None
+
+    @staticmethod
+    def _given(where: Where, written: str, earlier: str | None) -> str:
+        """Where a value passed to a bin was written, for errors its nodes make from it
+        (else they name only the bin's line, and never the value's)."""
+        return f"{_place(where)} ({written})" + (f" from {earlier}" if earlier else "")
 
     def _takes_text(self, kind: Any, param: str) -> bool:
         """Whether `param` of node type `kind` is text (a string or a path): its value is
@@ -461,11 +559,20 @@ class Builder:
         spec = cls.param_specs().get(param) if cls is not None else None
         return spec is not None and spec.type in (str, PathParam)
 
-    def add_bin(self, name: str, path: Path, params: dict, where: Where, marks: dict) -> None:
-        """Flatten a YAML graph used as a node: its nodes become `name/inner`."""
-        if not path.is_file():
-            raise _err(f"bin file '{path}' not found", where, "check the path (relative to "
-                       "the YAML file that uses it)")
+    def add_bin(self, name: str, path: Path, params: dict, where: Where, marks: dict,
+                given: dict[str, str] | None = None, kind_from: str | None = None) -> None:
+        """Flatten a YAML graph used as a node: its nodes become `name/inner`.
+
+        `given`: where each of `params` was written; `kind_from`: where a templated path
+        came from."""
+        if name in self.bins or name in self.graph.nodes:  # two inline elements so named
+            raise _err(f"node '{name}' is defined twice", where,
+                       "give each node a unique name")
+        if not _is_file(path):
+            folder = ("the current folder" if self.ctx.source == "launch" else
+                      "the YAML file that uses it")
+            raise _with_origin(_err(f"bin file '{path}' not found", where,
+                                    f"check the path (relative to {folder})"), kind_from)
         resolved = path.resolve()
         if resolved in self.bin_stack:
             loop = [p.name for p in self.bin_stack[self.bin_stack.index(resolved):]]
@@ -480,7 +587,8 @@ class Builder:
             if k not in declared:
                 raise _err(f"bin '{path.name}' has no parameter '{k}'", marks.get(k, where),
                            "declared: " + (", ".join(declared) or "none"))
-        ctx = Context({**declared, **params}, self.ctx.call, str(path.parent))
+        ctx = Context({**declared, **params}, self.ctx.call, _graph_dir(path),
+                      dict(given or {}), source="bin")
         inner = Builder(self.graph, ctx, self.registry, prefix=f"{name}/")
         inner.bin_stack = (*self.bin_stack, resolved)
         inner.build_body(data, path)
@@ -519,8 +627,8 @@ class Builder:
                      if n.startswith(f"{name}/") and "/" not in n[len(name) + 1:]]
             raise _err(f"bin '{path.name}' exposes '{target}', but has no node '{inode}'",
                        where, "its nodes: " + (", ".join(nodes) or "none"))
-        if iport is not None and node.find_port("in", iport) is None and node.find_port(
-                "out", iport) is None:
+        if iport is not None and not _has_port(node, "in", iport) and not _has_port(
+                node, "out", iport):
             ports = ", ".join(p.name for p in (*node.inputs, *node.outputs)) or "none"
             raise _err(f"bin '{path.name}' exposes '{target}', but node '{inode}' "
                        f"({node.kind}) has no port '{iport}'", where, f"its ports: {ports}")
@@ -539,11 +647,16 @@ class Builder:
         # Templates in a reference pick ports by value, e.g. a call graph pairing a
         # conference's request ports: parent.room.in_${call.call_number}.
         head = str(substitute(head, self.ctx, where, text=True))
+        kind_from = self.ctx.origins({"type": tokens[0]}).get("type")
+        # A bin inline, as under nodes: `a -> bins/x.yaml codec=pcmu -> b`.
+        is_bin = _is_bin(head)
         name, port = _split_ref(head)
-        if not rest and (self.prefix + name in self.graph.nodes or name in self.bins
-                         or (name == "parent" and self.prefix)):
+        if not rest and not is_bin and (
+                self.prefix + name in self.graph.nodes or self.prefix + name in self.bins
+                or (name == "parent" and self.prefix)):
             return Element(name=name, port=port)
         params: dict[str, Any] = {}
+        given: dict[str, str] = {}
         origins = self.ctx.origins(dict(tok.partition("=")[::2] for tok in rest))
         for tok in rest:
             if "=" not in tok:
@@ -557,9 +670,14 @@ class Builder:
                 value = None if v in _NULLS else v
             else:
                 value = yaml_value(v, where) if v else ""
-            params[k] = substitute(value, self.ctx, where, text=as_text)
-        if launch or head in self.registry.node_types or rest:
-            return Element(kind=head, params=params, origins=origins)
+                if is_bin:  # with its text, for the bin's nodes to pick (as under nodes:)
+                    value = _written(value, v.strip())
+            params[k] = substitute(value, self.ctx, where, text=as_text, keep=is_bin)
+            if is_bin and k != "name":
+                given[k] = self._given(where, f"{k}={shown(v)}", origins.get(k))
+        if launch or is_bin or head in self.registry.node_types or rest:
+            return Element(kind=head, params=params, origins=origins, kind_from=kind_from,
+                           given=given)
         if name == "parent":
             raise _err("'parent.' links reach the graph a call graph is added to, and this "
                        "graph is not added to one", where, "check it with a call, or "
@@ -577,11 +695,27 @@ class Builder:
                     # Refused as under nodes: `a.b.` would name port b of node a, so the
                     # node could never be linked to again.
                     raise _err(f"node name '{shown(name)}' is not valid", where, _NAME_HINT)
+                if _is_bin(el.kind):
+                    if name is not None and not _NODE_NAME_RE.fullmatch(str(name)):
+                        raise _err(f"node name '{shown(name)}' is not valid", where,
+                                   _NAME_HINT)  # its nodes are NAME/inner
+                    full = self.prefix + str(name) if name else self._bin_name(el.kind)
+                    self.add_bin(full, _tidy(self.base_dir / el.kind), el.params, where, {},
+                                 el.given, el.kind_from)
+                    el.name, el.kind, el.created = full, None, True
+                    return self.resolve(el, where, direction)
                 full = (self.prefix + str(name) if name else
                         self.graph.anonymous_name(self.prefix + el.kind))
-                node = self.graph.create(el.kind, full, el.params, where,
-                                         {k: where for k in el.params},
-                                         param_from=el.origins)
+                if full in self.bins:
+                    raise _err(f"node '{full}' is defined twice", where,
+                               "give each node a unique name")
+                try:
+                    node = self.graph.create(el.kind, full, el.params, where,
+                                             {k: where for k in el.params},
+                                             param_from=el.origins)
+                except GraphError as e:
+                    unknown = el.kind not in self.registry.node_types
+                    raise _with_origin(e, el.kind_from if unknown else None) from None
                 el.name = node.name
                 el.kind = None
                 el.created = True
@@ -596,8 +730,9 @@ class Builder:
                 raise _err(f"parent graph has no node '{pname}'", where,
                            "call graphs link to nodes of the graph that has the sip_endpoint")
             return pname, pport
-        if el.name in self.bins:
-            exposed = self.bins[el.name]
+        full = el.name if el.created else self.prefix + el.name
+        if full in self.bins:
+            exposed = self.bins[full]
             if el.port is not None:
                 if el.port not in exposed:
                     raise _err(f"bin '{el.name}' exposes no port '{el.port}'", where,
@@ -605,20 +740,62 @@ class Builder:
                 return exposed[el.port]
             for _pname, (inode, iport) in exposed.items():
                 node = self.graph.nodes[inode]
-                if node.find_port(direction, iport or "") is not None or (
+                if _has_port(node, direction, iport or "") or (
                         iport is None and (node.inputs if direction == "in" else node.outputs)):
                     return inode, iport
             raise _err(f"bin '{el.name}' exposes no {direction}put port", where)
         # A name in a part or bin is its own node's, even where the host has one so named.
-        return (el.name if el.created else self.prefix + el.name), el.port
+        return full, el.port
+
+    def _bin_name(self, path: str) -> str:
+        """An inline bin's name, as gst-launch names elements: codec-rt0, codec-rt1."""
+        stem = re.sub(r"[^\w-]", "_", Path(path).stem) or "bin"
+        stem = stem if _NODE_NAME_RE.match(stem) else f"_{stem}"
+        n = 0
+        while f"{self.prefix}{stem}{n}" in self.bins or (
+                f"{self.prefix}{stem}{n}" in self.graph.nodes):
+            n += 1
+        return f"{self.prefix}{stem}{n}"
 
     def add_chain(self, elements: list[Element], where: Where, feedback: bool = False) -> None:
         for a, b in zip(elements, elements[1:], strict=False):
             src, sp = self.resolve(a, where, "out")
             dst, dp = self.resolve(b, where, "in")
-            self.graph.link(src, sp, dst, dp, feedback=feedback, where=where)
+            if src in self.graph.nodes:
+                sp = _fresh_port(self.graph.nodes[src], "out", sp)
+            if dst in self.graph.nodes:
+                dp = _fresh_port(self.graph.nodes[dst], "in", dp)
+            try:
+                self.graph.link(src, sp, dst, dp, feedback=feedback, where=where)
+            except GraphError as e:
+                raise self._as_exposed(e) from None
             # In the middle of a chain, a node's port applied to where it came in.
-            b.port = None if b.name not in self.bins else b.port
+            b_full = b.name if b.created else self.prefix + (b.name or "")
+            b.port = None if b_full not in self.bins else b.port
+
+    def _as_exposed(self, e: GraphError) -> GraphError:
+        """`e` naming a bin's ports as its users know them (rt.in), not its inner nodes'
+        (rt/enc.in)."""
+        names: dict[tuple[str, str | None], str] = {}
+        whole: dict[str, list[str]] = {}  # exposed without a port: expose: {in: g}
+        for bin_name, exposed in self.bins.items():
+            for port, (inode, iport) in exposed.items():
+                if iport is None:
+                    whole.setdefault(inode, []).append(f"{bin_name}.{port}")
+                else:
+                    names.setdefault((inode, iport), f"{bin_name}.{port}")
+        # Only where one name fits: {in: g, out: g} leaves g's ports as they are.
+        names.update({(n, None): found[0] for n, found in whole.items() if len(found) == 1})
+
+        def shown_as(m: re.Match) -> str:
+            node, port = m.group(1), m.group(2)
+            found = names.get((node, port)) or names.get((node, None))
+            return f"'{found}'" if found else m.group(0)
+
+        message = re.sub(r"'([^'.\s]+)\.([^'.\s]+)'", shown_as, e.message)
+        if message == e.message:
+            return e
+        return GraphError(message, file=e.file, line=e.line, column=e.column, hint=e.hint)
 
     def add_link(self, item: Any, where: Where) -> None:
         feedback = False
@@ -653,7 +830,8 @@ class Builder:
                 raise _err(f"unknown top-level key '{k}'", key_marks.get(k, NOWHERE),
                            f"did you mean '{close[0]}'?" if close else
                            "allowed: " + ", ".join(sorted(TOP_KEYS)))
-        base_dir = path.parent if path else Path.cwd()
+        base_dir = path.parent if path else Path()
+        self.base_dir = base_dir
         self.load_plugins(data, base_dir, filename)
         nodes = data.get("nodes")
         if nodes is not None and not isinstance(nodes, dict):
@@ -688,11 +866,12 @@ class Builder:
         marks = getattr(mods, "marks", [])
         for i, mod in enumerate(mods):
             where = marks[i] if i < len(marks) else (filename, None, None)
+            mod = substitute(mod, self.ctx, where, text=True)  # ${graph_dir}/x.py too
             if not isinstance(mod, str) or not mod:
                 raise _err(f"plugin {shown(mod)} is not a path", where,
                            "write plugins: [./my_nodes.py]")
             try:
-                self.registry.load_file(base_dir / mod)
+                self.registry.load_file(_tidy(base_dir / mod))
             except PipelineError as e:
                 raise _err(e.message, where, e.hint) from None
 
@@ -803,9 +982,9 @@ def load_graph_text(text: str, filename: str | None = None,
         if isinstance(data.get(key), (dict, list)):
             raise _err(f"{key} must be text", _value_where(data, key, filename),
                        f"write {key}: followed by text")
-    _override(params, overrides, filename)
+    _override(params, overrides, filename, data)
     path = Path(filename) if filename else None
-    ctx = Context(params, call, str(path.parent) if path else ".", dict(given or {}))
+    ctx = Context(params, call, _graph_dir(path) if path else ".", dict(given or {}))
     graph = Graph(str(data.get("graph") or (path.stem if path else "graph")),
                   description=str(data.get("description") or ""), registry=registry,
                   **_graph_options(data, ctx))
@@ -836,7 +1015,7 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
 
     registry = registry or get_registry()
     graph = Graph(name, registry=registry)
-    builder = Builder(graph, Context(), registry)
+    builder = Builder(graph, Context(source="launch"), registry)
     tokens = _launch_tokens(line)
     if not tokens:
         raise GraphError("launch line is empty", hint='write e.g. "tone ! null_sink"')
@@ -870,7 +1049,7 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
     count = 0
     for chain in chains:
         elements = []
-        for words in chain:
+        for at, words in enumerate(chain):
             count += 1
             where = (f"{place} element {count}", None, None)  # a line has no rows
             head, text = words[0], shlex.join(words)
@@ -881,6 +1060,12 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
                 elements.append(Element(name=n, port=p))
             else:
                 el = builder.parse_element(text, where, launch=True)
+                if (el.kind is not None and at == 0 and chain is not chains[0]
+                        and _is_bin(el.kind) and not _is_file(Path(el.kind))):
+                    # Also the second word of an unquoted value (call_graph=my c.yaml).
+                    raise _err(f"bin file '{el.kind}' not found", where, "check the path "
+                               "(relative to the current folder), or quote a value with a "
+                               f"space, e.g. path=\"a {el.kind}\"")
                 if el.kind is not None:
                     builder.resolve(el, where, "in")
                 elements.append(el)
@@ -931,14 +1116,36 @@ _PARSED_MAX = 64
 
 
 def _override(params: dict[str, Any], overrides: dict[str, Any] | None,
-              filename: str | None) -> None:
-    """Apply `-p` values: only to parameters the graph declares (a typo would be ignored)."""
+              filename: str | None, data: Any = None) -> None:
+    """Apply `-p` values: to parameters the graph declares or its templates use
+    (`${pitch:-440}`, or `${pitch}` whose error says to pass -p pitch=...); one that
+    nothing uses is refused, as a typo would be ignored."""
+    used = _used_names(data) if overrides else set()
     for k, v in (overrides or {}).items():
-        if k not in params:
+        if k not in params and k not in used:
             raise GraphError(f"graph has no parameter '{k}' to override", file=filename,
                              hint="declared: " + (", ".join(params) or "none")
                              + " (declare it under params:)")
         params[k] = v
+
+
+def _used_names(data: Any) -> set[str]:
+    """The param names the templates in a parsed graph file use (not env:, call. or
+    graph_dir, which -p does not set)."""
+    names: set[str] = set()
+    seen: set[int] = set()  # aliases share lists and maps: each is read once
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str) and "${" in value:
+            for expr in _TEMPLATE_RE.findall(value):
+                name = expr.partition(":-")[0].strip()
+                if name != "graph_dir" and not name.startswith(("env:", "call.")):
+                    names.add(name)
+        elif isinstance(value, (dict, list)) and id(value) not in seen:
+            seen.add(id(value))
+            stack.extend(value.values() if isinstance(value, dict) else value)
+    return names
 
 
 def declared_params(path: str | Path) -> dict[str, Any]:
@@ -975,16 +1182,16 @@ def add_part(graph: Graph, path: str | Path, prefix: str, *,
     from .registry import get_registry
 
     registry = registry or get_registry()
-    path = Path(path)
+    path = _tidy(Path(path))  # a call_graph made with ${graph_dir} is absolute
     try:
         data = read_graph_file(path)
     except OSError as e:
         raise GraphError(f"graph file '{path}' cannot be read: {e.strerror}",
                          hint="check the call_graph path") from None
     params = _graph_params(data, str(path))
-    _override(params, overrides, str(path))
+    _override(params, overrides, str(path), data)
     before = len(graph.nodes)
-    builder = Builder(graph, Context(params, call, str(path.parent)), registry, prefix=prefix)
+    builder = Builder(graph, Context(params, call, _graph_dir(path)), registry, prefix=prefix)
     try:
         builder.build_body(data, path)
     except Exception:
