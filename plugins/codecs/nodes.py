@@ -16,15 +16,22 @@ frame with a fade. Concealed output carries `FLAG_CONCEALED`. An empty `FLAG_SIL
 with a `duration` is a period in which the stream had stopped (the jitter buffer keeping the
 timeline through a hold or a VAD silence): the concealment goes on until it has faded out
 (at most `IDLE_FADE_MS`, the last frame ramped to zero), then digital silence; counted
-`idle`, not `concealed`. Opus conceals longer (`OPUS_DTX_MS`): a sender with DTX sends one
-frame every 400 ms in silence and the decoder's concealment is the comfort noise between
-(RFC 7587 3.1.3), which must not fade out; once it has faded (a hold), the decoder starts
-afresh, so the next packet does not begin with the end of the concealment (a click). (A
-comfort-noise packet passed on by `rtp_session` has no duration: nothing plays for it.)
+`idle`, not `concealed`. Opus conceals longer (`OPUS_DTX_MS`) when the stream went quiet
+through DTX: a sender with DTX sends one frame every 400 ms in silence and the decoder's
+concealment is the comfort noise between (RFC 7587 3.1.3), which must not fade out; a stream
+that just stopped fades as G.711's does. Once faded (a hold), the Opus decoder starts afresh,
+so the next packet does not begin with the end of the concealment (a click); and libopus's
+concealment is held to the level of the audio before it (`opus.ConcealLevel`). (A comfort-noise
+packet passed on by `rtp_session` has no duration: nothing plays for it.)
+
+A decoder keeps its output on the input's timeline: a packet that starts a talk spurt (marker)
+after a gap in the pts, as an encoder with DTX sends them with no jitter buffer between, has
+the gap played first as a stopped stream's silence (`_gap`); docs/codecs.md.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,10 +53,15 @@ from pipeline.params import Param, ParamValueError
 from ..mixer.fifo import SampleFifo
 from .base import CodecError, CodecInfo, Decoder, Encoder
 
+log = logging.getLogger("plugins.codecs")
+
 PTIME_DOC = "packet duration in ms (RFC 4566 ptime)"
 # How long concealment may run on into a stopped stream's silence before it is ramped to zero:
 # G.711 Appendix I's fade is silent 60 ms into a loss; libopus's PLC decays but never ends.
 IDLE_FADE_MS = 60
+# A pts jump larger than this is a new stream, not a gap to fill: RFC 3550 A.1's MAX_DROPOUT
+# (3000 packets, a minute of 20 ms ones) and GStreamer rtpjitterbuffer's max-dropout-time.
+MAX_GAP_S = 60
 # Opus: how long its concealment runs on into a stopped stream. With DTX a sender sends one
 # frame every 400 ms of silence (RFC 6716 2.1.9; libopus's MAX_CONSECUTIVE_DTX) and nothing
 # between; the receiver's decoder conceals those periods, which in libopus is comfort noise at
@@ -57,6 +69,12 @@ IDLE_FADE_MS = 60
 # next refresh is due some 300 ms into the idle periods (later with long packets): faded out
 # after 60 ms, DTX's steady background played as 120 ms bursts of noise, 300 ms of silence.
 OPUS_DTX_MS = 500
+# The expected loss (percent) an Opus encoder with `fec` assumes when not told one: libopus
+# sends no FEC at 0; at 10 its LBRR frames ride along with most voiced frames (in 118 of 200
+# packets of speech at 32 kbit/s, as at 1 and 20), recover a lost frame at 17 dB SNR (15 at
+# 1%, 18 at 20%) within the same bitrate (measured, libopus 1.6), and SILK leans less on the
+# frame before. A loss estimate from RTCP would be better; none reaches the encoder here.
+FEC_LOSS_PERC = 10
 
 
 # ---- encoders ---------------------------------------------------------------------------
@@ -309,12 +327,28 @@ class OpusEncoderNode(_EncoderNode):
     bitrate = Param(int, 32000, "target bitrate in bit/s (0: libopus chooses)", min=0,
                     max=512000)
     complexity = Param(int, 10, "encoder complexity, 0 (fast) to 10 (best)", min=0, max=10)
-    fec = Param(bool, False, "in-band forward error correction (needs packet_loss_perc > 0)")
+    fec = Param(bool, False, "in-band forward error correction (sized by packet_loss_perc; "
+                "left out, 10 is assumed)")
     dtx = Param(bool, False, "discontinuous transmission: send no packets during silence")
     packet_loss_perc = Param(int, 0, "expected packet loss in percent (sizes the FEC)", min=0,
                              max=100)
     application = Param(str, "voip", "libopus application mode",
                         choices=("voip", "audio", "lowdelay"))
+
+    def __init__(self, name: str = "", **params: Any) -> None:
+        super().__init__(name, **params)
+        if self.fec and params.get("packet_loss_perc") is None:
+            # libopus codes in-band FEC (LBRR) only for an expected loss above 0, and
+            # sizes it by that: `fec: true` alone used to send none. Nothing feeds the
+            # receiver's loss reports back to the encoder here, so a fixed hint stands in.
+            self.packet_loss_perc = FEC_LOSS_PERC
+
+    def start(self) -> None:
+        super().start()
+        if self.fec and not self.packet_loss_perc:
+            log.warning("%s: fec is on with packet_loss_perc 0: libopus sends no in-band FEC "
+                        "(give packet_loss_perc > 0, or leave it out for %d)", self.name,
+                        FEC_LOSS_PERC)
 
     def validate(self) -> None:
         from .opus import FRAME_MS, MIN_BITRATE
@@ -439,8 +473,11 @@ class _DecoderNode(Node):
     """Shared decoder logic: decode, conceal losses, count bad payloads."""
 
     codec_name: ClassVar[str] = ""
-    # How long the concealment runs on into a stopped stream's silence (`_idle_period`).
-    idle_conceal_ms: ClassVar[int] = IDLE_FADE_MS
+
+    def idle_conceal_ms(self) -> int:
+        """How long the concealment runs on into a stopped stream's silence before its
+        ramp to zero (`_idle_samples`); asked once per silence."""
+        return IDLE_FADE_MS
 
     def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
         """(rate, channels) of the PCM output, given the encoded input format."""
@@ -469,35 +506,85 @@ class _DecoderNode(Node):
         self._compressed = 0
         self._idle = 0
         # (frames decoded + concealed when the idle run was last seen, samples of it
-        # concealed; -1: faded out, silence until audio plays again) and the silence.
-        self._idle_run = (-1, -1)
+        # concealed, -1: faded out, silence until audio plays again; samples of it in all).
+        self._idle_run = (-1, -1, 0)
+        self._idle_limit = 0  # samples of concealment before the ramp, this silence
+        self._left_out = False  # the silence playing is a gap the sender left out (`_gap`)
+        # A talk spurt came back within OPUS_DTX_MS of its silence: the sender uses DTX.
+        self._dtx_seen = False
         self._silence = np.zeros((self._last_samples, self._nch), np.int16)
+        self._payload = b""  # the last payload decoded
+        self._next_in = -1  # input pts (its clock) the next frame should have; -1: unknown
 
     def make_concealer(self) -> _PcmConcealer | None:
         return _PcmConcealer(self._rate, self._nch)
 
     def process(self, port: str, frame: EncodedFrame) -> None:
-        if not frame.payload:
+        payload = frame.payload
+        if not payload:
             if frame.flags & FLAG_CONCEALED:
+                self._gap(frame)
+                self._next_in = frame.pts + self._samples_for(frame) * frame.rate // self._rate
                 self._conceal(frame)
             elif frame.flags & FLAG_SILENCE and frame.duration:
+                self._gap(frame)
+                self._next_in = frame.pts + frame.duration
                 self._idle_period(frame)
             return  # an empty packet that is not a loss: nothing to play
+        if frame.pts != self._next_in:
+            self._gap(frame)
+        if frame.marker and self._idle_run[0] == self._decoded + self._concealed:
+            # A talk spurt after a silence (RFC 3551 4.1): one short enough for DTX's
+            # refreshes (400 ms apart) tells a DTX sender, though it sends no DTX packet.
+            self._dtx_seen |= 0 < self._idle_run[2] <= OPUS_DTX_MS * self._rate // 1000
         try:
-            pcm = self._decoder.decode(frame.payload)
+            pcm = self._decoder.decode(payload)
             extra = frame.meta.get("extra") if frame.meta else None
+            taken = pcm.shape[0]
             if extra:
                 # The jitter buffer shrinks its delay: two packets play in one period.
-                pcm = self._squeeze(pcm, self._decoder.decode(extra))
+                second = self._decoder.decode(extra)
+                taken += second.shape[0]
+                pcm = self._squeeze(pcm, second)
         except (ParseError, CodecError, ValueError):
             self._bad += 1  # bad remote input: counted and concealed, never raised
+            self._next_in = frame.pts + self._samples_for(frame) * frame.rate // self._rate
             self._conceal(frame)
             return
+        # Where the next packet starts on the input's clock: what was decoded (both packets
+        # of a squeezed frame), so a jump beyond it is a gap (`_gap`).
+        self._next_in = frame.pts + taken * frame.rate // self._rate
+        self._payload = payload
         if self._plc is not None:
             pcm = self._plc.good(pcm)
         self._decoded += 1
         self._last_samples = pcm.shape[0]
         self._out(pcm, frame.flags & FLAG_DISCONT)
+
+    def _gap(self, frame: EncodedFrame) -> None:
+        """Keep the output on the input's timeline: a frame whose pts is ahead of where the
+        last one ended, that starts a talk spurt (marker: RFC 3551 4.1, the sender left the
+        silence out, as an encoder with DTX does) and is not a discontinuity, has the gap
+        before it played as a stopped stream's silence is (`_idle_samples`: the
+        concealment fading out, or DTX's comfort noise, then digital silence). Without
+        the marker a jump is the jitter buffer's doing (it skipped a period to shrink its
+        delay): it is not undone. A pts going back, or jumping by more than `MAX_GAP_S`
+        (a new stream), restarts the input timeline there with nothing filled."""
+        start = self._next_in
+        if start < 0 or not frame.marker or frame.flags & FLAG_DISCONT or not frame.rate:
+            return
+        # RTP timestamps wrap at 2**32 (RFC 3550 5.1); an encoder's pts do not, and differ
+        # by far less than 2**31 between two of its packets.
+        ahead = (frame.pts - start + 2**31) % 2**32 - 2**31
+        if ahead <= 0 or ahead > MAX_GAP_S * frame.rate:
+            return
+        left = ahead * self._rate // frame.rate
+        self._left_out = True
+        while left > 0:  # one period at a time, as the jitter buffer's idle frames come
+            n = min(left, self._last_samples)
+            self._idle_samples(n)
+            left -= n
+        self._left_out = False
 
     def _squeeze(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Two decoded packets in one frame period (WSOLA time compression when available)."""
@@ -524,7 +611,9 @@ class _DecoderNode(Node):
         self._concealed += 1
         self._out(pcm, FLAG_CONCEALED | (frame.flags & FLAG_DISCONT))
 
-    def conceal(self, samples: int, frame: EncodedFrame) -> np.ndarray:
+    def conceal(self, samples: int, frame: EncodedFrame | None) -> np.ndarray:
+        """`samples` of concealment for a lost packet (`frame`), or for a period in which
+        the stream had stopped (None)."""
         return self._plc.conceal(samples)
 
     def idle_faded(self) -> None:
@@ -533,33 +622,39 @@ class _DecoderNode(Node):
             self._plc.silence()
 
     def _idle_period(self, frame: EncodedFrame) -> None:
-        """A period in which the stream had stopped: the concealment of its last audio
-        fades out (ramped to zero after `idle_conceal_ms`), then digital silence."""
+        """A period in which the stream had stopped (`_idle_samples`)."""
         n = self._samples_for(frame)
-        if n <= 0:
-            return
+        if n > 0:
+            self._idle_samples(n)
+
+    def _idle_samples(self, n: int) -> None:
+        """`n` samples in which the stream had stopped: the concealment of its last audio
+        fades out (ramped to zero after `idle_conceal_ms()`), then digital silence."""
         self._idle += 1
         mark = self._decoded + self._concealed  # moves whenever audio or a loss played
-        seen, done = self._idle_run
+        seen, done, total = self._idle_run
         if seen != mark:
-            done = 0  # audio since the last idle period: its concealment fades out first
+            done = total = 0  # audio since the last idle period: its concealment fades first
+            self._idle_limit = self.idle_conceal_ms() * self._rate // 1000
+        total += n
         if done < 0:
+            self._idle_run = (mark, done, total)
             silence = self._silence
             if silence.shape[0] != n:
                 silence = self._silence = np.zeros((n, self._nch), np.int16)
             self._out(silence, FLAG_SILENCE)
             return
-        pcm = self.conceal(n, frame)
+        pcm = self.conceal(n, None)[:n]  # (Opus conceals whole 2.5 ms: a gap's last piece)
         done += n
         if not pcm.any():
             done = -1
-        elif done >= self.idle_conceal_ms * self._rate // 1000:
+        elif done >= self._idle_limit:
             ramp = np.linspace(1.0, 0.0, len(pcm), endpoint=False, dtype=np.float32)
             pcm = np.rint(pcm * ramp[:, None]).astype(np.int16)
             done = -1
         if done < 0:
             self.idle_faded()
-        self._idle_run = (mark, done)
+        self._idle_run = (mark, done, total)
         self._out(pcm, FLAG_CONCEALED)
 
     def _out(self, pcm: np.ndarray, flags: int) -> None:
@@ -648,7 +743,20 @@ class OpusDecoderNode(_DecoderNode):
     rate = Param(int, None, "output rate in Hz (default: what downstream prefers, else 48 kHz)",
                  choices=OPUS_RATES)
     channels = Param(int, None, "output channels (default: the stream's)", choices=(1, 2))
-    idle_conceal_ms = OPUS_DTX_MS  # DTX: the concealment is the comfort noise (RFC 7587)
+
+    def idle_conceal_ms(self) -> int:
+        # RFC 7587 3.1.3: a stream gone quiet through DTX is concealed between its refreshes,
+        # libopus's comfort noise, which must not fade; a stream that just stopped fades out
+        # as G.711's does (its concealment is the last sound drawn out, not a background).
+        return OPUS_DTX_MS if self._in_dtx() else IDLE_FADE_MS
+
+    def _in_dtx(self) -> bool:
+        """Whether the stream went quiet through DTX: its last packet says so (a DTX packet,
+        or flagged without voice), or the sender left the silence out (a gap before a marked
+        packet), or it is known to (a talk spurt came back within DTX's refresh time)."""
+        from .opus import packet_is_quiet
+
+        return self._left_out or self._dtx_seen or packet_is_quiet(self._payload)
 
     def output_format(self, fmt: Format, downstream: dict) -> tuple[int, int]:
         rate = self.rate
@@ -662,8 +770,10 @@ class OpusDecoderNode(_DecoderNode):
 
         return OpusDecoder(rate, channels)
 
-    def make_concealer(self) -> _PcmConcealer | None:
-        return None  # libopus conceals itself
+    def make_concealer(self) -> Any:
+        from .opus import ConcealLevel
+
+        return ConcealLevel(self._rate)  # libopus conceals; this holds its level
 
     def idle_faded(self) -> None:
         # Ramped to zero here, the concealment goes on inside libopus: the next packet's
@@ -671,22 +781,23 @@ class OpusDecoderNode(_DecoderNode):
         # out of the silence, up to 40% of the level before it. A fresh state starts from
         # rest, as the stream's first packet did.
         self._decoder.reset()
+        self._plc.gain = 1.0
 
-    def conceal(self, samples: int, frame: EncodedFrame) -> np.ndarray:
+    def conceal(self, samples: int, frame: EncodedFrame | None) -> np.ndarray:
         quantum = self._rate // 400  # Opus lengths are multiples of 2.5 ms
         samples = max(quantum, -(-samples // quantum) * quantum)
         samples = min(samples, self._rate * 120 // 1000)
-        nxt = (frame.meta or {}).get("next")
+        nxt = frame.meta.get("next") if frame is not None and frame.meta else None
         if nxt:
             try:
                 fec = self._decoder.carries_fec(nxt)
                 if fec is not False:  # without FEC data libopus would conceal anyway
                     pcm = self._decoder.decode_fec(nxt, samples)
                     self._fec += fec is not None  # not a recovery where none was sent
-                    return pcm
+                    return self._plc.good(pcm)  # decoded audio, not concealment
             except ParseError:
                 self._bad += 1
-        return self._decoder.conceal(samples)
+        return self._plc.bound(self._decoder.conceal(samples), self._in_dtx)
 
     @classmethod
     def inspect_extra(cls) -> dict[str, str]:

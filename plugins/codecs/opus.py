@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import re
+from collections.abc import Callable
 from ctypes import c_char_p, c_int, c_int32, c_void_p
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,50 @@ def packet_samples(payload: bytes, rate_hz: int = 48000) -> int:
     if samples > 5760:  # 3.2.5: at most 120 ms of audio in a packet
         raise ParseError(f"Opus packet is invalid: {samples // 48} ms of audio (at most 120)")
     return samples * rate_hz // 48000
+
+
+def packet_is_quiet(payload: bytes) -> bool:
+    """Whether `payload` says its sender's encoder found no voice: a DTX packet (at most 2
+    bytes, a TOC with no audio: RFC 7587 3.3; WebRTC sends the first of a silence) or a
+    SILK or Hybrid packet whose voice activity flags are all clear (RFC 6716 4.2.3).
+
+    The flags are the first header bits of the range-coded frame, each of probability 1/2,
+    which a range coder writes as they are: the top bits of the frame's first byte (one per
+    20 ms SILK frame, 10 ms counting as one). libopus goes into DTX only after 200 ms of
+    frames so flagged, and its refreshes in DTX are flagged too, so a sender that leaves out
+    every DTX packet is still told apart from a stream that just stopped. CELT carries no
+    such flag: a CELT packet is quiet only as a DTX packet."""
+    if len(payload) <= 2:
+        return bool(payload)
+    toc = payload[0]
+    config, code = toc >> 3, toc & 3
+    if config >= 16:
+        return False  # CELT: no voice activity flag
+    start = _first_frame(payload, code)
+    if start >= len(payload):
+        return False
+    flags = max(1, config & 3) if config < 12 else 1  # SILK 10/20/40/60 ms: 1, 1, 2, 3
+    return payload[start] >> (8 - flags) == 0
+
+
+def _first_frame(payload: bytes, code: int) -> int:
+    """Offset of the first frame's data in a packet of at least 3 bytes (RFC 6716 3.2)."""
+    if code < 2:
+        return 1
+    if code == 2:  # the first frame's length comes first
+        return 2 if payload[1] < 252 else 3
+    count = payload[1]
+    at = 2
+    if count & 0x40:  # padding length: bytes of 255 mean 254 more and another byte
+        while at < len(payload) and payload[at] == 255:
+            at += 1
+        at += 1
+    if count & 0x80:  # VBR: a length for every frame but the last
+        for _ in range((count & 0x3F) - 1):
+            if at >= len(payload):
+                break
+            at += 1 if payload[at] < 252 else 2
+    return at
 
 
 def opus_codec(
@@ -437,3 +482,86 @@ class OpusDecoder(Decoder):
         value = ctypes.c_uint32()
         self._lib.opus_decoder_ctl(self._state, ctypes.c_int(_GET_FINAL_RANGE), ctypes.byref(value))
         return value.value
+
+
+class ConcealLevel:
+    """Holds libopus's concealment to the level of the audio it conceals.
+
+    libopus's CELT concealment turns to noise shaped by the last frame's band energies after
+    a few lost frames; on a loud tone (GStreamer's opusenc, 440 Hz at -2 dBFS) that noise
+    came back 10 dB louder than the decay before it, above the tone, with hundreds of
+    samples clipped at full scale. A concealed frame is turned down (never up) so that its
+    peak and RMS are no more than the last decoded frame's; and, unless the stream went
+    quiet through DTX (its concealment is then steady comfort noise, RFC 7587 3.1.3), no
+    more than the concealed frame before it: a loss fades, it never swells. The gain moves
+    over 2.5 ms from where the last frame left it, and the next decoded frame fades in
+    from there (libopus carries on from its own concealment, not from ours): no step.
+    Costs nothing per decoded frame but a reference kept; numpy work per concealed frame."""
+
+    __slots__ = ("gain", "last", "peak", "ramp", "ref", "rms", "steady")
+
+    def __init__(self, rate: int) -> None:
+        self.ramp = rate // 400
+        self.last: np.ndarray | None = None  # the last decoded (or FEC-recovered) frame
+        self.ref: np.ndarray | None = None  # the frame the bounds were last taken from
+        self.peak = self.rms = 0.0
+        self.gain = 1.0  # the gain at the end of the last frame played
+        self.steady = False  # gone quiet through DTX: the bounds stay the decoded frame's
+
+    def good(self, pcm: np.ndarray) -> np.ndarray:
+        """`pcm`, decoded (or recovered by FEC): kept as the reference for the next loss,
+        faded in if the concealment before it was turned down."""
+        self.last = pcm
+        if self.gain < 1.0:
+            pcm = self._fade_in(pcm.astype(np.float32))
+        return pcm
+
+    def bound(self, pcm: np.ndarray, in_dtx: Callable[[], bool]) -> np.ndarray:
+        """`pcm`, libopus's concealment, held to the bounds; `in_dtx()` is asked at the
+        first concealed frame after audio (steady bounds when it is True)."""
+        last = self.last
+        if last is None:
+            return pcm  # nothing played yet: libopus conceals silence
+        if self.ref is not last:  # the first concealed frame since audio was decoded
+            self.ref = last
+            self.peak, self.rms = _levels(last.astype(np.float32))
+            self.steady = in_dtx()
+        x = pcm.astype(np.float32)
+        peak, rms = _levels(x)
+        if peak <= self.peak and rms <= self.rms and self.gain >= 1.0:
+            if not self.steady:
+                self.peak, self.rms = peak, rms
+            return pcm
+        # The gain that holds the frame's RMS to the bound, ramp from the last gain included:
+        # its energy is a quadratic in the gain (the ramp's weights t go 0 -> 1, then 1).
+        n = min(self.ramp, len(x))
+        t = np.ones(len(x), np.float32)
+        t[:n] = np.linspace(0.0, 1.0, n, endpoint=False, dtype=np.float32)
+        e = np.sum(x * x, axis=1)
+        p = self.gain
+        a = float(np.dot(e, t * t))
+        b = p * float(np.dot(e, t * (1 - t)))
+        c = p * p * float(np.dot(e, (1 - t) ** 2)) - self.rms * self.rms * x.size
+        g = (-b + np.sqrt(max(b * b - a * c, 0.0))) / a if a > 0 else 0.0
+        g = min(1.0, max(g, 0.0), self.peak / peak if peak > self.peak else 1.0)
+        x *= (p + (g - p) * t)[:, None]
+        np.clip(x, -self.peak, self.peak, out=x)  # the ramp from a higher gain: no louder
+        self.gain = g
+        pcm = np.rint(x).astype(np.int16)
+        if not self.steady:
+            self.peak, self.rms = _levels(pcm.astype(np.float32))
+        return pcm
+
+    def _fade_in(self, x: np.ndarray) -> np.ndarray:
+        """`x` (decoded audio) ramped over 2.5 ms from the gain the concealment ended at."""
+        n = min(self.ramp, len(x))
+        x[:n] *= np.linspace(self.gain, 1.0, n, endpoint=False, dtype=np.float32)[:, None]
+        self.gain = 1.0
+        return np.rint(x).astype(np.int16)
+
+
+def _levels(x: np.ndarray) -> tuple[float, float]:
+    """(peak, RMS) of float PCM."""
+    if not x.size:
+        return 0.0, 0.0
+    return float(np.abs(x).max()), float(np.sqrt(np.mean(x * x)))
