@@ -124,8 +124,10 @@ links:
   (environment), `${graph_dir}` (this file's folder, as a full path: what is made with it
   means the same from any folder and inside bins), `${call.FIELD}` (in call graphs
   instantiated by a `sip_endpoint`, see docs/sip.md). A value that is only a template
-  keeps the type of what it names (`rate: ${rate}` is an integer). A param may be made of
-  others (`params: {d: ~, e: "${d:-2s}"}`), not of itself.
+  keeps the type of what it names (`rate: ${rate}` is an integer). Templates work inside
+  lists and maps too (`listen: ["udp:127.0.0.1:${port}"]`, `users: {alice: "${env:PW}"}`);
+  there a `${call.*}` outside a call graph is left for the call graph (`call_graph_params`).
+  A param may be made of others (`params: {d: ~, e: "${d:-2s}"}`), not of itself.
 - **Units**: durations `5s`, `20ms`, `1.5min` (a plain number is seconds: `interval: 100`
   is 100 s, not 100 ms); frequencies `440Hz`, `16kHz`; levels `-6dB`.
   A number parameter takes the unit its name counts in: a rate (`rate`, `*_rate`, `*_hz`)

@@ -9,11 +9,13 @@ absolute).
 from __future__ import annotations
 
 import codecs
+import copy
 import datetime
 import itertools
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,6 +388,8 @@ def substitute(value: Any, ctx: Context, where: Where, *, text: bool = False,
     `text`: the value is for a text parameter, which takes a number or boolean as it was
     written (${d} with d: 0123 is "0123"); `keep`: a value with its text is returned as
     such (a bin's parameter: the bin's own nodes decide)."""
+    if isinstance(value, (list, dict)):
+        return _substitute_within(value, ctx, where, keep)
     if not isinstance(value, str) or "${" not in value:
         return value
     m = _TEMPLATE_RE.fullmatch(value.strip())
@@ -395,6 +399,50 @@ def substitute(value: Any, ctx: Context, where: Where, *, text: bool = False,
             return str(found) if text else found.value
         return found
     return _TEMPLATE_RE.sub(lambda mm: _as_text(mm.group(1), ctx, where, text), value)
+
+
+def _substitute_within(value: list | dict, ctx: Context, where: Where, keep: bool) -> Any:
+    """The templates in the strings of a list or map (`listen: [udp:...:${port}]`, `users:
+    {alice: "${env:PW}"}`), each item typed as YAML types it; left as written, a password
+    from the environment was the text `${env:PW}`. `${call.*}` outside a call graph is left
+    for the call graph it is handed to (`call_graph_params`). A list or map shared through YAML
+    aliases is done once and stays shared, so aliases cannot multiply the work."""
+    done: dict[int, Any] = {}
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            if ctx.call is None and "${call." in v:
+                return v  # outside a call graph only a call graph's own (call_graph_params)
+            return substitute(v, ctx, where, keep=keep)
+        if not isinstance(v, (list, dict)):
+            return v
+        if id(v) not in done:
+            done[id(v)] = _replaced(v, walk)
+        return done[id(v)]
+
+    return walk(value)
+
+
+def _replaced(value: list | dict, walk: Callable[[Any], Any]) -> list | dict:
+    """`value` with `walk` applied to its items: itself when none changed, else a copy that
+    keeps what the file said of it (its marks; a map's texts as written, but of the items
+    a template replaced)."""
+    if isinstance(value, list):
+        items = [walk(x) for x in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        new = copy.copy(value)
+        new[:] = items
+        return new
+    mapped = {k: walk(x) for k, x in value.items()}
+    if all(mapped[k] is x for k, x in value.items()):
+        return value
+    out = copy.copy(value)
+    out.update(mapped)
+    texts = getattr(value, "texts", None)
+    if texts:
+        out.texts = {k: t for k, t in texts.items() if mapped.get(k) is value.get(k)}
+    return out
 
 
 def _as_text(expr: str, ctx: Context, where: Where, written: bool = False) -> str:

@@ -285,3 +285,28 @@ def test_linked_twice_names_the_exposed_port(tmp_path, capsys, links, message):
         f"links: {links}\n")})
     assert _error(capsys, str(tmp_path / "g.yaml")) == (
         f"pipeline: error: {tmp_path}/g.yaml:{message}")
+
+
+def test_templates_inside_lists_and_maps_are_filled_in(tmp_path: Path, monkeypatch) -> None:
+    # A password in users: from the environment was the text "${env:ALICE_PW}" itself (a
+    # caller who sent that text got in), and a listen list or codecs list with ${...} failed.
+    monkeypatch.setenv("ALICE_PW", "pw1")
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        "graph: server\n"
+        "params: {port: 5070, c: pcmu, rec: out}\n"
+        "nodes:\n"
+        "  sip:\n"
+        "    type: sip_endpoint\n"
+        "    listen: [\"udp:127.0.0.1:${port}\"]\n"
+        "    codecs: [\"${c}\", telephone-event]\n"
+        "    users: {alice: \"${env:ALICE_PW}\", bob: 0123}\n"
+        "    call_graph_params: {dir: \"${rec}\", name: \"${call.caller}.wav\"}\n")
+    sip = load_graph(path).nodes["sip"]
+    assert sip.listen == ["udp:127.0.0.1:5070"]
+    assert sip.codecs == ["pcmu", "telephone-event"]
+    from plugins.sip.nodes import written_map
+
+    assert written_map(sip.users) == {"alice": "pw1", "bob": "0123"}  # the rest as written
+    # A call value is the call graph's to fill in, per call.
+    assert sip.call_graph_params == {"dir": "out", "name": "${call.caller}.wav"}
