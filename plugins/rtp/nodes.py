@@ -27,7 +27,11 @@ level in -dBov, RFC 3389 3.1, and `meta["cn_reflection"]`, the spectrum's bytes,
 jitter buffer knows the number was not lost; decoders play nothing for it.
 
 Bad datagrams are counted and dropped, never raised; an exception in a node downstream of
-the session is handed to `run_io`, which re-raises it so the runtime stops the graph.
+the session is handed to `run_io`, which re-raises it so the runtime stops the graph. A
+payload type we do not take is dropped with a warning (the first, then a count at most every
+`WARN_EVERY_S`) and latches nothing (RFC 3550 A.1). The RTP clock is the one a receiver
+with the same settings takes, and a sender whose input runs at another is refused; a static
+payload type given to another codec is warned about (docs/rtp.md).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import time
 from collections import deque
 from typing import Any
 
+from pipeline.clock import WARN_EVERY_S
 from pipeline.errors import ParseError, ProtocolError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_SILENCE, CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
@@ -52,7 +57,7 @@ from pipeline.params import Path as PathType
 
 from .dtmf import DtmfReceiver, DtmfSender
 from .packet import RtpPacker, parse_fields, shadowed_by_rtcp
-from .payload import unknown_samples
+from .payload import static_encoding_clash, unknown_samples
 from .pcap import PcapWriter
 from .rtcp import (
     RtcpBye,
@@ -315,7 +320,7 @@ class RtpSession(Node):
                  "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote", "_rtcp_remote",
                  "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender", "_seq", "_sending",
                  "_sock", "_srtp_rx", "_srtp_tx", "_ssrc", "_timed_out", "_watching",
-                 "_ts_offset", "bound_port", "rtcp_port")
+                 "_ts_offset", "_unknown_pt_warned", "bound_port", "rtcp_port")
 
     def validate(self) -> None:
         if not self.srtp_suite:
@@ -343,14 +348,19 @@ class RtpSession(Node):
         info = self.registry.codecs.get(codec)
         if static is not None and static[0] != codec:
             static = None  # a static number reused for another codec: only its name counts
-        # A static payload type fixes its clock (L16 as 10 or 11 is 44.1 kHz, where the
-        # codec's own default is 16 kHz); an explicit clock_rate or the encoder's rate wins.
-        clock = self.clock_rate or (fmt.value("rate") if fmt is not None else None) or (
-            static[1] if static else None) or (info.clock_rate if info is not None else None
-                                               ) or _CLOCK_RATES.get(codec)
+        # The clock is what a receiver with the same settings takes, so sender and receiver
+        # agree: clock_rate, else a static payload type's (L16 as 10 or 11 is 44.1 kHz, where
+        # the codec's own default is 16 kHz), else the codec's. The encoder's rate only
+        # stands in for a codec nobody describes.
+        rate = fmt.value("rate") if fmt is not None else None
+        rate = rate if isinstance(rate, int) else None
+        clock = self.clock_rate or (static[1] if static else None) or (
+            info.clock_rate if info is not None else None) or _CLOCK_RATES.get(codec) or rate
         if clock is None:
             raise ValueError(f"rtp_session does not know the clock rate of '{codec}': "
                              "set clock_rate")
+        if rate is not None and rate != clock:
+            raise self._clock_mismatch(codec, rate, clock, static)
         pt = self.payload_type
         if pt is None and info is not None:
             pt = info.payload_type
@@ -361,6 +371,7 @@ class RtpSession(Node):
             raise ValueError(f"rtp_session needs a payload_type for '{codec}' (it has no "
                              "static one)")
         self._codec, self._clock, self._pt = codec, int(clock), pt
+        self._warn_static_clash(codec)
         channels = self.channels
         if static is not None and static[2] != channels:
             if channels != 1:  # 1 is the default: PT 10 is stereo by definition
@@ -371,6 +382,46 @@ class RtpSession(Node):
         self._channels = channels
         out = Format.encoded(codec, self._clock, channels)
         return {p: out for p in self.linked_outputs}
+
+    def _clock_mismatch(self, codec: str, rate: int, clock: int,
+                        static: tuple | None) -> ParamValueError:
+        """The error for an input whose RTP clock is not the session's: the encoder stamps
+        its packets at `rate`, a receiver with our settings plays them at `clock` (L16 at 48
+        kHz sent as 16 kHz played 3x slow: its clock is the sample rate, RFC 3551 4.5.11)."""
+        if self.clock_rate:
+            why = "clock_rate"
+        elif static is not None:
+            why = f"payload type {self.payload_type}'s, RFC 3551 table 4"
+        else:
+            why = f"{codec}'s default"
+        speed = f"{rate / clock:.3g}x slow" if rate > clock else f"{clock / rate:.3g}x fast"
+        message = (f"input is {codec} at {rate} Hz, but the stream's RTP clock is "
+                   f"{clock} Hz ({why}): a receiver with the same settings would play it "
+                   f"{speed}")
+        if codec == "l16":
+            hint = (f"make the encoder's input {clock} Hz (l16_encoder rate={clock} "
+                    f"resamples), or set clock_rate={rate} on both sessions")
+        else:
+            hint = f"set clock_rate={rate} on both sessions, or leave clock_rate out"
+        return ParamValueError("clock_rate", message, hint)
+
+    def _warn_static_clash(self, codec: str) -> None:
+        """Say so when a payload type we send or take is another codec's static one (RFC 3551
+        table 4): a peer sending that codec unsignalled (GStreamer's rtppcmupay sends 0) is
+        decoded as ours, noise at full scale. Not an error: RFC 3551 3 lets signalling bind
+        a static number to another encoding, and a peer's SDP can (we keep its numbers,
+        RFC 3264 6.1)."""
+        said = set()
+        for name in ("payload_type", "recv_payload_type"):
+            pt = getattr(self, name)
+            other = static_encoding_clash(pt, codec) if pt is not None and pt >= 0 else None
+            if other is not None and pt not in said:
+                said.add(pt)
+                log.warning("rtp_session '%s': %s %d is %s's static payload type (RFC 3551 "
+                            "table 4), not %s's: a peer that goes by the number takes %s for "
+                            "%s; use a dynamic payload type (96-127) unless the peer's SDP "
+                            "binds %d to %s", self.name, name, pt, other, codec, codec, other,
+                            pt, codec)
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -447,6 +498,7 @@ class RtpSession(Node):
             self._srtp_tx = SrtpContext(self.srtp_suite, self.srtp_local_key)
             self._srtp_rx = SrtpContext(self.srtp_suite, self.srtp_remote_key)
         self._c = SessionCounters()
+        self._unknown_pt_warned = float("-inf")  # when a dropped payload type was last said
         self.post("rtp-bound", ip=host, port=port, rtcp_port=self.rtcp_port)
         if self._dtmf_queue and self._dtmf_packer is None:
             self.counters.drops += len(self._dtmf_queue)  # the new media have no DTMF
@@ -603,6 +655,13 @@ class RtpSession(Node):
             c.dropped_bad += 1
             return
         if self._remote is None:
+            if pt != self._recv_pt and pt != self._dtmf_pt and pt != self._cn_pt \
+                    and self._recv_pt >= 0:
+                # Not valid RTP of this session (RFC 3550 A.1: the payload type must be
+                # known), so not where our RTP should go. Comfort noise or a digit first
+                # does latch: those are agreed payload types.
+                self._drop_unknown_pt(pt, addr)
+                return
             # Symmetric RTP: latch to the first valid source; we answer from this socket.
             self._remote = addr
             self.post("rtp-latched", ip=addr[0], port=addr[1])
@@ -617,7 +676,7 @@ class RtpSession(Node):
                 self._on_not_media(pt, seq, ts, ssrc, payload, marker, len(data), now)
                 return
             if self._recv_pt >= 0:
-                c.dropped_unknown_pt += 1
+                self._drop_unknown_pt(pt, addr)
                 return
         rx = self._rx
         if rx is None or rx.ssrc != ssrc:
@@ -633,6 +692,28 @@ class RtpSession(Node):
             self.emit("out", EncodedFrame(
                 payload, self._codec, ts, self._samples(payload, self._channels), self._clock,
                 marker, 0, {"seq": seq, "ssrc": ssrc, "pt": pt, "arrival": now}))
+
+    def _drop_unknown_pt(self, pt: int, addr: tuple[str, int]) -> None:
+        """Count a packet of a payload type we do not take, and say so at the first and
+        then at most every WARN_EVERY_S with the count: else a peer sending another number
+        (GStreamer's payloaders default to 96) makes an empty recording and exit 0."""
+        c = self._c
+        c.dropped_unknown_pt += 1
+        now = self._now()
+        if now - self._unknown_pt_warned < WARN_EVERY_S:
+            return
+        self._unknown_pt_warned = now
+        codec, want = self._codec, self._recv_pt
+        other = static_encoding_clash(pt, codec)
+        if other is not None:  # the peer sends a static number: most likely its codec
+            fix = f"{pt} is {other}'s static payload type: if the peer sends {other}, " \
+                  f"use codec={other.lower()} (and its decoder)"
+        else:
+            param = "payload_type" if self.recv_payload_type is None else "recv_payload_type"
+            fix = f"if the peer sends {codec} as {pt}, set {param}={pt}"
+        log.warning("rtp_session '%s': dropping RTP of payload type %d from %s:%d: it takes "
+                    "%d (%s); %s (dropped_unknown_pt=%d)", self.name, pt, addr[0], addr[1],
+                    want, codec, fix, c.dropped_unknown_pt)
 
     def _receiver(self, ssrc: int) -> ReceiverStats:
         """Statistics for a new SSRC (the first, or the sender's new one)."""
