@@ -480,7 +480,6 @@ class Runtime:
             g.part_prefix = ""
             self._remove(new)
             raise
-        g.part_prefix = ""
         for n in reversed(g.nodes):  # the converters it needed: made after its nodes
             if n in new:
                 break
@@ -488,10 +487,12 @@ class Runtime:
                 new.add(n)
         order = [g.nodes[n] for n in g.topological_order(new)]
         try:
-            self._start(order)
+            self._start(order)  # (a node may ask which part it starts in: its RTCP CNAME)
         except Exception:
             self._remove(new)
             raise
+        finally:
+            g.part_prefix = ""
         try:
             touching = g.links_at(new)
             self._wire(new)

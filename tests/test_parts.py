@@ -454,3 +454,32 @@ links: [t -> parent.room]
 """
     g, _ = _run(tmp_path, part, actions)
     assert sizes(g) == actions.seen["after one"] == (len(g.param_where), 0, 1, 4)
+
+
+def test_a_parts_nodes_start_knowing_their_part(tmp_path, monkeypatch):
+    # A node asks which part it starts in (its RTCP CNAME is the call's, bins included).
+    from plugins.generators.nodes import Tone
+
+    seen = []
+    start = Tone.start
+
+    def starting(self):
+        seen.append((self.name, self.graph.part_prefix))
+        start(self)
+
+    monkeypatch.setattr(Tone, "start", starting)
+
+    def actions(g, rt, path):
+        def join():
+            rt.attach("call-1/", add_part(g, path, "call-1/", call={"freq": 900}))
+
+        return {10: join, 20: lambda: rt.detach("call-1/")}
+
+    part = """
+nodes:
+  t: {type: tone, freq: "${call.freq}", rate: 16000}
+links: [t -> parent.room]
+"""
+    g, _ = _run(tmp_path, part, actions)
+    assert ("call-1/t", "call-1/") in seen
+    assert g.part_prefix == ""

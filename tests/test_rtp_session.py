@@ -665,18 +665,23 @@ def test_the_audio_and_video_of_a_call_share_one_cname() -> None:
     from plugins.rtp.nodes import RtpSession, cname
     from plugins.video.rtp_nodes import VideoRtpReceiver, VideoRtpSender
 
-    one, other = Graph("server"), Graph("server")
-    nodes = {}
-    for graph, part in ((one, "call-1/"), (one, "call-2/"), (other, "call-1/")):
-        made = [RtpSession(f"{part}rtp"), VideoRtpSender(f"{part}vtx", remote_port=5000),
-                VideoRtpReceiver(f"{part}vrx", codec="vp8")]
+    def names(graph: Graph, part: str) -> set[bytes]:
+        graph.part_prefix = part  # as Runtime.attach has it while a part's nodes start
+        # Bins name their nodes bin/inner too: still the call's (or the graph's) one CNAME.
+        made = [RtpSession(f"{part}rtp"), VideoRtpSender(f"{part}video/vtx", remote_port=5000),
+                VideoRtpReceiver(f"{part}video/vrx", codec="vp8")]
         for node in made:
             node.graph = graph
-        nodes[id(graph), part] = {cname(node) for node in made}
-    assert all(len(names) == 1 for names in nodes.values())
-    names = [next(iter(n)) for n in nodes.values()]
-    assert len(set(names)) == 3  # per call, and per graph
-    assert all(len(n) == 16 for n in names)
+        return {cname(node) for node in made}
+
+    one, other = Graph("server"), Graph("server")
+    seen = [names(one, ""), names(one, "call-1/"), names(one, "call-2/"), names(other, "")]
+    assert seen[1] == names(one, "call-1/")  # the same across the call's rebuilds
+    assert all(len(n) == 1 for n in seen)
+    assert len(set().union(*seen)) == 4  # per call, and per graph
+    assert all(len(next(iter(n))) == 16 for n in seen)
+    # Graphs made one after another (an id() reused) do not share one either.
+    assert len({next(iter(names(Graph("g"), ""))) for _ in range(50)}) == 50
 
 
 # ---- DTMF --------------------------------------------------------------------------------------

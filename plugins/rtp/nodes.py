@@ -44,6 +44,7 @@ import logging
 import secrets
 import socket
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -68,7 +69,7 @@ from .rtcp import (
 )
 from .srtp import SUITES as SRTP_SUITES
 from .srtp import SrtpContext, SrtpError, decode_key
-from .stats import ReceiverStats, RtcpScheduler, SenderStats
+from .stats import UDP_IP_OVERHEAD, ReceiverStats, RtcpScheduler, SenderStats
 
 log = logging.getLogger("plugins.rtp")
 
@@ -77,7 +78,6 @@ log = logging.getLogger("plugins.rtp")
 STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000, 1), 8: ("pcma", 8000, 1), 9: ("g722", 8000, 1),
                         10: ("l16", 44100, 2), 11: ("l16", 44100, 1)}
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
-_UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 _MAX_DATAGRAM = 65535
 _MAX_STALE = 4096  # datagrams dropped at most when taking a handed-back socket (a full buffer)
 
@@ -161,17 +161,23 @@ def kept_port(ip: str, port: int) -> PortReservation | None:
     return _reserved.get((ip, port))
 
 
-_CNAME_KEY = secrets.token_bytes(16)  # CNAMEs say nothing of the host, and differ per process
+# A random key per graph: its CNAMEs say nothing of the host, and no two graphs share one
+# (an id() would, once a graph is freed and another takes its memory).
+_CNAME_KEYS: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
 def cname(node: Node) -> bytes:
-    """The RTCP CNAME of `node`'s streams: one for every RTP node of its graph, or of its
-    call's part of one, so that the far end can synchronise our audio with our video (RFC
-    3550 6.5.1: one CNAME per participant); 96 random-looking bits, the same across the
-    part's rebuilds (RFC 7022 4.2)."""
-    part = node.name.rpartition("/")[0]
-    digest = hashlib.blake2b(f"{id(node.graph)}/{part}".encode(), key=_CNAME_KEY,
-                             digest_size=12).digest()
+    """The RTCP CNAME of `node`'s streams, asked when it starts: one for every RTP node of
+    its graph, or of its call's part of one (bins within included), so that the far end can
+    synchronise our audio with our video (RFC 3550 6.5.1: one CNAME per participant); 96
+    random-looking bits, the same across the part's rebuilds (RFC 7022 4.2)."""
+    graph = node.graph
+    if graph is None:  # a node on its own: a participant of its own
+        return base64.b64encode(secrets.token_bytes(12))
+    key = _CNAME_KEYS.get(graph)
+    if key is None:
+        key = _CNAME_KEYS[graph] = secrets.token_bytes(16)
+    digest = hashlib.blake2b(graph.part_prefix.encode(), key=key, digest_size=12).digest()
     return base64.b64encode(digest)
 
 
@@ -807,7 +813,7 @@ class RtpSession(Node):
             elif isinstance(p, RtcpBye):
                 self.post("rtp-bye", reason=p.reason)
         if self._scheduler is not None:
-            self._scheduler.on_received(len(data) + _UDP_IP_OVERHEAD)
+            self._scheduler.on_received(len(data) + UDP_IP_OVERHEAD)
 
     # ---- sending ----------------------------------------------------------------------------
     def _send(self, data: bytes, payload_size: int, timestamp: int) -> bool:
@@ -901,7 +907,7 @@ class RtpSession(Node):
         if self._pcap is not None:
             self._pcap.write(data, (self._local[0], self.rtcp_port), dest, wall)
         if self._scheduler is not None:
-            self._scheduler.on_sent(len(data) + _UDP_IP_OVERHEAD, now, we_sent)
+            self._scheduler.on_sent(len(data) + UDP_IP_OVERHEAD, now, we_sent)
 
     # ---- timers -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:

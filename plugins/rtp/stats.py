@@ -331,6 +331,9 @@ def update_avg_rtcp_size(avg: float, packet_size: int) -> float:
     return packet_size / 16.0 + avg * 15.0 / 16.0
 
 
+UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP packet sizes (RFC 3550 6.2)
+
+
 @dataclass(slots=True)
 class RtcpScheduler:
     """Decides when to send the next compound RTCP packet for one local participant (6.3).

@@ -64,7 +64,13 @@ from plugins.rtp.rtcp import (
     compound_report,
     parse_rtcp,
 )
-from plugins.rtp.stats import ReceiverStats, RtcpScheduler, SenderStats, reduced_min_time
+from plugins.rtp.stats import (
+    UDP_IP_OVERHEAD,
+    ReceiverStats,
+    RtcpScheduler,
+    SenderStats,
+    reduced_min_time,
+)
 from plugins.video.codec import CLOCK_RATE
 from plugins.video.nodes import VIDEO_CODECS, encoded_video
 
@@ -72,7 +78,6 @@ _MAX_DATAGRAM = 65535
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
 _PSFB = 206
 _PSFB_FIR = 4  # Full Intra Request, RFC 5104 section 4.3.1
-_UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers, counted in RTCP sizes (RFC 3550 6.2)
 
 
 def _payload_format(node: Node, codec: str, part: str) -> Any:
@@ -231,7 +236,7 @@ class _UdpNode(Node):
         # From the RTCP socket (symmetric RTCP, RFC 4961): the RTP one when muxed.
         if self._sendto(data, dest, self._rtcp_sock):
             self._c["rtcp_sent"] += 1
-        self._scheduler.on_sent(len(data) + _UDP_IP_OVERHEAD, now, we_sent)
+        self._scheduler.on_sent(len(data) + UDP_IP_OVERHEAD, now, we_sent)
 
     def _report_due(self, now: float) -> None:
         sch = self._scheduler
@@ -399,7 +404,7 @@ class VideoRtpSender(_UdpNode):
             return
         c["rtcp_received"] += 1
         if self._scheduler is not None:
-            self._scheduler.on_received(len(data) + _UDP_IP_OVERHEAD)
+            self._scheduler.on_received(len(data) + UDP_IP_OVERHEAD)
         self.receive_rtcp(packets)
 
     def receive_rtcp(self, packets: list[Any]) -> None:
@@ -600,7 +605,7 @@ class VideoRtpReceiver(_UdpNode):
             return
         c = self._c
         c["rtcp_received"] += 1
-        self._scheduler.on_received(len(data) + _UDP_IP_OVERHEAD)
+        self._scheduler.on_received(len(data) + UDP_IP_OVERHEAD)
         feedback = False
         for p in packets:
             if isinstance(p, RtcpBye) and self._media_ssrc in p.sources:
