@@ -71,7 +71,9 @@ def format_inspect(cls: type[Node]) -> str:
         if "limits" in p:
             lo, hi = ("" if v is None else _in_seconds(v) if seconds else v
                       for v in p["limits"])
-            extra.append(f"range [{lo}, {hi}]")
+            # One-sided limits read as words: "range [0 s, ]" looked like a typo.
+            extra.append(f"range [{lo}, {hi}]" if lo != "" and hi != "" else
+                         f"at least {lo}" if lo != "" else f"at most {hi}")
         if "choices" in p:
             extra.append("one of " + _choices(p["choices"]))
         kind = _DURATION if seconds else p["type"]

@@ -109,3 +109,23 @@ def test_folder_as_graph_file_gets_a_hint(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"pipeline: error: cannot read graph file '{tmp_path}': it is a folder (hint: name a "
         f"graph file in it, e.g. {tmp_path / 'demo.yaml'})"]
+
+
+def test_one_sided_limits_and_broken_headers_read_as_words(tmp_path, capsys):
+    import struct
+
+    assert main(["inspect", "tone"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith("  duration (") and ln.endswith("; at least 0 s)") for ln in lines)
+    # A WAV header declaring 0 Hz said "declares 1 channels at 0 Hz".
+    body = struct.pack("<HHIIHH", 1, 1, 0, 0, 2, 16)
+    riff = b"WAVEfmt " + struct.pack("<I", 16) + body + b"data" + struct.pack("<I", 4) + bytes(4)
+    (tmp_path / "r.wav").write_bytes(b"RIFF" + struct.pack("<I", len(riff)) + riff)
+    assert main(["validate", "-e", f"wav_source path={tmp_path / 'r.wav'} ! null_sink"]) == 1
+    assert "declares a sample rate of 0 Hz (its fmt chunk is broken)" in capsys.readouterr().err
+    # A session with nothing to name its codec: the (hint: ...) form, naming the parameter.
+    assert main(["validate", "-e", "rtp_session ! null_sink"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "pipeline: error: launch line element 1: node 'rtp_session0' (rtp_session): parameter "
+        "'codec': rtp_session has no codec (hint: set codec (pcmu, opus, ...: 'pipeline "
+        "inspect' lists them), or a static payload_type such as 0)")

@@ -109,8 +109,11 @@ def _parse(f: BinaryIO, file_size: int, name: str) -> WavInfo:
             if tag not in (FORMAT_PCM, FORMAT_FLOAT):
                 raise ParseError(f"{name} has compressed format 0x{tag:04x}",
                                  hint="it is read through PyAV instead")
-            if ch < 1 or rate < 1:
-                raise ParseError(f"{name} declares {ch} channels at {rate} Hz")
+            if ch < 1:
+                raise ParseError(f"{name} declares no channels (its fmt chunk says 0)")
+            if rate < 1:
+                raise ParseError(f"{name} declares a sample rate of 0 Hz (its fmt chunk is "
+                                 "broken)")
             if (tag == FORMAT_PCM and bits not in (8, 16, 24, 32)) or (
                     tag == FORMAT_FLOAT and bits not in (32, 64)):
                 raise ParseError(f"{name} has unsupported sample width {bits} bits")

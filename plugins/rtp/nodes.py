@@ -350,7 +350,9 @@ class RtpSession(Node):
         codec = self.codec or (fmt.value("encoding") if fmt is not None else None) or (
             static[0] if static else None)
         if codec is None:
-            raise ValueError("rtp_session has no codec: set codec, or a static payload_type")
+            raise ParamValueError("codec", "parameter 'codec': rtp_session has no codec",
+                                  "set codec (pcmu, opus, ...: 'pipeline inspect' lists "
+                                  "them), or a static payload_type such as 0")
         info = self.registry.codecs.get(codec)
         if static is not None and static[0] != codec:
             static = None  # a static number reused for another codec: only its name counts
