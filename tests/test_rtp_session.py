@@ -659,6 +659,30 @@ def test_rtcp_sender_report_on_the_wire(tmp_path) -> None:
     assert first[0].packet_count > 0 and first[0].octet_count == 160 * first[0].packet_count
 
 
+def test_rtcp_interval_0_is_the_reduced_minimum(tmp_path) -> None:
+    # RFC 3550 6.2: 360 / session kb/s (0.05 s at 7200), as the video nodes take it; 0 was
+    # refused here, and 5 s would send no report in this 0.6 s call but the BYE.
+    from plugins.rtp.rtcp import RtcpBye, RtcpSenderReport, parse_rtcp
+
+    async def main() -> int:
+        rx = Session(parse_launch("rtp_session name=rx codec=pcmu ! null_sink"))
+        port = await rx.port()
+        tx = Session(parse_launch(
+            f"tone rate=8000 duration=0.6s ! pcmu_encoder ! rtp_session name=tx rtcp=true "
+            f"rtcp_interval=0 session_kbps=7200 pcap={tmp_path / 'tx.pcap'} "
+            f"remote_ip=127.0.0.1 remote_port={port}"))
+        await tx.result()
+        rx.stop()
+        await rx.result()
+        return port
+
+    port = asyncio.run(main())
+    reports = [parse_rtcp(r.data) for r in read_pcap(tmp_path / "tx.pcap")
+               if r.dst[1] == port + 1]
+    before_bye = [p for p in reports if not any(isinstance(x, RtcpBye) for x in p)]
+    assert len(before_bye) >= 2 and all(isinstance(p[0], RtcpSenderReport) for p in reports)
+
+
 def test_the_audio_and_video_of_a_call_share_one_cname() -> None:
     # RFC 3550 6.5.1: the far end ties our audio and video together (lip sync) by the CNAME
     # of their sources; each node had made its own from its SSRC.

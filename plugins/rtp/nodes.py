@@ -69,7 +69,13 @@ from .rtcp import (
 )
 from .srtp import SUITES as SRTP_SUITES
 from .srtp import SrtpContext, SrtpError, decode_key
-from .stats import UDP_IP_OVERHEAD, ReceiverStats, RtcpScheduler, SenderStats
+from .stats import (
+    UDP_IP_OVERHEAD,
+    ReceiverStats,
+    RtcpScheduler,
+    SenderStats,
+    reduced_min_time,
+)
 
 log = logging.getLogger("plugins.rtp")
 
@@ -307,8 +313,9 @@ class RtpSession(Node):
                       choices=("sendrecv", "sendonly", "recvonly", "inactive"))
     pcap = Param(PathType, None, "write every sent and received packet to this pcap file")
     rtcp = Param(bool, False, "send and receive RTCP SR/RR on port + 1 (RFC 3550 6)")
-    rtcp_interval = Param(Duration, 5.0, "minimum RTCP report interval (RFC 3550 6.2: 5s)",
-                          min=0.05)
+    rtcp_interval = Param(Duration, 5.0, "least time between RTCP reports, randomised (RFC "
+                          "3550 6.2: 5s; 0: the reduced minimum, 360 / session_kbps seconds)",
+                          min=0.0)
     session_kbps = Param(float, 80.0, "session bandwidth in kb/s; RTCP takes 5% (RFC 3550 6.2)",
                          min=1.0)
     srtp_suite = Param(str, "", "SRTP crypto suite (RFC 3711, RFC 4568 names); empty: plain "
@@ -493,7 +500,8 @@ class RtpSession(Node):
         self._scheduler: RtcpScheduler | None = None
         if self._rtcp_sock is not None:
             self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
-                                            min_time=self.rtcp_interval)
+                                            min_time=self.rtcp_interval
+                                            or reduced_min_time(self.session_kbps))
             self._scheduler.schedule(now, we_sent=False)
         # Without an RTP timeout, DTMF or RTCP there is no timer to run: no ticks (a server's
         # calls would each cost a call per period for nothing).
