@@ -223,12 +223,15 @@ class DigestClient:
         # (header name, realm) -> [challenge, last nonce count used]
         self._cache: dict[tuple[str, str], list] = {}
 
-    def answer(self, response: SipResponse, request: SipRequest) -> list[tuple[str, str]] | None:
+    def answer(self, response: SipResponse, request: SipRequest, *,
+               fresh: bool = False) -> list[tuple[str, str]] | None:
         """Credentials headers for retrying `request` after the 401/407 `response`.
 
         Returns None when the challenge cannot be answered: no usable algorithm, or the
         server rejected credentials we already sent for that realm without saying the
-        nonce was stale (the password is wrong; retrying would loop).
+        nonce was stale (the password is wrong; retrying would loop). `fresh`: the
+        credentials `request` carried answered no challenge of this server's (they reused
+        an earlier one, `authorize`), so a non-stale refusal of them is answered once too.
         """
         best: dict[tuple[str, str], DigestChallenge] = {}
         for header, challenge in _challenges(response):
@@ -250,7 +253,8 @@ class DigestClient:
                     sent.add((header, DigestCredentials.parse(value).realm))
                 except ParseError:
                     continue
-        if any(key in sent and not challenge.stale for key, challenge in best.items()):
+        if not fresh and any(key in sent and not challenge.stale
+                             for key, challenge in best.items()):
             return None
         headers = []
         for key, challenge in best.items():
@@ -259,8 +263,14 @@ class DigestClient:
                                                       request.body)))
         return headers
 
+    @property
+    def challenged(self) -> bool:
+        """Whether a challenge was answered, so `authorize` has credentials to give."""
+        return bool(self._cache)
+
     def authorize(self, method: str, uri: str, body: bytes = b"") -> list[tuple[str, str]]:
-        """Credentials for a new request, reusing the cached challenges (next nonce count)."""
+        """Credentials for a new request, reusing the cached challenges (next nonce count,
+        RFC 7616 3.4.5, RFC 2617 3.2.2: the server may accept them without a new 401)."""
         return [(key[0], self._credentials(key, method, uri, body)) for key in self._cache]
 
     def _credentials(self, key: tuple[str, str], method: str, uri: str, body: bytes) -> str:

@@ -14,9 +14,10 @@ Everything the UA reports is posted on the graph's bus: ``sip-listening``, ``sip
 first provisional response, any 1xx, to an INVITE of ours: once per call), ``call-ringing``,
 ``call-early-media`` (an outgoing call's 18x brought an SDP answer, or with `early_media` our
 183 carried ours to an incoming call: its part starts then, so the caller hears a ringback
-or announcement before the answer), ``call-established``,
-``call-updated``, ``call-ended``, ``dtmf``, ``dtmf-failed`` (an INFO digit refused),
-``refer``, ``transfer-progress``, ``transfer-done``.
+or announcement before the answer), ``call-established``, ``call-rejected`` (an INVITE
+answered with a final non-2xx: 403, 486, 488, 500, 503...; not the 401 challenge nor a
+CANCELled call's 487), ``call-updated``, ``call-ended``, ``dtmf``, ``dtmf-failed`` (an
+INFO digit refused), ``refer``, ``transfer-progress``, ``transfer-done``.
 
 Transfers (RFC 3515): with `follow_refer` a REFER from the peer is followed as a softphone
 does a blind transfer: the endpoint calls the Refer-To target (same call graph), reports
@@ -33,6 +34,7 @@ import asyncio
 import logging
 import random
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,7 +64,9 @@ from .transport import ListenSpec, SipTransport, client_context, server_context
 
 log = logging.getLogger("plugins.sip")
 
-_BIND_TRIES = 3  # RTP ports tried for an incoming call whose call graph cannot bind
+# Call graphs started for an incoming call whose first port was taken by another process:
+# the second gets a port found free by test-binds through the whole range (PortAllocator).
+_BIND_TRIES = 2
 _DTMF = "telephone-event"  # RFC 4733: no codec nodes, the rtp_session sends and reads it
 _CN = "cn"  # RFC 3389 comfort noise: no codec nodes, the rtp_session and jitter buffer read it
 
@@ -121,11 +125,17 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
     else:
         name, rate = info.name, info.sample_rate
         encoder, decoder = info.encoder_kind, info.decoder_kind
+    if not getattr(call, "started", ""):  # fixed once: a rebuild must see the same value
+        call.started = started_text()
     values: dict[str, Any] = dict(media.call_params())
     values.update({
         "call_id": sipua.safe_token(call.call_id),
         "call_number": call.number,
         "call_direction": "incoming" if call.direction == "in" else "outgoing",
+        # when the call began, UTC, safe in a file name: call_number restarts at 1 in each
+        # process, so only with this (or call_id) do recordings of several workers, or of
+        # one restarted, not overwrite each other
+        "started": call.started,
         "caller": call.caller,
         "callee": call.callee,
         "remote_rtp_ip": media.remote_address,
@@ -182,8 +192,15 @@ def example_call_values(codec: str = "pcmu", video_codec_name: str | None = None
             fmtp=dict(codec_v.fmtp), media_index=1, remote_rtcp_port=40002,
             remote_rtcp_address="127.0.0.1", rtcp_mux=True))  # as our offers agree
     call = SimpleNamespace(call_id="example", number=1, direction="out",
-                           caller="alice@127.0.0.1", callee="echo@127.0.0.1", rtp_port=30000)
+                           caller="alice@127.0.0.1", callee="echo@127.0.0.1", rtp_port=30000,
+                           started="20260101T000000Z")
     return call_values(call, media, local_ip="127.0.0.1", rtp_timeout=30.0, codecs=[info])
+
+
+def started_text(when: float | None = None) -> str:
+    """`${call.started}`: a time (default now) as UTC ISO 8601 basic format,
+    ``20261127T173001Z``: sortable, and only digits and letters (safe in file names)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
 
 
 def port_range(text: str) -> tuple[int, int]:
@@ -219,29 +236,40 @@ class PortAllocator:
     `allocate(check=True)` is for an SDP offer, which names the port before the call graph
     starts: it binds the pair and holds the sockets (`plugins.rtp.nodes.reserve_port`)
     until the call's rtp_session takes them, so no other process can take the port in
-    between. `ready` lets the call graph starting now (and only it) take the reservation,
-    `unhold` drops a reservation the call graph did not take, `release` frees the port (and
-    any reservation still held). `keep` and `take_back` hold a port through a rebuild of
-    its call graph: the old rtp_session (or video RTP node) hands its sockets back instead
-    of closing them."""
+    between. An answer takes that way too (`answer=True`) once the range proved `shared`
+    with another process: else every worker of a shared range, each starting at its
+    bottom, would fail one call graph per port the others hold. `ready` lets the call
+    graph starting now (and only it) take the reservation, `unhold` drops a reservation
+    the call graph did not take, `release` frees the port (and any reservation still
+    held). `keep` and `take_back` hold a port through a rebuild of its call graph: the old
+    rtp_session (or video RTP node) hands its sockets back instead of closing them."""
 
     def __init__(self, text: str, host: str) -> None:
         self.lo, self.hi = port_range(text)
         self.host = host
         self.in_use: set[int] = set()
         self.held: dict[int, Any] = {}  # port -> its PortReservation, until taken or dropped
+        # Another process took a port we answered on (workers sharing one range): from then
+        # on answers test-bind their port first (two binds, cheaper than a call graph
+        # failing to start on a taken one).
+        self.shared = False
         first = self._next = self.lo + (self.lo & 1)
         self._next_offer = first + 2 * random.randrange((self.hi - first) // 2 + 1)
 
-    def allocate(self, check: bool = True) -> int:
+    def allocate(self, check: bool = True, answer: bool | None = None) -> int:
+        """A port for a call (see the class docstring); `answer` picks the round robin it
+        comes from (default: answers' when not `check`, offers' when `check`). With
+        `check`, the whole range is tried once at most (two binds per port tried)."""
+        if answer is None:
+            answer = not check
         span = (self.hi - self.lo) // 2 + 1
         for _ in range(span):
-            port = self._next_offer if check else self._next
+            port = self._next if answer else self._next_offer
             after = port + 2 if port + 2 <= self.hi else self.lo + (self.lo & 1)
-            if check:
-                self._next_offer = after
-            else:
+            if answer:
                 self._next = after
+            else:
+                self._next_offer = after
             if port in self.in_use:
                 continue
             if check:
@@ -422,9 +450,21 @@ class SipEndpoint(Node):
         if unknown:
             raise ParamValueError("codecs", f"parameter 'codecs': unknown codec '{unknown[0]}'",
                                   "known: " + ", ".join(sorted(known)))
-        if any(s.transport == "tls" for s in self._specs) and not self.tls_cert:
+        # A TLS client needs no certificate (`pipeline call sips:...`, pjsua, baresip): an
+        # endpoint that dials may have a tls listener without one, which then only connects
+        # out (SipTransport closes what comes in, and says so). One that serves calls must
+        # have one, or every TLS caller would fail.
+        if any(s.transport == "tls" for s in self._specs) and not self.tls_cert \
+                and not self.dial:
             raise ParamValueError("tls_cert", "parameter 'tls_cert' is required by a tls "
-                                  "listener", "set tls_cert and tls_key (PEM files)")
+                                  "listener that accepts calls",
+                                  "set tls_cert and tls_key (PEM files); an endpoint that "
+                                  "only dials out (dial) needs none")
+        if self.tls_key and not self.tls_cert:
+            raise ParamValueError("tls_key", "parameter 'tls_key' needs tls_cert",
+                                  "set tls_cert (PEM) too, or neither to only connect out")
+        if self.registrar:
+            self._check_registrar(str(self.registrar))
         if self.room is not None and self.graph is not None and not callable(
                 getattr(self.graph.nodes.get(str(self.room)), "can_join", None)):
             raise ParamValueError("room", f"parameter 'room': '{self.room}' is not a "
@@ -456,6 +496,23 @@ class SipEndpoint(Node):
 
             self._call_graph_fails = check_endpoint(self)
             self._call_graph_key = key
+
+    def _check_registrar(self, registrar: str) -> None:
+        """A registrar reached over a transport we do not listen on fails at the start, in
+        one line (else the first REGISTER failed deep inside)."""
+        from .uri import SipUri
+
+        text = registrar if registrar.lower().startswith(("sip:", "sips:")) \
+            else f"sip:{registrar}"
+        try:
+            uri = SipUri.parse(text)
+        except PipelineError as e:
+            raise ParamValueError("registrar", f"parameter 'registrar': {e.message}",
+                                  "write e.g. sip:192.0.2.10:5060") from None
+        wanted = sipua.registrar_transport(uri)
+        if wanted is not None and wanted not in {s.transport for s in self._specs}:
+            raise ParamValueError("registrar", f"parameter 'registrar' needs a {wanted} "
+                                  "listener", f"add {wanted}:IP:PORT to listen")
 
     # The codecs the call graph fails with, once validate() has checked it: not offered;
     # and what that check depended on (callcheck.endpoint_key).
@@ -511,7 +568,9 @@ class SipEndpoint(Node):
         tls_client = client_context(str(self.tls_ca) if self.tls_ca else None,
                                     verify=self.tls_verify)
         self.transport = SipTransport(self._on_message, tls_server=tls_server,
-                                      tls_client=tls_client)
+                                      tls_client=tls_client, on_error=self._on_send_failed)
+        if tls_server is None and any(s.transport == "tls" for s in self._specs):
+            log.info("%s: tls listener without tls_cert: it connects out only", self.name)
         listeners = self.transport.bind(self._specs)
         media_ip = self.media_ip or listeners[0].host
         usable = self._usable()
@@ -604,6 +663,7 @@ class SipEndpoint(Node):
         self.ports.close()  # offered ports whose call graph never started
         self.locator.close()
         self.transport.close()
+        self._net_stats = self.transport.stats  # stats() reports them after the stop
         self.transport = None
 
     def tick(self, now: float) -> None:
@@ -662,6 +722,7 @@ class SipEndpoint(Node):
             if video_port:
                 self.ports.release(video_port)
             raise
+        call.started = started_text()
         if video_port and call.video_port != video_port:
             # The offer has no video after all (srtp: mandatory offers it in plain RTP
             # only): no SDP names the port and the call's end would not free it.
@@ -703,24 +764,27 @@ class SipEndpoint(Node):
                     late and self.video and self.video_codecs):
                 # A video stream we accepted gets its own port (checked: not retried below).
                 video_port = self.ports.allocate(check=check)
-            port = self.ports.allocate(check=late and check)
+            if late:
+                port = self.ports.allocate(check=check)
+            else:  # test-bound first only once the range proved shared (PortAllocator)
+                port = self.ports.allocate(check=check and self.ports.shared, answer=True)
         except PipelineError as exc:  # every port pair taken: busy for now, not broken
             if video_port:
                 self.ports.release(video_port)
-            self._c["no_port"] = self._c.get("no_port", 0) + 1
-            log.warning("call %s: %s", call_id, exc)
-            self.ua.reject(call_id, 503, now, reason="No Free RTP Port")
-            self._pump()
+            self._no_port(call_id, exc)
             return False
         for attempt in range(_BIND_TRIES):
             # No test-bind per call: the call graph binds the port; only when that fails is
-            # the port checked, and a busy one (another program's) swapped for the next.
+            # the port checked, and when it is busy (another process's: workers sharing
+            # one range) the next free one is found by test-binds, and held for the graph.
             if attempt:
                 try:
-                    port = self.ports.allocate(check=False)
+                    port = self.ports.allocate(check=True, answer=True)
                 except PipelineError as exc:
-                    error = exc
-                    break
+                    if video_port:
+                        self.ports.release(video_port)
+                    self._no_port(call_id, exc)
+                    return False
             try:
                 media = self.ua.prepare_answer(call_id, port, video_port)
                 if video_port and self.ua.calls[call_id].video_port != video_port:
@@ -733,6 +797,7 @@ class SipEndpoint(Node):
                 error = exc
                 if attempt + 1 < _BIND_TRIES and self.call_graph is not None \
                         and not self.ports.is_free(port):
+                    self.ports.shared = True
                     continue
             else:
                 error = None
@@ -747,6 +812,13 @@ class SipEndpoint(Node):
             self._pump()
             return False
         return True
+
+    def _no_port(self, call_id: str, exc: Exception) -> None:
+        """Every port pair of the range is taken: 503, busy for now, not broken."""
+        self._c["no_port"] = self._c.get("no_port", 0) + 1
+        log.warning("call %s: %s", call_id, exc)
+        self.ua.reject(call_id, 503, self._loop.time(), reason="No Free RTP Port")
+        self._pump()
 
     def _refused_room_full(self, call_id: str) -> bool:
         """Answer `call_id` 486 Busy Here when the `room` cannot take one more; True then.
@@ -849,6 +921,14 @@ class SipEndpoint(Node):
                 self.ua.config.ring = True
         else:
             self.ua.receive(data, transport, addr, self._loop.time())
+        self._pump()
+
+    def _on_send_failed(self, transport: str, addr: tuple[str, int], reason: str) -> None:
+        """A TCP or TLS connection could not be made: its requests fail now (RFC 3261
+        8.1.3.1, as a 503 saying `reason`), not after Timer B or F."""
+        if getattr(self, "ua", None) is None or self.transport is None:
+            return
+        self.ua.transport_failed(transport, addr, reason, self._loop.time())
         self._pump()
 
     def _log_message(self, way: str, transport: str, data: bytes, addr: tuple) -> None:
@@ -957,6 +1037,13 @@ class SipEndpoint(Node):
             if self.ua.trying:
                 for call, status in self.ua.take_trying():
                     self.post("call-trying", call_id=call.call_id, status=status)
+            if getattr(self.ua, "rejected", None):  # (a stand-in UA may have none)
+                # One message per refused INVITE (403, 486, 488, 500, 503...): before,
+                # those refused before a call existed left only a counter (`--stats`).
+                for r in self.ua.take_rejected():
+                    self.post("call-rejected", call_id=r.call_id, status=r.status,
+                              reason=r.reason, caller=r.caller,
+                              source=f"{r.source[0]}:{r.source[1]}")
             event = self.ua.next_event()
             if event is None:
                 self._forget_asked_updates()
@@ -987,6 +1074,7 @@ class SipEndpoint(Node):
 
         if isinstance(event, sipua.CallIncoming):
             call = event.call
+            call.started = started_text()
             self._c["calls_in"] += 1
             # The part is not there yet: the prefix it will run under if answered.
             coming = {} if self.call_graph is None else {"prefix": f"call-{call.number}/"}
@@ -1405,6 +1493,10 @@ class SipEndpoint(Node):
             out.update(self._c)
             out["active_calls"] = self.ua.active_calls()
             out.update({f"sip_{k}": v for k, v in self.ua.stats.items()})
-            if getattr(self, "transport", None) is not None:
-                out.update({f"net_{k}": v for k, v in self.transport.stats.items()})
+            # After stop() too: `serve --stats` prints the table once the graph stopped.
+            transport = getattr(self, "transport", None)
+            net = transport.stats if transport is not None else getattr(self, "_net_stats",
+                                                                         None)
+            if net is not None:
+                out.update({f"net_{k}": v for k, v in net.items()})
         return out

@@ -61,6 +61,8 @@ class Registration:
     registered: bool = False
     unregistering: bool = False
     auth_tries: int = 0
+    # the REGISTER in flight carries credentials for an earlier challenge (`authorize`)
+    preauth: bool = False
     lookup: SipUri | None = None  # the registrar's URI when its host is a name
     targets: list[tuple[str, Address]] = field(default_factory=list)  # for failover
 
@@ -82,19 +84,19 @@ class RegistrationClient:
     def unregister(self, now: float, last_chance: bool = False) -> None:
         """Remove our binding (Expires: 0); Unregistered follows the 200.
 
-        With `last_chance` (we are about to close the transport and cannot answer a
-        challenge) the REGISTER carries credentials for the challenges already answered
-        (RFC 3261 22.3: the same nonce with the next nonce count)."""
+        The REGISTER carries credentials for the challenges already answered (RFC 3261
+        22.3: the same nonce with the next nonce count), as every refresh does; with
+        `last_chance` (we are about to close the transport) they are all there is, since a
+        new challenge could not be answered."""
         reg = self.registration
         if reg is None or not reg.registered:
             return
         reg.unregistering = True
         reg.refresh_at = None
         reg.auth_tries = 0
-        auth = ()
-        if last_chance and self._auth is not None:
-            auth = self._auth.authorize("REGISTER", str(reg.uri))
-        self._send_register(reg, now, auth)
+        # With credentials for the challenge already answered (`_send_register`); on the
+        # last chance they are all there is, since no new challenge can be answered.
+        self._send_register(reg, now)
 
     def _send_register(self, reg: Registration, now: float,
                        auth: Iterable[tuple[str, str]] = ()) -> None:
@@ -103,6 +105,13 @@ class RegistrationClient:
             return
         reg.cseq += 1
         expires = 0 if reg.unregistering else reg.expires
+        reg.preauth = False
+        if not auth and self._auth is not None and self._auth.challenged:
+            # A refresh or an un-REGISTER: the registrar's last challenge answered again,
+            # same nonce and the next nonce count (RFC 7616 3.4.5, RFC 2617 3.2.2), instead
+            # of a 401 every time; a stale or refused nonce gets the 401 path (below).
+            auth = self._auth.authorize("REGISTER", str(reg.uri))
+            reg.preauth = True
         to = NameAddress(reg.aor.uri)
         from_ = NameAddress(reg.aor.uri, None, {"tag": reg.tag})
         request = self._new_request("REGISTER", reg.uri, reg.transport, from_=from_, to=to,
@@ -133,7 +142,10 @@ class RegistrationClient:
             return
         if code in (401, 407) and self._auth is not None and reg.auth_tries < 2 \
                 and self._realm_ok(response):
-            headers = self._auth.answer(response, tx.request)  # type: ignore[arg-type]
+            # Credentials we sent unasked (`preauth`) answered no challenge of this
+            # response's: its challenge is answered once, stale or not.
+            headers = self._auth.answer(response, tx.request,  # type: ignore[arg-type]
+                                        fresh=reg.preauth and reg.auth_tries == 0)
             if headers:
                 reg.auth_tries += 1
                 self._send_register(reg, now, headers)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections import Counter
@@ -33,6 +34,7 @@ log = logging.getLogger("plugins.sip.transport")
 
 Address = tuple[str, int]
 OnMessage = Callable[[str, bytes, Address], None]
+OnError = Callable[[str, Address, str], None]
 TRANSPORTS = ("udp", "tcp", "tls")
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
 
@@ -117,16 +119,42 @@ class _StreamProtocol(asyncio.Protocol):
             self.transport.write(data)
 
 
+class _NoCertificate(asyncio.Protocol):
+    """A connection to a tls listener without a certificate: it only connects out (a TLS
+    client needs none, as pjsua's and baresip's), so what comes in is closed, and said."""
+
+    def __init__(self, owner: SipTransport, port: int) -> None:
+        self.owner, self.port = owner, port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        transport.close()
+        owner = self.owner
+        owner.stats["tls_refused_no_cert"] += 1
+        if owner.stats["tls_refused_no_cert"] in (1, 10, 100, 1000) or \
+                owner.stats["tls_refused_no_cert"] % 10000 == 0:
+            log.warning("SIP tls listener on port %s has no certificate, so it only connects "
+                        "out: closed the connection from %s:%s (%d so far) (hint: set tls_cert "
+                        "and tls_key to accept TLS)", self.port, peer[0], peer[1],
+                        owner.stats["tls_refused_no_cert"])
+
+
 class SipTransport:
     """The sockets of one SIP endpoint; see the module docstring.
 
-    `tls_server` is the context TLS listeners use (certificate and key), `tls_client` the one
-    outgoing TLS connections use (CA and hostname checks).
+    `tls_server` is the context TLS listeners use (certificate and key); without it a tls
+    listener only connects out (it closes what comes in). `tls_client` is the one outgoing
+    TLS connections use (CA and hostname checks). `on_error(transport, address, reason)`
+    hears of a connection that could not be made (refused, TLS handshake or certificate
+    check failed): what was queued for it is lost, and the transactions that sent it should
+    fail now (RFC 3261 8.1.3.1) rather than time out.
     """
 
     def __init__(self, on_message: OnMessage, *, tls_server: ssl.SSLContext | None = None,
-                 tls_client: ssl.SSLContext | None = None, max_connections: int = 512) -> None:
+                 tls_client: ssl.SSLContext | None = None, max_connections: int = 512,
+                 on_error: OnError | None = None) -> None:
         self.on_message = on_message
+        self.on_error = on_error
         self.tls_server = tls_server
         self.tls_client = tls_client
         self.max_connections = max_connections
@@ -157,9 +185,8 @@ class SipTransport:
                     sock.bind((spec.host, spec.port))
                     self._udp = sock
                 else:
-                    if spec.transport == "tls" and self.tls_server is None:
-                        raise PipelineError("SIP tls listener needs a certificate",
-                                            hint="set tls_cert and tls_key")
+                    # A tls listener without tls_server binds its port all the same: Via
+                    # and Contact name it, and a connection to it is closed and said.
                     sock = socket.socket(family, socket.SOCK_STREAM)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     sock.setblocking(False)
@@ -182,8 +209,13 @@ class SipTransport:
             loop.add_reader(self._udp.fileno(), self._on_udp_readable)
         for name, sock in self._stream_socks:
             ctx = self.tls_server if name == "tls" else None
-            server = await loop.create_server(lambda n=name: _StreamProtocol(self, n), sock=sock,
-                                              ssl=ctx)
+            if name == "tls" and ctx is None:
+                port = sock.getsockname()[1]
+                server = await loop.create_server(lambda p=port: _NoCertificate(self, p),
+                                                  sock=sock)
+            else:
+                server = await loop.create_server(lambda n=name: _StreamProtocol(self, n),
+                                                  sock=sock, ssl=ctx)
             self._servers.append(server)
 
     def close(self) -> None:
@@ -279,11 +311,32 @@ class SipTransport:
                 else None)
         except (OSError, ssl.SSLError) as exc:
             self.stats["connect_errors"] += 1
-            log.info("SIP %s connection to %s:%s failed: %s", name, addr[0], addr[1], exc)
+            why = connect_error_text(exc)
+            log.info("SIP %s connection to %s:%s failed: %s", name, addr[0], addr[1], why)
             self._pending.pop(key, None)
+            if self.on_error is not None:  # the requests it carried fail now (8.1.3.1)
+                try:
+                    self.on_error(name, addr, f"{name.upper()} connection to {addr[0]}:"
+                                  f"{addr[1]} failed: {why}")
+                except Exception:  # as for a received message: never kill the loop
+                    self.stats["handler_errors"] += 1
+                    log.exception("SIP %s connection failure could not be handled", name)
             return
         for data in self._pending.pop(key, []):
             proto.write(data)
+
+
+def connect_error_text(exc: BaseException) -> str:
+    """One line for a failed connection: `connection refused`, `certificate verify failed:
+    self-signed certificate`, `tlsv1 alert unknown ca`..."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None)
+        return (reason or str(exc)).replace("_", " ").lower()
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
 
 
 def advertised(host: str) -> str:

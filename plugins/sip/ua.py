@@ -59,6 +59,7 @@ What it does, with the RFC sections it follows:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter, OrderedDict, deque
@@ -101,6 +102,7 @@ from .registration import (
 from .sdp import SessionDescription
 from .session_timer import SessionExpires, SessionTimer
 from .transaction import (
+    CALLING,
     PROCEEDING,
     TRYING,
     ClientTransaction,
@@ -142,6 +144,10 @@ NO_RESPONSE = "no response"
 # `rtp-timeout`), not because someone asked: `hangup(..., reason=RTP_TIMEOUT)`
 RTP_TIMEOUT = "rtp timeout"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
+# Seconds between two warnings about requests dropped from one source by rate_limit
+RATE_WARN_INTERVAL = 60.0
+
+log = logging.getLogger("plugins.sip")
 
 
 def safe_token(text: str, limit: int = 64) -> str:
@@ -259,6 +265,24 @@ class CallEnded:
 
 
 @dataclass(slots=True)
+class CallRejected:
+    """We answered an initial INVITE with a final non-2xx response (`take_rejected`, not
+    an event of `next_event`): the call never started (403, 486 at max_calls, 488, 500,
+    503...), or a `CallIncoming` was refused before its answer (its `CallEnded` comes
+    too). Not for a 401 challenge (the caller asks again with credentials) nor for the
+    487 that ends a CANCELled call (that call ends as one).
+    `reason` is the reason phrase, with why after a colon where we know more (the Warning
+    of a 488, the limit behind a 486); `caller` is the From user@host (`safe_token`),
+    `source` where the INVITE came from."""
+
+    call_id: str
+    status: int
+    reason: str
+    caller: str
+    source: Address
+
+
+@dataclass(slots=True)
 class DtmfReceived:
     """An INFO with application/dtmf-relay carried a digit."""
 
@@ -353,6 +377,9 @@ class Call:
     # RFC 3891: UAS: the Call-ID of our call this one replaces (it ends once this one is
     # established); UAC: the Replaces value our INVITE carries (an attended transfer)
     replaces: str | None = None
+    # The call's start as UTC text (`${call.started}`, 20261127T173001Z): the application
+    # sets it (this module reads no clock).
+    started: str = ""
 
     @property
     def active(self) -> bool:
@@ -443,8 +470,12 @@ class UserAgent(RegistrationClient, ReferAgent):
         # whether or not it ever rings. Kept apart from the events (`take_trying`), which
         # report what changes a call's state.
         self.trying: list[tuple[Call, int]] = []
+        # Initial INVITEs we answered with a final non-2xx (`take_rejected`): kept apart
+        # as `trying` is, since most were never calls (no state of a call changes).
+        self.rejected: list[CallRejected] = []
         self._owners: dict[ClientTransaction, tuple[str, object]] = {}
         self._limiter = _RateLimiter(config.rate_limit, config.rate_burst)
+        self._rate_warned: OrderedDict[str, list] = OrderedDict()  # source -> [when, drops]
         self._calls_made = 0
         self._answers = AnswerCache(config.codecs, self.media_ip, ptime_ms=config.ptime_ms,
                                     video_codecs=config.video_codecs, srtp=config.srtp)
@@ -464,6 +495,10 @@ class UserAgent(RegistrationClient, ReferAgent):
         # The latest `now` we were given: `_end` (reached from many places) arms the
         # give-up of an INVITE left Proceeding from it.
         self._now = 0.0
+        # The source of the request being handled (a CallRejected names it).
+        self._source: Address | None = None
+        # Client transactions failed by `transport_failed`, and why (while it drains).
+        self._transport_failures: dict[ClientTransaction, str] = {}
         self.registration: Registration | None = None
         if config.registrar:
             self.registration = self._make_registration(config.registrar)
@@ -480,6 +515,11 @@ class UserAgent(RegistrationClient, ReferAgent):
         """The outgoing calls whose INVITE got its first provisional response since the
         last call, each with that response's status (once per call)."""
         out, self.trying = self.trying, []
+        return out
+
+    def take_rejected(self) -> list[CallRejected]:
+        """The initial INVITEs refused since the last call (see `CallRejected`), in order."""
+        out, self.rejected = self.rejected, []
         return out
 
     def next_event(self) -> UaEvent | None:
@@ -558,10 +598,29 @@ class UserAgent(RegistrationClient, ReferAgent):
         is_response = data[:4] == b"SIP/"
         if not is_response and not self._limiter.allow(addr[0], now):
             self.stats["rate_limited"] += 1
+            self._warn_rate_limited(addr[0], now)
             return
         verdict = validate.check_message(
             data, methods=ALLOWED_METHODS, content_types=ACCEPTED_TYPES, extensions=EXTENSIONS)
         self._dispatch(verdict, transport, addr, now)
+
+    def _warn_rate_limited(self, source: str, now: float) -> None:
+        """One warning at the first drop from `source`, then at most one per
+        RATE_WARN_INTERVAL with the count since: drops are silent on the wire (no
+        amplification), and behind a proxy every request comes from its one address."""
+        warned = self._rate_warned
+        last = warned.get(source)
+        if last is not None and now - last[0] < RATE_WARN_INTERVAL:
+            last[1] += 1
+            return
+        more = "" if last is None else f" ({last[1] + 1} since the last warning)"
+        warned[source] = [now, 0]
+        warned.move_to_end(source)
+        while len(warned) > 1000:  # a flood from many addresses: remember the latest
+            warned.popitem(last=False)
+        log.warning("SIP requests from %s dropped: over rate_limit %g/s%s (hint: "
+                    "rate_limit: 0 behind a proxy, whose requests all come from one "
+                    "address)", source, self.config.rate_limit, more)
 
     def _dispatch(self, verdict: validate.Verdict, transport: str, addr: Address,
                   now: float) -> None:
@@ -586,6 +645,14 @@ class UserAgent(RegistrationClient, ReferAgent):
                 response = None
             if response is not None:
                 layer.send_stateless(response, dest)
+                if isinstance(msg, SipRequest) and msg.method == "INVITE" \
+                        and response.status_code >= 300 and _initial(msg):
+                    self._source = addr
+                    try:
+                        self._rejected(msg, response.status_code, response.reason,
+                                       verdict.reason or None, None)
+                    finally:
+                        self._source = None
             return
         layer.receive(msg, addr, now, reliable=reliable)
         self._drain(now)
@@ -611,7 +678,11 @@ class UserAgent(RegistrationClient, ReferAgent):
         if isinstance(event, RequestReceived):
             tx = event.transaction
             if tx is not None and tx.state in (TRYING, PROCEEDING):
-                self._respond(tx, event.request, status, now, reason=reason)
+                self._source = event.addr
+                try:
+                    self._respond(tx, event.request, status, now, reason=reason)
+                finally:
+                    self._source = None
             for call in list(self.calls.values()):
                 if call.server_tx is tx and call.state == "incoming":
                     self._end(call, reason, status)
@@ -646,7 +717,13 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     def _on_layer_event(self, event: object, transport: str, now: float) -> None:
         if isinstance(event, RequestReceived):
-            self._on_request(event.request, event.transaction, transport, event.addr, now)
+            # Where it came from, for a CallRejected from deep in the handling.
+            outer, self._source = self._source, event.addr
+            try:
+                self._on_request(event.request, event.transaction, transport, event.addr,
+                                 now)
+            finally:
+                self._source = outer
         elif isinstance(event, ResponseReceived):
             owner = self._owners.get(event.transaction)
             if owner is None:
@@ -669,25 +746,60 @@ class UserAgent(RegistrationClient, ReferAgent):
         elif isinstance(event, (TransactionTimeout, TransportError)):
             tx = event.transaction
             owner = self._owners.pop(tx, None) if isinstance(tx, ClientTransaction) else None
+            # RFC 3261 8.1.3.1: a transport failure is taken as a 503 (what failed, from
+            # `transport_failed`), a timeout as a 408.
+            failure = self._transport_failures.pop(tx, None) \
+                if isinstance(event, TransportError) else None
             if owner is None:
                 return
             kind, obj = owner
             if kind == "register":
                 if not self._register_failover(obj, now):
-                    self._register_failed(obj, 408, "registrar did not answer", now)
+                    if isinstance(event, TransportError):
+                        self._register_failed(obj, 503, failure or "transport error", now)
+                    else:
+                        self._register_failed(obj, 408, "registrar did not answer", now)
             elif kind == "invite" and obj.active:
                 if not self._failover(obj, now):
-                    self._end(obj, "no answer to INVITE (timeout)", 408)
+                    if isinstance(event, TransportError):
+                        self._end(obj, failure or "transport error", 503)
+                    else:
+                        self._end(obj, "no answer to INVITE (timeout)", 408)
             elif kind == "reinvite" and obj.active:
                 # RFC 3261 14.1: a re-INVITE that times out ends the dialog.
                 self._dialog_failed(obj, "re-INVITE", 408, now, timed_out=True)
             elif kind == "refer":
-                self._transfer_done(obj, str(tx.request.cseq.seq), 408, "REFER timed out")
+                if isinstance(event, TransportError):
+                    self._transfer_done(obj, str(tx.request.cseq.seq), 503,
+                                        failure or "transport error")
+                else:
+                    self._transfer_done(obj, str(tx.request.cseq.seq), 408,
+                                        "REFER timed out")
             elif kind == "info":
                 timed_out = isinstance(event, TransactionTimeout)
                 self._info_failed(obj, tx, *((408, "no response") if timed_out
-                                             else (503, "transport error")), now,
+                                             else (503, failure or "transport error")), now,
                                   timed_out=timed_out)
+
+    def transport_failed(self, transport: str, addr: Address, reason: str,
+                         now: float) -> None:
+        """The transport could not deliver to `addr` (a TCP or TLS connection refused, a
+        handshake or certificate check failed; `reason` says which in one line). RFC 3261
+        8.1.3.1: the client transactions whose request went that way get a transport
+        error at once (taken as 503: failover to the next server located, else the call or
+        registration fails saying `reason`) instead of waiting out Timer B or F. Only those
+        nothing has answered yet: one that got a response had a working connection."""
+        self._now = now
+        layer = self.layers.get(transport)
+        if layer is None:
+            return
+        self.stats["transport_errors"] += 1
+        for tx in [t for t in layer.clients.values()
+                   if t.addr == addr and t.state in (CALLING, TRYING)]:
+            self._transport_failures[tx] = reason
+            layer.transport_error(tx, now)
+        self._drain(now)
+        self._transport_failures.clear()  # those no owner took (a CANCEL, an ACK's)
 
     # ---- helpers: addressing and building -------------------------------------------------
     def _layer(self, transport: str) -> TransactionLayer:
@@ -749,11 +861,38 @@ class UserAgent(RegistrationClient, ReferAgent):
     def _respond(self, tx: ServerTransaction, request: SipRequest, code: int, now: float, *,
                  to_tag: str | None = None, headers: Iterable[tuple[str, str]] = (),
                  body: bytes = b"", content_type: str | None = None,
-                 reason: str | None = None) -> SipResponse:
+                 reason: str | None = None, why: str | None = None) -> SipResponse:
         response = self._response(request, code, to_tag=to_tag, headers=headers, body=body,
                                   content_type=content_type, reason=reason)
         _layer_of(tx).send_response(response, now, tx)
+        # 487 only ends a CANCELled INVITE (9.2, 15.1.2): that call ends as a call.
+        if code >= 300 and code != 487 and request.method == "INVITE" \
+                and request.to.tag is None:
+            self._rejected(request, code, response.reason, why, tx)
         return response
+
+    def _rejected(self, request: SipRequest, code: int, phrase: str, why: str | None,
+                  tx: ServerTransaction | None) -> None:
+        """Report a final non-2xx to an initial INVITE (`CallRejected`): where it came from
+        is the call's address, else the request being handled's (`_source`)."""
+        try:
+            call_id = request.call_id
+        except ParseError:  # a stateless 400 for a request without one
+            call_id = ""
+        call = self.calls.get(call_id)
+        if call is not None and call.server_tx is tx and call.direction == "in":
+            source = call.addr
+        else:
+            source = self._source if self._source is not None else (
+                tx.addr if tx is not None else ("", 0))
+        try:
+            from_ = request.from_
+            caller = safe_token(f"{from_.uri.user or ''}@{from_.uri.host}")
+        except ParseError:  # a stateless 400 for a From we could not read
+            caller = "_"
+        self.rejected.append(CallRejected(call_id, code,
+                                         f"{phrase}: {why}" if why else phrase, caller,
+                                         source))
 
     def _bad_request(self, tx: ServerTransaction, request: SipRequest, exc: Exception,
                      now: float) -> None:
@@ -902,6 +1041,11 @@ class UserAgent(RegistrationClient, ReferAgent):
         text = registrar if registrar.lower().startswith(("sip:", "sips:")) \
             else f"sip:{registrar}"
         uri = SipUri.parse(text)
+        wanted = registrar_transport(uri)
+        if wanted is not None and wanted not in self.listeners:
+            # Else the first REGISTER fails deep inside (no Via to write for it).
+            raise LocalProtocolError(f"SIP registrar {text} needs a {wanted} listener",
+                                     hint=f"add {wanted}:IP:PORT to listen")
         if is_ip(uri.host):
             transport, addr = self.destination(uri)
             lookup = None
@@ -1162,7 +1306,7 @@ class UserAgent(RegistrationClient, ReferAgent):
         limit = self.config.max_calls
         if limit and replaced is None and self.active_calls() >= limit:
             self.stats["busy"] += 1
-            self._respond(tx, request, 486, now)
+            self._respond(tx, request, 486, now, why=f"max_calls {limit} reached")
             return
         if self._server_auth is not None:
             result = self._server_auth.verify(request, now)
@@ -1170,7 +1314,8 @@ class UserAgent(RegistrationClient, ReferAgent):
                 self.stats["challenged"] += 1
                 has_creds = "Authorization" in request.headers
                 if has_creds and not result.stale:
-                    self._respond(tx, request, 403, now, reason="Forbidden")
+                    self._respond(tx, request, 403, now, reason="Forbidden",
+                                  why=result.reason)
                 else:
                     challenge = self._server_auth.challenge_response(
                         request, now, stale=result.stale, to_tag=_random_token())
@@ -1182,7 +1327,8 @@ class UserAgent(RegistrationClient, ReferAgent):
         late = not request.body  # a late offer (13.2.1): our offer goes in the 200
         if not late and request.content_type != "application/sdp":
             self._respond(tx, request, 488, now, headers=[
-                ("Warning", f'304 {self.media_ip} "INVITE has no SDP offer"')])
+                ("Warning", f'304 {self.media_ip} "INVITE has no SDP offer"')],
+                why=f"body is {request.content_type or 'not SDP'}, not an SDP offer")
             return
         try:
             offer, preview_sdp, preview = (None, None, None) if late \
@@ -1190,7 +1336,8 @@ class UserAgent(RegistrationClient, ReferAgent):
         except NegotiationFailed as exc:
             self.stats["rejected_488"] += 1
             self._respond(tx, request, 488, now, headers=[
-                ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')])
+                ("Warning", f'{exc.warning_code} {self.media_ip} "{_quote(exc.message)}"')],
+                why=_quote(exc.message))
             return
         except ParseError as exc:
             self.stats["rejected_400"] += 1
@@ -2081,6 +2228,26 @@ class UserAgent(RegistrationClient, ReferAgent):
         for call_id in list(self.calls):
             self.hangup(call_id, now)
         self.unregister(now, last_chance)
+
+
+def registrar_transport(uri: SipUri) -> str | None:
+    """The transport a registrar URI demands (`sips:` is TLS, RFC 3261 19.1; else its
+    `transport=`, or UDP for an IP address), None when DNS chooses among ours (a name
+    without `transport=`, RFC 3263 4.1)."""
+    if uri.scheme == "sips":
+        return "tls"
+    named = uri.params.get("transport")
+    if named:
+        return named.lower()
+    return "udp" if is_ip(uri.host) else None
+
+
+def _initial(request: SipRequest) -> bool:
+    """Whether `request` starts a dialog (no To tag), as far as its To can be read."""
+    try:
+        return request.to.tag is None
+    except ParseError:
+        return True
 
 
 def _layer_of(tx: object) -> TransactionLayer:
