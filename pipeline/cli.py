@@ -540,6 +540,12 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rtp-timeout", metavar="T",
                     help="hang up when no RTP came for this long, e.g. 5s (0: never; "
                          "default: 30s)")
+    sp.add_argument("--password-env", metavar="NAME",
+                    help="answer a 401/407 challenge with the password held in environment "
+                         "variable NAME (never on the command line, which ps shows to all)")
+    sp.add_argument("--tls-ca", metavar="FILE",
+                    help="verify a TLS server's certificate against these CA certificates "
+                         "(PEM; default: not verified)")
     sp.set_defaults(func=cmd_call)
     return p
 

@@ -73,7 +73,9 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
         if why is not None:
             what = "hanging up and unregistering" if any(
                 getattr(n, "registrar", None) for n in nodes) else "hanging up"
-            print(f"pipeline: {what} ({why})", file=sys.stderr)
+            # Stamped and in order with the event lines: the time of the signal, to set
+            # beside the calls' `call-ended` and the registrar's log.
+            printer.say(f"{what} ({why})")
         # The graph may not end with its endpoints (a persistent conference room): stop it
         # once they have all hung up and unregistered, or after the grace period.
         waiting = {n.name for n in nodes}
@@ -97,7 +99,8 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
     # calls (which went without a `call-ended`).
     runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats)
     timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
-    printer = MessagePrinter(None if messages else _ERRORS if quiet else _PRINTED, loop)
+    printed = _CALL_PRINTED if control is not None else _PRINTED
+    printer = MessagePrinter(None if messages else _ERRORS if quiet else printed, loop)
     graph.listeners.append(printer)
     if control is not None:
         control.listen(loop, printer.say, lambda: stop_endpoints(None))
@@ -124,9 +127,16 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
 
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
-_PRINTED = _ERRORS | {"sip-listening", "sip-registered", "call-incoming", "call-early-media",
-                      "call-established", "call-updated", "call-ended", "dtmf", "dtmf-failed",
+# `call-rejected`: an INVITE answered with a final non-2xx (403, 486, 488...), one line
+# where nothing was printed before (no call-incoming comes for most of them).
+_PRINTED = _ERRORS | {"sip-listening", "sip-registered", "sip-unregistered", "call-incoming",
+                      "call-ringing", "call-early-media", "call-established", "call-updated",
+                      "call-ended", "call-rejected", "dtmf", "dtmf-failed",
                       "participant-dtmf"}  # a conference room's: who pressed which digit
+# `pipeline call` also says when a server first took the INVITE (its first 1xx, pjsua's
+# CALLING -> EARLY): a call that never rings then shows it reached a server. serve's
+# endpoints mostly answer, and a dialling one's 100 Trying is noise among many calls.
+_CALL_PRINTED = _PRINTED | {"call-trying"}
 
 
 _DIGITS_RE = re.compile(r"[0-9*#A-D]+", re.IGNORECASE)
@@ -337,12 +347,15 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
                      codecs: list[str] | None = None,
                      dns_servers: list[str] | None = None,
                      rtp_ports: str | None = None, user: str | None = None,
-                     rtp_timeout: float | None = None) -> Graph:
+                     rtp_timeout: float | None = None, password: str | None = None,
+                     tls_ca: str | None = None) -> Graph:
     """The parent graph of `pipeline call`: one sip_endpoint, our SIP user `user` (default
     `caller`), that dials `uri`. A host that is a name is located by DNS (RFC 3263;
     `dns_servers`, default the system's); the call's RTP port comes from `rtp_ports`
     (LOW-HIGH, default the endpoint's range); `rtp_timeout` hangs up after that long
-    without RTP (0: never; default the endpoint's, 30 s)."""
+    without RTP (0: never; default the endpoint's, 30 s). `password` answers a 401/407
+    challenge to the INVITE (digest, RFC 3261 22.2, as `user`); `tls_ca` verifies a TLS
+    server's certificate against that CA file (RFC 5922), which is not checked without."""
     from pipeline.registry import get_registry
 
     try:
@@ -368,7 +381,11 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         "dial": uri,
         "hangup_after": duration or 0.0,
         "exit_after_call": True,
-        "tls_verify": False,
+        # Unverified without a CA, as pjsua's default (a loopback or lab server's
+        # self-signed certificate); given one, the server must prove it is the URI's host.
+        "tls_verify": tls_ca is not None,
+        **({"tls_ca": tls_ca} if tls_ca else {}),
+        **({"password": password} if password else {}),
         **({"codecs": codecs} if codecs else {}),
         **({"dns_servers": dns_servers} if dns_servers else {}),
         **({"rtp_port_range": rtp_ports} if rtp_ports else {}),
@@ -405,6 +422,50 @@ def _check_user(name: str) -> str:
     return name
 
 
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _password(name: str | None) -> str | None:
+    """The password in environment variable `name` (`--password-env NAME`). Not an option
+    holding the password itself: a command line is readable by every user of the host
+    (`ps`, /proc/PID/cmdline) and kept in shell history; the environment is the process
+    owner's alone."""
+    from pipeline.cli import UsageError
+
+    if name is None:
+        return None
+    if not _ENV_NAME_RE.fullmatch(name):
+        raise UsageError(f"--password-env: '{name}' is not an environment variable name",
+                         hint="name the variable that holds the password, e.g. "
+                              "--password-env SIP_PASSWORD")
+    value = os.environ.get(name)
+    if not value:
+        # The command line is right; the environment it names is not (as a missing file).
+        raise PipelineError(f"--password-env {name}: {name} is not set or empty",
+                            hint=f"set it first, without it showing on screen or in "
+                                 f"history: read -rs {name} && export {name}")
+    return value
+
+
+def _check_tls_ca(path: str | None) -> str | None:
+    """`--tls-ca FILE`: a PEM file of CA certificates, loaded now so that a wrong one is
+    this one line, not a failed start of the endpoint."""
+    import ssl
+
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise PipelineError(f"--tls-ca: '{path}' not found",
+                            hint="give the PEM file of the CA that signed the server's "
+                                 "certificate")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as e:
+        raise PipelineError(f"--tls-ca: '{path}' holds no usable CA certificate: {e}",
+                            hint="give a PEM file (-----BEGIN CERTIFICATE-----)") from None
+    return path
+
+
 def _check_rtp_ports(text: str) -> str:
     """`--rtp-ports`, checked as sip_endpoint checks its rtp_port_range, named as the
     option (a usage error)."""
@@ -436,7 +497,7 @@ def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[s
 
 
 def _failure(uri: str, messages: list[Any], duration: float | None,
-             elapsed: float) -> CallFailed:
+             elapsed: float, password_env: str | None = None) -> CallFailed:
     """Why the dialled call was not established, in one line: the call graph's error if it
     failed to start, else what the far end did or did not do (from the bus messages)."""
     failed = f"call to {uri} failed"
@@ -466,6 +527,12 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
         return CallFailed(f"{failed}: no answer from {where} within {secs}", hint=longer)
     if unanswered:
         return CallFailed(f"{failed}: it rang but nobody answered within {secs}", hint=longer)
+    # Challenged, and no password; or one it did not take: challenged again (Kamailio)
+    # or refused (403, as a sip_endpoint with `users` does).
+    if status in (401, 407) or status == 403 and password_env:
+        how = (f"check the password in ${password_env} and the user name (--user)"
+               if password_env else "give the password with --password-env NAME")
+        return CallFailed(f"{failed}: {reason}", hint=how)
     return CallFailed(f"{failed}: {reason}")  # (a peer's status is in its reason already)
 
 
@@ -489,10 +556,14 @@ def call(args: argparse.Namespace) -> int:
                                   zero="never hangs up for want of RTP")
     user = getattr(args, "user", None)
     user = None if user is None else _check_user(user)
+    password_env = getattr(args, "password_env", None)
+    password = _password(password_env)
+    tls_ca = _check_tls_ca(getattr(args, "tls_ca", None))
     overrides = _overrides(args.params)
+    endpoint = {"dns_servers": servers or None, "rtp_ports": rtp_ports, "user": user,
+                "rtp_timeout": rtp_timeout, "password": password, "tls_ca": tls_ca}
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
-                             codecs=codecs or None, dns_servers=servers or None,
-                             rtp_ports=rtp_ports, user=user, rtp_timeout=rtp_timeout)
+                             codecs=codecs or None, **endpoint)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
     # A codec the graph cannot take is left out of the offer: said when --codecs named it,
     # quietly (-v logs it) for the default list, most of whose codecs a graph written for
@@ -503,8 +574,7 @@ def call(args: argparse.Namespace) -> int:
     usable = check_call_graph(args.graph, overrides, offered, say=say)
     if usable != offered:
         graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
-                                 codecs=usable, dns_servers=servers or None,
-                                 rtp_ports=rtp_ports, user=user, rtp_timeout=rtp_timeout)
+                                 codecs=usable, **endpoint)
         graph.validate_nodes()
     started = time.monotonic()
     signals: list[int] = []
@@ -530,7 +600,8 @@ def call(args: argparse.Namespace) -> int:
             raise CallFailed(f"call to {args.uri} failed: no RTP in its early media for "
                              f"{control.timed_out:g} s (--rtp-timeout)",
                              hint="the far end or its media path is gone")
-        raise _failure(args.uri, result.messages, duration, time.monotonic() - started)
+        raise _failure(args.uri, result.messages, duration, time.monotonic() - started,
+                       password_env)
     if control.timed_out is not None and not signals:
         # Answered, so exit 0 as however else it ended (docs/cli.md); the last line says
         # why in the command's terms (`call-ended` says `rtp timeout`, not the option).
