@@ -300,3 +300,52 @@ def test_fec_with_an_explicit_zero_loss_warns(tmp_path, caplog):
     assert len(warned) == 2  # once per run (two runs: clean and lossy)
     assert "packet_loss_perc" in warned[0]
     assert dec["fec_recovered"] == 0 and snr < 10
+
+
+def test_a_live_echo_without_a_jitter_buffer_sends_one_packet_per_packet() -> None:
+    # The gap fill is for files: in a live graph with no jitter buffer (graphs/calls/echo.yaml)
+    # a talk spurt after 3 s of silence suppression made the decoder play the 3 s at once,
+    # 150 stale packets sent in one burst while the loop (every call on it) waited.
+    import asyncio
+
+    from conftest import until
+    from test_rtp_session_user_findings import WAIT, Session, udp
+
+    from pipeline.loader import load_graph_text
+    from plugins.codecs.g711 import G711Encoder
+    from plugins.rtp.packet import RtpPacket
+
+    peer = udp()
+    enc = G711Encoder("pcmu")
+    pcm = sine(440, 8000, 0.2, 0.3)
+    yaml_text = f"""
+graph: echo
+nodes:
+  rtp: {{type: rtp_session, codec: pcmu, payload_type: 0, remote_ip: 127.0.0.1,
+         remote_port: {peer.getsockname()[1]}}}
+  dec: {{type: pcmu_decoder}}
+  enc: {{type: pcmu_encoder}}
+  clock: {{type: silence, rate: 8000}}   # ticks the graph: fed-back frames go after a tick
+  sink: {{type: null_sink}}
+links:
+  - rtp -> dec -> enc
+  - {{link: enc -> rtp, feedback: true}}
+  - clock -> sink
+"""
+
+    async def main() -> dict:
+        s = Session(load_graph_text(yaml_text, "echo.yaml"))
+        dest = ("127.0.0.1", await s.port())
+        stamps = [160 * k for k in range(10)] + [160 * 10 + 3 * 8000]  # 3 s left out
+        for k, ts in enumerate(stamps):
+            payload = enc.encode(pcm[160 * (k % 10):160 * (k % 10 + 1)])
+            peer.sendto(bytes(RtpPacket(0, k, ts, 7, payload, marker=k in (0, 10))), dest)
+        rtp = s.graph.nodes["rtp"]
+        await until(lambda: rtp.stats()["packets_sent"] >= len(stamps), "the echo", WAIT)
+        return (await s.stop()).stats["rtp"]
+
+    try:
+        stats = asyncio.run(main())
+    finally:
+        peer.close()
+    assert stats["packets_received"] == 11 and stats["packets_sent"] == 11

@@ -515,6 +515,11 @@ class _DecoderNode(Node):
         self._silence = np.zeros((self._last_samples, self._nch), np.int16)
         self._payload = b""  # the last payload decoded
         self._next_in = -1  # input pts (its clock) the next frame should have; -1: unknown
+        # Gaps a sender left out are filled offline only: in real time the gap has passed
+        # as real time (the jitter buffer keeps a call's timeline), and filling it at once
+        # would send a burst of stale packets downstream (an echo) and stall the loop.
+        rt = self.graph.runtime if self.graph is not None else None
+        self._fill_gaps = not (rt is not None and rt.realtime)
 
     def make_concealer(self) -> _PcmConcealer | None:
         return _PcmConcealer(self._rate, self._nch)
@@ -531,7 +536,8 @@ class _DecoderNode(Node):
                 self._next_in = frame.pts + frame.duration
                 self._idle_period(frame)
             return  # an empty packet that is not a loss: nothing to play
-        if frame.pts != self._next_in:
+        fill = self._fill_gaps
+        if fill and frame.pts != self._next_in:
             self._gap(frame)
         if frame.marker and self._idle_run[0] == self._decoded + self._concealed:
             # A talk spurt after a silence (RFC 3551 4.1): one short enough for DTX's
@@ -551,9 +557,10 @@ class _DecoderNode(Node):
             self._next_in = frame.pts + self._samples_for(frame) * frame.rate // self._rate
             self._conceal(frame)
             return
-        # Where the next packet starts on the input's clock: what was decoded (both packets
-        # of a squeezed frame), so a jump beyond it is a gap (`_gap`).
-        self._next_in = frame.pts + taken * frame.rate // self._rate
+        if fill:
+            # Where the next packet starts on the input's clock: what was decoded (both
+            # packets of a squeezed frame), so a jump beyond it is a gap (`_gap`).
+            self._next_in = frame.pts + taken * frame.rate // self._rate
         self._payload = payload
         if self._plc is not None:
             pcm = self._plc.good(pcm)
@@ -571,7 +578,8 @@ class _DecoderNode(Node):
         delay): it is not undone. A pts going back, or jumping by more than `MAX_GAP_S`
         (a new stream), restarts the input timeline there with nothing filled."""
         start = self._next_in
-        if start < 0 or not frame.marker or frame.flags & FLAG_DISCONT or not frame.rate:
+        if (not self._fill_gaps or start < 0 or not frame.marker or frame.flags & FLAG_DISCONT
+                or not frame.rate):
             return
         # RTP timestamps wrap at 2**32 (RFC 3550 5.1); an encoder's pts do not, and differ
         # by far less than 2**31 between two of its packets.

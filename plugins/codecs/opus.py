@@ -496,7 +496,8 @@ class ConcealLevel:
     more than the concealed frame before it: a loss fades, it never swells. The gain moves
     over 2.5 ms from where the last frame left it, and the next decoded frame fades in
     from there (libopus carries on from its own concealment, not from ours): no step.
-    Costs nothing per decoded frame but a reference kept; numpy work per concealed frame."""
+    Costs a method call and a reference kept per decoded frame; numpy work per concealed
+    frame."""
 
     __slots__ = ("gain", "last", "peak", "ramp", "ref", "rms", "steady")
 
