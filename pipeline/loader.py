@@ -412,7 +412,10 @@ def _substitute_within(value: list | dict, ctx: Context, where: Where, keep: boo
     def walk(v: Any) -> Any:
         if isinstance(v, str):
             if ctx.call is None and "${call." in v:
-                return v  # outside a call graph only a call graph's own (call_graph_params)
+                # Outside a call graph a call value is the call graph's to fill in
+                # (call_graph_params); the host's own templates beside it are filled here.
+                return _TEMPLATE_RE.sub(lambda m: m.group(0) if m.group(1).strip().startswith(
+                    "call.") else _as_text(m.group(1), ctx, where), v)
             return substitute(v, ctx, where, keep=keep)
         if not isinstance(v, (list, dict)):
             return v

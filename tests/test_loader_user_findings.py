@@ -301,7 +301,7 @@ def test_templates_inside_lists_and_maps_are_filled_in(tmp_path: Path, monkeypat
         "    listen: [\"udp:127.0.0.1:${port}\"]\n"
         "    codecs: [\"${c}\", telephone-event]\n"
         "    users: {alice: \"${env:ALICE_PW}\", bob: 0123}\n"
-        "    call_graph_params: {dir: \"${rec}\", name: \"${call.caller}.wav\"}\n")
+        "    call_graph_params: {dir: \"${rec}\", name: \"${call.caller}-${rec}.wav\"}\n")
     sip = load_graph(path).nodes["sip"]
     assert sip.listen == ["udp:127.0.0.1:5070"]
     assert sip.codecs == ["pcmu", "telephone-event"]
@@ -309,4 +309,4 @@ def test_templates_inside_lists_and_maps_are_filled_in(tmp_path: Path, monkeypat
 
     assert written_map(sip.users) == {"alice": "pw1", "bob": "0123"}  # the rest as written
     # A call value is the call graph's to fill in, per call.
-    assert sip.call_graph_params == {"dir": "out", "name": "${call.caller}.wav"}
+    assert sip.call_graph_params == {"dir": "out", "name": "${call.caller}-out.wav"}
