@@ -154,6 +154,33 @@ def test_a_static_number_of_another_codec_names_that_codec(caplog) -> None:
                          "PCMA, use codec=pcma (and its decoder) (dropped_unknown_pt=1)")
 
 
+@pytest.mark.parametrize("pt,fix", [
+    (13, "13 is comfort noise (RFC 3389): set cn_payload_type=13 to take it"),
+    (18, "18 is G729's static payload type, which no codec here decodes: have the peer send "
+         "one that 'pipeline inspect' lists")])
+def test_a_static_number_no_codec_here_takes_gets_the_fix_that_works(caplog, pt, fix) -> None:
+    # Comfort noise a call did not agree (cn_payload_type -1) was told "use codec=cn", and
+    # G.729 "use codec=g729": neither exists.
+    caplog.set_level(logging.WARNING, logger="plugins.rtp")
+    peer = udp()
+
+    async def main() -> None:
+        s = Session(parse_launch("rtp_session name=rx codec=pcmu cn_payload_type=-1 ! "
+                                 "null_sink"))
+        dest = ("127.0.0.1", await s.port())
+        node = s.graph.nodes["rx"]
+        peer.sendto(bytes(RtpPacket(pt, 1, 160, 7, b"\x40")), dest)
+        await until(lambda: node.stats()["dropped_unknown_pt"] == 1, "the packet", WAIT)
+        await s.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        peer.close()
+    [line] = rtp_warnings(caplog)
+    assert line.endswith(f"it takes 0 (pcmu); {fix} (dropped_unknown_pt=1)")
+
+
 def test_only_a_source_of_agreed_payload_types_latches_comfort_noise_first_too() -> None:
     # A source sending only payload types we do not take latched the session, and the peer
     # that then sent PCMU was dropped as foreign and never heard us. Comfort noise (an

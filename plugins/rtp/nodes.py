@@ -721,9 +721,15 @@ class RtpSession(Node):
         self._unknown_pt_warned = now
         codec, want = self._codec, self._recv_pt
         other = static_encoding_clash(pt, codec)
-        if other is not None:  # the peer sends a static number: most likely its codec
+        if other == "CN":  # RFC 3389 comfort noise, sent though not agreed (cn_payload_type)
+            fix = f"{pt} is comfort noise (RFC 3389): set cn_payload_type={pt} to take it"
+        elif other is not None and other.lower() in self.registry.codecs:
+            # The peer sends a static number: most likely its codec.
             fix = f"{pt} is {other}'s static payload type: if the peer sends {other}, " \
                   f"use codec={other.lower()} (and its decoder)"
+        elif other is not None:
+            fix = f"{pt} is {other}'s static payload type, which no codec here decodes: " \
+                  "have the peer send one that 'pipeline inspect' lists"
         else:
             param = "payload_type" if self.recv_payload_type is None else "recv_payload_type"
             fix = f"if the peer sends {codec} as {pt}, set {param}={pt}"
