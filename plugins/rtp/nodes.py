@@ -69,6 +69,7 @@ from .rtcp import (
 )
 from .srtp import SUITES as SRTP_SUITES
 from .srtp import SrtpContext, SrtpError, decode_key
+from .static import STATIC_AUDIO_TYPES
 from .stats import (
     UDP_IP_OVERHEAD,
     ReceiverStats,
@@ -81,8 +82,10 @@ log = logging.getLogger("plugins.rtp")
 
 # RFC 3551 table 4: static payload types of the audio codecs we have nodes for.
 # RFC 3551 table 4: payload type -> (codec, clock rate, channels)
-STATIC_PAYLOAD_TYPES = {0: ("pcmu", 8000, 1), 8: ("pcma", 8000, 1), 9: ("g722", 8000, 1),
-                        10: ("l16", 44100, 2), 11: ("l16", 44100, 1)}
+# The static payload types of the codecs here (RFC 3551 table 4), by codec name.
+STATIC_PAYLOAD_TYPES = {pt: (name.lower(), clock, ch) for pt, (name, clock, ch)
+                        in STATIC_AUDIO_TYPES.items()
+                        if name in ("PCMU", "PCMA", "G722", "L16")}
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
 _MAX_DATAGRAM = 65535
 _MAX_STALE = 4096  # datagrams dropped at most when taking a handed-back socket (a full buffer)

@@ -23,6 +23,8 @@ from typing import Any
 from pipeline.errors import ParseError
 from plugins.codecs.opus import packet_samples
 
+from .static import STATIC_PAYLOAD_TYPES
+
 
 @dataclass(frozen=True, slots=True)
 class PayloadFormat:
@@ -62,20 +64,11 @@ AUDIO_FORMATS = (
 )
 
 
-# RFC 3551 tables 4 and 5: the statically assigned payload types, by encoding name (1, 2 and
-# 19 are reserved, 20-24, 27, 29, 30 and 35-95 unassigned). A peer that sends one of these
-# numbers without signalling means that encoding.
-STATIC_ENCODINGS = {0: "PCMU", 3: "GSM", 4: "G723", 5: "DVI4", 6: "DVI4", 7: "LPC", 8: "PCMA",
-                    9: "G722", 10: "L16", 11: "L16", 12: "QCELP", 13: "CN", 14: "MPA",
-                    15: "G728", 16: "DVI4", 17: "DVI4", 18: "G729", 25: "CelB", 26: "JPEG",
-                    28: "nv", 31: "H261", 32: "MPV", 33: "MP2T", 34: "H263"}
-
-
 def static_encoding_clash(payload_type: int, codec: str) -> str | None:
     """The encoding RFC 3551 assigns `payload_type` to when that is not `codec`; None when the
     number is dynamic, unassigned, or `codec`'s own."""
-    name = STATIC_ENCODINGS.get(payload_type)
-    return name if name is not None and name.lower() != codec.lower() else None
+    entry = STATIC_PAYLOAD_TYPES.get(payload_type)
+    return entry[0] if entry is not None and entry[0].lower() != codec.lower() else None
 
 
 def unknown_samples(payload: bytes, channels: int) -> int:

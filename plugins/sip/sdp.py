@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.errors import LocalProtocolError, ParseError
+from plugins.rtp.static import STATIC_AUDIO_TYPES
 
 __all__ = [
     "DIRECTIONS",
@@ -43,27 +44,8 @@ __all__ = [
 # RFC 8866 section 6.7: the four direction attributes; sendrecv is the default.
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
-# RFC 3551 section 6, table 4: static audio payload types usable without an rtpmap.
-# G722 is listed at 8000 Hz although it samples at 16 kHz (RFC 3551 section 4.5.2).
-STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("PCMU", 8000, 1),
-    3: ("GSM", 8000, 1),
-    4: ("G723", 8000, 1),
-    5: ("DVI4", 8000, 1),
-    6: ("DVI4", 16000, 1),
-    7: ("LPC", 8000, 1),
-    8: ("PCMA", 8000, 1),
-    9: ("G722", 8000, 1),
-    10: ("L16", 44100, 2),
-    11: ("L16", 44100, 1),
-    12: ("QCELP", 8000, 1),
-    13: ("CN", 8000, 1),
-    14: ("MPA", 90000, 1),
-    15: ("G728", 8000, 1),
-    16: ("DVI4", 11025, 1),
-    17: ("DVI4", 22050, 1),
-    18: ("G729", 8000, 1),
-}
+# RFC 3551 table 4: static audio payload types usable without an rtpmap.
+STATIC_PAYLOAD_TYPES = STATIC_AUDIO_TYPES
 
 # Parses of values that recur in every offer of a peer (bounded: they come off the wire).
 _CACHE_MAX = 512
