@@ -17,22 +17,22 @@ import re
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import ROOT, require_tool, until
+from conftest import require_tool, until
+from test_sip_endpoint import (  # noqa: F401 (no_port_left_reserved: an autouse fixture)
+    ECHO,
+    Endpoint,
+    no_port_left_reserved,
+)
 
 from pipeline.errors import GraphError, LocalProtocolError
-from pipeline.graph import Graph
 from pipeline.loader import load_graph_text
-from pipeline.runtime import Runtime
-from plugins.rtp.nodes import reserved_ports
 from plugins.sip.message import SipMessage, SipResponse
 from plugins.sip.offer_answer import Codec, NegotiatedMedia
 from plugins.sip.ua import CallEnded, Listener, UaConfig, UserAgent
 
 WAIT = 15.0  # upper bound for anything to happen; tests finish far sooner
-ECHO = ROOT / "graphs" / "calls" / "echo.yaml"
 PLAIN_SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
              b"m=audio 4000 RTP/AVP 0\r\n")
 CALLER_GRAPH = """
@@ -50,65 +50,6 @@ nodes:
   sink: {type: null_sink}
 links: [tone -> enc -> rtp -> sink]
 """
-
-
-@pytest.fixture(autouse=True)
-def no_port_left_reserved():
-    """No test leaves held RTP sockets behind (docs/sip.md "RTP ports")."""
-    yield
-    assert reserved_ports() == []
-
-
-class Endpoint:
-    """A graph with one sip_endpoint running in the current loop, with its bus messages."""
-
-    def __init__(self, yaml_text: str) -> None:
-        self.graph: Graph = load_graph_text(yaml_text)
-        self.runtime = Runtime(self.graph, realtime=True)
-        self.messages: list[Any] = []
-        self._waiters: list[tuple[Any, asyncio.Future]] = []
-        self.graph.listeners.append(self._on_message)
-        self.task = asyncio.create_task(self.runtime.run())
-
-    @property
-    def node(self) -> Any:
-        return self.graph.nodes["sip"]
-
-    def _on_message(self, msg: Any) -> None:
-        self.messages.append(msg)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(msg):
-                fut.set_result(msg)
-
-    async def wait(self, name: str, **match: Any) -> Any:
-        def pred(m: Any) -> bool:
-            return m.name == name and all(m.data.get(k) == v for k, v in match.items())
-
-        for m in self.messages:
-            if pred(m):
-                return m
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        try:
-            return await asyncio.wait_for(fut, WAIT)
-        except TimeoutError:
-            raise AssertionError(f"bus message {name} {match} did not come (seen "
-                                 f"{[m.name for m in self.messages]})") from None
-
-    async def port(self, transport: str = "udp") -> int:
-        msg = await self.wait("sip-listening")
-        spec = next(x for x in msg.data["listeners"] if x.startswith(transport))
-        return int(spec.rsplit(":", 1)[1])
-
-    def names(self, name: str) -> list[Any]:
-        return [m for m in self.messages if m.name == name]
-
-    async def stop(self) -> Any:
-        self.runtime.request_stop()
-        return await asyncio.wait_for(self.task, WAIT)
-
-    async def result(self) -> Any:
-        return await asyncio.wait_for(self.task, WAIT)
 
 
 def endpoint_yaml(listen: str = "udp:127.0.0.1:0", extra: str = "", user: str = "echo",
