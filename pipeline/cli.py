@@ -545,7 +545,10 @@ def make_parser() -> argparse.ArgumentParser:
                          "variable NAME (never on the command line, which ps shows to all)")
     sp.add_argument("--tls-ca", metavar="FILE",
                     help="verify a TLS server's certificate against these CA certificates "
-                         "(PEM; default: not verified)")
+                         "(PEM; default: the system's)")
+    sp.add_argument("--tls-no-verify", action="store_true",
+                    help="do not verify a TLS server's certificate (a lab server's "
+                         "self-signed one): the call may reach anyone")
     sp.set_defaults(func=cmd_call)
     return p
 

@@ -478,7 +478,8 @@ def test_call_started_is_utc_text_fixed_for_the_call():
 
 
 def test_a_recording_named_by_call_started_carries_the_calls_start(tmp_path):
-    # docs/sip.md's suggested name: unique across workers and restarts
+    # ${call.started} in a name: the call's UTC start, safe in a file name (with the
+    # Call-ID, docs/sip.md's suggestion, unique across workers and restarts)
     graph = CALLER_GRAPH.replace(
         "links: [tone -> enc -> rtp -> sink]",
         "  tone2: {type: tone, freq: 500}\n"

@@ -348,14 +348,15 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
                      dns_servers: list[str] | None = None,
                      rtp_ports: str | None = None, user: str | None = None,
                      rtp_timeout: float | None = None, password: str | None = None,
-                     tls_ca: str | None = None) -> Graph:
+                     tls_ca: str | None = None, tls_verify: bool = True) -> Graph:
     """The parent graph of `pipeline call`: one sip_endpoint, our SIP user `user` (default
     `caller`), that dials `uri`. A host that is a name is located by DNS (RFC 3263;
     `dns_servers`, default the system's); the call's RTP port comes from `rtp_ports`
     (LOW-HIGH, default the endpoint's range); `rtp_timeout` hangs up after that long
     without RTP (0: never; default the endpoint's, 30 s). `password` answers a 401/407
-    challenge to the INVITE (digest, RFC 3261 22.2, as `user`); `tls_ca` verifies a TLS
-    server's certificate against that CA file (RFC 5922), which is not checked without."""
+    challenge to the INVITE (digest, RFC 3261 22.2, as `user`). A TLS server must prove it
+    is the URI's host (RFC 5922) by a certificate from the system's CAs, or from `tls_ca`;
+    not `tls_verify`: not checked (a lab server's self-signed certificate)."""
     from pipeline.registry import get_registry
 
     try:
@@ -381,9 +382,9 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         "dial": uri,
         "hangup_after": duration or 0.0,
         "exit_after_call": True,
-        # Unverified without a CA, as pjsua's default (a loopback or lab server's
-        # self-signed certificate); given one, the server must prove it is the URI's host.
-        "tls_verify": tls_ca is not None,
+        # Verified unless asked not to (--tls-no-verify): an unverified TLS call says nothing
+        # of whom it reached, which is the point of sips: (RFC 5922).
+        "tls_verify": tls_verify,
         **({"tls_ca": tls_ca} if tls_ca else {}),
         **({"password": password} if password else {}),
         **({"codecs": codecs} if codecs else {}),
@@ -560,8 +561,15 @@ def call(args: argparse.Namespace) -> int:
     password = _password(password_env)
     tls_ca = _check_tls_ca(getattr(args, "tls_ca", None))
     overrides = _overrides(args.params)
+    tls_verify = not getattr(args, "tls_no_verify", False)
+    if tls_ca is not None and not tls_verify:
+        from pipeline.cli import UsageError
+
+        raise UsageError("--tls-ca and --tls-no-verify ask for opposite things",
+                         hint="give one of them")
     endpoint = {"dns_servers": servers or None, "rtp_ports": rtp_ports, "user": user,
-                "rtp_timeout": rtp_timeout, "password": password, "tls_ca": tls_ca}
+                "rtp_timeout": rtp_timeout, "password": password, "tls_ca": tls_ca,
+                "tls_verify": tls_verify}
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                              codecs=codecs or None, **endpoint)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
