@@ -1,7 +1,8 @@
 """Digest authentication for SIP (RFC 3261 22, RFC 2617, RFC 7616, RFC 8760), sans-IO.
 
 Client: `DigestClient.answer(response, request)` turns a 401/407 into Authorization /
-Proxy-Authorization headers for the retried request, keeping one nonce count per nonce.
+Proxy-Authorization headers for the retried request, keeping one nonce count per nonce;
+`authorize` reuses the challenges of one protection space (RFC 3261 22.1) for a new request.
 Server: `DigestServer` issues challenges whose nonce carries its issue time and an HMAC,
 so it is validated without per-nonce state and expires into ``stale=true``; `verify`
 checks credentials against a dict of users. MD5, SHA-256 and their -sess variants, with
@@ -16,7 +17,7 @@ import hmac
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import ParseError
@@ -206,7 +207,17 @@ class DigestClient:
 
     `cnonce` makes client nonces (random by default; tests pass a fixed one);
     `algorithms` is our preference when a server offers several (RFC 8760 2.4).
+
+    Answered challenges are kept per protection space (RFC 3261 22.1: a realm at one
+    server), named by the caller's `space` key, so that `authorize` reuses them for that
+    space alone: a registrar's nonce is never sent to a callee, nor a callee's realm to the
+    registrar. At most `MAX_SPACES` spaces (least recently used dropped) of `MAX_REALMS`
+    realms each are kept, and a response is answered for its first `MAX_REALMS` realms: a
+    peer's flood of challenges neither grows the cache nor our requests.
     """
+
+    MAX_SPACES = 16
+    MAX_REALMS = 4
 
     def __init__(
         self,
@@ -220,11 +231,12 @@ class DigestClient:
         self.password = password
         self._cnonce = cnonce or (lambda: os.urandom(12).hex())
         self.algorithms = [a.upper() for a in algorithms]
-        # (header name, realm) -> [challenge, last nonce count used]
-        self._cache: dict[tuple[str, str], list] = {}
+        # space -> (header name, realm) -> [challenge, last nonce count used]
+        self._spaces: OrderedDict[Hashable, dict[tuple[str, str], list]] = OrderedDict()
 
-    def answer(self, response: SipResponse, request: SipRequest, *,
-               fresh: bool = False) -> list[tuple[str, str]] | None:
+    def answer(self, response: SipResponse, request: SipRequest, *, fresh: bool = False,
+               space: Hashable = None, realm: str | None = None,
+               ) -> list[tuple[str, str]] | None:
         """Credentials headers for retrying `request` after the 401/407 `response`.
 
         Returns None when the challenge cannot be answered: no usable algorithm, or the
@@ -232,17 +244,21 @@ class DigestClient:
         nonce was stale (the password is wrong; retrying would loop). `fresh`: the
         credentials `request` carried answered no challenge of this server's (they reused
         an earlier one, `authorize`), so a non-stale refusal of them is answered once too.
+        `space`: the protection space the challenges are kept under for `authorize` (the
+        server `request` went to); `realm`: answer only that realm's challenges (None: any).
         """
         best: dict[tuple[str, str], DigestChallenge] = {}
         for header, challenge in _challenges(response):
             alg = challenge.algorithm.upper()
-            if alg not in self.algorithms:
+            if alg not in self.algorithms or (realm is not None and challenge.realm != realm):
                 continue
             key = (header, challenge.realm)
             held = best.get(key)
-            if held is None or self.algorithms.index(alg) < self.algorithms.index(
-                held.algorithm.upper()
-            ):
+            if held is None:
+                if len(best) == self.MAX_REALMS:
+                    continue
+                best[key] = challenge
+            elif self.algorithms.index(alg) < self.algorithms.index(held.algorithm.upper()):
                 best[key] = challenge
         if not best:
             return None
@@ -256,25 +272,37 @@ class DigestClient:
         if not fresh and any(key in sent and not challenge.stale
                              for key, challenge in best.items()):
             return None
+        cache = self._space(space)
         headers = []
         for key, challenge in best.items():
-            self._cache[key] = [challenge, 0]
-            headers.append((key[0], self._credentials(key, request.method, str(request.uri),
-                                                      request.body)))
+            cache.pop(key, None)  # the newest last: the oldest realm is the one dropped
+            cache[key] = [challenge, 0]
+            while len(cache) > self.MAX_REALMS:
+                del cache[next(iter(cache))]
+            headers.append((key[0], self._credentials(cache[key], request.method,
+                                                      str(request.uri), request.body)))
         return headers
 
-    @property
-    def challenged(self) -> bool:
-        """Whether a challenge was answered, so `authorize` has credentials to give."""
-        return bool(self._cache)
+    def authorize(self, method: str, uri: str, body: bytes = b"", *,
+                  space: Hashable = None) -> list[tuple[str, str]]:
+        """Credentials for a new request to `space`, reusing the challenges answered for it
+        (next nonce count, RFC 7616 3.4.5, RFC 2617 3.2.2: the server may accept them
+        without a new 401); none when it has not challenged us."""
+        cache = self._spaces.get(space)
+        if not cache:
+            return []
+        self._spaces.move_to_end(space)
+        return [(key[0], self._credentials(entry, method, uri, body))
+                for key, entry in cache.items()]
 
-    def authorize(self, method: str, uri: str, body: bytes = b"") -> list[tuple[str, str]]:
-        """Credentials for a new request, reusing the cached challenges (next nonce count,
-        RFC 7616 3.4.5, RFC 2617 3.2.2: the server may accept them without a new 401)."""
-        return [(key[0], self._credentials(key, method, uri, body)) for key in self._cache]
+    def _space(self, space: Hashable) -> dict[tuple[str, str], list]:
+        cache = self._spaces.setdefault(space, {})
+        self._spaces.move_to_end(space)
+        while len(self._spaces) > self.MAX_SPACES:
+            self._spaces.popitem(last=False)
+        return cache
 
-    def _credentials(self, key: tuple[str, str], method: str, uri: str, body: bytes) -> str:
-        entry = self._cache[key]
+    def _credentials(self, entry: list, method: str, uri: str, body: bytes) -> str:
         challenge: DigestChallenge = entry[0]
         entry[1] += 1
         nc = entry[1]

@@ -60,7 +60,7 @@ class Registration:
     refresh_at: float | None = None
     registered: bool = False
     unregistering: bool = False
-    auth_tries: int = 0
+    auth_tries: int = 0  # challenges answered since the last REGISTER that answered none
     # the REGISTER in flight carries credentials for an earlier challenge (`authorize`)
     preauth: bool = False
     lookup: SipUri | None = None  # the registrar's URI when its host is a name
@@ -78,7 +78,6 @@ class RegistrationClient:
         if reg is None:
             raise LocalProtocolError("SIP user agent has no registrar configured")
         reg.unregistering = False
-        reg.auth_tries = 0
         self._send_register(reg, now)
 
     def unregister(self, now: float, last_chance: bool = False) -> None:
@@ -93,7 +92,6 @@ class RegistrationClient:
             return
         reg.unregistering = True
         reg.refresh_at = None
-        reg.auth_tries = 0
         # With credentials for the challenge already answered (`_send_register`); on the
         # last chance they are all there is, since no new challenge can be answered.
         self._send_register(reg, now)
@@ -106,12 +104,20 @@ class RegistrationClient:
         reg.cseq += 1
         expires = 0 if reg.unregistering else reg.expires
         reg.preauth = False
-        if not auth and self._auth is not None and self._auth.challenged:
-            # A refresh or an un-REGISTER: the registrar's last challenge answered again,
-            # same nonce and the next nonce count (RFC 7616 3.4.5, RFC 2617 3.2.2), instead
-            # of a 401 every time; a stale or refused nonce gets the 401 path (below).
-            auth = self._auth.authorize("REGISTER", str(reg.uri))
-            reg.preauth = True
+        if not auth:
+            # Not the answer to a challenge (a refresh, the un-REGISTER, the 423 retry, a
+            # failover): its own challenges are counted from none, so that a 401 to it is
+            # answered whatever an earlier server's challenge counted.
+            reg.auth_tries = 0
+            if self._auth is not None:
+                # The challenge this registrar (this server: RFC 3261 22.1's protection
+                # space) last gave answered again, same nonce and the next nonce count (RFC
+                # 7616 3.4.5, RFC 2617 3.2.2), instead of a 401 every time; a stale or
+                # refused nonce gets the 401 path (below). Nothing from another server's
+                # challenge, nor from a call's.
+                auth = self._auth.authorize("REGISTER", str(reg.uri),
+                                            space=_auth_space(reg))
+                reg.preauth = bool(auth)
         to = NameAddress(reg.aor.uri)
         from_ = NameAddress(reg.aor.uri, None, {"tag": reg.tag})
         request = self._new_request("REGISTER", reg.uri, reg.transport, from_=from_, to=to,
@@ -140,12 +146,13 @@ class RegistrationClient:
             reg.refresh_at = now + max(expires / 2, expires - 32, 1)
             self._events.append(Registered(aor, expires))
             return
-        if code in (401, 407) and self._auth is not None and reg.auth_tries < 2 \
-                and self._realm_ok(response):
+        if code in (401, 407) and self._auth is not None and reg.auth_tries < 2:
             # Credentials we sent unasked (`preauth`) answered no challenge of this
-            # response's: its challenge is answered once, stale or not.
+            # response's: its challenge is answered once, stale or not (the answer is not
+            # `preauth`, so a refusal of it is final). Only the configured `realm`'s.
             headers = self._auth.answer(response, tx.request,  # type: ignore[arg-type]
-                                        fresh=reg.preauth and reg.auth_tries == 0)
+                                        fresh=reg.preauth, space=_auth_space(reg),
+                                        realm=self.config.realm)  # type: ignore[attr-defined]
             if headers:
                 reg.auth_tries += 1
                 self._send_register(reg, now, headers)
@@ -181,6 +188,12 @@ class RegistrationClient:
             pass
         value = _seconds(response.headers.get("Expires"))
         return reg.expires if value is None else value
+
+
+def _auth_space(reg: Registration) -> tuple[str, str, Address | None]:
+    """The protection space (RFC 3261 22.1) of the registrar `reg` sends to, for
+    `DigestClient`: its challenges are reused for REGISTERs to that server alone."""
+    return ("REGISTER", reg.transport, reg.addr)
 
 
 def _seconds(text: str | None) -> int | None:
