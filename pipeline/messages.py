@@ -1,6 +1,9 @@
 """Bus messages as text: one line each, `pipeline: HH:MM:SS.mmm NODE: NAME k=v ...` on
 stderr, the form `pipeline launch -m` prints every message in and `pipeline serve` its
-call events."""
+call events. A value with `=` or `"` in it is written in double quotes (`"` and `\\`
+escaped by a backslash), so that no value can pass for another field: a peer's text
+(`reason=...`) planting `source=...` before the real one, which a fail2ban filter reads.
+Other values, spaces and all, are written as they are (`reason=remote hangup`)."""
 
 from __future__ import annotations
 
@@ -32,9 +35,20 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def _field(key: str, value: Any) -> str:
+    text = _value(value)
+    if _QUOTED.search(text):  # else part of it could read as a field of its own
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{key}={text}"
+
+
+_QUOTED = re.compile(r'[="]')
+
+
 def message_text(msg: Any) -> str:
-    """`NODE: NAME k=v ...`; a field without a value (None) says nothing and is left out."""
-    fields = " ".join(f"{k}={_value(v)}" for k, v in msg.data.items() if v is not None)
+    """`NODE: NAME k=v ...`; a field without a value (None) says nothing and is left out;
+    a value with `=` or `"` in it is quoted (see the module's docstring)."""
+    fields = " ".join(_field(k, v) for k, v in msg.data.items() if v is not None)
     text = f"{msg.node}: {msg.name} {fields}".rstrip()
     # A peer's text (a Call-ID, a From) as \xNN where it has control characters: an
     # escape sequence would act on the terminal, a CR or LF would forge a line.

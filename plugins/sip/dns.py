@@ -124,7 +124,9 @@ class DnsLocator:
             self.stats["failures"] += 1
             what = "A" if plan.port is not None else "SRV or A"
             raise DnsError(f"{uri.host}: no {what} records ({causes[-1]})")
-        return targets
+        # Once each, in order: two SRV targets (sip1, sip2) with one address would have
+        # failover ask the server that just failed again.
+        return list(dict.fromkeys(targets))
 
     async def _locate(self, plan: LookupPlan, transports: tuple[str, ...], fallback: str,
                       supported: dict[str, str], causes: list[str]) -> list[Target]:

@@ -70,7 +70,7 @@ from pipeline.errors import LocalProtocolError, ParseError
 from pipeline.frames import DtmfEvent
 
 from . import prack, replaces, session_timer, validate
-from .auth import DigestChallenge, DigestClient, DigestServer
+from .auth import DigestClient, DigestServer
 from .dialog import CONFIRMED as DIALOG_CONFIRMED
 from .dialog import EARLY, Dialog
 from .locate import Target, is_ip, lookup_uri
@@ -144,8 +144,20 @@ NO_RESPONSE = "no response"
 # `rtp-timeout`), not because someone asked: `hangup(..., reason=RTP_TIMEOUT)`
 RTP_TIMEOUT = "rtp timeout"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
-# Seconds between two warnings about requests dropped from one source by rate_limit
+# What a CallRejected's reason may not carry of the peer's text in it (a digest user name,
+# Require tags, a Content-Type, a Call-ID quoted by a parse error): `=` and quotes, which
+# could make part of it read as another field of the event line (a `source=` before the
+# real one: what a fail2ban filter reads), and control characters.
+_FIELD_SYNTAX = re.compile(r'[="\\\x00-\x1f\x7f-\x9f]')
+# Seconds between two warnings about requests dropped by rate_limit (per source, and for
+# the summary line of a flood from many)
 RATE_WARN_INTERVAL = 60.0
+# Sources named in a warning line of their own within RATE_WARN_INTERVAL; more share one
+# summary line per interval (a flood from many addresses: an IPv6 /64 has 2**64)
+RATE_WARN_SOURCES = 10
+# INVITEs refused statelessly remembered, so a resent copy is not reported again
+# (`_first_refusal`): more than come in a Timer B (32 s) at the usual rate_limit
+REFUSED_KEPT = 4096
 
 log = logging.getLogger("plugins.sip")
 
@@ -249,10 +261,13 @@ class CallUpdated:
 
 @dataclass(slots=True)
 class CallUpdateFailed:
-    """Our re-INVITE was refused (`status`); the media stay as they were."""
+    """Our re-INVITE was refused (`status`); the media stay as they were. `reason` says
+    why when it never reached the peer: 503 for a transport failure (RFC 3261 8.1.3.1;
+    "TCP connection to ... failed: connection refused"), "" for a response's status."""
 
     call: Call
     status: int
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -272,8 +287,10 @@ class CallRejected:
     too). Not for a 401 challenge (the caller asks again with credentials) nor for the
     487 that ends a CANCELled call (that call ends as one).
     `reason` is the reason phrase, with why after a colon where we know more (the Warning
-    of a 488, the limit behind a 486); `caller` is the From user@host (`safe_token`),
-    `source` where the INVITE came from."""
+    of a 488, the limit behind a 486), with no `=`, quote or control character in it (it
+    may quote the peer: `_FIELD_SYNTAX`); `call_id` (as `${call.call_id}`) and `caller`
+    (the From user@host) are `safe_token`s, `source` where the INVITE came from: none of
+    the peer's text can read as another field of an event line."""
 
     call_id: str
     status: int
@@ -473,9 +490,19 @@ class UserAgent(RegistrationClient, ReferAgent):
         # Initial INVITEs we answered with a final non-2xx (`take_rejected`): kept apart
         # as `trying` is, since most were never calls (no state of a call changes).
         self.rejected: list[CallRejected] = []
+        # (Call-ID, CSeq) of the INVITEs refused statelessly, the latest REFUSED_KEPT: a
+        # resent copy (Timer A) is refused again but not reported again.
+        self._refused: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._owners: dict[ClientTransaction, tuple[str, object]] = {}
         self._limiter = _RateLimiter(config.rate_limit, config.rate_burst)
-        self._rate_warned: OrderedDict[str, list] = OrderedDict()  # source -> [when, drops]
+        # rate_limit's warnings (`_warn_rate_limited`): the sources that have lines of
+        # their own (source -> [when its last line went, drops since], in the order of
+        # those lines; RATE_WARN_SOURCES at most), when the last shared line went, and the
+        # drops (and their sources, as many as the limiter tracks) it has not reported.
+        self._rate_warned: OrderedDict[str, list] = OrderedDict()
+        self._rate_summary_at = float("-inf")
+        self._rate_drops = 0
+        self._rate_sources: set[str] = set()
         self._calls_made = 0
         self._answers = AnswerCache(config.codecs, self.media_ip, ptime_ms=config.ptime_ms,
                                     video_codecs=config.video_codecs, srtp=config.srtp)
@@ -605,22 +632,50 @@ class UserAgent(RegistrationClient, ReferAgent):
         self._dispatch(verdict, transport, addr, now)
 
     def _warn_rate_limited(self, source: str, now: float) -> None:
-        """One warning at the first drop from `source`, then at most one per
-        RATE_WARN_INTERVAL with the count since: drops are silent on the wire (no
-        amplification), and behind a proxy every request comes from its one address."""
+        """Drops are silent on the wire (no amplification), and behind a proxy every
+        request comes from its one address: so a warning at the first drop from a source,
+        then at most one per RATE_WARN_INTERVAL for it, with the count since. Lines of
+        their own go to RATE_WARN_SOURCES sources at a time (a source's place is taken by
+        another once its line is an interval old); the drops from any more share one
+        line per interval (how many, from how many sources), so a flood from many
+        addresses writes a few lines a minute, not one per packet."""
         warned = self._rate_warned
-        last = warned.get(source)
-        if last is not None and now - last[0] < RATE_WARN_INTERVAL:
-            last[1] += 1
-            return
-        more = "" if last is None else f" ({last[1] + 1} since the last warning)"
-        warned[source] = [now, 0]
-        warned.move_to_end(source)
-        while len(warned) > 1000:  # a flood from many addresses: remember the latest
-            warned.popitem(last=False)
-        log.warning("SIP requests from %s dropped: over rate_limit %g/s%s (hint: "
-                    "rate_limit: 0 behind a proxy, whose requests all come from one "
-                    "address)", source, self.config.rate_limit, more)
+        entry = warned.get(source)
+        if entry is None and len(warned) >= RATE_WARN_SOURCES:
+            oldest, (when, drops) = next(iter(warned.items()))  # (in the order of lines)
+            if now - when >= RATE_WARN_INTERVAL:  # its place goes to `source`
+                del warned[oldest]
+                if drops:  # not reported in a line of its own: in the next shared one
+                    self._rate_drops += drops
+                    self._rate_sources.add(oldest)
+        if entry is not None:
+            if now - entry[0] < RATE_WARN_INTERVAL:
+                entry[1] += 1
+                return
+            more = f" ({entry[1] + 1} since the last warning)"
+            entry[0], entry[1] = now, 0
+            warned.move_to_end(source)
+            subject = f"SIP requests from {source}"
+        elif len(warned) < RATE_WARN_SOURCES:
+            warned[source] = [now, 0]
+            more, subject = "", f"SIP requests from {source}"
+        else:
+            self._rate_drops += 1
+            if len(self._rate_sources) < self._limiter.max_sources:
+                self._rate_sources.add(source)
+            if now - self._rate_summary_at < RATE_WARN_INTERVAL:
+                return
+            since = "so far" if self._rate_summary_at == float("-inf") \
+                else "since the last such warning"
+            self._rate_summary_at = now
+            count = len(self._rate_sources)
+            subject = f"SIP requests from {count} more source{'s' if count > 1 else ''}"
+            more = f" ({self._rate_drops} {since})"
+            self._rate_drops = 0
+            self._rate_sources.clear()
+        log.warning("%s dropped: over rate_limit %g/s%s (hint: rate_limit: 0 behind a "
+                    "proxy, whose requests all come from one address)", subject,
+                    self.config.rate_limit, more)
 
     def _dispatch(self, verdict: validate.Verdict, transport: str, addr: Address,
                   now: float) -> None:
@@ -646,7 +701,8 @@ class UserAgent(RegistrationClient, ReferAgent):
             if response is not None:
                 layer.send_stateless(response, dest)
                 if isinstance(msg, SipRequest) and msg.method == "INVITE" \
-                        and response.status_code >= 300 and _initial(msg):
+                        and response.status_code >= 300 and _initial(msg) \
+                        and self._first_refusal(msg):
                     self._source = addr
                     try:
                         self._rejected(msg, response.status_code, response.reason,
@@ -656,6 +712,24 @@ class UserAgent(RegistrationClient, ReferAgent):
             return
         layer.receive(msg, addr, now, reliable=reliable)
         self._drain(now)
+
+    def _first_refusal(self, request: SipRequest) -> bool:
+        """Whether a stateless refusal of `request` is the first for its INVITE: a UDP
+        client resends one (Timer A: 7 copies in 32 s) and each copy is refused again,
+        but one CallRejected is enough (by Call-ID and CSeq; the latest REFUSED_KEPT
+        remembered). One whose Call-ID or CSeq cannot be read is always reported."""
+        try:
+            key = (request.call_id, request.cseq.seq)
+        except ParseError:
+            return True
+        refused = self._refused
+        if key in refused:
+            refused.move_to_end(key)
+            return False
+        refused[key] = None
+        while len(refused) > REFUSED_KEPT:
+            refused.popitem(last=False)
+        return True
 
     def _drain(self, now: float) -> None:
         for transport, layer in self.layers.items():
@@ -753,6 +827,8 @@ class UserAgent(RegistrationClient, ReferAgent):
             if owner is None:
                 return
             kind, obj = owner
+            if isinstance(event, TransportError) and kind in ("register", "invite"):
+                _drop_targets(obj, transport, tx.addr)  # type: ignore[union-attr]
             if kind == "register":
                 if not self._register_failover(obj, now):
                     if isinstance(event, TransportError):
@@ -766,8 +842,16 @@ class UserAgent(RegistrationClient, ReferAgent):
                     else:
                         self._end(obj, "no answer to INVITE (timeout)", 408)
             elif kind == "reinvite" and obj.active:
-                # RFC 3261 14.1: a re-INVITE that times out ends the dialog.
-                self._dialog_failed(obj, "re-INVITE", 408, now, timed_out=True)
+                if isinstance(event, TransportError):
+                    # Taken as a 503 (8.1.3.1), which leaves the session and the dialog
+                    # as they were (14.1: only a 481, 408 or timeout ends it): the call
+                    # goes on, and no BYE goes where the connection just failed. RTP
+                    # still flows; if the peer is gone, rtp_timeout ends the call.
+                    obj.pending = obj.pending_sdp = None
+                    obj.reinvite_deadline = None
+                    self._update_failed(obj, 503, now, failure or "transport error")
+                else:  # RFC 3261 14.1: a re-INVITE that times out ends the dialog.
+                    self._dialog_failed(obj, "re-INVITE", 408, now, timed_out=True)
             elif kind == "refer":
                 if isinstance(event, TransportError):
                     self._transfer_done(obj, str(tx.request.cseq.seq), 503,
@@ -890,9 +974,8 @@ class UserAgent(RegistrationClient, ReferAgent):
             caller = safe_token(f"{from_.uri.user or ''}@{from_.uri.host}")
         except ParseError:  # a stateless 400 for a From we could not read
             caller = "_"
-        self.rejected.append(CallRejected(call_id, code,
-                                         f"{phrase}: {why}" if why else phrase, caller,
-                                         source))
+        reason = _FIELD_SYNTAX.sub("_", f"{phrase}: {why}" if why else phrase)[:200]
+        self.rejected.append(CallRejected(safe_token(call_id), code, reason, caller, source))
 
     def _bad_request(self, tx: ServerTransaction, request: SipRequest, exc: Exception,
                      now: float) -> None:
@@ -984,8 +1067,10 @@ class UserAgent(RegistrationClient, ReferAgent):
 
     def resolved(self, uri: SipUri, targets: Sequence[Target], now: float) -> None:
         """The located targets of `uri`, in order: what waited for them goes to the first;
-        a new INVITE or REGISTER keeps the others for failover (RFC 3263 4.3)."""
-        targets = [t for t in targets if t[0] in self.layers]
+        a new INVITE or REGISTER keeps the others for failover (RFC 3263 4.3). A target
+        listed twice (two SRV targets with one address) is kept once: failover to it
+        would ask the server that just failed again."""
+        targets = list(dict.fromkeys(t for t in targets if t[0] in self.layers))
         if not targets:
             self.resolve_failed(uri, f"{uri.host}: no server on a transport we listen on", now)
             return
@@ -1042,6 +1127,10 @@ class UserAgent(RegistrationClient, ReferAgent):
             else f"sip:{registrar}"
         uri = SipUri.parse(text)
         wanted = registrar_transport(uri)
+        if wanted is not None and wanted not in DEFAULT_PORTS:  # ws, sctp: none of ours
+            raise LocalProtocolError(f"SIP registrar {text} uses transport {wanted}, which "
+                                     "is not supported",
+                                     hint="use udp, tcp or tls (transport=tcp, sips:)")
         if wanted is not None and wanted not in self.listeners:
             # Else the first REGISTER fails deep inside (no Via to write for it).
             raise LocalProtocolError(f"SIP registrar {text} needs a {wanted} listener",
@@ -1056,19 +1145,6 @@ class UserAgent(RegistrationClient, ReferAgent):
                             transport, addr, f"{_random_token()}@{self.media_ip}",
                             _random_token(), expires=self.config.register_expires,
                             lookup=lookup)
-
-    def _realm_ok(self, response: SipResponse) -> bool:
-        want = self.config.realm
-        if not want:
-            return True
-        for name in ("WWW-Authenticate", "Proxy-Authenticate"):
-            for value in response.headers.get_all(name):
-                try:
-                    if DigestChallenge.parse(value).realm == want:
-                        return True
-                except ParseError:
-                    continue
-        return False
 
     # ---- outgoing calls -------------------------------------------------------------------
     def call(self, target: str | SipUri, rtp_port: int, now: float, *,
@@ -1220,7 +1296,10 @@ class UserAgent(RegistrationClient, ReferAgent):
         if code == 503 and self._failover(call, now):
             return
         if code in (401, 407) and self._auth is not None and call.auth_tries < 2:
-            headers = self._auth.answer(response, invite)  # type: ignore[arg-type]
+            # Only the configured realm's challenge, as for REGISTER (`realm`: a callee or
+            # proxy elsewhere does not get our credentials for its own realms).
+            headers = self._auth.answer(response, invite,  # type: ignore[arg-type]
+                                        realm=self.config.realm)
             if headers:
                 call.auth_tries += 1
                 self._retry_invite(call, invite, headers, now,
@@ -1932,12 +2011,12 @@ class UserAgent(RegistrationClient, ReferAgent):
         self._send_cancel(call, tx, now)
         self._update_failed(call, 408, now)
 
-    def _update_failed(self, call: Call, code: int, now: float) -> None:
+    def _update_failed(self, call: Call, code: int, now: float, reason: str = "") -> None:
         timer = call.session_timer
         if timer is not None and timer.we_refresh and timer.refresh_at is None:
             # A refresh that failed (491 glare...) is tried again until the session ends.
             timer.refresh_at = now + self.config.timers.t2
-        self._events.append(CallUpdateFailed(call, code))
+        self._events.append(CallUpdateFailed(call, code, reason))
 
     def _on_reinvite_response(self, call: Call, response: SipResponse, tx: ClientTransaction,
                               now: float) -> None:
@@ -2240,6 +2319,16 @@ def registrar_transport(uri: SipUri) -> str | None:
     if named:
         return named.lower()
     return "udp" if is_ip(uri.host) else None
+
+
+def _drop_targets(obj: object, transport: str, addr: Address) -> None:
+    """A connection to `addr` over `transport` just failed: the failover targets left of a
+    call or registration lose those that would connect there again (that transport, or
+    the other connection-oriented one: TLS runs over TCP to the same port)."""
+    targets = getattr(obj, "targets", None)
+    if targets:
+        same = (transport,) if transport not in RELIABLE else RELIABLE
+        targets[:] = [t for t in targets if not (t[1] == addr and t[0] in same)]
 
 
 def _initial(request: SipRequest) -> bool:
