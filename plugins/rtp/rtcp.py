@@ -480,12 +480,15 @@ def serialize_rtcp(packets: Iterable[RtcpPacket]) -> bytes:
 
 
 def compound_report(
-    report: RtcpSenderReport | RtcpReceiverReport, cname: bytes, bye: bool = False
+    report: RtcpSenderReport | RtcpReceiverReport, cname: bytes, bye: bool = False,
+    feedback: Iterable[RtcpPacket] = (),
 ) -> bytes:
     """The compound packet a participant sends at each report interval (RFC 3550 6.1): the
     SR or RR first, then SDES with the CNAME of its source (every compound packet carries
-    one), and with `bye` a BYE for that source last (6.6)."""
+    one), then any `feedback` (a PLI: RFC 4585 3.1 sends it in a compound packet unless
+    reduced-size RTCP was agreed), and with `bye` a BYE for that source last (6.6)."""
     packets: list[RtcpPacket] = [report, RtcpSdes([SdesChunk(report.ssrc, [(SDES_CNAME, cname)])])]
+    packets.extend(feedback)
     if bye:
         packets.append(RtcpBye([report.ssrc]))
     return serialize_rtcp(packets)

@@ -638,10 +638,14 @@ class VideoRtpReceiver(_UdpNode):
             return
         if now - self._last_pli < self.pli_interval:
             return
-        # RFC 4585 6.3.1: PLI carries our SSRC and the media source's; FCI is empty. Sent
-        # from our RTCP port (symmetric RTCP, RFC 4961): the RTP port when muxed.
-        if self._sendto(bytes(RtcpPli(self._ssrc, self._media_ssrc)), self._remote,
-                        self._rtcp_sock):
+        # RFC 4585 6.3.1: PLI carries our SSRC and the media source's; FCI is empty. In a
+        # minimal compound packet (3.1: no reduced-size RTCP is agreed, and a strict peer
+        # drops a lone PLI): an RR without blocks, so the interval's report keeps its loss
+        # fraction, and our CNAME. From our RTCP port (symmetric RTCP, RFC 4961): the RTP
+        # port when muxed.
+        pli = RtcpPli(self._ssrc, self._media_ssrc)
+        data = compound_report(RtcpReceiverReport(self._ssrc), self._cname, feedback=(pli,))
+        if self._sendto(data, self._remote, self._rtcp_sock):
             self._last_pli = now
             self._c["pli_sent"] += 1
 
