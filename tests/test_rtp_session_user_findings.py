@@ -334,3 +334,18 @@ def test_a_static_payload_type_of_another_codec_is_warned_about_and_still_works(
     audio = result.graph.nodes["out"].audio()[:, 0]
     assert len(audio) == 25 * 960
     assert abs(dominant_frequency(audio[960 * 5:], 48000) - 1000.0) < 5.0
+
+
+def test_l16_channels_that_the_session_does_not_say_are_refused() -> None:
+    # Stereo L16 into a session of the default 1 channel: the receiver read it as mono at
+    # twice the length (L16 packets do not say their channels, RFC 3551 4.5.11).
+    line = "tone channels=2 duration=1s ! l16_encoder rate=16000 channels=2 ! rtp_session " \
+           "name=tx codec=l16 payload_type=96 remote_port=5000{}"
+    with pytest.raises(PipelineError) as e:
+        parse_launch(line.format("")).prepare()
+    assert e.value.message.endswith(
+        "node 'tx' (rtp_session): input is l16 with 2 channels, but the session's channels "
+        "is 1: a receiver with the same settings would play it at the wrong speed")
+    assert e.value.hint == "set channels=2 on both sessions, or mix the encoder's input to 1 " \
+                           "(l16_encoder channels=1)"
+    parse_launch(line.format(" channels=2")).prepare()  # as the receiver would be told

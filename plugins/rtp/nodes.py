@@ -397,6 +397,15 @@ class RtpSession(Node):
                                       f"{static[2]}-channel, not {channels}",
                                       "leave channels out, or use a dynamic payload type")
             channels = static[2]
+        sent = fmt.value("channels") if fmt is not None and codec == "l16" else None
+        if isinstance(sent, int) and sent != channels:
+            # L16's packets say nothing of their channels (RFC 3551 4.5.11): a receiver with
+            # our settings would read stereo as mono at twice the length, 2x slow.
+            raise ParamValueError(
+                "channels", f"input is l16 with {sent} channels, but the session's "
+                f"channels is {channels}: a receiver with the same settings would play it "
+                "at the wrong speed", f"set channels={sent} on both sessions, or mix the "
+                f"encoder's input to {channels} (l16_encoder channels={channels})")
         self._channels = channels
         out = Format.encoded(codec, self._clock, channels)
         return {p: out for p in self.linked_outputs}
