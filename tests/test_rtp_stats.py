@@ -270,3 +270,29 @@ def test_scheduler_uses_average_size() -> None:
     assert sched.avg_rtcp_size == 133.0 and not sched.initial
     assert nxt == pytest.approx(12.0 + 5 / COMPENSATION)
     assert sched.next_time == nxt
+
+
+def test_a_sender_that_stops_goes_back_to_receiver_reports() -> None:
+    # RFC 3550 6.3.8: we_sent holds while RTP went since the report before last; a sender
+    # on hold kept sending SRs (with a frozen count) for ever.
+    tx = SenderStats(0x1234, 8000)
+    assert not tx.we_sent  # nothing sent: RRs
+    tx.on_sent(160, 0, 10.0)
+    assert tx.we_sent
+    tx.reported(10.5)
+    tx.reported(15.5)  # nothing sent since 10.0: one interval, then...
+    assert not tx.we_sent  # ...the report before last (10.5) came after it
+    tx.on_sent(160, 160, 16.0)
+    assert tx.we_sent
+
+
+def test_a_report_block_only_for_a_source_heard_since_the_last_report() -> None:
+    # RFC 3550 6.4: a held peer's block repeated its stale figures in every report.
+    rx = ReceiverStats(0x5678, 8000)
+    for seq in range(10):
+        rx.receive(seq, seq * 160, seq * 0.02, 160)
+    assert rx.heard_since_report
+    rx.report_block(1.0)
+    assert not rx.heard_since_report
+    rx.receive(10, 1600, 1.1, 160)
+    assert rx.heard_since_report

@@ -919,11 +919,13 @@ class RtpSession(Node):
 
     def _send_rtcp(self, now: float, bye: bool = False) -> None:
         wall = time.time()
-        blocks = [self._rx.report_block(wall)] if self._rx is not None else []
-        we_sent = self._sender.has_sent
+        rx = self._rx
+        blocks = [rx.report_block(wall)] if rx is not None and rx.heard_since_report else []
+        we_sent = self._sender.we_sent
         first: RtcpSenderReport | RtcpReceiverReport = (
             self._sender.sender_report(wall, blocks) if we_sent
             else RtcpReceiverReport(self._ssrc, blocks))
+        self._sender.reported(wall)
         data = compound_report(first, self._cname, bye)
         if self._srtp_tx is not None:
             data = self._srtp_tx.protect_rtcp(data)
@@ -964,7 +966,7 @@ class RtpSession(Node):
                     self._send_rtcp(t)
                 except OSError:
                     self._c.send_errors += 1
-                    sch.schedule(t, we_sent=self._sender.has_sent)
+                    sch.schedule(t, we_sent=self._sender.we_sent)
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

@@ -178,6 +178,13 @@ class ReceiverStats:
     def jitter_seconds(self) -> float:
         return self.jitter / self.clock_rate
 
+    @property
+    def heard_since_report(self) -> bool:
+        """Whether RTP came since the last report block: 6.4 reports only on the sources
+        heard since the last report (a held or gone peer's block would repeat stale
+        figures)."""
+        return self.received != self.received_prior
+
     def report_block(self, now: float) -> ReportBlock:
         """The report block for the next RTCP packet; starts a new interval (A.3)."""
         expected = self.expected
@@ -211,8 +218,8 @@ class ReceiverStats:
 class SenderStats:
     """What we sent on one stream: SR counts (6.4.1) and RTT from the peer's report blocks."""
 
-    __slots__ = ("_last_time", "_last_ts", "clock_rate", "octet_count", "packet_count", "rtt",
-                 "ssrc")
+    __slots__ = ("_last_time", "_last_ts", "_reports", "clock_rate", "octet_count",
+                 "packet_count", "rtt", "ssrc")
 
     def __init__(self, ssrc: int, clock_rate: int) -> None:
         self.ssrc = ssrc
@@ -222,6 +229,7 @@ class SenderStats:
         self._last_ts: int | None = None
         self._last_time = 0.0
         self.rtt: float | None = None  # most recent round-trip time, seconds
+        self._reports = (float("-inf"), float("-inf"))  # when the last two reports went
 
     def on_sent(self, payload_size: int, rtp_timestamp: int, now: float) -> None:
         """Account one sent RTP packet; octets count payload only (6.4.1)."""
@@ -233,6 +241,16 @@ class SenderStats:
     @property
     def has_sent(self) -> bool:
         return self._last_ts is not None
+
+    @property
+    def we_sent(self) -> bool:
+        """Whether our next report is an SR: RTP sent since the report before last (RFC 3550
+        6.3.8's we_sent). A sender that stopped (on hold) goes back to RRs."""
+        return self._last_ts is not None and self._last_time >= self._reports[0]
+
+    def reported(self, now: float) -> None:
+        """A report (SR or RR) went at `now` (the clock `on_sent` is given)."""
+        self._reports = (self._reports[1], now)
 
     def sender_report(
         self, now: float, reports: list[ReportBlock] | None = None

@@ -438,9 +438,12 @@ class VideoRtpSender(_UdpNode):
         return self._rtcp_remote
 
     def _report(self) -> RtcpSenderReport | RtcpReceiverReport:
-        if self._tx.has_sent:
-            return self._tx.sender_report(time.time())
-        return RtcpReceiverReport(self._ssrc)  # 6.4: an RR until we have sent
+        wall = time.time()
+        we_sent = self._tx.we_sent  # 6.3.8: sent since the report before last; else an RR
+        self._tx.reported(wall)
+        if we_sent:
+            return self._tx.sender_report(wall)
+        return RtcpReceiverReport(self._ssrc)  # 6.4: an RR while we do not send
 
     def tick(self, now: float) -> None:
         self._report_due(self._now())  # the loop's clock, as the scheduler started on
@@ -653,7 +656,9 @@ class VideoRtpReceiver(_UdpNode):
         return self._remote  # where our PLIs go
 
     def _report(self) -> RtcpReceiverReport:
-        blocks = [] if self._rx is None else [self._rx.report_block(self._now())]
+        rx = self._rx  # 6.4: a block only for a source heard since the last report
+        blocks = [rx.report_block(self._now())] if rx is not None and rx.heard_since_report \
+            else []
         return RtcpReceiverReport(self._ssrc, blocks)
 
     def tick(self, now: float) -> None:
