@@ -629,3 +629,34 @@ def test_a_wrong_password_still_fails_once_without_looping_after_preauth():
     assert [("Authorization" in m.headers) for m in registrar.seen[2:]] == [True, True]
     failed = ua.next_event()
     assert isinstance(failed, RegistrationFailed) and failed.status == 401
+
+
+def test_max_call_time_hangs_up_incoming_and_dialled_calls(tmp_path):
+    # An IVR or PBX ends calls that run too long (a caller who never hangs up, a forgotten
+    # line): hangup_after covered only the call we dial.
+    from test_sip_endpoint import CALLER_GRAPH as CALLER
+    from test_sip_endpoint import caller_yaml as dialler
+    from test_sip_endpoint import server_yaml
+
+    async def main():
+        (tmp_path / "caller.yaml").write_text(CALLER)
+        server = Endpoint(server_yaml(extra="    max_call_time: 400ms"))
+        port = await server.port()
+        # The caller has a limit too, longer: the server's ends the call first.
+        caller = Endpoint(dialler(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                  extra="    max_call_time: 30s"))
+        await caller.wait("call-established")
+        ended = await server.wait("call-ended")
+        assert ended.data["reason"] == "max call time"
+        assert (await caller.wait("call-ended")).data["reason"] == "remote hangup"
+        assert server.node.stats()["max_call_time_ends"] == 1
+        assert caller.node.stats()["max_call_time_ends"] == 0
+        await caller.result()
+        # A dialled call is ended by its own endpoint's limit the same way.
+        caller = Endpoint(dialler(f"sip:echo@127.0.0.1:{port}", tmp_path / "caller.yaml",
+                                  extra="    max_call_time: 300ms"))
+        assert (await caller.wait("call-ended")).data["reason"] == "max call time"
+        await caller.result()
+        await server.stop()
+
+    asyncio.run(main())

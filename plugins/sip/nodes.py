@@ -341,6 +341,10 @@ class PortAllocator:
             self.unhold(port)
 
 
+# call-ended's reason when max_call_time ended the call
+MAX_CALL_TIME = "max call time"
+
+
 @dataclass(slots=True)
 class _Silence:
     """An incoming call's RTP timeout, which counts from its answer (a caller may rightly
@@ -410,6 +414,8 @@ class SipEndpoint(Node):
     hangup_after = Param(Duration, 0.0, "hang up the dialled call this long after the answer; "
                          "unanswered that long, it is cancelled (0: never)", min=0.0)
     exit_after_call = Param(bool, False, "end the graph when the dialled call has ended")
+    max_call_time = Param(Duration, 0.0, "hang up any call, incoming or dialled, this long "
+                          "after its answer, as a PBX's longest call (0: never)", min=0.0)
     rate_limit = Param(float, 50.0, "SIP requests per second accepted from one address "
                        "(bursts of twice that); 0: no limit", min=0.0)
     follow_refer = Param(bool, False, "follow a REFER (blind transfer): call its Refer-To "
@@ -644,6 +650,9 @@ class SipEndpoint(Node):
         # may end its call: tick looks through them only then, not every call each tick.
         self._silences: dict[str, _Silence] = {}
         self._silence_due: float | None = None
+        # Calls' ends by max_call_time, and the earliest of them (tick looks only then).
+        self._call_ends: dict[str, float] = {}
+        self._call_end_due: float | None = None
         self._shutting_down: float | None = None
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
@@ -651,7 +660,7 @@ class SipEndpoint(Node):
         self._following: dict[str, tuple[str, str]] = {}
         self._c = dict.fromkeys(("calls_in", "calls_out", "calls_ended", "rtp_timeouts",
                                  "part_faults", "part_errors", "detach_timeouts",
-                                 "refer_failed"), 0)
+                                 "refer_failed", "max_call_time_ends"), 0)
         if self.graph is not None:
             self.graph.listeners.append(self._on_bus)
         self.post("sip-listening", listeners=[f"{x.transport}:{x.host}:{x.port}"
@@ -714,6 +723,8 @@ class SipEndpoint(Node):
                 del self._answer_at[call_id]
             elif t >= at:
                 self.answer(call_id)
+        if self._call_end_due is not None and t >= self._call_end_due:
+            self._end_long_calls(t)
         if self._silence_due is not None and t >= self._silence_due:
             self._silence_due = None
             for call_id, silence in list(self._silences.items()):
@@ -1152,6 +1163,10 @@ class SipEndpoint(Node):
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
+            if self.max_call_time:
+                end = self._call_ends[call.call_id] = self._loop.time() + self.max_call_time
+                if self._call_end_due is None or end < self._call_end_due:
+                    self._call_end_due = end
             # The parties too, as call-incoming has them: one grep by name finds both.
             self.post("call-established", call_id=call.call_id,
                       codec=self._codec_name(event.media), prefix=self._prefix(call),
@@ -1175,6 +1190,7 @@ class SipEndpoint(Node):
             self._c["calls_ended"] += 1
             self._info_last.pop(call.call_id, None)
             self._silences.pop(call.call_id, None)
+            self._call_ends.pop(call.call_id, None)
             if call.call_id == self._dialled:
                 self._ring_since = None
             had = part(call)  # before the part goes
@@ -1512,6 +1528,20 @@ class SipEndpoint(Node):
         silence = self._silences.get(call_id)
         if silence is not None:
             silence.seconds = None
+
+    def _end_long_calls(self, t: float) -> None:
+        """Hang up the calls `max_call_time` has run out for (between callbacks, not inside
+        the runtime's ticks: their parts go with them)."""
+        for call_id, end in list(self._call_ends.items()):
+            if end <= t:
+                del self._call_ends[call_id]
+                self._c["max_call_time_ends"] += 1
+                self._loop.call_soon(self._hang_up_long, call_id)
+        self._call_end_due = min(self._call_ends.values(), default=None)
+
+    def _hang_up_long(self, call_id: str) -> None:
+        self.ua.hangup(call_id, self._loop.time(), reason=MAX_CALL_TIME)
+        self._pump()
 
     def _hang_up_silent(self, call_id: str) -> None:
         """No RTP from the far end for rtp_timeout: hung up (BYE, or CANCEL of early media)
