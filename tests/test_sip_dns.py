@@ -43,6 +43,21 @@ def srv(priority: int, weight: int, port: int, target: str) -> SimpleNamespace:
     return SimpleNamespace(priority=priority, weight=weight, port=port, target=target)
 
 
+def located(answers: dict, uri: str = "sip:bob@example.test") -> list:
+    """What a DnsLocator finds for `uri` given `answers` ((name, type) -> records, or an
+    error text) instead of a resolver (no network)."""
+    async def main():
+        locator = DnsLocator(["192.0.2.53"], clock=lambda: 0.0)
+
+        async def ask(name, rdtype):
+            return answers.get((name, rdtype), [])
+
+        locator._ask = ask
+        return await locator.locate(SipUri.parse(uri), {"udp": "4"})
+
+    return asyncio.run(main())
+
+
 # ---- sans-IO: the plan and the order ---------------------------------------------------------
 def test_srv_order_is_priority_then_weighted_random_from_a_seeded_rng():
     """RFC 2782: lower priority first; within one, weight-proportional random order; a "."
@@ -219,17 +234,7 @@ def test_an_srv_target_whose_address_lookup_fails_is_skipped_not_the_whole_domai
                                                    srv(20, 0, 5080, "ok.example.test.")],
                ("broken.other.test", "A"): "SERVFAIL",
                ("ok.example.test", "A"): [SimpleNamespace(address="192.0.2.7")]}
-
-    async def main():
-        locator = DnsLocator(["192.0.2.53"], clock=lambda: 0.0)
-
-        async def ask(name, rdtype):  # stands in for the resolver (no network)
-            return answers.get((name, rdtype), [])
-
-        locator._ask = ask
-        return await locator.locate(SipUri.parse("sip:bob@example.test"), {"udp": "4"})
-
-    assert asyncio.run(main()) == [("udp", ("192.0.2.7", 5080))]
+    assert located(answers) == [("udp", ("192.0.2.7", 5080))]
 
 
 def test_answers_are_cached_for_their_ttl(need_dnsmasq):

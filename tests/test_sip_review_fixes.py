@@ -19,11 +19,11 @@ All at the UA or node level on a fake clock (no sockets but the port allocator's
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from types import SimpleNamespace
 
 import pytest
+from test_sip_dns import located, srv
 
 from pipeline.errors import GraphError, LocalProtocolError
 from pipeline.graph import BusMessage
@@ -31,7 +31,6 @@ from pipeline.loader import load_graph_text
 from pipeline.messages import message_text
 from plugins.sip import nodes as sipnodes
 from plugins.sip import ua as sipua
-from plugins.sip.dns import DnsLocator
 from plugins.sip.message import SipMessage
 from plugins.sip.nodes import PortAllocator, SipEndpoint
 from plugins.sip.offer_answer import Codec
@@ -44,7 +43,6 @@ from plugins.sip.ua import (
     UaConfig,
     UserAgent,
 )
-from plugins.sip.uri import SipUri
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
        b"m=audio 4000 RTP/AVP 0\r\n")
@@ -196,22 +194,11 @@ def test_a_connection_refused_drops_the_targets_that_would_connect_there_again()
 
 def test_the_locator_gives_each_address_once():
     a = SimpleNamespace(address="192.0.2.7")
-    answers = {("_sip._udp.example.test", "SRV"): [
-                   SimpleNamespace(priority=10, weight=0, port=5060, target="sip1.example.test."),
-                   SimpleNamespace(priority=20, weight=0, port=5060, target="sip2.example.test."),
-                   SimpleNamespace(priority=30, weight=0, port=5062, target="sip1.example.test.")],
+    answers = {("_sip._udp.example.test", "SRV"): [srv(10, 0, 5060, "sip1.example.test."),
+                                                   srv(20, 0, 5060, "sip2.example.test."),
+                                                   srv(30, 0, 5062, "sip1.example.test.")],
                ("sip1.example.test", "A"): [a], ("sip2.example.test", "A"): [a]}
-
-    async def main():
-        locator = DnsLocator(["192.0.2.53"], clock=lambda: 0.0)
-
-        async def ask(name, rdtype):  # stands in for the resolver (no network)
-            return answers.get((name, rdtype), [])
-
-        locator._ask = ask
-        return await locator.locate(SipUri.parse("sip:bob@example.test"), {"udp": "4"})
-
-    assert asyncio.run(main()) == [("udp", ("192.0.2.7", 5060)), ("udp", ("192.0.2.7", 5062))]
+    assert located(answers) == [("udp", ("192.0.2.7", 5060)), ("udp", ("192.0.2.7", 5062))]
 
 
 # ---- 4. the rate-limit warning: a few lines a minute, however many sources ---------------------
