@@ -12,7 +12,7 @@ import time
 from itertools import pairwise
 
 import pytest
-from conftest import until
+from conftest import WAIT, until
 from test_video_rtcp_mux import FarEnd, _free_pair
 from test_video_rtp import need_gstreamer
 
@@ -278,6 +278,21 @@ def test_sender_reports_count_what_was_sent_and_pair_ntp_with_its_rtp_clock():
     assert len(before) == len(rtp) == result.stats["tx"]["packets_sent"]
 
 
+async def _run_until_rtt(g: Graph, what: str, limit: float = WAIT) -> None:
+    """Run `g` in real time until its sender `tx` has a round-trip time, then stop it."""
+    runtime = Runtime(g, realtime=True, duration=30)
+    task = asyncio.create_task(runtime.run())
+    tx = g.nodes["tx"]
+    try:
+        await until(lambda: task.done() or tx.stats().get("rtt_ms") is not None, what, limit)
+        assert not task.done(), task
+        runtime.request_stop()
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 def test_our_receivers_report_gives_our_sender_a_round_trip_time():
     """Sender and receiver on loopback: the receiver latches to the sender's socket and
     sends its RR there; the sender computes RTT = A - LSR - DLSR (RFC 3550 6.4.1) and shows
@@ -290,19 +305,8 @@ def test_our_receivers_report_gives_our_sender_a_round_trip_time():
             f"codec=vp8 ! video_rtp_sender name=tx remote_port={port} rtcp_interval=0.1s "
             f"video_rtp_receiver name=rx codec=vp8 local_port={port} rtcp_interval=0.1s "
             "! frame_sink name=out")
-        runtime = Runtime(g, realtime=True, duration=30)
-        task = asyncio.create_task(runtime.run())
-        try:
-            tx, rx = g.nodes["tx"], g.nodes["rx"]
-            await until(lambda: task.done() or tx.stats().get("rtt_ms") is not None,
-                        "a round-trip time at the sender")
-            assert not task.done(), task
-            runtime.request_stop()
-            await task
-        finally:
-            if not task.done():
-                task.cancel()
-        return tx.stats(), rx.stats()
+        await _run_until_rtt(g, "a round-trip time at the sender")
+        return g.nodes["tx"].stats(), g.nodes["rx"].stats()
 
     tx, rx = asyncio.run(main())
     # Loopback: far below a second; a clock mixed up (monotonic with wall) gives hours.
@@ -410,23 +414,12 @@ def test_gstreamer_rtpsession_reports_on_our_stream_and_our_sender_has_the_rtt()
                 "video_test_source width=160 height=120 fps=30 duration=30s ! video_encoder "
                 f"codec=vp8 ! video_rtp_sender name=tx local_port={ours} "
                 f"remote_port={gst_port} remote_rtcp_port={gst_port + 1} rtcp_interval=0.2s")
-            runtime = Runtime(g, realtime=True, duration=30)
-            task = asyncio.create_task(runtime.run())
-            tx = g.nodes["tx"]
-            try:
-                await until(lambda: task.done() or tx.stats().get("rtt_ms") is not None,
-                            "a round-trip time from GStreamer's RR", 20)
-                assert not task.done(), task
-                runtime.request_stop()
-                await task
-            finally:
-                if not task.done():
-                    task.cancel()
+            await _run_until_rtt(g, "a round-trip time from GStreamer's RR", 20)
         finally:
             if proc.returncode is None:
                 proc.terminate()
             await proc.wait()
-        return tx.stats()
+        return g.nodes["tx"].stats()
 
     tx = asyncio.run(main())
     # Loopback: far below a second; a clock mixed up (monotonic with wall) gives hours.
