@@ -341,10 +341,6 @@ class PortAllocator:
             self.unhold(port)
 
 
-# call-ended's reason when max_call_time ended the call
-MAX_CALL_TIME = "max call time"
-
-
 @dataclass(slots=True)
 class _Silence:
     """An incoming call's RTP timeout, which counts from its answer (a caller may rightly
@@ -733,7 +729,7 @@ class SipEndpoint(Node):
                     silence.seconds = None
                     self._c["rtp_timeouts"] += 1
                     # Between callbacks, not inside the runtime's ticks: the part goes with it.
-                    self._loop.call_soon(self._hang_up_silent, call_id)
+                    self._loop.call_soon(self._hang_up_for, call_id, sipua.RTP_TIMEOUT)
                 else:
                     self._watch_silence(silence)
         if self._shutting_down is not None:
@@ -1516,7 +1512,7 @@ class SipEndpoint(Node):
             return
         self._c["rtp_timeouts"] += 1
         # Not in the middle of the part's own tick: hang up between callbacks.
-        self._loop.call_soon(self._hang_up_silent, call_id)
+        self._loop.call_soon(self._hang_up_for, call_id, sipua.RTP_TIMEOUT)
 
     def _watch_silence(self, silence: _Silence) -> None:
         at = silence.ends_at()
@@ -1536,17 +1532,14 @@ class SipEndpoint(Node):
             if end <= t:
                 del self._call_ends[call_id]
                 self._c["max_call_time_ends"] += 1
-                self._loop.call_soon(self._hang_up_long, call_id)
+                self._loop.call_soon(self._hang_up_for, call_id, sipua.MAX_CALL_TIME)
         self._call_end_due = min(self._call_ends.values(), default=None)
 
-    def _hang_up_long(self, call_id: str) -> None:
-        self.ua.hangup(call_id, self._loop.time(), reason=MAX_CALL_TIME)
-        self._pump()
-
-    def _hang_up_silent(self, call_id: str) -> None:
-        """No RTP from the far end for rtp_timeout: hung up (BYE, or CANCEL of early media)
-        with `call-ended` saying so, not as if someone had asked (`local hangup`)."""
-        self.ua.hangup(call_id, self._loop.time(), reason=sipua.RTP_TIMEOUT)
+    def _hang_up_for(self, call_id: str, reason: str) -> None:
+        """Hung up by the endpoint itself (BYE, or CANCEL of early media): no RTP for
+        rtp_timeout, or max_call_time; `call-ended` says `reason`, not as if someone had
+        asked (`local hangup`)."""
+        self.ua.hangup(call_id, self._loop.time(), reason=reason)
         self._pump()
 
     def stats(self) -> dict[str, Any]:

@@ -143,6 +143,8 @@ NO_RESPONSE = "no response"
 # CallEnded's reason when we hung up because no RTP came for rtp_timeout (the endpoint's
 # `rtp-timeout`), not because someone asked: `hangup(..., reason=RTP_TIMEOUT)`
 RTP_TIMEOUT = "rtp timeout"
+# CallEnded's reason when we hung up a call that had lasted the endpoint's max_call_time
+MAX_CALL_TIME = "max call time"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 # What a CallRejected's reason may not carry of the peer's text in it (a digest user name,
 # Require tags, a Content-Type, a Call-ID quoted by a parse error): `=` and quotes, which
