@@ -75,7 +75,6 @@ from .stats import (
     ReceiverStats,
     RtcpScheduler,
     SenderStats,
-    reduced_min_time,
 )
 
 log = logging.getLogger("plugins.rtp")
@@ -511,10 +510,8 @@ class RtpSession(Node):
         self._watching = self.direction in ("sendrecv", "recvonly")
         self._scheduler: RtcpScheduler | None = None
         if self._rtcp_sock is not None:
-            self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
-                                            min_time=self.rtcp_interval
-                                            or reduced_min_time(self.session_kbps))
-            self._scheduler.schedule(now, we_sent=False)
+            self._scheduler = RtcpScheduler.starting(now, self.session_kbps,
+                                                     self.rtcp_interval)
         # Without an RTP timeout, DTMF or RTCP there is no timer to run: no ticks (a server's
         # calls would each cost a call per period for nothing).
         self.clocked = bool(self.rtp_timeout) or self._dtmf_pt is not None \

@@ -370,6 +370,15 @@ class RtcpScheduler:
     initial: bool = True
     next_time: float | None = None
 
+    @classmethod
+    def starting(cls, now: float, session_kbps: float, min_interval: float) -> RtcpScheduler:
+        """A scheduler for a session of `session_kbps` with its first report timed from
+        `now`: at least `min_interval` between reports (0: the reduced minimum, 6.2)."""
+        sch = cls(session_bw=session_kbps * 1000.0 / 8.0,
+                  min_time=min_interval or reduced_min_time(session_kbps))
+        sch.schedule(now, we_sent=False)
+        return sch
+
     def schedule(self, now: float, we_sent: bool) -> float:
         """Pick the next send time from `now`; return it."""
         t = rtcp_interval(

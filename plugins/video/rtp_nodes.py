@@ -69,7 +69,6 @@ from plugins.rtp.stats import (
     ReceiverStats,
     RtcpScheduler,
     SenderStats,
-    reduced_min_time,
 )
 from plugins.video.codec import CLOCK_RATE
 from plugins.video.nodes import VIDEO_CODECS, encoded_video
@@ -209,10 +208,8 @@ class _UdpNode(Node):
 
     # ---- RTCP reports (RFC 3550 section 6) ---------------------------------------------------
     def _start_reports(self) -> None:
-        min_time = self.rtcp_interval or reduced_min_time(self.session_kbps)
-        self._scheduler = RtcpScheduler(session_bw=self.session_kbps * 1000.0 / 8.0,
-                                        min_time=min_time)
-        self._scheduler.schedule(self._now(), we_sent=False)
+        self._scheduler = RtcpScheduler.starting(self._now(), self.session_kbps,
+                                                 self.rtcp_interval)
         self._cname = cname(self)
         self._bye_sent = False
 
