@@ -8,7 +8,9 @@ a discontinuity (RFC 3551 4.1).
 
 Decoders follow the jitter buffer's contract: a frame with `FLAG_CONCEALED` and an empty
 payload stands for a lost packet; `meta["extra"]` carries a second payload to play in the same
-period (decoded, then time-compressed with `plugins.jitterbuffer.timescale` when installed).
+period (decoded, then time-compressed with `plugins.jitterbuffer.timescale` when installed:
+whole pitch periods cut, the rest carried into the next periods, so a mono stream then plays
+a few ms behind its frames until the next squeeze, a silence or a new stream).
 Opus recovers a lost packet from the next packet's in-band FEC when the frame's meta carries
 `{"next": payload}` (RFC 6716 2.1.7), else runs its own concealment; G.711, L16 and G.722 use
 waveform substitution (`plugins.jitterbuffer.plc`) when it is installed, else repeat the last
@@ -514,6 +516,9 @@ class _DecoderNode(Node):
         self._dtx_seen = False
         self._silence = np.zeros((self._last_samples, self._nch), np.int16)
         self._payload = b""  # the last payload decoded
+        # Time compression of a mono stream (`timescale.Compressor`), made at its first
+        # squeeze: it carries the samples after its cut, so every frame then goes through it.
+        self._sync: Any = None
         self._next_in = -1  # input pts (its clock) the next frame should have; -1: unknown
         # Gaps a sender left out are filled offline only: in real time the gap has passed
         # as real time (the jitter buffer keeps a call's timeline), and filling it at once
@@ -526,6 +531,8 @@ class _DecoderNode(Node):
 
     def process(self, port: str, frame: EncodedFrame) -> None:
         payload = frame.payload
+        if frame.flags & FLAG_DISCONT and self._sync is not None:
+            self._sync.reset()  # a new stream: the old one's carried tail is not played
         if not payload:
             if frame.flags & FLAG_CONCEALED:
                 self._gap(frame)
@@ -543,6 +550,7 @@ class _DecoderNode(Node):
             # A talk spurt after a silence (RFC 3551 4.1): one short enough for DTX's
             # refreshes (400 ms apart) tells a DTX sender, though it sends no DTX packet.
             self._dtx_seen |= 0 < self._idle_run[2] <= OPUS_DTX_MS * self._rate // 1000
+        second = None
         try:
             pcm = self._decoder.decode(payload)
             extra = frame.meta.get("extra") if frame.meta else None
@@ -551,7 +559,6 @@ class _DecoderNode(Node):
                 # The jitter buffer shrinks its delay: two packets play in one period.
                 second = self._decoder.decode(extra)
                 taken += second.shape[0]
-                pcm = self._squeeze(pcm, second)
         except (ParseError, CodecError, ValueError):
             self._bad += 1  # bad remote input: counted and concealed, never raised
             self._next_in = frame.pts + self._samples_for(frame) * frame.rate // self._rate
@@ -562,11 +569,13 @@ class _DecoderNode(Node):
             # packets of a squeezed frame), so a jump beyond it is a gap (`_gap`).
             self._next_in = frame.pts + taken * frame.rate // self._rate
         self._payload = payload
-        if self._plc is not None:
+        if second is not None:
+            pcm = self._squeeze(pcm, second)
+        elif self._plc is not None:
             pcm = self._plc.good(pcm)
         self._decoded += 1
         self._last_samples = pcm.shape[0]
-        self._out(pcm, frame.flags & FLAG_DISCONT)
+        self._out(pcm, frame.flags & FLAG_DISCONT, carried=second is not None)
 
     def _gap(self, frame: EncodedFrame) -> None:
         """Keep the output on the input's timeline: a frame whose pts is ahead of where the
@@ -595,16 +604,25 @@ class _DecoderNode(Node):
         self._left_out = False
 
     def _squeeze(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Two decoded packets in one frame period (WSOLA time compression when available)."""
+        """Two decoded packets in one frame period, ready to play (`_out(carried=True)`):
+        time compression that cuts whole pitch periods and carries the rest
+        (`timescale.Compressor`) for a mono stream when available. The concealment sees
+        both packets as decoded, the stream before the cut, as the compressor does."""
         self._compressed += 1
-        if first.shape == second.shape and first.shape[1] == 1:
+        if self._plc is not None:
+            first, second = self._plc.good(first), self._plc.good(second)
+        sync = self._sync
+        if sync is None and self._nch == 1 and first.shape == second.shape:
             try:
-                from plugins.jitterbuffer.timescale import compress
+                from plugins.jitterbuffer.timescale import Compressor
             except ImportError:
-                compress = None
-            if compress is not None:
-                return compress(first[:, 0], second[:, 0]).reshape(-1, 1)
-        return np.concatenate([first, second])  # no compressor: play both, a longer frame
+                Compressor = None  # noqa: N806 - the other helper's plugin is optional
+            if Compressor is not None:
+                sync = self._sync = Compressor(self._rate, first.shape[0])
+        if sync is not None and first.shape == second.shape:
+            return sync.squeeze(first.reshape(-1), second.reshape(-1)).reshape(-1, 1)
+        both = np.concatenate([first, second])  # no compressor: play both, a longer frame
+        return self._carry(both) if sync is not None else both
 
     def _samples_for(self, frame: EncodedFrame) -> int:
         if frame.duration and frame.rate:
@@ -657,6 +675,12 @@ class _DecoderNode(Node):
         if not pcm.any():
             done = -1
         elif done >= self._idle_limit:
+            sync = self._sync
+            if sync is not None and sync.held:
+                # The carry plays before the ramp; what it would carry on lies past the
+                # fade-out (silent by then), so the silence after starts on the frame.
+                pcm = self._carry(pcm)
+                sync.reset()
             ramp = np.linspace(1.0, 0.0, len(pcm), endpoint=False, dtype=np.float32)
             pcm = np.rint(pcm * ramp[:, None]).astype(np.int16)
             done = -1
@@ -665,7 +689,15 @@ class _DecoderNode(Node):
         self._idle_run = (mark, done, total)
         self._out(pcm, FLAG_CONCEALED)
 
-    def _out(self, pcm: np.ndarray, flags: int) -> None:
+    def _carry(self, pcm: np.ndarray) -> np.ndarray:
+        """`pcm` played through the compressor's carry (as many samples, delayed by it)."""
+        return self._sync.push(pcm.reshape(-1)).reshape(-1, 1)
+
+    def _out(self, pcm: np.ndarray, flags: int, carried: bool = False) -> None:
+        """Emit `pcm`; through the carry while the compressor holds one (`carried`: it has
+        been, a squeezed frame)."""
+        if not carried and self._sync is not None and self._sync.held:
+            pcm = self._carry(pcm)
         self.emit("out", AudioFrame(pcm, self._rate, self._pts, flags))
         self._pts += pcm.shape[0]
 
