@@ -7,6 +7,7 @@ graphs")."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from conftest import until
 from test_sip_endpoint import no_port_left_reserved  # noqa: F401 (an autouse fixture)
@@ -31,6 +32,15 @@ def _video_port(ep: Endpoint, call_id: str) -> int:
     return ep.node.ua.calls[call_id].video_port
 
 
+def setup_stops_held(probes: list[tuple[int, bool]]) -> None:
+    """The call is set up: what stopped meanwhile left its port held, and is forgotten. An
+    answer's call graph starts twice when its audio port was another socket's (see
+    `test_the_video_port_stays_held_when_the_answer_starts_again_on_another_port`): its
+    first video receiver stops then."""
+    assert not any(free for _, free in probes), probes
+    probes.clear()
+
+
 def _direction(ep: Endpoint, call_id: str) -> str | None:
     """The direction the call's graph runs with (None while it is being rebuilt)."""
     return (ep.node.part_values.get(call_id) or {}).get("direction")
@@ -44,6 +54,7 @@ def test_the_video_port_stays_bound_through_hold_and_resume_and_is_freed_at_hang
 
     async def main() -> None:
         caller, call_id, callee, callee_id = await _video_call()
+        setup_stops_held(probes)
         sides = [(caller, call_id), (callee, callee_id)]
         ports = sorted(_video_port(ep, cid) for ep, cid in sides)
         assert all(ports)
@@ -98,6 +109,7 @@ def test_a_rebuild_that_drops_video_frees_the_port_it_held(monkeypatch) -> None:
 
     async def main() -> None:
         caller, call_id, callee, callee_id = await _video_call()
+        setup_stops_held(probes)
         ports = sorted([_video_port(caller, call_id), _video_port(callee, callee_id)])
         callee.node.ua.config.video_codecs = ()  # answers re-offers with video port 0
         caller.node.hold(call_id)
@@ -113,6 +125,40 @@ def test_a_rebuild_that_drops_video_frees_the_port_it_held(monkeypatch) -> None:
         await caller.close()
 
     asyncio.run(main())
+
+
+def test_the_video_port_stays_held_when_the_answer_starts_again_on_another_port(
+        monkeypatch) -> None:
+    # The answer's audio port is not test-bound (PortAllocator): another socket on it (the
+    # range is in the ephemeral range) fails the call graph's start, and it is started again
+    # on the next port. The failed start's video_rtp_receiver had taken the video port's
+    # sockets and closed them on its stop: the port was anyone's until the second start
+    # bound it again (taken meanwhile, the call failed). Seen as a flaky failure of the test
+    # above: that receiver's stop was one more, with the port free.
+    probes = probe_stops(monkeypatch, VideoRtpReceiver)
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        taken.bind(("127.0.0.1", 34200))  # the callee answers from the bottom of its range
+    except OSError:
+        pass  # another socket's already: the same for the callee
+
+    async def main() -> None:
+        caller, call_id, callee, callee_id = await _video_call()
+        assert callee.node.ua.calls[callee_id].rtp_port != 34200
+        assert not callee.names("error")
+        # The failed start's receiver (started before the rtp_session failed to bind)
+        # handed the sockets on to the second start.
+        assert probes == [(_video_port(callee, callee_id), False)]
+        caller.node.hangup(call_id)
+        await callee.wait("call-ended")
+        await caller.wait("call-ended")
+        await callee.close()
+        await caller.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        taken.close()
 
 
 def test_a_video_port_the_offer_did_not_use_is_freed_at_once() -> None:

@@ -827,7 +827,8 @@ class SipEndpoint(Node):
                     self.ports.release(video_port)  # our SDP has no video: not the call's
                     video_port = 0
                 if media is not None:  # else a late offer's: its graph starts with the ACK
-                    self._attach(self.ua.calls[call_id], media)
+                    # (a failure leaves the video port held: released below if no retry)
+                    self._attach(self.ua.calls[call_id], media, retry=True)
             except Exception as exc:
                 self.ports.release(port)
                 error = exc
@@ -1300,19 +1301,30 @@ class SipEndpoint(Node):
         return referring[0]
 
     def _attach(self, call: sipua.Call, media: NegotiatedMedia,
-                carried: dict[str, tuple[type, Any]] | None = None) -> None:
+                carried: dict[str, tuple[type, Any]] | None = None, *,
+                retry: bool = False) -> None:
         # The ports our SDP named were held since (PortAllocator), as are those of a part
         # being rebuilt: they go to the part's rtp_session and video RTP node as bound
-        # sockets.
+        # sockets. `retry`: a failed start is tried again on another audio port
+        # (`_start_media`), so the video port stays held for that one: the failed part's
+        # video node hands its sockets back as it stops (as through a rebuild) rather than
+        # closing them, which let anyone take the port until the next start bound it.
+        video = call.video_port
         self.ports.ready(call.rtp_port)
-        if call.video_port:
-            self.ports.ready(call.video_port)
+        if video:
+            self.ports.ready(video)
+            if retry:
+                self.ports.keep(video)
+        started = False
         try:
             self._attach_part(call, media, carried or {})
+            started = True
         finally:  # not taken (no node on it, video dropped, the part failed): not held
             self.ports.unhold(call.rtp_port)
-            if call.video_port:
-                self.ports.unhold(call.video_port)
+            if video and retry:
+                self.ports.take_back(video)  # (ends the keep request however it went)
+            if video and (started or not retry):
+                self.ports.unhold(video)
 
     def _attach_part(self, call: sipua.Call, media: NegotiatedMedia,
                      carried: dict[str, tuple[type, Any]]) -> None:
