@@ -202,24 +202,41 @@ def test_speech_and_noise_squeeze_to_whole_frames(kind, rate, n):
     assert np.abs(np.concatenate([fr.data for fr in out]).astype(np.int32)).max() <= 32767
 
 
-def test_the_carry_is_dropped_in_silence_and_at_a_new_stream():
+def test_the_carry_is_kept_through_a_loss_and_dropped_in_silence():
     rate, n, f = 8000, 160, 440.0
     x = _sine(f, rate, 40 * n)
     # 8 periods of 440 Hz (145 samples) are cut at 5 and at 20: 15 samples carried each time.
+    # The jitter buffer flags the frame after a loss FLAG_DISCONT (as after any gap).
     out, periods = _play(x, n, rate, squeeze={5, 20}, lost={8}, idle=set(range(10, 16)),
-                         discont={24})
+                         discont={9, 24})
     assert periods == 38 and all(fr.data.shape == (n, 1) for fr in out)
     y = [fr.data[:, 0] for fr in out]
     # Carried through a loss (the concealment went through the carry too) ...
     assert not np.array_equal(y[6], x[7 * n:8 * n])
+    assert not np.array_equal(y[8], x[9 * n:10 * n])
     # ... until the stream stopped: its concealment fades out by the frame (60 ms: 3
     # periods) as with nothing carried, digital silence follows; the tone comes back on
     # time (the first frame after the silence fades in from the concealment).
     assert y[11].any() and not np.concatenate(y[12:15]).any()
     assert np.array_equal(y[17], x[18 * n:19 * n])
-    # Carried again after the second cut; a new stream starts undelayed.
+    # Carried again after the second cut, through a discontinuity too: the carry is the
+    # stream's own audio, played rather than dropped.
     assert not np.array_equal(y[21], x[23 * n:24 * n])
-    assert np.array_equal(y[22], x[24 * n:25 * n])
+    assert not np.array_equal(y[22], x[24 * n:25 * n])
+
+
+@pytest.mark.parametrize("rate,n,f", [(8000, 160, 440.0), (8000, 160, 137.0),
+                                      (48000, 960, 270.0)])
+def test_a_loss_after_a_squeeze_keeps_the_tone_level(rate, n, f):
+    # The frame after the loss comes flagged FLAG_DISCONT, as the jitter buffer flags it:
+    # dropping the carry there skipped the concealment's last samples, and the tone dipped
+    # (3-13 dB) where the concealment hands back to the stream.
+    x = _sine(f, rate, 40 * n)
+    out, _ = _play(x, n, rate, squeeze={5}, lost={8}, discont={9})
+    y = np.concatenate([fr.data[:, 0] for fr in out])
+    # The concealment fades by at most 20 % (-1.9 dB) over its 20 ms (G.711 App. I).
+    level = _level_db(y[6 * n:11 * n], f, rate)
+    assert level.min() > -2.5, f"level dips to {level.min():.1f} dB"
 
 
 # ---- the compressor on its own -----------------------------------------------------------

@@ -10,7 +10,7 @@ Decoders follow the jitter buffer's contract: a frame with `FLAG_CONCEALED` and 
 payload stands for a lost packet; `meta["extra"]` carries a second payload to play in the same
 period (decoded, then time-compressed with `plugins.jitterbuffer.timescale` when installed:
 whole pitch periods cut, the rest carried into the next periods, so a mono stream then plays
-a few ms behind its frames until the next squeeze, a silence or a new stream).
+up to a frame behind its frames until the next squeeze or a pause).
 Opus recovers a lost packet from the next packet's in-band FEC when the frame's meta carries
 `{"next": payload}` (RFC 6716 2.1.7), else runs its own concealment; G.711, L16 and G.722 use
 waveform substitution (`plugins.jitterbuffer.plc`) when it is installed, else repeat the last
@@ -531,8 +531,6 @@ class _DecoderNode(Node):
 
     def process(self, port: str, frame: EncodedFrame) -> None:
         payload = frame.payload
-        if frame.flags & FLAG_DISCONT and self._sync is not None:
-            self._sync.reset()  # a new stream: the old one's carried tail is not played
         if not payload:
             if frame.flags & FLAG_CONCEALED:
                 self._gap(frame)

@@ -21,8 +21,8 @@ While it carries samples every frame passes through it (`push`: the carry, then 
 head; the frame's tail is carried), so each period still plays exactly N samples and the
 timeline has no gap and no repeat: the carry is a short delay line. The next squeeze cuts it
 away with its own N (over a stream the squeezes remove their N each, less what is carried at
-the end); a quiet carry before a quiet frame (`QUIET`) is dropped (nothing to hear, a
-little delay less), and `reset` drops it at a new stream. Where nothing repeats (noise,
+the end); a quiet carry before a quiet frame (`QUIET`) is dropped (nothing to hear, a little
+delay less), and `reset` drops it (a stopped stream's fade-out). Where nothing repeats (noise,
 unvoiced speech: best correlation under `PERIODIC`) it cuts all of N plus the carry, as
 `compress` does. One vectorised search per squeeze, no per-sample loop.
 """
@@ -70,8 +70,8 @@ class Compressor:
 
     `squeeze(first, second)` -> one frame of `len(first)` samples for the two frames; then
     every frame of the stream goes through `push(frame)` (the same number of samples back,
-    delayed by `held` samples) until `held` is 0 again. `reset()` drops the carry (a new
-    stream). Frames are 1-D int16 or float32 arrays; output has the stream's dtype.
+    delayed by `held` samples) until `held` is 0 again. `reset()` drops the carry.
+    Frames are 1-D int16 or float32 arrays; output has the stream's dtype.
     """
 
     __slots__ = ("_carry", "_dtype", "_held", "_min_lag", "_quiet", "_work", "cuts", "overlap",
