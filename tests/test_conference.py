@@ -446,6 +446,38 @@ def test_room_ends_when_a_talker_who_still_listens_has_left():
     assert len(after) and not after.any()  # 1 faded out, then silence
 
 
+def test_an_input_that_ends_leaves_once_its_audio_is_mixed():
+    # End-of-stream on an input never made its participant leave: no participant-left, and
+    # the manifest gave it the room's end. It leaves at the end of the period holding its last
+    # sample, as a detached SIP call's participant does; a listener stays while it listens.
+    room = Room(ins=(0, 1, 2), outs=(2,), gate=False)
+    for t in range(5):
+        room.step({0: tone(500, 0.3, t * N), 1: tone(900, 0.3, t * N),
+                   2: tone(1300, 0.3, t * N)})
+    room.node.event("in_1", EndOfStream())  # all of 1's audio is mixed: it leaves now
+    assert [(m["participant"], m["pts"]) for m in room.messages("participant-left")] == [
+        (1, 5 * N)]
+    assert room.node.participant_count() == 2 and room.node.can_join()
+    # 0's last 2.5 periods come at once, then its end: it leaves with the period holding
+    # its last sample, not before (nothing of it is cut), not at the room's end.
+    room.node.process("in_0", AudioFrame(tone(500, 0.3, 5 * N, 5 * N // 2)[:, None], RATE,
+                                         5 * N))
+    room.node.event("in_0", EndOfStream())
+    room.node.event("in_2", EndOfStream())  # 2 still listens: no leave
+    for t in range(5, 8):
+        room.step()
+        left = [(m["participant"], m["pts"]) for m in room.messages("participant-left")]
+        assert left == [(1, 5 * N)] + ([(0, 8 * N)] if t == 7 else [])
+    heard = room.audio(2)  # past the join ramp: all of 0 and of 1, then silence
+    end = 15 * N // 2
+    assert np.array_equal(heard[N:end], tone(500, 0.3, N, end - N)
+                          + tone(900, 0.3, N, end - N) * (np.arange(N, end) < 5 * N))
+    assert len(heard) == 8 * N and not heard[end:].any()
+    room.node.port_unlinked("in", "in_0")  # its link goes later (a call graph detached)
+    room.step()
+    assert room.node.finished and len(room.messages("participant-left")) == 2
+
+
 @pytest.mark.parametrize("port", ["in_01", "out_007", "in_1000000000",
                                   "in_99999999999999999999", "in_\u0661"])
 def test_participant_ports_must_be_written_plainly(port):

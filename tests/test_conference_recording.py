@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import wave
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from pipeline.frames import AudioFrame
 from pipeline.graph import Graph
 from pipeline.loader import load_graph_text
 from pipeline.params import ParamValueError
-from pipeline.testing import align, read_wav, run_graph, write_wav
+from pipeline.testing import align, dominant_frequency, read_wav, run_graph, write_wav
 from plugins.conference.names import MAX_NAME_CHARS, NameAllocator, safe_name
 from plugins.conference.nodes import ConferenceBridge
 
@@ -167,6 +168,99 @@ def test_multichannel_records_only_the_chosen_tracks(tmp_path, tracks, channels,
     manifest = json.loads((tmp_path / tracks / "room.json").read_text())
     assert {p["identity"]: p["channel"] for p in manifest["participants"]} == people
     assert manifest["mix"] == (str(tmp_path / tracks / "room.wav") if tracks == "mix" else None)
+
+
+def three_party(rec: Path, seconds: tuple[float, float, float] = (2.0, 2.0, 2.0),
+                **params) -> str:
+    """/tmp/persona/repro's room: alice, bob and carol at three rates into 16 kHz."""
+    extra = "".join(f", {k}: {v}" for k, v in params.items())
+    a, b, c = seconds
+    return f"""
+nodes:
+  room:  {{type: conference, rate: 16000, record_dir: {rec}, gate: false,
+          names: {{in_0: alice, in_1: bob, in_2: carol}}{extra}}}
+  alice: {{type: tone, freq: 300, level: -20dB, duration: {a}s, rate: 16000}}
+  bob:   {{type: tone, freq: 700, level: -26dB, duration: {b}s, rate: 8000}}
+  carol: {{type: tone, freq: 1900, level: -32dB, duration: {c}s, rate: 48000}}
+links: [alice -> room.in_0, bob -> room.in_1, carol -> room.in_2]
+"""
+
+
+TONES = {"alice": 300, "bob": 700, "carol": 1900}
+
+
+def channels_in_header(path: Path) -> int:
+    if path.suffix == ".wav":
+        with wave.open(str(path)) as w:
+            return w.getnchannels()
+    with av.open(str(path)) as c:
+        return c.streams.audio[0].codec_context.channels
+
+
+def band_peak(x: np.ndarray, freq: float, rate: int = 16000) -> float:
+    """The spectrum's largest magnitude within +-3 bins of `freq` (Hann window)."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    k = round(freq * len(x) / rate)
+    return float(spec[k - 3:k + 4].max())
+
+
+@pytest.mark.parametrize("fmt,seats", [("wav", 31), ("flac", 7)])
+def test_multichannel_has_the_mix_and_one_channel_per_seat(tmp_path, fmt, seats):
+    # With max_participants at its default (100) a three-party room's WAV had 101 channels,
+    # 97 of them silent (11.6 GB an hour), and FLAC's refusal pointed at that WAV.
+    rec = tmp_path / "rec"
+    with pytest.raises(GraphError) as refused:
+        run_graph(three_party(rec, record_format=fmt, record_layout="multichannel"))
+    assert ("max_participants 100 with record_tracks all needs 101 (a channel per seat, taken "
+            "or not) (hint: set max_participants to the room's size (3 linked here), at most "
+            f"{seats}, or use record_layout: files)") in str(refused.value)
+    assert not rec.exists()  # refused before any file was opened
+    r = run_graph(three_party(rec, record_format=fmt, record_layout="multichannel",
+                              max_participants=3))
+    path = rec / f"room.{fmt}"
+    assert r.stopped_by == "eos" and channels_in_header(path) == 4
+    x = read_wav(path)[0] if fmt == "wav" else decode(path)
+    assert x.shape == (2 * 16000, 4)
+    manifest = json.loads((rec / "room.json").read_text())
+    channel = {p["identity"]: p["channel"] for p in manifest["participants"]}
+    assert channel == {"alice": 1, "bob": 2, "carol": 3}
+    body = x[1600:-1600].astype(np.float64)  # past the join ramp and the resamplers' start
+    for who, freq in TONES.items():
+        own = body[:, channel[who]]
+        assert dominant_frequency(own, 16000) == pytest.approx(freq, rel=0.01), who
+        # The mix (channel 0): everyone, each as loud as on its own channel (within 1 dB).
+        assert band_peak(body[:, 0], freq) == pytest.approx(band_peak(own, freq), rel=0.12)
+
+
+@pytest.mark.parametrize("layout", ["files", "multichannel"])
+def test_an_input_that_ends_leaves_at_its_end(tmp_path, layout):
+    # Offline, a 1 s and a 2.01 s tone in a room that runs 3 s: no participant-left, and
+    # the manifest gave everyone leave_s 3.0. Each leaves at its input's end, as a SIP
+    # caller does with its call: the message, leave_s and its track or channel there.
+    rec = tmp_path / "rec"
+    ends = {"alice": 3.0, "bob": 2.01, "carol": 1.0}
+    r = run_graph(three_party(rec, (ends["alice"], ends["bob"], ends["carol"]),
+                              record_layout=layout, max_participants=3))
+    assert r.stopped_by == "eos"
+    frame = 0.02
+    left = {m.data["identity"]: m.data["pts"] for m in r.messages
+            if m.name == "participant-left"}
+    assert list(left) == ["carol", "bob", "alice"]  # in the order their inputs ended
+    people = {p["identity"]: p for p in json.loads((rec / "room.json").read_text())[
+        "participants"]}
+    for who, end in ends.items():
+        leave = people[who]["leave_s"]
+        assert end <= leave <= end + frame, (who, leave)  # never before its last sample
+        if who in left:
+            assert left[who] == round(leave * 16000)
+        if layout == "files":
+            track = read_wav(rec / f"room-{who}.wav")[0][:, 0]
+            assert len(track) == round(leave * 16000)  # closed when it left
+        else:
+            track = read_wav(rec / "room.wav")[0][:, people[who]["channel"]]
+            assert not track[round(leave * 16000):].any()  # its channel is silent after
+        body = track[1600:round(end * 16000) - 320].astype(np.float64)
+        assert dominant_frequency(body, 16000) == pytest.approx(TONES[who], rel=0.01), who
 
 
 def test_flac_tracks_are_lossless_and_aligned(tmp_path):
@@ -394,6 +488,20 @@ def test_recording_parameters_are_checked():
     for tracks, most in (("participants", 8), ("mix", 10000)):
         ConferenceBridge("room", record_dir="/tmp/x", record_format="flac", record_tracks=tracks,
                          record_layout="multichannel", max_participants=most).validate()
+    # WAV: 32 channels, a channel per seat whether taken or not.
+    for tracks, most in (("all", 31), ("participants", 32), ("mix", 10000)):
+        ConferenceBridge("room", record_dir="/tmp/x", record_tracks=tracks,
+                         record_layout="multichannel", max_participants=most).validate()
+        if tracks != "mix":
+            with pytest.raises(ParamValueError, match=f"at most 32 channels, max_participants "
+                                                      f"{most + 1} with record_tracks {tracks}"):
+                ConferenceBridge("room", record_dir="/tmp/x", record_tracks=tracks,
+                                 record_layout="multichannel",
+                                 max_participants=most + 1).validate()
+    from plugins.conference.recording import RoomRecorder
+
+    with pytest.raises(ValueError, match="holds at most 32 channels, 33 needed"):
+        RoomRecorder("/tmp/x", "room", layout="multichannel", channels=33)
     with pytest.raises(ParamValueError, match="Opus cannot record at 44100 Hz"):
         ConferenceBridge("room", record_dir="/tmp/x", record_format="opus",
                          rate=44100).validate()

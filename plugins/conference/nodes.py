@@ -31,7 +31,12 @@ from pipeline.params import Path as PathType
 
 from ..mixer.fifo import SPLICE_FADE_S, SPLICE_SEARCH_S, SampleFifo
 from .mixing import UNITY, MixMinus, gain_to_q12
-from .recording import FLAC_MAX_CHANNELS, RoomRecorder, planned_paths
+from .recording import (
+    FLAC_MAX_CHANNELS,
+    MULTICHANNEL_MAX_CHANNELS,
+    RoomRecorder,
+    planned_paths,
+)
 from .shared import FLAG_SHARED, SharedEncoderCache
 from .speaker import SpeakerDetector, rms_dbfs
 
@@ -84,7 +89,8 @@ class ConferenceBridge(Node):
     rate = Param(int, 48000, "bridge rate in Hz; participants at other rates are resampled",
                  min=8000, max=96000)
     max_participants = Param(int, 100, "participants allowed at once; can_join() is False "
-                             "beyond", min=1, max=10000)
+                             "beyond; a multichannel recording has a channel for each",
+                             min=1, max=10000)
     ramp_ms = Param(float, 5.0, "gain ramp for joins, leaves, mutes and the gate, in ms",
                     min=0.0, max=100.0)
     gate = Param(bool, True, "mix only participants who are talking (noise gate)")
@@ -103,7 +109,8 @@ class ConferenceBridge(Node):
                            min=0.0, max=60.0)
     record_dir = Param(PathType, None, "folder for recordings (none: no recording)")
     record_format = Param(str, "wav", "recording format", choices=("wav", "flac", "opus"))
-    record_layout = Param(str, "files", "one file per track, or one multichannel file",
+    record_layout = Param(str, "files", "one file per track, or one multichannel file: the "
+                          "mix, then one channel per seat (max_participants)",
                           choices=("files", "multichannel"))
     record_tracks = Param(str, "all", "which tracks to record",
                           choices=("all", "mix", "participants"))
@@ -129,11 +136,7 @@ class ConferenceBridge(Node):
             if self.record_format == "opus":
                 raise ParamValueError("record_layout", "a multichannel recording needs "
                                       "record_format wav or flac", "use record_format: wav")
-            if self.record_format == "flac" and self._record_channels() > FLAC_MAX_CHANNELS:
-                raise ParamValueError("record_layout", f"FLAC holds {FLAC_MAX_CHANNELS} "
-                                      f"channels, max_participants {self.max_participants} "
-                                      f"with record_tracks {self.record_tracks} needs "
-                                      f"{self._record_channels()}", "use record_format: wav")
+            self._check_record_channels(len(numbers))
         from plugins.files.nodes import check_writable
 
         # The manifest, which every recording writes: the error names a file of ours (a
@@ -143,6 +146,30 @@ class ConferenceBridge(Node):
                                  identities=[])[0]
         check_writable("record_dir", str(manifest))
         self._check_record_files(numbers)
+
+    def _check_record_channels(self, linked: int) -> None:
+        """A multichannel file has a channel for every seat, present or not (a WAV or FLAC
+        header's channel count is fixed before the first sample, and a killed room must
+        leave a playable file, so none is added later): refuse a count the format cannot
+        hold, or one far past any room recorded this way (the default max_participants, 100,
+        made a three-party room's file 101 channels, 11.6 GB an hour)."""
+        channels = self._record_channels()
+        flac = self.record_format == "flac"
+        most = FLAC_MAX_CHANNELS if flac else MULTICHANNEL_MAX_CHANNELS
+        if channels <= most:
+            return
+        seats = most - (channels - self.max_participants)  # what is left beside the mix
+        what = f"FLAC holds {most} channels" if flac else \
+            f"a multichannel recording holds at most {most} channels"
+        also = ", or use record_format: wav" if flac and \
+            channels <= MULTICHANNEL_MAX_CHANNELS else ", or use record_layout: files"
+        raise ParamValueError("record_layout", f"{what}, max_participants "
+                              f"{self.max_participants} with record_tracks "
+                              f"{self.record_tracks} needs {channels} (a channel per seat, "
+                              "taken or not)",
+                              "set max_participants to the room's size"
+                              f"{f' ({linked} linked here)' if linked else ''}, at most "
+                              f"{seats}{also}")
 
     def _check_names(self) -> None:
         """`names` maps participant ports to identities: a key that names no port (in0,
@@ -378,16 +405,29 @@ class ConferenceBridge(Node):
         p = self.by_number.get(self._number(port))
         if p is None:
             return
-        self._dirty = True
         if direction == "in":
-            # Keep the FIFO: what is buffered is faded out over the next period (no click).
-            p.input_gone = True
-            self._inputs.pop(port, None)
-            self.core.in_target[p.row] = 0
-        else:
-            p.has_out = False
-            self.core.listening[p.row] = False
-            self.core.out_target[p.row] = self.core.out_cur[p.row] = 0
+            self._input_left(p, drained=False)
+            return
+        self._dirty = True
+        p.has_out = False
+        self.core.listening[p.row] = False
+        self.core.out_target[p.row] = self.core.out_cur[p.row] = 0
+        self._maybe_leave(p)
+
+    def _input_left(self, p: Participant, *, drained: bool) -> None:
+        """`p`'s input is gone: unlinked (a SIP call ended, its call graph detached), or it
+        sent end-of-stream and everything before it has been mixed (`drained`). Either way
+        the participant leaves once it has no output either: `participant-left`, its track
+        closed (or channel freed) and its `leave_s`, now."""
+        p.input_gone = True
+        self._inputs.pop(f"in_{p.number}", None)
+        self.core.in_target[p.row] = 0
+        if drained:
+            # Its audio ended by itself, all of it mixed: nothing is cut, so nothing fades.
+            p.fifo = None
+            self.core.in_cur[p.row] = 0
+        # (Unlinked, the FIFO is kept: what is buffered fades out over the next period.)
+        self._dirty = True
         self._maybe_leave(p)
 
     def _maybe_leave(self, p: Participant) -> None:
@@ -549,9 +589,12 @@ class ConferenceBridge(Node):
 
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream):
-            p = self.by_number.get(self._number(port))
+            p = self._inputs.get(port)
             if p is not None:
                 p.ended = True
+                self._dirty = True  # tick() looks at each input until this one is drained
+                if not len(p.fifo) and p.filled_at != self._gen:
+                    self._input_left(p, drained=True)  # all of it mixed already: it left
             return  # EOS goes out from tick, once every input is drained
         if isinstance(event, DtmfEvent):
             # A digit is for the application, not the others: forwarded to every output it
@@ -586,6 +629,7 @@ class ConferenceBridge(Node):
 
     def tick(self, now: float) -> None:
         n, core = self.m, self.core
+        ended: list[Participant] = []  # inputs whose end-of-stream is reached this period
         if self._dirty:
             self._rebuild()
             steady = False
@@ -606,6 +650,9 @@ class ConferenceBridge(Node):
                         p.underruns += 1  # lost or on hold: silence, never waited for
                         self.underruns += 1
                     live = live or not (p.ended and got == 0)
+                    if p.ended and not len(p.fifo):
+                        # Its last samples are in this period: it leaves at the period's end.
+                        ended.append(p)
         self._gen += 1  # what process() receives from now on is for the next period
         self._nfilled = 0
         if not live and not self._gone and not self._kept and not self.persistent:
@@ -630,6 +677,8 @@ class ConferenceBridge(Node):
         self.m = m = self._clock.due() - self.pts
         if m != n:
             self._period_shape = (m, 1)
+        for p in ended:  # after the period is mixed and recorded: leave_s is its end
+            self._input_left(p, drained=True)
         self._ticks += 1
         if self._level_every and self._ticks % self._level_every == 0:
             self.post("levels", levels=self.levels(), pts=self.pts)

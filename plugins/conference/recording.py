@@ -19,8 +19,8 @@ Every track starts at room time 0: a late joiner's file begins with silence up t
 it joined (`join`), so all tracks line up sample for sample (a WAV hole; in Ogg Opus copies
 of one encoded silent frame, 120 ms to a packet; in FLAC frames of CONSTANT 0 subframes made
 here, `flac_silence`, and the encoder's frames after them renumbered). In the multichannel
-layout (WAV, or FLAC up to 8 channels) channel 0 is the mix and each participant gets the
-lowest free channel while it is present (silence elsewhere); `tracks` may leave out the mix
+layout (WAV up to 32 channels, FLAC up to 8) channel 0 is the mix and each participant gets
+the lowest free channel while it is present (silence elsewhere); `tracks` may leave out the mix
 (participants from channel 0) or the participants (the mix alone). A JSON manifest next to
 the tracks names who is on which file or channel and when they joined and left (room time,
 from `started`, the wall-clock time of room time 0 in ISO 8601 UTC), and the SIP Call-ID of
@@ -58,6 +58,10 @@ FORMATS = ("wav", "flac", "opus")
 LAYOUTS = ("files", "multichannel")
 EXTENSIONS = {"wav": ".wav", "flac": ".flac", "opus": ".opus"}
 FLAC_MAX_CHANNELS = 8
+# A multichannel file has a channel per seat for its whole length, used or not: 32 at 48 kHz
+# are 11 GB an hour. A larger room records one file per participant, which holds only those
+# present.
+MULTICHANNEL_MAX_CHANNELS = 32
 MIX_NAME = "mix"
 OPUS_BITRATE = 64000  # per channel: an archive, not a phone line
 COPY_SILENCE_FRAMES = 12  # Opus silence this long (in frames) is written as copies
@@ -480,6 +484,9 @@ class RoomRecorder:
         if layout == "multichannel" and fmt == "flac" and channels > FLAC_MAX_CHANNELS:
             raise ValueError(f"recording in one FLAC file holds at most {FLAC_MAX_CHANNELS} "
                              f"channels, {channels} needed")
+        if layout == "multichannel" and channels > MULTICHANNEL_MAX_CHANNELS:
+            raise ValueError(f"a multichannel recording holds at most "
+                             f"{MULTICHANNEL_MAX_CHANNELS} channels, {channels} needed")
         self.directory = Path(directory)
         self.fmt, self.layout, self.rate = fmt, layout, rate
         self.record_mix = tracks in ("all", "mix")
