@@ -242,6 +242,36 @@ def test_the_ivr_example_keeps_the_call_up_after_its_prompt_and_reports_digits(t
     assert len(read_wav(recording)[0]) > 0
 
 
+def test_the_ivr_example_reports_in_band_digits_of_a_caller_without_telephone_event(
+        tmp_path):
+    # A phone that agreed no telephone-event (or a PSTN gateway) sends its digits as tones
+    # in the audio: the IVR's dtmf_detect reports them as the same `dtmf` lines.
+    caller = DIAL_DIGITS.read_text().replace(
+        'tone: {type: tone, freq: "${freq}", level: -12dB, rate: "${call.rate}"}',
+        'tone: {type: dtmf_tone, digits: "47#", tone_ms: 150, gap_ms: 150, '
+        'rate: "${call.rate}"}')
+    assert "dtmf_tone" in caller
+    (tmp_path / "caller.yaml").write_text(caller)
+    write_wav(tmp_path / "prompt.wav", sine(600, 8000, 0.5, amplitude=0.25), 8000)
+    server = serve(tmp_path, server_yaml(
+        "    call_graph_params: {prompt: prompt.wav, recdir: rec}", call_graph=IVR))
+    port = server.port()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "call", f"sip:ivr@127.0.0.1:{port}",
+             "--graph", str(tmp_path / "caller.yaml"), "-p", f"heard={tmp_path / 'h.wav'}",
+             "--codecs", "pcmu", "--duration", "2s"], cwd=tmp_path,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        server.line(r" call-ended ")
+    finally:
+        lines = server.finish(signal.SIGTERM)
+    assert done.returncode == 0, done.stderr
+    digits = [re.fullmatch(STAMP + r"call-1/keys: dtmf digit=(.) duration_ms=(\d+)", line)
+              for line in lines]
+    assert [m[1] for m in digits if m] == ["4", "7", "#"], lines
+    assert all(abs(int(m[2]) - 150) <= 25 for m in digits if m), lines
+
+
 def test_the_ivr_server_example_answers_with_its_own_call_graph(tmp_path):
     from pipeline.loader import load_graph
 
