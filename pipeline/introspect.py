@@ -160,9 +160,10 @@ links:
   both formats.
 - **One-line form**: `pipeline launch -e "tone freq=440 duration=5s ! resample rate=8000 !
   wav_recorder path=a.wav"` builds the same kind of graph (without `duration` the tone, and the
-  offline run, never end); `name=x` names an element and `x.` / `x.port` refers to it
-  later, so branches read as in gst-launch: `tone duration=1s ! tee name=t ! null_sink  t. !
-  level ! null_sink`.
+  offline run, never end); `name=x` names an element and `x.` / `x.port` refers to it,
+  before or after it on the line, so branches read as in gst-launch: `tone duration=1s ! tee
+  name=t ! null_sink  t. ! level ! null_sink`, `tone duration=1s ! m.in_0  mixer name=m !
+  null_sink`.
 
 Every error names the file, line and column and gives a hint, for example:
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import copy
 import datetime
+import difflib
 import itertools
 import os
 import re
@@ -1096,19 +1097,23 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
     if expect_element:
         raise GraphError("launch line ends with '!'", hint="add the element to link to")
     chains[-1].append(current)
+    # Every name given on the line: as in gst-launch, a link may go to an element named
+    # further on (`tone ! m.in_0  mixer name=m ! null_sink`), so the links are made once
+    # every element is, chain by chain (request ports are numbered in the line's order).
+    named = {w[5:] for chain in chains for words in chain if not _is_launch_ref(words[0])
+             for w in words[1:] if w.startswith("name=")}
     place = "launch line"
     count = 0
+    linked: list[list[Element]] = []
     for chain in chains:
         elements = []
         for at, words in enumerate(chain):
             count += 1
             where = (f"{place} element {count}", None, None)  # a line has no rows
-            head, text = words[0], shlex.join(words)
-            if head.endswith("."):
-                elements.append(Element(name=head[:-1]))
-            elif "." in head and head.split(".")[0] in graph.nodes:
-                n, p = _split_ref(head)
-                elements.append(Element(name=n, port=p))
+            text = shlex.join(words)
+            ref = _launch_ref(words, builder, named, where)
+            if ref is not None:
+                elements.append(ref)
             else:
                 el = builder.parse_element(text, where, launch=True)
                 if (el.kind is not None and at == 0 and chain is not chains[0]
@@ -1120,38 +1125,57 @@ def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Gr
                 if el.kind is not None:
                     builder.resolve(el, where, "in")
                 elements.append(el)
-        if len(elements) == 1:
-            continue
+        if len(elements) > 1:
+            linked.append(elements)
+    for elements in linked:
         try:
             builder.add_chain(elements, (place, None, None))
         except GraphError as e:
-            raise _launch_hint(e, graph, tokens) from None
+            raise _launch_hint(e, graph) from None
     try:
         graph.check()
     except GraphError as e:
-        raise _launch_hint(e, graph, tokens) from None
+        raise _launch_hint(e, graph) from None
     graph.validate_nodes()
     return graph
 
 
-_UNKNOWN_REF_RE = re.compile(r"link names unknown node '(.+)'")
+def _is_launch_ref(head: str) -> bool:
+    """Whether a launch-line element's first word reads as `name.` or `name.port`."""
+    return head.endswith(".") or ("." in head and not _is_bin(head))
+
+
+def _launch_ref(words: list[str], builder: Builder, named: set[str],
+                where: Where) -> Element | None:
+    """The launch-line element `words` as a reference to a named node (`t.`, `m.in_0`), or
+    None where it is an element of its own."""
+    from .registry import looks_like_file
+
+    head = words[0]
+    if not _is_launch_ref(head):
+        return None
+    name, port = (head[:-1], None) if head.endswith(".") else _split_ref(head)
+    known = builder.graph.nodes.keys() | builder.bins.keys() | named
+    if name not in known:
+        if port is not None and looks_like_file(head):
+            return None  # `path=a b.wav` unquoted: its second word, which the registry names
+        close = difflib.get_close_matches(name, sorted(n for n in known if "/" not in n), n=1)
+        raise _err(f"link names unknown node '{name}'", where,
+                   f"did you mean '{close[0]}'?" if close else
+                   f"name the element it links to: KIND name={name}")
+    if len(words) > 1:
+        raise _err(f"'{words[1]}' follows '{head}', a reference to a node", where,
+                   f"set parameters where the node is named: KIND name={name} {words[1]}")
+    return Element(name=name, port=port)
+
+
 _UNLINKED_RE = re.compile(r"input port '(.+)\.([^.]+)' is not linked")
 
 
-def _launch_hint(e: GraphError, graph: Graph, tokens: list[str]) -> GraphError:
+def _launch_hint(e: GraphError, graph: Graph) -> GraphError:
     """`e` with a hint in launch-line syntax where the graph's own speaks of YAML keys
     (`under links:`, `under nodes:`), which a launch line does not have."""
     hint = e.hint
-    m = _UNKNOWN_REF_RE.fullmatch(e.message)
-    if m:
-        name = m.group(1)
-        later = next((i for i, t in enumerate(tokens) if t == f"name={name}"), None)
-        if later is not None:  # named further on: gst-launch takes that, we do not
-            kind = next(t for t in reversed(tokens[:later]) if "=" not in t)
-            hint = (f"name it before referring back: {kind} name={name} ! ...  SOURCE ! "
-                    f"{name}.")
-        elif not (hint or "").startswith("did you mean"):
-            hint = f"name an element first (KIND name={name} ! ...), then refer to {name}."
     m = _UNLINKED_RE.fullmatch(e.message)
     if m and m.group(1) in graph.nodes:
         name, port = m.groups()

@@ -20,6 +20,18 @@ from .params import Param, ParamValueError
 
 _REQUEST_RE = re.compile(r"^(.*)%u$")
 
+# The methods the framework calls on a node, with the arguments it passes them (positionally;
+# the last two are optional, for nodes whose state a rebuilt call graph carries over). The
+# registry checks a node class's own against it: one that cannot take them would fail only
+# once a frame arrives, as a TypeError raised in the caller (the node upstream).
+NODE_METHODS: dict[str, tuple[str, ...]] = {
+    "validate": (), "input_caps": ("port", "offered"), "negotiate": ("inputs", "downstream"),
+    "start": (), "process": ("port", "frame"), "tick": ("now",), "event": ("port", "event"),
+    "port_linked": ("direction", "port"), "port_unlinked": ("direction", "port"),
+    "provide_clock": (), "goes_on": (), "run_io": (), "stop": (), "stats": (),
+    "carry_state": (), "restore_state": ("state",),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Port:

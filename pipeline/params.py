@@ -114,7 +114,9 @@ class Decibels(float):
 
 
 class Path(str):
-    """A file path (relative paths are relative to the graph file's folder)."""
+    """A file path, taken as written: a relative path is relative to the current folder, as
+    for any command-line tool, not to the graph file's (a graph writes `${graph_dir}/...` for
+    a file that travels with it)."""
 
 
 _TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "bool", list: "list",

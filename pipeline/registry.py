@@ -22,7 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .node import Node
+from .node import NODE_METHODS, Node
 from .params import ParamValueError
 
 log = logging.getLogger("pipeline.registry")
@@ -264,6 +264,8 @@ class Registry:
                 f"{where}: __init__{inspect.signature(cls.__init__)} cannot be called as "
                 f"{cls.__qualname__}(name, **params)",
                 hint="take (name, **params) and pass them to super().__init__") from None
+        for method, args in NODE_METHODS.items():
+            _check_method(cls, method, args, where)
 
     def load_file(self, path: str | Path,
                   where: str = "check the path under plugins: (relative to the YAML file)",
@@ -314,12 +316,7 @@ class Registry:
             raise PluginError(f"unknown node type '{kind}'", hint=self.suggest(kind)) from None
 
     def suggest(self, kind: str) -> str:
-        # What the second word of an unquoted path ends with (`path=my take.wav`).
-        suffixes = ("wav flac mp3 ogg oga opus m4a aac aiff aif au raw pcm ul al g722 mp4 "
-                    "mkv webm mov avi ivf y4m h264 264 yuv pcap pcapng yaml yml json txt csv "
-                    "log svg png pdf dot").split()
-        base = kind.rpartition("/")[2]
-        if "." in base and base.rpartition(".")[2].lower() in suffixes:
+        if looks_like_file(kind):
             # `path=a b.wav` unquoted: the value's second word reads as an element. Only a
             # file's name: a dotted word may be a Python path (`type: mypkg.Node`) or a
             # reference to a name not given (`t.src_0`).
@@ -350,6 +347,43 @@ class Registry:
             names = ", ".join(sorted(f"'{b.name}'" for b in self.broken))
             hint += f"; broken plugin(s) {names} failed to load and may provide it"
         return hint
+
+
+# What the second word of an unquoted path ends with (`path=my take.wav`).
+_FILE_SUFFIXES = frozenset(
+    "wav flac mp3 ogg oga opus m4a aac aiff aif au raw pcm ul al g722 mp4 mkv webm mov avi "
+    "ivf y4m h264 264 yuv pcap pcapng yaml yml json txt csv log svg png pdf dot".split())
+
+
+def looks_like_file(word: str) -> bool:
+    """Whether `word` reads as a file's name (`b.wav`) rather than a node or `name.port`."""
+    base = word.rpartition("/")[2]
+    return "." in base and base.rpartition(".")[2].lower() in _FILE_SUFFIXES
+
+
+def _check_method(cls: type[Node], method: str, args: tuple[str, ...], where: str) -> None:
+    """That `cls`'s own `method`, where it overrides Node's, can be called as the framework
+    calls it: with `args`, and (but for run_io, which is awaited) without awaiting it."""
+    fn = inspect.getattr_static(cls, method, None)
+    if not inspect.isfunction(fn) or fn is inspect.getattr_static(Node, method, None):
+        return  # Node's own, or not a plain def (a staticmethod, a callable object)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # nothing to check it against
+        return
+    code = fn.__code__
+    fix = (f"{Path(code.co_filename).name} line {code.co_firstlineno}: define it as "
+           f"def {method}(self{''.join(', ' + a for a in args)})")
+    if method != "run_io" and inspect.iscoroutinefunction(fn):
+        # Called, never awaited: the body would never run (a frame silently lost).
+        raise PluginError(f"{where}: {method}() is async def, and the framework calls it "
+                          "without awaiting it", hint=f"{fix}; I/O goes in async run_io()")
+    try:
+        sig.bind(None, *args)
+    except TypeError:
+        raise PluginError(
+            f"{where}: {method}{sig} cannot be called as {method}({', '.join(args)})",
+            hint=fix) from None
 
 
 def _alike(typed: str, kind: str) -> bool:

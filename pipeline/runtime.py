@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import operator
+import re
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ from .clock import RealtimeClock, VirtualClock
 from .errors import NodeError, PipelineError
 from .frames import EndOfStream, check_frame
 from .graph import Graph, Link
-from .node import Node
+from .node import NODE_METHODS, Node
 
 log = logging.getLogger("pipeline.runtime")
 T = TypeVar("T")
@@ -88,8 +89,52 @@ def _node_frames(exc: BaseException) -> Iterator[tuple[Node, str]]:
         tb = tb.tb_next
 
 
+# What Python says when a call's arguments do not fit: "Mixer.process() takes 2 positional
+# arguments but 3 were given", "... missing 1 required positional argument: 'frame'".
+_CALL_MISFIT_RE = re.compile(r"([\w.<>]+)\(\) (?:takes|missing|got) ")
+
+
+def _uncallable(exc: BaseException) -> tuple[Node, str] | None:
+    """(node, method) when `exc` is the TypeError of the runtime's own call into a node's
+    method that cannot take the node API's arguments (one the registry could not check: set
+    on the instance, or a class put in the registry by hand). The call raises before the
+    method runs, so the traceback ends in the runtime (an upstream node's emit), and its
+    innermost node is the caller. Looked for once a run has failed: nothing per frame."""
+    if not isinstance(exc, TypeError) or exc.__traceback__ is None:
+        return None
+    m = _CALL_MISFIT_RE.match(str(exc))
+    if m is None:
+        return None
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb.tb_frame.f_globals.get("__name__") != __name__:
+        return None  # raised in a node's own code: that node's bug, found as usual
+    here = list(tb.tb_frame.f_locals.values())
+    nodes = [v for v in here if isinstance(v, Node)]
+    for value in here:
+        fn = getattr(value, "__func__", value)
+        if getattr(fn, "__qualname__", None) != m.group(1):
+            continue
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, Node):  # a bound method: a route's, a --stats wrapper's
+            return owner, fn.__name__
+        for node in nodes:  # emit's one link: the method's function, and the node
+            if getattr(type(node), fn.__name__, None) is fn:
+                return node, fn.__name__
+    for node in nodes:  # a tick: the node, and its method called on it
+        for method in NODE_METHODS:
+            if getattr(getattr(type(node), method, None), "__qualname__", None) == m.group(1):
+                return node, method
+    return None
+
+
 def failing_node(exc: BaseException) -> Node | None:
-    """The innermost node whose method raised `exc` (found from the traceback)."""
+    """The innermost node whose method raised `exc` (found from the traceback), or the
+    node whose method could not be called with the node API's arguments."""
+    called = _uncallable(exc)
+    if called is not None:
+        return called[0]
     frames = list(_node_frames(exc))
     return frames[-1][0] if frames else None
 
@@ -988,10 +1033,18 @@ class Runtime:
             err = NodeError(exc.message, node=name, hint=exc.hint)
         else:  # not an error the node reported: a bug, in the method the traceback names
             node = self.error_node
+            called = _uncallable(exc)
             method = _method_of(exc, node) if node is not None else None
             plugin = getattr(node, "plugin", None)
-            hint = (f"raised in {method}()" if method else "raised") + (
-                f": a bug in plugin '{plugin}'" if plugin else "") + (
+            if called is not None and called[0] is node:
+                method = called[1]
+                args = NODE_METHODS.get(method)  # else a method set on the node as one
+                hint = (f"its {method}() cannot be called as {method}({', '.join(args)})"
+                        if args is not None else
+                        f"its {method}() cannot take the arguments it was called with")
+            else:
+                hint = f"raised in {method}()" if method else "raised"
+            hint += (f": a bug in plugin '{plugin}'" if plugin else "") + (
                 "; --debug shows the traceback")
             err = NodeError(f"{type(exc).__name__}: {exc}", node=name, hint=hint)
         err.__cause__ = exc

@@ -63,6 +63,72 @@ def test_launch_errors(line, message):
     assert e.value.message.startswith(message)
 
 
+@pytest.mark.parametrize("forward,backward", [
+    # It was "unknown node type 'm.in_0'": gst-launch takes a name given further on.
+    ("tone duration=100ms ! m.in_0  mixer name=m ! null_sink",
+     "mixer name=m ! null_sink  tone duration=100ms ! m.in_0"),
+    ("tone duration=100ms ! m.  mixer name=m ! null_sink",
+     "mixer name=m ! null_sink  tone duration=100ms ! m."),
+    ("m.out ! null_sink  tone duration=100ms ! mixer name=m",
+     "tone duration=100ms ! mixer name=m  m.out ! null_sink"),
+    ("tone duration=100ms ! t.  tee name=t ! null_sink  t. ! level ! null_sink",
+     "tee name=t ! null_sink  t. ! level ! null_sink  tone duration=100ms ! t."),
+    # request ports are taken in the line's order, wherever the name is given
+    ("tone freq=300 duration=100ms ! m.  tone freq=900 duration=100ms ! m.  mixer name=m ! "
+     "frame_sink name=o",
+     "mixer name=m ! frame_sink name=o  tone freq=300 duration=100ms ! m.  "
+     "tone freq=900 duration=100ms ! m."),
+])
+def test_a_launch_line_links_to_a_name_given_further_on(forward, backward):
+    g, b = parse_launch(forward), parse_launch(backward)
+    assert _shape(g) == _shape(b)
+    assert {(ln.src, ln.src_port, ln.dst, ln.dst_port) for ln in g.links} == {
+        (ln.src, ln.src_port, ln.dst, ln.dst_port) for ln in b.links}
+    run_graph(g)
+
+
+def test_a_forward_reference_builds_the_yaml_graph():
+    g = parse_launch("tone freq=300 duration=100ms ! m.in_1  tone freq=900 duration=100ms ! "
+                     "m.in_0  mixer name=m ! null_sink")
+    y = load_graph_text("""
+nodes:
+  a: {type: tone, freq: 300, duration: 100ms}
+  b: {type: tone, freq: 900, duration: 100ms}
+  m: {type: mixer}
+links: [a -> m.in_1, b -> m.in_0, m -> null_sink]
+""")
+    assert _shape(g) == _shape(y)
+    assert [n.freq for n in g.nodes.values() if n.kind == "tone"] == [300, 900]
+    assert {g.nodes[ln.src].freq: ln.dst_port for ln in g.links if ln.dst == "m"} == {
+        300: "in_1", 900: "in_0"}
+
+
+@pytest.mark.parametrize("line,message", [
+    # It was "unknown node type 'mx.in_0' (hint: 'pipeline inspect' lists node types)".
+    ("mixer name=mix ! null_sink  tone duration=1s ! mx.in_0", "launch line element 4: link "
+     "names unknown node 'mx' (hint: did you mean 'mix'?)"),
+    ("tone duration=1s ! mx.in_0  mixer name=mix ! null_sink", "launch line element 2: link "
+     "names unknown node 'mx' (hint: did you mean 'mix'?)"),
+    ("tone duration=1s ! mx.  mixer name=mix ! null_sink", "launch line element 2: link "
+     "names unknown node 'mx' (hint: did you mean 'mix'?)"),
+    ("mx.out ! null_sink  tone duration=1s ! mixer name=mix", "launch line element 1: link "
+     "names unknown node 'mx' (hint: did you mean 'mix'?)"),
+    ("tone duration=1s ! zz.in_0  mixer name=mix ! null_sink", "launch line element 2: link "
+     "names unknown node 'zz' (hint: name the element it links to: KIND name=zz)"),
+    ("tone duration=1s ! m.in_0 gain=3  mixer name=m ! null_sink", "launch line element 2: "
+     "'gain=3' follows 'm.in_0', a reference to a node (hint: set parameters where the node is "
+     "named: KIND name=m gain=3)"),
+    # the second word of an unquoted value stays what it was
+    ("tone ! wav_recorder path=a b.wav", "launch line element 3: unknown node type 'b.wav' "
+     "(hint: 'b.wav' looks like part of a value with a space: quote the value, e.g. "
+     "path=\"a b.wav\")"),
+])
+def test_a_launch_line_reference_to_no_such_name(line, message):
+    with pytest.raises(GraphError) as e:
+        parse_launch(line)
+    assert str(e.value) == message
+
+
 def test_chain_with_inline_nodes_and_ports():
     g = load_graph_text("""
 params: {rate: 16000}
@@ -306,10 +372,8 @@ links: [a -> o, b -> q]
     ("tone duration=1s ! aec name=e ! null_sink", "launch line element 2: input port 'e.far' "
      "is not linked (hint: link a source to it by name: ... ! aec name=e ! ...  SOURCE ! "
      "e.far)"),
-    ("tone duration=1s ! mix.  mixer name=mix ! null_sink", "launch line: link names unknown "
-     "node 'mix' (hint: name it before referring back: mixer name=mix ! ...  SOURCE ! mix.)"),
-    ("tone duration=1s ! mix.", "launch line: link names unknown node 'mix' (hint: name an "
-     "element first (KIND name=mix ! ...), then refer to mix.)"),
+    ("tone duration=1s ! mix.", "launch line element 2: link names unknown node 'mix' (hint: "
+     "name the element it links to: KIND name=mix)"),
 ])
 def test_launch_line_hints_are_written_as_launch_lines(line, message):
     with pytest.raises(GraphError) as e:

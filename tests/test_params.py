@@ -192,3 +192,23 @@ def test_launch_line_bool_param_takes_1():
 
     g = parse_launch("tone ! conference name=c gate=0 persistent=1 ! null_sink")
     assert (g.nodes["c"].gate, g.nodes["c"].persistent) == (False, True)
+
+
+def test_a_path_is_relative_to_the_current_folder_as_its_docstring_says(tmp_path, monkeypatch):
+    # The docstring said "relative paths are relative to the graph file's folder"; the loader
+    # (and docs/yaml.md) take them from the current folder, as any command-line tool does.
+    from pipeline.loader import load_graph
+    from pipeline.params import Path
+    from pipeline.testing import run_graph
+
+    doc = " ".join((Path.__doc__ or "").split())
+    assert "relative to the current folder" in doc
+    assert "relative to the graph file's folder" not in doc
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "graph.yaml").write_text(
+        "nodes:\n  src: {type: tone, duration: 100ms}\n"
+        "  out: {type: wav_recorder, path: out.wav}\nlinks: [src -> out]\n")
+    monkeypatch.chdir(tmp_path)
+    run_graph(load_graph("g/graph.yaml"))
+    assert (tmp_path / "out.wav").is_file()
+    assert not (tmp_path / "g" / "out.wav").exists()

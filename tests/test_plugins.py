@@ -426,6 +426,13 @@ class _InitArgs(Node):
         super().__init__(name, **params)
 
 
+def _method(src: str):
+    """A method defined from source, for the checks of node methods' signatures."""
+    space: dict = {}
+    exec(src, space)
+    return next(v for k, v in space.items() if not k.startswith("__"))
+
+
 @pytest.mark.parametrize("cls,message", [
     (int, "plugin 'x' registered <class 'int'>, which is not a Node class"),
     (_node(42), "plugin 'x' node class Bad has kind 42, not a snake_case name"),
@@ -459,6 +466,28 @@ class _InitArgs(Node):
      "of Node"),
     (_InitArgs, "plugin 'x' node class _InitArgs (init_args): __init__(self, name, extra, "
      "**params) cannot be called as _InitArgs(name, **params)"),
+    # The methods the runtime calls: process(self, frame) failed at the first frame, blamed
+    # on the node upstream ("node 'tone0': TypeError: ... raised in tick(): a bug in plugin
+    # 'plugins.generators'").
+    (_node(process=_method("def process(self, frame): pass")),
+     "plugin 'x' node class Bad (reg_check): process(self, frame) cannot be called as "
+     "process(port, frame)"),
+    (_node(tick=_method("def tick(self): pass")),
+     "plugin 'x' node class Bad (reg_check): tick(self) cannot be called as tick(now)"),
+    (_node(event=_method("def event(self, event): pass")),
+     "plugin 'x' node class Bad (reg_check): event(self, event) cannot be called as "
+     "event(port, event)"),
+    (_node(negotiate=_method("def negotiate(self, inputs): pass")),
+     "plugin 'x' node class Bad (reg_check): negotiate(self, inputs) cannot be called as "
+     "negotiate(inputs, downstream)"),
+    (_node(stop=_method("def stop(self, final): pass")),
+     "plugin 'x' node class Bad (reg_check): stop(self, final) cannot be called as stop()"),
+    (_node(restore_state=_method("def restore_state(self): pass")),
+     "plugin 'x' node class Bad (reg_check): restore_state(self) cannot be called as "
+     "restore_state(state)"),
+    (_node(process=_method("async def process(self, port, frame): pass")),
+     "plugin 'x' node class Bad (reg_check): process() is async def, and the framework calls "
+     "it without awaiting it"),
 ])
 def test_node_declarations_are_checked_at_registration(cls, message):
     reg = Registry(entry_points=False)
@@ -472,10 +501,161 @@ def test_declarations_that_are_fine():
     cls = _node(rate=Param(int, None, "no default", required=True),
                 gain=Param(Decibels, "-6dB", "a level", min=-60, max=0),
                 out=Param(str, "a", "choices", choices=("a", "b")),
-                inputs=(Port("in"),), outputs=(Port("in"),))  # one of each direction
+                inputs=(Port("in"),), outputs=(Port("in"),),  # one of each direction
+                # other names, defaults, *args: what can be called as the runtime calls it
+                process=_method("def process(self, pad, buf, extra=None): pass"),
+                tick=_method("def tick(self, *args): pass"),
+                event=_method("def event(self, port, event, **kw): pass"),
+                run_io=_method("async def run_io(self): pass"))
     reg = Registry(entry_points=False)
     reg.register(_hooks("x", register_node_types=lambda: [cls]), "x")
     assert reg.node_types["reg_check"] is cls
+
+
+WRONG_SIG = """\
+from pipeline.formats import Format
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+S16 = (Format.audio("pcm_s16"),)
+
+
+class WrongSig(Node):
+    \"\"\"process() written without the port argument.\"\"\"
+    kind = "wrong_sig"
+    inputs = (Port("in", S16, "audio"),)
+    outputs = (Port("out", S16, "audio"),)
+
+    def process(self, frame):
+        self.emit("out", frame)
+
+
+@hookimpl
+def register_node_types():
+    return [WrongSig]
+"""
+
+
+def test_a_node_method_that_cannot_take_its_arguments_is_named_at_load(tmp_path, capsys):
+    # It ran, and failed at the first frame as "node 'tone0': TypeError: WrongSig.process()
+    # takes 2 positional arguments but 3 were given (hint: raised in tick(): a bug in
+    # plugin 'plugins.generators'; ...)": the node upstream and a built-in plugin blamed.
+    from pipeline.cli import main
+
+    (tmp_path / "wrongsig.py").write_text(WRONG_SIG)
+    code = main(["launch", "--plugin", str(tmp_path / "wrongsig.py"), "-e",
+                 "tone duration=100ms ! wrong_sig ! null_sink"])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"pipeline: error: plugin '{tmp_path / 'wrongsig.py'}' node class WrongSig "
+        "(wrong_sig): process(self, frame) cannot be called as process(port, frame) (hint: "
+        "wrongsig.py line 14: define it as def process(self, port, frame))\n")
+
+
+@pytest.mark.parametrize("line", [
+    "tone duration=100ms ! wrong_sig ! null_sink",  # emit's one link: the class's function
+    "tone duration=100ms ! gain ! wrong_sig ! null_sink",  # from a process, not a tick
+    "tone duration=100ms ! tee name=t ! wrong_sig ! null_sink  t. ! null_sink",  # a route
+])
+@pytest.mark.parametrize("stats", [False, True])  # --stats wraps process
+def test_a_process_the_runtime_cannot_call_is_blamed_on_its_node(tmp_path, line, stats):
+    # A class the registry did not check (put in by hand, or a method set on the instance):
+    # the TypeError of emit's call into it was blamed on the node upstream that emitted.
+    from pipeline.errors import NodeError
+    from pipeline.loader import parse_launch
+    from pipeline.runtime import run
+
+    (tmp_path / "wrongsig.py").write_text(WRONG_SIG)
+    space: dict = {}
+    exec(compile(WRONG_SIG, str(tmp_path / "wrongsig.py"), "exec"), space)
+    cls = space["WrongSig"]
+    cls.plugin = "mine"
+    reg = Registry(entry_points=False)
+    reg.node_types["wrong_sig"] = cls
+    with pytest.raises(NodeError) as e:
+        run(parse_launch(line, registry=reg), stats=stats)
+    assert str(e.value) == (
+        "node 'wrong_sig0': TypeError: WrongSig.process() takes 2 positional arguments but 3 "
+        "were given (hint: its process() cannot be called as process(port, frame): a bug in "
+        "plugin 'mine'; --debug shows the traceback)")
+
+
+class _SetsProcess(Node):
+    """Sets a process of the wrong shape on itself, where the registry cannot see it."""
+
+    kind = "sets_process"
+    plugin = "mine"
+    inputs = (Port("in"),)
+    outputs = (Port("out"),)
+
+    def start(self):
+        self.process = self.handle
+
+    def handle(self, frame):
+        pass
+
+
+class _WrongEvent(Node):
+    """event() without the port, put in the registry by hand."""
+
+    kind = "wrong_event"
+    plugin = "mine"
+    inputs = (Port("in"),)
+    outputs = (Port("out"),)
+
+    def event(self, event):
+        pass
+
+
+@pytest.mark.parametrize("cls,message", [
+    (_SetsProcess, "node 'sets_process0': TypeError: _SetsProcess.handle() takes 2 positional "
+     "arguments but 3 were given (hint: its handle() cannot take the arguments it was called "
+     "with: a bug in plugin 'mine'; --debug shows the traceback)"),
+    (_WrongEvent, "node 'wrong_event0': TypeError: _WrongEvent.event() takes 2 positional "
+     "arguments but 3 were given (hint: its event() cannot be called as event(port, event): "
+     "a bug in plugin 'mine'; --debug shows the traceback)"),
+])
+@pytest.mark.parametrize("fan_out", [False, True])
+def test_a_method_the_runtime_cannot_call_is_blamed_on_its_node(cls, message, fan_out):
+    from pipeline.errors import NodeError
+    from pipeline.loader import parse_launch
+    from pipeline.runtime import run
+
+    reg = Registry(entry_points=False)
+    reg.node_types[cls.kind] = cls
+    line = (f"tone duration=100ms ! tee name=t ! {cls.kind} ! null_sink  t. ! null_sink"
+            if fan_out else f"tone duration=100ms ! {cls.kind} ! null_sink")
+    with pytest.raises(NodeError) as e:
+        run(parse_launch(line, registry=reg))
+    assert str(e.value) == message
+
+
+def test_a_type_error_inside_a_node_is_still_its_own():
+    # A node's own bad call (here inside process) stays that node's, in that method.
+    from pipeline.errors import NodeError
+    from pipeline.loader import parse_launch
+    from pipeline.runtime import run
+
+    class Calls(Node):
+        """Calls a helper wrongly."""
+
+        kind = "calls_wrongly"
+        plugin = "mine"
+        inputs = (Port("in"),)
+        outputs = (Port("out"),)
+
+        def helper(self, a):
+            pass
+
+        def process(self, port, frame):
+            self.helper(1, 2)
+
+    reg = Registry(entry_points=False)
+    reg.node_types["calls_wrongly"] = Calls
+    with pytest.raises(NodeError) as e:
+        run(parse_launch("tone duration=100ms ! calls_wrongly ! null_sink", registry=reg))
+    assert str(e.value).startswith("node 'calls_wrongly0': TypeError: ")
+    assert "raised in process(): a bug in plugin 'mine'" in str(e.value)
 
 
 def test_a_node_whose_init_skips_the_base_class_is_named():
