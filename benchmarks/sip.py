@@ -47,9 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from plugins.sip.events import CallEnded, CallEstablished  # noqa: E402
 from plugins.sip.offer_answer import Codec  # noqa: E402
 from plugins.sip.transport import ListenSpec, SipTransport  # noqa: E402
-from plugins.sip.ua import CallEnded, CallEstablished, UaConfig, UserAgent  # noqa: E402
+from plugins.sip.ua import UaConfig, UserAgent  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -532,7 +532,7 @@ def test_a_refused_hold_is_said_in_an_error_line():
     # the user could not tell.
     from types import SimpleNamespace
 
-    from plugins.sip import ua as sipua
+    from plugins.sip import events as sipevents
 
     async def main_() -> list[tuple[str, dict]]:
         ua = _FakeUa()
@@ -548,7 +548,7 @@ def test_a_refused_hold_is_said_in_an_error_line():
         del ep._pump  # the real one
         ep.hold("c1")
         ua.call.pending = None  # the far end's 491
-        events.append(sipua.CallUpdateFailed(ua.call, 491))
+        events.append(sipevents.CallUpdateFailed(ua.call, 491))
         ep._pump()
         return posted
 

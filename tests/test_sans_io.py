@@ -14,6 +14,8 @@ SANS_IO = [
     "plugins/sip/uri.py", "plugins/sip/message.py", "plugins/sip/validate.py",
     "plugins/sip/auth.py", "plugins/sip/transaction.py", "plugins/sip/dialog.py",
     "plugins/sip/sdp.py", "plugins/sip/offer_answer.py", "plugins/sip/ua.py",
+    "plugins/sip/call.py", "plugins/sip/events.py", "plugins/sip/sending.py",
+    "plugins/sip/incoming.py", "plugins/sip/outgoing.py", "plugins/sip/in_dialog.py",
     "plugins/sip/replaces.py",
     "plugins/rtp/packet.py", "plugins/rtp/rtcp.py", "plugins/rtp/stats.py",
     "plugins/rtp/dtmf.py", "plugins/jitterbuffer/buffer.py", "plugins/jitterbuffer/delay.py",

@@ -20,16 +20,9 @@ from test_cli_serve_events import _line, _rest, _start
 from test_sip_session_timer import call_up
 from test_sip_ua import BOB, PCMU, established_call
 
+from plugins.sip.events import CallEnded, CallEstablished, CallIncoming, DtmfFailed
 from plugins.sip.message import SipRequest, make_response
-from plugins.sip.ua import (
-    CallEnded,
-    CallEstablished,
-    CallIncoming,
-    DtmfFailed,
-    Listener,
-    UaConfig,
-    UserAgent,
-)
+from plugins.sip.ua import Listener, UaConfig, UserAgent
 
 CALLER = ROOT / "graphs" / "caller.yaml"
 

@@ -25,9 +25,10 @@ from test_sip_ua import ALICE, BOB, Net, make_ua
 from pipeline.cli import main as cli_main
 from plugins.sip import cli as sip_cli
 from plugins.sip.dns import DnsLocator
+from plugins.sip.events import CallEnded, CallIncoming
 from plugins.sip.locate import lookup_plan, order_naptr, order_srv
 from plugins.sip.message import SipMessage
-from plugins.sip.ua import CallEnded, CallIncoming, RegistrationFailed
+from plugins.sip.registration import RegistrationFailed
 from plugins.sip.uri import SipUri
 
 BOB2 = ("192.0.2.3", 5064)

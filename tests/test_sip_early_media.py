@@ -32,15 +32,10 @@ from test_sip_ua import ALICE, BOB, PCMA, PCMU, make_ua
 
 from pipeline.testing import read_wav, sine, write_wav
 from plugins.rtp.packet import parse_fields
+from plugins.sip.events import CallEarlyMedia, CallEnded, CallEstablished, CallRinging
 from plugins.sip.message import SipMessage, SipRequest, SipResponse
 from plugins.sip.offer_answer import Codec, answer
-from plugins.sip.ua import (
-    CallEarlyMedia,
-    CallEnded,
-    CallEstablished,
-    CallRinging,
-    UserAgent,
-)
+from plugins.sip.ua import UserAgent
 
 BOB_URI = "sip:bob@192.0.2.2:5062"
 

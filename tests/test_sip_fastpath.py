@@ -54,10 +54,11 @@ from test_sip_endpoint import ECHO, Endpoint
 
 from pipeline.errors import ParseError
 from plugins.sip import message as sip_message
-from plugins.sip import ua as ua_module
+from plugins.sip import sending
 from plugins.sip import uri as sip_uri
 from plugins.sip import validate as sip_validate
 from plugins.sip.dialog import Dialog
+from plugins.sip.events import CallEnded, CallEstablished
 from plugins.sip.message import (
     Headers,
     SipMessage,
@@ -86,7 +87,7 @@ from plugins.sip.transaction import (
     stamp_via,
 )
 from plugins.sip.transport import ListenSpec, SipTransport
-from plugins.sip.ua import CallEnded, CallEstablished, Listener, UaConfig, UserAgent
+from plugins.sip.ua import Listener, UaConfig, UserAgent
 from plugins.sip.uri import NameAddress, SipUri, _split_scanning, split_top_level
 from plugins.sip.validate import check_message
 
@@ -517,7 +518,7 @@ def answer_invite(ua: UserAgent, invite: bytes, *, ack: bool) -> tuple[bytes, li
     ua.accept(call.call_id, 0.1)
     (_, wire, _), = ua.datagrams_to_send()
     general = ua._response(call.invite, 200, to_tag=call.local_tag, body=bytes(call.local_sdp),
-                           headers=[("Contact", ua.contact("udp")), ("Allow", ua_module._ALLOW),
+                           headers=[("Contact", ua.contact("udp")), ("Allow", sending.ALLOW),
                                     ("Supported", "timer")])
     assert wire == bytes(general)
     assert call.dialog == (Dialog.from_uas(call.invite, general)

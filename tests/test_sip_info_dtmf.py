@@ -16,16 +16,9 @@ from conftest import ROOT, until
 from test_cli_call_control import STAMP, Cli, _endpoint, _FakeUa, stop
 from test_sip_ua import BOB, PCMA, PCMU, established_call
 
+from plugins.sip.events import CallEnded, CallIncoming, DtmfFailed, DtmfReceived
 from plugins.sip.message import SipMessage, make_response
-from plugins.sip.ua import (
-    CallEnded,
-    CallIncoming,
-    DtmfFailed,
-    DtmfReceived,
-    Listener,
-    UaConfig,
-    UserAgent,
-)
+from plugins.sip.ua import Listener, UaConfig, UserAgent
 
 
 def _refuse_info(net, alice, status: int) -> None:

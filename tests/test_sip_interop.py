@@ -818,9 +818,10 @@ def test_dialog_responses_copy_record_route_in_order() -> None:
     """RFC 3261 s12.1.1: the UAS copies every Record-Route of the INVITE, in order, into the
     responses that make the dialog (180 and 200), so the caller's BYE goes through the proxy.
     Without it baresip sent its BYE straight to us, past Kamailio."""
+    from plugins.sip.events import CallIncoming
     from plugins.sip.message import SipMessage
     from plugins.sip.offer_answer import Codec
-    from plugins.sip.ua import CallIncoming, Listener, UaConfig, UserAgent
+    from plugins.sip.ua import Listener, UaConfig, UserAgent
 
     ua = UserAgent(UaConfig([Listener("udp", "192.0.2.2", 5060)], [Codec.named("pcmu")]))
     sdp = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"

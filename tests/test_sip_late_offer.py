@@ -19,10 +19,11 @@ from test_sip_interop import Endpoint as InteropEndpoint
 from test_sip_ua import ALICE, BOB, DTMF, PCMA, PCMU, Net, make_ua
 
 from pipeline.testing import read_wav, sine, write_wav
+from plugins.sip.events import CallEnded, CallEstablished, CallIncoming, CallUpdated
 from plugins.sip.message import SipMessage, SipResponse
 from plugins.sip.offer_answer import answer
 from plugins.sip.sdp import SessionDescription
-from plugins.sip.ua import CallEnded, CallEstablished, CallIncoming, CallUpdated, Listener
+from plugins.sip.ua import Listener
 
 BOB_URI = "sip:bob@192.0.2.2:5062"
 G729_ANSWER = (b"v=0\r\no=- 7 7 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"

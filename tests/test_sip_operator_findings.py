@@ -28,9 +28,10 @@ from test_sip_endpoint import (  # noqa: F401 (no_port_left_reserved: an autouse
 
 from pipeline.errors import GraphError, LocalProtocolError
 from pipeline.loader import load_graph_text
+from plugins.sip.events import CallEnded
 from plugins.sip.message import SipMessage, SipResponse
 from plugins.sip.offer_answer import Codec, NegotiatedMedia
-from plugins.sip.ua import CallEnded, Listener, UaConfig, UserAgent
+from plugins.sip.ua import Listener, UaConfig, UserAgent
 
 WAIT = 15.0  # upper bound for anything to happen; tests finish far sooner
 PLAIN_SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"

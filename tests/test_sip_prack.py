@@ -14,9 +14,9 @@ from test_sip_ua import ALICE, BOB, PCMA, Net, make_ua
 
 from pipeline.errors import ParseError
 from plugins.sip import prack
+from plugins.sip.events import CallEnded, CallEstablished, CallIncoming, CallRinging
 from plugins.sip.message import SipMessage, SipRequest, SipResponse
 from plugins.sip.offer_answer import answer
-from plugins.sip.ua import CallEnded, CallEstablished, CallIncoming, CallRinging
 
 BOB_URI = "sip:bob@192.0.2.2:5062"
 T1 = 0.5

@@ -13,13 +13,9 @@ from test_sip_ua import Net, established_call
 
 from pipeline.errors import LocalProtocolError, ParseError
 from plugins.sip import refer
+from plugins.sip.events import CallEnded
 from plugins.sip.message import SipRequest
-from plugins.sip.ua import (
-    CallEnded,
-    ReferReceived,
-    TransferDone,
-    TransferProgress,
-)
+from plugins.sip.refer import ReferReceived, TransferDone, TransferProgress
 
 CAROL = "sip:carol@192.0.2.9"
 

@@ -13,15 +13,10 @@ from test_sip_ua import Net, bare_invite, make_ua
 
 from pipeline.errors import LocalProtocolError, ParseError
 from plugins.sip import refer
+from plugins.sip.events import CallEnded, CallEstablished, CallIncoming
 from plugins.sip.message import SipMessage
+from plugins.sip.refer import ReferReceived, TransferDone
 from plugins.sip.replaces import Replaces
-from plugins.sip.ua import (
-    CallEnded,
-    CallEstablished,
-    CallIncoming,
-    ReferReceived,
-    TransferDone,
-)
 
 ALICE = ("192.0.2.1", 5060)
 BOB = ("192.0.2.2", 5062)

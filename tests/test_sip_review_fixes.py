@@ -31,18 +31,11 @@ from pipeline.loader import load_graph_text
 from pipeline.messages import message_text
 from plugins.sip import nodes as sipnodes
 from plugins.sip import ua as sipua
+from plugins.sip.events import CallEnded, CallEstablished, CallIncoming, CallUpdateFailed
 from plugins.sip.message import SipMessage
 from plugins.sip.nodes import PortAllocator, SipEndpoint
 from plugins.sip.offer_answer import Codec
-from plugins.sip.ua import (
-    CallEnded,
-    CallEstablished,
-    CallIncoming,
-    CallUpdateFailed,
-    Listener,
-    UaConfig,
-    UserAgent,
-)
+from plugins.sip.ua import Listener, UaConfig, UserAgent
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
        b"m=audio 4000 RTP/AVP 0\r\n")

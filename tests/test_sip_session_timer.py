@@ -12,16 +12,11 @@ from hypothesis import strategies as st
 from test_sip_ua import ALICE, BOB, Net, make_ua
 
 from pipeline.errors import ParseError
+from plugins.sip.events import CallEnded, CallEstablished, CallIncoming, CallUpdated
 from plugins.sip.message import SipMessage, SipRequest
 from plugins.sip.offer_answer import hold
 from plugins.sip.sdp import SessionDescription
 from plugins.sip.session_timer import SessionExpires, SessionTimer
-from plugins.sip.ua import (
-    CallEnded,
-    CallEstablished,
-    CallIncoming,
-    CallUpdated,
-)
 
 BOB_URI = "sip:bob@192.0.2.2:5062"
 

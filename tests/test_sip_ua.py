@@ -10,25 +10,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import LocalProtocolError, ParseError
-from plugins.sip.message import SipMessage, SipRequest, SipResponse
-from plugins.sip.offer_answer import Codec
-from plugins.sip.sdp import SessionDescription
-from plugins.sip.ua import (
+from plugins.sip.call import safe_token
+from plugins.sip.events import (
     CallEnded,
     CallEstablished,
     CallIncoming,
     CallRinging,
     CallUpdated,
     DtmfReceived,
-    Listener,
-    Registered,
-    RegistrationFailed,
-    UaConfig,
-    Unregistered,
-    UserAgent,
-    parse_dtmf_relay,
-    safe_token,
 )
+from plugins.sip.in_dialog import parse_dtmf_relay
+from plugins.sip.message import SipMessage, SipRequest, SipResponse
+from plugins.sip.offer_answer import Codec
+from plugins.sip.registration import Registered, RegistrationFailed, Unregistered
+from plugins.sip.sdp import SessionDescription
+from plugins.sip.ua import Listener, UaConfig, UserAgent
 
 ALICE = ("192.0.2.1", 5060)
 BOB = ("192.0.2.2", 5062)
@@ -821,7 +817,7 @@ def test_our_reinvite_stuck_in_proceeding_is_cancelled_and_the_call_stays_up(mon
     for good and no hold, resume or refresh was possible again. Now it is CANCELled 64*T1
     after it went out (as pjsip does), CallUpdateFailed reports it, the call stays up and
     can be changed again."""
-    from plugins.sip.ua import CallUpdateFailed
+    from plugins.sip.events import CallUpdateFailed
 
     net, alice, bob, call, bcall = established_call()
     # Bob's UA core sits on the re-INVITE: only the transaction's 100 goes out.
@@ -886,7 +882,7 @@ def test_a_handler_failing_on_a_2xx_after_its_ack_hangs_up_with_bye(monkeypatch)
     def broken(offer, answer):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("plugins.sip.ua.negotiated", broken)  # fails on the 2xx's answer
+    monkeypatch.setattr("plugins.sip.outgoing.negotiated", broken)  # fails on the 2xx's answer
     with pytest.raises(RuntimeError, match="a bug"):
         bob.accept(incoming.call.call_id, net.now)
         net.pump()
@@ -902,8 +898,8 @@ def test_an_18x_without_contact_still_brings_early_media():
     out of their 183. Before, such an 18x made no early dialog and its SDP was ignored;
     now its early dialog keeps our Request-URI as target (as pjsip's does) and its SDP is
     early media. The 2xx's Contact then sets the target (13.2.2.4)."""
+    from plugins.sip.events import CallEarlyMedia
     from plugins.sip.message import make_response
-    from plugins.sip.ua import CallEarlyMedia
 
     alice = make_ua(ALICE, user="alice")
     call = alice.call("sip:bob@192.0.2.2:5062", 40000, 0.0)
@@ -942,7 +938,7 @@ def test_a_handler_failing_on_the_2xx_to_our_reinvite_ends_the_call_with_bye(mon
     def broken(offer, answer):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("plugins.sip.ua.negotiated", broken)
+    monkeypatch.setattr("plugins.sip.in_dialog.negotiated", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         alice.hold(call.call_id, net.now)
         net.pump()

@@ -30,9 +30,9 @@ from test_sip_ua import ALICE, BOB, Net, make_ua
 from pipeline.testing import read_wav, sine, write_wav
 from plugins.codecs.g711 import G711Decoder
 from plugins.rtp.packet import RtpPacket
+from plugins.sip.events import CallEarlyMedia, CallEnded, CallEstablished, CallIncoming
+from plugins.sip.incoming import PROVISIONAL_REPEAT as MINUTE
 from plugins.sip.message import SipMessage, SipRequest, SipResponse
-from plugins.sip.ua import PROVISIONAL_REPEAT as MINUTE
-from plugins.sip.ua import CallEarlyMedia, CallEnded, CallEstablished, CallIncoming
 
 F_CALLEE, F_CALLER = 1000.0, 440.0
 

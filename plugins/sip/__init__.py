@@ -4,10 +4,13 @@
 `make_response`), `validate` (what a UAS answers to a received message, RFC 4475),
 `auth` (digest, RFC 7616/8760), `transaction` (RFC 3261 section 17 with RFC 6026, and the
 RFC 3581 rport rules), `dialog` (RFC 3261 section 12), `sdp` and `offer_answer`
-(RFC 8866, RFC 3264), `ua` (the user agent: calls, re-INVITE, CANCEL, INFO DTMF, rate
-limit) with `registration` (REGISTER, refresh, unregister). None of them opens a socket or
-reads the clock: they take bytes and `now` and return messages, bytes to send and the next
-timer deadline.
+(RFC 8866, RFC 3264), `ua` (the user agent: input, rate limit, dispatch, timers) with its
+halves `incoming` (INVITEs received: ringing, early media, answer, reject, CANCEL),
+`outgoing` (our INVITEs, CANCEL, failover), `in_dialog` (re-INVITE, UPDATE, INFO DTMF, BYE,
+session timers), `registration` (REGISTER, refresh, unregister), `refer` (REFER, NOTIFY)
+and `sending` (requests and responses built and sent); a call is a `call.Call`, what the
+UA reports are `events`. None of them opens a socket or reads the clock: they take bytes
+and `now` and return messages, bytes to send and the next timer deadline.
 
 The I/O half: `transport` (UDP, TCP, TLS over asyncio), `nodes` (the `sip_endpoint` node,
 which runs a call graph per call) and `cli` (`pipeline serve`, `pipeline call`).

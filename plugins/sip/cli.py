@@ -31,10 +31,10 @@ from pipeline.messages import MessagePrinter
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from . import DEFAULT_CODECS, DEFAULT_USER, callcheck
+from .call import NO_RESPONSE, RTP_TIMEOUT
 from .dns import check_servers
 from .locate import is_ip
 from .nodes import _CN, _DTMF, PortRangeFull
-from .ua import NO_RESPONSE, RTP_TIMEOUT
 from .uri import _USER_RE as USER_RE
 from .uri import SipUri
 

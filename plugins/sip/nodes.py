@@ -47,7 +47,9 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 from plugins.rtp.nodes import keep_port, kept_port, release_port, reserve_port
 
-from . import DEFAULT_CODECS
+from . import DEFAULT_CODECS, locate, refer, registration
+from . import call as sipcall
+from . import events as sipevents
 from . import ua as sipua
 from .dns import ServerLocator, check_servers
 from .offer_answer import (
@@ -112,7 +114,7 @@ def codec_info(media: NegotiatedMedia, codecs: Iterable[Any]) -> Any | None:
     return None
 
 
-def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
+def call_values(call: sipcall.Call, media: NegotiatedMedia, *, local_ip: str,
                 rtp_timeout: float, codecs: Iterable[Any]) -> dict[str, Any]:
     """The `${call.*}` values of a call graph (docs/sip.md). Header-derived texts are
     `safe_token`s, so they can go into file names.
@@ -132,7 +134,7 @@ def call_values(call: sipua.Call, media: NegotiatedMedia, *, local_ip: str,
         call.started = started_text()
     values: dict[str, Any] = dict(media.call_params())
     values.update({
-        "call_id": sipua.safe_token(call.call_id),
+        "call_id": sipcall.safe_token(call.call_id),
         "call_number": call.number,
         "call_direction": "incoming" if call.direction == "in" else "outgoing",
         # when the call began, UTC, safe in a file name: call_number restarts at 1 in each
@@ -536,8 +538,8 @@ class SipEndpoint(Node):
         except PipelineError as e:
             raise ParamValueError("registrar", f"parameter 'registrar': {e.message}",
                                   "write e.g. sip:192.0.2.10:5060") from None
-        wanted = sipua.registrar_transport(uri)
-        if wanted is not None and wanted not in sipua.DEFAULT_PORTS:  # ws, sctp
+        wanted = registration.registrar_transport(uri)
+        if wanted is not None and wanted not in locate.DEFAULT_PORTS:  # ws, sctp
             raise ParamValueError("registrar", f"parameter 'registrar': transport {wanted} "
                                   "is not supported", "use udp, tcp or tls "
                                   "(transport=tcp, sips:)")
@@ -729,7 +731,7 @@ class SipEndpoint(Node):
                     silence.seconds = None
                     self._c["rtp_timeouts"] += 1
                     # Between callbacks, not inside the runtime's ticks: the part goes with it.
-                    self._loop.call_soon(self._hang_up_for, call_id, sipua.RTP_TIMEOUT)
+                    self._loop.call_soon(self._hang_up_for, call_id, sipcall.RTP_TIMEOUT)
                 else:
                     self._watch_silence(silence)
         if self._shutting_down is not None:
@@ -989,7 +991,7 @@ class SipEndpoint(Node):
                                                           for c in shown)
         return shown + ("..." if len(text) > limit else "")
 
-    def _audio_session(self, call: sipua.Call) -> Any:
+    def _audio_session(self, call: sipcall.Call) -> Any:
         """The rtp_session of the call's part on its audio port when the call agreed
         telephone-event, else None."""
         prefix = self.parts.get(call.call_id)
@@ -1048,7 +1050,7 @@ class SipEndpoint(Node):
                                                         None) is None]:
                 del asked[call_id]
 
-    def _update_refused(self, event: sipua.CallUpdateFailed) -> None:
+    def _update_refused(self, event: sipevents.CallUpdateFailed) -> None:
         """Our re-INVITE was refused: when the application asked for it (hold, resume),
         say so, or it waits for a ``call-updated`` that never comes. A 491 (RFC 3261 14.1:
         the far end's re-INVITE crossed ours) is not tried again here: the user may."""
@@ -1089,7 +1091,7 @@ class SipEndpoint(Node):
                 self._forget_asked_updates()
                 return
             while event is not None:
-                if isinstance(event, sipua.CallUpdateFailed):
+                if isinstance(event, sipevents.CallUpdateFailed):
                     self._update_refused(event)
                 try:
                     self._on_event(event)
@@ -1098,7 +1100,7 @@ class SipEndpoint(Node):
                     log.warning("SIP event %s failed: %s", type(event).__name__, exc)
                     self.post("error", message=f"{type(event).__name__}: {exc}")
                     call = getattr(event, "call", None)
-                    if isinstance(event, sipua.CallIncoming) and call.state == "incoming":
+                    if isinstance(event, sipevents.CallIncoming) and call.state == "incoming":
                         # Unanswered, it would ring for good and hold a max_calls slot.
                         self.ua.reject(call.call_id, 500, self._loop.time())
                 event = self.ua.next_event()
@@ -1108,11 +1110,11 @@ class SipEndpoint(Node):
         # `call-1/rtp: dtmf ...`) wherever the call has one, so one grep ties them; the key
         # is left out where it has none (a call rung and cancelled, a signalling-only
         # endpoint).
-        def part(call: sipua.Call) -> dict[str, str]:
+        def part(call: sipcall.Call) -> dict[str, str]:
             prefix = self._prefix(call)
             return {} if prefix is None else {"prefix": prefix}
 
-        if isinstance(event, sipua.CallIncoming):
+        if isinstance(event, sipevents.CallIncoming):
             call = event.call
             call.started = started_text()
             self._c["calls_in"] += 1
@@ -1141,15 +1143,15 @@ class SipEndpoint(Node):
                 self.answer(call.call_id)
             elif self.auto_answer:
                 self._answer_at[call.call_id] = self._loop.time() + self.answer_after
-        elif isinstance(event, sipua.CallRinging):
+        elif isinstance(event, sipevents.CallRinging):
             self.post("call-ringing", call_id=event.call.call_id, **part(event.call))
             self._report_followed(event.call.call_id, 180)
-        elif isinstance(event, sipua.CallEarlyMedia):
+        elif isinstance(event, sipevents.CallEarlyMedia):
             if not self._start_part(event.call, event.media):
                 return
             self.post("call-early-media", call_id=event.call.call_id,
                       codec=self._codec_name(event.media), prefix=self._prefix(event.call))
-        elif isinstance(event, sipua.CallEstablished):
+        elif isinstance(event, sipevents.CallEstablished):
             call = event.call
             if not self._start_part(call, event.media):
                 return
@@ -1171,7 +1173,7 @@ class SipEndpoint(Node):
             referring = self._report_followed(call.call_id, 200)
             if referring is not None:  # transferred: the referring call has done its part
                 self.ua.hangup(referring, self._loop.time())
-        elif isinstance(event, sipua.CallUpdated):
+        elif isinstance(event, sipevents.CallUpdated):
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
                       codec=self._codec_name(event.media), **part(call))
@@ -1182,7 +1184,7 @@ class SipEndpoint(Node):
                                  rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
             if call.call_id in self.parts and values != self.part_values.get(call.call_id):
                 self._rebuild(call, event.media)
-        elif isinstance(event, sipua.CallEnded):
+        elif isinstance(event, sipevents.CallEnded):
             call = event.call
             self._c["calls_ended"] += 1
             self._info_last.pop(call.call_id, None)
@@ -1207,11 +1209,11 @@ class SipEndpoint(Node):
                                   None if event.status else event.reason[:60])
             if call.call_id == self._dialled and self.exit_after_call:
                 self.send_eos()
-        elif isinstance(event, sipua.DtmfReceived):
+        elif isinstance(event, sipevents.DtmfReceived):
             self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,
                       duration_ms=event.event.duration_ms, **part(event.call))
             self._digit_to_room(event.call.call_id, event.event)
-        elif isinstance(event, sipua.DtmfFailed):
+        elif isinstance(event, sipevents.DtmfFailed):
             # The far end would refuse the digits queued after it too: dropped, and said.
             # Only those behind it: not digits typed after its string went (a 408 comes
             # 32 s late, the far end may be taking them), nor ones a rebuild that added
@@ -1229,25 +1231,25 @@ class SipEndpoint(Node):
             self.post("dtmf-failed", call_id=event.call.call_id, digit=event.digit,
                       status=event.status, reason=event.reason, dropped=len(dropped),
                       **part(event.call))
-        elif isinstance(event, sipua.ReferReceived):
+        elif isinstance(event, refer.ReferReceived):
             self._on_refer(event)
-        elif isinstance(event, sipua.TransferProgress):
+        elif isinstance(event, refer.TransferProgress):
             self.post("transfer-progress", call_id=event.call.call_id,
                       refer_id=event.refer_id, status=event.status, reason=event.reason)
-        elif isinstance(event, sipua.TransferDone):
+        elif isinstance(event, refer.TransferDone):
             self.post("transfer-done", call_id=event.call.call_id, refer_id=event.refer_id,
                       status=event.status, reason=event.reason, ok=event.ok)
             if event.ok:  # RFC 5589 6: the transferor ends its call once the transfer is made
                 self.ua.hangup(event.call.call_id, self._loop.time())
-        elif isinstance(event, sipua.Registered):
+        elif isinstance(event, registration.Registered):
             self.post("sip-registered", aor=event.aor, expires=event.expires)
-        elif isinstance(event, sipua.RegistrationFailed):
+        elif isinstance(event, registration.RegistrationFailed):
             self.post("sip-registration-failed", aor=event.aor, status=event.status,
                       reason=event.reason)
-        elif isinstance(event, sipua.Unregistered):
+        elif isinstance(event, registration.Unregistered):
             self.post("sip-unregistered", aor=event.aor)
 
-    def _start_part(self, call: sipua.Call, media: NegotiatedMedia) -> bool:
+    def _start_part(self, call: sipcall.Call, media: NegotiatedMedia) -> bool:
         """Run the call's part with `media`: started, or rebuilt when early media started
         it with other values (the 2xx answered differently). False when it failed (the
         call is hung up)."""
@@ -1271,7 +1273,7 @@ class SipEndpoint(Node):
             return False
         return True
 
-    def _on_refer(self, event: sipua.ReferReceived) -> None:
+    def _on_refer(self, event: refer.ReferReceived) -> None:
         call_id, refer_id = event.call.call_id, event.refer_id
         extra = {} if event.replaces is None else {"replaces": str(event.replaces)}
         self.post("refer", call_id=call_id, target=event.target, followed=refer_id is not None,
@@ -1300,7 +1302,7 @@ class SipEndpoint(Node):
         del self._following[call_id]
         return referring[0]
 
-    def _attach(self, call: sipua.Call, media: NegotiatedMedia,
+    def _attach(self, call: sipcall.Call, media: NegotiatedMedia,
                 carried: dict[str, tuple[type, Any]] | None = None, *,
                 retry: bool = False) -> None:
         # The ports our SDP named were held since (PortAllocator), as are those of a part
@@ -1326,7 +1328,7 @@ class SipEndpoint(Node):
             if video and (started or not retry):
                 self.ports.unhold(video)
 
-    def _attach_part(self, call: sipua.Call, media: NegotiatedMedia,
+    def _attach_part(self, call: sipcall.Call, media: NegotiatedMedia,
                      carried: dict[str, tuple[type, Any]]) -> None:
         if self.call_graph is None:
             return  # signalling only: nothing to run
@@ -1387,13 +1389,13 @@ class SipEndpoint(Node):
             done.add_done_callback(self._pending_detach.discard)
         return done
 
-    def _prefix(self, call: sipua.Call) -> str | None:
+    def _prefix(self, call: sipcall.Call) -> str | None:
         """The prefix of the call's part, also while it is being rebuilt."""
         if call.call_id in self._rebuilding:
             return f"call-{call.number}/"
         return self.parts.get(call.call_id)
 
-    def _rebuild(self, call: sipua.Call, media: NegotiatedMedia, carry: bool = True) -> None:
+    def _rebuild(self, call: sipcall.Call, media: NegotiatedMedia, carry: bool = True) -> None:
         """New media values: the old part goes, then the new one comes (same RTP ports).
         Media that come before the old part is gone (a 2xx after an 18x, a re-INVITE) are
         the ones the new part gets: starting a part then would find the port still bound.
@@ -1524,7 +1526,7 @@ class SipEndpoint(Node):
             return
         self._c["rtp_timeouts"] += 1
         # Not in the middle of the part's own tick: hang up between callbacks.
-        self._loop.call_soon(self._hang_up_for, call_id, sipua.RTP_TIMEOUT)
+        self._loop.call_soon(self._hang_up_for, call_id, sipcall.RTP_TIMEOUT)
 
     def _watch_silence(self, silence: _Silence) -> None:
         at = silence.ends_at()
@@ -1544,7 +1546,7 @@ class SipEndpoint(Node):
             if end <= t:
                 del self._call_ends[call_id]
                 self._c["max_call_time_ends"] += 1
-                self._loop.call_soon(self._hang_up_for, call_id, sipua.MAX_CALL_TIME)
+                self._loop.call_soon(self._hang_up_for, call_id, sipcall.MAX_CALL_TIME)
         self._call_end_due = min(self._call_ends.values(), default=None)
 
     def _hang_up_for(self, call_id: str, reason: str) -> None:

@@ -27,7 +27,7 @@ from .transaction import ClientTransaction, ServerTransaction
 from .uri import NameAddress, SipUri, parse_params
 
 if TYPE_CHECKING:
-    from .ua import Call
+    from .call import Call
 
 EVENT = "refer"
 SIPFRAG = "message/sipfrag;version=2.0"

@@ -1,5 +1,7 @@
 """REGISTER (RFC 3261 10): our binding at a registrar, refreshed before it expires, answered
-challenges (22.2), 423 Min-Expires (10.2.8), and removal with Expires: 0 (10.2.2).
+challenges (22.2), 423 Min-Expires (10.2.8), and removal with Expires: 0 (10.2.2); the
+registrar of the `registrar` setting (`registrar_transport`: the transport it demands) and
+failover to the next one located (RFC 3263 4.3).
 
 `RegistrationClient` is the user agent's registration half, mixed into `UserAgent` (it sends
 through the UA's transaction layers and reports through its event queue); sans-IO like it.
@@ -7,14 +9,22 @@ through the UA's transaction layers and reports through its event queue); sans-I
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import LocalProtocolError, ParseError
 
+from .auth import DigestClient
+from .locate import DEFAULT_PORTS, is_ip, lookup_uri
 from .message import SipResponse
+from .sending import random_token
 from .transaction import ClientTransaction
 from .uri import NameAddress, SipUri
+
+if TYPE_CHECKING:
+    from .ua import Listener, UaConfig
 
 Address = tuple[str, int]
 
@@ -71,6 +81,14 @@ class RegistrationClient:
     """register / unregister and the REGISTER responses, for `UserAgent`."""
 
     registration: Registration | None
+    # set up by `UserAgent.__init__`
+    config: UaConfig
+    listeners: dict[str, Listener]
+    media_ip: str
+    stats: Counter[str]
+    _events: deque[Any]
+    _owners: dict[ClientTransaction, tuple[str, object]]
+    _auth: DigestClient | None
 
     def register(self, now: float) -> None:
         """Send (or refresh) our REGISTER now."""
@@ -95,6 +113,43 @@ class RegistrationClient:
         # With credentials for the challenge already answered (`_send_register`); on the
         # last chance they are all there is, since no new challenge can be answered.
         self._send_register(reg, now)
+
+    def _make_registration(self, registrar: str) -> Registration:
+        text = registrar if registrar.lower().startswith(("sip:", "sips:")) \
+            else f"sip:{registrar}"
+        uri = SipUri.parse(text)
+        wanted = registrar_transport(uri)
+        if wanted is not None and wanted not in DEFAULT_PORTS:  # ws, sctp: none of ours
+            raise LocalProtocolError(f"SIP registrar {text} uses transport {wanted}, which "
+                                     "is not supported",
+                                     hint="use udp, tcp or tls (transport=tcp, sips:)")
+        if wanted is not None and wanted not in self.listeners:
+            # Else the first REGISTER fails deep inside (no Via to write for it).
+            raise LocalProtocolError(f"SIP registrar {text} needs a {wanted} listener",
+                                     hint=f"add {wanted}:IP:PORT to listen")
+        if is_ip(uri.host):
+            transport, addr = self.destination(uri)
+            lookup = None
+        else:  # located when the first REGISTER is sent
+            transport, addr, lookup = self.config.listeners[0].transport, None, lookup_uri(uri)
+        aor = NameAddress(SipUri("sip", self.config.user, None, uri.host))
+        return Registration(aor, SipUri(uri.scheme, None, None, uri.host, uri.port),
+                            transport, addr, f"{random_token()}@{self.media_ip}",
+                            random_token(), expires=self.config.register_expires,
+                            lookup=lookup)
+
+    def _register_failover(self, reg: Registration, now: float) -> bool:
+        """RFC 3263 4.3: a REGISTER that timed out or got 503 goes, as a new transaction, to
+        the next server located for the registrar (as `OutgoingCalls._failover` sends an
+        INVITE); with no server left, the name is located afresh at the retry."""
+        if not reg.targets:
+            if reg.lookup is not None:
+                reg.addr = None
+            return False
+        self.stats["failovers"] += 1
+        reg.transport, reg.addr = reg.targets.pop(0)
+        self._send_register(reg, now)
+        return True
 
     def _send_register(self, reg: Registration, now: float,
                        auth: Iterable[tuple[str, str]] = ()) -> None:
@@ -163,7 +218,7 @@ class RegistrationClient:
                 reg.expires = min_exp  # 10.2.8: retry with the registrar's minimum
                 self._send_register(reg, now)
                 return
-        if code == 503 and self._register_failover(reg, now):  # type: ignore[attr-defined]
+        if code == 503 and self._register_failover(reg, now):
             return  # RFC 3263 4.3: the next registrar located
         self._register_failed(reg, code, response.reason, now)
 
@@ -188,6 +243,18 @@ class RegistrationClient:
             pass
         value = _seconds(response.headers.get("Expires"))
         return reg.expires if value is None else value
+
+
+def registrar_transport(uri: SipUri) -> str | None:
+    """The transport a registrar URI demands (`sips:` is TLS, RFC 3261 19.1; else its
+    `transport=`, or UDP for an IP address), None when DNS chooses among ours (a name
+    without `transport=`, RFC 3263 4.1)."""
+    if uri.scheme == "sips":
+        return "tls"
+    named = uri.params.get("transport")
+    if named:
+        return named.lower()
+    return "udp" if is_ip(uri.host) else None
 
 
 def _auth_space(reg: Registration) -> tuple[str, str, Address | None]:
