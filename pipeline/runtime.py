@@ -740,9 +740,11 @@ class Runtime:
         if node is not None:
             for prefix, part in list(self.parts.items()):
                 if node.name in part.names:
-                    log.warning("part '%s' failed in node '%s': %s", prefix, node.name, exc)
-                    self.graph.post(node, "error", {"message": f"node '{node.name}': {exc}",
-                                                    "part": prefix})
+                    # One report, on the bus (`serve` prints it), as `launch` words a
+                    # fault: the exception's type, the method, the plugin to blame.
+                    message = str(self._as_node_error(exc, node))
+                    log.debug("part '%s' failed: %s", prefix, message)
+                    self.graph.post(node, "error", {"message": message, "part": prefix})
                     node.finished = True
                     # Detached between ticks, not in the middle of a push.
                     self._failed_parts.append((part, exc))
@@ -1025,14 +1027,15 @@ class Runtime:
             if self.graph.nodes.get(node.name) is node:  # (not a detached part's node)
                 self._io_returned.add(node.name)
 
-    def _as_node_error(self, exc: BaseException) -> PipelineError:
+    def _as_node_error(self, exc: BaseException, node: Node | None = None) -> PipelineError:
+        """`exc` as the one line that names the node (`node`, else the run's failing one)."""
         if isinstance(exc, NodeError) and exc.node:
             return exc
-        name = self.error_node.name if self.error_node else None
+        node = node if node is not None else self.error_node
+        name = node.name if node else None
         if isinstance(exc, PipelineError):
             err = NodeError(exc.message, node=name, hint=exc.hint)
         else:  # not an error the node reported: a bug, in the method the traceback names
-            node = self.error_node
             called = _uncallable(exc)
             method = _method_of(exc, node) if node is not None else None
             plugin = getattr(node, "plugin", None)

@@ -314,7 +314,7 @@ def _endpoint(ua: _FakeUa):
     ep = SipEndpoint.__new__(SipEndpoint)  # the controls and glue only: no sockets
     ep.name, ep.ua, ep._loop = "sip", ua, asyncio.get_running_loop()
     ep.transport = object()
-    ep.parts, ep.part_values, ep._rebuilding = {}, {}, {}
+    ep.parts, ep.part_values, ep._rebuilding, ep._failed_parts = {}, {}, {}, {}
     ep._digits_waiting, ep._info_last, ep._asked_updates = {}, {}, {}
     ep.graph = SimpleNamespace(nodes={})
     ep._pump = lambda events=True: None

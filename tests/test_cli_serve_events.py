@@ -166,3 +166,80 @@ def test_a_room_s_levels_read_as_a_level_meter_s_do():
     msg = BusMessage("room", "levels", {"levels": {"in_0": -23.456789012345678,
                                                    "in_1": float("-inf")}, "pts": 960})
     assert message_text(msg) == "room: levels levels={'in_0': -23.46, 'in_1': -inf} pts=960"
+
+
+CRASHY = '''
+from pipeline.formats import Format
+from pipeline.hookspecs import hookimpl
+from pipeline.node import Node, Port
+
+S16 = (Format.audio("pcm_s16"),)
+
+
+class Crasher(Node):
+    """Raises in process() at its fifth frame."""
+    kind = "crasher"
+    inputs = (Port("in", S16, "audio"),)
+    outputs = (Port("out", S16, "audio"),)
+
+    def start(self):
+        self.n = 0
+
+    def process(self, port, frame):
+        self.n += 1
+        if self.n == 5:
+            raise ZeroDivisionError("division by zero in my dsp")
+        self.emit("out", frame)
+
+
+@hookimpl
+def register_node_types():
+    return [Crasher]
+'''
+
+
+def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path):
+    # A plugin that raised in a call's graph ended the call as `reason=local hangup`,
+    # without the call's prefix (a grep for call-1/ missed its end), and the error line
+    # lacked the exception's type and the plugin to blame, which `launch` gives.
+    (tmp_path / "crashy.py").write_text(CRASHY)
+    echo = (ROOT / "graphs" / "calls" / "echo.yaml").read_text()
+    call_graph = tmp_path / "crash-call.yaml"
+    call_graph.write_text("plugins: [./crashy.py]\n" + echo.replace(
+        "nodes:\n", "nodes:\n  bug: {type: crasher}\n", 1).replace(
+        "rtp -> dec -> enc", "rtp -> dec -> bug -> enc"))
+
+    async def run_():
+        seen: list[str] = []
+        server = await _start("serve", str(_crash_server(tmp_path, call_graph)), cwd=tmp_path)
+        try:
+            listening = await _line(server, r"sip-listening", seen)
+            port = int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
+            caller = await _start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
+                                  "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu",
+                                  "--duration", "20s", cwd=tmp_path)
+            await _line(server, r" call-ended ", seen)
+            _, call_err = await asyncio.wait_for(caller.communicate(), WAIT)
+        finally:
+            server.send_signal(signal.SIGTERM)
+        return await _rest(server, seen), call_err.decode().splitlines()
+
+    lines, call_err = asyncio.run(run_())
+    (error,) = [line for line in lines if " error " in line]
+    assert re.fullmatch(
+        r"pipeline: \d\d:\d\d:\d\d\.\d{3} call-1/bug: error message=node 'call-1/bug': "
+        r"ZeroDivisionError: division by zero in my dsp \(hint: raised in process\(\): a bug "
+        r"in plugin '.*crashy\.py'; --debug shows the traceback\) part=call-1/", error), error
+    (ended,) = [line for line in lines if " call-ended " in line]
+    assert ended.endswith(" reason=call graph failed prefix=call-1/"), lines
+    assert not any("pipeline.runtime" in line for line in lines), lines  # one report
+    assert any(" call-ended " in line and "remote hangup" in line for line in call_err), \
+        call_err
+
+
+def _crash_server(tmp_path, call_graph):
+    server = tmp_path / "server.yaml"
+    server.write_text(ECHO_SERVER.read_text().replace(
+        "${graph_dir}/calls/echo.yaml", str(call_graph)).replace(
+        "rtp_port_range: 30000-30999", "rtp_port_range: 36000-36999"))
+    return server

@@ -477,7 +477,8 @@ def test_a_part_owner_failing_on_the_parts_fault_stops_the_graph():
     assert str(e.value) == ("node 'sip': RuntimeError: no dialog for c/ (hint: raised in "
                             "hang_up(); --debug shows the traceback)")
     errors = [m.data for m in g.messages if m.name == "error"]
-    assert errors == [{"message": "node 'c/rtp': socket gone", "part": "c/"}]
+    assert errors == [{"message": "node 'c/rtp': OSError: socket gone (hint: raised in "
+                       "run_io(); --debug shows the traceback)", "part": "c/"}]
     assert "c/rtp" not in g.nodes
 
 

@@ -28,6 +28,9 @@ NO_RESPONSE = "no response"
 RTP_TIMEOUT = "rtp timeout"
 # CallEnded's reason when we hung up a call that had lasted the endpoint's max_call_time
 MAX_CALL_TIME = "max call time"
+# CallEnded's reason when we hung up because the call's graph failed (a node raised: its
+# `error` line names the node and the fault)
+CALL_GRAPH_FAILED = "call graph failed"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
 

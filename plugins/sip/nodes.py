@@ -635,6 +635,9 @@ class SipEndpoint(Node):
         # calls whose part is being rebuilt (the old one's sockets still closing) -> the
         # media to build it with: the latest, should the 2xx or a re-INVITE come meanwhile
         self._rebuilding: dict[str, NegotiatedMedia] = {}
+        # calls whose part failed (the runtime detached it) -> its prefix, which their
+        # `call-ended` still names
+        self._failed_parts: dict[str, str] = {}
         # Per call: the digits send_digits has not sent yet; the last INFO sent and the
         # queue it came from (only its refusal drops that queue); hold or resume asked.
         self._digits_waiting: dict[str, list[tuple[str, int]]] = {}
@@ -1193,6 +1196,7 @@ class SipEndpoint(Node):
             if call.call_id == self._dialled:
                 self._ring_since = None
             had = part(call)  # before the part goes
+            self._failed_parts.pop(call.call_id, None)
             closing = self._detach(call.call_id)
             for used in (call.rtp_port, call.video_port):
                 if not used:
@@ -1393,7 +1397,7 @@ class SipEndpoint(Node):
         """The prefix of the call's part, also while it is being rebuilt."""
         if call.call_id in self._rebuilding:
             return f"call-{call.number}/"
-        return self.parts.get(call.call_id)
+        return self.parts.get(call.call_id) or self._failed_parts.get(call.call_id)
 
     def _rebuild(self, call: sipcall.Call, media: NegotiatedMedia, carry: bool = True) -> None:
         """New media values: the old part goes, then the new one comes (same RTP ports).
@@ -1493,11 +1497,12 @@ class SipEndpoint(Node):
         call_id = next((c for c, p in self.parts.items() if p == prefix), None)
         if call_id is not None:
             self.parts.pop(call_id, None)  # the runtime detaches it
+            self._failed_parts[call_id] = prefix
             call = self.ua.calls.get(call_id)
             if call is not None and call.state == "incoming":  # early media: refused as at start
                 self.ua.reject(call_id, 500, self._loop.time(), reason="Call Graph Failed")
             else:
-                self.ua.hangup(call_id, self._loop.time())
+                self.ua.hangup(call_id, self._loop.time(), reason=sipcall.CALL_GRAPH_FAILED)
             self._pump()
 
     def _on_bus(self, msg: Any) -> None:
