@@ -4,7 +4,9 @@ The same seeded 60 s traces (benchmarks/traces.py: LAN, Wi-Fi, mobile, route cha
 reordering with duplication, +/-300 ppm drift) feed
 
 - ours in virtual time: arrivals go to `JitterBuffer.push`, `pop` runs every 20 ms on a
-  receiver clock; deterministic and fast;
+  receiver clock; deterministic and fast; a frame plays when `pop` hands it over plus the
+  decoder's time-compression carry at that moment (speech with a -60 dBFS noise floor goes
+  through a `timescale.Compressor` in step with the buffer: `run_ours`);
 - GStreamer 1.22 in real time: a sender thread replays each datagram at its trace arrival time
   over UDP on 127.0.0.1 into `udpsrc ! rtpjitterbuffer latency=N ! rtpL16depay ! fdsink
   sync=true`, one process per latency (40, 80, 120, 200 ms) in parallel; the sink writes each
@@ -45,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from traces import CLOCK_RATE, PROFILES, PTIME_MS, Trace, build_trace, frame_index  # noqa: E402
 
 from plugins.jitterbuffer.buffer import Action, JitterBuffer  # noqa: E402
+from plugins.jitterbuffer.timescale import Compressor  # noqa: E402
 from plugins.rtp.packet import RtpPacket  # noqa: E402
 
 GST_LATENCIES = (40, 80, 120, 200)
@@ -61,19 +64,46 @@ TIE_FRAMES = 1
 class Output:
     """What a receiver produced, in order: (time, frame index or -1 for a concealed frame,
     frame periods it occupies: 1, or 0 for a frame time-compressed into the previous one's
-    period)."""
+    period[, how far into its period the frame starts, seconds: ours, the decoder's carry]).
+    """
 
-    entries: list[tuple[float, int, int]]
+    entries: list[tuple[float, int, int] | tuple[float, int, int, float]]
 
 
 # ---- receivers -----------------------------------------------------------------------------
 
 
+def speech_with_noise_floor() -> np.ndarray:
+    """The sample speech at the trace's rate, with a -60 dBFS (RMS) noise floor, as a handset
+    sends it: the audio the decoder's time compression works on (below)."""
+    from calls import speech_at
+
+    x = speech_at(CLOCK_RATE).astype(np.float64)
+    x += np.random.default_rng(7).normal(0.0, 32768 * 10 ** (-60 / 20), x.shape[0])
+    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+
+
 def run_ours(trace: Trace, phase: float = 0.0073, **kwargs: float) -> Output:
-    """Replay `trace` through our JitterBuffer in virtual time."""
+    """Replay `trace` through our JitterBuffer in virtual time.
+
+    A frame plays when `pop` hands it over, plus what the decoder's time compression carries
+    at that moment (`timescale.Compressor`: after a squeeze it cuts whole pitch periods and
+    the rest of the frame plays in the next periods, up to a frame behind). The carry depends
+    on the audio, so the frames' speech (the sample's, looped) goes through a Compressor in
+    step with the buffer's actions, and its carry is added to each frame's play time."""
     jb = JitterBuffer(CLOCK_RATE, PTIME_MS, **kwargs)
     parsed = [(t, RtpPacket.parse(d)) for t, _, d in trace.deliveries]
-    entries: list[tuple[float, int, int]] = []
+    entries: list[tuple[float, int, int, float]] = []
+    samples = CLOCK_RATE * PTIME_MS // 1000
+    speech = speech_with_noise_floor()
+    frames = len(speech) // samples
+    comp = Compressor(CLOCK_RATE, samples)
+    last = np.zeros(samples, np.int16)
+
+    def audio(index: int) -> np.ndarray:
+        k = index % frames
+        return speech[k * samples:(k + 1) * samples]
+
     k = 0
     end = trace.deliveries[-1][0] + 1.0
     now = phase
@@ -84,13 +114,24 @@ def run_ours(trace: Trace, phase: float = 0.0073, **kwargs: float) -> Output:
             jb.push(p.sequence_number, p.timestamp, p.ssrc, p.marker, p.payload, t)
             k += 1
         out = jb.pop(now)
+        held = comp.held / CLOCK_RATE  # the carry: what plays first in this period
         if out.action is Action.PLAY:
             assert out.packet is not None
-            entries.append((now, frame_index(out.packet.payload, 0), 1))
+            first = frame_index(out.packet.payload, 0)
             if out.extra is not None:
-                entries.append((now, frame_index(out.extra.payload, 0), 0))
+                second = frame_index(out.extra.payload, 0)
+                comp.squeeze(audio(first), audio(second))
+                last = audio(second)
+                entries.append((now, first, 1, held))
+                # The second's tail is carried: it starts that far into the period.
+                entries.append((now, second, 0, comp.held / CLOCK_RATE))
+            else:
+                comp.push(audio(first))  # (a drained carry: the frame starts on time)
+                last = audio(first)
+                entries.append((now, first, 1, comp.held / CLOCK_RATE))
         elif out.action is Action.CONCEAL:
-            entries.append((now, -1, 1))
+            comp.push(last)  # the concealment continues the stream's sound
+            entries.append((now, -1, 1, comp.held / CLOCK_RATE))
         now += PTIME
     return Output(entries)
 
@@ -207,8 +248,9 @@ def evaluate(trace: Trace, out: Output) -> dict[str, float]:
     play_i: list[int] = []
     dev_delay: list[float] = []
     dev_t = -1e9
-    for t, i, periods in out.entries:
-        # The device: plays each output frame (concealed ones too) in order, never drops.
+    late: list[float] = []
+    for t, i, periods, *into in out.entries:
+        # The device: plays each output period (concealed ones too) in order, never drops.
         if periods:
             dev_t = max(t, dev_t + PTIME)
         if i < 0 or i in seen:
@@ -216,11 +258,12 @@ def evaluate(trace: Trace, out: Output) -> dict[str, float]:
         seen.add(i)
         play_t.append(t)
         play_i.append(i)
-        dev_delay.append(dev_t - send[i] - floor)
+        late.append(into[0] if into else 0.0)
+        dev_delay.append(dev_t + late[-1] - send[i] - floor)
     played = len(play_i)
     t_arr = np.array(play_t)
     i_arr = np.array(play_i)
-    delays = (t_arr - send[i_arr] - floor) * 1000.0
+    delays = (t_arr + np.array(late) - send[i_arr] - floor) * 1000.0
     # Stall slots: silence on the output beyond what the frames never played explain.
     compressed = sum(1 for e in out.entries if e[2] == 0)
     slots = np.rint(np.diff(t_arr) / PTIME) - 1
@@ -247,7 +290,8 @@ def recovery(trace: Trace, out: Output) -> list[dict[str, float | str | bool]]:
     floor = trace.floor
     arr = np.array([(t - send[i] - floor) * 1000.0 for t, i, _ in trace.deliveries])
     sent_at = np.array([send[i] for _, i, _ in trace.deliveries])
-    play = [(t, (t - send[i] - floor) * 1000.0) for t, i, _ in out.entries if i >= 0]
+    play = [(t, (t + (into[0] if into else 0.0) - send[i] - floor) * 1000.0)
+            for t, i, _, *into in out.entries if i >= 0]
     rows = []
     for at, label in trace.events:
         lo, hi = at + RECOVERY_S, at + 2 * RECOVERY_S

@@ -275,27 +275,31 @@ def test_the_compressor_cuts_a_frame_of_noise_and_carries_nothing():
     np.testing.assert_array_equal(out, compress(x[:N], x[N:]))  # as the stateless cut
 
 
-def test_the_compressor_reset_and_quiet_drop_the_carry():
+def test_the_compressor_drops_the_carry_at_a_reset_a_quiet_pair_and_when_the_tone_stops():
     x = tone(440.0, 3 * N)
     comp = Compressor(RATE, N)
     comp.squeeze(x[:N], x[N:2 * N])
     held = comp.held
     assert held > 0
     frame = x[2 * N:]
-    assert comp.push(frame) is not frame
+    assert comp.push(frame) is not frame and comp.held == held  # still the tone: carried
     assert comp.reset() == held and comp.held == 0
     assert comp.push(frame) is frame
-    comp.squeeze(x[:N], x[N:2 * N])
-    silence = np.zeros(N, np.int16)
-    out = comp.push(silence)  # the carry, then silence: the carry now holds silence ...
-    assert out[:held].any() and comp.held == held
-    assert comp.push(silence) is silence and comp.held == 0  # ... which is dropped
-    # A pause's noise floor (-60 dBFS) counts as quiet: a speech stream's carry goes at its
-    # next pause, not only where a sender sends digital zeros.
+    # A pause's noise floor (-60 dBFS) counts as quiet: a quiet carry before a quiet frame
+    # is dropped, not only digital zeros.
+    hum = (x // 400).astype(np.int16)  # the tone at -52 dBFS peak: quiet
+    comp.squeeze(hum[:N], hum[N:2 * N])
+    assert comp.held > 0
     hiss = np.random.default_rng(1).integers(-32, 33, N).astype(np.int16)
-    comp.squeeze(x[:N], x[N:2 * N])
-    assert comp.push(hiss) is not hiss and comp.held == held
     assert comp.push(hiss) is hiss and comp.held == 0
-    comp.squeeze(x[:N], x[N:2 * N])
-    comp.push(hiss)
-    assert comp.push(frame) is not frame and comp.held == held  # a loud frame is not quiet
+    # The tone stops (noise, or silence, follows): the carry is spliced out at once, a
+    # frame's length played; the carry is a delay the jitter buffer does not count.
+    for after in (np.random.default_rng(2).integers(-3000, 3001, N).astype(np.int16),
+                  np.zeros(N, np.int16)):
+        comp.squeeze(x[:N], x[N:2 * N])
+        assert comp.held == held
+        removed, drains = comp.removed, comp.drains
+        out = comp.push(after)
+        assert out.shape == (N,) and comp.held == 0
+        assert (comp.removed - removed, comp.drains - drains) == (held, 1)
+        assert comp.push(frame) is frame  # undelayed from then on

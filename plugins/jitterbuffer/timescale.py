@@ -19,12 +19,14 @@ within `MATCH_SLACK` of the best peak), splices there as above, plays the first 
 carries the rest (fewer than N; less than a period on a steady tone) into the next periods.
 While it carries samples every frame passes through it (`push`: the carry, then the frame's
 head; the frame's tail is carried), so each period still plays exactly N samples and the
-timeline has no gap and no repeat: the carry is a short delay line. The next squeeze cuts it
-away with its own N (over a stream the squeezes remove their N each, less what is carried at
-the end); a quiet carry before a quiet frame (`QUIET`) is dropped (nothing to hear, a little
-delay less), and `reset` drops it (a stopped stream's fade-out). Where nothing repeats (noise,
-unvoiced speech: best correlation under `PERIODIC`) it cuts all of N plus the carry, as
-`compress` does. One vectorised search per squeeze, no per-sample loop.
+timeline has no gap and no repeat: the carry is a short delay line, and a delay the jitter
+buffer does not count. So it is not kept longer than the sound repeats: the first frame that no
+longer matches itself at the period found (speech gone unvoiced, a pause, the tone stopped),
+where a cut of any length is not heard, has the carry spliced out of it; a quiet carry before a
+quiet frame (`QUIET`) is dropped; the next squeeze cuts it with its own N; `reset` drops it (a
+stopped stream's fade-out). Where nothing repeats (noise, unvoiced speech: best correlation
+under `PERIODIC`) a squeeze cuts all of N plus the carry, as `compress` does. One vectorised
+search per squeeze, a dot product per carried frame, no per-sample loop.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ class Compressor:
     Frames are 1-D int16 or float32 arrays; output has the stream's dtype.
     """
 
-    __slots__ = ("_carry", "_dtype", "_held", "_min_lag", "_quiet", "_work", "cuts", "overlap",
-                 "removed")
+    __slots__ = ("_carry", "_dtype", "_held", "_lag", "_min_lag", "_quiet", "_work", "cuts",
+                 "drains", "overlap", "removed")
 
     def __init__(self, rate: int, frame: int, overlap: int | None = None) -> None:
         if rate <= 0 or frame <= 0:
@@ -89,7 +91,9 @@ class Compressor:
         self._dtype: np.dtype = np.dtype(np.int16)
         self._held = 0
         self._quiet = False  # the carry is quiet (`QUIET`)
-        self.cuts = 0  # squeezes
+        self._lag = 0  # the period the last cut found (0: none, nothing periodic)
+        self.cuts = 0
+        self.drains = 0  # carries spliced out where the sound stopped repeating  # squeezes
         self.removed = 0  # samples cut out in all (the carry is not cut: it is still to play)
 
     @property
@@ -116,6 +120,10 @@ class Compressor:
         if quiet and self._quiet:
             self._held = 0  # near silence either way: play it undelayed
             return frame
+        if self._lag and n >= held:
+            drained = self._drain(frame)
+            if drained is not None:
+                return drained
         out = np.empty(n, self._dtype)
         if n >= held:
             out[:held] = carry[:held]
@@ -127,6 +135,33 @@ class Compressor:
             carry[: held - n] = carry[n:held]
             carry[held - n : held] = frame
             self._quiet = quiet and self._quiet
+        return out
+
+    def _drain(self, frame: np.ndarray) -> np.ndarray | None:
+        """The carry spliced out of the carry and `frame` (the frame's length back, nothing
+        carried) when the frame no longer repeats at the pitch lag of the last cut: speech
+        has gone unvoiced (or the tone has stopped), where a cut of any length is not heard.
+        So the carry, a delay the jitter buffer does not count, lasts a syllable or so,
+        not until the next squeeze. None while the sound still repeats (a splice there
+        would dip, as `compress`'s does)."""
+        held, n, lag = self._held, frame.shape[0], self._lag
+        window = held + n - lag
+        if window < n // 4:
+            return None  # too short a stretch to tell
+        if self._work.shape[0] < held + n:
+            self._work = np.zeros(held + 3 * n, np.float32)
+        x = self._work[: held + n]
+        x[:held] = self._carry[:held]
+        x[held:] = frame
+        a, b = x[:window], x[lag : lag + window]
+        energy = float(np.dot(a, a)) * float(np.dot(b, b))
+        if energy > 0.0 and float(np.dot(a, b)) >= PERIODIC * energy ** 0.5:
+            return None
+        ola = max(1, min(n, self.overlap if self.overlap is not None else n // 4))
+        out = _cast(_splice(x, held, ola), self._dtype)
+        self.removed += held
+        self.drains += 1
+        self._held = self._lag = 0
         return out
 
     def squeeze(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -186,6 +221,7 @@ class Compressor:
         if best < PERIODIC:
             return most  # nothing repeats: cut it all, the carry with it
         good = peaks[score[peaks] >= best - MATCH_SLACK]
+        self._lag = lo + int(peaks[int(np.argmax(score[peaks]))])  # the sound's period
         return lo + int(good[-1])
 
 
