@@ -368,7 +368,9 @@ def _check_method(cls: type[Node], method: str, args: tuple[str, ...], where: st
     if not inspect.isfunction(fn) or fn is inspect.getattr_static(Node, method, None):
         return  # Node's own, or not a plain def (a staticmethod, a callable object)
     try:
-        sig = inspect.signature(fn)
+        # The def itself, not what functools.wraps says it wraps: an adapter may change
+        # the arguments (def adapter(self, port, frame) around a process(self, frame)).
+        sig = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):  # nothing to check it against
         return
     code = fn.__code__

@@ -512,6 +512,23 @@ def test_declarations_that_are_fine():
     assert reg.node_types["reg_check"] is cls
 
 
+def test_a_method_adapted_by_a_decorator_is_checked_as_the_adapter():
+    # functools.wraps sets __wrapped__, which inspect.signature follows: an adapter that
+    # takes (port, frame) around a process(self, frame) was refused, though it runs.
+    import functools
+
+    def single_port(f):
+        @functools.wraps(f)
+        def adapter(self, port, frame):
+            return f(self, frame)
+        return adapter
+
+    cls = _node(process=single_port(lambda self, frame: None))
+    reg = Registry(entry_points=False)
+    reg.register(_hooks("x", register_node_types=lambda: [cls]), "x")
+    assert reg.node_types["reg_check"] is cls
+
+
 WRONG_SIG = """\
 from pipeline.formats import Format
 from pipeline.hookspecs import hookimpl

@@ -237,9 +237,10 @@ class DtmfDetect(Node):
                             "the high-group (column) tone may be, in dB", min=0.0, max=20.0)
     reverse_twist_db = Param(Decibels, 4.0, "how much stronger than the low-group (row) tone "
                              "the high-group (column) tone may be, in dB", min=0.0, max=20.0)
-    events = Param(bool, True, "also push each digit downstream as a DtmfEvent (as "
-                   "rtp_session does); false before an encoder and rtp_session that should "
-                   "not send the digits again as RFC 4733")
+    events = Param(bool, False, "also push each digit downstream as a DtmfEvent, as "
+                   "rtp_session does (a conference reports it as participant-dtmf); off by "
+                   "default: before an encoder and rtp_session it would send the digits "
+                   "again as RFC 4733")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         return {p: inputs["in"] for p in self.linked_outputs}
