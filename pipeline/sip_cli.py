@@ -10,10 +10,15 @@ from .errors import PipelineError
 def _sip() -> object:
     try:
         from plugins.sip import cli as sip_cli  # type: ignore[attr-defined]
-    except ImportError:
-        raise PipelineError("SIP support is not available in this build",
-                            hint="the sip plugin family (plugins/sip) provides serve and call") \
-            from None
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name in ("plugins", "plugins.sip"):
+            raise PipelineError("SIP support is not available in this build",
+                                hint="the sip plugin family (plugins/sip) provides serve and "
+                                "call") from None
+        # Present but broken (an edited module, a missing dependency): say what failed.
+        where = f" ({e.name})" if e.name else ""
+        raise PipelineError(f"SIP support failed to load: {e}{where}",
+                            hint="--debug shows the traceback") from e
     return sip_cli
 
 
