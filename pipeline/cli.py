@@ -224,7 +224,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _call_graph(args: argparse.Namespace) -> Graph:
     """`validate --call`: the file as a call graph, `${call.*}` from a sample loopback call
     (`-p call.NAME=VALUE` changes one; `call.codec` picks the codec the rest follow)."""
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     from .loader import load_graph
 

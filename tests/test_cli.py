@@ -362,7 +362,7 @@ def test_validate_call_follows_the_codec(repo_root, tmp_path, capsys):
                     "  enc: {type: '${call.codec}_encoder'}\n"
                     "links: [src -> enc -> dec -> rec]\n")
     from pipeline.loader import load_graph
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     g = load_graph(path, call=example_call_values("g722"))
     g.prepare()

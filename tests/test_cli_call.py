@@ -315,7 +315,7 @@ def test_a_bad_user_is_one_line_and_exit_2(user, capsys):
 
 def test_call_help_lists_the_codecs_the_endpoint_offers(capsys):
     # It listed opus,pcmu,pcma,g722,telephone-event: no cn, though the offer has CN/8000.
-    from plugins.sip.nodes import DEFAULT_CODECS
+    from plugins.sip import DEFAULT_CODECS
 
     with pytest.raises(SystemExit):
         main(["call", "--help"])

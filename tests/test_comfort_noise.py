@@ -412,7 +412,7 @@ def test_preparing_a_g711_jitter_buffer_imports_the_noise_filter_before_any_call
     script = (
         "import sys\n"
         "from pipeline.loader import load_graph\n"
-        "from plugins.sip.nodes import example_call_values\n"
+        "from plugins.sip.values import example_call_values\n"
         "g = load_graph('graphs/caller.yaml', call=example_call_values('{codec}'))\n"
         "assert 'scipy.signal' not in sys.modules\n"
         "g.prepare()\n"

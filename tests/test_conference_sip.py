@@ -187,7 +187,7 @@ def test_call_graph_pairs_in_and_out_by_call_number(tmp_path: Path) -> None:
     from pipeline.loader import add_part
 
     g = load_graph(CONFERENCE, {"port": 0, "record_dir": str(tmp_path / "rec")})
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     call = example_call_values("pcmu") | {"call_number": 7}
     add_part(g, ROOT / "graphs" / "calls" / "conference-member.yaml", "call-7/", call=call)

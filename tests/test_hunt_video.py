@@ -327,8 +327,8 @@ def test_a_video_offer_on_payload_type_80_still_gets_a_call_graph():
     # whole call, audio included, 500 Call Graph Failed. Before 576570c the call went up.
     # (Either our answer picks a receive number of its own, 96-127, or the nodes stop
     # refusing a number the peer chose; the sender never classifies its own packets.)
-    from plugins.sip.nodes import example_call_values
     from plugins.sip.offer_answer import Codec, answer, video_codec
+    from plugins.sip.values import example_call_values
 
     offer = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
              b"m=audio 7000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"

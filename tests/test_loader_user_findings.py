@@ -305,7 +305,7 @@ def test_templates_inside_lists_and_maps_are_filled_in(tmp_path: Path, monkeypat
     sip = load_graph(path).nodes["sip"]
     assert sip.listen == ["udp:127.0.0.1:5070"]
     assert sip.codecs == ["pcmu", "telephone-event"]
-    from plugins.sip.nodes import written_map
+    from plugins.sip.values import written_map
 
     assert written_map(sip.users) == {"alice": "pw1", "bob": "0123"}  # the rest as written
     # A call value is the call graph's to fill in, per call.

@@ -628,7 +628,7 @@ def test_a_caller_listening_on_every_interface_names_its_own_address(tmp_path):
 def test_validate_call_values_are_those_of_a_real_call(tmp_path, codec):
     # `pipeline validate --call` fills ${call.*} from example_call_values: the same names,
     # and the same codec-derived values, as a call on loopback gives.
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     async def main() -> dict:
         (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
@@ -661,7 +661,8 @@ def test_validate_call_values_are_those_of_a_real_call(tmp_path, codec):
 def test_comfort_noise_payload_type_is_a_call_value(tmp_path, server_codecs, expected):
     # RFC 3389: the caller offers CN/8000 (cn is listed), the callee's call graph gets the
     # agreed number as ${call.cn_payload_type} for its rtp_session; -1 when not agreed.
-    from plugins.sip.nodes import DEFAULT_CODECS, example_call_values
+    from plugins.sip import DEFAULT_CODECS
+    from plugins.sip.values import example_call_values
 
     async def main() -> tuple[dict, dict]:
         (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
@@ -805,8 +806,8 @@ def test_builtin_and_plugin_codecs_are_mapped_back_from_sdp(plugin_codecs):
     # registered codec: its name, PCM rate and node kinds; built-in names are unchanged.
     from types import SimpleNamespace
 
-    from plugins.sip.nodes import call_values, example_call_values, sdp_codec
     from plugins.sip.offer_answer import Codec, answer, build_offer, negotiated
+    from plugins.sip.values import call_values, example_call_values, sdp_codec
 
     infos = list(plugin_codecs.codecs.values())
     assert {"pcmu", "pcma", "g722", "opus", "l16", "wide_pcmu", "odd_pcmu"} <= {
@@ -836,7 +837,7 @@ def test_plugin_codec_call_audio_flows_with_its_name_rate_and_kinds(tmp_path, pl
                                                                     codec):
     # A plugin author's G726 (name g726, SDP G726-32) was refused 500: "unknown node type
     # 'g726-32_decoder'"; and a 16 kHz codec on an 8 kHz clock got ${call.rate} 8000.
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     info = plugin_codecs.codecs[codec]
     echo = ECHO  # the shipped echo graph runs a codec whose kinds follow NAME_encoder
@@ -941,9 +942,9 @@ def test_call_values_change_with_every_sdp_change_a_call_graph_can_see():
     from types import SimpleNamespace
 
     from pipeline.registry import get_registry
-    from plugins.sip.nodes import call_values, sdp_codec
     from plugins.sip.offer_answer import Codec, answer, build_offer, negotiated
     from plugins.sip.sdp import SessionDescription
+    from plugins.sip.values import call_values, sdp_codec
 
     infos = [get_registry().codecs["opus"]]
     codecs = [sdp_codec(infos[0]), Codec.named("telephone-event")]
@@ -1068,7 +1069,7 @@ def test_an_offered_port_is_released_when_the_call_ends_without_its_graph(tmp_pa
 
 def test_port_allocation_starts_at_random_and_reserves_what_it_offers():
     from plugins.rtp.nodes import release_port, reserve_port, reserved_ports
-    from plugins.sip.nodes import PortAllocator
+    from plugins.sip.ports import PortAllocator
 
     # offers (checked) start at random: two processes rarely offer the same port first
     starts = {PortAllocator("36000-36999", "127.0.0.1")._next_offer for _ in range(20)}
@@ -1163,7 +1164,7 @@ def test_an_answer_on_a_port_another_endpoint_holds_takes_the_next_port(tmp_path
     # held sockets, so the caller's own rtp_session then failed to bind at the answer.
     from plugins.rtp.nodes import reserved_ports
 
-    monkeypatch.setattr("plugins.sip.nodes.random.randrange", lambda n: 0)
+    monkeypatch.setattr("plugins.sip.ports.random.randrange", lambda n: 0)
 
     async def main():
         (tmp_path / "caller.yaml").write_text(CALLER_GRAPH)
@@ -1239,7 +1240,7 @@ def test_every_shipped_call_graph_takes_the_comfort_noise_payload_type(path):
 @pytest.mark.parametrize("cn_payload_type", [-1, 98])  # (13 is the default)
 def test_the_echo_graph_hands_the_cn_payload_type_to_its_rtp_session(cn_payload_type):
     from pipeline.loader import load_graph
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     values = {**example_call_values("pcmu"), "cn_payload_type": cn_payload_type}
     assert load_graph(ECHO, call=values).nodes["rtp"].cn_payload_type == cn_payload_type
@@ -1250,7 +1251,7 @@ def test_every_shipped_call_graph_sends_dtmf_on_the_agreed_telephone_event_clock
     `dtmf_clock_rate` to default to the 48 kHz audio clock sent a 100 ms digit as 4800
     units, 600 ms at the peer's 8000."""
     from pipeline.loader import load_graph
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     values = {**example_call_values("opus"), "dtmf_clock_rate": 8000}
     assert values["clock_rate"] == 48000

@@ -68,7 +68,6 @@ from plugins.sip.message import (
     response_bytes,
     trying,
 )
-from plugins.sip.nodes import PortAllocator
 from plugins.sip.offer_answer import (
     AnswerCache,
     CachedAnswer,
@@ -79,6 +78,7 @@ from plugins.sip.offer_answer import (
     hold,
     resume,
 )
+from plugins.sip.ports import PortAllocator
 from plugins.sip.sdp import SessionDescription
 from plugins.sip.transaction import (
     ServerNonInviteTransaction,

@@ -195,7 +195,7 @@ def test_wrong_credentials_403_posts_call_rejected_but_the_401_challenge_does_no
 
 def free_block(pairs: int) -> int:
     """An even port with `2 * pairs` free UDP ports from it."""
-    from plugins.sip.nodes import PortAllocator
+    from plugins.sip.ports import PortAllocator
 
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -455,7 +455,7 @@ def test_transport_counters_are_reported_after_the_stop():
 
 # ---- 7. ${call.started} -------------------------------------------------------------------
 def test_call_started_is_utc_text_fixed_for_the_call():
-    from plugins.sip.nodes import call_values, example_call_values, started_text
+    from plugins.sip.values import call_values, example_call_values, started_text
 
     assert started_text(0) == "19700101T000000Z"
     assert started_text(1795800601) == "20261127T173001Z"

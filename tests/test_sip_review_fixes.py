@@ -29,12 +29,13 @@ from pipeline.errors import GraphError, LocalProtocolError
 from pipeline.graph import BusMessage
 from pipeline.loader import load_graph_text
 from pipeline.messages import message_text
-from plugins.sip import nodes as sipnodes
+from plugins.sip import ports as sipports
 from plugins.sip import ua as sipua
 from plugins.sip.events import CallEnded, CallEstablished, CallIncoming, CallUpdateFailed
 from plugins.sip.message import SipMessage
-from plugins.sip.nodes import PortAllocator, SipEndpoint
+from plugins.sip.nodes import SipEndpoint
 from plugins.sip.offer_answer import Codec
+from plugins.sip.ports import PortAllocator
 from plugins.sip.ua import Listener, UaConfig, UserAgent
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
@@ -240,19 +241,19 @@ def test_a_full_range_is_not_searched_again_for_a_second(monkeypatch):
         binds.append(port)
         return SimpleNamespace(port=port) if port in free else None
 
-    monkeypatch.setattr(sipnodes, "reserve_port", taken)
+    monkeypatch.setattr(sipports, "reserve_port", taken)
     now = [100.0]
     ports = PortAllocator("40000-40999", "127.0.0.1", clock=lambda: now[0])
     for _ in range(20):
-        with pytest.raises(sipnodes.PortRangeFull):
+        with pytest.raises(sipports.PortRangeFull):
             ports.allocate(check=True, answer=True)
     assert len(binds) == 500  # one search of the 500 pairs, not 20
     now[0] += 1.0
-    with pytest.raises(sipnodes.PortRangeFull):
+    with pytest.raises(sipports.PortRangeFull):
         ports.allocate(check=True)
     assert len(binds) == 1000  # a second on: searched again
     port = ports.allocate(check=False)  # (unchecked: the range is trusted, no bind)
-    with pytest.raises(sipnodes.PortRangeFull):
+    with pytest.raises(sipports.PortRangeFull):
         ports.allocate(check=True)
     assert len(binds) == 1000  # still full
     ports.release(port)  # one of ours freed: the next call searches at once, and finds it

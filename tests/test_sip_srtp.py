@@ -168,7 +168,7 @@ def test_srtp_mandatory_against_plain_rtp_is_refused_with_488(tmp_path, server_s
 def test_the_echo_graph_validates_with_and_without_srtp_values():
     from pipeline.loader import load_graph
     from plugins.rtp.srtp import generate_key
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     plain = example_call_values("pcmu")
     assert (plain["srtp_suite"], plain["srtp_local_key"], plain["srtp_remote_key"]) == \

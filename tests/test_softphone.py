@@ -287,7 +287,7 @@ class FakeCard:
 
 def sample_call(codec: str) -> dict[str, Any]:
     """`${call.*}` values as a sip_endpoint makes them for a loopback call with `codec`."""
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     return example_call_values(codec)
 

@@ -208,7 +208,7 @@ def test_a_g711_call_graph_prepares_without_the_noise_filter(monkeypatch):
     from conftest import ROOT
 
     from pipeline.loader import load_graph
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     monkeypatch.setitem(sys.modules, "scipy.signal", None)  # `import` raises ImportError
     graph = load_graph(ROOT / "graphs" / "caller.yaml", call=example_call_values("pcmu"))

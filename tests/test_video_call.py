@@ -170,7 +170,7 @@ def test_offer_answer_round_trip_both_sides_agree(ours, theirs, ports):
 
 # ---- the call graph and the endpoint parameter ----------------------------------------------
 def sample_video_call(codec: str = "vp8") -> dict:
-    from plugins.sip.nodes import example_call_values
+    from plugins.sip.values import example_call_values
 
     return example_call_values("pcmu", codec)
 

@@ -20,7 +20,6 @@ from pipeline.loader import load_graph, load_graph_text
 from pipeline.runtime import Runtime
 from plugins.rtp.packet import RtpPacker, RtpPacket, is_rtcp
 from plugins.rtp.rtcp import RtcpBye, RtcpPli, parse_rtcp
-from plugins.sip.nodes import example_call_values
 from plugins.sip.offer_answer import (
     Codec,
     answer,
@@ -30,6 +29,7 @@ from plugins.sip.offer_answer import (
     video_codec,
 )
 from plugins.sip.sdp import SessionDescription
+from plugins.sip.values import example_call_values
 from plugins.video.codec import VideoEncoder
 from plugins.video.pattern import PatternGenerator
 from plugins.video.rtp_vp8 import Vp8Packetizer

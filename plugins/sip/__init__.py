@@ -13,7 +13,13 @@ UA reports are `events`. None of them opens a socket or reads the clock: they ta
 and `now` and return messages, bytes to send and the next timer deadline.
 
 The I/O half: `transport` (UDP, TCP, TLS over asyncio), `nodes` (the `sip_endpoint` node,
-which runs a call graph per call) and `cli` (`pipeline serve`, `pipeline call`).
+which runs a call graph per call) with its parts `checks` (parameters, codecs offered),
+`controls` (call, answer, hangup, hold, resume, shutdown), `parts` (a call's part: started,
+attached, detached, rebuilt), `digits` (DTMF sent: RFC 4733 or INFO), `transfers` (REFER
+followed and sent), `room` (calls into a conference node) and `watch` (RTP timeout,
+max_call_time); `values` (the `${call.*}` values), `ports` (RTP port allocation),
+`callcheck` (a call graph checked before any call) and `cli` (`pipeline serve`, `pipeline
+call`).
 """
 
 from pipeline.hookspecs import hookimpl

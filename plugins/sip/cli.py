@@ -32,9 +32,10 @@ from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from . import DEFAULT_CODECS, DEFAULT_USER, callcheck
 from .call import NO_RESPONSE, RTP_TIMEOUT
+from .checks import _CN, _DTMF
 from .dns import check_servers
 from .locate import is_ip
-from .nodes import _CN, _DTMF, PortRangeFull
+from .ports import PortRangeFull, port_range
 from .uri import _USER_RE as USER_RE
 from .uri import SipUri
 
@@ -471,8 +472,6 @@ def _check_rtp_ports(text: str) -> str:
     """`--rtp-ports`, checked as sip_endpoint checks its rtp_port_range, named as the
     option (a usage error)."""
     from pipeline.cli import UsageError
-
-    from .nodes import port_range
 
     try:
         low, high = port_range(text)

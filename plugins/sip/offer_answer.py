@@ -386,7 +386,7 @@ class NegotiatedMedia:
     def encoding(self) -> str:
         """The SDP encoding name lower-cased: opus, pcmu, pcma, g722, ... A codec registered
         under another name (SDP G726-32, name g726) is mapped back to its name by the SIP
-        plugin (`plugins.sip.nodes.codec_info`), which knows the registry."""
+        plugin (`plugins.sip.values.codec_info`), which knows the registry."""
         return self.codec.lower()
 
     @property
@@ -412,7 +412,7 @@ class NegotiatedMedia:
 
     def call_params(self) -> dict[str, str | int]:
         """Flat values for a call graph's `${call.*}` templates, `codec` and `rate` as SDP
-        knows them (`plugins.sip.nodes.call_values` puts the registered codec's instead)."""
+        knows them (`plugins.sip.values.call_values` puts the registered codec's instead)."""
         return {
             "remote_address": self.remote_address,
             "remote_rtp_port": self.remote_rtp_port,

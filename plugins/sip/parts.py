@@ -1,0 +1,328 @@
+"""A call's part: the call graph the `sip_endpoint` adds to the running graph for each call
+(``call-N/``, with the call's `${call.*}` values), from its start to its end.
+
+- starting it: our SDP answer on a free RTP port (`_start_media`; refused 503 when the range
+  is full, 500 when the call graph fails, tried again on another port when another process
+  took the first), or the media a 2xx or 18x brought (`_start_part`);
+- attaching it (`_attach`): the ports our SDP named go to its RTP nodes as bound sockets;
+- detaching it (`_detach`): its I/O tasks are awaited before its port is reused;
+- rebuilding it when the media change (`_rebuild`): the ports stay held in between and what
+  its nodes did in the call (`carry_state`) is handed to the new ones;
+- a fault in it (`_on_part_fault`) ends the call.
+
+`CallParts` is mixed into `nodes.SipEndpoint`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import PipelineError
+
+from . import call as sipcall
+from .offer_answer import NegotiatedMedia
+from .values import call_values, written_map
+
+if TYPE_CHECKING:
+    from . import ua as sipua
+    from .ports import PortAllocator
+
+log = logging.getLogger("plugins.sip")
+
+# Call graphs started for an incoming call whose first port was taken by another process:
+# the second gets a port found free by test-binds through the whole range (PortAllocator).
+_BIND_TRIES = 2
+
+
+class CallParts:
+    """Starting, attaching, detaching and rebuilding calls' parts, for `SipEndpoint`."""
+
+    # parameters of `SipEndpoint`
+    call_graph: Any
+    call_graph_params: dict | None
+    rtp_timeout: float
+    video: bool
+    video_codecs: list[Any]
+    # set up by `SipEndpoint.start`
+    ua: sipua.UserAgent
+    ports: PortAllocator
+    media_ip_used: str
+    codec_infos: list[Any]
+    parts: dict[str, str]
+    part_values: dict[str, dict[str, Any]]
+    _loop: asyncio.AbstractEventLoop
+    _c: dict[str, int]
+    _rebuilding: dict[str, NegotiatedMedia]
+    _failed_parts: dict[str, str]
+    _pending_detach: set[asyncio.Future]
+
+    def _start_media(self, call_id: str) -> bool:
+        """Make our SDP answer on a free RTP port and start the call graph with it; False
+        when the call could not have it and was refused (486 room full, 503 no port, 500
+        call graph failed)."""
+        now = self._loop.time()
+        if self._refused_room_full(call_id):  # it may have filled while this one rang
+            return False
+        error: Exception | None = None
+        incoming = self.ua.calls.get(call_id)
+        preview = incoming.preview if incoming is not None else None
+        # An INVITE without SDP gets our offer, which names the ports before the call graph
+        # binds them (after the ACK): check them now, as for an outgoing call.
+        late = incoming is not None and incoming.late_offer
+        check = self.call_graph is not None
+        video_port = 0
+        try:
+            if (preview is not None and preview[1].video is not None) or (
+                    late and self.video and self.video_codecs):
+                # A video stream we accepted gets its own port (checked: not retried below).
+                video_port = self.ports.allocate(check=check)
+            if late:
+                port = self.ports.allocate(check=check)
+            else:  # test-bound first only once the range proved shared (PortAllocator)
+                port = self.ports.allocate(check=check and self.ports.shared, answer=True)
+        except PipelineError as exc:  # every port pair taken: busy for now, not broken
+            if video_port:
+                self.ports.release(video_port)
+            self._no_port(call_id, exc)
+            return False
+        for attempt in range(_BIND_TRIES):
+            # No test-bind per call: the call graph binds the port; only when that fails is
+            # the port checked, and when it is busy (another process's: workers sharing
+            # one range) the next free one is found by test-binds, and held for the graph.
+            if attempt:
+                try:
+                    port = self.ports.allocate(check=True, answer=True)
+                except PipelineError as exc:
+                    if video_port:
+                        self.ports.release(video_port)
+                    self._no_port(call_id, exc)
+                    return False
+            try:
+                media = self.ua.prepare_answer(call_id, port, video_port)
+                if video_port and self.ua.calls[call_id].video_port != video_port:
+                    self.ports.release(video_port)  # our SDP has no video: not the call's
+                    video_port = 0
+                if media is not None:  # else a late offer's: its graph starts with the ACK
+                    # (a failure leaves the video port held: released below if no retry)
+                    self._attach(self.ua.calls[call_id], media, retry=True)
+            except Exception as exc:
+                self.ports.release(port)
+                error = exc
+                if attempt + 1 < _BIND_TRIES and self.call_graph is not None \
+                        and not self.ports.is_free(port):
+                    self.ports.shared = True
+                    continue
+            else:
+                error = None
+            break
+        if error is not None:
+            if video_port:
+                self.ports.release(video_port)
+            self._c["part_errors"] += 1
+            log.warning("call %s: call graph failed to start: %s", call_id, error)
+            self.post("error", message=f"call graph for call {call_id} failed: {error}")
+            self.ua.reject(call_id, 500, now, reason="Call Graph Failed")
+            self._pump()
+            return False
+        return True
+
+    def _no_port(self, call_id: str, exc: Exception) -> None:
+        """Every port pair of the range is taken: 503, busy for now, not broken."""
+        self._c["no_port"] = self._c.get("no_port", 0) + 1
+        log.warning("call %s: %s", call_id, exc)
+        self.ua.reject(call_id, 503, self._loop.time(), reason="No Free RTP Port")
+        self._pump()
+
+    def _start_part(self, call: sipcall.Call, media: NegotiatedMedia) -> bool:
+        """Run the call's part with `media`: started, or rebuilt when early media started
+        it with other values (the 2xx answered differently). False when it failed (the
+        call is hung up)."""
+        if call.call_id in self._rebuilding:  # built with these once the old part is gone
+            self._rebuilding[call.call_id] = media
+            return True
+        if call.call_id in self.parts:
+            values = call_values(call, media, local_ip=self.media_ip_used,
+                                 rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
+            if values != self.part_values.get(call.call_id):
+                # The answer starts the call: what the early-media part did (digits dialled
+                # into the ringback) is not carried into it.
+                self._rebuild(call, media, carry=False)
+            return True
+        try:
+            self._attach(call, media)
+        except Exception as exc:
+            self._c["part_errors"] += 1
+            self.post("error", message=f"call graph for call {call.call_id} failed: {exc}")
+            self.ua.hangup(call.call_id, self._loop.time())
+            return False
+        return True
+
+    def _attach(self, call: sipcall.Call, media: NegotiatedMedia,
+                carried: dict[str, tuple[type, Any]] | None = None, *,
+                retry: bool = False) -> None:
+        # The ports our SDP named were held since (PortAllocator), as are those of a part
+        # being rebuilt: they go to the part's rtp_session and video RTP node as bound
+        # sockets. `retry`: a failed start is tried again on another audio port
+        # (`_start_media`), so the video port stays held for that one: the failed part's
+        # video node hands its sockets back as it stops (as through a rebuild) rather than
+        # closing them, which let anyone take the port until the next start bound it.
+        video = call.video_port
+        self.ports.ready(call.rtp_port)
+        if video:
+            self.ports.ready(video)
+            if retry:
+                self.ports.keep(video)
+        started = False
+        try:
+            self._attach_part(call, media, carried or {})
+            started = True
+        finally:  # not taken (no node on it, video dropped, the part failed): not held
+            self.ports.unhold(call.rtp_port)
+            if video and retry:
+                self.ports.take_back(video)  # (ends the keep request however it went)
+            if video and (started or not retry):
+                self.ports.unhold(video)
+
+    def _attach_part(self, call: sipcall.Call, media: NegotiatedMedia,
+                     carried: dict[str, tuple[type, Any]]) -> None:
+        if self.call_graph is None:
+            return  # signalling only: nothing to run
+        from pipeline.loader import add_part
+
+        values = call_values(call, media, local_ip=self.media_ip_used,
+                             rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
+        prefix = f"call-{call.number}/"
+        names = add_part(self.graph, str(self.call_graph), prefix, call=values,
+                         overrides=written_map(self.call_graph_params),
+                         registry=self.registry)
+        try:
+            for name, (kind, state) in carried.items():
+                node = self.graph.nodes.get(name)
+                if type(node) is kind:  # the same node of the rebuilt graph goes on from there
+                    node.restore_state(state)
+            room = self._room()
+            if room is not None:
+                # Name the room's tracks after the far party before the part joins the room.
+                who = call.caller if call.direction == "in" else call.callee
+                for ln in self.graph.links_at(names):
+                    if ln.dst == room.name and ln.src.startswith(prefix):
+                        room.set_identity(ln.dst_port, who, call_id=call.call_id)
+                    elif ln.src == room.name and ln.dst.startswith(prefix):
+                        room.set_identity(ln.src_port, who, call_id=call.call_id)
+            self.graph.runtime.attach(prefix, names, on_fault=self._on_part_fault)
+        except Exception:
+            # The part goes as an ended call's does (its nodes stopped if they started, then
+            # removed with their links): a failed call leaves nothing in the graph.
+            if any(n.startswith(prefix) for n in self.graph.nodes):
+                done = self.graph.runtime.detach(prefix)
+                if done is not None:
+                    self._pending_detach.add(done)
+                    done.add_done_callback(self._pending_detach.discard)
+            raise
+        self.parts[call.call_id] = prefix
+        self.part_values[call.call_id] = values
+        if self._debug:
+            log.debug("%s: call graph %s started: call_id=%s codec=%s direction=%s nodes=%d",
+                      self.name, prefix, call.call_id, values["codec"], values["direction"],
+                      len(names))
+
+    def _detach(self, call_id: str) -> asyncio.Future | None:
+        """Remove a call's part. Its I/O tasks are cancelled and awaited first, so sockets
+        close after their readers are gone; returns what to await before reusing its port."""
+        prefix = self.parts.pop(call_id, None)
+        self.part_values.pop(call_id, None)
+        # the silence its rtp_session reported goes with it (a new part counts afresh)
+        self._silence_heard(call_id)
+        runtime = self.graph.runtime if self.graph is not None else None
+        if prefix is None or runtime is None or prefix not in runtime.parts:
+            return None
+        if self._debug:
+            log.debug("%s: call graph %s stopped: call_id=%s", self.name, prefix, call_id)
+        done = runtime.detach(prefix)
+        if done is not None:
+            self._pending_detach.add(done)
+            done.add_done_callback(self._pending_detach.discard)
+        return done
+
+    def _prefix(self, call: sipcall.Call) -> str | None:
+        """The prefix of the call's part, also while it is being rebuilt."""
+        if call.call_id in self._rebuilding:
+            return f"call-{call.number}/"
+        return self.parts.get(call.call_id) or self._failed_parts.get(call.call_id)
+
+    def _rebuild(self, call: sipcall.Call, media: NegotiatedMedia, carry: bool = True) -> None:
+        """New media values: the old part goes, then the new one comes (same RTP ports).
+        Media that come before the old part is gone (a 2xx after an 18x, a re-INVITE) are
+        the ones the new part gets: starting a part then would find the port still bound.
+
+        The ports stay ours in between (the nodes on them hand the sockets back, `keep`),
+        and what the old part's nodes did in the call so far (`carry_state`: the digits a
+        dtmf_events node dialled) is handed to the same nodes of the new part
+        (`restore_state`), so the call goes on rather than starting again (unless not
+        `carry`: the 2xx after early media)."""
+        prefix = self.parts[call.call_id]
+        carried = {name: (type(node), node.carry_state())
+                   for name, node in self.graph.nodes.items()
+                   if carry and name.startswith(prefix)
+                   and callable(getattr(node, "carry_state", None))}
+        ports = [p for p in (call.rtp_port, call.video_port) if p]
+        for port in ports:
+            self.ports.keep(port)
+        # The room keeps the caller as one participant (its track, name, gains) while its
+        # in_N/out_N are unlinked, rather than seeing a leave and a join.
+        room, seats = self._kept_seats(prefix)
+        pending = self._detach(call.call_id)
+        self._rebuilding[call.call_id] = media
+
+        async def later() -> None:
+            try:
+                await rebuild()
+            finally:  # linked again: it goes on; not (failed, call ended): it leaves
+                for seat in seats:
+                    room.release_participant(seat)
+
+        async def rebuild() -> None:
+            if pending is not None:
+                try:  # the old part's sockets close first; never wait forever for that
+                    await asyncio.wait_for(asyncio.shield(pending), 2.0)
+                except TimeoutError:
+                    self._c["detach_timeouts"] += 1
+            latest = self._rebuilding.pop(call.call_id)
+            for port in ports:
+                self.ports.take_back(port)
+            if call.active and call.call_id not in self.parts:
+                try:
+                    self._attach(call, latest, carried)
+                except Exception as exc:
+                    self._c["part_errors"] += 1
+                    self.post("error", message=f"call graph for call {call.call_id} failed: "
+                              f"{exc}")
+                    self.hangup(call.call_id)
+            else:  # the call ended meanwhile
+                for port in ports:
+                    self.ports.unhold(port)
+
+        task = self._loop.create_task(later())
+        self._pending_detach.add(task)
+        task.add_done_callback(self._pending_detach.discard)
+
+    def _call_of_prefix(self, node_name: str) -> str | None:
+        for call_id, prefix in self.parts.items():
+            if node_name.startswith(prefix):
+                return call_id
+        return None
+
+    def _on_part_fault(self, prefix: str, exc: BaseException) -> None:
+        self._c["part_faults"] += 1
+        call_id = next((c for c, p in self.parts.items() if p == prefix), None)
+        if call_id is not None:
+            self.parts.pop(call_id, None)  # the runtime detaches it
+            self._failed_parts[call_id] = prefix
+            call = self.ua.calls.get(call_id)
+            if call is not None and call.state == "incoming":  # early media: refused as at start
+                self.ua.reject(call_id, 500, self._loop.time(), reason="Call Graph Failed")
+            else:
+                self.ua.hangup(call_id, self._loop.time(), reason=sipcall.CALL_GRAPH_FAILED)
+            self._pump()
