@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 
+import pytest
 from conftest import ROOT, WAIT
 
 ECHO_SERVER = ROOT / "graphs" / "echo-server.yaml"
@@ -198,7 +199,8 @@ def register_node_types():
 '''
 
 
-def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path):
+@pytest.mark.parametrize("early", [False, True], ids=["answered", "early-media"])
+def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path, early):
     # A plugin that raised in a call's graph ended the call as `reason=local hangup`,
     # without the call's prefix (a grep for call-1/ missed its end), and the error line
     # lacked the exception's type and the plugin to blame, which `launch` gives.
@@ -211,7 +213,8 @@ def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path):
 
     async def run_():
         seen: list[str] = []
-        server = await _start("serve", str(_crash_server(tmp_path, call_graph)), cwd=tmp_path)
+        server = await _start("serve", str(_crash_server(tmp_path, call_graph, early)),
+                              cwd=tmp_path)
         try:
             listening = await _line(server, r"sip-listening", seen)
             port = int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
@@ -231,15 +234,61 @@ def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path):
         r"ZeroDivisionError: division by zero in my dsp \(hint: raised in process\(\): a bug "
         r"in plugin '.*crashy\.py'; --debug shows the traceback\) part=call-1/", error), error
     (ended,) = [line for line in lines if " call-ended " in line]
-    assert ended.endswith(" reason=call graph failed prefix=call-1/"), lines
+    status = " status=500" if early else ""  # refused (500 Call Graph Failed) unanswered
+    assert ended.endswith(f" reason=call graph failed{status} prefix=call-1/"), lines
     assert not any("pipeline.runtime" in line for line in lines), lines  # one report
-    assert any(" call-ended " in line and "remote hangup" in line for line in call_err), \
-        call_err
+    theirs = "500 Call Graph Failed" if early else "remote hangup"
+    assert any(theirs in line for line in call_err), call_err
 
 
-def _crash_server(tmp_path, call_graph):
+def _crash_server(tmp_path, call_graph, early=False):
     server = tmp_path / "server.yaml"
-    server.write_text(ECHO_SERVER.read_text().replace(
+    text = ECHO_SERVER.read_text().replace(
         "${graph_dir}/calls/echo.yaml", str(call_graph)).replace(
-        "rtp_port_range: 30000-30999", "rtp_port_range: 36000-36999"))
+        "rtp_port_range: 30000-30999", "rtp_port_range: 36000-36999")
+    if early:  # the call graph runs as early media; the call is refused (500) when it fails
+        text = text.replace("    rtp_timeout: 30s\n", "    rtp_timeout: 30s\n"
+                            "    early_media: true\n    answer_after: 60s\n")
+    server.write_text(text)
     return server
+
+
+def test_pipeline_call_whose_own_graph_fails_exits_1_saying_so(tmp_path):
+    # Answered, our own node raised, we hung up: the command exited 0 with an event line
+    # last, as if the call had gone well; in early media (the far end's 183) it said "it
+    # rang but nobody answered" and blamed --duration.
+    (tmp_path / "crashy.py").write_text(CRASHY)
+    caller = tmp_path / "caller.yaml"
+    caller.write_text("plugins: [./crashy.py]\n" + CALLER.read_text().replace(
+        "nodes:\n", "nodes:\n  bug: {type: crasher}\n", 1).replace(
+        "jb -> dec -> rec", "jb -> dec -> bug -> rec"))
+
+    async def run_(server_graph):
+        seen: list[str] = []
+        server = await _start("serve", str(server_graph), "-p", "port=0", cwd=tmp_path)
+        try:
+            listening = await _line(server, r"sip-listening", seen)
+            port = int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
+            call = await _start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(caller),
+                                "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu",
+                                "--duration", "20s", cwd=tmp_path)
+            _, call_err = await asyncio.wait_for(call.communicate(), WAIT)
+            await _line(server, r" call-ended ", seen)
+        finally:
+            server.send_signal(signal.SIGTERM)
+        await _rest(server, seen)
+        return call.returncode, call_err.decode().splitlines()
+
+    early = tmp_path / "early-server.yaml"  # the far end plays early media, answers late
+    early.write_text(ECHO_SERVER.read_text().replace(
+        "${graph_dir}", str(ECHO_SERVER.parent)).replace(
+        "    rtp_timeout: 30s\n", "    rtp_timeout: 30s\n    early_media: true\n"
+        "    answer_after: 60s\n"))
+    assert "early_media" in early.read_text()
+    for server_graph in (ECHO_SERVER, early):
+        code, err = asyncio.run(run_(server_graph))
+        assert code == 1, err
+        assert re.fullmatch(r"pipeline: error: call to sip:echo@127\.0\.0\.1:\d+ failed: its "
+                            r"call graph failed: node 'call-1/bug': ZeroDivisionError: "
+                            r"division by zero in my dsp \(hint: raised in process\(\): .*\)",
+                            err[-1]), err

@@ -11,6 +11,9 @@ from pipeline.cli import main
 
 
 def test_a_broken_sip_plugin_says_what_failed_to_import(monkeypatch, capsys):
+    import plugins.sip
+
+    monkeypatch.delattr(plugins.sip, "cli", raising=False)  # (imported by an earlier test)
     monkeypatch.setitem(sys.modules, "plugins.sip.cli", None)  # its import fails
     assert main(["call", "sip:bob@127.0.0.1", "--graph", "x.yaml"]) == 1
     err = capsys.readouterr().err

@@ -596,6 +596,13 @@ def call(args: argparse.Namespace) -> int:
                              hint="widen --rtp-ports: a call takes an even port and the "
                                   "next") from None
         raise
+    # Our own call graph failed (a node raised): the call ended for that, not for anything
+    # the far end did, answered or not; said as launch says a fault, exit 1.
+    fault = next((m for m in result.messages if m.name == "error" and m.data.get("part")),
+                 None)
+    if fault is not None:
+        raise CallFailed(f"call to {args.uri} failed: its call graph failed: "
+                         f"{fault.data.get('message')}")
     if not any(m.name == "call-established" for m in result.messages):
         if signals:  # our own doing, not the far end's: an interrupted run (docs/cli.md)
             name = signal.Signals(signals[0]).name

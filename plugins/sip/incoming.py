@@ -358,14 +358,16 @@ class IncomingCalls:
         call.retx = (wire, now + t1, t1, now + self.config.timers.timeout, invite.cseq.seq)
 
     def reject(self, call_id: str, status: int, now: float, reason: str | None = None,
-               headers: list[tuple[str, str]] | None = None) -> None:
-        """Refuse an incoming call that is not answered yet (486, 603...)."""
+               headers: list[tuple[str, str]] | None = None,
+               ended: str | None = None) -> None:
+        """Refuse an incoming call that is not answered yet (486, 603...). `ended` is the
+        CallEnded reason when it is not the status's (`rejected with 500`): why we refused."""
         self._now = now
         call = self._incoming(call_id)
         assert call.invite is not None and call.server_tx is not None
         self._respond(call.server_tx, call.invite, status, now, to_tag=call.local_tag,
                       reason=reason, headers=headers or ())
-        self._end(call, f"rejected with {status}", status)
+        self._end(call, ended or f"rejected with {status}", status)
 
     def _incoming(self, call_id: str) -> Call:
         call = self.calls.get(call_id)

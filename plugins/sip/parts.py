@@ -322,7 +322,8 @@ class CallParts:
             self._failed_parts[call_id] = prefix
             call = self.ua.calls.get(call_id)
             if call is not None and call.state == "incoming":  # early media: refused as at start
-                self.ua.reject(call_id, 500, self._loop.time(), reason="Call Graph Failed")
+                self.ua.reject(call_id, 500, self._loop.time(), reason="Call Graph Failed",
+                               ended=sipcall.CALL_GRAPH_FAILED)
             else:
                 self.ua.hangup(call_id, self._loop.time(), reason=sipcall.CALL_GRAPH_FAILED)
             self._pump()
