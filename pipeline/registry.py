@@ -73,9 +73,25 @@ GSTREAMER_KINDS: dict[str, str | None] = {
     "autoaudiosrc": "capture", "autoaudiosink": "playback",
     "videotestsrc": "video_test_source", "videoscale": "scale", "videoconvert": "convert",
     "x264enc": "video_encoder", "vp8enc": "video_encoder", "avdec_h264": "video_decoder",
-    "vp8dec": "video_decoder", "queue": None,
+    "vp8dec": "video_decoder", "webmmux": "video_recorder", "mp4mux": "video_recorder",
+    "matroskamux": "video_recorder", "rtpvp8pay": "video_rtp_sender",
+    "rtph264pay": "video_rtp_sender", "rtpvp8depay": "video_rtp_receiver",
+    "rtph264depay": "video_rtp_receiver", "queue": None, "v4l2src": None,
+    "autovideosrc": None, "autovideosink": None,
 }
-NOT_NEEDED = {"queue": "not needed: nothing is queued between nodes; remove it"}
+# The video node of an element above that has an audio and a video use: a gst-launch line
+# for video that ends in udpsink wants video_rtp_sender, not the audio rtp_session.
+GSTREAMER_VIDEO_KINDS: dict[str, str] = {
+    "filesink": "video_recorder", "filesrc": "video_file_source",
+    "decodebin": "video_file_source", "udpsink": "video_rtp_sender",
+    "udpsrc": "video_rtp_receiver",
+}
+_NO_CAMERA = ("not available: no node reads a camera; play a file with video_file_source "
+              "path=, or use video_test_source")
+NOT_NEEDED = {"queue": "not needed: nothing is queued between nodes; remove it",
+              "v4l2src": _NO_CAMERA, "autovideosrc": _NO_CAMERA,
+              "autovideosink": "not available: no node shows video; record it with "
+                               "video_recorder path=a.webm, or send it with video_rtp_sender"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,12 +341,21 @@ class Registry:
         # A gst-launch caps filter: audio/x-raw,rate=8000, application/x-rtp,...
         if re.match(r"(audio|video|application|image|text)/[a-z0-9+-]+(\(|,|$)", kind,
                     re.IGNORECASE):
-            return ("formats are negotiated here, not filtered: a converter goes in where one "
-                    "is needed; to force one, name it, e.g. resample rate=8000")
+            caps = "formats are negotiated here, not filtered: a converter goes in where one is "
+            if kind.lower().startswith("video/"):  # video/x-raw,width=320,height=240
+                size = [re.search(rf"\b{f}=(?:\(int\))?(\d+)", kind) for f in ("width", "height")]
+                w, h = (m.group(1) if m else d for m, d in zip(size, ("320", "240"), strict=True))
+                return (caps + f"needed; to force one, name it, e.g. scale width={w} "
+                        f"height={h} (video_test_source takes width, height and fps itself)")
+            return caps + "needed; to force one, name it, e.g. resample rate=8000"
         if kind in GSTREAMER_KINDS:  # a gst-launch user's element name
             ours = GSTREAMER_KINDS[kind]
+            video = GSTREAMER_VIDEO_KINDS.get(kind)
             if ours is None:
                 return f"GStreamer's {kind} is {NOT_NEEDED[kind]}"
+            if video in self.node_types and ours in self.node_types:
+                return (f"GStreamer's {kind} is '{ours}' (audio) or '{video}' (video) here "
+                        f"(pipeline inspect {ours}, pipeline inspect {video})")
             if ours in self.node_types:
                 return f"GStreamer's {kind} is '{ours}' here (pipeline inspect {ours})"
         # A kind's last word says what it is (_sink, _encoder): `typo_sink` is nearer

@@ -49,7 +49,7 @@ from collections import deque
 from typing import Any
 
 from pipeline.clock import WARN_EVERY_S
-from pipeline.errors import ParseError, ProtocolError
+from pipeline.errors import NegotiationError, ParseError, ProtocolError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_SILENCE, CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
@@ -86,6 +86,8 @@ STATIC_PAYLOAD_TYPES = {pt: (name.lower(), clock, ch) for pt, (name, clock, ch)
                         in STATIC_AUDIO_TYPES.items()
                         if name in ("PCMU", "PCMA", "G722", "L16")}
 _CLOCK_RATES = {"pcmu": 8000, "pcma": 8000, "g722": 8000, "opus": 48000}
+_VIDEO_HINT = ("rtp_session carries audio: send video with video_rtp_sender, receive it "
+               "with video_rtp_receiver")
 _MAX_DATAGRAM = 65535
 _MAX_STALE = 4096  # datagrams dropped at most when taking a handed-back socket (a full buffer)
 
@@ -278,7 +280,8 @@ class RtpSession(Node):
     realtime = True  # the CLI runs graphs with a network node in real time
     clocked = True  # ticked to run timers (timeout, RTCP, DTMF), never to make media
     inputs = (Port("in", (Format.encoded(),),
-                   "encoded frames to send; DtmfEvent events are sent as RFC 4733 packets",
+                   "encoded audio frames to send (video goes to video_rtp_sender); DtmfEvent "
+                   "events are sent as RFC 4733 packets",
                    optional=True),)
     outputs = (Port("out", (Format.encoded(),),
                     "received payloads as EncodedFrame; DTMF as DtmfEvent; rtp-timeout event",
@@ -354,6 +357,7 @@ class RtpSession(Node):
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         fmt = inputs.get("in")
+        self._refuse_video(fmt)
         static = STATIC_PAYLOAD_TYPES.get(self.payload_type) if self.payload_type is not None \
             else None
         codec = self.codec or (fmt.value("encoding") if fmt is not None else None) or (
@@ -362,6 +366,9 @@ class RtpSession(Node):
             raise ParamValueError("codec", "parameter 'codec': rtp_session has no codec",
                                   "set codec (pcmu, opus, ...: 'pipeline inspect' lists "
                                   "them), or a static payload_type such as 0")
+        if self._packetized(codec):
+            raise ParamValueError("codec", f"parameter 'codec': {codec} is a video codec, and "
+                                  "rtp_session sends one audio frame per packet", _VIDEO_HINT)
         info = self.registry.codecs.get(codec)
         if static is not None and static[0] != codec:
             static = None  # a static number reused for another codec: only its name counts
@@ -408,6 +415,28 @@ class RtpSession(Node):
         self._channels = channels
         out = Format.encoded(codec, self._clock, channels)
         return {p: out for p in self.linked_outputs}
+
+    def _packetized(self, codec: Any) -> bool:
+        """Whether `codec`'s RTP payload format splits a frame over packets with a payload
+        descriptor (VP8, RFC 7741; H.264, RFC 6184): video, which a session sending one
+        frame per packet would send in a form no peer decodes."""
+        pf = self.registry.payload_formats.get(codec)
+        return pf is not None and getattr(pf, "packetizer", None) is not None
+
+    def _refuse_video(self, fmt: Format | None) -> None:
+        """Encoded video on the input: refused as a format mismatch, naming both ports and
+        both formats (what this input takes: the audio payload formats registered)."""
+        if fmt is None or not self._packetized(fmt.value("encoding")):
+            return
+        audio = tuple(sorted(name for name, pf in self.registry.payload_formats.items()
+                             if getattr(pf, "packetizer", None) is None))
+        takes = Format.encoded(audio or None)
+        links = self.graph.links_of(self.name) if self.graph is not None else []
+        ln = next((ln for ln in links if ln.dst == self.name and ln.dst_port == "in"), None)
+        src = f"{ln.src}.{ln.src_port}" if ln is not None else "its input"
+        file, line, column = getattr(ln, "where", None) or (None, None, None)
+        raise NegotiationError(f"cannot link {src} ({fmt}) to {self.name}.in ({takes})",
+                               hint=_VIDEO_HINT, file=file, line=line, column=column)
 
     def _clock_mismatch(self, codec: str, rate: int, clock: int,
                         static: tuple | None) -> ParamValueError:
