@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import struct
 import tempfile
@@ -22,6 +23,7 @@ from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
+from .staging import StagedFile
 from .wavfile import (
     DS64_SIZE,
     FORMAT_FLOAT,
@@ -34,6 +36,8 @@ from .wavfile import (
     samples_view,
     to_pcm,
 )
+
+log = logging.getLogger(__name__)
 
 # The largest RIFF size a 32-bit field holds; past it the writer turns the file into RF64.
 # A module constant so that a test can lower it instead of writing 4 GiB.
@@ -426,6 +430,13 @@ class WavRecorder(Node):
             # to the next rebuild (which may be of the file's format again) with the gap
             # still counted from where its audio ended, not emptied by a fresh writer.
             return getattr(self, "_carried", None)
+        if not self.failed:
+            # Asked only of a running call's graph: the call's file is at the path from now
+            # on (if nothing came yet), for the next recorder to append to.
+            try:
+                self._place()
+            except OSError as e:
+                self._give_up(e)
         if self._gap_since is not None and not self.failed:
             # No frame came since a rebuild (a hold): the silence so far goes in now, so the
             # file keeps the call's length whether or not a new part's recorder follows (the
@@ -466,12 +477,17 @@ class WavRecorder(Node):
             files[carried[1]] = carried[2]
         key = _file_key(self.path)
         self._earlier = tuple((k, s) for k, s in files.items() if k != key)
+        # Nothing has reached this recorder yet (no frame, no end of stream): a graph whose
+        # start fails stops it so, and a file already at the path is left as it was.
+        self._reached = False
+        self._file: StagedFile | None = None  # None: the call's own file, appended to
         try:
             if key is not None and key in files:
                 self._resume(fmt.value("encoding"))
                 self._gap_since = files[key]
             else:
-                self.writer = WavWriter(self.path, self.rate, self.channels,
+                self._file = StagedFile(str(self.path))
+                self.writer = WavWriter(self._file.temp, self.rate, self.channels,
                                         fmt.value("encoding"))
         except OSError as e:
             self._give_up(e)
@@ -489,6 +505,7 @@ class WavRecorder(Node):
                       path=self.path)
 
     def process(self, port: str, frame: AudioFrame) -> None:
+        self._reached = True
         if self.failed:
             self.counters.drops += 1
             return
@@ -531,8 +548,19 @@ class WavRecorder(Node):
         self.last_flush = time.monotonic()
         try:
             self.writer.write(data)
+            self._place()
         except OSError as e:
             self._give_up(e)
+
+    def event(self, port: str, event: Any) -> None:
+        self._reached = True  # (end of stream with no audio: an empty WAV, as before)
+        super().event(port, event)
+
+    def _place(self) -> None:
+        """The file has data (or the run has ended): from now on the path holds it."""
+        if self._file is not None and not self._file.placed:
+            self._file.place()
+            self.writer.path = self._file.target
 
     def _give_up(self, e: OSError) -> None:
         # Disk full, file too large, folder gone: stop this recorder, keep the graph (and
@@ -543,6 +571,15 @@ class WavRecorder(Node):
                   f"'{self.path}': {e.strerror} (hint: {hint})", path=self.path)
 
     def stop(self) -> None:
+        staged = getattr(self, "_file", None)
+        if getattr(self, "writer", None) is not None and not self._reached and \
+                staged is not None and not staged.placed:
+            # Stopped before anything came (the graph failed to start: another node's
+            # port was taken): a recording already at the path is the user's to keep.
+            self.writer.close()
+            staged.discard()
+            log.warning("%s", staged.nothing_written(self.name, self.path))
+            return
         if getattr(self, "writer", None) is not None:
             try:
                 if self._gap_since is not None and not self.failed:
@@ -552,6 +589,12 @@ class WavRecorder(Node):
                 self.flush()
             finally:
                 self.writer.close()
+                try:  # (what a write error left is the run's: whole frames, a valid WAV)
+                    self._place()
+                except OSError as e:
+                    self._give_up(e)
+        elif staged is not None:
+            staged.discard()  # (opening it failed: said then)
 
     def stats(self) -> dict[str, Any]:
         w = getattr(self, "writer", None)

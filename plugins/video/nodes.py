@@ -19,7 +19,7 @@ from av.video.reformatter import VideoReformatter
 from pipeline.formats import ENCODED, Format, narrow_to
 from pipeline.frames import EncodedFrame, EndOfStream, VideoFrame
 from pipeline.node import Node, Port
-from pipeline.params import Param
+from pipeline.params import Param, ParamValueError
 from plugins.basic.nodes import Tee
 from plugins.video.codec import CLOCK_RATE, VideoDecoder, VideoEncoder, size_problem
 from plugins.video.frames import PIX_FMTS, from_av, to_av
@@ -151,6 +151,29 @@ class VideoTee(Tee):
     outputs = (Port("out_%u", VIDEO, "the same frames, by reference"),)
 
 
+class FrameRate(float):
+    """Frames per second; accepts 30, 29.97 and a fraction as GStreamer caps write it
+    (framerate=30/1, 30000/1001)."""
+
+    type_name = "frame rate"  # as `pipeline inspect` and docs/yaml.md show it
+
+    @classmethod
+    def parse(cls, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"'{value}' is not a frame rate", "write 30, or 30000/1001")
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/")
+                return float(Fraction(int(num), int(den)))
+            return float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"'{text[:40]}' is not a frame rate",
+                             "write 30, or a fraction such as 30000/1001") from None
+
+
 # ---- encoder, decoder -------------------------------------------------------------------
 
 
@@ -227,18 +250,29 @@ class VideoDecoderNode(Node):
                   min=2, max=7680)
     height = Param(int, None, "output height (default: the encoder's upstream, else "
                    "downstream's)", min=2, max=4320)
-    fps = Param(float, None, "nominal frame rate of the output (default: the input's)",
+    fps = Param(FrameRate, None, "nominal frame rate of the output, e.g. 30 or 30000/1001 "
+                "(default: the input's)",
                 min=1.0, max=240.0)
     wait_for_keyframe = Param(bool, True, "drop pictures after an error until a keyframe")
     threads = Param(int, 1, "decoder threads (1: one core per graph)", min=1, max=64)
 
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
         # A codec set here is the only one it takes: another fails to link, not as a
-        # stream of decode errors.
-        return (Format.encoded(self.codec),) if self.codec else super().input_caps(port, offered)
+        # stream of decode errors. Video of the other codec is let through to negotiate(),
+        # which says to fix codec= (the link's hint was to insert a decoder and an encoder).
+        if not self.codec:
+            return super().input_caps(port, offered)
+        other = offered is not None and offered.media == ENCODED and \
+            offered.value("encoding") in VIDEO_CODECS
+        return (Format.encoded(self.codec),) + ((offered,) if other else ())
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         src = inputs["in"]
+        given = src.value("encoding")
+        if self.codec and given in VIDEO_CODECS and given != self.codec:
+            raise ParamValueError("codec", f"video_decoder codec={self.codec} cannot decode "
+                                  f"its input, {given} video", f"set codec={given}, or leave "
+                                  "codec out: the decoder takes its input's")
         codec = self.codec or src.value("encoding")
         if codec not in VIDEO_CODECS:
             raise ValueError(f"video_decoder input codec {codec!r} is not h264 or vp8")
@@ -247,8 +281,11 @@ class VideoDecoderNode(Node):
                             self.height or src.value("height"), self.fps or src.value("fps"))
         want = narrow_to(want, downstream)
         if want.value("width") is None or want.value("height") is None:
-            raise ValueError("video_decoder does not know the picture size: set width and "
-                             "height")
+            # Encoded video does not say its size until it is decoded, and the size fixes
+            # the formats of everything after the decoder.
+            raise ParamValueError("width", "video_decoder does not know the picture size",
+                                  "set width and height on it, or on the video_rtp_receiver "
+                                  "before it (e.g. width=640 height=480)")
         return {"out": fixate_video(want, defaults={"fps": 30.0})}
 
     def start(self) -> None:

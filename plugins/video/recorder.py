@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -11,11 +12,13 @@ import av
 import av.error
 import numpy as np
 
-from pipeline.formats import Format
+from pipeline.errors import GraphError
+from pipeline.formats import ENCODED, Format
 from pipeline.frames import AudioFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
+from plugins.files.staging import StagedFile
 from plugins.video.codec import size_problem
 from plugins.video.frames import to_av
 from plugins.video.nodes import (
@@ -27,6 +30,9 @@ from plugins.video.nodes import (
 
 log = logging.getLogger(__name__)
 
+# FFmpeg's muxer for each extension: the file is written under a hidden name first
+# (plugins.files.staging), whose extension does not say it.
+_MUXERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 _CONTAINERS = {  # extension: (default video codec, default audio codec, allowed video codecs)
     ".mp4": ("h264", "aac", ("h264",)),
     ".mov": ("h264", "aac", ("h264",)),
@@ -78,6 +84,8 @@ class VideoRecorder(Node):
     def validate(self) -> None:
         from plugins.files.nodes import check_writable
 
+        if Path(self.path).is_dir():  # (not "cannot write 'out' files")
+            check_writable("path", self.path)
         ext = Path(self.path).suffix.lower()
         if ext not in _CONTAINERS:
             raise ParamValueError("path", f"video_recorder cannot write '{ext or self.path}' "
@@ -88,8 +96,34 @@ class VideoRecorder(Node):
                                   f"use {' or '.join(_CONTAINERS[ext][2])}")
         check_writable("path", self.path)
 
+    def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
+        caps = super().input_caps(port, offered)
+        if port == "in" and self._encoder_before() is not None and offered is not None \
+                and offered.media == ENCODED:
+            # Let it link, for negotiate() to say to drop the encoder: the link's hint was
+            # to insert a decoder (encode, decode, then encode again).
+            return (*caps, offered)
+        return caps
+
+    def _encoder_before(self) -> str | None:
+        """The video_encoder feeding the video input directly, if one does."""
+        g = self.graph
+        for ln in g.links_of(self.name) if g is not None else ():
+            if ln.dst == self.name and ln.dst_port == "in" and \
+                    g.nodes[ln.src].kind == "video_encoder":
+                return ln.src
+        return None
+
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         src = inputs["in"]
+        if src.media == ENCODED:
+            g = self.graph
+            file, line, column = g.where.get(self.name) or (None, None, None)
+            raise GraphError(
+                f"node '{self.name}' ({self.kind}) takes raw video, not the "
+                f"{src.value('encoding')} video of '{self._encoder_before()}': it encodes "
+                "what it records itself", hint="drop the video_encoder before it (set codec= "
+                "and bitrate= on the recorder instead)", file=file, line=line, column=column)
         codec = self.codec or _CONTAINERS[Path(self.path).suffix.lower()][0]
         problem = size_problem(codec, src.value("width"), src.value("height"))
         if problem:  # else it fails only once the graph runs, in FFmpeg's words
@@ -106,8 +140,12 @@ class VideoRecorder(Node):
         codec = self.codec or _CONTAINERS[ext][0]
         name, options = _RECORD_ENCODERS[codec]
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Nothing has reached this recorder yet (no frame, no end of stream): a graph whose
+        # start fails stops it so, and leaves a file already at the path as it was.
+        self._reached = False
+        self._file = StagedFile(str(self.path))
         try:
-            self._container = av.open(str(self.path), "w",
+            self._container = av.open(self._file.temp, "w", format=_MUXERS[ext],
                                       container_options=dict(_CRASH_SAFE[ext]))
             fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
             vs = self._container.add_stream(name, rate=fps)
@@ -141,6 +179,7 @@ class VideoRecorder(Node):
         self._last_pts = -1
 
     def process(self, port: str, frame: Any) -> None:
+        self._reached = True
         if self.failed:
             self.counters.drops += 1
             return
@@ -176,11 +215,20 @@ class VideoRecorder(Node):
         self._c["audio_frames"] += 1
         self._mux(self._as.encode(af))
 
+    def event(self, port: str, event: Any) -> None:
+        self._reached = True  # (end of stream with no picture: a placeholder, below)
+        super().event(port, event)
+
     def _mux(self, packets: list) -> None:
         for p in packets:
             self._c["packets"] += 1
             self._c["bytes"] += p.size
             self._container.mux(p)
+        if packets and not self._file.placed:
+            # The run gives the file data (Matroska has its header and this packet on
+            # disk, flushed; MP4 its first fragment within a second): from now on the path
+            # holds this recording, whatever happens to the process.
+            self._file.place()
 
     def _placeholder(self) -> None:
         # A container with no video packet does not open (FFmpeg writes no header, or one
@@ -214,6 +262,11 @@ class VideoRecorder(Node):
     def stop(self) -> None:
         container = getattr(self, "_container", None)
         if container is None:
+            if getattr(self, "_file", None) is not None:
+                self._file.discard()  # (opening it failed: said then)
+            return
+        if not self._reached:
+            self._leave_as_it_was(container)
             return
         try:
             if not self.failed:
@@ -230,6 +283,21 @@ class VideoRecorder(Node):
                 container.close()  # writes the trailer: a full disk fails here too
             except (av.error.FFmpegError, ValueError, OSError) as e:
                 self._give_up(e)
+            try:  # (what a write error left is the run's, as a kill -9 leaves it)
+                self._file.place()
+            except OSError as e:
+                self._give_up(e)
+
+    def _leave_as_it_was(self, container: Any) -> None:
+        # Stopped before anything came: the graph failed to start (another node's port was
+        # taken), or stopped before its first frame. A recording already at the path is
+        # the user's, not one black picture's to replace.
+        self._container = None
+        with contextlib.suppress(av.error.FFmpegError, ValueError, OSError):
+            container.close()
+        self._file.discard()
+        self._c["left_as_it_was"] = 1
+        log.warning("%s", self._file.nothing_written(self.name, self.path))
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), **getattr(self, "_c", {}),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import secrets
 import socket
 import time
@@ -72,6 +73,8 @@ from plugins.rtp.stats import (
 )
 from plugins.video.codec import CLOCK_RATE
 from plugins.video.nodes import VIDEO_CODECS, encoded_video
+
+log = logging.getLogger(__name__)
 
 _MAX_DATAGRAM = 65535
 _BATCH = 64  # datagrams drained per readiness callback before yielding to the loop
@@ -494,8 +497,8 @@ class VideoRtpReceiver(_UdpNode):
     sender = Param(str, None, "video_rtp_sender to hand the peer's PLIs, FIRs and reports "
                    "that arrive here (its RTCP goes to the port the SDP named, ours)")
     pli_interval = Param(Duration, 0.5, "least time between two PLIs, e.g. 200ms", min=0.01)
-    timeout = Param(Duration, 0.0, "end the stream after this long without RTP (0: never)",
-                    min=0.0)
+    timeout = Param(Duration, 0.0, "end the stream after this long without RTP it takes, "
+                    "from the start until some comes (0: never)", min=0.0)
 
     def validate(self) -> None:
         if self.remote_ip and self.remote_port:
@@ -526,6 +529,9 @@ class VideoRtpReceiver(_UdpNode):
         self._last_pts = 0
         self._last_pli = -1e9
         self._last_rx: float | None = None
+        # Until RTP is taken, the timeout counts from the first tick (as GStreamer's udpsrc
+        # timeout does): with nothing sent, or all of another payload type, it never fired.
+        self._first_tick: float | None = None
         self._decoder = _nearest(self, "keyframe_needed", upstream=False)
         self._c = dict.fromkeys(("packets_received", "bytes_received", "frames", "dropped_bad",
                                  "dropped_pt", "dropped_foreign", "ssrc_changes", "pli_sent",
@@ -555,6 +561,12 @@ class VideoRtpReceiver(_UdpNode):
             return
         if self.payload_type >= 0 and pkt.payload_type != self.payload_type:
             c["dropped_pt"] += 1
+            if c["dropped_pt"] == 1:  # once: a wrong number drops every packet
+                log.warning("video_rtp_receiver '%s': dropping RTP of payload type %d from "
+                            "%s:%d: it takes %d; if the peer sends %s as %d, set "
+                            "payload_type=%d (or -1 for any)", self.name, pkt.payload_type,
+                            addr[0], addr[1], self.payload_type, self.codec,
+                            pkt.payload_type, pkt.payload_type)
             return
         if self._media_ssrc is None:
             self._media_ssrc = pkt.ssrc
@@ -662,7 +674,10 @@ class VideoRtpReceiver(_UdpNode):
         t = self._now()
         self._maybe_pli(t)
         self._report_due(t)
-        if self.timeout and self._last_rx is not None and t - self._last_rx >= self.timeout:
+        if self._first_tick is None:
+            self._first_tick = t
+        since = self._last_rx if self._last_rx is not None else self._first_tick
+        if self.timeout and t - since >= self.timeout:
             self.send_eos()
 
     def stats(self) -> dict[str, Any]:

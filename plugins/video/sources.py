@@ -25,6 +25,7 @@ from plugins.video.frames import from_av
 from plugins.video.nodes import (
     DEFAULT_SIZE,
     YUV420P,
+    FrameRate,
     Reformatter,
     fixate_video,
 )
@@ -46,7 +47,8 @@ class VideoTestSource(Node):
                   min=32, max=7680)
     height = Param(int, None, "picture height (default: what downstream prefers, else 480)",
                    min=40, max=4320)
-    fps = Param(float, None, "frames per second (default: downstream's, else 30)",
+    fps = Param(FrameRate, None, "frames per second, e.g. 30 or 30000/1001 (default: "
+                "downstream's, else 30)",
                 min=1.0, max=240.0)
     duration = Param(Duration, None, "length, e.g. 10s (default: endless)", min=0)
 
@@ -66,6 +68,10 @@ class VideoTestSource(Node):
         self.fps = float(fmt.value("fps"))
         self._gen = PatternGenerator(fmt.value("width"), fmt.value("height"), fps=self.fps)
         self._index = 0
+        # Media time of the first tick: frames count from there. A call graph joins a
+        # graph that has run for a while (a server idle for 12 s): counted from the graph's
+        # zero, the source sent 12 s of frames at once, as dtmf_events once did.
+        self._t0: float | None = None
         self._total = None if self.duration is None else int(np.ceil(self.duration * self.fps
                                                                       - 1e-9))
         self._body = None if self.pattern == "moving" else self._static_body(self.pattern)
@@ -88,7 +94,9 @@ class VideoTestSource(Node):
         return y, u, v
 
     def tick(self, now: float) -> None:
-        horizon = now + self.graph.period
+        if self._t0 is None:
+            self._t0 = now
+        horizon = now - self._t0 + self.graph.period
         while self._index / self.fps < horizon - 1e-9:
             if self._total is not None and self._index >= self._total:
                 self.send_eos()
@@ -237,6 +245,7 @@ class VideoFileSource(Node):
         self._ajump: tuple[int, int] | None = None
         self._video_end = -1.0
         self._eof = False
+        self._since: float | None = None  # media time of the first tick (as video_test_source)
         self._c = dict.fromkeys(("frames", "decode_errors", "demux_errors", "dropped_corrupt",
                                  "resized", "pts_repaired", "audio_repaired"), 0)
 
@@ -415,8 +424,10 @@ class VideoFileSource(Node):
             self._adrop = -off  # an overlap with what is placed
 
     def tick(self, now: float) -> None:
+        if self._since is None:
+            self._since = now
         period = self.graph.period
-        horizon = now + period
+        horizon = now - self._since + period
         q = self._queue
         while not self._eof and (self._video_end < horizon or (
                 self._audio and self._audio_end < horizon + period)):
