@@ -122,6 +122,7 @@ def _recorder(path: Path, rate: int, state=None) -> WavRecorder:
     if state is not None:
         rec.restore_state(state)
     rec.start()
+    rec._open()  # as the first frame does (the file is opened then, not at start)
     return rec
 
 

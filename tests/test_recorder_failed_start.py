@@ -123,3 +123,16 @@ def test_sigkill_still_leaves_a_playable_recording_at_the_path(tmp_path):
             proc.kill()
     assert _decoded_frames(path) >= 10
     assert os.listdir(tmp_path) == ["rec.mkv"]
+
+
+def test_a_run_rewrites_the_file_in_place(tmp_path):
+    # The file is emptied and written where it is, as an editor saving in place does: its
+    # mode (a private call's 0600), owner and hard links stay (a file written beside it
+    # and renamed over it came back 0644, and the other link kept the old recording).
+    path, link = tmp_path / "a.wav", tmp_path / "b.wav"
+    run_graph(f"tone rate=8000 duration=0.5s ! wav_recorder path={path}", launch=True)
+    os.chmod(path, 0o600)
+    os.link(path, link)
+    run_graph(f"tone rate=8000 duration=1s ! wav_recorder path={path}", launch=True)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert path.samefile(link) and len(read_wav(link)[0]) == 8000

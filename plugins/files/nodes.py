@@ -23,7 +23,6 @@ from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
-from .staging import StagedFile
 from .wavfile import (
     DS64_SIZE,
     FORMAT_FLOAT,
@@ -424,19 +423,14 @@ class WavRecorder(Node):
         of `${call.*}` values that changed, then changed back, goes on with its file). Not
         the open writer: `stop()` flushes and closes it, and the next recorder reads the
         sizes from the file itself."""
+        if not getattr(self, "_reached", True):
+            self._open()  # (a running call's: its file from now on, for the next part)
         if getattr(self, "writer", None) is None:
             # Never opened: nothing of the call's is in it; unless this recorder refused the
             # file it was handed (another rate): the file is still the call's, so it goes on
             # to the next rebuild (which may be of the file's format again) with the gap
             # still counted from where its audio ended, not emptied by a fresh writer.
             return getattr(self, "_carried", None)
-        if not self.failed:
-            # Asked only of a running call's graph: the call's file is at the path from now
-            # on (if nothing came yet), for the next recorder to append to.
-            try:
-                self._place()
-            except OSError as e:
-                self._give_up(e)
         if self._gap_since is not None and not self.failed:
             # No frame came since a rebuild (a hold): the silence so far goes in now, so the
             # file keeps the call's length whether or not a new part's recorder follows (the
@@ -477,20 +471,26 @@ class WavRecorder(Node):
             files[carried[1]] = carried[2]
         key = _file_key(self.path)
         self._earlier = tuple((k, s) for k, s in files.items() if k != key)
-        # Nothing has reached this recorder yet (no frame, no end of stream): a graph whose
-        # start fails stops it so, and a file already at the path is left as it was.
+        # A new file is opened (emptied) at the first frame or end of stream, not here: a
+        # graph whose start fails after this (another node's port taken) leaves a recording
+        # already at the path as it was. The call's own file is appended to from here on.
+        self._encoding = fmt.value("encoding")
         self._reached = False
-        self._file: StagedFile | None = None  # None: the call's own file, appended to
         try:
             if key is not None and key in files:
                 self._resume(fmt.value("encoding"))
                 self._gap_since = files[key]
-            else:
-                self._file = StagedFile(str(self.path))
-                self.writer = WavWriter(self._file.temp, self.rate, self.channels,
-                                        fmt.value("encoding"))
+                self._reached = True
         except OSError as e:
             self._give_up(e)
+
+    def _open(self) -> None:
+        self._reached = True
+        if self.writer is None and not self.failed:
+            try:
+                self.writer = WavWriter(self.path, self.rate, self.channels, self._encoding)
+            except OSError as e:
+                self._give_up(e)
 
     def _resume(self, encoding: str) -> None:
         try:
@@ -505,7 +505,8 @@ class WavRecorder(Node):
                       path=self.path)
 
     def process(self, port: str, frame: AudioFrame) -> None:
-        self._reached = True
+        if not self._reached:
+            self._open()
         if self.failed:
             self.counters.drops += 1
             return
@@ -548,19 +549,8 @@ class WavRecorder(Node):
         self.last_flush = time.monotonic()
         try:
             self.writer.write(data)
-            self._place()
         except OSError as e:
             self._give_up(e)
-
-    def event(self, port: str, event: Any) -> None:
-        self._reached = True  # (end of stream with no audio: an empty WAV, as before)
-        super().event(port, event)
-
-    def _place(self) -> None:
-        """The file has data (or the run has ended): from now on the path holds it."""
-        if self._file is not None and not self._file.placed:
-            self._file.place()
-            self.writer.path = self._file.target
 
     def _give_up(self, e: OSError) -> None:
         # Disk full, file too large, folder gone: stop this recorder, keep the graph (and
@@ -570,15 +560,18 @@ class WavRecorder(Node):
         self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
                   f"'{self.path}': {e.strerror} (hint: {hint})", path=self.path)
 
+    def event(self, port: str, event: Any) -> None:
+        if not self._reached:
+            self._open()  # (end of stream with no audio: an empty WAV)
+        super().event(port, event)
+
     def stop(self) -> None:
-        staged = getattr(self, "_file", None)
-        if getattr(self, "writer", None) is not None and not self._reached and \
-                staged is not None and not staged.placed:
-            # Stopped before anything came (the graph failed to start: another node's
-            # port was taken): a recording already at the path is the user's to keep.
-            self.writer.close()
-            staged.discard()
-            log.warning("%s", staged.nothing_written(self.name, self.path))
+        if not getattr(self, "_reached", True):
+            # Stopped before anything came (the graph failed to start, or stopped first):
+            # nothing was opened, and a recording already at the path is the user's.
+            kept = f"'{self.path}' left as it was" if os.path.exists(self.path) else \
+                f"no file written to '{self.path}'"
+            log.warning("recorder '%s' got nothing to record: %s", self.name, kept)
             return
         if getattr(self, "writer", None) is not None:
             try:
@@ -589,12 +582,6 @@ class WavRecorder(Node):
                 self.flush()
             finally:
                 self.writer.close()
-                try:  # (what a write error left is the run's: whole frames, a valid WAV)
-                    self._place()
-                except OSError as e:
-                    self._give_up(e)
-        elif staged is not None:
-            staged.discard()  # (opening it failed: said then)
 
     def stats(self) -> dict[str, Any]:
         w = getattr(self, "writer", None)

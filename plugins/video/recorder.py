@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from pipeline.frames import AudioFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
-from plugins.files.staging import StagedFile
 from plugins.video.codec import size_problem
 from plugins.video.frames import to_av
 from plugins.video.nodes import (
@@ -30,9 +29,6 @@ from plugins.video.nodes import (
 
 log = logging.getLogger(__name__)
 
-# FFmpeg's muxer for each extension: the file is written under a hidden name first
-# (plugins.files.staging), whose extension does not say it.
-_MUXERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 _CONTAINERS = {  # extension: (default video codec, default audio codec, allowed video codecs)
     ".mp4": ("h264", "aac", ("h264",)),
     ".mov": ("h264", "aac", ("h264",)),
@@ -135,17 +131,21 @@ class VideoRecorder(Node):
         self._container = None
         self._c = dict.fromkeys(("video_frames", "audio_frames", "packets", "bytes",
                                  "dropped_late"), 0)
+        # The file is opened (emptied) at the first frame or end of stream, not here: a
+        # graph whose start fails after this (another node's port taken) leaves a
+        # recording already at the path as it was.
+        self._reached = False
+        self._last_pts = -1
+
+    def _open(self) -> None:
+        self._reached = True
         fmt = self.in_formats["in"]
         ext = Path(self.path).suffix.lower()
         codec = self.codec or _CONTAINERS[ext][0]
         name, options = _RECORD_ENCODERS[codec]
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Nothing has reached this recorder yet (no frame, no end of stream): a graph whose
-        # start fails stops it so, and leaves a file already at the path as it was.
-        self._reached = False
-        self._file = StagedFile(str(self.path))
         try:
-            self._container = av.open(self._file.temp, "w", format=_MUXERS[ext],
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.path), "w",
                                       container_options=dict(_CRASH_SAFE[ext]))
             fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
             vs = self._container.add_stream(name, rate=fps)
@@ -179,7 +179,8 @@ class VideoRecorder(Node):
         self._last_pts = -1
 
     def process(self, port: str, frame: Any) -> None:
-        self._reached = True
+        if not self._reached:
+            self._open()
         if self.failed:
             self.counters.drops += 1
             return
@@ -216,7 +217,8 @@ class VideoRecorder(Node):
         self._mux(self._as.encode(af))
 
     def event(self, port: str, event: Any) -> None:
-        self._reached = True  # (end of stream with no picture: a placeholder, below)
+        if not self._reached:
+            self._open()  # (end of stream with no picture: a placeholder, below)
         super().event(port, event)
 
     def _mux(self, packets: list) -> None:
@@ -224,11 +226,6 @@ class VideoRecorder(Node):
             self._c["packets"] += 1
             self._c["bytes"] += p.size
             self._container.mux(p)
-        if packets and not self._file.placed:
-            # The run gives the file data (Matroska has its header and this packet on
-            # disk, flushed; MP4 its first fragment within a second): from now on the path
-            # holds this recording, whatever happens to the process.
-            self._file.place()
 
     def _placeholder(self) -> None:
         # A container with no video packet does not open (FFmpeg writes no header, or one
@@ -260,13 +257,15 @@ class VideoRecorder(Node):
                   path=self.path)
 
     def stop(self) -> None:
+        if not getattr(self, "_reached", True):
+            # Stopped before anything came (the graph failed to start, or stopped first):
+            # nothing was opened, and a recording already at the path is the user's.
+            kept = f"'{self.path}' left as it was" if os.path.exists(self.path) else \
+                f"no file written to '{self.path}'"
+            log.warning("recorder '%s' got nothing to record: %s", self.name, kept)
+            return
         container = getattr(self, "_container", None)
         if container is None:
-            if getattr(self, "_file", None) is not None:
-                self._file.discard()  # (opening it failed: said then)
-            return
-        if not self._reached:
-            self._leave_as_it_was(container)
             return
         try:
             if not self.failed:
@@ -283,21 +282,6 @@ class VideoRecorder(Node):
                 container.close()  # writes the trailer: a full disk fails here too
             except (av.error.FFmpegError, ValueError, OSError) as e:
                 self._give_up(e)
-            try:  # (what a write error left is the run's, as a kill -9 leaves it)
-                self._file.place()
-            except OSError as e:
-                self._give_up(e)
-
-    def _leave_as_it_was(self, container: Any) -> None:
-        # Stopped before anything came: the graph failed to start (another node's port was
-        # taken), or stopped before its first frame. A recording already at the path is
-        # the user's, not one black picture's to replace.
-        self._container = None
-        with contextlib.suppress(av.error.FFmpegError, ValueError, OSError):
-            container.close()
-        self._file.discard()
-        self._c["left_as_it_was"] = 1
-        log.warning("%s", self._file.nothing_written(self.name, self.path))
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), **getattr(self, "_c", {}),
