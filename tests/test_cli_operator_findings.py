@@ -208,11 +208,10 @@ def test_serve_prints_one_line_for_an_invite_it_refuses(tmp_path):
 
 
 # ---- 2. an IVR whose call stays up after its prompt -------------------------------------
-def test_the_ivr_example_keeps_the_call_up_after_its_prompt_and_reports_digits(tmp_path):
-    # A prompt -> encoder -> rtp_session call graph sent no RTP once the prompt ended, and
-    # the caller's RTP timeout hung up. The example mixes in silence: the call outlives its
-    # prompt (0.5 s) well past the caller's --rtp-timeout (1 s), until the caller's
-    # --duration ends it; the prompt is heard, digits are event lines, the caller recorded.
+def _call_the_ivr(tmp_path: Path, *call_args: str) -> tuple[subprocess.CompletedProcess,
+                                                           list[str]]:
+    """graphs/calls/ivr.yaml served (a 0.5 s 600 Hz prompt, recordings under rec/), called
+    once by `pipeline call CALL_ARGS`: the call's process and the server's lines."""
     write_wav(tmp_path / "prompt.wav", sine(600, 8000, 0.5, amplitude=0.25), 8000)
     server = serve(tmp_path, server_yaml(
         "    call_graph_params: {prompt: prompt.wav, recdir: rec}", call_graph=IVR))
@@ -220,13 +219,23 @@ def test_the_ivr_example_keeps_the_call_up_after_its_prompt_and_reports_digits(t
     try:
         done = subprocess.run(
             [sys.executable, "-m", "pipeline", "call", f"sip:ivr@127.0.0.1:{port}",
-             "--graph", str(DIAL_DIGITS), "-p", "digits=12#", "-p", "delay=200ms",
-             "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu,telephone-event",
-             "--rtp-timeout", "1s", "--duration", "3s"], cwd=tmp_path,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+             *call_args], cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=60)
         server.line(r" call-ended ")
     finally:
         lines = server.finish(signal.SIGTERM)
+    return done, lines
+
+
+def test_the_ivr_example_keeps_the_call_up_after_its_prompt_and_reports_digits(tmp_path):
+    # A prompt -> encoder -> rtp_session call graph sent no RTP once the prompt ended, and
+    # the caller's RTP timeout hung up. The example mixes in silence: the call outlives its
+    # prompt (0.5 s) well past the caller's --rtp-timeout (1 s), until the caller's
+    # --duration ends it; the prompt is heard, digits are event lines, the caller recorded.
+    done, lines = _call_the_ivr(
+        tmp_path, "--graph", str(DIAL_DIGITS), "-p", "digits=12#", "-p", "delay=200ms",
+        "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu,telephone-event",
+        "--rtp-timeout", "1s", "--duration", "3s")
     err = done.stderr.splitlines()
     assert done.returncode == 0, err
     (ended,) = [line for line in err if " call-ended " in line]
@@ -252,19 +261,9 @@ def test_the_ivr_example_reports_in_band_digits_of_a_caller_without_telephone_ev
         'rate: "${call.rate}"}')
     assert "dtmf_tone" in caller
     (tmp_path / "caller.yaml").write_text(caller)
-    write_wav(tmp_path / "prompt.wav", sine(600, 8000, 0.5, amplitude=0.25), 8000)
-    server = serve(tmp_path, server_yaml(
-        "    call_graph_params: {prompt: prompt.wav, recdir: rec}", call_graph=IVR))
-    port = server.port()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pipeline", "call", f"sip:ivr@127.0.0.1:{port}",
-             "--graph", str(tmp_path / "caller.yaml"), "-p", f"heard={tmp_path / 'h.wav'}",
-             "--codecs", "pcmu", "--duration", "2s"], cwd=tmp_path,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-        server.line(r" call-ended ")
-    finally:
-        lines = server.finish(signal.SIGTERM)
+    done, lines = _call_the_ivr(
+        tmp_path, "--graph", str(tmp_path / "caller.yaml"), "-p", f"heard={tmp_path / 'h.wav'}",
+        "--codecs", "pcmu", "--duration", "2s")
     assert done.returncode == 0, done.stderr
     digits = [re.fullmatch(STAMP + r"call-1/keys: dtmf digit=(.) duration_ms=(\d+)", line)
               for line in lines]

@@ -199,35 +199,60 @@ def register_node_types():
 '''
 
 
+def _with_crasher(graph_text: str, chain: str, with_bug: str) -> str:
+    """A graph's text with CRASHY's node `bug` put into its chain `chain` (as `with_bug`)."""
+    assert chain in graph_text
+    return "plugins: [./crashy.py]\n" + graph_text.replace(
+        "nodes:\n", "nodes:\n  bug: {type: crasher}\n", 1).replace(chain, with_bug)
+
+
+async def _serve_and_call(tmp_path, server_graph, caller_graph):
+    """`serve server_graph` on a free port, called once by `pipeline call --graph
+    caller_graph` (PCMU, at most 20 s): the server's lines, the call's exit code and lines,
+    once the call has ended on both sides."""
+    seen: list[str] = []
+    server = await _start("serve", str(server_graph), "-p", "port=0", cwd=tmp_path)
+    try:
+        listening = await _line(server, r"sip-listening", seen)
+        port = int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
+        call = await _start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(caller_graph),
+                            "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu",
+                            "--duration", "20s", cwd=tmp_path)
+        _, call_err = await asyncio.wait_for(call.communicate(), WAIT)
+        await _line(server, r" call-ended ", seen)
+    finally:
+        server.send_signal(signal.SIGTERM)
+    return await _rest(server, seen), call.returncode, call_err.decode().splitlines()
+
+
+def _crash_server(tmp_path, call_graph, early=False):
+    server = tmp_path / "server.yaml"
+    text = ECHO_SERVER.read_text().replace(
+        "${graph_dir}/calls/echo.yaml", str(call_graph)).replace(
+        "rtp_port_range: 30000-30999", "rtp_port_range: 36000-36999")
+    server.write_text(_early_media(text) if early else text)
+    return server
+
+
+def _early_media(server_text: str) -> str:
+    """The echo server's text, answering with early media (its call graph runs then) and
+    only after 60 s."""
+    assert "    rtp_timeout: 30s\n" in server_text
+    return server_text.replace("    rtp_timeout: 30s\n", "    rtp_timeout: 30s\n"
+                               "    early_media: true\n    answer_after: 60s\n")
+
+
 @pytest.mark.parametrize("early", [False, True], ids=["answered", "early-media"])
 def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path, early):
     # A plugin that raised in a call's graph ended the call as `reason=local hangup`,
     # without the call's prefix (a grep for call-1/ missed its end), and the error line
     # lacked the exception's type and the plugin to blame, which `launch` gives.
     (tmp_path / "crashy.py").write_text(CRASHY)
-    echo = (ROOT / "graphs" / "calls" / "echo.yaml").read_text()
     call_graph = tmp_path / "crash-call.yaml"
-    call_graph.write_text("plugins: [./crashy.py]\n" + echo.replace(
-        "nodes:\n", "nodes:\n  bug: {type: crasher}\n", 1).replace(
-        "rtp -> dec -> enc", "rtp -> dec -> bug -> enc"))
-
-    async def run_():
-        seen: list[str] = []
-        server = await _start("serve", str(_crash_server(tmp_path, call_graph, early)),
-                              cwd=tmp_path)
-        try:
-            listening = await _line(server, r"sip-listening", seen)
-            port = int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
-            caller = await _start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
-                                  "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu",
-                                  "--duration", "20s", cwd=tmp_path)
-            await _line(server, r" call-ended ", seen)
-            _, call_err = await asyncio.wait_for(caller.communicate(), WAIT)
-        finally:
-            server.send_signal(signal.SIGTERM)
-        return await _rest(server, seen), call_err.decode().splitlines()
-
-    lines, call_err = asyncio.run(run_())
+    call_graph.write_text(_with_crasher((ROOT / "graphs" / "calls" / "echo.yaml").read_text(),
+                                        "rtp -> dec -> enc", "rtp -> dec -> bug -> enc"))
+    lines, _, call_err = asyncio.run(_serve_and_call(
+        tmp_path, _crash_server(tmp_path, call_graph, early), CALLER))
     (error,) = [line for line in lines if " error " in line]
     assert re.fullmatch(
         r"pipeline: \d\d:\d\d:\d\d\.\d{3} call-1/bug: error message=node 'call-1/bug': "
@@ -241,52 +266,19 @@ def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path, earl
     assert any(theirs in line for line in call_err), call_err
 
 
-def _crash_server(tmp_path, call_graph, early=False):
-    server = tmp_path / "server.yaml"
-    text = ECHO_SERVER.read_text().replace(
-        "${graph_dir}/calls/echo.yaml", str(call_graph)).replace(
-        "rtp_port_range: 30000-30999", "rtp_port_range: 36000-36999")
-    if early:  # the call graph runs as early media; the call is refused (500) when it fails
-        text = text.replace("    rtp_timeout: 30s\n", "    rtp_timeout: 30s\n"
-                            "    early_media: true\n    answer_after: 60s\n")
-    server.write_text(text)
-    return server
-
-
 def test_pipeline_call_whose_own_graph_fails_exits_1_saying_so(tmp_path):
     # Answered, our own node raised, we hung up: the command exited 0 with an event line
     # last, as if the call had gone well; in early media (the far end's 183) it said "it
     # rang but nobody answered" and blamed --duration.
     (tmp_path / "crashy.py").write_text(CRASHY)
     caller = tmp_path / "caller.yaml"
-    caller.write_text("plugins: [./crashy.py]\n" + CALLER.read_text().replace(
-        "nodes:\n", "nodes:\n  bug: {type: crasher}\n", 1).replace(
-        "jb -> dec -> rec", "jb -> dec -> bug -> rec"))
-
-    async def run_(server_graph):
-        seen: list[str] = []
-        server = await _start("serve", str(server_graph), "-p", "port=0", cwd=tmp_path)
-        try:
-            listening = await _line(server, r"sip-listening", seen)
-            port = int(re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1))
-            call = await _start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(caller),
-                                "-p", f"heard={tmp_path / 'heard.wav'}", "--codecs", "pcmu",
-                                "--duration", "20s", cwd=tmp_path)
-            _, call_err = await asyncio.wait_for(call.communicate(), WAIT)
-            await _line(server, r" call-ended ", seen)
-        finally:
-            server.send_signal(signal.SIGTERM)
-        await _rest(server, seen)
-        return call.returncode, call_err.decode().splitlines()
-
+    caller.write_text(_with_crasher(CALLER.read_text(), "jb -> dec -> rec",
+                                    "jb -> dec -> bug -> rec"))
     early = tmp_path / "early-server.yaml"  # the far end plays early media, answers late
-    early.write_text(ECHO_SERVER.read_text().replace(
-        "${graph_dir}", str(ECHO_SERVER.parent)).replace(
-        "    rtp_timeout: 30s\n", "    rtp_timeout: 30s\n    early_media: true\n"
-        "    answer_after: 60s\n"))
-    assert "early_media" in early.read_text()
+    early.write_text(_early_media(ECHO_SERVER.read_text().replace(
+        "${graph_dir}", str(ECHO_SERVER.parent))))
     for server_graph in (ECHO_SERVER, early):
-        code, err = asyncio.run(run_(server_graph))
+        _, code, err = asyncio.run(_serve_and_call(tmp_path, server_graph, caller))
         assert code == 1, err
         assert re.fullmatch(r"pipeline: error: call to sip:echo@127\.0\.0\.1:\d+ failed: its "
                             r"call graph failed: node 'call-1/bug': ZeroDivisionError: "
