@@ -136,3 +136,18 @@ def test_a_run_rewrites_the_file_in_place(tmp_path):
     run_graph(f"tone rate=8000 duration=1s ! wav_recorder path={path}", launch=True)
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert path.samefile(link) and len(read_wav(link)[0]) == 8000
+
+
+def test_a_room_recording_survives_a_graph_that_fails_to_start(tmp_path, taken_port, caplog):
+    # The conference opened (emptied) its tracks and manifest as it started, before the
+    # node whose start then failed: 96,080 bytes of the room's mix became a bare header.
+    room = f"tone rate=48000 duration=1s ! conference name=room record_dir={tmp_path} ! " \
+        "null_sink"
+    run_graph(room, launch=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(before) >= 2  # the mix and the manifest at least
+    with pytest.raises(NodeError, match="cannot bind"):
+        run_graph(_failing(taken_port) + room, launch=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert any("conference 'room' got nothing to record" in r.getMessage()
+               for r in caplog.records)

@@ -15,6 +15,7 @@ Joins, leaves, mutes, deafens and gain changes ramp over `ramp_ms`, so none of t
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,8 @@ MAX_PORT_NUMBER = 10**9 - 1
 # Written exactly as the bridge writes them back (f"in_{k}"): no leading zeros, no signs.
 _PORT_RE = re.compile(r"(in|out)_(0|[1-9][0-9]{0,8})")
 _NAME_KEY_RE = re.compile(r"(?:in_|out_)?(0|[1-9][0-9]{0,8})")  # keys of `names`
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, eq=False)
@@ -281,14 +284,12 @@ class ConferenceBridge(Node):
         self._outs: list[tuple[str, int]] = []
         self._kept: set[int] = set()  # participants whose ports are being rebuilt
         self.dtmf_events = 0
+        # The recording starts at the first tick, not here: the recorder empties the files
+        # it opens, and a graph whose start fails after this (another node's port taken)
+        # must leave an earlier recording of the room as it was.
         self.recorder: RoomRecorder | None = None
-        if self.record_dir is not None:
-            channels = self._record_channels() if self.record_layout == "multichannel" else 1
-            self.recorder = RoomRecorder(
-                str(self.record_dir), self.name, fmt=self.record_format,
-                layout=self.record_layout, rate=self.rate, tracks=self.record_tracks,
-                channels=channels, flush_seconds=self.record_flush, on_error=self._record_error)
-            self.recorder.start()
+        self._record_pending = self.record_dir is not None
+        self._early_call_ids: dict[int, str] = {}  # told before the recording started
         for k in self._linked_numbers():  # checked against max_participants in validate()
             p = self._join(k, ramp_in=False)
             if f"in_{k}" in self.linked_inputs:
@@ -509,6 +510,8 @@ class ConferenceBridge(Node):
         # leaves what was told (an application naming a caller anew).
         if call_id is not None and self.__dict__.get("recorder") is not None:
             self.recorder.set_call_id(k, call_id)
+        elif call_id is not None and self.__dict__.get("_record_pending"):
+            self._early_call_ids[k] = call_id
         p = self.by_number.get(k) if hasattr(self, "by_number") else None
         # The same identity again (in_k and out_k named in turn, a rebuilt call graph
         # naming its kept participant) is no rename: the track keeps its file.
@@ -627,7 +630,23 @@ class ConferenceBridge(Node):
         self._outs = [(f"out_{p.number}", p.row) for p in self.by_number.values() if p.has_out]
         self._dirty = False
 
+    def _start_recording(self) -> None:
+        """Open the room's files (at its first tick) with everyone present from time 0."""
+        self._record_pending = False
+        channels = self._record_channels() if self.record_layout == "multichannel" else 1
+        self.recorder = RoomRecorder(
+            str(self.record_dir), self.name, fmt=self.record_format,
+            layout=self.record_layout, rate=self.rate, tracks=self.record_tracks,
+            channels=channels, flush_seconds=self.record_flush, on_error=self._record_error)
+        self.recorder.start()
+        for k, call_id in self._early_call_ids.items():
+            self.recorder.set_call_id(k, call_id)
+        for p in self.by_number.values():  # in the order they joined
+            self.recorder.join(p.number, p.identity)
+
     def tick(self, now: float) -> None:
+        if self._record_pending:
+            self._start_recording()
         n, core = self.m, self.core
         ended: list[Participant] = []  # inputs whose end-of-stream is reached this period
         if self._dirty:
@@ -749,6 +768,9 @@ class ConferenceBridge(Node):
     def stop(self) -> None:
         if getattr(self, "recorder", None) is not None:
             self.recorder.close()
+        elif getattr(self, "_record_pending", False):
+            log.warning("conference '%s' got nothing to record (it never ran): the files "
+                        "in '%s' are left as they were", self.name, self.record_dir)
 
     def goes_on(self) -> str | None:
         return ("a persistent room waits for new participants (persistent: false ends it "
