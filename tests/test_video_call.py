@@ -221,9 +221,12 @@ def test_video_call_between_two_endpoints_carries_counted_frames(codec):
         caller = Endpoint(endpoint_yaml("alice", "[vp8, h264]", "34100-34199",
                                         f'    dial: "sip:bob@127.0.0.1:{port}"'))
         est = await callee.wait("call-established")
-        await caller.wait("call-established")
+        dialled = await caller.wait("call-established")
         values = callee.node.part_values[est.data["call_id"]]
         assert values["video_codec"] == codec
+        # The event lines say the video codec agreed, as `codec` says the audio's.
+        assert est.data["video"] == dialled.data["video"] == codec
+        assert (await callee.wait("call-incoming")).data["video"] == codec
         assert values["remote_video_port"] != values["remote_rtp_port"]
         prefix = est.data["prefix"]
         seen = callee.graph.nodes[prefix + "seen"]

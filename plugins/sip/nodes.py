@@ -355,6 +355,15 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         info = codec_info(media, self.codec_infos)
         return media.encoding if info is None else info.name
 
+    def _media_fields(self, media: NegotiatedMedia | None) -> dict[str, str | None]:
+        """A call event's `codec`, and `video` (its codec) when a video stream was agreed."""
+        if media is None:
+            return {"codec": None}
+        fields: dict[str, str | None] = {"codec": self._codec_name(media)}
+        if media.video is not None:
+            fields["video"] = media.video.encoding
+        return fields
+
     def _pump(self, events: bool = True) -> None:
         if self.transport is None:
             return
@@ -411,8 +420,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
             # The part is not there yet: the prefix it will run under if answered.
             coming = {} if self.call_graph is None else {"prefix": f"call-{call.number}/"}
             self.post("call-incoming", call_id=call.call_id, caller=call.caller,
-                      callee=call.callee, codec=None if event.media is None
-                      else self._codec_name(event.media), **coming)
+                      callee=call.callee, **self._media_fields(event.media), **coming)
             if call.state != "incoming" or call.call_id in self.parts:
                 return  # a listener of call-incoming answered (or ended) it already
             if self.room is not None and self._refused_room_full(call.call_id):
@@ -426,7 +434,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                     return
                 self.ua.send_progress(call.call_id, self._loop.time())
                 self.post("call-early-media", call_id=call.call_id,
-                          codec=self._codec_name(call.media), prefix=self._prefix(call))
+                          **self._media_fields(call.media), prefix=self._prefix(call))
             # A call that replaces one of ours (RFC 3891, an attended transfer) is answered
             # whatever auto_answer says, and at once: the user consented by taking part.
             if call.replaces is not None or (self.auto_answer and not self.answer_after):
@@ -440,7 +448,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
             if not self._start_part(event.call, event.media):
                 return
             self.post("call-early-media", call_id=event.call.call_id,
-                      codec=self._codec_name(event.media), prefix=self._prefix(event.call))
+                      **self._media_fields(event.media), prefix=self._prefix(event.call))
         elif isinstance(event, sipevents.CallEstablished):
             call = event.call
             if not self._start_part(call, event.media):
@@ -451,7 +459,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                 self._ring_since = None
             # The parties too, as call-incoming has them: one grep by name finds both.
             self.post("call-established", call_id=call.call_id,
-                      codec=self._codec_name(event.media), prefix=self._prefix(call),
+                      **self._media_fields(event.media), prefix=self._prefix(call),
                       caller=call.caller, callee=call.callee)
             referring = self._report_followed(call.call_id, 200)
             if referring is not None:  # transferred: the referring call has done its part
@@ -459,7 +467,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         elif isinstance(event, sipevents.CallUpdated):
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
-                      codec=self._codec_name(event.media), **part(call))
+                      **self._media_fields(event.media), **part(call))
             if call.call_id in self._rebuilding:
                 self._rebuilding[call.call_id] = event.media
                 return
