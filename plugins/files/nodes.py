@@ -199,6 +199,14 @@ class WavSource(Node):
                 "damaged_packets": getattr(self, "damaged_packets", 0)}
 
 
+def nothing_recorded(recorder: str, path: object) -> None:
+    """Say that a recorder stopped before anything reached it opened no file: an earlier
+    recording at `path` is left as it was, or none is written."""
+    kept = f"'{path}' left as it was" if os.path.exists(str(path)) else \
+        f"no file written to '{path}'"
+    log.warning("recorder '%s' got nothing to record: %s", recorder, kept)
+
+
 def check_writable(param: str, path: str) -> None:
     """Raise ParamValueError unless `path` can be created (its folders may be made)."""
     try:
@@ -569,9 +577,7 @@ class WavRecorder(Node):
         if not getattr(self, "_reached", True):
             # Stopped before anything came (the graph failed to start, or stopped first):
             # nothing was opened, and a recording already at the path is the user's.
-            kept = f"'{self.path}' left as it was" if os.path.exists(self.path) else \
-                f"no file written to '{self.path}'"
-            log.warning("recorder '%s' got nothing to record: %s", self.name, kept)
+            nothing_recorded(self.name, self.path)
             return
         if getattr(self, "writer", None) is not None:
             try:

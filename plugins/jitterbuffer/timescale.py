@@ -62,8 +62,7 @@ def compress(first: np.ndarray, second: np.ndarray, overlap: int | None = None) 
     if second.shape[0] != n or first.ndim != 1 or second.ndim != 1:
         raise LocalProtocolError("time compression needs two mono frames of the same length")
     x = np.concatenate([first, second]).astype(np.float32)
-    ola = max(1, min(n, overlap if overlap is not None else n // 4))
-    return _cast(_splice(x, n, ola), first.dtype)
+    return _cast(_splice(x, n, _overlap(n, overlap)), first.dtype)
 
 
 class Compressor:
@@ -157,8 +156,7 @@ class Compressor:
         energy = float(np.dot(a, a)) * float(np.dot(b, b))
         if energy > 0.0 and float(np.dot(a, b)) >= PERIODIC * energy ** 0.5:
             return None
-        ola = max(1, min(n, self.overlap if self.overlap is not None else n // 4))
-        out = _cast(_splice(x, held, ola), self._dtype)
+        out = _cast(_splice(x, held, _overlap(n, self.overlap)), self._dtype)
         self.removed += held
         self.drains += 1
         self._held = self._lag = 0
@@ -180,8 +178,7 @@ class Compressor:
         x[held + n :] = second
         self._dtype = first.dtype
         cut = self._cut(x, held + m, n)
-        ola = max(1, min(n, self.overlap if self.overlap is not None else n // 4))
-        y = _cast(_splice(x, cut, ola), first.dtype)
+        y = _cast(_splice(x, cut, _overlap(n, self.overlap)), first.dtype)
         rest = y.shape[0] - n  # = held + m - cut, under m
         if self._carry.shape[0] < rest:
             self._carry = np.zeros(rest + m, first.dtype)
@@ -223,6 +220,11 @@ class Compressor:
         good = peaks[score[peaks] >= best - MATCH_SLACK]
         self._lag = lo + int(peaks[int(np.argmax(score[peaks]))])  # the sound's period
         return lo + int(good[-1])
+
+
+def _overlap(frame: int, overlap: int | None) -> int:
+    """The cross-fade's length for a frame: `overlap`, else a quarter of the frame."""
+    return max(1, min(frame, overlap if overlap is not None else frame // 4))
 
 
 def _splice(x: np.ndarray, cut: int, ola: int) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -260,9 +259,9 @@ class VideoRecorder(Node):
         if not getattr(self, "_reached", True):
             # Stopped before anything came (the graph failed to start, or stopped first):
             # nothing was opened, and a recording already at the path is the user's.
-            kept = f"'{self.path}' left as it was" if os.path.exists(self.path) else \
-                f"no file written to '{self.path}'"
-            log.warning("recorder '%s' got nothing to record: %s", self.name, kept)
+            from plugins.files.nodes import nothing_recorded
+
+            nothing_recorded(self.name, self.path)
             return
         container = getattr(self, "_container", None)
         if container is None:
