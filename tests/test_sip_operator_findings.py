@@ -580,15 +580,22 @@ class Registrar:
                 ua.receive(bytes(reply), "udp", ("192.0.2.2", 5060), now)
 
 
-def test_refresh_and_unregister_reuse_the_last_challenge_and_fall_back_to_a_401():
-    from plugins.sip.registration import Registered, Unregistered
-
+def _registered_alice() -> tuple[UserAgent, Registrar]:
+    """alice's user agent, registering for 120 s, and the registrar that took its first
+    REGISTER (challenged, then accepted): its events not read yet."""
     ua = UserAgent(UaConfig([Listener("udp", "192.0.2.1", 5060)], [Codec.named("pcmu")],
                             user="alice", password="s3cret", registrar="sip:192.0.2.2:5060",
                             register_expires=120))
     registrar = Registrar()
     ua.register(0.0)
     registrar.exchange(ua, 0.0)
+    return ua, registrar
+
+
+def test_refresh_and_unregister_reuse_the_last_challenge_and_fall_back_to_a_401():
+    from plugins.sip.registration import Registered, Unregistered
+
+    ua, registrar = _registered_alice()
     assert registrar.answers == [401, 200] and isinstance(ua.next_event(), Registered)
     # the refresh at 88 s answers the same nonce again, nc 2: accepted at once, no 401
     ua.handle_timer(88.0)
@@ -615,12 +622,7 @@ def test_refresh_and_unregister_reuse_the_last_challenge_and_fall_back_to_a_401(
 def test_a_wrong_password_still_fails_once_without_looping_after_preauth():
     from plugins.sip.registration import Registered, RegistrationFailed
 
-    ua = UserAgent(UaConfig([Listener("udp", "192.0.2.1", 5060)], [Codec.named("pcmu")],
-                            user="alice", password="s3cret", registrar="sip:192.0.2.2:5060",
-                            register_expires=120))
-    registrar = Registrar()
-    ua.register(0.0)
-    registrar.exchange(ua, 0.0)
+    ua, registrar = _registered_alice()
     assert isinstance(ua.next_event(), Registered)
     registrar.server.users = {"alice": "changed"}  # the password changed at the registrar
     ua.handle_timer(88.0)
