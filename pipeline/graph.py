@@ -465,7 +465,8 @@ class Graph:
                 + ("" if self.auto_convert else ": auto_convert is off"),
                 hint=("insert a resample node between them, or set auto_convert: true"
                       if convertible and offered.is_pcm else
-                      self._converter_hint(ln, offered, accepted)),
+                      self.nodes[ln.dst].link_hint(ln.dst_port, offered)
+                      or self._converter_hint(ln, offered, accepted)),
                 **_loc(ln.where),
             )
         target = convertible[0].fixate(prefer=offered)
@@ -485,7 +486,8 @@ class Graph:
         same_rate = [f for f in convertible if f.fps is None or offered.fps is None
                      or offered.value("fps") in f.fps]
         if not (self.auto_convert and same_rate and offered.is_fixed):
-            hint = self._converter_hint(ln, offered, accepted)
+            hint = self.nodes[ln.dst].link_hint(ln.dst_port, offered) or \
+                self._converter_hint(ln, offered, accepted)
             if convertible and not same_rate:
                 hint = "set the source's fps to one the destination accepts"
             elif convertible:

@@ -25,7 +25,8 @@ _REQUEST_RE = re.compile(r"^(.*)%u$")
 # registry checks a node class's own against it: one that cannot take them would fail only
 # once a frame arrives, as a TypeError raised in the caller (the node upstream).
 NODE_METHODS: dict[str, tuple[str, ...]] = {
-    "validate": (), "input_caps": ("port", "offered"), "negotiate": ("inputs", "downstream"),
+    "validate": (), "input_caps": ("port", "offered"), "link_hint": ("port", "offered"),
+    "negotiate": ("inputs", "downstream"),
     "start": (), "process": ("port", "frame"), "tick": ("now",), "event": ("port", "event"),
     "port_linked": ("direction", "port"), "port_unlinked": ("direction", "port"),
     "provide_clock": (), "goes_on": (), "run_io": (), "stop": (), "stats": (),
@@ -141,6 +142,11 @@ class Node:
         """What this input accepts, given what upstream offers (None: before negotiation)."""
         p = self.find_port("in", port)
         return p.caps if p else ()
+
+    def link_hint(self, port: str, offered: Format) -> str | None:
+        """The fix to name when `offered` cannot link to input `port` (None: the graph's
+        own, a converter or a decoder to insert)."""
+        return None
 
     def negotiate(self, inputs: dict[str, Format],
                   downstream: dict[str, Caps]) -> dict[str, Format]:

@@ -49,7 +49,7 @@ from collections import deque
 from typing import Any
 
 from pipeline.clock import WARN_EVERY_S
-from pipeline.errors import NegotiationError, ParseError, ProtocolError
+from pipeline.errors import ParseError, ProtocolError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_SILENCE, CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
@@ -353,11 +353,21 @@ class RtpSession(Node):
 
     # ---- negotiation ----------------------------------------------------------------------
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
-        return (Format.encoded(self.codec) if self.codec else Format.encoded(),)
+        if self.codec:
+            return (Format.encoded(self.codec),)
+        if offered is not None and self._packetized(offered.value("encoding")):
+            # Video (a session sends one frame per packet): the audio payload formats
+            # registered, so the link fails as a format mismatch; link_hint says where to.
+            audio = tuple(sorted(name for name, pf in self.registry.payload_formats.items()
+                                 if getattr(pf, "packetizer", None) is None))
+            return (Format.encoded(audio or None),)
+        return (Format.encoded(),)
+
+    def link_hint(self, port: str, offered: Format) -> str | None:
+        return _VIDEO_HINT if self._packetized(offered.value("encoding")) else None
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         fmt = inputs.get("in")
-        self._refuse_video(fmt)
         static = STATIC_PAYLOAD_TYPES.get(self.payload_type) if self.payload_type is not None \
             else None
         codec = self.codec or (fmt.value("encoding") if fmt is not None else None) or (
@@ -422,21 +432,6 @@ class RtpSession(Node):
         frame per packet would send in a form no peer decodes."""
         pf = self.registry.payload_formats.get(codec)
         return pf is not None and getattr(pf, "packetizer", None) is not None
-
-    def _refuse_video(self, fmt: Format | None) -> None:
-        """Encoded video on the input: refused as a format mismatch, naming both ports and
-        both formats (what this input takes: the audio payload formats registered)."""
-        if fmt is None or not self._packetized(fmt.value("encoding")):
-            return
-        audio = tuple(sorted(name for name, pf in self.registry.payload_formats.items()
-                             if getattr(pf, "packetizer", None) is None))
-        takes = Format.encoded(audio or None)
-        links = self.graph.links_of(self.name) if self.graph is not None else []
-        ln = next((ln for ln in links if ln.dst == self.name and ln.dst_port == "in"), None)
-        src = f"{ln.src}.{ln.src_port}" if ln is not None else "its input"
-        file, line, column = getattr(ln, "where", None) or (None, None, None)
-        raise NegotiationError(f"cannot link {src} ({fmt}) to {self.name}.in ({takes})",
-                               hint=_VIDEO_HINT, file=file, line=line, column=column)
 
     def _clock_mismatch(self, codec: str, rate: int, clock: int,
                         static: tuple | None) -> ParamValueError:
