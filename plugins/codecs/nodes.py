@@ -422,7 +422,7 @@ class _PcmConcealer:
             try:
                 from plugins.jitterbuffer.plc import WaveformSubstitution
             except ImportError:
-                WaveformSubstitution = None  # noqa: N806 - the other helper's plugin is optional
+                WaveformSubstitution = None  # noqa: N806 - the jitterbuffer plugin family is optional
             self._ws_class = WaveformSubstitution
         self._last: np.ndarray | None = None
         self._lost = 0  # consecutive concealed frames (fallback fade)
@@ -614,7 +614,7 @@ class _DecoderNode(Node):
             try:
                 from plugins.jitterbuffer.timescale import Compressor
             except ImportError:
-                Compressor = None  # noqa: N806 - the other helper's plugin is optional
+                Compressor = None  # noqa: N806 - the jitterbuffer plugin family is optional
             if Compressor is not None:
                 sync = self._sync = Compressor(self._rate, first.shape[0])
         if sync is not None and first.shape == second.shape:
