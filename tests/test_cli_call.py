@@ -42,6 +42,25 @@ async def pipeline_call(*args: str, cwd: Path, interrupt_after: asyncio.Future |
     return proc.returncode, err.decode().strip().splitlines()
 
 
+async def _answered_in_turn(port: int) -> None:
+    """Send an OPTIONS to the endpoint on `port` and wait for its answer. The endpoint reads
+    its socket in order, so any datagram that reached it before (an INVITE from a process
+    that has exited) has been handled once this returns."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        here = s.getsockname()[1]
+        await loop.sock_sendto(s, (f"OPTIONS sip:echo@127.0.0.1:{port} SIP/2.0\r\n"
+                                   f"Via: SIP/2.0/UDP 127.0.0.1:{here};branch=z9hG4bKturn\r\n"
+                                   "From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:echo@127.0.0.1>\r\n"
+                                   "Call-ID: turn@127.0.0.1\r\nCSeq: 1 OPTIONS\r\n"
+                                   "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(),
+                               ("127.0.0.1", port))
+        answer = await asyncio.wait_for(loop.sock_recv(s, 65536), 30)
+    assert answer.startswith(b"SIP/2.0 200"), answer[:80]
+
+
 def test_a_broken_call_graph_is_reported_before_dialling(tmp_path):
     # It dialled, was answered, hung up and ended "failed: local hangup"; the cause was an
     # earlier line.
@@ -55,7 +74,7 @@ def test_a_broken_call_graph_is_reported_before_dialling(tmp_path):
         code, err = await pipeline_call(f"sip:echo@127.0.0.1:{port}", "--graph", str(broken),
                                         "--duration", "1s", "--codecs", "pcmu",
                                         cwd=tmp_path)
-        await asyncio.sleep(0.3)  # an INVITE would have come by now
+        await _answered_in_turn(port)  # so an INVITE it sent has been read by now
         await server.stop()
         return code, err, server.names("call-incoming")
 
