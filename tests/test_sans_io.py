@@ -20,7 +20,10 @@ SANS_IO = [
     "plugins/rtp/packet.py", "plugins/rtp/rtcp.py", "plugins/rtp/stats.py",
     "plugins/rtp/dtmf.py", "plugins/jitterbuffer/buffer.py", "plugins/jitterbuffer/delay.py",
     "plugins/jitterbuffer/plc.py", "plugins/jitterbuffer/timescale.py",
-    "plugins/jitterbuffer/reframe.py",
+    "plugins/jitterbuffer/reframe.py", "plugins/jitterbuffer/packets.py",
+    "plugins/jitterbuffer/store.py", "plugins/jitterbuffer/timeline.py",
+    "plugins/jitterbuffer/playout.py", "plugins/jitterbuffer/stats.py",
+    "plugins/jitterbuffer/no_media.py",
     "plugins/video/rtp_vp8.py", "plugins/video/rtp_h264.py",
     "plugins/conference/mixing.py", "plugins/conference/speaker.py",
 ]

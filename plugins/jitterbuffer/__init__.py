@@ -1,7 +1,9 @@
 """The `jitterbuffer` plugin family: an adaptive, sans-IO jitter buffer and what it needs.
 
 - `buffer`: `JitterBuffer`, packets in with their arrival time, one playout decision (play,
-  play two time-compressed, conceal, nothing) out per frame period.
+  play two time-compressed, conceal, nothing) out per frame period; its parts are in
+  `store` (packets in), `timeline` (SSRC, unwrapping, resync), `playout` (the decision),
+  `stats` (loss counting), `no_media` (comfort noise, events) and `packets`.
 - `delay`: `DelayEstimator`, the target delay from observed delay variation.
 - `plc`: `WaveformSubstitution`, pitch-repeating loss concealment for G.711 / PCM.
 - `timescale`: `compress`, two PCM frames into one period when the delay shrinks.
