@@ -67,9 +67,9 @@ async def serve(tmp_path: Path, *args: str) -> tuple[Cli, int]:
 
 
 async def dial(tmp_path: Path, port: int, *args: str, stdin=asyncio.subprocess.PIPE,
-               under: tuple[str, ...] = ()) -> Cli:
+               under: tuple[str, ...] = (), heard: str = "heard.wav") -> Cli:
     return await Cli.start("call", f"sip:echo@127.0.0.1:{port}", "--graph", str(CALLER),
-                           "-p", f"heard={tmp_path / 'heard.wav'}", *args, cwd=tmp_path,
+                           "-p", f"heard={tmp_path / heard}", *args, cwd=tmp_path,
                            stdin=stdin, under=under)
 
 
@@ -185,8 +185,10 @@ def test_a_call_without_readable_stdin_runs_its_duration(tmp_path):
     async def main_(file):
         server, port = await serve(tmp_path)
         try:
+            # Each its own recording: two at once on one path, the second recorder is refused.
             runs = [await dial(tmp_path, port, "--codecs", "pcmu", "--duration", "1s",
-                               stdin=stdin) for stdin in (asyncio.subprocess.DEVNULL, file)]
+                               stdin=stdin, heard=f"heard{i}.wav")
+                    for i, stdin in enumerate((asyncio.subprocess.DEVNULL, file))]
             codes = [await run.end() for run in runs]
         finally:
             await stop(server)

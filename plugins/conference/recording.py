@@ -31,7 +31,11 @@ A write error (disk full, file removed) stops the whole recorder with one messag
 header could not be written, or an Ogg Opus one left with headers only, is removed (no
 player opens it), as is a late joiner's whose leading silence could not be written (the
 join fails: the manifest never names it); an Opus track with no audio at all gets one frame
-of silence.
+of silence. Every track is locked while open (`open_exclusive`): a second room recording to
+the same files (rooms of one name, one folder, in two servers) stops its recorder as it
+opens the first one, with none of the other's files emptied, removed or rewritten (its
+manifest neither; but with tracks "participants" the manifest is written before any track
+opens, and so replaced).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.files.nodes import WavWriter
+from plugins.files.nodes import WavWriter, open_exclusive
 
 from .flac import flac_renumber, flac_silence
 from .names import NameAllocator
@@ -143,21 +147,15 @@ class AvTrack(TrackWriter):
         self.channels = channels
         self.layout = "mono" if channels == 1 else "stereo" if channels == 2 else f"{channels}c"
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.container, self.stream = self._open(path, fmt, flush_seconds)
-        # FFmpeg reports no failed write of the header (an 8 kB FLAC one with its padding):
-        # on a nearly full disk the file was left cut inside it, and no player opened it.
-        # The same header made in memory gives its whole length.
-        memory = io.BytesIO()
-        whole, _ = self._open(memory, fmt, flush_seconds)
-        header = memory.getvalue()
-        whole.close()
-        written = os.stat(path).st_size
-        if written < len(header):
-            try:
-                self.container.close()
-            except Exception:  # its I/O has failed: the file is removed all the same
-                pass
-            raise _write_error(path, header, written)
+        # Locked first, then emptied by FFmpeg's open: a file another room writes is left
+        # as it is, and this track is not opened (EBUSY).
+        self._lock = open_exclusive(path, os.O_WRONLY | os.O_CREAT)
+        try:
+            self.container, self.stream = self._open(path, fmt, flush_seconds)
+            self._check_header(fmt, flush_seconds)
+        except BaseException:
+            self._unlock()
+            raise
         self.frame_size = self.stream.codec_context.frame_size or 1024
         self.fifo = av.AudioFifo()
         self.pts = 0
@@ -171,6 +169,27 @@ class AvTrack(TrackWriter):
         self._captured: tuple[bytes, int, int] | None = None
         self._made = 0  # FLAC: silent frames made here; the encoder's are numbered after them
         self._frame_bytes = (0, 0)  # FLAC: the smallest and largest frame muxed, for STREAMINFO
+
+    def _check_header(self, fmt: str, flush_seconds: float) -> None:
+        """FFmpeg reports no failed write of the header (an 8 kB FLAC one with its padding):
+        on a nearly full disk the file was left cut inside it, and no player opened it.
+        The same header made in memory gives its whole length."""
+        memory = io.BytesIO()
+        whole, _ = self._open(memory, fmt, flush_seconds)
+        header = memory.getvalue()
+        whole.close()
+        written = os.stat(self.path).st_size
+        if written < len(header):
+            try:
+                self.container.close()
+            except Exception:  # its I/O has failed: the file is removed all the same
+                pass
+            raise _write_error(self.path, header, written)
+
+    def _unlock(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def _open(self, target: Any, fmt: str, flush_seconds: float) -> tuple[Any, Any]:
         """The container (on `target`, a path or a BytesIO) and stream, header written."""
@@ -416,6 +435,7 @@ class AvTrack(TrackWriter):
             finally:
                 if self.broken:
                     self._cut()
+                self._unlock()  # last: until the file is whole it is still ours
 
 
 def _write_error(path: str, data: bytes, written: int) -> OSError:
@@ -499,6 +519,7 @@ class RoomRecorder:
         self.room = self.names.allocate(room, "room")
         self.names.reserve(MIX_NAME)
         self.failed = False
+        self.busy = False  # failed because another room writes its files
         self.error: str | None = None
         self.pts = 0
         self.mix_track: TrackWriter | None = None
@@ -547,10 +568,12 @@ class RoomRecorder:
         self._current = str(path)
         try:
             return open_track(str(path), self.fmt, self.rate, channels, self.flush_seconds)
-        except BaseException:
+        except BaseException as e:
             # Its header could not be written (a full disk): the file holds no audio and
             # no player opens it, so none is left behind (the manifest never names it).
-            _remove_file(path)
+            # Unless another room writes it (EBUSY): that file is not ours to remove.
+            if getattr(e, "errno", None) != errno.EBUSY:
+                _remove_file(path)
             raise
 
     def join(self, key: Any, identity: str, call_id: str | None = None) -> None:
@@ -733,8 +756,13 @@ class RoomRecorder:
         if self.failed:
             return
         self.failed = True
+        # Another room records to these files (two servers' rooms of one name, one folder):
+        # the manifest here is that room's too, not this one's to replace.
+        self.busy = getattr(e, "errno", None) == errno.EBUSY
         reason = getattr(e, "strerror", None) or str(e)
         self.error = f"recorder stopped: cannot write '{self._current}': {reason}"
+        if self.busy:
+            self.error += " (hint: give each room its own record_dir)"
         for track in [*self.tracks.values(), *([self.mix_track] if self.mix_track else [])]:
             try:
                 track.close()
@@ -757,6 +785,8 @@ class RoomRecorder:
     def _last_manifest(self) -> None:
         """The recorder stopped: one more manifest, best effort (the disk is failing), so
         that it names no track removed on the way."""
+        if self.busy:
+            return
         self._forget_removed()
         try:
             self._write_manifest()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import logging
 import os
+import stat
 import struct
 import tempfile
 import time
@@ -249,6 +251,25 @@ def _check_writable(param: str, path: str) -> None:
                               f"'{ancestor}'", "choose a folder you can write to")
 
 
+def open_exclusive(path: str, flags: int, mode: int = 0o666) -> int:
+    """Open `path` for a recorder (`flags` without O_TRUNC: nothing is emptied here) under
+    an exclusive advisory lock, held until the descriptor is closed. Another recorder of
+    the same file, of this process or another, gets OSError EBUSY instead of interleaving
+    its writes with this one's into one corrupt file (two calls of a call graph that
+    records to a fixed path, two `pipeline launch` runs). flock, not fcntl's locks: those
+    belong to the process, so two graphs of one process would not conflict, and closing
+    any descriptor of the file (FFmpeg's own) would drop them."""
+    fd = os.open(path, flags, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EBUSY, "another recorder is writing it", path) from None
+    except OSError:  # a file system without locks (ENOLCK): records unguarded, as before
+        pass
+    return fd
+
+
 class WavWriter:
     """Appends PCM to a WAV file so that the file is valid at every instant.
 
@@ -256,7 +277,8 @@ class WavWriter:
     written, the two size fields are rewritten in place (a 4-byte pwrite each). A kill at
     any moment leaves a header that covers only data already on disk. Past `RIFF_MAX` the
     file becomes RF64 in place (EBU Tech 3306): the JUNK chunk reserved after the RIFF
-    header turns into ds64, which holds the 64-bit sizes from then on.
+    header turns into ds64, which holds the 64-bit sizes from then on. The file is locked
+    while open (`open_exclusive`): a second writer of it fails instead.
     """
 
     def __init__(self, path: str, rate: int, channels: int, encoding: str) -> None:
@@ -269,8 +291,12 @@ class WavWriter:
         self.block_align = channels * (2 if encoding == "pcm_s16" else 4)
         self.rf64 = False
         self.data_bytes = 0
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.fd = open_exclusive(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
+            # Emptied only once it is ours (not O_TRUNC): another recorder's file is left
+            # as it is. O_TRUNC left a device (/dev/full) as it was; so does this.
+            if stat.S_ISREG(os.fstat(self.fd).st_mode):
+                os.ftruncate(self.fd, 0)
             os.write(self.fd, header)
         except OSError:
             self.close()
@@ -288,7 +314,7 @@ class WavWriter:
         self.path = path
         self.header_size = len(header)
         self.block_align = channels * (2 if encoding == "pcm_s16" else 4)
-        self.fd = os.open(path, os.O_RDWR)
+        self.fd = open_exclusive(path, os.O_RDWR)
         try:
             head = os.pread(self.fd, self.header_size, 0)
             try:
@@ -368,7 +394,9 @@ class WavWriter:
 # What to do about the write errors a recorder meets most.
 _WRITE_HINTS = {errno.ENOSPC: "free some disk space or record elsewhere",
                 errno.EFBIG: "the file size limit (ulimit -f) is reached: raise it",
-                errno.ENOENT: "the folder is gone (or a link points nowhere): fix the path"}
+                errno.ENOENT: "the folder is gone (or a link points nowhere): fix the path",
+                errno.EBUSY: "give each recording its own path; in a call graph, put "
+                             "${call.call_id} in it"}
 
 
 # Suffixes of other media formats, which a WAV must not be named with. Others pass: a name
@@ -406,10 +434,12 @@ class WavRecorder(Node):
         mine = _file_key(self.path)
         for key, other, _ in other_files(self) if mine else ():
             if key == mine:
+                fix = "record to another file"
+                if other.kind == self.kind:  # also two calls of `serve`: parts of one graph
+                    fix += "; in a call graph, put ${call.call_id} in its path"
                 raise ParamValueError(
                     "path", f"cannot record to '{self.path}': it is the file of node "
-                    f"'{other.name}' ({other.kind}), which recording would overwrite",
-                    "record to another file")
+                    f"'{other.name}' ({other.kind}), which recording would overwrite", fix)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         fmt = inputs.get("in")

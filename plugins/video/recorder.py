@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pipeline.frames import AudioFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
+from plugins.files.nodes import _WRITE_HINTS, check_writable, nothing_recorded, open_exclusive
 from plugins.video.codec import size_problem
 from plugins.video.frames import to_av
 from plugins.video.nodes import (
@@ -77,8 +79,6 @@ class VideoRecorder(Node):
                           max=512_000)
 
     def validate(self) -> None:
-        from plugins.files.nodes import check_writable
-
         if Path(self.path).is_dir():  # (not "cannot write 'out' files")
             check_writable("path", self.path)
         ext = Path(self.path).suffix.lower()
@@ -128,6 +128,7 @@ class VideoRecorder(Node):
     def start(self) -> None:
         self.failed = False
         self._container = None
+        self._lock = -1  # the descriptor holding the file's lock while it is written
         self._c = dict.fromkeys(("video_frames", "audio_frames", "packets", "bytes",
                                  "dropped_late"), 0)
         # The file is opened (emptied) at the first frame or end of stream, not here: a
@@ -144,6 +145,9 @@ class VideoRecorder(Node):
         name, options = _RECORD_ENCODERS[codec]
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Locked first, then emptied by FFmpeg's open: a file another recorder writes
+            # is left as it is, and this one stops (EBUSY).
+            self._lock = open_exclusive(str(self.path), os.O_WRONLY | os.O_CREAT)
             self._container = av.open(str(self.path), "w",
                                       container_options=dict(_CRASH_SAFE[ext]))
             fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
@@ -245,8 +249,6 @@ class VideoRecorder(Node):
         if self.failed:  # one line per recorder: what fails next is the same fault
             return
         self.failed = True
-        from plugins.files.nodes import _WRITE_HINTS
-
         errno = getattr(e, "errno", None)
         # FFmpeg's OSError text repeats the path ("[Errno 28] No space ...: 'a.mp4'").
         what = (getattr(e, "strerror", None) or str(e)) if errno else str(e)
@@ -259,10 +261,17 @@ class VideoRecorder(Node):
         if not getattr(self, "_reached", True):
             # Stopped before anything came (the graph failed to start, or stopped first):
             # nothing was opened, and a recording already at the path is the user's.
-            from plugins.files.nodes import nothing_recorded
-
             nothing_recorded(self.name, self.path)
             return
+        try:
+            self._finish()
+        finally:
+            # Last: until the trailer is written the file is ours. (No lock if never started.)
+            if getattr(self, "_lock", -1) >= 0:
+                os.close(self._lock)
+                self._lock = -1
+
+    def _finish(self) -> None:
         container = getattr(self, "_container", None)
         if container is None:
             return
