@@ -22,7 +22,7 @@ from pipeline.errors import GraphError, PipelineError
 from pipeline.graph import NOWHERE, Graph
 from pipeline.params import ParamValueError
 
-from .values import example_call_values, written_map
+from .values import example_call_values, shared_params, written_map
 
 log = logging.getLogger("plugins.sip")  # the endpoint's: its lines read as the node's
 PREFIX = "call-1/"  # the first call's part (example_call_values has call_number 1)
@@ -112,34 +112,44 @@ def _first(failed: dict[str, GraphError]) -> GraphError:
     return first
 
 
-def check_endpoint(node: Any) -> frozenset[str]:
+def check_endpoint(node: Any, audio: bool = False) -> frozenset[str]:
     """`sip_endpoint.validate()`'s check of its `call_graph`, with each codec it would
     offer (`_usable()`), the video values with `video: true`, its `call_graph_params`, in
     its graph. Returns the codecs the call graph fails with (each logged as a warning: not
-    offered); fails on `call_graph` when it works with none."""
+    offered); fails on `call_graph` when it works with none. `audio`: its
+    `audio_call_graph` instead, with a call's values without video. With both graphs set,
+    each gets the params it declares."""
     names = [info.name for _, info in node._usable() if info is not None]
-    video = str(node.video_codecs[0]) if node.video and node.video_codecs else None
-    path = str(node.call_graph)
+    video = str(node.video_codecs[0]) if node.video and node.video_codecs and not audio \
+        else None
+    param = "audio_call_graph" if audio else "call_graph"
+    path = str(getattr(node, param))
+    params = written_map(node.call_graph_params) if node.audio_call_graph is None \
+        else shared_params(path, node.call_graph_params)
 
     def warn(line: str) -> None:
         log.warning("node '%s' (%s): %s", node.name, node.kind, line)
 
     try:
-        usable = check_call_graph(path, written_map(node.call_graph_params), names,
-                                  video_codec=video, parent=node.graph, say=warn)
+        usable = check_call_graph(path, params, names, video_codec=video, parent=node.graph,
+                                  say=warn)
     except GraphError as e:
         where = e.where if e.file else path
-        if e.message.startswith("unknown call value '${call.video_") and not node.video:
+        if e.message.startswith("unknown call value '${call.video_") and audio:
+            hint = ("it runs the calls without video, which have no ${call.video_*} values: "
+                    "make it an audio-only graph, e.g. ${graph_dir}/calls/echo.yaml")
+        elif e.message.startswith("unknown call value '${call.video_") and not node.video:
             hint = "${call.video_*} values come with video calls: set video: true"
         elif _linkable(node.graph):  # `validate --call` cannot check it without its parent
             hint = e.hint
         else:  # the command that gives the same error: the same values
             opts = "" if names[0] == "pcmu" else f" -p call.codec={names[0]}"
             opts += "" if video is None else f" -p call.video_codec={video}"
-            opts += _param_options(written_map(node.call_graph_params))
+            opts += _param_options(params)
             hint = "; ".join(h for h in (e.hint, f"check it with: pipeline validate --call "
                                          f"{path}{opts}") if h)
-        raise ParamValueError("call_graph", f"parameter 'call_graph': every call would fail: "
+        calls = "every call without video" if audio else "every call"
+        raise ParamValueError(param, f"parameter '{param}': {calls} would fail: "
                               f"{where}: {e.message}", hint) from None
     return frozenset(names) - set(usable)
 
@@ -171,12 +181,13 @@ def _param_options(params: dict[str, Any] | None) -> str:
 
 
 def endpoint_key(node: Any) -> tuple:
-    """What `check_endpoint`'s answer depends on: the endpoint's call graph, its values and
+    """What `check_endpoint`'s answer depends on: the endpoint's call graphs, their values and
     codecs, and the nodes and links of its graph the call graph may reach. The endpoint
     checks again when it changed since (a parameter set after loading, a node added)."""
     parent = node.graph
     linkable = _linkable(parent)
-    return (str(node.call_graph), repr(written_map(node.call_graph_params)),
+    return (str(node.call_graph), str(node.audio_call_graph),
+            repr(written_map(node.call_graph_params)),
             tuple(str(c).lower() for c in node.codecs), bool(node.video),
             tuple(str(c) for c in node.video_codecs or ()),
             tuple((n.name, type(n)) for n in linkable),

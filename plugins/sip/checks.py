@@ -1,8 +1,8 @@
 """The `sip_endpoint`'s checks of its parameters (`validate`: listeners, registrar, TLS,
-codecs, room, the call graph), and the codecs it offers and accepts (`_usable`): those
-listed whose encoder and decoder nodes exist, less those the call graph was found to fail
-with (`callcheck`). `_DTMF` and `_CN` name the two formats that need no codec nodes (`cli`
-checks `--codecs` with them too).
+codecs, room, the call graph and audio call graph), and the codecs it offers and accepts
+(`_usable`): those listed whose encoder and decoder nodes exist, less those either call
+graph was found to fail with (`callcheck`). `_DTMF` and `_CN` name the two formats that
+need no codec nodes (`cli` checks `--codecs` with them too).
 
 `EndpointChecks` is mixed into `nodes.SipEndpoint`, which declares the parameters.
 """
@@ -32,6 +32,7 @@ class EndpointChecks:
     # parameters of `SipEndpoint`
     listen: list[Any]
     call_graph: Any
+    audio_call_graph: Any
     call_graph_params: dict | None
     codecs: list[Any]
     registrar: str | None
@@ -40,6 +41,7 @@ class EndpointChecks:
     rtp_port_range: str
     auto_answer: bool
     dial: str | None
+    video: bool
     video_codecs: list[Any]
     tls_cert: Any
     tls_key: Any
@@ -62,15 +64,19 @@ class EndpointChecks:
         except ValueError as e:
             raise ParamValueError("dns_servers", f"parameter 'dns_servers': {e}",
                                   "write e.g. [192.0.2.53] or [127.0.0.1:5353]") from None
-        if self.call_graph is not None and not Path(self.call_graph).is_file():
-            raise ParamValueError("call_graph", f"parameter 'call_graph': file "
-                                  f"'{self.call_graph}' not found",
-                                  "write ${graph_dir}/calls/NAME.yaml for a path relative to "
-                                  "the graph file")
+        for name in ("call_graph", "audio_call_graph"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ParamValueError(name, f"parameter '{name}': file '{path}' not found",
+                                      "write ${graph_dir}/calls/NAME.yaml for a path "
+                                      "relative to the graph file")
+        self._check_audio_call_graph()
         if self.call_graph is not None and self.call_graph_params:
             from pipeline.loader import declared_params
 
             declared = declared_params(self.call_graph)
+            if self.audio_call_graph is not None:  # a key of either graph
+                declared = {**declared, **declared_params(self.audio_call_graph)}
             unknown = [k for k in self.call_graph_params if k not in declared]
             if unknown:  # else every call would fail to start (answered 500)
                 raise ParamValueError("call_graph_params", f"call graph '{self.call_graph}' "
@@ -137,8 +143,27 @@ class EndpointChecks:
         if key is not None and self._call_graph_fails is None:
             from .callcheck import check_endpoint
 
-            self._call_graph_fails = check_endpoint(self)
-            self._call_graph_key = key
+            fails = check_endpoint(self)
+            if self.audio_call_graph is not None:
+                fails |= check_endpoint(self, audio=True)
+            self._call_graph_fails = fails
+            if self._usable_codecs() == []:  # each works with some codecs, not one with both
+                raise ParamValueError("audio_call_graph", "parameter 'audio_call_graph': no "
+                                      "codec works with both it and call_graph",
+                                      "make both graphs run one of the listed codecs")
+            self._call_graph_key = key  # (not after a failure: checked again next time)
+
+    def _check_audio_call_graph(self) -> None:
+        """An audio_call_graph runs beside a call_graph, for the calls without video."""
+        if self.audio_call_graph is None:
+            return
+        if self.call_graph is None:
+            raise ParamValueError("audio_call_graph", "parameter 'audio_call_graph' needs "
+                                  "call_graph", "set call_graph: the graph of video calls")
+        if not self.video:
+            raise ParamValueError("audio_call_graph", "parameter 'audio_call_graph' needs "
+                                  "video: true (without it every call runs call_graph)",
+                                  "set video: true, or remove audio_call_graph")
 
     def _check_registrar(self, registrar: str) -> None:
         """A registrar reached over a transport we do not listen on fails at the start, in

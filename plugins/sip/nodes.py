@@ -2,10 +2,11 @@
 
 The node owns the transports (`transport.SipTransport`) and a sans-IO `ua.UserAgent`. For each
 call it negotiates SDP from the codecs the registry can encode and decode, then adds its
-`call_graph` to the running graph as a part named ``call-N/`` with `${call.*}` values
-(docs/sip.md lists them), and removes the part when the call ends: BYE or CANCEL from
-either side, RTP timeout (an ``rtp-timeout`` bus message from a node of the part), a fault in
-the part, or shutdown. A re-INVITE that changes the media (hold, codec, address) rebuilds the
+`call_graph` (its `audio_call_graph` while the call has no video stream) to the running
+graph as a part named ``call-N/`` with `${call.*}` values (docs/sip.md lists them), and
+removes the part when the call ends: BYE or CANCEL from either side, RTP timeout (an
+``rtp-timeout`` bus message from a node of the part), a fault in the part, or shutdown. A
+re-INVITE that changes the media (hold, codec, address, video added or dropped) rebuilds the
 part with the new values; the call's RTP ports stay held through it, and nodes that keep
 per-call progress (`dtmf_events`) hand it to their successors (docs/sip.md).
 
@@ -86,7 +87,11 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                    "where to listen: TRANSPORT:IP:PORT, udp, tcp or tls (several allowed)")
     call_graph = Param(PathType, None, "YAML graph run for each call (write "
                        "${graph_dir}/calls/x.yaml for a path relative to this graph)")
-    call_graph_params = Param(dict, None, "values for the call graph's params: (like -p)")
+    audio_call_graph = Param(PathType, None, "with video: the YAML graph a call runs while "
+                             "it has no agreed video stream (an audio-only caller, video "
+                             "rejected or dropped by a re-INVITE); default: call_graph")
+    call_graph_params = Param(dict, None, "values for the call graph's params: (like -p); "
+                              "with audio_call_graph, each graph gets those it declares")
     codecs = Param(list, DEFAULT_CODECS, "codecs offered and accepted, in preference order "
                    "(only those with encoder and decoder nodes are used)")
     user = Param(str, "pipeline", "our user name (Contact, From, registration and auth)")

@@ -3,11 +3,13 @@
 
 - starting it: our SDP answer on a free RTP port (`_start_media`; refused 503 when the range
   is full, 500 when the call graph fails, tried again on another port when another process
-  took the first), or the media a 2xx or 18x brought (`_start_part`);
+  took the first), or the media a 2xx or 18x brought (`_start_part`); the graph is the
+  `call_graph`, or the `audio_call_graph` while the call has no video stream (`_graph_of`);
 - attaching it (`_attach`): the ports our SDP named go to its RTP nodes as bound sockets;
 - detaching it (`_detach`): its I/O tasks are awaited before its port is reused;
 - rebuilding it when the media change (`_rebuild`): the ports stay held in between and what
-  its nodes did in the call (`carry_state`) is handed to the new ones;
+  its nodes did in the call (`carry_state`) is handed to the new ones; a re-INVITE that adds
+  or drops video switches between the two graphs this way;
 - a fault in it (`_on_part_fault`) ends the call.
 
 `CallParts` is mixed into `nodes.SipEndpoint`.
@@ -23,7 +25,7 @@ from pipeline.errors import PipelineError
 
 from . import call as sipcall
 from .offer_answer import NegotiatedMedia
-from .values import call_values, written_map
+from .values import call_values, shared_params, written_map
 
 if TYPE_CHECKING:
     from . import ua as sipua
@@ -41,10 +43,12 @@ class CallParts:
 
     # parameters of `SipEndpoint`
     call_graph: Any
+    audio_call_graph: Any
     call_graph_params: dict | None
     rtp_timeout: float
     video: bool
     video_codecs: list[Any]
+    srtp: str
     # set up by `SipEndpoint.start`
     ua: sipua.UserAgent
     ports: PortAllocator
@@ -72,11 +76,13 @@ class CallParts:
         # binds them (after the ACK): check them now, as for an outgoing call.
         late = incoming is not None and incoming.late_offer
         check = self.call_graph is not None
+        video_later = self._video_may_come()
         video_port = 0
         try:
-            if (preview is not None and preview[1].video is not None) or (
+            if video_later or (preview is not None and preview[1].video is not None) or (
                     late and self.video and self.video_codecs):
-                # A video stream we accepted gets its own port (checked: not retried below).
+                # A video stream we accepted, or may by re-INVITE (`video_later`), gets its
+                # own port (checked: not retried below).
                 video_port = self.ports.allocate(check=check)
             if late:
                 port = self.ports.allocate(check=check)
@@ -101,12 +107,20 @@ class CallParts:
                     return False
             try:
                 media = self.ua.prepare_answer(call_id, port, video_port)
-                if video_port and self.ua.calls[call_id].video_port != video_port:
-                    self.ports.release(video_port)  # our SDP has no video: not the call's
-                    video_port = 0
+                call = self.ua.calls[call_id]
+                if video_port and call.video_port != video_port:
+                    if video_later:
+                        # No video now (none offered, or port 0): the port stays the call's
+                        # (unbound, as after a re-offer that drops video), for a re-INVITE
+                        # that adds it (RFC 3264 8.1; the UA accepts video on a call's
+                        # video port only). Its part is the audio_call_graph till then.
+                        call.video_port = video_port
+                    else:
+                        self.ports.release(video_port)  # our SDP has no video: not the call's
+                        video_port = 0
                 if media is not None:  # else a late offer's: its graph starts with the ACK
                     # (a failure leaves the video port held: released below if no retry)
-                    self._attach(self.ua.calls[call_id], media, retry=True)
+                    self._attach(call, media, retry=True)
             except Exception as exc:
                 self.ports.release(port)
                 error = exc
@@ -127,6 +141,22 @@ class CallParts:
             self._pump()
             return False
         return True
+
+    def _video_may_come(self) -> bool:
+        """Whether a call answered without video keeps a video port for a re-INVITE that
+        adds video: with an `audio_call_graph` (which it runs till then), as video calls
+        are served (`video_codecs`, and never with SRTP mandatory: video is plain RTP)."""
+        return self.audio_call_graph is not None and self.video and bool(self.video_codecs) \
+            and self.srtp != "mandatory"
+
+    def _graph_of(self, media: NegotiatedMedia) -> tuple[str, dict[Any, Any]]:
+        """The call graph a call with `media` runs and the params it gets: `call_graph`,
+        or the `audio_call_graph` while no video stream is agreed (docs/sip.md); each gets
+        the `call_graph_params` it declares when there are two."""
+        if self.audio_call_graph is None:
+            return str(self.call_graph), written_map(self.call_graph_params)
+        path = str(self.audio_call_graph if media.video is None else self.call_graph)
+        return path, shared_params(path, self.call_graph_params)
 
     def _no_port(self, call_id: str, exc: Exception) -> None:
         """Every port pair of the range is taken: 503, busy for now, not broken."""
@@ -194,8 +224,8 @@ class CallParts:
         values = call_values(call, media, local_ip=self.media_ip_used,
                              rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
         prefix = f"call-{call.number}/"
-        names = add_part(self.graph, str(self.call_graph), prefix, call=values,
-                         overrides=written_map(self.call_graph_params),
+        path, params = self._graph_of(media)
+        names = add_part(self.graph, path, prefix, call=values, overrides=params,
                          registry=self.registry)
         try:
             for name, (kind, state) in carried.items():

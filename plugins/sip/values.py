@@ -1,5 +1,5 @@
 """The `${call.*}` values a call graph runs with (docs/sip.md), and the maps from the YAML
-that give its parameters.
+that give its parameters (`shared_params`: those of two call graphs).
 
 `call_values` builds them from a call and its negotiated media, naming the codec as the
 registry does (`codec_info`: the registered description of the agreed SDP format, offered
@@ -36,6 +36,18 @@ def written_map(mapping: Any) -> dict[Any, Any]:
     keys = getattr(mapping, "key_texts", {})
     return {keys.get(k, k): Written(texts[k], v) if k in texts else v
             for k, v in mapping.items()}
+
+
+def shared_params(path: Any, mapping: Any) -> dict[Any, Any]:
+    """The `call_graph_params` (as `written_map` gives them) that the call graph at `path`
+    gets when `call_graph` and `audio_call_graph` share them: those it declares (a picture
+    size is the video graph's alone); `validate` refuses a key that neither declares."""
+    from pipeline.loader import declared_params
+
+    if not mapping:
+        return {}
+    declared = declared_params(path)
+    return {k: v for k, v in written_map(mapping).items() if k in declared}
 
 
 def sdp_codec(info: Any) -> Codec:
