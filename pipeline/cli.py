@@ -218,6 +218,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(format_stats(result.stats))
     if signals:
         return 128 + signals[0]  # stopped cleanly, but interrupted
+    from .sip_cli import dialled_failure
+
+    # A graph that dials and ends with that call (exit_after_call) ran for the call: one
+    # that failed fails the run, in the line `pipeline call` gives for it.
+    failed = dialled_failure(graph, result.messages, result.wall_time)
+    if failed is not None:
+        raise failed
     return EXIT_ERROR if errors else 0
 
 
@@ -531,6 +538,13 @@ def make_parser() -> argparse.ArgumentParser:
         CODECS_HELP = USER_HELP = None  # noqa: N806
     sp.add_argument("--codecs", metavar="A,B,...", help=CODECS_HELP)
     sp.add_argument("--user", metavar="NAME", help=USER_HELP)
+    sp.add_argument("--video", action="store_true",
+                    help="offer a video stream beside the audio (an m=video line, as a "
+                         "sip_endpoint with video: true): the call graph gets the "
+                         "${call.video_*} values, e.g. graphs/calls/video-call.yaml")
+    sp.add_argument("--video-codecs", metavar="A,B",
+                    help="video codecs to offer with --video, in order (vp8, h264; default: "
+                         "the sip_endpoint's video_codecs, vp8,h264)")
     sp.add_argument("--dns-server", dest="dns_servers", action="append", metavar="IP[:PORT]",
                     help="DNS server that locates a SIP host named by domain (RFC 3263; "
                          "repeatable, tried in order; default: the system's)")

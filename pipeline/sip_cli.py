@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from .errors import PipelineError
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 
 def _sip() -> object:
@@ -28,3 +32,11 @@ def serve(args: argparse.Namespace) -> int:
 
 def call(args: argparse.Namespace) -> int:
     return _sip().call(args)  # type: ignore[attr-defined]
+
+
+def dialled_failure(graph: Graph, messages: list[Any], elapsed: float) -> PipelineError | None:
+    """Why the call a `sip_endpoint` of a launched graph dialled with `exit_after_call` was
+    not established, in `pipeline call`'s words; None when it was, or nothing dials."""
+    if not any(n.kind == "sip_endpoint" for n in graph.nodes.values()):
+        return None  # (nor is the SIP plugin needed)
+    return _sip().dialled_failure(graph, messages, elapsed)  # type: ignore[attr-defined]

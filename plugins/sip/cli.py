@@ -4,8 +4,10 @@
 SIGTERM (or `--duration`): the first signal, or the end of `--duration`, hangs up every call
 and unregisters, a second signal stops at once. `call SIP-URI --graph CALL.yaml` builds a
 parent graph with one endpoint that dials the URI and runs CALL.yaml as the call graph,
-hanging up after `--duration`; while it runs, line commands on stdin hold, resume, send
-DTMF digits or hang up (`_CallControl`).
+hanging up after `--duration` (`--video`: with a video stream beside the audio); while it
+runs, line commands on stdin hold, resume, send DTMF digits or hang up (`_CallControl`).
+`pipeline launch` of a graph whose own endpoint dials with `exit_after_call` ends as
+`pipeline call` does when that call fails (`dialled_failure`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pipeline.graph import Graph
 from pipeline.messages import MessagePrinter
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
-from . import DEFAULT_CODECS, DEFAULT_USER, callcheck
+from . import DEFAULT_CODECS, DEFAULT_USER, callcheck, offer_answer
 from .call import NO_RESPONSE, RTP_TIMEOUT
 from .checks import _CN, _DTMF
 from .dns import check_servers
@@ -349,7 +351,8 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
                      dns_servers: list[str] | None = None,
                      rtp_ports: str | None = None, user: str | None = None,
                      rtp_timeout: float | None = None, password: str | None = None,
-                     tls_ca: str | None = None, tls_verify: bool = True) -> Graph:
+                     tls_ca: str | None = None, tls_verify: bool = True,
+                     video: bool = False, video_codecs: list[str] | None = None) -> Graph:
     """The parent graph of `pipeline call`: one sip_endpoint, our SIP user `user` (default
     `caller`), that dials `uri`. A host that is a name is located by DNS (RFC 3263;
     `dns_servers`, default the system's); the call's RTP port comes from `rtp_ports`
@@ -357,7 +360,9 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
     without RTP (0: never; default the endpoint's, 30 s). `password` answers a 401/407
     challenge to the INVITE (digest, RFC 3261 22.2, as `user`). A TLS server must prove it
     is the URI's host (RFC 5922) by a certificate from the system's CAs, or from `tls_ca`;
-    not `tls_verify`: not checked (a lab server's self-signed certificate)."""
+    not `tls_verify`: not checked (a lab server's self-signed certificate). `video` offers
+    an m=video line too, of `video_codecs` (default the endpoint's), as a sip_endpoint
+    with `video: true` does."""
     from pipeline.registry import get_registry
 
     try:
@@ -392,6 +397,8 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         **({"dns_servers": dns_servers} if dns_servers else {}),
         **({"rtp_port_range": rtp_ports} if rtp_ports else {}),
         **({"rtp_timeout": rtp_timeout} if rtp_timeout is not None else {}),
+        **({"video": True} if video else {}),
+        **({"video_codecs": video_codecs} if video_codecs else {}),
     })
     callcheck.mark_checked(graph.nodes["sip"])  # `call` checks it before dialling, its way
     return graph
@@ -410,6 +417,28 @@ def _check_codecs(codecs: list[str]) -> None:
     if codecs and all(name.lower() in (_DTMF, _CN) for name in codecs):
         raise UsageError(f"--codecs: {','.join(codecs)} has no audio codec, a call needs one",
                          hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
+
+
+def _check_video_codecs(text: str | None, video: bool) -> list[str] | None:
+    """`--video-codecs`, named as the option (a usage error): video codecs we send and
+    receive, given with `--video`; None when not given (the endpoint's list)."""
+    from pipeline.cli import UsageError
+
+    if text is None:
+        return None
+    if not video:  # said, not implied: an audio call was asked for
+        raise UsageError("--video-codecs applies to a video call", hint="add --video")
+    names = [c.strip().lower() for c in text.split(",") if c.strip()]
+    if not names:
+        raise UsageError(f"--video-codecs: '{text}' names no codec",
+                         hint="write e.g. --video-codecs vp8,h264")
+    for name in names:
+        try:
+            offer_answer.video_codec(name)
+        except PipelineError as e:
+            raise UsageError(f"--video-codecs: {e.message}",
+                             hint="write e.g. --video-codecs vp8,h264") from None
+    return names
 
 
 def _check_user(name: str) -> str:
@@ -482,29 +511,45 @@ def _check_rtp_ports(text: str) -> str:
 
 
 def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
+                     video_codec: str | None = None,
                      say: Callable[[str], None] | None = None) -> list[str]:
     """Check the call graph (`callcheck.check_call_graph`) with each offered audio codec
-    before dialling (not after the far end has answered, when the call is hung up at once):
-    the offered codecs it works with, in order; a codec it fails with is not offered, as a
+    before dialling (not after the far end has answered, when the call is hung up at once),
+    with the video values of `video_codec` (the first offered) for a video call: the
+    offered codecs it works with, in order; a codec it fails with is not offered, as a
     pjsua without a codec does not offer it, and `say` is told why."""
     try:
-        return callcheck.check_call_graph(path, overrides, codecs, say=say)
+        return callcheck.check_call_graph(path, overrides, codecs, video_codec=video_codec,
+                                          say=say)
     except GraphError as e:
-        if e.message.startswith("unknown call value '${call.video_"):
-            e.hint = ("pipeline call offers audio only: ${call.video_*} values come "
-                      "with a video call (a sip_endpoint with video: true)")
+        if e.message.startswith(_VIDEO_VALUE) and video_codec is None:
+            e.hint = ("pipeline call offers audio only without --video: add --video for a "
+                      "call with ${call.video_*} values")
         raise
 
 
+_VIDEO_VALUE = "unknown call value '${call.video_"  # a video value a call did not have
+
+
 def _failure(uri: str, messages: list[Any], duration: float | None,
-             elapsed: float, password_env: str | None = None) -> CallFailed:
+             elapsed: float, password_env: str | None = None, *,
+             video: bool = False) -> CallFailed:
     """Why the dialled call was not established, in one line: the call graph's error if it
-    failed to start, else what the far end did or did not do (from the bus messages)."""
+    failed to start, else what the far end did or did not do (from the bus messages).
+    `video`: video was offered, with a call graph checked with the video values first."""
     failed = f"call to {uri} failed"
     for m in messages:
         text = str(m.data.get("message", "")) if m.name == "error" else ""
         if text.startswith("call graph for call "):
             detail = text.partition(" failed: ")[2] or text
+            if video and _VIDEO_VALUE in detail:
+                # It passed the check with the video values: the answer had none, its
+                # m=video line refused (port 0, RFC 3264 6), and the call graph needs them.
+                return CallFailed(f"{failed}: the far end refused video (m=video port 0 in "
+                                  "its answer) and the call graph needs it",
+                                  hint="offer a video codec it takes (--video-codecs), or "
+                                       "call with a call graph without ${call.video_*} "
+                                       "values")
             return CallFailed(f"{failed}: its call graph did not start: {detail}")
     ended = next((m for m in messages if m.name == "call-ended"), None)
     if ended is None:
@@ -536,6 +581,26 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
     return CallFailed(f"{failed}: {reason}")  # (a peer's status is in its reason already)
 
 
+def dialled_failure(graph: Graph, messages: list[Any], elapsed: float) -> CallFailed | None:
+    """Why the call a sip_endpoint of `graph` dialled with `exit_after_call` (run by
+    `pipeline launch`, `elapsed` seconds) was not established, in `pipeline call`'s line;
+    None when it was. Such a run is that call, as `pipeline call` is: it failing is the
+    run failing (it exited 0 before)."""
+    for node in endpoints(graph):
+        if not (node.dial and node.exit_after_call):
+            continue
+        dialled = getattr(node, "_dialled", None)
+        # This endpoint's messages about the call it dialled, not about calls it answered
+        # (an error names its call in its text).
+        mine = [m for m in messages if m.node == node.name
+                and m.data.get("call_id", dialled) == dialled
+                and (m.name != "error" or f" {dialled} " in str(m.data.get("message")))]
+        if not any(m.name == "call-established" for m in mine):
+            return _failure(str(node.dial), mine, node.hangup_after or None, elapsed,
+                            video=bool(node.video))
+    return None
+
+
 def call(args: argparse.Namespace) -> int:
     """Call a SIP URI, run the call graph for the call, hang up after --duration."""
     from pipeline.cli import _overrides
@@ -551,6 +616,8 @@ def call(args: argparse.Namespace) -> int:
                             hint="write an IP address, IP:PORT or [IPv6]:PORT, e.g. "
                                  "--dns-server 127.0.0.1:5353") from None
     rtp_ports = None if args.rtp_ports is None else _check_rtp_ports(args.rtp_ports)
+    video = bool(getattr(args, "video", False))
+    video_codecs = _check_video_codecs(getattr(args, "video_codecs", None), video)
     timeout_text = getattr(args, "rtp_timeout", None)
     rtp_timeout = duration_option(timeout_text, "--rtp-timeout",
                                   zero="never hangs up for want of RTP")
@@ -568,7 +635,7 @@ def call(args: argparse.Namespace) -> int:
                          hint="give one of them")
     endpoint = {"dns_servers": servers or None, "rtp_ports": rtp_ports, "user": user,
                 "rtp_timeout": rtp_timeout, "password": password, "tls_ca": tls_ca,
-                "tls_verify": tls_verify}
+                "tls_verify": tls_verify, "video": video, "video_codecs": video_codecs}
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                              codecs=codecs or None, **endpoint)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
@@ -578,7 +645,10 @@ def call(args: argparse.Namespace) -> int:
     offered = codecs or DEFAULT_CODECS
     say = (lambda line: print(f"pipeline: warning: {line}", file=sys.stderr)) if codecs \
         else log.info
-    usable = check_call_graph(args.graph, overrides, offered, say=say)
+    # A video call's graph is checked with the values of the video codec offered first.
+    first_video = str(graph.nodes["sip"].video_codecs[0]) if video else None
+    usable = check_call_graph(args.graph, overrides, offered, video_codec=first_video,
+                              say=say)
     if usable != offered:
         graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                                  codecs=usable, **endpoint)
@@ -594,7 +664,8 @@ def call(args: argparse.Namespace) -> int:
             raise CallFailed(f"call to {args.uri} failed: --rtp-ports {full.low}-{full.high} "
                              "has no free port pair",
                              hint="widen --rtp-ports: a call takes an even port and the "
-                                  "next") from None
+                                  "next" + (", a video call two such pairs" if video else "")
+                             ) from None
         raise
     # Our own call graph failed (a node raised): the call ended for that, not for anything
     # the far end did, answered or not; said as launch says a fault, exit 1.
@@ -615,7 +686,7 @@ def call(args: argparse.Namespace) -> int:
                              f"{control.timed_out:g} s (--rtp-timeout)",
                              hint="the far end or its media path is gone")
         raise _failure(args.uri, result.messages, duration, time.monotonic() - started,
-                       password_env)
+                       password_env, video=video)
     if control.timed_out is not None and not signals:
         # Answered, so exit 0 as however else it ended (docs/cli.md); the last line says
         # why in the command's terms (`call-ended` says `rtp timeout`, not the option).
