@@ -169,3 +169,30 @@ def test_two_recorders_of_one_graph_are_told_the_fix(tmp_path):
     assert e.value.hint == "record to another file; in a call graph, put ${call.call_id} in " \
                            "its path"
     assert not path.exists()
+
+
+def test_a_device_is_not_locked_so_two_graphs_may_both_discard_to_dev_null():
+    # A recording thrown away in two calls at once (or two processes) must not be refused.
+    first = WavWriter("/dev/null", 8000, 1, "pcm_s16")
+    try:
+        second = WavWriter("/dev/null", 8000, 1, "pcm_s16")
+        second.close()
+    finally:
+        first.close()
+
+
+def test_only_a_locked_recording_gets_the_one_path_each_hint(tmp_path):
+    import errno
+
+    from plugins.files.nodes import RecordingLocked, write_hint
+
+    path = str(tmp_path / "a.wav")
+    held = WavWriter(path, 8000, 1, "pcm_s16")
+    try:
+        with pytest.raises(RecordingLocked) as locked:
+            WavWriter(path, 8000, 1, "pcm_s16")
+    finally:
+        held.close()
+    assert "${call.call_id}" in write_hint(locked.value)
+    # A device busy for its own reasons is not another recorder.
+    assert write_hint(OSError(errno.EBUSY, "Device or resource busy"), "x") == "x"

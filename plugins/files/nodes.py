@@ -251,20 +251,27 @@ def _check_writable(param: str, path: str) -> None:
                               f"'{ancestor}'", "choose a folder you can write to")
 
 
+class RecordingLocked(OSError):
+    """Another recorder is writing the file (`open_exclusive`); errno EBUSY."""
+
+
 def open_exclusive(path: str, flags: int, mode: int = 0o666) -> int:
     """Open `path` for a recorder (`flags` without O_TRUNC: nothing is emptied here) under
     an exclusive advisory lock, held until the descriptor is closed. Another recorder of
-    the same file, of this process or another, gets OSError EBUSY instead of interleaving
-    its writes with this one's into one corrupt file (two calls of a call graph that
-    records to a fixed path, two `pipeline launch` runs). flock, not fcntl's locks: those
-    belong to the process, so two graphs of one process would not conflict, and closing
-    any descriptor of the file (FFmpeg's own) would drop them."""
+    the same regular file, of this process or another, gets `RecordingLocked` instead of
+    interleaving its writes with this one's into one corrupt file (two `pipeline launch`
+    or `serve` processes, two graphs of one program; two calls of one graph are refused
+    at load: `other_files`). A device or FIFO is not locked: any number may write to
+    /dev/null. flock, not fcntl's locks: those belong to the process, so two graphs of
+    one process would not conflict, and closing any descriptor of the file (FFmpeg's own)
+    would drop them."""
     fd = os.open(path, flags, mode)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise OSError(errno.EBUSY, "another recorder is writing it", path) from None
+        raise RecordingLocked(errno.EBUSY, "another recorder is writing it", path) from None
     except OSError:  # a file system without locks (ENOLCK): records unguarded, as before
         pass
     return fd
@@ -394,9 +401,15 @@ class WavWriter:
 # What to do about the write errors a recorder meets most.
 _WRITE_HINTS = {errno.ENOSPC: "free some disk space or record elsewhere",
                 errno.EFBIG: "the file size limit (ulimit -f) is reached: raise it",
-                errno.ENOENT: "the folder is gone (or a link points nowhere): fix the path",
-                errno.EBUSY: "give each recording its own path; in a call graph, put "
-                             "${call.call_id} in it"}
+                errno.ENOENT: "the folder is gone (or a link points nowhere): fix the path"}
+
+
+def write_hint(e: BaseException, default: str | None = None) -> str | None:
+    """The fix for a recorder's write error `e` (`_WRITE_HINTS`; a file another recorder
+    writes: `RecordingLocked`, not any EBUSY)."""
+    if isinstance(e, RecordingLocked):
+        return "give each recording its own path; in a call graph, put ${call.call_id} in it"
+    return _WRITE_HINTS.get(getattr(e, "errno", None), default)
 
 
 # Suffixes of other media formats, which a WAV must not be named with. Others pass: a name
@@ -594,7 +607,7 @@ class WavRecorder(Node):
         # Disk full, file too large, folder gone: stop this recorder, keep the graph (and
         # the call) going; the header already covers what is on disk.
         self.failed = True
-        hint = _WRITE_HINTS.get(e.errno, "check the disk and the path")
+        hint = write_hint(e, "check the disk and the path")
         self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
                   f"'{self.path}': {e.strerror} (hint: {hint})", path=self.path)
 

@@ -18,7 +18,7 @@ from pipeline.frames import AudioFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
-from plugins.files.nodes import _WRITE_HINTS, check_writable, nothing_recorded, open_exclusive
+from plugins.files.nodes import check_writable, nothing_recorded, open_exclusive, write_hint
 from plugins.video.codec import size_problem
 from plugins.video.frames import to_av
 from plugins.video.nodes import (
@@ -252,7 +252,7 @@ class VideoRecorder(Node):
         errno = getattr(e, "errno", None)
         # FFmpeg's OSError text repeats the path ("[Errno 28] No space ...: 'a.mp4'").
         what = (getattr(e, "strerror", None) or str(e)) if errno else str(e)
-        hint = _WRITE_HINTS.get(errno) if errno else None
+        hint = write_hint(e) if errno else None
         self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
                   f"'{self.path}': {what}" + (f" (hint: {hint})" if hint else ""),
                   path=self.path)
