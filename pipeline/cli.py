@@ -231,9 +231,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _call_graph(args: argparse.Namespace) -> Graph:
     """`validate --call`: the file as a call graph, `${call.*}` from a sample loopback call
     (`-p call.NAME=VALUE` changes one; `call.codec` picks the codec the rest follow)."""
+    from plugins.sip.callcheck import load_call_graph
     from plugins.sip.values import example_call_values
-
-    from .loader import load_graph
 
     if getattr(args, "expr", None) or not args.file:
         raise UsageError("--call takes a call graph file", hint="pipeline validate --call "
@@ -252,7 +251,7 @@ def _call_graph(args: argparse.Namespace) -> Graph:
     if "ptime" in given or "ptime_ms" in given:  # one value under two names
         given["ptime"] = given["ptime_ms"] = given.get("ptime", given.get("ptime_ms"))
     values |= given
-    return load_graph(_graph_file(args.file), overrides, call=values)
+    return load_call_graph(_graph_file(args.file), overrides, values)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -631,18 +631,27 @@ class ConferenceBridge(Node):
         self._dirty = False
 
     def _start_recording(self) -> None:
-        """Open the room's files (at its first tick) with everyone present from time 0."""
+        """Open the room's files (at its first tick) with everyone present from time 0.
+        A room that cannot record from its start fails, as a start-up error does: a
+        recorded room (compliance) must not take calls it does not record. A write error
+        later (a full disk) only stops the recording (`_record_error`)."""
         self._record_pending = False
         channels = self._record_channels() if self.record_layout == "multichannel" else 1
         self.recorder = RoomRecorder(
             str(self.record_dir), self.name, fmt=self.record_format,
             layout=self.record_layout, rate=self.rate, tracks=self.record_tracks,
-            channels=channels, flush_seconds=self.record_flush, on_error=self._record_error)
+            channels=channels, flush_seconds=self.record_flush)
         self.recorder.start()
         for k, call_id in self._early_call_ids.items():
             self.recorder.set_call_id(k, call_id)
         for p in self.by_number.values():  # in the order they joined
             self.recorder.join(p.number, p.identity)
+        if self.recorder.failed:
+            raise self.fail(f"conference '{self.name}' cannot record: "
+                            f"{self.recorder.problem}",
+                            self.recorder.hint or "check record_dir (a folder you can write "
+                            "to, on a disk with room)")
+        self.recorder.on_error = self._record_error
 
     def tick(self, now: float) -> None:
         if self._record_pending:

@@ -520,7 +520,9 @@ class RoomRecorder:
         self.names.reserve(MIX_NAME)
         self.failed = False
         self.busy = False  # failed because another room writes its files
-        self.error: str | None = None
+        self.error: str | None = None  # the line said once it failed, hint and all
+        self.problem: str | None = None  # what failed (`cannot write 'PATH': REASON`)
+        self.hint: str | None = None  # its fix, when known
         self.pts = 0
         self.mix_track: TrackWriter | None = None
         self.mix_path: str | None = None  # kept after close, for the final manifest
@@ -760,9 +762,11 @@ class RoomRecorder:
         # the manifest here is that room's too, not this one's to replace.
         self.busy = getattr(e, "errno", None) == errno.EBUSY
         reason = getattr(e, "strerror", None) or str(e)
-        self.error = f"recorder stopped: cannot write '{self._current}': {reason}"
-        if self.busy:
-            self.error += " (hint: give each room its own record_dir)"
+        self.problem = f"cannot write '{self._current}': {reason}"
+        self.hint = "give each room its own record_dir" if self.busy else None
+        self.error = f"recorder stopped: {self.problem}"
+        if self.hint:
+            self.error += f" (hint: {self.hint})"
         for track in [*self.tracks.values(), *([self.mix_track] if self.mix_track else [])]:
             try:
                 track.close()

@@ -24,6 +24,7 @@ from pipeline.frames import AudioFrame, check_frame
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
+from plugins.generators.position import PlayPosition
 
 from .wavfile import (
     DS64_SIZE,
@@ -45,9 +46,13 @@ log = logging.getLogger(__name__)
 RIFF_MAX = U32_MAX
 
 
-class WavSource(Node):
+class WavSource(PlayPosition, Node):
     """Plays an audio file: WAV of any rate, width and channel count; other formats
-    (FLAC, Ogg, MP3, ...) are decoded through PyAV."""
+    (FLAC, Ogg, MP3, ...) are decoded through PyAV.
+
+    In a SIP call graph a prompt plays once per call: when a re-INVITE (hold, resume, codec
+    change) rebuilds the graph, the new node goes on where the old one was (`carry_state`),
+    as Asterisk's Playback and a pjsua player do, rather than starting the file again."""
 
     kind = "wav_source"
     clocked = True
@@ -158,10 +163,15 @@ class WavSource(Node):
             self.convert = lambda x: to_pcm(x, info)
             if info.format_tag == FORMAT_FLOAT:
                 self.convert = self._finite
-        self.pos = 0
+        self.position = 0
+        self._resumed = False
         self.pts = 0
         self.nonfinite = 0
         self._ticks = TickSamples(self.rate, self.graph.period)
+
+    def signal_key(self) -> tuple[str, int, int]:
+        # Another file (a path of ${call.*} values that changed) plays from its start.
+        return str(self.path), len(self.raw), self.rate
 
     def _finite(self, raw: np.ndarray) -> np.ndarray:
         x, bad = clean_float(to_pcm(raw, self.info))
@@ -171,24 +181,28 @@ class WavSource(Node):
     def tick(self, now: float) -> None:
         total = len(self.raw)
         looping = self.loop and total
-        if self.pos >= total and not looping:
+        if not self._resumed:  # where a rebuilt call's prompt was (a loop's turn in it)
+            self._resumed = True
+            at = self.resume_position(now)
+            self.position = at % total if looping else min(at, total)
+        if self.position >= total and not looping:
             self.send_eos()
             return
         n = self._ticks.due() - self.pts
         if n <= 0:
             return  # a rate under one sample per period: nothing due this tick
-        end = self.pos + n
+        end = self.position + n
         if end <= total:
-            raw = self.raw[self.pos:end]
+            raw = self.raw[self.position:end]
         elif looping:  # across the end (several times for a file shorter than a frame)
-            raw = self.raw[np.arange(self.pos, end) % total]
+            raw = self.raw[np.arange(self.position, end) % total]
         else:
-            raw = self.raw[self.pos:]
+            raw = self.raw[self.position:]
         chunk = self.convert(raw)
-        self.pos = end % total if looping else self.pos + len(chunk)
+        self.position = end % total if looping else self.position + len(chunk)
         self.emit("out", AudioFrame(np.ascontiguousarray(chunk), self.rate, self.pts))
         self.pts += len(chunk)
-        if self.pos >= total and not looping:
+        if self.position >= total and not looping:
             self.send_eos()  # with the last frame, as a tone's duration ends
 
     def stop(self) -> None:

@@ -217,6 +217,11 @@ class DtmfDetect(Node):
     most of the energy in the pair and no second harmonic of the high tone (speech is not
     taken for digits), at least `min_duration_ms` long; a dropout well under `min_pause_ms`
     (a lost packet) does not split a digit in two, a pause of it or more does.
+
+    In a SIP call graph, `rfc4733_payload_type: ${call.dtmf_payload_type}` makes it stand
+    aside when the call agreed telephone-event, as Asterisk's dtmf_mode=auto does: the
+    `rtp_session` reports those digits, and a phone that also leaves the tones in its audio
+    would have each key reported twice; without one agreed (-1) it detects.
     """
 
     kind = "dtmf_detect"
@@ -242,6 +247,12 @@ class DtmfDetect(Node):
                    "default: before an encoder and rtp_session it would send the digits "
                    "again as RFC 4733")
 
+    rfc4733_payload_type = Param(int, -1, "the call's RFC 4733 telephone-event payload "
+                                 "type (${call.dtmf_payload_type}): when one was agreed "
+                                 "(0-127), digits come as events and this node only passes "
+                                 "the audio on; -1: none agreed, detect in-band",
+                                 min=-1, max=127)
+
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         return {p: inputs["in"] for p in self.linked_outputs}
 
@@ -258,19 +269,24 @@ class DtmfDetect(Node):
             full_scale=32767.0 if fmt.value("encoding") == "pcm_s16" else 1.0)
         self._rate = rate
         self._pts0: int | None = None  # pts of the first frame: digits' pts count from it
+        # The call's digits come as RFC 4733 events (rtp_session reports them): the tones a
+        # phone also leaves in its audio are not digits of their own.
+        self._detecting = self.rfc4733_payload_type < 0
 
     def process(self, port: str, frame: AudioFrame) -> None:
-        if self._pts0 is None:
-            self._pts0 = frame.pts
-        digits = self._detector.feed(frame.data[:, 0])
-        if digits:
-            self._report(digits)
+        if self._detecting:
+            if self._pts0 is None:
+                self._pts0 = frame.pts
+            digits = self._detector.feed(frame.data[:, 0])
+            if digits:
+                self._report(digits)
         if self.linked_outputs:
             self.emit("out", frame)
 
     def event(self, port: str, event: Any) -> None:
         if isinstance(event, EndOfStream):
-            self._report(self._detector.flush())
+            if self._detecting:
+                self._report(self._detector.flush())
             if not self.linked_outputs:
                 self.send_eos()
                 return

@@ -52,17 +52,17 @@ class Tone(PcmSource):
             t = np.arange(self.rate, dtype=np.float64)
             self._table = np.rint(np.sin(t * self._w) * self._amp).astype(np.int16)
 
-    def render(self, pts: int, n: int) -> np.ndarray:
+    def render(self, position: int, n: int) -> np.ndarray:
         out = np.empty((n, self.channels), np.int16)
         if self._table is not None:
-            start = pts % self.rate
+            start = position % self.rate
             first = min(n, self.rate - start)
             out[:first] = self._table[start:start + first, None]
             if first < n:
                 out[first:] = self._table[:n - first, None]
             return out
         # The phase from the absolute sample index keeps every frame continuous.
-        phase = (pts * self._w) % (2.0 * np.pi)
+        phase = (position * self._w) % (2.0 * np.pi)
         out[:] = np.rint(np.sin(self._idx[:n] * self._w + phase) * self._amp)[:, None]
         return out
 
@@ -72,7 +72,7 @@ class Silence(PcmSource):
 
     kind = "silence"
 
-    def render(self, pts: int, n: int) -> np.ndarray:
+    def render(self, position: int, n: int) -> np.ndarray:
         return np.zeros((n, self.channels), np.int16)
 
 
@@ -90,7 +90,7 @@ class Noise(PcmSource):
         self._rng = np.random.default_rng(self.seed)
         self._amp = db_to_amplitude(self.level) * 32767.0
 
-    def render(self, pts: int, n: int) -> np.ndarray:
+    def render(self, position: int, n: int) -> np.ndarray:
         x = self._rng.standard_normal((n, self.channels)) * self._amp
         return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 
@@ -125,8 +125,7 @@ class DtmfTone(PcmSource):
                                                                    self._digits_s())
 
     def start(self) -> None:
-        self.duration = self.expected_duration()
-        super().start()
+        super().start()  # (its length: expected_duration, the digits' when longer)
         on = int(self.rate * self.tone_ms / 1000)
         off = int(self.rate * self.gap_ms / 1000)
         t = np.arange(on) / self.rate
@@ -142,8 +141,8 @@ class DtmfTone(PcmSource):
         # hour of it would be hundreds of MB).
         self.total = max(len(self._signal), self.total or 0)
 
-    def render(self, pts: int, n: int) -> np.ndarray:
+    def render(self, position: int, n: int) -> np.ndarray:
         out = np.zeros((n, self.channels), np.int16)
-        part = self._signal[pts:pts + n]
+        part = self._signal[position:position + n]
         out[:len(part)] = part[:, None]
         return out

@@ -26,6 +26,59 @@ from .values import example_call_values, shared_params, written_map
 
 log = logging.getLogger("plugins.sip")  # the endpoint's: its lines read as the node's
 PREFIX = "call-1/"  # the first call's part (example_call_values has call_number 1)
+# The call values a node takes the call's media with: the ports reserved for its RTP.
+RTP_VALUES = frozenset({"local_rtp_port", "local_video_port"})
+EXAMPLE_CALL_GRAPH = "graphs/calls/echo.yaml"
+
+
+class CallValues(dict):
+    """`${call.*}` values that remember which ones the graph read (`read`): one that never
+    read the call's RTP ports has no node sending or receiving its media."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def load_call_graph(path: str | Path, overrides: dict[str, Any], call: dict[str, Any],
+                    registry: Any = None) -> Graph:
+    """Load `path` as a call graph with the values `call` (`pipeline validate --call`),
+    with this module's checks of a call graph's nodes on top of the loader's."""
+    from pipeline.loader import load_graph
+
+    values = CallValues(call)
+    graph = load_graph(path, overrides, call=values, registry=registry)
+    refuse_endpoints(graph, set(graph.nodes), path)
+    warn_without_rtp(values, path)
+    return graph
+
+
+def refuse_endpoints(graph: Graph, names: set[str], path: str | Path) -> None:
+    """Raise GraphError for a sip_endpoint among the nodes `names`: the graph is a server's,
+    and its call would be torn down at once."""
+    from .nodes import SipEndpoint
+
+    for name in sorted(names):
+        if isinstance(graph.nodes[name], SipEndpoint):
+            file, line, column = graph.where.get(name) or NOWHERE
+            raise GraphError(
+                f"node '{name}' is a sip_endpoint: this is a graph for `pipeline serve`, "
+                "not a call graph (one that runs inside a call)",
+                hint=f"give a call graph, such as {EXAMPLE_CALL_GRAPH}",
+                file=file, line=line, column=column)
+
+
+def warn_without_rtp(values: CallValues, path: str | Path) -> None:
+    """Say that a call graph that read `values` took none of the call's RTP ports: no node
+    sends or receives the call's media, so the call is answered and silent."""
+    if not values.read & RTP_VALUES:
+        log.warning("call graph '%s' has no node using the call's RTP ports "
+                    "(${call.local_rtp_port}): the call will have no media; add an "
+                    "rtp_session, as %s has", path, EXAMPLE_CALL_GRAPH)
 
 
 def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
@@ -59,12 +112,15 @@ def _failures(path: str | Path, overrides: dict[str, Any], codecs: list[str], *,
     # No device is looked up (PortAudio is not even loaded), so the check passes on a
     # machine without a sound card: the call graph opens its devices when the call starts.
     with without_hardware():
-        for name in _checked(codecs, parent):
+        for i, name in enumerate(_checked(codecs, parent)):
             tag = _CheckLogTag(f"call graph check ({Path(path).name}, {name})")
             _GRAPH_LOG.addFilter(tag)
             try:
-                if not _load(path, overrides, example_call_values(name, video_codec), parent):
+                values = CallValues(example_call_values(name, video_codec))
+                if not _load(path, overrides, values, parent):
                     return None
+                if not i:  # (once, not once per codec)
+                    warn_without_rtp(values, path)
             except GraphError as e:
                 failed[name] = e
             finally:
@@ -209,8 +265,10 @@ def _load(path: str | Path, overrides: dict[str, Any], call: dict[str, Any],
 
     linkable = _linkable(parent)
     if not linkable:  # nothing to link to: the call graph alone, its nodes named as written
-        load_graph(path, overrides, call=call,
-                   registry=None if parent is None else parent.registry).prepare()
+        graph = load_graph(path, overrides, call=call,
+                           registry=None if parent is None else parent.registry)
+        refuse_endpoints(graph, set(graph.nodes), path)
+        graph.prepare()
         return True
     try:
         host = _negotiated_copy(parent, linkable)
@@ -218,6 +276,7 @@ def _load(path: str | Path, overrides: dict[str, Any], call: dict[str, Any],
         return False
     names = set(add_part(host, path, PREFIX, overrides=overrides, call=call,
                          registry=host.registry))
+    refuse_endpoints(host, names, path)
     _check_ports(host, names)
     host.part_prefix = PREFIX  # converters named as a call's
     host.check(names)
