@@ -148,8 +148,8 @@ def test_two_rooms_of_one_name_in_one_folder(tmp_path, fmt):
         first.write(speech[i:i + n], {1: speech[i:i + n]})
     first.close()
     mix = tmp_path / f"room-mix.{fmt}"
-    assert errors == [f"recorder stopped: cannot write '{mix}': another recorder is "
-                      "writing it (hint: give each room its own record_dir)"]
+    assert errors == [f"recorder stopped: cannot write '{tmp_path / 'room.json'}': another "
+                      "recorder is writing it (hint: give each room its own record_dir)"]
     # The first room's files are whole and hold its audio only; the manifest is its own.
     for track in (mix, tmp_path / f"room-alice.{fmt}"):
         assert np.array_equal(_decode(track), speech)
@@ -157,6 +157,36 @@ def test_two_rooms_of_one_name_in_one_folder(tmp_path, fmt):
         ["room.json", mix.name, f"room-alice.{fmt}"])
     manifest = json.loads((tmp_path / "room.json").read_text())
     assert [p["identity"] for p in manifest["participants"]] == ["alice"]
+
+
+def test_two_rooms_recording_participants_only_keep_the_first_ones_manifest(tmp_path):
+    # No track is open at the start: the second room wrote its manifest over the first's,
+    # which then named only bob. The room's own lock stops the second at its start.
+    rate, n = 8000, 160
+    first = RoomRecorder(str(tmp_path), "room", rate=rate, tracks="participants")
+    errors: list[str] = []
+    second = RoomRecorder(str(tmp_path), "room", rate=rate, tracks="participants",
+                          on_error=errors.append)
+    first.start()
+    first.join(1, "alice")
+    second.start()
+    second.join(1, "bob")
+    for _ in range(5):
+        block = np.full(n, 1000, np.int16)
+        first.write(block, {1: block})
+        second.write(block, {1: block})
+    second.close()
+    first.close()
+    assert len(errors) == 1 and "another recorder is writing it" in errors[0], errors
+    manifest = json.loads((tmp_path / "room.json").read_text())
+    assert [p["identity"] for p in manifest["participants"]] == ["alice"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["room-alice.wav", "room.json"]
+    # Closed, the room leaves no lock behind: another room of the name records there.
+    third = RoomRecorder(str(tmp_path), "room", rate=rate, tracks="participants",
+                         on_error=errors.append)
+    third.start()
+    third.close()
+    assert len(errors) == 1
 
 
 def test_two_recorders_of_one_graph_are_told_the_fix(tmp_path):

@@ -242,7 +242,7 @@ def test_a_room_that_cannot_record_at_its_start_fails_its_server(tmp_path):
     errors = [line for line in lines if "error" in line]
     assert errors == [
         f"pipeline: error: {CONFERENCE}:10:3: node 'room': conference 'room' cannot record: "
-        f"cannot write '{rec / 'room-mix.wav'}': another recorder is writing it (hint: give "
+        f"cannot write '{rec / 'room.json'}': another recorder is writing it (hint: give "
         "each room its own record_dir)"], lines
 
 

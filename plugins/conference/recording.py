@@ -31,11 +31,10 @@ A write error (disk full, file removed) stops the whole recorder with one messag
 header could not be written, or an Ogg Opus one left with headers only, is removed (no
 player opens it), as is a late joiner's whose leading silence could not be written (the
 join fails: the manifest never names it); an Opus track with no audio at all gets one frame
-of silence. Every track is locked while open (`open_exclusive`): a second room recording to
-the same files (rooms of one name, one folder, in two servers) stops its recorder as it
-opens the first one, with none of the other's files emptied, removed or rewritten (its
-manifest neither; but with tracks "participants" the manifest is written before any track
-opens, and so replaced).
+of silence. A room holds a lock on `.ROOM.lock` in its folder from start to close, and
+every track is locked while open (`open_exclusive`): a second room of the same name in the
+same folder (two servers) stops its recorder at its start, with none of the other's files
+or its manifest emptied, removed or rewritten.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.files.nodes import WavWriter, open_exclusive
+from plugins.files.nodes import RecordingLocked, WavWriter, open_exclusive
 
 from .flac import flac_renumber, flac_silence
 from .names import NameAllocator
@@ -536,6 +535,7 @@ class RoomRecorder:
         self._manifest_pts = 0  # room time of its last writing
         self._block: np.ndarray | None = None
         self._current: str = str(self.directory)
+        self._lock = -1  # the room's lock file, held from start to close (`_start`)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self, wall: float | None = None) -> None:
@@ -548,6 +548,8 @@ class RoomRecorder:
 
     def _start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._current = str(self.manifest_path())  # (what a user knows the room by)
+        self._lock = self._lock_room()
         path = self._mix_file()
         if path is not None:
             self.mix_track = self._open(path, self.channels if self.layout == "multichannel"
@@ -573,8 +575,8 @@ class RoomRecorder:
         except BaseException as e:
             # Its header could not be written (a full disk): the file holds no audio and
             # no player opens it, so none is left behind (the manifest never names it).
-            # Unless another room writes it (EBUSY): that file is not ours to remove.
-            if getattr(e, "errno", None) != errno.EBUSY:
+            # Unless another room writes it: that file is not ours to remove.
+            if not isinstance(e, RecordingLocked):
                 _remove_file(path)
             raise
 
@@ -692,6 +694,36 @@ class RoomRecorder:
             self._guard(self._write_manifest)
         else:
             self._last_manifest()
+        self._unlock()
+
+    def _lock_path(self) -> Path:
+        return self.directory / f".{self.room}.lock"
+
+    def _lock_room(self) -> int:
+        """Hold `.ROOM.lock` (`open_exclusive`) from start to close: one room of a name per
+        folder. Its manifest and tracks are one recording, and with participant tracks only
+        no track would be open to lock until a join (meanwhile the other room's manifest
+        would be replaced). A room unlinks the file as it closes (no litter), so a lock won
+        on a file just unlinked is let go and the new one taken."""
+        path = self._lock_path()
+        for _ in range(3):
+            fd = open_exclusive(str(path), os.O_WRONLY | os.O_CREAT)
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise RecordingLocked(errno.EBUSY, "another recorder is writing it", str(path))
+
+    def _unlock(self) -> None:
+        if self._lock >= 0:
+            try:
+                os.unlink(self._lock_path())  # before letting go: see `_lock_room`
+            except OSError:
+                pass
+            os.close(self._lock)
+            self._lock = -1
 
     # ---- identities and the manifest ------------------------------------------------------
     def rename(self, key: Any, identity: str) -> None:
@@ -760,7 +792,7 @@ class RoomRecorder:
         self.failed = True
         # Another room records to these files (two servers' rooms of one name, one folder):
         # the manifest here is that room's too, not this one's to replace.
-        self.busy = getattr(e, "errno", None) == errno.EBUSY
+        self.busy = isinstance(e, RecordingLocked)
         reason = getattr(e, "strerror", None) or str(e)
         self.problem = f"cannot write '{self._current}': {reason}"
         self.hint = "give each room its own record_dir" if self.busy else None
