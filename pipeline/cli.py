@@ -517,7 +517,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true",
                     help="print only errors, not a line per call event")
     sp.add_argument("--stats", action="store_true",
-                    help="at the end, per-node frames, drops, CPU time (as launch --stats)")
+                    help="at the end, per-node frames, drops, CPU time (as launch --stats), "
+                         "and a line per ended call: packets, loss, jitter, RTT, concealment")
     sp.add_argument("-m", "--messages", action="store_true",
                     help="print every bus message (a room's joins and speakers, each node's "
                          "post()), not only the call events, as launch -m does")
@@ -531,6 +532,9 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--graph", required=True, help="call graph YAML file")
     sp.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--duration", help="hang up after this long (e.g. 10s)")
+    sp.add_argument("--stats", action="store_true",
+                    help="at the end, the endpoint's counters and a line per call: packets, "
+                         "loss, jitter, RTT, concealment (as serve --stats)")
     try:  # the SIP plugin's defaults (a light import: the package, not the endpoint)
         from plugins.sip import CODECS_HELP, USER_HELP
     except ImportError:  # no SIP plugin in this build: `call` says so when run

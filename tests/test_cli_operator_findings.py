@@ -239,7 +239,8 @@ def test_the_ivr_example_keeps_the_call_up_after_its_prompt_and_reports_digits(t
     err = done.stderr.splitlines()
     assert done.returncode == 0, err
     (ended,) = [line for line in err if " call-ended " in line]
-    assert ended.endswith(" reason=local hangup prefix=call-1/"), err  # --duration's
+    # --duration's; then the call's media figures (docs/sip.md, "Call quality")
+    assert re.search(r" reason=local hangup prefix=call-1/ rx_packets=\d+", ended), err
     assert not any("--rtp-timeout" in line for line in err), err
     digits = [re.fullmatch(STAMP + r"call-1/rtp: dtmf digit=(.) duration_ms=\S+", line)
               for line in lines]

@@ -112,7 +112,7 @@ def test_refer_is_declined_603_without_follow_refer():
     assert notifies(net) == []
     assert net.of(bob, ReferReceived)[0].refer_id is None  # still reported
     (outcome,) = net.of(alice, TransferDone)
-    assert (outcome.refer_id, outcome.status, outcome.reason) == (refer_id, 603, "603 Decline")
+    assert (outcome.refer_id, outcome.status, outcome.reason) == (refer_id, 603, "Decline")
 
 
 @pytest.mark.parametrize(("refer_to", "reason"), [

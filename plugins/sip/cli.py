@@ -37,6 +37,7 @@ from .call import NO_RESPONSE, RTP_TIMEOUT
 from .checks import _CN, _DTMF
 from .dns import check_servers
 from .locate import is_ip
+from .parts import QUALITY_FIELDS
 from .ports import PortRangeFull, port_range
 from .uri import _USER_RE as USER_RE
 from .uri import SipUri
@@ -135,7 +136,8 @@ _ERRORS = frozenset(("sip-registration-failed", "error"))
 _PRINTED = _ERRORS | {"sip-listening", "sip-registered", "sip-unregistered", "call-incoming",
                       "call-ringing", "call-early-media", "call-established", "call-updated",
                       "call-ended", "call-rejected", "dtmf", "dtmf-failed",
-                      "participant-dtmf"}  # a conference room's: who pressed which digit
+                      "participant-dtmf",  # a conference room's: who pressed which digit
+                      "refer"}  # a REFER followed (followed=True) or declined with 603
 # `pipeline call` also says when a server first took the INVITE (its first 1xx, pjsua's
 # CALLING -> EARLY): a call that never rings then shows it reached a server. serve's
 # endpoints mostly answer, and a dialling one's 100 Trying is noise among many calls.
@@ -174,7 +176,7 @@ class _CallControl:
 
     def __init__(self, graph: Graph) -> None:
         self.endpoint = endpoints(graph)[0]
-        self.call_id: str | None = None  # the dialled call, once established
+        self.call_id: str | None = None  # the dialled call (or the one a REFER made it), up
         self.ended = False
         self.quit = False  # hung up by `q`
         self.fd: int | None = None
@@ -195,6 +197,11 @@ class _CallControl:
                     self.silence = float(msg.data.get("seconds") or 0.0)
                 elif msg.name == "rtp-resumed":
                     self.silence = None
+            return
+        dialled = getattr(self.endpoint, "_dialled", None)
+        if dialled is not None and msg.data.get("call_id") != dialled:
+            # Not the call commands act on: the referring call a transfer ends after
+            # the new one is up, or the new one before it is (`Transfers._transferred`).
             return
         if msg.name in ("call-early-media", "call-established"):
             self.part = msg.data.get("prefix") or self.part
@@ -339,10 +346,44 @@ def serve(args: argparse.Namespace) -> int:
     result = run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet,
                                 stats=args.stats, messages=args.messages))
     if args.stats:
-        from pipeline.cli import format_stats
-
-        print(format_stats(result.stats))  # the parent graph's nodes: a room's counters
+        print_stats(result)
     return 0
+
+
+def print_stats(result: RunResult) -> None:
+    """`--stats` of serve and call: the parent graph's node table (a room's counters, the
+    endpoint's SIP counts), then a line per ended call with what its media did."""
+    from pipeline.cli import format_stats
+
+    print(format_stats(result.stats))
+    calls = format_call_stats(result)
+    if calls:
+        print(f"\n{calls}")
+
+
+def format_call_stats(result: RunResult) -> str:
+    """A table of the calls that ended with a call graph: their `call-ended` quality fields
+    (docs/sip.md "Call quality"), a column each that some call has, `-` where one call has
+    none; "" when no call had media. The bus keeps the latest messages only
+    (`graph.MAX_MESSAGES`): calls ended before those are counted in a last line."""
+    ended = [m for m in result.messages if m.name == "call-ended"]
+    measured = [m for m in ended if "rx_packets" in m.data]
+    if not measured:
+        return ""
+    fields = [f for f in QUALITY_FIELDS if any(m.data.get(f) is not None for m in measured)]
+    rows = [("call", "call_id", *fields)]
+    for m in measured:
+        rows.append((str(m.data.get("prefix") or "-"), str(m.data["call_id"]),
+                     *("-" if m.data.get(f) is None else str(m.data[f]) for f in fields)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    total = sum(s.get("calls_ended", 0) for s in result.stats.values()
+                if s.get("kind") == "sip_endpoint")
+    if total > len(ended):
+        lines.append(f"({total - len(ended)} calls ended before these are not shown: the bus "
+                     "keeps the latest messages)")
+    return "\n".join(lines)
 
 
 def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None = None,
@@ -388,6 +429,10 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         "dial": uri,
         "hangup_after": duration or 0.0,
         "exit_after_call": True,
+        # A REFER from the far end is followed, as pjsua (and most softphones) do by
+        # default: a PBX's blind transfer moves the call on rather than being declined
+        # (603) in silence. The `refer` line says where to (docs/cli.md).
+        "follow_refer": True,
         # Verified unless asked not to (--tls-no-verify): an unverified TLS call says nothing
         # of whom it reached, which is the point of sips: (RFC 5922).
         "tls_verify": tls_verify,
@@ -657,7 +702,8 @@ def call(args: argparse.Namespace) -> int:
     signals: list[int] = []
     control = _CallControl(graph)
     try:
-        result = run_coroutine(_run(graph, None, signals=signals, control=control))
+        result = run_coroutine(_run(graph, None, signals=signals, control=control,
+                                    stats=getattr(args, "stats", False)))
     except NodeError as e:
         if isinstance(e.__cause__, PortRangeFull):  # named as the option, in the call's form
             full = e.__cause__
@@ -667,6 +713,8 @@ def call(args: argparse.Namespace) -> int:
                                   "next" + (", a video call two such pairs" if video else "")
                              ) from None
         raise
+    if getattr(args, "stats", False):  # whatever the outcome, as launch --stats
+        print_stats(result)
     # Our own call graph failed (a node raised): the call ended for that, not for anything
     # the far end did, answered or not; said as launch says a fault, exit 1.
     fault = next((m for m in result.messages if m.name == "error" and m.data.get("part")),

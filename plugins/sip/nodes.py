@@ -17,12 +17,14 @@ first provisional response, any 1xx, to an INVITE of ours: once per call), ``cal
 183 carried ours to an incoming call: its part starts then, so the caller hears a ringback
 or announcement before the answer), ``call-established``, ``call-rejected`` (an INVITE
 answered with a final non-2xx: 403, 486, 488, 500, 503...; not the 401 challenge nor a
-CANCELled call's 487), ``call-updated``, ``call-ended``, ``dtmf``, ``dtmf-failed`` (an
-INFO digit refused), ``refer``, ``transfer-progress``, ``transfer-done``.
+CANCELled call's 487), ``call-updated``, ``call-ended`` (with what the call's media did,
+summed over its parts: `parts.part_quality`), ``dtmf``, ``dtmf-failed`` (an INFO digit
+refused), ``refer``, ``transfer-progress``, ``transfer-done``.
 
 Transfers (RFC 3515): with `follow_refer` a REFER from the peer is followed as a softphone
 does a blind transfer: the endpoint calls the Refer-To target (same call graph), reports
-that call's progress in NOTIFYs and hangs up the referring call once the new one is up;
+that call's progress in NOTIFYs and hangs up the referring call once the new one is up
+(a dialled call's role passing to the new one: `pipeline call` follows by default);
 a Refer-To with a Replaces (attended transfer, RFC 5589) makes that INVITE carry it.
 `transfer(call_id, uri, replaces=None)` sends our own REFER. An INVITE whose Replaces
 names one of our calls (RFC 3891) is answered whatever `auto_answer` says and ends that
@@ -202,6 +204,8 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         # calls whose part failed (the runtime detached it) -> its prefix, which their
         # `call-ended` still names
         self._failed_parts: dict[str, str] = {}
+        # calls' media measured so far (`_measure`: each part, as it goes), till call-ended
+        self._quality: dict[str, dict[str, Any]] = {}
         # Per call: the digits send_digits has not sent yet; the last INFO sent and the
         # queue it came from (only its refusal drops that queue); hold or resume asked.
         self._digits_waiting: dict[str, list[tuple[str, int]]] = {}
@@ -459,6 +463,9 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
             if not self._start_part(call, event.media):
                 return
             self._start_watching(call)
+            referring = self._report_followed(call.call_id, 200)
+            if referring is not None:  # (first: a dialled call's role passes to this one)
+                self._transferred(referring, call.call_id)
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
@@ -466,9 +473,6 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
             self.post("call-established", call_id=call.call_id,
                       **self._media_fields(event.media), prefix=self._prefix(call),
                       caller=call.caller, callee=call.callee)
-            referring = self._report_followed(call.call_id, 200)
-            if referring is not None:  # transferred: the referring call has done its part
-                self.ua.hangup(referring, self._loop.time())
         elif isinstance(event, sipevents.CallUpdated):
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
@@ -498,8 +502,11 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                     self.ports.release(used)
                 else:
                     closing.add_done_callback(lambda _, port=used: self.ports.release(port))
+            # What its media did, as pjsua's call dump or Asterisk's RTPAUDIOQOS: only for
+            # a call that had a part (one rung and cancelled has nothing to say).
+            quality = self._quality.pop(call.call_id, None) or {}
             self.post("call-ended", call_id=call.call_id, reason=event.reason,
-                      status=event.status, **had)
+                      status=event.status, **had, **quality)
             # A followed call that failed: its status (486, 487...) ends the subscription.
             self._report_followed(call.call_id, event.status or 500,
                                   None if event.status else event.reason[:60])

@@ -10,7 +10,10 @@
 - rebuilding it when the media change (`_rebuild`): the ports stay held in between and what
   its nodes did in the call (`carry_state`) is handed to the new ones; a re-INVITE that adds
   or drops video switches between the two graphs this way;
-- a fault in it (`_on_part_fault`) ends the call.
+- a fault in it (`_on_part_fault`) ends the call;
+- measuring it (`_measure`) as it goes, for the call's end: what its RTP nodes and jitter
+  buffers counted (`part_quality`), summed over the parts a rebuilt call had, for the
+  `call-ended` message (docs/sip.md "Call quality").
 
 `CallParts` is mixed into `nodes.SipEndpoint`.
 """
@@ -37,6 +40,46 @@ log = logging.getLogger("plugins.sip")
 # the second gets a port found free by test-binds through the whole range (PortAllocator).
 _BIND_TRIES = 2
 
+# What `call-ended` says of a call's media (docs/sip.md "Call quality"), from the stats() of
+# its part's nodes: node kind -> (field, stat) pairs. Counts are summed over the call's
+# parts (each rebuild starts its nodes afresh) and over nodes of a kind; `_LAST` fields,
+# estimates rather than counts, are the last part's that knew them.
+_QUALITY: dict[str, tuple[tuple[str, str], ...]] = {
+    "rtp_session": (("rx_packets", "packets_received"), ("rx_lost", "lost"),
+                    ("tx_packets", "packets_sent"), ("dropped_foreign", "dropped_foreign"),
+                    ("jitter_ms", "jitter_ms"), ("rtt_ms", "rtt_ms")),
+    "jitter_buffer": (("concealed", "concealed"),),
+    "video_rtp_receiver": (("video_rx_frames", "frames"), ("video_rx_lost", "lost"),
+                           ("dropped_foreign", "dropped_foreign")),
+}
+QUALITY_FIELDS = ("rx_packets", "rx_lost", "jitter_ms", "rtt_ms", "concealed",
+                  "dropped_foreign", "tx_packets", "video_rx_frames", "video_rx_lost")
+_LAST = frozenset(("jitter_ms", "rtt_ms"))
+
+
+def part_quality(nodes: Any) -> dict[str, int | float | None]:
+    """The `QUALITY_FIELDS` of one part from its `nodes`; None where no node measured it
+    (no jitter buffer: no `concealed`; no RTCP report yet: no `rtt_ms`)."""
+    out: dict[str, int | float | None] = dict.fromkeys(QUALITY_FIELDS)
+    for node in nodes:
+        pairs = _QUALITY.get(node.kind)
+        if pairs is None:
+            continue
+        stats = node.stats()
+        for field, stat in pairs:
+            out[field] = add_quality(field, out[field], stats.get(stat))
+    return out
+
+
+def add_quality(field: str, before: Any, value: Any) -> Any:
+    """`field` of two measurements, the later `value`: summed, or for a `_LAST` field the
+    later one where it is known."""
+    if value is None:
+        return before
+    if before is None or field in _LAST:
+        return value
+    return before + value
+
 
 class CallParts:
     """Starting, attaching, detaching and rebuilding calls' parts, for `SipEndpoint`."""
@@ -61,6 +104,7 @@ class CallParts:
     _rebuilding: dict[str, NegotiatedMedia]
     _failed_parts: dict[str, str]
     _pending_detach: set[asyncio.Future]
+    _quality: dict[str, dict[str, Any]]
 
     def _start_media(self, call_id: str) -> bool:
         """Make our SDP answer on a free RTP port and start the call graph with it; False
@@ -268,6 +312,7 @@ class CallParts:
         runtime = self.graph.runtime if self.graph is not None else None
         if prefix is None or runtime is None or prefix not in runtime.parts:
             return None
+        self._measure(call_id, prefix)
         if self._debug:
             log.debug("%s: call graph %s stopped: call_id=%s", self.name, prefix, call_id)
         done = runtime.detach(prefix)
@@ -275,6 +320,18 @@ class CallParts:
             self._pending_detach.add(done)
             done.add_done_callback(self._pending_detach.discard)
         return done
+
+    def _measure(self, call_id: str, prefix: str) -> None:
+        """Add what the part's nodes counted to the call's measurements, before the part
+        goes (its nodes go with it): `call-ended` reports them for the whole call."""
+        part = self.graph.runtime.parts.get(prefix)
+        if part is None:
+            return
+        nodes = self.graph.nodes  # (the part's names: not a walk through every call's)
+        now = part_quality(nodes[name] for name in part.names if name in nodes)
+        total = self._quality.get(call_id)
+        self._quality[call_id] = now if total is None else {
+            field: add_quality(field, total[field], now[field]) for field in QUALITY_FIELDS}
 
     def _prefix(self, call: sipcall.Call) -> str | None:
         """The prefix of the call's part, also while it is being rebuilt."""
@@ -348,7 +405,8 @@ class CallParts:
         self._c["part_faults"] += 1
         call_id = next((c for c, p in self.parts.items() if p == prefix), None)
         if call_id is not None:
-            self.parts.pop(call_id, None)  # the runtime detaches it
+            self._measure(call_id, prefix)  # (still in the graph: the runtime detaches it)
+            self.parts.pop(call_id, None)
             self._failed_parts[call_id] = prefix
             call = self.ua.calls.get(call_id)
             if call is not None and call.state == "incoming":  # early media: refused as at start

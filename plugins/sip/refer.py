@@ -128,7 +128,10 @@ class TransferProgress:
 class TransferDone:
     """Our REFER's outcome: its refusal (403, 603...), a timeout (408), or the final status
     of the call it made, from the last NOTIFY; `status` is None when the subscription ended
-    without one (the referee gave up, or the call ended first)."""
+    without one (the referee gave up, or the call ended first). `reason` is the status's
+    reason phrase alone, whether a refusal or a NOTIFY gave it ("Decline", "OK"), as
+    `TransferProgress`'s is ("Accepted"), or what happened where no response said
+    ("REFER timed out")."""
 
     call: Call
     refer_id: str
@@ -246,7 +249,9 @@ class ReferAgent:
         if code < 300:  # accepted: NOTIFYs follow (one may have come first: 2.4.4)
             self._events.append(TransferProgress(call, refer_id, code, response.reason))
         else:
-            self._transfer_done(call, refer_id, code, f"{code} {response.reason}".strip())
+            # The reason phrase alone, as a NOTIFY's ("OK", "Busy Here"): `status` has the code.
+            self._transfer_done(call, refer_id, code,
+                                response.reason or REASON_PHRASES.get(code, "Unknown"))
 
     def _on_notify(self, call: Call, request: SipRequest, tx: ServerTransaction,
                    now: float) -> None:

@@ -30,6 +30,7 @@ class Transfers:
     _c: dict[str, int]
     # calls we placed to follow a REFER: their Call-ID -> (referring Call-ID, refer id)
     _following: dict[str, tuple[str, str]]
+    _dialled: str | None
 
     def transfer(self, call_id: str, uri: str | None = None, *,
                  replaces: str | None = None) -> str:
@@ -57,6 +58,16 @@ class Transfers:
             self.ua.notify_refer(call_id, refer_id, 503, self._loop.time())
             return
         self._following[new_id] = (call_id, refer_id)
+
+    def _transferred(self, referring: str, call_id: str) -> None:
+        """The call placed to follow a REFER (`call_id`) is answered: the referring call
+        has done its part and we end it (RFC 5589 6, as the transferee). The dialled call's
+        role (`hangup_after`, counted from this answer; `exit_after_call`) passes to the
+        new call: `pipeline call` goes on with the party it was transferred to rather
+        than ending with the call it dialled."""
+        if referring == self._dialled:
+            self._dialled = call_id
+        self.ua.hangup(referring, self._loop.time())
 
     def _report_followed(self, call_id: str, status: int,
                          reason: str | None = None) -> str | None:
