@@ -50,7 +50,7 @@ def test_validate_fails_on_an_unknown_node_type_in_the_call_graph(tmp_path, caps
     call = tmp_path / "calls" / "c.yaml"
     assert error_line(capsys) == (
         f"pipeline: error: {parent}:5:17: node 'sip' (sip_endpoint): parameter 'call_graph': "
-        f"every call would fail: {call}:27:15: unknown node type 'pcmu_decodr' (hint: did you "
+        f"every call would fail: {call}:31:15: unknown node type 'pcmu_decodr' (hint: did you "
         "mean 'pcmu_decoder'? ('pipeline inspect' lists node types); "
         + HINT_ECHO.format(path=call) + ")")
 
@@ -148,7 +148,7 @@ def test_a_conference_call_graph_is_checked_in_its_parent(conference, capsys):
     assert main(["validate", str(conference), *record]) == 1
     assert error_line(capsys) == (
         f"pipeline: error: {conference}:22:17: node 'sip' (sip_endpoint): parameter "
-        f"'call_graph': every call would fail: {member}:34:5: parent graph has no node "
+        f"'call_graph': every call would fail: {member}:38:5: parent graph has no node "
         "'lobby' (hint: call graphs link to nodes of the graph that has the sip_endpoint)")
 
 
@@ -179,7 +179,7 @@ def test_a_parent_built_in_python_is_copied_with_its_own_node_classes(tmp_path):
         graph.prepare()
     assert e.value.message == (
         "node 'sip' (sip_endpoint): parameter 'call_graph': every call would fail: "
-        f"{member}:30:15: unknown node type 'pcmu_decodr'")
+        f"{member}:34:15: unknown node type 'pcmu_decodr'")
 
 
 PCMU_ONLY = ECHO.replace('"${call.decoder}"', "pcmu_decoder").replace(

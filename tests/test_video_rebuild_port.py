@@ -161,10 +161,11 @@ def test_the_video_port_stays_held_when_the_answer_starts_again_on_another_port(
         taken.close()
 
 
-def test_a_video_port_the_offer_did_not_use_is_freed_at_once() -> None:
-    # srtp: mandatory offers no video (video goes in plain RTP only): the video port the
-    # endpoint took for the call was named by no SDP and kept by no call (call.video_port
-    # 0), so nothing freed it: each call leaked a port of the range and its two sockets.
+def test_an_srtp_calls_video_port_is_the_calls_and_freed_with_it() -> None:
+    # srtp: mandatory once offered no video: the video port the endpoint took for the call
+    # was named by no SDP and kept by no call, so nothing freed it (each call leaked a port
+    # and its two sockets). Video now goes in SRTP too: the port is the call's, freed at
+    # its end.
     from plugins.rtp.nodes import reserved_ports
 
     def yaml(user: str, ports: str, extra: str = "") -> str:
@@ -179,8 +180,8 @@ def test_a_video_port_the_offer_did_not_use_is_freed_at_once() -> None:
         for _ in range(2):
             call_id = caller.node.call(f"sip:bob@127.0.0.1:{port}")
             call = caller.node.ua.calls[call_id]
-            assert call.video_port == 0
-            assert caller.node.ports.in_use == {call.rtp_port}
+            assert call.video_port != 0
+            assert caller.node.ports.in_use == {call.rtp_port, call.video_port}
             await caller.wait("call-established", call_id=call_id)
             caller.node.hangup(call_id)
             await caller.wait("call-ended", call_id=call_id)

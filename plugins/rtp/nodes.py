@@ -14,6 +14,14 @@ on (symmetric RTP, RFC 4961). The node is clocked only to run its timers (RTP ti
 reports, DTMF packet trains) once per period, and not at all when it has none; timers read
 the event loop's monotonic clock, NTP fields the wall clock.
 
+Where RTP may come from (docs/rtp.md, "Where RTP comes from: latching"): without
+`remote_ip` the first valid source is latched; with it, any port of that address, and
+another source only after a probation run (`relatch_packets`, `LatchProbation`) while
+nothing has come from `remote_ip`: a peer whose SDP names another address than the one its
+packets leave from (a NAT, a multi-homed host). The check costs nothing on the path of a
+packet from the remote; the probation runs for the others only. Reports go to
+`remote_rtcp_ip:remote_rtcp_port` (the SDP's a=rtcp, RFC 3605; by default port + 1).
+
 With `srtp_suite` set (RFC 3711, keys as SDES gives them: RFC 4568), everything sent is
 protected with `srtp_local_key` (RTP and RTCP) and everything received unprotected with
 `srtp_remote_key` before it is parsed; a packet that fails (authentication, replay, too
@@ -262,7 +270,8 @@ class SessionCounters:
     __slots__ = ("packets_sent", "bytes_sent", "packets_received", "bytes_received",
                  "dropped_bad", "dropped_foreign", "dropped_unknown_pt", "dropped_no_remote",
                  "send_errors", "dtmf_sent", "dtmf_received", "cn_received", "rtcp_sent",
-                 "rtcp_received", "rtcp_bad", "ssrc_changes", "timeouts", "not_sent_held")
+                 "rtcp_received", "rtcp_bad", "reports_received", "ssrc_changes", "timeouts",
+                 "not_sent_held", "relatched")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -272,7 +281,72 @@ class SessionCounters:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class RtpSession(Node):
+class LatchProbation:
+    """Whether RTP from a source other than the SDP's moves a session there: `needed`
+    consecutive valid packets of one SSRC from one source (pjmedia's NAT probation,
+    PJMEDIA_RTP_NAT_PROBATION_CNT; Asterisk's strictrtp learns a source the same way). A
+    packet in between from another source, of another SSRC, or of a payload type not agreed
+    starts the count again, so interleaved strangers or a spoofed packet now and then never
+    add up. Sans-IO: a source, an SSRC and a verdict on the payload type in, yes or no out."""
+
+    __slots__ = ("needed", "_source", "_ssrc", "_count")
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        self._source: tuple[str, int] | None = None
+        self._ssrc = -1
+        self._count = 0
+
+    def heard(self, source: tuple[str, int], ssrc: int, agreed: bool) -> bool:
+        """Count one packet from `source` (not the SDP's); True when it completes the run."""
+        if not agreed:
+            self._count = 0
+            return False
+        if source != self._source or ssrc != self._ssrc:
+            self._source, self._ssrc, self._count = source, ssrc, 0
+        self._count += 1
+        return self._count >= self.needed
+
+
+class SrtpKeys:
+    """The SRTP parameters of a node that sends and receives RTP (RFC 3711, keys as SDES
+    gives them: RFC 4568), and the contexts they make: `rtp_session` and the video RTP
+    nodes share them. Our key protects what we send, RTP and RTCP; the peer's unprotects
+    what we receive."""
+
+    __slots__ = ()
+    srtp_suite = Param(str, "", "SRTP crypto suite (RFC 3711, RFC 4568 names); empty: plain "
+                       "RTP", choices=("", *SRTP_SUITES))
+    srtp_local_key = Param(str, "", "our SRTP master key and salt, base64 as in SDES "
+                           "inline: (protects what we send)")
+    srtp_remote_key = Param(str, "", "the peer's SRTP master key and salt, base64 (unprotects "
+                            "what we receive)")
+
+    def check_srtp_keys(self) -> None:
+        """At load: each key is base64 of the suite's key||salt, else one line naming it."""
+        if not self.srtp_suite:
+            return
+        for name in ("srtp_local_key", "srtp_remote_key"):
+            try:
+                decode_key(getattr(self, name), self.srtp_suite)
+            except ValueError as e:
+                raise ParamValueError(name, f"parameter '{name}': {e}",
+                                      "give the base64 key||salt of the a=crypto line "
+                                      "(30 octets)") from None
+
+    def srtp_context(self, key: str) -> SrtpContext | None:
+        """A context of `key`, "srtp_local_key" (protects) or "srtp_remote_key"
+        (unprotects); None without SRTP."""
+        return SrtpContext(self.srtp_suite, getattr(self, key)) if self.srtp_suite else None
+
+
+def srtp_stats(context: SrtpContext | None) -> dict[str, int]:
+    """What unprotecting with `context` dropped, by reason, as a node's stats say it:
+    `srtp_auth_failures`, `srtp_replays`, `srtp_malformed` (nothing without SRTP)."""
+    return {} if context is None else {f"srtp_{k}": v for k, v in context.stats().items()}
+
+
+class RtpSession(SrtpKeys, Node):
     """Sends and receives one RTP audio stream over UDP: symmetric RTP, latching, RTCP
     reports, RFC 4733 DTMF, an RTP timeout and an optional pcap capture."""
 
@@ -291,9 +365,19 @@ class RtpSession(Node):
     local_port = Param(int, 0, "UDP port to bind (0: any free even port; RTCP uses port + 1)",
                        min=0, max=65535)
     remote_ip = Param(str, None, "peer address (default: latch to the first source heard); "
-                      "given, RTP from any port of it is taken, and RTCP goes to remote_port + 1")
+                      "given, RTP from any port of it is taken, and RTCP goes to "
+                      "remote_rtcp_ip:remote_rtcp_port")
     remote_port = Param(int, None, "peer RTP port (default: latch to the first source heard)",
                         min=0, max=65535)
+    remote_rtcp_ip = Param(str, None, "peer RTCP address, with remote_ip (a=rtcp's, RFC 3605; "
+                           "default: remote_ip)")
+    remote_rtcp_port = Param(int, None, "peer RTCP port, with remote_ip (a=rtcp's, RFC 3605; "
+                             "default: remote_port + 1; 0: none, as after RTP on 65535)",
+                             min=0, max=65535)
+    relatch_packets = Param(int, 10, "with remote_ip: while no RTP has come from it, this many "
+                            "consecutive valid packets of one SSRC from one other source move "
+                            "the session there, sending too (a NAT, a peer sending from another "
+                            "address than its SDP's; 0: never)", min=0)
     codec = Param(str, None, "codec name, e.g. pcmu or opus (default: the input's, or from a "
                   "static payload type)")
     payload_type = Param(int, None, "RTP payload type we send (default: the codec's static one)",
@@ -323,33 +407,19 @@ class RtpSession(Node):
                           min=0.0)
     session_kbps = Param(float, 80.0, "session bandwidth in kb/s; RTCP takes 5% (RFC 3550 6.2)",
                          min=1.0)
-    srtp_suite = Param(str, "", "SRTP crypto suite (RFC 3711, RFC 4568 names); empty: plain "
-                       "RTP", choices=("", *SRTP_SUITES))
-    srtp_local_key = Param(str, "", "our SRTP master key and salt, base64 as in SDES "
-                           "inline: (protects what we send)")
-    srtp_remote_key = Param(str, "", "the peer's SRTP master key and salt, base64 (unprotects "
-                            "what we receive)")
-
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
     __slots__ = ("_c", "_channels", "_clock", "_cn_pt", "_cname", "_codec", "_configured",
                  "_dtmf_carried", "_dtmf_packer", "_dtmf_pt", "_dtmf_queue", "_dtmf_rx",
-                 "_dtmf_tx", "_io_error", "_last_dur", "_last_rx", "_last_ts", "_local", "_loop",
-                 "_now", "_packer", "_pcap", "_pt", "_recv_pt", "_remote", "_rtcp_remote",
+                 "_dtmf_tx", "_foreign_at", "_foreign_from", "_io_error", "_last_dur",
+                 "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap",
+                 "_probation", "_pt", "_recv_pt", "_remote", "_rtcp_remote",
                  "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender", "_seq", "_sending",
                  "_sock", "_srtp_rx", "_srtp_tx", "_ssrc", "_timed_out", "_watching",
                  "_ts_offset", "_unknown_pt_warned", "bound_port", "rtcp_port")
 
     def validate(self) -> None:
-        if not self.srtp_suite:
-            return
-        for name in ("srtp_local_key", "srtp_remote_key"):
-            try:
-                decode_key(getattr(self, name), self.srtp_suite)
-            except ValueError as e:
-                raise ParamValueError(name, f"parameter '{name}': {e}",
-                                      "give the base64 key||salt of the a=crypto line "
-                                      "(30 octets)") from None
+        self.check_srtp_keys()
 
     # ---- negotiation ----------------------------------------------------------------------
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
@@ -496,9 +566,19 @@ class RtpSession(Node):
         self._local = (self.local_ip, port)
         self._remote: tuple[str, int] | None = None
         self._configured = bool(self.remote_ip and self.remote_port)  # (SDP), not latched
+        # Where reports go: the SDP's RTCP address (RFC 3605 a=rtcp, else RTP port + 1,
+        # RFC 3550 11); a latched peer's is learnt from its RTCP (None: its RTP port + 1).
+        self._rtcp_remote: tuple[str, int] | None = None
+        self._probation: LatchProbation | None = None
         if self._configured:
             self._remote = (self.remote_ip, self.remote_port)
-        self._rtcp_remote: tuple[str, int] | None = None
+            self._rtcp_remote = (self.remote_rtcp_ip or self.remote_ip,
+                                 self.remote_port + 1 if self.remote_rtcp_port is None
+                                 else self.remote_rtcp_port)
+            if self.relatch_packets:
+                self._probation = LatchProbation(self.relatch_packets)
+        self._foreign_from: tuple[str, int] | None = None  # RTP dropped from elsewhere, last
+        self._foreign_at = float("-inf")
         self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
         self._seq = secrets.randbits(16)  # RFC 3550 5.1: random initial values
         self._ts_offset = secrets.randbits(32)
@@ -542,10 +622,8 @@ class RtpSession(Node):
             or self._scheduler is not None
         self._cname = cname(self)
         self._io_error: asyncio.Future | None = None
-        self._srtp_tx = self._srtp_rx = None
-        if self.srtp_suite:
-            self._srtp_tx = SrtpContext(self.srtp_suite, self.srtp_local_key)
-            self._srtp_rx = SrtpContext(self.srtp_suite, self.srtp_remote_key)
+        self._srtp_tx = self.srtp_context("srtp_local_key")
+        self._srtp_rx = self.srtp_context("srtp_remote_key")
         self._c = SessionCounters()
         self._unknown_pt_warned = float("-inf")  # when a dropped payload type was last said
         self.post("rtp-bound", ip=host, port=port, rtcp_port=self.rtcp_port)
@@ -704,8 +782,7 @@ class RtpSession(Node):
             c.dropped_bad += 1
             return
         if self._remote is None:
-            if pt != self._recv_pt and pt != self._dtmf_pt and pt != self._cn_pt \
-                    and self._recv_pt >= 0:
+            if not self._agreed(pt):
                 # Not valid RTP of this session (RFC 3550 A.1: the payload type must be
                 # known), so not where our RTP should go. Comfort noise or a digit first
                 # does latch: those are agreed payload types.
@@ -717,8 +794,8 @@ class RtpSession(Node):
         elif addr != self._remote and not (self._configured and addr[0] == self._remote[0]):
             # A configured peer may send from another port than it receives on (GStreamer's
             # udpsink does): its address is what counts, and we still send where we were told.
-            c.dropped_foreign += 1
-            return
+            if not self._relatch(pt, ssrc, addr):
+                return
         now = self._now()
         if pt != self._recv_pt:  # (one comparison for the agreed media)
             if pt == self._dtmf_pt or pt == self._cn_pt:
@@ -741,6 +818,38 @@ class RtpSession(Node):
             self.emit("out", EncodedFrame(
                 payload, self._codec, ts, self._samples(payload, self._channels), self._clock,
                 marker, 0, {"seq": seq, "ssrc": ssrc, "pt": pt, "arrival": now}))
+
+    def _agreed(self, pt: int) -> bool:
+        """Whether `pt` is a payload type of this session: its media (any, with
+        recv_payload_type -1), telephone-event or comfort noise."""
+        return pt == self._recv_pt or pt == self._dtmf_pt or pt == self._cn_pt \
+            or self._recv_pt < 0
+
+    def _relatch(self, pt: int, ssrc: int, addr: tuple[str, int]) -> bool:
+        """RTP from a source other than the remote's: dropped and counted, unless nothing
+        has come from the SDP's address yet and this packet ends a probation run from
+        `addr` (`relatch_packets`): then the session takes and sends to `addr` (symmetric
+        RTP, RFC 4961), as a peer behind a NAT or on another of its addresses needs. Once
+        media came from the SDP's address, no other source takes the call over: a session
+        that followed any source could be hijacked by whoever sends (RFC 7362's security
+        considerations)."""
+        c = self._c
+        probation = self._probation
+        if probation is None or c.packets_received \
+                or not probation.heard(addr, ssrc, self._agreed(pt)):
+            c.dropped_foreign += 1
+            self._foreign_from, self._foreign_at = addr, self._now()  # for rtp-timeout
+            return False
+        was = self._remote
+        # From now on a latched peer: RTP from this source only, RTCP answered where the
+        # peer's comes from (or to its port + 1 until then), not to the SDP's addresses.
+        self._remote, self._configured, self._rtcp_remote = addr, False, None
+        self._probation = None
+        c.relatched += 1
+        self.post("rtp-latched", ip=addr[0], port=addr[1], was=f"{was[0]}:{was[1]}",
+                  reason=f"{probation.needed} packets from here and none from the SDP's "
+                  "address")
+        return True
 
     def _drop_unknown_pt(self, pt: int, addr: tuple[str, int]) -> None:
         """Count a packet of a payload type we do not take, and say so at the first and
@@ -824,7 +933,10 @@ class RtpSession(Node):
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c
-        if self._remote is not None and addr[0] != self._remote[0]:
+        remote, rtcp_remote = self._remote, self._rtcp_remote
+        if remote is not None and addr[0] != remote[0] \
+                and (rtcp_remote is None or addr[0] != rtcp_remote[0]):
+            # Neither the peer's RTP address nor the RTCP address its SDP gave (RFC 3605).
             c.dropped_foreign += 1
             return
         if self._srtp_rx is not None:
@@ -848,7 +960,7 @@ class RtpSession(Node):
         if self._remote is not None and not self._configured:
             # A latched peer: answer RTCP where it comes from (symmetric RTCP), once RTP has
             # latched (before, anyone could have set where our reports go). A configured
-            # peer gets them where it said (RTP port + 1): it may send from another port.
+            # peer gets them where its SDP said: it may send from another port.
             self._rtcp_remote = addr
         wall = time.time()
         for p in packets:
@@ -858,6 +970,7 @@ class RtpSession(Node):
             if isinstance(p, (RtcpSenderReport, RtcpReceiverReport)):
                 for block in p.reports:
                     if block.ssrc == self._ssrc:
+                        c.reports_received += 1
                         self._sender.on_report_block(block, wall)
             elif isinstance(p, RtcpBye):
                 self.post("rtp-bye", reason=p.reason)
@@ -950,8 +1063,10 @@ class RtpSession(Node):
         data = compound_report(first, self._cname, bye)
         if self._srtp_tx is not None:
             data = self._srtp_tx.protect_rtcp(data)
-        dest = self._rtcp_remote or (self._remote[0], self._remote[1] + 1)
-        if dest[1] > 65535:  # RTP on the last port: no next port until the peer's RTCP is heard
+        dest = self._rtcp_destination()
+        if not 0 < dest[1] <= 65535:
+            # RTP on the last port (or an SDP saying so with remote_rtcp_port 0): no RTCP
+            # port until a latched peer's RTCP is heard
             raise OSError(f"RTP port {self._remote[1]} leaves no port for RTCP")
         self._rtcp_sock.sendto(data, dest)
         self._c.rtcp_sent += 1
@@ -960,17 +1075,17 @@ class RtpSession(Node):
         if self._scheduler is not None:
             self._scheduler.on_sent(len(data) + UDP_IP_OVERHEAD, now, we_sent)
 
+    def _rtcp_destination(self) -> tuple[str, int]:
+        """Where our reports go (once there is a remote): the SDP's RTCP address, the
+        latched peer's RTCP source, else its RTP port + 1 (RFC 3550 11)."""
+        return self._rtcp_remote or (self._remote[0], self._remote[1] + 1)
+
     # ---- timers -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         t = self._now()  # timers run on the loop's clock, like packet arrival times
         if self.rtp_timeout and self._watching and not self._timed_out \
                 and t - self._last_rx >= self.rtp_timeout:
-            self._timed_out = True
-            self._c.timeouts += 1
-            data = {"seconds": round(t - self._last_rx, 3)}
-            self.post("rtp-timeout", **data)
-            for out in self.linked_outputs:
-                self.emit_event(out, CustomEvent("rtp-timeout", data))
+            self._time_out(t)
         if self._dtmf_pt is not None:  # else no DTMF is received or sent: no timers run
             timer = self._dtmf_rx.get_timer()
             if timer is not None and t >= timer:
@@ -989,6 +1104,21 @@ class RtpSession(Node):
                     self._c.send_errors += 1
                     sch.schedule(t, we_sent=self._sender.we_sent)
 
+    def _time_out(self, now: float) -> None:
+        """No RTP for rtp_timeout: say so, and when RTP came meanwhile from a source we drop
+        (another address than the SDP's, after media from it), say from where: the call
+        ends for it, and the user sees why."""
+        self._timed_out = True
+        c = self._c
+        c.timeouts += 1
+        data: dict[str, Any] = {"seconds": round(now - self._last_rx, 3)}
+        if self._foreign_at >= self._last_rx:
+            ip, port = self._foreign_from
+            data.update({"dropped_foreign": c.dropped_foreign, "from": f"{ip}:{port}"})
+        self.post("rtp-timeout", **data)
+        for out in self.linked_outputs:
+            self.emit_event(out, CustomEvent("rtp-timeout", data))
+
     def stats(self) -> dict[str, Any]:
         out = super().stats()
         c = getattr(self, "_c", None)
@@ -996,11 +1126,12 @@ class RtpSession(Node):
             return out
         rx = self._rx
         out.update(c.as_dict())
-        if self._srtp_rx is not None:  # what unprotecting dropped, RTP and RTCP together
-            out.update({f"srtp_{k}": v for k, v in self._srtp_rx.stats().items()})
+        out.update(srtp_stats(self._srtp_rx))  # what unprotecting dropped, RTP and RTCP
         out.update({
             "local_port": self.bound_port,
             "remote": f"{self._remote[0]}:{self._remote[1]}" if self._remote else None,
+            "rtcp_remote": "{}:{}".format(*self._rtcp_destination())
+            if self._remote and self.rtcp_port is not None else None,
             "jitter_ms": round(rx.jitter_seconds * 1000.0, 3) if rx is not None else None,
             "lost": rx.lost if rx is not None else 0,
             "rtt_ms": round(self._sender.rtt * 1000.0, 3) if self._sender.rtt is not None

@@ -58,8 +58,8 @@ class CallControls:
             raise
         call.started = started_text()
         if video_port and call.video_port != video_port:
-            # The offer has no video after all (srtp: mandatory offers it in plain RTP
-            # only): no SDP names the port and the call's end would not free it.
+            # The offer has no video after all: no SDP names the port and the call's end
+            # would not free it.
             self.ports.release(video_port)
         self._c["calls_out"] += 1
         if self.dial and self._dialled is None:

@@ -30,8 +30,9 @@ Policy, where RFC 3264 leaves a choice:
   offers RTP/SAVP and answers 488 to an offer without a usable a=crypto. Each offer or new
   answer carries fresh keys; a re-offer and the answer to one keep ours. Suites:
   AES_CM_128_HMAC_SHA1_80 and _32 offered, their AES_256 forms (RFC 6188) accepted too;
-  without MKI, lifetime ignored, no session parameters.
-  With SRTP mandatory, no video stream is offered or accepted (video is plain RTP only).
+  without MKI, lifetime ignored, no session parameters. The video m= line follows the same
+  policy with a=crypto lines and keys of its own (RFC 4568 keys are per m= line); video that
+  needs SRTP and has no usable line is rejected with port 0, and the call goes on with audio.
 """
 
 from __future__ import annotations
@@ -321,6 +322,10 @@ class NegotiatedVideo:
     remote_rtcp_port: int
     remote_rtcp_address: str
     rtcp_mux: bool
+    # SRTP agreed on the m=video line (RFC 4568: its own keys), as NegotiatedMedia's srtp_*
+    srtp_suite: str | None = None
+    srtp_local_key: str | None = None
+    srtp_remote_key: str | None = None
 
     @property
     def encoding(self) -> str:
@@ -340,6 +345,9 @@ class NegotiatedVideo:
             "remote_video_rtcp_ip": self.remote_rtcp_address,
             "remote_video_rtcp_port": self.remote_rtcp_port,
             "video_rtcp_mux": self.rtcp_mux,
+            "video_srtp_suite": self.srtp_suite or "",
+            "video_srtp_local_key": self.srtp_local_key or "",
+            "video_srtp_remote_key": self.srtp_remote_key or "",
         }
 
 
@@ -459,12 +467,10 @@ def build_offer(
     With `video_codecs` (see `video_codec`), an m=video line on `video_port` follows, its
     dynamic payload types numbered after the audio ones so no number means two formats.
     `srtp` (the SRTP policy, default off) adds a=crypto lines with fresh
-    keys, under RTP/SAVP when mandatory (see the module docstring).
+    keys on each m= line, under RTP/SAVP when mandatory (see the module docstring).
     """
     _check_direction(direction)
     policy = _policy(srtp)
-    if policy == "mandatory":
-        video_codecs = ()  # video goes in plain RTP only
     sid = secrets.randbelow(2**62) if session_id is None else session_id
     sdp = SessionDescription(
         origin=Origin(
@@ -479,17 +485,25 @@ def build_offer(
         connection=Connection(local_ip, _addrtype(local_ip)),
     )
     audio = _audio_section(codecs, rtp_port, ptime_ms, direction, rtcp_port, {})
-    if policy != "off":
-        if policy == "mandatory":
-            audio.proto = "RTP/SAVP"
-        for tag, suite in enumerate(OFFERED_SUITES, 1):
-            audio.attributes.append(Attribute("crypto", str(CryptoAttribute(
-                tag, suite, generate_key(suite)))))
-    sdp.media.append(audio)
+    sdp.media.append(_offer_crypto(audio, policy))
     if video_codecs:
         taken = set(sdp.media[0].payload_types)
-        sdp.media.append(_video_section(video_codecs, video_port, direction, taken))
+        video = _video_section(video_codecs, video_port, direction, taken)
+        sdp.media.append(_offer_crypto(video, policy))
     return sdp
+
+
+def _offer_crypto(media: MediaDescription, policy: str) -> MediaDescription:
+    """`media` with our a=crypto lines, fresh keys of its own (RFC 4568 keys are per m=
+    line), under RTP/SAVP when SRTP is mandatory; unchanged with SRTP off."""
+    if policy == "off":
+        return media
+    if policy == "mandatory":
+        media.proto = "RTP/SAVP"
+    for tag, suite in enumerate(OFFERED_SUITES, 1):
+        media.attributes.append(Attribute("crypto", str(CryptoAttribute(
+            tag, suite, generate_key(suite)))))
+    return media
 
 
 def answer(
@@ -518,12 +532,10 @@ def answer(
     `ParseError` on malformed SDP. With `video_codecs`, the first offered video stream is
     accepted on `video_port` with the first of its codecs (offerer's order) that we support;
     without a common codec it is rejected with port 0 and the call goes on with audio.
-    `srtp` is the SRTP policy (default off; module docstring).
+    `srtp` is the SRTP policy (default off; module docstring), for each stream.
     """
     _check_direction(direction)
     policy = _policy(srtp)
-    if policy == "mandatory":
-        video_codecs = ()  # video goes in plain RTP only
     if not isinstance(offer, SessionDescription):
         offer = SessionDescription.parse(offer)
     audio_ours = [c for c in our_codecs if c.is_audio]
@@ -540,16 +552,19 @@ def answer(
             and video_index is None
             and offered.kind == "video"
             and offered.port != 0
-            and offered.proto in _PLAIN_RTP
+            and _profile_ok(offered.proto, policy)
         ):
             section = _answer_video(offer, offered, video_codecs, video_port, direction)
+            if section is not None and policy != "off":
+                # (why video cannot have SRTP is no reason the audio could not be answered)
+                section = _answer_crypto(section, offered, policy, [],
+                                         _previous_section(previous, index))
             if section is not None:
                 video_index = index
                 sections.append(section)
                 continue
         if accepted is None and offered.kind == "audio" and offered.port != 0:
-            if offered.proto not in _PLAIN_RTP and (
-                    policy == "off" or offered.proto not in _SECURE_RTP):
+            if not _profile_ok(offered.proto, policy):
                 reasons.append(f"audio profile {offered.proto} is not supported")
             else:
                 section = _answer_audio(
@@ -1032,6 +1047,7 @@ def _negotiate_video(
         rtcp_port, rtcp_address = rtcp.port, rtcp.address or address
     else:  # RFC 3550 section 11: the next port
         rtcp_port, rtcp_address = _next_port(rm.port), address
+    crypto = _agreed_srtp(lm, rm)
     return NegotiatedVideo(
         remote_address=address,
         remote_port=rm.port,
@@ -1045,6 +1061,9 @@ def _negotiate_video(
         remote_rtcp_port=rtcp_port,
         remote_rtcp_address=rtcp_address,
         rtcp_mux=mux,
+        srtp_suite=crypto[0] if crypto else None,
+        srtp_local_key=crypto[1] if crypto else None,
+        srtp_remote_key=crypto[2] if crypto else None,
     )
 
 
@@ -1219,10 +1238,7 @@ def _negotiate(
     # RFC 3550 section 11: RTCP on the next port unless a=rtcp (RFC 3605) or rtcp-mux says.
     rtcp_port = rtcp.port if rtcp is not None else (rm.port if mux else _next_port(rm.port))
     ptime = packet_time(name, rm.ptime or lm.ptime, rm.maxptime)
-    crypto = _agreed_crypto(lm, rm)
-    if crypto is None and (lm.proto in _SECURE_RTP or rm.proto in _SECURE_RTP):
-        raise NegotiationFailed("SDP answer agrees no a=crypto line for RTP/SAVP "
-                                "(RFC 4568 section 7.1.2)", warning_code=302)
+    crypto = _agreed_srtp(lm, rm)
     return NegotiatedMedia(
         remote_address=address,
         remote_rtp_port=rm.port,
@@ -1274,6 +1290,21 @@ def _agreed_crypto(ours: MediaDescription, theirs: MediaDescription
     return None
 
 
+def _agreed_srtp(ours: MediaDescription, theirs: MediaDescription
+                 ) -> tuple[str, str, str] | None:
+    """`_agreed_crypto` of a stream, which RTP/SAVP on either side requires."""
+    crypto = _agreed_crypto(ours, theirs)
+    if crypto is None and (ours.proto in _SECURE_RTP or theirs.proto in _SECURE_RTP):
+        raise NegotiationFailed("SDP answer agrees no a=crypto line for RTP/SAVP "
+                                f"(m={ours.kind}; RFC 4568 section 7.1.2)", warning_code=302)
+    return crypto
+
+
+def _profile_ok(proto: str, policy: str) -> bool:
+    """Whether we can answer a stream offered in `proto`: plain RTP, or SRTP unless off."""
+    return proto in _PLAIN_RTP or (policy != "off" and proto in _SECURE_RTP)
+
+
 def _previous_section(previous: SessionDescription | None, index: int
                       ) -> MediaDescription | None:
     if previous is None or index >= len(previous.media):
@@ -1284,7 +1315,7 @@ def _previous_section(previous: SessionDescription | None, index: int
 def _answer_crypto(section: MediaDescription, offered: MediaDescription, policy: str,
                    reasons: list[str], previous: MediaDescription | None
                    ) -> MediaDescription | None:
-    """Add our a=crypto to an audio answer: the first offered line we can run, with the tag
+    """Add our a=crypto to a stream's answer: the first offered line we can run, with the tag
     and suite kept and our own key (RFC 4568 7.1.2); our previous key for the same line in
     a re-offer. None when SRTP is needed (RTP/SAVP, or our policy) and no line is usable."""
     pick = next((c for c in offered.cryptos() if _usable_crypto(c)), None)

@@ -30,6 +30,17 @@ sender's `encoder` parameter, or by default the nearest node upstream that has a
 `request_keyframe()` method. Likewise the receiver asks for a keyframe when its depacketizer
 lost data or when the nearest decoder downstream (a node with `keyframe_needed`) says so.
 
+With `srtp_suite` set (RFC 3711, keys as SDES gives them per m= line: RFC 4568), both
+nodes protect what they send with `srtp_local_key`, RTP and RTCP, and unprotect what they
+receive with `srtp_remote_key` before it is parsed, as `rtp_session` does (the same
+parameters: `plugins.rtp.nodes.SrtpKeys`). What fails (authentication, replay, too short) is
+dropped and counted (`srtp_*` in the node's stats) and latches nothing. The receiver also
+sends (its RRs and PLIs, from its own SSRC) and protects them with its sender's context when
+the two have the same key, so one context per key counts each SSRC's SRTCP index (RFC 3711
+3.4): even two equal SSRCs could not reuse an index, and keystream with it. Each node
+unprotects with a context of its own: a context belongs to the port a packet is sent to
+(RFC 3711 3.2.3), and the receiver hands the sender RTCP it has unprotected already.
+
 Bad datagrams are counted and dropped, never raised.
 """
 
@@ -48,7 +59,7 @@ from pipeline.formats import Format
 from pipeline.frames import FLAG_DISCONT, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
-from plugins.rtp.nodes import cname, hand_back, take_reserved
+from plugins.rtp.nodes import SrtpKeys, cname, hand_back, srtp_stats, take_reserved
 from plugins.rtp.packet import (
     RtpPacker,
     RtpPacket,
@@ -65,6 +76,7 @@ from plugins.rtp.rtcp import (
     compound_report,
     parse_rtcp,
 )
+from plugins.rtp.srtp import SrtpContext, SrtpError
 from plugins.rtp.stats import (
     UDP_IP_OVERHEAD,
     ReceiverStats,
@@ -120,7 +132,7 @@ def _nearest(node: Node, attribute: str, upstream: bool) -> Node | None:
     return None
 
 
-class _UdpNode(Node):
+class _UdpNode(SrtpKeys, Node):
     """One non-blocking UDP socket bound in `start()`, read by `loop.add_reader`."""
 
     realtime = True  # the CLI runs graphs with a network node in real time
@@ -134,6 +146,39 @@ class _UdpNode(Node):
                           min=0.0)
     session_kbps = Param(float, 1000.0, "session bandwidth in kb/s; RTCP takes 5% (RFC 3550 "
                          "6.2)", min=1.0)
+
+    _protect: SrtpContext | None = None  # our key's context, once `protection()` made it
+
+    def protection(self) -> SrtpContext | None:
+        """The SRTP context of our key (None without SRTP), made at the first call: a
+        receiver's comes from its sender when both have the same key (module docstring)."""
+        if self._protect is None:
+            self._protect = self.srtp_context("srtp_local_key")
+        return self._protect
+
+    def _start_srtp(self, sender: Node | None = None) -> None:
+        """The contexts we protect with (`sender`'s when it has our key) and unprotect with."""
+        shared = isinstance(sender, _UdpNode) and (sender.srtp_suite, sender.srtp_local_key) \
+            == (self.srtp_suite, self.srtp_local_key)
+        self._srtp_tx = (sender if shared else self).protection()
+        self._srtp_rx = self.srtp_context("srtp_remote_key")
+
+    def _unprotected_rtcp(self, data: bytes) -> bytes | None:
+        """The RTCP inside an SRTCP packet (`data` itself without SRTP), None when it fails
+        (dropped: the context counts it, stats `srtp_*`)."""
+        if self._srtp_rx is None:
+            return data
+        try:
+            return self._srtp_rx.unprotect_rtcp(data)
+        except SrtpError:
+            return None
+
+    def _send_rtcp(self, data: bytes, dest: tuple[str, int]) -> bool:
+        """Send an RTCP compound packet (as SRTCP with SRTP) from our RTCP socket (symmetric
+        RTCP, RFC 4961): the RTP one when muxed."""
+        if self._srtp_tx is not None:
+            data = self._srtp_tx.protect_rtcp(data)
+        return self._sendto(data, dest, self._rtcp_sock)
 
     def _family(self) -> int:
         return socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
@@ -233,8 +278,7 @@ class _UdpNode(Node):
         we_sent = isinstance(report, RtcpSenderReport)
         data = compound_report(report, self._cname, bye)
         self._bye_sent = self._bye_sent or bye
-        # From the RTCP socket (symmetric RTCP, RFC 4961): the RTP one when muxed.
-        if self._sendto(data, dest, self._rtcp_sock):
+        if self._send_rtcp(data, dest):
             self._c["rtcp_sent"] += 1
         self._scheduler.on_sent(len(data) + UDP_IP_OVERHEAD, now, we_sent)
 
@@ -306,6 +350,7 @@ class _UdpNode(Node):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), **getattr(self, "_c", {}),
+                **srtp_stats(getattr(self, "_srtp_rx", None)),
                 "port": getattr(self, "bound_port", None),
                 "rtcp_port": getattr(self, "rtcp_port", None)}
 
@@ -334,6 +379,7 @@ class VideoRtpSender(_UdpNode):
                     "request_keyframe())")
 
     def validate(self) -> None:
+        self.check_srtp_keys()
         self._resolve("remote_ip", self.remote_ip, self.remote_port)
         if self.remote_rtcp_ip:
             self._resolve("remote_rtcp_ip", self.remote_rtcp_ip, self.remote_port)
@@ -358,6 +404,7 @@ class VideoRtpSender(_UdpNode):
         self._ts_offset = secrets.randbits(32)
         self._remote = self._resolve("remote_ip", self.remote_ip, self.remote_port)
         self._rtcp_remote = self._rtcp_destination()
+        self._start_srtp()
         self._c = dict.fromkeys(("frames_sent", "packets_sent", "bytes_sent", "send_errors",
                                  "pli_received", "fir_received", "rtcp_received", "rtcp_bad",
                                  "dropped_rtp", "rtcp_sent", "reports_received"), 0)
@@ -380,12 +427,16 @@ class VideoRtpSender(_UdpNode):
         ts = (self._ts_offset + frame.pts) & 0xFFFFFFFF
         last = len(payloads) - 1
         pack, c = self._packer.pack, self._c
+        protect = self._srtp_tx.protect if self._srtp_tx is not None else None
         # Wall clock, as rtp_session's: the SR pairs it with our RTP time (RFC 3550 6.4.1), and
         # one NTP clock for audio and video lets the peer synchronise them.
         wall = time.time()
         for i, payload in enumerate(payloads):
             # RFC 6184 5.1 / RFC 7741 4.1: the marker is set on a frame's last packet.
-            if self._sendto(pack(payload, self._seq, ts, i == last), self._remote):
+            packet = pack(payload, self._seq, ts, i == last)
+            if protect is not None:
+                packet = protect(packet)
+            if self._sendto(packet, self._remote):
                 c["packets_sent"] += 1
                 c["bytes_sent"] += len(payload)
                 self._tx.on_sent(len(payload), ts, wall)
@@ -396,6 +447,9 @@ class VideoRtpSender(_UdpNode):
         c = self._c
         if not is_rtcp(data):
             c["dropped_rtp"] += 1  # a send-only node: media sent to us is not for us
+            return
+        data = self._unprotected_rtcp(data)
+        if data is None:
             return
         try:
             packets = parse_rtcp(data)
@@ -501,6 +555,7 @@ class VideoRtpReceiver(_UdpNode):
                     "from the start until some comes (0: never)", min=0.0)
 
     def validate(self) -> None:
+        self.check_srtp_keys()
         if self.remote_ip and self.remote_port:
             self._resolve("remote_ip", self.remote_ip, self.remote_port)
         if not self.rtcp_mux and not self.local_port:
@@ -538,13 +593,14 @@ class VideoRtpReceiver(_UdpNode):
                                  "rtcp_received", "rtcp_bad", "send_errors", "byes",
                                  "feedback_forwarded", "rtcp_sent", "sr_received"), 0)
         self._rx: ReceiverStats | None = None  # of the media SSRC
-        self._start_reports()
         self._sender = None
         if self.sender:
             self._sender = _named(self, self.sender)
             if self._sender is None or not hasattr(self._sender, "receive_rtcp"):
                 raise self.fail(f"video_rtp_receiver sender '{self.sender}' is not a "
                                 "video_rtp_sender", hint="name the video_rtp_sender node")
+        self._start_srtp(self._sender)
+        self._start_reports()
 
     def _new_depacketizer(self) -> Any:
         return _payload_format(self, self.codec, "depacketizer")()
@@ -554,6 +610,11 @@ class VideoRtpReceiver(_UdpNode):
         if is_rtcp(data, self._rtp_types):
             self._on_rtcp(data, addr)
             return
+        if self._srtp_rx is not None:
+            try:  # before anything trusts the packet (latching, statistics)
+                data = self._srtp_rx.unprotect(data)
+            except SrtpError:
+                return  # counted by the context (stats: srtp_*)
         try:
             pkt = RtpPacket.parse(data)
         except ParseError:
@@ -610,6 +671,9 @@ class VideoRtpReceiver(_UdpNode):
         self._maybe_pli(now)
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        data = self._unprotected_rtcp(data)
+        if data is None:
+            return
         try:
             packets = parse_rtcp(data)
         except ParseError:
@@ -657,7 +721,7 @@ class VideoRtpReceiver(_UdpNode):
         # port when muxed.
         pli = RtcpPli(self._ssrc, self._media_ssrc)
         data = compound_report(RtcpReceiverReport(self._ssrc), self._cname, feedback=(pli,))
-        if self._sendto(data, self._remote, self._rtcp_sock):
+        if self._send_rtcp(data, self._remote):
             self._last_pli = now
             self._c["pli_sent"] += 1
 
