@@ -270,7 +270,8 @@ def test_a_join_whose_leading_silence_fills_the_disk_leaves_no_broken_file(tmp_p
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (f"recorder stopped: cannot write "
-                                   f"'{tmp_path / 'room-bob.flac'}': File too large")
+                                   f"'{tmp_path / 'room-bob.flac'}': File too large (hint: the "
+                                   "file size limit (ulimit -f) is reached: raise it)")
     manifest = json.loads((tmp_path / "room.json").read_text())
     assert manifest["participants"] == []  # his join did not happen
     assert sorted(p.name for p in tmp_path.iterdir()) == ["room-mix.flac", "room.json"]

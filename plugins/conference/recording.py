@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.files.nodes import RecordingLocked, WavWriter, open_exclusive
+from plugins.files.nodes import RecordingLocked, WavWriter, open_exclusive, write_hint
 
 from .flac import flac_renumber, flac_silence
 from .names import NameAllocator
@@ -795,7 +795,7 @@ class RoomRecorder:
         self.busy = isinstance(e, RecordingLocked)
         reason = getattr(e, "strerror", None) or str(e)
         self.problem = f"cannot write '{self._current}': {reason}"
-        self.hint = "give each room its own record_dir" if self.busy else None
+        self.hint = "give each room its own record_dir" if self.busy else write_hint(e)
         self.error = f"recorder stopped: {self.problem}"
         if self.hint:
             self.error += f" (hint: {self.hint})"
