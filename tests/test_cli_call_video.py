@@ -8,6 +8,7 @@ endpoint dials with `exit_after_call`: a call that fails fails the run, in the s
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 import av
@@ -249,6 +250,44 @@ def test_a_launched_graph_whose_dialled_call_fails_exits_1_with_the_reason(tmp_p
         assert err2[-1].startswith(f"pipeline: error: call to sip:echo@127.0.0.1:{port} "
                                    "failed: the far end refused video (m=video port 0 in "
                                    "its answer)"), err2
+        # The fix a launched graph has: its endpoint's parameter, not call's option.
+        assert "(hint: offer a video codec it takes (node 'sip' video_codecs)" in err2[-1]
     else:  # answered and hung up after hangup_after: the run went as meant
         assert code2 == 0, err2
         assert not any("error" in line for line in err2), err2
+
+
+def test_a_launch_that_stops_before_its_dialled_call_is_answered_says_so(tmp_path):
+    # It said "failed: no answer", with no place and no fix: launch's --duration ran out.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    path = tmp_path / "g.yaml"
+    path.write_text(LAUNCHED.format(graph=ECHO, video="false", port=silent.getsockname()[1])
+                    .replace("hangup_after: 1s", "hangup_after: 60s"))
+
+    async def main_():
+        proc = await _start("launch", str(path), "--duration", "1s", cwd=tmp_path)
+        _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+        return proc.returncode, err.decode().strip().splitlines()
+
+    try:
+        code, err = asyncio.run(main_())
+    finally:
+        silent.close()
+    assert code == 1
+    assert re.fullmatch(r"pipeline: error: call to sip:echo@127\.0\.0\.1:\d+ failed: the run "
+                        r"stopped after [\d.]+ s, before the call was answered or refused "
+                        r"\(hint: give launch --duration longer, or leave it out\)",
+                        err[-1]), err
+
+
+def test_whether_the_dialled_call_was_established_is_not_read_from_the_bus():
+    # The bus keeps the last 10,000 messages: a chatty call graph pushed call-established
+    # out, and an answered call's launch said "failed: local hangup" (exit 1).
+    from pipeline.loader import load_graph_text
+    from plugins.sip.cli import dialled_failure
+
+    graph = load_graph_text(LAUNCHED.format(graph=ECHO, video="false", port=9))
+    node = graph.nodes["sip"]
+    node.dialled_established = True
+    assert dialled_failure(graph, [], 10.0) is None

@@ -578,10 +578,12 @@ _VIDEO_VALUE = "unknown call value '${call.video_"  # a video value a call did n
 
 def _failure(uri: str, messages: list[Any], duration: float | None,
              elapsed: float, password_env: str | None = None, *,
-             video: bool = False) -> CallFailed:
+             video: bool = False, launched: str | None = None) -> CallFailed:
     """Why the dialled call was not established, in one line: the call graph's error if it
     failed to start, else what the far end did or did not do (from the bus messages).
-    `video`: video was offered, with a call graph checked with the video values first."""
+    `video`: video was offered, with a call graph checked with the video values first.
+    `launched`: the name of the endpoint that dialled, in a graph `pipeline launch` ran
+    (`dialled_failure`): the fixes are its parameters then, not `pipeline call`'s options."""
     failed = f"call to {uri} failed"
     for m in messages:
         text = str(m.data.get("message", "")) if m.name == "error" else ""
@@ -590,13 +592,19 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
             if video and _VIDEO_VALUE in detail:
                 # It passed the check with the video values: the answer had none, its
                 # m=video line refused (port 0, RFC 3264 6), and the call graph needs them.
+                codecs = (f"node '{launched}' video_codecs" if launched
+                          else "--video-codecs")
                 return CallFailed(f"{failed}: the far end refused video (m=video port 0 in "
                                   "its answer) and the call graph needs it",
-                                  hint="offer a video codec it takes (--video-codecs), or "
+                                  hint=f"offer a video codec it takes ({codecs}), or "
                                        "call with a call graph without ${call.video_*} "
                                        "values")
             return CallFailed(f"{failed}: its call graph did not start: {detail}")
     ended = next((m for m in messages if m.name == "call-ended"), None)
+    if ended is None and launched:  # launch --duration ran out first
+        return CallFailed(f"{failed}: the run stopped after {elapsed:.3g} s, before the call "
+                          "was answered or refused", hint="give launch --duration longer, "
+                          "or leave it out")
     if ended is None:
         return CallFailed(f"{failed}: no answer")
     reason, status = ended.data.get("reason"), ended.data.get("status")
@@ -607,7 +615,9 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
     gave_up = status == 487 or (status is None and reason == NO_RESPONSE)
     secs = f"{duration if duration is not None and gave_up else round(elapsed):g} s"
     listening = "is a SIP server listening there?"
-    longer = "give it longer with --duration" if gave_up and duration is not None else None
+    longer = None if not gave_up or duration is None else (
+        f"give it longer with node '{launched}' hangup_after" if launched
+        else "give it longer with --duration")
     # call-trying: some 1xx (100 Trying at least) came, so a SIP server is there
     tried = any(m.name == "call-trying" for m in messages)
     unanswered = gave_up or status == 408  # Timer B: no final response within 32 s
@@ -640,9 +650,9 @@ def dialled_failure(graph: Graph, messages: list[Any], elapsed: float) -> CallFa
         mine = [m for m in messages if m.node == node.name
                 and m.data.get("call_id", dialled) == dialled
                 and (m.name != "error" or f" {dialled} " in str(m.data.get("message")))]
-        if not any(m.name == "call-established" for m in mine):
+        if not getattr(node, "dialled_established", False):
             return _failure(str(node.dial), mine, node.hangup_after or None, elapsed,
-                            video=bool(node.video))
+                            video=bool(node.video), launched=node.name)
     return None
 
 
@@ -722,7 +732,9 @@ def call(args: argparse.Namespace) -> int:
     if fault is not None:
         raise CallFailed(f"call to {args.uri} failed: its call graph failed: "
                          f"{fault.data.get('message')}")
-    if not any(m.name == "call-established" for m in result.messages):
+    # (The endpoint's flag, not the bus: a chatty call graph's messages push its
+    # call-established out of the bus's last 10,000.)
+    if not control.endpoint.dialled_established:
         if signals:  # our own doing, not the far end's: an interrupted run (docs/cli.md)
             name = signal.Signals(signals[0]).name
             print(f"pipeline: call to {args.uri} cancelled by {name}", file=sys.stderr)

@@ -213,6 +213,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         self._asked_updates: dict[str, str] = {}
         self._dialled: str | None = None
         self._dial_time: float | None = None  # when the dialled call was answered
+        self.dialled_established = False  # `dial`'s call (or the one it was transferred to)
         self._ring_since: float | None = None  # when it was dialled, until it is answered
         self._answer_at: dict[str, float] = {}  # incoming calls to answer then (answer_after)
         # Incoming calls' RTP timeouts (counted from the answer), and the earliest time one
@@ -469,6 +470,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
             if call.call_id == self._dialled:
                 self._dial_time = self._loop.time()
                 self._ring_since = None
+                self.dialled_established = True
             # The parties too, as call-incoming has them: one grep by name finds both.
             self.post("call-established", call_id=call.call_id,
                       **self._media_fields(event.media), prefix=self._prefix(call),
