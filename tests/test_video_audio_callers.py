@@ -182,6 +182,29 @@ def test_a_caller_whose_video_is_rejected_gets_audio_and_the_audio_call_graph(tm
     asyncio.run(main())
 
 
+def test_an_audio_call_that_fits_the_range_is_not_refused_for_a_video_port(tmp_path):
+    # The port kept for a later video was taken first: a range of one pair refused an
+    # audio-only caller 503 No Free RTP Port though its audio fit.
+    tone_call = tmp_path / "tone-call.yaml"
+    tone_call.write_text(TONE_CALL)
+
+    async def main() -> None:
+        server = Endpoint(server_yaml("[vp8]").replace("35000-35099", "35000-35001"))
+        port = await server.port()
+        caller = Endpoint(caller_yaml(tone_call, f"sip:video@127.0.0.1:{port}"))
+        est = await server.wait("call-established")
+        assert part(server, est.data["prefix"]) == ECHO_NODES
+        await hears(caller, F_CALLER)  # its echo: the audio call graph runs
+        call = server.node.ua.calls[est.data["call_id"]]
+        assert (call.rtp_port, call.video_port) == (35000, 0)  # no pair to keep for video
+        caller.node.hangup(caller.node._dialled)
+        await server.wait("call-ended")
+        await server.close()
+        await caller.close()
+
+    asyncio.run(main())
+
+
 def reoffer_video(ep: Endpoint, call_id: str, port: int) -> None:
     """The caller re-INVITEs with its audio as it was and an m=video line (VP8) on `port` (0:
     video dropped). Our UA changes the media of a call only to hold, resume or change codecs,

@@ -123,10 +123,9 @@ class CallParts:
         video_later = self._video_may_come()
         video_port = 0
         try:
-            if video_later or (preview is not None and preview[1].video is not None) or (
+            if (preview is not None and preview[1].video is not None) or (
                     late and self.video and self.video_codecs):
-                # A video stream we accepted, or may by re-INVITE (`video_later`), gets its
-                # own port (checked: not retried below).
+                # A video stream we accepted gets its own port (checked: not retried below).
                 video_port = self.ports.allocate(check=check)
             if late:
                 port = self.ports.allocate(check=check)
@@ -137,6 +136,14 @@ class CallParts:
                 self.ports.release(video_port)
             self._no_port(call_id, exc)
             return False
+        if video_later and not video_port:
+            # One video may bring by re-INVITE: kept when the range has a pair to spare (an
+            # audio call that fits is not refused for it; without, such a re-INVITE's video
+            # is refused, port 0).
+            try:
+                video_port = self.ports.allocate(check=check)
+            except PipelineError:
+                pass
         for attempt in range(_BIND_TRIES):
             # No test-bind per call: the call graph binds the port; only when that fails is
             # the port checked, and when it is busy (another process's: workers sharing
@@ -189,9 +196,8 @@ class CallParts:
     def _video_may_come(self) -> bool:
         """Whether a call answered without video keeps a video port for a re-INVITE that
         adds video: with an `audio_call_graph` (which it runs till then), as video calls
-        are served (`video_codecs`, and never with SRTP mandatory: video is plain RTP)."""
-        return self.audio_call_graph is not None and self.video and bool(self.video_codecs) \
-            and self.srtp != "mandatory"
+        are served (`video_codecs`)."""
+        return self.audio_call_graph is not None and self.video and bool(self.video_codecs)
 
     def _graph_of(self, media: NegotiatedMedia) -> tuple[str, dict[Any, Any]]:
         """The call graph a call with `media` runs and the params it gets: `call_graph`,
