@@ -27,7 +27,7 @@ from test_sip_interop import F_PEER, RATE, Endpoint, check_tone, peer
 from pipeline.loader import parse_launch
 from pipeline.runtime import RunResult
 from pipeline.testing import read_wav, sine, write_wav
-from plugins.rtp.nodes import LatchProbation
+from plugins.rtp.latch import LatchProbation
 from plugins.rtp.packet import RtpPacket
 
 N = 10  # relatch_packets' default

@@ -65,6 +65,7 @@ from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
 from .dtmf import DtmfReceiver, DtmfSender
+from .latch import LatchProbation
 from .packet import RtpPacker, parse_fields, shadowed_by_rtcp
 from .payload import static_encoding_clash, unknown_samples
 from .pcap import PcapWriter
@@ -281,33 +282,6 @@ class SessionCounters:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class LatchProbation:
-    """Whether RTP from a source other than the SDP's moves a session there: `needed`
-    consecutive valid packets of one SSRC from one source (pjmedia's NAT probation,
-    PJMEDIA_RTP_NAT_PROBATION_CNT; Asterisk's strictrtp learns a source the same way). A
-    packet in between from another source, of another SSRC, or of a payload type not agreed
-    starts the count again, so interleaved strangers or a spoofed packet now and then never
-    add up. Sans-IO: a source, an SSRC and a verdict on the payload type in, yes or no out."""
-
-    __slots__ = ("needed", "_source", "_ssrc", "_count")
-
-    def __init__(self, needed: int) -> None:
-        self.needed = needed
-        self._source: tuple[str, int] | None = None
-        self._ssrc = -1
-        self._count = 0
-
-    def heard(self, source: tuple[str, int], ssrc: int, agreed: bool) -> bool:
-        """Count one packet from `source` (not the SDP's); True when it completes the run."""
-        if not agreed:
-            self._count = 0
-            return False
-        if source != self._source or ssrc != self._ssrc:
-            self._source, self._ssrc, self._count = source, ssrc, 0
-        self._count += 1
-        return self._count >= self.needed
-
-
 class SrtpKeys:
     """The SRTP parameters of a node that sends and receives RTP (RFC 3711, keys as SDES
     gives them: RFC 4568), and the contexts they make: `rtp_session` and the video RTP
@@ -331,8 +305,8 @@ class SrtpKeys:
                 decode_key(getattr(self, name), self.srtp_suite)
             except ValueError as e:
                 raise ParamValueError(name, f"parameter '{name}': {e}",
-                                      "give the base64 key||salt of the a=crypto line "
-                                      "(30 octets)") from None
+                                      "give the base64 key||salt of the a=crypto line, "
+                                      "the length its suite needs") from None
 
     def srtp_context(self, key: str) -> SrtpContext | None:
         """A context of `key`, "srtp_local_key" (protects) or "srtp_remote_key"

@@ -137,7 +137,10 @@ _PRINTED = _ERRORS | {"sip-listening", "sip-registered", "sip-unregistered", "ca
                       "call-ringing", "call-early-media", "call-established", "call-updated",
                       "call-ended", "call-rejected", "dtmf", "dtmf-failed",
                       "participant-dtmf",  # a conference room's: who pressed which digit
-                      "refer"}  # a REFER followed (followed=True) or declined with 603
+                      "refer",  # a REFER followed (followed=True) or declined with 603
+                      # a call's RTP came from elsewhere than its SDP said, and the call's
+                      # rtp_session moved there (a NAT; docs/rtp.md "Latching")
+                      "rtp-latched"}
 # `pipeline call` also says when a server first took the INVITE (its first 1xx, pjsua's
 # CALLING -> EARLY): a call that never rings then shows it reached a server. serve's
 # endpoints mostly answer, and a dialling one's 100 Trying is noise among many calls.
