@@ -25,6 +25,7 @@ from pipeline.params import ParamValueError
 from .values import example_call_values, shared_params, written_map
 
 log = logging.getLogger("plugins.sip")  # the endpoint's: its lines read as the node's
+VIDEO_VALUE = "unknown call value '${call.video_"  # a video value a call did not have
 PREFIX = "call-1/"  # the first call's part (example_call_values has call_number 1)
 # The call values a node takes the call's media with: the ports reserved for its RTP.
 RTP_VALUES = frozenset({"local_rtp_port", "local_video_port"})
@@ -191,10 +192,10 @@ def check_endpoint(node: Any, audio: bool = False) -> frozenset[str]:
                                   say=warn)
     except GraphError as e:
         where = e.where if e.file else path
-        if e.message.startswith("unknown call value '${call.video_") and audio:
+        if e.message.startswith(VIDEO_VALUE) and audio:
             hint = ("it runs the calls without video, which have no ${call.video_*} values: "
                     "make it an audio-only graph, e.g. ${graph_dir}/calls/echo.yaml")
-        elif e.message.startswith("unknown call value '${call.video_") and not node.video:
+        elif e.message.startswith(VIDEO_VALUE) and not node.video:
             hint = "${call.video_*} values come with video calls: set video: true"
         elif _linkable(node.graph):  # `validate --call` cannot check it without its parent
             hint = e.hint

@@ -570,13 +570,10 @@ def check_call_graph(path: str | Path, overrides: dict[str, Any], codecs: list[s
         return callcheck.check_call_graph(path, overrides, codecs, video_codec=video_codec,
                                           say=say)
     except GraphError as e:
-        if e.message.startswith(_VIDEO_VALUE) and video_codec is None:
+        if e.message.startswith(callcheck.VIDEO_VALUE) and video_codec is None:
             e.hint = ("pipeline call offers audio only without --video: add --video for a "
                       "call with ${call.video_*} values")
         raise
-
-
-_VIDEO_VALUE = "unknown call value '${call.video_"  # a video value a call did not have
 
 
 def _failure(uri: str, messages: list[Any], duration: float | None,
@@ -592,7 +589,7 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
         text = str(m.data.get("message", "")) if m.name == "error" else ""
         if text.startswith("call graph for call "):
             detail = text.partition(" failed: ")[2] or text
-            if video and _VIDEO_VALUE in detail:
+            if video and callcheck.VIDEO_VALUE in detail:
                 # It passed the check with the video values: the answer had none, its
                 # m=video line refused (port 0, RFC 3264 6), and the call graph needs them.
                 codecs = (f"node '{launched}' video_codecs" if launched
