@@ -15,6 +15,7 @@ from test_sip_rebuild import CALLER_GRAPH, DIALLER_GRAPH, _rebuilt, established
 
 from pipeline.frames import DtmfEvent
 from pipeline.loader import parse_launch
+from plugins.rtp.nodes import SessionCarry
 
 
 def _sender(port: int, direction: str):
@@ -37,7 +38,7 @@ def test_digits_held_by_a_recvonly_or_inactive_session_go_out_after_the_resume()
                                   "! frame_sink name=out"))
         port = await rx.port()
         rx_node = rx.graph.nodes["rx"]
-        carried: tuple = ()
+        carried = SessionCarry()
         for direction, digits in (("recvonly", "12"), ("inactive", "3")):
             graph = _sender(port, direction)
             tx = graph.nodes["tx"]
@@ -81,7 +82,7 @@ def test_a_carried_digit_is_dropped_when_the_new_media_have_no_telephone_event()
     async def main() -> dict:
         graph = parse_launch("rtp_session name=tx codec=pcmu remote_ip=127.0.0.1 "
                              "remote_port=9")
-        graph.nodes["tx"].restore_state((DtmfEvent("1"), DtmfEvent("2")))
+        graph.nodes["tx"].restore_state(SessionCarry((DtmfEvent("1"), DtmfEvent("2"))))
         s = Session(graph)
         await s.port()
         s.stop()
@@ -141,7 +142,7 @@ def test_a_restarted_session_does_not_send_the_carried_digits_again() -> None:
         rx_node = rx.graph.nodes["rx"]
         graph = _sender(port, "sendrecv")
         tx = graph.nodes["tx"]
-        tx.restore_state((DtmfEvent("1", duration_ms=60),))
+        tx.restore_state(SessionCarry((DtmfEvent("1", duration_ms=60),)))
         first = Session(graph)
         await first.port()
         await until(lambda: rx_node.stats()["dtmf_received"] >= 1, "the carried digit", WAIT)

@@ -23,6 +23,7 @@ from peers import pjsua2_peer
 from peers.pjsua2_peer import Pjsua2Peer
 from test_rtp_session import WAIT, Session, _rtp, node_stats
 from test_sip_interop import F_PEER, RATE, Endpoint, check_tone, peer
+from test_video_rebuild_port import _direction, _video_call
 
 from pipeline.loader import parse_launch
 from pipeline.runtime import RunResult
@@ -257,3 +258,117 @@ def test_pjsua2_on_its_default_binding_is_heard_and_its_digits_arrive(
     (path,) = rec.glob("*.wav")
     audio, rate = read_wav(path)
     check_tone(audio, F_PEER, rate)
+
+
+# ---- across a rebuilt call graph (hold, resume, codec change) --------------------------------
+def _rebuilt(sdp: socket.socket, carried: Any) -> Session:
+    """The session of a rebuilt call graph, handed what the last one carried."""
+    s = _configured_session(sdp)
+    s.graph.nodes["s"].restore_state(carried)
+    return s
+
+
+def test_a_rebuilt_session_stays_closed_to_strangers_once_the_peer_was_heard() -> None:
+    # Each rebuild started a fresh probation: during a hold (the peer sends nothing) a
+    # stranger's 10 packets took the call over, and our RTP went to the stranger.
+    sdp, other = _udp(SDP_IP), _udp(OTHER_IP)
+    sdp_at = sdp.getsockname()
+
+    async def main() -> dict[str, Any]:
+        first = _configured_session(sdp)
+        dest = ("127.0.0.1", await first.port())
+        node = first.graph.nodes["s"]
+        sdp.sendto(_rtp(0, b"\x01" * 160), dest)
+        await until(lambda: node.stats()["packets_received"] == 1, "the peer's packet")
+        carried = node.carry_state()
+        first.stop()
+        await first.result()
+        second = _rebuilt(sdp, carried)
+        dest = ("127.0.0.1", await second.port())
+        node = second.graph.nodes["s"]
+        for seq in range(1, 3 * N + 1):
+            other.sendto(_rtp(seq, b"\xee" * 160, ssrc=0xBAD), dest)
+        await until(lambda: node.stats()["dropped_foreign"] == 3 * N, "the stranger's packets")
+        second.stop()
+        return node_stats(await second.result(), "s")
+
+    try:
+        st = asyncio.run(main())
+    finally:
+        sdp.close()
+        other.close()
+    assert st["relatched"] == 0 and st["remote"] == "{}:{}".format(*sdp_at)
+
+
+def test_a_rebuilt_session_goes_on_with_the_source_it_moved_to() -> None:
+    # A peer behind a NAT, learnt by probation, was learnt again after each hold and resume
+    # (its first nine packets dropped each time).
+    sdp, other = _udp(SDP_IP), _udp(OTHER_IP)
+    other_at = other.getsockname()
+
+    async def main() -> tuple[dict[str, Any], list]:
+        first = _configured_session(sdp)
+        dest = ("127.0.0.1", await first.port())
+        for seq in range(N):
+            other.sendto(_rtp(seq, b"\x02" * 160), dest)
+        await first.wait_message("rtp-latched")
+        carried = first.graph.nodes["s"].carry_state()
+        first.stop()
+        await first.result()
+        second = _rebuilt(sdp, carried)
+        dest = ("127.0.0.1", await second.port())
+        node = second.graph.nodes["s"]
+        other.sendto(_rtp(N, b"\x02" * 160), dest)
+        await until(lambda: node.stats()["packets_received"] == 1, "its packet, taken at once")
+        second.stop()
+        result = await second.result()
+        return node_stats(result, "s"), _latched(second)
+
+    try:
+        st, latched = asyncio.run(main())
+    finally:
+        sdp.close()
+        other.close()
+    assert st["remote"] == "{}:{}".format(*other_at)
+    assert (st["dropped_foreign"], latched) == (0, [])
+
+
+def test_a_stranger_cannot_take_a_held_call_over() -> None:
+    # The SIP side of the two above: our hold rebuilt the call graph, and during it a
+    # stranger's 10 packets moved the call's RTP to the stranger.
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind((OTHER_IP, 0))
+    stranger.settimeout(5)
+
+    async def main():
+        caller, call_id, callee, callee_id = await _video_call()
+
+        def rtp():
+            return caller.graph.nodes[caller.node.parts[call_id] + "rtp"]
+
+        await until(lambda: rtp().stats()["packets_received"] > 20, "media from bob")
+        before = rtp().stats()
+        port = caller.node.ua.calls[call_id].rtp_port
+        caller.node.hold(call_id)
+        await until(lambda: _direction(caller, call_id) == "sendonly"
+                    and _direction(callee, callee_id) == "recvonly", "rebuilt for the hold")
+        for seq in range(10):
+            stranger.sendto(_rtp(seq, b"\xff" * 160, ssrc=0xBAD), ("127.0.0.1", port))
+        await until(lambda: rtp().stats()["dropped_foreign"] + rtp().stats()["relatched"]
+                    >= 9, "the stranger's packets handled")
+        await until(lambda: rtp().stats()["dropped_foreign"] >= 10
+                    or rtp().stats()["relatched"], "the tenth")
+        after = rtp().stats()
+        caller.node.hangup(call_id)
+        await callee.wait("call-ended")
+        ended = await caller.wait("call-ended")
+        await callee.close()
+        await caller.close()
+        return before, after, ended
+
+    try:
+        before, after, ended = asyncio.run(main())
+    finally:
+        stranger.close()
+    assert after["relatched"] == 0, f"a stranger took the call after the rebuild: {after['remote']}"
+    assert after["remote"] == before["remote"]

@@ -54,6 +54,7 @@ import socket
 import time
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.clock import WARN_EVERY_S
@@ -282,6 +283,15 @@ class SessionCounters:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+@dataclass(frozen=True, slots=True)
+class SessionCarry:
+    """What an `rtp_session` hands the one of its rebuilt call graph (`carry_state`)."""
+
+    digits: tuple[DtmfEvent, ...] = ()  # not sent yet, in order
+    heard: bool = False  # media came from the peer: no other source may take the call over
+    moved: tuple[tuple[str, int], tuple[str, int]] | None = None  # (SDP's, moved to): a NAT
+
+
 class SrtpKeys:
     """The SRTP parameters of a node that sends and receives RTP (RFC 3711, keys as SDES
     gives them: RFC 4568), and the contexts they make: `rtp_session` and the video RTP
@@ -384,7 +394,8 @@ class RtpSession(SrtpKeys, Node):
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
     __slots__ = ("_c", "_channels", "_clock", "_cn_pt", "_cname", "_codec", "_configured",
-                 "_dtmf_carried", "_dtmf_packer", "_dtmf_pt", "_dtmf_queue", "_dtmf_rx",
+                 "_carried", "_heard_before", "_moved", "_dtmf_packer", "_dtmf_pt",
+                 "_dtmf_queue", "_dtmf_rx",
                  "_dtmf_tx", "_foreign_at", "_foreign_from", "_io_error", "_last_dur",
                  "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap",
                  "_probation", "_pt", "_recv_pt", "_remote", "_rtcp_remote",
@@ -551,6 +562,7 @@ class RtpSession(SrtpKeys, Node):
                                  else self.remote_rtcp_port)
             if self.relatch_packets:
                 self._probation = LatchProbation(self.relatch_packets)
+            self._resume_latch(getattr(self, "_carried", None))
         self._foreign_from: tuple[str, int] | None = None  # RTP dropped from elsewhere, last
         self._foreign_at = float("-inf")
         self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
@@ -575,8 +587,9 @@ class RtpSession(SrtpKeys, Node):
         self._dtmf_rx = DtmfReceiver(dtmf_clock)
         # Digits not yet sent by the session this one replaces (a rebuilt call graph), taken
         # once: started again, the node would send them a second time.
-        self._dtmf_queue: deque[DtmfEvent] = deque(getattr(self, "_dtmf_carried", ()))
-        self._dtmf_carried = ()
+        carried = getattr(self, "_carried", None)
+        self._dtmf_queue: deque[DtmfEvent] = deque(carried.digits if carried else ())
+        self._carried = None
         self._last_ts: int | None = None  # last audio timestamp sent, and its duration
         self._last_dur = 0
         now = self._now()
@@ -606,15 +619,35 @@ class RtpSession(SrtpKeys, Node):
             self._dtmf_queue.clear()
         self._start_dtmf(now)  # carried digits (held, then resumed): they go first, in order
 
-    def carry_state(self) -> tuple[DtmfEvent, ...]:
-        """Digits not sent yet: held while our direction forbids sending (the peer holds
-        the call, RFC 3264 8.4), or waiting behind the one under way. The session of the
-        rebuilt call graph sends them (docs/sip.md, "Hold, resume and rebuilt call graphs")."""
-        return tuple(getattr(self, "_dtmf_queue", ()))
+    def carry_state(self) -> SessionCarry:
+        """What the session of the rebuilt call graph goes on with (docs/sip.md, "Hold,
+        resume and rebuilt call graphs"): the digits not sent yet (held while our direction
+        forbids sending, the peer holding the call, RFC 3264 8.4, or waiting behind the one
+        under way), and whether the peer was heard and where from, so that a rebuild does
+        not open the call to another source again (`_resume_latch`)."""
+        c = getattr(self, "_c", None)
+        heard = bool(c and c.packets_received) or bool(getattr(self, "_heard_before", False))
+        moved = getattr(self, "_moved", None)
+        return SessionCarry(tuple(getattr(self, "_dtmf_queue", ())), heard, moved)
 
-    def restore_state(self, state: tuple[DtmfEvent, ...]) -> None:
-        """Send, first and in order, the digits a `carry_state` handed over (before `start`)."""
-        self._dtmf_carried = state
+    def restore_state(self, state: SessionCarry) -> None:
+        """Take over what a `carry_state` handed on (before `start`): its digits are sent
+        first, in order."""
+        self._carried = state
+
+    def _resume_latch(self, carried: SessionCarry | None) -> None:
+        """A rebuilt call graph's session goes on as the last one was: a peer it heard
+        closes the probation (a stranger's 10 packets during a hold took the call over),
+        and one it moved to (a NAT) is where it sends and listens again, when the SDP
+        still names the address it moved from."""
+        self._heard_before = bool(carried and carried.heard)
+        self._moved = None
+        if carried is None:
+            return
+        if carried.moved is not None and carried.moved[0] == self._remote:
+            self._move(*carried.moved)
+        elif carried.heard:
+            self._probation = None
 
     def _bind(self) -> tuple[socket.socket, socket.socket | None]:
         family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
@@ -815,15 +848,20 @@ class RtpSession(SrtpKeys, Node):
             self._foreign_from, self._foreign_at = addr, self._now()  # for rtp-timeout
             return False
         was = self._remote
-        # From now on a latched peer: RTP from this source only, RTCP answered where the
-        # peer's comes from (or to its port + 1 until then), not to the SDP's addresses.
-        self._remote, self._configured, self._rtcp_remote = addr, False, None
-        self._probation = None
+        self._move(was, addr)
         c.relatched += 1
         self.post("rtp-latched", ip=addr[0], port=addr[1], was=f"{was[0]}:{was[1]}",
                   reason=f"{probation.needed} packets from here and none from the SDP's "
                   "address")
         return True
+
+    def _move(self, was: tuple[str, int], addr: tuple[str, int]) -> None:
+        """From now on a latched peer at `addr` (the SDP said `was`): RTP from this source
+        only, RTCP answered where the peer's comes from (or to its port + 1 until then),
+        not to the SDP's addresses."""
+        self._remote, self._configured, self._rtcp_remote = addr, False, None
+        self._probation = None
+        self._moved = (was, addr)
 
     def _drop_unknown_pt(self, pt: int, addr: tuple[str, int]) -> None:
         """Count a packet of a payload type we do not take, and say so at the first and
