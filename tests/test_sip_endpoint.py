@@ -1237,6 +1237,20 @@ def test_every_shipped_call_graph_takes_the_comfort_noise_payload_type(path):
         assert node.get("cn_payload_type") == "${call.cn_payload_type}", path.name
 
 
+@pytest.mark.parametrize("path", CALL_GRAPHS, ids=lambda p: p.name)
+def test_every_shipped_call_graph_sends_rtcp_where_the_sdp_says(path):
+    # RFC 3550 6: RTCP SHOULD be sent; and where the peer's a=rtcp says (RFC 3605), or port
+    # + 1: video-call.yaml's audio session sent to port + 1 whatever the SDP said.
+    import yaml
+
+    nodes = yaml.safe_load(path.read_text())["nodes"]
+    sessions = [n for n in nodes.values() if isinstance(n, dict) and n.get("type") == "rtp_session"]
+    for node in sessions:
+        assert node.get("rtcp") is True, path.name
+        assert (node.get("remote_rtcp_ip"), node.get("remote_rtcp_port")) == (
+            "${call.remote_rtcp_ip}", "${call.remote_rtcp_port}"), path.name
+
+
 @pytest.mark.parametrize("cn_payload_type", [-1, 98])  # (13 is the default)
 def test_the_echo_graph_hands_the_cn_payload_type_to_its_rtp_session(cn_payload_type):
     from pipeline.loader import load_graph
