@@ -630,7 +630,7 @@ def test_rtp_to_the_last_port_sends_no_rtcp_and_keeps_going() -> None:
     stats = node_stats(result, "tx")
     assert result.stopped_by == "eos"
     assert stats["packets_sent"] == 20 and stats["rtcp_sent"] == 0
-    assert stats["send_errors"] >= 1
+    assert stats["send_errors"] == 0  # nowhere to send to is not a failed send
 
 
 def test_rtcp_sender_report_on_the_wire(tmp_path) -> None:

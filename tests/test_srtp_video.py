@@ -553,3 +553,20 @@ def test_srtp_video_call_with_baresip_both_ways(tmp_path, dialler):
     # baresip decoded our SRTP VP8: the picture it saw carries a counter we sent
     seen = png_counter(snapshot)
     assert seen is not None and 0 <= seen < stats["vsend"]["frames_sent"]
+
+
+@pytest.mark.parametrize("kind", ["rtp_session", "video_rtp_sender"])
+def test_a_fixed_ssrc_with_srtp_is_warned_of_at_load(kind, caplog):
+    # A rebuilt call graph keeps the key (RFC 4568) and started its SRTCP index at 0 again
+    # under the same SSRC: the same keystream twice (RFC 3711 9.1). Said, as GStreamer's
+    # srtpdec, keyed by SSRC, needs a fixed one.
+    from plugins.rtp.srtp import generate_key
+
+    key = generate_key("AES_CM_128_HMAC_SHA1_80")
+    source = "tone ! pcmu_encoder" if kind == "rtp_session" else \
+        "video_test_source ! video_encoder codec=vp8"
+    line = (f"{source} ! {kind} ssrc=4660 remote_ip=127.0.0.1 remote_port=9 srtp_suite="
+            f"AES_CM_128_HMAC_SHA1_80 srtp_local_key={key} srtp_remote_key={key}")
+    parse_launch(line).validate_nodes()
+    assert any("parameter 'ssrc': a fixed SSRC with SRTP repeats its keystream" in r.message
+               for r in caplog.records), caplog.text

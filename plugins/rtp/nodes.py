@@ -307,9 +307,19 @@ class SrtpKeys:
                             "what we receive)")
 
     def check_srtp_keys(self) -> None:
-        """At load: each key is base64 of the suite's key||salt, else one line naming it."""
+        """At load: each key is base64 of the suite's key||salt, else one line naming it;
+        and a warning for a fixed SSRC: SRTP's keystream is keyed by SSRC and packet index,
+        so a session that starts again with the same key (a rebuilt call graph keeps it,
+        RFC 4568; a second run of the graph) sends under the same keystream (RFC 3711 9.1)."""
         if not self.srtp_suite:
             return
+        if getattr(self, "ssrc", None) is not None:
+            # Said, not refused: a receiver keyed by SSRC (GStreamer's srtpdec caps) needs it.
+            log.warning("node '%s' (%s): parameter 'ssrc': a fixed SSRC with SRTP repeats its "
+                        "keystream when the session starts again with the same key (a "
+                        "rebuilt call graph, another run; RFC 3711 9.1) (hint: leave ssrc out "
+                        "unless the receiver needs it, and give each run a fresh key)",
+                        self.name, self.kind)
         for name in ("srtp_local_key", "srtp_remote_key"):
             try:
                 decode_key(getattr(self, name), self.srtp_suite)
@@ -1064,6 +1074,11 @@ class RtpSession(SrtpKeys, Node):
             self._start_dtmf(now)
 
     def _send_rtcp(self, now: float, bye: bool = False) -> None:
+        dest = self._rtcp_destination()
+        if not 0 < dest[1] <= 65535:
+            # No RTCP port: RTP on the last port, or the SDP's remote_rtcp_port 0, until a
+            # latched peer's RTCP is heard. Nothing is sent, and no SRTCP index spent.
+            return
         wall = time.time()
         rx = self._rx
         blocks = [rx.report_block(wall)] if rx is not None and rx.heard_since_report else []
@@ -1075,11 +1090,6 @@ class RtpSession(SrtpKeys, Node):
         data = compound_report(first, self._cname, bye)
         if self._srtp_tx is not None:
             data = self._srtp_tx.protect_rtcp(data)
-        dest = self._rtcp_destination()
-        if not 0 < dest[1] <= 65535:
-            # RTP on the last port (or an SDP saying so with remote_rtcp_port 0): no RTCP
-            # port until a latched peer's RTCP is heard
-            raise OSError(f"RTP port {self._remote[1]} leaves no port for RTCP")
         self._rtcp_sock.sendto(data, dest)
         self._c.rtcp_sent += 1
         if self._pcap is not None:
