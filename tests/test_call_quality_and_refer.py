@@ -324,3 +324,36 @@ def test_pipeline_call_follows_a_refer_to_the_transfer_target(tmp_path):
     audio, rate = read_wav(tmp_path / "carol.wav")
     assert len(audio) > rate  # most of the 2 s
     assert abs(dominant_frequency(audio[len(audio) // 4:, 0], rate) - 1000.0) < 5.0
+
+
+def test_a_blind_transfer_whose_transferor_hangs_up_at_once_reaches_the_target(tmp_path):
+    (tmp_path / "carol.yaml").write_text(RECORDING_CALL)
+    caller = tmp_path / "caller.yaml"
+    caller.write_text(tone_graph())
+
+    async def main():
+        bob = Endpoint(server_yaml())
+        carol = Endpoint(server_yaml(call_graph=tmp_path / "carol.yaml",
+                                     extra="    answer_after: 0.5s")
+                         .replace("user: echo", "user: carol")
+                         .replace("32000-32999", "34000-34999"))
+        bob_port, carol_port = await bob.port(), await carol.port()
+        call = await Pipeline.start(
+            "call", f"sip:bob@127.0.0.1:{bob_port}", "--graph", str(caller), "--codecs", "pcmu",
+            "--duration", "2s", cwd=tmp_path)
+        first = await bob.wait("call-established")
+        bob.node.transfer(first.data["call_id"], f"sip:carol@127.0.0.1:{carol_port}")
+        await bob.wait("transfer-progress")  # 202 Accepted: the transferor's part is done
+        bob.node.hangup(first.data["call_id"])
+        code, _ = await call.finish()
+        carol_established = carol.names("call-established")
+        await bob.close()
+        await carol.close()
+        return code, call.lines, carol_established
+
+    code, lines, carol_established = asyncio.run(main())
+    # The transferor's BYE came before the target answered (RFC 5589 6 allows it): the
+    # call ended and took `pipeline call` with it, the target's call abandoned.
+    established = [fields(line) for line in lines if " sip: call-established " in line]
+    assert [e["callee"] for e in established] == ["bob@127.0.0.1", "carol@127.0.0.1"]
+    assert len(carol_established) == 1 and code == 0, lines

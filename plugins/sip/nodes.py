@@ -512,7 +512,8 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
             # A followed call that failed: its status (486, 487...) ends the subscription.
             self._report_followed(call.call_id, event.status or 500,
                                   None if event.status else event.reason[:60])
-            if call.call_id == self._dialled and self.exit_after_call:
+            if call.call_id == self._dialled and not self._pass_dialled_role(call.call_id) \
+                    and self.exit_after_call:
                 self.send_eos()
         elif isinstance(event, sipevents.DtmfReceived):
             self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,

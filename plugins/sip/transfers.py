@@ -31,6 +31,7 @@ class Transfers:
     # calls we placed to follow a REFER: their Call-ID -> (referring Call-ID, refer id)
     _following: dict[str, tuple[str, str]]
     _dialled: str | None
+    _ring_since: float | None
 
     def transfer(self, call_id: str, uri: str | None = None, *,
                  replaces: str | None = None) -> str:
@@ -68,6 +69,19 @@ class Transfers:
         if referring == self._dialled:
             self._dialled = call_id
         self.ua.hangup(referring, self._loop.time())
+
+    def _pass_dialled_role(self, ended: str) -> bool:
+        """The dialled call `ended` while a call placed to follow its REFER still rings (the
+        transferor hung up after the REFER was accepted, as a PBX's blind transfer may):
+        that call becomes the dialled one, and `pipeline call` goes on with it rather than
+        ending with the call it dialled. True when one did."""
+        following = next((new for new, (referring, _) in self._following.items()
+                          if referring == ended), None)
+        if following is None:
+            return False
+        self._dialled = following
+        self._ring_since = self._loop.time()
+        return True
 
     def _report_followed(self, call_id: str, status: int,
                          reason: str | None = None) -> str | None:
