@@ -713,6 +713,9 @@ class RoomRecorder:
                     return fd
             except FileNotFoundError:
                 pass
+            except OSError:
+                os.close(fd)
+                raise
             os.close(fd)
         raise RecordingLocked(errno.EBUSY, "another recorder is writing it", str(path))
 
