@@ -333,6 +333,16 @@ class SrtpKeys:
         (unprotects); None without SRTP."""
         return SrtpContext(self.srtp_suite, getattr(self, key)) if self.srtp_suite else None
 
+    def _unprotected_rtcp(self, data: bytes) -> bytes | None:
+        """The RTCP inside an SRTCP packet (`data` itself without SRTP), None when it fails
+        (dropped: the context counts it, stats `srtp_*`)."""
+        if self._srtp_rx is None:
+            return data
+        try:
+            return self._srtp_rx.unprotect_rtcp(data)
+        except SrtpError:
+            return None
+
 
 def srtp_stats(context: SrtpContext | None) -> dict[str, int]:
     """What unprotecting with `context` dropped, by reason, as a node's stats say it:
@@ -961,11 +971,9 @@ class RtpSession(SrtpKeys, Node):
             # Neither the peer's RTP address nor the RTCP address its SDP gave (RFC 3605).
             c.dropped_foreign += 1
             return
-        if self._srtp_rx is not None:
-            try:
-                data = self._srtp_rx.unprotect_rtcp(data)
-            except SrtpError:
-                return  # counted by the context
+        data = self._unprotected_rtcp(data)
+        if data is None:
+            return  # counted by the context
         try:
             packets = parse_rtcp(data)
         except ParseError:

@@ -163,16 +163,6 @@ class _UdpNode(SrtpKeys, Node):
         self._srtp_tx = (sender if shared else self).protection()
         self._srtp_rx = self.srtp_context("srtp_remote_key")
 
-    def _unprotected_rtcp(self, data: bytes) -> bytes | None:
-        """The RTCP inside an SRTCP packet (`data` itself without SRTP), None when it fails
-        (dropped: the context counts it, stats `srtp_*`)."""
-        if self._srtp_rx is None:
-            return data
-        try:
-            return self._srtp_rx.unprotect_rtcp(data)
-        except SrtpError:
-            return None
-
     def _send_rtcp(self, data: bytes, dest: tuple[str, int]) -> bool:
         """Send an RTCP compound packet (as SRTCP with SRTP) from our RTCP socket (symmetric
         RTCP, RFC 4961): the RTP one when muxed."""
