@@ -316,6 +316,9 @@ def test_we_cancel_pjsua2_before_it_answers(need_pjsua2: None, tone_call: Path) 
             await ep.port()
             call_id = ep.node.call(carol.contact)
             cid = await peer(carol.wait_incoming)  # pjsip sent 100 Trying, nobody answers
+            # ... and it reached us: CANCEL waits for a provisional response (9.1), and
+            # before one a hang-up ends the call with no status (nothing to cancel).
+            await ep.wait("call-trying", call_id=call_id)
             ep.node.hangup(call_id)
             gone = await peer(carol.wait_state, cid, "DISCONNECTED")
             assert gone["code"] == 487
