@@ -26,7 +26,7 @@ from pipeline.registry import get_registry
 from pipeline.runtime import RunResult, Runtime
 from pipeline.testing import align, dominant_frequency, read_wav, sine, snr_db
 
-from conftest import require_tool  # isort: skip
+from conftest import require_tool, until  # isort: skip
 
 get_registry().register(plugins.rtp, "plugins.rtp")  # no-op once listed among the built-ins
 
@@ -115,6 +115,15 @@ def _udp_port_taken(port: int) -> bool:
         return False
 
 
+async def gst_bound(proc: asyncio.subprocess.Process, port: int) -> None:
+    """Wait (bounded) until gst-launch `proc`'s udpsrc has bound `port`."""
+    def bound() -> bool:
+        assert proc.returncode is None, "gst-launch exited early"
+        return _udp_port_taken(port)
+
+    await until(bound, "GStreamer's udpsrc binding its port", WAIT)
+
+
 @pytest.mark.parametrize("codec", ["opus", "pcmu"])
 def test_our_graph_sends_to_gstreamer(gst: str, codec: str, tmp_path: Path, capsys) -> None:
     caps, chain, rate, pt = RECEIVE[codec]
@@ -129,12 +138,7 @@ def test_our_graph_sends_to_gstreamer(gst: str, codec: str, tmp_path: Path, caps
             "!", "wavenc", "!", "filesink", f"location={wav}",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + WAIT
-            while not _udp_port_taken(port):  # wait until GStreamer's udpsrc has bound
-                assert proc.returncode is None, "gst-launch exited early"
-                assert loop.time() < deadline, "GStreamer did not bind its port"
-                await asyncio.sleep(0.01)
+            await gst_bound(proc, port)
             graph = parse_launch(
                 f"tone freq=440 rate={rate} duration=1.5s ! tee name=t  t. ! frame_sink name=ref "
                 f" t. ! {codec}_encoder ! rtp_session name=tx payload_type={pt} "

@@ -20,7 +20,7 @@ from test_gstreamer_rtp import (
     WAIT,
     _free_udp_port,
     _stop,
-    _udp_port_taken,
+    gst_bound,
     receive_while_sending,
 )
 
@@ -83,12 +83,7 @@ def test_our_session_sends_to_gstreamer_srtpdec(gst: str, suite: str, tmp_path: 
             "filesink", f"location={wav}",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + WAIT
-            while not _udp_port_taken(port):  # wait until GStreamer's udpsrc has bound
-                assert proc.returncode is None, "gst-launch exited early"
-                assert loop.time() < deadline, "GStreamer did not bind its port"
-                await asyncio.sleep(0.01)
+            await gst_bound(proc, port)
             graph = parse_launch(
                 "tone freq=440 rate=8000 duration=1.5s ! tee name=t  t. ! frame_sink name=ref "
                 f" t. ! pcmu_encoder ! rtp_session name=tx ssrc={ssrc} remote_ip=127.0.0.1 "

@@ -15,7 +15,7 @@ import base64
 
 import numpy as np
 import pytest
-from test_gstreamer_rtp import WAIT, _free_udp_port, _stop, _udp_port_taken, receive_while_sending
+from test_gstreamer_rtp import WAIT, _free_udp_port, _stop, gst_bound, receive_while_sending
 from test_srtp_gstreamer import AUTH, MASTER
 from test_video_nodes import counters
 from test_video_rtp import FRAME_BYTES, FRAMES, GST, HEIGHT, WIDTH, need_gstreamer, write_pattern
@@ -70,12 +70,7 @@ def test_our_sender_sends_srtp_vp8_to_gstreamer_srtpdec(suite, tmp_path):
             f"location={out_path}", stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + WAIT
-            while not _udp_port_taken(port):  # wait until GStreamer's udpsrc has bound
-                assert proc.returncode is None, "gst-launch exited early"
-                assert loop.time() < deadline, "GStreamer did not bind its port"
-                await asyncio.sleep(0.01)
+            await gst_bound(proc, port)
             # No RTCP (remote_rtcp_port=0): srtpdec's RTP pad takes SRTP only.
             graph = parse_launch(
                 f"video_test_source width={WIDTH} height={HEIGHT} fps=30 "
