@@ -370,6 +370,8 @@ def test_full_disk_at_start_fails_the_room(tmp_path):
         f"node 'room': conference 'room' cannot record: cannot write "
         f"'{tmp_path}/room-mix.wav': No space left on device"), str(failed.value)
     room.node.stop()
+    # Nothing of it was recorded: no manifest (it named no track), nor a lock file, left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["room-mix.wav"]  # (the link)
 
 
 def test_full_disk_while_recording_stops_that_recorder_only(tmp_path):

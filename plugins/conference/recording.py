@@ -536,6 +536,7 @@ class RoomRecorder:
         self._block: np.ndarray | None = None
         self._current: str = str(self.directory)
         self._lock = -1  # the room's lock file, held from start to close (`_start`)
+        self._begun = False  # its first manifest written: there is a recording to describe
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self, wall: float | None = None) -> None:
@@ -556,6 +557,7 @@ class RoomRecorder:
                                         else 1)
         self.mix_path = self.mix_track.path if self.mix_track and self.record_mix else None
         self._write_manifest()
+        self._begun = True
 
     def _mix_file(self) -> Path | None:
         """The multichannel file, or the mixed track's (None when the mix is not recorded)."""
@@ -824,8 +826,8 @@ class RoomRecorder:
     def _last_manifest(self) -> None:
         """The recorder stopped: one more manifest, best effort (the disk is failing), so
         that it names no track removed on the way."""
-        if self.busy:
-            return
+        if self.busy or not self._begun:
+            return  # another room's files; or none of this room's: a manifest there stays
         self._forget_removed()
         try:
             self._write_manifest()
