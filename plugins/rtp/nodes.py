@@ -571,6 +571,9 @@ class RtpSession(SrtpKeys, Node):
         self._local = (self.local_ip, port)
         self._remote: tuple[str, int] | None = None
         self._configured = bool(self.remote_ip and self.remote_port)  # (SDP), not latched
+        # What the session this one replaces handed on (a rebuilt call graph), taken once:
+        # started again, the node would send its digits a second time.
+        carried, self._carried = getattr(self, "_carried", None), None
         # Where reports go: the SDP's RTCP address (RFC 3605 a=rtcp, else RTP port + 1,
         # RFC 3550 11); a latched peer's is learnt from its RTCP (None: its RTP port + 1).
         self._rtcp_remote: tuple[str, int] | None = None
@@ -582,7 +585,7 @@ class RtpSession(SrtpKeys, Node):
                                  else self.remote_rtcp_port)
             if self.relatch_packets:
                 self._probation = LatchProbation(self.relatch_packets)
-            self._resume_latch(getattr(self, "_carried", None))
+            self._resume_latch(carried)
         self._foreign_from: tuple[str, int] | None = None  # RTP dropped from elsewhere, last
         self._foreign_at = float("-inf")
         self._ssrc = self.ssrc if self.ssrc is not None else secrets.randbits(32)
@@ -605,11 +608,7 @@ class RtpSession(SrtpKeys, Node):
             else None
         self._dtmf_tx = DtmfSender(dtmf_clock)
         self._dtmf_rx = DtmfReceiver(dtmf_clock)
-        # Digits not yet sent by the session this one replaces (a rebuilt call graph), taken
-        # once: started again, the node would send them a second time.
-        carried = getattr(self, "_carried", None)
         self._dtmf_queue: deque[DtmfEvent] = deque(carried.digits if carried else ())
-        self._carried = None
         self._last_ts: int | None = None  # last audio timestamp sent, and its duration
         self._last_dur = 0
         now = self._now()
