@@ -153,6 +153,7 @@ def test_srtp_video_pair_carries_every_picture_and_rtcp_both_ways():
 def test_tampered_replayed_and_short_packets_are_dropped_and_counted():
     kept: dict[int, bytes] = {}
     tampered: list[int] = []
+    replayed: list[int] = []
 
     def alter(index: int, data: bytes) -> list[bytes]:
         if is_rtcp(data):
@@ -163,8 +164,12 @@ def test_tampered_replayed_and_short_packets_are_dropped_and_counted():
             bad = bytearray(data)
             bad[30] ^= 0x01  # one bit of the ciphertext
             return [bytes(bad)]
-        if index == 40:
-            return [data, kept[10], b"\x80\x60\x00\x01"]  # then a replay, then a stub
+        # The first RTP datagram from the 40th on (datagram 40 itself may be a sender
+        # report): then a replay of one 30 back, within the 64-packet window, then a stub.
+        if index >= 40 and not replayed:
+            replayed.append(index)
+            old = kept[min(i for i in kept if i >= 10)]
+            return [data, old, b"\x80\x60\x00\x01"]
         return [data]
 
     def alter_back(index: int, data: bytes) -> list[bytes]:
@@ -173,7 +178,7 @@ def test_tampered_replayed_and_short_packets_are_dropped_and_counted():
         return [data]
 
     rx, tx, wire = asyncio.run(video_pair(alter, alter_back))
-    assert len(tampered) == 1
+    assert len(tampered) == len(replayed) == 1
     r, t = rx.stats["rx"], tx.stats["tx"]
     assert (r["srtp_auth_failures"], r["srtp_replays"], r["srtp_malformed"]) == (1, 1, 1)
     assert (t["srtp_auth_failures"], t["srtp_replays"], t["srtp_malformed"]) == (1, 0, 0)
