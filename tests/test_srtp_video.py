@@ -2,9 +2,9 @@
 
 - The video RTP nodes protect what they send (RTP, the sender's SRs and BYE, the receiver's
   RRs and PLIs) and unprotect what they receive, through a relay on 127.0.0.1 that records
-  the wire and can tamper with it: every picture's burned-in counter reads back, the
-  datagrams are SRTP/SRTCP (tag appended, payload not the VP8), and a tampered, replayed or
-  truncated packet is dropped and counted.
+  the wire and can tamper with it (tests/udp_relay.py): every picture's burned-in counter
+  reads back, the datagrams are SRTP/SRTCP (tag appended, payload not the VP8), and a
+  tampered, replayed or truncated packet is dropped and counted.
 - The m=video offer/answer: its own a=crypto lines and keys, the audio's policy.
 - A call between two of our endpoints with `srtp: mandatory` and video: pictures decoded both
   ways, and the video port's datagrams captured off the loopback interface are SRTP.
@@ -28,9 +28,11 @@ from conftest import ROOT, until
 from test_sip_endpoint import Endpoint
 from test_video_call import AUDIO, VP8, counters, endpoint_yaml
 from test_video_nodes import start_receiver
+from udp_relay import UdpRelay
 
 from pipeline.loader import parse_launch
 from pipeline.runtime import Runtime
+from plugins.rtp.packet import is_rtcp
 from plugins.rtp.rtcp import RtcpReceiverReport, RtcpSenderReport, parse_rtcp
 from plugins.rtp.srtp import SrtpContext
 from plugins.sip.offer_answer import answer, build_offer, hold, negotiated
@@ -51,69 +53,27 @@ def _no_plain_keyframe(rtp: list[bytes], plain: list[bytes]) -> bool:
     return all(d[i:i + 3] != VP8_KEYFRAME for d, i in zip(rtp, at, strict=True) if i >= 0)
 
 
-def is_rtcp(data: bytes) -> bool:
-    return len(data) > 1 and 192 <= data[1] <= 223
-
-
-class Wire:
-    """A UDP relay between a video_rtp_sender and a video_rtp_receiver that records every
-    datagram (RTP to the receiver, RTCP both ways) and lets `alter` change or add to what
-    goes to the receiver (`alter(index, data)` -> datagrams to send instead), and `alter_back`
-    to the sender."""
-
-    def __init__(self, rx_port: int, alter=None, alter_back=None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.rx = ("127.0.0.1", rx_port)
-        self.tx: tuple | None = None
-        self.forward: list[bytes] = []  # sender -> receiver, as sent
-        self.back: list[bytes] = []  # receiver -> sender
-        self.alter = alter or (lambda i, d: [d])
-        self.alter_back = alter_back or (lambda i, d: [d])
-
-    def on_readable(self) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except BlockingIOError:
-                return
-            if addr == self.rx:
-                self.back.append(data)
-                out, dest = self.alter_back(len(self.back), data), self.tx
-            else:
-                self.tx = addr
-                self.forward.append(data)
-                out, dest = self.alter(len(self.forward), data), self.rx
-            for d in out if dest is not None else ():
-                self.sock.sendto(d, dest)
-
-
 def srtp_params(local: str, remote: str) -> str:
     return f"srtp_suite={SUITE} srtp_local_key={local} srtp_remote_key={remote}"
 
 
 async def video_pair(alter=None, alter_back=None, seconds: float = 2.0):
-    """Our sender (key KEY_TX) to our receiver (key KEY_RX) through a `Wire`, 30 fps VP8,
-    RTCP at the reduced minimum interval both ways."""
+    """Our sender (key KEY_TX) to our receiver (key KEY_RX) through a `UdpRelay` that
+    records the wire (`alter(index, data)` -> datagrams to send to the receiver instead,
+    `alter_back` to the sender), 30 fps VP8, RTCP at the reduced minimum interval both
+    ways."""
     rx = parse_launch(f"video_rtp_receiver name=rx codec=vp8 timeout=3s rtcp_interval=0 "
                       f"{srtp_params(KEY_RX, KEY_TX)} ! video_decoder width=320 height=240 ! "
                       "frame_sink name=out")
     rx_task, port = await start_receiver(rx)
-    wire = Wire(port, alter, alter_back)
-    loop = asyncio.get_running_loop()
-    loop.add_reader(wire.sock.fileno(), wire.on_readable)
-    tx = parse_launch(f"video_test_source width=320 height=240 fps=30 duration={seconds}s ! "
-                      "video_encoder codec=vp8 bitrate=500000 keyframe_interval=30 ! "
-                      f"video_rtp_sender name=tx remote_port={wire.port} rtcp_interval=0 "
-                      f"{srtp_params(KEY_TX, KEY_RX)}")
-    try:
+    with UdpRelay(port, alter, alter_back) as wire:
+        tx = parse_launch(f"video_test_source width=320 height=240 fps=30 "
+                          f"duration={seconds}s ! video_encoder codec=vp8 bitrate=500000 "
+                          f"keyframe_interval=30 ! video_rtp_sender name=tx "
+                          f"remote_port={wire.port} rtcp_interval=0 "
+                          f"{srtp_params(KEY_TX, KEY_RX)}")
         tx_result = await Runtime(tx, realtime=True, duration=30).run()
         rx_result = await rx_task
-    finally:
-        loop.remove_reader(wire.sock.fileno())
-        wire.sock.close()
     return rx_result, tx_result, wire
 
 

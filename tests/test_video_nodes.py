@@ -5,12 +5,14 @@ with PLI-driven recovery (RFC 4585 section 6.3.1), and the video-tee.yaml exampl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from udp_relay import UdpRelay
 
 from pipeline.errors import GraphError, NegotiationError
 from pipeline.formats import Format
@@ -22,6 +24,7 @@ from pipeline.runtime import Runtime
 from pipeline.testing import run_graph
 from plugins.basic.nodes import FrameSink
 from plugins.generators.source import PcmSource
+from plugins.rtp.packet import is_rtcp
 from plugins.video.codec import VideoEncoder
 from plugins.video.frames import to_av
 from plugins.video.pattern import PatternGenerator, read_counter
@@ -536,38 +539,24 @@ def test_file_source_counts_a_pixel_format_conversion_as_no_resize(tmp_path):
 # ---- RTP sender and receiver ------------------------------------------------------------
 
 
-class Relay:
-    """A UDP relay between sender and receiver that drops chosen RTP packets; RTCP (the
-    receiver's PLIs, the sender's BYE) passes both ways."""
+class RtpDropper:
+    """A `UdpRelay` hook toward the receiver that drops the RTP packets `drop(n, marker)`
+    picks (n counts RTP packets from 1, RTCP not counted); RTCP (the sender's BYE) passes,
+    as the receiver's PLIs do the other way."""
 
-    def __init__(self, rx_port: int, drop) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.rx = ("127.0.0.1", rx_port)
-        self.tx: tuple | None = None
+    def __init__(self, drop) -> None:
         self.drop = drop
         self.index = 0
         self.dropped: list[int] = []
 
-    def on_readable(self) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except BlockingIOError:
-                return
-            if addr == self.rx:
-                if self.tx is not None:
-                    self.sock.sendto(data, self.tx)
-                continue
-            self.tx = addr
-            if not 192 <= data[1] <= 223:
-                self.index += 1
-                if self.drop(self.index, bool(data[1] & 0x80)):
-                    self.dropped.append(self.index)
-                    continue
-            self.sock.sendto(data, self.rx)
+    def __call__(self, index: int, data: bytes) -> list[bytes]:
+        if is_rtcp(data):
+            return [data]
+        self.index += 1
+        if self.drop(self.index, bool(data[1] & 0x80)):
+            self.dropped.append(self.index)
+            return []
+        return [data]
 
 
 async def start_receiver(graph: Graph) -> tuple[asyncio.Task, int]:
@@ -587,23 +576,15 @@ async def rtp_pair(codec: str, *, seconds: float = 2.0, drop=None, interval: int
     rx = parse_launch(f"video_rtp_receiver name=rx codec={codec} timeout=3s ! video_decoder "
                       "name=dec width=320 height=240 ! frame_sink name=out")
     rx_task, port = await start_receiver(rx)
-    relay = None
-    if drop is not None:
-        relay = Relay(port, drop)
-        asyncio.get_running_loop().add_reader(relay.sock.fileno(), relay.on_readable)
-        port = relay.port
-    tx = parse_launch(f"video_test_source width=320 height=240 duration={seconds}s ! "
-                      f"video_encoder name=enc codec={codec} bitrate=500000 "
-                      f"keyframe_interval={interval} ! video_rtp_sender name=tx "
-                      f"remote_port={port}")
-    try:
+    dropper = None if drop is None else RtpDropper(drop)
+    with (UdpRelay(port, dropper) if dropper else contextlib.nullcontext()) as relay:
+        tx = parse_launch(f"video_test_source width=320 height=240 duration={seconds}s ! "
+                          f"video_encoder name=enc codec={codec} bitrate=500000 "
+                          f"keyframe_interval={interval} ! video_rtp_sender name=tx "
+                          f"remote_port={relay.port if relay else port}")
         tx_result = await Runtime(tx, realtime=True, duration=30).run()
         rx_result = await rx_task
-    finally:
-        if relay is not None:
-            asyncio.get_running_loop().remove_reader(relay.sock.fileno())
-            relay.sock.close()
-    return rx_result, tx_result, relay
+    return rx_result, tx_result, dropper
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])

@@ -19,6 +19,7 @@ from pipeline.frames import AudioFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
+from plugins.generators.position import PlayPosition
 from plugins.mixer.fifo import SampleFifo
 from plugins.video.codec import CLOCK_RATE
 from plugins.video.frames import from_av
@@ -114,6 +115,26 @@ class VideoTestSource(Node):
         return {**super().stats(), "frames": getattr(self, "_index", 0)}
 
 
+def _file_ticks(f: Any) -> int | None:
+    """A decoded frame's time in the file, 90 kHz (None: not said)."""
+    if f.pts is None or f.time_base is None:
+        return None
+    return int(round(f.pts * f.time_base * CLOCK_RATE))
+
+
+def _first_picture_pts(path: str) -> int:
+    """The file's first picture's time, 90 kHz: the media time zero of a node that played
+    it from the start (as `VideoFileSource._decode_video` takes it)."""
+    try:
+        with av.open(path) as container:
+            for f in container.decode(video=0):
+                if not f.is_corrupt and (ticks := _file_ticks(f)) is not None:
+                    return ticks
+    except (av.error.FFmpegError, ValueError, OSError):
+        pass  # damaged: what decodes is timed from zero, as the node's repair does
+    return 0
+
+
 def _start_s(stream: Any) -> float | None:
     """When a stream starts, in seconds of the file's time (None: not said)."""
     if stream.start_time is None or not stream.time_base:
@@ -133,10 +154,13 @@ _REBASE_S = 0.5
 _JOIN_WINDOW_S = 1.0
 
 
-class VideoFileSource(Node):
+class VideoFileSource(PlayPosition, Node):
     """Plays a video file (any container PyAV reads), with its audio as a second output.
 
     Corrupt data is skipped and counted; pictures of another size are scaled to the first's.
+    In a SIP call graph the file plays once per call: when a re-INVITE (hold, resume, codec
+    change) rebuilds the graph, the new node seeks to where the old one was (`carry_state`),
+    as wav_source does with a prompt, rather than starting the file again.
     """
 
     kind = "video_file_source"
@@ -202,16 +226,11 @@ class VideoFileSource(Node):
         fmt = self.out_formats["out"]
         self._fps = float(fmt.value("fps"))
         self._sws = Reformatter(fmt.value("width"), fmt.value("height"))
-        self._container = av.open(str(self.path))
-        streams = [self._container.streams.video[0]]
-        self._vstream = streams[0]
-        self._vstream.codec_context.thread_count = self.threads
         self._audio = "audio" in self.linked_outputs
+        self._open()
         if self._audio:
             afmt = self.out_formats["audio"]
             self._rate, self._channels = afmt.value("rate"), afmt.value("channels")
-            self._astream = self._container.streams.audio[0]
-            streams.append(self._astream)
             self._resampler = av.AudioResampler(format="s16", layout=(
                 "mono" if self._channels == 1 else "stereo"), rate=self._rate)
             self._fifo = SampleFifo(self._channels, np.int16, self._rate)
@@ -224,7 +243,6 @@ class VideoFileSource(Node):
             # gap of hours costs nothing) and the audio after it, in order.
             self._behind: deque[np.ndarray | int] = deque()
             self._held = 0  # decoded samples waiting (FIFO and behind), for the read-ahead
-        self._packets = self._container.demux(streams)
         self._queue: deque[VideoFrame] = deque()
         self._t0: int | None = None  # first picture's pts (90 kHz): media time zero
         if self._audio:
@@ -246,8 +264,23 @@ class VideoFileSource(Node):
         self._video_end = -1.0
         self._eof = False
         self._since: float | None = None  # media time of the first tick (as video_test_source)
+        self.position = 0  # 90 kHz into the file (from its media time zero) of the next tick's
+        self._offset = 0  # where in the file the first tick was: a rebuilt call's node's
+        # Decoding from the keyframe before that point: what comes before it is dropped.
+        self._vskip = self._askip = False
         self._c = dict.fromkeys(("frames", "decode_errors", "demux_errors", "dropped_corrupt",
                                  "resized", "pts_repaired", "audio_repaired"), 0)
+
+    def _open(self) -> None:
+        """Open the file, its streams and their decoders; its packets come from the start."""
+        self._container = av.open(str(self.path))
+        self._vstream = self._container.streams.video[0]
+        self._vstream.codec_context.thread_count = self.threads
+        self._streams = [self._vstream]
+        if self._audio:
+            self._astream = self._container.streams.audio[0]
+            self._streams.append(self._astream)
+        self._packets = self._container.demux(self._streams)
 
     # The demuxer is pulled only as far as this tick needs: memory stays at a frame or two
     # (up to _READ_AHEAD_S of one stream while the other, ended or late, is waited for).
@@ -280,8 +313,13 @@ class VideoFileSource(Node):
                 self._c["dropped_corrupt"] += 1
                 self.counters.drops += 1
                 continue
-            if f.pts is not None and f.time_base is not None:
-                pts = int(round(f.pts * f.time_base * CLOCK_RATE))
+            raw = _file_ticks(f)
+            if self._vskip:
+                if raw is not None and raw < self._t0:
+                    continue  # before where a rebuilt call's node starts: decoded to get there
+                self._vskip = False
+            if raw is not None:
+                pts = raw
                 if self._t0 is None:
                     self._t0 = pts
                 pts -= self._t0
@@ -316,6 +354,12 @@ class VideoFileSource(Node):
         try:
             frames = self._astream.codec_context.decode(packet)
             for f in frames:
+                if self._askip:
+                    start = _file_ticks(f)
+                    if start is not None and \
+                            start + f.samples * CLOCK_RATE / f.sample_rate <= self._t0:
+                        continue  # over before where a rebuilt call's node starts
+                    self._askip = False
                 self._place_audio(f)
                 for out in self._resampler.resample(f):
                     data = out.to_ndarray().reshape(-1, self._channels)
@@ -423,11 +467,60 @@ class VideoFileSource(Node):
         else:
             self._adrop = -off  # an overlap with what is placed
 
+    def signal_key(self) -> tuple[str, float | None]:
+        # Another file (a path of ${call.*} values that changed) plays from its start.
+        return str(self.path), self._info["duration"]
+
+    def position_rate(self) -> int:
+        return CLOCK_RATE  # the pictures' pts
+
+    def _go_to(self, at: int) -> None:
+        """Start `at` (90 kHz) into the file, where the node of a rebuilt call graph was:
+        seek to the keyframe before it and decode forward from there (ffmpeg's accurate
+        -ss), the pictures and audio before it dropped; the output's pts count from 0."""
+        self._offset = at
+        if at <= 0:
+            return
+        first = self._t0 if self._t0 is not None else _first_picture_pts(str(self.path))
+        self._t0 = first + at  # media time zero is there: before it is negative, dropped
+        self._vskip, self._askip = True, self._audio
+        try:
+            self._seek_before(self._t0, first)
+        except av.error.FFmpegError:
+            # Not seekable (a raw stream without an index): FFmpeg read on to its end
+            # looking for the time. From the start again, decoded forward to the point.
+            self._container.close()
+            self._open()
+            return
+        self._packets = self._container.demux(self._streams)
+
+    def _seek_before(self, target: int, first: int) -> None:
+        """Seek to a keyframe at or before `target` (90 kHz, the file's time). A demuxer may
+        land after it, or on no keyframe before the end (MPEG-TS seeks to a packet by its
+        decoding time, keyframe or not): then from further back, a second, two, four, ...,
+        until before the `first` picture (the file's start)."""
+        back = 0
+        while True:
+            at = target - back
+            self._seek(at)
+            landed = next((t for f in self._container.decode(self._vstream)
+                           if (t := _file_ticks(f)) is not None), None)
+            if (landed is not None and landed <= target) or at < first:
+                break
+            back = 2 * back or CLOCK_RATE
+        self._seek(at)  # again: the pictures decoded to check are gone
+
+    def _seek(self, ticks: int) -> None:
+        self._container.seek(int(ticks / CLOCK_RATE / self._vstream.time_base),
+                             stream=self._vstream, backward=True)
+
     def tick(self, now: float) -> None:
         if self._since is None:
             self._since = now
+            self._go_to(self.resume_position(now))
         period = self.graph.period
         horizon = now - self._since + period
+        self.position = self._offset + round(horizon * CLOCK_RATE)
         q = self._queue
         while not self._eof and (self._video_end < horizon or (
                 self._audio and self._audio_end < horizon + period)):
