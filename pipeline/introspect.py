@@ -191,7 +191,8 @@ def markdown_reference(node_types: dict[str, type[Node]]) -> str:
             out += ["| port | direction | formats | description |", "|---|---|---|---|"]
             for direction, p in ports:
                 how = " (request)" if p["request"] else " (optional)" if p["optional"] else ""
-                out.append(f"| `{p['name']}` | {direction}{how} | {p['formats']} | {p['doc']} |")
+                formats = p["formats"].replace("|", "\\|")  # a table cell: "a | b" escaped
+                out.append(f"| `{p['name']}` | {direction}{how} | {formats} | {p['doc']} |")
             out.append("")
         if d["params"]:
             out += ["| parameter | type | default | limits | description |",

@@ -57,8 +57,8 @@ def test_a_recording_goes_on_across_hold_and_resume(tmp_path: Path) -> None:
         nonlocal server, caller
         caller_graph = tmp_path / "caller.yaml"
         caller_graph.write_text(CALLER.read_text().replace(
-            'rec: {type: wav_recorder, path: "${heard}"}',
-            f'rec: {{type: wav_recorder, path: "{heard}", flush_interval: 0}}'))
+            'rec: {type: wav_recorder, path: "${heard}", if_busy: next}',
+            f'rec: {{type: wav_recorder, path: "{heard}", flush_interval: 0, if_busy: next}}'))
         server, caller, call_id, server_id = await established(ECHO, caller_graph)
         loop = asyncio.get_running_loop()
         start = loop.time()

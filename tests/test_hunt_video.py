@@ -39,11 +39,20 @@ def decoded_counters(path: Path) -> list[int | None]:
 
 @pytest.mark.parametrize("ext", ["mp4", "mov", "mkv", "webm"])
 def test_a_recording_killed_mid_stream_still_plays(ext, tmp_path):
-    # What is on disk while the recorder runs is what a kill -9 or a power cut leaves. After
-    # 4 s of 6 an MP4 had no index (moov) and did not open; MKV and WebM were still empty
-    # (FFmpeg's buffers held every byte back).
+    # After 4 s of 6 an MP4 had no index (moov) and did not open; MKV and WebM were still
+    # empty (FFmpeg's buffers held every byte back).
+    killed_recording_plays(tmp_path, ext)
+
+
+def killed_recording_plays(tmp_path: Path, ext: str, encoder: str = "") -> None:
+    """Record 6 s of the test pattern (through `encoder`, a video_encoder's YAML flow map,
+    when given) and a tone, copying the file as it is at the 120th picture: what a kill -9
+    or a power cut leaves while the recorder runs. Check that the copy plays up to where it
+    ends and the finished file to its end."""
     path = tmp_path / f"call.{ext}"
     killed = tmp_path / f"killed.{ext}"
+    links = "tee -> enc -> rec" if encoder else "tee -> rec"
+    nodes = f"enc: {{type: video_encoder, {encoder}}}" if encoder else ""
     g = load_graph_text(f"""
 nodes:
   cam: {{type: video_test_source, width: 160, height: 120, duration: 6s}}
@@ -51,7 +60,8 @@ nodes:
   tee: {{type: video_tee}}
   rec: {{type: video_recorder, path: {path}}}
   seen: {{type: frame_sink}}
-links: [cam -> tee, tee -> rec, tee -> seen, mic -> rec.audio]
+  {nodes}
+links: [cam -> tee, {links}, tee -> seen, mic -> rec.audio]
 """)
     seen = []
 

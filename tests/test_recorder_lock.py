@@ -16,7 +16,8 @@ from pipeline.testing import dominant_frequency, read_wav, run_graph, sine
 from plugins.conference.recording import RoomRecorder
 from plugins.files.nodes import WavWriter
 
-HINT = "(hint: give each recording its own path; in a call graph, put ${call.call_id} in it)"
+HINT = ("(hint: give each recording its own path (in a call graph, put ${call.call_id} in "
+        "it), or set if_busy: next)")
 
 
 def _meanwhile(line: str, other: str, at_frame: int = 10):
@@ -197,7 +198,7 @@ def test_two_recorders_of_one_graph_are_told_the_fix(tmp_path):
         parse_launch(f"tone ! tee name=t ! wav_recorder name=a path={path}  t. ! "
                      f"wav_recorder name=b path={path}")
     assert e.value.hint == "record to another file; in a call graph, put ${call.call_id} in " \
-                           "its path"
+                           "its path, or set if_busy: next"
     assert not path.exists()
 
 

@@ -12,16 +12,25 @@ def _error(line: str) -> str:
     return str(e.value)
 
 
-def test_an_encoder_before_the_recorder_is_to_be_dropped(tmp_path):
-    # The hint was to insert a decoder: encode, decode, then encode again.
+def test_encoded_video_into_a_container_that_cannot_hold_it_names_the_fix(tmp_path):
+    # The recorder records encoded video as it is (an encoder before it was refused, the
+    # link's hint being to insert a decoder): a container without that codec is refused.
     msg = _error(f"video_test_source ! video_encoder codec=vp8 ! video_recorder "
+                 f"path={tmp_path}/a.mp4")
+    assert msg.endswith(".mp4 files cannot hold vp8 video (hint: record to .mkv or .webm, "
+                        "or encode h264 before the recorder)"), msg
+    msg = _error(f"video_test_source ! video_encoder codec=h264 ! video_recorder "
                  f"path={tmp_path}/a.webm")
-    assert "node 'video_recorder0' (video_recorder) takes raw video, not the vp8 video of " \
-           "'video_encoder0': it encodes what it records itself (hint: drop the " \
-           "video_encoder before it (set codec= and bitrate= on the recorder instead))" in msg
-    # Encoded video from elsewhere still needs its decoder.
-    assert "insert a decoder (video_decoder)" in _error(
-        f"video_rtp_receiver codec=vp8 ! video_recorder path={tmp_path}/a.webm")
+    assert msg.endswith(".webm files cannot hold h264 video (hint: record to .mp4 or .mov or "
+                        ".mkv, or encode vp8 before the recorder)"), msg
+    msg = _error(f"video_test_source ! video_encoder codec=vp8 ! video_recorder codec=h264 "
+                 f"path={tmp_path}/a.mkv")
+    assert msg.endswith("video_recorder codec=h264 cannot apply to the vp8 video it records "
+                        "as it is (hint: leave codec out (or set codec=vp8))"), msg
+    msg = _error(f"video_rtp_receiver codec=vp8 ! video_recorder path={tmp_path}/a.webm")
+    assert msg.endswith("video_recorder does not know the picture size of the vp8 video "
+                        "(hint: set width and height on the video_rtp_receiver before it "
+                        "(e.g. width=640 height=480))"), msg
 
 
 def test_a_decoder_told_another_codec_says_to_fix_codec():

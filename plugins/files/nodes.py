@@ -11,9 +11,9 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # The largest RIFF size a 32-bit field holds; past it the writer turns the file into RF64.
 # A module constant so that a test can lower it instead of writing 4 GiB.
 RIFF_MAX = U32_MAX
+
+T = TypeVar("T")
 
 
 class WavSource(PlayPosition, Node):
@@ -268,6 +270,9 @@ def _check_writable(param: str, path: str) -> None:
 class RecordingLocked(OSError):
     """Another recorder is writing the file (`open_exclusive`); errno EBUSY."""
 
+    hint = ("give each recording its own path (in a call graph, put ${call.call_id} in it), "
+            "or set if_busy: next")
+
 
 def open_exclusive(path: str, flags: int, mode: int = 0o666) -> int:
     """Open `path` for a recorder (`flags` without O_TRUNC: nothing is emptied here) under
@@ -422,8 +427,86 @@ def write_hint(e: BaseException, default: str | None = None) -> str | None:
     """The fix for a recorder's write error `e` (`_WRITE_HINTS`; a file another recorder
     writes: `RecordingLocked`, not any EBUSY)."""
     if isinstance(e, RecordingLocked):
-        return "give each recording its own path; in a call graph, put ${call.call_id} in it"
+        return e.hint
     return _WRITE_HINTS.get(getattr(e, "errno", None), default)
+
+
+# What a recorder does when another recorder is writing its file (its `if_busy`).
+IF_BUSY = ("fail", "next")
+IF_BUSY_DOC = ("when another recorder is writing the file: fail (stop this recorder, in one "
+               "line) or next (record to NAME-2.EXT instead, or -3, ...: the first one free)")
+LAST_NUMBER = 99  # NAME-2.EXT to NAME-99.EXT, then `if_busy: next` fails as `fail` does
+
+
+def numbered(path: str, n: int) -> str:
+    """`path` as its `n`-th recording: out/heard.wav -> out/heard-2.wav. A name without a
+    media suffix (rec/bob@pbx.example.com) gets the number at its end."""
+    p = Path(path)
+    if p.suffix.lower() in _NUMBERED_SUFFIXES:
+        return str(p.with_name(f"{p.stem}-{n}{p.suffix}"))
+    return f"{path}-{n}"
+
+
+def _recordings(path: str) -> Iterator[str]:
+    """The files a recorder of `path` with `if_busy: next` may write, in order."""
+    yield path
+    for n in range(2, LAST_NUMBER + 1):
+        yield numbered(path, n)
+
+
+def _held(path: str) -> bool:
+    """Whether a recorder is writing `path` now (holds its `open_exclusive` lock): tried
+    without creating or changing the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO must not block)
+    except OSError:
+        return False  # not there: nobody writes it (anything else: the open says why)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without locks: nobody can hold one
+        return False
+    finally:
+        os.close(fd)  # (and with it the shared lock just taken)
+
+
+def free_file(node: Node, path: str) -> str:
+    """The file recorder `node` of `path` is to write, chosen as its graph starts: with
+    `if_busy: next`, while another recorder writes `path` (a `pipeline call` transferred:
+    the target's call graph, the same graph file, starts while the first call's still
+    records), the first NAME-N.EXT none writes. It is opened at the first frame, by
+    `record_where_free`."""
+    if node.if_busy == "next":
+        return next((p for p in _recordings(path) if not _held(p)), path)
+    return path
+
+
+def record_where_free(node: Node, path: str, opener: Callable[[str], T],
+                      chosen: str) -> tuple[T, str]:
+    """`opener(chosen)` for recorder `node` of `path` (`free_file`'s choice); with
+    `if_busy: next`, where another recorder took that file meanwhile, `opener` of the next
+    NAME-N.EXT, and so on: the first that no recorder holds, said in one line when it is
+    not `path`. What `opener` returned and the path it opened; `RecordingLocked` when none
+    is free (as with `if_busy: fail`)."""
+    if node.if_busy != "next":
+        return opener(path), path
+    names = list(_recordings(path))
+    for name in names[names.index(chosen):]:
+        try:
+            opened = opener(name)
+        except RecordingLocked:
+            continue
+        if name != path:
+            log.warning("recorder '%s': '%s' is being recorded by another recorder: "
+                        "recording to '%s' instead", node.name, path, name)
+        return opened, name
+    e = RecordingLocked(errno.EBUSY, "other recorders are writing it and each of "
+                        f"'{names[1]}' to '{names[-1]}'", path)
+    e.hint = "give each recording its own path (in a call graph, put ${call.call_id} in it)"
+    raise e
 
 
 # Suffixes of other media formats, which a WAV must not be named with. Others pass: a name
@@ -431,6 +514,7 @@ def write_hint(e: BaseException, default: str | None = None) -> str | None:
 _OTHER_MEDIA = frozenset((".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4",
                           ".webm", ".mka", ".aif", ".aiff", ".au", ".amr", ".wma", ".caf",
                           ".gsm", ".raw", ".pcm"))
+_NUMBERED_SUFFIXES = _OTHER_MEDIA | {".wav", ".mkv", ".mov"}
 
 
 class WavRecorder(Node):
@@ -446,6 +530,7 @@ class WavRecorder(Node):
     path = Param(PathType, None, "WAV file to write (folders are created)", required=True)
     flush_interval = Param(Duration, 0.5, "wall time between writes to disk, e.g. 200ms (a "
                            "plain number is seconds)", min=0.0, max=1.0)
+    if_busy = Param(str, "fail", IF_BUSY_DOC, choices=IF_BUSY)
 
     def validate(self) -> None:
         name = Path(self.path).name
@@ -463,7 +548,10 @@ class WavRecorder(Node):
             if key == mine:
                 fix = "record to another file"
                 if other.kind == self.kind:  # also two calls of `serve`: parts of one graph
-                    fix += "; in a call graph, put ${call.call_id} in its path"
+                    if self.if_busy == "next":
+                        continue  # the one that comes second records to NAME-2.wav
+                    fix += "; in a call graph, put ${call.call_id} in its path, or set " \
+                        "if_busy: next"
                 raise ParamValueError(
                     "path", f"cannot record to '{self.path}': it is the file of node "
                     f"'{other.name}' ({other.kind}), which recording would overwrite", fix)
@@ -506,9 +594,9 @@ class WavRecorder(Node):
             clock = _clock(self)
             # The last tick's frame ends a period after its tick.
             since = None if clock is None else clock.now + self.graph.period
-        key = _file_key(self.path)
+        key = _file_key(self.file)
         earlier = tuple((k, s) for k, s in getattr(self, "_earlier", ()) if k != key)
-        return self.path, key, since, earlier
+        return self.file, key, since, earlier
 
     def restore_state(self, state: tuple[str, object, float | None] | None) -> None:
         """Append to the file a `carry_state` handed over (before `start`), if it is this
@@ -534,7 +622,8 @@ class WavRecorder(Node):
         files = dict(carried[3]) if carried is not None and len(carried) > 3 else {}
         if carried is not None and carried[1] is not None:
             files[carried[1]] = carried[2]
-        key = _file_key(self.path)
+        self.file = self._own_file(files)
+        key = _file_key(self.file)
         self._earlier = tuple((k, s) for k, s in files.items() if k != key)
         # A new file is opened (emptied) at the first frame or end of stream, not here: a
         # graph whose start fails after this (another node's port taken) leaves a recording
@@ -549,17 +638,29 @@ class WavRecorder(Node):
         except OSError as e:
             self._give_up(e)
 
+    def _own_file(self, files: dict) -> str:
+        """The file to write: the call's recording so far (`files`, of a rebuilt call
+        graph: hold, resume), also a NAME-N.wav of `path` it went to (`if_busy: next`),
+        which goes on rather than moving to yet another file; else `free_file`'s."""
+        if self.if_busy == "next" and files:
+            mine = next((p for p in _recordings(self.path) if _file_key(p) in files), None)
+            if mine is not None:
+                return mine
+        return free_file(self, self.path)
+
     def _open(self) -> None:
         self._reached = True
         if self.writer is None and not self.failed:
             try:
-                self.writer = WavWriter(self.path, self.rate, self.channels, self._encoding)
+                self.writer, self.file = record_where_free(
+                    self, self.path,
+                    lambda p: WavWriter(p, self.rate, self.channels, self._encoding), self.file)
             except OSError as e:
                 self._give_up(e)
 
     def _resume(self, encoding: str) -> None:
         try:
-            self.writer = WavWriter.resume(self.path, self.rate, self.channels, encoding)
+            self.writer = WavWriter.resume(self.file, self.rate, self.channels, encoding)
         except ValueError as e:
             # Another rate (a codec change) or layout: one WAV holds one format. The call so
             # far stays as it is; emptying it, or resampling behind the graph's back, would
@@ -567,7 +668,7 @@ class WavRecorder(Node):
             self.failed = True
             self.post("error", message=f"recorder '{self.name}' stopped: cannot go on "
                       f"with {e} (hint: resample to a fixed rate before the recorder)",
-                      path=self.path)
+                      path=self.file)
 
     def process(self, port: str, frame: AudioFrame) -> None:
         if not self._reached:
@@ -623,7 +724,7 @@ class WavRecorder(Node):
         self.failed = True
         hint = write_hint(e, "check the disk and the path")
         self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
-                  f"'{self.path}': {e.strerror} (hint: {hint})", path=self.path)
+                  f"'{self.file}': {e.strerror} (hint: {hint})", path=self.file)
 
     def event(self, port: str, event: Any) -> None:
         if not self._reached:

@@ -1,4 +1,5 @@
-"""The video recorder node: encoded or raw video (and audio) into a media file."""
+"""The video recorder node: raw video (encoded here) or encoded video (muxed as it is), and
+audio, into a media file."""
 
 from __future__ import annotations
 
@@ -12,21 +13,30 @@ import av
 import av.error
 import numpy as np
 
-from pipeline.errors import GraphError
 from pipeline.formats import ENCODED, Format
-from pipeline.frames import AudioFrame, VideoFrame
+from pipeline.frames import AudioFrame, EncodedFrame, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
-from plugins.files.nodes import check_writable, nothing_recorded, open_exclusive, write_hint
-from plugins.video.codec import size_problem
-from plugins.video.frames import to_av
+from plugins.files.nodes import (
+    IF_BUSY,
+    IF_BUSY_DOC,
+    check_writable,
+    free_file,
+    nothing_recorded,
+    open_exclusive,
+    record_where_free,
+    write_hint,
+)
+from plugins.video.codec import CLOCK_RATE, VideoEncoder, size_problem
+from plugins.video.frames import from_av, to_av
 from plugins.video.nodes import (
     TB_90K,
     VIDEO_CODECS,
     YUV420P,
     Reformatter,
 )
+from plugins.video.rtp_nodes import nearest
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +68,31 @@ _CRASH_SAFE = {
 class VideoRecorder(Node):
     """Records video to MP4, MKV or WebM through PyAV, with an audio track if linked.
 
-    Audio and video are both timed from media time zero, so they stay in sync in the file.
+    Raw video is encoded here; H.264 or VP8 (a `video_encoder`'s, a `video_rtp_receiver`'s)
+    is muxed as it is, from its first keyframe on (asking the encoder upstream for one, or
+    telling the receiver upstream that one is needed: its PLIs). Audio and video are both
+    timed from media time zero, so they stay in sync in the file.
     """
 
     kind = "video_recorder"
     inputs = (
-        Port("in", YUV420P, "raw video to encode"),
+        Port("in", (*YUV420P, Format.encoded(VIDEO_CODECS, CLOCK_RATE)), "raw video to "
+             "encode, or H.264 / VP8 to record as it is"),
         # Mono or stereo, the layouts the containers' audio codecs are set up with here:
         # more channels get a converter (a down-mix) inserted in front.
         Port("audio", (Format.audio(channels=(2, 1)),), "PCM audio to mux alongside (mono "
              "or stereo)", optional=True),
     )
     path = Param(PathType, None, "file to write: .mp4, .mov, .mkv or .webm", required=True)
-    codec = Param(str, None, "video codec h264 or vp8 (default: the container's usual one)",
-                  choices=VIDEO_CODECS)
-    bitrate = Param(int, 2_000_000, "video bit rate in bits per second", min=10_000,
-                    max=100_000_000)
-    keyframe_interval = Param(int, 60, "frames between keyframes", min=1, max=100_000)
+    codec = Param(str, None, "video codec h264 or vp8 to encode raw video to (default: the "
+                  "container's usual one)", choices=VIDEO_CODECS)
+    bitrate = Param(int, 2_000_000, "video bit rate in bits per second (raw video)",
+                    min=10_000, max=100_000_000)
+    keyframe_interval = Param(int, 60, "frames between keyframes (raw video)", min=1,
+                              max=100_000)
     audio_bitrate = Param(int, 64_000, "audio bit rate in bits per second", min=6_000,
                           max=512_000)
+    if_busy = Param(str, "fail", IF_BUSY_DOC, choices=IF_BUSY)
 
     def validate(self) -> None:
         if Path(self.path).is_dir():  # (not "cannot write 'out' files")
@@ -91,46 +107,34 @@ class VideoRecorder(Node):
                                   f"use {' or '.join(_CONTAINERS[ext][2])}")
         check_writable("path", self.path)
 
-    def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
-        caps = super().input_caps(port, offered)
-        if port == "in" and self._encoder_before() is not None and offered is not None \
-                and offered.media == ENCODED:
-            # Let it link, for negotiate() to say to drop the encoder: the link's hint was
-            # to insert a decoder (encode, decode, then encode again).
-            return (*caps, offered)
-        return caps
-
-    def _encoder_before(self) -> str | None:
-        """The video_encoder feeding the video input directly, if one does."""
-        g = self.graph
-        for ln in g.links_of(self.name) if g is not None else ():
-            if ln.dst == self.name and ln.dst_port == "in" and \
-                    g.nodes[ln.src].kind == "video_encoder":
-                return ln.src
-        return None
-
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         src = inputs["in"]
         if src.media == ENCODED:
-            g = self.graph
-            file, line, column = g.where.get(self.name) or (None, None, None)
-            raise GraphError(
-                f"node '{self.name}' ({self.kind}) takes raw video, not the "
-                f"{src.value('encoding')} video of '{self._encoder_before()}': it encodes "
-                "what it records itself", hint="drop the video_encoder before it (set codec= "
-                "and bitrate= on the recorder instead)", file=file, line=line, column=column)
+            _check_encoded(self, src)
+            return {}
         codec = self.codec or _CONTAINERS[Path(self.path).suffix.lower()][0]
         problem = size_problem(codec, src.value("width"), src.value("height"))
         if problem:  # else it fails only once the graph runs, in FFmpeg's words
             raise ValueError(f"{problem} (scale it to an even size first)")
         return {}
 
+    @property
+    def keyframe_needed(self) -> bool:
+        """True while encoded video is dropped for want of a keyframe (a
+        `video_rtp_receiver` upstream sends PLIs meanwhile)."""
+        return getattr(self, "_waiting", False)
+
     def start(self) -> None:
         self.failed = False
         self._container = None
         self._lock = -1  # the descriptor holding the file's lock while it is written
         self._c = dict.fromkeys(("video_frames", "audio_frames", "packets", "bytes",
-                                 "dropped_late"), 0)
+                                 "dropped_late", "dropped_waiting", "keyframe_requests"), 0)
+        self.file = free_file(self, self.path)
+        # Encoded video is recorded from a keyframe on: what comes before cannot be decoded.
+        self._waiting = self.in_formats["in"].media == ENCODED
+        self._encoder = nearest(self, "request_keyframe", upstream=True) if self._waiting \
+            else None
         # The file is opened (emptied) at the first frame or end of stream, not here: a
         # graph whose start fails after this (another node's port taken) leaves a
         # recording already at the path as it was.
@@ -141,26 +145,24 @@ class VideoRecorder(Node):
         self._reached = True
         fmt = self.in_formats["in"]
         ext = Path(self.path).suffix.lower()
-        codec = self.codec or _CONTAINERS[ext][0]
-        name, options = _RECORD_ENCODERS[codec]
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             # Locked first, then emptied by FFmpeg's open: a file another recorder writes
-            # is left as it is, and this one stops (EBUSY).
-            self._lock = open_exclusive(str(self.path), os.O_WRONLY | os.O_CREAT)
-            self._container = av.open(str(self.path), "w",
+            # is left as it is, and this one stops (EBUSY), or records to NAME-2.EXT.
+            self._lock, self.file = record_where_free(
+                self, str(self.path),
+                lambda p: open_exclusive(p, os.O_WRONLY | os.O_CREAT), self.file)
+            self._container = av.open(self.file, "w",
                                       container_options=dict(_CRASH_SAFE[ext]))
             fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
-            vs = self._container.add_stream(name, rate=fps)
-            vs.width, vs.height, vs.pix_fmt = fmt.value("width"), fmt.value("height"), "yuv420p"
-            vs.bit_rate = self.bitrate
-            vs.gop_size = self.keyframe_interval
-            vs.codec_context.time_base = TB_90K
-            vs.codec_context.max_b_frames = 0
-            vs.thread_count = 1
-            vs.options = dict(options)
-            self._vs = vs
-            self._sws = Reformatter(vs.width, vs.height)
+            if fmt.media == ENCODED:
+                # No codec context: the packets go into the file as they came.
+                self._vs = self._container.add_mux_stream(
+                    fmt.value("encoding"), rate=fps, width=fmt.value("width"),
+                    height=fmt.value("height"))
+                self._vs.time_base = TB_90K
+            else:
+                self._vs = self._video_encoder(fmt, fps, self.codec or _CONTAINERS[ext][0])
             self._as = None
             if "audio" in self.linked_inputs:
                 afmt = self.in_formats["audio"]
@@ -181,6 +183,20 @@ class VideoRecorder(Node):
             self._give_up(e)
         self._last_pts = -1
 
+    def _video_encoder(self, fmt: Format, fps: Fraction, codec: str) -> Any:
+        """The video stream of a recording of raw video, with its encoder."""
+        name, options = _RECORD_ENCODERS[codec]
+        vs = self._container.add_stream(name, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = fmt.value("width"), fmt.value("height"), "yuv420p"
+        vs.bit_rate = self.bitrate
+        vs.gop_size = self.keyframe_interval
+        vs.codec_context.time_base = TB_90K
+        vs.codec_context.max_b_frames = 0
+        vs.thread_count = 1
+        vs.options = dict(options)
+        self._sws = Reformatter(vs.width, vs.height)
+        return vs
+
     def process(self, port: str, frame: Any) -> None:
         if not self._reached:
             self._open()
@@ -195,10 +211,13 @@ class VideoRecorder(Node):
         except (av.error.FFmpegError, ValueError, OSError) as e:
             self._give_up(e)
 
-    def _video(self, frame: VideoFrame) -> None:
+    def _video(self, frame: VideoFrame | EncodedFrame) -> None:
         if frame.pts <= self._last_pts:  # a muxer rejects non-increasing timestamps
             self._c["dropped_late"] += 1
             self.counters.drops += 1
+            return
+        if isinstance(frame, EncodedFrame):
+            self._encoded(frame)
             return
         self._last_pts = frame.pts
         av_frame = self._sws.av(to_av(frame))
@@ -207,6 +226,20 @@ class VideoRecorder(Node):
         av_frame.pict_type = av.video.frame.PictureType.NONE
         self._c["video_frames"] += 1
         self._mux(self._vs.encode(av_frame))
+
+    def _encoded(self, frame: EncodedFrame) -> None:
+        keyframe = bool(frame.meta and frame.meta.get("keyframe"))
+        if self._waiting and not keyframe:
+            self._c["dropped_waiting"] += 1
+            self.counters.drops += 1
+            if self._encoder is not None and not self._c["keyframe_requests"]:
+                self._c["keyframe_requests"] += 1  # once: the encoder's next frame is one
+                self._encoder.request_keyframe()
+            return
+        self._waiting = False
+        self._last_pts = frame.pts
+        self._c["video_frames"] += 1
+        self._mux([_packet(self._vs, frame.payload, frame.pts, keyframe)])
 
     def _audio(self, frame: AudioFrame) -> None:
         if self._as is None:
@@ -234,15 +267,22 @@ class VideoRecorder(Node):
         # A container with no video packet does not open (FFmpeg writes no header, or one
         # no player reads); one black picture at time zero keeps the file playable, and
         # holds whatever audio did arrive.
-        w, h = self._vs.width, self._vs.height
+        fmt = self.in_formats["in"]
+        w, h = fmt.value("width"), fmt.value("height")
         black = np.full((h * 3 // 2, w), 128, np.uint8)
         black[:h] = 16
         av_frame = av.VideoFrame.from_ndarray(black, format="yuv420p")
         av_frame.pts, av_frame.time_base = 0, TB_90K
         self._c["placeholder_frames"] = 1
         log.warning("recorder '%s' got no video: '%s' holds one black picture", self.name,
-                    self.path)
-        self._mux(self._vs.encode(av_frame))
+                    self.file)
+        if fmt.media != ENCODED:
+            self._mux(self._vs.encode(av_frame))
+            return
+        # Encoded in the codec of the stream (no keyframe came to start it with).
+        encoder = VideoEncoder(fmt.value("encoding"), w, h)
+        frames = encoder.encode(from_av(av_frame, pts=0), keyframe=True) + encoder.flush()
+        self._mux([_packet(self._vs, f.payload, f.pts, True) for f in frames])
 
     def _give_up(self, e: Exception) -> None:
         # Disk full or a codec refusing: stop this recorder, keep the graph (the call) going.
@@ -254,8 +294,8 @@ class VideoRecorder(Node):
         what = (getattr(e, "strerror", None) or str(e)) if errno else str(e)
         hint = write_hint(e) if errno else None
         self.post("error", message=f"recorder '{self.name}' stopped: cannot write "
-                  f"'{self.path}': {what}" + (f" (hint: {hint})" if hint else ""),
-                  path=self.path)
+                  f"'{self.file}': {what}" + (f" (hint: {hint})" if hint else ""),
+                  path=self.file)
 
     def stop(self) -> None:
         if not getattr(self, "_reached", True):
@@ -279,7 +319,8 @@ class VideoRecorder(Node):
             if not self.failed:
                 if self._c["video_frames"] == 0:
                     self._placeholder()
-                self._mux(self._vs.encode(None))
+                if self._vs.codec_context is not None:  # (encoded video: none to drain)
+                    self._mux(self._vs.encode(None))
                 if self._as is not None:
                     self._mux(self._as.encode(None))
         except (av.error.FFmpegError, ValueError, OSError) as e:
@@ -294,3 +335,34 @@ class VideoRecorder(Node):
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), **getattr(self, "_c", {}),
                 "failed": getattr(self, "failed", False)}
+
+
+def _check_encoded(node: VideoRecorder, src: Format) -> None:
+    """Refuse encoded video the recorder cannot mux as it is into its file, naming the fix."""
+    codec = src.value("encoding")
+    ext = Path(node.path).suffix.lower()
+    if codec not in _CONTAINERS[ext][2]:
+        others = " or ".join(e for e, c in _CONTAINERS.items() if codec in c[2])
+        raise ParamValueError("path", f"{ext} files cannot hold {codec} video",
+                              f"record to {others}, or encode {_CONTAINERS[ext][0]} before "
+                              "the recorder")
+    if node.codec and node.codec != codec:
+        raise ParamValueError("codec", f"video_recorder codec={node.codec} cannot apply to "
+                              f"the {codec} video it records as it is",
+                              f"leave codec out (or set codec={codec})")
+    if not src.value("width") or not src.value("height"):
+        # The file's header says the picture size, and encoded video does not tell it.
+        raise ParamValueError("in", "video_recorder does not know the picture size of the "
+                              f"{codec} video", "set width and height on the "
+                              "video_rtp_receiver before it (e.g. width=640 height=480)")
+
+
+def _packet(stream: Any, payload: bytes, pts: int, keyframe: bool) -> av.Packet:
+    """An encoded frame as a packet of `stream`, 90 kHz timestamps (no B-frames: dts is
+    pts)."""
+    packet = av.Packet(payload)
+    packet.stream = stream
+    packet.pts = packet.dts = pts
+    packet.time_base = TB_90K
+    packet.is_keyframe = keyframe
+    return packet

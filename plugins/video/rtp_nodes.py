@@ -111,7 +111,7 @@ def _named(node: Node, name: str) -> Node | None:
     return node.graph.nodes.get(prefix + name) or node.graph.nodes.get(name)
 
 
-def _nearest(node: Node, attribute: str, upstream: bool) -> Node | None:
+def nearest(node: Node, attribute: str, upstream: bool) -> Node | None:
     """The nearest node up- or downstream of `node` with `attribute` (breadth first)."""
     graph = node.graph
     seen = {node.name}
@@ -410,7 +410,7 @@ class VideoRtpSender(_UdpNode):
                 raise self.fail(f"video_rtp_sender encoder '{self.encoder}' is not a node with "
                                 "request_keyframe()", hint="name the video_encoder node")
         else:
-            self._encoder = _nearest(self, "request_keyframe", upstream=True)
+            self._encoder = nearest(self, "request_keyframe", upstream=True)
 
     def process(self, port: str, frame: EncodedFrame) -> None:
         payloads = self._pay.packetize(frame.payload)
@@ -577,7 +577,7 @@ class VideoRtpReceiver(_UdpNode):
         # Until RTP is taken, the timeout counts from the first tick (as GStreamer's udpsrc
         # timeout does): with nothing sent, or all of another payload type, it never fired.
         self._first_tick: float | None = None
-        self._decoder = _nearest(self, "keyframe_needed", upstream=False)
+        self._decoder = nearest(self, "keyframe_needed", upstream=False)
         self._c = dict.fromkeys(("packets_received", "bytes_received", "frames", "dropped_bad",
                                  "dropped_pt", "dropped_foreign", "ssrc_changes", "pli_sent",
                                  "rtcp_received", "rtcp_bad", "send_errors", "byes",
