@@ -7,7 +7,7 @@ fans one frame out to many consumers by reference (as aiortc's MediaRelay does).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -86,6 +86,11 @@ class VideoFrame:
 class Event:
     """Base of in-band events; they travel in order with the frames."""
 
+    # Serialized (GStreamer's term): it belongs to its place in the stream, so a node that
+    # holds frames (a jitter buffer) sends it on after the frames that came before it. False:
+    # out of band, for the application as soon as it comes (a key press).
+    serialized: ClassVar[bool] = True
+
 
 @dataclass(slots=True, frozen=True)
 class EndOfStream(Event):
@@ -95,6 +100,11 @@ class EndOfStream(Event):
 @dataclass(slots=True, frozen=True)
 class DtmfEvent(Event):
     """A DTMF digit (0-9, *, #, A-D) detected or to be sent; `pts` in samples of `rate`."""
+
+    # A key press for the application (an IVR menu, a PIN), not held back by a jitter
+    # buffer's delay; RFC 4733 digits carry no audio to keep in step with, and `pts` says
+    # where the digit lies.
+    serialized: ClassVar[bool] = False
 
     digit: str
     duration_ms: int = 100

@@ -10,37 +10,60 @@ import numpy as np
 from pipeline.formats import Format
 from pipeline.frames import AudioFrame, LevelEvent
 from pipeline.node import Node, Port
-from pipeline.params import Decibels, Duration, Param
+from pipeline.params import Decibels, Duration, Param, ParamValueError
 
 PCM = (Format.audio(),)
 
 
 class Gain(Node):
-    """Scales PCM audio by a gain in dB (0 dB passes frames through untouched)."""
+    """Scales PCM audio by a gain in dB (0 dB passes frames through untouched).
+
+    `set_gain(db)` changes the gain while the graph runs, as GStreamer's `volume` property
+    can be set live: the next frame ramps from the old gain to the new one, so the step
+    makes no click.
+    """
 
     kind = "gain"
     inputs = (Port("in", PCM, "PCM audio"),)
     outputs = (Port("out", PCM, "PCM audio, same format"),)
-    gain = Param(Decibels, 0.0, "gain in dB", min=-120.0, max=60.0)
+    gain = Param(Decibels, 0.0, "gain in dB (set_gain() changes it while running)",
+                 min=-120.0, max=60.0)
 
     def start(self) -> None:
-        self._factor = float(10.0 ** (self.gain / 20.0))
-        if self.gain == 0.0:
-            # Unity gain: forward by reference, the cheapest possible hop.
-            self.process = self.emit_passthrough  # type: ignore[method-assign]
+        self._factor = self._to = float(10.0 ** (self.gain / 20.0))
+        # Unity gain: frames are forwarded by reference, the cheapest possible hop.
+        self._unity = self.gain == 0.0
 
-    def emit_passthrough(self, port: str, frame: Any) -> None:
-        self.emit("out", frame)
+    def set_gain(self, db: float | str) -> None:
+        """Change the gain (dB: -6, or "-6dB"), ramped over the next frame."""
+        try:
+            db = type(self).gain.convert(db)
+        except ParamValueError as e:
+            raise self.fail(e.message, e.hint) from None
+        self.gain = db
+        self._to = float(10.0 ** (db / 20.0))
+        self._unity = db == 0.0 and self._to == self._factor
 
     def process(self, port: str, frame: AudioFrame) -> None:
-        x = frame.data * self._factor
-        if frame.data.dtype == np.int16:
+        if self._unity:
+            self.emit("out", frame)
+            return
+        data = frame.data
+        factor = self._to
+        if factor != self._factor:
+            # A change: from the old gain to the new one sample by sample over this frame
+            # (the last sample at the new gain); a step would click.
+            factor = np.linspace(self._factor, factor, data.shape[0] + 1)[1:, None]
+            self._factor = self._to
+            self._unity = self.gain == 0.0
+        x = data * factor
+        if data.dtype == np.int16:
             np.rint(x, out=x)
             np.clip(x, -32768, 32767, out=x)
-            data = x.astype(np.int16)
+            out = x.astype(np.int16)
         else:
-            data = x.astype(np.float32, copy=False)
-        self.emit("out", AudioFrame(data, frame.rate, frame.pts, frame.flags))
+            out = x.astype(np.float32, copy=False)
+        self.emit("out", AudioFrame(out, frame.rate, frame.pts, frame.flags))
 
 
 class Tee(Node):

@@ -20,6 +20,10 @@ It forwards what the sans-IO `JitterBuffer` decides as EncodedFrames for the dec
   keeps the call's timeline (`keep_timeline: false`: no frame, as before). After end of
   stream nothing more goes out.
 
+Events: a serialized one (`Event.serialized`: a `CustomEvent`, a format change) goes on after
+the audio that came before it has played, as the frames it followed are held; an out-of-band
+one (a `DtmfEvent`, a key press) at once (docs/jitterbuffer.md, "Events").
+
 An `rtp_session` passes each packet of the stream that carries no media (comfort noise,
 RFC 4733 telephone events) as an EncodedFrame with an empty payload and its RTP stamps (CN:
 FLAG_SILENCE, `meta["cn_dbov"]`, the level, and `meta["cn_reflection"]`, the spectrum's
@@ -29,6 +33,7 @@ play nothing for an empty frame that is neither FLAG_CONCEALED nor a period (`du
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from pipeline.formats import Format
@@ -36,7 +41,7 @@ from pipeline.frames import FLAG_CONCEALED, FLAG_DISCONT, FLAG_SILENCE, EncodedF
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 
-from .buffer import Action, JitterBuffer
+from .buffer import Action, JitterBuffer, Playout
 from .comfort import ComfortNoise
 from .reframe import Reframer, bytes_per_tick
 
@@ -44,6 +49,7 @@ from .reframe import Reframer, bytes_per_tick
 _PLAY = Action.PLAY
 _NOTHING = Action.NOTHING
 _SILENCE = Action.SILENCE
+_TS_MOD = 1 << 32  # RTP timestamps wrap here
 
 
 class JitterBufferNode(Node):
@@ -108,11 +114,17 @@ class JitterBufferNode(Node):
         # then, and for a payload that cannot be cut): a packet of that length goes straight
         # to the buffer, one comparison per packet and no allocation.
         self._whole = -1
+        # The buffer's resync distance, in ticks.
+        jump = round(max(1.0, 2 * self.max_delay_ms / 1000.0) * self.clock_rate)
         if unit:
-            jump_s = max(1.0, 2 * self.max_delay_ms / 1000.0)  # the buffer's resync distance
             self._cut = Reframer(self.frame, unit, horizon=round(
-                (self.max_delay_ms + 2 * self.ptime_ms) * self.clock_rate / 1000),
-                jump=round(jump_s * self.clock_rate))
+                (self.max_delay_ms + 2 * self.ptime_ms) * self.clock_rate / 1000), jump=jump)
+        # Serialized events held until the audio before them has played, each with the
+        # stream's SSRC and newest frame's timestamp when it came; a frame held lies less
+        # than two resync distances ahead of playout, so a mark further on is a timeline
+        # left behind (a sender's restart).
+        self._held: deque[tuple[int | None, int, Any]] = deque()
+        self._ahead = 2 * jump
         self.ptime_changes = 0
         self._odd = (0, 0)  # (a packet time other than the buffer's, packets in a row)
         self.next_pop: float | None = None
@@ -255,13 +267,19 @@ class JitterBufferNode(Node):
         # time: playout follows the graph's clock (a sound device's, whose ticks jitter by a
         # callback in loop time), and the delay, measured in loop time, absorbs the drift.
         ended = self.ended
+        if self._held:
+            self._release(None)
         while now >= self.next_pop - 1e-9:
             if ended and not len(self.buffer):
                 break  # the stream is over: its end is not a loss to conceal
             self.next_pop += self.period
-            self._emit(self.buffer.pop(t))
+            p = self.buffer.pop(t)
+            self._emit(p)
+            if self._held:
+                self._release(p)
         if ended and not len(self.buffer) and not self.finished:
             self.buffer.end()
+            self._release(None)
             self.send_eos()
 
     def _emit(self, p: Any) -> None:
@@ -314,7 +332,38 @@ class JitterBufferNode(Node):
             if self._cut is not None:
                 self._cut.flush()
             return
+        if getattr(event, "serialized", True) and (self._held or len(self.buffer)):
+            # In step with the audio (GStreamer's rtpjitterbuffer keeps serialized events
+            # in order with the buffers it holds): after the frames that came before it.
+            self._held.append((self.buffer.ssrc, self.buffer.newest, event))
+            return
         super().event(port, event)
+
+    def _release(self, p: Playout | None) -> None:
+        """Send on the held events whose audio has played or gone: those that came before
+        the frame period `p` just decided was pushed (None: nothing played), those of a
+        stream the buffer has left (a resync dropped its frames), and all of them once the
+        buffer is empty (what came before them played or was dropped)."""
+        buffer = self.buffer
+        if not len(buffer):
+            upto = None
+        elif p is None:
+            upto = -1
+        elif p.action is _PLAY:  # (two frames, when it time-compresses)
+            upto = p.timestamp + (self.frame if p.extra is not None else 0)
+        elif p.stretch or p.action is _NOTHING:
+            upto = -1  # no frame period went by: a wait, or playout has not started
+        else:
+            upto = p.timestamp  # concealed, or the sender's silence
+        held = self._held
+        ssrc = buffer.ssrc
+        while held:
+            stream, mark, event = held[0]
+            if upto is not None and stream == ssrc and (
+                    upto < 0 or 0 < (mark - upto) % _TS_MOD <= self._ahead):
+                return
+            held.popleft()
+            super().event("in", event)
 
     def stats(self) -> dict[str, Any]:
         s = getattr(getattr(self, "buffer", None), "stats", None)

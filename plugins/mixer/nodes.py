@@ -73,7 +73,7 @@ class Mixer(Node):
     matches itself, with a 5 ms cross-fade (`dropped_samples` counts it). An input a little
     short of a period (a slow clock) is stretched the same way (`inserted_samples`); one that
     runs dry fades out and, when it resumes, in. It ends once every input has ended and is
-    drained, at once if it has none.
+    drained, at once if it has none: its last frame ends where the longest input ended.
     """
 
     kind = "mixer"
@@ -168,20 +168,25 @@ class Mixer(Node):
         acc = self._acc[:n]
         acc.fill(0)
         feedback = self.feedback_inputs
-        got = 0
+        got = 0  # the most samples any input gave
         for port, fifo in self.fifos.items():
             # The common case costs three comparisons (not len(): a Python call per input).
             have = fifo.end - fifo.start
             if have > fifo.bound or have < n or fifo.gap:
                 self._adjust(port, fifo, have, n)
             popped = fifo.pop_into(acc)
-            if port not in feedback:  # (fed-back audio alone would go on for ever)
-                got += popped
-        # Also with no input left (or none ever linked): nothing could ever end it otherwise.
+            # (fed-back audio alone would go on for ever)
+            if popped > got and port not in feedback:
+                got = popped
         done = self._all_done()
-        if done and not got:
-            self.send_eos()
-            return
+        if done:
+            # The stream ends where the longest input ended, not a period's silence later
+            # (GStreamer's audiomixer likewise); with no input left (or none ever linked)
+            # it ends at once: nothing could ever end it otherwise.
+            if not got:
+                self.send_eos()
+                return
+            acc = acc[:got]
         # Clip once, in place; the one allocation is the frame that goes out.
         if self._float:
             np.clip(acc, -1.0, 1.0, out=acc)
@@ -190,7 +195,7 @@ class Mixer(Node):
             np.clip(acc, _I16_MIN, _I16_MAX, out=acc)
             out = acc.astype(np.int16)
         self.emit("out", AudioFrame(out, self.rate, self.pts))
-        self.pts += n
+        self.pts += out.shape[0]
         if done:  # the inputs' last audio came with their end-of-stream: it went out first
             self.send_eos()
 
