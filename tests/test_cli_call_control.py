@@ -171,8 +171,8 @@ def test_a_terminal_gets_the_command_list_and_its_commands_are_read(tmp_path):
         os.close(primary)
         os.close(terminal)
     assert code == 0, called
-    assert re.fullmatch(STAMP + r"commands: h\|hold, r\|resume, DIGITS \(0-9 \* # A-D: DTMF\), "
-                        r"q\|hangup, \?\|help", called[0]), called
+    assert re.fullmatch(STAMP + r"commands: h\|hold, r\|resume, v\|video, nv\|novideo, DIGITS "
+                        r"\(0-9 \* # A-D: DTMF\), q\|hangup, \?\|help", called[0]), called
     assert any(line.endswith("hangup: hanging up") for line in called), called
 
 
@@ -282,8 +282,8 @@ def test_commands_say_why_they_cannot_act_without_an_established_call():
     assert said == ["hold: the call is not established yet",
                     "resume: the call is not established yet",
                     "dtmf: the call is not established yet",
-                    "unknown command 'HOLD!': commands are h|hold, r|resume, DIGITS "
-                    "(0-9 * # A-D: DTMF), q|hangup, ?|help",
+                    "unknown command 'HOLD!': commands are h|hold, r|resume, v|video, "
+                    "nv|novideo, DIGITS (0-9 * # A-D: DTMF), q|hangup, ?|help",
                     "resume: no call (it has ended)"]
 
 

@@ -5,7 +5,8 @@ SIGTERM (or `--duration`): the first signal, or the end of `--duration`, hangs u
 and unregisters, a second signal stops at once. `call SIP-URI --graph CALL.yaml` builds a
 parent graph with one endpoint that dials the URI and runs CALL.yaml as the call graph,
 hanging up after `--duration` (`--video`: with a video stream beside the audio); while it
-runs, line commands on stdin hold, resume, send DTMF digits or hang up (`_CallControl`).
+runs, line commands on stdin hold, resume, add or drop video, send DTMF digits or hang up
+(`_CallControl`).
 `pipeline launch` of a graph whose own endpoint dials with `exit_after_call` ends as
 `pipeline call` does when that call fails (`dialled_failure`).
 """
@@ -148,7 +149,11 @@ _CALL_PRINTED = _PRINTED | {"call-trying"}
 
 
 _DIGITS_RE = re.compile(r"[0-9*#A-D]+", re.IGNORECASE)
-_HELP = "h|hold, r|resume, DIGITS (0-9 * # A-D: DTMF), q|hangup, ?|help"
+_HELP = ("h|hold, r|resume, v|video, nv|novideo, DIGITS (0-9 * # A-D: DTMF), q|hangup, "
+         "?|help")
+# What `v` and `nv` do (`_CallControl.act`): the endpoint's control and the line said.
+_VIDEO_ACTS = {"video": ("add_video", "re-INVITE sent (m=video added)"),
+               "novideo": ("drop_video", "re-INVITE sent (m=video port 0)")}
 
 
 _BACKGROUND_POLL = 0.25  # seconds: a call in the background looks this often for `fg`
@@ -174,8 +179,9 @@ def _foreground(fd: int) -> bool:
 
 
 class _CallControl:
-    """`pipeline call`'s line commands on stdin, as pjsua's menu: hold, resume, DTMF digits,
-    hang up. Each says in one line what it did or why it could not."""
+    """`pipeline call`'s line commands on stdin, as pjsua's menu: hold, resume, video on
+    and off (pjsua's `vid enable` / `vid disable`), DTMF digits, hang up. Each says in one
+    line what it did or why it could not."""
 
     def __init__(self, graph: Graph) -> None:
         self.endpoint = endpoints(graph)[0]
@@ -189,6 +195,7 @@ class _CallControl:
         self.part: str | None = None  # the call graph's prefix (call-1/), once it runs
         self.silence: float | None = None  # seconds of RTP silence its rtp_session reported
         self.timed_out: float | None = None  # the silence that ended the call, if one did
+        self.needs_video: bool | None = None  # the call graph uses ${call.video_*}: once asked
         graph.listeners.append(self.on_bus)
 
     def on_bus(self, msg: Any) -> None:
@@ -299,6 +306,8 @@ class _CallControl:
             self.hang_up()
         elif word in ("h", "hold", "r", "resume"):
             self.act("hold" if word[0] == "h" else "resume")
+        elif word in ("v", "video", "nv", "novideo"):
+            self.act("video" if word[0] == "v" else "novideo")
         elif _DIGITS_RE.fullmatch(line):
             self.act("dtmf", line.upper())
         else:
@@ -315,12 +324,17 @@ class _CallControl:
         # Our side of the media now: a re-INVITE that would change nothing gets no
         # call-updated, so it is not sent (sendonly: our hold; recvonly: the far end's).
         call = self.endpoint.ua.calls.get(self.call_id)
-        direction = getattr(getattr(call, "media", None), "direction", None)
+        media = getattr(call, "media", None)
+        direction = getattr(media, "direction", None)
         if what == "resume" and direction == "sendrecv":
             self.say("resume: the call is not on hold")
             return
         if what == "hold" and direction == "sendonly":
             self.say("hold: the call is on hold already")
+            return
+        why = self.video_refused(what, media) if what in _VIDEO_ACTS else None
+        if why is not None:
+            self.say(f"{what}: {why}")
             return
         try:
             if what == "hold":
@@ -329,6 +343,9 @@ class _CallControl:
             elif what == "resume":
                 self.endpoint.resume(self.call_id)
                 done = "re-INVITE sent (sendrecv)"
+            elif what in _VIDEO_ACTS:
+                method, done = _VIDEO_ACTS[what]
+                getattr(self.endpoint, method)(self.call_id)
             else:
                 how = self.endpoint.send_digits(self.call_id, digits)
                 done = f"sending {digits} ({'RFC 4733' if how == 'rfc4733' else 'SIP INFO'})"
@@ -336,6 +353,41 @@ class _CallControl:
             self.say(f"{what}: {e.message}")
             return
         self.say(f"{what}: {done}")
+
+    def video_refused(self, what: str, media: Any) -> str | None:
+        """Why `video` (add) or `novideo` (drop) cannot be done for a call with `media`, in
+        one line with the fix; None when it can. Adding needs the endpoint's video codecs,
+        which `--video` gives (the call graph was checked with the video values before
+        dialling then, as for a video call); dropping needs a call graph that runs without
+        the video values (checked once, as `pipeline call` without `--video` checks it):
+        else the graph rebuilt without video would fail and end the call."""
+        has_video = getattr(media, "video", None) is not None
+        if what == "video":
+            if not self.endpoint.video:
+                return ("the call was placed without --video, so no video codec is ours to "
+                        "offer: call with --video (and a call graph with ${call.video_*} "
+                        "values, e.g. graphs/calls/video-call.yaml)")
+            return "the call has video already" if has_video else None
+        if not has_video:
+            return "the call has no video"
+        if self.needs_video is None:
+            self.needs_video = graph_needs_video(self.endpoint, media)
+        if self.needs_video:
+            return ("the call graph uses ${call.video_*} values, so it cannot run the call "
+                    "without video: call with one that runs audio alone too (e.g. "
+                    "graphs/caller.yaml) to turn video off and on")
+        return None
+
+
+def graph_needs_video(endpoint: Any, media: Any) -> bool:
+    """Whether the endpoint's call graph fails without the `${call.video_*}` values (the
+    check `pipeline call` makes without `--video`, with the call's audio codec)."""
+    try:
+        callcheck.check_call_graph(str(endpoint.call_graph), endpoint.call_graph_params or {},
+                                   [endpoint._codec_name(media)])
+    except PipelineError as e:
+        return e.message.startswith(callcheck.VIDEO_VALUE)
+    return False
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The `sip_endpoint`'s controls for the application (the CLI, a listener of its bus
-messages, a test): dial (`call`), `answer`, `hangup`, `hold` and `resume` (re-INVITEs whose
-refusal is posted as an ``error``: else the application waits for a ``call-updated`` that
-never comes), and `shutdown`.
+messages, a test): dial (`call`), `answer`, `hangup`, `hold`, `resume`, `add_video` and
+`drop_video` (re-INVITEs whose refusal is posted as an ``error``: else the application
+waits for a ``call-updated`` that never comes), and `shutdown`.
 
 `CallControls` is mixed into `nodes.SipEndpoint`; each control asks the sans-IO UA, then
 sends what it queued (`_pump`).
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 class CallControls:
-    """Placing, answering, holding and ending calls, for `SipEndpoint`."""
+    """Placing, answering, holding, adding or dropping video and ending calls, for
+    `SipEndpoint`."""
 
     # parameters of `SipEndpoint`
     call_graph: Any
@@ -38,16 +39,19 @@ class CallControls:
     _ring_since: float | None
     _answer_at: dict[str, float]
     _asked_updates: dict[str, str]
+    _video_ports: dict[str, tuple[Any, int]]
     _shutting_down: float | None
 
-    def call(self, uri: str, *, replacing: Any = None) -> str:
+    def call(self, uri: str, *, replacing: Any = None, video: bool = True) -> str:
         """Dial `uri`; returns the Call-ID. The call graph starts when the call is answered.
-        `replacing` (a `replaces.Replaces`): the dialog it replaces at the callee."""
+        `replacing` (a `replaces.Replaces`): the dialog it replaces at the callee. Not
+        `video`: audio alone from a `video: true` endpoint, as a softphone places a call
+        with its camera off; `add_video` adds it later."""
         # The offer names the port before the call graph binds it: check it is free now.
         port = self.ports.allocate(check=self.call_graph is not None)
         video_port = 0
         try:
-            if self.video and self.video_codecs:
+            if video and self.video and self.video_codecs:
                 video_port = self.ports.allocate(check=self.call_graph is not None)
             call = self.ua.call(uri, port, self._loop.time(), video_port=video_port,
                                 replacing=replacing)
@@ -96,6 +100,34 @@ class CallControls:
         self._asked_updates[call_id] = "resume"
         self._pump()
 
+    def add_video(self, call_id: str) -> None:
+        """Add a video stream to an established call (a re-INVITE with an m=video line of
+        our `video_codecs`, RFC 3264 8.1) on a port of `rtp_port_range` (the one the call
+        keeps for video, if it has one): ``call-updated`` follows with ``video=``, the call
+        graph switched as for the far end's re-INVITE; or an ``error``, the call left as it
+        was and the port given back, when it is refused or answered without video."""
+        call = self.ua.calls.get(call_id)
+        kept = call.video_port if call is not None else 0
+        port = kept or self.ports.allocate(check=self.call_graph is not None)
+        try:
+            self.ua.add_video(call_id, port, self._loop.time())
+        except Exception:
+            if not kept:
+                self.ports.release(port)
+            raise
+        self._asked_updates[call_id] = "add video"
+        if not kept:
+            self._video_ports[call_id] = (call, port)
+        self._pump()
+
+    def drop_video(self, call_id: str) -> None:
+        """Drop a call's video stream (a re-INVITE with its m=video line on port 0, RFC 3264
+        8.2): ``call-updated`` without ``video=`` follows, the call graph switched back
+        and the video port freed once the old graph's sockets are closed; or an ``error``."""
+        self.ua.drop_video(call_id, self._loop.time())
+        self._asked_updates[call_id] = "drop video"
+        self._pump()
+
     def shutdown(self) -> None:
         """Hang up every call and unregister, then end (send EOS) once done or after 3 s."""
         now = self._loop.time()
@@ -108,15 +140,46 @@ class CallControls:
         if asked:  # answered (with or without a change), or the call ended
             for call_id in [c for c in asked if getattr(self.ua.calls.get(c), "pending",
                                                         None) is None]:
-                del asked[call_id]
+                if asked.pop(call_id) == "add video":
+                    self._video_answered(call_id)
+
+    def _video_answered(self, call_id: str) -> None:
+        """Our added video was answered 2xx (or the call ended first): taken, or refused
+        with port 0 on its m= line (RFC 3264 6), which leaves the call as it was: said as a
+        refused re-INVITE is, and the port it took given back."""
+        call = self.ua.calls.get(call_id)
+        if call is not None and call.active and call.media is not None \
+                and call.media.video is not None:
+            self._video_ports.pop(call_id, None)
+            return
+        if call is not None and call.active:
+            self.post("error", message=f"add video of call {call_id} failed: the far end "
+                      "refused video (m=video port 0 in its answer)")
+        self._free_video_port(call_id)
+
+    def _free_video_port(self, call_id: str) -> None:
+        """Give back the port `add_video` took for a video that did not come. The UA made
+        it the call's video port when the answer came (`InDialog._on_reinvite_response`):
+        then it is no longer, unless the call ended, whose end frees it."""
+        call, port = self._video_ports.pop(call_id, (None, 0))
+        if not port:
+            return
+        if call.video_port == port:
+            if not call.active:
+                return
+            call.video_port = 0
+        self.ports.release(port)
 
     def _update_refused(self, event: sipevents.CallUpdateFailed) -> None:
-        """Our re-INVITE was refused: when the application asked for it (hold, resume),
-        say so, or it waits for a ``call-updated`` that never comes. A 491 (RFC 3261 14.1:
-        the far end's re-INVITE crossed ours) is not tried again here: the user may."""
+        """Our re-INVITE was refused: when the application asked for it (hold, resume,
+        video added or dropped: a port taken for it goes back), say so, or it waits for a
+        ``call-updated`` that never comes. A 491 (RFC 3261 14.1: the far end's re-INVITE
+        crossed ours) is not tried again here: the user may."""
         what = self._asked_updates.pop(event.call.call_id, None)
         if what is None:
             return
+        if what == "add video":
+            self._free_video_port(event.call.call_id)
         why = " (the far end's re-INVITE crossed ours): try again" if event.status == 491 \
             else ""
         # A transport failure (503, RFC 3261 8.1.3.1) says what failed: nothing answered.

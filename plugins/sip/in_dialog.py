@@ -1,7 +1,8 @@
 """Calls in progress: the requests within a dialog, both ways (RFC 3261 12.2), and the end
 of a call.
 
-- re-INVITE both ways for hold/resume/codec change (RFC 3264 8, RFC 3261 14), 491 on glare;
+- re-INVITE both ways for hold/resume/codec change and video added or dropped (RFC 3264 8,
+  RFC 3261 14), 491 on glare;
   ours, left Proceeding (1xx and nothing more) 64*T1 after it went out, is CANCELled and
   reported failed (`CallUpdateFailed` 408), the call staying up; UPDATE answered, with or
   without an offer (RFC 3311), also in the early dialog once our reliable 183 answered the
@@ -45,12 +46,16 @@ from .offer_answer import (
     Codec,
     NegotiatedMedia,
     NegotiationFailed,
+    add_video,
     answer,
+    drop_video,
     hold,
     negotiated,
     reoffer,
     resume,
     sdp_unchanged,
+    settled,
+    video_port_of,
 )
 from .sdp import SessionDescription
 from .sending import ALLOWED_METHODS, layer_of, quotable
@@ -381,7 +386,7 @@ class InDialog:
                 # The SDP as it is, same o= version: the peer changes nothing (RFC 3264 8).
                 self._reinvite(call, call.local_sdp, now)  # type: ignore[arg-type]
 
-    # ---- changing calls (hold, resume, codecs: our re-INVITE) -------------------------------
+    # ---- changing calls (hold, resume, codecs, video: our re-INVITE) ------------------------
     def hold(self, call_id: str, now: float) -> None:
         """Put an established call on hold with a re-INVITE (RFC 3264 8.4)."""
         call = self._established(call_id)
@@ -396,6 +401,27 @@ class InDialog:
         """Re-offer the call with other codecs (RFC 3264 8.3.2)."""
         call = self._established(call_id)
         self._reinvite(call, reoffer(call.local_sdp, codecs=codecs), now)  # type: ignore
+
+    def add_video(self, call_id: str, video_port: int, now: float) -> None:
+        """Re-offer the call with a video stream on `video_port` (RFC 3264 8.1): our video
+        codecs, SRTP as the call's audio has it. The call's video port is that one once
+        the answer comes (`_on_reinvite_response`), whether it accepts the video or not."""
+        call = self._established(call_id)
+        if not self.config.video_codecs:
+            raise LocalProtocolError(f"SIP call {call_id} cannot add video: the endpoint "
+                                     "has no video codecs (video is off)")
+        if call.media is not None and call.media.video is not None:
+            raise LocalProtocolError(f"SIP call {call_id} has video already")
+        self._reinvite(call, add_video(call.local_sdp, self.config.video_codecs,  # type: ignore
+                                       video_port), now)
+
+    def drop_video(self, call_id: str, now: float) -> None:
+        """Re-offer the call without its video stream: port 0 on its m= line (8.2); the
+        call has no video port once the answer comes."""
+        call = self._established(call_id)
+        if call.media is None or call.media.video is None:
+            raise LocalProtocolError(f"SIP call {call_id} has no video to drop")
+        self._reinvite(call, drop_video(call.local_sdp), now)  # type: ignore[arg-type]
 
     def _established(self, call_id: str) -> Call:
         call = self.calls.get(call_id)
@@ -488,7 +514,10 @@ class InDialog:
                 self._send_bye(call, now)
                 self._end(call, f"SDP answer to re-INVITE is unusable: {exc}", 488)
                 return
-            call.local_sdp, call.remote_sdp = offer, remote
+            port = video_port_of(offer)
+            if port != video_port_of(call.local_sdp):
+                call.video_port = port  # our offer added video (or dropped it: 0)
+            call.local_sdp, call.remote_sdp = settled(offer, remote), remote  # type: ignore
             previous, call.media = call.media, media
             if media != previous:
                 self._events.append(CallUpdated(call, media, previous))

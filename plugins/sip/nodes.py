@@ -33,11 +33,11 @@ call once established.
 `SipEndpoint` itself holds its parameters, start and stop, `tick`, the pump that sends what
 the UA queued and posts what it reports (`_pump`, `_on_event`) and `stats`. The rest is
 mixed in, one module each: `checks` (`validate`; the codecs offered and accepted),
-`controls` (`call`, `answer`, `hangup`, `hold`, `resume`, `shutdown`), `parts` (a call's
-part started, attached, detached, rebuilt), `digits` (`send_digits`: RFC 4733 or INFO),
-`transfers` (REFER both ways), `room` (calls into a conference node) and `watch` (RTP
-timeout, `max_call_time`). `values` makes the `${call.*}` values, `ports` hands out RTP
-ports.
+`controls` (`call`, `answer`, `hangup`, `hold`, `resume`, `add_video`, `drop_video`,
+`shutdown`), `parts` (a call's part started, attached, detached, rebuilt), `digits`
+(`send_digits`: RFC 4733 or INFO), `transfers` (REFER both ways), `room` (calls into a
+conference node) and `watch` (RTP timeout, `max_call_time`). `values` makes the
+`${call.*}` values, `ports` hands out RTP ports.
 """
 
 from __future__ import annotations
@@ -211,6 +211,8 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         self._digits_waiting: dict[str, list[tuple[str, int]]] = {}
         self._info_last: dict[str, tuple[int, list]] = {}
         self._asked_updates: dict[str, str] = {}
+        # calls whose add_video took a port -> (the call, that port), till it is answered
+        self._video_ports: dict[str, tuple[sipcall.Call, int]] = {}
         self._dialled: str | None = None
         self._dial_time: float | None = None  # when the dialled call was answered
         self.dialled_established = False  # `dial`'s call (or the one it was transferred to)

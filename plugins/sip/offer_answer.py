@@ -1,7 +1,8 @@
 """RFC 3264 offer/answer for one audio stream, sans-IO.
 
 The SIP endpoint calls `build_offer` (outgoing call), `answer` (incoming INVITE),
-`negotiated` (the offerer reading the 200 OK) and `reoffer` / `hold` / `resume` (re-INVITE).
+`negotiated` (the offerer reading the 200 OK) and `reoffer` / `hold` / `resume` /
+`add_video` / `drop_video` (re-INVITE; `settled` is the offer once its answer came).
 Each returns `SessionDescription` objects and/or a `NegotiatedMedia` that holds everything a
 call graph needs (remote RTP/RTCP address, codec, payload types, ptime, DTMF, direction).
 
@@ -75,8 +76,10 @@ __all__ = [
     "NegotiatedMedia",
     "NegotiatedVideo",
     "NegotiationFailed",
+    "add_video",
     "answer",
     "build_offer",
+    "drop_video",
     "dtmf_clocks",
     "hold",
     "negotiated",
@@ -84,7 +87,9 @@ __all__ = [
     "reoffer",
     "resume",
     "sdp_unchanged",
+    "settled",
     "video_codec",
+    "video_port_of",
 ]
 
 DTMF = "telephone-event"
@@ -882,6 +887,64 @@ def resume(previous: SessionDescription) -> SessionDescription:
     return reoffer(previous, direction=_direction(_sends(current), True))
 
 
+def add_video(previous: SessionDescription, video_codecs: Sequence[Codec],
+              video_port: int) -> SessionDescription:
+    """Re-offer that adds a video stream on `video_port` listing `video_codecs` (RFC 3264
+    8.1): on the m=video line of a stream rejected or dropped before when there is one
+    (the caller knows there is no agreed video: an answer's port 0 rejects the stream
+    though our offer still names a port), so every m= line keeps its position, else on a
+    new line after the others. It goes the audio's way (a held call stays held) and is
+    secured as the call's audio is (`_srtp_of`), with fresh keys of its own (RFC 4568:
+    keys are per m= line)."""
+    if not video_codecs:
+        raise LocalProtocolError("SDP re-offer needs a video codec to add video")
+    sdp = copy.deepcopy(previous)
+    audio = sdp.media[_audio_index(sdp)]
+    taken = {pt for m in sdp.media if m.kind != "video" for pt in m.payload_types}
+    video = _offer_crypto(_video_section(video_codecs, video_port, sdp.media_direction(audio),
+                                         taken), _srtp_of(audio))
+    index = next((i for i, m in enumerate(sdp.media) if m.kind == "video"), len(sdp.media))
+    sdp.media[index:index + 1] = [video]
+    _bump_version(previous, sdp)
+    return sdp
+
+
+def drop_video(previous: SessionDescription) -> SessionDescription:
+    """Re-offer that drops the video stream (RFC 3264 8.2): its m= line stays where it is,
+    with port 0 and its formats (a line is never removed: each offer's m= lines match the
+    last one's, section 8)."""
+    index = next((i for i, m in enumerate(previous.media) if m.kind == "video" and m.port),
+                 None)
+    if index is None:
+        raise LocalProtocolError("SDP has no video stream to drop")
+    sdp = copy.deepcopy(previous)
+    old = sdp.media[index]
+    sdp.media[index] = MediaDescription("video", 0, old.proto, list(old.formats))
+    _bump_version(previous, sdp)
+    return sdp
+
+
+def settled(offer: SessionDescription, answer_sdp: SessionDescription) -> SessionDescription:
+    """Our `offer` as the session has it once `answer_sdp` came: a stream the answer
+    rejected (port 0) is off for both sides (RFC 3264 6), so it has port 0 in ours too, and
+    a re-offer made from it (hold, a refresh) does not offer it again on a port that may
+    no longer be ours. `offer` itself when the answer rejected none of its streams."""
+    rejected = [i for i, (ours, theirs) in enumerate(zip(offer.media, answer_sdp.media,
+                                                         strict=True))
+                if ours.port and not theirs.port]
+    if not rejected:
+        return offer
+    sdp = copy.deepcopy(offer)
+    for i in rejected:
+        sdp.media[i].port = 0
+    return sdp
+
+
+def video_port_of(sdp: SessionDescription | None) -> int:
+    """The port of `sdp`'s m=video line (0: none, or rejected or dropped)."""
+    return next((m.port for m in sdp.media if m.kind == "video"), 0) if sdp else 0
+
+
 def sdp_unchanged(previous: SessionDescription, new: SessionDescription) -> bool:
     """True when `new` has the same o= session and version as `previous`.
 
@@ -1298,6 +1361,14 @@ def _agreed_srtp(ours: MediaDescription, theirs: MediaDescription
         raise NegotiationFailed("SDP answer agrees no a=crypto line for RTP/SAVP "
                                 f"(m={ours.kind}; RFC 4568 section 7.1.2)", warning_code=302)
     return crypto
+
+
+def _srtp_of(media: MediaDescription) -> str:
+    """The SRTP policy a stream of ours was offered or answered under: RTP/SAVP is
+    mandatory SRTP, a=crypto under RTP/AVP optional (best effort), neither off."""
+    if media.proto in _SECURE_RTP:
+        return "mandatory"
+    return "optional" if media.cryptos() else "off"
 
 
 def _profile_ok(proto: str, policy: str) -> bool:

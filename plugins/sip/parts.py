@@ -9,7 +9,8 @@
 - detaching it (`_detach`): its I/O tasks are awaited before its port is reused;
 - rebuilding it when the media change (`_rebuild`): the ports stay held in between and what
   its nodes did in the call (`carry_state`) is handed to the new ones; a re-INVITE that adds
-  or drops video switches between the two graphs this way;
+  or drops video, the far end's or ours (`controls.add_video`, `drop_video`), switches
+  between the two graphs this way, and a video port ours dropped is freed then;
 - a fault in it (`_on_part_fault`) ends the call;
 - measuring it (`_measure`) as it goes, for the call's end: what its RTP nodes and jitter
   buffers counted (`part_quality`), summed over the parts a rebuilt call had, for the
@@ -360,7 +361,10 @@ class CallParts:
                    for name, node in self.graph.nodes.items()
                    if carry and name.startswith(prefix)
                    and callable(getattr(node, "carry_state", None))}
-        ports = [p for p in (call.rtp_port, call.video_port) if p]
+        # The old part's ports too: a video port our re-INVITE dropped (the call has none
+        # now) is held till the old part's sockets are closed, then freed.
+        used = self.part_values.get(call.call_id, {}).get("local_video_port")
+        ports = list(dict.fromkeys(p for p in (call.rtp_port, call.video_port, used) if p))
         for port in ports:
             self.ports.keep(port)
         # The room keeps the caller as one participant (its track, name, gains) while its
@@ -396,6 +400,9 @@ class CallParts:
             else:  # the call ended meanwhile
                 for port in ports:
                     self.ports.unhold(port)
+            for port in ports:
+                if port not in (call.rtp_port, call.video_port):
+                    self.ports.release(port)  # (its end frees the call's own)
 
         task = self._loop.create_task(later())
         self._pending_detach.add(task)
