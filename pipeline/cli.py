@@ -109,13 +109,17 @@ def _progress(now: float, total: float | None) -> None:
     if total:
         pct = min(100.0, 100.0 * now / total)
         sys.stderr.write(f"\r{now:8.1f}s / {total:.1f}s  {pct:5.1f}%")
-        sys.stderr.flush()
+    else:  # no length known (an endless source): the media time, which shows it moves
+        sys.stderr.write(f"\r{now:8.1f}s")
+    sys.stderr.flush()
 
 
 def format_stats(stats: dict[str, dict[str, Any]]) -> str:
+    from .messages import fractional
+
     rows = [("node", "kind", "in", "out", "drops", "cpu ms", "other")]
     for name, s in stats.items():
-        other = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        other = ", ".join(f"{k}={v:.4g}" if fractional(v) else f"{k}={v}"
                           for k, v in s.items()
                           if k not in ("kind", "frames_in", "frames_out", "drops", "cpu_ms"))
         rows.append((name, s["kind"], str(s["frames_in"]), str(s["frames_out"]),
@@ -125,39 +129,57 @@ def format_stats(stats: dict[str, dict[str, Any]]) -> str:
                      + "  " + r[6] for r in rows)
 
 
+def _sources(graph: Graph) -> list[tuple[Any, bool]]:
+    """The nodes of `graph` that nothing feeds (a feedback edge ends nothing), each with
+    whether its class tells its length (implements `expected_duration()`)."""
+    from .node import Node
+
+    fed = {ln.dst for ln in graph.links if not ln.feedback}
+    return [(n, type(n).expected_duration is not Node.expected_duration)
+            for n in graph.nodes.values() if n.name not in fed]
+
+
 def endless_sources(graph: Graph) -> list[Any]:
     """The sources of `graph` that never end: `expected_duration()` None for a node that
     could end by a parameter (a tone or a video pattern without `duration`, a looping
     file). None alone only says the length is unknown (a raw H.264 file's), and such a
     source ends at its last frame. Call after `graph.prepare()` (links known)."""
-    fed = {ln.dst for ln in graph.links if not ln.feedback}  # a feedback edge ends nothing
-    out = []
-    for n in graph.nodes.values():
-        if n.name in fed:
-            continue  # not a source: it ends when its inputs do
-        if not callable(getattr(n, "expected_duration", None)):
-            continue
-        specs = n.param_specs()
-        if ("duration" in specs or getattr(n, "loop", False) is True) \
-                and n.expected_duration() is None:
-            out.append(n)
-    return out
+    from .runtime import expected_length
+
+    return [n for n, tells in _sources(graph) if tells
+            and ("duration" in n.param_specs() or getattr(n, "loop", False) is True)
+            and expected_length(n) is None]
+
+
+def untold_sources(graph: Graph) -> list[Any]:
+    """The sources of `graph` that may never end, for all they say: sources (no inputs)
+    whose plugin does not implement `expected_duration()`."""
+    return [n for n, tells in _sources(graph) if not tells and not n.inputs]
 
 
 def endless_warning(graph: Graph) -> str | None:
-    """The warning an offline run of `graph` gets before it starts, None when it ends."""
+    """The warning an offline run of `graph` gets before it starts, None when it ends:
+    a line for the sources that never end, and one for those that do not say whether they
+    do (which may be endless as well: a recorder behind one grows as fast)."""
+    lines = []
     endless = endless_sources(graph)
-    if not endless:
-        return None
-    names = ", ".join(f"'{n.name}' ({n.kind})" for n in endless)
-    fixes = []
-    if any("duration" in n.param_specs() for n in endless):
-        fixes.append("give it a duration")
-    if any(getattr(n, "loop", False) is True for n in endless):
-        fixes.append("set loop=false")
-    return (f"pipeline: warning: {names} never ends: offline, the run goes on as fast as the "
-            f"CPU allows until Ctrl-C (hint: {', or '.join(fixes)}, or bound the run with "
-            "--duration)")
+    if endless:
+        names = ", ".join(f"'{n.name}' ({n.kind})" for n in endless)
+        fixes = []
+        if any("duration" in n.param_specs() for n in endless):
+            fixes.append("give it a duration")
+        if any(getattr(n, "loop", False) is True for n in endless):
+            fixes.append("set loop=false")
+        lines.append(f"pipeline: warning: {names} never ends: offline, the run goes on as "
+                     f"fast as the CPU allows until Ctrl-C (hint: {', or '.join(fixes)}, or "
+                     "bound the run with --duration)")
+    untold = untold_sources(graph)
+    if untold:
+        names = ", ".join(f"'{n.name}' ({n.kind}, plugin '{n.plugin}')" for n in untold)
+        lines.append(f"pipeline: warning: {names} does not say how long it plays (no "
+                     "expected_duration()): offline, a source that never ends runs as fast "
+                     "as the CPU allows until Ctrl-C (hint: bound the run with --duration)")
+    return "\n".join(lines) or None
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -290,8 +312,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"{len(graph.nodes)} nodes, {len(graph.links)} links{conv}")
     for line in inserted:
         print(line)
-    # Posted when the nodes were checked, at loading and again by prepare(): once each
-    # (with --devices, looked up since).
+    # Posted when the nodes were checked at loading: one line each (with --devices,
+    # looked up since).
     unchecked = {} if args.devices else dict.fromkeys(
         (m.node, m.data["device"]) for m in graph.messages if m.name == "device-not-checked")
     for name, device in unchecked:

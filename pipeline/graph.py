@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial, reduce
 from typing import Any
 
 import networkx as nx
@@ -83,6 +84,7 @@ class Graph:
         self.listeners: list[Callable[[BusMessage], None]] = []
         self.on_finished: Callable[[Node], None] | None = None
         self.prepared = False
+        self.validated: set[str] = set()  # nodes whose validate() has run (the loader's)
         self.part_prefix = ""  # set while a part (a call graph) is added to a running graph
         self.runtime: Any = None  # the Runtime running this graph, if any
 
@@ -233,6 +235,7 @@ class Graph:
             self._links_at.pop(n, None)
         if self.converters:
             self.converters = [c for c in self.converters if c not in names]
+        self.validated.difference_update(names)
         return gone
 
     def _node(self, name: str, where: Where) -> Node:
@@ -359,15 +362,23 @@ class Graph:
 
     def validate_nodes(self, names: set[str] | None = None) -> None:
         for name in self.nodes if names is None else self.in_declaration_order(names):
-            node = self.nodes[name]
-            try:
-                node.validate()
-            except ParamValueError as e:
-                raise self._param_error(node, e) from None
-            except PipelineError:
-                raise
-            except Exception as e:
-                raise _plugin_bug(self, node, "validate", e) from e
+            self._ask(self.nodes[name], "validate")
+            self.validated.add(name)
+
+    def _ask(self, node: Node, method: str, *args: Any) -> Any:
+        """Call a node's load-time `method` (validate, input_caps, link_hint, negotiate): what
+        it raises is blamed on it, a bug named as its plugin's, not on whichever node asked."""
+        try:
+            return getattr(node, method)(*args)
+        except ParamValueError as e:  # a value that only the negotiated format rules out
+            raise self._param_error(node, e) from None
+        except PipelineError:
+            raise
+        except Exception as e:
+            if method == "negotiate" and isinstance(e, (ValueError, NotImplementedError)):
+                raise GraphError(f"node '{node.name}' ({node.kind}) cannot negotiate: {e}",
+                                 **_loc(self.where[node.name])) from None
+            raise _plugin_bug(self, node, method, e) from e
 
     def _param_error(self, node: Node, e: ParamValueError) -> GraphError:
         """A parameter's value refused by its node, located at the parameter in the file."""
@@ -393,7 +404,7 @@ class Graph:
             if offered is None:
                 continue
             dst = self.nodes[ln.dst]
-            accepted = dst.input_caps(ln.dst_port, offered)
+            accepted = self._input_caps(dst, ln.dst_port, offered)
             if intersect_caps((offered,), accepted):
                 dst.in_formats[ln.dst_port] = offered
             else:
@@ -403,7 +414,7 @@ class Graph:
                        and ln.dst not in names]:
                 dst = self.nodes[ln.dst]
                 offered = self.nodes[ln.src].out_formats[ln.src_port]
-                accepted = dst.input_caps(ln.dst_port, offered)
+                accepted = self._input_caps(dst, ln.dst_port, offered)
                 if intersect_caps((offered,), accepted):
                     dst.in_formats[ln.dst_port] = offered
                 else:
@@ -424,35 +435,67 @@ class Graph:
                     src.out_formats[ln.src_port] = offered
             if offered is None:  # feedback edge from a node not negotiated yet
                 continue
-            accepted = node.input_caps(ln.dst_port, offered)
+            accepted = self._input_caps(node, ln.dst_port, offered)
             if intersect_caps((offered,), accepted):
                 inputs[ln.dst_port] = offered
                 continue
             inputs[ln.dst_port] = self._convert(ln, offered, accepted)
-        downstream = {}
-        for ln in at:
-            if ln.src == name:
-                downstream[ln.src_port] = self.nodes[ln.dst].input_caps(ln.dst_port, None)
-        try:
-            outs = node.negotiate(inputs, downstream)
-        except ParamValueError as e:  # a value that only the negotiated format rules out
-            raise self._param_error(node, e) from None
-        except PipelineError:
-            raise
-        except (ValueError, NotImplementedError) as e:
-            raise GraphError(f"node '{name}' ({node.kind}) cannot negotiate: {e}",
-                             **_loc(self.where[name])) from None
-        except Exception as e:
-            raise _plugin_bug(self, node, "negotiate", e) from e
-        bad = _bad_negotiation(node, outs)
+        downstream = {ln.src_port: self._wanted(ln, {name}) for ln in at if ln.src == name}
+        outs = self._ask(node, "negotiate", inputs, downstream)
+        bad, fix = _bad_negotiation(node, outs)
         if bad:
-            raise GraphError(f"node '{name}' ({node.kind}): negotiate() {bad}",
+            raise GraphError(f"node '{name}' ({node.kind}): {bad}",
                              **_loc(self.where.get(name, NOWHERE)),
-                             hint=f"a bug in plugin '{node.plugin or '?'}': negotiate() "
-                             "returns a fixed Format for every linked output")
+                             hint=f"a bug in plugin '{node.plugin or '?'}': {fix}")
         node.in_formats = inputs
         node.out_formats = dict(outs)
         node.prepared_formats = True
+
+    def _input_caps(self, node: Node, port: str, offered: Format | None) -> Caps:
+        """`node.input_caps()`, checked: a plugin's that returns no tuple of Formats is
+        named, rather than failing later in the negotiation of the node upstream."""
+        caps = self._ask(node, "input_caps", port, offered)
+        if isinstance(caps, (tuple, list)) and all(isinstance(f, Format) for f in caps):
+            return tuple(caps)
+        asked = "None (before negotiation)" if offered is None else str(offered)
+        raise GraphError(f"node '{node.name}' ({node.kind}): input_caps() returned "
+                         f"{shown(caps)} ({type(caps).__name__}) for input '{port}' offered "
+                         f"{asked}, not a tuple of Formats",
+                         **_loc(self.where.get(node.name, NOWHERE)),
+                         hint=f"a bug in plugin '{node.plugin or '?'}': input_caps() returns "
+                         "the formats the input accepts as a tuple, also when offered is None")
+
+    def _link_hint(self, ln: Link, offered: Format) -> str | None:
+        """The destination's own fix for a link that cannot be made (`link_hint()`), checked."""
+        node = self.nodes[ln.dst]
+        hint = self._ask(node, "link_hint", ln.dst_port, offered)
+        if hint is None or isinstance(hint, str):
+            return hint
+        raise GraphError(f"node '{node.name}' ({node.kind}): link_hint() returned "
+                         f"{shown(hint)} ({type(hint).__name__}), not a str or None",
+                         **_loc(self.where.get(node.name, NOWHERE)),
+                         hint=f"a bug in plugin '{node.plugin or '?'}': link_hint() returns "
+                         "the fix to name as one line, or None")
+
+    def _wanted(self, ln: Link, seen: set[str]) -> Caps:
+        """What the link's destination accepts; through a node that keeps the format (gain,
+        level, tee: `_keeps_format`), narrowed by what the nodes after it accept, as
+        GStreamer's elements proxy a caps query downstream: a tone before `gain !
+        pcmu_encoder` is then made at 8 kHz rather than converted to it. A tee's branches
+        are intersected (as GStreamer's tee does); where they have nothing in common the
+        first branch's wish is kept, and a converter goes on the others. `seen` bounds the
+        walk (a feedback loop); a running node's format is fixed already: not walked."""
+        node = self.nodes[ln.dst]
+        caps = self._input_caps(node, ln.dst_port, None)
+        if node.name in seen or node.prepared_formats or not _keeps_format(node):
+            return caps
+        seen.add(node.name)
+        wishes = [self._wanted(out, seen) for out in self._links_at[node.name]
+                  if out.src == node.name]
+        if not wishes:
+            return caps
+        joint = reduce(intersect_caps, wishes) or wishes[0]
+        return intersect_caps(joint, caps) or caps
 
     def _convert(self, ln: Link, offered: Format, accepted: Caps) -> Format:
         if offered.media == VIDEO:
@@ -465,7 +508,7 @@ class Graph:
                 + ("" if self.auto_convert else ": auto_convert is off"),
                 hint=("insert a resample node between them, or set auto_convert: true"
                       if convertible and offered.is_pcm else
-                      self.nodes[ln.dst].link_hint(ln.dst_port, offered)
+                      self._link_hint(ln, offered)
                       or self._converter_hint(ln, offered, accepted)),
                 **_loc(ln.where),
             )
@@ -486,8 +529,7 @@ class Graph:
         same_rate = [f for f in convertible if f.fps is None or offered.fps is None
                      or offered.value("fps") in f.fps]
         if not (self.auto_convert and same_rate and offered.is_fixed):
-            hint = self.nodes[ln.dst].link_hint(ln.dst_port, offered) or \
-                self._converter_hint(ln, offered, accepted)
+            hint = self._link_hint(ln, offered) or self._converter_hint(ln, offered, accepted)
             if convertible and not same_rate:
                 hint = "set the source's fps to one the destination accepts"
             elif convertible:
@@ -563,7 +605,9 @@ class Graph:
         if self.prepared:
             return
         self.check()
-        self.validate_nodes()
+        # Only the nodes not validated yet (added since loading, or a graph built in code):
+        # a plugin's validate() runs once, as a GStreamer element checks its settings once.
+        self.validate_nodes(set(self.nodes) - self.validated)
         self.negotiate()
         self.prepared = True
 
@@ -572,7 +616,25 @@ class Graph:
         msg = BusMessage(node.name, name, data)
         self.messages.append(msg)
         for fn in self.listeners:
-            fn(msg)
+            try:
+                fn(msg)
+            except Exception as e:
+                self._listener_failed(fn, msg, e)
+
+    def _listener_failed(self, fn: Callable, msg: BusMessage, exc: Exception) -> None:
+        """A listener's exception is the application's bug, not the posting node's: the node
+        goes on undisturbed (as a GStreamer element does whatever its bus watch does) and
+        the other listeners still hear the message; the run stops with this error, as an
+        embedding program that raised expects. Without a runtime (the program's own
+        prepare()), it is raised to the program at once."""
+        err = PipelineError(f"bus listener {_described(fn)} failed on '{msg.name}' from node "
+                            f"'{msg.node}': {type(exc).__name__}: {exc}",
+                            hint="a bug in the application's listener, not in the node; "
+                            "--debug shows the traceback")
+        err.__cause__ = exc
+        if self.runtime is None:
+            raise err
+        self.runtime.fail(err)
 
     def node_finished(self, node: Node) -> None:
         if self.on_finished is not None:
@@ -587,20 +649,57 @@ def _plugin_bug(graph: Graph, node: Node, method: str, exc: Exception) -> GraphE
                       hint=f"a bug in plugin '{node.plugin or '?'}' (--debug shows where)")
 
 
-def _bad_negotiation(node: Node, outs: Any) -> str:
-    """What is wrong with what `negotiate()` returned ('' when nothing)."""
+def _bad_negotiation(node: Node, outs: Any) -> tuple[str, str]:
+    """What is wrong with what `negotiate()` returned, and the fix (('', '') when nothing)."""
+    fixed = "negotiate() returns a fixed Format for every linked output"
     if not isinstance(outs, dict):
-        return f"returned {type(outs).__name__}, not a dict of output formats"
+        return f"negotiate() returned {type(outs).__name__}, not a dict of output formats", fixed
     for port in node.linked_outputs:
         if port not in outs or outs[port] is None:
-            return f"gave no format for its linked output '{port}'"
+            return f"negotiate() gave no format for its linked output '{port}'", fixed
         fmt = outs[port]
         if not isinstance(fmt, Format):
             what = shown(repr(fmt) if isinstance(fmt, str) else fmt)
-            return f"gave its linked output '{port}' {what} ({type(fmt).__name__}), not a Format"
+            return (f"negotiate() gave its linked output '{port}' {what} "
+                    f"({type(fmt).__name__}), not a Format"), fixed
         if not (fmt.is_fixed if fmt.media in (AUDIO, VIDEO) else fmt.value("encoding")):
-            return f"gave output '{port}' a format that is not fixed ({fmt})"
-    return ""
+            return f"negotiate() gave output '{port}' a format that is not fixed ({fmt})", fixed
+        declared = node.find_port("out", port)
+        # As GStreamer's not-negotiated: a format the port does not declare would reach a
+        # node downstream that was linked, and maybe sent no converter, on the declaration.
+        if declared is not None and not intersect_caps((fmt,), declared.caps):
+            if type(node).negotiate is Node.negotiate:
+                return (f"the default negotiate() passes the input format ({fmt}) to output "
+                        f"'{port}', which declares {caps_str(declared.caps)}",
+                        "a node whose output format is not its input's must override "
+                        "negotiate()")
+            return (f"negotiate() gave output '{port}' {fmt}, which it does not declare "
+                    f"({caps_str(declared.caps)})",
+                    f"negotiate() gives each output one of its Port's formats (or the Port "
+                    f"declares {fmt})")
+    return "", ""
+
+
+def _keeps_format(node: Node) -> bool:
+    """Whether a node's output format is its input's, so the graph may ask the nodes after
+    it what its upstream should send (GstPad's PROXY_CAPS). A class says so with
+    `keeps_format = True` (or False); by default a node keeps the format when it has one
+    input, declares the same formats out as in, and does not override negotiate()."""
+    cls = type(node)
+    if cls.keeps_format is not None:
+        return cls.keeps_format
+    return (len(cls.inputs) == 1 and bool(cls.outputs) and cls.negotiate is Node.negotiate
+            and all(p.caps == cls.inputs[0].caps for p in cls.outputs))
+
+
+def _described(fn: Callable) -> str:
+    """A callable as an error names it: its name and where it is defined."""
+    target = fn.func if isinstance(fn, partial) else fn
+    target = getattr(target, "__func__", target)  # a bound method's function
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    # A function's code, else that of an object's __call__ (every callable's type has one).
+    code = getattr(target, "__code__", None) or getattr(type(target).__call__, "__code__", None)
+    return f"{name} ({code.co_filename}:{code.co_firstlineno})" if code else name
 
 
 def _loc(where: Where | None) -> dict:

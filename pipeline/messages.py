@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import numbers
 import re
 import sys
 import time
@@ -27,9 +28,16 @@ def _number(v: float) -> str:
     return f"{v:.3f}".rstrip("0").rstrip(".")
 
 
+def fractional(v: Any) -> bool:
+    """Whether `v` is a number with a fraction: a float, and numpy's float32, which is no
+    float subclass (a plugin's level in float32 printed all its digits); numpy's ints print
+    as the ints they are."""
+    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
+
+
 def _value(v: Any) -> str:
-    if isinstance(v, float):
-        return _number(v)
+    if fractional(v):
+        return _number(float(v))
     if isinstance(v, dict):  # a room's levels: each reads as a level meter's does
         return "{" + ", ".join(f"{k!r}: {_value(x)}" for k, x in v.items()) + "}"
     return str(v)

@@ -1,9 +1,10 @@
 """The node base class: declared ports, typed parameters, and the few methods a node implements.
 
 Lifecycle: `__init__(name, **params)` -> `validate()` -> `input_caps()`/`negotiate()` ->
-`start()` -> many `process()`/`event()`/`tick()` -> `stop()`.  `emit()` pushes downstream
-synchronously; the runtime replaces it per node with a direct call to the next node, so one
-hop costs one Python call (see docs/architecture.md).
+`start()` -> many `process()`/`event()`/`tick()` -> `stop()`; a graph run again goes from
+`start()` once more.  `emit()` pushes downstream synchronously; the runtime replaces it per
+node with a direct call to the next node, so one hop costs one Python call (see
+docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ NODE_METHODS: dict[str, tuple[str, ...]] = {
     "negotiate": ("inputs", "downstream"),
     "start": (), "process": ("port", "frame"), "tick": ("now",), "event": ("port", "event"),
     "port_linked": ("direction", "port"), "port_unlinked": ("direction", "port"),
-    "provide_clock": (), "goes_on": (), "run_io": (), "stop": (), "stats": (),
-    "carry_state": (), "restore_state": ("state",),
+    "provide_clock": (), "goes_on": (), "expected_duration": (), "run_io": (), "stop": (),
+    "stats": (), "carry_state": (), "restore_state": ("state",),
 }
 
 
@@ -80,6 +81,9 @@ class Node:
     # when it turns out to have nothing to do per period (an RTP session without timers).
     clocked: bool = False
     plugin: ClassVar[str] = ""  # set by the registry
+    # Its output format is its input's, so negotiation asks past it what to send (True), or
+    # not (False); None: decided from its ports (docs/plugins.md, `keeps_format`).
+    keeps_format: ClassVar[bool | None] = None
 
     # The framework's own attributes live in slots, leaving the instance dict to parameters
     # and a subclass's state: a dict of up to 30 keys shares its keys with every instance of
@@ -91,25 +95,32 @@ class Node:
 
     def __init__(self, name: str = "", **params: Any) -> None:
         self.name = name or self.kind
-        self.counters = NodeStats()
         self.linked_inputs: list[str] = []
         self.linked_outputs: list[str] = []
         self.in_formats: dict[str, Format] = {}
         self.out_formats: dict[str, Format] = {}
-        self.eos_inputs: set[str] = set()
         self.feedback_inputs: set[str] = set()  # inputs on declared feedback edges
         self.prepared_formats = False  # negotiated (formats fixed)
-        self.finished = False  # set when EOS has gone out of every output (or a sink got it)
         self.graph: Any = None  # the running graph, set by the runtime
+        self._reset_run_state()
         spec = self.param_specs()
         unknown = [k for k in params if k not in spec]
         if unknown:
             raise ParamValueError(unknown[0], f"unknown parameter '{unknown[0]}'")
         for pname, p in spec.items():
-            value = params.get(pname, p.default)
-            if pname in params or p.required:
-                value = p.convert(value)
-            self.__dict__[pname] = value
+            given = pname in params or p.required  # (a required one missing: its error)
+            self.__dict__[pname] = p.convert(params.get(pname)) if given else p.default_value()
+
+    def _reset_run_state(self) -> None:
+        """The framework's state of a run as a new node has it: the runtime calls this
+        before every run, so a graph runs again as a GStreamer pipeline set from NULL to
+        PLAYING again does (the node's own state is its `start()`'s to set)."""
+        self.counters = NodeStats()
+        self.eos_inputs = set()
+        self.finished = False  # set when EOS has gone out of every output (or a sink got it)
+        # Wired by the runtime that runs the graph: until then the class's, which go nowhere.
+        self.__dict__.pop("emit", None)
+        self.__dict__.pop("emit_event", None)
 
     # ---- declarations ---------------------------------------------------------------
     @classmethod
@@ -196,6 +207,13 @@ class Node:
         """Why this node goes on once its inputs have ended, when it does so by design (a
         persistent conference room), as a hint for the user; None for the usual node. An
         offline run that stalls on such a node says this instead of blaming a bug."""
+        return None
+
+    def expected_duration(self) -> float | None:
+        """How many media seconds a source plays before its end-of-stream; None when not
+        known (a raw H.264 file's) or never (a tone without `duration`, a looping file).
+        Asked before a run: `pipeline launch` shows progress against the longest, and warns
+        before an offline run of a source that will not end (docs/plugins.md)."""
         return None
 
     async def run_io(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -118,6 +118,8 @@ class Path(str):
     for any command-line tool, not to the graph file's (a graph writes `${graph_dir}/...` for
     a file that travels with it)."""
 
+
+_UNSET = object()  # a default not converted yet
 
 _TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "bool", list: "list",
                dict: "map", Duration: "duration", Frequency: "frequency", Decibels: "dB",
@@ -236,6 +238,9 @@ class Param:
     choices: tuple | None = None
     required: bool = False
     name: str = ""
+    # The default as the parameter's type, converted on first use (`default` stays as the
+    # plugin wrote it, "500ms", which `pipeline inspect` shows).
+    _default_value: Any = field(default=_UNSET, init=False, repr=False, compare=False)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -243,7 +248,15 @@ class Param:
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
             return self
-        return self.default
+        return self.default_value()
+
+    def default_value(self) -> Any:
+        """The default as a node gets it: `Param(Duration, "500ms")` gives 0.5, as the same
+        text given in YAML does (raises ParamValueError where the default does not convert,
+        which the registry refuses when the plugin registers)."""
+        if self._default_value is _UNSET:
+            self._default_value = None if self.default is None else self.convert(self.default)
+        return self._default_value
 
     @property
     def type_name(self) -> str:
@@ -257,7 +270,7 @@ class Param:
             if self.required:
                 raise ParamValueError(self.name, f"parameter '{self.name}' is required",
                                       f"give {self.name} a value: it has no default")
-            return None if self.default is None else self.convert(self.default)
+            return self.default_value()
         try:
             v = _coerce(self.type, value, unit_of(self.name))
         except ValueError as e:
@@ -297,6 +310,10 @@ class Param:
     def check(self) -> None:
         """Raise ParamValueError if the declaration contradicts itself (the registry checks
         every node class's parameters when a plugin registers it)."""
+        if not isinstance(self.type, type):  # Param("int", 3): nothing would convert to it
+            raise ParamValueError(self.name, f"parameter '{self.name}': type {self.type!r} is "
+                                  "not a type", "write the type itself, e.g. Param(int, 3), "
+                                  "Param(Duration, \"20ms\")")
         limits = [x for x in (self.min, self.max) if x is not None]
         if limits and not (isinstance(self.type, type) and issubclass(self.type, (int, float))
                            and self.type is not bool):
@@ -313,7 +330,7 @@ class Param:
         if self.default is None:  # no default: fine, and a required one needs none
             return
         try:
-            self.convert(self.default)
+            self.default_value()  # converted once, here, for every node
         except ParamValueError as e:
             detail = e.message.removeprefix(f"parameter '{self.name}': ")
             raise ParamValueError(self.name, f"parameter '{self.name}': default {detail}",

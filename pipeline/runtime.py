@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
+import numbers
 import operator
 import re
 import signal
@@ -29,6 +31,7 @@ from .errors import NodeError, PipelineError
 from .frames import EndOfStream, check_frame
 from .graph import Graph, Link
 from .node import NODE_METHODS, Node
+from .params import shown
 
 log = logging.getLogger("pipeline.runtime")
 T = TypeVar("T")
@@ -55,6 +58,7 @@ def _allow_depth(graph: Graph, order: list[Node]) -> None:
         sys.setrecursionlimit(need)
 
 _CLOCKED = operator.attrgetter("clocked")
+_TIMED = ("process", "tick", "event")  # the methods --stats times
 
 
 def _call(fn: Callable, port: str, frame: Any) -> None:
@@ -144,6 +148,52 @@ def _method_of(exc: BaseException, node: Node) -> str | None:
     return next((m for obj, m in reversed(list(_node_frames(exc))) if obj is node), None)
 
 
+def as_node_error(exc: BaseException, node: Node | None) -> PipelineError:
+    """`exc` as the one line that names `node`: a PipelineError as it is, anything else as
+    a bug in the method the traceback names, and in the node's plugin."""
+    if isinstance(exc, NodeError) and exc.node:
+        return exc
+    name = node.name if node else None
+    if isinstance(exc, PipelineError):
+        err = NodeError(exc.message, node=name, hint=exc.hint)
+    else:  # not an error the node reported: a bug, in the method the traceback names
+        called = _uncallable(exc)
+        method = _method_of(exc, node) if node is not None else None
+        plugin = getattr(node, "plugin", None)
+        if called is not None and called[0] is node:
+            method = called[1]
+            args = NODE_METHODS.get(method)  # else a method set on the node as one
+            hint = (f"its {method}() cannot be called as {method}({', '.join(args)})"
+                    if args is not None else
+                    f"its {method}() cannot take the arguments it was called with")
+        else:
+            hint = f"raised in {method}()" if method else "raised"
+        hint += (f": a bug in plugin '{plugin}'" if plugin else "") + (
+            "; --debug shows the traceback")
+        err = NodeError(f"{type(exc).__name__}: {exc}", node=name, hint=hint)
+    err.__cause__ = exc
+    return err
+
+
+def expected_length(node: Node) -> float | None:
+    """`node.expected_duration()`, checked: a plugin's that raises, or answers other than
+    seconds or None, is one line naming the node and the plugin, not an internal error."""
+    try:
+        length = node.expected_duration()
+    except Exception as e:
+        raise as_node_error(e, node) from e
+    if length is None:
+        return None
+    if isinstance(length, bool) or not isinstance(length, numbers.Real) or \
+            not 0 <= length < math.inf:
+        what = shown(repr(length) if isinstance(length, str) else length)
+        plugin = f": a bug in plugin '{node.plugin}'" if node.plugin else ""
+        raise NodeError(f"expected_duration() returned {what}, not a number of seconds or "
+                        "None", node=node.name,
+                        hint=f"return the length in seconds, or None when not known{plugin}")
+    return float(length)
+
+
 @dataclass
 class Part:
     """A group of nodes attached while running (one call's graph)."""
@@ -200,6 +250,13 @@ class Runtime:
         self._gone_in: dict[str, int] = {}
         self._gone_out: dict[str, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        last = graph.runtime
+        self._again = last is not None and last.loop is not None  # the graph has run before
+        if self._again and not last._over:
+            # Two runtimes would tick, wire and stop the same nodes.
+            raise PipelineError(f"graph '{graph.name}' is running already",
+                                hint="stop it first (request_stop()), or load the graph "
+                                     "again to run a second copy")
         graph.runtime = self
 
     # ---- wiring -------------------------------------------------------------------------
@@ -456,8 +513,11 @@ class Runtime:
 
             return wrapper
 
-        for name in ("process", "tick", "event"):
-            setattr(node, name, timed(getattr(node, name)))
+        for name in _TIMED:
+            method = getattr(node, name)
+            wrapper = timed(method)
+            wrapper.untimed = method  # what the next run puts back (_rewind)
+            setattr(node, name, wrapper)
 
     def _start(self, nodes: list[Node]) -> None:
         """Start nodes sinks first, so files are open before data flows; undo on failure."""
@@ -742,7 +802,7 @@ class Runtime:
                 if node.name in part.names:
                     # One report, on the bus (`serve` prints it), as `launch` words a
                     # fault: the exception's type, the method, the plugin to blame.
-                    message = str(self._as_node_error(exc, node))
+                    message = str(as_node_error(exc, node))
                     log.debug("part '%s' failed: %s", prefix, message)
                     self.graph.post(node, "error", {"message": message, "part": prefix})
                     node.finished = True
@@ -772,9 +832,9 @@ class Runtime:
                 self.detach(part.prefix)
 
     def expected_duration(self) -> float | None:
-        lengths = [n.expected_duration() for n in self.graph.nodes.values()
-                   if hasattr(n, "expected_duration")]
-        lengths = [x for x in lengths if x is not None]
+        """The run's length in media seconds (the longest source's, or --duration's when
+        shorter); None when not known."""
+        lengths = [x for x in map(expected_length, self.graph.nodes.values()) if x is not None]
         known = max(lengths) if lengths else None
         if self.duration is not None:
             return min(self.duration, known) if known is not None else self.duration
@@ -791,9 +851,28 @@ class Runtime:
                 self.clock, self._clock_node = clock, node
                 return
 
+    def _rewind(self) -> None:
+        """What a run left on the graph goes before the next, as when GStreamer sets a
+        pipeline from NULL to PLAYING again: links ended and counted, nodes finished, wired
+        and timed by the last runtime. A node sets its own state in `start()`."""
+        if self._again:  # its messages were the last run's (GStreamer flushes a bus at NULL)
+            self.graph.messages.clear()
+        for ln in self.graph.links:
+            ln.frames, ln.ended = 0, False
+        for node in self.graph.nodes.values():
+            for name in _TIMED:
+                untimed = getattr(node.__dict__.get(name), "untimed", None)
+                if untimed is not None:
+                    setattr(node, name, untimed)
+            node._reset_run_state()
+
     async def run(self) -> RunResult:
         g = self.graph
+        if self.loop is not None:  # its own state (what finished, what started) is spent
+            raise PipelineError("a Runtime runs once", hint="make a new Runtime(graph) to "
+                                "run the graph again")
         g.prepare()
+        self._rewind()
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         g.on_finished = self._node_finished
@@ -802,9 +881,9 @@ class Runtime:
         wall0 = time.perf_counter()
         stopped_by = "eos"
         n = 0
-        expected = self.expected_duration()
         restore = self._interrupt_start() if self.on_signal is not None else None
         try:
+            expected = self.expected_duration()
             self._start(self._order)
             if restore is not None:
                 restore()
@@ -911,7 +990,7 @@ class Runtime:
                 restore()
         wall = time.perf_counter() - wall0
         if self.error is not None:
-            err = self._as_node_error(self.error)
+            err = as_node_error(self.error, self.error_node)
             if isinstance(err, NodeError) and err.node and not err.where:
                 # As load errors do: the node's place in the YAML file (file:line:column;
                 # a graph from text has no file, and a bare line would say little).
@@ -1026,32 +1105,6 @@ class Runtime:
         else:
             if self.graph.nodes.get(node.name) is node:  # (not a detached part's node)
                 self._io_returned.add(node.name)
-
-    def _as_node_error(self, exc: BaseException, node: Node | None = None) -> PipelineError:
-        """`exc` as the one line that names the node (`node`, else the run's failing one)."""
-        if isinstance(exc, NodeError) and exc.node:
-            return exc
-        node = node if node is not None else self.error_node
-        name = node.name if node else None
-        if isinstance(exc, PipelineError):
-            err = NodeError(exc.message, node=name, hint=exc.hint)
-        else:  # not an error the node reported: a bug, in the method the traceback names
-            called = _uncallable(exc)
-            method = _method_of(exc, node) if node is not None else None
-            plugin = getattr(node, "plugin", None)
-            if called is not None and called[0] is node:
-                method = called[1]
-                args = NODE_METHODS.get(method)  # else a method set on the node as one
-                hint = (f"its {method}() cannot be called as {method}({', '.join(args)})"
-                        if args is not None else
-                        f"its {method}() cannot take the arguments it was called with")
-            else:
-                hint = f"raised in {method}()" if method else "raised"
-            hint += (f": a bug in plugin '{plugin}'" if plugin else "") + (
-                "; --debug shows the traceback")
-            err = NodeError(f"{type(exc).__name__}: {exc}", node=name, hint=hint)
-        err.__cause__ = exc
-        return err
 
     def collect_stats(self) -> dict[str, dict[str, Any]]:
         g = self.graph

@@ -189,18 +189,20 @@ PCMU_ONLY = ECHO.replace('"${call.decoder}"', "pcmu_decoder").replace(
 def test_the_call_graph_is_checked_again_once_the_endpoint_changed(tmp_path):
     # The first check's answer was kept: opus stayed out with a call graph that takes it,
     # and with codecs [opus] the error blamed the codecs plugins, not the call graph.
+    # (Changed after loading, the node is validated again by asking: prepare() validates
+    # only what loading did not.)
     parent = server(tmp_path, PCMU_ONLY)
     graph = load_graph(parent)
     sip = graph.nodes["sip"]
     assert [c.name.lower() for c in sip._usable_codecs()] == ["pcmu", "telephone-event"]
     (tmp_path / "calls" / "echo.yaml").write_text(ECHO)
     sip.call_graph = str(tmp_path / "calls" / "echo.yaml")
-    graph.prepare()
+    graph.validate_nodes({"sip"})
     assert [c.name.lower() for c in sip._usable_codecs()][:2] == ["opus", "pcmu"]
     graph = load_graph(parent)
     graph.nodes["sip"].codecs = ["opus", "telephone-event"]
     with pytest.raises(GraphError) as e:
-        graph.prepare()
+        graph.validate_nodes({"sip"})
     assert e.value.message.startswith("node 'sip' (sip_endpoint): parameter 'call_graph': "
                                       "every call would fail: "), e.value.message
     assert "cannot link rtp.out (encoded/opus " in e.value.message

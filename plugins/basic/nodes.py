@@ -139,6 +139,7 @@ class Level(Node):
     kind = "level"
     inputs = (Port("in", PCM, "PCM audio"),)
     outputs = (Port("out", PCM, "the same audio", optional=True),)
+    keeps_format = True  # its own negotiate() passes the input on: ask past it
     interval = Param(Duration, 1.0, "how often to report, e.g. 100ms", min=0.01)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:

@@ -230,6 +230,7 @@ class DtmfDetect(Node):
     outputs = (Port("out", (Format.audio(PCM_ENCODINGS, channels=1),),
                     "the same audio, frame for frame, and a DtmfEvent per digit",
                     optional=True),)
+    keeps_format = True  # its own negotiate() passes the input on: ask past it
 
     min_level = Param(Decibels, -40.0, "weakest tone taken, in dBFS (peak, each of the two, "
                       "as dtmf_tone's level; -40 dBFS is about -37 dBm0)", min=-80.0, max=0.0)

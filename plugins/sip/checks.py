@@ -126,7 +126,7 @@ class EndpointChecks:
                 raise ParamValueError("video_codecs", f"parameter 'video_codecs': {exc}",
                                       "use vp8 and/or h264") from None
         # The call graph's check (below) is kept while what it depends on is unchanged (a
-        # graph's nodes are validated at loading and again by prepare()); else it is made
+        # program may call validate_nodes() again after loading); else it is made
         # again, and its old answer (codecs not offered) counts neither here nor there.
         key = None
         if self.call_graph is not None:
