@@ -567,6 +567,9 @@ def make_parser() -> argparse.ArgumentParser:
                     help="offer a video stream beside the audio (an m=video line, as a "
                          "sip_endpoint with video: true): the call graph gets the "
                          "${call.video_*} values, e.g. graphs/calls/video-call.yaml")
+    sp.add_argument("--audio-graph", metavar="FILE.yaml",
+                    help="with --video: the call graph while the call has no video (the far "
+                         "end refused it, or nv dropped it), e.g. graphs/caller.yaml")
     sp.add_argument("--video-codecs", metavar="A,B",
                     help="video codecs to offer with --video, in order (vp8, h264; default: "
                          "the sip_endpoint's video_codecs, vp8,h264)")

@@ -126,8 +126,8 @@ def test_a_far_end_that_refuses_video_ends_the_call_in_one_line(tmp_path):
     assert err[-1] == (
         f"pipeline: error: call to sip:echo@127.0.0.1:{port} failed: the far end refused "
         "video (m=video port 0 in its answer) and the call graph needs it (hint: offer a "
-        "video codec it takes (--video-codecs), or call with a call graph without "
-        "${call.video_*} values)"), err
+        "video codec it takes (--video-codecs), or give the graph to run without video "
+        "(--audio-graph))"), err
     assert [m.data.get("video") for m in incoming] == [None]  # it was offered, refused
 
 

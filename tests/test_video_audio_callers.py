@@ -207,8 +207,8 @@ def test_an_audio_call_that_fits_the_range_is_not_refused_for_a_video_port(tmp_p
 
 def reoffer_video(ep: Endpoint, call_id: str, port: int) -> None:
     """The caller re-INVITEs with its audio as it was and an m=video line (VP8) on `port` (0:
-    video dropped). Our UA changes the media of a call only to hold, resume or change codecs,
-    so this offer is made here and sent as theirs are (RFC 3264 8: same o= line, version + 1)."""
+    video dropped), made here as another UA would make it (our own `add_video` is tested in
+    tests/test_video_reinvite.py) and sent as theirs are (RFC 3264 8: same o= line, version + 1)."""
     node = ep.node
     call = node.ua.calls[call_id]
     offer = copy.deepcopy(call.local_sdp)

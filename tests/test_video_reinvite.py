@@ -37,7 +37,7 @@ from test_video_audio_callers import server_yaml as video_server_yaml
 
 import plugins.sip.offer_answer as oa
 from pipeline.errors import LocalProtocolError
-from pipeline.testing import dominant_frequency
+from pipeline.testing import dominant_frequency, read_wav
 from plugins.sip.events import CallIncoming, CallUpdated, CallUpdateFailed
 from plugins.sip.offer_answer import Codec, answer, build_offer, video_codec
 from plugins.sip.sdp import SessionDescription
@@ -482,8 +482,8 @@ def test_v_and_nv_turn_a_calls_video_off_and_on_from_the_command_line(tmp_path):
      "ours to offer: call with --video (and a call graph with ${call.video_*} values, e.g. "
      "graphs/calls/video-call.yaml)"),
     ((str(VIDEO_CALL), "--video"), "nv", "novideo: the call graph uses ${call.video_*} "
-     "values, so it cannot run the call without video: call with one that runs audio alone "
-     "too (e.g. graphs/caller.yaml) to turn video off and on"),
+     "values, so it cannot run the call without video: give --audio-graph the graph to run "
+     "meanwhile (e.g. graphs/caller.yaml), or call with one that runs audio alone too"),
 ])
 def test_v_and_nv_say_in_one_line_why_they_cannot_and_the_call_goes_on(tmp_path, args, typed,
                                                                       line):
@@ -498,3 +498,90 @@ def test_v_and_nv_say_in_one_line_why_they_cannot_and_the_call_goes_on(tmp_path,
     # No re-INVITE went: nothing changed at either end.
     assert not [x for x in lines + served if " call-updated " in x or " error " in x], (
         lines, served)
+
+
+# ---- pipeline call --audio-graph --------------------------------------------------------------
+ECHO_SERVER = ROOT / "graphs" / "echo-server.yaml"
+
+
+async def heard_for(path, seconds: float) -> None:
+    """Until the WAV at `path` holds `seconds` of audio (its recorder flushes every 0.5 s)."""
+    await until(lambda: path.exists() and path.stat().st_size > 44 + 16000 * seconds,
+                f"{seconds} s in {path.name}", limit=20)
+
+
+def tone_heard(path) -> float:
+    x, rate = read_wav(path)
+    return dominant_frequency(x[:, 0].astype(float), rate)
+
+
+def test_audio_graph_runs_the_call_while_its_video_is_dropped(tmp_path):
+    """`--video --graph video-call.yaml --audio-graph caller.yaml`: nv switches our side to
+    caller.yaml (which records the far end's echo of its tone), v back to the video graph."""
+    heard = tmp_path / "heard.wav"
+
+    async def script(caller: Cli, server: Cli) -> None:
+        assert caller.matching(r" call-established .*video=vp8"), caller.lines
+        caller.type("nv\n")
+        await caller.wait(r" call-updated ")
+        assert "video=" not in caller.matching(r" call-updated ")[-1]
+        await heard_for(heard, 1.0)  # the audio graph runs: the echo of its tone recorded
+        caller.type("v\n")
+        await caller.wait(r" call-updated .*video=vp8")
+        await server.wait(r" call-updated .*video=vp8")
+
+    lines, served = asyncio.run(video_call(
+        tmp_path, "--graph", str(VIDEO_CALL), "--video", "--audio-graph", str(CALLER),
+        "-p", f"heard={heard}", script=script))
+    assert "novideo: re-INVITE sent (m=video port 0)" in said(lines), lines
+    assert abs(tone_heard(heard) - 440.0) < 5, "caller.yaml's tone, echoed back"
+    assert not [x for x in lines + served if " error " in x], (lines, served)
+
+
+def test_a_far_end_without_video_runs_the_audio_graph_instead_of_failing(tmp_path):
+    """A server that answers audio only (m=video port 0): with --audio-graph the call goes
+    on with it, and its recording holds the echo of the tone; without, the call fails."""
+    heard = tmp_path / "heard.wav"
+
+    async def main() -> tuple[list[str], int]:
+        server = await Cli.start("serve", str(ECHO_SERVER), "-p", "port=0", "--duration",
+                                 "30s", cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL)
+        caller = None
+        try:
+            (listening,) = await server.wait(r"sip-listening")
+            port = re.search(r"udp:127\.0\.0\.1:(\d+)", listening).group(1)
+            caller = await Cli.start("call", f"sip:echo@127.0.0.1:{port}", "--codecs",
+                                     "pcmu,telephone-event", "--graph", str(VIDEO_CALL),
+                                     "--video", "--audio-graph", str(CALLER),
+                                     "-p", f"heard={heard}", cwd=tmp_path)
+            await caller.wait(r" call-established ")
+            await heard_for(heard, 1.0)
+            caller.type("q\n")
+            return caller.lines, await caller.end()
+        finally:
+            await stop(caller, server)
+
+    lines, code = asyncio.run(main())
+    assert code == 0, lines
+    assert not [x for x in lines if "video=" in x and " call-established " in x], lines
+    assert abs(tone_heard(heard) - 440.0) < 5
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("--audio-graph", str(CALLER)), "--audio-graph applies to a video call (hint: add "
+     "--video, or give the graph as --graph)"),
+    (("--video", "--audio-graph", "nowhere.yaml"), "--audio-graph: call graph 'nowhere.yaml' "
+     "not found (hint: check the path, e.g. --audio-graph graphs/caller.yaml)"),
+])
+def test_audio_graph_mistakes_are_one_line_before_dialling(tmp_path, args, line):
+    async def main() -> tuple[list[str], int]:
+        caller = await Cli.start("call", "sip:echo@127.0.0.1:9", "--graph", str(VIDEO_CALL),
+                                 *args, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL)
+        try:
+            return caller.lines, await caller.end()
+        finally:
+            await stop(caller)
+
+    lines, code = asyncio.run(main())
+    assert code == 2, lines
+    assert lines[-1] == f"pipeline: error: {line}", lines

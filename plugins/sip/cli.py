@@ -370,12 +370,14 @@ class _CallControl:
             return "the call has video already" if has_video else None
         if not has_video:
             return "the call has no video"
+        if self.endpoint.audio_call_graph is not None:
+            return None  # the call goes on with it (--audio-graph)
         if self.needs_video is None:
             self.needs_video = graph_needs_video(self.endpoint, media)
         if self.needs_video:
             return ("the call graph uses ${call.video_*} values, so it cannot run the call "
-                    "without video: call with one that runs audio alone too (e.g. "
-                    "graphs/caller.yaml) to turn video off and on")
+                    "without video: give --audio-graph the graph to run meanwhile (e.g. "
+                    "graphs/caller.yaml), or call with one that runs audio alone too")
         return None
 
 
@@ -448,7 +450,8 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
                      rtp_ports: str | None = None, user: str | None = None,
                      rtp_timeout: float | None = None, password: str | None = None,
                      tls_ca: str | None = None, tls_verify: bool = True,
-                     video: bool = False, video_codecs: list[str] | None = None) -> Graph:
+                     video: bool = False, video_codecs: list[str] | None = None,
+                     audio_graph: str | Path | None = None) -> Graph:
     """The parent graph of `pipeline call`: one sip_endpoint, our SIP user `user` (default
     `caller`), that dials `uri`. A host that is a name is located by DNS (RFC 3263;
     `dns_servers`, default the system's); the call's RTP port comes from `rtp_ports`
@@ -458,7 +461,8 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
     is the URI's host (RFC 5922) by a certificate from the system's CAs, or from `tls_ca`;
     not `tls_verify`: not checked (a lab server's self-signed certificate). `video` offers
     an m=video line too, of `video_codecs` (default the endpoint's), as a sip_endpoint
-    with `video: true` does."""
+    with `video: true` does; `audio_graph` is the call graph while the call has no video
+    (the far end refused it, or it was dropped), the endpoint's `audio_call_graph`."""
     from pipeline.registry import get_registry
 
     try:
@@ -499,6 +503,7 @@ def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None
         **({"rtp_timeout": rtp_timeout} if rtp_timeout is not None else {}),
         **({"video": True} if video else {}),
         **({"video_codecs": video_codecs} if video_codecs else {}),
+        **({"audio_call_graph": str(Path(audio_graph).resolve())} if audio_graph else {}),
     })
     callcheck.mark_checked(graph.nodes["sip"])  # `call` checks it before dialling, its way
     return graph
@@ -517,6 +522,34 @@ def _check_codecs(codecs: list[str]) -> None:
     if codecs and all(name.lower() in (_DTMF, _CN) for name in codecs):
         raise UsageError(f"--codecs: {','.join(codecs)} has no audio codec, a call needs one",
                          hint=f"add one, e.g. --codecs pcmu,{_DTMF}")
+
+
+def _check_audio_graph(path: str | None, video: bool) -> str | None:
+    """`--audio-graph`, named as the option: a call graph file, given with `--video`."""
+    from pipeline.cli import UsageError
+
+    if path is None:
+        return None
+    if not video:  # an audio call runs --graph itself
+        raise UsageError("--audio-graph applies to a video call", hint="add --video, or "
+                         "give the graph as --graph")
+    if not Path(path).is_file():
+        raise UsageError(f"--audio-graph: call graph '{path}' not found",
+                         hint="check the path, e.g. --audio-graph graphs/caller.yaml")
+    return path
+
+
+def _own(path: str | Path, overrides: dict[str, Any], audio_graph: str | None
+         ) -> dict[str, Any]:
+    """The `-p` values the call graph `path` declares, when there are two graphs (each
+    gets those it declares, as the endpoint's `call_graph_params`; one neither declares
+    was refused by the endpoint's own check); all of them with one graph."""
+    if audio_graph is None:
+        return overrides
+    from pipeline.loader import declared_params
+
+    declared = declared_params(path)
+    return {k: v for k, v in overrides.items() if k in declared}
 
 
 def _check_video_codecs(text: str | None, video: bool) -> list[str] | None:
@@ -646,11 +679,12 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
                 # m=video line refused (port 0, RFC 3264 6), and the call graph needs them.
                 codecs = (f"node '{launched}' video_codecs" if launched
                           else "--video-codecs")
+                audio = (f"node '{launched}' audio_call_graph" if launched
+                         else "--audio-graph")
                 return CallFailed(f"{failed}: the far end refused video (m=video port 0 in "
                                   "its answer) and the call graph needs it",
-                                  hint=f"offer a video codec it takes ({codecs}), or "
-                                       "call with a call graph without ${call.video_*} "
-                                       "values")
+                                  hint=f"offer a video codec it takes ({codecs}), or give "
+                                       f"the graph to run without video ({audio})")
             return CallFailed(f"{failed}: its call graph did not start: {detail}")
     ended = next((m for m in messages if m.name == "call-ended"), None)
     if ended is None and launched:  # launch --duration ran out first
@@ -725,6 +759,7 @@ def call(args: argparse.Namespace) -> int:
     rtp_ports = None if args.rtp_ports is None else _check_rtp_ports(args.rtp_ports)
     video = bool(getattr(args, "video", False))
     video_codecs = _check_video_codecs(getattr(args, "video_codecs", None), video)
+    audio_graph = _check_audio_graph(getattr(args, "audio_graph", None), video)
     timeout_text = getattr(args, "rtp_timeout", None)
     rtp_timeout = duration_option(timeout_text, "--rtp-timeout",
                                   zero="never hangs up for want of RTP")
@@ -742,7 +777,8 @@ def call(args: argparse.Namespace) -> int:
                          hint="give one of them")
     endpoint = {"dns_servers": servers or None, "rtp_ports": rtp_ports, "user": user,
                 "rtp_timeout": rtp_timeout, "password": password, "tls_ca": tls_ca,
-                "tls_verify": tls_verify, "video": video, "video_codecs": video_codecs}
+                "tls_verify": tls_verify, "video": video, "video_codecs": video_codecs,
+                "audio_graph": audio_graph}
     graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                              codecs=codecs or None, **endpoint)
     graph.validate_nodes()  # the endpoint's own checks (-p names) before the call graph's
@@ -754,8 +790,11 @@ def call(args: argparse.Namespace) -> int:
         else log.info
     # A video call's graph is checked with the values of the video codec offered first.
     first_video = str(graph.nodes["sip"].video_codecs[0]) if video else None
-    usable = check_call_graph(args.graph, overrides, offered, video_codec=first_video,
-                              say=say)
+    usable = check_call_graph(args.graph, _own(args.graph, overrides, audio_graph),
+                              offered, video_codec=first_video, say=say)
+    if audio_graph is not None:  # it runs the same call without video: its codecs too
+        usable = check_call_graph(audio_graph, _own(audio_graph, overrides, audio_graph),
+                                  usable, say=say)
     if usable != offered:
         graph = build_call_graph(args.uri, args.graph, duration=duration, params=overrides,
                                  codecs=usable, **endpoint)
