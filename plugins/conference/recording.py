@@ -34,7 +34,9 @@ join fails: the manifest never names it); an Opus track with no audio at all get
 of silence. A room holds a lock on `.ROOM.lock` in its folder from start to close, and
 every track is locked while open (`open_exclusive`): a second room of the same name in the
 same folder (two servers) stops its recorder at its start, with none of the other's files
-or its manifest emptied, removed or rewritten.
+or its manifest emptied, removed or rewritten. Once it holds the lock, a room moves its
+folder's previous session (a restart, or one killed) aside under that session's start time
+(`_move_last_session`) instead of emptying it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +60,8 @@ from plugins.files.nodes import RecordingLocked, WavWriter, open_exclusive, writ
 from .flac import flac_renumber, flac_silence
 from .names import NameAllocator
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("wav", "flac", "opus")
 LAYOUTS = ("files", "multichannel")
 EXTENSIONS = {"wav": ".wav", "flac": ".flac", "opus": ".opus"}
@@ -71,6 +76,10 @@ COPY_SILENCE_FRAMES = 12  # Opus silence this long (in frames) is written as cop
 SILENCE_PACKET_FRAMES = 4096  # FLAC silent frames muxed in one packet (some 45 kB)
 STREAMINFO_BYTES = 34  # RFC 9639 8.2
 TOTAL_SAMPLES_MASK = (1 << 36) - 1  # STREAMINFO's total samples field (RFC 9639 8.2)
+# A room's earlier session moved aside as ROOM-STAMP..., or -STAMP-2 ... -STAMP-99 when
+# sessions started in the same second: past that a room does not start rather than
+# overwrite one.
+LAST_ASIDE = 99
 
 
 class TrackWriter:
@@ -458,6 +467,25 @@ def _remove_file(path: Path | str) -> None:
         pass
 
 
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    """A room's manifest, or None when it is not there or does not read as one."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _session_stamp(doc: dict[str, Any] | None, files: list[Path]) -> str:
+    """When a session began, as 20261128T013300Z (UTC, sorts as text): its manifest's
+    `started`, else the oldest of its files' modification times."""
+    try:
+        when = datetime.fromisoformat(doc["started"]).astimezone(UTC)
+    except (TypeError, KeyError, ValueError):  # no manifest, or no time in it
+        when = datetime.fromtimestamp(min(p.stat().st_mtime for p in files), UTC)
+    return when.strftime("%Y%m%dT%H%M%SZ")
+
+
 def open_track(path: str, fmt: str, rate: int, channels: int,
                flush_seconds: float) -> TrackWriter:
     """A writer for `fmt` (wav, flac or opus) at `path`."""
@@ -551,6 +579,7 @@ class RoomRecorder:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._current = str(self.manifest_path())  # (what a user knows the room by)
         self._lock = self._lock_room()
+        self._move_last_session()
         path = self._mix_file()
         if path is not None:
             self.mix_track = self._open(path, self.channels if self.layout == "multichannel"
@@ -558,6 +587,90 @@ class RoomRecorder:
         self.mix_path = self.mix_track.path if self.mix_track and self.record_mix else None
         self._write_manifest()
         self._begun = True
+
+    def _move_last_session(self) -> None:
+        """Keep the folder's previous session of this room (a restart, or one killed): its
+        manifest, the tracks it names and the mix are renamed, not emptied, to
+        ROOM-STAMP.json, ROOM-STAMP-mix.wav, ROOM-STAMP-alice.wav, ... with STAMP its start
+        (the manifest's `started`, else the oldest file's mtime) as 20261128T013300Z: one
+        session's files together, sessions in order. Said in one line. Under the room's
+        lock (`_lock_room`): no other room of the name writes them meanwhile."""
+        manifest = self.manifest_path()
+        doc = _read_manifest(manifest)
+        tracks = self._last_tracks(doc)
+        if not tracks and not manifest.exists():
+            return  # no earlier recording of this room here
+        files = [*tracks, *([manifest] if manifest.exists() else [])]
+        tag, aside = self._aside_names(files, _session_stamp(doc, files))
+        for path in tracks:
+            os.rename(path, aside[path])
+        if manifest in aside:
+            self._move_manifest(manifest, aside, doc)
+        log.warning("conference '%s': the room's last recording (started %s) is kept: "
+                    "moved aside to '%s' (%d files)", self.room,
+                    doc.get("started") if doc else "at an unknown time",
+                    self.directory / f"{self.room}-{tag}*", len(files))
+
+    def _last_tracks(self, doc: dict[str, Any] | None) -> list[Path]:
+        """The files of the room's last session here: those its manifest (`doc`) names and
+        the mix, if there. Named by the manifest as the folder was then given (relative to
+        another working folder, maybe): looked for in this folder by their names."""
+        named = []
+        if doc is not None:
+            entries = doc.get("participants")
+            named = [doc.get("mix"), *(e.get("file") for e in entries
+                                       if isinstance(e, dict))] \
+                if isinstance(entries, list) else [doc.get("mix")]
+        found: list[Path] = []
+        mix = self._mix_file()
+        for name in [*named, *([mix] if mix is not None else [])]:
+            if not isinstance(name, (str, Path)):
+                continue
+            path = self.directory / Path(name).name
+            if path.name.startswith(self.room) and path.is_file() and path not in found:
+                found.append(path)
+        return found
+
+    def _aside_names(self, files: list[Path], stamp: str) -> tuple[str, dict[Path, Path]]:
+        """Where `files` go: ROOM-STAMP + what followed the room's name; the first STAMP,
+        STAMP-2, ... none of whose names is taken (an earlier session is never overwritten)."""
+        for n in range(1, LAST_ASIDE + 1):
+            tag = stamp if n == 1 else f"{stamp}-{n}"
+            aside = {p: p.with_name(f"{self.room}-{tag}{p.name[len(self.room):]}")
+                     for p in files}
+            if not any(os.path.lexists(p) for p in aside.values()):
+                return tag, aside
+        raise OSError(errno.EEXIST, f"the last recording could not be moved aside: "
+                      f"{LAST_ASIDE} recordings of the room started at {stamp} are kept")
+
+    def _move_manifest(self, manifest: Path, aside: dict[Path, Path],
+                       doc: dict[str, Any] | None) -> None:
+        """The manifest to its new name, naming its tracks' new names (atomically, as
+        ever: a crash leaves it where it was or where it goes); one that does not read is
+        moved as it is."""
+        target = aside[manifest]
+        if doc is None:
+            os.rename(manifest, target)
+            return
+
+        def moved(name: Any) -> Any:
+            if not isinstance(name, str):
+                return name
+            new = aside.get(self.directory / Path(name).name)
+            return name if new is None else str(Path(name).with_name(new.name))
+
+        doc["mix"] = moved(doc.get("mix"))
+        for entry in doc.get("participants") or ():
+            if isinstance(entry, dict) and "file" in entry:
+                entry["file"] = moved(entry["file"])
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(doc, indent=1))
+        except BaseException:
+            _remove_file(tmp)
+            raise
+        os.replace(tmp, target)
+        os.unlink(manifest)
 
     def _mix_file(self) -> Path | None:
         """The multichannel file, or the mixed track's (None when the mix is not recorded)."""

@@ -254,17 +254,84 @@ def _check_writable(param: str, path: str) -> None:
     if not ancestor.is_dir():
         raise ParamValueError(param, f"cannot write '{path}': '{ancestor}' is a file, not a "
                               "folder", "choose another folder")
-    denied = p.exists() and not os.access(p, os.W_OK)
-    if not denied:
-        # Try for real: permission bits do not tell the whole story (root, /proc, RO mounts).
-        try:
-            with tempfile.TemporaryFile(dir=ancestor):
-                pass
-        except OSError:
-            denied = True
-    if denied:
-        raise ParamValueError(param, f"cannot write '{path}': permission denied in "
-                              f"'{ancestor}'", "choose a folder you can write to")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise unwritable(param, path, ancestor, _access_error(ancestor))
+    # Try for real: permission bits do not tell the whole story (root, /proc, RO mounts).
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise unwritable(param, path, ancestor, e) from None
+
+
+def _access_error(folder: Path) -> OSError:
+    """Why an existing file is not writable (`os.access` only says no): its file system is
+    mounted read-only, or permissions."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    code = errno.EROFS if read_only else errno.EACCES
+    return OSError(code, os.strerror(code))
+
+
+# The fix for a folder that refused a new file, by the system's reason.
+_FOLDER_HINTS = {
+    errno.EROFS: "its file system is mounted read-only: remount it read-write, or choose "
+                 "another folder",
+    errno.ENOSPC: "its disk is full (of data, or of inodes: df -h, df -i): free some space, "
+                  "or choose another folder",
+    errno.EDQUOT: "the disk quota is used up: free some space, or choose another folder",
+}
+
+
+def unwritable(param: str, path: str, folder: Path | str, e: OSError) -> ParamValueError:
+    """The error for `path`, whose `folder` refused a new file with `e`: the system's own
+    reason (read-only file system, no space left on device, permission denied, ...) and
+    the fix that fits it."""
+    code = e.errno or errno.EACCES
+    if code == errno.ENOENT:  # in a folder that is there: one that takes no files (/proc)
+        code = errno.EACCES
+    reason = os.strerror(code)
+    return ParamValueError(param, f"cannot write '{path}': {reason[:1].lower()}{reason[1:]} "
+                           f"in '{folder}'",
+                           _FOLDER_HINTS.get(code, "choose a folder you can write to"))
+
+
+def in_call_part(node: Node) -> bool:
+    """Whether `node` is being added to a running graph as a call's part (`Runtime.attach`
+    names the part in its graph's `part_prefix` meanwhile), not loaded with its graph (a
+    call graph checked at load is added to a copy of the graph that no runtime runs)."""
+    g = node.graph
+    return g is not None and bool(g.part_prefix) and g.runtime is not None
+
+
+def check_recording_path(node: Node, path: str) -> None:
+    """`check_writable` for a recorder's `validate`: a path that cannot be written is
+    refused at load (validate, serve, launch), but not as a call's part starts
+    (`in_call_part`): a call must not fail for its recording (its folder remounted
+    read-only, or out of inodes, since the server started). The recorder keeps the
+    problem, and `refuse_unwritable` stops it at its start with one line, as a write
+    error does."""
+    node._unwritable = None
+    try:
+        check_writable("path", path)
+    except ParamValueError as e:
+        if not in_call_part(node):
+            raise
+        node._unwritable = e
+
+
+def refuse_unwritable(node: Node) -> bool:
+    """At a recorder's start: True, after one `error` line, when its path could not be
+    written as its call's part started (`check_recording_path`); it then records nothing."""
+    e = getattr(node, "_unwritable", None)
+    if e is None:
+        return False
+    hint = f" (hint: {e.hint})" if e.hint else ""
+    node.post("error", message=f"recorder '{node.name}' stopped: {e.message}{hint}",
+              path=str(node.path))
+    return True
 
 
 class RecordingLocked(OSError):
@@ -523,7 +590,11 @@ class WavRecorder(Node):
 
     Past 4 GiB the file becomes RF64. A write error stops this recorder, not the graph (a
     full disk must not end a call): an `error` bus message names the file, `pipeline
-    launch` then exits 1, and what is already on disk stays a valid WAV."""
+    launch` then exits 1, and what is already on disk stays a valid WAV. A path that cannot
+    be written (its folder read-only, out of space or inodes, not ours) is refused when the
+    graph loads (validate, serve, launch), naming the system's reason; in a call graph that
+    starts once the server runs, the call goes on and the recorder stops with one `error`
+    line, as for a write error."""
 
     kind = "wav_recorder"
     inputs = (Port("in", (Format.audio(),), "PCM audio (int16 or float32)"),)
@@ -540,7 +611,7 @@ class WavRecorder(Node):
             raise ParamValueError("path", f"cannot record to '{self.path}': {self.kind} "
                                   f"writes WAV, not {suffix[1:].upper()}", "name it .wav, "
                                   f"and convert it afterwards: ffmpeg -i x.wav x{suffix}")
-        check_writable("path", self.path)
+        check_recording_path(self, self.path)
         # Recording over a file that a node of this graph reads (or writes) would destroy it
         # before it is read: the writer empties the file as it starts.
         mine = _file_key(self.path)
@@ -630,6 +701,9 @@ class WavRecorder(Node):
         # already at the path as it was. The call's own file is appended to from here on.
         self._encoding = fmt.value("encoding")
         self._reached = False
+        if refuse_unwritable(self):
+            self.failed = self._reached = True  # nothing opened, and nothing more to say
+            return
         try:
             if key is not None and key in files:
                 self._resume(fmt.value("encoding"))

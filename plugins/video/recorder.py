@@ -21,11 +21,12 @@ from pipeline.params import Path as PathType
 from plugins.files.nodes import (
     IF_BUSY,
     IF_BUSY_DOC,
-    check_writable,
+    check_recording_path,
     free_file,
     nothing_recorded,
     open_exclusive,
     record_where_free,
+    refuse_unwritable,
     write_hint,
 )
 from plugins.video.codec import CLOCK_RATE, VideoEncoder, size_problem
@@ -71,7 +72,9 @@ class VideoRecorder(Node):
     Raw video is encoded here; H.264 or VP8 (a `video_encoder`'s, a `video_rtp_receiver`'s)
     is muxed as it is, from its first keyframe on (asking the encoder upstream for one, or
     telling the receiver upstream that one is needed: its PLIs). Audio and video are both
-    timed from media time zero, so they stay in sync in the file.
+    timed from media time zero, so they stay in sync in the file. A path that cannot be
+    written is refused at load, but in a call graph that starts once the server runs the
+    call goes on and the recorder stops with one `error` line (as `wav_recorder` does).
     """
 
     kind = "video_recorder"
@@ -96,7 +99,7 @@ class VideoRecorder(Node):
 
     def validate(self) -> None:
         if Path(self.path).is_dir():  # (not "cannot write 'out' files")
-            check_writable("path", self.path)
+            check_recording_path(self, self.path)
         ext = Path(self.path).suffix.lower()
         if ext not in _CONTAINERS:
             raise ParamValueError("path", f"video_recorder cannot write '{ext or self.path}' "
@@ -105,7 +108,7 @@ class VideoRecorder(Node):
         if codec not in _CONTAINERS[ext][2]:
             raise ParamValueError("codec", f"{ext} files cannot hold {codec} video",
                                   f"use {' or '.join(_CONTAINERS[ext][2])}")
-        check_writable("path", self.path)
+        check_recording_path(self, self.path)
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         src = inputs["in"]
@@ -140,6 +143,8 @@ class VideoRecorder(Node):
         # recording already at the path as it was.
         self._reached = False
         self._last_pts = -1
+        if refuse_unwritable(self):
+            self.failed = self._reached = True  # nothing opened, and nothing more to say
 
     def _open(self) -> None:
         self._reached = True
