@@ -1,9 +1,17 @@
 """Bus messages as text: one line each, `pipeline: HH:MM:SS.mmm NODE: NAME k=v ...` on
 stderr, the form `pipeline launch -m` prints every message in and `pipeline serve` its
-call events. A value with `=` or `"` in it is written in double quotes (`"` and `\\`
-escaped by a backslash), so that no value can pass for another field: a peer's text
-(`reason=...`) planting `source=...` before the real one, which a fail2ban filter reads.
-Other values, spaces and all, are written as they are (`reason=remote hangup`)."""
+call events. The `k=v` fields after the event's name are logfmt (Heroku's, Go's
+`go-logfmt`, Kamailio's structured logging), so a log store parses them as they are:
+- a value with whitespace, `=`, `"` or a backslash in it, or an empty one, is written in
+  double quotes, `"` and `\\` escaped by a backslash (`reason="remote hangup"`), so that
+  no value can pass for another field: a peer's text (`reason=...`) planting `source=...`
+  before the real one, which a fail2ban filter reads;
+- a list is its items' texts joined by `,` (`listeners=udp:127.0.0.1:5060,tcp:...`), a
+  map (a room's levels) its `key:value` pairs joined so (`levels=in_0:-23.46,in_1:-inf`),
+  each quoted as a whole where it needs it;
+- a float has 4 significant digits; a control character (a peer's CR, an escape) reads
+  `\\xNN`, its backslash quoted as any other.
+"""
 
 from __future__ import annotations
 
@@ -39,23 +47,25 @@ def _value(v: Any) -> str:
     if fractional(v):
         return _number(float(v))
     if isinstance(v, dict):  # a room's levels: each reads as a level meter's does
-        return "{" + ", ".join(f"{k!r}: {_value(x)}" for k, x in v.items()) + "}"
+        return ",".join(f"{k}:{_value(x)}" for k, x in v.items())
+    if isinstance(v, list | tuple):  # a logfmt value is one word: items joined, no repr
+        return ",".join(_value(x) for x in v)
     return str(v)
 
 
 def _field(key: str, value: Any) -> str:
-    text = _value(value)
-    if _QUOTED.search(text):  # else part of it could read as a field of its own
+    text = _CONTROL.sub(_escape, _value(value))  # before quoting: `\xNN` has a backslash
+    if not text or _QUOTED.search(text):  # else part of it could read as a field of its own
         text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{key}={text}"
 
 
-_QUOTED = re.compile(r'[="]')
+_QUOTED = re.compile(r'[\s="\\]')
 
 
 def message_text(msg: Any) -> str:
     """`NODE: NAME k=v ...`; a field without a value (None) says nothing and is left out;
-    a value with `=` or `"` in it is quoted (see the module's docstring)."""
+    values are logfmt's (see the module's docstring)."""
     fields = " ".join(_field(k, v) for k, v in msg.data.items() if v is not None)
     text = f"{msg.node}: {msg.name} {fields}".rstrip()
     # A peer's text (a Call-ID, a From) as \xNN where it has control characters: an

@@ -19,6 +19,7 @@ from typing import Any
 
 from conftest import ROOT, WAIT, until
 from test_cli_call_control import Cli
+from test_logfmt_lines import event
 from test_sip_endpoint import (  # noqa: F401 (an autouse fixture: no port left held)
     CALL_RTP,
     Endpoint,
@@ -110,8 +111,8 @@ class SeenLink(NetworkImpairment):
 
 
 def fields(line: str) -> dict[str, str]:
-    """The `k=v` fields of an event line (a value may hold spaces: `reason=local hangup`)."""
-    return dict(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", line.split(": ", 2)[2]))
+    """The `k=v` fields of an event line, read as logfmt (`reason="local hangup"`)."""
+    return event(line)[2]
 
 
 class Pipeline(Cli):

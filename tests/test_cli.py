@@ -386,7 +386,7 @@ def test_call_with_the_shipped_caller_graph_hears_its_tone_echoed(repo_root, tmp
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     err = Stderr(server)
     try:
-        port = err.wait_for(r"listeners=\['udp:127\.0\.0\.1:(\d+)'").group(1)
+        port = err.wait_for(r"listeners=udp:127\.0\.0\.1:(\d+)( |$)").group(1)
         heard = tmp_path / "heard.wav"
         r = subprocess.run(pipeline_cmd("call", f"sip:echo@127.0.0.1:{port}", "--graph",
                                         str(repo_root / "graphs" / "caller.yaml"), "-p",

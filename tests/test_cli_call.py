@@ -133,7 +133,7 @@ def test_a_call_nobody_responds_to_says_so(tmp_path):
     assert not any("status=None" in line for line in err)
     # It said "reason=cancelled status=487", though nothing answered and no CANCEL went.
     (ended,) = [line for line in err if " call-ended " in line]
-    assert ended.endswith(" reason=no response"), err
+    assert ended.endswith(' reason="no response"'), err
 
 
 def test_a_call_that_only_gets_100_trying_is_not_a_call_nobody_heard(tmp_path):

@@ -182,8 +182,8 @@ def test_a_refused_invite_is_an_event_line():
         return printer.lines
 
     (line,) = asyncio.run(printed())
-    assert re.fullmatch(STAMP + r"sip: call-rejected call_id=c1 status=488 reason=Not "
-                        r"Acceptable Here caller=alice@127\.0\.0\.1 "
+    assert re.fullmatch(STAMP + r"sip: call-rejected call_id=c1 status=488 "
+                        r'reason="Not Acceptable Here" caller=alice@127\.0\.0\.1 '
                         r"source=127\.0\.0\.1:5080\n", line), line
 
 
@@ -240,7 +240,7 @@ def test_the_ivr_example_keeps_the_call_up_after_its_prompt_and_reports_digits(t
     assert done.returncode == 0, err
     (ended,) = [line for line in err if " call-ended " in line]
     # --duration's; then the call's media figures (docs/sip.md, "Call quality")
-    assert re.search(r" reason=local hangup prefix=call-1/ rx_packets=\d+", ended), err
+    assert re.search(r' reason="local hangup" prefix=call-1/ rx_packets=\d+', ended), err
     assert not any("--rtp-timeout" in line for line in err), err
     digits = [re.fullmatch(STAMP + r"call-1/rtp: dtmf digit=(.) duration_ms=\S+", line)
               for line in lines]

@@ -59,5 +59,5 @@ def test_the_documented_program_hangs_up_a_caller_who_presses_hash(tmp_path):
     assert out[-1] == "stopped by eos", out
     # The caller heard the BYE: its call ended by the far end, long before --duration.
     ended = [x for x in lines if "call-ended" in x]
-    assert ended and "reason=remote hangup" in ended[-1], lines
+    assert ended and 'reason="remote hangup"' in ended[-1], lines
     assert code == 0, lines

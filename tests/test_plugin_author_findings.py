@@ -318,7 +318,7 @@ def test_validate_runs_once_per_run_of_a_loaded_graph():
 def test_numpy_values_print_as_python_ones_do():
     msg = BusMessage("meter", "level", {"rms": np.float32(-12.345678), "peak": -3.25,
                                         "count": np.int64(3), "levels": {"a": np.float32(0.1)}})
-    assert message_text(msg) == "meter: level rms=-12.35 peak=-3.25 count=3 levels={'a': 0.1}"
+    assert message_text(msg) == "meter: level rms=-12.35 peak=-3.25 count=3 levels=a:0.1"
     row = format_stats({"m": {"kind": "x", "frames_in": 1, "frames_out": 1, "drops": 0,
                               "cpu_ms": 0.5, "rms": np.float32(-12.345678)}})
     assert row.splitlines()[1].endswith("rms=-12.35")

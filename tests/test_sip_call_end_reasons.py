@@ -172,7 +172,7 @@ def test_serve_says_rtp_timeout_when_it_hangs_up_a_silent_caller(tmp_path: Path)
 
     lines, events = asyncio.run(main_())
     (ended,) = [line for line in lines if " call-ended " in line]
-    assert re.fullmatch(STAMP + r"sip: call-ended call_id=\S+ reason=rtp timeout "
+    assert re.fullmatch(STAMP + r'sip: call-ended call_id=\S+ reason="rtp timeout" '
                         r"prefix=call-1/( \w+=\S+)*", ended), lines
     assert any(isinstance(e, CallEstablished) for e in events)
     assert [e.reason for e in events if isinstance(e, CallEnded)] == ["remote hangup"]
@@ -199,7 +199,7 @@ def test_pipeline_call_says_rtp_timeout_in_its_event_line_and_why_once(tmp_path,
     code, lines, events = asyncio.run(main_())
     (ended,) = [line for line in lines if " call-ended " in line]
     status = " status=487" if early else ""
-    assert re.fullmatch(STAMP + rf"sip: call-ended call_id=\S+ reason=rtp timeout"
+    assert re.fullmatch(STAMP + rf'sip: call-ended call_id=\S+ reason="rtp timeout"'
                         rf"{status} prefix=call-1/( \w+=\S+)*", ended), lines
     (why,) = [line for line in lines if "--rtp-timeout" in line]
     assert lines[-1] == why, lines

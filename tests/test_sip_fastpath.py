@@ -938,7 +938,7 @@ def test_serve_prints_event_lines_once_per_loop_turn(capsys, quiet):
     assert len(stamp.findall(after)) == after.count("\n")
     after = stamp.sub("pipeline: ", after)
     calls = ("pipeline: sip: call-incoming call_id=c1 codec=pcmu\n"
-             "pipeline: sip: call-ended call_id=c1 reason=remote hangup\n")
+             'pipeline: sip: call-ended call_id=c1 reason="remote hangup"\n')
     assert after == ("" if quiet else calls) + "pipeline: sip: error message=bad\n"
 
 

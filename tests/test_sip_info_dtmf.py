@@ -203,7 +203,7 @@ def test_pipeline_call_says_which_info_digit_was_refused_and_how_many_were_dropp
     failed = [line for line in called if " dtmf-failed " in line]
     assert len(failed) == 1 and re.fullmatch(
         STAMP + r"sip: dtmf-failed call_id=\S+ digit=1 status=415 "
-        r"reason=Unsupported Media Type dropped=2 prefix=call-1/", failed[0]), called
+        r'reason="Unsupported Media Type" dropped=2 prefix=call-1/', failed[0]), called
     assert [info.body for info in infos] == [b"Signal=1\r\nDuration=160\r\n"]
     assert code == 0, called  # the call went on: hung up by q
     assert not any(" error " in line for line in called), called

@@ -214,7 +214,7 @@ def serve(server: JackServer, graph: Path, *params: str) -> tuple[subprocess.Pop
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = Stderr(proc)
     try:
-        port = int(err.wait_for(r"sip-listening listeners=\['udp:127\.0\.0\.1:(\d+)'")
+        port = int(err.wait_for(r"sip-listening listeners=udp:127\.0\.0\.1:(\d+)")
                    .group(1))
     except BaseException:
         stop(proc)
