@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from . import ua as sipua
     from .ports import PortAllocator
 
+# Seconds `shutdown` waits for its calls' BYEs to be answered and the un-REGISTER, before the
+# endpoint ends anyway (`pipeline serve` stops then too)
+SHUTDOWN_GRACE = 5.0
+
 
 class CallControls:
     """Placing, answering, holding, adding or dropping video and ending calls, for
@@ -129,7 +133,9 @@ class CallControls:
         self._pump()
 
     def shutdown(self) -> None:
-        """Hang up every call and unregister, then end (send EOS) once done or after 3 s."""
+        """Hang up every call and unregister, then end (send EOS) once done: every BYE
+        answered or timed out (resent meanwhile, RFC 3261 17.1.2.2) and the un-REGISTER
+        answered; or after SHUTDOWN_GRACE."""
         now = self._loop.time()
         self._shutting_down = now
         self.ua.shutdown(now)

@@ -359,14 +359,15 @@ class IncomingCalls:
 
     def reject(self, call_id: str, status: int, now: float, reason: str | None = None,
                headers: list[tuple[str, str]] | None = None,
-               ended: str | None = None) -> None:
+               ended: str | None = None, why: str | None = None) -> None:
         """Refuse an incoming call that is not answered yet (486, 603...). `ended` is the
-        CallEnded reason when it is not the status's (`rejected with 500`): why we refused."""
+        CallEnded reason when it is not the status's (`rejected with 500`): why we refused;
+        `why` is added to the CallRejected reason ("Busy Here: room full")."""
         self._now = now
         call = self._incoming(call_id)
         assert call.invite is not None and call.server_tx is not None
         self._respond(call.server_tx, call.invite, status, now, to_tag=call.local_tag,
-                      reason=reason, headers=headers or ())
+                      reason=reason, headers=headers or (), why=why)
         self._end(call, ended or f"rejected with {status}", status)
 
     def _incoming(self, call_id: str) -> Call:

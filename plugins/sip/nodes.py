@@ -57,12 +57,12 @@ from . import call as sipcall
 from . import events as sipevents
 from . import ua as sipua
 from .checks import EndpointChecks
-from .controls import CallControls
+from .controls import SHUTDOWN_GRACE, CallControls
 from .digits import DigitSender
 from .dns import ServerLocator
 from .offer_answer import NegotiatedMedia, SrtpPolicy, video_codec
 from .parts import CallParts
-from .ports import PortAllocator
+from .ports import PortAllocator, PortRangeFull
 from .room import RoomCalls
 from .transaction import TimerConfig
 from .transfers import Transfers
@@ -253,6 +253,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         if getattr(self, "transport", None) is None:
             return
         now = self._loop.time()
+        self._warn_still_registered(now)
         try:
             # BYE and un-REGISTER, best effort (UDP goes out now; no challenge can be
             # answered once the transport is closed, so the REGISTER brings credentials).
@@ -275,6 +276,19 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         self.transport.close()
         self._net_stats = self.transport.stats  # stats() reports them after the stop
         self.transport = None
+
+    def _warn_still_registered(self, now: float) -> None:
+        """The registrar has not answered the un-REGISTER of `shutdown` as we stop (it is
+        down, or slow): say that it may still send calls to us, a stopped server, until
+        the binding it granted expires."""
+        reg = self.ua.registration
+        if reg is None or not (reg.registered and reg.unregistering):
+            return
+        left = "" if reg.expires_at is None \
+            else f" (in {max(0, round(reg.expires_at - now))} s)"
+        log.warning("%s: registrar %s did not answer the un-REGISTER: it may still hold our "
+                    "contact %s until it expires%s", self.name, reg.uri,
+                    self.ua.contact(reg.transport), left)
 
     def tick(self, now: float) -> None:
         t = self._loop.time()
@@ -300,9 +314,8 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         if self._silence_due is not None and t >= self._silence_due:
             self._end_silent_calls(t)
         if self._shutting_down is not None:
-            done = not any(c.active for c in self.ua.calls.values()) and not (
-                self.ua.registration is not None and self.ua.registration.registered)
-            if done or t - self._shutting_down > 3.0:
+            done = self.ua.shutdown_done()
+            if done or t - self._shutting_down > SHUTDOWN_GRACE:
                 self._shutting_down = None
                 self.post("sip-stopped", hung_up=done)
                 self.send_eos()
@@ -320,10 +333,10 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         if self._debug:
             self._log_message("received from", transport, data, addr)
         # The parser skips CRLFs before the start line (RFC 3261 7.5): so does this test.
-        if self.room is not None and self.ring and data.lstrip(b"\r\n")[:7] == b"INVITE " \
-                and (room := self._room()) is not None and not room.can_join():
-            # A full room: the INVITE gets 486 at once (CallIncoming), not a 180 first
-            # (RFC 3261 21.4.7: the callee is busy; it will not ring).
+        if self.ring and data.lstrip(b"\r\n")[:7] == b"INVITE " and self._refusing():
+            # A full room, or no RTP port left for our answer: the INVITE gets 486 or 503
+            # at once (CallIncoming), not a 180 first: a ring promises a call (RFC 3261
+            # 21.4.7: the callee is busy; it will not ring).
             self.ua.config.ring = False
             try:
                 self.ua.receive(data, transport, addr, self._loop.time())
@@ -332,6 +345,20 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         else:
             self.ua.receive(data, transport, addr, self._loop.time())
         self._pump()
+
+    def _refusing(self) -> bool:
+        """Whether a new call would be refused now: no RTP port left, or the `room` full."""
+        if self._no_port_left():
+            return True
+        room = self._room() if self.room is not None else None
+        return room is not None and not room.can_join()
+
+    def _no_port_left(self) -> bool:
+        """Whether our calls hold every RTP port pair of the range: a new call's answer
+        would find none (503)."""
+        ports = self.ports
+        first = ports.lo + (ports.lo & 1)  # RTP takes even ports
+        return len(ports.in_use) > (ports.hi - first) // 2
 
     def _on_send_failed(self, transport: str, addr: tuple[str, int], reason: str) -> None:
         """A TCP or TLS connection could not be made: its requests fail now (RFC 3261
@@ -437,6 +464,9 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                 return  # a listener of call-incoming answered (or ended) it already
             if self.room is not None and self._refused_room_full(call.call_id):
                 return  # 486 at once, unrung (see _on_message)
+            if self._no_port_left():  # 503 at once, unrung (see _on_message)
+                self._no_port(call.call_id, PortRangeFull(self.ports.lo, self.ports.hi))
+                return
             if self.early_media and event.media is not None:
                 # RFC 3960 early media: the call graph starts now, with the answer our 183
                 # carries; the 200 later repeats it (or, reliable, has none) and keeps it.

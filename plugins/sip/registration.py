@@ -68,6 +68,7 @@ class Registration:
     cseq: int = 0
     expires: int = 3600
     refresh_at: float | None = None
+    expires_at: float | None = None  # when the binding the registrar granted lapses
     registered: bool = False
     unregistering: bool = False
     auth_tries: int = 0  # challenges answered since the last REGISTER that answered none
@@ -197,6 +198,7 @@ class RegistrationClient:
                 return
             expires = self._granted_expires(response, reg)
             reg.registered = True
+            reg.expires_at = now + expires
             # Refresh well before expiry: half-way for short bindings, 32 s ahead otherwise.
             reg.refresh_at = now + max(expires / 2, expires - 32, 1)
             self._events.append(Registered(aor, expires))

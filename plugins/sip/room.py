@@ -44,7 +44,10 @@ class RoomCalls:
         if room is None or room.can_join():
             return False
         self._c["room_full"] = self._c.get("room_full", 0) + 1
-        self.ua.reject(call_id, 486, self._loop.time(), reason="Busy Here")
+        # Why, as max_calls says it ("Busy Here: max_calls 2 reached"): in call-rejected.
+        limit = getattr(room, "max_participants", None)
+        self.ua.reject(call_id, 486, self._loop.time(), why=f"room '{self.room}' full" + (
+            "" if limit is None else f" (max_participants {limit})"))
         self._pump()
         return True
 

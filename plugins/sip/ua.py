@@ -686,6 +686,18 @@ class UserAgent(IncomingCalls, OutgoingCalls, InDialog, RegistrationClient, Refe
             self.hangup(call_id, now)
         self.unregister(now, last_chance)
 
+    def shutdown_done(self) -> bool:
+        """Whether what `shutdown` started is over: every call ended, every BYE of ours
+        answered or timed out, our binding removed. A call ends as its BYE goes, but the
+        far end hears of it only if that BYE arrives: its transaction resends it until a
+        final response comes (RFC 3261 17.1.2.2, Timer E) or Timer F gives up (64*T1)."""
+        if any(c.active for c in self.calls.values()):
+            return False
+        if any(tx.method == "BYE" and tx.state in (TRYING, PROCEEDING)
+               for layer in self.layers.values() for tx in layer.clients.values()):
+            return False
+        return self.registration is None or not self.registration.registered
+
 
 def _drop_targets(obj: object, transport: str, addr: Address) -> None:
     """A connection to `addr` over `transport` just failed: the failover targets left of a
