@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import NodeError, PipelineError, PluginError
 
@@ -21,6 +24,15 @@ if TYPE_CHECKING:  # imported by the commands that need it: Ctrl-C during start-
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
+
+
+# Commands that run until stopped (a server, a call, a live graph): a daemon's rules for
+# signals and output apply to them (`keep_running`, `command_signals`).
+LONG_RUNNING = frozenset(("launch", "serve", "call"))
+HUP_IGNORED = "SIGHUP ignored: a graph is not reloaded; restart the command to change it"
+# What a write to an output whose reader has gone fails with: a pipe's (a log shipper that
+# died), a terminal's that hung up.
+_SINK_GONE = frozenset((errno.EPIPE, errno.EIO))
 
 
 class CliError(PipelineError):
@@ -129,6 +141,94 @@ def format_stats(stats: dict[str, dict[str, Any]]) -> str:
                      + "  " + r[6] for r in rows)
 
 
+class _Sink:
+    """stdout or stderr of a long-running command. Once its reader has gone, what is
+    written goes to /dev/null (dup2 onto the descriptor, so C-level writes too) and the run
+    goes on: a server does not drop its calls because its log shipper died, as Kamailio and
+    Asterisk run with SIGPIPE ignored. The rest is the stream's own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            self._gone(e)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            self._gone(e)
+
+    def _gone(self, error: OSError) -> None:
+        if error.errno not in _SINK_GONE:
+            raise error
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self._stream.fileno())
+        finally:
+            os.close(null)
+        # What the stream still holds (the write that failed) goes there too, or it would
+        # fail again at each flush, and at exit.
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def keep_running() -> None:
+    """For a long-running command, in the process that runs it: SIGPIPE stays ignored and
+    a write to a stdout or stderr whose reader has gone no longer kills the run (`_Sink`;
+    systemd's IgnoreSIGPIPE, the daemons' way). Set after the command line is read, so
+    that `pipeline inspect | head` still ends quietly, as Unix tools do."""
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if sys.stdout is not None:  # None: closed (`>&-`)
+        sys.stdout = _Sink(sys.stdout)  # type: ignore[assignment]
+    if sys.stderr is not None:
+        sys.stderr = _Sink(sys.stderr)  # type: ignore[assignment]
+
+
+def _has_terminal() -> bool:
+    """Whether this process has a controlling terminal (the terminal's hang-up takes it
+    away, before its SIGHUP comes)."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:  # ENXIO: none
+        return False
+    return True
+
+
+def command_signals(say: Callable[[str], None], table: Callable[[], str],
+                    stop: Callable[[int], None]) -> dict[int, Callable[[], None]]:
+    """What launch, serve and call do on SIGHUP and SIGUSR1 while they run, from the loop
+    (`Runtime`'s `signal_handlers`; docs/cli.md "Signals"). SIGHUP: no reload exists
+    (Asterisk's meaning of it), so it is ignored, as Kamailio ignores it, with `say`'s line
+    rather than the process dying under its calls; but the SIGHUP of our own terminal
+    closing is `stop(SIGHUP)`, as SIGTERM's: no one is left to stop a call or an endless
+    offline run. SIGUSR1: `table()`, the --stats table as it is now, on stdout, as dd
+    prints its progress; nothing stops."""
+    if not hasattr(signal, "SIGHUP"):  # not on Windows
+        return {}
+    # (Not under nohup, which ignores SIGHUP so that a run outlives its terminal.)
+    terminal = signal.getsignal(signal.SIGHUP) != signal.SIG_IGN and _has_terminal()
+
+    def hangup() -> None:
+        if terminal and not _has_terminal():
+            stop(signal.SIGHUP)
+        else:
+            say(HUP_IGNORED)
+
+    def report() -> None:
+        print(f"stats at {time.strftime('%H:%M:%S')} (SIGUSR1; the run goes on)\n"
+              f"{table()}\n", flush=True)
+
+    return {signal.SIGHUP: hangup, signal.SIGUSR1: report}
+
+
 def _sources(graph: Graph) -> list[tuple[Any, bool]]:
     """The nodes of `graph` that nothing feeds (a feedback edge ends nothing), each with
     whether its class tells its length (implements `expected_duration()`)."""
@@ -205,8 +305,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
         signals.append(signum)
         runtime.request_stop()
 
+    start = "\n" if show_progress else ""  # a line of its own, not the progress line's end
+    handlers = command_signals(
+        lambda line: print(f"{start}pipeline: {line}", file=sys.stderr, flush=True),
+        lambda: format_stats(runtime.collect_stats()), on_signal)
     runtime = Runtime(graph, realtime=realtime, duration=duration, stats=args.stats,
-                      progress=_progress if show_progress else None, on_signal=on_signal)
+                      progress=_progress if show_progress else None, on_signal=on_signal,
+                      signal_handlers=handlers)
     errors: list[Any] = []  # what nodes posted without stopping the graph (a recorder's)
 
     def on_message(m: Any) -> None:
@@ -686,7 +791,8 @@ def unquoted_line(parser: argparse.ArgumentParser, argv: list[str]) -> str | Non
 
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
-        # `pipeline inspect | head`: end quietly when the reader goes away, as Unix tools do.
+        # `pipeline inspect | head`: end quietly when the reader goes away, as Unix tools do
+        # (not a command that runs until stopped: `keep_running`).
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = make_parser()
     misplaced = misplaced_option(parser, sys.argv[1:] if argv is None else list(argv))
@@ -703,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in LONG_RUNNING and hasattr(signal, "SIGPIPE") and argv is None:
+        keep_running()
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if getattr(args, "quiet", False) else logging.WARNING)  # -q: errors only
     if level <= logging.INFO:  # -v, --debug: stamped as the event lines are (messages.py)

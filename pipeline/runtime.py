@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -208,12 +209,16 @@ class Runtime:
 
     def __init__(self, graph: Graph, *, realtime: bool = False, duration: float | None = None,
                  stats: bool = False, progress: Callable[[float, float | None], None] | None = None,
-                 clock: Any = None, on_signal: Callable[[int], None] | None = None) -> None:
+                 clock: Any = None, on_signal: Callable[[int], None] | None = None,
+                 signal_handlers: Mapping[int, Callable[[], None]] | None = None) -> None:
         self.graph = graph
         # Called with the signal number on SIGINT/SIGTERM while the graph runs (a command's
         # graph; None: the caller handles signals). While nodes start, either signal
         # interrupts the start instead.
         self.on_signal = on_signal
+        # Other signals a command handles from the loop for the whole run (serve's SIGHUP
+        # and SIGUSR1): not a stop, so one that comes while nodes start waits for the loop.
+        self.signal_handlers = dict(signal_handlers or {})
         self.realtime = realtime
         self._clock_given = clock is not None
         self.clock = clock or (RealtimeClock() if realtime else VirtualClock())
@@ -882,12 +887,14 @@ class Runtime:
         stopped_by = "eos"
         n = 0
         restore = self._interrupt_start() if self.on_signal is not None else None
+        restore_others = self._handle_signals(self.signal_handlers)
         try:
             expected = self.expected_duration()
             self._start(self._order)
             if restore is not None:
                 restore()
-                restore = self._handle_signals()
+                restore = self._handle_signals({
+                    sig: functools.partial(self.on_signal, int(sig)) for sig in _SIGNALS})
             self._set_order(self._order)  # after start: a node may opt out of ticks there
             # Wired after start: a node may pick its process method there (gain at 0 dB
             # forwards by reference), and emit calls whatever is bound now, directly.
@@ -988,6 +995,7 @@ class Runtime:
                 self._stop_node(node)
             if restore is not None:
                 restore()
+            restore_others()
         wall = time.perf_counter() - wall0
         if self.error is not None:
             err = as_node_error(self.error, self.error_node)
@@ -1013,18 +1021,29 @@ class Runtime:
         saved = {sig: signal.signal(sig, interrupt) for sig in _SIGNALS}
         return lambda: [signal.signal(sig, old) for sig, old in saved.items()] and None
 
-    def _handle_signals(self) -> Callable[[], None]:
-        """While the graph runs, SIGINT and SIGTERM call `on_signal` from the loop."""
+    def _handle_signals(self, handlers: Mapping[int, Callable[[], None]]
+                        ) -> Callable[[], None]:
+        """Each signal of `handlers` calls its handler from the loop (never from inside the
+        signal's frame: a handler may print). Returns what puts the previous handlers back
+        (remove_signal_handler alone leaves SIG_DFL, which would undo a SIG_IGN)."""
         loop = self.loop
-        assert loop is not None and self.on_signal is not None
-        handled = []
-        for sig in _SIGNALS:
+        assert loop is not None
+        saved = {}
+        for sig, handler in handlers.items():
             try:
-                loop.add_signal_handler(sig, self.on_signal, int(sig))
-                handled.append(sig)
+                before = signal.getsignal(sig)
+                loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                pass
-        return lambda: [loop.remove_signal_handler(sig) for sig in handled] and None
+                continue
+            saved[sig] = before
+
+        def restore() -> None:
+            for sig, before in saved.items():
+                loop.remove_signal_handler(sig)
+                if before is not None:  # None: a handler not set from Python
+                    signal.signal(sig, before)
+
+        return restore
 
     def _check_stalled(self, now: float, mark: tuple[int, float]) -> tuple[int, float]:
         """Offline, only ticks move the graph: once its sources have all ended and no node

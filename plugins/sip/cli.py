@@ -2,11 +2,12 @@
 
 `serve FILE.yaml` runs a graph that holds one or more `sip_endpoint` nodes until SIGINT or
 SIGTERM (or `--duration`): the first signal, or the end of `--duration`, hangs up every call
-and unregisters, a second signal stops at once. `call SIP-URI --graph CALL.yaml` builds a
-parent graph with one endpoint that dials the URI and runs CALL.yaml as the call graph,
-hanging up after `--duration` (`--video`: with a video stream beside the audio); while it
-runs, line commands on stdin hold, resume, add or drop video, send DTMF digits or hang up
-(`_CallControl`).
+and unregisters, a second signal stops at once; SIGHUP is ignored with a line, SIGUSR1
+prints the --stats table as it is now (`pipeline.cli.command_signals`). `call SIP-URI
+--graph CALL.yaml` builds a parent graph with one endpoint that dials the URI and runs
+CALL.yaml as the call graph, hanging up after `--duration` (`--video`: with a video stream
+beside the audio); while it runs, line commands on stdin hold, resume, add or drop video,
+send DTMF digits or hang up (`_CallControl`).
 `pipeline launch` of a graph whose own endpoint dials with `exit_after_call` ends as
 `pipeline call` does when that call fails (`dialled_failure`).
 """
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import duration_option
+from pipeline.cli import command_signals, duration_option
 from pipeline.errors import GraphError, NodeError, PipelineError
 from pipeline.graph import Graph
 from pipeline.messages import MessagePrinter
@@ -36,16 +37,16 @@ from pipeline.runtime import RunResult, Runtime, run_coroutine
 from . import DEFAULT_CODECS, DEFAULT_USER, callcheck, offer_answer
 from .call import NO_RESPONSE, RTP_TIMEOUT
 from .checks import _CN, _DTMF
+from .controls import SHUTDOWN_GRACE  # between the first signal and a forced stop
 from .dns import check_servers
 from .locate import is_ip
-from .parts import QUALITY_FIELDS
+from .parts import QUALITY_FIELDS, add_quality, part_quality
 from .ports import PortRangeFull, port_range
 from .uri import _USER_RE as USER_RE
 from .uri import SipUri
 
 log = logging.getLogger("plugins.sip.cli")
 
-SHUTDOWN_GRACE = 5.0  # seconds between the first signal and a forced stop
 SERVER_GC_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
 
 
@@ -102,10 +103,14 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
 
     # The end of `duration` hangs up as a signal does, not by stopping the graph under its
     # calls (which went without a `call-ended`).
-    runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats)
-    timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
     printed = _CALL_PRINTED if control is not None else _PRINTED
     printer = MessagePrinter(None if messages else _ERRORS if quiet else printed, loop)
+    # SIGHUP: a stamped line, in order with the events; SIGUSR1: the --stats table now.
+    handlers = command_signals(printer.say, lambda: stats_table(
+        runtime.collect_stats(), list(graph.messages), calls_up(graph)), on_signal)
+    runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats,
+                      signal_handlers=handlers)
+    timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
     graph.listeners.append(printer)
     if control is not None:
         control.listen(loop, printer.say, lambda: stop_endpoints(None))
@@ -408,34 +413,61 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def print_stats(result: RunResult) -> None:
+    """`--stats` of serve and call, at the end of the run."""
+    print(stats_table(result.stats, result.messages))
+
+
+def stats_table(stats: dict[str, dict[str, Any]], messages: list[Any],
+                up: list[tuple[str, str, dict[str, Any]]] | None = None) -> str:
     """`--stats` of serve and call: the parent graph's node table (a room's counters, the
-    endpoint's SIP counts), then a line per ended call with what its media did."""
+    endpoint's SIP counts), then a line per ended call with what its media did, and per
+    call still `up` (SIGUSR1's report while the run goes on)."""
     from pipeline.cli import format_stats
 
-    print(format_stats(result.stats))
-    calls = format_call_stats(result)
-    if calls:
-        print(f"\n{calls}")
+    calls = format_call_stats(stats, messages, up or [])
+    return format_stats(stats) + (f"\n\n{calls}" if calls else "")
 
 
-def format_call_stats(result: RunResult) -> str:
+def calls_up(graph: Graph) -> list[tuple[str, str, dict[str, Any]]]:
+    """(part prefix, call_id, quality so far) of each call whose call graph runs: what its
+    `call-ended` would say now (the parts a rebuild ended, `_measure`'s, and this one)."""
+    rows = []
+    for endpoint in endpoints(graph):
+        for call_id, prefix in list(getattr(endpoint, "parts", {}).items()):
+            part = graph.runtime.parts.get(prefix)
+            if part is None:  # its graph is being rebuilt (a re-INVITE): not running now
+                continue
+            now = part_quality(graph.nodes[n] for n in part.names if n in graph.nodes)
+            before = endpoint._quality.get(call_id)
+            if before is not None:
+                now = {f: add_quality(f, before[f], now[f]) for f in QUALITY_FIELDS}
+            rows.append((prefix, call_id, now))
+    return rows
+
+
+def format_call_stats(stats: dict[str, dict[str, Any]], messages: list[Any],
+                      up: list[tuple[str, str, dict[str, Any]]]) -> str:
     """A table of the calls that ended with a call graph: their `call-ended` quality fields
     (docs/sip.md "Call quality"), a column each that some call has, `-` where one call has
     none; "" when no call had media. The bus keeps the latest messages only
-    (`graph.MAX_MESSAGES`): calls ended before those are counted in a last line."""
-    ended = [m for m in result.messages if m.name == "call-ended"]
-    measured = [m for m in ended if "rx_packets" in m.data]
-    if not measured:
+    (`graph.MAX_MESSAGES`): calls ended before those are counted in a last line. The calls
+    `up` follow, with a `state` column that tells them from the ended ones."""
+    ended = [m for m in messages if m.name == "call-ended"]
+    measured = [(str(m.data.get("prefix") or "-"), str(m.data["call_id"]), m.data)
+                for m in ended if "rx_packets" in m.data]
+    if not measured and not up:
         return ""
-    fields = [f for f in QUALITY_FIELDS if any(m.data.get(f) is not None for m in measured)]
-    rows = [("call", "call_id", *fields)]
-    for m in measured:
-        rows.append((str(m.data.get("prefix") or "-"), str(m.data["call_id"]),
-                     *("-" if m.data.get(f) is None else str(m.data[f]) for f in fields)))
+    every = measured + up
+    fields = [f for f in QUALITY_FIELDS if any(d.get(f) is not None for _, _, d in every)]
+    states = ["ended"] * len(measured) + ["up"] * len(up)
+    rows = [("call", "call_id", *(("state",) if up else ()), *fields)]
+    for (prefix, call_id, data), state in zip(every, states, strict=True):
+        rows.append((prefix, call_id, *((state,) if up else ()),
+                     *("-" if data.get(f) is None else str(data[f]) for f in fields)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
-    total = sum(s.get("calls_ended", 0) for s in result.stats.values()
+    total = sum(s.get("calls_ended", 0) for s in stats.values()
                 if s.get("kind") == "sip_endpoint")
     if total > len(ended):
         lines.append(f"({total - len(ended)} calls ended before these are not shown: the bus "
