@@ -26,9 +26,11 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 70
 
 
-# Commands that run until stopped (a server, a call, a live graph): a daemon's rules for
-# signals and output apply to them (`keep_running`, `command_signals`).
+# Commands that run until stopped (a server, a call, a live graph): SIGHUP and SIGUSR1 are
+# theirs (`command_signals`); a server's and a call's output may lose its reader without
+# ending them (`keep_running`), while `launch ... | head` ends as a Unix tool does.
 LONG_RUNNING = frozenset(("launch", "serve", "call"))
+DAEMONS = frozenset(("serve", "call"))
 HUP_IGNORED = "SIGHUP ignored: a graph is not reloaded; restart the command to change it"
 # What a write to an output whose reader has gone fails with: a pipe's (a log shipper that
 # died), a terminal's that hung up.
@@ -203,14 +205,15 @@ def _has_terminal() -> bool:
 
 
 def command_signals(say: Callable[[str], None], table: Callable[[], str],
-                    stop: Callable[[int], None]) -> dict[int, Callable[[], None]]:
+                    stop: Callable[[int], None], start: str = ""
+                    ) -> dict[int, Callable[[], None]]:
     """What launch, serve and call do on SIGHUP and SIGUSR1 while they run, from the loop
     (`Runtime`'s `signal_handlers`; docs/cli.md "Signals"). SIGHUP: no reload exists
     (Asterisk's meaning of it), so it is ignored, as Kamailio ignores it, with `say`'s line
     rather than the process dying under its calls; but the SIGHUP of our own terminal
     closing is `stop(SIGHUP)`, as SIGTERM's: no one is left to stop a call or an endless
     offline run. SIGUSR1: `table()`, the --stats table as it is now, on stdout, as dd
-    prints its progress; nothing stops."""
+    prints its progress; nothing stops. `start` begins each (a progress line's end)."""
     if not hasattr(signal, "SIGHUP"):  # not on Windows
         return {}
     # (Not under nohup, which ignores SIGHUP so that a run outlives its terminal.)
@@ -223,7 +226,7 @@ def command_signals(say: Callable[[str], None], table: Callable[[], str],
             say(HUP_IGNORED)
 
     def report() -> None:
-        print(f"stats at {time.strftime('%H:%M:%S')} (SIGUSR1; the run goes on)\n"
+        print(f"{start}stats at {time.strftime('%H:%M:%S')} (SIGUSR1; the run goes on)\n"
               f"{table()}\n", flush=True)
 
     return {signal.SIGHUP: hangup, signal.SIGUSR1: report}
@@ -308,7 +311,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     start = "\n" if show_progress else ""  # a line of its own, not the progress line's end
     handlers = command_signals(
         lambda line: print(f"{start}pipeline: {line}", file=sys.stderr, flush=True),
-        lambda: format_stats(runtime.collect_stats()), on_signal)
+        lambda: format_stats(runtime.collect_stats()), on_signal, start)
     runtime = Runtime(graph, realtime=realtime, duration=duration, stats=args.stats,
                       progress=_progress if show_progress else None, on_signal=on_signal,
                       signal_handlers=handlers)
@@ -809,7 +812,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in LONG_RUNNING and hasattr(signal, "SIGPIPE") and argv is None:
+    if args.command in LONG_RUNNING and hasattr(signal, "SIGUSR1") and argv is None:
+        # Also while plugins load and after the run (the runtime handles it in between):
+        # a monitor's `kill -USR1` at the wrong moment must not kill a server.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if args.command in DAEMONS and hasattr(signal, "SIGPIPE") and argv is None:
         keep_running()
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if getattr(args, "quiet", False) else logging.WARNING)  # -q: errors only

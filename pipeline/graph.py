@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial, reduce
+from functools import partial
 from typing import Any
 
 import networkx as nx
@@ -481,10 +481,11 @@ class Graph:
         """What the link's destination accepts; through a node that keeps the format (gain,
         level, tee: `_keeps_format`), narrowed by what the nodes after it accept, as
         GStreamer's elements proxy a caps query downstream: a tone before `gain !
-        pcmu_encoder` is then made at 8 kHz rather than converted to it. A tee's branches
-        are intersected (as GStreamer's tee does); where they have nothing in common the
-        first branch's wish is kept, and a converter goes on the others. `seen` bounds the
-        walk (a feedback loop); a running node's format is fixed already: not walked."""
+        pcmu_encoder` is then made at 8 kHz rather than converted to it. Past a tee, only
+        when every branch wishes the same: a recorder beside a PCMU branch keeps the
+        source's own rate (GStreamer's tee would narrow both to 8 kHz), and which branch is
+        written first never decides a format. `seen` bounds the walk (a feedback loop); a
+        running node's format is fixed already: not walked."""
         node = self.nodes[ln.dst]
         caps = self._input_caps(node, ln.dst_port, None)
         if node.name in seen or node.prepared_formats or not _keeps_format(node):
@@ -492,10 +493,9 @@ class Graph:
         seen.add(node.name)
         wishes = [self._wanted(out, seen) for out in self._links_at[node.name]
                   if out.src == node.name]
-        if not wishes:
+        if not wishes or any(w != wishes[0] for w in wishes[1:]):
             return caps
-        joint = reduce(intersect_caps, wishes) or wishes[0]
-        return intersect_caps(joint, caps) or caps
+        return intersect_caps(wishes[0], caps) or caps
 
     def _convert(self, ln: Link, offered: Format, accepted: Caps) -> Format:
         if offered.media == VIDEO:

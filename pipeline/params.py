@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import reprlib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,7 +311,8 @@ class Param:
     def check(self) -> None:
         """Raise ParamValueError if the declaration contradicts itself (the registry checks
         every node class's parameters when a plugin registers it)."""
-        if not isinstance(self.type, type):  # Param("int", 3): nothing would convert to it
+        # Param("int", 3): nothing would convert to it (list[str] is list's, a type).
+        if not isinstance(typing.get_origin(self.type) or self.type, type):
             raise ParamValueError(self.name, f"parameter '{self.name}': type {self.type!r} is "
                                   "not a type", "write the type itself, e.g. Param(int, 3), "
                                   "Param(Duration, \"20ms\")")

@@ -75,3 +75,14 @@ def test_a_bad_gain_is_refused_naming_the_node(value, says):
         node.set_gain(value)
     assert str(e.value).startswith(f"node 'g': {says}")
     assert e.value.node == "g" and node.gain == -6.0
+
+
+def test_a_gain_set_before_the_graph_runs_is_the_one_it_starts_with():
+    """set_gain() on a node not started yet (a program setting it up) sets what start()
+    takes: no ramp from a gain that never played."""
+    line = "tone freq=440 duration=0.2s rate=8000 ! gain name=g gain=-20dB ! frame_sink name=out"
+    graph = parse_launch(line)
+    graph.nodes["g"].set_gain(0)
+    out = run_graph(graph).graph.nodes["out"].audio()[:, 0]
+    plain = run_graph(parse_launch(line.replace(" ! gain name=g gain=-20dB", "")))
+    assert np.array_equal(out, plain.graph.nodes["out"].audio()[:, 0])  # 0 dB: untouched

@@ -322,3 +322,13 @@ def test_numpy_values_print_as_python_ones_do():
     row = format_stats({"m": {"kind": "x", "frames_in": 1, "frames_out": 1, "drops": 0,
                               "cpu_ms": 0.5, "rms": np.float32(-12.345678)}})
     assert row.splitlines()[1].endswith("rms=-12.35")
+
+
+def test_a_param_of_a_generic_list_type_registers_and_converts():
+    """`Param(list[str], ...)` declares a list parameter as typing writes it: refused as "not
+    a type" it would break plugins that registered before."""
+    p = Param(list[str], ["a"], "tags")
+    p.name = "tags"
+    p.check()
+    assert p.default_value() == ["a"]
+    assert p.convert(["x", "y"]) == ["x", "y"]

@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import signal
+import subprocess
 import sys
 
 from conftest import WAIT, until
@@ -231,3 +232,40 @@ def test_launch_ignores_sighup_and_prints_its_table_on_sigusr1(tmp_path):
     (tone,) = [line.split() for line in out if line.startswith("tone0 ")]
     assert tone[1] == "tone" and int(tone[3]) > 0, out  # frames out so far
     assert lines[-1].endswith("ended by stop"), lines  # stopped cleanly by the SIGTERM
+
+
+def test_sigusr1_while_launch_loads_its_plugins_does_not_kill_it(tmp_path):
+    """A monitor's `kill -USR1` may come before the run (plugins loading): the command goes
+    on as if it had not come, rather than dying of SIGUSR1's default action."""
+    fifo = tmp_path / "go.fifo"
+    os.mkfifo(fifo)
+    plugin = tmp_path / "slow_plugin.py"  # its import waits for a line on the FIFO
+    plugin.write_text(f"with open({str(fifo)!r}) as f:\n    f.read()\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "launch", "--plugin",
+                             str(plugin), "-e", "tone duration=0.1s ! null_sink"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with open(fifo, "w") as w:  # opened once the plugin opened it: the command loads
+            proc.send_signal(signal.SIGUSR1)
+            w.write("go\n")
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+
+
+def test_launch_piped_into_head_ends_when_head_has_its_lines(tmp_path):
+    """`pipeline launch -m ... | head -n 2` of an endless graph ends as a Unix tool does
+    (SIGPIPE), where serve and call go on without their reader."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "launch", "--realtime", "-m", "-e",
+         "tone freq=440 ! level interval=100ms ! null_sink"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        got = [proc.stdout.readline() for _ in range(2)]
+        proc.stdout.close()  # head leaves
+        assert proc.wait(timeout=WAIT) == -signal.SIGPIPE, got
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -41,6 +41,8 @@ class Gain(Node):
         except ParamValueError as e:
             raise self.fail(e.message, e.hint) from None
         self.gain = db
+        if not hasattr(self, "_factor"):
+            return  # not started: start() takes it from there
         self._to = float(10.0 ** (db / 20.0))
         self._unity = db == 0.0 and self._to == self._factor
 
