@@ -190,7 +190,7 @@ class ConferenceBridge(Node):
     def _check_record_files(self, numbers: list[int]) -> None:
         """Refuse a recording over a file another node of the graph reads or writes: the
         recorder empties its files as it opens them, before that node could read them."""
-        from plugins.files.nodes import _file_key, other_files
+        from plugins.files.nodes import file_key, other_files
 
         if self.graph is None:
             return
@@ -202,7 +202,7 @@ class ConferenceBridge(Node):
         paths = planned_paths(self.record_dir, self.name, fmt=self.record_format,
                               layout=self.record_layout, tracks=self.record_tracks,
                               identities=[_identity(identities, k) for k in order])
-        planned = {key: path for path in paths if (key := _file_key(str(path))) is not None}
+        planned = {key: path for path in paths if (key := file_key(str(path))) is not None}
         for key, other, name in other_files(self):
             path = planned.get(key)
             if path is not None:

@@ -505,8 +505,9 @@ IF_BUSY_DOC = ("when another recorder is writing the file: fail (stop this recor
 LAST_NUMBER = 99  # NAME-2.EXT to NAME-99.EXT, then `if_busy: next` fails as `fail` does
 
 
-def numbered(path: str, n: int) -> str:
-    """`path` as its `n`-th recording: out/heard.wav -> out/heard-2.wav. A name without a
+def numbered(path: str, n: int | str) -> str:
+    """`path` as its `n`-th recording: out/heard.wav -> out/heard-2.wav (or with a label,
+    `part002`: out/call-part002.mkv, a video recording's next part). A name without a
     media suffix (rec/bob@pbx.example.com) gets the number at its end."""
     p = Path(path)
     if p.suffix.lower() in _NUMBERED_SUFFIXES:
@@ -549,6 +550,18 @@ def free_file(node: Node, path: str) -> str:
     if node.if_busy == "next":
         return next((p for p in _recordings(path) if not _held(p)), path)
     return path
+
+
+def own_file(node: Node, files: dict) -> str:
+    """The file recorder `node` is to write in a rebuilt call graph (hold, resume): the
+    call's recording so far (`files`, keyed by `file_key`), also a NAME-N.EXT of its
+    path it went to (`if_busy: next`), which goes on rather than moving to yet another
+    file; else `free_file`'s choice."""
+    if node.if_busy == "next" and files:
+        mine = next((p for p in _recordings(node.path) if file_key(p) in files), None)
+        if mine is not None:
+            return mine
+    return free_file(node, node.path)
 
 
 def record_where_free(node: Node, path: str, opener: Callable[[str], T],
@@ -614,7 +627,7 @@ class WavRecorder(Node):
         check_recording_path(self, self.path)
         # Recording over a file that a node of this graph reads (or writes) would destroy it
         # before it is read: the writer empties the file as it starts.
-        mine = _file_key(self.path)
+        mine = file_key(self.path)
         for key, other, _ in other_files(self) if mine else ():
             if key == mine:
                 fix = "record to another file"
@@ -665,7 +678,7 @@ class WavRecorder(Node):
             clock = _clock(self)
             # The last tick's frame ends a period after its tick.
             since = None if clock is None else clock.now + self.graph.period
-        key = _file_key(self.file)
+        key = file_key(self.file)
         earlier = tuple((k, s) for k, s in getattr(self, "_earlier", ()) if k != key)
         return self.file, key, since, earlier
 
@@ -693,8 +706,8 @@ class WavRecorder(Node):
         files = dict(carried[3]) if carried is not None and len(carried) > 3 else {}
         if carried is not None and carried[1] is not None:
             files[carried[1]] = carried[2]
-        self.file = self._own_file(files)
-        key = _file_key(self.file)
+        self.file = own_file(self, files)
+        key = file_key(self.file)
         self._earlier = tuple((k, s) for k, s in files.items() if k != key)
         # A new file is opened (emptied) at the first frame or end of stream, not here: a
         # graph whose start fails after this (another node's port taken) leaves a recording
@@ -711,16 +724,6 @@ class WavRecorder(Node):
                 self._reached = True
         except OSError as e:
             self._give_up(e)
-
-    def _own_file(self, files: dict) -> str:
-        """The file to write: the call's recording so far (`files`, of a rebuilt call
-        graph: hold, resume), also a NAME-N.wav of `path` it went to (`if_busy: next`),
-        which goes on rather than moving to yet another file; else `free_file`'s."""
-        if self.if_busy == "next" and files:
-            mine = next((p for p in _recordings(self.path) if _file_key(p) in files), None)
-            if mine is not None:
-                return mine
-        return free_file(self, self.path)
 
     def _open(self) -> None:
         self._reached = True
@@ -847,12 +850,12 @@ def other_files(node: Node) -> Iterator[tuple[object, Node, str]]:
             continue
         for name in _path_params(type(other)):
             value = other.__dict__.get(name)
-            key = _file_key(value) if value else None
+            key = file_key(value) if value else None
             if key is not None:
                 yield key, other, name
 
 
-def _file_key(path: str) -> object:
+def file_key(path: str) -> object:
     """What names one file whatever the path to it (links, `missing/..`, hard links): its
     inode when it exists, else its resolved path (two recorders of one new file); None if
     unsure."""

@@ -22,9 +22,11 @@ from plugins.files.nodes import (
     IF_BUSY,
     IF_BUSY_DOC,
     check_recording_path,
-    free_file,
+    file_key,
     nothing_recorded,
+    numbered,
     open_exclusive,
+    own_file,
     record_where_free,
     refuse_unwritable,
     write_hint,
@@ -64,6 +66,10 @@ _CRASH_SAFE = {
     ".mkv": {**_FLUSHED, "cluster_time_limit": "1000"},  # ms
     ".webm": {**_FLUSHED, "cluster_time_limit": "1000"},
 }
+
+# What a recorder hands the one of its rebuilt call graph (`carry_state`): for each file the
+# call recorded to, (its identity, its path, the number of its last part).
+RecordedParts = tuple[tuple[object, str, int], ...]
 
 
 class VideoRecorder(Node):
@@ -127,13 +133,33 @@ class VideoRecorder(Node):
         `video_rtp_receiver` upstream sends PLIs meanwhile)."""
         return getattr(self, "_waiting", False)
 
+    def carry_state(self) -> RecordedParts:
+        """The call's recording so far (the file this recorder wrote, NAME-2.EXT with
+        `if_busy: next`, and its part number; and the call's earlier files), for the
+        recorder of the same name in a rebuilt call graph (hold, resume, codec change).
+        A video file cannot be appended to as a WAV can: that one records the next part to
+        a file of its own instead of emptying this one."""
+        if not getattr(self, "_wrote", False):
+            # Nothing written (no frame came, as on hold): the next part takes this one's
+            # number, so no empty part is left between the call's files.
+            return getattr(self, "_carried", None) or ()
+        key = file_key(self._first)
+        return ((key, self._first, self._part),
+                *(e for e in getattr(self, "_earlier", ()) if e[0] != key))
+
+    def restore_state(self, state: RecordedParts) -> None:
+        """Go on with the call's recording a `carry_state` handed over (before `start`):
+        the next part of this recorder's file, or the file afresh if its path changed (a
+        `${call.*}` value in it)."""
+        self._carried = state
+
     def start(self) -> None:
         self.failed = False
         self._container = None
         self._lock = -1  # the descriptor holding the file's lock while it is written
         self._c = dict.fromkeys(("video_frames", "audio_frames", "packets", "bytes",
                                  "dropped_late", "dropped_waiting", "keyframe_requests"), 0)
-        self.file = free_file(self, self.path)
+        self._choose_file(getattr(self, "_carried", None) or ())
         # Encoded video is recorded from a keyframe on: what comes before cannot be decoded.
         self._waiting = self.in_formats["in"].media == ENCODED
         self._encoder = nearest(self, "request_keyframe", upstream=True) if self._waiting \
@@ -146,6 +172,33 @@ class VideoRecorder(Node):
         if refuse_unwritable(self):
             self.failed = self._reached = True  # nothing opened, and nothing more to say
 
+    def _choose_file(self, carried: RecordedParts) -> None:
+        """The file to write: the first part of the call's recording, NAME.EXT (or where
+        `if_busy: next` takes it), or, when the call recorded to it before a rebuild, its
+        next part, NAME-partNNN.EXT (three digits: the parts sort in their order)."""
+        parts = {key: (first, part) for key, first, part in carried}
+        # The call's file, also a NAME-N.EXT its recording went to (`if_busy: next`).
+        self._first = own_file(self, parts)
+        key = file_key(self._first)
+        self._part = parts[key][1] + 1 if key in parts else 1
+        self._earlier = tuple(e for e in carried if e[0] != key)
+        self._wrote = False
+        self.file = _part_file(self._first, self._part)
+
+    def _lock_file(self) -> tuple[int, str]:
+        """Lock the file to write (`open_exclusive`): the first part where it is free
+        (`record_where_free`); a later part at its own name, said in one line."""
+        def opener(p: str) -> int:
+            return open_exclusive(p, os.O_WRONLY | os.O_CREAT)
+
+        if self._part == 1:
+            return record_where_free(self, str(self.path), opener, self.file)
+        lock = opener(self.file)
+        log.warning("recorder '%s': the call's graph was rebuilt (hold, resume, codec change): "
+                    "recording its part %d to '%s', after '%s'", self.name, self._part,
+                    self.file, _part_file(self._first, self._part - 1))
+        return lock, self.file
+
     def _open(self) -> None:
         self._reached = True
         fmt = self.in_formats["in"]
@@ -154,9 +207,10 @@ class VideoRecorder(Node):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             # Locked first, then emptied by FFmpeg's open: a file another recorder writes
             # is left as it is, and this one stops (EBUSY), or records to NAME-2.EXT.
-            self._lock, self.file = record_where_free(
-                self, str(self.path),
-                lambda p: open_exclusive(p, os.O_WRONLY | os.O_CREAT), self.file)
+            self._lock, self.file = self._lock_file()
+            if self._part == 1:
+                self._first = self.file  # (where `if_busy: next` took it)
+            self._wrote = True
             self._container = av.open(self.file, "w",
                                       container_options=dict(_CRASH_SAFE[ext]))
             fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
@@ -306,7 +360,7 @@ class VideoRecorder(Node):
         if not getattr(self, "_reached", True):
             # Stopped before anything came (the graph failed to start, or stopped first):
             # nothing was opened, and a recording already at the path is the user's.
-            nothing_recorded(self.name, self.path)
+            nothing_recorded(self.name, self.path if self._part == 1 else self.file)
             return
         try:
             self._finish()
@@ -360,6 +414,11 @@ def _check_encoded(node: VideoRecorder, src: Format) -> None:
         raise ParamValueError("in", "video_recorder does not know the picture size of the "
                               f"{codec} video", "set width and height on the "
                               "video_rtp_receiver before it (e.g. width=640 height=480)")
+
+
+def _part_file(first: str, part: int) -> str:
+    """The file of a call recording's `part` (from 1), its first part being `first`."""
+    return first if part == 1 else numbered(first, f"part{part:03d}")
 
 
 def _packet(stream: Any, payload: bytes, pts: int, keyframe: bool) -> av.Packet:
