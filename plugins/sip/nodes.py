@@ -198,6 +198,9 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         self.listeners = listeners
         self.parts: dict[str, str] = {}  # call_id -> part prefix
         self.part_values: dict[str, dict[str, Any]] = {}
+        # call_id -> what its parts' nodes did so far, by node name (`carry_state`), kept
+        # across rebuilds also for nodes the current part lacks (`_rebuild`)
+        self._kept_states: dict[str, dict[str, tuple[type, Any]]] = {}
         # calls whose part is being rebuilt (the old one's sockets still closing) -> the
         # media to build it with: the latest, should the 2xx or a re-INVITE come meanwhile
         self._rebuilding: dict[str, NegotiatedMedia] = {}
@@ -527,6 +530,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                 self._ring_since = None
             had = part(call)  # before the part goes
             self._failed_parts.pop(call.call_id, None)
+            self._kept_states.pop(call.call_id, None)
             closing = self._detach(call.call_id)
             for used in (call.rtp_port, call.video_port):
                 if not used:

@@ -355,12 +355,17 @@ class CallParts:
         and what the old part's nodes did in the call so far (`carry_state`: the digits a
         dtmf_events node dialled) is handed to the same nodes of the new part
         (`restore_state`), so the call goes on rather than starting again (unless not
-        `carry`: the 2xx after early media)."""
+        `carry`: the 2xx after early media). What a node of an earlier part did is kept
+        while a part without that node runs: a video call's recorder, through the audio
+        graph that ran while video was dropped, goes on with its file's next part when video
+        comes back, rather than emptying the file."""
         prefix = self.parts[call.call_id]
-        carried = {name: (type(node), node.carry_state())
-                   for name, node in self.graph.nodes.items()
-                   if carry and name.startswith(prefix)
-                   and callable(getattr(node, "carry_state", None))}
+        carried = {**self._kept_states.get(call.call_id, {}),
+                   **{name: (type(node), node.carry_state())
+                      for name, node in self.graph.nodes.items()
+                      if name.startswith(prefix)
+                      and callable(getattr(node, "carry_state", None))}} if carry else {}
+        self._kept_states[call.call_id] = carried
         # The old part's ports too: a video port our re-INVITE dropped (the call has none
         # now) is held till the old part's sockets are closed, then freed.
         used = self.part_values.get(call.call_id, {}).get("local_video_port")
