@@ -40,10 +40,11 @@ from .checks import _CN, _DTMF
 from .controls import SHUTDOWN_GRACE  # between the first signal and a forced stop
 from .dns import check_servers
 from .locate import is_ip
-from .parts import QUALITY_FIELDS, add_quality, part_quality
+from .parts import QUALITY_FIELDS
 from .ports import PortRangeFull, port_range
 from .uri import _USER_RE as USER_RE
 from .uri import SipUri
+from .values import shared_params
 
 log = logging.getLogger("plugins.sip.cli")
 
@@ -430,18 +431,13 @@ def stats_table(stats: dict[str, dict[str, Any]], messages: list[Any],
 
 def calls_up(graph: Graph) -> list[tuple[str, str, dict[str, Any]]]:
     """(part prefix, call_id, quality so far) of each call whose call graph runs: what its
-    `call-ended` would say now (the parts a rebuild ended, `_measure`'s, and this one)."""
+    `call-ended` would say now (`quality_so_far`)."""
     rows = []
     for endpoint in endpoints(graph):
         for call_id, prefix in list(getattr(endpoint, "parts", {}).items()):
-            part = graph.runtime.parts.get(prefix)
-            if part is None:  # its graph is being rebuilt (a re-INVITE): not running now
-                continue
-            now = part_quality(graph.nodes[n] for n in part.names if n in graph.nodes)
-            before = endpoint._quality.get(call_id)
-            if before is not None:
-                now = {f: add_quality(f, before[f], now[f]) for f in QUALITY_FIELDS}
-            rows.append((prefix, call_id, now))
+            now = endpoint.quality_so_far(call_id, prefix)
+            if now is not None:  # (None: its graph is being rebuilt, a re-INVITE)
+                rows.append((prefix, call_id, now))
     return rows
 
 
@@ -573,15 +569,10 @@ def _check_audio_graph(path: str | None, video: bool) -> str | None:
 
 def _own(path: str | Path, overrides: dict[str, Any], audio_graph: str | None
          ) -> dict[str, Any]:
-    """The `-p` values the call graph `path` declares, when there are two graphs (each
-    gets those it declares, as the endpoint's `call_graph_params`; one neither declares
-    was refused by the endpoint's own check); all of them with one graph."""
-    if audio_graph is None:
-        return overrides
-    from pipeline.loader import declared_params
-
-    declared = declared_params(path)
-    return {k: v for k, v in overrides.items() if k in declared}
+    """The `-p` values the call graph `path` gets: with two graphs those it declares, as
+    the endpoint hands its `call_graph_params` (`shared_params`; one neither declares was
+    refused by the endpoint's own check); all of them with one graph."""
+    return overrides if audio_graph is None else shared_params(path, overrides)
 
 
 def _check_video_codecs(text: str | None, video: bool) -> list[str] | None:

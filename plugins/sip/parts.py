@@ -328,17 +328,25 @@ class CallParts:
             done.add_done_callback(self._pending_detach.discard)
         return done
 
-    def _measure(self, call_id: str, prefix: str) -> None:
-        """Add what the part's nodes counted to the call's measurements, before the part
-        goes (its nodes go with it): `call-ended` reports them for the whole call."""
+    def quality_so_far(self, call_id: str, prefix: str) -> dict[str, Any] | None:
+        """What the call's media did so far (what its `call-ended` would say now): the
+        parts a rebuild ended and its running part `prefix`; None when that is not running
+        (being rebuilt)."""
         part = self.graph.runtime.parts.get(prefix)
         if part is None:
-            return
+            return None
         nodes = self.graph.nodes  # (the part's names: not a walk through every call's)
         now = part_quality(nodes[name] for name in part.names if name in nodes)
         total = self._quality.get(call_id)
-        self._quality[call_id] = now if total is None else {
+        return now if total is None else {
             field: add_quality(field, total[field], now[field]) for field in QUALITY_FIELDS}
+
+    def _measure(self, call_id: str, prefix: str) -> None:
+        """Add what the part's nodes counted to the call's measurements, before the part
+        goes (its nodes go with it): `call-ended` reports them for the whole call."""
+        so_far = self.quality_so_far(call_id, prefix)
+        if so_far is not None:
+            self._quality[call_id] = so_far
 
     def _prefix(self, call: sipcall.Call) -> str | None:
         """The prefix of the call's part, also while it is being rebuilt."""
