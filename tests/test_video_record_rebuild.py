@@ -138,6 +138,40 @@ def _recording_graph(tmp_path: Path, path: Path) -> Path:
     return graph
 
 
+async def _recorded_call(bob_graph: Path, first_port: int, extra: str = ""
+                         ) -> tuple[Endpoint, Endpoint, str, str]:
+    """Alice's video call to Bob, who records her camera with `bob_graph`; `extra`, lines
+    of both endpoints. (Bob, Alice, Bob's Call-ID, Alice's), once established."""
+    bob = Endpoint(endpoint_yaml("bob", "[vp8]", f"{first_port}-{first_port + 99}",
+                                 extra).replace(str(CALL_GRAPH), str(bob_graph)))
+    port = await bob.port()
+    alice = Endpoint(endpoint_yaml("alice", "[vp8]", f"{first_port + 100}-{first_port + 199}",
+                                   f'    dial: "sip:bob@127.0.0.1:{port}"\n{extra}'))
+    bob_id = (await bob.wait("call-established")).data["call_id"]
+    call_id = (await alice.wait("call-established")).data["call_id"]
+    return bob, alice, bob_id, call_id
+
+
+def _recorder(bob: Endpoint, bob_id: str) -> VideoRecorder | None:
+    """Bob's recorder of the call, while a call graph with one runs."""
+    part = bob.node.parts.get(bob_id)
+    return bob.graph.nodes.get(f"{part}seen") if part else None
+
+
+async def _a_second_recorded(bob: Endpoint, bob_id: str) -> VideoRecorder:
+    return await until(lambda: (r := _recorder(bob, bob_id)) and r.stats()["video_frames"]
+                       >= 15 and r, "a second of pictures recorded")
+
+
+async def _hang_up(alice: Endpoint, bob: Endpoint, call_id: str) -> None:
+    assert not alice.names("error") and not bob.names("error")
+    alice.node.hangup(call_id)
+    await bob.wait("call-ended")
+    await alice.wait("call-ended")
+    await bob.close()
+    await alice.close()
+
+
 def test_a_held_and_resumed_video_call_leaves_two_playable_parts(tmp_path):
     # Bob records Alice's camera; Alice holds the call and resumes it. The rebuilt
     # graph's recorder emptied alice.mkv: the call before the hold was lost.
@@ -145,39 +179,20 @@ def test_a_held_and_resumed_video_call_leaves_two_playable_parts(tmp_path):
     bob_graph = _recording_graph(tmp_path, path)
 
     async def main() -> list[VideoRecorder]:
-        bob = Endpoint(endpoint_yaml("bob", "[vp8]", "38600-38699").replace(
-            str(CALL_GRAPH), str(bob_graph)))
-        port = await bob.port()
-        alice = Endpoint(endpoint_yaml("alice", "[vp8]", "38700-38799",
-                                       f'    dial: "sip:bob@127.0.0.1:{port}"'))
-        bob_id = (await bob.wait("call-established")).data["call_id"]
-        call_id = (await alice.wait("call-established")).data["call_id"]
-
-        def recorder() -> VideoRecorder | None:
-            part = bob.node.parts.get(bob_id)
-            return bob.graph.nodes.get(f"{part}seen") if part else None
-
-        async def a_second_recorded() -> VideoRecorder:
-            return await until(lambda: (r := recorder()) and r.stats()["video_frames"] >= 15
-                               and r, "a second of pictures recorded")
+        bob, alice, bob_id, call_id = await _recorded_call(bob_graph, 38600)
 
         async def rebuilt(ours: str, theirs: str) -> None:
             await until(lambda: _direction(alice, call_id) == ours
                         and _direction(bob, bob_id) == theirs,
                         f"both call graphs rebuilt ({ours}, {theirs})")
 
-        first = await a_second_recorded()
+        first = await _a_second_recorded(bob, bob_id)
         alice.node.hold(call_id)
         await rebuilt("sendonly", "recvonly")
         alice.node.resume(call_id)
         await rebuilt("sendrecv", "sendrecv")
-        last = await a_second_recorded()
-        assert not alice.names("error") and not bob.names("error")
-        alice.node.hangup(call_id)
-        await bob.wait("call-ended")
-        await alice.wait("call-ended")
-        await bob.close()
-        await alice.close()
+        last = await _a_second_recorded(bob, bob_id)
+        await _hang_up(alice, bob, call_id)
         return [first, last]
 
     first, last = asyncio.run(main())
@@ -202,42 +217,20 @@ def test_video_dropped_and_added_again_records_its_next_part(tmp_path):
     bob_graph = _recording_graph(tmp_path, path)
     echo = Path(__file__).resolve().parents[1] / "graphs" / "calls" / "echo.yaml"
 
-    async def main() -> tuple[int, int]:
-        bob = Endpoint(endpoint_yaml("bob", "[vp8]", "38800-38899",
-                                     f"    audio_call_graph: {echo}").replace(
-            str(CALL_GRAPH), str(bob_graph)))
-        port = await bob.port()
-        alice = Endpoint(endpoint_yaml("alice", "[vp8]", "38900-38999",
-                                       f'    dial: "sip:bob@127.0.0.1:{port}"\n'
-                                       f"    audio_call_graph: {echo}"))
-        bob_id = (await bob.wait("call-established")).data["call_id"]
-        call_id = (await alice.wait("call-established")).data["call_id"]
-
-        def recorder() -> VideoRecorder | None:
-            part = bob.node.parts.get(bob_id)
-            return bob.graph.nodes.get(f"{part}seen") if part else None
-
-        async def recorded() -> int:
-            rec = await until(lambda: (r := recorder()) and r.stats()["video_frames"] >= 15
-                              and r, "a second of pictures recorded")
-            return rec.stats()["video_frames"]
-
-        before = await recorded()
+    async def main() -> int:
+        bob, alice, bob_id, call_id = await _recorded_call(
+            bob_graph, 38800, f"    audio_call_graph: {echo}")
+        before = (await _a_second_recorded(bob, bob_id)).stats()["video_frames"]
         alice.node.drop_video(call_id)
-        await until(lambda: bob.node.parts.get(bob_id) and recorder() is None,
+        await until(lambda: bob.node.parts.get(bob_id) and _recorder(bob, bob_id) is None,
                     "Bob's audio graph")
         alice.node.add_video(call_id)
         await bob.wait("call-updated", video="vp8")
-        after = await recorded()
-        assert not alice.names("error") and not bob.names("error")
-        alice.node.hangup(call_id)
-        await bob.wait("call-ended")
-        await alice.wait("call-ended")
-        await bob.close()
-        await alice.close()
-        return before, after
+        await _a_second_recorded(bob, bob_id)
+        await _hang_up(alice, bob, call_id)
+        return before
 
-    before, after = asyncio.run(main())
+    before = asyncio.run(main())
     part2 = path.with_name("alice-part002.mkv")
     assert sorted(path.parent.iterdir()) == [part2, path]
     first, start = _counters(path)
