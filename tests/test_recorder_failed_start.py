@@ -125,17 +125,20 @@ def test_sigkill_still_leaves_a_playable_recording_at_the_path(tmp_path):
     assert os.listdir(tmp_path) == ["rec.mkv"]
 
 
-def test_a_run_rewrites_the_file_in_place(tmp_path):
-    # The file is emptied and written where it is, as an editor saving in place does: its
-    # mode (a private call's 0600), owner and hard links stay (a file written beside it
-    # and renamed over it came back 0644, and the other link kept the old recording).
+def test_a_run_replaces_the_file_keeping_its_mode(tmp_path):
+    # The new recording is written beside the older one and renamed over it once it holds
+    # data (an older file emptied at the start was lost to a full disk): the file keeps its
+    # mode (a private call's 0600), and a hard link to the older file keeps the older
+    # recording whole.
     path, link = tmp_path / "a.wav", tmp_path / "b.wav"
     run_graph(f"tone rate=8000 duration=0.5s ! wav_recorder path={path}", launch=True)
     os.chmod(path, 0o600)
     os.link(path, link)
+    older = path.read_bytes()
     run_graph(f"tone rate=8000 duration=1s ! wav_recorder path={path}", launch=True)
     assert os.stat(path).st_mode & 0o777 == 0o600
-    assert path.samefile(link) and len(read_wav(link)[0]) == 8000
+    assert len(read_wav(path)[0]) == 8000 and link.read_bytes() == older
+    assert sorted(os.listdir(tmp_path)) == ["a.wav", "b.wav"]
 
 
 def test_a_room_recording_survives_a_graph_that_fails_to_start(tmp_path, taken_port, caplog):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import logging
 import os
 import stat
@@ -351,16 +353,159 @@ def open_exclusive(path: str, flags: int, mode: int = 0o666) -> int:
     /dev/null. flock, not fcntl's locks: those belong to the process, so two graphs of
     one process would not conflict, and closing any descriptor of the file (FFmpeg's own)
     would drop them."""
-    fd = os.open(path, flags, mode)
+    while True:
+        fd = os.open(path, flags, mode)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _replaced(path, fd):
+                    # A new recording was put in its place (`RecordingFile.commit`) between
+                    # the open and the lock: that one's lock is the one that counts.
+                    os.close(fd)
+                    continue
+        except BlockingIOError:
+            os.close(fd)
+            raise RecordingLocked(errno.EBUSY, "another recorder is writing it", path
+                                  ) from None
+        except OSError:  # a file system without locks (ENOLCK): records unguarded, as before
+            pass
+        return fd
+
+
+def _replaced(path: str, fd: int) -> bool:
+    """Whether `path` names another file now than the one open as `fd`."""
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RecordingLocked(errno.EBUSY, "another recorder is writing it", path) from None
-    except OSError:  # a file system without locks (ENOLCK): records unguarded, as before
-        pass
-    return fd
+        now, opened = os.stat(path), os.fstat(fd)
+    except OSError:  # gone: nothing took its place
+        return False
+    return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+
+class RecordingFile:
+    """The file a recorder writes, locked while it does (`open_exclusive`), which never
+    costs an older recording at its path.
+
+    A path that holds nothing (a new or empty file, a device) is written where it is. Over
+    an older recording, the new one is written to a hidden sibling in the same folder
+    (`.NAME.EXT.partial-PID`: one file system, so the rename is atomic), and `commit`
+    renames it over the path once its header and first data are on disk; until then the
+    older file stays whole, the path's lock held, through a failing first write (a full
+    disk, a quota, EIO: `close` removes the sibling) or a kill -9 (the next recorder of the
+    path removes the sibling of a dead process). Writing goes on in the same open file
+    after the rename. Through a link, the file it names is replaced (the link stays); the
+    new file gets the older one's mode (a private call's 0600) and, where allowed, owner.
+    A hard link to the older file keeps the older recording."""
+
+    def __init__(self, path: str, *, resume: bool = False) -> None:
+        # `resume`: the call's own file, appended to (`WavWriter.resume`), never replaced.
+        self.path = path  # where the recording is written now (the sibling until `commit`)
+        self.partial: str | None = None
+        self._older = -1  # the older recording's descriptor, locked until the rename
+        self._closed_key: object = None  # `key` once closed
+        self.fd = open_exclusive(path, os.O_RDWR if resume else os.O_WRONLY | os.O_CREAT,
+                                 0o644)
+        try:
+            st = os.fstat(self.fd)
+            if not resume and stat.S_ISREG(st.st_mode) and st.st_size > 0:
+                self._beside(st)
+        except BaseException:
+            self.close()
+            raise
+
+    def _beside(self, older: os.stat_result) -> None:
+        """Write to a hidden sibling of the file at the path, keeping that one's lock."""
+        self._target = os.path.realpath(self.path)
+        folder, name = os.path.split(self._target)
+        prefix = _partial_prefix(name)
+        _remove_dead_partials(folder, prefix)
+        partial = os.path.join(folder, f"{prefix}{os.getpid()}")
+        # (0600 until its mode is set: nobody reads it meanwhile.)
+        fd = open_exclusive(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._older, self.fd, self.partial, self.path = self.fd, fd, partial, partial
+        # Best effort: another's file becomes ours, as a save by its editor makes it, and a
+        # file system without modes (FAT) refuses them; neither is worth the recording.
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, stat.S_IMODE(older.st_mode))
+        with contextlib.suppress(OSError):
+            os.fchown(fd, older.st_uid, older.st_gid)
+
+    @property
+    def key(self) -> object:
+        """`file_key` of the recording once it is at its path (also before `commit`, and
+        after `close`); None for one that never got there (its first write failed)."""
+        if self.fd < 0:
+            return self._closed_key
+        st = os.fstat(self.fd)
+        return st.st_dev, st.st_ino
+
+    def commit(self) -> None:
+        """Put the new recording in place of the older one (nothing to do where there was
+        none, or once done). Synced to disk first: a power cut, too, leaves one recording
+        or the other whole, and a write error that a network file system or a quota reports
+        only now is met while the older file is still there."""
+        if self.partial is None:
+            return
+        os.fsync(self.fd)
+        os.replace(self.partial, self._target)
+        self.partial, self.path = None, self._target
+        os.close(self._older)
+        self._older = -1
+
+    def abandon(self) -> None:
+        """After a write error: a new recording not yet in place goes at once (the older
+        one stays as it was); one in place stays, locked, until `close`."""
+        if self.partial is not None:
+            self.close()
+
+    def close(self) -> None:
+        """Release the file; a new recording not yet in place is removed first."""
+        if self.partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.partial)
+            self.partial = None
+        elif self.fd >= 0:
+            self._closed_key = self.key
+        for fd in (self.fd, self._older):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self._older = -1
+
+
+_PARTIAL = ".partial-"  # .NAME.EXT.partial-PID, beside NAME.EXT
+_NAME_MAX = 255  # bytes in a file name, in most file systems
+
+
+def _partial_prefix(name: str) -> str:
+    """`.NAME.EXT.partial-`, the start of the hidden siblings' names of file `name`; for a
+    name near the file system's limit, a digest of it takes its place (a name the path
+    itself could have must not fail for its sibling's)."""
+    prefix = f".{name}{_PARTIAL}"
+    if len(os.fsencode(prefix)) + len(str(2 ** 32)) <= _NAME_MAX:  # (then a pid)
+        return prefix
+    return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:32]}{_PARTIAL}"
+
+
+def _remove_dead_partials(folder: str, prefix: str) -> None:
+    """Remove the hidden siblings (named `prefix`PID) that recorders killed before their
+    rename left (`RecordingFile`): those whose process is gone. Called with the lock of
+    the file they were to replace held."""
+    with os.scandir(folder) as entries:
+        dead = [e.path for e in entries if e.name.startswith(prefix)
+                and e.name[len(prefix):].isdecimal() and not _alive(int(e.name[len(prefix):]))]
+    for path in dead:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 class WavWriter:
@@ -371,7 +516,8 @@ class WavWriter:
     any moment leaves a header that covers only data already on disk. Past `RIFF_MAX` the
     file becomes RF64 in place (EBU Tech 3306): the JUNK chunk reserved after the RIFF
     header turns into ds64, which holds the 64-bit sizes from then on. The file is locked
-    while open (`open_exclusive`): a second writer of it fails instead.
+    while open (`open_exclusive`): a second writer of it fails instead. An older recording
+    at the path stays whole until the first data are on disk (`RecordingFile`).
     """
 
     def __init__(self, path: str, rate: int, channels: int, encoding: str) -> None:
@@ -384,13 +530,11 @@ class WavWriter:
         self.block_align = channels * (2 if encoding == "pcm_s16" else 4)
         self.rf64 = False
         self.data_bytes = 0
-        self.fd = open_exclusive(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self.out = RecordingFile(path)
         try:
-            # Emptied only once it is ours (not O_TRUNC): another recorder's file is left
-            # as it is. O_TRUNC left a device (/dev/full) as it was; so does this.
-            if stat.S_ISREG(os.fstat(self.fd).st_mode):
-                os.ftruncate(self.fd, 0)
-            os.write(self.fd, header)
+            view = memoryview(header)
+            while view:  # (a short write: the next one raises the reason)
+                view = view[os.write(self.fd, view):]
         except OSError:
             self.close()
             raise
@@ -407,7 +551,7 @@ class WavWriter:
         self.path = path
         self.header_size = len(header)
         self.block_align = channels * (2 if encoding == "pcm_s16" else 4)
-        self.fd = open_exclusive(path, os.O_RDWR)
+        self.out = RecordingFile(path, resume=True)
         try:
             head = os.pread(self.fd, self.header_size, 0)
             try:
@@ -437,11 +581,34 @@ class WavWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-            self.data_bytes += n
-            self._update_sizes()
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.data_bytes += n
+                self._update_sizes()
+            self.out.commit()  # (its first data: in place of an older recording from now)
+        except OSError:
+            self.out.abandon()
+            raise
+
+    def commit(self) -> None:
+        """Put a recording that ends with no data (an empty WAV) in place of an older one
+        at its path; one with data was put there by its first `write`."""
+        try:
+            self.out.commit()
+        except OSError:
+            self.out.abandon()
+            raise
+
+    @property
+    def fd(self) -> int:
+        return self.out.fd
+
+    @property
+    def key(self) -> object:
+        """`file_key` of the file once in place (`RecordingFile.key`)."""
+        return self.out.key
 
     def skip(self, size: int) -> None:
         """Append `size` bytes of silence (zeros) without writing them: the file grows by a
@@ -479,9 +646,8 @@ class WavWriter:
         self.rf64 = True
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Release the file (a new recording not yet in place goes: `RecordingFile`)."""
+        self.out.close()
 
 
 # What to do about the write errors a recorder meets most.
@@ -607,7 +773,9 @@ class WavRecorder(Node):
     be written (its folder read-only, out of space or inodes, not ours) is refused when the
     graph loads (validate, serve, launch), naming the system's reason; in a call graph that
     starts once the server runs, the call goes on and the recorder stops with one `error`
-    line, as for a write error."""
+    line, as for a write error. An older recording at the path stays whole until the new
+    one's first data are on disk (written meanwhile to a hidden `.NAME.partial-PID` beside
+    it, then renamed over it): a write error or a kill -9 before that leaves it as it was."""
 
     kind = "wav_recorder"
     inputs = (Port("in", (Format.audio(),), "PCM audio (int16 or float32)"),)
@@ -625,8 +793,8 @@ class WavRecorder(Node):
                                   f"writes WAV, not {suffix[1:].upper()}", "name it .wav, "
                                   f"and convert it afterwards: ffmpeg -i x.wav x{suffix}")
         check_recording_path(self, self.path)
-        # Recording over a file that a node of this graph reads (or writes) would destroy it
-        # before it is read: the writer empties the file as it starts.
+        # Recording over a file that a node of this graph reads (or writes) would replace it
+        # while it is read.
         mine = file_key(self.path)
         for key, other, _ in other_files(self) if mine else ():
             if key == mine:
@@ -678,7 +846,10 @@ class WavRecorder(Node):
             clock = _clock(self)
             # The last tick's frame ends a period after its tick.
             since = None if clock is None else clock.now + self.graph.period
-        key = file_key(self.file)
+        # The new file's, also before it is put in place of an older recording (at `stop`);
+        # None when it never was (its first write failed): the call has no file to go on.
+        # (Read from the open file: the path names the older recording until then.)
+        key = self.writer.key
         earlier = tuple((k, s) for k, s in getattr(self, "_earlier", ()) if k != key)
         return self.file, key, since, earlier
 
@@ -709,9 +880,9 @@ class WavRecorder(Node):
         self.file = own_file(self, files)
         key = file_key(self.file)
         self._earlier = tuple((k, s) for k, s in files.items() if k != key)
-        # A new file is opened (emptied) at the first frame or end of stream, not here: a
-        # graph whose start fails after this (another node's port taken) leaves a recording
-        # already at the path as it was. The call's own file is appended to from here on.
+        # A new file is opened at the first frame or end of stream, not here: a graph whose
+        # start fails after this (another node's port taken) writes nothing at all. The
+        # call's own file is appended to from here on.
         self._encoding = fmt.value("encoding")
         self._reached = False
         if refuse_unwritable(self):
@@ -821,6 +992,10 @@ class WavRecorder(Node):
                     # since a rebuild, as in a hold: the file still runs to the call's end.
                     self._fill_gap(to_the_end=True)
                 self.flush()
+                if not self.failed:  # (one that ended before its first data)
+                    self.writer.commit()
+            except OSError as e:
+                self._give_up(e)
             finally:
                 self.writer.close()
 

@@ -21,11 +21,11 @@ from pipeline.params import Path as PathType
 from plugins.files.nodes import (
     IF_BUSY,
     IF_BUSY_DOC,
+    RecordingFile,
     check_recording_path,
     file_key,
     nothing_recorded,
     numbered,
-    open_exclusive,
     own_file,
     record_where_free,
     refuse_unwritable,
@@ -43,6 +43,9 @@ from plugins.video.rtp_nodes import nearest
 
 log = logging.getLogger(__name__)
 
+# FFmpeg's (de)muxer of each extension, named: a new recording's hidden sibling
+# (`RecordingFile`) ends in .partial-PID, which names none.
+_MUXERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 _CONTAINERS = {  # extension: (default video codec, default audio codec, allowed video codecs)
     ".mp4": ("h264", "aac", ("h264",)),
     ".mov": ("h264", "aac", ("h264",)),
@@ -81,6 +84,9 @@ class VideoRecorder(Node):
     timed from media time zero, so they stay in sync in the file. A path that cannot be
     written is refused at load, but in a call graph that starts once the server runs the
     call goes on and the recorder stops with one `error` line (as `wav_recorder` does).
+    An older recording at the path stays whole until the new file holds its container's
+    header and a first packet on disk (`RecordingFile`: written to a hidden sibling until
+    then), as a write error or a kill -9 before that leaves it.
     """
 
     kind = "video_recorder"
@@ -143,7 +149,10 @@ class VideoRecorder(Node):
             # Nothing written (no frame came, as on hold): the next part takes this one's
             # number, so no empty part is left between the call's files.
             return getattr(self, "_carried", None) or ()
-        key = file_key(self._first)
+        # This recorder's file, also before it is put in place of an older recording (at
+        # `stop`); one written by an earlier part's recorder is in place.
+        key = self._out.key if self._part == 1 and self._out is not None \
+            else file_key(self._first)
         return ((key, self._first, self._part),
                 *(e for e in getattr(self, "_earlier", ()) if e[0] != key))
 
@@ -156,7 +165,7 @@ class VideoRecorder(Node):
     def start(self) -> None:
         self.failed = False
         self._container = None
-        self._lock = -1  # the descriptor holding the file's lock while it is written
+        self._out: RecordingFile | None = None  # the file, locked while it is written
         self._c = dict.fromkeys(("video_frames", "audio_frames", "packets", "bytes",
                                  "dropped_late", "dropped_waiting", "keyframe_requests"), 0)
         self._choose_file(getattr(self, "_carried", None) or ())
@@ -164,9 +173,8 @@ class VideoRecorder(Node):
         self._waiting = self.in_formats["in"].media == ENCODED
         self._encoder = nearest(self, "request_keyframe", upstream=True) if self._waiting \
             else None
-        # The file is opened (emptied) at the first frame or end of stream, not here: a
-        # graph whose start fails after this (another node's port taken) leaves a
-        # recording already at the path as it was.
+        # The file is opened at the first frame or end of stream, not here: a graph whose
+        # start fails after this (another node's port taken) writes nothing at all.
         self._reached = False
         self._last_pts = -1
         if refuse_unwritable(self):
@@ -185,15 +193,12 @@ class VideoRecorder(Node):
         self._wrote = False
         self.file = _part_file(self._first, self._part)
 
-    def _lock_file(self) -> tuple[int, str]:
-        """Lock the file to write (`open_exclusive`): the first part where it is free
+    def _lock_file(self) -> tuple[RecordingFile, str]:
+        """Lock the file to write (`RecordingFile`): the first part where it is free
         (`record_where_free`); a later part at its own name, said in one line."""
-        def opener(p: str) -> int:
-            return open_exclusive(p, os.O_WRONLY | os.O_CREAT)
-
         if self._part == 1:
-            return record_where_free(self, str(self.path), opener, self.file)
-        lock = opener(self.file)
+            return record_where_free(self, str(self.path), RecordingFile, self.file)
+        lock = RecordingFile(self.file)
         log.warning("recorder '%s': the call's graph was rebuilt (hold, resume, codec change): "
                     "recording its part %d to '%s', after '%s'", self.name, self._part,
                     self.file, _part_file(self._first, self._part - 1))
@@ -205,13 +210,14 @@ class VideoRecorder(Node):
         ext = Path(self.path).suffix.lower()
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            # Locked first, then emptied by FFmpeg's open: a file another recorder writes
-            # is left as it is, and this one stops (EBUSY), or records to NAME-2.EXT.
-            self._lock, self.file = self._lock_file()
+            # Locked first, then written by FFmpeg: a file another recorder writes is left
+            # as it is, and this one stops (EBUSY), or records to NAME-2.EXT.
+            self._out, self.file = self._lock_file()
             if self._part == 1:
                 self._first = self.file  # (where `if_busy: next` took it)
             self._wrote = True
-            self._container = av.open(self.file, "w",
+            self._on_disk = 0  # the new file's size when `_put_in_place` last looked
+            self._container = av.open(self._out.path, "w", format=_MUXERS[ext],
                                       container_options=dict(_CRASH_SAFE[ext]))
             fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
             if fmt.media == ENCODED:
@@ -321,6 +327,19 @@ class VideoRecorder(Node):
             self._c["packets"] += 1
             self._c["bytes"] += p.size
             self._container.mux(p)
+        if packets and self._out.partial is not None:
+            self._put_in_place()
+
+    def _put_in_place(self) -> None:
+        """Rename the new file over the older recording at the path once it plays: a packet
+        of it is on disk, not only the container's header (Matroska's comes a cluster
+        before its first packet, MP4's with its first fragment). Looked at only when the
+        file grew: a cluster or a fragment, once a second."""
+        size = os.fstat(self._out.fd).st_size
+        if size != self._on_disk:
+            self._on_disk = size
+            if _holds_a_packet(self._out.path, _MUXERS[Path(self.path).suffix.lower()]):
+                self._out.commit()
 
     def _placeholder(self) -> None:
         # A container with no video packet does not open (FFmpeg writes no header, or one
@@ -348,6 +367,11 @@ class VideoRecorder(Node):
         if self.failed:  # one line per recorder: what fails next is the same fault
             return
         self.failed = True
+        if self._out is not None and self._out.partial is not None:
+            # Not yet in place of the older recording, which stays: it goes, and nothing
+            # of the call is recorded (the next part takes this one's number).
+            self._out.abandon()
+            self._wrote = False
         errno = getattr(e, "errno", None)
         # FFmpeg's OSError text repeats the path ("[Errno 28] No space ...: 'a.mp4'").
         what = (getattr(e, "strerror", None) or str(e)) if errno else str(e)
@@ -366,9 +390,9 @@ class VideoRecorder(Node):
             self._finish()
         finally:
             # Last: until the trailer is written the file is ours. (No lock if never started.)
-            if getattr(self, "_lock", -1) >= 0:
-                os.close(self._lock)
-                self._lock = -1
+            if getattr(self, "_out", None) is not None:
+                self._out.close()
+                self._out = None
 
     def _finish(self) -> None:
         container = getattr(self, "_container", None)
@@ -388,6 +412,8 @@ class VideoRecorder(Node):
             self._container = None
             try:
                 container.close()  # writes the trailer: a full disk fails here too
+                if not self.failed:  # (a short one: no cluster or fragment came before)
+                    self._out.commit()
             except (av.error.FFmpegError, ValueError, OSError) as e:
                 self._give_up(e)
 
@@ -414,6 +440,15 @@ def _check_encoded(node: VideoRecorder, src: Format) -> None:
         raise ParamValueError("in", "video_recorder does not know the picture size of the "
                               f"{codec} video", "set width and height on the "
                               "video_rtp_receiver before it (e.g. width=640 height=480)")
+
+
+def _holds_a_packet(path: str, muxer: str) -> bool:
+    """Whether a player reading the file at `path` now would get a packet of it."""
+    try:
+        with av.open(path, format=muxer) as c:
+            return any(p.size for p in c.demux())
+    except (av.error.FFmpegError, OSError):
+        return False
 
 
 def _part_file(first: str, part: int) -> str:
