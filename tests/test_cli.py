@@ -323,10 +323,11 @@ def test_launch_line_value_that_is_not_yaml_stays_text(capsys):
 
 
 def test_an_unknown_type_in_a_launch_line_is_placed_and_the_hint_keeps_its_kind(capsys):
-    # A line has no rows: the element's place in it. `typo_sink` was offered `rtp_session`.
-    assert main(["validate", "-e", "tone ! gain ! typo_sink"]) == 1
+    # A line has no rows: the element's place in it. A typo of `null_sink` was offered
+    # `rtp_session` once. (`typo_sink`, no typo of anything, is nearest `y4m_sink` now.)
+    assert main(["validate", "-e", "tone ! gain ! nul_sink"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "pipeline: error: launch line element 3: unknown node type 'typo_sink' (hint: did "
+        "pipeline: error: launch line element 3: unknown node type 'nul_sink' (hint: did "
         "you mean 'null_sink'? ('pipeline inspect' lists node types))")
 
 

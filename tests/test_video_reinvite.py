@@ -5,8 +5,9 @@ peer whose video is off, and `pipeline call`'s `v` and `nv` commands.
 
 The endpoints switch their call graphs both ways as for the far end's re-INVITE: pictures
 go each way (the burned-in counters read back from the decoded frames, `read_counter`), the
-audio goes on (FFT peak of what each side hears), and the video port goes back to the pool
-once the video is dropped or refused.
+audio goes on (FFT peak of what each side hears); the video port goes back to the pool once
+the video is refused, and stays the call's, unbound, once we dropped it (for the far end's
+video added back: tests/test_video_readd.py).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def test_the_ua_adds_video_to_a_call_and_drops_it_by_re_invite():
     assert [(m.kind, m.port) for m in sdp.media] == [("audio", 40000), ("video", 0)]
     assert sdp.origin.session_version == first + 2
     assert net.of(alice, CallUpdated)[-1].media.video is None
-    assert call.video_port == 0  # no longer the call's: the endpoint frees it
+    assert call.video_port == 40002  # still the call's, for video added back; its end frees it
     assert bcall.video_port == 42002  # (the far end's kept port stays its call's)
 
 
@@ -296,9 +297,11 @@ def test_our_reinvite_adds_video_then_drops_it_and_both_graphs_switch(tmp_path):
         assert got.origin.session_version == first + 2
         await until(lambda: part(server, prefix) == ECHO_NODES
                     and part(caller, "call-1/") == TONE_NODES, "the audio graphs again")
-        await until(lambda: caller.node.ports.in_use == {call.rtp_port},
-                    f"video port {video_port} back in the pool")
-        assert call.video_port == 0
+        # The port stays the call's (for the far end's video added back), its sockets closed.
+        await until(lambda: caller.node.ports.is_free(video_port),
+                    f"video port {video_port} unbound")
+        assert call.video_port == video_port
+        assert caller.node.ports.in_use == {call.rtp_port, video_port}
         await hears(caller, F_CALLER)
 
         assert server.names("call-ended") == [] == caller.names("call-ended")

@@ -127,7 +127,8 @@ class CallControls:
     def drop_video(self, call_id: str) -> None:
         """Drop a call's video stream (a re-INVITE with its m=video line on port 0, RFC 3264
         8.2): ``call-updated`` without ``video=`` follows, the call graph switched back
-        and the video port freed once the old graph's sockets are closed; or an ``error``."""
+        and the video port unbound (the call keeps it for video added back by either side);
+        or an ``error``."""
         self.ua.drop_video(call_id, self._loop.time())
         self._asked_updates[call_id] = "drop video"
         self._pump()

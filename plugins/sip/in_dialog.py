@@ -416,8 +416,9 @@ class InDialog:
                                        video_port), now)
 
     def drop_video(self, call_id: str, now: float) -> None:
-        """Re-offer the call without its video stream: port 0 on its m= line (8.2); the
-        call has no video port once the answer comes."""
+        """Re-offer the call without its video stream: port 0 on its m= line (8.2). The
+        call keeps its video port (unbound) for a re-INVITE of the far end that adds video
+        back, as a call answered without video does; its end frees it."""
         call = self._established(call_id)
         if call.media is None or call.media.video is None:
             raise LocalProtocolError(f"SIP call {call_id} has no video to drop")
@@ -515,8 +516,11 @@ class InDialog:
                 self._end(call, f"SDP answer to re-INVITE is unusable: {exc}", 488)
                 return
             port = video_port_of(offer)
-            if port != video_port_of(call.local_sdp):
-                call.video_port = port  # our offer added video (or dropped it: 0)
+            if port:
+                # Our offer added video. One that dropped it (port 0) leaves the call its
+                # port, unbound, as a call answered without video keeps one: the far end's
+                # re-INVITE that adds video back is answered on it (RFC 3264 8.1).
+                call.video_port = port
             call.local_sdp, call.remote_sdp = settled(offer, remote), remote  # type: ignore
             previous, call.media = call.media, media
             if media != previous:

@@ -4,7 +4,8 @@ The building blocks are sans-IO (they take bytes and frames and return bytes and
 `frames` (numpy views over `av.VideoFrame`, swscale), `pattern` (a test picture with a
 burned-in frame counter), `codec` (real-time H.264/VP8 over PyAV), `rtp_vp8` and `rtp_h264`
 (RFC 7741 / RFC 6184 packetizers and frame assemblers). `sources`, `nodes`, `recorder` and
-`rtp_nodes` wrap them as graph nodes; `rtp_nodes` owns the UDP sockets.
+`rtp_nodes` wrap them as graph nodes; `rtp_nodes` owns the UDP sockets; `y4m` writes raw
+video to a file or a pipe.
 """
 
 from pipeline.hookspecs import hookimpl
@@ -16,9 +17,10 @@ def register_node_types():
     from .recorder import VideoRecorder
     from .rtp_nodes import VideoRtpReceiver, VideoRtpSender
     from .sources import VideoFileSource, VideoTestSource
+    from .y4m import Y4mSink
 
     return [VideoTestSource, VideoFileSource, Scale, Convert, VideoTee, VideoEncoderNode,
-            VideoDecoderNode, VideoRecorder, VideoRtpSender, VideoRtpReceiver]
+            VideoDecoderNode, VideoRecorder, VideoRtpSender, VideoRtpReceiver, Y4mSink]
 
 
 @hookimpl

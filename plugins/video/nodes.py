@@ -173,6 +173,11 @@ class FrameRate(float):
             raise ValueError(f"'{text[:40]}' is not a frame rate",
                              "write 30, or a fraction such as 30000/1001") from None
 
+    @staticmethod
+    def fraction(fps: float) -> Fraction:
+        """`fps` as the fraction a file or FFmpeg writes (29.97002997 is 30000/1001)."""
+        return Fraction(fps).limit_denominator(1001)
+
 
 # ---- encoder, decoder -------------------------------------------------------------------
 

@@ -122,11 +122,22 @@ def _file_ticks(f: Any) -> int | None:
     return int(round(f.pts * f.time_base * CLOCK_RATE))
 
 
-def _first_picture_pts(path: str) -> int:
+# A headerless file of pictures (FFmpeg's rawvideo, GStreamer's rawvideoparse): its size,
+# rate and pixel format are not in it, so `video_file_source`'s parameters give them.
+_RAW_SUFFIX = ".yuv"
+_RAW_NEEDED = ("width", "height", "fps")  # (pix_fmt: yuv420p unless said, as in ffmpeg)
+
+
+def _open_media(path: str, raw: dict[str, str] | None) -> Any:
+    """`path` opened by PyAV; a raw .yuv file with `raw`, its rawvideo demuxer's options."""
+    return av.open(path) if raw is None else av.open(path, format="rawvideo", options=raw)
+
+
+def _first_picture_pts(path: str, raw: dict[str, str] | None) -> int:
     """The file's first picture's time, 90 kHz: the media time zero of a node that played
     it from the start (as `VideoFileSource._decode_video` takes it)."""
     try:
-        with av.open(path) as container:
+        with _open_media(path, raw) as container:
             for f in container.decode(video=0):
                 if not f.is_corrupt and (ticks := _file_ticks(f)) is not None:
                     return ticks
@@ -155,9 +166,12 @@ _JOIN_WINDOW_S = 1.0
 
 
 class VideoFileSource(PlayPosition, Node):
-    """Plays a video file (any container PyAV reads), with its audio as a second output.
+    """Plays a video file (any container PyAV reads, y4m included, or raw .yuv), with its
+    audio as a second output.
 
     Corrupt data is skipped and counted; pictures of another size are scaled to the first's.
+    A raw .yuv file has no header: `width`, `height`, `fps` (and `pix_fmt` other than
+    yuv420p) say what it holds, as ffmpeg's `-f rawvideo -video_size -framerate` do.
     In a SIP call graph the file plays once per call: when a re-INVITE (hold, resume, codec
     change) rebuilds the graph, the new node seeks to where the old one was (`carry_state`),
     as wav_source does with a prompt, rather than starting the file again.
@@ -172,12 +186,20 @@ class VideoFileSource(PlayPosition, Node):
     )
     path = Param(PathType, None, "file to play", required=True)
     threads = Param(int, 1, "decoder threads (1: one core per graph)", min=0, max=64)
+    width = Param(int, None, "picture width of a raw .yuv file (which needs width, height "
+                  "and fps; other files say their own)", min=2, max=7680)
+    height = Param(int, None, "picture height of a raw .yuv file", min=2, max=4320)
+    fps = Param(FrameRate, None, "frame rate of a raw .yuv file, e.g. 30 or 30000/1001",
+                min=1.0, max=240.0)
+    pix_fmt = Param(str, None, "pixel format of a raw .yuv file, as FFmpeg names it "
+                    "(default yuv420p; nv12, yuv422p, rgb24, ...)")
 
     def validate(self) -> None:
         if not Path(self.path).is_file():
             raise ParamValueError("path", f"file '{self.path}' not found", "check the path")
+        self._raw = self._raw_options()
         try:
-            with av.open(str(self.path)) as container:
+            with _open_media(str(self.path), self._raw) as container:
                 video = next((s for s in container.streams if s.type == "video"), None)
                 if video is None:
                     raise ParamValueError("path", f"file '{self.path}' has no video stream")
@@ -209,6 +231,35 @@ class VideoFileSource(PlayPosition, Node):
             # which swscale refused once running (and the recorder after it left no file).
             raise ParamValueError("path", f"file '{self.path}' has {w}x{h} pictures, too "
                                   "small for yuv420p video", "use a video of at least 2x2")
+
+    def _raw_options(self) -> dict[str, str] | None:
+        """The rawvideo demuxer's options for a raw .yuv file; None for another file, which
+        says its own picture size and rate (the parameters are refused there: they would
+        not change it)."""
+        given = [name for name in (*_RAW_NEEDED, "pix_fmt") if getattr(self, name) is not None]
+        if Path(self.path).suffix.lower() != _RAW_SUFFIX:
+            if given:
+                raise ParamValueError(given[0], f"{'/'.join(given)}: for raw .yuv files "
+                                      f"only; '{self.path}' says its own picture size and "
+                                      "rate", "leave them out (a scale node after the "
+                                      "source changes the size)")
+            return None
+        missing = [name for name in _RAW_NEEDED if getattr(self, name) is None]
+        if missing:
+            raise ParamValueError(missing[0], f"raw video file '{self.path}' has no header "
+                                  "saying its picture size and rate: set width, height and "
+                                  f"fps ({', '.join(missing)} missing)",
+                                  "e.g. width=640 height=480 fps=30 (and pix_fmt=nv12 for "
+                                  "other than yuv420p pictures)")
+        pix_fmt = self.pix_fmt or "yuv420p"
+        try:
+            av.VideoFormat(pix_fmt)
+        except ValueError:
+            raise ParamValueError("pix_fmt", f"'{pix_fmt}' is not a pixel format FFmpeg "
+                                  "knows", "e.g. yuv420p, nv12, yuv422p or rgb24 (ffmpeg "
+                                  "-pix_fmts lists them)") from None
+        return {"video_size": f"{self.width}x{self.height}", "pixel_format": pix_fmt,
+                "framerate": str(FrameRate.fraction(self.fps))}
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict[str, Format]:
         i = self._info
@@ -273,7 +324,7 @@ class VideoFileSource(PlayPosition, Node):
 
     def _open(self) -> None:
         """Open the file, its streams and their decoders; its packets come from the start."""
-        self._container = av.open(str(self.path))
+        self._container = _open_media(str(self.path), self._raw)
         self._vstream = self._container.streams.video[0]
         self._vstream.codec_context.thread_count = self.threads
         self._streams = [self._vstream]
@@ -481,7 +532,8 @@ class VideoFileSource(PlayPosition, Node):
         self._offset = at
         if at <= 0:
             return
-        first = self._t0 if self._t0 is not None else _first_picture_pts(str(self.path))
+        first = self._t0 if self._t0 is not None else _first_picture_pts(str(self.path),
+                                                                         self._raw)
         self._t0 = first + at  # media time zero is there: before it is negative, dropped
         self._vskip, self._askip = True, self._audio
         try:
