@@ -374,8 +374,8 @@ class CallParts:
                       if name.startswith(prefix)
                       and callable(getattr(node, "carry_state", None))}} if carry else {}
         self._kept_states[call.call_id] = carried
-        # The old part's ports too: a video port our re-INVITE dropped (the call has none
-        # now) is held till the old part's sockets are closed, then freed.
+        # The old part's ports too: a video port the call has given up since (our
+        # add_video refused) is held till the old part's sockets are closed, then freed.
         used = self.part_values.get(call.call_id, {}).get("local_video_port")
         ports = list(dict.fromkeys(p for p in (call.rtp_port, call.video_port, used) if p))
         for port in ports:
