@@ -110,7 +110,7 @@ class ConferenceBridge(Node):
                        "none is linked (a live room)")
     level_interval = Param(Duration, 0.0, "seconds between `levels` bus messages (0: none)",
                            min=0.0, max=60.0)
-    record_dir = Param(PathType, None, "folder for recordings (none: no recording)")
+    record_dir = Param(PathType, None, "folder for recordings (none or empty: no recording)")
     record_format = Param(str, "wav", "recording format", choices=("wav", "flac", "opus"))
     record_layout = Param(str, "files", "one file per track, or one multichannel file: the "
                           "mix, then one channel per seat (max_participants)",
@@ -130,7 +130,7 @@ class ConferenceBridge(Node):
             raise ParamValueError("max_participants", f"conference '{self.name}' has "
                                   f"{len(numbers)} participants linked, max_participants is "
                                   f"{self.max_participants}", "raise max_participants")
-        if self.record_dir is None:
+        if not self.record_dir:  # `-p record_dir=` turns a graph's recording off
             return
         if self.record_format == "opus" and self.rate not in (8000, 12000, 16000, 24000, 48000):
             raise ParamValueError("record_format", f"Opus cannot record at {self.rate} Hz",
@@ -284,11 +284,14 @@ class ConferenceBridge(Node):
         self._outs: list[tuple[str, int]] = []
         self._kept: set[int] = set()  # participants whose ports are being rebuilt
         self.dtmf_events = 0
+        self.other_events = 0  # events on inputs that are neither EOS nor DTMF: not sent on
         # The recording starts at the first tick, not here: the recorder empties the files
         # it opens, and a graph whose start fails after this (another node's port taken)
         # must leave an earlier recording of the room as it was.
         self.recorder: RoomRecorder | None = None
-        self._record_pending = self.record_dir is not None
+        # Empty (`-p record_dir=`, how a command line says none): no recording, not one
+        # into the current folder.
+        self._record_pending = bool(self.record_dir)
         self._early_call_ids: dict[int, str] = {}  # told before the recording started
         for k in self._linked_numbers():  # checked against max_participants in validate()
             p = self._join(k, ramp_in=False)
@@ -610,7 +613,12 @@ class ConferenceBridge(Node):
                       digit=event.digit, duration_ms=event.duration_ms, end=event.end,
                       pts=self.pts)
             return
-        super().event(port, event)
+        # Any other event (a call's `rtp-timeout`, a format change) is about one
+        # participant's stream, not the mix: none goes out. Forwarded to every output, it
+        # reached each caller's rtp_session, which passes it down its receive path back
+        # into the room, doubling with every listener each period: a caller who timed out
+        # in a room of three stalled the server within a second.
+        self.other_events += 1
 
     def _rebuild(self) -> None:
         """Recompute the per-period participant lists after a join, leave, gain or mute."""
@@ -795,6 +803,7 @@ class ConferenceBridge(Node):
                        rejected=self.rejected,
                        shared_frames=self.shared_frames, private_frames=self.private_frames,
                        speaker_changes=self.speaker_changes, dtmf_events=self.dtmf_events,
+                       other_events=self.other_events,
                        shared_encodes=self.shared_encoding.encodes,
                        shared_encode_hits=self.shared_encoding.hits,
                        recording_failed=bool(self.recorder and self.recorder.failed))

@@ -4,7 +4,8 @@ Formats and what a `kill -9` (or a power-cut-free crash) leaves on disk:
 
 * WAV (`WavTrack`, through `plugins.files.nodes.WavWriter`): the RIFF and data sizes are
   rewritten after every write, so the file is a valid WAV holding everything written; at most
-  `flush_seconds` of audio (buffered in memory between writes) is lost.
+  `flush_seconds` of audio (buffered in memory between writes) is lost. Writes fall on the
+  same multiples of `flush_seconds` of room time in every file, so all end at one instant.
 * FLAC (`AvTrack`, PyAV): the STREAMINFO block is rewritten with the sample count and MD5
   (unset in a track with silence made without the encoder) only on a clean close; after a
   kill it says "total samples: unknown" (0), which the FLAC format allows, and every
@@ -99,36 +100,73 @@ class TrackWriter:
 
 
 class WavTrack(TrackWriter):
-    """A crash-safe WAV track: blocks are gathered in a preallocated buffer and written every
-    `flush_samples` through `WavWriter`, whose header always matches what is on disk."""
+    """A crash-safe WAV track: blocks are gathered in a preallocated buffer and written
+    through `WavWriter`, whose header always matches what is on disk, whenever the file
+    reaches a multiple of `flush_samples`. Every track starts at room time 0, so the mix and
+    the tracks are written up to the same instant: after a `kill -9` they all end there
+    (a late joiner's track flushed `flush_samples` after its join, so the files of one
+    crash ended up to `record_flush` apart).
+
+    Silence (`write_silence`) is a hole in the file (sparse on Linux file systems), made as
+    the file crosses those multiples, except after audio within one: there it is zeros in
+    memory. So an empty room's mix and a quiet participant's track take no disk space
+    while they are silent (a persistent room waiting for callers wrote 8 GB of zeros a
+    day)."""
 
     def __init__(self, path: str, rate: int, channels: int, flush_samples: int) -> None:
         self.path = path
         self.buf = np.zeros((max(1, flush_samples), channels), np.int16)
-        self.fill = 0
+        self.flushed = 0  # samples on disk (written, or a hole)
+        self.hole = 0  # then samples of silence not on disk yet
+        self.fill = 0  # then samples in `buf`
         self.writer: WavWriter | None = None
         self.writer = WavWriter(path, rate, channels, "pcm_s16")
+
+    def _to_boundary(self) -> int:
+        size = len(self.buf)
+        return size - (self.flushed + self.hole + self.fill) % size
 
     def write(self, block: np.ndarray) -> None:
         pos, total = 0, len(block)
         while pos < total:
-            k = min(total - pos, len(self.buf) - self.fill)
+            room = self._to_boundary()
+            k = min(total - pos, room)
             self.buf[self.fill:self.fill + k] = block[pos:pos + k]
             self.fill += k
             pos += k
-            if self.fill == len(self.buf):
+            if k == room:
                 self.flush()
 
     def write_silence(self, samples: int) -> None:
         # A hole, not written zeros: a late joiner of a room running for a day would
         # otherwise wait while gigabytes of silence are written (the room waits with it).
-        self.flush()
+        if self.fill:  # after audio: zeros up to the boundary
+            room = self._to_boundary()
+            k = min(samples, room)
+            self.buf[self.fill:self.fill + k] = 0
+            self.fill += k
+            samples -= k
+            if k == room:
+                self.flush()
+        if samples:  # (nothing buffered now) the boundaries it crosses go to disk at once
+            self.hole += samples
+            size = len(self.buf)
+            crossed = (self.flushed + self.hole) // size * size - self.flushed
+            if crossed > 0:
+                self._skip(crossed)
+
+    def _skip(self, samples: int) -> None:
         if self.writer is not None:
             self.writer.skip(samples * self.buf.shape[1] * 2)
+        self.flushed += samples
+        self.hole -= samples
 
     def flush(self) -> None:
+        if self.hole:
+            self._skip(self.hole)
         if self.fill and self.writer is not None:
             self.writer.write(memoryview(self.buf[:self.fill]).cast("B"))
+        self.flushed += self.fill
         self.fill = 0
 
     def close(self) -> None:
@@ -444,6 +482,15 @@ class AvTrack(TrackWriter):
                 if self.broken:
                     self._cut()
                 self._unlock()  # last: until the file is whole it is still ours
+
+
+def _write_or_silence(track: TrackWriter, block: np.ndarray) -> None:
+    """A period of a track: silence (an empty room, a muted or quiet participant: most of
+    a room's tracks most of the time) as silence, which a WAV track keeps off the disk."""
+    if block.any():
+        track.write(block)
+    else:
+        track.write_silence(len(block))
 
 
 def _write_error(path: str, data: bytes, written: int) -> OSError:
@@ -770,18 +817,18 @@ class RoomRecorder:
                 if samples is not None:
                     block[:, channel] = samples
             self._current = self.mix_track.path
-            self.mix_track.write(block)
+            _write_or_silence(self.mix_track, block)
         else:
             if self.mix_track is not None:
                 self._current = self.mix_track.path
-                self.mix_track.write(mix.reshape(-1, 1))
+                _write_or_silence(self.mix_track, mix.reshape(-1, 1))
             for key, track in self.tracks.items():
                 samples = contributions.get(key)
                 self._current = track.path
                 if samples is None:
                     track.write_silence(n)
                 else:
-                    track.write(samples.reshape(-1, 1))
+                    _write_or_silence(track, samples.reshape(-1, 1))
         self.pts += n
         if self._manifest_due and self.pts - self._manifest_pts >= self.rate:
             # At most once a second: the manifest holds everyone who ever joined, so a
