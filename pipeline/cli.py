@@ -415,6 +415,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     graph.listeners.append(on_message)
     with contextlib.nullcontext() if args.devices else without_hardware():
         graph.prepare()
+    from .sip_cli import listen_problems
+
+    taken = listen_problems(graph)  # this host's ports, as a recorder's folder is checked
+    if taken:
+        for e in taken:
+            print(f"pipeline: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     conv = f", {len(graph.converters)} converter(s) inserted" if graph.converters else ""
     print(f"{args.file or 'launch line'}: graph '{graph.name}' is valid: "
           f"{len(graph.nodes)} nodes, {len(graph.links)} links{conv}")
@@ -820,9 +827,15 @@ def main(argv: list[str] | None = None) -> int:
         keep_running()
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if getattr(args, "quiet", False) else logging.WARNING)  # -q: errors only
-    if level <= logging.INFO:  # -v, --debug: stamped as the event lines are (messages.py)
-        logging.basicConfig(level=level, datefmt="%H:%M:%S", format="pipeline: "
-                            "%(asctime)s.%(msecs)03d %(name)s: %(message)s")
+    if args.command in LONG_RUNNING or level <= logging.INFO:
+        # Stamped as the event lines are, date and zone included (messages.py): a server's
+        # warning is set beside its calls' events and a peer's log. (-v, --debug: every
+        # command's lines, which then come as fast as what they follow.)
+        from .messages import LogFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(LogFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
     else:
         logging.basicConfig(level=level, format="pipeline: %(name)s: %(message)s")
     if not args.command:

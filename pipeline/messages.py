@@ -1,7 +1,11 @@
-"""Bus messages as text: one line each, `pipeline: HH:MM:SS.mmm NODE: NAME k=v ...` on
-stderr, the form `pipeline launch -m` prints every message in and `pipeline serve` its
-call events. The `k=v` fields after the event's name are logfmt (Heroku's, Go's
-`go-logfmt`, Kamailio's structured logging), so a log store parses them as they are:
+"""Bus messages as text: one line each, `pipeline: TIME NODE: NAME k=v ...` on stderr,
+the form `pipeline launch -m` prints every message in and `pipeline serve` its call events;
+log records of the commands that run until stopped have the same start (`LogFormatter`).
+TIME is RFC 3339 local time with milliseconds and the offset (`stamp`:
+2026-11-28T03:20:01.123+00:00), which a log store sorts and sets beside a peer's without
+knowing the host's zone or the day. The `k=v` fields after the event's name are logfmt
+(Heroku's, Go's `go-logfmt`, Kamailio's structured logging), so a log store parses them as
+they are:
 - a value with whitespace, `=`, `"` or a backslash in it, or an empty one, is written in
   double quotes, `"` and `\\` escaped by a backslash (`reason="remote hangup"`), so that
   no value can pass for another field: a peer's text (`reason=...`) planting `source=...`
@@ -80,6 +84,35 @@ def _escape(m: re.Match[str]) -> str:
     return f"\\x{ord(m[0]):02x}"
 
 
+_stamped: tuple = (-1, (), "", "")  # the last second stamped, its zone, date-time, offset
+
+
+def stamp(now: float) -> str:
+    """`now` (seconds since the epoch) as RFC 3339 local time in milliseconds with its UTC
+    offset: `2026-11-28T03:20:01.123+00:00`. The date and offset are formatted once a
+    second, not for each line of a burst."""
+    global _stamped
+    second = int(now)
+    if second != _stamped[0] or time.tzname != _stamped[1]:  # (TZ changed: tzset)
+        local = time.localtime(second)
+        zone = time.strftime("%z", local)  # +0100: RFC 3339 writes +01:00
+        _stamped = (second, time.tzname, time.strftime("%Y-%m-%dT%H:%M:%S", local),
+                    f"{zone[:3]}:{zone[3:]}")
+    _, _, text, zone = _stamped
+    return f"{text}.{int((now - second) * 1000):03d}{zone}"
+
+
+class LogFormatter(logging.Formatter):
+    """Log records as event lines are, `pipeline: TIME LOGGER: MESSAGE` (TIME: `stamp`),
+    with `call_id=ID` last when the record names its call (a `call_id` attribute: `extra=`,
+    or a filter's that knows the call, as `pipeline serve`'s does)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's)
+        call_id = getattr(record, "call_id", None)
+        tail = "" if call_id is None else f" {_field('call_id', call_id)}"
+        return f"pipeline: {stamp(record.created)} {record.name}: {record.message}{tail}"
+
+
 class MessagePrinter:
     """A bus listener that prints messages (those in `names`, or all) as lines stamped with
     the local time they came, to set beside a peer's logs. Given a loop, lines are written
@@ -93,8 +126,6 @@ class MessagePrinter:
         self.names = names
         self.loop = loop
         self.lines: list[str] = []
-        self._second = -1
-        self._hms = ""
 
     def __call__(self, msg: Any) -> None:
         if self.names is None or msg.name in self.names:
@@ -102,11 +133,7 @@ class MessagePrinter:
 
     def say(self, text: str) -> None:
         """Print `text` as a line stamped with the time now, in order with the messages."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # strftime once a second, not for each line of a burst
-            self._second, self._hms = second, time.strftime("%H:%M:%S", time.localtime(second))
-        self.lines.append(f"pipeline: {self._hms}.{int((now - second) * 1000):03d} {text}\n")
+        self.lines.append(f"pipeline: {stamp(time.time())} {text}\n")
         if self.loop is None or _root.isEnabledFor(logging.INFO):
             # -v, --debug: log lines are written at once, so these are too (in order).
             self.flush()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, until
+from test_cli_call_control import STAMP
 from test_sip_endpoint import (  # noqa: F401 (an autouse fixture: no port left held)
     CALLER_GRAPH,
     Endpoint,
@@ -184,8 +185,8 @@ def test_a_call_that_rings_unanswered_says_so_and_a_signal_only_hangs_up(tmp_pat
     # longer with --duration)": the signal's doing, an interrupted run (docs/cli.md).
     for code_, err_ in ((code2, err2), (code3, err3)):
         assert code_ == 128 + signal.SIGINT, err_
-        assert any(re.fullmatch(r"pipeline: \d\d:\d\d:\d\d\.\d{3} hanging up \(again to stop "
-                                r"now\)", line) for line in err_), err_
+        assert any(re.fullmatch(STAMP + r"hanging up \(again to stop now\)", line)
+                   for line in err_), err_
         assert not any("unregistering" in line for line in err_)
         assert err_[-1] == f"pipeline: call to sip:echo@127.0.0.1:{port} cancelled by SIGINT"
         assert not any("--duration" in line or "error" in line for line in err_), err_

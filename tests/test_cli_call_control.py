@@ -17,7 +17,9 @@ from conftest import ROOT, WAIT, until
 
 ECHO_SERVER = ROOT / "graphs" / "echo-server.yaml"
 CALLER = ROOT / "graphs" / "caller.yaml"
-STAMP = r"pipeline: \d\d:\d\d:\d\d\.\d{3} "  # the local time an event line starts with
+# The local time an event line (and a serve's or call's log line) starts with: RFC 3339,
+# milliseconds and the UTC offset (2026-11-28T03:20:01.123+00:00).
+STAMP = r"pipeline: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d "
 
 
 class Cli:
@@ -264,8 +266,9 @@ def test_event_lines_start_with_the_local_time_in_milliseconds(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
-    assert lines == ["pipeline: 22:13:20.517 sip: call-established call_id=c1 codec=pcmu\n",
-                     "pipeline: 22:13:20.517 hold: re-INVITE sent (sendonly)\n"]
+    assert lines == [
+        "pipeline: 2023-11-14T22:13:20.517+00:00 sip: call-established call_id=c1 codec=pcmu\n",
+        "pipeline: 2023-11-14T22:13:20.517+00:00 hold: re-INVITE sent (sendonly)\n"]
 
 
 def test_commands_say_why_they_cannot_act_without_an_established_call():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, WAIT, require_tool
+from test_cli_call_control import STAMP
 
 from pipeline.testing import dominant_frequency, read_wav, sine, write_wav
 
@@ -27,7 +28,6 @@ CALLER = ROOT / "graphs" / "caller.yaml"
 DIAL_DIGITS = ROOT / "graphs" / "dial-digits.yaml"
 ECHO = ROOT / "graphs" / "calls" / "echo.yaml"
 IVR = ROOT / "graphs" / "calls" / "ivr.yaml"
-STAMP = r"pipeline: \d\d:\d\d:\d\d\.\d{3} "
 
 
 class Pipeline:

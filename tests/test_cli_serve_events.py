@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import ROOT, WAIT
+from test_cli_call_control import STAMP
 
 ECHO_SERVER = ROOT / "graphs" / "echo-server.yaml"
 DIAL_DIGITS = ROOT / "graphs" / "dial-digits.yaml"
@@ -72,8 +73,8 @@ def test_serve_prints_the_dtmf_digits_a_call_sends(tmp_path):
     digits = [line for line in lines if " dtmf " in line]
     assert len(digits) == 2, lines
     for digit, line in zip("5#", digits, strict=True):
-        # pipeline: 14:03:22.517 call-1/rtp: dtmf digit=5 duration_ms=...
-        assert re.fullmatch(rf"pipeline: \d\d:\d\d:\d\d\.\d{{3}} call-\d+/rtp: dtmf "
+        # pipeline: 2026-11-28T14:03:22.517+00:00 call-1/rtp: dtmf digit=5 duration_ms=...
+        assert re.fullmatch(STAMP + r"call-\d+/rtp: dtmf "
                             rf"digit={re.escape(digit)} "
                             r"duration_ms=\d+(\.\d+)?", line), line
 
@@ -127,7 +128,7 @@ def test_serve_m_prints_every_bus_message_not_only_call_events(tmp_path):
         return err.decode().splitlines()
 
     with_m, without = asyncio.run(run("-m")), asyncio.run(run())
-    assert any(re.match(r"pipeline: \d\d:\d\d:\d\d\.\d{3} level\d+: level rms_dbfs=", ln)
+    assert any(re.match(STAMP + r"level\d+: level rms_dbfs=", ln)
                for ln in with_m), with_m
     assert any(" sip-listening " in ln for ln in with_m)
     assert not any(re.search(r" level\d+: level ", ln) for ln in without), without
@@ -255,7 +256,7 @@ def test_a_call_whose_graph_fails_ends_saying_so_under_its_prefix(tmp_path, earl
         tmp_path, _crash_server(tmp_path, call_graph, early), CALLER))
     (error,) = [line for line in lines if " error " in line]
     assert re.fullmatch(
-        r"pipeline: \d\d:\d\d:\d\d\.\d{3} call-1/bug: error message=\"node 'call-1/bug': "
+        STAMP + r"call-1/bug: error message=\"node 'call-1/bug': "
         r"ZeroDivisionError: division by zero in my dsp \(hint: raised in process\(\): a bug "
         r"in plugin '.*crashy\.py'; --debug shows the traceback\)\" part=call-1/", error), error
     (ended,) = [line for line in lines if " call-ended " in line]

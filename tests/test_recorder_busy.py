@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import numpy as np
 import pytest
 from conftest import ROOT, until
 from test_call_quality_and_refer import Pipeline, fields, tone_graph
+from test_cli_call_control import STAMP
 from test_recorder_lock import _errors, _meanwhile, _pictures
 from test_sip_endpoint import (  # noqa: F401 (an autouse fixture: no port left held)
     Endpoint,
@@ -139,9 +141,12 @@ def test_a_transferred_caller_graph_records_each_call_to_its_own_file(tmp_path):
     established = [fields(line) for line in lines if " sip: call-established " in line]
     assert [e["callee"] for e in established] == ["bob@127.0.0.1", "carol@127.0.0.1"]
     again = tmp_path / "out" / "heard-2.wav"
-    assert [line for line in lines if "heard" in line] == [
-        "pipeline: plugins.files.nodes: recorder 'call-2/rec': 'out/heard.wav' is being "
-        "recorded by another recorder: recording to 'out/heard-2.wav' instead"]
+    # Stamped as the event lines are, and naming its call (the second: to Carol).
+    (warned,) = [line for line in lines if "heard" in line]
+    assert re.fullmatch(STAMP + re.escape(
+        "plugins.files.nodes: recorder 'call-2/rec': 'out/heard.wav' is being recorded by "
+        "another recorder: recording to 'out/heard-2.wav' instead call_id="
+        f"{established[1]['call_id']}"), warned), lines
     assert sorted(p.name for p in heard.parent.iterdir()) == ["heard-2.wav", "heard.wav"]
     for path, freq, seconds in ((heard, 1000.0, 0.5), (again, 600.0, 2.0)):
         audio, rate = read_wav(path)

@@ -50,6 +50,7 @@ from conftest import until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from peers.pjsua2_peer import Pjsua2Peer
+from test_cli_call_control import STAMP
 from test_sip_endpoint import ECHO, Endpoint
 
 from pipeline.errors import ParseError
@@ -933,8 +934,8 @@ def test_serve_prints_event_lines_once_per_loop_turn(capsys, quiet):
 
     before, after = asyncio.run(main())
     assert before == ""
-    # each line is stamped with the local time (HH:MM:SS.mmm) its event came
-    stamp = re.compile(r"^pipeline: \d\d:\d\d:\d\d\.\d{3} ", re.M)
+    # each line is stamped with the local time its event came (RFC 3339, milliseconds)
+    stamp = re.compile("^" + STAMP, re.M)
     assert len(stamp.findall(after)) == after.count("\n")
     after = stamp.sub("pipeline: ", after)
     calls = ("pipeline: sip: call-incoming call_id=c1 codec=pcmu\n"

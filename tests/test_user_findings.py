@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from test_cli_call_control import STAMP
 
 from pipeline.cli import main
 from pipeline.errors import GraphError
@@ -138,7 +139,7 @@ def test_launch_m_prints_each_bus_message(capsys):
     assert main(["launch", "-m", "-q", "-e",
                  "tone duration=300ms ! level interval=100ms ! null_sink"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert [re.sub(r"^pipeline: \d\d:\d\d:\d\d\.\d{3} ", "pipeline: ", line) for line in err] == [
+    assert [re.sub("^" + STAMP, "pipeline: ", line) for line in err] == [
         f"pipeline: level0: level rms_dbfs=-9.011 peak_dbfs=-6 pts={pts}"
         for pts in (4800, 9600, 14400)]
 

@@ -199,10 +199,10 @@ def test_pipeline_call_does_not_dial_with_a_server_graph_and_warns_of_no_rtp(tmp
     assert re.fullmatch(REFUSED, refused.stderr.strip()), refused.stderr
     assert got == b""  # refused before dialling: no INVITE reached the far end
     warned = [line for line in silent.stderr.splitlines() if "RTP" in line]
-    assert warned == [
-        f"pipeline: plugins.sip: call graph '{ROOT / 'graphs' / 'demo.yaml'}' has no node using "
+    assert len(warned) == 1 and re.fullmatch(STAMP + re.escape(
+        f"plugins.sip: call graph '{ROOT / 'graphs' / 'demo.yaml'}' has no node using "
         "the call's RTP ports (${call.local_rtp_port}): the call will have no media; add an "
-        "rtp_session, as graphs/calls/echo.yaml has"], silent.stderr
+        "rtp_session, as graphs/calls/echo.yaml has"), warned[0]), silent.stderr
 
 
 def test_an_endpoint_whose_call_graph_is_a_server_graph_is_refused(tmp_path):

@@ -3,7 +3,8 @@
 `serve FILE.yaml` runs a graph that holds one or more `sip_endpoint` nodes until SIGINT or
 SIGTERM (or `--duration`): the first signal, or the end of `--duration`, hangs up every call
 and unregisters, a second signal stops at once; SIGHUP is ignored with a line, SIGUSR1
-prints the --stats table as it is now (`pipeline.cli.command_signals`). `call SIP-URI
+prints the --stats table as it is now (`pipeline.cli.command_signals`), SIGQUIT drains
+(`_Drain`: new calls refused, the calls up left to end, then the stop). `call SIP-URI
 --graph CALL.yaml` builds a parent graph with one endpoint that dials the URI and runs
 CALL.yaml as the call graph, hanging up after `--duration` (`--video`: with a video stream
 beside the audio); while it runs, line commands on stdin hold, resume, add or drop video,
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import os
 import re
 import signal
+import socket
 import stat
 import sys
 import time
@@ -32,6 +35,7 @@ from pipeline.cli import command_signals, duration_option
 from pipeline.errors import GraphError, NodeError, PipelineError
 from pipeline.graph import Graph
 from pipeline.messages import MessagePrinter
+from pipeline.params import ParamValueError
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from . import DEFAULT_CODECS, DEFAULT_USER, callcheck, offer_answer
@@ -61,12 +65,15 @@ def endpoints(graph: Graph) -> list[Any]:
 
 async def _run(graph: Graph, duration: float | None, quiet: bool = False,
                signals: list[int] | None = None, stats: bool = False,
-               control: _CallControl | None = None, messages: bool = False) -> RunResult:
+               control: _CallControl | None = None, messages: bool = False,
+               drain: bool = False) -> RunResult:
     """Run `graph` until its endpoints are done, a signal or `duration`. The first signal,
     or the end of `duration`, hangs up every call and unregisters (so each call's end is
-    reported, `call-ended`); a second signal stops at once. The signals that came are
-    appended to `signals`. `control` reads its commands from stdin meanwhile. Call events
-    are printed (with `quiet` only errors; with `messages` every bus message)."""
+    reported, `call-ended`); a second signal stops at once. With `drain` (serve), SIGQUIT
+    drains: new calls refused, unregistered at once, the run ends as the last call up
+    does (`_Drain`). The signals that came are appended to `signals`. `control` reads its
+    commands from stdin meanwhile. Call events are printed (with `quiet` only errors; with
+    `messages` every bus message)."""
     loop = asyncio.get_running_loop()
     got = signals if signals is not None else []
     stopping = [False]
@@ -109,10 +116,17 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
     # SIGHUP: a stamped line, in order with the events; SIGUSR1: the --stats table now.
     handlers = command_signals(printer.say, lambda: stats_table(
         runtime.collect_stats(), list(graph.messages), calls_up(graph)), on_signal)
+    if drain and hasattr(signal, "SIGQUIT"):
+        handlers[signal.SIGQUIT] = _Drain(graph, printer.say, stop_endpoints,
+                                          lambda: stopping[0]).start
     runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats,
                       signal_handlers=handlers)
     timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
     graph.listeners.append(printer)
+    calls = CallLogFilter(graph)
+    handlers_logged = list(logging.getLogger().handlers)
+    for handler in handlers_logged:
+        handler.addFilter(calls)
     if control is not None:
         control.listen(loop, printer.say, lambda: stop_endpoints(None))
     # A server process: what start-up made (modules, the registry, the graph) lives until
@@ -133,8 +147,89 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
         if control is not None:
             control.close()
         printer.flush()
+        for handler in handlers_logged:
+            handler.removeFilter(calls)
         gc.set_threshold(*thresholds)
         gc.unfreeze()  # back in the collector's sight (matters when run in-process)
+
+
+class CallLogFilter(logging.Filter):
+    """Names the call of a log record about one (`call_id`, which `LogFormatter` writes
+    last), for serve's and call's warnings: one filter on the log handlers rather than the
+    call id passed at every call site. A record names its call by its part's prefix in a
+    node's name (`rtp_session 'call-3/rtp': ...`; the call that part is numbered after,
+    also while its nodes start), or by the SIP code's own `call ID: ...` start; one with
+    a `call_id` already (`extra=`, or `call_id=` in its text) is left as it is."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "call_id", None) is not None:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # (the handler says so when it formats the record)
+            return True
+        named = None if "call_id=" in text else _CALL_NAMED.search(text)
+        if named is not None:
+            record.call_id = named[1] or self.call_numbered(int(named[2]))
+        return True
+
+    def call_numbered(self, number: int) -> str | None:
+        """The Call-ID of the call whose part is `call-NUMBER/` (None: gone, or none)."""
+        for node in endpoints(self.graph):
+            calls = getattr(getattr(node, "ua", None), "calls", {})
+            for call in list(calls.values()):
+                if call.number == number:
+                    return call.call_id
+        return None
+
+
+# `call ID: ...` (parts, digits, transfers), or a part's prefix in a node's name
+_CALL_NAMED = re.compile(r"^call (\S+): |\bcall-(\d+)/")
+
+
+class _Drain:
+    """serve's SIGQUIT, as nginx's graceful shutdown: the endpoints refuse new calls (503
+    with Retry-After) and unregister at once, so the registrar or the proxy in front sends
+    new calls to another instance; the calls up go on (re-INVITEs, transfers, BYEs), and
+    the run ends as a signal ends it (`stop`) once the last one has ended, at once when
+    none is up. SIGINT or SIGTERM meanwhile hangs up the rest, as without a drain."""
+
+    def __init__(self, graph: Graph, say: Callable[[str], None],
+                 stop: Callable[[str | None], None], stopping: Callable[[], bool]) -> None:
+        self.graph, self.say, self.stop, self.stopping = graph, say, stop, stopping
+        self.draining = False
+
+    def start(self) -> None:
+        if self.stopping():  # hanging up already (a signal, --duration): nothing to drain
+            return
+        up = self.calls_up()
+        if not up:
+            self.say("draining: no calls up; stopping now")
+            self.stop(None)
+            return
+        if not self.draining:  # (again: the line says how many are left)
+            self.draining = True
+            for node in self.nodes():
+                node.drain()
+            self.graph.listeners.append(self.on_bus)
+        self.say(f"draining: {up} call{'s' if up != 1 else ''} up; new calls are refused; "
+                 "send SIGTERM to end them now")
+
+    def nodes(self) -> list[Any]:
+        return [n for n in endpoints(self.graph) if getattr(n, "ua", None) is not None]
+
+    def calls_up(self) -> int:
+        return sum(n.ua.active_calls() for n in self.nodes())
+
+    def on_bus(self, msg: Any) -> None:
+        # (Not once stopping: a signal's hang-up, whose ends come here too, waits for its
+        # BYEs to be answered; `stop` again would stop at once.)
+        if msg.name == "call-ended" and not self.stopping() and not self.calls_up():
+            self.stop(None)
 
 
 _ERRORS = frozenset(("sip-registration-failed", "error"))
@@ -407,10 +502,52 @@ def serve(args: argparse.Namespace) -> int:
         raise PipelineError("graph has no sip_endpoint node to serve",
                             hint="add a node of type sip_endpoint (docs/sip.md)")
     result = run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet,
-                                stats=args.stats, messages=args.messages))
+                                stats=args.stats, messages=args.messages, drain=True))
     if args.stats:
         print_stats(result)
     return 0
+
+
+def listen_problems(graph: Graph) -> list[GraphError]:
+    """`pipeline validate`'s check of this host for the graph's endpoints, as it checks a
+    recorder's folder: each `listen` address that cannot be bound now (a port another
+    program holds, an address not this host's, a port below 1024 without the right to
+    it), as the error naming it, where it is written, and the fix. Bound and let go at
+    once; a port free now may of course be taken before `serve` starts."""
+    errors = []
+    for node in endpoints(graph):
+        for spec in node._specs:  # (read by its validate)
+            refused = _unbindable(spec.transport, spec.host, spec.port)
+            if refused is not None:
+                errors.append(graph._param_error(node, ParamValueError(
+                    "listen", f"parameter 'listen': {spec.transport}:{spec.host}:{spec.port} "
+                    f"cannot be bound: {refused.args[0]}", refused.args[1])))
+    return errors
+
+
+def _unbindable(transport: str, host: str, port: int) -> ValueError | None:
+    """Why a socket cannot be bound where a listener of `transport` would be (as
+    `SipTransport.bind` binds it), with the fix; None when it can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as sock:
+        if kind == socket.SOCK_STREAM:  # as the listener: a port in TIME_WAIT is no one's
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            proto = "udp" if transport == "udp" else "tcp"
+            fixes = {
+                errno.EADDRINUSE: f"another program holds it (ss -{proto[0]}lpn 'sport = "
+                                  f":{port}' names it): stop it, or listen on another port",
+                errno.EACCES: "a port below 1024 needs root or CAP_NET_BIND_SERVICE: "
+                              "listen on a port from 1024 up",
+                errno.EADDRNOTAVAIL: f"{host} is not an address of this host (ip addr lists "
+                                     "them): listen on one of them, or 0.0.0.0",
+            }
+            reason = (e.strerror or str(e)).lower()
+            return ValueError(reason, fixes.get(e.errno, "listen on another address or port"))
+    return None
 
 
 def print_stats(result: RunResult) -> None:

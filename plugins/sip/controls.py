@@ -1,7 +1,7 @@
 """The `sip_endpoint`'s controls for the application (the CLI, a listener of its bus
 messages, a test): dial (`call`), `answer`, `hangup`, `hold`, `resume`, `add_video` and
 `drop_video` (re-INVITEs whose refusal is posted as an ``error``: else the application
-waits for a ``call-updated`` that never comes), and `shutdown`.
+waits for a ``call-updated`` that never comes), `shutdown` and `drain`.
 
 `CallControls` is mixed into `nodes.SipEndpoint`; each control asks the sans-IO UA, then
 sends what it queued (`_pump`).
@@ -140,6 +140,12 @@ class CallControls:
         now = self._loop.time()
         self._shutting_down = now
         self.ua.shutdown(now)
+        self._pump()
+
+    def drain(self) -> None:
+        """Refuse new calls (503 with Retry-After) and unregister now; the calls up go on
+        to their end (`shutdown` ends them)."""
+        self.ua.drain(self._loop.time())
         self._pump()
 
     def _forget_asked_updates(self) -> None:

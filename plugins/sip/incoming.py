@@ -17,6 +17,8 @@ INVITE passes, ringing, early media, answering and refusing, CANCEL.
 - session timers (RFC 4028, `session_timer`): 422 below our Min-SE, Session-Expires in the
   2xx;
 - CANCEL (487 to the INVITE, 9.2);
+- draining (`drain`, `pipeline serve`'s SIGQUIT): a new INVITE gets 503 with Retry-After
+  (21.5.4), the calls up go on;
 - attended transfer (RFC 3891 Replaces, RFC 5589, `replaces`): an INVITE with Replaces that
   names one of our calls takes its place (that call gets BYE once the new one is
   established; 481 when it names no dialog of ours or an early one we did not make).
@@ -59,6 +61,10 @@ if TYPE_CHECKING:
 # RFC 3261 13.3.1.1: an unanswered INVITE gets a non-100 provisional response at least this
 # often, or a proxy may cancel it (its timer C, more than 3 minutes)
 PROVISIONAL_REPEAT = 60.0
+# Seconds a draining server's 503 asks a caller to keep off it (RFC 3261 21.5.4): its
+# proxy tries the next server at once and comes back after about a restart (a drained
+# instance is restarted once its calls end); longer would keep calls off the new one.
+DRAIN_RETRY_AFTER = 60
 
 
 class IncomingCalls:
@@ -76,9 +82,19 @@ class IncomingCalls:
     _server_auth: DigestServer | None
     _reliable: dict[str, prack.ReliableProvisional]
     _now: float
+    # `drain` was called: new calls are refused, those up go on
+    draining = False
 
     def active_calls(self) -> int:
         return sum(1 for c in self.calls.values() if c.active)
+
+    def drain(self, now: float) -> None:
+        """Take no new call from now on (each INVITE gets 503 with Retry-After) and remove
+        our registration, so that the registrar sends new calls elsewhere; the calls up,
+        and their in-dialog requests (re-INVITE, BYE, REFER), go on as before (nginx's
+        graceful shutdown)."""
+        self.draining = True
+        self.unregister(now)  # type: ignore[attr-defined]
 
     def _on_invite(self, request: SipRequest, tx: ServerTransaction, transport: str,
                    addr: Address, now: float) -> None:
@@ -92,6 +108,11 @@ class IncomingCalls:
             replaced = self._replaced_call(request, tx, now)
             if replaced is None:
                 return  # refused (400, 481, 486, 603)
+        if self.draining and replaced is None:  # (one that replaces a call up goes on)
+            self.stats["refused_draining"] += 1
+            self._respond(tx, request, 503, now, headers=[
+                ("Retry-After", str(DRAIN_RETRY_AFTER))], why="draining")
+            return
         limit = self.config.max_calls
         if limit and replaced is None and self.active_calls() >= limit:
             self.stats["busy"] += 1

@@ -34,7 +34,7 @@ call once established.
 the UA queued and posts what it reports (`_pump`, `_on_event`) and `stats`. The rest is
 mixed in, one module each: `checks` (`validate`; the codecs offered and accepted),
 `controls` (`call`, `answer`, `hangup`, `hold`, `resume`, `add_video`, `drop_video`,
-`shutdown`), `parts` (a call's part started, attached, detached, rebuilt), `digits`
+`shutdown`, `drain`), `parts` (a call's part started, attached, detached, rebuilt), `digits`
 (`send_digits`: RFC 4733 or INFO), `transfers` (REFER both ways), `room` (calls into a
 conference node) and `watch` (RTP timeout, `max_call_time`). `values` makes the
 `${call.*}` values, `ports` hands out RTP ports.
@@ -101,8 +101,9 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
     registrar = Param(str, None, "register at this registrar, e.g. sip:127.0.0.1:5070")
     realm = Param(str, None, "answer digest challenges only from this realm (default: any); "
                   "also the realm we challenge callers in")
-    register_expires = Param(int, 3600, "registration lifetime asked for, seconds",
-                             min=10, max=86400)
+    register_expires = Param(int, 600, "registration lifetime asked for, seconds (a "
+                             "registrar restarted without persistence finds us again "
+                             "within it: docs/sip.md)", min=10, max=86400)
     users = Param(dict, None, "user -> password: challenge callers with digest auth")
     max_calls = Param(int, 0, "calls at once; more are answered 486 (0: no limit)", min=0)
     room = Param(str, None, "conference node of this graph that calls join: answer 486 when "

@@ -66,7 +66,7 @@ class Registration:
     call_id: str
     tag: str
     cseq: int = 0
-    expires: int = 3600
+    expires: int = 600
     refresh_at: float | None = None
     expires_at: float | None = None  # when the binding the registrar granted lapses
     registered: bool = False
@@ -107,10 +107,14 @@ class RegistrationClient:
         `last_chance` (we are about to close the transport) they are all there is, since a
         new challenge could not be answered."""
         reg = self.registration
-        if reg is None or not reg.registered:
+        if reg is None:
             return
         reg.unregistering = True
-        reg.refresh_at = None
+        reg.refresh_at = None  # no refresh, nor the retry of a failed REGISTER
+        if not reg.registered:
+            # No binding yet; one that a REGISTER in flight makes is removed when its 2xx
+            # comes (`_on_register_response`).
+            return
         # With credentials for the challenge already answered (`_send_register`); on the
         # last chance they are all there is, since no new challenge can be answered.
         self._send_register(reg, now)
@@ -191,6 +195,11 @@ class RegistrationClient:
         aor = str(reg.aor.uri)
         if 200 <= code < 300:
             reg.auth_tries = 0
+            if reg.unregistering and tx.request.headers.get("Expires") != "0":
+                # A binding made by a REGISTER sent before `unregister`: removed now.
+                reg.registered = True
+                self._send_register(reg, now)
+                return
             if reg.unregistering:
                 reg.registered = False
                 reg.unregistering = False

@@ -129,7 +129,7 @@ class UaConfig:
     password: str | None = None
     registrar: str | None = None
     realm: str | None = None
-    register_expires: int = 3600
+    register_expires: int = 600
     users: dict[str, str] = field(default_factory=dict)
     auth_realm: str | None = None
     max_calls: int = 0  # 0: no limit
