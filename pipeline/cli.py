@@ -286,18 +286,18 @@ def endless_warning(graph: Graph) -> str | None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from .runtime import Runtime, run_coroutine
+    from .runtime import Runtime, live_node, run_coroutine
 
     graph = build_graph(args)
     duration = duration_option(args.duration)
-    live = [n for n in graph.nodes.values() if getattr(n, "realtime", False)]
-    if args.realtime is False and live:
+    live = live_node(graph)
+    if args.realtime is False and live is not None:
         # A device or a socket runs at the wall clock's pace: under the virtual clock a
         # capture records silence and a playback drops most of what it is given.
-        raise UsageError(f"--offline: node '{live[0].name}' ({live[0].kind}) runs in real "
+        raise UsageError(f"--offline: node '{live.name}' ({live.kind}) runs in real "
                          "time only (a sound device or the network)",
                          hint="drop --offline; --duration bounds a real-time run")
-    realtime = args.realtime if args.realtime is not None else bool(live)
+    realtime = args.realtime if args.realtime is not None else live is not None
     # -m lines would break the progress line, which is rewritten in place. (stderr is None
     # when closed: `2>&-`.)
     show_progress = (not realtime and sys.stderr is not None and sys.stderr.isatty()

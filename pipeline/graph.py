@@ -9,7 +9,9 @@ Errors carry the YAML location of what caused them.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import inspect
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -81,7 +83,9 @@ class Graph:
         self.converters: list[str] = []
         # The latest bus messages (bounded: a server posts a few per call, for months).
         self.messages: deque[BusMessage] = deque(maxlen=MAX_MESSAGES)
-        self.listeners: list[Callable[[BusMessage], None]] = []
+        self.listeners: list[Callable[[BusMessage], Any]] = []
+        # What async listeners (and on_frame callbacks) are doing: a run waits for them.
+        self.app_tasks: set[asyncio.Task] = set()
         self.on_finished: Callable[[Node], None] | None = None
         self.prepared = False
         self.validated: set[str] = set()  # nodes whose validate() has run (the loader's)
@@ -615,26 +619,58 @@ class Graph:
     def post(self, node: Node, name: str, data: dict) -> None:
         msg = BusMessage(node.name, name, data)
         self.messages.append(msg)
-        for fn in self.listeners:
-            try:
-                fn(msg)
-            except Exception as e:
-                self._listener_failed(fn, msg, e)
+        # A copy: a listener may remove itself (a one-shot wait for `sip-listening`), which
+        # in the list itself would skip the next listener's turn.
+        for fn in tuple(self.listeners):
+            self.call_app(fn, msg, "bus listener", f" on '{name}' from node '{node.name}'",
+                          "listener")
 
-    def _listener_failed(self, fn: Callable, msg: BusMessage, exc: Exception) -> None:
-        """A listener's exception is the application's bug, not the posting node's: the node
-        goes on undisturbed (as a GStreamer element does whatever its bus watch does) and
-        the other listeners still hear the message; the run stops with this error, as an
-        embedding program that raised expects. Without a runtime (the program's own
-        prepare()), it is raised to the program at once."""
-        err = PipelineError(f"bus listener {_described(fn)} failed on '{msg.name}' from node "
-                            f"'{msg.node}': {type(exc).__name__}: {exc}",
-                            hint="a bug in the application's listener, not in the node; "
+    def call_app(self, fn: Callable[[Any], Any], arg: Any, role: str, context: str = "",
+                 noun: str = "callback", node: Node | None = None) -> None:
+        """Call the application's `fn(arg)` (a bus listener; `node`'s callback, as a
+        frame_sink's on_frame). An `async def` one runs as a task of the loop, as pyee's
+        handlers do for aiortc's events (called and dropped, its coroutine would never
+        run); a run waits for its tasks at its end. A failure is the application's: see
+        `_app_failed`."""
+        try:
+            result = fn(arg)
+            if result is not None and inspect.iscoroutine(result):
+                self._run_app_task(fn, result, (role, context, noun, node))
+        except Exception as e:
+            self._app_failed(fn, (role, context, noun, node), e)
+
+    def _run_app_task(self, fn: Callable, coro: Any, blame: tuple) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            raise PipelineError("it is async, and no event loop runs to run it") from None
+        task = loop.create_task(coro)
+        self.app_tasks.add(task)  # (the loop keeps only a weak reference to a task)
+
+        def done(task: asyncio.Task) -> None:
+            self.app_tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self._app_failed(fn, blame, task.exception())
+
+        task.add_done_callback(done)
+
+    def _app_failed(self, fn: Callable, blame: tuple, exc: BaseException) -> None:
+        """An application callback's exception is the application's bug, not the calling
+        node's: the node goes on undisturbed (as a GStreamer element does whatever its bus
+        watch does) and the other listeners still hear the message; the run stops with this
+        error, as an embedding program that raised expects (a node's callback ends only
+        the node's part, a call, as the node's own fault would). Without a runtime (the
+        program's own prepare()), it is raised to the program at once."""
+        role, context, noun, node = blame
+        err = PipelineError(f"{role} {_described(fn)} failed{context}: "
+                            f"{type(exc).__name__}: {exc}",
+                            hint=f"a bug in the application's {noun}, not in the node; "
                             "--debug shows the traceback")
         err.__cause__ = exc
         if self.runtime is None:
             raise err
-        self.runtime.fail(err)
+        self.runtime.fail(err, node)
 
     def node_finished(self, node: Node) -> None:
         if self.on_finished is not None:

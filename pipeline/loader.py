@@ -922,8 +922,12 @@ class Builder:
             if not isinstance(mod, str) or not mod:
                 raise _err(f"plugin {shown(mod)} is not a path", where,
                            "write plugins: [./my_nodes.py]")
+            # A graph given as text has no folder of its own: its paths are the current
+            # folder's, which the hint must say rather than "relative to the YAML file".
+            hint = () if filename else ("check the path under plugins: (relative to the "
+                                        "current folder: the graph is text, not a file)",)
             try:
-                self.registry.load_file(_tidy(base_dir / mod))
+                self.registry.load_file(_tidy(base_dir / mod), *hint)
             except PipelineError as e:
                 raise _err(e.message, where, e.hint) from None
 

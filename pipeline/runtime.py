@@ -195,6 +195,38 @@ def expected_length(node: Node) -> float | None:
     return float(length)
 
 
+def live_node(graph: Graph) -> Node | None:
+    """The first node of `graph` that runs in real time only (`realtime = True`: a sound
+    device, a socket), or None."""
+    return next((n for n in graph.nodes.values() if getattr(n, "realtime", False)), None)
+
+
+def interrupt_signals() -> Callable[[], None]:
+    """While the loop's thread is held in synchronous code (nodes starting, an offline sink
+    waiting for its reader), the loop cannot run its signal handlers: SIGINT and SIGTERM
+    raise KeyboardInterrupt there instead (named after the signal, which `pipeline`'s exit
+    status follows). Returns what puts the previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in _SIGNALS}
+    return lambda: [signal.signal(sig, old) for sig, old in saved.items()] and None
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """`interrupt_signals` for a block: a node that must wait on the loop's thread (an
+    offline `y4m_sink` whose reader is slow) stays stoppable by Ctrl-C."""
+    restore = interrupt_signals()
+    try:
+        yield
+    finally:
+        restore()
+
+
 @dataclass
 class Part:
     """A group of nodes attached while running (one call's graph)."""
@@ -207,7 +239,8 @@ class Part:
 class Runtime:
     """One graph on one event loop; see the module docstring."""
 
-    def __init__(self, graph: Graph, *, realtime: bool = False, duration: float | None = None,
+    def __init__(self, graph: Graph, *, realtime: bool | None = None,
+                 duration: float | None = None,
                  stats: bool = False, progress: Callable[[float, float | None], None] | None = None,
                  clock: Any = None, on_signal: Callable[[int], None] | None = None,
                  signal_handlers: Mapping[int, Callable[[], None]] | None = None) -> None:
@@ -219,9 +252,12 @@ class Runtime:
         # Other signals a command handles from the loop for the whole run (serve's SIGHUP
         # and SIGUSR1): not a stop, so one that comes while nodes start waits for the loop.
         self.signal_handlers = dict(signal_handlers or {})
-        self.realtime = realtime
+        # None: as the graph needs, as `pipeline launch` decides. A program that left it out
+        # ran a SIP or RTP graph under the virtual clock: half an hour of media time (its
+        # timers, RTP timeouts) in a second of wall time.
+        self.realtime = live_node(graph) is not None if realtime is None else realtime
         self._clock_given = clock is not None
-        self.clock = clock or (RealtimeClock() if realtime else VirtualClock())
+        self.clock = clock or (RealtimeClock() if self.realtime else VirtualClock())
         self._clock_node: Node | None = None  # the device whose clock drives the ticks
         self.duration = duration
         self.profile = stats
@@ -886,7 +922,8 @@ class Runtime:
         wall0 = time.perf_counter()
         stopped_by = "eos"
         n = 0
-        restore = self._interrupt_start() if self.on_signal is not None else None
+        # While nodes start (synchronously), SIGINT and SIGTERM interrupt them.
+        restore = interrupt_signals() if self.on_signal is not None else None
         restore_others = self._handle_signals(self.signal_handlers)
         try:
             expected = self.expected_duration()
@@ -996,6 +1033,7 @@ class Runtime:
             if restore is not None:
                 restore()
             restore_others()
+            await self._end_app_tasks()
         wall = time.perf_counter() - wall0
         if self.error is not None:
             err = as_node_error(self.error, self.error_node)
@@ -1007,19 +1045,6 @@ class Runtime:
                     err.where = ":".join(str(p) for p in where if p is not None)
             raise err
         return RunResult(n * g.period, wall, self.collect_stats(), list(g.messages), stopped_by, g)
-
-    def _interrupt_start(self) -> Callable[[], None]:
-        """While nodes start, the loop cannot run its signal handlers (a node's start() is
-        synchronous): SIGINT and SIGTERM interrupt it, as KeyboardInterrupt, instead.
-        Returns what puts the previous handlers back."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def interrupt(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-
-        saved = {sig: signal.signal(sig, interrupt) for sig in _SIGNALS}
-        return lambda: [signal.signal(sig, old) for sig, old in saved.items()] and None
 
     def _handle_signals(self, handlers: Mapping[int, Callable[[], None]]
                         ) -> Callable[[], None]:
@@ -1111,6 +1136,23 @@ class Runtime:
                             "cancelled; left behind", name, IO_GRACE)
             elif not task.cancelled():
                 task.exception()  # retrieved: its failure was reported through fail()
+
+    async def _end_app_tasks(self) -> None:
+        """The application's async listeners and on_frame callbacks still running (the
+        stop's own messages may have started some: `call-ended`, `sip-stopped`) get
+        `IO_GRACE` s, as the I/O tasks do; then they are cancelled, with a warning, rather
+        than left pending on a loop that the program may close next."""
+        tasks = self.graph.app_tasks
+        deadline = time.monotonic() + IO_GRACE
+        while (late := {t for t in tasks if not t.done()}) and \
+                (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(late, timeout=left)  # (one may start another)
+        if late:
+            log.warning("%d task(s) of async bus listeners or on_frame callbacks still ran "
+                        "%g s after the graph stopped: cancelled", len(late), IO_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late, timeout=IO_GRACE)
 
     async def _guard(self, node: Node) -> None:
         try:

@@ -23,18 +23,32 @@ def run_graph(source: Graph | str | Path, params: dict[str, Any] | None = None, 
               stats: bool = True, call: dict[str, Any] | None = None) -> RunResult:
     """Build (from a Graph, a YAML file path, YAML text or a launch line) and run a graph.
 
-    Runs under the virtual clock unless `realtime`; `result.graph` gives the nodes.
+    Runs under the virtual clock unless `realtime`; `result.graph` gives the nodes. On a
+    loop that runs already (an async test), `await run_graph_async(...)` instead.
     """
+    return asyncio.run(run_graph_async(source, params, launch=launch, duration=duration,
+                                       realtime=realtime, stats=stats, call=call))
+
+
+async def run_graph_async(source: Graph | str | Path, params: dict[str, Any] | None = None,
+                          *, launch: bool = False, duration: float | None = None,
+                          realtime: bool = False, stats: bool = True,
+                          call: dict[str, Any] | None = None) -> RunResult:
+    """`run_graph` on the running loop (asyncio.run cannot be called from one)."""
+    graph = _build(source, params, launch, call)
+    return await Runtime(graph, realtime=realtime, duration=duration, stats=stats).run()
+
+
+def _build(source: Graph | str | Path, params: dict[str, Any] | None, launch: bool,
+           call: dict[str, Any] | None) -> Graph:
     if isinstance(source, Graph):
-        graph = source
-    elif launch:
-        graph = parse_launch(str(source))
-    elif isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                      and source.endswith((".yaml", ".yml"))):
-        graph = load_graph(source, params, call=call)
-    else:
-        graph = load_graph_text(str(source), None, params, call=call)
-    return asyncio.run(Runtime(graph, realtime=realtime, duration=duration, stats=stats).run())
+        return source
+    if launch:
+        return parse_launch(str(source))
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                    and source.endswith((".yaml", ".yml"))):
+        return load_graph(source, params, call=call)
+    return load_graph_text(str(source), None, params, call=call)
 
 
 # ---- signals ------------------------------------------------------------------------------

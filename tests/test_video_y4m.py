@@ -11,11 +11,14 @@ line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import av
@@ -28,7 +31,7 @@ from pipeline.errors import GraphError
 from pipeline.testing import run_graph
 from plugins.video.frames import from_av, plane_views, to_av
 from plugins.video.pattern import PatternGenerator
-from plugins.video.y4m import y4m_header
+from plugins.video.y4m import QUEUE_PICTURES, FrameWriter, y4m_header
 
 W, H, FRAMES = 320, 240, 12
 FPS = 30000 / 1001
@@ -164,6 +167,42 @@ def test_a_reader_that_stops_reading_costs_pictures_not_the_graph_in_real_time(t
     assert re.search(r"y4m_sink 'out': its reader took nothing for 2 s: \d+ pictures not "
                      r"written$", said[0]), said
     assert re.search(r"'launch' ran 1\.00s of media .* ended by duration$", said[1]), said
+
+
+def test_ctrl_c_stops_an_offline_sink_that_waits_for_its_reader():
+    """Offline the sink waits for a slow reader on the loop's thread, where the loop's own
+    SIGINT handler (a no-op at signal time, run later by the loop) cannot act: the wait
+    must give way to Ctrl-C itself. (The loop's handler stood in for: a no-op.)"""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, True)
+    writer = FrameWriter(write_end, "y4m-test")
+    picture = (b"\0" * 2 * 65536,)  # more than the pipe takes: the writer thread blocks
+    saved = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    stopped = threading.Event()
+
+    def interrupt() -> None:
+        # Once the caller waits on a full queue, Ctrl-C; if that does not end its wait,
+        # free the writer after a while so that the test fails rather than hangs.
+        deadline = time.monotonic() + WAIT
+        while not writer._cond._waiters and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+        if not stopped.wait(5.0):
+            os.close(read_end)
+    helper = threading.Thread(target=interrupt)
+    try:
+        for _ in range(QUEUE_PICTURES):  # (the first stays queued while it is written)
+            assert writer.put(picture, block=False)
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            writer.put(picture, block=True)
+        stopped.set()
+    finally:
+        signal.signal(signal.SIGINT, saved)
+        helper.join()
+        with contextlib.suppress(OSError):  # (EPIPE ends the writer thread)
+            os.close(read_end)
+        writer.close()
 
 
 def test_a_kill_leaves_a_file_that_plays_to_its_last_whole_picture(tmp_path):

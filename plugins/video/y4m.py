@@ -32,6 +32,7 @@ from pipeline.frames import VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
+from pipeline.runtime import interruptible
 from plugins.files.nodes import check_writable, nothing_recorded, write_hint
 from plugins.video.nodes import YUV420P, FrameRate
 
@@ -89,7 +90,8 @@ class FrameWriter:
             while len(self._items) >= QUEUE_PICTURES and self.error is None:
                 if not block:
                     return False
-                self._cond.wait()
+                with interruptible():  # (the loop's thread waits: Ctrl-C must still stop)
+                    self._cond.wait()
             if self.error is None:
                 self._items.append(item)
                 self._cond.notify_all()
