@@ -799,6 +799,10 @@ def unquoted_line(parser: argparse.ArgumentParser, argv: list[str]) -> str | Non
             f"split this one at its spaces (hint: pipeline {' '.join(fixed)})")
 
 
+def _quit_before_run(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("SIGQUIT")
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         # `pipeline inspect | head`: end quietly when the reader goes away, as Unix tools do
@@ -825,6 +829,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if args.command in DAEMONS and hasattr(signal, "SIGPIPE") and argv is None:
         keep_running()
+    if args.command == "serve" and hasattr(signal, "SIGQUIT") and argv is None:
+        # serve's drain (docs/cli.md "Signals") before the run has a call to wait for: it
+        # stops, as it would with none up, rather than dumping core while plugins load.
+        signal.signal(signal.SIGQUIT, _quit_before_run)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if getattr(args, "quiet", False) else logging.WARNING)  # -q: errors only
     if args.command in LONG_RUNNING or level <= logging.INFO:
@@ -850,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline: error: {f'{place}: ' if place else ''}{e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR
     except KeyboardInterrupt as e:  # before the graph ran, or while its nodes started
+        if e.args == ("SIGQUIT",):
+            print("pipeline: draining: no calls up; stopping now", file=sys.stderr)
+            return 0
         return 128 + (signal.SIGTERM if e.args == ("SIGTERM",) else signal.SIGINT)
     except Exception as e:  # one line, never a traceback, unless --debug
         if args.debug:

@@ -6,9 +6,14 @@ left to end by themselves, then exit 0. A subprocess, as an operator runs it, wi
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
+import subprocess
+import sys
+import time
 
+from conftest import ROOT, WAIT
 from test_cli_call_control import STAMP, Cli, dial, serve, stop
 from test_cli_operator_findings import server_yaml
 from test_signals_ops import DIGITS, _digit_round_trip
@@ -183,3 +188,34 @@ def test_a_drain_while_the_first_register_is_in_flight_removes_the_binding_it_ma
     assert registrar.answers == [401, 200, 200]
     assert not ua.registration.registered and ua.registration.refresh_at is None
     assert [type(e) for e in events(ua)] == [Unregistered]  # (the binding never served)
+
+
+def test_sigquit_while_the_graph_loads_stops_as_a_drain_with_no_call_does(tmp_path):
+    """A SIGQUIT that comes before the run (plugins still loading) finds no call up: it
+    stops at once, exit 0, as the drain does then, instead of Python's default (a core
+    dump). The plugin's import waits on a FIFO, so the signal comes while it loads."""
+    fifo = tmp_path / "loading.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "slow.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(tmp_path / 'loading')!r}).touch()\n"
+        f"open({str(fifo)!r}).close()  # blocks until someone writes to it\n")
+    graph = tmp_path / "server.yaml"
+    graph.write_text("plugins: [./slow.py]\n" + server_yaml())
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(graph)],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not (tmp_path / "loading").exists() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (tmp_path / "loading").exists(), proc.stderr.read() if proc.poll() else ""
+        proc.send_signal(signal.SIGQUIT)
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines() == ["pipeline: draining: no calls up; stopping now"], err
