@@ -123,7 +123,7 @@ class ConferenceBridge(Node):
     # ---- setup ---------------------------------------------------------------------------
     def validate(self) -> None:
         # Ports and the participant count first: a room that cannot start must fail here,
-        # before start() opens (and so empties) the files of the last recording.
+        # before start() moves the last recording's files aside.
         self._check_names()
         numbers = self._linked_numbers()
         if len(numbers) > self.max_participants:
@@ -189,7 +189,7 @@ class ConferenceBridge(Node):
 
     def _check_record_files(self, numbers: list[int]) -> None:
         """Refuse a recording over a file another node of the graph reads or writes: the
-        recorder empties its files as it opens them, before that node could read them."""
+        recording starts by moving the last session's files aside, under that node."""
         from plugins.files.nodes import file_key, other_files
 
         if self.graph is None:
@@ -285,9 +285,9 @@ class ConferenceBridge(Node):
         self._kept: set[int] = set()  # participants whose ports are being rebuilt
         self.dtmf_events = 0
         self.other_events = 0  # events on inputs that are neither EOS nor DTMF: not sent on
-        # The recording starts at the first tick, not here: the recorder empties the files
-        # it opens, and a graph whose start fails after this (another node's port taken)
-        # must leave an earlier recording of the room as it was.
+        # The recording starts at the first tick, not here: it moves the last session's
+        # files aside, and a graph whose start fails after this (another node's port
+        # taken) must leave an earlier recording of the room where it was.
         self.recorder: RoomRecorder | None = None
         # Empty (`-p record_dir=`, how a command line says none): no recording, not one
         # into the current folder.

@@ -37,7 +37,11 @@ every track is locked while open (`open_exclusive`): a second room of the same n
 same folder (two servers) stops its recorder at its start, with none of the other's files
 or its manifest emptied, removed or rewritten. Once it holds the lock, a room moves its
 folder's previous session (a restart, or one killed) aside under that session's start time
-(`_move_last_session`) instead of emptying it.
+(`_move_last_session`) instead of emptying it: the files its manifest names and those its
+lock file lists (each file's name is written there before the file is made, so a kill -9
+leaves the tracks that the manifest, rewritten at most once a second, missed). A
+participant's track is never opened over a file nor renamed onto one: a name whose file is
+there is passed over (`_free_track_file`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import io
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -194,9 +199,10 @@ class AvTrack(TrackWriter):
         self.layout = "mono" if channels == 1 else "stereo" if channels == 2 else f"{channels}c"
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Locked first, then emptied by FFmpeg's open: a file another room writes is left
-        # as it is, and this track is not opened (EBUSY).
+        # as it is, and this track is not opened (EBUSY); nor is one holding a recording.
         self._lock = open_exclusive(path, os.O_WRONLY | os.O_CREAT)
         try:
+            _refuse_a_recording(self._lock, path)
             self.container, self.stream = self._open(path, fmt, flush_seconds)
             self._check_header(fmt, flush_seconds)
         except BaseException:
@@ -493,6 +499,15 @@ def _write_or_silence(track: TrackWriter, block: np.ndarray) -> None:
         track.write_silence(len(block))
 
 
+def _refuse_a_recording(fd: int, path: str) -> None:
+    """A track is never opened over a file holding something (FFmpeg's open empties it):
+    the room passes such names over (`RoomRecorder._free_track_file`), and a file that
+    appears meanwhile is refused. A device (/dev/null) is written as it is."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_size:
+        raise FileExistsError(errno.EEXIST, "another recording is there (kept)", path)
+
+
 def _write_error(path: str, data: bytes, written: int) -> OSError:
     """The system's own error (ENOSPC, EFBIG) for the part of `data` FFmpeg could not
     write, found by writing it again: FFmpeg only keeps it to itself."""
@@ -627,6 +642,7 @@ class RoomRecorder:
         self._current = str(self.manifest_path())  # (what a user knows the room by)
         self._lock = self._lock_room()
         self._move_last_session()
+        os.ftruncate(self._lock, 0)  # the lock file lists this session's files from now on
         path = self._mix_file()
         if path is not None:
             self.mix_track = self._open(path, self.channels if self.layout == "multichannel"
@@ -637,7 +653,7 @@ class RoomRecorder:
 
     def _move_last_session(self) -> None:
         """Keep the folder's previous session of this room (a restart, or one killed): its
-        manifest, the tracks it names and the mix are renamed, not emptied, to
+        manifest, its tracks and the mix are renamed, not emptied, to
         ROOM-STAMP.json, ROOM-STAMP-mix.wav, ROOM-STAMP-alice.wav, ... with STAMP its start
         (the manifest's `started`, else the oldest file's mtime) as 20261128T013300Z: one
         session's files together, sessions in order. Said in one line. Under the room's
@@ -659,9 +675,11 @@ class RoomRecorder:
                     self.directory / f"{self.room}-{tag}*", len(files))
 
     def _last_tracks(self, doc: dict[str, Any] | None) -> list[Path]:
-        """The files of the room's last session here: those its manifest (`doc`) names and
-        the mix, if there. Named by the manifest as the folder was then given (relative to
-        another working folder, maybe): looked for in this folder by their names."""
+        """The files of the room's last session here: those its manifest (`doc`) names,
+        those its lock file lists (killed, it left both: the list has the tracks opened
+        after the manifest's last writing) and the mix, if there. Named by the manifest
+        as the folder was then given (relative to another working folder, maybe): looked
+        for in this folder by their names."""
         named = []
         if doc is not None:
             entries = doc.get("participants")
@@ -670,13 +688,19 @@ class RoomRecorder:
                 if isinstance(entries, list) else [doc.get("mix")]
         found: list[Path] = []
         mix = self._mix_file()
-        for name in [*named, *([mix] if mix is not None else [])]:
+        for name in [*named, *self._listed(), *([mix] if mix is not None else [])]:
             if not isinstance(name, (str, Path)):
                 continue
             path = self.directory / Path(name).name
             if path.name.startswith(self.room) and path.is_file() and path not in found:
                 found.append(path)
         return found
+
+    def _listed(self) -> list[str]:
+        """The files the room's lock file lists (`_list`): a session killed left them there
+        (one that ended removed the file, its manifest naming them all)."""
+        return os.pread(self._lock, os.fstat(self._lock).st_size, 0).decode(
+            errors="replace").splitlines()
 
     def _aside_names(self, files: list[Path], stamp: str) -> tuple[str, dict[Path, Path]]:
         """Where `files` go: ROOM-STAMP + what followed the room's name; the first STAMP,
@@ -730,15 +754,39 @@ class RoomRecorder:
         """A participant's file (files layout), for a stem from `self.names`."""
         return self.directory / f"{self.room}-{stem}{EXTENSIONS[self.fmt]}"
 
+    def _free_track_file(self, identity: str) -> Path:
+        """A participant's file for `identity` where no file is: a name whose file is in
+        the folder (one this room did not write, or an earlier session's that nothing
+        named) is passed over for the next (`_2`, ...), so a track is never opened over an
+        older recording, nor renamed onto one."""
+        while True:
+            path = self._track_file(self.names.allocate(identity))
+            if not os.path.lexists(path):
+                return path
+
+    def _list(self, path: Path | str) -> None:
+        """Name a file of this session in the room's lock file before it is made (or a
+        track renamed to it): after a kill -9 the manifest, written at most once a second,
+        may not name a track of its last second, and the next session moves aside what
+        either names (`_last_tracks`)."""
+        if self._lock < 0:
+            return  # not started (`start`): no lock file, nor an earlier session moved
+        view = memoryview(f"{Path(path).name}\n".encode())
+        while view:  # (a short write: the next one raises the reason)
+            view = view[os.write(self._lock, view):]
+
     def _open(self, path: Path, channels: int) -> TrackWriter:
         self._current = str(path)
+        self._list(path)
+        existed = os.path.lexists(path)
         try:
             return open_track(str(path), self.fmt, self.rate, channels, self.flush_seconds)
-        except BaseException as e:
+        except BaseException:
             # Its header could not be written (a full disk): the file holds no audio and
             # no player opens it, so none is left behind (the manifest never names it).
-            # Unless another room writes it: that file is not ours to remove.
-            if not isinstance(e, RecordingLocked):
+            # Only a file this open made: one there before (a device, another room's, a
+            # recording) is not ours to remove.
+            if not existed:
                 _remove_file(path)
             raise
 
@@ -763,7 +811,7 @@ class RoomRecorder:
                 entry["channel"] = free[0]
                 entry["file"] = self.mix_track.path if self.mix_track else None
         elif self.record_participants:
-            track = self._open(self._track_file(self.names.allocate(identity)), 1)
+            track = self._open(self._free_track_file(identity), 1)
             try:
                 track.write_silence(self.pts)  # align to the room's timeline
             except BaseException:
@@ -866,10 +914,11 @@ class RoomRecorder:
         folder. Its manifest and tracks are one recording, and with participant tracks only
         no track would be open to lock until a join (meanwhile the other room's manifest
         would be replaced). A room unlinks the file as it closes (no litter), so a lock won
-        on a file just unlinked is let go and the new one taken."""
+        on a file just unlinked is let go and the new one taken. The file lists the
+        session's files (`_list`), for a restart after a kill -9."""
         path = self._lock_path()
         for _ in range(3):
-            fd = open_exclusive(str(path), os.O_WRONLY | os.O_CREAT)
+            fd = open_exclusive(str(path), os.O_RDWR | os.O_CREAT)  # (read: `_listed`)
             try:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
                     return fd
@@ -899,10 +948,9 @@ class RoomRecorder:
         entry["identity"] = identity
         track = self.tracks.get(key)
         if track is not None:
-            new = str(self._track_file(self.names.allocate(identity)))
+            new = str(self._free_track_file(identity))
             self._current = new
-            # The open descriptor follows the rename (POSIX), so writing simply goes on.
-            self._guard(os.rename, track.path, new)
+            self._guard(self._move_track, track, new)
             if self.failed:  # not renamed: the file keeps its name, and so does the manifest
                 return
             track.path = new
@@ -910,6 +958,12 @@ class RoomRecorder:
                 track.writer.path = new
             entry["file"] = new
         self._manifest_due = True
+
+    def _move_track(self, track: TrackWriter, new: str) -> None:
+        self._list(new)
+        # The track's own file, made where no file was (`_free_track_file`), goes where no
+        # file is. The open descriptor follows the rename (POSIX): writing simply goes on.
+        os.rename(track.path, new)
 
     def set_call_id(self, key: Any, call_id: str) -> None:
         """The SIP Call-ID of a participant's call: in its entry when present, else in the
