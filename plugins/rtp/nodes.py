@@ -25,7 +25,11 @@ packet from the remote; the probation runs for the others only. Reports go to
 With `srtp_suite` set (RFC 3711, keys as SDES gives them: RFC 4568), everything sent is
 protected with `srtp_local_key` (RTP and RTCP) and everything received unprotected with
 `srtp_remote_key` before it is parsed; a packet that fails (authentication, replay, too
-short) is dropped and counted, and cannot latch the session.
+short) is dropped and counted, and cannot latch the session. Keys given as DTLS-SRTP's
+(`plugins.rtp.dtls`: a sip_endpoint with `srtp: dtls` writes them) are made by a handshake
+on the session's own sockets, one association per port (RFC 5764 4.1): datagrams whose
+first byte is 20..63 go to it (RFC 7983), nothing is sent nor taken until it has keyed the
+contexts, and a handshake that fails or times out (`dtls_timeout`) fails the node.
 
 Packets of the stream that carry no media for the decoder, RFC 3389 comfort noise
 (`cn_payload_type`, 13 by default) and RFC 4733 telephone events, still take its sequence
@@ -65,6 +69,14 @@ from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 from pipeline.params import Path as PathType
 
+from .dtls import (
+    HANDSHAKE_TIMEOUT,
+    DtlsSession,
+    certificate_for,
+    is_dtls_record,
+    parse_local_key,
+    parse_remote_key,
+)
 from .dtmf import DtmfReceiver, DtmfSender
 from .latch import LatchProbation
 from .packet import RtpPacker, parse_fields, shadowed_by_rtcp
@@ -273,7 +285,7 @@ class SessionCounters:
                  "dropped_bad", "dropped_foreign", "dropped_unknown_pt", "dropped_no_remote",
                  "send_errors", "dtmf_sent", "dtmf_received", "cn_received", "rtcp_sent",
                  "rtcp_received", "rtcp_bad", "reports_received", "ssrc_changes", "timeouts",
-                 "not_sent_held", "relatched")
+                 "not_sent_held", "relatched", "not_sent_no_keys", "dropped_no_keys")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -290,21 +302,42 @@ class SessionCarry:
     digits: tuple[DtmfEvent, ...] = ()  # not sent yet, in order
     heard: bool = False  # media came from the peer: no other source may take the call over
     moved: tuple[tuple[str, int], tuple[str, int]] | None = None  # (SDP's, moved to): a NAT
+    dtls: DtlsCarry | None = None  # the DTLS-SRTP associations, which go on
+
+
+@dataclass(frozen=True, slots=True)
+class DtlsCarry:
+    """The DTLS-SRTP associations of an `rtp_session` (RFC 5764 4.1: the RTP port's, and the
+    RTCP port's when it has one) and the keys parameters they were made for. The session
+    of a rebuilt call graph (hold, codec change) with the same parameters goes on with
+    them: the peer keeps its association through a re-INVITE, and would not answer a new
+    handshake."""
+
+    keys: tuple[str, str]  # srtp_local_key, srtp_remote_key
+    rtp: DtlsSession
+    rtcp: DtlsSession | None
 
 
 class SrtpKeys:
     """The SRTP parameters of a node that sends and receives RTP (RFC 3711, keys as SDES
     gives them: RFC 4568), and the contexts they make: `rtp_session` and the video RTP
     nodes share them. Our key protects what we send, RTP and RTCP; the peer's unprotects
-    what we receive."""
+    what we receive. A node whose `dtls_keys` is true also takes keys agreed by DTLS-SRTP on
+    its socket (RFC 5764): then the key parameters say how to run the handshake instead
+    (`plugins.rtp.dtls.local_key_text`, `remote_key_text`), as a sip_endpoint with `srtp:
+    dtls` writes them."""
 
     __slots__ = ()
+    dtls_keys = False  # whether the node runs DTLS-SRTP handshakes (rtp_session does)
     srtp_suite = Param(str, "", "SRTP crypto suite (RFC 3711, RFC 4568 names); empty: plain "
                        "RTP", choices=("", *SRTP_SUITES))
     srtp_local_key = Param(str, "", "our SRTP master key and salt, base64 as in SDES "
-                           "inline: (protects what we send)")
+                           "inline: (protects what we send); rtp_session also takes 'dtls "
+                           "active|passive HASH FINGERPRINT' (DTLS-SRTP: our role and "
+                           "certificate; ${call.srtp_local_key} of srtp: dtls)")
     srtp_remote_key = Param(str, "", "the peer's SRTP master key and salt, base64 (unprotects "
-                            "what we receive)")
+                            "what we receive); rtp_session also takes 'dtls HASH FINGERPRINT' "
+                            "(DTLS-SRTP: the peer's certificate, from its SDP)")
 
     def check_srtp_keys(self) -> None:
         """At load: each key is base64 of the suite's key||salt, else one line naming it;
@@ -320,6 +353,8 @@ class SrtpKeys:
                         "rebuilt call graph, another run; RFC 3711 9.1) (hint: leave ssrc out "
                         "unless the receiver needs it, and give each run a fresh key)",
                         self.name, self.kind)
+        if self._check_dtls_keys():
+            return
         for name in ("srtp_local_key", "srtp_remote_key"):
             try:
                 decode_key(getattr(self, name), self.srtp_suite)
@@ -328,10 +363,40 @@ class SrtpKeys:
                                       "give the base64 key||salt of the a=crypto line, "
                                       "the length its suite needs") from None
 
+    def _check_dtls_keys(self) -> bool:
+        """Whether the keys name a DTLS-SRTP handshake (checked: both do, well formed, our
+        certificate is in this process, the node can run it); False for SDES keys."""
+        try:
+            local = parse_local_key(self.srtp_local_key)
+            remote = parse_remote_key(self.srtp_remote_key)
+        except ValueError as e:
+            raise ParamValueError("srtp_local_key", f"parameter 'srtp_local_key' or "
+                                  f"'srtp_remote_key': {e}", "leave them to the sip_endpoint "
+                                  "(srtp: dtls writes ${call.srtp_*_key})") from None
+        if local is None and remote is None:
+            return False
+        if not self.dtls_keys:
+            raise ParamValueError("srtp_local_key", f"parameter 'srtp_local_key': {self.kind} "
+                                  "takes SDES keys only, not DTLS-SRTP", "key video with SDES "
+                                  "(sip_endpoint srtp: mandatory); srtp: dtls keys audio only")
+        if local is None or remote is None:
+            raise ParamValueError("srtp_local_key", "parameters 'srtp_local_key' and "
+                                  "'srtp_remote_key': one is a DTLS key and the other is not",
+                                  "give both from the same call: ${call.srtp_local_key} and "
+                                  "${call.srtp_remote_key}")
+        if certificate_for(local[1]) is None:
+            raise ParamValueError("srtp_local_key", f"parameter 'srtp_local_key': no DTLS "
+                                  f"certificate of this process has the fingerprint "
+                                  f"{local[1][:30]}...", "DTLS keys come from a sip_endpoint "
+                                  "with srtp: dtls running in the same process")
+        return True
+
     def srtp_context(self, key: str) -> SrtpContext | None:
         """A context of `key`, "srtp_local_key" (protects) or "srtp_remote_key"
-        (unprotects); None without SRTP."""
-        return SrtpContext(self.srtp_suite, getattr(self, key)) if self.srtp_suite else None
+        (unprotects); None without SRTP, and with DTLS keys (the handshake makes them)."""
+        if not self.srtp_suite or parse_remote_key(self.srtp_remote_key) is not None:
+            return None
+        return SrtpContext(self.srtp_suite, getattr(self, key))
 
     def _unprotected_rtcp(self, data: bytes) -> bytes | None:
         """The RTCP inside an SRTCP packet (`data` itself without SRTP), None when it fails
@@ -355,6 +420,7 @@ class RtpSession(SrtpKeys, Node):
     reports, RFC 4733 DTMF, an RTP timeout and an optional pcap capture."""
 
     kind = "rtp_session"
+    dtls_keys = True
     realtime = True  # the CLI runs graphs with a network node in real time
     clocked = True  # ticked to run timers (timeout, RTCP, DTMF), never to make media
     inputs = (Port("in", (Format.encoded(),),
@@ -405,6 +471,10 @@ class RtpSession(SrtpKeys, Node):
                       "RTP only when sendrecv or sendonly (RTCP goes on)",
                       choices=("sendrecv", "sendonly", "recvonly", "inactive"))
     pcap = Param(PathType, None, "write every sent and received packet to this pcap file")
+    dtls_timeout = Param(Duration, HANDSHAKE_TIMEOUT, "with DTLS-SRTP keys: the node fails (its "
+                         "call ends) when the handshake has not finished this long after "
+                         "start; retransmissions meanwhile follow DTLS's timer (RFC 6347 "
+                         "4.2.4.1)", min=0.1)
     rtcp = Param(bool, False, "send and receive RTCP SR/RR on port + 1 (RFC 3550 6)")
     rtcp_interval = Param(Duration, 5.0, "least time between RTCP reports, randomised (RFC "
                           "3550 6.2: 5s; 0: the reduced minimum, 360 / session_kbps seconds)",
@@ -415,16 +485,23 @@ class RtpSession(SrtpKeys, Node):
     # own (see Node), which a packet's handling reads all over.
     __slots__ = ("_c", "_channels", "_clock", "_cn_pt", "_cname", "_codec", "_configured",
                  "_carried", "_heard_before", "_moved", "_dtmf_packer", "_dtmf_pt",
-                 "_dtmf_queue", "_dtmf_rx",
+                 "_dtmf_queue", "_dtmf_rx", "_dtls", "_dtls_rtcp", "_dtls_timer",
                  "_dtmf_tx", "_foreign_at", "_foreign_from", "_io_error", "_last_dur",
                  "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap",
                  "_probation", "_pt", "_recv_pt", "_remote", "_rtcp_remote",
                  "_rtcp_sock", "_rx", "_samples", "_scheduler", "_sender", "_seq", "_sending",
-                 "_sock", "_srtp_rx", "_srtp_tx", "_ssrc", "_timed_out", "_watching",
+                 "_sock", "_srtcp_rx", "_srtcp_tx", "_srtp_rx", "_srtp_tx", "_ssrc",
+                 "_timed_out", "_watching",
                  "_ts_offset", "_unknown_pt_warned", "bound_port", "rtcp_port")
 
     def validate(self) -> None:
         self.check_srtp_keys()
+        local = parse_local_key(self.srtp_local_key) if self.srtp_suite else None
+        if local is not None and local[0] == "active" and not (self.remote_ip
+                                                                and self.remote_port):
+            raise ParamValueError("remote_ip", "parameter 'remote_ip': a DTLS client (srtp_"
+                                  "local_key 'dtls active ...') starts the handshake, and "
+                                  "needs to know where", "set remote_ip and remote_port")
 
     # ---- negotiation ----------------------------------------------------------------------
     def input_caps(self, port: str, offered: Format | None) -> tuple[Format, ...]:
@@ -556,6 +633,9 @@ class RtpSession(SrtpKeys, Node):
             self._loop = None
         # Timers and arrival times read the loop's clock; bound once, read per packet.
         self._now = self._loop.time if self._loop is not None else time.monotonic
+        # Before the sockets: a failed start is never stopped, and would leave them open.
+        self._dtls, self._dtls_rtcp = self._dtls_sessions(getattr(self, "_carried", None),
+                                                          self._now())
         # The capture file first: a bad path fails the start before a socket is open (a
         # failed node is never stopped, and its sockets would hold the port until collected).
         self._pcap = PcapWriter(self.pcap) if self.pcap else None
@@ -630,7 +710,14 @@ class RtpSession(SrtpKeys, Node):
         self._io_error: asyncio.Future | None = None
         self._srtp_tx = self.srtp_context("srtp_local_key")
         self._srtp_rx = self.srtp_context("srtp_remote_key")
+        # SRTCP's contexts: the same as SRTP's but with DTLS keys on an RTCP port of its own
+        self._srtcp_tx, self._srtcp_rx = self._srtp_tx, self._srtp_rx
         self._c = SessionCounters()
+        self._dtls_timer: float | None = None
+        if self._dtls is not None:
+            self.clocked = True  # the handshake's retransmissions and deadline
+            for rtcp in (False, True):  # an active side's ClientHello; carried keys
+                self._dtls_sent(rtcp, self._dtls_destination(rtcp))
         self._unknown_pt_warned = float("-inf")  # when a dropped payload type was last said
         self.post("rtp-bound", ip=host, port=port, rtcp_port=self.rtcp_port)
         if self._dtmf_queue and self._dtmf_packer is None:
@@ -647,7 +734,11 @@ class RtpSession(SrtpKeys, Node):
         c = getattr(self, "_c", None)
         heard = bool(c and c.packets_received) or bool(getattr(self, "_heard_before", False))
         moved = getattr(self, "_moved", None)
-        return SessionCarry(tuple(getattr(self, "_dtmf_queue", ())), heard, moved)
+        dtls = getattr(self, "_dtls", None)
+        return SessionCarry(tuple(getattr(self, "_dtmf_queue", ())), heard, moved,
+                            None if dtls is None else DtlsCarry(
+                                (self.srtp_local_key, self.srtp_remote_key), dtls,
+                                self._dtls_rtcp))
 
     def restore_state(self, state: SessionCarry) -> None:
         """Take over what a `carry_state` handed on (before `start`): its digits are sent
@@ -752,6 +843,13 @@ class RtpSession(SrtpKeys, Node):
                 for p in self._dtmf_tx.cut():
                     self._send(self._dtmf_packer.pack(p.payload, self._seq, p.timestamp,
                                                       p.marker), len(p.payload), p.timestamp)
+        if self._dtls is not None and (self.local_ip, self.bound_port) not in _keeping:
+            # close_notify: the keys end with the session (not when the call graph is
+            # rebuilt: its new session goes on with the associations, `carry_state`)
+            for rtcp, dtls in ((False, self._dtls), (True, self._dtls_rtcp)):
+                if dtls is not None:
+                    dtls.close()
+                    self._dtls_sent(rtcp, self._dtls_destination(rtcp))
         if self._rtcp_sock is not None and self._remote is not None:
             try:
                 self._send_rtcp(self._now(), bye=True)  # RFC 3550 6.6: we are leaving
@@ -785,8 +883,10 @@ class RtpSession(SrtpKeys, Node):
         if self._pcap is not None:
             self._pcap.write(data, addr, (self._local[0], sock.getsockname()[1]), time.time())
         try:
-            if is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223
-                           and data[1] & 0x7F not in self._pts_we_take):
+            if self._dtls is not None and data and is_dtls_record(data[0]):
+                self._on_dtls(data, addr, is_rtcp)
+            elif is_rtcp or (len(data) > 1 and 192 <= data[1] <= 223
+                             and data[1] & 0x7F not in self._pts_we_take):
                 # packet.is_rtcp, inline: this runs for every datagram
                 self._on_rtcp(data, addr)
             else:
@@ -802,6 +902,9 @@ class RtpSession(SrtpKeys, Node):
                 data = self._srtp_rx.unprotect(data)
             except SrtpError:
                 return  # counted by the context (stats: srtp_*)
+        elif self._dtls is not None:  # SRTP whose keys the handshake has not made yet
+            c.dropped_no_keys += 1
+            return
         try:
             pt, seq, ts, ssrc, payload, marker = parse_fields(data)
         except ParseError:
@@ -970,9 +1073,15 @@ class RtpSession(SrtpKeys, Node):
             # Neither the peer's RTP address nor the RTCP address its SDP gave (RFC 3605).
             c.dropped_foreign += 1
             return
-        data = self._unprotected_rtcp(data)
-        if data is None:
-            return  # counted by the context
+        rx = self._srtcp_rx
+        if rx is not None:
+            try:
+                data = rx.unprotect_rtcp(data)
+            except SrtpError:
+                return  # counted by the context (stats: srtp_*)
+        elif self._dtls is not None:
+            c.dropped_no_keys += 1
+            return
         try:
             packets = parse_rtcp(data)
         except ParseError:
@@ -1006,6 +1115,107 @@ class RtpSession(SrtpKeys, Node):
         if self._scheduler is not None:
             self._scheduler.on_received(len(data) + UDP_IP_OVERHEAD)
 
+    # ---- DTLS-SRTP (RFC 5764) ---------------------------------------------------------------
+    def _dtls_sessions(self, carried: SessionCarry | None, now: float
+                       ) -> tuple[DtlsSession | None, DtlsSession | None]:
+        """The DTLS associations of DTLS keys (none with SDES keys or none): the RTP port's,
+        and the RTCP port's (RFC 5764 4.1: RTCP not multiplexed has its own), made from
+        srtp_local_key (our role and certificate) and srtp_remote_key (the peer's
+        fingerprint), or those a rebuilt call graph's session handed on."""
+        local = parse_local_key(self.srtp_local_key) if self.srtp_suite else None
+        if local is None:
+            return None, None
+        old = carried.dtls if carried is not None else None
+        if old is not None and old.keys == (self.srtp_local_key, self.srtp_remote_key) \
+                and (old.rtcp is not None) == self.rtcp:
+            return old.rtp, old.rtcp
+        certificate = certificate_for(local[1])
+        if certificate is None:  # (checked at load; its endpoint has gone since)
+            raise self.fail("rtp_session has no DTLS certificate with the fingerprint of "
+                            "srtp_local_key", hint="run the call graph from the sip_endpoint "
+                            "that wrote it")
+        remote = parse_remote_key(self.srtp_remote_key)
+
+        def session() -> DtlsSession:
+            return DtlsSession(certificate, remote, active=local[0] == "active", now=now,
+                               handshake_timeout=self.dtls_timeout)
+
+        return session(), session() if self.rtcp else None
+
+    def _dtls_destination(self, rtcp: bool) -> tuple[str, int] | None:
+        """Where the RTP (or RTCP) port's association sends on its own (a first flight, a
+        retransmission): the peer's RTP (RTCP) address; None while it is not known."""
+        if self._remote is None:
+            return None
+        return self._rtcp_destination() if rtcp else self._remote
+
+    def _on_dtls(self, data: bytes, addr: tuple[str, int], rtcp: bool) -> None:
+        """A DTLS datagram on the RTP or RTCP port (RFC 7983 demultiplexing): a handshake's,
+        or an alert. Taken from the peer's address only (any while none is known, and on
+        the RTCP port its SDP's RTCP address too); answered where it came from."""
+        remote, rtcp_remote = self._remote, self._rtcp_remote
+        dtls = self._dtls_rtcp if rtcp else self._dtls
+        if dtls is None:  # (the RTCP port's association gave up)
+            self._c.dropped_bad += 1
+            return
+        if remote is not None and addr[0] != remote[0] and not (
+                rtcp and rtcp_remote is not None and addr[0] == rtcp_remote[0]):
+            self._c.dropped_foreign += 1
+            return
+        dtls.receive_datagram(data, self._now())
+        self._dtls_sent(rtcp, addr)
+
+    def _dtls_sent(self, rtcp: bool, dest: tuple[str, int] | None) -> None:
+        """Send what the RTP (RTCP) port's association wrote to `dest`, then act on where it
+        stands: keyed (SRTP, or SRTCP, contexts from its keys) or failed."""
+        dtls = self._dtls_rtcp if rtcp else self._dtls
+        if dtls is None:
+            return
+        sock = self._rtcp_sock if rtcp else self._sock
+        local = (self._local[0], self.rtcp_port) if rtcp else self._local
+        for datagram in dtls.datagrams_to_send():
+            if dest is None:
+                break  # (a passive side not reached yet: nobody to answer)
+            try:
+                sock.sendto(datagram, dest)
+            except OSError:
+                self._c.send_errors += 1
+            if self._pcap is not None:
+                self._pcap.write(datagram, local, dest, time.time())
+        if dtls.state == "connected" and (self._srtcp_tx if rtcp else self._srtp_tx) is None:
+            self._keyed(dtls, rtcp)
+        elif dtls.state == "failed":
+            self._dtls_failed(dtls, rtcp)
+        now = self._now()
+        timers = [t for t in (d.get_timer(now) for d in (self._dtls, self._dtls_rtcp)
+                              if d is not None) if t is not None]
+        self._dtls_timer = min(timers, default=None)
+
+    def _keyed(self, dtls: DtlsSession, rtcp: bool) -> None:
+        """SRTP contexts from a finished handshake's keys: the RTP port's key SRTP (and
+        SRTCP when no RTCP port has an association of its own), the RTCP port's SRTCP."""
+        keys = dtls.keys
+        tx, rx = SrtpContext(keys.suite, keys.local), SrtpContext(keys.suite, keys.remote)
+        if not rtcp:
+            self._srtp_tx, self._srtp_rx = tx, rx
+        if rtcp or self._dtls_rtcp is None:
+            self._srtcp_tx, self._srtcp_rx = tx, rx
+        self.post("dtls-connected", port="rtcp" if rtcp else "rtp", suite=keys.suite,
+                  role="client" if dtls.active else "server")
+
+    def _dtls_failed(self, dtls: DtlsSession, rtcp: bool) -> None:
+        """The RTP port's handshake failed: the node fails (its call ends, the error names
+        why). The RTCP port's: said once, and SRTCP goes with the RTP port's keys, as when
+        multiplexed (a peer may run one association only)."""
+        if not rtcp:
+            self._dtls_timer = None
+            raise self.fail(dtls.error, hint="check the peer's DTLS-SRTP "
+                            "(its SDP's a=fingerprint and a=setup) and that it is reachable")
+        log.warning("rtp_session '%s': DTLS on the RTCP port %s: %s; SRTCP takes the RTP "
+                    "port's keys", self.name, self.rtcp_port, dtls.error)
+        self._dtls_rtcp = None
+        self._srtcp_tx, self._srtcp_rx = self._srtp_tx, self._srtp_rx
+
     # ---- sending ----------------------------------------------------------------------------
     def _send(self, data: bytes, payload_size: int, timestamp: int) -> bool:
         remote = self._remote
@@ -1017,6 +1227,9 @@ class RtpSession(SrtpKeys, Node):
             return False
         if self._srtp_tx is not None:
             data = self._srtp_tx.protect(data)
+        elif self._dtls is not None:  # never in the clear while the handshake runs
+            self._c.not_sent_no_keys += 1
+            return False
         try:
             self._sock.sendto(data, remote)
         except (BlockingIOError, InterruptedError):
@@ -1086,6 +1299,8 @@ class RtpSession(SrtpKeys, Node):
             # No RTCP port: RTP on the last port, or the SDP's remote_rtcp_port 0, until a
             # latched peer's RTCP is heard. Nothing is sent, and no SRTCP index spent.
             return
+        if self._srtcp_tx is None and self._dtls is not None:
+            return  # no SRTCP keys yet (the DTLS handshake runs): the next report will do
         wall = time.time()
         rx = self._rx
         blocks = [rx.report_block(wall)] if rx is not None and rx.heard_since_report else []
@@ -1095,8 +1310,8 @@ class RtpSession(SrtpKeys, Node):
             else RtcpReceiverReport(self._ssrc, blocks))
         self._sender.reported(wall)
         data = compound_report(first, self._cname, bye)
-        if self._srtp_tx is not None:
-            data = self._srtp_tx.protect_rtcp(data)
+        if self._srtcp_tx is not None:
+            data = self._srtcp_tx.protect_rtcp(data)
         self._rtcp_sock.sendto(data, dest)
         self._c.rtcp_sent += 1
         if self._pcap is not None:
@@ -1112,6 +1327,11 @@ class RtpSession(SrtpKeys, Node):
     # ---- timers -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         t = self._now()  # timers run on the loop's clock, like packet arrival times
+        if self._dtls_timer is not None and t >= self._dtls_timer:
+            for rtcp, dtls in ((False, self._dtls), (True, self._dtls_rtcp)):
+                if dtls is not None:
+                    dtls.handle_timer(t)
+                    self._dtls_sent(rtcp, self._dtls_destination(rtcp))
         if self.rtp_timeout and self._watching and not self._timed_out \
                 and t - self._last_rx >= self.rtp_timeout:
             self._time_out(t)
@@ -1156,6 +1376,14 @@ class RtpSession(SrtpKeys, Node):
         rx = self._rx
         out.update(c.as_dict())
         out.update(srtp_stats(self._srtp_rx))  # what unprotecting dropped, RTP and RTCP
+        if self._srtcp_rx is not self._srtp_rx:  # (RTCP keyed by a DTLS association of its own)
+            for name, count in srtp_stats(self._srtcp_rx).items():
+                out[name] = out.get(name, 0) + count
+        if self._dtls is not None:
+            rtcp = self._dtls_rtcp
+            out.update({"dtls_state": self._dtls.state,
+                        "dtls_rtcp_state": rtcp.state if rtcp is not None else None,
+                        "dtls_malformed": self._dtls.malformed + (rtcp.malformed if rtcp else 0)})
         out.update({
             "local_port": self.bound_port,
             "remote": f"{self._remote[0]}:{self._remote[1]}" if self._remote else None,

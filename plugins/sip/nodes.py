@@ -124,10 +124,12 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                          "long before the 200 OK (0: at once)", min=0.0)
     media_ip = Param(str, None, "address for RTP and SDP (default: the first listen address)")
     ptime_ms = Param(int, 20, "packet duration offered and answered, ms", min=10, max=120)
-    srtp = Param(SrtpPolicy, "off", "SRTP with SDES keys (RFC 3711, 4568): off; optional (offer "
-                 "RTP/AVP with a=crypto, use SRTP when the peer does); mandatory (offer "
-                 "RTP/SAVP, answer 488 to an offer without crypto); ${call.srtp_*} carry the "
-                 "keys", choices=("off", "optional", "mandatory"))
+    srtp = Param(SrtpPolicy, "off", "SRTP (RFC 3711): off; optional (SDES keys, RFC 4568: "
+                 "offer RTP/AVP with a=crypto, use SRTP when the peer does); mandatory (SDES: "
+                 "offer RTP/SAVP, answer 488 to an offer without crypto); dtls (DTLS-SRTP, "
+                 "RFC 5763/5764: offer and take UDP/TLS/RTP/SAVP only, audio; video keeps "
+                 "SDES); ${call.srtp_*} carry the keys",
+                 choices=("off", "optional", "mandatory", "dtls"))
     video = Param(bool, False, "also offer and accept one video stream (${call.video_*} values)")
     video_codecs = Param(list, ["vp8", "h264"], "video codecs offered and accepted, in "
                          "preference order (vp8, h264)")

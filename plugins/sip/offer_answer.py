@@ -34,6 +34,8 @@ Policy, where RFC 3264 leaves a choice:
   without MKI, lifetime ignored, no session parameters. The video m= line follows the same
   policy with a=crypto lines and keys of its own (RFC 4568 keys are per m= line); video that
   needs SRTP and has no usable line is rejected with port 0, and the call goes on with audio.
+  "dtls" keys the audio by DTLS-SRTP instead (RFC 5763, RFC 5764: `dtls_sdp`), offering and
+  answering UDP/TLS/RTP/SAVP only; its video keeps SDES keys, as under "mandatory".
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ from types import MappingProxyType
 
 from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
 from plugins.codecs.opus import FRAME_MS as OPUS_FRAME_MS
+from plugins.rtp.dtls import available as dtls_available
 from plugins.rtp.srtp import OFFERED_SUITES, decode_key, generate_key
 from plugins.rtp.srtp import SUITES as SRTP_SUITES
+from plugins.sip.dtls_sdp import DTLS_PROFILES, DtlsPolicy, agreed_dtls, answer_dtls, offer_dtls
 from plugins.sip.sdp import (
     DIRECTIONS,
     STATIC_PAYLOAD_TYPES,
@@ -97,7 +101,7 @@ CN = "cn"  # RFC 3389 comfort noise, lower-cased as `_KNOWN` keys are
 # RTP profiles we can answer: plain RTP; AVPF only adds feedback, which we may ignore.
 _PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
 _SECURE_RTP = ("RTP/SAVP", "RTP/SAVPF")  # RFC 3711 14.2 (and RFC 5124 with feedback)
-SRTP_POLICIES = ("off", "optional", "mandatory")
+SRTP_POLICIES = ("off", "optional", "mandatory", "dtls")
 _FIRST_DYNAMIC_PT = 96  # RFC 3551 section 6: 96-127 are dynamic
 # RFC 4733 section 7.1.1: without an fmtp the receiver supports events 0-15.
 _DEFAULT_EVENTS = frozenset(range(16))
@@ -281,16 +285,22 @@ class Codec:
 
 
 class SrtpPolicy(str):
-    """An SRTP policy parameter: off, optional or mandatory. YAML 1.1 reads a bare `off` (and
-    `no`) as false, so false means off too."""
+    """An SRTP policy parameter: off, optional, mandatory or dtls. YAML 1.1 reads a bare `off`
+    (and `no`) as false, so false means off too. "dtls" is a `DtlsPolicy`: the endpoint's
+    certificate comes with it."""
 
-    example = "off, optional or mandatory"
+    example = "off, optional, mandatory or dtls"
     type_name = "string"  # as `pipeline inspect` and docs/yaml.md show it
 
     @classmethod
     def parse(cls, value: object) -> str:
         if value is False or str(value).lower() in ("off", "false", "no"):
             return "off"
+        if str(value) == "dtls":
+            if not dtls_available():
+                raise ValueError("'dtls' needs pyOpenSSL, which is not installed",
+                                 "pip install pyOpenSSL (`make` installs it with the project)")
+            return DtlsPolicy()
         if str(value) in SRTP_POLICIES:
             return str(value)
         raise ValueError(f"'{value}' is not an SRTP policy", f"write {cls.example}")
@@ -503,6 +513,10 @@ def _offer_crypto(media: MediaDescription, policy: str) -> MediaDescription:
     line), under RTP/SAVP when SRTP is mandatory; unchanged with SRTP off."""
     if policy == "off":
         return media
+    if policy == "dtls":
+        if media.kind == "audio":
+            return offer_dtls(media, policy)
+        policy = "mandatory"  # video keeps SDES keys (docs/sip.md, "SRTP")
     if policy == "mandatory":
         media.proto = "RTP/SAVP"
     for tag, suite in enumerate(OFFERED_SUITES, 1):
@@ -586,7 +600,7 @@ def answer(
                 )
                 if section is not None and policy != "off":
                     section = _answer_crypto(section, offered, policy, reasons,
-                                             _previous_section(previous, index))
+                                             _previous_section(previous, index), offer)
         if section is None:
             # Section 6: a rejected stream keeps its m= line with port 0.
             section = MediaDescription(offered.kind, 0, offered.proto, offered.formats or ["0"])
@@ -859,7 +873,8 @@ def reoffer(
         )
         # The same SRTP keys and profile (RFC 4568 7.1.4: a key may be kept in a re-offer).
         media.proto = old.proto
-        media.attributes += [a for a in old.attributes if a.name == "crypto"]
+        media.attributes += [a for a in old.attributes
+                             if a.name in ("crypto", "setup", "fingerprint")]
         sdp.media[index] = media
     else:
         if ptime_ms is not None:
@@ -1301,7 +1316,7 @@ def _negotiate(
     # RFC 3550 section 11: RTCP on the next port unless a=rtcp (RFC 3605) or rtcp-mux says.
     rtcp_port = rtcp.port if rtcp is not None else (rm.port if mux else _next_port(rm.port))
     ptime = packet_time(name, rm.ptime or lm.ptime, rm.maxptime)
-    crypto = _agreed_srtp(lm, rm)
+    crypto = _agreed_srtp(lm, rm) or agreed_dtls(local, remote, index)
     return NegotiatedMedia(
         remote_address=address,
         remote_rtp_port=rm.port,
@@ -1368,12 +1383,16 @@ def _srtp_of(media: MediaDescription) -> str:
     mandatory SRTP, a=crypto under RTP/AVP optional (best effort), neither off."""
     if media.proto in _SECURE_RTP:
         return "mandatory"
+    if media.proto in DTLS_PROFILES:
+        return "dtls"
     return "optional" if media.cryptos() else "off"
 
 
 def _profile_ok(proto: str, policy: str) -> bool:
-    """Whether we can answer a stream offered in `proto`: plain RTP, or SRTP unless off."""
-    return proto in _PLAIN_RTP or (policy != "off" and proto in _SECURE_RTP)
+    """Whether we can answer a stream offered in `proto`: plain RTP, SRTP unless off, and
+    DTLS-SRTP under dtls."""
+    return proto in _PLAIN_RTP or (policy != "off" and proto in _SECURE_RTP) \
+        or (policy == "dtls" and proto in DTLS_PROFILES)
 
 
 def _previous_section(previous: SessionDescription | None, index: int
@@ -1384,11 +1403,16 @@ def _previous_section(previous: SessionDescription | None, index: int
 
 
 def _answer_crypto(section: MediaDescription, offered: MediaDescription, policy: str,
-                   reasons: list[str], previous: MediaDescription | None
-                   ) -> MediaDescription | None:
+                   reasons: list[str], previous: MediaDescription | None,
+                   offer: SessionDescription | None = None) -> MediaDescription | None:
     """Add our a=crypto to a stream's answer: the first offered line we can run, with the tag
     and suite kept and our own key (RFC 4568 7.1.2); our previous key for the same line in
-    a re-offer. None when SRTP is needed (RTP/SAVP, or our policy) and no line is usable."""
+    a re-offer. None when SRTP is needed (RTP/SAVP, or our policy) and no line is usable.
+    Under "dtls" the audio stream (given its `offer`) is answered by `answer_dtls`."""
+    if policy == "dtls":
+        if offer is not None:
+            return answer_dtls(section, offered, offer, policy, reasons)
+        policy = "mandatory"  # video keeps SDES keys
     pick = next((c for c in offered.cryptos() if _usable_crypto(c)), None)
     if pick is None:
         if offered.proto in _SECURE_RTP or policy == "mandatory":

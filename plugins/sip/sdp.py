@@ -29,10 +29,12 @@ __all__ = [
     "Bandwidth",
     "Connection",
     "CryptoAttribute",
+    "FingerprintAttribute",
     "MediaDescription",
     "Origin",
     "RtcpAttribute",
     "RtpMap",
+    "SETUP_ROLES",
     "SessionDescription",
     "Timing",
     "format_events",
@@ -43,6 +45,8 @@ __all__ = [
 
 # RFC 8866 section 6.7: the four direction attributes; sendrecv is the default.
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+# RFC 4145 4: a=setup, who opens the connection (for DTLS: who is the client, RFC 5763 5)
+SETUP_ROLES = ("active", "passive", "actpass", "holdconn")
 
 # RFC 3551 table 4: static audio payload types usable without an rtpmap.
 STATIC_PAYLOAD_TYPES = STATIC_AUDIO_TYPES
@@ -309,6 +313,31 @@ class CryptoAttribute:
     def __str__(self) -> str:
         info = self.key + "".join(f"|{x}" for x in (self.lifetime, self.mki) if x is not None)
         return " ".join([str(self.tag), self.suite, f"inline:{info}", *self.session_params])
+
+
+@dataclass(slots=True, frozen=True)
+class FingerprintAttribute:
+    """a=fingerprint (RFC 8122 5): `<hash-func> <hex pairs joined by ':'>`, the hash of the
+    certificate the peer will show in its DTLS handshake (RFC 5763 5). Kept as written;
+    compare with `plugins.rtp.dtls.normal_fingerprint` (hex and hash names are
+    case-insensitive, "SHA-256" is seen)."""
+
+    hash: str
+    value: str
+
+    @classmethod
+    def parse(cls, value: str) -> FingerprintAttribute:
+        parts = value.split()
+        if len(parts) != 2 or not _HEX_PAIRS.fullmatch(parts[1]):
+            raise ParseError(f"SDP fingerprint attribute is not '<hash> <hex:hex:...>': "
+                             f"{f'a=fingerprint:{value}'[:80]!r}")
+        return cls(parts[0], parts[1])
+
+    def __str__(self) -> str:
+        return f"{self.hash} {self.value}"
+
+
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*")
 
 
 def parse_fmtp(text: str) -> dict[str, str]:
@@ -704,6 +733,24 @@ class SessionDescription(_Attributes):
     def connection_for(self, media: MediaDescription) -> Connection | None:
         """The c= that applies to `media`: its own first one, else the session-level one."""
         return media.connections[0] if media.connections else self.connection
+
+    def fingerprint_for(self, media: MediaDescription) -> FingerprintAttribute | None:
+        """The a=fingerprint that applies to `media`: its own, else the session's (RFC 8122
+        5: either level; baresip writes it at session level). None when neither has one
+        (or it is malformed)."""
+        value = media.attribute("fingerprint")
+        value = self.attribute("fingerprint") if value is None else value
+        try:
+            return None if value is None else FingerprintAttribute.parse(value)
+        except ParseError:
+            return None
+
+    def setup_for(self, media: MediaDescription) -> str | None:
+        """The a=setup role (RFC 4145 4) that applies to `media`, its own else the
+        session's, lower-cased; None when absent."""
+        value = media.attribute("setup")
+        value = self.attribute("setup") if value is None else value
+        return None if value is None else value.strip().lower()
 
 
 def _parse_session_field(sdp: SessionDescription, kind: str, value: str, number: int) -> None:
