@@ -372,3 +372,36 @@ def test_a_stranger_cannot_take_a_held_call_over() -> None:
         stranger.close()
     assert after["relatched"] == 0, f"a stranger took the call after the rebuild: {after['remote']}"
     assert after["remote"] == before["remote"]
+
+
+def test_once_the_sdp_port_is_heard_another_port_of_its_address_is_dropped() -> None:
+    """Another port of the SDP's address is taken while the SDP's port is silent (GStreamer's
+    udpsink sends from a port of its own), but once RTP comes from the port the SDP named,
+    the session is that source's: a stale client on the same host (one that missed a server
+    restart and still sends to the port a new caller now has) is dropped, not mixed into
+    the new caller's audio."""
+    sdp, stale = _udp(SDP_IP), _udp(SDP_IP)
+
+    async def main() -> RunResult:
+        s = _configured_session(sdp)
+        dest = ("127.0.0.1", await s.port())
+        node = s.graph.nodes["s"]
+        stale.sendto(_rtp(0, b"\x01" * 160, ssrc=0x999), dest)  # heard: the SDP port is silent
+        await until(lambda: node.stats()["packets_received"] == 1, "the other port's packet")
+        for seq in range(1, 4):
+            sdp.sendto(_rtp(seq, b"\x02" * 160), dest)
+            stale.sendto(_rtp(100 + seq, b"\x03" * 160, ssrc=0x999), dest)
+        await until(lambda: node.stats()["dropped_foreign"] == 3, "the stale packets after it")
+        await until(lambda: node.stats()["packets_received"] == 4, "the SDP port's packets")
+        s.stop()
+        return await s.result()
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        sdp.close()
+        stale.close()
+    got = [(f.meta["seq"], f.payload[:1]) for f in result.graph.nodes["out"].frames]
+    assert got == [(0, b"\x01"), (1, b"\x02"), (2, b"\x02"), (3, b"\x02")]
+    st = node_stats(result, "s")
+    assert (st["relatched"], st["dropped_foreign"]) == (0, 3)

@@ -39,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
 try:
     from OpenSSL import SSL
 except ImportError:  # (pyOpenSSL missing: plain RTP and SDES keys work; `srtp: dtls` says so)

@@ -483,8 +483,8 @@ class RtpSession(SrtpKeys, Node):
                          min=1.0)
     # Per-call state in slots: 30-odd attributes would give each session a hash table of its
     # own (see Node), which a packet's handling reads all over.
-    __slots__ = ("_c", "_channels", "_clock", "_cn_pt", "_cname", "_codec", "_configured",
-                 "_carried", "_heard_before", "_moved", "_dtmf_packer", "_dtmf_pt",
+    __slots__ = ("_any_port", "_c", "_channels", "_clock", "_cn_pt", "_cname", "_codec",
+                 "_configured", "_carried", "_heard_before", "_moved", "_dtmf_packer", "_dtmf_pt",
                  "_dtmf_queue", "_dtmf_rx", "_dtls", "_dtls_rtcp", "_dtls_timer",
                  "_dtmf_tx", "_foreign_at", "_foreign_from", "_io_error", "_last_dur",
                  "_last_rx", "_last_ts", "_local", "_loop", "_now", "_packer", "_pcap",
@@ -651,6 +651,11 @@ class RtpSession(SrtpKeys, Node):
         self._local = (self.local_ip, port)
         self._remote: tuple[str, int] | None = None
         self._configured = bool(self.remote_ip and self.remote_port)  # (SDP), not latched
+        # Any port of the SDP's address is taken until its own port is heard (a peer may
+        # send from a port of its own, as GStreamer's udpsink does); from then on only
+        # that port: another on the same host is a stranger (a client that missed our
+        # restart, still sending to the port a new call now has).
+        self._any_port = self._configured
         # What the session this one replaces handed on (a rebuilt call graph), taken once:
         # started again, the node would send its digits a second time.
         carried, self._carried = getattr(self, "_carried", None), None
@@ -920,11 +925,14 @@ class RtpSession(SrtpKeys, Node):
             # Symmetric RTP: latch to the first valid source; we answer from this socket.
             self._remote = addr
             self.post("rtp-latched", ip=addr[0], port=addr[1])
-        elif addr != self._remote and not (self._configured and addr[0] == self._remote[0]):
+        elif addr != self._remote:
             # A configured peer may send from another port than it receives on (GStreamer's
-            # udpsink does): its address is what counts, and we still send where we were told.
-            if not self._relatch(pt, ssrc, addr):
+            # udpsink does): its address counts, and we still send where we were told.
+            if not (self._any_port and addr[0] == self._remote[0]) \
+                    and not self._relatch(pt, ssrc, addr):
                 return
+        elif self._any_port:  # the SDP's own port: from now on only it (`_any_port`)
+            self._any_port = False
         now = self._now()
         if pt != self._recv_pt:  # (one comparison for the agreed media)
             if pt == self._dtmf_pt or pt == self._cn_pt:
@@ -982,6 +990,7 @@ class RtpSession(SrtpKeys, Node):
         only, RTCP answered where the peer's comes from (or to its port + 1 until then),
         not to the SDP's addresses."""
         self._remote, self._configured, self._rtcp_remote = addr, False, None
+        self._any_port = False
         self._probation = None
         self._moved = (was, addr)
 
@@ -1274,7 +1283,9 @@ class RtpSession(SrtpKeys, Node):
             if not self.linked_outputs:
                 self.send_eos()
             return
-        super().event(port, event)
+        # Any other event ends here, at the network, as a stream does at GStreamer's udpsink:
+        # passed to the receive side, an event that had gone round a call's echo (our own
+        # rtp-timeout) came back round every period.
 
     def _start_dtmf(self, now: float) -> None:
         tx = self._dtmf_tx
