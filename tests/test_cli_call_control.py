@@ -365,7 +365,7 @@ def test_digits_typed_while_the_call_graph_is_rebuilt_go_to_its_new_rtp_session(
         ep._rebuilding["c1"] = SimpleNamespace(dtmf_payload_type=101, direction="sendrecv")
         how = ep.send_digits("c1", "9#", duration_ms=20)
         got: list[str] = []
-        rtp = SimpleNamespace(kind="rtp_session", bound_port=47000,
+        rtp = SimpleNamespace(kind="rtp_session", bound_port=47000, dtmf_payload_type=101,
                               event=lambda port, ev: got.append(ev.digit))
         del ep._rebuilding["c1"]  # the new part starts
         ep.parts["c1"] = "call-1/"

@@ -1,8 +1,9 @@
 """DTMF the `sip_endpoint` sends (`send_digits`): as RFC 4733 telephone-events through the
-call's audio `rtp_session` when the call agreed telephone-event, else as SIP INFO
-application/dtmf-relay, one digit at a time (a queue per call). Digits wait while the call
-cannot send them: through a rebuild of its part, during a re-INVITE when by INFO; an INFO
-refused drops the digits queued behind it.
+call's audio `rtp_session` when the call agreed telephone-event and that session sends it
+(it has a `dtmf_payload_type`), else as SIP INFO application/dtmf-relay, one digit at a
+time (a queue per call). Digits wait while the call cannot send them: through a rebuild of
+its part, during a re-INVITE when by INFO; an INFO refused drops the digits queued behind
+it.
 
 `DigitSender` is mixed into `nodes.SipEndpoint`.
 """
@@ -42,8 +43,9 @@ class DigitSender:
     def send_digits(self, call_id: str, digits: str, duration_ms: int = 160) -> str:
         """Send DTMF `digits` (0-9, *, #, A-D) in order on an established call: as RFC 4733
         telephone-events through its call graph's audio `rtp_session` when the call agreed
-        telephone-event, else as SIP INFO application/dtmf-relay, one `duration_ms` after
-        another. Returns which: ``"rfc4733"`` or ``"info"``.
+        telephone-event and the session sends it (`_audio_session`), else as SIP INFO
+        application/dtmf-relay, one `duration_ms` after another. Returns which:
+        ``"rfc4733"`` or ``"info"`` (during a rebuild: what the new media agreed).
 
         Digits given while earlier ones are still being sent go after them. They wait while
         they cannot go: during a rebuild of the call graph (hold, resume) for its new
@@ -54,8 +56,8 @@ class DigitSender:
         bad = next((d for d in digits if d not in "0123456789*#ABCD"), None)
         if not digits or bad is not None:
             raise LocalProtocolError(f"DTMF digit '{bad or ''}' is not one of 0-9, *, #, A-D")
-        call = self.ua.calls.get(call_id)
-        if call is None or call.state != "established":
+        call = self._live_call(call_id, "send_digits")
+        if call.state != "established":
             raise LocalProtocolError(f"SIP call {call_id} is not established")
         media = self._rebuilding.get(call_id)
         if media is not None:  # between two parts: as the new one will have it
@@ -70,14 +72,18 @@ class DigitSender:
 
     def _audio_session(self, call: sipcall.Call) -> Any:
         """The rtp_session of the call's part on its audio port when the call agreed
-        telephone-event, else None."""
+        telephone-event and that session sends it, else None. A call graph whose session
+        has no `dtmf_payload_type` would drop the digits (counted, not sent): they go by
+        INFO then, as when the call agreed none."""
         prefix = self.parts.get(call.call_id)
         values = self.part_values.get(call.call_id)
         if prefix is None or values is None or values["dtmf_payload_type"] < 0:
             return None
         return next((node for name, node in self.graph.nodes.items()
                      if name.startswith(prefix) and node.kind == "rtp_session"
-                     and getattr(node, "bound_port", None) == call.rtp_port), None)
+                     and getattr(node, "bound_port", None) == call.rtp_port
+                     and node.dtmf_payload_type is not None
+                     and node.dtmf_payload_type >= 0), None)
 
     def _send_waiting_digits(self, call_id: str, chain: list | None = None) -> None:
         """Send a call's waiting digits (send_digits): all to its rtp_session, which sends

@@ -17,8 +17,10 @@ first provisional response, any 1xx, to an INVITE of ours: once per call), ``cal
 183 carried ours to an incoming call: its part starts then, so the caller hears a ringback
 or announcement before the answer), ``call-established``, ``call-rejected`` (an INVITE
 answered with a final non-2xx: 403, 486, 488, 500, 503...; not the 401 challenge nor a
-CANCELled call's 487), ``call-updated``, ``call-ended`` (with what the call's media did,
-summed over its parts: `parts.part_quality`), ``dtmf``, ``dtmf-failed`` (an INFO digit
+CANCELled call's 487), ``call-updated``, ``call-media-ready`` (the part runs with the
+media of the last ``call-updated``, rebuilt or not), ``call-ended`` (with what the call's
+media did, summed over its parts: `parts.part_quality`; also for the calls a stop of the
+graph ends, `GRAPH_STOPPED`), ``dtmf``, ``dtmf-failed`` (an INFO digit
 refused), ``refer``, ``transfer-progress``, ``transfer-done``.
 
 Transfers (RFC 3515): with `follow_refer` a REFER from the peer is followed as a softphone
@@ -74,6 +76,10 @@ if TYPE_CHECKING:
     from .watch import _Silence
 
 log = logging.getLogger("plugins.sip")
+
+# `call-ended`'s reason for a call that was up when the endpoint's graph stopped without a
+# `shutdown()` first (which hangs up as `hangup()` does: "local hangup")
+GRAPH_STOPPED = "graph stopped"
 
 
 class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfers, RoomCalls,
@@ -232,6 +238,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         self._call_ends: dict[str, float] = {}
         self._call_end_due: float | None = None
         self._shutting_down: float | None = None
+        self._stopping = False  # (a run after one that stopped)
         self._io_error: asyncio.Future | None = None
         self._pending_detach: set[asyncio.Future] = set()
         # calls we placed to follow a REFER: their Call-ID -> (referring Call-ID, refer id)
@@ -258,15 +265,21 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
     def stop(self) -> None:
         if getattr(self, "transport", None) is None:
             return
+        # A listener of the call-ended posted below may call a control (redial): refused,
+        # or its call would outlive the endpoint.
+        self._stopping = True
         now = self._loop.time()
         self._warn_still_registered(now)
         try:
+            self._end_calls(now)
             # BYE and un-REGISTER, best effort (UDP goes out now; no challenge can be
             # answered once the transport is closed, so the REGISTER brings credentials).
             self.ua.shutdown(now, last_chance=True)
         except PipelineError:
             pass
-        self._pump(events=False)
+        # What the ends queued goes out, and each is posted (`call-ended`, with what its
+        # media did) before the run returns: the application hears of every call's end.
+        self._pump()
         for call_id in list(self.parts):
             self._detach(call_id)
         if self.graph is not None and self._on_bus in self.graph.listeners:
@@ -282,6 +295,16 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         self.transport.close()
         self._net_stats = self.transport.stats  # stats() reports them after the stop
         self.transport = None
+
+    def _end_calls(self, now: float) -> None:
+        """The graph stops with calls up (`request_stop()`, the run task cancelled, a
+        `--duration` over, a fault elsewhere): each ends as `hangup()` ends it (BYE,
+        CANCEL, 603 to one ringing here) with the reason `GRAPH_STOPPED`."""
+        for call in [c for c in self.ua.calls.values() if c.active]:
+            if call.direction == "in" and call.state == "incoming":
+                self.ua.reject(call.call_id, 603, now, ended=GRAPH_STOPPED)
+            else:
+                self.ua.hangup(call.call_id, now, reason=GRAPH_STOPPED)
 
     def _warn_still_registered(self, now: float) -> None:
         """The registrar has not answered the un-REGISTER of `shutdown` as we stop (it is
@@ -517,20 +540,24 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
             call = event.call
             self.post("call-updated", call_id=call.call_id, direction=event.media.direction,
                       **self._media_fields(event.media), **part(call))
-            if call.call_id in self._rebuilding:
+            if call.call_id in self._rebuilding:  # its call-media-ready comes once built
                 self._rebuilding[call.call_id] = event.media
                 return
+            if call.call_id not in self.parts:
+                return  # no part (no call_graph, or it failed): no nodes to wait for
             values = call_values(call, event.media, local_ip=self.media_ip_used,
                                  rtp_timeout=self.rtp_timeout, codecs=self.codec_infos)
-            if call.call_id in self.parts and values != self.part_values.get(call.call_id):
+            if values != self.part_values.get(call.call_id):
                 self._rebuild(call, event.media)
+            else:  # the part runs on as it is: its nodes are the ones of the new media
+                self._media_ready(call, event.media, rebuilt=False)
         elif isinstance(event, sipevents.CallEnded):
             call = event.call
             self._c["calls_ended"] += 1
             self._info_last.pop(call.call_id, None)
             self._stop_watching(call.call_id)
             if call.call_id == self._dialled:
-                self._ring_since = None
+                self._ring_since = self._dial_time = None  # (hangup_after: nothing to end)
             had = part(call)  # before the part goes
             self._failed_parts.pop(call.call_id, None)
             self._kept_states.pop(call.call_id, None)

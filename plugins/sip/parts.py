@@ -10,7 +10,8 @@
 - rebuilding it when the media change (`_rebuild`): the ports stay held in between and what
   its nodes did in the call (`carry_state`) is handed to the new ones; a re-INVITE that adds
   or drops video, the far end's or ours (`controls.add_video`, `drop_video`), switches
-  between the two graphs this way, and a video port ours dropped is freed then;
+  between the two graphs this way, and a video port ours dropped is freed then; once the
+  new part is attached, ``call-media-ready`` says so (`_media_ready`);
 - a fault in it (`_on_part_fault`) ends the call;
 - measuring it (`_measure`) as it goes, for the call's end: what its RTP nodes and jitter
   buffers counted (`part_quality`), summed over the parts a rebuilt call had, for the
@@ -410,6 +411,8 @@ class CallParts:
                     self.post("error", message=f"call graph for call {call.call_id} failed: "
                               f"{exc}")
                     self.hangup(call.call_id)
+                else:
+                    self._media_ready(call, latest, rebuilt=True)
             else:  # the call ended meanwhile
                 for port in ports:
                     self.ports.unhold(port)
@@ -420,6 +423,17 @@ class CallParts:
         task = self._loop.create_task(later())
         self._pending_detach.add(task)
         task.add_done_callback(self._pending_detach.discard)
+
+    def _media_ready(self, call: sipcall.Call, media: NegotiatedMedia, *,
+                     rebuilt: bool) -> None:
+        """Say that the call's part runs with `media`, its nodes in the graph: after a
+        `call-updated` (`rebuilt`: a new part, whose nodes the application looks up again;
+        else the same one goes on), or after the rebuild that a 2xx with other media than
+        the early media's made. `call-updated` is posted before the rebuild, when the new
+        nodes do not exist yet."""
+        self.post("call-media-ready", call_id=call.call_id, direction=media.direction,
+                  **self._media_fields(media), prefix=self.parts[call.call_id],
+                  rebuilt=rebuilt)
 
     def _call_of_prefix(self, node_name: str) -> str | None:
         for call_id, prefix in self.parts.items():

@@ -40,6 +40,7 @@ class Transfers:
         follow; on success (the new call answered) we hang up this call. `replaces` (the
         Call-ID of another established call) makes it attended (RFC 5589): the peer's
         INVITE replaces that call at its far end (`uri` defaults to that end's Contact)."""
+        self._live_call(call_id, "transfer")  # (controls: a NodeError, as every control's)
         refer_id = self.ua.transfer(call_id, uri, self._loop.time(), replaces=replaces)
         self._pump()
         return refer_id
