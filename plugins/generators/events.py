@@ -10,9 +10,8 @@ from pipeline.frames import DtmfEvent, EndOfStream
 from pipeline.node import Node, Port
 from pipeline.params import Duration, Param, ParamValueError
 
-from .nodes import DTMF_FREQS
+from .nodes import DTMF_FREQS, PAUSE
 
-PAUSE = ","  # a pause in a dial string, as phones and pjsua's dial strings write it
 _EPSILON = 1e-9  # media times are sums of float periods: 5 x 0.02 is 0.1, 3 x 0.1 is not
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.formats import Format
-from pipeline.params import Decibels, Frequency, Param, ParamValueError
+from pipeline.params import Decibels, Duration, Frequency, Param, ParamValueError
 
 from .source import PcmSource, db_to_amplitude
 
@@ -15,6 +15,10 @@ DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
 DTMF_KEYS = ("123A", "456B", "789C", "*0#D")
 DTMF_FREQS = {key: (DTMF_LOW[r], DTMF_HIGH[c])
               for r, row in enumerate(DTMF_KEYS) for c, key in enumerate(row)}
+PAUSE = ","  # a pause in a dial string, as phones and pjsua's dial strings write it
+# ITU-T Q.24: a receiver takes a pause of 40 ms between two digits, and may bridge a shorter
+# one as a dropout inside one digit (dtmf_detect's min_pause_ms).
+MIN_PAUSE_MS = 40
 
 
 class Tone(PcmSource):
@@ -99,16 +103,20 @@ class DtmfTone(PcmSource):
     """In-band DTMF digits (ITU-T Q.23 frequency pairs), then end of stream."""
 
     kind = "dtmf_tone"
-    digits = Param(str, "1234567890*#", "digits to play (0-9, *, #, A-D)", required=False)
+    digits = Param(str, "1234567890*#", "digits to play (0-9, *, #, A-D; ',' pauses), as "
+                   "dtmf_events takes them", required=False)
     tone_ms = Param(int, 100, "length of each digit in ms", min=40, max=10000)
     gap_ms = Param(int, 100, "pause between digits in ms", min=0, max=10000)
+    pause = Param(Duration, 2.0, "length of a ',' in digits (a phone dial string's pause)",
+                  min=0.0, max=60.0)
     level = Param(Decibels, -10.0, "level of each of the two tones in dBFS", min=-60.0, max=-6.0)
 
     def validate(self) -> None:
-        bad = [d for d in self.digits.upper() if d not in DTMF_FREQS]
+        bad = [d for d in self.digits.upper() if d not in DTMF_FREQS and d != PAUSE]
         if bad:
             raise ParamValueError("digits", f"parameter 'digits': '{bad[0]}' is not a DTMF digit",
-                                  "use 0-9, *, #, A-D")
+                                  "use 0-9, *, #, A-D, and ',' for a pause")
+        self._check_repeats()
         # `duration` (every generator's length) was overwritten by the digits' and so
         # ignored: it now holds the line with silence after them; it cannot cut a digit.
         need = self._digits_s()
@@ -117,8 +125,26 @@ class DtmfTone(PcmSource):
                                   f"shorter than the digits ({need:g} s)",
                                   f"use at least {need:g}s, or leave duration out")
 
+    def _check_repeats(self) -> None:
+        # The same key twice with less of a pause is one long tone to a receiver: "11"
+        # would dial "1". Different keys may follow at once (the frequencies change).
+        key, silence_ms = None, 0.0
+        for d in self.digits.upper():
+            if d == PAUSE:
+                silence_ms += self.pause * 1000.0
+                continue
+            if d == key and silence_ms < MIN_PAUSE_MS:
+                raise ParamValueError(
+                    "gap_ms", f"parameter 'gap_ms': {silence_ms:g} ms between the '{d}' "
+                    f"and '{d}' of '{self.digits}' is too short to hear two keys: a "
+                    f"receiver takes a pause under {MIN_PAUSE_MS} ms as part of one "
+                    "(ITU-T Q.24)", f"use gap_ms: {MIN_PAUSE_MS} or more")
+            key, silence_ms = d, float(self.gap_ms)
+
     def _digits_s(self) -> float:
-        return len(self.digits) * (self.tone_ms + self.gap_ms) / 1000.0
+        pauses = self.digits.count(PAUSE)
+        keys = len(self.digits) - pauses
+        return keys * (self.tone_ms + self.gap_ms) / 1000.0 + pauses * self.pause
 
     def expected_duration(self) -> float:
         return self._digits_s() if self.duration is None else max(self.duration,
@@ -132,6 +158,9 @@ class DtmfTone(PcmSource):
         amp = db_to_amplitude(self.level) * 32767.0
         parts = []
         for d in self.digits.upper():
+            if d == PAUSE:
+                parts.append(np.zeros(int(round(self.rate * self.pause))))
+                continue
             lo, hi = DTMF_FREQS[d]
             parts.append(amp * (np.sin(2 * np.pi * lo * t) + np.sin(2 * np.pi * hi * t)))
             parts.append(np.zeros(off))
