@@ -1,4 +1,4 @@
-"""The `pipeline` command line: launch, validate, inspect, draw, devices, serve, call."""
+"""The `pipeline` command line: launch, validate, inspect, draw, devices, serve, call, ctl."""
 
 from __future__ import annotations
 
@@ -578,6 +578,12 @@ def cmd_call(args: argparse.Namespace) -> int:
     return call(args)
 
 
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from .sip_cli import _sip
+
+    return _sip().ctl(args)  # type: ignore[attr-defined]
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pipeline", description="voip-pipeline: media graphs "
                                 "for VoIP, described in YAML")
@@ -659,7 +665,23 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("-m", "--messages", action="store_true",
                     help="print every bus message (a room's joins and speakers, each node's "
                          "post()), not only the call events, as launch -m does")
+    sp.add_argument("--control", metavar="PATH",
+                    help="serve commands on a Unix socket at PATH (0600): list and hang up "
+                         "calls, drain, mute a room's participant... with pipeline ctl PATH")
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("ctl", help="send a command to a serve --control socket",
+                        description="Send a command to the control socket of a pipeline "
+                        "serve started with --control PATH and print its reply (docs/cli.md, "
+                        "\"Control socket\"). Commands: calls, stats, hangup CALL, drain, "
+                        "rooms, mute|unmute|deafen|undeafen ROOM WHO, help.")
+    sp.add_argument("path", help="the socket serve --control made")
+    sp.add_argument("command", help="calls, stats, hangup, drain, rooms, mute, unmute, "
+                                    "deafen, undeafen or help")
+    sp.add_argument("args", nargs="*", help="the command's arguments")
+    sp.add_argument("--json", action="store_true",
+                    help="print the reply as the server sent it, a JSON object on one line")
+    sp.set_defaults(func=cmd_ctl)
 
     sp = sub.add_parser("call", help="call a SIP URI and run a graph for the call",
                         description="Call a SIP URI and run a graph for the call. While it "

@@ -1,10 +1,12 @@
-"""`pipeline serve` and `pipeline call` (called by `pipeline.sip_cli`).
+"""`pipeline serve`, `pipeline call` and `pipeline ctl` (called by `pipeline.sip_cli`).
 
 `serve FILE.yaml` runs a graph that holds one or more `sip_endpoint` nodes until SIGINT or
 SIGTERM (or `--duration`): the first signal, or the end of `--duration`, hangs up every call
 and unregisters, a second signal stops at once; SIGHUP is ignored with a line, SIGUSR1
 prints the --stats table as it is now (`pipeline.cli.command_signals`), SIGQUIT drains
-(`_Drain`: new calls refused, the calls up left to end, then the stop). `call SIP-URI
+(`_Drain`: new calls refused, the calls up left to end, then the stop); `--control PATH`
+serves `control.Commands` on a Unix socket (`ControlSocket`), which `pipeline ctl PATH
+COMMAND` (`ctl`) asks. `call SIP-URI
 --graph CALL.yaml` builds a parent graph with one endpoint that dials the URI and runs
 CALL.yaml as the call graph, hanging up after `--duration` (`--video`: with a video stream
 beside the audio); while it runs, line commands on stdin hold, resume, add or drop video,
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import gc
+import json
 import logging
 import os
 import re
@@ -41,6 +45,7 @@ from pipeline.runtime import RunResult, Runtime, run_coroutine
 from . import DEFAULT_CODECS, DEFAULT_USER, callcheck, offer_answer
 from .call import NO_RESPONSE, RTP_TIMEOUT
 from .checks import _CN, _DTMF
+from .control import Commands, render, stats_calls_text
 from .controls import SHUTDOWN_GRACE  # between the first signal and a forced stop
 from .dns import check_servers
 from .locate import is_ip
@@ -66,14 +71,16 @@ def endpoints(graph: Graph) -> list[Any]:
 async def _run(graph: Graph, duration: float | None, quiet: bool = False,
                signals: list[int] | None = None, stats: bool = False,
                control: _CallControl | None = None, messages: bool = False,
-               drain: bool = False) -> RunResult:
+               drain: bool = False, control_socket: ControlSocket | None = None
+               ) -> RunResult:
     """Run `graph` until its endpoints are done, a signal or `duration`. The first signal,
     or the end of `duration`, hangs up every call and unregisters (so each call's end is
     reported, `call-ended`); a second signal stops at once. With `drain` (serve), SIGQUIT
     drains: new calls refused, unregistered at once, the run ends as the last call up
     does (`_Drain`). The signals that came are appended to `signals`. `control` reads its
-    commands from stdin meanwhile. Call events are printed (with `quiet` only errors; with
-    `messages` every bus message)."""
+    commands from stdin meanwhile; `control_socket` (serve, with `drain`) serves its
+    commands on the loop (`control.Commands`). Call events are printed (with `quiet` only
+    errors; with `messages` every bus message)."""
     loop = asyncio.get_running_loop()
     got = signals if signals is not None else []
     stopping = [False]
@@ -116,9 +123,9 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
     # SIGHUP: a stamped line, in order with the events; SIGUSR1: the --stats table now.
     handlers = command_signals(printer.say, lambda: stats_table(
         runtime.collect_stats(), list(graph.messages), calls_up(graph)), on_signal)
+    drainer = _Drain(graph, printer.say, stop_endpoints, lambda: stopping[0])
     if drain and hasattr(signal, "SIGQUIT"):
-        handlers[signal.SIGQUIT] = _Drain(graph, printer.say, stop_endpoints,
-                                          lambda: stopping[0]).start
+        handlers[signal.SIGQUIT] = drainer.start
     runtime = Runtime(graph, realtime=True, on_signal=on_signal, stats=stats,
                       signal_handlers=handlers)
     timer = None if duration is None else loop.call_later(duration, stop_endpoints, None)
@@ -129,6 +136,13 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
         handler.addFilter(calls)
     if control is not None:
         control.listen(loop, printer.say, lambda: stop_endpoints(None))
+    if control_socket is not None:
+        def stats_now() -> dict[str, Any]:
+            nodes = runtime.collect_stats()
+            rows, not_shown = call_rows(nodes, list(graph.messages), calls_up(graph))
+            return {"nodes": nodes, "calls": rows, "not_shown": not_shown}
+
+        await control_socket.open(Commands(graph, stats=stats_now, drain=drainer.start))
     # A server process: what start-up made (modules, the registry, the graph) lives until
     # exit, so take it out of the collector's sight; full collections then scan only what
     # calls create (CPython's gc.freeze, meant for long-running servers).
@@ -146,6 +160,8 @@ async def _run(graph: Graph, duration: float | None, quiet: bool = False,
             timer.cancel()
         if control is not None:
             control.close()
+        if control_socket is not None:
+            control_socket.close()
         printer.flush()
         for handler in handlers_logged:
             handler.removeFilter(calls)
@@ -203,21 +219,25 @@ class _Drain:
         self.graph, self.say, self.stop, self.stopping = graph, say, stop, stopping
         self.draining = False
 
-    def start(self) -> None:
+    def start(self) -> str:
+        """Drain (SIGQUIT, or the control socket's `drain`); returns the line said."""
         if self.stopping():  # hanging up already (a signal, --duration): nothing to drain
-            return
+            return "not draining: the calls are being hung up already"
         up = self.calls_up()
         if not up:
-            self.say("draining: no calls up; stopping now")
+            line = "draining: no calls up; stopping now"
+            self.say(line)
             self.stop(None)
-            return
+            return line
         if not self.draining:  # (again: the line says how many are left)
             self.draining = True
             for node in self.nodes():
                 node.drain()
             self.graph.listeners.append(self.on_bus)
-        self.say(f"draining: {up} call{'s' if up != 1 else ''} up; new calls are refused; "
-                 "send SIGTERM to end them now")
+        line = (f"draining: {up} call{'s' if up != 1 else ''} up; new calls are refused; "
+                "send SIGTERM to end them now")
+        self.say(line)
+        return line
 
     def nodes(self) -> list[Any]:
         return [n for n in endpoints(self.graph) if getattr(n, "ua", None) is not None]
@@ -501,11 +521,199 @@ def serve(args: argparse.Namespace) -> int:
     if not endpoints(graph):
         raise PipelineError("graph has no sip_endpoint node to serve",
                             hint="add a node of type sip_endpoint (docs/sip.md)")
-    result = run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet,
-                                stats=args.stats, messages=args.messages, drain=True))
+    path = getattr(args, "control", None)
+    sock = None if path is None else ControlSocket.bind(path)
+    try:
+        result = run_coroutine(_run(graph, duration_option(args.duration), quiet=args.quiet,
+                                    stats=args.stats, messages=args.messages, drain=True,
+                                    control_socket=sock))
+    finally:
+        if sock is not None:
+            sock.remove()
     if args.stats:
         print_stats(result)
     return 0
+
+
+# ---- the control socket (serve --control PATH) and its client (pipeline ctl) -------------
+CONTROL_CLIENTS = 16  # connections at once; one more is told so and closed
+CONTROL_IDLE = 10.0  # seconds a connection may take to send its next line (or read a reply)
+_UNIX_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, with its NUL: 108 on Linux)
+
+
+class ControlSocket:
+    """`serve --control PATH`: a Unix stream socket at PATH, made 0600 (only serve's user
+    may hang up its calls), whose connections send request lines to `control.Commands` on
+    the graph's loop. Bounded so that no client disturbs the calls: a line of at most
+    `_LINE_MAX` bytes, `CONTROL_CLIENTS` connections, `CONTROL_IDLE` s to send a line."""
+
+    def __init__(self, sock: socket.socket, path: str) -> None:
+        self.sock, self.path = sock, path
+        self.inode = os.stat(path).st_ino  # (removed at the end only if still ours)
+        self.server: asyncio.AbstractServer | None = None
+        self.clients: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def bind(cls, path: str) -> ControlSocket:
+        """Listen at `path`, in place of a stale socket file (its server gone, as after a
+        kill -9); a server that still answers there, or a file that is no socket, is one
+        line and no start."""
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            raise PipelineError(f"--control {path}: longer than a Unix socket path may be "
+                                f"({_UNIX_PATH_MAX} bytes)",
+                                hint="give a shorter path, e.g. /run/pipeline/serve.sock")
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise PipelineError(f"--control {path}: a file that is not a socket is there",
+                                    hint="give another path (serve does not remove a file "
+                                         "it did not make)")
+            if _answers(path):
+                raise PipelineError(f"--control {path}: another serve is listening there",
+                                    hint="stop that one (pipeline ctl PATH drain), or give "
+                                         "this one another path")
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        mask = os.umask(0o177)  # 0600 from its creation: no moment when others may connect
+        try:
+            sock.bind(path)
+            sock.listen(CONTROL_CLIENTS)
+        except OSError as e:
+            sock.close()
+            raise PipelineError(f"--control {path}: cannot listen there: {e.strerror}",
+                                hint="check that its folder exists and is writable") from None
+        finally:
+            os.umask(mask)
+        return cls(sock, path)
+
+    async def open(self, commands: Commands) -> None:
+        self.commands = commands
+        self.server = await asyncio.start_unix_server(self.client, sock=self.sock,
+                                                      limit=_LINE_MAX)
+
+    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.clients) >= CONTROL_CLIENTS:
+            writer.write(_refusal(f"busy: {CONTROL_CLIENTS} connections are open",
+                                  "try again once one has closed"))
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.clients.add(task)
+        try:
+            await self.serve_lines(reader, writer)
+        except (OSError, TimeoutError):  # the client went, or reads no reply
+            pass
+        finally:
+            self.clients.discard(task)
+            writer.close()
+
+    async def serve_lines(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        """Each line a reply, until the client closes, sends a line too long, or is idle
+        `CONTROL_IDLE` s (one that connects and sends nothing holds no slot for good)."""
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readline(), CONTROL_IDLE)
+            except ValueError:  # past the limit: the rest of it cannot be told from a line
+                writer.write(_refusal(f"request line longer than {_LINE_MAX} bytes",
+                                      "send one command a line"))
+                return
+            except TimeoutError:
+                writer.write(_refusal(f"no request for {CONTROL_IDLE:g} s: closing",
+                                      "send a line at once after connecting"))
+                return
+            if not line:
+                return
+            writer.write(self.commands.handle(_shown(line)))
+            await asyncio.wait_for(writer.drain(), CONTROL_IDLE)
+            # A turn of the loop for the calls between two requests: lines already
+            # buffered (a flood of them) are read, and answered, without yielding.
+            await asyncio.sleep(0)
+            if not line.endswith(b"\n"):  # a last line at the end of the input
+                return
+
+    def close(self) -> None:
+        """Stop listening and drop the connections (the run is over)."""
+        if self.server is not None:
+            self.server.close()
+        else:
+            self.sock.close()
+        for task in list(self.clients):
+            task.cancel()
+
+    def remove(self) -> None:
+        """Remove the socket file, unless another server has put its own there since."""
+        self.close()
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+
+
+def _refusal(error: str, hint: str) -> bytes:
+    return json.dumps({"ok": False, "error": error, "hint": hint}).encode() + b"\n"
+
+
+def _answers(path: str) -> bool:
+    """Whether a server accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(CONTROL_IDLE)
+        try:
+            probe.connect(path)
+        except OSError:  # ECONNREFUSED: no one listens there any more
+            return False
+    return True
+
+
+def ctl(args: argparse.Namespace) -> int:
+    """`pipeline ctl PATH COMMAND [ARGS...]`: send one command to a serve's control socket
+    and print its reply, rendered (`control.render`), or raw with --json."""
+    words = [args.command, *args.args]
+    if any(not w.isprintable() for w in words):  # a line break would make two requests
+        raise PipelineError("ctl: a command word holds a line break or control character",
+                            hint="give the command and its arguments as plain words")
+    raw = _ask(args.path, " ".join(words))
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise PipelineError(f"the server at {args.path} did not answer in JSON",
+                            hint="is it a pipeline serve --control socket?") from None
+    if args.json:
+        print(raw.decode().rstrip("\n"))
+        return 0 if reply.get("ok") else 1
+    if not reply.get("ok"):
+        raise PipelineError(str(reply.get("error")), hint=reply.get("hint"))
+    print(render(args.command.lower(), reply))
+    return 0
+
+
+def _ask(path: str, line: str) -> bytes:
+    """The reply line to `line` from the control socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONTROL_IDLE)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise PipelineError(f"no server at {path}: is serve running with --control?",
+                                hint="pipeline serve FILE.yaml --control PATH") from None
+        except PermissionError:
+            raise PipelineError(f"no access to the server at {path}: its socket is 0600",
+                                hint="run pipeline ctl as the user that runs serve") from None
+        except OSError as e:
+            raise PipelineError(f"cannot connect to {path}: {e.strerror or e}") from None
+        try:
+            sock.sendall(line.encode() + b"\n")
+            sock.shutdown(socket.SHUT_WR)  # one request: the server closes after its reply
+            reply = sock.makefile("rb").readline()
+        except TimeoutError:
+            raise PipelineError(f"the server at {path} did not answer within "
+                                f"{CONTROL_IDLE:g} s") from None
+        except OSError as e:
+            reply = b""
+            log.debug("control socket %s: %s", path, e)
+    if not reply.endswith(b"\n"):
+        raise PipelineError(f"no server at {path}: is serve running with --control? (the "
+                            "connection closed without a reply)")
+    return reply
 
 
 def listen_problems(graph: Graph) -> list[GraphError]:
@@ -578,34 +786,29 @@ def calls_up(graph: Graph) -> list[tuple[str, str, dict[str, Any]]]:
     return rows
 
 
-def format_call_stats(stats: dict[str, dict[str, Any]], messages: list[Any],
-                      up: list[tuple[str, str, dict[str, Any]]]) -> str:
-    """A table of the calls that ended with a call graph: their `call-ended` quality fields
-    (docs/sip.md "Call quality"), a column each that some call has, `-` where one call has
-    none; "" when no call had media. The bus keeps the latest messages only
-    (`graph.MAX_MESSAGES`): calls ended before those are counted in a last line. The calls
-    `up` follow, with a `state` column that tells them from the ended ones."""
+def call_rows(stats: dict[str, dict[str, Any]], messages: list[Any],
+              up: list[tuple[str, str, dict[str, Any]]]) -> tuple[list[dict[str, Any]], int]:
+    """The calls that ended with a call graph, with their `call-ended` quality fields
+    (docs/sip.md "Call quality"), then the calls `up` with theirs so far: a dict each
+    (`call`, its part prefix; `call_id`; `state`, ended or up; the fields), and how many
+    calls ended before the bus's latest messages (`graph.MAX_MESSAGES`), not among them."""
     ended = [m for m in messages if m.name == "call-ended"]
-    measured = [(str(m.data.get("prefix") or "-"), str(m.data["call_id"]), m.data)
+    measured = [(str(m.data.get("prefix") or "-"), str(m.data["call_id"]), m.data, "ended")
                 for m in ended if "rx_packets" in m.data]
-    if not measured and not up:
-        return ""
-    every = measured + up
-    fields = [f for f in QUALITY_FIELDS if any(d.get(f) is not None for _, _, d in every)]
-    states = ["ended"] * len(measured) + ["up"] * len(up)
-    rows = [("call", "call_id", *(("state",) if up else ()), *fields)]
-    for (prefix, call_id, data), state in zip(every, states, strict=True):
-        rows.append((prefix, call_id, *((state,) if up else ()),
-                     *("-" if data.get(f) is None else str(data[f]) for f in fields)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
+    rows = [{"call": prefix, "call_id": call_id, "state": state,
+             **{f: data.get(f) for f in QUALITY_FIELDS}}
+            for prefix, call_id, data, state in measured + [(*u, "up") for u in up]]
     total = sum(s.get("calls_ended", 0) for s in stats.values()
                 if s.get("kind") == "sip_endpoint")
-    if total > len(ended):
-        lines.append(f"({total - len(ended)} calls ended before these are not shown: the bus "
-                     "keeps the latest messages)")
-    return "\n".join(lines)
+    return rows, max(0, total - len(ended))
+
+
+def format_call_stats(stats: dict[str, dict[str, Any]], messages: list[Any],
+                      up: list[tuple[str, str, dict[str, Any]]]) -> str:
+    """A table of the calls that ended with a call graph and of those `up` (`call_rows`):
+    a column for each quality field some call has, `-` where one call has none, a `state`
+    column that tells the calls up from the ended ones; "" when no call had media."""
+    return stats_calls_text(*call_rows(stats, messages, up))
 
 
 def build_call_graph(uri: str, call_graph: str | Path, *, duration: float | None = None,
