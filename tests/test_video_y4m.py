@@ -313,3 +313,33 @@ def test_a_raw_file_without_its_parameters_is_one_line_from_launch(tmp_path):
     assert said[0].startswith("pipeline: error: ") and "set width, height and fps" in said[0]
     assert "hint: e.g. width=640 height=480 fps=30" in said[0]
 
+
+
+def test_a_failing_first_write_keeps_an_older_y4m_file(tmp_path):
+    """As a recorder's: the new stream goes beside the older file and takes its place only
+    once its header and first picture are on disk; a write that fails before (ulimit -f,
+    a full disk) leaves the older one whole."""
+    from test_recorder_keeps_old import HINT_FSIZE, _launch_capped
+
+    path = tmp_path / "out.y4m"
+    run_graph(f"{SOURCE} duration=0.2s ! y4m_sink path={path}", launch=True)
+    before = path.read_bytes()
+    proc = _launch_capped(f"{SOURCE} duration=1s ! y4m_sink name=out path=out.y4m", tmp_path,
+                          PICTURE // 2)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"pipeline: out: y4m_sink 'out' stopped: cannot write 'out.y4m': File too large "
+        f"{HINT_FSIZE}"], proc.stderr
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["out.y4m"]
+
+
+def test_the_file_a_node_of_the_graph_plays_is_refused(tmp_path):
+    path = tmp_path / "clip.y4m"
+    run_graph(f"{SOURCE} duration=0.2s ! y4m_sink path={path}", launch=True)
+    before = path.read_bytes()
+    with pytest.raises(GraphError, match=r"cannot write '.*clip\.y4m': it is the file of node "
+                       r"'src' \(video_file_source\)"):
+        run_graph(f"video_file_source name=src path={path} ! y4m_sink path={path}",
+                  launch=True)
+    assert path.read_bytes() == before

@@ -33,7 +33,14 @@ from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from pipeline.params import Path as PathType
 from pipeline.runtime import interruptible
-from plugins.files.nodes import check_writable, nothing_recorded, write_hint
+from plugins.files.nodes import (
+    RecordingFile,
+    check_writable,
+    file_key,
+    nothing_recorded,
+    other_files,
+    write_hint,
+)
 from plugins.video.nodes import YUV420P, FrameRate
 
 log = logging.getLogger(__name__)
@@ -161,6 +168,15 @@ class Y4mSink(Node):
             raise ParamValueError("path", f"'{self.path}' is a FIFO, not a file",
                                   "write to stdout (path=-) and pipe that: | ffplay -")
         check_writable("path", self.path)
+        # Not the file another node of the graph reads or writes: it would be replaced
+        # under it (a video_file_source's clip cut short).
+        mine = file_key(self.path)
+        for key, other, _ in other_files(self) if mine else ():
+            if key == mine:
+                raise ParamValueError(
+                    "path", f"cannot write '{self.path}': it is the file of node "
+                    f"'{other.name}' ({other.kind}), which writing would replace",
+                    "write to another file")
 
     def negotiate(self, inputs: dict, downstream: dict) -> dict:
         return {}
@@ -176,6 +192,7 @@ class Y4mSink(Node):
         self._block = not (rt is not None and rt.realtime)
         self._reached = False
         self._writer: FrameWriter | None = None
+        self._out: RecordingFile | None = None  # the file's, not stdout's
         self._failed = False
         self._dropped = 0
 
@@ -190,17 +207,29 @@ class Y4mSink(Node):
                             "pipe it to a player (... | ffplay -) or give a file path")
 
     def _open(self) -> None:
-        """The file (emptied) or stdout, at the first picture or end of stream: a graph
-        that fails to start leaves a file already at the path as it was, as recorders do."""
+        """The file or stdout, at the first picture or end of stream: a graph that fails
+        to start leaves a file already at the path as it was, as recorders do. A file is
+        a recorder's (`RecordingFile`): locked, and an older one at the path stays whole
+        until the header and the first picture are on disk (`_commit`)."""
         self._reached = True
         try:
-            fd = os.dup(1) if self.path == STDOUT else os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            if self.path == STDOUT:
+                fd = os.dup(1)
+            else:
+                self._out = RecordingFile(self.path)
+                fd = os.dup(self._out.fd)  # (the writer thread closes its own)
         except OSError as e:
             self._give_up(e)
             return
         self._writer = FrameWriter(fd, f"y4m_sink-{self.name}")
         self._writer.put((self._header,), block=True)
+
+    def _commit(self) -> None:
+        """Put the new file in place of an older one at its path (`RecordingFile.commit`)."""
+        try:
+            self._out.commit()
+        except OSError as e:
+            self._give_up(e)
 
     def process(self, port: str, frame: VideoFrame) -> None:
         if not self._reached:
@@ -214,6 +243,9 @@ class Y4mSink(Node):
         if not writer.put((FRAME_TAG, *frame.planes), block=self._block):
             self._dropped += 1  # (a whole picture: the stream stays whole)
             self.counters.drops += 1
+        out = self._out
+        if out is not None and out.partial is not None and writer.written >= 2:
+            self._commit()  # the header and a first picture are written
 
     def event(self, port: str, event: Any) -> None:
         if not self._reached:
@@ -225,6 +257,8 @@ class Y4mSink(Node):
         player ends `ffmpeg ... | ffplay -`; or a write failed (disk full), said as a
         recorder says it, the graph going on."""
         self._failed = True
+        if self._out is not None:
+            self._out.abandon()  # (a new file not in place yet goes: an older one stays)
         where = "stdout" if self.path == STDOUT else f"'{self.path}'"
         if e.errno == errno.EPIPE:
             log.warning("y4m_sink '%s': the reader of %s has gone (broken pipe): stopped "
@@ -247,6 +281,11 @@ class Y4mSink(Node):
                         "written", self.name, STALL_S, left)
         if writer.error is not None and not self._failed:
             self._give_up(writer.error)
+        out = self._out
+        if out is not None:
+            if not self._failed:  # (a stream that ended before its first picture, too)
+                self._commit()
+            out.close()
 
     def _pictures(self) -> int:
         """Pictures written so far (the header is the writer's first item)."""
