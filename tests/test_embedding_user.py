@@ -60,7 +60,8 @@ def test_a_run_waits_for_its_async_listeners_then_cancels_the_late_ones(monkeypa
 
     async def on_message(msg):
         try:
-            await asyncio.sleep(0.05 if msg.data["pts"] == 1600 else 60)
+            # The first is done after one turn of the loop; the second never is.
+            await (asyncio.sleep(0) if msg.data["pts"] == 1600 else asyncio.Event().wait())
             done.append(msg.data["pts"])
         except asyncio.CancelledError:
             cancelled.append(msg.data["pts"])
@@ -401,3 +402,32 @@ def test_an_on_frame_that_raises_in_a_call_ends_that_call_only(tmp_path):
         await c.event("call-established", 2)
 
     asyncio.run(_echo_call(tmp_path, '{type: tone, freq: 440, rate: "${call.rate}"}', body))
+
+
+def test_app_source_plays_all_that_is_pushed_before_the_run_by_default():
+    """As appsrc: nothing pushed is dropped unless a limit is set (a 15 s prompt pushed
+    whole before the run, as docs/embedding.md's speak() does, kept only its last 10 s)."""
+    g = Graph("app")
+    src = g.add(AppSource("src", rate=8000))
+    g.create("frame_sink", "out")
+    g.link("src", None, "out", None)
+    pcm = (np.arange(15 * 8000) % 1000).astype(np.int16)
+    src.push(pcm)
+    src.end()
+    result = _run(g)
+    assert result.stats["src"]["dropped_samples"] == 0
+    assert np.array_equal(g.nodes["out"].audio()[:, 0], pcm)
+
+
+def test_app_source_flush_drops_what_is_queued_so_the_next_push_plays_at_once():
+    g = Graph("app")
+    src = g.add(AppSource("src", rate=8000))
+    g.create("frame_sink", "out")
+    g.link("src", None, "out", None)
+    src.push(np.full(8000, 1000, np.int16))  # a prompt of 1 s...
+    src.flush()  # ...cut short by a key before it played
+    src.push(np.full(160, 2000, np.int16))
+    src.end()
+    result = _run(g)
+    assert np.array_equal(g.nodes["out"].audio()[:, 0], np.full(160, 2000))
+    assert result.stats["src"]["dropped_samples"] == 0

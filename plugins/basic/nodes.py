@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import deque
 from typing import Any
@@ -13,6 +14,8 @@ from pipeline.formats import Format, narrow_to
 from pipeline.frames import AudioFrame, LevelEvent
 from pipeline.node import Node, Port
 from pipeline.params import Decibels, Duration, Param, ParamValueError
+
+log = logging.getLogger(__name__)
 
 PCM = (Format.audio(),)
 
@@ -186,8 +189,9 @@ class AppSource(Node):
                  "prefers, else 48 kHz; `rate` says which once the graph is prepared)",
                  min=8000, max=192000)
     channels = Param(int, 1, "channels of the audio pushed", min=1, max=8)
-    max_queued = Param(Duration, "10s", "audio held at most; a push past it drops the oldest "
-                       "(counted in dropped_samples)", min=0.001)
+    max_queued = Param(Duration, None, "audio held at most (default: no limit, as appsrc); "
+                       "a push past it drops the oldest, with one warning (dropped_samples)",
+                       min=0.001)
 
     def __init__(self, name: str = "", **params: Any) -> None:
         super().__init__(name, **params)
@@ -247,6 +251,16 @@ class AppSource(Node):
         """End the stream once the audio queued has played: end-of-stream follows it."""
         self._pushed.ended = True
 
+    def flush(self) -> None:
+        """Drop what is queued and not played yet (an IVR's prompt cut short by a key: the
+        next prompt pushed plays at once), as a flush does to appsrc; a stream `end()`
+        ended stays ended."""
+        pushed = self._pushed
+        if pushed.player is not self:  # a rebuilt call graph's node plays it now
+            return pushed.player.flush()
+        pushed.chunks.clear()
+        pushed.samples = 0
+
     @property
     def queued(self) -> float:
         """Seconds of audio pushed and not played yet."""
@@ -254,11 +268,15 @@ class AppSource(Node):
         return pushed.samples / pushed.rate if pushed.rate else 0.0
 
     def _trim(self) -> None:
-        """Drop the oldest audio past `max_queued` (known once the rate is)."""
+        """Drop the oldest audio past `max_queued` (known once the rate is); the first drop
+        of a run says so, since the audio that played is then not all that was pushed."""
         pushed = self._pushed
-        if pushed.rate is None:
+        if pushed.rate is None or self.max_queued is None:
             return
         excess = pushed.samples - int(self.max_queued * pushed.rate)
+        if excess > 0 and not self.dropped_samples:
+            log.warning("app_source '%s': more than max_queued (%g s) pushed: the oldest "
+                        "audio is dropped", self.name, self.max_queued)
         while excess > 0:
             cut = len(pushed.pop(min(excess, len(pushed.chunks[0]))))
             self.dropped_samples += cut
