@@ -417,9 +417,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         graph.prepare()
     from .sip_cli import listen_problems
 
-    taken = listen_problems(graph)  # this host's ports, as a recorder's folder is checked
-    if taken:
-        for e in taken:
+    errors, notes = listen_problems(graph)  # this host's ports (as a recorder's folder)
+    for e in notes:
+        print(f"pipeline: note: {e}", file=sys.stderr)
+    if errors:
+        for e in errors:
             print(f"pipeline: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     conv = f", {len(graph.converters)} converter(s) inserted" if graph.converters else ""

@@ -42,10 +42,10 @@ def dialled_failure(graph: Graph, messages: list[Any], elapsed: float) -> Pipeli
     return _sip().dialled_failure(graph, messages, elapsed)  # type: ignore[attr-defined]
 
 
-def listen_problems(graph: Graph) -> list[PipelineError]:
-    """Each `listen` address of the graph's `sip_endpoint` nodes that cannot be bound on
-    this host now, as one error each (`pipeline validate`); [] when all can, or there is
-    no endpoint."""
+def listen_problems(graph: Graph) -> tuple[list[PipelineError], list[PipelineError]]:
+    """The `listen` addresses of the graph's `sip_endpoint` nodes that cannot be bound on
+    this host now (`pipeline validate`): (errors, notes: ports in use); nothing when all
+    can, or there is no endpoint."""
     if not any(n.kind == "sip_endpoint" for n in graph.nodes.values()):
-        return []  # (nor is the SIP plugin needed)
+        return [], []  # (nor is the SIP plugin needed)
     return _sip().listen_problems(graph)  # type: ignore[attr-defined]

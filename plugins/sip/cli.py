@@ -716,26 +716,29 @@ def _ask(path: str, line: str) -> bytes:
     return reply
 
 
-def listen_problems(graph: Graph) -> list[GraphError]:
+def listen_problems(graph: Graph) -> tuple[list[GraphError], list[GraphError]]:
     """`pipeline validate`'s check of this host for the graph's endpoints, as it checks a
-    recorder's folder: each `listen` address that cannot be bound now (a port another
-    program holds, an address not this host's, a port below 1024 without the right to
-    it), as the error naming it, where it is written, and the fix. Bound and let go at
-    once; a port free now may of course be taken before `serve` starts."""
-    errors = []
+    recorder's folder: each `listen` address that cannot be bound now, as the error naming
+    it, where it is written, and the fix. Bound and let go at once. Returns (errors,
+    notes): an address not this host's or a port below 1024 without the right to it fail
+    wherever the graph runs here; a port in use is a note only, since the usual check
+    before a restart runs beside the server that holds it (as `nginx -t` does)."""
+    errors, notes = [], []
     for node in endpoints(graph):
         for spec in node._specs:  # (read by its validate)
             refused = _unbindable(spec.transport, spec.host, spec.port)
             if refused is not None:
-                errors.append(graph._param_error(node, ParamValueError(
+                reason, fix, in_use = refused.args
+                (notes if in_use else errors).append(graph._param_error(node, ParamValueError(
                     "listen", f"parameter 'listen': {spec.transport}:{spec.host}:{spec.port} "
-                    f"cannot be bound: {refused.args[0]}", refused.args[1])))
-    return errors
+                    f"cannot be bound: {reason}", fix)))
+    return errors, notes
 
 
 def _unbindable(transport: str, host: str, port: int) -> ValueError | None:
     """Why a socket cannot be bound where a listener of `transport` would be (as
-    `SipTransport.bind` binds it), with the fix; None when it can."""
+    `SipTransport.bind` binds it), with the fix and whether the port is in use; None when
+    it can."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
     with socket.socket(family, kind) as sock:
@@ -754,7 +757,8 @@ def _unbindable(transport: str, host: str, port: int) -> ValueError | None:
                                      "them): listen on one of them, or 0.0.0.0",
             }
             reason = (e.strerror or str(e)).lower()
-            return ValueError(reason, fixes.get(e.errno, "listen on another address or port"))
+            return ValueError(reason, fixes.get(e.errno, "listen on another address or port"),
+                              e.errno == errno.EADDRINUSE)
     return None
 
 
