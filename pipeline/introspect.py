@@ -11,6 +11,7 @@ from typing import Any
 from .formats import caps_str
 from .node import Node
 from .params import Path as PathParam
+from .params import unit_of
 
 
 def describe(cls: type[Node]) -> dict[str, Any]:
@@ -31,6 +32,22 @@ def describe(cls: type[Node]) -> dict[str, Any]:
 
 # A duration parameter takes a plain number as seconds (`interval: 100` is 100 s).
 _DURATION = "duration in seconds, or with a unit: 20ms"
+
+
+# A number parameter named for its unit (rate, *_rate, *_hz; *_ms) takes the unit too
+# (params.unit_of): said beside its type, else `rate=16kHz` is found only in the guide.
+_UNIT_EXAMPLE = {"Hz": "16kHz", "ms": "20ms or 0.5s"}
+
+
+def _type_shown(p: dict[str, Any], long: bool) -> str:
+    """A parameter's type as inspect (`long`) and the reference show it."""
+    if p["type"] == "duration":
+        return _DURATION if long else "duration (s)"
+    unit = unit_of(p["name"]) if p["type"] in ("int", "float") else None
+    if unit is None:
+        return p["type"]
+    return f"{p['type']} in {unit}, or with a unit: {_UNIT_EXAMPLE[unit]}" if long else (
+        f"{p['type']} ({unit})")
 
 
 def _in_seconds(v: Any) -> Any:
@@ -76,8 +93,7 @@ def format_inspect(cls: type[Node]) -> str:
                          f"at least {lo}" if lo != "" else f"at most {hi}")
         if "choices" in p:
             extra.append("one of " + _choices(p["choices"]))
-        kind = _DURATION if seconds else p["type"]
-        lines.append(f"  {p['name']} ({kind}; {'; '.join(extra)})")
+        lines.append(f"  {p['name']} ({_type_shown(p, long=True)}; {'; '.join(extra)})")
         lines.append(f"      {p['doc']}")
     for k, v in d.get("extra", {}).items():
         lines.append(f"{k}: {v}")
@@ -163,7 +179,9 @@ links:
   offline run, never end); `name=x` names an element and `x.` / `x.port` refers to it,
   before or after it on the line, so branches read as in gst-launch: `tone duration=1s ! tee
   name=t ! null_sink  t. ! level ! null_sink`, `tone duration=1s ! m.in_0  mixer name=m !
-  null_sink`.
+  null_sink`. As in gst-launch, `key = value` may have spaces around `=` (here and in a
+  link's inline node). Ports have our names: GStreamer's `t.src_1` and `m.sink_%u` are
+  `t.out_1` and `m.in_%u` (the error says which).
 
 Every error names the file, line and column and gives a hint, for example:
 
@@ -209,9 +227,8 @@ def markdown_reference(node_types: dict[str, type[Node]]) -> str:
                 default = p["default"]
                 default = "required" if p.get("required") else _default(
                     _in_seconds(default) if seconds else default)
-                kind = "duration (s)" if seconds else p["type"]
-                out.append(f"| `{p['name']}` | {kind} | {default} | {limits} | "
-                           f"{p['doc']} |")
+                out.append(f"| `{p['name']}` | {_type_shown(p, long=False)} | {default} | "
+                           f"{limits} | {p['doc']} |")
             out.append("")
     return "\n".join(out)
 

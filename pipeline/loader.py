@@ -533,6 +533,30 @@ def _fresh_port(node: Any, direction: str, port: str | None) -> str | None:
     return next(n for i in itertools.count() if (n := f"{port[:-2]}{i}") not in taken)
 
 
+_GST_PAD_RE = re.compile(r"(src|sink)(?:_(\d+|%u))?")
+
+
+def _check_gst_pad(node: Any, direction: str, port: str | None, where: Where) -> None:
+    """A GStreamer pad's name (`t.src_1`, `m.sink_%u`, `enc.sink`) where the node's port
+    has ours (`out_1`, `in_%u`, `in`): refused with the name to write, as gst-launch users
+    write theirs; graph.link would list the ports only."""
+    m = _GST_PAD_RE.fullmatch(port or "")
+    if m is None or (m.group(1) == "src") != (direction == "out") or _has_port(
+            node, direction, port or ""):
+        return
+    ports = node.inputs if direction == "in" else node.outputs
+    request = next((p.name for p in ports if p.is_request), None)
+    if m.group(2) is not None and request is not None:
+        name = request[:-2] + m.group(2)
+    elif m.group(2) is None and len(ports) == 1 and not ports[0].is_request:
+        name = ports[0].name
+    else:
+        return
+    word = "input" if direction == "in" else "output"
+    raise _err(f"node '{node.name}' ({node.kind}) has no {word} port '{port}'", where,
+               f"GStreamer's {port} is {name} here: write {node.name}.{name}")
+
+
 def _split_ref(token: str) -> tuple[str, str | None]:
     name, _, port = token.partition(".")
     return name, (port or None)
@@ -690,7 +714,7 @@ class Builder:
     def parse_element(self, text: str, where: Where, *, launch: bool = False) -> Element:
         """A link element; in launch lines a bare word is always a node type."""
         try:
-            tokens = shlex.split(text)
+            tokens = _joined_assignments(shlex.split(text))
         except ValueError as e:
             raise _err(f"cannot parse link element '{text}': {e}", where) from None
         if not tokens:
@@ -814,8 +838,10 @@ class Builder:
             src, sp = self.resolve(a, where, "out")
             dst, dp = self.resolve(b, where, "in")
             if src in self.graph.nodes:
+                _check_gst_pad(self.graph.nodes[src], "out", sp, where)
                 sp = _fresh_port(self.graph.nodes[src], "out", sp)
             if dst in self.graph.nodes:
+                _check_gst_pad(self.graph.nodes[dst], "in", dp, where)
                 dp = _fresh_port(self.graph.nodes[dst], "in", dp)
             try:
                 self.graph.link(src, sp, dst, dp, feedback=feedback, where=where)
@@ -865,7 +891,10 @@ class Builder:
             raise _err(f"link must be a string like 'a -> b', not {shown(item)}", where)
         parts = [p.strip() for p in _split_chain(item)]
         if len(parts) < 2:
-            raise _err(f"link '{item}' has no '->'", where, "write a -> b (or a.out -> b.in)")
+            # A launch line's '!' pasted into a YAML link (`tone ! null_sink`).
+            hint = "a YAML link writes '->' where a launch line has '!': " if "!" in item else ""
+            raise _err(f"link '{item}' has no '->'", where,
+                       f"{hint}write a -> b (or a.out -> b.in)")
         elements = [self.parse_element(p, where) for p in parts]
         self.add_chain(elements, where, feedback)
 
@@ -1056,9 +1085,25 @@ def _launch_tokens(line: str) -> list[str]:
         lexer.whitespace_split = True
         lexer.commenters = ""
         lexer.wordchars += "=.:/${}-+%,~"
-        return list(lexer)
+        return _joined_assignments(list(lexer))
     except ValueError as e:
         raise GraphError(f"cannot parse launch line: {e}", hint="check the quotes") from None
+
+
+def _joined_assignments(tokens: list[str]) -> list[str]:
+    """`key = value`, `key= value` and `key =value` as one `key=value` token: gst-launch
+    takes spaces around '=', and split apart the key read as a node type of its own
+    (`freq = 1kHz`: "unknown node type 'freq'")."""
+    out: list[str] = []
+    for tok in tokens:
+        prev = out[-1] if out else "!"
+        if prev != "!" and tok != "!" and (
+                (tok.startswith("=") and "=" not in prev)
+                or (prev.endswith("=") and prev.count("=") == 1 and "=" not in tok)):
+            out[-1] = prev + tok
+        else:
+            out.append(tok)
+    return out
 
 
 def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Graph:

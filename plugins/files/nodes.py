@@ -66,6 +66,8 @@ class WavSource(PlayPosition, Node):
     loop = Param(bool, False, "start again at the end instead of ending the stream")
 
     def validate(self) -> None:
+        refuse_dash(self, "reads a file, not standard input", "save what you would pipe "
+                    "in to a file first")
         p = Path(self.path)
         if p.is_dir():
             raise ParamValueError("path", f"'{self.path}' is a folder, not a file",
@@ -217,6 +219,14 @@ class WavSource(PlayPosition, Node):
         # damaged_packets: packets of a compressed file that did not decode and were skipped.
         return {**super().stats(), "nonfinite": getattr(self, "nonfinite", 0),
                 "damaged_packets": getattr(self, "damaged_packets", 0)}
+
+
+def refuse_dash(node: Node, what: str, fix: str) -> None:
+    """Refuse `path: -`, which a gst-launch user (fdsrc, fdsink) or y4m_sink's reader
+    takes for a pipe, where this node would open a file named '-'."""
+    if node.path == "-":
+        raise ParamValueError("path", f"'-' is not a pipe here: {node.kind} {what}",
+                              f"{fix} (./- names a file called '-')")
 
 
 def nothing_recorded(recorder: str, path: object) -> None:
@@ -785,6 +795,9 @@ class WavRecorder(Node):
     if_busy = Param(str, "fail", IF_BUSY_DOC, choices=IF_BUSY)
 
     def validate(self) -> None:
+        refuse_dash(self, "writes a file, not standard output (its header is rewritten in "
+                    "place as the recording grows)", "record to a .wav file and read it once "
+                    "the run ends")
         name = Path(self.path).name
         suffix = Path(self.path).suffix.lower()
         # A SIP address's suffix is its domain's (rec/${call.caller}: bob@pbx.example.com.au).

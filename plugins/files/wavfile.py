@@ -130,10 +130,25 @@ def _parse(f: BinaryIO, file_size: int, name: str) -> WavInfo:
                 size = avail
             size -= size % (ch * bits // 8)
             return WavInfo(tag, ch, rate, bits, body, size)
-        pos = body + size + (size & 1)
+        pos = _next_chunk(f, body + size, size & 1)
     if fmt is None:
         raise ParseError(f"{name} has no fmt chunk")
     raise ParseError(f"{name} has no data chunk")
+
+
+def _next_chunk(f: BinaryIO, end: int, pad: int) -> int:
+    """Where the chunk after one ending at `end` starts: past the pad byte RIFF puts after
+    an odd-sized body, unless the writer left it out (a chunk id right at `end`, none one
+    byte on), as some taggers do with an odd LIST chunk: looked for one byte on, the data
+    chunk was never found (FFmpeg refuses such a file; GStreamer plays it as noise)."""
+    if pad and not _id_at(f, end + 1) and _id_at(f, end):
+        return end
+    return end + pad
+
+
+def _id_at(f: BinaryIO, pos: int) -> bool:
+    f.seek(pos)
+    return _CHUNK_ID.fullmatch(f.read(4)) is not None
 
 
 def _chunk_at(f: BinaryIO, pos: int, avail: int) -> bool:
