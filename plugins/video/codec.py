@@ -21,6 +21,11 @@ from plugins.video.frames import from_av, to_av
 CLOCK_RATE = 90000
 _TIME_BASE = Fraction(1, CLOCK_RATE)
 
+
+def rate_fraction(fps: float) -> Fraction:
+    """`fps` as the fraction a file or FFmpeg writes (29.97002997 is 30000/1001)."""
+    return Fraction(fps).limit_denominator(1001)
+
 # FFmpeg codec names per codec, and the options that make each one real-time.
 _ENCODERS = {"h264": "libx264", "vp8": "libvpx"}
 _DECODERS = {"h264": "h264", "vp8": "vp8"}
@@ -107,7 +112,7 @@ class VideoEncoder:
         ctx.height = self.height
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = _TIME_BASE
-        ctx.framerate = Fraction(self.fps).limit_denominator(1001)
+        ctx.framerate = rate_fraction(self.fps)
         ctx.bit_rate = self._bitrate
         ctx.gop_size = self.keyframe_interval
         ctx.max_b_frames = 0

@@ -21,7 +21,7 @@ from pipeline.frames import EncodedFrame, EndOfStream, VideoFrame
 from pipeline.node import Node, Port
 from pipeline.params import Param, ParamValueError
 from plugins.basic.nodes import Tee
-from plugins.video.codec import CLOCK_RATE, VideoDecoder, VideoEncoder, size_problem
+from plugins.video.codec import CLOCK_RATE, VideoDecoder, VideoEncoder, rate_fraction, size_problem
 from plugins.video.frames import PIX_FMTS, from_av, to_av
 
 VIDEO = (Format.video(PIX_FMTS),)
@@ -173,10 +173,7 @@ class FrameRate(float):
             raise ValueError(f"'{text[:40]}' is not a frame rate",
                              "write 30, or a fraction such as 30000/1001") from None
 
-    @staticmethod
-    def fraction(fps: float) -> Fraction:
-        """`fps` as the fraction a file or FFmpeg writes (29.97002997 is 30000/1001)."""
-        return Fraction(fps).limit_denominator(1001)
+    fraction = staticmethod(rate_fraction)  # (29.97002997 is 30000/1001)
 
 
 # ---- encoder, decoder -------------------------------------------------------------------

@@ -37,6 +37,7 @@ from plugins.video.nodes import (
     TB_90K,
     VIDEO_CODECS,
     YUV420P,
+    FrameRate,
     Reformatter,
 )
 from plugins.video.rtp_nodes import nearest
@@ -219,7 +220,7 @@ class VideoRecorder(Node):
             self._on_disk = 0  # the new file's size when `_put_in_place` last looked
             self._container = av.open(self._out.path, "w", format=_MUXERS[ext],
                                       container_options=dict(_CRASH_SAFE[ext]))
-            fps = Fraction(float(fmt.value("fps") or 30.0)).limit_denominator(1001)
+            fps = FrameRate.fraction(float(fmt.value("fps") or 30.0))
             if fmt.media == ENCODED:
                 # No codec context: the packets go into the file as they came.
                 self._vs = self._container.add_mux_stream(
