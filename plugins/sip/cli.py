@@ -507,7 +507,7 @@ def graph_needs_video(endpoint: Any, media: Any) -> bool:
     check `pipeline call` makes without `--video`, with the call's audio codec)."""
     try:
         callcheck.check_call_graph(str(endpoint.call_graph), endpoint.call_graph_params or {},
-                                   [endpoint._codec_name(media)])
+                                   [endpoint.codec_name(media)])
     except PipelineError as e:
         return e.message.startswith(callcheck.VIDEO_VALUE)
     return False

@@ -102,7 +102,7 @@ class Commands:
                     "state": call.state, "direction": call.direction,
                     "caller": call.caller, "callee": call.callee,
                     "codec": None if call.media is None
-                    else endpoint._codec_name(call.media),
+                    else endpoint.codec_name(call.media),
                     "since": _iso(call.started), "prefix": prefix,
                     **(quality or dict.fromkeys(QUALITY_FIELDS))})
         return {"calls": rows}

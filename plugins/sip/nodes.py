@@ -418,7 +418,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
                                                           for c in shown)
         return shown + ("..." if len(text) > limit else "")
 
-    def _codec_name(self, media: NegotiatedMedia) -> str:
+    def codec_name(self, media: NegotiatedMedia) -> str:
         """The registered name of the agreed codec (`${call.codec}`), for bus messages."""
         info = codec_info(media, self.codec_infos)
         return media.encoding if info is None else info.name
@@ -427,7 +427,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         """A call event's `codec`, and `video` (its codec) when a video stream was agreed."""
         if media is None:
             return {"codec": None}
-        fields: dict[str, str | None] = {"codec": self._codec_name(media)}
+        fields: dict[str, str | None] = {"codec": self.codec_name(media)}
         if media.video is not None:
             fields["video"] = media.video.encoding
         return fields
