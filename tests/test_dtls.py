@@ -302,6 +302,52 @@ def test_an_offerer_that_picks_its_role_gets_the_other(setup, role):
     assert parse_local_key(media.srtp_local_key)[0] == role
 
 
+
+def _reoffer_actpass(sdp: SessionDescription) -> SessionDescription:
+    """The peer's re-offer (a hold) from its last SDP, with a=setup:actpass as RFC 5763 5
+    has every offer say."""
+    again = reoffer(sdp, direction="sendonly")
+    for attribute in again.media[0].attributes:
+        if attribute.name == "setup":
+            attribute.value = "actpass"
+    return again
+
+
+@pytest.mark.parametrize("peer_setup, role", [("active", "passive"), ("passive", "active")])
+def test_an_answer_to_a_reoffered_actpass_keeps_the_role_of_our_offer(peer_setup, role):
+    """We offered (actpass) and the peer's answer made us the DTLS server (or client). Its
+    re-offer says actpass: our answer keeps our role (RFC 8842 5.3), so both sides'
+    srtp_local_key stay as they were and the rebuilt rtp_sessions go on with their
+    association (the fresh answer, active, made a server of ours start a new handshake
+    as client, one the peer never answers)."""
+    ours, theirs = SrtpPolicy.parse("dtls"), SrtpPolicy.parse("dtls")
+    offer = build_offer(PCMU, "127.0.0.1", 4000, srtp=ours)
+    peer_answer, peer_first = answer(offer, PCMU, "127.0.0.1", 5000, srtp=theirs)
+    peer_answer.media[0].set_attribute("setup", peer_setup)
+    first = negotiated(offer, peer_answer)
+    assert parse_local_key(first.srtp_local_key)[0] == role
+    again = _reoffer_actpass(peer_answer)
+    sdp, second = answer(again, PCMU, "127.0.0.1", 4000, srtp=ours, previous=offer,
+                         previous_remote=peer_answer)
+    assert sdp.media[0].attribute("setup") == role
+    assert second.srtp_local_key == first.srtp_local_key
+    assert second.srtp_remote_key == first.srtp_remote_key
+    peer_second = negotiated(again, sdp)  # the peer's role is the one it had too
+    assert parse_local_key(peer_second.srtp_local_key)[0] == peer_setup
+
+
+def test_an_answer_to_a_reoffered_actpass_keeps_the_role_of_our_last_answer():
+    """The peer chose its role (a=setup:active: we answered passive). Its re-offer says
+    actpass: our last SDP says our role, and the answer keeps it."""
+    ours = SrtpPolicy.parse("dtls")
+    offer = BARESIP_OFFER.replace("a=setup:actpass", "a=setup:active")
+    ours_first, first = answer(offer, PCMU, "127.0.0.1", 5000, srtp=ours)
+    assert ours_first.media[0].attribute("setup") == "passive"
+    again = BARESIP_OFFER.replace(" 47766660 ", " 47766661 ")  # (its next version)
+    sdp, second = answer(again, PCMU, "127.0.0.1", 5000, srtp=ours, previous=ours_first)
+    assert sdp.media[0].attribute("setup") == "passive"
+    assert second.srtp_local_key == first.srtp_local_key
+
 @pytest.mark.parametrize("offer, why", [
     (BARESIP_OFFER.replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"), "offered as RTP/AVP"),
     (BARESIP_OFFER.replace("UDP/TLS/RTP/SAVPF", "RTP/SAVP").replace(

@@ -155,6 +155,95 @@ def test_a_handshake_that_never_completes_ends_the_call_with_a_bye(tmp_path):
     assert mine["tx_packets"] == 0  # no RTP in the clear while there were no keys
 
 
+async def echo_then_hang_up(server: Endpoint, caller: Endpoint, call_id: str, rtp: Any
+                            ) -> tuple[list[dict], dict]:
+    """Wait until the caller's session `rtp` hears the echo, or the call ends first; then
+    end the call. (The call-ended data, if it ended; the session's stats, if not.)"""
+    await until(lambda: caller.names("call-ended")
+                or rtp.stats().get("packets_received", 0) > 10, "the echo, or the call's end")
+    ended = [m.data for m in caller.names("call-ended")]
+    stats = {} if ended else rtp.stats()
+    if not ended:
+        caller.node.hangup(call_id)
+    await caller.result()  # (the caller's graph ends with its call)
+    await server.wait("call-ended")
+    await server.close()
+    return ended, stats
+
+
+def test_a_hold_after_the_rtcp_association_gave_up_keeps_the_call(tmp_path):
+    """A peer that runs DTLS on its RTP port only (here the echo graph without RTCP): our
+    RTCP port's association gives up (SRTCP takes the RTP port's keys). The hold and
+    resume that rebuild our call graph go on with the RTP port's association, the one the
+    peer keeps, rather than start a handshake it never answers (the call ended after
+    dtls_timeout); the RTCP port's stays given up."""
+    graph = TONE_CALL_RTCP.replace("    pcap:", "    dtls_timeout: 1s\n    pcap:")
+    echo = tmp_path / "echo-no-rtcp.yaml"
+    echo.write_text(ECHO.read_text().replace("    rtcp: true\n", ""))
+
+    async def main():
+        server, caller = await dtls_call(tmp_path, graph, server_graph=echo)
+        est = await caller.wait("call-established")
+        call_id, rtp_name = est.data["call_id"], est.data["prefix"] + "rtp"
+        first = caller.graph.nodes[rtp_name]
+        await until(lambda: first.stats().get("dtls_rtcp_state", "") is None,
+                    "our RTCP port's association to give up")
+        caller.node.hold(call_id)
+        await caller.wait("call-media-ready", direction="sendonly")
+        caller.node.resume(call_id)
+        await caller.wait("call-media-ready", direction="sendrecv")
+        ended, stats = await echo_then_hang_up(server, caller, call_id,
+                                               caller.graph.nodes[rtp_name])
+        return ended, stats, caller.names("dtls-connected")
+
+    ended, stats, connected = asyncio.run(main())
+    assert not ended, ended
+    assert (stats["dtls_state"], stats["dtls_rtcp_state"]) == ("connected", None)
+    assert stats["srtp_auth_failures"] == 0
+    # the RTCP port never keyed (each rebuilt session says again that the RTP port is)
+    assert {m.data["port"] for m in connected} == {"rtp"}
+
+
+def test_a_reoffered_actpass_keeps_each_sides_role_and_its_one_handshake_per_port(tmp_path):
+    """The callee (the DTLS client: the caller offered actpass) holds, then resumes with a
+    re-offer saying a=setup:actpass, as RFC 5763 5 has every offer say (ours repeat the
+    role they have; other stacks write actpass). The caller, the DTLS server, answers
+    passive still (RFC 8842 5.3): both sides' keys stay, each rebuilt rtp_session goes on
+    with the associations of the first handshake on each port, and the echo is heard.
+    (Answered active, the server turned client and a second handshake ran on each port.)"""
+    async def main():
+        server, caller = await dtls_call(tmp_path, TONE_CALL_RTCP)
+        est = await caller.wait("call-established")
+        call_id, rtp_name = est.data["call_id"], est.data["prefix"] + "rtp"
+        await server.wait("dtls-connected", port="rtcp")
+        server.node.hold(call_id)
+        await caller.wait("call-media-ready", direction="recvonly")
+        for attribute in server.node.ua.calls[call_id].local_sdp.media[0].attributes:
+            if attribute.name == "setup":  # (its re-offers come from this SDP)
+                attribute.value = "actpass"
+        server.node.resume(call_id)
+        await caller.wait("call-media-ready", direction="sendrecv")
+        ended, stats = await echo_then_hang_up(server, caller, call_id,
+                                               caller.graph.nodes[rtp_name])
+        return ended, stats, caller.names("dtls-connected"), server.names("dtls-connected")
+
+    ended, stats, ours, theirs = asyncio.run(main())
+    assert not ended, ended
+    assert (stats["dtls_state"], stats["dtls_rtcp_state"]) == ("connected", "connected")
+    assert stats["srtp_auth_failures"] == 0
+    # every session on either side, rebuilt twice, says the same association is keyed
+    assert {(m.data["port"], m.data["role"]) for m in ours} == {("rtp", "server"),
+                                                               ("rtcp", "server")}
+    assert {(m.data["port"], m.data["role"]) for m in theirs} == {("rtp", "client"),
+                                                                 ("rtcp", "client")}
+    # the resumed session's capture (each rebuild starts the file afresh): SRTP, and no
+    # handshake record on either port
+    (pcap,) = tmp_path.glob("wire-*.pcap")
+    packets = list(read_pcap(pcap))
+    assert len(sent_payloads(pcap, stats["local_port"])) > 10
+    assert not [p for p in packets if p.data[0] == 22]
+
+
 # ---- baresip 1.0 (its dtls_srtp module, mediaenc dtls_srtp: UDP/TLS/RTP/SAVPF) ---------------
 @pytest.fixture
 def peer_tone(tmp_path: Path) -> Path:
@@ -285,3 +374,29 @@ def errors_in(log: str) -> list[str]:
     """baresip's DTLS complaints (a handshake it could not finish, a bad fingerprint)."""
     return [line for line in log.splitlines() if "dtls_srtp" in line
             and ("error" in line.lower() or "fail" in line.lower())]
+
+
+def test_a_first_reoffer_of_actpass_keeps_the_role_our_offer_got(tmp_path):
+    """The reviewer's r7 between our endpoints: the caller offered actpass and is the DTLS
+    server; the callee's first re-offer (a hold) says actpass. The caller answers passive
+    still, from the callee's answer to its offer (RFC 8842 5.3)."""
+    async def main():
+        server, caller = await dtls_call(tmp_path, TONE_CALL_RTCP)
+        est = await caller.wait("call-established")
+        call_id, rtp_name = est.data["call_id"], est.data["prefix"] + "rtp"
+        await server.wait("dtls-connected", port="rtcp")
+        for attribute in server.node.ua.calls[call_id].local_sdp.media[0].attributes:
+            if attribute.name == "setup":  # (its re-offers come from this SDP)
+                attribute.value = "actpass"
+        server.node.hold(call_id)
+        await caller.wait("call-media-ready", direction="recvonly")
+        server.node.resume(call_id)
+        await caller.wait("call-media-ready", direction="sendrecv")
+        ended, _ = await echo_then_hang_up(server, caller, call_id,
+                                           caller.graph.nodes[rtp_name])
+        return ended, caller.names("dtls-connected"), server.names("dtls-connected")
+
+    ended, ours, theirs = asyncio.run(main())
+    assert not ended, ended
+    assert {m.data["role"] for m in ours} == {"server"}
+    assert {m.data["role"] for m in theirs} == {"client"}

@@ -49,6 +49,7 @@ __all__ = [
     "DTLS_KEY_PREFIX",
     "DtlsCertificate",
     "DtlsSession",
+    "FINGERPRINT_HASHES",
     "SrtpKeyMaterial",
     "certificate_for",
     "is_dtls_record",
@@ -66,9 +67,9 @@ PROFILES = {b"SRTP_AES128_CM_SHA1_80": "AES_CM_128_HMAC_SHA1_80",
 _KEY_LENGTH, _SALT_LENGTH = 16, 14  # both profiles: AES-128 and a 112-bit salt
 _EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"  # RFC 5764 4.2
 _RECORD_HEADER = 13  # type, version, epoch, sequence number, length (RFC 6347 4.1)
-# RFC 8122 5: hash functions of a=fingerprint, as OpenSSL names them
-_HASHES = {"sha-1": "sha1", "sha-224": "sha224", "sha-256": "sha256", "sha-384": "sha384",
-           "sha-512": "sha512"}
+# RFC 8122 5: the hash functions of a=fingerprint we check, as OpenSSL names them
+FINGERPRINT_HASHES = {"sha-1": "sha1", "sha-224": "sha224", "sha-256": "sha256",
+                      "sha-384": "sha384", "sha-512": "sha512"}
 DTLS_KEY_PREFIX = "dtls"  # srtp_local_key / srtp_remote_key of a call keyed by DTLS
 _ROLES = ("active", "passive")  # RFC 4145 setup: active is the DTLS client (RFC 5763 5)
 
@@ -166,8 +167,9 @@ def parse_remote_key(text: str) -> str | None:
 def _checked_fingerprint(text: str) -> str:
     fingerprint = normal_fingerprint(text)
     name, value = fingerprint.split(" ")
-    if name not in _HASHES:
-        raise ValueError(f"DTLS fingerprint hash {name!r} is not one of " + ", ".join(_HASHES))
+    if name not in FINGERPRINT_HASHES:
+        raise ValueError(f"DTLS fingerprint hash {name!r} is not one of "
+                         + ", ".join(FINGERPRINT_HASHES))
     try:
         bytes.fromhex(value.replace(":", ""))
     except ValueError:
@@ -326,7 +328,8 @@ class DtlsSession:
         if depth != 0:
             return True  # (a self-signed certificate has no chain; the leaf decides)
         name, want = self._remote_fingerprint.split(" ")
-        got = cert.digest(_HASHES[name]).decode("ascii").upper()  # type: ignore[attr-defined]
+        digest = cert.digest(FINGERPRINT_HASHES[name])  # type: ignore[attr-defined]
+        got = digest.decode("ascii").upper()
         if got != want:
             self.error = (f"DTLS peer certificate does not match the a=fingerprint of its "
                           f"SDP ({name} {got[:23]}... is not {want[:23]}...)")

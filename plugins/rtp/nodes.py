@@ -1135,9 +1135,11 @@ class RtpSession(SrtpKeys, Node):
         if local is None:
             return None, None
         old = carried.dtls if carried is not None else None
-        if old is not None and old.keys == (self.srtp_local_key, self.srtp_remote_key) \
-                and (old.rtcp is not None) == self.rtcp:
-            return old.rtp, old.rtcp
+        if old is not None and old.keys == (self.srtp_local_key, self.srtp_remote_key):
+            # The peer keeps its associations: a new handshake would go unanswered. The
+            # RTCP port's goes on while there is one; one that gave up (a peer with DTLS on
+            # its RTP port only) stays given up, SRTCP on the RTP port's keys (`_keyed`).
+            return old.rtp, old.rtcp if self.rtcp else None
         certificate = certificate_for(local[1])
         if certificate is None:  # (checked at load; its endpoint has gone since)
             raise self.fail("rtp_session has no DTLS certificate with the fingerprint of "

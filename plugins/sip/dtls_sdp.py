@@ -4,7 +4,10 @@ dtls` policy offers, answers and agrees for the audio stream; `offer_answer` cal
 - An offer is UDP/TLS/RTP/SAVP with `a=setup:actpass` and `a=fingerprint` of the endpoint's
   certificate (RFC 5763 5); an answer keeps the offered profile (SAVPF too: its feedback
   may be ignored, as AVPF's is) and says `a=setup:active` to actpass (the answerer is the
-  DTLS client, RFC 5763 5), the other role to active or passive.
+  DTLS client, RFC 5763 5), the other role to active or passive. To the actpass of a
+  re-offer it says the role we have (RFC 8842 5.3: an answer does not change the DTLS
+  roles of the association that goes on; ours and the peer's are kept through a
+  re-INVITE, and a server that answered active would start a new handshake as client).
 - `a=fingerprint` and `a=setup` count at media level, else at session level (baresip
   writes them there).
 - What is agreed goes to the call graph in the SDES values it already passes to
@@ -16,14 +19,19 @@ dtls` policy offers, answers and agrees for the audio stream; `offer_answer` cal
 
 from __future__ import annotations
 
-from plugins.rtp.dtls import DtlsCertificate, local_key_text, remote_key_text
+from plugins.rtp.dtls import (
+    FINGERPRINT_HASHES,
+    DtlsCertificate,
+    local_key_text,
+    remote_key_text,
+)
 from plugins.sip.sdp import Attribute, MediaDescription, SessionDescription
 
-__all__ = ["DTLS_PROFILES", "DtlsPolicy", "agreed_dtls", "answer_dtls", "offer_dtls"]
+__all__ = ["DTLS_PROFILES", "DtlsPolicy", "agreed_dtls", "answer_dtls", "offer_dtls",
+           "role_in_force"]
 
 DTLS_PROFILES = ("UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF")  # RFC 5764 8
 DTLS_SUITE = "AES_CM_128_HMAC_SHA1_80"  # the use_srtp profile we list first
-_HASHES = ("sha-1", "sha-224", "sha-256", "sha-384", "sha-512")  # RFC 8122 5
 # RFC 5763 5 / RFC 4145 4.1: the answerer's role for each offered one (none: active)
 _ANSWER_ROLE = {"actpass": "active", "active": "passive", "passive": "active"}
 
@@ -64,21 +72,24 @@ def offer_dtls(media: MediaDescription, policy: str) -> MediaDescription:
 
 
 def answer_dtls(section: MediaDescription, offered: MediaDescription,
-                offer: SessionDescription, policy: str, reasons: list[str]
-                ) -> MediaDescription | None:
+                offer: SessionDescription, policy: str, reasons: list[str],
+                role: str | None = None) -> MediaDescription | None:
     """Our answer `section` with a=setup and our fingerprint, or None (a reason added)
     when the offered stream cannot be keyed by DTLS: another profile (srtp: dtls takes no
-    SDES nor plain RTP), no usable fingerprint, or a=setup:holdconn."""
+    SDES nor plain RTP), no usable fingerprint, or a=setup:holdconn. `role` is ours in
+    force on the stream (`role_in_force`; None in a new session): an offered actpass
+    keeps it (RFC 8842 5.3)."""
     if offered.proto not in DTLS_PROFILES:
         reasons.append(f"SRTP by DTLS is required (srtp: dtls) and the {offered.kind} "
                        f"stream is offered as {offered.proto}, not UDP/TLS/RTP/SAVP")
         return None
     fingerprint = offer.fingerprint_for(offered)
-    if fingerprint is None or fingerprint.hash.lower() not in _HASHES:
+    if fingerprint is None or fingerprint.hash.lower() not in FINGERPRINT_HASHES:
         reasons.append("SRTP by DTLS: the offer has no a=fingerprint we can check "
-                       f"({', '.join(_HASHES)}; RFC 5763 5)")
+                       f"({', '.join(FINGERPRINT_HASHES)}; RFC 5763 5)")
         return None
-    role = _ANSWER_ROLE.get(offer.setup_for(offered) or "active")
+    setup = offer.setup_for(offered) or "active"
+    role = role if setup == "actpass" and role is not None else _ANSWER_ROLE.get(setup)
     if role is None:
         reasons.append("SRTP by DTLS: the offer's a=setup is "
                        f"{offer.setup_for(offered)!r}, not actpass, active or passive")
@@ -100,13 +111,32 @@ def agreed_dtls(local: SessionDescription, remote: SessionDescription, index: in
         return None
     ours, theirs = local.fingerprint_for(lm), remote.fingerprint_for(rm)
     if lm.proto not in DTLS_PROFILES or rm.proto not in DTLS_PROFILES \
-            or ours is None or theirs is None or theirs.hash.lower() not in _HASHES:
+            or ours is None or theirs is None \
+            or theirs.hash.lower() not in FINGERPRINT_HASHES:
         raise NegotiationFailed(f"SDP answer does not take DTLS-SRTP for m={lm.kind} "
                                 f"({rm.proto}, a=fingerprint "
                                 f"{'missing' if theirs is None else theirs.hash}; RFC 5763 5)",
                                 warning_code=302)
     role = _our_role(local.setup_for(lm), remote.setup_for(rm))
     return DTLS_SUITE, local_key_text(role, str(ours)), remote_key_text(str(theirs))
+
+
+def role_in_force(previous: SessionDescription | None,
+                  previous_remote: SessionDescription | None, index: int) -> str | None:
+    """Our DTLS role (active, passive) on the stream at `index` as the dialog's last offer
+    and answer left it: the one our last SDP said when it was an answer, else the one the
+    peer's answer to our actpass gave us. None when that stream was not DTLS, or when our
+    last SDP was an offer and the peer's SDP is not given."""
+    if previous is None or index >= len(previous.media) \
+            or previous.media[index].proto not in DTLS_PROFILES:
+        return None
+    ours = previous.setup_for(previous.media[index])
+    if ours in ("active", "passive"):
+        return ours
+    if previous_remote is None or index >= len(previous_remote.media) \
+            or previous_remote.media[index].proto not in DTLS_PROFILES:
+        return None
+    return _our_role(ours, previous_remote.setup_for(previous_remote.media[index]))
 
 
 def _our_role(ours: str | None, theirs: str | None) -> str:

@@ -292,6 +292,7 @@ class InDialog:
         offer = SessionDescription.parse(request.body)
         sdp, media = answer(offer, self.config.codecs, self.media_ip, call.rtp_port,
                             ptime_ms=self.config.ptime_ms, previous=call.local_sdp,
+                            previous_remote=call.remote(),
                             video_codecs=self.config.video_codecs if call.video_port
                             else (), video_port=call.video_port, srtp=self.config.srtp)
         return offer, sdp, media

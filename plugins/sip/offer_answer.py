@@ -55,7 +55,14 @@ from plugins.codecs.opus import FRAME_MS as OPUS_FRAME_MS
 from plugins.rtp.dtls import available as dtls_available
 from plugins.rtp.srtp import OFFERED_SUITES, decode_key, generate_key
 from plugins.rtp.srtp import SUITES as SRTP_SUITES
-from plugins.sip.dtls_sdp import DTLS_PROFILES, DtlsPolicy, agreed_dtls, answer_dtls, offer_dtls
+from plugins.sip.dtls_sdp import (
+    DTLS_PROFILES,
+    DtlsPolicy,
+    agreed_dtls,
+    answer_dtls,
+    offer_dtls,
+    role_in_force,
+)
 from plugins.sip.sdp import (
     DIRECTIONS,
     STATIC_PAYLOAD_TYPES,
@@ -535,6 +542,7 @@ def answer(
     direction: str = "sendrecv",
     session_id: int | None = None,
     previous: SessionDescription | None = None,
+    previous_remote: SessionDescription | None = None,
     username: str = "-",
     session_name: str = "-",
     rtcp_port: int | None = None,
@@ -551,7 +559,10 @@ def answer(
     `ParseError` on malformed SDP. With `video_codecs`, the first offered video stream is
     accepted on `video_port` with the first of its codecs (offerer's order) that we support;
     without a common codec it is rejected with port 0 and the call goes on with audio.
-    `srtp` is the SRTP policy (default off; module docstring), for each stream.
+    `srtp` is the SRTP policy (default off; module docstring), for each stream. Under
+    "dtls", `previous_remote` (the peer's last SDP in this dialog) with `previous` says
+    which DTLS role we have, which an answer to a re-offer's actpass keeps (RFC 8842 5.3:
+    `dtls_sdp.role_in_force`; our last SDP alone says it when it was an answer).
     """
     _check_direction(direction)
     policy = _policy(srtp)
@@ -600,7 +611,8 @@ def answer(
                 )
                 if section is not None and policy != "off":
                     section = _answer_crypto(section, offered, policy, reasons,
-                                             _previous_section(previous, index), offer)
+                                             _previous_section(previous, index), offer,
+                                             role_in_force(previous, previous_remote, index))
         if section is None:
             # Section 6: a rejected stream keeps its m= line with port 0.
             section = MediaDescription(offered.kind, 0, offered.proto, offered.formats or ["0"])
@@ -1404,14 +1416,16 @@ def _previous_section(previous: SessionDescription | None, index: int
 
 def _answer_crypto(section: MediaDescription, offered: MediaDescription, policy: str,
                    reasons: list[str], previous: MediaDescription | None,
-                   offer: SessionDescription | None = None) -> MediaDescription | None:
+                   offer: SessionDescription | None = None, dtls_role: str | None = None
+                   ) -> MediaDescription | None:
     """Add our a=crypto to a stream's answer: the first offered line we can run, with the tag
     and suite kept and our own key (RFC 4568 7.1.2); our previous key for the same line in
     a re-offer. None when SRTP is needed (RTP/SAVP, or our policy) and no line is usable.
-    Under "dtls" the audio stream (given its `offer`) is answered by `answer_dtls`."""
+    Under "dtls" the audio stream (given its `offer`) is answered by `answer_dtls`, keeping
+    `dtls_role` (ours in force, None in a new session)."""
     if policy == "dtls":
         if offer is not None:
-            return answer_dtls(section, offered, offer, policy, reasons)
+            return answer_dtls(section, offered, offer, policy, reasons, dtls_role)
         policy = "mandatory"  # video keeps SDES keys
     pick = next((c for c in offered.cryptos() if _usable_crypto(c)), None)
     if pick is None:
