@@ -28,10 +28,16 @@ from test_sip_endpoint import (  # noqa: F401 (an autouse fixture: no port left 
     no_port_left_reserved,
     server_yaml,
 )
-from test_sip_interop import F_PEER, check_tones, hear_each_other, heard_seconds, peer
+from test_sip_interop import F_PEER, check_tones, hear_each_other, peer
 from test_sip_interop import Endpoint as InteropEndpoint
 from test_sip_interop import check_tone as check_peer_tone
-from test_sip_srtp import SRTP_CALLER, TONE_CALL, plain_tone_pcmu, sent_payloads
+from test_sip_srtp import (
+    SRTP_CALLER,
+    TONE_CALL,
+    hold_and_resume_both_ways,
+    plain_tone_pcmu,
+    sent_payloads,
+)
 
 from pipeline.testing import read_wav, sine, write_wav
 from plugins.rtp.dtls import parse_local_key, parse_remote_key
@@ -327,30 +333,7 @@ def test_dtls_srtp_call_with_baresip_survives_hold_and_resume_both_ways(
             est = await ep.wait("call-established")
             call_id = est.data["call_id"]
             await peer(bob.wait_event, "CALL_ESTABLISHED")
-            heard = []
-
-            async def media_after(old: Any, what: str) -> None:
-                sink = await until(lambda: (n := ep.graph.nodes.get("call-1/rec"))
-                                   is not old and n, f"call graph rebuilt for {what}")
-                await until(lambda: heard_seconds(sink) >= 1.0, f"media after {what}")
-                heard.append((sink.audio(), ep.graph.nodes["call-1/rtp"].stats()))
-
-            await until(lambda: heard_seconds(ep.graph.nodes["call-1/rec"]) >= 0.5,
-                        "media before hold")
-            heard.append((None, ep.graph.nodes["call-1/rtp"].stats()))
-            old = ep.graph.nodes["call-1/rec"]
-            await peer(bob.command, "hold")
-            await ep.wait("call-updated", direction="recvonly")
-            await peer(bob.command, "resume")
-            await ep.wait("call-updated", direction="sendrecv")
-            await media_after(old, "baresip's resume")
-            old = ep.graph.nodes["call-1/rec"]
-            n = len(ep.names("call-updated"))
-            ep.node.hold(call_id)
-            await until(lambda: len(ep.names("call-updated")) > n, "our hold")
-            ep.node.resume(call_id)
-            await until(lambda: len(ep.names("call-updated")) > n + 1, "our resume")
-            await media_after(old, "our resume")
+            heard = await hold_and_resume_both_ways(ep, bob, call_id)
             await peer(bob.hangup)
             await ep.wait("call-ended")
             await ep.stop()
