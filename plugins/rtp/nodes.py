@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.clock import WARN_EVERY_S
-from pipeline.errors import ParseError, ProtocolError
+from pipeline.errors import LocalProtocolError, ParseError, ProtocolError
 from pipeline.formats import Format
 from pipeline.frames import FLAG_SILENCE, CustomEvent, DtmfEvent, EncodedFrame, EndOfStream
 from pipeline.node import Node, Port
@@ -77,7 +77,7 @@ from .dtls import (
     parse_local_key,
     parse_remote_key,
 )
-from .dtmf import DtmfReceiver, DtmfSender
+from .dtmf import DtmfReceiver, DtmfSender, digit_to_event
 from .latch import LatchProbation
 from .packet import RtpPacker, parse_fields, shadowed_by_rtcp
 from .payload import static_encoding_clash, unknown_samples
@@ -1073,6 +1073,37 @@ class RtpSession(SrtpKeys, Node):
             self.post("dtmf", digit=ev.digit, duration_ms=ev.duration_ms)
             for out in self.linked_outputs if downstream else ():
                 self.emit_event(out, ev)
+
+    def receive_dtmf(self, digit: str, duration_ms: int) -> None:
+        """Pass on a digit the call received outside RTP (a SIP INFO the sip_endpoint hands
+        its call's session) as an RFC 4733 one goes: a `DtmfEvent` out of `out`, ahead of
+        the audio, at the media time received now, so a room, an IVR node or a recorder of
+        events in the call graph hears one DTMF whatever the transport. Not posted nor
+        counted as `dtmf_received`: the endpoint posts the key's one `dtmf` message."""
+        digit_to_event(digit)  # one of 0-9, *, #, A-D, else a LocalProtocolError naming it
+        if duration_ms < 0:
+            raise LocalProtocolError(f"DTMF duration {duration_ms} ms is negative")
+        ev = DtmfEvent(digit.upper(), duration_ms, pts=self._received_media_time(),
+                       rate=self._clock)
+        try:
+            for out in self.linked_outputs:
+                self.emit_event(out, ev)
+        except Exception as e:
+            # A node downstream failed: the fault of this call graph (run_io raises it, as
+            # for a packet), not of the sip_endpoint that handed the digit over.
+            failed = self._io_error
+            if failed is None or failed.done():
+                raise
+            failed.set_exception(e)
+
+    def _received_media_time(self) -> int:
+        """The peer's RTP timestamp now: its last media packet's moved on by the time since
+        it came, as an SR's is (RFC 3550 6.4.1); 0 before any came."""
+        rx = getattr(self, "_rx", None)
+        if rx is None or not rx._have_transit:  # (ReceiverStats keeps them for A.8 jitter)
+            return 0
+        elapsed = round((self._now() - rx._last_arrival) * self._clock)
+        return (rx._last_ts + elapsed) & 0xFFFFFFFF
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c

@@ -3,7 +3,8 @@ call's audio `rtp_session` when the call agreed telephone-event and that session
 (it has a `dtmf_payload_type`), else as SIP INFO application/dtmf-relay, one digit at a
 time (a queue per call). Digits wait while the call cannot send them: through a rebuild of
 its part, during a re-INVITE when by INFO; an INFO refused drops the digits queued behind
-it.
+it. A digit received by INFO enters the call graph through the call's rtp_session
+(`_digit_into_part`), as one by RFC 4733 does.
 
 `DigitSender` is mixed into `nodes.SipEndpoint`.
 """
@@ -21,6 +22,8 @@ from .offer_answer import NegotiatedMedia
 
 if TYPE_CHECKING:
     import asyncio
+
+    from pipeline.frames import DtmfEvent
 
     from . import ua as sipua
 
@@ -75,15 +78,35 @@ class DigitSender:
         telephone-event and that session sends it, else None. A call graph whose session
         has no `dtmf_payload_type` would drop the digits (counted, not sent): they go by
         INFO then, as when the call agreed none."""
-        prefix = self.parts.get(call.call_id)
         values = self.part_values.get(call.call_id)
-        if prefix is None or values is None or values["dtmf_payload_type"] < 0:
+        if values is None or values["dtmf_payload_type"] < 0:
+            return None
+        rtp = self._part_session(call)
+        sends = rtp is not None and rtp.dtmf_payload_type is not None \
+            and rtp.dtmf_payload_type >= 0
+        return rtp if sends else None
+
+    def _part_session(self, call: sipcall.Call) -> Any:
+        """The rtp_session of the call's part on its audio port, or None (no part now: a
+        rebuild; or a call graph without one there)."""
+        prefix = self.parts.get(call.call_id)
+        if prefix is None:
             return None
         return next((node for name, node in self.graph.nodes.items()
                      if name.startswith(prefix) and node.kind == "rtp_session"
-                     and getattr(node, "bound_port", None) == call.rtp_port
-                     and node.dtmf_payload_type is not None
-                     and node.dtmf_payload_type >= 0), None)
+                     and getattr(node, "bound_port", None) == call.rtp_port), None)
+
+    def _digit_into_part(self, call: sipcall.Call, dtmf: DtmfEvent) -> None:
+        """A digit that came by SIP INFO enters the call graph as one by RFC 4733 does: out
+        of the part's audio rtp_session (`receive_dtmf`), so the call graph's room, IVR node
+        or recorder of events hears it whatever the transport (before, it was only the
+        `dtmf` bus message). A part without a session there (a plugin's own RTP node)
+        hands it to the room, where one goes."""
+        rtp = self._part_session(call)
+        if rtp is None:
+            self._digit_to_room(call.call_id, dtmf)
+        else:
+            rtp.receive_dtmf(dtmf.digit, dtmf.duration_ms)
 
     def _send_waiting_digits(self, call_id: str, chain: list | None = None) -> None:
         """Send a call's waiting digits (send_digits): all to its rtp_session, which sends

@@ -584,7 +584,7 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         elif isinstance(event, sipevents.DtmfReceived):
             self.post("dtmf", call_id=event.call.call_id, digit=event.event.digit,
                       duration_ms=event.event.duration_ms, **part(event.call))
-            self._digit_to_room(event.call.call_id, event.event)
+            self._digit_into_part(event.call, event.event)
         elif isinstance(event, sipevents.DtmfFailed):
             self.post("dtmf-failed", call_id=event.call.call_id, digit=event.digit,
                       status=event.status, reason=event.reason,

@@ -2,8 +2,9 @@
 
 A call is answered 486 Busy Here when the room is full (`_refused_room_full`); the room's
 tracks are named after the far party (`parts`, as a part joins); a part rebuilt keeps its
-seats (`_kept_seats`), and a digit that came by SIP INFO is given to the room as one by
-RFC 4733 is (`_digit_to_room`).
+seats (`_kept_seats`); a digit that came by SIP INFO, which reaches the room through the
+part's rtp_session as one by RFC 4733 does (`digits._digit_into_part`), is given to it
+directly when the part has no rtp_session (`_digit_to_room`).
 
 `RoomCalls` is mixed into `nodes.SipEndpoint`.
 """
@@ -65,9 +66,9 @@ class RoomCalls:
         return room, seats
 
     def _digit_to_room(self, call_id: str, dtmf: Any) -> None:
-        """A digit that came by SIP INFO goes to the room as one by RFC 4733 does through
-        the call graph's rtp_session: on the call's input port, where the room posts
-        `participant-dtmf` (else a room application missed phones that send INFO)."""
+        """A digit that came by SIP INFO for a part without an rtp_session to take it
+        (`digits._digit_into_part`) goes to the room on the call's input port, where the
+        room posts `participant-dtmf`, as one by RFC 4733 does."""
         room, prefix = self._room(), self.parts.get(call_id)
         if room is None or prefix is None:
             return
