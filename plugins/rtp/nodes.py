@@ -1097,13 +1097,10 @@ class RtpSession(SrtpKeys, Node):
             failed.set_exception(e)
 
     def _received_media_time(self) -> int:
-        """The peer's RTP timestamp now: its last media packet's moved on by the time since
-        it came, as an SR's is (RFC 3550 6.4.1); 0 before any came."""
+        """The peer's RTP timestamp now (`ReceiverStats.media_time`); 0 before any came."""
         rx = getattr(self, "_rx", None)
-        if rx is None or not rx._have_transit:  # (ReceiverStats keeps them for A.8 jitter)
-            return 0
-        elapsed = round((self._now() - rx._last_arrival) * self._clock)
-        return (rx._last_ts + elapsed) & 0xFFFFFFFF
+        ts = None if rx is None else rx.media_time(self._now())
+        return 0 if ts is None else ts
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         c = self._c

@@ -76,6 +76,14 @@ class ReceiverStats:
         self.last_sr_ntp = 0  # middle 32 bits of the last SR's NTP timestamp
         self.last_sr_time: float | None = None
 
+    def media_time(self, now: float) -> int | None:
+        """The sender's RTP timestamp at `now`: its last media packet's moved on by the time
+        since it came, as an SR's is (RFC 3550 6.4.1); None before one was taken."""
+        if not self._have_transit:
+            return None
+        return (self._last_ts + round((now - self._last_arrival) * self.clock_rate)) \
+            & 0xFFFFFFFF
+
     def _init_seq(self, seq: int) -> None:
         self.base_seq = seq
         self.max_seq = seq
