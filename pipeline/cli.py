@@ -45,6 +45,25 @@ class UsageError(CliError):
     """The command line itself is wrong (exit 2, as argparse's own usage errors)."""
 
 
+class _LaunchLine(argparse.Action):
+    """-e LINE. A second -e is kept in `more_lines` for `build_graph` to refuse: argparse's
+    store would let it replace the first without a word (the first graph never ran)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is None:
+            setattr(namespace, self.dest, values)
+        else:
+            namespace.more_lines = [*getattr(namespace, "more_lines", []), values]
+
+
+def _quoted(line: str) -> str:
+    """A launch line as one shell argument, in double quotes where they need no escapes."""
+    import shlex
+
+    return f'"{line}"' if not set(line) & set('"$`\\') else shlex.quote(line)
+
+
 def _overrides(pairs: list[str]) -> dict[str, Any]:
     from .loader import parse_override
 
@@ -84,6 +103,11 @@ def build_graph(args: argparse.Namespace) -> Graph:
 
     load_plugins(getattr(args, "plugin", []))
     if getattr(args, "expr", None):
+        more = getattr(args, "more_lines", [])
+        if more:  # gst-launch takes one pipeline too: its chains go in one line
+            raise UsageError("-e given more than once: one launch line is one graph",
+                             hint="write its chains in one -e, apart by spaces: -e "
+                             + _quoted("  ".join([args.expr, *more])))
         if args.params:
             raise UsageError("-p does not apply to -e launch lines",
                              hint="write the values into the line")
@@ -285,6 +309,15 @@ def endless_warning(graph: Graph) -> str | None:
     return "\n".join(lines) or None
 
 
+def _media_time(graph: Graph, result: Any, realtime: bool) -> float:
+    """The media seconds a run played: its ticks' (`RunResult.media_time`), but for a real-time
+    graph that nothing ticks (an rtp_session into a decoder, moved by what arrives), whose
+    media time is the run's own, which the ticks' 0 would hide."""
+    if realtime and not any(node.clocked for node in graph.nodes.values()):
+        return result.wall_time
+    return result.media_time
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from .runtime import Runtime, live_node, run_coroutine
 
@@ -339,8 +372,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if show_progress:
         sys.stderr.write("\n")
     if not args.quiet:
-        speed = result.media_time / result.wall_time if result.wall_time > 0 else 0.0
-        print(f"pipeline: '{graph.name}' ran {result.media_time:.2f}s of media in "
+        media = _media_time(graph, result, realtime)
+        speed = media / result.wall_time if result.wall_time > 0 else 0.0
+        print(f"pipeline: '{graph.name}' ran {media:.2f}s of media in "
               f"{result.wall_time:.2f}s ({speed:.{0 if speed >= 10 else 2}f}x real time), "
               f"ended by {result.stopped_by}",
               file=sys.stderr)
@@ -597,7 +631,7 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("file", nargs="?", help="graph YAML file")
         # gst-launch's -e is a flag (EOS on shutdown, which Ctrl-C always does here): a
         # user coming from it must see that ours takes the whole line, quoted.
-        sp.add_argument("-e", dest="expr", metavar="LINE",
+        sp.add_argument("-e", dest="expr", metavar="LINE", action=_LaunchLine,
                         help='a one-line graph in one quoted argument: -e "tone ! resample '
                              'rate=8000 ! wav_recorder path=a.wav" (not gst-launch\'s -e, '
                              "EOS on shutdown: Ctrl-C always ends a run cleanly here)")
@@ -816,9 +850,8 @@ def unquoted_line(parser: argparse.ArgumentParser, argv: list[str]) -> str | Non
         return f'{k}="{v}"' if eq and (" " in v or "!" in v) and '"' not in v else w
 
     line = " ".join(word(w) for w in words)
-    arg = f'"{line}"' if not set(line) & set('"$`\\') else shlex.quote(line)
     fixed = [shlex.quote(t) for t in argv[:i + 1]] + [
-        f"-e {arg}" if t is None else shlex.quote(t) for t in before]
+        f"-e {_quoted(line)}" if t is None else shlex.quote(t) for t in before]
     return (f"{argv[i]}: a launch line goes in one quoted argument after -e, and the shell "
             f"split this one at its spaces (hint: pipeline {' '.join(fixed)})")
 

@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import inspect
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import networkx as nx
 from .errors import GraphError, NegotiationError, PipelineError
 from .formats import ANY_MEDIA, AUDIO, ENCODED, VIDEO, Caps, Format, caps_str, intersect_caps
 from .node import Node
-from .params import ParamValueError, shown
+from .params import Decibels, ParamValueError, shown
 
 log = logging.getLogger("pipeline.graph")
 
@@ -139,7 +140,7 @@ class Graph:
             pw = ((key_where or {}) if unknown else param_where).get(e.param, where)
             hint = e.hint
             if hint is None and unknown:
-                hint = _param_hint(cls, e.param)
+                hint = _param_hint(cls, e.param, (params or {}).get(e.param))
             origin = (param_from or {}).get(e.param)
             raise GraphError(f"node '{name}' ({kind}): {e.message}"
                              + (f", from {origin}" if origin else ""), **_loc(pw),
@@ -381,7 +382,8 @@ class Graph:
         except Exception as e:
             if method == "negotiate" and isinstance(e, (ValueError, NotImplementedError)):
                 raise GraphError(f"node '{node.name}' ({node.kind}) cannot negotiate: {e}",
-                                 **_loc(self.where[node.name])) from None
+                                 **_loc(self.where[node.name]), hint=_negotiate_hint(node)
+                                 ) from None
             raise _plugin_bug(self, node, method, e) from e
 
     def _param_error(self, node: Node, e: ParamValueError) -> GraphError:
@@ -716,6 +718,16 @@ def _bad_negotiation(node: Node, outs: Any) -> tuple[str, str]:
     return "", ""
 
 
+def _negotiate_hint(node: Node) -> str | None:
+    """The fix for a node without a linked input that kept Node's negotiate(), which then
+    has no input format to pass on (None for a plugin's own negotiate() refusing)."""
+    if type(node).negotiate is not Node.negotiate:
+        return None
+    return (f"a bug in plugin '{node.plugin or '?'}': a node without inputs (or none "
+            "linked) overrides negotiate() and returns a fixed Format for each linked "
+            "output, or {} when it has no outputs (docs/plugins.md)")
+
+
 def _keeps_format(node: Node) -> bool:
     """Whether a node's output format is its input's, so the graph may ask the nodes after
     it what its upstream should send (GstPad's PROXY_CAPS). A class says so with
@@ -743,11 +755,30 @@ def _loc(where: Where | None) -> dict:
     return {"file": file, "line": line, "column": column}
 
 
-def _param_hint(cls: type[Node], param: str) -> str:
+def _param_hint(cls: type[Node], param: str, value: Any = None) -> str:
     import difflib
 
-    names = list(cls.param_specs())
+    from .registry import GSTREAMER_PARAMS
+
+    specs = cls.param_specs()
+    ours = [n for n in GSTREAMER_PARAMS.get(param, ()) if n in specs]
+    if ours:  # a gst-launch habit (location=a.wav), which likeness would not find
+        return _gstreamer_param_hint(cls, param, value, ours)
+    names = list(specs)
     close = difflib.get_close_matches(param, names, n=1)
     if close:
         return f"did you mean '{close[0]}'? (pipeline inspect {cls.kind})"
     return f"'{cls.kind}' takes: {', '.join(names) or 'no parameters'}"
+
+
+def _gstreamer_param_hint(cls: type[Node], param: str, value: Any, ours: list[str]) -> str:
+    """The hint for GStreamer's property `param` given to a node that calls it `ours`: the
+    value written our way; a factor (volume=0.5) in the dB that ours take."""
+    spec = cls.param_specs()[ours[0]]
+    if spec.type is Decibels and isinstance(value, (int, float)) and not isinstance(
+            value, bool) and (value > 0 or spec.min is not None):
+        db = 20 * math.log10(value) if value > 0 else spec.min  # 0: silence, its least
+        return (f"GStreamer's {param} is a factor, and {ours[0]} is in dB here: "
+                f"{param}={value:g} is {ours[0]}={round(db, 1):g}dB")
+    written = " or ".join(n if value is None else f"{n}={value}" for n in ours)
+    return f"did you mean {written}? (GStreamer's {param} is {' or '.join(ours)} here)"

@@ -290,8 +290,10 @@ class Written(str):
 
 
 def _written(value: Any, text: str) -> Any:
-    """`value` as YAML typed `text`, with the text kept where typing changed it."""
-    return Written(text, value) if isinstance(value, _TYPED) else value
+    """`value` as YAML typed `text`, with the text kept where typing changed it: also a
+    flow list (`-p 'codecs=[pcmu, telephone-event]'`), a list to a list parameter and its
+    text to a text one."""
+    return Written(text, value) if isinstance(value, (*_TYPED, list)) else value
 
 
 def _plain(value: Any) -> Any:
@@ -466,7 +468,8 @@ def _as_text(expr: str, ctx: Context, where: Where, written: bool = False) -> st
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`-p key=value`: value typed as YAML would type it (8000 -> int, true -> bool); a
-    number or boolean keeps its text for text parameters (-p digits=0123: a Written)."""
+    number, boolean or list keeps its text for text parameters (-p digits=0123: a Written);
+    a map stays text."""
     if "=" not in text:
         raise GraphError(f"parameter override '{text}' is not key=value",
                          hint="write -p rate=8000")
@@ -475,7 +478,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml_value(raw) if raw else ""
     except GraphError:  # nested too deep: not a value -p takes anyway
         value = raw
-    if isinstance(value, (dict, list)):
+    if isinstance(value, dict):
         value = raw
     return key.strip(), _written(value, raw.strip())
 

@@ -77,21 +77,50 @@ GSTREAMER_KINDS: dict[str, str | None] = {
     "matroskamux": "video_recorder", "rtpvp8pay": "video_rtp_sender",
     "rtph264pay": "video_rtp_sender", "rtpvp8depay": "video_rtp_receiver",
     "rtph264depay": "video_rtp_receiver", "queue": None, "v4l2src": None,
-    "autovideosrc": None, "autovideosink": None,
+    "autovideosrc": None, "autovideosink": None, "capsfilter": None, "videorate": None,
+    "fdsrc": None, "fdsink": None, "identity": "gain", "adder": "mixer",
+    "y4menc": "y4m_sink", "qtdemux": "wav_source", "matroskademux": "wav_source",
+    "oggdemux": "wav_source", "flacdec": "wav_source", "alsasrc": "capture",
+    "pulsesrc": "capture", "alsasink": "playback", "pulsesink": "playback",
+    "dtmfsrc": "dtmf_tone", "rtpdtmfsrc": "dtmf_events", "rtpdtmfdepay": "rtp_session",
+    "rtpbin": "rtp_session",
 }
 # The video node of an element above that has an audio and a video use: a gst-launch line
 # for video that ends in udpsink wants video_rtp_sender, not the audio rtp_session.
 GSTREAMER_VIDEO_KINDS: dict[str, str] = {
     "filesink": "video_recorder", "filesrc": "video_file_source",
     "decodebin": "video_file_source", "udpsink": "video_rtp_sender",
-    "udpsrc": "video_rtp_receiver",
+    "udpsrc": "video_rtp_receiver", "qtdemux": "video_file_source",
+    "matroskademux": "video_file_source", "oggdemux": "video_file_source",
 }
 _NO_CAMERA = ("not available: no node reads a camera; play a file with video_file_source "
               "path=, or use video_test_source")
 NOT_NEEDED = {"queue": "not needed: nothing is queued between nodes; remove it",
               "v4l2src": _NO_CAMERA, "autovideosrc": _NO_CAMERA,
               "autovideosink": "not available: no node shows video; record it with "
-                               "video_recorder path=a.webm, or send it with video_rtp_sender"}
+                               "video_recorder path=a.webm, or send it with video_rtp_sender",
+              "capsfilter": "not needed: formats are negotiated here, and a converter goes "
+                            "in where one is needed; to force a format, name the converter: "
+                            "resample rate=8000 channels=1 (audio), scale width=320 "
+                            "height=240 (video)",
+              "videorate": "not available: no node changes a video's frame rate; give the "
+                           "source the one wanted (video_test_source fps=30)",
+              "fdsrc": "not available: no node reads a pipe; play a file with wav_source "
+                       "path= (audio) or video_file_source path= (video), or push frames from "
+                       "code with app_source",
+              "fdsink": "not available for audio: no node writes audio to a pipe (record it "
+                        "with wav_recorder path=a.wav); video goes to stdout with y4m_sink "
+                        "path=-"}
+# GStreamer property names a gst-launch user gives our nodes, and ours (graph.py's hint for
+# an unknown parameter names those the node has): udpsrc's port is where rtp_session
+# listens, udpsink's where it sends; volume is a factor, ours are in dB.
+GSTREAMER_PARAMS: dict[str, tuple[str, ...]] = {
+    "location": ("path",), "volume": ("gain", "level"), "host": ("remote_ip",),
+    "address": ("local_ip",), "port": ("local_port", "remote_port"),
+}
+# An audio payloader or depayloader (rtppcmupay, rtpL16depay, ...): rtp_session with the
+# codec, whose name is the element's middle (the video ones are in GSTREAMER_KINDS).
+_RTP_PAY_RE = re.compile(r"rtp([a-z0-9]+?)(?:de)?pay", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,11 +372,15 @@ class Registry:
                     re.IGNORECASE):
             caps = "formats are negotiated here, not filtered: a converter goes in where one is "
             if kind.lower().startswith("video/"):  # video/x-raw,width=320,height=240
-                size = [re.search(rf"\b{f}=(?:\(int\))?(\d+)", kind) for f in ("width", "height")]
-                w, h = (m.group(1) if m else d for m, d in zip(size, ("320", "240"), strict=True))
+                w, h = (v or d for v, d in zip(_caps_fields(kind, ("width", "height")),
+                                               ("320", "240"), strict=True))
                 return (caps + f"needed; to force one, name it, e.g. scale width={w} "
                         f"height={h} (video_test_source takes width, height and fps itself)")
-            return caps + "needed; to force one, name it, e.g. resample rate=8000"
+            # The caps' own values: audio/x-raw,rate=16000,channels=2 wants them, not 8 kHz.
+            fields = ("rate", "channels")
+            given = " ".join(f"{f}={v}" for f, v in zip(fields, _caps_fields(kind, fields),
+                                                         strict=True) if v is not None)
+            return caps + f"needed; to force one, name it, e.g. resample {given or 'rate=8000'}"
         if kind in GSTREAMER_KINDS:  # a gst-launch user's element name
             ours = GSTREAMER_KINDS[kind]
             video = GSTREAMER_VIDEO_KINDS.get(kind)
@@ -358,6 +391,15 @@ class Registry:
                         f"(pipeline inspect {ours}, pipeline inspect {video})")
             if ours in self.node_types:
                 return f"GStreamer's {kind} is '{ours}' here (pipeline inspect {ours})"
+        pay = _RTP_PAY_RE.fullmatch(kind)
+        if pay and "rtp_session" in self.node_types:
+            codec = pay.group(1).lower()
+            if codec in self.codecs:
+                return (f"GStreamer's {kind} is 'rtp_session codec={codec}' here: one node "
+                        "packs and sends RTP, and receives and unpacks it (pipeline inspect "
+                        "rtp_session)")
+            return (f"GStreamer's {kind} packs a codec that is not here: rtp_session codec= "
+                    f"takes {', '.join(sorted(self.codecs))} (pipeline inspect lists them)")
         # A kind's last word says what it is (_sink, _encoder): `typo_sink` is nearer
         # `null_sink` than `rtp_session`, which plain string likeness would offer.
         loose = difflib.get_close_matches(kind, self.node_types, n=4, cutoff=0.4)
@@ -378,6 +420,14 @@ class Registry:
 _FILE_SUFFIXES = frozenset(
     "wav flac mp3 ogg oga opus m4a aac aiff aif au raw pcm ul al g722 mp4 mkv webm mov avi "
     "ivf y4m h264 264 yuv pcap pcapng yaml yml json txt csv log svg png pdf dot".split())
+
+
+def _caps_fields(caps: str, names: tuple[str, ...]) -> list[str | None]:
+    """The whole-number values of fields `names` in a gst-launch caps filter
+    (`audio/x-raw,rate=(int)16000,channels=2`), None for each one it does not give; a field
+    is matched whole (`clock-rate=8000` is not a rate)."""
+    found = [re.search(rf"(?:^|,)\s*{f}\s*=\s*(?:\(int\))?(\d+)", caps) for f in names]
+    return [m.group(1) if m else None for m in found]
 
 
 def looks_like_file(word: str) -> bool:
