@@ -31,6 +31,9 @@ MAX_CALL_TIME = "max call time"
 # CallEnded's reason when we hung up because the call's graph failed (a node raised: its
 # `error` line names the node and the fault)
 CALL_GRAPH_FAILED = "call graph failed"
+# CallEnded's reason for a call that was up (or being dialled) when the endpoint's graph
+# stopped without a `shutdown()` first (which hangs up as `hangup()` does: "local hangup")
+GRAPH_STOPPED = "graph stopped"
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
 

@@ -43,7 +43,7 @@ from pipeline.params import ParamValueError
 from pipeline.runtime import RunResult, Runtime, run_coroutine
 
 from . import DEFAULT_CODECS, DEFAULT_USER, callcheck, offer_answer
-from .call import NO_RESPONSE, RTP_TIMEOUT
+from .call import GRAPH_STOPPED, NO_RESPONSE, RTP_TIMEOUT
 from .checks import _CN, _DTMF
 from .control import Commands, render, stats_calls_text
 from .controls import SHUTDOWN_GRACE  # between the first signal and a forced stop
@@ -1054,7 +1054,8 @@ def _failure(uri: str, messages: list[Any], duration: float | None,
                                        f"the graph to run without video ({audio})")
             return CallFailed(f"{failed}: its call graph did not start: {detail}")
     ended = next((m for m in messages if m.name == "call-ended"), None)
-    if ended is None and launched:  # launch --duration ran out first
+    if launched and (ended is None or ended.data.get("reason") == GRAPH_STOPPED):
+        # launch --duration ran out first (the stop ended the call it was dialling)
         return CallFailed(f"{failed}: the run stopped after {elapsed:.3g} s, before the call "
                           "was answered or refused", hint="give launch --duration longer, "
                           "or leave it out")

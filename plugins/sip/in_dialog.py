@@ -600,7 +600,7 @@ class InDialog:
                 return
             call.cancel_pending = True  # 9.1: CANCEL only after a provisional response
             # Nothing answered, so no CANCEL went and no 487 will come: no status to report.
-            self._end(call, NO_RESPONSE, None)
+            self._end(call, reason or NO_RESPONSE, None)
             return
         if call.direction == "in" and call.state == "incoming":
             self.reject(call_id, 603, now)

@@ -77,10 +77,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plugins.sip")
 
-# `call-ended`'s reason for a call that was up when the endpoint's graph stopped without a
-# `shutdown()` first (which hangs up as `hangup()` does: "local hangup")
-GRAPH_STOPPED = "graph stopped"
-
 
 class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfers, RoomCalls,
                   CallWatch, Node):
@@ -302,9 +298,9 @@ class SipEndpoint(EndpointChecks, CallControls, CallParts, DigitSender, Transfer
         CANCEL, 603 to one ringing here) with the reason `GRAPH_STOPPED`."""
         for call in [c for c in self.ua.calls.values() if c.active]:
             if call.direction == "in" and call.state == "incoming":
-                self.ua.reject(call.call_id, 603, now, ended=GRAPH_STOPPED)
+                self.ua.reject(call.call_id, 603, now, ended=sipcall.GRAPH_STOPPED)
             else:
-                self.ua.hangup(call.call_id, now, reason=GRAPH_STOPPED)
+                self.ua.hangup(call.call_id, now, reason=sipcall.GRAPH_STOPPED)
 
     def _warn_still_registered(self, now: float) -> None:
         """The registrar has not answered the un-REGISTER of `shutdown` as we stop (it is
