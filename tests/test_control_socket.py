@@ -8,6 +8,7 @@ huge line, idle and too many connections) leave of a call: nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,8 @@ import stat
 import sys
 from pathlib import Path
 
-from conftest import ROOT, WAIT
+import pytest
+from conftest import ROOT, WAIT, until
 from peers import free_port
 from test_cli_call_control import CALLER, ECHO_SERVER, STAMP, Cli, dial, stop
 from test_conference_sip import band_db
@@ -403,3 +405,82 @@ def test_a_request_line_is_one_json_reply_line_whatever_it_holds():
     assert json.loads(commands.handle("")) == {
         "ok": False, "error": "empty request", "hint": "send a command; help lists them"}
 
+
+
+# ---- the socket's own edges, in process (the server's bounds made short) ----------------
+def test_an_empty_control_path_is_one_line():
+    from pipeline.errors import PipelineError
+    from plugins.sip.cli import ControlSocket
+
+    with pytest.raises(PipelineError, match=r"^--control needs a path \(hint: "):
+        ControlSocket.bind("")
+
+
+def test_a_live_socket_too_busy_to_accept_is_not_taken_over(tmp_path, monkeypatch):
+    """Only a refused connection says the socket is stale: a server whose backlog is full
+    (busy, not gone) keeps its socket, and the new serve says it cannot tell."""
+    from pipeline.errors import PipelineError
+    from plugins.sip import cli
+
+    monkeypatch.setattr(cli, "CONTROL_IDLE", 0.2)
+    path = str(tmp_path / "busy.sock")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(path)
+    live.listen(0)
+    filled = []
+    try:
+        while True:  # fill its backlog: the next connect would wait
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                s.close()
+                break
+            filled.append(s)
+        before = os.stat(path).st_ino
+        with pytest.raises(PipelineError, match="cannot tell whether a server listens there"):
+            cli.ControlSocket.bind(path)
+        assert os.stat(path).st_ino == before
+    finally:
+        for s in [live, *filled]:
+            s.close()
+
+
+def test_a_client_that_reads_no_reply_is_dropped_with_its_socket(tmp_path, monkeypatch):
+    """A client that floods requests and reads none: once the server gives up on it, its
+    connection is gone (not left waiting for replies that will never be read)."""
+    from plugins.sip import cli
+    from plugins.sip.control import Commands
+
+    monkeypatch.setattr(cli, "CONTROL_IDLE", 0.3)
+    path = str(tmp_path / "c.sock")
+
+    class NoNodes:
+        nodes: dict = {}
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main() -> tuple[int, int]:
+        ctl = cli.ControlSocket.bind(path)
+        await ctl.open(Commands(NoNodes(), stats=dict, drain=lambda: ""))
+        base = open_fds()
+        flood = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await asyncio.to_thread(flood.connect, path)
+            flood.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(5000):
+                    flood.send(b"help\n" * 200)
+            await until(lambda: ctl.clients, "the client served")
+            await until(lambda: not ctl.clients, "the client given up on")
+            # Only our end of it is left open: the server's end is closed.
+            await until(lambda: open_fds() == base + 1, "the server's end closed")
+            return open_fds(), base
+        finally:
+            flood.close()
+            ctl.remove()
+
+    now, base = asyncio.run(main())
+    assert now == base + 1

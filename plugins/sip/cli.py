@@ -558,6 +558,9 @@ class ControlSocket:
         """Listen at `path`, in place of a stale socket file (its server gone, as after a
         kill -9); a server that still answers there, or a file that is no socket, is one
         line and no start."""
+        if not path:  # ('' would bind an abstract socket, named nowhere on disk)
+            raise PipelineError("--control needs a path", hint="e.g. --control "
+                                "/run/pipeline/serve.sock")
         if len(os.fsencode(path)) > _UNIX_PATH_MAX:
             raise PipelineError(f"--control {path}: longer than a Unix socket path may be "
                                 f"({_UNIX_PATH_MAX} bytes)",
@@ -583,7 +586,12 @@ class ControlSocket:
                                 hint="check that its folder exists and is writable") from None
         finally:
             os.umask(mask)
-        return cls(sock, path)
+        try:
+            return cls(sock, path)
+        except OSError as e:  # (gone at once: another program removed it)
+            sock.close()
+            raise PipelineError(f"--control {path}: {e.strerror}",
+                                hint="check that nothing else manages that path") from None
 
     async def open(self, commands: Commands) -> None:
         self.commands = commands
@@ -605,7 +613,12 @@ class ControlSocket:
             pass
         finally:
             self.clients.discard(task)
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # Replies it does not read: close() would wait for them for ever, the
+                # socket and its buffer held past the CONTROL_CLIENTS bound.
+                writer.transport.abort()
+            else:
+                writer.close()
 
     async def serve_lines(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -654,13 +667,22 @@ def _refusal(error: str, hint: str) -> bytes:
 
 
 def _answers(path: str) -> bool:
-    """Whether a server accepts connections on the Unix socket at `path`."""
+    """Whether a server listens on the Unix socket at `path`: False only when the system
+    says no one does (ECONNREFUSED, as after a kill -9); a server too busy to accept (a
+    full backlog, a timeout) or another user's socket is one line, not taken over."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(CONTROL_IDLE)
         try:
             probe.connect(path)
-        except OSError:  # ECONNREFUSED: no one listens there any more
+        except ConnectionRefusedError:
             return False
+        except FileNotFoundError:  # (removed meanwhile)
+            return False
+        except OSError as e:
+            reason = "timed out" if isinstance(e, TimeoutError) else e.strerror
+            raise PipelineError(f"--control {path}: cannot tell whether a server listens "
+                                f"there ({reason})", hint="give another path, or remove "
+                                "that socket if no serve uses it") from None
     return True
 
 
