@@ -478,6 +478,13 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml_value(raw) if raw else ""
     except GraphError:  # nested too deep: not a value -p takes anyway
         value = raw
+    else:
+        if isinstance(value, str) and raw.lstrip().startswith("["):
+            # YAML could not read it as the list it starts as (a ']' missing, a stray
+            # one): as text it would reach the node as a list's first item, '[1,'.
+            raise GraphError(f"-p {text}: the list is not valid YAML",
+                             hint=f"write -p '{key.strip()}=[a, b]' (or quote text that "
+                                  f"starts with '[': -p \"{key.strip()}='[...'\")")
     if isinstance(value, dict):
         value = raw
     return key.strip(), _written(value, raw.strip())
@@ -717,7 +724,7 @@ class Builder:
     def parse_element(self, text: str, where: Where, *, launch: bool = False) -> Element:
         """A link element; in launch lines a bare word is always a node type."""
         try:
-            tokens = _joined_assignments(shlex.split(text))
+            tokens = _joined_assignments(shlex.split(_mark_quoted_equals(text)))
         except ValueError as e:
             raise _err(f"cannot parse link element '{text}': {e}", where) from None
         if not tokens:
@@ -1084,7 +1091,7 @@ def load_graph_text(text: str, filename: str | None = None,
 
 def _launch_tokens(line: str) -> list[str]:
     try:
-        lexer = shlex.shlex(line, posix=True, punctuation_chars="!")
+        lexer = shlex.shlex(_mark_quoted_equals(line), posix=True, punctuation_chars="!")
         lexer.whitespace_split = True
         lexer.commenters = ""
         lexer.wordchars += "=.:/${}-+%,~"
@@ -1093,10 +1100,33 @@ def _launch_tokens(line: str) -> list[str]:
         raise GraphError(f"cannot parse launch line: {e}", hint="check the quotes") from None
 
 
+# An '=' within quotes while the tokens are joined: only one outside them assigns, so
+# `name = "a = b"` is name='a = b', not name='a ' and a token '= b'.
+_QUOTED_EQUALS = "\ue000"  # (a private-use character: no text has it)
+
+
+def _mark_quoted_equals(text: str) -> str:
+    """`text` with each '=' inside shell quotes as `_QUOTED_EQUALS` (shlex drops the
+    quotes: `_joined_assignments` could not tell them apart after it)."""
+    out, quote, escaped = [], None, False
+    for c in text:
+        if escaped:
+            escaped = False
+        elif c == "\\" and quote != "'":
+            escaped = True
+        elif c in "'\"" and quote in (None, c):
+            quote = None if quote else c
+        elif c == "=" and quote:
+            c = _QUOTED_EQUALS
+        out.append(c)
+    return "".join(out)
+
+
 def _joined_assignments(tokens: list[str]) -> list[str]:
     """`key = value`, `key= value` and `key =value` as one `key=value` token: gst-launch
     takes spaces around '=', and split apart the key read as a node type of its own
-    (`freq = 1kHz`: "unknown node type 'freq'")."""
+    (`freq = 1kHz`: "unknown node type 'freq'"). `tokens` come from text that went
+    through `_mark_quoted_equals`; the '=' within quotes are given back."""
     out: list[str] = []
     for tok in tokens:
         prev = out[-1] if out else "!"
@@ -1106,7 +1136,7 @@ def _joined_assignments(tokens: list[str]) -> list[str]:
             out[-1] = prev + tok
         else:
             out.append(tok)
-    return out
+    return [tok.replace(_QUOTED_EQUALS, "=") for tok in out]
 
 
 def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Graph:

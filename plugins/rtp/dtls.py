@@ -31,6 +31,8 @@ its sockets here (RFC 7983: a first byte of 20..63) and feeds the keys to its
 from __future__ import annotations
 
 import datetime
+import hashlib
+import re
 import secrets
 import weakref
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ __all__ = [
     "FINGERPRINT_HASHES",
     "SrtpKeyMaterial",
     "certificate_for",
+    "checked_fingerprint",
     "is_dtls_record",
     "local_key_text",
     "parse_local_key",
@@ -161,19 +164,32 @@ def parse_remote_key(text: str) -> str | None:
         return None
     if len(parts) != 3:
         raise ValueError(f"DTLS key {text[:40]!r} is not 'dtls HASH HEX'")
-    return _checked_fingerprint(" ".join(parts[1:]))
+    return checked_fingerprint(" ".join(parts[1:]))
 
 
 def _checked_fingerprint(text: str) -> str:
     fingerprint = normal_fingerprint(text)
-    name, value = fingerprint.split(" ")
+    name, _, value = fingerprint.partition(" ")
     if name not in FINGERPRINT_HASHES:
-        raise ValueError(f"DTLS fingerprint hash {name!r} is not one of "
+        raise ValueError(f"DTLS fingerprint hash {name[:20]!r} is not one of "
                          + ", ".join(FINGERPRINT_HASHES))
     try:
         bytes.fromhex(value.replace(":", ""))
     except ValueError:
         raise ValueError(f"DTLS fingerprint {value[:20]!r}... is not hex pairs") from None
+    return fingerprint
+
+
+def checked_fingerprint(text: str) -> str:
+    """A peer's fingerprint `text` ("HASH HEX") in `normal_fingerprint`'s spelling;
+    ValueError, one line, when no certificate could match it: a hash we do not check, or
+    not as many hex pairs joined by ':' as that hash has octets (RFC 8122 5)."""
+    fingerprint = _checked_fingerprint(text)
+    name, _, value = fingerprint.partition(" ")
+    octets = hashlib.new(FINGERPRINT_HASHES[name]).digest_size
+    if not re.fullmatch(rf"[0-9A-F]{{2}}(:[0-9A-F]{{2}}){{{octets - 1}}}", value):
+        raise ValueError(f"DTLS fingerprint {value[:20]!r}... is not {octets} hex pairs "
+                         f"joined by ':', as a {name} one is (RFC 8122 5)")
     return fingerprint
 
 
@@ -199,7 +215,7 @@ class DtlsSession:
                  active: bool, now: float, handshake_timeout: float = HANDSHAKE_TIMEOUT
                  ) -> None:
         self.active = active
-        self._remote_fingerprint = _checked_fingerprint(remote_fingerprint)
+        self._remote_fingerprint = checked_fingerprint(remote_fingerprint)
         self.state = "handshaking"  # then "connected", "failed" or "closed"
         self.error: str | None = None
         self.keys: SrtpKeyMaterial | None = None
@@ -229,8 +245,8 @@ class DtlsSession:
     # ---- input ----------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Take a DTLS datagram from the peer; replies wait in `datagrams_to_send`."""
-        if self.state in ("failed", "closed"):
-            return
+        if not data or self.state in ("failed", "closed"):
+            return  # (OpenSSL's memory BIO raises on an empty write: no record in it)
         self._conn.bio_write(data)
         self._step()
         if self.state == "handshaking" and now >= self._deadline:

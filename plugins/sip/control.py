@@ -177,7 +177,8 @@ class Commands:
             raise Refused(f"no conference node '{room_name}'", hint=f"rooms: {names}")
         present = getattr(room, "by_number", {})
         number = who.rpartition("_")[2] if who.startswith(("in_", "out_")) else who
-        if number.isdigit() and int(number) in present:
+        # ASCII digits only: str.isdigit() also takes '²' or '①', which int() refuses.
+        if number.isascii() and number.isdigit() and int(number) in present:
             return room, present[int(number)]
         named = [p for p in present.values() if who in (p.identity,
                                                           p.identity.partition("@")[0])]

@@ -22,10 +22,16 @@ from __future__ import annotations
 from plugins.rtp.dtls import (
     FINGERPRINT_HASHES,
     DtlsCertificate,
+    checked_fingerprint,
     local_key_text,
     remote_key_text,
 )
-from plugins.sip.sdp import Attribute, MediaDescription, SessionDescription
+from plugins.sip.sdp import (
+    Attribute,
+    FingerprintAttribute,
+    MediaDescription,
+    SessionDescription,
+)
 
 __all__ = ["DTLS_PROFILES", "DtlsPolicy", "agreed_dtls", "answer_dtls", "offer_dtls",
            "role_in_force"]
@@ -88,6 +94,10 @@ def answer_dtls(section: MediaDescription, offered: MediaDescription,
         reasons.append("SRTP by DTLS: the offer has no a=fingerprint we can check "
                        f"({', '.join(FINGERPRINT_HASHES)}; RFC 5763 5)")
         return None
+    unusable = _unusable(fingerprint)
+    if unusable is not None:
+        reasons.append(f"SRTP by DTLS: the offer's a=fingerprint is unusable: {unusable}")
+        return None
     setup = offer.setup_for(offered) or "active"
     role = role if setup == "actpass" and role is not None else _ANSWER_ROLE.get(setup)
     if role is None:
@@ -117,8 +127,22 @@ def agreed_dtls(local: SessionDescription, remote: SessionDescription, index: in
                                 f"({rm.proto}, a=fingerprint "
                                 f"{'missing' if theirs is None else theirs.hash}; RFC 5763 5)",
                                 warning_code=302)
+    unusable = _unusable(theirs)
+    if unusable is not None:
+        raise NegotiationFailed(f"SDP answer's a=fingerprint is unusable: {unusable}",
+                                warning_code=302)
     role = _our_role(local.setup_for(lm), remote.setup_for(rm))
     return DTLS_SUITE, local_key_text(role, str(ours)), remote_key_text(str(theirs))
+
+
+def _unusable(fingerprint: FingerprintAttribute) -> str | None:
+    """Why no certificate can match `fingerprint` (a length not its hash's, RFC 8122 5),
+    so that the handshake would fail; None when one can."""
+    try:
+        checked_fingerprint(str(fingerprint))
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def role_in_force(previous: SessionDescription | None,

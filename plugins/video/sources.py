@@ -205,6 +205,8 @@ class VideoFileSource(PlayPosition, Node):
                     raise ParamValueError("path", f"file '{self.path}' has no video stream")
                 ctx = video.codec_context
                 rate = video.average_rate or video.guessed_rate
+                if self._raw is not None:
+                    self._check_raw_size(video)
                 self._info = {
                     "width": ctx.width, "height": ctx.height,
                     "fps": float(rate) if rate else 30.0,
@@ -231,6 +233,22 @@ class VideoFileSource(PlayPosition, Node):
             # which swscale refused once running (and the recorder after it left no file).
             raise ParamValueError("path", f"file '{self.path}' has {w}x{h} pictures, too "
                                   "small for yuv420p video", "use a video of at least 2x2")
+
+    def _check_raw_size(self, video: Any) -> None:
+        """Refuse a raw file shorter than one picture of the size and format given: it
+        would play nothing (the parameters are likely not the file's)."""
+        # FFmpeg's rawvideo demuxer states its bit rate as one picture's bytes times the
+        # frame rate (libavformat/rawvideodec.c): the picture's size, as FFmpeg lays it out.
+        rate = FrameRate.fraction(self.fps)
+        picture = round(video.codec_context.bit_rate * rate.denominator
+                        / (8 * rate.numerator))
+        size = Path(self.path).stat().st_size
+        if size < picture:
+            raise ParamValueError(
+                "path", f"raw video file '{self.path}' is {size} bytes, less than one "
+                f"{self.width}x{self.height} {self._raw['pixel_format']} picture "
+                f"({picture} bytes)", "set the width, height and pix_fmt the file was "
+                "written with")
 
     def _raw_options(self) -> dict[str, str] | None:
         """The rawvideo demuxer's options for a raw .yuv file; None for another file, which
