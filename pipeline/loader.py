@@ -1105,16 +1105,25 @@ def _launch_tokens(line: str) -> list[str]:
 _QUOTED_EQUALS = "\ue000"  # (a private-use character: no text has it)
 
 
+# A value written as empty quotes right after its '=' (`key=""`, a shell variable that was
+# empty): kept apart from `key= value`, or the next word (another chain's first node)
+# would be joined to it as its value.
+_EMPTY_VALUE = "\ue001"
+
+
 def _mark_quoted_equals(text: str) -> str:
-    """`text` with each '=' inside shell quotes as `_QUOTED_EQUALS` (shlex drops the
-    quotes: `_joined_assignments` could not tell them apart after it)."""
+    """`text` with each '=' inside shell quotes as `_QUOTED_EQUALS` and an empty quoted
+    value right after an '=' as `_EMPTY_VALUE` (shlex drops the quotes:
+    `_joined_assignments` could not tell them apart after it)."""
     out, quote, escaped = [], None, False
-    for c in text:
+    for i, c in enumerate(text):
         if escaped:
             escaped = False
         elif c == "\\" and quote != "'":
             escaped = True
         elif c in "'\"" and quote in (None, c):
+            if quote is None and text[i + 1:i + 2] == c and "".join(out).rstrip()[-1:] == "=":
+                out.append(_EMPTY_VALUE)
             quote = None if quote else c
         elif c == "=" and quote:
             c = _QUOTED_EQUALS
@@ -1136,7 +1145,7 @@ def _joined_assignments(tokens: list[str]) -> list[str]:
             out[-1] = prev + tok
         else:
             out.append(tok)
-    return [tok.replace(_QUOTED_EQUALS, "=") for tok in out]
+    return [tok.replace(_QUOTED_EQUALS, "=").replace(_EMPTY_VALUE, "") for tok in out]
 
 
 def parse_launch(line: str, *, registry: Any = None, name: str = "launch") -> Graph:

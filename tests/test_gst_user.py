@@ -110,3 +110,13 @@ def test_an_odd_sized_chunk_without_its_pad_byte_still_plays_bit_exact(tmp_path,
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     r = run_graph(f"wav_source path={path} ! frame_sink name=o", launch=True)
     assert np.array_equal(r.graph.nodes["o"].audio()[:, 0], samples)
+
+
+@pytest.mark.parametrize("written", ['key=""', "key=''", 'key= ""', 'key = ""'])
+def test_an_empty_quoted_value_does_not_take_the_next_word(written):
+    """`key=""` (a shell variable that was empty) is an empty value: the next word, a new
+    chain's first node, stays a word of its own rather than becoming the value."""
+    from pipeline.loader import _launch_tokens
+
+    assert _launch_tokens(f"dtmf_events {written}  tone ! null_sink") == [
+        "dtmf_events", "key=", "tone", "!", "null_sink"]
