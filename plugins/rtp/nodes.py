@@ -1190,15 +1190,16 @@ class RtpSession(SrtpKeys, Node):
 
     def _on_dtls(self, data: bytes, addr: tuple[str, int], rtcp: bool) -> None:
         """A DTLS datagram on the RTP or RTCP port (RFC 7983 demultiplexing): a handshake's,
-        or an alert. Taken from the peer's address only (any while none is known, and on
-        the RTCP port its SDP's RTCP address too); answered where it came from."""
+        or an alert. Taken from the peer's own port only (any source while none is known;
+        on the RTCP port also its RTCP address): a record from another port of its host,
+        once OpenSSL has read it, cannot be taken back, and a forged one in the middle of
+        the handshake ended the call. Answered where it came from."""
         remote, rtcp_remote = self._remote, self._rtcp_remote
         dtls = self._dtls_rtcp if rtcp else self._dtls
         if dtls is None:  # (the RTCP port's association gave up)
             self._c.dropped_bad += 1
             return
-        if remote is not None and addr[0] != remote[0] and not (
-                rtcp and rtcp_remote is not None and addr[0] == rtcp_remote[0]):
+        if remote is not None and addr != remote and not (rtcp and addr == rtcp_remote):
             self._c.dropped_foreign += 1
             return
         dtls.receive_datagram(data, self._now())
