@@ -257,6 +257,19 @@ def test_fingerprint_and_setup_apply_from_session_level_unless_the_media_says():
                                                                       "sha-1 AA:BB")
 
 
+@pytest.mark.parametrize("before", ["a=fingerprint:md5 AB:CD", "a=fingerprint:sha-1 zz",
+                                    "a=fingerprint:sha-1 " + ":".join(["AB"] * 20)])
+def test_of_several_fingerprints_the_strongest_we_know_is_checked(before):
+    """RFC 8122 5 lets an offer carry one a=fingerprint per hash function: an md5 one (or a
+    weaker or broken one) before the sha-256 one is passed over, not a reason for 488."""
+    fp = "a=fingerprint:SHA-256 " + _HEX
+    offer = BARESIP_OFFER.replace(fp, f"{before}\n{fp}")
+    sdp, _ = answer(offer, PCMU, "127.0.0.1", 5000, srtp="dtls")
+    assert sdp.media[0].proto == "UDP/TLS/RTP/SAVPF" and sdp.media[0].port == 5000
+    parsed = SessionDescription.parse(offer)
+    assert str(parsed.fingerprint_for(parsed.media[0], ("sha-256",))) == f"SHA-256 {_HEX}"
+
+
 def test_srtp_dtls_policy_carries_one_certificate_per_endpoint():
     first, second = SrtpPolicy.parse("dtls"), SrtpPolicy.parse("dtls")
     assert first == second == "dtls"

@@ -37,6 +37,9 @@ __all__ = ["DTLS_PROFILES", "DtlsPolicy", "agreed_dtls", "answer_dtls", "offer_d
            "role_in_force"]
 
 DTLS_PROFILES = ("UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF")  # RFC 5764 8
+# Of several a=fingerprint (one per hash function, RFC 8122 5), the one we check: the
+# strongest hash we know (an md5 one beside it is passed over, not a reason to refuse).
+_STRONGEST_FIRST = tuple(reversed(FINGERPRINT_HASHES))
 DTLS_SUITE = "AES_CM_128_HMAC_SHA1_80"  # the use_srtp profile we list first
 # RFC 5763 5 / RFC 4145 4.1: the answerer's role for each offered one (none: active)
 _ANSWER_ROLE = {"actpass": "active", "active": "passive", "passive": "active"}
@@ -89,7 +92,7 @@ def answer_dtls(section: MediaDescription, offered: MediaDescription,
         reasons.append(f"SRTP by DTLS is required (srtp: dtls) and the {offered.kind} "
                        f"stream is offered as {offered.proto}, not UDP/TLS/RTP/SAVP")
         return None
-    fingerprint = offer.fingerprint_for(offered)
+    fingerprint = offer.fingerprint_for(offered, _STRONGEST_FIRST)
     if fingerprint is None or fingerprint.hash.lower() not in FINGERPRINT_HASHES:
         reasons.append("SRTP by DTLS: the offer has no a=fingerprint we can check "
                        f"({', '.join(FINGERPRINT_HASHES)}; RFC 5763 5)")
@@ -119,7 +122,7 @@ def agreed_dtls(local: SessionDescription, remote: SessionDescription, index: in
     lm, rm = local.media[index], remote.media[index]
     if lm.proto not in DTLS_PROFILES and rm.proto not in DTLS_PROFILES:
         return None
-    ours, theirs = local.fingerprint_for(lm), remote.fingerprint_for(rm)
+    ours, theirs = local.fingerprint_for(lm), remote.fingerprint_for(rm, _STRONGEST_FIRST)
     if lm.proto not in DTLS_PROFILES or rm.proto not in DTLS_PROFILES \
             or ours is None or theirs is None \
             or theirs.hash.lower() not in FINGERPRINT_HASHES:

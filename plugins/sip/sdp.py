@@ -15,8 +15,9 @@ and crypto (SDES keys for SRTP, RFC 4568 section 9.1).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.errors import LocalProtocolError, ParseError
@@ -734,16 +735,19 @@ class SessionDescription(_Attributes):
         """The c= that applies to `media`: its own first one, else the session-level one."""
         return media.connections[0] if media.connections else self.connection
 
-    def fingerprint_for(self, media: MediaDescription) -> FingerprintAttribute | None:
+    def fingerprint_for(self, media: MediaDescription, prefer: Sequence[str] = ()
+                        ) -> FingerprintAttribute | None:
         """The a=fingerprint that applies to `media`: its own, else the session's (RFC 8122
-        5: either level; baresip writes it at session level). None when neither has one
-        (or it is malformed)."""
-        value = media.attribute("fingerprint")
-        value = self.attribute("fingerprint") if value is None else value
-        try:
-            return None if value is None else FingerprintAttribute.parse(value)
-        except ParseError:
-            return None
+        5: either level; baresip writes it at session level). Of several (one per hash
+        function, RFC 8122 5), the one whose hash comes first in `prefer` (lower-case
+        names), else the first. None when there is none well formed."""
+        values = media.attribute_values("fingerprint") or self.attribute_values("fingerprint")
+        found = []
+        for value in values:
+            with contextlib.suppress(ParseError):
+                found.append(FingerprintAttribute.parse(value))
+        rank = {name: i for i, name in enumerate(prefer)}
+        return min(found, key=lambda f: rank.get(f.hash.lower(), len(rank)), default=None)
 
     def setup_for(self, media: MediaDescription) -> str | None:
         """The a=setup role (RFC 4145 4) that applies to `media`, its own else the
