@@ -10,7 +10,7 @@ import json
 import pytest
 
 from pipeline.errors import GraphError
-from pipeline.loader import parse_launch
+from pipeline.loader import load_graph_text, parse_launch
 from plugins.rtp.dtls import DtlsCertificate, DtlsSession
 from plugins.sip.control import Commands
 from plugins.sip.offer_answer import NegotiationFailed, answer
@@ -157,3 +157,12 @@ def test_a_p_list_yaml_cannot_read_is_one_line_not_text():
                          ("x=[a: b]", [{"a": "b"}])]:
         key, taken = parse_override(given)
         assert (key, getattr(taken, "value", taken)) == ("x", value)  # (a list: its text too)
+
+
+def test_an_empty_codecs_list_says_so_not_that_a_plugin_is_missing():
+    """`-p codecs=` gives the endpoint an empty list: the line says that, not "install the
+    codecs plugin family"."""
+    with pytest.raises(GraphError, match=r"parameter 'codecs' is empty \(hint: list at least "
+                       r"one, e\.g\. codecs: \[pcmu, telephone-event\]"):
+        load_graph_text("params: {x: pcmu}\nnodes:\n  sip: {type: sip_endpoint, listen: "
+                        "'udp:127.0.0.1:0', codecs: '${x}'}\n", None, {"x": ""})

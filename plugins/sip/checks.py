@@ -135,6 +135,10 @@ class EndpointChecks:
             key = endpoint_key(self)
             if self._call_graph_key != key:
                 self._call_graph_fails = None
+        if not self.codecs:  # (`-p codecs=`: an empty list, not a missing plugin)
+            raise ParamValueError("codecs", "parameter 'codecs' is empty", "list at least "
+                                  "one, e.g. codecs: [pcmu, telephone-event] (-p "
+                                  "codecs=pcmu,telephone-event)")
         if self._usable_codecs() == []:
             raise ParamValueError("codecs", "parameter 'codecs': no listed codec has encoder "
                                   "and decoder nodes", "install the codecs plugin family")
