@@ -343,3 +343,19 @@ def test_the_file_a_node_of_the_graph_plays_is_refused(tmp_path):
         run_graph(f"video_file_source name=src path={path} ! y4m_sink path={path}",
                   launch=True)
     assert path.read_bytes() == before
+
+
+def test_a_y4m_file_damaged_mid_stream_plays_up_to_the_damage_and_says_so(tmp_path, caplog):
+    """Garbage between two pictures: what comes before it plays, bit for bit, and one line
+    says the file ends early (before, it ended as if the file did)."""
+    path = tmp_path / "in.y4m"
+    run_graph(f"{SOURCE} duration=0.2s ! y4m_sink path={path}", launch=True)
+    data = path.read_bytes()
+    cut = len(HEADER) + 3 * (len(b"FRAME\n") + PICTURE)  # after the third picture
+    path.write_bytes(data[:cut] + b"NOT A FRAME LINE\n" + b"\x00" * 500 + data[cut:])
+    planes, _, result = played(path)
+    assert same_pictures(planes, pattern(3))  # the three before it, and none after
+    assert result.stats["src"]["demux_errors"] == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "plugins.video.sources"]
+    assert said == [f"video_file_source 'src': '{path}' cannot be read to its end (Invalid "
+                    "data found when processing input): it plays up to the damage"]

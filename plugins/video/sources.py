@@ -6,6 +6,7 @@ so a 30 fps source under a 20 ms period emits on two ticks out of three.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from plugins.video.nodes import (
     fixate_video,
 )
 from plugins.video.pattern import PatternGenerator
+
+log = logging.getLogger(__name__)
 
 
 class VideoTestSource(Node):
@@ -359,10 +362,14 @@ class VideoFileSource(PlayPosition, Node):
         except StopIteration:  # the demuxer has already sent each decoder its flush packet
             self._eof = True
             return
-        except (av.error.FFmpegError, ValueError, OSError):
-            # A corrupt or truncated container: what decoded so far is all we can play.
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            # A corrupt or truncated container: what decoded so far is all we can play,
+            # said once (the stream would else end as if the file did).
             self._c["demux_errors"] += 1
             self._eof = True
+            log.warning("video_file_source '%s': '%s' cannot be read to its end (%s): "
+                        "it plays up to the damage", self.name, self.path,
+                        getattr(e, "strerror", None) or e)
             self._decode_video(None)
             return
         if packet.stream is self._vstream:
