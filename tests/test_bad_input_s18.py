@@ -38,6 +38,18 @@ def test_a_participant_named_by_a_digit_int_refuses_is_no_internal_error(who):
                      "hint": "rooms lists them, by number and name"}
 
 
+def test_a_quoted_word_with_a_space_is_one_argument_and_bad_quotes_one_line():
+    """`pipeline ctl PATH mute 'my room' 1` reaches the server as one room name (ctl quotes
+    each word as the shell does); a request whose quotes do not close is one refusal."""
+    commands = Commands(_Graph(), stats=dict, drain=str)
+    reply = json.loads(commands.handle("mute 'my room' 1"))
+    assert reply["ok"] is False and reply["error"] == "no conference node 'my room'"
+    reply = json.loads(commands.handle("mute 'room 1"))
+    assert reply["ok"] is False
+    assert reply["error"].startswith("cannot split the request into words: ")
+    assert reply["hint"].startswith("quote a word with spaces")
+
+
 # ---- DTLS-SRTP ------------------------------------------------------------------------------
 @pytest.mark.parametrize("active", [True, False])
 def test_an_empty_datagram_is_no_exception(active):

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -693,7 +694,7 @@ def ctl(args: argparse.Namespace) -> int:
     if any(not w.isprintable() for w in words):  # a line break would make two requests
         raise PipelineError("ctl: a command word holds a line break or control character",
                             hint="give the command and its arguments as plain words")
-    raw = _ask(args.path, " ".join(words))
+    raw = _ask(args.path, shlex.join(words))  # (a word with a space stays one)
     try:
         reply = json.loads(raw)
     except ValueError:

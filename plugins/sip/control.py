@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -64,8 +65,13 @@ class Commands:
 
     def handle(self, line: str) -> bytes:
         """The reply to one request line, as the bytes of one JSON line."""
-        words = line.split()
         try:
+            try:  # shell words: a room or a name with a space in quotes (`ctl` quotes them)
+                words = shlex.split(line)
+            except ValueError as e:
+                raise Refused(f"cannot split the request into words: {e}",
+                              hint="quote a word with spaces or quotes in it: "
+                                   "mute 'my room' 1") from None
             if not words:
                 raise Refused("empty request", hint="send a command; help lists them")
             given, args = words[0], words[1:]
