@@ -435,22 +435,20 @@ def test_comfort_noise_goes_on_as_a_numbered_silence() -> None:
 
 # ---- timeout ----------------------------------------------------------------------------------
 def test_rtp_timeout_posts_and_emits_an_event() -> None:
-    async def main() -> tuple[RunResult, float]:
+    # (Not early: the session's own clock says how long it heard nothing; a wall-clock
+    # measure from the test's side raced the loop, as a collection pausing it did.)
+    async def main() -> RunResult:
         s = Session(parse_launch(
             "rtp_session name=s codec=pcmu rtp_timeout=150ms ! pcmu_decoder ! "
             "frame_sink name=out"))
         await s.port()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
         await s.wait_message("rtp-timeout")
-        elapsed = loop.time() - t0
         s.stop()
-        return await s.result(), elapsed
+        return await s.result()
 
-    result, elapsed = asyncio.run(main())
+    result = asyncio.run(main())
     msgs = [m for m in result.messages if m.name == "rtp-timeout"]
     assert len(msgs) == 1 and msgs[0].node == "s" and msgs[0].data["seconds"] >= 0.15
-    assert elapsed >= 0.15
     events = result.graph.nodes["out"].events
     assert any(isinstance(e, CustomEvent) and e.name == "rtp-timeout" for e in events)
     assert node_stats(result, "s")["timeouts"] == 1
