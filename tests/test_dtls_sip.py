@@ -34,7 +34,7 @@ from test_sip_interop import check_tone as check_peer_tone
 from test_sip_srtp import (
     SRTP_CALLER,
     TONE_CALL,
-    hold_and_resume_both_ways,
+    baresip_call_held_and_resumed,
     plain_tone_pcmu,
     sent_payloads,
 )
@@ -213,6 +213,14 @@ def test_a_hold_after_the_rtcp_association_gave_up_keeps_the_call(tmp_path):
     assert {m.data["port"] for m in connected} == {"rtp"}
 
 
+def reoffers_say_actpass(endpoint: Endpoint, call_id: str) -> None:
+    """`endpoint`'s next re-offers of the call write a=setup:actpass (RFC 5763 5), as other
+    stacks' do (ours repeat the role they have): its re-offers come from its last SDP."""
+    for attribute in endpoint.node.ua.calls[call_id].local_sdp.media[0].attributes:
+        if attribute.name == "setup":
+            attribute.value = "actpass"
+
+
 def test_a_reoffered_actpass_keeps_each_sides_role_and_its_one_handshake_per_port(tmp_path):
     """The callee (the DTLS client: the caller offered actpass) holds, then resumes with a
     re-offer saying a=setup:actpass, as RFC 5763 5 has every offer say (ours repeat the
@@ -227,9 +235,7 @@ def test_a_reoffered_actpass_keeps_each_sides_role_and_its_one_handshake_per_por
         await server.wait("dtls-connected", port="rtcp")
         server.node.hold(call_id)
         await caller.wait("call-media-ready", direction="recvonly")
-        for attribute in server.node.ua.calls[call_id].local_sdp.media[0].attributes:
-            if attribute.name == "setup":  # (its re-offers come from this SDP)
-                attribute.value = "actpass"
+        reoffers_say_actpass(server, call_id)
         server.node.resume(call_id)
         await caller.wait("call-media-ready", direction="sendrecv")
         ended, stats = await echo_then_hang_up(server, caller, call_id,
@@ -330,19 +336,7 @@ def test_dtls_srtp_call_with_baresip_survives_hold_and_resume_both_ways(
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL_RTCP)
     with _baresip(peer_tone) as bob:
-        async def main() -> list:
-            ep = InteropEndpoint(call_graph=graph, srtp="dtls")
-            await peer(bob.dial, await ep.uri())
-            est = await ep.wait("call-established")
-            call_id = est.data["call_id"]
-            await peer(bob.wait_event, "CALL_ESTABLISHED")
-            heard = await hold_and_resume_both_ways(ep, bob, call_id)
-            await peer(bob.hangup)
-            await ep.wait("call-ended")
-            await ep.stop()
-            return heard
-
-        heard = asyncio.run(main())
+        heard = baresip_call_held_and_resumed(bob, graph, "dtls")
         bob.stop()
         log = bob.output()
     # one handshake per port for the whole call, each verified by baresip
@@ -371,9 +365,7 @@ def test_a_first_reoffer_of_actpass_keeps_the_role_our_offer_got(tmp_path):
         est = await caller.wait("call-established")
         call_id, rtp_name = est.data["call_id"], est.data["prefix"] + "rtp"
         await server.wait("dtls-connected", port="rtcp")
-        for attribute in server.node.ua.calls[call_id].local_sdp.media[0].attributes:
-            if attribute.name == "setup":  # (its re-offers come from this SDP)
-                attribute.value = "actpass"
+        reoffers_say_actpass(server, call_id)
         server.node.hold(call_id)
         await caller.wait("call-media-ready", direction="recvonly")
         server.node.resume(call_id)

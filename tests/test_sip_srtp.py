@@ -389,23 +389,29 @@ def test_srtp_call_with_baresip_survives_hold_and_resume_both_ways(
     graph = tmp_path / "tone-call.yaml"
     graph.write_text(TONE_CALL)
     with Baresip("bob", source_wav=peer_tone, mediaenc="srtp-mand") as bob:
-        async def main() -> list:
-            ep = InteropEndpoint(call_graph=graph, srtp="mandatory")
-            await peer(bob.dial, await ep.uri())
-            est = await ep.wait("call-established")
-            call_id = est.data["call_id"]
-            await peer(bob.wait_event, "CALL_ESTABLISHED")
-            heard = await hold_and_resume_both_ways(ep, bob, call_id)
-            await peer(bob.hangup)
-            await ep.wait("call-ended")
-            await ep.stop()
-            return heard
-
-        heard = asyncio.run(main())
+        heard = baresip_call_held_and_resumed(bob, graph, "mandatory")
     for audio, stats in heard:
         assert stats["srtp_auth_failures"] == 0
         if audio is not None:
             check_peer_tone(audio, 1000.0)
+
+
+def baresip_call_held_and_resumed(bob: Any, graph: Path, srtp: str
+                                  ) -> list[tuple[Any, dict[str, Any]]]:
+    """baresip `bob` calls one of ours running `graph` with SRTP policy `srtp`, holds and
+    resumes the call, then ours does (`hold_and_resume_both_ways`), and bob hangs up."""
+    async def main() -> list[tuple[Any, dict[str, Any]]]:
+        ep = InteropEndpoint(call_graph=graph, srtp=srtp)
+        await peer(bob.dial, await ep.uri())
+        est = await ep.wait("call-established")
+        await peer(bob.wait_event, "CALL_ESTABLISHED")
+        heard = await hold_and_resume_both_ways(ep, bob, est.data["call_id"])
+        await peer(bob.hangup)
+        await ep.wait("call-ended")
+        await ep.stop()
+        return heard
+
+    return asyncio.run(main())
 
 
 async def hold_and_resume_both_ways(ep: Any, bob: Any, call_id: str

@@ -27,6 +27,7 @@ from test_video_reinvite import (
     audio_call_between_video_uas,
     counted,
     dial_audio,
+    hang_up_and_close,
 )
 
 from plugins.sip.events import CallUpdated, CallUpdateFailed
@@ -82,10 +83,7 @@ def test_the_far_end_adds_video_again_after_our_drop_and_pictures_go_both_ways(t
             assert None not in seq and all(b > a for a, b in pairwise(seq)), seq
         assert server.names("call-ended") == [] == caller.names("call-ended")
         assert caller.node.stats()["part_errors"] == 0 == server.node.stats()["part_errors"]
-        caller.node.hangup(call_id)
-        await server.wait("call-ended")
-        await server.close()
-        await caller.close()
+        await hang_up_and_close(caller, server, call_id)
         assert caller.node.ports.in_use == set() == server.node.ports.in_use
 
     asyncio.run(main())

@@ -306,10 +306,7 @@ def test_our_reinvite_adds_video_then_drops_it_and_both_graphs_switch(tmp_path):
 
         assert server.names("call-ended") == [] == caller.names("call-ended")
         assert not caller.names("error") and caller.node.stats()["part_errors"] == 0
-        caller.node.hangup(call_id)
-        await server.wait("call-ended")
-        await server.close()
-        await caller.close()
+        await hang_up_and_close(caller, server, call_id)
         assert caller.node.ports.in_use == set() == server.node.ports.in_use
 
     asyncio.run(main())
@@ -327,10 +324,7 @@ def test_video_added_to_an_srtp_call_is_srtp_with_keys_of_its_own(tmp_path):
         assert got.proto == "RTP/SAVP" and got.cryptos()  # RFC 4568, as the audio
         seen = await until(lambda: counted(caller, "call-1/seen"), "20 pictures decoded")
         values = server.node.part_values[call_id]
-        caller.node.hangup(call_id)
-        await server.wait("call-ended")
-        await server.close()
-        await caller.close()
+        await hang_up_and_close(caller, server, call_id)
         return values, seen
 
     values, seen = asyncio.run(main())
@@ -364,10 +358,7 @@ def test_a_peer_without_video_refuses_the_added_video_and_the_call_goes_on(tmp_p
         await hears(caller, F_CALLER)  # the call and its audio go on
 
         assert caller.names("call-ended") == []
-        caller.node.hangup(call_id)
-        await peer.wait("call-ended")
-        await peer.close()
-        await caller.close()
+        await hang_up_and_close(caller, peer, call_id)
         assert caller.node.ports.in_use == set()
 
     asyncio.run(main())
@@ -423,10 +414,7 @@ def test_video_cannot_be_added_by_an_endpoint_without_it_nor_dropped_when_there_
         with pytest.raises(LocalProtocolError, match="has no video to drop"):
             caller.node.drop_video(call_id)
         assert len(caller.node.ports.in_use) == 1  # the port add_video took went back
-        caller.node.hangup(call_id)
-        await peer.wait("call-ended")
-        await peer.close()
-        await caller.close()
+        await hang_up_and_close(caller, peer, call_id)
 
     asyncio.run(main())
 
@@ -588,3 +576,11 @@ def test_audio_graph_mistakes_are_one_line_before_dialling(tmp_path, args, line)
     lines, code = asyncio.run(main())
     assert code == 2, lines
     assert lines[-1] == f"pipeline: error: {line}", lines
+
+
+async def hang_up_and_close(caller: Endpoint, far: Endpoint, call_id: str) -> None:
+    """`caller` hangs up; once the far end has the call's end, both endpoints close."""
+    caller.node.hangup(call_id)
+    await far.wait("call-ended")
+    await far.close()
+    await caller.close()
